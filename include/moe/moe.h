@@ -1,0 +1,298 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * moe.h - the public API of libmoe.
+ *
+ * Conventions: every name starts with moe_ or MOE_; handles are opaque; every
+ * call returns 0 (or a count) on success and a negative errno on failure and
+ * never sets errno.  moe_errmsg() gives a human-readable reason for the last
+ * failure on the calling thread.  Public structs that may grow carry reserved
+ * fields that callers zero.
+ */
+#ifndef MOE_MOE_H
+#define MOE_MOE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define MOE_API __attribute__((visibility("default")))
+#else
+#define MOE_API
+#endif
+
+#define MOE_VERSION_MAJOR 0
+#define MOE_VERSION_MINOR 1
+
+/* ---------------------------------------------------------------- errors */
+
+/*
+ * The reason for the last failure on this thread, e.g.
+ * "model.gguf: tensor 'blk.3.ffn_up_exps.weight': data at 0x1000 ends past
+ * the file size 0x800".  Never NULL; "" when nothing failed yet.
+ */
+MOE_API const char *moe_errmsg(void);
+
+enum moe_log_level {
+	MOE_LOG_ERROR = 0,
+	MOE_LOG_WARN = 1,
+	MOE_LOG_INFO = 2,
+	MOE_LOG_DEBUG = 3,
+};
+
+/* Messages at or below @level go to stderr (default WARN; env MOE_LOG=0..3). */
+MOE_API void moe_set_log_level(enum moe_log_level level);
+
+/* ---------------------------------------------------------------- types */
+
+/* GGML type ids; append-only, the numbers are the on-disk ids. */
+enum moe_type {
+	MOE_TYPE_F32 = 0,
+	MOE_TYPE_F16 = 1,
+	MOE_TYPE_Q4_0 = 2,
+	MOE_TYPE_Q4_1 = 3,
+	MOE_TYPE_Q5_0 = 6,
+	MOE_TYPE_Q5_1 = 7,
+	MOE_TYPE_Q8_0 = 8,
+	MOE_TYPE_Q8_1 = 9,
+	MOE_TYPE_Q2_K = 10,
+	MOE_TYPE_Q3_K = 11,
+	MOE_TYPE_Q4_K = 12,
+	MOE_TYPE_Q5_K = 13,
+	MOE_TYPE_Q6_K = 14,
+	MOE_TYPE_Q8_K = 15,
+	MOE_TYPE_IQ2_XXS = 16,
+	MOE_TYPE_IQ2_XS = 17,
+	MOE_TYPE_IQ3_XXS = 18,
+	MOE_TYPE_IQ1_S = 19,
+	MOE_TYPE_IQ4_NL = 20,
+	MOE_TYPE_IQ3_S = 21,
+	MOE_TYPE_IQ2_S = 22,
+	MOE_TYPE_IQ4_XS = 23,
+	MOE_TYPE_I8 = 24,
+	MOE_TYPE_I16 = 25,
+	MOE_TYPE_I32 = 26,
+	MOE_TYPE_I64 = 27,
+	MOE_TYPE_F64 = 28,
+	MOE_TYPE_IQ1_M = 29,
+	MOE_TYPE_BF16 = 30,
+	MOE_TYPE_TQ1_0 = 34,
+	MOE_TYPE_TQ2_0 = 35,
+	MOE_TYPE_MXFP4 = 39,
+	MOE_TYPE_COUNT = 40,
+};
+
+/* Name of a type ("q4_K"), or NULL for an unknown id. */
+MOE_API const char *moe_type_name(uint32_t type);
+/* Type id for a name (case-insensitive), or -EINVAL. */
+MOE_API int moe_type_from_name(const char *name);
+/* Elements per block and bytes per block; 0 for an unknown id. */
+MOE_API uint32_t moe_type_block_elems(uint32_t type);
+MOE_API uint32_t moe_type_block_bytes(uint32_t type);
+/* Bytes of a row of @n elements; -EINVAL if unknown or n is not a multiple of the block. */
+MOE_API int64_t moe_type_row_bytes(uint32_t type, uint64_t n);
+
+/* ---------------------------------------------------------------- models */
+
+struct moe_model;
+
+/*
+ * Open a GGUF model file and validate all of it that can be validated
+ * without reading tensor data: header, metadata, tensor infos, the
+ * architecture's required keys and tensors, and the expert map.
+ */
+MOE_API int moe_model_open(const char *path, struct moe_model **out);
+MOE_API void moe_model_close(struct moe_model *model);
+
+/* Metadata value types, as in GGUF. */
+enum moe_meta_type {
+	MOE_META_U8 = 0,
+	MOE_META_I8 = 1,
+	MOE_META_U16 = 2,
+	MOE_META_I16 = 3,
+	MOE_META_U32 = 4,
+	MOE_META_I32 = 5,
+	MOE_META_F32 = 6,
+	MOE_META_BOOL = 7,
+	MOE_META_STRING = 8,
+	MOE_META_ARRAY = 9,
+	MOE_META_U64 = 10,
+	MOE_META_I64 = 11,
+	MOE_META_F64 = 12,
+};
+
+/*
+ * One metadata value.  Scalars are widened into u64/i64/f64 (bool: u64 0/1);
+ * strings point into the model (valid until close, not NUL-terminated
+ * beyond len, though a NUL does follow); arrays give the element type and
+ * count, read elements with moe_meta_array_*.
+ */
+struct moe_meta {
+	const char *key;
+	uint32_t type;
+	uint32_t elem_type;   /* arrays */
+	uint64_t count;       /* arrays: elements; strings: bytes */
+	union {
+		uint64_t u64;
+		int64_t i64;
+		double f64;
+		const char *str;
+	} v;
+	uint64_t reserved[2];
+};
+
+MOE_API int moe_meta_count(const struct moe_model *model);
+MOE_API int moe_meta_at(const struct moe_model *model, int idx, struct moe_meta *out);
+/* -ENOENT when the key is absent. */
+MOE_API int moe_meta_get(const struct moe_model *model, const char *key, struct moe_meta *out);
+/* Convenience: integer/float/string by key, with type conversion where lossless. */
+MOE_API int moe_meta_get_u64(const struct moe_model *model, const char *key, uint64_t *out);
+MOE_API int moe_meta_get_f64(const struct moe_model *model, const char *key, double *out);
+MOE_API int moe_meta_get_str(const struct moe_model *model, const char *key, const char **out);
+/* Array element i as integer / float / string. */
+MOE_API int moe_meta_array_i64(const struct moe_meta *arr, uint64_t i, int64_t *out);
+MOE_API int moe_meta_array_f64(const struct moe_meta *arr, uint64_t i, double *out);
+MOE_API int moe_meta_array_str(const struct moe_meta *arr, uint64_t i, const char **s,
+			       uint64_t *len);
+
+struct moe_tensor_info {
+	const char *name;
+	uint32_t type;
+	uint32_t n_dims;
+	uint64_t ne[4];       /* ne[0] is the row length */
+	uint64_t offset;      /* absolute file offset of the data */
+	uint64_t bytes;
+	uint32_t role;        /* enum moe_tensor_role */
+	int32_t layer;        /* -1 for global tensors */
+	uint64_t reserved[2];
+};
+
+enum moe_tensor_role {
+	MOE_ROLE_OTHER = 0,        /* resident, no special meaning to the planner */
+	MOE_ROLE_EXPERT_GATE = 1,  /* routed experts: streamed, never resident */
+	MOE_ROLE_EXPERT_UP = 2,
+	MOE_ROLE_EXPERT_DOWN = 3,
+	MOE_ROLE_EXPERT_GATE_UP = 4,
+};
+
+MOE_API int moe_model_tensor_count(const struct moe_model *model);
+MOE_API int moe_model_tensor(const struct moe_model *model, int idx, struct moe_tensor_info *out);
+/* Index of the tensor named @name, or -ENOENT. */
+MOE_API int moe_model_find_tensor(const struct moe_model *model, const char *name,
+				  struct moe_tensor_info *out);
+
+enum moe_gating {
+	MOE_GATING_SOFTMAX = 1,          /* softmax over all, top-k */
+	MOE_GATING_SIGMOID = 2,          /* sigmoid of the logits */
+	MOE_GATING_SOFTMAX_SELECTED = 3, /* top-k by logit, softmax over the k */
+};
+
+struct moe_hparams {
+	char arch[32];
+	uint32_t n_layer;
+	uint32_t n_moe_layer;
+	uint32_t n_embd;
+	uint32_t n_head;
+	uint32_t n_head_kv;     /* layer 0; see moe_model_layer for per-layer values */
+	uint32_t head_dim_k;
+	uint32_t head_dim_v;
+	uint32_t n_ff;          /* dense FFN width (0 = none) */
+	uint32_t n_expert;
+	uint32_t n_expert_used;
+	uint32_t n_expert_shared;
+	uint32_t n_ff_exp;
+	uint32_t n_ff_shexp;
+	uint32_t n_vocab;
+	uint32_t n_ctx_train;
+	uint32_t gating;        /* enum moe_gating */
+	uint32_t interleave_moe_step;
+	uint32_t leading_dense;
+	uint32_t sliding_window;
+	uint32_t n_rot;
+	float rms_eps;
+	float rope_base;
+	float expert_weights_scale;
+	bool expert_weights_norm;
+	bool tied_output;
+	uint8_t pad[2];
+	uint64_t reserved[8];
+};
+
+MOE_API int moe_model_hparams(const struct moe_model *model, struct moe_hparams *out);
+
+/* Per-layer facts. */
+struct moe_layer_info {
+	bool is_moe;
+	bool sliding;           /* sliding-window attention */
+	bool rope;              /* false: NoPE layer */
+	uint8_t pad;
+	uint32_t n_head_kv;
+	uint32_t head_dim;
+	uint32_t n_ff;          /* dense FFN width on this layer, 0 = none */
+	uint32_t n_expert_used;
+	uint32_t pad2;
+	uint64_t expert_bytes;  /* bytes of all routed experts of the layer */
+	uint64_t reserved[4];
+};
+MOE_API int moe_model_layer(const struct moe_model *model, uint32_t layer,
+			    struct moe_layer_info *out);
+
+/* One contiguous matrix of one expert in the file. */
+struct moe_extent {
+	uint64_t offset;        /* absolute file offset */
+	uint64_t bytes;
+	uint32_t type;
+	uint32_t role;          /* enum moe_tensor_role */
+	uint64_t rows;          /* output units (ne[1] of the tensor) */
+	uint64_t cols;          /* row length (ne[0]) */
+};
+
+#define MOE_EXPERT_MAX_MATS 3
+/* The matrices of one routed expert: gate, up, down, or gate_up and down. */
+struct moe_expert {
+	uint32_t n_mats;
+	uint32_t pad;
+	struct moe_extent mats[MOE_EXPERT_MAX_MATS];
+	uint64_t bytes;         /* sum over the matrices */
+};
+
+/* -EINVAL for a layer that is not MoE or an expert out of range. */
+MOE_API int moe_model_expert(const struct moe_model *model, uint32_t layer, uint32_t expert,
+			     struct moe_expert *out);
+
+/* Sizes the planner and `moectl info` need. */
+struct moe_model_summary {
+	uint64_t file_bytes;
+	uint64_t tensor_bytes;
+	uint64_t resident_bytes;           /* every tensor that is not a routed expert */
+	uint64_t expert_bytes_total;
+	uint64_t expert_bytes_each;        /* largest single expert */
+	uint64_t routed_bytes_per_token;   /* sum over MoE layers of used x expert bytes */
+	uint64_t type_bytes[MOE_TYPE_COUNT];
+	uint32_t type_tensors[MOE_TYPE_COUNT];
+	uint32_t alignment;                /* general.alignment */
+	uint32_t extent_alignment;         /* largest power of two dividing every expert offset */
+	uint64_t reserved[8];
+};
+MOE_API int moe_model_summary(const struct moe_model *model, struct moe_model_summary *out);
+
+/* ------------------------------------------------------- GGUF writer */
+/* (section: gguf writer) */
+
+/* ------------------------------------------------------- quantization */
+/* (section: quant) */
+
+/* ------------------------------------------------------- I/O engine */
+/* (section: io) */
+
+/* ------------------------------------------------------- tokenizer */
+/* (section: tokenizer) */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOE_MOE_H */

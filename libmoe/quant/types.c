@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <strings.h>
+
+#include "quant/quant.h"
+#include "util/util.h"
+
+/* Block sizes from ggml's block structs; ids are the on-disk GGML ids. */
+static const struct moe_type_traits traits[MOE_TYPE_COUNT] = {
+	[MOE_TYPE_F32] = { .name = "f32", .block = 1, .bytes = 4 },
+	[MOE_TYPE_F16] = { .name = "f16", .block = 1, .bytes = 2 },
+	[MOE_TYPE_Q4_0] = { .name = "q4_0", .block = 32, .bytes = 18, .quantized = true },
+	[MOE_TYPE_Q4_1] = { .name = "q4_1", .block = 32, .bytes = 20, .quantized = true },
+	[MOE_TYPE_Q5_0] = { .name = "q5_0", .block = 32, .bytes = 22, .quantized = true },
+	[MOE_TYPE_Q5_1] = { .name = "q5_1", .block = 32, .bytes = 24, .quantized = true },
+	[MOE_TYPE_Q8_0] = { .name = "q8_0", .block = 32, .bytes = 34, .quantized = true },
+	[MOE_TYPE_Q8_1] = { .name = "q8_1", .block = 32, .bytes = 36, .quantized = true },
+	[MOE_TYPE_Q2_K] = { .name = "q2_K", .block = 256, .bytes = 84, .quantized = true },
+	[MOE_TYPE_Q3_K] = { .name = "q3_K", .block = 256, .bytes = 110, .quantized = true },
+	[MOE_TYPE_Q4_K] = { .name = "q4_K", .block = 256, .bytes = 144, .quantized = true },
+	[MOE_TYPE_Q5_K] = { .name = "q5_K", .block = 256, .bytes = 176, .quantized = true },
+	[MOE_TYPE_Q6_K] = { .name = "q6_K", .block = 256, .bytes = 210, .quantized = true },
+	[MOE_TYPE_Q8_K] = { .name = "q8_K", .block = 256, .bytes = 292, .quantized = true },
+	[MOE_TYPE_IQ2_XXS] = { .name = "iq2_xxs", .block = 256, .bytes = 66, .quantized = true },
+	[MOE_TYPE_IQ2_XS] = { .name = "iq2_xs", .block = 256, .bytes = 74, .quantized = true },
+	[MOE_TYPE_IQ3_XXS] = { .name = "iq3_xxs", .block = 256, .bytes = 98, .quantized = true },
+	[MOE_TYPE_IQ1_S] = { .name = "iq1_s", .block = 256, .bytes = 50, .quantized = true },
+	[MOE_TYPE_IQ4_NL] = { .name = "iq4_nl", .block = 32, .bytes = 18, .quantized = true },
+	[MOE_TYPE_IQ3_S] = { .name = "iq3_s", .block = 256, .bytes = 110, .quantized = true },
+	[MOE_TYPE_IQ2_S] = { .name = "iq2_s", .block = 256, .bytes = 82, .quantized = true },
+	[MOE_TYPE_IQ4_XS] = { .name = "iq4_xs", .block = 256, .bytes = 136, .quantized = true },
+	[MOE_TYPE_I8] = { .name = "i8", .block = 1, .bytes = 1 },
+	[MOE_TYPE_I16] = { .name = "i16", .block = 1, .bytes = 2 },
+	[MOE_TYPE_I32] = { .name = "i32", .block = 1, .bytes = 4 },
+	[MOE_TYPE_I64] = { .name = "i64", .block = 1, .bytes = 8 },
+	[MOE_TYPE_F64] = { .name = "f64", .block = 1, .bytes = 8 },
+	[MOE_TYPE_IQ1_M] = { .name = "iq1_m", .block = 256, .bytes = 56, .quantized = true },
+	[MOE_TYPE_BF16] = { .name = "bf16", .block = 1, .bytes = 2 },
+	[MOE_TYPE_TQ1_0] = { .name = "tq1_0", .block = 256, .bytes = 54, .quantized = true },
+	[MOE_TYPE_TQ2_0] = { .name = "tq2_0", .block = 256, .bytes = 66, .quantized = true },
+	[MOE_TYPE_MXFP4] = { .name = "mxfp4", .block = 32, .bytes = 17, .quantized = true },
+};
+
+const struct moe_type_traits *moe_type_traits(uint32_t type)
+{
+	if (type >= MOE_TYPE_COUNT || !traits[type].block)
+		return NULL;
+	return &traits[type];
+}
+
+const char *moe_type_name(uint32_t type)
+{
+	const struct moe_type_traits *t = moe_type_traits(type);
+
+	return t ? t->name : NULL;
+}
+
+int moe_type_from_name(const char *name)
+{
+	for (uint32_t i = 0; i < MOE_TYPE_COUNT; i++)
+		if (traits[i].block && !strcasecmp(traits[i].name, name))
+			return (int)i;
+	return -EINVAL;
+}
+
+uint32_t moe_type_block_elems(uint32_t type)
+{
+	const struct moe_type_traits *t = moe_type_traits(type);
+
+	return t ? t->block : 0;
+}
+
+uint32_t moe_type_block_bytes(uint32_t type)
+{
+	const struct moe_type_traits *t = moe_type_traits(type);
+
+	return t ? t->bytes : 0;
+}
+
+int64_t moe_type_row_bytes(uint32_t type, uint64_t n)
+{
+	const struct moe_type_traits *t = moe_type_traits(type);
+
+	if (!t || n % t->block || n / t->block > (uint64_t)INT64_MAX / t->bytes)
+		return -EINVAL;
+	return (int64_t)(n / t->block * t->bytes);
+}

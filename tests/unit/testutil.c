@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: MIT */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static __thread char pathbuf[8][PATH_MAX];
+static __thread unsigned pathidx;
+
+static char *nextbuf(void)
+{
+	return pathbuf[pathidx++ % 8];
+}
+
+static const char *envdir(const char *var, const char *fallback)
+{
+	const char *v = getenv(var);
+
+	return v && *v ? v : fallback;
+}
+
+const char *tu_bin(const char *tool)
+{
+	char *b = nextbuf();
+
+	snprintf(b, PATH_MAX, "%s/%s", envdir("MOE_BIN", "build/bin"), tool);
+	return b;
+}
+
+const char *tu_shared(const char *rel)
+{
+	char *b = nextbuf();
+
+	snprintf(b, PATH_MAX, "%s/%s", envdir("MOE_SHARED", "../shared"), rel);
+	return access(b, R_OK) == 0 ? b : NULL;
+}
+
+const char *tu_src(const char *rel)
+{
+	char *b = nextbuf();
+
+	snprintf(b, PATH_MAX, "%s/%s", envdir("MOE_SRC", "."), rel);
+	return b;
+}
+
+char *tu_tmpdir(void)
+{
+	char base[PATH_MAX], *dir;
+
+	snprintf(base, sizeof(base), "%s/tmp", envdir("MOE_BUILD", "build"));
+	mkdir(base, 0755);
+	if (asprintf(&dir, "%s/t.XXXXXX", base) < 0)
+		return NULL;
+	if (!mkdtemp(dir)) {
+		free(dir);
+		return NULL;
+	}
+	return dir;
+}
+
+void tu_rmtree(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	char p[PATH_MAX];
+	struct stat st;
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+		if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
+			tu_rmtree(p);
+		else
+			unlink(p);
+	}
+	closedir(d);
+	rmdir(dir);
+}
+
+int tu_run(const char *cmd, int err_too, char **out)
+{
+	char *full, *buf = NULL;
+	size_t len = 0, cap = 0;
+	FILE *f;
+	int st;
+
+	if (asprintf(&full, "%s%s", cmd, err_too ? " 2>&1" : "") < 0)
+		return -1;
+	f = popen(full, "r");
+	free(full);
+	if (!f)
+		return -1;
+	for (;;) {
+		if (cap - len < 4096) {
+			cap = cap ? cap * 2 : 8192;
+			buf = realloc(buf, cap);
+			if (!buf) {
+				pclose(f);
+				return -1;
+			}
+		}
+		size_t n = fread(buf + len, 1, cap - len - 1, f);
+		if (!n)
+			break;
+		len += n;
+	}
+	buf[len] = 0;
+	st = pclose(f);
+	if (out)
+		*out = buf;
+	else
+		free(buf);
+	if (st == -1 || !WIFEXITED(st))
+		return -1;
+	return WEXITSTATUS(st);
+}
+
+void *tu_read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf;
+	long n;
+
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = malloc(n + 1);
+	if (buf && fread(buf, 1, n, f) != (size_t)n) {
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	if (buf) {
+		buf[n] = 0;
+		if (len)
+			*len = n;
+	}
+	return buf;
+}
+
+int tu_write_file(const char *path, const void *data, size_t len)
+{
+	FILE *f = fopen(path, "wb");
+	int ok;
+
+	if (!f)
+		return -errno;
+	ok = fwrite(data, 1, len, f) == len;
+	return fclose(f) == 0 && ok ? 0 : -EIO;
+}
+
+unsigned tu_skipped;
+
+void tu_skip(const char *test, const char *why)
+{
+	tu_skipped++;
+	printf("SKIP: %s: %s\n", test, why);
+}
+
+uint64_t tu_rand(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+double tu_randn(uint64_t *s)
+{
+	double u1 = ((tu_rand(s) >> 11) + 1.0) / 9007199254740993.0;
+	double u2 = (tu_rand(s) >> 11) / 9007199254740992.0;
+
+	return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/* Helpers for the Check suites: paths, temp dirs, running the tools, skips. */
+#ifndef MOE_TESTUTIL_H
+#define MOE_TESTUTIL_H
+
+#include <check.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Absolute path of a built tool (from MOE_BIN, else build/bin). Static buffer per call site. */
+const char *tu_bin(const char *tool);
+/* Path of a file under ../shared (MOE_SHARED), or NULL when it is not there. */
+const char *tu_shared(const char *rel);
+/* Path of a file in the source tree (MOE_SRC). */
+const char *tu_src(const char *rel);
+/* A fresh directory on a disk-backed filesystem (under MOE_BUILD/tmp); caller frees. */
+char *tu_tmpdir(void);
+/* Remove a directory tree made by tu_tmpdir. */
+void tu_rmtree(const char *dir);
+/* Run a shell command; stdout (and stderr when @err_too) captured into *out
+ * (NUL-terminated, caller frees; may pass NULL).  Returns the exit status, or -1. */
+int tu_run(const char *cmd, int err_too, char **out);
+/* Read a whole file; caller frees.  NULL on failure. */
+void *tu_read_file(const char *path, size_t *len);
+int tu_write_file(const char *path, const void *data, size_t len);
+
+/*
+ * A test that cannot run here says why and is counted as skipped, not
+ * passed: call from the suite constructor instead of adding the test.
+ */
+void tu_skip(const char *test, const char *why);
+
+/* Deterministic pseudo-random numbers for tests. */
+uint64_t tu_rand(uint64_t *state);
+double tu_randn(uint64_t *state);
+
+#endif
