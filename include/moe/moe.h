@@ -106,6 +106,15 @@ struct moe_model;
  * architecture's required keys and tensors, and the expert map.
  */
 MOE_API int moe_model_open(const char *path, struct moe_model **out);
+
+enum moe_open_flags {
+	/* Only the container and metadata: for vocab-only files (tokenizers). */
+	MOE_OPEN_METADATA_ONLY = 1u << 0,
+};
+#define MOE_OPEN_FLAGS_ALL (MOE_OPEN_METADATA_ONLY)
+MOE_API int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **out);
+/* The path the model was opened from. */
+MOE_API const char *moe_model_path(const struct moe_model *model);
 MOE_API void moe_model_close(struct moe_model *model);
 
 /* Metadata value types, as in GGUF. */

@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * moe-bench: benchmarks that print ratios against a baseline measured in the
+ * same run.  `moe-bench NAME [--json] ...`.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench.h"
+
+static const struct bench_cmd cmds[] = {
+	{ 0 },
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: moe-bench BENCHMARK [--json] [ARGS]\n\nbenchmarks:\n");
+	for (const struct bench_cmd *c = cmds; c->name; c++)
+		fprintf(f, "  %s\n", c->help);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help")) {
+		usage(argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	for (const struct bench_cmd *c = cmds; c->name; c++)
+		if (!strcmp(c->name, argv[1]))
+			return c->fn(argc - 1, argv + 1);
+	fprintf(stderr, "moe-bench: unknown benchmark '%s'; try `moe-bench help`\n", argv[1]);
+	return 2;
+}

@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef MOECTL_H
+#define MOECTL_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+/* Exit statuses: 0 success, 1 failure, 2 usage. */
+#define EXIT_USAGE 2
+
+struct cmd {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *help;
+};
+
+/* Global options, parsed before the subcommand. */
+extern bool json_output;
+
+/* Run the subcommand named by argv[0] from @cmds (prefix match). */
+int cmd_select(const struct cmd *cmds, int argc, char **argv, const char *level);
+int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print a one-line failure "moectl: ..." to stderr and return 1. */
+int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print a JSON string literal with escapes. */
+void json_str(FILE *f, const char *s);
+/* "1.50 GiB" style sizes into a static-per-call-site buffer. */
+const char *human_bytes(unsigned long long bytes, char *buf, unsigned len);
+
+/* Subcommands: one file each. */
+int do_info(int argc, char **argv);
+
+#endif
