@@ -27,13 +27,20 @@ int moe_err(int errnum, const char *fmt, ...)
 
 int moe_err_prefix(int ret, const char *fmt, ...)
 {
-	char prefix[512], old[MOE_ERRMSG_MAX];
+	char old[MOE_ERRMSG_MAX];
+	size_t n;
 	va_list ap;
 
-	va_start(ap, fmt);
-	vsnprintf(prefix, sizeof(prefix), fmt, ap);
-	va_end(ap);
 	memcpy(old, errmsg, sizeof(old));
-	snprintf(errmsg, sizeof(errmsg), "%s: %s", prefix, old);
+	va_start(ap, fmt);
+	vsnprintf(errmsg, sizeof(errmsg), fmt, ap);
+	va_end(ap);
+	n = strlen(errmsg);
+	if (n + 3 < sizeof(errmsg)) {
+		memcpy(errmsg + n, ": ", 2);
+		n += 2;
+		old[sizeof(old) - 1 - n] = 0;
+		memcpy(errmsg + n, old, strlen(old) + 1);
+	}
 	return ret;
 }
