@@ -16,6 +16,7 @@ bool json_output;
 static int do_help(int argc, char **argv);
 
 static const struct cmd cmds[] = {
+	{ "info", do_info, "info [--json] FILE         describe a GGUF model: sizes, experts, layout" },
 	{ "help", do_help, "help                       this text" },
 	{ 0 },
 };

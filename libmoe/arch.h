@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The architecture table: one descriptor per supported `general.architecture`,
+ * so that the reader, the planner and the forward pass ask the table instead
+ * of testing architecture names.
+ */
+#ifndef MOE_ARCH_H
+#define MOE_ARCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum moe_arch_id {
+	MOE_ARCH_LLAMA,         /* Llama / Mixtral-style experts */
+	MOE_ARCH_QWEN3MOE,
+	MOE_ARCH_LLAMA4,
+	MOE_ARCH_GPTOSS,
+	MOE_ARCH_GEMMA4,
+	MOE_ARCH_COUNT,
+};
+
+/* Which layers route to experts. */
+enum moe_layer_rule {
+	MOE_LAYERS_ALL,         /* every layer at or after leading_dense_block_count */
+	MOE_LAYERS_INTERLEAVE,  /* (il + 1) % interleave_moe_layer_step == 0 */
+	MOE_LAYERS_BY_TENSOR,   /* layers that have ffn_gate_inp.weight */
+};
+
+enum moe_rope_style { MOE_ROPE_NORMAL, MOE_ROPE_NEOX };
+
+enum moe_expert_act { MOE_ACT_SILU, MOE_ACT_GELU, MOE_ACT_SWIGLU_OAI };
+
+/* Attention features. */
+enum {
+	MOE_ATTN_QK_NORM = 1u << 0,        /* weighted per-head RMSNorm of q and k */
+	MOE_ATTN_QK_NORM_PLAIN = 1u << 1,  /* llama4: weightless, on RoPE layers */
+	MOE_ATTN_BIAS = 1u << 2,           /* q/k/v/o biases */
+	MOE_ATTN_SINKS = 1u << 3,          /* per-head sink logits */
+	MOE_ATTN_SWA_EVEN = 1u << 4,       /* even layers sliding window (gpt-oss) */
+	MOE_ATTN_SWA_PATTERN = 1u << 5,    /* per-layer pattern array (gemma4) */
+	MOE_ATTN_CHUNKED = 1u << 6,        /* llama4 chunked attention on RoPE layers */
+	MOE_ATTN_NOPE_EVERY4 = 1u << 7,    /* llama4: (il + 1) % 4 == 0 has no RoPE */
+	MOE_ATTN_V_NORM = 1u << 8,         /* gemma4: weightless V norm */
+};
+
+enum { ARCH_OPT = 0, ARCH_REQ = 1 };
+
+/* A tensor name; per-layer names omit the "blk.N." prefix. */
+struct arch_tensor {
+	const char *name;
+	uint8_t need;
+};
+
+struct moe_arch {
+	const char *name;                  /* general.architecture */
+	enum moe_arch_id id;
+	enum moe_layer_rule moe_layers;
+	enum moe_rope_style rope;
+	enum moe_expert_act act;
+	uint32_t gating;                   /* enum moe_gating, when the file has no key */
+	bool weights_norm;                 /* when the file has no key */
+	bool ffn_exp_from_ff;              /* Mixtral: expert width is feed_forward_length */
+	uint32_t attn;                     /* MOE_ATTN_* */
+	const struct arch_tensor *globals;
+	const struct arch_tensor *layer;   /* every layer */
+	const struct arch_tensor *dense;   /* layers without routed experts */
+	const struct arch_tensor *moe;     /* layers with routed experts */
+	const char *const *required_keys;  /* without the "{arch}." prefix */
+};
+
+const struct moe_arch *moe_arch_find(const char *name);
+/* "llama, qwen3moe, ..." for messages. */
+const char *moe_arch_list(void);
+
+#endif

@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: MIT */
+/* moectl info: what a model is and what it costs to run it. */
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "moe/moe.h"
+#include "moectl.h"
+
+/* O_DIRECT needs offsets aligned to the device's logical block; 4096 covers every NVMe. */
+#define DIRECT_ALIGN 4096
+
+static void print_json(const struct moe_model *m, const struct moe_hparams *hp,
+		       const struct moe_model_summary *s)
+{
+	bool first = true;
+
+	printf("{\"file\": ");
+	json_str(stdout, moe_model_path(m));
+	printf(", \"arch\": ");
+	json_str(stdout, hp->arch);
+	printf(", \"n_layers\": %u, \"n_moe_layers\": %u, \"n_experts\": %u, "
+	       "\"n_experts_used\": %u, \"n_experts_shared\": %u, \"n_embd\": %u, \"n_head\": %u, "
+	       "\"n_head_kv\": %u, \"head_dim\": %u, \"n_ff\": %u, \"n_ff_exp\": %u, "
+	       "\"n_ff_shexp\": %u, \"n_vocab\": %u, \"n_ctx_train\": %u, \"gating\": %u, "
+	       "\"rope_base\": %g, \"rms_eps\": %g, \"tied_output\": %s, ",
+	       hp->n_layer, hp->n_moe_layer, hp->n_expert, hp->n_expert_used, hp->n_expert_shared,
+	       hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim_k, hp->n_ff, hp->n_ff_exp,
+	       hp->n_ff_shexp, hp->n_vocab, hp->n_ctx_train, hp->gating, hp->rope_base,
+	       hp->rms_eps, hp->tied_output ? "true" : "false");
+	printf("\"tensor_count\": %d, \"file_bytes\": %llu, \"tensor_bytes\": %llu, "
+	       "\"resident_bytes\": %llu, \"expert_bytes_total\": %llu, \"expert_bytes_each\": %llu, "
+	       "\"expert_bytes_per_layer\": %llu, \"routed_bytes_per_token\": %llu, "
+	       "\"alignment\": %u, \"extent_alignment\": %u, \"direct_in_place\": %s, "
+	       "\"device_bytes_all\": %llu, \"bytes_by_type\": {",
+	       moe_model_tensor_count(m), (unsigned long long)s->file_bytes,
+	       (unsigned long long)s->tensor_bytes, (unsigned long long)s->resident_bytes,
+	       (unsigned long long)s->expert_bytes_total, (unsigned long long)s->expert_bytes_each,
+	       (unsigned long long)(hp->n_moe_layer ? s->expert_bytes_total / hp->n_moe_layer : 0),
+	       (unsigned long long)s->routed_bytes_per_token, s->alignment, s->extent_alignment,
+	       s->extent_alignment >= DIRECT_ALIGN ? "true" : "false",
+	       (unsigned long long)s->tensor_bytes);
+	for (uint32_t t = 0; t < MOE_TYPE_COUNT; t++) {
+		if (!s->type_tensors[t])
+			continue;
+		printf("%s\"%s\": %llu", first ? "" : ", ", moe_type_name(t),
+		       (unsigned long long)s->type_bytes[t]);
+		first = false;
+	}
+	printf("}}\n");
+}
+
+static void print_text(const struct moe_model *m, const struct moe_hparams *hp,
+		       const struct moe_model_summary *s)
+{
+	char b1[32], b2[32], b3[32];
+
+	printf("file:             %s (%s)\n", moe_model_path(m),
+	       human_bytes(s->file_bytes, b1, sizeof(b1)));
+	printf("architecture:     %s\n", hp->arch);
+	printf("layers:           %u (%u with routed experts)\n", hp->n_layer, hp->n_moe_layer);
+	printf("embedding:        %u, heads %u (kv %u), head dim %u\n", hp->n_embd, hp->n_head,
+	       hp->n_head_kv, hp->head_dim_k);
+	printf("experts:          %u per layer, %u used per token, %u shared\n", hp->n_expert,
+	       hp->n_expert_used, hp->n_expert_shared);
+	printf("ffn widths:       dense %u, expert %u, shared expert %u\n", hp->n_ff, hp->n_ff_exp,
+	       hp->n_ff_shexp);
+	printf("vocabulary:       %u%s; trained context %u\n", hp->n_vocab,
+	       hp->tied_output ? " (output tied to embeddings)" : "", hp->n_ctx_train);
+	printf("tensors:          %d, %s of data\n", moe_model_tensor_count(m),
+	       human_bytes(s->tensor_bytes, b1, sizeof(b1)));
+	printf("bytes per type:  ");
+	for (uint32_t t = 0; t < MOE_TYPE_COUNT; t++)
+		if (s->type_tensors[t])
+			printf(" %s %s (%u tensors);", moe_type_name(t),
+			       human_bytes(s->type_bytes[t], b1, sizeof(b1)), s->type_tensors[t]);
+	printf("\n");
+	printf("resident:         %s (attention, norms, routers, shared experts, embeddings)\n",
+	       human_bytes(s->resident_bytes, b1, sizeof(b1)));
+	printf("routed experts:   %s total, %s each, %s per MoE layer\n",
+	       human_bytes(s->expert_bytes_total, b1, sizeof(b1)),
+	       human_bytes(s->expert_bytes_each, b2, sizeof(b2)),
+	       human_bytes(hp->n_moe_layer ? s->expert_bytes_total / hp->n_moe_layer : 0, b3,
+			   sizeof(b3)));
+	printf("routed per token: %s (experts used x expert size over the MoE layers)\n",
+	       human_bytes(s->routed_bytes_per_token, b1, sizeof(b1)));
+	printf("alignment:        general.alignment %u; expert extents aligned to %u bytes: %s\n",
+	       s->alignment, s->extent_alignment,
+	       s->extent_alignment >= DIRECT_ALIGN ?
+		       "O_DIRECT reads them in place" :
+		       "O_DIRECT reads the block-aligned superset of each extent");
+	printf("whole model:      %s of device memory to hold every tensor (plus KV cache and "
+	       "scratch)\n", human_bytes(s->tensor_bytes, b1, sizeof(b1)));
+}
+
+int do_info(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct moe_model *m;
+	struct moe_hparams hp;
+	struct moe_model_summary s;
+	int c, ret;
+
+	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json_output = true;
+			break;
+		case 'h':
+			printf("usage: moectl info [--json] FILE\n");
+			return 0;
+		default:
+			return usage_error("info: usage: moectl info [--json] FILE");
+		}
+	}
+	if (optind != argc - 1)
+		return usage_error("info: expected one model file; usage: moectl info [--json] FILE");
+	ret = moe_model_open(argv[optind], &m);
+	if (ret)
+		return fail("%s", moe_errmsg());
+	moe_model_hparams(m, &hp);
+	moe_model_summary(m, &s);
+	if (json_output)
+		print_json(m, &hp, &s);
+	else
+		print_text(m, &hp, &s);
+	moe_model_close(m);
+	return 0;
+}
