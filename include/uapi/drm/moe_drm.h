@@ -1,0 +1,304 @@
+/* SPDX-License-Identifier: (GPL-2.0 WITH Linux-syscall-note) OR MIT */
+/*
+ * moe_drm.h - uAPI of moe.ko, the driver that reads registered model extents
+ * straight from NVMe into pinned host buffers.
+ */
+#ifndef _UAPI_MOE_DRM_H_
+#define _UAPI_MOE_DRM_H_
+
+#include "drm.h"
+
+#if defined(__cplusplus)
+extern "C" {
+#endif
+
+/**
+ * DOC: moe uAPI
+ *
+ * The device is a DRM render node (a compute-accel node on kernels with
+ * DRM_ACCEL) whose driver name is "moe".  Every ioctl below is allowed on the
+ * render node; MODEL_REGISTER and MODEL_UNREGISTER also need CAP_SYS_ADMIN.
+ *
+ * Use flow: a privileged opener registers an open model file and a table of
+ * block-aligned extents under a name (MODEL_REGISTER); any opener creates
+ * buffer objects (BO_CREATE), maps them (BO_MMAP + mmap on the node), and
+ * asks for "extent i of model m into BO h at offset o" in batches (FETCH).
+ * A batch completes either through WAIT (ticket from FETCH, absolute
+ * CLOCK_MONOTONIC timeout) or, submitted with IORING_OP_URING_CMD and cmd_op
+ * DRM_MOE_URING_CMD_FETCH, as one io_uring CQE.
+ *
+ * Every struct has explicit padding; flags and pad must be zero (-EINVAL
+ * otherwise).  Pointers travel as __u64.
+ */
+
+#define DRM_MOE_GET_PARAM		0x00
+#define DRM_MOE_BO_CREATE		0x01
+#define DRM_MOE_BO_MMAP			0x02
+#define DRM_MOE_MODEL_REGISTER		0x03
+#define DRM_MOE_MODEL_UNREGISTER	0x04
+#define DRM_MOE_MODEL_INFO		0x05
+#define DRM_MOE_FETCH			0x06
+#define DRM_MOE_WAIT			0x07
+
+/* uAPI version: major changes break, minor ones add. */
+#define DRM_MOE_VERSION_MAJOR		1
+#define DRM_MOE_VERSION_MINOR		0
+
+/* Fixed-size names keep MODEL_REGISTER free of a second user copy. */
+#define DRM_MOE_NAME_LEN		64
+/* Latency histogram buckets: bucket i counts requests of [2^i, 2^(i+1)) us. */
+#define DRM_MOE_LAT_BUCKETS		16
+
+/**
+ * enum drm_moe_param - what GET_PARAM reports
+ * @DRM_MOE_PARAM_VERSION: (major << 16) | minor of this uAPI.
+ * @DRM_MOE_PARAM_CAPS: mask of DRM_MOE_CAP_*.
+ * @DRM_MOE_PARAM_ALIGN: alignment in bytes of extent offsets and lengths and
+ *	of FETCH BO offsets.
+ * @DRM_MOE_PARAM_MAX_EXTENTS: most extents one model may register.
+ * @DRM_MOE_PARAM_MAX_BATCH: most requests one FETCH may carry.
+ * @DRM_MOE_PARAM_MAX_BO_SIZE: largest BO_CREATE size in bytes.
+ * @DRM_MOE_PARAM_MAX_MODELS: most models registered at once.
+ */
+enum drm_moe_param {
+	DRM_MOE_PARAM_VERSION = 0,
+	DRM_MOE_PARAM_CAPS = 1,
+	DRM_MOE_PARAM_ALIGN = 2,
+	DRM_MOE_PARAM_MAX_EXTENTS = 3,
+	DRM_MOE_PARAM_MAX_BATCH = 4,
+	DRM_MOE_PARAM_MAX_BO_SIZE = 5,
+	DRM_MOE_PARAM_MAX_MODELS = 6,
+};
+
+/* FETCH batches complete through io_uring (IORING_OP_URING_CMD). */
+#define DRM_MOE_CAP_URING_CMD		(1ULL << 0)
+/* BOs export as dma-buf through PRIME. */
+#define DRM_MOE_CAP_PRIME		(1ULL << 1)
+/* Reads bypass the page cache (direct I/O). */
+#define DRM_MOE_CAP_DIRECT		(1ULL << 2)
+
+/**
+ * struct drm_moe_get_param - DRM_IOCTL_MOE_GET_PARAM
+ * @param: in, one of enum drm_moe_param; -EINVAL for others.
+ * @pad: must be zero.
+ * @value: out, the value.
+ */
+struct drm_moe_get_param {
+	__u32 param;
+	__u32 pad;
+	__u64 value;
+};
+
+/**
+ * struct drm_moe_bo_create - DRM_IOCTL_MOE_BO_CREATE
+ * @size: in, bytes; rounded up to the page size; 0 or above
+ *	DRM_MOE_PARAM_MAX_BO_SIZE gives -EINVAL.  The pages are allocated and
+ *	pinned here and stay pinned until the last reference goes.
+ * @flags: must be zero.
+ * @handle: out, the GEM handle.
+ */
+struct drm_moe_bo_create {
+	__u64 size;
+	__u32 flags;
+	__u32 handle;
+};
+
+/**
+ * struct drm_moe_bo_mmap - DRM_IOCTL_MOE_BO_MMAP
+ * @handle: in, a GEM handle of this file; -ENOENT when unknown.
+ * @flags: must be zero.
+ * @offset: out, the offset to pass to mmap() on the same file.
+ */
+struct drm_moe_bo_mmap {
+	__u32 handle;
+	__u32 flags;
+	__u64 offset;
+};
+
+/**
+ * struct drm_moe_extent - one byte range of a model file
+ * @offset: byte offset in the file, a multiple of DRM_MOE_PARAM_ALIGN.
+ * @length: bytes, non-zero, a multiple of DRM_MOE_PARAM_ALIGN.  The extent
+ *	must end within the file rounded up to the alignment; the bytes past
+ *	the end of the file read as zero.
+ */
+struct drm_moe_extent {
+	__u64 offset;
+	__u64 length;
+};
+
+/**
+ * struct drm_moe_model_register - DRM_IOCTL_MOE_MODEL_REGISTER
+ * @fd: in, an fd of the model file open for reading: -EBADF when it is not
+ *	an open fd or not readable, -EINVAL when it is not a regular file,
+ *	-EOPNOTSUPP when the filesystem cannot do direct I/O on it.  The
+ *	driver keeps its own reference to the file until unregistered.
+ * @flags: must be zero.
+ * @name: in, NUL-terminated, 1..63 bytes; -EEXIST when taken.
+ * @extents_ptr: in, user pointer to @n_extents struct drm_moe_extent.
+ * @n_extents: in, 1..DRM_MOE_PARAM_MAX_EXTENTS (-E2BIG above).
+ * @model_id: out, the model id (never 0).
+ * @file_size: out, the size of the file at registration.
+ *
+ * Needs CAP_SYS_ADMIN (-EPERM).  -ENOSPC at DRM_MOE_PARAM_MAX_MODELS.
+ */
+struct drm_moe_model_register {
+	__s32 fd;
+	__u32 flags;
+	char name[DRM_MOE_NAME_LEN];
+	__u64 extents_ptr;
+	__u32 n_extents;
+	__u32 model_id;
+	__u64 file_size;
+};
+
+/**
+ * struct drm_moe_model_unregister - DRM_IOCTL_MOE_MODEL_UNREGISTER
+ * @model_id: in; -ENOENT when unknown.
+ * @flags: must be zero.
+ *
+ * Needs CAP_SYS_ADMIN.  Requests in flight finish normally; new FETCHes
+ * naming the model get -ENOENT.  The file is released after the last
+ * request completes.
+ */
+struct drm_moe_model_unregister {
+	__u32 model_id;
+	__u32 flags;
+};
+
+/* MODEL_INFO: look the model up by @name instead of @model_id. */
+#define DRM_MOE_INFO_BY_NAME		(1U << 0)
+/* MODEL_INFO: report the registered model with the smallest id > @model_id. */
+#define DRM_MOE_INFO_NEXT		(1U << 1)
+#define DRM_MOE_INFO_FLAGS		(DRM_MOE_INFO_BY_NAME | DRM_MOE_INFO_NEXT)
+
+/**
+ * struct drm_moe_model_info - DRM_IOCTL_MOE_MODEL_INFO
+ * @model_id: in (unless BY_NAME) and out; -ENOENT when no model matches.
+ * @flags: DRM_MOE_INFO_* (at most one of them); others give -EINVAL.
+ * @name: in with BY_NAME, out otherwise.
+ * @extents_ptr: in, user pointer for up to @n_extents extents, or 0.
+ * @n_extents: in, room at @extents_ptr; out, extents of the model.
+ * @pad: must be zero.
+ * @file_size: out, the size of the file at registration.
+ * @bytes: out, bytes read by completed requests.
+ * @requests: out, completed requests.
+ * @errors: out, requests that failed.
+ * @inflight: out, requests submitted and not yet completed.
+ * @lat_hist: out, completed requests by latency (DRM_MOE_LAT_BUCKETS).
+ *
+ * Any opener may ask; the counters are also in debugfs (dri/N/moe_models).
+ */
+struct drm_moe_model_info {
+	__u32 model_id;
+	__u32 flags;
+	char name[DRM_MOE_NAME_LEN];
+	__u64 extents_ptr;
+	__u32 n_extents;
+	__u32 pad;
+	__u64 file_size;
+	__u64 bytes;
+	__u64 requests;
+	__u64 errors;
+	__u64 inflight;
+	__u64 lat_hist[DRM_MOE_LAT_BUCKETS];
+};
+
+/**
+ * struct drm_moe_fetch_req - one request of a FETCH batch
+ * @model_id: a registered model; -ENOENT when unknown.
+ * @extent: index into the model's extent table; -EINVAL when out of range.
+ * @handle: the destination BO of this file; -ENOENT when unknown, -EINVAL
+ *	when it is imported from another driver.
+ * @flags: must be zero.
+ * @bo_offset: where in the BO the extent lands, a multiple of
+ *	DRM_MOE_PARAM_ALIGN; -EINVAL when the extent does not fit.
+ */
+struct drm_moe_fetch_req {
+	__u32 model_id;
+	__u32 extent;
+	__u32 handle;
+	__u32 flags;
+	__u64 bo_offset;
+};
+
+/**
+ * struct drm_moe_fetch - DRM_IOCTL_MOE_FETCH and DRM_MOE_URING_CMD_FETCH
+ * @reqs_ptr: in, user pointer to @count struct drm_moe_fetch_req.
+ * @results_ptr: in, user pointer to @count __s64 that receive, per request,
+ *	the bytes read or a negative errno; written at completion (by WAIT or
+ *	before the io_uring CQE is posted).  0: no per-request results.
+ * @count: in, 1..DRM_MOE_PARAM_MAX_BATCH.
+ * @flags: must be zero.
+ * @ticket: out (ioctl only), what to pass to WAIT.
+ *
+ * Every request is validated before any is issued: a bad request fails the
+ * whole submission with its errno and nothing is read.  Failures after
+ * submission (I/O errors) come back per request.
+ */
+struct drm_moe_fetch {
+	__u64 reqs_ptr;
+	__u64 results_ptr;
+	__u32 count;
+	__u32 flags;
+	__u64 ticket;
+};
+
+/**
+ * struct drm_moe_wait - DRM_IOCTL_MOE_WAIT
+ * @ticket: in, from FETCH on this file; -ENOENT when unknown or already
+ *	waited for.
+ * @timeout_ns: in, absolute CLOCK_MONOTONIC deadline; -ETIME when it passes
+ *	first (the ticket stays valid), -ERESTARTSYS on a signal.
+ * @flags: must be zero.
+ * @failed: out, number of requests that failed.
+ *
+ * Blocks until every request of the batch has completed, then writes the
+ * results and forgets the ticket.
+ */
+struct drm_moe_wait {
+	__u64 ticket;
+	__s64 timeout_ns;
+	__u32 flags;
+	__u32 failed;
+};
+
+/**
+ * struct drm_moe_uring_cmd - the 16 bytes at io_uring_sqe.cmd
+ * @fetch_ptr: user pointer to a struct drm_moe_fetch (its @ticket unused).
+ * @pad: must be zero.
+ *
+ * With cmd_op DRM_MOE_URING_CMD_FETCH.  The CQE res is the number of bytes
+ * read by the whole batch, or the first request's negative errno when any
+ * failed; results_ptr gets the per-request values before the CQE posts.
+ * Bad submissions complete with their errno.
+ */
+struct drm_moe_uring_cmd {
+	__u64 fetch_ptr;
+	__u64 pad;
+};
+
+#define DRM_MOE_URING_CMD_FETCH		0x6d01
+
+#define DRM_IOCTL_MOE_GET_PARAM \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_GET_PARAM, struct drm_moe_get_param)
+#define DRM_IOCTL_MOE_BO_CREATE \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_BO_CREATE, struct drm_moe_bo_create)
+#define DRM_IOCTL_MOE_BO_MMAP \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_BO_MMAP, struct drm_moe_bo_mmap)
+#define DRM_IOCTL_MOE_MODEL_REGISTER \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_MODEL_REGISTER, struct drm_moe_model_register)
+#define DRM_IOCTL_MOE_MODEL_UNREGISTER \
+	DRM_IOW(DRM_COMMAND_BASE + DRM_MOE_MODEL_UNREGISTER, struct drm_moe_model_unregister)
+#define DRM_IOCTL_MOE_MODEL_INFO \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_MODEL_INFO, struct drm_moe_model_info)
+#define DRM_IOCTL_MOE_FETCH \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_FETCH, struct drm_moe_fetch)
+#define DRM_IOCTL_MOE_WAIT \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_WAIT, struct drm_moe_wait)
+
+#if defined(__cplusplus)
+}
+#endif
+
+#endif /* _UAPI_MOE_DRM_H_ */

@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * moe.ko: device registration, the ioctl table, per-file state and module
+ * parameters.  A virtual platform device carries the DRM device, as vgem does,
+ * since the driver drives no hardware of its own: it reads files.
+ */
+#include <linux/dma-mapping.h>
+#include <linux/module.h>
+#include <linux/platform_device.h>
+#include <linux/slab.h>
+
+#include <drm/drm_drv.h>
+#include <drm/drm_gem.h>
+#include <drm/drm_gem_shmem_helper.h>
+#include <drm/drm_ioctl.h>
+
+#include "moe_drv.h"
+
+#define DRIVER_NAME	"moe"
+#define DRIVER_DESC	"moe: stream model extents from NVMe into pinned buffers"
+#define DRIVER_DATE	"20261128"
+
+unsigned int moe_debug;
+module_param_named(debug, moe_debug, uint, 0644);
+MODULE_PARM_DESC(debug, "Log every registration and batch (0 = off, default)");
+
+unsigned int moe_max_extents = 1U << 18;
+module_param_named(max_extents, moe_max_extents, uint, 0444);
+MODULE_PARM_DESC(max_extents, "Most extents per registered model (default 262144)");
+
+unsigned int moe_max_batch = 4096;
+module_param_named(max_batch, moe_max_batch, uint, 0444);
+MODULE_PARM_DESC(max_batch, "Most requests per FETCH (default 4096)");
+
+unsigned int moe_max_models = 64;
+module_param_named(max_models, moe_max_models, uint, 0444);
+MODULE_PARM_DESC(max_models, "Most models registered at once (default 64)");
+
+static unsigned int moe_max_bo_mb = 4096;
+module_param_named(max_bo_mb, moe_max_bo_mb, uint, 0444);
+MODULE_PARM_DESC(max_bo_mb, "Largest buffer object in MiB (default 4096)");
+unsigned long moe_max_bo_bytes;
+
+static struct platform_device *moe_pdev;
+static struct moe_device *moe_dev;
+
+static int moe_get_param_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
+{
+	struct drm_moe_get_param *args = data;
+
+	if (args->pad)
+		return -EINVAL;
+	switch (args->param) {
+	case DRM_MOE_PARAM_VERSION:
+		args->value = (DRM_MOE_VERSION_MAJOR << 16) | DRM_MOE_VERSION_MINOR;
+		break;
+	case DRM_MOE_PARAM_CAPS:
+		args->value = DRM_MOE_CAP_URING_CMD | DRM_MOE_CAP_PRIME | DRM_MOE_CAP_DIRECT;
+		break;
+	case DRM_MOE_PARAM_ALIGN:
+		args->value = MOE_ALIGN;
+		break;
+	case DRM_MOE_PARAM_MAX_EXTENTS:
+		args->value = moe_max_extents;
+		break;
+	case DRM_MOE_PARAM_MAX_BATCH:
+		args->value = moe_max_batch;
+		break;
+	case DRM_MOE_PARAM_MAX_BO_SIZE:
+		args->value = moe_max_bo_bytes;
+		break;
+	case DRM_MOE_PARAM_MAX_MODELS:
+		args->value = moe_max_models;
+		break;
+	default:
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int moe_open(struct drm_device *dev, struct drm_file *file)
+{
+	struct moe_file *mfile;
+
+	mfile = kzalloc(sizeof(*mfile), GFP_KERNEL);
+	if (!mfile)
+		return -ENOMEM;
+	xa_init_flags(&mfile->batches, XA_FLAGS_ALLOC1);
+	file->driver_priv = mfile;
+	return 0;
+}
+
+static void moe_postclose(struct drm_device *dev, struct drm_file *file)
+{
+	struct moe_file *mfile = file->driver_priv;
+
+	/* Reads still in flight target this file's BOs: wait for them. */
+	moe_file_drain(mfile);
+	xa_destroy(&mfile->batches);
+	kfree(mfile);
+}
+
+static const struct drm_ioctl_desc moe_ioctls[] = {
+	DRM_IOCTL_DEF_DRV(MOE_GET_PARAM, moe_get_param_ioctl, DRM_RENDER_ALLOW),
+	DRM_IOCTL_DEF_DRV(MOE_BO_CREATE, moe_bo_create_ioctl, DRM_RENDER_ALLOW),
+	DRM_IOCTL_DEF_DRV(MOE_BO_MMAP, moe_bo_mmap_ioctl, DRM_RENDER_ALLOW),
+	DRM_IOCTL_DEF_DRV(MOE_MODEL_REGISTER, moe_model_register_ioctl, DRM_RENDER_ALLOW),
+	DRM_IOCTL_DEF_DRV(MOE_MODEL_UNREGISTER, moe_model_unregister_ioctl, DRM_RENDER_ALLOW),
+	DRM_IOCTL_DEF_DRV(MOE_MODEL_INFO, moe_model_info_ioctl, DRM_RENDER_ALLOW),
+	DRM_IOCTL_DEF_DRV(MOE_FETCH, moe_fetch_ioctl, DRM_RENDER_ALLOW),
+	DRM_IOCTL_DEF_DRV(MOE_WAIT, moe_wait_ioctl, DRM_RENDER_ALLOW),
+};
+
+static const struct file_operations moe_fops = {
+	.owner = THIS_MODULE,
+	DRM_GEM_FOPS,
+	.uring_cmd = moe_uring_cmd,
+};
+
+static const struct drm_driver moe_driver = {
+#ifdef CONFIG_DRM_ACCEL
+	.driver_features = DRIVER_GEM | DRIVER_COMPUTE_ACCEL,
+#else
+	.driver_features = DRIVER_GEM | DRIVER_RENDER,
+#endif
+	.open = moe_open,
+	.postclose = moe_postclose,
+	.ioctls = moe_ioctls,
+	.num_ioctls = ARRAY_SIZE(moe_ioctls),
+	.fops = &moe_fops,
+	.debugfs_init = moe_debugfs_init,
+	DRM_GEM_SHMEM_DRIVER_OPS,
+	.name = DRIVER_NAME,
+	.desc = DRIVER_DESC,
+	.date = DRIVER_DATE,
+	.major = DRM_MOE_VERSION_MAJOR,
+	.minor = DRM_MOE_VERSION_MINOR,
+};
+
+static int __init moe_init(void)
+{
+	struct moe_device *mdev;
+	int ret;
+
+	if (!moe_max_extents || !moe_max_batch || !moe_max_models || !moe_max_bo_mb)
+		return -EINVAL;
+	moe_max_bo_bytes = (unsigned long)moe_max_bo_mb << 20;
+
+	moe_pdev = platform_device_register_simple(DRIVER_NAME, -1, NULL, 0);
+	if (IS_ERR(moe_pdev))
+		return PTR_ERR(moe_pdev);
+
+	if (!devres_open_group(&moe_pdev->dev, NULL, GFP_KERNEL)) {
+		ret = -ENOMEM;
+		goto err_unregister_pdev;
+	}
+	ret = dma_coerce_mask_and_coherent(&moe_pdev->dev, DMA_BIT_MASK(64));
+	if (ret)
+		goto err_release_devres;
+
+	mdev = devm_drm_dev_alloc(&moe_pdev->dev, &moe_driver, struct moe_device, drm);
+	if (IS_ERR(mdev)) {
+		ret = PTR_ERR(mdev);
+		goto err_release_devres;
+	}
+	mutex_init(&mdev->models_lock);
+	idr_init(&mdev->models);
+	mdev->wq = alloc_workqueue("moe", WQ_UNBOUND | WQ_HIGHPRI, 0);
+	if (!mdev->wq) {
+		ret = -ENOMEM;
+		goto err_release_devres;
+	}
+
+	ret = drm_dev_register(&mdev->drm, 0);
+	if (ret)
+		goto err_destroy_wq;
+	moe_dev = mdev;
+	return 0;
+
+err_destroy_wq:
+	destroy_workqueue(mdev->wq);
+err_release_devres:
+	devres_release_group(&moe_pdev->dev, NULL);
+err_unregister_pdev:
+	platform_device_unregister(moe_pdev);
+	return ret;
+}
+
+static void __exit moe_exit(void)
+{
+	struct moe_device *mdev = moe_dev;
+
+	/* Open files hold a module reference, so no request is in flight here. */
+	drm_dev_unregister(&mdev->drm);
+	destroy_workqueue(mdev->wq);
+	moe_models_release_all(mdev);
+	idr_destroy(&mdev->models);
+	devres_release_group(&moe_pdev->dev, NULL);
+	platform_device_unregister(moe_pdev);
+}
+
+module_init(moe_init);
+module_exit(moe_exit);
+
+MODULE_AUTHOR("The moe authors");
+MODULE_DESCRIPTION(DRIVER_DESC);
+/* drm_gem_shmem_create and io_uring_cmd_done are GPL-only. */
+MODULE_LICENSE("GPL");

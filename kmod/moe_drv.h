@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * moe.ko: reads registered model extents with direct I/O into pinned
+ * shmem buffer objects; see Documentation/driver.rst.
+ */
+#ifndef MOE_DRV_H
+#define MOE_DRV_H
+
+#include <linux/bvec.h>
+#include <linux/completion.h>
+#include <linux/fs.h>
+#include <linux/idr.h>
+#include <linux/kref.h>
+#include <linux/mutex.h>
+#include <linux/workqueue.h>
+#include <linux/xarray.h>
+
+#include <drm/drm_device.h>
+#include <drm/drm_file.h>
+#include <drm/drm_print.h>
+
+#include "moe_drm.h"
+
+#define MOE_ALIGN		PAGE_SIZE
+
+extern unsigned int moe_debug;
+extern unsigned int moe_max_extents;
+extern unsigned int moe_max_batch;
+extern unsigned int moe_max_models;
+extern unsigned long moe_max_bo_bytes;
+
+#define moe_err(mdev, fmt, ...) drm_err(&(mdev)->drm, fmt, ##__VA_ARGS__)
+#define moe_dbg(mdev, fmt, ...)						\
+	do {								\
+		if (moe_debug)						\
+			drm_info(&(mdev)->drm, fmt, ##__VA_ARGS__);	\
+	} while (0)
+
+struct moe_device {
+	struct drm_device drm;
+	/* Protects @models and @n_models. */
+	struct mutex models_lock;
+	struct idr models;
+	unsigned int n_models;
+	/* Batch completion (from hard IRQ) and non-blocking io_uring submission. */
+	struct workqueue_struct *wq;
+};
+
+static inline struct moe_device *to_moe_device(struct drm_device *drm)
+{
+	return container_of(drm, struct moe_device, drm);
+}
+
+struct moe_model {
+	struct kref ref;
+	u32 id;
+	char name[DRM_MOE_NAME_LEN];
+	struct file *file;
+	loff_t file_size;
+	u32 n_extents;
+	struct drm_moe_extent *extents;
+	/* Updated from the completion (hard IRQ), hence atomics. */
+	atomic64_t bytes;
+	atomic64_t requests;
+	atomic64_t errors;
+	atomic64_t inflight;
+	atomic64_t lat_hist[DRM_MOE_LAT_BUCKETS];
+};
+
+struct moe_file {
+	/* ticket -> struct moe_batch submitted through the FETCH ioctl. */
+	struct xarray batches;
+};
+
+struct moe_batch;
+
+struct moe_req {
+	struct kiocb iocb;
+	struct moe_batch *batch;
+	struct moe_model *model;
+	struct drm_gem_object *obj;
+	struct bio_vec *bvec;
+	u32 nr_pages;
+	u64 bo_offset;
+	u64 length;
+	loff_t pos;
+	u64 start_ns;
+	s64 result;
+};
+
+struct moe_batch {
+	struct kref ref;
+	struct moe_device *mdev;
+	/* Set for batches that complete through io_uring. */
+	struct io_uring_cmd *ucmd;
+	u64 results_ptr;
+	u32 count;
+	atomic_t pending;
+	struct work_struct submit_work;
+	struct work_struct done_work;
+	struct completion done;
+	struct moe_req reqs[];
+};
+
+/* moe_gem.c */
+int moe_bo_create_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
+int moe_bo_mmap_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
+
+/* moe_model.c */
+int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
+int moe_model_unregister_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
+int moe_model_info_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
+struct moe_model *moe_model_lookup(struct moe_device *mdev, u32 id);
+void moe_model_put(struct moe_model *model);
+void moe_models_release_all(struct moe_device *mdev);
+
+/* moe_fetch.c */
+int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
+int moe_wait_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
+int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags);
+void moe_file_drain(struct moe_file *mfile);
+
+/* moe_debugfs.c */
+void moe_debugfs_init(struct drm_minor *minor);
+
+#endif

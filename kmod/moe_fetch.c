@@ -1,0 +1,445 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * FETCH: direct reads of registered extents into BO pages, in batches.
+ *
+ * A batch is validated whole before any read is issued.  Each request is an
+ * async kiocb with IOCB_DIRECT over a bio_vec array of the BO's pinned pages.
+ * The completion can arrive in hard IRQ (NVMe) and even before read_iter
+ * returns, so it only records the result and counts down; the last one
+ * queues done_work, which drops references in process context and then
+ * either completes the io_uring command or wakes WAIT.
+ */
+#include <linux/blkdev.h>
+#include <linux/cred.h>
+#include <linux/highmem.h>
+#include <linux/io_uring.h>
+#include <linux/log2.h>
+#include <linux/sched/task.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/uio.h>
+
+#include <drm/drm_drv.h>
+#include <drm/drm_gem.h>
+#include <drm/drm_gem_shmem_helper.h>
+
+#include "moe_drv.h"
+
+static void moe_batch_free(struct kref *ref)
+{
+	struct moe_batch *batch = container_of(ref, struct moe_batch, ref);
+
+	kvfree(batch);
+}
+
+static void moe_req_release(struct moe_req *req)
+{
+	kvfree(req->bvec);
+	req->bvec = NULL;
+	if (req->obj)
+		drm_gem_object_put(req->obj);
+	req->obj = NULL;
+	if (req->model)
+		moe_model_put(req->model);
+	req->model = NULL;
+}
+
+static void moe_req_account(struct moe_req *req, long ret)
+{
+	struct moe_model *model = req->model;
+	u64 us = div_u64(ktime_get_ns() - req->start_ns, NSEC_PER_USEC);
+	unsigned int bucket = us ? min_t(unsigned int, ilog2(us), DRM_MOE_LAT_BUCKETS - 1) : 0;
+
+	req->result = ret;
+	atomic64_inc(&model->requests);
+	if (ret < 0)
+		atomic64_inc(&model->errors);
+	else
+		atomic64_add(ret, &model->bytes);
+	atomic64_inc(&model->lat_hist[bucket]);
+	atomic64_dec(&model->inflight);
+}
+
+/* May run in hard IRQ: no sleeping, no freeing, no reference drops. */
+static void moe_req_complete(struct kiocb *iocb, long ret)
+{
+	struct moe_req *req = container_of(iocb, struct moe_req, iocb);
+	struct moe_batch *batch = req->batch;
+
+	moe_req_account(req, ret);
+	if (atomic_dec_and_test(&batch->pending))
+		queue_work(batch->mdev->wq, &batch->done_work);
+}
+
+static void moe_req_zero_tail(struct moe_req *req)
+{
+	u64 from = req->result > 0 ? req->result : 0;
+	u32 i;
+
+	/* A short read at the end of the file leaves the rest of the range zeroed. */
+	for (i = from >> PAGE_SHIFT; i < req->nr_pages; i++) {
+		u32 off = i == (from >> PAGE_SHIFT) ? offset_in_page(from) : 0;
+
+		memzero_page(req->bvec[i].bv_page, off, PAGE_SIZE - off);
+	}
+}
+
+static void moe_req_issue(struct moe_req *req)
+{
+	struct file *file = req->model->file;
+	struct iov_iter iter;
+	loff_t pos = req->pos;
+	ssize_t ret;
+
+	init_sync_kiocb(&req->iocb, file);
+	req->iocb.ki_pos = pos;
+	req->iocb.ki_flags |= IOCB_DIRECT;
+	req->iocb.ki_complete = moe_req_complete;
+	iov_iter_bvec(&iter, ITER_DEST, req->bvec, req->nr_pages, req->length);
+
+	atomic64_inc(&req->model->inflight);
+	req->start_ns = ktime_get_ns();
+	ret = rw_verify_area(READ, file, &pos, req->length);
+	if (!ret)
+		ret = call_read_iter(file, &req->iocb, &iter);
+	/* After -EIOCBQUEUED the request may already be completed and gone. */
+	if (ret != -EIOCBQUEUED)
+		moe_req_complete(&req->iocb, ret);
+}
+
+static void moe_batch_issue(struct moe_batch *batch)
+{
+	const struct cred *old_cred;
+	struct blk_plug plug;
+	u32 i, count = batch->count;
+
+	blk_start_plug(&plug);
+	/*
+	 * Once the last request is issued the batch may complete and be freed:
+	 * @count is read up front and nothing touches @batch after the loop.
+	 */
+	for (i = 0; i < count; i++) {
+		struct moe_req *req = &batch->reqs[i];
+
+		/*
+		 * Read with the registrant's credentials: the caller may have no
+		 * right to the file, only to the extents registered from it.
+		 */
+		old_cred = override_creds(req->model->file->f_cred);
+		moe_req_issue(req);
+		revert_creds(old_cred);
+	}
+	blk_finish_plug(&plug);
+}
+
+static void moe_batch_submit_work(struct work_struct *work)
+{
+	struct moe_batch *batch = container_of(work, struct moe_batch, submit_work);
+
+	moe_batch_issue(batch);
+}
+
+static s64 moe_batch_cqe_res(struct moe_batch *batch)
+{
+	s64 total = 0;
+	u32 i;
+
+	for (i = 0; i < batch->count; i++) {
+		if (batch->reqs[i].result < 0)
+			return batch->reqs[i].result;
+		total += batch->reqs[i].result;
+	}
+	return min_t(s64, total, INT_MAX);
+}
+
+static int moe_batch_copy_results(struct moe_batch *batch)
+{
+	s64 __user *out = u64_to_user_ptr(batch->results_ptr);
+	u32 i;
+
+	if (!batch->results_ptr)
+		return 0;
+	for (i = 0; i < batch->count; i++)
+		if (put_user(batch->reqs[i].result, &out[i]))
+			return -EFAULT;
+	return 0;
+}
+
+/* Task work of the submitting task: its memory is there for the results. */
+static void moe_uring_done(struct io_uring_cmd *ucmd, unsigned int issue_flags)
+{
+	struct moe_batch *batch = *(struct moe_batch **)ucmd->pdu;
+	s64 res = moe_batch_cqe_res(batch);
+
+	/* The fallback runs this from a kworker when the task is exiting. */
+	if (!(current->flags & (PF_KTHREAD | PF_EXITING)) && moe_batch_copy_results(batch))
+		res = -EFAULT;
+	kref_put(&batch->ref, moe_batch_free);
+	/* Last: the CQE may release the file and with it the module. */
+	io_uring_cmd_done(ucmd, res, 0, issue_flags);
+}
+
+static void moe_batch_done_work(struct work_struct *work)
+{
+	struct moe_batch *batch = container_of(work, struct moe_batch, done_work);
+	u32 i;
+
+	for (i = 0; i < batch->count; i++) {
+		struct moe_req *req = &batch->reqs[i];
+
+		if (req->result < (s64)req->length)
+			moe_req_zero_tail(req);
+		moe_req_release(req);
+	}
+	if (batch->ucmd)
+		io_uring_cmd_complete_in_task(batch->ucmd, moe_uring_done);
+	else
+		complete_all(&batch->done);
+}
+
+static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
+			   struct moe_req *req, const struct drm_moe_fetch_req *r,
+			   const struct moe_req *prev)
+{
+	struct drm_gem_shmem_object *shmem;
+	const struct drm_moe_extent *ext;
+	u64 end;
+	u32 first, i;
+
+	if (r->flags)
+		return -EINVAL;
+	if (prev && prev->model->id == r->model_id) {
+		req->model = prev->model;
+		kref_get(&req->model->ref);
+	} else {
+		req->model = moe_model_lookup(mdev, r->model_id);
+		if (!req->model)
+			return -ENOENT;
+	}
+	if (r->extent >= req->model->n_extents)
+		return -EINVAL;
+	ext = &req->model->extents[r->extent];
+
+	req->obj = drm_gem_object_lookup(file, r->handle);
+	if (!req->obj)
+		return -ENOENT;
+	/* Only our own pinned pages: an imported BO has no shmem pages. */
+	if (req->obj->import_attach)
+		return -EINVAL;
+	shmem = to_drm_gem_shmem_obj(req->obj);
+	if (!IS_ALIGNED(r->bo_offset, MOE_ALIGN))
+		return -EINVAL;
+	if (check_add_overflow(r->bo_offset, ext->length, &end) || end > req->obj->size)
+		return -EINVAL;
+	if (WARN_ON_ONCE(!shmem->pages))
+		return -EINVAL;
+
+	req->pos = ext->offset;
+	req->length = ext->length;
+	req->bo_offset = r->bo_offset;
+	req->nr_pages = ext->length >> PAGE_SHIFT;
+	req->bvec = kvmalloc_array(req->nr_pages, sizeof(*req->bvec), GFP_KERNEL);
+	if (!req->bvec)
+		return -ENOMEM;
+	first = r->bo_offset >> PAGE_SHIFT;
+	for (i = 0; i < req->nr_pages; i++) {
+		req->bvec[i].bv_page = shmem->pages[first + i];
+		req->bvec[i].bv_len = PAGE_SIZE;
+		req->bvec[i].bv_offset = 0;
+	}
+	return 0;
+}
+
+static struct moe_batch *moe_batch_prepare(struct moe_device *mdev, struct drm_file *file,
+					   const struct drm_moe_fetch *args)
+{
+	struct drm_moe_fetch_req *reqs;
+	struct moe_batch *batch;
+	int ret = 0;
+	u32 i;
+
+	if (args->flags || !args->count)
+		return ERR_PTR(-EINVAL);
+	if (args->count > moe_max_batch)
+		return ERR_PTR(-E2BIG);
+
+	reqs = kvmalloc_array(args->count, sizeof(*reqs), GFP_KERNEL);
+	if (!reqs)
+		return ERR_PTR(-ENOMEM);
+	if (copy_from_user(reqs, u64_to_user_ptr(args->reqs_ptr),
+			   array_size(args->count, sizeof(*reqs)))) {
+		ret = -EFAULT;
+		goto out_free_reqs;
+	}
+	batch = kvzalloc(struct_size(batch, reqs, args->count), GFP_KERNEL);
+	if (!batch) {
+		ret = -ENOMEM;
+		goto out_free_reqs;
+	}
+	kref_init(&batch->ref);
+	batch->mdev = mdev;
+	batch->count = args->count;
+	batch->results_ptr = args->results_ptr;
+	atomic_set(&batch->pending, args->count);
+	INIT_WORK(&batch->submit_work, moe_batch_submit_work);
+	INIT_WORK(&batch->done_work, moe_batch_done_work);
+	init_completion(&batch->done);
+
+	for (i = 0; i < args->count; i++) {
+		batch->reqs[i].batch = batch;
+		ret = moe_req_prepare(mdev, file, &batch->reqs[i], &reqs[i],
+				      i ? &batch->reqs[i - 1] : NULL);
+		if (ret)
+			break;
+	}
+	if (ret) {
+		for (i = 0; i < args->count; i++)
+			moe_req_release(&batch->reqs[i]);
+		kvfree(batch);
+	}
+out_free_reqs:
+	kvfree(reqs);
+	return ret ? ERR_PTR(ret) : batch;
+}
+
+int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
+{
+	struct moe_device *mdev = to_moe_device(dev);
+	struct moe_file *mfile = file->driver_priv;
+	struct drm_moe_fetch *args = data;
+	struct moe_batch *batch;
+	u32 ticket;
+	int ret;
+
+	batch = moe_batch_prepare(mdev, file, args);
+	if (IS_ERR(batch))
+		return PTR_ERR(batch);
+	ret = xa_alloc(&mfile->batches, &ticket, batch, xa_limit_32b, GFP_KERNEL);
+	if (ret) {
+		u32 i;
+
+		for (i = 0; i < batch->count; i++)
+			moe_req_release(&batch->reqs[i]);
+		kvfree(batch);
+		return ret;
+	}
+	args->ticket = ticket;
+	moe_dbg(mdev, "fetch: %u requests, ticket %u\n", batch->count, ticket);
+	moe_batch_issue(batch);
+	return 0;
+}
+
+int moe_wait_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
+{
+	struct moe_file *mfile = file->driver_priv;
+	struct drm_moe_wait *args = data;
+	struct moe_batch *batch;
+	ktime_t deadline;
+	long left;
+	int ret = 0;
+	u32 i;
+
+	if (args->flags || args->ticket > U32_MAX)
+		return -EINVAL;
+
+	xa_lock(&mfile->batches);
+	batch = xa_load(&mfile->batches, args->ticket);
+	if (batch)
+		kref_get(&batch->ref);
+	xa_unlock(&mfile->batches);
+	if (!batch)
+		return -ENOENT;
+
+	deadline = ns_to_ktime(args->timeout_ns);
+	if (!completion_done(&batch->done)) {
+		s64 rel = ktime_to_ns(ktime_sub(deadline, ktime_get()));
+
+		if (rel <= 0) {
+			ret = -ETIME;
+			goto out_put;
+		}
+		left = wait_for_completion_interruptible_timeout(&batch->done,
+								 nsecs_to_jiffies(rel) + 1);
+		if (left < 0) {
+			ret = left;
+			goto out_put;
+		}
+		if (!left) {
+			ret = -ETIME;
+			goto out_put;
+		}
+	}
+
+	/* Of two threads waiting for one ticket, one gets the results. */
+	if (xa_cmpxchg(&mfile->batches, args->ticket, batch, NULL, GFP_KERNEL) != batch) {
+		ret = -ENOENT;
+		goto out_put;
+	}
+	args->failed = 0;
+	for (i = 0; i < batch->count; i++)
+		if (batch->reqs[i].result < 0)
+			args->failed++;
+	ret = moe_batch_copy_results(batch);
+	/* The xarray's reference. */
+	kref_put(&batch->ref, moe_batch_free);
+out_put:
+	kref_put(&batch->ref, moe_batch_free);
+	return ret;
+}
+
+int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
+{
+	struct drm_file *file = ucmd->file->private_data;
+	struct moe_device *mdev = to_moe_device(file->minor->dev);
+	const struct drm_moe_uring_cmd *cmd = ucmd->cmd;
+	struct drm_moe_fetch args;
+	struct moe_batch *batch;
+	u64 fetch_ptr, pad;
+	int idx, ret;
+
+	if (ucmd->cmd_op != DRM_MOE_URING_CMD_FETCH)
+		return -EINVAL;
+	/* After an -EAGAIN re-issue cmd points at a copy: read it every time. */
+	fetch_ptr = READ_ONCE(cmd->fetch_ptr);
+	pad = READ_ONCE(cmd->pad);
+	if (pad)
+		return -EINVAL;
+	if (!drm_dev_enter(&mdev->drm, &idx))
+		return -ENODEV;
+	if (copy_from_user(&args, u64_to_user_ptr(fetch_ptr), sizeof(args))) {
+		ret = -EFAULT;
+		goto out_exit;
+	}
+	batch = moe_batch_prepare(mdev, file, &args);
+	if (IS_ERR(batch)) {
+		ret = PTR_ERR(batch);
+		goto out_exit;
+	}
+	batch->ucmd = ucmd;
+	*(struct moe_batch **)ucmd->pdu = batch;
+	/*
+	 * A positive return is mishandled by 6.1's io_uring: always complete
+	 * through io_uring_cmd_done().  Issuing may block (inode lock, request
+	 * tags), which a non-blocking issue must not: hand it to the workqueue.
+	 */
+	if (issue_flags & IO_URING_F_NONBLOCK)
+		queue_work(mdev->wq, &batch->submit_work);
+	else
+		moe_batch_issue(batch);
+	ret = -EIOCBQUEUED;
+out_exit:
+	drm_dev_exit(idx);
+	return ret;
+}
+
+void moe_file_drain(struct moe_file *mfile)
+{
+	struct moe_batch *batch;
+	unsigned long ticket;
+
+	xa_for_each(&mfile->batches, ticket, batch) {
+		wait_for_completion(&batch->done);
+		xa_erase(&mfile->batches, ticket);
+		kref_put(&batch->ref, moe_batch_free);
+	}
+}
