@@ -54,7 +54,7 @@ TOOLS := $(notdir $(TOOL_FILES:.c=) $(TOOL_DIRS))
 TOOL_BINS := $(TOOLS:%=$(BUILD)/bin/%)
 
 TEST_SRCS := $(sort $(wildcard tests/unit/test_*.c))
-TEST_SUPPORT := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c)) \
+TEST_SUPPORT := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c)) $(wildcard tests/ref/*.c) \
 	$(wildcard tests/fuzz/fuzz_*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 SUITES := $(patsubst tests/unit/test_%.c,%,$(TEST_SRCS))
@@ -119,7 +119,7 @@ $(BUILD)/tests/suites.h: $(TEST_SRCS) Makefile
 	@printf '%s\n' $(patsubst %,'SUITE(%)',$(SUITES)) > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/obj/tests/unit/main.o: $(BUILD)/tests/suites.h
-$(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(BUILD)/tests -Itests/unit
+$(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(BUILD)/tests -Itests/unit -Itests/ref
 
 $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(STATIC_LIB)
 	@mkdir -p $(@D)

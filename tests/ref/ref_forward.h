@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The reference forward pass: a naive float64 implementation of the MoE
+ * architectures libmoe runs (qwen3moe, llama/Mixtral, llama4, gpt-oss,
+ * gemma4), written from the formulas in the shared FORMATS.md and GEMMA4.md.
+ * It is the oracle the engine is tested against, so it shares nothing with
+ * the engine but the GGUF reader and the dequantizers, and it is slow on
+ * purpose: every position of the sequence is recomputed on every call.
+ */
+#ifndef MOE_REF_FORWARD_H
+#define MOE_REF_FORWARD_H
+
+#include <stdint.h>
+
+struct ref_opts {
+	int llama4_chunk;       /* llama4 attention chunk; 0 = 8192 */
+};
+
+/* What a caller needs to size the output arrays of ref_forward. */
+struct ref_info {
+	char arch[32];
+	int n_layer;
+	int n_embd;
+	int n_vocab;            /* logits per position */
+	int n_expert;           /* router entries per layer and position (0: dense model) */
+	int n_expert_used;      /* top-k entries per layer and position (largest over layers) */
+};
+
+int ref_model_info(const char *path, struct ref_info *out);
+
+/*
+ * Run the whole token sequence from position 0 (no BOS is added) and write
+ * the logits of every position, [n_tokens][n_vocab].  When not NULL, @topk
+ * receives the chosen experts [n_layer][n_tokens][n_expert_used] ordered by
+ * descending selection score (-1 on dense layers), and @router the router's
+ * selection logits (bias included) [n_layer][n_tokens][n_expert] (0 on dense
+ * layers).  @o may be NULL.  Returns 0 or -errno with moe_errmsg() set.
+ */
+int ref_forward(const char *path, const int32_t *tokens, int n_tokens, const struct ref_opts *o,
+		double *logits, int32_t *topk, double *router);
+
+#endif
