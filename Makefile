@@ -64,11 +64,15 @@ SHARED_LIB := $(BUILD)/lib/libmoe.so
 SONAME := libmoe.so.0
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all lib tools check unit-check fuzz fuzz-build kmod vm-check deps clean help
+.PHONY: demo all lib tools check unit-check fuzz fuzz-build kmod kmod-build vm-check deps clean help
 all: lib tools
 
+# The README's first command: build, generate a model, run it on a budget.
+demo: all
+	@sh scripts/demo.sh $(BUILD)
+
 help:
-	@echo "targets: all (default), check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod, vm-check, clean"
+	@echo "targets: all (default), demo, check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod, vm-check, clean"
 
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP): scripts/deps.sh
@@ -130,6 +134,19 @@ $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(STATIC_LIB)
 check: all $(BUILD)/tests/unit-tests
 	@MOE_BIN=$(abspath $(BUILD)/bin) MOE_SRC=$(CURDIR) MOE_SHARED=$(SHARED) \
 		MOE_BUILD=$(abspath $(BUILD)) $(BUILD)/tests/unit-tests
+
+# The kernel driver builds out of tree in $(BUILD)/kmod against Debian's
+# generic 6.1 headers (tests/vm/headers.sh finds or installs them; KDIR
+# overrides); vm-check boots it under QEMU (tests/vm/run.sh, root).
+KMOD_OUT ?= $(BUILD)/kmod
+kmod:
+	@kdir=$$(sh tests/vm/headers.sh) && $(MAKE) --no-print-directory kmod-build KDIR=$$kdir
+kmod-build:
+	@mkdir -p $(KMOD_OUT)
+	@cp -p kmod/*.c kmod/*.h kmod/Kbuild $(KMOD_OUT)/
+	$(MAKE) -C $(KDIR) M=$(abspath $(KMOD_OUT)) MOE_UAPI_DIR=$(CURDIR)/include/uapi/drm W=1 modules
+vm-check:
+	@MOE_BIN=$(abspath $(BUILD)/bin) sh tests/vm/run.sh $(BUILD)/vm
 
 FUZZ_TIME ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
