@@ -1,0 +1,792 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The I/O engine: random extents through every path compared with pread,
+ * many reads in flight, several submitting threads, close with reads in
+ * flight, and the faults (truncated file, unreadable file, bad descriptor,
+ * O_DIRECT refused, io_uring refused).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "io/io.h"
+#include "util/util.h"
+#include "testutil.h"
+
+#define FILE_BYTES (24u << 20)
+#define MIB (1u << 20)
+
+struct fixture {
+	char *dir;
+	char path[512];
+	int ref_fd;      /* buffered descriptor: the pread reference */
+};
+
+static void make_file(struct fixture *fx, const char *dir, uint32_t bytes, uint64_t seed)
+{
+	uint64_t *buf = malloc(bytes);
+
+	ck_assert_ptr_nonnull(buf);
+	for (uint32_t i = 0; i < bytes / 8; i++)
+		buf[i] = tu_rand(&seed);
+	snprintf(fx->path, sizeof(fx->path), "%s/model.bin", dir);
+	ck_assert_int_eq(tu_write_file(fx->path, buf, bytes), 0);
+	free(buf);
+	fx->ref_fd = open(fx->path, O_RDONLY);
+	ck_assert_int_ge(fx->ref_fd, 0);
+}
+
+static void fx_setup(struct fixture *fx)
+{
+	fx->dir = tu_tmpdir();
+	ck_assert_ptr_nonnull(fx->dir);
+	make_file(fx, fx->dir, FILE_BYTES, 42);
+}
+
+static void fx_teardown(struct fixture *fx)
+{
+	close(fx->ref_fd);
+	tu_rmtree(fx->dir);
+	free(fx->dir);
+}
+
+static void ref_read(const struct fixture *fx, uint64_t off, uint64_t len, uint8_t *out)
+{
+	ck_assert_int_eq(pread(fx->ref_fd, out, len, (off_t)off), (ssize_t)len);
+}
+
+struct job {
+	uint64_t off, len;
+	uint8_t *dst;
+	uint64_t cap;
+	uint32_t block;
+	bool pooled;
+	int64_t res;
+	void *interior;
+	int calls;
+	char msg[256];
+};
+
+static void job_cb(void *arg, int64_t res, void *interior)
+{
+	struct job *j = arg;
+
+	j->res = res;
+	j->interior = interior;
+	if (res < 0)
+		snprintf(j->msg, sizeof(j->msg), "%s", moe_errmsg());
+	__atomic_add_fetch(&j->calls, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Extents of every kind: tiny, unaligned, block-aligned, multi-MiB, at the end of the file. */
+static void random_extent(uint64_t *seed, uint32_t block, uint64_t size, uint64_t *off,
+			  uint64_t *len)
+{
+	switch (tu_rand(seed) % 6) {
+	case 0:
+		*len = 1 + tu_rand(seed) % 64;
+		break;
+	case 1:
+		*len = 1 + tu_rand(seed) % 20000;
+		break;
+	case 2:
+		*len = block * (1 + tu_rand(seed) % 64);
+		break;
+	case 3:
+		*len = MIB + tu_rand(seed) % (4 * MIB);
+		break;
+	case 4:
+		*len = 32 * (1 + tu_rand(seed) % 4096);
+		break;
+	default:
+		*len = 1 + tu_rand(seed) % 3000;
+		*off = size - *len;
+		return;
+	}
+	*off = tu_rand(seed) % (size - *len + 1);
+	if (tu_rand(seed) % 3 == 0)
+		*off = *off / block * block;
+	else if (tu_rand(seed) % 2)
+		*off = *off / 32 * 32;
+}
+
+static void check_job(const struct fixture *fx, const struct job *j)
+{
+	uint8_t *want = malloc(j->len);
+
+	ck_assert_int_eq(j->calls, 1);
+	ck_assert_msg(j->res == (int64_t)j->len, "extent [%llu, +%llu): res %lld: %s",
+		      (unsigned long long)j->off, (unsigned long long)j->len, (long long)j->res,
+		      moe_errmsg());
+	ck_assert_ptr_eq(j->interior, j->dst + (j->off - j->off / j->block * j->block));
+	ref_read(fx, j->off, j->len, want);
+	ck_assert_msg(!memcmp(j->interior, want, j->len), "extent [%llu, +%llu) differs",
+		      (unsigned long long)j->off, (unsigned long long)j->len);
+	free(want);
+}
+
+static struct moe_io *open_io(const char *path, enum moe_io_backend b, enum moe_io_direct d,
+			      uint32_t qd, uint64_t max_request)
+{
+	struct moe_io_opts o;
+	struct moe_io *io = NULL;
+	int ret;
+
+	moe_io_opts_init(&o);
+	o.backend = b;
+	o.direct = d;
+	o.queue_depth = qd;
+	o.max_request = max_request;
+	o.staging_bytes = 16 * MIB;
+	ret = moe_io_open(path, &o, &io);
+	ck_assert_msg(ret == 0, "moe_io_open(%s): %d %s", path, ret, moe_errmsg());
+	return io;
+}
+
+static void prep_job(struct moe_io *io, struct job *j, uint64_t off, uint64_t len, bool pooled)
+{
+	memset(j, 0, sizeof(*j));
+	j->off = off;
+	j->len = len;
+	j->block = moe_io_block(io);
+	j->cap = moe_io_span(io, off, len);
+	j->pooled = pooled;
+	if (pooled) {
+		j->dst = moe_io_alloc(io, j->cap);
+	} else {
+		void *p = NULL;
+
+		ck_assert_int_eq(posix_memalign(&p, j->block, j->cap), 0);
+		j->dst = p;
+	}
+	ck_assert_ptr_nonnull(j->dst);
+	memset(j->dst, 0xa5, j->cap);
+}
+
+static void free_job(struct moe_io *io, struct job *j)
+{
+	if (j->pooled)
+		moe_io_free(io, j->dst);
+	else
+		free(j->dst);
+}
+
+/* Random extents through one path, all queued at once, compared with pread. */
+static void run_random(const struct fixture *fx, struct moe_io *io, unsigned n, uint64_t seed)
+{
+	struct job *jobs = calloc(n, sizeof(*jobs));
+	struct moe_io_stats st;
+	unsigned done = 0;
+	uint64_t bytes = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t off, len;
+
+		random_extent(&seed, moe_io_block(io), FILE_BYTES, &off, &len);
+		prep_job(io, &jobs[i], off, len, i % 2);
+		ck_assert_int_eq(moe_io_read(io, off, len, jobs[i].dst, jobs[i].cap, job_cb,
+					     &jobs[i]), 0);
+		bytes += len;
+	}
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	while (done < n) {
+		int k = moe_io_wait(io, 1);
+
+		ck_assert_int_gt(k, 0);
+		done += (unsigned)k;
+	}
+	ck_assert_int_eq(moe_io_poll(io), 0);
+	for (unsigned i = 0; i < n; i++) {
+		check_job(fx, &jobs[i]);
+		free_job(io, &jobs[i]);
+	}
+	moe_io_get_stats(io, &st);
+	ck_assert_uint_eq(st.requests, n);
+	ck_assert_uint_eq(st.errors, 0);
+	ck_assert_uint_eq(st.bytes, bytes);
+	free(jobs);
+}
+
+START_TEST(every_path_matches_pread)
+{
+	static const struct {
+		enum moe_io_backend b;
+		enum moe_io_direct d;
+		uint32_t qd;
+		uint64_t max;
+		const char *want;
+	} paths[] = {
+		{ MOE_IO_URING, MOE_IO_DIRECT_ON, 32, 0, "io_uring, O_DIRECT" },
+		{ MOE_IO_URING, MOE_IO_DIRECT_OFF, 8, 64 << 10, "io_uring, buffered" },
+		{ MOE_IO_PREAD, MOE_IO_DIRECT_ON, 16, 256 << 10, "pread workers, O_DIRECT" },
+		{ MOE_IO_PREAD, MOE_IO_DIRECT_OFF, 4, 0, "pread workers, buffered" },
+		{ MOE_IO_AUTO, MOE_IO_DIRECT_AUTO, 1, 3 * 4096 + 100, "io_uring, O_DIRECT" },
+	};
+	struct fixture fx;
+
+	fx_setup(&fx);
+	for (unsigned i = 0; i < MOE_ARRAY_SIZE(paths); i++) {
+		struct moe_io *io = open_io(fx.path, paths[i].b, paths[i].d, paths[i].qd,
+					    paths[i].max);
+
+		ck_assert_msg(strstr(moe_io_describe(io), paths[i].want), "path %u: %s", i,
+			      moe_io_describe(io));
+		run_random(&fx, io, 120, 1000 + i);
+		moe_io_close(io);
+	}
+	fx_teardown(&fx);
+}
+END_TEST
+
+START_TEST(sync_span_and_bad_input)
+{
+	struct fixture fx;
+	struct moe_io *io;
+	struct moe_io_opts o;
+	uint8_t *dst, want[100];
+	void *interior = NULL;
+	uint32_t b;
+	struct job j = { 0 };
+
+	fx_setup(&fx);
+	io = open_io(fx.path, MOE_IO_AUTO, MOE_IO_DIRECT_AUTO, 0, 0);
+	b = moe_io_block(io);
+	ck_assert_uint_ge(b, 512);
+	ck_assert_uint_eq(b & (b - 1), 0);
+	ck_assert_uint_eq(moe_io_span(io, 0, 1), b);
+	ck_assert_uint_eq(moe_io_span(io, b - 1, 2), 2 * b);
+	ck_assert_uint_eq(moe_io_span(io, b, b), b);
+	ck_assert_uint_eq(moe_io_span(io, 3 * b + 5, b), 2 * b);
+
+	dst = moe_io_alloc(io, 2 * b);
+	ck_assert_ptr_nonnull(dst);
+	ck_assert_uint_eq((uintptr_t)dst % b, 0);
+	ck_assert_int_eq(moe_io_read_sync(io, b - 50, 100, dst, 2 * b, &interior), 0);
+	ref_read(&fx, b - 50, 100, want);
+	ck_assert_ptr_eq(interior, dst + b - 50);
+	ck_assert_mem_eq(interior, want, 100);
+
+	/* Too small, misaligned, past the end: refused up front with the fix named. */
+	ck_assert_int_eq(moe_io_read_sync(io, b - 50, 100, dst, b, NULL), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "moe_io_span"));
+	ck_assert_int_eq(moe_io_read_sync(io, 0, 10, dst + 1, b, NULL), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "moe_io_alloc"));
+	ck_assert_int_eq(moe_io_read_sync(io, FILE_BYTES - 10, 11, dst, 2 * b, NULL), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "past the end"));
+	ck_assert_int_eq(moe_io_read_sync(io, UINT64_MAX - 5, 10, dst, 2 * b, NULL), -EINVAL);
+
+	/* An empty extent completes at once. */
+	j.calls = 0;
+	ck_assert_int_eq(moe_io_read(io, 7, 0, NULL, 0, job_cb, &j), 0);
+	ck_assert_int_eq(moe_io_poll(io), 1);
+	ck_assert_int_eq(j.calls, 1);
+	ck_assert_int_eq(j.res, 0);
+	moe_io_free(io, dst);
+	moe_io_close(io);
+
+	moe_io_opts_init(&o);
+	o.queue_depth = 100000;
+	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
+	moe_io_opts_init(&o);
+	o.flags = 0x80;
+	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
+	moe_io_opts_init(&o);
+	o.backend = 9;
+	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
+	ck_assert_int_eq(moe_io_open(fx.dir, NULL, &io), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "not a regular file"));
+	ck_assert_int_eq(moe_io_open("/nonexistent/model.gguf", NULL, &io), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "/nonexistent/model.gguf"));
+	fx_teardown(&fx);
+}
+END_TEST
+
+START_TEST(staging_pool)
+{
+	struct fixture fx;
+	struct moe_io *io;
+	void *p[64];
+	uint8_t *big;
+
+	fx_setup(&fx);
+	io = open_io(fx.path, MOE_IO_URING, MOE_IO_DIRECT_ON, 8, 0);
+	for (unsigned i = 0; i < 64; i++) {
+		p[i] = moe_io_alloc(io, 1000 + i * 3000);
+		ck_assert_ptr_nonnull(p[i]);
+		ck_assert_uint_eq((uintptr_t)p[i] % moe_io_block(io), 0);
+		memset(p[i], (int)i, 1000 + i * 3000);
+	}
+	ck_assert_ptr_nonnull(strstr(moe_io_describe(io), "staging 16 MiB ("));
+	ck_assert_ptr_nonnull(strstr(moe_io_describe(io), "registered"));
+	for (unsigned i = 0; i < 64; i++) {
+		const uint8_t *q = p[i];
+
+		ck_assert_uint_eq(q[0], i);
+		ck_assert_uint_eq(q[999 + i * 3000], i);
+	}
+	for (unsigned i = 0; i < 64; i += 2)
+		moe_io_free(io, p[i]);
+	for (unsigned i = 1; i < 64; i += 2)
+		moe_io_free(io, p[i]);
+	/* Freed pieces merge back: the whole pool is one allocation again. */
+	big = moe_io_alloc(io, 16 * MIB);
+	ck_assert_ptr_eq(big, io->pool.base);
+	/* Past the pool: a separate mapping that still works as a destination. */
+	p[0] = moe_io_alloc(io, 6 * MIB);
+	ck_assert_ptr_nonnull(p[0]);
+	ck_assert_int_lt(moe_io_pool_index(io, p[0], MIB), 0);
+	ck_assert_int_eq(moe_io_read_sync(io, 12345, 5 * MIB, p[0], 6 * MIB, NULL), 0);
+	ck_assert_int_eq(moe_io_read_sync(io, 12345, 5 * MIB, big, 16 * MIB, NULL), 0);
+	ck_assert_mem_eq((uint8_t *)p[0] + 12345 % moe_io_block(io),
+			 big + 12345 % moe_io_block(io), 5 * MIB);
+	moe_io_free(io, p[0]);
+	moe_io_free(io, big);
+	moe_io_close(io);
+	fx_teardown(&fx);
+}
+END_TEST
+
+/* Several threads submit and wait on one engine; callbacks may run on any of them. */
+struct thread_arg {
+	const struct fixture *fx;
+	struct moe_io *io;
+	uint64_t seed;
+	bool sync;
+	struct job jobs[40];
+};
+
+static void *submitter(void *arg)
+{
+	struct thread_arg *t = arg;
+
+	for (unsigned i = 0; i < MOE_ARRAY_SIZE(t->jobs); i++) {
+		struct job *j = &t->jobs[i];
+		uint64_t off, len;
+
+		random_extent(&t->seed, moe_io_block(t->io), FILE_BYTES, &off, &len);
+		prep_job(t->io, j, off, len, i % 3 == 0);
+		if (t->sync) {
+			void *in = NULL;
+
+			j->res = moe_io_read_sync(t->io, off, len, j->dst, j->cap, &in);
+			j->res = j->res == 0 ? (int64_t)len : j->res;
+			j->interior = in;
+			j->calls = 1;
+			continue;
+		}
+		ck_assert_int_eq(moe_io_read(t->io, off, len, j->dst, j->cap, job_cb, j), 0);
+		if (i % 4 == 3) {
+			moe_io_submit(t->io);
+			moe_io_wait(t->io, 1);
+		}
+	}
+	moe_io_submit(t->io);
+	return NULL;
+}
+
+static void run_threads(enum moe_io_backend b, uint32_t flags)
+{
+	enum { NT = 4 };
+	struct thread_arg *t = calloc(NT, sizeof(*t));
+	struct moe_io_opts o;
+	struct fixture fx;
+	struct moe_io *io;
+	pthread_t th[NT];
+
+	fx_setup(&fx);
+	moe_io_opts_init(&o);
+	o.backend = b;
+	o.queue_depth = 16;
+	o.max_request = 512 << 10;
+	o.staging_bytes = 32 * MIB;
+	o.flags = flags;
+	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), 0);
+	for (unsigned i = 0; i < NT; i++) {
+		t[i] = (struct thread_arg){ .fx = &fx, .io = io, .seed = 77 + i, .sync = i == 3 };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, submitter, &t[i]), 0);
+	}
+	for (unsigned i = 0; i < NT; i++)
+		pthread_join(th[i], NULL);
+	/* Whatever the other threads' waits did not deliver arrives here. */
+	while (moe_io_wait(io, 1) > 0)
+		;
+	for (unsigned i = 0; i < NT; i++)
+		for (unsigned k = 0; k < MOE_ARRAY_SIZE(t[i].jobs); k++) {
+			check_job(&fx, &t[i].jobs[k]);
+			free_job(io, &t[i].jobs[k]);
+		}
+	moe_io_close(io);
+	fx_teardown(&fx);
+	free(t);
+}
+
+START_TEST(threads_uring)
+{
+	run_threads(MOE_IO_URING, 0);
+}
+END_TEST
+
+START_TEST(threads_pread_engine_callbacks)
+{
+	run_threads(MOE_IO_PREAD, MOE_IO_CB_ENGINE_THREAD);
+}
+END_TEST
+
+START_TEST(threads_uring_engine_callbacks)
+{
+	run_threads(MOE_IO_URING, MOE_IO_CB_ENGINE_THREAD);
+}
+END_TEST
+
+/* Close with reads queued and in flight: every callback runs once, nothing hangs or leaks. */
+static void run_close_inflight(enum moe_io_backend b, uint32_t flags)
+{
+	enum { N = 48 };
+	struct job jobs[N];
+	struct fixture fx;
+	struct moe_io_opts o;
+	struct moe_io *io;
+	unsigned ok = 0, cancelled = 0;
+	uint64_t seed = 5;
+
+	fx_setup(&fx);
+	moe_io_opts_init(&o);
+	o.backend = b;
+	o.queue_depth = 4;
+	o.max_request = 256 << 10;
+	o.flags = flags;
+	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), 0);
+	for (unsigned i = 0; i < N; i++) {
+		uint64_t len = MIB + tu_rand(&seed) % (2 * MIB);
+		uint64_t off = tu_rand(&seed) % (FILE_BYTES - len);
+
+		/* Not from the pool: the buffers must outlive the engine for the check. */
+		prep_job(io, &jobs[i], off, len, false);
+		ck_assert_int_eq(moe_io_read(io, off, len, jobs[i].dst, jobs[i].cap, job_cb,
+					     &jobs[i]), 0);
+		if (i == N / 2)
+			moe_io_submit(io);
+	}
+	moe_io_close(io);
+	for (unsigned i = 0; i < N; i++) {
+		ck_assert_int_eq(jobs[i].calls, 1);
+		if (jobs[i].res == -ECANCELED) {
+			cancelled++;
+		} else {
+			check_job(&fx, &jobs[i]);
+			ok++;
+		}
+		free(jobs[i].dst);
+	}
+	ck_assert_uint_eq(ok + cancelled, N);
+	ck_assert_uint_gt(cancelled, 0);
+	fx_teardown(&fx);
+}
+
+START_TEST(close_inflight_uring)
+{
+	run_close_inflight(MOE_IO_URING, 0);
+}
+END_TEST
+
+START_TEST(close_inflight_pread)
+{
+	run_close_inflight(MOE_IO_PREAD, MOE_IO_CB_ENGINE_THREAD);
+}
+END_TEST
+
+/* The file shrinks under an open engine: reads past the new end fail alone, the rest carry on. */
+START_TEST(truncated_while_open)
+{
+	static const struct {
+		enum moe_io_backend b;
+		enum moe_io_direct d;
+	} paths[] = {
+		{ MOE_IO_URING, MOE_IO_DIRECT_ON }, { MOE_IO_URING, MOE_IO_DIRECT_OFF },
+		{ MOE_IO_PREAD, MOE_IO_DIRECT_ON }, { MOE_IO_PREAD, MOE_IO_DIRECT_OFF },
+	};
+	const uint64_t cut = 3 * MIB + 100;
+	const struct {
+		uint64_t off, len;
+		bool ok;
+	} ext[] = {
+		{ 0, MIB, true }, { 2 * MIB, 2 * MIB, false }, { 5 * MIB, 100, false },
+		{ 3 * MIB, 100, true }, { 3 * MIB + 50, 100, false }, { 100, 3 * MIB, true },
+	};
+	struct job jobs[MOE_ARRAY_SIZE(ext)];
+	struct fixture fx;
+
+	for (unsigned pi = 0; pi < MOE_ARRAY_SIZE(paths); pi++) {
+		struct moe_io *io;
+		struct moe_io_stats st;
+
+		fx.dir = tu_tmpdir();
+		make_file(&fx, fx.dir, 8 * MIB, pi);
+		io = open_io(fx.path, paths[pi].b, paths[pi].d, 4, 0);
+		ck_assert_int_eq(truncate(fx.path, (off_t)cut), 0);
+		for (unsigned i = 0; i < MOE_ARRAY_SIZE(ext); i++) {
+			prep_job(io, &jobs[i], ext[i].off, ext[i].len, i % 2);
+			ck_assert_int_eq(moe_io_read(io, ext[i].off, ext[i].len, jobs[i].dst,
+						     jobs[i].cap, job_cb, &jobs[i]), 0);
+		}
+		while (moe_io_wait(io, MOE_ARRAY_SIZE(ext)) > 0)
+			;
+		for (unsigned i = 0; i < MOE_ARRAY_SIZE(ext); i++) {
+			char name[64];
+
+			if (ext[i].ok) {
+				check_job(&fx, &jobs[i]);
+			} else {
+				ck_assert_int_eq(jobs[i].calls, 1);
+				ck_assert_msg(jobs[i].res == -ENODATA, "path %u extent %u: %lld", pi,
+					      i, (long long)jobs[i].res);
+				snprintf(name, sizeof(name), "[0x%llx, +0x%llx)",
+					 (unsigned long long)ext[i].off,
+					 (unsigned long long)ext[i].len);
+				ck_assert_msg(strstr(jobs[i].msg, name) &&
+					      strstr(jobs[i].msg, "truncated"),
+					      "message '%s' does not name %s", jobs[i].msg, name);
+			}
+			free_job(io, &jobs[i]);
+		}
+		moe_io_get_stats(io, &st);
+		ck_assert_uint_eq(st.errors, 3);
+		ck_assert_uint_eq(st.requests, MOE_ARRAY_SIZE(ext));
+		moe_io_close(io);
+		fx_teardown(&fx);
+	}
+}
+END_TEST
+
+/* A descriptor that cannot read (EBADF) fails each read with the extent named; no hang. */
+START_TEST(bad_descriptor)
+{
+	struct fixture fx;
+	struct moe_io *io;
+	struct job j[3];
+	int wfd;
+
+	fx_setup(&fx);
+	io = open_io(fx.path, MOE_IO_PREAD, MOE_IO_DIRECT_OFF, 4, 0);
+	wfd = open(fx.path, O_WRONLY);
+	ck_assert_int_ge(wfd, 0);
+	ck_assert_int_eq(dup2(wfd, io->fd), io->fd);
+	close(wfd);
+	for (unsigned i = 0; i < 3; i++) {
+		prep_job(io, &j[i], i * MIB + 7, 3 * MIB, true);
+		ck_assert_int_eq(moe_io_read(io, j[i].off, j[i].len, j[i].dst, j[i].cap, job_cb,
+					     &j[i]), 0);
+	}
+	ck_assert_int_eq(moe_io_wait(io, 3), 3);
+	for (unsigned i = 0; i < 3; i++) {
+		ck_assert_int_eq(j[i].calls, 1);
+		ck_assert_int_eq(j[i].res, -EBADF);
+		ck_assert_ptr_nonnull(strstr(j[i].msg, "extent [0x"));
+		free_job(io, &j[i]);
+	}
+	moe_io_close(io);
+	fx_teardown(&fx);
+}
+END_TEST
+
+/* Run @fn in a child process (privilege drops and seccomp filters must not leak). */
+static int in_child(void (*fn)(const struct fixture *), const struct fixture *fx)
+{
+	pid_t pid = fork();
+	int st;
+
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		fn(fx);
+		_exit(0);
+	}
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void unreadable_child(const struct fixture *fx)
+{
+	struct moe_io *io = NULL;
+	int ret;
+
+	if (setgid(65534) || setuid(65534))
+		_exit(3);
+	ret = moe_io_open(fx->path, NULL, &io);
+	if (ret != -EACCES)
+		_exit(4);
+	if (!strstr(moe_errmsg(), fx->path) || !strstr(moe_errmsg(), "cannot open"))
+		_exit(5);
+}
+
+START_TEST(unreadable_file)
+{
+	struct fixture fx;
+
+	fx_setup(&fx);
+	ck_assert_int_eq(chmod(fx.path, 0), 0);
+	ck_assert_int_eq(in_child(unreadable_child, &fx), 0);
+	fx_teardown(&fx);
+}
+END_TEST
+
+/* tmpfs: AUTO reads buffered (its pages are the storage) and says so. */
+START_TEST(tmpfs_buffered)
+{
+	struct fixture fx;
+	struct moe_io *io;
+	char tmpl[] = "/dev/shm/moe-io-XXXXXX";
+
+	fx.dir = strdup(mkdtemp(tmpl));
+	make_file(&fx, fx.dir, FILE_BYTES, 9);
+	io = open_io(fx.path, MOE_IO_AUTO, MOE_IO_DIRECT_AUTO, 8, 0);
+	ck_assert_msg(strstr(moe_io_describe(io), "buffered (tmpfs"), "%s",
+		      moe_io_describe(io));
+	run_random(&fx, io, 60, 3);
+	moe_io_close(io);
+	fx_teardown(&fx);
+}
+END_TEST
+
+/* A filesystem that refuses O_DIRECT (EINVAL): AUTO falls back, ON fails with the fix. */
+START_TEST(direct_refused)
+{
+	struct fixture fx;
+	struct moe_io_opts o;
+	struct moe_io *io;
+
+	fx_setup(&fx);
+	moe_io_faults = MOE_IO_FAULT_DIRECT_EINVAL;
+	io = open_io(fx.path, MOE_IO_AUTO, MOE_IO_DIRECT_AUTO, 8, 0);
+	ck_assert_msg(strstr(moe_io_describe(io), "buffered (O_DIRECT refused: Invalid argument)"),
+		      "%s", moe_io_describe(io));
+	run_random(&fx, io, 40, 4);
+	moe_io_close(io);
+	moe_io_opts_init(&o);
+	o.direct = MOE_IO_DIRECT_ON;
+	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "direct=auto or off"));
+	moe_io_faults = 0;
+	fx_teardown(&fx);
+}
+END_TEST
+
+static void deny_uring_child(const struct fixture *fx)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = MOE_ARRAY_SIZE(f), .filter = f };
+	struct moe_io_opts o;
+	struct moe_io *io;
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
+							     &prog))
+		_exit(3);
+	io = open_io(fx->path, MOE_IO_AUTO, MOE_IO_DIRECT_AUTO, 8, 0);
+	if (!strstr(moe_io_describe(io),
+		    "pread workers (io_uring refused: Operation not permitted), O_DIRECT"))
+		_exit(4);
+	run_random(fx, io, 40, 8);
+	moe_io_close(io);
+	moe_io_opts_init(&o);
+	o.backend = MOE_IO_URING;
+	if (moe_io_open(fx->path, &o, &io) != -EPERM || !strstr(moe_errmsg(), "io_uring"))
+		_exit(5);
+}
+
+/* io_uring refused as under a container's seccomp profile: pread workers take over. */
+START_TEST(uring_refused)
+{
+	struct fixture fx;
+
+	fx_setup(&fx);
+	ck_assert_int_eq(in_child(deny_uring_child, &fx), 0);
+	fx_teardown(&fx);
+}
+END_TEST
+
+START_TEST(topology)
+{
+	struct moe_topo_info ti;
+	struct moe_topo_node nodes[8];
+	struct moe_topo_device devs[32], d;
+	struct fixture fx;
+	int n, node;
+
+	ck_assert_int_eq(moe_topo_info(&ti), 0);
+	ck_assert_uint_ge(ti.n_pus, 1);
+	ck_assert_uint_ge(ti.n_numa, 1);
+	ck_assert_uint_eq(ti.hwloc_version[0] >= '1' && ti.hwloc_version[0] <= '9', 1);
+	n = moe_topo_nodes(nodes, 8);
+	ck_assert_int_eq(n, (int)ti.n_numa);
+	ck_assert_uint_ge(nodes[0].n_pus, 1);
+	ck_assert_uint_gt(strlen(nodes[0].cpus), 0);
+	n = moe_topo_devices(devs, 32);
+	ck_assert_int_ge(n, 0);
+	for (int i = 0; i < n && i < 32; i++)
+		ck_assert_msg(!strcmp(devs[i].kind, "nvme") || !strcmp(devs[i].kind, "block") ||
+			      !strcmp(devs[i].kind, "gpu") || !strcmp(devs[i].kind, "coproc"),
+			      "%s: kind %s", devs[i].name, devs[i].kind);
+
+	fx_setup(&fx);
+	ck_assert_int_eq(moe_topo_path(fx.path, &d), 0);
+	ck_assert_uint_gt(strlen(d.name), 0);
+	node = moe_topo_path_node(fx.path);
+	ck_assert_msg(node >= 0 || node == -ENOENT, "%d", node);
+	if (ti.n_numa == 1)
+		ck_assert_int_eq(node, nodes[0].node);
+	ck_assert_int_eq(moe_topo_path("/dev/shm", &d), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "not on a block device"));
+	fx_teardown(&fx);
+}
+END_TEST
+
+Suite *suite_io(void)
+{
+	Suite *s = suite_create("io");
+	TCase *tc = tcase_create("io");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, every_path_matches_pread);
+	tcase_add_test(tc, sync_span_and_bad_input);
+	tcase_add_test(tc, staging_pool);
+	tcase_add_test(tc, threads_uring);
+	tcase_add_test(tc, threads_pread_engine_callbacks);
+	tcase_add_test(tc, threads_uring_engine_callbacks);
+	tcase_add_test(tc, close_inflight_uring);
+	tcase_add_test(tc, close_inflight_pread);
+	tcase_add_test(tc, truncated_while_open);
+	tcase_add_test(tc, bad_descriptor);
+	if (geteuid() == 0)
+		tcase_add_test(tc, unreadable_file);
+	else
+		tu_skip("io/unreadable_file", "needs root to drop to another user; as a plain "
+			"user the file's own owner could read it");
+	if (access("/dev/shm", W_OK) == 0)
+		tcase_add_test(tc, tmpfs_buffered);
+	else
+		tu_skip("io/tmpfs_buffered", "no writable tmpfs at /dev/shm");
+	tcase_add_test(tc, direct_refused);
+	tcase_add_test(tc, uring_refused);
+	tcase_add_test(tc, topology);
+	suite_add_tcase(s, tc);
+	return s;
+}
