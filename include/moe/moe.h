@@ -298,6 +298,149 @@ MOE_API int moe_model_summary(const struct moe_model *model, struct moe_model_su
 /* ------------------------------------------------------- I/O engine */
 /* (section: io) */
 
+/*
+ * Reads extents of one file into (pinned) host memory without the page
+ * cache: io_uring with registered files and buffers on an O_DIRECT
+ * descriptor, falling back at run time to pread worker threads when
+ * io_uring is refused and to buffered reads when O_DIRECT is refused (each
+ * fallback logged once and named by moe_io_describe()).
+ */
+struct moe_io;
+
+enum moe_io_backend {
+	MOE_IO_AUTO = 0,        /* io_uring, else pread workers */
+	MOE_IO_URING = 1,       /* io_uring or fail */
+	MOE_IO_PREAD = 2,       /* pread worker threads */
+	MOE_IO_KMOD = 3,        /* through the moe.ko driver */
+};
+
+enum moe_io_direct {
+	MOE_IO_DIRECT_AUTO = 0, /* O_DIRECT, else buffered; buffered on tmpfs/ramfs */
+	MOE_IO_DIRECT_ON = 1,   /* O_DIRECT or fail */
+	MOE_IO_DIRECT_OFF = 2,  /* buffered reads through the page cache */
+};
+
+enum moe_io_flags {
+	/*
+	 * Run completion callbacks on an engine thread as soon as a read ends
+	 * instead of from moe_io_poll()/moe_io_wait() on the caller's thread.
+	 * Callbacks may then read and submit, but must not wait or close.
+	 */
+	MOE_IO_CB_ENGINE_THREAD = 1u << 0,
+};
+#define MOE_IO_FLAGS_ALL (MOE_IO_CB_ENGINE_THREAD)
+
+struct moe_io_opts {
+	enum moe_io_backend backend;
+	enum moe_io_direct direct;
+	uint32_t queue_depth;   /* reads in flight at once; 0 = 32 */
+	uint64_t max_request;   /* reads are split at this size (multiple of the block); 0 = 1 MiB */
+	uint64_t staging_bytes; /* pinned pool behind moe_io_alloc(); 0 = 64 MiB */
+	int numa_node;          /* -1: the node of the file's device (hwloc) */
+	uint32_t n_workers;     /* pread workers; 0 = queue depth, at most 16 */
+	uint32_t flags;         /* enum moe_io_flags */
+	uint32_t pad;
+	uint64_t reserved[4];
+};
+
+/* Fill @opts with the defaults (numa_node -1; a zeroed struct means node 0). */
+MOE_API void moe_io_opts_init(struct moe_io_opts *opts);
+
+/* Open @path for reading; @opts NULL = defaults.  -EPERM/-EINVAL when a forced path is refused. */
+MOE_API int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io **out);
+/*
+ * Cancel reads not yet started, wait for those in flight, and call every
+ * remaining callback (res -ECANCELED for cancelled ones) on the calling
+ * thread before returning.  Safe with reads in flight; NULL is a no-op.
+ */
+MOE_API void moe_io_close(struct moe_io *io);
+/* Alignment unit of offsets and destination buffers (the device's logical block size). */
+MOE_API uint32_t moe_io_block(const struct moe_io *io);
+/* Bytes a destination needs to read [offset, offset+len) as the block-aligned superset. */
+MOE_API uint64_t moe_io_span(const struct moe_io *io, uint64_t offset, uint64_t len);
+/*
+ * Block-aligned destination memory: from the engine's staging pool (locked,
+ * huge pages when available, on the engine's NUMA node, registered with the
+ * ring) while it lasts, else a separate mapping.  NULL when out of memory.
+ */
+MOE_API void *moe_io_alloc(struct moe_io *io, uint64_t bytes);
+MOE_API void moe_io_free(struct moe_io *io, void *p);
+
+/*
+ * Completion: res is len or -errno (-ENODATA: the file ended before the
+ * extent, -ECANCELED: closed before it started); interior points at byte
+ * `offset` inside dst.  moe_errmsg() names the extent when res < 0.
+ */
+typedef void (*moe_io_cb)(void *arg, int64_t res, void *interior);
+
+/*
+ * Queue a read of [offset, offset+len) into @dst (capacity >= moe_io_span(),
+ * aligned to moe_io_block()).  It starts at the next moe_io_submit(),
+ * moe_io_poll() or moe_io_wait(); reads longer than max_request are split.
+ * Thread-safe.  -EINVAL for an extent past the end of the file, a short or
+ * misaligned buffer; -ESHUTDOWN while closing.
+ */
+MOE_API int moe_io_read(struct moe_io *io, uint64_t offset, uint64_t len, void *dst,
+			uint64_t dst_cap, moe_io_cb cb, void *arg);
+/* Start queued reads (up to the queue depth; the rest start as others complete). */
+MOE_API int moe_io_submit(struct moe_io *io);
+/* Call the callbacks of completed reads without blocking; returns how many. */
+MOE_API int moe_io_poll(struct moe_io *io);
+/*
+ * Block until at least @min_completions callbacks ran on this thread or no
+ * read is left outstanding; returns how many ran.
+ */
+MOE_API int moe_io_wait(struct moe_io *io, uint32_t min_completions);
+/* Read synchronously; *interior = byte `offset` in dst (may be NULL).  0 or -errno. */
+MOE_API int moe_io_read_sync(struct moe_io *io, uint64_t offset, uint64_t len, void *dst,
+			     uint64_t dst_cap, void **interior);
+
+struct moe_io_stats {
+	uint64_t bytes;         /* extent bytes delivered by successful reads */
+	uint64_t requests;      /* reads completed, failed ones included */
+	uint64_t errors;
+	double busy_s;          /* time with at least one read in flight */
+};
+MOE_API void moe_io_get_stats(const struct moe_io *io, struct moe_io_stats *out);
+/* "io_uring, O_DIRECT, qd 32, node 0, ..." with the fallbacks taken and why. */
+MOE_API const char *moe_io_describe(const struct moe_io *io);
+
+/* Topology (hwloc): NUMA nodes, and the block and GPU devices with their nodes. */
+struct moe_topo_info {
+	uint32_t n_numa;
+	uint32_t n_packages;
+	uint32_t n_cores;
+	uint32_t n_pus;
+	char hwloc_version[16];
+	uint64_t reserved[4];
+};
+MOE_API int moe_topo_info(struct moe_topo_info *out);
+
+struct moe_topo_node {
+	int32_t node;            /* OS index */
+	uint32_t n_pus;
+	uint64_t mem_bytes;
+	char cpus[64];           /* "0-15,32-47" */
+	uint64_t reserved[2];
+};
+/* Fill up to @max nodes; returns the number of NUMA nodes. */
+MOE_API int moe_topo_nodes(struct moe_topo_node *out, uint32_t max);
+
+struct moe_topo_device {
+	char name[32];           /* "nvme0n1", "vda", "card0", "cuda0" */
+	char kind[16];           /* "nvme", "block", "gpu", "coproc" */
+	char pci[16];            /* PCI bus id, "" when not on PCI */
+	int32_t numa_node;       /* -1: unknown */
+	uint32_t pad;
+	uint64_t reserved[2];
+};
+/* Fill up to @max devices (NVMe and other disks, GPUs); returns the number found. */
+MOE_API int moe_topo_devices(struct moe_topo_device *out, uint32_t max);
+/* The block device holding @path (partitions and device-mapper resolved to the disk). */
+MOE_API int moe_topo_path(const char *path, struct moe_topo_device *out);
+/* NUMA node nearest @path's device, or -ENOENT when that is unknown. */
+MOE_API int moe_topo_path_node(const char *path);
+
 /* ------------------------------------------------------- tokenizer */
 /* (section: tokenizer) */
 
