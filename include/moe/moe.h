@@ -292,6 +292,66 @@ MOE_API int moe_model_summary(const struct moe_model *model, struct moe_model_su
 /* ------------------------------------------------------- GGUF writer */
 /* (section: gguf writer) */
 
+/*
+ * Writes GGUF v3 (little-endian) files: metadata in the order it was set,
+ * tensor infos in the order they were added, each tensor's data at a
+ * multiple of the alignment, zero padding.  Keys and tensor names must be
+ * unique; a tensor name is shorter than MOE_GGUF_NAME_MAX bytes.
+ */
+struct moe_gguf_writer;
+
+#define MOE_GGUF_NAME_MAX 64
+#define MOE_GGUF_DEFAULT_ALIGNMENT 32
+
+/* @alignment: a power of two (32 is GGUF's default; general.alignment is written otherwise). */
+MOE_API int moe_gguf_writer_create(struct moe_gguf_writer **out, uint32_t alignment);
+MOE_API void moe_gguf_writer_free(struct moe_gguf_writer *w);
+
+MOE_API int moe_gguf_set_u32(struct moe_gguf_writer *w, const char *key, uint32_t val);
+MOE_API int moe_gguf_set_i32(struct moe_gguf_writer *w, const char *key, int32_t val);
+MOE_API int moe_gguf_set_u64(struct moe_gguf_writer *w, const char *key, uint64_t val);
+MOE_API int moe_gguf_set_f32(struct moe_gguf_writer *w, const char *key, float val);
+MOE_API int moe_gguf_set_bool(struct moe_gguf_writer *w, const char *key, bool val);
+MOE_API int moe_gguf_set_str(struct moe_gguf_writer *w, const char *key, const char *val);
+/* An array of a fixed-size element type (enum moe_meta_type, not STRING or ARRAY). */
+MOE_API int moe_gguf_set_arr(struct moe_gguf_writer *w, const char *key, uint32_t elem_type,
+			     const void *data, uint64_t n);
+MOE_API int moe_gguf_set_arr_str(struct moe_gguf_writer *w, const char *key,
+				 const char *const *strs, uint64_t n);
+
+/*
+ * Add a tensor whose data (rows of ne[0] elements of @type, ne[1]*ne[2]*ne[3]
+ * rows) is copied now.  -EINVAL for a bad name, type or shape, -EEXIST for a
+ * duplicate name.
+ */
+MOE_API int moe_gguf_add_tensor(struct moe_gguf_writer *w, const char *name, uint32_t type,
+				uint32_t n_dims, const uint64_t *ne, const void *data);
+
+/*
+ * Produce rows [row, row + n_rows) of a tensor into @dst (n_rows * row bytes),
+ * in order, during moe_gguf_write.  Returns 0 or -errno (recorded with a reason).
+ */
+typedef int (*moe_gguf_fill_fn)(void *ctx, uint64_t row, uint64_t n_rows, void *dst);
+
+/*
+ * Add a tensor whose data is produced while the file is written, a few MiB
+ * at a time, so that writing a large model needs no copy of it in memory.
+ * @ctx must stay valid until moe_gguf_write returns.
+ */
+MOE_API int moe_gguf_add_tensor_fill(struct moe_gguf_writer *w, const char *name, uint32_t type,
+				     uint32_t n_dims, const uint64_t *ne, moe_gguf_fill_fn fill,
+				     void *ctx);
+
+/* Where the data section starts and how large the file will be, for what was added so far. */
+MOE_API int moe_gguf_layout(const struct moe_gguf_writer *w, uint64_t *data_offset,
+			    uint64_t *file_bytes);
+
+/*
+ * Write the file: into a temporary file beside @path, renamed over @path
+ * once complete, so a failure never leaves a truncated model behind.
+ */
+MOE_API int moe_gguf_write(struct moe_gguf_writer *w, const char *path);
+
 /* ------------------------------------------------------- quantization */
 /* (section: quant) */
 
