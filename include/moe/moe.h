@@ -504,6 +504,98 @@ MOE_API int moe_topo_path_node(const char *path);
 /* ------------------------------------------------------- tokenizer */
 /* (section: tokenizer) */
 
+/* ------------------------------------------------------- inference engine */
+/* (section: engine) */
+
+/*
+ * An inference context: the model's resident tensors read once into device
+ * memory (the CPU backend's "device" is host memory with its own budget),
+ * a KV cache of n_ctx cells, and routed experts streamed through an expert
+ * cache of fixed slots that fills whatever of the budget is left.
+ * Activations and the KV cache are F32; matmuls use the quant kernels
+ * (moe_matmul), which round activations to the weight type's vec_dot type.
+ */
+struct moe_ctx;
+
+enum moe_ctx_flags {
+	/* do not read every expert at creation even when all fit the budget */
+	MOE_CTX_LAZY_EXPERTS = 1u << 0,
+};
+#define MOE_CTX_FLAGS_ALL (MOE_CTX_LAZY_EXPERTS)
+
+struct moe_ctx_params {
+	uint64_t vram_bytes;        /* device budget; 0 = no limit (every expert resident) */
+	int32_t n_threads;          /* <= 0: every CPU */
+	uint32_t n_ctx;             /* KV cells (positions); 0 = min(training context, 4096) */
+	uint32_t n_batch;           /* prompt tokens per forward step; 0 = 64 */
+	uint32_t attn_chunk;        /* llama4 chunked-attention size; 0 = the model's (8192) */
+	uint32_t n_staging;         /* experts fetched at once (pinned staging); 0 = 4 */
+	uint32_t flags;             /* enum moe_ctx_flags */
+	const char *policy;         /* eviction policy, NULL = "lru" */
+	struct moe_io_opts io;      /* how experts and resident tensors are read */
+	uint64_t reserved[8];
+};
+
+/* Defaults for every field (the I/O options from moe_io_opts_init). */
+MOE_API void moe_ctx_default_params(struct moe_ctx_params *p);
+/*
+ * Plan the budget, read the resident tensors and (when they all fit) every
+ * expert.  -ENOMEM with the bytes needed when the budget cannot hold the
+ * resident tensors, the KV cache, scratch and one token's experts of a layer;
+ * -ENOTSUP for an architecture without a forward pass.  The model must stay
+ * open while the context lives.
+ */
+MOE_API int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
+			   struct moe_ctx **out);
+MOE_API void moe_ctx_free(struct moe_ctx *ctx);
+
+enum moe_eval_flags {
+	MOE_EVAL_ALL_LOGITS = 1u << 0,   /* keep the logits of every token, not just the last */
+};
+
+/*
+ * Evaluate @n tokens at positions pos .. pos+n-1 (pos at most the number of
+ * positions already evaluated: a smaller pos rewinds).  -EINVAL for a token
+ * id outside the vocabulary, -ENOSPC past n_ctx.
+ */
+MOE_API int moe_ctx_eval(struct moe_ctx *ctx, const int32_t *tokens, uint32_t n, uint32_t pos,
+			 uint32_t flags);
+/* Logits of token @i of the last eval (i = 0 is the last token without ALL_LOGITS). */
+MOE_API const float *moe_ctx_logits(const struct moe_ctx *ctx, uint32_t i);
+MOE_API uint32_t moe_ctx_n_vocab(const struct moe_ctx *ctx);
+MOE_API uint32_t moe_ctx_n_ctx(const struct moe_ctx *ctx);
+/* Positions evaluated so far (the next position to evaluate). */
+MOE_API uint32_t moe_ctx_n_past(const struct moe_ctx *ctx);
+
+struct moe_ctx_stats {
+	uint64_t prefill_tokens;    /* tokens of evals with more than one token */
+	uint64_t decode_tokens;     /* tokens of single-token evals */
+	double prefill_s, decode_s;
+	double prefill_tps, decode_tps;
+	uint64_t expert_hits, expert_misses, expert_evictions;
+	double hit_rate;            /* hits / (hits + misses); 1 when nothing was asked */
+	uint64_t bytes_read;        /* bytes read from the model file since the last reset */
+	double read_s;              /* time with a read in flight */
+	double read_gbps;           /* bytes_read / read_s / 1e9 */
+	double stall_s;             /* time the forward pass waited for experts */
+	uint64_t vram_budget;       /* 0: unlimited */
+	uint64_t vram_used;
+	uint64_t resident_bytes;    /* non-expert tensors */
+	uint64_t kv_bytes;
+	uint64_t scratch_bytes;
+	uint64_t slot_bytes;        /* one expert slot */
+	uint32_t n_slots;
+	uint32_t n_experts;         /* routed experts in the model */
+	uint64_t staging_bytes;     /* pinned host staging, outside the budget */
+	uint64_t host_bytes;        /* other host memory outside the budget (logits, tables) */
+	uint64_t reserved[8];
+};
+MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
+/* Zero the counters (not the plan); e.g. between prefill and a timed decode. */
+MOE_API void moe_ctx_reset_stats(struct moe_ctx *ctx);
+/* One line: backend, budget split, slots, I/O path. */
+MOE_API const char *moe_ctx_describe(const struct moe_ctx *ctx);
+
 #ifdef __cplusplus
 }
 #endif
