@@ -1,0 +1,155 @@
+#!/bin/sh
+# Boot Debian's 6.1 kernel under QEMU (TCG) with an emulated NVMe drive holding
+# generated models, load drm and moe.ko, run moe-vmtest, and fail on any failed
+# test or on BUG/WARNING/Oops/lockdep in the guest's dmesg.
+#
+# usage: tests/vm/run.sh [WORKDIR]        (root; installs what it needs with apt-get)
+# env:   MOE_VM_KVER=6.1.0-NN-amd64 picks the kernel (default: newest generic 6.1),
+#        MOE_VM_TIMEOUT=seconds for the guest (default 480), MOE_VM_VERBOSE=1 shows the console.
+# Prints "N passed, N failed" last; exit status 0 only when nothing failed.
+set -eu
+
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=${1:-$SRC/build/vm}
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+TIMEOUT=${MOE_VM_TIMEOUT:-480}
+T0=$(date +%s)
+
+say() { echo "vm: $*"; }
+die() { echo "vm: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root: it installs packages and builds an ext4 image"
+
+apt_install() {
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y -q --no-install-recommends "$@" >"$WORK/apt.log" 2>&1 && return 0
+	apt-get update -q >>"$WORK/apt.log" 2>&1 || true
+	apt-get install -y -q --no-install-recommends "$@" >>"$WORK/apt.log" 2>&1 ||
+		die "apt-get install $* failed (see $WORK/apt.log)"
+}
+
+# Tools and static libraries: binary -> package.
+need=""
+command -v qemu-system-x86_64 >/dev/null || need="$need qemu-system-x86"
+dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
+command -v cpio >/dev/null || need="$need cpio"
+command -v mke2fs >/dev/null || need="$need e2fsprogs"
+command -v depmod >/dev/null || need="$need kmod"
+command -v gcc >/dev/null || need="$need gcc libc6-dev"
+command -v make >/dev/null || need="$need make"
+[ -r /usr/lib/x86_64-linux-gnu/libdrm.a ] || need="$need libdrm-dev"
+[ -r /usr/lib/x86_64-linux-gnu/liburing.a ] || need="$need liburing-dev"
+if [ -n "$need" ]; then
+	say "installing$need"
+	apt_install $need
+fi
+/bin/busybox --list | grep -qx modprobe || die "/bin/busybox has no modprobe: install busybox-static"
+
+# The kernel: the one whose generic headers tests/vm/headers.sh picks (or installs).
+if [ -n "${MOE_VM_KVER:-}" ]; then
+	KDIR=/usr/src/linux-headers-$MOE_VM_KVER
+	[ -d "$KDIR" ] || apt_install "linux-headers-$MOE_VM_KVER"
+else
+	KDIR=$(sh "$SRC/tests/vm/headers.sh") || die "no kernel headers"
+fi
+KVER=${KDIR##*/linux-headers-}
+
+# The image package is unpacked, not installed: the host's boot stays alone.
+KROOT=$WORK/kernel-$KVER
+if [ ! -r "$KROOT/boot/vmlinuz-$KVER" ]; then
+	rm -rf "$WORK/deb" "$KROOT"
+	mkdir -p "$WORK/deb" && cd "$WORK/deb"
+	apt-get download "linux-image-$KVER-unsigned" >/dev/null 2>&1 ||
+		apt-get download "linux-image-$KVER" >/dev/null 2>&1 || {
+			apt-get update -q >/dev/null 2>&1 || true
+			apt-get download "linux-image-$KVER-unsigned" >/dev/null 2>&1 ||
+				die "cannot download linux-image-$KVER-unsigned"
+		}
+	dpkg-deb -x "$(ls "$WORK"/deb/linux-image-*.deb | head -n 1)" "$KROOT"
+	rm -rf "$WORK/deb"
+	depmod -b "$KROOT" -F "$KROOT/boot/System.map-$KVER" "$KVER"
+	cd "$SRC"
+fi
+
+say "building moe.ko against $KVER"
+make -s -C "$SRC" kmod-build KDIR="$KDIR" KMOD_OUT="$WORK/kmod" >"$WORK/kmod.log" 2>&1 ||
+	{ cat "$WORK/kmod.log"; die "moe.ko does not build"; }
+grep -q "warning:" "$WORK/kmod.log" && { cat "$WORK/kmod.log"; die "moe.ko builds with warnings"; }
+
+say "building moe-vmtest (static)"
+gcc -std=gnu11 -O2 -g -Wall -Wextra -Wno-missing-field-initializers -static \
+	-I"$SRC/include" -I"$SRC/include/uapi/drm" -I/usr/include/libdrm \
+	-o "$WORK/moe-vmtest" "$SRC/tests/vm/moe-vmtest.c" -ldrm -luring -lpthread ||
+	die "moe-vmtest does not build"
+
+# initramfs: busybox, the test, and the modules for drm, NVMe and ext4.
+IR=$WORK/initramfs
+rm -rf "$IR"
+mkdir -p "$IR/bin" "$IR/dev" "$IR/proc" "$IR/sys" "$IR/mnt" "$IR/tmp" "$IR/etc"
+cp /bin/busybox "$IR/bin/busybox"
+cp "$SRC/tests/vm/init.sh" "$IR/init"
+chmod 755 "$IR/init"
+cp "$WORK/moe-vmtest" "$IR/bin/moe-vmtest"
+echo "root:x:0:0:root:/:/bin/sh" >"$IR/etc/passwd"
+echo "nobody:x:65534:65534:nobody:/:/bin/sh" >>"$IR/etc/passwd"
+MD=lib/modules/$KVER
+mkdir -p "$IR/$MD/extra"
+cp "$KROOT/$MD/modules.builtin" "$KROOT/$MD/modules.order" "$IR/$MD/"
+wanted="drm drm_shmem_helper nvme ext4 crc32c_generic"
+for m in $wanted; do
+	path=$(find "$KROOT/$MD/kernel" -name "$m.ko*" | head -n 1)
+	[ -n "$path" ] || die "no $m module in linux-image-$KVER"
+	rel=${path#"$KROOT/$MD/"}
+	for f in $rel $(grep "^$rel:" "$KROOT/$MD/modules.dep" | cut -d: -f2); do
+		mkdir -p "$IR/$MD/$(dirname "$f")"
+		cp "$KROOT/$MD/$f" "$IR/$MD/$f"
+	done
+done
+cp "$WORK/kmod/moe.ko" "$IR/$MD/extra/moe.ko"
+depmod -b "$IR" -F "$KROOT/boot/System.map-$KVER" "$KVER"
+(cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1) >"$WORK/initramfs.gz"
+
+# The disk: an ext4 image with generated models.  Model files are root-only:
+# the unprivileged test must reach them through the driver alone.
+DISK=$WORK/disk
+rm -rf "$DISK" "$WORK/disk.img"
+mkdir -p "$DISK/models"
+head -c $((96 * 1024 * 1024)) /dev/urandom >"$DISK/models/big.bin"
+head -c $((1024 * 1024 + 1234)) /dev/urandom >"$DISK/models/tail.bin"
+if [ -x "${MOE_BIN:-$SRC/build/bin}/moe-mkmodel" ]; then
+	"${MOE_BIN:-$SRC/build/bin}/moe-mkmodel" "$DISK/models/tiny.gguf" >/dev/null 2>&1 ||
+		rm -f "$DISK/models/tiny.gguf"
+fi
+chmod 600 "$DISK/models"/*
+mke2fs -q -t ext4 -F -d "$DISK" -E root_owner=0:0 "$WORK/disk.img" 384M ||
+	die "mke2fs -d failed (e2fsprogs >= 1.43 needed)"
+rm -rf "$DISK"
+
+say "booting $KVER under QEMU (TCG)"
+LOG=$WORK/console.log
+set +e
+timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1G -smp 2 -nographic -no-reboot \
+	-kernel "$KROOT/boot/vmlinuz-$KVER" -initrd "$WORK/initramfs.gz" \
+	-append "console=ttyS0 loglevel=3 panic=-1 rdinit=/init" \
+	-drive file="$WORK/disk.img",if=none,id=nvm,format=raw,cache=none \
+	-device nvme,serial=moevm0,drive=nvm >"$LOG" 2>&1 </dev/null
+qrc=$?
+set -e
+tr -d '\r' <"$LOG" >"$LOG.txt"
+[ "${MOE_VM_VERBOSE:-0}" = 1 ] && cat "$LOG.txt"
+grep -E '^(ok|not ok|# )' "$LOG.txt" || true
+
+pass=$(grep -c '^ok ' "$LOG.txt" || true)
+fail=$(grep -c '^not ok ' "$LOG.txt" || true)
+if [ "$qrc" -eq 124 ]; then
+	say "the guest did not finish within ${TIMEOUT}s (see $LOG.txt)"
+	fail=$((fail + 1))
+elif ! grep -q '^VMTEST-DONE' "$LOG.txt"; then
+	say "the guest stopped before the end (qemu status $qrc; see $LOG.txt):"
+	tail -n 30 "$LOG.txt"
+	fail=$((fail + 1))
+fi
+say "$(($(date +%s) - T0)) s in all"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ] && [ "$pass" -gt 0 ]
