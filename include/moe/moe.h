@@ -504,6 +504,108 @@ MOE_API int moe_topo_path_node(const char *path);
 /* ------------------------------------------------------- tokenizer */
 /* (section: tokenizer) */
 
+/*
+ * A tokenizer built from a model's tokenizer.ggml.* metadata: SentencePiece
+ * ("llama"), byte-level BPE ("gpt2", with the tokenizer.ggml.pre split) or
+ * Gemma 4 ("gemma4").  Immutable once loaded: one may serve many threads.
+ * Independent of the model handle after loading.
+ */
+struct moe_tokenizer;
+
+/* -ENOENT for models without a tokenizer, -ENOTSUP for unknown kinds, -EINVAL for bad arrays. */
+MOE_API int moe_tokenizer_load(const struct moe_model *model, struct moe_tokenizer **out);
+MOE_API void moe_tokenizer_free(struct moe_tokenizer *t);
+
+enum moe_tok_flags {
+	MOE_TOK_ADD_BOS = 1u << 0,       /* put the BOS token first */
+	MOE_TOK_PARSE_SPECIAL = 1u << 1, /* control tokens written in the text become tokens */
+};
+#define MOE_TOK_FLAGS_ALL (MOE_TOK_ADD_BOS | MOE_TOK_PARSE_SPECIAL)
+
+/*
+ * Tokenize @len bytes of UTF-8 @text into @ids.  Returns the number of ids;
+ * with @ids NULL only counts them.  -ENOSPC when more than @max_ids are
+ * needed (moe_errmsg() says how many), -EILSEQ for invalid UTF-8.
+ * User-defined tokens are always matched whole; control tokens only with
+ * MOE_TOK_PARSE_SPECIAL.
+ */
+MOE_API int moe_tokenize(const struct moe_tokenizer *t, const char *text, size_t len,
+			 uint32_t flags, int32_t *ids, int max_ids);
+
+/*
+ * The bytes of one token (control tokens as their text), not
+ * NUL-terminated.  Returns the length; -ENOSPC if @len is too small
+ * (@buf NULL and @len 0 ask for the length).  A piece may be part of a UTF-8
+ * sequence: use moe_detok_stream() to print tokens as they come.
+ */
+MOE_API int moe_token_to_piece(const struct moe_tokenizer *t, int32_t id, char *buf, int len);
+
+enum moe_detok_flags {
+	MOE_DETOK_SPECIAL = 1u << 0,  /* render control tokens (BOS, end of turn...) as text */
+};
+#define MOE_DETOK_FLAGS_ALL (MOE_DETOK_SPECIAL)
+
+/*
+ * Text of @n_ids tokens, not NUL-terminated; the space SentencePiece puts
+ * before the text is removed.  Returns the length, -ENOSPC if @len is too
+ * small (@buf NULL and @len 0 ask for the length), -EINVAL for a bad id.
+ */
+MOE_API int moe_detokenize(const struct moe_tokenizer *t, const int32_t *ids, int n_ids,
+			   uint32_t flags, char *buf, int len);
+
+/* State of a streaming detokenizer; zero it (flags: enum moe_detok_flags) before use. */
+struct moe_detok_state {
+	uint32_t flags;
+	uint32_t n;           /* bytes pending */
+	char pending[4];      /* the start of a UTF-8 sequence not complete yet */
+	uint32_t started;
+	uint64_t reserved[2];
+};
+
+/*
+ * Feed one token; writes the bytes that are complete UTF-8 so far and
+ * returns their count (holding back a sequence split across tokens).
+ * @id -1 flushes what is pending at the end of the stream.  -ENOSPC if
+ * @len is too small (the token is not consumed); 16 + the longest token
+ * always suffices.
+ */
+MOE_API int moe_detok_stream(const struct moe_tokenizer *t, struct moe_detok_state *st,
+			     int32_t id, char *buf, int len);
+
+MOE_API int moe_tokenizer_vocab_size(const struct moe_tokenizer *t);
+/* BOS / EOS ids, -ENOENT when the vocabulary has none. */
+MOE_API int moe_tokenizer_bos(const struct moe_tokenizer *t);
+MOE_API int moe_tokenizer_eos(const struct moe_tokenizer *t);
+/* Whether the model expects BOS first (tokenizer.ggml.add_bos_token or its default). */
+MOE_API bool moe_tokenizer_add_bos(const struct moe_tokenizer *t);
+/* End of generation: EOS, EOT/EOM, and the family's end-of-turn tokens. */
+MOE_API bool moe_tokenizer_is_eog(const struct moe_tokenizer *t, int32_t id);
+/* The id of the token whose text is exactly @text, or -ENOENT. */
+MOE_API int moe_tokenizer_find(const struct moe_tokenizer *t, const char *text);
+
+/* One chat message; role is "system", "user" or "assistant". */
+struct moe_chat_msg {
+	const char *role;
+	const char *content;
+	uint64_t reserved[2];
+};
+
+/*
+ * Render a conversation in the model's prompt format (Llama 3/4, Qwen3
+ * ChatML, gpt-oss harmony, Mistral/Mixtral [INST], Gemma 4), chosen from
+ * tokenizer.chat_template and the architecture.  The result starts with the
+ * BOS text where the format writes it, so tokenize it with
+ * MOE_TOK_PARSE_SPECIAL and without MOE_TOK_ADD_BOS.  With
+ * @add_assistant_prefix the prompt ends where the assistant's reply starts.
+ * *out is malloc'ed (free() it); returns its length.  -ENOTSUP when the
+ * format is unknown.
+ */
+MOE_API int moe_chat_render(const struct moe_tokenizer *t, const struct moe_chat_msg *msgs,
+			    int n_msgs, bool add_assistant_prefix, char **out);
+/* Name of the chosen format ("chatml", "llama3", "llama4", "harmony", "mistral", "gemma4"),
+ * or "none". */
+MOE_API const char *moe_chat_format(const struct moe_tokenizer *t);
+
 /* ------------------------------------------------------- inference engine */
 /* (section: engine) */
 

@@ -17,6 +17,8 @@ static int do_help(int argc, char **argv);
 
 static const struct cmd cmds[] = {
 	{ "info", do_info, "info [--json] FILE         describe a GGUF model: sizes, experts, layout" },
+	{ "tokenize", do_tokenize, "tokenize MODEL TEXT|-      token ids of text (--special, --bos)" },
+	{ "detokenize", do_detokenize, "detokenize MODEL ID...     text of token ids (--special)" },
 	{ "help", do_help, "help                       this text" },
 	{ 0 },
 };

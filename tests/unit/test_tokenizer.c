@@ -1,0 +1,754 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Tokenizers: conformance against the reference ids of real vocabularies
+ * (shared/reference/vocab), a hand-made SentencePiece vocabulary, bad input,
+ * streaming detokenization, chat formats and moectl tokenize/detokenize.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/moe.h"
+#include "testutil.h"
+#include "text/tokenizer.h"
+#include "text/unicode.h"
+#include "util/util.h"
+
+static const char *const vocabs[] = {
+	"llama-bpe", "qwen2", "llama-spm", "gpt-2", "gemma-4",
+};
+
+static const char *vocab_path(const char *name, const char *ext)
+{
+	char rel[256];
+
+	snprintf(rel, sizeof(rel), "reference/vocab/ggml-vocab-%s.gguf%s", name, ext);
+	return tu_shared(rel);
+}
+
+static struct moe_tokenizer *load_vocab(const char *path, struct moe_model **m)
+{
+	struct moe_tokenizer *t = NULL;
+
+	ck_assert_msg(moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, m) == 0, "%s: %s", path,
+		      moe_errmsg());
+	ck_assert_msg(moe_tokenizer_load(*m, &t) == 0, "%s: %s", path, moe_errmsg());
+	return t;
+}
+
+static int32_t *tokenize_all(const struct moe_tokenizer *t, const char *s, size_t len,
+			     uint32_t flags, int *n)
+{
+	int32_t *ids;
+	int need = moe_tokenize(t, s, len, flags, NULL, 0);
+
+	ck_assert_msg(need >= 0, "tokenize: %s", moe_errmsg());
+	ids = malloc(((size_t)need + 1) * sizeof(*ids));
+	ck_assert_ptr_nonnull(ids);
+	*n = moe_tokenize(t, s, len, flags, ids, need);
+	ck_assert_int_eq(*n, need);
+	return ids;
+}
+
+static char *detok_all(const struct moe_tokenizer *t, const int32_t *ids, int n, uint32_t flags,
+		       int *len)
+{
+	char *buf;
+	int need = moe_detokenize(t, ids, n, flags, NULL, 0);
+
+	ck_assert_msg(need >= 0, "detokenize: %s", moe_errmsg());
+	buf = malloc((size_t)need + 1);
+	ck_assert_ptr_nonnull(buf);
+	*len = moe_detokenize(t, ids, n, flags, buf, need);
+	ck_assert_int_eq(*len, need);
+	buf[need] = 0;
+	return buf;
+}
+
+/* Every case of one reference file: ids must match, and decoding them gives the text back. */
+START_TEST(conformance)
+{
+	const char *name = vocabs[_i];
+	const char *sep = "\n__ggml_vocab_test__\n";
+	struct moe_model *m;
+	struct moe_tokenizer *t = load_vocab(vocab_path(name, ""), &m);
+	size_t inp_len, out_len;
+	char *inp = tu_read_file(vocab_path(name, ".inp"), &inp_len);
+	char *out = tu_read_file(vocab_path(name, ".out"), &out_len);
+	char *text = inp, *line = out, *fails = NULL;
+	size_t fails_len = 0;
+	FILE *fl = open_memstream(&fails, &fails_len);
+	int cases = 0, bad = 0, bad_rt = 0;
+
+	ck_assert_ptr_nonnull(inp);
+	ck_assert_ptr_nonnull(out);
+	for (;;) {
+		char *end = strstr(text, sep), *nl;
+		int32_t want[512];
+		int n_want = 0, n_got, dl;
+		int32_t *got;
+		char *back;
+
+		if (!end)
+			break;
+		nl = strchr(line, '\n');
+		ck_assert_msg(nl != NULL, "%s: fewer expected lines than texts", name);
+		*nl = 0;
+		for (char *p = line, *q; *p; p = q) {
+			long v = strtol(p, &q, 10);
+
+			if (q == p)
+				break;
+			ck_assert_int_lt(n_want, 512);
+			want[n_want++] = (int32_t)v;
+		}
+		got = tokenize_all(t, text, (size_t)(end - text), 0, &n_got);
+		if (n_got != n_want || memcmp(got, want, (size_t)n_got * sizeof(*got))) {
+			bad++;
+			fprintf(fl, "\n  case %d '%.*s': got", cases, (int)MOE_MIN(end - text, 40),
+				text);
+			for (int i = 0; i < n_got && i < 24; i++)
+				fprintf(fl, " %d", got[i]);
+			fprintf(fl, " want");
+			for (int i = 0; i < n_want && i < 24; i++)
+				fprintf(fl, " %d", want[i]);
+		}
+		back = detok_all(t, want, n_want, 0, &dl);
+		if ((size_t)dl != (size_t)(end - text) || memcmp(back, text, (size_t)dl)) {
+			bad_rt++;
+			fprintf(fl, "\n  case %d round trip: '%.*s' back as '%s'", cases,
+				(int)MOE_MIN(end - text, 40), text, back);
+		}
+		free(back);
+		free(got);
+		cases++;
+		text = end + strlen(sep);
+		line = nl + 1;
+	}
+	fclose(fl);
+	ck_assert_msg(cases > 10, "%s: only %d cases", name, cases);
+	ck_assert_msg(!bad && !bad_rt, "%s: %d of %d cases differ, %d do not round-trip:%s", name,
+		      bad, cases, bad_rt, fails);
+	free(fails);
+	free(inp);
+	free(out);
+	moe_tokenizer_free(t);
+	moe_model_close(m);
+}
+END_TEST
+
+/* ------------------------------------------------------------ a small SentencePiece vocab */
+
+static const char *const spm_tokens[] = {
+	"<unk>", "<s>", "</s>", "\xe2\x96\x81", "\xe2\x96\x81h", "\xe2\x96\x81he",
+	"\xe2\x96\x81hell", "\xe2\x96\x81hello", "l", "lo", "e", "h", "o", "ll", "\xe2\x96\x81w",
+	"or", "ld", "\xe2\x96\x81world", "<|eot|>", "[X]", "\xe2\x96\x81wor",
+};
+static const float spm_scores[] = {
+	0, 0, 0, -1, -5, -4, -3, -1, -8, -7, -8, -8, -8, -6, -5, -5, -5, -2, 0, 0, -3,
+};
+static const int32_t spm_types[] = {
+	TT_UNKNOWN, TT_CONTROL, TT_CONTROL, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	TT_CONTROL, TT_USER, 1,
+};
+
+/* Writes a vocab-only "llama" GGUF; @n_scores lets a test make the arrays disagree. */
+static char *write_spm(const char *dir, uint64_t n_scores, bool bad_type)
+{
+	struct moe_gguf_writer *w;
+	char *path;
+	const char *toks[MOE_ARRAY_SIZE(spm_tokens) + 256];
+	float scores[MOE_ARRAY_SIZE(spm_tokens) + 256];
+	int32_t types[MOE_ARRAY_SIZE(spm_tokens) + 256];
+	char bytes[256][8];
+	size_t n = MOE_ARRAY_SIZE(spm_tokens);
+
+	for (size_t i = 0; i < n; i++) {
+		toks[i] = spm_tokens[i];
+		scores[i] = spm_scores[i];
+		types[i] = spm_types[i];
+	}
+	for (int b = 0; b < 256; b++) {
+		snprintf(bytes[b], sizeof(bytes[b]), "<0x%02X>", b);
+		toks[n] = bytes[b];
+		scores[n] = 0;
+		types[n] = TT_BYTE;
+		n++;
+	}
+	if (bad_type)
+		types[5] = 9;
+	ck_assert_int_eq(asprintf(&path, "%s/spm.gguf", dir) > 0, 1);
+	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "llama"), 0);
+	ck_assert_int_eq(moe_gguf_set_str(w, "tokenizer.ggml.model", "llama"), 0);
+	ck_assert_int_eq(moe_gguf_set_arr_str(w, "tokenizer.ggml.tokens", toks, n), 0);
+	ck_assert_int_eq(moe_gguf_set_arr(w, "tokenizer.ggml.scores", MOE_META_F32, scores,
+					  n_scores ? n_scores : n), 0);
+	ck_assert_int_eq(moe_gguf_set_arr(w, "tokenizer.ggml.token_type", MOE_META_I32, types, n),
+			 0);
+	ck_assert_int_eq(moe_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", 1), 0);
+	ck_assert_int_eq(moe_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", 2), 0);
+	ck_assert_int_eq(moe_gguf_write(w, path), 0);
+	moe_gguf_writer_free(w);
+	return path;
+}
+
+static void expect_ids(const struct moe_tokenizer *t, const char *text, uint32_t flags,
+		       const int32_t *want, int n_want)
+{
+	int n;
+	int32_t *got = tokenize_all(t, text, strlen(text), flags, &n);
+	char msg[512];
+	int at = 0;
+
+	for (int i = 0; i < n && at < 400; i++)
+		at += snprintf(msg + at, sizeof(msg) - (size_t)at, " %d", got[i]);
+	msg[at] = 0;
+	ck_assert_msg(n == n_want && !memcmp(got, want, (size_t)n * sizeof(*got)),
+		      "'%s': got%s", text, msg);
+	free(got);
+}
+
+START_TEST(spm_small)
+{
+	char *dir = tu_tmpdir(), *path = write_spm(dir, 0, false), *back;
+	struct moe_model *m;
+	struct moe_tokenizer *t = load_vocab(path, &m);
+	int len;
+
+	/* "▁hello" outscores the pieces it is made of; "▁world" is reached through "▁wor". */
+	expect_ids(t, "hello world", 0, (int32_t[]){ 7, 17 }, 2);
+	expect_ids(t, "hello world", MOE_TOK_ADD_BOS, (int32_t[]){ 1, 7, 17 }, 3);
+	/* No piece for 'z' or U+00E9: byte fallback. */
+	expect_ids(t, "hez\xc3\xa9", 0,
+		   (int32_t[]){ 5, 21 + 'z', 21 + 0xc3, 21 + 0xa9 }, 4);
+	/* Control tokens only when asked; user-defined ones always. */
+	expect_ids(t, "<s>", MOE_TOK_PARSE_SPECIAL, (int32_t[]){ 1 }, 1);
+	expect_ids(t, "hello[X]hello", 0, (int32_t[]){ 7, 19, 7 }, 3);
+	expect_ids(t, "", 0, NULL, 0);
+	back = detok_all(t, (int32_t[]){ 1, 7, 17, 21 + 0xc3, 21 + 0xa9 }, 5, 0, &len);
+	ck_assert_str_eq(back, "hello world\xc3\xa9");
+	free(back);
+	back = detok_all(t, (int32_t[]){ 1, 7, 18 }, 3, MOE_DETOK_SPECIAL, &len);
+	ck_assert_str_eq(back, "<s> hello<|eot|>");
+	free(back);
+	ck_assert_int_eq(moe_tokenizer_vocab_size(t), 277);
+	ck_assert_int_eq(moe_tokenizer_bos(t), 1);
+	ck_assert_int_eq(moe_tokenizer_eos(t), 2);
+	ck_assert(moe_tokenizer_add_bos(t));
+	ck_assert(moe_tokenizer_is_eog(t, 2));
+	ck_assert(moe_tokenizer_is_eog(t, 18));
+	ck_assert(!moe_tokenizer_is_eog(t, 7));
+	ck_assert_int_eq(moe_tokenizer_find(t, "[X]"), 19);
+	ck_assert_int_eq(moe_tokenizer_find(t, "nope"), -ENOENT);
+	moe_tokenizer_free(t);
+	moe_model_close(m);
+	free(path);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+START_TEST(bad_vocab)
+{
+	char *dir = tu_tmpdir(), *path = write_spm(dir, 7, false);
+	struct moe_tokenizer *t = NULL;
+	struct moe_model *m;
+
+	ck_assert_int_eq(moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, &m), 0);
+	ck_assert_int_eq(moe_tokenizer_load(m, &t), -EINVAL);
+	ck_assert_ptr_null(t);
+	ck_assert_msg(strstr(moe_errmsg(), "tokenizer.ggml.scores") &&
+		      strstr(moe_errmsg(), "disagree"), "%s", moe_errmsg());
+	moe_model_close(m);
+	free(path);
+
+	path = write_spm(dir, 0, true);
+	ck_assert_int_eq(moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, &m), 0);
+	ck_assert_int_eq(moe_tokenizer_load(m, &t), -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "token_type[5]"), "%s", moe_errmsg());
+	moe_model_close(m);
+	free(path);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/* A byte-level BPE vocabulary: the 256 alphabet characters plus @extra. */
+static int build_bpe(const char *pre, const char *const *extra, int n_extra,
+		     const char *const *merges, int n_merges, struct moe_tokenizer **t)
+{
+	const char *toks[256 + 16];
+	char alpha[256][4];
+	struct tok_spec sp = {
+		.model = "gpt2", .pre = pre, .bos = -1, .eos = -1, .eot = -1, .eom = -1,
+		.unk = -1, .add_bos = -1, .add_space_prefix = -1,
+	};
+	unsigned next = 256;
+
+	for (unsigned b = 0; b < 256; b++) {
+		bool printable = (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
+
+		alpha[b][moe_utf8_encode(printable ? b : next++, alpha[b])] = 0;
+		toks[b] = alpha[b];
+	}
+	for (int i = 0; i < n_extra; i++)
+		toks[256 + i] = extra[i];
+	sp.n_vocab = 256 + (uint32_t)n_extra;
+	sp.tokens = toks;
+	sp.n_merges = (uint32_t)n_merges;
+	sp.merges = merges;
+	return tok_build(&sp, t);
+}
+
+START_TEST(bad_merges)
+{
+	struct moe_tokenizer *t = NULL;
+
+	ck_assert_int_eq(build_bpe("llama-bpe", (const char *[]){ "he" }, 1,
+				   (const char *[]){ "h e", "h zz" }, 2, &t), -EINVAL);
+	ck_assert_ptr_null(t);
+	ck_assert_msg(strstr(moe_errmsg(), "merges[1]") && strstr(moe_errmsg(), "not in"), "%s",
+		      moe_errmsg());
+	ck_assert_int_eq(build_bpe("llama-bpe", NULL, 0, (const char *[]){ "he" }, 1, &t),
+			 -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "two tokens"), "%s", moe_errmsg());
+	ck_assert_int_eq(build_bpe("no-such-split", NULL, 0, (const char *[]){ "h e" }, 1, &t),
+			 -ENOTSUP);
+	ck_assert_msg(strstr(moe_errmsg(), "no-such-split"), "%s", moe_errmsg());
+	ck_assert_int_eq(build_bpe("gpt-2", NULL, 0, NULL, 0, &t), -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "merges"), "%s", moe_errmsg());
+}
+END_TEST
+
+START_TEST(bad_text)
+{
+	struct moe_tokenizer *t = NULL;
+	int32_t ids[8];
+
+	ck_assert_int_eq(build_bpe("gpt-2", (const char *[]){ "he" }, 1,
+				   (const char *[]){ "h e" }, 1, &t), 0);
+	ck_assert_int_eq(moe_tokenize(t, "ab\xff", 3, 0, ids, 8), -EILSEQ);
+	ck_assert_msg(strstr(moe_errmsg(), "offset 2"), "%s", moe_errmsg());
+	ck_assert_int_eq(moe_tokenize(t, "\xc3", 1, 0, ids, 8), -EILSEQ);
+	ck_assert_int_eq(moe_tokenize(t, "\xed\xa0\x80", 3, 0, ids, 8), -EILSEQ);
+	ck_assert_int_eq(moe_tokenize(t, "\xc0\xaf", 2, 0, ids, 8), -EILSEQ);
+	ck_assert_int_eq(moe_tokenize(t, "hello", 5, 0, ids, 2), -ENOSPC);
+	ck_assert_msg(strstr(moe_errmsg(), "needs 4"), "%s", moe_errmsg());
+	ck_assert_int_eq(moe_tokenize(t, "hello", 5, 0, NULL, 0), 4);
+	ck_assert_int_eq(moe_tokenize(t, "hello", 5, 1u << 7, ids, 8), -EINVAL);
+	ck_assert_int_eq(moe_detokenize(t, (int32_t[]){ 999 }, 1, 0, NULL, 0), -EINVAL);
+	ck_assert_int_eq(moe_token_to_piece(t, -1, NULL, 0), -EINVAL);
+	moe_tokenizer_free(t);
+}
+END_TEST
+
+/* Each pre-tokenizer split on text that tells the regexes apart. */
+START_TEST(pretok_splits)
+{
+	static const struct {
+		enum tok_pre pre;
+		const char *text;
+		const char *want;  /* pieces joined by '|' */
+	} cases[] = {
+		{ PRE_GPT2, "Hello world's 12345 !!  x", "Hello| world|'s| 12345| !!| | x" },
+		{ PRE_LLAMA3, "Hello WORLD'S 12345\n\n  x", "Hello| WORLD|'S| |123|45|\n\n| | x" },
+		{ PRE_LLAMA3, "a  \tb", "a|  |\tb" },
+		{ PRE_QWEN2, "x 123", "x| |1|2|3" },
+		{ PRE_GPT4O, "HelloWorld don't ABCdef //\n", "Hello|World| don't| ABCdef| //\n" },
+		{ PRE_GEMMA4, "a b\n\nc", "a b|\n\n|c" },
+	};
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
+		struct tok_spans sp = { 0 };
+		char got[256];
+		size_t at = 0;
+
+		ck_assert_int_eq(tok_pretokenize(cases[k].pre, cases[k].text,
+						 strlen(cases[k].text), &sp), 0);
+		for (size_t i = 0; i < sp.n; i++)
+			at += (size_t)snprintf(got + at, sizeof(got) - at, "%s%.*s", i ? "|" : "",
+					       (int)(sp.v[2 * i + 1] - sp.v[2 * i]),
+					       cases[k].text + sp.v[2 * i]);
+		ck_assert_msg(!strcmp(got, cases[k].want), "split %d of '%s': got '%s' want '%s'",
+			      cases[k].pre, cases[k].text, got, cases[k].want);
+		free(sp.v);
+	}
+}
+END_TEST
+
+START_TEST(unicode_props)
+{
+	ck_assert_uint_eq(moe_ucd_flags('A'), UCD_LU);
+	ck_assert_uint_eq(moe_ucd_flags('a'), UCD_LL);
+	ck_assert_uint_eq(moe_ucd_flags('7'), UCD_N);
+	ck_assert_uint_eq(moe_ucd_flags(' '), UCD_WS);
+	ck_assert_uint_eq(moe_ucd_flags(0x4e2d), UCD_LO);     /* CJK, inside a First/Last range */
+	ck_assert_uint_eq(moe_ucd_flags(0x0301), UCD_M);      /* combining acute */
+	ck_assert_uint_eq(moe_ucd_flags(0x00bd), UCD_N);      /* ½ is No */
+	ck_assert_uint_eq(moe_ucd_flags(0x3000), UCD_WS);
+	ck_assert_uint_eq(moe_ucd_flags(0x1f600), 0);         /* emoji: So */
+	ck_assert_uint_eq(moe_ucd_flags(0x10ffff), 0);
+	ck_assert_uint_eq(moe_ucd_flags(0x110000), 0);
+	ck_assert_int_eq(moe_utf8_invalid_at("ok\xe2\x82", 4), 2);
+	ck_assert_int_eq(moe_utf8_invalid_at("\xf4\x90\x80\x80", 4), 0);
+	ck_assert_int_eq(moe_utf8_invalid_at("\xf0\x9f\xa6\x99", 4), -1);
+}
+END_TEST
+
+/* Tokens that split a UTF-8 sequence come out whole, and only once complete. */
+START_TEST(stream_detok)
+{
+	const char *path = vocab_path("gemma-4", "");
+	const char *text = "a \xf0\x9f\xa6\x99 llama \xe4\xbd\xa0\xe5\xa5\xbd";
+	struct moe_detok_state st = { 0 };
+	struct moe_model *m;
+	struct moe_tokenizer *t;
+	char out[256], buf[64];
+	int n, at = 0, held = 0;
+	int32_t *ids;
+
+	if (!path)
+		path = vocab_path("llama-spm", "");
+	ck_assert_ptr_nonnull(path);
+	t = load_vocab(path, &m);
+	ids = tokenize_all(t, text, strlen(text), 0, &n);
+	for (int i = 0; i < n; i++) {
+		int k = moe_detok_stream(t, &st, ids[i], buf, sizeof(buf));
+
+		ck_assert_msg(k >= 0, "%s", moe_errmsg());
+		ck_assert_msg(moe_utf8_invalid_at(buf, (size_t)k) < 0,
+			      "token %d gave a partial UTF-8 sequence", i);
+		held += k == 0;
+		memcpy(out + at, buf, (size_t)k);
+		at += k;
+	}
+	at += moe_detok_stream(t, &st, -1, out + at, (int)sizeof(out) - at);
+	out[at] = 0;
+	ck_assert_str_eq(out, text);
+	ck_assert_msg(held >= 3, "the 4-byte emoji is 4 byte tokens, 3 of them held back");
+	/* A stray continuation byte is passed on, not held forever. */
+	memset(&st, 0, sizeof(st));
+	free(ids);
+	moe_tokenizer_free(t);
+	moe_model_close(m);
+}
+END_TEST
+
+START_TEST(special_tokens)
+{
+	const char *path = vocab_path("qwen2", "");
+	const char *text = "<|im_start|>user\nhi<|im_end|>";
+	struct moe_model *m;
+	struct moe_tokenizer *t;
+	int32_t *ids;
+	char *back;
+	int n, len;
+
+	if (!path)
+		path = vocab_path("llama-bpe", "");
+	t = load_vocab(path, &m);
+	ids = tokenize_all(t, text, strlen(text), MOE_TOK_PARSE_SPECIAL, &n);
+	if (strstr(path, "qwen2")) {
+		ck_assert_int_eq(ids[0], 151644);
+		ck_assert_int_eq(ids[n - 1], 151645);
+		ck_assert(moe_tokenizer_is_eog(t, 151645));
+		ck_assert_str_eq(moe_chat_format(t), "chatml");
+	}
+	back = detok_all(t, ids, n, MOE_DETOK_SPECIAL, &len);
+	ck_assert_str_eq(back, text);
+	free(back);
+	back = detok_all(t, ids, n, 0, &len);
+	ck_assert_str_eq(back, "user\nhi");
+	free(back);
+	free(ids);
+	/* Without --special the markers are plain text. */
+	ids = tokenize_all(t, text, strlen(text), 0, &n);
+	ck_assert_int_gt(n, 6);
+	for (int i = 0; i < n; i++)
+		ck_assert_int_lt(ids[i], 151643);
+	free(ids);
+	moe_tokenizer_free(t);
+	moe_model_close(m);
+}
+END_TEST
+
+/* 1 MB of mixed text through a real vocabulary: ids round-trip, time logged. */
+START_TEST(megabyte)
+{
+	static const char *const parts[] = {
+		"The quick brown fox jumps over the lazy dog. ", "Ünïcödé façade, naïve café; ",
+		"\xe4\xbd\xa0\xe5\xa5\xbd\xe4\xb8\x96\xe7\x95\x8c ", "1234567 + 89 = ?\n",
+		"    indented(code) { return x->y; }\n\n", "\xf0\x9f\x9a\x80 emoji \xf0\x9f\xa6\x99 ",
+	};
+	size_t cap = 1 << 20, len = 0;
+	char *text = malloc(cap + 128), *back;
+	uint64_t rng = 7;
+
+	while (len < cap) {
+		const char *p = parts[tu_rand(&rng) % MOE_ARRAY_SIZE(parts)];
+
+		memcpy(text + len, p, strlen(p));
+		len += strlen(p);
+	}
+	for (size_t v = 0; v < MOE_ARRAY_SIZE(vocabs); v++) {
+		const char *path = vocab_path(vocabs[v], "");
+		struct moe_model *m;
+		struct moe_tokenizer *t;
+		int32_t *ids;
+		int n, bl;
+		double t0;
+
+		if (!path)
+			continue;
+		t = load_vocab(path, &m);
+		t0 = moe_now();
+		ids = tokenize_all(t, text, len, 0, &n);
+		printf("tokenizer: %s: %zu bytes -> %d tokens in %.3f s\n", vocabs[v], len, n,
+		       (moe_now() - t0) / 2);
+		back = detok_all(t, ids, n, 0, &bl);
+		ck_assert_msg((size_t)bl == len && !memcmp(back, text, len),
+			      "%s: 1 MB does not round-trip", vocabs[v]);
+		free(back);
+		free(ids);
+		moe_tokenizer_free(t);
+		moe_model_close(m);
+	}
+	free(text);
+}
+END_TEST
+
+/* ------------------------------------------------------------ chat */
+
+static struct moe_tokenizer *chat_tok(const char *tmpl, const char *arch)
+{
+	static const char *const toks[] = {
+		"<unk>", "<s>", "</s>", "<|begin_of_text|>", "<bos>", "<eos>",
+	};
+	struct tok_spec sp = {
+		.model = "llama", .n_vocab = MOE_ARRAY_SIZE(toks), .tokens = toks,
+		.bos = 1, .eos = 2, .eot = -1, .eom = -1, .unk = 0, .add_bos = -1,
+		.add_space_prefix = -1, .arch = arch, .chat_template = tmpl,
+		.chat_template_len = tmpl ? strlen(tmpl) : 0,
+	};
+	struct moe_tokenizer *t;
+
+	if (arch && !strcmp(arch, "llama4"))
+		sp.bos = 3;
+	if (arch && !strcmp(arch, "gemma4")) {
+		sp.bos = 4;
+		sp.eos = 5;
+	}
+	ck_assert_int_eq(tok_build(&sp, &t), 0);
+	return t;
+}
+
+START_TEST(chat_formats)
+{
+	static const struct moe_chat_msg conv[] = {
+		{ "system", "Be brief." }, { "user", "Hi" }, { "assistant", "Hello." },
+		{ "user", "2+2?" },
+	};
+	static const struct {
+		const char *tmpl, *arch, *fmt, *want;
+	} cases[] = {
+		{ "{{'<|im_start|>' + role}}", "qwen3moe", "chatml",
+		  "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+		  "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+		  "<|im_start|>assistant\n" },
+		{ NULL, "llama4", "llama4",
+		  "<|begin_of_text|><|header_start|>system<|header_end|>\n\nBe brief.<|eot|>"
+		  "<|header_start|>user<|header_end|>\n\nHi<|eot|>"
+		  "<|header_start|>assistant<|header_end|>\n\nHello.<|eot|>"
+		  "<|header_start|>user<|header_end|>\n\n2+2?<|eot|>"
+		  "<|header_start|>assistant<|header_end|>\n\n" },
+		{ "{{ '<|start_header_id|>' }}", "llama", "llama3",
+		  "<s><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: "
+		  "December 2023\nToday Date: 26 Jul 2024\n\nBe brief.<|eot_id|>"
+		  "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+		  "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
+		  "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+		  "<|start_header_id|>assistant<|end_header_id|>\n\n" },
+		{ "{{ \"[INST]\" + message[\"content\"] + \"[/INST]\" }}", "llama", "mistral",
+		  "<s>[INST]Hi[/INST]Hello.</s>[INST]Be brief.\n\n2+2?[/INST]" },
+		{ "{{ '[INST] ' + message['content'] + ' [/INST]' }}", "llama", "mistral",
+		  "<s>[INST] Hi [/INST]Hello.</s>[INST] Be brief.\n\n2+2? [/INST]" },
+		{ NULL, "gemma4", "gemma4",
+		  "<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n"
+		  "<|turn>model\nHello.<turn|>\n<|turn>user\n2+2?<turn|>\n"
+		  "<|turn>model\n<|channel>thought\n<channel|>" },
+	};
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
+		struct moe_tokenizer *t = chat_tok(cases[k].tmpl, cases[k].arch);
+		char *out;
+		int n = moe_chat_render(t, conv, 4, true, &out);
+
+		ck_assert_msg(n > 0, "%s: %s", cases[k].fmt, moe_errmsg());
+		ck_assert_str_eq(moe_chat_format(t), cases[k].fmt);
+		ck_assert_msg(!strcmp(out, cases[k].want), "%s:\n got '%s'\nwant '%s'",
+			      cases[k].fmt, out, cases[k].want);
+		ck_assert_int_eq(n, (int)strlen(out));
+		free(out);
+		moe_tokenizer_free(t);
+	}
+}
+END_TEST
+
+START_TEST(chat_harmony_and_errors)
+{
+	static const struct moe_chat_msg conv[] = {
+		{ "system", "Be brief." }, { "user", "Hi" },
+	};
+	struct moe_tokenizer *t = chat_tok("<|start|>assistant<|channel|>", "gpt-oss");
+	char *out;
+
+	ck_assert_int_gt(moe_chat_render(t, conv, 2, true, &out), 0);
+	ck_assert_str_eq(moe_chat_format(t), "harmony");
+	ck_assert_msg(!strncmp(out, "<|start|>system<|message|>You are ChatGPT", 41), "%s", out);
+	ck_assert_ptr_nonnull(strstr(out, "Reasoning: medium\n\n"));
+	ck_assert_ptr_nonnull(strstr(out, "<|end|><|start|>developer<|message|># Instructions\n\n"
+					  "Be brief.\n\n<|end|><|start|>user<|message|>Hi<|end|>"));
+	ck_assert_str_eq(out + strlen(out) - strlen("<|end|><|start|>assistant"),
+			 "<|end|><|start|>assistant");
+	free(out);
+	ck_assert_int_eq(moe_chat_render(t, (struct moe_chat_msg[]){ { "robot", "x" } }, 1, true,
+					 &out), -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "robot"), "%s", moe_errmsg());
+	ck_assert_int_eq(moe_chat_render(t, (struct moe_chat_msg[]){ { "user", NULL } }, 1, true,
+					 &out), -EINVAL);
+	moe_tokenizer_free(t);
+	t = chat_tok(NULL, "mystery");
+	ck_assert_int_eq(moe_chat_render(t, conv, 2, true, &out), -ENOTSUP);
+	ck_assert_str_eq(moe_chat_format(t), "none");
+	moe_tokenizer_free(t);
+}
+END_TEST
+
+/* The real templates' families are recognised. */
+START_TEST(chat_detect_templates)
+{
+	static const struct {
+		const char *file, *arch;
+		enum chat_format want;
+	} cases[] = {
+		{ "Qwen-Qwen3-0.6B.jinja", "qwen3moe", CHAT_CHATML },
+		{ "openai-gpt-oss-120b.jinja", "gpt-oss", CHAT_HARMONY },
+		{ "google-gemma-4-31B-it.jinja", "gemma4", CHAT_GEMMA4 },
+		{ "meta-llama-Llama-3.3-70B-Instruct.jinja", "llama", CHAT_LLAMA3 },
+		{ "mistralai-Mistral-Nemo-Instruct-2407.jinja", "llama", CHAT_MISTRAL },
+	};
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
+		char rel[256];
+		const char *path;
+		size_t len;
+		char *tmpl;
+
+		snprintf(rel, sizeof(rel), "reference/templates/%s", cases[k].file);
+		path = tu_shared(rel);
+		if (!path)
+			continue;
+		tmpl = tu_read_file(path, &len);
+		ck_assert_int_eq(tok_chat_detect(tmpl, len, cases[k].arch), cases[k].want);
+		/* A model with its template stripped still gets its family's format. */
+		ck_assert_int_eq(tok_chat_detect(NULL, 0, cases[k].arch) != CHAT_NONE, 1);
+		free(tmpl);
+	}
+}
+END_TEST
+
+/* ------------------------------------------------------------ moectl */
+
+START_TEST(moectl_roundtrip)
+{
+	const char *path = vocab_path("llama-bpe", "");
+	char cmd[2048], *out = NULL;
+
+	if (!path)
+		path = vocab_path("gpt-2", "");
+	snprintf(cmd, sizeof(cmd), "%s tokenize %s 'Hello world'", tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	if (strstr(path, "llama-bpe"))
+		ck_assert_str_eq(out, "9906 1917\n");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s tokenize --bos %s 'Hello world'", tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	if (strstr(path, "llama-bpe"))
+		ck_assert_str_eq(out, "128000 9906 1917\n");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "printf 'caf\\303\\251 <|begin_of_text|>' | %s --json tokenize --special %s -",
+		 tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	ck_assert_msg(strstr(out, "\"ids\": [") && strstr(out, "\"pieces\": ["), "%s", out);
+	if (strstr(path, "llama-bpe"))
+		ck_assert_msg(strstr(out, "128000]"), "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s detokenize %s $(%s tokenize %s 'caf\303\251 ok')",
+		 tu_bin("moectl"), path, tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	ck_assert_str_eq(out, "caf\303\251 ok");
+	free(out);
+	/* Failures: bad id (1), bad UTF-8 (1), usage (2), missing file (1). */
+	snprintf(cmd, sizeof(cmd), "%s detokenize %s 99999999", tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_msg(strstr(out, "outside the vocabulary"), "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "printf 'a\\377' | %s tokenize %s -", tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_msg(strstr(out, "UTF-8"), "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s detokenize %s x12", tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 2);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s tokenize %s", tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 2);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s tokenize /nonexistent.gguf hi", tu_bin("moectl"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	free(out);
+}
+END_TEST
+
+Suite *suite_tokenizer(void)
+{
+	Suite *s = suite_create("tokenizer");
+	TCase *tc = tcase_create("tokenizer");
+	bool any = false;
+
+	tcase_set_timeout(tc, 240);
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(vocabs); i++) {
+		char why[128];
+
+		if (vocab_path(vocabs[i], "") && vocab_path(vocabs[i], ".inp") &&
+		    vocab_path(vocabs[i], ".out")) {
+			tcase_add_loop_test(tc, conformance, (int)i, (int)i + 1);
+			any = true;
+			continue;
+		}
+		snprintf(why, sizeof(why), "shared/reference/vocab has no ggml-vocab-%s.gguf",
+			 vocabs[i]);
+		tu_skip("tokenizer/conformance", why);
+	}
+	tcase_add_test(tc, spm_small);
+	tcase_add_test(tc, bad_vocab);
+	tcase_add_test(tc, bad_merges);
+	tcase_add_test(tc, bad_text);
+	tcase_add_test(tc, pretok_splits);
+	tcase_add_test(tc, unicode_props);
+	tcase_add_test(tc, chat_formats);
+	tcase_add_test(tc, chat_harmony_and_errors);
+	tcase_add_test(tc, chat_detect_templates);
+	if (any) {
+		tcase_add_test(tc, stream_detok);
+		tcase_add_test(tc, special_tokens);
+		tcase_add_test(tc, megabyte);
+		tcase_add_test(tc, moectl_roundtrip);
+	} else {
+		tu_skip("tokenizer/stream_detok, special_tokens, megabyte, moectl_roundtrip",
+			"shared/reference/vocab is missing");
+	}
+	suite_add_tcase(s, tc);
+	return s;
+}

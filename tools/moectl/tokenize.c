@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * moectl tokenize [--json] [--special] [--bos] MODEL TEXT|-
+ * moectl detokenize [--json] [--special] MODEL ID...
+ *
+ * Both open the model for metadata only, so vocab-only GGUF files work.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "moe/moe.h"
+#include "moectl.h"
+
+static int open_tokenizer(const char *path, struct moe_model **m, struct moe_tokenizer **t)
+{
+	int ret = moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, m);
+
+	if (ret)
+		return fail("%s", moe_errmsg());
+	ret = moe_tokenizer_load(*m, t);
+	if (ret) {
+		moe_model_close(*m);
+		return fail("%s", moe_errmsg());
+	}
+	return 0;
+}
+
+static char *read_stdin(size_t *len)
+{
+	size_t cap = 1 << 16, n = 0;
+	char *buf = malloc(cap);
+
+	while (buf) {
+		size_t got;
+
+		if (n == cap) {
+			char *p = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
+
+			if (!p) {
+				free(buf);
+				return NULL;
+			}
+			buf = p;
+			cap *= 2;
+		}
+		got = fread(buf + n, 1, cap - n, stdin);
+		n += got;
+		if (!got)
+			break;
+	}
+	*len = n;
+	return buf;
+}
+
+static int tok_usage(const char *cmd)
+{
+	if (!strcmp(cmd, "tokenize"))
+		return usage_error("usage: moectl tokenize [--json] [--special] [--bos] MODEL TEXT|-");
+	return usage_error("usage: moectl detokenize [--json] [--special] MODEL ID...");
+}
+
+/* Options shared by both commands; returns -1 to go on, else an exit status. */
+static int parse_opts(int argc, char **argv, bool *special, bool *bos)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "special", no_argument, NULL, 's' },
+		{ "bos", no_argument, NULL, 'b' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c;
+
+	while ((c = getopt_long(argc, argv, "+jsbh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json_output = true;
+			break;
+		case 's':
+			*special = true;
+			break;
+		case 'b':
+			if (!bos)
+				return tok_usage(argv[0]);
+			*bos = true;
+			break;
+		case 'h':
+			tok_usage(argv[0]);
+			return 0;
+		default:
+			return tok_usage(argv[0]);
+		}
+	}
+	return -1;
+}
+
+int do_tokenize(int argc, char **argv)
+{
+	bool special = false, bos = false;
+	struct moe_tokenizer *t = NULL;
+	struct moe_model *m = NULL;
+	char *text, *owned = NULL;
+	int32_t *ids = NULL;
+	size_t len;
+	int ret, n;
+
+	ret = parse_opts(argc, argv, &special, &bos);
+	if (ret >= 0)
+		return ret;
+	if (argc - optind != 2)
+		return tok_usage("tokenize");
+	text = argv[optind + 1];
+	if (!strcmp(text, "-")) {
+		owned = read_stdin(&len);
+		if (!owned)
+			return fail("out of memory reading the text from stdin");
+		text = owned;
+	} else {
+		len = strlen(text);
+	}
+	ret = open_tokenizer(argv[optind], &m, &t);
+	if (ret)
+		goto out;
+	n = moe_tokenize(t, text, len, (special ? MOE_TOK_PARSE_SPECIAL : 0) |
+			 (bos ? MOE_TOK_ADD_BOS : 0), NULL, 0);
+	if (n >= 0) {
+		ids = malloc(((size_t)n + 1) * sizeof(*ids));
+		n = ids ? moe_tokenize(t, text, len, (special ? MOE_TOK_PARSE_SPECIAL : 0) |
+				       (bos ? MOE_TOK_ADD_BOS : 0), ids, n) : -ENOMEM;
+	}
+	if (n < 0) {
+		ret = fail("%s", n == -ENOMEM ? "out of memory" : moe_errmsg());
+		goto out;
+	}
+	if (json_output) {
+		printf("{\"count\": %d, \"ids\": [", n);
+		for (int i = 0; i < n; i++)
+			printf("%s%d", i ? ", " : "", ids[i]);
+		printf("], \"pieces\": [");
+		for (int i = 0; i < n; i++) {
+			int pl = moe_token_to_piece(t, ids[i], NULL, 0);
+			char *p = malloc((size_t)pl + 1);
+
+			if (p) {
+				moe_token_to_piece(t, ids[i], p, pl);
+				p[pl] = 0;
+			}
+			printf("%s", i ? ", " : "");
+			json_str(stdout, p ? p : "");
+			free(p);
+		}
+		printf("]}\n");
+	} else {
+		for (int i = 0; i < n; i++)
+			printf("%s%d", i ? " " : "", ids[i]);
+		printf("\n");
+	}
+	ret = 0;
+out:
+	free(ids);
+	free(owned);
+	moe_tokenizer_free(t);
+	moe_model_close(m);
+	return ret;
+}
+
+int do_detokenize(int argc, char **argv)
+{
+	bool special = false;
+	struct moe_tokenizer *t = NULL;
+	struct moe_model *m = NULL;
+	int32_t *ids = NULL;
+	char *buf = NULL;
+	int ret, n, len;
+
+	ret = parse_opts(argc, argv, &special, NULL);
+	if (ret >= 0)
+		return ret;
+	if (argc - optind < 1)
+		return tok_usage("detokenize");
+	n = argc - optind - 1;
+	ids = malloc(((size_t)n + 1) * sizeof(*ids));
+	if (!ids)
+		return fail("out of memory");
+	for (int i = 0; i < n; i++) {
+		const char *s = argv[optind + 1 + i];
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(s, &end, 10);
+		if (errno || end == s || *end || v < 0 || v > INT32_MAX) {
+			free(ids);
+			return usage_error("'%s' is not a token id (a non-negative integer)", s);
+		}
+		ids[i] = (int32_t)v;
+	}
+	ret = open_tokenizer(argv[optind], &m, &t);
+	if (ret)
+		goto out;
+	len = moe_detokenize(t, ids, n, special ? MOE_DETOK_SPECIAL : 0, NULL, 0);
+	if (len >= 0) {
+		buf = malloc((size_t)len + 1);
+		len = buf ? moe_detokenize(t, ids, n, special ? MOE_DETOK_SPECIAL : 0, buf, len)
+			  : -ENOMEM;
+	}
+	if (len < 0) {
+		ret = fail("%s", len == -ENOMEM ? "out of memory" : moe_errmsg());
+		goto out;
+	}
+	buf[len] = 0;
+	if (json_output) {
+		printf("{\"text\": ");
+		json_str(stdout, buf);
+		printf("}\n");
+	} else {
+		fwrite(buf, 1, (size_t)len, stdout);
+		if (isatty(STDOUT_FILENO))
+			printf("\n");
+	}
+	ret = 0;
+out:
+	free(buf);
+	free(ids);
+	moe_tokenizer_free(t);
+	moe_model_close(m);
+	return ret;
+}
