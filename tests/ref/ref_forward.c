@@ -4,7 +4,7 @@
  *
  * Everything is computed in double, layer by layer over the whole sequence,
  * with weights read by pread and widened to double as each layer needs
- * them.  Shapes are taken from the tensors themselves; metadata supplies
+ * them (F32/F16/BF16 here, quantized blocks through moe_dequantize).  Shapes are taken from the tensors themselves; metadata supplies
  * only what shapes cannot (head counts, eps, RoPE, windows).  Nothing here
  * is fast, and nothing is meant to be: the code follows the formulas in
  * FORMATS.md §3-4, §7 and GEMMA4.md line by line so that it can be read
@@ -199,9 +199,21 @@ static int widen(const struct ref *r, const struct moe_tensor_info *ti, const ui
 		}
 		return 0;
 	}
-	return moe_err(ENOTSUP, "%s: tensor '%s' has type %s, which the reference cannot "
-		       "dequantize yet: use an F32/F16/BF16 model", r->path, ti->name,
-		       moe_type_name(ti->type) ? moe_type_name(ti->type) : "unknown");
+	/* quantized blocks: libmoe's dequantizers are the one piece shared with the engine */
+	{
+		float *f = malloc(sizeof(float) * (n ? n : 1));
+		int ret;
+
+		if (!f)
+			return moe_err(ENOMEM, "reference: %llu floats", (unsigned long long)n);
+		ret = moe_dequantize(ti->type, src, f, (int64_t)n);
+		for (i = 0; !ret && i < n; i++)
+			dst[i] = f[i];
+		free(f);
+		if (ret < 0)
+			return moe_err_prefix(ret, "%s: tensor '%s'", r->path, ti->name);
+		return 0;
+	}
 }
 
 static uint64_t tensor_rows(const struct moe_tensor_info *ti)
