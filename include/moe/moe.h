@@ -698,6 +698,37 @@ MOE_API void moe_ctx_reset_stats(struct moe_ctx *ctx);
 /* One line: backend, budget split, slots, I/O path. */
 MOE_API const char *moe_ctx_describe(const struct moe_ctx *ctx);
 
+/* Token sampling, in this order: repetition penalty, top-k, temperature, top-p, min-p. */
+struct moe_sample_params {
+	float temp;                 /* <= 0: greedy (argmax, ties to the lowest id) */
+	int32_t top_k;              /* 0: off */
+	float top_p;                /* 1: off */
+	float min_p;                /* 0: off */
+	float repeat_penalty;       /* 1: off */
+	int32_t repeat_last_n;      /* 0: off */
+	uint64_t seed;
+	uint64_t reserved[4];
+};
+/* Greedy defaults: temp 0, top_k 0, top_p 1, min_p 0, no penalty, seed 0. */
+MOE_API void moe_sample_default_params(struct moe_sample_params *p);
+
+/*
+ * Called after every eval of moe_ctx_generate: @logits holds @n_rows rows of
+ * n_vocab (every prompt position with MOE_EVAL_ALL_LOGITS, else the last),
+ * and @next is the token sampled from the last row.  Return non-zero to
+ * stop (e.g. at an end-of-sequence token); that token is still counted.
+ */
+typedef int (*moe_gen_cb)(void *arg, const float *logits, uint32_t n_rows, int32_t next);
+
+/*
+ * Evaluate @prompt from position 0, then sample and feed back up to @n_gen
+ * tokens (the last one sampled is not evaluated).  @flags: enum
+ * moe_eval_flags for the prompt.  Returns the number of tokens generated.
+ */
+MOE_API int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
+			     uint32_t n_gen, const struct moe_sample_params *sp, uint32_t flags,
+			     moe_gen_cb cb, void *arg);
+
 #ifdef __cplusplus
 }
 #endif

@@ -542,6 +542,7 @@ static int setup(struct moe_ctx *ctx)
 				return moe_err_prefix(ret, "reading the experts");
 		}
 	}
+	ctx->st.n_experts = p.n_experts;
 	moe_ctx_reset_stats(ctx);
 	fmt_bytes(a, sizeof(a), par->vram_bytes);
 	fmt_bytes(b, sizeof(b), ctx->resident_bytes);
@@ -567,9 +568,13 @@ int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 	if (!model || !out)
 		return moe_err(EINVAL, "moe_ctx_create: NULL argument");
 	*out = NULL;
-	if (!model->arch)
-		return moe_err(ENOTSUP, "%s: opened metadata-only; no forward pass",
-			       moe_model_path(model));
+	if (!model->arch) {
+		const char *name = "?";
+
+		moe_meta_get_str(model, "general.architecture", &name);
+		return moe_err(ENOTSUP, "%s: architecture '%s' has no forward pass (supported: %s)",
+			       moe_model_path(model), name, moe_arch_list());
+	}
 	ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return moe_err(ENOMEM, "out of memory");
@@ -776,6 +781,7 @@ void moe_ctx_reset_stats(struct moe_ctx *ctx)
 	memset(&ctx->st, 0, sizeof(ctx->st));
 	ctx->st.n_slots = keep.n_slots;
 	ctx->st.staging_bytes = keep.staging_bytes;
+	ctx->st.n_experts = keep.n_experts;
 	if (ctx->cache) {
 		struct moe_cache_stats cs;
 

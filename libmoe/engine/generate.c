@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: MIT */
+/* Generation: prompt, then sample-and-feed-back through the sampler module. */
+#include <errno.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "engine/sampler.h"
+#include "util/util.h"
+
+void moe_sample_default_params(struct moe_sample_params *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->top_p = 1.0f;
+	p->repeat_penalty = 1.0f;
+}
+
+int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
+		     uint32_t n_gen, const struct moe_sample_params *sp, uint32_t flags,
+		     moe_gen_cb cb, void *arg)
+{
+	struct moe_sample_params def;
+	struct moe_sampler_params smp;
+	struct moe_sampler *s;
+	uint32_t rows = flags & MOE_EVAL_ALL_LOGITS ? n_prompt : 1, done = 0;
+	int32_t tok;
+	int ret;
+
+	if (!sp) {
+		moe_sample_default_params(&def);
+		sp = &def;
+	}
+	if (!n_prompt)
+		return moe_err(EINVAL, "generate: the prompt is empty (at least one token, e.g. "
+			       "the BOS token)");
+	if (!n_gen)
+		return 0;
+	if ((uint64_t)n_prompt + n_gen - 1 > ctx->n_ctx)
+		return moe_err(ENOSPC, "generate: %u prompt + %u new tokens exceed the context of "
+			       "%u; raise --ctx", n_prompt, n_gen, ctx->n_ctx);
+	smp = (struct moe_sampler_params){
+		.temp = sp->temp, .top_k = sp->top_k, .top_p = sp->top_p, .min_p = sp->min_p,
+		.repeat_penalty = sp->repeat_penalty, .repeat_last_n = sp->repeat_last_n,
+		.seed = sp->seed,
+	};
+	ret = moe_sampler_create(&smp, (int)ctx->hp.n_vocab, &s);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < n_prompt; i++)
+		moe_sampler_accept(s, prompt[i]);
+	ret = moe_ctx_eval(ctx, prompt, n_prompt, 0, flags);
+	while (!ret) {
+		const float *last = moe_ctx_logits(ctx, rows - 1);
+
+		tok = moe_sampler_sample(s, last);
+		if (tok < 0) {
+			ret = tok;
+			break;
+		}
+		moe_sampler_accept(s, tok);
+		done++;
+		if ((cb && cb(arg, moe_ctx_logits(ctx, 0), rows, tok)) || done == n_gen)
+			break;
+		rows = 1;
+		ret = moe_ctx_eval(ctx, &tok, 1, n_prompt + done - 1, 0);
+	}
+	moe_sampler_free(s);
+	return ret < 0 ? ret : (int)done;
+}
