@@ -355,6 +355,44 @@ MOE_API int moe_gguf_write(struct moe_gguf_writer *w, const char *path);
 /* ------------------------------------------------------- quantization */
 /* (section: quant) */
 
+/*
+ * CPU kernels exist for f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q4_K q5_K q6_K
+ * q8_K mxfp4; other ids give -EOPNOTSUPP, unknown ids -EINVAL.  @n must be a
+ * multiple of the type's block (-EINVAL otherwise).  SIMD kernels (AVX2) are
+ * chosen at run time; MOE_NO_SIMD=1 in the environment forces the scalar ones.
+ */
+MOE_API int moe_dequantize(uint32_t type, const void *src, float *dst, int64_t n);
+/* Quantize @n floats into @dst; returns the bytes written. */
+MOE_API int64_t moe_quantize(uint32_t type, const float *src, void *dst, int64_t n);
+
+/* A fork-join thread pool; the caller of moe_threadpool_run is thread 0. */
+struct moe_threadpool;
+/* @n_threads <= 0: one thread per CPU this process may run on. */
+MOE_API int moe_threadpool_create(int n_threads, struct moe_threadpool **out);
+MOE_API void moe_threadpool_destroy(struct moe_threadpool *tp);
+/* Threads including the caller; 1 for a NULL pool. */
+MOE_API int moe_threadpool_size(const struct moe_threadpool *tp);
+/*
+ * Run fn(arg, ith, nth) on all nth threads and return when all are done.  A
+ * run issued while the pool is busy (nested, or from another thread) runs on
+ * its caller alone, as fn(arg, 0, 1).
+ */
+MOE_API void moe_threadpool_run(struct moe_threadpool *tp,
+				void (*fn)(void *arg, int ith, int nth), void *arg);
+
+/*
+ * y[t*rows + r] = dot(row r of W, x[t*cols ...]) for t < n_tok, W being @rows
+ * contiguous rows of @cols elements of type @wtype.  Activations are quantized
+ * to q8_0 (for q4_0 q4_1 q5_0 q5_1 q8_0 mxfp4) or q8_K (K-quants) first, as
+ * llama.cpp's CPU backend does; float weights use f32 activations.
+ * @pool may be NULL (single thread).
+ */
+MOE_API int moe_matmul(struct moe_threadpool *pool, uint32_t wtype, const void *w, int64_t rows,
+		       int64_t cols, const float *x, int64_t n_tok, float *y);
+/* Dequantize row @row of a matrix with @cols columns (embedding lookups). */
+MOE_API int moe_dequant_row(uint32_t type, const void *w, int64_t cols, int64_t row,
+			    float *dst);
+
 /* ------------------------------------------------------- I/O engine */
 /* (section: io) */
 

@@ -18,9 +18,35 @@ struct moe_type_traits {
 	uint32_t block;         /* elements per block; 0 = unknown/retired id */
 	uint32_t bytes;         /* bytes per block */
 	bool quantized;
+	/* kernels; NULL where the type has none (integer and IQ types) */
+	void (*to_float)(const void *src, float *dst, int64_t n);      /* dequantize n elems */
+	size_t (*from_float)(const float *src, void *dst, int64_t n);   /* quantize; bytes */
+	uint32_t vec_dot_type;                                          /* activation type */
+	/* *out = dot(w_row, act_row) over n elements; act_row is of vec_dot_type */
+	void (*vec_dot)(int64_t n, float *out, const void *w_row, const void *act_row);
 };
 
-/* NULL for an id outside the table or a retired id. */
+/*
+ * NULL for an id outside the table or a retired id.  The kernels are the
+ * fastest the CPU supports, or the scalar reference when MOE_NO_SIMD=1 is set
+ * in the environment (read once) or moe_quant_force_scalar(true) was called.
+ */
 const struct moe_type_traits *moe_type_traits(uint32_t type);
+/* The scalar reference kernels, whatever the CPU. */
+const struct moe_type_traits *moe_type_traits_scalar(uint32_t type);
+/* For tests: switch every later moe_type_traits() between scalar and SIMD. */
+void moe_quant_force_scalar(bool scalar);
+/* "avx2", or "scalar" when no SIMD kernels are in use. */
+const char *moe_quant_simd_name(void);
+
+/*
+ * Also used inside libmoe, declared in moe.h (section: quant):
+ *   moe_matmul(pool, wtype, w, rows, cols, x, n_tok, y): y[t*rows + r] = dot(row r
+ *     of W, token t of x); x is quantized to the type's vec_dot_type once per call;
+ *     parallel over rows on pool (NULL: single thread).
+ *   moe_dequant_row(type, w, cols, row, dst): one row to f32 (embedding lookups).
+ *   moe_dequantize / moe_quantize: n elements, n a multiple of the block.
+ *   moe_threadpool_* (util/threadpool.h).
+ */
 
 #endif

@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/* The per-type kernels behind the traits table (internal to libmoe/quant). */
+#ifndef MOE_QUANT_KERNELS_H
+#define MOE_QUANT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moe/moe.h"
+
+#define MOE_KERNELS(T)                                                              \
+	void moe_##T##_to_float(const void *src, float *dst, int64_t n);            \
+	size_t moe_##T##_from_float(const float *src, void *dst, int64_t n);        \
+	void moe_vec_dot_##T(int64_t n, float *out, const void *w, const void *a);
+
+MOE_KERNELS(f32)
+MOE_KERNELS(f16)
+MOE_KERNELS(bf16)
+MOE_KERNELS(q4_0)
+MOE_KERNELS(q4_1)
+MOE_KERNELS(q5_0)
+MOE_KERNELS(q5_1)
+MOE_KERNELS(q8_0)
+MOE_KERNELS(mxfp4)
+MOE_KERNELS(q4_k)
+MOE_KERNELS(q5_k)
+MOE_KERNELS(q6_k)
+MOE_KERNELS(q8_k)
+
+#undef MOE_KERNELS
+
+/* AVX2+FMA+F16C kernels (kernels_avx2.c); a NULL entry keeps the scalar one. */
+struct moe_simd_kernels {
+	uint32_t type;
+	void (*vec_dot)(int64_t n, float *out, const void *w, const void *a);
+	size_t (*from_float)(const float *src, void *dst, int64_t n);
+	void (*to_float)(const void *src, float *dst, int64_t n);
+};
+extern const struct moe_simd_kernels moe_avx2_kernels[];
+extern const int moe_avx2_kernel_count;
+
+#endif

@@ -1,0 +1,473 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * AVX2+FMA+F16C dot products.  Integer products are exact, so these differ
+ * from the scalar reference only in the order floats are summed.  Built with
+ * -mavx2 -mfma -mf16c and only called after CPU feature detection.
+ */
+#include <immintrin.h>
+
+#include "quant/blocks.h"
+#include "quant/kernels.h"
+
+static inline float hsum8(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+static inline float h2f(uint16_t h)
+{
+	return _cvtsh_ss(h);
+}
+
+/* 16 packed bytes -> 32 nibbles in element order: low nibbles 0..15, high 16..31. */
+static inline __m256i nibbles32(const uint8_t *qs)
+{
+	__m128i x = _mm_loadu_si128((const __m128i *)qs);
+	__m128i m = _mm_set1_epi8(15);
+
+	return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
+}
+
+/* The 32 bits of a Q5 qh word as 32 bytes of 0x10 or 0. */
+static inline __m256i fifth_bits32(const uint8_t *qh)
+{
+	const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+					       0x0101010101010101, 0);
+	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+	__m256i x = _mm256_shuffle_epi8(_mm256_set1_epi32((int)moe_load_u32le(qh)), shuf);
+
+	x = _mm256_cmpeq_epi8(_mm256_and_si256(x, bit), bit);
+	return _mm256_and_si256(x, _mm256_set1_epi8(16));
+}
+
+/* Signed x times signed y (y never -128) summed in 8 i32 lanes. */
+static inline __m256i dot_i8(__m256i x, __m256i y)
+{
+	__m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+
+	return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+/* Unsigned x (< 128) times signed y summed in 8 i32 lanes. */
+static inline __m256i dot_u8(__m256i x, __m256i y)
+{
+	return _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
+}
+
+static inline __m256i load32(const void *p)
+{
+	return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* ------------------------------------------------------------ float weights */
+
+static void vec_dot_f32(int64_t n, float *out, const void *w, const void *a)
+{
+	const float *x = w, *y = a;
+	__m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+			  _mm256_setzero_ps() };
+	int64_t i = 0;
+	float s;
+
+	for (; i + 32 <= n; i += 32)
+		for (int k = 0; k < 4; k++)
+			acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8 * k),
+						 _mm256_loadu_ps(y + i + 8 * k), acc[k]);
+	for (; i + 8 <= n; i += 8)
+		acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc[0]);
+	s = hsum8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+	for (; i < n; i++)
+		s += x[i] * y[i];
+	*out = s;
+}
+
+static inline __m256 load_f16x8(const uint8_t *p)
+{
+	return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static inline __m256 load_bf16x8(const uint8_t *p)
+{
+	__m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+
+	return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+#define FLOAT16_DOT(NAME, LOAD, CVT)                                                       \
+	static void NAME(int64_t n, float *out, const void *w, const void *a)              \
+	{                                                                                  \
+		const uint8_t *x = w;                                                      \
+		const float *y = a;                                                        \
+		__m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(),                \
+				  _mm256_setzero_ps(), _mm256_setzero_ps() };              \
+		int64_t i = 0;                                                             \
+		float s;                                                                   \
+                                                                                           \
+		for (; i + 32 <= n; i += 32)                                               \
+			for (int k = 0; k < 4; k++)                                        \
+				acc[k] = _mm256_fmadd_ps(LOAD(x + 2 * (i + 8 * k)),        \
+							 _mm256_loadu_ps(y + i + 8 * k),   \
+							 acc[k]);                          \
+		for (; i + 8 <= n; i += 8)                                                 \
+			acc[0] = _mm256_fmadd_ps(LOAD(x + 2 * i), _mm256_loadu_ps(y + i),  \
+						 acc[0]);                                  \
+		s = hsum8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]),                     \
+					_mm256_add_ps(acc[2], acc[3])));                   \
+		for (; i < n; i++) {                                                       \
+			uint16_t h;                                                        \
+                                                                                           \
+			memcpy(&h, x + 2 * i, 2);                                          \
+			s += CVT(h) * y[i];                                                \
+		}                                                                          \
+		*out = s;                                                                  \
+	}
+
+FLOAT16_DOT(vec_dot_f16, load_f16x8, h2f)
+FLOAT16_DOT(vec_dot_bf16, load_bf16x8, moe_bf16_to_f32)
+
+/* ------------------------------------------------------------ 32-element blocks */
+
+static void vec_dot_q8_0(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q8_0 *x = w, *y = a;
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	int64_t nb = n / QK, i = 0;
+
+	for (; i + 2 <= nb; i += 2) {
+		__m256i p0 = dot_i8(load32(x[i].qs), load32(y[i].qs));
+		__m256i p1 = dot_i8(load32(x[i + 1].qs), load32(y[i + 1].qs));
+
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)),
+				       _mm256_cvtepi32_ps(p0), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)),
+				       _mm256_cvtepi32_ps(p1), acc1);
+	}
+	for (; i < nb; i++) {
+		__m256i p = dot_i8(load32(x[i].qs), load32(y[i].qs));
+
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)),
+				       _mm256_cvtepi32_ps(p), acc0);
+	}
+	*out = hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+static void vec_dot_q4_0(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q4_0 *x = w;
+	const struct block_q8_0 *y = a;
+	const __m256i off = _mm256_set1_epi8(8);
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	int64_t nb = n / QK, i = 0;
+
+	for (; i + 2 <= nb; i += 2) {
+		__m256i q0 = _mm256_sub_epi8(nibbles32(x[i].qs), off);
+		__m256i q1 = _mm256_sub_epi8(nibbles32(x[i + 1].qs), off);
+		__m256i p0 = dot_i8(q0, load32(y[i].qs));
+		__m256i p1 = dot_i8(q1, load32(y[i + 1].qs));
+
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)),
+				       _mm256_cvtepi32_ps(p0), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)),
+				       _mm256_cvtepi32_ps(p1), acc1);
+	}
+	for (; i < nb; i++) {
+		__m256i q = _mm256_sub_epi8(nibbles32(x[i].qs), off);
+		__m256i p = dot_i8(q, load32(y[i].qs));
+
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)),
+				       _mm256_cvtepi32_ps(p), acc0);
+	}
+	*out = hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+static void vec_dot_mxfp4(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_mxfp4 *x = w;
+	const struct block_q8_0 *y = a;
+	const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)moe_mxfp4_k));
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	int64_t nb = n / QK, i = 0;
+
+	for (; i + 2 <= nb; i += 2) {
+		__m256i q0 = _mm256_shuffle_epi8(lut, nibbles32(x[i].qs));
+		__m256i q1 = _mm256_shuffle_epi8(lut, nibbles32(x[i + 1].qs));
+		__m256i p0 = dot_i8(q0, load32(y[i].qs));
+		__m256i p1 = dot_i8(q1, load32(y[i + 1].qs));
+
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(moe_e8m0_half(x[i].e) * h2f(y[i].d)),
+				       _mm256_cvtepi32_ps(p0), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_set1_ps(moe_e8m0_half(x[i + 1].e) * h2f(y[i + 1].d)),
+				       _mm256_cvtepi32_ps(p1), acc1);
+	}
+	for (; i < nb; i++) {
+		__m256i q = _mm256_shuffle_epi8(lut, nibbles32(x[i].qs));
+		__m256i p = dot_i8(q, load32(y[i].qs));
+
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(moe_e8m0_half(x[i].e) * h2f(y[i].d)),
+				       _mm256_cvtepi32_ps(p), acc0);
+	}
+	*out = hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+static void vec_dot_q5_0(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q5_0 *x = w;
+	const struct block_q8_0 *y = a;
+	const __m256i off = _mm256_set1_epi8(16);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < n / QK; i++) {
+		__m256i q = _mm256_or_si256(nibbles32(x[i].qs), fifth_bits32(x[i].qh));
+		__m256i p = dot_i8(_mm256_sub_epi8(q, off), load32(y[i].qs));
+
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)),
+				      _mm256_cvtepi32_ps(p), acc);
+	}
+	*out = hsum8(acc);
+}
+
+/* Affine blocks: d*dy*sum(q*a) + m*dy*sum(a), both sums kept in vectors. */
+static void vec_dot_q4_1(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q4_1 *x = w;
+	const struct block_q8_0 *y = a;
+	const __m256i one = _mm256_set1_epi8(1);
+	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < n / QK; i++) {
+		__m256i qy = load32(y[i].qs);
+		__m256i p = dot_u8(nibbles32(x[i].qs), qy);
+		__m256i sy = dot_u8(one, qy);
+		float dy = h2f(y[i].d);
+
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * dy), _mm256_cvtepi32_ps(p), acc);
+		accm = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].m) * dy), _mm256_cvtepi32_ps(sy),
+				       accm);
+	}
+	*out = hsum8(_mm256_add_ps(acc, accm));
+}
+
+static void vec_dot_q5_1(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q5_1 *x = w;
+	const struct block_q8_0 *y = a;
+	const __m256i one = _mm256_set1_epi8(1);
+	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < n / QK; i++) {
+		__m256i qy = load32(y[i].qs);
+		__m256i q = _mm256_or_si256(nibbles32(x[i].qs), fifth_bits32(x[i].qh));
+		__m256i p = dot_u8(q, qy);
+		__m256i sy = dot_u8(one, qy);
+		float dy = h2f(y[i].d);
+
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * dy), _mm256_cvtepi32_ps(p), acc);
+		accm = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].m) * dy), _mm256_cvtepi32_ps(sy),
+				       accm);
+	}
+	*out = hsum8(_mm256_add_ps(acc, accm));
+}
+
+/* ------------------------------------------------------------ K-quants */
+
+static inline void k_scales_mins(const uint8_t *scales, const int16_t *bsums, uint8_t *sc,
+				 int *summ)
+{
+	int s = 0;
+
+	for (int j = 0; j < 8; j++) {
+		uint8_t m;
+
+		moe_k_scale_min(j, scales, &sc[j], &m);
+		s += m * (bsums[2 * j] + bsums[2 * j + 1]);
+	}
+	*summ = s;
+}
+
+static void vec_dot_q4_k(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q4_k *x = w;
+	const struct block_q8_k *y = a;
+	const __m256i m4 = _mm256_set1_epi8(15);
+	__m256 acc = _mm256_setzero_ps();
+	float accm = 0;
+
+	for (int64_t i = 0; i < n / QK_K; i++) {
+		uint8_t sc[8];
+		int summ;
+		__m256i sumi = _mm256_setzero_si256();
+
+		k_scales_mins(x[i].scales, y[i].bsums, sc, &summ);
+		for (int g = 0; g < 4; g++) {
+			__m256i q = load32(x[i].qs + 32 * g);
+			__m256i lo = _mm256_and_si256(q, m4);
+			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+			__m256i p0 = _mm256_maddubs_epi16(lo, load32(y[i].qs + 64 * g));
+			__m256i p1 = _mm256_maddubs_epi16(hi, load32(y[i].qs + 64 * g + 32));
+
+			p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * g]));
+			p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * g + 1]));
+			sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+		}
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d),
+				      _mm256_cvtepi32_ps(sumi), acc);
+		accm += h2f(x[i].dmin) * y[i].d * (float)summ;
+	}
+	*out = hsum8(acc) - accm;
+}
+
+static void vec_dot_q5_k(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q5_k *x = w;
+	const struct block_q8_k *y = a;
+	const __m256i m4 = _mm256_set1_epi8(15), b5 = _mm256_set1_epi8(16);
+	__m256 acc = _mm256_setzero_ps();
+	float accm = 0;
+
+	for (int64_t i = 0; i < n / QK_K; i++) {
+		uint8_t sc[8];
+		int summ;
+		__m256i sumi = _mm256_setzero_si256();
+		__m256i qh = load32(x[i].qh);
+
+		k_scales_mins(x[i].scales, y[i].bsums, sc, &summ);
+		for (int g = 0; g < 4; g++) {
+			__m256i q = load32(x[i].qs + 32 * g);
+			__m256i bl = _mm256_set1_epi8((char)(1 << (2 * g)));
+			__m256i bh = _mm256_set1_epi8((char)(1 << (2 * g + 1)));
+			__m256i hl = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), b5);
+			__m256i hh = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), b5);
+			__m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
+			__m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
+			__m256i p0 = _mm256_maddubs_epi16(lo, load32(y[i].qs + 64 * g));
+			__m256i p1 = _mm256_maddubs_epi16(hi, load32(y[i].qs + 64 * g + 32));
+
+			p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * g]));
+			p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * g + 1]));
+			sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+		}
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d),
+				      _mm256_cvtepi32_ps(sumi), acc);
+		accm += h2f(x[i].dmin) * y[i].d * (float)summ;
+	}
+	*out = hsum8(acc) - accm;
+}
+
+/* q in [-32, 31] times activations, 16-element halves scaled by lo and hi. */
+static inline __m256i q6_part(__m256i q, const int8_t *ay, int lo, int hi)
+{
+	__m256i qs = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+	__m256i ya = load32(ay);
+	__m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(qs, qs), _mm256_sign_epi8(ya, qs));
+	__m256i s = _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+
+	return _mm256_madd_epi16(p, s);
+}
+
+static void vec_dot_q6_k(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q6_k *x = w;
+	const struct block_q8_k *y = a;
+	const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(0x30);
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < n / QK_K; i++) {
+		__m256i sumi = _mm256_setzero_si256();
+
+		for (int h = 0; h < 2; h++) {
+			const int8_t *sc = x[i].scales + 8 * h, *ay = y[i].qs + 128 * h;
+			__m256i l0 = load32(x[i].ql + 64 * h), l1 = load32(x[i].ql + 64 * h + 32);
+			__m256i hb = load32(x[i].qh + 32 * h);
+			__m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+						     _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2));
+			__m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+						     _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2));
+			__m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+						     _mm256_and_si256(hb, m2));
+			__m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+						     _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2));
+
+			sumi = _mm256_add_epi32(sumi, q6_part(q0, ay, sc[0], sc[1]));
+			sumi = _mm256_add_epi32(sumi, q6_part(q1, ay + 32, sc[2], sc[3]));
+			sumi = _mm256_add_epi32(sumi, q6_part(q2, ay + 64, sc[4], sc[5]));
+			sumi = _mm256_add_epi32(sumi, q6_part(q3, ay + 96, sc[6], sc[7]));
+		}
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d),
+				      _mm256_cvtepi32_ps(sumi), acc);
+	}
+	*out = hsum8(acc);
+}
+
+static void vec_dot_q8_k(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q8_k *x = w, *y = a;
+	__m256 acc = _mm256_setzero_ps();
+
+	for (int64_t i = 0; i < n / QK_K; i++) {
+		__m256i sumi = _mm256_setzero_si256();
+
+		for (int k = 0; k < QK_K; k += 32)
+			sumi = _mm256_add_epi32(sumi, dot_i8(load32(x[i].qs + k), load32(y[i].qs + k)));
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(x[i].d * y[i].d), _mm256_cvtepi32_ps(sumi), acc);
+	}
+	*out = hsum8(acc);
+}
+
+/* ------------------------------------------------------------ activations */
+
+/* Same rounding as the scalar moe_q8_0_from_float (nearest even), so results are identical. */
+static size_t q8_0_from_float(const float *src, void *dst, int64_t n)
+{
+	struct block_q8_0 *b = dst;
+	const __m256 sign = _mm256_set1_ps(-0.0f);
+	const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+
+	for (int64_t i = 0; i < n / QK; i++, b++, src += QK) {
+		__m256 v[4], m;
+
+		for (int k = 0; k < 4; k++)
+			v[k] = _mm256_loadu_ps(src + 8 * k);
+		m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+				  _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+		__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+
+		m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+		m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+		float amax = _mm_cvtss_f32(m4), d = amax / 127, id = d ? 1 / d : 0;
+		__m256 vid = _mm256_set1_ps(id);
+		__m256i q[4];
+
+		b->d = moe_f32_to_f16(d);
+		for (int k = 0; k < 4; k++)
+			q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], vid),
+						  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+		__m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
+					       _mm256_packs_epi32(q[2], q[3]));
+
+		p = _mm256_permutevar8x32_epi32(p, perm);
+		p = _mm256_max_epi8(p, _mm256_set1_epi8(-127));
+		_mm256_storeu_si256((__m256i *)b->qs, p);
+	}
+	return (size_t)(n / QK) * sizeof(*b);
+}
+
+const struct moe_simd_kernels moe_avx2_kernels[] = {
+	{ MOE_TYPE_F32, vec_dot_f32, NULL, NULL },
+	{ MOE_TYPE_F16, vec_dot_f16, NULL, NULL },
+	{ MOE_TYPE_BF16, vec_dot_bf16, NULL, NULL },
+	{ MOE_TYPE_Q4_0, vec_dot_q4_0, NULL, NULL },
+	{ MOE_TYPE_Q4_1, vec_dot_q4_1, NULL, NULL },
+	{ MOE_TYPE_Q5_0, vec_dot_q5_0, NULL, NULL },
+	{ MOE_TYPE_Q5_1, vec_dot_q5_1, NULL, NULL },
+	{ MOE_TYPE_Q8_0, vec_dot_q8_0, q8_0_from_float, NULL },
+	{ MOE_TYPE_MXFP4, vec_dot_mxfp4, NULL, NULL },
+	{ MOE_TYPE_Q4_K, vec_dot_q4_k, NULL, NULL },
+	{ MOE_TYPE_Q5_K, vec_dot_q5_k, NULL, NULL },
+	{ MOE_TYPE_Q6_K, vec_dot_q6_k, NULL, NULL },
+	{ MOE_TYPE_Q8_K, vec_dot_q8_k, NULL, NULL },
+};
+const int moe_avx2_kernel_count = (int)(sizeof(moe_avx2_kernels) / sizeof(moe_avx2_kernels[0]));

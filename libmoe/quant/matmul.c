@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: MIT */
+/* Matrix products over quantized weights, and the public quantize/dequantize calls. */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "quant/quant.h"
+#include "util/threadpool.h"
+#include "util/util.h"
+
+/* Rows done together for every token, so a row is read from memory once per call. */
+#define ROW_TILE 4
+
+static int kernel_traits(uint32_t type, const char *what, const struct moe_type_traits **out)
+{
+	const struct moe_type_traits *t = moe_type_traits(type);
+
+	*out = t;
+	if (!t)
+		return moe_err(EINVAL, "%s: unknown type id %u", what, type);
+	if (!t->to_float || !t->vec_dot)
+		return moe_err(EOPNOTSUPP, "%s: type %s has no CPU kernels; supported: f32 f16 "
+			       "bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q4_K q5_K q6_K q8_K mxfp4", what,
+			       t->name);
+	return 0;
+}
+
+static int check_len(const struct moe_type_traits *t, int64_t n, const char *what)
+{
+	if (n < 0 || n % t->block)
+		return moe_err(EINVAL, "%s: %lld elements is not a multiple of the %s block of %u",
+			       what, (long long)n, t->name, t->block);
+	return 0;
+}
+
+int moe_dequantize(uint32_t type, const void *src, float *dst, int64_t n)
+{
+	const struct moe_type_traits *t;
+	int ret;
+
+	ret = kernel_traits(type, "dequantize", &t);
+	if (ret)
+		return ret;
+	ret = check_len(t, n, "dequantize");
+	if (ret)
+		return ret;
+	if (n && (!src || !dst))
+		return moe_err(EINVAL, "dequantize: NULL buffer");
+	t->to_float(src, dst, n);
+	return 0;
+}
+
+int64_t moe_quantize(uint32_t type, const float *src, void *dst, int64_t n)
+{
+	const struct moe_type_traits *t;
+	int ret;
+
+	ret = kernel_traits(type, "quantize", &t);
+	if (ret)
+		return ret;
+	ret = check_len(t, n, "quantize");
+	if (ret)
+		return ret;
+	if (n && (!src || !dst))
+		return moe_err(EINVAL, "quantize: NULL buffer");
+	return n ? (int64_t)t->from_float(src, dst, n) : 0;
+}
+
+int moe_dequant_row(uint32_t type, const void *w, int64_t cols, int64_t row, float *dst)
+{
+	const struct moe_type_traits *t;
+	int ret;
+
+	ret = kernel_traits(type, "dequantize row", &t);
+	if (ret)
+		return ret;
+	ret = check_len(t, cols, "dequantize row");
+	if (ret)
+		return ret;
+	if (row < 0)
+		return moe_err(EINVAL, "dequantize row: negative row %lld", (long long)row);
+	t->to_float((const uint8_t *)w + row * (cols / t->block * t->bytes), dst, cols);
+	return 0;
+}
+
+struct matmul_job {
+	const struct moe_type_traits *t;
+	const struct moe_type_traits *at;
+	const uint8_t *w;
+	size_t w_row_bytes;
+	int64_t rows, cols, n_tok;
+	const float *x;
+	uint8_t *act;              /* quantized activations, or x itself */
+	size_t act_row_bytes;
+	float *y;
+};
+
+static void quantize_act(void *arg, int ith, int nth)
+{
+	struct matmul_job *j = arg;
+	int64_t t0 = j->n_tok * ith / nth, t1 = j->n_tok * (ith + 1) / nth;
+
+	for (int64_t t = t0; t < t1; t++)
+		j->at->from_float(j->x + t * j->cols, j->act + (size_t)t * j->act_row_bytes, j->cols);
+}
+
+static void matmul_rows(void *arg, int ith, int nth)
+{
+	struct matmul_job *j = arg;
+	int64_t r0 = j->rows * ith / nth, r1 = j->rows * (ith + 1) / nth;
+	void (*dot)(int64_t, float *, const void *, const void *) = j->t->vec_dot;
+
+	if (j->n_tok == 1) {
+		for (int64_t r = r0; r < r1; r++)
+			dot(j->cols, &j->y[r], j->w + (size_t)r * j->w_row_bytes, j->act);
+		return;
+	}
+	for (int64_t rb = r0; rb < r1; rb += ROW_TILE) {
+		int64_t re = MOE_MIN(rb + ROW_TILE, r1);
+
+		for (int64_t t = 0; t < j->n_tok; t++) {
+			const uint8_t *a = j->act + (size_t)t * j->act_row_bytes;
+
+			for (int64_t r = rb; r < re; r++)
+				dot(j->cols, &j->y[t * j->rows + r], j->w + (size_t)r * j->w_row_bytes,
+				    a);
+		}
+	}
+}
+
+int moe_matmul(struct moe_threadpool *pool, uint32_t wtype, const void *w, int64_t rows,
+	       int64_t cols, const float *x, int64_t n_tok, float *y)
+{
+	const struct moe_type_traits *t;
+	struct matmul_job j;
+	int ret;
+
+	ret = kernel_traits(wtype, "matmul", &t);
+	if (ret)
+		return ret;
+	if (rows < 0 || n_tok < 0 || cols <= 0)
+		return moe_err(EINVAL, "matmul: bad shape rows=%lld cols=%lld tokens=%lld",
+			       (long long)rows, (long long)cols, (long long)n_tok);
+	ret = check_len(t, cols, "matmul");
+	if (ret)
+		return ret;
+	j.at = moe_type_traits(t->vec_dot_type);
+	ret = check_len(j.at, cols, "matmul activations");
+	if (ret)
+		return ret;
+	if (!rows || !n_tok)
+		return 0;
+	if (!w || !x || !y)
+		return moe_err(EINVAL, "matmul: NULL buffer");
+
+	j.t = t;
+	j.w = w;
+	j.w_row_bytes = (size_t)(cols / t->block) * t->bytes;
+	j.rows = rows;
+	j.cols = cols;
+	j.n_tok = n_tok;
+	j.x = x;
+	j.y = y;
+	j.act_row_bytes = (size_t)(cols / j.at->block) * j.at->bytes;
+	if (t->vec_dot_type == MOE_TYPE_F32) {
+		j.act = (uint8_t *)x;
+	} else {
+		/* Q8_K's float scale wants 4-byte alignment; 64 keeps rows on cache lines */
+		size_t bytes = MOE_ALIGN_UP((size_t)n_tok * j.act_row_bytes, 64);
+
+		j.act = aligned_alloc(64, bytes);
+		if (!j.act)
+			return moe_err(ENOMEM, "matmul: no memory for %zu bytes of activations",
+				       bytes);
+		if (n_tok > 1)
+			moe_threadpool_run(pool, quantize_act, &j);
+		else
+			quantize_act(&j, 0, 1);
+	}
+	moe_threadpool_run(pool, matmul_rows, &j);
+	if (j.act != (const uint8_t *)x)
+		free(j.act);
+	return 0;
+}

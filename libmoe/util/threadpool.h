@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A small fork-join pool: moe_threadpool_run() hands one function to every
+ * thread (the caller is thread 0) and returns when all have finished.  The
+ * forward pass calls it hundreds of times per token, so workers spin for a
+ * short while before sleeping on a futex, and a run costs one atomic store
+ * and, only when somebody sleeps, one wake syscall.
+ */
+#ifndef MOE_THREADPOOL_H
+#define MOE_THREADPOOL_H
+
+#include "moe/moe.h"
+
+/* The declarations live in moe.h's (section: quant) block; they are public. */
+
+#endif
