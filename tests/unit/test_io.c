@@ -759,6 +759,63 @@ START_TEST(topology)
 }
 END_TEST
 
+/* moe-bench io and moectl topo: the JSON keys scripts read, and fallbacks reported. */
+START_TEST(tools_bench_and_topo)
+{
+	struct fixture fx;
+	char cmd[1024], *out = NULL;
+	double e = 0, p = 0;
+	const char *q;
+
+	fx_setup(&fx);
+	snprintf(cmd, sizeof(cmd), "%s io --json --no-drop-caches --size 1M --qd 8 %s",
+		 tu_bin("moe-bench"), fx.path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	for (unsigned i = 0; i < 4; i++) {
+		static const char *const keys[] = { "\"engine_gbps\": ", "\"pread_gbps\": ",
+						     "\"mmap_gbps\": ", "\"engine_vs_pread\": " };
+
+		q = strstr(out, keys[i]);
+		ck_assert_msg(q, "%s missing in %s", keys[i], out);
+		if (i == 0)
+			e = strtod(q + strlen(keys[i]), NULL);
+		if (i == 1)
+			p = strtod(q + strlen(keys[i]), NULL);
+	}
+	ck_assert_msg(e > 0 && p > 0, "%s", out);
+	ck_assert_ptr_nonnull(strstr(out, "io_uring, O_DIRECT"));
+	free(out);
+
+	/* A forced path and its report in the text output. */
+	snprintf(cmd, sizeof(cmd), "%s io --no-drop-caches --size 256K --backend pread "
+		 "--direct off %s", tu_bin("moe-bench"), fx.path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(strstr(out, "engine: pread workers, buffered") &&
+		      strstr(out, "engine/pread") && strstr(out, "topology: file on "), "%s", out);
+	free(out);
+
+	snprintf(cmd, sizeof(cmd), "%s io --size 100M %s", tu_bin("moe-bench"), fx.path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_ptr_nonnull(strstr(out, "give a smaller --size"));
+	free(out);
+
+	snprintf(cmd, sizeof(cmd), "%s topo --json %s", tu_bin("moectl"), fx.path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	ck_assert_msg(strstr(out, "\"numa_nodes\": [{\"node\": ") && strstr(out, "\"devices\": [") &&
+		      strstr(out, "\"path\": {"), "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s topo", tu_bin("moectl"));
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	ck_assert_msg(strstr(out, "NUMA node") && strstr(out, "devices:"), "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s topo /nonexistent/x", tu_bin("moectl"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_ptr_nonnull(strstr(out, "/nonexistent/x"));
+	free(out);
+	fx_teardown(&fx);
+}
+END_TEST
+
 Suite *suite_io(void)
 {
 	Suite *s = suite_create("io");
@@ -787,6 +844,7 @@ Suite *suite_io(void)
 	tcase_add_test(tc, direct_refused);
 	tcase_add_test(tc, uring_refused);
 	tcase_add_test(tc, topology);
+	tcase_add_test(tc, tools_bench_and_topo);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -11,5 +11,6 @@ struct bench_cmd {
 };
 
 /* Benchmarks: one file each; each parses its own options (including --json). */
+int bench_io(int argc, char **argv);
 
 #endif

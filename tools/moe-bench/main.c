@@ -9,6 +9,7 @@
 #include "bench.h"
 
 static const struct bench_cmd cmds[] = {
+	{ "io", bench_io, "io [--json] [--size B] [--qd N] FILE   engine vs pread vs mmap, cold cache" },
 	{ 0 },
 };
 

@@ -19,6 +19,7 @@ static const struct cmd cmds[] = {
 	{ "info", do_info, "info [--json] FILE         describe a GGUF model: sizes, experts, layout" },
 	{ "tokenize", do_tokenize, "tokenize MODEL TEXT|-      token ids of text (--special, --bos)" },
 	{ "detokenize", do_detokenize, "detokenize MODEL ID...     text of token ids (--special)" },
+	{ "topo", do_topo, "topo [--json] [PATH]       NUMA nodes, disks, GPUs; where PATH lives" },
 	{ "help", do_help, "help                       this text" },
 	{ 0 },
 };

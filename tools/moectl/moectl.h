@@ -29,6 +29,7 @@ const char *human_bytes(unsigned long long bytes, char *buf, unsigned len);
 
 /* Subcommands: one file each. */
 int do_info(int argc, char **argv);
+int do_topo(int argc, char **argv);
 int do_tokenize(int argc, char **argv);
 int do_detokenize(int argc, char **argv);
 
