@@ -81,6 +81,7 @@ struct moe_req {
 	struct drm_gem_object *obj;
 	struct bio_vec *bvec;
 	u32 nr_pages;
+	u32 nr_segs;
 	u64 bo_offset;
 	u64 length;
 	loff_t pos;

@@ -73,14 +73,16 @@ static void moe_req_complete(struct kiocb *iocb, long ret)
 
 static void moe_req_zero_tail(struct moe_req *req)
 {
+	struct drm_gem_shmem_object *shmem = to_drm_gem_shmem_obj(req->obj);
 	u64 from = req->result > 0 ? req->result : 0;
+	u64 first = req->bo_offset >> PAGE_SHIFT;
 	u32 i;
 
 	/* A short read at the end of the file leaves the rest of the range zeroed. */
 	for (i = from >> PAGE_SHIFT; i < req->nr_pages; i++) {
 		u32 off = i == (from >> PAGE_SHIFT) ? offset_in_page(from) : 0;
 
-		memzero_page(req->bvec[i].bv_page, off, PAGE_SIZE - off);
+		memzero_page(shmem->pages[first + i], off, PAGE_SIZE - off);
 	}
 }
 
@@ -95,7 +97,7 @@ static void moe_req_issue(struct moe_req *req)
 	req->iocb.ki_pos = pos;
 	req->iocb.ki_flags |= IOCB_DIRECT;
 	req->iocb.ki_complete = moe_req_complete;
-	iov_iter_bvec(&iter, ITER_DEST, req->bvec, req->nr_pages, req->length);
+	iov_iter_bvec(&iter, ITER_DEST, req->bvec, req->nr_segs, req->length);
 
 	atomic64_inc(&req->model->inflight);
 	req->start_ns = ktime_get_ns();
@@ -242,10 +244,25 @@ static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
 	if (!req->bvec)
 		return -ENOMEM;
 	first = r->bo_offset >> PAGE_SHIFT;
+	/*
+	 * Physically contiguous pages share one multi-page bio_vec: fewer
+	 * segments per bio, fewer split requests and PRP entries.
+	 */
+	req->nr_segs = 0;
 	for (i = 0; i < req->nr_pages; i++) {
-		req->bvec[i].bv_page = shmem->pages[first + i];
-		req->bvec[i].bv_len = PAGE_SIZE;
-		req->bvec[i].bv_offset = 0;
+		struct page *page = shmem->pages[first + i];
+		struct bio_vec *prev = req->nr_segs ? &req->bvec[req->nr_segs - 1] : NULL;
+
+		if (prev && page_to_pfn(page) ==
+		    page_to_pfn(prev->bv_page) + (prev->bv_len >> PAGE_SHIFT) &&
+		    prev->bv_len <= UINT_MAX - PAGE_SIZE) {
+			prev->bv_len += PAGE_SIZE;
+			continue;
+		}
+		req->bvec[req->nr_segs].bv_page = page;
+		req->bvec[req->nr_segs].bv_len = PAGE_SIZE;
+		req->bvec[req->nr_segs].bv_offset = 0;
+		req->nr_segs++;
 	}
 	return 0;
 }

@@ -95,7 +95,8 @@ echo "root:x:0:0:root:/:/bin/sh" >"$IR/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >>"$IR/etc/passwd"
 MD=lib/modules/$KVER
 mkdir -p "$IR/$MD/extra"
-cp "$KROOT/$MD/modules.builtin" "$KROOT/$MD/modules.order" "$IR/$MD/"
+cp "$KROOT/$MD/modules.builtin" "$KROOT/$MD/modules.builtin.modinfo" "$KROOT/$MD/modules.order" \
+	"$IR/$MD/"
 wanted="drm drm_shmem_helper nvme ext4 crc32c_generic"
 for m in $wanted; do
 	path=$(find "$KROOT/$MD/kernel" -name "$m.ko*" | head -n 1)
@@ -122,7 +123,7 @@ if [ -x "${MOE_BIN:-$SRC/build/bin}/moe-mkmodel" ]; then
 		rm -f "$DISK/models/tiny.gguf"
 fi
 chmod 600 "$DISK/models"/*
-mke2fs -q -t ext4 -F -d "$DISK" -E root_owner=0:0 "$WORK/disk.img" 384M ||
+mke2fs -q -t ext4 -F -d "$DISK" -E root_owner=0:0 "$WORK/disk.img" 384M >/dev/null ||
 	die "mke2fs -d failed (e2fsprogs >= 1.43 needed)"
 rm -rf "$DISK"
 
