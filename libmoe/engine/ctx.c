@@ -489,6 +489,7 @@ static int setup(struct moe_ctx *ctx)
 			io.staging_bytes = RESIDENT_CHUNK + (2 << 20) +
 					   n_stg * (p.slot + MOE_EXPERT_MAX_MATS * (16 << 10));
 		ret = moe_io_open(moe_model_path(m), &io, &ctx->io);
+		ctx->io_pool_bytes = io.staging_bytes;
 	}
 	if (ret < 0)
 		return ret;
@@ -549,7 +550,7 @@ static int setup(struct moe_ctx *ctx)
 	fmt_bytes(c, sizeof(c), ctx->kv_bytes);
 	fmt_bytes(d, sizeof(d), ctx->scratch_bytes);
 	fmt_bytes(e, sizeof(e), p.slot);
-	fmt_bytes(f, sizeof(f), ctx->st.staging_bytes);
+	fmt_bytes(f, sizeof(f), ctx->io_pool_bytes);
 	snprintf(ctx->desc, sizeof(ctx->desc), "%s backend, %d threads, budget %s: resident %s, "
 		 "KV %s (%u positions), scratch %s, %u expert slots x %s for %u experts; staging "
 		 "%s outside the budget; io: %s", ctx->be->ops->name,
@@ -754,8 +755,8 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 		s.stall_s = cs.stall_s;
 		s.n_slots = cs.n_slots;
 		s.slot_bytes = cs.slot_bytes;
-		s.staging_bytes = cs.staging_bytes;
 	}
+	s.staging_bytes = ctx->io_pool_bytes;
 	s.hit_rate = s.expert_hits + s.expert_misses ?
 		     (double)s.expert_hits / (s.expert_hits + s.expert_misses) : 1.0;
 	moe_io_get_stats(ctx->io, &io);

@@ -99,6 +99,7 @@ struct moe_ctx {
 	float *logits;
 	uint32_t n_logits;
 	uint64_t kv_bytes, resident_bytes;
+	uint64_t io_pool_bytes;     /* pinned staging of the I/O engine, outside the budget */
 
 	struct moe_ctx_stats st;
 	struct moe_io_stats io_base;

@@ -581,6 +581,74 @@ START_TEST(engine_budget_honoured)
 }
 END_TEST
 
+/* moe-run end to end: llama.cpp's greedy tokens, --json stats keys, --logits-out rows. */
+START_TEST(engine_moe_run)
+{
+	char *dir = tu_tmpdir(), cmd[4096], lpath[512], *out = NULL, *p;
+	int32_t tok[N_PROMPT], want[N_GREEDY];
+	float *want_l, *got;
+	size_t len;
+	int st;
+
+	ck_assert_int_eq(read_ints(tu_shared(DIR "tokens.txt"), tok, N_PROMPT), N_PROMPT);
+	ck_assert_int_eq(read_ints(tu_shared(DIR "llama4-f32.greedy.txt"), want, 8), 8);
+	snprintf(lpath, sizeof(lpath), "%s/logits.f32", dir);
+	p = cmd + snprintf(cmd, sizeof(cmd), "%s -m %s --threads 2 -n 8 --json --stats "
+			   "--vram 6M --logits-out %s --tokens ", tu_bin("moe-run"),
+			   tu_shared(DIR "llama4-f32.gguf"), lpath);
+	for (int i = 0; i < N_PROMPT; i++)
+		p += sprintf(p, "%s%d", i ? "," : "", tok[i]);
+	st = tu_run(cmd, 0, &out);
+	ck_assert_msg(st == 0, "%s -> %d: %s", cmd, st, out ? out : "");
+	p = strstr(out, "\"tokens\":[");
+	ck_assert_ptr_nonnull(p);
+	p += strlen("\"tokens\":[");
+	for (int g = 0; g < 8; g++) {
+		ck_assert_int_eq((int)strtol(p, &p, 10), want[g]);
+		p++;
+	}
+	for (const char *const *k = (const char *const[]){ "prefill_tps", "decode_tps", "hit_rate",
+			"bytes_read", "read_gbps", "stall_s", NULL }; *k; k++) {
+		char key[64];
+
+		snprintf(key, sizeof(key), "\"%s\":", *k);
+		ck_assert_msg(strstr(out, key) != NULL, "no %s in %s", key, out);
+	}
+	/* 64 prompt rows, then one row per generated token fed back (7) */
+	got = tu_read_file(lpath, &len);
+	ck_assert_ptr_nonnull(got);
+	ck_assert_uint_eq(len, sizeof(float) * 512 * (N_PROMPT + 7));
+	want_l = read_shared("llama4", "logits.f32", sizeof(float) * N_PROMPT * 512);
+	for (int i = 0; i < N_PROMPT * 512; i++)
+		ck_assert_msg(fabsf(got[i] - want_l[i]) < 1e-4f, "logit %d: %g vs %g", i, got[i],
+			      want_l[i]);
+	free(out);
+	free(got);
+	free(want_l);
+
+	/* errors: exit 1 with the reason, exit 2 for usage */
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1,9999", tu_bin("moe-run"),
+		 tu_shared(DIR "llama4-f32.gguf"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_ptr_nonnull(strstr(out, "out of range"));
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --vram 1M", tu_bin("moe-run"),
+		 tu_shared(DIR "llama4-f32.gguf"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_ptr_nonnull(strstr(out, "needs at least"));
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s -m %s -p hi", tu_bin("moe-run"),
+		 tu_shared(DIR "llama4-f32.gguf"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_ptr_nonnull(strstr(out, "--tokens"));
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s --tokens 1 --vram lots", tu_bin("moe-run"));
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 2);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 Suite *suite_engine(void)
 {
 	Suite *s = suite_create("engine");
@@ -594,11 +662,13 @@ Suite *suite_engine(void)
 		tcase_add_test(tc, engine_deterministic);
 		tcase_add_test(tc, engine_decode_equals_prefill);
 		tcase_add_test(tc, engine_errors);
+		tcase_add_test(tc, engine_moe_run);
 	} else {
 		tu_skip("engine_matches_llamacpp", "no " DIR " in the shared tree");
 		tu_skip("engine_deterministic", "no " DIR " in the shared tree");
 		tu_skip("engine_decode_equals_prefill", "no " DIR " in the shared tree");
 		tu_skip("engine_errors", "no " DIR " in the shared tree");
+		tu_skip("engine_moe_run", "no " DIR " in the shared tree");
 	}
 	tcase_add_loop_test(tc, engine_matches_reference, 0, MOE_ARRAY_SIZE(archs));
 	/* quant types this build's moe-mkmodel cannot write yet are skipped, by name */

@@ -1,0 +1,522 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * moe-run: generate from a GGUF MoE model within a memory budget, streaming
+ * routed experts from the file as the router asks for them.  Only the
+ * public API (moe/moe.h).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/moe.h"
+
+#define EXIT_USAGE 2
+#define PROG "moe-run"
+
+struct opts {
+	const char *model, *prompt, *tokens, *logits_out;
+	uint32_t n_gen, n_ctx, n_batch;
+	uint64_t vram;
+	int threads;
+	bool stats, json;
+	struct moe_sample_params sp;
+	struct moe_io_opts io;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: " PROG " -m MODEL (-p TEXT | --tokens ID,ID,...) [OPTIONS]\n"
+		"Generate from a MoE model, streaming experts within a memory budget.\n\n"
+		"  -m, --model FILE       GGUF model\n"
+		"  -p, --prompt TEXT      prompt text (needs the model's tokenizer)\n"
+		"      --tokens LIST      prompt as token ids, comma-separated\n"
+		"  -n, --n-predict N      tokens to generate (32)\n"
+		"      --ctx N            context positions (prompt + generated; default fits both)\n"
+		"      --batch N          prompt tokens per forward step (64)\n"
+		"      --vram SIZE        device memory budget, e.g. 20G, 512M (default: no limit)\n"
+		"      --threads N        compute threads (all CPUs)\n"
+		"      --temp X           temperature; 0 = greedy (0)\n"
+		"      --top-k N, --top-p X, --min-p X\n"
+		"      --repeat-penalty X, --repeat-last-n N\n"
+		"      --seed N           sampling seed (0)\n"
+		"      --io auto|uring|pread   how the file is read (auto)\n"
+		"      --no-direct        read through the page cache instead of O_DIRECT\n"
+		"      --logits-out FILE  logits of every evaluated position, f32 LE [pos][vocab]\n"
+		"      --stats            prefill/decode tokens/s, expert hit rate, bytes read, GB/s,\n"
+		"                         time stalled on I/O (stderr; in the JSON with --json)\n"
+		"      --json             machine-readable output on stdout\n"
+		"  -h, --help             this text\n");
+}
+
+static int bad(const char *fmt, const char *arg)
+{
+	fprintf(stderr, PROG ": ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\n");
+	return -EINVAL;
+}
+
+static int parse_u32(const char *s, const char *what, uint32_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || v > UINT32_MAX || s[0] == '-')
+		return bad("%s: expected a non-negative integer", what);
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static int parse_float(const char *s, const char *what, float *out)
+{
+	char *end;
+
+	errno = 0;
+	*out = strtof(s, &end);
+	if (errno || end == s || *end)
+		return bad("%s: expected a number", what);
+	return 0;
+}
+
+/* 1234, 512K, 20M, 1.5G, 2T (powers of 1024) */
+static int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	double v;
+	double mul = 1;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || v <= 0)
+		return bad("--vram '%s': expected a size such as 20G, 512M or 1500000000", s);
+	switch (*end) {
+	case 'k': case 'K': mul = 1024.0; end++; break;
+	case 'm': case 'M': mul = 1048576.0; end++; break;
+	case 'g': case 'G': mul = 1073741824.0; end++; break;
+	case 't': case 'T': mul = 1099511627776.0; end++; break;
+	default: break;
+	}
+	if (mul > 1 && *end == 'i')
+		end++;
+	if (*end == 'B')
+		end++;
+	if (*end)
+		return bad("--vram '%s': expected a size such as 20G, 512M or 1500000000", s);
+	*out = (uint64_t)(v * mul);
+	return 0;
+}
+
+static int parse_tokens(const char *s, int32_t **out, uint32_t *n)
+{
+	uint32_t cap = 16, k = 0;
+	int32_t *ids = malloc(sizeof(*ids) * cap);
+	const char *p = s;
+
+	if (!ids)
+		return -ENOMEM;
+	while (*p) {
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(p, &end, 10);
+		if (errno || end == p || v < 0 || v > INT32_MAX) {
+			free(ids);
+			return bad("--tokens '%s': expected token ids separated by commas", s);
+		}
+		if (k == cap) {
+			int32_t *t = realloc(ids, sizeof(*ids) * (cap *= 2));
+
+			if (!t) {
+				free(ids);
+				return -ENOMEM;
+			}
+			ids = t;
+		}
+		ids[k++] = (int32_t)v;
+		p = end;
+		if (*p == ',' || *p == ' ')
+			p++;
+		else if (*p) {
+			free(ids);
+			return bad("--tokens '%s': expected token ids separated by commas", s);
+		}
+	}
+	if (!k) {
+		free(ids);
+		return bad("--tokens '%s': no token ids", s);
+	}
+	*out = ids;
+	*n = k;
+	return 0;
+}
+
+static void json_str(FILE *f, const char *s, size_t len)
+{
+	fputc('"', f);
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '"' || c == '\\')
+			fprintf(f, "\\%c", c);
+		else if (c == '\n')
+			fputs("\\n", f);
+		else if (c == '\t')
+			fputs("\\t", f);
+		else if (c == '\r')
+			fputs("\\r", f);
+		else if (c < 0x20)
+			fprintf(f, "\\u%04x", c);
+		else
+			fputc(c, f);
+	}
+	fputc('"', f);
+}
+
+struct run {
+	const struct opts *o;
+	struct moe_tokenizer *tok;
+	struct moe_detok_state ds;
+	FILE *logits;
+	uint32_t n_vocab;
+	int32_t *out;
+	uint32_t n_out;
+	char *text;
+	size_t text_len, text_cap;
+	int err;
+};
+
+static void emit_text(struct run *r, const char *buf, int n)
+{
+	if (n <= 0)
+		return;
+	if (!r->o->json) {
+		fwrite(buf, 1, (size_t)n, stdout);
+		fflush(stdout);
+		return;
+	}
+	if (r->text_len + (size_t)n + 1 > r->text_cap) {
+		size_t cap = (r->text_cap + (size_t)n + 64) * 2;
+		char *t = realloc(r->text, cap);
+
+		if (!t) {
+			r->err = -ENOMEM;
+			return;
+		}
+		r->text = t;
+		r->text_cap = cap;
+	}
+	memcpy(r->text + r->text_len, buf, (size_t)n);
+	r->text_len += (size_t)n;
+}
+
+static int on_token(void *arg, const float *logits, uint32_t n_rows, int32_t next)
+{
+	struct run *r = arg;
+	char buf[512];
+
+	if (r->logits && fwrite(logits, sizeof(float) * r->n_vocab, n_rows, r->logits) != n_rows) {
+		r->err = -EIO;
+		return 1;
+	}
+	r->out[r->n_out++] = next;
+	if (r->tok) {
+		int n = moe_detok_stream(r->tok, &r->ds, next, buf, sizeof(buf));
+
+		emit_text(r, buf, n);
+		if (moe_tokenizer_is_eog(r->tok, next))
+			return 1;
+	} else if (!r->o->json) {
+		printf("%s%d", r->n_out > 1 ? " " : "", next);
+		fflush(stdout);
+	}
+	return r->err != 0;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+	enum { O_TOKENS = 256, O_CTX, O_BATCH, O_VRAM, O_THREADS, O_TEMP, O_TOPK, O_TOPP, O_MINP,
+	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON };
+	static const struct option lo[] = {
+		{ "model", required_argument, 0, 'm' },
+		{ "prompt", required_argument, 0, 'p' },
+		{ "n-predict", required_argument, 0, 'n' },
+		{ "tokens", required_argument, 0, O_TOKENS },
+		{ "ctx", required_argument, 0, O_CTX },
+		{ "batch", required_argument, 0, O_BATCH },
+		{ "vram", required_argument, 0, O_VRAM },
+		{ "threads", required_argument, 0, O_THREADS },
+		{ "temp", required_argument, 0, O_TEMP },
+		{ "top-k", required_argument, 0, O_TOPK },
+		{ "top-p", required_argument, 0, O_TOPP },
+		{ "min-p", required_argument, 0, O_MINP },
+		{ "repeat-penalty", required_argument, 0, O_RPEN },
+		{ "repeat-last-n", required_argument, 0, O_RLAST },
+		{ "seed", required_argument, 0, O_SEED },
+		{ "io", required_argument, 0, O_IO },
+		{ "no-direct", no_argument, 0, O_NODIRECT },
+		{ "logits-out", required_argument, 0, O_LOGITS },
+		{ "stats", no_argument, 0, O_STATS },
+		{ "json", no_argument, 0, O_JSON },
+		{ "help", no_argument, 0, 'h' },
+		{ 0 },
+	};
+	uint32_t u;
+	int c, ret = 0;
+
+	o->n_gen = 32;
+	moe_sample_default_params(&o->sp);
+	moe_io_opts_init(&o->io);
+	while (!ret && (c = getopt_long(argc, argv, "m:p:n:h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'm': o->model = optarg; break;
+		case 'p': o->prompt = optarg; break;
+		case 'n': ret = parse_u32(optarg, "-n", &o->n_gen); break;
+		case O_TOKENS: o->tokens = optarg; break;
+		case O_CTX: ret = parse_u32(optarg, "--ctx", &o->n_ctx); break;
+		case O_BATCH: ret = parse_u32(optarg, "--batch", &o->n_batch); break;
+		case O_VRAM: ret = parse_size(optarg, &o->vram); break;
+		case O_THREADS:
+			ret = parse_u32(optarg, "--threads", &u);
+			o->threads = (int)u;
+			break;
+		case O_TEMP: ret = parse_float(optarg, "--temp", &o->sp.temp); break;
+		case O_TOPK:
+			ret = parse_u32(optarg, "--top-k", &u);
+			o->sp.top_k = (int32_t)u;
+			break;
+		case O_TOPP: ret = parse_float(optarg, "--top-p", &o->sp.top_p); break;
+		case O_MINP: ret = parse_float(optarg, "--min-p", &o->sp.min_p); break;
+		case O_RPEN: ret = parse_float(optarg, "--repeat-penalty", &o->sp.repeat_penalty); break;
+		case O_RLAST:
+			ret = parse_u32(optarg, "--repeat-last-n", &u);
+			o->sp.repeat_last_n = (int32_t)u;
+			break;
+		case O_SEED: {
+			char *end;
+
+			errno = 0;
+			o->sp.seed = strtoull(optarg, &end, 10);
+			if (errno || end == optarg || *end)
+				ret = bad("--seed '%s': expected a non-negative integer", optarg);
+			break;
+		}
+		case O_IO:
+			if (!strcmp(optarg, "auto"))
+				o->io.backend = MOE_IO_AUTO;
+			else if (!strcmp(optarg, "uring"))
+				o->io.backend = MOE_IO_URING;
+			else if (!strcmp(optarg, "pread"))
+				o->io.backend = MOE_IO_PREAD;
+			else
+				ret = bad("--io '%s': expected auto, uring or pread", optarg);
+			break;
+		case O_NODIRECT: o->io.direct = MOE_IO_DIRECT_OFF; break;
+		case O_LOGITS: o->logits_out = optarg; break;
+		case O_STATS: o->stats = true; break;
+		case O_JSON: o->json = true; break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			return -EINVAL;
+		}
+	}
+	if (ret)
+		return ret;
+	if (optind < argc)
+		return bad("unexpected argument '%s'", argv[optind]);
+	if (!o->model)
+		return bad("%s", "no model: give -m MODEL");
+	if (!o->prompt == !o->tokens)
+		return bad("%s", "give exactly one of -p TEXT and --tokens ID,ID,...");
+	return 0;
+}
+
+static void print_stats(const struct opts *o, const struct moe_ctx_stats *s)
+{
+	char budget[32] = "unlimited";
+
+	if (s->vram_budget)
+		snprintf(budget, sizeof(budget), "%llu", (unsigned long long)s->vram_budget);
+	if (o->json) {
+		printf(",\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"hit_rate\":%.4f,"
+		       "\"bytes_read\":%llu,\"read_gbps\":%.3f,\"stall_s\":%.4f,"
+		       "\"prefill_tokens\":%llu,\"decode_tokens\":%llu,\"expert_hits\":%llu,"
+		       "\"expert_misses\":%llu,\"n_slots\":%u,\"n_experts\":%u,"
+		       "\"vram_budget\":%llu,\"vram_used\":%llu,\"staging_bytes\":%llu",
+		       s->prefill_tps, s->decode_tps, s->hit_rate,
+		       (unsigned long long)s->bytes_read, s->read_gbps, s->stall_s,
+		       (unsigned long long)s->prefill_tokens, (unsigned long long)s->decode_tokens,
+		       (unsigned long long)s->expert_hits, (unsigned long long)s->expert_misses,
+		       s->n_slots, s->n_experts, (unsigned long long)s->vram_budget,
+		       (unsigned long long)s->vram_used, (unsigned long long)s->staging_bytes);
+		return;
+	}
+	fprintf(stderr,
+		"prefill: %llu tokens, %.2f tokens/s\n"
+		"decode: %llu tokens, %.2f tokens/s\n"
+		"experts: hit rate %.1f%% (%llu hits, %llu misses), %u slots for %u experts\n"
+		"read: %llu bytes, %.3f GB/s, stalled on I/O %.3f s\n"
+		"memory: %llu bytes of device memory used (budget %s), %llu bytes of staging "
+		"outside it\n",
+		(unsigned long long)s->prefill_tokens, s->prefill_tps,
+		(unsigned long long)s->decode_tokens, s->decode_tps, 100.0 * s->hit_rate,
+		(unsigned long long)s->expert_hits, (unsigned long long)s->expert_misses,
+		s->n_slots, s->n_experts, (unsigned long long)s->bytes_read, s->read_gbps,
+		s->stall_s, (unsigned long long)s->vram_used, budget,
+		(unsigned long long)s->staging_bytes);
+}
+
+static int run(const struct opts *o)
+{
+	struct moe_model *model = NULL;
+	struct moe_ctx *ctx = NULL;
+	struct moe_ctx_params cp;
+	struct moe_ctx_stats st;
+	struct run r = { .o = o };
+	int32_t *prompt = NULL;
+	uint32_t n_prompt = 0;
+	int ret;
+
+	ret = moe_model_open(o->model, &model);
+	if (ret < 0) {
+		fprintf(stderr, PROG ": %s\n", moe_errmsg());
+		return 1;
+	}
+	ret = moe_tokenizer_load(model, &r.tok);
+	if (ret < 0) {
+		r.tok = NULL;
+		if (ret != -ENOENT) {
+			fprintf(stderr, PROG ": tokenizer: %s\n", moe_errmsg());
+			goto fail;
+		}
+	}
+	if (o->prompt) {
+		uint32_t flags;
+		int n;
+
+		if (!r.tok) {
+			fprintf(stderr, PROG ": %s has no vocabulary to tokenize -p with; give the "
+				"prompt as --tokens ID,ID,...\n", o->model);
+			goto fail;
+		}
+		flags = moe_tokenizer_add_bos(r.tok) ? MOE_TOK_ADD_BOS : 0;
+		n = moe_tokenize(r.tok, o->prompt, strlen(o->prompt), flags, NULL, 0);
+		if (n <= 0 || !(prompt = malloc(sizeof(*prompt) * (size_t)n)) ||
+		    moe_tokenize(r.tok, o->prompt, strlen(o->prompt), flags, prompt, n) != n) {
+			fprintf(stderr, PROG ": tokenizing the prompt: %s\n",
+				n == 0 ? "it is empty" : moe_errmsg());
+			goto fail;
+		}
+		n_prompt = (uint32_t)n;
+	} else if (parse_tokens(o->tokens, &prompt, &n_prompt) < 0) {
+		goto usage;
+	}
+	moe_ctx_default_params(&cp);
+	cp.vram_bytes = o->vram;
+	cp.n_threads = o->threads;
+	cp.n_batch = o->n_batch;
+	cp.n_ctx = o->n_ctx ? o->n_ctx : n_prompt + (o->n_gen ? o->n_gen : 1);
+	cp.io = o->io;
+	ret = moe_ctx_create(model, &cp, &ctx);
+	if (ret < 0) {
+		fprintf(stderr, PROG ": %s\n", moe_errmsg());
+		goto fail;
+	}
+	if (o->stats && !o->json)
+		fprintf(stderr, "%s\n", moe_ctx_describe(ctx));
+	r.n_vocab = moe_ctx_n_vocab(ctx);
+	r.out = malloc(sizeof(*r.out) * (o->n_gen + 1));
+	if (!r.out) {
+		fprintf(stderr, PROG ": out of memory\n");
+		goto fail;
+	}
+	if (o->logits_out) {
+		r.logits = fopen(o->logits_out, "wb");
+		if (!r.logits) {
+			fprintf(stderr, PROG ": %s: %s\n", o->logits_out, strerror(errno));
+			goto fail;
+		}
+	}
+	if (o->n_gen) {
+		ret = moe_ctx_generate(ctx, prompt, n_prompt, o->n_gen, &o->sp,
+				       o->logits_out ? MOE_EVAL_ALL_LOGITS : 0, on_token, &r);
+	} else {
+		ret = moe_ctx_eval(ctx, prompt, n_prompt, 0, o->logits_out ? MOE_EVAL_ALL_LOGITS : 0);
+		if (!ret && r.logits && fwrite(moe_ctx_logits(ctx, 0), sizeof(float) * r.n_vocab,
+					       n_prompt, r.logits) != n_prompt)
+			r.err = -EIO;
+	}
+	if (ret < 0 || r.err) {
+		fprintf(stderr, PROG ": %s\n", r.err ? strerror(-r.err) : moe_errmsg());
+		goto fail;
+	}
+	if (r.tok) {
+		char buf[64];
+
+		emit_text(&r, buf, moe_detok_stream(r.tok, &r.ds, -1, buf, sizeof(buf)));
+	}
+	if (r.logits && fclose(r.logits)) {
+		r.logits = NULL;
+		fprintf(stderr, PROG ": %s: %s\n", o->logits_out, strerror(errno));
+		goto fail;
+	}
+	r.logits = NULL;
+	moe_ctx_get_stats(ctx, &st);
+	if (o->json) {
+		printf("{\"tokens\":[");
+		for (uint32_t i = 0; i < r.n_out; i++)
+			printf("%s%d", i ? "," : "", r.out[i]);
+		printf("]");
+		if (r.tok) {
+			printf(",\"text\":");
+			json_str(stdout, r.text ? r.text : "", r.text_len);
+		}
+		if (o->stats)
+			print_stats(o, &st);
+		printf("}\n");
+	} else {
+		printf("\n");
+		if (o->stats)
+			print_stats(o, &st);
+	}
+	free(r.text);
+	free(r.out);
+	free(prompt);
+	moe_ctx_free(ctx);
+	moe_tokenizer_free(r.tok);
+	moe_model_close(model);
+	return 0;
+usage:
+	free(prompt);
+	moe_tokenizer_free(r.tok);
+	moe_model_close(model);
+	return EXIT_USAGE;
+fail:
+	if (r.logits)
+		fclose(r.logits);
+	free(r.text);
+	free(r.out);
+	free(prompt);
+	moe_ctx_free(ctx);
+	moe_tokenizer_free(r.tok);
+	moe_model_close(model);
+	return 1;
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o = { 0 };
+
+	if (parse_args(argc, argv, &o) < 0) {
+		fprintf(stderr, "try `" PROG " --help`\n");
+		return EXIT_USAGE;
+	}
+	return run(&o);
+}
