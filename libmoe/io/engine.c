@@ -26,6 +26,7 @@
 #define MAX_WORKERS 16
 
 unsigned moe_io_faults;
+uint64_t moe_io_fault_eio_pos = UINT64_MAX;
 
 struct moe_io_req {
 	struct moe_io *io;
@@ -200,6 +201,8 @@ void moe_io_piece_done(struct moe_io *io, struct moe_io_piece *p, int64_t res)
 {
 	struct moe_io_req *inline_list = NULL;
 
+	if (moe_io_fault_eio_pos - p->pos < p->len)
+		res = -EIO;
 	pthread_mutex_lock(&io->lock);
 	piece_end_locked(io, p, res, &inline_list);
 	inflight_sub_locked(io, 1);

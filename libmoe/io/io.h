@@ -144,5 +144,7 @@ enum {
 	MOE_IO_FAULT_DIRECT_EINVAL = 1u << 1,
 };
 extern unsigned moe_io_faults;
+/* A piece that covers this file offset ends with -EIO after its read (UINT64_MAX: off). */
+extern uint64_t moe_io_fault_eio_pos;
 
 #endif

@@ -570,6 +570,49 @@ START_TEST(truncated_while_open)
 }
 END_TEST
 
+/* A media error (EIO) fails the reads that cover it and no other, on both backends. */
+START_TEST(media_error)
+{
+	static const enum moe_io_backend backends[] = { MOE_IO_URING, MOE_IO_PREAD };
+	struct fixture fx;
+
+	fx_setup(&fx);
+	moe_io_fault_eio_pos = 4 * MIB + 500000;
+	for (unsigned bi = 0; bi < 2; bi++) {
+		struct moe_io *io = open_io(fx.path, backends[bi], MOE_IO_DIRECT_ON, 8, 0);
+		struct job j[12];
+		uint64_t seed = 11;
+		unsigned hits = 0;
+
+		for (unsigned i = 0; i < 12; i++) {
+			uint64_t off = i * 2 * MIB + tu_rand(&seed) % 1000, len = MIB + 333;
+
+			prep_job(io, &j[i], off, len, i % 2);
+			ck_assert_int_eq(moe_io_read(io, off, len, j[i].dst, j[i].cap, job_cb,
+						     &j[i]), 0);
+		}
+		ck_assert_int_eq(moe_io_wait(io, 12), 12);
+		for (unsigned i = 0; i < 12; i++) {
+			bool hit = moe_io_fault_eio_pos >= j[i].off / moe_io_block(io) *
+				   moe_io_block(io) && moe_io_fault_eio_pos < j[i].off + j[i].len;
+
+			if (hit) {
+				hits++;
+				ck_assert_int_eq(j[i].res, -EIO);
+				ck_assert_ptr_nonnull(strstr(j[i].msg, "Input/output error"));
+			} else {
+				check_job(&fx, &j[i]);
+			}
+			free_job(io, &j[i]);
+		}
+		ck_assert_uint_eq(hits, 1);
+		moe_io_close(io);
+	}
+	moe_io_fault_eio_pos = UINT64_MAX;
+	fx_teardown(&fx);
+}
+END_TEST
+
 /* A descriptor that cannot read (EBADF) fails each read with the extent named; no hang. */
 START_TEST(bad_descriptor)
 {
@@ -831,6 +874,7 @@ Suite *suite_io(void)
 	tcase_add_test(tc, close_inflight_uring);
 	tcase_add_test(tc, close_inflight_pread);
 	tcase_add_test(tc, truncated_while_open);
+	tcase_add_test(tc, media_error);
 	tcase_add_test(tc, bad_descriptor);
 	if (geteuid() == 0)
 		tcase_add_test(tc, unreadable_file);
