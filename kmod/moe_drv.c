@@ -9,6 +9,9 @@
 #include <linux/platform_device.h>
 #include <linux/slab.h>
 
+#ifdef CONFIG_DRM_ACCEL
+#include <drm/drm_accel.h>
+#endif
 #include <drm/drm_drv.h>
 #include <drm/drm_gem.h>
 #include <drm/drm_gem_shmem_helper.h>
@@ -86,6 +89,7 @@ static int moe_open(struct drm_device *dev, struct drm_file *file)
 	if (!mfile)
 		return -ENOMEM;
 	xa_init_flags(&mfile->batches, XA_FLAGS_ALLOC1);
+	atomic_set(&mfile->n_batches, 0);
 	file->driver_priv = mfile;
 	return 0;
 }
@@ -111,9 +115,14 @@ static const struct drm_ioctl_desc moe_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(MOE_WAIT, moe_wait_ioctl, DRM_RENDER_ALLOW),
 };
 
+/* Kernels with DRM_ACCEL (6.2+) get /dev/accel/accelN; untested there. */
 static const struct file_operations moe_fops = {
 	.owner = THIS_MODULE,
+#ifdef CONFIG_DRM_ACCEL
+	DRM_ACCEL_FOPS,
+#else
 	DRM_GEM_FOPS,
+#endif
 	.uring_cmd = moe_uring_cmd,
 };
 

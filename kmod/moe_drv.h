@@ -70,7 +70,14 @@ struct moe_model {
 struct moe_file {
 	/* ticket -> struct moe_batch submitted through the FETCH ioctl. */
 	struct xarray batches;
+	/* Cyclic tickets: a stale ticket does not name a newer batch soon. */
+	u32 next_ticket;
+	/* Batches not yet collected by WAIT, bounded by MOE_MAX_TICKETS. */
+	atomic_t n_batches;
 };
+
+/* Un-waited FETCH batches one file may hold before FETCH says -EBUSY. */
+#define MOE_MAX_TICKETS		4096
 
 struct moe_batch;
 

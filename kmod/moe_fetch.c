@@ -328,22 +328,33 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 	u32 ticket;
 	int ret;
 
+	if (atomic_inc_return(&mfile->n_batches) > MOE_MAX_TICKETS) {
+		ret = -EBUSY;
+		goto err_dec;
+	}
 	batch = moe_batch_prepare(mdev, file, args);
-	if (IS_ERR(batch))
-		return PTR_ERR(batch);
-	ret = xa_alloc(&mfile->batches, &ticket, batch, xa_limit_32b, GFP_KERNEL);
-	if (ret) {
+	if (IS_ERR(batch)) {
+		ret = PTR_ERR(batch);
+		goto err_dec;
+	}
+	ret = xa_alloc_cyclic(&mfile->batches, &ticket, batch, xa_limit_32b,
+			      &mfile->next_ticket, GFP_KERNEL);
+	if (ret < 0) {
 		u32 i;
 
 		for (i = 0; i < batch->count; i++)
 			moe_req_release(&batch->reqs[i]);
 		kvfree(batch);
-		return ret;
+		goto err_dec;
 	}
 	args->ticket = ticket;
 	moe_dbg(mdev, "fetch: %u requests, ticket %u\n", batch->count, ticket);
 	moe_batch_issue(batch);
 	return 0;
+
+err_dec:
+	atomic_dec(&mfile->n_batches);
+	return ret;
 }
 
 int moe_wait_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
@@ -397,6 +408,7 @@ int moe_wait_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 		if (batch->reqs[i].result < 0)
 			args->failed++;
 	ret = moe_batch_copy_results(batch);
+	atomic_dec(&mfile->n_batches);
 	/* The xarray's reference. */
 	kref_put(&batch->ref, moe_batch_free);
 out_put:

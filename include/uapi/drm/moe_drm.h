@@ -228,13 +228,15 @@ struct drm_moe_fetch_req {
  * @results_ptr: in, user pointer to @count __s64 that receive, per request,
  *	the bytes read or a negative errno; written at completion (by WAIT or
  *	before the io_uring CQE is posted).  0: no per-request results.
- * @count: in, 1..DRM_MOE_PARAM_MAX_BATCH.
+ * @count: in, 1..DRM_MOE_PARAM_MAX_BATCH (-EINVAL for 0, -E2BIG above).
  * @flags: must be zero.
  * @ticket: out (ioctl only), what to pass to WAIT.
  *
  * Every request is validated before any is issued: a bad request fails the
  * whole submission with its errno and nothing is read.  Failures after
- * submission (I/O errors) come back per request.
+ * submission (I/O errors) come back per request.  The ioctl returns once
+ * the reads are queued; -EBUSY when this file already holds 4096 batches
+ * not yet collected by WAIT.
  */
 struct drm_moe_fetch {
 	__u64 reqs_ptr;
