@@ -274,18 +274,46 @@ static void vec_dot_q5_1(int64_t n, float *out, const void *w, const void *a)
 
 /* ------------------------------------------------------------ K-quants */
 
-static inline void k_scales_mins(const uint8_t *scales, const int16_t *bsums, uint8_t *sc,
-				 int *summ)
+/*
+ * The 8 scales and 8 mins of a Q4_K/Q5_K super-block as bytes 0..7 and 8..15
+ * of one vector, rearranged with 32-bit masks instead of per-byte branches.
+ */
+static inline __m128i k_scales_mins(const uint8_t *q)
 {
-	int s = 0;
+	uint32_t u[4];
 
-	for (int j = 0; j < 8; j++) {
-		uint8_t m;
+	memcpy(u, q, 12);
+	u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+	uint32_t mins_lo = u[1] & 0x3f3f3f3f;
 
-		moe_k_scale_min(j, scales, &sc[j], &m);
-		s += m * (bsums[2 * j] + bsums[2 * j + 1]);
-	}
-	*summ = s;
+	u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+	u[2] = mins_lo;
+	u[0] &= 0x3f3f3f3f;
+	return _mm_loadu_si128((const __m128i *)u);
+}
+
+/* sum_j m_j * (bsums[2j] + bsums[2j+1]) as 4 i32 lanes. */
+static inline __m128i k_mins_dot(__m128i scmin, const int16_t *bsums)
+{
+	__m256i b = _mm256_loadu_si256((const __m256i *)bsums);
+	__m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+
+	return _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_unpackhi_epi64(scmin, scmin)), pairs);
+}
+
+/* Byte-shuffle masks that broadcast 16-bit scale j (of 8) across a 256-bit vector. */
+static inline __m256i scale_bcast(__m256i sc16, int j)
+{
+	const __m256i idx = _mm256_set1_epi16((short)(2 * j | (2 * j + 1) << 8));
+
+	return _mm256_shuffle_epi8(sc16, idx);
+}
+
+static inline float hsum_i32x4(__m128i v)
+{
+	v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+	v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 1));
+	return (float)_mm_cvtsi128_si32(v);
 }
 
 static void vec_dot_q4_k(int64_t n, float *out, const void *w, const void *a)
@@ -297,11 +325,10 @@ static void vec_dot_q4_k(int64_t n, float *out, const void *w, const void *a)
 	float accm = 0;
 
 	for (int64_t i = 0; i < n / QK_K; i++) {
-		uint8_t sc[8];
-		int summ;
+		__m128i scmin = k_scales_mins(x[i].scales);
+		__m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scmin));
 		__m256i sumi = _mm256_setzero_si256();
 
-		k_scales_mins(x[i].scales, y[i].bsums, sc, &summ);
 		for (int g = 0; g < 4; g++) {
 			__m256i q = load32(x[i].qs + 32 * g);
 			__m256i lo = _mm256_and_si256(q, m4);
@@ -309,13 +336,13 @@ static void vec_dot_q4_k(int64_t n, float *out, const void *w, const void *a)
 			__m256i p0 = _mm256_maddubs_epi16(lo, load32(y[i].qs + 64 * g));
 			__m256i p1 = _mm256_maddubs_epi16(hi, load32(y[i].qs + 64 * g + 32));
 
-			p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * g]));
-			p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * g + 1]));
+			p0 = _mm256_madd_epi16(p0, scale_bcast(sc16, 2 * g));
+			p1 = _mm256_madd_epi16(p1, scale_bcast(sc16, 2 * g + 1));
 			sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
 		}
 		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d),
 				      _mm256_cvtepi32_ps(sumi), acc);
-		accm += h2f(x[i].dmin) * y[i].d * (float)summ;
+		accm += h2f(x[i].dmin) * y[i].d * hsum_i32x4(k_mins_dot(scmin, y[i].bsums));
 	}
 	*out = hsum8(acc) - accm;
 }
@@ -329,12 +356,11 @@ static void vec_dot_q5_k(int64_t n, float *out, const void *w, const void *a)
 	float accm = 0;
 
 	for (int64_t i = 0; i < n / QK_K; i++) {
-		uint8_t sc[8];
-		int summ;
+		__m128i scmin = k_scales_mins(x[i].scales);
+		__m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scmin));
 		__m256i sumi = _mm256_setzero_si256();
 		__m256i qh = load32(x[i].qh);
 
-		k_scales_mins(x[i].scales, y[i].bsums, sc, &summ);
 		for (int g = 0; g < 4; g++) {
 			__m256i q = load32(x[i].qs + 32 * g);
 			__m256i bl = _mm256_set1_epi8((char)(1 << (2 * g)));
@@ -346,13 +372,13 @@ static void vec_dot_q5_k(int64_t n, float *out, const void *w, const void *a)
 			__m256i p0 = _mm256_maddubs_epi16(lo, load32(y[i].qs + 64 * g));
 			__m256i p1 = _mm256_maddubs_epi16(hi, load32(y[i].qs + 64 * g + 32));
 
-			p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * g]));
-			p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * g + 1]));
+			p0 = _mm256_madd_epi16(p0, scale_bcast(sc16, 2 * g));
+			p1 = _mm256_madd_epi16(p1, scale_bcast(sc16, 2 * g + 1));
 			sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
 		}
 		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d),
 				      _mm256_cvtepi32_ps(sumi), acc);
-		accm += h2f(x[i].dmin) * y[i].d * (float)summ;
+		accm += h2f(x[i].dmin) * y[i].d * hsum_i32x4(k_mins_dot(scmin, y[i].bsums));
 	}
 	*out = hsum8(acc) - accm;
 }

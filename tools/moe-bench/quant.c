@@ -1,0 +1,286 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * moe-bench quant: matrix-vector products over a weight matrix much larger
+ * than the caches, for every type with CPU kernels, on one thread and on all,
+ * as GB/s of weight bytes and as a ratio to a plain read (a sum over the
+ * same bytes with the same number of threads) measured in the same run.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench.h"
+#include "moe/moe.h"
+
+#define COLS 4096
+#define FILL_ROWS 64
+
+static const uint32_t bench_types[] = {
+	MOE_TYPE_F32, MOE_TYPE_F16, MOE_TYPE_BF16, MOE_TYPE_Q8_0, MOE_TYPE_Q4_0, MOE_TYPE_Q4_1,
+	MOE_TYPE_Q5_0, MOE_TYPE_Q5_1, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K, MOE_TYPE_MXFP4,
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+struct read_job {
+	const uint64_t *p;
+	size_t words;
+	uint64_t sums[256];
+};
+
+static void read_sum(void *arg, int ith, int nth)
+{
+	struct read_job *j = arg;
+	size_t w0 = j->words * (size_t)ith / (size_t)nth, w1 = j->words * (size_t)(ith + 1) / (size_t)nth;
+	uint64_t a = 0, b = 0, c = 0, d = 0;
+	size_t i = w0;
+
+	for (; i + 4 <= w1; i += 4) {
+		a += j->p[i];
+		b += j->p[i + 1];
+		c += j->p[i + 2];
+		d += j->p[i + 3];
+	}
+	for (; i < w1; i++)
+		a += j->p[i];
+	j->sums[ith % 256] = a + b + c + d;
+}
+
+static double best_read(struct moe_threadpool *tp, const void *buf, size_t bytes, int reps)
+{
+	struct read_job j = { .p = buf, .words = bytes / 8 };
+	double best = 1e30;
+
+	for (int r = 0; r < reps; r++) {
+		double t = now_s();
+
+		moe_threadpool_run(tp, read_sum, &j);
+		t = now_s() - t;
+		if (t < best)
+			best = t;
+	}
+	/* keep the sums observable so the loads are not optimised away */
+	if (j.sums[0] == 0x5eed)
+		fputc(' ', stderr);
+	return (double)bytes / best / 1e9;
+}
+
+/* Fill @bytes with copies of FILL_ROWS quantized N(0,1)-ish rows. */
+static int fill(uint32_t type, uint8_t *buf, size_t bytes, size_t row_bytes)
+{
+	float *x = malloc(sizeof(float) * COLS * FILL_ROWS);
+	uint64_t s = 88172645463325252ull;
+	size_t chunk = row_bytes * FILL_ROWS;
+	int64_t ret;
+
+	if (!x)
+		return -ENOMEM;
+	for (size_t i = 0; i < (size_t)COLS * FILL_ROWS; i++) {
+		s ^= s << 13;
+		s ^= s >> 7;
+		s ^= s << 17;
+		/* sum of two uniforms: bell-shaped enough for realistic scales */
+		x[i] = (float)((double)(s & 0xffff) / 65536.0 + (double)((s >> 16) & 0xffff) / 65536.0 - 1.0);
+	}
+	ret = moe_quantize(type, x, buf, (int64_t)COLS * FILL_ROWS);
+	free(x);
+	if (ret < 0)
+		return (int)ret;
+	for (size_t off = chunk; off < bytes; off += chunk)
+		memcpy(buf + off, buf, chunk < bytes - off ? chunk : bytes - off);
+	return 0;
+}
+
+static double best_matvec(struct moe_threadpool *tp, uint32_t type, const void *w, int64_t rows,
+			  const float *x, float *y, int reps, int *err)
+{
+	double best = 1e30;
+
+	for (int r = 0; r < reps; r++) {
+		double t = now_s();
+
+		*err = moe_matmul(tp, type, w, rows, COLS, x, 1, y);
+		t = now_s() - t;
+		if (*err)
+			return 0;
+		if (t < best)
+			best = t;
+	}
+	return best;
+}
+
+static void cpu_model(char *out, size_t len)
+{
+	FILE *f = fopen("/proc/cpuinfo", "r");
+	char line[256];
+
+	snprintf(out, len, "unknown");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char *c = strchr(line, ':');
+
+		if (!strncmp(line, "model name", 10) && c) {
+			snprintf(out, len, "%s", c + 2);
+			out[strcspn(out, "\n")] = 0;
+			break;
+		}
+	}
+	fclose(f);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: moe-bench quant [--json] [--mib N] [--threads N] [--reps N] [--type NAME]\n"
+		"  --mib N      weight bytes per matrix in MiB (default 256; keep it >> the caches)\n"
+		"  --threads N  the \"all threads\" count (default: every CPU)\n"
+		"  --reps N     best of N runs (default 5)\n"
+		"  --type NAME  only this type (repeatable)\n");
+}
+
+int bench_quant(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "mib", required_argument, NULL, 'm' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "reps", required_argument, NULL, 'r' },
+		{ "type", required_argument, NULL, 'y' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	uint32_t types[sizeof(bench_types) / sizeof(bench_types[0])];
+	size_t n_types = 0, bytes;
+	int json = 0, mib = 256, threads = 0, reps = 5, c, ret = 1, first = 1;
+	struct moe_threadpool *one = NULL, *all = NULL;
+	double read1, readn;
+	uint8_t *buf = NULL;
+	float *x = NULL, *y = NULL;
+	char cpu[128];
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = 1;
+			break;
+		case 'm':
+			mib = atoi(optarg);
+			break;
+		case 't':
+			threads = atoi(optarg);
+			break;
+		case 'r':
+			reps = atoi(optarg);
+			break;
+		case 'y': {
+			int t = moe_type_from_name(optarg);
+
+			if (t < 0 || n_types == sizeof(types) / sizeof(types[0])) {
+				fprintf(stderr, "moe-bench quant: unknown type '%s'; use one of f32 f16 "
+					"bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q4_K q5_K q6_K mxfp4\n", optarg);
+				return 2;
+			}
+			types[n_types++] = (uint32_t)t;
+			break;
+		}
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc || mib < 1 || mib > 65536 || reps < 1 || threads < 0) {
+		usage(stderr);
+		return 2;
+	}
+	if (!n_types) {
+		memcpy(types, bench_types, sizeof(bench_types));
+		n_types = sizeof(bench_types) / sizeof(bench_types[0]);
+	}
+	bytes = (size_t)mib << 20;
+	buf = aligned_alloc(4096, bytes);
+	x = malloc(sizeof(float) * COLS);
+	y = malloc(sizeof(float) * (bytes / (COLS / 8) + 1));
+	if (!buf || !x || !y) {
+		fprintf(stderr, "moe-bench quant: cannot allocate %d MiB; try a smaller --mib\n", mib);
+		goto out;
+	}
+	for (int i = 0; i < COLS; i++)
+		x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
+	if (moe_threadpool_create(1, &one) || moe_threadpool_create(threads, &all)) {
+		fprintf(stderr, "moe-bench quant: thread pool: %s\n", moe_errmsg());
+		goto out;
+	}
+	threads = moe_threadpool_size(all);
+	memset(buf, 1, bytes);
+	read1 = best_read(one, buf, bytes, reps);
+	readn = best_read(all, buf, bytes, reps);
+	cpu_model(cpu, sizeof(cpu));
+	if (json) {
+		printf("{\"cpu\": \"%s\", \"mib\": %d, \"cols\": %d, \"threads\": %d, "
+		       "\"read_gbps\": %.3f, \"read_gbps_1thread\": %.3f, \"results\": [",
+		       cpu, mib, COLS, threads, readn, read1);
+	} else {
+		printf("cpu: %s%s\nweights: %d MiB per type, rows of %d, best of %d\n", cpu,
+		       getenv("MOE_NO_SIMD") ? " (MOE_NO_SIMD set: scalar kernels)" : "", mib,
+		       COLS, reps);
+		printf("plain read: %.2f GB/s on 1 thread, %.2f GB/s on %d threads\n", read1, readn,
+		       threads);
+		printf("%-6s %8s %8s %6s\n", "type", "threads", "GB/s", "ratio");
+	}
+	for (size_t i = 0; i < n_types; i++) {
+		uint32_t type = types[i];
+		int64_t rb = moe_type_row_bytes(type, COLS), rows = (int64_t)bytes / rb;
+		size_t wbytes = (size_t)(rows * rb);
+
+		if (fill(type, buf, wbytes, (size_t)rb)) {
+			fprintf(stderr, "moe-bench quant: %s: %s\n", moe_type_name(type), moe_errmsg());
+			goto out;
+		}
+		for (int k = 0; k < 2; k++) {
+			struct moe_threadpool *tp = k ? all : one;
+			int nth = k ? threads : 1, err = 0;
+			double t = best_matvec(tp, type, buf, rows, x, y, reps, &err);
+			double gbps = (double)wbytes / t / 1e9, ratio = gbps / (k ? readn : read1);
+
+			if (err) {
+				fprintf(stderr, "moe-bench quant: %s: %s\n", moe_type_name(type),
+					moe_errmsg());
+				goto out;
+			}
+			if (k && threads == 1)
+				break;
+			if (json)
+				printf("%s{\"type\": \"%s\", \"threads\": %d, \"gbps\": %.3f, "
+				       "\"ratio\": %.3f}", first ? "" : ", ", moe_type_name(type), nth,
+				       gbps, ratio);
+			else
+				printf("%-6s %8d %8.2f %6.2f\n", moe_type_name(type), nth, gbps, ratio);
+			first = 0;
+			fflush(stdout);
+		}
+	}
+	if (json)
+		printf("]}\n");
+	ret = 0;
+out:
+	moe_threadpool_destroy(one);
+	moe_threadpool_destroy(all);
+	free(buf);
+	free(x);
+	free(y);
+	return ret;
+}
