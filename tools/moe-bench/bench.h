@@ -12,5 +12,6 @@ struct bench_cmd {
 
 /* Benchmarks: one file each; each parses its own options (including --json). */
 int bench_io(int argc, char **argv);
+int bench_quant(int argc, char **argv);
 
 #endif

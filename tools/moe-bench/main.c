@@ -10,6 +10,7 @@
 
 static const struct bench_cmd cmds[] = {
 	{ "io", bench_io, "io [--json] [--size B] [--qd N] FILE   engine vs pread vs mmap, cold cache" },
+	{ "quant", bench_quant, "quant [--json] [--mib N] [--threads N]  matvec GB/s per type vs plain read" },
 	{ 0 },
 };
 
