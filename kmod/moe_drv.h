@@ -57,6 +57,10 @@ struct moe_model {
 	char name[DRM_MOE_NAME_LEN];
 	struct file *file;
 	loff_t file_size;
+	/* What stat(2) says, so a client can match the file it opened. */
+	u32 dev_major;
+	u32 dev_minor;
+	u64 ino;
 	u32 n_extents;
 	struct drm_moe_extent *extents;
 	/* Updated from the completion (hard IRQ), hence atomics. */

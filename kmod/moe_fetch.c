@@ -205,7 +205,7 @@ static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
 {
 	struct drm_gem_shmem_object *shmem;
 	const struct drm_moe_extent *ext;
-	u64 end;
+	u64 end, length;
 	u32 first, i;
 
 	if (r->flags)
@@ -221,6 +221,12 @@ static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
 	if (r->extent >= req->model->n_extents)
 		return -EINVAL;
 	ext = &req->model->extents[r->extent];
+	if (!IS_ALIGNED(r->offset, MOE_ALIGN) || !IS_ALIGNED(r->length, MOE_ALIGN) ||
+	    r->offset >= ext->length)
+		return -EINVAL;
+	length = r->length ? r->length : ext->length - r->offset;
+	if (length > ext->length - r->offset)
+		return -EINVAL;
 
 	req->obj = drm_gem_object_lookup(file, r->handle);
 	if (!req->obj)
@@ -231,15 +237,15 @@ static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
 	shmem = to_drm_gem_shmem_obj(req->obj);
 	if (!IS_ALIGNED(r->bo_offset, MOE_ALIGN))
 		return -EINVAL;
-	if (check_add_overflow(r->bo_offset, ext->length, &end) || end > req->obj->size)
+	if (check_add_overflow(r->bo_offset, length, &end) || end > req->obj->size)
 		return -EINVAL;
 	if (WARN_ON_ONCE(!shmem->pages))
 		return -EINVAL;
 
-	req->pos = ext->offset;
-	req->length = ext->length;
+	req->pos = ext->offset + r->offset;
+	req->length = length;
 	req->bo_offset = r->bo_offset;
-	req->nr_pages = ext->length >> PAGE_SHIFT;
+	req->nr_pages = length >> PAGE_SHIFT;
 	req->bvec = kvmalloc_array(req->nr_pages, sizeof(*req->bvec), GFP_KERNEL);
 	if (!req->bvec)
 		return -ENOMEM;

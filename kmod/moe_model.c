@@ -10,6 +10,7 @@
 #include <linux/fsverity.h>
 #include <linux/mm.h>
 #include <linux/slab.h>
+#include <linux/stat.h>
 #include <linux/uaccess.h>
 
 #include "moe_drv.h"
@@ -98,6 +99,7 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 	struct moe_device *mdev = to_moe_device(dev);
 	struct drm_moe_model_register *args = data;
 	struct moe_model *model;
+	struct kstat stat;
 	size_t name_len;
 	int ret, i;
 
@@ -133,7 +135,13 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 	ret = moe_check_file(model->file);
 	if (ret)
 		goto err_put_file;
+	ret = vfs_getattr(&model->file->f_path, &stat, STATX_INO, AT_STATX_SYNC_AS_STAT);
+	if (ret)
+		goto err_put_file;
 	model->file_size = i_size_read(file_inode(model->file));
+	model->dev_major = MAJOR(stat.dev);
+	model->dev_minor = MINOR(stat.dev);
+	model->ino = stat.ino;
 
 	model->n_extents = args->n_extents;
 	model->extents = kvmalloc_array(args->n_extents, sizeof(*model->extents), GFP_KERNEL);
@@ -265,6 +273,9 @@ int moe_model_info_ioctl(struct drm_device *dev, void *data, struct drm_file *fi
 	args->requests = atomic64_read(&model->requests);
 	args->errors = atomic64_read(&model->errors);
 	args->inflight = atomic64_read(&model->inflight);
+	args->file_dev_major = model->dev_major;
+	args->file_dev_minor = model->dev_minor;
+	args->file_ino = model->ino;
 	for (i = 0; i < DRM_MOE_LAT_BUCKETS; i++)
 		args->lat_hist[i] = atomic64_read(&model->lat_hist[i]);
 out_put:

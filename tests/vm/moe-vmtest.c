@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -385,6 +386,35 @@ static int t_fetch_wait(void)
 	return 0;
 }
 
+/* Parts of an extent: the engine splits reads and widens them to blocks. */
+static int t_subrange(void)
+{
+	struct drm_moe_fetch_req reqs[3] = {
+		{ .model_id = big_id, .extent = 0, .handle = big_bo, .bo_offset = 0,
+		  .offset = 4096, .length = 8192 },
+		{ .model_id = big_id, .extent = 2, .handle = big_bo, .bo_offset = 64 * 1024,
+		  .offset = 512 * 1024 },
+		{ .model_id = big_id, .extent = 4, .handle = big_bo, .bo_offset = 2 * MIB,
+		  .length = 4096 },
+	};
+	struct drm_moe_extent want[3] = {
+		{ big_ext[0].offset + 4096, 8192 },
+		{ big_ext[2].offset + 512 * 1024, big_ext[2].length - 512 * 1024 },
+		{ big_ext[4].offset, 4096 },
+	};
+	int64_t res[3];
+
+	memset(big_map, 0, 4 * MIB);
+	EXPECT(!fetch_wait(moe_fd, reqs, 3, res), "FETCH+WAIT: %s", strerror(errno));
+	for (int i = 0; i < 3; i++) {
+		EXPECT(res[i] == (int64_t)want[i].length, "request %d: %lld of %llu bytes", i,
+		       (long long)res[i], (unsigned long long)want[i].length);
+		if (compare_pread(big_fd, &want[i], big_map + reqs[i].bo_offset, "sub-range"))
+			return -1;
+	}
+	return 0;
+}
+
 static int t_eof_tail(void)
 {
 	struct drm_moe_extent ext[2] = { { 0, MIB }, { MIB, 4096 } };
@@ -517,6 +547,10 @@ static int t_fetch_invalid(void)
 	TRY(bo_offset, 95 * MIB, EINVAL, "a BO offset where the extent does not fit");
 	TRY(bo_offset, UINT64_MAX - 4095, EINVAL, "a BO offset that wraps");
 	TRY(flags, 1, EINVAL, "non-zero request flags");
+	TRY(offset, 100, EINVAL, "an unaligned offset in the extent");
+	TRY(offset, big_ext[1].length, EINVAL, "an offset at the end of the extent");
+	TRY(length, 4097, EINVAL, "an unaligned length");
+	TRY(length, big_ext[1].length + 4096, EINVAL, "a length past the end of the extent");
 #undef TRY
 	EXPECT_ERR(fetch(moe_fd, &good, 0, res, &ticket), EINVAL, "count 0");
 	EXPECT_ERR(fetch(moe_fd, &good, max_batch + 1, res, &ticket), E2BIG, "count > MAX_BATCH");
@@ -584,6 +618,16 @@ static int t_info(void)
 	EXPECT(hist == info.requests, "latency histogram holds %llu of %llu requests",
 	       (unsigned long long)hist, (unsigned long long)info.requests);
 	EXPECT(info.inflight == 0, "%llu in flight when idle", (unsigned long long)info.inflight);
+	{
+		struct stat st;
+
+		EXPECT(!fstat(big_fd, &st), "fstat");
+		EXPECT(info.file_ino == st.st_ino && info.file_dev_major == major(st.st_dev) &&
+		       info.file_dev_minor == minor(st.st_dev),
+		       "file identity %u:%u/%llu, stat says %u:%u/%llu", info.file_dev_major,
+		       info.file_dev_minor, (unsigned long long)info.file_ino, major(st.st_dev),
+		       minor(st.st_dev), (unsigned long long)st.st_ino);
+	}
 
 	info = (struct drm_moe_model_info){ .flags = DRM_MOE_INFO_BY_NAME };
 	strcpy(info.name, "big");
@@ -1076,6 +1120,7 @@ int main(int argc, char **argv)
 	run("bo-create-mmap-prime", t_bo);
 	run("register", t_register);
 	run("fetch-wait-equals-pread", t_fetch_wait);
+	run("fetch-sub-range", t_subrange);
 	run("fetch-eof-tail-zeroed", t_eof_tail);
 	run("register-invalid-errnos", t_register_invalid);
 	run("fetch-invalid-errnos", t_fetch_invalid);

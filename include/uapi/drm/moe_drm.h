@@ -185,6 +185,10 @@ struct drm_moe_model_unregister {
  * @requests: out, completed requests.
  * @errors: out, requests that failed.
  * @inflight: out, requests submitted and not yet completed.
+ * @file_dev_major: out, major of the file's device as stat(2) reports it.
+ * @file_dev_minor: out, minor of the file's device as stat(2) reports it.
+ * @file_ino: out, the file's inode number as stat(2) reports it; with the
+ *	device it lets a client find the model registered for a file it opened.
  * @lat_hist: out, completed requests by latency (DRM_MOE_LAT_BUCKETS).
  *
  * Any opener may ask; the counters are also in debugfs (dri/N/moe_models).
@@ -201,6 +205,9 @@ struct drm_moe_model_info {
 	__u64 requests;
 	__u64 errors;
 	__u64 inflight;
+	__u32 file_dev_major;
+	__u32 file_dev_minor;
+	__u64 file_ino;
 	__u64 lat_hist[DRM_MOE_LAT_BUCKETS];
 };
 
@@ -211,8 +218,14 @@ struct drm_moe_model_info {
  * @handle: the destination BO of this file; -ENOENT when unknown, -EINVAL
  *	when it is imported from another driver.
  * @flags: must be zero.
- * @bo_offset: where in the BO the extent lands, a multiple of
- *	DRM_MOE_PARAM_ALIGN; -EINVAL when the extent does not fit.
+ * @bo_offset: where in the BO the bytes land, a multiple of
+ *	DRM_MOE_PARAM_ALIGN; -EINVAL when they do not fit.
+ * @offset: first byte to read, relative to the start of the extent, a
+ *	multiple of DRM_MOE_PARAM_ALIGN (0: from the start).
+ * @length: bytes to read, a multiple of DRM_MOE_PARAM_ALIGN (0: to the end
+ *	of the extent); -EINVAL when @offset + @length passes the extent's end.
+ *
+ * A request reads inside one registered extent and never outside it.
  */
 struct drm_moe_fetch_req {
 	__u32 model_id;
@@ -220,6 +233,8 @@ struct drm_moe_fetch_req {
 	__u32 handle;
 	__u32 flags;
 	__u64 bo_offset;
+	__u64 offset;
+	__u64 length;
 };
 
 /**
