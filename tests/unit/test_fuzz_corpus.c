@@ -39,7 +39,7 @@ START_TEST(replay)
 	ck_assert_msg(top != NULL, "no corpus directory %s", dir);
 	while ((e = readdir(top))) {
 		fuzz_fn fn;
-		char sub[4200];
+		char sub[4400];
 
 		if (e->d_name[0] == '.')
 			continue;
@@ -50,7 +50,7 @@ START_TEST(replay)
 		d = opendir(sub);
 		ck_assert_ptr_nonnull(d);
 		while ((f = readdir(d))) {
-			char path[8400];
+			char path[4800];
 			size_t len;
 			void *data;
 
