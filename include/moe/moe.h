@@ -539,6 +539,61 @@ MOE_API int moe_topo_path(const char *path, struct moe_topo_device *out);
 /* NUMA node nearest @path's device, or -ENOENT when that is unknown. */
 MOE_API int moe_topo_path_node(const char *path);
 
+/* ------------------------------------------------------- driver (moe.ko) */
+/* (section: kmod) */
+
+/*
+ * A client of the moe.ko driver (Documentation/driver.rst): register a
+ * model's expert extents with it, list registered models and their
+ * counters.  Reads through the driver go through the I/O engine with
+ * backend MOE_IO_KMOD.
+ */
+struct moe_kmod;
+
+#define MOE_KMOD_NAME_MAX 63
+#define MOE_KMOD_LAT_BUCKETS 16
+
+struct moe_kmod_model_info {
+	uint32_t id;
+	uint32_t n_extents;
+	char name[MOE_KMOD_NAME_MAX + 1];
+	uint64_t file_size;
+	uint64_t bytes;         /* read by completed requests */
+	uint64_t requests;      /* completed requests */
+	uint64_t errors;
+	uint64_t inflight;
+	uint64_t lat_hist[MOE_KMOD_LAT_BUCKETS]; /* bucket i: [2^i, 2^(i+1)) microseconds */
+	uint64_t reserved[4];
+};
+
+/*
+ * Open the driver's node (found by driver name "moe").  -ENODEV when the
+ * driver is not loaded, -EACCES when the node is not accessible; moe_errmsg()
+ * says what to do.
+ */
+MOE_API int moe_kmod_open(struct moe_kmod **out);
+MOE_API void moe_kmod_close(struct moe_kmod *k);
+/*
+ * Register every routed expert matrix of @model (widened to the driver's
+ * alignment) under @name; the driver keeps its own reference to the file.
+ * Needs CAP_SYS_ADMIN (-EPERM).  *id may be NULL.
+ */
+MOE_API int moe_kmod_register(struct moe_kmod *k, const char *name,
+			      const struct moe_model *model, uint32_t *id);
+/* Unregister by name; -ENOENT when no model has it.  Reads in flight finish. */
+MOE_API int moe_kmod_unregister(struct moe_kmod *k, const char *name);
+/* The registered model named @name, or -ENOENT. */
+MOE_API int moe_kmod_find(struct moe_kmod *k, const char *name, struct moe_kmod_model_info *out);
+/* The registered model with the smallest id above @after (0: the first), or -ENOENT. */
+MOE_API int moe_kmod_next(struct moe_kmod *k, uint32_t after, struct moe_kmod_model_info *out);
+/*
+ * Read every extent of the registered model @name once through the driver
+ * (a check that all of it is readable, and a warm-up of the device path);
+ * *bytes and *seconds may be NULL.
+ */
+MOE_API int moe_kmod_warm(struct moe_kmod *k, const char *name, uint64_t *bytes,
+			  double *seconds);
+
 /* ------------------------------------------------------- tokenizer */
 /* (section: tokenizer) */
 

@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The moe.ko client, internal side: the driver node, buffer objects, fetch
+ * and wait, and the I/O engine backend moe_io_kmod_ops.  The public calls
+ * (moe_kmod_open, moe_kmod_register, ...) are in moe/moe.h.
+ */
+#ifndef MOE_IO_KMOD_H
+#define MOE_IO_KMOD_H
+
+#include <stdint.h>
+
+#include "io/io.h"
+#include "uapi/drm/moe_drm.h"
+
+struct moe_kmod {
+	int fd;
+	uint64_t align;          /* DRM_MOE_PARAM_ALIGN */
+	uint64_t max_batch;
+	uint64_t max_extents;
+	uint64_t max_bo;
+};
+
+/* A mapped buffer object. */
+struct moe_kmod_bo {
+	uint32_t handle;
+	uint64_t size;
+	uint8_t *map;
+};
+
+int moe_kmod_bo_create(struct moe_kmod *k, uint64_t size, struct moe_kmod_bo *bo);
+void moe_kmod_bo_destroy(struct moe_kmod *k, struct moe_kmod_bo *bo);
+/* Model @id's info and up to @cap extents (may be NULL/0). */
+int moe_kmod_info(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *info,
+		  struct drm_moe_extent *ext, uint32_t cap);
+/* Queue @n requests; per-request results land in @results at moe_kmod_wait(). */
+int moe_kmod_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
+		   int64_t *results, uint64_t *ticket);
+/* Wait until @ticket's batch completed; @timeout_s from now. */
+int moe_kmod_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
+
+/*
+ * The engine backend: reads of the registered model whose file is the
+ * engine's (matched by device and inode) go through the driver into a
+ * bounce BO and are copied to the caller's buffer, so the bytes land where
+ * the userspace backends put them.  Reads outside the registered extents
+ * (resident tensors) use pread on the engine's own descriptor.  init fails
+ * with -ENODEV (no driver) or -ENOENT (file not registered).
+ */
+extern const struct moe_io_ops moe_io_kmod_ops;
+
+#endif
