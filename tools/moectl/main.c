@@ -20,6 +20,9 @@ static const struct cmd cmds[] = {
 	{ "tokenize", do_tokenize, "tokenize MODEL TEXT|-      token ids of text (--special, --bos)" },
 	{ "detokenize", do_detokenize, "detokenize MODEL ID...     text of token ids (--special)" },
 	{ "topo", do_topo, "topo [--json] [PATH]       NUMA nodes, disks, GPUs; where PATH lives" },
+	{ "load", do_load, "load [--warm] NAME MODEL   register a model's experts with moe.ko (root)" },
+	{ "unload", do_unload, "unload NAME                unregister a model from moe.ko (root)" },
+	{ "status", do_status, "status [--json]            models registered with moe.ko, counters" },
 	{ "help", do_help, "help                       this text" },
 	{ 0 },
 };

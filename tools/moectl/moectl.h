@@ -32,5 +32,8 @@ int do_info(int argc, char **argv);
 int do_topo(int argc, char **argv);
 int do_tokenize(int argc, char **argv);
 int do_detokenize(int argc, char **argv);
+int do_load(int argc, char **argv);
+int do_unload(int argc, char **argv);
+int do_status(int argc, char **argv);
 
 #endif
