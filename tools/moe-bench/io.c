@@ -165,7 +165,11 @@ static double run_engine(struct run *r, struct moe_io_opts *o, char *desc, size_
 {
 	struct moe_io *io;
 	struct slot *slots;
-	uint32_t n_slots = o->queue_depth ? o->queue_depth : 32;
+	/*
+	 * Twice the queue depth in buffers: the engine refills the ring from its
+	 * pending list on the completion thread, while callbacks wait their turn.
+	 */
+	uint32_t n_slots = 2 * (o->queue_depth ? o->queue_depth : 32);
 	size_t next = 0, done = 0;
 	int failed = 0;
 	double t0, t;
