@@ -4,8 +4,9 @@
  *
  * Everything is computed in double, layer by layer over the whole sequence,
  * with weights read by pread and widened to double as each layer needs
- * them (F32/F16/BF16 here, quantized blocks through moe_dequantize).  Shapes are taken from the tensors themselves; metadata supplies
- * only what shapes cannot (head counts, eps, RoPE, windows).  Nothing here
+ * them (F32/F16/BF16 here, quantized blocks through moe_dequantize).
+ * Shapes are taken from the tensors themselves; metadata supplies only
+ * what shapes cannot (head counts, eps, RoPE, windows).  Nothing here
  * is fast, and nothing is meant to be: the code follows the formulas in
  * FORMATS.md §3-4, §7 and GEMMA4.md line by line so that it can be read
  * against them.
@@ -240,7 +241,8 @@ static int read_rows(struct ref *r, const struct moe_tensor_info *ti, uint64_t r
 	if (row0 + n_rows > tensor_rows(ti))
 		return moe_err(EINVAL, "%s: tensor '%s': rows %llu..%llu past its %llu rows",
 			       r->path, ti->name, (unsigned long long)row0,
-			       (unsigned long long)(row0 + n_rows), (unsigned long long)tensor_rows(ti));
+			       (unsigned long long)(row0 + n_rows),
+			       (unsigned long long)tensor_rows(ti));
 	bytes = n_rows * (uint64_t)rb;
 	off = ti->offset + row0 * (uint64_t)rb;
 	buf = malloc(bytes ? bytes : 1);
@@ -873,7 +875,8 @@ static int moe_ffn(struct ref *r, int il, const struct moe_cfg *c, const double 
 					best = i;
 			}
 			chosen[j] = best;
-			w[j] = c->gating == MOE_GATING_SOFTMAX_SELECTED ? logits[best] : probs[best];
+			w[j] = c->gating == MOE_GATING_SOFTMAX_SELECTED ? logits[best] :
+			       probs[best];
 		}
 		if (c->gating == MOE_GATING_SOFTMAX_SELECTED)
 			softmax(w, c->k);
@@ -983,8 +986,8 @@ static int moe_cfg_for(struct ref *r, int il, struct moe_cfg *c)
 	if (ret < 0)
 		return ret;
 	if (gating < MOE_GATING_SOFTMAX || gating > MOE_GATING_SOFTMAX_SELECTED)
-		return moe_err(EINVAL, "%s: expert_gating_func %g is unknown (1 softmax, 2 sigmoid, "
-			       "3 softmax over the selected)", r->path, gating);
+		return moe_err(EINVAL, "%s: expert_gating_func %g is unknown (1 softmax, "
+			       "2 sigmoid, 3 softmax over the selected)", r->path, gating);
 	c->gating = (int)gating;
 	c->norm_w = norm != 0;
 	c->w_scale = scale == 1.0 ? 0 : scale;
@@ -1118,7 +1121,8 @@ static int layer_gemma4(struct ref *r, int il, double *H, int n, int32_t *topk, 
 		if (!ret)
 			ret = meta_int(r, "rope.dimension_count", -1, c.hd, &n_rot_full);
 		if (!ret)
-			ret = meta_int(r, "rope.dimension_count_swa", -1, n_rot_full, &c.rope.n_rot);
+			ret = meta_int(r, "rope.dimension_count_swa", -1, n_rot_full,
+				       &c.rope.n_rot);
 		if (!ret)
 			ret = meta_num(r, "rope.freq_base_swa", -1, 10000.0, &c.rope.base);
 		if (!ret && c.window <= 0)
@@ -1350,7 +1354,8 @@ static int embed(struct ref *r, const int32_t *tokens, int n, double *H)
 	for (int t = 0; t < n; t++) {
 		if (tokens[t] < 0 || (uint64_t)tokens[t] >= tensor_rows(&ti))
 			return moe_err(EINVAL, "token %d at position %d is outside the vocabulary "
-				       "of %llu", tokens[t], t, (unsigned long long)tensor_rows(&ti));
+				       "of %llu", tokens[t], t,
+				       (unsigned long long)tensor_rows(&ti));
 		ret = read_rows(r, &ti, (uint64_t)tokens[t], 1, H + (size_t)t * r->n_embd);
 		if (ret < 0)
 			return ret;

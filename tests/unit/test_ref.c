@@ -638,7 +638,8 @@ static char *write_copy(const char *src, const char *dir, const char *file, bool
 		if (!strcmp(ti.name, "token_embd.weight"))
 			type = MOE_TYPE_Q8_0;
 		if (type != MOE_TYPE_F32) {
-			ck_assert_msg(moe_quantize(type, f, q, (int64_t)cnt) > 0, "%s", moe_errmsg());
+			ck_assert_msg(moe_quantize(type, f, q, (int64_t)cnt) > 0, "%s",
+				      moe_errmsg());
 			if (!quantized)
 				ck_assert_int_eq(moe_dequantize(type, q, f, (int64_t)cnt), 0);
 		}
