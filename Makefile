@@ -145,7 +145,7 @@ kmod-build:
 	@mkdir -p $(KMOD_OUT)
 	@cp -p kmod/*.c kmod/*.h kmod/Kbuild $(KMOD_OUT)/
 	$(MAKE) -C $(KDIR) M=$(abspath $(KMOD_OUT)) MOE_UAPI_DIR=$(CURDIR)/include/uapi/drm W=1 modules
-vm-check:
+vm-check: tools
 	@MOE_BIN=$(abspath $(BUILD)/bin) sh tests/vm/run.sh $(BUILD)/vm
 
 FUZZ_TIME ?= 60

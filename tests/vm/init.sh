@@ -43,6 +43,51 @@ done
 /bin/moe-vmtest /mnt/models
 echo "# moe-vmtest exit status $?"
 
+# moectl against the driver: root loads, a member of group moe (gid 1000)
+# lists, cannot load, root unloads.
+check() {
+	name=$1
+	want=$2
+	shift 2
+	out=$("$@" 2>&1)
+	rc=$?
+	if [ $rc -eq 0 ] && echo "$out" | grep -q -- "$want"; then
+		echo "ok $name"
+	else
+		echo "not ok $name: status $rc, output: $(echo "$out" | tr '\n' ' ')"
+	fi
+}
+check_fail() {
+	name=$1
+	want=$2
+	shift 2
+	out=$("$@" 2>&1)
+	rc=$?
+	if [ $rc -eq 1 ] && echo "$out" | grep -q -- "$want"; then
+		echo "ok $name"
+	else
+		echo "not ok $name: status $rc, output: $(echo "$out" | tr '\n' ' ')"
+	fi
+}
+if [ -x /bin/moectl ] && [ -e /mnt/models/tiny.gguf ]; then
+	check moectl-load-warm "registered 'tiny'" moectl load --warm tiny /mnt/models/tiny.gguf
+	check moectl-status-json '"name": "tiny"' moectl status --json
+	check moectl-status-as-group-moe "tiny" moe-vmtest --as 1001 1000 /bin/moectl status
+	check_fail moectl-status-without-group "join group moe" \
+		moe-vmtest --as 1001 1001 /bin/moectl status
+	check_fail moectl-load-unprivileged "CAP_SYS_ADMIN" \
+		moe-vmtest --as 1001 1000 /bin/moectl load evil /mnt/models/tiny.gguf
+	check moectl-unload "unregistered 'tiny'" moectl unload tiny
+	check_fail moectl-unload-unknown "no model named 'tiny'" moectl unload tiny
+else
+	echo "# moectl or tiny.gguf missing: moectl tests not run"
+fi
+
+if [ -x /bin/moectl ]; then
+	rmmod moe
+	check_fail moectl-without-driver "modprobe moe" moectl status
+	modprobe moe
+fi
 if rmmod moe; then
 	echo "ok rmmod-when-idle"
 else

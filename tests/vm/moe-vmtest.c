@@ -1097,6 +1097,19 @@ static void run(const char *name, int (*fn)(void))
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	/* moe-vmtest --as UID GID PROG ARGS: run PROG unprivileged, in group GID only. */
+	if (argc >= 5 && !strcmp(argv[1], "--as")) {
+		uid_t uid = (uid_t)atoi(argv[2]);
+		gid_t gid = (gid_t)atoi(argv[3]);
+
+		if (setgroups(1, &gid) || setresgid(gid, gid, gid) || setresuid(uid, uid, uid)) {
+			perror("moe-vmtest --as");
+			return 2;
+		}
+		execv(argv[4], argv + 4);
+		perror(argv[4]);
+		return 2;
+	}
 	if (argc != 2) {
 		fprintf(stderr, "usage: moe-vmtest DIR (holding big.bin and tail.bin)\n");
 		return 2;

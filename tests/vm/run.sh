@@ -93,6 +93,8 @@ chmod 755 "$IR/init"
 cp "$WORK/moe-vmtest" "$IR/bin/moe-vmtest"
 echo "root:x:0:0:root:/:/bin/sh" >"$IR/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >>"$IR/etc/passwd"
+echo "moeuser:x:1001:1000:moeuser:/:/bin/sh" >>"$IR/etc/passwd"
+printf "root:x:0:\nmoe:x:1000:moeuser\n" >"$IR/etc/group"
 MD=lib/modules/$KVER
 mkdir -p "$IR/$MD/extra"
 cp "$KROOT/$MD/modules.builtin" "$KROOT/$MD/modules.builtin.modinfo" "$KROOT/$MD/modules.order" \
@@ -108,6 +110,17 @@ for m in $wanted; do
 	done
 done
 cp "$WORK/kmod/moe.ko" "$IR/$MD/extra/moe.ko"
+# moectl, dynamically linked: its libraries and loader come along.
+MOECTL=${MOE_BIN:-$SRC/build/bin}/moectl
+if [ -x "$MOECTL" ]; then
+	cp "$MOECTL" "$IR/bin/moectl"
+	for lib in $(ldd "$MOECTL" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+		mkdir -p "$IR$(dirname "$lib")"
+		cp -L "$lib" "$IR$lib"
+	done
+else
+	say "no $MOECTL: the moectl tests are skipped (build it with make first)"
+fi
 depmod -b "$IR" -F "$KROOT/boot/System.map-$KVER" "$KVER"
 (cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1) >"$WORK/initramfs.gz"
 
@@ -118,11 +131,12 @@ rm -rf "$DISK" "$WORK/disk.img"
 mkdir -p "$DISK/models"
 head -c $((96 * 1024 * 1024)) /dev/urandom >"$DISK/models/big.bin"
 head -c $((1024 * 1024 + 1234)) /dev/urandom >"$DISK/models/tail.bin"
-if [ -x "${MOE_BIN:-$SRC/build/bin}/moe-mkmodel" ]; then
-	"${MOE_BIN:-$SRC/build/bin}/moe-mkmodel" "$DISK/models/tiny.gguf" >/dev/null 2>&1 ||
-		rm -f "$DISK/models/tiny.gguf"
+MKMODEL=${MOE_BIN:-$SRC/build/bin}/moe-mkmodel
+if [ -x "$MKMODEL" ]; then
+	"$MKMODEL" --arch qwen3moe --layers 2 --experts 8 -o "$DISK/models/tiny.gguf" \
+		>"$WORK/mkmodel.log" 2>&1 || { cat "$WORK/mkmodel.log"; die "moe-mkmodel failed"; }
 fi
-chmod 600 "$DISK/models"/*
+chmod 600 "$DISK/models/big.bin" "$DISK/models/tail.bin"
 mke2fs -q -t ext4 -F -d "$DISK" -E root_owner=0:0 "$WORK/disk.img" 384M >/dev/null ||
 	die "mke2fs -d failed (e2fsprogs >= 1.43 needed)"
 rm -rf "$DISK"
