@@ -1005,12 +1005,15 @@ static int layer_std(struct ref *r, int il, double *H, int n, int32_t *topk, dou
 	double *X, *O;
 	int ret;
 
-	c.n_head = r->n_head;
-	ret = meta_int(r, "attention.head_count_kv", il, r->n_head, &c.n_kv);
+	ret = meta_int(r, "attention.head_count", il, r->n_head, &c.n_head);
+	if (!ret)
+		ret = meta_int(r, "attention.head_count_kv", il, c.n_head, &c.n_kv);
 	if (!ret)
 		ret = meta_int(r, "attention.key_length", -1, E / r->n_head, &c.hd);
 	if (!ret)
 		ret = meta_int(r, "attention.value_length", -1, c.hd, &c.hdv);
+	if (!ret)
+		ret = meta_num(r, "attention.scale", -1, 0, &c.scale);
 	if (!ret)
 		ret = load(r, il, "attn_norm.weight", -1, true, E, 1, &an);
 	if (!ret)
@@ -1022,12 +1025,13 @@ static int layer_std(struct ref *r, int il, double *H, int n, int32_t *topk, dou
 		ret = rope_std(r, c.hd, &freqs, &c.rope);
 	if (ret < 0)
 		return ret;
-	if (c.n_kv <= 0 || r->n_head % c.n_kv)
+	if (c.n_head <= 0 || c.n_kv <= 0 || c.n_head % c.n_kv)
 		return moe_err(EINVAL, "%s: layer %d: %d heads cannot share %d KV heads", r->path,
-			       il, r->n_head, c.n_kv);
+			       il, c.n_head, c.n_kv);
 	c.rope_on = true;
 	c.mask = MASK_CAUSAL;
-	c.scale = 1.0 / sqrt(c.hd);
+	if (c.scale == 0)
+		c.scale = 1.0 / sqrt(c.hd);
 
 	if (r->a->id == ARCH_LLAMA4) {
 		double swa;
@@ -1097,10 +1101,11 @@ static int layer_gemma4(struct ref *r, int il, double *H, int n, int32_t *topk, 
 	bool moe = has(r, il, "ffn_gate_inp.weight");
 	int ret;
 
-	c.n_head = r->n_head;
 	ret = meta_num_ex(r, "attention.sliding_window_pattern", il, 0, true, &swa);
 	if (!ret)
-		ret = meta_int(r, "attention.head_count_kv", il, r->n_head, &c.n_kv);
+		ret = meta_int(r, "attention.head_count", il, r->n_head, &c.n_head);
+	if (!ret)
+		ret = meta_int(r, "attention.head_count_kv", il, c.n_head, &c.n_kv);
 	if (!ret)
 		ret = meta_int(r, swa ? "attention.key_length_swa" : "attention.key_length", -1,
 			       E / r->n_head, &c.hd);
@@ -1114,12 +1119,15 @@ static int layer_gemma4(struct ref *r, int il, double *H, int n, int32_t *topk, 
 	c.rope.freq_scale = 1;
 	c.rope.attn_factor = 1;
 	if (swa) {
-		int n_rot_full;
+		int hd_full, n_rot_full;
 
 		c.mask = MASK_SLIDING;
 		ret = meta_int(r, "attention.sliding_window", -1, 0, &c.window);
 		if (!ret)
-			ret = meta_int(r, "rope.dimension_count", -1, c.hd, &n_rot_full);
+			ret = meta_int(r, "attention.key_length", -1, E / r->n_head, &hd_full);
+		/* the SWA default is the full layers' n_rot, not the SWA head dim */
+		if (!ret)
+			ret = meta_int(r, "rope.dimension_count", -1, hd_full, &n_rot_full);
 		if (!ret)
 			ret = meta_int(r, "rope.dimension_count_swa", -1, n_rot_full,
 				       &c.rope.n_rot);
@@ -1142,7 +1150,7 @@ static int layer_gemma4(struct ref *r, int il, double *H, int n, int32_t *topk, 
 	if (ret < 0)
 		return ret;
 	if (c.rope.n_rot <= 0 || c.rope.n_rot > c.hd || c.rope.n_rot % 2 || c.hd != c.hdv ||
-	    c.n_kv <= 0 || r->n_head % c.n_kv)
+	    c.n_head <= 0 || c.n_kv <= 0 || c.n_head % c.n_kv)
 		return moe_err(EINVAL, "%s: gemma4 layer %d: head dim %d/%d, n_rot %d, %d KV heads "
 			       "do not fit together", r->path, il, c.hd, c.hdv, c.rope.n_rot,
 			       c.n_kv);
