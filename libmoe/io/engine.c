@@ -619,8 +619,10 @@ static int setup_backend(struct moe_io *io)
 		io->ops = &moe_io_pread_ops;
 		return io->ops->init(io);
 	case MOE_IO_KMOD:
-		return moe_err(EOPNOTSUPP, "%s: the moe.ko backend is not available in this build; "
-			       "use backend auto", io->path);
+		/* Only on request: the driver serves registered models, found by file identity. */
+		io->ops = &moe_io_kmod_ops;
+		ret = io->ops->init(io);
+		return ret < 0 ? moe_err_prefix(ret, "%s: backend moe.ko", io->path) : 0;
 	}
 	return moe_err(EINVAL, "%s: unknown I/O backend %d", io->path, (int)io->opts.backend);
 }
@@ -691,6 +693,11 @@ int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io 
 	/* Splits stay block-aligned so every piece is a valid direct read. */
 	io->opts.max_request = MOE_MAX(io->opts.max_request / io->block * io->block, io->block);
 	if (io->opts.numa_node >= 0) {
+		ret = moe_topo_check_node(io->opts.numa_node);
+		if (ret < 0) {
+			moe_err_prefix(ret, "%s", path);
+			goto err_fd;
+		}
 		io->node = io->opts.numa_node;
 	} else {
 		io->node = moe_topo_path_node(path);

@@ -60,6 +60,7 @@ struct moe_io_ops {
 
 extern const struct moe_io_ops moe_io_uring_ops;
 extern const struct moe_io_ops moe_io_pread_ops;
+extern const struct moe_io_ops moe_io_kmod_ops;    /* kmod.c */
 
 /* The staging pool: one mapping cut into block-aligned allocations. */
 struct moe_io_span_rec {
@@ -132,6 +133,8 @@ const char *moe_io_pool_describe(const struct moe_io *io, char *buf, unsigned le
 /* Topology (topo.c).  Binding is best effort: failures are logged at debug level. */
 void moe_topo_bind_thread(int node);
 void moe_topo_bind_memory(void *p, uint64_t len, int node);
+/* 0 when @node is a NUMA node here (or the topology is unknown), else -EINVAL naming them. */
+int moe_topo_check_node(int node);
 /* Name of the whole disk holding device @dev ("vda" for vda1, the first slave of a dm). */
 int moe_topo_dev_disk(dev_t dev, char *name, size_t len);
 

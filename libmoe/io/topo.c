@@ -278,6 +278,22 @@ static hwloc_obj_t node_obj(hwloc_topology_t t, int node)
 	return NULL;
 }
 
+int moe_topo_check_node(int node)
+{
+	hwloc_topology_t t = get_topo();
+	char list[128] = "";
+	hwloc_obj_t o = NULL;
+	size_t n = 0;
+
+	if (!t || node_obj(t, node))
+		return 0;
+	while ((o = hwloc_get_next_obj_by_type(t, HWLOC_OBJ_NUMANODE, o)) && n + 12 < sizeof(list))
+		n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%u", n ? ", " : "",
+				      o->os_index);
+	return moe_err(EINVAL, "NUMA node %d does not exist (nodes: %s); use -1 for the node "
+		       "nearest the file", node, list);
+}
+
 void moe_topo_bind_thread(int node)
 {
 	hwloc_topology_t t;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -307,6 +308,22 @@ START_TEST(sync_span_and_bad_input)
 	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
 	ck_assert_int_eq(moe_io_open(fx.dir, NULL, &io), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "not a regular file"));
+	moe_io_opts_init(&o);
+	o.numa_node = 4095;
+	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "NUMA node 4095 does not exist"));
+	moe_io_opts_init(&o);
+	o.numa_node = 0;
+	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), 0);
+	ck_assert_ptr_nonnull(strstr(moe_io_describe(io), "node 0"));
+	moe_io_close(io);
+	moe_io_opts_init(&o);
+	o.backend = MOE_IO_KMOD;
+	if (access("/sys/module/moe", F_OK) != 0) {
+		/* No driver here: a clear refusal, never a crash or a silent fallback. */
+		ck_assert_int_lt(moe_io_open(fx.path, &o, &io), 0);
+		ck_assert_ptr_nonnull(strstr(moe_errmsg(), "moe.ko"));
+	}
 	ck_assert_int_eq(moe_io_open("/nonexistent/model.gguf", NULL, &io), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "/nonexistent/model.gguf"));
 	fx_teardown(&fx);
@@ -684,6 +701,38 @@ START_TEST(unreadable_file)
 }
 END_TEST
 
+static void memlock_child(const struct fixture *fx)
+{
+	struct rlimit rl = { 64 << 10, 64 << 10 };
+	struct moe_io *io;
+	uint8_t *p;
+
+	/* Another user has no CAP_IPC_LOCK, so the small limit binds. */
+	if (setrlimit(RLIMIT_MEMLOCK, &rl) || setgid(65534) || setuid(65534))
+		_exit(3);
+	io = open_io(fx->path, MOE_IO_URING, MOE_IO_DIRECT_ON, 8, 0);
+	p = moe_io_alloc(io, 4 * MIB);
+	if (!p)
+		_exit(4);
+	if (!strstr(moe_io_describe(io), "unlocked, not registered"))
+		_exit(5);
+	moe_io_free(io, p);
+	run_random(fx, io, 30, 12);
+	moe_io_close(io);
+}
+
+/* Under a small RLIMIT_MEMLOCK the pool is neither locked nor registered, and still works. */
+START_TEST(memlock_limited)
+{
+	struct fixture fx;
+
+	fx_setup(&fx);
+	ck_assert_int_eq(chmod(fx.dir, 0755), 0);
+	ck_assert_int_eq(in_child(memlock_child, &fx), 0);
+	fx_teardown(&fx);
+}
+END_TEST
+
 /* tmpfs: AUTO reads buffered (its pages are the storage) and says so. */
 START_TEST(tmpfs_buffered)
 {
@@ -876,11 +925,14 @@ Suite *suite_io(void)
 	tcase_add_test(tc, truncated_while_open);
 	tcase_add_test(tc, media_error);
 	tcase_add_test(tc, bad_descriptor);
-	if (geteuid() == 0)
+	if (geteuid() == 0) {
 		tcase_add_test(tc, unreadable_file);
-	else
+		tcase_add_test(tc, memlock_limited);
+	} else {
 		tu_skip("io/unreadable_file", "needs root to drop to another user; as a plain "
 			"user the file's own owner could read it");
+		tu_skip("io/memlock_limited", "needs root to drop to a user without CAP_IPC_LOCK");
+	}
 	if (access("/dev/shm", W_OK) == 0)
 		tcase_add_test(tc, tmpfs_buffered);
 	else
