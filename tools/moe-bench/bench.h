@@ -13,5 +13,6 @@ struct bench_cmd {
 /* Benchmarks: one file each; each parses its own options (including --json). */
 int bench_io(int argc, char **argv);
 int bench_quant(int argc, char **argv);
+int bench_decode(int argc, char **argv);
 
 #endif

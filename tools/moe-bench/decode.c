@@ -1,0 +1,230 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * moe-bench decode: decode tokens/s of a model with everything resident, as
+ * a ratio to the memory-bandwidth bound (weight bytes one token touches
+ * divided by the read bandwidth measured in the same run with the same
+ * threads), then with --vram set so that 50% and 25% of the expert bytes
+ * fit, with the expert hit rate and the read rate of the file.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench.h"
+#include "moe/moe.h"
+
+#define READ_BYTES (512ull << 20)
+
+struct dec_job {
+	const uint64_t *p;
+	size_t words;
+	uint64_t sums[256];
+};
+
+static void dec_read(void *arg, int ith, int nth)
+{
+	struct dec_job *j = arg;
+	size_t w0 = j->words * (size_t)ith / (size_t)nth;
+	size_t w1 = j->words * (size_t)(ith + 1) / (size_t)nth;
+	uint64_t a = 0, b = 0, c = 0, d = 0;
+	size_t i = w0;
+
+	for (; i + 4 <= w1; i += 4) {
+		a += j->p[i];
+		b += j->p[i + 1];
+		c += j->p[i + 2];
+		d += j->p[i + 3];
+	}
+	for (; i < w1; i++)
+		a += j->p[i];
+	j->sums[ith % 256] = a + b + c + d;
+}
+
+/* Best of a few summing passes over a buffer far larger than the caches, GB/s. */
+static double read_bandwidth(int threads)
+{
+	struct moe_threadpool *tp;
+	struct dec_job j = { 0 };
+	uint64_t *buf = malloc(READ_BYTES);
+	double best = 1e30;
+	struct timespec ts;
+
+	if (!buf || moe_threadpool_create(threads, &tp) < 0) {
+		free(buf);
+		return 0;
+	}
+	for (size_t i = 0; i < READ_BYTES / 8; i++)
+		buf[i] = i;
+	j.p = buf;
+	j.words = READ_BYTES / 8;
+	for (int r = 0; r < 5; r++) {
+		double t0, t1;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		t0 = ts.tv_sec + ts.tv_nsec * 1e-9;
+		moe_threadpool_run(tp, dec_read, &j);
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		t1 = ts.tv_sec + ts.tv_nsec * 1e-9;
+		if (t1 - t0 < best)
+			best = t1 - t0;
+	}
+	if (j.sums[0] == 0x5eed)
+		fputc(' ', stderr);
+	moe_threadpool_destroy(tp);
+	free(buf);
+	return READ_BYTES / best / 1e9;
+}
+
+struct run_out {
+	double tps, hit_rate, read_gbps, stall_s;
+	uint64_t bytes_read, vram_used, fixed;
+	uint32_t n_slots, n_experts;
+};
+
+static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t n_prompt,
+		   uint32_t n_gen, struct run_out *o)
+{
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx;
+	struct moe_ctx_stats st;
+	uint32_t vocab;
+	int32_t *tok = malloc(sizeof(*tok) * n_prompt);
+	int ret;
+
+	if (!tok)
+		return -ENOMEM;
+	moe_ctx_default_params(&p);
+	p.vram_bytes = vram;
+	p.n_threads = threads;
+	p.n_ctx = n_prompt + n_gen;
+	ret = moe_ctx_create(m, &p, &ctx);
+	if (ret < 0) {
+		free(tok);
+		return ret;
+	}
+	vocab = moe_ctx_n_vocab(ctx);
+	for (uint32_t i = 0; i < n_prompt; i++)
+		tok[i] = (int32_t)((i * 7919u + 13) % vocab);
+	ret = moe_ctx_eval(ctx, tok, n_prompt, 0, 0);
+	/* time the decode only, from a warm prompt */
+	moe_ctx_reset_stats(ctx);
+	for (uint32_t i = 0; !ret && i < n_gen; i++) {
+		const float *l = moe_ctx_logits(ctx, 0);
+		int32_t best = 0;
+
+		for (uint32_t v = 1; v < vocab; v++)
+			if (l[v] > l[best])
+				best = (int32_t)v;
+		ret = moe_ctx_eval(ctx, &best, 1, n_prompt + i, 0);
+	}
+	if (!ret) {
+		moe_ctx_get_stats(ctx, &st);
+		o->tps = st.decode_tps;
+		o->hit_rate = st.hit_rate;
+		o->read_gbps = st.read_gbps;
+		o->stall_s = st.stall_s;
+		o->bytes_read = st.bytes_read;
+		o->vram_used = st.vram_used;
+		o->fixed = st.vram_used - (uint64_t)st.n_slots * st.slot_bytes;
+		o->n_slots = st.n_slots;
+		o->n_experts = st.n_experts;
+	}
+	moe_ctx_free(ctx);
+	free(tok);
+	return ret;
+}
+
+int bench_decode(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "json", no_argument, 0, 'j' },
+		{ "threads", required_argument, 0, 't' },
+		{ "tokens", required_argument, 0, 'n' },
+		{ "prompt", required_argument, 0, 'p' },
+		{ "help", no_argument, 0, 'h' },
+		{ 0 },
+	};
+	static const double fracs[] = { 0.5, 0.25 };
+	struct moe_model *m;
+	struct moe_model_summary sum;
+	struct moe_tensor_info emb, out;
+	struct run_out full, part[2];
+	uint64_t touched;
+	uint32_t n_gen = 32, n_prompt = 16;
+	int threads = 0, c, ret;
+	bool json = false;
+	double bw, bound;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "jt:n:p:h", lo, NULL)) != -1) {
+		switch (c) {
+		case 'j': json = true; break;
+		case 't': threads = atoi(optarg); break;
+		case 'n': n_gen = (uint32_t)strtoul(optarg, NULL, 10); break;
+		case 'p': n_prompt = (uint32_t)strtoul(optarg, NULL, 10); break;
+		case 'h':
+			printf("usage: moe-bench decode MODEL [--json] [--threads N] [--tokens N] "
+			       "[--prompt N]\n");
+			return 0;
+		default:
+			return 2;
+		}
+	}
+	if (optind != argc - 1 || !n_gen || !n_prompt) {
+		fprintf(stderr, "usage: moe-bench decode MODEL [--json] [--threads N] [--tokens N] "
+			"[--prompt N]\n");
+		return 2;
+	}
+	ret = moe_model_open(argv[optind], &m);
+	if (ret < 0 || moe_model_summary(m, &sum) < 0) {
+		fprintf(stderr, "moe-bench decode: %s\n", moe_errmsg());
+		return 1;
+	}
+	/* one token reads one embedding row, every other resident matrix, and its experts */
+	touched = sum.resident_bytes + sum.routed_bytes_per_token;
+	if (moe_model_find_tensor(m, "token_embd.weight", &emb) >= 0 &&
+	    moe_model_find_tensor(m, "output.weight", &out) >= 0)
+		touched -= emb.bytes;
+	ret = one_run(m, 0, threads, n_prompt, n_gen, &full);
+	for (int i = 0; !ret && i < 2; i++) {
+		uint64_t vram = full.fixed + (uint64_t)(fracs[i] * sum.expert_bytes_total);
+
+		ret = one_run(m, vram, threads, n_prompt, n_gen, &part[i]);
+	}
+	if (ret < 0) {
+		fprintf(stderr, "moe-bench decode: %s\n", moe_errmsg());
+		moe_model_close(m);
+		return 1;
+	}
+	bw = read_bandwidth(threads);
+	bound = bw * 1e9 / touched;
+	if (json) {
+		printf("{\"model\":\"%s\",\"bytes_per_token\":%llu,\"read_gbps\":%.3f,"
+		       "\"bound_tps\":%.3f,\"resident_tps\":%.3f,\"ratio\":%.3f",
+		       argv[optind], (unsigned long long)touched, bw, bound, full.tps,
+		       full.tps / bound);
+		for (int i = 0; i < 2; i++)
+			printf(",\"vram%d\":{\"vram_bytes\":%llu,\"slots\":%u,\"experts\":%u,"
+			       "\"tps\":%.3f,\"hit_rate\":%.4f,\"file_gbps\":%.3f,\"stall_s\":%.3f}",
+			       (int)(fracs[i] * 100), (unsigned long long)part[i].vram_used,
+			       part[i].n_slots, part[i].n_experts, part[i].tps, part[i].hit_rate,
+			       part[i].read_gbps, part[i].stall_s);
+		printf("}\n");
+	} else {
+		printf("model %s: %.1f MiB of weights per token\n", argv[optind],
+		       touched / 1048576.0);
+		printf("memory read %.2f GB/s -> bound %.2f tokens/s\n", bw, bound);
+		printf("resident: %.2f tokens/s = %.2f of the bound\n", full.tps, full.tps / bound);
+		for (int i = 0; i < 2; i++)
+			printf("experts %2.0f%% in budget (%u of %u slots): %.2f tokens/s, hit rate "
+			       "%.1f%%, file %.3f GB/s, stalled %.2f s\n", fracs[i] * 100,
+			       part[i].n_slots, part[i].n_experts, part[i].tps,
+			       100 * part[i].hit_rate, part[i].read_gbps, part[i].stall_s);
+	}
+	moe_model_close(m);
+	return 0;
+}
