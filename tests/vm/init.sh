@@ -72,6 +72,7 @@ check_fail() {
 if [ -x /bin/moectl ] && [ -e /mnt/models/tiny.gguf ]; then
 	check moectl-load-warm "registered 'tiny'" moectl load --warm tiny /mnt/models/tiny.gguf
 	check moectl-status-json '"name": "tiny"' moectl status --json
+	moe-vmio /mnt/models/tiny.gguf
 	check moectl-status-as-group-moe "tiny" moe-vmtest --as 1001 1000 /bin/moectl status
 	check_fail moectl-status-without-group "join group moe" \
 		moe-vmtest --as 1001 1001 /bin/moectl status

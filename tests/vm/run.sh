@@ -114,6 +114,11 @@ cp "$WORK/kmod/moe.ko" "$IR/$MD/extra/moe.ko"
 MOECTL=${MOE_BIN:-$SRC/build/bin}/moectl
 if [ -x "$MOECTL" ]; then
 	cp "$MOECTL" "$IR/bin/moectl"
+	# The engine test links libmoe like moectl does.
+	gcc -std=gnu11 -O2 -Wall -Wextra -I"$SRC/include" -o "$IR/bin/moe-vmio" \
+		"$SRC/tests/vm/moe-vmio.c" "$(dirname "$MOECTL")/../lib/libmoe.a" \
+		$(pkg-config --libs liburing hwloc libdrm) -lm -ldl -pthread ||
+		die "moe-vmio does not build"
 	for lib in $(ldd "$MOECTL" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
 		mkdir -p "$IR$(dirname "$lib")"
 		cp -L "$lib" "$IR$lib"
