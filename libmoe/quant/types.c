@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -72,12 +75,22 @@ static const char *simd_name = "scalar";
 static _Atomic(const struct moe_type_traits *) active;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
+/* AVX2, FMA and F16C, and an OS that saves the YMM registers (clang lacks "f16c" in cpu_supports). */
 static bool cpu_has_avx2(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-	       __builtin_cpu_supports("f16c");
+	unsigned a, b, c, d, lo, hi;
+
+	if (!__get_cpuid(1, &a, &b, &c, &d))
+		return false;
+	if (!(c & bit_FMA) || !(c & bit_F16C) || !(c & bit_OSXSAVE) || !(c & bit_AVX))
+		return false;
+	__asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	if ((lo & 6) != 6)
+		return false;
+	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+		return false;
+	return b & bit_AVX2;
 #else
 	return false;
 #endif

@@ -25,6 +25,7 @@
 #include "util/threadpool.h"
 
 #define DOT_TOL 1e-5
+#define ALIGN64(x) (((x) + 63) / 64 * 64)
 
 struct qtype {
 	uint32_t type;
@@ -549,7 +550,7 @@ static struct dot_case run_dot(uint32_t type, int64_t n, uint64_t *st)
 {
 	const struct moe_type_traits *ts = moe_type_traits_scalar(type);
 	uint32_t at = ts->vec_dot_type;
-	uint8_t *w = malloc((size_t)n * 4), *a = aligned_alloc(64, (size_t)n * 4);
+	uint8_t *w = malloc((size_t)n * 4), *a = aligned_alloc(64, ALIGN64((size_t)n * 4));
 	float *x = malloc((size_t)n * sizeof(float));
 	double *dw = malloc((size_t)n * sizeof(double)), *da = malloc((size_t)n * sizeof(double));
 	double sa = 0, wmax = 0;
