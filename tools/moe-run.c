@@ -18,7 +18,7 @@
 struct opts {
 	const char *model, *prompt, *tokens, *logits_out;
 	uint32_t n_gen, n_ctx, n_batch;
-	uint64_t vram;
+	uint64_t vram, host_cache;
 	int threads;
 	bool stats, json;
 	struct moe_sample_params sp;
@@ -37,6 +37,7 @@ static void usage(FILE *f)
 		"      --ctx N            context positions (prompt + generated; default fits both)\n"
 		"      --batch N          prompt tokens per forward step (64)\n"
 		"      --vram SIZE        device memory budget, e.g. 20G, 512M (default: no limit)\n"
+		"      --host-cache SIZE  keep experts evicted from the budget in host memory\n"
 		"      --threads N        compute threads (all CPUs)\n"
 		"      --temp X           temperature; 0 = greedy (0)\n"
 		"      --top-k N, --top-p X, --min-p X\n"
@@ -84,7 +85,7 @@ static int parse_float(const char *s, const char *what, float *out)
 }
 
 /* 1234, 512K, 20M, 1.5G, 2T (powers of 1024) */
-static int parse_size(const char *s, uint64_t *out)
+static int parse_size(const char *s, const char *what, uint64_t *out)
 {
 	char *end;
 	double v;
@@ -93,7 +94,7 @@ static int parse_size(const char *s, uint64_t *out)
 	errno = 0;
 	v = strtod(s, &end);
 	if (errno || end == s || v <= 0)
-		return bad("--vram '%s': expected a size such as 20G, 512M or 1500000000", s);
+		goto bad_size;
 	switch (*end) {
 	case 'k': case 'K': mul = 1024.0; end++; break;
 	case 'm': case 'M': mul = 1048576.0; end++; break;
@@ -106,9 +107,13 @@ static int parse_size(const char *s, uint64_t *out)
 	if (*end == 'B')
 		end++;
 	if (*end)
-		return bad("--vram '%s': expected a size such as 20G, 512M or 1500000000", s);
+		goto bad_size;
 	*out = (uint64_t)(v * mul);
 	return 0;
+bad_size:
+	fprintf(stderr, PROG ": %s '%s': expected a size such as 20G, 512M or 1500000000\n",
+		what, s);
+	return -EINVAL;
 }
 
 static int parse_tokens(const char *s, int32_t **out, uint32_t *n)
@@ -241,7 +246,7 @@ static int on_token(void *arg, const float *logits, uint32_t n_rows, int32_t nex
 static int parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { O_TOKENS = 256, O_CTX, O_BATCH, O_VRAM, O_THREADS, O_TEMP, O_TOPK, O_TOPP, O_MINP,
-	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON };
+	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON, O_HOST };
 	static const struct option lo[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "prompt", required_argument, 0, 'p' },
@@ -250,6 +255,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "ctx", required_argument, 0, O_CTX },
 		{ "batch", required_argument, 0, O_BATCH },
 		{ "vram", required_argument, 0, O_VRAM },
+		{ "host-cache", required_argument, 0, O_HOST },
 		{ "threads", required_argument, 0, O_THREADS },
 		{ "temp", required_argument, 0, O_TEMP },
 		{ "top-k", required_argument, 0, O_TOPK },
@@ -280,7 +286,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_TOKENS: o->tokens = optarg; break;
 		case O_CTX: ret = parse_u32(optarg, "--ctx", &o->n_ctx); break;
 		case O_BATCH: ret = parse_u32(optarg, "--batch", &o->n_batch); break;
-		case O_VRAM: ret = parse_size(optarg, &o->vram); break;
+		case O_VRAM: ret = parse_size(optarg, "--vram", &o->vram); break;
+		case O_HOST: ret = parse_size(optarg, "--host-cache", &o->host_cache); break;
 		case O_THREADS:
 			ret = parse_u32(optarg, "--threads", &u);
 			o->threads = (int)u;
@@ -348,27 +355,29 @@ static void print_stats(const struct opts *o, const struct moe_ctx_stats *s)
 		printf(",\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"hit_rate\":%.4f,"
 		       "\"bytes_read\":%llu,\"read_gbps\":%.3f,\"stall_s\":%.4f,"
 		       "\"prefill_tokens\":%llu,\"decode_tokens\":%llu,\"expert_hits\":%llu,"
-		       "\"expert_misses\":%llu,\"n_slots\":%u,\"n_experts\":%u,"
+		       "\"expert_misses\":%llu,\"expert_host_hits\":%llu,\"n_slots\":%u,\"n_experts\":%u,"
 		       "\"vram_budget\":%llu,\"vram_used\":%llu,\"staging_bytes\":%llu",
 		       s->prefill_tps, s->decode_tps, s->hit_rate,
 		       (unsigned long long)s->bytes_read, s->read_gbps, s->stall_s,
 		       (unsigned long long)s->prefill_tokens, (unsigned long long)s->decode_tokens,
 		       (unsigned long long)s->expert_hits, (unsigned long long)s->expert_misses,
-		       s->n_slots, s->n_experts, (unsigned long long)s->vram_budget,
+		       (unsigned long long)s->expert_host_hits, s->n_slots, s->n_experts, (unsigned long long)s->vram_budget,
 		       (unsigned long long)s->vram_used, (unsigned long long)s->staging_bytes);
 		return;
 	}
 	fprintf(stderr,
 		"prefill: %llu tokens, %.2f tokens/s\n"
 		"decode: %llu tokens, %.2f tokens/s\n"
-		"experts: hit rate %.1f%% (%llu hits, %llu misses), %u slots for %u experts\n"
+		"experts: hit rate %.1f%% (%llu hits, %llu misses, %llu of them from the host "
+		"cache), %u slots for %u experts\n"
 		"read: %llu bytes, %.3f GB/s, stalled on I/O %.3f s\n"
 		"memory: %llu bytes of device memory used (budget %s), %llu bytes of staging "
 		"outside it\n",
 		(unsigned long long)s->prefill_tokens, s->prefill_tps,
 		(unsigned long long)s->decode_tokens, s->decode_tps, 100.0 * s->hit_rate,
 		(unsigned long long)s->expert_hits, (unsigned long long)s->expert_misses,
-		s->n_slots, s->n_experts, (unsigned long long)s->bytes_read, s->read_gbps,
+		(unsigned long long)s->expert_host_hits, s->n_slots, s->n_experts,
+		(unsigned long long)s->bytes_read, s->read_gbps,
 		s->stall_s, (unsigned long long)s->vram_used, budget,
 		(unsigned long long)s->staging_bytes);
 }
@@ -420,6 +429,7 @@ static int run(const struct opts *o)
 	}
 	moe_ctx_default_params(&cp);
 	cp.vram_bytes = o->vram;
+	cp.host_cache_bytes = o->host_cache;
 	cp.n_threads = o->threads;
 	cp.n_batch = o->n_batch;
 	cp.n_ctx = o->n_ctx ? o->n_ctx : n_prompt + (o->n_gen ? o->n_gen : 1);

@@ -720,6 +720,7 @@ enum moe_ctx_flags {
 
 struct moe_ctx_params {
 	uint64_t vram_bytes;        /* device budget; 0 = no limit (every expert resident) */
+	uint64_t host_cache_bytes;  /* tier 1: evicted experts kept in pinned host memory */
 	int32_t n_threads;          /* <= 0: every CPU */
 	uint32_t n_ctx;             /* KV cells (positions); 0 = min(training context, 4096) */
 	uint32_t n_batch;           /* prompt tokens per forward step; 0 = 64 */
@@ -768,7 +769,8 @@ struct moe_ctx_stats {
 	double prefill_s, decode_s;
 	double prefill_tps, decode_tps;
 	uint64_t expert_hits, expert_misses, expert_evictions;
-	double hit_rate;            /* hits / (hits + misses); 1 when nothing was asked */
+	uint64_t expert_host_hits;  /* misses served from the host cache, without a read */
+	double hit_rate;            /* device hits / (hits + misses); 1 when nothing was asked */
 	uint64_t bytes_read;        /* bytes read from the model file since the last reset */
 	double read_s;              /* time with a read in flight */
 	double read_gbps;           /* bytes_read / read_s / 1e9 */
@@ -783,6 +785,7 @@ struct moe_ctx_stats {
 	uint32_t n_experts;         /* routed experts in the model */
 	uint64_t staging_bytes;     /* pinned host staging, outside the budget */
 	uint64_t host_bytes;        /* other host memory outside the budget (logits, tables) */
+	uint64_t host_cache_bytes;  /* the host cache (tier 1), outside the budget */
 	uint64_t reserved[8];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);

@@ -88,6 +88,8 @@ struct moe_backend_ops {
 	int (*upload)(struct moe_backend *be, void *dst, const void *src, uint64_t bytes,
 		      struct moe_be_event *ev);
 	int (*sync)(struct moe_backend *be, struct moe_be_event *ev);
+	/* copy device memory back to host memory, synchronously (the host tier) */
+	int (*download)(struct moe_backend *be, void *dst, const void *src, uint64_t bytes);
 
 	/* y[t][r] = dot(row r of W, x[t]) for an expert or resident matrix of any type */
 	int (*matmul)(struct moe_backend *be, uint32_t wtype, const void *w, int64_t rows,

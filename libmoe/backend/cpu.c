@@ -63,6 +63,13 @@ static int cpu_upload(struct moe_backend *be, void *dst, const void *src, uint64
 	return 0;
 }
 
+static int cpu_download(struct moe_backend *be, void *dst, const void *src, uint64_t bytes)
+{
+	(void)be;
+	memcpy(dst, src, bytes);
+	return 0;
+}
+
 static int cpu_sync(struct moe_backend *be, struct moe_be_event *ev)
 {
 	(void)be;
@@ -335,6 +342,7 @@ static const struct moe_backend_ops cpu_ops = {
 	.free = cpu_free,
 	.upload = cpu_upload,
 	.sync = cpu_sync,
+	.download = cpu_download,
 	.matmul = cpu_matmul,
 	.get_row = cpu_get_row,
 	.rms_norm = cpu_rms_norm,

@@ -57,6 +57,14 @@ struct moe_expert_cache {
 	struct staging *stg;
 	uint32_t n_stg;
 	uint64_t stg_bytes;
+	/* tier 1: experts evicted from the device stay in pinned host memory */
+	uint32_t n_host;
+	void *host_mem;
+	uint64_t host_bytes;
+	int32_t *hmap;                /* [layer][e] -> host slot or -1 */
+	int64_t *hkey;
+	bool *hbusy;                  /* never set: host slots are not pinned */
+	void *hpol_state;
 	struct moe_cache_stats st;
 };
 
@@ -220,9 +228,30 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 			goto fail;
 		}
 	}
+	c->n_host = (uint32_t)MOE_MIN(p->host_bytes / c->slot_bytes,
+				      (uint64_t)c->n_layer * c->n_expert);
+	if (c->n_host) {
+		c->host_bytes = (uint64_t)c->n_host * c->slot_bytes;
+		c->host_mem = moe_io_alloc(c->io, c->host_bytes);
+		c->hmap = malloc(sizeof(*c->hmap) * c->n_layer * c->n_expert);
+		c->hkey = malloc(sizeof(*c->hkey) * c->n_host);
+		c->hbusy = calloc(c->n_host, sizeof(*c->hbusy));
+		c->hpol_state = c->pol->create(c->n_host);
+		if (!c->host_mem || !c->hmap || !c->hkey || !c->hbusy || !c->hpol_state) {
+			ret = moe_err(ENOMEM, "expert cache: cannot allocate %llu bytes of host "
+				      "cache", (unsigned long long)c->host_bytes);
+			goto fail;
+		}
+		for (uint64_t i = 0; i < (uint64_t)c->n_layer * c->n_expert; i++)
+			c->hmap[i] = -1;
+		for (uint32_t i = 0; i < c->n_host; i++)
+			c->hkey[i] = -1;
+	}
+	c->st.n_host_slots = c->n_host;
 	c->st.n_slots = c->n_slots;
 	c->st.slot_bytes = c->slot_bytes;
 	c->st.staging_bytes = c->stg_bytes * c->n_stg;
+	c->st.host_bytes = c->host_bytes;
 	*out = c;
 	return 0;
 fail:
@@ -248,6 +277,13 @@ void moe_cache_destroy(struct moe_expert_cache *c)
 		c->be->ops->free(c->be, c->slot_mem, (uint64_t)c->n_slots * c->slot_bytes);
 	if (c->pol_state)
 		c->pol->destroy(c->pol_state);
+	if (c->hpol_state)
+		c->pol->destroy(c->hpol_state);
+	if (c->host_mem)
+		moe_io_free(c->io, c->host_mem);
+	free(c->hmap);
+	free(c->hkey);
+	free(c->hbusy);
 	free(c->stg);
 	free(c->busy);
 	free(c->slots);
@@ -327,6 +363,30 @@ static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx)
 	return 0;
 }
 
+/* Keep the expert leaving device slot @s in the host tier (when there is one). */
+static int demote(struct moe_expert_cache *c, uint32_t s)
+{
+	int64_t key = c->slots[s].key;
+	int hs;
+
+	if (!c->n_host || c->slots[s].state != SLOT_READY)
+		return 0;
+	if (c->hmap[key] >= 0) {
+		c->pol->touch(c->hpol_state, (uint32_t)c->hmap[key]);
+		return 0;
+	}
+	hs = c->pol->victim(c->hpol_state, c->hbusy, c->n_host);
+	if (hs < 0)
+		return 0;
+	if (c->hkey[hs] >= 0)
+		c->hmap[c->hkey[hs]] = -1;
+	c->hkey[hs] = key;
+	c->hmap[key] = hs;
+	c->pol->touch(c->hpol_state, (uint32_t)hs);
+	return c->be->ops->download(c->be, (char *)c->host_mem + (uint64_t)hs * c->slot_bytes,
+				    c->slots[s].mem, c->slot_bytes);
+}
+
 int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, uint32_t *slot)
 {
 	int64_t key = (int64_t)layer * c->n_expert + e;
@@ -350,12 +410,15 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 	for (stg_idx = 0; stg_idx < c->n_stg; stg_idx++)
 		if (!c->stg[stg_idx].busy)
 			break;
-	if (stg_idx == c->n_stg)
+	if (stg_idx == c->n_stg && !(c->n_host && c->hmap[key] >= 0))
 		return -EAGAIN;
 	victim = c->pol->victim(c->pol_state, c->busy, c->n_slots);
 	if (victim < 0)
 		return -EAGAIN;
 	if (c->slots[victim].key >= 0) {
+		ret = demote(c, (uint32_t)victim);
+		if (ret < 0)
+			return ret;
 		c->map[c->slots[victim].key] = -1;
 		c->st.evictions++;
 	}
@@ -366,7 +429,23 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 	c->map[key] = victim;
 	c->pol->touch(c->pol_state, victim);
 	*slot = victim;
-	ret = start_fetch(c, victim, stg_idx);
+	if (c->n_host && c->hmap[key] >= 0) {
+		struct moe_be_event ev = { 0 };
+		int32_t hs = c->hmap[key];
+
+		ret = c->be->ops->upload(c->be, c->slots[victim].mem,
+					 (char *)c->host_mem + (uint64_t)hs * c->slot_bytes,
+					 c->slot_bytes, &ev);
+		ret = ret ? ret : c->be->ops->sync(c->be, &ev);
+		if (!ret) {
+			c->pol->touch(c->hpol_state, (uint32_t)hs);
+			c->slots[victim].state = SLOT_READY;
+			c->st.host_hits++;
+			return 1;
+		}
+	} else {
+		ret = start_fetch(c, victim, stg_idx);
+	}
 	if (ret < 0) {
 		c->slots[victim].state = SLOT_EMPTY;
 		c->slots[victim].key = -1;
@@ -458,6 +537,6 @@ void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stat
 
 void moe_cache_reset_stats(struct moe_expert_cache *c)
 {
-	c->st.hits = c->st.misses = c->st.evictions = c->st.bytes_read = 0;
+	c->st.hits = c->st.misses = c->st.evictions = c->st.bytes_read = c->st.host_hits = 0;
 	c->st.stall_s = 0;
 }

@@ -3,7 +3,9 @@
  * The expert cache: fixed-size slots in device memory, each holding one
  * routed expert's matrices.  A miss reads the expert's extents through the
  * I/O engine into pinned staging and uploads them into a slot; the caller
- * keeps computing the experts that are ready meanwhile.  Which slot to evict
+ * keeps computing the experts that are ready meanwhile.  An optional host
+ * tier keeps experts evicted from the device in pinned host memory, so a
+ * later miss on them is an upload instead of a read.  Which slot to evict
  * is a policy behind a small ops table (LRU here).
  *
  * Slots are pinned while a layer uses them, so an eviction never hits an
@@ -46,6 +48,7 @@ struct moe_cache_params {
 	const struct moe_cache_policy_ops *policy;   /* NULL: LRU */
 	uint32_t n_slots;
 	uint32_t n_staging;     /* experts in flight at once (staging buffers) */
+	uint64_t host_bytes;    /* tier 1 in pinned host memory; 0 = none */
 };
 
 /* Bytes of one slot: the largest expert, each matrix 64-byte aligned. */
@@ -81,11 +84,14 @@ const struct moe_expert *moe_cache_expert(const struct moe_expert_cache *c, uint
 
 struct moe_cache_stats {
 	uint64_t hits, misses, evictions;
+	uint64_t host_hits;     /* misses served from the host tier, no file read */
 	uint64_t bytes_read;
 	double stall_s;
 	uint32_t n_slots;
 	uint64_t slot_bytes;
 	uint64_t staging_bytes;
+	uint32_t n_host_slots;
+	uint64_t host_bytes;
 };
 void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stats *out);
 void moe_cache_reset_stats(struct moe_expert_cache *c);

@@ -424,6 +424,7 @@ static int setup(struct moe_ctx *ctx)
 	const struct moe_ctx_params *par = &ctx->par;
 	struct moe_model *m = ctx->model;
 	uint64_t fixed, avail = 0, n_slots = 0;
+	uint32_t n_host = 0;
 	char a[32], b[32], c[32], d[32], e[32], f[32];
 	struct plan p;
 	int ret;
@@ -521,6 +522,7 @@ static int setup(struct moe_ctx *ctx)
 		struct moe_cache_params cp = {
 			.model = m, .be = ctx->be, .io = ctx->io, .n_slots = (uint32_t)n_slots,
 			.n_staging = par->n_staging ? par->n_staging : DEFAULT_STAGING,
+			.host_bytes = par->host_cache_bytes,
 		};
 
 		if (par->policy) {
@@ -544,6 +546,12 @@ static int setup(struct moe_ctx *ctx)
 		}
 	}
 	ctx->st.n_experts = p.n_experts;
+	if (ctx->cache) {
+		struct moe_cache_stats cs;
+
+		moe_cache_get_stats(ctx->cache, &cs);
+		n_host = cs.n_host_slots;
+	}
 	moe_ctx_reset_stats(ctx);
 	fmt_bytes(a, sizeof(a), par->vram_bytes);
 	fmt_bytes(b, sizeof(b), ctx->resident_bytes);
@@ -553,9 +561,10 @@ static int setup(struct moe_ctx *ctx)
 	fmt_bytes(f, sizeof(f), ctx->io_pool_bytes);
 	snprintf(ctx->desc, sizeof(ctx->desc), "%s backend, %d threads, budget %s: resident %s, "
 		 "KV %s (%u positions), scratch %s, %u expert slots x %s for %u experts; staging "
-		 "%s outside the budget; io: %s", ctx->be->ops->name,
+		 "%s and %u host-cache slots outside the budget; io: %s", ctx->be->ops->name,
 		 moe_threadpool_size(ctx->pool), par->vram_bytes ? a : "unlimited", b, c,
-		 ctx->n_ctx, d, ctx->st.n_slots, e, p.n_experts, f, moe_io_describe(ctx->io));
+		 ctx->n_ctx, d, ctx->st.n_slots, e, p.n_experts, f, n_host,
+		 moe_io_describe(ctx->io));
 	moe_log(MOE_LOG_INFO, "%s", ctx->desc);
 	return 0;
 }
@@ -752,6 +761,8 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 		s.expert_hits = cs.hits;
 		s.expert_misses = cs.misses;
 		s.expert_evictions = cs.evictions;
+		s.expert_host_hits = cs.host_hits;
+		s.host_cache_bytes = cs.host_bytes;
 		s.stall_s = cs.stall_s;
 		s.n_slots = cs.n_slots;
 		s.slot_bytes = cs.slot_bytes;

@@ -581,6 +581,50 @@ START_TEST(engine_budget_honoured)
 }
 END_TEST
 
+/* The host tier: a second pass over the same prompt reads nothing from the file. */
+START_TEST(engine_host_cache)
+{
+	char *path = shared_model("qwen3moe");
+	struct moe_model *m;
+	struct moe_ctx *res, *ctx;
+	struct moe_ctx_params p;
+	struct moe_ctx_stats st;
+	struct all_logits a, b;
+	int32_t tok[24];
+
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	res = make_ctx(m, 0, 8, 0);
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 128;
+	p.n_batch = 8;
+	p.vram_bytes = min_budget(m, 8);
+	p.host_cache_bytes = 64ull << 20;
+	ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s", moe_errmsg());
+	prompt(tok, 24, 512);
+	a = (struct all_logits){ calloc((size_t)30 * 512, sizeof(float)), 0, 512 };
+	b = (struct all_logits){ calloc((size_t)30 * 512, sizeof(float)), 0, 512 };
+	run_gen(res, tok, 24, &a);
+	run_gen(ctx, tok, 24, &b);
+	moe_ctx_get_stats(ctx, &st);
+	ck_assert_uint_gt(st.bytes_read, 0);
+	ck_assert_uint_eq(st.host_cache_bytes, 32 * st.slot_bytes);
+	moe_ctx_reset_stats(ctx);
+	run_gen(ctx, tok, 24, &b);
+	moe_ctx_get_stats(ctx, &st);
+	ck_assert_uint_gt(st.expert_misses, 0);
+	ck_assert_uint_eq(st.expert_host_hits, st.expert_misses);
+	ck_assert_uint_eq(st.bytes_read, 0);
+	ck_assert(!memcmp(a.buf, b.buf, sizeof(float) * a.n * 512));
+	free(a.buf);
+	free(b.buf);
+	moe_ctx_free(res);
+	moe_ctx_free(ctx);
+	moe_model_close(m);
+	free(path);
+}
+END_TEST
+
 /* moe-run end to end: llama.cpp's greedy tokens, --json stats keys, --logits-out rows. */
 START_TEST(engine_moe_run)
 {
@@ -663,12 +707,14 @@ Suite *suite_engine(void)
 		tcase_add_test(tc, engine_decode_equals_prefill);
 		tcase_add_test(tc, engine_errors);
 		tcase_add_test(tc, engine_moe_run);
+		tcase_add_test(tc, engine_host_cache);
 	} else {
 		tu_skip("engine_matches_llamacpp", "no " DIR " in the shared tree");
 		tu_skip("engine_deterministic", "no " DIR " in the shared tree");
 		tu_skip("engine_decode_equals_prefill", "no " DIR " in the shared tree");
 		tu_skip("engine_errors", "no " DIR " in the shared tree");
 		tu_skip("engine_moe_run", "no " DIR " in the shared tree");
+		tu_skip("engine_host_cache", "no " DIR " in the shared tree");
 	}
 	tcase_add_loop_test(tc, engine_matches_reference, 0, MOE_ARRAY_SIZE(archs));
 	/* quant types this build's moe-mkmodel cannot write yet are skipped, by name */
