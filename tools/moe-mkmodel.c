@@ -25,6 +25,7 @@
 #define EXIT_USAGE 2
 #define PROG "moe-mkmodel"
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* ------------------------------------------------------------ architectures */
@@ -214,10 +215,16 @@ static int parse_float(const char *opt, const char *s, double min, double max, d
 	return 0;
 }
 
-/* f32/f16/bf16 are written here; the quantized types need moe_quantize from the quant module. */
+/*
+ * f16 and bf16 are converted here; other types go through moe_quantize, which
+ * answers a zero-length request with 0 exactly when it has a kernel.  q8_K
+ * is the K-quants' activation type, which llama.cpp cannot use for weights.
+ */
 static bool type_supported(uint32_t type)
 {
-	return type == MOE_TYPE_F32 || type == MOE_TYPE_F16 || type == MOE_TYPE_BF16;
+	if (type == MOE_TYPE_F32 || type == MOE_TYPE_F16 || type == MOE_TYPE_BF16)
+		return true;
+	return type != MOE_TYPE_Q8_K && moe_quantize(type, NULL, NULL, 0) == 0;
 }
 
 static int parse_type(const char *opt, const char *s, uint32_t *out)
@@ -227,9 +234,12 @@ static int parse_type(const char *opt, const char *s, uint32_t *out)
 	if (t < 0)
 		return usage_error("--%s '%s': unknown type (f32, f16, bf16, q8_0, q4_K, ...)",
 				   opt, s);
+	if (t == MOE_TYPE_Q8_K)
+		return usage_error("--%s: q8_K is an activation type; llama.cpp cannot use it for "
+				   "weights (use q8_0)", opt);
 	if (!type_supported((uint32_t)t))
-		return usage_error("--%s: type %s is not supported by this build (use f32, f16 "
-				   "or bf16)", opt, moe_type_name((uint32_t)t));
+		return usage_error("--%s: type %s is not supported by this build (use f32, f16, "
+				   "bf16, q8_0, q4_K, ...)", opt, moe_type_name((uint32_t)t));
 	*out = (uint32_t)t;
 	return 0;
 }
@@ -261,7 +271,7 @@ static int check_arch_options(const struct opts *o, const bool *given)
 		  "every layer is MoE and the expert width is --expert-ff" },
 	};
 
-	for (size_t i = 0; i < sizeof(only) / sizeof(only[0]); i++)
+	for (size_t i = 0; i < ARRAY_LEN(only); i++)
 		if (given[only[i].opt] && !(only[i].archs & (1u << o->arch)))
 			return usage_error("--%s does not apply to --arch %s: %s",
 					   opt_names[only[i].opt], o->ad->name, only[i].why);
@@ -336,7 +346,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		switch (c) {
 		case O_ARCH:
 			have_arch = false;
-			for (size_t i = 0; i < sizeof(arch_table) / sizeof(arch_table[0]); i++) {
+			for (size_t i = 0; i < ARRAY_LEN(arch_table); i++) {
 				if (!strcmp(optarg, arch_table[i].name)) {
 					o->arch = (enum arch_id)i;
 					have_arch = true;
@@ -512,9 +522,10 @@ static uint16_t f32_to_bf16(float f)
 	return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
 }
 
-static void convert(uint32_t type, const float *src, void *dst, uint64_t n)
+static int convert(uint32_t type, const float *src, void *dst, uint64_t n)
 {
 	uint16_t *h = dst;
+	int64_t ret;
 
 	switch (type) {
 	case MOE_TYPE_F16:
@@ -525,10 +536,41 @@ static void convert(uint32_t type, const float *src, void *dst, uint64_t n)
 		for (uint64_t i = 0; i < n; i++)
 			h[i] = f32_to_bf16(src[i]);
 		break;
-	default:
+	case MOE_TYPE_F32:
 		memcpy(dst, src, n * sizeof(float));
 		break;
+	default:
+		ret = moe_quantize(type, src, dst, (int64_t)n);
+		if (ret < 0)
+			return (int)ret;
+		break;
 	}
+	return 0;
+}
+
+/* Quantizing dominates the run time of quantized models: rows are split over the CPUs. */
+struct convert_job {
+	uint32_t type;
+	const float *src;
+	uint8_t *dst;
+	uint64_t rows, ne0, row_bytes;
+	int err;
+};
+
+static void convert_part(void *arg, int ith, int nth)
+{
+	struct convert_job *j = arg;
+	uint64_t r0 = j->rows * (uint64_t)ith / (uint64_t)nth;
+	uint64_t r1 = j->rows * (uint64_t)(ith + 1) / (uint64_t)nth;
+	int ret;
+
+	if (r0 == r1)
+		return;
+	/* whole rows, so every quant block lies inside one row */
+	ret = convert(j->type, j->src + r0 * j->ne0, j->dst + r0 * j->row_bytes,
+		      (r1 - r0) * j->ne0);
+	if (ret)
+		__atomic_store_n(&j->err, ret, __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------------ model */
@@ -570,11 +612,13 @@ struct model {
 	float *scratch;
 	size_t scratch_cap;
 	uint32_t n_moe;
-	/* tensors whose row length forced a different type than asked */
-	uint32_t n_fallback;
-	const char *fallback_example;
-	uint32_t fallback_from, fallback_to;
+	/* tensors whose row length forced a different type than asked, per (asked, used) */
+	struct fallback {
+		uint32_t from, to, count;
+		char example[MOE_GGUF_NAME_MAX];
+	} fallback[4];
 	/* progress on a terminal */
+	struct moe_threadpool *pool;    /* only when something is quantized */
 	bool progress;
 	uint64_t bytes_done, bytes_total;
 	int last_pct;
@@ -612,10 +656,19 @@ static uint32_t pick_type(struct model *m, enum tclass tc, uint32_t n_dims, uint
 		return want;
 	got = type_supported(MOE_TYPE_Q8_0) && ne0 % moe_type_block_elems(MOE_TYPE_Q8_0) == 0 ?
 		      MOE_TYPE_Q8_0 : MOE_TYPE_F16;
-	if (!m->n_fallback++) {
-		m->fallback_example = name;
-		m->fallback_from = want;
-		m->fallback_to = got;
+	/* at most two asked types and two fallbacks each: the table cannot overflow */
+	for (size_t i = 0; i < ARRAY_LEN(m->fallback); i++) {
+		struct fallback *fb = &m->fallback[i];
+
+		if (!fb->count) {
+			fb->from = want;
+			fb->to = got;
+			snprintf(fb->example, sizeof(fb->example), "%s", name);
+		}
+		if (fb->from == want && fb->to == got) {
+			fb->count++;
+			break;
+		}
 	}
 	return got;
 }
@@ -940,6 +993,7 @@ static void model_free(struct model *m)
 	free(m->rope_freqs);
 	free(m->scratch);
 	free(m->t);
+	moe_threadpool_destroy(m->pool);
 }
 
 static void show_progress(struct model *m, uint64_t bytes)
@@ -962,6 +1016,7 @@ static int fill(void *ctx, uint64_t row, uint64_t n_rows, void *dst)
 	struct model *m = t->m;
 	uint64_t ne0 = t->ne[0], n = n_rows * ne0;
 	float *f, a;
+	int ret;
 
 	if (n > m->scratch_cap) {
 		f = realloc(m->scratch, n * sizeof(float));
@@ -994,7 +1049,19 @@ static int fill(void *ctx, uint64_t row, uint64_t n_rows, void *dst)
 			f[i] = (a * gauss(&t->state) + m->kappa * m->mu[i % ne0]) * t->scale;
 		break;
 	}
-	convert(t->type, f, dst, n);
+	if (m->pool && moe_type_block_elems(t->type) > 1) {
+		struct convert_job j = {
+			.type = t->type, .src = f, .dst = dst, .rows = n_rows, .ne0 = ne0,
+			.row_bytes = (uint64_t)moe_type_row_bytes(t->type, ne0),
+		};
+
+		moe_threadpool_run(m->pool, convert_part, &j);
+		ret = j.err;
+	} else {
+		ret = convert(t->type, f, dst, n);
+	}
+	if (ret)
+		return ret;
 	show_progress(m, n * moe_type_block_bytes(t->type) / moe_type_block_elems(t->type));
 	return 0;
 }
@@ -1379,10 +1446,18 @@ int main(int argc, char **argv)
 			fprintf(stderr, PROG ": %s\n", *moe_errmsg() ? moe_errmsg() : strerror(-ret));
 		goto out;
 	}
-	if (m.n_fallback && !o.quiet)
+	for (size_t i = 0; i < ARRAY_LEN(m.fallback) && m.fallback[i].count && !o.quiet; i++)
 		fprintf(stderr, PROG ": note: %u tensor(s) (e.g. %s) have rows not a multiple of "
-			"the %s block and are written as %s\n", m.n_fallback, m.fallback_example,
-			moe_type_name(m.fallback_from), moe_type_name(m.fallback_to));
+			"the %s block and are written as %s\n", m.fallback[i].count,
+			m.fallback[i].example, moe_type_name(m.fallback[i].from),
+			moe_type_name(m.fallback[i].to));
+	if (moe_type_block_elems(o.type) > 1 || moe_type_block_elems(o.type_other) > 1) {
+		ret = moe_threadpool_create(0, &m.pool);
+		if (ret) {
+			fprintf(stderr, PROG ": %s\n", moe_errmsg());
+			goto out;
+		}
+	}
 	m.progress = !o.quiet && isatty(STDERR_FILENO);
 	m.bytes_total = bytes;
 	ret = moe_gguf_write(w, o.out);
