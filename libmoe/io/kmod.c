@@ -302,9 +302,8 @@ int moe_kmod_next(struct moe_kmod *k, uint32_t after, struct moe_kmod_model_info
 	return 0;
 }
 
-/* Every routed expert matrix, widened to the driver's alignment. */
-static int expert_extents(const struct moe_kmod *k, const struct moe_model *model,
-			  uint64_t file_size, struct drm_moe_extent **out, uint32_t *n_out)
+int moe_kmod_expert_extents(const struct moe_kmod *k, const struct moe_model *model,
+			    uint64_t file_size, struct drm_moe_extent **out, uint32_t *n_out)
 {
 	struct moe_hparams hp;
 	struct drm_moe_extent *ext = NULL;
@@ -387,7 +386,7 @@ int moe_kmod_register(struct moe_kmod *k, const char *name, const struct moe_mod
 	ret = moe_model_summary(model, &sum);
 	if (ret)
 		return ret;
-	ret = expert_extents(k, model, sum.file_bytes, &ext, &n);
+	ret = moe_kmod_expert_extents(k, model, sum.file_bytes, &ext, &n);
 	if (ret)
 		return ret;
 	path = moe_model_path(model);

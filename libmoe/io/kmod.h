@@ -39,6 +39,14 @@ int moe_kmod_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uin
 int moe_kmod_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
 
 /*
+ * The extent table MODEL_REGISTER gets: every routed expert matrix, widened
+ * to k->align and clamped to the file size rounded up; *out is malloc'ed.
+ * -E2BIG above k->max_extents.
+ */
+int moe_kmod_expert_extents(const struct moe_kmod *k, const struct moe_model *model,
+			    uint64_t file_size, struct drm_moe_extent **out, uint32_t *n_out);
+
+/*
  * The engine backend: reads of the registered model whose file is the
  * engine's (matched by device and inode) go through the driver into a
  * bounce BO and are copied to the caller's buffer, so the bytes land where
