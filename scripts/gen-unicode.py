@@ -80,7 +80,11 @@ def main():
     for i in range(0, len(vals), 12):
         out.write('\t' + ' '.join('0x%02x,' % v for v in vals[i:i + 12]) + '\n')
     out.write('};\n\n')
-    out.write('const unsigned moe_ucd_runs = %d;\n' % len(starts))
+    out.write('const unsigned moe_ucd_runs = %d;\n\n' % len(starts))
+    out.write('const uint8_t moe_ucd_ascii[128] = {\n')
+    for i in range(0, 128, 12):
+        out.write('\t' + ' '.join('0x%02x,' % flags[c] for c in range(i, min(i + 12, 128))) + '\n')
+    out.write('};\n')
 
 
 if __name__ == '__main__':

@@ -191,7 +191,8 @@ static void render_harmony(struct sb *b, const struct moe_chat_msg *m, int n, bo
 		  "Knowledge cutoff: 2024-06\nCurrent date: ");
 	sb_add(b, date);
 	sb_add(b, "\n\nReasoning: medium\n\n"
-		  "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>");
+		  "# Valid channels: analysis, commentary, final. "
+		  "Channel must be included for every message.<|end|>");
 	if (n && !strcmp(m[0].role, "system")) {
 		sb_add(b, "<|start|>developer<|message|># Instructions\n\n");
 		sb_add(b, m[0].content);

@@ -2,7 +2,7 @@
 /* Code point properties (binary search over generated runs) and UTF-8. */
 #include "text/unicode.h"
 
-unsigned moe_ucd_flags(uint32_t cpt)
+unsigned moe_ucd_flags_slow(uint32_t cpt)
 {
 	unsigned lo = 0, hi = moe_ucd_runs;
 

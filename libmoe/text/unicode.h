@@ -22,8 +22,14 @@ enum {
 extern const uint32_t moe_ucd_run_start[];
 extern const uint8_t moe_ucd_run_flags[];
 extern const unsigned moe_ucd_runs;
+extern const uint8_t moe_ucd_ascii[128];
 
-unsigned moe_ucd_flags(uint32_t cpt);
+unsigned moe_ucd_flags_slow(uint32_t cpt);
+
+static inline unsigned moe_ucd_flags(uint32_t cpt)
+{
+	return cpt < 128 ? moe_ucd_ascii[cpt] : moe_ucd_flags_slow(cpt);
+}
 
 /*
  * Decode one code point from @s (at most @len bytes).  Returns its length

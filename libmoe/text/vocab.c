@@ -219,7 +219,10 @@ static int build_vocab(struct moe_tokenizer *t, const struct tok_spec *sp)
 
 static int build_merges(struct moe_tokenizer *t, const struct tok_spec *sp)
 {
+	char *joined = NULL;
+	size_t joined_cap = 0;
 	uint32_t dropped = 0;
+	int ret = 0;
 
 	if (t->kind == TOK_SPM)
 		return 0;
@@ -237,28 +240,38 @@ static int build_merges(struct moe_tokenizer *t, const struct tok_spec *sp)
 		const char *m = sp->merges[i];
 		size_t len = m ? (sp->merge_lens ? sp->merge_lens[i] : strlen(m)) : 0;
 		const char *sp_at = len > 1 ? memchr(m + 1, ' ', len - 1) : NULL;
+		size_t ll = sp_at ? (size_t)(sp_at - m) : 0;
 		int32_t l, r, res;
 		struct tok_merge *slot;
-		char *joined;
 		uint32_t h;
 
-		if (!sp_at)
-			return moe_err(EINVAL,
-				       "tokenizer.ggml.merges[%u] '%.*s' is not two tokens separated by a space",
-				       i, (int)MOE_MIN(len, 64), m ? m : "");
-		l = tok_find(t, m, (size_t)(sp_at - m));
-		r = tok_find(t, sp_at + 1, len - (size_t)(sp_at - m) - 1);
-		if (l < 0 || r < 0)
-			return moe_err(EINVAL,
-				       "tokenizer.ggml.merges[%u] '%.*s' names a token that is not in tokenizer.ggml.tokens: the merges do not belong to this vocabulary",
-				       i, (int)MOE_MIN(len, 64), m);
-		joined = malloc(len);
-		if (!joined)
-			return moe_err(ENOMEM, "tokenizer: out of memory");
-		memcpy(joined, m, (size_t)(sp_at - m));
-		memcpy(joined + (sp_at - m), sp_at + 1, len - (size_t)(sp_at - m) - 1);
+		if (!sp_at) {
+			ret = moe_err(EINVAL,
+				      "tokenizer.ggml.merges[%u] '%.*s' is not two tokens separated by a space",
+				      i, (int)MOE_MIN(len, 64), m ? m : "");
+			break;
+		}
+		l = tok_find(t, m, ll);
+		r = tok_find(t, sp_at + 1, len - ll - 1);
+		if (l < 0 || r < 0) {
+			ret = moe_err(EINVAL,
+				      "tokenizer.ggml.merges[%u] '%.*s' names a token that is not in tokenizer.ggml.tokens: the merges do not belong to this vocabulary",
+				      i, (int)MOE_MIN(len, 64), m);
+			break;
+		}
+		if (len > joined_cap) {
+			char *p = realloc(joined, len * 2);
+
+			if (!p) {
+				ret = moe_err(ENOMEM, "tokenizer: out of memory");
+				break;
+			}
+			joined = p;
+			joined_cap = len * 2;
+		}
+		memcpy(joined, m, ll);
+		memcpy(joined + ll, sp_at + 1, len - ll - 1);
 		res = tok_find(t, joined, len - 1);
-		free(joined);
 		if (res < 0 || tok_find_merge(t, l, r)) {
 			/* Such a merge could only build a symbol that falls back to bytes. */
 			dropped++;
@@ -273,16 +286,22 @@ static int build_merges(struct moe_tokenizer *t, const struct tok_spec *sp)
 		slot->rank = (int32_t)i;
 		slot->result = res;
 	}
+	free(joined);
+	if (ret)
+		return ret;
 	if (dropped)
 		moe_log(MOE_LOG_DEBUG, "tokenizer: %u merges ignored (repeated, or their result is not a token)",
 			dropped);
 	return 0;
 }
 
+/* Whether @s has a U+2581 right after something other than U+2581. */
 static bool mark_inside(const char *s, size_t len)
 {
+	static const char mark[] = "\xe2\x96\x81";
+
 	for (size_t i = 1; i + 3 <= len; i++)
-		if (!memcmp(s + i, "\xe2\x96\x81", 3) && (i < 3 || memcmp(s + i - 3, "\xe2\x96\x81", 3)))
+		if (!memcmp(s + i, mark, 3) && (i < 3 || memcmp(s + i - 3, mark, 3)))
 			return true;
 	return false;
 }
@@ -650,7 +669,7 @@ MOE_API int moe_detokenize(const struct moe_tokenizer *t, const int32_t *ids, in
 	if (!t || n_ids < 0 || (!ids && n_ids) || len < 0 || (!buf && len) ||
 	    (flags & ~MOE_DETOK_FLAGS_ALL))
 		return moe_err(EINVAL, "moe_detokenize: bad arguments");
-	if (n_ids && ids[0] == t->bos && t->bos >= 0 && !special)
+	if (n_ids && ids[0] == t->bos && t->bos >= 0)
 		first = 1;
 	for (int i = 0; i < n_ids; i++) {
 		char tmp[8];
@@ -689,6 +708,7 @@ MOE_API int moe_detok_stream(const struct moe_tokenizer *t, struct moe_detok_sta
 			     int32_t id, char *buf, int len)
 {
 	char tmp[512], *p = tmp, *big = NULL;
+	uint32_t was_started = st ? st->started : 0;
 	int n, have, out = 0, keep;
 
 	if (!t || !st || len < 0 || (!buf && len))
@@ -708,12 +728,13 @@ MOE_API int moe_detok_stream(const struct moe_tokenizer *t, struct moe_detok_sta
 		}
 		memcpy(p, st->pending, st->n);
 		piece(t, id, st->flags & MOE_DETOK_SPECIAL, p + st->n, n);
-		if (!st->started && t->add_space_prefix && n > 0 && starts_with_space(t, id)) {
+		/* As moe_detokenize: the first token after an optional leading BOS loses its space. */
+		if ((st->started == 1 || (!st->started && id != t->bos)) && t->add_space_prefix &&
+		    n > 0 && starts_with_space(t, id)) {
 			memmove(p + st->n, p + st->n + 1, (size_t)n - 1);
 			n--;
 		}
-		if (id != t->bos)
-			st->started = 1;
+		st->started = !st->started && id == t->bos ? 1 : 2;
 		have = (int)st->n + n;
 	} else {
 		memcpy(p, st->pending, st->n);
@@ -735,6 +756,7 @@ MOE_API int moe_detok_stream(const struct moe_tokenizer *t, struct moe_detok_sta
 	out = have - keep;
 	if (out > len) {
 		free(big);
+		st->started = was_started;
 		return moe_err(ENOSPC, "moe_detok_stream: %d bytes are ready, the buffer holds %d",
 			       out, len);
 	}
