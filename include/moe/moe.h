@@ -485,8 +485,9 @@ MOE_API int moe_io_submit(struct moe_io *io);
 /* Call the callbacks of completed reads without blocking; returns how many. */
 MOE_API int moe_io_poll(struct moe_io *io);
 /*
- * Block until at least @min_completions callbacks ran on this thread or no
- * read is left outstanding; returns how many ran.
+ * Block until at least @min_completions reads completed during the call or
+ * none is left outstanding; returns how many completed.  Callbacks run here,
+ * or on engine threads with MOE_IO_CB_ENGINE_THREAD (then this only waits).
  */
 MOE_API int moe_io_wait(struct moe_io *io, uint32_t min_completions);
 /* Read synchronously; *interior = byte `offset` in dst (may be NULL).  0 or -errno. */

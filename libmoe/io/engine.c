@@ -39,6 +39,7 @@ struct moe_io_req {
 	uint64_t err_pos;
 	uint32_t left;           /* pieces not yet ended */
 	bool inline_cb;          /* call cb on the thread that ends the last piece */
+	bool engine_async;       /* inline_cb for MOE_IO_CB_ENGINE_THREAD (not a sync read) */
 	struct moe_io_req *next;
 	struct moe_io_piece pieces[];
 };
@@ -73,8 +74,8 @@ static void req_complete_locked(struct moe_io *io, struct moe_io_req *r,
 	if (r->res < 0) {
 		io->stats.errors++;
 		/* A cancellation is what the closer asked for, not a fault worth a warning. */
-		moe_log(r->res == -ECANCELED ? MOE_LOG_DEBUG : MOE_LOG_WARN, "%s: read of extent [0x%llx, +0x%llx) failed at 0x%llx: %s",
-			io->path, (unsigned long long)r->offset, (unsigned long long)r->len,
+		moe_log(r->res == -ECANCELED ? MOE_LOG_DEBUG : MOE_LOG_WARN,
+			"%s: read of extent [0x%llx, +0x%llx) failed at 0x%llx: %s", io->path, (unsigned long long)r->offset, (unsigned long long)r->len,
 			(unsigned long long)r->err_pos, strerror((int)-r->res));
 	} else {
 		io->stats.bytes += r->len;
@@ -94,11 +95,12 @@ static void req_complete_locked(struct moe_io *io, struct moe_io_req *r,
 	pthread_cond_broadcast(&io->cond);
 }
 
-/* Run one request's callback (no lock held) and free it; returns nothing to the engine. */
+/* Run one request's callback (no lock held) and free the request. */
 static void req_deliver(struct moe_io *io, struct moe_io_req *r)
 {
 	int64_t res = r->res < 0 ? r->res : (int64_t)r->len;
 	void *interior = r->dst ? r->dst + (r->offset - r->start) : NULL;
+	bool counted = r->engine_async;
 
 	if (res < 0)
 		moe_err((int)-res, "%s: extent [0x%llx, +0x%llx): %s%s", io->path,
@@ -110,6 +112,10 @@ static void req_deliver(struct moe_io *io, struct moe_io_req *r)
 	free(r);
 	pthread_mutex_lock(&io->lock);
 	io->live--;
+	if (counted) {
+		io->engine_live--;
+		io->engine_done++;
+	}
 	pthread_cond_broadcast(&io->cond);
 	pthread_mutex_unlock(&io->lock);
 }
@@ -213,9 +219,13 @@ void moe_io_piece_done(struct moe_io *io, struct moe_io_piece *p, int64_t res)
 
 /* ------------------------------------------------------------ requests */
 
+enum delivery { DELIVER_POLL, DELIVER_ENGINE, DELIVER_SYNC };
+
 static int queue_read(struct moe_io *io, uint64_t offset, uint64_t len, void *dst,
-		      uint64_t dst_cap, moe_io_cb cb, void *arg, bool inline_cb)
+		      uint64_t dst_cap, moe_io_cb cb, void *arg, enum delivery how)
 {
+	bool inline_cb = how != DELIVER_POLL;
+
 	uint64_t end, span, start, mr;
 	struct moe_io_req *r;
 	uint32_t n;
@@ -247,7 +257,7 @@ static int queue_read(struct moe_io *io, uint64_t offset, uint64_t len, void *ds
 	start = offset / io->block * io->block;
 	*r = (struct moe_io_req){ .io = io, .offset = offset, .len = len, .start = start,
 				  .dst = dst, .cb = cb, .arg = arg, .left = n,
-				  .inline_cb = inline_cb };
+				  .inline_cb = inline_cb, .engine_async = how == DELIVER_ENGINE };
 	for (uint32_t i = 0; i < n; i++) {
 		struct moe_io_piece *p = &r->pieces[i];
 
@@ -270,6 +280,8 @@ static int queue_read(struct moe_io *io, uint64_t offset, uint64_t len, void *ds
 	io->live++;
 	if (!inline_cb)
 		io->undelivered++;
+	if (how == DELIVER_ENGINE)
+		io->engine_live++;
 	if (!n) {
 		struct moe_io_req *inline_list = NULL;
 
@@ -291,7 +303,8 @@ int moe_io_read(struct moe_io *io, uint64_t offset, uint64_t len, void *dst, uin
 		moe_io_cb cb, void *arg)
 {
 	return queue_read(io, offset, len, dst, dst_cap, cb, arg,
-			  io && (io->opts.flags & MOE_IO_CB_ENGINE_THREAD));
+			  io && (io->opts.flags & MOE_IO_CB_ENGINE_THREAD) ? DELIVER_ENGINE :
+			  DELIVER_POLL);
 }
 
 int moe_io_submit(struct moe_io *io)
@@ -321,9 +334,11 @@ static struct moe_io_req *take_done_locked(struct moe_io *io, int *count)
 int moe_io_wait(struct moe_io *io, uint32_t min_completions)
 {
 	struct moe_io_req *inline_list = NULL;
-	int total = 0;
+	uint64_t engine_start;
+	uint32_t total = 0, seen;
 
 	pthread_mutex_lock(&io->lock);
+	engine_start = io->engine_done;
 	dispatch_locked(io, &inline_list);
 	for (;;) {
 		int n;
@@ -334,16 +349,18 @@ int moe_io_wait(struct moe_io *io, uint32_t min_completions)
 			deliver_list(io, inline_list);
 			inline_list = NULL;
 			deliver_list(io, list);
-			total += n;
+			total += (uint32_t)n;
 			pthread_mutex_lock(&io->lock);
 			continue;
 		}
-		if ((uint32_t)total >= min_completions || !io->undelivered)
+		/* Callbacks that engine threads ran meanwhile count as completions too. */
+		seen = total + (uint32_t)(io->engine_done - engine_start);
+		if (seen >= min_completions || (!io->undelivered && !io->engine_live))
 			break;
 		pthread_cond_wait(&io->cond, &io->lock);
 	}
 	pthread_mutex_unlock(&io->lock);
-	return total;
+	return (int)MOE_MIN(seen, (uint32_t)INT32_MAX);
 }
 
 int moe_io_poll(struct moe_io *io)
@@ -378,7 +395,7 @@ int moe_io_read_sync(struct moe_io *io, uint64_t offset, uint64_t len, void *dst
 	int ret;
 
 	/* Delivered by whichever thread ends the read, so other waiters never see it. */
-	ret = queue_read(io, offset, len, dst, dst_cap, sync_cb, &s, true);
+	ret = queue_read(io, offset, len, dst, dst_cap, sync_cb, &s, DELIVER_SYNC);
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&io->lock);

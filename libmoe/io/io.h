@@ -109,6 +109,8 @@ struct moe_io {
 	uint32_t inflight;
 	struct moe_io_req *done_head, *done_tail;
 	uint64_t undelivered;    /* requests whose callback moe_io_poll/wait still owes */
+	uint64_t engine_live;    /* MOE_IO_CB_ENGINE_THREAD requests not yet called back */
+	uint64_t engine_done;    /* MOE_IO_CB_ENGINE_THREAD callbacks that have returned */
 	uint64_t live;           /* requests not yet freed */
 	bool closing;
 	double busy_since;

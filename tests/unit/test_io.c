@@ -467,6 +467,43 @@ START_TEST(threads_uring_engine_callbacks)
 }
 END_TEST
 
+/* With callbacks on engine threads, moe_io_wait still blocks until the reads completed. */
+START_TEST(engine_thread_wait)
+{
+	static const enum moe_io_backend backends[] = { MOE_IO_URING, MOE_IO_PREAD };
+	struct fixture fx;
+
+	fx_setup(&fx);
+	for (unsigned bi = 0; bi < 2; bi++) {
+		struct moe_io_opts o;
+		struct moe_io *io;
+		struct job j[20];
+		int seen = 0, k;
+
+		moe_io_opts_init(&o);
+		o.backend = backends[bi];
+		o.queue_depth = 4;
+		o.flags = MOE_IO_CB_ENGINE_THREAD;
+		ck_assert_int_eq(moe_io_open(fx.path, &o, &io), 0);
+		for (unsigned i = 0; i < 20; i++) {
+			prep_job(io, &j[i], i * MIB + 3, 2 * MIB, true);
+			ck_assert_int_eq(moe_io_read(io, j[i].off, j[i].len, j[i].dst, j[i].cap,
+						     job_cb, &j[i]), 0);
+		}
+		while (seen < 20 && (k = moe_io_wait(io, 20 - seen)) > 0)
+			seen += k;
+		ck_assert_int_eq(seen, 20);
+		for (unsigned i = 0; i < 20; i++) {
+			check_job(&fx, &j[i]);
+			free_job(io, &j[i]);
+		}
+		ck_assert_int_eq(moe_io_wait(io, 1), 0);
+		moe_io_close(io);
+	}
+	fx_teardown(&fx);
+}
+END_TEST
+
 /* Close with reads queued and in flight: every callback runs once, nothing hangs or leaks. */
 static void run_close_inflight(enum moe_io_backend b, uint32_t flags)
 {
@@ -920,6 +957,7 @@ Suite *suite_io(void)
 	tcase_add_test(tc, threads_uring);
 	tcase_add_test(tc, threads_pread_engine_callbacks);
 	tcase_add_test(tc, threads_uring_engine_callbacks);
+	tcase_add_test(tc, engine_thread_wait);
 	tcase_add_test(tc, close_inflight_uring);
 	tcase_add_test(tc, close_inflight_pread);
 	tcase_add_test(tc, truncated_while_open);
