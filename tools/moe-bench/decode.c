@@ -4,7 +4,9 @@
  * a ratio to the memory-bandwidth bound (weight bytes one token touches
  * divided by the read bandwidth measured in the same run with the same
  * threads), then with --vram set so that 50% and 25% of the expert bytes
- * fit, with the expert hit rate and the read rate of the file.
+ * fit, with the expert hit rate and the read rate of the file.  The resident
+ * rate and the bandwidth are each the best of several runs, so that a busy
+ * machine lowers both rather than only one of them.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -152,10 +154,10 @@ int bench_decode(int argc, char **argv)
 	struct moe_model *m;
 	struct moe_model_summary sum;
 	struct moe_tensor_info emb, out;
-	struct run_out full, part[2];
+	struct run_out full = { 0 }, part[2];
 	uint64_t touched;
 	uint32_t n_gen = 32, n_prompt = 16;
-	int threads = 0, c, ret;
+	int threads = 0, c, ret = 0;
 	bool json = false;
 	double bw, bound;
 
@@ -189,7 +191,14 @@ int bench_decode(int argc, char **argv)
 	if (moe_model_find_tensor(m, "token_embd.weight", &emb) >= 0 &&
 	    moe_model_find_tensor(m, "output.weight", &out) >= 0)
 		touched -= emb.bytes;
-	ret = one_run(m, 0, threads, n_prompt, n_gen, &full);
+	/* best of three, like the bandwidth: both are upper bounds of what the machine gives */
+	for (int r = 0; !ret && r < 3; r++) {
+		struct run_out o;
+
+		ret = one_run(m, 0, threads, n_prompt, n_gen, &o);
+		if (!ret && (!r || o.tps > full.tps))
+			full = o;
+	}
 	for (int i = 0; !ret && i < 2; i++) {
 		uint64_t vram = full.fixed + (uint64_t)(fracs[i] * sum.expert_bytes_total);
 
