@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Matrix products over quantized weights, and the public quantize/dequantize calls. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "quant/quant.h"
@@ -92,6 +93,8 @@ struct matmul_job {
 	uint8_t *act;              /* quantized activations, or x itself */
 	size_t act_row_bytes;
 	float *y;
+	_Atomic int64_t next;      /* first row not yet taken */
+	int64_t chunk;             /* rows taken at a time */
 };
 
 static void quantize_act(void *arg, int ith, int nth)
@@ -103,10 +106,8 @@ static void quantize_act(void *arg, int ith, int nth)
 		j->at->from_float(j->x + t * j->cols, j->act + (size_t)t * j->act_row_bytes, j->cols);
 }
 
-static void matmul_rows(void *arg, int ith, int nth)
+static void dot_rows(const struct matmul_job *j, int64_t r0, int64_t r1)
 {
-	struct matmul_job *j = arg;
-	int64_t r0 = j->rows * ith / nth, r1 = j->rows * (ith + 1) / nth;
 	void (*dot)(int64_t, float *, const void *, const void *) = j->t->vec_dot;
 
 	if (j->n_tok == 1) {
@@ -125,6 +126,25 @@ static void matmul_rows(void *arg, int ith, int nth)
 				    a);
 		}
 	}
+}
+
+/*
+ * Threads take chunks of rows from a shared counter rather than a fixed
+ * share each, so a thread that is preempted or slower (SMT sibling busy,
+ * remote NUMA memory) does not hold up the whole product.
+ */
+static void matmul_rows(void *arg, int ith, int nth)
+{
+	struct matmul_job *j = arg;
+	int64_t r0;
+
+	(void)ith;
+	if (nth == 1) {
+		dot_rows(j, 0, j->rows);
+		return;
+	}
+	while ((r0 = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed)) < j->rows)
+		dot_rows(j, r0, MOE_MIN(r0 + j->chunk, j->rows));
 }
 
 int moe_matmul(struct moe_threadpool *pool, uint32_t wtype, const void *w, int64_t rows,
@@ -176,6 +196,11 @@ int moe_matmul(struct moe_threadpool *pool, uint32_t wtype, const void *w, int64
 		else
 			quantize_act(&j, 0, 1);
 	}
+	/* about 16 chunks per thread, each at least 16 KiB of weights and ROW_TILE-aligned */
+	j.chunk = rows / ((int64_t)moe_threadpool_size(pool) * 16);
+	j.chunk = MOE_MAX(j.chunk, (int64_t)(16384 / j.w_row_bytes) + 1);
+	j.chunk = MOE_ALIGN_UP(j.chunk, ROW_TILE);
+	atomic_init(&j.next, 0);
 	moe_threadpool_run(pool, matmul_rows, &j);
 	if (j.act != (const uint8_t *)x)
 		free(j.act);

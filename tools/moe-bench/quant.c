@@ -6,6 +6,7 @@
  * same bytes with the same number of threads) measured in the same run.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,28 +33,38 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+#define READ_CHUNK (1 << 20)
+
+/* Chunks from a shared counter, as moe_matmul hands out rows, so both see the same scheduling. */
 struct read_job {
 	const uint64_t *p;
 	size_t words;
-	uint64_t sums[256];
+	_Atomic size_t next;
+	_Atomic uint64_t sum;
 };
 
 static void read_sum(void *arg, int ith, int nth)
 {
 	struct read_job *j = arg;
-	size_t w0 = j->words * (size_t)ith / (size_t)nth, w1 = j->words * (size_t)(ith + 1) / (size_t)nth;
+	const size_t chunk = READ_CHUNK / 8;
 	uint64_t a = 0, b = 0, c = 0, d = 0;
-	size_t i = w0;
+	size_t w0;
 
-	for (; i + 4 <= w1; i += 4) {
-		a += j->p[i];
-		b += j->p[i + 1];
-		c += j->p[i + 2];
-		d += j->p[i + 3];
+	(void)ith;
+	(void)nth;
+	while ((w0 = atomic_fetch_add_explicit(&j->next, chunk, memory_order_relaxed)) < j->words) {
+		size_t w1 = w0 + chunk < j->words ? w0 + chunk : j->words, i = w0;
+
+		for (; i + 4 <= w1; i += 4) {
+			a += j->p[i];
+			b += j->p[i + 1];
+			c += j->p[i + 2];
+			d += j->p[i + 3];
+		}
+		for (; i < w1; i++)
+			a += j->p[i];
 	}
-	for (; i < w1; i++)
-		a += j->p[i];
-	j->sums[ith % 256] = a + b + c + d;
+	atomic_fetch_add_explicit(&j->sum, a + b + c + d, memory_order_relaxed);
 }
 
 static double best_read(struct moe_threadpool *tp, const void *buf, size_t bytes, int reps)
@@ -64,13 +75,14 @@ static double best_read(struct moe_threadpool *tp, const void *buf, size_t bytes
 	for (int r = 0; r < reps; r++) {
 		double t = now_s();
 
+		atomic_store(&j.next, 0);
 		moe_threadpool_run(tp, read_sum, &j);
 		t = now_s() - t;
 		if (t < best)
 			best = t;
 	}
 	/* keep the sums observable so the loads are not optimised away */
-	if (j.sums[0] == 0x5eed)
+	if (atomic_load(&j.sum) == 0x5eed)
 		fputc(' ', stderr);
 	return (double)bytes / best / 1e9;
 }
