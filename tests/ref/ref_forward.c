@@ -25,7 +25,7 @@
 #include "ref_forward.h"
 
 enum arch_id { ARCH_LLAMA, ARCH_QWEN3MOE, ARCH_LLAMA4, ARCH_GPTOSS, ARCH_GEMMA4 };
-enum act { ACT_SILU, ACT_SWIGLU_OAI, ACT_GELU };
+enum act { ACT_SILU, ACT_SWIGLU_OAI, ACT_GELU, ACT_GELU_F16 };
 enum mask { MASK_CAUSAL, MASK_SLIDING, MASK_CHUNKED };
 
 /* What differs between the architectures before any per-file key is read. */
@@ -401,6 +401,30 @@ static double gelu(double x)
 	return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
 }
 
+/* The nearest fp16 value (ties to even); |x| stays far below the fp16 maximum here. */
+static double round_f16(double x)
+{
+	double q;
+	int e;
+
+	if (x == 0)
+		return x;
+	frexp(x, &e);
+	/* 11 significant bits; subnormals share the quantum 2^-24 */
+	q = ldexp(1.0, MOE_MAX(e - 1, -14) - 10);
+	return nearbyint(x / q) * q;
+}
+
+/* ggml's CPU GELU: a table of fp16 results indexed by the fp16-rounded input. */
+static double gelu_f16(double x)
+{
+	if (x <= -10)
+		return 0;
+	if (x >= 10)
+		return x;
+	return round_f16(gelu(round_f16((float)x)));
+}
+
 static void softmax(double *x, int n)
 {
 	double mx = -INFINITY, sum = 0;
@@ -713,6 +737,9 @@ static void activate(enum act act, const double *g, const double *u, int n, doub
 		case ACT_GELU:
 			h[i] = gelu(g[i]) * u[i];
 			break;
+		case ACT_GELU_F16:
+			h[i] = gelu_f16(g[i]) * u[i];
+			break;
 		case ACT_SWIGLU_OAI: {
 			double gc = fmin(g[i], 7.0), uc = fmax(-7.0, fmin(u[i], 7.0));
 
@@ -974,7 +1001,7 @@ static int moe_cfg_for(struct ref *r, int il, struct moe_cfg *c)
 	double gating, norm, scale;
 	int ret;
 
-	c->act = r->a->act;
+	c->act = r->a->act == ACT_GELU && r->o && r->o->gelu_f16 ? ACT_GELU_F16 : r->a->act;
 	c->weight_before_ffn = r->a->weight_before_ffn;
 	ret = meta_num(r, "expert_gating_func", -1, r->a->gating, &gating);
 	if (!ret)
@@ -1203,7 +1230,7 @@ static int layer_gemma4(struct ref *r, int il, double *H, int n, int32_t *topk, 
 			h[i] += o[i];
 		rmsnorm(h, E, &fn, r->eps, X + (size_t)t * E);
 	}
-	ret = dense_ffn(r, il, "", ACT_GELU, X, n, M);
+	ret = dense_ffn(r, il, "", r->o && r->o->gelu_f16 ? ACT_GELU_F16 : ACT_GELU, X, n, M);
 	if (ret < 0)
 		goto out;
 	if (moe) {

@@ -10,10 +10,17 @@
 #ifndef MOE_REF_FORWARD_H
 #define MOE_REF_FORWARD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct ref_opts {
 	int llama4_chunk;       /* llama4 attention chunk; 0 = 8192 */
+	/*
+	 * GELU as ggml's CPU backend computes it (GEMMA4.md §4): the input and
+	 * the result rounded to fp16, 0 below -10, x above 10.  Off: the exact
+	 * tanh form, which llama.cpp's CPU logits differ from by up to ~3e-3.
+	 */
+	bool gelu_f16;
 };
 
 /* What a caller needs to size the output arrays of ref_forward. */
