@@ -727,7 +727,7 @@ END_TEST
 
 static void check_matmul(uint32_t type, struct moe_threadpool *pool, uint64_t *st)
 {
-	const int64_t rows = 37, cols = 512, n_tok = 5;
+	const int64_t rows = 301, cols = 512, n_tok = 5;   /* several row chunks per thread */
 	const struct moe_type_traits *t = moe_type_traits(type);
 	size_t rb = (size_t)moe_type_row_bytes(type, cols);
 	uint8_t *w = malloc(rows * rb);
@@ -864,7 +864,7 @@ START_TEST(threadpool_runs)
 	for (int n = 1; n <= 4; n++) {
 		struct moe_threadpool *tp;
 		struct count_job j = { .nth = n };
-		const int runs = 20000;
+		const int runs = 3000;
 
 		ck_assert_int_eq(moe_threadpool_create(n, &tp), 0);
 		ck_assert_int_eq(moe_threadpool_size(tp), n);
