@@ -473,10 +473,11 @@ static int setup(struct moe_ctx *ctx)
 	ctx->exp_fill = calloc(ctx->hp.n_expert + 1, sizeof(int32_t));
 	ctx->exp_state = calloc(ctx->hp.n_expert + 1, 1);
 	ctx->exp_slot = calloc(ctx->hp.n_expert + 1, sizeof(uint32_t));
+	ctx->route_tmp = calloc(2 * (size_t)ctx->hp.n_expert + 2, sizeof(float));
 	ctx->n_logits = ctx->n_batch;
 	ctx->logits = malloc(sizeof(float) * ctx->n_logits * ctx->hp.n_vocab);
 	if (!ctx->tok_list || !ctx->exp_off || !ctx->exp_fill || !ctx->exp_state ||
-	    !ctx->exp_slot || !ctx->logits)
+	    !ctx->exp_slot || !ctx->route_tmp || !ctx->logits)
 		return moe_err(ENOMEM, "out of memory");
 	{
 		struct moe_io_opts io = par->io;
@@ -499,6 +500,10 @@ static int setup(struct moe_ctx *ctx)
 		return ret;
 	for (uint32_t i = 0; i < ctx->n_tensors; i++)
 		ctx->resident_bytes += ctx->res_bytes[i];
+	if (find(ctx, -1, "per_layer_token_embd.weight") >= 0 ||
+	    find(ctx, 0, "inp_gate.weight") >= 0)
+		return moe_err(ENOTSUP, "%s: per-layer embeddings (Gemma 4 E2B/E4B) are not "
+			       "supported; the MoE variant (26B-A4B) is", moe_model_path(m));
 	ctx->tok_embd = mat(ctx, -1, "token_embd.weight");
 	ctx->output = mat(ctx, -1, "output.weight");
 	if (!ctx->output.p)
@@ -672,6 +677,7 @@ void moe_ctx_free(struct moe_ctx *ctx)
 	free(ctx->exp_fill);
 	free(ctx->exp_state);
 	free(ctx->exp_slot);
+	free(ctx->route_tmp);
 	free(ctx->logits);
 	free(ctx);
 }

@@ -92,6 +92,7 @@ struct moe_ctx {
 	int32_t *tok_list;          /* (token, choice) entries grouped by expert (host) */
 	int32_t *exp_off, *exp_fill;
 	uint8_t *exp_state;
+	float *route_tmp;           /* 2 x n_expert (host) */
 	uint32_t *exp_slot;
 	uint32_t max_hd_q, max_kv_dim, max_ff;
 

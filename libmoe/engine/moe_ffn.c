@@ -45,7 +45,7 @@ void moe_route(const struct moe_ctx *ctx, const struct eng_layer *L, float *logi
 	       uint32_t n_tok, int32_t *sel, float *w)
 {
 	uint32_t ne = ctx->hp.n_expert, k = L->n_expert_used, K = ctx->max_used;
-	float score[ne], prob[ne];
+	float *score = ctx->route_tmp, *prob = ctx->route_tmp + ne;
 
 	for (uint32_t t = 0; t < n_tok; t++) {
 		const float *lg = logits + (size_t)t * ne;
@@ -204,7 +204,7 @@ int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n
 			continue;
 		ret = moe_cache_acquire(c, il, e, &ctx->exp_slot[e]);
 		if (ret < 0)
-			return ret;
+			goto fail;
 		ctx->exp_state[e] = EXP_HELD;
 	}
 	while (left) {
@@ -217,21 +217,20 @@ int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n
 			if (ret == -EAGAIN)
 				break;
 			if (ret < 0)
-				return ret;
+				goto fail;
 			ctx->exp_state[e] = EXP_HELD;
 		}
 		ret = moe_cache_poll(c);
 		if (ret < 0)
-			return ret;
+			goto fail;
 		for (uint32_t e = 0; e < ne; e++) {
 			if (ctx->exp_state[e] != EXP_HELD)
 				continue;
 			ret = moe_cache_ready(c, ctx->exp_slot[e]);
 			if (ret < 0) {
-				moe_cache_release(c, ctx->exp_slot[e]);
-				ctx->exp_state[e] = EXP_DONE;
-				return moe_err(-ret, "layer %u: expert %u could not be read: %s", il,
-					       e, strerror(-ret));
+				ret = moe_err(-ret, "layer %u: expert %u could not be read: %s", il,
+					      e, strerror(-ret));
+				goto fail;
 			}
 			if (!ret) {
 				in_flight = true;
@@ -242,22 +241,24 @@ int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n
 			moe_cache_release(c, ctx->exp_slot[e]);
 			ctx->exp_state[e] = EXP_DONE;
 			if (ret < 0)
-				return ret;
+				goto fail;
 			left--;
 			progress = true;
 			/* reap what landed meanwhile, so the next acquire finds free staging */
 			ret = moe_cache_poll(c);
 			if (ret < 0)
-				return ret;
+				goto fail;
 		}
 		if (!left || progress)
 			continue;
-		if (!in_flight)
-			return moe_err(ENOSPC, "layer %u: no expert slot can be freed (%u slots)",
-				       il, ctx->st.n_slots);
+		if (!in_flight) {
+			ret = moe_err(ENOSPC, "layer %u: no expert slot can be freed (%u slots)", il,
+				      ctx->st.n_slots);
+			goto fail;
+		}
 		ret = moe_cache_wait(c);
 		if (ret < 0)
-			return ret;
+			goto fail;
 	}
 
 	for (uint32_t t = 0; t < n_tok; t++) {
@@ -276,4 +277,12 @@ int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n
 		}
 	}
 	return 0;
+fail:
+	/* leave no pin behind: the next eval must find every slot usable */
+	for (uint32_t e = 0; e < ne; e++)
+		if (ctx->exp_state[e] == EXP_HELD) {
+			moe_cache_release(c, ctx->exp_slot[e]);
+			ctx->exp_state[e] = EXP_DONE;
+		}
+	return ret;
 }
