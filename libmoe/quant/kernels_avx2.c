@@ -26,10 +26,11 @@ static inline float h2f(uint16_t h)
 /* 16 packed bytes -> 32 nibbles in element order: low nibbles 0..15, high 16..31. */
 static inline __m256i nibbles32(const uint8_t *qs)
 {
-	__m128i x = _mm_loadu_si128((const __m128i *)qs);
-	__m128i m = _mm_set1_epi8(15);
+	/* both lanes hold the 16 bytes; the upper lane is shifted to its high nibbles */
+	__m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
 
-	return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
+	x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+	return _mm256_and_si256(x, _mm256_set1_epi8(15));
 }
 
 /* The 32 bits of a Q5 qh word as 32 bytes of 0x10 or 0. */
