@@ -146,7 +146,7 @@ kmod-build:
 	@cp -p kmod/*.c kmod/*.h kmod/Kbuild $(KMOD_OUT)/
 	$(MAKE) -C $(KDIR) M=$(abspath $(KMOD_OUT)) MOE_UAPI_DIR=$(CURDIR)/include/uapi/drm W=1 modules
 vm-check: tools
-	@MOE_BIN=$(abspath $(BUILD)/bin) sh tests/vm/run.sh $(BUILD)/vm
+	@MOE_BIN=$(abspath $(BUILD)/bin) MOE_VM_LDFLAGS="$(SAN_LDFLAGS)" sh tests/vm/run.sh $(BUILD)/vm
 
 FUZZ_TIME ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))

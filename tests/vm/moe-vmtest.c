@@ -453,6 +453,45 @@ static int t_eof_tail(void)
 	return 0;
 }
 
+/* Results are per request: a file truncated after registration reads short. */
+static int t_per_request_results(void)
+{
+	struct drm_moe_extent ext[2] = { { 0, 4096 }, { 4096, 8192 } };
+	struct drm_moe_fetch_req reqs[2] = {
+		{ .extent = 0, .bo_offset = 0 }, { .extent = 1, .bo_offset = 4096 },
+	};
+	char path[PATH_MAX], buf[12288];
+	int64_t res[2];
+	uint32_t id, h;
+	uint8_t *p;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/trunc.bin", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	EXPECT(fd >= 0, "create %s: %s", path, strerror(errno));
+	memset(buf, 0x42, sizeof(buf));
+	EXPECT(write(fd, buf, sizeof(buf)) == (ssize_t)sizeof(buf) && !fsync(fd), "write");
+	EXPECT(!model_register(moe_fd, fd, "trunc", ext, 2, &id), "register: %s", strerror(errno));
+	EXPECT(!ftruncate(fd, 4096 + 100) && !fsync(fd), "truncate");
+	EXPECT(!bo_create(moe_fd, 12288, &h), "BO_CREATE");
+	p = bo_map(moe_fd, h, 12288);
+	EXPECT(p, "mmap");
+	memset(p, 0xaa, 12288);
+	reqs[0].model_id = reqs[1].model_id = id;
+	reqs[0].handle = reqs[1].handle = h;
+	EXPECT(!fetch_wait(moe_fd, reqs, 2, res), "FETCH+WAIT: %s", strerror(errno));
+	EXPECT(res[0] == 4096 && res[1] == 100, "results %lld and %lld, expected 4096 and 100",
+	       (long long)res[0], (long long)res[1]);
+	EXPECT(p[0] == 0x42 && p[4096 + 99] == 0x42 && p[4096 + 100] == 0 && p[12287] == 0,
+	       "the BO does not hold the file's bytes followed by zeroes");
+	munmap(p, 12288);
+	drmCloseBufferHandle(moe_fd, h);
+	EXPECT(!model_unregister(moe_fd, id), "unregister");
+	close(fd);
+	unlink(path);
+	return 0;
+}
+
 static int t_register_invalid(void)
 {
 	struct drm_moe_extent e = { 0, 4096 };
@@ -1135,6 +1174,7 @@ int main(int argc, char **argv)
 	run("fetch-wait-equals-pread", t_fetch_wait);
 	run("fetch-sub-range", t_subrange);
 	run("fetch-eof-tail-zeroed", t_eof_tail);
+	run("fetch-per-request-results", t_per_request_results);
 	run("register-invalid-errnos", t_register_invalid);
 	run("fetch-invalid-errnos", t_fetch_invalid);
 	run("model-info-counters-debugfs", t_info);

@@ -117,7 +117,7 @@ if [ -x "$MOECTL" ]; then
 	# The engine test links libmoe like moectl does.
 	gcc -std=gnu11 -O2 -Wall -Wextra -I"$SRC/include" -o "$IR/bin/moe-vmio" \
 		"$SRC/tests/vm/moe-vmio.c" "$(dirname "$MOECTL")/../lib/libmoe.a" \
-		$(pkg-config --libs liburing hwloc libdrm) -lm -ldl -pthread ||
+		$(pkg-config --libs liburing hwloc libdrm) -lm -ldl -pthread ${MOE_VM_LDFLAGS:-} ||
 		die "moe-vmio does not build"
 	for lib in $(ldd "$MOECTL" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
 		mkdir -p "$IR$(dirname "$lib")"
