@@ -180,7 +180,7 @@ static int parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max,
 	errno = 0;
 	if (!*s || *s == '-' || *s == '+')
 		return usage_error("--%s '%s': expected a whole number", opt, s);
-	v = strtoull(s, &end, 0);
+	v = strtoull(s, &end, 10);
 	if (errno || *end)
 		return usage_error("--%s '%s': expected a whole number", opt, s);
 	if (v < min || v > max)
@@ -905,6 +905,22 @@ static int fresh_router(struct model *m, uint32_t l, float *r)
 		r[i] = gauss(&s) * std;
 	if (o->router_skew <= 0)
 		return 0;
+	/*
+	 * The noise must not see the mean direction, or it would add a random
+	 * per-expert bias of its own; and it reads only the token-specific part
+	 * of x, of RMS sqrt(1 - kappa^2), so it is scaled up to keep logits of
+	 * unit variance.
+	 */
+	for (uint32_t i = 0; i < e; i++) {
+		float *row = r + (uint64_t)i * n;
+		double d = 0;
+
+		for (uint32_t j = 0; j < n; j++)
+			d += (double)row[j] * m->mu[j];
+		for (uint32_t j = 0; j < n; j++)
+			row[j] = (float)((row[j] - d / n * m->mu[j]) /
+					 sqrt(1.0 - (double)m->kappa * m->kappa));
+	}
 	rank = malloc(e * sizeof(*rank));
 	if (!rank)
 		return -ENOMEM;

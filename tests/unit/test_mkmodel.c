@@ -461,6 +461,31 @@ static uint64_t meta_u(const struct pfile *f, const char *arch, const char *suff
 	return kv->u;
 }
 
+/*
+ * Tensors llama.cpp loads for each architecture with SMALL's 3 layers (gemma4:
+ * layers 0-1 sliding-window, layer 2 full attention without attn_v; llama4
+ * with --interleave 2: layer 1 MoE, layers 0 and 2 dense), and names that
+ * must and must not be there.
+ */
+static const struct {
+	uint64_t tensors, tensors_interleaved;
+	const char *has, *lacks;
+} layout[] = {
+	/* globals 3; per layer attn 5 + q/k norm 2 + ffn_norm + router + 3 experts */
+	{ 3 + 3 * 12, 0, "blk.2.attn_k_norm.weight", "blk.0.ffn_gate_up_exps.weight" },
+	/* per MoE layer attn 5 + ffn_norm + router + 3 experts + 3 shared; dense 5 + 1 + 3 */
+	{ 3 + 3 * 13, 3 + 13 + 2 * 9, "blk.0.ffn_up_shexp.weight", "blk.0.attn_q_norm.weight" },
+	/* per layer attn 5 + ffn_norm + router + 3 experts */
+	{ 3 + 3 * 10, 0, "blk.1.ffn_down_exps.weight", "blk.0.ffn_gate_exps.bias" },
+	/* per layer attn 5 + 4 biases + sinks + post-attention norm + router, its bias,
+	 * 3 experts and their 3 biases */
+	{ 3 + 3 * 19, 0, "blk.2.attn_sinks.weight", "blk.0.ffn_norm.weight" },
+	/* token_embd, rope_freqs, output_norm (tied); attn 5 + 3 norms (4 on SWA layers with
+	 * attn_v), dense MLP 3 + 5 norms, router + scale, 2 expert tensors + scale,
+	 * layer_output_scale */
+	{ 3 + 2 * 22 + 21, 0, "blk.1.attn_v.weight", "blk.2.attn_v.weight" },
+};
+
 static void check_model(const char *path, const char *arch, uint32_t align, uint32_t layers,
 			uint32_t experts, uint32_t used, uint32_t ff_exp)
 {
@@ -543,12 +568,22 @@ START_TEST(mkmodel_arches)
 	/* mixtral and gpt-oss have no dense FFN; --ff is refused there */
 	const char *ff = _i == 2 || _i == 3 ? "" : "--ff 96";
 
+	struct pfile f;
+
 	for (size_t a = 0; a < sizeof(aligns) / sizeof(aligns[0]); a++) {
 		snprintf(path, sizeof(path), "%s/%s-%u.gguf", dir, arch, aligns[a]);
 		snprintf(args, sizeof(args), "--arch %s --align %u %s " SMALL, arch, aligns[a], ff);
 		ck_assert_msg(mkmodel(path, args, &out) == 0, "%s: %s", args, out);
 		free(out);
 		check_model(path, arch, aligns[a], 3, 4, !strcmp(arch, "llama4") ? 1 : 2, 32);
+		ck_assert_int_eq(pfile_load(&f, path), 0);
+		ck_assert_uint_eq(f.n_t, layout[_i].tensors);
+		ck_assert_msg(ptensor(&f, layout[_i].has), "%s lacks %s", arch, layout[_i].has);
+		ck_assert_msg(!ptensor(&f, layout[_i].lacks), "%s has %s", arch, layout[_i].lacks);
+		/* the default tokenizer is "none": no token arrays */
+		ck_assert_int_eq(memcmp(pkv(&f, "tokenizer.ggml.model")->at, "none", 4), 0);
+		ck_assert_ptr_null(pkv(&f, "tokenizer.ggml.tokens"));
+		pfile_free(&f);
 	}
 	/* f16 and bf16 experts, f16 other tensors; llama4 with a dense layer between MoE ones */
 	snprintf(path, sizeof(path), "%s/%s-f16.gguf", dir, arch);
@@ -558,6 +593,14 @@ START_TEST(mkmodel_arches)
 	ck_assert_msg(mkmodel(path, args, &out) == 0, "%s: %s", args, out);
 	free(out);
 	check_model(path, arch, 32, 3, 4, 3, 32);
+	if (layout[_i].tensors_interleaved) {
+		ck_assert_int_eq(pfile_load(&f, path), 0);
+		ck_assert_uint_eq(f.n_t, layout[_i].tensors_interleaved);
+		ck_assert_ptr_nonnull(ptensor(&f, "blk.0.ffn_gate.weight"));
+		ck_assert_ptr_nonnull(ptensor(&f, "blk.1.ffn_gate_exps.weight"));
+		ck_assert_ptr_null(ptensor(&f, "blk.2.ffn_gate_inp.weight"));
+		pfile_free(&f);
+	}
 	tu_rmtree(dir);
 	free(dir);
 }
