@@ -207,9 +207,9 @@ void moe_io_piece_done(struct moe_io *io, struct moe_io_piece *p, int64_t res)
 {
 	struct moe_io_req *inline_list = NULL;
 
+	pthread_mutex_lock(&io->lock);
 	if (moe_io_fault_eio_pos - p->pos < p->len)
 		res = -EIO;
-	pthread_mutex_lock(&io->lock);
 	piece_end_locked(io, p, res, &inline_list);
 	inflight_sub_locked(io, 1);
 	dispatch_locked(io, &inline_list);
