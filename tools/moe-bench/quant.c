@@ -19,6 +19,7 @@
 
 #define COLS 4096
 #define FILL_ROWS 64
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
 
 static const uint32_t bench_types[] = {
 	MOE_TYPE_F32, MOE_TYPE_F16, MOE_TYPE_BF16, MOE_TYPE_Q8_0, MOE_TYPE_Q4_0, MOE_TYPE_Q4_1,
@@ -67,24 +68,18 @@ static void read_sum(void *arg, int ith, int nth)
 	atomic_fetch_add_explicit(&j->sum, a + b + c + d, memory_order_relaxed);
 }
 
-static double best_read(struct moe_threadpool *tp, const void *buf, size_t bytes, int reps)
+/* GB/s of one pass of plain reads over @bytes. */
+static double read_once(struct moe_threadpool *tp, const void *buf, size_t bytes)
 {
 	struct read_job j = { .p = buf, .words = bytes / 8 };
-	double best = 1e30;
+	double t = now_s();
 
-	for (int r = 0; r < reps; r++) {
-		double t = now_s();
-
-		atomic_store(&j.next, 0);
-		moe_threadpool_run(tp, read_sum, &j);
-		t = now_s() - t;
-		if (t < best)
-			best = t;
-	}
-	/* keep the sums observable so the loads are not optimised away */
+	moe_threadpool_run(tp, read_sum, &j);
+	t = now_s() - t;
+	/* keep the sum observable so the loads are not optimised away */
 	if (atomic_load(&j.sum) == 0x5eed)
 		fputc(' ', stderr);
-	return (double)bytes / best / 1e9;
+	return (double)bytes / t / 1e9;
 }
 
 /* Fill @bytes with copies of FILL_ROWS quantized N(0,1)-ish rows. */
@@ -113,22 +108,15 @@ static int fill(uint32_t type, uint8_t *buf, size_t bytes, size_t row_bytes)
 	return 0;
 }
 
-static double best_matvec(struct moe_threadpool *tp, uint32_t type, const void *w, int64_t rows,
-			  const float *x, float *y, int reps, int *err)
+/* GB/s of one matrix-vector product over @rows rows of COLS. */
+static double matvec_once(struct moe_threadpool *tp, uint32_t type, const void *w, int64_t rows,
+			  size_t wbytes, const float *x, float *y, int *err)
 {
-	double best = 1e30;
+	double t = now_s();
 
-	for (int r = 0; r < reps; r++) {
-		double t = now_s();
-
-		*err = moe_matmul(tp, type, w, rows, COLS, x, 1, y);
-		t = now_s() - t;
-		if (*err)
-			return 0;
-		if (t < best)
-			best = t;
-	}
-	return best;
+	*err = moe_matmul(tp, type, w, rows, COLS, x, 1, y);
+	t = now_s() - t;
+	return *err ? 0 : (double)wbytes / t / 1e9;
 }
 
 static void cpu_model(char *out, size_t len)
@@ -238,20 +226,19 @@ int bench_quant(int argc, char **argv)
 	}
 	threads = moe_threadpool_size(all);
 	memset(buf, 1, bytes);
-	read1 = best_read(one, buf, bytes, reps);
-	readn = best_read(all, buf, bytes, reps);
+	read1 = read_once(one, buf, bytes);
+	readn = read_once(all, buf, bytes);
 	cpu_model(cpu, sizeof(cpu));
 	if (json) {
 		printf("{\"cpu\": \"%s\", \"mib\": %d, \"cols\": %d, \"threads\": %d, "
-		       "\"read_gbps\": %.3f, \"read_gbps_1thread\": %.3f, \"results\": [",
-		       cpu, mib, COLS, threads, readn, read1);
+		       "\"results\": [", cpu, mib, COLS, threads);
 	} else {
 		printf("cpu: %s%s\nweights: %d MiB per type, rows of %d, best of %d\n", cpu,
 		       getenv("MOE_NO_SIMD") ? " (MOE_NO_SIMD set: scalar kernels)" : "", mib,
 		       COLS, reps);
-		printf("plain read: %.2f GB/s on 1 thread, %.2f GB/s on %d threads\n", read1, readn,
-		       threads);
-		printf("%-6s %8s %8s %6s\n", "type", "threads", "GB/s", "ratio");
+		printf("ratio = matvec GB/s / plain-read GB/s, each the best of %d runs taken in "
+		       "turns on the same bytes\n", reps);
+		printf("%-6s %8s %8s %8s %6s\n", "type", "threads", "GB/s", "read", "ratio");
 	}
 	for (size_t i = 0; i < n_types; i++) {
 		uint32_t type = types[i];
@@ -262,31 +249,41 @@ int bench_quant(int argc, char **argv)
 			fprintf(stderr, "moe-bench quant: %s: %s\n", moe_type_name(type), moe_errmsg());
 			goto out;
 		}
-		for (int k = 0; k < 2; k++) {
+		for (int k = 0; k < 2 && (k == 0 || threads > 1); k++) {
 			struct moe_threadpool *tp = k ? all : one;
 			int nth = k ? threads : 1, err = 0;
-			double t = best_matvec(tp, type, buf, rows, x, y, reps, &err);
-			double gbps = (double)wbytes / t / 1e9, ratio = gbps / (k ? readn : read1);
+			double gbps = 0, rd = 0;
 
-			if (err) {
-				fprintf(stderr, "moe-bench quant: %s: %s\n", moe_type_name(type),
-					moe_errmsg());
-				goto out;
+			/* alternate so that both see the same load on a shared machine */
+			for (int r = 0; r < reps; r++) {
+				rd = MAX(rd, read_once(tp, buf, wbytes));
+				gbps = MAX(gbps, matvec_once(tp, type, buf, rows, wbytes, x, y, &err));
+				if (err) {
+					fprintf(stderr, "moe-bench quant: %s: %s\n",
+						moe_type_name(type), moe_errmsg());
+					goto out;
+				}
 			}
-			if (k && threads == 1)
-				break;
+			if (k)
+				readn = MAX(readn, rd);
+			else
+				read1 = MAX(read1, rd);
 			if (json)
 				printf("%s{\"type\": \"%s\", \"threads\": %d, \"gbps\": %.3f, "
-				       "\"ratio\": %.3f}", first ? "" : ", ", moe_type_name(type), nth,
-				       gbps, ratio);
+				       "\"read_gbps\": %.3f, \"ratio\": %.3f}", first ? "" : ", ",
+				       moe_type_name(type), nth, gbps, rd, gbps / rd);
 			else
-				printf("%-6s %8d %8.2f %6.2f\n", moe_type_name(type), nth, gbps, ratio);
+				printf("%-6s %8d %8.2f %8.2f %6.2f\n", moe_type_name(type), nth, gbps,
+				       rd, gbps / rd);
 			first = 0;
 			fflush(stdout);
 		}
 	}
 	if (json)
-		printf("]}\n");
+		printf("], \"read_gbps\": %.3f, \"read_gbps_1thread\": %.3f}\n", readn, read1);
+	else
+		printf("plain read, best seen: %.2f GB/s on 1 thread, %.2f GB/s on %d threads\n",
+		       read1, readn, threads);
 	ret = 0;
 out:
 	moe_threadpool_destroy(one);
