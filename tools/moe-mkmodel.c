@@ -5,8 +5,9 @@
  * engine can be tested without downloading a real model.
  *
  * Same options, same bytes: every tensor draws from its own random stream,
- * seeded from --seed and the tensor's name, and the values are generated
- * with integer arithmetic and IEEE float operations only.
+ * seeded from --seed and the tensor's name, and the weights are generated
+ * with integer arithmetic and basic IEEE float operations (libm only computes
+ * a few constants: router popularity, RoPE frequency factors).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -69,7 +70,7 @@ struct opts {
 	uint32_t experts, experts_used, expert_ff, shared_ff, ff, ctx;
 	uint32_t type, type_other, align, interleave, sliding_window;
 	uint32_t head_dim_swa, swa_pattern;
-	float rope_base, rope_base_swa, partial_rotary, yarn_factor;
+	float rope_base, rope_base_swa, partial_rotary, yarn_factor, rope_freqs_factor;
 	double router_skew, layer_corr;
 	uint64_t seed;
 	bool vocab_bpe, tied, quiet;
@@ -80,7 +81,7 @@ enum opt_id {
 	O_EXPERTS_USED, O_EXPERT_FF, O_SHARED_FF, O_FF, O_CTX, O_TYPE, O_TYPE_OTHER, O_ALIGN,
 	O_SEED, O_VOCAB_BPE, O_ROUTER_SKEW, O_LAYER_CORR, O_INTERLEAVE, O_SLIDING_WINDOW,
 	O_ROPE_BASE, O_ROPE_BASE_SWA, O_HEAD_DIM_SWA, O_SWA_PATTERN, O_PARTIAL_ROTARY,
-	O_YARN_FACTOR, O_TIED, O_UNTIED, O_COUNT
+	O_YARN_FACTOR, O_ROPE_FREQS_FACTOR, O_TIED, O_UNTIED, O_COUNT
 };
 
 static const struct option long_opts[] = {
@@ -113,6 +114,7 @@ static const struct option long_opts[] = {
 	{ "swa-pattern", required_argument, NULL, O_SWA_PATTERN },
 	{ "partial-rotary", required_argument, NULL, O_PARTIAL_ROTARY },
 	{ "yarn-factor", required_argument, NULL, O_YARN_FACTOR },
+	{ "rope-freqs-factor", required_argument, NULL, O_ROPE_FREQS_FACTOR },
 	{ "tied", no_argument, NULL, O_TIED },
 	{ "untied", no_argument, NULL, O_UNTIED },
 	{ "quiet", no_argument, NULL, 'q' },
@@ -154,6 +156,7 @@ static void usage(FILE *f)
 		"  --swa-pattern N        gemma4: every N-th layer and the last are full (6)\n"
 		"  --partial-rotary F     gemma4: rotated fraction of full-layer heads (0.25)\n"
 		"  --yarn-factor F        gpt-oss: YaRN factor, 0 = no scaling (32)\n"
+		"  --rope-freqs-factor F  llama4: Llama-3 RoPE scaling in rope_freqs, 0 = none (16)\n"
 		"  --tied, --untied       output tied to token_embd or not (gemma4 tied)\n"
 		"  -q, --quiet            no summary line\n"
 		"  -h, --help             this text\n");
@@ -249,6 +252,7 @@ static const char *const opt_names[O_COUNT] = {
 	[O_SLIDING_WINDOW] = "sliding-window", [O_ROPE_BASE_SWA] = "rope-base-swa",
 	[O_HEAD_DIM_SWA] = "head-dim-swa", [O_SWA_PATTERN] = "swa-pattern",
 	[O_PARTIAL_ROTARY] = "partial-rotary", [O_YARN_FACTOR] = "yarn-factor",
+	[O_ROPE_FREQS_FACTOR] = "rope-freqs-factor",
 };
 
 /* Options that only some architectures take; giving one to another is a usage error. */
@@ -267,6 +271,7 @@ static int check_arch_options(const struct opts *o, const bool *given)
 		{ O_SWA_PATTERN, 1u << ARCH_GEMMA4, "a gemma4 option" },
 		{ O_PARTIAL_ROTARY, 1u << ARCH_GEMMA4, "a gemma4 option" },
 		{ O_YARN_FACTOR, 1u << ARCH_GPTOSS, "a gpt-oss option" },
+		{ O_ROPE_FREQS_FACTOR, 1u << ARCH_LLAMA4, "a llama4 option" },
 		{ O_FF, 1u << ARCH_QWEN3MOE | 1u << ARCH_LLAMA4 | 1u << ARCH_GEMMA4,
 		  "every layer is MoE and the expert width is --expert-ff" },
 	};
@@ -333,7 +338,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		.experts = 8, .expert_ff = 256, .ff = 512, .ctx = 4096, .type = MOE_TYPE_F32,
 		.type_other = MOE_TYPE_F32, .align = 32, .interleave = 1, .sliding_window = 128,
 		.swa_pattern = 6, .rope_base_swa = 10000.0f, .partial_rotary = 0.25f,
-		.yarn_factor = 32.0f, .router_skew = 1.0, .layer_corr = 0.5, .seed = 1,
+		.yarn_factor = 32.0f, .rope_freqs_factor = 16.0f, .router_skew = 1.0, .layer_corr = 0.5, .seed = 1,
 	};
 	while (!ret && (c = getopt_long(argc, argv, "o:qh", long_opts, NULL)) != -1) {
 		const char *name = NULL;
@@ -409,6 +414,13 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			if (!ret && d > 0 && d < 1)
 				ret = usage_error("--yarn-factor %g: a YaRN factor is at least 1 (or 0 "
 						  "for none)", d);
+			break;
+		case O_ROPE_FREQS_FACTOR:
+			ret = parse_float(name, optarg, 0, 1024, &d);
+			o->rope_freqs_factor = (float)d;
+			if (!ret && d > 0 && d < 1)
+				ret = usage_error("--rope-freqs-factor %g: a scaling factor is at least "
+						  "1 (or 0 for no rope_freqs)", d);
 			break;
 		case O_TIED: o->tied = true; break;
 		case O_UNTIED: o->tied = false; break;
@@ -871,7 +883,7 @@ static int add_tensors(struct model *m)
 	float escale = o->arch == ARCH_GEMMA4 || o->tied ? w_in(n) : 1.0f;
 	int ret = add(m, TC_OTHER, GEN_EMBD, escale, NULL, 2, n, o->vocab, 1, "token_embd.weight");
 
-	if (o->arch == ARCH_GEMMA4)
+	if (m->rope_freqs)
 		ret = ret ?: add(m, TC_F32, GEN_TABLE, 1.0f, m->rope_freqs, 1, o->head_dim / 2, 1, 1,
 				 "rope_freqs.weight");
 	for (uint32_t l = 0; !ret && l < o->layers; l++)
@@ -947,6 +959,32 @@ static int fresh_router(struct model *m, uint32_t l, float *r)
 	return 0;
 }
 
+/*
+ * Llama 3 style RoPE scaling, which real Llama 4 files carry as rope_freqs:
+ * with an original context of 8192, wavelengths under 8192/4 keep their
+ * frequency, those over 8192 are divided by the factor, and the band between
+ * blends the two.
+ */
+static float *llama3_rope_freqs(const struct opts *o)
+{
+	const double orig = 8192, low = 1, high = 4, factor = o->rope_freqs_factor;
+	uint32_t half = o->head_dim / 2;
+	float *f = malloc(half * sizeof(float));
+
+	for (uint32_t i = 0; f && i < half; i++) {
+		double wavelen = 2 * M_PI * pow(o->rope_base, 2.0 * i / o->head_dim);
+		double smooth = (orig / wavelen - low) / (high - low);
+
+		if (wavelen < orig / high)
+			f[i] = 1.0f;
+		else if (wavelen > orig / low)
+			f[i] = (float)factor;
+		else
+			f[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
+	}
+	return f;
+}
+
 static int make_structure(struct model *m)
 {
 	const struct opts *o = m->o;
@@ -995,6 +1033,11 @@ static int make_structure(struct model *m)
 			return -ENOMEM;
 		for (uint32_t i = 0; i < half; i++)
 			m->rope_freqs[i] = i < rot ? 1.0f : 1e30f;
+	}
+	if (o->arch == ARCH_LLAMA4 && o->rope_freqs_factor > 0) {
+		m->rope_freqs = llama3_rope_freqs(o);
+		if (!m->rope_freqs)
+			return -ENOMEM;
 	}
 	return 0;
 }

@@ -473,8 +473,9 @@ static const struct {
 } layout[] = {
 	/* globals 3; per layer attn 5 + q/k norm 2 + ffn_norm + router + 3 experts */
 	{ 3 + 3 * 12, 0, "blk.2.attn_k_norm.weight", "blk.0.ffn_gate_up_exps.weight" },
-	/* per MoE layer attn 5 + ffn_norm + router + 3 experts + 3 shared; dense 5 + 1 + 3 */
-	{ 3 + 3 * 13, 3 + 13 + 2 * 9, "blk.0.ffn_up_shexp.weight", "blk.0.attn_q_norm.weight" },
+	/* globals 3 + rope_freqs; per MoE layer attn 5 + ffn_norm + router + 3 experts +
+	 * 3 shared; per dense layer 5 + 1 + 3 */
+	{ 4 + 3 * 13, 4 + 13 + 2 * 9, "blk.0.ffn_up_shexp.weight", "blk.0.attn_q_norm.weight" },
 	/* per layer attn 5 + ffn_norm + router + 3 experts */
 	{ 3 + 3 * 10, 0, "blk.1.ffn_down_exps.weight", "blk.0.ffn_gate_exps.bias" },
 	/* per layer attn 5 + 4 biases + sinks + post-attention norm + router, its bias,
