@@ -12,6 +12,16 @@
 #include "text/unicode.h"
 #include "util/util.h"
 
+/* The tables are masked to their low bits, so every input bit must reach them. */
+static uint64_t mix64(uint64_t h)
+{
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	return h ^ (h >> 33);
+}
+
 static uint64_t hash_bytes(const char *s, size_t len)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
@@ -20,14 +30,12 @@ static uint64_t hash_bytes(const char *s, size_t len)
 		h ^= (uint8_t)s[i];
 		h *= 0x100000001b3ull;
 	}
-	return h ^ (h >> 29);
+	return mix64(h ^ len);
 }
 
 static uint64_t hash_pair(int32_t a, int32_t b)
 {
-	uint64_t h = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) * 0x9e3779b97f4a7c15ull;
-
-	return h ^ (h >> 31);
+	return mix64((uint64_t)(uint32_t)a << 32 | (uint32_t)b);
 }
 
 int32_t tok_find(const struct moe_tokenizer *t, const char *s, size_t len)
@@ -71,40 +79,31 @@ static uint32_t table_size(uint64_t n)
 	return size;
 }
 
-/* The GPT-2 byte alphabet: printable bytes stand for themselves, the rest for U+0100.. */
+/*
+ * The GPT-2 byte alphabet: printable bytes stand for themselves, the 68
+ * others (0x00-0x20, 0x7f-0xa0, 0xad) for U+0100.. in byte order.
+ */
 static uint32_t gpt2_byte_cpt(uint8_t b)
 {
-	static uint32_t map[256];
-	static bool ready;
-
-	if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
-		uint32_t next = 256;
-
-		for (unsigned i = 0; i < 256; i++) {
-			bool printable = (i >= '!' && i <= '~') || (i >= 0xa1 && i <= 0xac) ||
-					 (i >= 0xae);
-
-			map[i] = printable ? i : next++;
-		}
-		__atomic_store_n(&ready, true, __ATOMIC_RELEASE);
-	}
-	return map[b];
+	if (b <= 0x20)
+		return 0x100 + b;
+	if (b >= 0x7f && b <= 0xa0)
+		return 0x121 + (b - 0x7f);
+	if (b == 0xad)
+		return 0x143;
+	return b;
 }
 
-/* Inverse of the alphabet for code points below 0x144, -1 elsewhere. */
+/* Inverse of the alphabet, -1 for a code point outside it. */
 static int gpt2_cpt_byte(uint32_t cpt)
 {
-	static int16_t inv[0x144];
-	static bool ready;
-
-	if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
-		for (unsigned i = 0; i < 0x144; i++)
-			inv[i] = -1;
-		for (unsigned b = 0; b < 256; b++)
-			inv[gpt2_byte_cpt((uint8_t)b)] = (int16_t)b;
-		__atomic_store_n(&ready, true, __ATOMIC_RELEASE);
-	}
-	return cpt < 0x144 ? inv[cpt] : -1;
+	if (cpt < 0x100)
+		return cpt <= 0x20 || (cpt >= 0x7f && cpt <= 0xa0) || cpt == 0xad ? -1 : (int)cpt;
+	if (cpt < 0x121)
+		return (int)(cpt - 0x100);
+	if (cpt < 0x143)
+		return (int)(cpt - 0x121 + 0x7f);
+	return cpt == 0x143 ? 0xad : -1;
 }
 
 static const struct {

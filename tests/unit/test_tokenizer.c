@@ -665,11 +665,11 @@ END_TEST
 
 START_TEST(moectl_roundtrip)
 {
-	const char *path = vocab_path("llama-bpe", "");
-	char cmd[2048], *out = NULL;
+	const char *found = vocab_path("llama-bpe", "");
+	char cmd[2048], path[1024], *out = NULL;
 
-	if (!path)
-		path = vocab_path("gpt-2", "");
+	/* tu_bin and tu_shared share a ring of buffers: keep our own copy. */
+	snprintf(path, sizeof(path), "%s", found ? found : vocab_path("gpt-2", ""));
 	snprintf(cmd, sizeof(cmd), "%s tokenize %s 'Hello world'", tu_bin("moectl"), path);
 	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
 	if (strstr(path, "llama-bpe"))
@@ -692,6 +692,13 @@ START_TEST(moectl_roundtrip)
 		 tu_bin("moectl"), path, tu_bin("moectl"), path);
 	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
 	ck_assert_str_eq(out, "caf\303\251 ok");
+	free(out);
+	/* Options may follow the arguments; "--" protects a text that starts with '-'. */
+	snprintf(cmd, sizeof(cmd), "%s detokenize %s $(%s tokenize --bos %s -- '-x') --special",
+		 tu_bin("moectl"), path, tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	if (strstr(path, "llama-bpe"))
+		ck_assert_str_eq(out, "<|begin_of_text|>-x");
 	free(out);
 	/* Failures: bad id (1), bad UTF-8 (1), usage (2), missing file (1). */
 	snprintf(cmd, sizeof(cmd), "%s detokenize %s 99999999", tu_bin("moectl"), path);

@@ -3,7 +3,8 @@
  * moectl tokenize [--json] [--special] [--bos] MODEL TEXT|-
  * moectl detokenize [--json] [--special] MODEL ID...
  *
- * Both open the model for metadata only, so vocab-only GGUF files work.
+ * Both open the model for metadata only, so vocab-only GGUF files work.  Options
+ * may follow the arguments; a TEXT that starts with "-" goes after "--".
  */
 #include <errno.h>
 #include <getopt.h>
@@ -75,7 +76,7 @@ static int parse_opts(int argc, char **argv, bool *special, bool *bos)
 	};
 	int c;
 
-	while ((c = getopt_long(argc, argv, "+jsbh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jsbh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			json_output = true;
