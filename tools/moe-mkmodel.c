@@ -338,7 +338,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		.experts = 8, .expert_ff = 256, .ff = 512, .ctx = 4096, .type = MOE_TYPE_F32,
 		.type_other = MOE_TYPE_F32, .align = 32, .interleave = 1, .sliding_window = 128,
 		.swa_pattern = 6, .rope_base_swa = 10000.0f, .partial_rotary = 0.25f,
-		.yarn_factor = 32.0f, .rope_freqs_factor = 16.0f, .router_skew = 1.0, .layer_corr = 0.5, .seed = 1,
+		.yarn_factor = 32.0f, .rope_freqs_factor = 16.0f, .router_skew = 1.0,
+		.layer_corr = 0.5, .seed = 1,
 	};
 	while (!ret && (c = getopt_long(argc, argv, "o:qh", long_opts, NULL)) != -1) {
 		const char *name = NULL;
@@ -361,36 +362,72 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				return usage_error("--arch '%s': unknown (qwen3moe, llama4, mixtral, "
 						   "gpt-oss, gemma4)", optarg);
 			break;
-		case 'o': o->out = optarg; break;
-		case O_LAYERS: ret = parse_u32(name, optarg, 1, 1024, &o->layers); break;
-		case O_EMBD: ret = parse_u32(name, optarg, 2, 65536, &o->embd); break;
-		case O_HEADS: ret = parse_u32(name, optarg, 1, 1024, &o->heads); break;
-		case O_KV_HEADS: ret = parse_u32(name, optarg, 1, 1024, &o->kv_heads); break;
-		case O_HEAD_DIM: ret = parse_u32(name, optarg, 2, 4096, &o->head_dim); break;
-		case O_VOCAB: ret = parse_u32(name, optarg, 2, 1u << 22, &o->vocab); break;
-		case O_EXPERTS: ret = parse_u32(name, optarg, 1, 4096, &o->experts); break;
-		case O_EXPERTS_USED: ret = parse_u32(name, optarg, 1, 4096, &o->experts_used); break;
-		case O_EXPERT_FF: ret = parse_u32(name, optarg, 1, 1u << 20, &o->expert_ff); break;
-		case O_SHARED_FF: ret = parse_u32(name, optarg, 0, 1u << 20, &o->shared_ff); break;
-		case O_FF: ret = parse_u32(name, optarg, 1, 1u << 20, &o->ff); break;
-		case O_CTX: ret = parse_u32(name, optarg, 1, 1u << 24, &o->ctx); break;
-		case O_TYPE: ret = parse_type(name, optarg, &o->type); break;
-		case O_TYPE_OTHER: ret = parse_type(name, optarg, &o->type_other); break;
+		case 'o':
+			o->out = optarg;
+			break;
+		case O_LAYERS:
+			ret = parse_u32(name, optarg, 1, 1024, &o->layers);
+			break;
+		case O_EMBD:
+			ret = parse_u32(name, optarg, 2, 65536, &o->embd);
+			break;
+		case O_HEADS:
+			ret = parse_u32(name, optarg, 1, 1024, &o->heads);
+			break;
+		case O_KV_HEADS:
+			ret = parse_u32(name, optarg, 1, 1024, &o->kv_heads);
+			break;
+		case O_HEAD_DIM:
+			ret = parse_u32(name, optarg, 2, 4096, &o->head_dim);
+			break;
+		case O_VOCAB:
+			ret = parse_u32(name, optarg, 2, 1u << 22, &o->vocab);
+			break;
+		case O_EXPERTS:
+			ret = parse_u32(name, optarg, 1, 4096, &o->experts);
+			break;
+		case O_EXPERTS_USED:
+			ret = parse_u32(name, optarg, 1, 4096, &o->experts_used);
+			break;
+		case O_EXPERT_FF:
+			ret = parse_u32(name, optarg, 1, 1u << 20, &o->expert_ff);
+			break;
+		case O_SHARED_FF:
+			ret = parse_u32(name, optarg, 0, 1u << 20, &o->shared_ff);
+			break;
+		case O_FF:
+			ret = parse_u32(name, optarg, 1, 1u << 20, &o->ff);
+			break;
+		case O_CTX:
+			ret = parse_u32(name, optarg, 1, 1u << 24, &o->ctx);
+			break;
+		case O_TYPE:
+			ret = parse_type(name, optarg, &o->type);
+			break;
+		case O_TYPE_OTHER:
+			ret = parse_type(name, optarg, &o->type_other);
+			break;
 		case O_ALIGN:
 			ret = parse_u32(name, optarg, 1, 1u << 30, &o->align);
 			if (!ret && (o->align & (o->align - 1)))
 				ret = usage_error("--align %u is not a power of two (32, 4096, 65536, "
 						  "...)", o->align);
 			break;
-		case O_SEED: ret = parse_u64(name, optarg, 0, UINT64_MAX, &o->seed); break;
-		case O_VOCAB_BPE: o->vocab_bpe = true; break;
+		case O_SEED:
+			ret = parse_u64(name, optarg, 0, UINT64_MAX, &o->seed);
+			break;
+		case O_VOCAB_BPE:
+			o->vocab_bpe = true;
+			break;
 		case O_ROUTER_SKEW:
 			ret = parse_float(name, optarg, 0, 10, &o->router_skew);
 			break;
 		case O_LAYER_CORR:
 			ret = parse_float(name, optarg, 0, 1, &o->layer_corr);
 			break;
-		case O_INTERLEAVE: ret = parse_u32(name, optarg, 1, 1024, &o->interleave); break;
+		case O_INTERLEAVE:
+			ret = parse_u32(name, optarg, 1, 1024, &o->interleave);
+			break;
 		case O_SLIDING_WINDOW:
 			ret = parse_u32(name, optarg, 1, 1u << 24, &o->sliding_window);
 			break;
@@ -402,8 +439,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			ret = parse_float(name, optarg, 1, 1e12, &d);
 			o->rope_base_swa = (float)d;
 			break;
-		case O_HEAD_DIM_SWA: ret = parse_u32(name, optarg, 2, 4096, &o->head_dim_swa); break;
-		case O_SWA_PATTERN: ret = parse_u32(name, optarg, 1, 1024, &o->swa_pattern); break;
+		case O_HEAD_DIM_SWA:
+			ret = parse_u32(name, optarg, 2, 4096, &o->head_dim_swa);
+			break;
+		case O_SWA_PATTERN:
+			ret = parse_u32(name, optarg, 1, 1024, &o->swa_pattern);
+			break;
 		case O_PARTIAL_ROTARY:
 			ret = parse_float(name, optarg, 1e-6, 1, &d);
 			o->partial_rotary = (float)d;
@@ -422,10 +463,18 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				ret = usage_error("--rope-freqs-factor %g: a scaling factor is at least "
 						  "1 (or 0 for no rope_freqs)", d);
 			break;
-		case O_TIED: o->tied = true; break;
-		case O_UNTIED: o->tied = false; break;
-		case 'q': o->quiet = true; break;
-		case 'h': usage(stdout); exit(0);
+		case O_TIED:
+			o->tied = true;
+			break;
+		case O_UNTIED:
+			o->tied = false;
+			break;
+		case 'q':
+			o->quiet = true;
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
 		default: return usage_error("try `" PROG " --help`");
 		}
 		if (c == O_TIED || c == O_UNTIED)
@@ -1384,27 +1433,18 @@ out:
 
 /* -------------------------------------------------------------- metadata */
 
-/* llama_ftype of a file whose experts have @type (general.file_type); -1 if none fits. */
-static int file_type(uint32_t type)
-{
-	switch (type) {
-	case MOE_TYPE_F32: return 0;
-	case MOE_TYPE_F16: return 1;
-	case MOE_TYPE_Q4_0: return 2;
-	case MOE_TYPE_Q4_1: return 3;
-	case MOE_TYPE_Q8_0: return 7;
-	case MOE_TYPE_Q5_0: return 8;
-	case MOE_TYPE_Q5_1: return 9;
-	case MOE_TYPE_Q2_K: return 10;
-	case MOE_TYPE_Q3_K: return 12;
-	case MOE_TYPE_Q4_K: return 15;
-	case MOE_TYPE_Q5_K: return 17;
-	case MOE_TYPE_Q6_K: return 18;
-	case MOE_TYPE_BF16: return 32;
-	case MOE_TYPE_MXFP4: return 38;
-	default: return -1;
-	}
-}
+/*
+ * general.file_type (llama_ftype) of a file whose experts have a type, plus
+ * one so that 0 means "no llama_ftype names this mix": a K-quant is named
+ * after its _M variant, mxfp4 after MXFP4_MOE.
+ */
+static const uint8_t file_type_plus1[MOE_TYPE_COUNT] = {
+	[MOE_TYPE_F32] = 0 + 1,    [MOE_TYPE_F16] = 1 + 1,   [MOE_TYPE_Q4_0] = 2 + 1,
+	[MOE_TYPE_Q4_1] = 3 + 1,   [MOE_TYPE_Q8_0] = 7 + 1,  [MOE_TYPE_Q5_0] = 8 + 1,
+	[MOE_TYPE_Q5_1] = 9 + 1,   [MOE_TYPE_Q2_K] = 10 + 1, [MOE_TYPE_Q3_K] = 12 + 1,
+	[MOE_TYPE_Q4_K] = 15 + 1,  [MOE_TYPE_Q5_K] = 17 + 1, [MOE_TYPE_Q6_K] = 18 + 1,
+	[MOE_TYPE_BF16] = 32 + 1,  [MOE_TYPE_MXFP4] = 38 + 1,
+};
 
 static int add_metadata(struct moe_gguf_writer *w, const struct opts *o)
 {
@@ -1416,8 +1456,8 @@ static int add_metadata(struct moe_gguf_writer *w, const struct opts *o)
 	snprintf(name, sizeof(name), PROG " %s seed %" PRIu64, o->ad->name, o->seed);
 	ret = ret ?: moe_gguf_set_str(w, "general.architecture", a);
 	ret = ret ?: moe_gguf_set_str(w, "general.name", name);
-	if (file_type(o->type) >= 0)
-		ret = ret ?: moe_gguf_set_u32(w, "general.file_type", (uint32_t)file_type(o->type));
+	if (file_type_plus1[o->type])
+		ret = ret ?: moe_gguf_set_u32(w, "general.file_type", file_type_plus1[o->type] - 1u);
 	if (moe_type_block_elems(o->type) > 1 || moe_type_block_elems(o->type_other) > 1)
 		ret = ret ?: moe_gguf_set_u32(w, "general.quantization_version", 2);
 	ret = ret ?: moe_gguf_set_u32(w, KEY("block_count"), o->layers);

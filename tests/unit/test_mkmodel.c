@@ -640,6 +640,11 @@ START_TEST(mkmodel_quantized)
 		free(out);
 		ck_assert_int_eq(pfile_load(&f, path), 0);
 		check_layout(&f);
+		ck_assert_uint_eq(pkv(&f, "general.quantization_version")->u, 2);
+		if (i == 0)     /* LLAMA_FTYPE_MOSTLY_Q4_K_M */
+			ck_assert_uint_eq(pkv(&f, "general.file_type")->u, 15);
+		if (i == 1)     /* LLAMA_FTYPE_MOSTLY_MXFP4_MOE */
+			ck_assert_uint_eq(pkv(&f, "general.file_type")->u, 38);
 		for (uint64_t k = 0; k < f.n_t; k++) {
 			const struct ptensor *t = &f.t[k];
 			bool router = strstr(t->name, "ffn_gate_inp") != NULL;
