@@ -168,7 +168,11 @@ static void render_llama(struct sb *b, const struct moe_tokenizer *t, const stru
 		sb_add(b, hs);
 		sb_add(b, m[i].role);
 		sb_add(b, he);
-		sb_add_trimmed(b, m[i].content);
+		/* Llama 3 trims every message, Llama 4 only the system message. */
+		if (!v4 || !strcmp(m[i].role, "system"))
+			sb_add_trimmed(b, m[i].content);
+		else
+			sb_add(b, m[i].content);
 		sb_add(b, eot);
 	}
 	if (gen) {
