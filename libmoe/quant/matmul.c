@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Matrix products over quantized weights, and the public quantize/dequantize calls. */
 #include <errno.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -63,6 +64,13 @@ int64_t moe_quantize(uint32_t type, const float *src, void *dst, int64_t n)
 		return ret;
 	if (n && (!src || !dst))
 		return moe_err(EINVAL, "quantize: NULL buffer");
+	/* block scales cannot carry inf/nan: one would silently zero or poison its block */
+	if (t->quantized)
+		for (int64_t i = 0; i < n; i++)
+			if (!isfinite(src[i]))
+				return moe_err(EINVAL, "quantize to %s: element %lld is %g; only finite "
+					       "values can be quantized (keep such tensors in f32/f16)",
+					       t->name, (long long)i, (double)src[i]);
 	return n ? (int64_t)t->from_float(src, dst, n) : 0;
 }
 

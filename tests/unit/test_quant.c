@@ -825,6 +825,12 @@ START_TEST(bad_input)
 	ck_assert_int_eq(moe_matmul(NULL, MOE_TYPE_Q8_0, q, -1, 32, x, 1, y), -EINVAL);
 	ck_assert_int_eq(moe_matmul(NULL, MOE_TYPE_Q8_0, q, 0, 32, x, 1, y), 0);
 	ck_assert_int_eq(moe_dequantize(MOE_TYPE_Q8_0, NULL, y, 32), -EINVAL);
+	x[40] = NAN;
+	ck_assert_int_eq(moe_quantize(MOE_TYPE_Q4_0, x, q, 64), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "element 40"));
+	x[40] = INFINITY;
+	ck_assert_int_eq(moe_quantize(MOE_TYPE_MXFP4, x, q, 64), -EINVAL);
+	ck_assert_int_eq(moe_quantize(MOE_TYPE_F16, x, q, 64), 128);
 }
 END_TEST
 
