@@ -329,6 +329,9 @@ static void fetch_done(void *arg, int64_t res, void *interior)
 	} else {
 		sl->state = SLOT_READY;
 	}
+	/* nobody holds it any more (a failed layer let go): the slot is free again */
+	if (!sl->pins)
+		c->busy[sg->slot] = false;
 	sg->busy = false;
 }
 
@@ -486,23 +489,13 @@ bool moe_cache_contains(const struct moe_expert_cache *c, uint32_t layer, uint32
 	return s >= 0 && c->slots[s].state == SLOT_READY;
 }
 
-/* A slot whose fetch ended while nobody held it any more becomes free. */
-static void settle(struct moe_expert_cache *c)
-{
-	for (uint32_t s = 0; s < c->n_slots; s++)
-		if (c->busy[s] && !c->slots[s].pins && c->slots[s].state != SLOT_LOADING)
-			c->busy[s] = false;
-}
-
 int moe_cache_poll(struct moe_expert_cache *c)
 {
 	int ret = moe_io_submit(c->io);
 
 	if (ret < 0)
 		return ret;
-	ret = moe_io_poll(c->io);
-	settle(c);
-	return ret;
+	return moe_io_poll(c->io);
 }
 
 int moe_cache_wait(struct moe_expert_cache *c)
@@ -513,7 +506,6 @@ int moe_cache_wait(struct moe_expert_cache *c)
 	if (ret >= 0)
 		ret = moe_io_wait(c->io, 1);
 	c->st.stall_s += moe_now() - t0;
-	settle(c);
 	return ret;
 }
 

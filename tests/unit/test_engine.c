@@ -625,6 +625,35 @@ START_TEST(engine_host_cache)
 }
 END_TEST
 
+/* LRU: empty slots first, then the least recently touched; busy slots never. */
+START_TEST(engine_lru_policy)
+{
+	const struct moe_cache_policy_ops *lru = moe_cache_policy_find("lru");
+	bool busy[4] = { false, false, false, false };
+	void *st;
+
+	ck_assert_ptr_nonnull(lru);
+	ck_assert_ptr_null(moe_cache_policy_find("belady"));
+	st = lru->create(4);
+	ck_assert_ptr_nonnull(st);
+	lru->touch(st, 0);
+	lru->touch(st, 1);
+	lru->touch(st, 3);
+	ck_assert_int_eq(lru->victim(st, busy, 4), 2);
+	lru->touch(st, 2);
+	ck_assert_int_eq(lru->victim(st, busy, 4), 0);
+	lru->touch(st, 0);
+	ck_assert_int_eq(lru->victim(st, busy, 4), 1);
+	busy[1] = true;
+	ck_assert_int_eq(lru->victim(st, busy, 4), 3);
+	lru->forget(st, 2);
+	ck_assert_int_eq(lru->victim(st, busy, 4), 2);
+	busy[0] = busy[2] = busy[3] = true;
+	ck_assert_int_eq(lru->victim(st, busy, 4), -1);
+	lru->destroy(st);
+}
+END_TEST
+
 /* moe-run end to end: llama.cpp's greedy tokens, --json stats keys, --logits-out rows. */
 START_TEST(engine_moe_run)
 {
@@ -733,6 +762,7 @@ Suite *suite_engine(void)
 	tu_rmtree(dir);
 	free(dir);
 	tcase_add_test(tc, engine_budget_honoured);
+	tcase_add_test(tc, engine_lru_policy);
 	suite_add_tcase(s, tc);
 	return s;
 }
