@@ -428,8 +428,18 @@ START_TEST(stream_detok)
 	out[at] = 0;
 	ck_assert_str_eq(out, text);
 	ck_assert_msg(held >= 3, "the 4-byte emoji is 4 byte tokens, 3 of them held back");
-	/* A stray continuation byte is passed on, not held forever. */
+	/* A lead byte that the next token does not continue is passed on, not held forever. */
 	memset(&st, 0, sizeof(st));
+	ck_assert_int_eq(moe_detok_stream(t, &st, moe_tokenizer_find(t, "<0xF0>"), buf, 64), 0);
+	n = moe_detok_stream(t, &st, moe_tokenizer_find(t, "<0x41>"), buf, 64);
+	ck_assert_int_eq(n, 2);
+	ck_assert_int_eq(memcmp(buf, "\xf0" "A", 2), 0);
+	/* A lone continuation byte is not held either; a flush returns what is pending. */
+	ck_assert_int_eq(moe_detok_stream(t, &st, moe_tokenizer_find(t, "<0x80>"), buf, 64), 1);
+	ck_assert_int_eq(moe_detok_stream(t, &st, moe_tokenizer_find(t, "<0xE4>"), buf, 64), 0);
+	ck_assert_int_eq(moe_detok_stream(t, &st, -1, buf, 64), 1);
+	ck_assert_int_eq((uint8_t)buf[0], 0xe4);
+	ck_assert_int_eq(moe_detok_stream(t, &st, -1, buf, 64), 0);
 	free(ids);
 	moe_tokenizer_free(t);
 	moe_model_close(m);
