@@ -554,7 +554,7 @@ struct attn_cfg {
 	bool rope_on;
 	struct rope rope;
 	bool kq_norm_plain;     /* llama4: weightless RMS norm of q and k after RoPE */
-	bool temp_tuning;       /* llama4 NoPE layers: q scaled by position */
+	int temp_floor;         /* llama4 NoPE layers: q scaled by position; 0 = off */
 	bool v_norm;            /* gemma4: weightless RMS norm of v */
 	enum mask mask;
 	int window;             /* sliding window or chunk */
@@ -656,8 +656,8 @@ static int attention(struct ref *r, int il, const struct attn_cfg *c, const doub
 				rope_apply(&c->rope, qh, t);
 			if (c->kq_norm_plain)
 				rmsnorm(qh, c->hd, NULL, r->eps, qh);
-			if (c->temp_tuning) {
-				double f = log(floor((t + 1.0) / 8192.0) + 1.0) * 0.1 + 1.0;
+			if (c->temp_floor) {
+				double f = log(floor((t + 1.0) / c->temp_floor) + 1.0) * 0.1 + 1.0;
 
 				for (int d = 0; d < c->hd; d++)
 					qh[d] *= f;
@@ -1069,7 +1069,8 @@ static int layer_std(struct ref *r, int il, double *H, int n, int32_t *topk, dou
 			return ret;
 		if (swa != 0 && (il + 1) % 4 == 0) {
 			c.rope_on = false;
-			c.temp_tuning = true;
+			c.temp_floor = r->o && r->o->llama4_temp_floor > 0 ?
+				       r->o->llama4_temp_floor : 8192;
 		} else if (swa != 0) {
 			c.mask = MASK_CHUNKED;
 			c.window = r->o && r->o->llama4_chunk > 0 ? r->o->llama4_chunk : 8192;

@@ -16,6 +16,11 @@
 struct ref_opts {
 	int llama4_chunk;       /* llama4 attention chunk; 0 = 8192 */
 	/*
+	 * llama4 NoPE layers scale q by log(floor((pos + 1) / floor) + 1) * 0.1 + 1;
+	 * 0 = 8192.  Smaller values let short tests reach the scaling.
+	 */
+	int llama4_temp_floor;
+	/*
 	 * GELU as ggml's CPU backend computes it (GEMMA4.md §4): the input and
 	 * the result rounded to fp16, 0 below -10, x above 10.  Off: the exact
 	 * tanh form, which llama.cpp's CPU logits differ from by up to ~3e-3.

@@ -181,6 +181,36 @@ START_TEST(ref_llama4_chunk_option)
 }
 END_TEST
 
+/*
+ * Layer 3 of the llama4 model is NoPE: with a temperature floor of 16, q is
+ * scaled from position 15 on (by 1 + 0.1 ln 2 at positions 15..30), and
+ * only there.
+ */
+START_TEST(ref_llama4_temperature_tuning)
+{
+	const char *path = model_path("llama4");
+	struct ref_opts o = { .llama4_temp_floor = 16 };
+	int32_t tok[N_PROMPT];
+	double *a, *b, before = 0, after = 0;
+
+	ck_assert_ptr_nonnull(path);
+	prompt(tok);
+	a = calloc((size_t)N_PROMPT * 512, sizeof(double));
+	b = calloc((size_t)N_PROMPT * 512, sizeof(double));
+	ck_assert(a && b);
+	ck_assert_int_eq(ref_forward(path, tok, N_PROMPT, NULL, a, NULL, NULL), 0);
+	ck_assert_int_eq(ref_forward(path, tok, N_PROMPT, &o, b, NULL, NULL), 0);
+	for (int i = 0; i < 15 * 512; i++)
+		before = fmax(before, fabs(a[i] - b[i]));
+	for (int i = 15 * 512; i < 16 * 512; i++)
+		after = fmax(after, fabs(a[i] - b[i]));
+	ck_assert_msg(before == 0, "positions below 15 changed by %g", before);
+	ck_assert_msg(after > 1e-4, "position 15 unchanged (%g)", after);
+	free(a);
+	free(b);
+}
+END_TEST
+
 START_TEST(ref_bad_input)
 {
 	const char *path = model_path("qwen3moe");
@@ -718,11 +748,14 @@ Suite *suite_ref(void)
 		tu_skip("ref_prompt_matches_llamacpp", "no " DIR " in the shared tree");
 		tu_skip("ref_greedy_matches_llamacpp", "no " DIR " in the shared tree");
 		tu_skip("ref_llama4_chunk_option", "no " DIR " in the shared tree");
+		tu_skip("ref_llama4_temperature_tuning", "no " DIR " in the shared tree");
+		tu_skip("ref_quantized_equals_dequantized", "no " DIR " in the shared tree");
 		tu_skip("ref_bad_input", "no " DIR " in the shared tree");
 	} else {
 		tcase_add_loop_test(tc, ref_prompt_matches_llamacpp, 0, n);
 		tcase_add_loop_test(tc, ref_greedy_matches_llamacpp, 0, n);
 		tcase_add_test(tc, ref_llama4_chunk_option);
+		tcase_add_test(tc, ref_llama4_temperature_tuning);
 		tcase_add_test(tc, ref_bad_input);
 		tcase_add_loop_test(tc, ref_quantized_equals_dequantized, 0, n);
 	}
