@@ -16,6 +16,7 @@
 #include <drm/drm_gem.h>
 #include <drm/drm_gem_shmem_helper.h>
 #include <drm/drm_ioctl.h>
+#include <drm/drm_prime.h>
 
 #include "moe_drv.h"
 
@@ -138,7 +139,12 @@ static const struct drm_driver moe_driver = {
 	.num_ioctls = ARRAY_SIZE(moe_ioctls),
 	.fops = &moe_fops,
 	.debugfs_init = moe_debugfs_init,
-	DRM_GEM_SHMEM_DRIVER_OPS,
+	.gem_create_object = moe_gem_create_object,
+	/* DRM_GEM_SHMEM_DRIVER_OPS without dumb buffers: their pages are not pinned. */
+	.prime_handle_to_fd = drm_gem_prime_handle_to_fd,
+	.prime_fd_to_handle = drm_gem_prime_fd_to_handle,
+	.gem_prime_import_sg_table = drm_gem_shmem_prime_import_sg_table,
+	.gem_prime_mmap = drm_gem_prime_mmap,
 	.name = DRIVER_NAME,
 	.desc = DRIVER_DESC,
 	.date = DRIVER_DATE,

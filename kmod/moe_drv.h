@@ -17,6 +17,7 @@
 
 #include <drm/drm_device.h>
 #include <drm/drm_file.h>
+#include <drm/drm_gem_shmem_helper.h>
 #include <drm/drm_print.h>
 
 #include "moe_drm.h"
@@ -114,7 +115,23 @@ struct moe_batch {
 	struct moe_req reqs[];
 };
 
+/*
+ * A buffer object.  Only BOs made by BO_CREATE have their pages pinned for
+ * their whole life, so only those may be read into: an imported or dumb
+ * shmem object can lose its pages under a read.
+ */
+struct moe_bo {
+	struct drm_gem_shmem_object base;	/* first: drm_gem_shmem_free() kfree()s it */
+	bool pinned;
+};
+
+static inline struct moe_bo *to_moe_bo(struct drm_gem_object *obj)
+{
+	return container_of(obj, struct moe_bo, base.base);
+}
+
 /* moe_gem.c */
+struct drm_gem_object *moe_gem_create_object(struct drm_device *dev, size_t size);
 int moe_bo_create_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 int moe_bo_mmap_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 

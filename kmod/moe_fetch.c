@@ -231,15 +231,13 @@ static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
 	req->obj = drm_gem_object_lookup(file, r->handle);
 	if (!req->obj)
 		return -ENOENT;
-	/* Only our own pinned pages: an imported BO has no shmem pages. */
-	if (req->obj->import_attach)
+	/* Only pages pinned until the last reference: see struct moe_bo. */
+	if (req->obj->import_attach || !to_moe_bo(req->obj)->pinned)
 		return -EINVAL;
 	shmem = to_drm_gem_shmem_obj(req->obj);
 	if (!IS_ALIGNED(r->bo_offset, MOE_ALIGN))
 		return -EINVAL;
 	if (check_add_overflow(r->bo_offset, length, &end) || end > req->obj->size)
-		return -EINVAL;
-	if (WARN_ON_ONCE(!shmem->pages))
 		return -EINVAL;
 
 	req->pos = ext->offset + r->offset;

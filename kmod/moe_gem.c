@@ -5,9 +5,21 @@
  * on the I/O path.  drm_gem_shmem_free() drops that pin with the last
  * reference.
  */
+#include <linux/slab.h>
+
 #include <drm/drm_gem_shmem_helper.h>
 
 #include "moe_drv.h"
+
+/* Every shmem object of this driver, imported ones included, is a moe_bo. */
+struct drm_gem_object *moe_gem_create_object(struct drm_device *dev, size_t size)
+{
+	struct moe_bo *bo = kzalloc(sizeof(*bo), GFP_KERNEL);
+
+	if (!bo)
+		return ERR_PTR(-ENOMEM);
+	return &bo->base.base;
+}
 
 int moe_bo_create_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 {
@@ -28,6 +40,7 @@ int moe_bo_create_ioctl(struct drm_device *dev, void *data, struct drm_file *fil
 	ret = drm_gem_shmem_get_pages(shmem);
 	if (ret)
 		goto out_put;
+	to_moe_bo(&shmem->base)->pinned = true;
 	ret = drm_gem_handle_create(file, &shmem->base, &args->handle);
 out_put:
 	/* The handle now holds the reference (or nothing does on error). */

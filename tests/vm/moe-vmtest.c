@@ -31,6 +31,7 @@
 
 #include <liburing.h>
 #include <xf86drm.h>
+#include <xf86drmMode.h>
 
 #include "moe_drm.h"
 
@@ -329,7 +330,31 @@ static int t_bo(void)
 	munmap(p, 4 * 4096);
 	close(dmabuf);
 	drmCloseBufferHandle(moe_fd, h);
-	return 0;
+
+	/* Dumb buffers would not be pinned: the primary node must not make them. */
+	for (int i = 0; i < 16; i++) {
+		struct drm_mode_create_dumb d = { .width = 64, .height = 64, .bpp = 32 };
+		char path[64];
+		drmVersionPtr v;
+		int fd;
+
+		snprintf(path, sizeof(path), "/dev/dri/card%d", i);
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		v = drmGetVersion(fd);
+		if (v && !strcmp(v->name, "moe")) {
+			int r = ioc(fd, DRM_IOCTL_MODE_CREATE_DUMB, &d);
+
+			drmFreeVersion(v);
+			close(fd);
+			EXPECT(r < 0, "the primary node created a dumb buffer");
+			return 0;
+		}
+		drmFreeVersion(v);
+		close(fd);
+	}
+	return failf("no primary node of moe in /dev/dri");
 }
 
 static int t_register(void)
