@@ -197,6 +197,22 @@ static int rope_setup(struct moe_ctx *ctx)
 	return 0;
 }
 
+/* A gate/up/down triple is all there or all absent, with matching shapes. */
+static int check_ffn(const struct moe_ctx *ctx, uint32_t il, const char *what,
+		     const struct eng_mat *g, const struct eng_mat *u, const struct eng_mat *d)
+{
+	int64_t E = ctx->hp.n_embd;
+
+	if (!g->p && !u->p && !d->p)
+		return 0;
+	if (!g->p || !u->p || !d->p || g->cols != E || u->cols != E || g->rows != u->rows ||
+	    d->cols != g->rows || d->rows != E || g->rows > ctx->max_ff)
+		return moe_err(EINVAL, "%s: layer %u: the %s gate/up/down tensors are incomplete "
+			       "or their shapes do not match n_embd %lld", moe_model_path(ctx->model),
+			       il, what, (long long)E);
+	return 0;
+}
+
 static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 {
 	struct eng_layer *L = &ctx->layers[il];
@@ -234,6 +250,15 @@ static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 	if (!L->is_moe && !L->ffn_up.p)
 		return moe_err(EINVAL, "%s: layer %u has neither experts nor a dense FFN",
 			       moe_model_path(ctx->model), il);
+	if (L->wq.cols != n_embd || L->wk.cols != n_embd || (L->wv.p && L->wv.cols != n_embd) ||
+	    L->wo.rows != n_embd || (L->gate_inp.p && L->gate_inp.cols != n_embd))
+		return moe_err(EINVAL, "%s: layer %u: attention or router rows are not %u long",
+			       moe_model_path(ctx->model), il, n_embd);
+	ret = check_ffn(ctx, il, "ffn", &L->ffn_gate, &L->ffn_up, &L->ffn_down);
+	ret = ret ? ret : check_ffn(ctx, il, "ffn_*_shexp", &L->gate_shexp, &L->up_shexp,
+				    &L->down_shexp);
+	if (ret < 0)
+		return ret;
 	ret = ret ? ret : vec(ctx, il, "attn_norm.weight", n_embd, &L->attn_norm);
 	ret = ret ? ret : vec(ctx, il, "attn_q.bias", L->wq.rows, &L->bq);
 	ret = ret ? ret : vec(ctx, il, "attn_k.bias", L->wk.rows, &L->bk);
@@ -352,7 +377,21 @@ static int make_plan(struct moe_ctx *ctx, struct plan *p)
 			p->n_experts += ctx->hp.n_expert;
 		}
 	}
-	p->f_ff = MOE_MAX(p->f_ff, ctx->hp.n_ff_shexp);
+	/* dense and shared-expert widths as the tensors say (layers may differ) */
+	for (uint32_t il = 0; il < ctx->hp.n_layer; il++) {
+		static const char *const ffn_names[] = { "ffn_gate.weight", "ffn_up.weight",
+							 "ffn_gate_shexp.weight",
+							 "ffn_up_shexp.weight" };
+
+		for (size_t i = 0; i < MOE_ARRAY_SIZE(ffn_names); i++) {
+			struct moe_tensor_info ti;
+			int idx = find(ctx, (int)il, ffn_names[i]);
+
+			if (idx >= 0 && moe_model_tensor(m, idx, &ti) == 0)
+				p->f_ff = MOE_MAX(p->f_ff, ti.ne[1]);
+		}
+	}
+	ctx->max_ff = (uint32_t)p->f_ff;
 	ctx->max_used = MOE_MAX(ctx->max_used, 1);
 	p->scratch = MOE_ALIGN_UP(scratch_floats(ctx, p) * sizeof(float), 64);
 	p->slot = p->n_experts ? moe_cache_slot_bytes(m) : 0;
