@@ -617,7 +617,7 @@ END_TEST
 
 /*
  * Quantized files: a copy of a shared model with its matrices in K-quants,
- * Q8_0 and MXFP4 must give exactly the logits of an F32 copy holding the
+ * Q8_0, MXFP4, F16 and BF16 must give exactly the logits of an F32 copy holding the
  * dequantized values (both are the same numbers in double); and it must
  * stay near the F32 original.
  */
@@ -676,6 +676,11 @@ static char *write_copy(const char *src, const char *dir, const char *file, bool
 			type = strstr(ti.name, "_exps") ? MOE_TYPE_MXFP4 : MOE_TYPE_Q8_0;
 		if (!strcmp(ti.name, "token_embd.weight"))
 			type = MOE_TYPE_Q8_0;
+		/* the reference widens F16 and BF16 itself: held against moe_dequantize */
+		if (!strcmp(ti.name, "output.weight"))
+			type = MOE_TYPE_F16;
+		if (strstr(ti.name, "attn_output.weight"))
+			type = MOE_TYPE_BF16;
 		if (type != MOE_TYPE_F32) {
 			ck_assert_msg(moe_quantize(type, f, q, (int64_t)cnt) > 0, "%s",
 				      moe_errmsg());
