@@ -196,9 +196,20 @@ static void dispatch_locked(struct moe_io *io, struct moe_io_req **inline_list)
 				io->busy_since = moe_now();
 			io->inflight += ret;
 		}
-		for (unsigned i = ret > 0 ? (unsigned)ret : 0; i < n; i++)
-			piece_end_locked(io, io->batch[i], ret < 0 ? ret : -EIO, inline_list);
-		if (ret <= 0)
+		if (ret <= 0) {
+			/* Nothing was taken: fail them rather than risk waiting forever. */
+			for (unsigned i = 0; i < n; i++)
+				piece_end_locked(io, io->batch[i], ret < 0 ? ret : -EIO, inline_list);
+			break;
+		}
+		/* A backend that took part of the batch gets the rest first, next time. */
+		for (unsigned i = n; i-- > (unsigned)ret;) {
+			io->batch[i]->next = io->pend_head;
+			io->pend_head = io->batch[i];
+			if (!io->pend_tail)
+				io->pend_tail = io->batch[i];
+		}
+		if ((unsigned)ret < n)
 			break;
 	}
 }
