@@ -106,22 +106,28 @@ static int gpt2_cpt_byte(uint32_t cpt)
 	return cpt == 0x143 ? 0xad : -1;
 }
 
+/*
+ * tokenizer.ggml.pre values.  Llama 3 and 4 are tiktoken vocabularies: a
+ * pre-token that is a token is taken whole, and BOS is expected first.
+ */
 static const struct {
 	const char *name;
 	enum tok_pre pre;
 	bool ignore_merges;
+	bool add_bos;
 } pre_table[] = {
-	{ "default", PRE_GPT2, false },
-	{ "gpt-2", PRE_GPT2, false },
-	{ "gpt2", PRE_GPT2, false },
-	{ "llama-bpe", PRE_LLAMA3, true },
-	{ "llama3", PRE_LLAMA3, true },
-	{ "smaug-bpe", PRE_LLAMA3, false },
-	{ "qwen2", PRE_QWEN2, false },
-	{ "qwen3", PRE_QWEN2, false },
-	{ "llama4", PRE_GPT4O, false },
-	{ "gpt-4o", PRE_GPT4O, false },
-	{ "gpt4o", PRE_GPT4O, false },
+	{ "default", PRE_GPT2, false, false },
+	{ "gpt-2", PRE_GPT2, false, false },
+	{ "gpt2", PRE_GPT2, false, false },
+	{ "llama-bpe", PRE_LLAMA3, true, true },
+	{ "llama3", PRE_LLAMA3, true, true },
+	{ "llama-v3", PRE_LLAMA3, true, true },
+	{ "smaug-bpe", PRE_LLAMA3, false, false },
+	{ "qwen2", PRE_QWEN2, false, false },
+	{ "qwen3", PRE_QWEN2, false, false },
+	{ "llama4", PRE_GPT4O, true, true },
+	{ "gpt-4o", PRE_GPT4O, false, false },
+	{ "gpt4o", PRE_GPT4O, false, false },
 };
 
 static int set_kind(struct moe_tokenizer *t, const struct tok_spec *sp)
@@ -148,6 +154,7 @@ static int set_kind(struct moe_tokenizer *t, const struct tok_spec *sp)
 			if (!strcmp(pre_table[i].name, pre)) {
 				t->pre = pre_table[i].pre;
 				t->ignore_merges = pre_table[i].ignore_merges;
+				t->add_bos = pre_table[i].add_bos;
 				return 0;
 			}
 		}
@@ -463,6 +470,9 @@ int tok_build(const struct tok_spec *sp, struct moe_tokenizer **out)
 	if (sp->arch)
 		snprintf(t->arch, sizeof(t->arch), "%s", sp->arch);
 	t->chat = tok_chat_detect(sp->chat_template, sp->chat_template_len, sp->arch);
+	/* Without a template, arch "llama" is Llama 3 when it has Llama 3's tokenizer. */
+	if (!sp->chat_template && t->chat == CHAT_MISTRAL && t->pre == PRE_LLAMA3)
+		t->chat = CHAT_LLAMA3;
 	/* Mixtral's template spaces its markers, Mistral v3 (Nemo) does not. */
 	t->chat_inst_space = t->chat == CHAT_MISTRAL &&
 			     (!sp->chat_template || strstr(sp->chat_template, "'[INST] '") ||

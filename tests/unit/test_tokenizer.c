@@ -446,6 +446,41 @@ START_TEST(stream_detok)
 }
 END_TEST
 
+/* What each real vocabulary expects around the text. */
+START_TEST(defaults)
+{
+	static const struct {
+		const char *name, *chat;
+		bool add_bos;
+		int32_t bos, eos;
+	} cases[] = {
+		{ "llama-bpe", "llama3", true, 128000, 128001 },
+		{ "qwen2", "chatml", false, 151643, 151643 },
+		{ "llama-spm", "mistral", true, 1, 2 },
+		{ "gpt-2", "none", false, 50256, 50256 },
+		{ "gemma-4", "gemma4", true, 2, 1 },
+	};
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
+		const char *path = vocab_path(cases[k].name, "");
+		struct moe_model *m;
+		struct moe_tokenizer *t;
+
+		if (!path)
+			continue;
+		t = load_vocab(path, &m);
+		ck_assert_msg(moe_tokenizer_add_bos(t) == cases[k].add_bos, "%s", cases[k].name);
+		ck_assert_int_eq(moe_tokenizer_bos(t), cases[k].bos);
+		ck_assert_int_eq(moe_tokenizer_eos(t), cases[k].eos);
+		ck_assert(moe_tokenizer_is_eog(t, cases[k].eos));
+		ck_assert_msg(!strcmp(moe_chat_format(t), cases[k].chat), "%s: %s", cases[k].name,
+			      moe_chat_format(t));
+		moe_tokenizer_free(t);
+		moe_model_close(m);
+	}
+}
+END_TEST
+
 START_TEST(special_tokens)
 {
 	const char *path = vocab_path("qwen2", "");
@@ -763,6 +798,7 @@ Suite *suite_tokenizer(void)
 	if (any) {
 		tcase_add_test(tc, stream_detok);
 		tcase_add_test(tc, special_tokens);
+		tcase_add_test(tc, defaults);
 		tcase_add_test(tc, megabyte);
 		tcase_add_test(tc, moectl_roundtrip);
 	} else {
