@@ -93,6 +93,7 @@ struct moe_ctx {
 	int32_t *exp_off, *exp_fill;
 	uint8_t *exp_state;
 	float *route_tmp;           /* 2 x n_expert (host) */
+	uint32_t exp_left;          /* experts of the current layer not computed yet */
 	uint32_t *exp_slot;
 	uint32_t max_hd_q, max_kv_dim, max_ff;
 
@@ -113,9 +114,17 @@ struct moe_ctx {
 /* One forward step of n <= n_batch tokens; writes logits of the tokens asked for. */
 int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, uint32_t n, uint32_t pos,
 		bool all_logits, float *logits);
-/* The FFN of a MoE layer over ctx->x (or the style's inputs) into ctx->ffn_out. */
-int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n_tok,
-		    float *out);
+/*
+ * Routed experts of layer il: begin routes ctx->rlog, pins the cached experts
+ * and starts reading the missing ones; the caller may compute other work
+ * (shared expert, dense MLP) meanwhile; finish runs every expert over its
+ * tokens of x as it becomes ready and writes the weighted sums to out.
+ */
+int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok);
+int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n_tok,
+		   float *out);
+/* Give up on a begun layer (the work in between failed): unpin its experts. */
+int moe_ffn_finish_abort(struct moe_ctx *ctx, int ret);
 /* Route n_tok tokens: logits in, chosen experts and weights out. */
 void moe_route(const struct moe_ctx *ctx, const struct eng_layer *L, float *logits,
 	       uint32_t n_tok, int32_t *sel, float *w);

@@ -115,7 +115,7 @@ static int attention(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 	return 0;
 }
 
-/* Shared expert of the std/llama4 styles, added into out. */
+/* Shared expert of the std/llama4 styles into out (when the layer has one). */
 static int shared_expert(struct moe_ctx *ctx, const struct eng_layer *L, const float *x,
 			 uint32_t n, float *out)
 {
@@ -123,24 +123,18 @@ static int shared_expert(struct moe_ctx *ctx, const struct eng_layer *L, const f
 	uint32_t n_embd = ctx->hp.n_embd;
 	int ret;
 
-	if (!L->up_shexp.p)
-		return 0;
 	ret = dense_ffn(ctx, &L->gate_shexp, &L->up_shexp, &L->down_shexp, MOE_GLU_SILU, x, n,
-			ctx->dn);
-	if (ret < 0)
+			out);
+	if (ret < 0 || !L->gate_inp_shexp)
 		return ret;
-	if (L->gate_inp_shexp) {
-		for (uint32_t t = 0; t < n; t++) {
-			const float *xt = x + (size_t)t * n_embd;
-			float d = 0;
+	for (uint32_t t = 0; t < n; t++) {
+		const float *xt = x + (size_t)t * n_embd;
+		float d = 0;
 
-			for (uint32_t i = 0; i < n_embd; i++)
-				d += xt[i] * L->gate_inp_shexp[i];
-			be->ops->scale(be, ctx->dn + (size_t)t * n_embd, 1.0f / (1.0f + expf(-d)),
-				       n_embd);
-		}
+		for (uint32_t i = 0; i < n_embd; i++)
+			d += xt[i] * L->gate_inp_shexp[i];
+		be->ops->scale(be, out + (size_t)t * n_embd, 1.0f / (1.0f + expf(-d)), n_embd);
 	}
-	be->ops->add(be, out, ctx->dn, (int64_t)n * n_embd);
 	return 0;
 }
 
@@ -167,45 +161,59 @@ static int ffn(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 	int ret;
 
 	be->ops->rms_norm(be, ctx->h, ctx->x, n, n_embd, pre, eps);
-	if (ctx->ea->ffn == ENG_FFN_GEMMA4) {
+	if (!L->is_moe) {
+		/* gemma4's dense layers take the same GeGLU MLP as its MoE layers */
+		ret = dense_ffn(ctx, &L->ffn_gate, &L->ffn_up, &L->ffn_down,
+				ctx->ea->ffn == ENG_FFN_GEMMA4 ? MOE_GLU_GELU : act, ctx->x, n,
+				ctx->ffn_out);
+		if (ret < 0)
+			return ret;
+	} else if (ctx->ea->ffn == ENG_FFN_GEMMA4) {
+		float s = 1.0f / sqrtf((float)n_embd);
+
+		/* the router reads the attention residual, not the FFN input */
+		be->ops->rms_norm(be, ctx->h, ctx->x2, n, n_embd, NULL, eps);
+		for (uint32_t t = 0; t < n; t++)
+			for (uint32_t i = 0; i < n_embd; i++)
+				ctx->x2[(size_t)t * n_embd + i] *= s * L->gate_inp_scale[i];
+		ret = router_logits(ctx, L, ctx->x2, n);
+		ret = ret ? ret : moe_ffn_begin(ctx, il, n);
+		if (ret < 0)
+			return ret;
+		/* the dense MLP runs while the missing experts are read */
 		ret = dense_ffn(ctx, &L->ffn_gate, &L->ffn_up, &L->ffn_down, MOE_GLU_GELU, ctx->x, n,
 				ctx->ffn_out);
 		if (ret < 0)
-			return ret;
-		if (L->is_moe) {
-			float s = 1.0f / sqrtf((float)n_embd);
-
-			be->ops->rms_norm(be, ctx->ffn_out, ctx->ffn_out, n, n_embd,
-					  L->post_ffw_norm_1, eps);
-			/* the router reads the attention residual, not the FFN input */
-			be->ops->rms_norm(be, ctx->h, ctx->x2, n, n_embd, NULL, eps);
-			for (uint32_t t = 0; t < n; t++)
-				for (uint32_t i = 0; i < n_embd; i++)
-					ctx->x2[(size_t)t * n_embd + i] *= s * L->gate_inp_scale[i];
-			ret = router_logits(ctx, L, ctx->x2, n);
-			if (ret < 0)
-				return ret;
-			be->ops->rms_norm(be, ctx->h, ctx->x2, n, n_embd, L->pre_ffw_norm_2, eps);
-			ret = moe_ffn_experts(ctx, il, ctx->x2, n, ctx->moe_out);
-			if (ret < 0)
-				return ret;
-			be->ops->rms_norm(be, ctx->moe_out, ctx->moe_out, n, n_embd,
-					  L->post_ffw_norm_2, eps);
-			be->ops->add(be, ctx->ffn_out, ctx->moe_out, nn);
-		}
-		be->ops->rms_norm(be, ctx->ffn_out, ctx->ffn_out, n, n_embd, L->post_ffw_norm, eps);
-	} else if (L->is_moe) {
-		ret = router_logits(ctx, L, ctx->x, n);
-		ret = ret ? ret : moe_ffn_experts(ctx, il, ctx->x, n, ctx->ffn_out);
-		ret = ret ? ret : shared_expert(ctx, L, ctx->x, n, ctx->ffn_out);
+			return moe_ffn_finish_abort(ctx, ret);
+		be->ops->rms_norm(be, ctx->ffn_out, ctx->ffn_out, n, n_embd, L->post_ffw_norm_1,
+				  eps);
+		/* the experts' input; ctx->o is free once the attention output is added */
+		be->ops->rms_norm(be, ctx->h, ctx->o, n, n_embd, L->pre_ffw_norm_2, eps);
+		ret = moe_ffn_finish(ctx, il, ctx->o, n, ctx->moe_out);
 		if (ret < 0)
 			return ret;
+		be->ops->rms_norm(be, ctx->moe_out, ctx->moe_out, n, n_embd, L->post_ffw_norm_2,
+				  eps);
+		be->ops->add(be, ctx->ffn_out, ctx->moe_out, nn);
 	} else {
-		ret = dense_ffn(ctx, &L->ffn_gate, &L->ffn_up, &L->ffn_down, act, ctx->x, n,
-				ctx->ffn_out);
+		ret = router_logits(ctx, L, ctx->x, n);
+		ret = ret ? ret : moe_ffn_begin(ctx, il, n);
 		if (ret < 0)
 			return ret;
+		/* the shared expert runs while the missing experts are read */
+		if (L->up_shexp.p) {
+			ret = shared_expert(ctx, L, ctx->x, n, ctx->moe_out);
+			if (ret < 0)
+				return moe_ffn_finish_abort(ctx, ret);
+		}
+		ret = moe_ffn_finish(ctx, il, ctx->x, n, ctx->ffn_out);
+		if (ret < 0)
+			return ret;
+		if (L->up_shexp.p)
+			be->ops->add(be, ctx->ffn_out, ctx->moe_out, nn);
 	}
+	if (ctx->ea->ffn == ENG_FFN_GEMMA4)
+		be->ops->rms_norm(be, ctx->ffn_out, ctx->ffn_out, n, n_embd, L->post_ffw_norm, eps);
 	be->ops->add(be, ctx->h, ctx->ffn_out, nn);
 	if (L->layer_out_scale)
 		be->ops->scale(be, ctx->h, L->layer_out_scale[0], nn);

@@ -168,15 +168,41 @@ static int run_expert(struct moe_ctx *ctx, const struct eng_layer *L, uint32_t i
 
 enum { EXP_IDLE, EXP_HELD, EXP_DONE };
 
-int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n_tok,
-		    float *out)
+/* leave no pin behind: the next eval must find every slot usable */
+static void release_all(struct moe_ctx *ctx)
+{
+	for (uint32_t e = 0; e < ctx->hp.n_expert; e++)
+		if (ctx->exp_state[e] == EXP_HELD) {
+			moe_cache_release(ctx->cache, ctx->exp_slot[e]);
+			ctx->exp_state[e] = EXP_DONE;
+		}
+}
+
+/* Start fetching the experts not held yet while slots and staging allow. */
+static int acquire_more(struct moe_ctx *ctx, uint32_t il)
+{
+	for (uint32_t e = 0; e < ctx->hp.n_expert; e++) {
+		int ret;
+
+		if (ctx->exp_state[e] != EXP_IDLE)
+			continue;
+		ret = moe_cache_acquire(ctx->cache, il, e, &ctx->exp_slot[e]);
+		if (ret == -EAGAIN)
+			break;
+		if (ret < 0)
+			return ret;
+		ctx->exp_state[e] = EXP_HELD;
+	}
+	return moe_cache_poll(ctx->cache);
+}
+
+int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
 {
 	const struct eng_layer *L = &ctx->layers[il];
 	struct moe_expert_cache *c = ctx->cache;
 	uint32_t ne = ctx->hp.n_expert, k = L->n_expert_used, K = ctx->max_used;
-	uint32_t n_embd = ctx->hp.n_embd, left = 0;
 	int32_t *off = ctx->exp_off;
-	int ret = 0;
+	int ret;
 
 	moe_route(ctx, L, ctx->rlog, n_tok, ctx->sel, ctx->rw);
 	if (ctx->route_hook)
@@ -193,9 +219,10 @@ int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n
 	for (uint32_t t = 0; t < n_tok; t++)
 		for (uint32_t j = 0; j < k; j++)
 			ctx->tok_list[ctx->exp_fill[ctx->sel[t * K + j]]++] = (int32_t)(t * K + j);
+	ctx->exp_left = 0;
 	for (uint32_t e = 0; e < ne; e++) {
 		ctx->exp_state[e] = off[e + 1] > off[e] ? EXP_IDLE : EXP_DONE;
-		left += off[e + 1] > off[e];
+		ctx->exp_left += off[e + 1] > off[e];
 	}
 
 	/* pin what is cached before any miss of this layer may evict it */
@@ -207,20 +234,34 @@ int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n
 			goto fail;
 		ctx->exp_state[e] = EXP_HELD;
 	}
-	while (left) {
+	ret = acquire_more(ctx, il);
+	if (ret >= 0)
+		return 0;
+fail:
+	release_all(ctx);
+	return ret;
+}
+
+int moe_ffn_finish_abort(struct moe_ctx *ctx, int ret)
+{
+	release_all(ctx);
+	return ret;
+}
+
+int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n_tok,
+		   float *out)
+{
+	const struct eng_layer *L = &ctx->layers[il];
+	struct moe_expert_cache *c = ctx->cache;
+	uint32_t ne = ctx->hp.n_expert, k = L->n_expert_used, K = ctx->max_used;
+	uint32_t n_embd = ctx->hp.n_embd;
+	int32_t *off = ctx->exp_off;
+	int ret = 0;
+
+	while (ctx->exp_left) {
 		bool progress = false, in_flight = false;
 
-		for (uint32_t e = 0; e < ne; e++) {
-			if (ctx->exp_state[e] != EXP_IDLE)
-				continue;
-			ret = moe_cache_acquire(c, il, e, &ctx->exp_slot[e]);
-			if (ret == -EAGAIN)
-				break;
-			if (ret < 0)
-				goto fail;
-			ctx->exp_state[e] = EXP_HELD;
-		}
-		ret = moe_cache_poll(c);
+		ret = acquire_more(ctx, il);
 		if (ret < 0)
 			goto fail;
 		for (uint32_t e = 0; e < ne; e++) {
@@ -242,14 +283,14 @@ int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n
 			ctx->exp_state[e] = EXP_DONE;
 			if (ret < 0)
 				goto fail;
-			left--;
+			ctx->exp_left--;
 			progress = true;
 			/* reap what landed meanwhile, so the next acquire finds free staging */
 			ret = moe_cache_poll(c);
 			if (ret < 0)
 				goto fail;
 		}
-		if (!left || progress)
+		if (!ctx->exp_left || progress)
 			continue;
 		if (!in_flight) {
 			ret = moe_err(ENOSPC, "layer %u: no expert slot can be freed (%u slots)", il,
@@ -278,11 +319,6 @@ int moe_ffn_experts(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n
 	}
 	return 0;
 fail:
-	/* leave no pin behind: the next eval must find every slot usable */
-	for (uint32_t e = 0; e < ne; e++)
-		if (ctx->exp_state[e] == EXP_HELD) {
-			moe_cache_release(c, ctx->exp_slot[e]);
-			ctx->exp_state[e] = EXP_DONE;
-		}
+	release_all(ctx);
 	return ret;
 }
