@@ -8,7 +8,9 @@ if [ -n "${KDIR:-}" ]; then
 	exit 0
 fi
 newest_installed() {
-	ls -d /usr/src/linux-headers-6.1.0-*-amd64 2>/dev/null | sort -V | tail -n 1
+	for d in /usr/src/linux-headers-6.1.0-*-amd64; do
+		[ -d "$d" ] && echo "$d"
+	done | sort -V | tail -n 1
 }
 newest_offered() {
 	apt-cache search --names-only '^linux-headers-6\.1\.0-[0-9]+-amd64$' 2>/dev/null |

@@ -42,6 +42,7 @@ command -v make >/dev/null || need="$need make"
 [ -r /usr/lib/x86_64-linux-gnu/liburing.a ] || need="$need liburing-dev"
 if [ -n "$need" ]; then
 	say "installing$need"
+	# shellcheck disable=SC2086 # one word per package
 	apt_install $need
 fi
 /bin/busybox --list | grep -qx modprobe || die "/bin/busybox has no modprobe: install busybox-static"
@@ -66,7 +67,8 @@ if [ ! -r "$KROOT/boot/vmlinuz-$KVER" ]; then
 			apt-get download "linux-image-$KVER-unsigned" >/dev/null 2>&1 ||
 				die "cannot download linux-image-$KVER-unsigned"
 		}
-	dpkg-deb -x "$(ls "$WORK"/deb/linux-image-*.deb | head -n 1)" "$KROOT"
+	set -- "$WORK"/deb/linux-image-*.deb
+	dpkg-deb -x "$1" "$KROOT"
 	rm -rf "$WORK/deb"
 	depmod -b "$KROOT" -F "$KROOT/boot/System.map-$KVER" "$KVER"
 	cd "$SRC"
@@ -115,6 +117,7 @@ MOECTL=${MOE_BIN:-$SRC/build/bin}/moectl
 if [ -x "$MOECTL" ]; then
 	cp "$MOECTL" "$IR/bin/moectl"
 	# The engine test links libmoe like moectl does.
+	# shellcheck disable=SC2046,SC2086 # flag lists split into words
 	gcc -std=gnu11 -O2 -Wall -Wextra -I"$SRC/include" -o "$IR/bin/moe-vmio" \
 		"$SRC/tests/vm/moe-vmio.c" "$(dirname "$MOECTL")/../lib/libmoe.a" \
 		$(pkg-config --libs liburing hwloc libdrm) -lm -ldl -pthread ${MOE_VM_LDFLAGS:-} ||
