@@ -434,7 +434,7 @@ struct moe_io_opts {
 	uint32_t queue_depth;   /* reads in flight at once; 0 = 32 */
 	uint64_t max_request;   /* reads are split at this size (multiple of the block); 0 = 1 MiB */
 	uint64_t staging_bytes; /* pinned pool behind moe_io_alloc(); 0 = 64 MiB */
-	int numa_node;          /* -1: the node of the file's device (hwloc) */
+	int numa_node;          /* -1: the node of the file's disk, else of the GPU (hwloc) */
 	uint32_t n_workers;     /* pread workers; 0 = queue depth, at most 16 */
 	uint32_t flags;         /* enum moe_io_flags */
 	uint32_t pad;

@@ -728,7 +728,10 @@ int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io 
 		}
 		io->node = io->opts.numa_node;
 	} else {
+		/* Near the disk the experts come from, else near the GPU they go to. */
 		io->node = moe_topo_path_node(path);
+		if (io->node < 0)
+			io->node = moe_topo_gpu_node();
 		if (io->node < 0)
 			io->node = -1;
 	}

@@ -135,6 +135,8 @@ const char *moe_io_pool_describe(const struct moe_io *io, char *buf, unsigned le
 /* Topology (topo.c).  Binding is best effort: failures are logged at debug level. */
 void moe_topo_bind_thread(int node);
 void moe_topo_bind_memory(void *p, uint64_t len, int node);
+/* NUMA node of the first GPU whose node is known, or -ENOENT. */
+int moe_topo_gpu_node(void);
 /* 0 when @node is a NUMA node here (or the topology is unknown), else -EINVAL naming them. */
 int moe_topo_check_node(int node);
 /* Name of the whole disk holding device @dev ("vda" for vda1, the first slave of a dm). */

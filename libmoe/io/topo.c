@@ -268,6 +268,24 @@ int moe_topo_path_node(const char *path)
 	       moe_err(ENOENT, "%s: the NUMA node of disk %s is unknown", path, d.name);
 }
 
+int moe_topo_gpu_node(void)
+{
+	hwloc_topology_t t = get_topo();
+	hwloc_obj_t o = NULL;
+
+	while (t && (o = hwloc_get_next_osdev(t, o))) {
+		int node;
+
+		if (o->attr->osdev.type != HWLOC_OBJ_OSDEV_GPU &&
+		    o->attr->osdev.type != HWLOC_OBJ_OSDEV_COPROC)
+			continue;
+		node = obj_node(t, o);
+		if (node >= 0)
+			return node;
+	}
+	return -ENOENT;
+}
+
 static hwloc_obj_t node_obj(hwloc_topology_t t, int node)
 {
 	hwloc_obj_t o = NULL;
