@@ -62,8 +62,14 @@ static inline uint32_t ascii_lower(uint32_t c)
 	return c >= 'A' && c <= 'Z' ? c + 32 : c;
 }
 
-/* Length of a contraction ('s 't 're 've 'm 'll 'd) at @i, 0 if none. */
-static size_t contraction(const struct cps *s, size_t i, bool icase)
+enum { CASE_EXACT, CASE_ASCII, CASE_FOLD };
+
+/*
+ * Length of a contraction ('s 't 're 've 'm 'll 'd) at @i, 0 if none.
+ * LLAMA3 spells the cases out ([sS]); GPT-4o's (?i:...) folds Unicode case,
+ * under which U+017F LONG S is an 's' too.
+ */
+static size_t contraction(const struct cps *s, size_t i, int mode)
 {
 	uint32_t c1, c2;
 
@@ -71,10 +77,12 @@ static size_t contraction(const struct cps *s, size_t i, bool icase)
 		return 0;
 	c1 = cp_at(s, i + 1);
 	c2 = cp_at(s, i + 2);
-	if (icase) {
+	if (mode != CASE_EXACT) {
 		c1 = ascii_lower(c1);
 		c2 = ascii_lower(c2);
 	}
+	if (mode == CASE_FOLD && c1 == 0x17f)
+		c1 = 's';
 	if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd')
 		return 2;
 	if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l'))
@@ -82,8 +90,11 @@ static size_t contraction(const struct cps *s, size_t i, bool icase)
 	return 0;
 }
 
-/* \s*[\r\n]+ | \s+(?!\S) | \s+ at @pos; 0 if @pos is not whitespace. */
-static size_t whitespace_run(const struct cps *s, size_t pos)
+/*
+ * \s*[\r\n]+ (with @newlines) | \s+(?!\S) | \s+ at @pos; 0 if @pos is not
+ * whitespace.
+ */
+static size_t whitespace_run(const struct cps *s, size_t pos, bool newlines)
 {
 	size_t n = 0, last_nl = 0;
 
@@ -92,7 +103,7 @@ static size_t whitespace_run(const struct cps *s, size_t pos)
 			last_nl = n + 1;
 		n++;
 	}
-	if (last_nl)
+	if (last_nl && newlines)
 		return last_nl;
 	if (n > 1 && pos + n < s->n)
 		return n - 1;
@@ -103,7 +114,7 @@ static size_t match_gpt2(const struct cps *s, size_t pos)
 {
 	size_t len, i;
 
-	len = contraction(s, pos, false);
+	len = contraction(s, pos, CASE_EXACT);
 	if (len)
 		return len;
 	i = pos + (cp_at(s, pos) == ' ');
@@ -122,7 +133,7 @@ static size_t match_gpt2(const struct cps *s, size_t pos)
 			i++;
 		return i - pos;
 	}
-	len = whitespace_run(s, pos);
+	len = whitespace_run(s, pos, false);
 	return len ? len : 1;
 }
 
@@ -132,7 +143,7 @@ static size_t match_llama3(const struct cps *s, size_t pos, size_t max_digits)
 	uint32_t c = s->c[pos];
 	size_t len, i;
 
-	len = contraction(s, pos, true);
+	len = contraction(s, pos, CASE_ASCII);
 	if (len)
 		return len;
 	/* [^\r\n\p{L}\p{N}]?\p{L}+ */
@@ -158,7 +169,7 @@ static size_t match_llama3(const struct cps *s, size_t pos, size_t max_digits)
 			i++;
 		return i - pos;
 	}
-	len = whitespace_run(s, pos);
+	len = whitespace_run(s, pos, true);
 	return len ? len : 1;
 }
 
@@ -217,7 +228,7 @@ static size_t match_gpt4o(const struct cps *s, size_t pos)
 			size_t end = alts[a](s, pos + p);
 
 			if (end)
-				return end + contraction(s, end, true) - pos;
+				return end + contraction(s, end, CASE_FOLD) - pos;
 		}
 	}
 	if (is_n(s, pos)) {
@@ -234,7 +245,7 @@ static size_t match_gpt4o(const struct cps *s, size_t pos)
 			i++;
 		return i - pos;
 	}
-	len = whitespace_run(s, pos);
+	len = whitespace_run(s, pos, true);
 	return len ? len : 1;
 }
 

@@ -358,6 +358,10 @@ START_TEST(pretok_splits)
 		{ PRE_QWEN2, "x 123", "x| |1|2|3" },
 		{ PRE_GPT4O, "HelloWorld don't ABCdef //\n", "Hello|World| don't| ABCdef| //\n" },
 		{ PRE_GEMMA4, "a b\n\nc", "a b|\n\n|c" },
+		/* GPT-2 has no \s*[\r\n]+ rule; GPT-4o's (?i:'s) takes U+017F LONG S. */
+		{ PRE_GPT2, "x \nb", "x| |\n|b" },
+		{ PRE_GPT4O, "e'\xc5\xbf", "e'\xc5\xbf" },
+		{ PRE_LLAMA3, "e'\xc5\xbf", "e|'\xc5\xbf" },
 	};
 
 	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
