@@ -56,6 +56,8 @@ struct tok_entry {
 	uint32_t len;
 	float score;
 	uint8_t type;
+	uint8_t is_byte;  /* a <0xXX> token of SentencePiece or Gemma 4 */
+	uint8_t byte;
 };
 
 struct tok_merge {

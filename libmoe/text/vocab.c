@@ -328,6 +328,10 @@ static int build_bytes(struct moe_tokenizer *t)
 		} else {
 			len = snprintf(s, sizeof(s), "<0x%02X>", b);
 			t->byte_tok[b] = tok_find(t, s, (size_t)len);
+			if (t->byte_tok[b] >= 0 && t->tok[t->byte_tok[b]].type == TT_BYTE) {
+				t->tok[t->byte_tok[b]].is_byte = 1;
+				t->tok[t->byte_tok[b]].byte = (uint8_t)b;
+			}
 		}
 	}
 	return 0;
@@ -601,14 +605,10 @@ static int piece(const struct moe_tokenizer *t, int32_t id, bool special, char *
 			return special ? put(buf, len, 0, s, e->len) : 0;
 		return put(buf, len, 0, "\xe2\x96\x85", 3);
 	case TT_BYTE:
-		if (t->kind != TOK_BPE) {
-			for (int b = 0; b < 256; b++) {
-				if (t->byte_tok[b] == id) {
-					char c = (char)b;
+		if (e->is_byte) {
+			char c = (char)e->byte;
 
-					return put(buf, len, 0, &c, 1);
-				}
-			}
+			return put(buf, len, 0, &c, 1);
 		}
 		break;
 	default:
@@ -681,7 +681,6 @@ MOE_API int moe_detokenize(const struct moe_tokenizer *t, const int32_t *ids, in
 	if (n_ids && ids[0] == t->bos && t->bos >= 0)
 		first = 1;
 	for (int i = 0; i < n_ids; i++) {
-		char tmp[8];
 		int n;
 
 		if (ids[i] < 0 || (uint32_t)ids[i] >= t->n_vocab)
@@ -703,7 +702,7 @@ MOE_API int moe_detokenize(const struct moe_tokenizer *t, const int32_t *ids, in
 			free(p);
 			n--;
 		} else {
-			n = piece(t, ids[i], special, at < len ? buf + at : tmp,
+			n = piece(t, ids[i], special, at < len ? buf + at : NULL,
 				  at < len ? len - at : 0);
 		}
 		at += n;
