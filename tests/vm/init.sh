@@ -3,6 +3,8 @@
 # moe-vmtest, check that moe unloads, scan dmesg, power off.  Result lines are
 # "ok NAME" / "not ok NAME: why" for tests/vm/run.sh to count.
 /bin/busybox --install -s /bin
+# The firmware leaves the console mid-line: results start on a fresh one.
+echo
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
