@@ -270,6 +270,31 @@ START_TEST(bad_vocab)
 	ck_assert_msg(strstr(moe_errmsg(), "token_type[5]"), "%s", moe_errmsg());
 	moe_model_close(m);
 	free(path);
+
+	/* Test models without a vocabulary, and tokenizers we do not know. */
+	for (int k = 0; k < 3; k++) {
+		static const char *const kinds[] = { "none", "bert", NULL };
+		static const int want[] = { -ENOENT, -ENOTSUP, -ENOENT };
+		struct moe_gguf_writer *w;
+
+		ck_assert_int_eq(asprintf(&path, "%s/none%d.gguf", dir, k) > 0, 1);
+		ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+		ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "llama"), 0);
+		if (kinds[k]) {
+			ck_assert_int_eq(moe_gguf_set_str(w, "tokenizer.ggml.model", kinds[k]), 0);
+			ck_assert_int_eq(moe_gguf_set_arr_str(w, "tokenizer.ggml.tokens",
+							      (const char *[]){ "a" }, 1), 0);
+		}
+		ck_assert_int_eq(moe_gguf_write(w, path), 0);
+		moe_gguf_writer_free(w);
+		ck_assert_int_eq(moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, &m), 0);
+		ck_assert_int_eq(moe_tokenizer_load(m, &t), want[k]);
+		ck_assert_ptr_null(t);
+		ck_assert_msg(strstr(moe_errmsg(), kinds[k] ? kinds[k] : "no tokenizer"), "%s",
+			      moe_errmsg());
+		moe_model_close(m);
+		free(path);
+	}
 	tu_rmtree(dir);
 	free(dir);
 }
