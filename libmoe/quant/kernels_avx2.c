@@ -310,78 +310,92 @@ static inline __m256i scale_bcast(__m256i sc16, int j)
 	return _mm256_shuffle_epi8(sc16, idx);
 }
 
-static inline float hsum_i32x4(__m128i v)
+/* One 64-element group g of Q4_K: sub-blocks 2g (low nibbles) and 2g+1 (high). */
+static inline __attribute__((always_inline)) __m256i q4_k_group(const uint8_t *qs,
+								const int8_t *ay, __m256i sc16,
+								int g)
 {
-	v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
-	v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 1));
-	return (float)_mm_cvtsi128_si32(v);
+	const __m256i m4 = _mm256_set1_epi8(15);
+	__m256i q = load32(qs + 32 * g);
+	__m256i lo = _mm256_and_si256(q, m4);
+	__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+	__m256i p0 = _mm256_maddubs_epi16(lo, load32(ay + 64 * g));
+	__m256i p1 = _mm256_maddubs_epi16(hi, load32(ay + 64 * g + 32));
+
+	p0 = _mm256_madd_epi16(p0, scale_bcast(sc16, 2 * g));
+	p1 = _mm256_madd_epi16(p1, scale_bcast(sc16, 2 * g + 1));
+	return _mm256_add_epi32(p0, p1);
 }
 
 static void vec_dot_q4_k(int64_t n, float *out, const void *w, const void *a)
 {
 	const struct block_q4_k *x = w;
 	const struct block_q8_k *y = a;
-	const __m256i m4 = _mm256_set1_epi8(15);
 	__m256 acc = _mm256_setzero_ps();
-	float accm = 0;
+	__m128 accm = _mm_setzero_ps();
 
 	for (int64_t i = 0; i < n / QK_K; i++) {
 		__m128i scmin = k_scales_mins(x[i].scales);
 		__m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scmin));
-		__m256i sumi = _mm256_setzero_si256();
+		/* written out so that the shuffle masks are constants */
+		__m256i s01 = _mm256_add_epi32(q4_k_group(x[i].qs, y[i].qs, sc16, 0),
+					       q4_k_group(x[i].qs, y[i].qs, sc16, 1));
+		__m256i s23 = _mm256_add_epi32(q4_k_group(x[i].qs, y[i].qs, sc16, 2),
+					       q4_k_group(x[i].qs, y[i].qs, sc16, 3));
+		__m256i sumi = _mm256_add_epi32(s01, s23);
 
-		for (int g = 0; g < 4; g++) {
-			__m256i q = load32(x[i].qs + 32 * g);
-			__m256i lo = _mm256_and_si256(q, m4);
-			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-			__m256i p0 = _mm256_maddubs_epi16(lo, load32(y[i].qs + 64 * g));
-			__m256i p1 = _mm256_maddubs_epi16(hi, load32(y[i].qs + 64 * g + 32));
-
-			p0 = _mm256_madd_epi16(p0, scale_bcast(sc16, 2 * g));
-			p1 = _mm256_madd_epi16(p1, scale_bcast(sc16, 2 * g + 1));
-			sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-		}
 		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d),
 				      _mm256_cvtepi32_ps(sumi), acc);
-		accm += h2f(x[i].dmin) * y[i].d * hsum_i32x4(k_mins_dot(scmin, y[i].bsums));
+		accm = _mm_fmadd_ps(_mm_set1_ps(h2f(x[i].dmin) * y[i].d),
+				    _mm_cvtepi32_ps(k_mins_dot(scmin, y[i].bsums)), accm);
 	}
-	*out = hsum8(acc) - accm;
+	*out = hsum8(_mm256_sub_ps(acc, _mm256_insertf128_ps(_mm256_setzero_ps(), accm, 0)));
+}
+
+/* Q5_K group g: Q4_K's plus the 5th bits 2g and 2g+1 of qh. */
+static inline __attribute__((always_inline)) __m256i q5_k_group(const uint8_t *qs, __m256i qh,
+								const int8_t *ay, __m256i sc16,
+								int g)
+{
+	const __m256i m4 = _mm256_set1_epi8(15), b5 = _mm256_set1_epi8(16);
+	const __m256i bl = _mm256_set1_epi8((char)(1 << (2 * g)));
+	const __m256i bh = _mm256_set1_epi8((char)(1 << (2 * g + 1)));
+	__m256i q = load32(qs + 32 * g);
+	__m256i hl = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), b5);
+	__m256i hh = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), b5);
+	__m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
+	__m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
+	__m256i p0 = _mm256_maddubs_epi16(lo, load32(ay + 64 * g));
+	__m256i p1 = _mm256_maddubs_epi16(hi, load32(ay + 64 * g + 32));
+
+	p0 = _mm256_madd_epi16(p0, scale_bcast(sc16, 2 * g));
+	p1 = _mm256_madd_epi16(p1, scale_bcast(sc16, 2 * g + 1));
+	return _mm256_add_epi32(p0, p1);
 }
 
 static void vec_dot_q5_k(int64_t n, float *out, const void *w, const void *a)
 {
 	const struct block_q5_k *x = w;
 	const struct block_q8_k *y = a;
-	const __m256i m4 = _mm256_set1_epi8(15), b5 = _mm256_set1_epi8(16);
 	__m256 acc = _mm256_setzero_ps();
-	float accm = 0;
+	__m128 accm = _mm_setzero_ps();
 
 	for (int64_t i = 0; i < n / QK_K; i++) {
 		__m128i scmin = k_scales_mins(x[i].scales);
 		__m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scmin));
-		__m256i sumi = _mm256_setzero_si256();
 		__m256i qh = load32(x[i].qh);
+		__m256i s01 = _mm256_add_epi32(q5_k_group(x[i].qs, qh, y[i].qs, sc16, 0),
+					       q5_k_group(x[i].qs, qh, y[i].qs, sc16, 1));
+		__m256i s23 = _mm256_add_epi32(q5_k_group(x[i].qs, qh, y[i].qs, sc16, 2),
+					       q5_k_group(x[i].qs, qh, y[i].qs, sc16, 3));
+		__m256i sumi = _mm256_add_epi32(s01, s23);
 
-		for (int g = 0; g < 4; g++) {
-			__m256i q = load32(x[i].qs + 32 * g);
-			__m256i bl = _mm256_set1_epi8((char)(1 << (2 * g)));
-			__m256i bh = _mm256_set1_epi8((char)(1 << (2 * g + 1)));
-			__m256i hl = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), b5);
-			__m256i hh = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), b5);
-			__m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), hl);
-			__m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), hh);
-			__m256i p0 = _mm256_maddubs_epi16(lo, load32(y[i].qs + 64 * g));
-			__m256i p1 = _mm256_maddubs_epi16(hi, load32(y[i].qs + 64 * g + 32));
-
-			p0 = _mm256_madd_epi16(p0, scale_bcast(sc16, 2 * g));
-			p1 = _mm256_madd_epi16(p1, scale_bcast(sc16, 2 * g + 1));
-			sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-		}
 		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d),
 				      _mm256_cvtepi32_ps(sumi), acc);
-		accm += h2f(x[i].dmin) * y[i].d * hsum_i32x4(k_mins_dot(scmin, y[i].bsums));
+		accm = _mm_fmadd_ps(_mm_set1_ps(h2f(x[i].dmin) * y[i].d),
+				    _mm_cvtepi32_ps(k_mins_dot(scmin, y[i].bsums)), accm);
 	}
-	*out = hsum8(acc) - accm;
+	*out = hsum8(_mm256_sub_ps(acc, _mm256_insertf128_ps(_mm256_setzero_ps(), accm, 0)));
 }
 
 /* q in [-32, 31] times activations, 16-element halves scaled by lo and hi. */
