@@ -148,7 +148,8 @@ head -c $((96 * 1024 * 1024)) /dev/urandom >"$DISK/models/big.bin"
 head -c $((1024 * 1024 + 1234)) /dev/urandom >"$DISK/models/tail.bin"
 MKMODEL=${MOE_BIN:-$SRC/build/bin}/moe-mkmodel
 if [ -x "$MKMODEL" ]; then
-	"$MKMODEL" --arch qwen3moe --layers 2 --experts 8 -o "$DISK/models/tiny.gguf" \
+	"$MKMODEL" --arch qwen3moe --layers 2 --experts 8 --embd 512 --expert-ff 1024 \
+		-o "$DISK/models/tiny.gguf" \
 		>"$WORK/mkmodel.log" 2>&1 || { cat "$WORK/mkmodel.log"; die "moe-mkmodel failed"; }
 fi
 chmod 600 "$DISK/models/big.bin" "$DISK/models/tail.bin"
