@@ -212,12 +212,16 @@ static int build_vocab(struct moe_tokenizer *t, const struct tok_spec *sp)
 				       "tokenizer.ggml.token_type[%u] is %d: expected 1 (normal) to 6 (byte)",
 				       i, sp->types[i]);
 		/* The first of duplicate texts wins, so later ids stay reachable only by id. */
-		if (tok_find(t, sp->tokens[i], len) >= 0)
-			continue;
 		h = (uint32_t)hash_bytes(sp->tokens[i], len) & t->str_mask;
-		while (t->str_slots[h] >= 0)
+		while (t->str_slots[h] >= 0) {
+			const struct tok_entry *o = &t->tok[t->str_slots[h]];
+
+			if (o->len == len && !memcmp(t->blob + o->off, sp->tokens[i], len))
+				break;
 			h = (h + 1) & t->str_mask;
-		t->str_slots[h] = (int32_t)i;
+		}
+		if (t->str_slots[h] < 0)
+			t->str_slots[h] = (int32_t)i;
 	}
 	t->n_vocab = n;
 	return 0;
@@ -278,15 +282,16 @@ static int build_merges(struct moe_tokenizer *t, const struct tok_spec *sp)
 		memcpy(joined, m, ll);
 		memcpy(joined + ll, sp_at + 1, len - ll - 1);
 		res = tok_find(t, joined, len - 1);
-		if (res < 0 || tok_find_merge(t, l, r)) {
-			/* Such a merge could only build a symbol that falls back to bytes. */
+		h = (uint32_t)hash_pair(l, r) & t->merge_mask;
+		while (t->merge_slots[h].rank >= 0 &&
+		       (t->merge_slots[h].left != l || t->merge_slots[h].right != r))
+			h = (h + 1) & t->merge_mask;
+		slot = &t->merge_slots[h];
+		if (res < 0 || slot->rank >= 0) {
+			/* A repeat keeps the first rank; a merge into no token could only make bytes. */
 			dropped++;
 			continue;
 		}
-		h = (uint32_t)hash_pair(l, r) & t->merge_mask;
-		while (t->merge_slots[h].rank >= 0)
-			h = (h + 1) & t->merge_mask;
-		slot = &t->merge_slots[h];
 		slot->left = l;
 		slot->right = r;
 		slot->rank = (int32_t)i;
