@@ -186,7 +186,7 @@ static void vec_dot_q4_0(int64_t n, float *out, const void *w, const void *a)
 }
 
 /* moe_e8m0_half() as a table: one load instead of a compare, two shifts and a select. */
-#define E8(e) ((e) < 2 ? 0x00200000u << (e) : (uint32_t)((e) - 1) << 23)
+#define E8(e) ((e) < 2 ? 0x00200000u << ((e) & 1) : (uint32_t)((e) - 1) << 23)
 #define E8x4(e) E8(e), E8((e) + 1), E8((e) + 2), E8((e) + 3)
 #define E8x16(e) E8x4(e), E8x4((e) + 4), E8x4((e) + 8), E8x4((e) + 12)
 #define E8x64(e) E8x16(e), E8x16((e) + 16), E8x16((e) + 32), E8x16((e) + 48)
