@@ -38,7 +38,7 @@ FILE=${1:-}
 if [ -z "$FILE" ]; then
 	mkdir -p "$BUILD/tmp"
 	FILE=$BUILD/tmp/io-vs-fio.bin
-	bytes=$(python3 -c "import sys; s=sys.argv[1]; m={'K':1<<10,'M':1<<20,'G':1<<30}; print(int(float(s[:-1])*m[s[-1]]) if s[-1] in m else int(s))" "$TOTAL")
+	bytes=$(numfmt --from=iec "$TOTAL") || die "TOTAL=$TOTAL: use a size like 1G or 512M"
 	if [ ! -f "$FILE" ] || [ "$(stat -c %s "$FILE")" -lt "$bytes" ]; then
 		echo "io-vs-fio: writing $TOTAL of random bytes to $FILE" >&2
 		head -c "$bytes" /dev/urandom > "$FILE"
@@ -49,7 +49,9 @@ fi
 
 drop() {
 	sync
-	[ "$(id -u)" = 0 ] && echo 1 > /proc/sys/vm/drop_caches || true
+	if [ "$(id -u)" = 0 ]; then
+		echo 1 > /proc/sys/vm/drop_caches
+	fi
 }
 
 json_get() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }

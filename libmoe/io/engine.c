@@ -75,7 +75,8 @@ static void req_complete_locked(struct moe_io *io, struct moe_io_req *r,
 		io->stats.errors++;
 		/* A cancellation is what the closer asked for, not a fault worth a warning. */
 		moe_log(r->res == -ECANCELED ? MOE_LOG_DEBUG : MOE_LOG_WARN,
-			"%s: read of extent [0x%llx, +0x%llx) failed at 0x%llx: %s", io->path, (unsigned long long)r->offset, (unsigned long long)r->len,
+			"%s: read of extent [0x%llx, +0x%llx) failed at 0x%llx: %s", io->path,
+			(unsigned long long)r->offset, (unsigned long long)r->len,
 			(unsigned long long)r->err_pos, strerror((int)-r->res));
 	} else {
 		io->stats.bytes += r->len;
