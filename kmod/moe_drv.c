@@ -90,7 +90,7 @@ static int moe_open(struct drm_device *dev, struct drm_file *file)
 	if (!mfile)
 		return -ENOMEM;
 	xa_init_flags(&mfile->batches, XA_FLAGS_ALLOC1);
-	atomic_set(&mfile->n_batches, 0);
+	atomic_set(&mfile->n_pending, 0);
 	file->driver_priv = mfile;
 	return 0;
 }

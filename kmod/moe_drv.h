@@ -77,12 +77,12 @@ struct moe_file {
 	struct xarray batches;
 	/* Cyclic tickets: a stale ticket does not name a newer batch soon. */
 	u32 next_ticket;
-	/* Batches not yet collected by WAIT, bounded by MOE_MAX_TICKETS. */
-	atomic_t n_batches;
+	/* Requests of batches not yet collected by WAIT. */
+	atomic_t n_pending;
 };
 
-/* Un-waited FETCH batches one file may hold before FETCH says -EBUSY. */
-#define MOE_MAX_TICKETS		4096
+/* Requests not yet collected by WAIT one file may hold before FETCH says -EBUSY. */
+#define MOE_MAX_PENDING		65536
 
 struct moe_batch;
 

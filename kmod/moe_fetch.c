@@ -244,7 +244,7 @@ static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
 	req->length = length;
 	req->bo_offset = r->bo_offset;
 	req->nr_pages = length >> PAGE_SHIFT;
-	req->bvec = kvmalloc_array(req->nr_pages, sizeof(*req->bvec), GFP_KERNEL);
+	req->bvec = kvmalloc_array(req->nr_pages, sizeof(*req->bvec), GFP_KERNEL_ACCOUNT);
 	if (!req->bvec)
 		return -ENOMEM;
 	first = r->bo_offset >> PAGE_SHIFT;
@@ -284,7 +284,7 @@ static struct moe_batch *moe_batch_prepare(struct moe_device *mdev, struct drm_f
 	if (args->count > moe_max_batch)
 		return ERR_PTR(-E2BIG);
 
-	reqs = kvmalloc_array(args->count, sizeof(*reqs), GFP_KERNEL);
+	reqs = kvmalloc_array(args->count, sizeof(*reqs), GFP_KERNEL_ACCOUNT);
 	if (!reqs)
 		return ERR_PTR(-ENOMEM);
 	if (copy_from_user(reqs, u64_to_user_ptr(args->reqs_ptr),
@@ -292,7 +292,7 @@ static struct moe_batch *moe_batch_prepare(struct moe_device *mdev, struct drm_f
 		ret = -EFAULT;
 		goto out_free_reqs;
 	}
-	batch = kvzalloc(struct_size(batch, reqs, args->count), GFP_KERNEL);
+	batch = kvzalloc(struct_size(batch, reqs, args->count), GFP_KERNEL_ACCOUNT);
 	if (!batch) {
 		ret = -ENOMEM;
 		goto out_free_reqs;
@@ -332,7 +332,13 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 	u32 ticket;
 	int ret;
 
-	if (atomic_inc_return(&mfile->n_batches) > MOE_MAX_TICKETS) {
+	if (args->flags || !args->count)
+		return -EINVAL;
+	if (args->count > moe_max_batch)
+		return -E2BIG;
+	/* Results wait in kernel memory until WAIT: bound them per file. */
+	if (atomic_add_return(args->count, &mfile->n_pending) >
+	    max_t(u32, MOE_MAX_PENDING, moe_max_batch)) {
 		ret = -EBUSY;
 		goto err_dec;
 	}
@@ -357,7 +363,7 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 	return 0;
 
 err_dec:
-	atomic_dec(&mfile->n_batches);
+	atomic_sub(args->count, &mfile->n_pending);
 	return ret;
 }
 
@@ -412,7 +418,7 @@ int moe_wait_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 		if (batch->reqs[i].result < 0)
 			args->failed++;
 	ret = moe_batch_copy_results(batch);
-	atomic_dec(&mfile->n_batches);
+	atomic_sub(batch->count, &mfile->n_pending);
 	/* The xarray's reference. */
 	kref_put(&batch->ref, moe_batch_free);
 out_put:

@@ -250,8 +250,8 @@ struct drm_moe_fetch_req {
  * Every request is validated before any is issued: a bad request fails the
  * whole submission with its errno and nothing is read.  Failures after
  * submission (I/O errors) come back per request.  The ioctl returns once
- * the reads are queued; -EBUSY when this file already holds 4096 batches
- * not yet collected by WAIT.
+ * the reads are queued; -EBUSY when this file would hold more than 65536
+ * requests (or DRM_MOE_PARAM_MAX_BATCH, if larger) not yet collected by WAIT.
  */
 struct drm_moe_fetch {
 	__u64 reqs_ptr;
