@@ -726,7 +726,8 @@ struct moe_ctx_params {
 	uint32_t n_ctx;             /* KV cells (positions); 0 = min(training context, 4096) */
 	uint32_t n_batch;           /* prompt tokens per forward step; 0 = 64 */
 	uint32_t attn_chunk;        /* llama4 chunked-attention size; 0 = the model's (8192) */
-	uint32_t n_staging;         /* experts fetched at once (pinned staging); 0 = 4 */
+	uint32_t n_staging;         /* experts fetched at once (pinned staging); 0 = about 64 MiB
+				       of them, 4 to 32 and at least one token's experts */
 	uint32_t flags;             /* enum moe_ctx_flags */
 	const char *policy;         /* eviction policy, NULL = "lru" */
 	struct moe_io_opts io;      /* how experts and resident tensors are read */

@@ -19,7 +19,10 @@
 #define RESIDENT_CHUNK (8ull << 20)
 #define DEFAULT_CTX 4096
 #define DEFAULT_BATCH 64
-#define DEFAULT_STAGING 4
+/* experts in flight by default: about this much pinned staging, within the bounds below */
+#define STAGING_TARGET (64ull << 20)
+#define STAGING_MIN 4
+#define STAGING_MAX 32
 #define LLAMA4_CHUNK 8192
 
 static const struct eng_arch eng_arches[MOE_ARCH_COUNT] = {
@@ -398,6 +401,22 @@ static int make_plan(struct moe_ctx *ctx, struct plan *p)
 	return 0;
 }
 
+/*
+ * Small experts want many reads in flight to keep the device busy, large
+ * ones are already long reads: aim at a fixed staging size, with room for at
+ * least one token's experts of a layer.
+ */
+static uint32_t n_staging(const struct moe_ctx *ctx, const struct plan *p)
+{
+	uint64_t n;
+
+	if (ctx->par.n_staging)
+		return ctx->par.n_staging;
+	n = p->slot ? STAGING_TARGET / p->slot : STAGING_MIN;
+	n = MOE_MAX(n, MOE_MAX((uint64_t)STAGING_MIN, ctx->max_used));
+	return (uint32_t)MOE_MIN(n, MOE_MAX((uint64_t)STAGING_MAX, ctx->max_used));
+}
+
 static int alloc_kv(struct moe_ctx *ctx)
 {
 	for (uint32_t il = 0; il < ctx->hp.n_layer; il++) {
@@ -520,7 +539,7 @@ static int setup(struct moe_ctx *ctx)
 		return moe_err(ENOMEM, "out of memory");
 	{
 		struct moe_io_opts io = par->io;
-		uint64_t n_stg = par->n_staging ? par->n_staging : DEFAULT_STAGING;
+		uint64_t n_stg = n_staging(ctx, &p);
 
 		/*
 		 * The staging pool is pinned memory outside the budget: size it to
@@ -565,7 +584,7 @@ static int setup(struct moe_ctx *ctx)
 	if (p.n_experts) {
 		struct moe_cache_params cp = {
 			.model = m, .be = ctx->be, .io = ctx->io, .n_slots = (uint32_t)n_slots,
-			.n_staging = par->n_staging ? par->n_staging : DEFAULT_STAGING,
+			.n_staging = n_staging(ctx, &p),
 			.host_bytes = par->host_cache_bytes,
 		};
 
