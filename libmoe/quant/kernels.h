@@ -35,6 +35,8 @@ struct moe_simd_kernels {
 	void (*vec_dot)(int64_t n, float *out, const void *w, const void *a);
 	size_t (*from_float)(const float *src, void *dst, int64_t n);
 	void (*to_float)(const void *src, float *dst, int64_t n);
+	void (*vec_dot_x4)(int64_t n, float *out, size_t out_stride, const void *w,
+			   const void *a, size_t a_stride);
 };
 extern const struct moe_simd_kernels moe_avx2_kernels[];
 extern const int moe_avx2_kernel_count;

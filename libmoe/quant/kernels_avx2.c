@@ -506,19 +506,117 @@ static size_t q8_0_from_float(const float *src, void *dst, int64_t n)
 	return (size_t)(n / QK) * sizeof(*b);
 }
 
+/* ------------------------------------------------------------ four tokens at once */
+
+/*
+ * Prefill and expert-grouped products dot one weight row with several
+ * tokens: these decode each weight block once for 4 activation rows.  Per
+ * token the arithmetic is that of the single-token kernels above.  Only
+ * where decoding is a large share: 1.2x for q4_0 and q4_K in cache, nothing
+ * measurable for q8_0 and mxfp4.
+ */
+#define ACT(T, t) ((const T *)((const uint8_t *)a + (size_t)(t) * a_stride))
+
+static inline void store4(float *out, size_t stride, const __m256 *acc)
+{
+	for (int t = 0; t < 4; t++)
+		out[(size_t)t * stride] = hsum8(acc[t]);
+}
+
+/* Signed weights qx (|qx| precomputed) against 4 tokens' q8_0 blocks at index i. */
+static inline void q8_0_x4_block(__m256i qx, __m256i ax, float dx, const void *a,
+				 size_t a_stride, int64_t i, __m256 *acc)
+{
+	for (int t = 0; t < 4; t++) {
+		const struct block_q8_0 *y = ACT(struct block_q8_0, t) + i;
+		__m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(load32(y->qs), qx));
+
+		p = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+		acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y->d)), _mm256_cvtepi32_ps(p),
+					 acc[t]);
+	}
+}
+
+static void vec_dot_q4_0_x4(int64_t n, float *out, size_t out_stride, const void *w,
+			    const void *a, size_t a_stride)
+{
+	const struct block_q4_0 *x = w;
+	const __m256i off = _mm256_set1_epi8(8);
+	__m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+			  _mm256_setzero_ps() };
+
+	for (int64_t i = 0; i < n / QK; i++) {
+		__m256i qx = _mm256_sub_epi8(nibbles32(x[i].qs), off);
+
+		q8_0_x4_block(qx, _mm256_sign_epi8(qx, qx), h2f(x[i].d), a, a_stride, i, acc);
+	}
+	store4(out, out_stride, acc);
+}
+
+static void vec_dot_q4_k_x4(int64_t n, float *out, size_t out_stride, const void *w,
+			    const void *a, size_t a_stride)
+{
+	const struct block_q4_k *x = w;
+	const __m256i m4 = _mm256_set1_epi8(15);
+	__m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+			  _mm256_setzero_ps() };
+	__m128 accm[4] = { _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(),
+			   _mm_setzero_ps() };
+
+	for (int64_t i = 0; i < n / QK_K; i++) {
+		__m128i scmin = k_scales_mins(x[i].scales);
+		__m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scmin));
+		__m256i sumi[4] = { _mm256_setzero_si256(), _mm256_setzero_si256(),
+				    _mm256_setzero_si256(), _mm256_setzero_si256() };
+		float d = h2f(x[i].d), dmin = h2f(x[i].dmin);
+
+#define Q4K_GROUP(g)                                                                         \
+		do {                                                                         \
+			__m256i q = load32(x[i].qs + 32 * (g));                              \
+			__m256i lo = _mm256_and_si256(q, m4);                                \
+			__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);          \
+			__m256i s0 = scale_bcast(sc16, 2 * (g)), s1 = scale_bcast(sc16, 2 * (g) + 1); \
+			for (int t = 0; t < 4; t++) {                                        \
+				const int8_t *ay = ACT(struct block_q8_k, t)[i].qs + 64 * (g); \
+				__m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32(ay)), s0); \
+				__m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load32(ay + 32)), s1); \
+				sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p0, p1)); \
+			}                                                                    \
+		} while (0)
+		Q4K_GROUP(0);
+		Q4K_GROUP(1);
+		Q4K_GROUP(2);
+		Q4K_GROUP(3);
+#undef Q4K_GROUP
+		for (int t = 0; t < 4; t++) {
+			const struct block_q8_k *y = ACT(struct block_q8_k, t) + i;
+
+			acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(sumi[t]),
+						 acc[t]);
+			accm[t] = _mm_fmadd_ps(_mm_set1_ps(dmin * y->d),
+					       _mm_cvtepi32_ps(k_mins_dot(scmin, y->bsums)), accm[t]);
+		}
+	}
+	for (int t = 0; t < 4; t++)
+		acc[t] = _mm256_sub_ps(acc[t], _mm256_insertf128_ps(_mm256_setzero_ps(), accm[t], 0));
+	store4(out, out_stride, acc);
+}
+
+#undef ACT
+
 const struct moe_simd_kernels moe_avx2_kernels[] = {
-	{ MOE_TYPE_F32, vec_dot_f32, NULL, NULL },
-	{ MOE_TYPE_F16, vec_dot_f16, NULL, NULL },
-	{ MOE_TYPE_BF16, vec_dot_bf16, NULL, NULL },
-	{ MOE_TYPE_Q4_0, vec_dot_q4_0, NULL, NULL },
-	{ MOE_TYPE_Q4_1, vec_dot_q4_1, NULL, NULL },
-	{ MOE_TYPE_Q5_0, vec_dot_q5_0, NULL, NULL },
-	{ MOE_TYPE_Q5_1, vec_dot_q5_1, NULL, NULL },
-	{ MOE_TYPE_Q8_0, vec_dot_q8_0, q8_0_from_float, NULL },
-	{ MOE_TYPE_MXFP4, vec_dot_mxfp4, NULL, NULL },
-	{ MOE_TYPE_Q4_K, vec_dot_q4_k, NULL, NULL },
-	{ MOE_TYPE_Q5_K, vec_dot_q5_k, NULL, NULL },
-	{ MOE_TYPE_Q6_K, vec_dot_q6_k, NULL, NULL },
-	{ MOE_TYPE_Q8_K, vec_dot_q8_k, NULL, NULL },
+	{ MOE_TYPE_F32, vec_dot_f32, NULL, NULL, NULL },
+	{ MOE_TYPE_F16, vec_dot_f16, NULL, NULL, NULL },
+	{ MOE_TYPE_BF16, vec_dot_bf16, NULL, NULL, NULL },
+	{ MOE_TYPE_Q4_0, vec_dot_q4_0, NULL, NULL, vec_dot_q4_0_x4 },
+	{ MOE_TYPE_Q4_1, vec_dot_q4_1, NULL, NULL, NULL },
+	{ MOE_TYPE_Q5_0, vec_dot_q5_0, NULL, NULL, NULL },
+	{ MOE_TYPE_Q5_1, vec_dot_q5_1, NULL, NULL, NULL },
+	{ MOE_TYPE_Q8_0, vec_dot_q8_0, q8_0_from_float, NULL, NULL },
+	{ MOE_TYPE_MXFP4, vec_dot_mxfp4, NULL, NULL, NULL },
+	{ MOE_TYPE_Q4_K, vec_dot_q4_k, NULL, NULL, vec_dot_q4_k_x4 },
+	{ MOE_TYPE_Q5_K, vec_dot_q5_k, NULL, NULL, NULL },
+	{ MOE_TYPE_Q6_K, vec_dot_q6_k, NULL, NULL, NULL },
+	{ MOE_TYPE_Q8_K, vec_dot_q8_k, NULL, NULL, NULL },
 };
 const int moe_avx2_kernel_count = (int)(sizeof(moe_avx2_kernels) / sizeof(moe_avx2_kernels[0]));

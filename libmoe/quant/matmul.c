@@ -117,6 +117,8 @@ static void quantize_act(void *arg, int ith, int nth)
 static void dot_rows(const struct matmul_job *j, int64_t r0, int64_t r1)
 {
 	void (*dot)(int64_t, float *, const void *, const void *) = j->t->vec_dot;
+	void (*x4)(int64_t, float *, size_t, const void *, const void *, size_t) =
+		j->t->vec_dot_x4;
 
 	if (j->n_tok == 1) {
 		for (int64_t r = r0; r < r1; r++)
@@ -124,9 +126,15 @@ static void dot_rows(const struct matmul_job *j, int64_t r0, int64_t r1)
 		return;
 	}
 	for (int64_t rb = r0; rb < r1; rb += ROW_TILE) {
-		int64_t re = MOE_MIN(rb + ROW_TILE, r1);
+		int64_t re = MOE_MIN(rb + ROW_TILE, r1), t = 0;
 
-		for (int64_t t = 0; t < j->n_tok; t++) {
+		if (x4)
+			for (; t + 4 <= j->n_tok; t += 4)
+				for (int64_t r = rb; r < re; r++)
+					x4(j->cols, &j->y[t * j->rows + r], (size_t)j->rows,
+					   j->w + (size_t)r * j->w_row_bytes,
+					   j->act + (size_t)t * j->act_row_bytes, j->act_row_bytes);
+		for (; t < j->n_tok; t++) {
 			const uint8_t *a = j->act + (size_t)t * j->act_row_bytes;
 
 			for (int64_t r = rb; r < re; r++)

@@ -24,6 +24,12 @@ struct moe_type_traits {
 	uint32_t vec_dot_type;                                          /* activation type */
 	/* *out = dot(w_row, act_row) over n elements; act_row is of vec_dot_type */
 	void (*vec_dot)(int64_t n, float *out, const void *w_row, const void *act_row);
+	/*
+	 * Optional (NULL: call vec_dot 4 times): out[t*out_stride] = dot(w_row,
+	 * act + t*act_stride bytes) for t < 4, decoding the weight row once.
+	 */
+	void (*vec_dot_x4)(int64_t n, float *out, size_t out_stride, const void *w_row,
+			   const void *act, size_t act_stride);
 };
 
 /*

@@ -114,6 +114,8 @@ static void init_tables(void)
 				t->from_float = k->from_float;
 			if (k->to_float)
 				t->to_float = k->to_float;
+			if (k->vec_dot_x4)
+				t->vec_dot_x4 = k->vec_dot_x4;
 		}
 	}
 	if (no_simd)

@@ -607,6 +607,59 @@ START_TEST(dot_vs_f64)
 }
 END_TEST
 
+/* The 4-token kernels agree with the single-token one for each token. */
+START_TEST(dot_x4_matches_single)
+{
+	const int64_t n = 4096;
+	uint64_t st = 17;
+	int tested = 0;
+
+	for (size_t k = 0; k < sizeof(qtypes) / sizeof(qtypes[0]); k++) {
+		uint32_t type = qtypes[k].type;
+		const struct moe_type_traits *t = moe_type_traits(type);
+		const struct moe_type_traits *at = moe_type_traits_scalar(t->vec_dot_type);
+		size_t arb = (size_t)moe_type_row_bytes(t->vec_dot_type, n);
+		uint8_t *w = malloc((size_t)n * 4), *a = aligned_alloc(64, ALIGN64(4 * arb));
+		float *x = malloc((size_t)n * sizeof(float)), out[8];
+		double *dw = malloc((size_t)n * sizeof(double)), *da = malloc((size_t)n * sizeof(double));
+
+		if (!t->vec_dot_x4)
+			goto next;
+		tested++;
+		random_row(type, w, n, false, &st);
+		spec_row(type, w, n, dw);
+		for (int tk = 0; tk < 4; tk++) {
+			for (int64_t i = 0; i < n; i++)
+				x[i] = (float)tu_randn(&st);
+			at->from_float(x, a + tk * arb, n);
+		}
+		t->vec_dot_x4(n, out, 2, w, a, arb);
+		for (int tk = 0; tk < 4; tk++) {
+			double sa = 0, wmax = 0;
+			float one;
+
+			spec_row(t->vec_dot_type, a + tk * arb, n, da);
+			for (int64_t i = 0; i < n; i++) {
+				sa += fabs(da[i]);
+				wmax = fmax(wmax, fabs(dw[i]));
+			}
+			t->vec_dot(n, &one, w, a + tk * arb);
+			ck_assert_msg(fabs(out[2 * tk] - one) <= DOT_TOL * sa * wmax,
+				      "%s token %d: x4 %.9g single %.9g", moe_type_name(type), tk,
+				      out[2 * tk], one);
+		}
+next:
+		free(w);
+		free(a);
+		free(x);
+		free(dw);
+		free(da);
+	}
+	if (strcmp(moe_quant_simd_name(), "scalar"))
+		ck_assert_int_ge(tested, 2);
+}
+END_TEST
+
 /* Odd lengths reach the float kernels' tails. */
 START_TEST(dot_float_tails)
 {
@@ -929,6 +982,7 @@ Suite *suite_quant(void)
 	tcase_add_test(rnd, dequant_vs_spec);
 	tcase_add_test(rnd, dot_vs_f64);
 	tcase_add_test(rnd, dot_float_tails);
+	tcase_add_test(rnd, dot_x4_matches_single);
 	tcase_add_test(rnd, quantize_error_bounds);
 	tcase_add_test(rnd, quantize_degenerate);
 	tcase_add_test(rnd, simd_quantize_matches_scalar);
