@@ -16,8 +16,9 @@ static int moe_debugfs_models(struct seq_file *m, void *unused)
 
 	mutex_lock(&mdev->models_lock);
 	idr_for_each_entry(&mdev->models, model, id) {
-		seq_printf(m, "%u %s extents=%u file_size=%lld bytes=%lld requests=%lld errors=%lld inflight=%lld lat_us_log2=",
-			   model->id, model->name, model->n_extents, model->file_size,
+		seq_printf(m, "%u %s extents=%u file_size=%lld bytes=%lld requests=%lld "
+			   "errors=%lld inflight=%lld lat_us_log2=", model->id, model->name,
+			   model->n_extents, model->file_size,
 			   (long long)atomic64_read(&model->bytes),
 			   (long long)atomic64_read(&model->requests),
 			   (long long)atomic64_read(&model->errors),

@@ -13,7 +13,9 @@ mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 
 finish() {
-	bad=$(dmesg | grep -E 'BUG|WARNING|Oops|general protection|possible circular locking|lockdep|INFO: task .* blocked|Call Trace' || true)
+	pat='BUG|WARNING|Oops|general protection|possible circular locking|lockdep'
+	pat="$pat|INFO: task .* blocked|Call Trace"
+	bad=$(dmesg | grep -E "$pat" || true)
 	if [ -n "$bad" ]; then
 		echo "not ok dmesg-clean: the kernel log has:"
 		dmesg | sed 's/^/# /' | tail -n 80

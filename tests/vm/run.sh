@@ -52,7 +52,8 @@ if [ -n "$need" ]; then
 	# shellcheck disable=SC2086 # one word per package
 	apt_install $need
 fi
-/bin/busybox --list | grep -qx modprobe || die "/bin/busybox has no modprobe: install busybox-static"
+/bin/busybox --list | grep -qx modprobe ||
+	die "/bin/busybox has no modprobe: install busybox-static"
 
 # The kernel: the one whose generic headers tests/vm/headers.sh picks (or installs).
 if [ -n "${MOE_VM_KVER:-}" ]; then
@@ -129,7 +130,8 @@ if [ -x "$MOECTL" ]; then
 		"$SRC/tests/vm/moe-vmio.c" "$(dirname "$MOECTL")/../lib/libmoe.a" \
 		$(pkg-config --libs liburing hwloc libdrm) -lm -ldl -pthread ${MOE_VM_LDFLAGS:-} ||
 		die "moe-vmio does not build"
-	for lib in $(ldd "$MOECTL" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+	libs=$(ldd "$MOECTL" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+	for lib in $libs; do
 		mkdir -p "$IR$(dirname "$lib")"
 		cp -L "$lib" "$IR$lib"
 	done
@@ -160,7 +162,8 @@ rm -rf "$DISK"
 say "booting $KVER under QEMU (TCG)"
 LOG=$WORK/console.log
 set +e
-timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1G -smp 2 -nographic -no-reboot -nic none \
+timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1G -smp 2 \
+	-nographic -no-reboot -nic none \
 	-kernel "$KROOT/boot/vmlinuz-$KVER" -initrd "$WORK/initramfs.gz" \
 	-append "console=ttyS0 loglevel=3 panic=-1 edd=off rdinit=/init" \
 	-drive file="$WORK/disk.img",if=none,id=nvm,format=raw,cache=none \
