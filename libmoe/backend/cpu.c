@@ -251,7 +251,11 @@ static void cpu_attention(struct moe_backend *be, const struct moe_attn_args *a)
 {
 	struct attn_job job = { .a = a };
 
-	run(be, attn_worker, &job);
+	/* a fork-join costs more than a short decode-time attention */
+	if ((uint64_t)a->n_tok * a->n_head * a->n_kv * a->head_dim < (1u << 18))
+		attn_worker(&job, 0, 1);
+	else
+		run(be, attn_worker, &job);
 }
 
 float moe_gelu_tanh(float x)
