@@ -762,6 +762,14 @@ START_TEST(moectl_roundtrip)
 	if (strstr(path, "llama-bpe"))
 		ck_assert_msg(strstr(out, "128000]"), "%s", out);
 	free(out);
+	/* A byte-level piece holding half of a character is shown as U+FFFD. */
+	snprintf(cmd, sizeof(cmd), "%s --json tokenize %s '\360\237\246\231'", tu_bin("moectl"),
+		 path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	if (strstr(path, "llama-bpe"))
+		ck_assert_msg(strstr(out, "\xef\xbf\xbd"), "%s", out);
+	ck_assert_msg(moe_utf8_invalid_at(out, strlen(out)) < 0, "JSON is not UTF-8: %s", out);
+	free(out);
 	snprintf(cmd, sizeof(cmd), "%s detokenize %s $(%s tokenize %s 'caf\303\251 ok')",
 		 tu_bin("moectl"), path, tu_bin("moectl"), path);
 	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
