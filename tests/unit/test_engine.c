@@ -654,6 +654,157 @@ START_TEST(engine_lru_policy)
 }
 END_TEST
 
+/* ------------------------------------------------------------ backend ops */
+
+/* Attention masks and sinks of the CPU backend against a naive double evaluation. */
+START_TEST(engine_backend_attention)
+{
+	enum { T = 5, KV = 8, H = 4, HKV = 2, D = 16 };
+	static const struct { enum moe_attn_mask mask; uint32_t window; bool sinks; } cases[] = {
+		{ MOE_MASK_CAUSAL, 0, false }, { MOE_MASK_SLIDING, 3, false },
+		{ MOE_MASK_CHUNKED, 4, false }, { MOE_MASK_CAUSAL, 0, true },
+		{ MOE_MASK_SLIDING, 2, true },
+	};
+	struct moe_backend *be;
+	float q[T * H * D], k[KV * HKV * D], v[KV * HKV * D], out[T * H * D], sinks[H];
+	int32_t pos[T] = { 3, 4, 5, 6, 7 };
+	uint64_t rs = 7;
+
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(q); i++)
+		q[i] = (float)tu_randn(&rs);
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(k); i++) {
+		k[i] = (float)tu_randn(&rs);
+		v[i] = (float)tu_randn(&rs);
+	}
+	for (int h = 0; h < H; h++)
+		sinks[h] = (float)tu_randn(&rs);
+	ck_assert_int_eq(moe_backend_cpu_create(0, NULL, &be), 0);
+	for (size_t c = 0; c < MOE_ARRAY_SIZE(cases); c++) {
+		struct moe_attn_args a = {
+			.q = q, .k = k, .v = v, .out = out, .pos = pos,
+			.sinks = cases[c].sinks ? sinks : NULL, .n_tok = T, .n_kv = KV, .n_head = H,
+			.n_head_kv = HKV, .head_dim = D, .mask = cases[c].mask,
+			.window = cases[c].window, .scale = 0.25f,
+		};
+
+		be->ops->attention(be, &a);
+		for (int t = 0; t < T; t++) {
+			for (int h = 0; h < H; h++) {
+				double sc[KV], mx = cases[c].sinks ? sinks[h] : -1e300, sum = 0;
+				int kvh = h / (H / HKV);
+				bool vis[KV];
+
+				for (int j = 0; j < KV; j++) {
+					vis[j] = j <= pos[t];
+					if (cases[c].mask == MOE_MASK_SLIDING)
+						vis[j] = vis[j] && pos[t] - j < (int)cases[c].window;
+					if (cases[c].mask == MOE_MASK_CHUNKED)
+						vis[j] = vis[j] && j >= pos[t] / (int)cases[c].window *
+								       (int)cases[c].window;
+					sc[j] = 0;
+					for (int i = 0; i < D; i++)
+						sc[j] += (double)q[(t * H + h) * D + i] *
+							 k[(j * HKV + kvh) * D + i];
+					sc[j] *= 0.25;
+					if (vis[j] && sc[j] > mx)
+						mx = sc[j];
+				}
+				for (int j = 0; j < KV; j++)
+					sum += vis[j] ? exp(sc[j] - mx) : 0;
+				if (cases[c].sinks)
+					sum += exp(sinks[h] - mx);
+				for (int i = 0; i < D; i++) {
+					double o = 0;
+
+					for (int j = 0; j < KV; j++)
+						if (vis[j])
+							o += exp(sc[j] - mx) / sum *
+							     v[(j * HKV + kvh) * D + i];
+					ck_assert_msg(fabs(o - out[(t * H + h) * D + i]) < 1e-5,
+						      "case %zu t %d h %d i %d: %g vs %g", c, t, h, i,
+						      o, out[(t * H + h) * D + i]);
+				}
+			}
+		}
+	}
+	moe_backend_destroy(be);
+}
+END_TEST
+
+/* RoPE of both pairings, with frequency factors and YaRN, against the formula. */
+START_TEST(engine_backend_rope)
+{
+	enum { T = 3, H = 2, D = 16, R = 12 };
+	float x[T * H * D], y[T * H * D], ff[R / 2];
+	int32_t pos[T] = { 0, 5, 1000 };
+	struct moe_backend *be;
+	uint64_t rs = 11;
+
+	for (int i = 0; i < R / 2; i++)
+		ff[i] = i % 2 ? 1.0f : 4.0f;
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(x); i++)
+		x[i] = (float)tu_randn(&rs);
+	ck_assert_int_eq(moe_backend_cpu_create(0, NULL, &be), 0);
+	for (int mode = MOE_ROTATE_NORM; mode <= MOE_ROTATE_NEOX; mode++) {
+		for (int yarn = 0; yarn < 2; yarn++) {
+			struct moe_rope r = { .mode = mode, .n_rot = R, .base = 10000.0f,
+					      .freq_scale = yarn ? 0.25f : 1.0f, .freq_factors = ff,
+					      .attn_factor = 1.0f, .ext_factor = yarn ? 1.0f : 0.0f };
+
+			if (yarn)
+				moe_rope_yarn_corr(R, 64, r.base, 32, 1, &r.corr_lo, &r.corr_hi);
+			memcpy(y, x, sizeof(x));
+			be->ops->rope(be, y, T, H, D, pos, &r);
+			for (int t = 0; t < T; t++)
+				for (int h = 0; h < H; h++) {
+					const float *a = x + (t * H + h) * D, *b = y + (t * H + h) * D;
+
+					for (int i = 0; i < R / 2; i++) {
+						int i0 = mode == MOE_ROTATE_NEOX ? i : 2 * i;
+						int i1 = mode == MOE_ROTATE_NEOX ? i + R / 2 : 2 * i + 1;
+						double th = pos[t] * pow(10000.0, -2.0 * i / R) / ff[i];
+						double m = 1, c0, s0;
+
+						if (yarn) {
+							double ramp = (i - r.corr_lo) /
+								      fmax(0.001, r.corr_hi - r.corr_lo);
+							double mix = 1 - fmin(1, fmax(0, ramp));
+
+							th = th * 0.25 * (1 - mix) + th * mix;
+							m = 1 + 0.1 * log(4.0);
+						}
+						c0 = cos(th) * m;
+						s0 = sin(th) * m;
+						ck_assert(fabs(b[i0] - (a[i0] * c0 - a[i1] * s0)) < 1e-4);
+						ck_assert(fabs(b[i1] - (a[i0] * s0 + a[i1] * c0)) < 1e-4);
+					}
+					for (int i = R; i < D; i++)
+						ck_assert_float_eq(b[i], a[i]);
+				}
+		}
+	}
+	moe_backend_destroy(be);
+}
+END_TEST
+
+/* The budget is enforced by the backend itself. */
+START_TEST(engine_backend_budget)
+{
+	struct moe_backend *be;
+	void *a, *b;
+
+	ck_assert_int_eq(moe_backend_cpu_create(4096, NULL, &be), 0);
+	ck_assert_int_eq(be->ops->alloc(be, 3000, &a), 0);
+	ck_assert_int_eq(be->ops->alloc(be, 2000, &b), -ENOMEM);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "device budget"));
+	be->ops->free(be, a, 3000);
+	ck_assert_uint_eq(be->used, 0);
+	ck_assert_int_eq(be->ops->alloc(be, 4096, &b), 0);
+	be->ops->free(be, b, 4096);
+	moe_backend_destroy(be);
+}
+END_TEST
+
 /* moe-run end to end: llama.cpp's greedy tokens, --json stats keys, --logits-out rows. */
 START_TEST(engine_moe_run)
 {
@@ -763,6 +914,9 @@ Suite *suite_engine(void)
 	free(dir);
 	tcase_add_test(tc, engine_budget_honoured);
 	tcase_add_test(tc, engine_lru_policy);
+	tcase_add_test(tc, engine_backend_attention);
+	tcase_add_test(tc, engine_backend_rope);
+	tcase_add_test(tc, engine_backend_budget);
 	suite_add_tcase(s, tc);
 	return s;
 }
