@@ -522,11 +522,16 @@ static int32_t special_at(const struct moe_tokenizer *t, const char *text, size_
 	return -1;
 }
 
+/*
+ * Text between special tokens.  Each fragment starts the text or follows a
+ * special token, and SentencePiece puts its space before every one of them
+ * (as llama.cpp does: "<s>hello" is <s> "▁hello").
+ */
 static int tokenize_fragment(const struct moe_tokenizer *t, const char *s, size_t len,
-			     bool after_special, struct tok_out *o)
+			     struct tok_out *o)
 {
 	if (t->kind == TOK_SPM)
-		return tok_spm(t, s, len, t->add_space_prefix && after_special, o);
+		return tok_spm(t, s, len, t->add_space_prefix, o);
 	if (!len)
 		return 0;
 	return tok_bpe(t, s, len, o);
@@ -537,7 +542,6 @@ MOE_API int moe_tokenize(const struct moe_tokenizer *t, const char *text, size_t
 {
 	struct tok_out o = { ids, ids ? max_ids : 0, 0 };
 	bool parse_special = flags & MOE_TOK_PARSE_SPECIAL;
-	bool after_special = true;
 	size_t start = 0, i = 0;
 	long bad;
 	int ret;
@@ -562,17 +566,16 @@ MOE_API int moe_tokenize(const struct moe_tokenizer *t, const char *text, size_t
 			continue;
 		}
 		if (i > start) {
-			ret = tokenize_fragment(t, text + start, i - start, after_special, &o);
+			ret = tokenize_fragment(t, text + start, i - start, &o);
 			if (ret)
 				return ret;
 		}
 		tok_emit(&o, id);
-		after_special = true;
 		i += t->tok[id].len;
 		start = i;
 	}
 	if (len > start) {
-		ret = tokenize_fragment(t, text + start, len - start, after_special, &o);
+		ret = tokenize_fragment(t, text + start, len - start, &o);
 		if (ret)
 			return ret;
 	}
