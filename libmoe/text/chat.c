@@ -205,7 +205,7 @@ static void render_harmony(struct sb *b, const struct moe_chat_msg *m, int n, bo
 	}
 	for (int i = first; i < n; i++) {
 		if (!strcmp(m[i].role, "assistant")) {
-			/* The final assistant turn of a finished conversation ends with <|return|>. */
+			/* A finished conversation's last assistant turn ends with <|return|>. */
 			sb_add(b, "<|start|>assistant<|channel|>final<|message|>");
 			sb_add(b, m[i].content);
 			sb_add(b, i == n - 1 && !gen ? "<|return|>" : "<|end|>");

@@ -370,7 +370,7 @@ static int spm_segment(const struct moe_tokenizer *t, const char *esc, struct sy
 			return ret;
 	}
 	for (int32_t i = a; i >= 0; i = s[i].next) {
-		/* Only pairs that are tokens merge, so a symbol without a token is one character. */
+		/* Only pairs that are tokens merge: a symbol without a token is one character. */
 		int32_t id = s[i].id >= 0 ? s[i].id : tok_find(t, esc + s[i].start,
 								 s[i].end - s[i].start);
 

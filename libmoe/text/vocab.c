@@ -288,7 +288,7 @@ static int build_merges(struct moe_tokenizer *t, const struct tok_spec *sp)
 			h = (h + 1) & t->merge_mask;
 		slot = &t->merge_slots[h];
 		if (res < 0 || slot->rank >= 0) {
-			/* A repeat keeps the first rank; a merge into no token could only make bytes. */
+			/* A repeat keeps its first rank; a merge into no token only makes bytes. */
 			dropped++;
 			continue;
 		}
@@ -744,7 +744,7 @@ MOE_API int moe_detok_stream(const struct moe_tokenizer *t, struct moe_detok_sta
 		}
 		memcpy(p, st->pending, st->n);
 		piece(t, id, st->flags & MOE_DETOK_SPECIAL, p + st->n, n);
-		/* As moe_detokenize: the first token after an optional leading BOS loses its space. */
+		/* As moe_detokenize: the first token after a leading BOS loses its space. */
 		if ((st->started == 1 || (!st->started && id != t->bos)) && t->add_space_prefix &&
 		    n > 0 && starts_with_space(t, id)) {
 			memmove(p + st->n, p + st->n + 1, (size_t)n - 1);
