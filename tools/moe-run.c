@@ -390,8 +390,9 @@ static void print_stats(const struct opts *o, const struct moe_ctx_stats *s)
 		       (unsigned long long)s->bytes_read, s->read_gbps, s->stall_s,
 		       (unsigned long long)s->prefill_tokens, (unsigned long long)s->decode_tokens,
 		       (unsigned long long)s->expert_hits, (unsigned long long)s->expert_misses,
-		       (unsigned long long)s->expert_host_hits, s->n_slots, s->n_experts, (unsigned long long)s->vram_budget,
-		       (unsigned long long)s->vram_used, (unsigned long long)s->staging_bytes);
+		       (unsigned long long)s->expert_host_hits, s->n_slots, s->n_experts,
+		       (unsigned long long)s->vram_budget, (unsigned long long)s->vram_used,
+		       (unsigned long long)s->staging_bytes);
 		return;
 	}
 	fprintf(stderr,
