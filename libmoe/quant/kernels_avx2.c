@@ -468,44 +468,6 @@ static void vec_dot_q8_k(int64_t n, float *out, const void *w, const void *a)
 	*out = hsum8(acc);
 }
 
-/* ------------------------------------------------------------ activations */
-
-/* Same rounding as the scalar moe_q8_0_from_float (nearest even), so results are identical. */
-static size_t q8_0_from_float(const float *src, void *dst, int64_t n)
-{
-	struct block_q8_0 *b = dst;
-	const __m256 sign = _mm256_set1_ps(-0.0f);
-	const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-
-	for (int64_t i = 0; i < n / QK; i++, b++, src += QK) {
-		__m256 v[4], m;
-
-		for (int k = 0; k < 4; k++)
-			v[k] = _mm256_loadu_ps(src + 8 * k);
-		m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-				  _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
-		__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-
-		m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-		m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-		float amax = _mm_cvtss_f32(m4), d = amax / 127, id = d ? 1 / d : 0;
-		__m256 vid = _mm256_set1_ps(id);
-		__m256i q[4];
-
-		b->d = moe_f32_to_f16(d);
-		for (int k = 0; k < 4; k++)
-			q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], vid),
-						  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-		__m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
-					       _mm256_packs_epi32(q[2], q[3]));
-
-		p = _mm256_permutevar8x32_epi32(p, perm);
-		p = _mm256_max_epi8(p, _mm256_set1_epi8(-127));
-		_mm256_storeu_si256((__m256i *)b->qs, p);
-	}
-	return (size_t)(n / QK) * sizeof(*b);
-}
-
 /* ------------------------------------------------------------ four tokens at once */
 
 /*
@@ -604,6 +566,79 @@ static void vec_dot_q4_k_x4(int64_t n, float *out, size_t out_stride, const void
 
 #undef ACT
 
+/* ------------------------------------------------------------ activations */
+
+/* 32 floats times id, rounded to nearest even, as int8 in [-127, 127] and in order. */
+static inline __m256i round_pack32(const float *src, __m256 vid)
+{
+	const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+	__m256i q[4];
+
+	for (int k = 0; k < 4; k++)
+		q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(src + 8 * k),
+								      vid),
+						  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+	__m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+
+	p = _mm256_permutevar8x32_epi32(p, perm);
+	return _mm256_max_epi8(p, _mm256_set1_epi8(-127));
+}
+
+static inline float absmax(const float *src, int n)
+{
+	const __m256 sign = _mm256_set1_ps(-0.0f);
+	__m256 m = _mm256_setzero_ps();
+
+	for (int k = 0; k < n; k += 8)
+		m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + k)));
+	__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+
+	m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+	m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+	return _mm_cvtss_f32(m4);
+}
+
+/* Same rounding as the scalar moe_q8_0_from_float (nearest even), so results are identical. */
+static size_t q8_0_from_float(const float *src, void *dst, int64_t n)
+{
+	struct block_q8_0 *b = dst;
+
+	for (int64_t i = 0; i < n / QK; i++, b++, src += QK) {
+		float amax = absmax(src, QK), d = amax / 127, id = d ? 1 / d : 0;
+
+		b->d = moe_f32_to_f16(d);
+		_mm256_storeu_si256((__m256i *)b->qs, round_pack32(src, _mm256_set1_ps(id)));
+	}
+	return (size_t)(n / QK) * sizeof(*b);
+}
+
+/* Same scale and rounding as the scalar moe_q8_k_from_float, so the bytes are identical. */
+static size_t q8_k_from_float(const float *src, void *dst, int64_t n)
+{
+	struct block_q8_k *b = dst;
+	const __m256i one8 = _mm256_set1_epi8(1);
+	const __m256i one16 = _mm256_set1_epi16(1);
+
+	for (int64_t i = 0; i < n / QK_K; i++, b++, src += QK_K) {
+		float amax = absmax(src, QK_K), id = amax ? 127 / amax : 0;
+		__m256 vid = _mm256_set1_ps(id);
+
+		b->d = amax / 127;
+		for (int k = 0; k < QK_K; k += 32) {
+			__m256i p = round_pack32(src + k, vid);
+			/* sums of 16: pairs, quads, then within each 128-bit half */
+			__m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(one8, p), one16);
+
+			s = _mm256_hadd_epi32(s, s);
+			s = _mm256_hadd_epi32(s, s);
+			_mm256_storeu_si256((__m256i *)(b->qs + k), p);
+			b->bsums[k / 16] = (int16_t)_mm256_extract_epi32(s, 0);
+			b->bsums[k / 16 + 1] = (int16_t)_mm256_extract_epi32(s, 4);
+		}
+	}
+	return (size_t)(n / QK_K) * sizeof(*b);
+}
+
 const struct moe_simd_kernels moe_avx2_kernels[] = {
 	{ MOE_TYPE_F32, vec_dot_f32, NULL, NULL, NULL },
 	{ MOE_TYPE_F16, vec_dot_f16, NULL, NULL, NULL },
@@ -617,6 +652,6 @@ const struct moe_simd_kernels moe_avx2_kernels[] = {
 	{ MOE_TYPE_Q4_K, vec_dot_q4_k, NULL, NULL, vec_dot_q4_k_x4 },
 	{ MOE_TYPE_Q5_K, vec_dot_q5_k, NULL, NULL, NULL },
 	{ MOE_TYPE_Q6_K, vec_dot_q6_k, NULL, NULL, NULL },
-	{ MOE_TYPE_Q8_K, vec_dot_q8_k, NULL, NULL, NULL },
+	{ MOE_TYPE_Q8_K, vec_dot_q8_k, q8_k_from_float, NULL, NULL },
 };
 const int moe_avx2_kernel_count = (int)(sizeof(moe_avx2_kernels) / sizeof(moe_avx2_kernels[0]));
