@@ -805,6 +805,24 @@ START_TEST(engine_backend_budget)
 }
 END_TEST
 
+/* moe-bench decode runs its three configurations and reports the ratio to the bound. */
+START_TEST(engine_bench_decode)
+{
+	char cmd[1024], *out = NULL;
+	int st;
+
+	snprintf(cmd, sizeof(cmd), "%s decode --json --threads 1 --tokens 4 --prompt 4 %s",
+		 tu_bin("moe-bench"), tu_shared(DIR "qwen3moe-f32.gguf"));
+	st = tu_run(cmd, 0, &out);
+	ck_assert_msg(st == 0, "%s -> %d: %s", cmd, st, out ? out : "");
+	for (const char *const *k = (const char *const[]){ "\"bytes_per_token\":",
+			"\"bound_tps\":", "\"resident_tps\":", "\"ratio\":", "\"vram50\":",
+			"\"vram25\":", "\"hit_rate\":", NULL }; *k; k++)
+		ck_assert_msg(strstr(out, *k) != NULL, "no %s in %s", *k, out);
+	free(out);
+}
+END_TEST
+
 /* moe-run end to end: llama.cpp's greedy tokens, --json stats keys, --logits-out rows. */
 START_TEST(engine_moe_run)
 {
@@ -888,6 +906,7 @@ Suite *suite_engine(void)
 		tcase_add_test(tc, engine_errors);
 		tcase_add_test(tc, engine_moe_run);
 		tcase_add_test(tc, engine_host_cache);
+		tcase_add_test(tc, engine_bench_decode);
 	} else {
 		tu_skip("engine_matches_llamacpp", "no " DIR " in the shared tree");
 		tu_skip("engine_deterministic", "no " DIR " in the shared tree");
@@ -895,6 +914,7 @@ Suite *suite_engine(void)
 		tu_skip("engine_errors", "no " DIR " in the shared tree");
 		tu_skip("engine_moe_run", "no " DIR " in the shared tree");
 		tu_skip("engine_host_cache", "no " DIR " in the shared tree");
+		tu_skip("engine_bench_decode", "no " DIR " in the shared tree");
 	}
 	tcase_add_loop_test(tc, engine_matches_reference, 0, MOE_ARRAY_SIZE(archs));
 	/* quant types this build's moe-mkmodel cannot write yet are skipped, by name */
