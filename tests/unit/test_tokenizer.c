@@ -740,7 +740,7 @@ END_TEST
 START_TEST(moectl_roundtrip)
 {
 	const char *found = vocab_path("llama-bpe", "");
-	char cmd[2048], path[1024], *out = NULL;
+	char cmd[8192], path[1024], *out = NULL;
 
 	/* tu_bin and tu_shared share a ring of buffers: keep our own copy. */
 	snprintf(path, sizeof(path), "%s", found ? found : vocab_path("gpt-2", ""));
