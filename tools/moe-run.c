@@ -523,6 +523,8 @@ static int run(const struct opts *o)
 		printf("}\n");
 	} else {
 		printf("\n");
+		/* the generated text ends before the stats on stderr start */
+		fflush(stdout);
 		if (o->stats)
 			print_stats(o, &st);
 	}
