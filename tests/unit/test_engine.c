@@ -27,39 +27,6 @@ static const char *const ll_models[] = { "qwen3moe", "llama4", "gptoss" };
 
 /* ------------------------------------------------------------ helpers */
 
-static int read_ints(const char *path, int32_t *out, int max)
-{
-	size_t len;
-	char *txt = tu_read_file(path, &len), *p, *end;
-	int n = 0;
-
-	ck_assert_msg(txt != NULL, "cannot read %s", path);
-	for (p = txt; n < max; p = end) {
-		long v = strtol(p, &end, 10);
-
-		if (end == p)
-			break;
-		out[n++] = (int32_t)v;
-	}
-	free(txt);
-	return n;
-}
-
-static void *read_shared(const char *model, const char *ext, size_t want)
-{
-	char rel[128];
-	const char *path;
-	size_t len;
-	void *d;
-
-	snprintf(rel, sizeof(rel), DIR "%s-f32.%s", model, ext);
-	path = tu_shared(rel);
-	ck_assert_msg(path != NULL, "missing %s", rel);
-	d = tu_read_file(path, &len);
-	ck_assert_msg(d && len == want, "%s: %zu bytes, expected %zu", rel, len, want);
-	return d;
-}
-
 /* chunk: llama4's attention chunk, small in generated models so prompts cross it */
 static struct moe_ctx *make_ctx(struct moe_model *m, uint64_t vram, uint32_t n_batch,
 				uint32_t chunk)
@@ -209,9 +176,9 @@ START_TEST(engine_matches_llamacpp)
 	snprintf(rel, sizeof(rel), DIR "%s-f32.gguf", name);
 	path = tu_shared(rel);
 	ck_assert_ptr_nonnull(path);
-	ck_assert_int_eq(read_ints(tu_shared(DIR "tokens.txt"), tok, N_PROMPT), N_PROMPT);
+	ck_assert_int_eq(tu_read_ints(tu_shared(DIR "tokens.txt"), tok, N_PROMPT), N_PROMPT);
 	snprintf(rel, sizeof(rel), DIR "%s-f32.greedy.txt", name);
-	ck_assert_int_eq(read_ints(tu_shared(rel), want_g, N_GREEDY), N_GREEDY);
+	ck_assert_int_eq(tu_read_ints(tu_shared(rel), want_g, N_GREEDY), N_GREEDY);
 	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
 	ck_assert_int_eq(moe_model_hparams(m, &hp), 0);
 	ctx = make_ctx(m, stream ? min_budget(m, 0) : 0, 0, 0);
@@ -219,10 +186,10 @@ START_TEST(engine_matches_llamacpp)
 				 .n_pos = N_PROMPT };
 	rr.topk = calloc((size_t)hp.n_layer * N_PROMPT * rr.k, sizeof(int32_t));
 	rr.logits = calloc((size_t)hp.n_layer * N_PROMPT * hp.n_expert, sizeof(float));
-	want_l = read_shared(name, "logits.f32", sizeof(float) * N_PROMPT * hp.n_vocab);
-	want_r = read_shared(name, "router.f32", sizeof(float) * hp.n_layer * N_PROMPT *
+	want_l = tu_read_llamacpp(name, "logits.f32", sizeof(float) * N_PROMPT * hp.n_vocab);
+	want_r = tu_read_llamacpp(name, "router.f32", sizeof(float) * hp.n_layer * N_PROMPT *
 			     hp.n_expert);
-	want_k = read_shared(name, "topk.i32", sizeof(int32_t) * hp.n_layer * N_PROMPT * rr.k);
+	want_k = tu_read_llamacpp(name, "topk.i32", sizeof(int32_t) * hp.n_layer * N_PROMPT * rr.k);
 	moe_ctx_set_route_hook(ctx, record_route, &rr);
 
 	ck_assert_msg(moe_ctx_eval(ctx, tok, N_PROMPT, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s",
@@ -832,8 +799,8 @@ START_TEST(engine_moe_run)
 	size_t len;
 	int st;
 
-	ck_assert_int_eq(read_ints(tu_shared(DIR "tokens.txt"), tok, N_PROMPT), N_PROMPT);
-	ck_assert_int_eq(read_ints(tu_shared(DIR "llama4-f32.greedy.txt"), want, 8), 8);
+	ck_assert_int_eq(tu_read_ints(tu_shared(DIR "tokens.txt"), tok, N_PROMPT), N_PROMPT);
+	ck_assert_int_eq(tu_read_ints(tu_shared(DIR "llama4-f32.greedy.txt"), want, 8), 8);
 	snprintf(lpath, sizeof(lpath), "%s/logits.f32", dir);
 	p = cmd + snprintf(cmd, sizeof(cmd), "%s -m %s --threads 2 -n 8 --json --stats "
 			   "--vram 6M --logits-out %s --tokens ", tu_bin("moe-run"),
@@ -860,7 +827,7 @@ START_TEST(engine_moe_run)
 	got = tu_read_file(lpath, &len);
 	ck_assert_ptr_nonnull(got);
 	ck_assert_uint_eq(len, sizeof(float) * 512 * (N_PROMPT + 7));
-	want_l = read_shared("llama4", "logits.f32", sizeof(float) * N_PROMPT * 512);
+	want_l = tu_read_llamacpp("llama4", "logits.f32", sizeof(float) * N_PROMPT * 512);
 	for (int i = 0; i < N_PROMPT * 512; i++)
 		ck_assert_msg(fabsf(got[i] - want_l[i]) < 1e-4f, "logit %d: %g vs %g", i, got[i],
 			      want_l[i]);

@@ -23,40 +23,6 @@
 
 static const char *const models[] = { "qwen3moe", "llama4", "gptoss" };
 
-/* Whitespace-separated integers of a text file; returns the count. */
-static int read_ints(const char *path, int32_t *out, int max)
-{
-	size_t len;
-	char *txt = tu_read_file(path, &len), *p, *end;
-	int n = 0;
-
-	ck_assert_msg(txt != NULL, "cannot read %s", path);
-	for (p = txt; n < max; p = end) {
-		long v = strtol(p, &end, 10);
-
-		if (end == p)
-			break;
-		out[n++] = (int32_t)v;
-	}
-	free(txt);
-	return n;
-}
-
-static void *read_ref(const char *model, const char *ext, size_t want)
-{
-	char rel[128];
-	const char *path;
-	size_t len;
-	void *d;
-
-	snprintf(rel, sizeof(rel), DIR "%s-f32.%s", model, ext);
-	path = tu_shared(rel);
-	ck_assert_msg(path != NULL, "missing %s", rel);
-	d = tu_read_file(path, &len);
-	ck_assert_msg(d && len == want, "%s: %zu bytes, expected %zu", rel, len, want);
-	return d;
-}
-
 static const char *model_path(const char *model)
 {
 	char rel[128];
@@ -67,7 +33,7 @@ static const char *model_path(const char *model)
 
 static void prompt(int32_t *tok)
 {
-	ck_assert_int_eq(read_ints(tu_shared(DIR "tokens.txt"), tok, N_PROMPT), N_PROMPT);
+	ck_assert_int_eq(tu_read_ints(tu_shared(DIR "tokens.txt"), tok, N_PROMPT), N_PROMPT);
 }
 
 START_TEST(ref_prompt_matches_llamacpp)
@@ -90,9 +56,9 @@ START_TEST(ref_prompt_matches_llamacpp)
 	ck_assert_int_eq(V, 512);
 	ck_assert_int_eq(X, 8);
 	prompt(tok);
-	want_l = read_ref(model, "logits.f32", sizeof(float) * N_PROMPT * V);
-	want_r = read_ref(model, "router.f32", sizeof(float) * L * N_PROMPT * X);
-	want_k = read_ref(model, "topk.i32", sizeof(int32_t) * L * N_PROMPT * K);
+	want_l = tu_read_llamacpp(model, "logits.f32", sizeof(float) * N_PROMPT * V);
+	want_r = tu_read_llamacpp(model, "router.f32", sizeof(float) * L * N_PROMPT * X);
+	want_k = tu_read_llamacpp(model, "topk.i32", sizeof(int32_t) * L * N_PROMPT * K);
 	logits = calloc((size_t)N_PROMPT * V, sizeof(double));
 	router = calloc((size_t)L * N_PROMPT * X, sizeof(double));
 	topk = calloc((size_t)L * N_PROMPT * K, sizeof(int32_t));
@@ -133,7 +99,7 @@ START_TEST(ref_greedy_matches_llamacpp)
 	ck_assert_ptr_nonnull(path);
 	ck_assert_int_eq(ref_model_info(path, &info), 0);
 	snprintf(rel, sizeof(rel), DIR "%s-f32.greedy.txt", model);
-	ck_assert_int_eq(read_ints(tu_shared(rel), want, N_GREEDY), N_GREEDY);
+	ck_assert_int_eq(tu_read_ints(tu_shared(rel), want, N_GREEDY), N_GREEDY);
 	prompt(tok);
 	logits = calloc((size_t)(N_PROMPT + N_GREEDY) * info.n_vocab, sizeof(double));
 	ck_assert_ptr_nonnull(logits);

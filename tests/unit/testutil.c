@@ -163,6 +163,39 @@ int tu_write_file(const char *path, const void *data, size_t len)
 	return fclose(f) == 0 && ok ? 0 : -EIO;
 }
 
+int tu_read_ints(const char *path, int32_t *out, int max)
+{
+	size_t len;
+	char *txt = tu_read_file(path, &len), *p, *end;
+	int n = 0;
+
+	ck_assert_msg(txt != NULL, "cannot read %s", path);
+	for (p = txt; n < max; p = end) {
+		long v = strtol(p, &end, 10);
+
+		if (end == p)
+			break;
+		out[n++] = (int32_t)v;
+	}
+	free(txt);
+	return n;
+}
+
+void *tu_read_llamacpp(const char *model, const char *ext, size_t want)
+{
+	char rel[128];
+	const char *path;
+	size_t len;
+	void *d;
+
+	snprintf(rel, sizeof(rel), "reference/llamacpp-logits/%s-f32.%s", model, ext);
+	path = tu_shared(rel);
+	ck_assert_msg(path != NULL, "missing %s", rel);
+	d = tu_read_file(path, &len);
+	ck_assert_msg(d && len == want, "%s: %zu bytes, expected %zu", rel, len, want);
+	return d;
+}
+
 unsigned tu_skipped;
 
 void tu_skip(const char *test, const char *why)

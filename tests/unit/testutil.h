@@ -23,6 +23,10 @@ int tu_run(const char *cmd, int err_too, char **out);
 /* Read a whole file; caller frees.  NULL on failure. */
 void *tu_read_file(const char *path, size_t *len);
 int tu_write_file(const char *path, const void *data, size_t len);
+/* Whitespace-separated integers of a text file into out[max]; returns the count. */
+int tu_read_ints(const char *path, int32_t *out, int max);
+/* ../shared/reference/llamacpp-logits/MODEL-f32.EXT, asserted to be @want bytes; caller frees. */
+void *tu_read_llamacpp(const char *model, const char *ext, size_t want);
 
 /*
  * A test that cannot run here says why and is counted as skipped, not
