@@ -3,6 +3,14 @@
 #define MOE_BENCH_H
 
 #include <stdbool.h>
+#include <stddef.h>
+
+struct moe_threadpool;
+
+/* Monotonic seconds. */
+double bench_now(void);
+/* GB/s of one pass of plain reads (a sum) over @bytes on the pool's threads: the baseline. */
+double bench_read_gbps(struct moe_threadpool *tp, const void *buf, size_t bytes);
 
 struct bench_cmd {
 	const char *name;

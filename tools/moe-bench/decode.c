@@ -21,39 +21,12 @@
 
 #define READ_BYTES (512ull << 20)
 
-struct dec_job {
-	const uint64_t *p;
-	size_t words;
-	uint64_t sums[256];
-};
-
-static void dec_read(void *arg, int ith, int nth)
-{
-	struct dec_job *j = arg;
-	size_t w0 = j->words * (size_t)ith / (size_t)nth;
-	size_t w1 = j->words * (size_t)(ith + 1) / (size_t)nth;
-	uint64_t a = 0, b = 0, c = 0, d = 0;
-	size_t i = w0;
-
-	for (; i + 4 <= w1; i += 4) {
-		a += j->p[i];
-		b += j->p[i + 1];
-		c += j->p[i + 2];
-		d += j->p[i + 3];
-	}
-	for (; i < w1; i++)
-		a += j->p[i];
-	j->sums[ith % 256] = a + b + c + d;
-}
-
 /* Best of a few summing passes over a buffer far larger than the caches, GB/s. */
 static double read_bandwidth(int threads)
 {
 	struct moe_threadpool *tp;
-	struct dec_job j = { 0 };
 	uint64_t *buf = malloc(READ_BYTES);
-	double best = 1e30;
-	struct timespec ts;
+	double best = 0;
 
 	if (!buf || moe_threadpool_create(threads, &tp) < 0) {
 		free(buf);
@@ -61,24 +34,15 @@ static double read_bandwidth(int threads)
 	}
 	for (size_t i = 0; i < READ_BYTES / 8; i++)
 		buf[i] = i;
-	j.p = buf;
-	j.words = READ_BYTES / 8;
 	for (int r = 0; r < 5; r++) {
-		double t0, t1;
+		double g = bench_read_gbps(tp, buf, READ_BYTES);
 
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		t0 = ts.tv_sec + ts.tv_nsec * 1e-9;
-		moe_threadpool_run(tp, dec_read, &j);
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		t1 = ts.tv_sec + ts.tv_nsec * 1e-9;
-		if (t1 - t0 < best)
-			best = t1 - t0;
+		if (g > best)
+			best = g;
 	}
-	if (j.sums[0] == 0x5eed)
-		fputc(' ', stderr);
 	moe_threadpool_destroy(tp);
 	free(buf);
-	return READ_BYTES / best / 1e9;
+	return best;
 }
 
 struct run_out {

@@ -33,14 +33,6 @@ struct run {
 	bool fadvise_only;       /* --no-drop-caches: leave other files' pages alone */
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static uint64_t rnd(uint64_t *s)
 {
 	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
@@ -195,7 +187,7 @@ static double run_engine(struct run *r, struct moe_io_opts *o, char *desc, size_
 		memset(slots[i].buf, 0, slots[i].cap);
 	}
 	cold_cache(r);
-	t0 = now_s();
+	t0 = bench_now();
 	while (!failed && done < r->n) {
 		for (uint32_t i = 0; i < n_slots && next < r->n; i++) {
 			if (slots[i].busy)
@@ -212,7 +204,7 @@ static double run_engine(struct run *r, struct moe_io_opts *o, char *desc, size_
 		moe_io_submit(io);
 		done += (size_t)moe_io_wait(io, 1);
 	}
-	t = now_s() - t0;
+	t = bench_now() - t0;
 	snprintf(desc, dlen, "%s", moe_io_describe(io));
 	for (uint32_t i = 0; slots && i < n_slots; i++)
 		moe_io_free(io, slots[i].buf);
@@ -231,7 +223,7 @@ static double run_pread(struct run *r)
 		goto out;
 	memset(buf, 0, r->max_len);
 	cold_cache(r);
-	t0 = now_s();
+	t0 = bench_now();
 	for (size_t i = 0; i < r->n; i++) {
 		uint64_t got = 0;
 
@@ -247,7 +239,7 @@ static double run_pread(struct run *r)
 			got += (uint64_t)k;
 		}
 	}
-	t = now_s() - t0;
+	t = bench_now() - t0;
 out:
 	if (fd >= 0)
 		close(fd);
@@ -272,7 +264,7 @@ static double run_mmap(struct run *r, uint64_t file_bytes)
 	if (m == MAP_FAILED)
 		return -1;
 	cold_cache(r);
-	t0 = now_s();
+	t0 = bench_now();
 	for (size_t i = 0; i < r->n; i++) {
 		uint64_t s = 0;
 
@@ -281,7 +273,7 @@ static double run_mmap(struct run *r, uint64_t file_bytes)
 			s += m[o];
 		touch_sink += s;
 	}
-	t = now_s() - t0;
+	t = bench_now() - t0;
 	munmap((void *)m, file_bytes);
 	return t;
 }

@@ -26,62 +26,6 @@ static const uint32_t bench_types[] = {
 	MOE_TYPE_Q5_0, MOE_TYPE_Q5_1, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K, MOE_TYPE_MXFP4,
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-#define READ_CHUNK (1 << 20)
-
-/* Chunks from a shared counter, as moe_matmul hands out rows, so both see the same scheduling. */
-struct read_job {
-	const uint64_t *p;
-	size_t words;
-	_Atomic size_t next;
-	_Atomic uint64_t sum;
-};
-
-static void read_sum(void *arg, int ith, int nth)
-{
-	struct read_job *j = arg;
-	const size_t chunk = READ_CHUNK / 8;
-	uint64_t a = 0, b = 0, c = 0, d = 0;
-	size_t w0;
-
-	(void)ith;
-	(void)nth;
-	while ((w0 = atomic_fetch_add_explicit(&j->next, chunk, memory_order_relaxed)) < j->words) {
-		size_t w1 = w0 + chunk < j->words ? w0 + chunk : j->words, i = w0;
-
-		for (; i + 4 <= w1; i += 4) {
-			a += j->p[i];
-			b += j->p[i + 1];
-			c += j->p[i + 2];
-			d += j->p[i + 3];
-		}
-		for (; i < w1; i++)
-			a += j->p[i];
-	}
-	atomic_fetch_add_explicit(&j->sum, a + b + c + d, memory_order_relaxed);
-}
-
-/* GB/s of one pass of plain reads over @bytes. */
-static double read_once(struct moe_threadpool *tp, const void *buf, size_t bytes)
-{
-	struct read_job j = { .p = buf, .words = bytes / 8 };
-	double t = now_s();
-
-	moe_threadpool_run(tp, read_sum, &j);
-	t = now_s() - t;
-	/* keep the sum observable so the loads are not optimised away */
-	if (atomic_load(&j.sum) == 0x5eed)
-		fputc(' ', stderr);
-	return (double)bytes / t / 1e9;
-}
-
 /* Fill @bytes with copies of FILL_ROWS quantized N(0,1)-ish rows. */
 static int fill(uint32_t type, uint8_t *buf, size_t bytes, size_t row_bytes)
 {
@@ -112,10 +56,10 @@ static int fill(uint32_t type, uint8_t *buf, size_t bytes, size_t row_bytes)
 static double matvec_once(struct moe_threadpool *tp, uint32_t type, const void *w, int64_t rows,
 			  size_t wbytes, const float *x, float *y, int *err)
 {
-	double t = now_s();
+	double t = bench_now();
 
 	*err = moe_matmul(tp, type, w, rows, COLS, x, 1, y);
-	t = now_s() - t;
+	t = bench_now() - t;
 	return *err ? 0 : (double)wbytes / t / 1e9;
 }
 
@@ -254,8 +198,8 @@ int bench_quant(int argc, char **argv)
 	}
 	threads = moe_threadpool_size(all);
 	memset(buf, 1, bytes);
-	read1 = read_once(one, buf, bytes);
-	readn = read_once(all, buf, bytes);
+	read1 = bench_read_gbps(one, buf, bytes);
+	readn = bench_read_gbps(all, buf, bytes);
 	cpu_model(cpu, sizeof(cpu));
 	if (json) {
 		printf("{\"cpu\": \"%s\", \"mib\": %d, \"cols\": %d, \"threads\": %d, "
@@ -286,7 +230,7 @@ int bench_quant(int argc, char **argv)
 
 			/* alternate so that both see the same load on a shared machine */
 			for (int r = 0; r < reps; r++) {
-				rd = MAX(rd, read_once(tp, buf, wbytes));
+				rd = MAX(rd, bench_read_gbps(tp, buf, wbytes));
 				gbps = MAX(gbps, matvec_once(tp, type, buf, rows, wbytes, x, y, &err));
 				if (err) {
 					fprintf(stderr, "moe-bench quant: %s: %s\n",
