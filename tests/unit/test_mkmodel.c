@@ -487,6 +487,31 @@ static const struct {
 	{ 3 + 2 * 22 + 21, 0, "blk.1.attn_v.weight", "blk.2.attn_v.weight" },
 };
 
+/* `moectl info --json` reports what the file holds, by the test's own parser. */
+static void check_info_json(const char *path, const struct pfile *f, const char *arch,
+			    uint32_t layers, uint32_t n_moe, uint32_t experts, uint32_t used,
+			    uint32_t align, uint64_t each)
+{
+	char cmd[2048], want[256], *out = NULL;
+	const struct { const char *key; unsigned long long v; } keys[] = {
+		{ "n_layers", layers }, { "n_moe_layers", n_moe }, { "n_experts", experts },
+		{ "n_experts_used", used }, { "tensor_count", f->n_t }, { "file_bytes", f->len },
+		{ "alignment", align }, { "expert_bytes_each", each },
+		{ "expert_bytes_total", each * experts * n_moe },
+		{ "routed_bytes_per_token", each * used * n_moe },
+	};
+
+	snprintf(cmd, sizeof(cmd), "%s info --json '%s'", tu_bin("moectl"), path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	snprintf(want, sizeof(want), "\"arch\": \"%s\"", arch);
+	ck_assert_msg(strstr(out, want), "%s lacks %s", out, want);
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		snprintf(want, sizeof(want), "\"%s\": %llu,", keys[i].key, keys[i].v);
+		ck_assert_msg(strstr(out, want), "%s: %s lacks %s", path, out, want);
+	}
+	free(out);
+}
+
 static void check_model(const char *path, const char *arch, uint32_t align, uint32_t layers,
 			uint32_t experts, uint32_t used, uint32_t ff_exp)
 {
@@ -497,6 +522,7 @@ static void check_model(const char *path, const char *arch, uint32_t align, uint
 	struct moe_model_summary sum;
 	struct pfile f;
 	uint32_t n_moe = 0;
+	uint64_t each_l = 0, each = 0;
 
 	ck_assert_int_eq(pfile_load(&f, path), 0);
 	ck_assert_uint_eq(f.alignment, align);
@@ -532,6 +558,7 @@ static void check_model(const char *path, const char *arch, uint32_t align, uint
 			continue;
 		}
 		n_moe++;
+		each_l = 0;
 		for (uint32_t e = 0; e < experts; e++) {
 			ck_assert_int_eq(moe_model_expert(m, l, e, &ex), 0);
 			ck_assert_uint_eq(ex.n_mats, gemma ? 2 : 3);
@@ -550,13 +577,18 @@ static void check_model(const char *path, const char *arch, uint32_t align, uint
 				ck_assert_uint_eq(ex.mats[k].bytes, t->ne[1] * rb);
 				ck_assert_uint_eq(ex.mats[k].offset,
 						  f.data + t->offset + e * t->ne[1] * rb);
-				if (e == 0)
+				if (e == 0) {
 					ck_assert_uint_eq(ex.mats[k].offset % align, 0);
+					each_l += t->ne[1] * rb;
+				}
 			}
 			ck_assert_int_eq(moe_model_expert(m, l, experts, &ex), -EINVAL);
 		}
+		if (each_l > each)
+			each = each_l;
 	}
 	ck_assert_uint_eq(hp.n_moe_layer, n_moe);
+	check_info_json(path, &f, gguf_arch, layers, n_moe, experts, used, align, each);
 	moe_model_close(m);
 	pfile_free(&f);
 }
