@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "moe/moe.h"
 
@@ -16,11 +17,11 @@
 #define PROG "moe-run"
 
 struct opts {
-	const char *model, *prompt, *tokens, *logits_out;
+	const char *model, *prompt, *tokens, *logits_out, *system;
 	uint32_t n_gen, n_ctx, n_batch;
 	uint64_t vram, host_cache;
 	int threads;
-	bool stats, json;
+	bool stats, json, chat;
 	struct moe_sample_params sp;
 	struct moe_io_opts io;
 };
@@ -29,10 +30,14 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: " PROG " -m MODEL (-p TEXT | --tokens ID,ID,...) [OPTIONS]\n"
+		"       " PROG " -m MODEL --chat [--system TEXT] [-p TEXT] [OPTIONS]\n"
 		"Generate from a MoE model, streaming experts within a memory budget.\n\n"
 		"  -m, --model FILE       GGUF model\n"
 		"  -p, --prompt TEXT      prompt text (needs the model's tokenizer)\n"
 		"      --tokens LIST      prompt as token ids, comma-separated\n"
+		"      --chat             chat in the model's prompt format: one turn per line of\n"
+		"                         standard input, or the one turn -p gives; -n caps a reply\n"
+		"      --system TEXT      system message for --chat\n"
 		"  -n, --n-predict N      tokens to generate (32)\n"
 		"      --ctx N            context positions (prompt + generated; default fits both)\n"
 		"      --batch N          prompt tokens per forward step (64)\n"
@@ -275,7 +280,8 @@ static int on_token(void *arg, const float *logits, uint32_t n_rows, int32_t nex
 static int parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { O_TOKENS = 256, O_CTX, O_BATCH, O_VRAM, O_THREADS, O_TEMP, O_TOPK, O_TOPP, O_MINP,
-	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON, O_HOST };
+	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON, O_HOST,
+	       O_CHAT, O_SYSTEM };
 	static const struct option lo[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "prompt", required_argument, 0, 'p' },
@@ -298,6 +304,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "logits-out", required_argument, 0, O_LOGITS },
 		{ "stats", no_argument, 0, O_STATS },
 		{ "json", no_argument, 0, O_JSON },
+		{ "chat", no_argument, 0, O_CHAT },
+		{ "system", required_argument, 0, O_SYSTEM },
 		{ "help", no_argument, 0, 'h' },
 		{ 0 },
 	};
@@ -356,6 +364,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_LOGITS: o->logits_out = optarg; break;
 		case O_STATS: o->stats = true; break;
 		case O_JSON: o->json = true; break;
+		case O_CHAT: o->chat = true; break;
+		case O_SYSTEM: o->system = optarg; break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -369,6 +379,16 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		return bad("unexpected argument '%s'", argv[optind]);
 	if (!o->model)
 		return bad("%s", "no model: give -m MODEL");
+	if (o->chat) {
+		if (o->tokens || o->json || o->logits_out)
+			return bad("%s", "--chat takes text: --tokens, --json and --logits-out do not "
+				   "apply to it");
+		if (!o->n_gen)
+			return bad("%s", "--chat needs -n of at least 1 (the longest reply)");
+		return 0;
+	}
+	if (o->system)
+		return bad("%s", "--system goes with --chat");
 	if (!o->prompt == !o->tokens)
 		return bad("%s", "give exactly one of -p TEXT and --tokens ID,ID,...");
 	return 0;
@@ -412,6 +432,166 @@ static void print_stats(const struct opts *o, const struct moe_ctx_stats *s)
 		(unsigned long long)s->staging_bytes);
 }
 
+struct chat {
+	struct moe_chat_msg *msgs;
+	int n_msgs, cap;
+	int32_t *hist;          /* the tokens in the KV cache, positions 0.. */
+	uint32_t n_hist;
+};
+
+static int chat_push(struct chat *c, const char *role, char *content)
+{
+	if (c->n_msgs == c->cap) {
+		int cap = c->cap ? c->cap * 2 : 8;
+		struct moe_chat_msg *m = realloc(c->msgs, sizeof(*m) * (size_t)cap);
+
+		if (!m) {
+			free(content);
+			return -ENOMEM;
+		}
+		c->msgs = m;
+		c->cap = cap;
+	}
+	c->msgs[c->n_msgs++] = (struct moe_chat_msg){ .role = role, .content = content };
+	return 0;
+}
+
+/* The reply's text: the generated tokens up to an end-of-turn token. */
+static char *chat_reply_text(const struct run *r)
+{
+	uint32_t n = r->n_out;
+	char *text;
+	int len;
+
+	if (n && moe_tokenizer_is_eog(r->tok, r->out[n - 1]))
+		n--;
+	len = moe_detokenize(r->tok, r->out, (int)n, 0, NULL, 0);
+	if (len < 0 || !(text = malloc((size_t)len + 1)))
+		return NULL;
+	if (moe_detokenize(r->tok, r->out, (int)n, 0, text, len) != len) {
+		free(text);
+		return NULL;
+	}
+	text[len] = 0;
+	return text;
+}
+
+/* One turn: render the conversation, evaluate what the KV cache lacks, reply. */
+static int chat_turn(const struct opts *o, struct moe_ctx *ctx, struct run *r, struct chat *c,
+		     int turn)
+{
+	char *prompt, *reply, buf[64];
+	int32_t *toks;
+	uint32_t keep = 0, n;
+	int len, ret;
+
+	len = moe_chat_render(r->tok, c->msgs, c->n_msgs, true, &prompt);
+	if (len < 0)
+		return len;
+	ret = moe_tokenize(r->tok, prompt, (size_t)len, MOE_TOK_PARSE_SPECIAL, NULL, 0);
+	if (ret <= 0 || !(toks = malloc(sizeof(*toks) * (size_t)ret))) {
+		free(prompt);
+		return ret < 0 ? ret : -ENOMEM;
+	}
+	ret = moe_tokenize(r->tok, prompt, (size_t)len, MOE_TOK_PARSE_SPECIAL, toks, ret);
+	free(prompt);
+	if (ret < 0) {
+		free(toks);
+		return ret;
+	}
+	n = (uint32_t)ret;
+	if ((uint64_t)n + o->n_gen > moe_ctx_n_ctx(ctx)) {
+		fprintf(stderr, PROG ": the conversation (%u tokens) and a reply of up to %u exceed "
+			"the context of %u positions; start again with a larger --ctx\n", n,
+			o->n_gen, moe_ctx_n_ctx(ctx));
+		free(toks);
+		return -ENOSPC;
+	}
+	/* Earlier turns stay in the KV cache: evaluate from the first token that differs. */
+	while (keep < c->n_hist && keep < n && c->hist[keep] == toks[keep])
+		keep++;
+	if (keep == n)
+		keep--;
+	r->n_out = 0;
+	memset(&r->ds, 0, sizeof(r->ds));
+	ret = moe_ctx_generate_at(ctx, toks + keep, n - keep, keep, o->n_gen, &o->sp, 0, on_token,
+				  r);
+	emit_text(r, buf, moe_detok_stream(r->tok, &r->ds, -1, buf, sizeof(buf)));
+	printf("\n");
+	fflush(stdout);
+	if (ret < 0 || r->err) {
+		free(toks);
+		return ret < 0 ? ret : r->err;
+	}
+	if (o->stats)
+		fprintf(stderr, "chat: turn %d: %u of %u prompt tokens kept in the KV cache, %u "
+			"generated\n", turn, keep, n, r->n_out);
+	/* the last token sampled was not evaluated */
+	free(c->hist);
+	c->hist = realloc(toks, sizeof(*toks) * (n + r->n_out));
+	if (!c->hist) {
+		free(toks);
+		c->n_hist = 0;
+		return -ENOMEM;
+	}
+	memcpy(c->hist + n, r->out, sizeof(*r->out) * r->n_out);
+	c->n_hist = n + r->n_out - 1;
+	reply = chat_reply_text(r);
+	if (!reply)
+		return -ENOMEM;
+	return chat_push(c, "assistant", reply);
+}
+
+static int chat(const struct opts *o, struct moe_ctx *ctx, struct run *r)
+{
+	struct chat c = { 0 };
+	bool tty = isatty(STDIN_FILENO);
+	char *line = NULL;
+	size_t cap = 0;
+	int ret = 0, turn = 0;
+
+	if (o->system) {
+		char *sys = strdup(o->system);
+
+		ret = sys ? chat_push(&c, "system", sys) : -ENOMEM;
+	}
+	while (!ret) {
+		char *user;
+
+		if (o->prompt) {
+			if (turn)
+				break;
+			user = strdup(o->prompt);
+		} else {
+			ssize_t n;
+
+			if (tty) {
+				fputs("> ", stderr);
+				fflush(stderr);
+			}
+			n = getline(&line, &cap, stdin);
+			if (n < 0)
+				break;
+			while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+				line[--n] = 0;
+			if (!n)
+				continue;
+			user = strdup(line);
+		}
+		ret = user ? chat_push(&c, "user", user) : -ENOMEM;
+		if (!ret)
+			ret = chat_turn(o, ctx, r, &c, ++turn);
+	}
+	if (ret < 0 && ret != -ENOSPC)
+		fprintf(stderr, PROG ": chat: %s\n", ret == -ENOMEM ? strerror(ENOMEM) : moe_errmsg());
+	for (int i = 0; i < c.n_msgs; i++)
+		free((char *)c.msgs[i].content);
+	free(c.msgs);
+	free(c.hist);
+	free(line);
+	return ret;
+}
+
 static int run(const struct opts *o)
 {
 	struct moe_model *model = NULL;
@@ -436,7 +616,12 @@ static int run(const struct opts *o)
 			goto fail;
 		}
 	}
-	if (o->prompt) {
+	if (o->chat) {
+		if (!r.tok) {
+			fprintf(stderr, PROG ": %s has no vocabulary: --chat needs one\n", o->model);
+			goto fail;
+		}
+	} else if (o->prompt) {
 		uint32_t flags;
 		int n;
 
@@ -462,7 +647,7 @@ static int run(const struct opts *o)
 	cp.host_cache_bytes = o->host_cache;
 	cp.n_threads = o->threads;
 	cp.n_batch = o->n_batch;
-	cp.n_ctx = o->n_ctx ? o->n_ctx : n_prompt + (o->n_gen ? o->n_gen : 1);
+	cp.n_ctx = o->n_ctx || o->chat ? o->n_ctx : n_prompt + (o->n_gen ? o->n_gen : 1);
 	cp.io = o->io;
 	ret = moe_ctx_create(model, &cp, &ctx);
 	if (ret < 0) {
@@ -476,6 +661,20 @@ static int run(const struct opts *o)
 	if (!r.out) {
 		fprintf(stderr, PROG ": out of memory\n");
 		goto fail;
+	}
+	if (o->chat) {
+		ret = chat(o, ctx, &r);
+		if (o->stats) {
+			moe_ctx_get_stats(ctx, &st);
+			print_stats(o, &st);
+		}
+		if (ret < 0)
+			goto fail;
+		free(r.out);
+		moe_ctx_free(ctx);
+		moe_tokenizer_free(r.tok);
+		moe_model_close(model);
+		return 0;
 	}
 	if (o->logits_out) {
 		r.logits = fopen(o->logits_out, "wb");

@@ -826,6 +826,14 @@ typedef int (*moe_gen_cb)(void *arg, const float *logits, uint32_t n_rows, int32
 MOE_API int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
 			     uint32_t n_gen, const struct moe_sample_params *sp, uint32_t flags,
 			     moe_gen_cb cb, void *arg);
+/*
+ * The same, keeping the first @pos positions already in the KV cache (a
+ * conversation's earlier turns): @prompt is evaluated at pos .. pos+n_prompt-1.
+ * -EINVAL when @pos is past the positions evaluated so far.
+ */
+MOE_API int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
+				uint32_t pos, uint32_t n_gen, const struct moe_sample_params *sp,
+				uint32_t flags, moe_gen_cb cb, void *arg);
 
 #ifdef __cplusplus
 }

@@ -18,6 +18,13 @@ int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prom
 		     uint32_t n_gen, const struct moe_sample_params *sp, uint32_t flags,
 		     moe_gen_cb cb, void *arg)
 {
+	return moe_ctx_generate_at(ctx, prompt, n_prompt, 0, n_gen, sp, flags, cb, arg);
+}
+
+int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
+			uint32_t pos, uint32_t n_gen, const struct moe_sample_params *sp,
+			uint32_t flags, moe_gen_cb cb, void *arg)
+{
 	struct moe_sample_params def;
 	struct moe_sampler_params smp;
 	struct moe_sampler *s;
@@ -34,9 +41,12 @@ int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prom
 			       "the BOS token)");
 	if (!n_gen)
 		return 0;
-	if ((uint64_t)n_prompt + n_gen - 1 > ctx->n_ctx)
-		return moe_err(ENOSPC, "generate: %u prompt + %u new tokens exceed the context of "
-			       "%u; raise --ctx", n_prompt, n_gen, ctx->n_ctx);
+	if (pos > moe_ctx_n_past(ctx))
+		return moe_err(EINVAL, "generate: position %u is past the %u positions evaluated",
+			       pos, moe_ctx_n_past(ctx));
+	if ((uint64_t)pos + n_prompt + n_gen - 1 > ctx->n_ctx)
+		return moe_err(ENOSPC, "generate: %u kept + %u prompt + %u new tokens exceed the "
+			       "context of %u; raise --ctx", pos, n_prompt, n_gen, ctx->n_ctx);
 	smp = (struct moe_sampler_params){
 		.temp = sp->temp, .top_k = sp->top_k, .top_p = sp->top_p, .min_p = sp->min_p,
 		.repeat_penalty = sp->repeat_penalty, .repeat_last_n = sp->repeat_last_n,
@@ -47,7 +57,7 @@ int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prom
 		return ret;
 	for (uint32_t i = 0; i < n_prompt; i++)
 		moe_sampler_accept(s, prompt[i]);
-	ret = moe_ctx_eval(ctx, prompt, n_prompt, 0, flags);
+	ret = moe_ctx_eval(ctx, prompt, n_prompt, pos, flags);
 	while (!ret) {
 		const float *last = moe_ctx_logits(ctx, rows - 1);
 
@@ -61,7 +71,7 @@ int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prom
 		if ((cb && cb(arg, moe_ctx_logits(ctx, 0), rows, tok)) || done == n_gen)
 			break;
 		rows = 1;
-		ret = moe_ctx_eval(ctx, &tok, 1, n_prompt + done - 1, 0);
+		ret = moe_ctx_eval(ctx, &tok, 1, pos + n_prompt + done - 1, 0);
 	}
 	moe_sampler_free(s);
 	return ret < 0 ? ret : (int)done;
