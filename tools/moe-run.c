@@ -89,36 +89,13 @@ static int parse_float(const char *s, const char *what, float *out)
 	return 0;
 }
 
-/* 1234, 512K, 20M, 1.5G, 2T (powers of 1024) */
 static int parse_size(const char *s, const char *what, uint64_t *out)
 {
-	char *end;
-	double v;
-	double mul = 1;
-
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || end == s || v <= 0)
-		goto bad_size;
-	switch (*end) {
-	case 'k': case 'K': mul = 1024.0; end++; break;
-	case 'm': case 'M': mul = 1048576.0; end++; break;
-	case 'g': case 'G': mul = 1073741824.0; end++; break;
-	case 't': case 'T': mul = 1099511627776.0; end++; break;
-	default: break;
+	if (moe_parse_size(s, out) < 0) {
+		fprintf(stderr, PROG ": %s %s\n", what, moe_errmsg());
+		return -EINVAL;
 	}
-	if (mul > 1 && *end == 'i')
-		end++;
-	if (*end == 'B')
-		end++;
-	if (*end)
-		goto bad_size;
-	*out = (uint64_t)(v * mul);
 	return 0;
-bad_size:
-	fprintf(stderr, PROG ": %s '%s': expected a size such as 20G, 512M or 1500000000\n",
-		what, s);
-	return -EINVAL;
 }
 
 static int parse_tokens(const char *s, int32_t **out, uint32_t *n)

@@ -47,6 +47,13 @@ enum moe_log_level {
 /* Messages at or below @level go to stderr (default WARN; env MOE_LOG=0..3). */
 MOE_API void moe_set_log_level(enum moe_log_level level);
 
+/*
+ * A byte count as users write budgets: "1500000000", "512K", "20M", "1.5G",
+ * "2T", with an optional "iB" or "B" (powers of 1024).  -EINVAL for anything
+ * else, a negative or zero value, or one past 2^64.
+ */
+MOE_API int moe_parse_size(const char *s, uint64_t *out);
+
 /* ---------------------------------------------------------------- types */
 
 /* GGML type ids; append-only, the numbers are the on-disk ids. */

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <string.h>
 
 #include "quant/quant.h"
 #include "testutil.h"
@@ -24,12 +25,42 @@ START_TEST(type_table)
 }
 END_TEST
 
+START_TEST(parse_size)
+{
+	uint64_t v = 0;
+
+	ck_assert_int_eq(moe_parse_size("1500000000", &v), 0);
+	ck_assert_uint_eq(v, 1500000000);
+	ck_assert_int_eq(moe_parse_size("512K", &v), 0);
+	ck_assert_uint_eq(v, 512 * 1024);
+	ck_assert_int_eq(moe_parse_size("20MiB", &v), 0);
+	ck_assert_uint_eq(v, 20ull << 20);
+	ck_assert_int_eq(moe_parse_size("1.5G", &v), 0);
+	ck_assert_uint_eq(v, 3ull << 29);
+	ck_assert_int_eq(moe_parse_size("2TB", &v), 0);
+	ck_assert_uint_eq(v, 2ull << 40);
+	ck_assert_int_eq(moe_parse_size("64B", &v), 0);
+	ck_assert_uint_eq(v, 64);
+	v = 7;
+	ck_assert_int_eq(moe_parse_size("", &v), -EINVAL);
+	ck_assert_int_eq(moe_parse_size("-1G", &v), -EINVAL);
+	ck_assert_int_eq(moe_parse_size("0", &v), -EINVAL);
+	ck_assert_int_eq(moe_parse_size("12X", &v), -EINVAL);
+	ck_assert_int_eq(moe_parse_size("1iB", &v), -EINVAL);
+	ck_assert_int_eq(moe_parse_size("99999999T", &v), -EINVAL);
+	ck_assert_int_eq(moe_parse_size("nan", &v), -EINVAL);
+	ck_assert_uint_eq(v, 7);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "'nan' is not a size"));
+}
+END_TEST
+
 Suite *suite_types(void)
 {
 	Suite *s = suite_create("types");
 	TCase *tc = tcase_create("table");
 
 	tcase_add_test(tc, type_table);
+	tcase_add_test(tc, parse_size);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -278,29 +278,6 @@ static double run_mmap(struct run *r, uint64_t file_bytes)
 	return t;
 }
 
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	double v = strtod(s, &end);
-
-	if (end == s || v < 0)
-		return -1;
-	switch (*end) {
-	case 'k': case 'K': v *= 1024; end++; break;
-	case 'm': case 'M': v *= 1024 * 1024; end++; break;
-	case 'g': case 'G': v *= 1024.0 * 1024 * 1024; end++; break;
-	default: break;
-	}
-	if (*end == 'i' && end[1] == 'B')
-		end += 2;
-	else if (*end == 'B')
-		end++;
-	if (*end)
-		return -1;
-	*out = (uint64_t)v;
-	return 0;
-}
-
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -346,10 +323,9 @@ int bench_io(int argc, char **argv)
 		case 's':
 		case 't':
 		case 'm':
-			if (parse_size(optarg, c == 's' ? &size : c == 't' ? &total :
-				       &o.max_request) < 0) {
-				fprintf(stderr, "moe-bench io: bad size '%s' (e.g. 4M, 512K)\n",
-					optarg);
+			if (moe_parse_size(optarg, c == 's' ? &size : c == 't' ? &total :
+					   &o.max_request) < 0) {
+				fprintf(stderr, "moe-bench io: %s\n", moe_errmsg());
 				return 2;
 			}
 			break;
