@@ -64,7 +64,7 @@ SHARED_LIB := $(BUILD)/lib/libmoe.so
 SONAME := libmoe.so.0
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: demo all lib tools check unit-check fuzz fuzz-build kmod kmod-build vm-check deps clean help
+.PHONY: demo all lib tools check fuzz fuzz-build kmod kmod-build vm-check deps clean help
 all: lib tools
 
 # The README's first command: build, generate a model, run it on a budget.
@@ -129,8 +129,6 @@ $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(STATIC_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
 
-# The unit runner prints Check's summary last, so it runs after the other
-# checks; the VM and other opt-in checks are separate targets called here.
 # The driver's VM tests run first (their own "N passed, N failed" line), the
 # unit runner last; both always run and either failing fails the check.
 check: all $(BUILD)/tests/unit-tests
