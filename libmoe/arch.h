@@ -45,6 +45,13 @@ enum {
 
 enum { ARCH_OPT = 0, ARCH_REQ = 1 };
 
+/* How the FFN half of a layer is wired, beyond the generic MoE recipe. */
+enum moe_ffn_style {
+	MOE_FFN_STD,        /* norm -> experts (+ shared expert) or dense */
+	MOE_FFN_LLAMA4,     /* router weight scales the expert input; shared expert added */
+	MOE_FFN_GEMMA4,     /* dense GeGLU beside the experts, extra norms, scaled router input */
+};
+
 /* A tensor name; per-layer names omit the "blk.N." prefix. */
 struct arch_tensor {
 	const char *name;
@@ -61,6 +68,11 @@ struct moe_arch {
 	bool weights_norm;                 /* when the file has no key */
 	bool ffn_exp_from_ff;              /* Mixtral: expert width is feed_forward_length */
 	uint32_t attn;                     /* MOE_ATTN_* */
+	enum moe_ffn_style ffn;
+	float attn_scale;                  /* 0: 1/sqrt(head_dim) */
+	bool embd_scale;                   /* h = embedding * sqrt(n_embd) */
+	bool post_attn_norm;               /* norm the attention output before the residual */
+	float softcap_default;             /* final logit softcapping when the key is absent */
 	const struct arch_tensor *globals;
 	const struct arch_tensor *layer;   /* every layer */
 	const struct arch_tensor *dense;   /* layers without routed experts */

@@ -350,6 +350,11 @@ static int read_layers(struct moe_model *m)
 		li->is_moe = layer_is_moe(m, il);
 		li->rope = !((a->attn & MOE_ATTN_NOPE_EVERY4) && (il + 1) % 4 == 0);
 		li->head_dim = hp->head_dim_k;
+		L->chunked = (a->attn & MOE_ATTN_CHUNKED) && li->rope;
+		/* Llama 4 Maverick (128 experts) is the variant without the plain QK norm */
+		L->qk_norm_plain = (a->attn & MOE_ATTN_QK_NORM_PLAIN) && li->rope &&
+				   hp->n_expert != 128;
+		L->attn_temp = (a->attn & MOE_ATTN_NOPE_EVERY4) && !li->rope;
 		L->n_rot = hp->n_rot;
 		L->rope_base = hp->rope_base;
 		if (a->attn & MOE_ATTN_SWA_EVEN)

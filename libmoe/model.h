@@ -12,6 +12,9 @@ struct moe_layer {
 	uint32_t n_head;
 	uint32_t n_rot;
 	float rope_base;
+	bool chunked;                 /* chunked attention (llama4 RoPE layers) */
+	bool qk_norm_plain;           /* weightless q/k RMSNorm after RoPE */
+	bool attn_temp;               /* position-dependent query scaling (llama4 NoPE layers) */
 	struct moe_expert *experts;   /* n_expert entries on MoE layers, else NULL */
 };
 

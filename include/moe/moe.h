@@ -738,11 +738,70 @@ struct moe_ctx_params {
 	uint32_t flags;             /* enum moe_ctx_flags */
 	const char *policy;         /* eviction policy, NULL = "lru" */
 	struct moe_io_opts io;      /* how experts and resident tensors are read */
-	uint64_t reserved[8];
+	const char *backend;        /* "cpu", "auto" (NULL = "auto"): see moe_backend_list() */
+	uint32_t kv_type;           /* KV cache element type: MOE_TYPE_F32 (0), F16 or Q8_0 */
+	uint32_t n_seq;             /* sequences with a KV cache of their own; 0 = 1 */
+	uint64_t reserved[6];
 };
 
 /* Defaults for every field (the I/O options from moe_io_opts_init). */
 MOE_API void moe_ctx_default_params(struct moe_ctx_params *p);
+
+/* The backends built into this library, "cpu, cuda" style, for messages and --help. */
+MOE_API const char *moe_backend_list(void);
+
+/*
+ * The memory plan of a context: every byte, decided before anything is
+ * allocated.  moe_ctx_create() lays device memory out exactly so (one
+ * allocation of device_bytes), so a plan made ahead, e.g. by `moectl plan`,
+ * is what a run will use.
+ */
+#define MOE_PLAN_MAX_CLASSES 8
+
+/* Expert slots of one size: experts whose matrices take the same bytes. */
+struct moe_plan_class {
+	uint64_t slot_bytes;        /* one expert's matrices, each aligned for the device */
+	uint32_t n_experts;         /* routed experts of this size in the model */
+	uint32_t n_slots;           /* device slots */
+	uint32_t n_host_slots;      /* host-tier slots */
+	uint32_t max_used;          /* most experts one token uses in a layer of this class */
+	uint64_t reserved[2];
+};
+
+struct moe_plan {
+	char backend[16];           /* the backend the plan is for */
+	uint64_t vram_budget;       /* the budget asked for; 0 = unlimited */
+	uint64_t device_bytes;      /* all device memory: the sum of the five parts below */
+	uint64_t resident_bytes;    /* non-expert tensors in device memory (vectors as f32) */
+	uint64_t kv_bytes;          /* KV cache, rings for windowed layers */
+	uint64_t scratch_bytes;     /* activations of one forward step */
+	uint64_t workspace_bytes;   /* the backend's own temporaries */
+	uint64_t slot_bytes;        /* every expert slot */
+	uint64_t resident_file_bytes;  /* the resident tensors as stored in the file */
+	uint64_t kv_full_bytes;     /* the KV cache with n_ctx f32 cells on every layer */
+	uint64_t expert_bytes;      /* every routed expert, as device slots would hold them */
+	uint32_t n_ctx, n_batch, n_seq, kv_type;
+	uint32_t n_experts, n_slots, n_host_slots, n_classes;
+	struct moe_plan_class classes[MOE_PLAN_MAX_CLASSES];
+	uint32_t n_staging;         /* experts read at once */
+	uint32_t pad;
+	uint64_t staging_bytes;     /* pinned host staging of the I/O engine, outside the budget */
+	uint64_t host_cache_bytes;  /* the host tier, outside the budget */
+	uint64_t host_bytes;        /* other host memory: logits, tables */
+	bool all_experts;           /* every expert has a slot: nothing is ever evicted */
+	uint8_t pad2[7];
+	char why[320];              /* what was chosen and why, one line */
+	uint64_t reserved[8];
+};
+
+/*
+ * Plan a context for @model with @p (NULL: defaults) without allocating
+ * anything.  -ENOMEM (moe_errmsg() has the breakdown and the smallest
+ * budget that works) when the budget cannot hold the resident tensors, the
+ * KV cache, scratch and one token's experts of every size class.
+ */
+MOE_API int moe_plan(const struct moe_model *model, const struct moe_ctx_params *p,
+		     struct moe_plan *out);
 /*
  * Plan the budget, read the resident tensors and (when they all fit) every
  * expert.  -ENOMEM with the bytes needed when the budget cannot hold the
@@ -786,6 +845,7 @@ struct moe_ctx_stats {
 	double stall_s;             /* time the forward pass waited for experts */
 	uint64_t vram_budget;       /* 0: unlimited */
 	uint64_t vram_used;
+	uint64_t vram_peak;         /* most device memory held at once */
 	uint64_t resident_bytes;    /* non-expert tensors */
 	uint64_t kv_bytes;
 	uint64_t scratch_bytes;
@@ -795,13 +855,17 @@ struct moe_ctx_stats {
 	uint64_t staging_bytes;     /* pinned host staging, outside the budget */
 	uint64_t host_bytes;        /* other host memory outside the budget (logits, tables) */
 	uint64_t host_cache_bytes;  /* the host cache (tier 1), outside the budget */
-	uint64_t reserved[8];
+	uint64_t reserved[7];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
 /* Zero the counters (not the plan); e.g. between prefill and a timed decode. */
 MOE_API void moe_ctx_reset_stats(struct moe_ctx *ctx);
 /* One line: backend, budget split, slots, I/O path. */
 MOE_API const char *moe_ctx_describe(const struct moe_ctx *ctx);
+/* The plan the context was made with. */
+MOE_API const struct moe_plan *moe_ctx_plan(const struct moe_ctx *ctx);
+/* The backend that runs the context ("cpu", "cuda"). */
+MOE_API const char *moe_ctx_backend(const struct moe_ctx *ctx);
 
 /* Token sampling, in this order: repetition penalty, top-k, temperature, top-p, min-p. */
 struct moe_sample_params {

@@ -1,28 +1,33 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Expert slots, misses fetched through the I/O engine.  One fetch = one
- * staging buffer holding the block-aligned supersets of the expert's
- * matrices; each read's completion uploads its interior into the slot, and
- * the slot is ready when every matrix has landed.
+ * Data movement of the expert cache: reads into staging, uploads into
+ * slots, demotions to the host tier, and the events that order them
+ * against the compute queue (see cache.h).  One fetch = one staging buffer
+ * holding the block-aligned supersets of the expert's matrices.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/backend.h"
+#include "cache/book.h"
 #include "cache/cache.h"
+#include "model.h"
+#include "plan.h"
 #include "util/util.h"
 
-#define MAT_ALIGN 64
+/* compute events remembered for slot reuse; an older one may be re-recorded later, which
+ * only makes a refill wait longer than needed, never too little */
+#define USE_RING 64
 
-enum slot_state { SLOT_EMPTY, SLOT_LOADING, SLOT_READY };
+enum slot_state { SLOT_EMPTY, SLOT_READING, SLOT_QUEUED };
 
 struct slot {
-	int64_t key;            /* layer * n_expert + e, or -1 */
 	enum slot_state state;
-	uint32_t pins;
-	int err;
-	void *mem;
+	int err;                     /* a failed fetch, until the last pin goes */
+	moe_dptr mem;
+	uint64_t bytes;
+	struct moe_be_event *up_ev;  /* after the uploads of the current expert */
+	int32_t use;                 /* USE_RING index of the last compute use, or -1 */
 };
 
 struct part {
@@ -33,10 +38,12 @@ struct part {
 
 struct staging {
 	void *buf;
-	bool busy;
+	bool reading;                /* reads in flight into buf */
+	bool uploading;              /* uploads from buf queued: free once ev completes */
 	uint32_t slot;
 	uint32_t pending;
 	int err;
+	struct moe_be_event *ev;
 	struct part parts[MOE_EXPERT_MAX_MATS];
 };
 
@@ -44,183 +51,148 @@ struct moe_expert_cache {
 	const struct moe_model *model;
 	struct moe_backend *be;
 	struct moe_io *io;
-	const struct moe_cache_policy_ops *pol;
-	void *pol_state;
+	uint32_t align;
 	uint32_t n_layer, n_expert;
-	struct moe_expert *experts;   /* [layer][e]; n_mats 0 on dense layers */
-	int32_t *map;                 /* [layer][e] -> slot or -1 */
+	struct moe_expert *experts;  /* [layer][e]; n_mats 0 on dense layers */
+	struct moe_book *book;
 	struct slot *slots;
-	bool *busy;
 	uint32_t n_slots;
-	uint64_t slot_bytes;
-	void *slot_mem;
+	uint64_t slot_bytes_total;
 	struct staging *stg;
 	uint32_t n_stg;
 	uint64_t stg_bytes;
-	/* tier 1: experts evicted from the device stay in pinned host memory */
-	uint32_t n_host;
-	void *host_mem;
+	struct moe_be_event *use_ev[USE_RING];
+	uint32_t use_next;
+	/* tier 1 */
+	struct moe_book *hbook;
+	uint8_t *host_mem;
 	uint64_t host_bytes;
-	int32_t *hmap;                /* [layer][e] -> host slot or -1 */
-	int64_t *hkey;
-	bool *hbusy;                  /* never set: host slots are not pinned */
-	void *hpol_state;
+	uint64_t *host_off;          /* per host slot */
 	struct moe_cache_stats st;
 };
 
-static uint64_t mat_offset(const struct moe_expert *ex, uint32_t m)
+static int32_t *pool_map(const struct moe_expert_cache *c, const struct plan_layout *l)
 {
-	uint64_t off = 0;
+	int32_t *pool_of = malloc(sizeof(*pool_of) * c->n_layer * c->n_expert);
 
-	for (uint32_t i = 0; i < m; i++)
-		off += MOE_ALIGN_UP(ex->mats[i].bytes, MAT_ALIGN);
-	return off;
+	if (!pool_of)
+		return NULL;
+	for (uint32_t il = 0; il < c->n_layer; il++)
+		for (uint32_t e = 0; e < c->n_expert; e++)
+			pool_of[il * c->n_expert + e] = l->layers[il].cls;
+	return pool_of;
 }
 
-static int for_each_expert(const struct moe_model *model,
-			   void (*fn)(void *arg, const struct moe_expert *ex), void *arg)
+static int make_host_tier(struct moe_expert_cache *c, const struct plan_layout *l,
+			  const struct moe_cache_policy_ops *pol, const int32_t *pool_of)
 {
-	struct moe_hparams hp;
-	int ret = moe_model_hparams(model, &hp);
+	const struct moe_plan *p = &l->plan;
+	uint32_t counts[MOE_PLAN_MAX_CLASSES], n = 0;
+	uint64_t off = 0;
+	int ret;
 
+	for (uint32_t i = 0; i < p->n_classes; i++) {
+		counts[i] = p->classes[i].n_host_slots;
+		n += counts[i];
+	}
+	if (!n)
+		return 0;
+	ret = moe_book_create(&(struct moe_book_params){
+		.n_layer = c->n_layer, .n_expert = c->n_expert, .pool_of = pool_of,
+		.n_pools = p->n_classes, .pool_slots = counts, .policy = pol }, &c->hbook);
 	if (ret < 0)
 		return ret;
-	for (uint32_t l = 0; l < hp.n_layer; l++) {
-		struct moe_layer_info li;
-
-		ret = moe_model_layer(model, l, &li);
-		if (ret < 0)
-			return ret;
-		if (!li.is_moe)
-			continue;
-		for (uint32_t e = 0; e < hp.n_expert; e++) {
-			struct moe_expert ex;
-
-			ret = moe_model_expert(model, l, e, &ex);
-			if (ret < 0)
-				return ret;
-			fn(arg, &ex);
+	c->host_off = malloc(sizeof(*c->host_off) * n);
+	c->host_bytes = p->host_cache_bytes;
+	c->host_mem = moe_io_alloc(c->io, c->host_bytes);
+	if (!c->host_off || !c->host_mem)
+		return moe_err(ENOMEM, "expert cache: cannot allocate %llu bytes of host cache",
+			       (unsigned long long)c->host_bytes);
+	for (uint32_t i = 0, s = 0; i < p->n_classes; i++)
+		for (uint32_t j = 0; j < counts[i]; j++, s++) {
+			c->host_off[s] = off;
+			off += p->classes[i].slot_bytes;
 		}
-	}
+	ret = c->be->ops->host_register(c->be, c->host_mem, c->host_bytes);
+	if (ret < 0)
+		return moe_err_prefix(ret, "registering the host cache");
+	c->st.n_host_slots = n;
+	c->st.host_bytes = c->host_bytes;
 	return 0;
-}
-
-static void max_slot(void *arg, const struct moe_expert *ex)
-{
-	uint64_t *m = arg, b = mat_offset(ex, ex->n_mats);
-
-	*m = MOE_MAX(*m, b);
-}
-
-uint64_t moe_cache_slot_bytes(const struct moe_model *model)
-{
-	uint64_t m = 0;
-
-	if (for_each_expert(model, max_slot, &m) < 0)
-		return 0;
-	return m;
-}
-
-struct stg_size {
-	struct moe_io *io;
-	uint64_t max;
-};
-
-static uint64_t expert_staging(struct moe_io *io, const struct moe_expert *ex)
-{
-	uint64_t b = 0, blk = moe_io_block(io);
-
-	for (uint32_t m = 0; m < ex->n_mats; m++)
-		b += MOE_ALIGN_UP(moe_io_span(io, ex->mats[m].offset, ex->mats[m].bytes), blk);
-	return b;
-}
-
-static void max_staging(void *arg, const struct moe_expert *ex)
-{
-	struct stg_size *s = arg;
-
-	s->max = MOE_MAX(s->max, expert_staging(s->io, ex));
-}
-
-uint64_t moe_cache_staging_bytes(const struct moe_model *model, struct moe_io *io)
-{
-	struct stg_size s = { io, 0 };
-
-	if (for_each_expert(model, max_staging, &s) < 0)
-		return 0;
-	return s.max;
 }
 
 int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache **out)
 {
+	const struct plan_layout *l = p->layout;
+	uint32_t counts[MOE_PLAN_MAX_CLASSES];
 	struct moe_expert_cache *c;
-	struct moe_hparams hp;
-	uint64_t total;
+	int32_t *pool_of = NULL;
 	int ret;
 
-	if (!p->n_slots || !p->n_staging)
+	*out = NULL;
+	if (!l->plan.n_slots || !l->plan.n_staging)
 		return moe_err(EINVAL, "expert cache: needs at least one slot and one staging buffer");
-	ret = moe_model_hparams(p->model, &hp);
-	if (ret < 0)
-		return ret;
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return moe_err(ENOMEM, "out of memory creating the expert cache");
 	c->model = p->model;
 	c->be = p->be;
 	c->io = p->io;
-	c->pol = p->policy ? p->policy : &moe_policy_lru;
-	c->n_layer = hp.n_layer;
-	c->n_expert = hp.n_expert;
-	c->n_slots = p->n_slots;
-	c->n_stg = p->n_staging;
-	c->slot_bytes = moe_cache_slot_bytes(p->model);
-	c->stg_bytes = moe_cache_staging_bytes(p->model, p->io);
+	c->align = l->desc->align;
+	c->n_layer = p->model->hp.n_layer;
+	c->n_expert = p->model->hp.n_expert;
+	c->n_slots = l->plan.n_slots;
+	c->n_stg = l->plan.n_staging;
+	c->stg_bytes = l->stg_each;
 	c->experts = calloc((size_t)c->n_layer * c->n_expert, sizeof(*c->experts));
-	c->map = malloc(sizeof(*c->map) * c->n_layer * c->n_expert);
 	c->slots = calloc(c->n_slots, sizeof(*c->slots));
-	c->busy = calloc(c->n_slots, sizeof(*c->busy));
 	c->stg = calloc(c->n_stg, sizeof(*c->stg));
-	c->pol_state = c->pol->create(c->n_slots);
-	if (!c->experts || !c->map || !c->slots || !c->busy || !c->stg || !c->pol_state) {
+	pool_of = pool_map(c, l);
+	if (!c->experts || !c->slots || !c->stg || !pool_of) {
 		ret = moe_err(ENOMEM, "out of memory creating the expert cache");
 		goto fail;
 	}
-	if (!c->slot_bytes) {
-		ret = moe_err(EINVAL, "expert cache: the model has no routed experts");
-		goto fail;
-	}
-	for (uint32_t l = 0; l < c->n_layer; l++) {
-		struct moe_layer_info li;
-
-		ret = moe_model_layer(p->model, l, &li);
-		if (ret < 0)
-			goto fail;
+	for (uint32_t il = 0; il < c->n_layer; il++) {
+		if (!p->model->layers[il].info.is_moe)
+			continue;
 		for (uint32_t e = 0; e < c->n_expert; e++) {
-			c->map[l * c->n_expert + e] = -1;
-			if (li.is_moe) {
-				ret = moe_model_expert(p->model, l, e,
-						       &c->experts[l * c->n_expert + e]);
-				if (ret < 0)
-					goto fail;
-			}
+			ret = moe_model_expert(p->model, il, e, &c->experts[il * c->n_expert + e]);
+			if (ret < 0)
+				goto fail;
 		}
 	}
-	if (!moe_mul_u64(c->n_slots, c->slot_bytes, &total)) {
-		ret = moe_err(EOVERFLOW, "expert cache: slot bytes overflow");
+	for (uint32_t i = 0; i < l->plan.n_classes; i++)
+		counts[i] = l->plan.classes[i].n_slots;
+	ret = moe_book_create(&(struct moe_book_params){
+		.n_layer = c->n_layer, .n_expert = c->n_expert, .pool_of = pool_of,
+		.n_pools = l->plan.n_classes, .pool_slots = counts, .policy = p->policy },
+		&c->book);
+	if (ret < 0)
 		goto fail;
+	for (uint32_t i = 0, s = 0; i < l->plan.n_classes; i++) {
+		const struct moe_plan_class *pc = &l->plan.classes[i];
+
+		for (uint32_t j = 0; j < pc->n_slots; j++, s++) {
+			struct slot *sl = &c->slots[s];
+
+			sl->mem = p->arena + l->class_off[i] + (uint64_t)j * pc->slot_bytes;
+			sl->bytes = pc->slot_bytes;
+			sl->use = -1;
+			ret = c->be->ops->event_create(c->be, &sl->up_ev);
+			if (ret < 0)
+				goto fail;
+			c->slot_bytes_total += pc->slot_bytes;
+		}
 	}
-	ret = c->be->ops->alloc(c->be, total, &c->slot_mem);
-	if (ret < 0) {
-		moe_err_prefix(ret, "expert cache: %u slots of %llu bytes", c->n_slots,
-			       (unsigned long long)c->slot_bytes);
-		goto fail;
-	}
-	for (uint32_t s = 0; s < c->n_slots; s++) {
-		c->slots[s].key = -1;
-		c->slots[s].mem = (char *)c->slot_mem + (uint64_t)s * c->slot_bytes;
+	for (uint32_t i = 0; i < USE_RING; i++) {
+		ret = c->be->ops->event_create(c->be, &c->use_ev[i]);
+		if (ret < 0)
+			goto fail;
 	}
 	for (uint32_t i = 0; i < c->n_stg; i++) {
+		ret = c->be->ops->event_create(c->be, &c->stg[i].ev);
+		if (ret < 0)
+			goto fail;
 		c->stg[i].buf = moe_io_alloc(c->io, c->stg_bytes);
 		if (!c->stg[i].buf) {
 			ret = moe_err(ENOMEM, "expert cache: cannot allocate %llu bytes of staging",
@@ -228,33 +200,17 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 			goto fail;
 		}
 	}
-	c->n_host = (uint32_t)MOE_MIN(p->host_bytes / c->slot_bytes,
-				      (uint64_t)c->n_layer * c->n_expert);
-	if (c->n_host) {
-		c->host_bytes = (uint64_t)c->n_host * c->slot_bytes;
-		c->host_mem = moe_io_alloc(c->io, c->host_bytes);
-		c->hmap = malloc(sizeof(*c->hmap) * c->n_layer * c->n_expert);
-		c->hkey = malloc(sizeof(*c->hkey) * c->n_host);
-		c->hbusy = calloc(c->n_host, sizeof(*c->hbusy));
-		c->hpol_state = c->pol->create(c->n_host);
-		if (!c->host_mem || !c->hmap || !c->hkey || !c->hbusy || !c->hpol_state) {
-			ret = moe_err(ENOMEM, "expert cache: cannot allocate %llu bytes of host "
-				      "cache", (unsigned long long)c->host_bytes);
-			goto fail;
-		}
-		for (uint64_t i = 0; i < (uint64_t)c->n_layer * c->n_expert; i++)
-			c->hmap[i] = -1;
-		for (uint32_t i = 0; i < c->n_host; i++)
-			c->hkey[i] = -1;
-	}
-	c->st.n_host_slots = c->n_host;
+	ret = make_host_tier(c, l, p->policy, pool_of);
+	if (ret < 0)
+		goto fail;
+	free(pool_of);
 	c->st.n_slots = c->n_slots;
-	c->st.slot_bytes = c->slot_bytes;
+	c->st.slot_bytes = c->slot_bytes_total;
 	c->st.staging_bytes = c->stg_bytes * c->n_stg;
-	c->st.host_bytes = c->host_bytes;
 	*out = c;
 	return 0;
 fail:
+	free(pool_of);
 	moe_cache_destroy(c);
 	return ret;
 }
@@ -263,33 +219,57 @@ void moe_cache_destroy(struct moe_expert_cache *c)
 {
 	if (!c)
 		return;
-	/* reads in flight target our staging: let them finish first */
+	/* reads in flight target our staging, uploads read it: let both finish first */
 	if (c->stg)
 		for (uint32_t i = 0; i < c->n_stg; i++)
-			while (c->stg[i].busy && c->stg[i].pending)
+			while (c->stg[i].reading && c->stg[i].pending)
 				if (moe_io_wait(c->io, 1) < 0)
 					break;
-	if (c->stg)
-		for (uint32_t i = 0; i < c->n_stg; i++)
-			if (c->stg[i].buf)
-				moe_io_free(c->io, c->stg[i].buf);
-	if (c->slot_mem)
-		c->be->ops->free(c->be, c->slot_mem, (uint64_t)c->n_slots * c->slot_bytes);
-	if (c->pol_state)
-		c->pol->destroy(c->pol_state);
-	if (c->hpol_state)
-		c->pol->destroy(c->hpol_state);
-	if (c->host_mem)
+	c->be->ops->sync(c->be);
+	for (uint32_t i = 0; c->stg && i < c->n_stg; i++) {
+		if (c->stg[i].buf)
+			moe_io_free(c->io, c->stg[i].buf);
+		if (c->stg[i].ev)
+			c->be->ops->event_destroy(c->be, c->stg[i].ev);
+	}
+	for (uint32_t s = 0; c->slots && s < c->n_slots; s++)
+		if (c->slots[s].up_ev)
+			c->be->ops->event_destroy(c->be, c->slots[s].up_ev);
+	for (uint32_t i = 0; i < USE_RING; i++)
+		if (c->use_ev[i])
+			c->be->ops->event_destroy(c->be, c->use_ev[i]);
+	if (c->host_mem) {
+		c->be->ops->host_unregister(c->be, c->host_mem);
 		moe_io_free(c->io, c->host_mem);
-	free(c->hmap);
-	free(c->hkey);
-	free(c->hbusy);
+	}
+	moe_book_destroy(c->book);
+	moe_book_destroy(c->hbook);
+	free(c->host_off);
 	free(c->stg);
-	free(c->busy);
 	free(c->slots);
-	free(c->map);
 	free(c->experts);
 	free(c);
+}
+
+static const struct moe_expert *expert_of(const struct moe_expert_cache *c, uint32_t slot)
+{
+	struct moe_key k;
+
+	if (!moe_book_key(c->book, slot, &k))
+		return NULL;
+	return &c->experts[(uint64_t)k.layer * c->n_expert + k.e];
+}
+
+/* Nobody holds a failed slot any more: it is empty again. */
+static void drop_if_failed(struct moe_expert_cache *c, uint32_t s)
+{
+	struct slot *sl = &c->slots[s];
+
+	if (sl->err && !moe_book_pins(c->book, s)) {
+		moe_book_drop(c->book, s);
+		sl->state = SLOT_EMPTY;
+		sl->err = 0;
+	}
 }
 
 static void fetch_done(void *arg, int64_t res, void *interior)
@@ -298,54 +278,60 @@ static void fetch_done(void *arg, int64_t res, void *interior)
 	struct moe_expert_cache *c = pt->c;
 	struct staging *sg = &c->stg[pt->stg];
 	struct slot *sl = &c->slots[sg->slot];
-	const struct moe_expert *ex = &c->experts[sl->key];
+	const struct moe_expert *ex = expert_of(c, sg->slot);
 	const struct moe_extent *m = &ex->mats[pt->mat];
 
 	if (res < 0) {
 		sg->err = (int)res;
 	} else if ((uint64_t)res != m->bytes) {
 		sg->err = -EIO;
-	} else {
-		struct moe_be_event ev = { 0 };
-		int ret = c->be->ops->upload(c->be, (char *)sl->mem + mat_offset(ex, pt->mat),
-					     interior, m->bytes, &ev);
+	} else if (!sg->err) {
+		int ret = c->be->ops->upload(c->be, MOE_BE_COPY,
+					     sl->mem + moe_expert_mat_offset(ex, pt->mat, c->align),
+					     interior, m->bytes);
 
-		if (!ret)
-			ret = c->be->ops->sync(c->be, &ev);
 		if (ret < 0)
 			sg->err = ret;
 		c->st.bytes_read += m->bytes;
 	}
 	if (--sg->pending)
 		return;
+	sg->reading = false;
+	if (!sg->err) {
+		sg->err = c->be->ops->event_record(c->be, MOE_BE_COPY, sl->up_ev);
+		if (!sg->err)
+			sg->err = c->be->ops->event_record(c->be, MOE_BE_COPY, sg->ev);
+	}
 	if (sg->err) {
-		moe_log(MOE_LOG_ERROR, "expert %lld: read failed: %s",
-			(long long)sl->key, strerror(-sg->err));
+		moe_log(MOE_LOG_ERROR, "expert of slot %u: read failed: %s", sg->slot,
+			strerror(-sg->err));
 		sl->err = sg->err;
 		sl->state = SLOT_EMPTY;
-		c->map[sl->key] = -1;
-		sl->key = -1;
-		c->pol->forget(c->pol_state, sg->slot);
+		/* the uploads already queued still read the buffer */
+		sg->uploading = c->be->ops->event_record(c->be, MOE_BE_COPY, sg->ev) == 0;
 	} else {
-		sl->state = SLOT_READY;
+		sl->state = SLOT_QUEUED;
+		sg->uploading = true;
 	}
-	/* nobody holds it any more (a failed layer let go): the slot is free again */
-	if (!sl->pins)
-		c->busy[sg->slot] = false;
-	sg->busy = false;
+	/* the read's own pin */
+	moe_book_unpin(c->book, sg->slot);
+	drop_if_failed(c, sg->slot);
 }
 
 static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx)
 {
 	struct staging *sg = &c->stg[stg_idx];
-	const struct moe_expert *ex = &c->experts[c->slots[s].key];
+	const struct moe_expert *ex = expert_of(c, s);
 	uint64_t blk = moe_io_block(c->io), off = 0;
 	int ret;
 
-	sg->busy = true;
+	sg->reading = true;
+	sg->uploading = false;
 	sg->slot = s;
 	sg->err = 0;
 	sg->pending = ex->n_mats;
+	c->slots[s].state = SLOT_READING;
+	moe_book_pin(c->book, s);
 	for (uint32_t m = 0; m < ex->n_mats; m++) {
 		uint64_t span = MOE_ALIGN_UP(moe_io_span(c->io, ex->mats[m].offset,
 							 ex->mats[m].bytes), blk);
@@ -357,8 +343,10 @@ static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx)
 			/* the reads already queued complete normally and see the error */
 			sg->err = ret;
 			sg->pending -= ex->n_mats - m;
-			if (!sg->pending)
-				sg->busy = false;
+			if (!sg->pending) {
+				sg->reading = false;
+				moe_book_unpin(c->book, s);
+			}
 			return ret;
 		}
 		off += span;
@@ -366,127 +354,164 @@ static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx)
 	return 0;
 }
 
-/* Keep the expert leaving device slot @s in the host tier (when there is one). */
-static int demote(struct moe_expert_cache *c, uint32_t s)
+/* A staging buffer whose reads and uploads are all done, or -1. */
+static int free_staging(struct moe_expert_cache *c)
 {
-	int64_t key = c->slots[s].key;
-	int hs;
+	for (uint32_t i = 0; i < c->n_stg; i++) {
+		struct staging *sg = &c->stg[i];
 
-	if (!c->n_host || c->slots[s].state != SLOT_READY)
-		return 0;
-	if (c->hmap[key] >= 0) {
-		c->pol->touch(c->hpol_state, (uint32_t)c->hmap[key]);
-		return 0;
+		if (sg->reading)
+			continue;
+		if (sg->uploading) {
+			if (c->be->ops->event_query(c->be, sg->ev) == 0)
+				continue;
+			sg->uploading = false;
+		}
+		return (int)i;
 	}
-	hs = c->pol->victim(c->hpol_state, c->hbusy, c->n_host);
-	if (hs < 0)
-		return 0;
-	if (c->hkey[hs] >= 0)
-		c->hmap[c->hkey[hs]] = -1;
-	c->hkey[hs] = key;
-	c->hmap[key] = hs;
-	c->pol->touch(c->hpol_state, (uint32_t)hs);
-	return c->be->ops->download(c->be, (char *)c->host_mem + (uint64_t)hs * c->slot_bytes,
-				    c->slots[s].mem, c->slot_bytes);
+	return -1;
 }
 
-int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, uint32_t *slot)
+/* Before new data lands in @s, the copy queue waits for the compute work that read it. */
+static int wait_unused(struct moe_expert_cache *c, struct slot *sl)
 {
-	int64_t key = (int64_t)layer * c->n_expert + e;
-	int32_t s = c->map[key];
-	uint32_t stg_idx;
-	int victim, ret;
-
-	if (!c->experts[key].n_mats)
-		return moe_err(EINVAL, "layer %u has no routed expert %u", layer, e);
-	if (s >= 0) {
-		c->slots[s].pins++;
-		c->busy[s] = true;
-		c->pol->touch(c->pol_state, s);
-		*slot = s;
-		if (c->slots[s].state == SLOT_READY) {
-			c->st.hits++;
-			return 1;
-		}
+	if (sl->use < 0)
 		return 0;
-	}
-	for (stg_idx = 0; stg_idx < c->n_stg; stg_idx++)
-		if (!c->stg[stg_idx].busy)
-			break;
-	if (stg_idx == c->n_stg && !(c->n_host && c->hmap[key] >= 0))
-		return -EAGAIN;
-	victim = c->pol->victim(c->pol_state, c->busy, c->n_slots);
-	if (victim < 0)
-		return -EAGAIN;
-	if (c->slots[victim].key >= 0) {
-		ret = demote(c, (uint32_t)victim);
+	return c->be->ops->queue_wait(c->be, MOE_BE_COPY, c->use_ev[sl->use]);
+}
+
+/* Keep the expert leaving device slot @s in the host tier (when there is one). */
+static int demote(struct moe_expert_cache *c, struct moe_key old, uint32_t s, uint64_t clock)
+{
+	struct moe_book_use u;
+	int ret;
+
+	if (!c->hbook || moe_book_lookup(c->hbook, old.layer, old.e) >= 0)
+		return 0;
+	ret = moe_book_use(c->hbook, old.layer, old.e, clock, false, &u);
+	if (ret < 0)
+		return ret == -EAGAIN ? 0 : ret;
+	moe_book_unpin(c->hbook, u.slot);
+	/* the copy queue keeps order: this runs before any refill of the slot */
+	return c->be->ops->download(c->be, MOE_BE_COPY, c->host_mem + c->host_off[u.slot],
+				    c->slots[s].mem, c->slots[s].bytes);
+}
+
+int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, uint64_t clock,
+		      uint32_t *slot)
+{
+	uint64_t key = (uint64_t)layer * c->n_expert + e;
+	int32_t s, hs = -1, stg = -1;
+	struct moe_book_use u;
+	struct slot *sl;
+	int ret;
+
+	if (layer >= c->n_layer || e >= c->n_expert || !c->experts[key].n_mats)
+		return moe_err(EINVAL, "layer %u has no routed expert %u", layer, e);
+	s = moe_book_lookup(c->book, layer, e);
+	if (s >= 0) {
+		sl = &c->slots[s];
+		if (sl->err)
+			return moe_err(-sl->err, "expert %u of layer %u could not be read: %s", e,
+				       layer, strerror(-sl->err));
+		ret = moe_book_use(c->book, layer, e, clock, true, &u);
 		if (ret < 0)
 			return ret;
-		c->map[c->slots[victim].key] = -1;
-		c->st.evictions++;
+		*slot = u.slot;
+		return sl->state == SLOT_QUEUED;
 	}
-	c->st.misses++;
-	c->slots[victim] = (struct slot){ .key = key, .state = SLOT_LOADING, .pins = 1,
-					  .mem = c->slots[victim].mem };
-	c->busy[victim] = true;
-	c->map[key] = victim;
-	c->pol->touch(c->pol_state, victim);
-	*slot = victim;
-	if (c->n_host && c->hmap[key] >= 0) {
-		struct moe_be_event ev = { 0 };
-		int32_t hs = c->hmap[key];
-
-		ret = c->be->ops->upload(c->be, c->slots[victim].mem,
-					 (char *)c->host_mem + (uint64_t)hs * c->slot_bytes,
-					 c->slot_bytes, &ev);
-		ret = ret ? ret : c->be->ops->sync(c->be, &ev);
-		if (!ret) {
-			c->pol->touch(c->hpol_state, (uint32_t)hs);
-			c->slots[victim].state = SLOT_READY;
-			c->st.host_hits++;
-			return 1;
-		}
-	} else {
-		ret = start_fetch(c, victim, stg_idx);
+	if (c->hbook)
+		hs = moe_book_lookup(c->hbook, layer, e);
+	if (hs < 0) {
+		stg = free_staging(c);
+		if (stg < 0)
+			return -EAGAIN;
 	}
-	if (ret < 0) {
-		c->slots[victim].state = SLOT_EMPTY;
-		c->slots[victim].key = -1;
-		c->map[key] = -1;
-		c->pol->forget(c->pol_state, victim);
-		c->slots[victim].pins = 0;
-		c->busy[victim] = false;
-		return moe_err_prefix(ret, "fetching expert %u of layer %u", e, layer);
+	if (!moe_book_can_take(c->book, layer, e))
+		return -EAGAIN;
+	ret = moe_book_use(c->book, layer, e, clock, true, &u);
+	if (ret < 0)
+		return ret;
+	sl = &c->slots[u.slot];
+	*slot = u.slot;
+	if (u.evicted) {
+		ret = demote(c, u.old, u.slot, clock);
+		if (ret < 0)
+			goto fail;
 	}
+	ret = wait_unused(c, sl);
+	if (ret < 0)
+		goto fail;
+	if (hs >= 0) {
+		ret = c->be->ops->upload(c->be, MOE_BE_COPY, sl->mem, c->host_mem + c->host_off[hs],
+					 sl->bytes);
+		ret = ret ? ret : c->be->ops->event_record(c->be, MOE_BE_COPY, sl->up_ev);
+		if (ret < 0)
+			goto fail;
+		moe_book_use(c->hbook, layer, e, clock, false, &u);
+		moe_book_unpin(c->hbook, u.slot);
+		sl->state = SLOT_QUEUED;
+		c->st.host_hits++;
+		return 1;
+	}
+	ret = start_fetch(c, *slot, (uint32_t)stg);
+	if (ret < 0)
+		goto fail;
 	return 0;
+fail:
+	if (stg >= 0 && c->stg[stg].reading) {
+		/* reads queued before the failure own the slot until they end */
+		sl->err = ret;
+		moe_book_unpin(c->book, *slot);
+	} else {
+		moe_book_drop(c->book, *slot);
+		sl->state = SLOT_EMPTY;
+		sl->err = 0;
+	}
+	return moe_err_prefix(ret, "fetching expert %u of layer %u", e, layer);
 }
 
 int moe_cache_ready(const struct moe_expert_cache *c, uint32_t slot)
 {
 	const struct slot *s = &c->slots[slot];
 
-	if (s->state == SLOT_READY)
+	if (s->err)
+		return s->err;
+	if (s->state == SLOT_QUEUED)
 		return 1;
-	if (s->state == SLOT_EMPTY)
-		return s->err ? s->err : -EIO;
-	return 0;
+	return s->state == SLOT_READING ? 0 : -EIO;
+}
+
+struct moe_be_event *moe_cache_slot_event(struct moe_expert_cache *c, uint32_t slot)
+{
+	struct slot *s = &c->slots[slot];
+
+	return c->be->ops->event_query(c->be, s->up_ev) == 1 ? NULL : s->up_ev;
 }
 
 void moe_cache_release(struct moe_expert_cache *c, uint32_t slot)
 {
-	struct slot *s = &c->slots[slot];
+	moe_book_unpin(c->book, slot);
+	drop_if_failed(c, slot);
+}
 
-	if (s->pins && !--s->pins && s->state != SLOT_LOADING) {
-		c->busy[slot] = false;
-		s->err = 0;
+int moe_cache_used(struct moe_expert_cache *c, const uint32_t *slots, uint32_t n)
+{
+	uint32_t i = c->use_next++ % USE_RING;
+	int ret = n ? c->be->ops->event_record(c->be, MOE_BE_COMPUTE, c->use_ev[i]) : 0;
+
+	for (uint32_t j = 0; j < n; j++) {
+		c->slots[slots[j]].use = (int32_t)i;
+		moe_cache_release(c, slots[j]);
 	}
+	return ret;
 }
 
 bool moe_cache_contains(const struct moe_expert_cache *c, uint32_t layer, uint32_t e)
 {
-	int32_t s = c->map[(int64_t)layer * c->n_expert + e];
+	int32_t s = moe_book_lookup(c->book, layer, e);
 
-	return s >= 0 && c->slots[s].state == SLOT_READY;
+	return s >= 0 && !c->slots[s].err;
 }
 
 int moe_cache_poll(struct moe_expert_cache *c)
@@ -501,34 +526,53 @@ int moe_cache_poll(struct moe_expert_cache *c)
 int moe_cache_wait(struct moe_expert_cache *c)
 {
 	double t0 = moe_now();
-	int ret = moe_io_submit(c->io);
+	bool reading = false;
+	int ret;
 
-	if (ret >= 0)
-		ret = moe_io_wait(c->io, 1);
+	for (uint32_t i = 0; i < c->n_stg; i++)
+		reading |= c->stg[i].reading;
+	if (reading) {
+		ret = moe_io_submit(c->io);
+		if (ret >= 0)
+			ret = moe_io_wait(c->io, 1);
+	} else {
+		/* every staging buffer waits for its uploads: wait for one */
+		ret = 0;
+		for (uint32_t i = 0; i < c->n_stg; i++)
+			if (c->stg[i].uploading) {
+				ret = c->be->ops->event_sync(c->be, c->stg[i].ev);
+				break;
+			}
+	}
 	c->st.stall_s += moe_now() - t0;
 	return ret;
 }
 
-const void *moe_cache_mat(const struct moe_expert_cache *c, uint32_t slot, uint32_t mat)
+moe_dptr moe_cache_mat(const struct moe_expert_cache *c, uint32_t slot, uint32_t mat)
 {
-	const struct slot *s = &c->slots[slot];
-
-	return (const char *)s->mem + mat_offset(&c->experts[s->key], mat);
+	return c->slots[slot].mem + moe_expert_mat_offset(expert_of(c, slot), mat, c->align);
 }
 
 const struct moe_expert *moe_cache_expert(const struct moe_expert_cache *c, uint32_t layer,
 					  uint32_t e)
 {
-	return &c->experts[(int64_t)layer * c->n_expert + e];
+	return &c->experts[(uint64_t)layer * c->n_expert + e];
 }
 
 void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stats *out)
 {
+	struct moe_book_stats bs;
+
+	moe_book_get_stats(c->book, &bs);
 	*out = c->st;
+	out->hits = bs.hits;
+	out->misses = bs.misses;
+	out->evictions = bs.evictions;
 }
 
 void moe_cache_reset_stats(struct moe_expert_cache *c)
 {
-	c->st.hits = c->st.misses = c->st.evictions = c->st.bytes_read = c->st.host_hits = 0;
+	moe_book_reset_stats(c->book);
+	c->st.host_hits = c->st.bytes_read = 0;
 	c->st.stall_s = 0;
 }

@@ -1,16 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The expert cache: fixed-size slots in device memory, each holding one
- * routed expert's matrices.  A miss reads the expert's extents through the
- * I/O engine into pinned staging and uploads them into a slot; the caller
- * keeps computing the experts that are ready meanwhile.  An optional host
- * tier keeps experts evicted from the device in pinned host memory, so a
- * later miss on them is an upload instead of a read.  Which slot to evict
- * is a policy behind a small ops table (LRU here).
+ * The expert cache: slots in device memory, each holding one routed
+ * expert's matrices, in pools by size class.  The bookkeeping (which expert
+ * is where, pins, eviction) is cache/book.c; this is the data movement.
  *
- * Slots are pinned while a layer uses them, so an eviction never hits an
- * expert being computed or fetched.  Callbacks of the I/O engine run on the
- * thread that calls moe_cache_poll/moe_cache_wait (the forward pass thread).
+ * A miss reads the expert's extents through the I/O engine into pinned
+ * staging; each read's completion queues the upload of its matrix on the
+ * backend's copy queue, and an event recorded after the last one marks the
+ * slot's data.  A slot is usable as soon as its uploads are queued: the
+ * compute queue waits on that event (moe_cache_slot_event), not the host.
+ * Before a slot is refilled, the copy queue waits until the compute work
+ * that last read it has run (moe_cache_used records that), and a staging
+ * buffer is reused only once its uploads have completed.
+ *
+ * An optional host tier keeps experts evicted from the device in pinned
+ * host memory, so a later miss on them is an upload instead of a read.
+ * Callbacks of the I/O engine run on the thread that calls moe_cache_poll or
+ * moe_cache_wait (the forward pass thread).
  */
 #ifndef MOE_CACHE_H
 #define MOE_CACHE_H
@@ -18,66 +24,52 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backend/backend.h"
+#include "cache/policy.h"
 #include "moe/moe.h"
 
-struct moe_backend;
 struct moe_io;
 struct moe_expert_cache;
-
-/* An eviction policy: one state per cache, told about every use of a slot. */
-struct moe_cache_policy_ops {
-	const char *name;
-	void *(*create)(uint32_t n_slots);
-	void (*destroy)(void *state);
-	/* slot was used (hit) or filled (miss) */
-	void (*touch)(void *state, uint32_t slot);
-	/* slot became empty */
-	void (*forget)(void *state, uint32_t slot);
-	/* the slot to reuse among those with busy[slot] false, or -1 */
-	int (*victim)(void *state, const bool *busy, uint32_t n_slots);
-};
-
-extern const struct moe_cache_policy_ops moe_policy_lru;
-/* The policy called @name ("lru"), or NULL. */
-const struct moe_cache_policy_ops *moe_cache_policy_find(const char *name);
+struct plan_layout;
 
 struct moe_cache_params {
 	const struct moe_model *model;
 	struct moe_backend *be;
 	struct moe_io *io;
 	const struct moe_cache_policy_ops *policy;   /* NULL: LRU */
-	uint32_t n_slots;
-	uint32_t n_staging;     /* experts in flight at once (staging buffers) */
-	uint64_t host_bytes;    /* tier 1 in pinned host memory; 0 = none */
+	const struct plan_layout *layout;            /* classes, slots, staging */
+	moe_dptr arena;                              /* the layout's offsets are into this */
 };
-
-/* Bytes of one slot: the largest expert, each matrix 64-byte aligned. */
-uint64_t moe_cache_slot_bytes(const struct moe_model *model);
-/* Bytes of pinned staging per expert in flight. */
-uint64_t moe_cache_staging_bytes(const struct moe_model *model, struct moe_io *io);
 
 int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache **out);
 void moe_cache_destroy(struct moe_expert_cache *c);
 
 /*
- * Pin expert (layer, e) and start fetching it if it is not cached.
- * Returns 1 when it is ready, 0 when a fetch is in flight (or was already),
- * -EAGAIN when no slot or staging buffer is free right now (release some and
- * retry), another -errno on failure.  *slot receives the slot.
+ * Pin expert (layer, e) at @clock (the token count, for the policy) and
+ * start fetching it if it is not cached.  Returns 1 when it is usable (on
+ * the device, or its upload queued), 0 when its read is in flight, -EAGAIN
+ * when no slot or staging buffer is free right now (release some and retry),
+ * another -errno on failure.  *slot receives the slot.
  */
-int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, uint32_t *slot);
-/* Is the expert in @slot ready?  A failed fetch reports its -errno here. */
+int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, uint64_t clock,
+		      uint32_t *slot);
+/* Is the expert in @slot usable?  1 yes, 0 not yet, a failed fetch's -errno. */
 int moe_cache_ready(const struct moe_expert_cache *c, uint32_t slot);
+/* The event the compute queue must wait on before reading @slot, or NULL. */
+struct moe_be_event *moe_cache_slot_event(struct moe_expert_cache *c, uint32_t slot);
+/* Unpin a slot that was not read. */
 void moe_cache_release(struct moe_expert_cache *c, uint32_t slot);
-/* Is (layer, e) cached (ready) right now?  No pin, no statistics. */
+/* The compute work queued so far read these slots: remember that, then unpin them. */
+int moe_cache_used(struct moe_expert_cache *c, const uint32_t *slots, uint32_t n);
+/* Is (layer, e) in a slot (usable or on its way)?  No pin, no statistics. */
 bool moe_cache_contains(const struct moe_expert_cache *c, uint32_t layer, uint32_t e);
 /* Submit batched reads and reap completions without blocking. */
 int moe_cache_poll(struct moe_expert_cache *c);
-/* Block until at least one fetch completes; the wait counts as stall time. */
+/* Block until at least one fetch progresses; the wait counts as stall time. */
 int moe_cache_wait(struct moe_expert_cache *c);
 
-/* The matrices of the expert in a slot, in device memory (moe_expert order). */
-const void *moe_cache_mat(const struct moe_expert_cache *c, uint32_t slot, uint32_t mat);
+/* Matrix @mat of the expert in @slot, in device memory (moe_expert order). */
+moe_dptr moe_cache_mat(const struct moe_expert_cache *c, uint32_t slot, uint32_t mat);
 /* The file extents of expert (layer, e). */
 const struct moe_expert *moe_cache_expert(const struct moe_expert_cache *c, uint32_t layer,
 					  uint32_t e);
@@ -88,7 +80,7 @@ struct moe_cache_stats {
 	uint64_t bytes_read;
 	double stall_s;
 	uint32_t n_slots;
-	uint64_t slot_bytes;
+	uint64_t slot_bytes;    /* all device slots */
 	uint64_t staging_bytes;
 	uint32_t n_host_slots;
 	uint64_t host_bytes;

@@ -1,22 +1,27 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Least recently used: a use stamp per slot; the victim is the free slot with
- * the oldest stamp (empty slots have stamp 0 and go first).  A linear scan is
+ * Least recently used: a use stamp per key from a counter bumped at every
+ * use (the clock alone ties every key of one token); the victim is the
+ * candidate with the oldest stamp.  A linear scan over the candidates is
  * cheap next to reading an expert of megabytes.
  */
 #include <stdlib.h>
-#include <string.h>
 
-#include "cache/cache.h"
+#include "cache/policy.h"
 
 struct lru {
-	uint64_t clock;
+	uint32_t n_expert;
+	uint64_t seq;
 	uint64_t stamp[];
 };
 
-static void *lru_create(uint32_t n_slots)
+static void *lru_create(const struct moe_policy_params *p)
 {
-	return calloc(1, sizeof(struct lru) + sizeof(uint64_t) * n_slots);
+	struct lru *l = calloc(1, sizeof(*l) + sizeof(uint64_t) * p->n_layer * p->n_expert);
+
+	if (l)
+		l->n_expert = p->n_expert;
+	return l;
 }
 
 static void lru_destroy(void *state)
@@ -24,26 +29,31 @@ static void lru_destroy(void *state)
 	free(state);
 }
 
-static void lru_touch(void *state, uint32_t slot)
+static void lru_use(void *state, struct moe_key k, uint64_t clock)
 {
 	struct lru *l = state;
 
-	l->stamp[slot] = ++l->clock;
+	(void)clock;
+	l->stamp[(uint64_t)k.layer * l->n_expert + k.e] = ++l->seq;
 }
 
-static void lru_forget(void *state, uint32_t slot)
-{
-	((struct lru *)state)->stamp[slot] = 0;
-}
-
-static int lru_victim(void *state, const bool *busy, uint32_t n_slots)
+static void lru_evict(void *state, struct moe_key k)
 {
 	struct lru *l = state;
-	int best = -1;
 
-	for (uint32_t s = 0; s < n_slots; s++)
-		if (!busy[s] && (best < 0 || l->stamp[s] < l->stamp[best]))
-			best = (int)s;
+	l->stamp[(uint64_t)k.layer * l->n_expert + k.e] = 0;
+}
+
+static uint32_t lru_victim(void *state, const struct moe_key *cand, uint32_t n, uint64_t clock)
+{
+	struct lru *l = state;
+	uint32_t best = 0;
+
+	(void)clock;
+	for (uint32_t i = 1; i < n; i++)
+		if (l->stamp[(uint64_t)cand[i].layer * l->n_expert + cand[i].e] <
+		    l->stamp[(uint64_t)cand[best].layer * l->n_expert + cand[best].e])
+			best = i;
 	return best;
 }
 
@@ -51,19 +61,8 @@ const struct moe_cache_policy_ops moe_policy_lru = {
 	.name = "lru",
 	.create = lru_create,
 	.destroy = lru_destroy,
-	.touch = lru_touch,
-	.forget = lru_forget,
+	.hit = lru_use,
+	.insert = lru_use,
+	.evict = lru_evict,
 	.victim = lru_victim,
 };
-
-static const struct moe_cache_policy_ops *const policies[] = {
-	&moe_policy_lru,
-};
-
-const struct moe_cache_policy_ops *moe_cache_policy_find(const char *name)
-{
-	for (size_t i = 0; i < sizeof(policies) / sizeof(policies[0]); i++)
-		if (!strcmp(policies[i]->name, name))
-			return policies[i];
-	return NULL;
-}

@@ -1,5 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-/* The inference context's insides, shared by ctx.c, forward.c and moe_ffn.c. */
+/*
+ * The inference context's insides, shared by ctx.c (create, eval, stats),
+ * load.c (resident tensors, binding), forward.c (the layer loop) and
+ * moe_ffn.c (routed experts).  Device memory appears only as moe_dptr: the
+ * host reads back nothing but the chosen experts of each token and the
+ * logits.
+ */
 #ifndef MOE_ENGINE_H
 #define MOE_ENGINE_H
 
@@ -10,124 +16,107 @@
 #include "cache/cache.h"
 #include "model.h"
 #include "moe/moe.h"
-
-/* A resident matrix in device memory; p is NULL when the file lacks it. */
-struct eng_mat {
-	const void *p;
-	uint32_t type;
-	int64_t rows, cols;
-};
-
-/* How the FFN half of a layer is wired, beyond the generic MoE recipe. */
-enum eng_ffn_style {
-	ENG_FFN_STD,        /* norm -> experts (+ shared expert) or dense */
-	ENG_FFN_LLAMA4,     /* router weight scales the expert input; shared expert added */
-	ENG_FFN_GEMMA4,     /* dense GeGLU beside the experts, extra norms, scaled router input */
-};
-
-/* What the forward pass needs per architecture that the arch table does not say. */
-struct eng_arch {
-	enum eng_ffn_style ffn;
-	const char *pre_ffn_norm;   /* the norm before the FFN */
-	float attn_scale;           /* 0: 1/sqrt(head_dim) */
-	bool embd_scale;            /* h = embedding * sqrt(n_embd) */
-	bool post_attn_norm;        /* norm the attention output before the residual */
-	float softcap_default;      /* final logit softcapping when the key is absent */
-};
+#include "plan.h"
 
 struct eng_layer {
 	uint32_t n_head, n_head_kv, head_dim, n_rot;
 	uint32_t n_expert_used;
-	bool is_moe, sliding, rope;
+	bool is_moe, sliding, rope, chunked, qk_norm_plain, attn_temp;
 	struct moe_rope rot;
-	struct eng_mat wq, wk, wv, wo, ffn_gate, ffn_up, ffn_down;
-	struct eng_mat gate_inp, gate_shexp, up_shexp, down_shexp;
-	const float *attn_norm, *bq, *bk, *bv, *bo, *q_norm, *k_norm, *sinks;
-	const float *post_attn_norm, *ffn_norm, *post_ffw_norm;
-	const float *gate_inp_b, *gate_inp_scale, *exp_probs_b, *gate_inp_shexp;
-	const float *gate_exps_b, *up_exps_b, *down_exps_b, *down_exps_scale;
-	const float *pre_ffw_norm_2, *post_ffw_norm_1, *post_ffw_norm_2;
-	const float *layer_out_scale;
-	float *k_cache, *v_cache;   /* [n_ctx][n_head_kv * head_dim] */
+	struct moe_kv kv;
+	struct moe_be_mat wq, wk, wv, wo, ffn_gate, ffn_up, ffn_down;
+	struct moe_be_mat gate_inp, gate_shexp, up_shexp, down_shexp, gate_inp_shexp;
+	/* f32 vectors in device memory, 0 when the file lacks them */
+	moe_dptr attn_norm, bq, bk, bv, bo, q_norm, k_norm, sinks;
+	moe_dptr post_attn_norm, ffn_norm, post_ffw_norm;
+	moe_dptr gate_inp_b, gate_inp_scale, exp_probs_b;
+	moe_dptr gate_exps_b, up_exps_b, down_exps_b, down_exps_scale;
+	moe_dptr pre_ffw_norm_2, post_ffw_norm_1, post_ffw_norm_2;
+	moe_dptr layer_out_scale;
+	uint32_t n_ff_exp;           /* routed expert width (bias rows) */
 };
 
-/* Called with the router's selection logits and choices of every token of a layer. */
+/* Called with the router's logits and choices of every token of a layer (host copies). */
 typedef void (*moe_route_hook)(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
 			       const float *logits, uint32_t n_expert, const int32_t *sel,
 			       uint32_t k);
 
+/* State of one routed expert of the layer in progress. */
+enum { EXP_IDLE, EXP_HELD, EXP_DONE };
+
 struct moe_ctx {
 	struct moe_model *model;
-	const struct eng_arch *ea;
+	const struct moe_arch *arch;
 	struct moe_hparams hp;
 	struct moe_ctx_params par;
+	struct plan_layout lay;
 	struct moe_threadpool *pool;
 	struct moe_backend *be;
 	struct moe_io *io;
 	struct moe_expert_cache *cache;
 	uint32_t n_ctx, n_batch, n_past;
-	uint32_t max_used;          /* largest experts-per-token of any layer */
-	uint32_t chunk;
+	uint32_t max_used;           /* largest experts-per-token of any layer */
 	float softcap;
+	uint64_t clock;              /* tokens evaluated so far (the cache policies' clock) */
 
-	/* resident tensors, indexed like the model's tensor table */
-	void **res;
-	uint64_t *res_bytes;
-	uint32_t n_tensors;
-	void **extra;               /* F32 copies of non-F32 vectors */
-	uint64_t *extra_bytes;
-	uint32_t n_extra;
-
-	struct eng_mat tok_embd, output;
-	const float *output_norm;
-	const float *rope_freqs;
+	moe_dptr arena;              /* the plan's device memory, one allocation */
+	moe_dptr buf[PB_COUNT];      /* scratch of one forward step */
+	moe_dptr *res;               /* per model tensor: resident data or 0 */
+	moe_dptr rope_freqs;
+	struct moe_be_mat tok_embd, output;
+	moe_dptr output_norm;
 	struct eng_layer *layers;
 
-	/* scratch (device memory) */
-	void *scratch;
-	uint64_t scratch_bytes;
-	float *h, *x, *x2, *q, *k, *v, *att, *o, *ffn_out, *moe_out;
-	float *rlog, *rw, *gath, *gu, *up, *act, *dn, *ybuf;
-	int32_t *sel, *pos;
-	int32_t *tok_list;          /* (token, choice) entries grouped by expert (host) */
+	/* pinned host memory: inputs, the routing downloads */
+	void *hbuf;
+	int32_t *h_tok, *h_pos, *h_seq;
+	float *h_tscale;
+	int32_t *h_sel;              /* [n_batch][max_used] */
+	int32_t *h_ents;             /* (token, choice) entries grouped by expert */
+	float *h_rlog;               /* [n_batch][n_expert], for the routing hook */
+	struct moe_be_event *ev_sel;
+	bool io_registered;
+
+	/* the layer in progress (host) */
 	int32_t *exp_off, *exp_fill;
 	uint8_t *exp_state;
-	float *route_tmp;           /* 2 x n_expert (host) */
-	uint32_t exp_left;          /* experts of the current layer not computed yet */
 	uint32_t *exp_slot;
-	uint32_t max_hd_q, max_kv_dim, max_ff;
+	uint32_t exp_left;
+	struct moe_be_ffn *ffn_list;
+	uint32_t *used_slots;
 
 	/* logits of the last eval (host) */
 	float *logits;
 	uint32_t n_logits;
-	uint64_t kv_bytes, resident_bytes;
-	uint64_t io_pool_bytes;     /* pinned staging of the I/O engine, outside the budget */
 
 	struct moe_ctx_stats st;
 	struct moe_io_stats io_base;
-	char desc[512];
+	char desc[640];
 
 	moe_route_hook route_hook;
 	void *route_arg;
 };
 
-/* One forward step of n <= n_batch tokens; writes logits of the tokens asked for. */
-int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, uint32_t n, uint32_t pos,
-		bool all_logits, float *logits);
+/* load.c: read the resident tensors into the arena and bind every layer. */
+int moe_engine_load(struct moe_ctx *ctx);
+int moe_engine_bind(struct moe_ctx *ctx);
+
 /*
- * Routed experts of layer il: begin routes ctx->rlog, pins the cached experts
- * and starts reading the missing ones; the caller may compute other work
- * (shared expert, dense MLP) meanwhile; finish runs every expert over its
- * tokens of x as it becomes ready and writes the weighted sums to out.
+ * One forward step of n <= n_batch tokens at positions pos[] of sequences
+ * seq[] (NULL: all sequence 0); logits of every token (all_logits) or the
+ * last into @logits (host, n_vocab floats per row).
+ */
+int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
+		const int32_t *seq, uint32_t n, bool all_logits, float *logits);
+/*
+ * Routed experts of layer il: begin routes the router logits in scratch and
+ * starts the download of the choices; the caller may queue other work
+ * (shared expert, dense MLP) meanwhile; finish waits for the choices, pins
+ * the cached experts, reads the missing ones, runs every expert over its
+ * tokens of x as it becomes usable and writes the weighted sums to out.
  */
 int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok);
-int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, const float *x, uint32_t n_tok,
-		   float *out);
-/* Give up on a begun layer (the work in between failed): unpin its experts. */
-int moe_ffn_finish_abort(struct moe_ctx *ctx, int ret);
-/* Route n_tok tokens: logits in, chosen experts and weights out. */
-void moe_route(const struct moe_ctx *ctx, const struct eng_layer *L, float *logits,
-	       uint32_t n_tok, int32_t *sel, float *w);
+int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok, moe_dptr out);
 /* For tests: see every routing decision. */
 void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg);
 

@@ -4,13 +4,12 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "quant/quant.h"
 #include "util/threadpool.h"
 #include "util/util.h"
 
-/* Rows done together for every token, so a row is read from memory once per call. */
-#define ROW_TILE 4
 
 static int kernel_traits(uint32_t type, const char *what, const struct moe_type_traits **out)
 {
@@ -91,30 +90,44 @@ int moe_dequant_row(uint32_t type, const void *w, int64_t cols, int64_t row, flo
 	return 0;
 }
 
-struct matmul_job {
-	const struct moe_type_traits *t;
-	const struct moe_type_traits *at;
-	const uint8_t *w;
-	size_t w_row_bytes;
-	int64_t rows, cols, n_tok;
-	const float *x;
-	uint8_t *act;              /* quantized activations, or x itself */
-	size_t act_row_bytes;
-	float *y;
-	_Atomic int64_t next;      /* first row not yet taken */
-	int64_t chunk;             /* rows taken at a time */
-};
-
-static void quantize_act(void *arg, int ith, int nth)
+int moe_mm_init(struct moe_mm *mm, uint32_t wtype, const void *w, int64_t rows, int64_t cols)
 {
-	struct matmul_job *j = arg;
-	int64_t t0 = j->n_tok * ith / nth, t1 = j->n_tok * (ith + 1) / nth;
+	const struct moe_type_traits *t;
+	int ret;
 
-	for (int64_t t = t0; t < t1; t++)
-		j->at->from_float(j->x + t * j->cols, j->act + (size_t)t * j->act_row_bytes, j->cols);
+	memset(mm, 0, sizeof(*mm));
+	ret = kernel_traits(wtype, "matmul", &t);
+	if (ret)
+		return ret;
+	if (rows < 0 || cols <= 0)
+		return moe_err(EINVAL, "matmul: bad shape rows=%lld cols=%lld", (long long)rows,
+			       (long long)cols);
+	ret = check_len(t, cols, "matmul");
+	if (ret)
+		return ret;
+	mm->at = moe_type_traits(t->vec_dot_type);
+	ret = check_len(mm->at, cols, "matmul activations");
+	if (ret)
+		return ret;
+	mm->t = t;
+	mm->w = w;
+	mm->w_row_bytes = (size_t)(cols / t->block) * t->bytes;
+	mm->rows = rows;
+	mm->cols = cols;
+	mm->act_row_bytes = (size_t)(cols / mm->at->block) * mm->at->bytes;
+	mm->y_stride = rows;
+	return 0;
 }
 
-static void dot_rows(const struct matmul_job *j, int64_t r0, int64_t r1)
+void moe_mm_quantize(const struct moe_mm *mm, const float *x, void *dst)
+{
+	if (mm->t->vec_dot_type == MOE_TYPE_F32)
+		memcpy(dst, x, sizeof(float) * mm->cols);
+	else
+		mm->at->from_float(x, dst, mm->cols);
+}
+
+void moe_mm_rows(const struct moe_mm *j, int64_t r0, int64_t r1)
 {
 	void (*dot)(int64_t, float *, const void *, const void *) = j->t->vec_dot;
 	void (*x4)(int64_t, float *, size_t, const void *, const void *, size_t) =
@@ -125,23 +138,40 @@ static void dot_rows(const struct matmul_job *j, int64_t r0, int64_t r1)
 			dot(j->cols, &j->y[r], j->w + (size_t)r * j->w_row_bytes, j->act);
 		return;
 	}
-	for (int64_t rb = r0; rb < r1; rb += ROW_TILE) {
-		int64_t re = MOE_MIN(rb + ROW_TILE, r1), t = 0;
+	for (int64_t rb = r0; rb < r1; rb += MOE_MM_ROW_TILE) {
+		int64_t re = MOE_MIN(rb + MOE_MM_ROW_TILE, r1), t = 0;
 
 		if (x4)
 			for (; t + 4 <= j->n_tok; t += 4)
 				for (int64_t r = rb; r < re; r++)
-					x4(j->cols, &j->y[t * j->rows + r], (size_t)j->rows,
+					x4(j->cols, &j->y[t * j->y_stride + r], (size_t)j->y_stride,
 					   j->w + (size_t)r * j->w_row_bytes,
 					   j->act + (size_t)t * j->act_row_bytes, j->act_row_bytes);
 		for (; t < j->n_tok; t++) {
 			const uint8_t *a = j->act + (size_t)t * j->act_row_bytes;
 
 			for (int64_t r = rb; r < re; r++)
-				dot(j->cols, &j->y[t * j->rows + r], j->w + (size_t)r * j->w_row_bytes,
-				    a);
+				dot(j->cols, &j->y[t * j->y_stride + r],
+				    j->w + (size_t)r * j->w_row_bytes, a);
 		}
 	}
+}
+
+struct matmul_job {
+	struct moe_mm mm;
+	const float *x;
+	uint8_t *act;              /* quantized activations, or x itself */
+	_Atomic int64_t next;      /* first row not yet taken */
+	int64_t chunk;             /* rows taken at a time */
+};
+
+static void quantize_act(void *arg, int ith, int nth)
+{
+	struct matmul_job *j = arg;
+	int64_t t0 = j->mm.n_tok * ith / nth, t1 = j->mm.n_tok * (ith + 1) / nth;
+
+	for (int64_t t = t0; t < t1; t++)
+		moe_mm_quantize(&j->mm, j->x + t * j->mm.cols, j->act + (size_t)t * j->mm.act_row_bytes);
 }
 
 /*
@@ -156,52 +186,37 @@ static void matmul_rows(void *arg, int ith, int nth)
 
 	(void)ith;
 	if (nth == 1) {
-		dot_rows(j, 0, j->rows);
+		moe_mm_rows(&j->mm, 0, j->mm.rows);
 		return;
 	}
-	while ((r0 = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed)) < j->rows)
-		dot_rows(j, r0, MOE_MIN(r0 + j->chunk, j->rows));
+	while ((r0 = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed)) <
+	       j->mm.rows)
+		moe_mm_rows(&j->mm, r0, MOE_MIN(r0 + j->chunk, j->mm.rows));
 }
 
 int moe_matmul(struct moe_threadpool *pool, uint32_t wtype, const void *w, int64_t rows,
 	       int64_t cols, const float *x, int64_t n_tok, float *y)
 {
-	const struct moe_type_traits *t;
 	struct matmul_job j;
 	int ret;
 
-	ret = kernel_traits(wtype, "matmul", &t);
+	ret = moe_mm_init(&j.mm, wtype, w, rows, cols);
 	if (ret)
 		return ret;
-	if (rows < 0 || n_tok < 0 || cols <= 0)
-		return moe_err(EINVAL, "matmul: bad shape rows=%lld cols=%lld tokens=%lld",
-			       (long long)rows, (long long)cols, (long long)n_tok);
-	ret = check_len(t, cols, "matmul");
-	if (ret)
-		return ret;
-	j.at = moe_type_traits(t->vec_dot_type);
-	ret = check_len(j.at, cols, "matmul activations");
-	if (ret)
-		return ret;
+	if (n_tok < 0)
+		return moe_err(EINVAL, "matmul: bad token count %lld", (long long)n_tok);
 	if (!rows || !n_tok)
 		return 0;
 	if (!w || !x || !y)
 		return moe_err(EINVAL, "matmul: NULL buffer");
-
-	j.t = t;
-	j.w = w;
-	j.w_row_bytes = (size_t)(cols / t->block) * t->bytes;
-	j.rows = rows;
-	j.cols = cols;
-	j.n_tok = n_tok;
+	j.mm.n_tok = n_tok;
+	j.mm.y = y;
 	j.x = x;
-	j.y = y;
-	j.act_row_bytes = (size_t)(cols / j.at->block) * j.at->bytes;
-	if (t->vec_dot_type == MOE_TYPE_F32) {
+	if (j.mm.t->vec_dot_type == MOE_TYPE_F32) {
 		j.act = (uint8_t *)x;
 	} else {
 		/* Q8_K's float scale wants 4-byte alignment; 64 keeps rows on cache lines */
-		size_t bytes = MOE_ALIGN_UP((size_t)n_tok * j.act_row_bytes, 64);
+		size_t bytes = MOE_ALIGN_UP((size_t)n_tok * j.mm.act_row_bytes, 64);
 
 		j.act = aligned_alloc(64, bytes);
 		if (!j.act)
@@ -212,10 +227,11 @@ int moe_matmul(struct moe_threadpool *pool, uint32_t wtype, const void *w, int64
 		else
 			quantize_act(&j, 0, 1);
 	}
-	/* about 16 chunks per thread, each at least 16 KiB of weights and ROW_TILE-aligned */
+	j.mm.act = j.act;
+	/* about 16 chunks per thread, each at least 16 KiB of weights and tile-aligned */
 	j.chunk = rows / ((int64_t)moe_threadpool_size(pool) * 16);
-	j.chunk = MOE_MAX(j.chunk, (int64_t)(16384 / j.w_row_bytes) + 1);
-	j.chunk = MOE_ALIGN_UP(j.chunk, ROW_TILE);
+	j.chunk = MOE_MAX(j.chunk, (int64_t)(16384 / j.mm.w_row_bytes) + 1);
+	j.chunk = MOE_ALIGN_UP(j.chunk, MOE_MM_ROW_TILE);
 	atomic_init(&j.next, 0);
 	moe_threadpool_run(pool, matmul_rows, &j);
 	if (j.act != (const uint8_t *)x)

@@ -45,6 +45,33 @@ void moe_quant_force_scalar(bool scalar);
 /* "avx2", or "scalar" when no SIMD kernels are in use. */
 const char *moe_quant_simd_name(void);
 
+/* Rows done together for every token, so a row is read from memory once per call. */
+#define MOE_MM_ROW_TILE 4
+
+/*
+ * One product y = W x whose activations are already in the weight type's
+ * vec_dot type: the piece both moe_matmul and the CPU backend's fused
+ * operations split over threads by row ranges.
+ */
+struct moe_mm {
+	const struct moe_type_traits *t;    /* the weight type */
+	const struct moe_type_traits *at;   /* its activation type */
+	const uint8_t *w;
+	size_t w_row_bytes;
+	int64_t rows, cols, n_tok;
+	const uint8_t *act;                 /* n_tok rows of act_row_bytes */
+	size_t act_row_bytes;
+	float *y;                           /* y[t * y_stride + r] */
+	int64_t y_stride;
+};
+
+/* Check the type and shape, fill the weight side (y_stride = rows). */
+int moe_mm_init(struct moe_mm *mm, uint32_t wtype, const void *w, int64_t rows, int64_t cols);
+/* One row of cols floats into mm's activation type (a copy for float weights). */
+void moe_mm_quantize(const struct moe_mm *mm, const float *x, void *dst);
+/* Rows [r0, r1) for every token; the same sums in the same order whatever the split. */
+void moe_mm_rows(const struct moe_mm *mm, int64_t r0, int64_t r1);
+
 /*
  * Also used inside libmoe, declared in moe.h (section: quant):
  *   moe_matmul(pool, wtype, w, rows, cols, x, n_tok, y): y[t*rows + r] = dot(row r

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "util/util.h"
@@ -32,4 +33,14 @@ int moe_parse_size(const char *s, uint64_t *out)
 	return 0;
 bad:
 	return moe_err(EINVAL, "'%s' is not a size: write e.g. 20G, 512M or 1500000000", s);
+}
+
+void moe_fmt_bytes(char *buf, size_t len, uint64_t b)
+{
+	if (b >= (1ull << 30))
+		snprintf(buf, len, "%.2f GiB", b / 1073741824.0);
+	else if (b >= (1ull << 20))
+		snprintf(buf, len, "%.1f MiB", b / 1048576.0);
+	else
+		snprintf(buf, len, "%.1f KiB", b / 1024.0);
 }

@@ -40,6 +40,9 @@ static inline bool moe_mul_u64(uint64_t a, uint64_t b, uint64_t *out)
 	return !__builtin_mul_overflow(a, b, out);
 }
 
+/* "1.50 GiB", "12.0 MiB", "3.0 KiB" */
+void moe_fmt_bytes(char *buf, size_t len, uint64_t b);
+
 /* Monotonic clock in seconds. */
 double moe_now(void);
 

@@ -1,0 +1,483 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * moe_plan(): every byte of a run, decided before anything is allocated.
+ *
+ * Device memory is one allocation laid out in this order: resident tensors
+ * (vectors stored as f16/bf16 as their f32 copies), the KV cache of every
+ * layer (a ring of window + batch - 1 cells on layers that only see a
+ * window), the scratch of one forward step, the backend's workspace, then
+ * the expert slots of every size class.  Slots get what the budget leaves,
+ * split between size classes in proportion to their experts, at least one
+ * token's experts each.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "plan.h"
+#include "quant/quant.h"
+#include "util/util.h"
+
+#define RESIDENT_CHUNK (8ull << 20)
+/* experts in flight by default: about this much pinned staging, within the bounds below */
+#define STAGING_TARGET (64ull << 20)
+#define STAGING_MIN 4
+#define STAGING_MAX 32
+/* the largest logical block an O_DIRECT read is aligned to */
+#define PLAN_BLOCK 4096ull
+#define LLAMA4_CHUNK 8192
+
+static const char *const matrices[] = {
+	"token_embd.weight", "output.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+	"attn_output.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight",
+	"ffn_gate_inp.weight", "ffn_gate_shexp.weight", "ffn_up_shexp.weight",
+	"ffn_down_shexp.weight", "ffn_gate_inp_shexp.weight",
+};
+
+bool moe_plan_is_matrix(const char *name)
+{
+	unsigned n;
+	int used = 0;
+
+	if (sscanf(name, "blk.%u.%n", &n, &used) == 1 && used > 0)
+		name += used;
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(matrices); i++)
+		if (!strcmp(name, matrices[i]))
+			return true;
+	return false;
+}
+
+uint64_t moe_expert_mat_offset(const struct moe_expert *ex, uint32_t m, uint32_t align)
+{
+	uint64_t off = 0;
+
+	for (uint32_t i = 0; i < m && i < ex->n_mats; i++)
+		off += MOE_ALIGN_UP(ex->mats[i].bytes, align);
+	return off;
+}
+
+uint64_t moe_expert_slot_bytes(const struct moe_expert *ex, uint32_t align)
+{
+	return moe_expert_mat_offset(ex, ex->n_mats, align);
+}
+
+/* Pinned staging to read @ex as block-aligned supersets of its matrices. */
+static uint64_t expert_staging(const struct moe_expert *ex)
+{
+	uint64_t b = 0;
+
+	for (uint32_t m = 0; m < ex->n_mats; m++)
+		b += MOE_ALIGN_UP(ex->mats[m].bytes, PLAN_BLOCK) + PLAN_BLOCK;
+	return b;
+}
+
+static uint64_t take(uint64_t *cur, uint64_t bytes, uint32_t align)
+{
+	uint64_t off = *cur;
+
+	*cur += MOE_ALIGN_UP(bytes ? bytes : 1, align);
+	return off;
+}
+
+static int resident(const struct moe_model *m, struct plan_layout *l, uint64_t *cur)
+{
+	uint32_t align = l->desc->align;
+
+	for (uint32_t i = 0; i < l->n_tensors; i++) {
+		const struct moe_tensor_info *ti = &m->tinfo[i];
+		struct plan_tensor *t = &l->t[i];
+		uint64_t n = ti->ne[0] * ti->ne[1] * ti->ne[2] * ti->ne[3];
+
+		t->off = UINT64_MAX;
+		if (ti->role != MOE_ROLE_OTHER)
+			continue;
+		t->vec = !moe_plan_is_matrix(ti->name);
+		t->convert = t->vec && (ti->type == MOE_TYPE_F16 || ti->type == MOE_TYPE_BF16);
+		t->bytes = t->convert ? n * sizeof(float) : ti->bytes;
+		t->off = take(cur, t->bytes, align);
+		l->plan.resident_file_bytes += ti->bytes;
+		if (t->convert)
+			l->conv_max = MOE_MAX(l->conv_max, ti->bytes);
+	}
+	l->plan.resident_bytes = *cur;
+	return 0;
+}
+
+static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
+		    struct plan_layout *l, uint64_t *cur)
+{
+	uint32_t chunk = p->attn_chunk ? p->attn_chunk : LLAMA4_CHUNK, n_seq = l->plan.n_seq;
+	uint64_t start = *cur;
+
+	for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+		const struct moe_layer *ml = &m->layers[il];
+		struct plan_layer *L = &l->layers[il];
+		uint32_t window = 0;
+		uint64_t row;
+
+		L->kv_dim = ml->info.head_dim * ml->info.n_head_kv;
+		row = moe_kv_row_bytes(l->plan.kv_type, L->kv_dim);
+		if (!row)
+			return moe_err(EINVAL, "KV type %s cannot hold layer %u's %u values per "
+				       "position (f32, f16, or q8_0 for multiples of 32)",
+				       moe_type_name(l->plan.kv_type) ? moe_type_name(l->plan.kv_type) :
+				       "?", il, L->kv_dim);
+		if (l->plan.kv_type == MOE_TYPE_Q8_0 && ml->info.head_dim % 32)
+			return moe_err(EINVAL, "KV type q8_0 needs head dims that are multiples of 32;"
+				       " layer %u has %u", il, ml->info.head_dim);
+		if (ml->info.sliding && m->hp.sliding_window)
+			window = m->hp.sliding_window;
+		else if (ml->chunked)
+			window = chunk;
+		/* a window's keys plus the rest of a batch that is stored before attending */
+		L->n_cells = window ? (uint32_t)MOE_MIN((uint64_t)l->plan.n_ctx,
+							(uint64_t)window + l->plan.n_batch - 1) :
+			     l->plan.n_ctx;
+		L->kv_half = MOE_ALIGN_UP((uint64_t)n_seq * L->n_cells * row, l->desc->align);
+		L->kv_off = take(cur, 2 * L->kv_half, l->desc->align);
+		l->plan.kv_full_bytes += 2 * (uint64_t)n_seq * l->plan.n_ctx * L->kv_dim * 4;
+		l->f_nq = MOE_MAX(l->f_nq, ml->info.head_dim * ml->n_head);
+		l->f_nkv = MOE_MAX(l->f_nkv, L->kv_dim);
+		l->shape.max_head = MOE_MAX(l->shape.max_head, ml->n_head);
+		l->shape.max_head_dim = MOE_MAX(l->shape.max_head_dim, ml->info.head_dim);
+	}
+	l->plan.kv_bytes = *cur - start;
+	return 0;
+}
+
+/* FFN widths as the tensors say: dense, shared and routed experts. */
+static uint32_t max_ff(const struct moe_model *m)
+{
+	static const char *const names[] = { "ffn_gate.weight", "ffn_up.weight",
+					     "ffn_gate_shexp.weight", "ffn_up_shexp.weight" };
+	uint64_t ff = 0;
+
+	for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+		const struct moe_layer *ml = &m->layers[il];
+
+		for (size_t i = 0; i < MOE_ARRAY_SIZE(names); i++) {
+			char full[96];
+			struct moe_tensor_info ti;
+
+			snprintf(full, sizeof(full), "blk.%u.%s", il, names[i]);
+			if (moe_model_find_tensor(m, full, &ti) >= 0)
+				ff = MOE_MAX(ff, ti.ne[1]);
+		}
+		if (ml->info.is_moe && ml->experts) {
+			const struct moe_expert *ex = &ml->experts[0];
+
+			ff = MOE_MAX(ff, ex->mats[ex->n_mats - 1].cols);
+		}
+	}
+	return (uint32_t)ff;
+}
+
+static void scratch(const struct moe_model *m, struct plan_layout *l, uint64_t *cur)
+{
+	uint64_t B = l->plan.n_batch, E = m->hp.n_embd, K = l->max_used;
+	uint64_t ne = MOE_MAX(m->hp.n_expert, 1u), start;
+	uint64_t f = sizeof(float);
+
+	l->buf_bytes[PB_TOK] = l->buf_bytes[PB_POS] = l->buf_bytes[PB_SEQ] = B * 4;
+	l->buf_bytes[PB_TSCALE] = B * f;
+	for (int b = PB_H; b <= PB_MOE_OUT; b++)
+		l->buf_bytes[b] = B * E * f;
+	l->buf_bytes[PB_Q] = l->buf_bytes[PB_ATT] = B * l->f_nq * f;
+	l->buf_bytes[PB_K] = l->buf_bytes[PB_V] = B * l->f_nkv * f;
+	l->buf_bytes[PB_RLOG] = B * ne * f;
+	l->buf_bytes[PB_SHG] = B * f;
+	l->buf_bytes[PB_SEL] = l->buf_bytes[PB_RW] = l->buf_bytes[PB_ENTS] = B * K * 4;
+	l->buf_bytes[PB_YBUF] = B * K * E * f;
+	l->buf_bytes[PB_LOGITS] = B * l->n_vocab * f;
+	start = *cur;
+	l->scratch_off = start;
+	for (int b = 0; b < PB_COUNT; b++)
+		l->buf_off[b] = take(cur, l->buf_bytes[b], l->desc->align);
+	/* f16/bf16 vectors are uploaded into scratch and converted before it is used */
+	if (*cur - start < l->conv_max)
+		*cur = start + MOE_ALIGN_UP(l->conv_max, l->desc->align);
+	l->plan.scratch_bytes = *cur - start;
+}
+
+struct cls {
+	uint64_t bytes;
+	uint32_t n, k, slots, host;
+};
+
+static int classes(const struct moe_model *m, struct plan_layout *l, struct cls *c,
+		   uint32_t *n_cls)
+{
+	*n_cls = 0;
+	for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+		const struct moe_layer *ml = &m->layers[il];
+		uint64_t sb = 0, st = 0;
+		uint32_t i;
+
+		l->layers[il].cls = -1;
+		if (!ml->info.is_moe || !ml->experts)
+			continue;
+		for (uint32_t e = 0; e < m->hp.n_expert; e++) {
+			sb = MOE_MAX(sb, moe_expert_slot_bytes(&ml->experts[e], l->desc->align));
+			st = MOE_MAX(st, expert_staging(&ml->experts[e]));
+		}
+		l->stg_each = MOE_MAX(l->stg_each, st);
+		for (i = 0; i < *n_cls && c[i].bytes != sb; i++)
+			;
+		if (i == *n_cls) {
+			if (*n_cls == MOE_PLAN_MAX_CLASSES)
+				return moe_err(ENOTSUP, "%s: experts come in more than %u sizes",
+					       moe_model_path(m), MOE_PLAN_MAX_CLASSES);
+			c[i] = (struct cls){ .bytes = sb };
+			(*n_cls)++;
+		}
+		c[i].n += m->hp.n_expert;
+		c[i].k = MOE_MAX(c[i].k, ml->info.n_expert_used);
+		l->layers[il].cls = (int32_t)i;
+	}
+	return 0;
+}
+
+/*
+ * Split @avail bytes into slots: the same share of every class's experts,
+ * at least its k, at most all of them; leftovers go to the class whose
+ * share is lowest.  Returns the bytes used.
+ */
+static uint64_t split(struct cls *c, uint32_t n, uint64_t avail, bool host)
+{
+	uint64_t total = 0, used = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		total += c[i].bytes * c[i].n;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t *s = host ? &c[i].host : &c[i].slots;
+		uint64_t want = total ? (uint64_t)((double)c[i].n * avail / total) : 0;
+
+		*s = (uint32_t)MOE_MIN(want, (uint64_t)c[i].n);
+		if (!host)
+			*s = MOE_MAX(*s, c[i].k);
+		used += *s * c[i].bytes;
+	}
+	/* rounding up to k may overshoot: take back from the best-served classes */
+	while (used > avail) {
+		int best = -1;
+
+		for (uint32_t i = 0; i < n; i++) {
+			uint32_t s = host ? c[i].host : c[i].slots, lo = host ? 0 : c[i].k;
+
+			if (s > lo && (best < 0 || (double)s / c[i].n >
+				       (double)(host ? c[best].host : c[best].slots) / c[best].n))
+				best = (int)i;
+		}
+		if (best < 0)
+			break;
+		*(host ? &c[best].host : &c[best].slots) -= 1;
+		used -= c[best].bytes;
+	}
+	for (;;) {
+		int best = -1;
+
+		for (uint32_t i = 0; i < n; i++) {
+			uint32_t s = host ? c[i].host : c[i].slots;
+
+			if (s < c[i].n && used + c[i].bytes <= avail &&
+			    (best < 0 || (double)s / c[i].n <
+			     (double)(host ? c[best].host : c[best].slots) / c[best].n))
+				best = (int)i;
+		}
+		if (best < 0)
+			break;
+		*(host ? &c[best].host : &c[best].slots) += 1;
+		used += c[best].bytes;
+	}
+	return used;
+}
+
+static void why(struct plan_layout *l)
+{
+	struct moe_plan *p = &l->plan;
+	char a[32], b[32], c[32], d[32], e[32];
+
+	moe_fmt_bytes(a, sizeof(a), p->resident_bytes);
+	moe_fmt_bytes(b, sizeof(b), p->kv_bytes);
+	moe_fmt_bytes(c, sizeof(c), p->scratch_bytes + p->workspace_bytes);
+	moe_fmt_bytes(d, sizeof(d), p->slot_bytes);
+	moe_fmt_bytes(e, sizeof(e), p->vram_budget);
+	if (!p->n_experts)
+		snprintf(p->why, sizeof(p->why), "a dense model: resident %s, KV %s, scratch %s", a,
+			 b, c);
+	else if (p->all_experts)
+		snprintf(p->why, sizeof(p->why), "every one of the %u experts has a slot (%s): "
+			 "nothing is read after start-up; resident %s, KV %s, scratch %s",
+			 p->n_experts, d, a, b, c);
+	else
+		snprintf(p->why, sizeof(p->why), "the budget of %s leaves %u slots for %u experts "
+			 "(%.1f%%, %s) after resident %s, KV %s and scratch %s: the rest stream "
+			 "from the file", e, p->n_slots, p->n_experts,
+			 100.0 * p->n_slots / p->n_experts, d, a, b, c);
+}
+
+static int too_small(const struct moe_model *m, struct plan_layout *l, uint64_t need)
+{
+	char a[32], b[32], c[32], d[32], e[32], f[32];
+	uint64_t k_bytes = need - l->plan.resident_bytes - l->plan.kv_bytes -
+			   l->plan.scratch_bytes - l->plan.workspace_bytes;
+
+	moe_fmt_bytes(a, sizeof(a), l->plan.vram_budget);
+	moe_fmt_bytes(b, sizeof(b), need);
+	moe_fmt_bytes(c, sizeof(c), l->plan.resident_bytes);
+	moe_fmt_bytes(d, sizeof(d), l->plan.kv_bytes);
+	moe_fmt_bytes(e, sizeof(e), l->plan.scratch_bytes + l->plan.workspace_bytes);
+	moe_fmt_bytes(f, sizeof(f), k_bytes);
+	return moe_err(ENOMEM, "%s: a budget of %s cannot hold this model: it needs at least %s "
+		       "(%llu bytes) = resident tensors %s + KV cache %s for %u positions + "
+		       "scratch %s + one token's experts of each layer %s; raise --vram or lower "
+		       "--ctx", moe_model_path(m), a, b, (unsigned long long)need, c, d, l->plan.n_ctx,
+		       e, f);
+}
+
+int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
+		    struct plan_layout *l)
+{
+	struct moe_ctx_params def;
+	struct moe_plan *p = &l->plan;
+	struct cls c[MOE_PLAN_MAX_CLASSES];
+	uint32_t n_cls = 0;
+	uint64_t cur = 0, fixed;
+	int ret;
+
+	memset(l, 0, sizeof(*l));
+	if (!par) {
+		moe_ctx_default_params(&def);
+		par = &def;
+	}
+	if (!m->arch || !m->layers)
+		return moe_err(ENOTSUP, "%s: no forward pass for this model", moe_model_path(m));
+	ret = moe_backend_find(par->backend, &l->desc);
+	if (ret < 0)
+		return ret;
+	snprintf(p->backend, sizeof(p->backend), "%s", l->desc->name);
+	p->vram_budget = par->vram_bytes;
+	p->n_ctx = par->n_ctx ? par->n_ctx :
+		   MOE_MIN(m->hp.n_ctx_train ? m->hp.n_ctx_train : MOE_DEFAULT_CTX,
+			   MOE_DEFAULT_CTX);
+	if (p->n_ctx > (1u << 24))
+		return moe_err(EINVAL, "n_ctx %u is too large (at most %u)", p->n_ctx, 1u << 24);
+	p->n_batch = MOE_MIN(par->n_batch ? par->n_batch : MOE_DEFAULT_BATCH, p->n_ctx);
+	p->n_seq = par->n_seq ? par->n_seq : 1;
+	if (p->n_seq > 4096)
+		return moe_err(EINVAL, "%u sequences is too many (at most 4096)", p->n_seq);
+	p->kv_type = par->kv_type;
+	l->n_vocab = m->hp.n_vocab;
+	l->n_tensors = (uint32_t)moe_model_tensor_count(m);
+	l->t = calloc(l->n_tensors ? l->n_tensors : 1, sizeof(*l->t));
+	l->layers = calloc(m->hp.n_layer, sizeof(*l->layers));
+	if (!l->t || !l->layers) {
+		moe_plan_layout_free(l);
+		return moe_err(ENOMEM, "out of memory");
+	}
+	for (uint32_t il = 0; il < m->hp.n_layer; il++)
+		if (m->layers[il].info.is_moe)
+			l->max_used = MOE_MAX(l->max_used, m->layers[il].info.n_expert_used);
+	l->max_used = MOE_MAX(l->max_used, 1);
+	ret = resident(m, l, &cur);
+	ret = ret ? ret : kv_cache(m, par, l, &cur);
+	ret = ret ? ret : classes(m, l, c, &n_cls);
+	if (ret < 0) {
+		moe_plan_layout_free(l);
+		return ret;
+	}
+	scratch(m, l, &cur);
+	l->shape = (struct moe_be_shape){
+		.max_tok = p->n_batch, .max_ent = p->n_batch * l->max_used, .n_embd = m->hp.n_embd,
+		.max_ff = max_ff(m), .max_head = l->shape.max_head,
+		.max_head_dim = l->shape.max_head_dim, .max_ffn = MOE_MAX(m->hp.n_expert, 1u),
+	};
+	l->shape.max_cols = MOE_MAX(MOE_MAX(m->hp.n_embd, l->f_nq), l->shape.max_ff);
+	p->workspace_bytes = MOE_ALIGN_UP(l->desc->workspace_bytes(&l->shape), l->desc->align);
+	l->ws_off = take(&cur, p->workspace_bytes, l->desc->align);
+	fixed = cur;
+
+	for (uint32_t i = 0; i < n_cls; i++) {
+		p->n_experts += c[i].n;
+		p->expert_bytes += c[i].n * c[i].bytes;
+	}
+	if (par->vram_bytes) {
+		uint64_t need = fixed;
+
+		for (uint32_t i = 0; i < n_cls; i++)
+			need += (uint64_t)c[i].k * c[i].bytes;
+		if (par->vram_bytes < need) {
+			ret = too_small(m, l, need);
+			moe_plan_layout_free(l);
+			return ret;
+		}
+		p->slot_bytes = split(c, n_cls, par->vram_bytes - fixed, false);
+	} else {
+		for (uint32_t i = 0; i < n_cls; i++)
+			c[i].slots = c[i].n;
+		p->slot_bytes = p->expert_bytes;
+	}
+	if (par->host_cache_bytes)
+		p->host_cache_bytes = split(c, n_cls, par->host_cache_bytes, true);
+	p->all_experts = true;
+	p->n_classes = n_cls;
+	for (uint32_t i = 0; i < n_cls; i++) {
+		/* a host tier only serves experts the device cannot keep */
+		if (c[i].slots >= c[i].n) {
+			p->host_cache_bytes -= (uint64_t)c[i].host * c[i].bytes;
+			c[i].host = 0;
+		}
+		p->classes[i] = (struct moe_plan_class){ .slot_bytes = c[i].bytes,
+			.n_experts = c[i].n, .n_slots = c[i].slots, .n_host_slots = c[i].host,
+			.max_used = c[i].k };
+		l->class_off[i] = take(&cur, (uint64_t)c[i].slots * c[i].bytes, 1);
+		p->n_slots += c[i].slots;
+		p->n_host_slots += c[i].host;
+		p->all_experts &= c[i].slots >= c[i].n;
+	}
+	p->device_bytes = cur;
+	if (n_cls) {
+		uint64_t n = par->n_staging;
+
+		if (!n) {
+			n = l->stg_each ? STAGING_TARGET / l->stg_each : STAGING_MIN;
+			n = MOE_MAX(n, MOE_MAX((uint64_t)STAGING_MIN, l->max_used));
+			n = MOE_MIN(n, MOE_MAX((uint64_t)STAGING_MAX, l->max_used));
+		}
+		p->n_staging = (uint32_t)n;
+	}
+	l->resident_chunk = RESIDENT_CHUNK + 2 * PLAN_BLOCK;
+	p->staging_bytes = par->io.staging_bytes ? par->io.staging_bytes :
+			   l->resident_chunk + (2 << 20) + p->n_staging * l->stg_each;
+	/* logits of a batch, pinned inputs and routing tables */
+	p->host_bytes = (uint64_t)p->n_batch * l->n_vocab * sizeof(float) +
+			(uint64_t)p->n_batch * (16 + 12 * l->max_used) +
+			(uint64_t)p->n_batch * MOE_MAX(m->hp.n_expert, 1u) * sizeof(float);
+	why(l);
+	return 0;
+}
+
+void moe_plan_layout_free(struct plan_layout *l)
+{
+	free(l->t);
+	free(l->layers);
+	l->t = NULL;
+	l->layers = NULL;
+}
+
+int moe_plan(const struct moe_model *model, const struct moe_ctx_params *p, struct moe_plan *out)
+{
+	struct plan_layout l;
+	int ret;
+
+	if (!model || !out)
+		return moe_err(EINVAL, "moe_plan: NULL argument");
+	ret = moe_plan_layout(model, p, &l);
+	if (ret < 0)
+		return ret;
+	*out = l.plan;
+	moe_plan_layout_free(&l);
+	return 0;
+}
