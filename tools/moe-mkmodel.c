@@ -69,6 +69,7 @@ struct opts {
 	uint32_t layers, embd, heads, kv_heads, head_dim, vocab;
 	uint32_t experts, experts_used, expert_ff, shared_ff, ff, ctx;
 	uint32_t type, type_other, align, interleave, sliding_window;
+	uint32_t type_down;             /* ffn_down_exps of every third MoE layer, 0: --type */
 	uint32_t head_dim_swa, swa_pattern;
 	float rope_base, rope_base_swa, partial_rotary, yarn_factor, rope_freqs_factor;
 	double router_skew, layer_corr;
@@ -78,7 +79,7 @@ struct opts {
 
 enum opt_id {
 	O_ARCH = 256, O_LAYERS, O_EMBD, O_HEADS, O_KV_HEADS, O_HEAD_DIM, O_VOCAB, O_EXPERTS,
-	O_EXPERTS_USED, O_EXPERT_FF, O_SHARED_FF, O_FF, O_CTX, O_TYPE, O_TYPE_OTHER, O_ALIGN,
+	O_EXPERTS_USED, O_EXPERT_FF, O_SHARED_FF, O_FF, O_CTX, O_TYPE, O_TYPE_OTHER, O_TYPE_DOWN, O_ALIGN,
 	O_SEED, O_VOCAB_BPE, O_ROUTER_SKEW, O_LAYER_CORR, O_INTERLEAVE, O_SLIDING_WINDOW,
 	O_ROPE_BASE, O_ROPE_BASE_SWA, O_HEAD_DIM_SWA, O_SWA_PATTERN, O_PARTIAL_ROTARY,
 	O_YARN_FACTOR, O_ROPE_FREQS_FACTOR, O_TIED, O_UNTIED, O_COUNT
@@ -101,6 +102,7 @@ static const struct option long_opts[] = {
 	{ "ctx", required_argument, NULL, O_CTX },
 	{ "type", required_argument, NULL, O_TYPE },
 	{ "type-other", required_argument, NULL, O_TYPE_OTHER },
+	{ "type-down", required_argument, NULL, O_TYPE_DOWN },
 	{ "align", required_argument, NULL, O_ALIGN },
 	{ "seed", required_argument, NULL, O_SEED },
 	{ "vocab-bpe", no_argument, NULL, O_VOCAB_BPE },
@@ -143,6 +145,8 @@ static void usage(FILE *f)
 		"  --ctx N                training context length (4096)\n"
 		"  --type T               type of the routed expert tensors (f32)\n"
 		"  --type-other T         type of the other 2-D tensors (f32)\n"
+		"  --type-down T          ffn_down_exps of layers 0, 3, 6, ... in type T, as\n"
+		"                         mixed quantizations do (experts then differ in size)\n"
 		"  --align N              data alignment, a power of two (32)\n"
 		"  --seed N               random seed (1)\n"
 		"  --vocab-bpe            a small byte-level BPE vocabulary instead of none\n"
@@ -406,6 +410,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case O_TYPE_OTHER:
 			ret = parse_type(name, optarg, &o->type_other);
+			break;
+		case O_TYPE_DOWN:
+			ret = parse_type(name, optarg, &o->type_down);
 			break;
 		case O_ALIGN:
 			ret = parse_u32(name, optarg, 1, 1u << 30, &o->align);
@@ -709,7 +716,12 @@ static uint32_t pick_type(struct model *m, enum tclass tc, uint32_t n_dims, uint
 			  const char *name)
 {
 	uint32_t want = tc == TC_EXPERT ? m->o->type : m->o->type_other;
-	uint32_t got;
+	uint32_t got, layer;
+	int used = 0;
+
+	if (tc == TC_EXPERT && m->o->type_down &&
+	    sscanf(name, "blk.%u.ffn_down_exps.weigh%n", &layer, &used) == 1 && used && layer % 3 == 0)
+		want = m->o->type_down;
 
 	if (tc == TC_F32 || n_dims < 2)
 		return MOE_TYPE_F32;

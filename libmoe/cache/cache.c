@@ -429,9 +429,18 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 	}
 	if (!moe_book_can_take(c->book, layer, e))
 		return -EAGAIN;
+	if (hs >= 0) {
+		/* pinned, so that demoting the device victim cannot take this host slot */
+		ret = moe_book_use(c->hbook, layer, e, clock, false, &u);
+		if (ret < 0)
+			return ret;
+	}
 	ret = moe_book_use(c->book, layer, e, clock, true, &u);
-	if (ret < 0)
+	if (ret < 0) {
+		if (hs >= 0)
+			moe_book_unpin(c->hbook, (uint32_t)hs);
 		return ret;
+	}
 	sl = &c->slots[u.slot];
 	*slot = u.slot;
 	if (u.evicted) {
@@ -446,10 +455,11 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 		ret = c->be->ops->upload(c->be, MOE_BE_COPY, sl->mem, c->host_mem + c->host_off[hs],
 					 sl->bytes);
 		ret = ret ? ret : c->be->ops->event_record(c->be, MOE_BE_COPY, sl->up_ev);
+		/* later host-tier writes queue behind this upload on the copy queue */
+		moe_book_unpin(c->hbook, (uint32_t)hs);
+		hs = -1;
 		if (ret < 0)
 			goto fail;
-		moe_book_use(c->hbook, layer, e, clock, false, &u);
-		moe_book_unpin(c->hbook, u.slot);
 		sl->state = SLOT_QUEUED;
 		c->st.host_hits++;
 		return 1;
@@ -459,6 +469,8 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 		goto fail;
 	return 0;
 fail:
+	if (hs >= 0)
+		moe_book_unpin(c->hbook, (uint32_t)hs);
 	if (stg >= 0 && c->stg[stg].reading) {
 		/* reads queued before the failure own the slot until they end */
 		sl->err = ret;

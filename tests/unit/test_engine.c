@@ -592,6 +592,190 @@ START_TEST(engine_host_cache)
 }
 END_TEST
 
+/*
+ * No host code touches device memory: with the guarded CPU backend, device
+ * memory is PROT_NONE outside backend calls, and every architecture runs,
+ * resident and streamed through the host tier, to the same logits.
+ */
+START_TEST(engine_guarded)
+{
+	const char *arch = archs[_i];
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx *ctx;
+	struct moe_ctx_params p;
+	struct all_logits plain[2], guarded[2];
+	int32_t tok[12];
+
+	ck_assert(mkmodel(dir, arch, "q8_0", arch_extra(arch), path, sizeof(path)));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	prompt(tok, 12, 256);
+	for (int guard = 0; guard < 2; guard++) {
+		struct all_logits *out = guard ? guarded : plain;
+
+		setenv("MOE_BACKEND_GUARD", guard ? "1" : "0", 1);
+		for (int streamed = 0; streamed < 2; streamed++) {
+			out[streamed] = (struct all_logits){ calloc(18 * 256, sizeof(float)), 0, 256 };
+			moe_ctx_default_params(&p);
+			p.n_threads = 2;
+			p.n_ctx = 64;
+			p.n_batch = 5;
+			p.attn_chunk = 8;
+			if (streamed) {
+				p.vram_bytes = min_budget(m, 5);
+				p.host_cache_bytes = 1ull << 20;
+			}
+			ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s", moe_errmsg());
+			ck_assert_str_eq(moe_ctx_backend(ctx), "cpu");
+			run_gen(ctx, tok, 12, &out[streamed]);
+			moe_ctx_free(ctx);
+		}
+	}
+	unsetenv("MOE_BACKEND_GUARD");
+	for (int i = 0; i < 2; i++) {
+		ck_assert_msg(!memcmp(plain[i].buf, guarded[i].buf, sizeof(float) * 17 * 256),
+			      "%s: guarded run differs (%s)", arch, i ? "streamed" : "resident");
+		ck_assert_msg(!memcmp(plain[0].buf, plain[i].buf, sizeof(float) * 17 * 256),
+			      "%s: streamed differs from resident", arch);
+	}
+	for (int i = 0; i < 2; i++) {
+		free(plain[i].buf);
+		free(guarded[i].buf);
+	}
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/* F16 and Q8_0 KV caches stay close to F32 (their rounding is all that differs). */
+START_TEST(engine_kv_types)
+{
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx;
+	static const uint32_t types[] = { MOE_TYPE_F32, MOE_TYPE_F16, MOE_TYPE_Q8_0 };
+	static const double bound[] = { 0, 0.01, 0.05 };
+	float *ref = malloc(sizeof(float) * 30 * 256);
+	int32_t tok[30];
+
+	ck_assert(mkmodel(dir, "gpt-oss", "f32", "--sliding-window 8", path, sizeof(path)));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	prompt(tok, 30, 256);
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(types); i++) {
+		const struct moe_plan *pl;
+		double worst = 0, mag = 0;
+
+		moe_ctx_default_params(&p);
+		p.n_threads = 2;
+		p.n_ctx = 64;
+		p.n_batch = 6;
+		p.kv_type = types[i];
+		ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s", moe_errmsg());
+		pl = moe_ctx_plan(ctx);
+		ck_assert_uint_eq(pl->kv_type, types[i]);
+		ck_assert_ptr_nonnull(strstr(moe_ctx_describe(ctx), moe_type_name(types[i])));
+		ck_assert_int_eq(moe_ctx_eval(ctx, tok, 30, 0, MOE_EVAL_ALL_LOGITS), 0);
+		for (int t = 0; t < 30; t++)
+			for (int v = 0; v < 256; v++) {
+				float l = moe_ctx_logits(ctx, (uint32_t)t)[v];
+
+				if (!i)
+					ref[t * 256 + v] = l;
+				worst = fmax(worst, fabs(l - ref[t * 256 + v]));
+				mag = fmax(mag, fabs(ref[t * 256 + v]));
+			}
+		ck_assert_msg(worst <= bound[i] * mag, "KV %s: logits move by %g (largest %g)",
+			      moe_type_name(types[i]), worst, mag);
+		if (i)
+			ck_assert_msg(worst > 0, "KV %s changed nothing: was it used?",
+				      moe_type_name(types[i]));
+		moe_ctx_free(ctx);
+	}
+	free(ref);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/*
+ * Sliding-window layers keep a ring: going back a little re-evaluates to
+ * the same logits, going back past what the ring still holds is refused.
+ */
+START_TEST(engine_ring_rewind)
+{
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx *ctx;
+	int32_t tok[30];
+	float first[256];
+
+	ck_assert(mkmodel(dir, "gpt-oss", "f32", "--sliding-window 8", path, sizeof(path)));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	ctx = make_ctx(m, 0, 4, 0);
+	prompt(tok, 30, 256);
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 30, 0, MOE_EVAL_ALL_LOGITS), 0);
+	memcpy(first, moe_ctx_logits(ctx, 28), sizeof(first));
+	/* 8 + 4 - 1 = 11 cells hold positions 19..29; position 28 needs 21..27 */
+	ck_assert_msg(moe_ctx_eval(ctx, tok + 28, 2, 28, MOE_EVAL_ALL_LOGITS) == 0, "%s",
+		      moe_errmsg());
+	ck_assert(!memcmp(first, moe_ctx_logits(ctx, 0), sizeof(first)));
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok + 10, 1, 10, 0), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "cannot go back to position 10"));
+	/* from the start is always possible */
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 30, 0, MOE_EVAL_ALL_LOGITS), 0);
+	ck_assert(!memcmp(first, moe_ctx_logits(ctx, 28), sizeof(first)));
+	moe_ctx_free(ctx);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/* A host tier of a few slots: hits and the demotions they cause compete for its slots. */
+START_TEST(engine_host_cache_tiny)
+{
+	char *path = shared_model("qwen3moe");
+	struct moe_model *m;
+	struct moe_ctx *res, *ctx;
+	struct moe_ctx_params p;
+	struct moe_ctx_stats st;
+	struct all_logits a, b;
+	int32_t tok[24];
+
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	res = make_ctx(m, 0, 8, 0);
+	prompt(tok, 24, 512);
+	a = (struct all_logits){ calloc((size_t)30 * 512, sizeof(float)), 0, 512 };
+	b = (struct all_logits){ calloc((size_t)30 * 512, sizeof(float)), 0, 512 };
+	run_gen(res, tok, 24, &a);
+	for (uint32_t n_host = 1; n_host <= 8; n_host += n_host < 5 ? 4 : 3) {
+		moe_ctx_default_params(&p);
+		p.n_threads = 2;
+		p.n_ctx = 128;
+		p.n_batch = 8;
+		p.vram_bytes = min_budget(m, 8);
+		p.host_cache_bytes = n_host * moe_ctx_plan(res)->classes[0].slot_bytes;
+		ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s", moe_errmsg());
+		ck_assert_uint_eq(moe_ctx_plan(ctx)->n_host_slots, n_host);
+		run_gen(ctx, tok, 24, &b);
+		moe_ctx_get_stats(ctx, &st);
+		if (n_host > 1)
+			ck_assert_uint_gt(st.expert_host_hits, 0);
+		ck_assert_msg(!memcmp(a.buf, b.buf, sizeof(float) * a.n * 512),
+			      "%u host slots: logits differ", n_host);
+		moe_ctx_free(ctx);
+	}
+	free(a.buf);
+	free(b.buf);
+	moe_ctx_free(res);
+	moe_model_close(m);
+	free(path);
+}
+END_TEST
+
 /* moe-bench decode runs its three configurations and reports the ratio to the bound. */
 START_TEST(engine_bench_decode)
 {
@@ -693,6 +877,7 @@ Suite *suite_engine(void)
 		tcase_add_test(tc, engine_errors);
 		tcase_add_test(tc, engine_moe_run);
 		tcase_add_test(tc, engine_host_cache);
+		tcase_add_test(tc, engine_host_cache_tiny);
 		tcase_add_test(tc, engine_bench_decode);
 	} else {
 		tu_skip("engine_matches_llamacpp", "no " DIR " in the shared tree");
@@ -701,6 +886,7 @@ Suite *suite_engine(void)
 		tu_skip("engine_errors", "no " DIR " in the shared tree");
 		tu_skip("engine_moe_run", "no " DIR " in the shared tree");
 		tu_skip("engine_host_cache", "no " DIR " in the shared tree");
+		tu_skip("engine_host_cache_tiny", "no " DIR " in the shared tree");
 		tu_skip("engine_bench_decode", "no " DIR " in the shared tree");
 	}
 	tcase_add_loop_test(tc, engine_matches_reference, 0, MOE_ARRAY_SIZE(archs));
@@ -720,6 +906,9 @@ Suite *suite_engine(void)
 	tu_rmtree(dir);
 	free(dir);
 	tcase_add_test(tc, engine_budget_honoured);
+	tcase_add_loop_test(tc, engine_guarded, 0, MOE_ARRAY_SIZE(archs));
+	tcase_add_test(tc, engine_kv_types);
+	tcase_add_test(tc, engine_ring_rewind);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdlib.h>
+
+#include "ops_backends.h"
+#include "util/threadpool.h"
+
+static struct moe_threadpool *pool2;
+
+static int cpu_with(uint64_t budget, struct moe_threadpool *pool, uint32_t flags,
+		    struct moe_backend **out)
+{
+	struct moe_backend_params p = { .budget = budget, .pool = pool, .flags = flags };
+
+	return moe_backend_create(&moe_backend_cpu_desc, &p, out);
+}
+
+static int cpu1(uint64_t budget, struct moe_backend **out)
+{
+	return cpu_with(budget, NULL, 0, out);
+}
+
+/* Two threads with a low threshold for going parallel: the split must not change results. */
+static int cpu2(uint64_t budget, struct moe_backend **out)
+{
+	if (!pool2 && moe_threadpool_create(2, &pool2) < 0)
+		return -1;
+	return cpu_with(budget, pool2, 0, out);
+}
+
+static int cpu_guard(uint64_t budget, struct moe_backend **out)
+{
+	return cpu_with(budget, NULL, MOE_BE_F_GUARD, out);
+}
+
+static void destroy(struct moe_backend *be)
+{
+	moe_backend_destroy(be);
+}
+
+const struct ops_backend ops_backends[] = {
+	{ "cpu", NULL, cpu1, destroy },
+	{ "cpu-2threads", NULL, cpu2, destroy },
+	{ "cpu-guard", NULL, cpu_guard, destroy },
+};
+const size_t ops_backend_count = sizeof(ops_backends) / sizeof(ops_backends[0]);
