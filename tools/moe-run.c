@@ -17,7 +17,8 @@
 #define PROG "moe-run"
 
 struct opts {
-	const char *model, *prompt, *tokens, *logits_out, *system;
+	const char *model, *prompt, *tokens, *logits_out, *system, *backend;
+	uint32_t kv_type;
 	uint32_t n_gen, n_ctx, n_batch;
 	uint64_t vram, host_cache;
 	int threads;
@@ -44,6 +45,8 @@ static void usage(FILE *f)
 		"      --vram SIZE        device memory budget, e.g. 20G, 512M (default: no limit)\n"
 		"      --host-cache SIZE  keep experts evicted from the budget in host memory\n"
 		"      --threads N        compute threads (all CPUs)\n"
+		"      --backend NAME     where the model runs: auto, or one of those built in\n"
+		"      --kv-type T        KV cache elements: f32, f16 or q8_0 (f32)\n"
 		"      --temp X           temperature; 0 = greedy (0)\n"
 		"      --top-k N, --top-p X, --min-p X\n"
 		"      --repeat-penalty X, --repeat-last-n N\n"
@@ -258,7 +261,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { O_TOKENS = 256, O_CTX, O_BATCH, O_VRAM, O_THREADS, O_TEMP, O_TOPK, O_TOPP, O_MINP,
 	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON, O_HOST,
-	       O_CHAT, O_SYSTEM };
+	       O_CHAT, O_SYSTEM, O_BACKEND, O_KVTYPE };
 	static const struct option lo[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "prompt", required_argument, 0, 'p' },
@@ -283,6 +286,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "json", no_argument, 0, O_JSON },
 		{ "chat", no_argument, 0, O_CHAT },
 		{ "system", required_argument, 0, O_SYSTEM },
+		{ "backend", required_argument, 0, O_BACKEND },
+		{ "kv-type", required_argument, 0, O_KVTYPE },
 		{ "help", no_argument, 0, 'h' },
 		{ 0 },
 	};
@@ -338,6 +343,16 @@ static int parse_args(int argc, char **argv, struct opts *o)
 				ret = bad("--io '%s': expected auto, uring or pread", optarg);
 			break;
 		case O_NODIRECT: o->io.direct = MOE_IO_DIRECT_OFF; break;
+		case O_BACKEND: o->backend = optarg; break;
+		case O_KVTYPE: {
+			int t = moe_type_from_name(optarg);
+
+			if (t != MOE_TYPE_F32 && t != MOE_TYPE_F16 && t != MOE_TYPE_Q8_0)
+				ret = bad("--kv-type '%s': expected f32, f16 or q8_0", optarg);
+			else
+				o->kv_type = (uint32_t)t;
+			break;
+		}
 		case O_LOGITS: o->logits_out = optarg; break;
 		case O_STATS: o->stats = true; break;
 		case O_JSON: o->json = true; break;
@@ -382,14 +397,15 @@ static void print_stats(const struct opts *o, const struct moe_ctx_stats *s)
 		       "\"bytes_read\":%llu,\"read_gbps\":%.3f,\"stall_s\":%.4f,"
 		       "\"prefill_tokens\":%llu,\"decode_tokens\":%llu,\"expert_hits\":%llu,"
 		       "\"expert_misses\":%llu,\"expert_host_hits\":%llu,\"n_slots\":%u,\"n_experts\":%u,"
-		       "\"vram_budget\":%llu,\"vram_used\":%llu,\"staging_bytes\":%llu",
+		       "\"vram_budget\":%llu,\"vram_used\":%llu,\"staging_bytes\":%llu,"
+		       "\"backend\":\"%s\"",
 		       s->prefill_tps, s->decode_tps, s->hit_rate,
 		       (unsigned long long)s->bytes_read, s->read_gbps, s->stall_s,
 		       (unsigned long long)s->prefill_tokens, (unsigned long long)s->decode_tokens,
 		       (unsigned long long)s->expert_hits, (unsigned long long)s->expert_misses,
 		       (unsigned long long)s->expert_host_hits, s->n_slots, s->n_experts,
 		       (unsigned long long)s->vram_budget, (unsigned long long)s->vram_used,
-		       (unsigned long long)s->staging_bytes);
+		       (unsigned long long)s->staging_bytes, s->backend);
 		return;
 	}
 	fprintf(stderr,
@@ -398,14 +414,14 @@ static void print_stats(const struct opts *o, const struct moe_ctx_stats *s)
 		"experts: hit rate %.1f%% (%llu hits, %llu misses, %llu of them from the host "
 		"cache), %u slots for %u experts\n"
 		"read: %llu bytes, %.3f GB/s, stalled on I/O %.3f s\n"
-		"memory: %llu bytes of device memory used (budget %s), %llu bytes of staging "
-		"outside it\n",
+		"memory: %llu bytes of %s device memory used (budget %s), %llu bytes of "
+		"staging outside it\n",
 		(unsigned long long)s->prefill_tokens, s->prefill_tps,
 		(unsigned long long)s->decode_tokens, s->decode_tps, 100.0 * s->hit_rate,
 		(unsigned long long)s->expert_hits, (unsigned long long)s->expert_misses,
 		(unsigned long long)s->expert_host_hits, s->n_slots, s->n_experts,
 		(unsigned long long)s->bytes_read, s->read_gbps,
-		s->stall_s, (unsigned long long)s->vram_used, budget,
+		s->stall_s, (unsigned long long)s->vram_used, s->backend, budget,
 		(unsigned long long)s->staging_bytes);
 }
 
@@ -626,6 +642,8 @@ static int run(const struct opts *o)
 	cp.n_batch = o->n_batch;
 	cp.n_ctx = o->n_ctx || o->chat ? o->n_ctx : n_prompt + (o->n_gen ? o->n_gen : 1);
 	cp.io = o->io;
+	cp.backend = o->backend;
+	cp.kv_type = o->kv_type;
 	ret = moe_ctx_create(model, &cp, &ctx);
 	if (ret < 0) {
 		fprintf(stderr, PROG ": %s\n", moe_errmsg());

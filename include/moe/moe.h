@@ -855,7 +855,8 @@ struct moe_ctx_stats {
 	uint64_t staging_bytes;     /* pinned host staging, outside the budget */
 	uint64_t host_bytes;        /* other host memory outside the budget (logits, tables) */
 	uint64_t host_cache_bytes;  /* the host cache (tier 1), outside the budget */
-	uint64_t reserved[7];
+	char backend[16];           /* the backend that ran ("cpu", "cuda") */
+	uint64_t reserved[5];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
 /* Zero the counters (not the plan); e.g. between prefill and a timed decode. */

@@ -440,6 +440,7 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 	s.kv_bytes = p->kv_bytes;
 	s.scratch_bytes = p->scratch_bytes + p->workspace_bytes;
 	s.host_bytes = sizeof(float) * (uint64_t)ctx->n_logits * ctx->hp.n_vocab;
+	snprintf(s.backend, sizeof(s.backend), "%s", ctx->be->ops->name);
 	*out = s;
 	return 0;
 }

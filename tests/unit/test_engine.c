@@ -807,7 +807,7 @@ START_TEST(engine_moe_run)
 	ck_assert_int_eq(tu_read_ints(tu_shared(DIR "llama4-f32.greedy.txt"), want, 8), 8);
 	snprintf(lpath, sizeof(lpath), "%s/logits.f32", dir);
 	p = cmd + snprintf(cmd, sizeof(cmd), "%s -m %s --threads 2 -n 8 --json --stats "
-			   "--vram 6M --logits-out %s --tokens ", tu_bin("moe-run"),
+			   "--backend cpu --vram 6M --logits-out %s --tokens ", tu_bin("moe-run"),
 			   tu_shared(DIR "llama4-f32.gguf"), lpath);
 	for (int i = 0; i < N_PROMPT; i++)
 		p += sprintf(p, "%s%d", i ? "," : "", tok[i]);
@@ -820,6 +820,7 @@ START_TEST(engine_moe_run)
 		ck_assert_int_eq((int)strtol(p, &p, 10), want[g]);
 		p++;
 	}
+	ck_assert_ptr_nonnull(strstr(out, "\"backend\":\"cpu\""));
 	for (const char *const *k = (const char *const[]){ "prefill_tps", "decode_tps", "hit_rate",
 			"bytes_read", "read_gbps", "stall_s", NULL }; *k; k++) {
 		char key[64];
@@ -857,6 +858,22 @@ START_TEST(engine_moe_run)
 	free(out);
 	snprintf(cmd, sizeof(cmd), "%s --tokens 1 --vram lots", tu_bin("moe-run"));
 	ck_assert_int_eq(tu_run(cmd, 1, NULL), 2);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --backend tpu", tu_bin("moe-run"),
+		 tu_shared(DIR "llama4-f32.gguf"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_ptr_nonnull(strstr(out, "unknown backend 'tpu'"));
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --kv-type q4_K", tu_bin("moe-run"),
+		 tu_shared(DIR "llama4-f32.gguf"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 2);
+	ck_assert_ptr_nonnull(strstr(out, "expected f32, f16 or q8_0"));
+	free(out);
+	/* a q8_0 KV cache runs and says so */
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1,2,3 -n 2 --stats --kv-type q8_0",
+		 tu_bin("moe-run"), tu_shared(DIR "llama4-f32.gguf"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 0);
+	ck_assert_ptr_nonnull(strstr(out, "q8_0)"));
+	free(out);
 	tu_rmtree(dir);
 	free(dir);
 }
