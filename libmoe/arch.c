@@ -127,6 +127,8 @@ static const struct moe_arch arches[MOE_ARCH_COUNT] = {
 		.attn = MOE_ATTN_QK_NORM | MOE_ATTN_SWA_PATTERN | MOE_ATTN_V_NORM,
 		.ffn = MOE_FFN_GEMMA4, .attn_scale = 1.0f, .embd_scale = true,
 		.post_attn_norm = true, .softcap_default = 30.0f,
+		/* gemma4's proportional RoPE factors belong to the full-attention layers */
+		.rope_factors_full_only = true,
 		.globals = globals_std, .layer = attn_gemma4, .dense = none, .moe = moe_gemma4,
 		.required_keys = keys_gemma4,
 	},

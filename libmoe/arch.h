@@ -73,6 +73,7 @@ struct moe_arch {
 	bool embd_scale;                   /* h = embedding * sqrt(n_embd) */
 	bool post_attn_norm;               /* norm the attention output before the residual */
 	float softcap_default;             /* final logit softcapping when the key is absent */
+	bool rope_factors_full_only;       /* rope_freqs apply to full-attention layers only */
 	const struct arch_tensor *globals;
 	const struct arch_tensor *layer;   /* every layer */
 	const struct arch_tensor *dense;   /* layers without routed experts */

@@ -38,6 +38,7 @@ struct part {
 
 struct staging {
 	void *buf;
+	bool registered;             /* with the backend */
 	bool reading;                /* reads in flight into buf */
 	bool uploading;              /* uploads from buf queued: free once ev completes */
 	uint32_t slot;
@@ -103,19 +104,19 @@ static int make_host_tier(struct moe_expert_cache *c, const struct plan_layout *
 	if (ret < 0)
 		return ret;
 	c->host_off = malloc(sizeof(*c->host_off) * n);
+	if (!c->host_off)
+		return moe_err(ENOMEM, "out of memory");
 	c->host_bytes = p->host_cache_bytes;
-	c->host_mem = moe_io_alloc(c->io, c->host_bytes);
-	if (!c->host_off || !c->host_mem)
-		return moe_err(ENOMEM, "expert cache: cannot allocate %llu bytes of host cache",
-			       (unsigned long long)c->host_bytes);
+	/* pinned memory the backend copies to and from: its own, not the I/O engine's */
+	ret = c->be->ops->host_alloc(c->be, c->host_bytes, (void **)&c->host_mem);
+	if (ret < 0)
+		return moe_err_prefix(ret, "expert cache: %llu bytes of host cache",
+				      (unsigned long long)c->host_bytes);
 	for (uint32_t i = 0, s = 0; i < p->n_classes; i++)
 		for (uint32_t j = 0; j < counts[i]; j++, s++) {
 			c->host_off[s] = off;
 			off += p->classes[i].slot_bytes;
 		}
-	ret = c->be->ops->host_register(c->be, c->host_mem, c->host_bytes);
-	if (ret < 0)
-		return moe_err_prefix(ret, "registering the host cache");
 	c->st.n_host_slots = n;
 	c->st.host_bytes = c->host_bytes;
 	return 0;
@@ -199,6 +200,13 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 				      (unsigned long long)c->stg_bytes);
 			goto fail;
 		}
+		/* reads land here and uploads start here: the backend pins it for fast copies */
+		ret = c->be->ops->host_register(c->be, c->stg[i].buf, c->stg_bytes);
+		if (ret < 0) {
+			moe_err_prefix(ret, "registering staging with the %s backend", c->be->ops->name);
+			goto fail;
+		}
+		c->stg[i].registered = true;
 	}
 	ret = make_host_tier(c, l, p->policy, pool_of);
 	if (ret < 0)
@@ -227,6 +235,8 @@ void moe_cache_destroy(struct moe_expert_cache *c)
 					break;
 	c->be->ops->sync(c->be);
 	for (uint32_t i = 0; c->stg && i < c->n_stg; i++) {
+		if (c->stg[i].registered)
+			c->be->ops->host_unregister(c->be, c->stg[i].buf);
 		if (c->stg[i].buf)
 			moe_io_free(c->io, c->stg[i].buf);
 		if (c->stg[i].ev)
@@ -238,10 +248,8 @@ void moe_cache_destroy(struct moe_expert_cache *c)
 	for (uint32_t i = 0; i < USE_RING; i++)
 		if (c->use_ev[i])
 			c->be->ops->event_destroy(c->be, c->use_ev[i]);
-	if (c->host_mem) {
-		c->be->ops->host_unregister(c->be, c->host_mem);
-		moe_io_free(c->io, c->host_mem);
-	}
+	if (c->host_mem)
+		c->be->ops->host_free(c->be, c->host_mem);
 	moe_book_destroy(c->book);
 	moe_book_destroy(c->hbook);
 	free(c->host_off);

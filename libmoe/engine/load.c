@@ -50,6 +50,11 @@ int moe_engine_load(struct moe_ctx *ctx)
 	if (!stg)
 		return moe_err(ENOMEM, "cannot allocate %llu bytes of staging",
 			       (unsigned long long)cap);
+	ret = be->ops->host_register(be, stg, cap);
+	if (ret < 0) {
+		moe_io_free(ctx->io, stg);
+		return moe_err_prefix(ret, "registering staging with the %s backend", be->ops->name);
+	}
 	for (uint32_t i = 0; i < ctx->lay.n_tensors && !ret; i++) {
 		const struct plan_tensor *pt = &ctx->lay.t[i];
 		const struct moe_tensor_info *ti = &ctx->model->tinfo[i];
@@ -73,6 +78,7 @@ int moe_engine_load(struct moe_ctx *ctx)
 	}
 	if (!ret)
 		ret = be->ops->sync(be);
+	be->ops->host_unregister(be, stg);
 	moe_io_free(ctx->io, stg);
 	return ret;
 }
@@ -167,8 +173,7 @@ static int rope_setup(struct moe_ctx *ctx)
 		r->base = m->layers[il].rope_base;
 		r->freq_scale = (float)(1.0 / factor);
 		r->attn_factor = (float)attn_factor;
-		/* gemma4's proportional RoPE factors belong to the full-attention layers */
-		if (!(m->arch->id == MOE_ARCH_GEMMA4 && L->sliding))
+		if (!(m->arch->rope_factors_full_only && L->sliding))
 			r->freq_factors = ctx->rope_freqs;
 		if (yarn) {
 			r->ext_factor = 1.0f;
