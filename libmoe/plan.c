@@ -191,6 +191,7 @@ static void scratch(const struct moe_model *m, struct plan_layout *l, uint64_t *
 	l->buf_bytes[PB_SEL] = l->buf_bytes[PB_RW] = l->buf_bytes[PB_ENTS] = B * K * 4;
 	l->buf_bytes[PB_YBUF] = B * K * E * f;
 	l->buf_bytes[PB_LOGITS] = B * l->n_vocab * f;
+	l->buf_bytes[PB_ROWS] = B * 4;
 	start = *cur;
 	l->scratch_off = start;
 	for (int b = 0; b < PB_COUNT; b++)

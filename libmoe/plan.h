@@ -20,6 +20,7 @@ enum plan_buf {
 	PB_Q, PB_ATT, PB_K, PB_V,
 	PB_RLOG, PB_SHG, PB_SEL, PB_RW, PB_ENTS, PB_YBUF,
 	PB_LOGITS,
+	PB_ROWS,                              /* the rows whose logits are kept */
 	PB_COUNT,
 };
 

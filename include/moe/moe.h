@@ -824,7 +824,34 @@ enum moe_eval_flags {
  */
 MOE_API int moe_ctx_eval(struct moe_ctx *ctx, const int32_t *tokens, uint32_t n, uint32_t pos,
 			 uint32_t flags);
-/* Logits of token @i of the last eval (i = 0 is the last token without ALL_LOGITS). */
+/*
+ * Tokens of one or more sequences (each with a KV cache of its own: see
+ * moe_ctx_params.n_seq) evaluated together, so each expert a layer needs is
+ * fetched and run once for all of them.  Within a sequence, tokens come in
+ * order at consecutive positions, the first at most moe_ctx_seq_pos() (a
+ * smaller one rewinds that sequence).  Batches longer than n_batch run in
+ * several steps.
+ */
+struct moe_batch {
+	const int32_t *tokens;
+	const int32_t *pos;         /* per token */
+	const int32_t *seq;         /* per token, 0 .. n_seq-1; NULL: all sequence 0 */
+	const uint8_t *logits;      /* per token, non-zero: keep its logits; NULL: the last token
+				       of each sequence in the batch */
+	uint32_t n;
+	uint32_t pad;
+	uint64_t reserved[4];
+};
+
+/* -EINVAL names the first bad token, sequence or position; -ENOSPC past n_ctx. */
+MOE_API int moe_ctx_eval_batch(struct moe_ctx *ctx, const struct moe_batch *b);
+/* Positions evaluated so far in sequence @seq (0 for an unknown sequence). */
+MOE_API uint32_t moe_ctx_seq_pos(const struct moe_ctx *ctx, uint32_t seq);
+
+/*
+ * Logits of kept row @i of the last eval: token i with ALL_LOGITS, else the
+ * last token (i = 0); for a batch, the i-th kept token in batch order.
+ */
 MOE_API const float *moe_ctx_logits(const struct moe_ctx *ctx, uint32_t i);
 MOE_API uint32_t moe_ctx_n_vocab(const struct moe_ctx *ctx);
 MOE_API uint32_t moe_ctx_n_ctx(const struct moe_ctx *ctx);

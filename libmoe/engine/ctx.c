@@ -70,7 +70,7 @@ static int warm_all(struct moe_ctx *ctx)
 static int host_buffers(struct moe_ctx *ctx)
 {
 	uint64_t B = ctx->n_batch, K = ctx->max_used, ne = MOE_MAX(ctx->hp.n_expert, 1u);
-	uint64_t bytes = B * 16 + 2 * B * K * 4 + B * ne * 4;
+	uint64_t bytes = B * 20 + 2 * B * K * 4 + B * ne * 4;
 	uint8_t *p;
 	int ret = ctx->be->ops->host_alloc(ctx->be, bytes, &ctx->hbuf);
 
@@ -80,7 +80,8 @@ static int host_buffers(struct moe_ctx *ctx)
 	ctx->h_tok = (int32_t *)p;
 	ctx->h_pos = ctx->h_tok + B;
 	ctx->h_seq = ctx->h_pos + B;
-	ctx->h_tscale = (float *)(ctx->h_seq + B);
+	ctx->h_rows = ctx->h_seq + B;
+	ctx->h_tscale = (float *)(ctx->h_rows + B);
 	ctx->h_sel = (int32_t *)(ctx->h_tscale + B);
 	ctx->h_ents = ctx->h_sel + B * K;
 	ctx->h_rlog = (float *)(ctx->h_ents + B * K);
@@ -224,6 +225,13 @@ int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 	}
 	ctx->n_ctx = ctx->lay.plan.n_ctx;
 	ctx->n_batch = ctx->lay.plan.n_batch;
+	ctx->n_seq = ctx->lay.plan.n_seq;
+	ctx->seq_past = calloc(ctx->n_seq, sizeof(*ctx->seq_past));
+	if (!ctx->seq_past) {
+		moe_plan_layout_free(&ctx->lay);
+		free(ctx);
+		return moe_err(ENOMEM, "out of memory");
+	}
 	ctx->max_used = ctx->lay.max_used;
 	ctx->softcap = ctx->arch->softcap_default;
 	{
@@ -235,12 +243,7 @@ int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 			ctx->softcap = (float)v;
 	}
 	ret = moe_threadpool_create(ctx->par.n_threads, &ctx->pool);
-	if (ret < 0) {
-		moe_plan_layout_free(&ctx->lay);
-		free(ctx);
-		return ret;
-	}
-	ret = setup(ctx);
+	ret = ret ? ret : setup(ctx);
 	if (ret < 0) {
 		moe_ctx_free(ctx);
 		return ret;
@@ -277,16 +280,19 @@ void moe_ctx_free(struct moe_ctx *ctx)
 	free(ctx->ffn_list);
 	free(ctx->used_slots);
 	free(ctx->logits);
+	free(ctx->seq_past);
 	free(ctx);
 }
 
 /*
- * A rewind to @pos re-reads positions the sliding-window layers keep in a
- * ring: they must still be there.
+ * A rewind of sequence @seq to @pos re-reads positions the sliding-window
+ * layers keep in a ring: they must still be there.
  */
-static int check_rewind(const struct moe_ctx *ctx, uint32_t pos)
+static int check_rewind(const struct moe_ctx *ctx, uint32_t seq, uint32_t pos)
 {
-	for (uint32_t il = 0; il < ctx->hp.n_layer && pos < ctx->n_past; il++) {
+	uint32_t past = ctx->seq_past[seq];
+
+	for (uint32_t il = 0; il < ctx->hp.n_layer && pos < past; il++) {
 		const struct eng_layer *L = &ctx->layers[il];
 		uint32_t cells = L->kv.n_cells, window;
 		int64_t kept, lo;
@@ -296,79 +302,193 @@ static int check_rewind(const struct moe_ctx *ctx, uint32_t pos)
 		window = L->sliding ? ctx->hp.sliding_window :
 			 ctx->par.attn_chunk ? ctx->par.attn_chunk : 8192;
 		/* the ring holds the last `cells` positions evaluated */
-		kept = MOE_MAX(0, (int64_t)ctx->n_past - cells);
+		kept = MOE_MAX(0, (int64_t)past - cells);
 		lo = L->sliding ? MOE_MAX(0, (int64_t)pos - window + 1) :
 		     (int64_t)pos / window * window;
 		if (lo < pos && lo < kept)
-			return moe_err(EINVAL, "moe_ctx_eval: cannot go back to position %u: layer %u "
-				       "keeps only the last %u of the %u positions evaluated (window "
-				       "%u); evaluate from position %lld or later, or from 0 again",
-				       pos, il, cells, ctx->n_past, window,
-				       (long long)(kept + (L->sliding ? window - 1 : 0)));
+			return moe_err(EINVAL, "cannot go back to position %u of sequence %u: layer "
+				       "%u keeps only the last %u of the %u positions evaluated "
+				       "(window %u); evaluate from position 0 again", pos, seq, il,
+				       cells, past, window);
 	}
 	return 0;
+}
+
+/*
+ * Check a batch and note, per sequence, where it starts and ends; *n_keep
+ * is the number of kept rows.
+ */
+static int check_batch(struct moe_ctx *ctx, const struct moe_batch *b, uint32_t *start,
+		       int32_t *next, uint32_t *n_keep)
+{
+	uint32_t n_vocab = ctx->hp.n_vocab;
+
+	for (uint32_t s = 0; s < ctx->n_seq; s++)
+		next[s] = -1;
+	*n_keep = 0;
+	for (uint32_t i = 0; i < b->n; i++) {
+		int32_t t = b->tokens[i], p = b->pos[i], s = b->seq ? b->seq[i] : 0;
+
+		if (s < 0 || (uint32_t)s >= ctx->n_seq)
+			return moe_err(EINVAL, "batch token %u: sequence %d, the context has %u (0..%u)",
+				       i, s, ctx->n_seq, ctx->n_seq - 1);
+		if (t < 0 || (uint32_t)t >= n_vocab)
+			return moe_err(EINVAL, "token id %d (at %u) is out of range: the vocabulary "
+				       "has %u tokens (0..%u)", t, i, n_vocab, n_vocab - 1);
+		if (p < 0 || (uint32_t)p >= ctx->n_ctx)
+			return moe_err(ENOSPC, "context full: position %d does not fit %u cells; "
+				       "raise --ctx", p, ctx->n_ctx);
+		if (next[s] < 0) {
+			if ((uint32_t)p > ctx->seq_past[s])
+				return moe_err(EINVAL, "position %d of sequence %d leaves a gap after "
+					       "the %u positions evaluated", p, s, ctx->seq_past[s]);
+			start[s] = (uint32_t)p;
+		} else if (p != next[s]) {
+			return moe_err(EINVAL, "batch token %u: sequence %d goes from position %d to "
+				       "%d; its tokens must come at consecutive positions", i, s,
+				       next[s] - 1, p);
+		}
+		next[s] = p + 1;
+		if (b->logits && b->logits[i])
+			(*n_keep)++;
+	}
+	if (!b->logits)
+		for (uint32_t s = 0; s < ctx->n_seq; s++)
+			*n_keep += next[s] >= 0;
+	for (uint32_t s = 0; s < ctx->n_seq; s++)
+		if (next[s] >= 0) {
+			int ret = check_rewind(ctx, s, start[s]);
+
+			if (ret < 0)
+				return ret;
+		}
+	return 0;
+}
+
+static int eval(struct moe_ctx *ctx, const struct moe_batch *b, bool all)
+{
+	uint32_t n_vocab = ctx->hp.n_vocab, n_keep = 0, kept = 0;
+	uint32_t *start = NULL;
+	int32_t *next = NULL, *rows = NULL;
+	bool *last = NULL;
+	double t0;
+	int ret;
+
+	if (!b->n || !b->tokens || !b->pos)
+		return moe_err(EINVAL, "moe_ctx_eval: no tokens");
+	start = malloc(sizeof(*start) * ctx->n_seq);
+	next = malloc(sizeof(*next) * ctx->n_seq);
+	rows = malloc(sizeof(*rows) * MOE_MIN(b->n, ctx->n_batch));
+	last = calloc(b->n, sizeof(*last));
+	if (!start || !next || !rows || !last) {
+		ret = moe_err(ENOMEM, "out of memory");
+		goto out;
+	}
+	ret = check_batch(ctx, b, start, next, &n_keep);
+	if (ret < 0)
+		goto out;
+	if (all)
+		n_keep = b->n;
+	/* without a mask, the last token of each sequence keeps its logits */
+	if (!b->logits && !all)
+		for (uint32_t i = b->n; i-- > 0;) {
+			uint32_t s = b->seq ? (uint32_t)b->seq[i] : 0;
+
+			if (next[s] >= 0 && b->pos[i] == next[s] - 1) {
+				last[i] = true;
+				next[s] = -1;
+			}
+		}
+	if (n_keep > ctx->n_logits) {
+		float *l = realloc(ctx->logits, sizeof(float) * (size_t)n_keep * n_vocab);
+
+		if (!l) {
+			ret = moe_err(ENOMEM, "out of memory for %u x %u logits", n_keep, n_vocab);
+			goto out;
+		}
+		ctx->logits = l;
+		ctx->n_logits = n_keep;
+	}
+	/* a rewound sequence forgets what came after its first position here */
+	for (uint32_t i = 0; i < b->n; i++) {
+		uint32_t s = b->seq ? (uint32_t)b->seq[i] : 0;
+
+		ctx->seq_past[s] = MOE_MIN(ctx->seq_past[s], (uint32_t)b->pos[i]);
+	}
+	t0 = moe_now();
+	for (uint32_t done = 0; done < b->n && !ret; done += ctx->n_batch) {
+		uint32_t m = MOE_MIN(ctx->n_batch, b->n - done), n_rows = 0;
+
+		for (uint32_t i = 0; i < m; i++)
+			if (all || (b->logits ? b->logits[done + i] != 0 : last[done + i]))
+				rows[n_rows++] = (int32_t)i;
+		ret = moe_forward(ctx, b->tokens + done, b->pos + done, b->seq ? b->seq + done : NULL,
+				  m, n_rows == m ? NULL : rows, n_rows,
+				  ctx->logits + (size_t)kept * n_vocab);
+		ctx->clock += m;
+		kept += n_rows;
+		if (!ret)
+			for (uint32_t i = done; i < done + m; i++) {
+				uint32_t s = b->seq ? (uint32_t)b->seq[i] : 0;
+
+				ctx->seq_past[s] = (uint32_t)b->pos[i] + 1;
+			}
+	}
+	ctx->n_past = ctx->seq_past[0];
+	if (b->n == 1) {
+		ctx->st.decode_tokens++;
+		ctx->st.decode_s += moe_now() - t0;
+	} else {
+		ctx->st.prefill_tokens += b->n;
+		ctx->st.prefill_s += moe_now() - t0;
+	}
+out:
+	free(start);
+	free(next);
+	free(rows);
+	free(last);
+	return ret;
+}
+
+int moe_ctx_eval_batch(struct moe_ctx *ctx, const struct moe_batch *b)
+{
+	if (!ctx || !b)
+		return moe_err(EINVAL, "moe_ctx_eval_batch: NULL argument");
+	return eval(ctx, b, false);
 }
 
 int moe_ctx_eval(struct moe_ctx *ctx, const int32_t *tokens, uint32_t n, uint32_t pos,
 		 uint32_t flags)
 {
-	bool all = flags & MOE_EVAL_ALL_LOGITS;
-	uint32_t n_vocab = ctx->hp.n_vocab;
+	struct moe_batch b = { .tokens = tokens, .n = n };
 	int32_t *posv;
-	double t0;
-	int ret = 0;
+	int ret;
 
 	if (!n || !tokens)
 		return moe_err(EINVAL, "moe_ctx_eval: no tokens");
 	if (flags & ~MOE_EVAL_ALL_LOGITS)
 		return moe_err(EINVAL, "moe_ctx_eval: unknown flags 0x%x",
 			       flags & ~MOE_EVAL_ALL_LOGITS);
-	if (pos > ctx->n_past)
+	if (pos > ctx->seq_past[0])
 		return moe_err(EINVAL, "moe_ctx_eval: position %u leaves a gap after the %u "
-			       "positions evaluated", pos, ctx->n_past);
+			       "positions evaluated", pos, ctx->seq_past[0]);
 	if ((uint64_t)pos + n > ctx->n_ctx)
 		return moe_err(ENOSPC, "context full: positions %u..%u do not fit %u cells; "
 			       "raise --ctx", pos, pos + n - 1, ctx->n_ctx);
-	for (uint32_t i = 0; i < n; i++)
-		if (tokens[i] < 0 || (uint32_t)tokens[i] >= n_vocab)
-			return moe_err(EINVAL, "token id %d (at %u) is out of range: the vocabulary "
-				       "has %u tokens (0..%u)", tokens[i], i, n_vocab, n_vocab - 1);
-	ret = check_rewind(ctx, pos);
-	if (ret < 0)
-		return ret;
-	if (all && n > ctx->n_logits) {
-		float *l = realloc(ctx->logits, sizeof(float) * (size_t)n * n_vocab);
-
-		if (!l)
-			return moe_err(ENOMEM, "out of memory for %u x %u logits", n, n_vocab);
-		ctx->logits = l;
-		ctx->n_logits = n;
-	}
-	posv = malloc(sizeof(*posv) * MOE_MIN(n, ctx->n_batch));
+	posv = malloc(sizeof(*posv) * n);
 	if (!posv)
 		return moe_err(ENOMEM, "out of memory");
-	t0 = moe_now();
-	ctx->n_past = pos;
-	for (uint32_t done = 0; done < n && !ret; done += ctx->n_batch) {
-		uint32_t m = MOE_MIN(ctx->n_batch, n - done);
-
-		for (uint32_t i = 0; i < m; i++)
-			posv[i] = (int32_t)(pos + done + i);
-		ret = moe_forward(ctx, tokens + done, posv, NULL, m, all,
-				  ctx->logits + (all ? (size_t)done * n_vocab : 0));
-		ctx->clock += m;
-		if (!ret)
-			ctx->n_past = pos + done + m;
-	}
+	for (uint32_t i = 0; i < n; i++)
+		posv[i] = (int32_t)(pos + i);
+	b.pos = posv;
+	ret = eval(ctx, &b, flags & MOE_EVAL_ALL_LOGITS);
 	free(posv);
-	if (n == 1) {
-		ctx->st.decode_tokens++;
-		ctx->st.decode_s += moe_now() - t0;
-	} else {
-		ctx->st.prefill_tokens += n;
-		ctx->st.prefill_s += moe_now() - t0;
-	}
 	return ret;
+}
+
+uint32_t moe_ctx_seq_pos(const struct moe_ctx *ctx, uint32_t seq)
+{
+	return seq < ctx->n_seq ? ctx->seq_past[seq] : 0;
 }
 
 const float *moe_ctx_logits(const struct moe_ctx *ctx, uint32_t i)

@@ -55,6 +55,8 @@ struct moe_ctx {
 	struct moe_io *io;
 	struct moe_expert_cache *cache;
 	uint32_t n_ctx, n_batch, n_past;
+	uint32_t n_seq;
+	uint32_t *seq_past;          /* positions evaluated per sequence (n_past is seq 0's) */
 	uint32_t max_used;           /* largest experts-per-token of any layer */
 	float softcap;
 	uint64_t clock;              /* tokens evaluated so far (the cache policies' clock) */
@@ -69,7 +71,7 @@ struct moe_ctx {
 
 	/* pinned host memory: inputs, the routing downloads */
 	void *hbuf;
-	int32_t *h_tok, *h_pos, *h_seq;
+	int32_t *h_tok, *h_pos, *h_seq, *h_rows;
 	float *h_tscale;
 	int32_t *h_sel;              /* [n_batch][max_used] */
 	int32_t *h_ents;             /* (token, choice) entries grouped by expert */
@@ -103,11 +105,12 @@ int moe_engine_bind(struct moe_ctx *ctx);
 
 /*
  * One forward step of n <= n_batch tokens at positions pos[] of sequences
- * seq[] (NULL: all sequence 0); logits of every token (all_logits) or the
- * last into @logits (host, n_vocab floats per row).
+ * seq[] (NULL: all sequence 0); the logits of rows[0..n_rows) (rows NULL:
+ * every row, n_rows = n) into @logits (host, n_vocab floats per row).
  */
 int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
-		const int32_t *seq, uint32_t n, bool all_logits, float *logits);
+		const int32_t *seq, uint32_t n, const int32_t *rows, uint32_t n_rows,
+		float *logits);
 /*
  * Routed experts of layer il: begin routes the router logits in scratch and
  * starts the download of the choices; the caller may queue other work

@@ -214,10 +214,10 @@ static int upload_inputs(struct moe_ctx *ctx, const int32_t *tokens, const int32
 }
 
 int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
-		const int32_t *seq, uint32_t n, bool all_logits, float *logits)
+		const int32_t *seq, uint32_t n, const int32_t *rows, uint32_t n_rows, float *logits)
 {
 	struct moe_backend *be = ctx->be;
-	uint32_t n_embd = ctx->hp.n_embd, n_vocab = ctx->hp.n_vocab, first;
+	uint32_t n_embd = ctx->hp.n_embd, n_vocab = ctx->hp.n_vocab;
 	moe_dptr *b = ctx->buf;
 	int ret;
 
@@ -233,15 +233,28 @@ int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
 		if (ret < 0)
 			return moe_err_prefix(ret, "layer %u", il);
 	}
-	first = all_logits ? 0 : n - 1;
-	TRY(OPS(ctx)->rms_norm(be, b[PB_H] + sizeof(float) * (uint64_t)first * n_embd, b[PB_X],
-			       n - first, n_embd, ctx->output_norm, ctx->hp.rms_eps));
-	TRY(mm(ctx, &ctx->output, b[PB_X], n - first, b[PB_LOGITS]));
+	if (!n_rows)
+		return OPS(ctx)->sync(be);
+	if (!rows) {
+		/* every row */
+		TRY(OPS(ctx)->rms_norm(be, b[PB_H], b[PB_X], n, n_embd, ctx->output_norm,
+				       ctx->hp.rms_eps));
+	} else {
+		struct moe_be_mat h = { .p = b[PB_H], .type = MOE_TYPE_F32, .rows = n, .cols = n_embd };
+
+		/* its own pinned buffer: the token upload from h_tok may still be queued */
+		memcpy(ctx->h_rows, rows, sizeof(int32_t) * n_rows);
+		TRY(OPS(ctx)->upload(be, MOE_BE_COMPUTE, b[PB_ROWS], ctx->h_rows,
+				     sizeof(int32_t) * n_rows));
+		TRY(OPS(ctx)->get_rows(be, &h, b[PB_ROWS], n_rows, b[PB_X]));
+		TRY(OPS(ctx)->rms_norm(be, b[PB_X], b[PB_X], n_rows, n_embd, ctx->output_norm,
+				       ctx->hp.rms_eps));
+	}
+	TRY(mm(ctx, &ctx->output, b[PB_X], n_rows, b[PB_LOGITS]));
 	if (ctx->softcap > 0)
-		TRY(OPS(ctx)->softcap(be, b[PB_LOGITS], ctx->softcap,
-				      (int64_t)(n - first) * n_vocab));
+		TRY(OPS(ctx)->softcap(be, b[PB_LOGITS], ctx->softcap, (int64_t)n_rows * n_vocab));
 	TRY(OPS(ctx)->download(be, MOE_BE_COMPUTE, logits, b[PB_LOGITS],
-			       sizeof(float) * (uint64_t)(n - first) * n_vocab));
+			       sizeof(float) * (uint64_t)n_rows * n_vocab));
 	TRY(OPS(ctx)->sync(be));
 	return ret;
 }

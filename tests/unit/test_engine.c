@@ -776,6 +776,132 @@ START_TEST(engine_host_cache_tiny)
 }
 END_TEST
 
+/*
+ * Three sequences evaluated together in batches (split past n_batch) give
+ * the logits each gives alone, prompt and decode, and each keeps its own
+ * KV cache: rewinding one leaves the others alone.
+ */
+START_TEST(engine_batch_sequences)
+{
+	const char *arch = _i ? "gpt-oss" : "qwen3moe";
+	enum { S = 3, MAXP = 13, GEN = 4 };
+	static const uint32_t len[S] = { 13, 5, 9 };
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx_params p;
+	struct moe_ctx *one, *all;
+	int32_t tok[S][MAXP + GEN], bt[64], bp[64], bs[64];
+	float *ref = malloc(sizeof(float) * S * (MAXP + GEN) * 256);
+	uint8_t keep[64];
+	uint32_t n = 0;
+	double worst = 0;
+
+	ck_assert(mkmodel(dir, arch, "q8_0", arch_extra(arch), path, sizeof(path)));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 32;
+	p.n_batch = 8;
+	for (int s = 0; s < S; s++)
+		for (int i = 0; i < MAXP + GEN; i++)
+			tok[s][i] = (int32_t)((s * 71 + i * 37 + 5) % 256);
+	/* each sequence alone: its prompt, then GEN tokens one at a time */
+	for (int s = 0; s < S; s++) {
+		ck_assert_msg(moe_ctx_create(m, &p, &one) == 0, "%s", moe_errmsg());
+		ck_assert_int_eq(moe_ctx_eval(one, tok[s], len[s], 0, MOE_EVAL_ALL_LOGITS), 0);
+		memcpy(ref + (size_t)s * (MAXP + GEN) * 256, moe_ctx_logits(one, 0),
+		       sizeof(float) * len[s] * 256);
+		for (int g = 0; g < GEN; g++) {
+			ck_assert_int_eq(moe_ctx_eval(one, &tok[s][len[s] + g], 1, len[s] + g, 0), 0);
+			memcpy(ref + ((size_t)s * (MAXP + GEN) + len[s] + g) * 256,
+			       moe_ctx_logits(one, 0), sizeof(float) * 256);
+		}
+		moe_ctx_free(one);
+	}
+	p.n_seq = S;
+	ck_assert_msg(moe_ctx_create(m, &p, &all) == 0, "%s", moe_errmsg());
+	/* the prompts interleaved, 27 tokens in batches of 8, every row kept */
+	for (uint32_t i = 0; i < MAXP; i++)
+		for (int s = 0; s < S; s++)
+			if (i < len[s]) {
+				bt[n] = tok[s][i];
+				bp[n] = (int32_t)i;
+				bs[n] = s;
+				keep[n++] = 1;
+			}
+	{
+		struct moe_batch b = { .tokens = bt, .pos = bp, .seq = bs, .logits = keep, .n = n };
+
+		ck_assert_msg(moe_ctx_eval_batch(all, &b) == 0, "%s", moe_errmsg());
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		const float *l = moe_ctx_logits(all, i);
+		const float *r = ref + ((size_t)bs[i] * (MAXP + GEN) + bp[i]) * 256;
+
+		for (int v = 0; v < 256; v++)
+			worst = fmax(worst, fabs(l[v] - r[v]));
+	}
+	for (int s = 0; s < S; s++)
+		ck_assert_uint_eq(moe_ctx_seq_pos(all, s), len[s]);
+	/* decode: one token of every sequence per step, the last token of each kept */
+	for (int g = 0; g < GEN; g++) {
+		struct moe_batch b = { .tokens = bt, .pos = bp, .seq = bs, .n = S };
+
+		for (int s = 0; s < S; s++) {
+			bt[s] = tok[s][len[s] + g];
+			bp[s] = (int32_t)(len[s] + g);
+			bs[s] = s;
+		}
+		ck_assert_msg(moe_ctx_eval_batch(all, &b) == 0, "%s", moe_errmsg());
+		for (int s = 0; s < S; s++) {
+			const float *l = moe_ctx_logits(all, (uint32_t)s);
+			const float *r = ref + ((size_t)s * (MAXP + GEN) + len[s] + g) * 256;
+
+			for (int v = 0; v < 256; v++)
+				worst = fmax(worst, fabs(l[v] - r[v]));
+		}
+	}
+	ck_assert_msg(worst < 1e-3, "%s: batched sequences differ from single ones by %g", arch,
+		      worst);
+	/* rewinding sequence 1 to position 3 leaves 0 and 2 where they were */
+	{
+		struct moe_batch b = { .tokens = &tok[1][3], .pos = (int32_t[]){ 3 },
+				       .seq = (int32_t[]){ 1 }, .n = 1 };
+		const float *r = ref + ((size_t)1 * (MAXP + GEN) + 3) * 256;
+
+		ck_assert_int_eq(moe_ctx_eval_batch(all, &b), 0);
+		ck_assert_uint_eq(moe_ctx_seq_pos(all, 1), 4);
+		ck_assert_uint_eq(moe_ctx_seq_pos(all, 0), len[0] + GEN);
+		for (int v = 0; v < 256; v++)
+			ck_assert(fabs(moe_ctx_logits(all, 0)[v] - r[v]) < 1e-3);
+	}
+	/* errors name the token */
+	{
+		struct moe_batch b = { .tokens = bt, .pos = bp, .seq = bs, .n = 2 };
+
+		bt[0] = bt[1] = 1;
+		bp[0] = 0;
+		bs[0] = 3;
+		ck_assert_int_eq(moe_ctx_eval_batch(all, &b), -EINVAL);
+		ck_assert_ptr_nonnull(strstr(moe_errmsg(), "sequence 3"));
+		bs[0] = bs[1] = 2;
+		bp[1] = 2;
+		ck_assert_int_eq(moe_ctx_eval_batch(all, &b), -EINVAL);
+		ck_assert_ptr_nonnull(strstr(moe_errmsg(), "consecutive"));
+		bp[0] = 20;
+		bp[1] = 21;
+		ck_assert_int_eq(moe_ctx_eval_batch(all, &b), -EINVAL);
+		ck_assert_ptr_nonnull(strstr(moe_errmsg(), "gap"));
+		ck_assert_int_eq(moe_ctx_eval_batch(all, NULL), -EINVAL);
+	}
+	moe_ctx_free(all);
+	free(ref);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* moe-bench decode runs its three configurations and reports the ratio to the bound. */
 START_TEST(engine_bench_decode)
 {
@@ -926,6 +1052,7 @@ Suite *suite_engine(void)
 	tcase_add_loop_test(tc, engine_guarded, 0, MOE_ARRAY_SIZE(archs));
 	tcase_add_test(tc, engine_kv_types);
 	tcase_add_test(tc, engine_ring_rewind);
+	tcase_add_loop_test(tc, engine_batch_sequences, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }
