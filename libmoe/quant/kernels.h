@@ -29,11 +29,15 @@ MOE_KERNELS(q8_k)
 
 #undef MOE_KERNELS
 
+/* q8_0 activations: 127/amax and nearest-even, as the x86 kernels of llama.cpp round them. */
+size_t moe_q8_0_act_from_float(const float *src, void *dst, int64_t n);
+
 /* AVX2+FMA+F16C kernels (kernels_avx2.c); a NULL entry keeps the scalar one. */
 struct moe_simd_kernels {
 	uint32_t type;
 	void (*vec_dot)(int64_t n, float *out, const void *w, const void *a);
 	size_t (*from_float)(const float *src, void *dst, int64_t n);
+	size_t (*act_from_float)(const float *src, void *dst, int64_t n);
 	void (*to_float)(const void *src, float *dst, int64_t n);
 	void (*vec_dot_x4)(int64_t n, float *out, size_t out_stride, const void *w,
 			   const void *a, size_t a_stride);

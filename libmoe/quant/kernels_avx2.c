@@ -5,6 +5,7 @@
  * -mavx2 -mfma -mf16c and only called after CPU feature detection.
  */
 #include <immintrin.h>
+#include <math.h>
 
 #include "quant/blocks.h"
 #include "quant/kernels.h"
@@ -598,18 +599,27 @@ static inline float absmax(const float *src, int n)
 	return _mm_cvtss_f32(m4);
 }
 
-/* Same rounding as the scalar moe_q8_0_from_float (nearest even), so results are identical. */
-static size_t q8_0_from_float(const float *src, void *dst, int64_t n)
+/* Same scale and rounding as the scalar moe_q8_0_act_from_float, so the bytes are identical. */
+static size_t q8_0_act_from_float(const float *src, void *dst, int64_t n)
 {
 	struct block_q8_0 *b = dst;
 
 	for (int64_t i = 0; i < n / QK; i++, b++, src += QK) {
-		float amax = absmax(src, QK), d = amax / 127, id = d ? 1 / d : 0;
+		float amax = absmax(src, QK), id = amax ? 127.0f / amax : 0;
 
-		b->d = moe_f32_to_f16(d);
+		b->d = moe_f32_to_f16(amax / 127);
 		_mm256_storeu_si256((__m256i *)b->qs, round_pack32(src, _mm256_set1_ps(id)));
 	}
 	return (size_t)(n / QK) * sizeof(*b);
+}
+
+/* The element of largest magnitude, the first one when several tie (as the scalar scan). */
+static float signed_max(const float *x, int n, float amax)
+{
+	for (int j = 0; j < n; j++)
+		if (fabsf(x[j]) == amax)
+			return x[j];
+	return 0;
 }
 
 /* Same scale and rounding as the scalar moe_q8_k_from_float, so the bytes are identical. */
@@ -620,10 +630,11 @@ static size_t q8_k_from_float(const float *src, void *dst, int64_t n)
 	const __m256i one16 = _mm256_set1_epi16(1);
 
 	for (int64_t i = 0; i < n / QK_K; i++, b++, src += QK_K) {
-		float amax = absmax(src, QK_K), id = amax ? 127 / amax : 0;
-		__m256 vid = _mm256_set1_ps(id);
+		float max = signed_max(src, QK_K, absmax(src, QK_K));
+		float iscale = max ? -127.0f / max : 0;
+		__m256 vid = _mm256_set1_ps(iscale);
 
-		b->d = amax / 127;
+		b->d = max ? 1 / iscale : 0;
 		for (int k = 0; k < QK_K; k += 32) {
 			__m256i p = round_pack32(src + k, vid);
 			/* sums of 16: pairs, quads, then within each 128-bit half */
@@ -640,18 +651,18 @@ static size_t q8_k_from_float(const float *src, void *dst, int64_t n)
 }
 
 const struct moe_simd_kernels moe_avx2_kernels[] = {
-	{ MOE_TYPE_F32, vec_dot_f32, NULL, NULL, NULL },
-	{ MOE_TYPE_F16, vec_dot_f16, NULL, NULL, NULL },
-	{ MOE_TYPE_BF16, vec_dot_bf16, NULL, NULL, NULL },
-	{ MOE_TYPE_Q4_0, vec_dot_q4_0, NULL, NULL, vec_dot_q4_0_x4 },
-	{ MOE_TYPE_Q4_1, vec_dot_q4_1, NULL, NULL, NULL },
-	{ MOE_TYPE_Q5_0, vec_dot_q5_0, NULL, NULL, NULL },
-	{ MOE_TYPE_Q5_1, vec_dot_q5_1, NULL, NULL, NULL },
-	{ MOE_TYPE_Q8_0, vec_dot_q8_0, q8_0_from_float, NULL, NULL },
-	{ MOE_TYPE_MXFP4, vec_dot_mxfp4, NULL, NULL, NULL },
-	{ MOE_TYPE_Q4_K, vec_dot_q4_k, NULL, NULL, vec_dot_q4_k_x4 },
-	{ MOE_TYPE_Q5_K, vec_dot_q5_k, NULL, NULL, NULL },
-	{ MOE_TYPE_Q6_K, vec_dot_q6_k, NULL, NULL, NULL },
-	{ MOE_TYPE_Q8_K, vec_dot_q8_k, q8_k_from_float, NULL, NULL },
+	{ .type = MOE_TYPE_F32, .vec_dot = vec_dot_f32 },
+	{ .type = MOE_TYPE_F16, .vec_dot = vec_dot_f16 },
+	{ .type = MOE_TYPE_BF16, .vec_dot = vec_dot_bf16 },
+	{ .type = MOE_TYPE_Q4_0, .vec_dot = vec_dot_q4_0, .vec_dot_x4 = vec_dot_q4_0_x4 },
+	{ .type = MOE_TYPE_Q4_1, .vec_dot = vec_dot_q4_1 },
+	{ .type = MOE_TYPE_Q5_0, .vec_dot = vec_dot_q5_0 },
+	{ .type = MOE_TYPE_Q5_1, .vec_dot = vec_dot_q5_1 },
+	{ .type = MOE_TYPE_Q8_0, .vec_dot = vec_dot_q8_0, .act_from_float = q8_0_act_from_float },
+	{ .type = MOE_TYPE_MXFP4, .vec_dot = vec_dot_mxfp4 },
+	{ .type = MOE_TYPE_Q4_K, .vec_dot = vec_dot_q4_k, .vec_dot_x4 = vec_dot_q4_k_x4 },
+	{ .type = MOE_TYPE_Q5_K, .vec_dot = vec_dot_q5_k },
+	{ .type = MOE_TYPE_Q6_K, .vec_dot = vec_dot_q6_k },
+	{ .type = MOE_TYPE_Q8_K, .vec_dot = vec_dot_q8_k, .from_float = q8_k_from_float },
 };
 const int moe_avx2_kernel_count = (int)(sizeof(moe_avx2_kernels) / sizeof(moe_avx2_kernels[0]));

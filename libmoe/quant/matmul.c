@@ -123,6 +123,8 @@ void moe_mm_quantize(const struct moe_mm *mm, const float *x, void *dst)
 {
 	if (mm->t->vec_dot_type == MOE_TYPE_F32)
 		memcpy(dst, x, sizeof(float) * mm->cols);
+	else if (mm->at->act_from_float)
+		mm->at->act_from_float(x, dst, mm->cols);
 	else
 		mm->at->from_float(x, dst, mm->cols);
 }

@@ -21,6 +21,11 @@ struct moe_type_traits {
 	/* kernels; NULL where the type has none (integer and IQ types) */
 	void (*to_float)(const void *src, float *dst, int64_t n);      /* dequantize n elems */
 	size_t (*from_float)(const float *src, void *dst, int64_t n);   /* quantize; bytes */
+	/*
+	 * Activations, where this type is a vec_dot type: rounded as llama.cpp's
+	 * x86 CPU backend rounds them, so products match it; NULL: from_float.
+	 */
+	size_t (*act_from_float)(const float *src, void *dst, int64_t n);
 	uint32_t vec_dot_type;                                          /* activation type */
 	/* *out = dot(w_row, act_row) over n elements; act_row is of vec_dot_type */
 	void (*vec_dot)(int64_t n, float *out, const void *w_row, const void *act_row);

@@ -177,6 +177,7 @@ size_t moe_q5_1_from_float(const float *src, void *dst, int64_t n)
 	return (size_t)(n / QK) * sizeof(*b);
 }
 
+/* Weights as llama-quantize writes them: amax/127, multiplied by its inverse, rounded away. */
 size_t moe_q8_0_from_float(const float *src, void *dst, int64_t n)
 {
 	struct block_q8_0 *b = dst;
@@ -187,23 +188,41 @@ size_t moe_q8_0_from_float(const float *src, void *dst, int64_t n)
 
 		b->d = moe_f32_to_f16(d);
 		for (int j = 0; j < QK; j++)
+			b->qs[j] = (int8_t)clampi((int)roundf(src[j] * id), -127, 127);
+	}
+	return (size_t)(n / QK) * sizeof(*b);
+}
+
+size_t moe_q8_0_act_from_float(const float *src, void *dst, int64_t n)
+{
+	struct block_q8_0 *b = dst;
+
+	for (int64_t i = 0; i < n / QK; i++, b++, src += QK) {
+		float amax = fabsf(signed_absmax(src, QK));
+		float id = amax ? 127.0f / amax : 0;
+
+		b->d = moe_f32_to_f16(amax / 127);
+		for (int j = 0; j < QK; j++)
 			b->qs[j] = (int8_t)qround(src[j] * id, -127, 127);
 	}
 	return (size_t)(n / QK) * sizeof(*b);
 }
 
-/* Activations: symmetric in [-127, 127], so SIMD sign tricks never meet -128. */
+/*
+ * Activations, as llama.cpp rounds them: the scale is -127 over the element
+ * of largest magnitude (its sign included), so the values are symmetric in
+ * [-127, 127] and SIMD sign tricks never meet -128; d is its inverse.
+ */
 size_t moe_q8_k_from_float(const float *src, void *dst, int64_t n)
 {
 	struct block_q8_k *b = dst;
 
 	for (int64_t i = 0; i < n / QK_K; i++, b++, src += QK_K) {
-		float amax = fabsf(signed_absmax(src, QK_K));
-		float id = amax ? 127 / amax : 0;
+		float max = signed_absmax(src, QK_K), iscale = max ? -127.0f / max : 0;
 
-		b->d = amax / 127;
+		b->d = max ? 1 / iscale : 0;
 		for (int j = 0; j < QK_K; j++)
-			b->qs[j] = (int8_t)qround(src[j] * id, -127, 127);
+			b->qs[j] = (int8_t)qround(src[j] * iscale, -127, 127);
 		for (int g = 0; g < QK_K / 16; g++) {
 			int s = 0;
 

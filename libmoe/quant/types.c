@@ -32,7 +32,7 @@ static const struct moe_type_traits traits[MOE_TYPE_COUNT] = {
 	[MOE_TYPE_Q5_1] = { .name = "q5_1", .block = 32, .bytes = 24, .quantized = true,
 		KERNELS(q5_1, MOE_TYPE_Q8_0) },
 	[MOE_TYPE_Q8_0] = { .name = "q8_0", .block = 32, .bytes = 34, .quantized = true,
-		KERNELS(q8_0, MOE_TYPE_Q8_0) },
+		KERNELS(q8_0, MOE_TYPE_Q8_0), .act_from_float = moe_q8_0_act_from_float },
 	[MOE_TYPE_Q8_1] = { .name = "q8_1", .block = 32, .bytes = 36, .quantized = true },
 	[MOE_TYPE_Q2_K] = { .name = "q2_K", .block = 256, .bytes = 84, .quantized = true },
 	[MOE_TYPE_Q3_K] = { .name = "q3_K", .block = 256, .bytes = 110, .quantized = true },
@@ -112,6 +112,8 @@ static void init_tables(void)
 				t->vec_dot = k->vec_dot;
 			if (k->from_float)
 				t->from_float = k->from_float;
+			if (k->act_from_float)
+				t->act_from_float = k->act_from_float;
 			if (k->to_float)
 				t->to_float = k->to_float;
 			if (k->vec_dot_x4)

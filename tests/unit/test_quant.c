@@ -13,6 +13,7 @@
  *  - matmul vs float64 with f32 activations, within the activation rounding.
  */
 #include <errno.h>
+#include <fenv.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -776,6 +777,114 @@ START_TEST(simd_quantize_matches_scalar)
 }
 END_TEST
 
+/*
+ * Activations are rounded the way llama.cpp's x86 CPU backend rounds them,
+ * so products on the same file match it: q8_0 scales by 127/amax and rounds
+ * to nearest even (d = amax/127 as f16); q8_K scales by -127 over the element
+ * of largest magnitude, sign included, rounds to nearest even, d = 1/scale.
+ * Written here from those rules; ties (x * scale = k + 0.5) are built in.
+ */
+/* f16 bits of @f through the library's own f16 quantizer (checked above against known bits). */
+static uint16_t f16_bits(float f)
+{
+	uint16_t h;
+
+	ck_assert_int_eq(moe_quantize(MOE_TYPE_F16, &f, &h, 1), 2);
+	return h;
+}
+
+static void check_act_q8_0(const uint8_t *q, const float *x, int64_t n)
+{
+	for (int64_t b = 0; b < n / 32; b++) {
+		const uint8_t *blk = q + b * 34;
+		float amax = 0, id;
+
+		for (int j = 0; j < 32; j++)
+			amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+		id = amax ? 127.0f / amax : 0;
+		ck_assert_uint_eq(blk[0] | blk[1] << 8, f16_bits(amax / 127));
+		for (int j = 0; j < 32; j++)
+			ck_assert_msg((int8_t)blk[2 + j] == (int8_t)nearbyintf(x[b * 32 + j] * id),
+				      "q8_0 block %lld [%d]: %d for %.9g", (long long)b, j,
+				      (int8_t)blk[2 + j], x[b * 32 + j] * id);
+	}
+}
+
+static void check_act_q8_k(const uint8_t *q, const float *x, int64_t n)
+{
+	for (int64_t b = 0; b < n / 256; b++) {
+		const uint8_t *blk = q + b * 292;
+		float amax = 0, max = 0, iscale, d;
+
+		for (int j = 0; j < 256; j++)
+			if (fabsf(x[b * 256 + j]) > amax) {
+				amax = fabsf(x[b * 256 + j]);
+				max = x[b * 256 + j];
+			}
+		iscale = max ? -127.0f / max : 0;
+		memcpy(&d, blk, 4);
+		ck_assert_float_eq(d, max ? 1 / iscale : 0);
+		for (int j = 0; j < 256; j++)
+			ck_assert_msg((int8_t)blk[4 + j] == (int8_t)nearbyintf(x[b * 256 + j] * iscale),
+				      "q8_K block %lld [%d]", (long long)b, j);
+	}
+}
+
+START_TEST(activation_rounding)
+{
+	const int64_t n = 2048;
+	float *x = malloc(n * sizeof(float));
+	uint8_t *a = malloc(n * 2), *b = malloc(n * 2);
+	const struct moe_type_traits *q8 = moe_type_traits(MOE_TYPE_Q8_0);
+	const struct moe_type_traits *q8s = moe_type_traits_scalar(MOE_TYPE_Q8_0);
+	uint64_t st = 77;
+
+	ck_assert_int_eq(fegetround(), FE_TONEAREST);
+	for (int64_t i = 0; i < n; i++)
+		x[i] = (float)tu_randn(&st);
+	/* ties: with amax 127, x * 127/amax = x; halves must go to even */
+	for (int j = 0; j < 32; j++)
+		x[j] = j == 0 ? 127.0f : (float)(j - 16) + 0.5f;
+	/*
+	 * 127/amax and 1/(amax/127) differ by an ulp here, and x * scale is within
+	 * that ulp of a half: only the first rule gives llama.cpp's value
+	 */
+	x[32] = 0x1.002p+0f;
+	x[33] = 0x1.2268d2p-5f;
+	for (int j = 34; j < 64; j++)
+		x[j] = 0.25f;
+	/* q8_K: the largest element negative, and a later positive one of equal magnitude */
+	x[256] = -3.0f;
+	x[300] = 3.0f;
+	for (int j = 512; j < 768; j++)
+		x[j] = (float)((j % 9) - 4) * 0.125f;
+	for (int j = 768; j < 1024; j++)
+		x[j] = 0;
+	ck_assert_ptr_nonnull(q8->act_from_float);
+	q8s->act_from_float(x, a, n);
+	q8->act_from_float(x, b, n);
+	ck_assert_msg(!memcmp(a, b, (size_t)n / 32 * 34), "q8_0 activations: SIMD differs");
+	check_act_q8_0(a, x, n);
+	moe_type_traits_scalar(MOE_TYPE_Q8_K)->from_float(x, a, n);
+	moe_type_traits(MOE_TYPE_Q8_K)->from_float(x, b, n);
+	ck_assert_msg(!memcmp(a, b, (size_t)n / 256 * 292), "q8_K activations: SIMD differs");
+	check_act_q8_k(a, x, n);
+	/* q8_0 weights keep llama-quantize's rule: 1/d, rounded half away from zero */
+	{
+		float w[32];
+
+		for (int j = 0; j < 32; j++)
+			w[j] = j == 0 ? 127.0f : (float)(j - 16) + 0.5f;
+		q8s->from_float(w, a, 32);
+		for (int j = 1; j < 32; j++)
+			ck_assert_int_eq((int8_t)a[2 + j], (int8_t)roundf(w[j]));
+	}
+	free(x);
+	free(a);
+	free(b);
+}
+END_TEST
+
 /* ------------------------------------------------------------ matmul */
 
 static void check_matmul(uint32_t type, struct moe_threadpool *pool, uint64_t *st)
@@ -986,6 +1095,7 @@ Suite *suite_quant(void)
 	tcase_add_test(rnd, quantize_error_bounds);
 	tcase_add_test(rnd, quantize_degenerate);
 	tcase_add_test(rnd, simd_quantize_matches_scalar);
+	tcase_add_test(rnd, activation_rounding);
 	tcase_add_test(mm, matmul_vs_f64);
 	tcase_add_test(mm, dequant_row);
 	tcase_add_test(mm, bad_input);
