@@ -6,11 +6,9 @@
  * chunks, so that models larger than memory can be written.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "gguf_write.h"
 #include "quant/quant.h"
@@ -438,10 +436,9 @@ int moe_gguf_layout(const struct moe_gguf_writer *w, uint64_t *data_offset, uint
 	return 0;
 }
 
-/* Buffered output to a file descriptor; the first error sticks. */
+/* Buffered output to an output file; the first error sticks. */
 struct out {
-	int fd;
-	const char *path;
+	struct moe_outfile *f;
 	uint8_t *buf;
 	size_t len;
 	uint64_t pos;
@@ -450,20 +447,8 @@ struct out {
 
 static int out_flush(struct out *o)
 {
-	size_t done = 0;
-
-	while (!o->err && done < o->len) {
-		ssize_t n = write(o->fd, o->buf + done, o->len - done);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			o->err = moe_err(n < 0 ? errno : EIO, "%s: write failed at byte %llu: %s",
-					 o->path, (unsigned long long)(o->pos - o->len + done),
-					 n < 0 ? strerror(errno) : "no progress");
-		else
-			done += (size_t)n;
-	}
+	if (!o->err && o->len)
+		o->err = moe_outfile_write(o->f, o->buf, o->len);
 	o->len = 0;
 	return o->err;
 }
@@ -585,9 +570,7 @@ static int write_all(struct moe_gguf_writer *w, struct out *o)
 
 int moe_gguf_write(struct moe_gguf_writer *w, const char *path)
 {
-	static unsigned seq;
-	struct out o = { .fd = -1, .path = path };
-	char *tmp = NULL;
+	struct out o = { 0 };
 	int ret;
 
 	if (!w || !path || !*path)
@@ -597,29 +580,14 @@ int moe_gguf_write(struct moe_gguf_writer *w, const char *path)
 	ret = moe_gguf_layout(w, NULL, NULL);
 	if (ret)
 		return ret;
-	if (asprintf(&tmp, "%s.tmp.%d.%u", path, (int)getpid(),
-		     __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED)) < 0)
-		return moe_err(ENOMEM, "gguf writer: out of memory");
 	o.buf = malloc(OUT_BUF_BYTES);
-	if (!o.buf) {
-		ret = moe_err(ENOMEM, "gguf writer: out of memory");
-		goto out_free;
+	if (!o.buf)
+		return moe_err(ENOMEM, "gguf writer: out of memory");
+	ret = moe_outfile_open(path, &o.f);
+	if (!ret) {
+		ret = write_all(w, &o);
+		ret = moe_outfile_close(o.f, !ret) ?: ret;
 	}
-	o.fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-	if (o.fd < 0) {
-		ret = moe_err(errno, "%s: cannot create: %s", tmp, strerror(errno));
-		goto out_free;
-	}
-	ret = write_all(w, &o);
-	if (close(o.fd) && !ret)
-		ret = moe_err(errno, "%s: close failed: %s", tmp, strerror(errno));
-	if (!ret && rename(tmp, path))
-		ret = moe_err(errno, "%s: cannot rename the finished file into place: %s", path,
-			      strerror(errno));
-	if (ret)
-		unlink(tmp);
-out_free:
 	free(o.buf);
-	free(tmp);
 	return ret;
 }

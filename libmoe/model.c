@@ -464,9 +464,9 @@ int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **ou
 		ret = moe_err(ENOMEM, "out of memory");
 		goto err;
 	}
-	m->fd = open(path, O_RDONLY | O_CLOEXEC);
+	m->fd = moe_open_input(path, 0, "a model file");
 	if (m->fd < 0) {
-		ret = moe_err(errno, "%s: cannot open: %s", path, strerror(errno));
+		ret = m->fd;
 		goto err;
 	}
 	ret = gguf_parse_fd(m->fd, path, &m->gguf);

@@ -296,6 +296,42 @@ struct moe_model_summary {
 };
 MOE_API int moe_model_summary(const struct moe_model *model, struct moe_model_summary *out);
 
+/* ------------------------------------------------------- output files */
+/* (section: output files) */
+
+/*
+ * A file written by name, the way moe_gguf_write and the tools write every
+ * output (Documentation/tools/moe-mkmodel.rst, OUTPUT FILES):
+ *  - a path that does not exist, or a regular file: written into a temporary
+ *    file beside it, renamed over it when closed with @commit, so a failure
+ *    leaves the old file (or nothing) behind and never a truncated one; the
+ *    replacement keeps the old file's permission bits;
+ *  - a symbolic link: the file it points to (followed link by link), by these
+ *    same rules, and the link stays; a link to a file not there creates it;
+ *  - a character device (/dev/null, a terminal): written through, as cp does;
+ *  - a FIFO: written through when a reader has it open, else refused (-ENXIO)
+ *    instead of blocking;
+ *  - a directory (-EISDIR), block device or socket (-EEXIST): refused.
+ */
+struct moe_outfile;
+
+MOE_API int moe_outfile_open(const char *path, struct moe_outfile **out);
+/* The descriptor to write to (the temporary file while there is one). */
+MOE_API int moe_outfile_fd(const struct moe_outfile *o);
+/* The path as given to moe_outfile_open. */
+MOE_API const char *moe_outfile_path(const struct moe_outfile *o);
+/*
+ * Write all of @buf.  The first failure ("PATH: write failed after N bytes:
+ * No space left on device") sticks: later writes and the close return it.
+ */
+MOE_API int moe_outfile_write(struct moe_outfile *o, const void *buf, size_t len);
+/*
+ * Close and free @o.  With @commit and no failure so far, a temporary file is
+ * renamed into place; otherwise it is removed.  Returns the first failure of
+ * any write, the close or the rename, else 0.
+ */
+MOE_API int moe_outfile_close(struct moe_outfile *o, bool commit);
+
 /* ------------------------------------------------------- GGUF writer */
 /* (section: gguf writer) */
 

@@ -537,9 +537,9 @@ static int open_direct(struct moe_io *io, int *fd_out)
 
 	if (moe_io_faults & MOE_IO_FAULT_DIRECT_EINVAL)
 		return -EINVAL;
-	fd = open(io->path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+	fd = moe_open_input(io->path, O_DIRECT, "a model file");
 	if (fd < 0)
-		return -errno;
+		return fd;
 	/* Some filesystems accept the flag and refuse the reads: try one block. */
 	if (io->file_size) {
 		void *b;
@@ -568,9 +568,9 @@ static int setup_file(struct moe_io *io)
 	bool want, mem;
 	int fd, ret;
 
-	fd = open(io->path, O_RDONLY | O_CLOEXEC);
+	fd = moe_open_input(io->path, 0, "a file to read");
 	if (fd < 0)
-		return moe_err(errno, "%s: cannot open: %s", io->path, strerror(errno));
+		return fd;
 	if (fstat(fd, &st) < 0) {
 		ret = moe_err(errno, "%s: stat: %s", io->path, strerror(errno));
 		goto out_close;

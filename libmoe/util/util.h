@@ -43,6 +43,15 @@ static inline bool moe_mul_u64(uint64_t a, uint64_t b, uint64_t *out)
 /* "1.50 GiB", "12.0 MiB", "3.0 KiB" */
 void moe_fmt_bytes(char *buf, size_t len, uint64_t b);
 
+/* "a regular file", "a FIFO", "a character device", ... for an st_mode. */
+const char *moe_file_kind(unsigned mode);
+/*
+ * Open @path for reading (open(2) @flags besides O_RDONLY, e.g. O_DIRECT)
+ * without blocking, refusing what is not a regular file or a block device;
+ * @what names what was expected ("a model file").  A descriptor or -errno.
+ */
+int moe_open_input(const char *path, int flags, const char *what);
+
 /* Monotonic clock in seconds. */
 double moe_now(void);
 

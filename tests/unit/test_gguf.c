@@ -2,7 +2,9 @@
 /* The GGUF reader and model open: valid files, and one test per malformed case. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "gguf.h"
@@ -472,6 +474,29 @@ START_TEST(model_missing_file)
 	ck_assert_int_eq(moe_model_open("/nonexistent/x.gguf", &m), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "/nonexistent/x.gguf: cannot open"));
 	ck_assert_int_eq(moe_model_open("/", &m), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "/ is a directory, not a model file"));
+	ck_assert_int_eq(moe_model_open("/dev/null", &m), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "is a character device"));
+}
+END_TEST
+
+/* A FIFO is refused at once: a plain open() would wait for a writer for ever. */
+START_TEST(model_fifo_refused)
+{
+	struct moe_model *m = NULL;
+	char *dir = tu_tmpdir(), path[512];
+
+	ck_assert_ptr_nonnull(dir);
+	snprintf(path, sizeof(path), "%s/model.gguf", dir);
+	ck_assert_int_eq(mkfifo(path, 0600), 0);
+	alarm(20);
+	ck_assert_int_eq(moe_model_open(path, &m), -EINVAL);
+	ck_assert_int_eq(moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, &m), -EINVAL);
+	alarm(0);
+	ck_assert_msg(strstr(moe_errmsg(), "is a FIFO, not a model file"), "%s", moe_errmsg());
+	ck_assert_ptr_null(m);
+	tu_rmtree(dir);
+	free(dir);
 }
 END_TEST
 
@@ -592,6 +617,7 @@ Suite *suite_gguf(void)
 	tcase_add_test(tm, model_unsupported_arch);
 	tcase_add_test(tm, model_missing_tensor);
 	tcase_add_test(tm, model_missing_file);
+	tcase_add_test(tm, model_fifo_refused);
 	if (tu_shared("reference/llamacpp-logits/qwen3moe-f32.gguf")) {
 		tcase_add_test(tm, model_reference_files);
 		tcase_add_test(tm, moectl_info_cli);

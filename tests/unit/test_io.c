@@ -271,6 +271,7 @@ START_TEST(sync_span_and_bad_input)
 	uint8_t *dst, want[100];
 	void *interior = NULL;
 	uint32_t b;
+	char fifo[600];
 	struct job j = { 0 };
 
 	fx_setup(&fx);
@@ -319,7 +320,15 @@ START_TEST(sync_span_and_bad_input)
 	o.backend = 9;
 	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
 	ck_assert_int_eq(moe_io_open(fx.dir, NULL, &io), -EINVAL);
-	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "not a regular file"));
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "is a directory"));
+	/* A FIFO nobody writes to is refused at once: open() would wait for a writer. */
+	snprintf(fifo, sizeof(fifo), "%s/fifo", fx.dir);
+	ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+	alarm(20);
+	ck_assert_int_eq(moe_io_open(fifo, NULL, &io), -EINVAL);
+	alarm(0);
+	ck_assert_msg(strstr(moe_errmsg(), "is a FIFO"), "%s", moe_errmsg());
+	unlink(fifo);
 	moe_io_opts_init(&o);
 	o.numa_node = 4095;
 	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
