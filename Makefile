@@ -9,6 +9,7 @@
 #   libmoe/**/*_avx512.c     -> compiled with AVX-512 enabled
 #   tools/NAME.c             -> $(BUILD)/bin/NAME
 #   tools/NAME/*.c           -> $(BUILD)/bin/NAME
+#   tools/common/*.c         -> linked into every tool (not a tool itself)
 #   tests/unit/test_NAME.c   -> one Check suite, suite_NAME(), in unit-tests
 
 BUILD ?= build
@@ -49,7 +50,8 @@ LIB_SRCS := $(sort $(shell find libmoe -name '*.c'))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 
 TOOL_FILES := $(sort $(wildcard tools/*.c))
-TOOL_DIRS := $(sort $(patsubst %/,%,$(dir $(wildcard tools/*/*.c))))
+TOOL_DIRS := $(filter-out tools/common,$(sort $(patsubst %/,%,$(dir $(wildcard tools/*/*.c)))))
+TOOL_COMMON_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(sort $(wildcard tools/common/*.c)))
 TOOLS := $(notdir $(TOOL_FILES:.c=) $(TOOL_DIRS))
 TOOL_BINS := $(TOOLS:%=$(BUILD)/bin/%)
 
@@ -109,10 +111,13 @@ $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
 	@mkdir -p $(@D)
 	sed -e 's|@PREFIX@|$(abspath $(BUILD))|' -e 's|@INCDIR@|$(CURDIR)/include|' $< > $@
 
-# A tool is one file or one folder; both link the static library so the
-# binaries run from the build tree without LD_LIBRARY_PATH.
+# A tool is one file or one folder, plus the code every tool shares in
+# tools/common; all link the static library so the binaries run from the
+# build tree without LD_LIBRARY_PATH.
+$(BUILD)/obj/tools/%.o: ALL_CFLAGS += -Itools/common
 define tool_rule
-$(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c)) $(STATIC_LIB)
+$(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c)) \
+		$(TOOL_COMMON_OBJS) $(STATIC_LIB)
 	@mkdir -p $$(@D)
 	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIB) $$(LIBS)
 endef
