@@ -29,7 +29,9 @@ static const struct cmd cmds[] = {
 
 static int do_help(int argc, char **argv)
 {
-	(void)argc;
+	if (argc > 1)
+		return usage_error("help: no arguments expected; `moectl COMMAND --help` describes "
+				   "one command");
 	(void)argv;
 	fprintf(stderr, "usage: moectl [--json] COMMAND [ARGS]\n\ncommands:\n");
 	for (const struct cmd *c = cmds; c->name; c++)
@@ -131,6 +133,7 @@ int main(int argc, char **argv)
 	};
 	int c;
 
+	tool_init("moectl");
 	/* Global options come before the command; the command parses its own. */
 	while ((c = getopt_long(argc, argv, "+jh", opts, NULL)) != -1) {
 		switch (c) {

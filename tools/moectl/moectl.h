@@ -5,8 +5,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
-/* Exit statuses: 0 success, 1 failure, 2 usage. */
-#define EXIT_USAGE 2
+#include "tool.h"
 
 struct cmd {
 	const char *name;

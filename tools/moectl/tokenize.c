@@ -24,7 +24,8 @@ static int open_tokenizer(const char *path, struct moe_model **m, struct moe_tok
 		return fail("%s", moe_errmsg());
 	ret = moe_tokenizer_load(*m, t);
 	if (ret) {
-		moe_model_close(*m);
+		/* the caller closes *m on every path */
+		*t = NULL;
 		return fail("%s", moe_errmsg());
 	}
 	return 0;
@@ -52,6 +53,10 @@ static char *read_stdin(size_t *len)
 		n += got;
 		if (!got)
 			break;
+	}
+	if (buf && ferror(stdin)) {
+		free(buf);
+		return NULL;
 	}
 	*len = n;
 	return buf;
@@ -173,9 +178,11 @@ int do_tokenize(int argc, char **argv)
 		return tok_usage("tokenize");
 	text = argv[optind + 1];
 	if (!strcmp(text, "-")) {
+		errno = 0;
 		owned = read_stdin(&len);
 		if (!owned)
-			return fail("out of memory reading the text from stdin");
+			return fail("reading the text from standard input: %s",
+				    strerror(errno ? errno : ENOMEM));
 		text = owned;
 	} else {
 		len = strlen(text);
@@ -244,15 +251,11 @@ int do_detokenize(int argc, char **argv)
 	if (!ids)
 		return fail("out of memory");
 	for (int i = 0; i < n; i++) {
-		const char *s = argv[optind + 1 + i];
-		char *end;
-		long v;
+		uint32_t v;
 
-		errno = 0;
-		v = strtol(s, &end, 10);
-		if (errno || end == s || *end || v < 0 || v > INT32_MAX) {
+		if (tool_parse_u32("token id", argv[optind + 1 + i], 0, INT32_MAX, &v)) {
 			free(ids);
-			return usage_error("'%s' is not a token id (a non-negative integer)", s);
+			return EXIT_USAGE;
 		}
 		ids[i] = (int32_t)v;
 	}
