@@ -12,9 +12,11 @@
 #include <unistd.h>
 
 #include "moe/moe.h"
+#include "tool.h"
 
-#define EXIT_USAGE 2
 #define PROG "moe-run"
+/* The most positions a context holds (moe_ctx_create refuses more). */
+#define MAX_CTX (1u << 24)
 
 struct opts {
 	const char *model, *prompt, *tokens, *logits_out, *system, *backend;
@@ -22,7 +24,7 @@ struct opts {
 	uint32_t n_gen, n_ctx, n_batch;
 	uint64_t vram, host_cache;
 	int threads;
-	bool stats, json, chat;
+	bool stats, json, chat, vram_zero;
 	struct moe_sample_params sp;
 	struct moe_io_opts io;
 };
@@ -68,32 +70,43 @@ static int bad(const char *fmt, const char *arg)
 	return -EINVAL;
 }
 
-static int parse_u32(const char *s, const char *what, uint32_t *out)
+static int parse_u32(const char *s, const char *what, uint32_t max, uint32_t *out)
 {
-	char *end;
-	unsigned long long v;
+	return tool_parse_u32(what, s, 0, max, out) ? -EINVAL : 0;
+}
 
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || v > UINT32_MAX || s[0] == '-')
-		return bad("%s: expected a non-negative integer", what);
-	*out = (uint32_t)v;
+static int parse_float(const char *s, const char *what, double min, double max, float *out)
+{
+	double v;
+
+	if (tool_parse_double(what, s, min, max, &v))
+		return -EINVAL;
+	*out = (float)v;
 	return 0;
 }
 
-static int parse_float(const char *s, const char *what, float *out)
+/* Whether @s is a size of zero with a valid unit ("0", "0G", "0.0MiB"). */
+static bool size_is_zero(const char *s)
 {
+	char one[32];
+	uint64_t v;
 	char *end;
 
-	errno = 0;
-	*out = strtof(s, &end);
-	if (errno || end == s || *end)
-		return bad("%s: expected a number", what);
-	return 0;
+	if (*s < '0' || *s > '9' || strtod(s, &end) != 0 || strlen(end) > 8)
+		return false;
+	snprintf(one, sizeof(one), "1%s", end);
+	return moe_parse_size(one, &v) == 0;
 }
 
-static int parse_size(const char *s, const char *what, uint64_t *out)
+/* A budget; @zero (when not NULL) says whether 0 was written, which moe_parse_size refuses. */
+static int parse_size(const char *s, const char *what, uint64_t *out, bool *zero)
 {
+	if (zero)
+		*zero = size_is_zero(s);
+	if (zero && *zero) {
+		*out = 0;
+		return 0;
+	}
 	if (moe_parse_size(s, out) < 0) {
 		fprintf(stderr, PROG ": %s %s\n", what, moe_errmsg());
 		return -EINVAL;
@@ -101,23 +114,35 @@ static int parse_size(const char *s, const char *what, uint64_t *out)
 	return 0;
 }
 
+/*
+ * --tokens: decimal ids joined by single commas, "1,2,3".  No spaces, signs
+ * or empty entries: a list a script built wrongly is refused, not guessed at.
+ */
 static int parse_tokens(const char *s, int32_t **out, uint32_t *n)
 {
 	uint32_t cap = 16, k = 0;
-	int32_t *ids = malloc(sizeof(*ids) * cap);
+	int32_t *ids;
 	const char *p = s;
 
+	if (!*s)
+		return bad("--tokens '%s': no token ids; write them as 1,2,3", s);
+	ids = malloc(sizeof(*ids) * cap);
 	if (!ids)
 		return -ENOMEM;
-	while (*p) {
-		char *end;
-		long v;
+	for (;;) {
+		const char *start = p;
+		uint64_t v = 0;
 
-		errno = 0;
-		v = strtol(p, &end, 10);
-		if (errno || end == p || v < 0 || v > INT32_MAX) {
+		while (*p >= '0' && *p <= '9' && v <= INT32_MAX)
+			v = v * 10 + (uint64_t)(*p++ - '0');
+		if (p == start || v > INT32_MAX || (*p && *p != ',')) {
+			fprintf(stderr, PROG ": --tokens '%s': %s at offset %zu; write ids from 0 "
+				"to %d joined by commas, as 1,2,3\n", s,
+				v > INT32_MAX ? "an id out of range" :
+				p == start && (!*p || *p == ',') ? "an empty id" : "not a token id",
+				(size_t)(start - s), INT32_MAX);
 			free(ids);
-			return bad("--tokens '%s': expected token ids separated by commas", s);
+			return -EINVAL;
 		}
 		if (k == cap) {
 			int32_t *t = realloc(ids, sizeof(*ids) * (cap *= 2));
@@ -129,17 +154,9 @@ static int parse_tokens(const char *s, int32_t **out, uint32_t *n)
 			ids = t;
 		}
 		ids[k++] = (int32_t)v;
-		p = end;
-		if (*p == ',' || *p == ' ')
-			p++;
-		else if (*p) {
-			free(ids);
-			return bad("--tokens '%s': expected token ids separated by commas", s);
-		}
-	}
-	if (!k) {
-		free(ids);
-		return bad("--tokens '%s': no token ids", s);
+		if (!*p)
+			break;
+		p++;
 	}
 	*out = ids;
 	*n = k;
@@ -201,14 +218,40 @@ struct run {
 	const struct opts *o;
 	struct moe_tokenizer *tok;
 	struct moe_detok_state ds;
-	FILE *logits;
+	struct moe_outfile *logits;
 	uint32_t n_vocab;
 	int32_t *out;
 	uint32_t n_out;
 	char *text;
 	size_t text_len, text_cap;
-	int err;
+	int err;                /* the first failure while generating, -errno */
+	char errmsg[512];       /* its reason; "" once it was reported (stdout) */
 };
+
+/* Record the first failure of a callback; generation stops at it. */
+static void run_failed(struct run *r, int err, const char *msg)
+{
+	if (r->err)
+		return;
+	r->err = err;
+	snprintf(r->errmsg, sizeof(r->errmsg), "%s", msg);
+}
+
+/* The failure of a run on stderr, unless it was said already (a write error on stdout). */
+static void report(const struct run *r, const char *what)
+{
+	if (r->err && !r->errmsg[0])
+		return;
+	fprintf(stderr, PROG ": %s%s%s\n", what ? what : "", what ? ": " : "",
+		r->err ? r->errmsg : moe_errmsg());
+}
+
+/* Text as it comes: a failed write stops the run instead of generating for nobody. */
+static void flush_stdout(struct run *r)
+{
+	if (tool_flush_stdout())
+		run_failed(r, -EIO, "");
+}
 
 static void emit_text(struct run *r, const char *buf, int n)
 {
@@ -216,7 +259,7 @@ static void emit_text(struct run *r, const char *buf, int n)
 		return;
 	if (!r->o->json) {
 		fwrite(buf, 1, (size_t)n, stdout);
-		fflush(stdout);
+		flush_stdout(r);
 		return;
 	}
 	if (r->text_len + (size_t)n + 1 > r->text_cap) {
@@ -224,7 +267,7 @@ static void emit_text(struct run *r, const char *buf, int n)
 		char *t = realloc(r->text, cap);
 
 		if (!t) {
-			r->err = -ENOMEM;
+			run_failed(r, -ENOMEM, strerror(ENOMEM));
 			return;
 		}
 		r->text = t;
@@ -234,15 +277,20 @@ static void emit_text(struct run *r, const char *buf, int n)
 	r->text_len += (size_t)n;
 }
 
+static int write_logits(struct run *r, const float *logits, uint32_t n_rows)
+{
+	if (moe_outfile_write(r->logits, logits, sizeof(float) * r->n_vocab * n_rows) < 0)
+		run_failed(r, -EIO, moe_errmsg());
+	return r->err;
+}
+
 static int on_token(void *arg, const float *logits, uint32_t n_rows, int32_t next)
 {
 	struct run *r = arg;
 	char buf[512];
 
-	if (r->logits && fwrite(logits, sizeof(float) * r->n_vocab, n_rows, r->logits) != n_rows) {
-		r->err = -EIO;
+	if (r->logits && write_logits(r, logits, n_rows))
 		return 1;
-	}
 	r->out[r->n_out++] = next;
 	if (r->tok) {
 		int n = moe_detok_stream(r->tok, &r->ds, next, buf, sizeof(buf));
@@ -252,7 +300,7 @@ static int on_token(void *arg, const float *logits, uint32_t n_rows, int32_t nex
 			return 1;
 	} else if (!r->o->json) {
 		printf("%s%d", r->n_out > 1 ? " " : "", next);
-		fflush(stdout);
+		flush_stdout(r);
 	}
 	return r->err != 0;
 }
@@ -292,6 +340,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ 0 },
 	};
 	uint32_t u;
+	bool zero;
 	int c, ret = 0;
 
 	o->n_gen = 32;
@@ -301,37 +350,37 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		switch (c) {
 		case 'm': o->model = optarg; break;
 		case 'p': o->prompt = optarg; break;
-		case 'n': ret = parse_u32(optarg, "-n", &o->n_gen); break;
+		case 'n': ret = parse_u32(optarg, "-n", MAX_CTX, &o->n_gen); break;
 		case O_TOKENS: o->tokens = optarg; break;
-		case O_CTX: ret = parse_u32(optarg, "--ctx", &o->n_ctx); break;
-		case O_BATCH: ret = parse_u32(optarg, "--batch", &o->n_batch); break;
-		case O_VRAM: ret = parse_size(optarg, "--vram", &o->vram); break;
-		case O_HOST: ret = parse_size(optarg, "--host-cache", &o->host_cache); break;
+		case O_CTX: ret = parse_u32(optarg, "--ctx", MAX_CTX, &o->n_ctx); break;
+		case O_BATCH: ret = parse_u32(optarg, "--batch", MAX_CTX, &o->n_batch); break;
+		case O_VRAM: ret = parse_size(optarg, "--vram", &o->vram, &o->vram_zero); break;
+		case O_HOST: ret = parse_size(optarg, "--host-cache", &o->host_cache, &zero); break;
 		case O_THREADS:
-			ret = parse_u32(optarg, "--threads", &u);
-			o->threads = (int)u;
+			ret = tool_parse_threads("--threads", optarg, &o->threads) ? -EINVAL : 0;
 			break;
-		case O_TEMP: ret = parse_float(optarg, "--temp", &o->sp.temp); break;
+		case O_TEMP: ret = parse_float(optarg, "--temp", 0, 1e6, &o->sp.temp); break;
 		case O_TOPK:
-			ret = parse_u32(optarg, "--top-k", &u);
+			ret = parse_u32(optarg, "--top-k", INT32_MAX, &u);
 			o->sp.top_k = (int32_t)u;
 			break;
-		case O_TOPP: ret = parse_float(optarg, "--top-p", &o->sp.top_p); break;
-		case O_MINP: ret = parse_float(optarg, "--min-p", &o->sp.min_p); break;
-		case O_RPEN: ret = parse_float(optarg, "--repeat-penalty", &o->sp.repeat_penalty); break;
+		case O_TOPP: ret = parse_float(optarg, "--top-p", 0, 1, &o->sp.top_p); break;
+		case O_MINP: ret = parse_float(optarg, "--min-p", 0, 1, &o->sp.min_p); break;
+		case O_RPEN:
+			ret = parse_float(optarg, "--repeat-penalty", 0, 1e6,
+					  &o->sp.repeat_penalty);
+			if (!ret && !(o->sp.repeat_penalty > 0))
+				ret = bad("--repeat-penalty %s: must be above 0 (1 turns it off)",
+					  optarg);
+			break;
 		case O_RLAST:
-			ret = parse_u32(optarg, "--repeat-last-n", &u);
+			ret = parse_u32(optarg, "--repeat-last-n", INT32_MAX, &u);
 			o->sp.repeat_last_n = (int32_t)u;
 			break;
-		case O_SEED: {
-			char *end;
-
-			errno = 0;
-			o->sp.seed = strtoull(optarg, &end, 10);
-			if (errno || end == optarg || *end)
-				ret = bad("--seed '%s': expected a non-negative integer", optarg);
+		case O_SEED:
+			ret = tool_parse_u64("--seed", optarg, 0, UINT64_MAX, &o->sp.seed);
+			ret = ret ? -EINVAL : 0;
 			break;
-		}
 		case O_IO:
 			if (!strcmp(optarg, "auto"))
 				o->io.backend = MOE_IO_AUTO;
@@ -511,7 +560,7 @@ static int chat_turn(const struct opts *o, struct moe_ctx *ctx, struct run *r, s
 				  r);
 	emit_text(r, buf, moe_detok_stream(r->tok, &r->ds, -1, buf, sizeof(buf)));
 	printf("\n");
-	fflush(stdout);
+	flush_stdout(r);
 	if (ret < 0 || r->err) {
 		free(toks);
 		return ret < 0 ? ret : r->err;
@@ -575,7 +624,9 @@ static int chat(const struct opts *o, struct moe_ctx *ctx, struct run *r)
 		if (!ret)
 			ret = chat_turn(o, ctx, r, &c, ++turn);
 	}
-	if (ret < 0 && ret != -ENOSPC)
+	if (r->err)
+		report(r, "chat");
+	else if (ret < 0 && ret != -ENOSPC)
 		fprintf(stderr, PROG ": chat: %s\n", ret == -ENOMEM ? strerror(ENOMEM) : moe_errmsg());
 	for (int i = 0; i < c.n_msgs; i++)
 		free((char *)c.msgs[i].content);
@@ -594,12 +645,21 @@ static int run(const struct opts *o)
 	struct run r = { .o = o };
 	int32_t *prompt = NULL;
 	uint32_t n_prompt = 0;
+	uint64_t need;
 	int ret;
 
+	if (o->tokens && parse_tokens(o->tokens, &prompt, &n_prompt) < 0)
+		return EXIT_USAGE;
+	/* Refused outputs are refused before the work that would fill them. */
+	if (o->logits_out && moe_outfile_open(o->logits_out, &r.logits) < 0) {
+		fprintf(stderr, PROG ": --logits-out %s\n", moe_errmsg());
+		free(prompt);
+		return 1;
+	}
 	ret = moe_model_open(o->model, &model);
 	if (ret < 0) {
 		fprintf(stderr, PROG ": %s\n", moe_errmsg());
-		return 1;
+		goto fail;
 	}
 	ret = moe_tokenizer_load(model, &r.tok);
 	if (ret < 0) {
@@ -632,27 +692,37 @@ static int run(const struct opts *o)
 			goto fail;
 		}
 		n_prompt = (uint32_t)n;
-	} else if (parse_tokens(o->tokens, &prompt, &n_prompt) < 0) {
-		goto usage;
+	}
+	need = (uint64_t)n_prompt + (o->n_gen ? o->n_gen : 1);
+	if (!o->n_ctx && !o->chat && need > MAX_CTX) {
+		fprintf(stderr, PROG ": the prompt (%u tokens) and -n %u need %llu positions; a "
+			"context holds at most %u\n", n_prompt, o->n_gen, (unsigned long long)need,
+			MAX_CTX);
+		ret = EXIT_USAGE;
+		goto out;
 	}
 	moe_ctx_default_params(&cp);
-	cp.vram_bytes = o->vram;
+	/* The library reads a zero budget as "no limit": one byte asks for the smallest. */
+	cp.vram_bytes = o->vram_zero ? 1 : o->vram;
 	cp.host_cache_bytes = o->host_cache;
 	cp.n_threads = o->threads;
 	cp.n_batch = o->n_batch;
-	cp.n_ctx = o->n_ctx || o->chat ? o->n_ctx : n_prompt + (o->n_gen ? o->n_gen : 1);
+	cp.n_ctx = o->n_ctx || o->chat ? o->n_ctx : (uint32_t)need;
 	cp.io = o->io;
 	cp.backend = o->backend;
 	cp.kv_type = o->kv_type;
 	ret = moe_ctx_create(model, &cp, &ctx);
 	if (ret < 0) {
-		fprintf(stderr, PROG ": %s\n", moe_errmsg());
+		if (o->vram_zero)
+			fprintf(stderr, PROG ": --vram 0: %s\n", moe_errmsg());
+		else
+			fprintf(stderr, PROG ": %s\n", moe_errmsg());
 		goto fail;
 	}
 	if (o->stats && !o->json)
 		fprintf(stderr, "%s\n", moe_ctx_describe(ctx));
 	r.n_vocab = moe_ctx_n_vocab(ctx);
-	r.out = malloc(sizeof(*r.out) * (o->n_gen + 1));
+	r.out = malloc(sizeof(*r.out) * ((size_t)o->n_gen + 1));
 	if (!r.out) {
 		fprintf(stderr, PROG ": out of memory\n");
 		goto fail;
@@ -665,30 +735,18 @@ static int run(const struct opts *o)
 		}
 		if (ret < 0)
 			goto fail;
-		free(r.out);
-		moe_ctx_free(ctx);
-		moe_tokenizer_free(r.tok);
-		moe_model_close(model);
-		return 0;
-	}
-	if (o->logits_out) {
-		r.logits = fopen(o->logits_out, "wb");
-		if (!r.logits) {
-			fprintf(stderr, PROG ": %s: %s\n", o->logits_out, strerror(errno));
-			goto fail;
-		}
+		goto done;
 	}
 	if (o->n_gen) {
 		ret = moe_ctx_generate(ctx, prompt, n_prompt, o->n_gen, &o->sp,
 				       o->logits_out ? MOE_EVAL_ALL_LOGITS : 0, on_token, &r);
 	} else {
 		ret = moe_ctx_eval(ctx, prompt, n_prompt, 0, o->logits_out ? MOE_EVAL_ALL_LOGITS : 0);
-		if (!ret && r.logits && fwrite(moe_ctx_logits(ctx, 0), sizeof(float) * r.n_vocab,
-					       n_prompt, r.logits) != n_prompt)
-			r.err = -EIO;
+		if (!ret && r.logits)
+			write_logits(&r, moe_ctx_logits(ctx, 0), n_prompt);
 	}
 	if (ret < 0 || r.err) {
-		fprintf(stderr, PROG ": %s\n", r.err ? strerror(-r.err) : moe_errmsg());
+		report(&r, NULL);
 		goto fail;
 	}
 	if (r.tok) {
@@ -696,12 +754,12 @@ static int run(const struct opts *o)
 
 		emit_text(&r, buf, moe_detok_stream(r.tok, &r.ds, -1, buf, sizeof(buf)));
 	}
-	if (r.logits && fclose(r.logits)) {
-		r.logits = NULL;
-		fprintf(stderr, PROG ": %s: %s\n", o->logits_out, strerror(errno));
+	ret = moe_outfile_close(r.logits, true);
+	r.logits = NULL;
+	if (ret < 0) {
+		fprintf(stderr, PROG ": --logits-out %s\n", moe_errmsg());
 		goto fail;
 	}
-	r.logits = NULL;
 	moe_ctx_get_stats(ctx, &st);
 	if (o->json) {
 		printf("{\"tokens\":[");
@@ -717,39 +775,33 @@ static int run(const struct opts *o)
 		printf("}\n");
 	} else {
 		printf("\n");
-		/* the generated text ends before the stats on stderr start */
-		fflush(stdout);
-		if (o->stats)
-			print_stats(o, &st);
 	}
-	free(r.text);
-	free(r.out);
-	free(prompt);
-	moe_ctx_free(ctx);
-	moe_tokenizer_free(r.tok);
-	moe_model_close(model);
-	return 0;
-usage:
-	free(prompt);
-	moe_tokenizer_free(r.tok);
-	moe_model_close(model);
-	return EXIT_USAGE;
+	/* the generated text ends before the stats on stderr start */
+	if (tool_flush_stdout())
+		goto fail;
+	if (!o->json && o->stats)
+		print_stats(o, &st);
+done:
+	ret = 0;
+	goto out;
 fail:
-	if (r.logits)
-		fclose(r.logits);
+	ret = 1;
+out:
+	moe_outfile_close(r.logits, false);
 	free(r.text);
 	free(r.out);
 	free(prompt);
 	moe_ctx_free(ctx);
 	moe_tokenizer_free(r.tok);
 	moe_model_close(model);
-	return 1;
+	return ret;
 }
 
 int main(int argc, char **argv)
 {
 	struct opts o = { 0 };
 
+	tool_init(PROG);
 	if (parse_args(argc, argv, &o) < 0) {
 		fprintf(stderr, "try `" PROG " --help`\n");
 		return EXIT_USAGE;
