@@ -19,11 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "moe/moe.h"
+#include "tool.h"
 
-#define EXIT_USAGE 2
 #define PROG "moe-mkmodel"
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -1524,18 +1526,73 @@ static int add_metadata(struct moe_gguf_writer *w, const struct opts *o)
 
 /* ------------------------------------------------------------------- main */
 
+/*
+ * The routers are held in memory while the file is written: refuse sizes the
+ * machine cannot hold instead of paging until the OOM killer ends it.
+ */
+static int check_memory(const struct opts *o)
+{
+	uint64_t n = 0, bytes, ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)getpagesize();
+
+	for (uint32_t l = 0; l < o->layers; l++)
+		n += is_moe_layer(o, l);
+	bytes = n * o->embd * o->experts * sizeof(float);
+	if (bytes <= ram / 2)
+		return 0;
+	fprintf(stderr, PROG ": the routers of %" PRIu64 " MoE layers (%u x %u each) need %"
+		PRIu64 " bytes of memory while the model is written, more than half of this "
+		"machine's %" PRIu64 ": lower --layers, --embd or --experts\n", n, o->embd,
+		o->experts, bytes, ram);
+	return 1;
+}
+
+/* A file larger than the free space would fail at the end, after minutes of work. */
+static int check_space(const char *out, uint64_t bytes)
+{
+	char *dir = strdup(out), *slash;
+	struct statvfs sv;
+	struct stat st;
+	uint64_t avail;
+	int ret = 0;
+
+	/* devices and FIFOs are written through: their filesystem says nothing */
+	if (!dir || (stat(out, &st) == 0 && !S_ISREG(st.st_mode))) {
+		free(dir);
+		return 0;
+	}
+	slash = strrchr(dir, '/');
+	if (slash)
+		slash[slash == dir] = 0;
+	if (statvfs(slash ? dir : ".", &sv) == 0)
+		avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	else
+		avail = UINT64_MAX;
+	if (bytes > avail) {
+		fprintf(stderr, PROG ": %s: the model is %" PRIu64 " bytes and its filesystem has %"
+			PRIu64 " free: free some space or make a smaller model\n", out, bytes,
+			avail);
+		ret = 1;
+	}
+	free(dir);
+	return ret;
+}
+
 int main(int argc, char **argv)
 {
 	struct moe_gguf_writer *w = NULL;
 	struct model m = { 0 };
 	struct opts o;
 	uint64_t bytes = 0;
-	int ret = parse_opts(argc, argv, &o);
+	int ret;
 
+	tool_init(PROG);
+	ret = parse_opts(argc, argv, &o);
 	if (ret)
 		return ret;
 	m.o = &o;
 	m.last_pct = -1;
+	if (check_memory(&o))
+		return 1;
 	ret = make_structure(&m);
 	if (ret) {
 		fprintf(stderr, PROG ": out of memory for the routers\n");
@@ -1557,6 +1614,9 @@ int main(int argc, char **argv)
 			fprintf(stderr, PROG ": %s\n", *moe_errmsg() ? moe_errmsg() : strerror(-ret));
 		goto out;
 	}
+	ret = check_space(o.out, bytes);
+	if (ret)
+		goto out;
 	for (size_t i = 0; i < ARRAY_LEN(m.fallback) && m.fallback[i].count && !o.quiet; i++)
 		fprintf(stderr, PROG ": note: %u tensor(s) (e.g. %s) have rows not a multiple of "
 			"the %s block and are written as %s\n", m.fallback[i].count,
