@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "tool.h"
+
 struct moe_threadpool;
 
 /* Monotonic seconds. */

@@ -129,21 +129,23 @@ int bench_decode(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "jt:n:p:h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'j': json = true; break;
-		case 't': threads = atoi(optarg); break;
-		case 'n': n_gen = (uint32_t)strtoul(optarg, NULL, 10); break;
-		case 'p': n_prompt = (uint32_t)strtoul(optarg, NULL, 10); break;
+		case 't': ret = tool_parse_threads("--threads", optarg, &threads); break;
+		case 'n': ret = tool_parse_u32("--tokens", optarg, 1, 1u << 16, &n_gen); break;
+		case 'p': ret = tool_parse_u32("--prompt", optarg, 1, 1u << 16, &n_prompt); break;
 		case 'h':
 			printf("usage: moe-bench decode MODEL [--json] [--threads N] [--tokens N] "
 			       "[--prompt N]\n");
 			return 0;
 		default:
-			return 2;
+			return EXIT_USAGE;
 		}
+		if (ret)
+			return ret;
 	}
-	if (optind != argc - 1 || !n_gen || !n_prompt) {
+	if (optind != argc - 1) {
 		fprintf(stderr, "usage: moe-bench decode MODEL [--json] [--threads N] [--tokens N] "
 			"[--prompt N]\n");
-		return 2;
+		return EXIT_USAGE;
 	}
 	ret = moe_model_open(argv[optind], &m);
 	if (ret < 0 || moe_model_summary(m, &sum) < 0) {

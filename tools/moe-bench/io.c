@@ -330,7 +330,8 @@ int bench_io(int argc, char **argv)
 			}
 			break;
 		case 'q':
-			o.queue_depth = (uint32_t)strtoul(optarg, NULL, 0);
+			if (tool_parse_u32("--qd", optarg, 1, 4096, &o.queue_depth))
+				return EXIT_USAGE;
 			break;
 		case 'b':
 			if (!strcmp(optarg, "auto"))
@@ -357,7 +358,8 @@ int bench_io(int argc, char **argv)
 			}
 			break;
 		case 'S':
-			seed = strtoull(optarg, NULL, 0);
+			if (tool_parse_u64("--seed", optarg, 0, UINT64_MAX, &seed))
+				return EXIT_USAGE;
 			break;
 		case 'N':
 			r.fadvise_only = true;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "tool.h"
 
 static const struct bench_cmd cmds[] = {
 	{ "io", bench_io, "io [--json] [--size B] [--qd N] FILE   engine vs pread vs mmap, cold cache" },
@@ -24,13 +25,14 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+	tool_init("moe-bench");
 	if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help")) {
 		usage(argc < 2 ? stderr : stdout);
-		return argc < 2 ? 2 : 0;
+		return argc < 2 ? EXIT_USAGE : 0;
 	}
 	for (const struct bench_cmd *c = cmds; c->name; c++)
 		if (!strcmp(c->name, argv[1]))
 			return c->fn(argc - 1, argv + 1);
 	fprintf(stderr, "moe-bench: unknown benchmark '%s'; try `moe-bench help`\n", argv[1]);
-	return 2;
+	return EXIT_USAGE;
 }

@@ -134,6 +134,7 @@ int bench_quant(int argc, char **argv)
 	uint32_t types[sizeof(bench_types) / sizeof(bench_types[0])];
 	size_t n_types = 0, bytes;
 	int json = 0, mib = 256, threads = 0, reps = 5, c, ret = 1, first = 1;
+	uint32_t u;
 	struct moe_threadpool *one = NULL, *all = NULL;
 	double read1, readn, incache = 0;
 	uint8_t *buf = NULL;
@@ -147,13 +148,18 @@ int bench_quant(int argc, char **argv)
 			json = 1;
 			break;
 		case 'm':
-			mib = atoi(optarg);
+			if (tool_parse_u32("--mib", optarg, 1, 65536, &u))
+				return EXIT_USAGE;
+			mib = (int)u;
 			break;
 		case 't':
-			threads = atoi(optarg);
+			if (tool_parse_threads("--threads", optarg, &threads))
+				return EXIT_USAGE;
 			break;
 		case 'r':
-			reps = atoi(optarg);
+			if (tool_parse_u32("--reps", optarg, 1, 1000, &u))
+				return EXIT_USAGE;
+			reps = (int)u;
 			break;
 		case 'y': {
 			int t = moe_type_from_name(optarg);
