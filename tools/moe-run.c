@@ -140,7 +140,7 @@ static int parse_tokens(const char *s, int32_t **out, uint32_t *n)
 				"to %d joined by commas, as 1,2,3\n", s,
 				v > INT32_MAX ? "an id out of range" :
 				p == start && (!*p || *p == ',') ? "an empty id" : "not a token id",
-				(size_t)(start - s), INT32_MAX);
+				(size_t)((v > INT32_MAX ? start : p) - s), INT32_MAX);
 			free(ids);
 			return -EINVAL;
 		}
@@ -652,7 +652,7 @@ static int run(const struct opts *o)
 		return EXIT_USAGE;
 	/* Refused outputs are refused before the work that would fill them. */
 	if (o->logits_out && moe_outfile_open(o->logits_out, &r.logits) < 0) {
-		fprintf(stderr, PROG ": --logits-out %s\n", moe_errmsg());
+		fprintf(stderr, PROG ": --logits-out: %s\n", moe_errmsg());
 		free(prompt);
 		return 1;
 	}
@@ -757,7 +757,7 @@ static int run(const struct opts *o)
 	ret = moe_outfile_close(r.logits, true);
 	r.logits = NULL;
 	if (ret < 0) {
-		fprintf(stderr, PROG ": --logits-out %s\n", moe_errmsg());
+		fprintf(stderr, PROG ": --logits-out: %s\n", moe_errmsg());
 		goto fail;
 	}
 	moe_ctx_get_stats(ctx, &st);

@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "testutil.h"
@@ -125,6 +127,72 @@ int tu_run(const char *cmd, int err_too, char **out)
 	if (st == -1 || !WIFEXITED(st))
 		return -1;
 	return WEXITSTATUS(st);
+}
+
+static void redirect(const char *path, int fd, int flags)
+{
+	int f = open(path ? path : "/dev/null", flags | O_NOCTTY, 0644);
+
+	if (f < 0 || dup2(f, fd) < 0)
+		_exit(125);
+	if (f != fd)
+		close(f);
+}
+
+static void sanitizer_env(const char *var, const char *opts)
+{
+	const char *old = getenv(var);
+	char *v;
+
+	if (asprintf(&v, "%s%s%s", old ? old : "", old ? ":" : "", opts) >= 0)
+		setenv(var, v, 1);
+}
+
+int tu_spawn(char *const argv[], const char *in, const char *out, const char *err,
+	     unsigned timeout_s)
+{
+	struct timespec tick = { 0, 5 * 1000 * 1000 };
+	unsigned long waited_ms = 0;
+	pid_t pid;
+	int st;
+
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		setpgid(0, 0);
+		redirect(in, 0, O_RDONLY);
+		redirect(out, 1, O_WRONLY | O_CREAT | O_TRUNC);
+		if (err && out && !strcmp(err, out))
+			dup2(1, 2);
+		else
+			redirect(err, 2, O_WRONLY | O_CREAT | O_TRUNC);
+		sanitizer_env("ASAN_OPTIONS", "exitcode=86");
+		sanitizer_env("UBSAN_OPTIONS", "exitcode=86:print_stacktrace=1");
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	for (;;) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+
+		if (r == pid)
+			break;
+		if (r < 0 && errno != EINTR)
+			return -1;
+		if (waited_ms >= timeout_s * 1000ul) {
+			kill(-pid, SIGKILL);
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			return TU_HUNG;
+		}
+		nanosleep(&tick, NULL);
+		waited_ms += 5;
+	}
+	if (WIFSIGNALED(st))
+		return 128 + WTERMSIG(st);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 void *tu_read_file(const char *path, size_t *len)

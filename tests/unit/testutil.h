@@ -20,6 +20,17 @@ void tu_rmtree(const char *dir);
 /* Run a shell command; stdout (and stderr when @err_too) captured into *out
  * (NUL-terminated, caller frees; may pass NULL).  Returns the exit status, or -1. */
 int tu_run(const char *cmd, int err_too, char **out);
+/*
+ * Run @argv (argv[0] a path, no shell) with stdin, stdout and stderr from
+ * these paths (NULL: /dev/null); stdout and stderr may name the same file.
+ * Sanitizer reports exit with status 86 instead of 1, so that they cannot
+ * pass for an ordinary failure.  Returns the exit status, 128 + the signal
+ * that ended it, TU_HUNG when it was still running after @timeout_s seconds
+ * (it is killed), or -1 when it could not be started.
+ */
+#define TU_HUNG (-2)
+int tu_spawn(char *const argv[], const char *in, const char *out, const char *err,
+	     unsigned timeout_s);
 /* Read a whole file; caller frees.  NULL on failure. */
 void *tu_read_file(const char *path, size_t *len);
 int tu_write_file(const char *path, const void *data, size_t len);
