@@ -68,6 +68,14 @@ static void fx_setup(struct fixture *fx)
 	make_file(fx, fx->dir, FILE_BYTES, 42);
 }
 
+/* The fixture for a test that drops to another user, who must reach the file. */
+static void fx_setup_public(struct fixture *fx)
+{
+	fx->dir = tu_tmpdir_public();
+	ck_assert_ptr_nonnull(fx->dir);
+	make_file(fx, fx->dir, FILE_BYTES, 42);
+}
+
 static void fx_teardown(struct fixture *fx)
 {
 	close(fx->ref_fd);
@@ -752,7 +760,8 @@ START_TEST(unreadable_file)
 {
 	struct fixture fx;
 
-	fx_setup(&fx);
+	/* reachable, so that only the file's own mode refuses the other user */
+	fx_setup_public(&fx);
 	ck_assert_int_eq(chmod(fx.path, 0), 0);
 	ck_assert_int_eq(in_child(unreadable_child, &fx), 0);
 	fx_teardown(&fx);
@@ -785,8 +794,7 @@ START_TEST(memlock_limited)
 {
 	struct fixture fx;
 
-	fx_setup(&fx);
-	ck_assert_int_eq(chmod(fx.dir, 0755), 0);
+	fx_setup_public(&fx);
 	ck_assert_int_eq(in_child(memlock_child, &fx), 0);
 	fx_teardown(&fx);
 }
@@ -971,6 +979,7 @@ Suite *suite_io(void)
 {
 	Suite *s = suite_create("io");
 	TCase *tc = tcase_create("io");
+	char *public_dir;
 
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, every_path_matches_pread);
@@ -985,9 +994,17 @@ Suite *suite_io(void)
 	tcase_add_test(tc, truncated_while_open);
 	tcase_add_test(tc, media_error);
 	tcase_add_test(tc, bad_descriptor);
-	if (geteuid() == 0) {
+	public_dir = geteuid() == 0 ? tu_tmpdir_public() : NULL;
+	if (public_dir) {
+		tu_rmtree(public_dir);
+		free(public_dir);
 		tcase_add_test(tc, unreadable_file);
 		tcase_add_test(tc, memlock_limited);
+	} else if (geteuid() == 0) {
+		tu_skip("io/unreadable_file", "no directory another user can reach: neither the "
+			"build tree nor /var/tmp");
+		tu_skip("io/memlock_limited", "no directory another user can reach: neither the "
+			"build tree nor /var/tmp");
 	} else {
 		tu_skip("io/unreadable_file", "needs root to drop to another user; as a plain "
 			"user the file's own owner could read it");

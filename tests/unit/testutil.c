@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,44 @@ char *tu_tmpdir(void)
 		return NULL;
 	}
 	return dir;
+}
+
+/* Whether every directory from / down to @dir lets other users through. */
+static bool reachable(const char *dir)
+{
+	char *p = realpath(dir, NULL), *slash;
+	struct stat st;
+	bool ok = p != NULL;
+
+	for (slash = p; ok && slash; slash = strchr(slash + 1, '/')) {
+		char c = slash[1];
+
+		slash[1] = 0;
+		ok = stat(p, &st) == 0 && (st.st_mode & S_IXOTH);
+		slash[1] = c;
+	}
+	ok = ok && stat(p, &st) == 0 && (st.st_mode & S_IXOTH);
+	free(p);
+	return ok;
+}
+
+char *tu_tmpdir_public(void)
+{
+	char *dir = tu_tmpdir();
+
+	if (dir && chmod(dir, 0755) == 0 && reachable(dir))
+		return dir;
+	if (dir) {
+		tu_rmtree(dir);
+		free(dir);
+	}
+	dir = strdup("/var/tmp/moe-test.XXXXXX");
+	if (dir && mkdtemp(dir) && chmod(dir, 0755) == 0 && reachable(dir))
+		return dir;
+	if (dir && dir[strlen(dir) - 1] != 'X')
+		rmdir(dir);
+	free(dir);
+	return NULL;
 }
 
 void tu_rmtree(const char *dir)

@@ -15,6 +15,13 @@ const char *tu_shared(const char *rel);
 const char *tu_src(const char *rel);
 /* A fresh directory on a disk-backed filesystem (under MOE_BUILD/tmp); caller frees. */
 char *tu_tmpdir(void);
+/*
+ * A fresh directory, mode 0755, that every user can reach, for tests that
+ * drop privileges: under MOE_BUILD/tmp when each directory above it lets
+ * others through (a checkout in /root does not), else under /var/tmp (disk,
+ * unlike /tmp on some systems).  NULL when neither is reachable; caller frees.
+ */
+char *tu_tmpdir_public(void);
 /* Remove a directory tree made by tu_tmpdir. */
 void tu_rmtree(const char *dir);
 /* Run a shell command; stdout (and stderr when @err_too) captured into *out
