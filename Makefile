@@ -144,7 +144,8 @@ check: all $(BUILD)/tests/unit-tests
 
 # The kernel driver builds out of tree in $(BUILD)/kmod against Debian's
 # generic 6.1 headers (tests/vm/headers.sh finds or installs them; KDIR
-# overrides); vm-check boots it under QEMU (tests/vm/run.sh, root).
+# overrides); vm-check boots it under QEMU (tests/vm/run.sh, root).  run.sh
+# runs $(MAKE) itself: the "+" hands it the jobserver under make -j.
 KMOD_OUT ?= $(BUILD)/kmod
 kmod:
 	@kdir=$$(sh tests/vm/headers.sh) && $(MAKE) --no-print-directory kmod-build KDIR=$$kdir
@@ -153,7 +154,8 @@ kmod-build:
 	@cp -p kmod/*.c kmod/*.h kmod/Kbuild $(KMOD_OUT)/
 	$(MAKE) -C $(KDIR) M=$(abspath $(KMOD_OUT)) MOE_UAPI_DIR=$(CURDIR)/include/uapi/drm W=1 modules
 vm-check: tools
-	@MOE_BIN=$(abspath $(BUILD)/bin) MOE_VM_LDFLAGS="$(SAN_LDFLAGS)" sh tests/vm/run.sh $(BUILD)/vm
+	+@MAKE="$(MAKE)" MOE_BIN=$(abspath $(BUILD)/bin) MOE_VM_LDFLAGS="$(SAN_LDFLAGS)" \
+		sh tests/vm/run.sh $(BUILD)/vm
 
 FUZZ_TIME ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))

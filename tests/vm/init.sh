@@ -1,7 +1,9 @@
 #!/bin/busybox sh
 # /init of the test VM: mount the model disk, load drm and moe.ko, run
 # moe-vmtest, check that moe unloads, scan dmesg, power off.  Result lines are
-# "ok NAME" / "not ok NAME: why" for tests/vm/run.sh to count.
+# "ok NAME" / "not ok NAME: why" for tests/vm/run.sh to count; every NAME
+# this script reports is listed in tests/vm/init.tests, and one that never
+# reports counts as failed.
 /bin/busybox --install -s /bin
 # The firmware leaves the console mid-line: results start on a fresh one.
 echo
@@ -85,7 +87,8 @@ if [ -x /bin/moectl ] && [ -e /mnt/models/tiny.gguf ]; then
 	check moectl-unload "unregistered 'tiny'" moectl unload tiny
 	check_fail moectl-unload-unknown "no model named 'tiny'" moectl unload tiny
 else
-	echo "# moectl or tiny.gguf missing: moectl tests not run"
+	# their input is missing from the image: they fail (run.sh: "did not run")
+	echo "# /bin/moectl or /mnt/models/tiny.gguf is missing from the VM image"
 fi
 
 if [ -x /bin/moectl ]; then
