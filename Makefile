@@ -134,7 +134,7 @@ $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(STATIC_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
 
-# The driver's VM tests run first (their own "N passed, N failed" line), the
+# The driver's VM tests run first (their own "N passed, N failed, N did not run" line), the
 # unit runner last; both always run and either failing fails the check.
 check: all $(BUILD)/tests/unit-tests
 	@vm=0; $(MAKE) --no-print-directory vm-check || vm=$$?; \

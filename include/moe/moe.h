@@ -301,7 +301,7 @@ MOE_API int moe_model_summary(const struct moe_model *model, struct moe_model_su
 
 /*
  * A file written by name, the way moe_gguf_write and the tools write every
- * output (Documentation/tools/moe-mkmodel.rst, OUTPUT FILES):
+ * output (Documentation/tools/files.rst):
  *  - a path that does not exist, or a regular file: written into a temporary
  *    file beside it, renamed over it when closed with @commit, so a failure
  *    leaves the old file (or nothing) behind and never a truncated one; the
