@@ -392,7 +392,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
 				ret = bad("--io '%s': expected auto, uring or pread", optarg);
 			break;
 		case O_NODIRECT: o->io.direct = MOE_IO_DIRECT_OFF; break;
-		case O_BACKEND: o->backend = optarg; break;
+		case O_BACKEND:
+			o->backend = optarg;
+			if (!*optarg)
+				ret = bad("--backend '%s': name one: auto, or one built in (cpu)",
+					  optarg);
+			break;
 		case O_KVTYPE: {
 			int t = moe_type_from_name(optarg);
 
