@@ -69,11 +69,13 @@ endif
 CU_CXXFLAGS = $(BASE_CXXFLAGS) $(CXXFLAGS) -x c++ -include tests/simt/simt.h $(CU_INSTR) \
 	-fstack-clash-protection
 ifeq ($(SANITIZE),1)
-BASE_CXXFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer \
+SAN_CXXFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer \
 	-fno-sanitize-recover=undefined
-CU_CXXFLAGS += -fsanitize=undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+# out-of-bounds shared arrays and null pointers are the emulation's to report, as launch errors
+CU_CXXFLAGS += -fsanitize=undefined -fno-sanitize=bounds,null -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined
 endif
-ALL_CXXFLAGS = $(BASE_CXXFLAGS) $(CXXFLAGS)
+ALL_CXXFLAGS = $(BASE_CXXFLAGS) $(SAN_CXXFLAGS) $(CXXFLAGS)
 PKG_CFLAGS = $(shell $(PKG_CONFIG) --cflags liburing hwloc libdrm 2>/dev/null)
 PKG_LIBS = $(shell $(PKG_CONFIG) --libs liburing hwloc libdrm 2>/dev/null)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)

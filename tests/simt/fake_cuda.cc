@@ -124,8 +124,8 @@ struct state {
 	std::string fault;
 };
 
-state g_state;
-state *const S = &g_state;
+/* never destroyed: what tests leave allocated stays reachable, not leaked, at exit */
+state *const S = new state();
 unsigned g_gen;                     /* generations over resets too */
 char g_ctx_obj;                     /* what the CUcontext handle points at */
 thread_local unsigned t_gen;        /* generation of the context current on this thread */

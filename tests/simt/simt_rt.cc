@@ -36,6 +36,13 @@
 #define SIMT_DEFAULT_STACK (64u << 10)
 #endif
 
+/*
+ * For the frames a fiber leaves behind when it exits, or a fault handler when
+ * it leaves its stack: uninstrumented, they leave no poisoned redzones on a
+ * stack that the next block reuses.
+ */
+#define SIMT_NO_ASAN __attribute__((no_sanitize_address))
+
 /* Big enough that a frame skipping over it is unlikely; the .cu files are also
  * built with -fstack-clash-protection, which probes every page. */
 #define SIMT_GUARD (64u << 10)
@@ -128,7 +135,11 @@ static void cfg_init()
 	g_cfg.check = 1;
 	g_cfg.seed = 1;
 	g_cfg.stack_bytes = SIMT_DEFAULT_STACK;
+#ifdef SIMT_HAVE_SWITCH
 	g_cfg.ucontext = 0;
+#else
+	g_cfg.ucontext = 1;
+#endif
 	g_cfg.shared_optin = 232448;
 	if (env_u64("SIMT_THREADS", &v) && v >= 1 && v <= 64)
 		g_cfg.threads = (unsigned)v;
@@ -209,7 +220,7 @@ static void shuffle(worker *w, unsigned *a, unsigned n)
 
 /* ---- fibers ---- */
 
-static void switch_to(worker *w, fiber *from, fiber *to, bool exiting);
+SIMT_NO_ASAN static void switch_to(worker *w, fiber *from, fiber *to, bool exiting);
 
 static void rq_push(worker *w, unsigned id)
 {
@@ -229,7 +240,7 @@ static int rq_pop(worker *w)
 }
 
 /* The running fiber stops: run the next runnable one, or the scheduler. */
-static void park(worker *w, bool exiting)
+SIMT_NO_ASAN static void park(worker *w, bool exiting)
 {
 	fiber *cur = w->cur;
 	int next = rq_pop(w);
@@ -239,7 +250,7 @@ static void park(worker *w, bool exiting)
 	switch_to(w, cur, next < 0 ? NULL : &w->fibers[next], exiting);
 }
 
-[[noreturn]] static void leave(worker *w)
+[[noreturn]] SIMT_NO_ASAN static void leave(worker *w)
 {
 	switch_to(w, w->cur, NULL, true);
 	abort();
@@ -272,9 +283,9 @@ worker *running_worker(const char *what)
 	return w;
 }
 
-static void fiber_exit(worker *w);
+SIMT_NO_ASAN static void fiber_exit(worker *w);
 
-extern "C" __attribute__((noreturn, noinline)) void simt_fiber_entry()
+extern "C" __attribute__((noreturn, noinline)) SIMT_NO_ASAN void simt_fiber_entry()
 {
 	worker *w = t_worker;
 
@@ -286,7 +297,7 @@ extern "C" __attribute__((noreturn, noinline)) void simt_fiber_entry()
 	abort();
 }
 
-static void ucontext_entry()
+SIMT_NO_ASAN static void ucontext_entry()
 {
 	simt_fiber_entry();
 }
@@ -330,7 +341,7 @@ static void fiber_prepare(worker *w, fiber *f)
 #endif
 }
 
-static void switch_to(worker *w, fiber *from, fiber *to, bool exiting)
+SIMT_NO_ASAN static void switch_to(worker *w, fiber *from, fiber *to, bool exiting)
 {
 #ifdef SIMT_ASAN
 	void **fake = exiting ? NULL : from ? &from->fake_stack : &w->sched_fake;
@@ -358,7 +369,7 @@ static void switch_to(worker *w, fiber *from, fiber *to, bool exiting)
 static struct sigaction g_old_segv, g_old_bus;
 static pthread_once_t g_sig_once = PTHREAD_ONCE_INIT;
 
-static void on_fault(int sig, siginfo_t *si, void *ctx)
+SIMT_NO_ASAN static void on_fault(int sig, siginfo_t *si, void *ctx)
 {
 	worker *w = t_worker;
 	fiber *f = w ? w->cur : NULL;
@@ -932,8 +943,11 @@ uint64_t simt::warp_op(int kind, unsigned mask, uint64_t val, unsigned bytes, in
 		return f->wres;
 	}
 	complete(w, wi, g);
-	shared_sync_epoch(w);
-	ws->last_sync = w->epoch;
+	if (kind == WOP_SYNC) {
+		/* of the warp operations only __syncwarp orders memory */
+		shared_sync_epoch(w);
+		ws->last_sync = w->epoch;
+	}
 	{
 		unsigned ids[32], n = 0;
 
@@ -960,7 +974,7 @@ unsigned simt::activemask()
 }
 
 namespace simt {
-static void fiber_exit(worker *w)
+SIMT_NO_ASAN static void fiber_exit(worker *w)
 {
 	fiber *f = w->cur;
 	unsigned lane = f->id % 32, wi = f->id / 32;
