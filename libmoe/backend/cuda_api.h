@@ -209,8 +209,8 @@ extern "C" {
 	  (CUfunction fn, unsigned int grid_x, unsigned int grid_y, unsigned int grid_z,           \
 	   unsigned int block_x, unsigned int block_y, unsigned int block_z,                       \
 	   unsigned int shared_bytes, CUstream stream, void **params, void **extra),               \
-	  (fn, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes, stream, params,       \
-	   extra))
+	  (fn, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes,                    \
+	   stream, params, extra))
 
 #ifndef MOE_CUDA_API_LISTS_ONLY
 

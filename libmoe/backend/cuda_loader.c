@@ -40,9 +40,9 @@ int moe_cuda_api_load(struct moe_cuda_api *api, const char *path)
 		if (!fn) {
 			dlclose(h);
 			memset(api, 0, sizeof(*api));
-			return moe_err(ENOSYS, "CUDA driver %s has no %s: the driver is older than "
-				       "the CUDA 12 API libmoe uses (update the NVIDIA driver)", lib,
-				       entries[i].symbol);
+			return moe_err(ENOSYS, "CUDA driver %s has no %s: the driver is "
+				       "older than the CUDA 12 API libmoe uses (update the NVIDIA "
+				       "driver)", lib, entries[i].symbol);
 		}
 		/* POSIX guarantees object and function pointers convert for dlsym */
 		memcpy((char *)api + entries[i].offset, &fn, sizeof(fn));

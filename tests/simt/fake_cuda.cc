@@ -370,7 +370,8 @@ CUresult need_ctx()
 		return err(CUDA_ERROR_NOT_INITIALIZED, "cuInit was not called");
 	if (!t_gen || t_gen != S->gen || !S->alive)
 		return err(CUDA_ERROR_INVALID_CONTEXT, "no current context on this thread "
-			   "(cuDevicePrimaryCtxRetain and cuCtxSetCurrent on each thread that calls)");
+			   "(cuDevicePrimaryCtxRetain and cuCtxSetCurrent on each thread that "
+			   "calls)");
 	if (S->sticky)
 		return err(S->sticky, "the context was lost earlier: %s", S->fault.c_str());
 	return CUDA_SUCCESS;
@@ -442,9 +443,11 @@ int dev_check(void *ctx, uintptr_t a, size_t n, char *why, size_t len)
 		if (a + n <= it->first + it->second.size)
 			return 0;
 		if (a < it->first + align_up(it->second.size, PAGE) + PAGE) {
-			snprintf(why, len, "it ends %zu bytes past the end of the %zu-byte allocation "
-				 "at 0x%llx", (size_t)(a + n - it->first - it->second.size),
-				 it->second.size, (unsigned long long)it->first);
+			size_t past = a + n - it->first - it->second.size;
+
+			snprintf(why, len, "it ends %zu bytes past the end of the %zu-byte "
+				 "allocation at 0x%llx", past, it->second.size,
+				 (unsigned long long)it->first);
 			return -1;
 		}
 	}
@@ -453,8 +456,8 @@ int dev_check(void *ctx, uintptr_t a, size_t n, char *why, size_t len)
 	if (f != s->freed.begin()) {
 		--f;
 		if (a < f->first + f->second) {
-			snprintf(why, len, "inside the %zu-byte allocation at 0x%llx, which was freed",
-				 f->second, (unsigned long long)f->first);
+			snprintf(why, len, "inside the %zu-byte allocation at 0x%llx, which was "
+				 "freed", f->second, (unsigned long long)f->first);
 			return -1;
 		}
 	}
@@ -495,6 +498,55 @@ void destroy_context()
 
 /* ---- entry points ---- */
 
+/* cuGetErrorString's texts, in our words */
+const struct {
+	CUresult r;
+	const char *text;
+} result_texts[] = {
+	{CUDA_SUCCESS, "success"},
+	{CUDA_ERROR_INVALID_VALUE, "an argument is out of range"},
+	{CUDA_ERROR_OUT_OF_MEMORY, "device or pinned memory exhausted"},
+	{CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called"},
+	{CUDA_ERROR_DEINITIALIZED, "the driver is shutting down"},
+	{CUDA_ERROR_STUB_LIBRARY, "the driver library is a stub"},
+	{CUDA_ERROR_DEVICE_UNAVAILABLE, "the device is busy or unavailable"},
+	{CUDA_ERROR_NO_DEVICE, "no CUDA device found"},
+	{CUDA_ERROR_INVALID_DEVICE, "no device with that ordinal"},
+	{CUDA_ERROR_INVALID_IMAGE, "the module image is not valid"},
+	{CUDA_ERROR_INVALID_CONTEXT, "no valid context is current"},
+	{CUDA_ERROR_NO_BINARY_FOR_GPU, "the module has no code for this device"},
+	{CUDA_ERROR_ECC_UNCORRECTABLE, "uncorrectable ECC error"},
+	{CUDA_ERROR_INVALID_PTX, "PTX compilation failed"},
+	{CUDA_ERROR_UNSUPPORTED_PTX_VERSION, "the PTX is newer than the driver"},
+	{CUDA_ERROR_INVALID_SOURCE, "the kernel source is not valid"},
+	{CUDA_ERROR_FILE_NOT_FOUND, "file not found"},
+	{CUDA_ERROR_OPERATING_SYSTEM, "an operating system call failed"},
+	{CUDA_ERROR_INVALID_HANDLE, "the handle is not valid"},
+	{CUDA_ERROR_ILLEGAL_STATE, "not allowed in the current state"},
+	{CUDA_ERROR_NOT_FOUND, "no symbol with that name"},
+	{CUDA_ERROR_NOT_READY, "the work has not completed yet"},
+	{CUDA_ERROR_ILLEGAL_ADDRESS, "a kernel accessed an illegal address"},
+	{CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, "the launch needs more resources than there are"},
+	{CUDA_ERROR_LAUNCH_TIMEOUT, "the kernel ran too long and was stopped"},
+	{CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE, "the primary context is active already"},
+	{CUDA_ERROR_CONTEXT_IS_DESTROYED, "the context has been destroyed"},
+	{CUDA_ERROR_ASSERT, "a device-side assertion failed"},
+	{CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "host memory is registered already"},
+	{CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "host memory is not registered"},
+	{CUDA_ERROR_HARDWARE_STACK_ERROR, "a kernel corrupted or overflowed its stack"},
+	{CUDA_ERROR_ILLEGAL_INSTRUCTION, "a kernel executed an illegal instruction"},
+	{CUDA_ERROR_MISALIGNED_ADDRESS, "a kernel accessed a misaligned address"},
+	{CUDA_ERROR_INVALID_ADDRESS_SPACE, "an instruction used the wrong address space"},
+	{CUDA_ERROR_INVALID_PC, "a kernel's program counter became invalid"},
+	{CUDA_ERROR_LAUNCH_FAILED, "a kernel failed on the device"},
+	{CUDA_ERROR_NOT_PERMITTED, "not permitted"},
+	{CUDA_ERROR_NOT_SUPPORTED, "not supported"},
+	{CUDA_ERROR_SYSTEM_NOT_READY, "the system is not initialized yet"},
+	{CUDA_ERROR_SYSTEM_DRIVER_MISMATCH, "the kernel driver and the CUDA driver differ"},
+	{CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE, "no forward compatibility here"},
+	{CUDA_ERROR_UNKNOWN, "unknown error"},
+};
+
 const char *result_text(CUresult r, bool name)
 {
 	switch (r) {
@@ -508,50 +560,9 @@ const char *result_text(CUresult r, bool name)
 	default:
 		return nullptr;
 	}
-	switch (r) {
-	case CUDA_SUCCESS: return "success";
-	case CUDA_ERROR_INVALID_VALUE: return "an argument is out of range";
-	case CUDA_ERROR_OUT_OF_MEMORY: return "device or pinned memory exhausted";
-	case CUDA_ERROR_NOT_INITIALIZED: return "cuInit has not been called";
-	case CUDA_ERROR_DEINITIALIZED: return "the driver is shutting down";
-	case CUDA_ERROR_STUB_LIBRARY: return "the driver library is a stub";
-	case CUDA_ERROR_DEVICE_UNAVAILABLE: return "the device is busy or unavailable";
-	case CUDA_ERROR_NO_DEVICE: return "no CUDA device found";
-	case CUDA_ERROR_INVALID_DEVICE: return "no device with that ordinal";
-	case CUDA_ERROR_INVALID_IMAGE: return "the module image is not valid";
-	case CUDA_ERROR_INVALID_CONTEXT: return "no valid context is current";
-	case CUDA_ERROR_NO_BINARY_FOR_GPU: return "the module has no code for this device";
-	case CUDA_ERROR_ECC_UNCORRECTABLE: return "uncorrectable ECC error";
-	case CUDA_ERROR_INVALID_PTX: return "PTX compilation failed";
-	case CUDA_ERROR_UNSUPPORTED_PTX_VERSION: return "the PTX is newer than the driver";
-	case CUDA_ERROR_INVALID_SOURCE: return "the kernel source is not valid";
-	case CUDA_ERROR_FILE_NOT_FOUND: return "file not found";
-	case CUDA_ERROR_OPERATING_SYSTEM: return "an operating system call failed";
-	case CUDA_ERROR_INVALID_HANDLE: return "the handle is not valid";
-	case CUDA_ERROR_ILLEGAL_STATE: return "not allowed in the current state";
-	case CUDA_ERROR_NOT_FOUND: return "no symbol with that name";
-	case CUDA_ERROR_NOT_READY: return "the work has not completed yet";
-	case CUDA_ERROR_ILLEGAL_ADDRESS: return "a kernel accessed an illegal address";
-	case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: return "the launch needs more resources than there are";
-	case CUDA_ERROR_LAUNCH_TIMEOUT: return "the kernel ran too long and was stopped";
-	case CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE: return "the primary context is active already";
-	case CUDA_ERROR_CONTEXT_IS_DESTROYED: return "the context has been destroyed";
-	case CUDA_ERROR_ASSERT: return "a device-side assertion failed";
-	case CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED: return "host memory is registered already";
-	case CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED: return "host memory is not registered";
-	case CUDA_ERROR_HARDWARE_STACK_ERROR: return "a kernel corrupted or overflowed its stack";
-	case CUDA_ERROR_ILLEGAL_INSTRUCTION: return "a kernel executed an illegal instruction";
-	case CUDA_ERROR_MISALIGNED_ADDRESS: return "a kernel accessed a misaligned address";
-	case CUDA_ERROR_INVALID_ADDRESS_SPACE: return "an instruction used the wrong address space";
-	case CUDA_ERROR_INVALID_PC: return "a kernel's program counter became invalid";
-	case CUDA_ERROR_LAUNCH_FAILED: return "a kernel failed on the device";
-	case CUDA_ERROR_NOT_PERMITTED: return "not permitted";
-	case CUDA_ERROR_NOT_SUPPORTED: return "not supported";
-	case CUDA_ERROR_SYSTEM_NOT_READY: return "the system is not initialized yet";
-	case CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: return "the kernel driver and the CUDA driver differ";
-	case CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE: return "no forward compatibility here";
-	case CUDA_ERROR_UNKNOWN: return "unknown error";
-	}
+	for (const auto &t : result_texts)
+		if (t.r == r)
+			return t.text;
 	return nullptr;
 }
 
@@ -697,7 +708,8 @@ CUresult f_cuDeviceGetPCIBusId(char *id, int len, CUdevice d)
 	ENTER("cuDeviceGetPCIBusId");
 	TRY(check_device(d));
 	if (!id || len < (int)strlen(S->cfg.pci_bus_id) + 1)
-		return err(CUDA_ERROR_INVALID_VALUE, "cuDeviceGetPCIBusId: buffer of %d bytes", len);
+		return err(CUDA_ERROR_INVALID_VALUE, "cuDeviceGetPCIBusId: buffer of %d bytes",
+			   len);
 	snprintf(id, (size_t)len, "%s", S->cfg.pci_bus_id);
 	return CUDA_SUCCESS;
 }
@@ -759,7 +771,8 @@ CUresult f_cuMemAlloc(CUdeviceptr *dptr, size_t bytes)
 	random_progress();
 	TRY(need_ctx());
 	if (!dptr || !bytes)
-		return err(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc: %s", dptr ? "0 bytes" : "NULL dptr");
+		return err(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc: %s",
+			   dptr ? "0 bytes" : "NULL dptr");
 	charged = align_up(bytes, S->cfg.granularity);
 	if (bytes > S->cfg.total_mem ||
 	    charged > S->cfg.total_mem - S->cfg.reserved_mem - S->used)
@@ -819,8 +832,9 @@ CUresult pin(void *p, size_t bytes, bool allocated)
 	auto next = S->pinned.lower_bound((uintptr_t)p);
 
 	if (next != S->pinned.end() && next->first < (uintptr_t)p + bytes)
-		return err(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "host range %p + %zu overlaps "
-			   "the pinned range at 0x%llx", p, bytes, (unsigned long long)next->first);
+		return err(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "host range %p + %zu "
+			   "overlaps the pinned range at 0x%llx", p, bytes,
+			   (unsigned long long)next->first);
 	if (next != S->pinned.begin()) {
 		auto prev = std::prev(next);
 
@@ -830,8 +844,8 @@ CUresult pin(void *p, size_t bytes, bool allocated)
 				   (unsigned long long)prev->first);
 	}
 	if (S->cfg.pinned_limit && S->pinned_bytes + bytes > S->cfg.pinned_limit)
-		return err(CUDA_ERROR_OUT_OF_MEMORY, "pinning %zu more bytes passes the limit of %zu",
-			   bytes, S->cfg.pinned_limit);
+		return err(CUDA_ERROR_OUT_OF_MEMORY, "pinning %zu more bytes passes the limit "
+			   "of %zu", bytes, S->cfg.pinned_limit);
 	S->pinned[(uintptr_t)p] = hostrange{bytes, allocated};
 	S->pinned_bytes += bytes;
 	return CUDA_SUCCESS;
@@ -854,8 +868,8 @@ CUresult f_cuMemHostUnregister(void *p)
 	auto it = S->pinned.find((uintptr_t)p);
 
 	if (it == S->pinned.end() || it->second.allocated)
-		return err(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "cuMemHostUnregister: %p does not "
-			   "start a registered range", p);
+		return err(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "cuMemHostUnregister: %p does "
+			   "not start a registered range", p);
 	run_all();
 	TRY(S->sticky);
 	S->pinned_bytes -= it->second.size;
@@ -1222,7 +1236,8 @@ CUresult f_cuModuleGetFunction(CUfunction *fn, CUmodule mod, const char *name)
 	ENTER("cuModuleGetFunction");
 	TRY(need_ctx());
 	if (!S->modules.count(m))
-		return err(CUDA_ERROR_INVALID_HANDLE, "cuModuleGetFunction: module %p", (void *)mod);
+		return err(CUDA_ERROR_INVALID_HANDLE, "cuModuleGetFunction: module %p",
+			   (void *)mod);
 	if (!fn || !name)
 		return CUDA_ERROR_INVALID_VALUE;
 	k = simt_kernel_find(name);
@@ -1267,12 +1282,14 @@ CUresult f_cuFuncSetAttribute(CUfunction fn, CUfunction_attribute a, int value)
 	ENTER("cuFuncSetAttribute");
 	TRY(need_ctx());
 	if (!S->funcs.count(f))
-		return err(CUDA_ERROR_INVALID_HANDLE, "cuFuncSetAttribute: function %p", (void *)fn);
+		return err(CUDA_ERROR_INVALID_HANDLE, "cuFuncSetAttribute: function %p",
+			   (void *)fn);
 	simt_config_get(&c);
 	if (a == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) {
 		if (value < 0 || (unsigned)value > c.shared_optin)
-			return err(CUDA_ERROR_INVALID_VALUE, "cuFuncSetAttribute: %d bytes of dynamic "
-				   "shared memory, the device allows %u", value, c.shared_optin);
+			return err(CUDA_ERROR_INVALID_VALUE, "cuFuncSetAttribute: %d bytes of "
+				   "dynamic shared memory, the device allows %u", value,
+				   c.shared_optin);
 		f->max_dyn = value;
 		return CUDA_SUCCESS;
 	}
@@ -1305,10 +1322,10 @@ CUresult f_cuLaunchKernel(CUfunction fn, unsigned int gx, unsigned int gy, unsig
 		return err(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel: the fake takes kernelParams, "
 			   "not extra");
 	if (shared > (unsigned)f->max_dyn)
-		return err(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel '%s': %u bytes of dynamic shared "
-			   "memory, over the function's %d (raise it with cuFuncSetAttribute("
-			   "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES))", simt_kernel_name(f->k),
-			   shared, f->max_dyn);
+		return err(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel '%s': %u bytes of dynamic "
+			   "shared memory, over the function's %d (raise it with "
+			   "cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES))",
+			   simt_kernel_name(f->k), shared, f->max_dyn);
 	if (simt_launch_check(f->k, gx, gy, gz, bx, by, bz, shared, params))
 		return err(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel: %s", simt_errmsg());
 	o = new op();

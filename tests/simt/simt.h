@@ -124,8 +124,10 @@ constexpr int warpSize = 32;
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 /* A plain __shared__ array would be one per CUDA thread here, silently: refuse it. */
-#define __shared__ static_assert(false, "plain __shared__ is not emulated: declare shared " \
-	"memory with MOE_SHARED(type, name, count) or MOE_DYN_SHARED(type, name) (cuda/common.cuh)");
+#define __shared__                                                                        \
+	static_assert(false, "plain __shared__ is not emulated: declare shared memory with " \
+		      "MOE_SHARED(type, name, count) or MOE_DYN_SHARED(type, name) "           \
+		      "(cuda/common.cuh)");
 
 /*
  * Shared memory: every thread of a block that reaches a declaration gets the
@@ -164,7 +166,8 @@ template <typename... A> struct invoker {
 	}
 	static void call(void (*fn)(), void **p)
 	{
-		call_typed(reinterpret_cast<void (*)(A...)>(fn), p, std::index_sequence_for<A...>{});
+		call_typed(reinterpret_cast<void (*)(A...)>(fn), p,
+			   std::index_sequence_for<A...>{});
 	}
 	static constexpr size_t sizes[sizeof...(A) + 1] = {sizeof(A)..., 0};
 };

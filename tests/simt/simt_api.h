@@ -22,13 +22,13 @@ enum simt_status {
 	SIMT_OK = 0,
 	SIMT_ERR_INVALID,         /* bad launch configuration, kernel or parameters */
 	SIMT_ERR_BARRIER,         /* __syncthreads not reached by every thread at one call site */
-	SIMT_ERR_WARP,            /* warp operation: bad mask, lanes at different call sites, width */
+	SIMT_ERR_WARP,            /* warp operation: bad mask or width, lanes at other calls */
 	SIMT_ERR_DEADLOCK,        /* every live thread waits and no wait can complete */
 	SIMT_ERR_STACK,           /* a CUDA thread overflowed its stack */
 	SIMT_ERR_RACE,            /* two threads touch one shared byte in one barrier interval */
 	SIMT_ERR_UNINIT,          /* read of shared memory no thread of the block wrote */
 	SIMT_ERR_SHARED_OOB,      /* access to shared memory outside every declaration */
-	SIMT_ERR_SHARED_LIMIT,    /* static shared memory over 48 KiB, or over the per-block total */
+	SIMT_ERR_SHARED_LIMIT,    /* static shared over 48 KiB, or all shared over the block's */
 	SIMT_ERR_ILLEGAL_ADDRESS, /* fault, or access to device memory outside every allocation */
 	SIMT_STATUS_COUNT
 };

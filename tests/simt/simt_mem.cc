@@ -104,12 +104,13 @@ static const char *describe(const worker *w, size_t off, char *buf, size_t len)
 		if (off >= a->off && off < (size_t)a->off + a->size) {
 			size_t rel = off - a->off, idx = rel / a->s->elem;
 
+			site_str(a->s->file, a->s->line, s, sizeof(s));
 			if (rel % a->s->elem)
-				snprintf(buf, len, "'%s'[%zu] byte %zu (declared at %s)", a->s->name, idx,
-					 rel % a->s->elem, site_str(a->s->file, a->s->line, s, sizeof(s)));
+				snprintf(buf, len, "'%s'[%zu] byte %zu (declared at %s)",
+					 a->s->name, idx, rel % a->s->elem, s);
 			else
 				snprintf(buf, len, "'%s'[%zu] (declared at %s)", a->s->name, idx,
-					 site_str(a->s->file, a->s->line, s, sizeof(s)));
+					 s);
 			return buf;
 		}
 	}
@@ -123,8 +124,8 @@ static const char *describe(const worker *w, size_t off, char *buf, size_t len)
 		return buf;
 	}
 	if (off >= SIMT_DYN_OFF)
-		snprintf(buf, len, "dynamic shared memory byte %zu, past the %u bytes of the launch",
-			 off - SIMT_DYN_OFF, w->dyn_size);
+		snprintf(buf, len, "dynamic shared memory byte %zu, past the %u bytes of the "
+			 "launch", off - SIMT_DYN_OFF, w->dyn_size);
 	else
 		snprintf(buf, len, "a shared address outside every declaration");
 	return buf;
@@ -306,15 +307,15 @@ void *simt::shared_static(const site *s, size_t bytes, size_t align)
 		     s->name, bytes, l, w->static_used + bytes);
 	if (w->static_used + bytes + w->dyn_size > w->L->cfg.shared_optin)
 		fail(SIMT_ERR_SHARED_LIMIT, "shared memory: '%s' (%zu bytes, at %s) and the %u "
-		     "bytes of dynamic shared memory take the block to %zu bytes, over the %u a block "
-		     "may have", s->name, bytes, l, w->dyn_size,
+		     "bytes of dynamic shared memory take the block to %zu bytes, over the %u a "
+		     "block may have", s->name, bytes, l, w->dyn_size,
 		     w->static_used + bytes + w->dyn_size, w->L->cfg.shared_optin);
 	if (align < 16)
 		align = 16;
 	off = (unsigned)((w->static_top + SIMT_REDZONE + align - 1) / align * align);
 	if (off + bytes + SIMT_REDZONE > SIMT_DYN_OFF)
-		fail(SIMT_ERR_SHARED_LIMIT, "shared declaration '%s' at %s: alignment %zu leaves no "
-		     "room for it", s->name, l, align);
+		fail(SIMT_ERR_SHARED_LIMIT, "shared declaration '%s' at %s: alignment %zu leaves "
+		     "no room for it", s->name, l, align);
 	memset(w->arena + off, 0xff, bytes);
 	if (w->L->cfg.check)
 		mark(w, off, (unsigned)bytes);

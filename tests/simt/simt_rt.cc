@@ -550,30 +550,31 @@ static const char *wop_name(int kind)
 	return kind >= 0 && kind <= WOP_ALL ? names[kind] : "warp operation";
 }
 
-/* Two pending operations of one warp whose masks overlap wait for each other. */
-static bool report_warp_divergence(worker *w)
+static void warp_divergence(worker *w, unsigned wi, const warp_group *a, const warp_group *b)
 {
 	char s1[128], s2[128], pre[256];
 
+	block_prefix(w, pre, sizeof(pre));
+	snprintf(w->msg, sizeof(w->msg), "%s: warp %u: lanes 0x%08x wait in %s at %s with mask "
+		 "0x%08x and lanes 0x%08x in %s at %s with mask 0x%08x: the lanes a mask names "
+		 "must all reach the same call", pre, wi, a->arrived, wop_name(a->kind),
+		 site_str(a->file, a->line, s1, sizeof(s1)), a->mask, b->arrived,
+		 wop_name(b->kind), site_str(b->file, b->line, s2, sizeof(s2)), b->mask);
+	w->err = SIMT_ERR_WARP;
+}
+
+/* Two pending operations of one warp whose masks overlap wait for each other. */
+static bool report_warp_divergence(worker *w)
+{
 	for (unsigned wi = 0; wi < w->nwarps; wi++) {
-		warp_state *ws = &w->warps[wi];
+		const warp_state *ws = &w->warps[wi];
 
 		for (unsigned i = 0; i < ws->ngroups; i++) {
 			for (unsigned j = i + 1; j < ws->ngroups; j++) {
-				warp_group *a = &ws->groups[i], *b = &ws->groups[j];
-
-				if (!(a->mask & b->mask))
-					continue;
-				block_prefix(w, pre, sizeof(pre));
-				snprintf(w->msg, sizeof(w->msg), "%s: warp %u: lanes 0x%08x wait in %s at "
-					 "%s with mask 0x%08x and lanes 0x%08x in %s at %s with mask "
-					 "0x%08x: the lanes a mask names must all reach the same call",
-					 pre, wi, a->arrived, wop_name(a->kind),
-					 site_str(a->file, a->line, s1, sizeof(s1)), a->mask, b->arrived,
-					 wop_name(b->kind), site_str(b->file, b->line, s2, sizeof(s2)),
-					 b->mask);
-				w->err = SIMT_ERR_WARP;
-				return true;
+				if (ws->groups[i].mask & ws->groups[j].mask) {
+					warp_divergence(w, wi, &ws->groups[i], &ws->groups[j]);
+					return true;
+				}
 			}
 		}
 	}
@@ -591,20 +592,21 @@ static void report_deadlock(worker *w)
 	block_prefix(w, pre, sizeof(pre));
 	n += (size_t)snprintf(w->msg + n, len - n, "%s: deadlock: every live thread waits", pre);
 	if (w->bar_count)
-		n += (size_t)snprintf(w->msg + n, len - n, "; %u at __syncthreads at %s (thread %s)",
-				      w->bar_count, site_str(w->bar_file, w->bar_line, s, sizeof(s)),
+		n += (size_t)snprintf(w->msg + n, len - n, "; %u at __syncthreads at %s "
+				      "(thread %s)", w->bar_count,
+				      site_str(w->bar_file, w->bar_line, s, sizeof(s)),
 				      tid_str(w, w->bar_first, t, sizeof(t)));
 	for (unsigned wi = 0; wi < w->nwarps && shown < 4; wi++) {
-		warp_state *ws = &w->warps[wi];
+		const warp_state *ws = &w->warps[wi];
 
 		for (unsigned g = 0; g < ws->ngroups && shown < 4 && n < len; g++, shown++) {
-			warp_group *gr = &ws->groups[g];
+			const warp_group *gr = &ws->groups[g];
 
-			n += (size_t)snprintf(w->msg + n, len - n,
-					      "; warp %u lanes 0x%08x in %s at %s with mask 0x%08x, "
-					      "lanes 0x%08x never arrive", wi, gr->arrived,
-					      wop_name(gr->kind), site_str(gr->file, gr->line, s, sizeof(s)),
-					      gr->mask, gr->mask & ~gr->arrived);
+			site_str(gr->file, gr->line, s, sizeof(s));
+			n += (size_t)snprintf(w->msg + n, len - n, "; warp %u lanes 0x%08x in %s "
+					      "at %s with mask 0x%08x, lanes 0x%08x never arrive",
+					      wi, gr->arrived, wop_name(gr->kind), s, gr->mask,
+					      gr->mask & ~gr->arrived);
 		}
 	}
 	w->err = SIMT_ERR_DEADLOCK;
@@ -678,8 +680,8 @@ static void *worker_main(void *arg)
 		pthread_mutex_lock(&L->lock);
 		if (!L->err) {
 			L->err = SIMT_ERR_INVALID;
-			snprintf(L->msg, sizeof(L->msg), "kernel '%s': out of memory for the stacks "
-				 "of %u threads", L->k->name, L->bx * L->by * L->bz);
+			snprintf(L->msg, sizeof(L->msg), "kernel '%s': out of memory for the "
+				 "stacks of %u threads", L->k->name, L->bx * L->by * L->bz);
 		}
 		L->failed = true;
 		pthread_mutex_unlock(&L->lock);
@@ -776,8 +778,8 @@ void simt::syncthreads(const char *file, int line)
 	char t1[48], t2[48], s1[128], s2[128];
 
 	if (w->nexited)
-		fail(SIMT_ERR_BARRIER, "thread %s reached __syncthreads at %s after thread %s exited "
-		     "(every thread of the block must reach each __syncthreads)",
+		fail(SIMT_ERR_BARRIER, "thread %s reached __syncthreads at %s after thread %s "
+		     "exited (every thread of the block must reach each __syncthreads)",
 		     tid_str(w, f->id, t1, sizeof(t1)), site_str(file, line, s1, sizeof(s1)),
 		     tid_str(w, w->first_exited, t2, sizeof(t2)));
 	if (!w->bar_count) {
@@ -890,8 +892,8 @@ uint64_t simt::warp_op(int kind, unsigned mask, uint64_t val, unsigned bytes, in
 		     "does not name the calling lane", tid_str(w, f->id, t, sizeof(t)), wi, lane,
 		     wop_name(kind), s1, mask);
 	if (mask & ~ws->lanes)
-		fail(SIMT_ERR_WARP, "thread %s: %s at %s with mask 0x%08x names lanes 0x%08x that do "
-		     "not exist (warp %u has %u threads: the block has %u)",
+		fail(SIMT_ERR_WARP, "thread %s: %s at %s with mask 0x%08x names lanes 0x%08x that "
+		     "do not exist (warp %u has %u threads: the block has %u)",
 		     tid_str(w, f->id, t, sizeof(t)), wop_name(kind), s1, mask, mask & ~ws->lanes,
 		     wi, __builtin_popcount(ws->lanes), w->nthreads);
 	if (mask & ws->exited)
@@ -907,13 +909,15 @@ uint64_t simt::warp_op(int kind, unsigned mask, uint64_t val, unsigned bytes, in
 	for (unsigned i = 0; i < ws->ngroups; i++) {
 		warp_group *o = &ws->groups[i];
 
-		if (!(o->mask & mask) || o->kind != kind || !same_site(o->file, o->line, file, line))
+		if (!(o->mask & mask) || o->kind != kind ||
+		    !same_site(o->file, o->line, file, line))
 			continue;
 		if (o->mask != mask || o->width != width || o->bytes != bytes)
-			fail(SIMT_ERR_WARP, "warp %u: lane %u reached %s at %s with mask 0x%08x width "
-			     "%d where lane %u waits with mask 0x%08x width %d (the lanes of one call "
-			     "must pass the same mask and width)", wi, lane, wop_name(kind), s1, mask,
-			     width, __builtin_ctz(o->arrived), o->mask, o->width);
+			fail(SIMT_ERR_WARP, "warp %u: lane %u reached %s at %s with mask 0x%08x "
+			     "width %d where lane %u waits with mask 0x%08x width %d (the lanes of "
+			     "one call must pass the same mask and width)", wi, lane,
+			     wop_name(kind), s1, mask, width, __builtin_ctz(o->arrived), o->mask,
+			     o->width);
 		g = o;
 		break;
 	}
@@ -991,8 +995,9 @@ SIMT_NO_ASAN static void fiber_exit(worker *w)
 		warp_group *g = &ws->groups[i];
 
 		if (g->mask >> lane & 1)
-			fail(SIMT_ERR_WARP, "warp %u: lane %u exited while lanes 0x%08x wait for it in "
-			     "%s at %s with mask 0x%08x", wi, lane, g->arrived, wop_name(g->kind),
+			fail(SIMT_ERR_WARP, "warp %u: lane %u exited while lanes 0x%08x wait for "
+			     "it in %s at %s with mask 0x%08x", wi, lane, g->arrived,
+			     wop_name(g->kind),
 			     site_str(g->file, g->line, s, sizeof(s)), g->mask);
 	}
 	if (!w->nexited++)
@@ -1082,7 +1087,8 @@ int simt_config_set(const struct simt_config *cfg)
 		return -EINVAL;
 	}
 	if (cfg->shared_optin < SIMT_STATIC_LIMIT || cfg->shared_optin > 262144) {
-		set_errmsg("simt_config: shared_optin %u: from 48 KiB to 256 KiB", cfg->shared_optin);
+		set_errmsg("simt_config: shared_optin %u: from 48 KiB to 256 KiB",
+			   cfg->shared_optin);
 		return -EINVAL;
 	}
 #ifndef SIMT_HAVE_SWITCH
@@ -1130,8 +1136,8 @@ static int check_launch(const struct simt_kernel *k, unsigned gx, unsigned gy, u
 		return SIMT_ERR_INVALID;
 	}
 	if (shared > c.shared_optin) {
-		set_errmsg("kernel '%s': %u bytes of dynamic shared memory, more than the %u a block "
-			   "may have", name, shared, c.shared_optin);
+		set_errmsg("kernel '%s': %u bytes of dynamic shared memory, more than the %u a "
+			   "block may have", name, shared, c.shared_optin);
 		return SIMT_ERR_INVALID;
 	}
 	if (k->nparams && !params) {
@@ -1140,8 +1146,8 @@ static int check_launch(const struct simt_kernel *k, unsigned gx, unsigned gy, u
 	}
 	for (unsigned i = 0; i < k->nparams; i++) {
 		if (!params[i]) {
-			set_errmsg("kernel '%s': params[%u] is NULL (each entry points at the value "
-				   "of one parameter)", name, i);
+			set_errmsg("kernel '%s': params[%u] is NULL (each entry points at the "
+				   "value of one parameter)", name, i);
 			return SIMT_ERR_INVALID;
 		}
 	}

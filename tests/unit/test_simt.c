@@ -129,7 +129,8 @@ END_TEST
 START_TEST(warp_sums)
 {
 	static const unsigned sizes[] = {1, 17, 32, 40, 64, 100, 256, 1023, 1024};
-	float *in = xcalloc(2 * 1024, sizeof(float)), out[2], *all = xcalloc(2 * 256, sizeof(float));
+	float *in = xcalloc(2 * 1024, sizeof(float)), out[2];
+	float *all = xcalloc(2 * 256, sizeof(float));
 
 	set_cfg(2, 1, 3);
 	for (size_t i = 0; i < 2 * 1024; i++)
@@ -191,6 +192,25 @@ static int shfl_want(int op, unsigned mask, int width, const int *arg, unsigned 
 	return 1000 * block + (int)base + (int)j;
 }
 
+static void check_shuffle(int op, int width, unsigned mask)
+{
+	int arg[64], out[128];
+
+	for (int t = 0; t < 64; t++)
+		arg[t] = op == 0 ? (t * 7 + 3) % 40 - 4 : (t * 5 + op) % 34;
+	LAUNCH_OK("st_shfl", 2, 1, 1, 64, 1, 1, 0, &(int *){arg}, &(int *){out}, &op, &width,
+		  &mask);
+	for (int i = 0; i < 128; i++) {
+		unsigned t = (unsigned)i % 64, lane = t % 32;
+		int want = -2;
+
+		if (mask >> lane & 1)
+			want = shfl_want(op, mask, width, arg + t / 32 * 32, t, i / 64);
+		ck_assert_msg(out[i] == want, "op %d width %d mask 0x%x thread %d: %d, want %d",
+			      op, width, mask, i, out[i], want);
+	}
+}
+
 START_TEST(shuffles)
 {
 	static const int widths[] = {32, 16, 8, 4, 2, 1};
@@ -198,29 +218,10 @@ START_TEST(shuffles)
 	int arg[64], out[128];
 
 	set_cfg(1, 1, 5);
-	for (int op = 0; op < 4; op++) {
-		for (size_t w = 0; w < MOE_ARRAY_SIZE(widths); w++) {
-			for (size_t m = 0; m < MOE_ARRAY_SIZE(masks); m++) {
-				int width = widths[w], o = op;
-				unsigned mask = masks[m];
-
-				for (int t = 0; t < 64; t++)
-					arg[t] = op == 0 ? (t * 7 + 3) % 40 - 4 : (t * 5 + op) % 34;
-				LAUNCH_OK("st_shfl", 2, 1, 1, 64, 1, 1, 0, &(int *){arg},
-					  &(int *){out}, &o, &width, &mask);
-				for (int i = 0; i < 128; i++) {
-					unsigned t = (unsigned)i % 64, lane = t % 32;
-					int want = mask >> lane & 1 ?
-						   shfl_want(op, mask, width, arg + t / 32 * 32, t,
-							     i / 64) : -2;
-
-					ck_assert_msg(out[i] == want, "op %d width %d mask 0x%x thread "
-						      "%d: %d, want %d", op, width, mask, i, out[i],
-						      want);
-				}
-			}
-		}
-	}
+	for (int op = 0; op < 4; op++)
+		for (size_t w = 0; w < MOE_ARRAY_SIZE(widths); w++)
+			for (size_t m = 0; m < MOE_ARRAY_SIZE(masks); m++)
+				check_shuffle(op, widths[w], masks[m]);
 	/* a few by hand: down 1 keeps lane 31; xor 1 swaps pairs; idx 3 in width 16 */
 	for (int t = 0; t < 64; t++)
 		arg[t] = 1;
@@ -618,8 +619,8 @@ START_TEST(ucontext_switch)
 		ck_assert(out[b] == want);
 	}
 	/* a bug is still reported with ucontext fibers */
-	ck_assert_int_eq(LAUNCH("st_bug_barrier_exit", 1, 1, 1, 32, 1, 1, 0, &(int *){(int[32]){0}}),
-			 SIMT_ERR_BARRIER);
+	ck_assert_int_eq(LAUNCH("st_bug_barrier_exit", 1, 1, 1, 32, 1, 1, 0,
+				&(int *){(int[32]){0}}), SIMT_ERR_BARRIER);
 }
 END_TEST
 
@@ -770,7 +771,8 @@ START_TEST(bug_races)
 
 	set_cfg(1, 1, 21);
 	BUG(SIMT_ERR_RACE, "st_bug_race_read", 64, 0,
-	    ("shared-memory race", "'buf'[", "same barrier interval", "__syncthreads at selftest.cu:"),
+	    ("shared-memory race", "'buf'[", "same barrier interval",
+	     "__syncthreads at selftest.cu:"),
 	    &(float *){in}, &(float *){out});
 	BUG(SIMT_ERR_RACE, "st_bug_race_write", 64, 0,
 	    ("writes 'slot'[0]", "after thread (", "wrote it", "since the block started"),
@@ -797,8 +799,8 @@ START_TEST(bug_shared_memory)
 {
 	float out[64];
 
-	BUG(SIMT_ERR_UNINIT, "st_bug_uninit", 64, 0, ("'buf'[", "no thread of the block has written"),
-	    &(float *){out});
+	BUG(SIMT_ERR_UNINIT, "st_bug_uninit", 64, 0,
+	    ("'buf'[", "no thread of the block has written"), &(float *){out});
 	BUG(SIMT_ERR_SHARED_OOB, "st_bug_shared_oob", 64, 0, ("outside every declaration"),
 	    &(float *){out}, &(int){64});
 	BUG(SIMT_ERR_SHARED_OOB, "st_bug_dyn_oob", 32, 128,
@@ -846,7 +848,8 @@ START_TEST(asan_global_oob)
 	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
 	report = tu_read_file(path, NULL);
 	ck_assert_ptr_nonnull(report);
-	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d: %s", status, report);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d: %s", status,
+		      report);
 	ck_assert_msg(strstr(report, "heap-buffer-overflow") && strstr(report, "st_bug_global_oob"),
 		      "%s", report);
 	free(report);
@@ -1174,7 +1177,8 @@ START_TEST(fake_launches)
 
 		CU_EQ(api.cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 64 << 10, s, p, NULL),
 		      CUDA_ERROR_INVALID_VALUE);
-		CU(api.cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 64 << 10));
+		CU(api.cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+					  64 << 10));
 		CU(api.cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 64 << 10, s, p, NULL));
 		CU_EQ(api.cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
 					     300 << 10), CUDA_ERROR_INVALID_VALUE);
@@ -1183,7 +1187,8 @@ START_TEST(fake_launches)
 		CU_EQ(api.cuLaunchKernel(f, 1, 1, 1, 2000, 1, 1, 0, s, p, NULL),
 		      CUDA_ERROR_INVALID_VALUE);
 		ck_assert_ptr_nonnull(strstr(simt_fake_cuda_errmsg(), "over the limits"));
-		CU_EQ(api.cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, s, p, p), CUDA_ERROR_INVALID_VALUE);
+		CU_EQ(api.cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, s, p, p),
+		      CUDA_ERROR_INVALID_VALUE);
 		CU_EQ(api.cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, s, NULL, NULL),
 		      CUDA_ERROR_INVALID_VALUE);
 		CU(api.cuStreamSynchronize(s));
@@ -1407,49 +1412,50 @@ START_TEST(fake_threads)
 }
 END_TEST
 
+/* Upload, wait for it on another stream, run, download: four rounds. */
+static void run_pipeline(int mode, uint64_t seed)
+{
+	struct simt_fake_config cfg = {.mode = mode, .seed = seed};
+	CUstream up, comp;
+	CUevent ready;
+	CUmodule mod;
+	CUfunction f;
+	CUdeviceptr din, dout;
+	float *h;
+	void *p[] = {&din, &dout};
+
+	fake_up(&cfg);
+	f = fake_kernel(&mod, "st_dyn_reverse");
+	CU(api.cuStreamCreate(&up, CU_STREAM_NON_BLOCKING));
+	CU(api.cuStreamCreate(&comp, CU_STREAM_NON_BLOCKING));
+	CU(api.cuEventCreate(&ready, CU_EVENT_DISABLE_TIMING));
+	CU(api.cuMemAlloc(&din, 64 * sizeof(float)));
+	CU(api.cuMemAlloc(&dout, 64 * sizeof(float)));
+	CU(api.cuMemAllocHost((void **)&h, 64 * sizeof(float)));
+	for (int round = 0; round < 4; round++) {
+		for (int i = 0; i < 64; i++)
+			h[i] = (float)(i + round);
+		CU(api.cuMemcpyHtoDAsync(din, h, 64 * sizeof(float), up));
+		CU(api.cuEventRecord(ready, up));
+		CU(api.cuStreamWaitEvent(comp, ready, 0));
+		CU(api.cuLaunchKernel(f, 1, 1, 1, 64, 1, 1, 64 * sizeof(float), comp, p, NULL));
+		CU(api.cuMemcpyDtoHAsync(h, dout, 64 * sizeof(float), comp));
+		CU(api.cuStreamSynchronize(comp));
+		for (int i = 0; i < 64; i++)
+			ck_assert_msg(h[i] == (float)(63 - i + round), "mode %d seed %llu round "
+				      "%d: h[%d] = %g", mode, (unsigned long long)seed, round, i,
+				      h[i]);
+	}
+	CU(api.cuDevicePrimaryCtxRelease(0));
+}
+
 /* A correct pipeline gives the same results whenever the queued work runs. */
 START_TEST(fake_modes)
 {
-	static const int modes[] = {SIMT_FAKE_LAZY, SIMT_FAKE_EAGER, SIMT_FAKE_RANDOM};
-
-	for (size_t m = 0; m < MOE_ARRAY_SIZE(modes); m++) {
-		for (uint64_t seed = 1; seed <= (modes[m] == SIMT_FAKE_RANDOM ? 8u : 1u); seed++) {
-			struct simt_fake_config cfg = {.mode = modes[m], .seed = seed};
-			CUstream up, comp;
-			CUevent ready;
-			CUmodule mod;
-			CUfunction f;
-			CUdeviceptr din, dout;
-			float *h;
-
-			fake_up(&cfg);
-			f = fake_kernel(&mod, "st_dyn_reverse");
-			CU(api.cuStreamCreate(&up, CU_STREAM_NON_BLOCKING));
-			CU(api.cuStreamCreate(&comp, CU_STREAM_NON_BLOCKING));
-			CU(api.cuEventCreate(&ready, CU_EVENT_DISABLE_TIMING));
-			CU(api.cuMemAlloc(&din, 64 * sizeof(float)));
-			CU(api.cuMemAlloc(&dout, 64 * sizeof(float)));
-			CU(api.cuMemAllocHost((void **)&h, 64 * sizeof(float)));
-			for (int round = 0; round < 4; round++) {
-				void *p[] = {&din, &dout};
-
-				for (int i = 0; i < 64; i++)
-					h[i] = (float)(i + round);
-				CU(api.cuMemcpyHtoDAsync(din, h, 64 * sizeof(float), up));
-				CU(api.cuEventRecord(ready, up));
-				CU(api.cuStreamWaitEvent(comp, ready, 0));
-				CU(api.cuLaunchKernel(f, 1, 1, 1, 64, 1, 1, 64 * sizeof(float), comp, p,
-						      NULL));
-				CU(api.cuMemcpyDtoHAsync(h, dout, 64 * sizeof(float), comp));
-				CU(api.cuStreamSynchronize(comp));
-				for (int i = 0; i < 64; i++)
-					ck_assert_msg(h[i] == (float)(63 - i + round),
-						      "mode %d seed %llu round %d: h[%d] = %g", modes[m],
-						      (unsigned long long)seed, round, i, h[i]);
-			}
-			CU(api.cuDevicePrimaryCtxRelease(0));
-		}
-	}
+	run_pipeline(SIMT_FAKE_LAZY, 0);
+	run_pipeline(SIMT_FAKE_EAGER, 0);
+	for (uint64_t seed = 1; seed <= 8; seed++)
+		run_pipeline(SIMT_FAKE_RANDOM, seed);
 }
 END_TEST
 
@@ -1461,7 +1467,8 @@ START_TEST(loader_absent)
 	int r = moe_cuda_api_load(&a, "/nonexistent/libcuda.so.1");
 
 	ck_assert_int_eq(r, -ENOENT);
-	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "no CUDA driver found: /nonexistent/libcuda.so.1"));
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(),
+				     "no CUDA driver found: /nonexistent/libcuda.so.1"));
 	ck_assert_ptr_null(a.cuInit);
 	/* the default name: a driver here or not, the answer is one of the two */
 	r = moe_cuda_api_load(&a, NULL);
