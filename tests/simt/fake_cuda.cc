@@ -547,7 +547,20 @@ const struct {
 	{CUDA_ERROR_UNKNOWN, "unknown error"},
 };
 
-const char *result_text(CUresult r, bool name)
+/*
+ * The value of an enum argument as an int: the caller (C) may pass a number
+ * no enumerator has, which C++ may not load as the enum type.
+ */
+template <typename E> int enum_value(const E &e)
+{
+	int v;
+
+	static_assert(sizeof(E) == sizeof(int), "an int-sized enum");
+	memcpy(&v, &e, sizeof(v));
+	return v;
+}
+
+const char *result_text(int r, bool name)
 {
 	switch (r) {
 #define MOE_CUDA_NAME(n, v) \
@@ -561,7 +574,7 @@ const char *result_text(CUresult r, bool name)
 		return nullptr;
 	}
 	for (const auto &t : result_texts)
-		if (t.r == r)
+		if ((int)t.r == r)
 			return t.text;
 	return nullptr;
 }
@@ -570,7 +583,7 @@ CUresult f_cuGetErrorName(CUresult e, const char **str)
 {
 	if (!str)
 		return CUDA_ERROR_INVALID_VALUE;
-	*str = result_text(e, true);
+	*str = result_text(enum_value(e), true);
 	return *str ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
@@ -578,7 +591,7 @@ CUresult f_cuGetErrorString(CUresult e, const char **str)
 {
 	if (!str)
 		return CUDA_ERROR_INVALID_VALUE;
-	*str = result_text(e, false);
+	*str = result_text(enum_value(e), false);
 	return *str ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
@@ -648,7 +661,7 @@ CUresult f_cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
 	if (!v)
 		return CUDA_ERROR_INVALID_VALUE;
 	sscanf(S->cfg.pci_bus_id, "%*x:%x", &bus);
-	switch (a) {
+	switch (enum_value(a)) {
 	case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = 1024; break;
 	case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X: *v = 1024; break;
 	case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y: *v = 1024; break;
@@ -688,7 +701,7 @@ CUresult f_cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
 	case CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_SUPPORTED: *v = 0; break;
 	default:
 		return err(CUDA_ERROR_INVALID_VALUE, "cuDeviceGetAttribute: attribute %d is not "
-			   "emulated", (int)a);
+			   "emulated", enum_value(a));
 	}
 	return CUDA_SUCCESS;
 }
@@ -1285,7 +1298,7 @@ CUresult f_cuFuncSetAttribute(CUfunction fn, CUfunction_attribute a, int value)
 		return err(CUDA_ERROR_INVALID_HANDLE, "cuFuncSetAttribute: function %p",
 			   (void *)fn);
 	simt_config_get(&c);
-	if (a == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) {
+	if (enum_value(a) == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) {
 		if (value < 0 || (unsigned)value > c.shared_optin)
 			return err(CUDA_ERROR_INVALID_VALUE, "cuFuncSetAttribute: %d bytes of "
 				   "dynamic shared memory, the device allows %u", value,
@@ -1293,10 +1306,11 @@ CUresult f_cuFuncSetAttribute(CUfunction fn, CUfunction_attribute a, int value)
 		f->max_dyn = value;
 		return CUDA_SUCCESS;
 	}
-	if (a == CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT && value >= -1 && value <= 100)
+	if (enum_value(a) == CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT && value >= -1 &&
+	    value <= 100)
 		return CUDA_SUCCESS;
-	return err(CUDA_ERROR_INVALID_VALUE, "cuFuncSetAttribute: attribute %d value %d", (int)a,
-		   value);
+	return err(CUDA_ERROR_INVALID_VALUE, "cuFuncSetAttribute: attribute %d value %d",
+		   enum_value(a), value);
 }
 
 CUresult f_cuLaunchKernel(CUfunction fn, unsigned int gx, unsigned int gy, unsigned int gz,

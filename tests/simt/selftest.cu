@@ -150,7 +150,7 @@ extern "C" __global__ void st_shfl_types(double *od, long long *ol, float *of, u
 	unsigned u = 0xabc00000u | t;
 	__half h = __float2half((float)t);
 	__nv_bfloat16 b = __float2bfloat16((float)t);
-	__half2 h2 = __floats2half2_rn((float)t, -(float)t);
+	__half2 h2 = make_half2(__float2half((float)t), __float2half(-(float)t));
 
 	od[t] = __shfl_xor_sync(0xffffffffu, d, 1);
 	ol[t] = __shfl_xor_sync(0xffffffffu, l, 1);
@@ -297,12 +297,13 @@ extern "C" __global__ void st_half(const float *in, unsigned short *h, unsigned 
 	h2 = __halves2half2(__float2half(in[i]), __float2half(-in[i]));
 	f2 = __half22float2(h2);
 	b2 = __floats2bfloat162_rn(in[i], 2.0f * in[i]);
-	pairs[6 * i + 0] = f2.x;
-	pairs[6 * i + 1] = f2.y;
-	pairs[6 * i + 2] = __low2float(b2);
-	pairs[6 * i + 3] = __high2float(b2);
-	pairs[6 * i + 4] = __low2float(__float2half2_rn(in[i]));
-	pairs[6 * i + 5] = __bfloat1622float2(b2).y;
+	pairs[7 * i + 0] = f2.x;
+	pairs[7 * i + 1] = f2.y;
+	pairs[7 * i + 2] = __low2float(b2);
+	pairs[7 * i + 3] = __high2float(b2);
+	pairs[7 * i + 4] = __low2float(__float2half2_rn(in[i]));
+	pairs[7 * i + 5] = __bfloat1622float2(b2).y;
+	pairs[7 * i + 6] = __high2float(__floats2half2_rn(2.0f, in[i]));
 }
 MOE_KERNEL(st_half);
 
@@ -388,7 +389,8 @@ extern "C" __global__ void st_misc(const float *x, float *of, int *oi, const flo
 	oi[8] = __popcll(0xffull << 40);
 	oi[9] = __clzll(1ll << 40);
 	oi[10] = __ffsll(1ll << 50);
-	oi[11] = (int)min(7ull, 5ull) + (int)max(-4ll, -9ll) * 10;
+	oi[11] = (int)min(7ull, 5ull) + (int)max(-4ll, -9ll) * 10 +
+		 (int)(min((size_t)3, (size_t)8) + max(1ul, 9ul)) * 100;
 }
 MOE_KERNEL(st_misc);
 

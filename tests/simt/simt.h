@@ -362,6 +362,7 @@ inline __half __ushort_as_half(unsigned short u)
 	return h;
 }
 inline __half2 __halves2half2(__half lo, __half hi) { return __half2{lo, hi}; }
+inline __half2 make_half2(__half x, __half y) { return __half2{x, y}; }
 inline __half2 __floats2half2_rn(float lo, float hi) { return __half2{__half(lo), __half(hi)}; }
 inline __half2 __float2half2_rn(float f) { return __half2{__half(f), __half(f)}; }
 inline float2 __half22float2(__half2 h) { return float2{float(h.x), float(h.y)}; }
@@ -561,6 +562,8 @@ inline int min(int a, int b) { return a < b ? a : b; }
 inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
 inline unsigned min(int a, unsigned b) { return min((unsigned)a, b); }
 inline unsigned min(unsigned a, int b) { return min(a, (unsigned)b); }
+inline long min(long a, long b) { return a < b ? a : b; }
+inline unsigned long min(unsigned long a, unsigned long b) { return a < b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
 inline float min(float a, float b) { return fminf(a, b); }
@@ -569,6 +572,8 @@ inline int max(int a, int b) { return a > b ? a : b; }
 inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 inline unsigned max(int a, unsigned b) { return max((unsigned)a, b); }
 inline unsigned max(unsigned a, int b) { return max(a, (unsigned)b); }
+inline long max(long a, long b) { return a > b ? a : b; }
+inline unsigned long max(unsigned long a, unsigned long b) { return a > b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
 inline float max(float a, float b) { return fmaxf(a, b); }
