@@ -849,13 +849,14 @@ static void complete(worker *w, unsigned wi, warp_group *g)
 		case WOP_IDX:
 			j = sec + ((unsigned)g->arg[l] & (g->width - 1));
 			break;
+		/* as PTX's shfl, only the low five bits of a delta count */
 		case WOP_UP:
-			j = (long)l - (long)(unsigned)g->arg[l];
+			j = (long)l - (long)((unsigned)g->arg[l] & 31);
 			if (j < (long)sec)
 				j = l;
 			break;
 		case WOP_DOWN:
-			j = (long)l + (long)(unsigned)g->arg[l];
+			j = (long)l + (long)((unsigned)g->arg[l] & 31);
 			if (j > (long)top)
 				j = l;
 			break;

@@ -160,7 +160,7 @@ START_TEST(warp_sums)
 }
 END_TEST
 
-/* CUDA's documented shuffle semantics, written out for one lane. */
+/* The shuffle semantics of CUDA and PTX (only a lane argument's low five bits count). */
 static int shfl_want(int op, unsigned mask, int width, const int *arg, unsigned t, int block)
 {
 	unsigned lane = t % 32, base = t - lane;
@@ -172,12 +172,12 @@ static int shfl_want(int op, unsigned mask, int width, const int *arg, unsigned 
 		j = sec + ((unsigned)arg[lane] & (unsigned)(width - 1));
 		break;
 	case 1:
-		j = (long)lane - (long)(unsigned)arg[lane];
+		j = (long)lane - (long)((unsigned)arg[lane] & 31);
 		if (j < (long)sec)
 			j = lane;
 		break;
 	case 2:
-		j = (long)lane + (long)(unsigned)arg[lane];
+		j = (long)lane + (long)((unsigned)arg[lane] & 31);
 		if (j > (long)top)
 			j = lane;
 		break;
@@ -1559,11 +1559,205 @@ START_TEST(cuda_abi)
 }
 END_TEST
 
+/* ---- the same kernels on a GPU, where there is one ---- */
+
+enum { G_IN, G_OUT, G_VAL };
+
+struct gparam {
+	int kind;
+	size_t bytes;
+	const void *data;       /* G_IN: the upload; G_VAL: the value */
+};
+
+struct glaunch {
+	const char *kernel;
+	unsigned g[3], b[3], shared;
+	unsigned n;
+	struct gparam p[8];
+};
+
+/* Run @l through @a (a current context, module @mod): the G_OUT buffers into out[]. */
+static CUresult grun(const struct moe_cuda_api *a, CUmodule mod, const struct glaunch *l,
+		     void **out)
+{
+	CUdeviceptr d[8] = {0};
+	void *params[8];
+	CUfunction f;
+	CUresult r;
+
+	r = a->cuModuleGetFunction(&f, mod, l->kernel);
+	for (unsigned i = 0; i < l->n && !r; i++) {
+		const struct gparam *p = &l->p[i];
+
+		params[i] = (void *)p->data;
+		if (p->kind == G_VAL)
+			continue;
+		r = a->cuMemAlloc(&d[i], p->bytes);
+		if (!r && p->kind == G_IN)
+			r = a->cuMemcpyHtoDAsync(d[i], p->data, p->bytes, NULL);
+		if (!r && p->kind == G_OUT)
+			r = a->cuMemsetD8Async(d[i], 0, p->bytes, NULL);
+		params[i] = &d[i];
+	}
+	if (!r)
+		r = a->cuLaunchKernel(f, l->g[0], l->g[1], l->g[2], l->b[0], l->b[1], l->b[2],
+				      l->shared, NULL, params, NULL);
+	if (!r)
+		r = a->cuCtxSynchronize();
+	for (unsigned i = 0; i < l->n && !r; i++) {
+		if (l->p[i].kind == G_OUT) {
+			out[i] = xcalloc(1, l->p[i].bytes);
+			r = a->cuMemcpyDtoHAsync(out[i], d[i], l->p[i].bytes, NULL);
+		}
+	}
+	if (!r)
+		r = a->cuCtxSynchronize();
+	for (unsigned i = 0; i < l->n; i++)
+		if (d[i])
+			a->cuMemFree(d[i]);
+	return r;
+}
+
+/*
+ * The self-test kernels whose results do not depend on the order threads run
+ * in nor on fast-math approximations, with the same inputs on the GPU and on
+ * the emulation: every output byte must match.  This is what checks the
+ * emulation's shuffle, vote, dp4a and conversion semantics against hardware.
+ */
+START_TEST(gpu_matches_emulation)
+{
+	static float fin[4 * 1024];
+	static int iin[3][1024];
+	static float hin[MOE_ARRAY_SIZE(half_table)];
+	static int zero, per = 256, n_dp = 1024, n_h = MOE_ARRAY_SIZE(half_table);
+	static int op[4] = {0, 1, 2, 3}, width[3] = {32, 16, 4};
+	static unsigned full = 0xffffffffu;
+	static const float x6[6] = {0.75f, 2.5f, 9.0f, 1.0f, 3.0f, 1.7f};
+	const struct glaunch launches[] = {
+		{"st_block_sum", {4, 2, 1}, {100, 1, 1}, 0, 3,
+		 {{G_IN, sizeof(fin), fin}, {G_OUT, 8 * 4, NULL}, {G_VAL, 4, &per}}},
+		{"st_warp_sum", {2, 1, 1}, {1000, 1, 1}, 0, 2,
+		 {{G_IN, sizeof(fin), fin}, {G_OUT, 2 * 4, NULL}}},
+		{"st_shfl", {2, 1, 1}, {64, 1, 1}, 0, 5,
+		 {{G_IN, 64 * 4, iin[0]}, {G_OUT, 128 * 4, NULL}, {G_VAL, 4, &op[0]},
+		  {G_VAL, 4, &width[1]}, {G_VAL, 4, &full}}},
+		{"st_shfl", {2, 1, 1}, {64, 1, 1}, 0, 5,
+		 {{G_IN, 64 * 4, iin[1]}, {G_OUT, 128 * 4, NULL}, {G_VAL, 4, &op[1]},
+		  {G_VAL, 4, &width[0]}, {G_VAL, 4, &full}}},
+		{"st_shfl", {2, 1, 1}, {64, 1, 1}, 0, 5,
+		 {{G_IN, 64 * 4, iin[1]}, {G_OUT, 128 * 4, NULL}, {G_VAL, 4, &op[2]},
+		  {G_VAL, 4, &width[2]}, {G_VAL, 4, &full}}},
+		{"st_shfl", {2, 1, 1}, {64, 1, 1}, 0, 5,
+		 {{G_IN, 64 * 4, iin[2]}, {G_OUT, 128 * 4, NULL}, {G_VAL, 4, &op[3]},
+		  {G_VAL, 4, &width[1]}, {G_VAL, 4, &full}}},
+		{"st_shfl_types", {1, 1, 1}, {64, 1, 1}, 0, 7,
+		 {{G_OUT, 64 * 8, NULL}, {G_OUT, 64 * 8, NULL}, {G_OUT, 64 * 4, NULL},
+		  {G_OUT, 64 * 4, NULL}, {G_OUT, 64 * 2, NULL}, {G_OUT, 64 * 2, NULL},
+		  {G_OUT, 64 * 4, NULL}}},
+		{"st_vote", {2, 1, 1}, {40, 1, 1}, 0, 2,
+		 {{G_IN, 80 * 4, iin[2]}, {G_OUT, 6 * 80 * 4, NULL}}},
+		{"st_dp4a", {8, 1, 1}, {128, 1, 1}, 0, 8,
+		 {{G_IN, 1024 * 4, iin[0]}, {G_IN, 1024 * 4, iin[1]}, {G_IN, 1024 * 4, iin[2]},
+		  {G_OUT, 1024 * 4, NULL}, {G_OUT, 1024 * 4, NULL}, {G_OUT, 1024 * 4, NULL},
+		  {G_OUT, 1024 * 4, NULL}, {G_VAL, 4, &n_dp}}},
+		{"st_half", {1, 1, 1}, {64, 1, 1}, 0, 7,
+		 {{G_IN, sizeof(hin), hin}, {G_OUT, sizeof(hin) / 2, NULL},
+		  {G_OUT, sizeof(hin) / 2, NULL}, {G_OUT, sizeof(hin), NULL},
+		  {G_OUT, sizeof(hin), NULL}, {G_OUT, 7 * sizeof(hin), NULL}, {G_VAL, 4, &n_h}}},
+		{"st_dyn_reverse", {3, 1, 1}, {5, 4, 3}, 60 * 4, 2,
+		 {{G_IN, sizeof(fin), fin}, {G_OUT, 180 * 4, NULL}}},
+		{"st_index", {3, 4, 2}, {5, 3, 2}, 0, 1, {{G_OUT, 8 * 720 * 4, NULL}}},
+		{"st_misc", {1, 1, 1}, {32, 1, 1}, 0, 7,
+		 {{G_IN, sizeof(x6), x6}, {G_OUT, 12 * 4, NULL}, {G_OUT, 12 * 4, NULL},
+		  {G_IN, 128 * 4, fin}, {G_OUT, 128 * 4, NULL}, {G_IN, 128 * 4, iin[0]},
+		  {G_OUT, 128 * 4, NULL}}},
+	};
+	struct moe_cuda_api gpu, fake;
+	char path[4096];
+	const char *build = getenv("MOE_BUILD");
+	size_t image_len;
+	void *image;
+	CUmodule gmod, fmod;
+	CUcontext gctx;
+	CUdevice dev;
+	uint64_t r = 77;
+
+	(void)zero;
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(fin); i++)
+		fin[i] = (float)((int)(tu_rand(&r) % 19) - 9);
+	for (int k = 0; k < 3; k++)
+		for (int i = 0; i < 1024; i++)
+			iin[k][i] = k == 1 ? (int)(tu_rand(&r) % 40) - 4 : (int)(uint32_t)tu_rand(&r);
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(half_table); i++)
+		hin[i] = bitsf(half_table[i][0]);
+	snprintf(path, sizeof(path), "%s/cuda/selftest.fatbin", build ? build : "build");
+	image = tu_read_file(path, &image_len);
+	ck_assert_msg(image != NULL, "%s: not built", path);
+	ck_assert_msg(moe_cuda_api_load(&gpu, NULL) == 0, "%s", moe_errmsg());
+	CU_EQ(gpu.cuInit(0), CUDA_SUCCESS);
+	CU_EQ(gpu.cuDeviceGet(&dev, 0), CUDA_SUCCESS);
+	CU_EQ(gpu.cuDevicePrimaryCtxRetain(&gctx, dev), CUDA_SUCCESS);
+	CU_EQ(gpu.cuCtxSetCurrent(gctx), CUDA_SUCCESS);
+	CU_EQ(gpu.cuModuleLoadData(&gmod, image), CUDA_SUCCESS);
+	fake_up(NULL);
+	fake = api;
+	CU(fake.cuModuleLoadData(&fmod, image));
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(launches); i++) {
+		const struct glaunch *l = &launches[i];
+		void *go[8] = {0}, *fo[8] = {0};
+
+		CU_EQ(grun(&gpu, gmod, l, go), CUDA_SUCCESS);
+		CU(grun(&fake, fmod, l, fo));
+		for (unsigned k = 0; k < l->n; k++) {
+			if (l->p[k].kind != G_OUT)
+				continue;
+			/* st_misc's float results come from fast-math intrinsics: not compared */
+			if (strcmp(l->kernel, "st_misc") || k != 1)
+				ck_assert_msg(!memcmp(go[k], fo[k], l->p[k].bytes), "%s (launch %zu): "
+					      "parameter %u differs between the GPU and the emulation",
+					      l->kernel, i, k);
+			free(go[k]);
+			free(fo[k]);
+		}
+	}
+	gpu.cuModuleUnload(gmod);
+	gpu.cuDevicePrimaryCtxRelease(dev);
+	moe_cuda_api_unload(&gpu);
+	free(image);
+}
+END_TEST
+
+/* A driver, a device and the self-test fatbin: why not in @why. */
+static bool gpu_available(char *why, size_t len)
+{
+	struct moe_cuda_api a;
+	char path[4096];
+	const char *build = getenv("MOE_BUILD");
+	int n = 0;
+
+	snprintf(path, sizeof(path), "%s/cuda/selftest.fatbin", build ? build : "build");
+	if (access(path, R_OK)) {
+		snprintf(why, len, "no cuda/selftest.fatbin in the build directory (made when nvcc "
+			 "is installed)");
+		return false;
+	}
+	if (moe_cuda_api_load(&a, NULL)) {
+		snprintf(why, len, "needs a GPU: %s", moe_errmsg());
+		return false;
+	}
+	if (a.cuInit(0) || a.cuDeviceGetCount(&n) || !n) {
+		snprintf(why, len, "needs a GPU: the CUDA driver sees no device");
+		n = 0;
+	}
+	moe_cuda_api_unload(&a);
+	return n > 0;
+}
+
 Suite *suite_simt(void)
 {
 	Suite *s = suite_create("simt");
 	TCase *emu = tcase_create("emulation"), *bugs = tcase_create("bugs");
-	TCase *fake = tcase_create("fake_driver"), *ld = tcase_create("loader");
+	TCase *fake = tcase_create("fake_driver"), *ld = tcase_create("loader"), *gpu;
 	char msg[512];
 
 	tcase_add_test(emu, block_sum_shapes);
@@ -1623,5 +1817,13 @@ Suite *suite_simt(void)
 	else
 		tcase_add_test(ld, cuda_abi);
 	suite_add_tcase(s, ld);
+
+	gpu = tcase_create("gpu");
+	if (gpu_available(msg, sizeof(msg)))
+		tcase_add_test(gpu, gpu_matches_emulation);
+	else
+		tu_skip("simt gpu_matches_emulation", msg);
+	tcase_set_timeout(gpu, 120);
+	suite_add_tcase(s, gpu);
 	return s;
 }
