@@ -218,8 +218,7 @@ $(BUILD)/tests/suites.h: $(TEST_SRCS) Makefile
 $(BUILD)/obj/tests/unit/main.o: $(BUILD)/tests/suites.h
 $(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(BUILD)/tests -Itests/unit -Itests/ref \
 	-Itests/simt
-$(BUILD)/obj/tests/unit/test_simt.o: ALL_CFLAGS += -DMOE_TEST_NVCC=$(if $(NVCC),1,0) \
-	-DMOE_TEST_FATBIN=$(if $(FATBIN),1,0)
+$(BUILD)/obj/tests/unit/test_simt.o: ALL_CFLAGS += -DMOE_TEST_FATBIN=$(if $(FATBIN),1,0)
 $(BUILD)/obj/tests/unit/cuda_abi.o: ALL_CFLAGS += $(CUDA_H_CFLAGS)
 CUDA_H_CFLAGS = $(if $(wildcard $(CUDA_INC)/cuda.h),-I$(CUDA_INC) -DMOE_HAVE_CUDA_H=1)
 CUDA_INC ?= $(if $(NVCC),$(abspath $(dir $(NVCC))/../include),/usr/local/cuda/include)
@@ -281,5 +280,5 @@ fuzz: fuzz-build
 clean:
 	rm -rf build build-san
 
--include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(SIMT_OBJS:.o=.d) \
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(SIMT_OBJS:.o=.d) $(SIMT_SOS:.so=.d) \
 	$(wildcard $(BUILD)/obj/tools/*.d $(BUILD)/obj/tools/*/*.d)

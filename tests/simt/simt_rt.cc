@@ -689,10 +689,15 @@ static void *worker_main(void *arg)
 			pool_put(w);
 		return NULL;
 	}
+#ifdef SIMT_ASAN
+	/* for the fiber-switch annotations (the main thread's comes from /proc: not cheap) */
 	if (!pthread_getattr_np(pthread_self(), &attr)) {
 		pthread_attr_getstack(&attr, &lo, &size);
 		pthread_attr_destroy(&attr);
 	}
+#else
+	(void)attr;
+#endif
 	w->sched_lo = lo;
 	w->sched_size = size;
 	ss.ss_sp = w->altstack;
