@@ -11,6 +11,10 @@
 #   tools/NAME/*.c           -> $(BUILD)/bin/NAME
 #   tools/common/*.c         -> linked into every tool (not a tool itself)
 #   tests/unit/test_NAME.c   -> one Check suite, suite_NAME(), in unit-tests
+#   tests/simt/*.cc          -> the CUDA emulation runtime (C++), in unit-tests
+#   cuda/*.cu tests/simt/*.cu -> kernels compiled as C++ on the emulation, in unit-tests;
+#                               cuda/*.cu also by nvcc into the fatbin embedded in libmoe
+#   tests/simt/lib*.c        -> $(BUILD)/tests/lib*.so, fake driver libraries for dlopen
 
 BUILD ?= build
 SANITIZE ?= 0
@@ -18,10 +22,20 @@ ifeq ($(SANITIZE),1)
 override BUILD := $(BUILD)-san
 endif
 SHARED ?= $(abspath ../shared)
+comma := ,
 
 CC ?= cc
 ifeq ($(origin CC),default)
 CC := gcc
+endif
+# C++ only for the CUDA emulation in the unit tests: the compiler that matches CC.
+ifeq ($(origin CXX),default)
+CXX := $(if $(findstring clang,$(CC)),$(subst clang,clang++,$(CC)),g++)
+endif
+CXX_IS_CLANG := $(shell $(CXX) --version 2>/dev/null | grep -q clang && echo 1)
+# nvcc builds the fatbin when it is there; NVCC= builds without CUDA kernels.
+ifeq ($(origin NVCC),undefined)
+NVCC := $(or $(wildcard /usr/local/cuda/bin/nvcc),$(shell command -v nvcc 2>/dev/null))
 endif
 PKG_CONFIG ?= pkg-config
 DEP_PKGS := liburing hwloc libdrm check
@@ -36,6 +50,33 @@ BASE_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer \
 	-fno-sanitize-recover=undefined
 SAN_LDFLAGS := -fsanitize=address,undefined
 endif
+CXXFLAGS ?= $(OPT) -g
+BASE_CXXFLAGS := -std=c++17 $(WARN) -pthread -fPIC -D_GNU_SOURCE -Iinclude -Ilibmoe \
+	-Itests/simt -Icuda -MMD -MP
+# The .cu objects get the compiler's ThreadSanitizer instrumentation, which
+# calls out for every load and store (reads and writes apart); the calls are
+# renamed by tests/simt/hooks.syms to the emulation's hooks, which check shared
+# and device memory (no TSan runtime is linked).  Under SANITIZE=1 the hooks
+# also ask AddressSanitizer about every other access: the two instrumentations
+# do not mix in one object.
+ifeq ($(CXX_IS_CLANG),1)
+CU_INSTR := -fsanitize=thread -mllvm -tsan-instrument-func-entry-exit=0 \
+	-mllvm -tsan-instrument-atomics=0 -mllvm -tsan-instrument-read-before-write=1 \
+	-mllvm -tsan-distinguish-volatile=0
+else
+CU_INSTR := -fsanitize=thread --param tsan-instrument-func-entry-exit=0 \
+	--param tsan-distinguish-volatile=0
+endif
+CU_CXXFLAGS = $(BASE_CXXFLAGS) $(CXXFLAGS) -x c++ -include tests/simt/simt.h $(CU_INSTR) \
+	-fstack-clash-protection
+ifeq ($(SANITIZE),1)
+SAN_CXXFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined
+# out-of-bounds shared arrays and null pointers are the emulation's to report, as launch errors
+CU_CXXFLAGS += -fsanitize=undefined -fno-sanitize=bounds,null -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined
+endif
+ALL_CXXFLAGS = $(BASE_CXXFLAGS) $(SAN_CXXFLAGS) $(CXXFLAGS)
 PKG_CFLAGS = $(shell $(PKG_CONFIG) --cflags liburing hwloc libdrm 2>/dev/null)
 PKG_LIBS = $(shell $(PKG_CONFIG) --libs liburing hwloc libdrm 2>/dev/null)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
@@ -60,6 +101,19 @@ TEST_SUPPORT := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c)) $(wildcard
 	$(wildcard tests/fuzz/fuzz_*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 SUITES := $(patsubst tests/unit/test_%.c,%,$(TEST_SRCS))
+SIMT_SRCS := $(sort $(wildcard tests/simt/*.cc))
+CU_SRCS := $(sort $(wildcard cuda/*.cu tests/simt/*.cu))
+SIMT_OBJS := $(SIMT_SRCS:%.cc=$(BUILD)/obj/%.o) $(CU_SRCS:%=$(BUILD)/obj/%.o)
+SIMT_SOS := $(patsubst tests/simt/%.c,$(BUILD)/tests/%.so,$(wildcard tests/simt/lib*.c))
+
+# The fatbin: every cuda/*.cu in one translation unit (nvcc cannot link PTX
+# across files), SASS for sm_80 and sm_90 and PTX for newer GPUs.
+KERNEL_SRCS := $(sort $(wildcard cuda/*.cu))
+NVCC_FLAGS := -std=c++17 -O3 -Icuda --Werror all-warnings \
+	-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+	-gencode arch=compute_90,code=compute_90
+FATBIN := $(if $(NVCC),$(if $(KERNEL_SRCS),$(BUILD)/cuda/kernels.fatbin))
+SELFTEST_FATBIN := $(if $(NVCC),$(BUILD)/cuda/selftest.fatbin)
 
 STATIC_LIB := $(BUILD)/lib/libmoe.a
 SHARED_LIB := $(BUILD)/lib/libmoe.so
@@ -87,6 +141,45 @@ tools: $(TOOL_BINS)
 $(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cc | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
+
+# An instrumentation call left without a hook would find no definition (or
+# a sanitizer runtime's): refuse the object.
+$(BUILD)/obj/%.cu.o: %.cu tests/simt/hooks.syms | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CXX) $(CU_CXXFLAGS) -MT $@ -MF $(@:.o=.d) -c $< -o $@.tmp
+	objcopy --redefine-syms=tests/simt/hooks.syms $@.tmp
+	@left=$$(nm -u $@.tmp | grep -o '__tsan_[A-Za-z0-9_]*' | sort -u | tr '\n' ' '); \
+	if [ -n "$$left" ]; then \
+		echo "$<: instrumentation calls with no hook in tests/simt/hooks.syms: $$left" >&2; \
+		rm -f $@.tmp; exit 1; fi
+	@mv $@.tmp $@
+
+$(BUILD)/tests/lib%.so: tests/simt/lib%.c tests/simt/libcuda_fake.c libmoe/backend/cuda_api.h \
+		| $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -MT $@ -MF $(@:.so=.d) -shared -o $@ $< \
+		$(if $(wildcard tests/simt/lib$*.map),-Wl$(comma)--version-script=tests/simt/lib$*.map) \
+		$(SAN_LDFLAGS)
+
+$(BUILD)/cuda/kernels.cu: $(KERNEL_SRCS) Makefile
+	@mkdir -p $(@D)
+	@printf '#include "%s"\n' $(abspath $(KERNEL_SRCS)) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/cuda/kernels.fatbin: $(BUILD)/cuda/kernels.cu $(KERNEL_SRCS) $(wildcard cuda/*.cuh)
+	$(NVCC) -fatbin $(NVCC_FLAGS) -o $@ $<
+
+# The emulation's self-test is valid CUDA: checked here, never embedded.
+$(BUILD)/cuda/selftest.fatbin: tests/simt/selftest.cu $(wildcard cuda/*.cuh)
+	@mkdir -p $(@D)
+	$(NVCC) -fatbin $(NVCC_FLAGS) -o $@ $<
+
+$(BUILD)/obj/libmoe/backend/cuda_fatbin.o: $(FATBIN)
+$(BUILD)/obj/libmoe/backend/cuda_fatbin.o: ALL_CFLAGS += \
+	$(if $(FATBIN),-DMOE_CUDA_FATBIN='"$(abspath $(FATBIN))"')
 
 $(BUILD)/obj/%_avx2.o: %_avx2.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
@@ -128,15 +221,21 @@ $(BUILD)/tests/suites.h: $(TEST_SRCS) Makefile
 	@printf '%s\n' $(patsubst %,'SUITE(%)',$(SUITES)) > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/obj/tests/unit/main.o: $(BUILD)/tests/suites.h
-$(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(BUILD)/tests -Itests/unit -Itests/ref
+$(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(BUILD)/tests -Itests/unit -Itests/ref \
+	-Itests/simt
+$(BUILD)/obj/tests/unit/test_simt.o: ALL_CFLAGS += -DMOE_TEST_FATBIN=$(if $(FATBIN),1,0)
+$(BUILD)/obj/tests/unit/cuda_abi.o: ALL_CFLAGS += $(CUDA_H_CFLAGS)
+CUDA_H_CFLAGS = $(if $(wildcard $(CUDA_INC)/cuda.h),-I$(CUDA_INC) -DMOE_HAVE_CUDA_H=1)
+CUDA_INC ?= $(if $(NVCC),$(abspath $(dir $(NVCC))/../include),/usr/local/cuda/include)
 
-$(BUILD)/tests/unit-tests: $(TEST_OBJS) $(STATIC_LIB)
+# Linked by the C++ compiler: the emulation needs libstdc++, libmoe does not.
+$(BUILD)/tests/unit-tests: $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
+	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
 
 # The driver's VM tests run first (their own "N passed, N failed, N did not run" line), the
 # unit runner last; both always run and either failing fails the check.
-check: all $(BUILD)/tests/unit-tests
+check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SELFTEST_FATBIN)
 	@vm=0; $(MAKE) --no-print-directory vm-check || vm=$$?; \
 	MOE_BIN=$(abspath $(BUILD)/bin) MOE_SRC=$(CURDIR) MOE_SHARED=$(SHARED) \
 		MOE_BUILD=$(abspath $(BUILD)) $(BUILD)/tests/unit-tests || exit 1; \
@@ -153,6 +252,8 @@ kmod-build:
 	@mkdir -p $(KMOD_OUT)
 	@cp -p kmod/*.c kmod/*.h kmod/Kbuild $(KMOD_OUT)/
 	$(MAKE) -C $(KDIR) M=$(abspath $(KMOD_OUT)) MOE_UAPI_DIR=$(CURDIR)/include/uapi/drm W=1 modules
+# '+': run.sh's make of moe.ko joins the jobserver; without it, under -j, that
+# make warns "jobserver unavailable", which run.sh counts as a build warning.
 vm-check: tools
 	+@MAKE="$(MAKE)" MOE_BIN=$(abspath $(BUILD)/bin) MOE_VM_LDFLAGS="$(SAN_LDFLAGS)" \
 		sh tests/vm/run.sh $(BUILD)/vm
@@ -186,4 +287,5 @@ fuzz: fuzz-build
 clean:
 	rm -rf build build-san
 
--include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(wildcard $(BUILD)/obj/tools/*.d $(BUILD)/obj/tools/*/*.d)
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(SIMT_OBJS:.o=.d) $(SIMT_SOS:.so=.d) \
+	$(wildcard $(BUILD)/obj/tools/*.d $(BUILD)/obj/tools/*/*.d)

@@ -25,6 +25,8 @@ done
 # The tokenizer's Unicode tables and the fuzz targets need these too.
 [ -r /usr/share/unicode/UnicodeData.txt ] || missing="$missing unicode-data"
 command -v clang >/dev/null 2>&1 || missing="$missing clang"
+# the unit tests' CUDA emulation is C++
+command -v g++ >/dev/null 2>&1 || missing="$missing g++"
 [ -n "$(ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a 2>/dev/null)" ] ||
 	missing="$missing libclang-rt-14-dev"
 
