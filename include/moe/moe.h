@@ -487,6 +487,34 @@ typedef void (*moe_io_cb)(void *arg, int64_t res, void *interior);
  */
 MOE_API int moe_io_read(struct moe_io *io, uint64_t offset, uint64_t len, void *dst,
 			uint64_t dst_cap, moe_io_cb cb, void *arg);
+
+enum moe_io_read_flags {
+	/*
+	 * Low priority (prefetch): queued demand reads always start first, and
+	 * low-priority reads leave a quarter of the queue depth to demand.
+	 */
+	MOE_IO_READ_LOW = 1u << 0,
+};
+#define MOE_IO_READ_FLAGS_ALL (MOE_IO_READ_LOW)
+
+/* moe_io_read() with flags (enum moe_io_read_flags); -EINVAL for unknown flags. */
+MOE_API int moe_io_read_flags(struct moe_io *io, uint64_t offset, uint64_t len, void *dst,
+			      uint64_t dst_cap, uint32_t flags, moe_io_cb cb, void *arg);
+/*
+ * Cancel queued low-priority reads that have not started: those with callback
+ * @cb (NULL: any) and, when @args is given, an argument among args[0..n).
+ * With @args, either all n are cancelled or, when one of them has started or
+ * is not queued at low priority, none.  Each cancelled read's callback gets
+ * -ECANCELED where its completion would have been delivered.  Returns the
+ * number cancelled.
+ */
+MOE_API int moe_io_cancel_low(struct moe_io *io, moe_io_cb cb, void *const *args, uint32_t n);
+/*
+ * Make the matching queued low-priority reads (as for moe_io_cancel_low)
+ * demand reads: a prefetch that the forward pass now waits for.  Returns how
+ * many were found.
+ */
+MOE_API int moe_io_promote(struct moe_io *io, moe_io_cb cb, void *const *args, uint32_t n);
 /* Start queued reads (up to the queue depth; the rest start as others complete). */
 MOE_API int moe_io_submit(struct moe_io *io);
 /* Call the callbacks of completed reads without blocking; returns how many. */
