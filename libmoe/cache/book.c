@@ -384,7 +384,7 @@ bool moe_book_hold(struct moe_book *b, uint32_t slot)
 		return true;
 	pl = &b->pools[b->slot_pool[slot]];
 	/* a pool keeps room for one routing's experts, plus one to turn over */
-	if (b->st.hot >= b->hot_max || pl->hot + pl->k + 1 > pl->n)
+	if (b->st.hot >= b->hot_max || pl->hot + 1 + pl->k + 1 > pl->n)
 		return false;
 	b->held[slot] = true;
 	b->pins[slot]++;

@@ -744,6 +744,11 @@ int moe_cache_wait(struct moe_expert_cache *c)
 	return ret;
 }
 
+double moe_cache_stall(const struct moe_expert_cache *c)
+{
+	return c->st.stall_s;
+}
+
 moe_dptr moe_cache_mat(const struct moe_expert_cache *c, uint32_t slot, uint32_t mat)
 {
 	return c->slots[slot].mem + moe_expert_mat_offset(expert_of(c, slot), mat, c->align);

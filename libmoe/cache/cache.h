@@ -78,6 +78,8 @@ bool moe_cache_contains(const struct moe_expert_cache *c, uint32_t layer, uint32
 int moe_cache_poll(struct moe_expert_cache *c);
 /* Block until at least one fetch progresses; the wait counts as stall time. */
 int moe_cache_wait(struct moe_expert_cache *c);
+/* Seconds stalled in moe_cache_wait so far (since the last reset). */
+double moe_cache_stall(const struct moe_expert_cache *c);
 
 /* Layer @layer of token @clock routes now to ids[0..n) (the policy's view). */
 void moe_cache_layer(struct moe_expert_cache *c, uint32_t layer, uint64_t clock,

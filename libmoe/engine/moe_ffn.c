@@ -386,9 +386,9 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 				      ctx->st.n_slots);
 			goto fail;
 		}
-		t0 = moe_now();
+		t0 = moe_cache_stall(c);
 		ret = moe_cache_wait(c);
-		ctx->layer_stall[il] += moe_now() - t0;
+		ctx->layer_stall[il] += moe_cache_stall(c) - t0;
 		if (ret < 0)
 			goto fail;
 	}

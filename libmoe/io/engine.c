@@ -201,10 +201,17 @@ static void inflight_sub_locked(struct moe_io *io, uint32_t n)
 	pthread_cond_broadcast(&io->cond);
 }
 
-/* Low-priority pieces in flight at once: the rest of the queue depth stays free for demand. */
+/*
+ * Low-priority pieces in flight at once: a quarter of the depth stays free
+ * for demand (the pread backend's depth is its worker count).
+ */
 static uint32_t low_max(const struct moe_io *io)
 {
-	return MOE_MAX(io->opts.queue_depth - io->opts.queue_depth / 4, 1u);
+	uint32_t d = io->opts.queue_depth;
+
+	if (io->ops == &moe_io_pread_ops)
+		d = MOE_MIN(d, io->opts.n_workers);
+	return MOE_MAX(d - d / 4, 1u);
 }
 
 static struct moe_io_piece *pop_locked(struct moe_io_piece **head, struct moe_io_piece **tail)
