@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,7 +10,8 @@
 #include "util/util.h"
 
 #define BINS 16
-#define PRIOR_W 8.0                  /* observations a calibration cell needs to outweigh its prior */
+#define PRIOR_W 8.0
+#define NB_SMOOTH 2.0                /* pseudo-uses pulling P(f | e) to f's popularity */                  /* observations a calibration cell needs to outweigh its prior */
 
 struct cell {
 	double h, n;
@@ -216,16 +218,47 @@ static void raw_scores(struct moe_pred *p, uint32_t layer, const int32_t *ids, u
 			p->q[f] = (double)rs->count[(uint64_t)m * E + f] / n;
 		return;
 	}
-	/* q over layer @src's experts, pushed through the transitions one layer at a time */
-	for (uint32_t j = 0; j < p->k[layer]; j++)
-		if (ids[j] >= 0 && (uint32_t)ids[j] < E)
-			p->q2[ids[j]] = 1;
-	for (uint32_t step = 0; step <= d; step++) {
-		int32_t dst = moe_pred_target(p, layer, step);
-		double norm = step ? p->k[src] : 0;
+	/*
+	 * The next layer from the chosen set: naive Bayes, each chosen expert's
+	 * evidence added in log-odds to the target's popularity.
+	 */
+	{
+		int32_t dst = moe_pred_target(p, layer, 0);
+		uint64_t nt = rs->layer_tokens[dst];
 
-		for (uint32_t e = 0; e < E && !step; e++)
-			norm += p->q2[e];
+		for (uint32_t f = 0; f < E; f++) {
+			double pf = (rs->count[(uint64_t)dst * E + f] + 0.5) / (nt + 1.0), lo;
+
+			pf = MOE_MIN(MOE_MAX(pf, 1e-4), 1 - 1e-4);
+			lo = log(pf / (1 - pf));
+			for (uint32_t j = 0; j < p->k[layer]; j++) {
+				uint64_t pk, c;
+				double pe;
+
+				if (ids[j] < 0 || (uint32_t)ids[j] >= E)
+					continue;
+				pk = (uint64_t)layer * E + ids[j];
+				c = rs->count[pk];
+				if (!c)
+					continue;
+				pe = (rs->trans[pk * E + f] + NB_SMOOTH * pf) / (c + NB_SMOOTH);
+				pe = MOE_MIN(MOE_MAX(pe, 1e-4), 1 - 1e-4);
+				lo += log(pe / (1 - pe)) - log(pf / (1 - pf));
+			}
+			p->q2[f] = 1 / (1 + exp(-lo));
+		}
+		src = (uint32_t)dst;
+		if (!d) {
+			memcpy(p->q, p->q2, sizeof(*p->q) * E);
+			memset(p->q2, 0, sizeof(*p->q2) * E);
+			return;
+		}
+	}
+	/* deeper layers: the distribution pushed through the transitions one layer at a time */
+	for (uint32_t step = 1; step <= d; step++) {
+		int32_t dst = moe_pred_target(p, layer, step);
+		double norm = p->k[src];
+
 		memset(p->q, 0, sizeof(*p->q) * E);
 		for (uint32_t e = 0; e < E; e++) {
 			uint64_t pk = (uint64_t)src * E + e;
