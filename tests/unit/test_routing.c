@@ -541,6 +541,19 @@ START_TEST(tool_simulate)
 	ck_assert_msg(!strstr(out, "\"miss_bytes_per_token\": 0.0") && strstr(out, "lru"), "%s",
 		      out);
 	free(out);
+	/* the benchmark: tuned on sequences 0..1, reported on 2..3 */
+	snprintf(cmd, sizeof(cmd), "%s prefetch --share 25,50 --json %s", tu_bin("moe-bench"), tpath);
+	ck_assert_msg(tu_run(cmd, 0, &out) == 0, "%s", out);
+	for (const char *const *k = (const char *const[]){ "\"role\": \"optimum\"",
+			"\"role\": \"lru\"", "\"role\": \"best\"", "\"share\": 50",
+			"\"miss_vs_belady\": 1.000", "\"fetched_vs_belady\":", NULL }; *k; k++)
+		ck_assert_msg(strstr(out, *k), "no %s in %s", *k, out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s prefetch --share 25 %s", tu_bin("moe-bench"), tpath);
+	ck_assert_msg(tu_run(cmd, 0, &out) == 0, "%s", out);
+	ck_assert_msg(strstr(out, "tuned on sequences 0..1, reported on 2..3") &&
+		      strstr(out, "targets: miss <= 1.15x"), "%s", out);
+	free(out);
 	/* errors: usage 2, bad input 1 with the reason */
 	snprintf(cmd, sizeof(cmd), "%s trace simulate %s", tu_bin("moectl"), tpath);
 	ck_assert_int_eq(tu_run(cmd, 1, &out), 2);
