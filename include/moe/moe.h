@@ -1008,7 +1008,7 @@ MOE_API int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint
  * (Documentation/design.rst, "Routing statistics and prefetch").
  */
 
-/* A model file's identity, whatever its path: its size and a hash of its header and tensor table. */
+/* A model file's identity, whatever its path: its size and a hash of header and tensor table. */
 MOE_API int moe_model_identity(const struct moe_model *model, uint64_t *bytes, uint64_t *hash);
 /*
  * The default state directory: $MOE_STATE_DIR, else $XDG_STATE_HOME/moe,
