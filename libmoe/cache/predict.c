@@ -10,7 +10,8 @@
 #include "util/util.h"
 
 #define BINS 16
-#define PRIOR_W 8.0                  /* observations a calibration cell needs to outweigh its prior */
+/* observations a calibration cell needs to outweigh its prior */
+#define PRIOR_W 8.0
 #define NB_SMOOTH 2.0                /* pseudo-uses pulling P(f | e) to f's popularity */
 
 struct cell {
