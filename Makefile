@@ -234,11 +234,13 @@ $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB)
 	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
 
 # The driver's VM tests run first (their own "N passed, N failed, N did not run" line), the
-# unit runner last; both always run and either failing fails the check.
+# unit runner last; both always run and either failing fails the check.  Routing
+# statistics the tools save go under the build tree, not the user's home.
 check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SELFTEST_FATBIN)
 	@vm=0; $(MAKE) --no-print-directory vm-check || vm=$$?; \
 	MOE_BIN=$(abspath $(BUILD)/bin) MOE_SRC=$(CURDIR) MOE_SHARED=$(SHARED) \
-		MOE_BUILD=$(abspath $(BUILD)) $(BUILD)/tests/unit-tests || exit 1; \
+		MOE_BUILD=$(abspath $(BUILD)) MOE_STATE_DIR=$(abspath $(BUILD))/tmp/state \
+		$(BUILD)/tests/unit-tests || exit 1; \
 	[ $$vm -eq 0 ] || { echo "make check: the driver's VM tests failed (see above)"; exit 1; }
 
 # The kernel driver builds out of tree in $(BUILD)/kmod against Debian's

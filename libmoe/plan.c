@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/predict.h"
 #include "model.h"
 #include "plan.h"
 #include "quant/quant.h"
@@ -192,6 +193,8 @@ static void scratch(const struct moe_model *m, struct plan_layout *l, uint64_t *
 	l->buf_bytes[PB_YBUF] = B * K * E * f;
 	l->buf_bytes[PB_LOGITS] = B * l->n_vocab * f;
 	l->buf_bytes[PB_ROWS] = B * 4;
+	l->buf_bytes[PB_SPEC_LOG] = B * ne * l->spec_depth * f;
+	l->buf_bytes[PB_SPEC_SEL] = l->buf_bytes[PB_SPEC_W] = B * K * l->spec_depth * 4;
 	start = *cur;
 	l->scratch_off = start;
 	for (int b = 0; b < PB_COUNT; b++)
@@ -205,10 +208,11 @@ static void scratch(const struct moe_model *m, struct plan_layout *l, uint64_t *
 struct cls {
 	uint64_t bytes;
 	uint32_t n, k, slots, host;
+	uint32_t min;               /* fewest device slots: one routing of a layer, or of each */
 };
 
 static int classes(const struct moe_model *m, struct plan_layout *l, struct cls *c,
-		   uint32_t *n_cls)
+		   uint32_t *n_cls, bool layer_pools)
 {
 	*n_cls = 0;
 	for (uint32_t il = 0; il < m->hp.n_layer; il++) {
@@ -235,7 +239,51 @@ static int classes(const struct moe_model *m, struct plan_layout *l, struct cls 
 		}
 		c[i].n += m->hp.n_expert;
 		c[i].k = MOE_MAX(c[i].k, ml->info.n_expert_used);
+		c[i].min = layer_pools ? c[i].min + ml->info.n_expert_used : c[i].k;
 		l->layers[il].cls = (int32_t)i;
+	}
+	return 0;
+}
+
+/* Pools: the classes, or each class's slots dealt out to its layers (their k first). */
+static int pools(const struct moe_model *m, struct plan_layout *l, const struct cls *c,
+		 uint32_t n_cls, bool layer_pools)
+{
+	uint32_t n = layer_pools ? m->hp.n_moe_layer : n_cls;
+
+	l->pool_slots = calloc(MOE_MAX(n, 1u), sizeof(*l->pool_slots));
+	l->pool_cls = calloc(MOE_MAX(n, 1u), sizeof(*l->pool_cls));
+	if (!l->pool_slots || !l->pool_cls)
+		return moe_err(ENOMEM, "out of memory");
+	for (uint32_t il = 0; il < m->hp.n_layer; il++)
+		l->layers[il].pool = layer_pools || l->layers[il].cls < 0 ? -1 : l->layers[il].cls;
+	if (!layer_pools) {
+		for (uint32_t i = 0; i < n_cls; i++) {
+			l->pool_slots[i] = c[i].slots;
+			l->pool_cls[i] = i;
+		}
+		l->n_pools = n_cls;
+		return 0;
+	}
+	for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+		int32_t cls = l->layers[il].cls;
+
+		if (cls < 0)
+			continue;
+		l->layers[il].pool = (int32_t)l->n_pools;
+		l->pool_cls[l->n_pools] = (uint32_t)cls;
+		l->pool_slots[l->n_pools++] = m->layers[il].info.n_expert_used;
+	}
+	for (uint32_t i = 0; i < n_cls; i++) {
+		uint32_t left = c[i].slots - c[i].min;
+
+		/* the rest one by one, round robin over the class's layers */
+		while (left)
+			for (uint32_t p = 0; p < l->n_pools && left; p++)
+				if (l->pool_cls[p] == i && l->pool_slots[p] < m->hp.n_expert) {
+					l->pool_slots[p]++;
+					left--;
+				}
 	}
 	return 0;
 }
@@ -257,7 +305,7 @@ static uint64_t split(struct cls *c, uint32_t n, uint64_t avail, bool host)
 
 		*s = (uint32_t)MOE_MIN(want, (uint64_t)c[i].n);
 		if (!host)
-			*s = MOE_MAX(*s, c[i].k);
+			*s = MOE_MAX(*s, c[i].min);
 		used += *s * c[i].bytes;
 	}
 	/* rounding up to k may overshoot: take back from the best-served classes */
@@ -265,7 +313,7 @@ static uint64_t split(struct cls *c, uint32_t n, uint64_t avail, bool host)
 		int best = -1;
 
 		for (uint32_t i = 0; i < n; i++) {
-			uint32_t s = host ? c[i].host : c[i].slots, lo = host ? 0 : c[i].k;
+			uint32_t s = host ? c[i].host : c[i].slots, lo = host ? 0 : c[i].min;
 
 			if (s > lo && (best < 0 || (double)s / c[i].n >
 				       (double)(host ? c[best].host : c[best].slots) / c[best].n))
@@ -344,6 +392,8 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 	struct moe_ctx_params def;
 	struct moe_plan *p = &l->plan;
 	struct cls c[MOE_PLAN_MAX_CLASSES];
+	bool layer_pools;
+	struct moe_pred_cfg pc;
 	uint32_t n_cls = 0;
 	uint64_t cur = 0, fixed;
 	int ret;
@@ -353,6 +403,11 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 		moe_ctx_default_params(&def);
 		par = &def;
 	}
+	layer_pools = par->flags & MOE_CTX_LAYER_POOLS;
+	ret = moe_pred_parse(par->prefetch, &pc);
+	if (ret < 0)
+		return ret;
+	l->spec_depth = pc.sources & MOE_PRED_SPEC ? pc.depth : 0;
 	if (!m->arch || !m->layers)
 		return moe_err(ENOTSUP, "%s: no forward pass for this model", moe_model_path(m));
 	ret = moe_backend_find(par->backend, &l->desc);
@@ -384,7 +439,7 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 	l->max_used = MOE_MAX(l->max_used, 1);
 	ret = resident(m, l, &cur);
 	ret = ret ? ret : kv_cache(m, par, l, &cur);
-	ret = ret ? ret : classes(m, l, c, &n_cls);
+	ret = ret ? ret : classes(m, l, c, &n_cls, layer_pools);
 	if (ret < 0) {
 		moe_plan_layout_free(l);
 		return ret;
@@ -408,7 +463,7 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 		uint64_t need = fixed;
 
 		for (uint32_t i = 0; i < n_cls; i++)
-			need += (uint64_t)c[i].k * c[i].bytes;
+			need += (uint64_t)c[i].min * c[i].bytes;
 		if (par->vram_bytes < need) {
 			ret = too_small(m, l, need);
 			moe_plan_layout_free(l);
@@ -439,13 +494,20 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 		p->all_experts &= c[i].slots >= c[i].n;
 	}
 	p->device_bytes = cur;
+	ret = pools(m, l, c, n_cls, layer_pools);
+	if (ret < 0) {
+		moe_plan_layout_free(l);
+		return ret;
+	}
 	if (n_cls) {
 		uint64_t n = par->n_staging;
+		/* prefetches of the layers ahead read while the next layer's misses need room */
+		uint64_t ahead = pc.sources ? (uint64_t)l->max_used * pc.depth : 0;
 
 		if (!n) {
 			n = l->stg_each ? STAGING_TARGET / l->stg_each : STAGING_MIN;
-			n = MOE_MAX(n, MOE_MAX((uint64_t)STAGING_MIN, l->max_used));
-			n = MOE_MIN(n, MOE_MAX((uint64_t)STAGING_MAX, l->max_used));
+			n = MOE_MAX(n, MOE_MAX((uint64_t)STAGING_MIN, l->max_used) + ahead);
+			n = MOE_MIN(n, MOE_MAX((uint64_t)STAGING_MAX, l->max_used) + ahead);
 		}
 		p->n_staging = (uint32_t)n;
 	}
@@ -454,7 +516,8 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 			   l->resident_chunk + (2 << 20) + p->n_staging * l->stg_each;
 	/* logits of a batch, pinned inputs and routing tables */
 	p->host_bytes = (uint64_t)p->n_batch * l->n_vocab * sizeof(float) +
-			(uint64_t)p->n_batch * (16 + 12 * l->max_used) +
+			(uint64_t)p->n_batch * (16 + 16 * l->max_used + 4 * l->max_used *
+						l->spec_depth) +
 			(uint64_t)p->n_batch * MOE_MAX(m->hp.n_expert, 1u) * sizeof(float);
 	why(l);
 	return 0;
@@ -464,8 +527,12 @@ void moe_plan_layout_free(struct plan_layout *l)
 {
 	free(l->t);
 	free(l->layers);
+	free(l->pool_slots);
+	free(l->pool_cls);
 	l->t = NULL;
 	l->layers = NULL;
+	l->pool_slots = NULL;
+	l->pool_cls = NULL;
 }
 
 int moe_plan(const struct moe_model *model, const struct moe_ctx_params *p, struct moe_plan *out)

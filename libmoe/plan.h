@@ -21,6 +21,8 @@ enum plan_buf {
 	PB_RLOG, PB_SHG, PB_SEL, PB_RW, PB_ENTS, PB_YBUF,
 	PB_LOGITS,
 	PB_ROWS,                              /* the rows whose logits are kept */
+	/* speculative gating: the next layers' routers on this layer's router input */
+	PB_SPEC_LOG, PB_SPEC_SEL, PB_SPEC_W,
 	PB_COUNT,
 };
 
@@ -37,6 +39,7 @@ struct plan_layer {
 	uint32_t n_cells;           /* per sequence */
 	uint32_t kv_dim;
 	int32_t cls;                /* expert size class, -1 on dense layers */
+	int32_t pool;               /* slot pool (the class, or the layer's own), -1 if dense */
 };
 
 struct plan_layout {
@@ -50,6 +53,11 @@ struct plan_layout {
 	uint64_t scratch_off;
 	uint64_t ws_off;
 	uint64_t class_off[MOE_PLAN_MAX_CLASSES];
+	/* slot pools: one per class, or one per routed layer (MOE_CTX_LAYER_POOLS) */
+	uint32_t n_pools;
+	uint32_t *pool_slots;
+	uint32_t *pool_cls;
+	uint32_t spec_depth;        /* layers ahead speculative gating routes (0: none) */
 	uint64_t conv_max;          /* the largest stored vector that is converted */
 	uint64_t stg_each;          /* pinned staging per expert in flight */
 	uint64_t resident_chunk;    /* pinned staging for the resident reads */

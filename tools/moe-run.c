@@ -20,11 +20,12 @@
 
 struct opts {
 	const char *model, *prompt, *tokens, *logits_out, *system, *backend;
+	const char *policy, *prefetch, *trace_out, *state_dir;
 	uint32_t kv_type;
-	uint32_t n_gen, n_ctx, n_batch;
+	uint32_t n_gen, n_ctx, n_batch, pin_hot;
 	uint64_t vram, host_cache;
 	int threads;
-	bool stats, json, chat, vram_zero;
+	bool stats, json, chat, vram_zero, no_state, trace_pred, layer_pools;
 	struct moe_sample_params sp;
 	struct moe_io_opts io;
 };
@@ -46,6 +47,17 @@ static void usage(FILE *f)
 		"      --batch N          prompt tokens per forward step (64)\n"
 		"      --vram SIZE        device memory budget, e.g. 20G, 512M (default: no limit)\n"
 		"      --host-cache SIZE  keep experts evicted from the budget in host memory\n"
+		"      --policy NAME      expert eviction policy: lru, lfu, stats, with options\n"
+		"                         after ':' (lfu:decay=0.9) (lru)\n"
+		"      --prefetch NAME    fetch experts before the router asks: none, pop, trans,\n"
+		"                         spec, mix, with options (mix:depth=2,min=0.6) (none)\n"
+		"      --pin-hot N        keep the N most used experts in device memory for good\n"
+		"      --layer-pools      one pool of expert slots per layer\n"
+		"      --state-dir DIR    load and save routing statistics here (default\n"
+		"                         $MOE_STATE_DIR, $XDG_STATE_HOME/moe, ~/.local/state/moe)\n"
+		"      --no-state         neither load nor save routing statistics\n"
+		"      --trace-out FILE   record every token's routing (moectl trace simulate)\n"
+		"      --trace-predictions  with --trace-out: also the speculative predictions\n"
 		"      --threads N        compute threads (all CPUs)\n"
 		"      --backend NAME     where the model runs: auto, or one of those built in\n"
 		"      --kv-type T        KV cache elements: f32, f16 or q8_0 (f32)\n"
@@ -57,7 +69,8 @@ static void usage(FILE *f)
 		"      --no-direct        read through the page cache instead of O_DIRECT\n"
 		"      --logits-out FILE  logits of every evaluated position, f32 LE [pos][vocab]\n"
 		"      --stats            prefill/decode tokens/s, expert hit rate, bytes read, GB/s,\n"
-		"                         time stalled on I/O (stderr; in the JSON with --json)\n"
+		"                         time stalled on I/O (per layer too), prefetch precision\n"
+		"                         and recall (stderr; in the JSON with --json)\n"
 		"      --json             machine-readable output on stdout\n"
 		"  -h, --help             this text\n");
 }
@@ -309,7 +322,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { O_TOKENS = 256, O_CTX, O_BATCH, O_VRAM, O_THREADS, O_TEMP, O_TOPK, O_TOPP, O_MINP,
 	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON, O_HOST,
-	       O_CHAT, O_SYSTEM, O_BACKEND, O_KVTYPE };
+	       O_CHAT, O_SYSTEM, O_BACKEND, O_KVTYPE, O_POLICY, O_PREFETCH, O_PIN_HOT, O_POOLS,
+	       O_STATE_DIR, O_NO_STATE, O_TRACE, O_TRACE_PRED };
 	static const struct option lo[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "prompt", required_argument, 0, 'p' },
@@ -336,6 +350,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "system", required_argument, 0, O_SYSTEM },
 		{ "backend", required_argument, 0, O_BACKEND },
 		{ "kv-type", required_argument, 0, O_KVTYPE },
+		{ "policy", required_argument, 0, O_POLICY },
+		{ "prefetch", required_argument, 0, O_PREFETCH },
+		{ "pin-hot", required_argument, 0, O_PIN_HOT },
+		{ "layer-pools", no_argument, 0, O_POOLS },
+		{ "state-dir", required_argument, 0, O_STATE_DIR },
+		{ "no-state", no_argument, 0, O_NO_STATE },
+		{ "trace-out", required_argument, 0, O_TRACE },
+		{ "trace-predictions", no_argument, 0, O_TRACE_PRED },
 		{ "help", no_argument, 0, 'h' },
 		{ 0 },
 	};
@@ -412,6 +434,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_JSON: o->json = true; break;
 		case O_CHAT: o->chat = true; break;
 		case O_SYSTEM: o->system = optarg; break;
+		case O_POLICY: o->policy = optarg; break;
+		case O_PREFETCH: o->prefetch = optarg; break;
+		case O_PIN_HOT: ret = parse_u32(optarg, "--pin-hot", &o->pin_hot); break;
+		case O_POOLS: o->layer_pools = true; break;
+		case O_STATE_DIR: o->state_dir = optarg; break;
+		case O_NO_STATE: o->no_state = true; break;
+		case O_TRACE: o->trace_out = optarg; break;
+		case O_TRACE_PRED: o->trace_pred = true; break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -425,6 +455,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		return bad("unexpected argument '%s'", argv[optind]);
 	if (!o->model)
 		return bad("%s", "no model: give -m MODEL");
+	if (o->trace_pred && !o->trace_out)
+		return bad("%s", "--trace-predictions goes with --trace-out FILE");
+	if (o->no_state && o->state_dir)
+		return bad("%s", "--state-dir and --no-state contradict each other");
 	if (o->chat) {
 		if (o->tokens || o->json || o->logits_out)
 			return bad("%s", "--chat takes text: --tokens, --json and --logits-out do not "
@@ -440,7 +474,30 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	return 0;
 }
 
-static void print_stats(const struct opts *o, const struct moe_ctx_stats *s)
+static void print_layers(const struct opts *o, const struct moe_ctx *ctx)
+{
+	struct moe_ctx_layer_stats ls;
+	bool first = true;
+
+	if (o->json)
+		printf(",\"layer_stall_s\":[");
+	else
+		fprintf(stderr, "stall per layer (s):");
+	for (uint32_t l = 0; moe_ctx_layer_stats(ctx, l, &ls) == 0; l++) {
+		if (o->json)
+			printf("%s%.6f", first ? "" : ",", ls.stall_s);
+		else
+			fprintf(stderr, " %.4f", ls.stall_s);
+		first = false;
+	}
+	if (o->json)
+		printf("]");
+	else
+		fprintf(stderr, "\n");
+}
+
+static void print_stats(const struct opts *o, const struct moe_ctx *ctx,
+			const struct moe_ctx_stats *s)
 {
 	char budget[32] = "unlimited";
 
@@ -460,6 +517,15 @@ static void print_stats(const struct opts *o, const struct moe_ctx_stats *s)
 		       (unsigned long long)s->expert_host_hits, s->n_slots, s->n_experts,
 		       (unsigned long long)s->vram_budget, (unsigned long long)s->vram_used,
 		       (unsigned long long)s->staging_bytes, s->backend);
+		printf(",\"prefetches\":%llu,\"prefetch_used\":%llu,\"prefetch_cancelled\":%llu,"
+		       "\"prefetch_bytes\":%llu,\"prefetch_unused_bytes\":%llu,"
+		       "\"prefetch_precision\":%.4f,\"prefetch_recall\":%.4f",
+		       (unsigned long long)s->prefetches, (unsigned long long)s->prefetch_used,
+		       (unsigned long long)s->prefetch_cancelled,
+		       (unsigned long long)s->prefetch_bytes,
+		       (unsigned long long)s->prefetch_unused_bytes, s->prefetch_precision,
+		       s->prefetch_recall);
+		print_layers(o, ctx);
 		return;
 	}
 	fprintf(stderr,
@@ -477,6 +543,15 @@ static void print_stats(const struct opts *o, const struct moe_ctx_stats *s)
 		(unsigned long long)s->bytes_read, s->read_gbps,
 		s->stall_s, (unsigned long long)s->vram_used, s->backend, budget,
 		(unsigned long long)s->staging_bytes);
+	if (s->prefetches)
+		fprintf(stderr, "prefetch: %llu experts ahead (%llu bytes), %llu used, %llu "
+			"cancelled, %llu bytes evicted unused; precision %.3f, recall %.3f\n",
+			(unsigned long long)s->prefetches, (unsigned long long)s->prefetch_bytes,
+			(unsigned long long)s->prefetch_used,
+			(unsigned long long)s->prefetch_cancelled,
+			(unsigned long long)s->prefetch_unused_bytes, s->prefetch_precision,
+			s->prefetch_recall);
+	print_layers(o, ctx);
 }
 
 struct chat {
@@ -651,6 +726,7 @@ static int run(const struct opts *o)
 	int32_t *prompt = NULL;
 	uint32_t n_prompt = 0;
 	uint64_t need;
+	char state_dir[4096];
 	int ret;
 
 	if (o->tokens && parse_tokens(o->tokens, &prompt, &n_prompt) < 0)
@@ -716,12 +792,29 @@ static int run(const struct opts *o)
 	cp.io = o->io;
 	cp.backend = o->backend;
 	cp.kv_type = o->kv_type;
+	cp.policy = o->policy;
+	cp.prefetch = o->prefetch;
+	cp.pin_hot = o->pin_hot;
+	if (o->layer_pools)
+		cp.flags |= MOE_CTX_LAYER_POOLS;
+	if (o->state_dir) {
+		cp.state_dir = o->state_dir;
+	} else if (!o->no_state) {
+		/* without a state directory to be found, the run just does not remember */
+		if (moe_state_dir(state_dir, sizeof(state_dir)) == 0)
+			cp.state_dir = state_dir;
+	}
 	ret = moe_ctx_create(model, &cp, &ctx);
 	if (ret < 0) {
 		if (o->vram_zero)
 			fprintf(stderr, PROG ": --vram 0: %s\n", moe_errmsg());
 		else
 			fprintf(stderr, PROG ": %s\n", moe_errmsg());
+		goto fail;
+	}
+	if (o->trace_out &&
+	    moe_ctx_trace_start(ctx, o->trace_out, o->trace_pred ? MOE_TRACE_PREDICTIONS : 0) < 0) {
+		fprintf(stderr, PROG ": --trace-out: %s\n", moe_errmsg());
 		goto fail;
 	}
 	if (o->stats && !o->json)
@@ -736,7 +829,7 @@ static int run(const struct opts *o)
 		ret = chat(o, ctx, &r);
 		if (o->stats) {
 			moe_ctx_get_stats(ctx, &st);
-			print_stats(o, &st);
+			print_stats(o, ctx, &st);
 		}
 		if (ret < 0)
 			goto fail;
@@ -765,6 +858,10 @@ static int run(const struct opts *o)
 		fprintf(stderr, PROG ": --logits-out: %s\n", moe_errmsg());
 		goto fail;
 	}
+	if (o->trace_out && moe_ctx_trace_stop(ctx) < 0) {
+		fprintf(stderr, PROG ": --trace-out: %s\n", moe_errmsg());
+		goto fail;
+	}
 	moe_ctx_get_stats(ctx, &st);
 	if (o->json) {
 		printf("{\"tokens\":[");
@@ -776,7 +873,7 @@ static int run(const struct opts *o)
 			json_str(stdout, r.text ? r.text : "", r.text_len);
 		}
 		if (o->stats)
-			print_stats(o, &st);
+			print_stats(o, ctx, &st);
 		printf("}\n");
 	} else {
 		printf("\n");
@@ -785,7 +882,7 @@ static int run(const struct opts *o)
 	if (tool_flush_stdout())
 		goto fail;
 	if (!o->json && o->stats)
-		print_stats(o, &st);
+		print_stats(o, ctx, &st);
 done:
 	ret = 0;
 	goto out;

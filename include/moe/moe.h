@@ -523,6 +523,34 @@ typedef void (*moe_io_cb)(void *arg, int64_t res, void *interior);
  */
 MOE_API int moe_io_read(struct moe_io *io, uint64_t offset, uint64_t len, void *dst,
 			uint64_t dst_cap, moe_io_cb cb, void *arg);
+
+enum moe_io_read_flags {
+	/*
+	 * Low priority (prefetch): queued demand reads always start first, and
+	 * low-priority reads leave a quarter of the queue depth to demand.
+	 */
+	MOE_IO_READ_LOW = 1u << 0,
+};
+#define MOE_IO_READ_FLAGS_ALL (MOE_IO_READ_LOW)
+
+/* moe_io_read() with flags (enum moe_io_read_flags); -EINVAL for unknown flags. */
+MOE_API int moe_io_read_flags(struct moe_io *io, uint64_t offset, uint64_t len, void *dst,
+			      uint64_t dst_cap, uint32_t flags, moe_io_cb cb, void *arg);
+/*
+ * Cancel queued low-priority reads that have not started: those with callback
+ * @cb (NULL: any) and, when @args is given, an argument among args[0..n).
+ * With @args, either all n are cancelled or, when one of them has started or
+ * is not queued at low priority, none.  Each cancelled read's callback gets
+ * -ECANCELED where its completion would have been delivered.  Returns the
+ * number cancelled.
+ */
+MOE_API int moe_io_cancel_low(struct moe_io *io, moe_io_cb cb, void *const *args, uint32_t n);
+/*
+ * Make the matching queued low-priority reads (as for moe_io_cancel_low)
+ * demand reads: a prefetch that the forward pass now waits for.  Returns how
+ * many were found.
+ */
+MOE_API int moe_io_promote(struct moe_io *io, moe_io_cb cb, void *const *args, uint32_t n);
 /* Start queued reads (up to the queue depth; the rest start as others complete). */
 MOE_API int moe_io_submit(struct moe_io *io);
 /* Call the callbacks of completed reads without blocking; returns how many. */
@@ -757,10 +785,12 @@ MOE_API const char *moe_chat_format(const struct moe_tokenizer *t);
 struct moe_ctx;
 
 enum moe_ctx_flags {
-	/* do not read every expert at creation even when all fit the budget */
+	/* read no expert at creation: not all when all fit, nor the popular ones of saved stats */
 	MOE_CTX_LAZY_EXPERTS = 1u << 0,
+	/* expert slots in one pool per layer instead of one per expert size */
+	MOE_CTX_LAYER_POOLS = 1u << 1,
 };
-#define MOE_CTX_FLAGS_ALL (MOE_CTX_LAZY_EXPERTS)
+#define MOE_CTX_FLAGS_ALL (MOE_CTX_LAZY_EXPERTS | MOE_CTX_LAYER_POOLS)
 
 struct moe_ctx_params {
 	uint64_t vram_bytes;        /* device budget; 0 = no limit (every expert resident) */
@@ -772,12 +802,27 @@ struct moe_ctx_params {
 	uint32_t n_staging;         /* experts fetched at once (pinned staging); 0 = about 64 MiB
 				       of them, 4 to 32 and at least one token's experts */
 	uint32_t flags;             /* enum moe_ctx_flags */
-	const char *policy;         /* eviction policy, NULL = "lru" */
+	const char *policy;         /* eviction policy, NULL = "lru": moe_policy_names(), options
+				       after ':' ("lfu:decay=0.9") */
 	struct moe_io_opts io;      /* how experts and resident tensors are read */
 	const char *backend;        /* "cpu", "auto" (NULL = "auto"): see moe_backend_list() */
 	uint32_t kv_type;           /* KV cache element type: MOE_TYPE_F32 (0), F16 or Q8_0 */
 	uint32_t n_seq;             /* sequences with a KV cache of their own; 0 = 1 */
-	uint64_t reserved[6];
+	/*
+	 * Fetching experts before the router asks: "none" (NULL), or a name of
+	 * moe_prefetch_names() with options, e.g. "mix:depth=2,min=0.6,budget=4"
+	 * (Documentation/design.rst).
+	 */
+	const char *prefetch;
+	/*
+	 * Routing statistics are loaded from this directory at creation (they
+	 * warm the cache and the predictor) and saved back by moe_ctx_free();
+	 * NULL: recorded, but neither loaded nor saved.  See moe_state_dir().
+	 */
+	const char *state_dir;
+	uint32_t pin_hot;           /* device slots held for good by the most used experts */
+	uint32_t pad;
+	uint64_t reserved[3];
 };
 
 /* Defaults for every field (the I/O options from moe_io_opts_init). */
@@ -919,9 +964,27 @@ struct moe_ctx_stats {
 	uint64_t host_bytes;        /* other host memory outside the budget (logits, tables) */
 	uint64_t host_cache_bytes;  /* the host cache (tier 1), outside the budget */
 	char backend[16];           /* the backend that ran ("cpu", "cuda") */
-	uint64_t reserved[5];
+	uint64_t prefetches;        /* experts fetched ahead of their layer */
+	uint64_t prefetch_used;     /* ... that a layer then used */
+	uint64_t prefetch_cancelled;   /* ... withdrawn before their read started */
+	uint64_t prefetch_bytes;    /* bytes read or uploaded for prefetches */
+	uint64_t prefetch_unused_bytes;  /* ... of experts evicted without being used */
+	double prefetch_precision;  /* used / (prefetches - cancelled); 0 without prefetches */
+	double prefetch_recall;     /* used / (used + misses): the misses prefetching avoided */
+	uint64_t reserved[4];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
+
+/* One layer's share of the counters. */
+struct moe_ctx_layer_stats {
+	uint64_t hits, misses;      /* demand uses of the layer's experts */
+	uint64_t prefetch_used;     /* hits on experts prefetched for it */
+	double stall_s;             /* time the layer waited for its experts */
+	uint64_t reserved[4];
+};
+/* -EINVAL for a layer out of range; a dense layer has zeros. */
+MOE_API int moe_ctx_layer_stats(const struct moe_ctx *ctx, uint32_t layer,
+				struct moe_ctx_layer_stats *out);
 /* Zero the counters (not the plan); e.g. between prefill and a timed decode. */
 MOE_API void moe_ctx_reset_stats(struct moe_ctx *ctx);
 /* One line: backend, budget split, slots, I/O path. */
@@ -930,6 +993,9 @@ MOE_API const char *moe_ctx_describe(const struct moe_ctx *ctx);
 MOE_API const struct moe_plan *moe_ctx_plan(const struct moe_ctx *ctx);
 /* The backend that runs the context ("cpu", "cuda"). */
 MOE_API const char *moe_ctx_backend(const struct moe_ctx *ctx);
+/* The eviction policies of the live cache, "lru, lfu, stats", and the prefetchers. */
+MOE_API const char *moe_policy_names(void);
+MOE_API const char *moe_prefetch_names(void);
 
 /* Token sampling, in this order: repetition penalty, top-k, temperature, top-p, min-p. */
 struct moe_sample_params {
@@ -969,6 +1035,161 @@ MOE_API int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_
 MOE_API int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
 				uint32_t pos, uint32_t n_gen, const struct moe_sample_params *sp,
 				uint32_t flags, moe_gen_cb cb, void *arg);
+
+/* ------------------------------------------------------- routing */
+/* (section: routing) */
+
+/*
+ * Routing statistics, traces and the trace simulator
+ * (Documentation/design.rst, "Routing statistics and prefetch").
+ */
+
+/* A model file's identity, whatever its path: its size and a hash of header and tensor table. */
+MOE_API int moe_model_identity(const struct moe_model *model, uint64_t *bytes, uint64_t *hash);
+/*
+ * The default state directory: $MOE_STATE_DIR, else $XDG_STATE_HOME/moe,
+ * else $HOME/.local/state/moe.  -ENOENT when none of them is set.
+ */
+MOE_API int moe_state_dir(char *buf, size_t len);
+
+/* Per (layer, expert) use counts, transitions to the next routed layer, co-activation. */
+struct moe_routestats;
+
+/* The statistics file of @model in @dir: DIR/routes-<hash>-<bytes>.stats. */
+MOE_API int moe_routestats_path(const struct moe_model *model, const char *dir, char *buf,
+				size_t len);
+/*
+ * Load a statistics file.  -ENOENT when there is none; -EINVAL for a
+ * truncated or corrupt file or another version (moe_errmsg() says which);
+ * -ESTALE for the file of another model (checked when @model is given).
+ */
+MOE_API int moe_routestats_load(const char *path, const struct moe_model *model,
+				struct moe_routestats **out);
+/* Write the file whole, then rename it into place. */
+MOE_API int moe_routestats_save(const struct moe_routestats *rs, const char *path);
+MOE_API void moe_routestats_free(struct moe_routestats *rs);
+
+struct moe_routestats_info {
+	uint32_t n_layer, n_expert;
+	uint64_t tokens;            /* tokens observed */
+	uint64_t model_bytes, model_hash;   /* 0 for statistics of a trace */
+	uint64_t reserved[4];
+};
+MOE_API int moe_routestats_info(const struct moe_routestats *rs, struct moe_routestats_info *out);
+/* Routings of @layer observed (tokens that passed it). */
+MOE_API uint64_t moe_routestats_layer_tokens(const struct moe_routestats *rs, uint32_t layer);
+/* Uses of expert @e of @layer. */
+MOE_API uint64_t moe_routestats_count(const struct moe_routestats *rs, uint32_t layer,
+				      uint32_t e);
+/* The routed layer after @layer that transitions count into; -ENOENT for the last. */
+MOE_API int moe_routestats_next_layer(const struct moe_routestats *rs, uint32_t layer);
+/* Tokens that chose @e at @layer and @f at the next routed layer. */
+MOE_API uint64_t moe_routestats_transition(const struct moe_routestats *rs, uint32_t layer,
+					   uint32_t e, uint32_t f);
+/* Tokens that chose both @e and @f at @layer. */
+MOE_API uint64_t moe_routestats_coactivation(const struct moe_routestats *rs, uint32_t layer,
+					     uint32_t e, uint32_t f);
+/* The statistics the context has recorded (loaded ones included); NULL for a dense model. */
+MOE_API const struct moe_routestats *moe_ctx_routestats(const struct moe_ctx *ctx);
+/* Save them to the state directory now (moe_ctx_free does it too); -ENOENT without one. */
+MOE_API int moe_ctx_save_routestats(struct moe_ctx *ctx);
+
+/*
+ * A routing trace: per token and layer, the experts chosen.  Read from the
+ * format of the gpt-oss-20b traces (../shared/traces) or this project's own
+ * (Documentation/file-format.rst); the latter may carry the speculative
+ * predictions made for each layer.
+ */
+struct moe_trace;
+
+MOE_API int moe_trace_open(const char *path, struct moe_trace **out);
+MOE_API void moe_trace_free(struct moe_trace *t);
+
+struct moe_trace_info {
+	uint32_t n_layer;           /* layer fields per token */
+	uint32_t n_routed;          /* layers that route */
+	uint32_t n_expert;
+	uint32_t max_k;             /* most experts a layer chooses */
+	uint32_t depth;             /* layers ahead the predictions were made; 0: none */
+	uint32_t n_seq;
+	uint64_t n_tok;
+	uint64_t reserved[4];
+};
+MOE_API int moe_trace_info(const struct moe_trace *t, struct moe_trace_info *out);
+/* Tokens [*first, *first + *n) of sequence @s. */
+MOE_API int moe_trace_seq(const struct moe_trace *t, uint32_t s, uint64_t *first, uint64_t *n);
+/* The experts token @tok chose at @layer, in router order; returns their number (0: not routed). */
+MOE_API int moe_trace_get(const struct moe_trace *t, uint64_t tok, uint32_t layer, int32_t *ids,
+			  uint32_t max);
+/* The prediction for (tok, layer) made @depth (1..) routed layers before; returns its size. */
+MOE_API int moe_trace_prediction(const struct moe_trace *t, uint64_t tok, uint32_t layer,
+				 uint32_t depth, int32_t *ids, uint32_t max);
+/* The statistics of sequences [seq_begin, seq_end) (seq_end 0: to the end). */
+MOE_API int moe_routestats_from_trace(const struct moe_trace *t, uint32_t seq_begin,
+				      uint32_t seq_end, struct moe_routestats **out);
+
+enum moe_trace_flags {
+	MOE_TRACE_PREDICTIONS = 1u << 0,    /* also the speculative predictions (needs a prefetcher
+					       that computes them: spec or mix) */
+};
+#define MOE_TRACE_FLAGS_ALL (MOE_TRACE_PREDICTIONS)
+/*
+ * Record every token's routing into @path in the moe-trace format from now
+ * on; each evaluation from position 0 starts a new sequence.
+ */
+MOE_API int moe_ctx_trace_start(struct moe_ctx *ctx, const char *path, uint32_t flags);
+/* Stop recording and close the file (moe_ctx_free does it too). */
+MOE_API int moe_ctx_trace_stop(struct moe_ctx *ctx);
+
+enum moe_sim_flags {
+	MOE_SIM_LAYER_POOLS = 1u << 0,      /* one slot pool per layer, slots split evenly */
+};
+#define MOE_SIM_FLAGS_ALL (MOE_SIM_LAYER_POOLS)
+
+/*
+ * Replaying a trace against the cache's own bookkeeping, policies and
+ * predictors (the code the live engine runs), without a model file.
+ */
+struct moe_sim_params {
+	uint32_t n_slots;           /* device slots, every layer together */
+	uint32_t n_host_slots;      /* tier 1 slots; 0: none */
+	const char *policy;         /* moe_sim_policy_names(); NULL: "lru" */
+	const char *prefetch;       /* moe_prefetch_names(); NULL: "none" */
+	uint64_t expert_bytes;      /* 0: 1, so the byte figures count experts */
+	double read_gbps;           /* with layer_us: model time (tokens/s, prefetches in time) */
+	double layer_us;            /* compute time of one routed layer */
+	uint32_t seq_begin, seq_end;    /* the sequences replayed; seq_end 0: to the end */
+	const struct moe_routestats *stats;  /* known at the start (a saved file), or NULL */
+	uint32_t pin_hot;           /* slots held by hot experts */
+	uint32_t flags;             /* enum moe_sim_flags */
+	/* every demand use, in order (tests): replay token index, layer, expert, hit */
+	void (*on_use)(void *arg, uint64_t tok, uint32_t layer, uint32_t e, bool hit);
+	void *arg;
+	uint64_t reserved[4];
+};
+
+struct moe_sim_result {
+	uint64_t tokens, uses, hits, misses, evictions;
+	uint64_t host_hits;         /* misses served by tier 1: an upload, no read */
+	uint64_t prefetches;        /* experts brought in ahead */
+	uint64_t prefetch_used;     /* ... used in time */
+	uint64_t prefetch_late;     /* ... used before their read ended (counted as misses) */
+	uint64_t prefetch_cancelled;    /* ... withdrawn before their read started */
+	double hit_rate;
+	double miss_bytes_per_token;    /* bytes a layer had to wait for */
+	double fetched_bytes_per_token; /* bytes brought into device slots */
+	double read_bytes_per_token;    /* ... of which read from the file */
+	double prefetch_precision;  /* used / (prefetches - cancelled) */
+	double prefetch_recall;     /* used / (used + misses) */
+	double tokens_per_s;        /* what the stalls allow; 0 without read_gbps and layer_us */
+	double stall_s;
+	uint64_t reserved[4];
+};
+
+MOE_API int moe_sim_run(const struct moe_trace *t, const struct moe_sim_params *p,
+			struct moe_sim_result *out);
+/* "lru, lfu, stats, belady" */
+MOE_API const char *moe_sim_policy_names(void);
 
 #ifdef __cplusplus
 }

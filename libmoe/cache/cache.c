@@ -39,6 +39,7 @@ struct part {
 struct staging {
 	void *buf;
 	bool registered;             /* with the backend */
+	bool prefetch;               /* low-priority reads nobody waits for yet */
 	bool reading;                /* reads in flight into buf */
 	bool uploading;              /* uploads from buf queued: free once ev completes */
 	uint32_t slot;
@@ -46,6 +47,7 @@ struct staging {
 	int err;
 	struct moe_be_event *ev;
 	struct part parts[MOE_EXPERT_MAX_MATS];
+	void *args[MOE_EXPERT_MAX_MATS];         /* &parts[m], for cancelling them together */
 };
 
 struct moe_expert_cache {
@@ -61,6 +63,7 @@ struct moe_expert_cache {
 	uint64_t slot_bytes_total;
 	struct staging *stg;
 	uint32_t n_stg;
+	uint32_t stg_reserve;        /* staging a prefetch must leave to the misses */
 	uint64_t stg_bytes;
 	struct moe_be_event *use_ev[USE_RING];
 	uint32_t use_next;
@@ -72,7 +75,8 @@ struct moe_expert_cache {
 	struct moe_cache_stats st;
 };
 
-static int32_t *pool_map(const struct moe_expert_cache *c, const struct plan_layout *l)
+static int32_t *pool_map(const struct moe_expert_cache *c, const struct plan_layout *l,
+			 bool by_class)
 {
 	int32_t *pool_of = malloc(sizeof(*pool_of) * c->n_layer * c->n_expert);
 
@@ -80,12 +84,13 @@ static int32_t *pool_map(const struct moe_expert_cache *c, const struct plan_lay
 		return NULL;
 	for (uint32_t il = 0; il < c->n_layer; il++)
 		for (uint32_t e = 0; e < c->n_expert; e++)
-			pool_of[il * c->n_expert + e] = l->layers[il].cls;
+			pool_of[il * c->n_expert + e] = by_class ? l->layers[il].cls :
+							l->layers[il].pool;
 	return pool_of;
 }
 
 static int make_host_tier(struct moe_expert_cache *c, const struct plan_layout *l,
-			  const struct moe_cache_policy_ops *pol, const int32_t *pool_of)
+			  const struct moe_cache_params *cp, const int32_t *pool_of)
 {
 	const struct moe_plan *p = &l->plan;
 	uint32_t counts[MOE_PLAN_MAX_CLASSES], n = 0;
@@ -100,7 +105,8 @@ static int make_host_tier(struct moe_expert_cache *c, const struct plan_layout *
 		return 0;
 	ret = moe_book_create(&(struct moe_book_params){
 		.n_layer = c->n_layer, .n_expert = c->n_expert, .pool_of = pool_of,
-		.n_pools = p->n_classes, .pool_slots = counts, .policy = pol }, &c->hbook);
+		.n_pools = p->n_classes, .pool_slots = counts, .policy = cp->policy,
+		.policy_opts = cp->policy_opts, .k = cp->k, .stats = cp->stats }, &c->hbook);
 	if (ret < 0)
 		return ret;
 	c->host_off = malloc(sizeof(*c->host_off) * n);
@@ -125,9 +131,9 @@ static int make_host_tier(struct moe_expert_cache *c, const struct plan_layout *
 int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache **out)
 {
 	const struct plan_layout *l = p->layout;
-	uint32_t counts[MOE_PLAN_MAX_CLASSES];
+	uint64_t next[MOE_PLAN_MAX_CLASSES] = { 0 };
 	struct moe_expert_cache *c;
-	int32_t *pool_of = NULL;
+	int32_t *pool_of = NULL, *cls_of = NULL;
 	int ret;
 
 	*out = NULL;
@@ -144,12 +150,16 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 	c->n_expert = p->model->hp.n_expert;
 	c->n_slots = l->plan.n_slots;
 	c->n_stg = l->plan.n_staging;
+	for (uint32_t il = 0; il < c->n_layer; il++)
+		c->stg_reserve = MOE_MAX(c->stg_reserve, p->k ? p->k[il] : 1);
+	c->stg_reserve = MOE_MIN(c->stg_reserve, c->n_stg);
 	c->stg_bytes = l->stg_each;
 	c->experts = calloc((size_t)c->n_layer * c->n_expert, sizeof(*c->experts));
 	c->slots = calloc(c->n_slots, sizeof(*c->slots));
 	c->stg = calloc(c->n_stg, sizeof(*c->stg));
-	pool_of = pool_map(c, l);
-	if (!c->experts || !c->slots || !c->stg || !pool_of) {
+	pool_of = pool_map(c, l, false);
+	cls_of = pool_map(c, l, true);
+	if (!c->experts || !c->slots || !c->stg || !pool_of || !cls_of) {
 		ret = moe_err(ENOMEM, "out of memory creating the expert cache");
 		goto fail;
 	}
@@ -162,21 +172,22 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 				goto fail;
 		}
 	}
-	for (uint32_t i = 0; i < l->plan.n_classes; i++)
-		counts[i] = l->plan.classes[i].n_slots;
 	ret = moe_book_create(&(struct moe_book_params){
 		.n_layer = c->n_layer, .n_expert = c->n_expert, .pool_of = pool_of,
-		.n_pools = l->plan.n_classes, .pool_slots = counts, .policy = p->policy },
-		&c->book);
+		.n_pools = l->n_pools, .pool_slots = l->pool_slots, .policy = p->policy,
+		.policy_opts = p->policy_opts, .k = p->k, .stats = p->stats,
+		.hot_max = p->hot_max, .hot_after = p->hot_after }, &c->book);
 	if (ret < 0)
 		goto fail;
-	for (uint32_t i = 0, s = 0; i < l->plan.n_classes; i++) {
-		const struct moe_plan_class *pc = &l->plan.classes[i];
+	/* a pool's slots are consecutive inside its size class's region */
+	for (uint32_t i = 0, s = 0; i < l->n_pools; i++) {
+		uint32_t cls = l->pool_cls[i];
+		const struct moe_plan_class *pc = &l->plan.classes[cls];
 
-		for (uint32_t j = 0; j < pc->n_slots; j++, s++) {
+		for (uint32_t j = 0; j < l->pool_slots[i]; j++, s++) {
 			struct slot *sl = &c->slots[s];
 
-			sl->mem = p->arena + l->class_off[i] + (uint64_t)j * pc->slot_bytes;
+			sl->mem = p->arena + l->class_off[cls] + next[cls]++ * pc->slot_bytes;
 			sl->bytes = pc->slot_bytes;
 			sl->use = -1;
 			ret = c->be->ops->event_create(c->be, &sl->up_ev);
@@ -208,10 +219,11 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 		}
 		c->stg[i].registered = true;
 	}
-	ret = make_host_tier(c, l, p->policy, pool_of);
+	ret = make_host_tier(c, l, p, cls_of);
 	if (ret < 0)
 		goto fail;
 	free(pool_of);
+	free(cls_of);
 	c->st.n_slots = c->n_slots;
 	c->st.slot_bytes = c->slot_bytes_total;
 	c->st.staging_bytes = c->stg_bytes * c->n_stg;
@@ -219,6 +231,7 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 	return 0;
 fail:
 	free(pool_of);
+	free(cls_of);
 	moe_cache_destroy(c);
 	return ret;
 }
@@ -305,6 +318,24 @@ static void fetch_done(void *arg, int64_t res, void *interior)
 	if (--sg->pending)
 		return;
 	sg->reading = false;
+	if (sg->prefetch && sg->err) {
+		/* withdrawn (or failed) before anyone waited for it: forget it quietly */
+		if (sg->err != -ECANCELED)
+			moe_log(MOE_LOG_WARN, "prefetch of slot %u failed: %s", sg->slot,
+				strerror(-sg->err));
+		sg->uploading = c->be->ops->event_record(c->be, MOE_BE_COPY, sg->ev) == 0;
+		moe_book_unpin(c->book, sg->slot);
+		sl->state = SLOT_EMPTY;
+		if (!moe_book_pins(c->book, sg->slot)) {
+			moe_book_cancel(c->book, sg->slot);
+			if (sg->err == -ECANCELED)
+				c->st.prefetch_cancelled++;
+			c->st.prefetch_bytes -= sl->bytes;
+		} else {
+			sl->err = sg->err;
+		}
+		return;
+	}
 	if (!sg->err) {
 		sg->err = c->be->ops->event_record(c->be, MOE_BE_COPY, sl->up_ev);
 		if (!sg->err)
@@ -326,7 +357,7 @@ static void fetch_done(void *arg, int64_t res, void *interior)
 	drop_if_failed(c, sg->slot);
 }
 
-static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx)
+static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx, bool low)
 {
 	struct staging *sg = &c->stg[stg_idx];
 	const struct moe_expert *ex = expert_of(c, s);
@@ -334,6 +365,7 @@ static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx)
 	int ret;
 
 	sg->reading = true;
+	sg->prefetch = low;
 	sg->uploading = false;
 	sg->slot = s;
 	sg->err = 0;
@@ -345,8 +377,10 @@ static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx)
 							 ex->mats[m].bytes), blk);
 
 		sg->parts[m] = (struct part){ c, stg_idx, m };
-		ret = moe_io_read(c->io, ex->mats[m].offset, ex->mats[m].bytes,
-				  (char *)sg->buf + off, span, fetch_done, &sg->parts[m]);
+		sg->args[m] = &sg->parts[m];
+		ret = moe_io_read_flags(c->io, ex->mats[m].offset, ex->mats[m].bytes,
+					(char *)sg->buf + off, span, low ? MOE_IO_READ_LOW : 0,
+					fetch_done, &sg->parts[m]);
 		if (ret < 0) {
 			/* the reads already queued complete normally and see the error */
 			sg->err = ret;
@@ -362,22 +396,42 @@ static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx)
 	return 0;
 }
 
-/* A staging buffer whose reads and uploads are all done, or -1. */
-static int free_staging(struct moe_expert_cache *c)
+static bool staging_free(struct moe_expert_cache *c, struct staging *sg)
 {
-	for (uint32_t i = 0; i < c->n_stg; i++) {
-		struct staging *sg = &c->stg[i];
+	if (sg->reading)
+		return false;
+	if (sg->uploading) {
+		if (c->be->ops->event_query(c->be, sg->ev) == 0)
+			return false;
+		sg->uploading = false;
+	}
+	return true;
+}
 
-		if (sg->reading)
+/* A staging buffer whose reads and uploads are all done, or -1; @spare more must stay free. */
+static int free_staging(struct moe_expert_cache *c, uint32_t spare)
+{
+	int first = -1;
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < c->n_stg; i++) {
+		if (!staging_free(c, &c->stg[i]))
 			continue;
-		if (sg->uploading) {
-			if (c->be->ops->event_query(c->be, sg->ev) == 0)
-				continue;
-			sg->uploading = false;
-		}
-		return (int)i;
+		if (first < 0)
+			first = (int)i;
+		if (n++ >= spare)
+			return first;
 	}
 	return -1;
+}
+
+/* The staging buffer reading into slot @s, or NULL. */
+static struct staging *reader_of(struct moe_expert_cache *c, uint32_t s)
+{
+	for (uint32_t i = 0; i < c->n_stg; i++)
+		if (c->stg[i].reading && c->stg[i].slot == s)
+			return &c->stg[i];
+	return NULL;
 }
 
 /* Before new data lands in @s, the copy queue waits for the compute work that read it. */
@@ -426,12 +480,22 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 		if (ret < 0)
 			return ret;
 		*slot = u.slot;
+		if (sl->state == SLOT_READING) {
+			struct staging *sg = reader_of(c, u.slot);
+
+			/* a prefetch the forward pass now waits for */
+			if (sg && sg->prefetch) {
+				sg->prefetch = false;
+				moe_io_promote(c->io, fetch_done, sg->args, moe_cache_expert(c, layer,
+											  e)->n_mats);
+			}
+		}
 		return sl->state == SLOT_QUEUED;
 	}
 	if (c->hbook)
 		hs = moe_book_lookup(c->hbook, layer, e);
 	if (hs < 0) {
-		stg = free_staging(c);
+		stg = free_staging(c, 0);
 		if (stg < 0)
 			return -EAGAIN;
 	}
@@ -452,6 +516,8 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 	sl = &c->slots[u.slot];
 	*slot = u.slot;
 	if (u.evicted) {
+		if (u.old_unused)
+			c->st.prefetch_unused_bytes += sl->bytes;
 		ret = demote(c, u.old, u.slot, clock);
 		if (ret < 0)
 			goto fail;
@@ -472,7 +538,7 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 		c->st.host_hits++;
 		return 1;
 	}
-	ret = start_fetch(c, *slot, (uint32_t)stg);
+	ret = start_fetch(c, *slot, (uint32_t)stg, false);
 	if (ret < 0)
 		goto fail;
 	return 0;
@@ -489,6 +555,116 @@ fail:
 		sl->err = 0;
 	}
 	return moe_err_prefix(ret, "fetching expert %u of layer %u", e, layer);
+}
+
+void moe_cache_layer(struct moe_expert_cache *c, uint32_t layer, uint64_t clock,
+		     const uint32_t *ids, uint32_t n)
+{
+	moe_book_layer(c->book, layer, clock, ids, n);
+	if (c->hbook)
+		moe_book_layer(c->hbook, layer, clock, ids, n);
+}
+
+void moe_cache_hint(struct moe_expert_cache *c, uint32_t layer, uint32_t e, float p,
+		    uint64_t clock)
+{
+	moe_book_hint(c->book, layer, e, p, clock);
+}
+
+int moe_cache_prefetch(struct moe_expert_cache *c, uint32_t layer, uint32_t e, uint64_t clock)
+{
+	uint64_t key = (uint64_t)layer * c->n_expert + e;
+	int32_t hs = -1, stg = -1;
+	struct moe_book_use u;
+	struct slot *sl;
+	int ret;
+
+	if (layer >= c->n_layer || e >= c->n_expert || !c->experts[key].n_mats)
+		return moe_err(EINVAL, "layer %u has no routed expert %u", layer, e);
+	if (moe_book_lookup(c->book, layer, e) >= 0)
+		return 0;
+	if (c->hbook)
+		hs = moe_book_lookup(c->hbook, layer, e);
+	if (hs < 0) {
+		stg = free_staging(c, c->stg_reserve);
+		if (stg < 0)
+			return -EAGAIN;
+	}
+	ret = moe_book_prefetch(c->book, layer, e, clock, &u);
+	if (ret)
+		return ret == -EAGAIN || ret == 1 ? 0 : ret;
+	sl = &c->slots[u.slot];
+	if (u.evicted) {
+		if (u.old_unused)
+			c->st.prefetch_unused_bytes += sl->bytes;
+		ret = demote(c, u.old, u.slot, clock);
+		if (ret < 0)
+			goto fail;
+	}
+	ret = wait_unused(c, sl);
+	if (ret < 0)
+		goto fail;
+	c->st.prefetch_bytes += sl->bytes;
+	if (hs >= 0) {
+		ret = c->be->ops->upload(c->be, MOE_BE_COPY, sl->mem, c->host_mem + c->host_off[hs],
+					 sl->bytes);
+		ret = ret ? ret : c->be->ops->event_record(c->be, MOE_BE_COPY, sl->up_ev);
+		if (ret < 0)
+			goto fail;
+		moe_book_use(c->hbook, layer, e, clock, false, &u);
+		moe_book_unpin(c->hbook, u.slot);
+		sl->state = SLOT_QUEUED;
+		return 1;
+	}
+	ret = start_fetch(c, u.slot, (uint32_t)stg, true);
+	if (ret < 0) {
+		/* reads queued before the failure end with it and drop the slot then */
+		if (c->stg[stg].reading)
+			return 0;
+		goto fail;
+	}
+	return 1;
+fail:
+	moe_book_cancel(c->book, u.slot);
+	sl->state = SLOT_EMPTY;
+	sl->err = 0;
+	moe_log(MOE_LOG_WARN, "prefetch of expert %u of layer %u failed: %s", e, layer,
+		moe_errmsg());
+	return 0;
+}
+
+void moe_cache_cancel_stale(struct moe_expert_cache *c, uint32_t layer, const uint8_t *chosen)
+{
+	bool any = false;
+
+	for (uint32_t i = 0; i < c->n_stg; i++) {
+		struct staging *sg = &c->stg[i];
+		struct moe_key k;
+
+		if (!sg->reading || !sg->prefetch || !moe_book_key(c->book, sg->slot, &k) ||
+		    k.layer != layer || chosen[k.e])
+			continue;
+		any |= moe_io_cancel_low(c->io, fetch_done, sg->args,
+					 moe_cache_expert(c, k.layer, k.e)->n_mats) > 0;
+	}
+	/* the cancelled reads' callbacks empty their slots now, before the layer looks */
+	if (any)
+		moe_io_poll(c->io);
+}
+
+uint32_t moe_cache_free_slots(const struct moe_expert_cache *c, uint32_t layer, uint32_t e)
+{
+	return moe_book_free_slots(c->book, layer, e);
+}
+
+bool moe_cache_hold(struct moe_expert_cache *c, uint32_t slot)
+{
+	return moe_book_hold(c->book, slot);
+}
+
+struct moe_book *moe_cache_book(struct moe_expert_cache *c)
+{
+	return c->book;
 }
 
 int moe_cache_ready(const struct moe_expert_cache *c, uint32_t slot)
@@ -568,6 +744,11 @@ int moe_cache_wait(struct moe_expert_cache *c)
 	return ret;
 }
 
+double moe_cache_stall(const struct moe_expert_cache *c)
+{
+	return c->st.stall_s;
+}
+
 moe_dptr moe_cache_mat(const struct moe_expert_cache *c, uint32_t slot, uint32_t mat)
 {
 	return c->slots[slot].mem + moe_expert_mat_offset(expert_of(c, slot), mat, c->align);
@@ -588,6 +769,8 @@ void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stat
 	out->hits = bs.hits;
 	out->misses = bs.misses;
 	out->evictions = bs.evictions;
+	out->prefetches = bs.prefetches;
+	out->prefetch_used = bs.prefetch_used;
 }
 
 void moe_cache_reset_stats(struct moe_expert_cache *c)
@@ -595,4 +778,11 @@ void moe_cache_reset_stats(struct moe_expert_cache *c)
 	moe_book_reset_stats(c->book);
 	c->st.host_hits = c->st.bytes_read = 0;
 	c->st.stall_s = 0;
+	c->st.prefetch_cancelled = c->st.prefetch_bytes = c->st.prefetch_unused_bytes = 0;
+}
+
+void moe_cache_layer_stats(const struct moe_expert_cache *c, uint32_t layer, uint64_t *hits,
+			   uint64_t *misses, uint64_t *prefetch_used)
+{
+	moe_book_layer_stats(c->book, layer, hits, misses, prefetch_used);
 }

@@ -14,7 +14,14 @@
  * buffer is reused only once its uploads have completed.
  *
  * An optional host tier keeps experts evicted from the device in pinned
- * host memory, so a later miss on them is an upload instead of a read.
+ * host memory, so a later miss on them is an upload instead of a read; it
+ * runs the same policy interface over a book of its own.
+ *
+ * Prefetches (moe_cache_prefetch) take a slot only from what the policy
+ * values below the predicted expert, read at low priority, and leave enough
+ * staging free for the next layer's misses.  A prefetch still queued when
+ * its layer routes without it is cancelled (moe_cache_cancel_stale); one the
+ * forward pass comes to wait for is promoted to a demand read.
  * Callbacks of the I/O engine run on the thread that calls moe_cache_poll or
  * moe_cache_wait (the forward pass thread).
  */
@@ -37,8 +44,12 @@ struct moe_cache_params {
 	struct moe_backend *be;
 	struct moe_io *io;
 	const struct moe_cache_policy_ops *policy;   /* NULL: LRU */
-	const struct plan_layout *layout;            /* classes, slots, staging */
+	const char *policy_opts;
+	const struct plan_layout *layout;            /* classes, slots, staging, pools */
 	moe_dptr arena;                              /* the layout's offsets are into this */
+	const uint32_t *k;                           /* experts per token of each layer */
+	const struct moe_routestats *stats;          /* for the policy, or NULL */
+	uint32_t hot_max, hot_after;                 /* hot experts (book.h) */
 };
 
 int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache **out);
@@ -67,6 +78,30 @@ bool moe_cache_contains(const struct moe_expert_cache *c, uint32_t layer, uint32
 int moe_cache_poll(struct moe_expert_cache *c);
 /* Block until at least one fetch progresses; the wait counts as stall time. */
 int moe_cache_wait(struct moe_expert_cache *c);
+/* Seconds stalled in moe_cache_wait so far (since the last reset). */
+double moe_cache_stall(const struct moe_expert_cache *c);
+
+/* Layer @layer of token @clock routes now to ids[0..n) (the policy's view). */
+void moe_cache_layer(struct moe_expert_cache *c, uint32_t layer, uint64_t clock,
+		     const uint32_t *ids, uint32_t n);
+/* A predictor's probability that (layer, e) is used at its next routing. */
+void moe_cache_hint(struct moe_expert_cache *c, uint32_t layer, uint32_t e, float p,
+		    uint64_t clock);
+/*
+ * Fetch (layer, e) ahead of its use at low priority: 1 when started (a read,
+ * or an upload from the host tier), 0 when it is cached already or nothing
+ * the policy values less may give way, -EAGAIN when no staging buffer is
+ * spare.
+ */
+int moe_cache_prefetch(struct moe_expert_cache *c, uint32_t layer, uint32_t e, uint64_t clock);
+/* Cancel the queued prefetches of @layer whose expert @chosen[e] says it does not use. */
+void moe_cache_cancel_stale(struct moe_expert_cache *c, uint32_t layer, const uint8_t *chosen);
+/* Empty slots of the pool (layer, e) would go into. */
+uint32_t moe_cache_free_slots(const struct moe_expert_cache *c, uint32_t layer, uint32_t e);
+/* Keep the expert in @slot (pinned by the caller) for good: a hot expert. */
+bool moe_cache_hold(struct moe_expert_cache *c, uint32_t slot);
+/* The bookkeeping, for tests that watch its decisions. */
+struct moe_book *moe_cache_book(struct moe_expert_cache *c);
 
 /* Matrix @mat of the expert in @slot, in device memory (moe_expert order). */
 moe_dptr moe_cache_mat(const struct moe_expert_cache *c, uint32_t slot, uint32_t mat);
@@ -77,6 +112,8 @@ const struct moe_expert *moe_cache_expert(const struct moe_expert_cache *c, uint
 struct moe_cache_stats {
 	uint64_t hits, misses, evictions;
 	uint64_t host_hits;     /* misses served from the host tier, no file read */
+	uint64_t prefetches, prefetch_used, prefetch_cancelled;
+	uint64_t prefetch_bytes, prefetch_unused_bytes;
 	uint64_t bytes_read;
 	double stall_s;
 	uint32_t n_slots;
@@ -87,5 +124,7 @@ struct moe_cache_stats {
 };
 void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stats *out);
 void moe_cache_reset_stats(struct moe_expert_cache *c);
+void moe_cache_layer_stats(const struct moe_expert_cache *c, uint32_t layer, uint64_t *hits,
+			   uint64_t *misses, uint64_t *prefetch_used);
 
 #endif

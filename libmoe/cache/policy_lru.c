@@ -2,12 +2,15 @@
 /*
  * Least recently used: a use stamp per key from a counter bumped at every
  * use (the clock alone ties every key of one token); the victim is the
- * candidate with the oldest stamp.  A linear scan over the candidates is
- * cheap next to reading an expert of megabytes.
+ * candidate with the oldest stamp.  A prefetched key counts as used when it
+ * arrives.  A linear scan over the candidates is cheap next to reading an
+ * expert of megabytes.
  */
+#include <errno.h>
 #include <stdlib.h>
 
 #include "cache/policy.h"
+#include "util/util.h"
 
 struct lru {
 	uint32_t n_expert;
@@ -15,13 +18,23 @@ struct lru {
 	uint64_t stamp[];
 };
 
-static void *lru_create(const struct moe_policy_params *p)
+static int lru_create(const struct moe_policy_params *p, void **out)
 {
-	struct lru *l = calloc(1, sizeof(*l) + sizeof(uint64_t) * p->n_layer * p->n_expert);
+	struct moe_opt_iter it;
+	const char *key;
+	double v;
+	struct lru *l;
+	int ret;
 
-	if (l)
-		l->n_expert = p->n_expert;
-	return l;
+	moe_opt_begin(&it, p->opts, "policy lru");
+	if ((ret = moe_opt_next(&it, &key, &v)) != 0)
+		return ret < 0 ? ret : moe_err(EINVAL, "policy lru has no option '%s'", key);
+	l = calloc(1, sizeof(*l) + sizeof(uint64_t) * p->n_layer * p->n_expert);
+	if (!l)
+		return moe_err(ENOMEM, "out of memory");
+	l->n_expert = p->n_expert;
+	*out = l;
+	return 0;
 }
 
 static void lru_destroy(void *state)
@@ -29,12 +42,18 @@ static void lru_destroy(void *state)
 	free(state);
 }
 
-static void lru_use(void *state, struct moe_key k, uint64_t clock)
+static void lru_hit(void *state, struct moe_key k, uint64_t clock)
 {
 	struct lru *l = state;
 
 	(void)clock;
 	l->stamp[(uint64_t)k.layer * l->n_expert + k.e] = ++l->seq;
+}
+
+static void lru_insert(void *state, struct moe_key k, uint64_t clock, bool prefetch)
+{
+	(void)prefetch;
+	lru_hit(state, k, clock);
 }
 
 static void lru_evict(void *state, struct moe_key k)
@@ -59,10 +78,11 @@ static uint32_t lru_victim(void *state, const struct moe_key *cand, uint32_t n, 
 
 const struct moe_cache_policy_ops moe_policy_lru = {
 	.name = "lru",
+	.help = "least recently used",
 	.create = lru_create,
 	.destroy = lru_destroy,
-	.hit = lru_use,
-	.insert = lru_use,
+	.hit = lru_hit,
+	.insert = lru_insert,
 	.evict = lru_evict,
 	.victim = lru_victim,
 };

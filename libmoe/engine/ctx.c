@@ -2,8 +2,10 @@
 /*
  * Creating an inference context: make the plan, create the backend and the
  * one allocation of device memory the plan lays out, open the I/O engine,
- * read the resident tensors, create the expert cache over the plan's slots
- * and warm it when every expert fits.  Also eval, logits and stats.
+ * read the resident tensors, load the routing statistics saved for the
+ * model, create the expert cache over the plan's slots and warm it: with
+ * every expert when all fit, else with the most used ones of the saved
+ * statistics.  Also eval, logits, stats, and recording traces.
  */
 #include <errno.h>
 #include <math.h>
@@ -11,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/policy.h"
 #include "engine/engine.h"
 #include "quant/quant.h"
 #include "util/threadpool.h"
@@ -22,9 +25,22 @@ void moe_ctx_default_params(struct moe_ctx_params *p)
 	moe_io_opts_init(&p->io);
 }
 
+/* demand uses after which an expert is held for good (pin_hot without saved statistics) */
+#define HOT_AFTER 32
+
 const char *moe_backend_list(void)
 {
 	return moe_backend_names();
+}
+
+const char *moe_policy_names(void)
+{
+	return "lru, lfu, stats";
+}
+
+const char *moe_prefetch_names(void)
+{
+	return moe_pred_names();
 }
 
 static int warm_all(struct moe_ctx *ctx)
@@ -66,11 +82,107 @@ static int warm_all(struct moe_ctx *ctx)
 	return ret;
 }
 
+/*
+ * The most used experts of the saved statistics into the free slots (and
+ * the first pin_hot of them held for good), read before the first token.
+ */
+static int warm_popular(struct moe_ctx *ctx)
+{
+	uint32_t ne = ctx->hp.n_expert, nk = ctx->hp.n_layer * ne, n = 0, n_keys, held = 0;
+	uint32_t *keys = malloc(sizeof(*keys) * nk), *slots = malloc(sizeof(*slots) * nk);
+	int ret = 0;
+
+	if (!keys || !slots) {
+		free(keys);
+		free(slots);
+		return moe_err(ENOMEM, "out of memory");
+	}
+	n_keys = moe_routestats_rank(ctx->rs, keys, nk);
+	for (uint32_t i = 0; i < n_keys && !ret; i++) {
+		uint32_t l = keys[i] / ne, e = keys[i] % ne;
+
+		if (!ctx->layers[l].is_moe || !moe_cache_free_slots(ctx->cache, l, e))
+			continue;
+		while ((ret = moe_cache_acquire(ctx->cache, l, e, 0, &slots[n])) == -EAGAIN) {
+			ret = moe_cache_wait(ctx->cache);
+			if (ret < 0)
+				break;
+		}
+		if (ret < 0)
+			break;
+		ret = 0;
+		if (held < ctx->par.pin_hot && moe_cache_hold(ctx->cache, slots[n]))
+			held++;
+		n++;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		int r;
+
+		while (!(r = moe_cache_ready(ctx->cache, slots[i])))
+			if ((r = moe_cache_wait(ctx->cache)) < 0)
+				break;
+		if (r < 0 && !ret)
+			ret = r;
+		moe_cache_release(ctx->cache, slots[i]);
+	}
+	if (!ret)
+		ret = ctx->be->ops->sync(ctx->be);
+	free(keys);
+	free(slots);
+	return ret;
+}
+
+/*
+ * Routing statistics: recorded always, loaded from and saved to the state
+ * directory when there is one.  A file that cannot be trusted is ignored
+ * with a warning: the run starts without it and replaces it when it ends.
+ */
+static int routing_stats(struct moe_ctx *ctx, bool *loaded)
+{
+	uint32_t L = ctx->hp.n_layer;
+	bool *routed = malloc(sizeof(*routed) * L);
+	char path[4096];
+	int ret;
+
+	*loaded = false;
+	if (!routed)
+		return moe_err(ENOMEM, "out of memory");
+	for (uint32_t l = 0; l < L; l++)
+		routed[l] = ctx->layers[l].is_moe;
+	ret = moe_routestats_create(L, ctx->hp.n_expert, routed, &ctx->rs);
+	free(routed);
+	if (ret < 0 || !ctx->par.state_dir)
+		return ret;
+	ret = moe_routestats_path(ctx->model, ctx->par.state_dir, path, sizeof(path));
+	if (ret < 0)
+		return ret;
+	ctx->stats_path = strdup(path);
+	if (!ctx->stats_path)
+		return moe_err(ENOMEM, "out of memory");
+	moe_model_identity(ctx->model, &ctx->rs->model_bytes, &ctx->rs->model_hash);
+	{
+		struct moe_routestats *rs;
+
+		ret = moe_routestats_load(path, ctx->model, &rs);
+		if (ret == 0) {
+			moe_routestats_free(ctx->rs);
+			ctx->rs = rs;
+			*loaded = rs->tokens > 0;
+			moe_log(MOE_LOG_INFO, "%s: routing statistics of %llu tokens", path,
+				(unsigned long long)rs->tokens);
+		} else if (ret != -ENOENT) {
+			moe_log(MOE_LOG_WARN, "ignoring the saved routing statistics: %s (they are "
+				"replaced when this run ends)", moe_errmsg());
+		}
+	}
+	return 0;
+}
+
 /* Pinned host memory for the inputs of a step and the routing downloads. */
 static int host_buffers(struct moe_ctx *ctx)
 {
 	uint64_t B = ctx->n_batch, K = ctx->max_used, ne = MOE_MAX(ctx->hp.n_expert, 1u);
-	uint64_t bytes = B * 20 + 2 * B * K * 4 + B * ne * 4;
+	uint64_t bytes = B * 20 + 2 * B * K * 4 + B * ne * 4 + B * K * ctx->spec_depth * 4;
 	uint8_t *p;
 	int ret = ctx->be->ops->host_alloc(ctx->be, bytes, &ctx->hbuf);
 
@@ -85,6 +197,7 @@ static int host_buffers(struct moe_ctx *ctx)
 	ctx->h_sel = (int32_t *)(ctx->h_tscale + B);
 	ctx->h_ents = ctx->h_sel + B * K;
 	ctx->h_rlog = (float *)(ctx->h_ents + B * K);
+	ctx->h_spec = (int32_t *)(ctx->h_rlog + B * ne);
 	return 0;
 }
 
@@ -114,8 +227,10 @@ static int setup(struct moe_ctx *ctx)
 	struct moe_backend_params bp = { .budget = par->vram_bytes, .pool = ctx->pool };
 	const char *guard = getenv("MOE_BACKEND_GUARD");
 	struct moe_io_opts io = par->io;
+	bool loaded = false;
 	int ret;
 
+	ctx->spec_depth = ctx->lay.spec_depth;
 	if (guard && *guard && strcmp(guard, "0"))
 		bp.flags |= MOE_BE_F_GUARD;
 	ret = moe_backend_create(ctx->lay.desc, &bp, &ctx->be);
@@ -131,6 +246,7 @@ static int setup(struct moe_ctx *ctx)
 					  p->workspace_bytes);
 	ret = ret ? ret : host_buffers(ctx);
 	ret = ret ? ret : ctx->be->ops->event_create(ctx->be, &ctx->ev_sel);
+	ret = ret ? ret : ctx->be->ops->event_create(ctx->be, &ctx->ev_spec);
 	if (ret < 0)
 		return ret;
 	ctx->res = calloc(ctx->lay.n_tensors ? ctx->lay.n_tensors : 1, sizeof(*ctx->res));
@@ -143,8 +259,14 @@ static int setup(struct moe_ctx *ctx)
 	ctx->used_slots = calloc(ctx->hp.n_expert + 1, sizeof(uint32_t));
 	ctx->n_logits = ctx->n_batch;
 	ctx->logits = malloc(sizeof(float) * ctx->n_logits * ctx->hp.n_vocab);
+	ctx->k_layer = calloc(ctx->hp.n_layer, sizeof(*ctx->k_layer));
+	ctx->layer_stall = calloc(ctx->hp.n_layer, sizeof(*ctx->layer_stall));
+	ctx->h_prev = calloc((size_t)ctx->n_batch * ctx->max_used, sizeof(*ctx->h_prev));
+	ctx->ids_union = calloc(ctx->hp.n_expert + 1, sizeof(*ctx->ids_union));
+	ctx->chosen = calloc(ctx->hp.n_expert + 1, 1);
 	if (!ctx->res || !ctx->layers || !ctx->exp_off || !ctx->exp_fill || !ctx->exp_state ||
-	    !ctx->exp_slot || !ctx->ffn_list || !ctx->used_slots || !ctx->logits)
+	    !ctx->exp_slot || !ctx->ffn_list || !ctx->used_slots || !ctx->logits ||
+	    !ctx->k_layer || !ctx->layer_stall || !ctx->h_prev || !ctx->ids_union || !ctx->chosen)
 		return moe_err(ENOMEM, "out of memory");
 	/* the staging pool is pinned memory outside the budget: the plan sized it */
 	if (!io.staging_bytes)
@@ -154,23 +276,46 @@ static int setup(struct moe_ctx *ctx)
 	ret = ret ? ret : moe_engine_bind(ctx);
 	if (ret < 0)
 		return ret;
+	for (uint32_t il = 0; il < ctx->hp.n_layer; il++)
+		ctx->k_layer[il] = ctx->layers[il].is_moe ? ctx->layers[il].n_expert_used : 0;
 	if (p->n_experts) {
 		struct moe_cache_params cp = {
 			.model = ctx->model, .be = ctx->be, .io = ctx->io, .layout = &ctx->lay,
-			.arena = ctx->arena,
+			.arena = ctx->arena, .k = ctx->k_layer, .hot_max = par->pin_hot,
 		};
 
+		ret = routing_stats(ctx, &loaded);
+		if (ret < 0)
+			return ret;
 		if (par->policy) {
-			cp.policy = moe_cache_policy_find(par->policy);
-			if (!cp.policy)
-				return moe_err(EINVAL, "unknown eviction policy '%s' (%s)", par->policy,
-					       moe_cache_policy_names());
+			cp.policy = moe_cache_policy_find(par->policy, &cp.policy_opts);
+			if (!cp.policy || cp.policy->offline)
+				return moe_err(EINVAL, "%s eviction policy '%s' (the live cache has %s)",
+					       cp.policy ? "offline" : "unknown", par->policy,
+					       moe_policy_names());
+		}
+		cp.stats = loaded ? ctx->rs : NULL;
+		cp.hot_after = loaded ? 0 : HOT_AFTER;
+		ret = moe_pred_parse(par->prefetch, &ctx->pf);
+		if (ret < 0)
+			return ret;
+		if (ctx->pf.sources) {
+			ret = moe_pred_create(&ctx->pf, ctx->hp.n_layer, ctx->hp.n_expert, ctx->k_layer,
+					      ctx->rs, &ctx->pred);
+			ctx->pf_prob = calloc((size_t)ctx->pf.depth * ctx->hp.n_expert,
+					      sizeof(*ctx->pf_prob));
+			ctx->pf_cand = calloc((size_t)ctx->pf.depth * ctx->hp.n_expert,
+					      sizeof(*ctx->pf_cand));
+			if (!ret && (!ctx->pf_prob || !ctx->pf_cand))
+				ret = moe_err(ENOMEM, "out of memory");
+			if (ret < 0)
+				return ret;
 		}
 		ret = moe_cache_create(&cp, &ctx->cache);
 		if (ret < 0)
 			return ret;
-		if (p->all_experts && !(par->flags & MOE_CTX_LAZY_EXPERTS)) {
-			ret = warm_all(ctx);
+		if (!(par->flags & MOE_CTX_LAZY_EXPERTS)) {
+			ret = p->all_experts ? warm_all(ctx) : loaded ? warm_popular(ctx) : 0;
 			if (ret < 0)
 				return moe_err_prefix(ret, "reading the experts");
 		}
@@ -256,6 +401,9 @@ void moe_ctx_free(struct moe_ctx *ctx)
 {
 	if (!ctx)
 		return;
+	moe_ctx_trace_stop(ctx);
+	if (ctx->stats_path && ctx->rs && moe_ctx_save_routestats(ctx) < 0)
+		moe_log(MOE_LOG_WARN, "routing statistics not saved: %s", moe_errmsg());
 	moe_cache_destroy(ctx->cache);
 	if (ctx->be) {
 		struct moe_backend *be = ctx->be;
@@ -263,6 +411,8 @@ void moe_ctx_free(struct moe_ctx *ctx)
 		be->ops->sync(be);
 		if (ctx->ev_sel)
 			be->ops->event_destroy(be, ctx->ev_sel);
+		if (ctx->ev_spec)
+			be->ops->event_destroy(be, ctx->ev_spec);
 		if (ctx->hbuf)
 			be->ops->host_free(be, ctx->hbuf);
 		be->ops->free(be, ctx->arena);
@@ -281,6 +431,16 @@ void moe_ctx_free(struct moe_ctx *ctx)
 	free(ctx->used_slots);
 	free(ctx->logits);
 	free(ctx->seq_past);
+	free(ctx->k_layer);
+	free(ctx->layer_stall);
+	free(ctx->h_prev);
+	free(ctx->ids_union);
+	free(ctx->chosen);
+	free(ctx->pf_prob);
+	free(ctx->pf_cand);
+	free(ctx->stats_path);
+	moe_pred_destroy(ctx->pred);
+	moe_routestats_free(ctx->rs);
 	free(ctx);
 }
 
@@ -540,6 +700,16 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 		s.expert_host_hits = cs.host_hits;
 		s.host_cache_bytes = cs.host_bytes;
 		s.stall_s = cs.stall_s;
+		s.prefetches = cs.prefetches;
+		s.prefetch_used = cs.prefetch_used;
+		s.prefetch_cancelled = cs.prefetch_cancelled;
+		s.prefetch_bytes = cs.prefetch_bytes;
+		s.prefetch_unused_bytes = cs.prefetch_unused_bytes;
+		if (cs.prefetches > cs.prefetch_cancelled)
+			s.prefetch_precision = (double)cs.prefetch_used /
+					       (cs.prefetches - cs.prefetch_cancelled);
+		if (cs.prefetch_used + cs.misses)
+			s.prefetch_recall = (double)cs.prefetch_used / (cs.prefetch_used + cs.misses);
 		s.n_slots = cs.n_slots;
 		s.slot_bytes = cs.n_slots ? cs.slot_bytes / cs.n_slots : 0;
 	}
@@ -578,6 +748,7 @@ void moe_ctx_reset_stats(struct moe_ctx *ctx)
 
 		moe_cache_reset_stats(ctx->cache);
 		moe_cache_get_stats(ctx->cache, &cs);
+		memset(ctx->layer_stall, 0, sizeof(*ctx->layer_stall) * ctx->hp.n_layer);
 		ctx->st.n_slots = cs.n_slots;
 		ctx->st.staging_bytes = cs.staging_bytes;
 	}
@@ -593,4 +764,82 @@ void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg)
 {
 	ctx->route_hook = hook;
 	ctx->route_arg = arg;
+}
+
+int moe_ctx_layer_stats(const struct moe_ctx *ctx, uint32_t layer,
+			struct moe_ctx_layer_stats *out)
+{
+	if (!ctx || !out || layer >= ctx->hp.n_layer)
+		return moe_err(EINVAL, "moe_ctx_layer_stats: no layer %u", layer);
+	memset(out, 0, sizeof(*out));
+	if (ctx->cache)
+		moe_cache_layer_stats(ctx->cache, layer, &out->hits, &out->misses,
+				      &out->prefetch_used);
+	out->stall_s = ctx->layer_stall[layer];
+	return 0;
+}
+
+const struct moe_routestats *moe_ctx_routestats(const struct moe_ctx *ctx)
+{
+	return ctx ? ctx->rs : NULL;
+}
+
+int moe_ctx_save_routestats(struct moe_ctx *ctx)
+{
+	int ret;
+
+	if (!ctx || !ctx->rs)
+		return moe_err(EINVAL, "moe_ctx_save_routestats: no routing statistics");
+	if (!ctx->stats_path)
+		return moe_err(ENOENT, "no state directory to save routing statistics in");
+	ret = moe_mkdirs(ctx->par.state_dir);
+	return ret < 0 ? ret : moe_routestats_save(ctx->rs, ctx->stats_path);
+}
+
+int moe_ctx_trace_start(struct moe_ctx *ctx, const char *path, uint32_t flags)
+{
+	uint64_t rows;
+	int ret;
+
+	if (!ctx || !path)
+		return moe_err(EINVAL, "moe_ctx_trace_start: NULL argument");
+	if (flags & ~MOE_TRACE_FLAGS_ALL)
+		return moe_err(EINVAL, "moe_ctx_trace_start: unknown flags 0x%x",
+			       flags & ~MOE_TRACE_FLAGS_ALL);
+	if (!ctx->rs)
+		return moe_err(EINVAL, "%s: a dense model routes nothing to trace",
+			       moe_model_path(ctx->model));
+	if ((flags & MOE_TRACE_PREDICTIONS) && !ctx->spec_depth)
+		return moe_err(EINVAL, "recording predictions needs a prefetcher that makes "
+			       "speculative ones: --prefetch spec or mix");
+	moe_ctx_trace_stop(ctx);
+	rows = (uint64_t)ctx->n_batch * ctx->hp.n_layer;
+	ctx->trace_depth = flags & MOE_TRACE_PREDICTIONS ? ctx->spec_depth : 0;
+	ctx->trace_ids = malloc(sizeof(int32_t) * rows * ctx->max_used);
+	if (ctx->trace_depth)
+		ctx->trace_pred = malloc(sizeof(int32_t) * rows * ctx->trace_depth * ctx->max_used);
+	if (!ctx->trace_ids || (ctx->trace_depth && !ctx->trace_pred)) {
+		moe_ctx_trace_stop(ctx);
+		return moe_err(ENOMEM, "out of memory");
+	}
+	ret = moe_trace_writer_open(path, moe_model_path(ctx->model), ctx->hp.n_layer,
+				    ctx->hp.n_expert, ctx->trace_depth, &ctx->trace);
+	if (ret < 0)
+		moe_ctx_trace_stop(ctx);
+	return ret;
+}
+
+int moe_ctx_trace_stop(struct moe_ctx *ctx)
+{
+	int ret;
+
+	if (!ctx)
+		return 0;
+	ret = moe_trace_writer_close(ctx->trace);
+	ctx->trace = NULL;
+	free(ctx->trace_ids);
+	free(ctx->trace_pred);
+	ctx->trace_ids = ctx->trace_pred = NULL;
+	ctx->trace_depth = 0;
+	return ret;
 }

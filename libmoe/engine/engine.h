@@ -14,6 +14,9 @@
 
 #include "backend/backend.h"
 #include "cache/cache.h"
+#include "cache/predict.h"
+#include "cache/routestats.h"
+#include "cache/trace.h"
 #include "model.h"
 #include "moe/moe.h"
 #include "plan.h"
@@ -36,9 +39,14 @@ struct eng_layer {
 	uint32_t n_ff_exp;           /* routed expert width (bias rows) */
 };
 
-/* Called with the router's logits and choices of every token of a layer (host copies). */
+/*
+ * Called with the router's logits and choices of every token of a layer
+ * (host copies).  The hook may rewrite the choices in @sel (ids in
+ * 0..n_expert-1): the layer then runs those experts with the router's
+ * weights, which is how tests replay a recorded trace through the cache.
+ */
 typedef void (*moe_route_hook)(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
-			       const float *logits, uint32_t n_expert, const int32_t *sel,
+			       const float *logits, uint32_t n_expert, int32_t *sel,
 			       uint32_t k);
 
 /* State of one routed expert of the layer in progress. */
@@ -91,6 +99,29 @@ struct moe_ctx {
 	float *logits;
 	uint32_t n_logits;
 
+	/* routing statistics, prediction and prefetch */
+	uint32_t *k_layer;           /* experts per token of each layer, 0 on dense layers */
+	struct moe_routestats *rs;
+	char *stats_path;            /* where rs is saved; NULL: not saved */
+	struct moe_pred *pred;       /* NULL: no prefetching */
+	struct moe_pred_cfg pf;
+	uint32_t spec_depth;         /* layers ahead of speculative gating, 0: none */
+	int32_t *h_spec;             /* pinned [spec_depth][n_batch][max_used] */
+	struct moe_be_event *ev_spec;
+	int32_t *h_prev;             /* [n_batch][max_used]: the previous routed layer's choices */
+	uint32_t k_prev;             /* 0: none yet in this step */
+	float *pf_prob;              /* [depth][n_expert] */
+	struct moe_pred_cand *pf_cand;
+	uint32_t *ids_union;         /* [n_expert] the experts a layer uses */
+	uint8_t *chosen;             /* [n_expert] */
+	double *layer_stall;         /* per layer */
+
+	/* trace recording */
+	struct moe_trace_writer *trace;
+	uint32_t trace_depth;
+	int32_t *trace_ids;          /* [n_batch][n_layer][max_used] */
+	int32_t *trace_pred;         /* [n_batch][n_layer][trace_depth][max_used] */
+
 	struct moe_ctx_stats st;
 	struct moe_io_stats io_base;
 	char desc[640];
@@ -112,13 +143,15 @@ int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
 		const int32_t *seq, uint32_t n, const int32_t *rows, uint32_t n_rows,
 		float *logits);
 /*
- * Routed experts of layer il: begin routes the router logits in scratch and
- * starts the download of the choices; the caller may queue other work
+ * Routed experts of layer il: begin routes the router logits in scratch
+ * (x: the router's input, which speculative gating feeds to the next
+ * layers' routers) and starts the download of the choices; the caller may
+ * queue other work
  * (shared expert, dense MLP) meanwhile; finish waits for the choices, pins
  * the cached experts, reads the missing ones, runs every expert over its
  * tokens of x as it becomes usable and writes the weighted sums to out.
  */
-int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok);
+int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok);
 int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok, moe_dptr out);
 /* For tests: see every routing decision. */
 void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg);

@@ -160,7 +160,7 @@ static int ffn(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 		TRY(OPS(ctx)->rms_norm(be, b[PB_H], b[PB_X2], n, n_embd, L->gate_inp_scale, eps));
 		TRY(OPS(ctx)->scale(be, b[PB_X2], 1.0f / sqrtf((float)n_embd), nn));
 		TRY(router_logits(ctx, L, b[PB_X2], n));
-		TRY(moe_ffn_begin(ctx, il, n));
+		TRY(moe_ffn_begin(ctx, il, b[PB_X2], n));
 		/* the dense MLP runs while the choices come back */
 		TRY(dense_ffn(ctx, &L->ffn_gate, &L->ffn_up, &L->ffn_down, MOE_GLU_GELU, b[PB_X], n,
 			      b[PB_FFN_OUT]));
@@ -174,7 +174,7 @@ static int ffn(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 		TRY(OPS(ctx)->add(be, b[PB_FFN_OUT], b[PB_MOE_OUT], nn));
 	} else {
 		TRY(router_logits(ctx, L, b[PB_X], n));
-		TRY(moe_ffn_begin(ctx, il, n));
+		TRY(moe_ffn_begin(ctx, il, b[PB_X], n));
 		/* the shared expert runs while the choices come back */
 		if (L->up_shexp.p)
 			TRY(shared_expert(ctx, L, b[PB_X], n, b[PB_MOE_OUT]));
@@ -227,12 +227,29 @@ int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
 		TRY(OPS(ctx)->scale(be, b[PB_H], sqrtf((float)n_embd), (int64_t)n * n_embd));
 	if (ret < 0)
 		return ret;
+	ctx->k_prev = 0;
+	if (ctx->trace && ctx->trace_depth)
+		memset(ctx->trace_pred, 0xff, sizeof(int32_t) * (uint64_t)n * ctx->hp.n_layer *
+		       ctx->trace_depth * ctx->max_used);
 	for (uint32_t il = 0; il < ctx->hp.n_layer; il++) {
 		ret = attention(ctx, il, n);
 		TRY(ffn(ctx, il, n));
 		if (ret < 0)
 			return moe_err_prefix(ret, "layer %u", il);
 	}
+	for (uint32_t t = 0; ctx->rs && t < n; t++)
+		moe_routestats_token(ctx->rs);
+	for (uint32_t t = 0; ctx->trace && t < n && !ret; t++) {
+		uint64_t row = (uint64_t)t * ctx->hp.n_layer;
+
+		ret = moe_trace_writer_token(ctx->trace, seq ? (uint32_t)seq[t] : 0, pos[t],
+					     ctx->k_layer,
+					     ctx->trace_ids + row * ctx->max_used,
+					     ctx->trace_depth ? ctx->trace_pred + row * ctx->trace_depth *
+					     ctx->max_used : NULL, ctx->max_used);
+	}
+	if (ret < 0)
+		return ret;
 	if (!n_rows)
 		return OPS(ctx)->sync(be);
 	if (!rows) {

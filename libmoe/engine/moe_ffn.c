@@ -7,6 +7,13 @@
  * that is usable (on the device, or its upload queued) to one FFN operation,
  * again and again until all have run.
  *
+ * Once every expert of the layer holds a slot, the layer's routing goes into
+ * the statistics and the predictor's expectations for the next layers
+ * become hints to the policy and low-priority prefetches (from the next
+ * layers' routers applied to this layer's router input, which begin
+ * queued right after the routing: speculative gating).  Prefetching only
+ * moves data into slots: which experts run, and on what, does not change.
+ *
  * Each expert writes its output rows to a per-(token, choice) buffer and the
  * weighted sum runs afterwards in choice order, so the result does not depend
  * on the order in which experts arrived: a run that streams every expert is
@@ -24,7 +31,42 @@ static const enum moe_glu glu_of[] = {
 	[MOE_ACT_SWIGLU_OAI] = MOE_GLU_SWIGLU_OAI,
 };
 
-int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
+/* The next layers' routers on this layer's router input; their choices come back with ev_spec. */
+static int speculate(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok)
+{
+	struct moe_backend *be = ctx->be;
+	uint32_t B = ctx->n_batch, K = ctx->max_used, ne = ctx->hp.n_expert;
+	int ret = 0;
+
+	for (uint32_t d = 0; d < ctx->spec_depth && !ret; d++) {
+		int32_t m = moe_pred_target(ctx->pred, il, d);
+		const struct eng_layer *M;
+		moe_dptr logits = ctx->buf[PB_SPEC_LOG] + sizeof(float) * (uint64_t)d * B * ne;
+		moe_dptr sel = ctx->buf[PB_SPEC_SEL] + sizeof(int32_t) * (uint64_t)d * B * K;
+
+		if (m < 0)
+			continue;
+		M = &ctx->layers[m];
+		ret = be->ops->matmul(be, &M->gate_inp, 1, x, n_tok, &logits);
+		if (!ret && M->gate_inp_b)
+			ret = be->ops->add_bias(be, logits, M->gate_inp_b, n_tok, ne);
+		if (!ret)
+			ret = be->ops->route(be, &(struct moe_route_args){
+				.logits = logits, .sel = sel,
+				.weights = ctx->buf[PB_SPEC_W] + sizeof(float) * (uint64_t)d * B * K,
+				.bias = M->exp_probs_b, .n_tok = n_tok, .n_expert = ne,
+				.k = M->n_expert_used, .stride = K, .gating = ctx->hp.gating,
+				.norm = ctx->hp.expert_weights_norm,
+				.scale = ctx->hp.expert_weights_scale });
+		if (!ret)
+			ret = be->ops->download(be, MOE_BE_COMPUTE,
+						ctx->h_spec + (uint64_t)d * n_tok * K, sel,
+						sizeof(int32_t) * (uint64_t)n_tok * K);
+	}
+	return ret ? ret : be->ops->event_record(be, MOE_BE_COMPUTE, ctx->ev_spec);
+}
+
+int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok)
 {
 	const struct eng_layer *L = &ctx->layers[il];
 	struct moe_backend *be = ctx->be;
@@ -48,7 +90,103 @@ int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
 					sizeof(int32_t) * (uint64_t)n_tok * ctx->max_used);
 	if (!ret)
 		ret = be->ops->event_record(be, MOE_BE_COMPUTE, ctx->ev_sel);
+	if (!ret && ctx->spec_depth)
+		ret = speculate(ctx, il, x, n_tok);
 	return ret;
+}
+
+/*
+ * The layer is routed: tell the policy which experts it uses (their union
+ * over the batch), score the predictions made for it, and withdraw the
+ * prefetches for it that are still queued and not needed.
+ */
+static void announce(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
+{
+	const struct eng_layer *L = &ctx->layers[il];
+	uint32_t ne = ctx->hp.n_expert, n = 0;
+
+	for (uint32_t e = 0; e < ne; e++) {
+		ctx->chosen[e] = ctx->exp_state[e] == EXP_IDLE;
+		if (ctx->chosen[e])
+			ctx->ids_union[n++] = e;
+	}
+	moe_cache_layer(ctx->cache, il, ctx->clock, ctx->ids_union, n);
+	if (!ctx->pred)
+		return;
+	if (n_tok == 1)
+		moe_pred_learn(ctx->pred, il, ctx->h_sel, L->n_expert_used);
+	moe_cache_cancel_stale(ctx->cache, il, ctx->chosen);
+}
+
+/* The layer's choices go into the statistics (and the trace being recorded). */
+static void record(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
+{
+	uint32_t k = ctx->layers[il].n_expert_used, K = ctx->max_used;
+
+	for (uint32_t t = 0; t < n_tok; t++) {
+		moe_routestats_add(ctx->rs, il, ctx->k_prev ? ctx->h_prev + t * K : NULL, ctx->k_prev,
+				   ctx->h_sel + t * K, k);
+		memcpy(ctx->h_prev + t * K, ctx->h_sel + t * K, sizeof(int32_t) * k);
+		if (ctx->trace)
+			memcpy(ctx->trace_ids + ((uint64_t)t * ctx->hp.n_layer + il) * K,
+			       ctx->h_sel + t * K, sizeof(int32_t) * k);
+	}
+	ctx->k_prev = k;
+}
+
+static bool ctx_cached(void *arg, uint32_t layer, uint32_t e)
+{
+	struct moe_ctx *ctx = arg;
+
+	return moe_cache_contains(ctx->cache, layer, e);
+}
+
+/* Hints for the layers ahead, and prefetches of what is likely and not cached. */
+static int prefetch(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
+{
+	uint32_t D = ctx->pf.depth, ne = ctx->hp.n_expert, K = ctx->max_used, n, budget;
+	const int32_t *spec = NULL;
+	int ret;
+
+	if (ctx->spec_depth) {
+		ret = ctx->be->ops->event_sync(ctx->be, ctx->ev_spec);
+		if (ret < 0)
+			return ret;
+		spec = ctx->h_spec;
+		for (uint32_t d = 0; ctx->trace && ctx->trace_depth && d < D; d++) {
+			int32_t m = moe_pred_target(ctx->pred, il, d);
+
+			for (uint32_t t = 0; m >= 0 && t < n_tok; t++)
+				memcpy(ctx->trace_pred + (((uint64_t)t * ctx->hp.n_layer + m) * D + d) * K,
+				       spec + ((uint64_t)d * n_tok + t) * K, sizeof(int32_t) * K);
+		}
+	}
+	moe_pred_predict(ctx->pred, il, ctx->h_sel, n_tok, K, spec, ctx->pf_prob);
+	for (uint32_t d = 0; d < D; d++) {
+		int32_t m = moe_pred_target(ctx->pred, il, d);
+
+		for (uint32_t e = 0; m >= 0 && e < ne; e++)
+			moe_cache_hint(ctx->cache, (uint32_t)m, e, ctx->pf_prob[d * ne + e], ctx->clock);
+	}
+	n = moe_pred_candidates(ctx->pred, il, ctx->pf_prob, ctx_cached, ctx, ctx->pf_cand);
+	budget = moe_pred_budget(ctx->pred, il);
+	for (uint32_t i = 0; i < n && budget; i++) {
+		ret = moe_cache_prefetch(ctx->cache, ctx->pf_cand[i].layer, ctx->pf_cand[i].e,
+					 ctx->clock);
+		if (ret == -EAGAIN)
+			break;
+		if (ret < 0)
+			return ret;
+		budget -= (uint32_t)ret;
+	}
+	return 0;
+}
+
+/* Every expert of the layer holds a slot: the layer's bookkeeping can look ahead now. */
+static int look_ahead(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
+{
+	record(ctx, il, n_tok);
+	return ctx->pred ? prefetch(ctx, il, n_tok) : 0;
 }
 
 /* leave no pin behind: the next eval must find every slot usable */
@@ -194,6 +332,7 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 	struct moe_expert_cache *c = ctx->cache;
 	struct moe_backend *be = ctx->be;
 	uint32_t ne = ctx->hp.n_expert;
+	bool looked = false;
 	int ret;
 
 	ret = be->ops->event_sync(be, ctx->ev_sel);
@@ -205,6 +344,7 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 	ret = group(ctx, L, n_tok);
 	if (ret < 0)
 		return ret;
+	announce(ctx, il, n_tok);
 	/* pin what is cached before any miss of this layer may evict it */
 	for (uint32_t e = 0; e < ne; e++) {
 		if (ctx->exp_state[e] != EXP_IDLE || !moe_cache_contains(c, il, e))
@@ -215,12 +355,23 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 		ctx->exp_state[e] = EXP_HELD;
 	}
 	while (ctx->exp_left) {
-		bool in_flight = false;
+		bool in_flight = false, idle = false;
+		double t0;
 		int ran;
 
 		ret = acquire_more(ctx, il);
 		if (ret < 0)
 			goto fail;
+		for (uint32_t e = 0; e < ne && !looked; e++)
+			idle |= ctx->exp_state[e] == EXP_IDLE;
+		if (!looked && !idle) {
+			looked = true;
+			ret = look_ahead(ctx, il, n_tok);
+			if (ret >= 0)
+				ret = moe_cache_poll(c);
+			if (ret < 0)
+				goto fail;
+		}
 		ran = run_ready(ctx, L, il, x);
 		if (ran < 0) {
 			ret = ran;
@@ -235,7 +386,14 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 				      ctx->st.n_slots);
 			goto fail;
 		}
+		t0 = moe_cache_stall(c);
 		ret = moe_cache_wait(c);
+		ctx->layer_stall[il] += moe_cache_stall(c) - t0;
+		if (ret < 0)
+			goto fail;
+	}
+	if (!looked) {
+		ret = look_ahead(ctx, il, n_tok);
 		if (ret < 0)
 			goto fail;
 	}

@@ -27,6 +27,7 @@
 
 unsigned moe_io_faults;
 uint64_t moe_io_fault_eio_pos = UINT64_MAX;
+unsigned moe_io_fault_delay_us;
 
 struct moe_io_req {
 	struct moe_io *io;
@@ -40,6 +41,9 @@ struct moe_io_req {
 	uint32_t left;           /* pieces not yet ended */
 	bool inline_cb;          /* call cb on the thread that ends the last piece */
 	bool engine_async;       /* inline_cb for MOE_IO_CB_ENGINE_THREAD (not a sync read) */
+	bool low;                /* MOE_IO_READ_LOW, until promoted */
+	bool started;            /* a piece went to the backend: no longer cancellable */
+	bool cancelled;          /* by moe_io_cancel_low: not an I/O error */
 	struct moe_io_req *next;
 	struct moe_io_piece pieces[];
 };
@@ -72,7 +76,7 @@ static void req_complete_locked(struct moe_io *io, struct moe_io_req *r,
 				struct moe_io_req **inline_list)
 {
 	if (r->res < 0) {
-		io->stats.errors++;
+		io->stats.errors += !r->cancelled;
 		/* A cancellation is what the closer asked for, not a fault worth a warning. */
 		moe_log(r->res == -ECANCELED ? MOE_LOG_DEBUG : MOE_LOG_WARN,
 			"%s: read of extent [0x%llx, +0x%llx) failed at 0x%llx: %s", io->path,
@@ -131,6 +135,30 @@ static void deliver_list(struct moe_io *io, struct moe_io_req *r)
 	}
 }
 
+/* Put @p back at the head of its pending list (a retry, or a piece the backend did not take). */
+static void requeue_front_locked(struct moe_io *io, struct moe_io_piece *p)
+{
+	struct moe_io_piece **head = p->low ? &io->lpend_head : &io->pend_head;
+	struct moe_io_piece **tail = p->low ? &io->lpend_tail : &io->pend_tail;
+
+	p->next = *head;
+	*head = p;
+	if (!*tail)
+		*tail = p;
+}
+
+static void append_locked(struct moe_io *io, struct moe_io_piece *first, struct moe_io_piece *last)
+{
+	struct moe_io_piece **head = first->low ? &io->lpend_head : &io->pend_head;
+	struct moe_io_piece **tail = first->low ? &io->lpend_tail : &io->pend_tail;
+
+	if (*tail)
+		(*tail)->next = first;
+	else
+		*head = first;
+	*tail = last;
+}
+
 /*
  * One piece ended with @res.  Retries the rest of a short read, fails a read
  * that hit the end of the file, and completes the request with its last
@@ -152,10 +180,8 @@ static void piece_end_locked(struct moe_io *io, struct moe_io_piece *p, int64_t 
 			p->buf += res;
 			p->len -= res;
 			p->need -= res;
-			p->next = io->pend_head;
-			io->pend_head = p;
-			if (!io->pend_tail)
-				io->pend_tail = p;
+			p->low = r->low;
+			requeue_front_locked(io, p);
 			return;
 		}
 	}
@@ -175,42 +201,70 @@ static void inflight_sub_locked(struct moe_io *io, uint32_t n)
 	pthread_cond_broadcast(&io->cond);
 }
 
-/* Hand pending pieces to the backend while the queue depth allows. */
+/*
+ * Low-priority pieces in flight at once: a quarter of the depth stays free
+ * for demand (the pread backend's depth is its worker count).
+ */
+static uint32_t low_max(const struct moe_io *io)
+{
+	uint32_t d = io->opts.queue_depth;
+
+	if (io->ops == &moe_io_pread_ops)
+		d = MOE_MIN(d, io->opts.n_workers);
+	return MOE_MAX(d - d / 4, 1u);
+}
+
+static struct moe_io_piece *pop_locked(struct moe_io_piece **head, struct moe_io_piece **tail)
+{
+	struct moe_io_piece *p = *head;
+
+	*head = p->next;
+	if (!*head)
+		*tail = NULL;
+	p->next = NULL;
+	return p;
+}
+
+/*
+ * Hand pending pieces to the backend while the queue depth allows: demand
+ * pieces first, low-priority ones only when no demand piece waits.
+ */
 static void dispatch_locked(struct moe_io *io, struct moe_io_req **inline_list)
 {
-	while (io->pend_head && io->inflight < io->opts.queue_depth && !io->closing) {
-		unsigned n = 0;
+	uint32_t qd = io->opts.queue_depth;
+
+	while (io->inflight < qd && !io->closing) {
+		unsigned n = 0, n_low = 0, taken;
 		int ret;
 
-		while (io->pend_head && io->inflight + n < io->opts.queue_depth) {
-			struct moe_io_piece *p = io->pend_head;
-
-			io->pend_head = p->next;
-			p->next = NULL;
-			io->batch[n++] = p;
+		while (io->pend_head && io->inflight + n < qd)
+			io->batch[n++] = pop_locked(&io->pend_head, &io->pend_tail);
+		while (!io->pend_head && io->lpend_head && io->inflight + n < qd &&
+		       io->low_inflight + n_low < low_max(io)) {
+			io->batch[n++] = pop_locked(&io->lpend_head, &io->lpend_tail);
+			n_low++;
 		}
-		if (!io->pend_head)
-			io->pend_tail = NULL;
+		if (!n)
+			break;
 		ret = io->ops->issue(io, io->batch, n);
-		if (ret > 0) {
-			if (!io->inflight)
-				io->busy_since = moe_now();
-			io->inflight += ret;
-		}
 		if (ret <= 0) {
 			/* Nothing was taken: fail them rather than risk waiting forever. */
 			for (unsigned i = 0; i < n; i++)
 				piece_end_locked(io, io->batch[i], ret < 0 ? ret : -EIO, inline_list);
 			break;
 		}
-		/* A backend that took part of the batch gets the rest first, next time. */
-		for (unsigned i = n; i-- > (unsigned)ret;) {
-			io->batch[i]->next = io->pend_head;
-			io->pend_head = io->batch[i];
-			if (!io->pend_tail)
-				io->pend_tail = io->batch[i];
+		taken = (unsigned)ret;
+		if (!io->inflight)
+			io->busy_since = moe_now();
+		io->inflight += taken;
+		for (unsigned i = 0; i < taken; i++) {
+			io->batch[i]->req->started = true;
+			io->low_inflight += io->batch[i]->low;
 		}
-		if ((unsigned)ret < n)
+		/* A backend that took part of the batch gets the rest first, next time. */
+		for (unsigned i = n; i-- > taken;)
+			requeue_front_locked(io, io->batch[i]);
+		if (taken < n)
 			break;
 	}
 }
@@ -222,6 +276,8 @@ void moe_io_piece_done(struct moe_io *io, struct moe_io_piece *p, int64_t res)
 	pthread_mutex_lock(&io->lock);
 	if (moe_io_fault_eio_pos - p->pos < p->len)
 		res = -EIO;
+	if (p->low)
+		io->low_inflight--;
 	piece_end_locked(io, p, res, &inline_list);
 	inflight_sub_locked(io, 1);
 	dispatch_locked(io, &inline_list);
@@ -234,7 +290,7 @@ void moe_io_piece_done(struct moe_io *io, struct moe_io_piece *p, int64_t res)
 enum delivery { DELIVER_POLL, DELIVER_ENGINE, DELIVER_SYNC };
 
 static int queue_read(struct moe_io *io, uint64_t offset, uint64_t len, void *dst,
-		      uint64_t dst_cap, moe_io_cb cb, void *arg, enum delivery how)
+		      uint64_t dst_cap, uint32_t flags, moe_io_cb cb, void *arg, enum delivery how)
 {
 	bool inline_cb = how != DELIVER_POLL;
 
@@ -244,6 +300,9 @@ static int queue_read(struct moe_io *io, uint64_t offset, uint64_t len, void *ds
 
 	if (!io)
 		return moe_err(EINVAL, "moe_io_read: no engine");
+	if (flags & ~MOE_IO_READ_FLAGS_ALL)
+		return moe_err(EINVAL, "%s: unknown read flags 0x%x", io->path,
+			       flags & ~MOE_IO_READ_FLAGS_ALL);
 	if (!moe_add_u64(offset, len, &end) || end > io->file_size)
 		return moe_err(EINVAL, "%s: extent [0x%llx, +0x%llx) ends past the end of the file "
 			       "(0x%llx bytes)", io->path, (unsigned long long)offset,
@@ -269,11 +328,13 @@ static int queue_read(struct moe_io *io, uint64_t offset, uint64_t len, void *ds
 	start = offset / io->block * io->block;
 	*r = (struct moe_io_req){ .io = io, .offset = offset, .len = len, .start = start,
 				  .dst = dst, .cb = cb, .arg = arg, .left = n,
-				  .inline_cb = inline_cb, .engine_async = how == DELIVER_ENGINE };
+				  .inline_cb = inline_cb, .engine_async = how == DELIVER_ENGINE,
+				  .low = flags & MOE_IO_READ_LOW };
 	for (uint32_t i = 0; i < n; i++) {
 		struct moe_io_piece *p = &r->pieces[i];
 
 		p->req = r;
+		p->low = r->low;
 		p->pos = start + (uint64_t)i * mr;
 		p->len = MOE_MIN(mr, span - (uint64_t)i * mr);
 		p->need = MOE_MIN(p->len, end - p->pos);
@@ -302,21 +363,126 @@ static int queue_read(struct moe_io *io, uint64_t offset, uint64_t len, void *ds
 		deliver_list(io, inline_list);
 		return 0;
 	}
-	if (io->pend_tail)
-		io->pend_tail->next = &r->pieces[0];
-	else
-		io->pend_head = &r->pieces[0];
-	io->pend_tail = &r->pieces[n - 1];
+	append_locked(io, &r->pieces[0], &r->pieces[n - 1]);
 	pthread_mutex_unlock(&io->lock);
 	return 0;
+}
+
+int moe_io_read_flags(struct moe_io *io, uint64_t offset, uint64_t len, void *dst,
+		      uint64_t dst_cap, uint32_t flags, moe_io_cb cb, void *arg)
+{
+	return queue_read(io, offset, len, dst, dst_cap, flags, cb, arg,
+			  io && (io->opts.flags & MOE_IO_CB_ENGINE_THREAD) ? DELIVER_ENGINE :
+			  DELIVER_POLL);
 }
 
 int moe_io_read(struct moe_io *io, uint64_t offset, uint64_t len, void *dst, uint64_t dst_cap,
 		moe_io_cb cb, void *arg)
 {
-	return queue_read(io, offset, len, dst, dst_cap, cb, arg,
-			  io && (io->opts.flags & MOE_IO_CB_ENGINE_THREAD) ? DELIVER_ENGINE :
-			  DELIVER_POLL);
+	return moe_io_read_flags(io, offset, len, dst, dst_cap, 0, cb, arg);
+}
+
+/* Is @r one of the reads (cb, args[0..n)) asks for?  args NULL: any read of cb (NULL: any). */
+static bool req_matches(const struct moe_io_req *r, moe_io_cb cb, void *const *args, uint32_t n)
+{
+	if (cb && r->cb != cb)
+		return false;
+	if (!args)
+		return true;
+	for (uint32_t i = 0; i < n; i++)
+		if (r->arg == args[i])
+			return true;
+	return false;
+}
+
+/* Matching low-priority reads that have not started (all their pieces wait in the queue). */
+static uint32_t unstarted_low_locked(struct moe_io *io, moe_io_cb cb, void *const *args,
+				     uint32_t n)
+{
+	uint32_t found = 0;
+
+	for (struct moe_io_piece *p = io->lpend_head; p; p = p->next)
+		if (p == &p->req->pieces[0] && !p->req->started && req_matches(p->req, cb, args, n))
+			found++;
+	return found;
+}
+
+int moe_io_cancel_low(struct moe_io *io, moe_io_cb cb, void *const *args, uint32_t n)
+{
+	struct moe_io_req *inline_list = NULL;
+	struct moe_io_piece **pp;
+	uint32_t found;
+
+	if (!io)
+		return moe_err(EINVAL, "moe_io_cancel_low: no engine");
+	pthread_mutex_lock(&io->lock);
+	/* with a list, all of them or none: a caller's reads belong together */
+	if (args && unstarted_low_locked(io, cb, args, n) < n) {
+		pthread_mutex_unlock(&io->lock);
+		return 0;
+	}
+	found = 0;
+	pp = &io->lpend_head;
+	io->lpend_tail = NULL;
+	while (*pp) {
+		struct moe_io_piece *p = *pp;
+		struct moe_io_req *r = p->req;
+
+		if (!r->started && req_matches(r, cb, args, n)) {
+			*pp = p->next;
+			found += p == &r->pieces[0];
+			r->cancelled = true;
+			r->res = -ECANCELED;
+			r->err_pos = p->pos;
+			if (--r->left == 0)
+				req_complete_locked(io, r, &inline_list);
+			continue;
+		}
+		io->lpend_tail = p;
+		pp = &p->next;
+	}
+	pthread_mutex_unlock(&io->lock);
+	deliver_list(io, inline_list);
+	return (int)found;
+}
+
+int moe_io_promote(struct moe_io *io, moe_io_cb cb, void *const *args, uint32_t n)
+{
+	struct moe_io_piece **pp, *first = NULL, *last = NULL;
+	int found = 0;
+
+	if (!io)
+		return moe_err(EINVAL, "moe_io_promote: no engine");
+	pthread_mutex_lock(&io->lock);
+	for (struct moe_io_piece *p = io->lpend_head; p; p = p->next)
+		if (req_matches(p->req, cb, args, n) && p->req->low) {
+			p->req->low = false;
+			found++;
+		}
+	/* their queued pieces join the demand queue, in order */
+	pp = &io->lpend_head;
+	io->lpend_tail = NULL;
+	while (*pp) {
+		struct moe_io_piece *p = *pp;
+
+		if (!p->req->low) {
+			*pp = p->next;
+			p->low = false;
+			p->next = NULL;
+			if (last)
+				last->next = p;
+			else
+				first = p;
+			last = p;
+			continue;
+		}
+		io->lpend_tail = p;
+		pp = &p->next;
+	}
+	if (first)
+		append_locked(io, first, last);
+	pthread_mutex_unlock(&io->lock);
+	return found;
 }
 
 int moe_io_submit(struct moe_io *io)
@@ -407,7 +573,7 @@ int moe_io_read_sync(struct moe_io *io, uint64_t offset, uint64_t len, void *dst
 	int ret;
 
 	/* Delivered by whichever thread ends the read, so other waiters never see it. */
-	ret = queue_read(io, offset, len, dst, dst_cap, sync_cb, &s, DELIVER_SYNC);
+	ret = queue_read(io, offset, len, dst, dst_cap, 0, sync_cb, &s, DELIVER_SYNC);
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&io->lock);
@@ -765,13 +931,12 @@ void moe_io_close(struct moe_io *io)
 		return;
 	pthread_mutex_lock(&io->lock);
 	io->closing = true;
-	while (io->pend_head) {
-		struct moe_io_piece *p = io->pend_head;
-
-		io->pend_head = p->next;
-		piece_end_locked(io, p, -ECANCELED, &inline_list);
-	}
-	io->pend_tail = NULL;
+	while (io->pend_head)
+		piece_end_locked(io, pop_locked(&io->pend_head, &io->pend_tail), -ECANCELED,
+				 &inline_list);
+	while (io->lpend_head)
+		piece_end_locked(io, pop_locked(&io->lpend_head, &io->lpend_tail), -ECANCELED,
+				 &inline_list);
 	if (io->inflight && io->ops->cancel)
 		io->ops->cancel(io);
 	while (io->inflight)

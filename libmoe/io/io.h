@@ -7,7 +7,9 @@
  * A caller's read becomes one request split into pieces of at most
  * max_request bytes.  Pieces wait in the engine's pending list until a
  * submit, then go to the backend while fewer than queue_depth are in
- * flight.  A backend ends every piece it accepted exactly once with
+ * flight; demand pieces always go before low-priority ones (prefetches,
+ * which also keep a quarter of the queue depth free for demand).  A backend
+ * ends every piece it accepted exactly once with
  * moe_io_piece_done(), from any thread; the engine retries short reads,
  * turns an early end of file into -ENODATA, and completes the request when
  * its last piece ends.
@@ -33,6 +35,7 @@ struct moe_io_piece {
 	uint8_t *buf;
 	int buf_index;           /* registered buffer holding buf, -1 for none */
 	struct moe_io_piece *next;
+	bool low;                /* prefetch (MOE_IO_READ_LOW): demand pieces go first */
 };
 
 /*
@@ -105,8 +108,10 @@ struct moe_io {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;     /* a request completed, or the in-flight count fell */
 	struct moe_io_piece *pend_head, *pend_tail;
+	struct moe_io_piece *lpend_head, *lpend_tail;  /* low priority */
 	struct moe_io_piece **batch;  /* queue_depth slots for issue() */
 	uint32_t inflight;
+	uint32_t low_inflight;
 	struct moe_io_req *done_head, *done_tail;
 	uint64_t undelivered;    /* requests whose callback moe_io_poll/wait still owes */
 	uint64_t engine_live;    /* MOE_IO_CB_ENGINE_THREAD requests not yet called back */
@@ -153,5 +158,7 @@ enum {
 extern unsigned moe_io_faults;
 /* A piece that covers this file offset ends with -EIO after its read (UINT64_MAX: off). */
 extern uint64_t moe_io_fault_eio_pos;
+/* The pread backend sleeps this long before each read (0: off): a slow disk for tests. */
+extern unsigned moe_io_fault_delay_us;
 
 #endif

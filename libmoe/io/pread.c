@@ -2,7 +2,9 @@
 /*
  * The pread backend, for where io_uring is refused (seccomp in containers,
  * kernel.io_uring_disabled): worker threads each doing one blocking pread
- * at a time, so the number of workers is the real queue depth.
+ * at a time, so the number of workers is the real queue depth.  Pieces the
+ * engine handed over wait in one queue, demand pieces ahead of low-priority
+ * ones.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -16,6 +18,7 @@ struct pread_be {
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
 	struct moe_io_piece *head, *tail;
+	struct moe_io_piece *dtail;  /* the last demand piece in the queue, or NULL */
 	bool stop;
 	bool cancel;             /* close: end queued pieces without reading */
 	unsigned n_threads;
@@ -44,6 +47,8 @@ static void *worker_main(void *arg)
 		be->head = p->next;
 		if (!be->head)
 			be->tail = NULL;
+		if (be->dtail == p)
+			be->dtail = NULL;
 		cancel = be->cancel;
 		pthread_mutex_unlock(&be->mu);
 
@@ -51,6 +56,8 @@ static void *worker_main(void *arg)
 			moe_io_piece_done(io, p, -ECANCELED);
 			continue;
 		}
+		if (moe_io_fault_delay_us)
+			usleep(moe_io_fault_delay_us);
 		do {
 			r = pread(io->fd, p->buf, p->len, (off_t)p->pos);
 		} while (r < 0 && errno == EINTR);
@@ -101,12 +108,25 @@ static int pread_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned
 
 	pthread_mutex_lock(&be->mu);
 	for (unsigned i = 0; i < n; i++) {
-		pieces[i]->next = NULL;
+		struct moe_io_piece *p = pieces[i];
+
+		if (!p->low) {
+			/* behind the demand pieces, ahead of every low-priority one */
+			struct moe_io_piece **at = be->dtail ? &be->dtail->next : &be->head;
+
+			p->next = *at;
+			*at = p;
+			if (!p->next)
+				be->tail = p;
+			be->dtail = p;
+			continue;
+		}
+		p->next = NULL;
 		if (be->tail)
-			be->tail->next = pieces[i];
+			be->tail->next = p;
 		else
-			be->head = pieces[i];
-		be->tail = pieces[i];
+			be->head = p;
+		be->tail = p;
 	}
 	pthread_cond_broadcast(&be->cond);
 	pthread_mutex_unlock(&be->mu);

@@ -127,7 +127,7 @@ struct route_rec {
 };
 
 static void record_route(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
-			 const float *logits, uint32_t n_expert, const int32_t *sel, uint32_t K)
+			 const float *logits, uint32_t n_expert, int32_t *sel, uint32_t K)
 {
 	struct route_rec *r = arg;
 

@@ -975,6 +975,176 @@ START_TEST(tools_bench_and_topo)
 }
 END_TEST
 
+/* ------------------------------------------------------------ priority */
+
+struct order {
+	pthread_mutex_t mu;
+	int seq[64];          /* job index in completion order */
+	int n;
+};
+
+struct ojob {
+	struct job j;
+	struct order *o;
+	int idx;
+};
+
+static void ojob_cb(void *arg, int64_t res, void *interior)
+{
+	struct ojob *oj = arg;
+
+	job_cb(&oj->j, res, interior);
+	pthread_mutex_lock(&oj->o->mu);
+	oj->o->seq[oj->o->n++] = oj->idx;
+	pthread_mutex_unlock(&oj->o->mu);
+}
+
+static void oread(struct moe_io *io, struct ojob *oj, struct order *o, int idx, uint64_t off,
+		  uint64_t len, uint32_t flags)
+{
+	prep_job(io, &oj->j, off, len, true);
+	oj->o = o;
+	oj->idx = idx;
+	ck_assert_int_eq(moe_io_read_flags(io, off, len, oj->j.dst, oj->j.cap, flags, ojob_cb, oj),
+			 0);
+}
+
+static void wait_all(struct moe_io *io, struct order *o, int n)
+{
+	while (o->n < n)
+		ck_assert_int_ge(moe_io_wait(io, 1), 0);
+}
+
+/*
+ * Queued demand reads start before every queued low-priority read: with one
+ * read in flight at a time, all demand reads complete first, whatever the
+ * order they were queued in; low-priority reads alone keep a quarter of the
+ * queue depth free.
+ */
+static void run_priority(const struct fixture *fx, enum moe_io_backend b)
+{
+	struct moe_io *io = open_io(fx->path, b, MOE_IO_DIRECT_AUTO, 1, 0);
+	struct order o = { .mu = PTHREAD_MUTEX_INITIALIZER };
+	struct ojob jobs[24];
+
+	for (int i = 0; i < 12; i++)
+		oread(io, &jobs[i], &o, i, (uint64_t)i * 70000, 65536 + i, i % 3 ? MOE_IO_READ_LOW : 0);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	wait_all(io, &o, 12);
+	for (int i = 0; i < 4; i++)
+		ck_assert_msg(o.seq[i] % 3 == 0, "completion %d is low-priority read %d", i, o.seq[i]);
+	for (int i = 0; i < 12; i++) {
+		check_job(fx, &jobs[i].j);
+		free_job(io, &jobs[i].j);
+	}
+	moe_io_close(io);
+
+	io = open_io(fx->path, b, MOE_IO_DIRECT_AUTO, 8, 0);
+	o.n = 0;
+	for (int i = 0; i < 20; i++)
+		oread(io, &jobs[i], &o, i, (uint64_t)i * 300000, 250000, MOE_IO_READ_LOW);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	pthread_mutex_lock(&io->lock);
+	ck_assert_uint_le(io->low_inflight, 6);
+	ck_assert_uint_le(io->inflight, 6);
+	pthread_mutex_unlock(&io->lock);
+	for (int i = 20; i < 22; i++)
+		oread(io, &jobs[i], &o, i, (uint64_t)i * 300000, 1000, 0);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	wait_all(io, &o, 22);
+	for (int i = 0; i < 22; i++) {
+		check_job(fx, &jobs[i].j);
+		free_job(io, &jobs[i].j);
+	}
+	moe_io_close(io);
+}
+
+START_TEST(priority_uring)
+{
+	struct fixture fx;
+
+	fx_setup(&fx);
+	run_priority(&fx, MOE_IO_URING);
+	fx_teardown(&fx);
+}
+END_TEST
+
+START_TEST(priority_pread)
+{
+	struct fixture fx;
+
+	fx_setup(&fx);
+	run_priority(&fx, MOE_IO_PREAD);
+	fx_teardown(&fx);
+}
+END_TEST
+
+/*
+ * Cancelling and promoting queued low-priority reads, on a slow disk (the
+ * pread backend sleeping before each read) with one read in flight, so what
+ * has started and what still waits is known.
+ */
+START_TEST(cancel_and_promote)
+{
+	struct fixture fx;
+	struct moe_io *io;
+	struct order o = { .mu = PTHREAD_MUTEX_INITIALIZER };
+	struct ojob j[8];
+	struct moe_io_stats st;
+	void *args[2];
+
+	fx_setup(&fx);
+	moe_io_fault_delay_us = 100000;
+	io = open_io(fx.path, MOE_IO_PREAD, MOE_IO_DIRECT_AUTO, 1, 0);
+	ck_assert_int_eq(moe_io_read_flags(io, 0, 10, NULL, 0, 0x10, job_cb, &j[0].j), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "unknown read flags"));
+	/* 0 starts at once; 1..4 wait behind it */
+	for (int i = 0; i < 5; i++)
+		oread(io, &j[i], &o, i, (uint64_t)i * 40960, 4096, MOE_IO_READ_LOW);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	/* the started read makes a list fail as a whole; nothing is cancelled */
+	args[0] = &j[0];
+	args[1] = &j[1];
+	ck_assert_int_eq(moe_io_cancel_low(io, ojob_cb, args, 2), 0);
+	args[0] = &j[1];
+	ck_assert_int_eq(moe_io_cancel_low(io, ojob_cb, args, 1), 1);
+	ck_assert_int_ge(moe_io_poll(io), 1);
+	ck_assert_int_eq(j[1].j.calls, 1);
+	ck_assert_int_eq(j[1].j.res, -ECANCELED);
+	/* 4 becomes a demand read and overtakes 2 and 3 */
+	args[0] = &j[4];
+	ck_assert_int_eq(moe_io_promote(io, ojob_cb, args, 1), 1);
+	wait_all(io, &o, 3);
+	ck_assert_int_eq(o.seq[0] + o.seq[1], 1);
+	ck_assert_int_eq(o.seq[2], 4);
+	/* every remaining low-priority read of the callback; 3 may have started by now */
+	ck_assert_int_ge(moe_io_cancel_low(io, ojob_cb, NULL, 0), 0);
+	wait_all(io, &o, 5);
+	ck_assert_int_eq(j[0].j.res, 4096);
+	ck_assert_int_eq(j[4].j.res, 4096);
+	moe_io_get_stats(io, &st);
+	ck_assert_uint_eq(st.errors, 0);
+	for (int i = 0; i < 5; i++) {
+		if (j[i].j.res >= 0)
+			check_job(&fx, &j[i].j);
+		free_job(io, &j[i].j);
+	}
+	/* a read split in pieces is not cancelled once its first piece runs */
+	o.n = 0;
+	moe_io_close(io);
+	io = open_io(fx.path, MOE_IO_PREAD, MOE_IO_DIRECT_AUTO, 1, 64 * 1024);
+	oread(io, &j[0], &o, 0, 0, 512 * 1024, MOE_IO_READ_LOW);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	ck_assert_int_eq(moe_io_cancel_low(io, NULL, NULL, 0), 0);
+	wait_all(io, &o, 1);
+	check_job(&fx, &j[0].j);
+	free_job(io, &j[0].j);
+	moe_io_fault_delay_us = 0;
+	moe_io_close(io);
+	fx_teardown(&fx);
+}
+END_TEST
+
 Suite *suite_io(void)
 {
 	Suite *s = suite_create("io");
@@ -1018,6 +1188,9 @@ Suite *suite_io(void)
 	tcase_add_test(tc, uring_refused);
 	tcase_add_test(tc, topology);
 	tcase_add_test(tc, tools_bench_and_topo);
+	tcase_add_test(tc, priority_uring);
+	tcase_add_test(tc, priority_pread);
+	tcase_add_test(tc, cancel_and_promote);
 	suite_add_tcase(s, tc);
 	return s;
 }

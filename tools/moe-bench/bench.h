@@ -24,5 +24,6 @@ struct bench_cmd {
 int bench_io(int argc, char **argv);
 int bench_quant(int argc, char **argv);
 int bench_decode(int argc, char **argv);
+int bench_prefetch(int argc, char **argv);
 
 #endif

@@ -23,6 +23,8 @@ static const struct cmd cmds[] = {
 	{ "load", do_load, "load [--warm] NAME MODEL   register a model's experts with moe.ko (root)" },
 	{ "unload", do_unload, "unload NAME                unregister a model from moe.ko (root)" },
 	{ "status", do_status, "status [--json]            models registered with moe.ko, counters" },
+	{ "stats", do_stats, "stats [--json|--csv] MODEL routing statistics saved for a model" },
+	{ "trace", do_trace, "trace simulate TRACE ...   replay a routing trace against the policies" },
 	{ "help", do_help, "help                       this text" },
 	{ 0 },
 };

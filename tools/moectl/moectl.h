@@ -34,5 +34,7 @@ int do_detokenize(int argc, char **argv);
 int do_load(int argc, char **argv);
 int do_unload(int argc, char **argv);
 int do_status(int argc, char **argv);
+int do_stats(int argc, char **argv);
+int do_trace(int argc, char **argv);
 
 #endif
