@@ -39,6 +39,11 @@ enum tok_pre {
 	PRE_QWEN2,
 	PRE_GPT4O,
 	PRE_GEMMA4,
+	PRE_QWEN35,
+	PRE_KIMI_K2,
+	PRE_DEEPSEEK_LLM,
+	PRE_DEEPSEEK_CODER,
+	PRE_DEEPSEEK3,
 };
 
 enum chat_format {
