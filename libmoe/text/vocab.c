@@ -371,7 +371,8 @@ static int cmp_special(const void *a, const void *b, void *arg)
 /* Names of end-of-generation tokens across the supported families. */
 static const char *const eog_names[] = {
 	"<|eot_id|>", "<|eom_id|>", "<|eot|>", "<|eom|>", "<|im_end|>", "<|end|>", "<|return|>",
-	"<|call|>", "<turn|>", "<end_of_turn>", "<|endoftext|>", "</s>",
+	"<|call|>", "<turn|>", "<end_of_turn>", "<|endoftext|>", "</s>", "[EOT]", "[EOS]",
+	"<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
 };
 
 static int build_specials(struct moe_tokenizer *t, const struct tok_spec *sp)
@@ -494,14 +495,7 @@ int tok_build(const struct tok_spec *sp, struct moe_tokenizer **out)
 		t->add_space_prefix = sp->add_space_prefix;
 	if (sp->arch)
 		snprintf(t->arch, sizeof(t->arch), "%s", sp->arch);
-	t->chat = tok_chat_detect(sp->chat_template, sp->chat_template_len, sp->arch);
-	/* Without a template, arch "llama" is Llama 3 when it has Llama 3's tokenizer. */
-	if (!sp->chat_template && t->chat == CHAT_MISTRAL && t->pre == PRE_LLAMA3)
-		t->chat = CHAT_LLAMA3;
-	/* Mixtral's template spaces its markers, Mistral v3 (Nemo) does not. */
-	t->chat_inst_space = t->chat == CHAT_MISTRAL &&
-			     (!sp->chat_template || strstr(sp->chat_template, "'[INST] '") ||
-			      strstr(sp->chat_template, "\"[INST] \""));
+	tok_chat_init(t, sp);
 	*out = t;
 	return 0;
 }

@@ -1038,10 +1038,16 @@ END_TEST
 
 /* ------------------------------------------------------------ chat */
 
+#define DS_BAR "\xef\xbd\x9c"
+#define DS_BOS "<" DS_BAR "begin\xe2\x96\x81of\xe2\x96\x81sentence" DS_BAR ">"
+#define DS_EOS "<" DS_BAR "end\xe2\x96\x81of\xe2\x96\x81sentence" DS_BAR ">"
+#define DS_USER "<" DS_BAR "User" DS_BAR ">"
+#define DS_ASSISTANT "<" DS_BAR "Assistant" DS_BAR ">"
+
 static struct moe_tokenizer *chat_tok(const char *tmpl, const char *arch)
 {
 	static const char *const toks[] = {
-		"<unk>", "<s>", "</s>", "<|begin_of_text|>", "<bos>", "<eos>",
+		"<unk>", "<s>", "</s>", "<|begin_of_text|>", "<bos>", "<eos>", DS_BOS, DS_EOS,
 	};
 	struct tok_spec sp = {
 		.model = "llama", .n_vocab = MOE_ARRAY_SIZE(toks), .tokens = toks,
@@ -1056,6 +1062,10 @@ static struct moe_tokenizer *chat_tok(const char *tmpl, const char *arch)
 	if (arch && !strcmp(arch, "gemma4")) {
 		sp.bos = 4;
 		sp.eos = 5;
+	}
+	if (arch && !strcmp(arch, "deepseek2")) {
+		sp.bos = 6;
+		sp.eos = 7;
 	}
 	ck_assert_int_eq(tok_build(&sp, &t), 0);
 	return t;
@@ -1143,6 +1153,203 @@ START_TEST(chat_harmony_and_errors)
 }
 END_TEST
 
+/*
+ * DeepSeek, GLM-4.5/4.6 and Kimi K2 with their real templates
+ * (tests/data/templates): the prompts are what Jinja renders from each
+ * (trim_blocks and lstrip_blocks, as Hugging Face applies them) for three
+ * conversations: with a system message, with reasoning in an earlier answer,
+ * and one ending in an answer (no assistant prefix).
+ */
+START_TEST(chat_real_templates)
+{
+	static const struct moe_chat_msg convs[3][4] = {
+		{ { "system", "Be brief." }, { "user", "Hi" }, { "assistant", "Hello." },
+		  { "user", "2+2?" } },
+		{ { "user", "Hi" }, { "assistant", "<think>greet</think>Hello." }, { "user", "2+2?" } },
+		{ { "user", "Hi" }, { "assistant", "<think>\nplan\n</think>\n\nHello." } },
+	};
+	static const int n_msgs[3] = { 4, 3, 2 };
+	static const struct {
+		const char *file, *arch, *fmt;
+		int conv;
+		const char *want;
+	} cases[] = {
+		{ "deepseek-ai-DeepSeek-V2-Chat.jinja", "deepseek2", "deepseek2", 0,
+		  DS_BOS "Be brief.\n\nUser: Hi\n\nAssistant: Hello." DS_EOS
+		  "User: 2+2?\n\nAssistant:" },
+		{ "deepseek-ai-DeepSeek-V2-Chat.jinja", "deepseek2", "deepseek2", 1,
+		  DS_BOS "User: Hi\n\nAssistant: <think>greet</think>Hello." DS_EOS
+		  "User: 2+2?\n\nAssistant:" },
+		{ "deepseek-ai-DeepSeek-V2-Chat.jinja", "deepseek2", "deepseek2", 2,
+		  DS_BOS "User: Hi\n\nAssistant: <think>\nplan\n</think>\n\nHello." DS_EOS },
+		{ "deepseek-ai-DeepSeek-V3.jinja", "deepseek2", "deepseek3", 0,
+		  DS_BOS "Be brief." DS_USER "Hi" DS_ASSISTANT "Hello." DS_EOS DS_USER "2+2?"
+		  DS_ASSISTANT },
+		{ "deepseek-ai-DeepSeek-V3.jinja", "deepseek2", "deepseek3", 1,
+		  DS_BOS DS_USER "Hi" DS_ASSISTANT "<think>greet</think>Hello." DS_EOS DS_USER "2+2?"
+		  DS_ASSISTANT },
+		{ "deepseek-ai-DeepSeek-V3.jinja", "deepseek2", "deepseek3", 2,
+		  DS_BOS DS_USER "Hi" DS_ASSISTANT "<think>\nplan\n</think>\n\nHello." DS_EOS },
+		{ "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek2", "deepseek3", 0,
+		  DS_BOS "Be brief." DS_USER "Hi" DS_ASSISTANT "<think></think>Hello." DS_EOS DS_USER
+		  "2+2?" DS_ASSISTANT "<think></think>" },
+		{ "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek2", "deepseek3", 1,
+		  DS_BOS DS_USER "Hi" DS_ASSISTANT "<think></think>Hello." DS_EOS DS_USER "2+2?"
+		  DS_ASSISTANT "<think></think>" },
+		{ "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek2", "deepseek3", 2,
+		  DS_BOS DS_USER "Hi" DS_ASSISTANT "<think></think>\n\nHello." DS_EOS },
+		{ "GLM-4.6.jinja", "glm4moe", "glm4", 0,
+		  "[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>"
+		  "\n<think></think>\nHello.<|user|>\n2+2?<|assistant|>" },
+		{ "GLM-4.6.jinja", "glm4moe", "glm4", 1,
+		  "[gMASK]<sop><|user|>\nHi<|assistant|>\n<think></think>"
+		  "\nHello.<|user|>\n2+2?<|assistant|>" },
+		{ "GLM-4.6.jinja", "glm4moe", "glm4", 2,
+		  "[gMASK]<sop><|user|>\nHi<|assistant|>\n<think>plan</think>" "\nHello." },
+		{ "Kimi-K2-Instruct.jinja", "deepseek2", "kimi-k2", 0,
+		  "<|im_system|>system<|im_middle|>Be brief.<|im_end|>"
+		  "<|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|>Hello.<|im_end|><|im_user|>"
+		  "user<|im_middle|>2+2?<|im_end|><|im_assistant|>" "assistant<|im_middle|>" },
+		{ "Kimi-K2-Instruct.jinja", "deepseek2", "kimi-k2", 1,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are Kimi, an AI assistant created by Moonshot AI.<|i"
+		  "m_end|>\n<|im_user|>user<|im_middle|>Hi<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|><think>"
+		  "greet</think>Hello.<|im_end|><|im_user|>"
+		  "user<|im_middle|>2+2?<|im_end|><|im_assistant|>" "assistant<|im_middle|>" },
+		{ "Kimi-K2-Instruct.jinja", "deepseek2", "kimi-k2", 2,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are Kimi, an AI assistant created by Moonshot AI.<|i"
+		  "m_end|>\n<|im_user|>user<|im_middle|>Hi<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|><think>"
+		  "\nplan\n</think>\n\nHello.<|im_end|>" },
+		{ "Kimi-K2-Thinking.jinja", "deepseek2", "kimi-k2", 0,
+		  "<|im_system|>system<|im_middle|>Be brief.<|im_end|>"
+		  "<|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|><think></think>Hello.<|im_end|>"
+		  "<|im_user|>user<|im_middle|>2+2?<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|>" },
+		{ "Kimi-K2-Thinking.jinja", "deepseek2", "kimi-k2", 1,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are Kimi, an AI assistant created by Moonshot AI.<|i"
+		  "m_end|><|im_user|>user<|im_middle|>Hi<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|><think></think>"
+		  "<think>greet</think>Hello.<|im_end|><|im_user|>"
+		  "user<|im_middle|>2+2?<|im_end|><|im_assistant|>" "assistant<|im_middle|>" },
+		{ "Kimi-K2-Thinking.jinja", "deepseek2", "kimi-k2", 2,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are Kimi, an AI assistant created by Moonshot AI.<|i"
+		  "m_end|><|im_user|>user<|im_middle|>Hi<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|><think></think>"
+		  "<think>\nplan\n</think>\n\nHello.<|im_end|>" },
+		{ "moonshotai-Kimi-K2.jinja", "deepseek2", "kimi-k2", 0,
+		  "<|im_system|>system<|im_middle|>Be brief.<|im_end|>"
+		  "<|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|>Hello.<|im_end|><|im_user|>"
+		  "user<|im_middle|>2+2?<|im_end|><|im_assistant|>" "assistant<|im_middle|>" },
+		{ "moonshotai-Kimi-K2.jinja", "deepseek2", "kimi-k2", 1,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are a helpful assistant<|im_end|><|im_user|>"
+		  "user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|><think>greet</think>"
+		  "Hello.<|im_end|><|im_user|>user<|im_middle|>"
+		  "2+2?<|im_end|><|im_assistant|>assistant<|im_middle|>" },
+		{ "moonshotai-Kimi-K2.jinja", "deepseek2", "kimi-k2", 2,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are a helpful assistant<|im_end|><|im_user|>"
+		  "user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|><think>\nplan\n</think>" "\n\nHello.<|im_end|>" },
+	};
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
+		char rel[256], *tmpl, *out;
+		struct moe_tokenizer *t;
+		int n, c = cases[k].conv;
+
+		snprintf(rel, sizeof(rel), "tests/data/templates/%s", cases[k].file);
+		tmpl = tu_read_file(tu_src(rel), NULL);
+		ck_assert_msg(tmpl != NULL, "cannot read %s", rel);
+		t = chat_tok(tmpl, cases[k].arch);
+		ck_assert_str_eq(moe_chat_format(t), cases[k].fmt);
+		n = moe_chat_render(t, convs[c], n_msgs[c], c != 2, &out);
+		ck_assert_msg(n > 0, "%s: %s", cases[k].file, moe_errmsg());
+		ck_assert_msg(!strcmp(out, cases[k].want), "%s, conversation %d:\n got '%s'\nwant '%s'",
+			      cases[k].file, c, out, cases[k].want);
+		free(out);
+		free(tmpl);
+		moe_tokenizer_free(t);
+	}
+}
+END_TEST
+
+/* DeepSeek-R1's reply opens a think block; its answers are shown without their reasoning. */
+START_TEST(chat_deepseek_r1)
+{
+	static const struct moe_chat_msg conv[] = {
+		{ "user", "Hi" }, { "assistant", "<think>a</think>b</think>Hello." }, { "user", "2+2?" },
+	};
+	struct moe_tokenizer *t = chat_tok("{% set content = content.split('</think>')[-1] %}"
+					   "{{'" DS_ASSISTANT "<think>\\n'}}", "deepseek2");
+	char *out;
+
+	ck_assert_int_gt(moe_chat_render(t, conv, 3, true, &out), 0);
+	ck_assert_str_eq(moe_chat_format(t), "deepseek3");
+	ck_assert_str_eq(out, DS_BOS DS_USER "Hi" DS_ASSISTANT "Hello." DS_EOS DS_USER "2+2?"
+			 DS_ASSISTANT "<think>\n");
+	free(out);
+	moe_tokenizer_free(t);
+}
+END_TEST
+
+/*
+ * Without a template, the architecture and the tokenizer's split choose:
+ * deepseek2 is DeepSeek-V2, V3 or Kimi K2 by tokenizer.ggml.pre.  The
+ * prompt of the real DeepSeek-V3 vocabulary parses back into its markers.
+ */
+START_TEST(chat_by_arch)
+{
+	static const struct {
+		const char *pre, *fmt;
+	} cases[] = {
+		{ "deepseek-v3", "deepseek3" }, { "kimi-k2", "kimi-k2" }, { "deepseek-llm", "deepseek2" },
+	};
+	static const struct moe_chat_msg conv[] = { { "user", "Hi" } };
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
+		struct fixture fx;
+		struct moe_tokenizer *t = load_fixture("deepseek-v3", cases[k].pre, &fx);
+		int32_t *ids;
+		char *out;
+		int n, len = moe_chat_render(t, conv, 1, true, &out);
+
+		ck_assert_int_gt(len, 0);
+		ck_assert_str_eq(moe_chat_format(t), cases[k].fmt);
+		ids = tokenize_all(t, out, (size_t)len, MOE_TOK_PARSE_SPECIAL, &n);
+		if (!strcmp(cases[k].fmt, "deepseek3")) {
+			ck_assert_str_eq(out, DS_BOS DS_USER "Hi" DS_ASSISTANT);
+			/* "Hi" is one or two tokens: the cut vocabulary has only its texts' tokens */
+			ck_assert_int_ge(n, 4);
+			ck_assert_int_eq(ids[0], moe_tokenizer_bos(t));
+			ck_assert_int_eq(ids[1], moe_tokenizer_find(t, DS_USER));
+			ck_assert_int_eq(ids[n - 1], moe_tokenizer_find(t, DS_ASSISTANT));
+		}
+		ck_assert(moe_tokenizer_add_bos(t));
+		ck_assert(moe_tokenizer_is_eog(t, moe_tokenizer_find(t, DS_EOS)));
+		free(ids);
+		free(out);
+		moe_tokenizer_free(t);
+		fixture_free(&fx);
+	}
+	{
+		struct moe_tokenizer *t = chat_tok(NULL, "glm4moe");
+
+		ck_assert_str_eq(moe_chat_format(t), "glm4");
+		moe_tokenizer_free(t);
+	}
+}
+END_TEST
+
 /* The real templates' families are recognised. */
 START_TEST(chat_detect_templates)
 {
@@ -1155,6 +1362,13 @@ START_TEST(chat_detect_templates)
 		{ "google-gemma-4-31B-it.jinja", "gemma4", CHAT_GEMMA4 },
 		{ "meta-llama-Llama-3.3-70B-Instruct.jinja", "llama", CHAT_LLAMA3 },
 		{ "mistralai-Mistral-Nemo-Instruct-2407.jinja", "llama", CHAT_MISTRAL },
+		{ "deepseek-ai-DeepSeek-V2-Chat.jinja", "deepseek2", CHAT_DEEPSEEK2 },
+		{ "deepseek-ai-DeepSeek-V3.jinja", "deepseek2", CHAT_DEEPSEEK3 },
+		{ "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek2", CHAT_DEEPSEEK3 },
+		{ "GLM-4.6.jinja", "glm4moe", CHAT_GLM4 },
+		{ "Kimi-K2-Instruct.jinja", "deepseek2", CHAT_KIMI_K2 },
+		{ "Kimi-K2-Thinking.jinja", "deepseek2", CHAT_KIMI_K2 },
+		{ "moonshotai-Kimi-K2.jinja", "deepseek2", CHAT_KIMI_K2 },
 	};
 
 	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
@@ -1163,8 +1377,12 @@ START_TEST(chat_detect_templates)
 		size_t len;
 		char *tmpl;
 
+		/* Ours in tests/data/templates, the others in shared/reference/templates. */
+		snprintf(rel, sizeof(rel), "tests/data/templates/%s", cases[k].file);
+		path = access(tu_src(rel), R_OK) ? NULL : tu_src(rel);
 		snprintf(rel, sizeof(rel), "reference/templates/%s", cases[k].file);
-		path = tu_shared(rel);
+		if (!path)
+			path = tu_shared(rel);
 		if (!path)
 			continue;
 		tmpl = tu_read_file(path, &len);
@@ -1291,6 +1509,9 @@ Suite *suite_tokenizer(void)
 	tcase_add_test(tc, chat_formats);
 	tcase_add_test(tc, chat_harmony_and_errors);
 	tcase_add_test(tc, chat_detect_templates);
+	tcase_add_test(tc, chat_real_templates);
+	tcase_add_test(tc, chat_deepseek_r1);
+	tcase_add_test(tc, chat_by_arch);
 	if (any) {
 		tcase_add_test(tc, stream_detok);
 		tcase_add_test(tc, special_tokens);
