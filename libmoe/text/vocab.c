@@ -372,7 +372,7 @@ static int cmp_special(const void *a, const void *b, void *arg)
 static const char *const eog_names[] = {
 	"<|eot_id|>", "<|eom_id|>", "<|eot|>", "<|eom|>", "<|im_end|>", "<|end|>", "<|return|>",
 	"<|call|>", "<turn|>", "<end_of_turn>", "<|endoftext|>", "</s>", "[EOT]", "[EOS]",
-	"<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+	"<\357\275\234end\342\226\201of\342\226\201sentence\357\275\234>", /* DeepSeek's */
 };
 
 static int build_specials(struct moe_tokenizer *t, const struct tok_spec *sp)
