@@ -123,6 +123,7 @@ void tok_chat_init(struct moe_tokenizer *t, const struct tok_spec *sp)
 		t->chat_think = THINK_OPEN;
 	if (t->chat == CHAT_KIMI_K2)
 		kimi_system(t, tmpl, len);
+	t->chat_compact = t->chat == CHAT_GLM4 && has(tmpl, len, "<|user|>{{");
 }
 
 static const char *const format_names[] = {
@@ -443,11 +444,15 @@ static size_t trimmed_len(const char *s, const char **start)
 }
 
 /*
- * GLM-4.5/4.6.  An answer's reasoning ("<think>...</think>" at its start) is
- * shown only after the last user turn; earlier answers get an empty block.
+ * GLM-4.5 and 4.6; GLM-4.7 is compact: no newline after the role markers, a
+ * bare "</think>" for an answer without reasoning, and the reply opens a
+ * think block.  An answer's reasoning ("<think>...</think>" at its start) is
+ * shown only after the last user turn.
  */
-static void render_glm4(struct sb *b, const struct moe_chat_msg *m, int n, bool gen)
+static void render_glm4(struct sb *b, const struct moe_tokenizer *t,
+			const struct moe_chat_msg *m, int n, bool gen)
 {
+	const char *nl = t->chat_compact ? "" : "\n";
 	int last_user = -1;
 
 	for (int i = 0; i < n; i++)
@@ -459,7 +464,8 @@ static void render_glm4(struct sb *b, const struct moe_chat_msg *m, int n, bool 
 		size_t rn = 0, an;
 
 		if (strcmp(m[i].role, "assistant")) {
-			sb_add(b, !strcmp(m[i].role, "user") ? "<|user|>\n" : "<|system|>\n");
+			sb_add(b, !strcmp(m[i].role, "user") ? "<|user|>" : "<|system|>");
+			sb_add(b, nl);
 			sb_add(b, c);
 			continue;
 		}
@@ -476,6 +482,7 @@ static void render_glm4(struct sb *b, const struct moe_chat_msg *m, int n, bool 
 				end = strstr(end + 8, "</think>");
 			c = end + 8;
 		}
+		sb_add(b, nl);
 		if (i > last_user && rn) {
 			char *tmp = strndup(r, rn);
 			const char *rs;
@@ -486,21 +493,21 @@ static void render_glm4(struct sb *b, const struct moe_chat_msg *m, int n, bool 
 				return;
 			}
 			rl = trimmed_len(tmp, &rs);
-			sb_add(b, "\n<think>");
+			sb_add(b, "<think>");
 			sb_addn(b, rs, rl);
 			sb_add(b, "</think>");
 			free(tmp);
 		} else {
-			sb_add(b, "\n<think></think>");
+			sb_add(b, t->chat_compact ? "</think>" : "<think></think>");
 		}
 		an = trimmed_len(c, &a);
 		if (an) {
-			sb_add(b, "\n");
+			sb_add(b, nl);
 			sb_addn(b, a, an);
 		}
 	}
 	if (gen)
-		sb_add(b, "<|assistant|>");
+		sb_add(b, t->chat_compact ? "<|assistant|><think>" : "<|assistant|>");
 }
 
 /* Kimi K2: role markers with the role's name, a default system turn. */
@@ -575,7 +582,7 @@ MOE_API int moe_chat_render(const struct moe_tokenizer *t, const struct moe_chat
 		render_deepseek3(&b, t, msgs, n_msgs, add_assistant_prefix);
 		break;
 	case CHAT_GLM4:
-		render_glm4(&b, msgs, n_msgs, add_assistant_prefix);
+		render_glm4(&b, t, msgs, n_msgs, add_assistant_prefix);
 		break;
 	case CHAT_KIMI_K2:
 		render_kimi(&b, t, msgs, n_msgs, add_assistant_prefix);

@@ -56,7 +56,7 @@ enum chat_format {
 	CHAT_GEMMA4,   /* <|turn>role ... <turn|> */
 	CHAT_DEEPSEEK2, /* DeepSeek-V2, Coder-V2: User: ... Assistant: ... */
 	CHAT_DEEPSEEK3, /* DeepSeek-V3/R1: <｜User｜> ... <｜Assistant｜> ... */
-	CHAT_GLM4,     /* GLM-4.5/4.6: [gMASK]<sop><|user|>\n ... <|assistant|> */
+	CHAT_GLM4,     /* GLM-4.5 to 4.7: [gMASK]<sop><|user|>\n ... <|assistant|> */
 	CHAT_KIMI_K2,  /* <|im_user|>user<|im_middle|> ... <|im_end|> */
 };
 
@@ -108,6 +108,7 @@ struct moe_tokenizer {
 	bool chat_inst_space;   /* Mixtral: "[INST] text [/INST]" */
 	uint8_t chat_think;     /* enum chat_think: how the template shows reasoning */
 	bool chat_system_nl;    /* Kimi: a newline follows the default system turn */
+	bool chat_compact;      /* GLM-4.7: no newline after role markers, bare </think> */
 	char chat_system[128];  /* Kimi: the system turn of a conversation without one */
 	char arch[32];
 };

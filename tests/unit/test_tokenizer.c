@@ -1154,7 +1154,7 @@ START_TEST(chat_harmony_and_errors)
 END_TEST
 
 /*
- * DeepSeek, GLM-4.5/4.6 and Kimi K2 with their real templates
+ * DeepSeek, GLM-4.6 and 4.7 and Kimi K2 with their real templates
  * (tests/data/templates): the prompts are what Jinja renders from each
  * (trim_blocks and lstrip_blocks, as Hugging Face applies them) for three
  * conversations: with a system message, with reasoning in an earlier answer,
@@ -1206,6 +1206,14 @@ START_TEST(chat_real_templates)
 		  "\nHello.<|user|>\n2+2?<|assistant|>" },
 		{ "GLM-4.6.jinja", "glm4moe", "glm4", 2,
 		  "[gMASK]<sop><|user|>\nHi<|assistant|>\n<think>plan</think>" "\nHello." },
+		{ "GLM-4.7-Flash.jinja", "glm4moe", "glm4", 0,
+		  "[gMASK]<sop><|system|>Be brief.<|user|>Hi<|assistant|>"
+		  "</think>Hello.<|user|>2+2?<|assistant|><think>" },
+		{ "GLM-4.7-Flash.jinja", "glm4moe", "glm4", 1,
+		  "[gMASK]<sop><|user|>Hi<|assistant|></think>"
+		  "Hello.<|user|>2+2?<|assistant|><think>" },
+		{ "GLM-4.7-Flash.jinja", "glm4moe", "glm4", 2,
+		  "[gMASK]<sop><|user|>Hi<|assistant|><think>plan</think>" "Hello." },
 		{ "Kimi-K2-Instruct.jinja", "deepseek2", "kimi-k2", 0,
 		  "<|im_system|>system<|im_middle|>Be brief.<|im_end|>"
 		  "<|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>"
@@ -1366,6 +1374,7 @@ START_TEST(chat_detect_templates)
 		{ "deepseek-ai-DeepSeek-V3.jinja", "deepseek2", CHAT_DEEPSEEK3 },
 		{ "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek2", CHAT_DEEPSEEK3 },
 		{ "GLM-4.6.jinja", "glm4moe", CHAT_GLM4 },
+		{ "GLM-4.7-Flash.jinja", "glm4moe", CHAT_GLM4 },
 		{ "Kimi-K2-Instruct.jinja", "deepseek2", CHAT_KIMI_K2 },
 		{ "Kimi-K2-Thinking.jinja", "deepseek2", CHAT_KIMI_K2 },
 		{ "moonshotai-Kimi-K2.jinja", "deepseek2", CHAT_KIMI_K2 },
