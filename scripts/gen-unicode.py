@@ -3,9 +3,10 @@
 """Generate libmoe/text/unicode_tables.c from the Unicode Character Database.
 
 The tokenizers' pre-tokenizer splits need a few properties per code point:
-the letter subcategories (Lu, Ll, Lt, Lm, Lo), marks (M*), numbers (N*) and
-White_Space.  They are stored as sorted runs of code points sharing one flag
-byte, so a lookup is a binary search over a few thousand entries.
+the letter subcategories (Lu, Ll, Lt, Lm, Lo), marks (M*), numbers (N*),
+punctuation (P*), symbols (S*), White_Space and the Han script.  They are
+stored as sorted runs of code points sharing one 16-bit flag word, so a
+lookup is a binary search over a few thousand entries.
 
 usage: scripts/gen-unicode.py [UCD_DIR] > libmoe/text/unicode_tables.c
 UCD_DIR defaults to /usr/share/unicode (Debian's unicode-data package).
@@ -18,14 +19,18 @@ FLAGS = {
     'Lu': 0x01, 'Ll': 0x02, 'Lt': 0x04, 'Lm': 0x08, 'Lo': 0x10,
     'Mn': 0x20, 'Mc': 0x20, 'Me': 0x20,
     'Nd': 0x40, 'Nl': 0x40, 'No': 0x40,
+    'Pc': 0x100, 'Pd': 0x100, 'Ps': 0x100, 'Pe': 0x100, 'Pi': 0x100, 'Pf': 0x100,
+    'Po': 0x100,
+    'Sm': 0x200, 'Sc': 0x200, 'Sk': 0x200, 'So': 0x200,
 }
 WHITE = 0x80
+HAN = 0x400
 MAX_CPT = 0x110000
 
 
 def main():
     ucd = sys.argv[1] if len(sys.argv) > 1 else '/usr/share/unicode'
-    flags = bytearray(MAX_CPT)
+    flags = [0] * MAX_CPT
     first = None
     with open(os.path.join(ucd, 'UnicodeData.txt'), encoding='utf-8') as f:
         for line in f:
@@ -53,6 +58,17 @@ def main():
             lo, _, hi = rng.partition('..')
             for c in range(int(lo, 16), int(hi or lo, 16) + 1):
                 flags[c] |= WHITE
+    with open(os.path.join(ucd, 'Scripts.txt'), encoding='utf-8') as f:
+        for line in f:
+            line = line.split('#')[0].strip()
+            if not line:
+                continue
+            rng, script = [x.strip() for x in line.split(';')]
+            if script != 'Han':
+                continue
+            lo, _, hi = rng.partition('..')
+            for c in range(int(lo, 16), int(hi or lo, 16) + 1):
+                flags[c] |= HAN
     starts = []
     vals = []
     for c in range(MAX_CPT):
@@ -76,14 +92,14 @@ def main():
     for i in range(0, len(starts), 8):
         out.write('\t' + ' '.join('0x%05x,' % s for s in starts[i:i + 8]) + '\n')
     out.write('};\n\n')
-    out.write('const uint8_t moe_ucd_run_flags[%d] = {\n' % len(vals))
-    for i in range(0, len(vals), 12):
-        out.write('\t' + ' '.join('0x%02x,' % v for v in vals[i:i + 12]) + '\n')
+    out.write('const uint16_t moe_ucd_run_flags[%d] = {\n' % len(vals))
+    for i in range(0, len(vals), 10):
+        out.write('\t' + ' '.join('0x%03x,' % v for v in vals[i:i + 10]) + '\n')
     out.write('};\n\n')
     out.write('const unsigned moe_ucd_runs = %d;\n\n' % len(starts))
-    out.write('const uint8_t moe_ucd_ascii[128] = {\n')
-    for i in range(0, 128, 12):
-        out.write('\t' + ' '.join('0x%02x,' % flags[c] for c in range(i, min(i + 12, 128))) + '\n')
+    out.write('const uint16_t moe_ucd_ascii[128] = {\n')
+    for i in range(0, 128, 10):
+        out.write('\t' + ' '.join('0x%03x,' % flags[c] for c in range(i, min(i + 10, 128))) + '\n')
     out.write('};\n')
 
 

@@ -757,8 +757,9 @@ struct moe_chat_msg {
 
 /*
  * Render a conversation in the model's prompt format (Llama 3/4, Qwen3
- * ChatML, gpt-oss harmony, Mistral/Mixtral [INST], Gemma 4), chosen from
- * tokenizer.chat_template and the architecture.  The result starts with the
+ * ChatML, gpt-oss harmony, Mistral/Mixtral [INST], Gemma 4, DeepSeek-V2 and
+ * V3/R1, GLM-4.5, Kimi K2), chosen from tokenizer.chat_template and the
+ * architecture.  The result starts with the
  * BOS text where the format writes it, so tokenize it with
  * MOE_TOK_PARSE_SPECIAL and without MOE_TOK_ADD_BOS.  With
  * @add_assistant_prefix the prompt ends where the assistant's reply starts.
@@ -767,8 +768,8 @@ struct moe_chat_msg {
  */
 MOE_API int moe_chat_render(const struct moe_tokenizer *t, const struct moe_chat_msg *msgs,
 			    int n_msgs, bool add_assistant_prefix, char **out);
-/* Name of the chosen format ("chatml", "llama3", "llama4", "harmony", "mistral", "gemma4"),
- * or "none". */
+/* Name of the chosen format ("chatml", "llama3", "llama4", "harmony", "mistral", "gemma4",
+ * "deepseek2", "deepseek3", "glm4", "kimi-k2"), or "none". */
 MOE_API const char *moe_chat_format(const struct moe_tokenizer *t);
 
 /* ------------------------------------------------------- inference engine */

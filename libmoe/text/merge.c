@@ -262,6 +262,14 @@ int tok_bpe(const struct moe_tokenizer *t, const char *text, size_t len, struct 
 				i += (uint32_t)cl;
 			}
 		} else {
+			for (uint32_t i = a; i < b; i++) {
+				if (t->byte_tok[(uint8_t)text[i]] < 0) {
+					ret = moe_err(EILSEQ,
+						      "the vocabulary has no token for byte 0x%02x, which the text holds: this model cannot take that text",
+						      (uint8_t)text[i]);
+					goto out;
+				}
+			}
 			if (t->ignore_merges) {
 				size_t wl = 0;
 				int32_t id;

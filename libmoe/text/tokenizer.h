@@ -39,6 +39,11 @@ enum tok_pre {
 	PRE_QWEN2,
 	PRE_GPT4O,
 	PRE_GEMMA4,
+	PRE_QWEN35,
+	PRE_KIMI_K2,
+	PRE_DEEPSEEK_LLM,
+	PRE_DEEPSEEK_CODER,
+	PRE_DEEPSEEK3,
 };
 
 enum chat_format {
@@ -49,6 +54,10 @@ enum chat_format {
 	CHAT_HARMONY,  /* gpt-oss: <|start|>role<|message|> ... <|end|> */
 	CHAT_MISTRAL,  /* [INST] ... [/INST] */
 	CHAT_GEMMA4,   /* <|turn>role ... <turn|> */
+	CHAT_DEEPSEEK2, /* DeepSeek-V2, Coder-V2: User: ... Assistant: ... */
+	CHAT_DEEPSEEK3, /* DeepSeek-V3/R1: <｜User｜> ... <｜Assistant｜> ... */
+	CHAT_GLM4,     /* GLM-4.5 to 4.7: [gMASK]<sop><|user|>\n ... <|assistant|> */
+	CHAT_KIMI_K2,  /* <|im_user|>user<|im_middle|> ... <|im_end|> */
 };
 
 struct tok_entry {
@@ -97,7 +106,17 @@ struct moe_tokenizer {
 
 	enum chat_format chat;
 	bool chat_inst_space;   /* Mixtral: "[INST] text [/INST]" */
+	uint8_t chat_think;     /* enum chat_think: how the template shows reasoning */
+	bool chat_system_nl;    /* Kimi: a newline follows the default system turn */
+	bool chat_compact;      /* GLM-4.7: no newline after role markers, bare </think> */
+	char chat_system[128];  /* Kimi: the system turn of a conversation without one */
 	char arch[32];
+};
+
+enum chat_think {
+	THINK_NONE = 0,
+	THINK_EMPTY,    /* DeepSeek-V3.1, Kimi K2 Thinking: "<think></think>" before answers */
+	THINK_OPEN,     /* DeepSeek-R1: the reply starts inside "<think>\n" */
 };
 
 /* Everything a tokenizer is built from; GGUF metadata or a test's arrays. */
@@ -155,5 +174,7 @@ int tok_bpe(const struct moe_tokenizer *t, const char *text, size_t len, struct 
 
 /* Chat format from the template text and architecture. */
 enum chat_format tok_chat_detect(const char *tmpl, size_t len, const char *arch);
+/* The chat format and its variant of a tokenizer being built. */
+void tok_chat_init(struct moe_tokenizer *t, const struct tok_spec *sp);
 
 #endif

@@ -16,13 +16,16 @@ enum {
 	UCD_M = 0x20,
 	UCD_N = 0x40,
 	UCD_WS = 0x80,
+	UCD_P = 0x100,
+	UCD_S = 0x200,
+	UCD_HAN = 0x400,   /* Script=Han, not a category: Han letters are Lo too */
 	UCD_L = UCD_LU | UCD_LL | UCD_LT | UCD_LM | UCD_LO,
 };
 
 extern const uint32_t moe_ucd_run_start[];
-extern const uint8_t moe_ucd_run_flags[];
+extern const uint16_t moe_ucd_run_flags[];
 extern const unsigned moe_ucd_runs;
-extern const uint8_t moe_ucd_ascii[128];
+extern const uint16_t moe_ucd_ascii[128];
 
 unsigned moe_ucd_flags_slow(uint32_t cpt);
 

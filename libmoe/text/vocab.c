@@ -107,8 +107,10 @@ static int gpt2_cpt_byte(uint32_t cpt)
 }
 
 /*
- * tokenizer.ggml.pre values.  Llama 3 and 4 are tiktoken vocabularies: a
- * pre-token that is a token is taken whole, and BOS is expected first.
+ * tokenizer.ggml.pre values.  Llama 3 and 4 and Kimi K2 are tiktoken
+ * vocabularies: a pre-token that is a token is taken whole.  Llama 3 and 4
+ * expect BOS first; for the others tokenizer.ggml.add_bos_token says.
+ * GLM-4's regex is Llama 3's, but its vocabulary merges every pre-token.
  */
 static const struct {
 	const char *name;
@@ -123,11 +125,19 @@ static const struct {
 	{ "llama3", PRE_LLAMA3, true, true },
 	{ "llama-v3", PRE_LLAMA3, true, true },
 	{ "smaug-bpe", PRE_LLAMA3, false, false },
+	{ "glm4", PRE_LLAMA3, false, false },
+	{ "chatglm-bpe", PRE_LLAMA3, false, false },
 	{ "qwen2", PRE_QWEN2, false, false },
 	{ "qwen3", PRE_QWEN2, false, false },
+	{ "deepseek-r1-qwen", PRE_QWEN2, false, false },
+	{ "qwen35", PRE_QWEN35, false, false },
 	{ "llama4", PRE_GPT4O, true, true },
 	{ "gpt-4o", PRE_GPT4O, false, false },
 	{ "gpt4o", PRE_GPT4O, false, false },
+	{ "kimi-k2", PRE_KIMI_K2, true, false },
+	{ "deepseek-llm", PRE_DEEPSEEK_LLM, false, false },
+	{ "deepseek-coder", PRE_DEEPSEEK_CODER, false, false },
+	{ "deepseek-v3", PRE_DEEPSEEK3, false, false },
 };
 
 static int set_kind(struct moe_tokenizer *t, const struct tok_spec *sp)
@@ -159,7 +169,7 @@ static int set_kind(struct moe_tokenizer *t, const struct tok_spec *sp)
 			}
 		}
 		return moe_err(ENOTSUP,
-			       "tokenizer.ggml.pre '%s' is not supported: use one of llama-bpe, llama3, qwen2, llama4, gpt-4o, gpt-2 (or add its split to libmoe/text/pretok.c)",
+			       "tokenizer.ggml.pre '%s' is not supported: use one of llama-bpe, llama3, glm4, qwen2, qwen35, llama4, gpt-4o, kimi-k2, deepseek-llm, deepseek-coder, deepseek-v3, gpt-2 (or add its split to libmoe/text/pretok.c)",
 			       pre);
 	}
 	if (!strcmp(sp->model, "none") || !strcmp(sp->model, "no_vocab"))
@@ -319,17 +329,21 @@ static bool mark_inside(const char *s, size_t len)
 
 static int build_bytes(struct moe_tokenizer *t)
 {
+	unsigned n_missing = 0;
+
 	for (unsigned b = 0; b < 256; b++) {
 		char s[8];
 		int len;
 
 		if (t->kind == TOK_BPE) {
+			/*
+			 * A vocabulary may lack bytes that UTF-8 never holds (GPT-NeoX
+			 * has none for 0xc0, 0xc1, 0xf5-0xff); tok_bpe fails if one is met.
+			 */
 			len = moe_utf8_encode(gpt2_byte_cpt((uint8_t)b), s);
 			t->byte_tok[b] = tok_find(t, s, (size_t)len);
 			if (t->byte_tok[b] < 0)
-				return moe_err(EINVAL,
-					       "byte-level BPE vocabulary lacks the token for byte 0x%02x ('%.*s'): the vocabulary is incomplete",
-					       b, len, s);
+				n_missing++;
 		} else {
 			len = snprintf(s, sizeof(s), "<0x%02X>", b);
 			t->byte_tok[b] = tok_find(t, s, (size_t)len);
@@ -339,6 +353,8 @@ static int build_bytes(struct moe_tokenizer *t)
 			}
 		}
 	}
+	if (n_missing)
+		moe_log(MOE_LOG_DEBUG, "tokenizer: no token for %u of the 256 bytes", n_missing);
 	return 0;
 }
 
@@ -355,7 +371,8 @@ static int cmp_special(const void *a, const void *b, void *arg)
 /* Names of end-of-generation tokens across the supported families. */
 static const char *const eog_names[] = {
 	"<|eot_id|>", "<|eom_id|>", "<|eot|>", "<|eom|>", "<|im_end|>", "<|end|>", "<|return|>",
-	"<|call|>", "<turn|>", "<end_of_turn>", "<|endoftext|>", "</s>",
+	"<|call|>", "<turn|>", "<end_of_turn>", "<|endoftext|>", "</s>", "[EOT]", "[EOS]",
+	"<\357\275\234end\342\226\201of\342\226\201sentence\357\275\234>", /* DeepSeek's */
 };
 
 static int build_specials(struct moe_tokenizer *t, const struct tok_spec *sp)
@@ -478,14 +495,7 @@ int tok_build(const struct tok_spec *sp, struct moe_tokenizer **out)
 		t->add_space_prefix = sp->add_space_prefix;
 	if (sp->arch)
 		snprintf(t->arch, sizeof(t->arch), "%s", sp->arch);
-	t->chat = tok_chat_detect(sp->chat_template, sp->chat_template_len, sp->arch);
-	/* Without a template, arch "llama" is Llama 3 when it has Llama 3's tokenizer. */
-	if (!sp->chat_template && t->chat == CHAT_MISTRAL && t->pre == PRE_LLAMA3)
-		t->chat = CHAT_LLAMA3;
-	/* Mixtral's template spaces its markers, Mistral v3 (Nemo) does not. */
-	t->chat_inst_space = t->chat == CHAT_MISTRAL &&
-			     (!sp->chat_template || strstr(sp->chat_template, "'[INST] '") ||
-			      strstr(sp->chat_template, "\"[INST] \""));
+	tok_chat_init(t, sp);
 	*out = t;
 	return 0;
 }

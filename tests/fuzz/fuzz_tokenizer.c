@@ -4,9 +4,11 @@
  * -fsanitize=fuzzer; `make check` replays tests/fuzz/corpus/tokenizer/.
  *
  * Input: byte 0 picks a mode, byte 1 the flags, the rest is either text for
- * one of five small built-in vocabularies (SentencePiece, byte-level BPE
- * with three splits, Gemma 4) or, in the last modes, a vocabulary itself:
- * tokens one per line, an empty line, then merges one per line.
+ * one of eleven small built-in vocabularies (SentencePiece, Gemma 4, and
+ * byte-level BPE with each split: GPT-2, Llama 3, GPT-4o, Qwen 3.5, Kimi K2,
+ * DeepSeek LLM, Coder and V3, GLM-4) or, in modes 5-7 and 14-15, a
+ * vocabulary itself: tokens one per line, an empty line, then merges one
+ * per line.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -25,9 +27,15 @@ static const char *const pieces[] = {
 	"\xe2\x96\x81\xe2\x96\x81", "\n", "\n\n", "<|eot|>", "<s>", "[U]", "\xc3\xa9", "\xe4\xbd\xa0",
 };
 
-static struct moe_tokenizer *fixed[5];
+#define N_FIXED 11
+static struct moe_tokenizer *fixed[N_FIXED];
 
-/* 0: SentencePiece, 1: gpt-2 split, 2: llama3, 3: gpt-4o, 4: Gemma 4. */
+/* 0: SentencePiece, 4: Gemma 4, the others byte-level BPE with the splits of pre[]. */
+static bool is_bpe(int kind)
+{
+	return kind != 0 && kind != 4;
+}
+
 static struct moe_tokenizer *build_fixed(int kind)
 {
 	static const char *const bpe_merges[] = { "Ġ t", "h e", "Ġt he", "i n", "e r", "Ġ Ġ" };
@@ -37,7 +45,10 @@ static struct moe_tokenizer *build_fixed(int kind)
 		"\xe2\x96\x81 t", "t h", "\xe2\x96\x81t h", "\xe2\x96\x81th e", "h e", "i n",
 		"e r", "\xe2\x96\x81 \xe2\x96\x81", "\n \n",
 	};
-	static const char *pre[] = { NULL, "gpt-2", "llama-bpe", "gpt-4o" };
+	static const char *pre[N_FIXED] = {
+		NULL, "gpt-2", "llama-bpe", "gpt-4o", NULL, "qwen35", "kimi-k2", "deepseek-llm",
+		"deepseek-coder", "deepseek-v3", "glm4",
+	};
 	const char *toks[512];
 	int32_t types[512];
 	float scores[512];
@@ -49,7 +60,7 @@ static struct moe_tokenizer *build_fixed(int kind)
 	struct moe_tokenizer *t = NULL;
 	uint32_t n = 0;
 
-	if (kind >= 1 && kind <= 3) {
+	if (is_bpe(kind)) {
 		unsigned next = 256;
 
 		for (unsigned b = 0; b < 256; b++) {
@@ -170,6 +181,11 @@ static void fuzz_vocab(const char *d, size_t size, uint8_t flags)
 {
 	static const char *const models[] = { "gpt2", "llama", "gemma4", "gpt2" };
 	static const char *const pres[] = { "qwen2", NULL, NULL, "llama4" };
+	/* Flags 0x10 and up pick one of the other splits for a byte-level vocabulary. */
+	static const char *const more_pres[] = {
+		"qwen35", "kimi-k2", "deepseek-llm", "deepseek-coder", "deepseek-v3", "glm4",
+		"gpt-2", "llama-bpe",
+	};
 	const char **toks = calloc(size + 1, sizeof(*toks));
 	const char **merges = calloc(size + 1, sizeof(*merges));
 	uint32_t *tl = calloc(size + 1, sizeof(*tl)), *ml = calloc(size + 1, sizeof(*ml));
@@ -203,6 +219,8 @@ static void fuzz_vocab(const char *d, size_t size, uint8_t flags)
 	}
 	sp.model = models[flags & 3];
 	sp.pre = pres[flags & 3];
+	if (sp.pre && flags >> 4)
+		sp.pre = more_pres[((flags >> 4) - 1) % (sizeof(more_pres) / sizeof(*more_pres))];
 	sp.n_vocab = nt;
 	sp.tokens = toks;
 	sp.token_lens = tl;
@@ -228,22 +246,23 @@ out:
 int fuzz_tokenizer(const uint8_t *data, size_t size)
 {
 	uint8_t mode, flags;
+	int kind;
 
 	if (size < 2)
 		return 0;
-	mode = data[0] % 8;
+	mode = data[0] % 16;
 	flags = data[1];
 	data += 2;
 	size -= 2;
-	if (mode >= 5) {
+	if ((mode >= 5 && mode <= 7) || mode >= 14) {
 		fuzz_vocab((const char *)data, size, flags);
 		return 0;
 	}
-	if (!fixed[mode])
-		fixed[mode] = build_fixed(mode);
+	kind = mode < 5 ? mode : mode - 3;
+	if (!fixed[kind])
+		fixed[kind] = build_fixed(kind);
 	/* Byte-level BPE gives back exactly the bytes it was given. */
-	exercise(fixed[mode], (const char *)data, size, flags & MOE_TOK_FLAGS_ALL,
-		 mode >= 1 && mode <= 3);
+	exercise(fixed[kind], (const char *)data, size, flags & MOE_TOK_FLAGS_ALL, is_bpe(kind));
 	return 0;
 }
 

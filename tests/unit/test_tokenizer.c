@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "moe/moe.h"
 #include "testutil.h"
@@ -66,29 +67,32 @@ static char *detok_all(const struct moe_tokenizer *t, const int32_t *ids, int n,
 	return buf;
 }
 
-/* Every case of one reference file: ids must match, and decoding them gives the text back. */
-START_TEST(conformance)
+static const char sep[] = "\n__ggml_vocab_test__\n";
+
+/*
+ * Every case of @inp through @t: the ids must be those of @out and, where
+ * @model_out is given, of @model_out instead (ids under the model's own
+ * regex where llama.cpp's split departs from it: @departures lists those
+ * cases, and every other case must agree with @out too).  Decoding the ids
+ * must give the text back.
+ */
+static void check_cases(const struct moe_tokenizer *t, const char *name, char *inp, char *out,
+			char *model_out, const int *departures, int n_departures)
 {
-	const char *name = vocabs[_i];
-	const char *sep = "\n__ggml_vocab_test__\n";
-	struct moe_model *m;
-	struct moe_tokenizer *t = load_vocab(vocab_path(name, ""), &m);
-	size_t inp_len, out_len;
-	char *inp = tu_read_file(vocab_path(name, ".inp"), &inp_len);
-	char *out = tu_read_file(vocab_path(name, ".out"), &out_len);
-	char *text = inp, *line = out, *fails = NULL;
+	char *text = inp, *line = out, *mline = model_out, *fails = NULL;
 	size_t fails_len = 0;
 	FILE *fl = open_memstream(&fails, &fails_len);
-	int cases = 0, bad = 0, bad_rt = 0;
+	int cases = 0, bad = 0, bad_rt = 0, n_dep = 0;
 
 	ck_assert_ptr_nonnull(inp);
 	ck_assert_ptr_nonnull(out);
 	for (;;) {
-		char *end = strstr(text, sep), *nl;
-		int32_t want[512];
-		int n_want = 0, n_got, dl;
+		char *end = strstr(text, sep), *nl, *mnl = NULL;
+		int32_t want[2048], want_l[2048];
+		int n_want = 0, n_want_l = 0, n_got, dl;
 		int32_t *got;
 		char *back;
+		bool departs, listed = false;
 
 		if (!end)
 			break;
@@ -100,8 +104,32 @@ START_TEST(conformance)
 
 			if (q == p)
 				break;
-			ck_assert_int_lt(n_want, 512);
-			want[n_want++] = (int32_t)v;
+			ck_assert_int_lt(n_want_l, 2048);
+			want_l[n_want_l++] = (int32_t)v;
+		}
+		if (mline) {
+			mnl = strchr(mline, '\n');
+			ck_assert_msg(mnl != NULL, "%s: fewer model-regex lines than texts", name);
+			*mnl = 0;
+			for (char *p = mline, *q; *p; p = q) {
+				long v = strtol(p, &q, 10);
+
+				if (q == p)
+					break;
+				ck_assert_int_lt(n_want, 2048);
+				want[n_want++] = (int32_t)v;
+			}
+			departs = n_want != n_want_l ||
+				  memcmp(want, want_l, (size_t)n_want * sizeof(*want));
+			for (int k = 0; k < n_departures; k++)
+				listed |= departures[k] == cases;
+			ck_assert_msg(departs == listed,
+				      "%s: case %d: llama.cpp %s the model's regex, against the list of known departures",
+				      name, cases, departs ? "departs from" : "agrees with");
+			n_dep += listed;
+		} else {
+			memcpy(want, want_l, (size_t)n_want_l * sizeof(*want));
+			n_want = n_want_l;
 		}
 		got = tokenize_all(t, text, (size_t)(end - text), 0, &n_got);
 		if (n_got != n_want || memcmp(got, want, (size_t)n_got * sizeof(*got))) {
@@ -125,16 +153,356 @@ START_TEST(conformance)
 		cases++;
 		text = end + strlen(sep);
 		line = nl + 1;
+		if (mline)
+			mline = mnl + 1;
 	}
 	fclose(fl);
 	ck_assert_msg(cases > 10, "%s: only %d cases", name, cases);
 	ck_assert_msg(!bad && !bad_rt, "%s: %d of %d cases differ, %d do not round-trip:%s", name,
 		      bad, cases, bad_rt, fails);
+	ck_assert_int_eq(n_dep, n_departures);
 	free(fails);
+}
+
+/* Every case of one reference file: ids must match, and decoding them gives the text back. */
+START_TEST(conformance)
+{
+	const char *name = vocabs[_i];
+	struct moe_model *m;
+	struct moe_tokenizer *t = load_vocab(vocab_path(name, ""), &m);
+	char *inp = tu_read_file(vocab_path(name, ".inp"), NULL);
+	char *out = tu_read_file(vocab_path(name, ".out"), NULL);
+
+	check_cases(t, name, inp, out, NULL, NULL, 0);
 	free(inp);
 	free(out);
 	moe_tokenizer_free(t);
 	moe_model_close(m);
+}
+END_TEST
+
+/* ------------------------------------------------------------ derived vocabularies */
+
+/* tests/data/vocab: see its README and scripts/derive-vocab.py. */
+static char *data_file(const char *name, const char *ext)
+{
+	char rel[256];
+	char *d;
+
+	snprintf(rel, sizeof(rel), "tests/data/vocab/%s%s", name, ext);
+	d = tu_read_file(tu_src(rel), NULL);
+	ck_assert_msg(d != NULL, "cannot read %s", rel);
+	return d;
+}
+
+/* Undo derive-vocab.py's escapes in place; returns the length. */
+static size_t unescape(char *s)
+{
+	char *o = s;
+
+	for (char *p = s; *p; p++) {
+		if (*p != '\\') {
+			*o++ = *p;
+			continue;
+		}
+		switch (*++p) {
+		case 's':
+			*o++ = ' ';
+			break;
+		case 'n':
+			*o++ = '\n';
+			break;
+		case 'r':
+			*o++ = '\r';
+			break;
+		case 't':
+			*o++ = '\t';
+			break;
+		case 'x': {
+			char hex[3] = { p[1], p[2], 0 };
+
+			*o++ = (char)strtol(hex, NULL, 16);
+			p += 2;
+			break;
+		}
+		default:
+			*o++ = *p;
+			break;
+		}
+	}
+	*o = 0;
+	return (size_t)(o - s);
+}
+
+struct fixture {
+	char *data;
+	const char **tokens;
+	uint32_t *lens;
+	int32_t *types;
+	const char **merges;
+	uint32_t *merge_lens;
+	char (*gap)[16];
+	struct tok_spec sp;
+};
+
+/*
+ * Build the tokenizer a derived vocabulary describes, with @pre for its
+ * tokenizer.ggml.pre when not NULL.  Ids absent from it get unused tokens
+ * whose text no byte-level text can spell (raw control bytes), so every id
+ * keeps its place and no merge or lookup can reach them.
+ */
+static struct moe_tokenizer *load_fixture(const char *name, const char *pre, struct fixture *fx)
+{
+	struct moe_tokenizer *t = NULL;
+	uint32_t n_merges = 0;
+	char *line, *save;
+
+	memset(fx, 0, sizeof(*fx));
+	fx->sp = (struct tok_spec){
+		.bos = -1, .eos = -1, .eot = -1, .eom = -1, .unk = -1, .add_bos = -1,
+		.add_space_prefix = -1,
+	};
+	fx->data = data_file(name, ".vocab");
+	for (line = strtok_r(fx->data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *val = strchr(line, ' ');
+
+		if (line[0] == '#' || !val)
+			continue;
+		*val++ = 0;
+		if (!strcmp(line, "model")) {
+			fx->sp.model = val;
+		} else if (!strcmp(line, "pre")) {
+			fx->sp.pre = val;
+		} else if (!strcmp(line, "arch")) {
+			fx->sp.arch = val;
+		} else if (!strcmp(line, "n_vocab")) {
+			fx->sp.n_vocab = (uint32_t)strtoul(val, NULL, 10);
+			fx->tokens = calloc(fx->sp.n_vocab, sizeof(*fx->tokens));
+			fx->lens = calloc(fx->sp.n_vocab, sizeof(*fx->lens));
+			fx->types = calloc(fx->sp.n_vocab, sizeof(*fx->types));
+			fx->gap = calloc(fx->sp.n_vocab, sizeof(*fx->gap));
+			fx->merges = calloc(fx->sp.n_vocab * 2, sizeof(*fx->merges));
+			fx->merge_lens = calloc(fx->sp.n_vocab * 2, sizeof(*fx->merge_lens));
+			ck_assert(fx->tokens && fx->lens && fx->types && fx->gap && fx->merges &&
+				  fx->merge_lens);
+		} else if (!strcmp(line, "bos_token_id")) {
+			fx->sp.bos = strtol(val, NULL, 10);
+		} else if (!strcmp(line, "eos_token_id")) {
+			fx->sp.eos = strtol(val, NULL, 10);
+		} else if (!strcmp(line, "unknown_token_id")) {
+			fx->sp.unk = strtol(val, NULL, 10);
+		} else if (!strcmp(line, "add_bos_token")) {
+			fx->sp.add_bos = (int)strtol(val, NULL, 10);
+		} else if (!strcmp(line, "t")) {
+			char *ty = strchr(val, ' '), *text = ty ? strchr(ty + 1, ' ') : NULL;
+			unsigned long id = strtoul(val, NULL, 10);
+
+			ck_assert_msg(text && id < fx->sp.n_vocab, "%s.vocab: bad token line", name);
+			*text++ = 0;
+			fx->types[id] = (int32_t)strtol(ty + 1, NULL, 10);
+			fx->lens[id] = (uint32_t)unescape(text);
+			fx->tokens[id] = text;
+		} else if (!strcmp(line, "m")) {
+			/* Unescaped, the line is the merge as the GGUF holds it. */
+			ck_assert(fx->merges && n_merges < fx->sp.n_vocab * 2);
+			fx->merge_lens[n_merges] = (uint32_t)unescape(val);
+			fx->merges[n_merges++] = val;
+		}
+	}
+	ck_assert_msg(fx->sp.model && fx->tokens, "%s.vocab has no model or n_vocab", name);
+	for (uint32_t i = 0; i < fx->sp.n_vocab; i++) {
+		if (fx->tokens[i])
+			continue;
+		snprintf(fx->gap[i], sizeof(fx->gap[i]), "\x01%u\x02", i);
+		fx->tokens[i] = fx->gap[i];
+		fx->lens[i] = (uint32_t)strlen(fx->gap[i]);
+		fx->types[i] = TT_UNUSED;
+	}
+	fx->sp.tokens = fx->tokens;
+	fx->sp.token_lens = fx->lens;
+	fx->sp.types = fx->types;
+	fx->sp.merges = fx->merges;
+	fx->sp.merge_lens = fx->merge_lens;
+	fx->sp.n_merges = n_merges;
+	if (pre)
+		fx->sp.pre = pre;
+	ck_assert_msg(tok_build(&fx->sp, &t) == 0, "%s: %s", name, moe_errmsg());
+	return t;
+}
+
+static void fixture_free(struct fixture *fx)
+{
+	free(fx->data);
+	free(fx->tokens);
+	free(fx->lens);
+	free(fx->types);
+	free(fx->gap);
+	free(fx->merges);
+	free(fx->merge_lens);
+}
+
+/*
+ * The derived vocabularies and their cases (tests/data/vocab/README.md).
+ * Kimi K2's regex splits words at case changes and keeps marks in words;
+ * llama.cpp's hand-written Kimi split does neither (cases 58 and 59:
+ * "XMLHttpRequest", "हिन्दी"), so there the model's regex is the reference.
+ */
+static const int kimi_departures[] = { 58, 59 };
+static const struct {
+	const char *name, *vocab, *pre, *inp, *model_out;
+	const int *departures;
+	int n_departures;
+} fixtures[] = {
+	{ "deepseek-llm", "deepseek-llm", NULL, "deepseek-llm", NULL, NULL, 0 },
+	{ "deepseek-coder", "deepseek-coder", NULL, "deepseek-coder", NULL, NULL, 0 },
+	{ "qwen35", "qwen35", NULL, "qwen35", NULL, NULL, 0 },
+	{ "deepseek-v3", "deepseek-v3", NULL, "families", NULL, NULL, 0 },
+	{ "glm4", "deepseek-v3", "glm4", "families", NULL, NULL, 0 },
+	{ "kimi-k2", "deepseek-v3", "kimi-k2", "families", "kimi-k2.regex", kimi_departures,
+	  MOE_ARRAY_SIZE(kimi_departures) },
+	{ "gpt-neox", "gpt-neox", NULL, "deepseek-llm", NULL, NULL, 0 },
+};
+
+START_TEST(fixture_conformance)
+{
+	struct fixture fx;
+	struct moe_tokenizer *t = load_fixture(fixtures[_i].vocab, fixtures[_i].pre, &fx);
+	char *inp = data_file(fixtures[_i].inp, ".inp");
+	char *out = data_file(fixtures[_i].name, ".out");
+	char *model_out = fixtures[_i].model_out ? data_file(fixtures[_i].model_out, ".out") : NULL;
+
+	check_cases(t, fixtures[_i].name, inp, out, model_out, fixtures[_i].departures,
+		    fixtures[_i].n_departures);
+	free(inp);
+	free(out);
+	free(model_out);
+	moe_tokenizer_free(t);
+	fixture_free(&fx);
+}
+END_TEST
+
+/* llama.cpp's whole vocabularies, where scripts/fetch-llama-vocab.sh has cached them. */
+static const char *const full_vocabs[] = { "deepseek-llm", "deepseek-coder", "qwen35" };
+
+static const char *cache_vocab(const char *name, const char *ext)
+{
+	static __thread char path[4][1024];
+	static __thread int k;
+	const char *dir = getenv("MOE_LLAMA_CACHE"), *home = getenv("HOME");
+	char *p = path[k++ & 3];
+
+	if (dir)
+		snprintf(p, sizeof(path[0]), "%s/vocab/ggml-vocab-%s.gguf%s", dir, name, ext);
+	else
+		snprintf(p, sizeof(path[0]), "%s/.cache/moe-llama.cpp/vocab/ggml-vocab-%s.gguf%s",
+			 home ? home : "/nonexistent", name, ext);
+	return access(p, R_OK) == 0 ? p : NULL;
+}
+
+START_TEST(full_conformance)
+{
+	const char *name = full_vocabs[_i];
+	struct moe_model *m;
+	struct moe_tokenizer *t = load_vocab(cache_vocab(name, ""), &m);
+	char *inp = tu_read_file(cache_vocab(name, ".inp"), NULL);
+	char *out = tu_read_file(cache_vocab(name, ".out"), NULL);
+
+	check_cases(t, name, inp, out, NULL, NULL, 0);
+	free(inp);
+	free(out);
+	moe_tokenizer_free(t);
+	moe_model_close(m);
+}
+END_TEST
+
+/* GPT-NeoX's vocabulary has no token for 0xc0, 0xc1, 0xf5-0xff: it loads, and UTF-8 needs none. */
+START_TEST(full_gpt_neox)
+{
+	const char *text = "Hello w\xc3\xb6rld \xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\xa6\x99";
+	struct moe_model *m;
+	struct moe_tokenizer *t = load_vocab(cache_vocab("gpt-neox", ""), &m);
+	int n, len;
+	int32_t *ids = tokenize_all(t, text, strlen(text), 0, &n);
+	char *back = detok_all(t, ids, n, 0, &len);
+
+	ck_assert_str_eq(back, text);
+	ck_assert_int_lt(moe_tokenizer_find(t, "\xc3\x80"), 0);
+	free(back);
+	free(ids);
+	moe_tokenizer_free(t);
+	moe_model_close(m);
+}
+END_TEST
+
+/*
+ * Each split against the regexes themselves: tests/data/vocab/splits.out
+ * holds, per split, the lengths (in code points) of the pieces that
+ * scripts/ref-tokenize.py cuts each text of splits.inp into.
+ */
+START_TEST(splits_reference)
+{
+	static const struct {
+		const char *name;
+		enum tok_pre pre;
+	} pres[] = {
+		{ "gpt-2", PRE_GPT2 }, { "llama3", PRE_LLAMA3 }, { "qwen2", PRE_QWEN2 },
+		{ "qwen35", PRE_QWEN35 }, { "gpt-4o", PRE_GPT4O }, { "kimi-k2", PRE_KIMI_K2 },
+		{ "deepseek-llm", PRE_DEEPSEEK_LLM }, { "deepseek-coder", PRE_DEEPSEEK_CODER },
+		{ "deepseek-v3", PRE_DEEPSEEK3 },
+	};
+	char *inp = data_file("splits", ".inp"), *out = data_file("splits", ".out");
+	char *line = out;
+	int checked = 0;
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(pres); k++) {
+		char head[64], *text = inp, *end;
+		int cases = 0, bad = 0;
+
+		snprintf(head, sizeof(head), "## %s\n", pres[k].name);
+		ck_assert_msg(!strncmp(line, head, strlen(head)), "splits.out: no section %s",
+			      pres[k].name);
+		line += strlen(head);
+		while ((end = strstr(text, sep))) {
+			struct tok_spans sp = { 0 };
+			char *nl = strchr(line, '\n'), *p = line;
+			size_t i = 0;
+			bool same = true;
+
+			ck_assert_ptr_nonnull(nl);
+			ck_assert_int_eq(tok_pretokenize(pres[k].pre, text, (size_t)(end - text),
+							 &sp), 0);
+			for (char *q; p < nl; p = q) {
+				long want = strtol(p, &q, 10);
+				long got = 0;
+
+				if (q == p)
+					break;
+				if (i < sp.n) {
+					const char *a = text + sp.v[2 * i];
+
+					for (const char *c = a; c < text + sp.v[2 * i + 1]; c++)
+						got += ((uint8_t)*c & 0xc0) != 0x80;
+				}
+				same &= i < sp.n && got == want;
+				i++;
+			}
+			same &= i == sp.n;
+			if (!same && bad++ < 3)
+				printf("split %s, case %d ('%.*s'): differs from the regex\n",
+				       pres[k].name, cases, (int)(end - text), text);
+			free(sp.v);
+			cases++;
+			line = nl + 1;
+			text = end + strlen(sep);
+		}
+		ck_assert_msg(cases >= 100, "splits.inp: %d cases", cases);
+		ck_assert_msg(!bad, "split %s: %d of %d texts differ from the regex", pres[k].name,
+			      bad, cases);
+		checked++;
+	}
+	ck_assert_int_eq(checked, (int)MOE_ARRAY_SIZE(pres));
+	free(inp);
+	free(out);
 }
 END_TEST
 
@@ -347,6 +715,53 @@ START_TEST(bad_merges)
 }
 END_TEST
 
+/*
+ * A byte-level vocabulary without the tokens for some bytes (GPT-NeoX's has
+ * none for 0xc0, 0xc1, 0xf5-0xff) loads; text that holds such a byte fails.
+ */
+START_TEST(missing_bytes)
+{
+	static const char *const pres[] = { "gpt-2", "llama-bpe" };
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(pres); k++) {
+		const char *toks[256];
+		char alpha[256][4];
+		struct tok_spec sp = {
+			.model = "gpt2", .pre = pres[k], .bos = -1, .eos = -1, .eot = -1, .eom = -1,
+			.unk = -1, .add_bos = -1, .add_space_prefix = -1,
+			.merges = (const char *[]){ "h e" }, .n_merges = 1,
+		};
+		struct moe_tokenizer *t = NULL;
+		unsigned next = 256, n = 0;
+		int32_t ids[16];
+		char *back;
+		int len;
+
+		for (unsigned b = 0; b < 256; b++) {
+			bool printable = (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
+			unsigned cpt = printable ? b : next++;
+
+			if (b == 0xc0 || b == 0xc1 || b == 0xe4 || b >= 0xf5)
+				continue;
+			alpha[b][moe_utf8_encode(cpt, alpha[b])] = 0;
+			toks[n++] = alpha[b];
+		}
+		toks[n++] = "he";
+		sp.tokens = toks;
+		sp.n_vocab = n;
+		ck_assert_msg(tok_build(&sp, &t) == 0, "%s", moe_errmsg());
+		ck_assert_int_eq(moe_tokenize(t, "hello \xc3\xa9", 8, 0, ids, 16), 7);
+		back = detok_all(t, ids, 7, 0, &len);
+		ck_assert_str_eq(back, "hello \xc3\xa9");
+		free(back);
+		/* 0xe4 starts U+4F60 */
+		ck_assert_int_eq(moe_tokenize(t, "ok \xe4\xbd\xa0", 6, 0, ids, 16), -EILSEQ);
+		ck_assert_msg(strstr(moe_errmsg(), "no token for byte 0xe4"), "%s", moe_errmsg());
+		moe_tokenizer_free(t);
+	}
+}
+END_TEST
+
 START_TEST(bad_text)
 {
 	struct moe_tokenizer *t = NULL;
@@ -387,11 +802,29 @@ START_TEST(pretok_splits)
 		{ PRE_GPT2, "x \nb", "x| |\n|b" },
 		{ PRE_GPT4O, "e'\xc5\xbf", "e'\xc5\xbf" },
 		{ PRE_LLAMA3, "e'\xc5\xbf", "e|'\xc5\xbf" },
+		/* Qwen 3.5 keeps a combining mark in its word, Qwen 2 does not. */
+		{ PRE_QWEN35, "cafe\xcc\x81 12", "cafe\xcc\x81| |1|2" },
+		{ PRE_QWEN2, "cafe\xcc\x81 12", "cafe|\xcc\x81| |1|2" },
+		/* Kimi K2 is GPT-4o with Han taken out of words, and no '/' after symbols. */
+		{ PRE_KIMI_K2, "\xe4\xb8\xad\xe6\x96\x87Hello\xe4\xb8\x96\xe7\x95\x8c XMLHttp don't/x",
+		  "\xe4\xb8\xad\xe6\x96\x87|Hello|\xe4\xb8\x96\xe7\x95\x8c| XMLHttp| don't|/x" },
+		{ PRE_GPT4O, "\xe4\xb8\xad\xe6\x96\x87Hello\xe4\xb8\x96\xe7\x95\x8c XMLHttp don't/x",
+		  "\xe4\xb8\xad\xe6\x96\x87Hello\xe4\xb8\x96\xe7\x95\x8c| XMLHttp| don't|/x" },
+		/* DeepSeek's staged splits: what one stage leaves between matches is a piece too. */
+		{ PRE_DEEPSEEK_LLM, "Hello, \xe4\xb8\x96\xe7\x95\x8c! 123  \n\tx  ",
+		  "Hello|,| |\xe4\xb8\x96\xe7\x95\x8c|!| |123|  |\n|\tx|  " },
+		{ PRE_DEEPSEEK_LLM, "ab\xe3\x80\x80\xe3\x80\x82" "cd 42",
+		  "ab|\xe3\x80\x80\xe3\x80\x82|cd| |42" },
+		{ PRE_DEEPSEEK_CODER, "Hello, \xe4\xb8\x96\xe7\x95\x8c! 123\nx_y",
+		  "Hello|,| |\xe4\xb8\x96\xe7\x95\x8c|!| |1|2|3|\n|x|_|y" },
+		{ PRE_DEEPSEEK3, "Hello, \xe4\xb8\x96\xe7\x95\x8c!12345 \"quoted\" \xe3\x81\x8b\xe3\x81\xaa\n\n x",
+		  "Hello|,| |\xe4\xb8\x96\xe7\x95\x8c|!|123|45| \"|quoted|\"| |\xe3\x81\x8b\xe3\x81\xaa|\n\n| x" },
+		{ PRE_DEEPSEEK3, "'t e\xcc\x81 $x", "'t| e\xcc\x81| $|x" },
 	};
 
 	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
 		struct tok_spans sp = { 0 };
-		char got[256];
+		char got[512];
 		size_t at = 0;
 
 		ck_assert_int_eq(tok_pretokenize(cases[k].pre, cases[k].text,
@@ -413,11 +846,19 @@ START_TEST(unicode_props)
 	ck_assert_uint_eq(moe_ucd_flags('a'), UCD_LL);
 	ck_assert_uint_eq(moe_ucd_flags('7'), UCD_N);
 	ck_assert_uint_eq(moe_ucd_flags(' '), UCD_WS);
-	ck_assert_uint_eq(moe_ucd_flags(0x4e2d), UCD_LO);     /* CJK, inside a First/Last range */
+	ck_assert_uint_eq(moe_ucd_flags('.'), UCD_P);
+	ck_assert_uint_eq(moe_ucd_flags('$'), UCD_S);
+	/* CJK, inside a First/Last range, and of the Han script */
+	ck_assert_uint_eq(moe_ucd_flags(0x4e2d), UCD_LO | UCD_HAN);
+	ck_assert_uint_eq(moe_ucd_flags(0x3005), UCD_LM | UCD_HAN);   /* 々 */
+	ck_assert_uint_eq(moe_ucd_flags(0x2e80), UCD_S | UCD_HAN);    /* a CJK radical */
+	ck_assert_uint_eq(moe_ucd_flags(0x3042), UCD_LO);             /* hiragana: not Han */
+	ck_assert_uint_eq(moe_ucd_flags(0x3001), UCD_P);
 	ck_assert_uint_eq(moe_ucd_flags(0x0301), UCD_M);      /* combining acute */
 	ck_assert_uint_eq(moe_ucd_flags(0x00bd), UCD_N);      /* ½ is No */
 	ck_assert_uint_eq(moe_ucd_flags(0x3000), UCD_WS);
-	ck_assert_uint_eq(moe_ucd_flags(0x1f600), 0);         /* emoji: So */
+	ck_assert_uint_eq(moe_ucd_flags(0x1f600), UCD_S);     /* emoji: So */
+	ck_assert_uint_eq(moe_ucd_flags(0x200d), 0);          /* ZWJ: Cf */
 	ck_assert_uint_eq(moe_ucd_flags(0x10ffff), 0);
 	ck_assert_uint_eq(moe_ucd_flags(0x110000), 0);
 	ck_assert_int_eq(moe_utf8_invalid_at("ok\xe2\x82", 4), 2);
@@ -597,10 +1038,16 @@ END_TEST
 
 /* ------------------------------------------------------------ chat */
 
+#define DS_BAR "\xef\xbd\x9c"
+#define DS_BOS "<" DS_BAR "begin\xe2\x96\x81of\xe2\x96\x81sentence" DS_BAR ">"
+#define DS_EOS "<" DS_BAR "end\xe2\x96\x81of\xe2\x96\x81sentence" DS_BAR ">"
+#define DS_USER "<" DS_BAR "User" DS_BAR ">"
+#define DS_ASSISTANT "<" DS_BAR "Assistant" DS_BAR ">"
+
 static struct moe_tokenizer *chat_tok(const char *tmpl, const char *arch)
 {
 	static const char *const toks[] = {
-		"<unk>", "<s>", "</s>", "<|begin_of_text|>", "<bos>", "<eos>",
+		"<unk>", "<s>", "</s>", "<|begin_of_text|>", "<bos>", "<eos>", DS_BOS, DS_EOS,
 	};
 	struct tok_spec sp = {
 		.model = "llama", .n_vocab = MOE_ARRAY_SIZE(toks), .tokens = toks,
@@ -615,6 +1062,10 @@ static struct moe_tokenizer *chat_tok(const char *tmpl, const char *arch)
 	if (arch && !strcmp(arch, "gemma4")) {
 		sp.bos = 4;
 		sp.eos = 5;
+	}
+	if (arch && !strcmp(arch, "deepseek2")) {
+		sp.bos = 6;
+		sp.eos = 7;
 	}
 	ck_assert_int_eq(tok_build(&sp, &t), 0);
 	return t;
@@ -702,6 +1153,211 @@ START_TEST(chat_harmony_and_errors)
 }
 END_TEST
 
+/*
+ * DeepSeek, GLM-4.6 and 4.7 and Kimi K2 with their real templates
+ * (tests/data/templates): the prompts are what Jinja renders from each
+ * (trim_blocks and lstrip_blocks, as Hugging Face applies them) for three
+ * conversations: with a system message, with reasoning in an earlier answer,
+ * and one ending in an answer (no assistant prefix).
+ */
+START_TEST(chat_real_templates)
+{
+	static const struct moe_chat_msg convs[3][4] = {
+		{ { "system", "Be brief." }, { "user", "Hi" }, { "assistant", "Hello." },
+		  { "user", "2+2?" } },
+		{ { "user", "Hi" }, { "assistant", "<think>greet</think>Hello." }, { "user", "2+2?" } },
+		{ { "user", "Hi" }, { "assistant", "<think>\nplan\n</think>\n\nHello." } },
+	};
+	static const int n_msgs[3] = { 4, 3, 2 };
+	static const struct {
+		const char *file, *arch, *fmt;
+		int conv;
+		const char *want;
+	} cases[] = {
+		{ "deepseek-ai-DeepSeek-V2-Chat.jinja", "deepseek2", "deepseek2", 0,
+		  DS_BOS "Be brief.\n\nUser: Hi\n\nAssistant: Hello." DS_EOS
+		  "User: 2+2?\n\nAssistant:" },
+		{ "deepseek-ai-DeepSeek-V2-Chat.jinja", "deepseek2", "deepseek2", 1,
+		  DS_BOS "User: Hi\n\nAssistant: <think>greet</think>Hello." DS_EOS
+		  "User: 2+2?\n\nAssistant:" },
+		{ "deepseek-ai-DeepSeek-V2-Chat.jinja", "deepseek2", "deepseek2", 2,
+		  DS_BOS "User: Hi\n\nAssistant: <think>\nplan\n</think>\n\nHello." DS_EOS },
+		{ "deepseek-ai-DeepSeek-V3.jinja", "deepseek2", "deepseek3", 0,
+		  DS_BOS "Be brief." DS_USER "Hi" DS_ASSISTANT "Hello." DS_EOS DS_USER "2+2?"
+		  DS_ASSISTANT },
+		{ "deepseek-ai-DeepSeek-V3.jinja", "deepseek2", "deepseek3", 1,
+		  DS_BOS DS_USER "Hi" DS_ASSISTANT "<think>greet</think>Hello." DS_EOS DS_USER "2+2?"
+		  DS_ASSISTANT },
+		{ "deepseek-ai-DeepSeek-V3.jinja", "deepseek2", "deepseek3", 2,
+		  DS_BOS DS_USER "Hi" DS_ASSISTANT "<think>\nplan\n</think>\n\nHello." DS_EOS },
+		{ "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek2", "deepseek3", 0,
+		  DS_BOS "Be brief." DS_USER "Hi" DS_ASSISTANT "<think></think>Hello." DS_EOS DS_USER
+		  "2+2?" DS_ASSISTANT "<think></think>" },
+		{ "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek2", "deepseek3", 1,
+		  DS_BOS DS_USER "Hi" DS_ASSISTANT "<think></think>Hello." DS_EOS DS_USER "2+2?"
+		  DS_ASSISTANT "<think></think>" },
+		{ "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek2", "deepseek3", 2,
+		  DS_BOS DS_USER "Hi" DS_ASSISTANT "<think></think>\n\nHello." DS_EOS },
+		{ "GLM-4.6.jinja", "glm4moe", "glm4", 0,
+		  "[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>"
+		  "\n<think></think>\nHello.<|user|>\n2+2?<|assistant|>" },
+		{ "GLM-4.6.jinja", "glm4moe", "glm4", 1,
+		  "[gMASK]<sop><|user|>\nHi<|assistant|>\n<think></think>"
+		  "\nHello.<|user|>\n2+2?<|assistant|>" },
+		{ "GLM-4.6.jinja", "glm4moe", "glm4", 2,
+		  "[gMASK]<sop><|user|>\nHi<|assistant|>\n<think>plan</think>" "\nHello." },
+		{ "GLM-4.7-Flash.jinja", "glm4moe", "glm4", 0,
+		  "[gMASK]<sop><|system|>Be brief.<|user|>Hi<|assistant|>"
+		  "</think>Hello.<|user|>2+2?<|assistant|><think>" },
+		{ "GLM-4.7-Flash.jinja", "glm4moe", "glm4", 1,
+		  "[gMASK]<sop><|user|>Hi<|assistant|></think>"
+		  "Hello.<|user|>2+2?<|assistant|><think>" },
+		{ "GLM-4.7-Flash.jinja", "glm4moe", "glm4", 2,
+		  "[gMASK]<sop><|user|>Hi<|assistant|><think>plan</think>" "Hello." },
+		{ "Kimi-K2-Instruct.jinja", "deepseek2", "kimi-k2", 0,
+		  "<|im_system|>system<|im_middle|>Be brief.<|im_end|>"
+		  "<|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|>Hello.<|im_end|><|im_user|>"
+		  "user<|im_middle|>2+2?<|im_end|><|im_assistant|>" "assistant<|im_middle|>" },
+		{ "Kimi-K2-Instruct.jinja", "deepseek2", "kimi-k2", 1,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are Kimi, an AI assistant created by Moonshot AI.<|i"
+		  "m_end|>\n<|im_user|>user<|im_middle|>Hi<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|><think>"
+		  "greet</think>Hello.<|im_end|><|im_user|>"
+		  "user<|im_middle|>2+2?<|im_end|><|im_assistant|>" "assistant<|im_middle|>" },
+		{ "Kimi-K2-Instruct.jinja", "deepseek2", "kimi-k2", 2,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are Kimi, an AI assistant created by Moonshot AI.<|i"
+		  "m_end|>\n<|im_user|>user<|im_middle|>Hi<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|><think>"
+		  "\nplan\n</think>\n\nHello.<|im_end|>" },
+		{ "Kimi-K2-Thinking.jinja", "deepseek2", "kimi-k2", 0,
+		  "<|im_system|>system<|im_middle|>Be brief.<|im_end|>"
+		  "<|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|><think></think>Hello.<|im_end|>"
+		  "<|im_user|>user<|im_middle|>2+2?<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|>" },
+		{ "Kimi-K2-Thinking.jinja", "deepseek2", "kimi-k2", 1,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are Kimi, an AI assistant created by Moonshot AI.<|i"
+		  "m_end|><|im_user|>user<|im_middle|>Hi<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|><think></think>"
+		  "<think>greet</think>Hello.<|im_end|><|im_user|>"
+		  "user<|im_middle|>2+2?<|im_end|><|im_assistant|>" "assistant<|im_middle|>" },
+		{ "Kimi-K2-Thinking.jinja", "deepseek2", "kimi-k2", 2,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are Kimi, an AI assistant created by Moonshot AI.<|i"
+		  "m_end|><|im_user|>user<|im_middle|>Hi<|im_end|>"
+		  "<|im_assistant|>assistant<|im_middle|><think></think>"
+		  "<think>\nplan\n</think>\n\nHello.<|im_end|>" },
+		{ "moonshotai-Kimi-K2.jinja", "deepseek2", "kimi-k2", 0,
+		  "<|im_system|>system<|im_middle|>Be brief.<|im_end|>"
+		  "<|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|>Hello.<|im_end|><|im_user|>"
+		  "user<|im_middle|>2+2?<|im_end|><|im_assistant|>" "assistant<|im_middle|>" },
+		{ "moonshotai-Kimi-K2.jinja", "deepseek2", "kimi-k2", 1,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are a helpful assistant<|im_end|><|im_user|>"
+		  "user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|><think>greet</think>"
+		  "Hello.<|im_end|><|im_user|>user<|im_middle|>"
+		  "2+2?<|im_end|><|im_assistant|>assistant<|im_middle|>" },
+		{ "moonshotai-Kimi-K2.jinja", "deepseek2", "kimi-k2", 2,
+		  "<|im_system|>system<|im_middle|>"
+		  "You are a helpful assistant<|im_end|><|im_user|>"
+		  "user<|im_middle|>Hi<|im_end|><|im_assistant|>"
+		  "assistant<|im_middle|><think>\nplan\n</think>" "\n\nHello.<|im_end|>" },
+	};
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
+		char rel[256], *tmpl, *out;
+		struct moe_tokenizer *t;
+		int n, c = cases[k].conv;
+
+		snprintf(rel, sizeof(rel), "tests/data/templates/%s", cases[k].file);
+		tmpl = tu_read_file(tu_src(rel), NULL);
+		ck_assert_msg(tmpl != NULL, "cannot read %s", rel);
+		t = chat_tok(tmpl, cases[k].arch);
+		ck_assert_str_eq(moe_chat_format(t), cases[k].fmt);
+		n = moe_chat_render(t, convs[c], n_msgs[c], c != 2, &out);
+		ck_assert_msg(n > 0, "%s: %s", cases[k].file, moe_errmsg());
+		ck_assert_msg(!strcmp(out, cases[k].want), "%s, conversation %d:\n got '%s'\nwant '%s'",
+			      cases[k].file, c, out, cases[k].want);
+		free(out);
+		free(tmpl);
+		moe_tokenizer_free(t);
+	}
+}
+END_TEST
+
+/* DeepSeek-R1's reply opens a think block; its answers are shown without their reasoning. */
+START_TEST(chat_deepseek_r1)
+{
+	static const struct moe_chat_msg conv[] = {
+		{ "user", "Hi" }, { "assistant", "<think>a</think>b</think>Hello." }, { "user", "2+2?" },
+	};
+	struct moe_tokenizer *t = chat_tok("{% set content = content.split('</think>')[-1] %}"
+					   "{{'" DS_ASSISTANT "<think>\\n'}}", "deepseek2");
+	char *out;
+
+	ck_assert_int_gt(moe_chat_render(t, conv, 3, true, &out), 0);
+	ck_assert_str_eq(moe_chat_format(t), "deepseek3");
+	ck_assert_str_eq(out, DS_BOS DS_USER "Hi" DS_ASSISTANT "Hello." DS_EOS DS_USER "2+2?"
+			 DS_ASSISTANT "<think>\n");
+	free(out);
+	moe_tokenizer_free(t);
+}
+END_TEST
+
+/*
+ * Without a template, the architecture and the tokenizer's split choose:
+ * deepseek2 is DeepSeek-V2, V3 or Kimi K2 by tokenizer.ggml.pre.  The
+ * prompt of the real DeepSeek-V3 vocabulary parses back into its markers.
+ */
+START_TEST(chat_by_arch)
+{
+	static const struct {
+		const char *pre, *fmt;
+	} cases[] = {
+		{ "deepseek-v3", "deepseek3" }, { "kimi-k2", "kimi-k2" }, { "deepseek-llm", "deepseek2" },
+	};
+	static const struct moe_chat_msg conv[] = { { "user", "Hi" } };
+
+	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
+		struct fixture fx;
+		struct moe_tokenizer *t = load_fixture("deepseek-v3", cases[k].pre, &fx);
+		int32_t *ids;
+		char *out;
+		int n, len = moe_chat_render(t, conv, 1, true, &out);
+
+		ck_assert_int_gt(len, 0);
+		ck_assert_str_eq(moe_chat_format(t), cases[k].fmt);
+		ids = tokenize_all(t, out, (size_t)len, MOE_TOK_PARSE_SPECIAL, &n);
+		if (!strcmp(cases[k].fmt, "deepseek3")) {
+			ck_assert_str_eq(out, DS_BOS DS_USER "Hi" DS_ASSISTANT);
+			/* "Hi" is one or two tokens: the cut vocabulary has only its texts' tokens */
+			ck_assert_int_ge(n, 4);
+			ck_assert_int_eq(ids[0], moe_tokenizer_bos(t));
+			ck_assert_int_eq(ids[1], moe_tokenizer_find(t, DS_USER));
+			ck_assert_int_eq(ids[n - 1], moe_tokenizer_find(t, DS_ASSISTANT));
+		}
+		ck_assert(moe_tokenizer_add_bos(t));
+		ck_assert(moe_tokenizer_is_eog(t, moe_tokenizer_find(t, DS_EOS)));
+		free(ids);
+		free(out);
+		moe_tokenizer_free(t);
+		fixture_free(&fx);
+	}
+	{
+		struct moe_tokenizer *t = chat_tok(NULL, "glm4moe");
+
+		ck_assert_str_eq(moe_chat_format(t), "glm4");
+		moe_tokenizer_free(t);
+	}
+}
+END_TEST
+
 /* The real templates' families are recognised. */
 START_TEST(chat_detect_templates)
 {
@@ -714,6 +1370,14 @@ START_TEST(chat_detect_templates)
 		{ "google-gemma-4-31B-it.jinja", "gemma4", CHAT_GEMMA4 },
 		{ "meta-llama-Llama-3.3-70B-Instruct.jinja", "llama", CHAT_LLAMA3 },
 		{ "mistralai-Mistral-Nemo-Instruct-2407.jinja", "llama", CHAT_MISTRAL },
+		{ "deepseek-ai-DeepSeek-V2-Chat.jinja", "deepseek2", CHAT_DEEPSEEK2 },
+		{ "deepseek-ai-DeepSeek-V3.jinja", "deepseek2", CHAT_DEEPSEEK3 },
+		{ "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek2", CHAT_DEEPSEEK3 },
+		{ "GLM-4.6.jinja", "glm4moe", CHAT_GLM4 },
+		{ "GLM-4.7-Flash.jinja", "glm4moe", CHAT_GLM4 },
+		{ "Kimi-K2-Instruct.jinja", "deepseek2", CHAT_KIMI_K2 },
+		{ "Kimi-K2-Thinking.jinja", "deepseek2", CHAT_KIMI_K2 },
+		{ "moonshotai-Kimi-K2.jinja", "deepseek2", CHAT_KIMI_K2 },
 	};
 
 	for (size_t k = 0; k < MOE_ARRAY_SIZE(cases); k++) {
@@ -722,8 +1386,12 @@ START_TEST(chat_detect_templates)
 		size_t len;
 		char *tmpl;
 
+		/* Ours in tests/data/templates, the others in shared/reference/templates. */
+		snprintf(rel, sizeof(rel), "tests/data/templates/%s", cases[k].file);
+		path = access(tu_src(rel), R_OK) ? NULL : tu_src(rel);
 		snprintf(rel, sizeof(rel), "reference/templates/%s", cases[k].file);
-		path = tu_shared(rel);
+		if (!path)
+			path = tu_shared(rel);
 		if (!path)
 			continue;
 		tmpl = tu_read_file(path, &len);
@@ -823,15 +1491,36 @@ Suite *suite_tokenizer(void)
 			 vocabs[i]);
 		tu_skip("tokenizer/conformance", why);
 	}
+	tcase_add_loop_test(tc, fixture_conformance, 0, (int)MOE_ARRAY_SIZE(fixtures));
+	tcase_add_test(tc, splits_reference);
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(full_vocabs); i++) {
+		if (cache_vocab(full_vocabs[i], "") && cache_vocab(full_vocabs[i], ".inp") &&
+		    cache_vocab(full_vocabs[i], ".out")) {
+			tcase_add_loop_test(tc, full_conformance, (int)i, (int)i + 1);
+			continue;
+		}
+		tu_skip("tokenizer/full_conformance",
+			"llama.cpp's whole vocabularies are not cached (run scripts/fetch-llama-vocab.sh); the derived ones ran");
+		break;
+	}
+	if (cache_vocab("gpt-neox", ""))
+		tcase_add_test(tc, full_gpt_neox);
+	else
+		tu_skip("tokenizer/full_gpt_neox",
+			"llama.cpp's GPT-NeoX vocabulary is not cached (run scripts/fetch-llama-vocab.sh)");
 	tcase_add_test(tc, spm_small);
 	tcase_add_test(tc, bad_vocab);
 	tcase_add_test(tc, bad_merges);
 	tcase_add_test(tc, bad_text);
+	tcase_add_test(tc, missing_bytes);
 	tcase_add_test(tc, pretok_splits);
 	tcase_add_test(tc, unicode_props);
 	tcase_add_test(tc, chat_formats);
 	tcase_add_test(tc, chat_harmony_and_errors);
 	tcase_add_test(tc, chat_detect_templates);
+	tcase_add_test(tc, chat_real_templates);
+	tcase_add_test(tc, chat_deepseek_r1);
+	tcase_add_test(tc, chat_by_arch);
 	if (any) {
 		tcase_add_test(tc, stream_detok);
 		tcase_add_test(tc, special_tokens);
