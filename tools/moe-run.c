@@ -436,7 +436,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_SYSTEM: o->system = optarg; break;
 		case O_POLICY: o->policy = optarg; break;
 		case O_PREFETCH: o->prefetch = optarg; break;
-		case O_PIN_HOT: ret = parse_u32(optarg, "--pin-hot", &o->pin_hot); break;
+		case O_PIN_HOT: ret = parse_u32(optarg, "--pin-hot", 1u << 24, &o->pin_hot); break;
 		case O_POOLS: o->layer_pools = true; break;
 		case O_STATE_DIR: o->state_dir = optarg; break;
 		case O_NO_STATE: o->no_state = true; break;
