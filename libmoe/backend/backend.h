@@ -41,6 +41,9 @@ enum moe_rotate {
 	MOE_ROTATE_NEOX = 2,   /* halves (i, i + n_rot/2) */
 };
 
+/* group-limited routing takes at most this many groups (DeepSeek-V3 has 8) */
+#define MOE_ROUTE_MAX_GROUPS 256
+
 /* the forward pass refuses head dims past this (no model comes close) */
 #define MOE_ROPE_MAX_PAIRS 1024
 
@@ -81,6 +84,8 @@ struct moe_be_mat {
  * The KV cache of one layer: per sequence, n_cells cells of kv_dim values;
  * position p of sequence s lives in cell s * n_cells + p % n_cells, so a
  * layer that sees only a window keeps a ring of window + batch - 1 cells.
+ * A latent cache (deepseek2's MLA) has no V rows (v = 0): attention reads
+ * each value as the first head_dim_v entries of its key.
  */
 struct moe_kv {
 	moe_dptr k, v;
@@ -97,7 +102,10 @@ uint64_t moe_kv_row_bytes(uint32_t type, uint32_t kv_dim);
  * Attention of n_tok queries.  Token t is at position pos[t] of sequence
  * seq[t] (seq 0 when seq is 0) and sees the positions 0..pos[t] of its
  * sequence that the mask leaves (those must be in the cache: the caller
- * stores the batch's K/V first).  q and out are [n_tok][n_head][head_dim].
+ * stores the batch's K/V first).  q is [n_tok][n_head][head_dim], out
+ * [n_tok][n_head][head_dim_v]; values are head_dim_v wide, read from the V
+ * rows at kv_head * head_dim_v, or with kv.v = 0 from the key of their KV
+ * head (its first head_dim_v entries).
  */
 struct moe_attn_args {
 	moe_dptr q;
@@ -110,13 +118,21 @@ struct moe_attn_args {
 	uint32_t n_head;
 	uint32_t n_head_kv;
 	uint32_t head_dim;
+	uint32_t head_dim_v;         /* 0: head_dim */
 	enum moe_attn_mask mask;
 	uint32_t window;
 	float scale;
 	float softcap;               /* 0: none; else scores = softcap * tanh(scores / softcap) */
 };
 
-/* How router logits become the chosen experts and their weights. */
+/*
+ * How router logits become the chosen experts and their weights.  The
+ * selection score of an expert is its probability (softmax or sigmoid of
+ * the logit, or the logit itself for SOFTMAX_SELECTED) plus bias; with
+ * n_group > 1 the experts form n_group equal groups of consecutive ids, a
+ * group scores the sum of its two best selection scores, and only the
+ * topk_group best groups (ties to the lower group) compete for the k.
+ */
 struct moe_route_args {
 	moe_dptr logits;             /* f32 [n_tok][n_expert] */
 	moe_dptr sel;                /* out: int32 [n_tok][stride] */
@@ -177,6 +193,22 @@ struct moe_be_shape {
 	uint32_t max_head;           /* query heads */
 	uint32_t max_head_dim;
 	uint32_t max_ffn;            /* FFNs per moe_ffn call */
+	uint32_t max_heads_io;       /* widest input + output row of a matmul_heads */
+};
+
+/*
+ * A product per head: for h < n_head and t < n_tok, the w->rows outputs at
+ * y + (t * y_tok + h * y_head) floats are matrix h of w times the w->cols
+ * inputs at x + (t * x_tok + h * x_head).  w holds the n_head matrices of
+ * w->rows x w->cols back to back (a 3-D tensor; deepseek2's attn_k_b).
+ */
+struct moe_heads_args {
+	struct moe_be_mat w;
+	uint32_t n_head;
+	uint32_t n_tok;
+	moe_dptr x, y;
+	uint32_t x_tok, x_head;      /* strides in floats */
+	uint32_t y_tok, y_head;
 };
 
 struct moe_be_mem {
@@ -244,10 +276,14 @@ struct moe_backend_ops {
 	/* rotate x [n_tok][n_head][head_dim] in place at positions pos (int32) */
 	int (*rope)(struct moe_backend *be, moe_dptr x, uint32_t n_tok, uint32_t n_head,
 		    uint32_t head_dim, moe_dptr pos, const struct moe_rope *r);
-	/* store k, v [n_tok][kv_dim] at the cells of (seq[t], pos[t]) */
+	/* store k, v [n_tok][kv_dim] at the cells of (seq[t], pos[t]); v 0 with kv->v 0 */
 	int (*kv_store)(struct moe_backend *be, const struct moe_kv *kv, moe_dptr k, moe_dptr v,
 			moe_dptr pos, moe_dptr seq, uint32_t n_tok);
 	int (*attention)(struct moe_backend *be, const struct moe_attn_args *a);
+	int (*matmul_heads)(struct moe_backend *be, const struct moe_heads_args *a);
+	/* n_rows rows of n floats: dst[r * dst_stride + i] = src[r * src_stride + i] */
+	int (*copy_rows)(struct moe_backend *be, moe_dptr dst, uint32_t dst_stride, moe_dptr src,
+			 uint32_t src_stride, uint32_t n, uint32_t n_rows);
 	/* out[t][i] = act(gate[t][i]) * up[t][i]; row t of gate/up at t * stride */
 	int (*glu)(struct moe_backend *be, enum moe_glu act, moe_dptr gate, moe_dptr up,
 		   int64_t stride, int64_t n_tok, int64_t n, moe_dptr out);

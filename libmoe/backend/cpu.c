@@ -551,19 +551,24 @@ static int kv_store(const struct moe_kv *kv, moe_dptr kd, moe_dptr vd, moe_dptr 
 	if (!row)
 		return moe_err(EINVAL, "kv_store: KV type %s of %u values is not supported",
 			       moe_type_name(kv->type) ? moe_type_name(kv->type) : "?", kv->kv_dim);
+	if (!kv->v != !vd)
+		return moe_err(EINVAL, "kv_store: values given for a cache without V rows, or none "
+			       "for one with them");
 	for (uint32_t t = 0; t < n_tok; t++) {
 		uint64_t cell = kv_cell(kv, seq, t, pos[t]);
 		const float *k = (const float *)PTR(kd) + (size_t)t * kv->kv_dim;
 		const float *v = (const float *)PTR(vd) + (size_t)t * kv->kv_dim;
 		uint8_t *kc = (uint8_t *)PTR(kv->k) + cell * row;
-		uint8_t *vc = (uint8_t *)PTR(kv->v) + cell * row;
+		uint8_t *vc = kv->v ? (uint8_t *)PTR(kv->v) + cell * row : NULL;
 
 		if (kv->type == MOE_TYPE_F32) {
 			memcpy(kc, k, row);
-			memcpy(vc, v, row);
+			if (vc)
+				memcpy(vc, v, row);
 		} else {
 			moe_type_traits(kv->type)->from_float(k, kc, kv->kv_dim);
-			moe_type_traits(kv->type)->from_float(v, vc, kv->kv_dim);
+			if (vc)
+				moe_type_traits(kv->type)->from_float(v, vc, kv->kv_dim);
 		}
 	}
 	return 0;
@@ -583,12 +588,10 @@ struct attn_job {
 	const struct moe_type_traits *kt;
 };
 
-/* The head slice @off..@off+hd of a cache row as F32 (a pointer into it for F32). */
+/* The slice @off..@off+hd of a cache row as F32 (a pointer into it for F32). */
 static const float *kv_slice(const struct attn_job *j, const uint8_t *row, uint32_t off,
-			     float *tmp)
+			     uint32_t hd, float *tmp)
 {
-	uint32_t hd = j->a->head_dim;
-
 	if (j->a->kv.type == MOE_TYPE_F32)
 		return (const float *)row + off;
 	if (j->a->kv.type == MOE_TYPE_F16)
@@ -608,8 +611,9 @@ static void attn_one(const struct attn_job *j, uint32_t t, uint32_t h, float *kt
 	const int32_t *posv = PTR(a->pos), *seq = PTR(a->seq);
 	const float *sinks = PTR(a->sinks);
 	uint32_t hd = a->head_dim, kvh = h / (a->n_head / a->n_head_kv);
+	uint32_t hdv = a->head_dim_v ? a->head_dim_v : hd;
 	const float *q = (const float *)PTR(a->q) + ((size_t)t * a->n_head + h) * hd;
-	float *o = (float *)PTR(a->out) + ((size_t)t * a->n_head + h) * hd;
+	float *o = (float *)PTR(a->out) + ((size_t)t * a->n_head + h) * hdv;
 	int64_t p = posv[t], lo = 0;
 	float mx = -INFINITY, sum = 0;
 
@@ -617,11 +621,11 @@ static void attn_one(const struct attn_job *j, uint32_t t, uint32_t h, float *kt
 		lo = MOE_MAX(0, p - (int64_t)a->window + 1);
 	else if (a->mask == MOE_MASK_CHUNKED && a->window)
 		lo = p / a->window * a->window;
-	memset(o, 0, sizeof(float) * hd);
+	memset(o, 0, sizeof(float) * hdv);
 	for (int64_t jp = lo; jp <= p; jp++) {
 		uint64_t cell = kv_cell(&a->kv, seq, t, jp);
-		const float *k = kv_slice(j, (const uint8_t *)PTR(a->kv.k) + cell * j->row,
-					  kvh * hd, ktmp);
+		const uint8_t *krow = (const uint8_t *)PTR(a->kv.k) + cell * j->row;
+		const float *k = kv_slice(j, krow, kvh * hd, hd, ktmp);
 		const float *v;
 		float d = 0, e;
 
@@ -630,18 +634,22 @@ static void attn_one(const struct attn_job *j, uint32_t t, uint32_t h, float *kt
 		d *= a->scale;
 		if (a->softcap > 0)
 			d = a->softcap * tanhf(d / a->softcap);
-		v = kv_slice(j, (const uint8_t *)PTR(a->kv.v) + cell * j->row, kvh * hd, vtmp);
+		if (a->kv.v)
+			v = kv_slice(j, (const uint8_t *)PTR(a->kv.v) + cell * j->row, kvh * hdv,
+				     hdv, vtmp);
+		else
+			v = k;
 		if (d > mx) {
 			float r = expf(mx - d);
 
-			for (uint32_t i = 0; i < hd; i++)
+			for (uint32_t i = 0; i < hdv; i++)
 				o[i] *= r;
 			sum *= r;
 			mx = d;
 		}
 		e = expf(d - mx);
 		sum += e;
-		for (uint32_t i = 0; i < hd; i++)
+		for (uint32_t i = 0; i < hdv; i++)
 			o[i] += e * v[i];
 	}
 	if (sinks) {
@@ -650,7 +658,7 @@ static void attn_one(const struct attn_job *j, uint32_t t, uint32_t h, float *kt
 		if (s > mx) {
 			float r = expf(mx - s);
 
-			for (uint32_t i = 0; i < hd; i++)
+			for (uint32_t i = 0; i < hdv; i++)
 				o[i] *= r;
 			sum *= r;
 			mx = s;
@@ -660,7 +668,7 @@ static void attn_one(const struct attn_job *j, uint32_t t, uint32_t h, float *kt
 	if (sum > 0) {
 		float inv = 1.0f / sum;
 
-		for (uint32_t i = 0; i < hd; i++)
+		for (uint32_t i = 0; i < hdv; i++)
 			o[i] *= inv;
 	}
 }
@@ -673,12 +681,14 @@ static void attn_worker(void *arg, int ith, int nth)
 	float *tmp = NULL;
 
 	if (a->kv.type != MOE_TYPE_F32) {
-		tmp = malloc(sizeof(float) * 2 * a->head_dim);
+		/* the values are never wider than the keys they may be read from */
+		tmp = malloc(sizeof(float) * 2 * MOE_MAX(a->head_dim, a->head_dim_v));
 		if (!tmp)
 			return;
 	}
 	for (uint32_t i = ith; i < n; i += nth)
-		attn_one(j, i / a->n_head, i % a->n_head, tmp, tmp ? tmp + a->head_dim : NULL);
+		attn_one(j, i / a->n_head, i % a->n_head, tmp,
+			 tmp ? tmp + MOE_MAX(a->head_dim, a->head_dim_v) : NULL);
 	free(tmp);
 }
 
@@ -687,13 +697,16 @@ static int attention(struct cpu *c, const struct moe_attn_args *a)
 	struct attn_job job = { .a = a, .row = moe_kv_row_bytes(a->kv.type, a->kv.kv_dim),
 				.kt = moe_type_traits(a->kv.type) };
 	const int32_t *pos = PTR(a->pos);
+	uint32_t hdv = a->head_dim_v ? a->head_dim_v : a->head_dim;
 	uint64_t work = 0;
 
 	if (!job.row || !a->n_head_kv || a->n_head % a->n_head_kv ||
 	    a->n_head_kv * a->head_dim != a->kv.kv_dim ||
-	    (a->kv.type == MOE_TYPE_Q8_0 && a->head_dim % 32))
-		return moe_err(EINVAL, "attention: %u heads (%u KV) of %u over a %s cache of %u",
-			       a->n_head, a->n_head_kv, a->head_dim,
+	    (a->kv.type == MOE_TYPE_Q8_0 && (a->head_dim % 32 || hdv % 32)) ||
+	    (a->kv.v && hdv != a->head_dim) || (!a->kv.v && hdv > a->head_dim))
+		return moe_err(EINVAL, "attention: %u heads (%u KV) of %u (values %u%s) over a %s "
+			       "cache of %u", a->n_head, a->n_head_kv, a->head_dim, hdv,
+			       a->kv.v ? "" : ", read from the keys",
 			       moe_type_name(a->kv.type) ? moe_type_name(a->kv.type) : "?",
 			       a->kv.kv_dim);
 	for (uint32_t t = 0; t < a->n_tok; t++) {
@@ -706,7 +719,7 @@ static int attention(struct cpu *c, const struct moe_attn_args *a)
 		if (pos[t] < 0 || span > a->kv.n_cells)
 			return moe_err(EINVAL, "attention: position %d sees %lld positions, the "
 				       "cache keeps %u", pos[t], (long long)span, a->kv.n_cells);
-		work += (uint64_t)span * a->n_head * a->head_dim;
+		work += (uint64_t)span * a->n_head * (a->head_dim + hdv);
 	}
 	/* a fork-join costs more than a short decode-time attention */
 	run(c, attn_worker, &job, work);
@@ -904,6 +917,42 @@ static void top_k(const float *score, uint32_t n, uint32_t k, int32_t *sel)
 	}
 }
 
+/*
+ * Group-limited routing: a group scores the sum of its two best selection
+ * scores; the experts outside the topk_group best groups drop out.
+ */
+static void keep_groups(const struct moe_route_args *a, float *score)
+{
+	uint32_t gs = a->n_expert / a->n_group;
+	float gscore[MOE_ROUTE_MAX_GROUPS] = { 0 };
+	int32_t keep[MOE_ROUTE_MAX_GROUPS];
+
+	for (uint32_t g = 0; g < a->n_group; g++) {
+		const float *sg = score + (size_t)g * gs;
+		float b0 = -INFINITY, b1 = -INFINITY;
+
+		for (uint32_t e = 0; e < gs; e++) {
+			if (sg[e] > b0) {
+				b1 = b0;
+				b0 = sg[e];
+			} else if (sg[e] > b1) {
+				b1 = sg[e];
+			}
+		}
+		gscore[g] = gs > 1 ? b0 + b1 : b0;
+	}
+	top_k(gscore, a->n_group, a->topk_group, keep);
+	for (uint32_t g = 0; g < a->n_group; g++) {
+		bool kept = false;
+
+		for (uint32_t i = 0; i < a->topk_group; i++)
+			kept |= keep[i] == (int32_t)g;
+		if (!kept)
+			for (uint32_t e = 0; e < gs; e++)
+				score[(size_t)g * gs + e] = -INFINITY;
+	}
+}
+
 static int route(const struct moe_route_args *a, float *score, float *prob)
 {
 	const float *bias = PTR(a->bias);
@@ -937,6 +986,8 @@ static int route(const struct moe_route_args *a, float *score, float *prob)
 		}
 		for (uint32_t e = 0; e < ne; e++)
 			score[e] = prob[e] + (bias ? bias[e] : 0.0f);
+		if (a->n_group > 1)
+			keep_groups(a, score);
 		top_k(score, ne, k, s);
 		if (a->gating == MOE_GATING_SOFTMAX_SELECTED) {
 			mx = -INFINITY;
@@ -978,6 +1029,12 @@ static int cpu_route(struct moe_backend *be, const struct moe_route_args *a)
 	if (!a->k || a->k > a->n_expert || a->stride < a->k)
 		return moe_err(EINVAL, "route: top-%u of %u experts (stride %u)", a->k, a->n_expert,
 			       a->stride);
+	if (a->n_group > 1 && (a->n_group > MOE_ROUTE_MAX_GROUPS || a->n_expert % a->n_group ||
+			       !a->topk_group || a->topk_group > a->n_group ||
+			       a->k > a->topk_group * (a->n_expert / a->n_group)))
+		return moe_err(EINVAL, "route: %u experts in %u groups (at most %u), %u kept, "
+			       "cannot give %u choices", a->n_expert, a->n_group,
+			       MOE_ROUTE_MAX_GROUPS, a->topk_group, a->k);
 	tmp = items(c, sizeof(float) * 2 * a->n_expert);
 	if (!tmp)
 		return moe_err(ENOMEM, "out of memory");
@@ -1174,6 +1231,97 @@ static int cpu_matmul(struct moe_backend *be, const struct moe_be_mat *w, uint32
 		      moe_dptr x, uint32_t n_tok, const moe_dptr *y)
 {
 	return GUARDED(cpu_of(be), matmul(cpu_of(be), w, n_w, x, n_tok, y));
+}
+
+/*
+ * Per-head products: each head's inputs are gathered into workspace rows,
+ * quantized once for all heads where the weight type wants it, multiplied
+ * as one fused job of n_head products, and scattered to their strides.
+ */
+static int matmul_heads(struct cpu *c, const struct moe_heads_args *a)
+{
+	const struct moe_be_mat *w = &a->w;
+	int64_t rb = moe_type_row_bytes(w->type, (uint64_t)w->cols);
+	uint64_t n = (uint64_t)a->n_head * a->n_tok;
+	struct ws_cursor ws = ws_begin(c);
+	struct moe_mm *mm;
+	struct mm_item *it;
+	float *xin, *yout;
+	uint8_t *qa = NULL;
+	int ret = 0;
+
+	if (rb <= 0 || !a->n_head)
+		return moe_err(EINVAL, "matmul_heads: %u heads of %s %lld x %lld", a->n_head,
+			       moe_type_name(w->type) ? moe_type_name(w->type) : "?",
+			       (long long)w->rows, (long long)w->cols);
+	if (!a->n_tok)
+		return 0;
+	xin = ws_take(&ws, n * (uint64_t)w->cols * sizeof(float));
+	yout = ws_take(&ws, n * (uint64_t)w->rows * sizeof(float));
+	mm = calloc(a->n_head, sizeof(*mm));
+	if (!mm)
+		return moe_err(ENOMEM, "out of memory");
+	if (!xin || !yout) {
+		ret = ws_short("matmul_heads", c->ws_bytes);
+		goto out;
+	}
+	for (uint32_t h = 0; h < a->n_head && !ret; h++) {
+		ret = moe_mm_init(&mm[h], w->type, (const uint8_t *)PTR(w->p) +
+				  (uint64_t)h * w->rows * rb, w->rows, w->cols);
+		mm[h].n_tok = a->n_tok;
+		mm[h].y = yout + (uint64_t)h * a->n_tok * w->rows;
+		for (uint32_t t = 0; t < a->n_tok; t++)
+			memcpy(xin + ((uint64_t)h * a->n_tok + t) * w->cols,
+			       (const float *)PTR(a->x) + (uint64_t)t * a->x_tok +
+			       (uint64_t)h * a->x_head, sizeof(float) * w->cols);
+	}
+	if (ret)
+		goto out;
+	if (mm[0].t->vec_dot_type != MOE_TYPE_F32) {
+		struct quant_job q = { .mm = &mm[0], .x = xin, .n = (uint32_t)n };
+
+		qa = q.dst = ws_take(&ws, n * mm[0].act_row_bytes);
+		if (!qa) {
+			ret = ws_short("matmul_heads", c->ws_bytes);
+			goto out;
+		}
+		quantize_rows(c, &q);
+	}
+	for (uint32_t h = 0; h < a->n_head; h++)
+		mm[h].act = qa ? qa + (uint64_t)h * a->n_tok * mm[0].act_row_bytes :
+			    (const void *)(xin + (uint64_t)h * a->n_tok * w->cols);
+	it = items(c, sizeof(*it) * mm_max_items(mm, a->n_head));
+	if (!it) {
+		ret = moe_err(ENOMEM, "out of memory");
+		goto out;
+	}
+	mm_run(c, mm, it, mm_split(c, mm, a->n_head, it));
+	for (uint32_t h = 0; h < a->n_head; h++)
+		for (uint32_t t = 0; t < a->n_tok; t++)
+			memcpy((float *)PTR(a->y) + (uint64_t)t * a->y_tok + (uint64_t)h * a->y_head,
+			       yout + ((uint64_t)h * a->n_tok + t) * w->rows,
+			       sizeof(float) * w->rows);
+out:
+	free(mm);
+	return ret;
+}
+
+static int cpu_matmul_heads(struct moe_backend *be, const struct moe_heads_args *a)
+{
+	return GUARDED(cpu_of(be), matmul_heads(cpu_of(be), a));
+}
+
+static int cpu_copy_rows(struct moe_backend *be, moe_dptr dst, uint32_t dst_stride, moe_dptr src,
+			 uint32_t src_stride, uint32_t n, uint32_t n_rows)
+{
+	struct cpu *c = cpu_of(be);
+
+	guard_open(c);
+	for (uint32_t r = 0; r < n_rows; r++)
+		memmove((float *)PTR(dst) + (uint64_t)r * dst_stride,
+			(const float *)PTR(src) + (uint64_t)r * src_stride, sizeof(float) * n);
+	guard_close(c);
+	return 0;
 }
 
 /* ------------------------------------------------------------ FFNs */
@@ -1471,7 +1619,7 @@ static uint64_t act_row_max(uint32_t cols)
 
 static uint64_t cpu_workspace_bytes(const struct moe_be_shape *s)
 {
-	uint64_t a = CPU_ALIGN, mm, fn, rows = MOE_MAX(s->max_tok, s->max_ent);
+	uint64_t a = CPU_ALIGN, mm, fn, hd, rows = MOE_MAX(s->max_tok, s->max_ent);
 
 	/* matmul: one quantized copy of the input per quantized activation type (two) */
 	mm = 2 * ((uint64_t)s->max_tok * act_row_max(s->max_cols) + a);
@@ -1484,7 +1632,10 @@ static uint64_t cpu_workspace_bytes(const struct moe_be_shape *s)
 	fn += 2 * ((uint64_t)rows * act_row_max(s->n_embd) + a);
 	fn += 2 * ((uint64_t)s->max_tok * act_row_max(s->n_embd) + a);
 	fn += 2 * ((uint64_t)rows * 4 + a);
-	return MOE_MAX(mm, fn);
+	/* matmul_heads: gathered inputs and outputs, the inputs quantized */
+	hd = (uint64_t)s->max_tok * s->max_head * (s->max_heads_io * 4 +
+						    act_row_max(s->max_heads_io)) + 3 * a;
+	return MOE_MAX(MOE_MAX(mm, fn), hd);
 }
 
 static void cpu_destroy(struct moe_backend *be)
@@ -1529,6 +1680,8 @@ static const struct moe_backend_ops cpu_ops = {
 	.rope = cpu_rope,
 	.kv_store = cpu_kv_store,
 	.attention = cpu_attention,
+	.matmul_heads = cpu_matmul_heads,
+	.copy_rows = cpu_copy_rows,
 	.glu = cpu_glu,
 	.ffn = cpu_ffn,
 	.route = cpu_route,

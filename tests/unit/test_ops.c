@@ -36,7 +36,7 @@ static moe_dptr dev(size_t bytes);
 /* Large enough for every shape below, sized by the backend's own formula. */
 static const struct moe_be_shape ws_shape = {
 	.max_tok = 32, .max_ent = 64, .n_embd = 1024, .max_cols = 1024, .max_ff = 512,
-	.max_head = 8, .max_head_dim = 64, .max_ffn = 8,
+	.max_head = 8, .max_head_dim = 64, .max_ffn = 8, .max_heads_io = 320,
 };
 
 static void open_backend(int i)
@@ -395,6 +395,78 @@ START_TEST(ops_matmul_fused)
 }
 END_TEST
 
+/*
+ * Per-head products over strided inputs and outputs (MLA's absorbed
+ * attn_k_b and attn_v_b): padding between heads and tokens stays untouched.
+ */
+START_TEST(ops_matmul_heads)
+{
+	static const uint32_t types[] = { MOE_TYPE_F32, MOE_TYPE_F16, MOE_TYPE_Q8_0, MOE_TYPE_Q4_K };
+	const uint32_t H = 3, n_tok = 5, rows = 7;
+
+	open_backend(_i);
+	for (size_t ti = 0; ti < MOE_ARRAY_SIZE(types); ti++) {
+		uint32_t cols = moe_type_block_elems(types[ti]) == 256 ? 256 : 64;
+		uint32_t xh = cols + 3, xt = H * xh + 5, yh = rows + 2, yt = H * yh + 1;
+		float *x = randf((size_t)n_tok * xt, 1.0), *got = malloc(sizeof(float) * n_tok * yt);
+		moe_dptr yd;
+		struct wmat m;
+		struct moe_heads_args a;
+
+		for (uint32_t i = 0; i < n_tok * yt; i++)
+			got[i] = 777.0f;
+		yd = up(got, sizeof(float) * n_tok * yt);
+		make_wmat(&m, types[ti], (int64_t)H * rows, cols);
+		a = (struct moe_heads_args){ .w = dev_mat(&m), .n_head = H, .n_tok = n_tok,
+					     .x = up(x, sizeof(float) * n_tok * xt), .y = yd,
+					     .x_tok = xt, .x_head = xh, .y_tok = yt, .y_head = yh };
+		a.w.rows = rows;
+		ck_assert_msg(be->ops->matmul_heads(be, &a) == 0, "%s", moe_errmsg());
+		down(got, yd, sizeof(float) * n_tok * yt);
+		for (uint32_t t = 0; t < n_tok; t++)
+			for (uint32_t i = 0; i < yt; i++) {
+				uint32_t h = i / yh, r = i % yh;
+				double want = 777.0, tol = 0;
+
+				if (h < H && r < rows)
+					ref_dot(m.w + ((size_t)h * rows + r) * cols, x + t * xt + h * xh,
+						cols, act_block(types[ti]), &want, &tol);
+				ck_assert_msg(fabs(got[t * yt + i] - want) <= tol, "%s tok %u head %u "
+					      "row %u: %.8g vs %.8g", moe_type_name(types[ti]), t, h, r,
+					      got[t * yt + i], want);
+			}
+		free_wmat(&m);
+		free(x);
+		free(got);
+	}
+	close_backend(_i);
+}
+END_TEST
+
+START_TEST(ops_copy_rows)
+{
+	float src[6 * 10], dst[6 * 7], want[6 * 7];
+	moe_dptr sd, dd;
+
+	open_backend(_i);
+	for (int i = 0; i < 60; i++)
+		src[i] = (float)i;
+	for (int i = 0; i < 42; i++)
+		dst[i] = want[i] = -1.0f;
+	for (int r = 0; r < 6; r++)
+		for (int i = 0; i < 4; i++)
+			want[r * 7 + 2 + i] = src[r * 10 + 5 + i];
+	sd = up(src, sizeof(src));
+	dd = up(dst, sizeof(dst));
+	ck_assert_int_eq(be->ops->copy_rows(be, dd + 2 * sizeof(float), 7, sd + 5 * sizeof(float),
+					    10, 4, 6), 0);
+	down(dst, dd, sizeof(dst));
+	for (int i = 0; i < 42; i++)
+		ck_assert_msg(dst[i] == want[i], "[%d] %g vs %g", i, dst[i], want[i]);
+	close_backend(_i);
+}
+END_TEST
+
 /* ------------------------------------------------------------ norms, rope */
 
 START_TEST(ops_rms_norm)
@@ -507,6 +579,7 @@ struct attn_case {
 	uint32_t window, n_cells, n_seq;
 	bool sinks;
 	float softcap;
+	uint32_t latent_v;          /* values read from the keys' first latent_v (no V rows) */
 };
 
 static const struct attn_case attn_cases[] = {
@@ -521,6 +594,10 @@ static const struct attn_case attn_cases[] = {
 	/* rings: fewer cells than positions, a window that fits them */
 	{ MOE_TYPE_F32, 16, 4, 2, MOE_MASK_SLIDING, 4, 7, 2, true, 0 },
 	{ MOE_TYPE_F16, 32, 2, 2, MOE_MASK_CHUNKED, 5, 8, 1, false, 0 },
+	/* latent caches (MLA): one KV head whose keys carry the values */
+	{ MOE_TYPE_F32, 48, 4, 1, MOE_MASK_CAUSAL, 0, 24, 1, false, 0, 32 },
+	{ MOE_TYPE_F16, 24, 3, 1, MOE_MASK_SLIDING, 5, 24, 2, false, 0, 16 },
+	{ MOE_TYPE_Q8_0, 96, 2, 1, MOE_MASK_CAUSAL, 0, 24, 1, false, 0, 64 },
 };
 
 /* K/V as stored in the cache: rounded through the KV type. */
@@ -549,16 +626,17 @@ START_TEST(ops_attention)
 	for (size_t ci = 0; ci < MOE_ARRAY_SIZE(attn_cases); ci++) {
 		const struct attn_case *ac = &attn_cases[ci];
 		uint32_t hd = ac->head_dim, kvd = ac->n_head_kv * hd, nq = ac->n_head * hd;
+		uint32_t hv = ac->latent_v ? ac->latent_v : hd, no = ac->n_head * hv;
 		uint32_t S = ac->n_seq, row = (uint32_t)moe_kv_row_bytes(ac->kv_type, kvd);
 		float *K = randf((size_t)S * N * kvd, 1.0), *V = randf((size_t)S * N * kvd, 1.0);
 		float *Q = randf((size_t)S * N * nq, 1.0), *sinks = randf(ac->n_head, 1.0);
-		float *got = malloc(sizeof(float) * STEP * S * nq);
+		float *got = malloc(sizeof(float) * STEP * S * no);
 		struct moe_kv kv = { .type = ac->kv_type, .n_cells = ac->n_cells, .kv_dim = kvd };
 		moe_dptr sd = up(sinks, sizeof(float) * ac->n_head);
 
 		ck_assert_uint_gt(row, 0);
 		kv.k = dev((size_t)S * ac->n_cells * row);
-		kv.v = dev((size_t)S * ac->n_cells * row);
+		kv.v = ac->latent_v ? 0 : dev((size_t)S * ac->n_cells * row);
 		for (int p0 = 0; p0 < N; p0 += STEP) {
 			/* one batch: STEP positions of every sequence, sequences interleaved */
 			uint32_t n = STEP * S;
@@ -580,19 +658,21 @@ START_TEST(ops_attention)
 			posd = up(pos, sizeof(int32_t) * n);
 			seqd = up(seq, sizeof(int32_t) * n);
 			ck_assert_int_eq(be->ops->kv_store(be, &kv, up(kb, sizeof(float) * n * kvd),
+							   ac->latent_v ? 0 :
 							   up(vb, sizeof(float) * n * kvd), posd,
 							   S > 1 ? seqd : 0, n), 0);
-			outd = dev(sizeof(float) * n * nq);
+			outd = dev(sizeof(float) * n * no);
 			a = (struct moe_attn_args){
 				.q = up(qb, sizeof(float) * n * nq), .out = outd, .pos = posd,
 				.seq = S > 1 ? seqd : 0, .sinks = ac->sinks ? sd : 0, .kv = kv,
 				.n_tok = n, .n_head = ac->n_head, .n_head_kv = ac->n_head_kv,
-				.head_dim = hd, .mask = ac->mask, .window = ac->window,
-				.scale = 1.0f / sqrtf((float)hd), .softcap = ac->softcap,
+				.head_dim = hd, .head_dim_v = ac->latent_v, .mask = ac->mask,
+				.window = ac->window, .scale = 1.0f / sqrtf((float)hd),
+				.softcap = ac->softcap,
 			};
 			ck_assert_msg(be->ops->attention(be, &a) == 0, "case %zu: %s", ci,
 				      moe_errmsg());
-			down(got, outd, sizeof(float) * n * nq);
+			down(got, outd, sizeof(float) * n * no);
 			for (uint32_t t = 0; t < n; t++) {
 				uint32_t s = (uint32_t)seq[t];
 				int p = pos[t];
@@ -627,7 +707,7 @@ START_TEST(ops_attention)
 						sum += vis[j] ? exp(sc[j] - mx) : 0;
 					if (ac->sinks)
 						sum += exp(sinks[h] - mx);
-					for (uint32_t i = 0; i < hd; i++) {
+					for (uint32_t i = 0; i < hv; i++) {
 						double o = 0;
 
 						for (int j = 0; j < N; j++) {
@@ -635,15 +715,16 @@ START_TEST(ops_attention)
 
 							if (!vis[j])
 								continue;
-							memcpy(vr, V + ((size_t)s * N + j) * kvd,
-							       sizeof(float) * kvd);
+							/* a latent cache's values are its keys */
+							memcpy(vr, (ac->latent_v ? K : V) +
+							       ((size_t)s * N + j) * kvd, sizeof(float) * kvd);
 							kv_round(ac->kv_type, vr, kvd);
 							o += exp(sc[j] - mx) / sum * vr[kh * hd + i];
 						}
-						ck_assert_msg(fabs(o - got[(t * ac->n_head + h) * hd + i]) <
+						ck_assert_msg(fabs(o - got[(t * ac->n_head + h) * hv + i]) <
 							      2e-5, "case %zu pos %d seq %u h %u i %u: %g vs "
 							      "%g", ci, p, s, h, i, o,
-							      got[(t * ac->n_head + h) * hd + i]);
+							      got[(t * ac->n_head + h) * hv + i]);
 					}
 				}
 			}
@@ -917,15 +998,22 @@ struct route_case {
 	uint32_t gating, n_expert, k, stride;
 	bool bias, norm;
 	float scale;
+	uint32_t n_group, topk_group;
 };
 
 static const struct route_case route_cases[] = {
-	{ MOE_GATING_SOFTMAX, 8, 2, 2, false, false, 1.0f },
-	{ MOE_GATING_SOFTMAX, 33, 4, 6, false, true, 1.0f },
-	{ MOE_GATING_SIGMOID, 16, 1, 1, false, false, 1.0f },
-	{ MOE_GATING_SIGMOID, 128, 8, 8, true, true, 2.5f },
-	{ MOE_GATING_SOFTMAX_SELECTED, 32, 4, 4, false, false, 1.0f },
-	{ MOE_GATING_SOFTMAX_SELECTED, 9, 3, 5, true, false, 1.0f },
+	{ MOE_GATING_SOFTMAX, 8, 2, 2, false, false, 1.0f, 0, 0 },
+	{ MOE_GATING_SOFTMAX, 33, 4, 6, false, true, 1.0f, 0, 0 },
+	{ MOE_GATING_SIGMOID, 16, 1, 1, false, false, 1.0f, 0, 0 },
+	{ MOE_GATING_SIGMOID, 128, 8, 8, true, true, 2.5f, 0, 0 },
+	{ MOE_GATING_SOFTMAX_SELECTED, 32, 4, 4, false, false, 1.0f, 0, 0 },
+	{ MOE_GATING_SOFTMAX_SELECTED, 9, 3, 5, true, false, 1.0f, 0, 0 },
+	/* group-limited: DeepSeek-V3's 8 groups keeping 4, a tiny 4 keeping 2, groups of 3 */
+	{ MOE_GATING_SIGMOID, 64, 8, 8, true, true, 2.5f, 8, 4 },
+	{ MOE_GATING_SIGMOID, 8, 3, 4, true, true, 2.5f, 4, 2 },
+	{ MOE_GATING_SOFTMAX, 12, 2, 2, false, true, 1.0f, 4, 1 },
+	/* one group: no restriction, as llama.cpp treats expert_group_count 1 */
+	{ MOE_GATING_SIGMOID, 8, 2, 2, true, true, 2.5f, 1, 1 },
 };
 
 START_TEST(ops_route)
@@ -944,9 +1032,10 @@ START_TEST(ops_route)
 			.bias = rc->bias ? up(bias, sizeof(float) * rc->n_expert) : 0, .n_tok = T,
 			.n_expert = rc->n_expert, .k = rc->k, .stride = rc->stride,
 			.gating = rc->gating, .norm = rc->norm, .scale = rc->scale,
+			.n_group = rc->n_group, .topk_group = rc->topk_group,
 		};
 
-		ck_assert_int_eq(be->ops->route(be, &a), 0);
+		ck_assert_msg(be->ops->route(be, &a) == 0, "case %zu: %s", ci, moe_errmsg());
 		down(sel, seld, sizeof(int32_t) * T * rc->stride);
 		down(w, wd, sizeof(float) * T * rc->stride);
 		for (uint32_t t = 0; t < T; t++) {
@@ -969,6 +1058,37 @@ START_TEST(ops_route)
 				if (rc->gating == MOE_GATING_SOFTMAX)
 					prob[e] /= sum;
 				score[e] = prob[e] + (rc->bias ? bias[e] : 0);
+			}
+			if (rc->n_group > 1) {
+				uint32_t gs = rc->n_expert / rc->n_group;
+				double gsc[16];
+				bool kept[16] = { false };
+
+				/* a group's score: its two best experts; the best groups stay */
+				for (uint32_t g = 0; g < rc->n_group; g++) {
+					double b0 = -1e300, b1 = -1e300;
+
+					for (uint32_t e = g * gs; e < (g + 1) * gs; e++) {
+						if (score[e] > b0) {
+							b1 = b0;
+							b0 = score[e];
+						} else if (score[e] > b1) {
+							b1 = score[e];
+						}
+					}
+					gsc[g] = b0 + b1;
+				}
+				for (uint32_t i = 0; i < rc->topk_group; i++) {
+					int bg = -1;
+
+					for (uint32_t g = 0; g < rc->n_group; g++)
+						if (!kept[g] && (bg < 0 || gsc[g] > gsc[bg]))
+							bg = (int)g;
+					kept[bg] = true;
+				}
+				for (uint32_t e = 0; e < rc->n_expert; e++)
+					if (!kept[e / gs])
+						score[e] = -1e300;
 			}
 			for (uint32_t j = 0; j < rc->k; j++) {
 				int best = -1;
@@ -1003,6 +1123,19 @@ START_TEST(ops_route)
 		}
 		free(lg);
 		free(bias);
+	}
+	{
+		/* groups that do not divide the experts, or keep too few for k */
+		moe_dptr d = dev(64 * sizeof(float));
+		struct moe_route_args bad = { .logits = d, .sel = d, .weights = d, .n_tok = 1,
+					      .n_expert = 10, .k = 2, .stride = 2,
+					      .gating = MOE_GATING_SIGMOID, .n_group = 4,
+					      .topk_group = 2 };
+
+		ck_assert_int_eq(be->ops->route(be, &bad), -EINVAL);
+		bad.n_expert = 8;
+		bad.k = 5;
+		ck_assert_int_eq(be->ops->route(be, &bad), -EINVAL);
 	}
 	close_backend(_i);
 }
@@ -1149,6 +1282,8 @@ Suite *suite_ops(void)
 		tcase_add_loop_test(tc, ops_to_f32, i, i + 1);
 		tcase_add_loop_test(tc, ops_matmul, i, i + 1);
 		tcase_add_loop_test(tc, ops_matmul_fused, i, i + 1);
+		tcase_add_loop_test(tc, ops_matmul_heads, i, i + 1);
+		tcase_add_loop_test(tc, ops_copy_rows, i, i + 1);
 		tcase_add_loop_test(tc, ops_rms_norm, i, i + 1);
 		tcase_add_loop_test(tc, ops_rope, i, i + 1);
 		tcase_add_loop_test(tc, ops_attention, i, i + 1);
