@@ -41,6 +41,26 @@ static const struct arch_tensor attn_gemma4[] = {
 	REQ("ffn_down.weight"), REQ("post_ffw_norm.weight"), { 0 },
 };
 
+/*
+ * MLA: q through a low-rank pair (attn_q_a/attn_q_b) or, in the lite
+ * models, attn_q; the absorbed layout of current converters (attn_k_b,
+ * attn_v_b), which model.c checks for by name.
+ */
+static const struct arch_tensor attn_mla[] = {
+	REQ("attn_norm.weight"), OPT("attn_q_a.weight"), OPT("attn_q_a_norm.weight"),
+	OPT("attn_q_b.weight"), OPT("attn_q.weight"), REQ("attn_kv_a_mqa.weight"),
+	REQ("attn_kv_a_norm.weight"), OPT("attn_k_b.weight"), OPT("attn_v_b.weight"),
+	REQ("attn_output.weight"), REQ("ffn_norm.weight"), { 0 },
+};
+
+/* GLM-4.5: q/k/v biases, per-head q/k norms, post_attention_norm is the pre-FFN norm */
+static const struct arch_tensor attn_glm4moe[] = {
+	REQ("attn_norm.weight"), REQ("attn_q.weight"), REQ("attn_k.weight"),
+	REQ("attn_v.weight"), REQ("attn_output.weight"), REQ("attn_q.bias"),
+	REQ("attn_k.bias"), REQ("attn_v.bias"), REQ("attn_q_norm.weight"),
+	REQ("attn_k_norm.weight"), REQ("post_attention_norm.weight"), { 0 },
+};
+
 static const struct arch_tensor dense_std[] = {
 	REQ("ffn_gate.weight"), REQ("ffn_up.weight"), REQ("ffn_down.weight"), { 0 },
 };
@@ -81,6 +101,11 @@ static const char *const keys_std[] = {
 static const char *const keys_moe[] = {
 	"block_count", "embedding_length", "attention.head_count", "context_length",
 	"expert_count", "expert_used_count", NULL,
+};
+
+static const char *const keys_deepseek2[] = {
+	"block_count", "embedding_length", "attention.head_count", "context_length",
+	"attention.kv_lora_rank", "rope.dimension_count", NULL,
 };
 
 static const char *const keys_gemma4[] = {
@@ -132,6 +157,21 @@ static const struct moe_arch arches[MOE_ARCH_COUNT] = {
 		.globals = globals_std, .layer = attn_gemma4, .dense = none, .moe = moe_gemma4,
 		.required_keys = keys_gemma4,
 	},
+	[MOE_ARCH_DEEPSEEK2] = {
+		/* V2 files have no expert_gating_func: softmax, as llama.cpp falls back to */
+		.name = "deepseek2", .id = MOE_ARCH_DEEPSEEK2, .moe_layers = MOE_LAYERS_ALL,
+		.rope = MOE_ROPE_NORMAL, .act = MOE_ACT_SILU, .gating = MOE_GATING_SOFTMAX,
+		.attn = MOE_ATTN_MLA, .yarn_mscale_in_scale = true,
+		.globals = globals_std, .layer = attn_mla, .dense = dense_std, .moe = moe_std,
+		.required_keys = keys_deepseek2,
+	},
+	[MOE_ARCH_GLM4MOE] = {
+		.name = "glm4moe", .id = MOE_ARCH_GLM4MOE, .moe_layers = MOE_LAYERS_ALL,
+		.rope = MOE_ROPE_NEOX, .act = MOE_ACT_SILU, .gating = MOE_GATING_SIGMOID,
+		.weights_norm = true, .attn = MOE_ATTN_QK_NORM | MOE_ATTN_BIAS, .nextn = true,
+		.globals = globals_std, .layer = attn_glm4moe, .dense = dense_std, .moe = moe_std,
+		.required_keys = keys_moe,
+	},
 };
 
 const struct moe_arch *moe_arch_find(const char *name)
@@ -144,5 +184,6 @@ const struct moe_arch *moe_arch_find(const char *name)
 
 const char *moe_arch_list(void)
 {
-	return "llama (incl. Mixtral), qwen3moe, llama4, gpt-oss, gemma4";
+	return "llama (incl. Mixtral), qwen3moe, llama4, gpt-oss, gemma4, deepseek2 (DeepSeek-V2/V3/R1, "
+	       "Kimi K2), glm4moe";
 }

@@ -16,6 +16,8 @@ enum moe_arch_id {
 	MOE_ARCH_LLAMA4,
 	MOE_ARCH_GPTOSS,
 	MOE_ARCH_GEMMA4,
+	MOE_ARCH_DEEPSEEK2,     /* DeepSeek-V2/V3/R1, Kimi K2 */
+	MOE_ARCH_GLM4MOE,       /* GLM-4.5/4.6 */
 	MOE_ARCH_COUNT,
 };
 
@@ -41,6 +43,7 @@ enum {
 	MOE_ATTN_CHUNKED = 1u << 6,        /* llama4 chunked attention on RoPE layers */
 	MOE_ATTN_NOPE_EVERY4 = 1u << 7,    /* llama4: (il + 1) % 4 == 0 has no RoPE */
 	MOE_ATTN_V_NORM = 1u << 8,         /* gemma4: weightless V norm */
+	MOE_ATTN_MLA = 1u << 9,            /* deepseek2: multi-head latent attention */
 };
 
 enum { ARCH_OPT = 0, ARCH_REQ = 1 };
@@ -74,6 +77,14 @@ struct moe_arch {
 	bool post_attn_norm;               /* norm the attention output before the residual */
 	float softcap_default;             /* final logit softcapping when the key is absent */
 	bool rope_factors_full_only;       /* rope_freqs apply to full-attention layers only */
+	/*
+	 * deepseek2: YaRN's magnitude correction leaves the rotation (cos/sin
+	 * unscaled) and enters the attention scale as mscale^2, with mscale =
+	 * 1 + rope.scaling.yarn_log_multiplier * ln(factor).
+	 */
+	bool yarn_mscale_in_scale;
+	/* blocks past the trunk that the forward pass skips: "{arch}.nextn_predict_layers" */
+	bool nextn;
 	const struct arch_tensor *globals;
 	const struct arch_tensor *layer;   /* every layer */
 	const struct arch_tensor *dense;   /* layers without routed experts */

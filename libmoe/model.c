@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "model.h"
 #include "quant/quant.h"
 #include "util/util.h"
@@ -49,10 +50,10 @@ static int hp_u32(const struct moe_model *m, const char *suffix, uint32_t layer,
 	if (!kv)
 		return 0;
 	if (kv->type == MOE_META_ARRAY) {
-		if (kv->count != m->hp.n_layer)
-			return moe_err(EINVAL, "%s: %s.%s has %llu entries, expected one per layer "
+		if (kv->count != m->n_block)
+			return moe_err(EINVAL, "%s: %s.%s has %llu entries, expected one per block "
 				       "(%u)", m->path, m->hp.arch, suffix,
-				       (unsigned long long)kv->count, m->hp.n_layer);
+				       (unsigned long long)kv->count, m->n_block);
 		if (!gguf_arr_i64(kv, layer, &v))
 			return moe_err(EINVAL, "%s: %s.%s: expected an integer array", m->path,
 				       m->hp.arch, suffix);
@@ -126,6 +127,39 @@ static int expect_shape(const struct moe_model *m, const struct gguf_tensor *t, 
 	return 0;
 }
 
+/* deepseek2's MLA dimensions, and the refusal of the layout it cannot run */
+static int read_mla(struct moe_model *m)
+{
+	struct moe_hparams *hp = &m->hp;
+	int ret;
+
+	if (!moe_model_arch_kv(m, "attention.key_length_mla") ||
+	    !moe_model_arch_kv(m, "attention.value_length_mla"))
+		return moe_err(ENOTSUP, "%s: %s.attention.key_length_mla/value_length_mla are "
+			       "missing: the file has the older attn_kv_b layout of multi-head "
+			       "latent attention, which is not supported; convert the model again "
+			       "with a current llama.cpp convert_hf_to_gguf.py (it writes attn_k_b "
+			       "and attn_v_b)", m->path, hp->arch);
+	ret = hp_u32(m, "attention.q_lora_rank", 0, 0, &hp->q_lora_rank);
+	ret = ret ? ret : hp_u32(m, "attention.kv_lora_rank", 0, 0, &hp->kv_lora_rank);
+	ret = ret ? ret : hp_u32(m, "attention.key_length_mla", 0, 0, &hp->head_dim_k_mla);
+	ret = ret ? ret : hp_u32(m, "attention.value_length_mla", 0, 0, &hp->head_dim_v_mla);
+	if (ret)
+		return ret;
+	if (!hp->kv_lora_rank || hp->kv_lora_rank > 65536 || hp->n_rot % 2 ||
+	    hp->head_dim_k_mla <= hp->n_rot || hp->head_dim_k_mla > 4096 ||
+	    !hp->head_dim_v_mla || hp->head_dim_v_mla > 4096 || hp->q_lora_rank > 65536)
+		return moe_err(EINVAL, "%s: MLA dimensions are invalid: kv_lora_rank %u, q/k head "
+			       "%u with %u rotated, v head %u, q_lora_rank %u", m->path,
+			       hp->kv_lora_rank, hp->head_dim_k_mla, hp->n_rot, hp->head_dim_v_mla,
+			       hp->q_lora_rank);
+	/* the MQA view of the latent cache: one KV head of latent + rotated key */
+	hp->n_head_kv = 1;
+	hp->head_dim_k = hp->kv_lora_rank + hp->n_rot;
+	hp->head_dim_v = hp->kv_lora_rank;
+	return 0;
+}
+
 static int read_hparams(struct moe_model *m)
 {
 	struct moe_hparams *hp = &m->hp;
@@ -138,12 +172,19 @@ static int read_hparams(struct moe_model *m)
 		if (!moe_model_arch_kv(m, *k))
 			return moe_err(EINVAL, "%s: missing required metadata key '%s.%s'", m->path,
 				       hp->arch, *k);
-	ret |= hp_u32(m, "block_count", 0, 0, &hp->n_layer);
+	ret |= hp_u32(m, "block_count", 0, 0, &m->n_block);
+	if (!ret && a->nextn)
+		ret = hp_u32(m, "nextn_predict_layers", 0, 0, &hp->n_nextn);
 	if (ret)
 		return ret;
-	if (hp->n_layer == 0 || hp->n_layer > 4096)
+	if (m->n_block == 0 || m->n_block > 4096)
 		return moe_err(EINVAL, "%s: %s.block_count = %u is out of range 1..4096", m->path,
-			       hp->arch, hp->n_layer);
+			       hp->arch, m->n_block);
+	if (hp->n_nextn >= m->n_block)
+		return moe_err(EINVAL, "%s: %s.nextn_predict_layers = %u leaves no trunk of the %u "
+			       "blocks", m->path, hp->arch, hp->n_nextn, m->n_block);
+	/* the NextN/MTP blocks follow the trunk; the forward pass skips them */
+	hp->n_layer = m->n_block - hp->n_nextn;
 	ret = hp_u32(m, "embedding_length", 0, 0, &hp->n_embd);
 	ret = ret ? ret : hp_u32(m, "attention.head_count", 0, 0, &hp->n_head);
 	ret = ret ? ret : hp_u32(m, "attention.head_count_kv", 0, hp->n_head, &hp->n_head_kv);
@@ -173,8 +214,22 @@ static int read_hparams(struct moe_model *m)
 	ret = ret ? ret : hp_f32(m, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps);
 	ret = ret ? ret : hp_f32(m, "rope.freq_base", 10000.0f, &hp->rope_base);
 	ret = ret ? ret : hp_f32(m, "expert_weights_scale", 0.0f, &hp->expert_weights_scale);
+	ret = ret ? ret : hp_u32(m, "expert_group_count", 0, 0, &hp->n_group);
+	ret = ret ? ret : hp_u32(m, "expert_group_used_count", 0, 0, &hp->topk_group);
 	if (ret)
 		return ret;
+	if (hp->n_group > 1 && (hp->n_group > MOE_ROUTE_MAX_GROUPS || hp->n_expert % hp->n_group ||
+				!hp->topk_group || hp->topk_group > hp->n_group ||
+				hp->n_expert_used > hp->topk_group * (hp->n_expert / hp->n_group)))
+		return moe_err(EINVAL, "%s: %u experts in %s.expert_group_count = %u groups keeping "
+			       "%u (expert_group_used_count) cannot give %u experts per token", m->path,
+			       hp->n_expert, hp->arch, hp->n_group, hp->topk_group,
+			       hp->n_expert_used);
+	if (a->attn & MOE_ATTN_MLA) {
+		ret = read_mla(m);
+		if (ret)
+			return ret;
+	}
 	if (!hp->head_dim_k || hp->head_dim_k > 4096 || !hp->head_dim_v || hp->head_dim_v > 4096)
 		return moe_err(EINVAL, "%s: head dims %u/%u are out of range", m->path,
 			       hp->head_dim_k, hp->head_dim_v);
@@ -308,6 +363,47 @@ static int map_experts(struct moe_model *m, uint32_t il, struct moe_layer *L)
 	return 0;
 }
 
+/* The MLA tensors of layer il: present in the absorbed layout, shaped as the keys say. */
+static int check_mla(const struct moe_model *m, uint32_t il)
+{
+	const struct moe_hparams *hp = &m->hp;
+	const struct moe_layer *L = &m->layers[il];
+	uint64_t H = L->n_head, r = hp->kv_lora_rank, nope = hp->head_dim_k_mla - hp->n_rot;
+	const struct gguf_tensor *kb = find_t(m, (int)il, "attn_k_b.weight");
+	const struct gguf_tensor *vb = find_t(m, (int)il, "attn_v_b.weight");
+	const struct gguf_tensor *qa = find_t(m, (int)il, "attn_q_a.weight");
+	const struct gguf_tensor *qb = find_t(m, (int)il, "attn_q_b.weight");
+	const struct gguf_tensor *q = find_t(m, (int)il, "attn_q.weight");
+	const struct gguf_tensor *t;
+	int ret;
+
+	if (!kb && find_t(m, (int)il, "attn_kv_b.weight"))
+		return moe_err(ENOTSUP, "%s: layer %u has attn_kv_b.weight, the older layout of "
+			       "multi-head latent attention, which is not supported; convert the "
+			       "model again with a current llama.cpp convert_hf_to_gguf.py (it "
+			       "writes attn_k_b and attn_v_b)", m->path, il);
+	if (!kb || !vb)
+		return moe_err(EINVAL, "%s: layer %u lacks attn_k_b.weight/attn_v_b.weight of "
+			       "multi-head latent attention", m->path, il);
+	if (hp->q_lora_rank ? !qa || !qb || !find_t(m, (int)il, "attn_q_a_norm.weight") : !q)
+		return moe_err(EINVAL, "%s: layer %u: q_lora_rank %u needs %s", m->path, il,
+			       hp->q_lora_rank, hp->q_lora_rank ?
+			       "attn_q_a, attn_q_a_norm and attn_q_b" : "attn_q");
+	ret = expect_shape(m, kb, nope, r, H);
+	ret = ret ? ret : expect_shape(m, vb, r, hp->head_dim_v_mla, H);
+	if (!ret && hp->q_lora_rank) {
+		ret = expect_shape(m, qa, hp->n_embd, hp->q_lora_rank, 1);
+		ret = ret ? ret : expect_shape(m, qb, hp->q_lora_rank, H * hp->head_dim_k_mla, 1);
+	} else if (!ret) {
+		ret = expect_shape(m, q, hp->n_embd, H * hp->head_dim_k_mla, 1);
+	}
+	t = find_t(m, (int)il, "attn_kv_a_mqa.weight");
+	ret = ret ? ret : expect_shape(m, t, hp->n_embd, r + hp->n_rot, 1);
+	t = find_t(m, (int)il, "attn_output.weight");
+	ret = ret ? ret : expect_shape(m, t, H * hp->head_dim_v_mla, hp->n_embd, 1);
+	return ret;
+}
+
 static int read_layers(struct moe_model *m)
 {
 	struct moe_hparams *hp = &m->hp;
@@ -350,6 +446,10 @@ static int read_layers(struct moe_model *m)
 		li->is_moe = layer_is_moe(m, il);
 		li->rope = !((a->attn & MOE_ATTN_NOPE_EVERY4) && (il + 1) % 4 == 0);
 		li->head_dim = hp->head_dim_k;
+		li->kv_layer = (int32_t)il;
+		li->mla = a->attn & MOE_ATTN_MLA;
+		if (li->mla)
+			li->n_head_kv = 1;
 		L->chunked = (a->attn & MOE_ATTN_CHUNKED) && li->rope;
 		/* Llama 4 Maverick (128 experts) is the variant without the plain QK norm */
 		L->qk_norm_plain = (a->attn & MOE_ATTN_QK_NORM_PLAIN) && li->rope &&
@@ -374,6 +474,8 @@ static int read_layers(struct moe_model *m)
 		}
 		ret = check_tensors(m, (int)il, a->layer);
 		ret = ret ? ret : check_tensors(m, (int)il, li->is_moe ? a->moe : a->dense);
+		if (!ret && li->mla)
+			ret = check_mla(m, il);
 		if (ret)
 			return ret;
 		if (!li->is_moe || a->id == MOE_ARCH_GEMMA4) {
@@ -394,6 +496,9 @@ static int read_layers(struct moe_model *m)
 				hp->n_expert_shared = 1;
 		}
 	}
+	for (uint64_t i = 0; i < m->gguf->n_tensors; i++)
+		if (m->tinfo[i].layer >= (int32_t)hp->n_layer)
+			m->tinfo[i].role = MOE_ROLE_UNUSED;
 	return 0;
 }
 
@@ -424,7 +529,7 @@ static void summarize(struct moe_model *m)
 		}
 		if (t->role == MOE_ROLE_OTHER)
 			s->resident_bytes += t->bytes;
-		else
+		else if (t->role <= MOE_ROLE_EXPERT_GATE_UP)
 			s->expert_bytes_total += t->bytes;
 	}
 	for (uint32_t il = 0; m->arch && il < m->hp.n_layer; il++) {

@@ -24,6 +24,7 @@ struct moe_model {
 	struct gguf_file *gguf;
 	const struct moe_arch *arch;  /* NULL when opened metadata-only with an unknown arch */
 	struct moe_hparams hp;
+	uint32_t n_block;             /* block_count: the trunk plus any NextN blocks */
 	struct moe_layer *layers;
 	struct moe_tensor_info *tinfo; /* public view of every tensor */
 	struct moe_model_summary summary;

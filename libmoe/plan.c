@@ -35,6 +35,12 @@ static const char *const matrices[] = {
 	"attn_output.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight",
 	"ffn_gate_inp.weight", "ffn_gate_shexp.weight", "ffn_up_shexp.weight",
 	"ffn_down_shexp.weight", "ffn_gate_inp_shexp.weight",
+	/* deepseek2's MLA */
+	"attn_q_a.weight", "attn_q_b.weight", "attn_kv_a_mqa.weight", "attn_k_b.weight",
+	"attn_v_b.weight",
+	/* Gemma 4's per-layer embeddings */
+	"per_layer_token_embd.weight", "per_layer_model_proj.weight", "inp_gate.weight",
+	"proj.weight",
 };
 
 bool moe_plan_is_matrix(const char *name)
@@ -136,11 +142,24 @@ static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
 		L->n_cells = window ? (uint32_t)MOE_MIN((uint64_t)l->plan.n_ctx,
 							(uint64_t)window + l->plan.n_batch - 1) :
 			     l->plan.n_ctx;
+		L->latent = ml->info.mla;
 		L->kv_half = MOE_ALIGN_UP((uint64_t)n_seq * L->n_cells * row, l->desc->align);
-		L->kv_off = take(cur, 2 * L->kv_half, l->desc->align);
-		l->plan.kv_full_bytes += 2 * (uint64_t)n_seq * l->plan.n_ctx * L->kv_dim * 4;
+		L->kv_off = take(cur, (L->latent ? 1 : 2) * L->kv_half, l->desc->align);
+		l->plan.kv_full_bytes += (L->latent ? 1 : 2) * (uint64_t)n_seq * l->plan.n_ctx *
+					 L->kv_dim * 4;
 		l->f_nq = MOE_MAX(l->f_nq, ml->info.head_dim * ml->n_head);
 		l->f_nkv = MOE_MAX(l->f_nkv, L->kv_dim);
+		if (L->latent) {
+			const struct moe_hparams *hp = &m->hp;
+			uint32_t H = ml->n_head, r = hp->kv_lora_rank;
+
+			/* q and its heads' outputs, the latent queries and attention */
+			l->f_nq = MOE_MAX(l->f_nq, H * MOE_MAX(hp->head_dim_k_mla, hp->head_dim_v_mla));
+			l->f_nq = MOE_MAX(l->f_nq, H * MOE_MAX(r, hp->n_rot));
+			l->f_lat = MOE_MAX(l->f_lat, MOE_MAX(H * (r + hp->n_rot), hp->q_lora_rank));
+			l->shape.max_heads_io = MOE_MAX(l->shape.max_heads_io,
+				MOE_MAX(hp->head_dim_k_mla - hp->n_rot + r, r + hp->head_dim_v_mla));
+		}
 		l->shape.max_head = MOE_MAX(l->shape.max_head, ml->n_head);
 		l->shape.max_head_dim = MOE_MAX(l->shape.max_head_dim, ml->info.head_dim);
 	}
@@ -187,6 +206,7 @@ static void scratch(const struct moe_model *m, struct plan_layout *l, uint64_t *
 		l->buf_bytes[b] = B * E * f;
 	l->buf_bytes[PB_Q] = l->buf_bytes[PB_ATT] = B * l->f_nq * f;
 	l->buf_bytes[PB_K] = l->buf_bytes[PB_V] = B * l->f_nkv * f;
+	l->buf_bytes[PB_LAT] = B * l->f_lat * f;
 	l->buf_bytes[PB_RLOG] = B * ne * f;
 	l->buf_bytes[PB_SHG] = B * f;
 	l->buf_bytes[PB_SEL] = l->buf_bytes[PB_RW] = l->buf_bytes[PB_ENTS] = B * K * 4;
@@ -449,8 +469,10 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 		.max_tok = p->n_batch, .max_ent = p->n_batch * l->max_used, .n_embd = m->hp.n_embd,
 		.max_ff = max_ff(m), .max_head = l->shape.max_head,
 		.max_head_dim = l->shape.max_head_dim, .max_ffn = MOE_MAX(m->hp.n_expert, 1u),
+		.max_heads_io = l->shape.max_heads_io,
 	};
 	l->shape.max_cols = MOE_MAX(MOE_MAX(m->hp.n_embd, l->f_nq), l->shape.max_ff);
+	l->shape.max_cols = MOE_MAX(l->shape.max_cols, l->f_lat);
 	p->workspace_bytes = MOE_ALIGN_UP(l->desc->workspace_bytes(&l->shape), l->desc->align);
 	l->ws_off = take(&cur, p->workspace_bytes, l->desc->align);
 	fixed = cur;

@@ -18,6 +18,7 @@ enum plan_buf {
 	PB_TOK, PB_POS, PB_SEQ, PB_TSCALE,    /* inputs (uploaded per step) */
 	PB_H, PB_X, PB_X2, PB_O, PB_FFN_OUT, PB_MOE_OUT,
 	PB_Q, PB_ATT, PB_K, PB_V,
+	PB_LAT,                               /* MLA: q_a output, then the latent queries */
 	PB_RLOG, PB_SHG, PB_SEL, PB_RW, PB_ENTS, PB_YBUF,
 	PB_LOGITS,
 	PB_ROWS,                              /* the rows whose logits are kept */
@@ -40,6 +41,7 @@ struct plan_layer {
 	uint32_t kv_dim;
 	int32_t cls;                /* expert size class, -1 on dense layers */
 	int32_t pool;               /* slot pool (the class, or the layer's own), -1 if dense */
+	bool latent;                /* K rows only: an MLA latent cache */
 };
 
 struct plan_layout {
@@ -64,6 +66,7 @@ struct plan_layout {
 	struct moe_be_shape shape;
 	uint32_t max_used;          /* most experts per token of any layer (>= 1) */
 	uint32_t f_nq, f_nkv;       /* widest q and k/v rows */
+	uint32_t f_lat;             /* widest MLA q_a / latent query row */
 	uint32_t n_vocab;
 };
 

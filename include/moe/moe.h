@@ -193,6 +193,12 @@ enum moe_tensor_role {
 	MOE_ROLE_EXPERT_UP = 2,
 	MOE_ROLE_EXPERT_DOWN = 3,
 	MOE_ROLE_EXPERT_GATE_UP = 4,
+	/*
+	 * Not read by the forward pass: the NextN/MTP block of GLM-4.5 files,
+	 * and Gemma 4's per-layer embedding table, whose rows are streamed.
+	 */
+	MOE_ROLE_UNUSED = 5,
+	MOE_ROLE_STREAMED_ROWS = 6,
 };
 
 MOE_API int moe_model_tensor_count(const struct moe_model *model);
@@ -235,7 +241,18 @@ struct moe_hparams {
 	bool expert_weights_norm;
 	bool tied_output;
 	uint8_t pad[2];
-	uint64_t reserved[8];
+	/* deepseek2's multi-head latent attention (0 elsewhere) */
+	uint32_t q_lora_rank;     /* 0: q projected directly */
+	uint32_t kv_lora_rank;    /* width of the cached latent; the cache adds n_rot */
+	uint32_t head_dim_k_mla;  /* per-head q/k: nope + n_rot */
+	uint32_t head_dim_v_mla;
+	uint32_t n_group;         /* group-limited routing (0/1: none) */
+	uint32_t topk_group;
+	uint32_t n_embd_per_layer; /* Gemma 4 E2B/E4B per-layer embedding width, 0: none */
+	uint32_t n_kv_shared;     /* trailing layers reading an earlier layer's KV cache */
+	uint32_t n_nextn;         /* NextN/MTP blocks in the file after the trunk (skipped) */
+	uint32_t pad2;
+	uint64_t reserved[3];
 };
 
 MOE_API int moe_model_hparams(const struct moe_model *model, struct moe_hparams *out);
@@ -250,9 +267,11 @@ struct moe_layer_info {
 	uint32_t head_dim;
 	uint32_t n_ff;          /* dense FFN width on this layer, 0 = none */
 	uint32_t n_expert_used;
-	uint32_t pad2;
+	int32_t kv_layer;       /* the layer whose KV cache this one reads (itself unless shared) */
 	uint64_t expert_bytes;  /* bytes of all routed experts of the layer */
-	uint64_t reserved[4];
+	bool mla;               /* multi-head latent attention over a latent cache */
+	uint8_t pad3[7];
+	uint64_t reserved[3];
 };
 MOE_API int moe_model_layer(const struct moe_model *model, uint32_t layer,
 			    struct moe_layer_info *out);

@@ -25,8 +25,13 @@ struct eng_layer {
 	uint32_t n_head, n_head_kv, head_dim, n_rot;
 	uint32_t n_expert_used;
 	bool is_moe, sliding, rope, chunked, qk_norm_plain, attn_temp;
+	bool mla;                    /* multi-head latent attention (deepseek2) */
+	float kq_scale;
 	struct moe_rope rot;
 	struct moe_kv kv;
+	/* MLA: q through q_a/q_b (or wq), the latent + rotated key, per-head k_b/v_b */
+	struct moe_be_mat wq_a, wq_b, wkv_a, wk_b, wv_b;
+	moe_dptr q_a_norm, kv_a_norm;
 	struct moe_be_mat wq, wk, wv, wo, ffn_gate, ffn_up, ffn_down;
 	struct moe_be_mat gate_inp, gate_shexp, up_shexp, down_shexp, gate_inp_shexp;
 	/* f32 vectors in device memory, 0 when the file lacks them */

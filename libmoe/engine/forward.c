@@ -92,7 +92,7 @@ static int attention(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 		.q = b[PB_Q], .out = b[PB_ATT], .pos = b[PB_POS], .seq = b[PB_SEQ],
 		.sinks = L->sinks, .kv = L->kv, .n_tok = n, .n_head = L->n_head,
 		.n_head_kv = L->n_head_kv, .head_dim = hd, .mask = MOE_MASK_CAUSAL,
-		.scale = ctx->arch->attn_scale ? ctx->arch->attn_scale : 1.0f / sqrtf((float)hd),
+		.scale = L->kq_scale,
 	};
 	if (L->sliding) {
 		args.mask = MOE_MASK_SLIDING;
@@ -109,6 +109,76 @@ static int attention(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 		TRY(OPS(ctx)->rms_norm(be, b[PB_O], b[PB_O], n, ctx->hp.n_embd, L->post_attn_norm,
 				       eps));
 	TRY(OPS(ctx)->add(be, b[PB_H], b[PB_O], (int64_t)n * ctx->hp.n_embd));
+	return ret;
+}
+
+/*
+ * Multi-head latent attention in its absorbed form: the cache keeps, per
+ * position, the normed latent c (kv_lora_rank) and the rotated shared key
+ * k_pe; each head's no-RoPE query is taken into latent space by its attn_k_b
+ * (so q.k = q_abs.c + q_pe.k_pe), attention runs as MQA over the latent
+ * cache with the values read from the keys' latent part, and attn_v_b takes
+ * each head's latent output to its value space.
+ */
+static int attention_mla(struct moe_ctx *ctx, uint32_t il, uint32_t n)
+{
+	struct moe_backend *be = ctx->be;
+	const struct moe_hparams *hp = &ctx->hp;
+	struct eng_layer *L = &ctx->layers[il];
+	uint32_t H = L->n_head, r = hp->kv_lora_rank, rot = hp->n_rot;
+	uint32_t hk = hp->head_dim_k_mla, hv = hp->head_dim_v_mla, nope = hk - rot, lw = r + rot;
+	moe_dptr *b = ctx->buf;
+	float eps = hp->rms_eps;
+	struct moe_rope pe = L->rot;
+	struct moe_heads_args kb, vb;
+	struct moe_attn_args args;
+	int ret = 0;
+
+	TRY(OPS(ctx)->rms_norm(be, b[PB_H], b[PB_X], n, hp->n_embd, L->attn_norm, eps));
+	if (L->wq_a.p) {
+		struct moe_be_mat w[2] = { L->wq_a, L->wkv_a };
+		moe_dptr y[2] = { b[PB_LAT], b[PB_K] };
+
+		TRY(OPS(ctx)->matmul(be, w, 2, b[PB_X], n, y));
+		TRY(OPS(ctx)->rms_norm(be, b[PB_LAT], b[PB_LAT], n, hp->q_lora_rank, L->q_a_norm,
+				       eps));
+		TRY(mm(ctx, &L->wq_b, b[PB_LAT], n, b[PB_Q]));
+	} else {
+		struct moe_be_mat w[2] = { L->wq, L->wkv_a };
+		moe_dptr y[2] = { b[PB_Q], b[PB_K] };
+
+		TRY(OPS(ctx)->matmul(be, w, 2, b[PB_X], n, y));
+	}
+	/* the cache row [c | k_pe]: c normed, k_pe rotated, each through a packed copy */
+	TRY(OPS(ctx)->copy_rows(be, b[PB_V], r, b[PB_K], lw, r, n));
+	TRY(OPS(ctx)->rms_norm(be, b[PB_V], b[PB_V], n, r, L->kv_a_norm, eps));
+	TRY(OPS(ctx)->copy_rows(be, b[PB_K], lw, b[PB_V], r, r, n));
+	TRY(OPS(ctx)->copy_rows(be, b[PB_V], rot, b[PB_K] + sizeof(float) * r, lw, rot, n));
+	TRY(OPS(ctx)->rope(be, b[PB_V], n, 1, rot, b[PB_POS], &pe));
+	TRY(OPS(ctx)->copy_rows(be, b[PB_K] + sizeof(float) * r, lw, b[PB_V], rot, rot, n));
+	TRY(OPS(ctx)->kv_store(be, &L->kv, b[PB_K], 0, b[PB_POS], b[PB_SEQ], n));
+	/* the latent queries [q_nope . k_b | rotated q_pe] of every head */
+	TRY(OPS(ctx)->copy_rows(be, b[PB_ATT], rot, b[PB_Q] + sizeof(float) * nope, hk, rot,
+				n * H));
+	TRY(OPS(ctx)->rope(be, b[PB_ATT], n, H, rot, b[PB_POS], &pe));
+	kb = (struct moe_heads_args){ .w = L->wk_b, .n_head = H, .n_tok = n, .x = b[PB_Q],
+				      .x_tok = H * hk, .x_head = hk, .y = b[PB_LAT],
+				      .y_tok = H * lw, .y_head = lw };
+	TRY(OPS(ctx)->matmul_heads(be, &kb));
+	TRY(OPS(ctx)->copy_rows(be, b[PB_LAT] + sizeof(float) * r, lw, b[PB_ATT], rot, rot,
+				n * H));
+	args = (struct moe_attn_args){
+		.q = b[PB_LAT], .out = b[PB_ATT], .pos = b[PB_POS], .seq = b[PB_SEQ],
+		.kv = L->kv, .n_tok = n, .n_head = H, .n_head_kv = 1, .head_dim = lw,
+		.head_dim_v = r, .mask = MOE_MASK_CAUSAL, .scale = L->kq_scale,
+	};
+	TRY(OPS(ctx)->attention(be, &args));
+	vb = (struct moe_heads_args){ .w = L->wv_b, .n_head = H, .n_tok = n, .x = b[PB_ATT],
+				      .x_tok = H * r, .x_head = r, .y = b[PB_Q],
+				      .y_tok = H * hv, .y_head = hv };
+	TRY(OPS(ctx)->matmul_heads(be, &vb));
+	TRY(mm(ctx, &L->wo, b[PB_Q], n, b[PB_O]));
+	TRY(OPS(ctx)->add(be, b[PB_H], b[PB_O], (int64_t)n * hp->n_embd));
 	return ret;
 }
 
@@ -232,7 +302,7 @@ int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
 		memset(ctx->trace_pred, 0xff, sizeof(int32_t) * (uint64_t)n * ctx->hp.n_layer *
 		       ctx->trace_depth * ctx->max_used);
 	for (uint32_t il = 0; il < ctx->hp.n_layer; il++) {
-		ret = attention(ctx, il, n);
+		ret = ctx->layers[il].mla ? attention_mla(ctx, il, n) : attention(ctx, il, n);
 		TRY(ffn(ctx, il, n));
 		if (ret < 0)
 			return moe_err_prefix(ret, "layer %u", il);

@@ -136,7 +136,7 @@ static int rope_setup(struct moe_ctx *ctx)
 	const struct moe_model *m = ctx->model;
 	const char *arch = ctx->hp.arch, *type = NULL;
 	char key[128];
-	double factor = 1, orig = 0, bf = 32, bs = 1, attn_factor = 1;
+	double factor = 1, orig = 0, bf = 32, bs = 1, attn_factor = 1, log_mul = 0, mscale = 1;
 	bool yarn = false;
 
 	snprintf(key, sizeof(key), "%s.rope.scaling.type", arch);
@@ -156,14 +156,25 @@ static int rope_setup(struct moe_ctx *ctx)
 			moe_meta_get_f64(m, key, &bs);
 			snprintf(key, sizeof(key), "%s.rope.scaling.attn_factor", arch);
 			moe_meta_get_f64(m, key, &attn_factor);
+			snprintf(key, sizeof(key), "%s.rope.scaling.yarn_log_multiplier", arch);
+			moe_meta_get_f64(m, key, &log_mul);
 		} else if (strcmp(type, "linear")) {
 			return moe_err(ENOTSUP, "%s: rope scaling type '%s' is not supported (none, "
 				       "linear, yarn)", moe_model_path(m), type);
 		}
 	}
+	if (yarn && m->arch->yarn_mscale_in_scale) {
+		/* cancel the rotation's own YaRN factor; the scores take mscale^2 instead */
+		mscale = attn_factor * (1.0 + log_mul * log(factor));
+		attn_factor = 1.0 / (1.0 + 0.1 * log(factor));
+	}
 	for (uint32_t il = 0; il < ctx->hp.n_layer; il++) {
 		struct eng_layer *L = &ctx->layers[il];
 		struct moe_rope *r = &L->rot;
+		uint32_t hk = L->mla ? ctx->hp.head_dim_k_mla : L->head_dim;
+
+		L->kq_scale = m->arch->attn_scale ? m->arch->attn_scale :
+			      (float)(mscale * mscale / sqrt((double)hk));
 
 		if (L->n_rot > L->head_dim || L->n_rot / 2 > MOE_ROPE_MAX_PAIRS || L->n_rot % 2)
 			return moe_err(EINVAL, "%s: layer %u rotates %u of %u head dims",
@@ -207,7 +218,7 @@ struct vec_bind {
 	int want;                   /* expected elements, see vec_len() */
 };
 
-enum { W_EMBD, W_Q, W_KV, W_HD, W_HEAD, W_NEXP, W_ANY, W_ONE, W_EMBD_NEXP };
+enum { W_EMBD, W_Q, W_KV, W_HD, W_HEAD, W_NEXP, W_ANY, W_ONE, W_EMBD_NEXP, W_QLORA, W_KVLORA };
 
 #define VB(n, f, w) { n, offsetof(struct eng_layer, f), w }
 static const struct vec_bind vec_binds[] = {
@@ -227,6 +238,8 @@ static const struct vec_bind vec_binds[] = {
 	VB("post_ffw_norm_1.weight", post_ffw_norm_1, W_EMBD),
 	VB("post_ffw_norm_2.weight", post_ffw_norm_2, W_EMBD),
 	VB("layer_output_scale.weight", layer_out_scale, W_ONE),
+	VB("attn_q_a_norm.weight", q_a_norm, W_QLORA),
+	VB("attn_kv_a_norm.weight", kv_a_norm, W_KVLORA),
 };
 
 static uint64_t vec_len(const struct moe_ctx *ctx, const struct eng_layer *L, int w)
@@ -242,6 +255,8 @@ static uint64_t vec_len(const struct moe_ctx *ctx, const struct eng_layer *L, in
 	case W_NEXP: return ctx->hp.n_expert;
 	case W_ONE: return 1;
 	case W_EMBD_NEXP: return E * ctx->hp.n_expert;
+	case W_QLORA: return ctx->hp.q_lora_rank;
+	case W_KVLORA: return ctx->hp.kv_lora_rank;
 	default: return 0;
 	}
 }
@@ -285,15 +300,32 @@ static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 			return moe_err(EINVAL, "%s: layer %u: ffn_gate_inp_shexp is not %u long", path,
 				       il, n_embd);
 	}
-	if (!L->wq.p || !L->wk.p || !L->wo.p)
+	L->mla = ml->info.mla;
+	if (L->mla) {
+		/* model.c checked every MLA shape against the hyperparameters */
+		L->wq_a = mat(ctx, il, "attn_q_a.weight");
+		L->wq_b = mat(ctx, il, "attn_q_b.weight");
+		L->wkv_a = mat(ctx, il, "attn_kv_a_mqa.weight");
+		L->wk_b = mat(ctx, il, "attn_k_b.weight");
+		L->wv_b = mat(ctx, il, "attn_v_b.weight");
+		/* one matrix per head */
+		L->wk_b.rows = ctx->hp.kv_lora_rank;
+		L->wv_b.rows = ctx->hp.head_dim_v_mla;
+		if (!L->wkv_a.p || !L->wk_b.p || !L->wv_b.p || !L->wo.p ||
+		    !(L->wq_a.p ? L->wq_b.p != 0 : L->wq.p != 0))
+			return moe_err(EINVAL, "%s: layer %u lacks MLA tensors", path, il);
+	} else if (!L->wq.p || !L->wk.p || !L->wo.p) {
 		return moe_err(EINVAL, "%s: layer %u lacks attn_q/attn_k/attn_output", path, il);
-	if (L->wq.rows != (int64_t)L->n_head * hd || L->wk.rows != (int64_t)L->n_head_kv * hd ||
-	    (L->wv.p && L->wv.rows != L->wk.rows) || L->wo.cols != L->wq.rows)
+	} else if (L->wq.rows != (int64_t)L->n_head * hd ||
+		   L->wk.rows != (int64_t)L->n_head_kv * hd ||
+		   (L->wv.p && L->wv.rows != L->wk.rows) || L->wo.cols != L->wq.rows) {
 		return moe_err(EINVAL, "%s: layer %u: attention shapes do not match %u heads x %u "
 			       "(%u KV heads)", path, il, L->n_head, hd, L->n_head_kv);
+	}
 	if (!L->is_moe && !L->ffn_up.p)
 		return moe_err(EINVAL, "%s: layer %u has neither experts nor a dense FFN", path, il);
-	if (L->wq.cols != n_embd || L->wk.cols != n_embd || (L->wv.p && L->wv.cols != n_embd) ||
+	if ((!L->mla && (L->wq.cols != n_embd || L->wk.cols != n_embd ||
+			 (L->wv.p && L->wv.cols != n_embd))) ||
 	    L->wo.rows != n_embd || (L->gate_inp.p && L->gate_inp.cols != n_embd))
 		return moe_err(EINVAL, "%s: layer %u: attention or router rows are not %u long",
 			       path, il, n_embd);
@@ -306,7 +338,7 @@ static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 	if (ret < 0)
 		return ret;
 	if (!L->attn_norm || (L->q_norm && !L->k_norm) || (!!L->bq != !!L->bk) ||
-	    (!!L->bq != !!L->bv))
+	    (!!L->bq != !!L->bv) || (L->mla && (!L->kv_a_norm || (L->wq_a.p && !L->q_a_norm))))
 		return moe_err(EINVAL, "%s: layer %u: attention norms/biases are incomplete", path,
 			       il);
 	if (!L->ffn_norm && !L->post_attn_norm)
@@ -334,7 +366,8 @@ static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 	}
 	L->kv = (struct moe_kv){
 		.k = ctx->arena + ctx->lay.layers[il].kv_off,
-		.v = ctx->arena + ctx->lay.layers[il].kv_off + ctx->lay.layers[il].kv_half,
+		.v = ctx->lay.layers[il].latent ? 0 :
+		     ctx->arena + ctx->lay.layers[il].kv_off + ctx->lay.layers[il].kv_half,
 		.type = ctx->lay.plan.kv_type, .n_cells = ctx->lay.layers[il].n_cells,
 		.kv_dim = ctx->lay.layers[il].kv_dim,
 	};

@@ -75,6 +75,7 @@ int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok)
 		.bias = L->exp_probs_b, .n_tok = n_tok, .n_expert = ctx->hp.n_expert,
 		.k = L->n_expert_used, .stride = ctx->max_used, .gating = ctx->hp.gating,
 		.norm = ctx->hp.expert_weights_norm, .scale = ctx->hp.expert_weights_scale,
+		.n_group = ctx->hp.n_group, .topk_group = ctx->hp.topk_group,
 	};
 	int ret;
 
