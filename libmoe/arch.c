@@ -121,6 +121,7 @@ static const struct moe_arch arches[MOE_ARCH_COUNT] = {
 		.weights_norm = true, .ffn_exp_from_ff = true,
 		.globals = globals_std, .layer = attn_std, .dense = dense_std, .moe = moe_std,
 		.required_keys = keys_std,
+		.gen = { "mixtral", 2, 1e6f, 1e-5f, false },
 	},
 	[MOE_ARCH_QWEN3MOE] = {
 		.name = "qwen3moe", .id = MOE_ARCH_QWEN3MOE, .moe_layers = MOE_LAYERS_ALL,
@@ -128,6 +129,7 @@ static const struct moe_arch arches[MOE_ARCH_COUNT] = {
 		.weights_norm = true, .attn = MOE_ATTN_QK_NORM,
 		.globals = globals_std, .layer = attn_qwen3, .dense = dense_std, .moe = moe_std,
 		.required_keys = keys_moe,
+		.gen = { "qwen3moe", 2, 1e6f, 1e-6f, false },
 	},
 	[MOE_ARCH_LLAMA4] = {
 		.name = "llama4", .id = MOE_ARCH_LLAMA4, .moe_layers = MOE_LAYERS_INTERLEAVE,
@@ -136,6 +138,7 @@ static const struct moe_arch arches[MOE_ARCH_COUNT] = {
 		.ffn = MOE_FFN_LLAMA4,
 		.globals = globals_std, .layer = attn_std, .dense = dense_std, .moe = moe_llama4,
 		.required_keys = keys_moe,
+		.gen = { "llama4", 1, 5e5f, 1e-5f, false },
 	},
 	[MOE_ARCH_GPTOSS] = {
 		.name = "gpt-oss", .id = MOE_ARCH_GPTOSS, .moe_layers = MOE_LAYERS_ALL,
@@ -144,6 +147,7 @@ static const struct moe_arch arches[MOE_ARCH_COUNT] = {
 		.attn = MOE_ATTN_BIAS | MOE_ATTN_SINKS | MOE_ATTN_SWA_EVEN,
 		.globals = globals_std, .layer = attn_gptoss, .dense = none, .moe = moe_gptoss,
 		.required_keys = keys_moe,
+		.gen = { "gpt-oss", 2, 150000.0f, 1e-5f, false },
 	},
 	[MOE_ARCH_GEMMA4] = {
 		.name = "gemma4", .id = MOE_ARCH_GEMMA4, .moe_layers = MOE_LAYERS_BY_TENSOR,
@@ -156,6 +160,7 @@ static const struct moe_arch arches[MOE_ARCH_COUNT] = {
 		.rope_factors_full_only = true,
 		.globals = globals_std, .layer = attn_gemma4, .dense = none, .moe = moe_gemma4,
 		.required_keys = keys_gemma4,
+		.gen = { "gemma4", 2, 1e6f, 1e-6f, true },
 	},
 	[MOE_ARCH_DEEPSEEK2] = {
 		/* V2 files have no expert_gating_func: softmax, as llama.cpp falls back to */
@@ -164,6 +169,7 @@ static const struct moe_arch arches[MOE_ARCH_COUNT] = {
 		.attn = MOE_ATTN_MLA, .yarn_mscale_in_scale = true,
 		.globals = globals_std, .layer = attn_mla, .dense = dense_std, .moe = moe_std,
 		.required_keys = keys_deepseek2,
+		.gen = { "deepseek2", 3, 10000.0f, 1e-6f, false },
 	},
 	[MOE_ARCH_GLM4MOE] = {
 		.name = "glm4moe", .id = MOE_ARCH_GLM4MOE, .moe_layers = MOE_LAYERS_ALL,
@@ -171,6 +177,7 @@ static const struct moe_arch arches[MOE_ARCH_COUNT] = {
 		.weights_norm = true, .attn = MOE_ATTN_QK_NORM | MOE_ATTN_BIAS, .nextn = true,
 		.globals = globals_std, .layer = attn_glm4moe, .dense = dense_std, .moe = moe_std,
 		.required_keys = keys_moe,
+		.gen = { "glm4moe", 2, 1e6f, 1e-5f, false },
 	},
 };
 
@@ -180,6 +187,11 @@ const struct moe_arch *moe_arch_find(const char *name)
 		if (!strcmp(arches[i].name, name))
 			return &arches[i];
 	return NULL;
+}
+
+const struct moe_arch *moe_arch_at(unsigned i)
+{
+	return i < MOE_ARCH_COUNT ? &arches[i] : NULL;
 }
 
 const char *moe_arch_list(void)

@@ -55,6 +55,15 @@ enum moe_ffn_style {
 	MOE_FFN_GEMMA4,     /* dense GeGLU beside the experts, extra norms, scaled router input */
 };
 
+/* What moe-mkmodel writes for the architecture unless told otherwise. */
+struct moe_arch_gen {
+	const char *name;                  /* its --arch (Mixtral's files say "llama") */
+	uint32_t experts_used;
+	float rope_base;
+	float rms_eps;
+	bool tied;                         /* output tied to token_embd */
+};
+
 /* A tensor name; per-layer names omit the "blk.N." prefix. */
 struct arch_tensor {
 	const char *name;
@@ -90,9 +99,12 @@ struct moe_arch {
 	const struct arch_tensor *dense;   /* layers without routed experts */
 	const struct arch_tensor *moe;     /* layers with routed experts */
 	const char *const *required_keys;  /* without the "{arch}." prefix */
+	struct moe_arch_gen gen;
 };
 
 const struct moe_arch *moe_arch_find(const char *name);
+/* Entry @i of the table, NULL past its end. */
+const struct moe_arch *moe_arch_at(unsigned i);
 /* "llama, qwen3moe, ..." for messages. */
 const char *moe_arch_list(void);
 

@@ -24,7 +24,8 @@
 
 #include "ref_forward.h"
 
-enum arch_id { ARCH_LLAMA, ARCH_QWEN3MOE, ARCH_LLAMA4, ARCH_GPTOSS, ARCH_GEMMA4 };
+enum arch_id { ARCH_LLAMA, ARCH_QWEN3MOE, ARCH_LLAMA4, ARCH_GPTOSS, ARCH_GEMMA4, ARCH_DEEPSEEK2,
+	       ARCH_GLM4MOE };
 enum act { ACT_SILU, ACT_SWIGLU_OAI, ACT_GELU, ACT_GELU_F16 };
 enum mask { MASK_CAUSAL, MASK_SLIDING, MASK_CHUNKED };
 
@@ -46,6 +47,9 @@ static const struct arch_desc arch_table[] = {
 	{ "gpt-oss", ARCH_GPTOSS, true, MOE_GATING_SOFTMAX_SELECTED, false, false,
 	  ACT_SWIGLU_OAI },
 	{ "gemma4", ARCH_GEMMA4, true, MOE_GATING_SOFTMAX, true, false, ACT_GELU },
+	/* DeepSeek-V2 files lack expert_gating_func: softmax, without renormalising */
+	{ "deepseek2", ARCH_DEEPSEEK2, false, MOE_GATING_SOFTMAX, false, false, ACT_SILU },
+	{ "glm4moe", ARCH_GLM4MOE, true, MOE_GATING_SIGMOID, true, false, ACT_SILU },
 };
 
 /* A weight widened to double: rows output units of cols inputs each. */
@@ -55,6 +59,7 @@ struct mat {
 };
 
 #define REF_MAX_OWNED 64
+#define MOE_ROUTE_REF_GROUPS 64
 
 struct ref {
 	const char *path;
@@ -63,6 +68,7 @@ struct ref {
 	const struct arch_desc *a;
 	const struct ref_opts *o;
 	int n_layer, n_embd, n_head, n_vocab, n_expert, n_used_max;
+	int n_block;            /* block_count: n_layer plus the NextN blocks that are skipped */
 	double eps;
 	/* weights loaded for the current layer, freed when it is done */
 	double *owned[REF_MAX_OWNED];
@@ -788,6 +794,7 @@ static int dense_ffn(struct ref *r, int il, const char *sfx, enum act act, const
 }
 
 struct moe_cfg {
+	int n_group, topk_group;   /* group-limited routing, n_group <= 1: none */
 	int gating;
 	bool norm_w;
 	double w_scale;         /* 0 = none */
@@ -830,6 +837,44 @@ static int load_expert(struct ref *r, int il, int e, struct expert *x)
 	}
 	x->loaded = ret == 0;
 	return ret;
+}
+
+/*
+ * DeepSeek's group-limited routing (DEEPSEEK2-GLM4MOE.md): a group scores
+ * the sum of its two largest selection scores, the topk_group best groups
+ * stay (ties to the lower group), the others' experts cannot be chosen.
+ */
+static void limit_groups(const struct moe_cfg *c, int ne, double *sel)
+{
+	int gs = ne / c->n_group;
+	bool kept[MOE_ROUTE_REF_GROUPS] = { false };
+	double gscore[MOE_ROUTE_REF_GROUPS];
+
+	for (int g = 0; g < c->n_group && g < MOE_ROUTE_REF_GROUPS; g++) {
+		double best[2] = { -INFINITY, -INFINITY };
+
+		for (int e = g * gs; e < (g + 1) * gs; e++) {
+			if (sel[e] > best[0]) {
+				best[1] = best[0];
+				best[0] = sel[e];
+			} else if (sel[e] > best[1]) {
+				best[1] = sel[e];
+			}
+		}
+		gscore[g] = gs > 1 ? best[0] + best[1] : best[0];
+	}
+	for (int i = 0; i < c->topk_group; i++) {
+		int bg = -1;
+
+		for (int g = 0; g < c->n_group && g < MOE_ROUTE_REF_GROUPS; g++)
+			if (!kept[g] && (bg < 0 || gscore[g] > gscore[bg]))
+				bg = g;
+		if (bg >= 0)
+			kept[bg] = true;
+	}
+	for (int e = 0; e < ne; e++)
+		if (e / gs >= MOE_ROUTE_REF_GROUPS || !kept[e / gs])
+			sel[e] = -INFINITY;
 }
 
 /*
@@ -886,6 +931,8 @@ static int moe_ffn(struct ref *r, int il, const struct moe_cfg *c, const double 
 				probs[i] = sigmoid(probs[i]);
 		for (int i = 0; i < ne; i++)
 			sel[i] = probs[i] + (pb.w ? pb.w[i] : 0);
+		if (c->n_group > 1)
+			limit_groups(c, ne, sel);
 		if (router)
 			memcpy(router + ((size_t)il * n + t) * ne, logits, ne * sizeof(double));
 
@@ -1010,8 +1057,17 @@ static int moe_cfg_for(struct ref *r, int il, struct moe_cfg *c)
 		ret = meta_num(r, "expert_weights_scale", -1, 0, &scale);
 	if (!ret)
 		ret = meta_int(r, "expert_used_count", il, 0, &c->k);
+	if (!ret)
+		ret = meta_int(r, "expert_group_count", -1, 0, &c->n_group);
+	if (!ret)
+		ret = meta_int(r, "expert_group_used_count", -1, 0, &c->topk_group);
 	if (ret < 0)
 		return ret;
+	if (c->n_group > 1 && (c->n_group > MOE_ROUTE_REF_GROUPS || r->n_expert % c->n_group ||
+			       c->topk_group < 1 ||
+			       c->topk_group > c->n_group))
+		return moe_err(EINVAL, "%s: %d experts cannot form %d groups keeping %d", r->path,
+			       r->n_expert, c->n_group, c->topk_group);
 	if (gating < MOE_GATING_SOFTMAX || gating > MOE_GATING_SOFTMAX_SELECTED)
 		return moe_err(EINVAL, "%s: expert_gating_func %g is unknown (1 softmax, "
 			       "2 sigmoid, 3 softmax over the selected)", r->path, gating);
@@ -1022,6 +1078,170 @@ static int moe_cfg_for(struct ref *r, int il, struct moe_cfg *c)
 }
 
 /* ------------------------------------------------------------ layers */
+
+/*
+ * deepseek2's multi-head latent attention in its original, decompressed
+ * form (DEEPSEEK2-GLM4MOE.md): every head's k_nope and v are rebuilt from
+ * the cached latent c by attn_k_b / attn_v_b, then plain causal attention.
+ * The engine runs the absorbed form; the two agree only if both are right.
+ */
+static int attention_mla(struct ref *r, int il, const double *X, int n, double *O)
+{
+	const int E = r->n_embd;
+	struct mat qa, qan, qb, wq, kva, kvan, kb, vb, wo;
+	struct rope rp;
+	double factor = 0, log_mul = 0, mscale = 1, scale;
+	double *Q = NULL, *C = NULL, *KPE = NULL, *KN = NULL, *V = NULL, *att = NULL, *p = NULL;
+	double *tmp = NULL;
+	int H, rank, q_rank, hk, hv, rot, nope, ret;
+	char key[160];
+	const char *type = "none";
+
+	ret = meta_int(r, "attention.head_count", il, r->n_head, &H);
+	if (!ret)
+		ret = meta_int(r, "attention.kv_lora_rank", -1, 0, &rank);
+	if (!ret)
+		ret = meta_int(r, "attention.q_lora_rank", -1, 0, &q_rank);
+	if (!ret)
+		ret = meta_int(r, "attention.key_length_mla", -1, 0, &hk);
+	if (!ret)
+		ret = meta_int(r, "attention.value_length_mla", -1, 0, &hv);
+	if (!ret)
+		ret = rope_std(r, r->n_embd, NULL, &rp);
+	if (ret < 0)
+		return ret;
+	rot = rp.n_rot;
+	nope = hk - rot;
+	if (rank <= 0 || hk <= rot || hv <= 0 || H <= 0)
+		return moe_err(EINVAL, "%s: MLA dimensions (kv_lora_rank %d, key_length_mla %d, "
+			       "value_length_mla %d, rope %d) do not fit", r->path, rank, hk, hv,
+			       rot);
+	snprintf(key, sizeof(key), "%s.rope.scaling.type", r->a->name);
+	moe_meta_get_str(r->m, key, &type);
+	if (strcmp(type, "yarn") == 0) {
+		ret = meta_num(r, "rope.scaling.factor", -1, 1, &factor);
+		if (!ret)
+			ret = meta_num(r, "rope.scaling.yarn_log_multiplier", -1, 0, &log_mul);
+		if (ret < 0)
+			return ret;
+		/* the rotation is not scaled; the scores take mscale^2 */
+		rp.attn_factor = 1.0 / (1.0 + 0.1 * log(factor));
+		mscale = 1.0 + log_mul * log(factor);
+	}
+	scale = mscale * mscale / sqrt(hk);
+	if (q_rank) {
+		ret = load(r, il, "attn_q_a.weight", -1, true, E, q_rank, &qa);
+		if (!ret)
+			ret = load(r, il, "attn_q_a_norm.weight", -1, true, q_rank, 1, &qan);
+		if (!ret)
+			ret = load(r, il, "attn_q_b.weight", -1, true, q_rank, (int64_t)H * hk, &qb);
+	} else {
+		ret = load(r, il, "attn_q.weight", -1, true, E, (int64_t)H * hk, &wq);
+	}
+	if (!ret)
+		ret = load(r, il, "attn_kv_a_mqa.weight", -1, true, E, rank + rot, &kva);
+	if (!ret)
+		ret = load(r, il, "attn_kv_a_norm.weight", -1, true, rank, 1, &kvan);
+	if (!ret)
+		ret = load(r, il, "attn_k_b.weight", -1, true, nope, (int64_t)rank * H, &kb);
+	if (!ret)
+		ret = load(r, il, "attn_v_b.weight", -1, true, rank, (int64_t)hv * H, &vb);
+	if (!ret)
+		ret = load(r, il, "attn_output.weight", -1, true, (int64_t)H * hv, E, &wo);
+	if (ret < 0)
+		return ret;
+
+	Q = calloc((size_t)n * H * hk, sizeof(double));
+	C = calloc((size_t)n * rank, sizeof(double));
+	KPE = calloc((size_t)n * rot, sizeof(double));
+	KN = calloc((size_t)n * H * nope, sizeof(double));
+	V = calloc((size_t)n * H * hv, sizeof(double));
+	att = calloc((size_t)H * hv, sizeof(double));
+	p = calloc((size_t)n, sizeof(double));
+	tmp = calloc((size_t)(q_rank + rank + rot + 1), sizeof(double));
+	if (!Q || !C || !KPE || !KN || !V || !att || !p || !tmp) {
+		ret = moe_err(ENOMEM, "reference: MLA buffers for %d positions", n);
+		goto out;
+	}
+	for (int t = 0; t < n; t++) {
+		const double *x = X + (size_t)t * E;
+		double *q = Q + (size_t)t * H * hk, *c = C + (size_t)t * rank;
+
+		if (q_rank) {
+			matvec(&qa, x, NULL, tmp);
+			rmsnorm(tmp, q_rank, &qan, r->eps, tmp);
+			matvec(&qb, tmp, NULL, q);
+		} else {
+			matvec(&wq, x, NULL, q);
+		}
+		for (int h = 0; h < H; h++)
+			rope_apply(&rp, q + (size_t)h * hk + nope, t);
+		matvec(&kva, x, NULL, tmp);
+		rmsnorm(tmp, rank, &kvan, r->eps, c);
+		memcpy(KPE + (size_t)t * rot, tmp + rank, rot * sizeof(double));
+		rope_apply(&rp, KPE + (size_t)t * rot, t);
+		/* decompress: k_nope_h = Kb_h^T c, v_h = Vb_h c */
+		for (int h = 0; h < H; h++) {
+			const double *kbh = kb.w + (size_t)h * rank * nope;
+			const double *vbh = vb.w + (size_t)h * hv * rank;
+			double *kn = KN + ((size_t)t * H + h) * nope, *v = V + ((size_t)t * H + h) * hv;
+
+			for (int i = 0; i < nope; i++) {
+				double s = 0;
+
+				for (int j = 0; j < rank; j++)
+					s += kbh[(size_t)j * nope + i] * c[j];
+				kn[i] = s;
+			}
+			for (int d = 0; d < hv; d++) {
+				double s = 0;
+
+				for (int j = 0; j < rank; j++)
+					s += vbh[(size_t)d * rank + j] * c[j];
+				v[d] = s;
+			}
+		}
+	}
+	for (int t = 0; t < n; t++) {
+		for (int h = 0; h < H; h++) {
+			const double *qh = Q + ((size_t)t * H + h) * hk;
+			double mx = -INFINITY, sum = 0, *oh = att + (size_t)h * hv;
+
+			for (int s = 0; s <= t; s++) {
+				const double *kn = KN + ((size_t)s * H + h) * nope;
+				const double *kp = KPE + (size_t)s * rot;
+				double dot = 0;
+
+				for (int i = 0; i < nope; i++)
+					dot += qh[i] * kn[i];
+				for (int i = 0; i < rot; i++)
+					dot += qh[nope + i] * kp[i];
+				p[s] = dot * scale;
+				mx = fmax(mx, p[s]);
+			}
+			for (int s = 0; s <= t; s++) {
+				p[s] = exp(p[s] - mx);
+				sum += p[s];
+			}
+			memset(oh, 0, hv * sizeof(double));
+			for (int s = 0; s <= t; s++)
+				for (int d = 0; d < hv; d++)
+					oh[d] += p[s] / sum * V[((size_t)s * H + h) * hv + d];
+		}
+		matvec(&wo, att, NULL, O + (size_t)t * E);
+	}
+	ret = 0;
+out:
+	free(Q);
+	free(C);
+	free(KPE);
+	free(KN);
+	free(V);
+	free(att);
+	free(p);
+	free(tmp);
+	return ret;
+}
 
 /* The llama-family layer: qwen3moe, llama (Mixtral), llama4, gpt-oss. */
 static int layer_std(struct ref *r, int il, double *H, int n, int32_t *topk, double *router)
@@ -1044,8 +1264,8 @@ static int layer_std(struct ref *r, int il, double *H, int n, int32_t *topk, dou
 	if (!ret)
 		ret = load(r, il, "attn_norm.weight", -1, true, E, 1, &an);
 	if (!ret)
-		ret = load(r, il, r->a->id == ARCH_GPTOSS ? "post_attention_norm.weight" :
-			   "ffn_norm.weight", -1, true, E, 1, &fn);
+		ret = load(r, il, r->a->id == ARCH_GPTOSS || r->a->id == ARCH_GLM4MOE ?
+			   "post_attention_norm.weight" : "ffn_norm.weight", -1, true, E, 1, &fn);
 	if (!ret)
 		ret = load(r, -1, "rope_freqs.weight", -1, false, 0, 1, &freqs);
 	if (!ret)
@@ -1092,7 +1312,10 @@ static int layer_std(struct ref *r, int il, double *H, int n, int32_t *topk, dou
 	}
 	for (int t = 0; t < n; t++)
 		rmsnorm(H + (size_t)t * E, E, &an, r->eps, X + (size_t)t * E);
-	ret = attention(r, il, &c, X, n, O);
+	if (r->a->id == ARCH_DEEPSEEK2)
+		ret = attention_mla(r, il, X, n, O);
+	else
+		ret = attention(r, il, &c, X, n, O);
 	if (ret < 0)
 		goto out;
 	for (size_t i = 0; i < (size_t)n * E; i++)
@@ -1304,12 +1527,17 @@ static int ref_open(struct ref *r, const char *path, const struct ref_opts *o)
 			r->a = &arch_table[i];
 	if (!r->a)
 		return moe_err(ENOTSUP, "%s: architecture '%s' is not one the reference knows "
-			       "(llama, qwen3moe, llama4, gpt-oss, gemma4)", path, arch);
+			       "(llama, qwen3moe, llama4, gpt-oss, gemma4, deepseek2, glm4moe)",
+			       path, arch);
 	r->fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (r->fd < 0)
 		return moe_err(errno, "%s: %s", path, strerror(errno));
 
-	ret = meta_int(r, "block_count", -1, 0, &r->n_layer);
+	ret = meta_int(r, "block_count", -1, 0, &r->n_block);
+	if (!ret)
+		ret = meta_int(r, "nextn_predict_layers", -1, 0, &r->n_layer);
+	/* GLM-4.5's NextN/MTP blocks follow the trunk and take no part in it */
+	r->n_layer = r->n_block - r->n_layer;
 	if (!ret)
 		ret = meta_int(r, "embedding_length", -1, 0, &r->n_embd);
 	if (!ret)

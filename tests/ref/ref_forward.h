@@ -2,7 +2,8 @@
 /*
  * The reference forward pass: a naive float64 implementation of the MoE
  * architectures libmoe runs (qwen3moe, llama/Mixtral, llama4, gpt-oss,
- * gemma4), written from the formulas in the shared FORMATS.md and GEMMA4.md.
+ * gemma4, deepseek2, glm4moe), written from the formulas in the shared
+ * FORMATS.md, GEMMA4.md and DEEPSEEK2-GLM4MOE.md.
  * It is the oracle the engine is tested against, so it shares nothing with
  * the engine but the GGUF reader and the dequantizers, and it is slow on
  * purpose: every position of the sequence is recomputed on every call.

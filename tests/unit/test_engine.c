@@ -80,8 +80,10 @@ static bool mkmodel(const char *dir, const char *arch, const char *type, const c
 	int st;
 
 	snprintf(path, len, "%s/%s-%s.gguf", dir, arch, type);
+	/* "gemma4-dense": a gemma4 file without routers (Gemma 4 31B) */
 	snprintf(cmd, sizeof(cmd), "%s --arch %s --type %s -o %s -q --layers 4 --vocab 256 "
-		 "--expert-ff 256 %s", tu_bin("moe-mkmodel"), arch, type, path, extra);
+		 "--expert-ff 256 %s", tu_bin("moe-mkmodel"),
+		 strcmp(arch, "gemma4-dense") ? arch : "gemma4", type, path, extra);
 	st = tu_run(cmd, 1, &out);
 	if (st != 0 && out && strstr(out, "not supported")) {
 		free(out);
@@ -107,6 +109,11 @@ static const char *arch_extra(const char *arch)
 {
 	if (!strcmp(arch, "gpt-oss") || !strcmp(arch, "gemma4"))
 		return "--sliding-window 8";
+	if (!strcmp(arch, "gemma4-dense"))
+		return "--sliding-window 8 --experts 0";
+	/* a NextN block after the trunk, which the forward pass must skip */
+	if (!strcmp(arch, "glm4moe"))
+		return "--nextn 1";
 	if (!strcmp(arch, "llama4"))
 		return "--interleave 2";
 	return "";
@@ -235,7 +242,8 @@ END_TEST
 
 /* ------------------------------------------------------------ reference */
 
-static const char *const archs[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss", "gemma4" };
+static const char *const archs[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss", "gemma4",
+				     "deepseek2", "glm4moe", "gemma4-dense" };
 
 /*
  * F32 weights, a 40-token prompt: longer than the llama4 chunk (16 here) and
