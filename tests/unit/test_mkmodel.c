@@ -438,7 +438,10 @@ END_TEST
 
 /* ------------------------------------------------------------ moe-mkmodel */
 
-static const char *const arches[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss", "gemma4" };
+static const char *const arches[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss", "gemma4",
+				      "deepseek2", "glm4moe" };
+/* deepseek2's groups must fit SMALL's 4 experts */
+static const char *const arch_args[] = { [5] = "--expert-groups 2 --expert-groups-used 2" };
 #define SMALL "--layers 3 --embd 64 --heads 2 --kv-heads 1 --head-dim 32 --vocab 128 " \
 	      "--experts 4 --expert-ff 32 -q"
 
@@ -485,6 +488,12 @@ static const struct {
 	 * attn_v), dense MLP 3 + 5 norms, router + scale, 2 expert tensors + scale,
 	 * layer_output_scale */
 	{ 3 + 2 * 22 + 21, 0, "blk.1.attn_v.weight", "blk.2.attn_v.weight" },
+	/* MLA attention 9 (norm, q_a, its norm, q_b, kv_a_mqa, its norm, k_b, v_b, output) +
+	 * ffn_norm; leading dense layer 3; MoE layers router, selection bias, 3 experts,
+	 * 3 shared */
+	{ 3 + 13 + 2 * 18, 0, "blk.1.attn_k_b.weight", "blk.0.ffn_gate_inp.weight" },
+	/* attn 5 + q/k norms + q/k/v biases + post_attention_norm; dense 3; MoE 8 */
+	{ 3 + 14 + 2 * 19, 0, "blk.0.attn_q.bias", "blk.0.ffn_norm.weight" },
 };
 
 /* `moectl info --json` reports what the file holds, by the test's own parser. */
@@ -605,10 +614,12 @@ START_TEST(mkmodel_arches)
 
 	for (size_t a = 0; a < sizeof(aligns) / sizeof(aligns[0]); a++) {
 		snprintf(path, sizeof(path), "%s/%s-%u.gguf", dir, arch, aligns[a]);
-		snprintf(args, sizeof(args), "--arch %s --align %u %s " SMALL, arch, aligns[a], ff);
+		snprintf(args, sizeof(args), "--arch %s --align %u %s %s " SMALL, arch, aligns[a], ff,
+			 arch_args[_i] ? arch_args[_i] : "");
 		ck_assert_msg(mkmodel(path, args, &out) == 0, "%s: %s", args, out);
 		free(out);
-		check_model(path, arch, aligns[a], 3, 4, !strcmp(arch, "llama4") ? 1 : 2, 32);
+		check_model(path, arch, aligns[a], 3, 4, !strcmp(arch, "llama4") ? 1 :
+			    !strcmp(arch, "deepseek2") ? 3 : 2, 32);
 		ck_assert_int_eq(pfile_load(&f, path), 0);
 		ck_assert_uint_eq(f.n_t, layout[_i].tensors);
 		ck_assert_msg(ptensor(&f, layout[_i].has), "%s lacks %s", arch, layout[_i].has);
@@ -621,8 +632,9 @@ START_TEST(mkmodel_arches)
 	/* f16 and bf16 experts, f16 other tensors; llama4 with a dense layer between MoE ones */
 	snprintf(path, sizeof(path), "%s/%s-f16.gguf", dir, arch);
 	snprintf(args, sizeof(args), "--arch %s --type %s --type-other f16 --experts-used 3 %s %s "
-		 SMALL, arch, _i % 2 ? "bf16" : "f16", !strcmp(arch, "llama4") ? "--interleave 2" : "",
-		 ff);
+		 "%s " SMALL, arch, _i % 2 ? "bf16" : "f16",
+		 !strcmp(arch, "llama4") ? "--interleave 2" : "", ff,
+		 arch_args[_i] ? arch_args[_i] : "");
 	ck_assert_msg(mkmodel(path, args, &out) == 0, "%s: %s", args, out);
 	free(out);
 	check_model(path, arch, 32, 3, 4, 3, 32);
@@ -862,6 +874,53 @@ START_TEST(mkmodel_router_structure)
 }
 END_TEST
 
+/*
+ * A GLM-4.5 file with a NextN block after its trunk: block_count counts it,
+ * the model has the trunk's layers, and the block's tensors are neither
+ * resident nor experts (the plan does not place them).
+ */
+START_TEST(mkmodel_nextn)
+{
+	char *dir = tu_tmpdir(), path[512], *out = NULL;
+	struct moe_model *m;
+	struct moe_hparams hp;
+	struct moe_model_summary sum;
+	struct moe_tensor_info ti;
+	struct pfile f;
+	uint64_t unused = 0, resident = 0;
+
+	snprintf(path, sizeof(path), "%s/glm.gguf", dir);
+	ck_assert_int_eq(mkmodel(path, "--arch glm4moe --nextn 1 " SMALL, &out), 0);
+	free(out);
+	ck_assert_int_eq(pfile_load(&f, path), 0);
+	ck_assert_uint_eq(meta_u(&f, "glm4moe", "block_count"), 4);
+	ck_assert_uint_eq(meta_u(&f, "glm4moe", "nextn_predict_layers"), 1);
+	ck_assert_ptr_nonnull(ptensor(&f, "blk.3.nextn.eh_proj.weight"));
+	ck_assert_ptr_nonnull(ptensor(&f, "blk.3.ffn_gate_exps.weight"));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(moe_model_hparams(m, &hp), 0);
+	ck_assert_int_eq(moe_model_summary(m, &sum), 0);
+	ck_assert_uint_eq(hp.n_layer, 3);
+	ck_assert_uint_eq(hp.n_nextn, 1);
+	ck_assert_uint_eq(hp.n_moe_layer, 2);
+	for (int i = 0; i < moe_model_tensor_count(m); i++) {
+		ck_assert_int_eq(moe_model_tensor(m, i, &ti), 0);
+		ck_assert_int_eq(ti.role == MOE_ROLE_UNUSED, ti.layer == 3);
+		if (ti.role == MOE_ROLE_UNUSED)
+			unused += ti.bytes;
+		else if (ti.role == MOE_ROLE_OTHER)
+			resident += ti.bytes;
+	}
+	ck_assert_uint_gt(unused, 0);
+	ck_assert_uint_eq(sum.resident_bytes, resident);
+	ck_assert_uint_eq(sum.resident_bytes + sum.expert_bytes_total + unused, sum.tensor_bytes);
+	moe_model_close(m);
+	pfile_free(&f);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* Bad options exit 2 and say what is wrong. */
 START_TEST(mkmodel_bad_options)
 {
@@ -871,7 +930,14 @@ START_TEST(mkmodel_bad_options)
 	} cases[] = {
 		{ "", "--arch is required" },
 		{ "--arch qwen3moe", "-o FILE is required" },
-		{ "--arch deepseek2 -o x", "unknown" },
+		{ "--arch deepseek3 -o x", "unknown" },
+		{ "--arch qwen3moe -o x --experts 0", "only gemma4" },
+		{ "--arch gemma4 -o x --nextn 1", "does not apply" },
+		{ "--arch qwen3moe -o x --kv-lora 16", "deepseek2" },
+		{ "--arch deepseek2 -o x --experts 10", "groups must divide" },
+		{ "--arch deepseek2 -o x --rope-dim 64", "below --head-dim" },
+		{ "--arch glm4moe -o x --leading-dense 4", "no MoE layer" },
+		{ "--arch gemma4 -o x --kv-shared 4", "no layer" },
 		{ "--arch qwen3moe -o x --experts 8 --experts-used 9", "exceeds" },
 		{ "--arch qwen3moe -o x --align 48", "power of two" },
 		{ "--arch qwen3moe -o x --type iq2_xxs", "not supported by this build" },
@@ -935,6 +1001,7 @@ Suite *suite_mkmodel(void)
 	tcase_add_test(tm, mkmodel_bpe_vocab);
 	tcase_add_test(tm, mkmodel_router_structure);
 	tcase_add_test(tm, mkmodel_bad_options);
+	tcase_add_test(tm, mkmodel_nextn);
 	suite_add_tcase(s, tm);
 	return s;
 }

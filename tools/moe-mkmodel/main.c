@@ -314,8 +314,12 @@ static int check_opts(struct opts *o, const bool *given)
 					   "%u of %u experts (groups must divide the experts)",
 					   o->groups, o->groups_used, o->experts_used, o->experts);
 	}
-	if (is_arch(o, MOE_ARCH_GLM4MOE) && !given[O_PARTIAL_ROTARY])
-		o->partial_rotary = 0.5f;
+	if (is_arch(o, MOE_ARCH_GLM4MOE)) {
+		if (!given[O_PARTIAL_ROTARY])
+			o->partial_rotary = 0.5f;
+		/* what the converter writes for GLM-4.5 (n_group 1, topk_group 1) */
+		o->groups = o->groups_used = 1;
+	}
 	if (o->kv_shared >= o->layers)
 		return usage_error("--kv-shared %u leaves no layer of %u with its own KV cache",
 				   o->kv_shared, o->layers);
