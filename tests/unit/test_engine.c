@@ -489,16 +489,33 @@ START_TEST(engine_errors)
 	moe_ctx_free(ctx);
 
 	/* an architecture without a forward pass */
-	snprintf(bad, sizeof(bad), "%s/deepseek.gguf", dir);
+	snprintf(bad, sizeof(bad), "%s/other.gguf", dir);
 	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
-	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "deepseek2"), 0);
+	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "qwen2moe"), 0);
 	ck_assert_int_eq(moe_gguf_write(w, bad), 0);
 	moe_gguf_writer_free(w);
-	ck_assert_int_lt(moe_model_open(bad, &mm), 0);
+	ck_assert_int_eq(moe_model_open(bad, &mm), -EOPNOTSUPP);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "qwen2moe"));
 	ck_assert_int_eq(moe_model_open_flags(bad, MOE_OPEN_METADATA_ONLY, &mm), 0);
 	ck_assert_int_eq(moe_ctx_create(mm, NULL, &ctx), -ENOTSUP);
-	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "deepseek2"));
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "no forward pass"));
 	moe_model_close(mm);
+
+	/* deepseek2 of the older attn_kv_b layout (no *_length_mla keys) is refused by name */
+	snprintf(bad, sizeof(bad), "%s/deepseek-kv_b.gguf", dir);
+	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "deepseek2"), 0);
+	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.block_count", 2), 0);
+	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.embedding_length", 64), 0);
+	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.attention.head_count", 4), 0);
+	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.context_length", 128), 0);
+	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.attention.kv_lora_rank", 32), 0);
+	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.rope.dimension_count", 16), 0);
+	ck_assert_int_eq(moe_gguf_write(w, bad), 0);
+	moe_gguf_writer_free(w);
+	ck_assert_int_eq(moe_model_open(bad, &mm), -ENOTSUP);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "attn_kv_b"));
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "convert"));
 	moe_model_close(m);
 	tu_rmtree(dir);
 	free(dir);
