@@ -31,11 +31,14 @@ static const struct arch_tensor attn_gptoss[] = {
 	REQ("attn_sinks.weight"), REQ("post_attention_norm.weight"), { 0 },
 };
 
+/* attn_k/attn_k_norm: not on layers that share an earlier KV cache (model.c checks) */
 static const struct arch_tensor attn_gemma4[] = {
-	REQ("attn_norm.weight"), REQ("attn_q.weight"), REQ("attn_k.weight"),
+	REQ("attn_norm.weight"), REQ("attn_q.weight"), OPT("attn_k.weight"),
 	OPT("attn_v.weight"), REQ("attn_output.weight"), REQ("attn_q_norm.weight"),
-	REQ("attn_k_norm.weight"), REQ("post_attention_norm.weight"),
+	OPT("attn_k_norm.weight"), REQ("post_attention_norm.weight"),
 	OPT("layer_output_scale.weight"),
+	/* per-layer embeddings (E2B/E4B), required when the file has them */
+	OPT("inp_gate.weight"), OPT("proj.weight"), OPT("post_norm.weight"),
 	/* gemma4 runs its dense MLP on every layer, MoE or not */
 	REQ("ffn_norm.weight"), REQ("ffn_gate.weight"), REQ("ffn_up.weight"),
 	REQ("ffn_down.weight"), REQ("post_ffw_norm.weight"), { 0 },

@@ -214,6 +214,9 @@ static int read_hparams(struct moe_model *m)
 	ret = ret ? ret : hp_f32(m, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps);
 	ret = ret ? ret : hp_f32(m, "rope.freq_base", 10000.0f, &hp->rope_base);
 	ret = ret ? ret : hp_f32(m, "expert_weights_scale", 0.0f, &hp->expert_weights_scale);
+	ret = ret ? ret : hp_u32(m, "embedding_length_per_layer_input", 0, 0,
+				 &hp->n_embd_per_layer);
+	ret = ret ? ret : hp_u32(m, "attention.shared_kv_layers", 0, 0, &hp->n_kv_shared);
 	ret = ret ? ret : hp_u32(m, "expert_group_count", 0, 0, &hp->n_group);
 	ret = ret ? ret : hp_u32(m, "expert_group_used_count", 0, 0, &hp->topk_group);
 	if (ret)
@@ -225,6 +228,10 @@ static int read_hparams(struct moe_model *m)
 			       "%u (expert_group_used_count) cannot give %u experts per token", m->path,
 			       hp->n_expert, hp->arch, hp->n_group, hp->topk_group,
 			       hp->n_expert_used);
+	if (hp->n_kv_shared >= hp->n_layer || hp->n_embd_per_layer > 65536)
+		return moe_err(EINVAL, "%s: %s.attention.shared_kv_layers = %u of %u layers, or "
+			       "embedding_length_per_layer_input = %u, is out of range", m->path,
+			       hp->arch, hp->n_kv_shared, hp->n_layer, hp->n_embd_per_layer);
 	if (a->attn & MOE_ATTN_MLA) {
 		ret = read_mla(m);
 		if (ret)
@@ -404,6 +411,74 @@ static int check_mla(const struct moe_model *m, uint32_t il)
 	return ret;
 }
 
+/*
+ * Gemma 4 E2B/E4B: the last shared_kv_layers layers have no K/V of their
+ * own and read the cache of the last sliding (n_kv_start - 2) or full
+ * (n_kv_start - 1) layer before them, which must be of their kind and
+ * shape; the per-layer embedding tensors are there when the file has them.
+ */
+static int check_gemma4_layer(struct moe_model *m, uint32_t il)
+{
+	const struct moe_hparams *hp = &m->hp;
+	struct moe_layer_info *li = &m->layers[il].info;
+	uint32_t start = hp->n_layer - hp->n_kv_shared;
+	static const char *const ple[] = { "inp_gate.weight", "proj.weight", "post_norm.weight" };
+	bool has_k = find_t(m, (int)il, "attn_k.weight") != NULL;
+
+	if (il >= start) {
+		int32_t src = (int32_t)start - (li->sliding ? 2 : 1);
+		const struct moe_layer_info *si = src >= 0 ? &m->layers[src].info : NULL;
+
+		if (!si || si->sliding != li->sliding || si->head_dim != li->head_dim ||
+		    si->n_head_kv != li->n_head_kv)
+			return moe_err(EINVAL, "%s: layer %u shares the KV cache of layer %d, which "
+				       "is not a %s layer of the same head shape (the last %u layers "
+				       "share; the two before them must be sliding, then full)",
+				       m->path, il, src, li->sliding ? "sliding-window" : "full",
+				       hp->n_kv_shared);
+		li->kv_layer = src;
+		if (has_k)
+			return moe_err(EINVAL, "%s: layer %u shares an earlier KV cache but has "
+				       "attn_k.weight", m->path, il);
+	} else if (!has_k || !find_t(m, (int)il, "attn_k_norm.weight")) {
+		return moe_err(EINVAL, "%s: missing required tensor 'blk.%u.attn_k.weight' or "
+			       "'blk.%u.attn_k_norm.weight' for architecture %s", m->path, il, il,
+			       hp->arch);
+	}
+	for (size_t i = 0; hp->n_embd_per_layer && i < MOE_ARRAY_SIZE(ple); i++)
+		if (!find_t(m, (int)il, ple[i]))
+			return moe_err(EINVAL, "%s: missing required tensor 'blk.%u.%s' of the "
+				       "per-layer embeddings", m->path, il, ple[i]);
+	return 0;
+}
+
+/* Gemma 4's per-layer embedding table: streamed by rows, never resident. */
+static int check_ple(struct moe_model *m)
+{
+	const struct moe_hparams *hp = &m->hp;
+	static const char *const names[] = { "per_layer_token_embd.weight",
+					      "per_layer_model_proj.weight",
+					      "per_layer_proj_norm.weight" };
+	const struct gguf_tensor *t[3];
+	uint64_t all = (uint64_t)hp->n_embd_per_layer * hp->n_layer;
+	int ret;
+
+	for (int i = 0; i < 3; i++) {
+		t[i] = find_t(m, -1, names[i]);
+		if (!t[i])
+			return moe_err(EINVAL, "%s: missing required tensor '%s' (%s."
+				       "embedding_length_per_layer_input is %u)", m->path, names[i],
+				       hp->arch, hp->n_embd_per_layer);
+	}
+	ret = expect_shape(m, t[0], all, hp->n_vocab, 1);
+	ret = ret ? ret : expect_shape(m, t[1], hp->n_embd, all, 1);
+	ret = ret ? ret : expect_shape(m, t[2], hp->n_embd_per_layer, 1, 1);
+	if (ret)
+		return ret;
+	m->tinfo[t[0] - m->gguf->tensors].role = MOE_ROLE_STREAMED_ROWS;
+	return 0;
+}
+
 static int read_layers(struct moe_model *m)
 {
 	struct moe_hparams *hp = &m->hp;
@@ -476,6 +551,8 @@ static int read_layers(struct moe_model *m)
 		ret = ret ? ret : check_tensors(m, (int)il, li->is_moe ? a->moe : a->dense);
 		if (!ret && li->mla)
 			ret = check_mla(m, il);
+		if (!ret && (a->attn & MOE_ATTN_SWA_PATTERN))
+			ret = check_gemma4_layer(m, il);
 		if (ret)
 			return ret;
 		if (!li->is_moe || a->id == MOE_ARCH_GEMMA4) {
@@ -499,7 +576,7 @@ static int read_layers(struct moe_model *m)
 	for (uint64_t i = 0; i < m->gguf->n_tensors; i++)
 		if (m->tinfo[i].layer >= (int32_t)hp->n_layer)
 			m->tinfo[i].role = MOE_ROLE_UNUSED;
-	return 0;
+	return hp->n_embd_per_layer ? check_ple(m) : 0;
 }
 
 static void tensor_layer(const char *name, int32_t *layer)
@@ -531,6 +608,10 @@ static void summarize(struct moe_model *m)
 			s->resident_bytes += t->bytes;
 		else if (t->role <= MOE_ROLE_EXPERT_GATE_UP)
 			s->expert_bytes_total += t->bytes;
+		else if (t->role == MOE_ROLE_UNUSED)
+			s->unused_bytes += t->bytes;
+		else
+			s->streamed_rows_bytes += t->bytes;
 	}
 	for (uint32_t il = 0; m->arch && il < m->hp.n_layer; il++) {
 		const struct moe_layer *L = &m->layers[il];

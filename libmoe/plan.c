@@ -112,6 +112,27 @@ static int resident(const struct moe_model *m, struct plan_layout *l, uint64_t *
 	return 0;
 }
 
+/* Gemma 4's per-layer embedding table: read by rows, cached by token on the host. */
+static void plan_ple(const struct moe_model *m, struct plan_layout *l)
+{
+	struct moe_plan *p = &l->plan;
+
+	l->ple_tensor = -1;
+	for (uint32_t i = 0; i < l->n_tensors; i++) {
+		const struct moe_tensor_info *ti = &m->tinfo[i];
+
+		if (ti->role != MOE_ROLE_STREAMED_ROWS)
+			continue;
+		l->ple_tensor = (int32_t)i;
+		p->ple_row_bytes = ti->bytes / ti->ne[1];
+		p->ple_cache_rows = (uint32_t)MOE_MIN((uint64_t)MOE_PLE_CACHE_ROWS, ti->ne[1]);
+		/* one step's distinct tokens must fit at once */
+		p->ple_cache_rows = MOE_MAX(p->ple_cache_rows, MOE_MIN(p->n_batch, (uint32_t)ti->ne[1]));
+		p->ple_cache_bytes = (uint64_t)p->ple_cache_rows * p->ple_row_bytes;
+		l->ple_stg_each = MOE_ALIGN_UP(p->ple_row_bytes, PLAN_BLOCK) + 2 * PLAN_BLOCK;
+	}
+}
+
 static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
 		    struct plan_layout *l, uint64_t *cur)
 {
@@ -124,6 +145,13 @@ static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
 		uint32_t window = 0;
 		uint64_t row;
 
+		l->f_nq = MOE_MAX(l->f_nq, ml->info.head_dim * ml->n_head);
+		l->shape.max_head = MOE_MAX(l->shape.max_head, ml->n_head);
+		if (ml->info.kv_layer != (int32_t)il) {
+			/* Gemma 4's shared layers read an earlier layer's cache (model.c checked it) */
+			*L = l->layers[ml->info.kv_layer];
+			continue;
+		}
 		L->kv_dim = ml->info.head_dim * ml->info.n_head_kv;
 		row = moe_kv_row_bytes(l->plan.kv_type, L->kv_dim);
 		if (!row)
@@ -147,7 +175,6 @@ static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
 		L->kv_off = take(cur, (L->latent ? 1 : 2) * L->kv_half, l->desc->align);
 		l->plan.kv_full_bytes += (L->latent ? 1 : 2) * (uint64_t)n_seq * l->plan.n_ctx *
 					 L->kv_dim * 4;
-		l->f_nq = MOE_MAX(l->f_nq, ml->info.head_dim * ml->n_head);
 		l->f_nkv = MOE_MAX(l->f_nkv, L->kv_dim);
 		if (L->latent) {
 			const struct moe_hparams *hp = &m->hp;
@@ -160,7 +187,6 @@ static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
 			l->shape.max_heads_io = MOE_MAX(l->shape.max_heads_io,
 				MOE_MAX(hp->head_dim_k_mla - hp->n_rot + r, r + hp->head_dim_v_mla));
 		}
-		l->shape.max_head = MOE_MAX(l->shape.max_head, ml->n_head);
 		l->shape.max_head_dim = MOE_MAX(l->shape.max_head_dim, ml->info.head_dim);
 	}
 	l->plan.kv_bytes = *cur - start;
@@ -207,6 +233,14 @@ static void scratch(const struct moe_model *m, struct plan_layout *l, uint64_t *
 	l->buf_bytes[PB_Q] = l->buf_bytes[PB_ATT] = B * l->f_nq * f;
 	l->buf_bytes[PB_K] = l->buf_bytes[PB_V] = B * l->f_nkv * f;
 	l->buf_bytes[PB_LAT] = B * l->f_lat * f;
+	if (l->ple_tensor >= 0) {
+		uint64_t pl = m->hp.n_embd_per_layer, all = pl * m->hp.n_layer;
+
+		l->buf_bytes[PB_PLE_RAW] = B * l->plan.ple_row_bytes;
+		l->buf_bytes[PB_PLE] = l->buf_bytes[PB_PLE2] = B * all * f;
+		l->buf_bytes[PB_PLE_G] = l->buf_bytes[PB_PLE_X] = B * pl * f;
+		l->buf_bytes[PB_PLE_IDS] = B * 4;
+	}
 	l->buf_bytes[PB_RLOG] = B * ne * f;
 	l->buf_bytes[PB_SHG] = B * f;
 	l->buf_bytes[PB_SEL] = l->buf_bytes[PB_RW] = l->buf_bytes[PB_ENTS] = B * K * 4;
@@ -457,6 +491,7 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 		if (m->layers[il].info.is_moe)
 			l->max_used = MOE_MAX(l->max_used, m->layers[il].info.n_expert_used);
 	l->max_used = MOE_MAX(l->max_used, 1);
+	plan_ple(m, l);
 	ret = resident(m, l, &cur);
 	ret = ret ? ret : kv_cache(m, par, l, &cur);
 	ret = ret ? ret : classes(m, l, c, &n_cls, layer_pools);
@@ -535,12 +570,14 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 	}
 	l->resident_chunk = RESIDENT_CHUNK + 2 * PLAN_BLOCK;
 	p->staging_bytes = par->io.staging_bytes ? par->io.staging_bytes :
-			   l->resident_chunk + (2 << 20) + p->n_staging * l->stg_each;
+			   l->resident_chunk + (2 << 20) + p->n_staging * l->stg_each +
+			   (uint64_t)p->n_batch * l->ple_stg_each;
 	/* logits of a batch, pinned inputs and routing tables */
 	p->host_bytes = (uint64_t)p->n_batch * l->n_vocab * sizeof(float) +
 			(uint64_t)p->n_batch * (16 + 16 * l->max_used + 4 * l->max_used *
 						l->spec_depth) +
-			(uint64_t)p->n_batch * MOE_MAX(m->hp.n_expert, 1u) * sizeof(float);
+			(uint64_t)p->n_batch * MOE_MAX(m->hp.n_expert, 1u) * sizeof(float) +
+			(uint64_t)p->n_batch * p->ple_row_bytes + p->ple_cache_bytes;
 	why(l);
 	return 0;
 }

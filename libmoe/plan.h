@@ -19,6 +19,8 @@ enum plan_buf {
 	PB_H, PB_X, PB_X2, PB_O, PB_FFN_OUT, PB_MOE_OUT,
 	PB_Q, PB_ATT, PB_K, PB_V,
 	PB_LAT,                               /* MLA: q_a output, then the latent queries */
+	/* Gemma 4 per-layer embeddings: raw rows, f32 rows, projection, gate, slice, ids */
+	PB_PLE_RAW, PB_PLE, PB_PLE2, PB_PLE_G, PB_PLE_X, PB_PLE_IDS,
 	PB_RLOG, PB_SHG, PB_SEL, PB_RW, PB_ENTS, PB_YBUF,
 	PB_LOGITS,
 	PB_ROWS,                              /* the rows whose logits are kept */
@@ -67,6 +69,8 @@ struct plan_layout {
 	uint32_t max_used;          /* most experts per token of any layer (>= 1) */
 	uint32_t f_nq, f_nkv;       /* widest q and k/v rows */
 	uint32_t f_lat;             /* widest MLA q_a / latent query row */
+	int32_t ple_tensor;         /* the per-layer embedding table, -1: none */
+	uint64_t ple_stg_each;      /* pinned staging to read one row */
 	uint32_t n_vocab;
 };
 
@@ -82,6 +86,8 @@ uint64_t moe_expert_mat_offset(const struct moe_expert *ex, uint32_t m, uint32_t
 bool moe_plan_is_matrix(const char *name);
 
 #define MOE_DEFAULT_CTX 4096
+/* per-layer embedding rows cached by token (Gemma 4 E2B: ~9 KiB each as q8_0) */
+#define MOE_PLE_CACHE_ROWS 4096
 #define MOE_DEFAULT_BATCH 64
 
 #endif

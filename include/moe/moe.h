@@ -311,7 +311,9 @@ struct moe_model_summary {
 	uint32_t type_tensors[MOE_TYPE_COUNT];
 	uint32_t alignment;                /* general.alignment */
 	uint32_t extent_alignment;         /* largest power of two dividing every expert offset */
-	uint64_t reserved[8];
+	uint64_t unused_bytes;             /* tensors the forward pass skips (NextN blocks) */
+	uint64_t streamed_rows_bytes;      /* tables read by rows, never resident (Gemma 4 PLE) */
+	uint64_t reserved[6];
 };
 MOE_API int moe_model_summary(const struct moe_model *model, struct moe_model_summary *out);
 
@@ -892,7 +894,16 @@ struct moe_plan {
 	bool all_experts;           /* every expert has a slot: nothing is ever evicted */
 	uint8_t pad2[7];
 	char why[320];              /* what was chosen and why, one line */
-	uint64_t reserved[8];
+	/*
+	 * Gemma 4 E2B/E4B: the per-layer embedding table stays in the file;
+	 * each token's row (all layers) is read once and cached by token in
+	 * host memory (outside the budget), a step's rows staged in scratch.
+	 */
+	uint64_t ple_row_bytes;     /* one token's row as stored */
+	uint64_t ple_cache_bytes;   /* the host cache of rows */
+	uint32_t ple_cache_rows;
+	uint32_t pad3;
+	uint64_t reserved[5];
 };
 
 /*

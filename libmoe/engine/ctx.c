@@ -274,6 +274,7 @@ static int setup(struct moe_ctx *ctx)
 	ret = moe_io_open(moe_model_path(ctx->model), &io, &ctx->io);
 	ret = ret ? ret : moe_engine_load(ctx);
 	ret = ret ? ret : moe_engine_bind(ctx);
+	ret = ret ? ret : moe_ple_init(ctx);
 	if (ret < 0)
 		return ret;
 	for (uint32_t il = 0; il < ctx->hp.n_layer; il++)
@@ -415,6 +416,7 @@ void moe_ctx_free(struct moe_ctx *ctx)
 			be->ops->event_destroy(be, ctx->ev_spec);
 		if (ctx->hbuf)
 			be->ops->host_free(be, ctx->hbuf);
+		moe_ple_free(ctx);
 		be->ops->free(be, ctx->arena);
 		moe_backend_destroy(be);
 	}

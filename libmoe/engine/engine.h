@@ -32,6 +32,10 @@ struct eng_layer {
 	/* MLA: q through q_a/q_b (or wq), the latent + rotated key, per-head k_b/v_b */
 	struct moe_be_mat wq_a, wq_b, wkv_a, wk_b, wv_b;
 	moe_dptr q_a_norm, kv_a_norm;
+	bool own_kv;                 /* false: reads an earlier layer's cache (Gemma 4) */
+	/* Gemma 4 per-layer embeddings: inp_gate, proj, post_norm */
+	struct moe_be_mat ple_gate, ple_out;
+	moe_dptr ple_post_norm;
 	struct moe_be_mat wq, wk, wv, wo, ffn_gate, ffn_up, ffn_down;
 	struct moe_be_mat gate_inp, gate_shexp, up_shexp, down_shexp, gate_inp_shexp;
 	/* f32 vectors in device memory, 0 when the file lacks them */
@@ -53,6 +57,27 @@ struct eng_layer {
 typedef void (*moe_route_hook)(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
 			       const float *logits, uint32_t n_expert, int32_t *sel,
 			       uint32_t k);
+
+struct ple_read;
+
+/* Gemma 4's per-layer embedding rows, cached by token in pinned host memory (ple.c). */
+struct moe_ple {
+	struct moe_tensor_info ti;   /* per_layer_token_embd */
+	uint64_t row_bytes, stg_each;
+	uint32_t n_rows, n_pl;
+	uint8_t *rows;               /* n_rows cached rows, then the step's rows (batch) */
+	uint8_t *batch;
+	int32_t *ids;                /* 0..n-1 for get_rows */
+	uint8_t *stg;                /* I/O staging, one row per token of a step */
+	int32_t *slot_of;            /* per token: its cache row or -1 */
+	int32_t *tok_of;             /* per cache row: its token or -1 */
+	uint64_t *used;              /* per cache row: the step that last used it */
+	uint64_t clock;
+	struct ple_read *reads;
+	uint32_t pending;
+	int err;
+	uint64_t hits, misses, bytes;
+};
 
 /* State of one routed expert of the layer in progress. */
 enum { EXP_IDLE, EXP_HELD, EXP_DONE };
@@ -80,6 +105,9 @@ struct moe_ctx {
 	moe_dptr rope_freqs;
 	struct moe_be_mat tok_embd, output;
 	moe_dptr output_norm;
+	struct moe_ple ple;
+	struct moe_be_mat ple_proj;  /* per_layer_model_proj */
+	moe_dptr ple_proj_norm;
 	struct eng_layer *layers;
 
 	/* pinned host memory: inputs, the routing downloads */
@@ -158,6 +186,11 @@ int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
  */
 int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok);
 int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok, moe_dptr out);
+/* ple.c: Gemma 4 E2B/E4B per-layer embeddings (no-ops without them). */
+int moe_ple_init(struct moe_ctx *ctx);
+void moe_ple_free(struct moe_ctx *ctx);
+int moe_ple_step(struct moe_ctx *ctx, const int32_t *tokens, uint32_t n);
+int moe_ple_layer(struct moe_ctx *ctx, uint32_t il, uint32_t n);
 /* For tests: see every routing decision. */
 void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg);
 

@@ -49,7 +49,10 @@ static int attention(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 	int ret = 0;
 
 	TRY(OPS(ctx)->rms_norm(be, b[PB_H], b[PB_X], n, ctx->hp.n_embd, L->attn_norm, eps));
-	if (L->wv.p) {
+	if (!L->own_kv) {
+		/* Gemma 4's shared layers: queries only, over an earlier layer's cache */
+		TRY(mm(ctx, &L->wq, b[PB_X], n, b[PB_Q]));
+	} else if (L->wv.p) {
 		struct moe_be_mat w[3] = { L->wq, L->wk, L->wv };
 		moe_dptr y[3] = { b[PB_Q], b[PB_K], b[PB_V] };
 
@@ -67,17 +70,18 @@ static int attention(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 		TRY(OPS(ctx)->add_bias(be, b[PB_K], L->bk, n, nkv));
 		TRY(OPS(ctx)->add_bias(be, b[PB_V], L->bv, n, nkv));
 	}
-	if (L->q_norm) {
+	if (L->q_norm)
 		TRY(OPS(ctx)->rms_norm(be, b[PB_Q], b[PB_Q], (int64_t)n * L->n_head, hd, L->q_norm,
 				       eps));
+	if (L->k_norm && L->own_kv)
 		TRY(OPS(ctx)->rms_norm(be, b[PB_K], b[PB_K], (int64_t)n * L->n_head_kv, hd,
 				       L->k_norm, eps));
-	}
-	if (ctx->arch->attn & MOE_ATTN_V_NORM)
+	if ((ctx->arch->attn & MOE_ATTN_V_NORM) && L->own_kv)
 		TRY(OPS(ctx)->rms_norm(be, b[PB_V], b[PB_V], (int64_t)n * L->n_head_kv, hd, 0, eps));
 	if (L->rope) {
 		TRY(OPS(ctx)->rope(be, b[PB_Q], n, L->n_head, hd, b[PB_POS], &L->rot));
-		TRY(OPS(ctx)->rope(be, b[PB_K], n, L->n_head_kv, hd, b[PB_POS], &L->rot));
+		if (L->own_kv)
+			TRY(OPS(ctx)->rope(be, b[PB_K], n, L->n_head_kv, hd, b[PB_POS], &L->rot));
 		if (L->qk_norm_plain) {
 			TRY(OPS(ctx)->rms_norm(be, b[PB_Q], b[PB_Q], (int64_t)n * L->n_head, hd, 0,
 					       eps));
@@ -87,7 +91,8 @@ static int attention(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 	}
 	if (L->attn_temp)
 		TRY(OPS(ctx)->scale_rows(be, b[PB_Q], b[PB_TSCALE], n, nq, false));
-	TRY(OPS(ctx)->kv_store(be, &L->kv, b[PB_K], b[PB_V], b[PB_POS], b[PB_SEQ], n));
+	if (L->own_kv)
+		TRY(OPS(ctx)->kv_store(be, &L->kv, b[PB_K], b[PB_V], b[PB_POS], b[PB_SEQ], n));
 	args = (struct moe_attn_args){
 		.q = b[PB_Q], .out = b[PB_ATT], .pos = b[PB_POS], .seq = b[PB_SEQ],
 		.sinks = L->sinks, .kv = L->kv, .n_tok = n, .n_head = L->n_head,
@@ -256,6 +261,7 @@ static int ffn(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 		TRY(OPS(ctx)->rms_norm(be, b[PB_FFN_OUT], b[PB_FFN_OUT], n, n_embd, L->post_ffw_norm,
 				       eps));
 	TRY(OPS(ctx)->add(be, b[PB_H], b[PB_FFN_OUT], nn));
+	TRY(moe_ple_layer(ctx, il, n));
 	if (L->layer_out_scale)
 		TRY(OPS(ctx)->scale_rows(be, b[PB_H], L->layer_out_scale, 1, nn, false));
 	return ret;
@@ -295,6 +301,7 @@ int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
 	TRY(OPS(ctx)->get_rows(be, &ctx->tok_embd, b[PB_TOK], n, b[PB_H]));
 	if (ctx->arch->embd_scale)
 		TRY(OPS(ctx)->scale(be, b[PB_H], sqrtf((float)n_embd), (int64_t)n * n_embd));
+	TRY(moe_ple_step(ctx, tokens, n));
 	if (ret < 0)
 		return ret;
 	ctx->k_prev = 0;

@@ -301,7 +301,14 @@ static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 				       il, n_embd);
 	}
 	L->mla = ml->info.mla;
-	if (L->mla) {
+	L->own_kv = ml->info.kv_layer == (int32_t)il;
+	if (!L->own_kv) {
+		/* Gemma 4's shared layers: q only; model.c matched the source layer's shape */
+		if (!L->wq.p || !L->wo.p || L->wk.p || L->wq.rows != (int64_t)L->n_head * hd ||
+		    L->wo.cols != L->wq.rows || L->wq.cols != n_embd)
+			return moe_err(EINVAL, "%s: layer %u: attention shapes do not match %u heads "
+				       "x %u", path, il, L->n_head, hd);
+	} else if (L->mla) {
 		/* model.c checked every MLA shape against the hyperparameters */
 		L->wq_a = mat(ctx, il, "attn_q_a.weight");
 		L->wq_b = mat(ctx, il, "attn_q_b.weight");
@@ -324,8 +331,8 @@ static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 	}
 	if (!L->is_moe && !L->ffn_up.p)
 		return moe_err(EINVAL, "%s: layer %u has neither experts nor a dense FFN", path, il);
-	if ((!L->mla && (L->wq.cols != n_embd || L->wk.cols != n_embd ||
-			 (L->wv.p && L->wv.cols != n_embd))) ||
+	if ((!L->mla && L->own_kv && (L->wq.cols != n_embd || L->wk.cols != n_embd ||
+				      (L->wv.p && L->wv.cols != n_embd))) ||
 	    L->wo.rows != n_embd || (L->gate_inp.p && L->gate_inp.cols != n_embd))
 		return moe_err(EINVAL, "%s: layer %u: attention or router rows are not %u long",
 			       path, il, n_embd);
@@ -337,7 +344,19 @@ static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 			  (moe_dptr *)((char *)L + vec_binds[i].field));
 	if (ret < 0)
 		return ret;
-	if (!L->attn_norm || (L->q_norm && !L->k_norm) || (!!L->bq != !!L->bk) ||
+	if (ctx->hp.n_embd_per_layer) {
+		L->ple_gate = mat(ctx, il, "inp_gate.weight");
+		L->ple_out = mat(ctx, il, "proj.weight");
+		ret = vec(ctx, (int)il, "post_norm.weight", n_embd, &L->ple_post_norm);
+		if (ret < 0)
+			return ret;
+		if (!L->ple_gate.p || !L->ple_out.p || !L->ple_post_norm ||
+		    L->ple_gate.cols != n_embd || L->ple_gate.rows != ctx->hp.n_embd_per_layer ||
+		    L->ple_out.cols != ctx->hp.n_embd_per_layer || L->ple_out.rows != n_embd)
+			return moe_err(EINVAL, "%s: layer %u: inp_gate/proj/post_norm of the "
+				       "per-layer embeddings are missing or misshapen", path, il);
+	}
+	if (!L->attn_norm || (L->q_norm && L->own_kv && !L->k_norm) || (!!L->bq != !!L->bk) ||
 	    (!!L->bq != !!L->bv) || (L->mla && (!L->kv_a_norm || (L->wq_a.p && !L->q_a_norm))))
 		return moe_err(EINVAL, "%s: layer %u: attention norms/biases are incomplete", path,
 			       il);
@@ -364,6 +383,7 @@ static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 			return moe_err(EINVAL, "%s: layer %u: expert biases are not %u wide", path, il,
 				       L->n_ff_exp);
 	}
+	/* shared layers: the plan gave them their source layer's cache */
 	L->kv = (struct moe_kv){
 		.k = ctx->arena + ctx->lay.layers[il].kv_off,
 		.v = ctx->lay.layers[il].latent ? 0 :
@@ -379,9 +399,19 @@ int moe_engine_bind(struct moe_ctx *ctx)
 	const char *path = moe_model_path(ctx->model);
 	int ret;
 
-	if (find(ctx, -1, "per_layer_token_embd.weight") >= 0 || find(ctx, 0, "inp_gate.weight") >= 0)
-		return moe_err(ENOTSUP, "%s: per-layer embeddings (Gemma 4 E2B/E4B) are not "
-			       "supported; the MoE variant (26B-A4B) is", path);
+	if (ctx->hp.n_embd_per_layer) {
+		uint64_t all = (uint64_t)ctx->hp.n_embd_per_layer * ctx->hp.n_layer;
+
+		/* model.c checked the shapes; the table itself is streamed (ple.c) */
+		ctx->ple_proj = mat(ctx, -1, "per_layer_model_proj.weight");
+		ret = vec(ctx, -1, "per_layer_proj_norm.weight", ctx->hp.n_embd_per_layer,
+			  &ctx->ple_proj_norm);
+		if (ret < 0)
+			return ret;
+		if (!ctx->ple_proj.p || !ctx->ple_proj_norm || ctx->ple_proj.rows != (int64_t)all)
+			return moe_err(EINVAL, "%s: per_layer_model_proj/per_layer_proj_norm are "
+				       "missing or misshapen", path);
+	}
 	ctx->tok_embd = mat(ctx, -1, "token_embd.weight");
 	ctx->output = mat(ctx, -1, "output.weight");
 	if (!ctx->output.p)

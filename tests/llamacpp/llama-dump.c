@@ -111,6 +111,14 @@ static int argmax(const float *l, int n)
 	return best;
 }
 
+/* the loader draws progress dots otherwise */
+static bool no_progress(float progress, void *arg)
+{
+	(void)progress;
+	(void)arg;
+	return true;
+}
+
 static void quiet(enum ggml_log_level level, const char *text, void *arg)
 {
 	(void)arg;
@@ -183,6 +191,7 @@ int main(int argc, char **argv)
 	llama_log_set(quiet, NULL);
 	llama_backend_init();
 	mp.n_gpu_layers = 0;
+	mp.progress_callback = no_progress;
 	model = llama_model_load_from_file(argv[1], mp);
 	if (!model) {
 		fprintf(stderr, "llama-dump: llama.cpp cannot load %s\n", argv[1]);

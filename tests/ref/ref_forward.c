@@ -69,6 +69,14 @@ struct ref {
 	const struct ref_opts *o;
 	int n_layer, n_embd, n_head, n_vocab, n_expert, n_used_max;
 	int n_block;            /* block_count: n_layer plus the NextN blocks that are skipped */
+	/*
+	 * gemma4 E2B/E4B: layers from kv_start on reuse the K/V of the last
+	 * sliding (kept[0]) or full (kept[1]) layer before them; ple holds the
+	 * per-layer embedding inputs [n][n_layer][n_pl].
+	 */
+	int kv_start, n_pl;
+	double *kept_k[2], *kept_v[2];
+	double *ple;
 	double eps;
 	/* weights loaded for the current layer, freed when it is done */
 	double *owned[REF_MAX_OWNED];
@@ -562,6 +570,8 @@ struct attn_cfg {
 	bool kq_norm_plain;     /* llama4: weightless RMS norm of q and k after RoPE */
 	int temp_floor;         /* llama4 NoPE layers: q scaled by position; 0 = off */
 	bool v_norm;            /* gemma4: weightless RMS norm of v */
+	int kv_from;            /* gemma4: K/V from r->kept_*[kv_from] (-1: computed here) */
+	int kv_keep;            /* gemma4: keep this layer's K/V as r->kept_*[kv_keep], or -1 */
 	enum mask mask;
 	int window;             /* sliding window or chunk */
 	double scale;
@@ -595,12 +605,17 @@ static int attention(struct ref *r, int il, const struct attn_cfg *c, const doub
 	double *Q = NULL, *K = NULL, *V = NULL, *att = NULL, *p = NULL, *tmp = NULL;
 	int ret, grp = c->n_head / c->n_kv;
 
+	bool own = c->kv_from < 0;
+
+	memset(&wk, 0, sizeof(wk));
+	memset(&wv, 0, sizeof(wv));
+	memset(&kn, 0, sizeof(kn));
 	ret = load(r, il, "attn_qkv.weight", -1, false, E, qd + kd + vd, &wqkv);
 	if (!ret && !wqkv.w) {
 		ret = load(r, il, "attn_q.weight", -1, true, E, qd, &wq);
-		if (!ret)
+		if (!ret && own)
 			ret = load(r, il, "attn_k.weight", -1, true, E, kd, &wk);
-		if (!ret)
+		if (!ret && own)
 			ret = load(r, il, "attn_v.weight", -1, r->a->id != ARCH_GEMMA4, E, vd, &wv);
 	}
 	if (!ret)
@@ -615,13 +630,13 @@ static int attention(struct ref *r, int il, const struct attn_cfg *c, const doub
 		ret = load(r, il, "attn_output.bias", -1, false, E, 1, &bo);
 	if (!ret)
 		ret = load(r, il, "attn_q_norm.weight", -1, r->a->id == ARCH_GEMMA4, c->hd, 1, &qn);
-	if (!ret)
+	if (!ret && own)
 		ret = load(r, il, "attn_k_norm.weight", -1, r->a->id == ARCH_GEMMA4, c->hd, 1, &kn);
 	if (!ret)
 		ret = load(r, il, "attn_sinks.weight", -1, false, c->n_head, 1, &sinks);
 	if (ret < 0)
 		return ret;
-	if (!wqkv.w && !wv.w && c->hdv != c->hd)
+	if (own && !wqkv.w && !wv.w && c->hdv != c->hd)
 		return moe_err(EINVAL, "%s: layer %d has no attn_v and V head dim %d != K head "
 			       "dim %d", r->path, il, c->hdv, c->hd);
 
@@ -646,11 +661,17 @@ static int attention(struct ref *r, int il, const struct attn_cfg *c, const doub
 			memcpy(v, tmp + qd + kd, vd * sizeof(double));
 		} else {
 			matvec(&wq, X + (size_t)t * E, &bq, q);
-			matvec(&wk, X + (size_t)t * E, &bk, k);
+			/* a shared layer's keys and values are an earlier layer's */
+			if (!own) {
+				memcpy(k, r->kept_k[c->kv_from] + (size_t)t * kd, kd * sizeof(double));
+				memcpy(v, r->kept_v[c->kv_from] + (size_t)t * vd, vd * sizeof(double));
+			} else {
+				matvec(&wk, X + (size_t)t * E, &bk, k);
+			}
 			/* gemma4 without attn_v: V is the raw K projection */
-			if (wv.w)
+			if (own && wv.w)
 				matvec(&wv, X + (size_t)t * E, &bv, v);
-			else
+			else if (own)
 				memcpy(v, k, kd * sizeof(double));
 		}
 		for (int h = 0; h < c->n_head; h++) {
@@ -669,7 +690,7 @@ static int attention(struct ref *r, int il, const struct attn_cfg *c, const doub
 					qh[d] *= f;
 			}
 		}
-		for (int h = 0; h < c->n_kv; h++) {
+		for (int h = 0; own && h < c->n_kv; h++) {
 			double *kh = k + h * c->hd;
 
 			if (kn.w)
@@ -721,6 +742,13 @@ static int attention(struct ref *r, int il, const struct attn_cfg *c, const doub
 		matvec(&wo, att, &bo, O + (size_t)t * E);
 	}
 	ret = 0;
+	if (c->kv_keep >= 0) {
+		free(r->kept_k[c->kv_keep]);
+		free(r->kept_v[c->kv_keep]);
+		r->kept_k[c->kv_keep] = K;
+		r->kept_v[c->kv_keep] = V;
+		K = V = NULL;
+	}
 out:
 	free(Q);
 	free(K);
@@ -1247,7 +1275,7 @@ out:
 static int layer_std(struct ref *r, int il, double *H, int n, int32_t *topk, double *router)
 {
 	const int E = r->n_embd;
-	struct attn_cfg c = { 0 };
+	struct attn_cfg c = { .kv_from = -1, .kv_keep = -1 };
 	struct mat an, fn, freqs;
 	double *X, *O;
 	int ret;
@@ -1346,8 +1374,8 @@ out:
 static int layer_gemma4(struct ref *r, int il, double *H, int n, int32_t *topk, double *router)
 {
 	const int E = r->n_embd;
-	struct attn_cfg c = { 0 };
-	struct mat an, pan, fn, pfn, pf1, pf2, pre2, rsc, los, freqs;
+	struct attn_cfg c = { .kv_from = -1, .kv_keep = -1 };
+	struct mat an, pan, fn, pfn, pf1, pf2, pre2, rsc, los, freqs, pg, pp, ppn;
 	double swa, *X, *O, *M = NULL, *XR = NULL, *XE = NULL;
 	bool moe = has(r, il, "ffn_gate_inp.weight");
 	int ret;
@@ -1408,6 +1436,14 @@ static int layer_gemma4(struct ref *r, int il, double *H, int n, int32_t *topk, 
 	c.rope_on = true;
 	c.v_norm = true;
 	c.scale = 1.0;
+	/* GEMMA4.md §5: the sliding layers share kv_start - 2's cache, the full kv_start - 1's */
+	if (il >= r->kv_start)
+		c.kv_from = swa ? 0 : 1;
+	else if (il == r->kv_start - 2 || il == r->kv_start - 1)
+		c.kv_keep = swa ? 0 : 1;
+	if (c.kv_from >= 0 && !r->kept_k[c.kv_from])
+		return moe_err(EINVAL, "%s: gemma4 layer %d shares the KV of a %s layer that does not "
+			       "come before it", r->path, il, swa ? "sliding" : "full");
 
 	ret = load(r, il, "attn_norm.weight", -1, true, E, 1, &an);
 	if (!ret)
@@ -1418,6 +1454,13 @@ static int layer_gemma4(struct ref *r, int il, double *H, int n, int32_t *topk, 
 		ret = load(r, il, "post_ffw_norm.weight", -1, true, E, 1, &pfn);
 	if (!ret)
 		ret = load(r, il, "layer_output_scale.weight", -1, false, 1, 1, &los);
+	if (!ret && r->n_pl) {
+		ret = load(r, il, "inp_gate.weight", -1, true, E, r->n_pl, &pg);
+		if (!ret)
+			ret = load(r, il, "proj.weight", -1, true, r->n_pl, E, &pp);
+		if (!ret)
+			ret = load(r, il, "post_norm.weight", -1, true, E, 1, &ppn);
+	}
 	if (!ret && moe) {
 		ret = load(r, il, "post_ffw_norm_1.weight", -1, true, E, 1, &pf1);
 		if (!ret)
@@ -1487,12 +1530,24 @@ static int layer_gemma4(struct ref *r, int il, double *H, int n, int32_t *topk, 
 		double *h = H + (size_t)t * E, *m = M + (size_t)t * E;
 
 		rmsnorm(m, E, &pfn, r->eps, m);
-		for (int i = 0; i < E; i++) {
+		for (int i = 0; i < E; i++)
 			h[i] += m[i];
-			/* scales the whole residual stream, skip path included */
-			if (los.w)
-				h[i] *= los.w[0];
+		if (r->n_pl) {
+			/* h += RMSNorm(proj (gelu(inp_gate h) * ple[il]))·post_norm */
+			double *g = O + (size_t)t * E, *y = M + (size_t)t * E;
+			const double *pl = r->ple + ((size_t)t * r->n_layer + il) * r->n_pl;
+
+			matvec(&pg, h, NULL, g);
+			for (int i = 0; i < r->n_pl; i++)
+				g[i] = (r->o && r->o->gelu_f16 ? gelu_f16(g[i]) : gelu(g[i])) * pl[i];
+			matvec(&pp, g, NULL, y);
+			rmsnorm(y, E, &ppn, r->eps, y);
+			for (int i = 0; i < E; i++)
+				h[i] += y[i];
 		}
+		/* scales the whole residual stream, skip path included */
+		for (int i = 0; los.w && i < E; i++)
+			h[i] *= los.w[0];
 	}
 out:
 	free(X);
@@ -1567,10 +1622,11 @@ static int ref_open(struct ref *r, const char *path, const struct ref_opts *o)
 			ret = meta_int(r, "attention.shared_kv_layers", -1, 0, &shared);
 		if (ret < 0)
 			return ret;
-		if (ple || shared)
-			return moe_err(ENOTSUP, "%s: gemma4 per-layer embeddings and shared KV "
-				       "layers (E2B/E4B) are not in the reference; it covers the "
-				       "26B-A4B layout", path);
+		if (shared >= r->n_layer || ple < 0)
+			return moe_err(EINVAL, "%s: gemma4 attention.shared_kv_layers %d of %d layers",
+				       path, shared, r->n_layer);
+		r->n_pl = ple;
+		r->kv_start = r->n_layer - shared;
 	}
 	if (find(r, -1, "output.weight", &te) < 0 && find(r, -1, "token_embd.weight", &te) < 0)
 		return moe_err(ENOENT, "%s: neither output.weight nor token_embd.weight", path);
@@ -1581,6 +1637,11 @@ static int ref_open(struct ref *r, const char *path, const struct ref_opts *o)
 static void ref_close(struct ref *r)
 {
 	release(r);
+	for (int i = 0; i < 2; i++) {
+		free(r->kept_k[i]);
+		free(r->kept_v[i]);
+	}
+	free(r->ple);
 	if (r->fd >= 0)
 		close(r->fd);
 	if (r->m)
@@ -1602,6 +1663,54 @@ int ref_model_info(const char *path, struct ref_info *out)
 		out->n_expert_used = r.n_used_max;
 	}
 	ref_close(&r);
+	return ret;
+}
+
+/*
+ * gemma4's per-layer inputs (GEMMA4.md §4): ple = (RMSNorm(reshape(
+ * per_layer_model_proj h / sqrt(n_embd)))·per_layer_proj_norm +
+ * per_layer_token_embd[tok] · sqrt(n_pl)) / sqrt(2), per layer slice.
+ */
+static int embed_per_layer(struct ref *r, const int32_t *tokens, int n, const double *H)
+{
+	const int E = r->n_embd, pl = r->n_pl, all = pl * r->n_layer;
+	struct moe_tensor_info ti;
+	struct mat proj, pn;
+	double *row;
+	int ret;
+
+	ret = load(r, -1, "per_layer_model_proj.weight", -1, true, E, all, &proj);
+	if (!ret)
+		ret = load(r, -1, "per_layer_proj_norm.weight", -1, true, pl, 1, &pn);
+	if (!ret && find(r, -1, "per_layer_token_embd.weight", &ti) < 0)
+		ret = moe_err(ENOENT, "%s: tensor 'per_layer_token_embd.weight' is missing",
+			      r->path);
+	if (!ret && ti.ne[0] != (uint64_t)all)
+		ret = moe_err(EINVAL, "%s: per_layer_token_embd rows are %llu long, not %d", r->path,
+			      (unsigned long long)ti.ne[0], all);
+	if (ret < 0)
+		return ret;
+	r->ple = calloc((size_t)n * all, sizeof(double));
+	row = calloc(all, sizeof(double));
+	if (!r->ple || !row) {
+		free(row);
+		return moe_err(ENOMEM, "reference: per-layer inputs");
+	}
+	for (int t = 0; t < n && !ret; t++) {
+		double *p = r->ple + (size_t)t * all;
+
+		matvec(&proj, H + (size_t)t * E, NULL, p);
+		for (int l = 0; l < r->n_layer; l++) {
+			for (int i = 0; i < pl; i++)
+				p[l * pl + i] /= sqrt(E);
+			rmsnorm(p + l * pl, pl, &pn, r->eps, p + l * pl);
+		}
+		ret = read_rows(r, &ti, (uint64_t)tokens[t], 1, row);
+		for (int i = 0; !ret && i < all; i++)
+			p[i] = (p[i] + row[i] * sqrt(pl)) / sqrt(2.0);
+	}
+	free(row);
+	release(r);
 	return ret;
 }
 
@@ -1627,7 +1736,7 @@ static int embed(struct ref *r, const int32_t *tokens, int n, double *H)
 			for (int i = 0; i < r->n_embd; i++)
 				H[(size_t)t * r->n_embd + i] *= sqrt(r->n_embd);
 	}
-	return 0;
+	return r->n_pl ? embed_per_layer(r, tokens, n, H) : 0;
 }
 
 /* Output norm and the vocabulary projection, a block of rows at a time. */

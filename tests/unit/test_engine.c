@@ -83,7 +83,7 @@ static bool mkmodel(const char *dir, const char *arch, const char *type, const c
 	/* "gemma4-dense": a gemma4 file without routers (Gemma 4 31B) */
 	snprintf(cmd, sizeof(cmd), "%s --arch %s --type %s -o %s -q --layers 4 --vocab 256 "
 		 "--expert-ff 256 %s", tu_bin("moe-mkmodel"),
-		 strcmp(arch, "gemma4-dense") ? arch : "gemma4", type, path, extra);
+		 strncmp(arch, "gemma4-", 7) ? arch : "gemma4", type, path, extra);
 	st = tu_run(cmd, 1, &out);
 	if (st != 0 && out && strstr(out, "not supported")) {
 		free(out);
@@ -111,6 +111,10 @@ static const char *arch_extra(const char *arch)
 		return "--sliding-window 8";
 	if (!strcmp(arch, "gemma4-dense"))
 		return "--sliding-window 8 --experts 0";
+	/* per-layer embeddings streamed by row, the last two layers on earlier KV caches */
+	if (!strcmp(arch, "gemma4-e2b"))
+		return "--sliding-window 8 --per-layer-embd 32 --kv-shared 2 --layers 6 "
+		       "--swa-pattern 2";
 	/* a NextN block after the trunk, which the forward pass must skip */
 	if (!strcmp(arch, "glm4moe"))
 		return "--nextn 1";
@@ -240,10 +244,168 @@ START_TEST(engine_matches_llamacpp)
 }
 END_TEST
 
+/*
+ * tests/llamacpp: the tiny models of models.txt, written again by
+ * moe-mkmodel, against what llama.cpp computed for them (README.md there):
+ * all-position logits within the model's tolerance, the router logits and
+ * chosen experts of every MoE layer, the greedy continuation; and the f32
+ * ones through the float64 reference too (with llama.cpp's fp16 GELU).
+ */
+#define TINY_PROMPT 16
+#define TINY_GREEDY 8
+#define TINY_MAX 16
+
+struct tiny {
+	char name[64];
+	double tol;
+	char args[768];
+};
+
+/* The models of models.txt; -1 when it cannot be read or a line is not NAME TOL ARGS. */
+static int read_tiny(struct tiny *t, int max)
+{
+	size_t len;
+	char *txt = tu_read_file(tu_src("tests/llamacpp/models.txt"), &len), *line, *save;
+	int n = 0;
+
+	if (!txt)
+		return -1;
+	for (line = strtok_r(txt, "\n", &save); line && n < max;
+	     line = strtok_r(NULL, "\n", &save)) {
+		int used = 0;
+
+		if (*line == '#' || !*line)
+			continue;
+		if (sscanf(line, "%63s %lf %n", t[n].name, &t[n].tol, &used) != 2 || !used) {
+			n = -1;
+			break;
+		}
+		snprintf(t[n].args, sizeof(t[n].args), "%s", line + used);
+		n++;
+	}
+	free(txt);
+	return n;
+}
+
+/* data/NAME.ext, or NULL when llama.cpp wrote none (dense models have no router) */
+static void *tiny_data(const char *name, const char *ext, size_t want)
+{
+	char rel[256];
+	size_t len;
+	void *p;
+
+	snprintf(rel, sizeof(rel), "tests/llamacpp/data/%s.%s", name, ext);
+	p = tu_read_file(tu_src(rel), &len);
+	if (p)
+		ck_assert_msg(len == want, "%s: %zu bytes, expected %zu", rel, len, want);
+	return p;
+}
+
+START_TEST(engine_matches_llamacpp_tiny)
+{
+	struct tiny t[TINY_MAX];
+	int n = read_tiny(t, TINY_MAX);
+	const struct tiny *ty;
+	char *dir = tu_tmpdir(), path[512], cmd[1536], *out = NULL, rel[256];
+	int32_t tok[TINY_PROMPT], want_g[TINY_GREEDY], got_g[TINY_GREEDY];
+	struct ref_opts ro = { .gelu_f16 = true };
+	struct moe_model *m;
+	struct moe_ctx *ctx;
+	struct moe_hparams hp;
+	struct route_rec rr = { 0 };
+	struct greedy_rec gr;
+	float *want_l, *want_r = NULL;
+	int32_t *want_k = NULL;
+	double worst = 0, worst_r = 0;
+
+	ck_assert_msg(_i < n, "tests/llamacpp/models.txt lists %d models", n);
+	ty = &t[_i];
+	snprintf(path, sizeof(path), "%s/%s.gguf", dir, ty->name);
+	snprintf(cmd, sizeof(cmd), "%s %s -q -o %s", tu_bin("moe-mkmodel"), ty->args, path);
+	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s: %s", cmd, out);
+	free(out);
+	ck_assert_int_eq(tu_read_ints(tu_src("tests/llamacpp/tokens.txt"), tok, TINY_PROMPT),
+			 TINY_PROMPT);
+	snprintf(rel, sizeof(rel), "tests/llamacpp/data/%s.greedy.txt", ty->name);
+	ck_assert_int_eq(tu_read_ints(tu_src(rel), want_g, TINY_GREEDY), TINY_GREEDY);
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(moe_model_hparams(m, &hp), 0);
+	want_l = tiny_data(ty->name, "logits.f32", sizeof(float) * TINY_PROMPT * hp.n_vocab);
+	ck_assert_ptr_nonnull(want_l);
+	ctx = make_ctx(m, 0, 0, 0);
+	if (hp.n_expert) {
+		rr = (struct route_rec){ .k = hp.n_expert_used, .n_expert = hp.n_expert,
+					 .n_pos = TINY_PROMPT };
+		rr.topk = calloc((size_t)hp.n_layer * TINY_PROMPT * rr.k, sizeof(int32_t));
+		rr.logits = calloc((size_t)hp.n_layer * TINY_PROMPT * hp.n_expert, sizeof(float));
+		want_r = tiny_data(ty->name, "router.f32",
+				   sizeof(float) * hp.n_layer * TINY_PROMPT * hp.n_expert);
+		want_k = tiny_data(ty->name, "topk.i32",
+				   sizeof(int32_t) * hp.n_layer * TINY_PROMPT * rr.k);
+		ck_assert(want_r && want_k);
+		moe_ctx_set_route_hook(ctx, record_route, &rr);
+	}
+	ck_assert_msg(moe_ctx_eval(ctx, tok, TINY_PROMPT, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s",
+		      moe_errmsg());
+	for (int p = 0; p < TINY_PROMPT; p++) {
+		const float *l = moe_ctx_logits(ctx, p);
+
+		for (uint32_t i = 0; i < hp.n_vocab; i++)
+			worst = fmax(worst, fabs(l[i] - want_l[(size_t)p * hp.n_vocab + i]));
+	}
+	ck_assert_msg(worst < ty->tol, "%s: logits differ from llama.cpp by %g (tolerance %g)",
+		      ty->name, worst, ty->tol);
+	for (uint32_t il = 0; il < hp.n_layer && hp.n_expert; il++) {
+		struct moe_layer_info li;
+
+		ck_assert_int_eq(moe_model_layer(m, il, &li), 0);
+		if (!li.is_moe)
+			continue;
+		for (size_t i = (size_t)il * TINY_PROMPT * rr.k; i < (il + 1ull) * TINY_PROMPT * rr.k;
+		     i++)
+			ck_assert_msg(rr.topk[i] == want_k[i], "%s: layer %u pos %zu: expert %d, "
+				      "llama.cpp chose %d", ty->name, il, i / rr.k % TINY_PROMPT,
+				      rr.topk[i], want_k[i]);
+		for (size_t i = (size_t)il * TINY_PROMPT * hp.n_expert;
+		     i < (il + 1ull) * TINY_PROMPT * hp.n_expert; i++)
+			worst_r = fmax(worst_r, fabs(rr.logits[i] - want_r[i]));
+	}
+	ck_assert_msg(worst_r < ty->tol, "%s: router logits differ by %g", ty->name, worst_r);
+	moe_ctx_set_route_hook(ctx, NULL, NULL);
+	gr = (struct greedy_rec){ got_g, 0 };
+	ck_assert_int_eq(moe_ctx_generate(ctx, tok, TINY_PROMPT, TINY_GREEDY, NULL, 0, keep_token,
+					  &gr), TINY_GREEDY);
+	for (int g = 0; g < TINY_GREEDY; g++)
+		ck_assert_msg(got_g[g] == want_g[g], "%s: greedy token %d is %d, llama.cpp %d",
+			      ty->name, g, got_g[g], want_g[g]);
+	if (strstr(ty->name, "-f32")) {
+		/* the reference, with llama.cpp's GELU: what is left is f32 rounding */
+		double *rl = malloc(sizeof(double) * TINY_PROMPT * hp.n_vocab), wref = 0;
+
+		ck_assert_msg(ref_forward(path, tok, TINY_PROMPT, &ro, rl, NULL, NULL) == 0, "%s",
+			      moe_errmsg());
+		for (size_t i = 0; i < (size_t)TINY_PROMPT * hp.n_vocab; i++)
+			wref = fmax(wref, fabs(rl[i] - want_l[i]));
+		ck_assert_msg(wref < 1e-3, "%s: the reference differs from llama.cpp by %g",
+			      ty->name, wref);
+		free(rl);
+	}
+	free(rr.topk);
+	free(rr.logits);
+	free(want_l);
+	free(want_r);
+	free(want_k);
+	moe_ctx_free(ctx);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* ------------------------------------------------------------ reference */
 
 static const char *const archs[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss", "gemma4",
-				     "deepseek2", "glm4moe", "gemma4-dense" };
+				     "deepseek2", "glm4moe", "gemma4-dense", "gemma4-e2b" };
 
 /*
  * F32 weights, a 40-token prompt: longer than the llama4 chunk (16 here) and
@@ -1058,6 +1220,13 @@ Suite *suite_engine(void)
 		tu_skip("engine_bench_decode", "no " DIR " in the shared tree");
 	}
 	tcase_add_loop_test(tc, engine_matches_reference, 0, MOE_ARRAY_SIZE(archs));
+	{
+		struct tiny t[TINY_MAX];
+		int n = read_tiny(t, TINY_MAX);
+
+		/* an unreadable list fails the test instead of running nothing */
+		tcase_add_loop_test(tc, engine_matches_llamacpp_tiny, 0, n > 0 ? n : 1);
+	}
 	/* quant types this build's moe-mkmodel cannot write yet are skipped, by name */
 	dir = tu_tmpdir();
 	for (size_t i = 0; i < MOE_ARRAY_SIZE(combos); i++) {

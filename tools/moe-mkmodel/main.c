@@ -323,9 +323,12 @@ static int check_opts(struct opts *o, const bool *given)
 	if (o->kv_shared >= o->layers)
 		return usage_error("--kv-shared %u leaves no layer of %u with its own KV cache",
 				   o->kv_shared, o->layers);
-	if (o->kv_shared && o->kv_shared + o->swa_pattern > o->layers)
-		return usage_error("--kv-shared %u: the layers before the shared ones need a "
-				   "sliding and a full layer (%u layers, --swa-pattern %u)",
+	/* shared layers read the last sliding (start - 2) and full (start - 1) layer's cache */
+	if (o->kv_shared && (o->layers - o->kv_shared < 2 ||
+			     !mk_is_swa_layer(o, o->layers - o->kv_shared - 2) ||
+			     mk_is_swa_layer(o, o->layers - o->kv_shared - 1)))
+		return usage_error("--kv-shared %u: the two layers before the shared ones must be "
+				   "sliding-window, then full (%u layers, --swa-pattern %u)",
 				   o->kv_shared, o->layers, o->swa_pattern);
 	if (o->interleave > o->layers)
 		return usage_error("--interleave %u exceeds --layers %u: the model would have no "

@@ -29,6 +29,13 @@ static void print_json(const struct moe_model *m, const struct moe_hparams *hp,
 	       hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim_k, hp->n_ff, hp->n_ff_exp,
 	       hp->n_ff_shexp, hp->n_vocab, hp->n_ctx_train, hp->gating, hp->rope_base,
 	       hp->rms_eps, hp->tied_output ? "true" : "false");
+	printf("\"q_lora_rank\": %u, \"kv_lora_rank\": %u, \"head_dim_k_mla\": %u, "
+	       "\"head_dim_v_mla\": %u, \"n_group\": %u, \"topk_group\": %u, "
+	       "\"n_embd_per_layer\": %u, \"n_kv_shared\": %u, \"n_nextn\": %u, "
+	       "\"unused_bytes\": %llu, \"streamed_rows_bytes\": %llu, ",
+	       hp->q_lora_rank, hp->kv_lora_rank, hp->head_dim_k_mla, hp->head_dim_v_mla,
+	       hp->n_group, hp->topk_group, hp->n_embd_per_layer, hp->n_kv_shared, hp->n_nextn,
+	       (unsigned long long)s->unused_bytes, (unsigned long long)s->streamed_rows_bytes);
 	printf("\"tensor_count\": %d, \"file_bytes\": %llu, \"tensor_bytes\": %llu, "
 	       "\"resident_bytes\": %llu, \"expert_bytes_total\": %llu, \"expert_bytes_each\": %llu, "
 	       "\"expert_bytes_per_layer\": %llu, \"routed_bytes_per_token\": %llu, "
@@ -40,7 +47,7 @@ static void print_json(const struct moe_model *m, const struct moe_hparams *hp,
 	       (unsigned long long)(hp->n_moe_layer ? s->expert_bytes_total / hp->n_moe_layer : 0),
 	       (unsigned long long)s->routed_bytes_per_token, s->alignment, s->extent_alignment,
 	       s->extent_alignment >= DIRECT_ALIGN ? "true" : "false",
-	       (unsigned long long)s->tensor_bytes);
+	       (unsigned long long)(s->tensor_bytes - s->unused_bytes - s->streamed_rows_bytes));
 	for (uint32_t t = 0; t < MOE_TYPE_COUNT; t++) {
 		if (!s->type_tensors[t])
 			continue;
@@ -62,8 +69,18 @@ static void print_text(const struct moe_model *m, const struct moe_hparams *hp,
 	printf("layers:           %u (%u with routed experts)\n", hp->n_layer, hp->n_moe_layer);
 	printf("embedding:        %u, heads %u (kv %u), head dim %u\n", hp->n_embd, hp->n_head,
 	       hp->n_head_kv, hp->head_dim_k);
+	if (hp->kv_lora_rank)
+		printf("attention:        multi-head latent: q/k heads %u (%u rotated), v heads %u, "
+		       "q_lora_rank %u, cached latent %u + %u per position\n", hp->head_dim_k_mla,
+		       hp->n_rot, hp->head_dim_v_mla, hp->q_lora_rank, hp->kv_lora_rank, hp->n_rot);
+	if (hp->n_kv_shared)
+		printf("attention:        the last %u layers reuse earlier layers' KV cache\n",
+		       hp->n_kv_shared);
 	printf("experts:          %u per layer, %u used per token, %u shared\n", hp->n_expert,
 	       hp->n_expert_used, hp->n_expert_shared);
+	if (hp->n_group > 1)
+		printf("routing:          within the best %u of %u expert groups\n", hp->topk_group,
+		       hp->n_group);
 	printf("ffn widths:       dense %u, expert %u, shared expert %u\n", hp->n_ff, hp->n_ff_exp,
 	       hp->n_ff_shexp);
 	printf("vocabulary:       %u%s; trained context %u\n", hp->n_vocab,
@@ -90,8 +107,16 @@ static void print_text(const struct moe_model *m, const struct moe_hparams *hp,
 	       s->extent_alignment >= DIRECT_ALIGN ?
 		       "O_DIRECT reads them in place" :
 		       "O_DIRECT reads the block-aligned superset of each extent");
+	if (s->unused_bytes)
+		printf("skipped:          %s in %u NextN/MTP block(s) the forward pass does not "
+		       "run\n", human_bytes(s->unused_bytes, b1, sizeof(b1)), hp->n_nextn);
+	if (s->streamed_rows_bytes)
+		printf("per-layer embd:   %s table (%u per layer) stays in the file: rows are read "
+		       "per token and cached on the host\n",
+		       human_bytes(s->streamed_rows_bytes, b1, sizeof(b1)), hp->n_embd_per_layer);
 	printf("whole model:      %s of device memory to hold every tensor (plus KV cache and "
-	       "scratch)\n", human_bytes(s->tensor_bytes, b1, sizeof(b1)));
+	       "scratch)\n", human_bytes(s->tensor_bytes - s->unused_bytes -
+					  s->streamed_rows_bytes, b1, sizeof(b1)));
 }
 
 int do_info(int argc, char **argv)
