@@ -402,6 +402,42 @@ START_TEST(engine_matches_llamacpp_tiny)
 }
 END_TEST
 
+/*
+ * Gemma 4 E2B/E4B: the per-layer embedding table is never resident; each
+ * token's row is read once, when the token first appears, and then served
+ * from the host cache by token, also across evals.
+ */
+START_TEST(engine_ple_streamed)
+{
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx *ctx;
+	struct moe_tensor_info ti;
+	int32_t tok[12] = { 5, 9, 5, 5, 17, 9, 200, 5, 17, 17, 3, 9 };
+	int idx;
+
+	ck_assert(mkmodel(dir, "gemma4-e2b", "q8_0", arch_extra("gemma4-e2b"), path,
+			  sizeof(path)));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	idx = moe_model_find_tensor(m, "per_layer_token_embd.weight", &ti);
+	ck_assert_int_ge(idx, 0);
+	ck_assert_int_eq(ti.role, MOE_ROLE_STREAMED_ROWS);
+	/* batches of 5: repeats within a step and across steps */
+	ctx = make_ctx(m, 0, 5, 0);
+	ck_assert_uint_eq(ctx->lay.t[idx].off, UINT64_MAX);
+	ck_assert_msg(moe_ctx_eval(ctx, tok, 12, 0, 0) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(ctx->ple.misses, 5);          /* 5, 9, 17, 200, 3 */
+	ck_assert_uint_eq(ctx->ple.bytes, 5 * ti.bytes / ti.ne[1]);
+	ck_assert_uint_gt(ctx->ple.hits, 0);
+	ck_assert_msg(moe_ctx_eval(ctx, tok, 12, 0, 0) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(ctx->ple.misses, 5);
+	moe_ctx_free(ctx);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* ------------------------------------------------------------ reference */
 
 static const char *const archs[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss", "gemma4",
@@ -1243,6 +1279,7 @@ Suite *suite_engine(void)
 	tu_rmtree(dir);
 	free(dir);
 	tcase_add_test(tc, engine_budget_honoured);
+	tcase_add_test(tc, engine_ple_streamed);
 	tcase_add_loop_test(tc, engine_guarded, 0, MOE_ARRAY_SIZE(archs));
 	tcase_add_test(tc, engine_kv_types);
 	tcase_add_test(tc, engine_ring_rewind);
