@@ -441,7 +441,9 @@ END_TEST
 static const char *const arches[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss", "gemma4",
 				      "deepseek2", "glm4moe" };
 /* deepseek2's groups must fit SMALL's 4 experts */
-static const char *const arch_args[] = { [5] = "--expert-groups 2 --expert-groups-used 2" };
+static const char *const arch_args[MOE_ARRAY_SIZE(arches)] = {
+	[5] = "--expert-groups 2 --expert-groups-used 2",
+};
 #define SMALL "--layers 3 --embd 64 --heads 2 --kv-heads 1 --head-dim 32 --vocab 128 " \
 	      "--experts 4 --expert-ff 32 -q"
 
