@@ -199,73 +199,6 @@ static inline __m512 load_bf16x8(const uint8_t *p)
 FLOAT16_DOT(vec_dot_f16, load_f16x16, load_f16x8, h2f)
 FLOAT16_DOT(vec_dot_bf16, load_bf16x16, load_bf16x8, moe_bf16_to_f32)
 
-/* ------------------------------------------------------------ 32-element blocks */
-
-/*
- * Two blocks per 512-bit vector: lanes 0..7 hold block i's sums, 8..15 block
- * i + 1's.  One accumulator whose halves are the AVX2 kernel's even- and
- * odd-block accumulators, so the floats are the AVX2 ones bit for bit (and
- * those stay within llama.cpp's on the reference models).
- */
-static void vec_dot_q8_0(int64_t n, float *out, const void *w, const void *a)
-{
-	const struct block_q8_0 *x = w, *y = a;
-	__m512 acc = _mm512_setzero_ps();
-	int64_t nb = n / QK, i = 0;
-
-	for (; i + 2 <= nb; i += 2) {
-		__m512i p = dot_i8(load2x32(x[i].qs, x[i + 1].qs), load2x32(y[i].qs, y[i + 1].qs));
-
-		acc = _mm512_fmadd_ps(scale2(h2f(x[i].d) * h2f(y[i].d),
-					     h2f(x[i + 1].d) * h2f(y[i + 1].d)),
-				      _mm512_cvtepi32_ps(p), acc);
-	}
-	if (i < nb) {
-		/* the last odd block into the even half only */
-		__m512i p = dot_i8(load2x32(x[i].qs, x[i].qs), load2x32(y[i].qs, y[i].qs));
-
-		acc = _mm512_mask3_fmadd_ps(_mm512_set1_ps(h2f(x[i].d) * h2f(y[i].d)),
-					    _mm512_cvtepi32_ps(p), acc, 0x00ff);
-	}
-	*out = hsum16(acc);
-}
-
-/* q4_0 and mxfp4 share the loop; only the value of a nibble and the block scale differ. */
-#define NIBBLE_DOT(NAME, BLOCK, DECODE, SCALE)                                             \
-	static void NAME(int64_t n, float *out, const void *w, const void *a)              \
-	{                                                                                  \
-		const struct BLOCK *x = w;                                                 \
-		const struct block_q8_0 *y = a;                                            \
-		__m512 acc = _mm512_setzero_ps();                                          \
-		int64_t nb = n / QK, i = 0;                                                \
-                                                                                           \
-		for (; i + 2 <= nb; i += 2) {                                              \
-			__m512i q = DECODE(nibbles2x32(x[i].qs, x[i + 1].qs));             \
-			__m512i p = dot_i8(q, load2x32(y[i].qs, y[i + 1].qs));             \
-                                                                                           \
-			acc = _mm512_fmadd_ps(scale2(SCALE(x[i]) * h2f(y[i].d),            \
-						     SCALE(x[i + 1]) * h2f(y[i + 1].d)),   \
-					      _mm512_cvtepi32_ps(p), acc);                 \
-		}                                                                          \
-		if (i < nb) {                                                              \
-			__m512i q = DECODE(nibbles2x32(x[i].qs, x[i].qs));                 \
-			__m512i p = dot_i8(q, load2x32(y[i].qs, y[i].qs));                 \
-                                                                                           \
-			acc = _mm512_mask3_fmadd_ps(_mm512_set1_ps(SCALE(x[i]) *           \
-								   h2f(y[i].d)),           \
-						    _mm512_cvtepi32_ps(p), acc, 0x00ff);   \
-		}                                                                          \
-		*out = hsum16(acc);                                                        \
-	}
-
-static inline __m512i q4_0_decode(__m512i nib)
-{
-	return _mm512_sub_epi8(nib, _mm512_set1_epi8(8));
-}
-
-#define Q4_0_SCALE(b) h2f((b).d)
-NIBBLE_DOT(vec_dot_q4_0, block_q4_0, q4_0_decode, Q4_0_SCALE)
-
 /* moe_e8m0_half() as a table: one load instead of a compare, two shifts and a select. */
 #define E8(e) ((e) < 2 ? 0x00200000u << ((e) & 1) : (uint32_t)((e) - 1) << 23)
 #define E8x4(e) E8(e), E8((e) + 1), E8((e) + 2), E8((e) + 3)
@@ -276,15 +209,8 @@ static const union {
 	float f[256];
 } e8m0_half = { { E8x64(0), E8x64(64), E8x64(128), E8x64(192) } };
 
-static inline __m512i mxfp4_decode(__m512i nib)
-{
-	const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)moe_mxfp4_k));
-
-	return _mm512_shuffle_epi8(lut, nib);
-}
-
 #define MXFP4_SCALE(b) e8m0_half.f[(b).e]
-NIBBLE_DOT(vec_dot_mxfp4, block_mxfp4, mxfp4_decode, MXFP4_SCALE)
+#define Q4_0_SCALE(b) h2f((b).d)
 
 /* ------------------------------------------------------------ K-quants */
 
@@ -328,48 +254,6 @@ static inline __m512i scale_pair(__m512i sc16, int j, int k)
 	__m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)j), _mm256_set1_epi16((short)k), 1);
 
 	return _mm512_permutexvar_epi16(idx, sc16);
-}
-
-/*
- * 128 bytes of 4-bit weights are 8 sub-blocks of 32: byte range 32g..32g+31
- * holds sub-block 2g in its low nibbles and 2g+1 in its high.  A 512-bit load
- * covers groups g and g+1, so its low nibbles meet the activations of
- * sub-blocks 2g and 2g+2 (the low 256 bits of two 64-byte activation loads)
- * and its high nibbles those of 2g+1 and 2g+3.
- */
-static inline __attribute__((always_inline)) __m512i q4_k_half(__m512i q, const int8_t *ay,
-							       __m512i sc16, int g, __m512i sumi)
-{
-	const __m512i m4 = _mm512_set1_epi8(15);
-	__m512i a0 = load64(ay + 64 * g), a1 = load64(ay + 64 * (g + 1));
-	__m512i lo = _mm512_and_si512(q, m4);
-	__m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-	__m512i plo = _mm512_maddubs_epi16(lo, _mm512_shuffle_i64x2(a0, a1, 0x44));
-	__m512i phi = _mm512_maddubs_epi16(hi, _mm512_shuffle_i64x2(a0, a1, 0xee));
-
-	sumi = madd_acc(sumi, plo, scale_pair(sc16, 2 * g, 2 * g + 2));
-	return madd_acc(sumi, phi, scale_pair(sc16, 2 * g + 1, 2 * g + 3));
-}
-
-static void vec_dot_q4_k(int64_t n, float *out, const void *w, const void *a)
-{
-	const struct block_q4_k *x = w;
-	const struct block_q8_k *y = a;
-	__m256 acc = _mm256_setzero_ps();
-	__m128 accm = _mm_setzero_ps();
-
-	for (int64_t i = 0; i < n / QK_K; i++) {
-		__m128i scmin = k_scales_mins(x[i].scales);
-		__m512i sc16 = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(scmin));
-		__m512i sumi = q4_k_half(load64(x[i].qs), y[i].qs, sc16, 0, _mm512_setzero_si512());
-
-		sumi = q4_k_half(load64(x[i].qs + 64), y[i].qs, sc16, 2, sumi);
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d),
-				      _mm256_cvtepi32_ps(fold(sumi)), acc);
-		accm = _mm_fmadd_ps(_mm_set1_ps(h2f(x[i].dmin) * y[i].d),
-				    _mm_cvtepi32_ps(k_mins_dot(scmin, y[i].bsums)), accm);
-	}
-	*out = hsum8(_mm256_sub_ps(acc, _mm256_insertf128_ps(_mm256_setzero_ps(), accm, 0)));
 }
 
 /* Q5_K: Q4_K's layout plus bit 2g (low nibbles) and 2g+1 (high) of each qh byte. */
@@ -420,6 +304,174 @@ static void vec_dot_q5_k(int64_t n, float *out, const void *w, const void *a)
 	*out = hsum8(_mm256_sub_ps(acc, _mm256_insertf128_ps(_mm256_setzero_ps(), accm, 0)));
 }
 
+/* ------------------------------------------------------------ 32-element blocks */
+
+/*
+ * 256-bit vectors, the AVX2 kernels' lanes in their order, with two changes:
+ * the block scales of 8 blocks are gathered and converted together (the
+ * AVX2 kernels spend most of their time on scalar half-to-float work per
+ * block), and VPDPBUSD sums the byte products where VNNI is compiled in.
+ * The products of the scales are the same IEEE products, so the results are
+ * the AVX2 ones bit for bit.  512-bit vectors were measured slower here: the
+ * extra shuffles to pair blocks cost more than the width saved.
+ */
+static inline __m256i load32(const void *p)
+{
+	return _mm256_loadu_si256((const __m256i *)p);
+}
+
+static inline __m256i dot_i8_y(__m256i x, __m256i y)
+{
+	__m256i ax = _mm256_sign_epi8(x, x), sy = _mm256_sign_epi8(y, x);
+
+#ifdef __AVX512VNNI__
+	return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy);
+#else
+	return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
+#endif
+}
+
+static inline __m256i nibbles32(const uint8_t *qs)
+{
+	__m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+
+	x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+	return _mm256_and_si256(x, _mm256_set1_epi8(15));
+}
+
+/*
+ * The first 4 bytes of each of 8 blocks @stride bytes apart: a block's scale
+ * and what follows it, all inside the block.
+ */
+static inline __m256i gather_u32x8(const void *p, int stride)
+{
+	const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+					       _mm256_set1_epi32(stride));
+
+	return _mm256_i32gather_epi32((const int *)p, idx, 1);
+}
+
+static inline __m256 q8_0_scales8(const struct block_q8_0 *x)
+{
+	return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(gather_u32x8(x, sizeof(*x))));
+}
+
+static inline __m256 q4_0_scales8(const struct block_q4_0 *x)
+{
+	return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(gather_u32x8(x, sizeof(*x))));
+}
+
+static inline __m256 mxfp4_scales8(const struct block_mxfp4 *x)
+{
+	__m256i e = _mm256_and_si256(gather_u32x8(x, sizeof(*x)), _mm256_set1_epi32(0xff));
+	/* e8m0_half[] computed: 2^(e-128) as (e-1) << 23, the two subnormals for e < 2 */
+	__m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+	__m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+	__m256i small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+
+	return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, sub, small));
+}
+
+/* One block's sums scaled by lane @k of @s into @acc. */
+#define BLOCK_STEP(acc, DECODE, xb, yb, s, k)                                              \
+	acc = _mm256_fmadd_ps(_mm256_permutexvar_ps(_mm256_set1_epi32(k), s),              \
+			      _mm256_cvtepi32_ps(dot_i8_y(DECODE((xb).qs), load32((yb).qs))),   \
+			      acc)
+
+#define BLOCK_DOT_Y(NAME, BLOCK, DECODE, SCALE, SCALES8)                                   \
+	static void NAME(int64_t n, float *out, const void *w, const void *a)              \
+	{                                                                                  \
+		const struct BLOCK *x = w;                                                 \
+		const struct block_q8_0 *y = a;                                            \
+		__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();             \
+		int64_t nb = n / QK, i = 0;                                                \
+                                                                                           \
+		for (; i + 8 <= nb; i += 8) {                                              \
+			__m256 s = _mm256_mul_ps(SCALES8(x + i), q8_0_scales8(y + i));     \
+                                                                                           \
+			for (int k = 0; k < 8; k += 2) {                                   \
+				BLOCK_STEP(acc0, DECODE, x[i + k], y[i + k], s, k);        \
+				BLOCK_STEP(acc1, DECODE, x[i + k + 1], y[i + k + 1], s,    \
+					   k + 1);                                         \
+			}                                                                  \
+		}                                                                          \
+		for (; i + 2 <= nb; i += 2) {                                              \
+			__m256i p0 = dot_i8_y(DECODE(x[i].qs), load32(y[i].qs));           \
+			__m256i p1 = dot_i8_y(DECODE(x[i + 1].qs), load32(y[i + 1].qs));   \
+                                                                                           \
+			acc0 = _mm256_fmadd_ps(_mm256_set1_ps(SCALE(x[i]) * h2f(y[i].d)),  \
+					       _mm256_cvtepi32_ps(p0), acc0);              \
+			acc1 = _mm256_fmadd_ps(_mm256_set1_ps(SCALE(x[i + 1]) *            \
+							      h2f(y[i + 1].d)),            \
+					       _mm256_cvtepi32_ps(p1), acc1);              \
+		}                                                                          \
+		for (; i < nb; i++) {                                                      \
+			__m256i p = dot_i8_y(DECODE(x[i].qs), load32(y[i].qs));            \
+                                                                                           \
+			acc0 = _mm256_fmadd_ps(_mm256_set1_ps(SCALE(x[i]) * h2f(y[i].d)),  \
+					       _mm256_cvtepi32_ps(p), acc0);               \
+		}                                                                          \
+		*out = hsum8(_mm256_add_ps(acc0, acc1));                                   \
+	}
+
+#define Q8_0_Y(qs) load32(qs)
+#define Q4_0_Y(qs) _mm256_sub_epi8(nibbles32(qs), _mm256_set1_epi8(8))
+#define MXFP4_Y(qs) _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(                      \
+		_mm_loadu_si128((const __m128i *)moe_mxfp4_k)), nibbles32(qs))
+BLOCK_DOT_Y(vec_dot_q8_0, block_q8_0, Q8_0_Y, Q4_0_SCALE, q8_0_scales8)
+BLOCK_DOT_Y(vec_dot_q4_0, block_q4_0, Q4_0_Y, Q4_0_SCALE, q4_0_scales8)
+BLOCK_DOT_Y(vec_dot_mxfp4, block_mxfp4, MXFP4_Y, MXFP4_SCALE, mxfp4_scales8)
+
+#ifdef __AVX512VNNI__
+/* Q4_K as the AVX2 kernel, VPDPWSSD folding the scale products into the sums. */
+static inline __m256i scale_bcast(__m256i sc16, int j)
+{
+	const __m256i idx = _mm256_set1_epi16((short)(2 * j | (2 * j + 1) << 8));
+
+	return _mm256_shuffle_epi8(sc16, idx);
+}
+
+static inline __attribute__((always_inline)) __m256i q4_k_group(const uint8_t *qs,
+								const int8_t *ay, __m256i sc16,
+								int g, __m256i acc)
+{
+	const __m256i m4 = _mm256_set1_epi8(15);
+	__m256i q = load32(qs + 32 * g);
+	__m256i lo = _mm256_and_si256(q, m4);
+	__m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+	__m256i p0 = _mm256_maddubs_epi16(lo, load32(ay + 64 * g));
+	__m256i p1 = _mm256_maddubs_epi16(hi, load32(ay + 64 * g + 32));
+
+	acc = _mm256_dpwssd_epi32(acc, p0, scale_bcast(sc16, 2 * g));
+	return _mm256_dpwssd_epi32(acc, p1, scale_bcast(sc16, 2 * g + 1));
+}
+
+static void vec_dot_q4_k(int64_t n, float *out, const void *w, const void *a)
+{
+	const struct block_q4_k *x = w;
+	const struct block_q8_k *y = a;
+	__m256 acc = _mm256_setzero_ps();
+	__m128 accm = _mm_setzero_ps();
+
+	for (int64_t i = 0; i < n / QK_K; i++) {
+		__m128i scmin = k_scales_mins(x[i].scales);
+		__m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scmin));
+		__m256i sumi = _mm256_setzero_si256();
+
+		/* integer sums: any grouping gives the AVX2 kernel's lanes exactly */
+		sumi = q4_k_group(x[i].qs, y[i].qs, sc16, 0, sumi);
+		sumi = q4_k_group(x[i].qs, y[i].qs, sc16, 1, sumi);
+		sumi = q4_k_group(x[i].qs, y[i].qs, sc16, 2, sumi);
+		sumi = q4_k_group(x[i].qs, y[i].qs, sc16, 3, sumi);
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d),
+				      _mm256_cvtepi32_ps(sumi), acc);
+		accm = _mm_fmadd_ps(_mm_set1_ps(h2f(x[i].dmin) * y[i].d),
+				    _mm_cvtepi32_ps(k_mins_dot(scmin, y[i].bsums)), accm);
+	}
+	*out = hsum8(_mm256_sub_ps(acc, _mm256_insertf128_ps(_mm256_setzero_ps(), accm, 0)));
+}
+#endif
+
 /* ------------------------------------------------------------ table */
 
 const struct moe_simd_kernels AVX512_TABLE[] = {
@@ -429,7 +481,9 @@ const struct moe_simd_kernels AVX512_TABLE[] = {
 	{ .type = MOE_TYPE_Q4_0, .vec_dot = vec_dot_q4_0 },
 	{ .type = MOE_TYPE_Q8_0, .vec_dot = vec_dot_q8_0 },
 	{ .type = MOE_TYPE_MXFP4, .vec_dot = vec_dot_mxfp4 },
+#ifdef __AVX512VNNI__
 	{ .type = MOE_TYPE_Q4_K, .vec_dot = vec_dot_q4_k },
+#endif
 	{ .type = MOE_TYPE_Q5_K, .vec_dot = vec_dot_q5_k },
 };
 const int AVX512_COUNT = (int)(sizeof(AVX512_TABLE) / sizeof(AVX512_TABLE[0]));

@@ -229,6 +229,11 @@ const char *moe_quant_simd_name(void)
 	return "scalar";
 }
 
+const char *moe_cpu_isa(void)
+{
+	return moe_quant_simd_name();
+}
+
 const char *moe_type_name(uint32_t type)
 {
 	const struct moe_type_traits *t = moe_type_traits(type);

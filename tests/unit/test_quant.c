@@ -716,7 +716,7 @@ START_TEST(dot_same_as_avx2)
 
 			if (n % moe_type_block_elems(type) || n % moe_type_block_elems(at))
 				goto next;
-			random_row(type, w, n, false, &st);
+			random_row(type, w, n, true, &st);
 			for (int64_t i = 0; i < n; i++)
 				x[i] = (float)tu_randn(&st);
 			moe_mm_quantize(&(struct moe_mm){ .t = moe_type_traits_scalar(type),
