@@ -199,17 +199,6 @@ static inline __m512 load_bf16x8(const uint8_t *p)
 FLOAT16_DOT(vec_dot_f16, load_f16x16, load_f16x8, h2f)
 FLOAT16_DOT(vec_dot_bf16, load_bf16x16, load_bf16x8, moe_bf16_to_f32)
 
-/* moe_e8m0_half() as a table: one load instead of a compare, two shifts and a select. */
-#define E8(e) ((e) < 2 ? 0x00200000u << ((e) & 1) : (uint32_t)((e) - 1) << 23)
-#define E8x4(e) E8(e), E8((e) + 1), E8((e) + 2), E8((e) + 3)
-#define E8x16(e) E8x4(e), E8x4((e) + 4), E8x4((e) + 8), E8x4((e) + 12)
-#define E8x64(e) E8x16(e), E8x16((e) + 16), E8x16((e) + 32), E8x16((e) + 48)
-static const union {
-	uint32_t u[256];
-	float f[256];
-} e8m0_half = { { E8x64(0), E8x64(64), E8x64(128), E8x64(192) } };
-
-#define MXFP4_SCALE(b) e8m0_half.f[(b).e]
 #define Q4_0_SCALE(b) h2f((b).d)
 
 /* ------------------------------------------------------------ K-quants */
@@ -420,7 +409,21 @@ static inline __m256 mxfp4_scales8(const struct block_mxfp4 *x)
 		_mm_loadu_si128((const __m128i *)moe_mxfp4_k)), nibbles32(qs))
 BLOCK_DOT_Y(vec_dot_q8_0, block_q8_0, Q8_0_Y, Q4_0_SCALE, q8_0_scales8)
 BLOCK_DOT_Y(vec_dot_q4_0, block_q4_0, Q4_0_Y, Q4_0_SCALE, q4_0_scales8)
+#ifdef __AVX512VNNI__
+/* moe_e8m0_half() as a table: one load instead of a compare, two shifts and a select. */
+#define E8(e) ((e) < 2 ? 0x00200000u << ((e) & 1) : (uint32_t)((e) - 1) << 23)
+#define E8x4(e) E8(e), E8((e) + 1), E8((e) + 2), E8((e) + 3)
+#define E8x16(e) E8x4(e), E8x4((e) + 4), E8x4((e) + 8), E8x4((e) + 12)
+#define E8x64(e) E8x16(e), E8x16((e) + 16), E8x16((e) + 32), E8x16((e) + 48)
+static const union {
+	uint32_t u[256];
+	float f[256];
+} e8m0_half = { { E8x64(0), E8x64(64), E8x64(128), E8x64(192) } };
+
+#define MXFP4_SCALE(b) e8m0_half.f[(b).e]
+
 BLOCK_DOT_Y(vec_dot_mxfp4, block_mxfp4, MXFP4_Y, MXFP4_SCALE, mxfp4_scales8)
+#endif
 
 #ifdef __AVX512VNNI__
 /* Q4_K as the AVX2 kernel, VPDPWSSD folding the scale products into the sums. */
@@ -480,8 +483,9 @@ const struct moe_simd_kernels AVX512_TABLE[] = {
 	{ .type = MOE_TYPE_BF16, .vec_dot = vec_dot_bf16 },
 	{ .type = MOE_TYPE_Q4_0, .vec_dot = vec_dot_q4_0 },
 	{ .type = MOE_TYPE_Q8_0, .vec_dot = vec_dot_q8_0 },
-	{ .type = MOE_TYPE_MXFP4, .vec_dot = vec_dot_mxfp4 },
 #ifdef __AVX512VNNI__
+	/* without VNNI 0.94x of AVX2's, whose table lookup of the scale is cheap already */
+	{ .type = MOE_TYPE_MXFP4, .vec_dot = vec_dot_mxfp4 },
 	{ .type = MOE_TYPE_Q4_K, .vec_dot = vec_dot_q4_k },
 #endif
 	{ .type = MOE_TYPE_Q5_K, .vec_dot = vec_dot_q5_k },
