@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * AVX-512 (F, BW, VL, DQ) dot products, included by kernels_avx512.c and,
- * with -mavx512vnni, by kernels_avx512vnni.c: the two differ only in how
- * byte and word products are summed into 32-bit lanes (VPDPBUSD/VPDPWSSD
- * where VNNI is compiled in).  Integer products are exact either way, so
- * both differ from the scalar reference only in the order floats are
- * summed.  Only called after feature detection (types.c).
+ * with -mavx512vnni, by kernels_avx512vnni.c: with VNNI, VPDPBUSD/VPDPWSSD
+ * sum byte and word products, and the mxfp4 and q4_K kernels join (without
+ * VNNI they were no faster than AVX2's).  Integer products are exact, and
+ * the floats are summed in the AVX2 kernels' lanes and order, so every
+ * result here is the AVX2 kernel's bit for bit.  Only called after feature
+ * detection (types.c).
  *
  * The includer defines AVX512_TABLE and AVX512_COUNT, the names of the
  * kernel table and its length.
@@ -25,12 +26,6 @@ static inline float hsum8(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-/* The two 8-lane halves added, then summed as the AVX2 kernels sum 8 lanes. */
-static inline float hsum16(__m512 v)
-{
-	return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
-}
-
 static inline float h2f(uint16_t h)
 {
 	return _cvtsh_ss(h);
@@ -41,45 +36,6 @@ static inline __m512i load64(const void *p)
 	return _mm512_loadu_si512(p);
 }
 
-/* Two 32-byte pieces, a in the low half and b in the high half. */
-static inline __m512i load2x32(const void *a, const void *b)
-{
-	__m256i lo = _mm256_loadu_si256((const __m256i *)a);
-
-	return _mm512_inserti64x4(_mm512_castsi256_si512(lo),
-				  _mm256_loadu_si256((const __m256i *)b), 1);
-}
-
-/* 16 float lanes: s0 in the low 8, s1 in the high 8 (one scale per 32-element block). */
-static inline __m512 scale2(float s0, float s1)
-{
-	return _mm512_insertf32x8(_mm512_set1_ps(s0), _mm256_set1_ps(s1), 1);
-}
-
-/* Unsigned bytes u times signed bytes s, each i32 lane the sum of 4 adjacent products. */
-static inline __m512i dot_u8s8(__m512i u, __m512i s)
-{
-#ifdef __AVX512VNNI__
-	return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
-#else
-	/* a pair is at most 2 * 255 * 127 only for bytes >= 128, which callers never pass
-	 * except |-128| = 128 against activations of at most 127: 32512, no saturation */
-	return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
-#endif
-}
-
-/*
- * Signed x times signed y (y never -128): |x| times y with x's sign.  AVX-512
- * has no VPSIGNB, so y is negated under the mask of x's sign bits.
- */
-static inline __m512i dot_i8(__m512i x, __m512i y)
-{
-	__mmask64 neg = _mm512_movepi8_mask(x);
-	__m512i sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-
-	return dot_u8s8(_mm512_abs_epi8(x), sy);
-}
-
 /* acc + the sums of adjacent pairs of i16 products p * s. */
 static inline __m512i madd_acc(__m512i acc, __m512i p, __m512i s)
 {
@@ -88,21 +44,6 @@ static inline __m512i madd_acc(__m512i acc, __m512i p, __m512i s)
 #else
 	return _mm512_add_epi32(acc, _mm512_madd_epi16(p, s));
 #endif
-}
-
-/*
- * The 16 packed bytes of each of two 32-element nibble blocks as 64 values in
- * element order: 128-bit lanes hold low(a), high(a), low(b), high(b).
- */
-static inline __m512i nibbles2x32(const uint8_t *qa, const uint8_t *qb)
-{
-	__m256i v = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)qb),
-				     _mm_loadu_si128((const __m128i *)qa));
-	__m512i z = _mm512_castsi256_si512(v);
-
-	z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0));
-	z = _mm512_srlv_epi64(z, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
-	return _mm512_and_si512(z, _mm512_set1_epi8(15));
 }
 
 /* ------------------------------------------------------------ float weights */
