@@ -70,6 +70,47 @@ uint64_t moe_expert_slot_bytes(const struct moe_expert *ex, uint32_t align)
 	return moe_expert_mat_offset(ex, ex->n_mats, align);
 }
 
+static const char *const dense_names[] = { "ffn_gate.weight", "ffn_up.weight",
+					   "ffn_down.weight" };
+
+bool moe_plan_dense_ffn(const struct moe_model *m, uint32_t il, struct moe_expert *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (il >= m->hp.n_layer || m->layers[il].info.is_moe)
+		return false;
+	for (uint32_t i = 0; i < MOE_ARRAY_SIZE(dense_names); i++) {
+		struct moe_tensor_info ti;
+		char full[96];
+
+		snprintf(full, sizeof(full), "blk.%u.%s", il, dense_names[i]);
+		if (moe_model_find_tensor(m, full, &ti) < 0 || ti.role != MOE_ROLE_OTHER ||
+		    !ti.bytes || ti.n_dims != 2)
+			return false;
+		out->mats[i] = (struct moe_extent){ .offset = ti.offset, .bytes = ti.bytes,
+			.type = ti.type, .role = ti.role, .rows = ti.ne[1], .cols = ti.ne[0] };
+		out->bytes += ti.bytes;
+	}
+	out->n_mats = MOE_ARRAY_SIZE(dense_names);
+	return true;
+}
+
+/* Is tensor @ti a matrix of a dense FFN this layout streams? */
+static bool dense_streamed(const struct plan_layout *l, const struct moe_tensor_info *ti)
+{
+	const char *name = ti->name;
+	unsigned n;
+	int used = 0;
+
+	if (ti->layer < 0 || !l->layers[ti->layer].dense_stream)
+		return false;
+	if (sscanf(name, "blk.%u.%n", &n, &used) != 1 || used <= 0)
+		return false;
+	for (uint32_t i = 0; i < MOE_ARRAY_SIZE(dense_names); i++)
+		if (!strcmp(name + used, dense_names[i]))
+			return true;
+	return false;
+}
+
 /* Pinned staging to read @ex as block-aligned supersets of its matrices. */
 static uint64_t expert_staging(const struct moe_expert *ex)
 {
@@ -98,7 +139,7 @@ static int resident(const struct moe_model *m, struct plan_layout *l, uint64_t *
 		uint64_t n = ti->ne[0] * ti->ne[1] * ti->ne[2] * ti->ne[3];
 
 		t->off = UINT64_MAX;
-		if (ti->role != MOE_ROLE_OTHER)
+		if (ti->role != MOE_ROLE_OTHER || dense_streamed(l, ti))
 			continue;
 		t->vec = !moe_plan_is_matrix(ti->name);
 		t->convert = t->vec && (ti->type == MOE_TYPE_F16 || ti->type == MOE_TYPE_BF16);
@@ -149,7 +190,11 @@ static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
 		l->shape.max_head = MOE_MAX(l->shape.max_head, ml->n_head);
 		if (ml->info.kv_layer != (int32_t)il) {
 			/* Gemma 4's shared layers read an earlier layer's cache (model.c checked it) */
+			struct plan_layer own = *L;
+
 			*L = l->layers[ml->info.kv_layer];
+			L->dense_stream = own.dense_stream;
+			L->dense = own.dense;
 			continue;
 		}
 		L->kv_dim = ml->info.head_dim * ml->info.n_head_kv;
@@ -274,12 +319,18 @@ static int classes(const struct moe_model *m, struct plan_layout *l, struct cls 
 		uint64_t sb = 0, st = 0;
 		uint32_t i;
 
+		bool dense = l->layers[il].dense_stream;
+		/* a streamed dense FFN is one entry that every token uses */
+		uint32_t n = dense ? 1 : m->hp.n_expert, k = dense ? 1 : ml->info.n_expert_used;
+
 		l->layers[il].cls = -1;
-		if (!ml->info.is_moe || !ml->experts)
+		if (!dense && (!ml->info.is_moe || !ml->experts))
 			continue;
-		for (uint32_t e = 0; e < m->hp.n_expert; e++) {
-			sb = MOE_MAX(sb, moe_expert_slot_bytes(&ml->experts[e], l->desc->align));
-			st = MOE_MAX(st, expert_staging(&ml->experts[e]));
+		for (uint32_t e = 0; e < n; e++) {
+			const struct moe_expert *ex = dense ? &l->layers[il].dense : &ml->experts[e];
+
+			sb = MOE_MAX(sb, moe_expert_slot_bytes(ex, l->desc->align));
+			st = MOE_MAX(st, expert_staging(ex));
 		}
 		l->stg_each = MOE_MAX(l->stg_each, st);
 		for (i = 0; i < *n_cls && c[i].bytes != sb; i++)
@@ -291,9 +342,9 @@ static int classes(const struct moe_model *m, struct plan_layout *l, struct cls 
 			c[i] = (struct cls){ .bytes = sb };
 			(*n_cls)++;
 		}
-		c[i].n += m->hp.n_expert;
-		c[i].k = MOE_MAX(c[i].k, ml->info.n_expert_used);
-		c[i].min = layer_pools ? c[i].min + ml->info.n_expert_used : c[i].k;
+		c[i].n += n;
+		c[i].k = MOE_MAX(c[i].k, k);
+		c[i].min = layer_pools ? c[i].min + k : c[i].k;
 		l->layers[il].cls = (int32_t)i;
 	}
 	return 0;
@@ -303,7 +354,13 @@ static int classes(const struct moe_model *m, struct plan_layout *l, struct cls 
 static int pools(const struct moe_model *m, struct plan_layout *l, const struct cls *c,
 		 uint32_t n_cls, bool layer_pools)
 {
-	uint32_t n = layer_pools ? m->hp.n_moe_layer : n_cls;
+	uint32_t n = n_cls;
+
+	if (layer_pools) {
+		n = 0;
+		for (uint32_t il = 0; il < m->hp.n_layer; il++)
+			n += l->layers[il].cls >= 0;
+	}
 
 	l->pool_slots = calloc(MOE_MAX(n, 1u), sizeof(*l->pool_slots));
 	l->pool_cls = calloc(MOE_MAX(n, 1u), sizeof(*l->pool_cls));
@@ -326,18 +383,28 @@ static int pools(const struct moe_model *m, struct plan_layout *l, const struct 
 			continue;
 		l->layers[il].pool = (int32_t)l->n_pools;
 		l->pool_cls[l->n_pools] = (uint32_t)cls;
-		l->pool_slots[l->n_pools++] = m->layers[il].info.n_expert_used;
+		l->pool_slots[l->n_pools++] = l->layers[il].dense_stream ? 1 :
+					      m->layers[il].info.n_expert_used;
 	}
 	for (uint32_t i = 0; i < n_cls; i++) {
 		uint32_t left = c[i].slots - c[i].min;
 
 		/* the rest one by one, round robin over the class's layers */
-		while (left)
-			for (uint32_t p = 0; p < l->n_pools && left; p++)
-				if (l->pool_cls[p] == i && l->pool_slots[p] < m->hp.n_expert) {
+		while (left) {
+			uint32_t before = left;
+
+			for (uint32_t il = 0; il < m->hp.n_layer && left; il++) {
+				int32_t p = l->layers[il].pool;
+				uint32_t cap = l->layers[il].dense_stream ? 1 : m->hp.n_expert;
+
+				if (p >= 0 && l->pool_cls[p] == i && l->pool_slots[p] < cap) {
 					l->pool_slots[p]++;
 					left--;
 				}
+			}
+			if (left == before)
+				break;
+		}
 	}
 	return 0;
 }
@@ -407,7 +474,12 @@ static void why(struct plan_layout *l)
 	moe_fmt_bytes(c, sizeof(c), p->scratch_bytes + p->workspace_bytes);
 	moe_fmt_bytes(d, sizeof(d), p->slot_bytes);
 	moe_fmt_bytes(e, sizeof(e), p->vram_budget);
-	if (!p->n_experts)
+	if (p->n_dense_streamed)
+		snprintf(p->why, sizeof(p->why), "the budget of %s cannot keep %u of the %u dense "
+			 "FFNs resident: they stream a layer ahead with %u experts through %u slots "
+			 "(%s) after resident %s, KV %s, scratch %s", e, p->n_dense_streamed,
+			 p->n_dense_ffn, p->n_experts, p->n_slots, d, a, b, c);
+	else if (!p->n_experts)
 		snprintf(p->why, sizeof(p->why), "a dense model: resident %s, KV %s, scratch %s", a,
 			 b, c);
 	else if (p->all_experts)
@@ -435,13 +507,14 @@ static int too_small(const struct moe_model *m, struct plan_layout *l, uint64_t 
 	moe_fmt_bytes(f, sizeof(f), k_bytes);
 	return moe_err(ENOMEM, "%s: a budget of %s cannot hold this model: it needs at least %s "
 		       "(%llu bytes) = resident tensors %s + KV cache %s for %u positions + "
-		       "scratch %s + one token's experts of each layer %s; raise --vram or lower "
+		       "scratch %s + one token's experts of each layer%s %s; raise --vram or lower "
 		       "--ctx", moe_model_path(m), a, b, (unsigned long long)need, c, d, l->plan.n_ctx,
-		       e, f);
+		       e, l->plan.n_dense_streamed ? " and a streamed dense FFN" : "", f);
 }
 
-int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
-		    struct plan_layout *l)
+/* One layout with the last @n_stream dense FFNs streamed (they may be fetched one ahead). */
+static int layout_once(const struct moe_model *m, const struct moe_ctx_params *par,
+		       struct plan_layout *l, uint32_t n_stream)
 {
 	struct moe_ctx_params def;
 	struct moe_plan *p = &l->plan;
@@ -490,6 +563,17 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 	for (uint32_t il = 0; il < m->hp.n_layer; il++)
 		if (m->layers[il].info.is_moe)
 			l->max_used = MOE_MAX(l->max_used, m->layers[il].info.n_expert_used);
+	for (uint32_t il = m->hp.n_layer; il-- > 0;) {
+		struct plan_layer *L = &l->layers[il];
+
+		if (!moe_plan_dense_ffn(m, il, &L->dense))
+			continue;
+		p->n_dense_ffn++;
+		if (p->n_dense_streamed < n_stream) {
+			L->dense_stream = true;
+			p->n_dense_streamed++;
+		}
+	}
 	l->max_used = MOE_MAX(l->max_used, 1);
 	plan_ple(m, l);
 	ret = resident(m, l, &cur);
@@ -515,6 +599,16 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 	for (uint32_t i = 0; i < n_cls; i++) {
 		p->n_experts += c[i].n;
 		p->expert_bytes += c[i].n * c[i].bytes;
+	}
+	/* the streamed dense FFNs share the classes but are not routed experts */
+	for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+		const struct plan_layer *L = &l->layers[il];
+
+		if (!L->dense_stream)
+			continue;
+		p->n_experts--;
+		p->expert_bytes -= c[L->cls].bytes;
+		p->dense_streamed_bytes += c[L->cls].bytes;
 	}
 	if (par->vram_bytes) {
 		uint64_t need = fixed;
@@ -580,6 +674,31 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 			(uint64_t)p->n_batch * p->ple_row_bytes + p->ple_cache_bytes;
 	why(l);
 	return 0;
+}
+
+/*
+ * Dense FFNs stay resident while the budget holds them; past it, as few as
+ * make the plan fit stream (the last layers first, so that consecutive
+ * layers fetch each other's ahead).  A dense FFN is used by every token,
+ * so resident ones are worth more than expert slots.
+ */
+int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
+		    struct plan_layout *l)
+{
+	uint32_t n_dense;
+	int ret = layout_once(m, par, l, 0);
+
+	if (ret != -ENOMEM || !par || !par->vram_bytes || !m->layers)
+		return ret;
+	n_dense = 0;
+	for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+		struct moe_expert ex;
+
+		n_dense += moe_plan_dense_ffn(m, il, &ex);
+	}
+	for (uint32_t s = 1; s <= n_dense && ret == -ENOMEM; s++)
+		ret = layout_once(m, par, l, s);
+	return ret;
 }
 
 void moe_plan_layout_free(struct plan_layout *l)
