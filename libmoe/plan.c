@@ -583,6 +583,12 @@ static int layout_once(const struct moe_model *m, const struct moe_ctx_params *p
 		moe_plan_layout_free(l);
 		return ret;
 	}
+	/* two slots for streamed dense FFNs: one in use, the next layer's being read */
+	for (uint32_t il = 0, seen = 0; il < m->hp.n_layer && !layer_pools; il++) {
+		if (!l->layers[il].dense_stream || ++seen < 2)
+			continue;
+		c[l->layers[il].cls].min = MOE_MAX(c[l->layers[il].cls].min, 2u);
+	}
 	scratch(m, l, &cur);
 	l->shape = (struct moe_be_shape){
 		.max_tok = p->n_batch, .max_ent = p->n_batch * l->max_used, .n_embd = m->hp.n_embd,

@@ -70,7 +70,8 @@ static void usage(FILE *f)
 		"      --logits-out FILE  logits of every evaluated position, f32 LE [pos][vocab]\n"
 		"      --stats            prefill/decode tokens/s, expert hit rate, bytes read, GB/s,\n"
 		"                         time stalled on I/O (per layer too), prefetch precision\n"
-		"                         and recall (stderr; in the JSON with --json)\n"
+		"                         and recall, streamed dense FFN hits (stderr; in the JSON\n"
+		"                         with --json)\n"
 		"      --json             machine-readable output on stdout\n"
 		"  -h, --help             this text\n");
 }
@@ -525,6 +526,9 @@ static void print_stats(const struct opts *o, const struct moe_ctx *ctx,
 		       (unsigned long long)s->prefetch_bytes,
 		       (unsigned long long)s->prefetch_unused_bytes, s->prefetch_precision,
 		       s->prefetch_recall);
+		printf(",\"dense_hits\":%llu,\"dense_misses\":%llu,\"dense_prefetch_used\":%llu",
+		       (unsigned long long)s->dense_hits, (unsigned long long)s->dense_misses,
+		       (unsigned long long)s->dense_prefetch_used);
 		print_layers(o, ctx);
 		return;
 	}
@@ -551,6 +555,11 @@ static void print_stats(const struct opts *o, const struct moe_ctx *ctx,
 			(unsigned long long)s->prefetch_cancelled,
 			(unsigned long long)s->prefetch_unused_bytes, s->prefetch_precision,
 			s->prefetch_recall);
+	if (s->dense_hits + s->dense_misses)
+		fprintf(stderr, "dense FFNs streamed: %llu hits (%llu of them fetched a layer "
+			"ahead), %llu misses\n", (unsigned long long)s->dense_hits,
+			(unsigned long long)s->dense_prefetch_used,
+			(unsigned long long)s->dense_misses);
 	print_layers(o, ctx);
 }
 

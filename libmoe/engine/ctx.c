@@ -53,9 +53,9 @@ static int warm_all(struct moe_ctx *ctx)
 		return moe_err(ENOMEM, "out of memory");
 	for (uint32_t il = 0; il < ctx->hp.n_layer && !ret; il++) {
 		/* a streamed dense FFN is entry 0 of its layer */
-		uint32_t n = ctx->layers[il].dense_stream ? 1 : ctx->layers[il].is_moe ? ne : 0;
+		uint32_t n_ent = ctx->layers[il].dense_stream ? 1 : ctx->layers[il].is_moe ? ne : 0;
 
-		for (uint32_t e = 0; e < n && !ret; e++) {
+		for (uint32_t e = 0; e < n_ent && !ret; e++) {
 			while ((ret = moe_cache_acquire(ctx->cache, il, e, 0, &slots[n])) == -EAGAIN) {
 				ret = moe_cache_wait(ctx->cache);
 				if (ret < 0)
