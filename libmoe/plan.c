@@ -512,9 +512,12 @@ static int too_small(const struct moe_model *m, struct plan_layout *l, uint64_t 
 		       e, l->plan.n_dense_streamed ? " and a streamed dense FFN" : "", f);
 }
 
-/* One layout with the last @n_stream dense FFNs streamed (they may be fetched one ahead). */
+/*
+ * One layout with the last @n_stream dense FFNs streamed, through two slots
+ * (@ahead: the next one is read while one computes) or at least one.
+ */
 static int layout_once(const struct moe_model *m, const struct moe_ctx_params *par,
-		       struct plan_layout *l, uint32_t n_stream)
+		       struct plan_layout *l, uint32_t n_stream, bool ahead)
 {
 	struct moe_ctx_params def;
 	struct moe_plan *p = &l->plan;
@@ -584,7 +587,7 @@ static int layout_once(const struct moe_model *m, const struct moe_ctx_params *p
 		return ret;
 	}
 	/* two slots for streamed dense FFNs: one in use, the next layer's being read */
-	for (uint32_t il = 0, seen = 0; il < m->hp.n_layer && !layer_pools; il++) {
+	for (uint32_t il = 0, seen = 0; il < m->hp.n_layer && !layer_pools && ahead; il++) {
 		if (!l->layers[il].dense_stream || ++seen < 2)
 			continue;
 		c[l->layers[il].cls].min = MOE_MAX(c[l->layers[il].cls].min, 2u);
@@ -686,13 +689,16 @@ static int layout_once(const struct moe_model *m, const struct moe_ctx_params *p
  * Dense FFNs stay resident while the budget holds them; past it, as few as
  * make the plan fit stream (the last layers first, so that consecutive
  * layers fetch each other's ahead).  A dense FFN is used by every token,
- * so resident ones are worth more than expert slots.
+ * so resident ones are worth more than expert slots.  Two slots, which let
+ * the next FFN's read overlap this layer's compute, come before keeping
+ * one more resident; one slot (every FFN read while the pass waits) is the
+ * last resort.
  */
 int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 		    struct plan_layout *l)
 {
 	uint32_t n_dense;
-	int ret = layout_once(m, par, l, 0);
+	int ret = layout_once(m, par, l, 0, false);
 
 	if (ret != -ENOMEM || !par || !par->vram_bytes || !m->layers)
 		return ret;
@@ -702,8 +708,12 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 
 		n_dense += moe_plan_dense_ffn(m, il, &ex);
 	}
-	for (uint32_t s = 1; s <= n_dense && ret == -ENOMEM; s++)
-		ret = layout_once(m, par, l, s);
+	if (n_dense)
+		ret = layout_once(m, par, l, 1, false);
+	for (uint32_t s = 2; s <= n_dense && ret == -ENOMEM; s++)
+		ret = layout_once(m, par, l, s, true);
+	for (uint32_t s = 2; s <= n_dense && ret == -ENOMEM; s++)
+		ret = layout_once(m, par, l, s, false);
 	return ret;
 }
 

@@ -564,6 +564,93 @@ START_TEST(engine_evicting_equals_resident)
 }
 END_TEST
 
+/*
+ * Dense FFNs past the budget: a dense model (Gemma 4 31B's layout) and one
+ * with leading dense layers, at the smallest budget, stream every dense FFN
+ * through the expert cache.  Logits equal the resident run's bit for bit,
+ * the streamed FFNs are not resident, and each is read a layer ahead: after
+ * the first, the layers find theirs fetched already.
+ */
+static const char *const dense_models[][2] = {
+	{ "gemma4-dense", "--sliding-window 8 --experts 0" },
+	{ "deepseek2", "--leading-dense 3 --ff 1024" },
+};
+
+START_TEST(engine_dense_streamed)
+{
+	char *dir = tu_tmpdir(), path[512], name[64];
+	struct moe_model *m;
+	struct moe_ctx *res, *one, *two;
+	struct moe_ctx_stats st;
+	struct all_logits a, b;
+	uint32_t vocab, n_str;
+	uint64_t slot;
+	int32_t tok[24];
+	int idx = -1;
+
+	ck_assert(mkmodel(dir, dense_models[_i][0], "f32", dense_models[_i][1], path,
+			  sizeof(path)));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	res = make_ctx(m, 0, 8, 16);
+	/* the smallest budget: every dense FFN streams through one slot */
+	one = make_ctx(m, min_budget(m, 8), 8, 16);
+	ck_assert_uint_eq(res->lay.plan.n_dense_streamed, 0);
+	ck_assert_uint_ge(res->lay.plan.n_dense_ffn, 3);
+	n_str = one->lay.plan.n_dense_streamed;
+	ck_assert_uint_eq(n_str, one->lay.plan.n_dense_ffn);
+	ck_assert(strstr(one->lay.plan.why, "dense FFNs") != NULL);
+	slot = one->lay.plan.dense_streamed_bytes / n_str;
+	/* one slot more: the next layer's FFN is read while this one computes */
+	two = make_ctx(m, one->lay.plan.vram_budget + slot, 8, 16);
+	ck_assert_uint_eq(two->lay.plan.n_dense_streamed, n_str);
+	for (uint32_t il = 0; il < m->hp.n_layer && idx < 0; il++)
+		if (one->layers[il].dense_stream) {
+			snprintf(name, sizeof(name), "blk.%u.ffn_down.weight", il);
+			idx = moe_model_find_tensor(m, name, NULL);
+		}
+	ck_assert_int_ge(idx, 0);
+	ck_assert_uint_eq(one->lay.t[idx].off, UINT64_MAX);
+	ck_assert_uint_ne(res->lay.t[idx].off, UINT64_MAX);
+	vocab = moe_ctx_n_vocab(res);
+	prompt(tok, 24, (int)vocab);
+	a = (struct all_logits){ calloc((size_t)30 * vocab, sizeof(float)), 0, vocab };
+	b = (struct all_logits){ calloc((size_t)30 * vocab, sizeof(float)), 0, vocab };
+	run_gen(res, tok, 24, &a);
+	for (int k = 0; k < 2; k++) {
+		struct moe_ctx *str = k ? two : one;
+
+		run_gen(str, tok, 24, &b);
+		ck_assert_uint_eq(a.n, b.n);
+		ck_assert_msg(!memcmp(a.buf, b.buf, sizeof(float) * a.n * vocab),
+			      "%s: logits with streamed dense FFNs (%d slots) differ from resident "
+			      "ones", dense_models[_i][0], k + 1);
+		moe_ctx_get_stats(str, &st);
+		/* 3 prompt steps and 5 decode steps, each using every streamed FFN once */
+		ck_assert_uint_eq(st.dense_hits + st.dense_misses, 8 * n_str);
+		ck_assert_uint_ge(st.bytes_read, st.dense_misses * slot / 2);
+		ck_assert_uint_le(st.vram_used, st.vram_budget);
+		if (!k) {
+			/* one slot: every use is a read, none can be ahead */
+			ck_assert_uint_eq(st.dense_misses, 8 * n_str);
+			continue;
+		}
+		/* all but the very first were fetched while the layer before computed */
+		ck_assert_uint_eq(st.dense_misses, 1);
+		ck_assert_uint_eq(st.dense_prefetch_used, 8 * n_str - 1);
+	}
+	moe_ctx_get_stats(res, &st);
+	ck_assert_uint_eq(st.dense_hits + st.dense_misses, 0);
+	free(a.buf);
+	free(b.buf);
+	moe_ctx_free(res);
+	moe_ctx_free(one);
+	moe_ctx_free(two);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* ------------------------------------------------------------ behaviour */
 
 static char *shared_model(const char *name)
@@ -1280,6 +1367,7 @@ Suite *suite_engine(void)
 	free(dir);
 	tcase_add_test(tc, engine_budget_honoured);
 	tcase_add_test(tc, engine_ple_streamed);
+	tcase_add_loop_test(tc, engine_dense_streamed, 0, MOE_ARRAY_SIZE(dense_models));
 	tcase_add_loop_test(tc, engine_guarded, 0, MOE_ARRAY_SIZE(archs));
 	tcase_add_test(tc, engine_kv_types);
 	tcase_add_test(tc, engine_ring_rewind);
