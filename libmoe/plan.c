@@ -467,7 +467,7 @@ static uint64_t split(struct cls *c, uint32_t n, uint64_t avail, bool host)
 static void why(struct plan_layout *l)
 {
 	struct moe_plan *p = &l->plan;
-	char a[32], b[32], c[32], d[32], e[32];
+	char a[24], b[24], c[24], d[24], e[24];
 
 	moe_fmt_bytes(a, sizeof(a), p->resident_bytes);
 	moe_fmt_bytes(b, sizeof(b), p->kv_bytes);
@@ -476,9 +476,10 @@ static void why(struct plan_layout *l)
 	moe_fmt_bytes(e, sizeof(e), p->vram_budget);
 	if (p->n_dense_streamed)
 		snprintf(p->why, sizeof(p->why), "the budget of %s cannot keep %u of the %u dense "
-			 "FFNs resident: they stream a layer ahead with %u experts through %u slots "
-			 "(%s) after resident %s, KV %s, scratch %s", e, p->n_dense_streamed,
-			 p->n_dense_ffn, p->n_experts, p->n_slots, d, a, b, c);
+			 "FFNs resident: they stream%s with %u experts through %u slots (%s) after "
+			 "resident %s, KV %s, scratch %s", e, p->n_dense_streamed, p->n_dense_ffn,
+			 l->dense_ahead ? ", each read a layer ahead," : "", p->n_experts,
+			 p->n_slots, d, a, b, c);
 	else if (!p->n_experts)
 		snprintf(p->why, sizeof(p->why), "a dense model: resident %s, KV %s, scratch %s", a,
 			 b, c);
@@ -654,6 +655,10 @@ static int layout_once(const struct moe_model *m, const struct moe_ctx_params *p
 		p->all_experts &= c[i].slots >= c[i].n;
 	}
 	p->device_bytes = cur;
+	l->dense_ahead = p->n_dense_streamed >= 2 && !layer_pools;
+	for (uint32_t il = 0; il < m->hp.n_layer; il++)
+		if (l->layers[il].dense_stream && c[l->layers[il].cls].slots < 2)
+			l->dense_ahead = false;
 	ret = pools(m, l, c, n_cls, layer_pools);
 	if (ret < 0) {
 		moe_plan_layout_free(l);

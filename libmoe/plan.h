@@ -75,6 +75,7 @@ struct plan_layout {
 	int32_t ple_tensor;         /* the per-layer embedding table, -1: none */
 	uint64_t ple_stg_each;      /* pinned staging to read one row */
 	uint32_t n_vocab;
+	bool dense_ahead;           /* streamed dense FFNs have a slot to read the next one into */
 };
 
 int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *p,
