@@ -154,7 +154,8 @@ static int resident(const struct moe_model *m, struct plan_layout *l, uint64_t *
 }
 
 /* Gemma 4's per-layer embedding table: read by rows, cached by token on the host. */
-static void plan_ple(const struct moe_model *m, struct plan_layout *l)
+static int plan_ple(const struct moe_model *m, const struct moe_ctx_params *par,
+		    struct plan_layout *l)
 {
 	struct moe_plan *p = &l->plan;
 
@@ -165,13 +166,30 @@ static void plan_ple(const struct moe_model *m, struct plan_layout *l)
 		if (ti->role != MOE_ROLE_STREAMED_ROWS)
 			continue;
 		l->ple_tensor = (int32_t)i;
-		p->ple_row_bytes = ti->bytes / ti->ne[1];
-		p->ple_cache_rows = (uint32_t)MOE_MIN((uint64_t)MOE_PLE_CACHE_ROWS, ti->ne[1]);
+		uint64_t want = MOE_PLE_CACHE_ROWS;
 		/* one step's distinct tokens must fit at once */
-		p->ple_cache_rows = MOE_MAX(p->ple_cache_rows, MOE_MIN(p->n_batch, (uint32_t)ti->ne[1]));
+		uint32_t step = MOE_MIN(p->n_batch, (uint32_t)ti->ne[1]);
+
+		p->ple_row_bytes = ti->bytes / ti->ne[1];
+		if (par->ple_cache_bytes) {
+			char a[24], b[24];
+
+			want = par->ple_cache_bytes / p->ple_row_bytes;
+			moe_fmt_bytes(a, sizeof(a), par->ple_cache_bytes);
+			moe_fmt_bytes(b, sizeof(b), (uint64_t)step * p->ple_row_bytes);
+			if (want < step)
+				return moe_err(EINVAL, "%s: a per-layer embedding cache of %s holds %llu "
+					       "rows of %llu bytes, fewer than a step's %u tokens: give "
+					       "at least %s or a smaller batch", moe_model_path(m), a,
+					       (unsigned long long)want,
+					       (unsigned long long)p->ple_row_bytes, step, b);
+		}
+		p->ple_cache_rows = (uint32_t)MOE_MIN(want, ti->ne[1]);
+		p->ple_cache_rows = MOE_MAX(p->ple_cache_rows, step);
 		p->ple_cache_bytes = (uint64_t)p->ple_cache_rows * p->ple_row_bytes;
 		l->ple_stg_each = MOE_ALIGN_UP(p->ple_row_bytes, PLAN_BLOCK) + 2 * PLAN_BLOCK;
 	}
+	return 0;
 }
 
 static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
@@ -579,8 +597,8 @@ static int layout_once(const struct moe_model *m, const struct moe_ctx_params *p
 		}
 	}
 	l->max_used = MOE_MAX(l->max_used, 1);
-	plan_ple(m, l);
-	ret = resident(m, l, &cur);
+	ret = plan_ple(m, par, l);
+	ret = ret ? ret : resident(m, l, &cur);
 	ret = ret ? ret : kv_cache(m, par, l, &cur);
 	ret = ret ? ret : classes(m, l, c, &n_cls, layer_pools);
 	if (ret < 0) {

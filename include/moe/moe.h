@@ -844,7 +844,13 @@ struct moe_ctx_params {
 	const char *state_dir;
 	uint32_t pin_hot;           /* device slots held for good by the most used experts */
 	uint32_t pad;
-	uint64_t reserved[3];
+	/*
+	 * Gemma 4 E2B/E4B: host memory for per-layer embedding rows cached by
+	 * token; 0 = 4096 rows (or the whole table when smaller).  It must hold
+	 * one step's tokens (n_batch rows).
+	 */
+	uint64_t ple_cache_bytes;
+	uint64_t reserved[2];
 };
 
 /* Defaults for every field (the I/O options from moe_io_opts_init). */

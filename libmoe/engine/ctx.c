@@ -268,7 +268,8 @@ static int setup(struct moe_ctx *ctx)
 	ctx->chosen = calloc(ctx->hp.n_expert + 1, 1);
 	if (!ctx->res || !ctx->layers || !ctx->exp_off || !ctx->exp_fill || !ctx->exp_state ||
 	    !ctx->exp_slot || !ctx->ffn_list || !ctx->used_slots || !ctx->logits ||
-	    !ctx->k_layer || !ctx->k_cache || !ctx->layer_stall || !ctx->h_prev || !ctx->ids_union || !ctx->chosen)
+	    !ctx->k_layer || !ctx->k_cache || !ctx->layer_stall || !ctx->h_prev ||
+	    !ctx->ids_union || !ctx->chosen)
 		return moe_err(ENOMEM, "out of memory");
 	/* the staging pool is pinned memory outside the budget: the plan sized it */
 	if (!io.staging_bytes)

@@ -438,6 +438,98 @@ START_TEST(engine_ple_streamed)
 }
 END_TEST
 
+/*
+ * The per-layer embedding cache sized below the prompt's distinct tokens:
+ * rows are evicted least recently used first and read again when their
+ * token comes back, and the logits equal those of a cache that holds them
+ * all.  The expected reads come from replaying that rule over the steps.
+ */
+static uint32_t ple_replay(const int32_t *tok, uint32_t n, uint32_t batch, uint32_t rows)
+{
+	int32_t held[16];
+	uint64_t used[16] = { 0 }, now = 0;
+	uint32_t reads = 0;
+
+	ck_assert_uint_le(rows, 16);
+	for (uint32_t i = 0; i < rows; i++)
+		held[i] = -1;
+	for (uint32_t s = 0; s < n; s += batch) {
+		now++;
+		for (uint32_t t = s; t < n && t < s + batch; t++) {
+			uint32_t i, v = 0;
+
+			for (i = 0; i < rows && held[i] != tok[t]; i++)
+				;
+			if (i < rows) {
+				used[i] = now;
+				continue;
+			}
+			for (i = 1; i < rows; i++)
+				if (used[i] < used[v])
+					v = i;
+			ck_assert_uint_lt(used[v], now);
+			held[v] = tok[t];
+			used[v] = now;
+			reads++;
+		}
+	}
+	return reads;
+}
+
+START_TEST(engine_ple_evicting)
+{
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx *all, *few;
+	struct moe_ctx_params p;
+	struct moe_tensor_info ti;
+	/* 10 distinct tokens, most of them coming back after others pushed them out */
+	int32_t tok[30] = { 5, 9, 17, 200, 3, 41, 77, 5, 9, 8, 120, 17, 3, 41, 5, 250, 9, 77,
+			    200, 8, 5, 3, 120, 41, 17, 9, 250, 5, 77, 8 };
+	uint64_t row;
+	uint32_t vocab, reads;
+
+	ck_assert(mkmodel(dir, "gemma4-e2b", "q8_0", arch_extra("gemma4-e2b"), path,
+			  sizeof(path)));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	ck_assert_int_ge(moe_model_find_tensor(m, "per_layer_token_embd.weight", &ti), 0);
+	row = ti.bytes / ti.ne[1];
+	all = make_ctx(m, 0, 5, 0);
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 128;
+	p.n_batch = 5;
+	/* a step's 5 tokens fit, the prompt's 10 do not */
+	p.ple_cache_bytes = 6 * row + row / 2;
+	ck_assert_msg(moe_ctx_create(m, &p, &few) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(few->lay.plan.ple_cache_rows, 6);
+	ck_assert_uint_eq(few->lay.plan.ple_cache_bytes, 6 * row);
+	ck_assert_msg(moe_ctx_eval(all, tok, 30, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s", moe_errmsg());
+	ck_assert_msg(moe_ctx_eval(few, tok, 30, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s", moe_errmsg());
+	vocab = moe_ctx_n_vocab(all);
+	for (uint32_t i = 0; i < 30; i++)
+		ck_assert_msg(!memcmp(moe_ctx_logits(all, i), moe_ctx_logits(few, i),
+				      sizeof(float) * vocab),
+			      "position %u: logits differ with a 6-row per-layer embedding cache", i);
+	ck_assert_uint_eq(all->ple.misses, 10);
+	reads = ple_replay(tok, 30, 5, 6);
+	ck_assert_uint_gt(reads, 10);
+	ck_assert_uint_eq(few->ple.misses, reads);
+	ck_assert_uint_eq(few->ple.bytes, reads * row);
+	ck_assert_uint_eq(few->ple.hits + few->ple.misses, all->ple.hits + all->ple.misses);
+	moe_ctx_free(few);
+	moe_ctx_free(all);
+	/* fewer rows than a step's tokens is refused by name, with the size that works */
+	p.ple_cache_bytes = 4 * row;
+	ck_assert_int_eq(moe_ctx_create(m, &p, &few), -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "per-layer embedding cache") &&
+		      strstr(moe_errmsg(), "fewer than a step's 5 tokens"), "%s", moe_errmsg());
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* ------------------------------------------------------------ reference */
 
 static const char *const archs[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss", "gemma4",
@@ -1367,6 +1459,7 @@ Suite *suite_engine(void)
 	free(dir);
 	tcase_add_test(tc, engine_budget_honoured);
 	tcase_add_test(tc, engine_ple_streamed);
+	tcase_add_test(tc, engine_ple_evicting);
 	tcase_add_loop_test(tc, engine_dense_streamed, 0, MOE_ARRAY_SIZE(dense_models));
 	tcase_add_loop_test(tc, engine_guarded, 0, MOE_ARRAY_SIZE(archs));
 	tcase_add_test(tc, engine_kv_types);
