@@ -326,6 +326,7 @@ struct cls {
 	uint64_t bytes;
 	uint32_t n, k, slots, host;
 	uint32_t min;               /* fewest device slots: one routing of a layer, or of each */
+	uint32_t dn, dmin;          /* streamed dense FFNs in the class, their pool's fewest slots */
 };
 
 static int classes(const struct moe_model *m, struct plan_layout *l, struct cls *c,
@@ -362,22 +363,41 @@ static int classes(const struct moe_model *m, struct plan_layout *l, struct cls 
 		}
 		c[i].n += n;
 		c[i].k = MOE_MAX(c[i].k, k);
-		c[i].min = layer_pools ? c[i].min + k : c[i].k;
+		/* with layer pools the streamed dense FFNs of a class share one pool */
+		if (dense && !c[i].dn++)
+			c[i].dmin = 1;
+		c[i].min = !layer_pools ? c[i].k : dense ? c[i].min + (c[i].dn == 1) : c[i].min + k;
 		l->layers[il].cls = (int32_t)i;
 	}
 	return 0;
 }
 
-/* Pools: the classes, or each class's slots dealt out to its layers (their k first). */
+static uint32_t first_dense(const struct plan_layout *l, uint32_t n_layer, int32_t pool)
+{
+	for (uint32_t il = 0; il < n_layer; il++)
+		if (l->layers[il].dense_stream && l->layers[il].pool == pool)
+			return il;
+	return UINT32_MAX;
+}
+
+/*
+ * Pools: the classes, or each class's slots dealt out to its layers (their
+ * k first), the streamed dense FFNs of a class in one pool of their own.
+ */
 static int pools(const struct moe_model *m, struct plan_layout *l, const struct cls *c,
 		 uint32_t n_cls, bool layer_pools)
 {
 	uint32_t n = n_cls;
+	int32_t dense_pool[MOE_PLAN_MAX_CLASSES];
 
+	for (uint32_t i = 0; i < n_cls; i++)
+		dense_pool[i] = -1;
 	if (layer_pools) {
 		n = 0;
 		for (uint32_t il = 0; il < m->hp.n_layer; il++)
-			n += l->layers[il].cls >= 0;
+			n += l->layers[il].cls >= 0 && !l->layers[il].dense_stream;
+		for (uint32_t i = 0; i < n_cls; i++)
+			n += c[i].dn > 0;
 	}
 
 	l->pool_slots = calloc(MOE_MAX(n, 1u), sizeof(*l->pool_slots));
@@ -399,22 +419,32 @@ static int pools(const struct moe_model *m, struct plan_layout *l, const struct 
 
 		if (cls < 0)
 			continue;
+		if (l->layers[il].dense_stream && dense_pool[cls] >= 0) {
+			l->layers[il].pool = dense_pool[cls];
+			continue;
+		}
+		if (l->layers[il].dense_stream)
+			dense_pool[cls] = (int32_t)l->n_pools;
 		l->layers[il].pool = (int32_t)l->n_pools;
 		l->pool_cls[l->n_pools] = (uint32_t)cls;
-		l->pool_slots[l->n_pools++] = l->layers[il].dense_stream ? 1 :
+		l->pool_slots[l->n_pools++] = l->layers[il].dense_stream ? c[cls].dmin :
 					      m->layers[il].info.n_expert_used;
 	}
 	for (uint32_t i = 0; i < n_cls; i++) {
 		uint32_t left = c[i].slots - c[i].min;
 
-		/* the rest one by one, round robin over the class's layers */
+		/* the rest one by one, round robin over the class's pools */
 		while (left) {
 			uint32_t before = left;
 
 			for (uint32_t il = 0; il < m->hp.n_layer && left; il++) {
 				int32_t p = l->layers[il].pool;
-				uint32_t cap = l->layers[il].dense_stream ? 1 : m->hp.n_expert;
+				bool dense = l->layers[il].dense_stream;
+				uint32_t cap = dense ? c[i].dn : m->hp.n_expert;
 
+				/* the shared dense pool takes its turn at its first layer */
+				if (dense && il != first_dense(l, m->hp.n_layer, p))
+					continue;
 				if (p >= 0 && l->pool_cls[p] == i && l->pool_slots[p] < cap) {
 					l->pool_slots[p]++;
 					left--;
@@ -606,10 +636,15 @@ static int layout_once(const struct moe_model *m, const struct moe_ctx_params *p
 		return ret;
 	}
 	/* two slots for streamed dense FFNs: one in use, the next layer's being read */
-	for (uint32_t il = 0, seen = 0; il < m->hp.n_layer && !layer_pools && ahead; il++) {
-		if (!l->layers[il].dense_stream || ++seen < 2)
+	for (uint32_t i = 0; i < n_cls && ahead && p->n_dense_streamed >= 2; i++) {
+		if (!c[i].dn)
 			continue;
-		c[l->layers[il].cls].min = MOE_MAX(c[l->layers[il].cls].min, 2u);
+		if (layer_pools) {
+			c[i].min += c[i].dn >= 2 && c[i].dmin < 2;
+			c[i].dmin = MOE_MIN(c[i].dn, 2u);
+		} else {
+			c[i].min = MOE_MAX(c[i].min, 2u);
+		}
 	}
 	scratch(m, l, &cur);
 	l->shape = (struct moe_be_shape){

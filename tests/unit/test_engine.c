@@ -672,7 +672,8 @@ START_TEST(engine_dense_streamed)
 {
 	char *dir = tu_tmpdir(), path[512], name[64];
 	struct moe_model *m;
-	struct moe_ctx *res, *one, *two;
+	struct moe_ctx *res, *one, *two, *pools;
+	struct moe_ctx_params p;
 	struct moe_ctx_stats st;
 	struct all_logits a, b;
 	uint32_t vocab, n_str;
@@ -695,6 +696,16 @@ START_TEST(engine_dense_streamed)
 	/* one slot more: the next layer's FFN is read while this one computes */
 	two = make_ctx(m, one->lay.plan.vram_budget + slot, 8, 16);
 	ck_assert_uint_eq(two->lay.plan.n_dense_streamed, n_str);
+	/* with a pool per layer, the streamed dense FFNs share one pool of two slots */
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 128;
+	p.n_batch = 8;
+	p.attn_chunk = 16;
+	p.vram_bytes = two->lay.plan.vram_budget;
+	p.flags |= MOE_CTX_LAYER_POOLS;
+	ck_assert_msg(moe_ctx_create(m, &p, &pools) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(pools->lay.plan.n_dense_streamed, n_str);
 	for (uint32_t il = 0; il < m->hp.n_layer && idx < 0; il++)
 		if (one->layers[il].dense_stream) {
 			snprintf(name, sizeof(name), "blk.%u.ffn_down.weight", il);
@@ -708,14 +719,14 @@ START_TEST(engine_dense_streamed)
 	a = (struct all_logits){ calloc((size_t)30 * vocab, sizeof(float)), 0, vocab };
 	b = (struct all_logits){ calloc((size_t)30 * vocab, sizeof(float)), 0, vocab };
 	run_gen(res, tok, 24, &a);
-	for (int k = 0; k < 2; k++) {
-		struct moe_ctx *str = k ? two : one;
+	for (int k = 0; k < 3; k++) {
+		struct moe_ctx *str = k == 2 ? pools : k ? two : one;
 
 		run_gen(str, tok, 24, &b);
 		ck_assert_uint_eq(a.n, b.n);
 		ck_assert_msg(!memcmp(a.buf, b.buf, sizeof(float) * a.n * vocab),
-			      "%s: logits with streamed dense FFNs (%d slots) differ from resident "
-			      "ones", dense_models[_i][0], k + 1);
+			      "%s: logits with streamed dense FFNs (%s) differ from resident ones",
+			      dense_models[_i][0], k == 2 ? "layer pools" : k ? "2 slots" : "1 slot");
 		moe_ctx_get_stats(str, &st);
 		/* 3 prompt steps and 5 decode steps, each using every streamed FFN once */
 		ck_assert_uint_eq(st.dense_hits + st.dense_misses, 8 * n_str);
@@ -737,6 +748,7 @@ START_TEST(engine_dense_streamed)
 	moe_ctx_free(res);
 	moe_ctx_free(one);
 	moe_ctx_free(two);
+	moe_ctx_free(pools);
 	moe_model_close(m);
 	tu_rmtree(dir);
 	free(dir);
