@@ -522,6 +522,24 @@ out:
 
 /* ------------------------------------------------------ engine backend */
 
+const struct moe_kmod_client moe_kmod_client_driver = {
+	.open = moe_kmod_open,
+	.close = moe_kmod_close,
+	.next = moe_kmod_next,
+	.info = moe_kmod_info,
+	.bo_create = moe_kmod_bo_create,
+	.bo_destroy = moe_kmod_bo_destroy,
+	.fetch = moe_kmod_fetch,
+	.wait = moe_kmod_wait,
+};
+
+const struct moe_kmod_client *moe_kmod_io_client = &moe_kmod_client_driver;
+
+/* How long a batch may take before its pieces fail (its buffer range stays reserved). */
+#define KMOD_WAIT_S		60
+/* How often batches whose wait failed are asked about again. */
+#define KMOD_REPOLL_NS		20000000
+
 struct kext {
 	uint64_t off;
 	uint64_t len;
@@ -540,6 +558,7 @@ struct kbatch {
 };
 
 struct kmod_be {
+	const struct moe_kmod_client *c;
 	struct moe_kmod *k;
 	uint32_t model_id;
 	struct kext *ext;
@@ -551,6 +570,12 @@ struct kmod_be {
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
 	struct kbatch *head, *tail;
+	/*
+	 * Batches whose wait failed: the driver may still write their slots,
+	 * so the slots stay out of the free list until WAIT collects them.
+	 */
+	struct kbatch *stuck;
+	unsigned n_stuck_slots;
 	bool stop;
 	pthread_t thread;
 };
@@ -627,14 +652,53 @@ static void be_push(struct kmod_be *be, struct kbatch *b)
 	pthread_mutex_unlock(&be->mu);
 }
 
+static void release_slots(struct kmod_be *be, struct kbatch *b)
+{
+	pthread_mutex_lock(&be->mu);
+	for (unsigned i = 0; i < b->n; i++)
+		be->free_slots[be->n_free++] = b->slots[i];
+	pthread_mutex_unlock(&be->mu);
+}
+
+/*
+ * Ask the driver again about the batches whose wait failed, without
+ * blocking.  Only -ETIME (or an interrupted wait) means "still running":
+ * anything else means the driver holds no more I/O for the ticket (0:
+ * collected now, -ENOENT: gone), so its slots are free again.
+ */
+static void repoll_stuck(struct kmod_be *be)
+{
+	struct kbatch **pp = &be->stuck;
+
+	while (*pp) {
+		struct kbatch *b = *pp;
+		int ret = be->c->wait(be->k, b->ticket, 0, NULL);
+
+		if (ret == -ETIME || ret == -EINTR) {
+			pp = &b->next;
+			continue;
+		}
+		*pp = b->next;
+		release_slots(be, b);
+		pthread_mutex_lock(&be->mu);
+		be->n_stuck_slots -= b->n;
+		pthread_mutex_unlock(&be->mu);
+		moe_log(MOE_LOG_INFO, "moe.ko: late batch %llu finished: %u buffer slots free again",
+			(unsigned long long)b->ticket, b->n);
+		kbatch_free(b);
+	}
+}
+
 static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b)
 {
 	int ret = 0;
 
 	if (b->ticket) {
-		ret = moe_kmod_wait(be->k, b->ticket, 3600, NULL);
+		ret = be->c->wait(be->k, b->ticket, KMOD_WAIT_S, NULL);
 		if (ret)
-			moe_log(MOE_LOG_ERROR, "moe.ko: WAIT failed: %s", strerror(-ret));
+			moe_log(MOE_LOG_ERROR, "moe.ko: batch %llu (%u reads) not collected: %s; its "
+				"buffer slots stay reserved until the driver finishes it",
+				(unsigned long long)b->ticket, b->n, strerror(-ret));
 	}
 	for (unsigned i = 0; i < b->n; i++) {
 		struct moe_io_piece *p = b->pieces[i];
@@ -657,12 +721,23 @@ static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b
 			memcpy(p->buf, be->bo.map + b->slots[i] * be->slot_bytes + b->skip[i],
 			       (size_t)res);
 		}
-		pthread_mutex_lock(&be->mu);
-		be->free_slots[be->n_free++] = b->slots[i];
-		pthread_mutex_unlock(&be->mu);
 		moe_io_piece_done(io, p, res);
 	}
-	kbatch_free(b);
+	if (!b->ticket) {
+		kbatch_free(b);
+		return;
+	}
+	if (!ret) {
+		release_slots(be, b);
+		kbatch_free(b);
+		return;
+	}
+	/* The pieces have ended (with the error); the DMA into the slots may not have. */
+	pthread_mutex_lock(&be->mu);
+	be->n_stuck_slots += b->n;
+	pthread_mutex_unlock(&be->mu);
+	b->next = be->stuck;
+	be->stuck = b;
 }
 
 static void *kmod_waiter(void *arg)
@@ -674,8 +749,22 @@ static void *kmod_waiter(void *arg)
 		struct kbatch *b;
 
 		pthread_mutex_lock(&be->mu);
-		while (!be->head && !be->stop)
-			pthread_cond_wait(&be->cond, &be->mu);
+		while (!be->head && !be->stop) {
+			struct timespec ts;
+
+			if (!be->stuck) {
+				pthread_cond_wait(&be->cond, &be->mu);
+				continue;
+			}
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += KMOD_REPOLL_NS;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			if (pthread_cond_timedwait(&be->cond, &be->mu, &ts) == ETIMEDOUT)
+				break;
+		}
 		b = be->head;
 		if (b) {
 			be->head = b->next;
@@ -683,17 +772,33 @@ static void *kmod_waiter(void *arg)
 				be->tail = NULL;
 		}
 		pthread_mutex_unlock(&be->mu);
-		if (!b)
+		if (b)
+			finish_batch(io, be, b);
+		/* Only this thread touches the stuck list. */
+		if (be->stuck)
+			repoll_stuck(be);
+		if (!b && be->stop)
 			return NULL;
-		finish_batch(io, be, b);
 	}
 }
 
 static void kmod_be_free(struct kmod_be *be)
 {
+	/*
+	 * Batches still running keep their own references to the BO's pages in
+	 * the driver, and closing the node collects them: the mapping and the
+	 * handle may go first.
+	 */
+	while (be->stuck) {
+		struct kbatch *b = be->stuck;
+
+		be->stuck = b->next;
+		kbatch_free(b);
+	}
 	if (be->k)
-		moe_kmod_bo_destroy(be->k, &be->bo);
-	moe_kmod_close(be->k);
+		be->c->bo_destroy(be->k, &be->bo);
+	if (be->k)
+		be->c->close(be->k);
 	free(be->ext);
 	free(be->free_slots);
 	free(be->reqs);
@@ -713,14 +818,14 @@ static int find_model_for(struct kmod_be *be, int fd, const char *path)
 	if (fstat(fd, &st))
 		return moe_err(errno, "%s: %s", path, strerror(errno));
 	for (;;) {
-		ret = moe_kmod_next(be->k, id, &pub);
+		ret = be->c->next(be->k, id, &pub);
 		if (ret == -ENOENT)
 			return moe_err(ENOENT, "%s is not registered with moe.ko: run `moectl load "
 				       "NAME %s` as root first", path, path);
 		if (ret)
 			return ret;
 		id = pub.id;
-		ret = moe_kmod_info(be->k, id, &info, NULL, 0);
+		ret = be->c->info(be->k, id, &info, NULL, 0);
 		if (ret)
 			continue;
 		if (info.file_ino == st.st_ino && info.file_dev_major == major(st.st_dev) &&
@@ -733,7 +838,7 @@ static int find_model_for(struct kmod_be *be, int fd, const char *path)
 		free(ext);
 		return moe_err(ENOMEM, "no memory for the extent table");
 	}
-	ret = moe_kmod_info(be->k, id, &info, ext, info.n_extents);
+	ret = be->c->info(be->k, id, &info, ext, info.n_extents);
 	if (ret) {
 		free(ext);
 		return moe_err(-ret, "moe.ko: MODEL_INFO: %s", strerror(-ret));
@@ -757,7 +862,8 @@ static int kmod_init(struct moe_io *io)
 	be = calloc(1, sizeof(*be));
 	if (!be)
 		return moe_err(ENOMEM, "no memory for the moe.ko backend");
-	ret = moe_kmod_open(&be->k);
+	be->c = moe_kmod_io_client;
+	ret = be->c->open(&be->k);
 	if (ret)
 		goto err;
 	ret = find_model_for(be, io->fd, io->path);
@@ -765,7 +871,7 @@ static int kmod_init(struct moe_io *io)
 		goto err;
 	/* A piece widened to the driver's alignment on both sides. */
 	be->slot_bytes = MOE_ALIGN_UP(io->opts.max_request, be->k->align) + 2 * be->k->align;
-	ret = moe_kmod_bo_create(be->k, be->slot_bytes * qd, &be->bo);
+	ret = be->c->bo_create(be->k, be->slot_bytes * qd, &be->bo);
 	if (ret)
 		goto err;
 	be->free_slots = calloc(qd, sizeof(*be->free_slots));
@@ -848,7 +954,7 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 	pthread_mutex_unlock(&be->mu);
 
 	if (kb->n) {
-		ret = moe_kmod_fetch(be->k, be->reqs, kb->n, kb->results, &kb->ticket);
+		ret = be->c->fetch(be->k, be->reqs, kb->n, kb->results, &kb->ticket);
 		if (ret) {
 			moe_log_once(MOE_LOG_WARN, "kmod-fetch-refused",
 				     "moe.ko refused a FETCH (%s): reading with pread instead",
