@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The moe.ko client, internal side: the driver node, buffer objects, fetch
- * and wait, and the I/O engine backend moe_io_kmod_ops.  The public calls
- * (moe_kmod_open, moe_kmod_register, ...) are in moe/moe.h.
+ * and wait (kmod.c), and the I/O engine backend moe_io_kmod_ops built on
+ * them (kmod_io.c).  The public calls (moe_kmod_open, moe_kmod_register,
+ * ...) are in moe/moe.h.
  */
 #ifndef MOE_IO_KMOD_H
 #define MOE_IO_KMOD_H

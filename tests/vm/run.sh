@@ -138,7 +138,9 @@ if [ -x "$MOECTL" ]; then
 		"$SRC/tests/vm/moe-vmio.c" "$(dirname "$MOECTL")/../lib/libmoe.a" \
 		$(pkg-config --libs liburing hwloc libdrm) -lm -ldl -pthread ${MOE_VM_LDFLAGS:-} ||
 		die "moe-vmio does not build"
-	libs=$(ldd "$MOECTL" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+	# Both binaries' libraries: moectl may not need liburing, moe-vmio does.
+	libs=$(ldd "$MOECTL" "$IR/bin/moe-vmio" |
+		awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u)
 	for lib in $libs; do
 		mkdir -p "$IR$(dirname "$lib")"
 		cp -L "$lib" "$IR$lib"
