@@ -16,6 +16,7 @@
 #include <drm/drm_gem.h>
 #include <drm/drm_gem_shmem_helper.h>
 #include <drm/drm_ioctl.h>
+#include <drm/drm_managed.h>
 #include <drm/drm_prime.h>
 
 #include "moe_drv.h"
@@ -26,7 +27,8 @@
 
 unsigned int moe_debug;
 module_param_named(debug, moe_debug, uint, 0644);
-MODULE_PARM_DESC(debug, "Log every registration and batch (0 = off, default)");
+MODULE_PARM_DESC(debug, "Debug mask through drm_dbg (also needs drm.debug=0x02): "
+		 "1 registrations, 2 FETCH batches, 4 io_uring commands (default 0)");
 
 unsigned int moe_max_extents = 1U << 18;
 module_param_named(max_extents, moe_max_extents, uint, 0444);
@@ -178,7 +180,10 @@ static int __init moe_init(void)
 		ret = PTR_ERR(mdev);
 		goto err_release_devres;
 	}
-	mutex_init(&mdev->models_lock);
+	/* Destroyed with the device, after the last file and the registry are gone. */
+	ret = drmm_mutex_init(&mdev->drm, &mdev->models_lock);
+	if (ret)
+		goto err_release_devres;
 	idr_init(&mdev->models);
 	mdev->wq = alloc_workqueue("moe", WQ_UNBOUND | WQ_HIGHPRI, 0);
 	if (!mdev->wq) {

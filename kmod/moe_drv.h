@@ -30,11 +30,21 @@ extern unsigned int moe_max_batch;
 extern unsigned int moe_max_models;
 extern unsigned long moe_max_bo_bytes;
 
+/* Bits of the debug module parameter. */
+#define MOE_DBG_MODEL		BIT(0)	/* registration and removal */
+#define MOE_DBG_FETCH		BIT(1)	/* FETCH batches */
+#define MOE_DBG_URING		BIT(2)	/* io_uring commands */
+
 #define moe_err(mdev, fmt, ...) drm_err(&(mdev)->drm, fmt, ##__VA_ARGS__)
-#define moe_dbg(mdev, fmt, ...)						\
+/*
+ * Debug messages go through drm_dbg (category DRIVER), so they also need
+ * drm.debug's 0x02 bit or a dynamic-debug rule: the mask picks what this
+ * driver says, DRM's own switches whether anything is printed.
+ */
+#define moe_dbg(mdev, cat, fmt, ...)					\
 	do {								\
-		if (moe_debug)						\
-			drm_info(&(mdev)->drm, fmt, ##__VA_ARGS__);	\
+		if (READ_ONCE(moe_debug) & (cat))			\
+			drm_dbg(&(mdev)->drm, fmt, ##__VA_ARGS__);	\
 	} while (0)
 
 struct moe_device {

@@ -358,7 +358,7 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 		goto err_dec;
 	}
 	args->ticket = ticket;
-	moe_dbg(mdev, "fetch: %u requests, ticket %u\n", batch->count, ticket);
+	moe_dbg(mdev, MOE_DBG_FETCH, "fetch: %u requests, ticket %u\n", batch->count, ticket);
 	moe_batch_issue(batch);
 	return 0;
 
@@ -436,8 +436,10 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 	u64 fetch_ptr, pad;
 	int idx, ret;
 
-	if (ucmd->cmd_op != DRM_MOE_URING_CMD_FETCH)
-		return -EINVAL;
+	if (ucmd->cmd_op != DRM_MOE_URING_CMD_FETCH) {
+		moe_dbg(mdev, MOE_DBG_URING, "uring_cmd: unknown cmd_op 0x%x\n", ucmd->cmd_op);
+		return -ENOTTY;
+	}
 	/* After an -EAGAIN re-issue cmd points at a copy: read it every time. */
 	fetch_ptr = READ_ONCE(cmd->fetch_ptr);
 	pad = READ_ONCE(cmd->pad);
@@ -456,6 +458,8 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 	}
 	batch->ucmd = ucmd;
 	*(struct moe_batch **)ucmd->pdu = batch;
+	moe_dbg(mdev, MOE_DBG_URING, "uring_cmd fetch: %u requests%s\n", batch->count,
+		issue_flags & IO_URING_F_NONBLOCK ? ", issued from the workqueue" : "");
 	/*
 	 * A positive return is mishandled by 6.1's io_uring: always complete
 	 * through io_uring_cmd_done().  Issuing may block (inode lock, request

@@ -177,7 +177,7 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 
 	args->model_id = model->id;
 	args->file_size = model->file_size;
-	moe_dbg(mdev, "registered model %u '%s': %u extents, %lld bytes\n", model->id,
+	moe_dbg(mdev, MOE_DBG_MODEL, "registered model %u '%s': %u extents, %lld bytes\n", model->id,
 		model->name, model->n_extents, model->file_size);
 	return 0;
 
@@ -210,7 +210,7 @@ int moe_model_unregister_ioctl(struct drm_device *dev, void *data, struct drm_fi
 	mutex_unlock(&mdev->models_lock);
 	if (!model)
 		return -ENOENT;
-	moe_dbg(mdev, "unregistered model %u '%s'\n", model->id, model->name);
+	moe_dbg(mdev, MOE_DBG_MODEL, "unregistered model %u '%s'\n", model->id, model->name);
 	/* Requests in flight hold their own references. */
 	moe_model_put(model);
 	return 0;

@@ -742,7 +742,7 @@ static int t_wait_timeout(void)
 }
 
 static int uring_fetch(struct io_uring *ring, struct drm_moe_fetch *f, unsigned sqe_flags,
-		       uint16_t cmd_op, uint64_t pad, int *res)
+		       uint32_t cmd_op, uint64_t pad, int *res)
 {
 	struct drm_moe_uring_cmd cmd = { .fetch_ptr = (uintptr_t)f, .pad = pad };
 	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
@@ -817,12 +817,41 @@ static int t_uring(void)
 	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres))
 		return -1;
 	EXPECT(cres == -ENOENT, "unknown model: CQE res %d", cres);
-	if (uring_fetch(&ring, &f, 0, 0x77, 0, &cres))
-		return -1;
-	EXPECT(cres == -EINVAL, "unknown cmd_op: CQE res %d", cres);
+	/*
+	 * cmd_op carries type, number, direction and size: each one wrong is
+	 * refused, and so is the bare number of uAPI 1.
+	 */
+	{
+		static const struct { uint32_t op; const char *what; } bad[] = {
+			{ 0x77, "unknown cmd_op" },
+			{ 0x6d01, "uAPI 1's bare cmd_op" },
+			{ _IOWR('M', 0x02, struct drm_moe_uring_cmd), "another number" },
+			{ _IOWR('N', 0x01, struct drm_moe_uring_cmd), "another type" },
+			{ _IOR('M', 0x01, struct drm_moe_uring_cmd), "read-only direction" },
+			{ _IOWR('M', 0x01, uint64_t), "8-byte size" },
+		};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			if (uring_fetch(&ring, &f, 0, bad[i].op, 0, &cres))
+				return -1;
+			EXPECT(cres == -ENOTTY, "%s 0x%x: CQE res %d", bad[i].what, bad[i].op, cres);
+		}
+	}
 	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 1, &cres))
 		return -1;
 	EXPECT(cres == -EINVAL, "non-zero pad: CQE res %d", cres);
+	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 1ull << 63, &cres))
+		return -1;
+	EXPECT(cres == -EINVAL, "pad with only its top bit set: CQE res %d", cres);
+	if (uring_fetch(&ring, (struct drm_moe_fetch *)8, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres))
+		return -1;
+	EXPECT(cres == -EFAULT, "fetch_ptr to unmapped memory: CQE res %d", cres);
+	/* The valid command still works after the refusals (nothing leaked a slot). */
+	reqs[3].model_id = big_id;
+	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres))
+		return -1;
+	EXPECT(cres == total, "after the refusals: CQE res %d, expected %lld", cres,
+	       (long long)total);
 	io_uring_queue_exit(&ring);
 	return 0;
 }
@@ -1164,6 +1193,71 @@ static int t_perf(void)
 	return 0;
 }
 
+static int write_param(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY);
+	ssize_t n = fd < 0 ? -1 : write(fd, value, strlen(value));
+
+	if (fd >= 0)
+		close(fd);
+	return n == (ssize_t)strlen(value) ? 0 : failf("%s: %s", path, strerror(errno));
+}
+
+/* Lines of the kernel log holding @needle. */
+static int dmesg_count(const char *needle)
+{
+	FILE *f = popen("dmesg", "r");
+	char line[1024];
+	int n = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, needle) != NULL;
+	pclose(f);
+	return n;
+}
+
+/*
+ * The debug mask picks categories and prints through drm_dbg: with DRM's
+ * debug output on, FETCH logs only when bit 1 (MOE_DBG_FETCH) is set, and
+ * bit 0 alone (registrations) says nothing about batches.
+ */
+static int t_debug_mask(void)
+{
+	static const char *mask_path = "/sys/module/moe/parameters/debug";
+	struct drm_moe_fetch_req req = {
+		.model_id = big_id, .extent = 0, .handle = big_bo, .bo_offset = 0,
+	};
+	const char *needle = "fetch: 1 requests";
+	int64_t res;
+	int before, after, ret = 0;
+
+	if (write_param("/sys/module/drm/parameters/debug", "0x2"))
+		return -1;
+	for (int pass = 0; pass < 3 && !ret; pass++) {
+		static const char *masks[] = { "0", "1", "2" };
+
+		if (write_param(mask_path, masks[pass])) {
+			ret = -1;
+			break;
+		}
+		before = dmesg_count(needle);
+		if (fetch_wait(moe_fd, &req, 1, &res) || res != (int64_t)big_ext[0].length) {
+			ret = failf("FETCH with debug %s: %s, result %lld", masks[pass],
+				    strerror(errno), (long long)res);
+			break;
+		}
+		after = dmesg_count(needle);
+		if (after - before != (pass == 2))
+			ret = failf("debug mask %s: %d new '%s' lines in dmesg", masks[pass],
+				    after - before, needle);
+	}
+	write_param(mask_path, "0");
+	write_param("/sys/module/drm/parameters/debug", "0");
+	return ret;
+}
+
 static void run(const char *name, int (*fn)(void))
 {
 	why[0] = 0;
@@ -1191,6 +1285,7 @@ static const struct { const char *name; int (*fn)(void); } tests[] = {
 	{ "model-info-counters-debugfs", t_info },
 	{ "wait-absolute-timeout", t_wait_timeout },
 	{ "fetch-io-uring", t_uring },
+	{ "debug-mask-drm-dbg", t_debug_mask },
 	{ "unprivileged", t_unprivileged },
 	{ "unregister-in-flight", t_unregister_inflight },
 	{ "killed-mid-fetch", t_killed_midfetch },
