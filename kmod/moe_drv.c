@@ -118,7 +118,7 @@ static const struct drm_ioctl_desc moe_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(MOE_WAIT, moe_wait_ioctl, DRM_RENDER_ALLOW),
 };
 
-/* Kernels with DRM_ACCEL (6.2+) get /dev/accel/accelN; untested there. */
+/* Kernels with DRM_ACCEL (6.2+) get /dev/accel/accelN (tested on 6.12). */
 static const struct file_operations moe_fops = {
 	.owner = THIS_MODULE,
 #ifdef CONFIG_DRM_ACCEL
@@ -140,16 +140,16 @@ static const struct drm_driver moe_driver = {
 	.ioctls = moe_ioctls,
 	.num_ioctls = ARRAY_SIZE(moe_ioctls),
 	.fops = &moe_fops,
+#ifndef MOE_HAVE_DEBUGFS_ADD_FILES
 	.debugfs_init = moe_debugfs_init,
+#endif
 	.gem_create_object = moe_gem_create_object,
 	/* DRM_GEM_SHMEM_DRIVER_OPS without dumb buffers: their pages are not pinned. */
-	.prime_handle_to_fd = drm_gem_prime_handle_to_fd,
-	.prime_fd_to_handle = drm_gem_prime_fd_to_handle,
+	MOE_DRIVER_PRIME_HOOKS
 	.gem_prime_import_sg_table = drm_gem_shmem_prime_import_sg_table,
-	.gem_prime_mmap = drm_gem_prime_mmap,
 	.name = DRIVER_NAME,
 	.desc = DRIVER_DESC,
-	.date = DRIVER_DATE,
+	MOE_DRIVER_DATE(DRIVER_DATE)
 	.major = DRM_MOE_VERSION_MAJOR,
 	.minor = DRM_MOE_VERSION_MINOR,
 };
@@ -191,6 +191,9 @@ static int __init moe_init(void)
 		goto err_release_devres;
 	}
 
+#ifdef MOE_HAVE_DEBUGFS_ADD_FILES
+	moe_debugfs_register(mdev);
+#endif
 	ret = drm_dev_register(&mdev->drm, 0);
 	if (ret)
 		goto err_destroy_wq;

@@ -20,6 +20,7 @@
 #include <drm/drm_gem_shmem_helper.h>
 #include <drm/drm_print.h>
 
+#include "compat.h"
 #include "moe_drm.h"
 
 #define MOE_ALIGN		PAGE_SIZE
@@ -159,7 +160,11 @@ int moe_wait_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags);
 void moe_file_drain(struct moe_file *mfile);
 
-/* moe_debugfs.c */
+/* moe_debugfs.c: before drm_dev_register() from 6.3, else through drm_driver.debugfs_init */
+#ifdef MOE_HAVE_DEBUGFS_ADD_FILES
+void moe_debugfs_register(struct moe_device *mdev);
+#else
 void moe_debugfs_init(struct drm_minor *minor);
+#endif
 
 #endif

@@ -12,7 +12,6 @@
 #include <linux/blkdev.h>
 #include <linux/cred.h>
 #include <linux/highmem.h>
-#include <linux/io_uring.h>
 #include <linux/log2.h>
 #include <linux/sched/task.h>
 #include <linux/slab.h>
@@ -103,7 +102,7 @@ static void moe_req_issue(struct moe_req *req)
 	req->start_ns = ktime_get_ns();
 	ret = rw_verify_area(READ, file, &pos, req->length);
 	if (!ret)
-		ret = call_read_iter(file, &req->iocb, &iter);
+		ret = moe_read_iter(file, &req->iocb, &iter);
 	/* After -EIOCBQUEUED the request may already be completed and gone. */
 	if (ret != -EIOCBQUEUED)
 		moe_req_complete(&req->iocb, ret);
@@ -178,7 +177,7 @@ static void moe_uring_done(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 		res = -EFAULT;
 	kref_put(&batch->ref, moe_batch_free);
 	/* Last: the CQE may release the file and with it the module. */
-	io_uring_cmd_done(ucmd, res, 0, issue_flags);
+	moe_uring_cmd_done(ucmd, res, issue_flags);
 }
 
 static void moe_batch_done_work(struct work_struct *work)
@@ -430,7 +429,7 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 {
 	struct drm_file *file = ucmd->file->private_data;
 	struct moe_device *mdev = to_moe_device(file->minor->dev);
-	const struct drm_moe_uring_cmd *cmd = ucmd->cmd;
+	const struct drm_moe_uring_cmd *cmd = MOE_URING_CMD_BYTES(ucmd);
 	struct drm_moe_fetch args;
 	struct moe_batch *batch;
 	u64 fetch_ptr, pad;

@@ -67,8 +67,9 @@ static int moe_check_file(struct file *file)
 		return -EINVAL;
 	if (!(file->f_mode & FMODE_READ) || !(file->f_mode & FMODE_CAN_READ))
 		return -EBADF;
+	/* The open set FMODE_CAN_ODIRECT when the filesystem takes IOCB_DIRECT for it. */
 	if (!file->f_op->read_iter || !file->f_mapping || !file->f_mapping->a_ops ||
-	    !file->f_mapping->a_ops->direct_IO)
+	    !MOE_FILE_CAN_ODIRECT(file))
 		return -EOPNOTSUPP;
 	if (IS_ENCRYPTED(inode) || IS_VERITY(inode) || IS_DAX(inode))
 		return -EOPNOTSUPP;
