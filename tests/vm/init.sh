@@ -14,9 +14,11 @@ mount -t devtmpfs devtmpfs /dev
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 
+# Kernel log lines that mean trouble; checked after every test and at the end.
+pat='BUG|WARNING|Oops|general protection|possible circular locking|lockdep'
+pat="$pat|INFO: task .* blocked|Call Trace"
+n_bad() { dmesg | grep -cE "$pat"; }
 finish() {
-	pat='BUG|WARNING|Oops|general protection|possible circular locking|lockdep'
-	pat="$pat|INFO: task .* blocked|Call Trace"
 	bad=$(dmesg | grep -E "$pat" || true)
 	if [ -n "$bad" ]; then
 		echo "not ok dmesg-clean: the kernel log has:"
@@ -55,9 +57,12 @@ check() {
 	name=$1
 	want=$2
 	shift 2
+	b0=$(n_bad)
 	out=$("$@" 2>&1)
 	rc=$?
-	if [ $rc -eq 0 ] && echo "$out" | grep -q -- "$want"; then
+	if [ "$(n_bad)" != "$b0" ]; then
+		echo "not ok $name: the kernel log gained: $(dmesg | grep -E "$pat" | tail -n 1)"
+	elif [ $rc -eq 0 ] && echo "$out" | grep -q -- "$want"; then
 		echo "ok $name"
 	else
 		echo "not ok $name: status $rc, output: $(echo "$out" | tr '\n' ' ')"
@@ -67,9 +72,12 @@ check_fail() {
 	name=$1
 	want=$2
 	shift 2
+	b0=$(n_bad)
 	out=$("$@" 2>&1)
 	rc=$?
-	if [ $rc -eq 1 ] && echo "$out" | grep -q -- "$want"; then
+	if [ "$(n_bad)" != "$b0" ]; then
+		echo "not ok $name: the kernel log gained: $(dmesg | grep -E "$pat" | tail -n 1)"
+	elif [ $rc -eq 1 ] && echo "$out" | grep -q -- "$want"; then
 		echo "ok $name"
 	else
 		echo "not ok $name: status $rc, output: $(echo "$out" | tr '\n' ' ')"

@@ -1279,11 +1279,48 @@ static int t_debug_mask(void)
 	return ret;
 }
 
+/*
+ * Kernel log lines that mean trouble (init.sh's final scan uses the same
+ * list); @first gets the first such line past the first @skip of them.
+ */
+static int dmesg_bad(int skip, char *first, size_t len)
+{
+	static const char *const pats[] = {
+		"BUG", "WARNING", "Oops", "general protection", "possible circular locking",
+		"lockdep", "INFO: task", "Call Trace",
+	};
+	FILE *f = popen("dmesg", "r");
+	char line[1024];
+	int n = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		for (size_t i = 0; i < sizeof(pats) / sizeof(pats[0]); i++) {
+			if (!strstr(line, pats[i]))
+				continue;
+			if (n++ == skip && first)
+				snprintf(first, len, "%s", line);
+			break;
+		}
+	}
+	pclose(f);
+	return n;
+}
+
 static void run(const char *name, int (*fn)(void))
 {
+	char bad[256] = "";
+	int before = dmesg_bad(0, NULL, 0), after;
+
 	why[0] = 0;
 	if (fn()) {
 		printf("not ok %s: %s\n", name, why);
+		n_fail++;
+	} else if ((after = dmesg_bad(before, bad, sizeof(bad))) != before) {
+		bad[strcspn(bad, "\n")] = 0;
+		printf("not ok %s: the kernel log gained %d bad lines, the first: %s\n", name,
+		       after - before, bad);
 		n_fail++;
 	} else {
 		printf("ok %s\n", name);
