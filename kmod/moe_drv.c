@@ -101,8 +101,8 @@ static void moe_postclose(struct drm_device *dev, struct drm_file *file)
 {
 	struct moe_file *mfile = file->driver_priv;
 
-	/* Reads still in flight target this file's BOs: wait for them. */
-	moe_file_drain(mfile);
+	/* Reads still in flight hold what they need: closing does not wait for them. */
+	moe_file_release_batches(mfile);
 	xa_destroy(&mfile->batches);
 	kfree(mfile);
 }
@@ -213,7 +213,11 @@ static void __exit moe_exit(void)
 {
 	struct moe_device *mdev = moe_dev;
 
-	/* Open files hold a module reference, so no request is in flight here. */
+	/*
+	 * Open files and FETCH batches still reading hold module references,
+	 * so no request is in flight here; destroy_workqueue() waits for the
+	 * completion work that dropped the last of them.
+	 */
 	drm_dev_unregister(&mdev->drm);
 	destroy_workqueue(mdev->wq);
 	moe_models_release_all(mdev);

@@ -158,7 +158,7 @@ void moe_models_release_all(struct moe_device *mdev);
 int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 int moe_wait_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags);
-void moe_file_drain(struct moe_file *mfile);
+void moe_file_release_batches(struct moe_file *mfile);
 
 /* moe_debugfs.c: before drm_dev_register() from 6.3, else through drm_driver.debugfs_init */
 #ifdef MOE_HAVE_DEBUGFS_ADD_FILES

@@ -13,6 +13,7 @@
 #include <linux/cred.h>
 #include <linux/highmem.h>
 #include <linux/log2.h>
+#include <linux/module.h>
 #include <linux/sched/task.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -192,10 +193,18 @@ static void moe_batch_done_work(struct work_struct *work)
 			moe_req_zero_tail(req);
 		moe_req_release(req);
 	}
-	if (batch->ucmd)
+	if (batch->ucmd) {
 		io_uring_cmd_complete_in_task(batch->ucmd, moe_uring_done);
-	else
-		complete_all(&batch->done);
+		return;
+	}
+	complete_all(&batch->done);
+	/*
+	 * The I/O's own references, taken at FETCH: the batch may have outlived
+	 * its file.  destroy_workqueue() at unload waits for this function, so
+	 * the module may go once its reference is dropped here.
+	 */
+	kref_put(&batch->ref, moe_batch_free);
+	module_put(THIS_MODULE);
 }
 
 static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
@@ -358,6 +367,13 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 	}
 	args->ticket = ticket;
 	moe_dbg(mdev, MOE_DBG_FETCH, "fetch: %u requests, ticket %u\n", batch->count, ticket);
+	/*
+	 * The reads keep the batch and the module alive by themselves, so a
+	 * file closed (a process killed) with reads in flight need not wait
+	 * for a device that may never answer: see moe_file_release_batches().
+	 */
+	kref_get(&batch->ref);
+	__module_get(THIS_MODULE);
 	moe_batch_issue(batch);
 	return 0;
 
@@ -474,13 +490,17 @@ out_exit:
 	return ret;
 }
 
-void moe_file_drain(struct moe_file *mfile)
+/*
+ * The file is closing: forget its tickets without waiting.  A batch still
+ * reading holds its BO pages, its models, itself and the module until its
+ * last read completes, so nothing here waits on the device.
+ */
+void moe_file_release_batches(struct moe_file *mfile)
 {
 	struct moe_batch *batch;
 	unsigned long ticket;
 
 	xa_for_each(&mfile->batches, ticket, batch) {
-		wait_for_completion(&batch->done);
 		xa_erase(&mfile->batches, ticket);
 		kref_put(&batch->ref, moe_batch_free);
 	}

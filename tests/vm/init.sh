@@ -34,12 +34,22 @@ finish() {
 for m in drm drm_shmem_helper crc32c_generic nvme ext4; do
 	modprobe "$m" || { echo "not ok boot: modprobe $m failed"; finish; }
 done
+# Two controllers, told apart by serial: the models and the slow drive.
+disk_of() {
+	for c in /sys/class/nvme/nvme*; do
+		# The serial is space-padded to 20 bytes: read strips that.
+		read -r serial <"$c/serial" 2>/dev/null || continue
+		[ "$serial" = "$1" ] && [ -b "/dev/${c##*/}n1" ] && echo "/dev/${c##*/}n1"
+	done
+}
 i=0
-while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do
+while { [ -z "$(disk_of moevm0)" ] || [ -z "$(disk_of moeslow)" ]; } && [ $i -lt 100 ]; do
 	sleep 0.1
 	i=$((i + 1))
 done
-mount -t ext4 /dev/nvme0n1 /mnt || { echo "not ok boot: cannot mount the NVMe disk"; finish; }
+mount -t ext4 "$(disk_of moevm0)" /mnt || { echo "not ok boot: cannot mount the NVMe disk"; finish; }
+mount -t ext4 "$(disk_of moeslow)" /slow ||
+	{ echo "not ok boot: cannot mount the slow NVMe disk"; finish; }
 modprobe moe || { echo "not ok boot: modprobe moe failed"; finish; }
 echo "ok boot-and-load"
 

@@ -1094,6 +1094,100 @@ static int t_killed_midfetch(void)
 	return 0;
 }
 
+#define KILL_READS 1000
+
+/* Child of t_killed_thousands: 1000 reads of 4 KiB from the slow drive, never waited for. */
+static void thousands_child(uint32_t id)
+{
+	static struct drm_moe_fetch_req reqs[250];
+	uint64_t ticket;
+	uint32_t h;
+	int fd = open_moe();
+
+	if (fd < 0 || bo_create(fd, KILL_READS * 4096, &h))
+		_exit(1);
+	/* Batches below the block layer's tag depth: FETCH itself never waits for a tag. */
+	for (int b = 0; b < KILL_READS / 250; b++) {
+		for (int i = 0; i < 250; i++) {
+			int k = b * 250 + i;
+
+			reqs[i] = (struct drm_moe_fetch_req){
+				.model_id = id, .extent = k % 16, .handle = h,
+				.offset = (uint64_t)(k / 16) * 4096, .length = 4096,
+				.bo_offset = (uint64_t)k * 4096,
+			};
+		}
+		if (fetch(fd, reqs, 250, NULL, &ticket))
+			_exit(2);
+	}
+	busy->stage = 1;
+	for (;;)
+		pause();
+}
+
+/*
+ * SIGKILL of a process with a thousand reads in flight on a slow drive
+ * (400 IOPS, so about 2.5 s of I/O): it is reaped at once, its close does
+ * not wait on the device; the reads still finish afterwards and then
+ * release the model and the module.
+ */
+static int t_killed_thousands(void)
+{
+	struct drm_moe_extent ext[16];
+	struct drm_moe_model_info info = { 0 };
+	long before = module_refcnt(), after = -1;
+	int64_t t0, reap_ns;
+	int status = 0, sfd, ret = 0;
+	uint32_t id;
+	pid_t pid;
+
+	sfd = open("/slow/slow.bin", O_RDONLY);
+	EXPECT(sfd >= 0, "/slow/slow.bin: %s", strerror(errno));
+	for (int i = 0; i < 16; i++)
+		ext[i] = (struct drm_moe_extent){ .offset = i * MIB, .length = MIB };
+	EXPECT(!model_register(moe_fd, sfd, "slow", ext, 16, &id), "register slow: %s",
+	       strerror(errno));
+	close(sfd);
+	info.model_id = id;
+	busy->stage = 0;
+	drop_caches();
+	pid = fork();
+	if (pid == 0)
+		thousands_child(id);
+	for (int i = 0; i < 1000 && !busy->stage && waitpid(pid, &status, WNOHANG) == 0; i++)
+		usleep(10000);
+	if (!busy->stage) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		model_unregister(moe_fd, id);
+		return failf("the child did not queue its reads (status 0x%x)", status);
+	}
+	t0 = now_ns();
+	kill(pid, SIGKILL);
+	if (waitpid(pid, &status, 0) != pid || !WIFSIGNALED(status))
+		ret = failf("waitpid: status 0x%x", status);
+	reap_ns = now_ns() - t0;
+	if (!ret && ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info))
+		ret = failf("MODEL_INFO: %s", strerror(errno));
+	printf("# killed-thousands: reaped in %.1f ms with %llu of %d reads still in flight\n",
+	       reap_ns / 1e6, (unsigned long long)info.inflight, KILL_READS);
+	if (!ret && (info.inflight == 0 || reap_ns > 1000000000))
+		ret = failf("the exit waited for the device: reaped after %.1f ms, %llu reads "
+			    "left", reap_ns / 1e6, (unsigned long long)info.inflight);
+	/* Unregistered with reads in flight: they keep the file until they end. */
+	if (model_unregister(moe_fd, id) && !ret)
+		ret = failf("unregister slow: %s", strerror(errno));
+	for (int i = 0; i < 400; i++) {
+		after = module_refcnt();
+		if (after == before)
+			break;
+		usleep(50000);
+	}
+	if (!ret && after != before)
+		ret = failf("module refcnt %ld 20 s after the kill, %ld before", after, before);
+	return ret;
+}
+
 static int t_rmmod_in_use(void)
 {
 	struct drm_moe_fetch_req reqs[N_EXT];
@@ -1347,6 +1441,7 @@ static const struct { const char *name; int (*fn)(void); } tests[] = {
 	{ "unprivileged", t_unprivileged },
 	{ "unregister-in-flight", t_unregister_inflight },
 	{ "killed-mid-fetch", t_killed_midfetch },
+	{ "killed-thousands-in-flight", t_killed_thousands },
 	{ "rmmod-in-use", t_rmmod_in_use },
 	{ "perf-driver-vs-userspace", t_perf },
 };

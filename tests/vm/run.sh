@@ -153,7 +153,7 @@ gcc -std=gnu11 -O2 -g -Wall -Wextra -Wno-missing-field-initializers -static \
 # initramfs: busybox, the test, and the modules for drm, NVMe and ext4.
 IR=$WORK/initramfs
 rm -rf "$IR"
-mkdir -p "$IR/bin" "$IR/dev" "$IR/proc" "$IR/sys" "$IR/mnt" "$IR/tmp" "$IR/etc"
+mkdir -p "$IR/bin" "$IR/dev" "$IR/proc" "$IR/sys" "$IR/mnt" "$IR/slow" "$IR/tmp" "$IR/etc"
 cp /bin/busybox "$IR/bin/busybox"
 cp "$SRC/tests/vm/init.sh" "$IR/init"
 chmod 755 "$IR/init"
@@ -219,6 +219,13 @@ chmod 600 "$DISK/models/big.bin" "$DISK/models/tail.bin"
 mke2fs -q -t ext4 -F -d "$DISK" -E root_owner=0:0 "$WORK/disk.img" 384M >/dev/null ||
 	die "mke2fs -d failed (e2fsprogs >= 1.43 needed)"
 rm -rf "$DISK"
+# A second, slow drive (QEMU throttles it to 400 IOPS): reads there stay in
+# flight long enough to kill a process under them.
+mkdir -p "$DISK"
+head -c $((16 * 1024 * 1024)) /dev/urandom >"$DISK/slow.bin"
+mke2fs -q -t ext4 -F -d "$DISK" -E root_owner=0:0 "$WORK/slow.img" 32M >/dev/null ||
+	die "mke2fs -d of the slow disk failed"
+rm -rf "$DISK"
 
 say "booting $KVER under QEMU (TCG)"
 LOG=$WORK/console.log
@@ -228,7 +235,9 @@ timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1G -smp 2 \
 	-kernel "$KROOT/boot/vmlinuz-$KVER" -initrd "$WORK/initramfs.gz" \
 	-append "console=ttyS0 loglevel=3 panic=-1 edd=off rdinit=/init" \
 	-drive file="$WORK/disk.img",if=none,id=nvm,format=raw,cache=none \
-	-device nvme,serial=moevm0,drive=nvm >"$LOG" 2>&1 </dev/null
+	-device nvme,serial=moevm0,drive=nvm \
+	-drive file="$WORK/slow.img",if=none,id=slow,format=raw,cache=none,throttling.iops-total=400 \
+	-device nvme,serial=moeslow,drive=slow >"$LOG" 2>&1 </dev/null
 qrc=$?
 set -e
 tr -d '\r' <"$LOG" >"$LOG.txt"
