@@ -24,6 +24,9 @@ typedef int MHD_RESULT_T;
 typedef enum MHD_Result MHD_RESULT_T;
 #endif
 
+/* Seconds a connection may sit idle (sending its request slowly, or kept alive). */
+#define IDLE_TIMEOUT_S ((unsigned int)60)
+
 struct conn {
 	struct server *s;
 	char *body;
@@ -346,6 +349,12 @@ static MHD_RESULT_T api_post(struct conn *k, struct MHD_Connection *c)
 		api_request_free(&req);
 		return send_error(s, c, &e);
 	}
+	/*
+	 * The idle timeout guards against clients that send slowly; while the
+	 * reply is generated the connection is busy on our side, watched by
+	 * wait_job and stream_read, and bounded by --timeout.
+	 */
+	MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)0);
 	pthread_mutex_lock(&s->lock);
 	snprintf(k->id, sizeof(k->id), "%s-%llu", k->kind == API_CHAT ? "chatcmpl" : "cmpl",
 		 (unsigned long long)++s->next_id);
@@ -437,6 +446,9 @@ static MHD_RESULT_T on_request(void *cls, struct MHD_Connection *c, const char *
 		if (!k)
 			return MHD_NO;
 		k->s = s;
+		pthread_mutex_lock(&s->lock);
+		s->live_requests++;
+		pthread_mutex_unlock(&s->lock);
 		ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
 		k->fd = ci ? ci->connect_fd : -1;
 		*con_cls = k;
@@ -465,12 +477,17 @@ static void on_done(void *cls, struct MHD_Connection *c, void **con_cls,
 {
 	struct conn *k = *con_cls;
 
-	(void)c;
 	(void)why;
 	if (!k)
 		return;
-	if (k->job)
+	if (k->job) {
 		sched_release((struct server *)cls, k->job);
+		if (c)
+			MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, IDLE_TIMEOUT_S);
+	}
+	pthread_mutex_lock(&k->s->lock);
+	k->s->live_requests--;
+	pthread_mutex_unlock(&k->s->lock);
 	free(k->out);
 	free(k->body);
 	free(k);
@@ -498,7 +515,7 @@ static struct MHD_Daemon *daemon_start(struct server *s)
 				MHD_OPTION_NOTIFY_COMPLETED, on_done, s,
 				MHD_OPTION_CONNECTION_LIMIT,
 				(unsigned int)(s->o.parallel + s->o.queue + 16),
-				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)60,
+				MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT_S,
 				MHD_OPTION_END);
 }
 

@@ -201,8 +201,13 @@ static int serve(struct server *s)
 		usleep(20000);
 		pthread_mutex_lock(&s->lock);
 	}
+	/* the last responses go out before the connections close (bounded: 10 s) */
+	for (int i = 0; i < 500 && s->live_requests; i++) {
+		pthread_mutex_unlock(&s->lock);
+		usleep(20000);
+		pthread_mutex_lock(&s->lock);
+	}
 	pthread_mutex_unlock(&s->lock);
-	/* the last responses go out before the connections close */
 	http_stop();
 	sched_stop(s);
 	fprintf(stderr, PROG ": stopped\n");

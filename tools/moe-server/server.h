@@ -74,6 +74,7 @@ struct server {
 	pthread_cond_t wake;    /* the engine: work arrived or stop */
 	struct job *queue, **queue_tail;
 	uint32_t queued, running;
+	uint32_t live_requests; /* requests the HTTP side holds, answered or not */
 	struct job **slots;     /* [parallel] */
 	bool stopping, draining;
 	pthread_t engine;
