@@ -6,7 +6,8 @@
 # editing this file:
 #   libmoe/**/*.c            -> the library (static and shared)
 #   libmoe/**/*_avx2.c       -> compiled with AVX2/FMA/F16C enabled
-#   libmoe/**/*_avx512.c     -> compiled with AVX-512 enabled
+#   libmoe/**/*_avx512.c     -> compiled with AVX-512 F/BW/VL/DQ enabled
+#   libmoe/**/*_avx512vnni.c -> the same plus AVX-512 VNNI
 #   tools/NAME.c             -> $(BUILD)/bin/NAME
 #   tools/NAME/*.c           -> $(BUILD)/bin/NAME
 #   tools/common/*.c         -> linked into every tool (not a tool itself)
@@ -188,6 +189,10 @@ $(BUILD)/obj/%_avx2.o: %_avx2.c | $(DEPS_STAMP)
 $(BUILD)/obj/%_avx512.o: %_avx512.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(AVX512_FLAGS) -c $< -o $@
+
+$(BUILD)/obj/%_avx512vnni.o: %_avx512vnni.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(AVX512_FLAGS) -mavx512vnni -c $< -o $@
 
 $(STATIC_LIB): $(LIB_OBJS)
 	@mkdir -p $(@D)
