@@ -1437,8 +1437,12 @@ static int dmesg_bad(int skip, char *first, size_t len)
 		for (size_t i = 0; i < sizeof(pats) / sizeof(pats[0]); i++) {
 			if (!strstr(line, pats[i]))
 				continue;
-			if (n++ == skip && first)
-				snprintf(first, len, "%s", line);
+			if (n++ == skip && first && len) {
+				size_t m = strnlen(line, len - 1);
+
+				memcpy(first, line, m);
+				first[m] = 0;
+			}
 			break;
 		}
 	}
