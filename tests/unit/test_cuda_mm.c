@@ -1,0 +1,427 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The matrix kernels of cuda/mm.cu launched directly on the emulation, on
+ * host memory: both product kernels for every weight type on awkward shapes
+ * (rows not a multiple of a block's rows, one block of columns and many,
+ * 1..17 tokens), against a float64 evaluation of the exactly dequantized
+ * weights and against the CPU backend; the gather, scale, bias and scatter
+ * paths the FFN uses; get_rows; the GLU.  The device multiplies f32
+ * activations, so its tolerance is float rounding only, much tighter than
+ * the op suite's bound for activations rounded to q8_0/q8_K.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../cuda/mm_args.h"
+#include "backend/backend.h"
+#include "moe/moe.h"
+#include "quant/quant.h"
+#include "simt_api.h"
+#include "testutil.h"
+#include "util/util.h"
+
+static uint64_t rs = 0x6d6d0001;
+
+static const uint32_t types[] = {
+	MOE_TYPE_F32, MOE_TYPE_F16, MOE_TYPE_BF16, MOE_TYPE_Q4_0, MOE_TYPE_Q4_1, MOE_TYPE_Q5_0,
+	MOE_TYPE_Q5_1, MOE_TYPE_Q8_0, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K,
+	MOE_TYPE_MXFP4,
+};
+
+/* The kernels' type ids are the GGML ids. */
+#define SAME_ID(a, b) ((int)(a) == (int)(b))
+_Static_assert(SAME_ID(MOE_MM_F32, MOE_TYPE_F32) && SAME_ID(MOE_MM_F16, MOE_TYPE_F16) &&
+	       SAME_ID(MOE_MM_BF16, MOE_TYPE_BF16) && SAME_ID(MOE_MM_Q4_0, MOE_TYPE_Q4_0) &&
+	       SAME_ID(MOE_MM_Q4_1, MOE_TYPE_Q4_1) && SAME_ID(MOE_MM_Q5_0, MOE_TYPE_Q5_0) &&
+	       SAME_ID(MOE_MM_Q5_1, MOE_TYPE_Q5_1) && SAME_ID(MOE_MM_Q8_0, MOE_TYPE_Q8_0) &&
+	       SAME_ID(MOE_MM_Q4_K, MOE_TYPE_Q4_K) && SAME_ID(MOE_MM_Q5_K, MOE_TYPE_Q5_K) &&
+	       SAME_ID(MOE_MM_Q6_K, MOE_TYPE_Q6_K) && SAME_ID(MOE_MM_MXFP4, MOE_TYPE_MXFP4),
+	       "type ids");
+_Static_assert(sizeof(struct moe_mm_prob) == 104, "moe_mm_prob layout");
+
+static const struct simt_kernel *kern(const char *name)
+{
+	const struct simt_kernel *k = simt_kernel_find(name);
+
+	ck_assert_msg(k != NULL, "%s", simt_errmsg());
+	return k;
+}
+
+static void launch(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+		   void **params)
+{
+	int st = simt_launch(kern(name), gx, gy, gz, bx, 1, 1, 0, params);
+
+	ck_assert_msg(st == SIMT_OK, "%s: %s: %s", name, simt_status_name(st), simt_errmsg());
+}
+
+static float *randf(size_t n, double scale)
+{
+	float *x = malloc(sizeof(float) * (n ? n : 1));
+
+	for (size_t i = 0; i < n; i++)
+		x[i] = (float)(tu_randn(&rs) * scale);
+	return x;
+}
+
+/* A random matrix: its bytes and its exact values. */
+struct mat {
+	uint32_t type;
+	int64_t rows, cols, rb;
+	uint8_t *q;
+	double *w;
+};
+
+static void make_mat(struct mat *m, uint32_t type, int64_t rows, int64_t cols)
+{
+	float *f = randf((size_t)(rows * cols), 0.5), *row = malloc(sizeof(float) * cols);
+
+	m->type = type;
+	m->rows = rows;
+	m->cols = cols;
+	m->rb = moe_type_row_bytes(type, (uint64_t)cols);
+	ck_assert_int_gt(m->rb, 0);
+	m->q = malloc((size_t)(m->rb * rows));
+	m->w = malloc(sizeof(double) * rows * cols);
+	for (int64_t r = 0; r < rows; r++) {
+		ck_assert_int_eq(moe_quantize(type, f + r * cols, m->q + r * m->rb, cols), m->rb);
+		ck_assert_int_eq(moe_dequantize(type, m->q + r * m->rb, row, cols), 0);
+		for (int64_t c = 0; c < cols; c++)
+			m->w[r * cols + c] = row[c];
+	}
+	free(f);
+	free(row);
+}
+
+static void free_mat(struct mat *m)
+{
+	free(m->q);
+	free(m->w);
+}
+
+static uint64_t addr(const void *p)
+{
+	return (uint64_t)(uintptr_t)p;
+}
+
+static struct moe_mm_prob prob(const struct mat *m, const float *x, uint32_t x_stride, float *y,
+			       uint32_t y_stride, uint32_t n_tok)
+{
+	return (struct moe_mm_prob){
+		.w = addr(m->q), .row_bytes = (uint64_t)m->rb, .x = addr(x), .y = addr(y),
+		.type = m->type, .rows = (uint32_t)m->rows, .cols = (uint32_t)m->cols,
+		.n_tok = n_tok, .x_stride = x_stride, .y_stride = y_stride, .x_div = 1,
+	};
+}
+
+/* Run the products of @p (one launch) with the matvec or the tiled kernel. */
+static void run_probs(struct moe_mm_prob *p, uint32_t n, bool tiled)
+{
+	uint32_t max_rows = 0, max_tok = 0;
+	void *params[] = { &p };
+
+	for (uint32_t i = 0; i < n; i++) {
+		max_rows = MOE_MAX(max_rows, p[i].rows);
+		max_tok = MOE_MAX(max_tok, p[i].n_tok);
+	}
+	if (tiled)
+		launch("moe_mm_tiled", (max_rows + 31) / 32, (max_tok + 31) / 32, n, 256, params);
+	else
+		launch("moe_mm_matvec", (max_rows + 3) / 4, 1, n, 128, params);
+}
+
+/*
+ * dot(row r, x * s) in double; *mag = sum of |w x s|, *tol the float-rounding
+ * bound of the device's sum.
+ */
+static double ref_dot(const struct mat *m, int64_t r, const float *x, double s, double *tol,
+		      double *mag_out)
+{
+	double sum = 0, mag = 0;
+
+	for (int64_t c = 0; c < m->cols; c++) {
+		sum += m->w[r * m->cols + c] * x[c] * s;
+		mag += fabs(m->w[r * m->cols + c] * x[c] * s);
+	}
+	*tol = 1e-5 * mag + 1e-6;
+	if (mag_out)
+		*mag_out = mag;
+	return sum;
+}
+
+/*
+ * How far the CPU backend may be from the exact product: it rounds each
+ * block of x (32 or 256 values) to 8 bits, half a step of amax/127 per value
+ * at most (tests/unit/test_ops.c's bound).
+ */
+static double cpu_bound(const struct mat *m, int64_t r, const float *x)
+{
+	const struct moe_type_traits *t = moe_type_traits(m->type);
+	int64_t blk = moe_type_block_elems(t->vec_dot_type);
+	double b = 0;
+
+	if (t->vec_dot_type == MOE_TYPE_F32)
+		return 0;
+	for (int64_t c0 = 0; c0 < m->cols; c0 += blk) {
+		double amax = 0;
+
+		for (int64_t c = c0; c < c0 + blk; c++)
+			amax = fmax(amax, fabs(x[c]));
+		for (int64_t c = c0; c < c0 + blk; c++)
+			b += fabs(m->w[r * m->cols + c]) * amax / 254.0;
+	}
+	return 1.25 * b;
+}
+
+/* The CPU backend's product of the same matrix and input (rounded activations). */
+static void cpu_matmul(const struct mat *m, const float *x, uint32_t n_tok, float *y)
+{
+	struct moe_backend_params bp = { 0 };
+	struct moe_be_shape sh = { .max_tok = n_tok, .max_ent = n_tok, .n_embd = (uint32_t)m->cols,
+				   .max_cols = (uint32_t)m->cols, .max_ff = 1, .max_head = 1,
+				   .max_head_dim = 1, .max_ffn = 1, .max_heads_io = 1 };
+	struct moe_backend *be;
+	struct moe_be_mat w = { .type = m->type, .rows = m->rows, .cols = m->cols };
+	moe_dptr xd, yd, ws;
+	uint64_t wsb;
+
+	ck_assert_int_eq(moe_backend_create(&moe_backend_cpu_desc, &bp, &be), 0);
+	wsb = be->desc->workspace_bytes(&sh);
+	ck_assert_int_eq(be->ops->alloc(be, wsb, &ws), 0);
+	ck_assert_int_eq(be->ops->set_workspace(be, ws, wsb), 0);
+	ck_assert_int_eq(be->ops->alloc(be, (uint64_t)(m->rb * m->rows), &w.p), 0);
+	ck_assert_int_eq(be->ops->alloc(be, sizeof(float) * n_tok * m->cols, &xd), 0);
+	ck_assert_int_eq(be->ops->alloc(be, sizeof(float) * n_tok * m->rows, &yd), 0);
+	ck_assert_int_eq(be->ops->upload(be, 0, w.p, m->q, (uint64_t)(m->rb * m->rows)), 0);
+	ck_assert_int_eq(be->ops->upload(be, 0, xd, x, sizeof(float) * n_tok * m->cols), 0);
+	ck_assert_msg(be->ops->matmul(be, &w, 1, xd, n_tok, &yd) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(be->ops->download(be, 0, y, yd, sizeof(float) * n_tok * m->rows), 0);
+	moe_backend_destroy(be);
+}
+
+/*
+ * y = W x for every type, both kernels, shapes around the kernels' tiles;
+ * the CPU backend's result must agree within its activation rounding.
+ */
+static void product_case(uint32_t type, int64_t rows, int64_t cols, uint32_t n_tok, bool tiled)
+{
+	struct mat m;
+	float *x = randf((size_t)n_tok * cols, 1.0), *y = malloc(sizeof(float) * n_tok * rows);
+	float *yc = malloc(sizeof(float) * n_tok * rows);
+	struct moe_mm_prob p;
+
+	make_mat(&m, type, rows, cols);
+	for (size_t i = 0; i < (size_t)n_tok * rows; i++)
+		y[i] = NAN;
+	p = prob(&m, x, (uint32_t)cols, y, (uint32_t)rows, n_tok);
+	run_probs(&p, 1, tiled);
+	cpu_matmul(&m, x, n_tok, yc);
+	for (uint32_t t = 0; t < n_tok; t++)
+		for (int64_t r = 0; r < rows; r++) {
+			double tol, want = ref_dot(&m, r, x + t * cols, 1.0, &tol, NULL);
+			float got = y[t * rows + r], cpu = yc[t * rows + r];
+			double ctol = cpu_bound(&m, r, x + t * cols) + 2 * tol;
+
+			ck_assert_msg(fabs(got - want) <= tol, "%s %s %lldx%lld tok %u/%u row %lld: "
+				      "%.8g vs %.8g (tol %g)", tiled ? "tiled" : "matvec",
+				      moe_type_name(type), (long long)rows, (long long)cols, t, n_tok,
+				      (long long)r, got, want, tol);
+			ck_assert_msg(fabs(got - cpu) <= ctol, "%s %s: device %.8g, cpu backend %.8g",
+				      tiled ? "tiled" : "matvec", moe_type_name(type), got, cpu);
+		}
+	free_mat(&m);
+	free(x);
+	free(y);
+	free(yc);
+}
+
+START_TEST(cuda_mm_products)
+{
+	static const int64_t rows[] = { 1, 7, 33 };
+	static const uint32_t toks[] = { 1, 2, 3, 5, 17 };
+	uint32_t type = types[_i], blk = moe_type_block_elems(type);
+	/* one block, and several steps of the tiled kernel's 128 columns plus a part */
+	int64_t cols[2] = { blk == 1 ? 45 : blk, blk == 1 ? 300 : (blk == 256 ? 3 * blk : 5 * blk) };
+
+	for (int tiled = 0; tiled < 2; tiled++)
+		for (size_t r = 0; r < MOE_ARRAY_SIZE(rows); r++)
+			for (size_t c = 0; c < 2; c++)
+				for (size_t t = 0; t < MOE_ARRAY_SIZE(toks); t++) {
+					/* the tiled kernel's row tile: once past it is enough */
+					if (rows[r] == 33 && toks[t] < 5 && c)
+						continue;
+					product_case(type, rows[r], cols[c], toks[t], tiled);
+				}
+}
+END_TEST
+
+/*
+ * Several products of different types in one launch (blockIdx.z), with
+ * gathered, scaled input rows, strided and scattered outputs, biases and an
+ * output scale: what matmul_heads and the FFN ask of the kernels.
+ */
+START_TEST(cuda_mm_gather_scatter)
+{
+	enum { NP = 3, T = 6, X_ROWS = 4, XS = 600, YS = 50 };
+	static const uint32_t ptypes[NP] = { MOE_TYPE_Q4_K, MOE_TYPE_F16, MOE_TYPE_MXFP4 };
+	static const int64_t prow[NP] = { 9, 40, 3 }, pcol[NP] = { 512, 45, 64 };
+	int32_t xi[T] = { 7, 0, 3, 6, 1, 5 }, yi[T] = { 4, 9, 0, 2, 7, 5 };
+	float *x = randf(X_ROWS * XS, 1.0), *xs = randf(8, 1.0), *bias = randf(64, 1.0);
+	float osc = 0.75f, *y[NP];
+	struct moe_mm_prob p[NP];
+	struct mat m[NP];
+
+	for (int tiled = 0; tiled < 2; tiled++) {
+		for (int i = 0; i < NP; i++) {
+			make_mat(&m[i], ptypes[i], prow[i], pcol[i]);
+			y[i] = malloc(sizeof(float) * 10 * YS);
+			for (int k = 0; k < 10 * YS; k++)
+				y[i][k] = 555.0f;
+			p[i] = prob(&m[i], x + 7 * i, XS, y[i], YS, T);
+			/* input row xi[t] / 2 of x scaled by xs[xi[t]]; output row yi[t] */
+			p[i].x_idx = addr(xi);
+			p[i].x_div = 2;
+			p[i].x_scale = i != 1 ? addr(xs) : 0;
+			p[i].y_idx = addr(yi);
+			p[i].bias = i != 2 ? addr(bias) : 0;
+			p[i].oscale = i != 0 ? addr(&osc) : 0;
+		}
+		run_probs(p, NP, tiled);
+		for (int i = 0; i < NP; i++) {
+			for (int row = 0; row < 10; row++)
+				for (int r = 0; r < YS; r++) {
+					int t = -1;
+					double want = 555.0, tol = 0;
+
+					for (int k = 0; k < T; k++)
+						if (yi[k] == row)
+							t = k;
+					if (t >= 0 && r < prow[i]) {
+						const float *xr = x + 7 * i + (xi[t] / 2) * XS;
+						double s = i != 1 ? xs[xi[t]] : 1.0;
+
+						want = ref_dot(&m[i], r, xr, s, &tol, NULL);
+						want += i != 2 ? bias[r] : 0;
+						want *= i != 0 ? osc : 1.0;
+						tol += 1e-6 * fabs(want);
+					}
+					ck_assert_msg(fabs(y[i][row * YS + r] - want) <= tol,
+						      "%s prod %d out row %d [%d]: %.8g vs %.8g",
+						      tiled ? "tiled" : "matvec", i, row, r,
+						      y[i][row * YS + r], want);
+				}
+			free_mat(&m[i]);
+			free(y[i]);
+		}
+	}
+	free(x);
+	free(xs);
+	free(bias);
+}
+END_TEST
+
+START_TEST(cuda_mm_get_rows)
+{
+	int32_t ids[] = { 5, 0, 6, 5, 2, 7, -1 };
+	uint32_t n = MOE_ARRAY_SIZE(ids), type = types[_i], blk = moe_type_block_elems(type);
+	int64_t cols = blk == 1 ? 37 : 3 * blk;
+	uint32_t units = (uint32_t)(blk == 1 ? cols : cols / 32), type_arg = type;
+	uint32_t rows = 7, cols_arg = (uint32_t)cols;
+	float *dst = malloc(sizeof(float) * n * cols);
+	float *dp = dst;
+	int32_t *ip = ids;
+	struct mat m;
+	uint64_t w, rb;
+	void *params[] = { &w, &type_arg, &rows, &cols_arg, &rb, &ip, &dp };
+
+	make_mat(&m, type, rows, cols);
+	w = addr(m.q);
+	rb = (uint64_t)m.rb;
+	launch("moe_mm_get_rows", (units + 127) / 128, n, 1, 128, params);
+	for (uint32_t i = 0; i < n; i++)
+		for (int64_t c = 0; c < cols; c++) {
+			float got = dst[i * cols + c];
+
+			/* ids outside the matrix (7, -1) give NaN rows */
+			if (ids[i] < 0 || ids[i] >= (int32_t)rows)
+				ck_assert_msg(isnan(got), "%s: row %d [%lld] %g", moe_type_name(type),
+					      ids[i], (long long)c, got);
+			else
+				ck_assert_msg(got == (float)m.w[ids[i] * cols + c], "%s: row %d [%lld] "
+					      "%.9g vs %.9g", moe_type_name(type), ids[i], (long long)c,
+					      got, m.w[ids[i] * cols + c]);
+		}
+	free_mat(&m);
+	free(dst);
+}
+END_TEST
+
+static double glu_ref(int act, double x, double y)
+{
+	if (act == MOE_GLU_GELU)
+		return 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) * y;
+	if (act == MOE_GLU_SWIGLU_OAI) {
+		x = fmin(x, 7.0);
+		y = fmax(-7.0, fmin(y, 7.0));
+		return x / (1 + exp(-1.702 * x)) * (y + 1);
+	}
+	return x / (1 + exp(-x)) * y;
+}
+
+/* The FFN's GLU over two FFNs' entries, one with biases, rows of their own widths. */
+START_TEST(cuda_mm_glu)
+{
+	enum { GS = 2 * 40 + 3, HS = 41, E = 7 };
+	float *gu = randf(E * GS, 4.0), *gb = randf(40, 1.0), *ub = randf(40, 1.0);
+	float *h = malloc(sizeof(float) * E * HS);
+	struct moe_mm_glu_desc g[2] = {
+		{ .e0 = 0, .m = 3, .nff = 40, .gate_b = addr(gb), .up_b = addr(ub) },
+		{ .e0 = 3, .m = 4, .nff = 17 },
+	};
+	uint32_t gs = GS, hs = HS;
+
+	for (uint32_t act = MOE_GLU_SILU; act <= MOE_GLU_SWIGLU_OAI; act++) {
+		const float *gp = gu;
+		const struct moe_mm_glu_desc *gdp = g;
+		uint32_t act_arg = act;
+		void *params[] = { &gp, &h, &gs, &hs, &act_arg, &gdp };
+
+		for (int i = 0; i < E * HS; i++)
+			h[i] = 99.0f;
+		launch("moe_mm_glu", (4 * 40 + 255) / 256, 2, 1, 256, params);
+		for (int e = 0; e < E; e++)
+			for (int i = 0; i < HS; i++) {
+				const struct moe_mm_glu_desc *d = &g[e >= 3];
+				double want = 99.0;
+
+				if ((uint32_t)i < d->nff)
+					want = glu_ref((int)act, gu[e * GS + i] + (d->gate_b ? gb[i] : 0),
+						       gu[e * GS + d->nff + i] + (d->up_b ? ub[i] : 0));
+				ck_assert_msg(fabs(h[e * HS + i] - want) <= 1e-5 * fmax(1, fabs(want)),
+					      "act %u entry %d [%d]: %.8g vs %.8g", act, e, i,
+					      h[e * HS + i], want);
+			}
+	}
+	free(gu);
+	free(gb);
+	free(ub);
+	free(h);
+}
+END_TEST
+
+Suite *suite_cuda_mm(void)
+{
+	Suite *s = suite_create("cuda_mm");
+	TCase *tc = tcase_create("kernels");
+	int n = (int)MOE_ARRAY_SIZE(types);
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, cuda_mm_products, 0, n);
+	tcase_add_test(tc, cuda_mm_gather_scatter);
+	tcase_add_loop_test(tc, cuda_mm_get_rows, 0, n);
+	tcase_add_test(tc, cuda_mm_glu);
+	suite_add_tcase(s, tc);
+	return s;
+}
