@@ -9,6 +9,8 @@
  * activations, so its tolerance is float rounding only, much tighter than
  * the op suite's bound for activations rounded to q8_0/q8_K.
  */
+#include <dlfcn.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +18,9 @@
 
 #include "../../cuda/mm_args.h"
 #include "backend/backend.h"
+#include "backend/cuda_api.h"
+#include "backend/cuda_mm_bench.h"
+#include "fake_cuda.h"
 #include "moe/moe.h"
 #include "quant/quant.h"
 #include "simt_api.h"
@@ -411,6 +416,71 @@ START_TEST(cuda_mm_glu)
 }
 END_TEST
 
+/*
+ * moe-bench gpu-matvec's measurement over the fake driver: it drives the
+ * Driver API from context to timing, its matvec runs on the emulation and
+ * must agree with the CPU's product, and everything it allocated is freed.
+ */
+START_TEST(cuda_mm_bench_fake)
+{
+	static const uint32_t bt[] = { MOE_TYPE_Q4_K, MOE_TYPE_Q8_0, MOE_TYPE_MXFP4 };
+	struct moe_cuda_mm_bench_cfg cfg = { .rows = 70, .cols = 512, .reps = 2 };
+	struct moe_cuda_mm_bench_res res[3];
+	struct simt_fake_config fc = { .quiet = 1 };
+	struct simt_fake_stats st;
+	struct moe_cuda_api api;
+	char dev[64] = "";
+	size_t fb;
+	int ret;
+
+	simt_fake_cuda_reset(&fc);
+	simt_fake_cuda_api(&api);
+	ret = moe_cuda_mm_bench(&api, &cfg, bt, 3, res, dev, sizeof(dev));
+	if (!moe_cuda_fatbin(&fb)) {
+		/* built without nvcc: the benchmark says so instead of running */
+		ck_assert_int_eq(ret, -ENOENT);
+		ck_assert_ptr_nonnull(strstr(moe_errmsg(), "nvcc"));
+		return;
+	}
+	ck_assert_msg(ret == 0, "%s", moe_errmsg());
+	ck_assert_str_eq(dev, "SIMT emulated GPU");
+	for (int i = 0; i < 3; i++) {
+		ck_assert_uint_eq(res[i].type, bt[i]);
+		ck_assert_uint_eq(res[i].bytes, (uint64_t)moe_type_row_bytes(bt[i], 512) * 70);
+		/* the CPU's activations are rounded to 8 bits; the device's are not */
+		ck_assert_msg(res[i].rel_err < 0.02, "%s: rel err %g", moe_type_name(bt[i]),
+			      res[i].rel_err);
+	}
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.allocs, 0);
+	ck_assert_uint_eq(st.d2d_bytes, 2 * (res[0].bytes + res[1].bytes + res[2].bytes));
+
+	/* a failed allocation is reported, naming the call, and leaks nothing */
+	simt_fake_cuda_reset(&fc);
+	simt_fake_cuda_api(&api);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuMemAlloc", 3, CUDA_ERROR_OUT_OF_MEMORY), 0);
+	ck_assert_int_lt(moe_cuda_mm_bench(&api, &cfg, bt, 1, res, dev, sizeof(dev)), 0);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "cuMemAlloc"));
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.allocs, 0);
+	simt_fake_cuda_reset(NULL);
+}
+END_TEST
+
+/* Without a driver, moe-bench gpu-matvec says so and exits 0. */
+START_TEST(cuda_mm_bench_no_driver)
+{
+	char cmd[512], *out = NULL;
+	int st;
+
+	snprintf(cmd, sizeof(cmd), "%s gpu-matvec", tu_bin("moe-bench"));
+	st = tu_run(cmd, 1, &out);
+	ck_assert_msg(st == 0, "exit %d: %s", st, out);
+	ck_assert_msg(strstr(out, "no CUDA driver") != NULL, "%s", out);
+	free(out);
+}
+END_TEST
+
 Suite *suite_cuda_mm(void)
 {
 	Suite *s = suite_create("cuda_mm");
@@ -422,6 +492,17 @@ Suite *suite_cuda_mm(void)
 	tcase_add_test(tc, cuda_mm_gather_scatter);
 	tcase_add_loop_test(tc, cuda_mm_get_rows, 0, n);
 	tcase_add_test(tc, cuda_mm_glu);
+	tcase_add_test(tc, cuda_mm_bench_fake);
+	{
+		void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+
+		if (h) {
+			dlclose(h);
+			tu_skip("cuda_mm_bench_no_driver", "a CUDA driver is installed here");
+		} else {
+			tcase_add_test(tc, cuda_mm_bench_no_driver);
+		}
+	}
 	suite_add_tcase(s, tc);
 	return s;
 }
