@@ -19,6 +19,7 @@
  */
 #include "common.cuh"
 #include "mm_args.h"
+#include "mm_io.cuh"
 #include "quant.cuh"
 
 #define MOE_MM_MV_TOK 4         /* tokens per pass of the matvec kernel */
@@ -26,34 +27,6 @@
 #define MOE_MM_TILE 32          /* rows and tokens of a tiled block */
 #define MOE_MM_KC 128           /* columns per step of the tiled kernel */
 #define MOE_MM_TILED_THREADS 256
-
-/* The f32 input row of token t of product p, and its scale. */
-static __device__ __forceinline__ const float *mm_xrow(const moe_mm_prob &p, uint32_t t,
-						       float *scale)
-{
-	const int32_t *idx = reinterpret_cast<const int32_t *>(p.x_idx);
-	const float *xs = reinterpret_cast<const float *>(p.x_scale);
-	uint32_t src = idx ? (uint32_t)idx[t] / p.x_div : t;
-
-	*scale = xs ? xs[idx ? idx[t] : (int32_t)t] : 1.0f;
-	return reinterpret_cast<const float *>(p.x) + (uint64_t)src * p.x_stride;
-}
-
-/* Output r of token t of product p, with its bias and output scale. */
-static __device__ __forceinline__ void mm_store(const moe_mm_prob &p, uint32_t t, uint32_t r,
-						float v)
-{
-	const int32_t *idx = reinterpret_cast<const int32_t *>(p.y_idx);
-	const float *b = reinterpret_cast<const float *>(p.bias);
-	const float *s = reinterpret_cast<const float *>(p.oscale);
-	uint32_t row = idx ? (uint32_t)idx[t] : t;
-
-	if (b)
-		v += b[r];
-	if (s)
-		v *= s[0];
-	reinterpret_cast<float *>(p.y)[(uint64_t)row * p.y_stride + r] = v;
-}
 
 /* ------------------------------------------------------------ matvec */
 
@@ -73,7 +46,7 @@ struct mm_matvec_body {
 
 MOE_UNROLL
 			for (int t = 0; t < MOE_MM_MV_TOK; t++) {
-				x[t] = mm_xrow(p, t0 + min((uint32_t)t, nt - 1), &sc[t]);
+				x[t] = mmio_xrow(p, t0 + min((uint32_t)t, nt - 1), &sc[t]);
 				acc[t] = 0.0f;
 			}
 			for (int64_t u = lane; u < n_units; u += 32) {
@@ -107,7 +80,7 @@ MOE_UNROLL
 			}
 			if (lane == 0)
 				for (uint32_t t = 0; t < nt; t++)
-					mm_store(p, t0 + t, r, acc[t] * sc[t]);
+					mmio_store(p, t0 + t, r, acc[t] * sc[t]);
 		}
 	}
 };
@@ -177,7 +150,7 @@ MOE_UNROLL
 
 				if (t0 + xt < p.n_tok && c0 + xc < p.cols) {
 					float s;
-					const float *x = mm_xrow(p, t0 + xt, &s);
+					const float *x = mmio_xrow(p, t0 + xt, &s);
 
 					v = x[c0 + xc] * s;
 				}
@@ -200,7 +173,7 @@ MOE_UNROLL_N8
 MOE_UNROLL
 			for (int k = 0; k < 4; k++)
 				if (t0 + tg + 8 * k < p.n_tok)
-					mm_store(p, t0 + tg + 8 * k, r0 + rr, acc[k]);
+					mmio_store(p, t0 + tg + 8 * k, r0 + rr, acc[k]);
 	}
 };
 

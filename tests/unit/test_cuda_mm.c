@@ -121,20 +121,37 @@ static struct moe_mm_prob prob(const struct mat *m, const float *x, uint32_t x_s
 	};
 }
 
-/* Run the products of @p (one launch) with the matvec or the tiled kernel. */
-static void run_probs(struct moe_mm_prob *p, uint32_t n, bool tiled)
+enum path { MATVEC, TILED, Q8, N_PATHS };
+static const char *const path_name[] = { "matvec", "tiled", "q8_1 matvec" };
+
+/*
+ * Run the products of @p (one launch) on one of the paths: the f32 matvec,
+ * the tiled kernel, or q8_1 activations and the __dp4a matvec.
+ */
+static void run_probs(struct moe_mm_prob *p, uint32_t n, enum path path)
 {
-	uint32_t max_rows = 0, max_tok = 0;
+	uint32_t max_rows = 0, max_tok = 0, max_units = 0;
 	void *params[] = { &p };
 
 	for (uint32_t i = 0; i < n; i++) {
 		max_rows = MOE_MAX(max_rows, p[i].rows);
 		max_tok = MOE_MAX(max_tok, p[i].n_tok);
+		max_units = MOE_MAX(max_units, p[i].cols / 32);
 	}
-	if (tiled)
+	if (path == TILED) {
 		launch("moe_mm_tiled", (max_rows + 31) / 32, (max_tok + 31) / 32, n, 256, params);
-	else
+	} else if (path == MATVEC) {
 		launch("moe_mm_matvec", (max_rows + 3) / 4, 1, n, 128, params);
+	} else {
+		/* 40-byte blocks: the q8_1 rows of every product's tokens */
+		uint8_t *qa = malloc((size_t)40 * n * max_tok * max_units);
+		void *qp[] = { &p, &qa, &max_tok, &max_units };
+
+		memset(qa, 0xff, (size_t)40 * n * max_tok * max_units);
+		launch("moe_mm_quant_q8_1", (max_units + 3) / 4, max_tok, n, 128, qp);
+		launch("moe_mm_matvec_q8", (max_rows + 3) / 4, 1, n, 128, qp);
+		free(qa);
+	}
 }
 
 /*
@@ -210,7 +227,8 @@ static void cpu_matmul(const struct mat *m, const float *x, uint32_t n_tok, floa
  * y = W x for every type, both kernels, shapes around the kernels' tiles;
  * the CPU backend's result must agree within its activation rounding.
  */
-static void product_case(uint32_t type, int64_t rows, int64_t cols, uint32_t n_tok, bool tiled)
+static void product_case(uint32_t type, int64_t rows, int64_t cols, uint32_t n_tok,
+			 enum path path)
 {
 	struct mat m;
 	float *x = randf((size_t)n_tok * cols, 1.0), *y = malloc(sizeof(float) * n_tok * rows);
@@ -221,7 +239,7 @@ static void product_case(uint32_t type, int64_t rows, int64_t cols, uint32_t n_t
 	for (size_t i = 0; i < (size_t)n_tok * rows; i++)
 		y[i] = NAN;
 	p = prob(&m, x, (uint32_t)cols, y, (uint32_t)rows, n_tok);
-	run_probs(&p, 1, tiled);
+	run_probs(&p, 1, path);
 	cpu_matmul(&m, x, n_tok, yc);
 	for (uint32_t t = 0; t < n_tok; t++)
 		for (int64_t r = 0; r < rows; r++) {
@@ -229,12 +247,17 @@ static void product_case(uint32_t type, int64_t rows, int64_t cols, uint32_t n_t
 			float got = y[t * rows + r], cpu = yc[t * rows + r];
 			double ctol = cpu_bound(&m, r, x + t * cols) + 2 * tol;
 
+			/* rounded activations: the CPU's bound (q8_1 blocks are never coarser) */
+			if (path == Q8)
+				tol += cpu_bound(&m, r, x + t * cols);
 			ck_assert_msg(fabs(got - want) <= tol, "%s %s %lldx%lld tok %u/%u row %lld: "
-				      "%.8g vs %.8g (tol %g)", tiled ? "tiled" : "matvec",
+				      "%.8g vs %.8g (tol %g)", path_name[path],
 				      moe_type_name(type), (long long)rows, (long long)cols, t, n_tok,
 				      (long long)r, got, want, tol);
+			if (path == Q8)
+				ctol += cpu_bound(&m, r, x + t * cols);
 			ck_assert_msg(fabs(got - cpu) <= ctol, "%s %s: device %.8g, cpu backend %.8g",
-				      tiled ? "tiled" : "matvec", moe_type_name(type), got, cpu);
+				      path_name[path], moe_type_name(type), got, cpu);
 		}
 	free_mat(&m);
 	free(x);
@@ -250,14 +273,17 @@ START_TEST(cuda_mm_products)
 	/* one block, and several steps of the tiled kernel's 128 columns plus a part */
 	int64_t cols[2] = { blk == 1 ? 45 : blk, blk == 1 ? 300 : (blk == 256 ? 3 * blk : 5 * blk) };
 
-	for (int tiled = 0; tiled < 2; tiled++)
+	for (int path = 0; path < N_PATHS; path++)
 		for (size_t r = 0; r < MOE_ARRAY_SIZE(rows); r++)
 			for (size_t c = 0; c < 2; c++)
 				for (size_t t = 0; t < MOE_ARRAY_SIZE(toks); t++) {
 					/* the tiled kernel's row tile: once past it is enough */
 					if (rows[r] == 33 && toks[t] < 5 && c)
 						continue;
-					product_case(type, rows[r], cols[c], toks[t], tiled);
+					/* the q8_1 path: decode of quantized types */
+					if (path == Q8 && (blk == 1 || toks[t] > 4))
+						continue;
+					product_case(type, rows[r], cols[c], toks[t], path);
 				}
 }
 END_TEST
@@ -278,7 +304,7 @@ START_TEST(cuda_mm_gather_scatter)
 	struct moe_mm_prob p[NP];
 	struct mat m[NP];
 
-	for (int tiled = 0; tiled < 2; tiled++) {
+	for (int path = 0; path < 2; path++) {
 		for (int i = 0; i < NP; i++) {
 			make_mat(&m[i], ptypes[i], prow[i], pcol[i]);
 			y[i] = malloc(sizeof(float) * 10 * YS);
@@ -293,7 +319,7 @@ START_TEST(cuda_mm_gather_scatter)
 			p[i].bias = i != 2 ? addr(bias) : 0;
 			p[i].oscale = i != 0 ? addr(&osc) : 0;
 		}
-		run_probs(p, NP, tiled);
+		run_probs(p, NP, path);
 		for (int i = 0; i < NP; i++) {
 			for (int row = 0; row < 10; row++)
 				for (int r = 0; r < YS; r++) {
@@ -314,7 +340,7 @@ START_TEST(cuda_mm_gather_scatter)
 					}
 					ck_assert_msg(fabs(y[i][row * YS + r] - want) <= tol,
 						      "%s prod %d out row %d [%d]: %.8g vs %.8g",
-						      tiled ? "tiled" : "matvec", i, row, r,
+						      path_name[path], i, row, r,
 						      y[i][row * YS + r], want);
 				}
 			free_mat(&m[i]);
