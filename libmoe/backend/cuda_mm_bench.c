@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,7 +27,7 @@ struct bench {
 	CUmodule mod;
 	CUstream st;
 	CUevent ev[2];
-	CUfunction fn;
+	CUfunction quant, mv_q8, mv_f32;
 };
 
 static int bench_cu(const struct bench *b, CUresult r, const char *call)
@@ -54,6 +55,33 @@ static int bench_elapsed(struct bench *b, double *ms)
 	return ret;
 }
 
+/*
+ * @reps decode steps between the events: the q8_1 rounding of x and the
+ * __dp4a matvec, as the backend runs decode, or the f32 matvec alone.
+ */
+static int bench_matvec(struct bench *b, const struct moe_cuda_mm_bench_cfg *cfg, void **params,
+			uint32_t reps, bool f32, double *ms)
+{
+	unsigned gx = (cfg->rows + 3) / 4;
+	int ret = CU(b, cuEventRecord(b->ev[0], b->st));
+
+	for (uint32_t i = 0; !ret && i < reps; i++) {
+		if (f32) {
+			ret = CU(b, cuLaunchKernel(b->mv_f32, gx, 1, 1, 128, 1, 1, 0, b->st, params,
+						   NULL));
+			continue;
+		}
+		ret = CU(b, cuLaunchKernel(b->quant, (cfg->cols / 32 + 3) / 4, 1, 1, 128, 1, 1, 0,
+					   b->st, params, NULL));
+		if (!ret)
+			ret = CU(b, cuLaunchKernel(b->mv_q8, gx, 1, 1, 128, 1, 1, 0, b->st, params,
+						   NULL));
+	}
+	if (!ret)
+		ret = CU(b, cuEventRecord(b->ev[1], b->st));
+	return ret ? ret : bench_elapsed(b, ms);
+}
+
 static int bench_type(struct bench *b, const struct moe_cuda_mm_bench_cfg *cfg, uint32_t type,
 		      struct moe_cuda_mm_bench_res *res)
 {
@@ -63,11 +91,12 @@ static int bench_type(struct bench *b, const struct moe_cuda_mm_bench_cfg *cfg, 
 	float *xf = malloc(sizeof(float) * cfg->cols), *wf = malloc(sizeof(float) * cfg->cols);
 	float *y = malloc(sizeof(float) * cfg->rows), *yc = malloc(sizeof(float) * nd);
 	uint8_t *q = malloc((size_t)rb * nd);
-	CUdeviceptr w = 0, w2 = 0, x = 0, yd = 0, pd = 0;
+	CUdeviceptr w = 0, w2 = 0, x = 0, yd = 0, pd = 0, qa = 0;
 	struct moe_mm_prob p;
 	uint64_t s = 0x9e3779b97f4a7c15ull;
+	uint32_t one = 1, units = cfg->cols / 32;
 	double ms, err = 0, mag = 0;
-	void *params[] = { &pd };
+	void *params[] = { &pd, &qa, &one, &units };
 	int ret = 0;
 
 	if (rb <= 0 || !xf || !wf || !y || !yc || !q) {
@@ -102,6 +131,8 @@ static int bench_type(struct bench *b, const struct moe_cuda_mm_bench_cfg *cfg, 
 		ret = CU(b, cuMemAlloc(&yd, sizeof(float) * cfg->rows));
 	if (!ret)
 		ret = CU(b, cuMemAlloc(&pd, sizeof(p)));
+	if (!ret)
+		ret = CU(b, cuMemAlloc(&qa, (size_t)40 * units));
 	for (uint64_t off = 0; !ret && off < bytes; off += (uint64_t)rb * nd)
 		ret = CU(b, cuMemcpyHtoDAsync(w + off, q, MOE_MIN((uint64_t)rb * nd, bytes - off),
 					      b->st));
@@ -112,25 +143,21 @@ static int bench_type(struct bench *b, const struct moe_cuda_mm_bench_cfg *cfg, 
 		ret = CU(b, cuMemcpyHtoDAsync(x, xf, sizeof(float) * cfg->cols, b->st));
 	if (!ret)
 		ret = CU(b, cuMemcpyHtoDAsync(pd, &p, sizeof(p), b->st));
-	/* one untimed launch: module loading and clocks settle */
+	/* one untimed pass: module loading and clocks settle */
 	if (!ret)
-		ret = CU(b, cuLaunchKernel(b->fn, (cfg->rows + 3) / 4, 1, 1, 128, 1, 1, 0, b->st,
-					   params, NULL));
+		ret = bench_matvec(b, cfg, params, 1, false, &ms);
 	if (!ret)
-		ret = CU(b, cuEventRecord(b->ev[0], b->st));
-	for (uint32_t i = 0; !ret && i < cfg->reps; i++)
-		ret = CU(b, cuLaunchKernel(b->fn, (cfg->rows + 3) / 4, 1, 1, 128, 1, 1, 0, b->st,
-					   params, NULL));
+		ret = bench_matvec(b, cfg, params, cfg->reps, true, &res->f32_ms);
 	if (!ret)
-		ret = CU(b, cuEventRecord(b->ev[1], b->st));
-	if (!ret)
-		ret = bench_elapsed(b, &ms);
+		ret = bench_matvec(b, cfg, params, cfg->reps, false, &ms);
 	if (ret)
 		goto out;
 	res->type = type;
 	res->bytes = bytes;
 	res->ms = ms / cfg->reps;
 	res->matvec_gbps = res->ms > 0 ? (double)bytes / (res->ms * 1e6) : 0;
+	res->f32_ms /= cfg->reps;
+	res->f32_gbps = res->f32_ms > 0 ? (double)bytes / (res->f32_ms * 1e6) : 0;
 	ret = CU(b, cuMemcpyDtoHAsync(y, yd, sizeof(float) * cfg->rows, b->st));
 	if (!ret)
 		ret = CU(b, cuStreamSynchronize(b->st));
@@ -153,7 +180,7 @@ static int bench_type(struct bench *b, const struct moe_cuda_mm_bench_cfg *cfg, 
 		res->copy_gbps = ms > 0 ? 2.0 * (double)bytes * cfg->reps / (ms * 1e6) : 0;
 out:
 	b->api->cuStreamSynchronize(b->st);
-	for (CUdeviceptr *d = (CUdeviceptr[]){ w, w2, x, yd, pd }, *e = d + 5; d < e; d++)
+	for (CUdeviceptr *d = (CUdeviceptr[]){ w, w2, x, yd, pd, qa }, *e = d + 6; d < e; d++)
 		if (*d)
 			b->api->cuMemFree(*d);
 	free(xf);
@@ -193,7 +220,11 @@ int moe_cuda_mm_bench(const struct moe_cuda_api *api, const struct moe_cuda_mm_b
 	if (!ret)
 		ret = CU(&b, cuModuleLoadData(&b.mod, image));
 	if (!ret)
-		ret = CU(&b, cuModuleGetFunction(&b.fn, b.mod, "moe_mm_matvec"));
+		ret = CU(&b, cuModuleGetFunction(&b.quant, b.mod, "moe_mm_quant_q8_1"));
+	if (!ret)
+		ret = CU(&b, cuModuleGetFunction(&b.mv_q8, b.mod, "moe_mm_matvec_q8"));
+	if (!ret)
+		ret = CU(&b, cuModuleGetFunction(&b.mv_f32, b.mod, "moe_mm_matvec"));
 	if (!ret)
 		ret = CU(&b, cuStreamCreate(&b.st, CU_STREAM_NON_BLOCKING));
 	if (!ret)

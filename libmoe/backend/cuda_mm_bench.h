@@ -22,8 +22,9 @@ struct moe_cuda_mm_bench_cfg {
 struct moe_cuda_mm_bench_res {
 	uint32_t type;
 	uint64_t bytes;            /* weight bytes one matvec reads */
-	double ms;                 /* per matvec */
+	double ms;                 /* per decode matvec: q8_1 rounding of x and the __dp4a kernel */
 	double matvec_gbps;        /* bytes / ms */
+	double f32_ms, f32_gbps;   /* the f32-activation matvec */
 	double copy_gbps;          /* cuMemcpyDtoD of bytes: (read + written) / time */
 	double rel_err;            /* |y - CPU backend's y| / |y|: the kernel computed the product */
 };

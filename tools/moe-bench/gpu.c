@@ -105,22 +105,23 @@ int bench_gpu_matvec(int argc, char **argv)
 		       cfg.rows, cfg.cols);
 	else
 		printf("gpu-matvec on %s: %u x %u, %u launches\n"
-		       "%-6s %10s %10s %12s %12s %7s %9s\n", dev, cfg.rows, cfg.cols, cfg.reps,
-		       "type", "MiB", "us", "matvec GB/s", "copy GB/s", "ratio", "rel err");
+		       "%-6s %8s %9s %12s %10s %10s %7s %9s\n", dev, cfg.rows, cfg.cols, cfg.reps,
+		       "type", "MiB", "us", "matvec GB/s", "f32 GB/s", "copy GB/s", "ratio",
+		       "rel err");
 	for (uint32_t i = 0; i < n_types; i++) {
 		const struct moe_cuda_mm_bench_res *r = &res[i];
 		double ratio = r->copy_gbps > 0 ? r->matvec_gbps / r->copy_gbps : 0;
 
 		if (json)
 			printf("%s{\"type\": \"%s\", \"bytes\": %llu, \"us\": %.2f, "
-			       "\"matvec_gbps\": %.2f, \"copy_gbps\": %.2f, \"ratio\": %.3f, "
-			       "\"rel_err\": %.2e}", i ? ", " : "", moe_type_name(r->type),
-			       (unsigned long long)r->bytes, r->ms * 1e3, r->matvec_gbps,
-			       r->copy_gbps, ratio, r->rel_err);
+			       "\"matvec_gbps\": %.2f, \"f32_gbps\": %.2f, \"copy_gbps\": %.2f, "
+			       "\"ratio\": %.3f, \"rel_err\": %.2e}", i ? ", " : "",
+			       moe_type_name(r->type), (unsigned long long)r->bytes, r->ms * 1e3,
+			       r->matvec_gbps, r->f32_gbps, r->copy_gbps, ratio, r->rel_err);
 		else
-			printf("%-6s %10.1f %10.2f %12.1f %12.1f %7.3f %9.2e\n",
+			printf("%-6s %8.1f %9.2f %12.1f %10.1f %10.1f %7.3f %9.2e\n",
 			       moe_type_name(r->type), (double)r->bytes / (1 << 20), r->ms * 1e3,
-			       r->matvec_gbps, r->copy_gbps, ratio, r->rel_err);
+			       r->matvec_gbps, r->f32_gbps, r->copy_gbps, ratio, r->rel_err);
 	}
 	if (json)
 		printf("]}\n");
