@@ -19,6 +19,7 @@
 #include "../../cuda/mm_args.h"
 #include "backend/backend.h"
 #include "backend/cuda_api.h"
+#include "backend/cuda_int.h"
 #include "backend/cuda_mm_bench.h"
 #include "fake_cuda.h"
 #include "moe/moe.h"
@@ -507,6 +508,435 @@ START_TEST(cuda_mm_bench_no_driver)
 }
 END_TEST
 
+/* ------------------------------------------------------------ the ops over the fake driver */
+
+/*
+ * libmoe/backend/cuda_mm.c's four ops on a CUDA context of the fake driver,
+ * whose launches run the kernels on the emulation: argument checks, the
+ * descriptors it uploads, the path it picks, the workspace it carves.
+ */
+static struct moe_cuda cu;
+static struct moe_backend cbe = { .priv = &cu };
+
+#define CU_OK(call) ck_assert_int_eq(cu.api.call, CUDA_SUCCESS)
+
+static moe_dptr dalloc(size_t bytes)
+{
+	CUdeviceptr d;
+
+	CU_OK(cuMemAlloc(&d, bytes ? bytes : 1));
+	return d;
+}
+
+static moe_dptr dup_(const void *host, size_t bytes)
+{
+	moe_dptr d = dalloc(bytes);
+
+	CU_OK(cuMemcpyHtoDAsync(d, host, bytes, cu.stream[MOE_BE_COMPUTE]));
+	return d;
+}
+
+static void dget(void *host, moe_dptr d, size_t bytes)
+{
+	CU_OK(cuMemcpyDtoHAsync(host, d, bytes, cu.stream[MOE_BE_COMPUTE]));
+	CU_OK(cuStreamSynchronize(cu.stream[MOE_BE_COMPUTE]));
+}
+
+static void cu_open(const struct moe_be_shape *sh)
+{
+	static const uint8_t any_image[16];
+	struct simt_fake_config fc = { .quiet = 1 };
+	size_t fb;
+	const void *img = moe_cuda_fatbin(&fb);
+
+	memset(&cu, 0, sizeof(cu));
+	simt_fake_cuda_reset(&fc);
+	simt_fake_cuda_api(&cu.api);
+	CU_OK(cuInit(0));
+	CU_OK(cuDeviceGet(&cu.dev, 0));
+	CU_OK(cuDevicePrimaryCtxRetain(&cu.ctx, cu.dev));
+	CU_OK(cuCtxSetCurrent(cu.ctx));
+	/* the fake finds kernels in the emulation's registry, whatever the image */
+	CU_OK(cuModuleLoadData(&cu.mod, img ? img : any_image));
+	for (int q = 0; q < MOE_BE_QUEUES; q++)
+		CU_OK(cuStreamCreate(&cu.stream[q], CU_STREAM_NON_BLOCKING));
+	cu.ws_mm_bytes = moe_cuda_mm_workspace_bytes(sh);
+	cu.ws_mm = dalloc(cu.ws_mm_bytes);
+}
+
+static void cu_close(void)
+{
+	CU_OK(cuCtxSynchronize());
+	cu.api.cuDevicePrimaryCtxRelease(cu.dev);
+	simt_fake_cuda_reset(NULL);
+}
+
+static const struct moe_be_shape cu_shape = {
+	.max_tok = 20, .max_ent = 12, .n_embd = 512, .max_cols = 512, .max_ff = 256,
+	.max_head = 4, .max_head_dim = 64, .max_ffn = 3, .max_heads_io = 128,
+};
+
+static struct moe_be_mat dmat(const struct mat *m)
+{
+	return (struct moe_be_mat){ .p = dup_(m->q, (size_t)(m->rb * m->rows)), .type = m->type,
+				    .rows = m->rows, .cols = m->cols };
+}
+
+/* The op suite's bound: float rounding plus half a q8 step per activation (0 for floats). */
+static double op_tol(const struct mat *m, int64_t r, const float *x, double s)
+{
+	double tol;
+	float *xs = malloc(sizeof(float) * m->cols);
+
+	for (int64_t c = 0; c < m->cols; c++)
+		xs[c] = (float)(x[c] * s);
+	ref_dot(m, r, xs, 1.0, &tol, NULL);
+	tol += cpu_bound(m, r, xs);
+	free(xs);
+	return tol;
+}
+
+/* matmul of one matrix of every type, decode and prefill token counts */
+START_TEST(cuda_mm_op_matmul)
+{
+	static const uint32_t toks[] = { 1, 3, 4, 5, 17 };
+	uint32_t type = types[_i], blk = moe_type_block_elems(type);
+	int64_t rows = 37, cols = blk == 1 ? 45 : 2 * blk;
+
+	cu_open(&cu_shape);
+	for (size_t ti = 0; ti < MOE_ARRAY_SIZE(toks); ti++) {
+		uint32_t n = toks[ti];
+		float *x = randf((size_t)n * cols, 1.0), *y = malloc(sizeof(float) * n * rows);
+		struct mat m;
+		struct moe_be_mat w;
+		moe_dptr yd = dalloc(sizeof(float) * n * rows);
+
+		make_mat(&m, type, rows, cols);
+		w = dmat(&m);
+		ck_assert_msg(moe_cuda_matmul(&cbe, &w, 1, dup_(x, sizeof(float) * n * cols), n,
+					      &yd) == 0, "%s", moe_errmsg());
+		dget(y, yd, sizeof(float) * n * rows);
+		for (uint32_t t = 0; t < n; t++)
+			for (int64_t r = 0; r < rows; r++) {
+				double tol, want = ref_dot(&m, r, x + t * cols, 1.0, &tol, NULL);
+
+				tol = op_tol(&m, r, x + t * cols, 1.0);
+				ck_assert_msg(fabs(y[t * rows + r] - want) <= tol, "%s tok %u/%u row %lld:"
+					      " %.8g vs %.8g (tol %g)", moe_type_name(type), t, n,
+					      (long long)r, y[t * rows + r], want, tol);
+			}
+		free_mat(&m);
+		free(x);
+		free(y);
+	}
+	cu_close();
+}
+END_TEST
+
+/* Matrices of three types sharing one input; per-head products over strides. */
+START_TEST(cuda_mm_op_fused_heads)
+{
+	static const uint32_t ft[3] = { MOE_TYPE_Q4_K, MOE_TYPE_Q8_0, MOE_TYPE_F16 };
+	static const int64_t frows[3] = { 12, 5, 9 };
+	enum { H = 3, HR = 7, HC = 64, XH = HC + 3, XT = H * XH + 5, YH = HR + 2, YT = H * YH + 1 };
+
+	cu_open(&cu_shape);
+	/* 2 tokens: f16 in the mix keeps the f32 matvec; 2 of 3 quantized: the q8_1 path */
+	for (uint32_t n_w = 2; n_w <= 3; n_w++)
+		for (uint32_t n = 2; n <= 6; n += 4) {
+			float *x = randf((size_t)n * 512, 1.0), y[6 * 12];
+			struct mat m[3];
+			struct moe_be_mat w[3];
+			moe_dptr yd[3], xd = dup_(x, sizeof(float) * n * 512);
+
+			for (uint32_t i = 0; i < n_w; i++) {
+				make_mat(&m[i], ft[i], frows[i], 512);
+				w[i] = dmat(&m[i]);
+				yd[i] = dalloc(sizeof(float) * n * frows[i]);
+			}
+			ck_assert_msg(moe_cuda_matmul(&cbe, w, n_w, xd, n, yd) == 0, "%s",
+				      moe_errmsg());
+			for (uint32_t i = 0; i < n_w; i++) {
+				dget(y, yd[i], sizeof(float) * n * frows[i]);
+				for (uint32_t t = 0; t < n; t++)
+					for (int64_t r = 0; r < frows[i]; r++) {
+						double tol, want = ref_dot(&m[i], r, x + t * 512, 1.0,
+									   &tol, NULL);
+
+						tol = op_tol(&m[i], r, x + t * 512, 1.0);
+						ck_assert_msg(fabs(y[t * frows[i] + r] - want) <= tol,
+							      "%u mats, mat %u tok %u row %lld: %g vs %g",
+							      n_w, i, t, (long long)r, y[t * frows[i] + r],
+							      want);
+					}
+				free_mat(&m[i]);
+			}
+			free(x);
+		}
+	for (uint32_t n = 1; n <= 5; n += 4) {
+		float *x = randf((size_t)n * XT, 1.0), *y = malloc(sizeof(float) * n * YT);
+		struct mat m;
+		struct moe_heads_args a;
+		moe_dptr yd;
+
+		for (uint32_t i = 0; i < n * YT; i++)
+			y[i] = 777.0f;
+		yd = dup_(y, sizeof(float) * n * YT);
+		make_mat(&m, MOE_TYPE_Q8_0, H * HR, HC);
+		a = (struct moe_heads_args){ .w = dmat(&m), .n_head = H, .n_tok = n,
+					     .x = dup_(x, sizeof(float) * n * XT), .y = yd,
+					     .x_tok = XT, .x_head = XH, .y_tok = YT, .y_head = YH };
+		a.w.rows = HR;
+		ck_assert_msg(moe_cuda_matmul_heads(&cbe, &a) == 0, "%s", moe_errmsg());
+		dget(y, yd, sizeof(float) * n * YT);
+		for (uint32_t t = 0; t < n; t++)
+			for (uint32_t i = 0; i < YT; i++) {
+				uint32_t h = i / YH, r = i % YH;
+				double want = 777.0, tol = 0;
+
+				if (h < H && r < HR) {
+					want = ref_dot(&m, h * HR + r, x + t * XT + h * XH, 1.0, &tol,
+						       NULL);
+					tol = op_tol(&m, h * HR + r, x + t * XT + h * XH, 1.0);
+				}
+				ck_assert_msg(fabs(y[t * YT + i] - want) <= tol, "heads tok %u [%u]: "
+					      "%.8g vs %.8g", t, i, y[t * YT + i], want);
+			}
+		free_mat(&m);
+		free(x);
+		free(y);
+	}
+	cu_close();
+}
+END_TEST
+
+/* One FFN's matrices: host values and device copies. */
+struct cffn {
+	struct mat m[3];
+	uint32_t n_mats;
+	float *gb, *ub, *db, scale;
+	struct moe_be_ffn d;
+};
+
+static void make_cffn(struct cffn *f, uint32_t type, int64_t E, int64_t F, bool fused, bool bias,
+		      bool scaled)
+{
+	memset(f, 0, sizeof(*f));
+	f->n_mats = fused ? 2 : 3;
+	make_mat(&f->m[0], type, fused ? 2 * F : F, E);
+	if (!fused)
+		make_mat(&f->m[1], type, F, E);
+	make_mat(&f->m[f->n_mats - 1], MOE_TYPE_Q8_0, E, F);
+	f->d.n_mats = f->n_mats;
+	for (uint32_t k = 0; k < f->n_mats; k++)
+		f->d.mats[k] = dmat(&f->m[k]);
+	if (bias) {
+		f->gb = randf((size_t)F, 0.5);
+		f->ub = randf((size_t)F, 0.5);
+		f->db = randf((size_t)E, 0.5);
+		f->d.gate_b = dup_(f->gb, sizeof(float) * F);
+		f->d.up_b = dup_(f->ub, sizeof(float) * F);
+		f->d.down_b = dup_(f->db, sizeof(float) * E);
+	}
+	f->scale = 1.0f;
+	if (scaled) {
+		f->scale = 0.75f;
+		f->d.out_scale = dup_(&f->scale, sizeof(float));
+	}
+}
+
+static void free_cffn(struct cffn *f)
+{
+	for (uint32_t k = 0; k < f->n_mats; k++)
+		free_mat(&f->m[k]);
+	free(f->gb);
+	free(f->ub);
+	free(f->db);
+}
+
+/* out = scale * (down(act(gate x + gb) * (up x + ub)) + db) in double */
+static void cffn_ref(const struct cffn *f, int act, const float *x, int64_t E, int64_t F,
+		     double *out)
+{
+	const struct mat *G = &f->m[0], *U = f->n_mats == 2 ? &f->m[0] : &f->m[1];
+	const struct mat *D = &f->m[f->n_mats - 1];
+	int64_t uoff = f->n_mats == 2 ? F : 0;
+	double *h = malloc(sizeof(double) * F);
+
+	for (int64_t i = 0; i < F; i++) {
+		double g = 0, u = 0;
+
+		for (int64_t c = 0; c < E; c++) {
+			g += G->w[i * E + c] * x[c];
+			u += U->w[(uoff + i) * E + c] * x[c];
+		}
+		h[i] = glu_ref(act, g + (f->gb ? f->gb[i] : 0), u + (f->ub ? f->ub[i] : 0));
+	}
+	for (int64_t r = 0; r < E; r++) {
+		double sum = 0;
+
+		for (int64_t i = 0; i < F; i++)
+			sum += D->w[r * F + i] * h[i];
+		out[r] = (sum + (f->db ? f->db[r] : 0)) * f->scale;
+	}
+	free(h);
+}
+
+/*
+ * Routed experts as the engine runs them: two of three FFNs in one call
+ * over their entries of a (token, choice) list, out of order; input rows
+ * entry / stride, scaled per entry in one variant; output rows the entries.
+ * One entry per expert is decode (the q8_1 path), four is prefill (tiled).
+ */
+START_TEST(cuda_mm_op_ffn)
+{
+	enum { T = 6, K = 2, NF = 3, E = 256 };
+	static const uint32_t ftypes[] = { MOE_TYPE_Q4_K, MOE_TYPE_F32, MOE_TYPE_MXFP4 };
+	uint32_t type = ftypes[_i / 3];
+	int variant = _i % 3;
+	int64_t FF = moe_type_block_elems(type) == 256 ? 256 : 96;
+	int act = variant == 1 ? MOE_GLU_SWIGLU_OAI : variant == 2 ? MOE_GLU_GELU : MOE_GLU_SILU;
+
+	cu_open(&cu_shape);
+	for (int prefill = 0; prefill < 2; prefill++) {
+		int32_t ents[T * K] = { 1, 4, 6, 9, 11, 0, 3, 5, 2, 7, 8, 10 };
+		uint32_t off[NF] = { 0, 5, 8 }, cnt[NF] = { 5, 3, 4 };
+		uint32_t order[2] = { 2, 0 };
+		float *x = randf(T * E, 1.0), *ins = randf(T * K, 0.5);
+		float *got = malloc(sizeof(float) * T * K * E);
+		double want[E];
+		struct cffn f[NF];
+		struct moe_be_ffn d[2];
+		moe_dptr out;
+		struct moe_ffn_args a;
+
+		if (!prefill)
+			cnt[0] = cnt[1] = cnt[2] = 1;
+		for (uint32_t i = 0; i < T * K * E; i++)
+			got[i] = 12345.0f;
+		out = dup_(got, sizeof(float) * T * K * E);
+		for (int i = 0; i < NF; i++) {
+			make_cffn(&f[i], type, E, FF, i == 1 || (i == 2 && variant == 2),
+				  variant == 1, i == 2);
+			f[i].d.m = cnt[i];
+			f[i].d.ent_off = off[i];
+		}
+		for (int i = 0; i < 2; i++)
+			d[i] = f[order[i]].d;
+		a = (struct moe_ffn_args){
+			.ffn = d, .n_ffn = 2, .stride = K, .act = (enum moe_glu)act, .n_embd = E,
+			.x = dup_(x, sizeof(float) * T * E), .ents = dup_(ents, sizeof(ents)),
+			.in_scale = variant == 2 ? dup_(ins, sizeof(float) * T * K) : 0, .out = out,
+		};
+		ck_assert_msg(moe_cuda_ffn(&cbe, &a) == 0, "%s", moe_errmsg());
+		dget(got, out, sizeof(float) * T * K * E);
+		for (int oi = 0; oi < 2; oi++) {
+			uint32_t fi = order[oi];
+
+			for (uint32_t j = 0; j < cnt[fi]; j++) {
+				int32_t ent = ents[off[fi] + j];
+				double err = 0, mag = 0;
+				float xs[E];
+
+				for (int c = 0; c < E; c++)
+					xs[c] = x[(ent / K) * E + c] * (variant == 2 ? ins[ent] : 1.0f);
+				cffn_ref(&f[fi], act, xs, E, FF, want);
+				for (int c = 0; c < E; c++) {
+					err += (got[ent * E + c] - want[c]) * (got[ent * E + c] - want[c]);
+					mag += want[c] * want[c];
+				}
+				/* down is q8_0: its input may be rounded, as the op suite allows */
+				ck_assert_msg(sqrt(err) <= 0.03 * sqrt(mag) + 1e-6, "%s variant %d %s: "
+					      "entry %d off by %g of %g", moe_type_name(type), variant,
+					      prefill ? "prefill" : "decode", ent, sqrt(err), sqrt(mag));
+			}
+		}
+		/* the entries of the FFN that did not run are untouched */
+		for (uint32_t j = 0; j < cnt[1]; j++)
+			ck_assert_float_eq(got[(size_t)ents[off[1] + j] * E], 12345.0f);
+		for (int i = 0; i < NF; i++)
+			free_cffn(&f[i]);
+		free(x);
+		free(ins);
+		free(got);
+	}
+	cu_close();
+}
+END_TEST
+
+/* get_rows through the op, and what the ops refuse before queueing anything. */
+START_TEST(cuda_mm_op_errors)
+{
+	int32_t ids[3] = { 2, 0, 2 };
+	float got[3 * 64];
+	struct mat m;
+	struct moe_be_mat w, bad;
+	moe_dptr y, x;
+	float xh[64] = { 0 };
+	struct moe_be_shape tiny = { .max_tok = 1, .max_ent = 1, .n_embd = 32, .max_cols = 32,
+				     .max_ff = 32, .max_head = 1, .max_ffn = 1, .max_heads_io = 32 };
+	struct moe_be_ffn F = { 0 };
+	struct moe_ffn_args a;
+
+	cu_open(&cu_shape);
+	make_mat(&m, MOE_TYPE_Q5_1, 3, 64);
+	w = dmat(&m);
+	y = dalloc(sizeof(got));
+	ck_assert_int_eq(moe_cuda_get_rows(&cbe, &w, dup_(ids, sizeof(ids)), 3, y), 0);
+	dget(got, y, sizeof(got));
+	for (int i = 0; i < 3; i++)
+		for (int c = 0; c < 64; c++)
+			ck_assert(got[i * 64 + c] == (float)m.w[ids[i] * 64 + c]);
+
+	bad = w;
+	bad.type = MOE_TYPE_Q2_K;
+	ck_assert_int_eq(moe_cuda_matmul(&cbe, &bad, 1, y, 1, &y), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "no kernels for weight type q2_K"));
+	bad = w;
+	bad.cols = 48;
+	ck_assert_int_eq(moe_cuda_get_rows(&cbe, &bad, y, 1, y), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "multiple of 32"));
+	ck_assert_int_eq(moe_cuda_matmul(&cbe, &w, 9, y, 1, &y), -EINVAL);
+
+	F.n_mats = 3;
+	F.mats[0] = F.mats[1] = F.mats[2] = w;
+	F.m = 1;
+	a = (struct moe_ffn_args){ .ffn = &F, .n_ffn = 1, .stride = 1, .n_embd = 64, .x = y,
+				   .out = y };
+	ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "do not fit n_embd 64"));
+	a.n_ffn = 2;
+	ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "need an entry list"));
+
+	/* a workspace sized for smaller shapes: the op says what it needs */
+	cu.ws_mm_bytes = moe_cuda_mm_workspace_bytes(&tiny);
+	{
+		struct mat big, dm;
+		struct moe_be_mat bw;
+		struct moe_be_ffn G = { .n_mats = 3, .m = 64 };
+
+		make_mat(&big, MOE_TYPE_Q8_0, 256, 64);
+		bw = dmat(&big);
+		G.mats[0] = G.mats[1] = bw;
+		make_mat(&dm, MOE_TYPE_Q8_0, 64, 256);
+		G.mats[2] = dmat(&dm);
+		a = (struct moe_ffn_args){ .ffn = &G, .n_ffn = 1, .stride = 1, .n_embd = 64,
+					   .x = dalloc(4 * 64 * 64), .out = dalloc(4 * 64 * 64) };
+		ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -ENOSPC);
+		ck_assert_ptr_nonnull(strstr(moe_errmsg(), "workspace_bytes"));
+		free_mat(&big);
+		free_mat(&dm);
+	}
+	cu.ws_mm = 0;
+	x = dup_(xh, sizeof(xh));
+	ck_assert_int_eq(moe_cuda_matmul(&cbe, &w, 1, x, 1, &y), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "set_workspace"));
+	free_mat(&m);
+	cu_close();
+}
+END_TEST
+
 Suite *suite_cuda_mm(void)
 {
 	Suite *s = suite_create("cuda_mm");
@@ -519,6 +949,10 @@ Suite *suite_cuda_mm(void)
 	tcase_add_loop_test(tc, cuda_mm_get_rows, 0, n);
 	tcase_add_test(tc, cuda_mm_glu);
 	tcase_add_test(tc, cuda_mm_bench_fake);
+	tcase_add_loop_test(tc, cuda_mm_op_matmul, 0, n);
+	tcase_add_test(tc, cuda_mm_op_fused_heads);
+	tcase_add_loop_test(tc, cuda_mm_op_ffn, 0, 9);
+	tcase_add_test(tc, cuda_mm_op_errors);
 	{
 		void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
 
