@@ -97,7 +97,7 @@ MOE_UNROLL
 		moe_q_k_scale_min(j, b + 4, &sc, &mn);
 MOE_UNROLL
 		for (int k = 0; k < 8; k++) {
-			qi[k] = (int)((moe_q_u32(q + 4 * k) >> shift) & 0x0f0f0f0fu);
+			qi[k] = (int)((moe_q_u32_fast(q + 4 * k) >> shift) & 0x0f0f0f0fu);
 			if constexpr (five)
 				qi[k] |= (int)((((uint32_t)qh[4 * k] >> j) & 1) << 4 |
 					       (((uint32_t)qh[4 * k + 1] >> j) & 1) << 12 |

@@ -56,6 +56,18 @@ static __device__ __forceinline__ uint32_t moe_q_u32(const uint8_t *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/*
+ * Four bytes at @p as one load where @p is 4-byte aligned (the quants of
+ * q4_K and q5_K: their blocks are multiples of 16 bytes in an aligned
+ * tensor), else byte by byte.
+ */
+static __device__ __forceinline__ uint32_t moe_q_u32_fast(const uint8_t *p)
+{
+	if (!((uintptr_t)p & 3))
+		return *reinterpret_cast<const uint32_t *>(p);
+	return moe_q_u32(p);
+}
+
 /* MXFP4's E8M0 scale halved (the element codes below are doubled): 2^(e-128). */
 static __device__ __forceinline__ float moe_q_e8m0_half(uint8_t e)
 {

@@ -221,6 +221,10 @@ static void cpu_matmul(const struct mat *m, const float *x, uint32_t n_tok, floa
 	ck_assert_int_eq(be->ops->upload(be, 0, xd, x, sizeof(float) * n_tok * m->cols), 0);
 	ck_assert_msg(be->ops->matmul(be, &w, 1, xd, n_tok, &yd) == 0, "%s", moe_errmsg());
 	ck_assert_int_eq(be->ops->download(be, 0, y, yd, sizeof(float) * n_tok * m->rows), 0);
+	be->ops->free(be, yd);
+	be->ops->free(be, xd);
+	be->ops->free(be, w.p);
+	be->ops->free(be, ws);
 	moe_backend_destroy(be);
 }
 
