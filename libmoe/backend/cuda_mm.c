@@ -265,11 +265,12 @@ static uint32_t mm_ffn_width(const struct moe_be_ffn *f)
 
 static int mm_ffn_check(const struct moe_ffn_args *a, const struct moe_be_ffn *f)
 {
-	const struct moe_be_mat *dn = &f->mats[f->n_mats - 1];
+	const struct moe_be_mat *dn;
 	uint32_t nff;
 
 	if (f->n_mats < 2 || f->n_mats > 3)
 		return moe_err(EINVAL, "ffn: %u matrices (2 or 3)", f->n_mats);
+	dn = &f->mats[f->n_mats - 1];
 	for (uint32_t k = 0; k < f->n_mats; k++) {
 		int ret = mm_check_mat("ffn", &f->mats[k]);
 

@@ -909,6 +909,10 @@ START_TEST(cuda_mm_op_errors)
 				   .out = y };
 	ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "do not fit n_embd 64"));
+	F.n_mats = 0;
+	ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "0 matrices (2 or 3)"));
+	F.n_mats = 3;
 	a.n_ffn = 2;
 	ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "need an entry list"));
