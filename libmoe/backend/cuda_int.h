@@ -31,7 +31,8 @@ struct moe_cuda {
 	uint32_t n_allocs, cap_allocs;
 	uint64_t budget, used, peak;
 	bool retained;                  /* the primary context is ours to release */
-	bool lost;                      /* a sticky error: the context is gone */
+	bool lost;                      /* a sticky error: the context is gone ... */
+	CUresult lost_err;              /* ... with this error */
 	moe_dptr ws_core;               /* cuda.c's part of the workspace */
 	uint64_t ws_core_bytes;
 };

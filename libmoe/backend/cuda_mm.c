@@ -62,15 +62,16 @@ static int mm_check_mat(const char *op, const struct moe_be_mat *w)
 	return 0;
 }
 
-static int mm_cu(struct moe_cuda *c, CUresult r, const char *op, const char *call)
+/*
+ * What cuda.c's entry points do first: refuse a lost context, and make the
+ * context current on the calling thread.
+ */
+static int mm_enter(struct moe_cuda *c, const char *op)
 {
-	const char *s = NULL;
-
-	if (r == CUDA_SUCCESS)
-		return 0;
-	if (c->api.cuGetErrorString(r, &s) != CUDA_SUCCESS || !s)
-		s = "unknown error";
-	return moe_err(EIO, "%s: %s failed: %s (%d)", op, call, s, (int)r);
+	if (c->lost)
+		return moe_err(EIO, "%s: the GPU context was lost earlier (error %d): no more work "
+			       "can run on it, restart the program", op, (int)c->lost_err);
+	return moe_cuda_check(c, c->api.cuCtxSetCurrent(c->ctx), "cuCtxSetCurrent");
 }
 
 /* Room in ws_mm: offsets of consecutive aligned parts, or -ENOSPC naming the op. */
@@ -104,8 +105,11 @@ static int mm_upload(struct moe_cuda *c, const char *op, moe_dptr dst, const voi
 		     uint64_t bytes)
 {
 	/* pageable source: the driver stages it before returning */
-	return mm_cu(c, c->api.cuMemcpyHtoDAsync(dst, src, bytes, c->stream[MOE_BE_COMPUTE]), op,
-		     "cuMemcpyHtoDAsync");
+	int ret = moe_cuda_check(c, c->api.cuMemcpyHtoDAsync(dst, src, bytes,
+							     c->stream[MOE_BE_COMPUTE]),
+				 "cuMemcpyHtoDAsync");
+
+	return ret < 0 ? moe_err_prefix(ret, "%s: the product descriptors", op) : 0;
 }
 
 static struct moe_mm_prob mm_prob(const struct moe_be_mat *w, moe_dptr x, uint32_t x_stride,
@@ -193,6 +197,11 @@ int moe_cuda_get_rows(struct moe_backend *be, const struct moe_be_mat *w, moe_dp
 
 	if (ret)
 		return ret;
+	if (!n)
+		return 0;
+	ret = mm_enter(c, "get_rows");
+	if (ret)
+		return ret;
 	rows = (uint32_t)w->rows;
 	cols = (uint32_t)w->cols;
 	units = moe_type_block_elems(type) == 1 ? cols : cols / 32;
@@ -213,12 +222,12 @@ int moe_cuda_matmul(struct moe_backend *be, const struct moe_be_mat *w, uint32_t
 		    moe_dptr x, uint32_t n_tok, const moe_dptr *y)
 {
 	struct moe_mm_prob p[MM_MAX_MATS];
+	int ret;
 
 	if (!n_w || n_w > MM_MAX_MATS)
 		return moe_err(EINVAL, "matmul: %u matrices (1..%u)", n_w, MM_MAX_MATS);
 	for (uint32_t i = 0; i < n_w; i++) {
-		int ret = mm_check_mat("matmul", &w[i]);
-
+		ret = mm_check_mat("matmul", &w[i]);
 		if (ret)
 			return ret;
 		if (w[i].cols != w[0].cols)
@@ -228,7 +237,8 @@ int moe_cuda_matmul(struct moe_backend *be, const struct moe_be_mat *w, uint32_t
 	}
 	if (!n_tok)
 		return 0;
-	return mm_probs(moe_cuda_of(be), "matmul", p, n_w);
+	ret = mm_enter(moe_cuda_of(be), "matmul");
+	return ret ? ret : mm_probs(moe_cuda_of(be), "matmul", p, n_w);
 }
 
 int moe_cuda_matmul_heads(struct moe_backend *be, const struct moe_heads_args *a)
@@ -244,6 +254,9 @@ int moe_cuda_matmul_heads(struct moe_backend *be, const struct moe_heads_args *a
 		return moe_err(EINVAL, "matmul_heads: %u heads (1..%u)", a->n_head, MM_GRID_YZ);
 	if (!a->n_tok)
 		return 0;
+	ret = mm_enter(c, "matmul_heads");
+	if (ret)
+		return ret;
 	p = calloc(a->n_head, sizeof(*p));
 	if (!p)
 		return moe_err(ENOMEM, "out of memory");
@@ -341,6 +354,8 @@ int moe_cuda_ffn(struct moe_backend *be, const struct moe_ffn_args *a)
 			       MM_GRID_YZ);
 	mm_ffn_layout(&l, n_gu + a->n_ffn, a->n_ffn, n_ent, max_ff);
 	ret = mm_ws_fits(c, "ffn", &l.ws);
+	if (!ret)
+		ret = mm_enter(c, "ffn");
 	if (ret)
 		return ret;
 	host = calloc(1, l.gu);

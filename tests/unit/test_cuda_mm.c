@@ -515,20 +515,19 @@ END_TEST
 /* ------------------------------------------------------------ the ops over the fake driver */
 
 /*
- * libmoe/backend/cuda_mm.c's four ops on a CUDA context of the fake driver,
- * whose launches run the kernels on the emulation: argument checks, the
- * descriptors it uploads, the path it picks, the workspace it carves.
+ * libmoe/backend/cuda_mm.c's four ops on the CUDA backend over the fake
+ * driver, whose launches run the kernels on the emulation: argument checks,
+ * the descriptors it uploads, the path it picks, the workspace it carves.
+ * The op suite's "cuda-sim" row runs the same ops against its own reference;
+ * these add the decode/prefill split of routed experts and the errors.
  */
-static struct moe_cuda cu;
-static struct moe_backend cbe = { .priv = &cu };
-
-#define CU_OK(call) ck_assert_int_eq(cu.api.call, CUDA_SUCCESS)
+static struct moe_backend *cbe;
 
 static moe_dptr dalloc(size_t bytes)
 {
-	CUdeviceptr d;
+	moe_dptr d;
 
-	CU_OK(cuMemAlloc(&d, bytes ? bytes : 1));
+	ck_assert_msg(cbe->ops->alloc(cbe, bytes ? bytes : 1, &d) == 0, "%s", moe_errmsg());
 	return d;
 }
 
@@ -536,42 +535,38 @@ static moe_dptr dup_(const void *host, size_t bytes)
 {
 	moe_dptr d = dalloc(bytes);
 
-	CU_OK(cuMemcpyHtoDAsync(d, host, bytes, cu.stream[MOE_BE_COMPUTE]));
+	ck_assert_int_eq(cbe->ops->upload(cbe, MOE_BE_COMPUTE, d, host, bytes), 0);
 	return d;
 }
 
 static void dget(void *host, moe_dptr d, size_t bytes)
 {
-	CU_OK(cuMemcpyDtoHAsync(host, d, bytes, cu.stream[MOE_BE_COMPUTE]));
-	CU_OK(cuStreamSynchronize(cu.stream[MOE_BE_COMPUTE]));
+	ck_assert_int_eq(cbe->ops->download(cbe, MOE_BE_COMPUTE, host, d, bytes), 0);
+	ck_assert_int_eq(cbe->ops->sync(cbe), 0);
 }
 
+/* A CUDA backend over the fake driver, with a workspace for @sh (NULL: none). */
 static void cu_open(const struct moe_be_shape *sh)
 {
-	static const uint8_t any_image[16];
 	struct simt_fake_config fc = { .quiet = 1 };
-	size_t fb;
-	const void *img = moe_cuda_fatbin(&fb);
+	struct moe_backend_params bp = { 0 };
+	struct moe_cuda_api api;
 
-	memset(&cu, 0, sizeof(cu));
 	simt_fake_cuda_reset(&fc);
-	simt_fake_cuda_api(&cu.api);
-	CU_OK(cuInit(0));
-	CU_OK(cuDeviceGet(&cu.dev, 0));
-	CU_OK(cuDevicePrimaryCtxRetain(&cu.ctx, cu.dev));
-	CU_OK(cuCtxSetCurrent(cu.ctx));
-	/* the fake finds kernels in the emulation's registry, whatever the image */
-	CU_OK(cuModuleLoadData(&cu.mod, img ? img : any_image));
-	for (int q = 0; q < MOE_BE_QUEUES; q++)
-		CU_OK(cuStreamCreate(&cu.stream[q], CU_STREAM_NON_BLOCKING));
-	cu.ws_mm_bytes = moe_cuda_mm_workspace_bytes(sh);
-	cu.ws_mm = dalloc(cu.ws_mm_bytes);
+	simt_fake_cuda_api(&api);
+	ck_assert_msg(moe_backend_cuda_create_api(&api, &bp, &cbe) == 0, "%s", moe_errmsg());
+	if (sh) {
+		uint64_t ws = cbe->desc->workspace_bytes(sh);
+
+		ck_assert_int_eq(cbe->ops->set_workspace(cbe, dalloc(ws), ws), 0);
+	}
 }
 
 static void cu_close(void)
 {
-	CU_OK(cuCtxSynchronize());
-	cu.api.cuDevicePrimaryCtxRelease(cu.dev);
+	ck_assert_int_eq(cbe->ops->sync(cbe), 0);
+	moe_backend_destroy(cbe);
+	cbe = NULL;
 	simt_fake_cuda_reset(NULL);
 }
 
@@ -617,7 +612,7 @@ START_TEST(cuda_mm_op_matmul)
 
 		make_mat(&m, type, rows, cols);
 		w = dmat(&m);
-		ck_assert_msg(moe_cuda_matmul(&cbe, &w, 1, dup_(x, sizeof(float) * n * cols), n,
+		ck_assert_msg(moe_cuda_matmul(cbe, &w, 1, dup_(x, sizeof(float) * n * cols), n,
 					      &yd) == 0, "%s", moe_errmsg());
 		dget(y, yd, sizeof(float) * n * rows);
 		for (uint32_t t = 0; t < n; t++)
@@ -658,7 +653,7 @@ START_TEST(cuda_mm_op_fused_heads)
 				w[i] = dmat(&m[i]);
 				yd[i] = dalloc(sizeof(float) * n * frows[i]);
 			}
-			ck_assert_msg(moe_cuda_matmul(&cbe, w, n_w, xd, n, yd) == 0, "%s",
+			ck_assert_msg(moe_cuda_matmul(cbe, w, n_w, xd, n, yd) == 0, "%s",
 				      moe_errmsg());
 			for (uint32_t i = 0; i < n_w; i++) {
 				dget(y, yd[i], sizeof(float) * n * frows[i]);
@@ -691,7 +686,7 @@ START_TEST(cuda_mm_op_fused_heads)
 					     .x = dup_(x, sizeof(float) * n * XT), .y = yd,
 					     .x_tok = XT, .x_head = XH, .y_tok = YT, .y_head = YH };
 		a.w.rows = HR;
-		ck_assert_msg(moe_cuda_matmul_heads(&cbe, &a) == 0, "%s", moe_errmsg());
+		ck_assert_msg(moe_cuda_matmul_heads(cbe, &a) == 0, "%s", moe_errmsg());
 		dget(y, yd, sizeof(float) * n * YT);
 		for (uint32_t t = 0; t < n; t++)
 			for (uint32_t i = 0; i < YT; i++) {
@@ -832,7 +827,7 @@ START_TEST(cuda_mm_op_ffn)
 			.x = dup_(x, sizeof(float) * T * E), .ents = dup_(ents, sizeof(ents)),
 			.in_scale = variant == 2 ? dup_(ins, sizeof(float) * T * K) : 0, .out = out,
 		};
-		ck_assert_msg(moe_cuda_ffn(&cbe, &a) == 0, "%s", moe_errmsg());
+		ck_assert_msg(moe_cuda_ffn(cbe, &a) == 0, "%s", moe_errmsg());
 		dget(got, out, sizeof(float) * T * K * E);
 		for (int oi = 0; oi < 2; oi++) {
 			uint32_t fi = order[oi];
@@ -886,7 +881,7 @@ START_TEST(cuda_mm_op_errors)
 	make_mat(&m, MOE_TYPE_Q5_1, 3, 64);
 	w = dmat(&m);
 	y = dalloc(sizeof(got));
-	ck_assert_int_eq(moe_cuda_get_rows(&cbe, &w, dup_(ids, sizeof(ids)), 3, y), 0);
+	ck_assert_int_eq(moe_cuda_get_rows(cbe, &w, dup_(ids, sizeof(ids)), 3, y), 0);
 	dget(got, y, sizeof(got));
 	for (int i = 0; i < 3; i++)
 		for (int c = 0; c < 64; c++)
@@ -894,31 +889,35 @@ START_TEST(cuda_mm_op_errors)
 
 	bad = w;
 	bad.type = MOE_TYPE_Q2_K;
-	ck_assert_int_eq(moe_cuda_matmul(&cbe, &bad, 1, y, 1, &y), -EINVAL);
+	ck_assert_int_eq(moe_cuda_matmul(cbe, &bad, 1, y, 1, &y), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "no kernels for weight type q2_K"));
 	bad = w;
 	bad.cols = 48;
-	ck_assert_int_eq(moe_cuda_get_rows(&cbe, &bad, y, 1, y), -EINVAL);
+	ck_assert_int_eq(moe_cuda_get_rows(cbe, &bad, y, 1, y), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "multiple of 32"));
-	ck_assert_int_eq(moe_cuda_matmul(&cbe, &w, 9, y, 1, &y), -EINVAL);
+	ck_assert_int_eq(moe_cuda_matmul(cbe, &w, 9, y, 1, &y), -EINVAL);
 
 	F.n_mats = 3;
 	F.mats[0] = F.mats[1] = F.mats[2] = w;
 	F.m = 1;
 	a = (struct moe_ffn_args){ .ffn = &F, .n_ffn = 1, .stride = 1, .n_embd = 64, .x = y,
 				   .out = y };
-	ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -EINVAL);
+	ck_assert_int_eq(moe_cuda_ffn(cbe, &a), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "do not fit n_embd 64"));
 	F.n_mats = 0;
-	ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -EINVAL);
+	ck_assert_int_eq(moe_cuda_ffn(cbe, &a), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "0 matrices (2 or 3)"));
 	F.n_mats = 3;
 	a.n_ffn = 2;
-	ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -EINVAL);
+	ck_assert_int_eq(moe_cuda_ffn(cbe, &a), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "need an entry list"));
 
 	/* a workspace sized for smaller shapes: the op says what it needs */
-	cu.ws_mm_bytes = moe_cuda_mm_workspace_bytes(&tiny);
+	{
+		uint64_t ws = cbe->desc->workspace_bytes(&tiny);
+
+		ck_assert_int_eq(cbe->ops->set_workspace(cbe, dalloc(ws), ws), 0);
+	}
 	{
 		struct mat big, dm;
 		struct moe_be_mat bw;
@@ -931,14 +930,21 @@ START_TEST(cuda_mm_op_errors)
 		G.mats[2] = dmat(&dm);
 		a = (struct moe_ffn_args){ .ffn = &G, .n_ffn = 1, .stride = 1, .n_embd = 64,
 					   .x = dalloc(4 * 64 * 64), .out = dalloc(4 * 64 * 64) };
-		ck_assert_int_eq(moe_cuda_ffn(&cbe, &a), -ENOSPC);
+		ck_assert_int_eq(moe_cuda_ffn(cbe, &a), -ENOSPC);
 		ck_assert_ptr_nonnull(strstr(moe_errmsg(), "workspace_bytes"));
 		free_mat(&big);
 		free_mat(&dm);
 	}
-	cu.ws_mm = 0;
+	free_mat(&m);
+	cu_close();
+
+	/* no workspace at all */
+	cu_open(NULL);
+	make_mat(&m, MOE_TYPE_Q8_0, 3, 64);
+	w = dmat(&m);
 	x = dup_(xh, sizeof(xh));
-	ck_assert_int_eq(moe_cuda_matmul(&cbe, &w, 1, x, 1, &y), -EINVAL);
+	y = dalloc(sizeof(float) * 3);
+	ck_assert_int_eq(moe_cuda_matmul(cbe, &w, 1, x, 1, &y), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "set_workspace"));
 	free_mat(&m);
 	cu_close();
