@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include <stdlib.h>
 
+#include "backend/cuda_int.h"
+#include "fake_cuda.h"
 #include "ops_backends.h"
 #include "util/threadpool.h"
 
@@ -37,9 +39,28 @@ static void destroy(struct moe_backend *be)
 	moe_backend_destroy(be);
 }
 
+/* The CUDA backend over the fake driver: its kernels run on the emulation. */
+static int cuda_sim(uint64_t budget, struct moe_backend **out)
+{
+	struct simt_fake_config fc = { .quiet = 1 };
+	struct moe_backend_params p = { .budget = budget };
+	struct moe_cuda_api api;
+
+	simt_fake_cuda_reset(&fc);
+	simt_fake_cuda_api(&api);
+	return moe_backend_cuda_create_api(&api, &p, out);
+}
+
+static void cuda_sim_destroy(struct moe_backend *be)
+{
+	moe_backend_destroy(be);
+	simt_fake_cuda_reset(NULL);
+}
+
 const struct ops_backend ops_backends[] = {
 	{ "cpu", NULL, cpu1, destroy },
 	{ "cpu-2threads", NULL, cpu2, destroy },
 	{ "cpu-guard", NULL, cpu_guard, destroy },
+	{ "cuda-sim", NULL, cuda_sim, cuda_sim_destroy },
 };
 const size_t ops_backend_count = sizeof(ops_backends) / sizeof(ops_backends[0]);

@@ -519,7 +519,8 @@ END_TEST
  * driver, whose launches run the kernels on the emulation: argument checks,
  * the descriptors it uploads, the path it picks, the workspace it carves.
  * The op suite's "cuda-sim" row runs the same ops against its own reference;
- * these add the decode/prefill split of routed experts and the errors.
+ * these add routed experts on both sides of the decode/prefill split (the
+ * q8_1 and the tiled path) and the errors the ops return.
  */
 static struct moe_backend *cbe;
 
@@ -580,134 +581,6 @@ static struct moe_be_mat dmat(const struct mat *m)
 	return (struct moe_be_mat){ .p = dup_(m->q, (size_t)(m->rb * m->rows)), .type = m->type,
 				    .rows = m->rows, .cols = m->cols };
 }
-
-/* The op suite's bound: float rounding plus half a q8 step per activation (0 for floats). */
-static double op_tol(const struct mat *m, int64_t r, const float *x, double s)
-{
-	double tol;
-	float *xs = malloc(sizeof(float) * m->cols);
-
-	for (int64_t c = 0; c < m->cols; c++)
-		xs[c] = (float)(x[c] * s);
-	ref_dot(m, r, xs, 1.0, &tol, NULL);
-	tol += cpu_bound(m, r, xs);
-	free(xs);
-	return tol;
-}
-
-/* matmul of one matrix of every type, decode and prefill token counts */
-START_TEST(cuda_mm_op_matmul)
-{
-	static const uint32_t toks[] = { 1, 3, 4, 5, 17 };
-	uint32_t type = types[_i], blk = moe_type_block_elems(type);
-	int64_t rows = 37, cols = blk == 1 ? 45 : 2 * blk;
-
-	cu_open(&cu_shape);
-	for (size_t ti = 0; ti < MOE_ARRAY_SIZE(toks); ti++) {
-		uint32_t n = toks[ti];
-		float *x = randf((size_t)n * cols, 1.0), *y = malloc(sizeof(float) * n * rows);
-		struct mat m;
-		struct moe_be_mat w;
-		moe_dptr yd = dalloc(sizeof(float) * n * rows);
-
-		make_mat(&m, type, rows, cols);
-		w = dmat(&m);
-		ck_assert_msg(moe_cuda_matmul(cbe, &w, 1, dup_(x, sizeof(float) * n * cols), n,
-					      &yd) == 0, "%s", moe_errmsg());
-		dget(y, yd, sizeof(float) * n * rows);
-		for (uint32_t t = 0; t < n; t++)
-			for (int64_t r = 0; r < rows; r++) {
-				double tol, want = ref_dot(&m, r, x + t * cols, 1.0, &tol, NULL);
-
-				tol = op_tol(&m, r, x + t * cols, 1.0);
-				ck_assert_msg(fabs(y[t * rows + r] - want) <= tol, "%s tok %u/%u row %lld:"
-					      " %.8g vs %.8g (tol %g)", moe_type_name(type), t, n,
-					      (long long)r, y[t * rows + r], want, tol);
-			}
-		free_mat(&m);
-		free(x);
-		free(y);
-	}
-	cu_close();
-}
-END_TEST
-
-/* Matrices of three types sharing one input; per-head products over strides. */
-START_TEST(cuda_mm_op_fused_heads)
-{
-	static const uint32_t ft[3] = { MOE_TYPE_Q4_K, MOE_TYPE_Q8_0, MOE_TYPE_F16 };
-	static const int64_t frows[3] = { 12, 5, 9 };
-	enum { H = 3, HR = 7, HC = 64, XH = HC + 3, XT = H * XH + 5, YH = HR + 2, YT = H * YH + 1 };
-
-	cu_open(&cu_shape);
-	/* 2 tokens: f16 in the mix keeps the f32 matvec; 2 of 3 quantized: the q8_1 path */
-	for (uint32_t n_w = 2; n_w <= 3; n_w++)
-		for (uint32_t n = 2; n <= 6; n += 4) {
-			float *x = randf((size_t)n * 512, 1.0), y[6 * 12];
-			struct mat m[3];
-			struct moe_be_mat w[3];
-			moe_dptr yd[3], xd = dup_(x, sizeof(float) * n * 512);
-
-			for (uint32_t i = 0; i < n_w; i++) {
-				make_mat(&m[i], ft[i], frows[i], 512);
-				w[i] = dmat(&m[i]);
-				yd[i] = dalloc(sizeof(float) * n * frows[i]);
-			}
-			ck_assert_msg(moe_cuda_matmul(cbe, w, n_w, xd, n, yd) == 0, "%s",
-				      moe_errmsg());
-			for (uint32_t i = 0; i < n_w; i++) {
-				dget(y, yd[i], sizeof(float) * n * frows[i]);
-				for (uint32_t t = 0; t < n; t++)
-					for (int64_t r = 0; r < frows[i]; r++) {
-						double tol, want = ref_dot(&m[i], r, x + t * 512, 1.0,
-									   &tol, NULL);
-
-						tol = op_tol(&m[i], r, x + t * 512, 1.0);
-						ck_assert_msg(fabs(y[t * frows[i] + r] - want) <= tol,
-							      "%u mats, mat %u tok %u row %lld: %g vs %g",
-							      n_w, i, t, (long long)r, y[t * frows[i] + r],
-							      want);
-					}
-				free_mat(&m[i]);
-			}
-			free(x);
-		}
-	for (uint32_t n = 1; n <= 5; n += 4) {
-		float *x = randf((size_t)n * XT, 1.0), *y = malloc(sizeof(float) * n * YT);
-		struct mat m;
-		struct moe_heads_args a;
-		moe_dptr yd;
-
-		for (uint32_t i = 0; i < n * YT; i++)
-			y[i] = 777.0f;
-		yd = dup_(y, sizeof(float) * n * YT);
-		make_mat(&m, MOE_TYPE_Q8_0, H * HR, HC);
-		a = (struct moe_heads_args){ .w = dmat(&m), .n_head = H, .n_tok = n,
-					     .x = dup_(x, sizeof(float) * n * XT), .y = yd,
-					     .x_tok = XT, .x_head = XH, .y_tok = YT, .y_head = YH };
-		a.w.rows = HR;
-		ck_assert_msg(moe_cuda_matmul_heads(cbe, &a) == 0, "%s", moe_errmsg());
-		dget(y, yd, sizeof(float) * n * YT);
-		for (uint32_t t = 0; t < n; t++)
-			for (uint32_t i = 0; i < YT; i++) {
-				uint32_t h = i / YH, r = i % YH;
-				double want = 777.0, tol = 0;
-
-				if (h < H && r < HR) {
-					want = ref_dot(&m, h * HR + r, x + t * XT + h * XH, 1.0, &tol,
-						       NULL);
-					tol = op_tol(&m, h * HR + r, x + t * XT + h * XH, 1.0);
-				}
-				ck_assert_msg(fabs(y[t * YT + i] - want) <= tol, "heads tok %u [%u]: "
-					      "%.8g vs %.8g", t, i, y[t * YT + i], want);
-			}
-		free_mat(&m);
-		free(x);
-		free(y);
-	}
-	cu_close();
-}
-END_TEST
 
 /* One FFN's matrices: host values and device copies. */
 struct cffn {
@@ -963,8 +836,6 @@ Suite *suite_cuda_mm(void)
 	tcase_add_loop_test(tc, cuda_mm_get_rows, 0, n);
 	tcase_add_test(tc, cuda_mm_glu);
 	tcase_add_test(tc, cuda_mm_bench_fake);
-	tcase_add_loop_test(tc, cuda_mm_op_matmul, 0, n);
-	tcase_add_test(tc, cuda_mm_op_fused_heads);
 	tcase_add_loop_test(tc, cuda_mm_op_ffn, 0, 9);
 	tcase_add_test(tc, cuda_mm_op_errors);
 	{
