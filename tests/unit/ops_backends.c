@@ -51,6 +51,15 @@ static int cuda_sim(uint64_t budget, struct moe_backend **out)
 	return moe_backend_cuda_create_api(&api, &p, out);
 }
 
+/* The backend loads the embedded fatbin (the fake takes any image): none without nvcc. */
+static const char *cuda_sim_unavailable(void)
+{
+	size_t n;
+
+	return moe_cuda_fatbin(&n) ? NULL : "libmoe was built without nvcc, so the CUDA backend "
+	       "has no fatbin to load";
+}
+
 static void cuda_sim_destroy(struct moe_backend *be)
 {
 	moe_backend_destroy(be);
@@ -61,6 +70,6 @@ const struct ops_backend ops_backends[] = {
 	{ "cpu", NULL, cpu1, destroy },
 	{ "cpu-2threads", NULL, cpu2, destroy },
 	{ "cpu-guard", NULL, cpu_guard, destroy },
-	{ "cuda-sim", NULL, cuda_sim, cuda_sim_destroy },
+	{ "cuda-sim", cuda_sim_unavailable, cuda_sim, cuda_sim_destroy },
 };
 const size_t ops_backend_count = sizeof(ops_backends) / sizeof(ops_backends[0]);
