@@ -1,0 +1,378 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The CUDA backend's host side against the fake driver (tests/simt): error
+ * paths with injected faults, budget accounting, events and cross-queue
+ * waits (the fake runs queued work only when the host waits, so a missing
+ * wait reads stale data), pinned memory, the split-KV attention against the
+ * CPU backend, and whole models through the engine on the CUDA backend
+ * compared with the CPU backend, resident and streaming.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda_int.h"
+#include "fake_cuda.h"
+#include "moe/moe.h"
+#include "testutil.h"
+#include "util/util.h"
+
+static struct moe_backend *be;
+
+static struct moe_backend *fake_backend(const struct simt_fake_config *cfg, uint64_t budget)
+{
+	struct moe_backend_params p = { .budget = budget };
+	struct moe_cuda_api api;
+	struct moe_backend *b = NULL;
+
+	simt_fake_cuda_reset(cfg);
+	simt_fake_cuda_api(&api);
+	ck_assert_msg(moe_backend_cuda_create_api(&api, &p, &b) == 0, "%s", moe_errmsg());
+	ck_assert_ptr_nonnull(b);
+	return b;
+}
+
+static moe_dptr dalloc(uint64_t bytes)
+{
+	moe_dptr d = 0;
+
+	ck_assert_msg(be->ops->alloc(be, bytes, &d) == 0, "%s", moe_errmsg());
+	return d;
+}
+
+#define HAS(s) ck_assert_msg(strstr(moe_errmsg(), (s)) != NULL, "'%s' not in: %s", (s), \
+			     moe_errmsg())
+
+START_TEST(cuda_create_errors)
+{
+	struct simt_fake_config cfg = { .no_device = 1, .quiet = 1 };
+	struct moe_backend_params p = { 0 };
+	struct moe_cuda_api api;
+	struct moe_backend *b = (struct moe_backend *)1;
+
+	simt_fake_cuda_reset(&cfg);
+	simt_fake_cuda_api(&api);
+	ck_assert_int_eq(moe_backend_cuda_create_api(&api, &p, &b), -ENODEV);
+	ck_assert_ptr_null(b);
+	HAS("cuInit");
+	HAS("creating the CUDA backend");
+	/* an older GPU than the kernels are built for */
+	cfg = (struct simt_fake_config){ .cc_major = 7, .cc_minor = 5, .quiet = 1 };
+	simt_fake_cuda_reset(&cfg);
+	simt_fake_cuda_api(&api);
+	ck_assert_int_eq(moe_backend_cuda_create_api(&api, &p, &b), -ENODEV);
+	HAS("compute capability 7.5");
+	/* a failed stream creation releases what was taken */
+	simt_fake_cuda_reset(NULL);
+	simt_fake_cuda_api(&api);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuStreamCreate", 2, CUDA_ERROR_OUT_OF_MEMORY), 0);
+	ck_assert_int_eq(moe_backend_cuda_create_api(&api, &p, &b), -ENOMEM);
+	HAS("cuStreamCreate");
+	/* a device index past the driver's */
+	p.device = 3;
+	ck_assert_int_eq(moe_backend_cuda_create_api(&api, &p, &b), -ENODEV);
+	HAS("device 3");
+}
+END_TEST
+
+/* Out of device memory, from the driver or the budget: -ENOMEM naming the call and sizes. */
+START_TEST(cuda_oom)
+{
+	struct simt_fake_config cfg = { .total_mem = 8u << 20, .quiet = 1 };
+	struct simt_fake_stats st;
+	moe_dptr d;
+
+	be = fake_backend(&cfg, 0);
+	ck_assert_int_eq(be->ops->alloc(be, 16u << 20, &d), -ENOMEM);
+	HAS("cuMemAlloc");
+	HAS("memory exhausted");
+	ck_assert_uint_eq(d, 0);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuMemAlloc", 1, CUDA_ERROR_OUT_OF_MEMORY), 0);
+	ck_assert_int_eq(be->ops->alloc(be, 4096, &d), -ENOMEM);
+	/* not sticky: the next allocation works */
+	d = dalloc(4096);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.allocs, 1);
+	be->ops->free(be, d);
+	moe_backend_destroy(be);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.allocs, 0);
+}
+END_TEST
+
+/* used/peak count exactly what was allocated; device_free is the driver's cuMemGetInfo. */
+START_TEST(cuda_budget_exact)
+{
+	struct simt_fake_config cfg = { .total_mem = 64u << 20, .granularity = 512 };
+	struct moe_be_mem m0, m1;
+	struct simt_fake_stats st;
+	moe_dptr a, b, c;
+
+	be = fake_backend(&cfg, 1u << 20);
+	be->ops->mem_info(be, &m0);
+	ck_assert_uint_eq(m0.budget, 1u << 20);
+	ck_assert_uint_eq(m0.used, 0);
+	ck_assert_uint_eq(m0.device_total, 64u << 20);
+	a = dalloc(1000);       /* 1024 charged by the backend (256-byte units), 1024 by the fake */
+	b = dalloc(300 << 10);
+	be->ops->mem_info(be, &m1);
+	ck_assert_uint_eq(m1.used, 1024 + (300 << 10));
+	ck_assert_uint_eq(m1.peak, m1.used);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(m0.device_free - m1.device_free, st.mem_used);
+	ck_assert_uint_eq(st.mem_used, 1024 + (300 << 10));
+	/* the budget to the byte: what is left fits, one unit more does not */
+	ck_assert_int_eq(be->ops->alloc(be, (1u << 20) - m1.used + 1, &c), -ENOMEM);
+	HAS("budget");
+	c = dalloc((1u << 20) - m1.used);
+	be->ops->free(be, a);
+	be->ops->free(be, b);
+	be->ops->free(be, c);
+	be->ops->mem_info(be, &m1);
+	ck_assert_uint_eq(m1.used, 0);
+	ck_assert_uint_eq(m1.peak, 1u << 20);
+	ck_assert_uint_eq(m1.device_free, m0.device_free);
+	moe_backend_destroy(be);
+}
+END_TEST
+
+/* A launch the driver refuses fails that op only; a kernel fault loses the context for good. */
+START_TEST(cuda_launch_faults)
+{
+	struct simt_fake_config cfg = { .quiet = 1 };
+	float x[40], y[40];
+	struct moe_be_mem mem;
+	moe_dptr d, e;
+
+	be = fake_backend(&cfg, 0);
+	for (int i = 0; i < 40; i++)
+		x[i] = (float)i;
+	d = dalloc(sizeof(x));
+	ck_assert_int_eq(be->ops->upload(be, MOE_BE_COMPUTE, d, x, sizeof(x)), 0);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuLaunchKernel", 1,
+					     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES), 0);
+	ck_assert_int_eq(be->ops->scale(be, d, 2.0f, 40), -EIO);
+	HAS("moe_k_scale");
+	HAS("cuLaunchKernel");
+	ck_assert_int_eq(be->ops->scale(be, d, 2.0f, 40), 0);
+	ck_assert_int_eq(be->ops->download(be, MOE_BE_COMPUTE, y, d, sizeof(y)), 0);
+	ck_assert_int_eq(be->ops->sync(be), 0);
+	for (int i = 0; i < 40; i++)
+		ck_assert_float_eq(y[i], 2.0f * i);
+	/* accepted, then faults on the device: the wait reports it, later calls fail cleanly */
+	ck_assert_int_eq(simt_fake_cuda_fail_kernel(1, CUDA_ERROR_ILLEGAL_ADDRESS), 0);
+	ck_assert_int_eq(be->ops->add(be, d, d, 40), 0);
+	ck_assert_int_eq(be->ops->sync(be), -EIO);
+	HAS("illegal address");
+	HAS("context is lost");
+	ck_assert_int_eq(be->ops->alloc(be, 64, &e), -EIO);
+	HAS("lost earlier");
+	ck_assert_int_eq(be->ops->scale(be, d, 2.0f, 40), -EIO);
+	ck_assert_int_eq(be->ops->upload(be, MOE_BE_COPY, d, x, sizeof(x)), -EIO);
+	be->ops->mem_info(be, &mem);
+	ck_assert_uint_eq(mem.used, 256);
+	be->ops->free(be, d);
+	moe_backend_destroy(be);
+}
+END_TEST
+
+/*
+ * The copy queue's upload is ordered before the compute queue's kernel only
+ * by the event: with the wait the kernel reads the new data; without it the
+ * fake runs the kernel first and it reads the old.
+ */
+START_TEST(cuda_cross_queue)
+{
+	float *h, got[64];
+	struct moe_be_event *ev;
+	moe_dptr d;
+
+	be = fake_backend(NULL, 0);
+	ck_assert_int_eq(be->ops->host_alloc(be, sizeof(float) * 64, (void **)&h), 0);
+	d = dalloc(sizeof(float) * 64);
+	for (int wait = 1; wait >= 0; wait--) {
+		for (int i = 0; i < 64; i++)
+			h[i] = 1.0f;
+		ck_assert_int_eq(be->ops->upload(be, MOE_BE_COMPUTE, d, h, sizeof(float) * 64), 0);
+		ck_assert_int_eq(be->ops->sync(be), 0);
+		for (int i = 0; i < 64; i++)
+			h[i] = 5.0f;
+		ck_assert_int_eq(be->ops->event_create(be, &ev), 0);
+		ck_assert_int_eq(be->ops->event_query(be, ev), 1);   /* never recorded */
+		ck_assert_int_eq(be->ops->upload(be, MOE_BE_COPY, d, h, sizeof(float) * 64), 0);
+		ck_assert_int_eq(be->ops->event_record(be, MOE_BE_COPY, ev), 0);
+		if (wait)
+			ck_assert_int_eq(be->ops->queue_wait(be, MOE_BE_COMPUTE, ev), 0);
+		ck_assert_int_eq(be->ops->scale(be, d, 3.0f, 64), 0);
+		ck_assert_int_eq(be->ops->download(be, MOE_BE_COMPUTE, got, d, sizeof(got)), 0);
+		ck_assert_int_eq(be->ops->event_sync(be, ev), 0);
+		ck_assert_int_eq(be->ops->event_query(be, ev), 1);
+		ck_assert_int_eq(be->ops->sync(be), 0);
+		for (int i = 0; i < 64; i++)
+			ck_assert_float_eq(got[i], wait ? 15.0f : 3.0f);
+		be->ops->event_destroy(be, ev);
+	}
+	/* a pending event answers 0 until its work has run */
+	ck_assert_int_eq(be->ops->event_create(be, &ev), 0);
+	ck_assert_int_eq(be->ops->scale(be, d, 1.0f, 64), 0);
+	ck_assert_int_eq(be->ops->event_record(be, MOE_BE_COMPUTE, ev), 0);
+	ck_assert_int_eq(be->ops->event_query(be, ev), 0);
+	ck_assert_int_eq(be->ops->event_sync(be, ev), 0);
+	ck_assert_int_eq(be->ops->event_query(be, ev), 1);
+	be->ops->event_destroy(be, ev);
+	ck_assert_int_eq(be->ops->upload(be, 2, d, h, 4), -EINVAL);
+	be->ops->free(be, d);
+	be->ops->host_free(be, h);
+	moe_backend_destroy(be);
+}
+END_TEST
+
+/* The staging pool registered once: its copies are pinned; a refusal says what to raise. */
+START_TEST(cuda_host_register)
+{
+	struct simt_fake_config cfg = { .pinned_limit = 1u << 20, .quiet = 1 };
+	struct simt_fake_stats st;
+	size_t n = 256u << 10;
+	uint8_t *pool = aligned_alloc(4096, n), *big = aligned_alloc(4096, 2u << 20);
+	moe_dptr d;
+
+	be = fake_backend(&cfg, 0);
+	d = dalloc(n);
+	ck_assert_int_eq(be->ops->host_register(be, pool, n), 0);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.pinned, n);
+	memset(pool, 7, n);
+	ck_assert_int_eq(be->ops->upload(be, MOE_BE_COPY, d, pool, n), 0);
+	ck_assert_int_eq(be->ops->sync(be), 0);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.pageable_copies, 0);
+	ck_assert_uint_eq(st.h2d_bytes, n);
+	ck_assert_int_ne(be->ops->host_register(be, big, 2u << 20), 0);
+	HAS("cuMemHostRegister");
+	HAS("ulimit -l");
+	be->ops->host_unregister(be, pool);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.pinned, 0);
+	be->ops->free(be, d);
+	moe_backend_destroy(be);
+	free(pool);
+	free(big);
+}
+END_TEST
+
+/*
+ * Decode over a long cache takes the split-KV path (partial softmaxes and a
+ * combine): against the CPU backend for each KV type, with sinks, a window
+ * and a latent cache.
+ */
+START_TEST(cuda_attention_split)
+{
+	static const uint32_t types[] = { MOE_TYPE_F32, MOE_TYPE_F16, MOE_TYPE_Q8_0 };
+	const uint32_t C = 700, H = 4, HKV = 2, D = 64;
+	struct moe_backend *cpu;
+	struct moe_backend_params cp = { 0 };
+	uint64_t rs = 99;
+
+	ck_assert_int_eq(moe_backend_create(&moe_backend_cpu_desc, &cp, &cpu), 0);
+	be = fake_backend(NULL, 0);
+	{
+		struct moe_be_shape s = { .max_tok = 4, .max_ent = 4, .n_embd = 64, .max_cols = 64,
+					  .max_ff = 64, .max_head = H, .max_head_dim = D,
+					  .max_ffn = 1, .max_heads_io = 64 };
+		uint64_t ws = be->desc->workspace_bytes(&s);
+
+		ck_assert_int_eq(be->ops->set_workspace(be, dalloc(ws), ws), 0);
+	}
+	for (size_t ti = 0; ti < MOE_ARRAY_SIZE(types); ti++)
+		for (int variant = 0; variant < 3; variant++) {
+			struct moe_backend *bs[2] = { cpu, be };
+			uint32_t hkv = variant == 2 ? 1 : HKV, kvd = hkv * D;
+			uint32_t hv = variant == 2 ? 32 : D;
+			size_t kn = (size_t)C * kvd, qn = (size_t)2 * H * D, on = (size_t)2 * H * hv;
+			float *k = malloc(sizeof(float) * kn), *q = malloc(sizeof(float) * qn);
+			float *sinks = malloc(sizeof(float) * H), *out[2];
+			int32_t pos[2] = { (int32_t)C - 1, 400 }, *allpos = malloc(sizeof(int32_t) * C);
+
+			for (size_t i = 0; i < kn; i++)
+				k[i] = (float)(tu_randn(&rs));
+			for (size_t i = 0; i < qn; i++)
+				q[i] = (float)(tu_randn(&rs) * 2);
+			for (uint32_t i = 0; i < H; i++)
+				sinks[i] = (float)tu_randn(&rs);
+			for (uint32_t i = 0; i < C; i++)
+				allpos[i] = (int32_t)i;
+			for (int b = 0; b < 2; b++) {
+				struct moe_backend *x = bs[b];
+				uint64_t row = moe_kv_row_bytes(types[ti], kvd);
+				struct moe_kv kv = { .type = types[ti], .n_cells = C, .kv_dim = kvd };
+				moe_dptr kd, qd, pd, ad, od, sd;
+				struct moe_attn_args a;
+
+				ck_assert_int_eq(x->ops->alloc(x, row * C, &kv.k), 0);
+				if (variant != 2)
+					ck_assert_int_eq(x->ops->alloc(x, row * C, &kv.v), 0);
+				ck_assert_int_eq(x->ops->alloc(x, sizeof(float) * kn, &kd), 0);
+				ck_assert_int_eq(x->ops->alloc(x, sizeof(float) * qn, &qd), 0);
+				ck_assert_int_eq(x->ops->alloc(x, sizeof(pos), &pd), 0);
+				ck_assert_int_eq(x->ops->alloc(x, sizeof(int32_t) * C, &ad), 0);
+				ck_assert_int_eq(x->ops->alloc(x, sizeof(float) * on, &od), 0);
+				ck_assert_int_eq(x->ops->alloc(x, sizeof(float) * H, &sd), 0);
+				ck_assert_int_eq(x->ops->upload(x, 0, kd, k, sizeof(float) * kn), 0);
+				ck_assert_int_eq(x->ops->upload(x, 0, qd, q, sizeof(float) * qn), 0);
+				ck_assert_int_eq(x->ops->upload(x, 0, pd, pos, sizeof(pos)), 0);
+				ck_assert_int_eq(x->ops->upload(x, 0, ad, allpos, sizeof(int32_t) * C), 0);
+				ck_assert_int_eq(x->ops->upload(x, 0, sd, sinks, sizeof(float) * H), 0);
+				ck_assert_int_eq(x->ops->kv_store(x, &kv, kd, kv.v ? kd : 0, ad, 0, C), 0);
+				a = (struct moe_attn_args){
+					.q = qd, .out = od, .pos = pd, .sinks = variant ? sd : 0, .kv = kv,
+					.n_tok = 2, .n_head = H, .n_head_kv = hkv, .head_dim = D,
+					.head_dim_v = variant == 2 ? hv : 0,
+					.mask = variant == 1 ? MOE_MASK_SLIDING : MOE_MASK_CAUSAL,
+					.window = variant == 1 ? 333 : 0, .scale = 0.125f,
+				};
+				ck_assert_msg(x->ops->attention(x, &a) == 0, "%s", moe_errmsg());
+				out[b] = malloc(sizeof(float) * on);
+				ck_assert_int_eq(x->ops->download(x, 0, out[b], od, sizeof(float) * on), 0);
+				ck_assert_int_eq(x->ops->sync(x), 0);
+				{
+					moe_dptr all[] = { kv.k, kv.v, kd, qd, pd, ad, od, sd };
+
+					for (size_t i = 0; i < MOE_ARRAY_SIZE(all); i++)
+						x->ops->free(x, all[i]);
+				}
+			}
+			for (size_t i = 0; i < on; i++)
+				ck_assert_msg(fabsf(out[0][i] - out[1][i]) < 2e-5f, "%s variant %d [%zu]: "
+					      "%g vs %g", moe_type_name(types[ti]), variant, i,
+					      out[0][i], out[1][i]);
+			free(out[0]);
+			free(out[1]);
+			free(k);
+			free(q);
+			free(sinks);
+			free(allpos);
+		}
+	moe_backend_destroy(be);
+	moe_backend_destroy(cpu);
+}
+END_TEST
+
+Suite *suite_cuda(void)
+{
+	Suite *s = suite_create("cuda");
+	TCase *tc = tcase_create("host");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, cuda_create_errors);
+	tcase_add_test(tc, cuda_oom);
+	tcase_add_test(tc, cuda_budget_exact);
+	tcase_add_test(tc, cuda_launch_faults);
+	tcase_add_test(tc, cuda_cross_queue);
+	tcase_add_test(tc, cuda_host_register);
+	tcase_add_test(tc, cuda_attention_split);
+	suite_add_tcase(s, tc);
+	return s;
+}
