@@ -360,6 +360,169 @@ START_TEST(cuda_attention_split)
 }
 END_TEST
 
+/* ------------------------------------------------------------ the engine on CUDA */
+
+static void *fake_lib;
+
+/* The fake driver behind libcuda_fake.so, which the backend loads as MOE_CUDA_LIBRARY names. */
+static void fake_driver_lib(const struct simt_fake_config *cfg)
+{
+	static char path[4096];
+	const char *build = getenv("MOE_BUILD");
+	void (*bind)(const struct moe_cuda_api *);
+	struct moe_cuda_api api;
+	void *sym;
+
+	snprintf(path, sizeof(path), "%s/tests/libcuda_fake.so", build ? build : "build");
+	if (!fake_lib)
+		fake_lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	ck_assert_msg(fake_lib != NULL, "%s", dlerror());
+	sym = dlsym(fake_lib, "simt_libcuda_bind");
+	ck_assert_ptr_nonnull(sym);
+	memcpy(&bind, &sym, sizeof(bind));
+	simt_fake_cuda_reset(cfg);
+	simt_fake_cuda_api(&api);
+	bind(&api);
+	setenv("MOE_CUDA_LIBRARY", path, 1);
+}
+
+static struct moe_ctx *ctx_on(struct moe_model *m, const char *backend, uint64_t vram)
+{
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx = NULL;
+
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 64;
+	p.n_batch = 4;
+	p.vram_bytes = vram;
+	p.backend = backend;
+	ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s (vram %llu): %s", backend,
+		      (unsigned long long)vram, moe_errmsg());
+	ck_assert_str_eq(moe_ctx_backend(ctx), backend);
+	return ctx;
+}
+
+/* The smallest budget the context takes on @backend, from the error a budget of 1 gives. */
+static uint64_t least_vram(struct moe_model *m, const char *backend)
+{
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx = NULL;
+	unsigned long long need = 0;
+	const char *at;
+
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 64;
+	p.n_batch = 4;
+	p.vram_bytes = 1;
+	p.backend = backend;
+	ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), -ENOMEM);
+	at = strstr(moe_errmsg(), "needs at least");
+	ck_assert_msg(at && (at = strchr(at, '(')) && sscanf(at, "(%llu bytes)", &need) == 1,
+		      "%s", moe_errmsg());
+	return need;
+}
+
+struct logits {
+	float *buf;
+	size_t n;
+	uint32_t vocab;
+};
+
+static int keep(void *arg, const float *lg, uint32_t n_rows, int32_t next)
+{
+	struct logits *l = arg;
+
+	(void)next;
+	memcpy(l->buf + l->n * l->vocab, lg, sizeof(float) * n_rows * l->vocab);
+	l->n += n_rows;
+	return 0;
+}
+
+enum { E2E_PROMPT = 6, E2E_GEN = 3 };
+
+static void run(struct moe_ctx *ctx, struct logits *l)
+{
+	int32_t tok[E2E_PROMPT];
+
+	l->vocab = moe_ctx_n_vocab(ctx);
+	for (int i = 0; i < E2E_PROMPT; i++)
+		tok[i] = (int32_t)((i * 37 + 11) % l->vocab);
+	l->n = 0;
+	l->buf = calloc((size_t)(E2E_PROMPT + E2E_GEN) * l->vocab, sizeof(float));
+	ck_assert_msg(moe_ctx_generate(ctx, tok, E2E_PROMPT, E2E_GEN, NULL, MOE_EVAL_ALL_LOGITS,
+				       keep, l) == E2E_GEN, "%s", moe_errmsg());
+}
+
+/*
+ * A generated F32 model through the engine on the CUDA backend (over the
+ * fake driver, kernels on the emulation) gives the CPU backend's logits;
+ * streaming its experts through a budget that evicts every layer gives the
+ * resident run's logits exactly, with the fake running queued work lazily
+ * and at random points.
+ */
+START_TEST(cuda_engine_matches_cpu)
+{
+	static const char *const archs[] = { "qwen3moe", "gpt-oss" };
+	const char *arch = archs[_i];
+	char *dir = tu_tmpdir(), path[512], cmd[1024], *out = NULL;
+	struct logits cpu, res, str;
+	struct moe_ctx_stats st;
+	struct moe_model *m;
+	struct moe_ctx *ctx;
+	uint64_t vram;
+	double mx = 0, err = 0;
+
+	snprintf(path, sizeof(path), "%s/%s.gguf", dir, arch);
+	snprintf(cmd, sizeof(cmd), "%s --arch %s --type f32 -o %s -q --layers 2 --vocab 128 "
+		 "--expert-ff 64 --embd 64 --experts 8 %s", tu_bin("moe-mkmodel"), arch, path,
+		 strcmp(arch, "gpt-oss") ? "" : "--sliding-window 4");
+	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s: %s", cmd, out ? out : "");
+	free(out);
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	ctx = ctx_on(m, "cpu", 0);
+	run(ctx, &cpu);
+	moe_ctx_free(ctx);
+
+	fake_driver_lib(NULL);
+	ctx = ctx_on(m, "cuda", 0);
+	run(ctx, &res);
+	moe_ctx_free(ctx);
+	ck_assert_uint_eq(res.n, cpu.n);
+	for (size_t i = 0; i < res.n * res.vocab; i++) {
+		mx = fmax(mx, fabs(cpu.buf[i]));
+		err = fmax(err, fabs(cpu.buf[i] - res.buf[i]));
+	}
+	ck_assert_msg(err <= 1e-4 * (1 + mx), "%s: CUDA logits off the CPU's by %g (max %g)", arch,
+		      err, mx);
+
+	for (int mode = SIMT_FAKE_LAZY; mode <= SIMT_FAKE_RANDOM; mode++) {
+		struct simt_fake_config cfg = { .mode = mode, .seed = 7 };
+
+		fake_driver_lib(&cfg);
+		vram = least_vram(m, "cuda");
+		ctx = ctx_on(m, "cuda", vram);
+		run(ctx, &str);
+		moe_ctx_get_stats(ctx, &st);
+		ck_assert_uint_gt(st.expert_evictions, 0);
+		ck_assert_uint_le(st.vram_used, st.vram_budget);
+		ck_assert_str_eq(st.backend, "cuda");
+		ck_assert_uint_eq(str.n, res.n);
+		ck_assert_msg(!memcmp(str.buf, res.buf, sizeof(float) * res.n * res.vocab),
+			      "%s mode %d: streamed logits differ from resident ones", arch, mode);
+		moe_ctx_free(ctx);
+		free(str.buf);
+	}
+	unsetenv("MOE_CUDA_LIBRARY");
+	free(cpu.buf);
+	free(res.buf);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 Suite *suite_cuda(void)
 {
 	Suite *s = suite_create("cuda");
@@ -373,6 +536,7 @@ Suite *suite_cuda(void)
 	tcase_add_test(tc, cuda_cross_queue);
 	tcase_add_test(tc, cuda_host_register);
 	tcase_add_test(tc, cuda_attention_split);
+	tcase_add_loop_test(tc, cuda_engine_matches_cpu, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }
