@@ -455,17 +455,24 @@ static void run(struct moe_ctx *ctx, struct logits *l)
 				       keep, l) == E2E_GEN, "%s", moe_errmsg());
 }
 
+struct e2e_arch {
+	const char *arch, *extra;
+};
+
+static const struct e2e_arch e2e_archs[] = {
+	{ "qwen3moe", "" }, { "gpt-oss", "--sliding-window 4" }, { "llama4", "--interleave 2" },
+	{ "mixtral", "" }, { "gemma4", "--sliding-window 4" },
+};
+
 /*
- * A generated F32 model through the engine on the CUDA backend (over the
- * fake driver, kernels on the emulation) gives the CPU backend's logits;
- * streaming its experts through a budget that evicts every layer gives the
- * resident run's logits exactly, with the fake running queued work lazily
- * and at random points.
+ * A generated F32 model of @e through the engine on the CUDA backend gives
+ * the CPU backend's logits; streaming its experts through a budget that
+ * evicts every layer gives the resident run's logits exactly.  With @fake
+ * the backend runs over the fake driver (kernels on the emulation), once
+ * with queued work run lazily and once at random points; else on the GPU.
  */
-START_TEST(cuda_engine_matches_cpu)
+static void engine_case(const struct e2e_arch *e, bool fake)
 {
-	static const char *const archs[] = { "qwen3moe", "gpt-oss" };
-	const char *arch = archs[_i];
 	char *dir = tu_tmpdir(), path[512], cmd[1024], *out = NULL;
 	struct logits cpu, res, str;
 	struct moe_ctx_stats st;
@@ -474,10 +481,10 @@ START_TEST(cuda_engine_matches_cpu)
 	uint64_t vram;
 	double mx = 0, err = 0;
 
-	snprintf(path, sizeof(path), "%s/%s.gguf", dir, arch);
+	snprintf(path, sizeof(path), "%s/%s.gguf", dir, e->arch);
 	snprintf(cmd, sizeof(cmd), "%s --arch %s --type f32 -o %s -q --layers 2 --vocab 128 "
-		 "--expert-ff 64 --embd 64 --experts 8 %s", tu_bin("moe-mkmodel"), arch, path,
-		 strcmp(arch, "gpt-oss") ? "" : "--sliding-window 4");
+		 "--expert-ff 64 --embd 64 --experts 8 %s", tu_bin("moe-mkmodel"), e->arch, path,
+		 e->extra);
 	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s: %s", cmd, out ? out : "");
 	free(out);
 	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
@@ -485,7 +492,8 @@ START_TEST(cuda_engine_matches_cpu)
 	run(ctx, &cpu);
 	moe_ctx_free(ctx);
 
-	fake_driver_lib(NULL);
+	if (fake)
+		fake_driver_lib(NULL);
 	ctx = ctx_on(m, "cuda", 0);
 	run(ctx, &res);
 	moe_ctx_free(ctx);
@@ -494,13 +502,15 @@ START_TEST(cuda_engine_matches_cpu)
 		mx = fmax(mx, fabs(cpu.buf[i]));
 		err = fmax(err, fabs(cpu.buf[i] - res.buf[i]));
 	}
-	ck_assert_msg(err <= 1e-4 * (1 + mx), "%s: CUDA logits off the CPU's by %g (max %g)", arch,
-		      err, mx);
+	ck_assert_msg(err <= 1e-4 * (1 + mx), "%s: CUDA logits off the CPU's by %g (max %g)",
+		      e->arch, err, mx);
 
-	for (int mode = SIMT_FAKE_LAZY; mode <= SIMT_FAKE_RANDOM; mode++) {
+	for (int mode = SIMT_FAKE_LAZY; mode <= (fake ? SIMT_FAKE_RANDOM : SIMT_FAKE_LAZY);
+	     mode++) {
 		struct simt_fake_config cfg = { .mode = mode, .seed = 7 };
 
-		fake_driver_lib(&cfg);
+		if (fake)
+			fake_driver_lib(&cfg);
 		vram = least_vram(m, "cuda");
 		ctx = ctx_on(m, "cuda", vram);
 		run(ctx, &str);
@@ -510,14 +520,56 @@ START_TEST(cuda_engine_matches_cpu)
 		ck_assert_str_eq(st.backend, "cuda");
 		ck_assert_uint_eq(str.n, res.n);
 		ck_assert_msg(!memcmp(str.buf, res.buf, sizeof(float) * res.n * res.vocab),
-			      "%s mode %d: streamed logits differ from resident ones", arch, mode);
+			      "%s mode %d: streamed logits differ from resident ones", e->arch, mode);
 		moe_ctx_free(ctx);
 		free(str.buf);
 	}
-	unsetenv("MOE_CUDA_LIBRARY");
+	if (fake)
+		unsetenv("MOE_CUDA_LIBRARY");
 	free(cpu.buf);
 	free(res.buf);
 	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+/* Over the fake driver: the two architectures with the most distinct ops. */
+START_TEST(cuda_engine_matches_cpu)
+{
+	engine_case(&e2e_archs[_i], true);
+}
+END_TEST
+
+/* On a real GPU (tests/gpu/check.sh): every architecture of the list. */
+START_TEST(cuda_gpu_engine_matches_cpu)
+{
+	engine_case(&e2e_archs[_i], false);
+}
+END_TEST
+
+/* Without a driver, moe-run --backend cuda says so; auto runs on the CPU. */
+START_TEST(cuda_moe_run_backends)
+{
+	char *dir = tu_tmpdir(), path[512], cmd[1536], *out = NULL;
+
+	snprintf(path, sizeof(path), "%s/m.gguf", dir);
+	snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --type f32 -o %s -q --layers 1 --vocab 64 "
+		 "--expert-ff 64 --embd 64 --experts 4", tu_bin("moe-mkmodel"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=%s/no-such-libcuda.so %s -m %s --tokens 1,2 "
+		 "-n 1 --backend cuda", dir, tu_bin("moe-run"), path);
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "no CUDA driver found"), "%s", out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=%s/no-such-libcuda.so %s -m %s --tokens 1,2 "
+		 "-n 1 --backend auto --json --stats", dir, tu_bin("moe-run"), path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	ck_assert_msg(out && strstr(out, "\"backend\":\"cpu\""), "%s", out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --backend tpu", tu_bin("moe-run"), path);
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "cpu, cuda"), "%s", out ? out : "");
+	free(out);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -537,6 +589,21 @@ Suite *suite_cuda(void)
 	tcase_add_test(tc, cuda_host_register);
 	tcase_add_test(tc, cuda_attention_split);
 	tcase_add_loop_test(tc, cuda_engine_matches_cpu, 0, 2);
+	tcase_add_test(tc, cuda_moe_run_backends);
+	if (moe_backend_cuda_desc.probe() == 0) {
+		TCase *gpu = tcase_create("gpu");
+
+		tcase_set_timeout(gpu, 300);
+		tcase_add_loop_test(gpu, cuda_gpu_engine_matches_cpu, 0,
+				    (int)MOE_ARRAY_SIZE(e2e_archs));
+		suite_add_tcase(s, gpu);
+	} else {
+		char why[512];
+
+		snprintf(why, sizeof(why), "no GPU here (%s); tests/gpu/check.sh runs it on one",
+			 moe_errmsg());
+		tu_skip("cuda gpu_engine_matches_cpu", why);
+	}
 	suite_add_tcase(s, tc);
 	return s;
 }
