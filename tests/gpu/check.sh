@@ -24,7 +24,9 @@
 #   - the "cuda" suite: engine logits on the GPU against the CPU backend for
 #     every architecture of its list, resident and streamed;
 #   - the "simt" suite: the emulation's self-test kernels on the GPU and the
-#     emulation byte for byte (gpu_matches_emulation).
+#     emulation byte for byte (gpu_matches_emulation);
+#   - moe-bench gpu-matvec: the decode kernel's GB/s for q4_K, q8_0 and mxfp4
+#     against device-to-device copy bandwidth in the same run (target >= 0.7).
 # Each has a time limit, about 7 minutes in all.  $OUT gets summary.txt and
 # one log per suite (default: ./gpu-out).  The exit status is 0 when every
 # suite passed with the GPU present, 2 when no CUDA driver or GPU was found
@@ -50,7 +52,8 @@ if [ "${1:-}" = "--pack" ]; then
 	rm -rf "$G"
 	mkdir -p "$G/bin" "$G/lib" "$G/tests" "$G/cuda" || die "cannot create $G"
 	if ! { cp build/tests/unit-tests "$G/" &&
-		cp build/bin/moe-run build/bin/moe-mkmodel build/bin/moectl "$G/bin/" &&
+		cp build/bin/moe-run build/bin/moe-mkmodel build/bin/moectl build/bin/moe-bench \
+			"$G/bin/" &&
 		cp build/tests/libcuda_fake.so build/tests/libcuda_old.so "$G/tests/" &&
 		cp build/cuda/selftest.fatbin "$G/cuda/"; }; then
 		die "copying the binaries failed"
@@ -108,6 +111,10 @@ for s in "ops 200" "cuda 150" "simt 60"; do
 	grep -E '^[^:]+:[0-9]+:[EF]:' "$log" | head -n 20 >>"$summary"
 	[ $rc -eq 0 ] || status=1
 done
+# the quantized matvec against copy bandwidth; without a driver it says so and exits 0
+log=$out/gpu-matvec.log
+timeout -k 10 60 "$G/bin/moe-bench" gpu-matvec >"$log" 2>&1 || status=1
+sed 's/^/gpu-matvec: /' "$log" >>"$summary"
 # a GPU test skipped for want of a driver is no pass (every run lists the skips of all suites)
 if grep -E '^SKIP: (ops \(cuda backend\)|cuda gpu_|simt gpu_)' "$out/ops.log" >>"$summary"; then
 	[ $status -eq 0 ] && status=2
