@@ -106,7 +106,8 @@ static int cuda_sim(uint64_t budget, struct moe_backend **out)
 /* Until the quantized matrix kernels join the CUDA backend, its matrix ops take F32 only. */
 static const char *cuda_lacks(uint32_t type)
 {
-	return type == MOE_TYPE_F32 ? NULL : "this build's CUDA matrix kernels take F32 weights only";
+	return type == MOE_TYPE_F32 ? NULL :
+	       "this build's CUDA matrix kernels take F32 weights only";
 }
 
 /* The CUDA backend on a real GPU, where a driver loads and sees a device. */
