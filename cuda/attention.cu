@@ -123,8 +123,8 @@ extern "C" __global__ void moe_k_attention(struct kc_attn a)
 			acc[k] *= r;
 		sum *= r;
 		for (long long jj = 0; jj < cnt; jj++) {
-			const unsigned char *vr = vb + (sq + (unsigned long long)(c0 + jj) % a.n_cells) *
-						       a.row_bytes;
+			unsigned long long cell = sq + (unsigned long long)(c0 + jj) % a.n_cells;
+			const unsigned char *vr = vb + cell * a.row_bytes;
 			float e = expf(sc[jj] - mn);
 
 			sum += e;

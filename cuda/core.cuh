@@ -35,16 +35,18 @@ static inline __device__ float kc_block_max(float v, float *red)
 	return r;
 }
 
-/* Element @i of a KV cache row of type F32 (0), F16 (1) or Q8_0 (8): blocks of a scale and 32 codes. */
+/* Element @i of a KV cache row of F32 (0), F16 (1) or Q8_0 (8: a scale and 32 codes a block). */
 static inline __device__ float kc_kv_elem(const unsigned char *row, unsigned type, unsigned i)
 {
 	if (type == 0)
 		return reinterpret_cast<const float *>(row)[i];
 	if (type == 1)
-		return __half2float(__ushort_as_half(reinterpret_cast<const unsigned short *>(row)[i]));
+		return __half2float(
+			__ushort_as_half(reinterpret_cast<const unsigned short *>(row)[i]));
 	{
 		const unsigned char *b = row + (size_t)(i / 32) * 34;
-		float d = __half2float(__ushort_as_half(*reinterpret_cast<const unsigned short *>(b)));
+		unsigned short h = *reinterpret_cast<const unsigned short *>(b);
+		float d = __half2float(__ushort_as_half(h));
 
 		return d * (float)(signed char)b[2 + i % 32];
 	}

@@ -103,7 +103,8 @@ extern "C" __global__ void moe_k_combine(const float *ys, const float *w, unsign
 		float o = 0;
 
 		for (unsigned j = 0; j < k; j++) {
-			float y = ys[((size_t)t * stride + j) * n + i] * (w ? w[t * stride + j] : 1.0f);
+			float wt = w ? w[t * stride + j] : 1.0f;
+			float y = ys[((size_t)t * stride + j) * n + i] * wt;
 
 			o = j ? o + y : y;
 		}

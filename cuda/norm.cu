@@ -32,7 +32,7 @@ extern "C" __global__ void moe_k_rms_norm(const float *x, float *y, long long n_
 }
 MOE_KERNEL(moe_k_rms_norm);
 
-/* The host's struct rope_k (backend/cuda.c): struct moe_rope with the frequency factors' address. */
+/* The host's struct rope_k (backend/cuda.c): struct moe_rope, the factors by address. */
 struct kc_rope {
 	int mode;               /* 1 NORM (pairs 2i, 2i+1), 2 NEOX (i, i + n_rot/2) */
 	unsigned n_rot;
@@ -63,7 +63,8 @@ extern "C" __global__ void moe_k_rope(float *x, unsigned n_head, unsigned head_d
 		theta = ext * r.freq_scale;
 		if (r.ext_factor != 0.0f) {
 			/* the same mixed float/double arithmetic as the CPU's ramp */
-			double y = ((float)i - r.corr_lo) / fmax(0.001, (double)(r.corr_hi - r.corr_lo));
+			double w = fmax(0.001, (double)(r.corr_hi - r.corr_lo));
+			double y = ((float)i - r.corr_lo) / w;
 			double mix = (1.0 - fmin(1.0, fmax(0.0, y))) * r.ext_factor;
 
 			theta = theta * (1.0 - mix) + ext * mix;

@@ -501,7 +501,8 @@ static int cuda_to_f32(struct moe_backend *be, uint32_t type, moe_dptr src, int6
 	case MOE_TYPE_BF16:
 		return launch_ew(c, "moe_k_bf16_to_f32", n, p);
 	default:
-		return moe_err(EINVAL, "to_f32: type %s is not a float vector type (f32, f16, bf16)",
+		return moe_err(EINVAL, "to_f32: type %s is not a float vector type "
+			       "(f32, f16, bf16)",
 			       moe_type_name(type) ? moe_type_name(type) : "?");
 	}
 }
@@ -615,8 +616,8 @@ static int cuda_attention(struct moe_backend *be, const struct moe_attn_args *a)
 			       moe_type_name(a->kv.type) ? moe_type_name(a->kv.type) : "?",
 			       a->kv.kv_dim);
 	if (a->head_dim > ATTN_MAX_DIM || a->n_head > 65535 || !a->kv.n_cells)
-		return moe_err(EINVAL, "attention: head dim %u (the CUDA kernel takes up to %u), %u "
-			       "heads, %u cells", a->head_dim, ATTN_MAX_DIM, a->n_head,
+		return moe_err(EINVAL, "attention: head dim %u (the CUDA kernel takes up to "
+			       "%u), %u heads, %u cells", a->head_dim, ATTN_MAX_DIM, a->n_head,
 			       a->kv.n_cells);
 	ret = enter(c);
 	if (ret < 0 || !a->n_tok)

@@ -79,9 +79,11 @@ fi
 mkdir -p "$out/state" || die "cannot write $out"
 summary=$out/summary.txt
 {
-	echo "moe device check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD 2>/dev/null || echo 'no git')"
+	rev=$(git rev-parse --short HEAD 2>/dev/null || echo 'no git')
+	echo "moe device check, $(date -u '+%Y-%m-%d %H:%M UTC'), $rev"
 	if command -v nvidia-smi >/dev/null 2>&1; then
-		nvidia-smi --query-gpu=name,driver_version,memory.total,pci.bus_id --format=csv,noheader
+		nvidia-smi --format=csv,noheader \
+			--query-gpu=name,driver_version,memory.total,pci.bus_id
 	else
 		echo "no nvidia-smi"
 	fi

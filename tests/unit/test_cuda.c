@@ -263,6 +263,63 @@ START_TEST(cuda_host_register)
 }
 END_TEST
 
+/* One attention problem of cuda_attention_split, on the host. */
+struct attn_in {
+	uint32_t type, C, H, hkv, D, hv;
+	int variant;                /* 0 plain, 1 sinks and a window, 2 latent cache and sinks */
+	const float *k, *q, *sinks;
+	const int32_t *pos, *allpos;
+};
+
+static moe_dptr put(struct moe_backend *x, const void *h, size_t bytes)
+{
+	moe_dptr d = 0;
+
+	ck_assert_int_eq(x->ops->alloc(x, bytes, &d), 0);
+	if (h)
+		ck_assert_int_eq(x->ops->upload(x, MOE_BE_COMPUTE, d, h, bytes), 0);
+	return d;
+}
+
+/* The whole cache stored, two queries attended on @x: their outputs (malloc'd). */
+static float *attn_on(struct moe_backend *x, const struct attn_in *in)
+{
+	uint32_t kvd = in->hkv * in->D;
+	uint64_t row = moe_kv_row_bytes(in->type, kvd);
+	size_t kn = (size_t)in->C * kvd, on = (size_t)2 * in->H * in->hv;
+	struct moe_kv kv = { .type = in->type, .n_cells = in->C, .kv_dim = kvd };
+	moe_dptr kd, pd, ad, od, sd, qd;
+	struct moe_attn_args a;
+	float *out = malloc(sizeof(float) * on);
+
+	kv.k = put(x, NULL, row * in->C);
+	kv.v = in->variant == 2 ? 0 : put(x, NULL, row * in->C);
+	kd = put(x, in->k, sizeof(float) * kn);
+	qd = put(x, in->q, sizeof(float) * 2 * in->H * in->D);
+	pd = put(x, in->pos, sizeof(int32_t) * 2);
+	ad = put(x, in->allpos, sizeof(int32_t) * in->C);
+	od = put(x, NULL, sizeof(float) * on);
+	sd = put(x, in->sinks, sizeof(float) * in->H);
+	ck_assert_int_eq(x->ops->kv_store(x, &kv, kd, kv.v ? kd : 0, ad, 0, in->C), 0);
+	a = (struct moe_attn_args){
+		.q = qd, .out = od, .pos = pd, .sinks = in->variant ? sd : 0, .kv = kv,
+		.n_tok = 2, .n_head = in->H, .n_head_kv = in->hkv, .head_dim = in->D,
+		.head_dim_v = in->variant == 2 ? in->hv : 0,
+		.mask = in->variant == 1 ? MOE_MASK_SLIDING : MOE_MASK_CAUSAL,
+		.window = in->variant == 1 ? 333 : 0, .scale = 0.125f,
+	};
+	ck_assert_msg(x->ops->attention(x, &a) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(x->ops->download(x, MOE_BE_COMPUTE, out, od, sizeof(float) * on), 0);
+	ck_assert_int_eq(x->ops->sync(x), 0);
+	{
+		moe_dptr all[] = { kv.k, kv.v, kd, qd, pd, ad, od, sd };
+
+		for (size_t i = 0; i < MOE_ARRAY_SIZE(all); i++)
+			x->ops->free(x, all[i]);
+	}
+	return out;
+}
+
 /*
  * Decode over a long cache takes the split-KV path (partial softmaxes and a
  * combine): against the CPU backend for each KV type, with sinks, a window
@@ -271,90 +328,46 @@ END_TEST
 START_TEST(cuda_attention_split)
 {
 	static const uint32_t types[] = { MOE_TYPE_F32, MOE_TYPE_F16, MOE_TYPE_Q8_0 };
-	const uint32_t C = 700, H = 4, HKV = 2, D = 64;
-	struct moe_backend *cpu;
+	const uint32_t C = 700, H = 4, D = 64;
+	struct moe_be_shape sh = { .max_tok = 4, .max_ent = 4, .n_embd = 64, .max_cols = 64,
+				   .max_ff = 64, .max_head = H, .max_head_dim = D, .max_ffn = 1,
+				   .max_heads_io = 64 };
 	struct moe_backend_params cp = { 0 };
-	uint64_t rs = 99;
+	struct moe_backend *cpu;
+	int32_t pos[2] = { (int32_t)C - 1, 400 }, allpos[700];
+	float *k = malloc(sizeof(float) * C * 2 * D), q[2 * 4 * 64], sinks[4];
+	uint64_t rs = 99, ws;
 
 	ck_assert_int_eq(moe_backend_create(&moe_backend_cpu_desc, &cp, &cpu), 0);
 	be = fake_backend(NULL, 0);
-	{
-		struct moe_be_shape s = { .max_tok = 4, .max_ent = 4, .n_embd = 64, .max_cols = 64,
-					  .max_ff = 64, .max_head = H, .max_head_dim = D,
-					  .max_ffn = 1, .max_heads_io = 64 };
-		uint64_t ws = be->desc->workspace_bytes(&s);
-
-		ck_assert_int_eq(be->ops->set_workspace(be, dalloc(ws), ws), 0);
-	}
+	ws = be->desc->workspace_bytes(&sh);
+	ck_assert_int_eq(be->ops->set_workspace(be, dalloc(ws), ws), 0);
+	for (uint32_t i = 0; i < C * 2 * D; i++)
+		k[i] = (float)tu_randn(&rs);
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(q); i++)
+		q[i] = (float)(tu_randn(&rs) * 2);
+	for (uint32_t i = 0; i < H; i++)
+		sinks[i] = (float)tu_randn(&rs);
+	for (uint32_t i = 0; i < C; i++)
+		allpos[i] = (int32_t)i;
 	for (size_t ti = 0; ti < MOE_ARRAY_SIZE(types); ti++)
 		for (int variant = 0; variant < 3; variant++) {
-			struct moe_backend *bs[2] = { cpu, be };
-			uint32_t hkv = variant == 2 ? 1 : HKV, kvd = hkv * D;
-			uint32_t hv = variant == 2 ? 32 : D;
-			size_t kn = (size_t)C * kvd, qn = (size_t)2 * H * D, on = (size_t)2 * H * hv;
-			float *k = malloc(sizeof(float) * kn), *q = malloc(sizeof(float) * qn);
-			float *sinks = malloc(sizeof(float) * H), *out[2];
-			int32_t pos[2] = { (int32_t)C - 1, 400 }, *allpos = malloc(sizeof(int32_t) * C);
+			struct attn_in in = {
+				.type = types[ti], .C = C, .H = H, .D = D, .variant = variant,
+				.hkv = variant == 2 ? 1 : 2, .hv = variant == 2 ? 32 : D,
+				.k = k, .q = q, .sinks = sinks, .pos = pos, .allpos = allpos,
+			};
+			float *want = attn_on(cpu, &in), *got = attn_on(be, &in);
+			const char *tn = moe_type_name(types[ti]);
 
-			for (size_t i = 0; i < kn; i++)
-				k[i] = (float)(tu_randn(&rs));
-			for (size_t i = 0; i < qn; i++)
-				q[i] = (float)(tu_randn(&rs) * 2);
-			for (uint32_t i = 0; i < H; i++)
-				sinks[i] = (float)tu_randn(&rs);
-			for (uint32_t i = 0; i < C; i++)
-				allpos[i] = (int32_t)i;
-			for (int b = 0; b < 2; b++) {
-				struct moe_backend *x = bs[b];
-				uint64_t row = moe_kv_row_bytes(types[ti], kvd);
-				struct moe_kv kv = { .type = types[ti], .n_cells = C, .kv_dim = kvd };
-				moe_dptr kd, qd, pd, ad, od, sd;
-				struct moe_attn_args a;
-
-				ck_assert_int_eq(x->ops->alloc(x, row * C, &kv.k), 0);
-				if (variant != 2)
-					ck_assert_int_eq(x->ops->alloc(x, row * C, &kv.v), 0);
-				ck_assert_int_eq(x->ops->alloc(x, sizeof(float) * kn, &kd), 0);
-				ck_assert_int_eq(x->ops->alloc(x, sizeof(float) * qn, &qd), 0);
-				ck_assert_int_eq(x->ops->alloc(x, sizeof(pos), &pd), 0);
-				ck_assert_int_eq(x->ops->alloc(x, sizeof(int32_t) * C, &ad), 0);
-				ck_assert_int_eq(x->ops->alloc(x, sizeof(float) * on, &od), 0);
-				ck_assert_int_eq(x->ops->alloc(x, sizeof(float) * H, &sd), 0);
-				ck_assert_int_eq(x->ops->upload(x, 0, kd, k, sizeof(float) * kn), 0);
-				ck_assert_int_eq(x->ops->upload(x, 0, qd, q, sizeof(float) * qn), 0);
-				ck_assert_int_eq(x->ops->upload(x, 0, pd, pos, sizeof(pos)), 0);
-				ck_assert_int_eq(x->ops->upload(x, 0, ad, allpos, sizeof(int32_t) * C), 0);
-				ck_assert_int_eq(x->ops->upload(x, 0, sd, sinks, sizeof(float) * H), 0);
-				ck_assert_int_eq(x->ops->kv_store(x, &kv, kd, kv.v ? kd : 0, ad, 0, C), 0);
-				a = (struct moe_attn_args){
-					.q = qd, .out = od, .pos = pd, .sinks = variant ? sd : 0, .kv = kv,
-					.n_tok = 2, .n_head = H, .n_head_kv = hkv, .head_dim = D,
-					.head_dim_v = variant == 2 ? hv : 0,
-					.mask = variant == 1 ? MOE_MASK_SLIDING : MOE_MASK_CAUSAL,
-					.window = variant == 1 ? 333 : 0, .scale = 0.125f,
-				};
-				ck_assert_msg(x->ops->attention(x, &a) == 0, "%s", moe_errmsg());
-				out[b] = malloc(sizeof(float) * on);
-				ck_assert_int_eq(x->ops->download(x, 0, out[b], od, sizeof(float) * on), 0);
-				ck_assert_int_eq(x->ops->sync(x), 0);
-				{
-					moe_dptr all[] = { kv.k, kv.v, kd, qd, pd, ad, od, sd };
-
-					for (size_t i = 0; i < MOE_ARRAY_SIZE(all); i++)
-						x->ops->free(x, all[i]);
-				}
-			}
-			for (size_t i = 0; i < on; i++)
-				ck_assert_msg(fabsf(out[0][i] - out[1][i]) < 2e-5f, "%s variant %d [%zu]: "
-					      "%g vs %g", moe_type_name(types[ti]), variant, i,
-					      out[0][i], out[1][i]);
-			free(out[0]);
-			free(out[1]);
-			free(k);
-			free(q);
-			free(sinks);
-			free(allpos);
+			for (size_t i = 0; i < (size_t)2 * H * in.hv; i++)
+				ck_assert_msg(fabsf(want[i] - got[i]) < 2e-5f,
+					      "%s variant %d [%zu]: %g vs %g", tn, variant, i,
+					      want[i], got[i]);
+			free(want);
+			free(got);
 		}
+	free(k);
 	moe_backend_destroy(be);
 	moe_backend_destroy(cpu);
 }
@@ -526,7 +539,8 @@ static void engine_case(const struct e2e_arch *e, bool fake, const char *type)
 		ck_assert_str_eq(st.backend, "cuda");
 		ck_assert_uint_eq(str.n, res.n);
 		ck_assert_msg(!memcmp(str.buf, res.buf, sizeof(float) * res.n * res.vocab),
-			      "%s mode %d: streamed logits differ from resident ones", e->arch, mode);
+			      "%s mode %d: streamed logits differ from resident ones", e->arch,
+			      mode);
 		moe_ctx_free(ctx);
 		free(str.buf);
 	}
