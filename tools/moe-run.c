@@ -422,8 +422,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_BACKEND:
 			o->backend = optarg;
 			if (!*optarg)
-				ret = bad("--backend '%s': name one: auto, or one built in (cpu)",
-					  optarg);
+				ret = bad("--backend '': name one: auto, or one built in (%s)",
+					  moe_backend_list());
 			break;
 		case O_KVTYPE: {
 			int t = moe_type_from_name(optarg);

@@ -8,12 +8,13 @@
 
 /* "auto" takes the first kind that can run here: a GPU before the CPU. */
 static const struct moe_backend_desc *const kinds[] = {
+	&moe_backend_cuda_desc,
 	&moe_backend_cpu_desc,
 };
 
 const char *moe_backend_names(void)
 {
-	return "cpu";
+	return "cpu, cuda";
 }
 
 int moe_backend_find(const char *name, const struct moe_backend_desc **out)

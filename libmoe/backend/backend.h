@@ -343,6 +343,11 @@ struct moe_backend_desc {
 };
 
 extern const struct moe_backend_desc moe_backend_cpu_desc;
+/*
+ * CUDA (backend/cuda.c): probes by loading libcuda.so.1 (or the library
+ * the environment variable MOE_CUDA_LIBRARY names) and asking for a device.
+ */
+extern const struct moe_backend_desc moe_backend_cuda_desc;
 
 /*
  * The backend kind called @name ("cpu", "cuda"; "auto" = the first that

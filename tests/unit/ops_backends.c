@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: MIT */
+#include <stdio.h>
 #include <stdlib.h>
 
+#include "backend/cuda_int.h"
+#include "fake_cuda.h"
+#include "moe/moe.h"
 #include "ops_backends.h"
 #include "quant/quant.h"
 #include "util/threadpool.h"
@@ -84,12 +88,57 @@ static const char *no_avx2(void)
 	       "this CPU (or OS) lacks AVX2+FMA+F16C";
 }
 
+/*
+ * The CUDA backend over the fake driver: its kernels run on the emulation,
+ * queued work runs only when the host waits (a missing wait reads stale
+ * data), and device memory outside every allocation faults.
+ */
+static int cuda_sim(uint64_t budget, struct moe_backend **out)
+{
+	struct simt_fake_config cfg = { .total_mem = 1ull << 30, .mode = SIMT_FAKE_LAZY };
+	struct moe_backend_params p = { .budget = budget };
+	struct moe_cuda_api api;
+
+	simt_fake_cuda_reset(&cfg);
+	simt_fake_cuda_api(&api);
+	return moe_backend_cuda_create_api(&api, &p, out);
+}
+
+/* The backend loads the embedded fatbin (the fake takes any image): none without nvcc. */
+static const char *cuda_sim_unavailable(void)
+{
+	size_t n;
+
+	return moe_cuda_fatbin(&n) ? NULL : "libmoe was built without nvcc, so the CUDA backend "
+	       "has no fatbin to load";
+}
+
+/* The CUDA backend on a real GPU, where a driver loads and sees a device. */
+static const char *cuda_unavailable(void)
+{
+	static char why[256];
+
+	if (moe_backend_cuda_desc.probe() == 0)
+		return NULL;
+	snprintf(why, sizeof(why), "%s", moe_errmsg());
+	return why;
+}
+
+static int cuda_gpu(uint64_t budget, struct moe_backend **out)
+{
+	struct moe_backend_params p = { .budget = budget };
+
+	return moe_backend_create(&moe_backend_cuda_desc, &p, out);
+}
+
 const struct ops_backend ops_backends[] = {
-	{ "cpu", NULL, cpu1, destroy },
-	{ "cpu-2threads", NULL, cpu2, destroy },
-	{ "cpu-guard", NULL, cpu_guard, destroy },
-	{ "cpu-avx512", no_avx512, cpu_avx512, destroy_isa },
-	{ "cpu-avx2", no_avx2, cpu_avx2, destroy_isa },
-	{ "cpu-scalar", NULL, cpu_scalar, destroy_isa },
+	{ "cpu", NULL, cpu1, destroy, NULL },
+	{ "cpu-2threads", NULL, cpu2, destroy, NULL },
+	{ "cpu-guard", NULL, cpu_guard, destroy, NULL },
+	{ "cpu-avx512", no_avx512, cpu_avx512, destroy_isa, NULL },
+	{ "cpu-avx2", no_avx2, cpu_avx2, destroy_isa, NULL },
+	{ "cpu-scalar", NULL, cpu_scalar, destroy_isa, NULL },
+	{ "cuda-sim", cuda_sim_unavailable, cuda_sim, destroy, NULL },
+	{ "cuda", cuda_unavailable, cuda_gpu, destroy, NULL },
 };
 const size_t ops_backend_count = sizeof(ops_backends) / sizeof(ops_backends[0]);

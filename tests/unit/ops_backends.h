@@ -19,6 +19,12 @@ struct ops_backend {
 	/* a backend with @budget bytes (0: unlimited) */
 	int (*create)(uint64_t budget, struct moe_backend **out);
 	void (*destroy)(struct moe_backend *be);
+	/*
+	 * NULL when the backend has matrix kernels for every weight type, else
+	 * why not for @type (NULL for the types it has): the matrix tests then
+	 * leave those types out, and the suite reports them as skipped.
+	 */
+	const char *(*lacks_type)(uint32_t type);
 };
 
 extern const struct ops_backend ops_backends[];

@@ -1203,15 +1203,16 @@ START_TEST(fake_launches)
 }
 END_TEST
 
-/* The placeholder kernel of cuda/, by name from the module of the embedded fatbin. */
-START_TEST(fatbin_placeholder)
+/* A kernel of cuda/ (moe_k_scale), by name from the module of the embedded fatbin. */
+START_TEST(fatbin_kernel)
 {
 	size_t size = 0;
 	const unsigned char *fb = moe_cuda_fatbin(&size);
 	CUmodule mod;
 	CUfunction f;
 	CUdeviceptr d;
-	unsigned v = 0;
+	float v[3] = { 1.5f, -2.0f, 0.25f }, s = -4.0f;
+	long long n = 3;
 
 	if (MOE_TEST_FATBIN) {
 		ck_assert_msg(fb != NULL, "%s", moe_errmsg());
@@ -1227,15 +1228,16 @@ START_TEST(fatbin_placeholder)
 	}
 	fake_up(NULL);
 	CU(api.cuModuleLoadData(&mod, fb));
-	CU(api.cuModuleGetFunction(&f, mod, "moe_placeholder"));
+	CU(api.cuModuleGetFunction(&f, mod, "moe_k_scale"));
 	CU(api.cuMemAlloc(&d, sizeof(v)));
+	CU(api.cuMemcpyHtoDAsync(d, v, sizeof(v), NULL));
 	{
-		void *p[] = {&d};
+		void *p[] = {&d, &s, &n};
 
 		CU(api.cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, NULL, p, NULL));
 	}
-	CU(api.cuMemcpyDtoHAsync(&v, d, sizeof(v), NULL));
-	ck_assert_uint_eq(v, 0x6d6f65u);
+	CU(api.cuMemcpyDtoHAsync(v, d, sizeof(v), NULL));
+	ck_assert(v[0] == -6.0f && v[1] == 8.0f && v[2] == -1.0f);
 }
 END_TEST
 
@@ -1249,7 +1251,9 @@ START_TEST(fake_faults)
 	size_t fr, total;
 	int n;
 	unsigned out = 0;
-	void *p[] = {&a};
+	float sc = 2.0f;
+	long long n_el = 16;   /* the 64 bytes of a */
+	void *p[] = {&a, &sc, &n_el};
 
 	fake_up(&cfg);
 	ck_assert_int_eq(simt_fake_cuda_fail("cuNoSuchCall", 1, CUDA_ERROR_UNKNOWN), -1);
@@ -1261,7 +1265,7 @@ START_TEST(fake_faults)
 	CU_EQ(api.cuMemAlloc(&b, 64), CUDA_ERROR_OUT_OF_MEMORY);
 	CU(api.cuMemAlloc(&c, 64));
 	/* a launch refused at the call: not sticky */
-	f = fake_kernel(&mod, "moe_placeholder");
+	f = fake_kernel(&mod, "moe_k_scale");
 	CU(api.cuStreamCreate(&s, 0));
 	ck_assert_int_eq(simt_fake_cuda_fail("cuLaunchKernel", 1,
 					     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES), 0);
@@ -1276,7 +1280,7 @@ START_TEST(fake_faults)
 	/* a synchronous download behind it on the legacy stream reports the fault */
 	CU_EQ(api.cuMemcpyDtoHAsync(&out, c, sizeof(out), NULL), CUDA_ERROR_ILLEGAL_ADDRESS);
 	CU_EQ(api.cuStreamSynchronize(s), CUDA_ERROR_ILLEGAL_ADDRESS);
-	ck_assert_ptr_nonnull(strstr(simt_fake_cuda_errmsg(), "moe_placeholder"));
+	ck_assert_ptr_nonnull(strstr(simt_fake_cuda_errmsg(), "moe_k_scale"));
 	CU_EQ(api.cuMemAlloc(&b, 64), CUDA_ERROR_ILLEGAL_ADDRESS);
 	CU_EQ(api.cuMemGetInfo(&fr, &total), CUDA_ERROR_ILLEGAL_ADDRESS);
 	CU_EQ(api.cuCtxSynchronize(), CUDA_ERROR_ILLEGAL_ADDRESS);
@@ -1801,7 +1805,7 @@ Suite *suite_simt(void)
 	tcase_add_test(fake, fake_async_copies);
 	tcase_add_test(fake, fake_streams_events);
 	tcase_add_test(fake, fake_launches);
-	tcase_add_test(fake, fatbin_placeholder);
+	tcase_add_test(fake, fatbin_kernel);
 	tcase_add_test(fake, fake_faults);
 	tcase_add_test(fake, fake_kernel_bugs);
 	tcase_add_test(fake, fake_host_memory);

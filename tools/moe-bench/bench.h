@@ -25,5 +25,6 @@ int bench_io(int argc, char **argv);
 int bench_quant(int argc, char **argv);
 int bench_decode(int argc, char **argv);
 int bench_prefetch(int argc, char **argv);
+int bench_gpu_matvec(int argc, char **argv);
 
 #endif

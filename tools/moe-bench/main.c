@@ -13,6 +13,8 @@ static const struct bench_cmd cmds[] = {
 	{ "io", bench_io, "io [--json] [--size B] [--qd N] FILE   engine vs pread vs mmap, cold cache" },
 	{ "quant", bench_quant, "quant [--json] [--mib N] [--threads N]  matvec GB/s per type vs plain read" },
 	{ "decode", bench_decode, "decode [--json] [--threads N] MODEL  tokens/s vs the memory bound; 50%/25% budgets" },
+	{ "gpu-matvec", bench_gpu_matvec,
+	  "gpu-matvec [--json] [--rows N] [--cols N]  CUDA matvec GB/s vs device copy bandwidth" },
 	{ "prefetch", bench_prefetch,
 	  "prefetch [--json] TRACE...  cache policies and prefetchers vs Belady (simulated)" },
 	{ 0 },

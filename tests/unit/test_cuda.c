@@ -1,0 +1,645 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The CUDA backend's host side against the fake driver (tests/simt): error
+ * paths with injected faults, budget accounting, events and cross-queue
+ * waits (the fake runs queued work only when the host waits, so a missing
+ * wait reads stale data), pinned memory, the split-KV attention against the
+ * CPU backend, and whole models through the engine on the CUDA backend
+ * compared with the CPU backend, resident and streaming.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda_int.h"
+#include "fake_cuda.h"
+#include "moe/moe.h"
+#include "testutil.h"
+#include "util/util.h"
+
+static struct moe_backend *be;
+
+static struct moe_backend *fake_backend(const struct simt_fake_config *cfg, uint64_t budget)
+{
+	struct moe_backend_params p = { .budget = budget };
+	struct moe_cuda_api api;
+	struct moe_backend *b = NULL;
+
+	simt_fake_cuda_reset(cfg);
+	simt_fake_cuda_api(&api);
+	ck_assert_msg(moe_backend_cuda_create_api(&api, &p, &b) == 0, "%s", moe_errmsg());
+	ck_assert_ptr_nonnull(b);
+	return b;
+}
+
+static moe_dptr dalloc(uint64_t bytes)
+{
+	moe_dptr d = 0;
+
+	ck_assert_msg(be->ops->alloc(be, bytes, &d) == 0, "%s", moe_errmsg());
+	return d;
+}
+
+#define HAS(s) ck_assert_msg(strstr(moe_errmsg(), (s)) != NULL, "'%s' not in: %s", (s), \
+			     moe_errmsg())
+
+START_TEST(cuda_create_errors)
+{
+	struct simt_fake_config cfg = { .no_device = 1, .quiet = 1 };
+	struct moe_backend_params p = { 0 };
+	struct moe_cuda_api api;
+	struct moe_backend *b = (struct moe_backend *)1;
+
+	simt_fake_cuda_reset(&cfg);
+	simt_fake_cuda_api(&api);
+	ck_assert_int_eq(moe_backend_cuda_create_api(&api, &p, &b), -ENODEV);
+	ck_assert_ptr_null(b);
+	HAS("cuInit");
+	HAS("creating the CUDA backend");
+	/* an older GPU than the kernels are built for */
+	cfg = (struct simt_fake_config){ .cc_major = 7, .cc_minor = 5, .quiet = 1 };
+	simt_fake_cuda_reset(&cfg);
+	simt_fake_cuda_api(&api);
+	ck_assert_int_eq(moe_backend_cuda_create_api(&api, &p, &b), -ENODEV);
+	HAS("compute capability 7.5");
+	/* a failed stream creation releases what was taken */
+	simt_fake_cuda_reset(NULL);
+	simt_fake_cuda_api(&api);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuStreamCreate", 2, CUDA_ERROR_OUT_OF_MEMORY), 0);
+	ck_assert_int_eq(moe_backend_cuda_create_api(&api, &p, &b), -ENOMEM);
+	HAS("cuStreamCreate");
+	/* a device index past the driver's */
+	p.device = 3;
+	ck_assert_int_eq(moe_backend_cuda_create_api(&api, &p, &b), -ENODEV);
+	HAS("device 3");
+}
+END_TEST
+
+/* Out of device memory, from the driver or the budget: -ENOMEM naming the call and sizes. */
+START_TEST(cuda_oom)
+{
+	struct simt_fake_config cfg = { .total_mem = 8u << 20, .quiet = 1 };
+	struct simt_fake_stats st;
+	moe_dptr d;
+
+	be = fake_backend(&cfg, 0);
+	ck_assert_int_eq(be->ops->alloc(be, 16u << 20, &d), -ENOMEM);
+	HAS("cuMemAlloc");
+	HAS("memory exhausted");
+	ck_assert_uint_eq(d, 0);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuMemAlloc", 1, CUDA_ERROR_OUT_OF_MEMORY), 0);
+	ck_assert_int_eq(be->ops->alloc(be, 4096, &d), -ENOMEM);
+	/* not sticky: the next allocation works */
+	d = dalloc(4096);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.allocs, 1);
+	be->ops->free(be, d);
+	moe_backend_destroy(be);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.allocs, 0);
+}
+END_TEST
+
+/* used/peak count exactly what was allocated; device_free is the driver's cuMemGetInfo. */
+START_TEST(cuda_budget_exact)
+{
+	struct simt_fake_config cfg = { .total_mem = 64u << 20, .granularity = 512 };
+	struct moe_be_mem m0, m1;
+	struct simt_fake_stats st;
+	moe_dptr a, b, c;
+
+	be = fake_backend(&cfg, 1u << 20);
+	be->ops->mem_info(be, &m0);
+	ck_assert_uint_eq(m0.budget, 1u << 20);
+	ck_assert_uint_eq(m0.used, 0);
+	ck_assert_uint_eq(m0.device_total, 64u << 20);
+	a = dalloc(1000);       /* 1024 charged by the backend (256-byte units), 1024 by the fake */
+	b = dalloc(300 << 10);
+	be->ops->mem_info(be, &m1);
+	ck_assert_uint_eq(m1.used, 1024 + (300 << 10));
+	ck_assert_uint_eq(m1.peak, m1.used);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(m0.device_free - m1.device_free, st.mem_used);
+	ck_assert_uint_eq(st.mem_used, 1024 + (300 << 10));
+	/* the budget to the byte: what is left fits, one unit more does not */
+	ck_assert_int_eq(be->ops->alloc(be, (1u << 20) - m1.used + 1, &c), -ENOMEM);
+	HAS("budget");
+	c = dalloc((1u << 20) - m1.used);
+	be->ops->free(be, a);
+	be->ops->free(be, b);
+	be->ops->free(be, c);
+	be->ops->mem_info(be, &m1);
+	ck_assert_uint_eq(m1.used, 0);
+	ck_assert_uint_eq(m1.peak, 1u << 20);
+	ck_assert_uint_eq(m1.device_free, m0.device_free);
+	moe_backend_destroy(be);
+}
+END_TEST
+
+/* A launch the driver refuses fails that op only; a kernel fault loses the context for good. */
+START_TEST(cuda_launch_faults)
+{
+	struct simt_fake_config cfg = { .quiet = 1 };
+	float x[40], y[40];
+	struct moe_be_mem mem;
+	moe_dptr d, e;
+
+	be = fake_backend(&cfg, 0);
+	for (int i = 0; i < 40; i++)
+		x[i] = (float)i;
+	d = dalloc(sizeof(x));
+	ck_assert_int_eq(be->ops->upload(be, MOE_BE_COMPUTE, d, x, sizeof(x)), 0);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuLaunchKernel", 1,
+					     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES), 0);
+	ck_assert_int_eq(be->ops->scale(be, d, 2.0f, 40), -EIO);
+	HAS("moe_k_scale");
+	HAS("cuLaunchKernel");
+	ck_assert_int_eq(be->ops->scale(be, d, 2.0f, 40), 0);
+	ck_assert_int_eq(be->ops->download(be, MOE_BE_COMPUTE, y, d, sizeof(y)), 0);
+	ck_assert_int_eq(be->ops->sync(be), 0);
+	for (int i = 0; i < 40; i++)
+		ck_assert_float_eq(y[i], 2.0f * i);
+	/* accepted, then faults on the device: the wait reports it, later calls fail cleanly */
+	ck_assert_int_eq(simt_fake_cuda_fail_kernel(1, CUDA_ERROR_ILLEGAL_ADDRESS), 0);
+	ck_assert_int_eq(be->ops->add(be, d, d, 40), 0);
+	ck_assert_int_eq(be->ops->sync(be), -EIO);
+	HAS("illegal address");
+	HAS("context is lost");
+	ck_assert_int_eq(be->ops->alloc(be, 64, &e), -EIO);
+	HAS("lost earlier");
+	ck_assert_int_eq(be->ops->scale(be, d, 2.0f, 40), -EIO);
+	ck_assert_int_eq(be->ops->upload(be, MOE_BE_COPY, d, x, sizeof(x)), -EIO);
+	be->ops->mem_info(be, &mem);
+	ck_assert_uint_eq(mem.used, 256);
+	be->ops->free(be, d);
+	moe_backend_destroy(be);
+}
+END_TEST
+
+/*
+ * The copy queue's upload is ordered before the compute queue's kernel only
+ * by the event: with the wait the kernel reads the new data; without it the
+ * fake runs the kernel first and it reads the old.
+ */
+START_TEST(cuda_cross_queue)
+{
+	float *h, got[64];
+	struct moe_be_event *ev;
+	moe_dptr d;
+
+	be = fake_backend(NULL, 0);
+	ck_assert_int_eq(be->ops->host_alloc(be, sizeof(float) * 64, (void **)&h), 0);
+	d = dalloc(sizeof(float) * 64);
+	for (int wait = 1; wait >= 0; wait--) {
+		for (int i = 0; i < 64; i++)
+			h[i] = 1.0f;
+		ck_assert_int_eq(be->ops->upload(be, MOE_BE_COMPUTE, d, h, sizeof(float) * 64), 0);
+		ck_assert_int_eq(be->ops->sync(be), 0);
+		for (int i = 0; i < 64; i++)
+			h[i] = 5.0f;
+		ck_assert_int_eq(be->ops->event_create(be, &ev), 0);
+		ck_assert_int_eq(be->ops->event_query(be, ev), 1);   /* never recorded */
+		ck_assert_int_eq(be->ops->upload(be, MOE_BE_COPY, d, h, sizeof(float) * 64), 0);
+		ck_assert_int_eq(be->ops->event_record(be, MOE_BE_COPY, ev), 0);
+		if (wait)
+			ck_assert_int_eq(be->ops->queue_wait(be, MOE_BE_COMPUTE, ev), 0);
+		ck_assert_int_eq(be->ops->scale(be, d, 3.0f, 64), 0);
+		ck_assert_int_eq(be->ops->download(be, MOE_BE_COMPUTE, got, d, sizeof(got)), 0);
+		ck_assert_int_eq(be->ops->event_sync(be, ev), 0);
+		ck_assert_int_eq(be->ops->event_query(be, ev), 1);
+		ck_assert_int_eq(be->ops->sync(be), 0);
+		for (int i = 0; i < 64; i++)
+			ck_assert_float_eq(got[i], wait ? 15.0f : 3.0f);
+		be->ops->event_destroy(be, ev);
+	}
+	/* a pending event answers 0 until its work has run */
+	ck_assert_int_eq(be->ops->event_create(be, &ev), 0);
+	ck_assert_int_eq(be->ops->scale(be, d, 1.0f, 64), 0);
+	ck_assert_int_eq(be->ops->event_record(be, MOE_BE_COMPUTE, ev), 0);
+	ck_assert_int_eq(be->ops->event_query(be, ev), 0);
+	ck_assert_int_eq(be->ops->event_sync(be, ev), 0);
+	ck_assert_int_eq(be->ops->event_query(be, ev), 1);
+	be->ops->event_destroy(be, ev);
+	ck_assert_int_eq(be->ops->upload(be, 2, d, h, 4), -EINVAL);
+	be->ops->free(be, d);
+	be->ops->host_free(be, h);
+	moe_backend_destroy(be);
+}
+END_TEST
+
+/* The staging pool registered once: its copies are pinned; a refusal says what to raise. */
+START_TEST(cuda_host_register)
+{
+	struct simt_fake_config cfg = { .pinned_limit = 1u << 20, .quiet = 1 };
+	struct simt_fake_stats st;
+	size_t n = 256u << 10;
+	uint8_t *pool = aligned_alloc(4096, n), *big = aligned_alloc(4096, 2u << 20);
+	moe_dptr d;
+
+	be = fake_backend(&cfg, 0);
+	d = dalloc(n);
+	ck_assert_int_eq(be->ops->host_register(be, pool, n), 0);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.pinned, n);
+	memset(pool, 7, n);
+	ck_assert_int_eq(be->ops->upload(be, MOE_BE_COPY, d, pool, n), 0);
+	ck_assert_int_eq(be->ops->sync(be), 0);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.pageable_copies, 0);
+	ck_assert_uint_eq(st.h2d_bytes, n);
+	ck_assert_int_ne(be->ops->host_register(be, big, 2u << 20), 0);
+	HAS("cuMemHostRegister");
+	HAS("ulimit -l");
+	be->ops->host_unregister(be, pool);
+	simt_fake_cuda_stats(&st);
+	ck_assert_uint_eq(st.pinned, 0);
+	be->ops->free(be, d);
+	moe_backend_destroy(be);
+	free(pool);
+	free(big);
+}
+END_TEST
+
+/* One attention problem of cuda_attention_split, on the host. */
+struct attn_in {
+	uint32_t type, C, H, hkv, D, hv;
+	int variant;                /* 0 plain, 1 sinks and a window, 2 latent cache and sinks */
+	const float *k, *q, *sinks;
+	const int32_t *pos, *allpos;
+};
+
+static moe_dptr put(struct moe_backend *x, const void *h, size_t bytes)
+{
+	moe_dptr d = 0;
+
+	ck_assert_int_eq(x->ops->alloc(x, bytes, &d), 0);
+	if (h)
+		ck_assert_int_eq(x->ops->upload(x, MOE_BE_COMPUTE, d, h, bytes), 0);
+	return d;
+}
+
+/* The whole cache stored, two queries attended on @x: their outputs (malloc'd). */
+static float *attn_on(struct moe_backend *x, const struct attn_in *in)
+{
+	uint32_t kvd = in->hkv * in->D;
+	uint64_t row = moe_kv_row_bytes(in->type, kvd);
+	size_t kn = (size_t)in->C * kvd, on = (size_t)2 * in->H * in->hv;
+	struct moe_kv kv = { .type = in->type, .n_cells = in->C, .kv_dim = kvd };
+	moe_dptr kd, pd, ad, od, sd, qd;
+	struct moe_attn_args a;
+	float *out = malloc(sizeof(float) * on);
+
+	kv.k = put(x, NULL, row * in->C);
+	kv.v = in->variant == 2 ? 0 : put(x, NULL, row * in->C);
+	kd = put(x, in->k, sizeof(float) * kn);
+	qd = put(x, in->q, sizeof(float) * 2 * in->H * in->D);
+	pd = put(x, in->pos, sizeof(int32_t) * 2);
+	ad = put(x, in->allpos, sizeof(int32_t) * in->C);
+	od = put(x, NULL, sizeof(float) * on);
+	sd = put(x, in->sinks, sizeof(float) * in->H);
+	ck_assert_int_eq(x->ops->kv_store(x, &kv, kd, kv.v ? kd : 0, ad, 0, in->C), 0);
+	a = (struct moe_attn_args){
+		.q = qd, .out = od, .pos = pd, .sinks = in->variant ? sd : 0, .kv = kv,
+		.n_tok = 2, .n_head = in->H, .n_head_kv = in->hkv, .head_dim = in->D,
+		.head_dim_v = in->variant == 2 ? in->hv : 0,
+		.mask = in->variant == 1 ? MOE_MASK_SLIDING : MOE_MASK_CAUSAL,
+		.window = in->variant == 1 ? 333 : 0, .scale = 0.125f,
+	};
+	ck_assert_msg(x->ops->attention(x, &a) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(x->ops->download(x, MOE_BE_COMPUTE, out, od, sizeof(float) * on), 0);
+	ck_assert_int_eq(x->ops->sync(x), 0);
+	{
+		moe_dptr all[] = { kv.k, kv.v, kd, qd, pd, ad, od, sd };
+
+		for (size_t i = 0; i < MOE_ARRAY_SIZE(all); i++)
+			x->ops->free(x, all[i]);
+	}
+	return out;
+}
+
+/*
+ * Decode over a long cache takes the split-KV path (partial softmaxes and a
+ * combine): against the CPU backend for each KV type, with sinks, a window
+ * and a latent cache.
+ */
+START_TEST(cuda_attention_split)
+{
+	static const uint32_t types[] = { MOE_TYPE_F32, MOE_TYPE_F16, MOE_TYPE_Q8_0 };
+	const uint32_t C = 700, H = 4, D = 64;
+	struct moe_be_shape sh = { .max_tok = 4, .max_ent = 4, .n_embd = 64, .max_cols = 64,
+				   .max_ff = 64, .max_head = H, .max_head_dim = D, .max_ffn = 1,
+				   .max_heads_io = 64 };
+	struct moe_backend_params cp = { 0 };
+	struct moe_backend *cpu;
+	int32_t pos[2] = { (int32_t)C - 1, 400 }, allpos[700];
+	float *k = malloc(sizeof(float) * C * 2 * D), q[2 * 4 * 64], sinks[4];
+	uint64_t rs = 99, ws;
+
+	ck_assert_int_eq(moe_backend_create(&moe_backend_cpu_desc, &cp, &cpu), 0);
+	be = fake_backend(NULL, 0);
+	ws = be->desc->workspace_bytes(&sh);
+	ck_assert_int_eq(be->ops->set_workspace(be, dalloc(ws), ws), 0);
+	for (uint32_t i = 0; i < C * 2 * D; i++)
+		k[i] = (float)tu_randn(&rs);
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(q); i++)
+		q[i] = (float)(tu_randn(&rs) * 2);
+	for (uint32_t i = 0; i < H; i++)
+		sinks[i] = (float)tu_randn(&rs);
+	for (uint32_t i = 0; i < C; i++)
+		allpos[i] = (int32_t)i;
+	for (size_t ti = 0; ti < MOE_ARRAY_SIZE(types); ti++)
+		for (int variant = 0; variant < 3; variant++) {
+			struct attn_in in = {
+				.type = types[ti], .C = C, .H = H, .D = D, .variant = variant,
+				.hkv = variant == 2 ? 1 : 2, .hv = variant == 2 ? 32 : D,
+				.k = k, .q = q, .sinks = sinks, .pos = pos, .allpos = allpos,
+			};
+			float *want = attn_on(cpu, &in), *got = attn_on(be, &in);
+			const char *tn = moe_type_name(types[ti]);
+
+			for (size_t i = 0; i < (size_t)2 * H * in.hv; i++)
+				ck_assert_msg(fabsf(want[i] - got[i]) < 2e-5f,
+					      "%s variant %d [%zu]: %g vs %g", tn, variant, i,
+					      want[i], got[i]);
+			free(want);
+			free(got);
+		}
+	free(k);
+	moe_backend_destroy(be);
+	moe_backend_destroy(cpu);
+}
+END_TEST
+
+/* ------------------------------------------------------------ the engine on CUDA */
+
+static void *fake_lib;
+
+/* The fake driver behind libcuda_fake.so, which the backend loads as MOE_CUDA_LIBRARY names. */
+static void fake_driver_lib(const struct simt_fake_config *cfg)
+{
+	static char path[4096];
+	const char *build = getenv("MOE_BUILD");
+	void (*bind)(const struct moe_cuda_api *);
+	struct moe_cuda_api api;
+	void *sym;
+
+	snprintf(path, sizeof(path), "%s/tests/libcuda_fake.so", build ? build : "build");
+	if (!fake_lib)
+		fake_lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	ck_assert_msg(fake_lib != NULL, "%s", dlerror());
+	sym = dlsym(fake_lib, "simt_libcuda_bind");
+	ck_assert_ptr_nonnull(sym);
+	memcpy(&bind, &sym, sizeof(bind));
+	simt_fake_cuda_reset(cfg);
+	simt_fake_cuda_api(&api);
+	bind(&api);
+	setenv("MOE_CUDA_LIBRARY", path, 1);
+}
+
+static struct moe_ctx *ctx_on(struct moe_model *m, const char *backend, uint64_t vram)
+{
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx = NULL;
+
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 64;
+	p.n_batch = 4;
+	p.vram_bytes = vram;
+	p.backend = backend;
+	ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s (vram %llu): %s", backend,
+		      (unsigned long long)vram, moe_errmsg());
+	ck_assert_str_eq(moe_ctx_backend(ctx), backend);
+	return ctx;
+}
+
+/* The smallest budget the context takes on @backend, from the error a budget of 1 gives. */
+static uint64_t least_vram(struct moe_model *m, const char *backend)
+{
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx = NULL;
+	unsigned long long need = 0;
+	const char *at;
+
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 64;
+	p.n_batch = 4;
+	p.vram_bytes = 1;
+	p.backend = backend;
+	ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), -ENOMEM);
+	at = strstr(moe_errmsg(), "needs at least");
+	ck_assert_msg(at && (at = strchr(at, '(')) && sscanf(at, "(%llu bytes)", &need) == 1,
+		      "%s", moe_errmsg());
+	return need;
+}
+
+struct logits {
+	float *buf;
+	size_t n;
+	uint32_t vocab;
+};
+
+static int keep(void *arg, const float *lg, uint32_t n_rows, int32_t next)
+{
+	struct logits *l = arg;
+
+	(void)next;
+	memcpy(l->buf + l->n * l->vocab, lg, sizeof(float) * n_rows * l->vocab);
+	l->n += n_rows;
+	return 0;
+}
+
+enum { E2E_PROMPT = 6, E2E_GEN = 3 };
+
+static void run(struct moe_ctx *ctx, struct logits *l)
+{
+	int32_t tok[E2E_PROMPT];
+
+	l->vocab = moe_ctx_n_vocab(ctx);
+	for (int i = 0; i < E2E_PROMPT; i++)
+		tok[i] = (int32_t)((i * 37 + 11) % l->vocab);
+	l->n = 0;
+	l->buf = calloc((size_t)(E2E_PROMPT + E2E_GEN) * l->vocab, sizeof(float));
+	ck_assert_msg(moe_ctx_generate(ctx, tok, E2E_PROMPT, E2E_GEN, NULL, MOE_EVAL_ALL_LOGITS,
+				       keep, l) == E2E_GEN, "%s", moe_errmsg());
+}
+
+struct e2e_arch {
+	const char *arch, *extra;
+};
+
+static const struct e2e_arch e2e_archs[] = {
+	{ "qwen3moe", "" }, { "gpt-oss", "--sliding-window 4" }, { "llama4", "--interleave 2" },
+	{ "mixtral", "" }, { "gemma4", "--sliding-window 4" },
+};
+
+/*
+ * A generated F32 model of @e through the engine on the CUDA backend gives
+ * the CPU backend's logits; streaming its experts through a budget that
+ * evicts every layer gives the resident run's logits exactly.  With @fake
+ * the backend runs over the fake driver (kernels on the emulation), once
+ * with queued work run lazily and once at random points; else on the GPU.
+ */
+static void engine_case(const struct e2e_arch *e, bool fake, const char *type)
+{
+	char *dir = tu_tmpdir(), path[512], cmd[1024], *out = NULL;
+	struct logits cpu, res, str;
+	struct moe_ctx_stats st;
+	struct moe_model *m;
+	struct moe_ctx *ctx;
+	uint64_t vram;
+	double mx = 0, err = 0;
+
+	snprintf(path, sizeof(path), "%s/%s.gguf", dir, e->arch);
+	snprintf(cmd, sizeof(cmd), "%s --arch %s --type %s -o %s -q --layers 2 --vocab 128 "
+		 "--expert-ff 64 --embd 64 --experts 8 %s", tu_bin("moe-mkmodel"), e->arch, type,
+		 path, e->extra);
+	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s: %s", cmd, out ? out : "");
+	free(out);
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	ctx = ctx_on(m, "cpu", 0);
+	run(ctx, &cpu);
+	moe_ctx_free(ctx);
+
+	if (fake)
+		fake_driver_lib(NULL);
+	ctx = ctx_on(m, "cuda", 0);
+	run(ctx, &res);
+	moe_ctx_free(ctx);
+	ck_assert_uint_eq(res.n, cpu.n);
+	for (size_t i = 0; i < res.n * res.vocab; i++) {
+		mx = fmax(mx, fabs(cpu.buf[i]));
+		err = fmax(err, fabs(cpu.buf[i] - res.buf[i]));
+	}
+	/*
+	 * Quantized weights: the CPU rounds every product's activations to
+	 * q8_0/q8_K, the GPU only for decode (to q8_1), so the logits differ by
+	 * that rounding (about 0.3% of the largest here); a wrong kernel is off
+	 * by the logits' own size.
+	 */
+	ck_assert_msg(err <= (strcmp(type, "f32") ? 1e-2 : 1e-4) * (1 + mx),
+		      "%s %s: CUDA logits off the CPU's by %g (max %g)", e->arch, type, err, mx);
+
+	for (int mode = SIMT_FAKE_LAZY; mode <= (fake ? SIMT_FAKE_RANDOM : SIMT_FAKE_LAZY);
+	     mode++) {
+		struct simt_fake_config cfg = { .mode = mode, .seed = 7 };
+
+		if (fake)
+			fake_driver_lib(&cfg);
+		vram = least_vram(m, "cuda");
+		ctx = ctx_on(m, "cuda", vram);
+		run(ctx, &str);
+		moe_ctx_get_stats(ctx, &st);
+		ck_assert_uint_gt(st.expert_evictions, 0);
+		ck_assert_uint_le(st.vram_used, st.vram_budget);
+		ck_assert_str_eq(st.backend, "cuda");
+		ck_assert_uint_eq(str.n, res.n);
+		ck_assert_msg(!memcmp(str.buf, res.buf, sizeof(float) * res.n * res.vocab),
+			      "%s mode %d: streamed logits differ from resident ones", e->arch,
+			      mode);
+		moe_ctx_free(ctx);
+		free(str.buf);
+	}
+	if (fake)
+		unsetenv("MOE_CUDA_LIBRARY");
+	free(cpu.buf);
+	free(res.buf);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+/* Over the fake driver: the two architectures with the most distinct ops. */
+START_TEST(cuda_engine_matches_cpu)
+{
+	engine_case(&e2e_archs[_i], true, "f32");
+}
+END_TEST
+
+/*
+ * Quantized weights over the fake driver: the matrix kernels of every type
+ * the benchmark targets (decode on the q8_1 path, the prompt on the tiled
+ * one), through the whole engine.
+ */
+START_TEST(cuda_engine_quantized_matches_cpu)
+{
+	static const struct { int arch; const char *type; } c[] = {
+		{ 0, "q8_0" }, { 0, "q4_0" }, { 0, "mxfp4" }, { 1, "mxfp4" },
+	};
+
+	engine_case(&e2e_archs[c[_i].arch], true, c[_i].type);
+}
+END_TEST
+
+/* On a real GPU (tests/gpu/check.sh): every architecture of the list. */
+START_TEST(cuda_gpu_engine_matches_cpu)
+{
+	engine_case(&e2e_archs[_i], false, "f32");
+}
+END_TEST
+
+/* Without a driver, moe-run --backend cuda says so; auto runs on the CPU. */
+START_TEST(cuda_moe_run_backends)
+{
+	char *dir = tu_tmpdir(), path[512], cmd[1536], *out = NULL;
+
+	snprintf(path, sizeof(path), "%s/m.gguf", dir);
+	snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --type f32 -o %s -q --layers 1 --vocab 64 "
+		 "--expert-ff 64 --embd 64 --experts 4", tu_bin("moe-mkmodel"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=%s/no-such-libcuda.so %s -m %s --tokens 1,2 "
+		 "-n 1 --backend cuda", dir, tu_bin("moe-run"), path);
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "no CUDA driver found"), "%s", out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=%s/no-such-libcuda.so %s -m %s --tokens 1,2 "
+		 "-n 1 --backend auto --json --stats", dir, tu_bin("moe-run"), path);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	ck_assert_msg(out && strstr(out, "\"backend\":\"cpu\""), "%s", out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --backend tpu", tu_bin("moe-run"), path);
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "cpu, cuda"), "%s", out ? out : "");
+	free(out);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+Suite *suite_cuda(void)
+{
+	Suite *s = suite_create("cuda");
+	TCase *tc = tcase_create("host");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, cuda_create_errors);
+	tcase_add_test(tc, cuda_oom);
+	tcase_add_test(tc, cuda_budget_exact);
+	tcase_add_test(tc, cuda_launch_faults);
+	tcase_add_test(tc, cuda_cross_queue);
+	tcase_add_test(tc, cuda_host_register);
+	tcase_add_test(tc, cuda_attention_split);
+	tcase_add_loop_test(tc, cuda_engine_matches_cpu, 0, 2);
+	tcase_add_loop_test(tc, cuda_engine_quantized_matches_cpu, 0, 4);
+	tcase_add_test(tc, cuda_moe_run_backends);
+	if (moe_backend_cuda_desc.probe() == 0) {
+		TCase *gpu = tcase_create("gpu");
+
+		tcase_set_timeout(gpu, 300);
+		tcase_add_loop_test(gpu, cuda_gpu_engine_matches_cpu, 0,
+				    (int)MOE_ARRAY_SIZE(e2e_archs));
+		suite_add_tcase(s, gpu);
+	} else {
+		char why[512];
+
+		snprintf(why, sizeof(why), "no GPU here (%s); tests/gpu/check.sh runs it on one",
+			 moe_errmsg());
+		tu_skip("cuda gpu_engine_matches_cpu", why);
+	}
+	suite_add_tcase(s, tc);
+	return s;
+}
