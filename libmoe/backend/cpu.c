@@ -1403,11 +1403,12 @@ static void out_worker(void *arg, int ith, int nth)
 
 static int ffn_check(const struct moe_ffn_args *a, const struct moe_be_ffn *f)
 {
-	const struct moe_be_mat *dn = &f->mats[f->n_mats - 1];
+	const struct moe_be_mat *dn;
 	uint32_t nff;
 
 	if (f->n_mats < 2 || f->n_mats > 3)
 		return moe_err(EINVAL, "ffn: %u matrices (2 or 3)", f->n_mats);
+	dn = &f->mats[f->n_mats - 1];
 	nff = ffn_width(f);
 	if (f->mats[0].cols != a->n_embd || dn->rows != a->n_embd || dn->cols != nff ||
 	    (f->n_mats == 3 && (f->mats[1].rows != nff || f->mats[1].cols != a->n_embd)) ||
