@@ -38,7 +38,7 @@ ifeq ($(origin NVCC),undefined)
 NVCC := $(or $(wildcard /usr/local/cuda/bin/nvcc),$(shell command -v nvcc 2>/dev/null))
 endif
 PKG_CONFIG ?= pkg-config
-DEP_PKGS := liburing hwloc libdrm check
+DEP_PKGS := liburing hwloc libdrm check jansson
 
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
@@ -81,6 +81,9 @@ PKG_CFLAGS = $(shell $(PKG_CONFIG) --cflags liburing hwloc libdrm 2>/dev/null)
 PKG_LIBS = $(shell $(PKG_CONFIG) --libs liburing hwloc libdrm 2>/dev/null)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+# The tools' JSON writer (tools/common/json.c); the library does not use it.
+JSON_CFLAGS = $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
+JSON_LIBS = $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null)
 ALL_CFLAGS = $(BASE_CFLAGS) $(PKG_CFLAGS) $(CFLAGS)
 LIBS = $(PKG_LIBS) -lm -ldl -pthread $(SAN_LDFLAGS)
 
@@ -207,12 +210,12 @@ $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
 # A tool is one file or one folder, plus the code every tool shares in
 # tools/common; all link the static library so the binaries run from the
 # build tree without LD_LIBRARY_PATH.
-$(BUILD)/obj/tools/%.o: ALL_CFLAGS += -Itools/common
+$(BUILD)/obj/tools/%.o: ALL_CFLAGS += -Itools/common $(JSON_CFLAGS)
 define tool_rule
 $(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c)) \
 		$(TOOL_COMMON_OBJS) $(STATIC_LIB)
 	@mkdir -p $$(@D)
-	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIB) $$(LIBS)
+	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIB) $$(JSON_LIBS) $$(LIBS)
 endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 

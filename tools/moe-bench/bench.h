@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "json.h"
 #include "tool.h"
 
 struct moe_threadpool;

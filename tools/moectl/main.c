@@ -66,26 +66,6 @@ int fail(const char *fmt, ...)
 	return 1;
 }
 
-void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (; s && *s; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\')
-			fprintf(f, "\\%c", c);
-		else if (c == '\n')
-			fputs("\\n", f);
-		else if (c == '\t')
-			fputs("\\t", f);
-		else if (c < 0x20)
-			fprintf(f, "\\u%04x", c);
-		else
-			fputc(c, f);
-	}
-	fputc('"', f);
-}
-
 const char *human_bytes(unsigned long long bytes, char *buf, unsigned len)
 {
 	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
@@ -130,6 +110,7 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "pretty", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -141,6 +122,10 @@ int main(int argc, char **argv)
 		switch (c) {
 		case 'j':
 			json_output = true;
+			break;
+		case 'p':
+			/* indented JSON; implies --json */
+			json_output = tj_pretty = true;
 			break;
 		case 'h':
 			do_help(0, NULL);

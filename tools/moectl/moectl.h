@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "json.h"
 #include "tool.h"
 
 struct cmd {
@@ -21,8 +22,6 @@ int cmd_select(const struct cmd *cmds, int argc, char **argv, const char *level)
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print a one-line failure "moectl: ..." to stderr and return 1. */
 int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Print a JSON string literal with escapes. */
-void json_str(FILE *f, const char *s);
 /* "1.50 GiB" style sizes into a static-per-call-site buffer. */
 const char *human_bytes(unsigned long long bytes, char *buf, unsigned len);
 
