@@ -180,6 +180,7 @@ $(BUILD)/cuda/selftest.fatbin: tests/simt/selftest.cu $(wildcard cuda/*.cuh)
 	@mkdir -p $(@D)
 	$(NVCC) -fatbin $(NVCC_FLAGS) -o $@ $<
 
+$(BUILD)/obj/libmoe/version.o: ALL_CFLAGS += -DMOE_SONAME='"$(SONAME)"'
 $(BUILD)/obj/libmoe/backend/cuda_fatbin.o: $(FATBIN)
 $(BUILD)/obj/libmoe/backend/cuda_fatbin.o: ALL_CFLAGS += \
 	$(if $(FATBIN),-DMOE_CUDA_FATBIN='"$(abspath $(FATBIN))"')
@@ -224,8 +225,8 @@ $(BUILD)/tests/suites.h: $(TEST_SRCS) Makefile
 	@printf '%s\n' $(patsubst %,'SUITE(%)',$(SUITES)) > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/obj/tests/unit/main.o: $(BUILD)/tests/suites.h
-$(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(BUILD)/tests -Itests/unit -Itests/ref \
-	-Itests/simt
+$(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) $(JSON_CFLAGS) -I$(BUILD)/tests -Itests/unit \
+	-Itests/ref -Itests/simt
 $(BUILD)/obj/tests/unit/test_simt.o: ALL_CFLAGS += -DMOE_TEST_FATBIN=$(if $(FATBIN),1,0)
 $(BUILD)/obj/tests/unit/cuda_abi.o: ALL_CFLAGS += $(CUDA_H_CFLAGS)
 CUDA_H_CFLAGS = $(if $(wildcard $(CUDA_INC)/cuda.h),-I$(CUDA_INC) -DMOE_HAVE_CUDA_H=1)
@@ -234,7 +235,8 @@ CUDA_INC ?= $(if $(NVCC),$(abspath $(dir $(NVCC))/../include),/usr/local/cuda/in
 # Linked by the C++ compiler: the emulation needs libstdc++, libmoe does not.
 $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB)
 	@mkdir -p $(@D)
-	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
+	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(JSON_LIBS) \
+		$(LIBS)
 
 # The driver's VM tests run first (their own "N passed, N failed, N did not run" line), the
 # unit runner last; both always run and either failing fails the check.  Routing

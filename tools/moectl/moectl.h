@@ -19,6 +19,8 @@ extern bool json_output;
 
 /* Run the subcommand named by argv[0] from @cmds (prefix match). */
 int cmd_select(const struct cmd *cmds, int argc, char **argv, const char *level);
+/* "usage: LEVEL COMMAND" and the table's synopses, into @f. */
+void cmd_help(const struct cmd *cmds, const char *level, FILE *f);
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print a one-line failure "moectl: ..." to stderr and return 1. */
 int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -35,5 +37,6 @@ int do_unload(int argc, char **argv);
 int do_status(int argc, char **argv);
 int do_stats(int argc, char **argv);
 int do_trace(int argc, char **argv);
+int do_version(int argc, char **argv);
 
 #endif

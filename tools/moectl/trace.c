@@ -349,23 +349,24 @@ static int do_simulate(int argc, char **argv)
 	return simulate(argv[optind], &o, json);
 }
 
-static int do_trace_help(int argc, char **argv)
-{
-	(void)argc;
-	(void)argv;
-	printf("usage: moectl trace simulate TRACE --slots N[,N...] [OPTIONS]\n"
-	       "       moectl trace simulate --help\n");
-	return 0;
-}
+static int do_trace_help(int argc, char **argv);
 
 static const struct cmd trace_cmds[] = {
 	{ "simulate", do_simulate, "simulate TRACE --slots N   replay against every policy" },
-	{ "help", do_trace_help, "help" },
+	{ "help", do_trace_help, "help                       this text" },
 	{ 0 },
 };
 
+static int do_trace_help(int argc, char **argv)
+{
+	(void)argv;
+	if (argc > 1)
+		return usage_error("trace help: no arguments expected");
+	cmd_help(trace_cmds, "moectl trace", stdout);
+	return 0;
+}
+
 int do_trace(int argc, char **argv)
 {
-	optind = 0;
 	return cmd_select(trace_cmds, argc - 1, argv + 1, "moectl trace");
 }
