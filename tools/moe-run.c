@@ -468,6 +468,7 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		tj_set(doc, "n_experts", tj_u64(s->n_experts));
 		tj_set(doc, "vram_budget", tj_u64(s->vram_budget));
 		tj_set(doc, "vram_used", tj_u64(s->vram_used));
+		tj_set(doc, "vram_peak", tj_u64(s->vram_peak));
 		tj_set(doc, "staging_bytes", tj_u64(s->staging_bytes));
 		tj_set(doc, "backend", tj_str(s->backend));
 		tj_set(doc, "prefetches", tj_u64(s->prefetches));

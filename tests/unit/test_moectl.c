@@ -19,6 +19,7 @@
 static struct {
 	char dir[PATH_MAX];
 	char model[PATH_MAX + 16];
+	char args[3 * PATH_MAX];
 } fx;
 
 static void setup(void)
@@ -200,6 +201,162 @@ START_TEST(version)
 }
 END_TEST
 
+/* A JSON document from `moectl ARGS`, which must succeed. */
+static json_t *moectl_json(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static json_t *moectl_json(const char *fmt, ...)
+{
+	char args[4 * PATH_MAX], *out = NULL;
+	va_list ap;
+	json_t *v;
+
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof(args), fmt, ap);
+	va_end(ap);
+	ck_assert_msg(moectl(&out, "%s", args) == 0, "moectl %s failed: %s", args, out);
+	v = parse(out, args);
+	free(out);
+	return v;
+}
+
+static double num(const json_t *o, const char *key)
+{
+	const json_t *v = json_object_get(o, key);
+
+	ck_assert_msg(json_is_number(v), "no number \"%s\"", key);
+	return json_number_value(v);
+}
+
+/* The plan's figures by hand: slots from the budget, hit rates, tokens/s, cost, the budget. */
+START_TEST(plan_by_hand)
+{
+	json_t *info, *plan, *pr, *cls;
+	double routed, hit, tps_hi, tps_lo;
+	uint64_t fixed, slot, budget;
+	char *out = NULL;
+
+	info = moectl_json("info --json %s", fx.model);
+	routed = num(info, "routed_bytes_per_token");
+	/* 2 MoE layers x 4 experts, 2 used: 2 x 2 x one expert's bytes per token */
+	ck_assert_double_eq(routed, 4 * num(info, "expert_bytes_each"));
+	/* the whole model first: every expert has a slot, reads never bound */
+	plan = moectl_json("plan --json %s --vram 1G --ctx 64 --read-gbps 2 --no-stats", fx.model);
+	ck_assert(json_is_true(json_object_get(plan, "all_experts")));
+	ck_assert_int_eq(num(plan, "n_slots"), 8);
+	ck_assert(json_is_null(json_object_get(json_object_get(plan, "prediction"), "tps_low")));
+	cls = json_array_get(json_object_get(plan, "classes"), 0);
+	slot = (uint64_t)num(cls, "slot_bytes");
+	fixed = (uint64_t)num(plan, "device_bytes") - 8 * slot;
+	ck_assert_uint_eq((uint64_t)num(plan, "device_bytes"),
+			  (uint64_t)(num(plan, "resident_bytes") + num(plan, "kv_bytes") +
+				     num(plan, "scratch_bytes") + num(plan, "workspace_bytes") +
+				     num(plan, "slot_bytes")));
+	json_decref(plan);
+
+	/* room for 4 slots: 2 a layer, half the experts; uniform routing hits half the time */
+	budget = fixed + 4 * slot;
+	plan = moectl_json("plan --json %s --vram %llu --ctx 64 --read-gbps 2 --target-tps 1000000 "
+			   "--gpu-hour-cost 3 --no-stats", fx.model, (unsigned long long)budget);
+	ck_assert_int_eq(num(plan, "n_slots"), 4);
+	ck_assert_uint_eq((uint64_t)num(plan, "device_bytes"), budget);
+	pr = json_object_get(plan, "prediction");
+	hit = 0.5;
+	ck_assert_double_eq_tol(num(pr, "hit_rate_uniform"), hit, 1e-9);
+	ck_assert(json_is_null(json_object_get(pr, "hit_rate_stats")));
+	tps_hi = 2e9 / ((1 - hit) * routed);
+	tps_lo = 0.75 * tps_hi;
+	ck_assert_double_eq_tol(num(pr, "tps_high"), tps_hi, tps_hi * 1e-5);
+	ck_assert_double_eq_tol(num(pr, "tps_low"), tps_lo, tps_lo * 1e-5);
+	ck_assert_double_eq_tol(num(pr, "cost_per_mtok_low"), 3 / (tps_hi * 3600) * 1e6,
+				3 / (tps_hi * 3600));
+	ck_assert_double_eq_tol(num(pr, "cost_per_mtok_high"), 3 / (tps_lo * 3600) * 1e6,
+				3 / (tps_lo * 3600));
+	/* a target no reads can meet needs every expert in a slot */
+	ck_assert_uint_eq((uint64_t)num(pr, "target_vram_bytes"), fixed + 8 * slot);
+	json_decref(plan);
+	/* 1.5x the speed of two slots a layer needs the low end at 3 a layer: 6 slots */
+	plan = moectl_json("plan --json %s --vram %llu --ctx 64 --read-gbps 2 --target-tps %.6f "
+			   "--no-stats", fx.model, (unsigned long long)budget, tps_lo * 1.9);
+	pr = json_object_get(plan, "prediction");
+	ck_assert_uint_eq((uint64_t)num(pr, "target_vram_bytes"), fixed + 6 * slot);
+	json_decref(plan);
+
+	/* the text says where the figures come from */
+	ck_assert_int_eq(moectl(&out, "plan %s --vram %llu --ctx 64 --read-gbps 2 --no-stats",
+				fx.model, (unsigned long long)budget), 0);
+	ck_assert_msg(strstr(out, "4 device, 0 host, for 8 routed experts") &&
+		      strstr(out, "uniform routing assumed") && strstr(out, "75% of 2.00 GB/s"),
+		      "%s", out);
+	free(out);
+	/* usage errors and a budget too small */
+	ck_assert_int_eq(moectl_err(&out, "plan"), 2);
+	free(out);
+	ck_assert_int_eq(moectl_err(&out, "plan /x.gguf"), 2);
+	ck_assert_msg(strstr(out, "--vram SIZE is required"), "%s", out);
+	free(out);
+	snprintf(fx.args, sizeof(fx.args), "plan %s --vram 1G --target-tps 5", fx.model);
+	ck_assert_int_eq(moectl_err(&out, fx.args), 2);
+	ck_assert_msg(strstr(out, "needs --read-gbps"), "%s", out);
+	free(out);
+	snprintf(fx.args, sizeof(fx.args), "plan %s --vram 4K", fx.model);
+	ck_assert_int_eq(moectl_err(&out, fx.args), 1);
+	ck_assert_msg(strstr(out, "cannot hold this model"), "%s", out);
+	free(out);
+	json_decref(info);
+}
+END_TEST
+
+/*
+ * The plan is what a run uses: moe-run with the same budget and context holds
+ * as much device memory at its peak and as many slots; with the statistics
+ * that run saved, the high end's hit rate is the share of routings that the
+ * most used experts of each layer took, from `moectl stats`.
+ */
+START_TEST(plan_against_run)
+{
+	char cmd[4 * PATH_MAX], *out = NULL;
+	json_t *plan, *run, *stats, *layers, *pr;
+	double kept = 0, all = 0;
+	int n_slots;
+	size_t i;
+
+	plan = moectl_json("plan --json %s --vram 1300K --ctx 64 --no-stats", fx.model);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --vram 1300K --ctx 64 --tokens 1,2,3,4,5,6 -n 20 "
+		 "--json --stats --state-dir %s/state", tu_bin("moe-run"), fx.model, fx.dir);
+	ck_assert_msg(tu_run(cmd, 0, &out) == 0, "%s: %s", cmd, out);
+	run = parse(out, "moe-run");
+	free(out);
+	ck_assert_uint_eq((uint64_t)num(run, "vram_peak"), (uint64_t)num(plan, "device_bytes"));
+	ck_assert_uint_eq((uint64_t)num(run, "vram_used"), (uint64_t)num(plan, "device_bytes"));
+	ck_assert_int_eq(num(run, "n_slots"), num(plan, "n_slots"));
+	ck_assert_uint_eq((uint64_t)num(run, "staging_bytes"), (uint64_t)num(plan, "staging_bytes"));
+	n_slots = (int)num(plan, "n_slots");
+	/* fewer slots than experts, an even number: the same count for each layer */
+	ck_assert_msg(n_slots > 0 && n_slots < 8 && n_slots % 2 == 0, "%d slots", n_slots);
+	json_decref(plan);
+	json_decref(run);
+
+	plan = moectl_json("plan --json %s --vram 1300K --ctx 64 --read-gbps 1 --state-dir %s/state",
+			   fx.model, fx.dir);
+	stats = moectl_json("stats --json --state-dir %s/state %s", fx.dir, fx.model);
+	layers = json_object_get(stats, "layers");
+	/* the slots split over 2 layers: each layer's most used, 2 experts used per token */
+	for (i = 0; i < json_array_size(layers); i++) {
+		json_t *l = json_array_get(layers, i), *top = json_object_get(l, "top");
+
+		for (int k = 0; k < n_slots / 2; k++)
+			kept += num(l, "tokens") * num(json_array_get(top, (size_t)k), "share");
+		all += num(l, "tokens") * 2;
+	}
+	pr = json_object_get(plan, "prediction");
+	ck_assert_msg(strstr(json_string_value(json_object_get(pr, "stats")), "/state/routes-"),
+		      "%s", json_string_value(json_object_get(pr, "stats")));
+	ck_assert_double_eq_tol(num(pr, "hit_rate_stats"), kept / all, 1e-4);
+	ck_assert(num(pr, "tps_high") >= num(pr, "tps_low"));
+	json_decref(stats);
+	json_decref(plan);
+}
+END_TEST
+
 Suite *suite_moectl(void)
 {
 	Suite *s = suite_create("moectl");
@@ -210,6 +367,8 @@ Suite *suite_moectl(void)
 	tcase_add_test(tc, prefixes_and_help);
 	tcase_add_test(tc, json_and_pretty);
 	tcase_add_test(tc, version);
+	tcase_add_test(tc, plan_by_hand);
+	tcase_add_test(tc, plan_against_run);
 	suite_add_tcase(s, tc);
 	return s;
 }
