@@ -10,6 +10,7 @@
 #   tools/NAME.c             -> $(BUILD)/bin/NAME
 #   tools/NAME/*.c           -> $(BUILD)/bin/NAME
 #   tools/common/*.c         -> linked into every tool (not a tool itself)
+#   tools/bench/*.c          -> the benchmarks, linked into moe-bench and moectl
 #   tests/unit/test_NAME.c   -> one Check suite, suite_NAME(), in unit-tests
 #   tests/simt/*.cc          -> the CUDA emulation runtime (C++), in unit-tests
 #   cuda/*.cu tests/simt/*.cu -> kernels compiled as C++ on the emulation, in unit-tests;
@@ -94,8 +95,10 @@ LIB_SRCS := $(sort $(shell find libmoe -name '*.c'))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 
 TOOL_FILES := $(sort $(wildcard tools/*.c))
-TOOL_DIRS := $(filter-out tools/common,$(sort $(patsubst %/,%,$(dir $(wildcard tools/*/*.c)))))
+TOOL_DIRS := $(filter-out tools/common tools/bench,$(sort $(patsubst %/,%,$(dir $(wildcard tools/*/*.c)))))
 TOOL_COMMON_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(sort $(wildcard tools/common/*.c)))
+# The benchmarks, linked by the two tools that run them (moe-bench, moectl bench).
+BENCH_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(sort $(wildcard tools/bench/*.c)))
 TOOLS := $(notdir $(TOOL_FILES:.c=) $(TOOL_DIRS))
 TOOL_BINS := $(TOOLS:%=$(BUILD)/bin/%)
 
@@ -211,10 +214,10 @@ $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
 # A tool is one file or one folder, plus the code every tool shares in
 # tools/common; all link the static library so the binaries run from the
 # build tree without LD_LIBRARY_PATH.
-$(BUILD)/obj/tools/%.o: ALL_CFLAGS += -Itools/common $(JSON_CFLAGS)
+$(BUILD)/obj/tools/%.o: ALL_CFLAGS += -Itools/common -Itools/bench $(JSON_CFLAGS)
 define tool_rule
 $(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c)) \
-		$(TOOL_COMMON_OBJS) $(STATIC_LIB)
+		$(TOOL_COMMON_OBJS) $(if $(filter moe-bench moectl,$(1)),$(BENCH_OBJS)) $(STATIC_LIB)
 	@mkdir -p $$(@D)
 	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIB) $$(JSON_LIBS) $$(LIBS)
 endef

@@ -357,6 +357,55 @@ START_TEST(plan_against_run)
 }
 END_TEST
 
+/* --measure reads the model's experts through the I/O engine and predicts from that rate. */
+START_TEST(plan_measure)
+{
+	json_t *plan, *pr;
+	char *out = NULL;
+
+	plan = moectl_json("plan --json %s --vram 1300K --ctx 64 --measure --no-stats", fx.model);
+	pr = json_object_get(plan, "prediction");
+	ck_assert(num(pr, "read_gbps") > 0);
+	ck_assert_msg(strstr(json_string_value(json_object_get(pr, "read_gbps_measured")),
+			     "staging"), "the engine's description");
+	ck_assert_double_eq_tol(num(pr, "tps_high"),
+				num(pr, "read_gbps") * 1e9 / ((1 - num(pr, "hit_rate_uniform")) *
+							      num(plan, "routed_bytes_per_token")),
+				num(pr, "tps_high") * 1e-4);
+	json_decref(plan);
+	snprintf(fx.args, sizeof(fx.args), "plan %s --vram 1G --measure --read-gbps 1", fx.model);
+	ck_assert_int_eq(moectl_err(&out, fx.args), 2);
+	ck_assert_msg(strstr(out, "not both"), "%s", out);
+	free(out);
+}
+END_TEST
+
+/* moectl bench runs moe-bench's code: the same keys, --json put back for it, prefixes. */
+START_TEST(bench_commands)
+{
+	json_t *v;
+	char *out = NULL;
+
+	v = moectl_json("bench io --no-drop-caches --total 256K %s --json", fx.model);
+	ck_assert(num(v, "engine_gbps") > 0 && json_is_true(json_object_get(v, "from_model")));
+	json_decref(v);
+	v = moectl_json("--pretty be dec --threads 1 --tokens 2 --prompt 2 %s", fx.model);
+	ck_assert(num(v, "bytes_per_token") > 0 && json_object_get(v, "vram50"));
+	json_decref(v);
+	v = moectl_json("bench quant --json --mib 1 --reps 1 --threads 1 --type q8_0");
+	ck_assert_int_eq(json_array_size(json_object_get(v, "results")), 1);
+	json_decref(v);
+	ck_assert_int_eq(moectl(&out, "bench help"), 0);
+	ck_assert_msg(strstr(out, "  io ") && strstr(out, "  quant ") && strstr(out, "  decode "),
+		      "%s", out);
+	free(out);
+	ck_assert_int_eq(moectl_err(&out, "bench"), 2);
+	free(out);
+	ck_assert_int_eq(moectl_err(&out, "bench io"), 2);
+	free(out);
+}
+END_TEST
+
 Suite *suite_moectl(void)
 {
 	Suite *s = suite_create("moectl");
@@ -369,6 +418,8 @@ Suite *suite_moectl(void)
 	tcase_add_test(tc, version);
 	tcase_add_test(tc, plan_by_hand);
 	tcase_add_test(tc, plan_against_run);
+	tcase_add_test(tc, plan_measure);
+	tcase_add_test(tc, bench_commands);
 	suite_add_tcase(s, tc);
 	return s;
 }

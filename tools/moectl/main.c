@@ -30,6 +30,7 @@ static const struct cmd cmds[] = {
 	{ "status", do_status, "status                     models registered with moe.ko, counters" },
 	{ "stats", do_stats, "stats [--csv] MODEL        routing statistics saved for a model" },
 	{ "trace", do_trace, "trace simulate TRACE ...   replay a routing trace against the policies" },
+	{ "bench", do_bench, "bench io|quant|decode|prefetch  the moe-bench benchmarks" },
 	{ "version", do_version, "version                    library version, soname, build features" },
 	{ "help", do_help, "help                       this text" },
 	{ 0 },

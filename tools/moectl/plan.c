@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "moe/moe.h"
 #include "moectl.h"
 
@@ -26,8 +27,12 @@ struct plan_opts {
 	uint64_t vram, host_cache;
 	uint32_t n_ctx;
 	double read_gbps, target_tps, gpu_hour_cost;
-	bool no_stats;
+	bool no_stats, measure;
+	char measured[400];         /* with --measure: the engine that read */
 };
+
+/* Bytes of experts --measure reads: enough for a steady rate, a few seconds on one drive. */
+#define MEASURE_BYTES (1ull << 30)
 
 /* What one budget predicts. */
 struct prediction {
@@ -40,7 +45,7 @@ static void plan_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: moectl plan MODEL --vram SIZE [--host-cache SIZE] [--ctx N] [--backend B]\n"
-		"                   [--read-gbps X] [--target-tps N] [--gpu-hour-cost X]\n"
+		"                   [--read-gbps X | --measure] [--target-tps N] [--gpu-hour-cost X]\n"
 		"                   [--state-dir DIR | --no-stats]\n"
 		"The memory plan a run with this budget uses, and the decode tokens/s it predicts\n"
 		"from the routed bytes per token, the miss rate and the read bandwidth.\n");
@@ -211,6 +216,8 @@ static int report(const struct plan_opts *o, const struct moe_plan *p,
 		tj_set(pj, "stats", tj_str(stats_src));
 		if (o->read_gbps > 0) {
 			tj_set(pj, "read_gbps", tj_real(o->read_gbps));
+			tj_set(pj, "read_gbps_measured", o->measure ? tj_str(o->measured) :
+				       json_null());
 			tj_set(pj, "tps_low", tps_json(pr->tps_low));
 			tj_set(pj, "tps_high", tps_json(pr->tps_high));
 			if (o->gpu_hour_cost > 0) {
@@ -259,9 +266,13 @@ static int report(const struct plan_opts *o, const struct moe_plan *p,
 		printf("; no routing statistics (%s): uniform routing assumed at both ends\n",
 		       stats_src);
 	if (o->read_gbps <= 0) {
-		printf("tokens/s:         give --read-gbps X (the drive's GB/s) for a prediction\n");
+		printf("tokens/s:         give --read-gbps X (the drive's GB/s) or --measure for a "
+		       "prediction\n");
 		return 0;
 	}
+	if (o->measure)
+		printf("measured:         %.3f GB/s reading up to %llu MiB of its experts, cold, "
+		       "through %s\n", o->read_gbps, MEASURE_BYTES >> 20, o->measured);
 	printf("assumed:          reads reach %.0f%% of %.2f GB/s at the low end, all of it at "
 	       "the high end; compute is not counted\n", LOW_BW_SHARE * 100, o->read_gbps);
 	print_tps("decode, low:     ", pr->tps_low);
@@ -280,7 +291,7 @@ static int report(const struct plan_opts *o, const struct moe_plan *p,
 int do_plan(int argc, char **argv)
 {
 	enum { O_VRAM = 256, O_HOST, O_CTX, O_BACKEND, O_GBPS, O_TARGET, O_COST, O_STATE,
-	       O_NO_STATS };
+	       O_NO_STATS, O_MEASURE };
 	static const struct option opts[] = {
 		{ "vram", required_argument, NULL, O_VRAM },
 		{ "host-cache", required_argument, NULL, O_HOST },
@@ -291,6 +302,7 @@ int do_plan(int argc, char **argv)
 		{ "gpu-hour-cost", required_argument, NULL, O_COST },
 		{ "state-dir", required_argument, NULL, O_STATE },
 		{ "no-stats", no_argument, NULL, O_NO_STATS },
+		{ "measure", no_argument, NULL, O_MEASURE },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -339,6 +351,9 @@ int do_plan(int argc, char **argv)
 		case O_NO_STATS:
 			o.no_stats = true;
 			break;
+		case O_MEASURE:
+			o.measure = true;
+			break;
 		case 'h':
 			plan_usage(stdout);
 			return 0;
@@ -353,8 +368,11 @@ int do_plan(int argc, char **argv)
 		return usage_error("plan: give one MODEL file; see `moectl plan --help`");
 	if (!have_vram)
 		return usage_error("plan: --vram SIZE is required (e.g. --vram 24G)");
-	if (o.target_tps > 0 && o.read_gbps <= 0)
-		return usage_error("plan: --target-tps needs --read-gbps X to predict from");
+	if (o.measure && o.read_gbps > 0)
+		return usage_error("plan: --read-gbps X or --measure, not both");
+	if (o.target_tps > 0 && o.read_gbps <= 0 && !o.measure)
+		return usage_error("plan: --target-tps needs --read-gbps X or --measure to predict "
+				   "from");
 	if (o.state_dir && o.no_stats)
 		return usage_error("plan: --state-dir or --no-stats, not both");
 	o.model = argv[optind];
@@ -377,6 +395,16 @@ int do_plan(int argc, char **argv)
 			snprintf(src, sizeof(src), "%s", moe_errmsg());
 	} else if (o.no_stats) {
 		snprintf(src, sizeof(src), "--no-stats");
+	}
+	if (o.measure) {
+		o.read_gbps = bench_engine_gbps(o.model, MEASURE_BYTES, o.measured,
+						sizeof(o.measured));
+		if (o.read_gbps <= 0) {
+			fail("--measure: %s", o.measured);
+			moe_routestats_free(rs);
+			moe_model_close(m);
+			return 1;
+		}
 	}
 	predict(&p, &hp, &s, rs, o.read_gbps, &pr);
 	if (o.target_tps > 0)

@@ -462,3 +462,28 @@ int bench_io(int argc, char **argv)
 	free(r.ext);
 	return 0;
 }
+
+double bench_engine_gbps(const char *path, uint64_t limit, char *desc, size_t dlen)
+{
+	struct moe_io_opts o;
+	struct run r = { .path = path, .fadvise_only = true };
+	double t;
+	int ret;
+
+	moe_io_opts_init(&o);
+	ret = extents_from_model(&r, limit);
+	if (ret <= 0) {
+		free(r.ext);
+		snprintf(desc, dlen, "%s: %s", path, ret < 0 ? "out of memory" :
+			 "no routed experts to read");
+		return -1;
+	}
+	shuffle(r.ext, r.n, 1);
+	t = run_engine(&r, &o, desc, dlen);
+	free(r.ext);
+	if (t <= 0) {
+		snprintf(desc, dlen, "%s: the I/O engine's reads failed (see above)", path);
+		return -1;
+	}
+	return (double)r.bytes / t / 1e9;
+}
