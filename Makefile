@@ -126,7 +126,7 @@ SHARED_LIB := $(BUILD)/lib/libmoe.so
 SONAME := libmoe.so.0
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: demo all lib tools check fuzz fuzz-build kmod kmod-build vm-check deps clean help
+.PHONY: demo all lib tools man check fuzz fuzz-build kmod kmod-build vm-check deps clean help
 all: lib tools
 
 # The README's first command: build, generate a model, run it on a budget.
@@ -134,7 +134,18 @@ demo: all
 	@sh scripts/demo.sh $(BUILD)
 
 help:
-	@echo "targets: all (default), demo, check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod, vm-check, clean"
+	@echo "targets: all (default), demo, man, check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod, vm-check, clean"
+
+# Man pages from the tools' pages in Documentation/tools (rst2man, Debian's
+# python3-docutils, which scripts/deps.sh installs for this target), by
+# scripts/man.sh.
+MAN_PAGES := $(patsubst Documentation/tools/%.rst,$(BUILD)/man/man1/%.1,\
+	$(filter-out Documentation/tools/files.rst,$(wildcard Documentation/tools/*.rst)))
+man: $(MAN_PAGES)
+$(BUILD)/man/man1/%.1: Documentation/tools/%.rst scripts/man.sh scripts/deps.sh
+	@DEPS_MAN=1 PKG_CONFIG=$(PKG_CONFIG) sh scripts/deps.sh
+	@mkdir -p $(@D)
+	sh scripts/man.sh $< $@
 
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP): scripts/deps.sh

@@ -406,6 +406,114 @@ START_TEST(bench_commands)
 }
 END_TEST
 
+/* Every --flag in @help appears in @doc (named @what); returns how many were checked. */
+static int flags_in(const char *help, const char *doc, const char *what, const char *cmd)
+{
+	int n = 0;
+
+	for (const char *p = help; (p = strstr(p, "--")); p += 2) {
+		char flag[64];
+		size_t len = 2;
+
+		while (len < sizeof(flag) - 1 && ((p[len] >= 'a' && p[len] <= 'z') ||
+						  (p[len] >= '0' && p[len] <= '9') || p[len] == '-'))
+			len++;
+		if (len < 3 || p[2] < 'a' || p[2] > 'z' || !strncmp(p, "--help", 6))
+			continue;
+		memcpy(flag, p, len);
+		flag[len] = 0;
+		ck_assert_msg(strstr(doc, flag), "%s: %s of `%s --help` is missing", what, flag, cmd);
+		n++;
+	}
+	return n;
+}
+
+/*
+ * The command tables, each command's --help and the completion file and man
+ * pages agree: every command and every flag of each is completed and documented.
+ */
+START_TEST(completion_and_man)
+{
+	static const char *const levels[][6] = {
+		{ "trace", "simulate", NULL },
+		{ "bench", "io", "quant", "decode", "prefetch", NULL },
+	};
+	char *comp = tu_read_file(tu_src("completion/moectl"), NULL);
+	char *page = tu_read_file(tu_src("Documentation/tools/moectl.rst"), NULL);
+	char *bench = tu_read_file(tu_src("Documentation/tools/moe-bench.rst"), NULL);
+	char *help = NULL, *out = NULL, *line, cmd[256], *save = NULL, words[512];
+	int n_cmds = 0, n_flags = 0;
+
+	ck_assert(comp && page && bench);
+	/* the completion's command list, with a space before and after every word */
+	line = strstr(comp, "local commands=\"");
+	ck_assert_ptr_nonnull(line);
+	line += strlen("local commands=\"");
+	snprintf(words, sizeof(words), " %.*s ", (int)strcspn(line, "\""), line);
+	ck_assert_int_eq(moectl(&help, "help"), 0);
+	line = strstr(help, "commands:\n");
+	ck_assert_ptr_nonnull(line);
+	for (line = strtok_r(line + 10, "\n", &save); line && !strncmp(line, "  ", 2);
+	     line = strtok_r(NULL, "\n", &save)) {
+		char name[32], pat[64];
+
+		ck_assert_int_eq(sscanf(line, " %31s", name), 1);
+		snprintf(pat, sizeof(pat), " %s ", name);
+		ck_assert_msg(strstr(words, pat), "completion lacks the command %s", name);
+		snprintf(pat, sizeof(pat), "moectl %s", name);
+		ck_assert_msg(strstr(page, pat), "moectl.rst lacks `%s`", pat);
+		n_cmds++;
+		if (!strcmp(name, "help") || !strcmp(name, "trace") || !strcmp(name, "bench"))
+			continue;
+		snprintf(cmd, sizeof(cmd), "%s --help", name);
+		ck_assert_int_eq(moectl(&out, "%s 2>&1", cmd), 0);
+		n_flags += flags_in(out, comp, "completion/moectl", cmd);
+		n_flags += flags_in(out, page, "moectl.rst", cmd);
+		free(out);
+	}
+	for (size_t l = 0; l < sizeof(levels) / sizeof(levels[0]); l++) {
+		for (int i = 1; levels[l][i]; i++) {
+			snprintf(cmd, sizeof(cmd), "%s %s --help", levels[l][0], levels[l][i]);
+			ck_assert_int_eq(moectl(&out, "%s 2>&1", cmd), 0);
+			n_flags += flags_in(out, comp, "completion/moectl", cmd);
+			n_flags += flags_in(out, l ? bench : page, l ? "moe-bench.rst" : "moectl.rst",
+					    cmd);
+			free(out);
+			ck_assert_msg(strstr(comp, levels[l][i]), "completion lacks %s %s",
+				      levels[l][0], levels[l][i]);
+		}
+	}
+	ck_assert_int_ge(n_cmds, 13);
+	ck_assert_int_ge(n_flags, 80);
+	free(help);
+	ck_assert_int_eq(tu_run("bash -n completion/moectl 2>&1", 0, &out), 0);
+	free(out);
+
+	/* the man page, as `make man` makes it */
+	if (tu_run("command -v rst2man >/dev/null", 0, NULL) != 0) {
+		tu_skip("moectl/completion_and_man: man page", "rst2man is not installed "
+			"(python3-docutils; `make man` installs it)");
+	} else {
+		char page_out[PATH_MAX + 32];
+
+		snprintf(page_out, sizeof(page_out), "%s/moectl.1", fx.dir);
+		snprintf(fx.args, sizeof(fx.args), "cd %s && sh scripts/man.sh "
+			 "Documentation/tools/moectl.rst %s 2>&1", tu_src("."), page_out);
+		ck_assert_msg(tu_run(fx.args, 0, &out) == 0, "%s", out);
+		free(out);
+		out = tu_read_file(page_out, NULL);
+		ck_assert_msg(out && strstr(out, ".TH \"MOECTL\" 1 ") &&
+			      strstr(out, "moectl \\- operate moe models") &&
+			      strstr(out, "\\-\\-gpu\\-hour\\-cost"), "%s: not the man page of "
+			      "moectl.rst", page_out);
+		free(out);
+	}
+	free(comp);
+	free(page);
+	free(bench);
+}
+END_TEST
+
 Suite *suite_moectl(void)
 {
 	Suite *s = suite_create("moectl");
@@ -420,6 +528,7 @@ Suite *suite_moectl(void)
 	tcase_add_test(tc, plan_against_run);
 	tcase_add_test(tc, plan_measure);
 	tcase_add_test(tc, bench_commands);
+	tcase_add_test(tc, completion_and_man);
 	suite_add_tcase(s, tc);
 	return s;
 }

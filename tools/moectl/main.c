@@ -61,7 +61,11 @@ int do_version(int argc, char **argv)
 {
 	struct moe_build_info b;
 
-	(void)argv;
+	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		printf("usage: moectl version [--json]\n"
+		       "The library's version and soname, CUDA kernels built in, the moe.ko uAPI.\n");
+		return 0;
+	}
 	if (argc > 1)
 		return usage_error("version: no arguments expected");
 	moe_build_info(&b);
