@@ -24,7 +24,7 @@ struct opts {
 	const char *policy, *prefetch, *trace_out, *state_dir;
 	uint32_t kv_type;
 	uint32_t n_gen, n_ctx, n_batch, pin_hot;
-	uint64_t vram, host_cache;
+	uint64_t vram, host_cache, ple_cache;
 	int threads;
 	bool stats, json, chat, vram_zero, no_state, trace_pred, layer_pools;
 	struct moe_sample_params sp;
@@ -48,6 +48,8 @@ static void usage(FILE *f)
 		"      --batch N          prompt tokens per forward step (64)\n"
 		"      --vram SIZE        device memory budget, e.g. 20G, 512M (default: no limit)\n"
 		"      --host-cache SIZE  keep experts evicted from the budget in host memory\n"
+		"      --ple-cache SIZE   Gemma 4 E2B/E4B: host memory for per-layer embedding\n"
+		"                         rows cached by token (4096 rows)\n"
 		"      --policy NAME      expert eviction policy: lru, lfu, stats, with options\n"
 		"                         after ':' (lfu:decay=0.9) (lru)\n"
 		"      --prefetch NAME    fetch experts before the router asks: none, pop, trans,\n"
@@ -71,7 +73,8 @@ static void usage(FILE *f)
 		"      --logits-out FILE  logits of every evaluated position, f32 LE [pos][vocab]\n"
 		"      --stats            prefill/decode tokens/s, expert hit rate, bytes read, GB/s,\n"
 		"                         time stalled on I/O (per layer too), prefetch precision\n"
-		"                         and recall (stderr; in the JSON with --json)\n"
+		"                         and recall, streamed dense FFN hits (stderr; in the JSON\n"
+		"                         with --json)\n"
 		"      --json             machine-readable output on stdout\n"
 		"  -h, --help             this text\n");
 }
@@ -273,8 +276,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { O_TOKENS = 256, O_CTX, O_BATCH, O_VRAM, O_THREADS, O_TEMP, O_TOPK, O_TOPP, O_MINP,
 	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON, O_HOST,
-	       O_CHAT, O_SYSTEM, O_BACKEND, O_KVTYPE, O_POLICY, O_PREFETCH, O_PIN_HOT, O_POOLS,
-	       O_STATE_DIR, O_NO_STATE, O_TRACE, O_TRACE_PRED };
+	       O_PLE_CACHE, O_CHAT, O_SYSTEM, O_BACKEND, O_KVTYPE, O_POLICY, O_PREFETCH, O_PIN_HOT,
+	       O_POOLS, O_STATE_DIR, O_NO_STATE, O_TRACE, O_TRACE_PRED };
 	static const struct option lo[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "prompt", required_argument, 0, 'p' },
@@ -284,6 +287,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "batch", required_argument, 0, O_BATCH },
 		{ "vram", required_argument, 0, O_VRAM },
 		{ "host-cache", required_argument, 0, O_HOST },
+		{ "ple-cache", required_argument, 0, O_PLE_CACHE },
 		{ "threads", required_argument, 0, O_THREADS },
 		{ "temp", required_argument, 0, O_TEMP },
 		{ "top-k", required_argument, 0, O_TOPK },
@@ -329,6 +333,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_BATCH: ret = parse_u32(optarg, "--batch", MAX_CTX, &o->n_batch); break;
 		case O_VRAM: ret = parse_size(optarg, "--vram", &o->vram, &o->vram_zero); break;
 		case O_HOST: ret = parse_size(optarg, "--host-cache", &o->host_cache, &zero); break;
+		case O_PLE_CACHE: ret = parse_size(optarg, "--ple-cache", &o->ple_cache, NULL); break;
 		case O_THREADS:
 			ret = tool_parse_threads("--threads", optarg, &o->threads) ? -EINVAL : 0;
 			break;
@@ -478,6 +483,9 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		tj_set(doc, "prefetch_unused_bytes", tj_u64(s->prefetch_unused_bytes));
 		tj_set(doc, "prefetch_precision", tj_real(s->prefetch_precision));
 		tj_set(doc, "prefetch_recall", tj_real(s->prefetch_recall));
+		tj_set(doc, "dense_hits", tj_u64(s->dense_hits));
+		tj_set(doc, "dense_misses", tj_u64(s->dense_misses));
+		tj_set(doc, "dense_prefetch_used", tj_u64(s->dense_prefetch_used));
 		print_layers(ctx, doc);
 		return;
 	}
@@ -504,6 +512,11 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 			(unsigned long long)s->prefetch_cancelled,
 			(unsigned long long)s->prefetch_unused_bytes, s->prefetch_precision,
 			s->prefetch_recall);
+	if (s->dense_hits + s->dense_misses)
+		fprintf(stderr, "dense FFNs streamed: %llu hits (%llu of them fetched a layer "
+			"ahead), %llu misses\n", (unsigned long long)s->dense_hits,
+			(unsigned long long)s->dense_prefetch_used,
+			(unsigned long long)s->dense_misses);
 	print_layers(ctx, NULL);
 }
 
@@ -739,6 +752,7 @@ static int run(const struct opts *o)
 	/* The library reads a zero budget as "no limit": one byte asks for the smallest. */
 	cp.vram_bytes = o->vram_zero ? 1 : o->vram;
 	cp.host_cache_bytes = o->host_cache;
+	cp.ple_cache_bytes = o->ple_cache;
 	cp.n_threads = o->threads;
 	cp.n_batch = o->n_batch;
 	cp.n_ctx = o->n_ctx || o->chat ? o->n_ctx : (uint32_t)need;

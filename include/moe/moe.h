@@ -433,9 +433,13 @@ MOE_API int moe_gguf_write(struct moe_gguf_writer *w, const char *path);
 /*
  * CPU kernels exist for f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q4_K q5_K q6_K
  * q8_K mxfp4; other ids give -EOPNOTSUPP, unknown ids -EINVAL.  @n must be a
- * multiple of the type's block (-EINVAL otherwise).  SIMD kernels (AVX2) are
- * chosen at run time; MOE_NO_SIMD=1 in the environment forces the scalar ones.
+ * multiple of the type's block (-EINVAL otherwise).  SIMD kernels (AVX2,
+ * AVX-512, AVX-512 VNNI) are chosen once at run time, the best the CPU has;
+ * MOE_CPU_ISA=scalar|avx2|avx512|avx512vnni in the environment forces one the
+ * CPU has, MOE_NO_SIMD=1 the scalar ones.
  */
+/* The kernels in use: "scalar", "avx2", "avx512" or "avx512vnni". */
+MOE_API const char *moe_cpu_isa(void);
 MOE_API int moe_dequantize(uint32_t type, const void *src, float *dst, int64_t n);
 /* Quantize @n floats into @dst; returns the bytes written. */
 MOE_API int64_t moe_quantize(uint32_t type, const float *src, void *dst, int64_t n);
@@ -855,7 +859,13 @@ struct moe_ctx_params {
 	const char *state_dir;
 	uint32_t pin_hot;           /* device slots held for good by the most used experts */
 	uint32_t pad;
-	uint64_t reserved[3];
+	/*
+	 * Gemma 4 E2B/E4B: host memory for per-layer embedding rows cached by
+	 * token; 0 = 4096 rows (or the whole table when smaller).  It must hold
+	 * one step's tokens (n_batch rows).
+	 */
+	uint64_t ple_cache_bytes;
+	uint64_t reserved[2];
 };
 
 /* Defaults for every field (the I/O options from moe_io_opts_init). */
@@ -913,8 +923,16 @@ struct moe_plan {
 	uint64_t ple_row_bytes;     /* one token's row as stored */
 	uint64_t ple_cache_bytes;   /* the host cache of rows */
 	uint32_t ple_cache_rows;
+	/*
+	 * Dense FFNs (layers without a router) that the budget cannot keep
+	 * resident stream like experts: each is a cache entry that every token
+	 * uses, in a size class of its own, fetched one layer ahead.
+	 */
+	uint32_t n_dense_ffn;       /* layers with a dense FFN */
+	uint32_t n_dense_streamed;  /* ... of them streamed, not resident */
 	uint32_t pad3;
-	uint64_t reserved[5];
+	uint64_t dense_streamed_bytes;  /* the streamed FFNs' matrices as slots hold them */
+	uint64_t reserved[3];
 };
 
 /*
@@ -1013,7 +1031,10 @@ struct moe_ctx_stats {
 	uint64_t prefetch_unused_bytes;  /* ... of experts evicted without being used */
 	double prefetch_precision;  /* used / (prefetches - cancelled); 0 without prefetches */
 	double prefetch_recall;     /* used / (used + misses): the misses prefetching avoided */
-	uint64_t reserved[4];
+	/* streamed dense FFNs (not in the expert counters above; prefetches include them) */
+	uint64_t dense_hits, dense_misses;
+	uint64_t dense_prefetch_used;   /* hits on dense FFNs fetched ahead of their layer */
+	uint64_t reserved[1];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
 

@@ -212,14 +212,15 @@ int bench_quant(int argc, char **argv)
 		doc = json_object();
 		results = json_array();
 		tj_set(doc, "cpu", tj_str(cpu));
+		tj_set(doc, "kernels", tj_str(moe_cpu_isa()));
 		tj_set(doc, "mib", tj_i64(mib));
 		tj_set(doc, "cols", tj_i64(COLS));
 		tj_set(doc, "threads", tj_i64(threads));
 		tj_set(doc, "results", json_incref(results));
 	} else {
-		printf("cpu: %s%s\nweights: %d MiB per type, rows of %d, best of %d\n", cpu,
-		       getenv("MOE_NO_SIMD") ? " (MOE_NO_SIMD set: scalar kernels)" : "", mib,
-		       COLS, reps);
+		printf("cpu: %s\nkernels: %s%s\nweights: %d MiB per type, rows of %d, best of %d\n",
+		       cpu, moe_cpu_isa(), getenv("MOE_CPU_ISA") || getenv("MOE_NO_SIMD") ?
+		       " (as the environment asks)" : "", mib, COLS, reps);
 		printf("ratio = matvec GB/s / plain-read GB/s, each the best of %d runs taken in "
 		       "turns on the same bytes\n", reps);
 		printf("in-cache: 1 thread on 512 KiB of rows, by thread CPU time\n");
