@@ -331,15 +331,16 @@ START_TEST(plan_against_run)
 	ck_assert_uint_eq((uint64_t)num(run, "vram_peak"), (uint64_t)num(plan, "device_bytes"));
 	ck_assert_uint_eq((uint64_t)num(run, "vram_used"), (uint64_t)num(plan, "device_bytes"));
 	ck_assert_int_eq(num(run, "n_slots"), num(plan, "n_slots"));
-	ck_assert_uint_eq((uint64_t)num(run, "staging_bytes"), (uint64_t)num(plan, "staging_bytes"));
+	ck_assert_uint_eq((uint64_t)num(run, "staging_bytes"),
+			  (uint64_t)num(plan, "staging_bytes"));
 	n_slots = (int)num(plan, "n_slots");
 	/* fewer slots than experts, an even number: the same count for each layer */
 	ck_assert_msg(n_slots > 0 && n_slots < 8 && n_slots % 2 == 0, "%d slots", n_slots);
 	json_decref(plan);
 	json_decref(run);
 
-	plan = moectl_json("plan --json %s --vram 1300K --ctx 64 --read-gbps 1 --state-dir %s/state",
-			   fx.model, fx.dir);
+	plan = moectl_json("plan --json %s --vram 1300K --ctx 64 --read-gbps 1 "
+			   "--state-dir %s/state", fx.model, fx.dir);
 	stats = moectl_json("stats --json --state-dir %s/state %s", fx.dir, fx.model);
 	layers = json_object_get(stats, "layers");
 	/* the slots split over 2 layers: each layer's most used, 2 experts used per token */
@@ -425,7 +426,8 @@ static int flags_in(const char *help, const char *doc, const char *what, const c
 			continue;
 		memcpy(flag, p, len);
 		flag[len] = 0;
-		ck_assert_msg(strstr(doc, flag), "%s: %s of `%s --help` is missing", what, flag, cmd);
+		ck_assert_msg(strstr(doc, flag), "%s: %s of `%s --help` is missing", what, flag,
+			      cmd);
 		n++;
 	}
 	return n;

@@ -59,7 +59,8 @@ static const struct cmd bench_cmds[] = {
 	{ "io", do_io, "io [--size B] [--qd N] FILE engine vs pread vs mmap, cold cache" },
 	{ "quant", do_quant, "quant [--mib N] [--threads N] matvec GB/s per type vs plain read" },
 	{ "decode", do_decode, "decode [--threads N] MODEL  tokens/s vs the memory bound" },
-	{ "prefetch", do_prefetch, "prefetch TRACE...           cache policies vs Belady (simulated)" },
+	{ "prefetch", do_prefetch,
+	  "prefetch TRACE...           cache policies vs Belady (simulated)" },
 	{ "help", do_bench_help, "help                        this text" },
 	{ 0 },
 };

@@ -45,7 +45,8 @@ static void plan_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: moectl plan MODEL --vram SIZE [--host-cache SIZE] [--ctx N] [--backend B]\n"
-		"                   [--read-gbps X | --measure] [--target-tps N] [--gpu-hour-cost X]\n"
+		"                   [--read-gbps X | --measure] [--target-tps N]\n"
+		"                   [--gpu-hour-cost X]\n"
 		"                   [--state-dir DIR | --no-stats]\n"
 		"The memory plan a run with this budget uses, and the decode tokens/s it predicts\n"
 		"from the routed bytes per token, the miss rate and the read bandwidth.\n");
@@ -257,7 +258,8 @@ static int report(const struct plan_opts *o, const struct moe_plan *p,
 		       p->classes[i].n_slots, p->classes[i].n_host_slots,
 		       p->classes[i].n_experts);
 	printf("why:              %s\n", p->why);
-	printf("routed per token: %s\n", human_bytes(s->routed_bytes_per_token, b[0], sizeof(b[0])));
+	printf("routed per token: %s\n",
+	       human_bytes(s->routed_bytes_per_token, b[0], sizeof(b[0])));
 	printf("hit rate:         %.3f if routing were uniform (the low end)", pr->hit_uniform);
 	if (pr->hit_stats >= 0)
 		printf("; %.3f with the most used experts kept, by %s (the high end)\n",
@@ -282,7 +284,8 @@ static int report(const struct plan_opts *o, const struct moe_plan *p,
 		       isinf(pr->tps_high) ? 0 : o->gpu_hour_cost / (pr->tps_high * 3600) * 1e6,
 		       o->gpu_hour_cost / (pr->tps_low * 3600) * 1e6, o->gpu_hour_cost);
 	if (o->target_tps > 0)
-		printf("for %.1f tokens/s: a budget of %s (the low end reaches it)\n", o->target_tps,
+		printf("for %.1f tokens/s: a budget of %s (the low end reaches it)\n",
+		       o->target_tps,
 		       human_bytes(target_budget, b[0], sizeof(b[0])));
 	(void)hp;
 	return 0;
@@ -343,7 +346,8 @@ int do_plan(int argc, char **argv)
 			ret = tool_parse_double("--target-tps", optarg, 0.001, 1e7, &o.target_tps);
 			break;
 		case O_COST:
-			ret = tool_parse_double("--gpu-hour-cost", optarg, 0, 1e6, &o.gpu_hour_cost);
+			ret = tool_parse_double("--gpu-hour-cost", optarg, 0, 1e6,
+						&o.gpu_hour_cost);
 			break;
 		case O_STATE:
 			o.state_dir = optarg;
