@@ -1075,6 +1075,24 @@ struct moe_sample_params {
 MOE_API void moe_sample_default_params(struct moe_sample_params *p);
 
 /*
+ * A sampler of its own, for callers that run their own decode loop (one per
+ * sequence of a batch).  Not thread-safe; one per sequence.  -EINVAL (with
+ * moe_errmsg() naming the parameter) for parameters out of range.
+ */
+struct moe_sampler;
+MOE_API int moe_sampler_new(const struct moe_sample_params *p, uint32_t n_vocab,
+			    struct moe_sampler **out);
+/*
+ * A token id drawn from @logits [n_vocab] (not modified), or -EINVAL when no
+ * logit is a finite number.  NaN and -inf logits are never chosen, so a
+ * caller masks tokens out by setting their logits to -INFINITY.
+ */
+MOE_API int32_t moe_sampler_sample(struct moe_sampler *s, const float *logits);
+/* Record a token of the sequence (prompt and sampled) for the repetition penalty. */
+MOE_API void moe_sampler_accept(struct moe_sampler *s, int32_t token);
+MOE_API void moe_sampler_free(struct moe_sampler *s);
+
+/*
  * Called after every eval of moe_ctx_generate: @logits holds @n_rows rows of
  * n_vocab (every prompt position with MOE_EVAL_ALL_LOGITS, else the last),
  * and @next is the token sampled from the last row.  Return non-zero to
