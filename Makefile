@@ -11,6 +11,7 @@
 #   tools/NAME.c             -> $(BUILD)/bin/NAME
 #   tools/NAME/*.c           -> $(BUILD)/bin/NAME
 #   tools/common/*.c         -> linked into every tool (not a tool itself)
+#   tools/bench/*.c          -> the benchmarks, linked into moe-bench and moectl
 #   tests/unit/test_NAME.c   -> one Check suite, suite_NAME(), in unit-tests
 #   tests/simt/*.cc          -> the CUDA emulation runtime (C++), in unit-tests
 #   cuda/*.cu tests/simt/*.cu -> kernels compiled as C++ on the emulation, in unit-tests;
@@ -86,6 +87,9 @@ PKG_CFLAGS = $(shell $(PKG_CONFIG) --cflags liburing hwloc libdrm 2>/dev/null)
 PKG_LIBS = $(shell $(PKG_CONFIG) --libs liburing hwloc libdrm 2>/dev/null)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+# The tools' JSON writer (tools/common/json.c); the library does not use it.
+JSON_CFLAGS = $(shell $(PKG_CONFIG) --cflags jansson 2>/dev/null)
+JSON_LIBS = $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null)
 SERVER_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(SERVER_PKGS) 2>/dev/null)
 SERVER_LIBS = $(shell $(PKG_CONFIG) --libs $(SERVER_PKGS) 2>/dev/null)
 ALL_CFLAGS = $(BASE_CFLAGS) $(PKG_CFLAGS) $(CFLAGS)
@@ -98,8 +102,10 @@ LIB_SRCS := $(sort $(shell find libmoe -name '*.c'))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 
 TOOL_FILES := $(sort $(wildcard tools/*.c))
-TOOL_DIRS := $(filter-out tools/common,$(sort $(patsubst %/,%,$(dir $(wildcard tools/*/*.c)))))
+TOOL_DIRS := $(filter-out tools/common tools/bench,$(sort $(patsubst %/,%,$(dir $(wildcard tools/*/*.c)))))
 TOOL_COMMON_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(sort $(wildcard tools/common/*.c)))
+# The benchmarks, linked by the two tools that run them (moe-bench, moectl bench).
+BENCH_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(sort $(wildcard tools/bench/*.c)))
 TOOLS := $(notdir $(TOOL_FILES:.c=) $(TOOL_DIRS))
 TOOL_BINS := $(TOOLS:%=$(BUILD)/bin/%)
 
@@ -127,7 +133,7 @@ SHARED_LIB := $(BUILD)/lib/libmoe.so
 SONAME := libmoe.so.0
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: demo all lib tools check fuzz fuzz-build kmod kmod-build vm-check deps clean help
+.PHONY: demo all lib tools man check fuzz fuzz-build kmod kmod-build vm-check deps clean help
 all: lib tools
 
 # The README's first command: build, generate a model, run it on a budget.
@@ -135,7 +141,18 @@ demo: all
 	@sh scripts/demo.sh $(BUILD)
 
 help:
-	@echo "targets: all (default), demo, check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod, vm-check, clean"
+	@echo "targets: all (default), demo, man, check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod, vm-check, clean"
+
+# Man pages from the tools' pages in Documentation/tools (rst2man, Debian's
+# python3-docutils, which scripts/deps.sh installs for this target), by
+# scripts/man.sh.
+MAN_PAGES := $(patsubst Documentation/tools/%.rst,$(BUILD)/man/man1/%.1,\
+	$(filter-out Documentation/tools/files.rst,$(wildcard Documentation/tools/*.rst)))
+man: $(MAN_PAGES)
+$(BUILD)/man/man1/%.1: Documentation/tools/%.rst scripts/man.sh scripts/deps.sh
+	@DEPS_MAN=1 PKG_CONFIG=$(PKG_CONFIG) sh scripts/deps.sh
+	@mkdir -p $(@D)
+	sh scripts/man.sh $< $@
 
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP): scripts/deps.sh
@@ -184,6 +201,7 @@ $(BUILD)/cuda/selftest.fatbin: tests/simt/selftest.cu $(wildcard cuda/*.cuh)
 	@mkdir -p $(@D)
 	$(NVCC) -fatbin $(NVCC_FLAGS) -o $@ $<
 
+$(BUILD)/obj/libmoe/version.o: ALL_CFLAGS += -DMOE_SONAME='"$(SONAME)"'
 $(BUILD)/obj/libmoe/backend/cuda_fatbin.o: $(FATBIN)
 $(BUILD)/obj/libmoe/backend/cuda_fatbin.o: ALL_CFLAGS += \
 	$(if $(FATBIN),-DMOE_CUDA_FATBIN='"$(abspath $(FATBIN))"')
@@ -218,14 +236,15 @@ $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
 # A tool is one file or one folder, plus the code every tool shares in
 # tools/common; all link the static library so the binaries run from the
 # build tree without LD_LIBRARY_PATH.
-$(BUILD)/obj/tools/%.o: ALL_CFLAGS += -Itools/common
+$(BUILD)/obj/tools/%.o: ALL_CFLAGS += -Itools/common -Itools/bench $(JSON_CFLAGS)
 $(BUILD)/obj/tools/moe-server/%.o: ALL_CFLAGS += $(SERVER_CFLAGS)
 $(BUILD)/bin/moe-server: TOOL_LIBS = $(SERVER_LIBS)
 define tool_rule
 $(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c)) \
-		$(TOOL_COMMON_OBJS) $(STATIC_LIB)
+		$(TOOL_COMMON_OBJS) $(if $(filter moe-bench moectl,$(1)),$(BENCH_OBJS)) $(STATIC_LIB)
 	@mkdir -p $$(@D)
-	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIB) $$(TOOL_LIBS) $$(LIBS)
+	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIB) $$(TOOL_LIBS) $$(JSON_LIBS) \
+		$$(LIBS)
 endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 
@@ -234,8 +253,8 @@ $(BUILD)/tests/suites.h: $(TEST_SRCS) Makefile
 	@printf '%s\n' $(patsubst %,'SUITE(%)',$(SUITES)) > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/obj/tests/unit/main.o: $(BUILD)/tests/suites.h
-$(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(BUILD)/tests -Itests/unit -Itests/ref \
-	-Itests/simt -Itools/moe-server -Itools/common $(SERVER_CFLAGS)
+$(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) $(JSON_CFLAGS) -I$(BUILD)/tests -Itests/unit \
+	-Itests/ref -Itests/simt -Itools/moe-server -Itools/common $(SERVER_CFLAGS)
 $(BUILD)/obj/tests/unit/test_simt.o: ALL_CFLAGS += -DMOE_TEST_FATBIN=$(if $(FATBIN),1,0)
 $(BUILD)/obj/tests/unit/cuda_abi.o: ALL_CFLAGS += $(CUDA_H_CFLAGS)
 CUDA_H_CFLAGS = $(if $(wildcard $(CUDA_INC)/cuda.h),-I$(CUDA_INC) -DMOE_HAVE_CUDA_H=1)
@@ -245,7 +264,7 @@ CUDA_INC ?= $(if $(NVCC),$(abspath $(dir $(NVCC))/../include),/usr/local/cuda/in
 $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) \
-		$(SERVER_LIBS) $(LIBS)
+		$(SERVER_LIBS) $(JSON_LIBS) $(LIBS)
 
 # The driver's VM tests run first (their own "N passed, N failed, N did not run" line), the
 # unit runner last; both always run and either failing fails the check.  Routing

@@ -32,6 +32,10 @@ command -v g++ >/dev/null 2>&1 || missing="$missing g++"
 [ -n "$(ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a 2>/dev/null)" ] ||
 	missing="$missing libclang-rt-14-dev"
 
+# make man: rst2man turns Documentation/tools/*.rst into man pages
+[ "${DEPS_MAN:-0}" = 1 ] && ! command -v rst2man >/dev/null 2>&1 &&
+	missing="$missing python3-docutils"
+
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
 	echo "deps: missing Debian packages:$missing" >&2

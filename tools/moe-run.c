@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "moe/moe.h"
+#include "json.h"
 #include "tool.h"
 
 #define PROG "moe-run"
@@ -179,56 +180,6 @@ static int parse_tokens(const char *s, int32_t **out, uint32_t *n)
 	return 0;
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-	size_t len = s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 ? 2 : 0;
-
-	if (s[0] >= 0xf5 || len > n)
-		return 0;
-	for (size_t i = 1; i < len; i++)
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-	if ((len == 3 && s[0] == 0xe0 && s[1] < 0xa0) || (len == 3 && s[0] == 0xed && s[1] >= 0xa0) ||
-	    (len == 4 && s[0] == 0xf0 && s[1] < 0x90) || (len == 4 && s[0] == 0xf4 && s[1] >= 0x90))
-		return 0;
-	return len;
-}
-
-/* A JSON string; bytes that are not UTF-8 (a random model can emit them) become U+FFFD. */
-static void json_str(FILE *f, const char *str, size_t len)
-{
-	const unsigned char *s = (const unsigned char *)str;
-
-	fputc('"', f);
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = s[i];
-
-		if (c >= 0x80) {
-			size_t n = utf8_len(s + i, len - i);
-
-			if (!n) {
-				fputs("\\ufffd", f);
-				continue;
-			}
-			fwrite(s + i, 1, n, f);
-			i += n - 1;
-		} else if (c == '"' || c == '\\') {
-			fprintf(f, "\\%c", c);
-		} else if (c == '\n') {
-			fputs("\\n", f);
-		} else if (c == '\t') {
-			fputs("\\t", f);
-		} else if (c == '\r') {
-			fputs("\\r", f);
-		} else if (c < 0x20) {
-			fprintf(f, "\\u%04x", c);
-		} else {
-			fputc(c, f);
-		}
-	}
-	fputc('"', f);
-}
 
 struct run {
 	const struct opts *o;
@@ -479,61 +430,63 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	return 0;
 }
 
-static void print_layers(const struct opts *o, const struct moe_ctx *ctx)
+/* Per-layer stalls: into @doc's "layer_stall_s" when it is given, else a line on stderr. */
+static void print_layers(const struct moe_ctx *ctx, json_t *doc)
 {
 	struct moe_ctx_layer_stats ls;
-	bool first = true;
+	json_t *arr = doc ? json_array() : NULL;
 
-	if (o->json)
-		printf(",\"layer_stall_s\":[");
-	else
+	if (!doc)
 		fprintf(stderr, "stall per layer (s):");
 	for (uint32_t l = 0; moe_ctx_layer_stats(ctx, l, &ls) == 0; l++) {
-		if (o->json)
-			printf("%s%.6f", first ? "" : ",", ls.stall_s);
+		if (doc)
+			tj_push(arr, tj_real(ls.stall_s));
 		else
 			fprintf(stderr, " %.4f", ls.stall_s);
-		first = false;
 	}
-	if (o->json)
-		printf("]");
+	if (doc)
+		tj_set(doc, "layer_stall_s", arr);
 	else
 		fprintf(stderr, "\n");
 }
 
-static void print_stats(const struct opts *o, const struct moe_ctx *ctx,
-			const struct moe_ctx_stats *s)
+/* The run's figures: into @doc when it is given (--json), else on stderr. */
+static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s, json_t *doc)
 {
 	char budget[32] = "unlimited";
 
 	if (s->vram_budget)
 		snprintf(budget, sizeof(budget), "%llu", (unsigned long long)s->vram_budget);
-	if (o->json) {
-		printf(",\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"hit_rate\":%.4f,"
-		       "\"bytes_read\":%llu,\"read_gbps\":%.3f,\"stall_s\":%.4f,"
-		       "\"prefill_tokens\":%llu,\"decode_tokens\":%llu,\"expert_hits\":%llu,"
-		       "\"expert_misses\":%llu,\"expert_host_hits\":%llu,\"n_slots\":%u,\"n_experts\":%u,"
-		       "\"vram_budget\":%llu,\"vram_used\":%llu,\"staging_bytes\":%llu,"
-		       "\"backend\":\"%s\"",
-		       s->prefill_tps, s->decode_tps, s->hit_rate,
-		       (unsigned long long)s->bytes_read, s->read_gbps, s->stall_s,
-		       (unsigned long long)s->prefill_tokens, (unsigned long long)s->decode_tokens,
-		       (unsigned long long)s->expert_hits, (unsigned long long)s->expert_misses,
-		       (unsigned long long)s->expert_host_hits, s->n_slots, s->n_experts,
-		       (unsigned long long)s->vram_budget, (unsigned long long)s->vram_used,
-		       (unsigned long long)s->staging_bytes, s->backend);
-		printf(",\"prefetches\":%llu,\"prefetch_used\":%llu,\"prefetch_cancelled\":%llu,"
-		       "\"prefetch_bytes\":%llu,\"prefetch_unused_bytes\":%llu,"
-		       "\"prefetch_precision\":%.4f,\"prefetch_recall\":%.4f",
-		       (unsigned long long)s->prefetches, (unsigned long long)s->prefetch_used,
-		       (unsigned long long)s->prefetch_cancelled,
-		       (unsigned long long)s->prefetch_bytes,
-		       (unsigned long long)s->prefetch_unused_bytes, s->prefetch_precision,
-		       s->prefetch_recall);
-		printf(",\"dense_hits\":%llu,\"dense_misses\":%llu,\"dense_prefetch_used\":%llu",
-		       (unsigned long long)s->dense_hits, (unsigned long long)s->dense_misses,
-		       (unsigned long long)s->dense_prefetch_used);
-		print_layers(o, ctx);
+	if (doc) {
+		tj_set(doc, "prefill_tps", tj_real(s->prefill_tps));
+		tj_set(doc, "decode_tps", tj_real(s->decode_tps));
+		tj_set(doc, "hit_rate", tj_real(s->hit_rate));
+		tj_set(doc, "bytes_read", tj_u64(s->bytes_read));
+		tj_set(doc, "read_gbps", tj_real(s->read_gbps));
+		tj_set(doc, "stall_s", tj_real(s->stall_s));
+		tj_set(doc, "prefill_tokens", tj_u64(s->prefill_tokens));
+		tj_set(doc, "decode_tokens", tj_u64(s->decode_tokens));
+		tj_set(doc, "expert_hits", tj_u64(s->expert_hits));
+		tj_set(doc, "expert_misses", tj_u64(s->expert_misses));
+		tj_set(doc, "expert_host_hits", tj_u64(s->expert_host_hits));
+		tj_set(doc, "n_slots", tj_u64(s->n_slots));
+		tj_set(doc, "n_experts", tj_u64(s->n_experts));
+		tj_set(doc, "vram_budget", tj_u64(s->vram_budget));
+		tj_set(doc, "vram_used", tj_u64(s->vram_used));
+		tj_set(doc, "vram_peak", tj_u64(s->vram_peak));
+		tj_set(doc, "staging_bytes", tj_u64(s->staging_bytes));
+		tj_set(doc, "backend", tj_str(s->backend));
+		tj_set(doc, "prefetches", tj_u64(s->prefetches));
+		tj_set(doc, "prefetch_used", tj_u64(s->prefetch_used));
+		tj_set(doc, "prefetch_cancelled", tj_u64(s->prefetch_cancelled));
+		tj_set(doc, "prefetch_bytes", tj_u64(s->prefetch_bytes));
+		tj_set(doc, "prefetch_unused_bytes", tj_u64(s->prefetch_unused_bytes));
+		tj_set(doc, "prefetch_precision", tj_real(s->prefetch_precision));
+		tj_set(doc, "prefetch_recall", tj_real(s->prefetch_recall));
+		tj_set(doc, "dense_hits", tj_u64(s->dense_hits));
+		tj_set(doc, "dense_misses", tj_u64(s->dense_misses));
+		tj_set(doc, "dense_prefetch_used", tj_u64(s->dense_prefetch_used));
+		print_layers(ctx, doc);
 		return;
 	}
 	fprintf(stderr,
@@ -564,7 +517,7 @@ static void print_stats(const struct opts *o, const struct moe_ctx *ctx,
 			"ahead), %llu misses\n", (unsigned long long)s->dense_hits,
 			(unsigned long long)s->dense_prefetch_used,
 			(unsigned long long)s->dense_misses);
-	print_layers(o, ctx);
+	print_layers(ctx, NULL);
 }
 
 struct chat {
@@ -843,7 +796,7 @@ static int run(const struct opts *o)
 		ret = chat(o, ctx, &r);
 		if (o->stats) {
 			moe_ctx_get_stats(ctx, &st);
-			print_stats(o, ctx, &st);
+			print_stats(ctx, &st, NULL);
 		}
 		if (ret < 0)
 			goto fail;
@@ -878,17 +831,17 @@ static int run(const struct opts *o)
 	}
 	moe_ctx_get_stats(ctx, &st);
 	if (o->json) {
-		printf("{\"tokens\":[");
+		json_t *doc = json_object(), *toks = json_array();
+
 		for (uint32_t i = 0; i < r.n_out; i++)
-			printf("%s%d", i ? "," : "", r.out[i]);
-		printf("]");
-		if (r.tok) {
-			printf(",\"text\":");
-			json_str(stdout, r.text ? r.text : "", r.text_len);
-		}
+			tj_push(toks, tj_i64(r.out[i]));
+		tj_set(doc, "tokens", toks);
+		if (r.tok)
+			tj_set(doc, "text", tj_strn(r.text ? r.text : "", r.text ? r.text_len : 0));
 		if (o->stats)
-			print_stats(o, ctx, &st);
-		printf("}\n");
+			print_stats(ctx, &st, doc);
+		if (tj_print(doc))
+			goto fail;
 	} else {
 		printf("\n");
 	}
@@ -896,7 +849,7 @@ static int run(const struct opts *o)
 	if (tool_flush_stdout())
 		goto fail;
 	if (!o->json && o->stats)
-		print_stats(o, ctx, &st);
+		print_stats(ctx, &st, NULL);
 done:
 	ret = 0;
 	goto out;

@@ -37,6 +37,17 @@ extern "C" {
  */
 MOE_API const char *moe_errmsg(void);
 
+/* ---------------------------------------------------------------- build */
+
+/* What this libmoe is: for `moectl version` and bug reports. */
+struct moe_build_info {
+	int version_major, version_minor;       /* MOE_VERSION_* it was built as */
+	const char *soname;                     /* "libmoe.so.0" */
+	uint64_t cuda_kernel_bytes;             /* embedded fatbin; 0: no CUDA kernels */
+	int kmod_uapi_major, kmod_uapi_minor;   /* the moe.ko uAPI it speaks */
+};
+MOE_API void moe_build_info(struct moe_build_info *out);
+
 enum moe_log_level {
 	MOE_LOG_ERROR = 0,
 	MOE_LOG_WARN = 1,

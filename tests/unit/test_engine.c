@@ -1353,14 +1353,14 @@ START_TEST(engine_moe_run)
 		p += sprintf(p, "%s%d", i ? "," : "", tok[i]);
 	st = tu_run(cmd, 0, &out);
 	ck_assert_msg(st == 0, "%s -> %d: %s", cmd, st, out ? out : "");
-	p = strstr(out, "\"tokens\":[");
+	p = strstr(out, "\"tokens\": [");
 	ck_assert_ptr_nonnull(p);
-	p += strlen("\"tokens\":[");
+	p += strlen("\"tokens\": [");
 	for (int g = 0; g < 8; g++) {
 		ck_assert_int_eq((int)strtol(p, &p, 10), want[g]);
 		p++;
 	}
-	ck_assert_ptr_nonnull(strstr(out, "\"backend\":\"cpu\""));
+	ck_assert_ptr_nonnull(strstr(out, "\"backend\": \"cpu\""));
 	for (const char *const *k = (const char *const[]){ "prefill_tps", "decode_tps", "hit_rate",
 			"bytes_read", "read_gbps", "stall_s", NULL }; *k; k++) {
 		char key[64];

@@ -293,7 +293,7 @@ START_TEST(no_vocabulary)
 	r = run_tool(NULL, NULL, "moe-run", "-m", fx.model, "--tokens", "1,2", "-n", "3", "--json",
 		     NULL);
 	expect_ok(&r, "moe-run --json");
-	ck_assert_msg(strstr(r.out, "{\"tokens\":[") && !strstr(r.out, "\"text\""), "%s", r.out);
+	ck_assert_msg(strstr(r.out, "{\"tokens\": [") && !strstr(r.out, "\"text\""), "%s", r.out);
 	res_free(&r);
 }
 END_TEST

@@ -21,21 +21,24 @@ struct info_plan {
 	struct moe_plan p;
 };
 
-static void print_plan_json(const struct info_plan *ip)
+static void plan_json(json_t *o, const struct info_plan *ip)
 {
 	const struct moe_plan *p = &ip->p;
+	json_t *pj;
 
-	printf(", \"n_dense_ffn\": %u", p->n_dense_ffn);
+	tj_set(o, "n_dense_ffn", tj_u64(p->n_dense_ffn));
 	if (!ip->vram)
 		return;
-	printf(", \"plan\": {\"vram_budget\": %llu, \"device_bytes\": %llu, \"n_slots\": %u, "
-	       "\"n_dense_streamed\": %u, \"dense_streamed_bytes\": %llu, "
-	       "\"ple_cache_rows\": %u, \"ple_cache_bytes\": %llu, \"why\": ",
-	       (unsigned long long)p->vram_budget, (unsigned long long)p->device_bytes,
-	       p->n_slots, p->n_dense_streamed, (unsigned long long)p->dense_streamed_bytes,
-	       p->ple_cache_rows, (unsigned long long)p->ple_cache_bytes);
-	json_str(stdout, p->why);
-	printf("}");
+	pj = json_object();
+	tj_set(pj, "vram_budget", tj_u64(p->vram_budget));
+	tj_set(pj, "device_bytes", tj_u64(p->device_bytes));
+	tj_set(pj, "n_slots", tj_u64(p->n_slots));
+	tj_set(pj, "n_dense_streamed", tj_u64(p->n_dense_streamed));
+	tj_set(pj, "dense_streamed_bytes", tj_u64(p->dense_streamed_bytes));
+	tj_set(pj, "ple_cache_rows", tj_u64(p->ple_cache_rows));
+	tj_set(pj, "ple_cache_bytes", tj_u64(p->ple_cache_bytes));
+	tj_set(pj, "why", tj_str(p->why));
+	tj_set(o, "plan", pj);
 }
 
 static void print_plan_text(const struct info_plan *ip)
@@ -61,54 +64,63 @@ static void print_plan_text(const struct info_plan *ip)
 	printf("why:              %s\n", p->why);
 }
 
-static void print_json(const struct moe_model *m, const struct moe_hparams *hp,
-		       const struct moe_model_summary *s, const struct info_plan *ip)
+static int print_json(const struct moe_model *m, const struct moe_hparams *hp,
+		      const struct moe_model_summary *s, const struct info_plan *ip)
 {
-	bool first = true;
+	json_t *o = json_object(), *types = json_object();
 
-	printf("{\"file\": ");
-	json_str(stdout, moe_model_path(m));
-	printf(", \"arch\": ");
-	json_str(stdout, hp->arch);
-	printf(", \"n_layers\": %u, \"n_moe_layers\": %u, \"n_experts\": %u, "
-	       "\"n_experts_used\": %u, \"n_experts_shared\": %u, \"n_embd\": %u, \"n_head\": %u, "
-	       "\"n_head_kv\": %u, \"head_dim\": %u, \"n_ff\": %u, \"n_ff_exp\": %u, "
-	       "\"n_ff_shexp\": %u, \"n_vocab\": %u, \"n_ctx_train\": %u, \"gating\": %u, "
-	       "\"rope_base\": %g, \"rms_eps\": %g, \"tied_output\": %s, ",
-	       hp->n_layer, hp->n_moe_layer, hp->n_expert, hp->n_expert_used, hp->n_expert_shared,
-	       hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim_k, hp->n_ff, hp->n_ff_exp,
-	       hp->n_ff_shexp, hp->n_vocab, hp->n_ctx_train, hp->gating, hp->rope_base,
-	       hp->rms_eps, hp->tied_output ? "true" : "false");
-	printf("\"q_lora_rank\": %u, \"kv_lora_rank\": %u, \"head_dim_k_mla\": %u, "
-	       "\"head_dim_v_mla\": %u, \"n_group\": %u, \"topk_group\": %u, "
-	       "\"n_embd_per_layer\": %u, \"n_kv_shared\": %u, \"n_nextn\": %u, "
-	       "\"unused_bytes\": %llu, \"streamed_rows_bytes\": %llu, ",
-	       hp->q_lora_rank, hp->kv_lora_rank, hp->head_dim_k_mla, hp->head_dim_v_mla,
-	       hp->n_group, hp->topk_group, hp->n_embd_per_layer, hp->n_kv_shared, hp->n_nextn,
-	       (unsigned long long)s->unused_bytes, (unsigned long long)s->streamed_rows_bytes);
-	printf("\"tensor_count\": %d, \"file_bytes\": %llu, \"tensor_bytes\": %llu, "
-	       "\"resident_bytes\": %llu, \"expert_bytes_total\": %llu, \"expert_bytes_each\": %llu, "
-	       "\"expert_bytes_per_layer\": %llu, \"routed_bytes_per_token\": %llu, "
-	       "\"alignment\": %u, \"extent_alignment\": %u, \"direct_in_place\": %s, "
-	       "\"device_bytes_all\": %llu, \"bytes_by_type\": {",
-	       moe_model_tensor_count(m), (unsigned long long)s->file_bytes,
-	       (unsigned long long)s->tensor_bytes, (unsigned long long)s->resident_bytes,
-	       (unsigned long long)s->expert_bytes_total, (unsigned long long)s->expert_bytes_each,
-	       (unsigned long long)(hp->n_moe_layer ? s->expert_bytes_total / hp->n_moe_layer : 0),
-	       (unsigned long long)s->routed_bytes_per_token, s->alignment, s->extent_alignment,
-	       s->extent_alignment >= DIRECT_ALIGN ? "true" : "false",
-	       (unsigned long long)(s->tensor_bytes - s->unused_bytes - s->streamed_rows_bytes));
-	for (uint32_t t = 0; t < MOE_TYPE_COUNT; t++) {
-		if (!s->type_tensors[t])
-			continue;
-		printf("%s\"%s\": %llu", first ? "" : ", ", moe_type_name(t),
-		       (unsigned long long)s->type_bytes[t]);
-		first = false;
-	}
-	printf("}");
+	tj_set(o, "file", tj_str(moe_model_path(m)));
+	tj_set(o, "arch", tj_str(hp->arch));
+	tj_set(o, "n_layers", tj_u64(hp->n_layer));
+	tj_set(o, "n_moe_layers", tj_u64(hp->n_moe_layer));
+	tj_set(o, "n_experts", tj_u64(hp->n_expert));
+	tj_set(o, "n_experts_used", tj_u64(hp->n_expert_used));
+	tj_set(o, "n_experts_shared", tj_u64(hp->n_expert_shared));
+	tj_set(o, "n_embd", tj_u64(hp->n_embd));
+	tj_set(o, "n_head", tj_u64(hp->n_head));
+	tj_set(o, "n_head_kv", tj_u64(hp->n_head_kv));
+	tj_set(o, "head_dim", tj_u64(hp->head_dim_k));
+	tj_set(o, "n_ff", tj_u64(hp->n_ff));
+	tj_set(o, "n_ff_exp", tj_u64(hp->n_ff_exp));
+	tj_set(o, "n_ff_shexp", tj_u64(hp->n_ff_shexp));
+	tj_set(o, "n_vocab", tj_u64(hp->n_vocab));
+	tj_set(o, "n_ctx_train", tj_u64(hp->n_ctx_train));
+	tj_set(o, "gating", tj_u64(hp->gating));
+	tj_set(o, "rope_base", tj_real(hp->rope_base));
+	tj_set(o, "rms_eps", tj_real(hp->rms_eps));
+	tj_set(o, "tied_output", tj_bool(hp->tied_output));
+	tj_set(o, "q_lora_rank", tj_u64(hp->q_lora_rank));
+	tj_set(o, "kv_lora_rank", tj_u64(hp->kv_lora_rank));
+	tj_set(o, "head_dim_k_mla", tj_u64(hp->head_dim_k_mla));
+	tj_set(o, "head_dim_v_mla", tj_u64(hp->head_dim_v_mla));
+	tj_set(o, "n_group", tj_u64(hp->n_group));
+	tj_set(o, "topk_group", tj_u64(hp->topk_group));
+	tj_set(o, "n_embd_per_layer", tj_u64(hp->n_embd_per_layer));
+	tj_set(o, "n_kv_shared", tj_u64(hp->n_kv_shared));
+	tj_set(o, "n_nextn", tj_u64(hp->n_nextn));
+	tj_set(o, "unused_bytes", tj_u64(s->unused_bytes));
+	tj_set(o, "streamed_rows_bytes", tj_u64(s->streamed_rows_bytes));
+	tj_set(o, "tensor_count", tj_i64(moe_model_tensor_count(m)));
+	tj_set(o, "file_bytes", tj_u64(s->file_bytes));
+	tj_set(o, "tensor_bytes", tj_u64(s->tensor_bytes));
+	tj_set(o, "resident_bytes", tj_u64(s->resident_bytes));
+	tj_set(o, "expert_bytes_total", tj_u64(s->expert_bytes_total));
+	tj_set(o, "expert_bytes_each", tj_u64(s->expert_bytes_each));
+	tj_set(o, "expert_bytes_per_layer",
+	       tj_u64(hp->n_moe_layer ? s->expert_bytes_total / hp->n_moe_layer : 0));
+	tj_set(o, "routed_bytes_per_token", tj_u64(s->routed_bytes_per_token));
+	tj_set(o, "alignment", tj_u64(s->alignment));
+	tj_set(o, "extent_alignment", tj_u64(s->extent_alignment));
+	tj_set(o, "direct_in_place", tj_bool(s->extent_alignment >= DIRECT_ALIGN));
+	tj_set(o, "device_bytes_all",
+	       tj_u64(s->tensor_bytes - s->unused_bytes - s->streamed_rows_bytes));
+	for (uint32_t t = 0; t < MOE_TYPE_COUNT; t++)
+		if (s->type_tensors[t])
+			tj_set(types, moe_type_name(t), tj_u64(s->type_bytes[t]));
+	tj_set(o, "bytes_by_type", types);
 	if (ip->ok)
-		print_plan_json(ip);
-	printf("}\n");
+		plan_json(o, ip);
+	return tj_print(o);
 }
 
 static void print_text(const struct moe_model *m, const struct moe_hparams *hp,
@@ -226,10 +238,11 @@ int do_info(int argc, char **argv)
 			return ret;
 		}
 	}
+	ret = 0;
 	if (json_output)
-		print_json(m, &hp, &s, &ip);
+		ret = print_json(m, &hp, &s, &ip);
 	else
 		print_text(m, &hp, &s, &ip);
 	moe_model_close(m);
-	return 0;
+	return ret;
 }

@@ -67,14 +67,20 @@ int do_load(int argc, char **argv)
 	if (ret < 0)
 		goto err;
 	if (json_output) {
-		printf("{\"name\": ");
-		json_str(stdout, info.name);
-		printf(", \"id\": %u, \"extents\": %u, \"file_bytes\": %llu", info.id,
-		       info.n_extents, (unsigned long long)info.file_size);
-		if (warm)
-			printf(", \"warm_bytes\": %llu, \"warm_seconds\": %.3f",
-			       (unsigned long long)bytes, secs);
-		printf("}\n");
+		json_t *o = json_object();
+
+		tj_set(o, "name", tj_str(info.name));
+		tj_set(o, "id", tj_u64(info.id));
+		tj_set(o, "extents", tj_u64(info.n_extents));
+		tj_set(o, "file_bytes", tj_u64(info.file_size));
+		if (warm) {
+			tj_set(o, "warm_bytes", tj_u64(bytes));
+			tj_set(o, "warm_seconds", tj_real(secs));
+		}
+		if (tj_print(o)) {
+			moe_kmod_close(k);
+			return 1;
+		}
 	} else {
 		printf("registered '%s' as model %u: %u expert extents of %s\n", info.name, info.id,
 		       info.n_extents, argv[optind + 1]);

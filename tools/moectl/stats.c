@@ -162,6 +162,7 @@ int do_stats(int argc, char **argv)
 	};
 	const char *dir = NULL, *file = NULL, *trace = NULL;
 	bool json = json_output, csv = false;
+	json_t *doc = NULL, *layers = NULL;
 	struct moe_routestats_info info;
 	struct moe_routestats *rs = NULL;
 	char what[4096];
@@ -202,10 +203,13 @@ int do_stats(int argc, char **argv)
 		return ret;
 	moe_routestats_info(rs, &info);
 	if (json) {
-		printf("{\"source\": ");
-		json_str(stdout, what);
-		printf(", \"tokens\": %llu, \"n_layer\": %u, \"n_expert\": %u, \"layers\": [",
-		       (unsigned long long)info.tokens, info.n_layer, info.n_expert);
+		doc = json_object();
+		layers = json_array();
+		tj_set(doc, "source", tj_str(what));
+		tj_set(doc, "tokens", tj_u64(info.tokens));
+		tj_set(doc, "n_layer", tj_u64(info.n_layer));
+		tj_set(doc, "n_expert", tj_u64(info.n_expert));
+		tj_set(doc, "layers", json_incref(layers));
 	} else if (csv) {
 		printf("layer,tokens,entropy_bits,top1,top1_share,top2,top2_share,top3,top3_share,"
 		       "top4,top4_share,next_layer,transition,chance\n");
@@ -215,21 +219,31 @@ int do_stats(int argc, char **argv)
 		       "transition (chance)\n", what, (unsigned long long)info.tokens, info.n_layer,
 		       info.n_expert);
 	}
-	for (uint32_t l = 0, n = 0; l < info.n_layer; l++) {
+	for (uint32_t l = 0; l < info.n_layer; l++) {
 		struct layer_row r;
 
 		if (!moe_routestats_layer_tokens(rs, l))
 			continue;
 		layer_row(rs, l, info.n_expert, &r);
 		if (json) {
-			printf("%s{\"layer\": %u, \"tokens\": %llu, \"entropy\": %.4f, "
-			       "\"max_entropy\": %.4f, \"top\": [", n++ ? ", " : "", l,
-			       (unsigned long long)r.tokens, r.entropy, r.max_entropy);
-			for (int i = 0; i < TOP; i++)
-				printf("%s{\"expert\": %u, \"share\": %.4f}", i ? ", " : "", r.top[i],
-				       r.top_share[i]);
-			printf("], \"next_layer\": %d, \"transition\": %.4f, \"chance\": %.4f}",
-			       r.next, r.transition, r.chance);
+			json_t *o = json_object(), *top = json_array();
+
+			tj_set(o, "layer", tj_u64(l));
+			tj_set(o, "tokens", tj_u64(r.tokens));
+			tj_set(o, "entropy", tj_real(r.entropy));
+			tj_set(o, "max_entropy", tj_real(r.max_entropy));
+			for (int i = 0; i < TOP; i++) {
+				json_t *e = json_object();
+
+				tj_set(e, "expert", tj_u64(r.top[i]));
+				tj_set(e, "share", tj_real(r.top_share[i]));
+				tj_push(top, e);
+			}
+			tj_set(o, "top", top);
+			tj_set(o, "next_layer", tj_i64(r.next));
+			tj_set(o, "transition", tj_real(r.transition));
+			tj_set(o, "chance", tj_real(r.chance));
+			tj_push(layers, o);
 		} else if (csv) {
 			printf("%u,%llu,%.4f", l, (unsigned long long)r.tokens, r.entropy);
 			for (int i = 0; i < TOP; i++)
@@ -250,8 +264,7 @@ int do_stats(int argc, char **argv)
 				printf("-\n");
 		}
 	}
-	if (json)
-		printf("]}\n");
 	moe_routestats_free(rs);
-	return 0;
+	json_decref(layers);
+	return json ? tj_print(doc) : 0;
 }

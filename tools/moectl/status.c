@@ -23,18 +23,22 @@ static unsigned long long lat_p50_us(const struct moe_kmod_model_info *m)
 	return 1ull << (MOE_KMOD_LAT_BUCKETS - 1);
 }
 
-static void print_json(const struct moe_kmod_model_info *m, bool first)
+static json_t *model_json(const struct moe_kmod_model_info *m)
 {
-	printf("%s{\"id\": %u, \"name\": ", first ? "" : ", ", m->id);
-	json_str(stdout, m->name);
-	printf(", \"extents\": %u, \"file_bytes\": %llu, \"bytes\": %llu, \"requests\": %llu, "
-	       "\"errors\": %llu, \"inflight\": %llu, \"latency_us_log2_hist\": [", m->n_extents,
-	       (unsigned long long)m->file_size, (unsigned long long)m->bytes,
-	       (unsigned long long)m->requests, (unsigned long long)m->errors,
-	       (unsigned long long)m->inflight);
+	json_t *o = json_object(), *hist = json_array();
+
+	tj_set(o, "id", tj_u64(m->id));
+	tj_set(o, "name", tj_str(m->name));
+	tj_set(o, "extents", tj_u64(m->n_extents));
+	tj_set(o, "file_bytes", tj_u64(m->file_size));
+	tj_set(o, "bytes", tj_u64(m->bytes));
+	tj_set(o, "requests", tj_u64(m->requests));
+	tj_set(o, "errors", tj_u64(m->errors));
+	tj_set(o, "inflight", tj_u64(m->inflight));
 	for (int i = 0; i < MOE_KMOD_LAT_BUCKETS; i++)
-		printf("%s%llu", i ? ", " : "", (unsigned long long)m->lat_hist[i]);
-	printf("]}");
+		tj_push(hist, tj_u64(m->lat_hist[i]));
+	tj_set(o, "latency_us_log2_hist", hist);
+	return o;
 }
 
 int do_status(int argc, char **argv)
@@ -47,6 +51,7 @@ int do_status(int argc, char **argv)
 	struct moe_kmod_model_info m;
 	struct moe_kmod *k;
 	uint32_t id = 0;
+	json_t *doc = NULL, *models = NULL;
 	bool first = true;
 	char b1[32], b2[32];
 	int c, ret;
@@ -69,15 +74,19 @@ int do_status(int argc, char **argv)
 	ret = moe_kmod_open(&k);
 	if (ret < 0)
 		return fail("%s", moe_errmsg());
-	if (json_output)
-		printf("{\"driver\": \"moe\", \"models\": [");
-	else
+	if (json_output) {
+		doc = json_object();
+		models = json_array();
+		tj_set(doc, "driver", tj_str("moe"));
+		tj_set(doc, "models", json_incref(models));
+	} else {
 		printf("%-4s %-24s %8s %12s %12s %10s %7s %8s %9s\n", "ID", "NAME", "EXTENTS",
 		       "FILE", "READ", "REQUESTS", "ERRORS", "INFLIGHT", "P50(us)");
+	}
 	while ((ret = moe_kmod_next(k, id, &m)) == 0) {
 		id = m.id;
 		if (json_output) {
-			print_json(&m, first);
+			tj_push(models, model_json(&m));
 		} else {
 			printf("%-4u %-24s %8u %12s %12s %10llu %7llu %8llu %9llu\n", m.id, m.name,
 			       m.n_extents, human_bytes(m.file_size, b1, sizeof(b1)),
@@ -87,12 +96,16 @@ int do_status(int argc, char **argv)
 		}
 		first = false;
 	}
-	if (json_output)
-		printf("]}\n");
-	else if (first)
-		printf("(no models registered: `moectl load NAME MODEL` as root)\n");
 	moe_kmod_close(k);
-	if (ret != -ENOENT)
+	if (ret != -ENOENT) {
+		json_decref(models);
+		json_decref(doc);
 		return fail("%s", moe_errmsg());
+	}
+	json_decref(models);
+	if (json_output)
+		return tj_print(doc);
+	if (first)
+		printf("(no models registered: `moectl load NAME MODEL` as root)\n");
 	return 0;
 }

@@ -62,63 +62,6 @@ static char *read_stdin(size_t *len)
 	return buf;
 }
 
-/* Length of the valid UTF-8 sequence at @s, 0 if it is not one. */
-static size_t utf8_seq(const unsigned char *s, size_t len)
-{
-	size_t n = s[0] < 0x80 ? 1 : s[0] < 0xc2 ? 0 : s[0] < 0xe0 ? 2 : s[0] < 0xf0 ? 3 :
-		   s[0] < 0xf5 ? 4 : 0;
-	unsigned lo = 0x80, hi = 0xbf;
-
-	if (!n || n > len)
-		return 0;
-	/* The second byte's range rules out overlong forms, surrogates and > U+10FFFF. */
-	if (s[0] == 0xe0)
-		lo = 0xa0;
-	else if (s[0] == 0xed)
-		hi = 0x9f;
-	else if (s[0] == 0xf0)
-		lo = 0x90;
-	else if (s[0] == 0xf4)
-		hi = 0x8f;
-	if (n > 1 && (s[1] < lo || s[1] > hi))
-		return 0;
-	for (size_t i = 2; i < n; i++)
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-	return n;
-}
-
-/*
- * A piece as a JSON string: a byte that is not UTF-8 on its own (half of a
- * character split across tokens) or is NUL becomes U+FFFD; the ids are exact.
- */
-static void json_piece(const char *p, size_t len)
-{
-	char *clean = malloc(len * 3 + 1);
-	size_t o = 0;
-
-	if (!clean) {
-		json_str(stdout, "");
-		return;
-	}
-	for (size_t i = 0; i < len;) {
-		size_t n = utf8_seq((const unsigned char *)p + i, len - i);
-
-		if (n && p[i]) {
-			memcpy(clean + o, p + i, n);
-			o += n;
-			i += n;
-		} else {
-			memcpy(clean + o, "\xef\xbf\xbd", 3);
-			o += 3;
-			i++;
-		}
-	}
-	clean[o] = 0;
-	json_str(stdout, clean);
-	free(clean);
-}
-
 static int tok_usage(const char *cmd)
 {
 	if (!strcmp(cmd, "tokenize"))
@@ -202,22 +145,31 @@ int do_tokenize(int argc, char **argv)
 		goto out;
 	}
 	if (json_output) {
-		printf("{\"count\": %d, \"ids\": [", n);
+		json_t *o = json_object(), *jids = json_array(), *pieces = json_array();
+
+		tj_set(o, "count", tj_i64(n));
 		for (int i = 0; i < n; i++)
-			printf("%s%d", i ? ", " : "", ids[i]);
-		printf("], \"pieces\": [");
+			tj_push(jids, tj_i64(ids[i]));
+		/*
+		 * A piece that is not UTF-8 on its own (half of a character split
+		 * across tokens) shows U+FFFD where the bytes were; the ids are exact.
+		 */
 		for (int i = 0; i < n; i++) {
 			int pl = moe_token_to_piece(t, ids[i], NULL, 0);
-			char *p = malloc((size_t)pl + 1);
+			char *p = pl >= 0 ? malloc((size_t)pl + 1) : NULL;
 
-			printf("%s", i ? ", " : "");
 			if (p && moe_token_to_piece(t, ids[i], p, pl) == pl)
-				json_piece(p, (size_t)pl);
+				tj_push(pieces, tj_strn(p, (size_t)pl));
 			else
-				json_str(stdout, "");
+				tj_push(pieces, tj_str(""));
 			free(p);
 		}
-		printf("]}\n");
+		tj_set(o, "ids", jids);
+		tj_set(o, "pieces", pieces);
+		if (tj_print(o)) {
+			ret = 1;
+			goto out;
+		}
 	} else {
 		for (int i = 0; i < n; i++)
 			printf("%s%d", i ? " " : "", ids[i]);
@@ -274,9 +226,13 @@ int do_detokenize(int argc, char **argv)
 	}
 	buf[len] = 0;
 	if (json_output) {
-		printf("{\"text\": ");
-		json_str(stdout, buf);
-		printf("}\n");
+		json_t *o = json_object();
+
+		tj_set(o, "text", tj_strn(buf, (size_t)len));
+		if (tj_print(o)) {
+			ret = 1;
+			goto out;
+		}
 	} else {
 		fwrite(buf, 1, (size_t)len, stdout);
 		if (isatty(STDOUT_FILENO))

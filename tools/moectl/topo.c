@@ -53,40 +53,45 @@ static void print_text(const struct moe_topo_info *ti, const struct moe_topo_nod
 	}
 }
 
-static void print_json(const struct moe_topo_info *ti, const struct moe_topo_node *nodes,
-		       int n_nodes, const struct moe_topo_device *devs, int n_devs,
-		       const char *path, const struct moe_topo_device *pd, int path_node)
+static int print_json(const struct moe_topo_info *ti, const struct moe_topo_node *nodes,
+		      int n_nodes, const struct moe_topo_device *devs, int n_devs,
+		      const char *path, const struct moe_topo_device *pd, int path_node)
 {
-	printf("{\"hwloc\": ");
-	json_str(stdout, ti->hwloc_version);
-	printf(", \"packages\": %u, \"cores\": %u, \"pus\": %u, \"numa_nodes\": [", ti->n_packages,
-	       ti->n_cores, ti->n_pus);
+	json_t *o = json_object(), *jn = json_array(), *jd = json_array();
+
+	tj_set(o, "hwloc", tj_str(ti->hwloc_version));
+	tj_set(o, "packages", tj_u64(ti->n_packages));
+	tj_set(o, "cores", tj_u64(ti->n_cores));
+	tj_set(o, "pus", tj_u64(ti->n_pus));
 	for (int i = 0; i < n_nodes && i < MAX_NODES; i++) {
-		printf("%s{\"node\": %d, \"cpus\": ", i ? ", " : "", nodes[i].node);
-		json_str(stdout, nodes[i].cpus);
-		printf(", \"mem_bytes\": %llu}", (unsigned long long)nodes[i].mem_bytes);
+		json_t *n = json_object();
+
+		tj_set(n, "node", tj_i64(nodes[i].node));
+		tj_set(n, "cpus", tj_str(nodes[i].cpus));
+		tj_set(n, "mem_bytes", tj_u64(nodes[i].mem_bytes));
+		tj_push(jn, n);
 	}
-	printf("], \"devices\": [");
+	tj_set(o, "numa_nodes", jn);
 	for (int i = 0; i < n_devs && i < MAX_DEVS; i++) {
-		printf("%s{\"name\": ", i ? ", " : "");
-		json_str(stdout, devs[i].name);
-		printf(", \"kind\": ");
-		json_str(stdout, devs[i].kind);
-		printf(", \"pci\": ");
-		json_str(stdout, devs[i].pci);
-		printf(", \"numa_node\": %d}", devs[i].numa_node);
+		json_t *d = json_object();
+
+		tj_set(d, "name", tj_str(devs[i].name));
+		tj_set(d, "kind", tj_str(devs[i].kind));
+		tj_set(d, "pci", tj_str(devs[i].pci));
+		tj_set(d, "numa_node", tj_i64(devs[i].numa_node));
+		tj_push(jd, d);
 	}
-	printf("]");
+	tj_set(o, "devices", jd);
 	if (path) {
-		printf(", \"path\": {\"path\": ");
-		json_str(stdout, path);
-		printf(", \"device\": ");
-		json_str(stdout, pd->name);
-		printf(", \"kind\": ");
-		json_str(stdout, pd->kind);
-		printf(", \"numa_node\": %d}", path_node);
+		json_t *p = json_object();
+
+		tj_set(p, "path", tj_str(path));
+		tj_set(p, "device", tj_str(pd->name));
+		tj_set(p, "kind", tj_str(pd->kind));
+		tj_set(p, "numa_node", tj_i64(path_node));
+		tj_set(o, "path", p);
 	}
-	printf("}\n");
+	return tj_print(o);
 }
 
 int do_topo(int argc, char **argv)
@@ -145,10 +150,11 @@ int do_topo(int argc, char **argv)
 		if (path_node < 0)
 			path_node = -1;
 	}
+	ret = 0;
 	if (json_output)
-		print_json(&ti, nodes, n_nodes, devs, n_devs, path, &pd, path_node);
+		ret = print_json(&ti, nodes, n_nodes, devs, n_devs, path, &pd, path_node);
 	else
 		print_text(&ti, nodes, n_nodes, devs, n_devs, path, &pd, path_node);
 	free(devs);
-	return 0;
+	return ret;
 }

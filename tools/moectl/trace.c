@@ -128,7 +128,7 @@ static int expert_bytes_of(const char *path, uint64_t *out)
 	return 0;
 }
 
-static void print_row(bool json, bool first, const char *pol, const char *pf, uint32_t slots,
+static void print_row(json_t *rows, const char *pol, const char *pf, uint32_t slots,
 		      const struct moe_sim_result *r, const struct moe_sim_result *opt)
 {
 	double rm = opt && opt->miss_bytes_per_token > 0 ?
@@ -136,22 +136,27 @@ static void print_row(bool json, bool first, const char *pol, const char *pf, ui
 	double rf = opt && opt->fetched_bytes_per_token > 0 ?
 		    r->fetched_bytes_per_token / opt->fetched_bytes_per_token : 0;
 
-	if (json) {
-		printf("%s\n  {\"policy\": ", first ? "" : ",");
-		json_str(stdout, pol);
-		printf(", \"prefetch\": ");
-		json_str(stdout, pf);
-		printf(", \"slots\": %u, \"hit_rate\": %.6f, \"miss_bytes_per_token\": %.6f, "
-		       "\"fetched_bytes_per_token\": %.6f, \"prefetch_precision\": %.6f, "
-		       "\"prefetch_recall\": %.6f, \"tokens_per_s\": %.3f, "
-		       "\"read_bytes_per_token\": %.6f, \"miss_vs_belady\": %.4f, "
-		       "\"fetched_vs_belady\": %.4f, \"tokens\": %llu, \"prefetches\": %llu, "
-		       "\"prefetch_late\": %llu, \"prefetch_cancelled\": %llu, \"stall_s\": %.6f}",
-		       slots, r->hit_rate, r->miss_bytes_per_token, r->fetched_bytes_per_token,
-		       r->prefetch_precision, r->prefetch_recall, r->tokens_per_s,
-		       r->read_bytes_per_token, rm, rf, (unsigned long long)r->tokens,
-		       (unsigned long long)r->prefetches, (unsigned long long)r->prefetch_late,
-		       (unsigned long long)r->prefetch_cancelled, r->stall_s);
+	if (rows) {
+		json_t *o = json_object();
+
+		tj_set(o, "policy", tj_str(pol));
+		tj_set(o, "prefetch", tj_str(pf));
+		tj_set(o, "slots", tj_u64(slots));
+		tj_set(o, "hit_rate", tj_real(r->hit_rate));
+		tj_set(o, "miss_bytes_per_token", tj_real(r->miss_bytes_per_token));
+		tj_set(o, "fetched_bytes_per_token", tj_real(r->fetched_bytes_per_token));
+		tj_set(o, "prefetch_precision", tj_real(r->prefetch_precision));
+		tj_set(o, "prefetch_recall", tj_real(r->prefetch_recall));
+		tj_set(o, "tokens_per_s", tj_real(r->tokens_per_s));
+		tj_set(o, "read_bytes_per_token", tj_real(r->read_bytes_per_token));
+		tj_set(o, "miss_vs_belady", tj_real(rm));
+		tj_set(o, "fetched_vs_belady", tj_real(rf));
+		tj_set(o, "tokens", tj_u64(r->tokens));
+		tj_set(o, "prefetches", tj_u64(r->prefetches));
+		tj_set(o, "prefetch_late", tj_u64(r->prefetch_late));
+		tj_set(o, "prefetch_cancelled", tj_u64(r->prefetch_cancelled));
+		tj_set(o, "stall_s", tj_real(r->stall_s));
+		tj_push(rows, o);
 		return;
 	}
 	printf("%-28s %-28s %6u %6.3f %10.3f %10.3f %5.2f %5.2f %6.3f %6.3f", pol, pf, slots,
@@ -167,7 +172,7 @@ static int simulate(const char *path, struct sim_opts *o, bool json)
 	struct moe_routestats *stats = NULL;
 	struct moe_trace_info ti;
 	struct moe_trace *t;
-	bool first = true;
+	json_t *rows = NULL;
 	int ret;
 
 	ret = moe_trace_open(path, &t);
@@ -188,7 +193,7 @@ static int simulate(const char *path, struct sim_opts *o, bool json)
 		       o->expert_bytes ? "fetch B/tok" : "fetch/tok", "xmiss", "xfet", "prec",
 		       "recall", o->read_gbps > 0 && o->layer_us > 0 ? "  tokens/s" : "");
 	else
-		printf("[");
+		rows = json_array();
 	for (uint32_t si = 0; si < o->n_slots && !ret; si++) {
 		uint32_t slots = o->slot_pct[si] > 0 ?
 				 (uint32_t)lround(o->slot_pct[si] / 100.0 * ti.n_routed *
@@ -205,8 +210,7 @@ static int simulate(const char *path, struct sim_opts *o, bool json)
 		ret = moe_sim_run(t, &p, &opt);
 		if (ret < 0)
 			break;
-		print_row(json, first, "belady", "none", slots, &opt, &opt);
-		first = false;
+		print_row(rows, "belady", "none", slots, &opt, &opt);
 		for (uint32_t i = 0; i < o->n_policies && !ret; i++)
 			for (uint32_t j = 0; j < o->n_prefetchers && !ret; j++) {
 				p.policy = o->policies[i];
@@ -218,17 +222,19 @@ static int simulate(const char *path, struct sim_opts *o, bool json)
 					continue;
 				}
 				if (!ret)
-					print_row(json, false, o->policies[i], o->prefetchers[j], slots,
-						  &r, &opt);
+					print_row(rows, o->policies[i], o->prefetchers[j], slots, &r,
+						  &opt);
 			}
 	}
-	if (json && !ret)
-		printf("\n]\n");
 	if (ret < 0)
 		fprintf(stderr, "moectl: %s\n", moe_errmsg());
 	moe_routestats_free(stats);
 	moe_trace_free(t);
-	return ret < 0 ? 1 : 0;
+	if (ret < 0) {
+		json_decref(rows);
+		return 1;
+	}
+	return json ? tj_print(rows) : 0;
 }
 
 static int do_simulate(int argc, char **argv)
@@ -343,23 +349,24 @@ static int do_simulate(int argc, char **argv)
 	return simulate(argv[optind], &o, json);
 }
 
-static int do_trace_help(int argc, char **argv)
-{
-	(void)argc;
-	(void)argv;
-	printf("usage: moectl trace simulate TRACE --slots N[,N...] [OPTIONS]\n"
-	       "       moectl trace simulate --help\n");
-	return 0;
-}
+static int do_trace_help(int argc, char **argv);
 
 static const struct cmd trace_cmds[] = {
 	{ "simulate", do_simulate, "simulate TRACE --slots N   replay against every policy" },
-	{ "help", do_trace_help, "help" },
+	{ "help", do_trace_help, "help                       this text" },
 	{ 0 },
 };
 
+static int do_trace_help(int argc, char **argv)
+{
+	(void)argv;
+	if (argc > 1)
+		return usage_error("trace help: no arguments expected");
+	cmd_help(trace_cmds, "moectl trace", stdout);
+	return 0;
+}
+
 int do_trace(int argc, char **argv)
 {
-	optind = 0;
 	return cmd_select(trace_cmds, argc - 1, argv + 1, "moectl trace");
 }

@@ -24,7 +24,12 @@ int do_unload(int argc, char **argv)
 	moe_kmod_close(k);
 	if (ret < 0)
 		return fail("%s", moe_errmsg());
-	if (!json_output)
-		printf("unregistered '%s'\n", argv[1]);
+	if (json_output) {
+		json_t *o = json_object();
+
+		tj_set(o, "unregistered", tj_str(argv[1]));
+		return tj_print(o);
+	}
+	printf("unregistered '%s'\n", argv[1]);
 	return 0;
 }

@@ -428,13 +428,23 @@ int bench_io(int argc, char **argv)
 		snprintf(where, sizeof(where), "no block device (tmpfs?)");
 
 	if (json) {
-		printf("{\"engine_gbps\": %.4f, \"pread_gbps\": %.4f, \"mmap_gbps\": %.4f, "
-		       "\"engine_vs_pread\": %.4f, \"engine_vs_mmap\": %.4f, \"bytes\": %llu, "
-		       "\"extents\": %zu, \"extent_bytes_max\": %llu, \"from_model\": %s, "
-		       "\"drop_caches\": %s, \"engine\": \"%s\"}\n",
-		       ge, gp, gm, ge / gp, ge / gm, (unsigned long long)r.bytes, r.n,
-		       (unsigned long long)r.max_len, from_model ? "true" : "false",
-		       r.dropped_all ? "true" : "false", desc);
+		json_t *o = json_object();
+
+		tj_set(o, "engine_gbps", tj_real(ge));
+		tj_set(o, "pread_gbps", tj_real(gp));
+		tj_set(o, "mmap_gbps", tj_real(gm));
+		tj_set(o, "engine_vs_pread", tj_real(ge / gp));
+		tj_set(o, "engine_vs_mmap", tj_real(ge / gm));
+		tj_set(o, "bytes", tj_u64(r.bytes));
+		tj_set(o, "extents", tj_u64(r.n));
+		tj_set(o, "extent_bytes_max", tj_u64(r.max_len));
+		tj_set(o, "from_model", tj_bool(from_model));
+		tj_set(o, "drop_caches", tj_bool(r.dropped_all));
+		tj_set(o, "engine", tj_str(desc));
+		if (tj_print(o)) {
+			free(r.ext);
+			return 1;
+		}
 	} else {
 		printf("moe-bench io: %s: %zu extents, %.1f MiB in all, largest %.2f MiB (%s), "
 		       "random order\n", r.path, r.n, r.bytes / 1048576.0, r.max_len / 1048576.0,
@@ -451,4 +461,29 @@ int bench_io(int argc, char **argv)
 	}
 	free(r.ext);
 	return 0;
+}
+
+double bench_engine_gbps(const char *path, uint64_t limit, char *desc, size_t dlen)
+{
+	struct moe_io_opts o;
+	struct run r = { .path = path, .fadvise_only = true };
+	double t;
+	int ret;
+
+	moe_io_opts_init(&o);
+	ret = extents_from_model(&r, limit);
+	if (ret <= 0) {
+		free(r.ext);
+		snprintf(desc, dlen, "%s: %s", path, ret < 0 ? "out of memory" :
+			 "no routed experts to read");
+		return -1;
+	}
+	shuffle(r.ext, r.n, 1);
+	t = run_engine(&r, &o, desc, dlen);
+	free(r.ext);
+	if (t <= 0) {
+		snprintf(desc, dlen, "%s: the I/O engine's reads failed (see above)", path);
+		return -1;
+	}
+	return (double)r.bytes / t / 1e9;
 }

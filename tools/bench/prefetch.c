@@ -68,23 +68,30 @@ static double distance(const struct moe_sim_result *r, const struct moe_sim_resu
 	return m > f ? m : f;
 }
 
-static void print_row(bool json, bool *first, const char *trace, double pct, uint32_t slots,
+static void print_row(json_t *rows, const char *trace, double pct, uint32_t slots,
 		      const char *role, const struct row *w, const struct moe_sim_result *opt)
 {
 	const struct moe_sim_result *r = &w->r;
 	double xm = r->miss_bytes_per_token / opt->miss_bytes_per_token;
 	double xf = r->fetched_bytes_per_token / opt->fetched_bytes_per_token;
 
-	if (json) {
-		printf("%s\n  {\"trace\": \"%s\", \"share\": %.0f, \"slots\": %u, \"role\": \"%s\", "
-		       "\"policy\": \"%s\", \"prefetch\": \"%s\", \"hit_rate\": %.4f, "
-		       "\"miss_bytes_per_token\": %.4f, \"fetched_bytes_per_token\": %.4f, "
-		       "\"miss_vs_belady\": %.3f, \"fetched_vs_belady\": %.3f, "
-		       "\"prefetch_precision\": %.4f, \"prefetch_recall\": %.4f}", *first ? "" : ",",
-		       trace, pct, slots, role, w->policy, w->prefetch, r->hit_rate,
-		       r->miss_bytes_per_token, r->fetched_bytes_per_token, xm, xf,
-		       r->prefetch_precision, r->prefetch_recall);
-		*first = false;
+	if (rows) {
+		json_t *o = json_object();
+
+		tj_set(o, "trace", tj_str(trace));
+		tj_set(o, "share", tj_real(pct));
+		tj_set(o, "slots", tj_u64(slots));
+		tj_set(o, "role", tj_str(role));
+		tj_set(o, "policy", tj_str(w->policy));
+		tj_set(o, "prefetch", tj_str(w->prefetch));
+		tj_set(o, "hit_rate", tj_real(r->hit_rate));
+		tj_set(o, "miss_bytes_per_token", tj_real(r->miss_bytes_per_token));
+		tj_set(o, "fetched_bytes_per_token", tj_real(r->fetched_bytes_per_token));
+		tj_set(o, "miss_vs_belady", tj_real(xm));
+		tj_set(o, "fetched_vs_belady", tj_real(xf));
+		tj_set(o, "prefetch_precision", tj_real(r->prefetch_precision));
+		tj_set(o, "prefetch_recall", tj_real(r->prefetch_recall));
+		tj_push(rows, o);
 		return;
 	}
 	printf("  %3.0f%% %5u  %-7s %-18s %-22s %8.2f %8.2f  %5.2f %5.2f  %5.3f %5.3f\n", pct, slots,
@@ -93,7 +100,7 @@ static void print_row(bool json, bool *first, const char *trace, double pct, uin
 }
 
 static int bench_trace(const char *path, const double *pct, uint32_t n_pct, uint64_t bytes,
-		       bool json, bool *first)
+		       json_t *out)
 {
 	struct moe_routestats *learned = NULL;
 	struct moe_trace_info ti;
@@ -116,7 +123,7 @@ static int bench_trace(const char *path, const double *pct, uint32_t n_pct, uint
 		return 1;
 	}
 	ret = moe_routestats_from_trace(t, 0, half, &learned);
-	if (!json)
+	if (!out)
 		printf("%s: %u sequences (%llu tokens), %u routed layers x %u experts, top-%u%s; "
 		       "tuned on sequences 0..%u, reported on %u..%u\n"
 		       "  share slots  role    policy             prefetch               "
@@ -160,10 +167,10 @@ static int bench_trace(const char *path, const double *pct, uint32_t n_pct, uint
 				  rows[j].prefetch, &rows[j].r);
 		if (ret)
 			break;
-		print_row(json, first, name, pct[i], slots, "optimum", &rows[0], &rows[0].r);
-		print_row(json, first, name, pct[i], slots, "lru", &rows[1], &rows[0].r);
-		print_row(json, first, name, pct[i], slots, "best", &rows[2], &rows[0].r);
-		if (!json) {
+		print_row(out, name, pct[i], slots, "optimum", &rows[0], &rows[0].r);
+		print_row(out, name, pct[i], slots, "lru", &rows[1], &rows[0].r);
+		print_row(out, name, pct[i], slots, "best", &rows[2], &rows[0].r);
+		if (!out) {
 			const struct moe_sim_result *b = &rows[2].r, *o = &rows[0].r;
 
 			printf("  %27s targets: miss <= %.2fx %s, fetched <= %.1fx %s, precision >= "
@@ -193,7 +200,8 @@ int bench_prefetch(int argc, char **argv)
 	double pct[8] = { 10, 25, 50 };
 	uint32_t n_pct = 3;
 	uint64_t bytes = 0;
-	bool json = false, first = true;
+	bool json = false;
+	json_t *rows = NULL;
 	int c, ret = 0;
 
 	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
@@ -240,10 +248,12 @@ int bench_prefetch(int argc, char **argv)
 		return 2;
 	}
 	if (json)
-		printf("[");
+		rows = json_array();
 	for (int i = optind; i < argc && !ret; i++)
-		ret = bench_trace(argv[i], pct, n_pct, bytes, json, &first);
-	if (json)
-		printf("\n]\n");
-	return ret;
+		ret = bench_trace(argv[i], pct, n_pct, bytes, rows);
+	if (ret) {
+		json_decref(rows);
+		return ret;
+	}
+	return json ? tj_print(rows) : 0;
 }

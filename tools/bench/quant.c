@@ -133,7 +133,8 @@ int bench_quant(int argc, char **argv)
 	};
 	uint32_t types[sizeof(bench_types) / sizeof(bench_types[0])];
 	size_t n_types = 0, bytes;
-	int json = 0, mib = 256, threads = 0, reps = 5, c, ret = 1, first = 1;
+	int json = 0, mib = 256, threads = 0, reps = 5, c, ret = 1;
+	json_t *doc = NULL, *results = NULL;
 	uint32_t u;
 	struct moe_threadpool *one = NULL, *all = NULL;
 	double read1, readn, incache = 0;
@@ -208,8 +209,14 @@ int bench_quant(int argc, char **argv)
 	readn = bench_read_gbps(all, buf, bytes);
 	cpu_model(cpu, sizeof(cpu));
 	if (json) {
-		printf("{\"cpu\": \"%s\", \"kernels\": \"%s\", \"mib\": %d, \"cols\": %d, "
-		       "\"threads\": %d, \"results\": [", cpu, moe_cpu_isa(), mib, COLS, threads);
+		doc = json_object();
+		results = json_array();
+		tj_set(doc, "cpu", tj_str(cpu));
+		tj_set(doc, "kernels", tj_str(moe_cpu_isa()));
+		tj_set(doc, "mib", tj_i64(mib));
+		tj_set(doc, "cols", tj_i64(COLS));
+		tj_set(doc, "threads", tj_i64(threads));
+		tj_set(doc, "results", json_incref(results));
 	} else {
 		printf("cpu: %s\nkernels: %s%s\nweights: %d MiB per type, rows of %d, best of %d\n",
 		       cpu, moe_cpu_isa(), getenv("MOE_CPU_ISA") || getenv("MOE_NO_SIMD") ?
@@ -250,25 +257,36 @@ int bench_quant(int argc, char **argv)
 				read1 = MAX(read1, rd);
 			if (!k)
 				incache = incache_once(type, buf, (size_t)rb, x, y, reps);
-			if (json)
-				printf("%s{\"type\": \"%s\", \"threads\": %d, \"gbps\": %.3f, "
-				       "\"read_gbps\": %.3f, \"ratio\": %.3f, \"incache_gbps\": %.3f}",
-				       first ? "" : ", ", moe_type_name(type), nth, gbps, rd, gbps / rd,
-				       incache);
-			else
+			if (json) {
+				json_t *o = json_object();
+
+				tj_set(o, "type", tj_str(moe_type_name(type)));
+				tj_set(o, "threads", tj_i64(nth));
+				tj_set(o, "gbps", tj_real(gbps));
+				tj_set(o, "read_gbps", tj_real(rd));
+				tj_set(o, "ratio", tj_real(gbps / rd));
+				tj_set(o, "incache_gbps", tj_real(incache));
+				tj_push(results, o);
+			} else {
 				printf("%-6s %8d %8.2f %8.2f %6.2f %8.2f\n", moe_type_name(type), nth,
 				       gbps, rd, gbps / rd, incache);
-			first = 0;
-			fflush(stdout);
+				fflush(stdout);
+			}
 		}
 	}
-	if (json)
-		printf("], \"read_gbps\": %.3f, \"read_gbps_1thread\": %.3f}\n", readn, read1);
-	else
+	if (json) {
+		tj_set(doc, "read_gbps", tj_real(readn));
+		tj_set(doc, "read_gbps_1thread", tj_real(read1));
+		ret = tj_print(doc);
+		doc = NULL;
+	} else {
 		printf("plain read, best seen: %.2f GB/s on 1 thread, %.2f GB/s on %d threads\n",
 		       read1, readn, threads);
-	ret = 0;
+		ret = 0;
+	}
 out:
+	json_decref(results);
+	json_decref(doc);
 	moe_threadpool_destroy(one);
 	moe_threadpool_destroy(all);
 	free(buf);

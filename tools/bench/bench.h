@@ -4,7 +4,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
+#include "json.h"
 #include "tool.h"
 
 struct moe_threadpool;
@@ -13,6 +15,14 @@ struct moe_threadpool;
 double bench_now(void);
 /* GB/s of one pass of plain reads (a sum) over @bytes on the pool's threads: the baseline. */
 double bench_read_gbps(struct moe_threadpool *tp, const void *buf, size_t bytes);
+
+/*
+ * Read bandwidth of the I/O engine on @path's routed experts (up to @limit
+ * bytes of them, in random order, the file's pages dropped first with
+ * fadvise): GB/s, with the engine's description in @desc; -1 with the
+ * reason in @desc.
+ */
+double bench_engine_gbps(const char *path, uint64_t limit, char *desc, size_t dlen);
 
 struct bench_cmd {
 	const char *name;

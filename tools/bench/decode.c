@@ -178,17 +178,32 @@ int bench_decode(int argc, char **argv)
 	bw = read_bandwidth(threads);
 	bound = bw * 1e9 / touched;
 	if (json) {
-		printf("{\"model\":\"%s\",\"bytes_per_token\":%llu,\"read_gbps\":%.3f,"
-		       "\"bound_tps\":%.3f,\"resident_tps\":%.3f,\"ratio\":%.3f",
-		       argv[optind], (unsigned long long)touched, bw, bound, full.tps,
-		       full.tps / bound);
-		for (int i = 0; i < 2; i++)
-			printf(",\"vram%d\":{\"vram_bytes\":%llu,\"slots\":%u,\"experts\":%u,"
-			       "\"tps\":%.3f,\"hit_rate\":%.4f,\"file_gbps\":%.3f,\"stall_s\":%.3f}",
-			       (int)(fracs[i] * 100), (unsigned long long)part[i].vram_used,
-			       part[i].n_slots, part[i].n_experts, part[i].tps, part[i].hit_rate,
-			       part[i].read_gbps, part[i].stall_s);
-		printf("}\n");
+		json_t *o = json_object();
+
+		tj_set(o, "model", tj_str(argv[optind]));
+		tj_set(o, "bytes_per_token", tj_u64(touched));
+		tj_set(o, "read_gbps", tj_real(bw));
+		tj_set(o, "bound_tps", tj_real(bound));
+		tj_set(o, "resident_tps", tj_real(full.tps));
+		tj_set(o, "ratio", tj_real(full.tps / bound));
+		for (int i = 0; i < 2; i++) {
+			json_t *v = json_object();
+			char key[16];
+
+			tj_set(v, "vram_bytes", tj_u64(part[i].vram_used));
+			tj_set(v, "slots", tj_u64(part[i].n_slots));
+			tj_set(v, "experts", tj_u64(part[i].n_experts));
+			tj_set(v, "tps", tj_real(part[i].tps));
+			tj_set(v, "hit_rate", tj_real(part[i].hit_rate));
+			tj_set(v, "file_gbps", tj_real(part[i].read_gbps));
+			tj_set(v, "stall_s", tj_real(part[i].stall_s));
+			snprintf(key, sizeof(key), "vram%d", (int)(fracs[i] * 100));
+			tj_set(o, key, v);
+		}
+		if (tj_print(o)) {
+			moe_model_close(m);
+			return 1;
+		}
 	} else {
 		printf("model %s: %.1f MiB of weights per token\n", argv[optind],
 		       touched / 1048576.0);
