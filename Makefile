@@ -118,9 +118,14 @@ SELFTEST_FATBIN := $(if $(NVCC),$(BUILD)/cuda/selftest.fatbin)
 STATIC_LIB := $(BUILD)/lib/libmoe.a
 SHARED_LIB := $(BUILD)/lib/libmoe.so
 SONAME := libmoe.so.0
+# The release: libmoe.pc's Version and the installed library's file name.
+MOE_MAJOR := $(shell sed -n 's/^\#define MOE_VERSION_MAJOR //p' include/moe/moe.h)
+MOE_MINOR := $(shell sed -n 's/^\#define MOE_VERSION_MINOR //p' include/moe/moe.h)
+LIB_VERSION := $(MOE_MAJOR).$(MOE_MINOR).0
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: demo all lib tools check fuzz fuzz-build kmod kmod-build vm-check deps clean help
+.PHONY: demo all lib tools check fuzz fuzz-build kmod kmod-build vm-check deps clean help \
+	install uninstall
 all: lib tools
 
 # The README's first command: build, generate a model, run it on a budget.
@@ -128,7 +133,8 @@ demo: all
 	@sh scripts/demo.sh $(BUILD)
 
 help:
-	@echo "targets: all (default), demo, check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod, vm-check, clean"
+	@echo "targets: all (default), demo, check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod, vm-check,"
+	@echo "         install PREFIX=... DESTDIR=..., uninstall (same variables), clean"
 
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP): scripts/deps.sh
@@ -200,9 +206,11 @@ $(SHARED_LIB): $(LIB_OBJS) libmoe/libmoe.map
 		-Wl,--no-undefined -o $@.0 $(LIB_OBJS) $(LIBS)
 	ln -sf libmoe.so.0 $@
 
+# The build tree's libmoe.pc points at the build tree, the installed one at PREFIX.
 $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
 	@mkdir -p $(@D)
-	sed -e 's|@PREFIX@|$(abspath $(BUILD))|' -e 's|@INCDIR@|$(CURDIR)/include|' $< > $@
+	sed -e 's|@PREFIX@|$(abspath $(BUILD))|' -e 's|@LIBDIR@|$${prefix}/lib|' \
+		-e 's|@INCDIR@|$(CURDIR)/include|' -e 's|@VERSION@|$(LIB_VERSION)|' $< > $@
 
 # A tool is one file or one folder, plus the code every tool shares in
 # tools/common; all link the static library so the binaries run from the
@@ -233,12 +241,20 @@ $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
 
+# moe.h compiled as C++ (tests/platform/cxx_header.cc): pedantic, warnings are errors.
+CXX_HEADER_TEST := $(BUILD)/tests/cxx-header
+$(CXX_HEADER_TEST): tests/platform/cxx_header.cc include/moe/moe.h $(STATIC_LIB)
+	@mkdir -p $(@D)
+	$(CXX) -std=c++11 -Wall -Wextra -pedantic -Werror -Iinclude $(CXXFLAGS) $(SAN_CXXFLAGS) \
+		-o $@ $< $(STATIC_LIB) $(LIBS)
+
 # The driver's VM tests run first (their own "N passed, N failed, N did not run" line), the
 # unit runner last; both always run and either failing fails the check.  Routing
 # statistics the tools save go under the build tree, not the user's home.
-check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SELFTEST_FATBIN)
+check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SELFTEST_FATBIN) $(CXX_HEADER_TEST)
 	@vm=0; $(MAKE) --no-print-directory vm-check || vm=$$?; \
 	MOE_BIN=$(abspath $(BUILD)/bin) MOE_SRC=$(CURDIR) MOE_SHARED=$(SHARED) \
+		MOE_CC="$(CC)" MOE_MAKE="$(MAKE)" MOE_SAN_LDFLAGS="$(SAN_LDFLAGS)" \
 		MOE_BUILD=$(abspath $(BUILD)) MOE_STATE_DIR=$(abspath $(BUILD))/tmp/state \
 		$(BUILD)/tests/unit-tests || exit 1; \
 	[ $$vm -eq 0 ] || { echo "make check: the driver's VM tests failed (see above)"; exit 1; }
@@ -259,6 +275,68 @@ kmod-build:
 vm-check: tools
 	+@MAKE="$(MAKE)" MOE_BIN=$(abspath $(BUILD)/bin) MOE_VM_LDFLAGS="$(SAN_LDFLAGS)" \
 		sh tests/vm/run.sh $(BUILD)/vm
+
+# make install: the library (static, shared with its soname links), the public
+# headers, libmoe.pc, the tools, the man pages that exist, the udev rule and
+# the DKMS source tree of the driver.  make uninstall removes exactly the
+# files of that list, then the directories install made if they are empty.
+# Every directory is a variable, for distributions that place them elsewhere
+# (UDEVRULESDIR=/usr/lib/udev/rules.d, DKMSDIR=/usr/src/moe-1.0).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR ?= $(PREFIX)/share/man
+UDEVRULESDIR ?= $(PREFIX)/lib/udev/rules.d
+DKMS_VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' kmod/dkms.conf)
+DKMSDIR ?= $(PREFIX)/src/moe-$(DKMS_VERSION)
+INSTALL ?= install
+
+# Man pages: any NAME.N under Documentation/ or made into $(BUILD)/man.
+MAN_PAGES = $(sort $(wildcard Documentation/*.[1-8] Documentation/man/*.[1-8] \
+	$(BUILD)/man/*.[1-8]))
+DKMS_SRCS := $(sort $(wildcard kmod/*.c kmod/*.h)) kmod/Kbuild kmod/Makefile kmod/dkms.conf
+INSTALL_FILES = $(TOOLS:%=$(BINDIR)/%) \
+	$(LIBDIR)/libmoe.a $(LIBDIR)/libmoe.so.$(LIB_VERSION) $(LIBDIR)/$(SONAME) \
+	$(LIBDIR)/libmoe.so $(INCLUDEDIR)/moe/moe.h $(INCLUDEDIR)/moe/uapi/moe_drm.h \
+	$(PKGCONFIGDIR)/libmoe.pc $(UDEVRULESDIR)/60-moe.rules \
+	$(DKMS_SRCS:kmod/%=$(DKMSDIR)/%) $(DKMSDIR)/uapi/moe_drm.h \
+	$(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m)))
+INSTALL_DIRS = $(DKMSDIR)/uapi $(DKMSDIR) $(INCLUDEDIR)/moe/uapi $(INCLUDEDIR)/moe \
+	$(sort $(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m))))) $(MANDIR) \
+	$(UDEVRULESDIR) $(dir $(UDEVRULESDIR)) $(dir $(DKMSDIR)) $(PKGCONFIGDIR) $(BINDIR) \
+	$(LIBDIR) $(INCLUDEDIR) $(PREFIX)/share
+D := $(DESTDIR)
+# libmoe.pc names directories under PREFIX through ${prefix}, so that
+# pkg-config --define-variable=prefix=... relocates them.
+pc_rel = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
+
+install: all
+	$(INSTALL) -d $(D)$(BINDIR) $(D)$(LIBDIR) $(D)$(PKGCONFIGDIR) $(D)$(INCLUDEDIR)/moe/uapi \
+		$(D)$(UDEVRULESDIR) $(D)$(DKMSDIR)/uapi
+	$(INSTALL) -m 755 $(TOOL_BINS) $(D)$(BINDIR)/
+	$(INSTALL) -m 644 $(STATIC_LIB) $(D)$(LIBDIR)/libmoe.a
+	$(INSTALL) -m 755 $(SHARED_LIB).0 $(D)$(LIBDIR)/libmoe.so.$(LIB_VERSION)
+	ln -sf libmoe.so.$(LIB_VERSION) $(D)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(D)$(LIBDIR)/libmoe.so
+	$(INSTALL) -m 644 include/moe/moe.h $(D)$(INCLUDEDIR)/moe/moe.h
+	$(INSTALL) -m 644 include/uapi/drm/moe_drm.h $(D)$(INCLUDEDIR)/moe/uapi/moe_drm.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(call pc_rel,$(LIBDIR))|' \
+		-e 's|@INCDIR@|$(call pc_rel,$(INCLUDEDIR))|' \
+		-e 's|@VERSION@|$(LIB_VERSION)|' libmoe/libmoe.pc.in > $(D)$(PKGCONFIGDIR)/libmoe.pc
+	chmod 644 $(D)$(PKGCONFIGDIR)/libmoe.pc
+	$(INSTALL) -m 644 kmod/60-moe.rules $(D)$(UDEVRULESDIR)/60-moe.rules
+	$(INSTALL) -m 644 $(DKMS_SRCS) $(D)$(DKMSDIR)/
+	$(INSTALL) -m 644 include/uapi/drm/moe_drm.h $(D)$(DKMSDIR)/uapi/moe_drm.h
+	@set -e; for m in $(MAN_PAGES); do s=$${m##*.}; \
+		echo "$(INSTALL) -D -m 644 $$m $(D)$(MANDIR)/man$$s/$${m##*/}"; \
+		$(INSTALL) -D -m 644 $$m $(D)$(MANDIR)/man$$s/$${m##*/}; done
+
+uninstall:
+	rm -f $(addprefix $(D),$(INSTALL_FILES))
+	-@for d in $(addprefix $(D),$(INSTALL_DIRS)); do \
+		[ ! -d "$$d" ] || rmdir "$$d" 2>/dev/null || :; done
 
 FUZZ_TIME ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
