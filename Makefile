@@ -125,8 +125,8 @@ LIB_VERSION := $(MOE_MAJOR).$(MOE_MINOR).0
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: demo all lib tools check fuzz fuzz-build kmod kmod-build vm-check deps clean help \
-	install uninstall
-all: lib tools
+	install uninstall examples
+all: lib tools examples
 
 # The README's first command: build, generate a model, run it on a budget.
 demo: all
@@ -240,6 +240,16 @@ CUDA_INC ?= $(if $(NVCC),$(abspath $(dir $(NVCC))/../include),/usr/local/cuda/in
 $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB)
 	@mkdir -p $(@D)
 	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
+
+# examples/NAME.c -> $(BUILD)/examples/NAME: built as a program outside this
+# tree would be, with the public headers only, linked to the shared library
+# (found beside the build's bin/ through the run path).
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(sort $(wildcard examples/*.c)))
+examples: $(EXAMPLES)
+$(BUILD)/examples/%: examples/%.c include/moe/moe.h $(SHARED_LIB)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(WARN) -Iinclude $(CFLAGS) $(filter -fsanitize% -fno-%,$(BASE_CFLAGS)) \
+		-o $@ $< -L$(BUILD)/lib -lmoe -Wl,-rpath,'$$ORIGIN/../lib' $(SAN_LDFLAGS)
 
 # moe.h compiled as C++ (tests/platform/cxx_header.cc): pedantic, warnings are errors.
 CXX_HEADER_TEST := $(BUILD)/tests/cxx-header

@@ -1067,6 +1067,33 @@ MOE_API int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint
 				uint32_t pos, uint32_t n_gen, const struct moe_sample_params *sp,
 				uint32_t flags, moe_gen_cb cb, void *arg);
 
+/*
+ * The routing hook: called on the thread that evaluates, once per MoE layer
+ * and forward step, after the router chose and before any expert of the
+ * layer is looked up.  @layer is the layer index, @pos the position of each
+ * of the @n_tok tokens, @logits their router logits (n_tok rows of
+ * @n_expert, before any bias or gating function), @sel their choices: row t
+ * is sel[t*k ...], of which the first moe_layer_info.n_expert_used entries
+ * are the layer's (k is the largest count of any layer).  The hook may read
+ * them (observe routing, feed a predictor of its own) and rewrite them with
+ * ids in 0..n_expert-1 (override routing): the layer then runs the experts
+ * written, each with the router's weight of its position in the row, and
+ * the expert cache, its eviction policy, the routing statistics and a trace
+ * being recorded all see the rewritten choices.  An id out of range fails
+ * the eval with -EINVAL.  The buffers are the engine's, valid during the
+ * call only.  The hook must not call into @ctx.
+ */
+typedef void (*moe_route_hook)(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
+			       const float *logits, uint32_t n_expert, int32_t *sel,
+			       uint32_t k);
+/*
+ * Install @hook (NULL removes it) with @arg for the following evals of @ctx.
+ * Not to be called while another thread evaluates on @ctx.  Without a hook
+ * the router's logits stay in device memory: the hook costs one copy of
+ * them per layer.
+ */
+MOE_API void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg);
+
 /* ------------------------------------------------------- routing */
 /* (section: routing) */
 

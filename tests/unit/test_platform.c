@@ -6,12 +6,14 @@
  * a temporary DESTDIR, a program built with pkg-config against the installed
  * tree, make uninstall leaving nothing (tests/platform/install.sh); moe.h
  * compiled as pedantic C++ (the program make builds from
- * tests/platform/cxx_header.cc) runs.
+ * tests/platform/cxx_header.cc) runs; the three programs of examples/ run
+ * on a generated model and do what they say.
  */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "testutil.h"
 
@@ -118,6 +120,108 @@ START_TEST(cxx_header_program_runs)
 }
 END_TEST
 
+/* An example program of $(BUILD)/examples on a generated model; its exit status. */
+static int example(const char *args, char **out)
+{
+	char cmd[3 * PATH_MAX], model[PATH_MAX];
+
+	snprintf(model, sizeof(model), "%s/m.gguf", dir);
+	if (access(model, F_OK) != 0) {
+		snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --layers 2 --embd 64 --heads 2 "
+			 "--kv-heads 1 --head-dim 32 --experts 4 --expert-ff 64 --vocab-bpe -q "
+			 "-o %s", tu_bin("moe-mkmodel"), model);
+		ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	}
+	/* NAME ARGS... runs as NAME MODEL ARGS... */
+	{
+		char name[64], rest[PATH_MAX];
+		const char *sp = strchr(args, ' ');
+
+		snprintf(name, sizeof(name), "%.*s", (int)(sp ? sp - args : (long)strlen(args)),
+			 args);
+		snprintf(rest, sizeof(rest), "%s", sp ? sp + 1 : "");
+		snprintf(cmd, sizeof(cmd), "%s/examples/%s %s %s", build_dir(), name, model, rest);
+	}
+	return tu_run(cmd, 1, out);
+}
+
+START_TEST(example_inspect)
+{
+	char *out;
+
+	ck_assert_int_eq(example("inspect", &out), 0);
+	expect_line(out, "qwen3moe, 2 layers (2 MoE), 4 experts, 2 used per token");
+	expect_line(out, "layer 1: ");
+	expect_line(out, "general.architecture = \"qwen3moe\"");
+	free(out);
+}
+END_TEST
+
+START_TEST(example_stream_experts)
+{
+	char *out;
+
+	/* 2 layers x 4 experts x gate, up, down */
+	ck_assert_int_eq(example("stream-experts", &out), 0);
+	expect_line(out, "read 24 expert matrices, 393216 bytes");
+	expect_line(out, "0 differ from pread");
+	free(out);
+}
+END_TEST
+
+/* Per-layer "router picked a b c d; ran e f g h" lines into counts. */
+static int routing(const char *out, uint32_t layer, unsigned picked[4], unsigned ran[4])
+{
+	char key[32];
+	const char *p;
+
+	snprintf(key, sizeof(key), "layer %u: router picked", layer);
+	p = strstr(out, key);
+	if (!p)
+		return -1;
+	return sscanf(p + strlen(key), " %u %u %u %u; ran %u %u %u %u", &picked[0], &picked[1],
+		      &picked[2], &picked[3], &ran[0], &ran[1], &ran[2], &ran[3]) == 8 ? 0 : -1;
+}
+
+START_TEST(example_generate_observes_and_overrides)
+{
+	unsigned picked[4], ran[4], total;
+	char *out;
+
+	/* observing: what ran is what the router picked, two per token and layer */
+	ck_assert_int_eq(example("generate 'hello world' 6", &out), 0);
+	expect_line(out, "generated 6 tokens after a prompt of");
+	for (uint32_t l = 0; l < 2; l++) {
+		ck_assert_msg(routing(out, l, picked, ran) == 0, "no routing of layer %u:\n%s", l,
+			      out);
+		total = 0;
+		for (int e = 0; e < 4; e++) {
+			ck_assert_uint_eq(picked[e], ran[e]);
+			total += picked[e];
+		}
+		ck_assert_uint_gt(total, 0);
+		ck_assert_uint_eq(total % 2, 0);
+	}
+	free(out);
+
+	/* overriding: every choice rewritten to expert 2 is the only one that ran */
+	ck_assert_int_eq(example("generate 'hello world' 6 2", &out), 0);
+	for (uint32_t l = 0; l < 2; l++) {
+		ck_assert_msg(routing(out, l, picked, ran) == 0, "no routing of layer %u:\n%s", l,
+			      out);
+		ck_assert_msg(ran[0] == 0 && ran[1] == 0 && ran[3] == 0 && ran[2] > 0,
+			      "layer %u ran experts other than 2:\n%s", l, out);
+		ck_assert_uint_eq(ran[2], picked[0] + picked[1] + picked[2] + picked[3]);
+	}
+	free(out);
+
+	/* an expert the layer does not have: the eval fails, naming it */
+	ck_assert_int_eq(example("generate 'hello world' 6 9", &out), 1);
+	expect_line(out, "the routing hook chose expert 9 for token 0 (the layer has experts 0..3)");
+	free(out);
+}
+END_TEST
+
 Suite *suite_platform(void)
 {
 	Suite *s = suite_create("platform");
@@ -129,6 +233,9 @@ Suite *suite_platform(void)
 	tcase_add_test(tc, abi_names_each_difference);
 	tcase_add_test(tc, install_use_uninstall);
 	tcase_add_test(tc, cxx_header_program_runs);
+	tcase_add_test(tc, example_inspect);
+	tcase_add_test(tc, example_stream_experts);
+	tcase_add_test(tc, example_generate_observes_and_overrides);
 	suite_add_tcase(s, tc);
 	return s;
 }
