@@ -493,8 +493,8 @@ enum moe_io_flags {
 #define MOE_IO_FLAGS_ALL (MOE_IO_CB_ENGINE_THREAD)
 
 struct moe_io_opts {
-	enum moe_io_backend backend;
-	enum moe_io_direct direct;
+	uint32_t backend;       /* enum moe_io_backend (a fixed width in the ABI, not an enum) */
+	uint32_t direct;        /* enum moe_io_direct */
 	uint32_t queue_depth;   /* reads in flight at once; 0 = 32 */
 	uint64_t max_request;   /* reads are split at this size (multiple of the block); 0 = 1 MiB */
 	uint64_t staging_bytes; /* pinned pool behind moe_io_alloc(); 0 = 64 MiB */
@@ -591,6 +591,7 @@ struct moe_io_stats {
 	uint64_t requests;      /* reads completed, failed ones included */
 	uint64_t errors;
 	double busy_s;          /* time with at least one read in flight */
+	uint64_t reserved[4];   /* zero; room for later counters */
 };
 MOE_API void moe_io_get_stats(const struct moe_io *io, struct moe_io_stats *out);
 /* "io_uring, O_DIRECT, qd 32, node 0, ..." with the fallbacks taken and why. */
@@ -698,7 +699,7 @@ MOE_API int moe_kmod_warm(struct moe_kmod *k, const char *name, uint64_t *bytes,
  */
 struct moe_tokenizer;
 
-/* -ENOENT for models without a tokenizer, -ENOTSUP for unknown kinds, -EINVAL for bad arrays. */
+/* -ENOENT for models without a tokenizer, -EOPNOTSUPP for unknown kinds, -EINVAL for bad arrays. */
 MOE_API int moe_tokenizer_load(const struct moe_model *model, struct moe_tokenizer **out);
 MOE_API void moe_tokenizer_free(struct moe_tokenizer *t);
 
@@ -784,7 +785,7 @@ struct moe_chat_msg {
  * BOS text where the format writes it, so tokenize it with
  * MOE_TOK_PARSE_SPECIAL and without MOE_TOK_ADD_BOS.  With
  * @add_assistant_prefix the prompt ends where the assistant's reply starts.
- * *out is malloc'ed (free() it); returns its length.  -ENOTSUP when the
+ * *out is malloc'ed (free() it); returns its length.  -EOPNOTSUPP when the
  * format is unknown.
  */
 MOE_API int moe_chat_render(const struct moe_tokenizer *t, const struct moe_chat_msg *msgs,
@@ -918,7 +919,7 @@ MOE_API int moe_plan(const struct moe_model *model, const struct moe_ctx_params 
  * Plan the budget, read the resident tensors and (when they all fit) every
  * expert.  -ENOMEM with the bytes needed when the budget cannot hold the
  * resident tensors, the KV cache, scratch and one token's experts of a layer;
- * -ENOTSUP for an architecture without a forward pass.  The model must stay
+ * -EOPNOTSUPP for an architecture without a forward pass.  The model must stay
  * open while the context lives.
  */
 MOE_API int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,

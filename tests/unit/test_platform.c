@@ -222,6 +222,22 @@ START_TEST(example_generate_observes_and_overrides)
 }
 END_TEST
 
+/*
+ * One errno for "not supported": -EOPNOTSUPP, the driver's (the same value
+ * as ENOTSUP on Linux, but one spelling in code and documentation).
+ */
+START_TEST(one_not_supported_errno)
+{
+	char cmd[4 * PATH_MAX], *out;
+
+	/* api.rst is where the convention names both */
+	snprintf(cmd, sizeof(cmd), "grep -rnw --exclude=api.rst ENOTSUP %s %s %s %s",
+		 tu_src("libmoe"), tu_src("include"), tu_src("tools"), tu_src("Documentation"));
+	ck_assert_msg(tu_run(cmd, 1, &out) == 1, "ENOTSUP instead of EOPNOTSUPP:\n%s", out);
+	free(out);
+}
+END_TEST
+
 Suite *suite_platform(void)
 {
 	Suite *s = suite_create("platform");
@@ -233,6 +249,7 @@ Suite *suite_platform(void)
 	tcase_add_test(tc, abi_names_each_difference);
 	tcase_add_test(tc, install_use_uninstall);
 	tcase_add_test(tc, cxx_header_program_runs);
+	tcase_add_test(tc, one_not_supported_errno);
 	tcase_add_test(tc, example_inspect);
 	tcase_add_test(tc, example_stream_experts);
 	tcase_add_test(tc, example_generate_observes_and_overrides);
