@@ -251,6 +251,23 @@ $(BUILD)/examples/%: examples/%.c include/moe/moe.h $(SHARED_LIB)
 	$(CC) -std=gnu11 $(WARN) -Iinclude $(CFLAGS) $(filter -fsanitize% -fno-%,$(BASE_CFLAGS)) \
 		-o $@ $< -L$(BUILD)/lib -lmoe -Wl,-rpath,'$$ORIGIN/../lib' $(SAN_LDFLAGS)
 
+# Several contexts on one model, on threads of their own, under ThreadSanitizer:
+# the library built again with -fsanitize=thread in its own build dir (as the
+# fuzz build is), and tests/platform/threads.c linked to it; the platform
+# suite runs it.  TSAN=0 leaves it out (the suite then says it did not run).
+TSAN ?= 1
+TSAN_BUILD := $(BUILD)-tsan
+TSAN_LIB := $(TSAN_BUILD)/lib/libmoe.a
+TSAN_TEST := $(if $(filter 1,$(TSAN)),$(BUILD)/tests/threads-tsan)
+.PHONY: $(TSAN_LIB)
+$(TSAN_LIB): | $(DEPS_STAMP)
+	@$(MAKE) --no-print-directory $@ BUILD=$(TSAN_BUILD) SANITIZE=0 \
+		CFLAGS="-O1 -g -fsanitize=thread"
+$(BUILD)/tests/threads-tsan: tests/platform/threads.c include/moe/moe.h $(TSAN_LIB)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(WARN) -Iinclude -O1 -g -fsanitize=thread -o $@ $< $(TSAN_LIB) \
+		$(PKG_LIBS) -lm -ldl -pthread
+
 # moe.h compiled as C++ (tests/platform/cxx_header.cc): pedantic, warnings are errors.
 CXX_HEADER_TEST := $(BUILD)/tests/cxx-header
 $(CXX_HEADER_TEST): tests/platform/cxx_header.cc include/moe/moe.h $(STATIC_LIB)
@@ -261,7 +278,8 @@ $(CXX_HEADER_TEST): tests/platform/cxx_header.cc include/moe/moe.h $(STATIC_LIB)
 # The driver's VM tests run first (their own "N passed, N failed, N did not run" line), the
 # unit runner last; both always run and either failing fails the check.  Routing
 # statistics the tools save go under the build tree, not the user's home.
-check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SELFTEST_FATBIN) $(CXX_HEADER_TEST)
+check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SELFTEST_FATBIN) $(CXX_HEADER_TEST) \
+		$(TSAN_TEST)
 	@vm=0; $(MAKE) --no-print-directory vm-check || vm=$$?; \
 	MOE_BIN=$(abspath $(BUILD)/bin) MOE_SRC=$(CURDIR) MOE_SHARED=$(SHARED) \
 		MOE_CC="$(CC)" MOE_MAKE="$(MAKE)" MOE_SAN_LDFLAGS="$(SAN_LDFLAGS)" \
@@ -375,7 +393,7 @@ fuzz: fuzz-build
 	done
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-tsan build-san-tsan
 
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(SIMT_OBJS:.o=.d) $(SIMT_SOS:.so=.d) \
 	$(wildcard $(BUILD)/obj/tools/*.d $(BUILD)/obj/tools/*/*.d)

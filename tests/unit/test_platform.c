@@ -238,10 +238,35 @@ START_TEST(one_not_supported_errno)
 }
 END_TEST
 
+/*
+ * Four contexts on one model, each on its own thread, under ThreadSanitizer
+ * (tests/platform/threads.c, built with the library instrumented): a data
+ * race exits 66, different logits 1.
+ */
+START_TEST(contexts_share_a_model_under_tsan)
+{
+	char cmd[3 * PATH_MAX], model[PATH_MAX], *out;
+	int st;
+
+	snprintf(model, sizeof(model), "%s/m.gguf", dir);
+	snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --layers 2 --embd 64 --heads 2 "
+		 "--kv-heads 1 --head-dim 32 --experts 8 --expert-ff 64 -q -o %s",
+		 tu_bin("moe-mkmodel"), model);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	snprintf(cmd, sizeof(cmd), "TSAN_OPTIONS='halt_on_error=1 exitcode=66' "
+		 "%s/tests/threads-tsan %s 4", build_dir(), model);
+	st = tu_run(cmd, 1, &out);
+	ck_assert_msg(st == 0, "%s: status %d:\n%s", cmd, st, out);
+	expect_line(out, "4 contexts on one model agree with one alone");
+	free(out);
+}
+END_TEST
+
 Suite *suite_platform(void)
 {
 	Suite *s = suite_create("platform");
 	TCase *tc = tcase_create("platform");
+	char tsan[PATH_MAX];
 
 	tcase_set_timeout(tc, 300);
 	tcase_add_checked_fixture(tc, setup, teardown);
@@ -250,6 +275,13 @@ Suite *suite_platform(void)
 	tcase_add_test(tc, install_use_uninstall);
 	tcase_add_test(tc, cxx_header_program_runs);
 	tcase_add_test(tc, one_not_supported_errno);
+	snprintf(tsan, sizeof(tsan), "%s/tests/threads-tsan", build_dir());
+	if (access(tsan, X_OK) == 0)
+		tcase_add_test(tc, contexts_share_a_model_under_tsan);
+	else
+		tu_skip("platform/contexts_share_a_model_under_tsan",
+			"no ThreadSanitizer build of tests/platform/threads.c (make check builds it "
+			"unless TSAN=0)");
 	tcase_add_test(tc, example_inspect);
 	tcase_add_test(tc, example_stream_experts);
 	tcase_add_test(tc, example_generate_observes_and_overrides);
