@@ -125,8 +125,8 @@ LIB_VERSION := $(MOE_MAJOR).$(MOE_MINOR).0
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: demo all lib tools check fuzz fuzz-build kmod kmod-build vm-check deps clean help \
-	install uninstall examples
-all: lib tools examples
+	install uninstall examples man3
+all: lib tools examples man3
 
 # The README's first command: build, generate a model, run it on a budget.
 demo: all
@@ -251,6 +251,19 @@ $(BUILD)/examples/%: examples/%.c include/moe/moe.h $(SHARED_LIB)
 	$(CC) -std=gnu11 $(WARN) -Iinclude $(CFLAGS) $(filter -fsanitize% -fno-%,$(BASE_CFLAGS)) \
 		-o $@ $< -L$(BUILD)/lib -lmoe -Wl,-rpath,'$$ORIGIN/../lib' $(SAN_LDFLAGS)
 
+# Section-3 man pages, one per MOE_API function, made from the comments of
+# moe.h by scripts/man3.awk (which fails for a function with no comment).
+lparen := (
+API_FUNCS := $(shell sed -n -E \
+	's/^MOE_API[[:space:]][^$(lparen)]*[^A-Za-z0-9_]([A-Za-z_][A-Za-z0-9_]*)[$(lparen)].*/\1/p' \
+	include/moe/moe.h)
+MAN3_PAGES := $(API_FUNCS:%=$(BUILD)/man3/%.3)
+man3: $(BUILD)/man3/.stamp
+$(BUILD)/man3/.stamp: include/moe/moe.h scripts/man3.awk
+	@rm -rf $(@D) && mkdir -p $(@D)
+	awk -v outdir=$(@D) -v version=$(LIB_VERSION) -f scripts/man3.awk include/moe/moe.h
+	@touch $@
+
 # Several contexts on one model, on threads of their own, under ThreadSanitizer:
 # the library built again with -fsanitize=thread in its own build dir (as the
 # fuzz build is), and tests/platform/threads.c linked to it; the platform
@@ -305,7 +318,7 @@ vm-check: tools
 		sh tests/vm/run.sh $(BUILD)/vm
 
 # make install: the library (static, shared with its soname links), the public
-# headers, libmoe.pc, the tools, the man pages that exist, the udev rule and
+# headers, libmoe.pc, the tools, the man pages, the udev rule and
 # the DKMS source tree of the driver.  make uninstall removes exactly the
 # files of that list, then the directories install made if they are empty.
 # Every directory is a variable, for distributions that place them elsewhere
@@ -321,7 +334,8 @@ DKMS_VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' kmod/dkms.conf
 DKMSDIR ?= $(PREFIX)/src/moe-$(DKMS_VERSION)
 INSTALL ?= install
 
-# Man pages: any NAME.N under Documentation/ or made into $(BUILD)/man.
+# Man pages: the section-3 pages of the API (man3 below), and any NAME.N under
+# Documentation/ or made into $(BUILD)/man.
 MAN_PAGES = $(sort $(wildcard Documentation/*.[1-8] Documentation/man/*.[1-8] \
 	$(BUILD)/man/*.[1-8]))
 DKMS_SRCS := $(sort $(wildcard kmod/*.c kmod/*.h)) kmod/Kbuild kmod/Makefile kmod/dkms.conf
@@ -330,9 +344,11 @@ INSTALL_FILES = $(TOOLS:%=$(BINDIR)/%) \
 	$(LIBDIR)/libmoe.so $(INCLUDEDIR)/moe/moe.h $(INCLUDEDIR)/moe/uapi/moe_drm.h \
 	$(PKGCONFIGDIR)/libmoe.pc $(UDEVRULESDIR)/60-moe.rules \
 	$(DKMS_SRCS:kmod/%=$(DKMSDIR)/%) $(DKMSDIR)/uapi/moe_drm.h \
-	$(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m)))
+	$(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m))) \
+	$(API_FUNCS:%=$(MANDIR)/man3/%.3)
 INSTALL_DIRS = $(DKMSDIR)/uapi $(DKMSDIR) $(INCLUDEDIR)/moe/uapi $(INCLUDEDIR)/moe \
-	$(sort $(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m))))) $(MANDIR) \
+	$(sort $(MANDIR)/man3 $(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m))))) \
+	$(MANDIR) \
 	$(UDEVRULESDIR) $(dir $(UDEVRULESDIR)) $(dir $(DKMSDIR)) $(PKGCONFIGDIR) $(BINDIR) \
 	$(LIBDIR) $(INCLUDEDIR) $(PREFIX)/share
 D := $(DESTDIR)
@@ -357,6 +373,8 @@ install: all
 	$(INSTALL) -m 644 kmod/60-moe.rules $(D)$(UDEVRULESDIR)/60-moe.rules
 	$(INSTALL) -m 644 $(DKMS_SRCS) $(D)$(DKMSDIR)/
 	$(INSTALL) -m 644 include/uapi/drm/moe_drm.h $(D)$(DKMSDIR)/uapi/moe_drm.h
+	$(INSTALL) -d $(D)$(MANDIR)/man3
+	$(INSTALL) -m 644 $(MAN3_PAGES) $(D)$(MANDIR)/man3/
 	@set -e; for m in $(MAN_PAGES); do s=$${m##*.}; \
 		echo "$(INSTALL) -D -m 644 $$m $(D)$(MANDIR)/man$$s/$${m##*/}"; \
 		$(INSTALL) -D -m 644 $$m $(D)$(MANDIR)/man$$s/$${m##*/}; done

@@ -119,6 +119,11 @@ enum moe_open_flags {
 	MOE_OPEN_METADATA_ONLY = 1u << 0,
 };
 #define MOE_OPEN_FLAGS_ALL (MOE_OPEN_METADATA_ONLY)
+/*
+ * moe_model_open() with @flags (enum moe_open_flags); -EINVAL for unknown
+ * flags.  The model is read-only once open: one handle may serve any number
+ * of threads and contexts at once; close it after the last of them.
+ */
 MOE_API int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **out);
 /* The path the model was opened from. */
 MOE_API const char *moe_model_path(const struct moe_model *model);
@@ -161,6 +166,7 @@ struct moe_meta {
 	uint64_t reserved[2];
 };
 
+/* Number of metadata keys, and key @idx (0 .. count-1; -EINVAL outside) in file order. */
 MOE_API int moe_meta_count(const struct moe_model *model);
 MOE_API int moe_meta_at(const struct moe_model *model, int idx, struct moe_meta *out);
 /* -ENOENT when the key is absent. */
@@ -201,6 +207,7 @@ enum moe_tensor_role {
 	MOE_ROLE_STREAMED_ROWS = 6,
 };
 
+/* Number of tensors, and tensor @idx (0 .. count-1; -EINVAL outside) in file order. */
 MOE_API int moe_model_tensor_count(const struct moe_model *model);
 MOE_API int moe_model_tensor(const struct moe_model *model, int idx, struct moe_tensor_info *out);
 /* Index of the tensor named @name, or -ENOENT. */
@@ -255,9 +262,10 @@ struct moe_hparams {
 	uint64_t reserved[3];
 };
 
+/* The model's hyperparameters, as read and validated by moe_model_open(). */
 MOE_API int moe_model_hparams(const struct moe_model *model, struct moe_hparams *out);
 
-/* Per-layer facts. */
+/* Per-layer facts, from moe_model_layer() (-EINVAL for a layer out of range). */
 struct moe_layer_info {
 	bool is_moe;
 	bool sliding;           /* sliding-window attention */
@@ -273,6 +281,7 @@ struct moe_layer_info {
 	uint8_t pad3[7];
 	uint64_t reserved[3];
 };
+/* The facts of @layer (0 .. n_layer-1; -EINVAL outside). */
 MOE_API int moe_model_layer(const struct moe_model *model, uint32_t layer,
 			    struct moe_layer_info *out);
 
@@ -315,6 +324,7 @@ struct moe_model_summary {
 	uint64_t streamed_rows_bytes;      /* tables read by rows, never resident (Gemma 4 PLE) */
 	uint64_t reserved[6];
 };
+/* Fill @out with the sizes above; 0. */
 MOE_API int moe_model_summary(const struct moe_model *model, struct moe_model_summary *out);
 
 /* ------------------------------------------------------- output files */

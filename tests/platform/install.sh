@@ -4,7 +4,8 @@
 # installed, make uninstall, and check that nothing is left.
 #
 #  - the tree has the library (static, shared with soname links), headers,
-#    libmoe.pc, the tools, the udev rule and the DKMS tree;
+#    libmoe.pc, the tools, a man page per API function, the udev rule and
+#    the DKMS tree;
 #  - the installed moe-mkmodel writes a model;
 #  - a program built with `pkg-config --cflags --libs libmoe` alone (the
 #    installed .pc, sysroot-relative) runs against the installed shared
@@ -39,6 +40,11 @@ for f in lib/libmoe.a lib/libmoe.so.0 lib/libmoe.so include/moe/moe.h \
 		bin/moectl bin/moe-mkmodel bin/moe-run bin/moe-bench; do
 	[ -e "$root/$f" ] || fail "make install did not install $prefix/$f"
 done
+# a section-3 page for every MOE_API function of moe.h
+want=$(grep -c '^MOE_API[[:space:]]' "$src/include/moe/moe.h")
+have=$(ls "$root/share/man/man3" 2>/dev/null | grep -c '^moe_.*\.3$')
+[ "$have" -eq "$want" ] || fail "$have section-3 man pages installed for $want MOE_API functions"
+[ -s "$root/share/man/man3/moe_model_open.3" ] || fail "no man page moe_model_open(3)"
 [ -L "$root/lib/libmoe.so" ] && [ -L "$root/lib/libmoe.so.0" ] ||
 	fail "libmoe.so and libmoe.so.0 are not symbolic links"
 soname=$(readelf -d "$root/lib/libmoe.so.0" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
