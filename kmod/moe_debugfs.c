@@ -1,5 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-/* debugfs: dri/N/moe_models lists every registered model with its counters. */
+/*
+ * debugfs: moe_models, in the device's directory (dri/N on 6.1, accel/...
+ * with DRM_ACCEL), lists every registered model with its counters.
+ */
 #include <linux/seq_file.h>
 
 #include <drm/drm_debugfs.h>
@@ -7,10 +10,8 @@
 
 #include "moe_drv.h"
 
-static int moe_debugfs_models(struct seq_file *m, void *unused)
+static int moe_models_show(struct seq_file *m, struct moe_device *mdev)
 {
-	struct drm_info_node *node = m->private;
-	struct moe_device *mdev = to_moe_device(node->minor->dev);
 	struct moe_model *model;
 	int id, i;
 
@@ -32,6 +33,30 @@ static int moe_debugfs_models(struct seq_file *m, void *unused)
 	return 0;
 }
 
+#ifdef MOE_HAVE_DEBUGFS_ADD_FILES
+static int moe_debugfs_models(struct seq_file *m, void *unused)
+{
+	struct drm_debugfs_entry *entry = m->private;
+
+	return moe_models_show(m, to_moe_device(entry->dev));
+}
+
+static const struct drm_debugfs_info moe_debugfs_list[] = {
+	{ "moe_models", moe_debugfs_models, 0 },
+};
+
+void moe_debugfs_register(struct moe_device *mdev)
+{
+	drm_debugfs_add_files(&mdev->drm, moe_debugfs_list, ARRAY_SIZE(moe_debugfs_list));
+}
+#else
+static int moe_debugfs_models(struct seq_file *m, void *unused)
+{
+	struct drm_info_node *node = m->private;
+
+	return moe_models_show(m, to_moe_device(node->minor->dev));
+}
+
 static const struct drm_info_list moe_debugfs_list[] = {
 	{ "moe_models", moe_debugfs_models, 0 },
 };
@@ -41,3 +66,4 @@ void moe_debugfs_init(struct drm_minor *minor)
 	drm_debugfs_create_files(moe_debugfs_list, ARRAY_SIZE(moe_debugfs_list),
 				 minor->debugfs_root, minor);
 }
+#endif

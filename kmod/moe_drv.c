@@ -16,6 +16,7 @@
 #include <drm/drm_gem.h>
 #include <drm/drm_gem_shmem_helper.h>
 #include <drm/drm_ioctl.h>
+#include <drm/drm_managed.h>
 #include <drm/drm_prime.h>
 
 #include "moe_drv.h"
@@ -26,7 +27,8 @@
 
 unsigned int moe_debug;
 module_param_named(debug, moe_debug, uint, 0644);
-MODULE_PARM_DESC(debug, "Log every registration and batch (0 = off, default)");
+MODULE_PARM_DESC(debug, "Debug mask through drm_dbg (also needs drm.debug=0x02): "
+		 "1 registrations, 2 FETCH batches, 4 io_uring commands (default 0)");
 
 unsigned int moe_max_extents = 1U << 18;
 module_param_named(max_extents, moe_max_extents, uint, 0444);
@@ -99,8 +101,8 @@ static void moe_postclose(struct drm_device *dev, struct drm_file *file)
 {
 	struct moe_file *mfile = file->driver_priv;
 
-	/* Reads still in flight target this file's BOs: wait for them. */
-	moe_file_drain(mfile);
+	/* Reads still in flight hold what they need: closing does not wait for them. */
+	moe_file_release_batches(mfile);
 	xa_destroy(&mfile->batches);
 	kfree(mfile);
 }
@@ -116,7 +118,7 @@ static const struct drm_ioctl_desc moe_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(MOE_WAIT, moe_wait_ioctl, DRM_RENDER_ALLOW),
 };
 
-/* Kernels with DRM_ACCEL (6.2+) get /dev/accel/accelN; untested there. */
+/* Kernels with DRM_ACCEL (6.2+) get /dev/accel/accelN (tested on 6.12). */
 static const struct file_operations moe_fops = {
 	.owner = THIS_MODULE,
 #ifdef CONFIG_DRM_ACCEL
@@ -138,16 +140,16 @@ static const struct drm_driver moe_driver = {
 	.ioctls = moe_ioctls,
 	.num_ioctls = ARRAY_SIZE(moe_ioctls),
 	.fops = &moe_fops,
+#ifndef MOE_HAVE_DEBUGFS_ADD_FILES
 	.debugfs_init = moe_debugfs_init,
+#endif
 	.gem_create_object = moe_gem_create_object,
 	/* DRM_GEM_SHMEM_DRIVER_OPS without dumb buffers: their pages are not pinned. */
-	.prime_handle_to_fd = drm_gem_prime_handle_to_fd,
-	.prime_fd_to_handle = drm_gem_prime_fd_to_handle,
+	MOE_DRIVER_PRIME_HOOKS
 	.gem_prime_import_sg_table = drm_gem_shmem_prime_import_sg_table,
-	.gem_prime_mmap = drm_gem_prime_mmap,
 	.name = DRIVER_NAME,
 	.desc = DRIVER_DESC,
-	.date = DRIVER_DATE,
+	MOE_DRIVER_DATE(DRIVER_DATE)
 	.major = DRM_MOE_VERSION_MAJOR,
 	.minor = DRM_MOE_VERSION_MINOR,
 };
@@ -178,7 +180,10 @@ static int __init moe_init(void)
 		ret = PTR_ERR(mdev);
 		goto err_release_devres;
 	}
-	mutex_init(&mdev->models_lock);
+	/* Destroyed with the device, after the last file and the registry are gone. */
+	ret = drmm_mutex_init(&mdev->drm, &mdev->models_lock);
+	if (ret)
+		goto err_release_devres;
 	idr_init(&mdev->models);
 	mdev->wq = alloc_workqueue("moe", WQ_UNBOUND | WQ_HIGHPRI, 0);
 	if (!mdev->wq) {
@@ -186,6 +191,9 @@ static int __init moe_init(void)
 		goto err_release_devres;
 	}
 
+#ifdef MOE_HAVE_DEBUGFS_ADD_FILES
+	moe_debugfs_register(mdev);
+#endif
 	ret = drm_dev_register(&mdev->drm, 0);
 	if (ret)
 		goto err_destroy_wq;
@@ -205,7 +213,11 @@ static void __exit moe_exit(void)
 {
 	struct moe_device *mdev = moe_dev;
 
-	/* Open files hold a module reference, so no request is in flight here. */
+	/*
+	 * Open files and FETCH batches still reading hold module references,
+	 * so no request is in flight here; destroy_workqueue() waits for the
+	 * completion work that dropped the last of them.
+	 */
 	drm_dev_unregister(&mdev->drm);
 	destroy_workqueue(mdev->wq);
 	moe_models_release_all(mdev);

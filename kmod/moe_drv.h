@@ -20,6 +20,7 @@
 #include <drm/drm_gem_shmem_helper.h>
 #include <drm/drm_print.h>
 
+#include "compat.h"
 #include "moe_drm.h"
 
 #define MOE_ALIGN		PAGE_SIZE
@@ -30,11 +31,21 @@ extern unsigned int moe_max_batch;
 extern unsigned int moe_max_models;
 extern unsigned long moe_max_bo_bytes;
 
+/* Bits of the debug module parameter. */
+#define MOE_DBG_MODEL		BIT(0)	/* registration and removal */
+#define MOE_DBG_FETCH		BIT(1)	/* FETCH batches */
+#define MOE_DBG_URING		BIT(2)	/* io_uring commands */
+
 #define moe_err(mdev, fmt, ...) drm_err(&(mdev)->drm, fmt, ##__VA_ARGS__)
-#define moe_dbg(mdev, fmt, ...)						\
+/*
+ * Debug messages go through drm_dbg (category DRIVER), so they also need
+ * drm.debug's 0x02 bit or a dynamic-debug rule: the mask picks what this
+ * driver says, DRM's own switches whether anything is printed.
+ */
+#define moe_dbg(mdev, cat, fmt, ...)					\
 	do {								\
-		if (moe_debug)						\
-			drm_info(&(mdev)->drm, fmt, ##__VA_ARGS__);	\
+		if (READ_ONCE(moe_debug) & (cat))			\
+			drm_dbg(&(mdev)->drm, fmt, ##__VA_ARGS__);	\
 	} while (0)
 
 struct moe_device {
@@ -147,9 +158,13 @@ void moe_models_release_all(struct moe_device *mdev);
 int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 int moe_wait_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags);
-void moe_file_drain(struct moe_file *mfile);
+void moe_file_release_batches(struct moe_file *mfile);
 
-/* moe_debugfs.c */
+/* moe_debugfs.c: before drm_dev_register() from 6.3, else through drm_driver.debugfs_init */
+#ifdef MOE_HAVE_DEBUGFS_ADD_FILES
+void moe_debugfs_register(struct moe_device *mdev);
+#else
 void moe_debugfs_init(struct drm_minor *minor);
+#endif
 
 #endif

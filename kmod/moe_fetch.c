@@ -12,8 +12,8 @@
 #include <linux/blkdev.h>
 #include <linux/cred.h>
 #include <linux/highmem.h>
-#include <linux/io_uring.h>
 #include <linux/log2.h>
+#include <linux/module.h>
 #include <linux/sched/task.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -103,7 +103,7 @@ static void moe_req_issue(struct moe_req *req)
 	req->start_ns = ktime_get_ns();
 	ret = rw_verify_area(READ, file, &pos, req->length);
 	if (!ret)
-		ret = call_read_iter(file, &req->iocb, &iter);
+		ret = moe_read_iter(file, &req->iocb, &iter);
 	/* After -EIOCBQUEUED the request may already be completed and gone. */
 	if (ret != -EIOCBQUEUED)
 		moe_req_complete(&req->iocb, ret);
@@ -178,7 +178,7 @@ static void moe_uring_done(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 		res = -EFAULT;
 	kref_put(&batch->ref, moe_batch_free);
 	/* Last: the CQE may release the file and with it the module. */
-	io_uring_cmd_done(ucmd, res, 0, issue_flags);
+	moe_uring_cmd_done(ucmd, res, issue_flags);
 }
 
 static void moe_batch_done_work(struct work_struct *work)
@@ -193,10 +193,18 @@ static void moe_batch_done_work(struct work_struct *work)
 			moe_req_zero_tail(req);
 		moe_req_release(req);
 	}
-	if (batch->ucmd)
+	if (batch->ucmd) {
 		io_uring_cmd_complete_in_task(batch->ucmd, moe_uring_done);
-	else
-		complete_all(&batch->done);
+		return;
+	}
+	complete_all(&batch->done);
+	/*
+	 * The I/O's own references, taken at FETCH: the batch may have outlived
+	 * its file.  destroy_workqueue() at unload waits for this function, so
+	 * the module may go once its reference is dropped here.
+	 */
+	kref_put(&batch->ref, moe_batch_free);
+	module_put(THIS_MODULE);
 }
 
 static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
@@ -358,7 +366,14 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 		goto err_dec;
 	}
 	args->ticket = ticket;
-	moe_dbg(mdev, "fetch: %u requests, ticket %u\n", batch->count, ticket);
+	moe_dbg(mdev, MOE_DBG_FETCH, "fetch: %u requests, ticket %u\n", batch->count, ticket);
+	/*
+	 * The reads keep the batch and the module alive by themselves, so a
+	 * file closed (a process killed) with reads in flight need not wait
+	 * for a device that may never answer: see moe_file_release_batches().
+	 */
+	kref_get(&batch->ref);
+	__module_get(THIS_MODULE);
 	moe_batch_issue(batch);
 	return 0;
 
@@ -430,14 +445,16 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 {
 	struct drm_file *file = ucmd->file->private_data;
 	struct moe_device *mdev = to_moe_device(file->minor->dev);
-	const struct drm_moe_uring_cmd *cmd = ucmd->cmd;
+	const struct drm_moe_uring_cmd *cmd = MOE_URING_CMD_BYTES(ucmd);
 	struct drm_moe_fetch args;
 	struct moe_batch *batch;
 	u64 fetch_ptr, pad;
 	int idx, ret;
 
-	if (ucmd->cmd_op != DRM_MOE_URING_CMD_FETCH)
-		return -EINVAL;
+	if (ucmd->cmd_op != DRM_MOE_URING_CMD_FETCH) {
+		moe_dbg(mdev, MOE_DBG_URING, "uring_cmd: unknown cmd_op 0x%x\n", ucmd->cmd_op);
+		return -ENOTTY;
+	}
 	/* After an -EAGAIN re-issue cmd points at a copy: read it every time. */
 	fetch_ptr = READ_ONCE(cmd->fetch_ptr);
 	pad = READ_ONCE(cmd->pad);
@@ -456,6 +473,8 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 	}
 	batch->ucmd = ucmd;
 	*(struct moe_batch **)ucmd->pdu = batch;
+	moe_dbg(mdev, MOE_DBG_URING, "uring_cmd fetch: %u requests%s\n", batch->count,
+		issue_flags & IO_URING_F_NONBLOCK ? ", issued from the workqueue" : "");
 	/*
 	 * A positive return is mishandled by 6.1's io_uring: always complete
 	 * through io_uring_cmd_done().  Issuing may block (inode lock, request
@@ -471,13 +490,17 @@ out_exit:
 	return ret;
 }
 
-void moe_file_drain(struct moe_file *mfile)
+/*
+ * The file is closing: forget its tickets without waiting.  A batch still
+ * reading holds its BO pages, its models, itself and the module until its
+ * last read completes, so nothing here waits on the device.
+ */
+void moe_file_release_batches(struct moe_file *mfile)
 {
 	struct moe_batch *batch;
 	unsigned long ticket;
 
 	xa_for_each(&mfile->batches, ticket, batch) {
-		wait_for_completion(&batch->done);
 		xa_erase(&mfile->batches, ticket);
 		kref_put(&batch->ref, moe_batch_free);
 	}

@@ -67,8 +67,9 @@ static int moe_check_file(struct file *file)
 		return -EINVAL;
 	if (!(file->f_mode & FMODE_READ) || !(file->f_mode & FMODE_CAN_READ))
 		return -EBADF;
+	/* The open set FMODE_CAN_ODIRECT when the filesystem takes IOCB_DIRECT for it. */
 	if (!file->f_op->read_iter || !file->f_mapping || !file->f_mapping->a_ops ||
-	    !file->f_mapping->a_ops->direct_IO)
+	    !MOE_FILE_CAN_ODIRECT(file))
 		return -EOPNOTSUPP;
 	if (IS_ENCRYPTED(inode) || IS_VERITY(inode) || IS_DAX(inode))
 		return -EOPNOTSUPP;
@@ -177,7 +178,7 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 
 	args->model_id = model->id;
 	args->file_size = model->file_size;
-	moe_dbg(mdev, "registered model %u '%s': %u extents, %lld bytes\n", model->id,
+	moe_dbg(mdev, MOE_DBG_MODEL, "registered model %u '%s': %u extents, %lld bytes\n", model->id,
 		model->name, model->n_extents, model->file_size);
 	return 0;
 
@@ -210,7 +211,7 @@ int moe_model_unregister_ioctl(struct drm_device *dev, void *data, struct drm_fi
 	mutex_unlock(&mdev->models_lock);
 	if (!model)
 		return -ENOENT;
-	moe_dbg(mdev, "unregistered model %u '%s'\n", model->id, model->name);
+	moe_dbg(mdev, MOE_DBG_MODEL, "unregistered model %u '%s'\n", model->id, model->name);
 	/* Requests in flight hold their own references. */
 	moe_model_put(model);
 	return 0;

@@ -432,9 +432,13 @@ MOE_API int moe_gguf_write(struct moe_gguf_writer *w, const char *path);
 /*
  * CPU kernels exist for f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q4_K q5_K q6_K
  * q8_K mxfp4; other ids give -EOPNOTSUPP, unknown ids -EINVAL.  @n must be a
- * multiple of the type's block (-EINVAL otherwise).  SIMD kernels (AVX2) are
- * chosen at run time; MOE_NO_SIMD=1 in the environment forces the scalar ones.
+ * multiple of the type's block (-EINVAL otherwise).  SIMD kernels (AVX2,
+ * AVX-512, AVX-512 VNNI) are chosen once at run time, the best the CPU has;
+ * MOE_CPU_ISA=scalar|avx2|avx512|avx512vnni in the environment forces one the
+ * CPU has, MOE_NO_SIMD=1 the scalar ones.
  */
+/* The kernels in use: "scalar", "avx2", "avx512" or "avx512vnni". */
+MOE_API const char *moe_cpu_isa(void);
 MOE_API int moe_dequantize(uint32_t type, const void *src, float *dst, int64_t n);
 /* Quantize @n floats into @dst; returns the bytes written. */
 MOE_API int64_t moe_quantize(uint32_t type, const float *src, void *dst, int64_t n);

@@ -63,7 +63,7 @@ struct moe_io_ops {
 
 extern const struct moe_io_ops moe_io_uring_ops;
 extern const struct moe_io_ops moe_io_pread_ops;
-extern const struct moe_io_ops moe_io_kmod_ops;    /* kmod.c */
+extern const struct moe_io_ops moe_io_kmod_ops;    /* kmod_io.c */
 
 /* The staging pool: one mapping cut into block-aligned allocations. */
 struct moe_io_span_rec {

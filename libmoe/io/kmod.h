@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The moe.ko client, internal side: the driver node, buffer objects, fetch
- * and wait, and the I/O engine backend moe_io_kmod_ops.  The public calls
- * (moe_kmod_open, moe_kmod_register, ...) are in moe/moe.h.
+ * and wait (kmod.c), and the I/O engine backend moe_io_kmod_ops built on
+ * them (kmod_io.c).  The public calls (moe_kmod_open, moe_kmod_register,
+ * ...) are in moe/moe.h.
  */
 #ifndef MOE_IO_KMOD_H
 #define MOE_IO_KMOD_H
@@ -47,12 +48,40 @@ int moe_kmod_expert_extents(const struct moe_kmod *k, const struct moe_model *mo
 			    uint64_t file_size, struct drm_moe_extent **out, uint32_t *n_out);
 
 /*
+ * The driver calls the engine backend makes, as a table so that tests can
+ * put a stand-in driver behind the backend (injected timeouts, late DMA).
+ */
+struct moe_kmod_client {
+	int (*open)(struct moe_kmod **out);
+	void (*close)(struct moe_kmod *k);
+	int (*next)(struct moe_kmod *k, uint32_t after, struct moe_kmod_model_info *out);
+	int (*info)(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *info,
+		    struct drm_moe_extent *ext, uint32_t cap);
+	int (*bo_create)(struct moe_kmod *k, uint64_t size, struct moe_kmod_bo *bo);
+	void (*bo_destroy)(struct moe_kmod *k, struct moe_kmod_bo *bo);
+	int (*fetch)(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
+		     int64_t *results, uint64_t *ticket);
+	int (*wait)(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
+};
+
+/* moe.ko itself. */
+extern const struct moe_kmod_client moe_kmod_client_driver;
+/* What the next backend init uses: &moe_kmod_client_driver unless a test set it. */
+extern const struct moe_kmod_client *moe_kmod_io_client;
+
+/*
  * The engine backend: reads of the registered model whose file is the
  * engine's (matched by device and inode) go through the driver into a
  * bounce BO and are copied to the caller's buffer, so the bytes land where
  * the userspace backends put them.  Reads outside the registered extents
  * (resident tensors) use pread on the engine's own descriptor.  init fails
  * with -ENODEV (no driver) or -ENOENT (file not registered).
+ *
+ * A batch the driver has not finished within KMOD_WAIT_S fails its pieces
+ * but keeps its slots of the bounce BO: the DMA may still land there.  The
+ * backend asks about it again every 20 ms and frees the slots once WAIT
+ * collects it (which also settles the ticket and the file's pending count);
+ * meanwhile pieces that find no free slot are read with pread.
  */
 extern const struct moe_io_ops moe_io_kmod_ops;
 

@@ -32,7 +32,11 @@ MOE_KERNELS(q8_k)
 /* q8_0 activations: 127/amax and nearest-even, as the x86 kernels of llama.cpp round them. */
 size_t moe_q8_0_act_from_float(const float *src, void *dst, int64_t n);
 
-/* AVX2+FMA+F16C kernels (kernels_avx2.c); a NULL entry keeps the scalar one. */
+/*
+ * SIMD kernels for one instruction set, applied over the table of the level
+ * below it (scalar < AVX2 < AVX-512 < AVX-512 VNNI); a NULL entry keeps the
+ * kernel of that level.
+ */
 struct moe_simd_kernels {
 	uint32_t type;
 	void (*vec_dot)(int64_t n, float *out, const void *w, const void *a);
@@ -42,7 +46,11 @@ struct moe_simd_kernels {
 	void (*vec_dot_x4)(int64_t n, float *out, size_t out_stride, const void *w,
 			   const void *a, size_t a_stride);
 };
-extern const struct moe_simd_kernels moe_avx2_kernels[];
+extern const struct moe_simd_kernels moe_avx2_kernels[];          /* kernels_avx2.c */
 extern const int moe_avx2_kernel_count;
+extern const struct moe_simd_kernels moe_avx512_kernels[];        /* kernels_avx512.c */
+extern const int moe_avx512_kernel_count;
+extern const struct moe_simd_kernels moe_avx512vnni_kernels[];    /* kernels_avx512vnni.c */
+extern const int moe_avx512vnni_kernel_count;
 
 #endif

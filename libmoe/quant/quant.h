@@ -38,16 +38,35 @@ struct moe_type_traits {
 };
 
 /*
- * NULL for an id outside the table or a retired id.  The kernels are the
- * fastest the CPU supports, or the scalar reference when MOE_NO_SIMD=1 is set
- * in the environment (read once) or moe_quant_force_scalar(true) was called.
+ * The instruction sets the kernels come in, each level using the one below
+ * for what it does not replace.  One is chosen once per process: the best the
+ * CPU and OS support, or the one named by MOE_CPU_ISA (scalar, avx2, avx512,
+ * avx512vnni) when the CPU has it; MOE_NO_SIMD=1 is MOE_CPU_ISA=scalar.
  */
+enum moe_cpu_isa {
+	MOE_ISA_SCALAR,
+	MOE_ISA_AVX2,           /* AVX2 + FMA + F16C */
+	MOE_ISA_AVX512,         /* and AVX-512 F, BW, VL, DQ */
+	MOE_ISA_AVX512VNNI,     /* and AVX-512 VNNI */
+	MOE_ISA_COUNT
+};
+
+/* NULL for an id outside the table or a retired id; else the chosen ISA's kernels. */
 const struct moe_type_traits *moe_type_traits(uint32_t type);
 /* The scalar reference kernels, whatever the CPU. */
 const struct moe_type_traits *moe_type_traits_scalar(uint32_t type);
-/* For tests: switch every later moe_type_traits() between scalar and SIMD. */
+/* Whether this CPU (and OS) can run @isa's kernels. */
+bool moe_quant_isa_available(enum moe_cpu_isa isa);
+/* "scalar", "avx2", "avx512", "avx512vnni" (NULL out of range). */
+const char *moe_quant_isa_name(enum moe_cpu_isa isa);
+/*
+ * For tests and benchmarks: every later moe_type_traits() returns @isa's
+ * kernels; -EOPNOTSUPP (nothing changed) where the CPU lacks it.
+ */
+int moe_quant_force_isa(enum moe_cpu_isa isa);
+/* For tests: scalar (true) or back to the ISA chosen at start-up (false). */
 void moe_quant_force_scalar(bool scalar);
-/* "avx2", or "scalar" when no SIMD kernels are in use. */
+/* The name of the ISA in use, as moe_quant_isa_name(). */
 const char *moe_quant_simd_name(void);
 
 /* Rows done together for every token, so a row is read from memory once per call. */

@@ -67,62 +67,114 @@ static const struct moe_type_traits traits[MOE_TYPE_COUNT] = {
 };
 
 /*
- * The SIMD table is the scalar one with the kernels the CPU can run swapped
- * in, built once; `active` points at one of the two.
+ * One table per instruction set, each the one below it with the kernels of
+ * its own file swapped in, built once; `active` points at one of them.
  */
-static struct moe_type_traits simd_traits[MOE_TYPE_COUNT];
-static const char *simd_name = "scalar";
+static struct moe_type_traits isa_traits[MOE_ISA_COUNT][MOE_TYPE_COUNT];
+static bool isa_ok[MOE_ISA_COUNT];
+static enum moe_cpu_isa chosen;
 static _Atomic(const struct moe_type_traits *) active;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-/* AVX2, FMA and F16C, and an OS that saves the YMM registers (clang lacks "f16c" in cpu_supports). */
-static bool cpu_has_avx2(void)
+static const char *const isa_names[MOE_ISA_COUNT] = {
+	[MOE_ISA_SCALAR] = "scalar",
+	[MOE_ISA_AVX2] = "avx2",
+	[MOE_ISA_AVX512] = "avx512",
+	[MOE_ISA_AVX512VNNI] = "avx512vnni",
+};
+
+#ifndef bit_AVX512VNNI
+#define bit_AVX512VNNI (1u << 11)
+#endif
+
+/*
+ * What cpuid reports and the OS saves (XCR0: YMM for AVX2, opmask and the
+ * ZMM upper halves and upper 16 registers for AVX-512); clang lacks "f16c"
+ * in __builtin_cpu_supports, hence cpuid by hand.
+ */
+static void detect_isas(bool ok[MOE_ISA_COUNT])
 {
+	ok[MOE_ISA_SCALAR] = true;
 #if defined(__x86_64__) || defined(__i386__)
-	unsigned a, b, c, d, lo, hi;
+	unsigned a, b, c, d, lo, hi, avx512 = bit_AVX512F | bit_AVX512BW | bit_AVX512VL |
+					      bit_AVX512DQ;
 
 	if (!__get_cpuid(1, &a, &b, &c, &d))
-		return false;
+		return;
 	if (!(c & bit_FMA) || !(c & bit_F16C) || !(c & bit_OSXSAVE) || !(c & bit_AVX))
-		return false;
+		return;
 	__asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-	if ((lo & 6) != 6)
-		return false;
-	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
-		return false;
-	return b & bit_AVX2;
-#else
-	return false;
+	if ((lo & 0x06) != 0x06 || !__get_cpuid_count(7, 0, &a, &b, &c, &d))
+		return;
+	ok[MOE_ISA_AVX2] = b & bit_AVX2;
+	ok[MOE_ISA_AVX512] = ok[MOE_ISA_AVX2] && (b & avx512) == avx512 && (lo & 0xe6) == 0xe6;
+	ok[MOE_ISA_AVX512VNNI] = ok[MOE_ISA_AVX512] && (c & bit_AVX512VNNI);
 #endif
+}
+
+static void apply(struct moe_type_traits *tab, const struct moe_simd_kernels *k, int count)
+{
+	for (int i = 0; i < count; i++, k++) {
+		struct moe_type_traits *t = &tab[k->type];
+
+		if (k->vec_dot)
+			t->vec_dot = k->vec_dot;
+		if (k->from_float)
+			t->from_float = k->from_float;
+		if (k->act_from_float)
+			t->act_from_float = k->act_from_float;
+		if (k->to_float)
+			t->to_float = k->to_float;
+		if (k->vec_dot_x4)
+			t->vec_dot_x4 = k->vec_dot_x4;
+	}
+}
+
+/* The ISA MOE_CPU_ISA (or MOE_NO_SIMD) asks for, the best available without either. */
+static enum moe_cpu_isa pick_isa(void)
+{
+	const char *env = getenv("MOE_CPU_ISA"), *no_simd = getenv("MOE_NO_SIMD");
+	enum moe_cpu_isa best = MOE_ISA_SCALAR;
+
+	for (int i = 0; i < MOE_ISA_COUNT; i++)
+		if (isa_ok[i])
+			best = (enum moe_cpu_isa)i;
+	if (no_simd && *no_simd && strcmp(no_simd, "0")) {
+		moe_log(MOE_LOG_INFO, "MOE_NO_SIMD is set: using the scalar quant kernels");
+		return MOE_ISA_SCALAR;
+	}
+	if (!env || !*env)
+		return best;
+	for (int i = 0; i < MOE_ISA_COUNT; i++) {
+		if (strcasecmp(env, isa_names[i]))
+			continue;
+		if (isa_ok[i]) {
+			moe_log(MOE_LOG_INFO, "MOE_CPU_ISA=%s: using the %s quant kernels", env,
+				isa_names[i]);
+			return (enum moe_cpu_isa)i;
+		}
+		moe_log(MOE_LOG_WARN, "MOE_CPU_ISA=%s: this CPU lacks it; using %s", env,
+			isa_names[best]);
+		return best;
+	}
+	moe_log(MOE_LOG_WARN, "MOE_CPU_ISA=%s is not an instruction set; expected scalar, avx2, "
+		"avx512 or avx512vnni; using %s", env, isa_names[best]);
+	return best;
 }
 
 static void init_tables(void)
 {
-	const char *env = getenv("MOE_NO_SIMD");
-	bool no_simd = env && *env && strcmp(env, "0");
-
-	memcpy(simd_traits, traits, sizeof(traits));
-	if (cpu_has_avx2()) {
-		simd_name = "avx2";
-		for (int i = 0; i < moe_avx2_kernel_count; i++) {
-			const struct moe_simd_kernels *k = &moe_avx2_kernels[i];
-			struct moe_type_traits *t = &simd_traits[k->type];
-
-			if (k->vec_dot)
-				t->vec_dot = k->vec_dot;
-			if (k->from_float)
-				t->from_float = k->from_float;
-			if (k->act_from_float)
-				t->act_from_float = k->act_from_float;
-			if (k->to_float)
-				t->to_float = k->to_float;
-			if (k->vec_dot_x4)
-				t->vec_dot_x4 = k->vec_dot_x4;
-		}
-	}
-	if (no_simd)
-		moe_log(MOE_LOG_INFO, "MOE_NO_SIMD is set: using the scalar quant kernels");
-	atomic_store(&active, no_simd ? traits : simd_traits);
+	detect_isas(isa_ok);
+	memcpy(isa_traits[MOE_ISA_SCALAR], traits, sizeof(traits));
+	memcpy(isa_traits[MOE_ISA_AVX2], traits, sizeof(traits));
+	apply(isa_traits[MOE_ISA_AVX2], moe_avx2_kernels, moe_avx2_kernel_count);
+	memcpy(isa_traits[MOE_ISA_AVX512], isa_traits[MOE_ISA_AVX2], sizeof(traits));
+	apply(isa_traits[MOE_ISA_AVX512], moe_avx512_kernels, moe_avx512_kernel_count);
+	memcpy(isa_traits[MOE_ISA_AVX512VNNI], isa_traits[MOE_ISA_AVX512], sizeof(traits));
+	apply(isa_traits[MOE_ISA_AVX512VNNI], moe_avx512vnni_kernels,
+	      moe_avx512vnni_kernel_count);
+	chosen = pick_isa();
+	atomic_store(&active, isa_traits[chosen]);
 }
 
 const struct moe_type_traits *moe_type_traits(uint32_t type)
@@ -140,16 +192,46 @@ const struct moe_type_traits *moe_type_traits_scalar(uint32_t type)
 	return &traits[type];
 }
 
+bool moe_quant_isa_available(enum moe_cpu_isa isa)
+{
+	pthread_once(&init_once, init_tables);
+	return isa >= 0 && isa < MOE_ISA_COUNT && isa_ok[isa];
+}
+
+const char *moe_quant_isa_name(enum moe_cpu_isa isa)
+{
+	return isa >= 0 && isa < MOE_ISA_COUNT ? isa_names[isa] : NULL;
+}
+
+int moe_quant_force_isa(enum moe_cpu_isa isa)
+{
+	if (!moe_quant_isa_available(isa))
+		return -EOPNOTSUPP;
+	atomic_store(&active, isa_traits[isa]);
+	return 0;
+}
+
 void moe_quant_force_scalar(bool scalar)
 {
 	pthread_once(&init_once, init_tables);
-	atomic_store(&active, scalar ? traits : simd_traits);
+	atomic_store(&active, isa_traits[scalar ? MOE_ISA_SCALAR : chosen]);
 }
 
 const char *moe_quant_simd_name(void)
 {
+	const struct moe_type_traits *t;
+
 	pthread_once(&init_once, init_tables);
-	return atomic_load(&active) == traits ? "scalar" : simd_name;
+	t = atomic_load(&active);
+	for (int i = 0; i < MOE_ISA_COUNT; i++)
+		if (t == isa_traits[i])
+			return isa_names[i];
+	return "scalar";
+}
+
+const char *moe_cpu_isa(void)
+{
+	return moe_quant_simd_name();
 }
 
 const char *moe_type_name(uint32_t type)

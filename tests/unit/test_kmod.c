@@ -1,17 +1,25 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The moe.ko client without the driver: the extent table it registers, and
- * the errors that say what to do when moe.ko is not loaded.  The driver
- * itself is tested under QEMU (make vm-check).
+ * The moe.ko client without the driver: the extent table it registers, the
+ * errors that say what to do when moe.ko is not loaded, and the engine
+ * backend against a stand-in driver whose batches can be made late.  The
+ * driver itself is tested under QEMU (make vm-check).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "io/kmod.h"
 #include "testutil.h"
+
+#define MIB (1ull << 20)
 
 static char *make_model(char **dir)
 {
@@ -108,6 +116,368 @@ START_TEST(kmod_moectl_no_driver)
 }
 END_TEST
 
+/*
+ * A stand-in for moe.ko: one registered model (the test file, two extents
+ * over its first 8 MiB), a BO in ordinary memory, and FETCH done at once
+ * unless the batch is to be late.  A late batch's WAIT fails with -ETIME
+ * and its "DMA" lands only when the test lets it; the stand-in counts every
+ * request aimed at a BO range a late batch may still write.
+ */
+#define FK_BATCHES	256
+#define FK_REQS		64
+
+struct fk_batch {
+	bool live;               /* not collected by WAIT */
+	bool late;               /* DMA not done yet */
+	uint64_t ticket;
+	uint32_t n;
+	int64_t *results;
+	struct { uint64_t bo_off, len, pos; int64_t res; } r[FK_REQS];
+};
+
+static struct {
+	pthread_mutex_t mu;
+	int fd;
+	struct stat st;
+	struct drm_moe_extent ext[2];
+	struct moe_kmod k;
+	uint8_t *bo;
+	uint64_t bo_size;
+	unsigned make_late;      /* the next this many batches are late */
+	uint64_t next_ticket;
+	struct fk_batch b[FK_BATCHES];
+	unsigned overlaps;
+	unsigned fetched;
+	unsigned etime;
+	unsigned live_at_close;
+} fk = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static void fk_dma(struct fk_batch *b)
+{
+	for (uint32_t i = 0; i < b->n; i++) {
+		ssize_t r = pread(fk.fd, fk.bo + b->r[i].bo_off, b->r[i].len, (off_t)b->r[i].pos);
+
+		b->r[i].res = r < 0 ? -errno : r;
+		if (r >= 0 && (uint64_t)r < b->r[i].len)
+			memset(fk.bo + b->r[i].bo_off + r, 0, b->r[i].len - (uint64_t)r);
+	}
+	b->late = false;
+}
+
+static unsigned fk_live(void)
+{
+	unsigned n = 0;
+
+	pthread_mutex_lock(&fk.mu);
+	for (unsigned i = 0; i < FK_BATCHES; i++)
+		n += fk.b[i].live;
+	pthread_mutex_unlock(&fk.mu);
+	return n;
+}
+
+/* The late batches' DMA ends now; WAIT collects them from here on. */
+static void fk_finish_late(void)
+{
+	pthread_mutex_lock(&fk.mu);
+	for (unsigned i = 0; i < FK_BATCHES; i++)
+		if (fk.b[i].live && fk.b[i].late)
+			fk_dma(&fk.b[i]);
+	pthread_mutex_unlock(&fk.mu);
+}
+
+static void fk_reset(void)
+{
+	memset(fk.b, 0, sizeof(fk.b));
+	fk.next_ticket = 0;
+	fk.overlaps = fk.fetched = fk.etime = fk.live_at_close = 0;
+}
+
+static int fk_open(struct moe_kmod **out)
+{
+	fk.k = (struct moe_kmod){ .fd = -1, .align = 4096, .max_batch = FK_REQS,
+				  .max_extents = 16, .max_bo = 1ull << 30 };
+	*out = &fk.k;
+	return 0;
+}
+
+static void fk_close(struct moe_kmod *k)
+{
+	ck_assert_ptr_eq(k, &fk.k);
+	fk.live_at_close = fk_live();
+}
+
+static int fk_info(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *info,
+		   struct drm_moe_extent *ext, uint32_t cap)
+{
+	(void)k;
+	if (id != 7)
+		return -ENOENT;
+	memset(info, 0, sizeof(*info));
+	info->model_id = 7;
+	snprintf(info->name, sizeof(info->name), "fake");
+	info->n_extents = 2;
+	info->file_ino = fk.st.st_ino;
+	info->file_dev_major = major(fk.st.st_dev);
+	info->file_dev_minor = minor(fk.st.st_dev);
+	for (uint32_t i = 0; ext && i < cap && i < 2; i++)
+		ext[i] = fk.ext[i];
+	return 0;
+}
+
+static int fk_next(struct moe_kmod *k, uint32_t after, struct moe_kmod_model_info *out)
+{
+	(void)k;
+	if (after >= 7)
+		return -ENOENT;
+	memset(out, 0, sizeof(*out));
+	out->id = 7;
+	return 0;
+}
+
+static int fk_bo_create(struct moe_kmod *k, uint64_t size, struct moe_kmod_bo *bo)
+{
+	void *p = NULL;
+
+	(void)k;
+	ck_assert_ptr_null(fk.bo);
+	ck_assert_int_eq(posix_memalign(&p, 4096, size), 0);
+	fk.bo = p;
+	fk.bo_size = size;
+	*bo = (struct moe_kmod_bo){ .handle = 1, .size = size, .map = p };
+	return 0;
+}
+
+static void fk_bo_destroy(struct moe_kmod *k, struct moe_kmod_bo *bo)
+{
+	(void)k;
+	free(fk.bo);
+	fk.bo = NULL;
+	memset(bo, 0, sizeof(*bo));
+}
+
+static int fk_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
+		    int64_t *results, uint64_t *ticket)
+{
+	struct fk_batch *b = NULL;
+
+	(void)k;
+	ck_assert_uint_gt(n, 0);
+	ck_assert_uint_le(n, FK_REQS);
+	pthread_mutex_lock(&fk.mu);
+	for (unsigned i = 0; i < FK_BATCHES && !b; i++)
+		if (!fk.b[i].live)
+			b = &fk.b[i];
+	ck_assert_ptr_nonnull(b);
+	memset(b, 0, sizeof(*b));
+	for (uint32_t i = 0; i < n; i++) {
+		const struct drm_moe_fetch_req *r = &reqs[i];
+		const struct drm_moe_extent *e;
+
+		ck_assert_uint_eq(r->model_id, 7);
+		ck_assert_uint_lt(r->extent, 2);
+		e = &fk.ext[r->extent];
+		ck_assert_uint_eq(r->handle, 1);
+		ck_assert_uint_eq(r->offset % 4096, 0);
+		ck_assert_uint_eq(r->bo_offset % 4096, 0);
+		ck_assert_uint_gt(r->length, 0);
+		ck_assert_uint_le(r->offset + r->length, e->length);
+		ck_assert_uint_le(r->bo_offset + r->length, fk.bo_size);
+		for (unsigned j = 0; j < FK_BATCHES; j++) {
+			const struct fk_batch *o = &fk.b[j];
+
+			for (uint32_t q = 0; o->live && o->late && q < o->n; q++)
+				fk.overlaps += r->bo_offset < o->r[q].bo_off + o->r[q].len &&
+					       o->r[q].bo_off < r->bo_offset + r->length;
+		}
+		b->r[i].bo_off = r->bo_offset;
+		b->r[i].len = r->length;
+		b->r[i].pos = e->offset + r->offset;
+	}
+	b->live = true;
+	b->n = n;
+	b->results = results;
+	b->ticket = *ticket = ++fk.next_ticket;
+	fk.fetched += n;
+	if (fk.make_late) {
+		fk.make_late--;
+		b->late = true;
+	} else {
+		fk_dma(b);
+	}
+	pthread_mutex_unlock(&fk.mu);
+	return 0;
+}
+
+static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed)
+{
+	int ret = -ENOENT;
+
+	(void)k;
+	(void)timeout_s;
+	pthread_mutex_lock(&fk.mu);
+	for (unsigned i = 0; i < FK_BATCHES; i++) {
+		struct fk_batch *b = &fk.b[i];
+
+		if (!b->live || b->ticket != ticket)
+			continue;
+		if (b->late) {
+			/* As if the deadline passed with the device still busy. */
+			fk.etime++;
+			ret = -ETIME;
+			break;
+		}
+		/* The results land in the caller's array at WAIT, as with moe.ko. */
+		for (uint32_t q = 0; q < b->n; q++)
+			b->results[q] = b->r[q].res;
+		if (failed)
+			*failed = 0;
+		b->live = false;
+		ret = 0;
+		break;
+	}
+	pthread_mutex_unlock(&fk.mu);
+	return ret;
+}
+
+static const struct moe_kmod_client fk_client = {
+	.open = fk_open, .close = fk_close, .next = fk_next, .info = fk_info,
+	.bo_create = fk_bo_create, .bo_destroy = fk_bo_destroy, .fetch = fk_fetch,
+	.wait = fk_wait,
+};
+
+static uint8_t fk_byte(uint64_t i)
+{
+	return (uint8_t)(i * 2654435761u >> 13);
+}
+
+static void fk_check_read(struct moe_io *io, uint64_t off, uint64_t len, int want)
+{
+	uint64_t cap = moe_io_span(io, off, len);
+	void *dst = NULL, *interior = NULL;
+	int ret;
+
+	ck_assert_int_eq(posix_memalign(&dst, 4096, cap), 0);
+	ret = moe_io_read_sync(io, off, len, dst, cap, &interior);
+	ck_assert_msg(ret == want, "read [%llu, +%llu): %d, want %d (%s)",
+		      (unsigned long long)off, (unsigned long long)len, ret, want, moe_errmsg());
+	for (uint64_t i = 0; !ret && i < len; i++)
+		ck_assert_msg(((uint8_t *)interior)[i] == fk_byte(off + i),
+			      "byte %llu of the file differs", (unsigned long long)(off + i));
+	free(dst);
+}
+
+/*
+ * A batch whose WAIT fails keeps its bounce-BO slots until the driver
+ * finishes it: no later request is aimed at them meanwhile, the reads that
+ * follow still succeed, and once the late DMA is done the batch is
+ * collected (ticket and pending count settled) and the slots serve again.
+ */
+START_TEST(kmod_late_batch_keeps_slots)
+{
+	struct moe_io_opts o;
+	struct moe_io *io = NULL;
+	char *dir = tu_tmpdir(), path[4096];
+	uint64_t size = 9 * MIB, seed = 14;
+	uint8_t *data = malloc(size);
+	unsigned before;
+
+	ck_assert_ptr_nonnull(data);
+	for (uint64_t i = 0; i < size; i++)
+		data[i] = fk_byte(i);
+	snprintf(path, sizeof(path), "%s/model.bin", dir);
+	ck_assert_int_eq(tu_write_file(path, data, size), 0);
+	free(data);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk.ext[0] = (struct drm_moe_extent){ .offset = 0, .length = 4 * MIB };
+	fk.ext[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+
+	moe_kmod_io_client = &fk_client;
+	moe_io_opts_init(&o);
+	o.backend = MOE_IO_KMOD;
+	o.direct = MOE_IO_DIRECT_OFF;
+	o.queue_depth = 4;
+	o.max_request = 256 * 1024;
+	ck_assert_msg(moe_io_open(path, &o, &io) == 0, "%s", moe_errmsg());
+
+	fk_reset();
+	fk.make_late = 1;
+	fk_check_read(io, 8192, 300000, -ETIME);
+	ck_assert_uint_ge(fk.etime, 1);
+	ck_assert_uint_eq(fk_live(), 1);
+
+	/* The late batch's slots are off limits; the rest of the queue still works. */
+	for (int i = 0; i < 40; i++) {
+		uint64_t off = tu_rand(&seed) % (size - 1), len = 1 + tu_rand(&seed) % MIB;
+
+		fk_check_read(io, off, len < size - off ? len : size - off, 0);
+	}
+	ck_assert_uint_eq(fk.overlaps, 0);
+	ck_assert_uint_eq(fk_live(), 1);
+
+	fk_finish_late();
+	for (int i = 0; i < 500 && fk_live(); i++)
+		usleep(10000);
+	ck_assert_uint_eq(fk_live(), 0);
+
+	/* All four slots are free again: one read of four pieces goes through the driver. */
+	before = fk.fetched;
+	fk_check_read(io, 4 * MIB, MIB, 0);
+	ck_assert_uint_eq(fk.fetched - before, 4);
+	ck_assert_uint_eq(fk.overlaps, 0);
+	moe_io_close(io);
+	ck_assert_uint_eq(fk.live_at_close, 0);
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	close(fk.fd);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/* A late batch still running at close is left to the driver (closing the node collects it). */
+START_TEST(kmod_late_batch_at_close)
+{
+	struct moe_io_opts o;
+	struct moe_io *io = NULL;
+	char *dir = tu_tmpdir(), path[4096];
+	uint64_t size = 8 * MIB;
+	uint8_t *data = malloc(size);
+
+	ck_assert_ptr_nonnull(data);
+	for (uint64_t i = 0; i < size; i++)
+		data[i] = fk_byte(i);
+	snprintf(path, sizeof(path), "%s/model.bin", dir);
+	ck_assert_int_eq(tu_write_file(path, data, size), 0);
+	free(data);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk.ext[0] = (struct drm_moe_extent){ .offset = 0, .length = 4 * MIB };
+	fk.ext[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+	moe_kmod_io_client = &fk_client;
+	moe_io_opts_init(&o);
+	o.backend = MOE_IO_KMOD;
+	o.direct = MOE_IO_DIRECT_OFF;
+	o.queue_depth = 2;
+	o.max_request = 128 * 1024;
+	ck_assert_msg(moe_io_open(path, &o, &io) == 0, "%s", moe_errmsg());
+	fk_reset();
+	fk.make_late = 1;
+	fk_check_read(io, 0, 256 * 1024, -ETIME);
+	/* No slot left for the driver: served by pread, correct all the same. */
+	fk_check_read(io, 5 * MIB, 3 * MIB, 0);
+	ck_assert_uint_eq(fk.overlaps, 0);
+	moe_io_close(io);
+	ck_assert_uint_eq(fk.live_at_close, 1);
+	ck_assert_uint_eq(fk.fetched, 2);
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	close(fk.fd);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 Suite *suite_kmod(void)
 {
 	Suite *s = suite_create("kmod");
@@ -115,6 +485,8 @@ Suite *suite_kmod(void)
 
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, kmod_expert_extents);
+	tcase_add_test(tc, kmod_late_batch_keeps_slots);
+	tcase_add_test(tc, kmod_late_batch_at_close);
 	if (access("/sys/module/moe", F_OK)) {
 		tcase_add_test(tc, kmod_no_driver);
 		tcase_add_test(tc, kmod_moectl_no_driver);

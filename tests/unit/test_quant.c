@@ -239,6 +239,26 @@ static bool same_float(float a, float b)
 	return (isnan(a) && isnan(b)) || a == b;
 }
 
+/*
+ * The SIMD instruction set under test: tests registered once per ISA the CPU
+ * has (suite_quant) compare its kernels with the scalar reference, switching
+ * between the two with use_scalar().
+ */
+static enum moe_cpu_isa test_isa = MOE_ISA_AVX2;
+
+static void use_isa(int isa)
+{
+	test_isa = (enum moe_cpu_isa)isa;
+	ck_assert_msg(moe_quant_force_isa(test_isa) == 0, "cannot select %s",
+		      moe_quant_isa_name(test_isa));
+	ck_assert_str_eq(moe_quant_simd_name(), moe_quant_isa_name(test_isa));
+}
+
+static void use_scalar(bool scalar)
+{
+	ck_assert_int_eq(moe_quant_force_isa(scalar ? MOE_ISA_SCALAR : test_isa), 0);
+}
+
 /* ------------------------------------------------------------ known answers */
 
 static void put_half(uint8_t *p, uint16_t h)
@@ -252,14 +272,14 @@ static void expect_row(uint32_t type, const void *blk, const float *want, int n)
 	float got[256];
 
 	for (int pass = 0; pass < 2; pass++) {
-		moe_quant_force_scalar(pass == 0);
+		use_scalar(pass == 0);
 		ck_assert_int_eq(moe_dequantize(type, blk, got, n), 0);
 		for (int j = 0; j < n; j++)
 			ck_assert_msg(same_float(got[j], want[j]), "%s [%d]: got %.9g want %.9g (%s)",
 				      moe_type_name(type), j, got[j], want[j],
 				      moe_quant_simd_name());
 	}
-	moe_quant_force_scalar(false);
+	use_scalar(false);
 }
 
 START_TEST(kat_float)
@@ -267,6 +287,7 @@ START_TEST(kat_float)
 	uint8_t b[16];
 	float want[8], f32[2] = { 1.5f, -0.0f };
 
+	use_isa(_i);
 	/* f16: 1, -2, smallest subnormal, largest subnormal, inf, 1/3, 65504, -0 */
 	const uint16_t h[8] = { 0x3c00, 0xc000, 0x0001, 0x03ff, 0x7c00, 0x3555, 0x7bff, 0x8000 };
 	const float hv[8] = { 1, -2, 5.9604644775390625e-08f, 6.0975551605224609375e-05f,
@@ -346,6 +367,7 @@ START_TEST(kat_legacy)
 	uint8_t b[34];
 	float want[32];
 
+	use_isa(_i);
 	/* Q4_0, d = 0.5: element 0 = (15-8)/2, element 16 = (0-8)/2, element 17 = (9-8)/2 */
 	memset(b, 0x88, sizeof(b));
 	put_half(b, 0x3800);
@@ -413,6 +435,7 @@ START_TEST(kat_mxfp4)
 	uint8_t b[3 * 17] = { 0 };
 	float want[96] = { 0 };
 
+	use_isa(_i);
 	/* e = 128: value = E2M1 * 2; code 7 = 6 -> 12, code 15 = -6 -> -12, code 9 = -0.5 -> -1 */
 	b[0] = 128;
 	b[1] = 0xf7;
@@ -439,6 +462,7 @@ START_TEST(kat_q4_k_q5_k)
 	uint8_t b4[144] = { 0 }, b5[176] = { 0 };
 	float want[256];
 
+	use_isa(_i);
 	/* d = 1, dmin = 0.5; sub-block 0: sc 1 m 2; 1: sc 3 m 4; 5: sc 33 m 20; others 0 */
 	uint8_t sc[12] = { 0 };
 
@@ -477,6 +501,7 @@ START_TEST(kat_q6_k_q8_k)
 	uint8_t b[292] = { 0 };
 	float want[256];
 
+	use_isa(_i);
 	/* d = 0.5; scales[0] = 2, scales[2] = -3, scales[12] = 4 */
 	put_half(b + 208, 0x3800);
 	b[192 + 0] = 2;
@@ -517,6 +542,7 @@ START_TEST(dequant_vs_spec)
 	double *ref = malloc((size_t)n * sizeof(double));
 	uint64_t st = 1;
 
+	use_isa(_i);
 	for (size_t t = 0; t < sizeof(qtypes) / sizeof(qtypes[0]); t++) {
 		uint32_t type = qtypes[t].type;
 
@@ -524,7 +550,7 @@ START_TEST(dequant_vs_spec)
 			random_row(type, buf, n, true, &st);
 			spec_row(type, buf, n, ref);
 			for (int pass = 0; pass < 2; pass++) {
-				moe_quant_force_scalar(pass == 0);
+				use_scalar(pass == 0);
 				ck_assert_int_eq(moe_dequantize(type, buf, got, n), 0);
 				for (int64_t i = 0; i < n; i++)
 					ck_assert_msg(same_float(got[i], (float)ref[i]),
@@ -534,7 +560,7 @@ START_TEST(dequant_vs_spec)
 			}
 		}
 	}
-	moe_quant_force_scalar(false);
+	use_scalar(false);
 	free(buf);
 	free(got);
 	free(ref);
@@ -570,7 +596,7 @@ static struct dot_case run_dot(uint32_t type, int64_t n, uint64_t *st)
 	}
 	c.tol = DOT_TOL * sa * wmax + 1e-30;
 	ts->vec_dot(n, &c.scalar, w, a);
-	moe_quant_force_scalar(false);
+	use_scalar(false);
 	moe_type_traits(type)->vec_dot(n, &c.simd, w, a);
 	free(w);
 	free(a);
@@ -582,13 +608,17 @@ static struct dot_case run_dot(uint32_t type, int64_t n, uint64_t *st)
 
 START_TEST(dot_vs_f64)
 {
-	static const int64_t lens[] = { 256, 512, 4096, 14336 };
+	/* 1..7 blocks of 32 reach every tail of the kernels that take 2 or 4 blocks at a time */
+	static const int64_t lens[] = { 32, 64, 96, 160, 224, 256, 512, 4096, 14336 };
 	uint64_t st = 7;
 
+	use_isa(_i);
 	for (size_t t = 0; t < sizeof(qtypes) / sizeof(qtypes[0]); t++) {
 		uint32_t type = qtypes[t].type;
 
 		for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+			if (lens[k] % moe_type_block_elems(type))
+				continue;
 			for (int rep = 0; rep < 4; rep++) {
 				struct dot_case c = run_dot(type, lens[k], &st);
 
@@ -615,6 +645,7 @@ START_TEST(dot_x4_matches_single)
 	uint64_t st = 17;
 	int tested = 0;
 
+	use_isa(_i);
 	for (size_t k = 0; k < sizeof(qtypes) / sizeof(qtypes[0]); k++) {
 		uint32_t type = qtypes[k].type;
 		const struct moe_type_traits *t = moe_type_traits(type);
@@ -661,11 +692,58 @@ next:
 }
 END_TEST
 
+/*
+ * The AVX-512 kernels do the integer work 512 bits wide but add the floats
+ * in the AVX2 kernels' order, so a model computes the same numbers on both
+ * kinds of machine: every dot product is the AVX2 one bit for bit.
+ */
+START_TEST(dot_same_as_avx2)
+{
+	static const int64_t lens[] = { 1, 7, 8, 31, 32, 33, 64, 96, 160, 224, 256, 512, 768, 4096,
+					4128 };
+	uint64_t st = 23;
+
+	use_isa(_i);
+	for (size_t t = 0; t < sizeof(qtypes) / sizeof(qtypes[0]); t++) {
+		uint32_t type = qtypes[t].type;
+		uint32_t at = moe_type_traits_scalar(type)->vec_dot_type;
+
+		for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+			int64_t n = lens[k];
+			uint8_t *w = malloc((size_t)n * 4 + 64);
+			uint8_t *a = aligned_alloc(64, ALIGN64((size_t)n * 4 + 64));
+			float *x = malloc((size_t)n * sizeof(float)), wide, narrow;
+
+			if (n % moe_type_block_elems(type) || n % moe_type_block_elems(at))
+				goto next;
+			random_row(type, w, n, true, &st);
+			for (int64_t i = 0; i < n; i++)
+				x[i] = (float)tu_randn(&st);
+			moe_mm_quantize(&(struct moe_mm){ .t = moe_type_traits_scalar(type),
+							  .at = moe_type_traits_scalar(at),
+							  .cols = n }, x, a);
+			moe_type_traits(type)->vec_dot(n, &wide, w, a);
+			ck_assert_int_eq(moe_quant_force_isa(MOE_ISA_AVX2), 0);
+			moe_type_traits(type)->vec_dot(n, &narrow, w, a);
+			use_isa(_i);
+			ck_assert_msg(same_float(wide, narrow), "%s n=%lld: %s %.9g avx2 %.9g",
+				      moe_type_name(type), (long long)n, moe_quant_isa_name(_i),
+				      wide, narrow);
+next:
+			free(w);
+			free(a);
+			free(x);
+		}
+	}
+}
+END_TEST
+
 /* Odd lengths reach the float kernels' tails. */
 START_TEST(dot_float_tails)
 {
 	uint64_t st = 11;
 
+	use_isa(_i);
 	for (int64_t n = 1; n < 80; n++) {
 		struct dot_case c = run_dot(n % 3 == 0 ? MOE_TYPE_F32 : n % 3 == 1 ? MOE_TYPE_F16 :
 					    MOE_TYPE_BF16, n, &st);
@@ -760,6 +838,7 @@ START_TEST(simd_quantize_matches_scalar)
 	uint8_t *a = malloc(n * 4), *b = malloc(n * 4);
 	uint64_t st = 5;
 
+	use_isa(_i);
 	for (int64_t i = 0; i < n; i++)
 		x[i] = (float)(tu_randn(&st) * (i % 64 == 0 ? 100 : 1));
 	for (size_t t = 0; t < sizeof(qtypes) / sizeof(qtypes[0]); t++) {
@@ -835,10 +914,11 @@ START_TEST(activation_rounding)
 	const int64_t n = 2048;
 	float *x = malloc(n * sizeof(float));
 	uint8_t *a = malloc(n * 2), *b = malloc(n * 2);
-	const struct moe_type_traits *q8 = moe_type_traits(MOE_TYPE_Q8_0);
-	const struct moe_type_traits *q8s = moe_type_traits_scalar(MOE_TYPE_Q8_0);
+	const struct moe_type_traits *q8, *q8s = moe_type_traits_scalar(MOE_TYPE_Q8_0);
 	uint64_t st = 77;
 
+	use_isa(_i);
+	q8 = moe_type_traits(MOE_TYPE_Q8_0);
 	ck_assert_int_eq(fegetround(), FE_TONEAREST);
 	for (int64_t i = 0; i < n; i++)
 		x[i] = (float)tu_randn(&st);
@@ -943,13 +1023,14 @@ START_TEST(matmul_vs_f64)
 	struct moe_threadpool *pool;
 	uint64_t st = 9;
 
+	use_isa(_i);
 	ck_assert_int_eq(moe_threadpool_create(3, &pool), 0);
 	for (int pass = 0; pass < 2; pass++) {
-		moe_quant_force_scalar(pass == 1);
+		use_scalar(pass == 1);
 		for (size_t t = 0; t < sizeof(qtypes) / sizeof(qtypes[0]); t++)
 			check_matmul(qtypes[t].type, pool, &st);
 	}
-	moe_quant_force_scalar(false);
+	use_scalar(false);
 	moe_threadpool_destroy(pool);
 }
 END_TEST
@@ -1070,6 +1151,14 @@ START_TEST(threadpool_sleep_wake)
 }
 END_TEST
 
+/* One run of @fn per SIMD instruction set this CPU has, _i being the ISA. */
+#define add_per_isa(tc, fn)                                                          \
+	do {                                                                         \
+		for (int isa_ = MOE_ISA_AVX2; isa_ < MOE_ISA_COUNT; isa_++)          \
+			if (moe_quant_isa_available((enum moe_cpu_isa)isa_))         \
+				tcase_add_loop_test(tc, fn, isa_, isa_ + 1);         \
+	} while (0)
+
 Suite *suite_quant(void)
 {
 	Suite *s = suite_create("quant");
@@ -1078,25 +1167,40 @@ Suite *suite_quant(void)
 	TCase *mm = tcase_create("matmul");
 	TCase *tp = tcase_create("threadpool");
 
-	if (!strcmp(moe_quant_simd_name(), "scalar"))
-		tu_skip("quant SIMD paths", "this CPU lacks AVX2+FMA+F16C (or MOE_NO_SIMD is set): "
-			"the SIMD comparisons below compare the scalar path with itself");
-	tcase_add_test(kat, kat_float);
+	static const char *const lacks[MOE_ISA_COUNT] = {
+		[MOE_ISA_AVX2] = "this CPU (or OS) lacks AVX2+FMA+F16C",
+		[MOE_ISA_AVX512] = "this CPU (or OS) lacks AVX-512 F/BW/VL/DQ",
+		[MOE_ISA_AVX512VNNI] = "this CPU (or OS) lacks AVX-512 VNNI",
+	};
+
+	/* the SIMD comparisons once per instruction set the CPU has, whatever MOE_CPU_ISA says */
+	for (int isa = MOE_ISA_AVX2; isa < MOE_ISA_COUNT; isa++) {
+		char name[64];
+
+		if (moe_quant_isa_available((enum moe_cpu_isa)isa))
+			continue;
+		snprintf(name, sizeof(name), "quant %s kernels", moe_quant_isa_name(isa));
+		tu_skip(name, lacks[isa]);
+	}
+	add_per_isa(kat, kat_float);
 	tcase_add_test(kat, kat_float_encode);
 	tcase_add_test(kat, f16_roundtrip_all);
-	tcase_add_test(kat, kat_legacy);
-	tcase_add_test(kat, kat_mxfp4);
-	tcase_add_test(kat, kat_q4_k_q5_k);
-	tcase_add_test(kat, kat_q6_k_q8_k);
-	tcase_add_test(rnd, dequant_vs_spec);
-	tcase_add_test(rnd, dot_vs_f64);
-	tcase_add_test(rnd, dot_float_tails);
-	tcase_add_test(rnd, dot_x4_matches_single);
+	add_per_isa(kat, kat_legacy);
+	add_per_isa(kat, kat_mxfp4);
+	add_per_isa(kat, kat_q4_k_q5_k);
+	add_per_isa(kat, kat_q6_k_q8_k);
+	add_per_isa(rnd, dequant_vs_spec);
+	add_per_isa(rnd, dot_vs_f64);
+	add_per_isa(rnd, dot_float_tails);
+	for (int isa = MOE_ISA_AVX512; isa < MOE_ISA_COUNT; isa++)
+		if (moe_quant_isa_available((enum moe_cpu_isa)isa))
+			tcase_add_loop_test(rnd, dot_same_as_avx2, isa, isa + 1);
+	add_per_isa(rnd, dot_x4_matches_single);
 	tcase_add_test(rnd, quantize_error_bounds);
 	tcase_add_test(rnd, quantize_degenerate);
-	tcase_add_test(rnd, simd_quantize_matches_scalar);
-	tcase_add_test(rnd, activation_rounding);
-	tcase_add_test(mm, matmul_vs_f64);
+	add_per_isa(rnd, simd_quantize_matches_scalar);
+	add_per_isa(rnd, activation_rounding);
+	add_per_isa(mm, matmul_vs_f64);
 	tcase_add_test(mm, dequant_row);
 	tcase_add_test(mm, bad_input);
 	tcase_add_test(tp, threadpool_runs);

@@ -14,9 +14,11 @@ mount -t devtmpfs devtmpfs /dev
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 
+# Kernel log lines that mean trouble; checked after every test and at the end.
+pat='BUG|WARNING|Oops|general protection|possible circular locking|lockdep'
+pat="$pat|INFO: task .* blocked|Call Trace"
+n_bad() { dmesg | grep -cE "$pat"; }
 finish() {
-	pat='BUG|WARNING|Oops|general protection|possible circular locking|lockdep'
-	pat="$pat|INFO: task .* blocked|Call Trace"
 	bad=$(dmesg | grep -E "$pat" || true)
 	if [ -n "$bad" ]; then
 		echo "not ok dmesg-clean: the kernel log has:"
@@ -32,12 +34,22 @@ finish() {
 for m in drm drm_shmem_helper crc32c_generic nvme ext4; do
 	modprobe "$m" || { echo "not ok boot: modprobe $m failed"; finish; }
 done
+# Two controllers, told apart by serial: the models and the slow drive.
+disk_of() {
+	for c in /sys/class/nvme/nvme*; do
+		# The serial is space-padded to 20 bytes: read strips that.
+		read -r serial <"$c/serial" 2>/dev/null || continue
+		[ "$serial" = "$1" ] && [ -b "/dev/${c##*/}n1" ] && echo "/dev/${c##*/}n1"
+	done
+}
 i=0
-while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do
+while { [ -z "$(disk_of moevm0)" ] || [ -z "$(disk_of moeslow)" ]; } && [ $i -lt 100 ]; do
 	sleep 0.1
 	i=$((i + 1))
 done
-mount -t ext4 /dev/nvme0n1 /mnt || { echo "not ok boot: cannot mount the NVMe disk"; finish; }
+mount -t ext4 "$(disk_of moevm0)" /mnt || { echo "not ok boot: cannot mount the NVMe disk"; finish; }
+mount -t ext4 "$(disk_of moeslow)" /slow ||
+	{ echo "not ok boot: cannot mount the slow NVMe disk"; finish; }
 modprobe moe || { echo "not ok boot: modprobe moe failed"; finish; }
 echo "ok boot-and-load"
 
@@ -55,9 +67,12 @@ check() {
 	name=$1
 	want=$2
 	shift 2
+	b0=$(n_bad)
 	out=$("$@" 2>&1)
 	rc=$?
-	if [ $rc -eq 0 ] && echo "$out" | grep -q -- "$want"; then
+	if [ "$(n_bad)" != "$b0" ]; then
+		echo "not ok $name: the kernel log gained: $(dmesg | grep -E "$pat" | tail -n 1)"
+	elif [ $rc -eq 0 ] && echo "$out" | grep -q -- "$want"; then
 		echo "ok $name"
 	else
 		echo "not ok $name: status $rc, output: $(echo "$out" | tr '\n' ' ')"
@@ -67,9 +82,12 @@ check_fail() {
 	name=$1
 	want=$2
 	shift 2
+	b0=$(n_bad)
 	out=$("$@" 2>&1)
 	rc=$?
-	if [ $rc -eq 1 ] && echo "$out" | grep -q -- "$want"; then
+	if [ "$(n_bad)" != "$b0" ]; then
+		echo "not ok $name: the kernel log gained: $(dmesg | grep -E "$pat" | tail -n 1)"
+	elif [ $rc -eq 1 ] && echo "$out" | grep -q -- "$want"; then
 		echo "ok $name"
 	else
 		echo "not ok $name: status $rc, output: $(echo "$out" | tr '\n' ' ')"

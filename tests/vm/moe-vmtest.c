@@ -83,21 +83,29 @@ static int64_t now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* The node is /dev/accel/accelN (DRM_ACCEL kernels): no primary node then. */
+static bool moe_accel;
+
+/* The render node (6.1) or, on kernels with DRM_ACCEL, the accel node whose driver is moe. */
 static int open_moe(void)
 {
 	char path[64];
 
-	for (int i = 0; i < 64; i++) {
+	for (int i = 0; i < 128; i++) {
 		drmVersionPtr v;
 		int fd;
 
-		snprintf(path, sizeof(path), "/dev/dri/renderD%d", 128 + i);
+		if (i < 64)
+			snprintf(path, sizeof(path), "/dev/accel/accel%d", i);
+		else
+			snprintf(path, sizeof(path), "/dev/dri/renderD%d", 128 + i - 64);
 		fd = open(path, O_RDWR | O_CLOEXEC);
 		if (fd < 0)
 			continue;
 		v = drmGetVersion(fd);
 		if (v && !strcmp(v->name, "moe")) {
 			drmFreeVersion(v);
+			moe_accel = i < 64;
 			return fd;
 		}
 		drmFreeVersion(v);
@@ -348,13 +356,15 @@ static int t_bo(void)
 
 			drmFreeVersion(v);
 			close(fd);
+			EXPECT(!moe_accel, "an accel device also has %s", path);
 			EXPECT(r < 0, "the primary node created a dumb buffer");
 			return 0;
 		}
 		drmFreeVersion(v);
 		close(fd);
 	}
-	return failf("no primary node of moe in /dev/dri");
+	/* An accel device has its accel node only, and that offers no dumb buffers. */
+	return moe_accel ? 0 : failf("no primary node of moe in /dev/dri");
 }
 
 static int t_register(void)
@@ -543,9 +553,19 @@ static int t_register_invalid(void)
 	EXPECT_ERR(model_register(moe_fd, wfd, "x", &e, 1, NULL), EBADF, "a write-only fd");
 	close(wfd);
 	close(tfd);
-	tfd = open(tmpf, O_RDONLY);
-	EXPECT_ERR(model_register(moe_fd, tfd, "x", &e, 1, NULL), EOPNOTSUPP,
-		   "a tmpfs file (no direct I/O)");
+	/* The driver agrees with open(O_DIRECT): tmpfs takes it from 6.6 on. */
+	tfd = open(tmpf, O_RDONLY | O_DIRECT);
+	if (tfd < 0) {
+		tfd = open(tmpf, O_RDONLY);
+		EXPECT_ERR(model_register(moe_fd, tfd, "x", &e, 1, NULL), EOPNOTSUPP,
+			   "a tmpfs file (no direct I/O)");
+	} else {
+		uint32_t id;
+
+		EXPECT(!model_register(moe_fd, tfd, "tmpfs", &e, 1, &id),
+		       "a tmpfs file that opens with O_DIRECT refused: %s", strerror(errno));
+		EXPECT(!model_unregister(moe_fd, id), "unregister of the tmpfs model");
+	}
 	close(tfd);
 	unlink(tmpf);
 
@@ -704,7 +724,8 @@ static int t_info(void)
 	}
 	EXPECT(found, "MODEL_INFO NEXT does not list the model");
 
-	EXPECT(!glob("/sys/kernel/debug/dri/*/moe_models", 0, NULL, &g), "no debugfs moe_models");
+	EXPECT(!glob(moe_accel ? "/sys/kernel/debug/accel/*/moe_models" :
+		     "/sys/kernel/debug/dri/*/moe_models", 0, NULL, &g), "no debugfs moe_models");
 	for (size_t i = 0; i < g.gl_pathc && !found; i++) {
 		char buf[4096] = "";
 		int fd = open(g.gl_pathv[i], O_RDONLY);
@@ -742,7 +763,7 @@ static int t_wait_timeout(void)
 }
 
 static int uring_fetch(struct io_uring *ring, struct drm_moe_fetch *f, unsigned sqe_flags,
-		       uint16_t cmd_op, uint64_t pad, int *res)
+		       uint32_t cmd_op, uint64_t pad, int *res)
 {
 	struct drm_moe_uring_cmd cmd = { .fetch_ptr = (uintptr_t)f, .pad = pad };
 	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
@@ -817,12 +838,41 @@ static int t_uring(void)
 	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres))
 		return -1;
 	EXPECT(cres == -ENOENT, "unknown model: CQE res %d", cres);
-	if (uring_fetch(&ring, &f, 0, 0x77, 0, &cres))
-		return -1;
-	EXPECT(cres == -EINVAL, "unknown cmd_op: CQE res %d", cres);
+	/*
+	 * cmd_op carries type, number, direction and size: each one wrong is
+	 * refused, and so is the bare number of uAPI 1.
+	 */
+	{
+		static const struct { uint32_t op; const char *what; } bad[] = {
+			{ 0x77, "unknown cmd_op" },
+			{ 0x6d01, "uAPI 1's bare cmd_op" },
+			{ _IOWR('M', 0x02, struct drm_moe_uring_cmd), "another number" },
+			{ _IOWR('N', 0x01, struct drm_moe_uring_cmd), "another type" },
+			{ _IOR('M', 0x01, struct drm_moe_uring_cmd), "read-only direction" },
+			{ _IOWR('M', 0x01, uint64_t), "8-byte size" },
+		};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			if (uring_fetch(&ring, &f, 0, bad[i].op, 0, &cres))
+				return -1;
+			EXPECT(cres == -ENOTTY, "%s 0x%x: CQE res %d", bad[i].what, bad[i].op, cres);
+		}
+	}
 	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 1, &cres))
 		return -1;
 	EXPECT(cres == -EINVAL, "non-zero pad: CQE res %d", cres);
+	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 1ull << 63, &cres))
+		return -1;
+	EXPECT(cres == -EINVAL, "pad with only its top bit set: CQE res %d", cres);
+	if (uring_fetch(&ring, (struct drm_moe_fetch *)8, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres))
+		return -1;
+	EXPECT(cres == -EFAULT, "fetch_ptr to unmapped memory: CQE res %d", cres);
+	/* The valid command still works after the refusals (nothing leaked a slot). */
+	reqs[3].model_id = big_id;
+	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres))
+		return -1;
+	EXPECT(cres == total, "after the refusals: CQE res %d, expected %lld", cres,
+	       (long long)total);
 	io_uring_queue_exit(&ring);
 	return 0;
 }
@@ -1044,6 +1094,100 @@ static int t_killed_midfetch(void)
 	return 0;
 }
 
+#define KILL_READS 1000
+
+/* Child of t_killed_thousands: 1000 reads of 4 KiB from the slow drive, never waited for. */
+static void thousands_child(uint32_t id)
+{
+	static struct drm_moe_fetch_req reqs[250];
+	uint64_t ticket;
+	uint32_t h;
+	int fd = open_moe();
+
+	if (fd < 0 || bo_create(fd, KILL_READS * 4096, &h))
+		_exit(1);
+	/* Batches below the block layer's tag depth: FETCH itself never waits for a tag. */
+	for (int b = 0; b < KILL_READS / 250; b++) {
+		for (int i = 0; i < 250; i++) {
+			int k = b * 250 + i;
+
+			reqs[i] = (struct drm_moe_fetch_req){
+				.model_id = id, .extent = k % 16, .handle = h,
+				.offset = (uint64_t)(k / 16) * 4096, .length = 4096,
+				.bo_offset = (uint64_t)k * 4096,
+			};
+		}
+		if (fetch(fd, reqs, 250, NULL, &ticket))
+			_exit(2);
+	}
+	busy->stage = 1;
+	for (;;)
+		pause();
+}
+
+/*
+ * SIGKILL of a process with a thousand reads in flight on a slow drive
+ * (400 IOPS, so about 2.5 s of I/O): it is reaped at once, its close does
+ * not wait on the device; the reads still finish afterwards and then
+ * release the model and the module.
+ */
+static int t_killed_thousands(void)
+{
+	struct drm_moe_extent ext[16];
+	struct drm_moe_model_info info = { 0 };
+	long before = module_refcnt(), after = -1;
+	int64_t t0, reap_ns;
+	int status = 0, sfd, ret = 0;
+	uint32_t id;
+	pid_t pid;
+
+	sfd = open("/slow/slow.bin", O_RDONLY);
+	EXPECT(sfd >= 0, "/slow/slow.bin: %s", strerror(errno));
+	for (int i = 0; i < 16; i++)
+		ext[i] = (struct drm_moe_extent){ .offset = i * MIB, .length = MIB };
+	EXPECT(!model_register(moe_fd, sfd, "slow", ext, 16, &id), "register slow: %s",
+	       strerror(errno));
+	close(sfd);
+	info.model_id = id;
+	busy->stage = 0;
+	drop_caches();
+	pid = fork();
+	if (pid == 0)
+		thousands_child(id);
+	for (int i = 0; i < 1000 && !busy->stage && waitpid(pid, &status, WNOHANG) == 0; i++)
+		usleep(10000);
+	if (!busy->stage) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		model_unregister(moe_fd, id);
+		return failf("the child did not queue its reads (status 0x%x)", status);
+	}
+	t0 = now_ns();
+	kill(pid, SIGKILL);
+	if (waitpid(pid, &status, 0) != pid || !WIFSIGNALED(status))
+		ret = failf("waitpid: status 0x%x", status);
+	reap_ns = now_ns() - t0;
+	if (!ret && ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info))
+		ret = failf("MODEL_INFO: %s", strerror(errno));
+	printf("# killed-thousands: reaped in %.1f ms with %llu of %d reads still in flight\n",
+	       reap_ns / 1e6, (unsigned long long)info.inflight, KILL_READS);
+	if (!ret && (info.inflight == 0 || reap_ns > 1000000000))
+		ret = failf("the exit waited for the device: reaped after %.1f ms, %llu reads "
+			    "left", reap_ns / 1e6, (unsigned long long)info.inflight);
+	/* Unregistered with reads in flight: they keep the file until they end. */
+	if (model_unregister(moe_fd, id) && !ret)
+		ret = failf("unregister slow: %s", strerror(errno));
+	for (int i = 0; i < 400; i++) {
+		after = module_refcnt();
+		if (after == before)
+			break;
+		usleep(50000);
+	}
+	if (!ret && after != before)
+		ret = failf("module refcnt %ld 20 s after the kill, %ld before", after, before);
+	return ret;
+}
+
 static int t_rmmod_in_use(void)
 {
 	struct drm_moe_fetch_req reqs[N_EXT];
@@ -1164,11 +1308,113 @@ static int t_perf(void)
 	return 0;
 }
 
+static int write_param(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY);
+	ssize_t n = fd < 0 ? -1 : write(fd, value, strlen(value));
+
+	if (fd >= 0)
+		close(fd);
+	return n == (ssize_t)strlen(value) ? 0 : failf("%s: %s", path, strerror(errno));
+}
+
+/* Lines of the kernel log holding @needle. */
+static int dmesg_count(const char *needle)
+{
+	FILE *f = popen("dmesg", "r");
+	char line[1024];
+	int n = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, needle) != NULL;
+	pclose(f);
+	return n;
+}
+
+/*
+ * The debug mask picks categories and prints through drm_dbg: with DRM's
+ * debug output on, FETCH logs only when bit 1 (MOE_DBG_FETCH) is set, and
+ * bit 0 alone (registrations) says nothing about batches.
+ */
+static int t_debug_mask(void)
+{
+	static const char *mask_path = "/sys/module/moe/parameters/debug";
+	struct drm_moe_fetch_req req = {
+		.model_id = big_id, .extent = 0, .handle = big_bo, .bo_offset = 0,
+	};
+	const char *needle = "fetch: 1 requests";
+	int64_t res;
+	int before, after, ret = 0;
+
+	if (write_param("/sys/module/drm/parameters/debug", "0x2"))
+		return -1;
+	for (int pass = 0; pass < 3 && !ret; pass++) {
+		static const char *masks[] = { "0", "1", "2" };
+
+		if (write_param(mask_path, masks[pass])) {
+			ret = -1;
+			break;
+		}
+		before = dmesg_count(needle);
+		if (fetch_wait(moe_fd, &req, 1, &res) || res != (int64_t)big_ext[0].length) {
+			ret = failf("FETCH with debug %s: %s, result %lld", masks[pass],
+				    strerror(errno), (long long)res);
+			break;
+		}
+		after = dmesg_count(needle);
+		if (after - before != (pass == 2))
+			ret = failf("debug mask %s: %d new '%s' lines in dmesg", masks[pass],
+				    after - before, needle);
+	}
+	write_param(mask_path, "0");
+	write_param("/sys/module/drm/parameters/debug", "0");
+	return ret;
+}
+
+/*
+ * Kernel log lines that mean trouble (init.sh's final scan uses the same
+ * list); @first gets the first such line past the first @skip of them.
+ */
+static int dmesg_bad(int skip, char *first, size_t len)
+{
+	static const char *const pats[] = {
+		"BUG", "WARNING", "Oops", "general protection", "possible circular locking",
+		"lockdep", "INFO: task", "Call Trace",
+	};
+	FILE *f = popen("dmesg", "r");
+	char line[1024];
+	int n = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		for (size_t i = 0; i < sizeof(pats) / sizeof(pats[0]); i++) {
+			if (!strstr(line, pats[i]))
+				continue;
+			if (n++ == skip && first)
+				snprintf(first, len, "%s", line);
+			break;
+		}
+	}
+	pclose(f);
+	return n;
+}
+
 static void run(const char *name, int (*fn)(void))
 {
+	char bad[256] = "";
+	int before = dmesg_bad(0, NULL, 0), after;
+
 	why[0] = 0;
 	if (fn()) {
 		printf("not ok %s: %s\n", name, why);
+		n_fail++;
+	} else if ((after = dmesg_bad(before, bad, sizeof(bad))) != before) {
+		bad[strcspn(bad, "\n")] = 0;
+		printf("not ok %s: the kernel log gained %d bad lines, the first: %s\n", name,
+		       after - before, bad);
 		n_fail++;
 	} else {
 		printf("ok %s\n", name);
@@ -1191,9 +1437,11 @@ static const struct { const char *name; int (*fn)(void); } tests[] = {
 	{ "model-info-counters-debugfs", t_info },
 	{ "wait-absolute-timeout", t_wait_timeout },
 	{ "fetch-io-uring", t_uring },
+	{ "debug-mask-drm-dbg", t_debug_mask },
 	{ "unprivileged", t_unprivileged },
 	{ "unregister-in-flight", t_unregister_inflight },
 	{ "killed-mid-fetch", t_killed_midfetch },
+	{ "killed-thousands-in-flight", t_killed_thousands },
 	{ "rmmod-in-use", t_rmmod_in_use },
 	{ "perf-driver-vs-userspace", t_perf },
 };

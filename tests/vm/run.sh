@@ -5,6 +5,9 @@
 #
 # usage: tests/vm/run.sh [WORKDIR]        (root; installs what it needs with apt-get)
 # env:   MOE_VM_KVER=6.1.0-NN-amd64 picks the kernel (default: newest generic 6.1),
+#        MOE_VM_KERNEL=6.12 boots bookworm-backports' newest generic 6.12 instead
+#        (image and headers fetched with apt lists of the run's own, unpacked
+#        under WORKDIR: the machine's apt state and /usr/src stay untouched),
 #        MOE_VM_REQUIRE=1 fails instead of skipping when not root,
 #        MOE_VM_TIMEOUT=seconds for the guest (default 480), MOE_VM_VERBOSE=1 shows the console.
 # Prints "N passed, N failed, N did not run (N of N expected ran)" last; exit
@@ -48,6 +51,9 @@ command -v gcc >/dev/null || need="$need gcc libc6-dev"
 command -v make >/dev/null || need="$need make"
 [ -r /usr/lib/x86_64-linux-gnu/libdrm.a ] || need="$need libdrm-dev"
 [ -r /usr/lib/x86_64-linux-gnu/liburing.a ] || need="$need liburing-dev"
+# 6.12 builds BTF for modules (CONFIG_DEBUG_INFO_BTF_MODULES): pahole.
+[ "${MOE_VM_KERNEL:-6.1}" = 6.12 ] && ! command -v pahole >/dev/null && need="$need dwarves"
+command -v xz >/dev/null || need="$need xz-utils"
 if [ -n "$need" ]; then
 	say "installing$need"
 	# shellcheck disable=SC2086 # one word per package
@@ -57,28 +63,71 @@ fi
 	die "/bin/busybox has no modprobe: install busybox-static"
 
 # The kernel: the one whose generic headers tests/vm/headers.sh picks (or installs).
-if [ -n "${MOE_VM_KVER:-}" ]; then
+IMAGE_DEB=""
+if [ "${MOE_VM_KERNEL:-6.1}" = 6.12 ]; then
+	# apt with its own sources list, state and cache under $WORK/apt.
+	A=$WORK/apt
+	mkdir -p "$A/etc" "$A/state/lists/partial" "$A/cache/archives/partial"
+	echo "deb http://deb.debian.org/debian bookworm-backports main" >"$A/etc/sources.list"
+	set -- -o Dir::Etc::SourceList="$A/etc/sources.list" -o Dir::Etc::SourceParts=/nonexistent \
+		-o Dir::State="$A/state" -o Dir::Cache="$A/cache" \
+		-o Dir::State::status=/var/lib/dpkg/status
+	bp_newest() {
+		apt-cache "$@" search --names-only '^linux-image-6\.12\.[0-9.]+\+deb12-amd64-unsigned$' \
+			2>/dev/null | sed 's/^linux-image-\([^ ]*\)-unsigned .*/\1/' | sort -V | tail -n 1
+	}
+	KVER=$(bp_newest "$@")
+	if [ -z "$KVER" ]; then
+		apt-get "$@" update -q >"$WORK/apt.log" 2>&1 ||
+			die "apt-get update of bookworm-backports failed (see $WORK/apt.log)"
+		KVER=$(bp_newest "$@")
+	fi
+	[ -n "$KVER" ] || die "bookworm-backports offers no linux-image-6.12.*-amd64-unsigned"
+	HROOT=$WORK/headers-$KVER
+	KDIR=$HROOT/usr/src/linux-headers-$KVER
+	if [ ! -r "$KDIR/.config" ] || [ ! -r "$WORK/deb/image-$KVER.deb" ]; then
+		rm -rf "$WORK/deb" "$HROOT"
+		mkdir -p "$WORK/deb" "$HROOT"
+		abi=${KVER%-amd64}
+		(cd "$WORK/deb" && apt-get "$@" download "linux-image-$KVER-unsigned" \
+			"linux-headers-$KVER" "linux-headers-$abi-common" "linux-kbuild-$abi") \
+			>>"$WORK/apt.log" 2>&1 || die "cannot download the $KVER packages (see $WORK/apt.log)"
+		for deb in "$WORK"/deb/linux-headers-*.deb "$WORK"/deb/linux-kbuild-*.deb; do
+			dpkg-deb -x "$deb" "$HROOT"
+		done
+		mv "$WORK"/deb/linux-image-*.deb "$WORK/deb/image-$KVER.deb"
+		rm -f "$WORK"/deb/linux-*.deb
+		# The flavour's Makefile names the common headers by absolute path.
+		sed -i "s|^include /usr/src/|include $HROOT/usr/src/|" "$KDIR/Makefile"
+	fi
+	IMAGE_DEB=$WORK/deb/image-$KVER.deb
+elif [ -n "${MOE_VM_KVER:-}" ]; then
 	KDIR=/usr/src/linux-headers-$MOE_VM_KVER
 	[ -d "$KDIR" ] || apt_install "linux-headers-$MOE_VM_KVER"
 else
 	KDIR=$(sh "$SRC/tests/vm/headers.sh") || die "no kernel headers"
 fi
-KVER=${KDIR##*/linux-headers-}
+[ -n "${KVER:-}" ] || KVER=${KDIR##*/linux-headers-}
 
 # The image package is unpacked, not installed: the host's boot stays alone.
 KROOT=$WORK/kernel-$KVER
 if [ ! -r "$KROOT/boot/vmlinuz-$KVER" ]; then
-	rm -rf "$WORK/deb" "$KROOT"
+	rm -rf "$KROOT"
+	[ -n "$IMAGE_DEB" ] || rm -rf "$WORK/deb"
 	mkdir -p "$WORK/deb" && cd "$WORK/deb"
-	apt-get download "linux-image-$KVER-unsigned" >/dev/null 2>&1 ||
+	[ -n "$IMAGE_DEB" ] || apt-get download "linux-image-$KVER-unsigned" >/dev/null 2>&1 ||
 		apt-get download "linux-image-$KVER" >/dev/null 2>&1 || {
 			apt-get update -q >/dev/null 2>&1 || true
 			apt-get download "linux-image-$KVER-unsigned" >/dev/null 2>&1 ||
 				die "cannot download linux-image-$KVER-unsigned"
 		}
-	set -- "$WORK"/deb/linux-image-*.deb
+	if [ -n "$IMAGE_DEB" ]; then
+		set -- "$IMAGE_DEB"
+	else
+		set -- "$WORK"/deb/linux-image-*.deb
+	fi
 	dpkg-deb -x "$1" "$KROOT"
-	rm -rf "$WORK/deb"
+	[ -n "$IMAGE_DEB" ] || rm -rf "$WORK/deb"
 	depmod -b "$KROOT" -F "$KROOT/boot/System.map-$KVER" "$KVER"
 	cd "$SRC"
 fi
@@ -104,7 +153,7 @@ gcc -std=gnu11 -O2 -g -Wall -Wextra -Wno-missing-field-initializers -static \
 # initramfs: busybox, the test, and the modules for drm, NVMe and ext4.
 IR=$WORK/initramfs
 rm -rf "$IR"
-mkdir -p "$IR/bin" "$IR/dev" "$IR/proc" "$IR/sys" "$IR/mnt" "$IR/tmp" "$IR/etc"
+mkdir -p "$IR/bin" "$IR/dev" "$IR/proc" "$IR/sys" "$IR/mnt" "$IR/slow" "$IR/tmp" "$IR/etc"
 cp /bin/busybox "$IR/bin/busybox"
 cp "$SRC/tests/vm/init.sh" "$IR/init"
 chmod 755 "$IR/init"
@@ -127,6 +176,8 @@ for m in $wanted; do
 		cp "$KROOT/$MD/$f" "$IR/$MD/$f"
 	done
 done
+# 6.12's modules are xz-compressed; busybox's modprobe may not read that.
+find "$IR/$MD" -name '*.ko.xz' -exec xz -d {} +
 cp "$WORK/kmod/moe.ko" "$IR/$MD/extra/moe.ko"
 # moectl, dynamically linked: its libraries and loader come along.
 MOECTL=${MOE_BIN:-$SRC/build/bin}/moectl
@@ -138,7 +189,9 @@ if [ -x "$MOECTL" ]; then
 		"$SRC/tests/vm/moe-vmio.c" "$(dirname "$MOECTL")/../lib/libmoe.a" \
 		$(pkg-config --libs liburing hwloc libdrm) -lm -ldl -pthread ${MOE_VM_LDFLAGS:-} ||
 		die "moe-vmio does not build"
-	libs=$(ldd "$MOECTL" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+	# Both binaries' libraries: moectl may not need liburing, moe-vmio does.
+	libs=$(ldd "$MOECTL" "$IR/bin/moe-vmio" |
+		awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u)
 	for lib in $libs; do
 		mkdir -p "$IR$(dirname "$lib")"
 		cp -L "$lib" "$IR$lib"
@@ -166,6 +219,13 @@ chmod 600 "$DISK/models/big.bin" "$DISK/models/tail.bin"
 mke2fs -q -t ext4 -F -d "$DISK" -E root_owner=0:0 "$WORK/disk.img" 384M >/dev/null ||
 	die "mke2fs -d failed (e2fsprogs >= 1.43 needed)"
 rm -rf "$DISK"
+# A second, slow drive (QEMU throttles it to 400 IOPS): reads there stay in
+# flight long enough to kill a process under them.
+mkdir -p "$DISK"
+head -c $((16 * 1024 * 1024)) /dev/urandom >"$DISK/slow.bin"
+mke2fs -q -t ext4 -F -d "$DISK" -E root_owner=0:0 "$WORK/slow.img" 32M >/dev/null ||
+	die "mke2fs -d of the slow disk failed"
+rm -rf "$DISK"
 
 say "booting $KVER under QEMU (TCG)"
 LOG=$WORK/console.log
@@ -175,7 +235,9 @@ timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1G -smp 2 \
 	-kernel "$KROOT/boot/vmlinuz-$KVER" -initrd "$WORK/initramfs.gz" \
 	-append "console=ttyS0 loglevel=3 panic=-1 edd=off rdinit=/init" \
 	-drive file="$WORK/disk.img",if=none,id=nvm,format=raw,cache=none \
-	-device nvme,serial=moevm0,drive=nvm >"$LOG" 2>&1 </dev/null
+	-device nvme,serial=moevm0,drive=nvm \
+	-drive file="$WORK/slow.img",if=none,id=slow,format=raw,cache=none,throttling.iops-total=400 \
+	-device nvme,serial=moeslow,drive=slow >"$LOG" 2>&1 </dev/null
 qrc=$?
 set -e
 tr -d '\r' <"$LOG" >"$LOG.txt"

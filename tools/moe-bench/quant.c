@@ -208,12 +208,12 @@ int bench_quant(int argc, char **argv)
 	readn = bench_read_gbps(all, buf, bytes);
 	cpu_model(cpu, sizeof(cpu));
 	if (json) {
-		printf("{\"cpu\": \"%s\", \"mib\": %d, \"cols\": %d, \"threads\": %d, "
-		       "\"results\": [", cpu, mib, COLS, threads);
+		printf("{\"cpu\": \"%s\", \"kernels\": \"%s\", \"mib\": %d, \"cols\": %d, "
+		       "\"threads\": %d, \"results\": [", cpu, moe_cpu_isa(), mib, COLS, threads);
 	} else {
-		printf("cpu: %s%s\nweights: %d MiB per type, rows of %d, best of %d\n", cpu,
-		       getenv("MOE_NO_SIMD") ? " (MOE_NO_SIMD set: scalar kernels)" : "", mib,
-		       COLS, reps);
+		printf("cpu: %s\nkernels: %s%s\nweights: %d MiB per type, rows of %d, best of %d\n",
+		       cpu, moe_cpu_isa(), getenv("MOE_CPU_ISA") || getenv("MOE_NO_SIMD") ?
+		       " (as the environment asks)" : "", mib, COLS, reps);
 		printf("ratio = matvec GB/s / plain-read GB/s, each the best of %d runs taken in "
 		       "turns on the same bytes\n", reps);
 		printf("in-cache: 1 thread on 512 KiB of rows, by thread CPU time\n");

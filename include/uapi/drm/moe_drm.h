@@ -40,8 +40,11 @@ extern "C" {
 #define DRM_MOE_FETCH			0x06
 #define DRM_MOE_WAIT			0x07
 
-/* uAPI version: major changes break, minor ones add. */
-#define DRM_MOE_VERSION_MAJOR		1
+/*
+ * uAPI version: major changes break, minor ones add.  2: cmd_op of the
+ * io_uring FETCH is _IOWR-encoded (it was the bare number 0x6d01).
+ */
+#define DRM_MOE_VERSION_MAJOR		2
 #define DRM_MOE_VERSION_MINOR		0
 
 /* Fixed-size names keep MODEL_REGISTER free of a second user copy. */
@@ -288,14 +291,20 @@ struct drm_moe_wait {
  * With cmd_op DRM_MOE_URING_CMD_FETCH.  The CQE res is the number of bytes
  * read by the whole batch, or the first request's negative errno when any
  * failed; results_ptr gets the per-request values before the CQE posts.
- * Bad submissions complete with their errno.
+ * Bad submissions complete with their errno; an unknown cmd_op with
+ * -ENOTTY.
+ *
+ * cmd_op is encoded like an ioctl number (as NVMe's and ublk's are): the
+ * type, the number, the direction and the size of the command bytes, so a
+ * command meant for another driver, or built against another layout of
+ * this struct, is refused instead of misread.
  */
 struct drm_moe_uring_cmd {
 	__u64 fetch_ptr;
 	__u64 pad;
 };
 
-#define DRM_MOE_URING_CMD_FETCH		0x6d01
+#define DRM_MOE_URING_CMD_FETCH		_IOWR('M', 0x01, struct drm_moe_uring_cmd)
 
 #define DRM_IOCTL_MOE_GET_PARAM \
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_GET_PARAM, struct drm_moe_get_param)
