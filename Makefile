@@ -39,7 +39,11 @@ ifeq ($(origin NVCC),undefined)
 NVCC := $(or $(wildcard /usr/local/cuda/bin/nvcc),$(shell command -v nvcc 2>/dev/null))
 endif
 PKG_CONFIG ?= pkg-config
-DEP_PKGS := liburing hwloc libdrm check
+DEP_PKGS := liburing hwloc libdrm check libmicrohttpd jansson
+# moe-server's HTTP and JSON libraries; the request parser (api.c) is also in
+# the unit tests and its fuzz target.
+SERVER_PKGS := libmicrohttpd jansson
+SERVER_API_SRCS := tools/moe-server/api.c
 
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
@@ -82,6 +86,8 @@ PKG_CFLAGS = $(shell $(PKG_CONFIG) --cflags liburing hwloc libdrm 2>/dev/null)
 PKG_LIBS = $(shell $(PKG_CONFIG) --libs liburing hwloc libdrm 2>/dev/null)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+SERVER_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(SERVER_PKGS) 2>/dev/null)
+SERVER_LIBS = $(shell $(PKG_CONFIG) --libs $(SERVER_PKGS) 2>/dev/null)
 ALL_CFLAGS = $(BASE_CFLAGS) $(PKG_CFLAGS) $(CFLAGS)
 LIBS = $(PKG_LIBS) -lm -ldl -pthread $(SAN_LDFLAGS)
 
@@ -99,7 +105,7 @@ TOOL_BINS := $(TOOLS:%=$(BUILD)/bin/%)
 
 TEST_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 TEST_SUPPORT := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c)) $(wildcard tests/ref/*.c) \
-	$(wildcard tests/fuzz/fuzz_*.c)
+	$(wildcard tests/fuzz/fuzz_*.c) $(SERVER_API_SRCS)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 SUITES := $(patsubst tests/unit/test_%.c,%,$(TEST_SRCS))
 SIMT_SRCS := $(sort $(wildcard tests/simt/*.cc))
@@ -221,11 +227,13 @@ $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
 # tools/common; all link the static library so the binaries run from the
 # build tree without LD_LIBRARY_PATH.
 $(BUILD)/obj/tools/%.o: ALL_CFLAGS += -Itools/common
+$(BUILD)/obj/tools/moe-server/%.o: ALL_CFLAGS += $(SERVER_CFLAGS)
+$(BUILD)/bin/moe-server: TOOL_LIBS = $(SERVER_LIBS)
 define tool_rule
 $(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c)) \
 		$(TOOL_COMMON_OBJS) $(STATIC_LIB)
 	@mkdir -p $$(@D)
-	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIB) $$(LIBS)
+	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIB) $$(TOOL_LIBS) $$(LIBS)
 endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 
@@ -235,7 +243,7 @@ $(BUILD)/tests/suites.h: $(TEST_SRCS) Makefile
 
 $(BUILD)/obj/tests/unit/main.o: $(BUILD)/tests/suites.h
 $(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(BUILD)/tests -Itests/unit -Itests/ref \
-	-Itests/simt
+	-Itests/simt -Itools/moe-server -Itools/common $(SERVER_CFLAGS)
 $(BUILD)/obj/tests/unit/test_simt.o: ALL_CFLAGS += -DMOE_TEST_FATBIN=$(if $(FATBIN),1,0)
 $(BUILD)/obj/tests/unit/cuda_abi.o: ALL_CFLAGS += $(CUDA_H_CFLAGS)
 CUDA_H_CFLAGS = $(if $(wildcard $(CUDA_INC)/cuda.h),-I$(CUDA_INC) -DMOE_HAVE_CUDA_H=1)
@@ -244,7 +252,8 @@ CUDA_INC ?= $(if $(NVCC),$(abspath $(dir $(NVCC))/../include),/usr/local/cuda/in
 # Linked by the C++ compiler: the emulation needs libstdc++, libmoe does not.
 $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB)
 	@mkdir -p $(@D)
-	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
+	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) \
+		$(SERVER_LIBS) $(LIBS)
 
 # examples/NAME.c -> $(BUILD)/examples/NAME: built as a program outside this
 # tree would be, with the public headers only, linked to the shared library
@@ -407,11 +416,14 @@ $(FUZZ_LIB): | $(DEPS_STAMP)
 	@$(MAKE) --no-print-directory $@ BUILD=$(FUZZ_BUILD) CC=clang SANITIZE=0 \
 		CFLAGS="-O1 -g -fsanitize=fuzzer-no-link $(FUZZ_SAN)"
 fuzz-build: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
+# fuzz_request takes the server's request parser with it
+$(BUILD)/fuzz/fuzz_request: $(SERVER_API_SRCS)
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB)
 	@mkdir -p $(@D)
 	clang -std=gnu11 -O1 -g -D_GNU_SOURCE -DMOE_FUZZ_MAIN -Iinclude -Ilibmoe \
-		$(PKG_CFLAGS) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $< $(FUZZ_LIB) \
-		$(PKG_LIBS) -lm -ldl -pthread
+		-Itools/moe-server -Itools/common $(PKG_CFLAGS) $(SERVER_CFLAGS) -fsanitize=fuzzer \
+		$(FUZZ_SAN) -o $@ $< $(filter %/api.c,$^) $(FUZZ_LIB) \
+		$(PKG_LIBS) $(SERVER_LIBS) -lm -ldl -pthread
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(BUILD)/fuzz/corpus-$$t; \

@@ -88,7 +88,7 @@ struct moe_file {
 	struct xarray batches;
 	/* Cyclic tickets: a stale ticket does not name a newer batch soon. */
 	u32 next_ticket;
-	/* Requests of batches not yet collected by WAIT. */
+	/* Requests of batches not yet collected by WAIT or not yet completed through io_uring. */
 	atomic_t n_pending;
 };
 
@@ -117,6 +117,8 @@ struct moe_batch {
 	struct moe_device *mdev;
 	/* Set for batches that complete through io_uring. */
 	struct io_uring_cmd *ucmd;
+	/* Its file, whose pending count it is in (io_uring: the command pins the file). */
+	struct moe_file *mfile;
 	u64 results_ptr;
 	u32 count;
 	atomic_t pending;

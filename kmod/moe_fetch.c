@@ -176,6 +176,7 @@ static void moe_uring_done(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 	/* The fallback runs this from a kworker when the task is exiting. */
 	if (!(current->flags & (PF_KTHREAD | PF_EXITING)) && moe_batch_copy_results(batch))
 		res = -EFAULT;
+	atomic_sub(batch->count, &batch->mfile->n_pending);
 	kref_put(&batch->ref, moe_batch_free);
 	/* Last: the CQE may release the file and with it the module. */
 	moe_uring_cmd_done(ucmd, res, issue_flags);
@@ -331,6 +332,21 @@ out_free_reqs:
 	return ret ? ERR_PTR(ret) : batch;
 }
 
+/*
+ * Batches wait in kernel memory until WAIT collects them or their CQE
+ * posts: one bound per file covers both paths.  -EBUSY over it.
+ */
+static int moe_file_reserve(struct moe_file *mfile, u32 count)
+{
+	u32 limit = max_t(u32, MOE_MAX_PENDING, moe_max_batch);
+
+	if (atomic_add_return(count, &mfile->n_pending) > limit) {
+		atomic_sub(count, &mfile->n_pending);
+		return -EBUSY;
+	}
+	return 0;
+}
+
 int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 {
 	struct moe_device *mdev = to_moe_device(dev);
@@ -344,12 +360,9 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 		return -EINVAL;
 	if (args->count > moe_max_batch)
 		return -E2BIG;
-	/* Results wait in kernel memory until WAIT: bound them per file. */
-	if (atomic_add_return(args->count, &mfile->n_pending) >
-	    max_t(u32, MOE_MAX_PENDING, moe_max_batch)) {
-		ret = -EBUSY;
-		goto err_dec;
-	}
+	ret = moe_file_reserve(mfile, args->count);
+	if (ret)
+		return ret;
 	batch = moe_batch_prepare(mdev, file, args);
 	if (IS_ERR(batch)) {
 		ret = PTR_ERR(batch);
@@ -445,6 +458,7 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 {
 	struct drm_file *file = ucmd->file->private_data;
 	struct moe_device *mdev = to_moe_device(file->minor->dev);
+	struct moe_file *mfile = file->driver_priv;
 	const struct drm_moe_uring_cmd *cmd = MOE_URING_CMD_BYTES(ucmd);
 	struct drm_moe_fetch args;
 	struct moe_batch *batch;
@@ -466,11 +480,22 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 		ret = -EFAULT;
 		goto out_exit;
 	}
+	/* The bounds of the ioctl: moe_batch_prepare() checks flags and count first. */
 	batch = moe_batch_prepare(mdev, file, &args);
 	if (IS_ERR(batch)) {
 		ret = PTR_ERR(batch);
 		goto out_exit;
 	}
+	ret = moe_file_reserve(mfile, batch->count);
+	if (ret) {
+		u32 i;
+
+		for (i = 0; i < batch->count; i++)
+			moe_req_release(&batch->reqs[i]);
+		kvfree(batch);
+		goto out_exit;
+	}
+	batch->mfile = mfile;
 	batch->ucmd = ucmd;
 	*(struct moe_batch **)ucmd->pdu = batch;
 	moe_dbg(mdev, MOE_DBG_URING, "uring_cmd fetch: %u requests%s\n", batch->count,

@@ -70,6 +70,47 @@ uint64_t moe_expert_slot_bytes(const struct moe_expert *ex, uint32_t align)
 	return moe_expert_mat_offset(ex, ex->n_mats, align);
 }
 
+static const char *const dense_names[] = { "ffn_gate.weight", "ffn_up.weight",
+					   "ffn_down.weight" };
+
+bool moe_plan_dense_ffn(const struct moe_model *m, uint32_t il, struct moe_expert *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (il >= m->hp.n_layer || m->layers[il].info.is_moe)
+		return false;
+	for (uint32_t i = 0; i < MOE_ARRAY_SIZE(dense_names); i++) {
+		struct moe_tensor_info ti;
+		char full[96];
+
+		snprintf(full, sizeof(full), "blk.%u.%s", il, dense_names[i]);
+		if (moe_model_find_tensor(m, full, &ti) < 0 || ti.role != MOE_ROLE_OTHER ||
+		    !ti.bytes || ti.n_dims != 2)
+			return false;
+		out->mats[i] = (struct moe_extent){ .offset = ti.offset, .bytes = ti.bytes,
+			.type = ti.type, .role = ti.role, .rows = ti.ne[1], .cols = ti.ne[0] };
+		out->bytes += ti.bytes;
+	}
+	out->n_mats = MOE_ARRAY_SIZE(dense_names);
+	return true;
+}
+
+/* Is tensor @ti a matrix of a dense FFN this layout streams? */
+static bool dense_streamed(const struct plan_layout *l, const struct moe_tensor_info *ti)
+{
+	const char *name = ti->name;
+	unsigned n;
+	int used = 0;
+
+	if (ti->layer < 0 || !l->layers[ti->layer].dense_stream)
+		return false;
+	if (sscanf(name, "blk.%u.%n", &n, &used) != 1 || used <= 0)
+		return false;
+	for (uint32_t i = 0; i < MOE_ARRAY_SIZE(dense_names); i++)
+		if (!strcmp(name + used, dense_names[i]))
+			return true;
+	return false;
+}
+
 /* Pinned staging to read @ex as block-aligned supersets of its matrices. */
 static uint64_t expert_staging(const struct moe_expert *ex)
 {
@@ -98,7 +139,7 @@ static int resident(const struct moe_model *m, struct plan_layout *l, uint64_t *
 		uint64_t n = ti->ne[0] * ti->ne[1] * ti->ne[2] * ti->ne[3];
 
 		t->off = UINT64_MAX;
-		if (ti->role != MOE_ROLE_OTHER)
+		if (ti->role != MOE_ROLE_OTHER || dense_streamed(l, ti))
 			continue;
 		t->vec = !moe_plan_is_matrix(ti->name);
 		t->convert = t->vec && (ti->type == MOE_TYPE_F16 || ti->type == MOE_TYPE_BF16);
@@ -113,7 +154,8 @@ static int resident(const struct moe_model *m, struct plan_layout *l, uint64_t *
 }
 
 /* Gemma 4's per-layer embedding table: read by rows, cached by token on the host. */
-static void plan_ple(const struct moe_model *m, struct plan_layout *l)
+static int plan_ple(const struct moe_model *m, const struct moe_ctx_params *par,
+		    struct plan_layout *l)
 {
 	struct moe_plan *p = &l->plan;
 
@@ -124,13 +166,30 @@ static void plan_ple(const struct moe_model *m, struct plan_layout *l)
 		if (ti->role != MOE_ROLE_STREAMED_ROWS)
 			continue;
 		l->ple_tensor = (int32_t)i;
-		p->ple_row_bytes = ti->bytes / ti->ne[1];
-		p->ple_cache_rows = (uint32_t)MOE_MIN((uint64_t)MOE_PLE_CACHE_ROWS, ti->ne[1]);
+		uint64_t want = MOE_PLE_CACHE_ROWS;
 		/* one step's distinct tokens must fit at once */
-		p->ple_cache_rows = MOE_MAX(p->ple_cache_rows, MOE_MIN(p->n_batch, (uint32_t)ti->ne[1]));
+		uint32_t step = MOE_MIN(p->n_batch, (uint32_t)ti->ne[1]);
+
+		p->ple_row_bytes = ti->bytes / ti->ne[1];
+		if (par->ple_cache_bytes) {
+			char a[24], b[24];
+
+			want = par->ple_cache_bytes / p->ple_row_bytes;
+			moe_fmt_bytes(a, sizeof(a), par->ple_cache_bytes);
+			moe_fmt_bytes(b, sizeof(b), (uint64_t)step * p->ple_row_bytes);
+			if (want < step)
+				return moe_err(EINVAL, "%s: a per-layer embedding cache of %s holds %llu "
+					       "rows of %llu bytes, fewer than a step's %u tokens: give "
+					       "at least %s or a smaller batch", moe_model_path(m), a,
+					       (unsigned long long)want,
+					       (unsigned long long)p->ple_row_bytes, step, b);
+		}
+		p->ple_cache_rows = (uint32_t)MOE_MIN(want, ti->ne[1]);
+		p->ple_cache_rows = MOE_MAX(p->ple_cache_rows, step);
 		p->ple_cache_bytes = (uint64_t)p->ple_cache_rows * p->ple_row_bytes;
 		l->ple_stg_each = MOE_ALIGN_UP(p->ple_row_bytes, PLAN_BLOCK) + 2 * PLAN_BLOCK;
 	}
+	return 0;
 }
 
 static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
@@ -149,7 +208,11 @@ static int kv_cache(const struct moe_model *m, const struct moe_ctx_params *p,
 		l->shape.max_head = MOE_MAX(l->shape.max_head, ml->n_head);
 		if (ml->info.kv_layer != (int32_t)il) {
 			/* Gemma 4's shared layers read an earlier layer's cache (model.c checked it) */
+			struct plan_layer own = *L;
+
 			*L = l->layers[ml->info.kv_layer];
+			L->dense_stream = own.dense_stream;
+			L->dense = own.dense;
 			continue;
 		}
 		L->kv_dim = ml->info.head_dim * ml->info.n_head_kv;
@@ -263,6 +326,7 @@ struct cls {
 	uint64_t bytes;
 	uint32_t n, k, slots, host;
 	uint32_t min;               /* fewest device slots: one routing of a layer, or of each */
+	uint32_t dn, dmin;          /* streamed dense FFNs in the class, their pool's fewest slots */
 };
 
 static int classes(const struct moe_model *m, struct plan_layout *l, struct cls *c,
@@ -274,12 +338,18 @@ static int classes(const struct moe_model *m, struct plan_layout *l, struct cls 
 		uint64_t sb = 0, st = 0;
 		uint32_t i;
 
+		bool dense = l->layers[il].dense_stream;
+		/* a streamed dense FFN is one entry that every token uses */
+		uint32_t n = dense ? 1 : m->hp.n_expert, k = dense ? 1 : ml->info.n_expert_used;
+
 		l->layers[il].cls = -1;
-		if (!ml->info.is_moe || !ml->experts)
+		if (!dense && (!ml->info.is_moe || !ml->experts))
 			continue;
-		for (uint32_t e = 0; e < m->hp.n_expert; e++) {
-			sb = MOE_MAX(sb, moe_expert_slot_bytes(&ml->experts[e], l->desc->align));
-			st = MOE_MAX(st, expert_staging(&ml->experts[e]));
+		for (uint32_t e = 0; e < n; e++) {
+			const struct moe_expert *ex = dense ? &l->layers[il].dense : &ml->experts[e];
+
+			sb = MOE_MAX(sb, moe_expert_slot_bytes(ex, l->desc->align));
+			st = MOE_MAX(st, expert_staging(ex));
 		}
 		l->stg_each = MOE_MAX(l->stg_each, st);
 		for (i = 0; i < *n_cls && c[i].bytes != sb; i++)
@@ -291,19 +361,44 @@ static int classes(const struct moe_model *m, struct plan_layout *l, struct cls 
 			c[i] = (struct cls){ .bytes = sb };
 			(*n_cls)++;
 		}
-		c[i].n += m->hp.n_expert;
-		c[i].k = MOE_MAX(c[i].k, ml->info.n_expert_used);
-		c[i].min = layer_pools ? c[i].min + ml->info.n_expert_used : c[i].k;
+		c[i].n += n;
+		c[i].k = MOE_MAX(c[i].k, k);
+		/* with layer pools the streamed dense FFNs of a class share one pool */
+		if (dense && !c[i].dn++)
+			c[i].dmin = 1;
+		c[i].min = !layer_pools ? c[i].k : dense ? c[i].min + (c[i].dn == 1) : c[i].min + k;
 		l->layers[il].cls = (int32_t)i;
 	}
 	return 0;
 }
 
-/* Pools: the classes, or each class's slots dealt out to its layers (their k first). */
+static uint32_t first_dense(const struct plan_layout *l, uint32_t n_layer, int32_t pool)
+{
+	for (uint32_t il = 0; il < n_layer; il++)
+		if (l->layers[il].dense_stream && l->layers[il].pool == pool)
+			return il;
+	return UINT32_MAX;
+}
+
+/*
+ * Pools: the classes, or each class's slots dealt out to its layers (their
+ * k first), the streamed dense FFNs of a class in one pool of their own.
+ */
 static int pools(const struct moe_model *m, struct plan_layout *l, const struct cls *c,
 		 uint32_t n_cls, bool layer_pools)
 {
-	uint32_t n = layer_pools ? m->hp.n_moe_layer : n_cls;
+	uint32_t n = n_cls;
+	int32_t dense_pool[MOE_PLAN_MAX_CLASSES];
+
+	for (uint32_t i = 0; i < n_cls; i++)
+		dense_pool[i] = -1;
+	if (layer_pools) {
+		n = 0;
+		for (uint32_t il = 0; il < m->hp.n_layer; il++)
+			n += l->layers[il].cls >= 0 && !l->layers[il].dense_stream;
+		for (uint32_t i = 0; i < n_cls; i++)
+			n += c[i].dn > 0;
+	}
 
 	l->pool_slots = calloc(MOE_MAX(n, 1u), sizeof(*l->pool_slots));
 	l->pool_cls = calloc(MOE_MAX(n, 1u), sizeof(*l->pool_cls));
@@ -324,20 +419,40 @@ static int pools(const struct moe_model *m, struct plan_layout *l, const struct 
 
 		if (cls < 0)
 			continue;
+		if (l->layers[il].dense_stream && dense_pool[cls] >= 0) {
+			l->layers[il].pool = dense_pool[cls];
+			continue;
+		}
+		if (l->layers[il].dense_stream)
+			dense_pool[cls] = (int32_t)l->n_pools;
 		l->layers[il].pool = (int32_t)l->n_pools;
 		l->pool_cls[l->n_pools] = (uint32_t)cls;
-		l->pool_slots[l->n_pools++] = m->layers[il].info.n_expert_used;
+		l->pool_slots[l->n_pools++] = l->layers[il].dense_stream ? c[cls].dmin :
+					      m->layers[il].info.n_expert_used;
 	}
 	for (uint32_t i = 0; i < n_cls; i++) {
 		uint32_t left = c[i].slots - c[i].min;
 
-		/* the rest one by one, round robin over the class's layers */
-		while (left)
-			for (uint32_t p = 0; p < l->n_pools && left; p++)
-				if (l->pool_cls[p] == i && l->pool_slots[p] < m->hp.n_expert) {
+		/* the rest one by one, round robin over the class's pools */
+		while (left) {
+			uint32_t before = left;
+
+			for (uint32_t il = 0; il < m->hp.n_layer && left; il++) {
+				int32_t p = l->layers[il].pool;
+				bool dense = l->layers[il].dense_stream;
+				uint32_t cap = dense ? c[i].dn : m->hp.n_expert;
+
+				/* the shared dense pool takes its turn at its first layer */
+				if (dense && il != first_dense(l, m->hp.n_layer, p))
+					continue;
+				if (p >= 0 && l->pool_cls[p] == i && l->pool_slots[p] < cap) {
 					l->pool_slots[p]++;
 					left--;
 				}
+			}
+			if (left == before)
+				break;
+		}
 	}
 	return 0;
 }
@@ -400,14 +515,20 @@ static uint64_t split(struct cls *c, uint32_t n, uint64_t avail, bool host)
 static void why(struct plan_layout *l)
 {
 	struct moe_plan *p = &l->plan;
-	char a[32], b[32], c[32], d[32], e[32];
+	char a[24], b[24], c[24], d[24], e[24];
 
 	moe_fmt_bytes(a, sizeof(a), p->resident_bytes);
 	moe_fmt_bytes(b, sizeof(b), p->kv_bytes);
 	moe_fmt_bytes(c, sizeof(c), p->scratch_bytes + p->workspace_bytes);
 	moe_fmt_bytes(d, sizeof(d), p->slot_bytes);
 	moe_fmt_bytes(e, sizeof(e), p->vram_budget);
-	if (!p->n_experts)
+	if (p->n_dense_streamed)
+		snprintf(p->why, sizeof(p->why), "the budget of %s cannot keep %u of the %u dense "
+			 "FFNs resident: they stream%s with %u experts through %u slots (%s) after "
+			 "resident %s, KV %s, scratch %s", e, p->n_dense_streamed, p->n_dense_ffn,
+			 l->dense_ahead ? ", each read a layer ahead," : "", p->n_experts,
+			 p->n_slots, d, a, b, c);
+	else if (!p->n_experts)
 		snprintf(p->why, sizeof(p->why), "a dense model: resident %s, KV %s, scratch %s", a,
 			 b, c);
 	else if (p->all_experts)
@@ -435,13 +556,17 @@ static int too_small(const struct moe_model *m, struct plan_layout *l, uint64_t 
 	moe_fmt_bytes(f, sizeof(f), k_bytes);
 	return moe_err(ENOMEM, "%s: a budget of %s cannot hold this model: it needs at least %s "
 		       "(%llu bytes) = resident tensors %s + KV cache %s for %u positions + "
-		       "scratch %s + one token's experts of each layer %s; raise --vram or lower "
+		       "scratch %s + one token's experts of each layer%s %s; raise --vram or lower "
 		       "--ctx", moe_model_path(m), a, b, (unsigned long long)need, c, d, l->plan.n_ctx,
-		       e, f);
+		       e, l->plan.n_dense_streamed ? " and a streamed dense FFN" : "", f);
 }
 
-int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
-		    struct plan_layout *l)
+/*
+ * One layout with the last @n_stream dense FFNs streamed, through two slots
+ * (@ahead: the next one is read while one computes) or at least one.
+ */
+static int layout_once(const struct moe_model *m, const struct moe_ctx_params *par,
+		       struct plan_layout *l, uint32_t n_stream, bool ahead)
 {
 	struct moe_ctx_params def;
 	struct moe_plan *p = &l->plan;
@@ -490,14 +615,36 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 	for (uint32_t il = 0; il < m->hp.n_layer; il++)
 		if (m->layers[il].info.is_moe)
 			l->max_used = MOE_MAX(l->max_used, m->layers[il].info.n_expert_used);
+	for (uint32_t il = m->hp.n_layer; il-- > 0;) {
+		struct plan_layer *L = &l->layers[il];
+
+		if (!moe_plan_dense_ffn(m, il, &L->dense))
+			continue;
+		p->n_dense_ffn++;
+		if (p->n_dense_streamed < n_stream) {
+			L->dense_stream = true;
+			p->n_dense_streamed++;
+		}
+	}
 	l->max_used = MOE_MAX(l->max_used, 1);
-	plan_ple(m, l);
-	ret = resident(m, l, &cur);
+	ret = plan_ple(m, par, l);
+	ret = ret ? ret : resident(m, l, &cur);
 	ret = ret ? ret : kv_cache(m, par, l, &cur);
 	ret = ret ? ret : classes(m, l, c, &n_cls, layer_pools);
 	if (ret < 0) {
 		moe_plan_layout_free(l);
 		return ret;
+	}
+	/* two slots for streamed dense FFNs: one in use, the next layer's being read */
+	for (uint32_t i = 0; i < n_cls && ahead && p->n_dense_streamed >= 2; i++) {
+		if (!c[i].dn)
+			continue;
+		if (layer_pools) {
+			c[i].min += c[i].dn >= 2 && c[i].dmin < 2;
+			c[i].dmin = MOE_MIN(c[i].dn, 2u);
+		} else {
+			c[i].min = MOE_MAX(c[i].min, 2u);
+		}
 	}
 	scratch(m, l, &cur);
 	l->shape = (struct moe_be_shape){
@@ -515,6 +662,16 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 	for (uint32_t i = 0; i < n_cls; i++) {
 		p->n_experts += c[i].n;
 		p->expert_bytes += c[i].n * c[i].bytes;
+	}
+	/* the streamed dense FFNs share the classes but are not routed experts */
+	for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+		const struct plan_layer *L = &l->layers[il];
+
+		if (!L->dense_stream)
+			continue;
+		p->n_experts--;
+		p->expert_bytes -= c[L->cls].bytes;
+		p->dense_streamed_bytes += c[L->cls].bytes;
 	}
 	if (par->vram_bytes) {
 		uint64_t need = fixed;
@@ -551,6 +708,10 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 		p->all_experts &= c[i].slots >= c[i].n;
 	}
 	p->device_bytes = cur;
+	l->dense_ahead = p->n_dense_streamed >= 2 && !layer_pools;
+	for (uint32_t il = 0; il < m->hp.n_layer; il++)
+		if (l->layers[il].dense_stream && c[l->layers[il].cls].slots < 2)
+			l->dense_ahead = false;
 	ret = pools(m, l, c, n_cls, layer_pools);
 	if (ret < 0) {
 		moe_plan_layout_free(l);
@@ -580,6 +741,38 @@ int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
 			(uint64_t)p->n_batch * p->ple_row_bytes + p->ple_cache_bytes;
 	why(l);
 	return 0;
+}
+
+/*
+ * Dense FFNs stay resident while the budget holds them; past it, as few as
+ * make the plan fit stream (the last layers first, so that consecutive
+ * layers fetch each other's ahead).  A dense FFN is used by every token,
+ * so resident ones are worth more than expert slots.  Two slots, which let
+ * the next FFN's read overlap this layer's compute, come before keeping
+ * one more resident; one slot (every FFN read while the pass waits) is the
+ * last resort.
+ */
+int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *par,
+		    struct plan_layout *l)
+{
+	uint32_t n_dense;
+	int ret = layout_once(m, par, l, 0, false);
+
+	if (ret != -ENOMEM || !par || !par->vram_bytes || !m->layers)
+		return ret;
+	n_dense = 0;
+	for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+		struct moe_expert ex;
+
+		n_dense += moe_plan_dense_ffn(m, il, &ex);
+	}
+	if (n_dense)
+		ret = layout_once(m, par, l, 1, false);
+	for (uint32_t s = 2; s <= n_dense && ret == -ENOMEM; s++)
+		ret = layout_once(m, par, l, s, true);
+	for (uint32_t s = 2; s <= n_dense && ret == -ENOMEM; s++)
+		ret = layout_once(m, par, l, s, false);
+	return ret;
 }
 
 void moe_plan_layout_free(struct plan_layout *l)

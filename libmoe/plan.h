@@ -41,9 +41,12 @@ struct plan_layer {
 	uint64_t kv_half;
 	uint32_t n_cells;           /* per sequence */
 	uint32_t kv_dim;
-	int32_t cls;                /* expert size class, -1 on dense layers */
+	int32_t cls;                /* expert size class, -1 on dense layers not streamed */
 	int32_t pool;               /* slot pool (the class, or the layer's own), -1 if dense */
 	bool latent;                /* K rows only: an MLA latent cache */
+	/* a dense FFN streamed as cache entry (layer, 0): its gate, up and down extents */
+	bool dense_stream;
+	struct moe_expert dense;
 };
 
 struct plan_layout {
@@ -72,6 +75,7 @@ struct plan_layout {
 	int32_t ple_tensor;         /* the per-layer embedding table, -1: none */
 	uint64_t ple_stg_each;      /* pinned staging to read one row */
 	uint32_t n_vocab;
+	bool dense_ahead;           /* streamed dense FFNs have a slot to read the next one into */
 };
 
 int moe_plan_layout(const struct moe_model *m, const struct moe_ctx_params *p,
@@ -84,6 +88,11 @@ uint64_t moe_expert_slot_bytes(const struct moe_expert *ex, uint32_t align);
 uint64_t moe_expert_mat_offset(const struct moe_expert *ex, uint32_t m, uint32_t align);
 /* Is tensor @name (without "blk.N.") a matrix the forward pass multiplies by? */
 bool moe_plan_is_matrix(const char *name);
+/*
+ * The dense FFN of layer @il (a layer without routed experts) as the three
+ * extents gate, up, down; false when the layer has none to stream.
+ */
+bool moe_plan_dense_ffn(const struct moe_model *m, uint32_t il, struct moe_expert *out);
 
 #define MOE_DEFAULT_CTX 4096
 /* per-layer embedding rows cached by token (Gemma 4 E2B: ~9 KiB each as q8_0) */

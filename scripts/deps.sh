@@ -11,6 +11,8 @@ deb_for() {
 	hwloc) echo libhwloc-dev ;;
 	libdrm) echo libdrm-dev ;;
 	check) echo check ;;
+	libmicrohttpd) echo libmicrohttpd-dev ;;
+	jansson) echo libjansson-dev ;;
 	*) echo "$1" ;;
 	esac
 }

@@ -23,7 +23,7 @@ struct opts {
 	const char *policy, *prefetch, *trace_out, *state_dir;
 	uint32_t kv_type;
 	uint32_t n_gen, n_ctx, n_batch, pin_hot;
-	uint64_t vram, host_cache;
+	uint64_t vram, host_cache, ple_cache;
 	int threads;
 	bool stats, json, chat, vram_zero, no_state, trace_pred, layer_pools;
 	struct moe_sample_params sp;
@@ -47,6 +47,8 @@ static void usage(FILE *f)
 		"      --batch N          prompt tokens per forward step (64)\n"
 		"      --vram SIZE        device memory budget, e.g. 20G, 512M (default: no limit)\n"
 		"      --host-cache SIZE  keep experts evicted from the budget in host memory\n"
+		"      --ple-cache SIZE   Gemma 4 E2B/E4B: host memory for per-layer embedding\n"
+		"                         rows cached by token (4096 rows)\n"
 		"      --policy NAME      expert eviction policy: lru, lfu, stats, with options\n"
 		"                         after ':' (lfu:decay=0.9) (lru)\n"
 		"      --prefetch NAME    fetch experts before the router asks: none, pop, trans,\n"
@@ -70,7 +72,8 @@ static void usage(FILE *f)
 		"      --logits-out FILE  logits of every evaluated position, f32 LE [pos][vocab]\n"
 		"      --stats            prefill/decode tokens/s, expert hit rate, bytes read, GB/s,\n"
 		"                         time stalled on I/O (per layer too), prefetch precision\n"
-		"                         and recall (stderr; in the JSON with --json)\n"
+		"                         and recall, streamed dense FFN hits (stderr; in the JSON\n"
+		"                         with --json)\n"
 		"      --json             machine-readable output on stdout\n"
 		"  -h, --help             this text\n");
 }
@@ -322,8 +325,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { O_TOKENS = 256, O_CTX, O_BATCH, O_VRAM, O_THREADS, O_TEMP, O_TOPK, O_TOPP, O_MINP,
 	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON, O_HOST,
-	       O_CHAT, O_SYSTEM, O_BACKEND, O_KVTYPE, O_POLICY, O_PREFETCH, O_PIN_HOT, O_POOLS,
-	       O_STATE_DIR, O_NO_STATE, O_TRACE, O_TRACE_PRED };
+	       O_PLE_CACHE, O_CHAT, O_SYSTEM, O_BACKEND, O_KVTYPE, O_POLICY, O_PREFETCH, O_PIN_HOT,
+	       O_POOLS, O_STATE_DIR, O_NO_STATE, O_TRACE, O_TRACE_PRED };
 	static const struct option lo[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "prompt", required_argument, 0, 'p' },
@@ -333,6 +336,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "batch", required_argument, 0, O_BATCH },
 		{ "vram", required_argument, 0, O_VRAM },
 		{ "host-cache", required_argument, 0, O_HOST },
+		{ "ple-cache", required_argument, 0, O_PLE_CACHE },
 		{ "threads", required_argument, 0, O_THREADS },
 		{ "temp", required_argument, 0, O_TEMP },
 		{ "top-k", required_argument, 0, O_TOPK },
@@ -378,6 +382,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_BATCH: ret = parse_u32(optarg, "--batch", MAX_CTX, &o->n_batch); break;
 		case O_VRAM: ret = parse_size(optarg, "--vram", &o->vram, &o->vram_zero); break;
 		case O_HOST: ret = parse_size(optarg, "--host-cache", &o->host_cache, &zero); break;
+		case O_PLE_CACHE: ret = parse_size(optarg, "--ple-cache", &o->ple_cache, NULL); break;
 		case O_THREADS:
 			ret = tool_parse_threads("--threads", optarg, &o->threads) ? -EINVAL : 0;
 			break;
@@ -525,6 +530,9 @@ static void print_stats(const struct opts *o, const struct moe_ctx *ctx,
 		       (unsigned long long)s->prefetch_bytes,
 		       (unsigned long long)s->prefetch_unused_bytes, s->prefetch_precision,
 		       s->prefetch_recall);
+		printf(",\"dense_hits\":%llu,\"dense_misses\":%llu,\"dense_prefetch_used\":%llu",
+		       (unsigned long long)s->dense_hits, (unsigned long long)s->dense_misses,
+		       (unsigned long long)s->dense_prefetch_used);
 		print_layers(o, ctx);
 		return;
 	}
@@ -551,6 +559,11 @@ static void print_stats(const struct opts *o, const struct moe_ctx *ctx,
 			(unsigned long long)s->prefetch_cancelled,
 			(unsigned long long)s->prefetch_unused_bytes, s->prefetch_precision,
 			s->prefetch_recall);
+	if (s->dense_hits + s->dense_misses)
+		fprintf(stderr, "dense FFNs streamed: %llu hits (%llu of them fetched a layer "
+			"ahead), %llu misses\n", (unsigned long long)s->dense_hits,
+			(unsigned long long)s->dense_prefetch_used,
+			(unsigned long long)s->dense_misses);
 	print_layers(o, ctx);
 }
 
@@ -786,6 +799,7 @@ static int run(const struct opts *o)
 	/* The library reads a zero budget as "no limit": one byte asks for the smallest. */
 	cp.vram_bytes = o->vram_zero ? 1 : o->vram;
 	cp.host_cache_bytes = o->host_cache;
+	cp.ple_cache_bytes = o->ple_cache;
 	cp.n_threads = o->threads;
 	cp.n_batch = o->n_batch;
 	cp.n_ctx = o->n_ctx || o->chat ? o->n_ctx : (uint32_t)need;

@@ -859,7 +859,13 @@ struct moe_ctx_params {
 	const char *state_dir;
 	uint32_t pin_hot;           /* device slots held for good by the most used experts */
 	uint32_t pad;
-	uint64_t reserved[3];
+	/*
+	 * Gemma 4 E2B/E4B: host memory for per-layer embedding rows cached by
+	 * token; 0 = 4096 rows (or the whole table when smaller).  It must hold
+	 * one step's tokens (n_batch rows).
+	 */
+	uint64_t ple_cache_bytes;
+	uint64_t reserved[2];
 };
 
 /* Defaults for every field (the I/O options from moe_io_opts_init). */
@@ -917,8 +923,16 @@ struct moe_plan {
 	uint64_t ple_row_bytes;     /* one token's row as stored */
 	uint64_t ple_cache_bytes;   /* the host cache of rows */
 	uint32_t ple_cache_rows;
+	/*
+	 * Dense FFNs (layers without a router) that the budget cannot keep
+	 * resident stream like experts: each is a cache entry that every token
+	 * uses, in a size class of its own, fetched one layer ahead.
+	 */
+	uint32_t n_dense_ffn;       /* layers with a dense FFN */
+	uint32_t n_dense_streamed;  /* ... of them streamed, not resident */
 	uint32_t pad3;
-	uint64_t reserved[5];
+	uint64_t dense_streamed_bytes;  /* the streamed FFNs' matrices as slots hold them */
+	uint64_t reserved[3];
 };
 
 /*
@@ -1017,7 +1031,10 @@ struct moe_ctx_stats {
 	uint64_t prefetch_unused_bytes;  /* ... of experts evicted without being used */
 	double prefetch_precision;  /* used / (prefetches - cancelled); 0 without prefetches */
 	double prefetch_recall;     /* used / (used + misses): the misses prefetching avoided */
-	uint64_t reserved[4];
+	/* streamed dense FFNs (not in the expert counters above; prefetches include them) */
+	uint64_t dense_hits, dense_misses;
+	uint64_t dense_prefetch_used;   /* hits on dense FFNs fetched ahead of their layer */
+	uint64_t reserved[1];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
 
@@ -1056,6 +1073,24 @@ struct moe_sample_params {
 };
 /* Greedy defaults: temp 0, top_k 0, top_p 1, min_p 0, no penalty, seed 0. */
 MOE_API void moe_sample_default_params(struct moe_sample_params *p);
+
+/*
+ * A sampler of its own, for callers that run their own decode loop (one per
+ * sequence of a batch).  Not thread-safe; one per sequence.  -EINVAL (with
+ * moe_errmsg() naming the parameter) for parameters out of range.
+ */
+struct moe_sampler;
+MOE_API int moe_sampler_new(const struct moe_sample_params *p, uint32_t n_vocab,
+			    struct moe_sampler **out);
+/*
+ * A token id drawn from @logits [n_vocab] (not modified), or -EINVAL when no
+ * logit is a finite number.  NaN and -inf logits are never chosen, so a
+ * caller masks tokens out by setting their logits to -INFINITY.
+ */
+MOE_API int32_t moe_sampler_sample(struct moe_sampler *s, const float *logits);
+/* Record a token of the sequence (prompt and sampled) for the repetition penalty. */
+MOE_API void moe_sampler_accept(struct moe_sampler *s, int32_t token);
+MOE_API void moe_sampler_free(struct moe_sampler *s);
 
 /*
  * Called after every eval of moe_ctx_generate: @logits holds @n_rows rows of

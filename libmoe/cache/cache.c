@@ -84,7 +84,8 @@ static int32_t *pool_map(const struct moe_expert_cache *c, const struct plan_lay
 		return NULL;
 	for (uint32_t il = 0; il < c->n_layer; il++)
 		for (uint32_t e = 0; e < c->n_expert; e++)
-			pool_of[il * c->n_expert + e] = by_class ? l->layers[il].cls :
+			pool_of[il * c->n_expert + e] = l->layers[il].dense_stream && e ? -1 :
+							by_class ? l->layers[il].cls :
 							l->layers[il].pool;
 	return pool_of;
 }
@@ -147,7 +148,8 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 	c->io = p->io;
 	c->align = l->desc->align;
 	c->n_layer = p->model->hp.n_layer;
-	c->n_expert = p->model->hp.n_expert;
+	/* a streamed dense FFN is entry 0 of its layer, also in a model without experts */
+	c->n_expert = MOE_MAX(p->model->hp.n_expert, 1u);
 	c->n_slots = l->plan.n_slots;
 	c->n_stg = l->plan.n_staging;
 	for (uint32_t il = 0; il < c->n_layer; il++)
@@ -164,6 +166,8 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 		goto fail;
 	}
 	for (uint32_t il = 0; il < c->n_layer; il++) {
+		if (l->layers[il].dense_stream)
+			c->experts[il * c->n_expert] = l->layers[il].dense;
 		if (!p->model->layers[il].info.is_moe)
 			continue;
 		for (uint32_t e = 0; e < c->n_expert; e++) {

@@ -46,15 +46,16 @@ const char *moe_prefetch_names(void)
 static int warm_all(struct moe_ctx *ctx)
 {
 	uint32_t ne = ctx->hp.n_expert, n = 0;
-	uint32_t *slots = malloc(sizeof(*slots) * ctx->hp.n_layer * ne);
+	uint32_t *slots = malloc(sizeof(*slots) * ctx->hp.n_layer * MOE_MAX(ne, 1u));
 	int ret = 0;
 
 	if (!slots)
 		return moe_err(ENOMEM, "out of memory");
 	for (uint32_t il = 0; il < ctx->hp.n_layer && !ret; il++) {
-		if (!ctx->layers[il].is_moe)
-			continue;
-		for (uint32_t e = 0; e < ne && !ret; e++) {
+		/* a streamed dense FFN is entry 0 of its layer */
+		uint32_t n_ent = ctx->layers[il].dense_stream ? 1 : ctx->layers[il].is_moe ? ne : 0;
+
+		for (uint32_t e = 0; e < n_ent && !ret; e++) {
 			while ((ret = moe_cache_acquire(ctx->cache, il, e, 0, &slots[n])) == -EAGAIN) {
 				ret = moe_cache_wait(ctx->cache);
 				if (ret < 0)
@@ -260,13 +261,15 @@ static int setup(struct moe_ctx *ctx)
 	ctx->n_logits = ctx->n_batch;
 	ctx->logits = malloc(sizeof(float) * ctx->n_logits * ctx->hp.n_vocab);
 	ctx->k_layer = calloc(ctx->hp.n_layer, sizeof(*ctx->k_layer));
+	ctx->k_cache = calloc(ctx->hp.n_layer, sizeof(*ctx->k_cache));
 	ctx->layer_stall = calloc(ctx->hp.n_layer, sizeof(*ctx->layer_stall));
 	ctx->h_prev = calloc((size_t)ctx->n_batch * ctx->max_used, sizeof(*ctx->h_prev));
 	ctx->ids_union = calloc(ctx->hp.n_expert + 1, sizeof(*ctx->ids_union));
 	ctx->chosen = calloc(ctx->hp.n_expert + 1, 1);
 	if (!ctx->res || !ctx->layers || !ctx->exp_off || !ctx->exp_fill || !ctx->exp_state ||
 	    !ctx->exp_slot || !ctx->ffn_list || !ctx->used_slots || !ctx->logits ||
-	    !ctx->k_layer || !ctx->layer_stall || !ctx->h_prev || !ctx->ids_union || !ctx->chosen)
+	    !ctx->k_layer || !ctx->k_cache || !ctx->layer_stall || !ctx->h_prev ||
+	    !ctx->ids_union || !ctx->chosen)
 		return moe_err(ENOMEM, "out of memory");
 	/* the staging pool is pinned memory outside the budget: the plan sized it */
 	if (!io.staging_bytes)
@@ -277,15 +280,17 @@ static int setup(struct moe_ctx *ctx)
 	ret = ret ? ret : moe_ple_init(ctx);
 	if (ret < 0)
 		return ret;
-	for (uint32_t il = 0; il < ctx->hp.n_layer; il++)
+	for (uint32_t il = 0; il < ctx->hp.n_layer; il++) {
 		ctx->k_layer[il] = ctx->layers[il].is_moe ? ctx->layers[il].n_expert_used : 0;
-	if (p->n_experts) {
+		ctx->k_cache[il] = ctx->layers[il].dense_stream ? 1 : ctx->k_layer[il];
+	}
+	if (p->n_experts || p->n_dense_streamed) {
 		struct moe_cache_params cp = {
 			.model = ctx->model, .be = ctx->be, .io = ctx->io, .layout = &ctx->lay,
-			.arena = ctx->arena, .k = ctx->k_layer, .hot_max = par->pin_hot,
+			.arena = ctx->arena, .k = ctx->k_cache, .hot_max = par->pin_hot,
 		};
 
-		ret = routing_stats(ctx, &loaded);
+		ret = p->n_experts ? routing_stats(ctx, &loaded) : 0;
 		if (ret < 0)
 			return ret;
 		if (par->policy) {
@@ -300,7 +305,7 @@ static int setup(struct moe_ctx *ctx)
 		ret = moe_pred_parse(par->prefetch, &ctx->pf);
 		if (ret < 0)
 			return ret;
-		if (ctx->pf.sources) {
+		if (ctx->pf.sources && p->n_experts) {
 			ret = moe_pred_create(&ctx->pf, ctx->hp.n_layer, ctx->hp.n_expert, ctx->k_layer,
 					      ctx->rs, &ctx->pred);
 			ctx->pf_prob = calloc((size_t)ctx->pf.depth * ctx->hp.n_expert,
@@ -435,6 +440,7 @@ void moe_ctx_free(struct moe_ctx *ctx)
 	free(ctx->logits);
 	free(ctx->seq_past);
 	free(ctx->k_layer);
+	free(ctx->k_cache);
 	free(ctx->layer_stall);
 	free(ctx->h_prev);
 	free(ctx->ids_union);
@@ -715,6 +721,19 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 			s.prefetch_recall = (double)cs.prefetch_used / (cs.prefetch_used + cs.misses);
 		s.n_slots = cs.n_slots;
 		s.slot_bytes = cs.n_slots ? cs.slot_bytes / cs.n_slots : 0;
+		/* the streamed dense FFNs' share of the cache counters is their own */
+		for (uint32_t il = 0; il < ctx->hp.n_layer; il++) {
+			uint64_t h, m, pu;
+
+			if (!ctx->layers[il].dense_stream)
+				continue;
+			moe_cache_layer_stats(ctx->cache, il, &h, &m, &pu);
+			s.dense_hits += h;
+			s.dense_misses += m;
+			s.dense_prefetch_used += pu;
+		}
+		s.expert_hits -= s.dense_hits;
+		s.expert_misses -= s.dense_misses;
 	}
 	s.staging_bytes = p->staging_bytes;
 	s.hit_rate = s.expert_hits + s.expert_misses ?

@@ -26,6 +26,7 @@ struct eng_layer {
 	uint32_t n_expert_used;
 	bool is_moe, sliding, rope, chunked, qk_norm_plain, attn_temp;
 	bool mla;                    /* multi-head latent attention (deepseek2) */
+	bool dense_stream;           /* ffn_gate/up/down are cache entry (layer, 0), not resident */
 	float kq_scale;
 	struct moe_rope rot;
 	struct moe_kv kv;
@@ -124,6 +125,7 @@ struct moe_ctx {
 
 	/* routing statistics, prediction and prefetch */
 	uint32_t *k_layer;           /* experts per token of each layer, 0 on dense layers */
+	uint32_t *k_cache;           /* entries each layer pins at once: k_layer, 1 if streamed */
 	struct moe_routestats *rs;
 	char *stats_path;            /* where rs is saved; NULL: not saved */
 	struct moe_pred *pred;       /* NULL: no prefetching */
@@ -176,6 +178,13 @@ int moe_forward(struct moe_ctx *ctx, const int32_t *tokens, const int32_t *pos,
  */
 int moe_ffn_begin(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok);
 int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok, moe_dptr out);
+/*
+ * A streamed dense FFN of layer il over n_tok rows of x into out: pins its
+ * slot (reading it if it is not cached), starts fetching the next streamed
+ * one, and runs once its data is usable.
+ */
+int moe_dense_stream(struct moe_ctx *ctx, uint32_t il, enum moe_glu act, moe_dptr x,
+		     uint32_t n_tok, moe_dptr out);
 /* ple.c: Gemma 4 E2B/E4B per-layer embeddings (no-ops without them). */
 int moe_ple_init(struct moe_ctx *ctx);
 void moe_ple_free(struct moe_ctx *ctx);

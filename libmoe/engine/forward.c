@@ -227,9 +227,13 @@ static int ffn(struct moe_ctx *ctx, uint32_t il, uint32_t n)
 	TRY(OPS(ctx)->rms_norm(be, b[PB_H], b[PB_X], n, n_embd, pre, eps));
 	if (!L->is_moe) {
 		/* gemma4's dense layers take the same GeGLU MLP as its MoE layers */
-		TRY(dense_ffn(ctx, &L->ffn_gate, &L->ffn_up, &L->ffn_down,
-			      ctx->arch->ffn == MOE_FFN_GEMMA4 ? MOE_GLU_GELU : act, b[PB_X], n,
-			      b[PB_FFN_OUT]));
+		enum moe_glu dact = ctx->arch->ffn == MOE_FFN_GEMMA4 ? MOE_GLU_GELU : act;
+
+		if (L->dense_stream)
+			TRY(moe_dense_stream(ctx, il, dact, b[PB_X], n, b[PB_FFN_OUT]));
+		else
+			TRY(dense_ffn(ctx, &L->ffn_gate, &L->ffn_up, &L->ffn_down, dact, b[PB_X], n,
+				      b[PB_FFN_OUT]));
 	} else if (ctx->arch->ffn == MOE_FFN_GEMMA4) {
 		/* the router reads the attention residual, not the FFN input */
 		TRY(OPS(ctx)->rms_norm(be, b[PB_H], b[PB_X2], n, n_embd, L->gate_inp_scale, eps));

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Generation: prompt, then sample-and-feed-back through the sampler module. */
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "engine/engine.h"
@@ -12,6 +13,29 @@ void moe_sample_default_params(struct moe_sample_params *p)
 	memset(p, 0, sizeof(*p));
 	p->top_p = 1.0f;
 	p->repeat_penalty = 1.0f;
+}
+
+/* The public parameters as the sampler module takes them. */
+static struct moe_sampler_params sampler_params(const struct moe_sample_params *sp)
+{
+	return (struct moe_sampler_params){
+		.temp = sp->temp, .top_k = sp->top_k, .top_p = sp->top_p, .min_p = sp->min_p,
+		.repeat_penalty = sp->repeat_penalty, .repeat_last_n = sp->repeat_last_n,
+		.seed = sp->seed,
+	};
+}
+
+int moe_sampler_new(const struct moe_sample_params *p, uint32_t n_vocab,
+		    struct moe_sampler **out)
+{
+	struct moe_sampler_params smp;
+
+	if (!p || !out)
+		return moe_err(EINVAL, "sampler: params and out must not be NULL");
+	if (n_vocab > INT32_MAX)
+		return moe_err(EINVAL, "sampler: vocabulary size %u is too large", n_vocab);
+	smp = sampler_params(p);
+	return moe_sampler_create(&smp, (int)n_vocab, out);
 }
 
 int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
@@ -47,11 +71,7 @@ int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_p
 	if ((uint64_t)pos + n_prompt + n_gen - 1 > ctx->n_ctx)
 		return moe_err(ENOSPC, "generate: %u kept + %u prompt + %u new tokens exceed the "
 			       "context of %u; raise --ctx", pos, n_prompt, n_gen, ctx->n_ctx);
-	smp = (struct moe_sampler_params){
-		.temp = sp->temp, .top_k = sp->top_k, .top_p = sp->top_p, .min_p = sp->min_p,
-		.repeat_penalty = sp->repeat_penalty, .repeat_last_n = sp->repeat_last_n,
-		.seed = sp->seed,
-	};
+	smp = sampler_params(sp);
 	ret = moe_sampler_create(&smp, (int)ctx->hp.n_vocab, &s);
 	if (ret < 0)
 		return ret;

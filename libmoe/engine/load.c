@@ -99,9 +99,13 @@ static struct moe_be_mat mat(const struct moe_ctx *ctx, int layer, const char *n
 	int i = find(ctx, layer, name);
 	const struct moe_tensor_info *ti;
 
-	if (i < 0 || !ctx->res[i])
+	if (i < 0)
 		return (struct moe_be_mat){ 0 };
 	ti = &ctx->model->tinfo[i];
+	/* a streamed dense FFN's matrices: their shapes, the data in a slot (moe_ffn.c) */
+	if (!ctx->res[i] && !(layer >= 0 && ctx->lay.layers[layer].dense_stream &&
+			      ti->role == MOE_ROLE_OTHER))
+		return (struct moe_be_mat){ 0 };
 	return (struct moe_be_mat){ .p = ctx->res[i], .type = ti->type,
 				    .rows = (int64_t)(ti->bytes ? ti->ne[1] * ti->ne[2] : 0),
 				    .cols = (int64_t)ti->ne[0] };
@@ -202,9 +206,9 @@ static int check_ffn(const struct moe_ctx *ctx, uint32_t il, const char *what,
 {
 	int64_t E = ctx->hp.n_embd;
 
-	if (!g->p && !u->p && !d->p)
+	if (!g->rows && !u->rows && !d->rows)
 		return 0;
-	if (!g->p || !u->p || !d->p || g->cols != E || u->cols != E || g->rows != u->rows ||
+	if (!g->rows || !u->rows || !d->rows || g->cols != E || u->cols != E || g->rows != u->rows ||
 	    d->cols != g->rows || d->rows != E || g->rows > ctx->lay.shape.max_ff)
 		return moe_err(EINVAL, "%s: layer %u: the %s gate/up/down tensors are incomplete "
 			       "or their shapes do not match n_embd %lld", moe_model_path(ctx->model),
@@ -329,7 +333,8 @@ static int bind_layer(struct moe_ctx *ctx, uint32_t il)
 		return moe_err(EINVAL, "%s: layer %u: attention shapes do not match %u heads x %u "
 			       "(%u KV heads)", path, il, L->n_head, hd, L->n_head_kv);
 	}
-	if (!L->is_moe && !L->ffn_up.p)
+	L->dense_stream = ctx->lay.layers[il].dense_stream;
+	if (!L->is_moe && !L->ffn_up.rows)
 		return moe_err(EINVAL, "%s: layer %u has neither experts nor a dense FFN", path, il);
 	if ((!L->mla && L->own_kv && (L->wq.cols != n_embd || L->wk.cols != n_embd ||
 				      (L->wv.p && L->wv.cols != n_embd))) ||

@@ -409,3 +409,76 @@ fail:
 	release_all(ctx);
 	return ret;
 }
+
+/*
+ * The streamed dense FFN that comes after layer il: the next one of this
+ * step, else the first one of the next step.  Every token uses it, so
+ * fetching it ahead is never wasted; -1 when il's is the only one.
+ */
+static int32_t next_dense(const struct moe_ctx *ctx, uint32_t il)
+{
+	uint32_t L = ctx->hp.n_layer;
+
+	for (uint32_t d = 1; d < L; d++) {
+		uint32_t j = (il + d) % L;
+
+		if (ctx->layers[j].dense_stream)
+			return (int32_t)j;
+	}
+	return -1;
+}
+
+int moe_dense_stream(struct moe_ctx *ctx, uint32_t il, enum moe_glu act, moe_dptr x,
+		     uint32_t n_tok, moe_dptr out)
+{
+	struct moe_expert_cache *c = ctx->cache;
+	struct moe_backend *be = ctx->be;
+	const struct moe_expert *ex = moe_cache_expert(c, il, 0);
+	int32_t next = next_dense(ctx, il);
+	struct moe_be_ffn f = { .n_mats = ex->n_mats, .m = n_tok };
+	struct moe_ffn_args a = { .ffn = &f, .n_ffn = 1, .stride = 1, .act = act,
+				  .n_embd = ctx->hp.n_embd, .x = x, .out = out };
+	struct moe_be_event *ev;
+	uint32_t slot;
+	double t0 = moe_cache_stall(c);
+	int ret;
+
+	while ((ret = moe_cache_acquire(c, il, 0, ctx->clock, &slot)) == -EAGAIN) {
+		ret = moe_cache_wait(c);
+		if (ret < 0)
+			goto out;
+	}
+	if (ret < 0)
+		goto out;
+	/* pinned now, so the read ahead cannot take this slot */
+	if (next >= 0) {
+		moe_cache_hint(c, (uint32_t)next, 0, 1.0f, ctx->clock);
+		ret = moe_cache_prefetch(c, (uint32_t)next, 0, ctx->clock);
+		if (ret == -EAGAIN)
+			ret = 0;
+	}
+	ret = ret < 0 ? ret : moe_cache_poll(c);
+	while (ret >= 0 && !(ret = moe_cache_ready(c, slot)))
+		ret = moe_cache_wait(c);
+	if (ret < 0) {
+		moe_cache_release(c, slot);
+		ret = moe_err(-ret, "layer %u: the dense FFN could not be read: %s", il,
+			      strerror(-ret));
+		goto out;
+	}
+	ev = moe_cache_slot_event(c, slot);
+	ret = ev ? be->ops->queue_wait(be, MOE_BE_COMPUTE, ev) : 0;
+	for (uint32_t m = 0; m < ex->n_mats; m++)
+		f.mats[m] = (struct moe_be_mat){ .p = moe_cache_mat(c, slot, m),
+						 .type = ex->mats[m].type,
+						 .rows = (int64_t)ex->mats[m].rows,
+						 .cols = (int64_t)ex->mats[m].cols };
+	if (!ret)
+		ret = be->ops->ffn(be, &a);
+	/* released either way; the FFN's reads are behind this point */
+	if (moe_cache_used(c, &slot, 1) < 0 && !ret)
+		ret = -EIO;
+out:
+	ctx->layer_stall[il] += moe_cache_stall(c) - t0;
+	return ret;
+}

@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+#include "moe/moe.h"
+
 struct moe_sampler_params {
 	float temp;             /* <= 0: greedy (argmax, ties to the lowest id) */
 	int top_k;              /* 0: off */
@@ -23,15 +25,8 @@ struct moe_sampler;
 
 /* -EINVAL (with moe_errmsg() naming the parameter) for parameters out of range. */
 int moe_sampler_create(const struct moe_sampler_params *p, int n_vocab, struct moe_sampler **out);
-/*
- * A token id drawn from @logits [n_vocab] (not modified), or -EINVAL when no
- * logit is a finite number.  NaN logits are never chosen.
- */
-int32_t moe_sampler_sample(struct moe_sampler *s, const float *logits);
-/* Record a token of the sequence for the repetition penalty. */
-void moe_sampler_accept(struct moe_sampler *s, int32_t token);
+/* moe_sampler_sample, moe_sampler_accept and moe_sampler_free: see moe/moe.h. */
 /* Forget the accepted tokens (a new sequence); the generator keeps its state. */
 void moe_sampler_reset(struct moe_sampler *s);
-void moe_sampler_free(struct moe_sampler *s);
 
 #endif

@@ -181,7 +181,8 @@ static inline __m256i fold(__m512i v)
 /* 32 i16 lanes: scale j in the low 16, scale k in the high 16. */
 static inline __m512i scale_pair(__m512i sc16, int j, int k)
 {
-	__m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)j), _mm256_set1_epi16((short)k), 1);
+	__m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)j), _mm256_set1_epi16((short)k),
+					 1);
 
 	return _mm512_permutexvar_epi16(idx, sc16);
 }
@@ -250,6 +251,7 @@ static inline __m256i load32(const void *p)
 	return _mm256_loadu_si256((const __m256i *)p);
 }
 
+/* Signed x times signed y (y never -128) summed in 8 i32 lanes, as AVX2's dot_i8. */
 static inline __m256i dot_i8_y(__m256i x, __m256i y)
 {
 	__m256i ax = _mm256_sign_epi8(x, x), sy = _mm256_sign_epi8(y, x);

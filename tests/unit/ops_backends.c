@@ -80,7 +80,8 @@ static const char *no_avx512(void)
 
 static const char *no_avx2(void)
 {
-	return moe_quant_isa_available(MOE_ISA_AVX2) ? NULL : "this CPU (or OS) lacks AVX2+FMA+F16C";
+	return moe_quant_isa_available(MOE_ISA_AVX2) ? NULL :
+	       "this CPU (or OS) lacks AVX2+FMA+F16C";
 }
 
 const struct ops_backend ops_backends[] = {

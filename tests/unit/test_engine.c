@@ -438,6 +438,98 @@ START_TEST(engine_ple_streamed)
 }
 END_TEST
 
+/*
+ * The per-layer embedding cache sized below the prompt's distinct tokens:
+ * rows are evicted least recently used first and read again when their
+ * token comes back, and the logits equal those of a cache that holds them
+ * all.  The expected reads come from replaying that rule over the steps.
+ */
+static uint32_t ple_replay(const int32_t *tok, uint32_t n, uint32_t batch, uint32_t rows)
+{
+	int32_t held[16];
+	uint64_t used[16] = { 0 }, now = 0;
+	uint32_t reads = 0;
+
+	ck_assert_uint_le(rows, 16);
+	for (uint32_t i = 0; i < rows; i++)
+		held[i] = -1;
+	for (uint32_t s = 0; s < n; s += batch) {
+		now++;
+		for (uint32_t t = s; t < n && t < s + batch; t++) {
+			uint32_t i, v = 0;
+
+			for (i = 0; i < rows && held[i] != tok[t]; i++)
+				;
+			if (i < rows) {
+				used[i] = now;
+				continue;
+			}
+			for (i = 1; i < rows; i++)
+				if (used[i] < used[v])
+					v = i;
+			ck_assert_uint_lt(used[v], now);
+			held[v] = tok[t];
+			used[v] = now;
+			reads++;
+		}
+	}
+	return reads;
+}
+
+START_TEST(engine_ple_evicting)
+{
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx *all, *few;
+	struct moe_ctx_params p;
+	struct moe_tensor_info ti;
+	/* 10 distinct tokens, most of them coming back after others pushed them out */
+	int32_t tok[30] = { 5, 9, 17, 200, 3, 41, 77, 5, 9, 8, 120, 17, 3, 41, 5, 250, 9, 77,
+			    200, 8, 5, 3, 120, 41, 17, 9, 250, 5, 77, 8 };
+	uint64_t row;
+	uint32_t vocab, reads;
+
+	ck_assert(mkmodel(dir, "gemma4-e2b", "q8_0", arch_extra("gemma4-e2b"), path,
+			  sizeof(path)));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	ck_assert_int_ge(moe_model_find_tensor(m, "per_layer_token_embd.weight", &ti), 0);
+	row = ti.bytes / ti.ne[1];
+	all = make_ctx(m, 0, 5, 0);
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 128;
+	p.n_batch = 5;
+	/* a step's 5 tokens fit, the prompt's 10 do not */
+	p.ple_cache_bytes = 6 * row + row / 2;
+	ck_assert_msg(moe_ctx_create(m, &p, &few) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(few->lay.plan.ple_cache_rows, 6);
+	ck_assert_uint_eq(few->lay.plan.ple_cache_bytes, 6 * row);
+	ck_assert_msg(moe_ctx_eval(all, tok, 30, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s", moe_errmsg());
+	ck_assert_msg(moe_ctx_eval(few, tok, 30, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s", moe_errmsg());
+	vocab = moe_ctx_n_vocab(all);
+	for (uint32_t i = 0; i < 30; i++)
+		ck_assert_msg(!memcmp(moe_ctx_logits(all, i), moe_ctx_logits(few, i),
+				      sizeof(float) * vocab),
+			      "position %u: logits differ with a 6-row per-layer embedding cache", i);
+	ck_assert_uint_eq(all->ple.misses, 10);
+	reads = ple_replay(tok, 30, 5, 6);
+	ck_assert_uint_gt(reads, 10);
+	ck_assert_uint_eq(few->ple.misses, reads);
+	ck_assert_uint_eq(few->ple.bytes, reads * row);
+	ck_assert_uint_eq(few->ple.hits + few->ple.misses, all->ple.hits + all->ple.misses);
+	moe_ctx_free(few);
+	moe_ctx_free(all);
+	/* fewer rows than a step's tokens is refused by name, with the size that works */
+	p.ple_cache_bytes = 4 * row;
+	ck_assert_int_eq(moe_ctx_create(m, &p, &few), -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "per-layer embedding cache") &&
+		      strstr(moe_errmsg(), "fewer than a step's 5 tokens"), "%s", moe_errmsg());
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* ------------------------------------------------------------ reference */
 
 static const char *const archs[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss", "gemma4",
@@ -558,6 +650,105 @@ START_TEST(engine_evicting_equals_resident)
 	free(b.buf);
 	moe_ctx_free(res);
 	moe_ctx_free(str);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/*
+ * Dense FFNs past the budget: a dense model (Gemma 4 31B's layout) and one
+ * with leading dense layers, at the smallest budget, stream every dense FFN
+ * through the expert cache.  Logits equal the resident run's bit for bit,
+ * the streamed FFNs are not resident, and each is read a layer ahead: after
+ * the first, the layers find theirs fetched already.
+ */
+static const char *const dense_models[][2] = {
+	{ "gemma4-dense", "--sliding-window 8 --experts 0" },
+	{ "deepseek2", "--leading-dense 3 --ff 1024" },
+};
+
+START_TEST(engine_dense_streamed)
+{
+	char *dir = tu_tmpdir(), path[512], name[64];
+	struct moe_model *m;
+	struct moe_ctx *res, *one, *two, *pools;
+	struct moe_ctx_params p;
+	struct moe_ctx_stats st;
+	struct all_logits a, b;
+	uint32_t vocab, n_str;
+	uint64_t slot;
+	int32_t tok[24];
+	int idx = -1;
+
+	ck_assert(mkmodel(dir, dense_models[_i][0], "f32", dense_models[_i][1], path,
+			  sizeof(path)));
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	res = make_ctx(m, 0, 8, 16);
+	/* the smallest budget: every dense FFN streams through one slot */
+	one = make_ctx(m, min_budget(m, 8), 8, 16);
+	ck_assert_uint_eq(res->lay.plan.n_dense_streamed, 0);
+	ck_assert_uint_ge(res->lay.plan.n_dense_ffn, 3);
+	n_str = one->lay.plan.n_dense_streamed;
+	ck_assert_uint_eq(n_str, one->lay.plan.n_dense_ffn);
+	ck_assert(strstr(one->lay.plan.why, "dense FFNs") != NULL);
+	slot = one->lay.plan.dense_streamed_bytes / n_str;
+	/* one slot more: the next layer's FFN is read while this one computes */
+	two = make_ctx(m, one->lay.plan.vram_budget + slot, 8, 16);
+	ck_assert_uint_eq(two->lay.plan.n_dense_streamed, n_str);
+	/* with a pool per layer, the streamed dense FFNs share one pool of two slots */
+	moe_ctx_default_params(&p);
+	p.n_threads = 2;
+	p.n_ctx = 128;
+	p.n_batch = 8;
+	p.attn_chunk = 16;
+	p.vram_bytes = two->lay.plan.vram_budget;
+	p.flags |= MOE_CTX_LAYER_POOLS;
+	ck_assert_msg(moe_ctx_create(m, &p, &pools) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(pools->lay.plan.n_dense_streamed, n_str);
+	for (uint32_t il = 0; il < m->hp.n_layer && idx < 0; il++)
+		if (one->layers[il].dense_stream) {
+			snprintf(name, sizeof(name), "blk.%u.ffn_down.weight", il);
+			idx = moe_model_find_tensor(m, name, NULL);
+		}
+	ck_assert_int_ge(idx, 0);
+	ck_assert_uint_eq(one->lay.t[idx].off, UINT64_MAX);
+	ck_assert_uint_ne(res->lay.t[idx].off, UINT64_MAX);
+	vocab = moe_ctx_n_vocab(res);
+	prompt(tok, 24, (int)vocab);
+	a = (struct all_logits){ calloc((size_t)30 * vocab, sizeof(float)), 0, vocab };
+	b = (struct all_logits){ calloc((size_t)30 * vocab, sizeof(float)), 0, vocab };
+	run_gen(res, tok, 24, &a);
+	for (int k = 0; k < 3; k++) {
+		struct moe_ctx *str = k == 2 ? pools : k ? two : one;
+
+		run_gen(str, tok, 24, &b);
+		ck_assert_uint_eq(a.n, b.n);
+		ck_assert_msg(!memcmp(a.buf, b.buf, sizeof(float) * a.n * vocab),
+			      "%s: logits with streamed dense FFNs (%s) differ from resident ones",
+			      dense_models[_i][0], k == 2 ? "layer pools" : k ? "2 slots" : "1 slot");
+		moe_ctx_get_stats(str, &st);
+		/* 3 prompt steps and 5 decode steps, each using every streamed FFN once */
+		ck_assert_uint_eq(st.dense_hits + st.dense_misses, 8 * n_str);
+		ck_assert_uint_ge(st.bytes_read, st.dense_misses * slot / 2);
+		ck_assert_uint_le(st.vram_used, st.vram_budget);
+		if (!k) {
+			/* one slot: every use is a read, none can be ahead */
+			ck_assert_uint_eq(st.dense_misses, 8 * n_str);
+			continue;
+		}
+		/* all but the very first were fetched while the layer before computed */
+		ck_assert_uint_eq(st.dense_misses, 1);
+		ck_assert_uint_eq(st.dense_prefetch_used, 8 * n_str - 1);
+	}
+	moe_ctx_get_stats(res, &st);
+	ck_assert_uint_eq(st.dense_hits + st.dense_misses, 0);
+	free(a.buf);
+	free(b.buf);
+	moe_ctx_free(res);
+	moe_ctx_free(one);
+	moe_ctx_free(two);
+	moe_ctx_free(pools);
 	moe_model_close(m);
 	tu_rmtree(dir);
 	free(dir);
@@ -1280,6 +1471,8 @@ Suite *suite_engine(void)
 	free(dir);
 	tcase_add_test(tc, engine_budget_honoured);
 	tcase_add_test(tc, engine_ple_streamed);
+	tcase_add_test(tc, engine_ple_evicting);
+	tcase_add_loop_test(tc, engine_dense_streamed, 0, MOE_ARRAY_SIZE(dense_models));
 	tcase_add_loop_test(tc, engine_guarded, 0, MOE_ARRAY_SIZE(archs));
 	tcase_add_test(tc, engine_kv_types);
 	tcase_add_test(tc, engine_ring_rewind);

@@ -253,6 +253,34 @@ START_TEST(sampler_bad_params)
 }
 END_TEST
 
+/* The public sampler: the API's parameters, masking by -inf, parameter errors. */
+START_TEST(sampler_public_api)
+{
+	struct moe_sample_params p;
+	struct moe_sampler *s;
+	float logits[6] = { 0.5f, 3.0f, -1.0f, 2.0f, 0.0f, 1.0f };
+
+	moe_sample_default_params(&p);
+	ck_assert_int_eq(moe_sampler_new(&p, 6, &s), 0);
+	ck_assert_int_eq(moe_sampler_sample(s, logits), 1);
+	logits[1] = -INFINITY;
+	ck_assert_int_eq(moe_sampler_sample(s, logits), 3);
+	moe_sampler_accept(s, 3);
+	moe_sampler_free(s);
+	/* a masked token is never drawn, however hot the temperature */
+	p.temp = 50.0f;
+	p.seed = 11;
+	ck_assert_int_eq(moe_sampler_new(&p, 6, &s), 0);
+	for (int i = 0; i < 200; i++)
+		ck_assert_int_ne(moe_sampler_sample(s, logits), 1);
+	moe_sampler_free(s);
+	p.top_p = 2.0f;
+	ck_assert_int_eq(moe_sampler_new(&p, 6, &s), -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "top_p"), "%s", moe_errmsg());
+	ck_assert_int_eq(moe_sampler_new(NULL, 6, &s), -EINVAL);
+}
+END_TEST
+
 Suite *suite_sampler(void)
 {
 	Suite *s = suite_create("sampler");
@@ -266,6 +294,7 @@ Suite *suite_sampler(void)
 	tcase_add_test(tc, sampler_top_k_top_p_min_p);
 	tcase_add_test(tc, sampler_repeat_penalty);
 	tcase_add_test(tc, sampler_bad_params);
+	tcase_add_test(tc, sampler_public_api);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -202,6 +202,59 @@ static bool same_node(const char *path, mode_t type, dev_t rdev)
 	       (type != S_IFCHR || st.st_rdev == rdev);
 }
 
+/* ------------------------------------------------ dense FFNs past the budget */
+
+/*
+ * A dense gemma4 file under a budget that cannot hold its dense FFNs:
+ * moectl info --vram says how many stream, and moe-run --stats counts
+ * their uses and the reads made a layer ahead.
+ */
+START_TEST(dense_streamed_tools)
+{
+	char path[PATH_MAX + 16];
+	unsigned streamed = 0, total = 0;
+	unsigned long long hits = 0, ahead = 0, misses = 0;
+	const char *at;
+	struct res r;
+
+	snprintf(path, sizeof(path), "%s/dense.gguf", fx.dir);
+	r = run_tool(NULL, NULL, "moe-mkmodel", "--arch", "gemma4", "--experts", "0", "--layers",
+		     "4", "--vocab", "256", "-q", "-o", path, NULL);
+	expect_ok(&r, "moe-mkmodel --experts 0");
+	res_free(&r);
+	r = run_tool(NULL, NULL, "moectl", "info", path, NULL);
+	expect_ok(&r, "moectl info");
+	ck_assert_msg(strstr(r.out, "dense FFNs:       4 layers, resident"), "%s", r.out);
+	res_free(&r);
+	/* 2.3 MiB resident, 4.3 MiB KV at 4096 positions, 1.6 MiB scratch, two 1.5 MiB slots */
+	r = run_tool(NULL, NULL, "moectl", "info", "--vram", "12M", path, NULL);
+	expect_ok(&r, "moectl info --vram");
+	at = strstr(r.out, "dense FFNs:");
+	ck_assert_msg(at && sscanf(at, "dense FFNs: %u of %u streamed", &streamed, &total) == 2,
+		      "%s", r.out);
+	ck_assert_uint_eq(total, 4);
+	ck_assert_uint_eq(streamed, 4);
+	ck_assert_msg(strstr(r.out, "each read a layer ahead"), "%s", r.out);
+	res_free(&r);
+	r = run_tool(NULL, NULL, "moectl", "info", "--vram", "4M", path, NULL);
+	expect_fail(&r, 1, "cannot hold this model", "moectl info --vram too small");
+	res_free(&r);
+	r = run_tool(NULL, NULL, "moe-run", "-m", path, "--tokens", "1,2,3", "-n", "4", "--ctx",
+		     "16", "--vram", "7M", "--stats", NULL);
+	expect_ok(&r, "moe-run --vram --stats");
+	at = strstr(r.err, "dense FFNs streamed:");
+	ck_assert_msg(at && sscanf(at, "dense FFNs streamed: %llu hits (%llu of them fetched a "
+				   "layer ahead), %llu misses", &hits, &ahead, &misses) == 3,
+		      "%s", r.err);
+	/* the prompt step and two decode steps (the 4th token is sampled, never evaluated) */
+	ck_assert_uint_eq(hits + misses, 3 * 4);
+	/* only the very first use waits for its read */
+	ck_assert_uint_eq(misses, 1);
+	ck_assert_uint_eq(ahead, 3 * 4 - 1);
+	res_free(&r);
+}
+END_TEST
+
 /* ------------------------------------------------ models without a vocabulary */
 
 START_TEST(no_vocabulary)
@@ -583,6 +636,8 @@ static const struct hostile table[] = {
 	{ 2, "moectl", { "info", "--bogus", "@M" } },
 	{ 2, "moectl", { "info", "@M", "@M" } },
 	{ 1, "moectl", { "info", "@X" } },
+	{ 2, "moectl", { "info", "--vram", "1Q", "@M" } },
+	{ 2, "moectl", { "info", "--vram", "@E", "@M" } },
 	{ 1, "moectl", { "info", "@D" } },
 	{ 1, "moectl", { "info", "@F" } },
 	{ 1, "moectl", { "info", "@S" } },
@@ -639,6 +694,9 @@ static const struct hostile table[] = {
 	{ 2, "moe-run", { "-m", "@M" } },
 	{ 2, "moe-run", { "-m", "@M", "--tokens", "1", "extra" } },
 	{ 2, "moe-run", { "-m", "@M", "--tokens", "1", "-p", "x" } },
+	{ 2, "moe-run", { "-m", "@M", "--tokens", "1", "--ple-cache", "1Q" } },
+	{ 2, "moe-run", { "-m", "@M", "--tokens", "1", "--ple-cache", "0" } },
+	{ 2, "moe-run", { "-m", "@M", "--tokens", "1", "--ple-cache", "@E" } },
 	{ 1, "moe-run", { "-m", "@X", "--tokens", "1" } },
 	{ 1, "moe-run", { "-m", "@D", "--tokens", "1" } },
 	{ 1, "moe-run", { "-m", "@F", "--tokens", "1" } },
@@ -692,6 +750,22 @@ static const struct hostile table[] = {
 	{ 2, "moe-run", { "-m", "@M", "--tokens", "1", "--system", "x" } },
 	{ 2, "moe-run", { "-m", "@M", "--chat", "--tokens", "1" } },
 	{ 2, "moe-run", { "-m", "@M", "--chat", "-n", "0" } },
+	/* moe-server: refused before it ever listens */
+	{ 2, "moe-server", { NULL } },
+	{ 2, "moe-server", { "--bogus" } },
+	{ 2, "moe-server", { "-m", "@V", "extra" } },
+	{ 2, "moe-server", { "-m", "@V", "--port", "65536" } },
+	{ 2, "moe-server", { "-m", "@V", "--port", "-1" } },
+	{ 2, "moe-server", { "-m", "@V", "--parallel", "0" } },
+	{ 2, "moe-server", { "-m", "@V", "--api-key", "" } },
+	{ 2, "moe-server", { "-m", "@V", "--max-body", "@E" } },
+	{ 2, "moe-server", { "-m", "@V", "--ctx", "@H" } },
+	{ 2, "moe-server", { "-m", "@V", "--timeout", "0" } },
+	{ 1, "moe-server", { "-m", "@X" } },
+	{ 1, "moe-server", { "-m", "@D" } },
+	{ 1, "moe-server", { "-m", "@F" } },
+	{ 1, "moe-server", { "-m", "@V", "--host", "not-an-address" } },
+	{ 1, "moe-server", { "-m", "@V", "--vram", "1K" } },
 	{ 1, "moe-run", { "-m", "@M", "--tokens", "1", "--logits-out", "@D" } },
 	{ 1, "moe-run", { "-m", "@M", "--tokens", "1", "--logits-out", "@F" } },
 	{ 1, "moe-run", { "-m", "@M", "--tokens", "1", "--logits-out", "@S" } },
@@ -884,6 +958,7 @@ Suite *suite_tools(void)
 	tcase_add_unchecked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 600);
 	tcase_add_test(tc, no_vocabulary);
+	tcase_add_test(tc, dense_streamed_tools);
 	tcase_add_loop_test(tc, output_files, 0, 2);
 	tcase_add_test(tc, fifo_model_refused);
 	tcase_add_test(tc, flags_refused_or_capped);

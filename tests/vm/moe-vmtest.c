@@ -1188,6 +1188,50 @@ static int t_killed_thousands(void)
 	return ret;
 }
 
+/*
+ * One bound on pending requests per file for both paths: with 65536
+ * requests uncollected by WAIT, FETCH and the io_uring command both say
+ * -EBUSY; once WAIT collects them both work again.
+ */
+static int t_pending_bound(void)
+{
+	static struct drm_moe_fetch_req reqs[4096];
+	struct drm_moe_fetch f = { .reqs_ptr = (uintptr_t)reqs, .count = 1 };
+	uint64_t tickets[16], extra;
+	struct io_uring ring;
+	int cres, ret = 0, n = 0;
+
+	for (int i = 0; i < 4096; i++)
+		reqs[i] = (struct drm_moe_fetch_req){
+			.model_id = big_id, .extent = i % N_EXT, .handle = big_bo,
+			.offset = (uint64_t)(i / N_EXT % 256) * 4096, .length = 4096,
+			.bo_offset = (uint64_t)(i % (96 * 256)) * 4096,
+		};
+	EXPECT(!io_uring_queue_init(8, &ring, 0), "io_uring_queue_init");
+	for (; n < 16; n++)
+		if (fetch(moe_fd, reqs, 4096, NULL, &tickets[n])) {
+			ret = failf("FETCH %d of 16: %s", n, strerror(errno));
+			break;
+		}
+	if (!ret && !fetch(moe_fd, reqs, 1, NULL, &extra))
+		ret = failf("FETCH over 65536 pending requests accepted");
+	else if (!ret && errno != EBUSY)
+		ret = failf("FETCH over the bound: %s, expected EBUSY", strerror(errno));
+	if (!ret)
+		ret = uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres);
+	if (!ret && cres != -EBUSY)
+		ret = failf("io_uring FETCH over the bound: CQE res %d, expected -EBUSY", cres);
+	for (int i = 0; i < n; i++)
+		if (wait_ticket(moe_fd, tickets[i], now_ns() + 60000000000LL, NULL) && !ret)
+			ret = failf("WAIT %d: %s", i, strerror(errno));
+	if (!ret)
+		ret = uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres);
+	if (!ret && cres != 4096)
+		ret = failf("io_uring FETCH after WAIT: CQE res %d, expected 4096", cres);
+	io_uring_queue_exit(&ring);
+	return ret;
+}
+
 static int t_rmmod_in_use(void)
 {
 	struct drm_moe_fetch_req reqs[N_EXT];
@@ -1393,8 +1437,12 @@ static int dmesg_bad(int skip, char *first, size_t len)
 		for (size_t i = 0; i < sizeof(pats) / sizeof(pats[0]); i++) {
 			if (!strstr(line, pats[i]))
 				continue;
-			if (n++ == skip && first)
-				snprintf(first, len, "%s", line);
+			if (n++ == skip && first && len) {
+				size_t m = strnlen(line, len - 1);
+
+				memcpy(first, line, m);
+				first[m] = 0;
+			}
 			break;
 		}
 	}
@@ -1442,6 +1490,7 @@ static const struct { const char *name; int (*fn)(void); } tests[] = {
 	{ "unregister-in-flight", t_unregister_inflight },
 	{ "killed-mid-fetch", t_killed_midfetch },
 	{ "killed-thousands-in-flight", t_killed_thousands },
+	{ "pending-bound-both-paths", t_pending_bound },
 	{ "rmmod-in-use", t_rmmod_in_use },
 	{ "perf-driver-vs-userspace", t_perf },
 };

@@ -11,8 +11,58 @@
 /* O_DIRECT needs offsets aligned to the device's logical block; 4096 covers every NVMe. */
 #define DIRECT_ALIGN 4096
 
+/*
+ * The plan moe_plan() makes for @vram (0: no limit) with default
+ * parameters: which dense FFNs stay resident, the per-layer embedding cache.
+ */
+struct info_plan {
+	bool ok;
+	uint64_t vram;
+	struct moe_plan p;
+};
+
+static void print_plan_json(const struct info_plan *ip)
+{
+	const struct moe_plan *p = &ip->p;
+
+	printf(", \"n_dense_ffn\": %u", p->n_dense_ffn);
+	if (!ip->vram)
+		return;
+	printf(", \"plan\": {\"vram_budget\": %llu, \"device_bytes\": %llu, \"n_slots\": %u, "
+	       "\"n_dense_streamed\": %u, \"dense_streamed_bytes\": %llu, "
+	       "\"ple_cache_rows\": %u, \"ple_cache_bytes\": %llu, \"why\": ",
+	       (unsigned long long)p->vram_budget, (unsigned long long)p->device_bytes,
+	       p->n_slots, p->n_dense_streamed, (unsigned long long)p->dense_streamed_bytes,
+	       p->ple_cache_rows, (unsigned long long)p->ple_cache_bytes);
+	json_str(stdout, p->why);
+	printf("}");
+}
+
+static void print_plan_text(const struct info_plan *ip)
+{
+	const struct moe_plan *p = &ip->p;
+	char b1[32], b2[32];
+
+	if (p->n_dense_ffn && !ip->vram)
+		printf("dense FFNs:       %u layers, resident; past a budget (--vram) they stream "
+		       "like experts, fetched a layer ahead\n", p->n_dense_ffn);
+	if (!ip->vram)
+		return;
+	printf("plan:             %s device memory for a budget of %s\n",
+	       human_bytes(p->device_bytes, b1, sizeof(b1)),
+	       human_bytes(p->vram_budget, b2, sizeof(b2)));
+	if (p->n_dense_ffn)
+		printf("dense FFNs:       %u of %u streamed (%s as slots hold them), the rest "
+		       "resident\n", p->n_dense_streamed, p->n_dense_ffn,
+		       human_bytes(p->dense_streamed_bytes, b1, sizeof(b1)));
+	if (p->ple_cache_rows)
+		printf("per-layer cache:  %u token rows, %s of host memory\n", p->ple_cache_rows,
+		       human_bytes(p->ple_cache_bytes, b1, sizeof(b1)));
+	printf("why:              %s\n", p->why);
+}
+
 static void print_json(const struct moe_model *m, const struct moe_hparams *hp,
-		       const struct moe_model_summary *s)
+		       const struct moe_model_summary *s, const struct info_plan *ip)
 {
 	bool first = true;
 
@@ -55,11 +105,14 @@ static void print_json(const struct moe_model *m, const struct moe_hparams *hp,
 		       (unsigned long long)s->type_bytes[t]);
 		first = false;
 	}
-	printf("}}\n");
+	printf("}");
+	if (ip->ok)
+		print_plan_json(ip);
+	printf("}\n");
 }
 
 static void print_text(const struct moe_model *m, const struct moe_hparams *hp,
-		       const struct moe_model_summary *s)
+		       const struct moe_model_summary *s, const struct info_plan *ip)
 {
 	char b1[32], b2[32], b3[32];
 
@@ -117,18 +170,22 @@ static void print_text(const struct moe_model *m, const struct moe_hparams *hp,
 	printf("whole model:      %s of device memory to hold every tensor (plus KV cache and "
 	       "scratch)\n", human_bytes(s->tensor_bytes - s->unused_bytes -
 					  s->streamed_rows_bytes, b1, sizeof(b1)));
+	if (ip->ok)
+		print_plan_text(ip);
 }
 
 int do_info(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "vram", required_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	struct moe_model *m;
 	struct moe_hparams hp;
 	struct moe_model_summary s;
+	struct info_plan ip = { 0 };
 	int c, ret;
 
 	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
@@ -136,24 +193,43 @@ int do_info(int argc, char **argv)
 		case 'j':
 			json_output = true;
 			break;
+		case 'v':
+			if (moe_parse_size(optarg, &ip.vram) < 0)
+				return usage_error("info: --vram %s", moe_errmsg());
+			break;
 		case 'h':
-			printf("usage: moectl info [--json] FILE\n");
+			printf("usage: moectl info [--json] [--vram SIZE] FILE\n");
 			return 0;
 		default:
-			return usage_error("info: usage: moectl info [--json] FILE");
+			return usage_error("info: usage: moectl info [--json] [--vram SIZE] FILE");
 		}
 	}
 	if (optind != argc - 1)
-		return usage_error("info: expected one model file; usage: moectl info [--json] FILE");
+		return usage_error("info: expected one model file; usage: moectl info [--json] "
+				   "[--vram SIZE] FILE");
 	ret = moe_model_open(argv[optind], &m);
 	if (ret)
 		return fail("%s", moe_errmsg());
 	moe_model_hparams(m, &hp);
 	moe_model_summary(m, &s);
+	{
+		struct moe_ctx_params par;
+
+		moe_ctx_default_params(&par);
+		par.vram_bytes = ip.vram;
+		/* a model without a forward pass has no plan; a budget too small is an error */
+		ret = moe_plan(m, &par, &ip.p);
+		ip.ok = ret == 0;
+		if (ret && ip.vram) {
+			ret = fail("%s", moe_errmsg());
+			moe_model_close(m);
+			return ret;
+		}
+	}
 	if (json_output)
-		print_json(m, &hp, &s);
+		print_json(m, &hp, &s, &ip);
 	else
-		print_text(m, &hp, &s);
+		print_text(m, &hp, &s, &ip);
 	moe_model_close(m);
 	return 0;
 }

@@ -289,8 +289,12 @@ struct drm_moe_wait {
  * @pad: must be zero.
  *
  * With cmd_op DRM_MOE_URING_CMD_FETCH.  The CQE res is the number of bytes
- * read by the whole batch, or the first request's negative errno when any
- * failed; results_ptr gets the per-request values before the CQE posts.
+ * read by the whole batch, saturated at INT_MAX (a batch of more than 2 GiB
+ * - 1 reports INT_MAX: the 32-bit res cannot say more), or the first failed
+ * request's negative errno when any failed; results_ptr gets the exact
+ * per-request values before the CQE posts.  Requests in io_uring batches
+ * count against the same per-file bound as FETCH batches not yet collected
+ * by WAIT (-EBUSY).
  * Bad submissions complete with their errno; an unknown cmd_op with
  * -ENOTTY.
  *

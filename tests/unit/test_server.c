@@ -1,0 +1,602 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * moe-server end to end: a server on a free loopback port over a tiny
+ * generated chat model, spoken to with curl.  Every endpoint and error case,
+ * streaming parsed chunk by chunk, concurrent clients whose greedy replies
+ * must equal the same prompts run alone (batched decode evaluates each
+ * sequence's rows exactly as a lone sequence's: the tolerance is zero
+ * differing tokens), a client that hangs up mid-stream, a bounded load
+ * test against a small queue, the API key, and SIGTERM's drain.  Every wait
+ * is bounded: curl runs with --max-time, the server is killed at teardown.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "api.h"
+#include "testutil.h"
+
+static char *dir;
+static char model[4096];
+
+struct srv {
+	pid_t pid;
+	int port;
+	char err[4200];
+};
+
+static void setup(void)
+{
+	char cmd[8400];
+
+	dir = tu_tmpdir();
+	ck_assert_ptr_nonnull(dir);
+	snprintf(model, sizeof(model), "%s/chat.gguf", dir);
+	snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --vocab-bpe -q -o %s", tu_bin("moe-mkmodel"),
+		 model);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+}
+
+static void teardown(void)
+{
+	tu_rmtree(dir);
+	free(dir);
+}
+
+/* Start moe-server with @extra arguments (NULL-terminated) on port 0; wait for its port. */
+static void srv_start(struct srv *s, const char *name, ...)
+{
+	char *argv[32];
+	const char *a;
+	va_list ap;
+	int n = 0;
+
+	snprintf(s->err, sizeof(s->err), "%s/%s.err", dir, name);
+	argv[n++] = (char *)tu_bin("moe-server");
+	argv[n++] = "-m";
+	argv[n++] = model;
+	argv[n++] = "--port";
+	argv[n++] = "0";
+	argv[n++] = "--threads";
+	argv[n++] = "1";
+	va_start(ap, name);
+	while ((a = va_arg(ap, const char *)) && n < 30)
+		argv[n++] = (char *)a;
+	va_end(ap);
+	argv[n] = NULL;
+	s->pid = fork();
+	ck_assert_int_ge(s->pid, 0);
+	if (!s->pid) {
+		int fd = open(s->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+		dup2(fd, 2);
+		fd = open("/dev/null", O_RDWR);
+		dup2(fd, 0);
+		dup2(fd, 1);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	s->port = 0;
+	for (int i = 0; i < 600 && !s->port; i++) {
+		char *text = tu_read_file(s->err, NULL), *p;
+
+		if (text && (p = strstr(text, "listening on http://127.0.0.1:")))
+			s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
+		free(text);
+		if (!s->port)
+			usleep(50000);
+	}
+	ck_assert_msg(s->port > 0, "moe-server did not start in 30 s (see %s)", s->err);
+}
+
+/* SIGTERM, then the exit status (bounded: killed after 30 s). */
+static int srv_stop(struct srv *s)
+{
+	int st = 0;
+
+	kill(s->pid, SIGTERM);
+	for (int i = 0; i < 600; i++) {
+		if (waitpid(s->pid, &st, WNOHANG) == s->pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		usleep(50000);
+	}
+	kill(s->pid, SIGKILL);
+	waitpid(s->pid, &st, 0);
+	ck_abort_msg("moe-server did not stop in 30 s after SIGTERM");
+	return -1;
+}
+
+/* curl @path with @body (NULL: GET) and extra curl @opts; returns the HTTP status. */
+static int req(const struct srv *s, const char *opts, const char *path, const char *body,
+	       char **out)
+{
+	char cmd[8192], bodyf[4200], *o = NULL, *nl;
+	int code = 0;
+
+	snprintf(bodyf, sizeof(bodyf), "%s/body.%d.json", dir, (int)getpid());
+	if (body)
+		ck_assert_int_eq(tu_write_file(bodyf, body, strlen(body)), 0);
+	snprintf(cmd, sizeof(cmd), "curl -sS --max-time 60 %s %s%s%s -w '\\n%%{http_code}' "
+		 "http://127.0.0.1:%d%s", opts ? opts : "", body ? "--data-binary @" : "",
+		 body ? bodyf : "", body ? " -H 'Content-Type: application/json'" : "", s->port,
+		 path);
+	ck_assert_int_eq(tu_run(cmd, 0, &o), 0);
+	nl = strrchr(o, '\n');
+	ck_assert_ptr_nonnull(nl);
+	code = atoi(nl + 1);
+	*nl = 0;
+	if (out)
+		*out = o;
+	else
+		free(o);
+	return code;
+}
+
+static json_t *parse(const char *text)
+{
+	json_error_t je;
+	json_t *v = json_loads(text, 0, &je);
+
+	ck_assert_msg(v != NULL, "not JSON (%s): %s", je.text, text);
+	return v;
+}
+
+/* An error response: status, the API's shape, and the param named. */
+static void expect_error(const struct srv *s, const char *path, const char *body, int status,
+			 const char *param, const char *words)
+{
+	char *out;
+	int code = req(s, NULL, path, body, &out);
+	json_t *v = parse(out), *e = json_object_get(v, "error");
+
+	ck_assert_msg(code == status, "%s %s: status %d, want %d: %s", path, body ? body : "",
+		      code, status, out);
+	ck_assert_msg(json_is_object(e) && json_is_string(json_object_get(e, "message")) &&
+		      json_is_string(json_object_get(e, "type")) && json_object_get(e, "param") &&
+		      json_object_get(e, "code"), "not the error shape: %s", out);
+	if (param)
+		ck_assert_msg(json_is_string(json_object_get(e, "param")) &&
+			      !strcmp(json_string_value(json_object_get(e, "param")), param),
+			      "param is not %s: %s", param, out);
+	if (words)
+		ck_assert_msg(strstr(json_string_value(json_object_get(e, "message")), words),
+			      "message lacks '%s': %s", words, out);
+	json_decref(v);
+	free(out);
+}
+
+/* The greedy reply text to a chat prompt. */
+static char *chat_text(const struct srv *s, const char *user, int n, int *completion_tokens)
+{
+	char body[1024], *out, *t;
+	json_t *v, *u;
+
+	snprintf(body, sizeof(body), "{\"model\":\"x\",\"messages\":[{\"role\":\"user\","
+		 "\"content\":\"%s\"}],\"max_tokens\":%d,\"temperature\":0}", user, n);
+	ck_assert_int_eq(req(s, NULL, "/v1/chat/completions", body, &out), 200);
+	v = parse(out);
+	t = strdup(json_string_value(json_object_get(json_object_get(json_array_get(
+		json_object_get(v, "choices"), 0), "message"), "content")));
+	u = json_object_get(v, "usage");
+	ck_assert_int_eq(json_integer_value(json_object_get(u, "total_tokens")),
+			 json_integer_value(json_object_get(u, "prompt_tokens")) +
+			 json_integer_value(json_object_get(u, "completion_tokens")));
+	if (completion_tokens)
+		*completion_tokens = (int)json_integer_value(json_object_get(u,
+								"completion_tokens"));
+	json_decref(v);
+	free(out);
+	return t;
+}
+
+START_TEST(endpoints_and_errors)
+{
+	struct srv s;
+	char *out, big[9000];
+	json_t *v;
+	int n;
+
+	srv_start(&s, "basic", "--max-body", "4K", "--max-messages", "3", "--max-tokens", "64",
+		  "--ctx", "512", NULL);
+	ck_assert_int_eq(req(&s, NULL, "/health", NULL, &out), 200);
+	ck_assert_msg(strstr(out, "\"ok\""), "%s", out);
+	free(out);
+	ck_assert_int_eq(req(&s, NULL, "/v1/models", NULL, &out), 200);
+	v = parse(out);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(
+		json_object_get(v, "data"), 0), "id")), "chat.gguf");
+	json_decref(v);
+	free(out);
+
+	out = chat_text(&s, "hello", 8, &n);
+	ck_assert_int_ge(n, 1);
+	ck_assert_int_le(n, 8);
+	free(out);
+	ck_assert_int_eq(req(&s, NULL, "/v1/completions",
+			     "{\"prompt\":\"once upon\",\"max_tokens\":6,\"temperature\":0.8,"
+			     "\"top_p\":0.9,\"seed\":7,\"stop\":[\"zzzz\"]}", &out), 200);
+	v = parse(out);
+	ck_assert_str_eq(json_string_value(json_object_get(v, "object")), "text_completion");
+	ck_assert(json_is_string(json_object_get(json_array_get(json_object_get(v, "choices"), 0),
+						 "text")));
+	json_decref(v);
+	free(out);
+	/* token ids as the prompt */
+	ck_assert_int_eq(req(&s, NULL, "/v1/completions",
+			     "{\"prompt\":[1,2,3],\"max_tokens\":2}", NULL), 200);
+
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+		     "\"content\":\"hi\"}],\"frobnicate\":1}", 400, "frobnicate", "unknown field");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+		     "\"content\":\"hi\",\"extra\":2}]}", 400, "messages[0].extra", "unknown");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\": [", 400, NULL, "not valid JSON");
+	expect_error(&s, "/v1/chat/completions", "[1,2]", 400, NULL, "JSON object");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":\"hi\"}", 400, "messages",
+		     "array");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+		     "\"content\":\"hi\"}],\"temperature\":\"hot\"}", 400, "temperature", "number");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+		     "\"content\":\"hi\"}],\"max_tokens\":65}", 400, "max_tokens", "outside");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"pirate\","
+		     "\"content\":\"hi\"}]}", 400, "messages[0].role", "pirate");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":"
+		     "\"a\"},{\"role\":\"user\",\"content\":\"b\"},{\"role\":\"user\",\"content\":"
+		     "\"c\"},{\"role\":\"user\",\"content\":\"d\"}]}", 400, "messages", "more than");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+		     "\"content\":\"hi\"}],\"tools\":[]}", 400, "tools", "tool calls");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+		     "\"content\":\"hi\"}],\"n\":2}", 400, "n", "one choice");
+	expect_error(&s, "/v1/completions", "{\"max_tokens\":3}", 400, "prompt", "missing");
+	expect_error(&s, "/v1/completions", "{\"prompt\":[99999999]}", 400, "prompt",
+		     "vocabulary");
+	expect_error(&s, "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":3,\"max_tokens\":4}",
+		     400, NULL, "duplicate");
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = 0;
+	memcpy(big, "{\"prompt\":\"", 11);
+	big[sizeof(big) - 3] = '"';
+	big[sizeof(big) - 2] = '}';
+	expect_error(&s, "/v1/completions", big, 413, NULL, "larger");
+	expect_error(&s, "/v1/nothing", NULL, 404, NULL, "no such path");
+	expect_error(&s, "/../../etc/passwd", NULL, 404, NULL, "no such path");
+	expect_error(&s, "/v1/completions", NULL, 405, NULL, "use POST");
+	/* the server stays up and answers after all of that */
+	ck_assert_int_eq(req(&s, NULL, "/health", NULL, NULL), 200);
+	ck_assert_int_eq(req(&s, NULL, "/metrics", NULL, &out), 200);
+	ck_assert_msg(strstr(out, "# TYPE moe_expert_hit_rate gauge") &&
+		      strstr(out, "moe_requests_total{status=\"400\"}") &&
+		      strstr(out, "moe_read_gigabytes_per_second") &&
+		      strstr(out, "moe_prefetch_precision") && strstr(out, "moe_queue_depth"),
+		      "%s", out);
+	free(out);
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(api_key)
+{
+	struct srv s;
+
+	srv_start(&s, "key", "--api-key", "sekrit", NULL);
+	ck_assert_int_eq(req(&s, NULL, "/health", NULL, NULL), 200);
+	expect_error(&s, "/v1/models", NULL, 401, NULL, "API key");
+	ck_assert_int_eq(req(&s, "-H 'Authorization: Bearer sekrix'", "/v1/models", NULL, NULL),
+			 401);
+	ck_assert_int_eq(req(&s, "-H 'Authorization: Bearer sekri'", "/v1/models", NULL, NULL),
+			 401);
+	ck_assert_int_eq(req(&s, "-H 'Authorization: Bearer sekrit'", "/v1/models", NULL, NULL),
+			 200);
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+/* Every "data: " event of an SSE body, the last one [DONE]; returns the text deltas joined. */
+static char *sse_text(char *body, int *events, json_t **last)
+{
+	size_t len = 0;
+	char *text = calloc(1, 1), *line, *save = NULL;
+	bool done = false;
+
+	*events = 0;
+	*last = NULL;
+	for (line = strtok_r(body, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		json_t *v, *c;
+		const char *d;
+
+		ck_assert_msg(!done, "an event after [DONE]: %s", line);
+		ck_assert_msg(!strncmp(line, "data: ", 6), "not an SSE data line: %s", line);
+		if (!strcmp(line + 6, "[DONE]")) {
+			done = true;
+			continue;
+		}
+		v = parse(line + 6);
+		ck_assert_str_eq(json_string_value(json_object_get(v, "object")),
+				 "chat.completion.chunk");
+		c = json_array_get(json_object_get(v, "choices"), 0);
+		d = json_string_value(json_object_get(json_object_get(c, "delta"), "content"));
+		ck_assert_ptr_nonnull(d);
+		text = realloc(text, len + strlen(d) + 1);
+		memcpy(text + len, d, strlen(d) + 1);
+		len += strlen(d);
+		(*events)++;
+		json_decref(*last);
+		*last = v;
+	}
+	ck_assert_msg(done, "the stream did not end in data: [DONE]");
+	return text;
+}
+
+START_TEST(streaming)
+{
+	struct srv s;
+	char *out, *text, *alone;
+	json_t *last;
+	int events, n;
+
+	srv_start(&s, "stream", NULL);
+	alone = chat_text(&s, "tell me a story", 24, &n);
+	ck_assert_int_eq(req(&s, "-N", "/v1/chat/completions", "{\"messages\":[{\"role\":"
+			     "\"user\",\"content\":\"tell me a story\"}],\"max_tokens\":24,"
+			     "\"temperature\":0,\"stream\":true}", &out), 200);
+	text = sse_text(out, &events, &last);
+	ck_assert_msg(events >= 2, "%d events", events);
+	ck_assert_str_eq(text, alone);
+	ck_assert(json_is_string(json_object_get(json_array_get(json_object_get(last, "choices"),
+								 0), "finish_reason")));
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(last, "usage"),
+							    "completion_tokens")), n);
+	json_decref(last);
+	free(text);
+	free(out);
+	free(alone);
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(concurrent_equals_alone)
+{
+	static const char *const prompts[] = { "hello", "the quick brown fox", "a", "why is the sky",
+					       "one two three four five six" };
+	enum { N = 5 };
+	char *alone[N], cmd[16384], *out;
+	struct srv s;
+	size_t off = 0;
+
+	srv_start(&s, "conc", "--parallel", "5", NULL);
+	for (int i = 0; i < N; i++)
+		alone[i] = chat_text(&s, prompts[i], 20, NULL);
+	/* all at once: each curl writes its own file, the shell waits for all */
+	for (int i = 0; i < N; i++) {
+		char body[512], bodyf[4200];
+
+		snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],"
+			 "\"max_tokens\":20,\"temperature\":0}", prompts[i]);
+		snprintf(bodyf, sizeof(bodyf), "%s/conc%d.json", dir, i);
+		ck_assert_int_eq(tu_write_file(bodyf, body, strlen(body)), 0);
+		off += (size_t)snprintf(cmd + off, sizeof(cmd) - off, "curl -sS --max-time 60 "
+					"--data-binary @%s -o %s.out http://127.0.0.1:%d/v1/chat/"
+					"completions & ", bodyf, bodyf, s.port);
+	}
+	snprintf(cmd + off, sizeof(cmd) - off, "wait");
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	for (int i = 0; i < N; i++) {
+		char path[4200];
+		json_t *v;
+
+		snprintf(path, sizeof(path), "%s/conc%d.json.out", dir, i);
+		out = tu_read_file(path, NULL);
+		ck_assert_ptr_nonnull(out);
+		v = parse(out);
+		ck_assert_msg(!strcmp(json_string_value(json_object_get(json_object_get(
+			json_array_get(json_object_get(v, "choices"), 0), "message"), "content")),
+			alone[i]), "prompt %d batched: %s; alone: %s", i, out, alone[i]);
+		json_decref(v);
+		free(out);
+		free(alone[i]);
+	}
+	ck_assert_int_eq(req(&s, NULL, "/metrics", NULL, &out), 200);
+	/* the batch held several sequences: fewer steps than tokens */
+	{
+		const char *b = strstr(out, "\nmoe_batches_total "), *t =
+			strstr(out, "\nmoe_batch_tokens_total ");
+
+		ck_assert(b && t);
+		ck_assert_msg(atof(t + 24) > atof(b + 19), "%s", out);
+	}
+	free(out);
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+static double metric(const struct srv *s, const char *name)
+{
+	char *out, key[128];
+	const char *p;
+	double v = -1;
+
+	ck_assert_int_eq(req(s, NULL, "/metrics", NULL, &out), 200);
+	snprintf(key, sizeof(key), "\n%s ", name);
+	p = strstr(out, key);
+	if (p)
+		v = atof(p + strlen(key));
+	free(out);
+	return v;
+}
+
+START_TEST(disconnect_mid_stream)
+{
+	char cmd[8192], bodyf[4200];
+	const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"go on\"}],"
+			   "\"max_tokens\":4000,\"temperature\":0,\"stream\":true}";
+	struct srv s;
+	int i;
+
+	srv_start(&s, "disc", "--ctx", "4096", "--max-tokens", "4000", NULL);
+	snprintf(bodyf, sizeof(bodyf), "%s/disc.json", dir);
+	ck_assert_int_eq(tu_write_file(bodyf, body, strlen(body)), 0);
+	/* head takes the first bytes and leaves: curl dies of SIGPIPE, the socket closes */
+	snprintf(cmd, sizeof(cmd), "curl -sSN --max-time 60 --data-binary @%s "
+		 "http://127.0.0.1:%d/v1/chat/completions | head -c 300 >/dev/null", bodyf, s.port);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	for (i = 0; i < 200 && metric(&s, "moe_cancelled_total") < 1; i++)
+		usleep(50000);
+	ck_assert_msg(metric(&s, "moe_cancelled_total") == 1, "the request was not cancelled");
+	for (i = 0; i < 200 && metric(&s, "moe_sequences_running") != 0; i++)
+		usleep(50000);
+	ck_assert_msg(metric(&s, "moe_sequences_running") == 0, "the sequence was not freed");
+	ck_assert_msg(metric(&s, "moe_completion_tokens_total") < 4000,
+		      "the whole reply was generated for nobody");
+	ck_assert_int_eq(req(&s, NULL, "/health", NULL, NULL), 200);
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(bounded_load)
+{
+	enum { N = 16 };
+	char cmd[32768], bodyf[4200], *out;
+	const char *body = "{\"prompt\":\"load\",\"max_tokens\":48,\"temperature\":0}";
+	int ok = 0, busy = 0;
+	struct srv s;
+	size_t off = 0;
+
+	srv_start(&s, "load", "--parallel", "2", "--queue", "2", NULL);
+	snprintf(bodyf, sizeof(bodyf), "%s/load.json", dir);
+	ck_assert_int_eq(tu_write_file(bodyf, body, strlen(body)), 0);
+	for (int i = 0; i < N; i++)
+		off += (size_t)snprintf(cmd + off, sizeof(cmd) - off, "curl -sS --max-time 60 -D "
+					"%s/load%d.h -o %s/load%d.out --data-binary @%s "
+					"http://127.0.0.1:%d/v1/completions & ", dir, i, dir, i,
+					bodyf, s.port);
+	snprintf(cmd + off, sizeof(cmd) - off, "wait");
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	for (int i = 0; i < N; i++) {
+		char path[4300];
+		char *h;
+		json_t *v;
+
+		snprintf(path, sizeof(path), "%s/load%d.h", dir, i);
+		h = tu_read_file(path, NULL);
+		ck_assert_ptr_nonnull(h);
+		snprintf(path, sizeof(path), "%s/load%d.out", dir, i);
+		out = tu_read_file(path, NULL);
+		ck_assert_ptr_nonnull(out);
+		v = parse(out);
+		if (!strncmp(h, "HTTP/1.1 200", 12)) {
+			ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(v,
+					 "usage"), "completion_tokens")) > 0, 1);
+			ok++;
+		} else {
+			ck_assert_msg(!strncmp(h, "HTTP/1.1 503", 12) && strstr(h, "Retry-After: "),
+				      "neither 200 nor 503 with Retry-After: %s", h);
+			ck_assert(json_is_object(json_object_get(v, "error")));
+			busy++;
+		}
+		json_decref(v);
+		free(out);
+		free(h);
+	}
+	ck_assert_int_eq(ok + busy, N);
+	/* at least the sequences and the queue were served; no more than that were let in at once */
+	ck_assert_int_ge(ok, 4);
+	ck_assert_int_eq(metric(&s, "moe_rejected_busy_total"), busy);
+	ck_assert_int_eq(metric(&s, "moe_queue_depth"), 0);
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(sigterm_drains)
+{
+	char cmd[10000], bodyf[4200], outf[4200], *out;
+	const char *body = "{\"prompt\":\"drain\",\"max_tokens\":400,\"temperature\":0}";
+	struct srv s;
+	json_t *v;
+	int i;
+
+	srv_start(&s, "drain", "--ctx", "512", NULL);
+	snprintf(bodyf, sizeof(bodyf), "%s/drain.json", dir);
+	snprintf(outf, sizeof(outf), "%s/drain.out", dir);
+	ck_assert_int_eq(tu_write_file(bodyf, body, strlen(body)), 0);
+	snprintf(cmd, sizeof(cmd), "curl -sS --max-time 60 -o %s --data-binary @%s "
+		 "http://127.0.0.1:%d/v1/completions & sleep 0.3; kill -TERM %d; wait", outf, bodyf,
+		 s.port, (int)s.pid);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	for (i = 0; i < 600 && waitpid(s.pid, NULL, WNOHANG) != s.pid; i++)
+		usleep(50000);
+	ck_assert_msg(i < 600, "moe-server did not exit after draining");
+	out = tu_read_file(outf, NULL);
+	ck_assert_ptr_nonnull(out);
+	v = parse(out);
+	ck_assert_msg(json_integer_value(json_object_get(json_object_get(v, "usage"),
+							 "completion_tokens")) > 0, "%s", out);
+	json_decref(v);
+	free(out);
+}
+END_TEST
+
+static int parse_str(enum api_kind k, const char *body, const struct api_limits *lim,
+		     struct api_request *r, struct api_error *e)
+{
+	return api_parse_request(k, body, strlen(body), lim, r, e);
+}
+
+/* The request parser alone: fields, types, limits. */
+START_TEST(parser)
+{
+	struct api_limits lim = { .max_tokens = 100, .max_messages = 4 };
+	struct api_request r;
+	struct api_error e;
+	const char *ok = "{\"model\":\"m\",\"messages\":[{\"role\":\"developer\",\"content\":"
+			 "[{\"type\":\"text\",\"text\":\"be \"},{\"type\":\"text\",\"text\":"
+			 "\"brief\"}]},{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":9,"
+			 "\"stop\":\"x\",\"seed\":-3,\"top_k\":5,\"stream\":true,\"user\":\"u\","
+			 "\"presence_penalty\":0,\"stream_options\":{\"include_usage\":true}}";
+
+	ck_assert_int_eq(api_parse_request(API_CHAT, ok, strlen(ok), &lim, &r, &e), 0);
+	ck_assert_int_eq(r.n_msgs, 2);
+	ck_assert_str_eq(r.msgs[0].role, "system");
+	ck_assert_str_eq(r.msgs[0].content, "be brief");
+	ck_assert_int_eq(r.max_tokens, 9);
+	ck_assert_int_eq(r.n_stop, 1);
+	ck_assert(r.stream && r.has_seed && r.sp.top_k == 5);
+	ck_assert(r.sp.temp == 1.0f);
+	api_request_free(&r);
+	ck_assert_int_eq(parse_str(API_COMPLETION, "{\"prompt\":\"a\",\"messages\":[]}", &lim, &r,
+				   &e), -EINVAL);
+	ck_assert_str_eq(e.param, "messages");
+	ck_assert_int_eq(parse_str(API_COMPLETION, "{\"prompt\":\"a\",\"stop\":[\"1\",\"2\",\"3\","
+				   "\"4\",\"5\"]}", &lim, &r, &e), -EINVAL);
+	ck_assert_str_eq(e.param, "stop");
+	ck_assert_int_eq(parse_str(API_COMPLETION, "{\"prompt\":\"a\\u0000b\"}", &lim, &r, &e),
+			 -EINVAL);
+	ck_assert_int_eq(e.status, 400);
+}
+END_TEST
+
+Suite *suite_server(void)
+{
+	Suite *s = suite_create("server");
+	TCase *tc = tcase_create("server");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, parser);
+	tcase_add_test(tc, endpoints_and_errors);
+	tcase_add_test(tc, api_key);
+	tcase_add_test(tc, streaming);
+	tcase_add_test(tc, concurrent_equals_alone);
+	tcase_add_test(tc, disconnect_mid_stream);
+	tcase_add_test(tc, bounded_load);
+	tcase_add_test(tc, sigterm_drains);
+	suite_add_tcase(s, tc);
+	return s;
+}

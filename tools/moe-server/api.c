@@ -1,0 +1,450 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Request bodies to requests.  Every field is looked up in a table of the
+ * fields the endpoint knows: an unknown one is refused by name rather than
+ * ignored, so a client that believes it set something learns it did not.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+
+int api_fail(struct api_error *err, int status, const char *type, const char *code,
+	     const char *param, const char *fmt, ...)
+{
+	va_list ap;
+
+	err->status = status;
+	err->type = type;
+	err->code = code;
+	snprintf(err->param, sizeof(err->param), "%s", param ? param : "");
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+char *api_error_body(const struct api_error *err)
+{
+	json_t *o = json_pack("{s:{s:s,s:s,s:o,s:o}}", "error", "message", err->message, "type",
+			      err->type ? err->type : "invalid_request_error", "param",
+			      err->param[0] ? json_string(err->param) : json_null(), "code",
+			      err->code ? json_string(err->code) : json_null());
+	char *s;
+
+	if (!o)
+		return NULL;
+	s = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return s;
+}
+
+#define BAD(param, ...) api_fail(err, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
+
+static const char *type_name(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: return "an object";
+	case JSON_ARRAY: return "an array";
+	case JSON_STRING: return "a string";
+	case JSON_INTEGER: return "an integer";
+	case JSON_REAL: return "a number";
+	case JSON_TRUE:
+	case JSON_FALSE: return "a boolean";
+	default: return "null";
+	}
+}
+
+static int get_number(const char *key, const json_t *v, double min, double max, double *out,
+		      struct api_error *err)
+{
+	if (!json_is_number(v))
+		return BAD(key, "'%s' must be a number, not %s", key, type_name(v));
+	*out = json_number_value(v);
+	if (!(*out >= min && *out <= max))
+		return BAD(key, "'%s' %g is outside [%g, %g]", key, *out, min, max);
+	return 0;
+}
+
+static int get_int(const char *key, const json_t *v, json_int_t min, json_int_t max,
+		   json_int_t *out, struct api_error *err)
+{
+	if (!json_is_integer(v))
+		return BAD(key, "'%s' must be an integer, not %s", key, type_name(v));
+	*out = json_integer_value(v);
+	if (*out < min || *out > max)
+		return BAD(key, "'%s' %lld is outside [%lld, %lld]", key, (long long)*out,
+			   (long long)min, (long long)max);
+	return 0;
+}
+
+static int dup_str(const char *key, const json_t *v, char **out, struct api_error *err)
+{
+	if (!json_is_string(v))
+		return BAD(key, "'%s' must be a string, not %s", key, type_name(v));
+	*out = strndup(json_string_value(v), json_string_length(v));
+	if (!*out)
+		return api_fail(err, 500, "server_error", NULL, key, "out of memory");
+	return 0;
+}
+
+/* "content": a string, or an array of {"type":"text","text":...} parts joined. */
+static int get_content(const char *where, const json_t *v, char **out, struct api_error *err)
+{
+	size_t i, len = 0;
+	json_t *part;
+	char *s;
+
+	if (json_is_string(v))
+		return dup_str(where, v, out, err);
+	if (json_is_null(v)) {
+		*out = strdup("");
+		return *out ? 0 : api_fail(err, 500, "server_error", NULL, where, "out of memory");
+	}
+	if (!json_is_array(v))
+		return BAD(where, "'%s' must be a string or an array of text parts, not %s", where,
+			   type_name(v));
+	json_array_foreach(v, i, part) {
+		json_t *t = json_object_get(part, "text"), *ty = json_object_get(part, "type");
+
+		if (!json_is_object(part) || !json_is_string(ty) ||
+		    strcmp(json_string_value(ty), "text") || !json_is_string(t) ||
+		    json_object_size(part) != 2)
+			return BAD(where, "'%s' part %zu: only {\"type\": \"text\", \"text\": "
+				   "STRING} parts are supported", where, i);
+		len += json_string_length(t);
+	}
+	s = malloc(len + 1);
+	if (!s)
+		return api_fail(err, 500, "server_error", NULL, where, "out of memory");
+	len = 0;
+	json_array_foreach(v, i, part) {
+		json_t *t = json_object_get(part, "text");
+
+		memcpy(s + len, json_string_value(t), json_string_length(t));
+		len += json_string_length(t);
+	}
+	s[len] = 0;
+	*out = s;
+	return 0;
+}
+
+static int get_messages(const json_t *v, const struct api_limits *lim, struct api_request *req,
+			struct api_error *err)
+{
+	static const char *const roles[] = { "system", "user", "assistant" };
+	size_t i;
+	json_t *m;
+
+	if (!json_is_array(v))
+		return BAD("messages", "'messages' must be an array, not %s", type_name(v));
+	if (!json_array_size(v))
+		return BAD("messages", "'messages' is empty: give at least one message");
+	if (json_array_size(v) > lim->max_messages)
+		return BAD("messages", "%zu messages are more than this server takes (%u)",
+			   json_array_size(v), lim->max_messages);
+	req->msgs = calloc(json_array_size(v), sizeof(*req->msgs));
+	if (!req->msgs)
+		return api_fail(err, 500, "server_error", NULL, "messages", "out of memory");
+	req->n_msgs = (uint32_t)json_array_size(v);
+	json_array_foreach(v, i, m) {
+		struct api_msg *msg = &req->msgs[i];
+		char where[64];
+		const char *key, *role;
+		json_t *f;
+		int ret;
+
+		snprintf(where, sizeof(where), "messages[%zu]", i);
+		if (!json_is_object(m))
+			return BAD(where, "'%s' must be an object, not %s", where, type_name(m));
+		json_object_foreach(m, key, f) {
+			if (strcmp(key, "role") && strcmp(key, "content") && strcmp(key, "name")) {
+				snprintf(where, sizeof(where), "messages[%zu].%.32s", i, key);
+				return BAD(where, "unknown field '%s'", where);
+			}
+		}
+		f = json_object_get(m, "role");
+		snprintf(where, sizeof(where), "messages[%zu].role", i);
+		if (!json_is_string(f))
+			return BAD(where, "'%s' must be a string: system, user or assistant", where);
+		role = json_string_value(f);
+		if (!strcmp(role, "developer"))
+			role = "system";
+		for (size_t r = 0; r < sizeof(roles) / sizeof(roles[0]); r++)
+			if (!strcmp(role, roles[r]))
+				msg->role = roles[r];
+		if (!msg->role)
+			return BAD(where, "'%s' '%.32s' is not one this server takes: system, "
+				   "developer, user or assistant", where, role);
+		f = json_object_get(m, "name");
+		snprintf(where, sizeof(where), "messages[%zu].name", i);
+		if (f && !json_is_string(f))
+			return BAD(where, "'%s' must be a string, not %s", where, type_name(f));
+		snprintf(where, sizeof(where), "messages[%zu].content", i);
+		f = json_object_get(m, "content");
+		if (!f)
+			return BAD(where, "'%s' is missing", where);
+		ret = get_content(where, f, &msg->content, err);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static int get_prompt(const json_t *v, struct api_request *req, struct api_error *err)
+{
+	size_t i, n;
+	json_t *e;
+
+	if (json_is_string(v))
+		return dup_str("prompt", v, &req->prompt, err);
+	if (!json_is_array(v) || !(n = json_array_size(v)))
+		return BAD("prompt", "'prompt' must be a string, an array of one string or a "
+			   "non-empty array of token ids, not %s", type_name(v));
+	if (json_is_string(json_array_get(v, 0))) {
+		if (n != 1)
+			return BAD("prompt", "'prompt' holds %zu strings: this server completes one "
+				   "prompt per request", n);
+		return dup_str("prompt", json_array_get(v, 0), &req->prompt, err);
+	}
+	if (n > INT32_MAX)
+		return BAD("prompt", "'prompt' holds too many token ids");
+	req->prompt_ids = malloc(sizeof(*req->prompt_ids) * n);
+	if (!req->prompt_ids)
+		return api_fail(err, 500, "server_error", NULL, "prompt", "out of memory");
+	json_array_foreach(v, i, e) {
+		if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+		    json_integer_value(e) > INT32_MAX)
+			return BAD("prompt", "'prompt'[%zu] must be a token id (an integer from 0)",
+				   i);
+		req->prompt_ids[i] = (int32_t)json_integer_value(e);
+	}
+	req->n_prompt_ids = (uint32_t)n;
+	return 0;
+}
+
+static int get_stop(const json_t *v, struct api_request *req, struct api_error *err)
+{
+	size_t i;
+	json_t *e;
+
+	if (json_is_null(v))
+		return 0;
+	if (json_is_string(v))
+		v = json_pack("[O]", v);
+	else if (json_is_array(v))
+		json_incref((json_t *)v);
+	else
+		return BAD("stop", "'stop' must be a string or an array of strings, not %s",
+			   type_name(v));
+	if (!v)
+		return api_fail(err, 500, "server_error", NULL, "stop", "out of memory");
+	if (json_array_size(v) > API_MAX_STOP) {
+		json_decref((json_t *)v);
+		return BAD("stop", "'stop' holds more than %d sequences", API_MAX_STOP);
+	}
+	json_array_foreach(v, i, e) {
+		int ret;
+
+		if (!json_is_string(e) || !json_string_length(e) || json_string_length(e) > 256) {
+			json_decref((json_t *)v);
+			return BAD("stop", "'stop'[%zu] must be a string of 1 to 256 bytes", i);
+		}
+		ret = dup_str("stop", e, &req->stop[req->n_stop], err);
+		if (ret) {
+			json_decref((json_t *)v);
+			return ret;
+		}
+		req->n_stop++;
+	}
+	json_decref((json_t *)v);
+	return 0;
+}
+
+/* Fields accepted only at their neutral value: moe cannot honour any other. */
+static int neutral(const char *key, const json_t *v, struct api_error *err)
+{
+	if (json_is_null(v) || json_is_false(v))
+		return 0;
+	if (!strcmp(key, "n") || !strcmp(key, "best_of")) {
+		if (json_is_integer(v) && json_integer_value(v) == 1)
+			return 0;
+		return BAD(key, "'%s' must be 1: this server returns one choice per request", key);
+	}
+	if (!strcmp(key, "presence_penalty") || !strcmp(key, "frequency_penalty")) {
+		if (json_is_number(v) && json_number_value(v) == 0)
+			return 0;
+		return BAD(key, "'%s' is not supported (only 0); use 'repeat_penalty'", key);
+	}
+	if (!strcmp(key, "echo"))
+		return json_is_boolean(v) ? BAD(key, "'echo': true is not supported") :
+		       BAD(key, "'echo' must be a boolean, not %s", type_name(v));
+	if (!strcmp(key, "response_format")) {
+		json_t *t = json_object_get(v, "type");
+
+		if (json_is_object(v) && json_object_size(v) == 1 && json_is_string(t) &&
+		    !strcmp(json_string_value(t), "text"))
+			return 0;
+		return BAD(key, "'response_format': only {\"type\": \"text\"} is supported");
+	}
+	if (!strcmp(key, "stream_options")) {
+		json_t *u = json_object_get(v, "include_usage");
+
+		/* usage comes with the last chunk either way */
+		if (json_is_object(v) && json_object_size(v) == (u != NULL) &&
+		    (!u || json_is_boolean(u)))
+			return 0;
+		return BAD(key, "'stream_options' takes only {\"include_usage\": BOOLEAN}");
+	}
+	return BAD(key, "'%s' is not supported", key);
+}
+
+enum field { F_MODEL, F_MESSAGES, F_PROMPT, F_MAX_TOKENS, F_TEMPERATURE, F_TOP_P, F_TOP_K,
+	     F_MIN_P, F_REPEAT_PENALTY, F_SEED, F_STOP, F_STREAM, F_USER, F_NEUTRAL };
+
+static const struct { const char *name; enum field f; unsigned kinds; } fields[] = {
+	{ "model", F_MODEL, 3 },
+	{ "messages", F_MESSAGES, 1u << API_CHAT },
+	{ "prompt", F_PROMPT, 1u << API_COMPLETION },
+	{ "max_tokens", F_MAX_TOKENS, 3 },
+	{ "max_completion_tokens", F_MAX_TOKENS, 1u << API_CHAT },
+	{ "temperature", F_TEMPERATURE, 3 },
+	{ "top_p", F_TOP_P, 3 },
+	{ "top_k", F_TOP_K, 3 },
+	{ "min_p", F_MIN_P, 3 },
+	{ "repeat_penalty", F_REPEAT_PENALTY, 3 },
+	{ "seed", F_SEED, 3 },
+	{ "stop", F_STOP, 3 },
+	{ "stream", F_STREAM, 3 },
+	{ "user", F_USER, 3 },
+	{ "n", F_NEUTRAL, 3 },
+	{ "presence_penalty", F_NEUTRAL, 3 },
+	{ "frequency_penalty", F_NEUTRAL, 3 },
+	{ "logprobs", F_NEUTRAL, 3 },
+	{ "stream_options", F_NEUTRAL, 3 },
+	{ "response_format", F_NEUTRAL, 1u << API_CHAT },
+	{ "echo", F_NEUTRAL, 1u << API_COMPLETION },
+	{ "best_of", F_NEUTRAL, 1u << API_COMPLETION },
+	{ "suffix", F_NEUTRAL, 1u << API_COMPLETION },
+};
+
+static int field(enum api_kind kind, const char *key, const json_t *v,
+		 const struct api_limits *lim, struct api_request *req, struct api_error *err)
+{
+	json_int_t i;
+	double d;
+	int ret;
+
+	for (size_t k = 0; k < sizeof(fields) / sizeof(fields[0]); k++) {
+		if (strcmp(fields[k].name, key) || !(fields[k].kinds & (1u << kind)))
+			continue;
+		/* null means "the default" for every optional field, as the API has it */
+		if (json_is_null(v) && fields[k].f != F_MESSAGES && fields[k].f != F_PROMPT)
+			return 0;
+		switch (fields[k].f) {
+		case F_MODEL:
+			return json_is_string(v) ? 0 :
+			       BAD(key, "'model' must be a string, not %s", type_name(v));
+		case F_USER:
+			return json_is_string(v) ? 0 :
+			       BAD(key, "'user' must be a string, not %s", type_name(v));
+		case F_MESSAGES: return get_messages(v, lim, req, err);
+		case F_PROMPT: return get_prompt(v, req, err);
+		case F_MAX_TOKENS:
+			ret = get_int(key, v, 1, lim->max_tokens, &i, err);
+			req->max_tokens = (uint32_t)i;
+			return ret;
+		case F_TEMPERATURE:
+			ret = get_number(key, v, 0, 2, &d, err);
+			req->sp.temp = (float)d;
+			return ret;
+		case F_TOP_P:
+			ret = get_number(key, v, 0, 1, &d, err);
+			req->sp.top_p = (float)d;
+			return ret;
+		case F_MIN_P:
+			ret = get_number(key, v, 0, 1, &d, err);
+			req->sp.min_p = (float)d;
+			return ret;
+		case F_TOP_K:
+			ret = get_int(key, v, 0, INT32_MAX, &i, err);
+			req->sp.top_k = (int32_t)i;
+			return ret;
+		case F_REPEAT_PENALTY:
+			ret = get_number(key, v, 0.01, 100, &d, err);
+			req->sp.repeat_penalty = (float)d;
+			req->sp.repeat_last_n = 64;
+			return ret;
+		case F_SEED:
+			/* the API's seeds are signed 64-bit; any of them names a sequence */
+			if (!json_is_integer(v))
+				return BAD(key, "'seed' must be an integer, not %s", type_name(v));
+			req->sp.seed = (uint64_t)json_integer_value(v);
+			req->has_seed = true;
+			return 0;
+		case F_STOP: return get_stop(v, req, err);
+		case F_STREAM:
+			if (!json_is_boolean(v))
+				return BAD(key, "'stream' must be a boolean, not %s", type_name(v));
+			req->stream = json_is_true(v);
+			return 0;
+		case F_NEUTRAL: return neutral(key, v, err);
+		}
+	}
+	return BAD(key, "unknown field '%.64s'%s", key,
+		   !strcmp(key, "tools") || !strcmp(key, "tool_choice") ?
+		   ": tool calls are not supported by this server" : "");
+}
+
+int api_parse_request(enum api_kind kind, const char *body, size_t len,
+		      const struct api_limits *lim, struct api_request *req, struct api_error *err)
+{
+	json_error_t je;
+	const char *key;
+	json_t *root, *v;
+	int ret = 0;
+
+	memset(req, 0, sizeof(*req));
+	memset(err, 0, sizeof(*err));
+	req->kind = kind;
+	moe_sample_default_params(&req->sp);
+	req->sp.temp = 1.0f;    /* the API's default */
+	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+	if (!root)
+		return BAD(NULL, "the body is not valid JSON: %s (line %d, column %d)", je.text,
+			   je.line, je.column);
+	if (!json_is_object(root)) {
+		ret = BAD(NULL, "the body must be a JSON object, not %s", type_name(root));
+		goto out;
+	}
+	json_object_foreach(root, key, v) {
+		ret = field(kind, key, v, lim, req, err);
+		if (ret)
+			goto out;
+	}
+	if (kind == API_CHAT && !req->n_msgs)
+		ret = BAD("messages", "'messages' is missing");
+	else if (kind == API_COMPLETION && !req->prompt && !req->n_prompt_ids)
+		ret = BAD("prompt", "'prompt' is missing");
+out:
+	json_decref(root);
+	if (ret)
+		api_request_free(req);
+	return ret;
+}
+
+void api_request_free(struct api_request *req)
+{
+	for (uint32_t i = 0; i < req->n_msgs; i++)
+		free(req->msgs[i].content);
+	free(req->msgs);
+	free(req->prompt);
+	free(req->prompt_ids);
+	for (uint32_t i = 0; i < req->n_stop; i++)
+		free(req->stop[i]);
+	memset(req, 0, sizeof(*req));
+}

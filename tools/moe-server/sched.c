@@ -1,0 +1,487 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The engine thread.  Every running request has a sequence of its own in
+ * one context (a KV cache each); each step puts the next token of every
+ * decoding request, and up to a batch of prompt tokens of those still
+ * prefilling, into one moe_ctx_eval_batch, so every expert a layer fetches
+ * serves all of them.  A request waits in a bounded queue for a free
+ * sequence; one whose client went away is dropped at the next step.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "server.h"
+
+double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void job_unref(struct job *j)
+{
+	if (--j->refs)
+		return;
+	moe_sampler_free(j->sampler);
+	for (uint32_t i = 0; i < j->n_stop; i++)
+		free(j->stop[i]);
+	free(j->prompt);
+	free(j->text);
+	pthread_cond_destroy(&j->cond);
+	free(j);
+}
+
+/* Tokens of the request's prompt: the chat rendered in the model's format, or the text. */
+static int tokenize_request(struct server *s, const struct api_request *req, struct job *j,
+			    struct api_error *err)
+{
+	struct moe_chat_msg *msgs = NULL;
+	char *text = NULL;
+	uint32_t flags = 0;
+	int len, n;
+
+	if (req->n_prompt_ids) {
+		uint32_t nv = moe_ctx_n_vocab(s->ctx);
+
+		for (uint32_t i = 0; i < req->n_prompt_ids; i++)
+			if ((uint32_t)req->prompt_ids[i] >= nv)
+				return api_fail(err, 400, "invalid_request_error", NULL, "prompt",
+						"'prompt'[%u]: token id %d is outside the vocabulary "
+						"of %u", i, req->prompt_ids[i], nv);
+		j->prompt = malloc(sizeof(*j->prompt) * req->n_prompt_ids);
+		if (!j->prompt)
+			return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+		memcpy(j->prompt, req->prompt_ids, sizeof(*j->prompt) * req->n_prompt_ids);
+		j->n_prompt = req->n_prompt_ids;
+		return 0;
+	}
+	if (!s->tok)
+		return api_fail(err, 400, "invalid_request_error", NULL,
+				req->kind == API_CHAT ? "messages" : "prompt",
+				"the model has no vocabulary: give 'prompt' as token ids");
+	if (req->kind == API_CHAT) {
+		msgs = calloc(req->n_msgs, sizeof(*msgs));
+		if (!msgs)
+			return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+		for (uint32_t i = 0; i < req->n_msgs; i++) {
+			msgs[i].role = req->msgs[i].role;
+			msgs[i].content = req->msgs[i].content;
+		}
+		len = moe_chat_render(s->tok, msgs, (int)req->n_msgs, true, &text);
+		free(msgs);
+		if (len < 0)
+			return api_fail(err, 400, "invalid_request_error", NULL, "messages",
+					"the messages cannot be rendered: %s", moe_errmsg());
+		flags = MOE_TOK_PARSE_SPECIAL;
+	} else {
+		text = strdup(req->prompt);
+		if (!text)
+			return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+		len = (int)strlen(text);
+		if (moe_tokenizer_add_bos(s->tok))
+			flags = MOE_TOK_ADD_BOS;
+	}
+	n = moe_tokenize(s->tok, text, (size_t)len, flags, NULL, 0);
+	if (n > 0 && (j->prompt = malloc(sizeof(*j->prompt) * (size_t)n)))
+		n = moe_tokenize(s->tok, text, (size_t)len, flags, j->prompt, n);
+	free(text);
+	if (n <= 0)
+		return api_fail(err, 400, "invalid_request_error", NULL,
+				req->kind == API_CHAT ? "messages" : "prompt",
+				"the prompt cannot be tokenized: %s",
+				n == 0 ? "it is empty" : moe_errmsg());
+	j->n_prompt = (uint32_t)n;
+	return 0;
+}
+
+int sched_submit(struct server *s, const struct api_request *req, struct job **out,
+		 struct api_error *err)
+{
+	struct job *j = calloc(1, sizeof(*j));
+	uint32_t room;
+	int ret;
+
+	*out = NULL;
+	if (!j)
+		return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+	pthread_cond_init(&j->cond, NULL);
+	j->refs = 1;
+	j->seq = -1;
+	ret = tokenize_request(s, req, j, err);
+	if (ret)
+		goto fail;
+	if (j->n_prompt >= s->n_ctx) {
+		ret = api_fail(err, 400, "invalid_request_error", "context_length_exceeded",
+			       req->kind == API_CHAT ? "messages" : "prompt",
+			       "the prompt is %u tokens; this server's context holds %u positions "
+			       "per request", j->n_prompt, s->n_ctx);
+		goto fail;
+	}
+	room = s->n_ctx - j->n_prompt;
+	if (req->max_tokens > room) {
+		ret = api_fail(err, 400, "invalid_request_error", "context_length_exceeded",
+			       "max_tokens", "the prompt (%u tokens) and max_tokens %u exceed the "
+			       "context of %u positions per request", j->n_prompt, req->max_tokens,
+			       s->n_ctx);
+		goto fail;
+	}
+	j->max_tokens = req->max_tokens ? req->max_tokens :
+			room < s->o.max_tokens ? room : s->o.max_tokens;
+	{
+		struct moe_sample_params sp = req->sp;
+
+		if (!req->has_seed)
+			sp.seed = (uint64_t)(now_s() * 1e9) ^ (uintptr_t)j;
+		ret = moe_sampler_new(&sp, moe_ctx_n_vocab(s->ctx), &j->sampler);
+		if (ret < 0) {
+			ret = api_fail(err, 400, "invalid_request_error", NULL, NULL, "%s",
+				       moe_errmsg());
+			goto fail;
+		}
+	}
+	for (uint32_t i = 0; i < j->n_prompt; i++)
+		moe_sampler_accept(j->sampler, j->prompt[i]);
+	for (uint32_t i = 0; i < req->n_stop; i++) {
+		size_t l = strlen(req->stop[i]);
+
+		j->stop[i] = strdup(req->stop[i]);
+		if (!j->stop[i]) {
+			ret = api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+			goto fail;
+		}
+		j->n_stop++;
+		if (l > j->stop_max)
+			j->stop_max = (uint32_t)l;
+	}
+	j->deadline = now_s() + s->o.timeout_s;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->draining || s->queued >= s->o.queue + (s->o.parallel - s->running)) {
+		bool draining = s->draining;
+
+		s->m.rejected_busy++;
+		pthread_mutex_unlock(&s->lock);
+		ret = api_fail(err, 503, "server_error", draining ? "shutting_down" : "server_busy",
+			       NULL, draining ? "the server is shutting down" :
+			       "every sequence is busy and the queue of %u is full; retry later",
+			       s->o.queue);
+		goto fail;
+	}
+	j->refs = 2;
+	j->state = JOB_QUEUED;
+	*s->queue_tail = j;
+	s->queue_tail = &j->next;
+	s->queued++;
+	pthread_cond_signal(&s->wake);
+	pthread_mutex_unlock(&s->lock);
+	*out = j;
+	return 0;
+fail:
+	j->refs = 1;
+	job_unref(j);
+	return ret ? ret : -EINVAL;
+}
+
+void sched_release(struct server *s, struct job *j)
+{
+	pthread_mutex_lock(&s->lock);
+	if (j->state != JOB_DONE) {
+		j->cancelled = true;
+		s->m.cancelled++;
+		pthread_cond_signal(&s->wake);
+	}
+	job_unref(j);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Under the lock: the request is over; its sequence is free for the next one. */
+static void finish(struct server *s, struct job *j, const char *reason)
+{
+	char buf[64];
+	int n;
+
+	if (j->state == JOB_DONE)
+		return;
+	if (!j->finish && s->tok && j->state == JOB_DECODE) {
+		n = moe_detok_stream(s->tok, &j->ds, -1, buf, sizeof(buf));
+		if (n > 0 && j->len + (size_t)n < j->cap) {
+			memcpy(j->text + j->len, buf, (size_t)n);
+			j->len += (size_t)n;
+		}
+	}
+	j->finish = reason;
+	j->safe = j->len;
+	if (j->seq >= 0) {
+		s->slots[j->seq] = NULL;
+		s->running--;
+	}
+	j->state = JOB_DONE;
+	pthread_cond_broadcast(&j->cond);
+	job_unref(j);
+}
+
+static int append(struct job *j, const char *p, size_t n)
+{
+	/* room for the detokenizer's final flush too */
+	if (j->len + n + 64 > j->cap) {
+		size_t cap = (j->cap + n + 64) * 2;
+		char *t = realloc(j->text, cap);
+
+		if (!t)
+			return -ENOMEM;
+		j->text = t;
+		j->cap = cap;
+	}
+	memcpy(j->text + j->len, p, n);
+	j->len += n;
+	return 0;
+}
+
+/* Under the lock: one sampled token of @j. */
+static void took(struct server *s, struct job *j, int32_t tok)
+{
+	char buf[512];
+	size_t from;
+	int n;
+
+	j->n_gen++;
+	s->m.completion_tokens++;
+	moe_sampler_accept(j->sampler, tok);
+	j->last = tok;
+	if (s->tok && moe_tokenizer_is_eog(s->tok, tok)) {
+		finish(s, j, "stop");
+		return;
+	}
+	from = j->len;
+	if (s->tok) {
+		n = moe_detok_stream(s->tok, &j->ds, tok, buf, sizeof(buf));
+	} else {
+		n = snprintf(buf, sizeof(buf), "%s%d", j->n_gen > 1 ? " " : "", tok);
+	}
+	if (n > 0 && append(j, buf, (size_t)n)) {
+		snprintf(j->error, sizeof(j->error), "out of memory");
+		finish(s, j, "error");
+		return;
+	}
+	for (uint32_t i = 0; i < j->n_stop; i++) {
+		size_t l = strlen(j->stop[i]), start = from >= l ? from - l + 1 : 0;
+		char *hit;
+
+		if (j->len < l)
+			continue;
+		j->text[j->len] = 0;
+		hit = memmem(j->text + start, j->len - start, j->stop[i], l);
+		if (hit) {
+			j->len = (size_t)(hit - j->text);
+			/* bytes the detokenizer holds back come after the stop: drop them */
+			memset(&j->ds, 0, sizeof(j->ds));
+			finish(s, j, "stop");
+			return;
+		}
+	}
+	/* the last stop_max - 1 bytes may yet start a stop sequence: not sent before they settle */
+	j->safe = j->stop_max ? (j->len >= j->stop_max - 1 ? j->len - (j->stop_max - 1) : 0) :
+		  j->len;
+	if (j->n_gen >= j->max_tokens || j->n_prompt + j->n_gen >= s->n_ctx)
+		finish(s, j, "length");
+	else
+		pthread_cond_broadcast(&j->cond);
+}
+
+/* Under the lock: queued requests into free sequences; cancelled and expired ones out. */
+static void admit(struct server *s, double now)
+{
+	while (s->queue) {
+		struct job *j = s->queue;
+		int seq = -1;
+
+		if (!j->cancelled && now < j->deadline) {
+			for (uint32_t i = 0; i < s->o.parallel; i++)
+				if (!s->slots[i]) {
+					seq = (int)i;
+					break;
+				}
+			if (seq < 0)
+				return;
+		}
+		s->queue = j->next;
+		if (!s->queue)
+			s->queue_tail = &s->queue;
+		s->queued--;
+		if (seq < 0) {
+			if (!j->cancelled)
+				snprintf(j->error, sizeof(j->error), "the request waited in the queue "
+					 "past the time limit of %u s", s->o.timeout_s);
+			finish(s, j, j->cancelled ? "cancelled" : "error");
+			continue;
+		}
+		j->seq = seq;
+		j->state = JOB_PREFILL;
+		s->slots[seq] = j;
+		s->running++;
+		s->m.prompt_tokens += j->n_prompt;
+	}
+}
+
+struct batch {
+	int32_t *tok, *pos, *seq;
+	uint8_t *logits;
+	struct job **row;       /* the job of each kept row, in batch order */
+	uint32_t n, n_rows, cap;
+};
+
+static void *engine(void *arg)
+{
+	struct server *s = arg;
+	uint32_t n_batch = moe_ctx_plan(s->ctx)->n_batch;
+	struct batch b = { 0 };
+	int ret;
+
+	b.cap = s->o.parallel + n_batch;
+	b.tok = malloc(sizeof(*b.tok) * b.cap);
+	b.pos = malloc(sizeof(*b.pos) * b.cap);
+	b.seq = malloc(sizeof(*b.seq) * b.cap);
+	b.logits = malloc(b.cap);
+	b.row = malloc(sizeof(*b.row) * b.cap);
+	pthread_mutex_lock(&s->lock);
+	if (!b.tok || !b.pos || !b.seq || !b.logits || !b.row) {
+		fprintf(stderr, PROG ": out of memory for the batch\n");
+		s->stopping = true;
+	}
+	for (;;) {
+		double now = now_s();
+		uint32_t budget = n_batch;
+		struct moe_batch mb = { 0 };
+
+		admit(s, now);
+		if (s->stopping && !s->running && !s->queued)
+			break;
+		if (!s->running) {
+			pthread_cond_wait(&s->wake, &s->lock);
+			continue;
+		}
+		b.n = b.n_rows = 0;
+		/* decoding requests first: their next token never waits behind a prompt */
+		for (int pass = 0; pass < 2; pass++) {
+			for (uint32_t i = 0; i < s->o.parallel; i++) {
+				struct job *j = s->slots[i];
+
+				if (!j)
+					continue;
+				if (j->cancelled) {
+					finish(s, j, "cancelled");
+					continue;
+				}
+				if (now >= j->deadline) {
+					finish(s, j, "length");
+					continue;
+				}
+				if (pass == 0 && j->state == JOB_DECODE) {
+					b.tok[b.n] = j->last;
+					b.pos[b.n] = (int32_t)(j->n_prompt + j->n_gen - 1);
+					b.seq[b.n] = j->seq;
+					b.logits[b.n++] = 1;
+					b.row[b.n_rows++] = j;
+				} else if (pass == 1 && j->state == JOB_PREFILL && budget) {
+					uint32_t k = j->n_prompt - j->n_fed;
+
+					if (k > budget)
+						k = budget;
+					budget -= k;
+					for (uint32_t t = 0; t < k; t++) {
+						b.tok[b.n] = j->prompt[j->n_fed];
+						b.pos[b.n] = (int32_t)j->n_fed;
+						b.seq[b.n] = j->seq;
+						j->n_fed++;
+						b.logits[b.n++] = j->n_fed == j->n_prompt;
+					}
+					if (j->n_fed == j->n_prompt)
+						b.row[b.n_rows++] = j;
+				}
+			}
+		}
+		if (!b.n)
+			continue;
+		mb.tokens = b.tok;
+		mb.pos = b.pos;
+		mb.seq = b.seq;
+		mb.logits = b.logits;
+		mb.n = b.n;
+		/* the HTTP threads admit and cancel meanwhile; these jobs stay referenced */
+		pthread_mutex_unlock(&s->lock);
+		ret = moe_ctx_eval_batch(s->ctx, &mb);
+		pthread_mutex_lock(&s->lock);
+		s->m.batches++;
+		s->m.batch_tokens += b.n;
+		moe_ctx_get_stats(s->ctx, &s->m.ctx);
+		for (uint32_t r = 0; r < b.n_rows; r++) {
+			struct job *j = b.row[r];
+			int32_t tok;
+
+			if (j->state == JOB_DONE)
+				continue;
+			if (ret < 0) {
+				snprintf(j->error, sizeof(j->error), "the forward pass failed: %s",
+					 moe_errmsg());
+				finish(s, j, "error");
+				continue;
+			}
+			if (j->cancelled) {
+				finish(s, j, "cancelled");
+				continue;
+			}
+			tok = moe_sampler_sample(j->sampler, moe_ctx_logits(s->ctx, r));
+			if (tok < 0) {
+				snprintf(j->error, sizeof(j->error), "sampling failed: %s",
+					 moe_errmsg());
+				finish(s, j, "error");
+				continue;
+			}
+			j->state = JOB_DECODE;
+			took(s, j, tok);
+		}
+		if (ret < 0)
+			for (uint32_t i = 0; i < s->o.parallel; i++)
+				if (s->slots[i] && s->slots[i]->state == JOB_PREFILL) {
+					snprintf(s->slots[i]->error, sizeof(s->slots[i]->error),
+						 "the forward pass failed: %s", moe_errmsg());
+					finish(s, s->slots[i], "error");
+				}
+	}
+	pthread_mutex_unlock(&s->lock);
+	free(b.tok);
+	free(b.pos);
+	free(b.seq);
+	free(b.logits);
+	free(b.row);
+	return NULL;
+}
+
+int sched_start(struct server *s)
+{
+	s->slots = calloc(s->o.parallel, sizeof(*s->slots));
+	if (!s->slots)
+		return -ENOMEM;
+	s->queue_tail = &s->queue;
+	s->m.started = now_s();
+	if (pthread_create(&s->engine, NULL, engine, s)) {
+		free(s->slots);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+void sched_stop(struct server *s)
+{
+	pthread_mutex_lock(&s->lock);
+	s->stopping = true;
+	pthread_cond_signal(&s->wake);
+	pthread_mutex_unlock(&s->lock);
+	pthread_join(s->engine, NULL);
+	free(s->slots);
+}
