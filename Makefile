@@ -131,17 +131,23 @@ SELFTEST_FATBIN := $(if $(NVCC),$(BUILD)/cuda/selftest.fatbin)
 STATIC_LIB := $(BUILD)/lib/libmoe.a
 SHARED_LIB := $(BUILD)/lib/libmoe.so
 SONAME := libmoe.so.0
+# The release: libmoe.pc's Version and the installed library's file name.
+MOE_MAJOR := $(shell sed -n 's/^\#define MOE_VERSION_MAJOR //p' include/moe/moe.h)
+MOE_MINOR := $(shell sed -n 's/^\#define MOE_VERSION_MINOR //p' include/moe/moe.h)
+LIB_VERSION := $(MOE_MAJOR).$(MOE_MINOR).0
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: demo all lib tools man check fuzz fuzz-build kmod kmod-build vm-check deps clean help
-all: lib tools
+.PHONY: demo all lib tools man check fuzz fuzz-build kmod kmod-build vm-check deps clean help \
+	install uninstall examples man3
+all: lib tools examples man3
 
 # The README's first command: build, generate a model, run it on a budget.
 demo: all
 	@sh scripts/demo.sh $(BUILD)
 
 help:
-	@echo "targets: all (default), demo, man, check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod, vm-check, clean"
+	@echo "targets: all (default), demo, man, check, check SANITIZE=1, fuzz FUZZ_TIME=s, kmod,"
+	@echo "         vm-check, install PREFIX=... DESTDIR=..., uninstall (same variables), clean"
 
 # Man pages from the tools' pages in Documentation/tools (rst2man, Debian's
 # python3-docutils, which scripts/deps.sh installs for this target), by
@@ -229,9 +235,11 @@ $(SHARED_LIB): $(LIB_OBJS) libmoe/libmoe.map
 		-Wl,--no-undefined -o $@.0 $(LIB_OBJS) $(LIBS)
 	ln -sf libmoe.so.0 $@
 
+# The build tree's libmoe.pc points at the build tree, the installed one at PREFIX.
 $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
 	@mkdir -p $(@D)
-	sed -e 's|@PREFIX@|$(abspath $(BUILD))|' -e 's|@INCDIR@|$(CURDIR)/include|' $< > $@
+	sed -e 's|@PREFIX@|$(abspath $(BUILD))|' -e 's|@LIBDIR@|$${prefix}/lib|' \
+		-e 's|@INCDIR@|$(CURDIR)/include|' -e 's|@VERSION@|$(LIB_VERSION)|' $< > $@
 
 # A tool is one file or one folder, plus the code every tool shares in
 # tools/common; all link the static library so the binaries run from the
@@ -266,12 +274,61 @@ $(BUILD)/tests/unit-tests: $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB)
 	$(CXX) $(ALL_CXXFLAGS) -o $@ $(TEST_OBJS) $(SIMT_OBJS) $(STATIC_LIB) $(CHECK_LIBS) \
 		$(SERVER_LIBS) $(JSON_LIBS) $(LIBS)
 
+# examples/NAME.c -> $(BUILD)/examples/NAME: built as a program outside this
+# tree would be, with the public headers only, linked to the shared library
+# (found beside the build's bin/ through the run path).
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(sort $(wildcard examples/*.c)))
+examples: $(EXAMPLES)
+$(BUILD)/examples/%: examples/%.c include/moe/moe.h $(SHARED_LIB)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(WARN) -Iinclude $(CFLAGS) $(filter -fsanitize% -fno-%,$(BASE_CFLAGS)) \
+		-o $@ $< -L$(BUILD)/lib -lmoe -Wl,-rpath,'$$ORIGIN/../lib' $(SAN_LDFLAGS)
+
+# Section-3 man pages, one per MOE_API function, made from the comments of
+# moe.h by scripts/man3.awk (which fails for a function with no comment).
+lparen := (
+API_FUNCS := $(shell sed -n -E \
+	's/^MOE_API[[:space:]][^$(lparen)]*[^A-Za-z0-9_]([A-Za-z_][A-Za-z0-9_]*)[$(lparen)].*/\1/p' \
+	include/moe/moe.h)
+MAN3_PAGES := $(API_FUNCS:%=$(BUILD)/man3/%.3)
+man3: $(BUILD)/man3/.stamp
+$(BUILD)/man3/.stamp: include/moe/moe.h scripts/man3.awk
+	@rm -rf $(@D) && mkdir -p $(@D)
+	awk -v outdir=$(@D) -v version=$(LIB_VERSION) -f scripts/man3.awk include/moe/moe.h
+	@touch $@
+
+# Several contexts on one model, on threads of their own, under ThreadSanitizer:
+# the library built again with -fsanitize=thread in its own build dir (as the
+# fuzz build is), and tests/platform/threads.c linked to it; the platform
+# suite runs it.  TSAN=0 leaves it out (the suite then says it did not run).
+TSAN ?= 1
+TSAN_BUILD := $(BUILD)-tsan
+TSAN_LIB := $(TSAN_BUILD)/lib/libmoe.a
+TSAN_TEST := $(if $(filter 1,$(TSAN)),$(BUILD)/tests/threads-tsan)
+.PHONY: $(TSAN_LIB)
+$(TSAN_LIB): | $(DEPS_STAMP)
+	@$(MAKE) --no-print-directory $@ BUILD=$(TSAN_BUILD) SANITIZE=0 \
+		CFLAGS="-O1 -g -fsanitize=thread"
+$(BUILD)/tests/threads-tsan: tests/platform/threads.c include/moe/moe.h $(TSAN_LIB)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(WARN) -Iinclude -O1 -g -fsanitize=thread -o $@ $< $(TSAN_LIB) \
+		$(PKG_LIBS) -lm -ldl -pthread
+
+# moe.h compiled as C++ (tests/platform/cxx_header.cc): pedantic, warnings are errors.
+CXX_HEADER_TEST := $(BUILD)/tests/cxx-header
+$(CXX_HEADER_TEST): tests/platform/cxx_header.cc include/moe/moe.h $(STATIC_LIB)
+	@mkdir -p $(@D)
+	$(CXX) -std=c++11 -Wall -Wextra -pedantic -Werror -Iinclude $(CXXFLAGS) $(SAN_CXXFLAGS) \
+		-o $@ $< $(STATIC_LIB) $(LIBS)
+
 # The driver's VM tests run first (their own "N passed, N failed, N did not run" line), the
 # unit runner last; both always run and either failing fails the check.  Routing
 # statistics the tools save go under the build tree, not the user's home.
-check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SELFTEST_FATBIN)
+check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SELFTEST_FATBIN) $(CXX_HEADER_TEST) \
+		$(TSAN_TEST)
 	@vm=0; $(MAKE) --no-print-directory vm-check || vm=$$?; \
 	MOE_BIN=$(abspath $(BUILD)/bin) MOE_SRC=$(CURDIR) MOE_SHARED=$(SHARED) \
+		MOE_CC="$(CC)" MOE_MAKE="$(MAKE)" MOE_SAN_LDFLAGS="$(SAN_LDFLAGS)" \
 		MOE_BUILD=$(abspath $(BUILD)) MOE_STATE_DIR=$(abspath $(BUILD))/tmp/state \
 		$(BUILD)/tests/unit-tests || exit 1; \
 	[ $$vm -eq 0 ] || { echo "make check: the driver's VM tests failed (see above)"; exit 1; }
@@ -297,6 +354,73 @@ vm-check: tools
 		MAKE="$(MAKE)" MOE_BIN=$(abspath $(BUILD)/bin) MOE_VM_LDFLAGS="$(SAN_LDFLAGS)" \
 		MOE_VM_KERNEL=$$k sh tests/vm/run.sh $$dir || rc=1; \
 	done; exit $$rc
+
+# make install: the library (static, shared with its soname links), the public
+# headers, libmoe.pc, the tools, the man pages, the udev rule and
+# the DKMS source tree of the driver.  make uninstall removes exactly the
+# files of that list, then the directories install made if they are empty.
+# Every directory is a variable, for distributions that place them elsewhere
+# (UDEVRULESDIR=/usr/lib/udev/rules.d, DKMSDIR=/usr/src/moe-1.0).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR ?= $(PREFIX)/share/man
+UDEVRULESDIR ?= $(PREFIX)/lib/udev/rules.d
+DKMS_VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' kmod/dkms.conf)
+DKMSDIR ?= $(PREFIX)/src/moe-$(DKMS_VERSION)
+INSTALL ?= install
+
+# Man pages: the section-3 pages of the API (man3 below), and any NAME.N under
+# Documentation/ or made into $(BUILD)/man.
+MAN_PAGES = $(sort $(wildcard Documentation/*.[1-8] Documentation/man/*.[1-8] \
+	$(BUILD)/man/*.[1-8]))
+DKMS_SRCS := $(sort $(wildcard kmod/*.c kmod/*.h)) kmod/Kbuild kmod/Makefile kmod/dkms.conf
+INSTALL_FILES = $(TOOLS:%=$(BINDIR)/%) \
+	$(LIBDIR)/libmoe.a $(LIBDIR)/libmoe.so.$(LIB_VERSION) $(LIBDIR)/$(SONAME) \
+	$(LIBDIR)/libmoe.so $(INCLUDEDIR)/moe/moe.h $(INCLUDEDIR)/moe/uapi/moe_drm.h \
+	$(PKGCONFIGDIR)/libmoe.pc $(UDEVRULESDIR)/60-moe.rules \
+	$(DKMS_SRCS:kmod/%=$(DKMSDIR)/%) $(DKMSDIR)/uapi/moe_drm.h \
+	$(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m))) \
+	$(API_FUNCS:%=$(MANDIR)/man3/%.3)
+INSTALL_DIRS = $(DKMSDIR)/uapi $(DKMSDIR) $(INCLUDEDIR)/moe/uapi $(INCLUDEDIR)/moe \
+	$(sort $(MANDIR)/man3 $(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m))))) \
+	$(MANDIR) \
+	$(UDEVRULESDIR) $(dir $(UDEVRULESDIR)) $(dir $(DKMSDIR)) $(PKGCONFIGDIR) $(BINDIR) \
+	$(LIBDIR) $(INCLUDEDIR) $(PREFIX)/share
+D := $(DESTDIR)
+# libmoe.pc names directories under PREFIX through ${prefix}, so that
+# pkg-config --define-variable=prefix=... relocates them.
+pc_rel = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
+
+install: all
+	$(INSTALL) -d $(D)$(BINDIR) $(D)$(LIBDIR) $(D)$(PKGCONFIGDIR) $(D)$(INCLUDEDIR)/moe/uapi \
+		$(D)$(UDEVRULESDIR) $(D)$(DKMSDIR)/uapi
+	$(INSTALL) -m 755 $(TOOL_BINS) $(D)$(BINDIR)/
+	$(INSTALL) -m 644 $(STATIC_LIB) $(D)$(LIBDIR)/libmoe.a
+	$(INSTALL) -m 755 $(SHARED_LIB).0 $(D)$(LIBDIR)/libmoe.so.$(LIB_VERSION)
+	ln -sf libmoe.so.$(LIB_VERSION) $(D)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(D)$(LIBDIR)/libmoe.so
+	$(INSTALL) -m 644 include/moe/moe.h $(D)$(INCLUDEDIR)/moe/moe.h
+	$(INSTALL) -m 644 include/uapi/drm/moe_drm.h $(D)$(INCLUDEDIR)/moe/uapi/moe_drm.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(call pc_rel,$(LIBDIR))|' \
+		-e 's|@INCDIR@|$(call pc_rel,$(INCLUDEDIR))|' \
+		-e 's|@VERSION@|$(LIB_VERSION)|' libmoe/libmoe.pc.in > $(D)$(PKGCONFIGDIR)/libmoe.pc
+	chmod 644 $(D)$(PKGCONFIGDIR)/libmoe.pc
+	$(INSTALL) -m 644 kmod/60-moe.rules $(D)$(UDEVRULESDIR)/60-moe.rules
+	$(INSTALL) -m 644 $(DKMS_SRCS) $(D)$(DKMSDIR)/
+	$(INSTALL) -m 644 include/uapi/drm/moe_drm.h $(D)$(DKMSDIR)/uapi/moe_drm.h
+	$(INSTALL) -d $(D)$(MANDIR)/man3
+	$(INSTALL) -m 644 $(MAN3_PAGES) $(D)$(MANDIR)/man3/
+	@set -e; for m in $(MAN_PAGES); do s=$${m##*.}; \
+		echo "$(INSTALL) -D -m 644 $$m $(D)$(MANDIR)/man$$s/$${m##*/}"; \
+		$(INSTALL) -D -m 644 $$m $(D)$(MANDIR)/man$$s/$${m##*/}; done
+
+uninstall:
+	rm -f $(addprefix $(D),$(INSTALL_FILES))
+	-@for d in $(addprefix $(D),$(INSTALL_DIRS)); do \
+		[ ! -d "$$d" ] || rmdir "$$d" 2>/dev/null || :; done
 
 FUZZ_TIME ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
@@ -328,7 +452,7 @@ fuzz: fuzz-build
 	done
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-tsan build-san-tsan
 
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(SIMT_OBJS:.o=.d) $(SIMT_SOS:.so=.d) \
 	$(wildcard $(BUILD)/obj/tools/*.d $(BUILD)/obj/tools/*/*.d)

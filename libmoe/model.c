@@ -135,7 +135,7 @@ static int read_mla(struct moe_model *m)
 
 	if (!moe_model_arch_kv(m, "attention.key_length_mla") ||
 	    !moe_model_arch_kv(m, "attention.value_length_mla"))
-		return moe_err(ENOTSUP, "%s: %s.attention.key_length_mla/value_length_mla are "
+		return moe_err(EOPNOTSUPP, "%s: %s.attention.key_length_mla/value_length_mla are "
 			       "missing: the file has the older attn_kv_b layout of multi-head "
 			       "latent attention, which is not supported; convert the model again "
 			       "with a current llama.cpp convert_hf_to_gguf.py (it writes attn_k_b "
@@ -385,7 +385,7 @@ static int check_mla(const struct moe_model *m, uint32_t il)
 	int ret;
 
 	if (!kb && find_t(m, (int)il, "attn_kv_b.weight"))
-		return moe_err(ENOTSUP, "%s: layer %u has attn_kv_b.weight, the older layout of "
+		return moe_err(EOPNOTSUPP, "%s: layer %u has attn_kv_b.weight, the older layout of "
 			       "multi-head latent attention, which is not supported; convert the "
 			       "model again with a current llama.cpp convert_hf_to_gguf.py (it "
 			       "writes attn_k_b and attn_v_b)", m->path, il);

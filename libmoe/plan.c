@@ -356,7 +356,7 @@ static int classes(const struct moe_model *m, struct plan_layout *l, struct cls 
 			;
 		if (i == *n_cls) {
 			if (*n_cls == MOE_PLAN_MAX_CLASSES)
-				return moe_err(ENOTSUP, "%s: experts come in more than %u sizes",
+				return moe_err(EOPNOTSUPP, "%s: experts come in more than %u sizes",
 					       moe_model_path(m), MOE_PLAN_MAX_CLASSES);
 			c[i] = (struct cls){ .bytes = sb };
 			(*n_cls)++;
@@ -588,7 +588,7 @@ static int layout_once(const struct moe_model *m, const struct moe_ctx_params *p
 		return ret;
 	l->spec_depth = pc.sources & MOE_PRED_SPEC ? pc.depth : 0;
 	if (!m->arch || !m->layers)
-		return moe_err(ENOTSUP, "%s: no forward pass for this model", moe_model_path(m));
+		return moe_err(EOPNOTSUPP, "%s: no forward pass for this model", moe_model_path(m));
 	ret = moe_backend_find(par->backend, &l->desc);
 	if (ret < 0)
 		return ret;

@@ -130,6 +130,11 @@ enum moe_open_flags {
 	MOE_OPEN_METADATA_ONLY = 1u << 0,
 };
 #define MOE_OPEN_FLAGS_ALL (MOE_OPEN_METADATA_ONLY)
+/*
+ * moe_model_open() with @flags (enum moe_open_flags); -EINVAL for unknown
+ * flags.  The model is read-only once open: one handle may serve any number
+ * of threads and contexts at once; close it after the last of them.
+ */
 MOE_API int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **out);
 /* The path the model was opened from. */
 MOE_API const char *moe_model_path(const struct moe_model *model);
@@ -172,6 +177,7 @@ struct moe_meta {
 	uint64_t reserved[2];
 };
 
+/* Number of metadata keys, and key @idx (0 .. count-1; -EINVAL outside) in file order. */
 MOE_API int moe_meta_count(const struct moe_model *model);
 MOE_API int moe_meta_at(const struct moe_model *model, int idx, struct moe_meta *out);
 /* -ENOENT when the key is absent. */
@@ -212,6 +218,7 @@ enum moe_tensor_role {
 	MOE_ROLE_STREAMED_ROWS = 6,
 };
 
+/* Number of tensors, and tensor @idx (0 .. count-1; -EINVAL outside) in file order. */
 MOE_API int moe_model_tensor_count(const struct moe_model *model);
 MOE_API int moe_model_tensor(const struct moe_model *model, int idx, struct moe_tensor_info *out);
 /* Index of the tensor named @name, or -ENOENT. */
@@ -266,9 +273,10 @@ struct moe_hparams {
 	uint64_t reserved[3];
 };
 
+/* The model's hyperparameters, as read and validated by moe_model_open(). */
 MOE_API int moe_model_hparams(const struct moe_model *model, struct moe_hparams *out);
 
-/* Per-layer facts. */
+/* Per-layer facts, from moe_model_layer() (-EINVAL for a layer out of range). */
 struct moe_layer_info {
 	bool is_moe;
 	bool sliding;           /* sliding-window attention */
@@ -284,6 +292,7 @@ struct moe_layer_info {
 	uint8_t pad3[7];
 	uint64_t reserved[3];
 };
+/* The facts of @layer (0 .. n_layer-1; -EINVAL outside). */
 MOE_API int moe_model_layer(const struct moe_model *model, uint32_t layer,
 			    struct moe_layer_info *out);
 
@@ -326,6 +335,7 @@ struct moe_model_summary {
 	uint64_t streamed_rows_bytes;      /* tables read by rows, never resident (Gemma 4 PLE) */
 	uint64_t reserved[6];
 };
+/* Fill @out with the sizes above; 0. */
 MOE_API int moe_model_summary(const struct moe_model *model, struct moe_model_summary *out);
 
 /* ------------------------------------------------------- output files */
@@ -508,8 +518,8 @@ enum moe_io_flags {
 #define MOE_IO_FLAGS_ALL (MOE_IO_CB_ENGINE_THREAD)
 
 struct moe_io_opts {
-	enum moe_io_backend backend;
-	enum moe_io_direct direct;
+	uint32_t backend;       /* enum moe_io_backend (a fixed width in the ABI, not an enum) */
+	uint32_t direct;        /* enum moe_io_direct */
 	uint32_t queue_depth;   /* reads in flight at once; 0 = 32 */
 	uint64_t max_request;   /* reads are split at this size (multiple of the block); 0 = 1 MiB */
 	uint64_t staging_bytes; /* pinned pool behind moe_io_alloc(); 0 = 64 MiB */
@@ -606,6 +616,7 @@ struct moe_io_stats {
 	uint64_t requests;      /* reads completed, failed ones included */
 	uint64_t errors;
 	double busy_s;          /* time with at least one read in flight */
+	uint64_t reserved[4];   /* zero; room for later counters */
 };
 MOE_API void moe_io_get_stats(const struct moe_io *io, struct moe_io_stats *out);
 /* "io_uring, O_DIRECT, qd 32, node 0, ..." with the fallbacks taken and why. */
@@ -713,7 +724,7 @@ MOE_API int moe_kmod_warm(struct moe_kmod *k, const char *name, uint64_t *bytes,
  */
 struct moe_tokenizer;
 
-/* -ENOENT for models without a tokenizer, -ENOTSUP for unknown kinds, -EINVAL for bad arrays. */
+/* -ENOENT for models without a tokenizer, -EOPNOTSUPP for unknown kinds, -EINVAL for bad arrays. */
 MOE_API int moe_tokenizer_load(const struct moe_model *model, struct moe_tokenizer **out);
 MOE_API void moe_tokenizer_free(struct moe_tokenizer *t);
 
@@ -799,7 +810,7 @@ struct moe_chat_msg {
  * BOS text where the format writes it, so tokenize it with
  * MOE_TOK_PARSE_SPECIAL and without MOE_TOK_ADD_BOS.  With
  * @add_assistant_prefix the prompt ends where the assistant's reply starts.
- * *out is malloc'ed (free() it); returns its length.  -ENOTSUP when the
+ * *out is malloc'ed (free() it); returns its length.  -EOPNOTSUPP when the
  * format is unknown.
  */
 MOE_API int moe_chat_render(const struct moe_tokenizer *t, const struct moe_chat_msg *msgs,
@@ -947,7 +958,7 @@ MOE_API int moe_plan(const struct moe_model *model, const struct moe_ctx_params 
  * Plan the budget, read the resident tensors and (when they all fit) every
  * expert.  -ENOMEM with the bytes needed when the budget cannot hold the
  * resident tensors, the KV cache, scratch and one token's experts of a layer;
- * -ENOTSUP for an architecture without a forward pass.  The model must stay
+ * -EOPNOTSUPP for an architecture without a forward pass.  The model must stay
  * open while the context lives.
  */
 MOE_API int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
@@ -1116,6 +1127,33 @@ MOE_API int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_
 MOE_API int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
 				uint32_t pos, uint32_t n_gen, const struct moe_sample_params *sp,
 				uint32_t flags, moe_gen_cb cb, void *arg);
+
+/*
+ * The routing hook: called on the thread that evaluates, once per MoE layer
+ * and forward step, after the router chose and before any expert of the
+ * layer is looked up.  @layer is the layer index, @pos the position of each
+ * of the @n_tok tokens, @logits their router logits (n_tok rows of
+ * @n_expert, before any bias or gating function), @sel their choices: row t
+ * is sel[t*k ...], of which the first moe_layer_info.n_expert_used entries
+ * are the layer's (k is the largest count of any layer).  The hook may read
+ * them (observe routing, feed a predictor of its own) and rewrite them with
+ * ids in 0..n_expert-1 (override routing): the layer then runs the experts
+ * written, each with the router's weight of its position in the row, and
+ * the expert cache, its eviction policy, the routing statistics and a trace
+ * being recorded all see the rewritten choices.  An id out of range fails
+ * the eval with -EINVAL.  The buffers are the engine's, valid during the
+ * call only.  The hook must not call into @ctx.
+ */
+typedef void (*moe_route_hook)(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
+			       const float *logits, uint32_t n_expert, int32_t *sel,
+			       uint32_t k);
+/*
+ * Install @hook (NULL removes it) with @arg for the following evals of @ctx.
+ * Not to be called while another thread evaluates on @ctx.  Without a hook
+ * the router's logits stay in device memory: the hook costs one copy of
+ * them per layer.
+ */
+MOE_API void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg);
 
 /* ------------------------------------------------------- routing */
 /* (section: routing) */

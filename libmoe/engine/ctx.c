@@ -346,7 +346,8 @@ int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 		const char *name = "?";
 
 		moe_meta_get_str(model, "general.architecture", &name);
-		return moe_err(ENOTSUP, "%s: architecture '%s' has no forward pass (supported: %s)",
+		return moe_err(EOPNOTSUPP,
+			       "%s: architecture '%s' has no forward pass (supported: %s)",
 			       moe_model_path(model), name, moe_arch_list());
 	}
 	ctx = calloc(1, sizeof(*ctx));

@@ -49,16 +49,6 @@ struct eng_layer {
 	uint32_t n_ff_exp;           /* routed expert width (bias rows) */
 };
 
-/*
- * Called with the router's logits and choices of every token of a layer
- * (host copies).  The hook may rewrite the choices in @sel (ids in
- * 0..n_expert-1): the layer then runs those experts with the router's
- * weights, which is how tests replay a recorded trace through the cache.
- */
-typedef void (*moe_route_hook)(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
-			       const float *logits, uint32_t n_expert, int32_t *sel,
-			       uint32_t k);
-
 struct ple_read;
 
 /* Gemma 4's per-layer embedding rows, cached by token in pinned host memory (ple.c). */
@@ -200,7 +190,5 @@ int moe_ple_init(struct moe_ctx *ctx);
 void moe_ple_free(struct moe_ctx *ctx);
 int moe_ple_step(struct moe_ctx *ctx, const int32_t *tokens, uint32_t n);
 int moe_ple_layer(struct moe_ctx *ctx, uint32_t il, uint32_t n);
-/* For tests: see every routing decision. */
-void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg);
 
 #endif

@@ -163,8 +163,8 @@ static int rope_setup(struct moe_ctx *ctx)
 			snprintf(key, sizeof(key), "%s.rope.scaling.yarn_log_multiplier", arch);
 			moe_meta_get_f64(m, key, &log_mul);
 		} else if (strcmp(type, "linear")) {
-			return moe_err(ENOTSUP, "%s: rope scaling type '%s' is not supported (none, "
-				       "linear, yarn)", moe_model_path(m), type);
+			return moe_err(EOPNOTSUPP, "%s: rope scaling type '%s' is not supported "
+				       "(none, linear, yarn)", moe_model_path(m), type);
 		}
 	}
 	if (yarn && m->arch->yarn_mscale_in_scale) {

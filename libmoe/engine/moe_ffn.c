@@ -229,6 +229,10 @@ static int group(struct moe_ctx *ctx, const struct eng_layer *L, uint32_t n_tok)
 		for (uint32_t j = 0; j < k; j++) {
 			int32_t e = ctx->h_sel[t * K + j];
 
+			if ((e < 0 || (uint32_t)e >= ne) && ctx->route_hook)
+				return moe_err(EINVAL, "the routing hook chose expert %d "
+					       "for token %u (the layer has experts 0..%u)", e, t,
+					       ne - 1);
 			if (e < 0 || (uint32_t)e >= ne)
 				return moe_err(EIO, "the router chose expert %d of %u", e, ne);
 			off[e + 1]++;

@@ -588,7 +588,7 @@ MOE_API int moe_chat_render(const struct moe_tokenizer *t, const struct moe_chat
 		render_kimi(&b, t, msgs, n_msgs, add_assistant_prefix);
 		break;
 	default:
-		return moe_err(ENOTSUP,
+		return moe_err(EOPNOTSUPP,
 			       "no known chat format for architecture '%s' and its template: give the prompt as plain text",
 			       t->arch[0] ? t->arch : "?");
 	}

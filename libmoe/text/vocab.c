@@ -168,7 +168,7 @@ static int set_kind(struct moe_tokenizer *t, const struct tok_spec *sp)
 				return 0;
 			}
 		}
-		return moe_err(ENOTSUP,
+		return moe_err(EOPNOTSUPP,
 			       "tokenizer.ggml.pre '%s' is not supported: use one of llama-bpe, llama3, glm4, qwen2, qwen35, llama4, gpt-4o, kimi-k2, deepseek-llm, deepseek-coder, deepseek-v3, gpt-2 (or add its split to libmoe/text/pretok.c)",
 			       pre);
 	}
@@ -176,7 +176,7 @@ static int set_kind(struct moe_tokenizer *t, const struct tok_spec *sp)
 		return moe_err(ENOENT,
 			       "the model has no tokenizer (tokenizer.ggml.model '%s'): give token ids instead of text",
 			       sp->model);
-	return moe_err(ENOTSUP,
+	return moe_err(EOPNOTSUPP,
 		       "tokenizer.ggml.model '%s' is not supported: expected llama, gpt2 or gemma4",
 		       sp->model);
 }

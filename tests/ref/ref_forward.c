@@ -548,8 +548,8 @@ static int rope_std(struct ref *r, int hd, const struct mat *freqs, struct rope 
 		rp->corr[1] = fmin(rp->n_rot - 1,
 				   ceil(yarn_corr_dim(rp->n_rot, n_orig, beta_slow, rp->base)));
 	} else if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0) {
-		return moe_err(ENOTSUP, "%s: rope scaling '%s' is not supported by the reference "
-			       "(none, linear, yarn)", r->path, type);
+		return moe_err(EOPNOTSUPP, "%s: rope scaling '%s' is not supported by the "
+			       "reference (none, linear, yarn)", r->path, type);
 	}
 	if (freqs && freqs->w) {
 		if ((int)(freqs->rows * freqs->cols) != rp->n_rot / 2)
@@ -1581,7 +1581,7 @@ static int ref_open(struct ref *r, const char *path, const struct ref_opts *o)
 		if (strcmp(arch, arch_table[i].name) == 0)
 			r->a = &arch_table[i];
 	if (!r->a)
-		return moe_err(ENOTSUP, "%s: architecture '%s' is not one the reference knows "
+		return moe_err(EOPNOTSUPP, "%s: architecture '%s' is not one the reference knows "
 			       "(llama, qwen3moe, llama4, gpt-oss, gemma4, deepseek2, glm4moe)",
 			       path, arch);
 	r->fd = open(path, O_RDONLY | O_CLOEXEC);

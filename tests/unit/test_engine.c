@@ -886,7 +886,7 @@ START_TEST(engine_errors)
 	ck_assert_int_eq(moe_model_open(bad, &mm), -EOPNOTSUPP);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "qwen2moe"));
 	ck_assert_int_eq(moe_model_open_flags(bad, MOE_OPEN_METADATA_ONLY, &mm), 0);
-	ck_assert_int_eq(moe_ctx_create(mm, NULL, &ctx), -ENOTSUP);
+	ck_assert_int_eq(moe_ctx_create(mm, NULL, &ctx), -EOPNOTSUPP);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "no forward pass"));
 	moe_model_close(mm);
 
@@ -902,7 +902,7 @@ START_TEST(engine_errors)
 	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.rope.dimension_count", 16), 0);
 	ck_assert_int_eq(moe_gguf_write(w, bad), 0);
 	moe_gguf_writer_free(w);
-	ck_assert_int_eq(moe_model_open(bad, &mm), -ENOTSUP);
+	ck_assert_int_eq(moe_model_open(bad, &mm), -EOPNOTSUPP);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "attn_kv_b"));
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "convert"));
 	moe_model_close(m);

@@ -642,7 +642,7 @@ START_TEST(bad_vocab)
 	/* Test models without a vocabulary, and tokenizers we do not know. */
 	for (int k = 0; k < 3; k++) {
 		static const char *const kinds[] = { "none", "bert", NULL };
-		static const int want[] = { -ENOENT, -ENOTSUP, -ENOENT };
+		static const int want[] = { -ENOENT, -EOPNOTSUPP, -ENOENT };
 		struct moe_gguf_writer *w;
 
 		ck_assert_int_eq(asprintf(&path, "%s/none%d.gguf", dir, k) > 0, 1);
@@ -708,7 +708,7 @@ START_TEST(bad_merges)
 			 -EINVAL);
 	ck_assert_msg(strstr(moe_errmsg(), "two tokens"), "%s", moe_errmsg());
 	ck_assert_int_eq(build_bpe("no-such-split", NULL, 0, (const char *[]){ "h e" }, 1, &t),
-			 -ENOTSUP);
+			 -EOPNOTSUPP);
 	ck_assert_msg(strstr(moe_errmsg(), "no-such-split"), "%s", moe_errmsg());
 	ck_assert_int_eq(build_bpe("gpt-2", NULL, 0, NULL, 0, &t), -EINVAL);
 	ck_assert_msg(strstr(moe_errmsg(), "merges"), "%s", moe_errmsg());
@@ -1147,7 +1147,7 @@ START_TEST(chat_harmony_and_errors)
 					 &out), -EINVAL);
 	moe_tokenizer_free(t);
 	t = chat_tok(NULL, "mystery");
-	ck_assert_int_eq(moe_chat_render(t, conv, 2, true, &out), -ENOTSUP);
+	ck_assert_int_eq(moe_chat_render(t, conv, 2, true, &out), -EOPNOTSUPP);
 	ck_assert_str_eq(moe_chat_format(t), "none");
 	moe_tokenizer_free(t);
 }
