@@ -38,6 +38,10 @@ extern "C" {
 MOE_API const char *moe_errmsg(void);
 
 /* ---------------------------------------------------------------- build */
+/*
+ * What this library is and what it was built with.  The build facts do not
+ * change while a process runs; any thread may call this at any time.
+ */
 
 /* What this libmoe is: for `moectl version` and bug reports. */
 struct moe_build_info {
@@ -46,6 +50,7 @@ struct moe_build_info {
 	uint64_t cuda_kernel_bytes;             /* embedded fatbin; 0: no CUDA kernels */
 	int kmod_uapi_major, kmod_uapi_minor;   /* the moe.ko uAPI it speaks */
 };
+/* Fill @out with this libmoe's version, soname and build features. */
 MOE_API void moe_build_info(struct moe_build_info *out);
 
 enum moe_log_level {
