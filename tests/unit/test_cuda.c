@@ -599,7 +599,7 @@ START_TEST(cuda_moe_run_backends)
 	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=%s/no-such-libcuda.so %s -m %s --tokens 1,2 "
 		 "-n 1 --backend auto --json --stats", dir, tu_bin("moe-run"), path);
 	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
-	ck_assert_msg(out && strstr(out, "\"backend\":\"cpu\""), "%s", out ? out : "");
+	ck_assert_msg(out && strstr(out, "\"backend\": \"cpu\""), "%s", out ? out : "");
 	free(out);
 	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --backend tpu", tu_bin("moe-run"), path);
 	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
