@@ -53,3 +53,17 @@ void moe_backend_destroy(struct moe_backend *be)
 	if (be)
 		be->ops->destroy(be);
 }
+
+int moe_route_args_check(const struct moe_route_args *a)
+{
+	if (!a->k || a->k > a->n_expert || a->stride < a->k)
+		return moe_err(EINVAL, "route: top-%u of %u experts (stride %u)", a->k, a->n_expert,
+			       a->stride);
+	if (a->n_group > 1 && (a->n_group > MOE_ROUTE_MAX_GROUPS || a->n_expert % a->n_group ||
+			       !a->topk_group || a->topk_group > a->n_group ||
+			       a->k > a->topk_group * (a->n_expert / a->n_group)))
+		return moe_err(EINVAL, "route: %u experts in %u groups (at most %u), %u kept, "
+			       "cannot give %u choices", a->n_expert, a->n_group,
+			       MOE_ROUTE_MAX_GROUPS, a->topk_group, a->k);
+	return 0;
+}

@@ -361,6 +361,9 @@ int moe_backend_create(const struct moe_backend_desc *d, const struct moe_backen
 		       struct moe_backend **out);
 void moe_backend_destroy(struct moe_backend *be);
 
+/* 0 when @a asks for a choice the routing can make, else -EINVAL with the reason (every backend). */
+int moe_route_args_check(const struct moe_route_args *a);
+
 /* Shared helpers of the kernels (also the reference the CUDA backend is checked against). */
 float moe_gelu_tanh(float x);
 /* YaRN correction dims for base/n_rot/original context, as pair indices */

@@ -1026,15 +1026,9 @@ static int cpu_route(struct moe_backend *be, const struct moe_route_args *a)
 	float *tmp;
 	int ret;
 
-	if (!a->k || a->k > a->n_expert || a->stride < a->k)
-		return moe_err(EINVAL, "route: top-%u of %u experts (stride %u)", a->k, a->n_expert,
-			       a->stride);
-	if (a->n_group > 1 && (a->n_group > MOE_ROUTE_MAX_GROUPS || a->n_expert % a->n_group ||
-			       !a->topk_group || a->topk_group > a->n_group ||
-			       a->k > a->topk_group * (a->n_expert / a->n_group)))
-		return moe_err(EINVAL, "route: %u experts in %u groups (at most %u), %u kept, "
-			       "cannot give %u choices", a->n_expert, a->n_group,
-			       MOE_ROUTE_MAX_GROUPS, a->topk_group, a->k);
+	ret = moe_route_args_check(a);
+	if (ret < 0)
+		return ret;
 	tmp = items(c, sizeof(float) * 2 * a->n_expert);
 	if (!tmp)
 		return moe_err(ENOMEM, "out of memory");

@@ -688,15 +688,9 @@ static int cuda_route(struct moe_backend *be, const struct moe_route_args *a)
 		      (void *)&a->scale };
 	int ret;
 
-	if (!a->k || a->k > a->n_expert || a->stride < a->k)
-		return moe_err(EINVAL, "route: top-%u of %u experts (stride %u)", a->k, a->n_expert,
-			       a->stride);
-	if (a->n_group > 1 && (a->n_group > MOE_ROUTE_MAX_GROUPS || a->n_expert % a->n_group ||
-			       !a->topk_group || a->topk_group > a->n_group ||
-			       a->k > a->topk_group * (a->n_expert / a->n_group)))
-		return moe_err(EINVAL, "route: %u experts in %u groups (at most %u), %u kept, "
-			       "cannot give %u choices", a->n_expert, a->n_group,
-			       MOE_ROUTE_MAX_GROUPS, a->topk_group, a->k);
+	ret = moe_route_args_check(a);
+	if (ret < 0)
+		return ret;
 	if (a->n_expert > ROUTE_MAX_EXPERTS)
 		return moe_err(EINVAL, "route: %u experts; the CUDA backend routes at most %u",
 			       a->n_expert, ROUTE_MAX_EXPERTS);
