@@ -543,6 +543,72 @@ START_TEST(sigterm_drains)
 }
 END_TEST
 
+/*
+ * The engine options are moe-run's, parsed by the same code: the server
+ * starts with each (and serves), and a bad value gets moe-run's words.
+ */
+START_TEST(engine_options)
+{
+	static const char *const good[][2] = {
+		{ "--vram", "64M" }, { "--host-cache", "16M" }, { "--ple-cache", "1M" },
+		{ "--policy", "lfu:decay=0.9" }, { "--prefetch", "mix:depth=2,min=0.6" },
+		{ "--pin-hot", "2" }, { "--layer-pools", NULL }, { "--state-dir", "@" },
+		{ "--no-state", NULL }, { "--backend", "cpu" }, { "--kv-type", "f16" },
+		{ "--batch", "16" }, { "--io", "pread" }, { "--no-direct", NULL },
+	};
+	static const char *const bad_values[][2] = {
+		{ "--io", "mmap" }, { "--kv-type", "q4_K" }, { "--vram", "1Q" },
+		{ "--host-cache", "-1" }, { "--ple-cache", "0" }, { "--threads", "-1" },
+		{ "--backend", "" }, { "--pin-hot", "x" }, { "--batch", "1e3" },
+		{ "--state-dir", "" },
+	};
+	char cmd[8192], state[4200], *a, *b, *p;
+
+	snprintf(state, sizeof(state), "%s/state", dir);
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		const char *val = good[i][1] && !strcmp(good[i][1], "@") ? state : good[i][1];
+		char name[32], *out;
+		struct srv s;
+
+		/* a log of its own: the last server's would still name its port */
+		snprintf(name, sizeof(name), "engine%zu", i);
+		srv_start(&s, name, good[i][0], val, NULL);
+		ck_assert_msg(req(&s, NULL, "/v1/completions", "{\"prompt\":[1,2],"
+				  "\"max_tokens\":2}", &out) == 200, "%s %s: %s", good[i][0],
+			      val ? val : "", out);
+		free(out);
+		ck_assert_int_eq(srv_stop(&s), 0);
+	}
+	for (size_t i = 0; i < sizeof(bad_values) / sizeof(bad_values[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 %s '%s'", tu_bin("moe-run"), model,
+			 bad_values[i][0], bad_values[i][1]);
+		ck_assert_int_eq(tu_run(cmd, 1, &a), 2);
+		snprintf(cmd, sizeof(cmd), "%s -m %s %s '%s'", tu_bin("moe-server"), model,
+			 bad_values[i][0], bad_values[i][1]);
+		ck_assert_int_eq(tu_run(cmd, 1, &b), 2);
+		/* the same message but for the program's name */
+		ck_assert_msg(!strncmp(a, "moe-run: ", 9) && !strncmp(b, "moe-server: ", 12),
+			      "%s | %s", a, b);
+		p = strchr(a, '\n');
+		ck_assert_ptr_nonnull(p);
+		ck_assert_msg(!strncmp(a + 9, b + 12, (size_t)(p - a) - 8), "moe-run: %s "
+			      "moe-server: %s", a, b);
+		ck_assert_msg(strstr(a, bad_values[i][0]), "%s", a);
+		free(a);
+		free(b);
+	}
+	snprintf(cmd, sizeof(cmd), "%s --help", tu_bin("moe-server"));
+	ck_assert_int_eq(tu_run(cmd, 0, &a), 0);
+	snprintf(cmd, sizeof(cmd), "%s --help", tu_bin("moe-run"));
+	ck_assert_int_eq(tu_run(cmd, 0, &b), 0);
+	/* one help text for the engine, the same in both */
+	ck_assert_ptr_nonnull(strstr(a, "Engine:\n"));
+	ck_assert_str_eq(strstr(a, "Engine:\n"), strstr(b, "Engine:\n"));
+	free(a);
+	free(b);
+}
+END_TEST
+
 static int parse_str(enum api_kind k, const char *body, const struct api_limits *lim,
 		     struct api_request *r, struct api_error *e)
 {
@@ -597,6 +663,7 @@ Suite *suite_server(void)
 	tcase_add_test(tc, disconnect_mid_stream);
 	tcase_add_test(tc, bounded_load);
 	tcase_add_test(tc, sigterm_drains);
+	tcase_add_test(tc, engine_options);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -12,17 +12,17 @@
 #include <stdint.h>
 
 #include "api.h"
+#include "engine_opts.h"
 #include "moe/moe.h"
 
 #define PROG "moe-server"
 
 struct server_opts {
-	const char *model, *host, *api_key, *alias, *backend;
+	const char *model, *host, *api_key, *alias;
 	uint16_t port;
 	uint32_t parallel, queue, n_ctx, max_tokens, max_messages, timeout_s;
-	uint64_t vram, host_cache, max_body;
-	bool vram_zero;
-	int threads;
+	uint64_t max_body;
+	struct engine_opts eng;
 };
 
 enum job_state { JOB_QUEUED, JOB_PREFILL, JOB_DECODE, JOB_DONE };
