@@ -252,7 +252,7 @@ START_TEST(endpoints_and_errors)
 		     "\"a\"},{\"role\":\"user\",\"content\":\"b\"},{\"role\":\"user\",\"content\":"
 		     "\"c\"},{\"role\":\"user\",\"content\":\"d\"}]}", 400, "messages", "more than");
 	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
-		     "\"content\":\"hi\"}],\"tools\":[]}", 400, "tools", "tool calls");
+		     "\"content\":\"hi\"}],\"tools\":{}}", 400, "tools", "array");
 	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
 		     "\"content\":\"hi\"}],\"n\":2}", 400, "n", "one choice");
 	expect_error(&s, "/v1/completions", "{\"max_tokens\":3}", 400, "prompt", "missing");
@@ -322,8 +322,10 @@ static char *sse_text(char *body, int *events, json_t **last)
 		ck_assert_str_eq(json_string_value(json_object_get(v, "object")),
 				 "chat.completion.chunk");
 		c = json_array_get(json_object_get(v, "choices"), 0);
+		/* a delta of a parsed reply may hold reasoning or calls only */
 		d = json_string_value(json_object_get(json_object_get(c, "delta"), "content"));
-		ck_assert_ptr_nonnull(d);
+		if (!d)
+			d = "";
 		text = realloc(text, len + strlen(d) + 1);
 		memcpy(text + len, d, strlen(d) + 1);
 		len += strlen(d);
@@ -543,6 +545,190 @@ START_TEST(sigterm_drains)
 }
 END_TEST
 
+static const char weather_tools[] =
+	"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+	"\"description\":\"Current weather\",\"parameters\":{\"type\":\"object\",\"properties\":"
+	"{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}}}]";
+
+/* A streamed chat reply put back together: reasoning, content and the calls. */
+struct streamed {
+	char reasoning[1024], content[1024];
+	char name[8][64], args[8][256], id[8][64];
+	int n_calls, events;
+	char finish[32];
+};
+
+static void sse_collect(char *body, struct streamed *st)
+{
+	char *line, *save = NULL;
+	bool done = false;
+
+	memset(st, 0, sizeof(*st));
+	for (line = strtok_r(body, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		json_t *v, *c, *d, *calls, *tc;
+		size_t i;
+
+		ck_assert_msg(!done && !strncmp(line, "data: ", 6), "bad SSE line: %s", line);
+		if (!strcmp(line + 6, "[DONE]")) {
+			done = true;
+			continue;
+		}
+		v = parse(line + 6);
+		c = json_array_get(json_object_get(v, "choices"), 0);
+		d = json_object_get(c, "delta");
+		ck_assert_msg(json_object_size(d) || json_is_string(json_object_get(c,
+			      "finish_reason")), "an empty delta before the end: %s", line);
+		if (json_is_string(json_object_get(d, "reasoning_content")))
+			strncat(st->reasoning, json_string_value(json_object_get(d,
+				"reasoning_content")), sizeof(st->reasoning) - strlen(st->reasoning) - 1);
+		if (json_is_string(json_object_get(d, "content")))
+			strncat(st->content, json_string_value(json_object_get(d, "content")),
+				sizeof(st->content) - strlen(st->content) - 1);
+		calls = json_object_get(d, "tool_calls");
+		json_array_foreach(calls, i, tc) {
+			int idx = (int)json_integer_value(json_object_get(tc, "index"));
+			json_t *fn = json_object_get(tc, "function");
+
+			ck_assert_int_eq(idx, st->n_calls);
+			ck_assert_int_lt(idx, 8);
+			snprintf(st->name[idx], sizeof(st->name[idx]), "%s",
+				 json_string_value(json_object_get(fn, "name")));
+			snprintf(st->args[idx], sizeof(st->args[idx]), "%s",
+				 json_string_value(json_object_get(fn, "arguments")));
+			snprintf(st->id[idx], sizeof(st->id[idx]), "%s",
+				 json_string_value(json_object_get(tc, "id")));
+			st->n_calls++;
+		}
+		if (json_is_string(json_object_get(c, "finish_reason")))
+			snprintf(st->finish, sizeof(st->finish), "%s",
+				 json_string_value(json_object_get(c, "finish_reason")));
+		st->events++;
+		json_decref(v);
+	}
+	ck_assert_msg(done, "the stream did not end in data: [DONE]");
+}
+
+/* A server whose every reply is @reply (the test hook), not the random model's. */
+static void srv_start_reply(struct srv *s, const char *name, const char *reply)
+{
+	setenv("MOE_SERVER_TEST_REPLY", reply, 1);
+	srv_start(s, name, NULL);
+	unsetenv("MOE_SERVER_TEST_REPLY");
+}
+
+/*
+ * Tools end to end on the ChatML (Qwen3) model: the rendered prompt of a
+ * conversation with tools, a call and its result (/apply-template, and a
+ * real completion over it), then replies injected by the test hook parsed
+ * into reasoning, content and calls, whole and streamed.
+ */
+START_TEST(tool_calls)
+{
+	char body[4096], *out, *p;
+	struct streamed st;
+	struct srv s;
+	json_t *v, *m, *c;
+
+	srv_start(&s, "tools", NULL);
+	snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"},"
+		 "{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":\"call_1\","
+		 "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":"
+		 "\"{\\\"city\\\":\\\"Paris\\\"}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"call_1\","
+		 "\"content\":\"21 C\"}],%s,\"max_tokens\":4,\"temperature\":0}", weather_tools);
+	ck_assert_int_eq(req(&s, NULL, "/apply-template", body, &out), 200);
+	v = parse(out);
+	p = (char *)json_string_value(json_object_get(v, "prompt"));
+	ck_assert_msg(p && strstr(p, "<tools>\n{\"type\": \"function\", \"function\": {\"name\": "
+				   "\"get_weather\"") &&
+		      strstr(p, "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", "
+				"\"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n") &&
+		      strstr(p, "<|im_start|>user\n<tool_response>\n21 C\n</tool_response>"
+				"<|im_end|>\n<|im_start|>assistant\n"), "%s", out);
+	json_decref(v);
+	free(out);
+	/* the model itself over that prompt: a well-formed answer, whatever its words */
+	ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+	v = parse(out);
+	c = json_array_get(json_object_get(v, "choices"), 0);
+	ck_assert_msg(json_is_string(json_object_get(c, "finish_reason")) &&
+		      json_object_get(json_object_get(c, "message"), "content"), "%s", out);
+	ck_assert_int_gt(json_integer_value(json_object_get(json_object_get(v, "usage"),
+							    "prompt_tokens")), 100);
+	json_decref(v);
+	free(out);
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":"
+		     "\"a\"}],\"tool_choice\":\"required\"}", 400, "tool_choice", "no function");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"tool\",\"content\":"
+		     "\"a\"}]}", 400, "messages[0].tool_call_id", "missing");
+	ck_assert_int_eq(srv_stop(&s), 0);
+
+	srv_start_reply(&s, "tools-reply", "<think>\nThe user asks the weather.\n</think>\n\n"
+			"I will check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+			"{\"city\": \"Paris\"}}\n</tool_call>");
+	snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],"
+		 "%s,\"max_tokens\":200}", weather_tools);
+	ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+	v = parse(out);
+	c = json_array_get(json_object_get(v, "choices"), 0);
+	m = json_object_get(c, "message");
+	ck_assert_str_eq(json_string_value(json_object_get(c, "finish_reason")), "tool_calls");
+	ck_assert_str_eq(json_string_value(json_object_get(m, "content")), "I will check.");
+	ck_assert_str_eq(json_string_value(json_object_get(m, "reasoning_content")),
+			 "The user asks the weather.");
+	c = json_array_get(json_object_get(m, "tool_calls"), 0);
+	ck_assert_int_eq(json_array_size(json_object_get(m, "tool_calls")), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(c, "type")), "function");
+	ck_assert(!strncmp(json_string_value(json_object_get(c, "id")), "call_", 5));
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(c, "function"),
+							   "name")), "get_weather");
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(c, "function"),
+							   "arguments")), "{\"city\":\"Paris\"}");
+	json_decref(v);
+	free(out);
+	/* streamed: the same parts in deltas, each call once with its index */
+	snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],"
+		 "%s,\"max_tokens\":200,\"stream\":true}", weather_tools);
+	ck_assert_int_eq(req(&s, "-N", "/v1/chat/completions", body, &out), 200);
+	sse_collect(out, &st);
+	free(out);
+	ck_assert_str_eq(st.reasoning, "The user asks the weather.");
+	ck_assert_str_eq(st.content, "I will check.");
+	ck_assert_int_eq(st.n_calls, 1);
+	ck_assert_str_eq(st.name[0], "get_weather");
+	ck_assert_str_eq(st.args[0], "{\"city\":\"Paris\"}");
+	ck_assert_str_eq(st.finish, "tool_calls");
+	ck_assert_int_gt(st.events, 3);
+	/* without tools the same words are content, the reasoning still apart */
+	ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+			     "\"content\":\"hi\"}],\"max_tokens\":200}", &out), 200);
+	v = parse(out);
+	c = json_array_get(json_object_get(v, "choices"), 0);
+	m = json_object_get(c, "message");
+	ck_assert_str_eq(json_string_value(json_object_get(c, "finish_reason")), "stop");
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(m, "content")),
+				     "<tool_call>"));
+	ck_assert_ptr_null(json_object_get(m, "tool_calls"));
+	json_decref(v);
+	free(out);
+	ck_assert_int_eq(srv_stop(&s), 0);
+
+	/* a named tool_choice: the prompt opened the call, the reply only finishes it */
+	srv_start_reply(&s, "tools-named", "{\"city\": \"Rome\"}}\n</tool_call>");
+	snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],"
+		 "%s,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},"
+		 "\"max_tokens\":200,\"stream\":true}", weather_tools);
+	ck_assert_int_eq(req(&s, "-N", "/v1/chat/completions", body, &out), 200);
+	sse_collect(out, &st);
+	free(out);
+	ck_assert_int_eq(st.n_calls, 1);
+	ck_assert_str_eq(st.name[0], "get_weather");
+	ck_assert_str_eq(st.args[0], "{\"city\":\"Rome\"}");
+	ck_assert_str_eq(st.content, "");
+	ck_assert_str_eq(st.finish, "tool_calls");
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
 /*
  * The engine options are moe-run's, parsed by the same code: the server
  * starts with each (and serves), and a bad value gets moe-run's words.
@@ -664,6 +850,7 @@ Suite *suite_server(void)
 	tcase_add_test(tc, bounded_load);
 	tcase_add_test(tc, sigterm_drains);
 	tcase_add_test(tc, engine_options);
+	tcase_add_test(tc, tool_calls);
 	suite_add_tcase(s, tc);
 	return s;
 }

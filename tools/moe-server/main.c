@@ -157,6 +157,24 @@ static int serve(struct server *s)
 		fprintf(stderr, PROG ": %s has no vocabulary: prompts must be token ids and "
 			"replies are token ids\n", s->o.model);
 	}
+	if (s->tok) {
+		/* the text of BOS and EOS, for the formats that write them (chatfmt.c) */
+		int id = moe_tokenizer_bos(s->tok), n;
+
+		if (id >= 0 && (n = moe_token_to_piece(s->tok, id, s->bos, sizeof(s->bos) - 1)) > 0) {
+			s->bos[n] = 0;
+			s->cf.bos = s->bos;
+		}
+		id = moe_tokenizer_eos(s->tok);
+		if (id >= 0 && (n = moe_token_to_piece(s->tok, id, s->eos, sizeof(s->eos) - 1)) > 0) {
+			s->eos[n] = 0;
+			s->cf.eos = s->eos;
+		}
+	}
+	s->test_reply = getenv("MOE_SERVER_TEST_REPLY");
+	if (s->test_reply)
+		fprintf(stderr, PROG ": MOE_SERVER_TEST_REPLY is set: every reply is its text, "
+			"not the model's\n");
 	base = strrchr(s->o.model, '/');
 	snprintf(s->model_id, sizeof(s->model_id), "%s",
 		 s->o.alias ? s->o.alias : base ? base + 1 : s->o.model);
