@@ -20,6 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
 #include <jansson.h>
 
 #include "api.h"
@@ -795,6 +799,203 @@ START_TEST(engine_options)
 }
 END_TEST
 
+/* ---------------------------------------------------------- optional tools */
+
+/* The pinned client; its cache is outside the tree: $MOE_NPM_CACHE or ~/.cache/moe-npm. */
+#define OPENAI_NPM "openai@6.49.0"
+static char npm_dir[4096];
+
+static bool suite_selected(void)
+{
+	const char *s = getenv("CK_RUN_SUITE");
+
+	return !s || !strcmp(s, "server");
+}
+
+/* NULL when the OpenAI client is installed (in npm_dir), else why not. */
+static const char *prepare_openai(void)
+{
+	static char why[4400];
+	const char *cache = getenv("MOE_NPM_CACHE"), *home = getenv("HOME");
+	char cmd[9000], pkg[4200];
+
+	if (tu_run("command -v node && command -v npm", 0, NULL))
+		return "node and npm are not both installed (Debian: apt-get install nodejs npm)";
+	if (tu_run("node -e 'process.exit(+process.versions.node.split(\".\")[0] >= 18 ? 0 : 1)'",
+		   0, NULL))
+		return "node is older than 18, which the openai package needs";
+	if (cache)
+		snprintf(npm_dir, sizeof(npm_dir), "%s/" OPENAI_NPM, cache);
+	else if (home)
+		snprintf(npm_dir, sizeof(npm_dir), "%s/.cache/moe-npm/" OPENAI_NPM, home);
+	else
+		return "neither MOE_NPM_CACHE nor HOME names a cache directory for npm";
+	snprintf(pkg, sizeof(pkg), "%s/node_modules/openai/package.json", npm_dir);
+	if (!access(pkg, R_OK))
+		return NULL;
+	snprintf(cmd, sizeof(cmd), "mkdir -p '%s' && timeout 300 npm install --no-audit --no-fund "
+		 "--no-save --prefix '%s' " OPENAI_NPM " >'%s/npm.log' 2>&1", npm_dir, npm_dir,
+		 npm_dir);
+	if (tu_run(cmd, 0, NULL) || access(pkg, R_OK)) {
+		snprintf(why, sizeof(why), "npm could not install " OPENAI_NPM " (no registry "
+			 "here?): see %.4000s/npm.log", npm_dir);
+		return why;
+	}
+	return NULL;
+}
+
+/*
+ * The official OpenAI client for JavaScript against the server: models, chat
+ * (whole and streamed), completions, and its error classes for a wrong key
+ * and an unknown field.
+ */
+START_TEST(openai_js_client)
+{
+	char cmd[9000], url[64], *out;
+	struct srv s;
+	int ret;
+
+	srv_start(&s, "openai", "--api-key", "sk-moe-test", NULL);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d", s.port);
+	snprintf(cmd, sizeof(cmd), "NODE_PATH='%s/node_modules' timeout 120 node %s %s sk-moe-test",
+		 npm_dir, tu_src("tests/server/openai-client.cjs"), url);
+	ret = tu_run(cmd, 1, &out);
+	ck_assert_msg(ret == 0 && !strncmp(out, "ok ", 3), "the OpenAI client: %s", out);
+	free(out);
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+/* NULL when haproxy runs here (installed from Debian if need be), else why not. */
+static const char *prepare_haproxy(void)
+{
+	if (!tu_run("command -v haproxy", 0, NULL))
+		return NULL;
+	if (geteuid())
+		return "haproxy is not installed and installing it needs root (apt-get install "
+		       "haproxy)";
+	if (tu_run("DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q haproxy "
+		   ">/dev/null 2>&1 || (timeout 300 apt-get update -q >/dev/null 2>&1 && "
+		   "DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q haproxy "
+		   ">/dev/null 2>&1)", 0, NULL) || tu_run("command -v haproxy", 0, NULL))
+		return "apt-get could not install haproxy (no package archive here?)";
+	return NULL;
+}
+
+static int free_port(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+/* One completion through the balancer: the instance that answered ("a", "b"), or "" on failure. */
+static void via(const struct srv *lb, char *who, size_t n)
+{
+	char *out;
+	int code = req(lb, NULL, "/v1/completions", "{\"prompt\":[1,2,3],\"max_tokens\":2}", &out);
+	json_t *v = code == 200 ? json_loads(out, 0, NULL) : NULL;
+
+	snprintf(who, n, "%s", v ? json_string_value(json_object_get(v, "model")) : "");
+	json_decref(v);
+	free(out);
+}
+
+/*
+ * Past one GPU: two servers behind HAProxy with /health checks (the
+ * configuration of Documentation/deploy.rst).  Requests spread over both;
+ * one killed leaves the rotation, and no request fails but one in flight.
+ */
+START_TEST(haproxy_two_instances)
+{
+	char cfg[4200], conf[2048], who[32], *text;
+	struct srv a, b, lb = { 0 };
+	int n_a = 0, n_b = 0, failed = 0;
+	pid_t slow;
+
+	srv_start(&a, "lb-a", "--alias", "a", NULL);
+	srv_start(&b, "lb-b", "--alias", "b", NULL);
+	lb.port = free_port();
+	snprintf(conf, sizeof(conf),
+		 "global\n  maxconn 256\n"
+		 "defaults\n  mode http\n  timeout connect 2s\n  timeout client 120s\n"
+		 "  timeout server 120s\n  retries 2\n  option redispatch\n"
+		 "  retry-on conn-failure empty-response\n"
+		 "frontend moe\n  bind 127.0.0.1:%d\n  default_backend moe_servers\n"
+		 "backend moe_servers\n  balance roundrobin\n  option httpchk GET /health\n"
+		 "  http-check expect status 200\n  default-server inter 200ms fall 2 rise 2\n"
+		 "  server a 127.0.0.1:%d check\n  server b 127.0.0.1:%d check\n",
+		 lb.port, a.port, b.port);
+	snprintf(cfg, sizeof(cfg), "%s/haproxy.cfg", dir);
+	ck_assert_int_eq(tu_write_file(cfg, conf, strlen(conf)), 0);
+	snprintf(lb.err, sizeof(lb.err), "%s/haproxy.err", dir);
+	lb.pid = fork();
+	ck_assert_int_ge(lb.pid, 0);
+	if (!lb.pid) {
+		int fd = open(lb.err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execlp("haproxy", "haproxy", "-db", "-f", cfg, (char *)NULL);
+		_exit(127);
+	}
+	/* up once both checks passed: each instance answers in turn */
+	for (int i = 0; i < 100 && !(n_a && n_b); i++) {
+		usleep(100000);
+		via(&lb, who, sizeof(who));
+		n_a += !strcmp(who, "a");
+		n_b += !strcmp(who, "b");
+	}
+	text = tu_read_file(lb.err, NULL);
+	ck_assert_msg(n_a && n_b, "requests did not reach both instances: %d a, %d b (haproxy: "
+		      "%.500s)", n_a, n_b, text ? text + (strlen(text) > 500 ?
+		      strlen(text) - 500 : 0) : "");
+	free(text);
+	n_a = n_b = 0;
+	for (int i = 0; i < 8; i++) {
+		via(&lb, who, sizeof(who));
+		n_a += !strcmp(who, "a");
+		n_b += !strcmp(who, "b");
+	}
+	ck_assert_msg(n_a == 4 && n_b == 4, "round robin gave %d to a, %d to b", n_a, n_b);
+
+	/* a long request in flight, then instance a dies */
+	slow = fork();
+	ck_assert_int_ge(slow, 0);
+	if (!slow) {
+		char c[256];
+
+		snprintf(c, sizeof(c), "curl -s -o /dev/null --max-time 60 http://127.0.0.1:%d"
+			 "/v1/completions -d '{\"prompt\":[1,2],\"max_tokens\":400}'", lb.port);
+		_exit(tu_run(c, 0, NULL) ? 1 : 0);
+	}
+	usleep(300000);
+	kill(a.pid, SIGKILL);
+	waitpid(a.pid, NULL, 0);
+	n_a = n_b = 0;
+	for (int i = 0; i < 20; i++) {
+		via(&lb, who, sizeof(who));
+		failed += !*who;
+		n_a += !strcmp(who, "a");
+		n_b += !strcmp(who, "b");
+		usleep(50000);
+	}
+	waitpid(slow, NULL, 0);
+	ck_assert_msg(failed == 0 && n_a == 0 && n_b == 20, "after a was killed: %d failed, "
+		      "%d from a, %d from b", failed, n_a, n_b);
+	kill(lb.pid, SIGTERM);
+	waitpid(lb.pid, NULL, 0);
+	ck_assert_int_eq(srv_stop(&b), 0);
+}
+END_TEST
+
 static int parse_str(enum api_kind k, const char *body, const struct api_limits *lim,
 		     struct api_request *r, struct api_error *e)
 {
@@ -851,6 +1052,19 @@ Suite *suite_server(void)
 	tcase_add_test(tc, sigterm_drains);
 	tcase_add_test(tc, engine_options);
 	tcase_add_test(tc, tool_calls);
+	if (suite_selected()) {
+		const char *why = prepare_openai();
+
+		if (why)
+			tu_skip("server openai_js_client", why);
+		else
+			tcase_add_test(tc, openai_js_client);
+		why = prepare_haproxy();
+		if (why)
+			tu_skip("server haproxy_two_instances", why);
+		else
+			tcase_add_test(tc, haproxy_two_instances);
+	}
 	suite_add_tcase(s, tc);
 	return s;
 }
