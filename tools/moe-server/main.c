@@ -189,6 +189,8 @@ static int serve(struct server *s)
 		return 1;
 	}
 	s->n_ctx = moe_ctx_n_ctx(s->ctx);
+	/* what the budget holds (expert slots, KV), as moe-run --stats says it */
+	fprintf(stderr, PROG ": %s\n", moe_ctx_describe(s->ctx));
 
 	/* the signals are taken by sigwait here, not by whichever thread they hit */
 	sigemptyset(&set);
