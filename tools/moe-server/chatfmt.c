@@ -1476,7 +1476,7 @@ static void parse_llama(struct parse *ps, bool tools, const char *s, const char 
 			if ((size_t)(e - p) >= l && !memcmp(p, tags[t], l)) {
 				p += l;
 				tagged = true;
-			} else if (!final && !memcmp(p, tags[t], (size_t)(e - p))) {
+			} else if (!final && (size_t)(e - p) < l && !memcmp(p, tags[t], (size_t)(e - p))) {
 				return;
 			}
 		}
@@ -1485,8 +1485,8 @@ static void parse_llama(struct parse *ps, bool tools, const char *s, const char 
 
 			if (!final)
 				return;
-			if (je - p >= 15 && !memcmp(je - 15, "<|python_end|>", 14))
-				je -= 15;
+			if (je - p >= 14 && !memcmp(je - 14, "<|python_end|>", 14))
+				je -= 14;
 			j = json_loadb(p, (size_t)(je - p), 0, NULL);
 			if (j && json_call(ps, j)) {
 				json_decref(j);
