@@ -255,7 +255,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	int c, ret = 0;
 
 	o->n_gen = 32;
-	moe_sample_default_params(&o->sp);
+	moe_sample_params_init(&o->sp);
 	engine_opts_init(&o->eng);
 	while (!ret && (c = getopt_long(argc, argv, "m:p:n:h", lo, NULL)) != -1) {
 		switch (c) {
@@ -645,7 +645,7 @@ static int run(struct opts *o)
 		ret = EXIT_USAGE;
 		goto out;
 	}
-	moe_ctx_default_params(&cp);
+	moe_ctx_params_init(&cp);
 	engine_opts_apply(&o->eng, &cp);
 	cp.n_ctx = o->n_ctx || o->chat ? o->n_ctx : (uint32_t)need;
 	ret = moe_ctx_create(model, &cp, &ctx);
@@ -737,9 +737,9 @@ out:
 	free(r.text);
 	free(r.out);
 	free(prompt);
-	moe_ctx_free(ctx);
-	moe_tokenizer_free(r.tok);
-	moe_model_close(model);
+	moe_ctx_destroy(ctx);
+	moe_tokenizer_destroy(r.tok);
+	moe_model_destroy(model);
 	return ret;
 }
 

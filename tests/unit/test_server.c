@@ -817,7 +817,7 @@ static const char *prepare_openai(void)
 {
 	static char why[4400];
 	const char *cache = getenv("MOE_NPM_CACHE"), *home = getenv("HOME");
-	char cmd[9000], pkg[4200];
+	char cmd[13000], pkg[4200];
 
 	if (tu_run("command -v node && command -v npm", 0, NULL))
 		return "node and npm are not both installed (Debian: apt-get install nodejs npm)";

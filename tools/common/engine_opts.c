@@ -34,7 +34,7 @@ static const struct option engine_lo[] = {
 void engine_opts_init(struct engine_opts *e)
 {
 	memset(e, 0, sizeof(*e));
-	moe_io_opts_init(&e->io);
+	moe_io_params_init(&e->io);
 }
 
 const struct option *engine_opts_join(const struct option *own)

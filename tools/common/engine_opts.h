@@ -25,7 +25,7 @@ struct engine_opts {
 	const char *backend, *policy, *prefetch, *state_dir;
 	uint32_t kv_type, pin_hot, n_batch;
 	int threads;
-	struct moe_io_opts io;
+	struct moe_io_params io;
 	char state_buf[4096];   /* the default state directory, when one was found */
 };
 
@@ -51,7 +51,7 @@ int engine_opts_check(const struct engine_opts *e);
 void engine_opts_usage(FILE *f);
 
 /*
- * Into @cp (filled by moe_ctx_default_params first): budgets, threads,
+ * Into @cp (filled by moe_ctx_params_init first): budgets, threads,
  * backend, I/O, policy, prefetch, KV type, and the state directory
  * (--state-dir, else the default one unless --no-state).
  */

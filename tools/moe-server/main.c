@@ -178,7 +178,7 @@ static int serve(struct server *s)
 	base = strrchr(s->o.model, '/');
 	snprintf(s->model_id, sizeof(s->model_id), "%s",
 		 s->o.alias ? s->o.alias : base ? base + 1 : s->o.model);
-	moe_ctx_default_params(&cp);
+	moe_ctx_params_init(&cp);
 	engine_opts_apply(&s->o.eng, &cp);
 	cp.n_ctx = s->o.n_ctx;
 	cp.n_seq = s->o.parallel;
@@ -248,8 +248,8 @@ int main(int argc, char **argv)
 		return ret;
 	}
 	ret = serve(&s);
-	moe_ctx_free(s.ctx);
-	moe_tokenizer_free(s.tok);
-	moe_model_close(s.model);
+	moe_ctx_destroy(s.ctx);
+	moe_tokenizer_destroy(s.tok);
+	moe_model_destroy(s.model);
 	return ret;
 }
