@@ -74,6 +74,8 @@ struct moe_model {
 	u32 dev_minor;
 	u64 ino;
 	u32 n_extents;
+	/* Extents 0..n_meta-1 are the header and non-expert tensors (uAPI 2.1). */
+	u32 n_meta;
 	struct drm_moe_extent *extents;
 	/* Updated from the completion (hard IRQ), hence atomics. */
 	atomic64_t bytes;

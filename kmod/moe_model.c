@@ -106,7 +106,7 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
-	if (args->flags)
+	if (args->flags || args->pad || args->n_meta > args->n_extents)
 		return -EINVAL;
 	name_len = strnlen(args->name, DRM_MOE_NAME_LEN);
 	if (!name_len || name_len == DRM_MOE_NAME_LEN)
@@ -156,8 +156,11 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 		goto err_free_extents;
 	}
 	ret = moe_check_extents(model->extents, model->n_extents, model->file_size);
+	if (!ret && args->n_meta && model->extents[0].offset)
+		ret = -EINVAL;
 	if (ret)
 		goto err_free_extents;
+	model->n_meta = args->n_meta;
 
 	mutex_lock(&mdev->models_lock);
 	if (moe_model_find_name(mdev, model->name)) {
@@ -178,8 +181,8 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 
 	args->model_id = model->id;
 	args->file_size = model->file_size;
-	moe_dbg(mdev, MOE_DBG_MODEL, "registered model %u '%s': %u extents, %lld bytes\n", model->id,
-		model->name, model->n_extents, model->file_size);
+	moe_dbg(mdev, MOE_DBG_MODEL, "registered model %u '%s': %u extents (%u metadata), %lld bytes\n",
+		model->id, model->name, model->n_extents, model->n_meta, model->file_size);
 	return 0;
 
 err_unlock:
@@ -248,7 +251,7 @@ int moe_model_info_ioctl(struct drm_device *dev, void *data, struct drm_file *fi
 	u32 n;
 	int i;
 
-	if ((args->flags & ~DRM_MOE_INFO_FLAGS) || args->pad ||
+	if ((args->flags & ~DRM_MOE_INFO_FLAGS) || args->pad || args->pad2 ||
 	    hweight32(args->flags & DRM_MOE_INFO_FLAGS) > 1)
 		return -EINVAL;
 	if ((args->flags & DRM_MOE_INFO_BY_NAME) &&
@@ -277,6 +280,7 @@ int moe_model_info_ioctl(struct drm_device *dev, void *data, struct drm_file *fi
 	args->file_dev_major = model->dev_major;
 	args->file_dev_minor = model->dev_minor;
 	args->file_ino = model->ino;
+	args->n_meta = model->n_meta;
 	for (i = 0; i < DRM_MOE_LAT_BUCKETS; i++)
 		args->lat_hist[i] = atomic64_read(&model->lat_hist[i]);
 out_put:

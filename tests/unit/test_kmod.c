@@ -18,6 +18,7 @@
 
 #include "io/kmod.h"
 #include "testutil.h"
+#include "util/util.h"
 
 #define MIB (1ull << 20)
 
@@ -139,7 +140,9 @@ static struct {
 	pthread_mutex_t mu;
 	int fd;
 	struct stat st;
-	struct drm_moe_extent ext[2];
+	struct drm_moe_extent ext2[2];  /* the two extents most tests register */
+	const struct drm_moe_extent *ext;
+	uint32_t n_ext, n_meta;
 	struct moe_kmod k;
 	uint8_t *bo;
 	uint64_t bo_size;
@@ -185,6 +188,15 @@ static void fk_finish_late(void)
 	pthread_mutex_unlock(&fk.mu);
 }
 
+static void fk_two_extents(void)
+{
+	fk.ext2[0] = (struct drm_moe_extent){ .offset = 0, .length = 4 * MIB };
+	fk.ext2[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+	fk.ext = fk.ext2;
+	fk.n_ext = 2;
+	fk.n_meta = 0;
+}
+
 static void fk_reset(void)
 {
 	memset(fk.b, 0, sizeof(fk.b));
@@ -215,13 +227,22 @@ static int fk_info(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *i
 	memset(info, 0, sizeof(*info));
 	info->model_id = 7;
 	snprintf(info->name, sizeof(info->name), "fake");
-	info->n_extents = 2;
+	info->n_extents = fk.n_ext;
+	info->n_meta = fk.n_meta;
+	info->file_size = (uint64_t)fk.st.st_size;
 	info->file_ino = fk.st.st_ino;
 	info->file_dev_major = major(fk.st.st_dev);
 	info->file_dev_minor = minor(fk.st.st_dev);
-	for (uint32_t i = 0; ext && i < cap && i < 2; i++)
+	for (uint32_t i = 0; ext && i < cap && i < fk.n_ext; i++)
 		ext[i] = fk.ext[i];
 	return 0;
+}
+
+static int fk_find(struct moe_kmod *k, const char *name, struct drm_moe_model_info *info)
+{
+	if (strcmp(name, "fake"))
+		return moe_err(ENOENT, "no model named '%s' is registered with moe.ko", name);
+	return fk_info(k, 7, info, NULL, 0);
 }
 
 static int fk_next(struct moe_kmod *k, uint32_t after, struct moe_kmod_model_info *out)
@@ -274,7 +295,7 @@ static int fk_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, ui
 		const struct drm_moe_extent *e;
 
 		ck_assert_uint_eq(r->model_id, 7);
-		ck_assert_uint_lt(r->extent, 2);
+		ck_assert_uint_lt(r->extent, fk.n_ext);
 		e = &fk.ext[r->extent];
 		ck_assert_uint_eq(r->handle, 1);
 		ck_assert_uint_eq(r->offset % 4096, 0);
@@ -340,7 +361,7 @@ static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32
 }
 
 static const struct moe_kmod_client fk_client = {
-	.open = fk_open, .close = fk_close, .next = fk_next, .info = fk_info,
+	.open = fk_open, .close = fk_close, .next = fk_next, .find = fk_find, .info = fk_info,
 	.bo_create = fk_bo_create, .bo_destroy = fk_bo_destroy, .fetch = fk_fetch,
 	.wait = fk_wait,
 };
@@ -400,8 +421,7 @@ START_TEST(kmod_late_batch_keeps_slots)
 	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
 	ck_assert_int_ge(fk.fd, 0);
 	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
-	fk.ext[0] = (struct drm_moe_extent){ .offset = 0, .length = 4 * MIB };
-	fk.ext[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+	fk_two_extents();
 
 	moe_kmod_io_client = &fk_client;
 	moe_io_opts_init(&o);
@@ -463,8 +483,7 @@ START_TEST(kmod_late_batch_at_close)
 	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
 	ck_assert_int_ge(fk.fd, 0);
 	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
-	fk.ext[0] = (struct drm_moe_extent){ .offset = 0, .length = 4 * MIB };
-	fk.ext[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+	fk_two_extents();
 	moe_kmod_io_client = &fk_client;
 	moe_io_opts_init(&o);
 	o.backend = MOE_IO_KMOD;
@@ -488,6 +507,222 @@ START_TEST(kmod_late_batch_at_close)
 }
 END_TEST
 
+static bool is_expert(uint32_t role)
+{
+	return role >= MOE_ROLE_EXPERT_GATE && role <= MOE_ROLE_EXPERT_GATE_UP;
+}
+
+/*
+ * The table MODEL_REGISTER gets: extent 0 is the header from offset 0, the
+ * other metadata extents hold every tensor besides the experts (each in one
+ * extent, none overlapping another), then the expert extents as before.
+ */
+START_TEST(kmod_model_extents)
+{
+	struct moe_kmod k = { .fd = -1, .align = 4096, .max_batch = 64, .max_extents = 1000,
+			      .max_bo = 1ull << 30 };
+	struct moe_model_summary sum;
+	struct drm_moe_extent *ext, *exp;
+	struct moe_model *m;
+	char *dir, *path = make_model(&dir);
+	uint32_t n, n_meta, n_exp;
+	int nt;
+
+	ck_assert_int_eq(moe_model_open(path, &m), 0);
+	ck_assert_int_eq(moe_model_summary(m, &sum), 0);
+	ck_assert_msg(moe_kmod_model_extents(&k, m, sum.file_bytes, &ext, &n, &n_meta) == 0, "%s",
+		      moe_errmsg());
+	ck_assert_int_eq(moe_kmod_expert_extents(&k, m, sum.file_bytes, &exp, &n_exp), 0);
+	ck_assert_uint_ge(n_meta, 2);
+	ck_assert_uint_eq(n, n_meta + n_exp);
+	ck_assert(!memcmp(ext + n_meta, exp, n_exp * sizeof(*exp)));
+	ck_assert_uint_eq(ext[0].offset, 0);
+	for (uint32_t i = 0; i < n_meta; i++) {
+		ck_assert_uint_eq(ext[i].offset % 4096, 0);
+		ck_assert_uint_eq(ext[i].length % 4096, 0);
+		ck_assert_uint_gt(ext[i].length, 0);
+		for (uint32_t j = 0; j < i; j++)
+			ck_assert(ext[i].offset >= ext[j].offset + ext[j].length ||
+				  ext[j].offset >= ext[i].offset + ext[i].length);
+	}
+	nt = moe_model_tensor_count(m);
+	for (int t = 0; t < nt; t++) {
+		struct moe_tensor_info ti;
+		unsigned in = 0;
+
+		ck_assert_int_eq(moe_model_tensor(m, t, &ti), 0);
+		if (is_expert(ti.role) || ti.role == MOE_ROLE_UNUSED || !ti.bytes)
+			continue;
+		for (uint32_t i = 0; i < n_meta; i++)
+			in += ti.offset >= ext[i].offset &&
+			      ti.offset + ti.bytes <= ext[i].offset + ext[i].length;
+		ck_assert_msg(in == 1, "tensor %s lies in %u metadata extents", ti.name, in);
+	}
+	free(exp);
+	free(ext);
+	/* A limit that takes the experts but not the metadata too says so. */
+	k.max_extents = n_exp;
+	ck_assert_int_eq(moe_kmod_model_extents(&k, m, sum.file_bytes, &ext, &n, &n_meta), -E2BIG);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "metadata"));
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+static struct moe_ctx *byname_ctx(struct moe_model *m)
+{
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx = NULL;
+
+	moe_ctx_default_params(&p);
+	p.n_threads = 1;
+	p.n_ctx = 64;
+	p.state_dir = NULL;
+	ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "moe_ctx_create: %s", moe_errmsg());
+	return ctx;
+}
+
+/*
+ * "moe:NAME" end to end against the stand-in driver: the model opens from
+ * the header extent alone, an inference context reads every tensor through
+ * the driver (the file's descriptor is the stand-in's, not libmoe's) and
+ * its logits equal those of the same model opened by path.
+ */
+START_TEST(kmod_open_by_name)
+{
+	struct moe_kmod k = { .fd = -1, .align = 4096, .max_batch = 64, .max_extents = 1000,
+			      .max_bo = 1ull << 30 };
+	int32_t tok[6] = { 1, 7, 3, 11, 5, 2 };
+	struct moe_model_summary sum;
+	struct moe_hparams ha, hb;
+	struct drm_moe_extent *ext;
+	struct moe_model *a, *b;
+	struct moe_ctx *ca, *cb;
+	char *dir, *path = make_model(&dir);
+	uint64_t ia, ib, sa, sb;
+	uint32_t n, n_meta, vocab, before;
+
+	ck_assert_int_eq(moe_model_open(path, &a), 0);
+	ck_assert_int_eq(moe_model_summary(a, &sum), 0);
+	ck_assert_int_eq(moe_kmod_model_extents(&k, a, sum.file_bytes, &ext, &n, &n_meta), 0);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk.ext = ext;
+	fk.n_ext = n;
+	fk.n_meta = n_meta;
+	fk_reset();
+	moe_kmod_io_client = &fk_client;
+
+	ck_assert_msg(moe_model_open("moe:fake", &b) == 0, "%s", moe_errmsg());
+	ck_assert_str_eq(moe_model_path(b), "moe:fake");
+	ck_assert_int_eq(moe_model_hparams(a, &ha), 0);
+	ck_assert_int_eq(moe_model_hparams(b, &hb), 0);
+	ck_assert(!memcmp(&ha, &hb, sizeof(ha)));
+	ck_assert_int_eq(moe_model_tensor_count(a), moe_model_tensor_count(b));
+	for (int t = 0; t < moe_model_tensor_count(a); t++) {
+		struct moe_tensor_info x, y;
+
+		ck_assert_int_eq(moe_model_tensor(a, t, &x), 0);
+		ck_assert_int_eq(moe_model_tensor(b, t, &y), 0);
+		ck_assert_str_eq(x.name, y.name);
+		ck_assert_uint_eq(x.offset, y.offset);
+		ck_assert_uint_eq(x.bytes, y.bytes);
+		ck_assert_uint_eq(x.role, y.role);
+	}
+	/* the same identity, so routing statistics saved for the file serve the name */
+	ck_assert_int_eq(moe_model_identity(a, &sa, &ia), 0);
+	ck_assert_msg(moe_model_identity(b, &sb, &ib) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(sa, sb);
+	ck_assert_uint_eq(ia, ib);
+
+	ca = byname_ctx(a);
+	before = fk.fetched;
+	cb = byname_ctx(b);
+	/* every resident tensor and expert came through the driver */
+	ck_assert_uint_gt(fk.fetched - before, n_meta);
+	ck_assert_msg(moe_ctx_eval(ca, tok, 6, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s", moe_errmsg());
+	ck_assert_msg(moe_ctx_eval(cb, tok, 6, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s", moe_errmsg());
+	vocab = moe_ctx_n_vocab(ca);
+	for (uint32_t i = 0; i < 6; i++)
+		ck_assert_msg(!memcmp(moe_ctx_logits(ca, i), moe_ctx_logits(cb, i),
+				      sizeof(float) * vocab), "position %u: logits differ", i);
+	moe_ctx_free(cb);
+	moe_ctx_free(ca);
+	ck_assert_uint_eq(fk.overlaps, 0);
+	moe_model_close(b);
+
+	/* An unknown name, and a model registered without metadata, say what to do. */
+	ck_assert_int_eq(moe_model_open("moe:other", &b), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "no model named 'other'"));
+	fk.n_meta = 0;
+	ck_assert_int_eq(moe_model_open("moe:fake", &b), -EOPNOTSUPP);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "moectl load fake"));
+	fk.n_meta = n_meta;
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	close(fk.fd);
+	free(ext);
+	moe_model_close(a);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/*
+ * An engine on "moe:NAME" reads nothing but registered extents: a read
+ * outside them fails with -EACCES instead of falling back to the file, and
+ * the userspace backends are refused by name.
+ */
+START_TEST(kmod_by_name_only_registered)
+{
+	struct moe_io_opts o;
+	struct moe_io *io = NULL;
+	char *dir = tu_tmpdir(), path[4096];
+	uint64_t size = 8 * MIB;
+	uint8_t *data = malloc(size);
+
+	ck_assert_ptr_nonnull(data);
+	for (uint64_t i = 0; i < size; i++)
+		data[i] = fk_byte(i);
+	snprintf(path, sizeof(path), "%s/model.bin", dir);
+	ck_assert_int_eq(tu_write_file(path, data, size), 0);
+	free(data);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk.ext2[0] = (struct drm_moe_extent){ .offset = 0, .length = 64 * 1024 };
+	fk.ext2[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+	fk.ext = fk.ext2;
+	fk.n_ext = 2;
+	fk.n_meta = 1;
+	fk_reset();
+	moe_kmod_io_client = &fk_client;
+	moe_io_opts_init(&o);
+	o.backend = MOE_IO_PREAD;
+	ck_assert_int_eq(moe_io_open("moe:fake", &o, &io), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "auto or kmod"));
+	o.backend = MOE_IO_AUTO;
+	o.queue_depth = 4;
+	o.max_request = 256 * 1024;
+	ck_assert_msg(moe_io_open("moe:fake", &o, &io) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(io->file_size, size);
+	fk_check_read(io, 100, 5000, 0);
+	fk_check_read(io, 5 * MIB + 17, MIB, 0);
+	/* between the extents, and across the end of one */
+	fk_check_read(io, 2 * MIB, 4096, -EACCES);
+	fk_check_read(io, 60 * 1024, 8192, -EACCES);
+	/* more pieces than slots: the rest wait for a slot, none fails */
+	fk_check_read(io, 4 * MIB, 4 * MIB, 0);
+	ck_assert_uint_eq(fk.overlaps, 0);
+	moe_io_close(io);
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	close(fk.fd);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 Suite *suite_kmod(void)
 {
 	Suite *s = suite_create("kmod");
@@ -497,6 +732,9 @@ Suite *suite_kmod(void)
 	tcase_add_test(tc, kmod_expert_extents);
 	tcase_add_test(tc, kmod_late_batch_keeps_slots);
 	tcase_add_test(tc, kmod_late_batch_at_close);
+	tcase_add_test(tc, kmod_model_extents);
+	tcase_add_test(tc, kmod_open_by_name);
+	tcase_add_test(tc, kmod_by_name_only_registered);
 	if (access("/sys/module/moe", F_OK)) {
 		tcase_add_test(tc, kmod_no_driver);
 		tcase_add_test(tc, kmod_moectl_no_driver);

@@ -390,6 +390,91 @@ static int t_register(void)
 	return 0;
 }
 
+/*
+ * uAPI 2.1: MODEL_REGISTER's n_meta is checked and kept, MODEL_INFO reports
+ * it, and a client built against 2.0 (the shorter structs, their ioctl
+ * numbers) still registers and lists models.
+ */
+struct register_v20 {
+	__s32 fd;
+	__u32 flags;
+	char name[DRM_MOE_NAME_LEN];
+	__u64 extents_ptr;
+	__u32 n_extents;
+	__u32 model_id;
+	__u64 file_size;
+};
+
+struct info_v20 {
+	__u32 model_id;
+	__u32 flags;
+	char name[DRM_MOE_NAME_LEN];
+	__u64 extents_ptr;
+	__u32 n_extents;
+	__u32 pad;
+	__u64 file_size;
+	__u64 bytes, requests, errors, inflight;
+	__u32 file_dev_major, file_dev_minor;
+	__u64 file_ino;
+	__u64 lat_hist[DRM_MOE_LAT_BUCKETS];
+};
+
+static int t_meta(void)
+{
+	struct drm_moe_get_param p = { .param = DRM_MOE_PARAM_VERSION };
+	struct drm_moe_extent ext[3] = {
+		{ 0, 64 * 1024 }, { 4 * MIB, MIB }, { 8 * MIB, 2 * MIB },
+	};
+	struct drm_moe_model_register r = { .fd = big_fd, .extents_ptr = (uintptr_t)ext,
+					    .n_extents = 3, .n_meta = 4 };
+	struct drm_moe_model_info info = { 0 };
+	struct register_v20 old = { .fd = big_fd, .extents_ptr = (uintptr_t)ext, .n_extents = 3 };
+	struct info_v20 oinfo = { .flags = DRM_MOE_INFO_BY_NAME };
+	unsigned long reg20 = DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_MODEL_REGISTER,
+				       struct register_v20);
+	unsigned long info20 = DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_MODEL_INFO, struct info_v20);
+
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_GET_PARAM, &p), "GET_PARAM VERSION");
+	EXPECT(p.value == (DRM_MOE_VERSION_MAJOR << 16 | DRM_MOE_VERSION_MINOR),
+	       "version 0x%llx", (unsigned long long)p.value);
+	strcpy(r.name, "meta");
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_MODEL_REGISTER, &r), EINVAL, "n_meta > n_extents");
+	r.n_meta = 2;
+	r.pad = 1;
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_MODEL_REGISTER, &r), EINVAL, "non-zero pad");
+	r.pad = 0;
+	ext[0].offset = 4096;
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_MODEL_REGISTER, &r), EINVAL,
+		   "metadata whose extent 0 does not start at 0");
+	ext[0].offset = 0;
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_MODEL_REGISTER, &r), "register with n_meta 2: %s",
+	       strerror(errno));
+	info.flags = DRM_MOE_INFO_BY_NAME;
+	strcpy(info.name, "meta");
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info), "MODEL_INFO");
+	EXPECT(info.n_meta == 2 && info.n_extents == 3, "info says n_meta %u of %u extents",
+	       info.n_meta, info.n_extents);
+	info.pad2 = 1;
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info), EINVAL, "non-zero pad2");
+	EXPECT(!model_unregister(moe_fd, r.model_id), "unregister 'meta'");
+
+	/* 2.0's structs: no n_meta, so no metadata; everything else as before */
+	strcpy(old.name, "meta-v20");
+	EXPECT(!ioc(moe_fd, reg20, &old), "2.0-sized MODEL_REGISTER: %s", strerror(errno));
+	EXPECT(old.model_id && old.file_size == 96 * MIB, "2.0 register: id %u size %llu",
+	       old.model_id, (unsigned long long)old.file_size);
+	strcpy(oinfo.name, "meta-v20");
+	EXPECT(!ioc(moe_fd, info20, &oinfo), "2.0-sized MODEL_INFO: %s", strerror(errno));
+	EXPECT(oinfo.model_id == old.model_id && oinfo.n_extents == 3, "2.0 info: id %u, %u extents",
+	       oinfo.model_id, oinfo.n_extents);
+	memset(&info, 0, sizeof(info));
+	info.model_id = old.model_id;
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info), "MODEL_INFO of the 2.0 model");
+	EXPECT(info.n_meta == 0, "a 2.0 registration has n_meta %u", info.n_meta);
+	EXPECT(!model_unregister(moe_fd, old.model_id), "unregister 'meta-v20'");
+	return 0;
+}
+
 static int t_fetch_wait(void)
 {
 	struct drm_moe_fetch_req reqs[N_EXT];
@@ -1476,6 +1561,7 @@ static const struct { const char *name; int (*fn)(void); } tests[] = {
 	{ "get-param", t_get_param },
 	{ "bo-create-mmap-prime", t_bo },
 	{ "register", t_register },
+	{ "register-metadata-uapi-2.1", t_meta },
 	{ "fetch-wait-equals-pread", t_fetch_wait },
 	{ "fetch-sub-range", t_subrange },
 	{ "fetch-eof-tail-zeroed", t_eof_tail },

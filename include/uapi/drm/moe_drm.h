@@ -42,10 +42,13 @@ extern "C" {
 
 /*
  * uAPI version: major changes break, minor ones add.  2: cmd_op of the
- * io_uring FETCH is _IOWR-encoded (it was the bare number 0x6d01).
+ * io_uring FETCH is _IOWR-encoded (it was the bare number 0x6d01).  2.1:
+ * MODEL_REGISTER and MODEL_INFO grew @n_meta (a model's metadata extents,
+ * so that a client can open it by name); clients built against 2.0 pass the
+ * shorter structs and keep working.
  */
 #define DRM_MOE_VERSION_MAJOR		2
-#define DRM_MOE_VERSION_MINOR		0
+#define DRM_MOE_VERSION_MINOR		1
 
 /* Fixed-size names keep MODEL_REGISTER free of a second user copy. */
 #define DRM_MOE_NAME_LEN		64
@@ -142,6 +145,15 @@ struct drm_moe_extent {
  * @n_extents: in, 1..DRM_MOE_PARAM_MAX_EXTENTS (-E2BIG above).
  * @model_id: out, the model id (never 0).
  * @file_size: out, the size of the file at registration.
+ * @n_meta: in (uAPI 2.1), how many of the first extents are the model's
+ *	metadata: extent 0 starts at offset 0 and holds the file's header and
+ *	tensor table, the others hold the tensors a client needs besides the
+ *	routed experts.  With them a client can open the model by name and read
+ *	everything through FETCH, never touching the file.  0 (and every 2.0
+ *	client, whose shorter struct ends before this field): the extents are
+ *	expert data only.  -EINVAL above @n_extents or when extent 0 does not
+ *	start at offset 0.
+ * @pad: must be zero.
  *
  * Needs CAP_SYS_ADMIN (-EPERM).  -ENOSPC at DRM_MOE_PARAM_MAX_MODELS.
  */
@@ -153,6 +165,8 @@ struct drm_moe_model_register {
 	__u32 n_extents;
 	__u32 model_id;
 	__u64 file_size;
+	__u32 n_meta;
+	__u32 pad;
 };
 
 /**
@@ -193,6 +207,9 @@ struct drm_moe_model_unregister {
  * @file_ino: out, the file's inode number as stat(2) reports it; with the
  *	device it lets a client find the model registered for a file it opened.
  * @lat_hist: out, completed requests by latency (DRM_MOE_LAT_BUCKETS).
+ * @n_meta: out (uAPI 2.1), the metadata extents MODEL_REGISTER declared
+ *	(extents 0..@n_meta - 1); 0 when the model cannot be opened by name.
+ * @pad2: must be zero.
  *
  * Any opener may ask; the counters are also in debugfs (dri/N/moe_models).
  */
@@ -212,6 +229,8 @@ struct drm_moe_model_info {
 	__u32 file_dev_minor;
 	__u64 file_ino;
 	__u64 lat_hist[DRM_MOE_LAT_BUCKETS];
+	__u32 n_meta;
+	__u32 pad2;
 };
 
 /**
