@@ -21,7 +21,7 @@ static void moe_model_release(struct kref *ref)
 
 	fput(model->file);
 	kvfree(model->extents);
-	kfree(model);
+	kfree_rcu(model, rcu);
 }
 
 /* Only from process context: the last put releases the file. */
@@ -30,25 +30,30 @@ void moe_model_put(struct moe_model *model)
 	kref_put(&model->ref, moe_model_release);
 }
 
+/*
+ * The FETCH path's lookup: no device-wide lock.  A model being unregistered
+ * may still be found; its last reference may be going, which
+ * kref_get_unless_zero refuses, and RCU keeps the memory until then.
+ */
 struct moe_model *moe_model_lookup(struct moe_device *mdev, u32 id)
 {
 	struct moe_model *model;
 
-	mutex_lock(&mdev->models_lock);
-	model = idr_find(&mdev->models, id);
-	if (model)
-		kref_get(&model->ref);
-	mutex_unlock(&mdev->models_lock);
+	rcu_read_lock();
+	model = xa_load(&mdev->models, id);
+	if (model && !kref_get_unless_zero(&model->ref))
+		model = NULL;
+	rcu_read_unlock();
 	return model;
 }
 
 static struct moe_model *moe_model_find_name(struct moe_device *mdev, const char *name)
 {
 	struct moe_model *model;
-	int id;
+	unsigned long id;
 
 	lockdep_assert_held(&mdev->models_lock);
-	idr_for_each_entry(&mdev->models, model, id)
+	xa_for_each(&mdev->models, id, model)
 		if (!strcmp(model->name, name))
 			return model;
 	return NULL;
@@ -172,10 +177,10 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 		goto err_unlock;
 	}
 	/* Cyclic ids: a stale id from an unregistered model does not name a new one. */
-	ret = idr_alloc_cyclic(&mdev->models, model, 1, INT_MAX, GFP_KERNEL);
+	ret = xa_alloc_cyclic(&mdev->models, &model->id, model, XA_LIMIT(1, INT_MAX),
+			      &mdev->next_id, GFP_KERNEL);
 	if (ret < 0)
 		goto err_unlock;
-	model->id = ret;
 	mdev->n_models++;
 	mutex_unlock(&mdev->models_lock);
 
@@ -208,13 +213,15 @@ int moe_model_unregister_ioctl(struct drm_device *dev, void *data, struct drm_fi
 		return -EINVAL;
 
 	mutex_lock(&mdev->models_lock);
-	model = idr_remove(&mdev->models, args->model_id);
+	model = args->model_id ? xa_erase(&mdev->models, args->model_id) : NULL;
 	if (model)
 		mdev->n_models--;
 	mutex_unlock(&mdev->models_lock);
 	if (!model)
 		return -ENOENT;
 	moe_dbg(mdev, MOE_DBG_MODEL, "unregistered model %u '%s'\n", model->id, model->name);
+	/* Queued batches that would read it end now; those reading finish. */
+	moe_fetch_cancel_model(mdev, model);
 	/* Requests in flight hold their own references. */
 	moe_model_put(model);
 	return 0;
@@ -224,17 +231,16 @@ static struct moe_model *moe_model_info_lookup(struct moe_device *mdev,
 					       struct drm_moe_model_info *args)
 {
 	struct moe_model *model = NULL;
-	int id;
+	unsigned long id;
 
 	mutex_lock(&mdev->models_lock);
 	if (args->flags & DRM_MOE_INFO_BY_NAME) {
 		model = moe_model_find_name(mdev, args->name);
 	} else if (args->flags & DRM_MOE_INFO_NEXT) {
-		id = args->model_id + 1;
-		if (id > 0)
-			model = idr_get_next(&mdev->models, &id);
+		id = args->model_id;
+		model = xa_find_after(&mdev->models, &id, U32_MAX, XA_PRESENT);
 	} else {
-		model = idr_find(&mdev->models, args->model_id);
+		model = xa_load(&mdev->models, args->model_id);
 	}
 	if (model)
 		kref_get(&model->ref);
@@ -291,11 +297,11 @@ out_put:
 void moe_models_release_all(struct moe_device *mdev)
 {
 	struct moe_model *model;
-	int id;
+	unsigned long id;
 
 	mutex_lock(&mdev->models_lock);
-	idr_for_each_entry(&mdev->models, model, id) {
-		idr_remove(&mdev->models, id);
+	xa_for_each(&mdev->models, id, model) {
+		xa_erase(&mdev->models, id);
 		moe_model_put(model);
 	}
 	mdev->n_models = 0;

@@ -197,15 +197,36 @@ int moe_kmod_info(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *in
 	return kioctl(k, DRM_IOCTL_MOE_MODEL_INFO, info);
 }
 
-int moe_kmod_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
-		   int64_t *results, uint64_t *ticket)
+int moe_kmod_fetch_flags(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
+			 uint32_t flags, int64_t *results, uint64_t *ticket)
 {
 	struct drm_moe_fetch f = {
 		.reqs_ptr = (uintptr_t)reqs, .results_ptr = (uintptr_t)results, .count = n,
+		/* a driver before uAPI 2.2 has no priorities: everything is demand there */
+		.flags = k->minor >= 2 ? flags : 0,
 	};
 	int ret = kioctl(k, DRM_IOCTL_MOE_FETCH, &f);
 
 	*ticket = f.ticket;
+	return ret;
+}
+
+int moe_kmod_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
+		   int64_t *results, uint64_t *ticket)
+{
+	return moe_kmod_fetch_flags(k, reqs, n, 0, results, ticket);
+}
+
+int moe_kmod_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled)
+{
+	struct drm_moe_cancel c = { .ticket = ticket };
+	int ret;
+
+	if (k->minor < 2)
+		return -EOPNOTSUPP;
+	ret = kioctl(k, DRM_IOCTL_MOE_CANCEL, &c);
+	if (!ret && cancelled)
+		*cancelled = c.cancelled;
 	return ret;
 }
 

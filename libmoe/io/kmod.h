@@ -37,6 +37,14 @@ int moe_kmod_info(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *in
 /* Queue @n requests; per-request results land in @results at moe_kmod_wait(). */
 int moe_kmod_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
 		   int64_t *results, uint64_t *ticket);
+/* The same with FETCH flags (DRM_MOE_FETCH_LOW; dropped by a driver before uAPI 2.2). */
+int moe_kmod_fetch_flags(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
+			 uint32_t flags, int64_t *results, uint64_t *ticket);
+/*
+ * Take back this node's low-priority batches not yet issued (@ticket 0: all
+ * of them); they complete with -ECANCELED.  -EOPNOTSUPP before uAPI 2.2.
+ */
+int moe_kmod_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled);
 /* Wait until @ticket's batch completed; @timeout_s from now. */
 int moe_kmod_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
 
@@ -87,7 +95,8 @@ struct moe_kmod_client {
 	int (*bo_create)(struct moe_kmod *k, uint64_t size, struct moe_kmod_bo *bo);
 	void (*bo_destroy)(struct moe_kmod *k, struct moe_kmod_bo *bo);
 	int (*fetch)(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
-		     int64_t *results, uint64_t *ticket);
+		     uint32_t flags, int64_t *results, uint64_t *ticket);
+	int (*cancel)(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled);
 	int (*wait)(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
 };
 

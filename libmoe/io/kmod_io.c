@@ -30,8 +30,9 @@ const struct moe_kmod_client moe_kmod_client_driver = {
 	.info = moe_kmod_info,
 	.bo_create = moe_kmod_bo_create,
 	.bo_destroy = moe_kmod_bo_destroy,
-	.fetch = moe_kmod_fetch,
+	.fetch = moe_kmod_fetch_flags,
 	.wait = moe_kmod_wait,
+	.cancel = moe_kmod_cancel,
 };
 
 const struct moe_kmod_client *moe_kmod_io_client = &moe_kmod_client_driver;
@@ -74,7 +75,7 @@ struct kmod_be {
 	struct moe_kmod_bo bo;
 	uint64_t slot_bytes;
 	unsigned *free_slots, n_free;
-	struct drm_moe_fetch_req *reqs;
+	struct drm_moe_fetch_req *reqs[2];  /* demand, low */
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
 	struct kbatch *head, *tail;
@@ -322,7 +323,8 @@ static void kmod_be_free(struct kmod_be *be)
 	free(be->ext);
 	free(be->ext_maxend);
 	free(be->free_slots);
-	free(be->reqs);
+	free(be->reqs[0]);
+	free(be->reqs[1]);
 	free(be);
 }
 
@@ -430,8 +432,9 @@ static int kmod_init(struct moe_io *io)
 	if (ret)
 		goto err;
 	be->free_slots = calloc(qd, sizeof(*be->free_slots));
-	be->reqs = calloc(qd, sizeof(*be->reqs));
-	if (!be->free_slots || !be->reqs) {
+	be->reqs[0] = calloc(qd, sizeof(*be->reqs[0]));
+	be->reqs[1] = calloc(qd, sizeof(*be->reqs[1]));
+	if (!be->free_slots || !be->reqs[0] || !be->reqs[1]) {
 		ret = moe_err(ENOMEM, "no memory for the moe.ko backend");
 		goto err;
 	}
@@ -467,18 +470,63 @@ static void kmod_fini(struct moe_io *io)
 	io->be = NULL;
 }
 
-/* io->lock held: must not end pieces here. */
+/*
+ * FETCH @kb's requests (@reqs) with @flags, or, when the driver refuses,
+ * hand its pieces to @pb: pread on a path, their end with the errno on
+ * "moe:NAME".  io->lock held; be->mu not.
+ */
+static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb,
+			const struct drm_moe_fetch_req *reqs, uint32_t flags, struct kbatch *pb)
+{
+	int ret;
+
+	if (!kb->n) {
+		kbatch_free(kb);
+		return;
+	}
+	ret = be->c->fetch(be->k, reqs, kb->n, flags, kb->results, &kb->ticket);
+	if (!ret) {
+		be_push(be, kb);
+		return;
+	}
+	if (be->byname)
+		moe_err(-ret, "%s: moe.ko refused a FETCH: %s", io->path, strerror(-ret));
+	else
+		moe_log_once(MOE_LOG_WARN, "kmod-fetch-refused",
+			     "moe.ko refused a FETCH (%s): reading with pread instead",
+			     strerror(-ret));
+	pthread_mutex_lock(&be->mu);
+	for (unsigned i = 0; i < kb->n; i++)
+		be->free_slots[be->n_free++] = kb->slots[i];
+	pthread_mutex_unlock(&be->mu);
+	if (be->byname) {
+		/* No pread to fall back on: the pieces end with the driver's errno. */
+		kb->ticket = 0;
+		kb->err = ret;
+		be_push(be, kb);
+		return;
+	}
+	for (unsigned i = 0; i < kb->n; i++)
+		pb->pieces[pb->n++] = kb->pieces[i];
+	kbatch_free(kb);
+}
+
+/*
+ * io->lock held: must not end pieces here.  Demand pieces and prefetches
+ * (p->low) go in separate FETCHes, the latter with DRM_MOE_FETCH_LOW, so
+ * the driver reads them only when no demand batch is reading.
+ */
 static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned n)
 {
 	struct kmod_be *be = io->be;
-	struct kbatch *kb = kbatch_new(n), *pb = kbatch_new(n);
+	struct kbatch *kb[2] = { kbatch_new(n), kbatch_new(n) }, *pb = kbatch_new(n);
 	uint64_t align = be->k->align;
 	unsigned accepted = n;
-	int ret;
 
-	if (!kb || !pb) {
-		if (kb)
-			kbatch_free(kb);
+	if (!kb[0] || !kb[1] || !pb) {
+		for (int j = 0; j < 2; j++)
+			if (kb[j])
+				kbatch_free(kb[j]);
 		if (pb)
 			kbatch_free(pb);
 		return moe_err(ENOMEM, "no memory for a moe.ko batch");
@@ -489,6 +537,7 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 		const struct kext *e = kext_find(be, p->pos, p->len);
 		uint64_t start = p->pos / align * align;
 		uint64_t end = MOE_ALIGN_UP(p->pos + p->len, align);
+		struct kbatch *b = kb[p->low];
 
 		if (!e && be->byname) {
 			/* Nothing else of the file is readable: the piece fails (finish_batch). */
@@ -498,76 +547,32 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 			pb->err = -EACCES;
 			continue;
 		}
-		if (e && be->byname && (!be->n_free || kb->n >= be->k->max_batch)) {
+		if (e && be->byname && (!be->n_free || b->n >= be->k->max_batch)) {
 			/* The rest waits in the engine for a slot: pread is no way out. */
 			accepted = i;
 			break;
 		}
 		/* Reads outside the registered extents: this process reads them itself. */
-		if (!e || !be->n_free || kb->n >= be->k->max_batch ||
+		if (!e || !be->n_free || b->n >= be->k->max_batch ||
 		    end - start > be->slot_bytes) {
 			pb->pieces[pb->n++] = p;
 			continue;
 		}
 		end = MOE_MIN(end, e->off + e->len);
-		kb->pieces[kb->n] = p;
-		kb->slots[kb->n] = be->free_slots[--be->n_free];
-		kb->skip[kb->n] = p->pos - start;
-		be->reqs[kb->n] = (struct drm_moe_fetch_req){
+		b->pieces[b->n] = p;
+		b->slots[b->n] = be->free_slots[--be->n_free];
+		b->skip[b->n] = p->pos - start;
+		be->reqs[p->low][b->n] = (struct drm_moe_fetch_req){
 			.model_id = be->model_id, .extent = e->idx, .handle = be->bo.handle,
-			.bo_offset = kb->slots[kb->n] * be->slot_bytes,
+			.bo_offset = b->slots[b->n] * be->slot_bytes,
 			.offset = start - e->off, .length = end - start,
 		};
-		kb->n++;
+		b->n++;
 	}
 	pthread_mutex_unlock(&be->mu);
 
-	if (kb->n) {
-		ret = be->c->fetch(be->k, be->reqs, kb->n, kb->results, &kb->ticket);
-		if (ret && be->byname) {
-			/* No pread to fall back on: the pieces end with the driver's errno. */
-			moe_err(-ret, "%s: moe.ko refused a FETCH: %s", io->path, strerror(-ret));
-			pthread_mutex_lock(&be->mu);
-			for (unsigned i = 0; i < kb->n; i++)
-				be->free_slots[be->n_free++] = kb->slots[i];
-			pthread_mutex_unlock(&be->mu);
-			if (pb->n) {
-				/* pb's pieces end with -EACCES, these with ret: two batches */
-				struct kbatch *eb = kbatch_new(kb->n);
-
-				if (!eb) {
-					ret = -ENOMEM;
-				} else {
-					memcpy(eb->pieces, kb->pieces, kb->n * sizeof(*eb->pieces));
-					eb->n = kb->n;
-					eb->err = ret;
-					be_push(be, eb);
-					kb->n = 0;
-				}
-			}
-			if (kb->n) {
-				for (unsigned i = 0; i < kb->n; i++)
-					pb->pieces[pb->n++] = kb->pieces[i];
-				pb->err = ret;
-				kb->n = 0;
-			}
-		} else if (ret) {
-			moe_log_once(MOE_LOG_WARN, "kmod-fetch-refused",
-				     "moe.ko refused a FETCH (%s): reading with pread instead",
-				     strerror(-ret));
-			pthread_mutex_lock(&be->mu);
-			for (unsigned i = 0; i < kb->n; i++) {
-				be->free_slots[be->n_free++] = kb->slots[i];
-				pb->pieces[pb->n++] = kb->pieces[i];
-			}
-			pthread_mutex_unlock(&be->mu);
-			kb->n = 0;
-		}
-	}
-	if (kb->n)
-		be_push(be, kb);
-	else
-		kbatch_free(kb);
+	kmod_submit(io, be, kb[0], be->reqs[0], 0, pb);
+	kmod_submit(io, be, kb[1], be->reqs[1], DRM_MOE_FETCH_LOW, pb);
 	if (pb->n)
 		be_push(be, pb);
 	else
@@ -578,11 +583,27 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 	return (int)accepted;
 }
 
+/*
+ * io->lock held (the engine is closing with pieces in flight): prefetches
+ * the driver has not started yet end now with -ECANCELED instead of being
+ * read for no one.
+ */
+static void kmod_cancel(struct moe_io *io)
+{
+	struct kmod_be *be = io->be;
+	uint32_t n = 0;
+
+	if (be->c->cancel && !be->c->cancel(be->k, 0, &n) && n)
+		moe_log(MOE_LOG_DEBUG, "%s: %u queued moe.ko prefetch batches cancelled", io->path,
+			n);
+}
+
 const struct moe_io_ops moe_io_kmod_ops = {
 	.name = "moe.ko",
 	.init = kmod_init,
 	.fini = kmod_fini,
 	.issue = kmod_issue,
+	.cancel = kmod_cancel,
 };
 
 int moe_kmod_read_header(const char *name, void **data, uint64_t *len, uint64_t *file_size)
@@ -626,7 +647,7 @@ int moe_kmod_read_header(const char *name, void **data, uint64_t *len, uint64_t 
 		goto out;
 	req = (struct drm_moe_fetch_req){ .model_id = info.model_id, .extent = 0,
 					  .handle = bo.handle, .length = ext.length };
-	ret = c->fetch(k, &req, 1, &res, &ticket);
+	ret = c->fetch(k, &req, 1, 0, &res, &ticket);
 	if (!ret)
 		ret = c->wait(k, ticket, KMOD_WAIT_S, &failed);
 	if (!ret && res < 0)

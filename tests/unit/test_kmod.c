@@ -151,6 +151,9 @@ static struct {
 	struct fk_batch b[FK_BATCHES];
 	unsigned overlaps;
 	unsigned fetched;
+	unsigned low_batches;    /* FETCHes with DRM_MOE_FETCH_LOW */
+	unsigned late_wait_us;   /* how long a WAIT with a timeout takes on a late batch */
+	unsigned cancels;
 	unsigned etime;
 	unsigned live_at_close;
 } fk = { .mu = PTHREAD_MUTEX_INITIALIZER };
@@ -202,6 +205,7 @@ static void fk_reset(void)
 	memset(fk.b, 0, sizeof(fk.b));
 	fk.next_ticket = 0;
 	fk.overlaps = fk.fetched = fk.etime = fk.live_at_close = 0;
+	fk.low_batches = fk.cancels = fk.late_wait_us = 0;
 }
 
 static int fk_open(struct moe_kmod **out)
@@ -277,11 +281,13 @@ static void fk_bo_destroy(struct moe_kmod *k, struct moe_kmod_bo *bo)
 }
 
 static int fk_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
-		    int64_t *results, uint64_t *ticket)
+		    uint32_t flags, int64_t *results, uint64_t *ticket)
 {
 	struct fk_batch *b = NULL;
 
 	(void)k;
+	ck_assert_uint_eq(flags & ~DRM_MOE_FETCH_FLAGS, 0);
+	fk.low_batches += !!(flags & DRM_MOE_FETCH_LOW);
 	ck_assert_uint_gt(n, 0);
 	ck_assert_uint_le(n, FK_REQS);
 	pthread_mutex_lock(&fk.mu);
@@ -334,7 +340,6 @@ static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32
 	int ret = -ENOENT;
 
 	(void)k;
-	(void)timeout_s;
 	pthread_mutex_lock(&fk.mu);
 	for (unsigned i = 0; i < FK_BATCHES; i++) {
 		struct fk_batch *b = &fk.b[i];
@@ -343,6 +348,11 @@ static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32
 			continue;
 		if (b->late) {
 			/* As if the deadline passed with the device still busy. */
+			if (timeout_s > 0 && fk.late_wait_us) {
+				pthread_mutex_unlock(&fk.mu);
+				usleep(fk.late_wait_us);
+				pthread_mutex_lock(&fk.mu);
+			}
 			fk.etime++;
 			ret = -ETIME;
 			break;
@@ -360,10 +370,20 @@ static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32
 	return ret;
 }
 
+static int fk_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled)
+{
+	(void)k;
+	ck_assert_uint_eq(ticket, 0);
+	fk.cancels++;
+	if (cancelled)
+		*cancelled = 0;
+	return 0;
+}
+
 static const struct moe_kmod_client fk_client = {
 	.open = fk_open, .close = fk_close, .next = fk_next, .find = fk_find, .info = fk_info,
 	.bo_create = fk_bo_create, .bo_destroy = fk_bo_destroy, .fetch = fk_fetch,
-	.wait = fk_wait,
+	.wait = fk_wait, .cancel = fk_cancel,
 };
 
 static uint8_t fk_byte(uint64_t i)
@@ -723,6 +743,76 @@ START_TEST(kmod_by_name_only_registered)
 }
 END_TEST
 
+static void low_done(void *arg, int64_t res, void *interior)
+{
+	(void)interior;
+	*(int64_t *)arg = res;
+}
+
+/*
+ * Prefetches (MOE_IO_READ_LOW) reach the driver as DRM_MOE_FETCH_LOW
+ * batches, demand reads without the flag; an engine closing with pieces in
+ * flight takes the driver's queued prefetches back (CANCEL).
+ */
+START_TEST(kmod_prefetch_low_priority)
+{
+	struct moe_io_opts o;
+	struct moe_io *io = NULL;
+	char *dir = tu_tmpdir(), path[4096];
+	uint64_t size = 8 * MIB;
+	uint8_t *data = malloc(size);
+	int64_t res = 1;
+	void *dst;
+
+	ck_assert_ptr_nonnull(data);
+	for (uint64_t i = 0; i < size; i++)
+		data[i] = fk_byte(i);
+	snprintf(path, sizeof(path), "%s/model.bin", dir);
+	ck_assert_int_eq(tu_write_file(path, data, size), 0);
+	free(data);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk_two_extents();
+	fk_reset();
+	moe_kmod_io_client = &fk_client;
+	moe_io_opts_init(&o);
+	o.backend = MOE_IO_KMOD;
+	o.direct = MOE_IO_DIRECT_OFF;
+	o.queue_depth = 4;
+	o.max_request = 256 * 1024;
+	ck_assert_msg(moe_io_open(path, &o, &io) == 0, "%s", moe_errmsg());
+	fk_check_read(io, 4096, 300000, 0);
+	ck_assert_uint_eq(fk.low_batches, 0);
+	dst = moe_io_alloc(io, MIB);
+	ck_assert_ptr_nonnull(dst);
+	ck_assert_int_eq(moe_io_read_flags(io, 2 * MIB, MIB, dst, MIB, MOE_IO_READ_LOW, low_done,
+					   &res), 0);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	while (res == 1)
+		ck_assert_int_ge(moe_io_wait(io, 1), 0);
+	ck_assert_int_eq(res, (int64_t)MIB);
+	ck_assert_uint_ge(fk.low_batches, 1);
+	ck_assert_uint_eq(fk.cancels, 0);
+
+	/* Closing with a prefetch still in the driver asks for it back. */
+	fk.make_late = 1;
+	fk.late_wait_us = 300000;
+	res = 1;
+	ck_assert_int_eq(moe_io_read_flags(io, 5 * MIB, MIB / 4, dst, MIB, MOE_IO_READ_LOW,
+					   low_done, &res), 0);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	/* dst is still the late read's: the pool goes with the engine */
+	moe_io_close(io);
+	ck_assert_uint_eq(fk.cancels, 1);
+	ck_assert_int_lt(res, 0);
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	close(fk.fd);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 Suite *suite_kmod(void)
 {
 	Suite *s = suite_create("kmod");
@@ -735,6 +825,7 @@ Suite *suite_kmod(void)
 	tcase_add_test(tc, kmod_model_extents);
 	tcase_add_test(tc, kmod_open_by_name);
 	tcase_add_test(tc, kmod_by_name_only_registered);
+	tcase_add_test(tc, kmod_prefetch_low_priority);
 	if (access("/sys/module/moe", F_OK)) {
 		tcase_add_test(tc, kmod_no_driver);
 		tcase_add_test(tc, kmod_moectl_no_driver);
