@@ -130,11 +130,30 @@ by_name_tests() {
 	rm -f /tmp/direct.* /tmp/byname.*
 }
 
+# Not a test: decode with the experts streamed (a 24 MiB budget holds 2 of
+# them), from the file (io_uring, O_DIRECT) and through the driver
+# (moe:tiny), three rounds interleaved; "# bench-decode" lines for
+# Documentation/performance.rst.
+bench_decode() {
+	[ -x /bin/moe-run ] || return
+	set -- --tokens 1,5,9,2,7 -n 48 --no-state --stats --vram 24M --threads 2
+	for r in 1 2 3; do
+		for m in /mnt/models/tiny.gguf moe:tiny; do
+			echo 3 >/proc/sys/vm/drop_caches
+			moe-run -m "$m" "$@" >/dev/null 2>/tmp/bench.err
+			echo "# bench-decode round $r $m: $(grep -E '^(decode|read):' /tmp/bench.err |
+				tr '\n' ' ')"
+		done
+	done
+	rm -f /tmp/bench.err
+}
+
 if [ -x /bin/moectl ] && [ -e /mnt/models/tiny.gguf ]; then
 	check moectl-load-warm "registered 'tiny'" moectl load --warm tiny /mnt/models/tiny.gguf
 	check moectl-status-json '"name": "tiny"' moectl status --json
 	moe-vmio /mnt/models/tiny.gguf
 	by_name_tests
+	bench_decode
 	check moectl-status-as-group-moe "tiny" moe-vmtest --as 1001 1000 /bin/moectl status
 	check_fail moectl-status-without-group "join group moe" \
 		moe-vmtest --as 1001 1001 /bin/moectl status
