@@ -584,7 +584,7 @@ START_TEST(kmod_model_extents)
 	k.max_extents = n_exp;
 	ck_assert_int_eq(moe_kmod_model_extents(&k, m, sum.file_bytes, &ext, &n, &n_meta), -E2BIG);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "metadata"));
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -595,7 +595,7 @@ static struct moe_ctx *byname_ctx(struct moe_model *m)
 	struct moe_ctx_params p;
 	struct moe_ctx *ctx = NULL;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 1;
 	p.n_ctx = 64;
 	p.state_dir = NULL;
@@ -668,10 +668,10 @@ START_TEST(kmod_open_by_name)
 	for (uint32_t i = 0; i < 6; i++)
 		ck_assert_msg(!memcmp(moe_ctx_logits(ca, i), moe_ctx_logits(cb, i),
 				      sizeof(float) * vocab), "position %u: logits differ", i);
-	moe_ctx_free(cb);
-	moe_ctx_free(ca);
+	moe_ctx_destroy(cb);
+	moe_ctx_destroy(ca);
 	ck_assert_uint_eq(fk.overlaps, 0);
-	moe_model_close(b);
+	moe_model_destroy(b);
 
 	/* An unknown name, and a model registered without metadata, say what to do. */
 	ck_assert_int_eq(moe_model_open("moe:other", &b), -ENOENT);
@@ -683,7 +683,7 @@ START_TEST(kmod_open_by_name)
 	moe_kmod_io_client = &moe_kmod_client_driver;
 	close(fk.fd);
 	free(ext);
-	moe_model_close(a);
+	moe_model_destroy(a);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -696,7 +696,7 @@ END_TEST
  */
 START_TEST(kmod_by_name_only_registered)
 {
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io = NULL;
 	char *dir = tu_tmpdir(), path[4096];
 	uint64_t size = 8 * MIB;
@@ -718,7 +718,7 @@ START_TEST(kmod_by_name_only_registered)
 	fk.n_meta = 1;
 	fk_reset();
 	moe_kmod_io_client = &fk_client;
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = MOE_IO_PREAD;
 	ck_assert_int_eq(moe_io_open("moe:fake", &o, &io), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "auto or kmod"));
@@ -735,7 +735,7 @@ START_TEST(kmod_by_name_only_registered)
 	/* more pieces than slots: the rest wait for a slot, none fails */
 	fk_check_read(io, 4 * MIB, 4 * MIB, 0);
 	ck_assert_uint_eq(fk.overlaps, 0);
-	moe_io_close(io);
+	moe_io_destroy(io);
 	moe_kmod_io_client = &moe_kmod_client_driver;
 	close(fk.fd);
 	tu_rmtree(dir);
@@ -756,7 +756,7 @@ static void low_done(void *arg, int64_t res, void *interior)
  */
 START_TEST(kmod_prefetch_low_priority)
 {
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io = NULL;
 	char *dir = tu_tmpdir(), path[4096];
 	uint64_t size = 8 * MIB;
@@ -776,7 +776,7 @@ START_TEST(kmod_prefetch_low_priority)
 	fk_two_extents();
 	fk_reset();
 	moe_kmod_io_client = &fk_client;
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = MOE_IO_KMOD;
 	o.direct = MOE_IO_DIRECT_OFF;
 	o.queue_depth = 4;
@@ -784,8 +784,7 @@ START_TEST(kmod_prefetch_low_priority)
 	ck_assert_msg(moe_io_open(path, &o, &io) == 0, "%s", moe_errmsg());
 	fk_check_read(io, 4096, 300000, 0);
 	ck_assert_uint_eq(fk.low_batches, 0);
-	dst = moe_io_alloc(io, MIB);
-	ck_assert_ptr_nonnull(dst);
+	ck_assert_int_eq(moe_io_alloc(io, MIB, &dst), 0);
 	ck_assert_int_eq(moe_io_read_flags(io, 2 * MIB, MIB, dst, MIB, MOE_IO_READ_LOW, low_done,
 					   &res), 0);
 	ck_assert_int_eq(moe_io_submit(io), 0);
@@ -803,7 +802,7 @@ START_TEST(kmod_prefetch_low_priority)
 					   low_done, &res), 0);
 	ck_assert_int_eq(moe_io_submit(io), 0);
 	/* dst is still the late read's: the pool goes with the engine */
-	moe_io_close(io);
+	moe_io_destroy(io);
 	ck_assert_uint_eq(fk.cancels, 1);
 	ck_assert_int_lt(res, 0);
 	moe_kmod_io_client = &moe_kmod_client_driver;
