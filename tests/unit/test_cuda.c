@@ -623,6 +623,7 @@ static struct {
 	struct tr_op op[TR_OPS];
 	unsigned n_op;
 	bool on;
+	bool tiled;             /* the prompt's attention looked up the tiled kernel */
 } tr;
 
 static int tr_range(const void *p, size_t n)
@@ -724,6 +725,12 @@ static CUresult tr_wait(CUstream s, CUevent e, unsigned int flags)
 	return tr.fake.cuStreamWaitEvent(s, e, flags);
 }
 
+static CUresult tr_get_function(CUfunction *f, CUmodule m, const char *name)
+{
+	tr.tiled |= !strcmp(name, "moe_k_attention_tiled");
+	return tr.fake.cuModuleGetFunction(f, m, name);
+}
+
 /* The fake driver behind MOE_CUDA_LIBRARY, every call of interest recorded once tr.on. */
 static void trace_driver(const struct simt_fake_config *cfg)
 {
@@ -742,6 +749,7 @@ static void trace_driver(const struct simt_fake_config *cfg)
 	api.cuMemcpyDtoHAsync = tr_d2h;
 	api.cuEventRecord = tr_record;
 	api.cuStreamWaitEvent = tr_wait;
+	api.cuModuleGetFunction = tr_get_function;
 	fake_driver_lib_api(cfg, &api);
 }
 
@@ -766,7 +774,8 @@ static struct moe_model *small_model(const char *dir, const char *type)
  * reused (so recycled once their copy event completed) across more misses
  * than there are buffers; the compute stream waits only on events the copy
  * stream recorded, at most one per expert a layer uses; and the device
- * memory the driver reports taken is the budget's count.  Fully resident,
+ * memory the driver reports taken is the budget's count.  The prompt's
+ * attention runs on the tiled kernel.  Fully resident,
  * generation uploads nothing and waits on nothing.
  */
 START_TEST(cuda_pipeline_calls)
@@ -795,6 +804,7 @@ START_TEST(cuda_pipeline_calls)
 		ck_assert_int_eq(moe_ctx_get_stats(ctx, &st), 0);
 		simt_fake_cuda_stats(&fs);
 		ck_assert_str_eq(st.expert_io, "staging");
+		ck_assert(tr.tiled);
 		ck_assert_uint_eq(st.prefetches, 0);
 		/* the driver's count of what the context took is the budget's, to its granularity */
 		ck_assert_uint_eq(st.device_total, 256u << 20);
