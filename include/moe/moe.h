@@ -1064,7 +1064,12 @@ struct moe_ctx_stats {
 	/* streamed dense FFNs (not in the expert counters above; prefetches include them) */
 	uint64_t dense_hits, dense_misses;
 	uint64_t dense_prefetch_used;   /* hits on dense FFNs fetched ahead of their layer */
-	uint64_t reserved[1];
+	/* the device's own count (cuMemGetInfo); 0 where the device is host memory (cpu) */
+	uint64_t device_total;
+	uint64_t device_free_before;    /* free before the context allocated anything */
+	uint64_t device_free_after;     /* free once the resident weights were loaded */
+	char expert_io[16];             /* how misses reach the device: "staging", "gds" */
+	uint64_t reserved[4];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
 
