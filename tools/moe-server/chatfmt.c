@@ -1601,7 +1601,7 @@ static void parse_harmony(struct parse *ps, bool tools, const char *s, const cha
 		}
 		open = !stop;
 		be = stop ? stop : end;
-		if (open && !final && !to)
+		if (open && !final && !(to && tools))
 			be -= partial_tail(body, (size_t)(be - body), marks);
 		if (to && tools) {
 			const char *n = to + 13, *ne = n;
