@@ -384,6 +384,12 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		tj_set(doc, "dense_hits", tj_u64(s->dense_hits));
 		tj_set(doc, "dense_misses", tj_u64(s->dense_misses));
 		tj_set(doc, "dense_prefetch_used", tj_u64(s->dense_prefetch_used));
+		tj_set(doc, "expert_io", tj_str(s->expert_io));
+		if (s->device_total) {
+			tj_set(doc, "device_total", tj_u64(s->device_total));
+			tj_set(doc, "device_free_before", tj_u64(s->device_free_before));
+			tj_set(doc, "device_free_after", tj_u64(s->device_free_after));
+		}
 		print_layers(ctx, doc);
 		return;
 	}
@@ -402,6 +408,13 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		(unsigned long long)s->bytes_read, s->read_gbps,
 		s->stall_s, (unsigned long long)s->vram_used, s->backend, budget,
 		(unsigned long long)s->staging_bytes);
+	if (s->device_total)
+		fprintf(stderr, "device: %llu bytes, %llu free before the run and %llu after its "
+			"load (the driver's count); experts through %s\n",
+			(unsigned long long)s->device_total,
+			(unsigned long long)s->device_free_before,
+			(unsigned long long)s->device_free_after,
+			s->expert_io[0] ? s->expert_io : "no cache");
 	if (s->prefetches)
 		fprintf(stderr, "prefetch: %llu experts ahead (%llu bytes), %llu used, %llu "
 			"cancelled, %llu bytes evicted unused; precision %.3f, recall %.3f\n",
