@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda_h2d_bench.h"
 #include "backend/cuda_int.h"
 #include "fake_cuda.h"
 #include "moe/moe.h"
@@ -866,13 +867,13 @@ START_TEST(cuda_pipeline_calls)
 			ck_assert_uint_le(n_used, moe_ctx_plan(ctx)->n_staging);
 			ck_assert_uint_gt(st.expert_misses, moe_ctx_plan(ctx)->n_staging);
 		}
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 		simt_fake_cuda_stats(&fs);
 		ck_assert_uint_eq(fs.allocs, 0);
 		ck_assert_uint_eq(fs.pinned, 0);
 	}
 	unsetenv("MOE_CUDA_LIBRARY");
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -895,7 +896,7 @@ START_TEST(cuda_engine_faults)
 	int32_t tok[4] = { 1, 2, 3, 4 };
 
 	fake_driver_lib(&cfg);
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_ctx = 64;
 	p.n_batch = 4;
 	p.backend = "cuda";
@@ -915,7 +916,7 @@ START_TEST(cuda_engine_faults)
 	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 4, 0, 0), 0);
 	HAS("cuLaunchKernel");
 	HAS("kernel moe_");
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	ctx = ctx_on(m, "cuda", 0);
 	ck_assert_msg(moe_ctx_eval(ctx, tok, 4, 0, 0) == 0, "%s", moe_errmsg());
 
@@ -925,7 +926,7 @@ START_TEST(cuda_engine_faults)
 	HAS("context is lost");
 	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 1, moe_ctx_n_past(ctx), 0), 0);
 	HAS("lost earlier");
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	simt_fake_cuda_stats(&fs);
 	ck_assert_uint_eq(fs.allocs, 0);
 	ck_assert_uint_eq(fs.pinned, 0);
@@ -936,14 +937,60 @@ START_TEST(cuda_engine_faults)
 	simt_fake_cuda_lose_context(CUDA_ERROR_ECC_UNCORRECTABLE);
 	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 1, moe_ctx_n_past(ctx), 0), 0);
 	HAS("uncorrectable");
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	simt_fake_cuda_stats(&fs);
 	ck_assert_uint_eq(fs.allocs, 0);
 	ck_assert_uint_eq(fs.pinned, 0);
 	unsetenv("MOE_CUDA_LIBRARY");
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
+}
+END_TEST
+
+
+/*
+ * moe-bench gpu-h2d's measurement over the fake driver: both rates, the
+ * data in the last slot, a failing copy reported; the tool without a
+ * driver says so and exits 0.
+ */
+START_TEST(cuda_h2d_bench)
+{
+	struct moe_cuda_h2d_bench_cfg cfg = { .expert_bytes = 3 * (64u << 10), .n_experts = 10,
+					      .n_slots = 3, .n_staging = 2, .rounds = 2 };
+	struct moe_cuda_h2d_bench_res res;
+	struct simt_fake_config fc = { .quiet = 1 };
+	struct simt_fake_stats st;
+	struct moe_cuda_api api;
+	char dev[64], cmd[1024], *out = NULL;
+
+	simt_fake_cuda_reset(&fc);
+	simt_fake_cuda_api(&api);
+	ck_assert_msg(moe_cuda_h2d_bench(&api, &cfg, &res, dev, sizeof(dev)) == 0, "%s",
+		      moe_errmsg());
+	ck_assert_int_eq(res.data_ok, 1);
+	ck_assert_uint_eq(res.bytes, 10 * cfg.expert_bytes);
+	ck_assert(res.pipeline_gbps > 0 && res.plain_gbps > 0 && res.ratio > 0);
+	ck_assert_str_eq(dev, "SIMT emulated GPU");
+	simt_fake_cuda_stats(&st);
+	/* two rounds of each, and the check's download; every byte from pinned memory */
+	ck_assert_uint_eq(st.h2d_bytes, 4 * res.bytes);
+	ck_assert_uint_eq(st.pageable_copies, 1);
+	ck_assert_uint_eq(st.allocs, 0);
+	ck_assert_uint_eq(st.pinned, 0);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuMemcpyHtoDAsync", 7, CUDA_ERROR_INVALID_VALUE), 0);
+	ck_assert_int_lt(moe_cuda_h2d_bench(&api, &cfg, &res, dev, sizeof(dev)), 0);
+	HAS("cuMemcpyHtoDAsync");
+	cfg.n_slots = 0;
+	ck_assert_int_eq(moe_cuda_h2d_bench(&api, &cfg, &res, dev, sizeof(dev)), -EINVAL);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=/nonexistent/libcuda.so %s gpu-h2d",
+		 tu_bin("moe-bench"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "gpu-h2d: skipped: no CUDA driver"), "%s",
+		      out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s gpu-h2d --slots 65", tu_bin("moe-bench"));
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 2);
 }
 END_TEST
 
@@ -992,6 +1039,7 @@ Suite *suite_cuda(void)
 	tcase_add_loop_test(tc, cuda_engine_quantized_matches_cpu, 0, 4);
 	tcase_add_test(tc, cuda_pipeline_calls);
 	tcase_add_test(tc, cuda_engine_faults);
+	tcase_add_test(tc, cuda_h2d_bench);
 	tcase_add_test(tc, cuda_moe_run_backends);
 	if (moe_backend_cuda_desc.probe() == 0) {
 		TCase *gpu = tcase_create("gpu");
