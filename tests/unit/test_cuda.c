@@ -994,6 +994,49 @@ START_TEST(cuda_h2d_bench)
 }
 END_TEST
 
+
+/*
+ * tests/gpu/check.sh --quick over the simulated driver (libcuda_sim.so: the
+ * fake with every kernel emulated, for other processes): every benchmark
+ * step of the device check runs here, through the packed layout's paths,
+ * and writes its line of the summary, so the script cannot rot between
+ * GPU runs.
+ */
+START_TEST(cuda_gpu_check_script)
+{
+	const char *src = getenv("MOE_SRC"), *build = getenv("MOE_BUILD");
+	char *dir = tu_tmpdir(), cmd[4096], path[512], *out = NULL, *sum = NULL;
+	static const char *const want[] = {
+		"gpu-matvec: q4_K", "gpu-matvec: q8_0", "gpu-matvec: mxfp4",
+		"gpu-h2d: pipeline", "decode: 2 layers; resident", "(staging), bound",
+		"QUICK: every step ran",
+	};
+	size_t n = 0;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "set -e; b=$(cd '%s' && pwd); mkdir -p '%s/g/lib'; "
+		 "ln -s \"$b/tests/unit-tests\" '%s/g/unit-tests'; ln -s \"$b/bin\" '%s/g/bin'",
+		 build ? build : "build", dir, dir, dir);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	snprintf(cmd, sizeof(cmd), "cd '%s' && b=$(cd '%s' && pwd) && MOE_GPU_DIR='%s/g' "
+		 "OUT='%s/out' MOE_GPU_SCRATCH='%s' MOE_CUDA_LIBRARY=\"$b/tests/libcuda_sim.so\" "
+		 "sh tests/gpu/check.sh --quick", src ? src : ".", build ? build : "build", dir,
+		 dir, dir);
+	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s", out ? out : "");
+	snprintf(path, sizeof(path), "%s/out/summary.txt", dir);
+	f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_gt(getdelim(&sum, &n, 0, f), 0);
+	fclose(f);
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(want); i++)
+		ck_assert_msg(strstr(sum, want[i]), "'%s' not in the summary:\n%s", want[i], sum);
+	free(sum);
+	free(out);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* Without a driver, moe-run --backend cuda says so; auto runs on the CPU. */
 START_TEST(cuda_moe_run_backends)
 {
@@ -1040,6 +1083,7 @@ Suite *suite_cuda(void)
 	tcase_add_test(tc, cuda_pipeline_calls);
 	tcase_add_test(tc, cuda_engine_faults);
 	tcase_add_test(tc, cuda_h2d_bench);
+	tcase_add_test(tc, cuda_gpu_check_script);
 	tcase_add_test(tc, cuda_moe_run_backends);
 	if (moe_backend_cuda_desc.probe() == 0) {
 		TCase *gpu = tcase_create("gpu");

@@ -43,6 +43,7 @@ int bench_gpu_matvec(int argc, char **argv)
 	uint32_t types[8] = { MOE_TYPE_Q4_K, MOE_TYPE_Q8_0, MOE_TYPE_MXFP4 }, n_types = 0;
 	struct moe_cuda_mm_bench_res res[8];
 	struct moe_cuda_api api;
+	const char *lib;
 	char dev[128] = "";
 	int json = 0, c;
 
@@ -93,7 +94,8 @@ int bench_gpu_matvec(int argc, char **argv)
 	}
 	if (!n_types)
 		n_types = 3;
-	if (moe_cuda_api_load(&api, NULL) < 0) {
+	lib = getenv("MOE_CUDA_LIBRARY");
+	if (moe_cuda_api_load(&api, lib && *lib ? lib : NULL) < 0) {
 		printf("gpu-matvec: skipped: no CUDA driver (%s)\n", moe_errmsg());
 		return 0;
 	}
