@@ -30,13 +30,14 @@
 #   - moe-bench gpu-h2d: the expert pipeline's host-to-device GB/s against
 #     plain copies from pinned memory in the same run (target >= 0.9);
 #   - decode tokens/s of a Scout-shaped model (n_embd 5120, expert FFN 8192,
-#     16 experts top-1, a shared expert, q4_K) fully resident and with --vram
+#     16 experts top-1, a shared expert, q8_0) fully resident and with --vram
 #     holding 30% of the experts, the latter against the bound read GB/s /
 #     bytes read per token of the same run (target >= 0.8).  The model is
-#     written to $MOE_GPU_SCRATCH (default /tmp) and removed after; its layers
-#     are MOE_GPU_LAYERS (default 2: moe-mkmodel writes about 1.2 GB per layer
-#     and quantizes it on the CPU, which bounds the time), fewer when the
-#     scratch disk lacks room for twice the file.
+#     written to $MOE_GPU_SCRATCH (default /tmp) and removed after; it has as
+#     many layers as twice the file leaves room for on that disk, at most
+#     MOE_GPU_LAYERS (default 4: moe-mkmodel writes about 2.3 GB per layer,
+#     some 20 s each, which bounds the time; q4_K would quantize 25 times
+#     slower).
 # Each has a time limit, under 8 minutes in all.  $OUT gets summary.txt and
 # one log per step (default: ./gpu-out).  The exit status is 0 when every
 # step passed with the GPU present, 2 when no CUDA driver or GPU was found
@@ -172,16 +173,18 @@ decode() {
 	if [ $quick -eq 1 ]; then
 		dims="--embd 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ff 256 \
 			--shared-expert-ff 256 --vocab 256"
-		layers=2
+		layers=${MOE_GPU_LAYERS:-2}
 		per_layer=1
 		n=4
 	else
 		dims="--embd 5120 --heads 40 --kv-heads 8 --head-dim 128 --expert-ff 8192 \
 			--shared-expert-ff 8192 --vocab 8192"
-		layers=${MOE_GPU_LAYERS:-2}
-		per_layer=1300
+		layers=${MOE_GPU_LAYERS:-4}
+		per_layer=2300
 		n=32
 	fi
+	# distinct prompt tokens; no saved routing statistics, so nothing warms the cache
+	toks=11,22,33,44,55,66,77,88
 	mkdir -p "$scratch" || { echo "decode: cannot create $scratch"; return 1; }
 	# twice the file must fit: the model, and room for the run's own files
 	avail=$(($(df -Pk "$scratch" | awk 'NR == 2 { print $4 }') / 1024))
@@ -190,9 +193,9 @@ decode() {
 	[ "$layers" -ge 1 ] || { echo "decode: $avail MiB free in $scratch: no room"; return 1; }
 	# shellcheck disable=SC2086
 	timeout -k 10 200 "$G/bin/moe-mkmodel" --arch llama4 -o "$model" -q --layers "$layers" \
-		--experts 16 --experts-used 1 --type q4_K --type-other q4_K $dims ||
+		--experts 16 --experts-used 1 --router-skew 0 --type q8_0 --type-other q8_0 $dims ||
 		{ echo "decode: moe-mkmodel failed"; return 1; }
-	timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens 11,22,33,44,55,66,77,88 -n $n --backend cuda \
+	timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens "$toks" -n $n --backend cuda --no-state \
 		--stats --json >"$out/decode-resident.json" 2>"$out/decode-resident.err" ||
 		{ echo "decode: the resident run failed: $(tail -n 3 "$out/decode-resident.err")"
 		  return 1; }
@@ -205,7 +208,7 @@ decode() {
 	fi
 	vram=$(awk -v u="$used" -v n="$slots" -v s="$slot" \
 		'BEGIN { printf "%.0f", u - 0.7 * n * s }')
-	timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens 11,22,33,44,55,66,77,88 -n $n --backend cuda \
+	timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens "$toks" -n $n --backend cuda --no-state \
 		--vram "$vram" --stats --json >"$out/decode-stream.json" 2>"$out/decode-stream.err" ||
 		{ echo "decode: the streaming run (--vram $vram) failed:" \
 		       "$(tail -n 3 "$out/decode-stream.err")"; return 1; }
