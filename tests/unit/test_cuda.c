@@ -948,7 +948,6 @@ START_TEST(cuda_engine_faults)
 }
 END_TEST
 
-
 /*
  * moe-bench gpu-h2d's measurement over the fake driver: both rates, the
  * data in the last slot, a failing copy reported; the tool without a
