@@ -197,8 +197,8 @@ decode() {
 		{ echo "decode: moe-mkmodel failed"; return 1; }
 	timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens "$toks" -n $n --backend cuda --no-state \
 		--stats --json >"$out/decode-resident.json" 2>"$out/decode-resident.err" ||
-		{ echo "decode: the resident run failed: $(tail -n 3 "$out/decode-resident.err")"
-		  return 1; }
+		{ echo "decode: the resident run failed (exit $?):" \
+		       "$(tail -n 3 "$out/decode-resident.err")"; return 1; }
 	used=$(jget vram_used "$out/decode-resident.json")
 	slots=$(jget n_slots "$out/decode-resident.json")
 	slot=$(jget slot_bytes "$out/decode-resident.json")
@@ -210,7 +210,7 @@ decode() {
 		'BEGIN { printf "%.0f", u - 0.7 * n * s }')
 	timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens "$toks" -n $n --backend cuda --no-state \
 		--vram "$vram" --stats --json >"$out/decode-stream.json" 2>"$out/decode-stream.err" ||
-		{ echo "decode: the streaming run (--vram $vram) failed:" \
+		{ echo "decode: the streaming run (--vram $vram) failed (exit $?):" \
 		       "$(tail -n 3 "$out/decode-stream.err")"; return 1; }
 	awk -v L="$layers" -v V="$vram" \
 	    -v rt="$(jget decode_tps "$out/decode-resident.json")" \
