@@ -196,6 +196,14 @@ $(BUILD)/tests/lib%.so: tests/simt/lib%.c tests/simt/libcuda_fake.c libmoe/backe
 		$(if $(wildcard tests/simt/lib$*.map),-Wl$(comma)--version-script=tests/simt/lib$*.map) \
 		$(SAN_LDFLAGS)
 
+# The fake driver with the emulation and every kernel: a driver for other processes.
+SIM_DRIVER := $(BUILD)/tests/libcuda_sim.so
+$(SIM_DRIVER): tests/simt/sim_driver.c tests/simt/libcuda_fake.c $(SIMT_OBJS) | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -MT $@ -MF $(@:.so=.d) -c -o $(@:.so=.o) $<
+	@# last: its constructor binds the fake once the fake's own statics are built
+	$(CXX) $(ALL_CXXFLAGS) -shared -o $@ $(SIMT_OBJS) $(@:.so=.o) $(SAN_LDFLAGS)
+
 $(BUILD)/cuda/kernels.cu: $(KERNEL_SRCS) Makefile
 	@mkdir -p $(@D)
 	@printf '#include "%s"\n' $(abspath $(KERNEL_SRCS)) > $@.tmp && \
@@ -328,7 +336,7 @@ $(CXX_HEADER_TEST): tests/platform/cxx_header.cc include/moe/moe.h $(STATIC_LIB)
 # The driver's VM tests run first (their own "N passed, N failed, N did not run" line), the
 # unit runner last; both always run and either failing fails the check.  Routing
 # statistics the tools save go under the build tree, not the user's home.
-check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SELFTEST_FATBIN) $(CXX_HEADER_TEST) \
+check: all $(BUILD)/tests/unit-tests $(SIMT_SOS) $(SIM_DRIVER) $(SELFTEST_FATBIN) $(CXX_HEADER_TEST) \
 		$(TSAN_TEST)
 	@vm=0; $(MAKE) --no-print-directory vm-check || vm=$$?; \
 	MOE_BIN=$(abspath $(BUILD)/bin) MOE_SRC=$(CURDIR) MOE_SHARED=$(SHARED) \

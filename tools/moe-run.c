@@ -368,6 +368,7 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		tj_set(doc, "expert_misses", tj_u64(s->expert_misses));
 		tj_set(doc, "expert_host_hits", tj_u64(s->expert_host_hits));
 		tj_set(doc, "n_slots", tj_u64(s->n_slots));
+		tj_set(doc, "slot_bytes", tj_u64(s->slot_bytes));
 		tj_set(doc, "n_experts", tj_u64(s->n_experts));
 		tj_set(doc, "vram_budget", tj_u64(s->vram_budget));
 		tj_set(doc, "vram_used", tj_u64(s->vram_used));

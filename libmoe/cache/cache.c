@@ -723,6 +723,14 @@ int moe_cache_poll(struct moe_expert_cache *c)
 	return moe_io_poll(c->io);
 }
 
+bool moe_cache_busy(struct moe_expert_cache *c)
+{
+	for (uint32_t i = 0; i < c->n_stg; i++)
+		if (!staging_free(c, &c->stg[i]))
+			return true;
+	return false;
+}
+
 int moe_cache_wait(struct moe_expert_cache *c)
 {
 	double t0 = moe_now();
@@ -741,6 +749,7 @@ int moe_cache_wait(struct moe_expert_cache *c)
 		for (uint32_t i = 0; i < c->n_stg; i++)
 			if (c->stg[i].uploading) {
 				ret = c->be->ops->event_sync(c->be, c->stg[i].ev);
+				c->stg[i].uploading = ret < 0;
 				break;
 			}
 	}

@@ -76,6 +76,11 @@ int moe_cache_used(struct moe_expert_cache *c, const uint32_t *slots, uint32_t n
 bool moe_cache_contains(const struct moe_expert_cache *c, uint32_t layer, uint32_t e);
 /* Submit batched reads and reap completions without blocking. */
 int moe_cache_poll(struct moe_expert_cache *c);
+/*
+ * Is a staging buffer still reading or uploading?  Then moe_cache_wait
+ * makes progress (a buffer comes free) even when no slot is on its way.
+ */
+bool moe_cache_busy(struct moe_expert_cache *c);
 /* Block until at least one fetch progresses; the wait counts as stall time. */
 int moe_cache_wait(struct moe_expert_cache *c);
 /* Seconds stalled in moe_cache_wait so far (since the last reset). */

@@ -386,7 +386,8 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 			continue;
 		for (uint32_t e = 0; e < ne; e++)
 			in_flight |= ctx->exp_state[e] == EXP_HELD;
-		if (!in_flight) {
+		/* every staging buffer may still be uploading an earlier expert: wait for one */
+		if (!in_flight && !moe_cache_busy(c)) {
 			ret = moe_err(ENOSPC, "layer %u: no expert slot can be freed (%u slots)", il,
 				      ctx->st.n_slots);
 			goto fail;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda_h2d_bench.h"
 #include "backend/cuda_int.h"
 #include "fake_cuda.h"
 #include "moe/moe.h"
@@ -947,6 +948,94 @@ START_TEST(cuda_engine_faults)
 }
 END_TEST
 
+/*
+ * moe-bench gpu-h2d's measurement over the fake driver: both rates, the
+ * data in the last slot, a failing copy reported; the tool without a
+ * driver says so and exits 0.
+ */
+START_TEST(cuda_h2d_bench)
+{
+	struct moe_cuda_h2d_bench_cfg cfg = { .expert_bytes = 3 * (64u << 10), .n_experts = 10,
+					      .n_slots = 3, .n_staging = 2, .rounds = 2 };
+	struct moe_cuda_h2d_bench_res res;
+	struct simt_fake_config fc = { .quiet = 1 };
+	struct simt_fake_stats st;
+	struct moe_cuda_api api;
+	char dev[64], cmd[1024], *out = NULL;
+
+	simt_fake_cuda_reset(&fc);
+	simt_fake_cuda_api(&api);
+	ck_assert_msg(moe_cuda_h2d_bench(&api, &cfg, &res, dev, sizeof(dev)) == 0, "%s",
+		      moe_errmsg());
+	ck_assert_int_eq(res.data_ok, 1);
+	ck_assert_uint_eq(res.bytes, 10 * cfg.expert_bytes);
+	ck_assert(res.pipeline_gbps > 0 && res.plain_gbps > 0 && res.ratio > 0);
+	ck_assert_str_eq(dev, "SIMT emulated GPU");
+	simt_fake_cuda_stats(&st);
+	/* two rounds of each, and the check's download; every byte from pinned memory */
+	ck_assert_uint_eq(st.h2d_bytes, 4 * res.bytes);
+	ck_assert_uint_eq(st.pageable_copies, 1);
+	ck_assert_uint_eq(st.allocs, 0);
+	ck_assert_uint_eq(st.pinned, 0);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuMemcpyHtoDAsync", 7, CUDA_ERROR_INVALID_VALUE), 0);
+	ck_assert_int_lt(moe_cuda_h2d_bench(&api, &cfg, &res, dev, sizeof(dev)), 0);
+	HAS("cuMemcpyHtoDAsync");
+	cfg.n_slots = 0;
+	ck_assert_int_eq(moe_cuda_h2d_bench(&api, &cfg, &res, dev, sizeof(dev)), -EINVAL);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=/nonexistent/libcuda.so %s gpu-h2d",
+		 tu_bin("moe-bench"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "gpu-h2d: skipped: no CUDA driver"), "%s",
+		      out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s gpu-h2d --slots 65", tu_bin("moe-bench"));
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 2);
+}
+END_TEST
+
+
+/*
+ * tests/gpu/check.sh --quick over the simulated driver (libcuda_sim.so: the
+ * fake with every kernel emulated, for other processes): every benchmark
+ * step of the device check runs here, through the packed layout's paths,
+ * and writes its line of the summary, so the script cannot rot between
+ * GPU runs.
+ */
+START_TEST(cuda_gpu_check_script)
+{
+	const char *src = getenv("MOE_SRC"), *build = getenv("MOE_BUILD");
+	char *dir = tu_tmpdir(), cmd[4096], path[512], *out = NULL, *sum = NULL;
+	static const char *const want[] = {
+		"gpu-matvec: q4_K", "gpu-matvec: q8_0", "gpu-matvec: mxfp4",
+		"gpu-h2d: pipeline", "decode: 2 layers; resident", "(staging), bound",
+		"QUICK: every step ran",
+	};
+	size_t n = 0;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "set -e; b=$(cd '%s' && pwd); mkdir -p '%s/g/lib'; "
+		 "ln -s \"$b/tests/unit-tests\" '%s/g/unit-tests'; ln -s \"$b/bin\" '%s/g/bin'",
+		 build ? build : "build", dir, dir, dir);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	snprintf(cmd, sizeof(cmd), "cd '%s' && b=$(cd '%s' && pwd) && MOE_GPU_DIR='%s/g' "
+		 "OUT='%s/out' MOE_GPU_SCRATCH='%s' MOE_CUDA_LIBRARY=\"$b/tests/libcuda_sim.so\" "
+		 "sh tests/gpu/check.sh --quick", src ? src : ".", build ? build : "build", dir,
+		 dir, dir);
+	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s", out ? out : "");
+	snprintf(path, sizeof(path), "%s/out/summary.txt", dir);
+	f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_gt(getdelim(&sum, &n, 0, f), 0);
+	fclose(f);
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(want); i++)
+		ck_assert_msg(strstr(sum, want[i]), "'%s' not in the summary:\n%s", want[i], sum);
+	free(sum);
+	free(out);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* Without a driver, moe-run --backend cuda says so; auto runs on the CPU. */
 START_TEST(cuda_moe_run_backends)
 {
@@ -992,6 +1081,8 @@ Suite *suite_cuda(void)
 	tcase_add_loop_test(tc, cuda_engine_quantized_matches_cpu, 0, 4);
 	tcase_add_test(tc, cuda_pipeline_calls);
 	tcase_add_test(tc, cuda_engine_faults);
+	tcase_add_test(tc, cuda_h2d_bench);
+	tcase_add_test(tc, cuda_gpu_check_script);
 	tcase_add_test(tc, cuda_moe_run_backends);
 	if (moe_backend_cuda_desc.probe() == 0) {
 		TCase *gpu = tcase_create("gpu");

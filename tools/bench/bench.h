@@ -36,5 +36,6 @@ int bench_quant(int argc, char **argv);
 int bench_decode(int argc, char **argv);
 int bench_prefetch(int argc, char **argv);
 int bench_gpu_matvec(int argc, char **argv);
+int bench_gpu_h2d(int argc, char **argv);
 
 #endif

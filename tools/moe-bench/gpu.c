@@ -2,8 +2,10 @@
 /*
  * moe-bench gpu-matvec: the CUDA decode kernel's GB/s of quantized weights
  * (q4_K, q8_0, mxfp4 by default) against device-to-device copy bandwidth
- * measured in the same run.  Where there is no CUDA driver it says so and
- * exits 0: there is nothing to measure, which is not a failure.
+ * measured in the same run; moe-bench gpu-h2d: host-to-device GB/s of the
+ * expert pipeline's uploads against plain copies from pinned memory.  Where
+ * there is no CUDA driver each says so and exits 0: there is nothing to
+ * measure, which is not a failure.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 
 #include "backend/cuda_api.h"
+#include "backend/cuda_h2d_bench.h"
 #include "backend/cuda_mm_bench.h"
 #include "bench.h"
 #include "moe/moe.h"
@@ -40,6 +43,7 @@ int bench_gpu_matvec(int argc, char **argv)
 	uint32_t types[8] = { MOE_TYPE_Q4_K, MOE_TYPE_Q8_0, MOE_TYPE_MXFP4 }, n_types = 0;
 	struct moe_cuda_mm_bench_res res[8];
 	struct moe_cuda_api api;
+	const char *lib;
 	char dev[128] = "";
 	int json = 0, c;
 
@@ -90,7 +94,8 @@ int bench_gpu_matvec(int argc, char **argv)
 	}
 	if (!n_types)
 		n_types = 3;
-	if (moe_cuda_api_load(&api, NULL) < 0) {
+	lib = getenv("MOE_CUDA_LIBRARY");
+	if (moe_cuda_api_load(&api, lib && *lib ? lib : NULL) < 0) {
 		printf("gpu-matvec: skipped: no CUDA driver (%s)\n", moe_errmsg());
 		return 0;
 	}
@@ -125,5 +130,89 @@ int bench_gpu_matvec(int argc, char **argv)
 	}
 	if (json)
 		printf("]}\n");
+	return 0;
+}
+
+static void usage_h2d(FILE *f)
+{
+	fprintf(f, "usage: moe-bench gpu-h2d [--json] [--mib N] [--experts N] [--slots N] "
+		"[--staging N] [--rounds N]\n"
+		"  --mib N      one expert's MiB, three matrices (default 72, a Scout q4_K expert)\n"
+		"  --experts N  experts uploaded per round (default 48)\n"
+		"  --slots N    device slots they rotate through (default 8)\n"
+		"  --staging N  pinned staging buffers (default 4)\n"
+		"  --rounds N   rounds of both, the best of each kept (default 3)\n");
+}
+
+int bench_gpu_h2d(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "mib", required_argument, NULL, 'm' },
+		{ "experts", required_argument, NULL, 'e' },
+		{ "slots", required_argument, NULL, 's' },
+		{ "staging", required_argument, NULL, 'g' },
+		{ "rounds", required_argument, NULL, 'r' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct moe_cuda_h2d_bench_cfg cfg = { .n_experts = 48, .n_slots = 8, .n_staging = 4,
+					      .rounds = 3 };
+	struct moe_cuda_h2d_bench_res res;
+	struct moe_cuda_api api;
+	uint32_t mib = 72;
+	const char *lib;
+	char dev[128] = "";
+	int json = 0, c, ret = 0;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j': json = 1; break;
+		case 'm': ret = tool_parse_u32("--mib", optarg, 1, 4096, &mib); break;
+		case 'e': ret = tool_parse_u32("--experts", optarg, 1, 100000, &cfg.n_experts); break;
+		case 's': ret = tool_parse_u32("--slots", optarg, 1, 64, &cfg.n_slots); break;
+		case 'g': ret = tool_parse_u32("--staging", optarg, 1, 64, &cfg.n_staging); break;
+		case 'r': ret = tool_parse_u32("--rounds", optarg, 1, 100, &cfg.rounds); break;
+		case 'h':
+			usage_h2d(stdout);
+			return 0;
+		default:
+			usage_h2d(stderr);
+			return EXIT_USAGE;
+		}
+		if (ret)
+			return ret;
+	}
+	if (optind < argc) {
+		usage_h2d(stderr);
+		return EXIT_USAGE;
+	}
+	cfg.expert_bytes = (uint64_t)mib << 20;
+	lib = getenv("MOE_CUDA_LIBRARY");
+	if (moe_cuda_api_load(&api, lib && *lib ? lib : NULL) < 0) {
+		printf("gpu-h2d: skipped: no CUDA driver (%s)\n", moe_errmsg());
+		return 0;
+	}
+	ret = moe_cuda_h2d_bench(&api, &cfg, &res, dev, sizeof(dev));
+	moe_cuda_api_unload(&api);
+	if (ret < 0) {
+		fprintf(stderr, "moe-bench gpu-h2d: %s\n", moe_errmsg());
+		return 1;
+	}
+	if (!res.data_ok) {
+		fprintf(stderr, "moe-bench gpu-h2d: the last slot does not hold the bytes uploaded "
+			"into it: the copies or their ordering are broken\n");
+		return 1;
+	}
+	if (json)
+		printf("{\"device\": \"%s\", \"bytes\": %llu, \"pipeline_gbps\": %.2f, "
+		       "\"plain_gbps\": %.2f, \"ratio\": %.3f}\n", dev,
+		       (unsigned long long)res.bytes, res.pipeline_gbps, res.plain_gbps, res.ratio);
+	else
+		printf("gpu-h2d on %s: %u experts of %u MiB, %u slots, %u staging buffers\n"
+		       "pipeline %.2f GB/s, plain pinned copies %.2f GB/s, ratio %.3f\n", dev,
+		       cfg.n_experts, mib, cfg.n_slots, cfg.n_staging, res.pipeline_gbps,
+		       res.plain_gbps, res.ratio);
 	return 0;
 }

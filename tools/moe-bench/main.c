@@ -15,6 +15,8 @@ static const struct bench_cmd cmds[] = {
 	{ "decode", bench_decode, "decode [--json] [--threads N] MODEL  tokens/s vs the memory bound; 50%/25% budgets" },
 	{ "gpu-matvec", bench_gpu_matvec,
 	  "gpu-matvec [--json] [--rows N] [--cols N]  CUDA matvec GB/s vs device copy bandwidth" },
+	{ "gpu-h2d", bench_gpu_h2d,
+	  "gpu-h2d [--json] [--mib N] [--experts N]  expert upload pipeline vs plain pinned copies" },
 	{ "prefetch", bench_prefetch,
 	  "prefetch [--json] TRACE...  cache policies and prefetchers vs Belady (simulated)" },
 	{ 0 },
