@@ -1166,6 +1166,47 @@ typedef void (*moe_route_hook)(void *arg, uint32_t layer, const int32_t *pos, ui
  */
 MOE_API void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg);
 
+/* One expert to fetch ahead: expert @expert of MoE layer @layer. */
+struct moe_prefetch_req {
+	uint32_t layer;
+	uint32_t expert;
+};
+
+/*
+ * The prefetch hook: called on the thread that evaluates, once per MoE
+ * layer and forward step, when every expert the layer uses holds a slot;
+ * that is where the built-in prefetcher (moe_ctx_params.prefetch) picks the
+ * experts of later layers to fetch ahead.  @layer, @pos, @n_tok, @sel and
+ * @k are as for moe_route_hook, @sel holding the choices the layer ran
+ * (after any route hook).  @req has room for @max requests (every expert of
+ * every layer once); its first @n_req are the built-in prefetcher's picks,
+ * most likely first, as many as its budget allows (none without a
+ * prefetcher).  The hook returns how many requests of @req to fetch, having
+ * kept, reordered, replaced or dropped them as it likes (return n_req to
+ * accept the picks, 0 to fetch nothing): these are then fetched in that
+ * order as low-priority reads into slots the eviction policy gives up,
+ * experts already cached skipped, until staging runs out (the rest are
+ * dropped, not queued).  Requests may name any MoE layer, including earlier
+ * ones (for the next token).  A prefetched expert counts in
+ * moe_ctx_stats.prefetches and the bytes read; one still queued when its
+ * layer routes without it is withdrawn (prefetch_cancelled).  A return
+ * below 0 or above @max, or a request naming a layer without routed experts
+ * or an expert out of range, fails the eval with -EINVAL naming it.  The
+ * buffers are the engine's, valid during the call only; the hook must not
+ * call into @ctx.
+ */
+typedef int (*moe_prefetch_hook)(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
+				 const int32_t *sel, uint32_t k, struct moe_prefetch_req *req,
+				 uint32_t n_req, uint32_t max);
+/*
+ * Install @hook (NULL removes it) with @arg for the following evals of @ctx,
+ * which then fetches what the hook asks instead of what the built-in
+ * prefetcher picks (that still ranks the picks it offers, and its
+ * probabilities still guide the eviction policy).  Not to be called while
+ * another thread evaluates on @ctx.  A dense model never calls it.
+ */
+MOE_API void moe_ctx_set_prefetch_hook(struct moe_ctx *ctx, moe_prefetch_hook hook, void *arg);
+
 /* ------------------------------------------------------- routing */
 /* (section: routing) */
 

@@ -317,6 +317,12 @@ static int setup(struct moe_ctx *ctx)
 			if (ret < 0)
 				return ret;
 		}
+		if (p->n_experts) {
+			ctx->pf_req_max = ctx->hp.n_layer * ctx->hp.n_expert;
+			ctx->pf_req = calloc(ctx->pf_req_max, sizeof(*ctx->pf_req));
+			if (!ctx->pf_req)
+				return moe_err(ENOMEM, "out of memory for the prefetch hook's list");
+		}
 		ret = moe_cache_create(&cp, &ctx->cache);
 		if (ret < 0)
 			return ret;
@@ -447,6 +453,7 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 	free(ctx->chosen);
 	free(ctx->pf_prob);
 	free(ctx->pf_cand);
+	free(ctx->pf_req);
 	free(ctx->stats_path);
 	moe_pred_destroy(ctx->pred);
 	moe_routestats_destroy(ctx->rs);
@@ -789,6 +796,12 @@ void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg)
 {
 	ctx->route_hook = hook;
 	ctx->route_arg = arg;
+}
+
+void moe_ctx_set_prefetch_hook(struct moe_ctx *ctx, moe_prefetch_hook hook, void *arg)
+{
+	ctx->pf_hook = hook;
+	ctx->pf_arg = arg;
 }
 
 int moe_ctx_layer_stats(const struct moe_ctx *ctx, uint32_t layer,

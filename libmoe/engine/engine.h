@@ -153,6 +153,10 @@ struct moe_ctx {
 
 	moe_route_hook route_hook;
 	void *route_arg;
+	moe_prefetch_hook pf_hook;
+	void *pf_arg;
+	struct moe_prefetch_req *pf_req;   /* [pf_req_max] what the prefetch hook asks */
+	uint32_t pf_req_max;               /* n_layer * n_expert: each expert once */
 };
 
 /* load.c: read the resident tensors into the arena and bind every layer. */

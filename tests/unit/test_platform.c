@@ -223,6 +223,40 @@ START_TEST(example_generate_observes_and_overrides)
 END_TEST
 
 /*
+ * The example's prefetch hook (the next layer uses this layer's experts)
+ * over a budget of the smallest plan and two expert slots more: it asks,
+ * the engine fetches what it asked ahead and the layers use some of them.
+ */
+START_TEST(example_generate_prefetch_hook)
+{
+	unsigned long long need = 0, asked, fetched, used, misses;
+	unsigned slots;
+	char args[128], *out;
+	const char *at;
+
+	ck_assert_int_eq(example("generate 'hello world' 12 - 1", &out), 1);
+	at = strstr(out, "it needs at least");
+	ck_assert_msg(at && (at = strchr(at, '(')) && sscanf(at, "(%llu bytes)", &need) == 1,
+		      "%s", out);
+	free(out);
+	/* an f32 expert of the example model: gate, up and down of 64 x 64 */
+	snprintf(args, sizeof(args), "generate 'hello world' 12 - %llu", need + 2 * 3 * 64 * 64 * 4);
+	ck_assert_int_eq(example(args, &out), 0);
+	at = strstr(out, "prefetch hook: ");
+	ck_assert_msg(at && sscanf(at, "prefetch hook: asked %llu, fetched ahead %llu, used %llu; "
+				   "demand misses %llu, %u slots", &asked, &fetched, &used, &misses,
+				   &slots) == 5, "%s", out);
+	ck_assert_uint_eq(slots, 4);
+	ck_assert_uint_gt(asked, 0);
+	ck_assert_msg(fetched > 0 && fetched <= asked && used > 0 && used <= fetched, "%s", out);
+	free(out);
+	ck_assert_int_eq(example("generate 'hello world' 12 - 1Q", &out), 2);
+	expect_line(out, "generate: VRAM '1Q'");
+	free(out);
+}
+END_TEST
+
+/*
  * One errno for "not supported": -EOPNOTSUPP, the driver's (the same value
  * as ENOTSUP on Linux, but one spelling in code and documentation).
  */
@@ -285,6 +319,7 @@ Suite *suite_platform(void)
 	tcase_add_test(tc, example_inspect);
 	tcase_add_test(tc, example_stream_experts);
 	tcase_add_test(tc, example_generate_observes_and_overrides);
+	tcase_add_test(tc, example_generate_prefetch_hook);
 	suite_add_tcase(s, tc);
 	return s;
 }
