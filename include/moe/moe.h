@@ -899,7 +899,8 @@ MOE_API const char *moe_backend_list(void);
 /*
  * The memory plan of a context: every byte, decided before anything is
  * allocated.  moe_ctx_create() lays device memory out exactly so (one
- * allocation of device_bytes), so a plan made ahead, e.g. by `moectl plan`,
+ * allocation of device_bytes, less the resident tensors that CPU contexts of
+ * one model share), so a plan made ahead, e.g. by `moectl plan`,
  * is what a run will use.
  */
 #define MOE_PLAN_MAX_CLASSES 8
@@ -971,9 +972,17 @@ MOE_API int moe_plan(const struct moe_model *model, const struct moe_ctx_params 
  * resident tensors, the KV cache, scratch and one token's experts of a layer;
  * -EOPNOTSUPP for an architecture without a forward pass.  The model must stay
  * open while the context lives.
+ *
+ * Contexts on one model handle may be created, used and destroyed on
+ * different threads at the same time.  On the CPU backend those whose plans
+ * lay the resident tensors out alike (the same tensors resident; budgets
+ * and n_ctx may differ) share one read-only copy of them, read by the first
+ * and kept until the last is destroyed (moe_ctx_stats.resident_shared); each
+ * budget still counts them.  A CUDA context holds its own copy on its device.
  */
 MOE_API int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 			   struct moe_ctx **out);
+/* Free @ctx and all it holds (its share of the resident tensors last); NULL is a no-op. */
 MOE_API void moe_ctx_destroy(struct moe_ctx *ctx);
 
 enum moe_eval_flags {
@@ -1056,6 +1065,12 @@ struct moe_ctx_stats {
 	/* streamed dense FFNs (not in the expert counters above; prefetches include them) */
 	uint64_t dense_hits, dense_misses;
 	uint64_t dense_prefetch_used;   /* hits on dense FFNs fetched ahead of their layer */
+	/*
+	 * Bytes of resident tensors held once for all the CPU contexts of the
+	 * model (0: the context holds its own copy).  vram_used still counts
+	 * them, as the plan does: each context's budget holds them.
+	 */
+	uint64_t resident_shared;
 	uint64_t reserved[1];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);

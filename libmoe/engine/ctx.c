@@ -237,10 +237,21 @@ static int setup(struct moe_ctx *ctx)
 	ret = moe_backend_create(ctx->lay.desc, &bp, &ctx->be);
 	if (ret < 0)
 		return ret;
-	ret = ctx->be->ops->alloc(ctx->be, p->device_bytes, &ctx->arena);
+	/*
+	 * On the CPU backend the resident tensors live in memory the model's
+	 * contexts share (engine/share.c): the context's own allocation leaves
+	 * them out.  The guarded test mode keeps everything in its arena.
+	 */
+	if (!strcmp(ctx->be->ops->name, "cpu") && !(bp.flags & MOE_BE_F_GUARD)) {
+		uint64_t end;
+
+		ctx->share_skip = moe_share_prefix(&ctx->lay, ctx->hp.n_layer, &end);
+	}
+	ret = ctx->be->ops->alloc(ctx->be, p->device_bytes - ctx->share_skip, &ctx->arena_mem);
 	if (ret < 0)
 		return moe_err_prefix(ret, "device memory of the plan (%llu bytes)",
-				      (unsigned long long)p->device_bytes);
+				      (unsigned long long)(p->device_bytes - ctx->share_skip));
+	ctx->arena = ctx->arena_mem - ctx->share_skip;
 	for (int i = 0; i < PB_COUNT; i++)
 		ctx->buf[i] = ctx->arena + ctx->lay.buf_off[i];
 	ret = ctx->be->ops->set_workspace(ctx->be, ctx->arena + ctx->lay.ws_off,
@@ -429,9 +440,10 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 		if (ctx->hbuf)
 			be->ops->host_free(be, ctx->hbuf);
 		moe_ple_free(ctx);
-		be->ops->free(be, ctx->arena);
+		be->ops->free(be, ctx->arena_mem);
 		moe_backend_destroy(be);
 	}
+	moe_share_release(ctx);
 	moe_io_destroy(ctx->io);
 	moe_threadpool_destroy(ctx->pool);
 	moe_plan_layout_free(&ctx->lay);
@@ -756,9 +768,11 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 	s.decode_tps = s.decode_s > 0 ? s.decode_tokens / s.decode_s : 0;
 	ctx->be->ops->mem_info(ctx->be, &mem);
 	s.vram_budget = ctx->par.vram_bytes;
-	s.vram_used = mem.used;
-	s.vram_peak = mem.peak;
+	/* as the plan counts them: the shared resident tensors are in every budget */
+	s.vram_used = mem.used + (ctx->share ? ctx->share_skip : 0);
+	s.vram_peak = mem.peak + (ctx->share ? ctx->share_skip : 0);
 	s.resident_bytes = p->resident_bytes;
+	s.resident_shared = moe_share_bytes(ctx);
 	s.kv_bytes = p->kv_bytes;
 	s.scratch_bytes = p->scratch_bytes + p->workspace_bytes;
 	s.host_bytes = sizeof(float) * (uint64_t)ctx->n_logits * ctx->hp.n_vocab;

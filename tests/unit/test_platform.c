@@ -336,7 +336,7 @@ START_TEST(contexts_share_a_model_under_tsan)
 		 "%s/tests/threads-tsan %s 4", build_dir(), model);
 	st = tu_run(cmd, 1, &out);
 	ck_assert_msg(st == 0, "%s: status %d:\n%s", cmd, st, out);
-	expect_line(out, "4 contexts on one model agree with one alone");
+	expect_line(out, "4 contexts on one model agree with one alone, sharing its resident weights");
 	free(out);
 }
 END_TEST
