@@ -121,19 +121,19 @@ static int on_token(void *arg, const float *logits, uint32_t n_rows, int32_t nex
 
 int main(int argc, char **argv)
 {
-	struct moe_tokenizer *tok;
+	struct moe_tokenizer *tok = NULL;
 	struct moe_ctx_params cp;
 	struct moe_sample_params sp;
 	struct printer pr = { 0 };
-	struct moe_model *model;
+	struct moe_model *model = NULL;
 	struct moe_hparams hp;
 	struct watch w = { .force = -1 };
 	struct ahead ah = { 0 };
 	struct moe_ctx_stats st;
-	struct moe_ctx *ctx;
+	struct moe_ctx *ctx = NULL;
 	int32_t ids[256];
 	char buf[512];
-	int n, gen, len;
+	int n, gen, len, ret = 1;
 
 	if (argc < 3 || argc > 6) {
 		fprintf(stderr, "usage: %s MODEL.gguf PROMPT [N_TOKENS [FORCE_EXPERT|- [VRAM]]]\n",
@@ -143,7 +143,7 @@ int main(int argc, char **argv)
 	if (moe_model_open(argv[1], &model) < 0 || moe_model_hparams(model, &hp) < 0 ||
 	    moe_tokenizer_load(model, &tok) < 0) {
 		fprintf(stderr, "generate: %s\n", moe_errmsg());
-		return 1;
+		goto out;
 	}
 	w.model = model;
 	w.n_layer = hp.n_layer;
@@ -152,18 +152,19 @@ int main(int argc, char **argv)
 	if (argc >= 5 && strcmp(argv[4], "-"))
 		w.force = atoi(argv[4]);
 	if (!w.picked)
-		return 1;
+		goto out;
 
 	moe_ctx_params_init(&cp);
 	cp.n_ctx = 256;
 	if (argc == 6 && moe_parse_size(argv[5], &cp.vram_bytes) < 0) {
 		fprintf(stderr, "generate: VRAM '%s': %s\n", argv[5], moe_errmsg());
-		return 2;
+		ret = 2;
+		goto out;
 	}
 	cp.flags = MOE_CTX_LAZY_EXPERTS;
 	if (moe_ctx_create(model, &cp, &ctx) < 0) {
 		fprintf(stderr, "generate: %s\n", moe_errmsg());
-		return 1;
+		goto out;
 	}
 	moe_ctx_set_route_hook(ctx, on_route, &w);
 	if (argc == 6) {
@@ -176,7 +177,7 @@ int main(int argc, char **argv)
 			 moe_tokenizer_add_bos(tok) ? MOE_TOK_ADD_BOS : 0, ids, 256);
 	if (n <= 0) {
 		fprintf(stderr, "generate: %s\n", n ? moe_errmsg() : "the prompt has no tokens");
-		return 1;
+		goto out;
 	}
 	moe_sample_params_init(&sp);
 	pr.tok = tok;
@@ -185,7 +186,7 @@ int main(int argc, char **argv)
 			       0, on_token, &pr);
 	if (gen < 0) {
 		fprintf(stderr, "\ngenerate: %s\n", moe_errmsg());
-		return 1;
+		goto out;
 	}
 	len = moe_detok_stream(tok, &pr.ds, -1, buf, sizeof(buf));
 	if (len > 0)
@@ -212,9 +213,11 @@ int main(int argc, char **argv)
 		printf("prefetch hook: asked %" PRIu64 ", fetched ahead %" PRIu64 ", used %" PRIu64
 		       "; demand misses %" PRIu64 ", %u slots\n", ah.asked, st.prefetches,
 		       st.prefetch_used, st.expert_misses, st.n_slots);
+	ret = 0;
+out:
 	moe_ctx_destroy(ctx);
 	moe_tokenizer_destroy(tok);
 	free(w.picked);
 	moe_model_destroy(model);
-	return 0;
+	return ret;
 }
