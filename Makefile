@@ -254,17 +254,27 @@ $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
 		-e 's|@INCDIR@|$(CURDIR)/include|' -e 's|@VERSION@|$(LIB_VERSION)|' $< > $@
 
 # A tool is one file or one folder, plus the code every tool shares in
-# tools/common; all link the static library so the binaries run from the
-# build tree without LD_LIBRARY_PATH.
-$(BUILD)/obj/tools/%.o: ALL_CFLAGS += -Itools/common -Itools/bench $(JSON_CFLAGS)
+# tools/common.  The tools are built as programs outside this tree are: with
+# include/ only (not libmoe/) and linked to the shared library, found through
+# the run path $ORIGIN/../lib (build/bin -> build/lib, $PREFIX/bin ->
+# $PREFIX/lib), so they can use nothing the API does not export.  The two in
+# STATIC_TOOLS need internals and link the static library instead
+# (Documentation/api.rst, "How the tools link").
+STATIC_TOOLS := moe-mkmodel moe-bench
+$(BUILD)/obj/tools/%.o: ALL_CFLAGS = $(filter-out -Ilibmoe,$(BASE_CFLAGS)) $(PKG_CFLAGS) \
+	$(CFLAGS) -Itools/common -Itools/bench $(JSON_CFLAGS)
+$(foreach t,$(STATIC_TOOLS),$(eval $(BUILD)/obj/tools/$(t)/%.o: ALL_CFLAGS += -Ilibmoe))
 $(BUILD)/obj/tools/moe-server/%.o: ALL_CFLAGS += $(SERVER_CFLAGS)
 $(BUILD)/bin/moe-server: TOOL_LIBS = $(SERVER_LIBS)
 define tool_rule
 $(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1).c tools/$(1)/*.c)) \
-		$(TOOL_COMMON_OBJS) $(if $(filter moe-bench moectl,$(1)),$(BENCH_OBJS)) $(STATIC_LIB)
+		$(TOOL_COMMON_OBJS) $(if $(filter moe-bench moectl,$(1)),$(BENCH_OBJS)) \
+		$(if $(filter $(1),$(STATIC_TOOLS)),$(STATIC_LIB),$(SHARED_LIB))
 	@mkdir -p $$(@D)
-	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(STATIC_LIB) $$(TOOL_LIBS) $$(JSON_LIBS) \
-		$$(LIBS)
+	$$(CC) $$(ALL_CFLAGS) -o $$@ $$(filter %.o,$$^) $(if $(filter $(1),$(STATIC_TOOLS)),\
+		$(STATIC_LIB) $$(TOOL_LIBS) $$(JSON_LIBS) $$(LIBS),\
+		$(SHARED_LIB) -Wl$$(comma)-rpath$$(comma)'$$$$ORIGIN/../lib' $$(TOOL_LIBS) \
+		$$(JSON_LIBS) -lm -pthread $$(SAN_LDFLAGS))
 endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 

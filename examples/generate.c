@@ -1,14 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * generate: text from a prompt with an inference engine, and a routing hook
- * that watches every routing decision and, when asked, overrides it.
+ * generate: text from a prompt with an inference engine, a routing hook
+ * that watches every routing decision and, when asked, overrides it, and a
+ * prefetch hook that decides which experts are fetched ahead.
  *
- *   generate MODEL.gguf PROMPT [N_TOKENS [FORCE_EXPERT]]
+ *   generate MODEL.gguf PROMPT [N_TOKENS [FORCE_EXPERT|- [VRAM]]]
  *
- * The hook counts how often the router picked each expert of each layer.
- * With FORCE_EXPERT it rewrites every choice of every layer to that expert
- * (a stand-in for a scheduler of one's own), and the program then shows, from
- * the engine's own routing statistics, that only that expert ran.
+ * The routing hook counts how often the router picked each expert of each
+ * layer.  With FORCE_EXPERT it rewrites every choice of every layer to that
+ * expert (a stand-in for a scheduler of one's own), and the program then
+ * shows, from the engine's own routing statistics, that only that expert
+ * ran.
+ *
+ * With VRAM (a size: "4M"), the experts stream through a cache of that
+ * budget, and the prefetch hook is a predictor of its own: the next MoE layer
+ * will use the experts this layer used.  It asks for those, replacing
+ * whatever the built-in prefetcher would have picked, and the program prints
+ * from the engine's statistics how many were fetched ahead and used.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -47,6 +55,51 @@ static void on_route(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_t
 	}
 }
 
+struct ahead {
+	const struct moe_model *model;
+	uint32_t n_layer, n_expert;
+	uint64_t asked;
+};
+
+/* The next MoE layer after @layer (wrapping to the first: the next token's), or @layer. */
+static uint32_t next_moe_layer(const struct ahead *a, uint32_t layer)
+{
+	struct moe_layer_info li;
+
+	for (uint32_t d = 1; d <= a->n_layer; d++) {
+		uint32_t l = (layer + d) % a->n_layer;
+
+		if (moe_model_layer(a->model, l, &li) == 0 && li.is_moe)
+			return l;
+	}
+	return layer;
+}
+
+static int on_prefetch(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
+		       const int32_t *sel, uint32_t k, struct moe_prefetch_req *req,
+		       uint32_t n_req, uint32_t max)
+{
+	struct ahead *a = arg;
+	struct moe_layer_info li;
+	uint32_t next = next_moe_layer(a, layer), used = k, n = 0;
+
+	(void)pos;
+	(void)n_req;        /* the built-in prefetcher's picks: replaced */
+	if (moe_model_layer(a->model, layer, &li) == 0)
+		used = li.n_expert_used;
+	for (uint32_t t = 0; t < n_tok; t++)
+		for (uint32_t j = 0; j < used; j++) {
+			uint32_t e = (uint32_t)sel[t * k + j], i;
+
+			for (i = 0; i < n && req[i].expert != e; i++)
+				;
+			if (i == n && n < max)
+				req[n++] = (struct moe_prefetch_req){ .layer = next, .expert = e };
+		}
+	a->asked += n;
+	return (int)n;
+}
+
 struct printer {
 	const struct moe_tokenizer *tok;
 	struct moe_detok_state ds;
@@ -68,49 +121,63 @@ static int on_token(void *arg, const float *logits, uint32_t n_rows, int32_t nex
 
 int main(int argc, char **argv)
 {
-	struct moe_tokenizer *tok;
+	struct moe_tokenizer *tok = NULL;
 	struct moe_ctx_params cp;
 	struct moe_sample_params sp;
 	struct printer pr = { 0 };
-	struct moe_model *model;
+	struct moe_model *model = NULL;
 	struct moe_hparams hp;
 	struct watch w = { .force = -1 };
-	struct moe_ctx *ctx;
+	struct ahead ah = { 0 };
+	struct moe_ctx_stats st;
+	struct moe_ctx *ctx = NULL;
 	int32_t ids[256];
 	char buf[512];
-	int n, gen, len;
+	int n, gen, len, ret = 1;
 
-	if (argc < 3 || argc > 5) {
-		fprintf(stderr, "usage: %s MODEL.gguf PROMPT [N_TOKENS [FORCE_EXPERT]]\n", argv[0]);
+	if (argc < 3 || argc > 6) {
+		fprintf(stderr, "usage: %s MODEL.gguf PROMPT [N_TOKENS [FORCE_EXPERT|- [VRAM]]]\n",
+			argv[0]);
 		return 2;
 	}
 	if (moe_model_open(argv[1], &model) < 0 || moe_model_hparams(model, &hp) < 0 ||
 	    moe_tokenizer_load(model, &tok) < 0) {
 		fprintf(stderr, "generate: %s\n", moe_errmsg());
-		return 1;
+		goto out;
 	}
 	w.model = model;
 	w.n_layer = hp.n_layer;
 	w.n_expert = hp.n_expert ? hp.n_expert : 1;
 	w.picked = calloc((size_t)w.n_layer * w.n_expert, sizeof(*w.picked));
-	if (argc == 5)
+	if (argc >= 5 && strcmp(argv[4], "-"))
 		w.force = atoi(argv[4]);
 	if (!w.picked)
-		return 1;
+		goto out;
 
 	moe_ctx_params_init(&cp);
 	cp.n_ctx = 256;
+	if (argc == 6 && moe_parse_size(argv[5], &cp.vram_bytes) < 0) {
+		fprintf(stderr, "generate: VRAM '%s': %s\n", argv[5], moe_errmsg());
+		ret = 2;
+		goto out;
+	}
+	cp.flags = MOE_CTX_LAZY_EXPERTS;
 	if (moe_ctx_create(model, &cp, &ctx) < 0) {
 		fprintf(stderr, "generate: %s\n", moe_errmsg());
-		return 1;
+		goto out;
 	}
 	moe_ctx_set_route_hook(ctx, on_route, &w);
+	if (argc == 6) {
+		ah = (struct ahead){ .model = model, .n_layer = hp.n_layer,
+				     .n_expert = hp.n_expert };
+		moe_ctx_set_prefetch_hook(ctx, on_prefetch, &ah);
+	}
 
 	n = moe_tokenize(tok, argv[2], strlen(argv[2]),
 			 moe_tokenizer_add_bos(tok) ? MOE_TOK_ADD_BOS : 0, ids, 256);
 	if (n <= 0) {
 		fprintf(stderr, "generate: %s\n", n ? moe_errmsg() : "the prompt has no tokens");
-		return 1;
+		goto out;
 	}
 	moe_sample_params_init(&sp);
 	pr.tok = tok;
@@ -119,7 +186,7 @@ int main(int argc, char **argv)
 			       0, on_token, &pr);
 	if (gen < 0) {
 		fprintf(stderr, "\ngenerate: %s\n", moe_errmsg());
-		return 1;
+		goto out;
 	}
 	len = moe_detok_stream(tok, &pr.ds, -1, buf, sizeof(buf));
 	if (len > 0)
@@ -142,9 +209,15 @@ int main(int argc, char **argv)
 			printf(" %" PRIu64, rs ? moe_routestats_count(rs, l, e) : 0);
 		printf("\n");
 	}
+	if (argc == 6 && moe_ctx_get_stats(ctx, &st) == 0)
+		printf("prefetch hook: asked %" PRIu64 ", fetched ahead %" PRIu64 ", used %" PRIu64
+		       "; demand misses %" PRIu64 ", %u slots\n", ah.asked, st.prefetches,
+		       st.prefetch_used, st.expert_misses, st.n_slots);
+	ret = 0;
+out:
 	moe_ctx_destroy(ctx);
 	moe_tokenizer_destroy(tok);
 	free(w.picked);
 	moe_model_destroy(model);
-	return 0;
+	return ret;
 }

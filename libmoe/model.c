@@ -646,6 +646,7 @@ int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **ou
 	if (!m)
 		return moe_err(ENOMEM, "out of memory");
 	m->fd = -1;
+	pthread_mutex_init(&m->share_lock, NULL);
 	m->path = strdup(path);
 	if (!m->path) {
 		ret = moe_err(ENOMEM, "out of memory");
@@ -738,6 +739,7 @@ void moe_model_destroy(struct moe_model *m)
 		close(m->fd);
 	free(m->head);
 	free(m->path);
+	pthread_mutex_destroy(&m->share_lock);
 	free(m);
 }
 

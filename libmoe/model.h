@@ -3,6 +3,8 @@
 #ifndef MOE_MODEL_H
 #define MOE_MODEL_H
 
+#include <pthread.h>
+
 #include "arch.h"
 #include "gguf.h"
 #include "moe/moe.h"
@@ -30,6 +32,9 @@ struct moe_model {
 	struct moe_layer *layers;
 	struct moe_tensor_info *tinfo; /* public view of every tensor */
 	struct moe_model_summary summary;
+	/* resident tensors the model's CPU contexts share (engine/share.c) */
+	pthread_mutex_t share_lock;
+	struct moe_resident_share *shares;
 };
 
 /* Metadata helpers used inside libmoe: "{arch}.suffix" lookups. */

@@ -6,7 +6,8 @@
 # The page of a function is made of its declaration (SYNOPSIS) and the
 # comment right above it, which may cover several declarations in a row
 # (DESCRIPTION) up to a blank line; a function without one gets the overview comment of its
-# section of the header.  The header's conventions (errno returns,
+# section of the header, which the others get as NOTES (the section's threads and
+# ownership rules).  The header's conventions (errno returns,
 # moe_errmsg) become RETURN VALUE, and the other functions of the section
 # SEE ALSO.  Fails when a function has neither comment nor section overview.
 
@@ -117,6 +118,14 @@ END {
 		for (j = 1; j <= m; j++)
 			printf("%s\n", roff(lines[j])) > f
 		printf(".fi\n") > f
+		# the section's overview: its threads and ownership rules, on every page
+		if (doc != overview[fsect[i]] && overview[fsect[i]] != "") {
+			printf(".SH NOTES\n.nf\n") > f
+			m = split(overview[fsect[i]], lines, "\n")
+			for (j = 1; j <= m; j++)
+				printf("%s\n", roff(lines[j])) > f
+			printf(".fi\n") > f
+		}
 		printf(".SH RETURN VALUE\nCalls that return int return 0 (or a count) on success and a negative\n") > f
 		printf("errno on failure, as described above, and never set errno.\n") > f
 		printf(".BR moe_errmsg (3)\ngives the reason for the last failure on the calling thread.\n") > f

@@ -29,6 +29,16 @@ extern "C" {
 #define MOE_VERSION_MINOR 0
 
 /* ---------------------------------------------------------------- errors */
+/* (section: general) */
+
+/*
+ * Errors, the library's build facts, logging, sizes and tensor types.
+ * Threads: every function of this section may be called from any thread at
+ * any time; moe_errmsg() reports the calling thread's own last failure.
+ * Ownership: the strings returned are static, except moe_errmsg()'s, which
+ * belongs to the calling thread and stays valid until its next failing call;
+ * never free them.
+ */
 
 /*
  * The reason for the last failure on this thread, e.g.
@@ -123,6 +133,18 @@ MOE_API int moe_type_block_bytes(uint32_t type);
 MOE_API int64_t moe_type_row_bytes(uint32_t type, uint64_t n);
 
 /* ---------------------------------------------------------------- models */
+/* (section: models) */
+
+/*
+ * The GGUF reader: a model file's metadata, tensor table, hyperparameters,
+ * layers and expert map, validated at open, without reading tensor data.
+ * Threads: a model is read-only once open; any number of threads, contexts
+ * and tokenizers may use one handle at once, and moe_model_destroy() comes
+ * after the last of them.
+ * Ownership: the handle is the caller's; keys, string values, tensor names
+ * and the path returned point into the model and are valid until
+ * moe_model_destroy().  Out-structs are filled by value.
+ */
 
 struct moe_model;
 
@@ -149,6 +171,11 @@ enum moe_open_flags {
 MOE_API int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **out);
 /* The path the model was opened from. */
 MOE_API const char *moe_model_path(const struct moe_model *model);
+/*
+ * Close the file and free @model with every string and array it returned.
+ * Contexts on it must be destroyed first; tokenizers loaded from it need
+ * not be.  NULL is a no-op.
+ */
 MOE_API void moe_model_destroy(struct moe_model *model);
 
 /* Metadata value types, as in GGUF. */
@@ -367,9 +394,18 @@ MOE_API int moe_model_summary(const struct moe_model *model, struct moe_model_su
  *  - a FIFO: written through when a reader has it open, else refused (-ENXIO)
  *    instead of blocking;
  *  - a directory (-EISDIR), block device or socket (-EEXIST): refused.
+ * Threads: a struct moe_outfile belongs to one thread at a time; files are
+ * independent of each other.
+ * Ownership: moe_outfile_close() frees it, whatever it returns.
  */
 struct moe_outfile;
 
+/*
+ * Open @path for writing by the rules above into *out.  -EISDIR, -EEXIST or
+ * -ENXIO as above; another negative errno (-EACCES, -ENOENT for a missing
+ * directory, -ENOSPC) when the file or its temporary cannot be created, with
+ * moe_errmsg() naming the path.
+ */
 MOE_API int moe_outfile_open(const char *path, struct moe_outfile **out);
 /* The descriptor to write to (the temporary file while there is one). */
 MOE_API int moe_outfile_fd(const struct moe_outfile *o);
@@ -395,6 +431,11 @@ MOE_API int moe_outfile_close(struct moe_outfile *o, bool commit);
  * tensor infos in the order they were added, each tensor's data at a
  * multiple of the alignment, zero padding.  Keys and tensor names must be
  * unique; a tensor name is shorter than MOE_GGUF_NAME_MAX bytes.
+ * Threads: a writer is used by one thread at a time; writers are
+ * independent.
+ * Ownership: the writer copies keys, string values, names and the data of
+ * moe_gguf_add_tensor(); the @ctx of moe_gguf_add_tensor_fill() stays the
+ * caller's.  moe_gguf_writer_destroy() frees the writer, not a file written.
  */
 struct moe_gguf_writer;
 
@@ -403,8 +444,15 @@ struct moe_gguf_writer;
 
 /* @alignment: a power of two (32 is GGUF's default; general.alignment is written otherwise). */
 MOE_API int moe_gguf_writer_create(uint32_t alignment, struct moe_gguf_writer **out);
+/* Free @w and all it copied; NULL is a no-op. */
 MOE_API void moe_gguf_writer_destroy(struct moe_gguf_writer *w);
 
+/*
+ * Set metadata @key to @val, the GGUF type being the function's (u32, i32,
+ * u64, f32, bool, string).  -EINVAL for an empty or too long key, or
+ * general.alignment (the writer's alignment writes it); -EEXIST for a key
+ * already set; -ENOMEM.
+ */
 MOE_API int moe_gguf_set_u32(struct moe_gguf_writer *w, const char *key, uint32_t val);
 MOE_API int moe_gguf_set_i32(struct moe_gguf_writer *w, const char *key, int32_t val);
 MOE_API int moe_gguf_set_u64(struct moe_gguf_writer *w, const char *key, uint64_t val);
@@ -460,9 +508,14 @@ MOE_API int moe_gguf_write(struct moe_gguf_writer *w, const char *path);
  * AVX-512, AVX-512 VNNI) are chosen once at run time, the best the CPU has;
  * MOE_CPU_ISA=scalar|avx2|avx512|avx512vnni in the environment forces one the
  * CPU has, MOE_NO_SIMD=1 the scalar ones.
+ * Threads: the kernels, moe_matmul() and moe_dequant_row() are reentrant
+ * (buffers are the caller's).  A thread pool runs one moe_threadpool_run()
+ * at a time (another, nested or concurrent, runs on its caller alone) and
+ * is destroyed by one thread when no run is in progress.
  */
 /* The kernels in use: "scalar", "avx2", "avx512" or "avx512vnni". */
 MOE_API const char *moe_cpu_isa(void);
+/* Convert @n elements of @type at @src into floats at @dst; 0, or the errors above. */
 MOE_API int moe_dequantize(uint32_t type, const void *src, float *dst, int64_t n);
 /* Quantize @n floats into @dst; returns the bytes written. */
 MOE_API int64_t moe_quantize(uint32_t type, const float *src, void *dst, int64_t n);
@@ -471,6 +524,7 @@ MOE_API int64_t moe_quantize(uint32_t type, const float *src, void *dst, int64_t
 struct moe_threadpool;
 /* @n_threads <= 0: one thread per CPU this process may run on. */
 MOE_API int moe_threadpool_create(int n_threads, struct moe_threadpool **out);
+/* Stop and join the pool's threads (no run may be in progress); NULL is a no-op. */
 MOE_API void moe_threadpool_destroy(struct moe_threadpool *tp);
 /* Threads including the caller; 1 for a NULL pool. */
 MOE_API int moe_threadpool_size(const struct moe_threadpool *tp);
@@ -504,6 +558,14 @@ MOE_API int moe_dequant_row(uint32_t type, const void *w, int64_t cols, int64_t 
  * descriptor, falling back at run time to pread worker threads when
  * io_uring is refused and to buffered reads when O_DIRECT is refused (each
  * fallback logged once and named by moe_io_describe()).
+ * Threads: moe_io_read*(), moe_io_submit(), moe_io_cancel_low(),
+ * moe_io_promote(), moe_io_poll(), moe_io_wait() and the stats calls may be
+ * called from any thread; callbacks run on the thread that polls or waits
+ * (or on an engine thread with MOE_IO_CB_ENGINE_THREAD).  moe_io_destroy()
+ * is called once, by one thread, when no other thread calls in any more.
+ * Ownership: destination buffers stay the caller's and must stay valid until
+ * their callback ran; memory of moe_io_alloc() is the engine's, returned with
+ * moe_io_free() and gone with moe_io_destroy().
  */
 struct moe_io;
 
@@ -565,6 +627,7 @@ MOE_API uint64_t moe_io_span(const struct moe_io *io, uint64_t offset, uint64_t 
  * -ENOMEM when out of memory, -EINVAL for 0 bytes; *out is NULL then.
  */
 MOE_API int moe_io_alloc(struct moe_io *io, uint64_t bytes, void **out);
+/* Give back memory of moe_io_alloc(); NULL is a no-op, other memory is logged and kept. */
 MOE_API void moe_io_free(struct moe_io *io, void *p);
 
 /*
@@ -632,6 +695,7 @@ struct moe_io_stats {
 	double busy_s;          /* time with at least one read in flight */
 	uint64_t reserved[4];   /* zero; room for later counters */
 };
+/* The counters since open into @out; busy_s includes a read in flight now. */
 MOE_API void moe_io_get_stats(const struct moe_io *io, struct moe_io_stats *out);
 /* "io_uring, O_DIRECT, qd 32, node 0, ..." with the fallbacks taken and why. */
 MOE_API const char *moe_io_describe(const struct moe_io *io);
@@ -645,6 +709,7 @@ struct moe_topo_info {
 	char hwloc_version[16];
 	uint64_t reserved[4];
 };
+/* The machine's counts and hwloc's version; a negative errno when hwloc cannot load them. */
 MOE_API int moe_topo_info(struct moe_topo_info *out);
 
 struct moe_topo_node {
@@ -680,6 +745,10 @@ MOE_API int moe_topo_path_node(const char *path);
  * model's expert extents with it, list registered models and their
  * counters.  Reads through the driver go through the I/O engine with
  * backend MOE_IO_KMOD.
+ * Threads: a handle is used by one thread at a time; several handles (in
+ * one process or many) may be open at once.
+ * Ownership: registrations belong to the driver, not the handle: they stay
+ * after moe_kmod_destroy() until moe_kmod_unregister().
  */
 struct moe_kmod;
 
@@ -707,6 +776,7 @@ struct moe_kmod_model_info {
  * says what to do.
  */
 MOE_API int moe_kmod_open(struct moe_kmod **out);
+/* Close the driver's node and free @k (registrations stay); NULL is a no-op. */
 MOE_API void moe_kmod_destroy(struct moe_kmod *k);
 /*
  * Register @model under @name: its header and tensor table, every tensor
@@ -740,11 +810,17 @@ MOE_API int moe_kmod_warm(struct moe_kmod *k, const char *name, uint64_t *bytes,
  * ("llama"), byte-level BPE ("gpt2", with the tokenizer.ggml.pre split) or
  * Gemma 4 ("gemma4").  Immutable once loaded: one may serve many threads.
  * Independent of the model handle after loading.
+ * Threads: any number of threads may use one tokenizer at once; a struct
+ * moe_detok_state belongs to one thread.  moe_tokenizer_destroy() comes after
+ * the last use.
+ * Ownership: output buffers are the caller's; moe_chat_render()'s *out is
+ * malloc'ed for the caller to free().
  */
 struct moe_tokenizer;
 
 /* -ENOENT for models without a tokenizer, -EOPNOTSUPP for unknown kinds, -EINVAL for bad arrays. */
 MOE_API int moe_tokenizer_load(const struct moe_model *model, struct moe_tokenizer **out);
+/* Free @t; NULL is a no-op. */
 MOE_API void moe_tokenizer_destroy(struct moe_tokenizer *t);
 
 enum moe_tok_flags {
@@ -803,6 +879,7 @@ struct moe_detok_state {
 MOE_API int moe_detok_stream(const struct moe_tokenizer *t, struct moe_detok_state *st,
 			     int32_t id, char *buf, int len);
 
+/* Tokens in the vocabulary (ids 0 .. size-1). */
 MOE_API int moe_tokenizer_vocab_size(const struct moe_tokenizer *t);
 /* BOS / EOS ids, -ENOENT when the vocabulary has none. */
 MOE_API int moe_tokenizer_bos(const struct moe_tokenizer *t);
@@ -848,6 +925,14 @@ MOE_API const char *moe_chat_format(const struct moe_tokenizer *t);
  * cache of fixed slots that fills whatever of the budget is left.
  * Activations and the KV cache are F32; matmuls use the quant kernels
  * (moe_matmul), which round activations to the weight type's vec_dot type.
+ * Threads: a context is used by one thread at a time (its getters too, while
+ * an eval runs); different contexts run at the same time, also on one model
+ * (see moe_ctx_create()).  The hooks run on the evaluating thread.  A
+ * sampler belongs to one thread.
+ * Ownership: the context owns its memory; what its getters return (logits,
+ * the plan, strings, routing statistics) is valid until the next eval, or
+ * moe_ctx_destroy() for the plan and strings.  Parameter structs and their
+ * strings are copied at creation.
  */
 struct moe_ctx;
 
@@ -907,7 +992,8 @@ MOE_API const char *moe_backend_list(void);
 /*
  * The memory plan of a context: every byte, decided before anything is
  * allocated.  moe_ctx_create() lays device memory out exactly so (one
- * allocation of device_bytes), so a plan made ahead, e.g. by `moectl plan`,
+ * allocation of device_bytes, less the resident tensors that CPU contexts of
+ * one model share), so a plan made ahead, e.g. by `moectl plan`,
  * is what a run will use.
  */
 #define MOE_PLAN_MAX_CLASSES 8
@@ -979,9 +1065,17 @@ MOE_API int moe_plan(const struct moe_model *model, const struct moe_ctx_params 
  * resident tensors, the KV cache, scratch and one token's experts of a layer;
  * -EOPNOTSUPP for an architecture without a forward pass.  The model must stay
  * open while the context lives.
+ *
+ * Contexts on one model handle may be created, used and destroyed on
+ * different threads at the same time.  On the CPU backend those whose plans
+ * lay the resident tensors out alike (the same tensors resident; budgets
+ * and n_ctx may differ) share one read-only copy of them, read by the first
+ * and kept until the last is destroyed (moe_ctx_stats.resident_shared); each
+ * budget still counts them.  A CUDA context holds its own copy on its device.
  */
 MOE_API int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 			   struct moe_ctx **out);
+/* Free @ctx and all it holds (its share of the resident tensors last); NULL is a no-op. */
 MOE_API void moe_ctx_destroy(struct moe_ctx *ctx);
 
 enum moe_eval_flags {
@@ -1024,7 +1118,9 @@ MOE_API int moe_ctx_seq_pos(const struct moe_ctx *ctx, uint32_t seq);
  * last token (i = 0); for a batch, the i-th kept token in batch order.
  */
 MOE_API const float *moe_ctx_logits(const struct moe_ctx *ctx, uint32_t i);
+/* The vocabulary size: the length of each logits row. */
 MOE_API uint32_t moe_ctx_n_vocab(const struct moe_ctx *ctx);
+/* KV cells (positions) per sequence. */
 MOE_API uint32_t moe_ctx_n_ctx(const struct moe_ctx *ctx);
 /* Positions evaluated so far (the next position to evaluate). */
 MOE_API uint32_t moe_ctx_n_past(const struct moe_ctx *ctx);
@@ -1069,8 +1165,18 @@ struct moe_ctx_stats {
 	uint64_t device_free_before;    /* free before the context allocated anything */
 	uint64_t device_free_after;     /* free once the resident weights were loaded */
 	char expert_io[16];             /* how misses reach the device: "staging", "gds" */
+	/*
+	 * Bytes of resident tensors held once for all the CPU contexts of the
+	 * model (0: the context holds its own copy).  vram_used still counts
+	 * them, as the plan does: each context's budget holds them.
+	 */
+	uint64_t resident_shared;
 	uint64_t reserved[4];
 };
+/*
+ * The counters since creation or the last moe_ctx_reset_stats(), and the
+ * memory figures as they are now, into @out; 0.
+ */
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
 
 /* One layer's share of the counters. */
@@ -1115,6 +1221,10 @@ MOE_API void moe_sample_params_init(struct moe_sample_params *p);
  * moe_errmsg() naming the parameter) for parameters out of range.
  */
 struct moe_sampler;
+/*
+ * A sampler over @n_vocab logits with @p into *out.  -EINVAL for a NULL @p
+ * or @out, n_vocab past INT32_MAX or the parameters above; -ENOMEM.
+ */
 MOE_API int moe_sampler_new(const struct moe_sample_params *p, uint32_t n_vocab,
 			    struct moe_sampler **out);
 /*
@@ -1125,6 +1235,7 @@ MOE_API int moe_sampler_new(const struct moe_sample_params *p, uint32_t n_vocab,
 MOE_API int32_t moe_sampler_sample(struct moe_sampler *s, const float *logits);
 /* Record a token of the sequence (prompt and sampled) for the repetition penalty. */
 MOE_API void moe_sampler_accept(struct moe_sampler *s, int32_t token);
+/* Free @s; NULL is a no-op. */
 MOE_API void moe_sampler_destroy(struct moe_sampler *s);
 
 /*
@@ -1179,12 +1290,58 @@ typedef void (*moe_route_hook)(void *arg, uint32_t layer, const int32_t *pos, ui
  */
 MOE_API void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg);
 
+/* One expert to fetch ahead: expert @expert of MoE layer @layer. */
+struct moe_prefetch_req {
+	uint32_t layer;
+	uint32_t expert;
+};
+
+/*
+ * The prefetch hook: called on the thread that evaluates, once per MoE
+ * layer and forward step, when every expert the layer uses holds a slot;
+ * that is where the built-in prefetcher (moe_ctx_params.prefetch) picks the
+ * experts of later layers to fetch ahead.  @layer, @pos, @n_tok, @sel and
+ * @k are as for moe_route_hook, @sel holding the choices the layer ran
+ * (after any route hook).  @req has room for @max requests (every expert of
+ * every layer once); its first @n_req are the built-in prefetcher's picks,
+ * most likely first, as many as its budget allows (none without a
+ * prefetcher).  The hook returns how many requests of @req to fetch, having
+ * kept, reordered, replaced or dropped them as it likes (return n_req to
+ * accept the picks, 0 to fetch nothing): these are then fetched in that
+ * order as low-priority reads into slots the eviction policy gives up,
+ * experts already cached skipped, until staging runs out (the rest are
+ * dropped, not queued).  Requests may name any MoE layer, including earlier
+ * ones (for the next token).  A prefetched expert counts in
+ * moe_ctx_stats.prefetches and the bytes read; one still queued when its
+ * layer routes without it is withdrawn (prefetch_cancelled).  A return
+ * below 0 or above @max, or a request naming a layer without routed experts
+ * or an expert out of range, fails the eval with -EINVAL naming it.  The
+ * buffers are the engine's, valid during the call only; the hook must not
+ * call into @ctx.
+ */
+typedef int (*moe_prefetch_hook)(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
+				 const int32_t *sel, uint32_t k, struct moe_prefetch_req *req,
+				 uint32_t n_req, uint32_t max);
+/*
+ * Install @hook (NULL removes it) with @arg for the following evals of @ctx,
+ * which then fetches what the hook asks instead of what the built-in
+ * prefetcher picks (that still ranks the picks it offers, and its
+ * probabilities still guide the eviction policy).  Not to be called while
+ * another thread evaluates on @ctx.  A dense model never calls it.
+ */
+MOE_API void moe_ctx_set_prefetch_hook(struct moe_ctx *ctx, moe_prefetch_hook hook, void *arg);
+
 /* ------------------------------------------------------- routing */
 /* (section: routing) */
 
 /*
  * Routing statistics, traces and the trace simulator
  * (Documentation/design.rst, "Routing statistics and prefetch").
+ * Threads: statistics and traces are read-only once loaded or built and may
+ * be shared by threads; a context's statistics (moe_ctx_routestats()) change
+ * with its evals and are read on its thread; moe_sim_run() is reentrant.
+ * Ownership: each handle is freed by its _destroy function; the statistics
+ * of a context belong to it.
  */
 
 /* A model file's identity, whatever its path: its size and a hash of header and tensor table. */
@@ -1210,6 +1367,7 @@ MOE_API int moe_routestats_load(const char *path, const struct moe_model *model,
 				struct moe_routestats **out);
 /* Write the file whole, then rename it into place. */
 MOE_API int moe_routestats_save(const struct moe_routestats *rs, const char *path);
+/* Free @rs; NULL is a no-op. */
 MOE_API void moe_routestats_destroy(struct moe_routestats *rs);
 
 struct moe_routestats_info {
@@ -1218,6 +1376,7 @@ struct moe_routestats_info {
 	uint64_t model_bytes, model_hash;   /* 0 for statistics of a trace */
 	uint64_t reserved[4];
 };
+/* The dimensions, tokens observed and model identity of @rs into @out; 0. */
 MOE_API int moe_routestats_info(const struct moe_routestats *rs, struct moe_routestats_info *out);
 /* Routings of @layer observed (tokens that passed it). */
 MOE_API uint64_t moe_routestats_layer_tokens(const struct moe_routestats *rs, uint32_t layer);
@@ -1245,7 +1404,12 @@ MOE_API int moe_ctx_save_routestats(struct moe_ctx *ctx);
  */
 struct moe_trace;
 
+/*
+ * Read the trace at @path (either format) into *out.  -ENOENT when there is
+ * none; -EINVAL for a malformed one, moe_errmsg() naming the line; -ENOMEM.
+ */
 MOE_API int moe_trace_open(const char *path, struct moe_trace **out);
+/* Free @t; NULL is a no-op. */
 MOE_API void moe_trace_destroy(struct moe_trace *t);
 
 struct moe_trace_info {
@@ -1258,6 +1422,7 @@ struct moe_trace_info {
 	uint64_t n_tok;
 	uint64_t reserved[4];
 };
+/* The dimensions of @t into @out; 0. */
 MOE_API int moe_trace_info(const struct moe_trace *t, struct moe_trace_info *out);
 /* Tokens [*first, *first + *n) of sequence @s. */
 MOE_API int moe_trace_seq(const struct moe_trace *t, uint32_t s, uint64_t *first, uint64_t *n);

@@ -238,10 +238,21 @@ static int setup(struct moe_ctx *ctx)
 	if (ret < 0)
 		return ret;
 	ctx->be->ops->mem_info(ctx->be, &ctx->mem_before);
-	ret = ctx->be->ops->alloc(ctx->be, p->device_bytes, &ctx->arena);
+	/*
+	 * On the CPU backend the resident tensors live in memory the model's
+	 * contexts share (engine/share.c): the context's own allocation leaves
+	 * them out.  The guarded test mode keeps everything in its arena.
+	 */
+	if (!strcmp(ctx->be->ops->name, "cpu") && !(bp.flags & MOE_BE_F_GUARD)) {
+		uint64_t end;
+
+		ctx->share_skip = moe_share_prefix(&ctx->lay, ctx->hp.n_layer, &end);
+	}
+	ret = ctx->be->ops->alloc(ctx->be, p->device_bytes - ctx->share_skip, &ctx->arena_mem);
 	if (ret < 0)
 		return moe_err_prefix(ret, "device memory of the plan (%llu bytes)",
-				      (unsigned long long)p->device_bytes);
+				      (unsigned long long)(p->device_bytes - ctx->share_skip));
+	ctx->arena = ctx->arena_mem - ctx->share_skip;
 	for (int i = 0; i < PB_COUNT; i++)
 		ctx->buf[i] = ctx->arena + ctx->lay.buf_off[i];
 	ret = ctx->be->ops->set_workspace(ctx->be, ctx->arena + ctx->lay.ws_off,
@@ -317,6 +328,12 @@ static int setup(struct moe_ctx *ctx)
 				ret = moe_err(ENOMEM, "out of memory");
 			if (ret < 0)
 				return ret;
+		}
+		if (p->n_experts) {
+			ctx->pf_req_max = ctx->hp.n_layer * ctx->hp.n_expert;
+			ctx->pf_req = calloc(ctx->pf_req_max, sizeof(*ctx->pf_req));
+			if (!ctx->pf_req)
+				return moe_err(ENOMEM, "out of memory for the prefetch hook's list");
 		}
 		ret = moe_cache_create(&cp, &ctx->cache);
 		if (ret < 0)
@@ -425,9 +442,10 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 		if (ctx->hbuf)
 			be->ops->host_free(be, ctx->hbuf);
 		moe_ple_free(ctx);
-		be->ops->free(be, ctx->arena);
+		be->ops->free(be, ctx->arena_mem);
 		moe_backend_destroy(be);
 	}
+	moe_share_release(ctx);
 	moe_io_destroy(ctx->io);
 	moe_threadpool_destroy(ctx->pool);
 	moe_plan_layout_free(&ctx->lay);
@@ -449,6 +467,7 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 	free(ctx->chosen);
 	free(ctx->pf_prob);
 	free(ctx->pf_cand);
+	free(ctx->pf_req);
 	free(ctx->stats_path);
 	moe_pred_destroy(ctx->pred);
 	moe_routestats_destroy(ctx->rs);
@@ -751,9 +770,11 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 	s.decode_tps = s.decode_s > 0 ? s.decode_tokens / s.decode_s : 0;
 	ctx->be->ops->mem_info(ctx->be, &mem);
 	s.vram_budget = ctx->par.vram_bytes;
-	s.vram_used = mem.used;
-	s.vram_peak = mem.peak;
+	/* as the plan counts them: the shared resident tensors are in every budget */
+	s.vram_used = mem.used + (ctx->share ? ctx->share_skip : 0);
+	s.vram_peak = mem.peak + (ctx->share ? ctx->share_skip : 0);
 	s.resident_bytes = p->resident_bytes;
+	s.resident_shared = moe_share_bytes(ctx);
 	s.kv_bytes = p->kv_bytes;
 	s.scratch_bytes = p->scratch_bytes + p->workspace_bytes;
 	s.host_bytes = sizeof(float) * (uint64_t)ctx->n_logits * ctx->hp.n_vocab;
@@ -795,6 +816,12 @@ void moe_ctx_set_route_hook(struct moe_ctx *ctx, moe_route_hook hook, void *arg)
 {
 	ctx->route_hook = hook;
 	ctx->route_arg = arg;
+}
+
+void moe_ctx_set_prefetch_hook(struct moe_ctx *ctx, moe_prefetch_hook hook, void *arg)
+{
+	ctx->pf_hook = hook;
+	ctx->pf_arg = arg;
 }
 
 int moe_ctx_layer_stats(const struct moe_ctx *ctx, uint32_t layer,

@@ -83,6 +83,14 @@ struct moe_ctx {
 	struct moe_backend *be;
 	struct moe_io *io;
 	struct moe_expert_cache *cache;
+	/*
+	 * Resident tensors shared with the model's other contexts (NULL: in
+	 * the arena); the context's own allocation, arena_mem, then starts at
+	 * arena + share_skip.
+	 */
+	struct moe_resident_share *share;
+	uint64_t share_skip;
+	moe_dptr arena_mem;
 	uint32_t n_ctx, n_batch, n_past;
 	uint32_t n_seq;
 	uint32_t *seq_past;          /* positions evaluated per sequence (n_past is seq 0's) */
@@ -155,7 +163,23 @@ struct moe_ctx {
 
 	moe_route_hook route_hook;
 	void *route_arg;
+	moe_prefetch_hook pf_hook;
+	void *pf_arg;
+	struct moe_prefetch_req *pf_req;   /* [pf_req_max] what the prefetch hook asks */
+	uint32_t pf_req_max;               /* n_layer * n_expert: each expert once */
 };
+
+/*
+ * share.c: the bytes at the start of the plan's device memory that only
+ * resident tensors use (0: none to share), the end of those tensors in
+ * *resident_end; take a reference to the share of a plan laid out alike,
+ * made by @load (read) on first use or reused (not read), and drop it.
+ */
+uint64_t moe_share_prefix(const struct plan_layout *l, uint32_t n_layer, uint64_t *resident_end);
+int moe_share_acquire(struct moe_ctx *ctx, uint64_t bytes,
+		      int (*load)(struct moe_ctx *ctx, moe_dptr base, bool read));
+void moe_share_release(struct moe_ctx *ctx);
+uint64_t moe_share_bytes(const struct moe_ctx *ctx);
 
 /* load.c: read the resident tensors into the arena and bind every layer. */
 int moe_engine_load(struct moe_ctx *ctx);

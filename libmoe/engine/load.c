@@ -40,13 +40,23 @@ static int upload_tensor(struct moe_ctx *ctx, const struct moe_tensor_info *ti, 
 	return 0;
 }
 
-int moe_engine_load(struct moe_ctx *ctx)
+/*
+ * The resident tensors at @base + their plan offsets: read into place when
+ * @read, else only bound there (a share another context read).
+ */
+static int load_resident(struct moe_ctx *ctx, moe_dptr base, bool read)
 {
 	struct moe_backend *be = ctx->be;
 	uint64_t cap = ctx->lay.resident_chunk;
 	void *stg;
-	int ret = moe_io_alloc(ctx->io, cap, &stg);
+	int ret;
 
+	for (uint32_t i = 0; i < ctx->lay.n_tensors && !read; i++)
+		if (ctx->lay.t[i].off != UINT64_MAX)
+			ctx->res[i] = base + ctx->lay.t[i].off;
+	if (!read)
+		return 0;
+	ret = moe_io_alloc(ctx->io, cap, &stg);
 	if (ret < 0)
 		return moe_err(ENOMEM, "cannot allocate %llu bytes of staging",
 			       (unsigned long long)cap);
@@ -62,7 +72,7 @@ int moe_engine_load(struct moe_ctx *ctx)
 
 		if (pt->off == UINT64_MAX)
 			continue;
-		home = ctx->arena + pt->off;
+		home = base + pt->off;
 		ctx->res[i] = home;
 		if (!pt->convert) {
 			ret = upload_tensor(ctx, ti, home, stg, cap);
@@ -81,6 +91,16 @@ int moe_engine_load(struct moe_ctx *ctx)
 	be->ops->host_unregister(be, stg);
 	moe_io_free(ctx->io, stg);
 	return ret;
+}
+
+int moe_engine_load(struct moe_ctx *ctx)
+{
+	uint64_t end;
+
+	if (!ctx->share_skip)
+		return load_resident(ctx, ctx->arena, true);
+	moe_share_prefix(&ctx->lay, ctx->hp.n_layer, &end);
+	return moe_share_acquire(ctx, end, load_resident);
 }
 
 static int find(const struct moe_ctx *ctx, int layer, const char *name)

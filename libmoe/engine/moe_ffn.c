@@ -112,11 +112,10 @@ static void announce(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
 			ctx->ids_union[n++] = e;
 	}
 	moe_cache_layer(ctx->cache, il, ctx->clock, ctx->ids_union, n);
-	if (!ctx->pred)
-		return;
-	if (n_tok == 1)
+	if (ctx->pred && n_tok == 1)
 		moe_pred_learn(ctx->pred, il, ctx->h_sel, L->n_expert_used);
-	moe_cache_cancel_stale(ctx->cache, il, ctx->chosen);
+	if (ctx->pred || ctx->pf_hook)
+		moe_cache_cancel_stale(ctx->cache, il, ctx->chosen);
 }
 
 /* The layer's choices go into the statistics (and the trace being recorded). */
@@ -142,6 +141,44 @@ static bool ctx_cached(void *arg, uint32_t layer, uint32_t e)
 	return moe_cache_contains(ctx->cache, layer, e);
 }
 
+/*
+ * The prefetch hook's turn: it gets the predictor's picks (those the budget
+ * allows) and returns the list that is fetched instead, in its order, until
+ * staging runs out.
+ */
+static int prefetch_hooked(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok, uint32_t n,
+			   uint32_t budget)
+{
+	struct moe_prefetch_req *req = ctx->pf_req;
+	uint32_t n_req = 0;
+	int got;
+
+	for (uint32_t i = 0; i < n && n_req < budget && n_req < ctx->pf_req_max; i++)
+		req[n_req++] = (struct moe_prefetch_req){ .layer = ctx->pf_cand[i].layer,
+							  .expert = ctx->pf_cand[i].e };
+	got = ctx->pf_hook(ctx->pf_arg, il, ctx->h_pos, n_tok, ctx->h_sel, ctx->max_used, req,
+			   n_req, ctx->pf_req_max);
+	if (got < 0 || (uint32_t)got > ctx->pf_req_max)
+		return moe_err(EINVAL, "layer %u: the prefetch hook returned %d (a count of 0..%u "
+			       "requests)", il, got, ctx->pf_req_max);
+	for (int i = 0; i < got; i++) {
+		uint32_t l = req[i].layer, e = req[i].expert;
+		int ret;
+
+		if (l >= ctx->hp.n_layer || !ctx->k_layer[l] || e >= ctx->hp.n_expert)
+			return moe_err(EINVAL, "layer %u: the prefetch hook asked for expert %u of "
+				       "layer %u, which is not a routed expert (layers 0..%u, "
+				       "experts 0..%u)", il, e, l, ctx->hp.n_layer - 1,
+				       ctx->hp.n_expert - 1);
+		ret = moe_cache_prefetch(ctx->cache, l, e, ctx->clock);
+		if (ret == -EAGAIN)
+			break;
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
 /* Hints for the layers ahead, and prefetches of what is likely and not cached. */
 static int prefetch(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
 {
@@ -149,6 +186,8 @@ static int prefetch(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
 	const int32_t *spec = NULL;
 	int ret;
 
+	if (!ctx->pred)
+		return prefetch_hooked(ctx, il, n_tok, 0, 0);
 	if (ctx->spec_depth) {
 		ret = ctx->be->ops->event_sync(ctx->be, ctx->ev_spec);
 		if (ret < 0)
@@ -171,6 +210,8 @@ static int prefetch(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
 	}
 	n = moe_pred_candidates(ctx->pred, il, ctx->pf_prob, ctx_cached, ctx, ctx->pf_cand);
 	budget = moe_pred_budget(ctx->pred, il);
+	if (ctx->pf_hook)
+		return prefetch_hooked(ctx, il, n_tok, n, budget);
 	for (uint32_t i = 0; i < n && budget; i++) {
 		ret = moe_cache_prefetch(ctx->cache, ctx->pf_cand[i].layer, ctx->pf_cand[i].e,
 					 ctx->clock);
@@ -187,7 +228,7 @@ static int prefetch(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
 static int look_ahead(struct moe_ctx *ctx, uint32_t il, uint32_t n_tok)
 {
 	record(ctx, il, n_tok);
-	return ctx->pred ? prefetch(ctx, il, n_tok) : 0;
+	return ctx->pred || ctx->pf_hook ? prefetch(ctx, il, n_tok) : 0;
 }
 
 /* leave no pin behind: the next eval must find every slot usable */

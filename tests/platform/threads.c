@@ -2,14 +2,17 @@
 /*
  * threads MODEL N: N inference contexts on one model handle, each created,
  * run and freed on a thread of its own at the same time, must compute the
- * logits one context computes alone, bit for bit.  make builds it with
- * ThreadSanitizer (with the library), so that any unsynchronised write to
- * what the contexts share — the model, its resident weights as read, the
- * library's globals — is reported (and fails the run with status 66).
- * Experts are read lazily, so the contexts' I/O engines stream them
- * concurrently.
+ * logits one context computes alone, bit for bit.  All N are alive at once
+ * and evaluate together, reading the resident weights the model's CPU
+ * contexts share (each must say it shares them: moe_ctx_stats.resident_shared).
+ * make builds it with ThreadSanitizer (with the library), so that any
+ * unsynchronised write to what the contexts share — the model, the shared
+ * resident weights and their reference count, the library's globals — is
+ * reported (and fails the run with status 66).  Experts are read lazily, so
+ * the contexts' I/O engines stream them concurrently.
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,17 +25,21 @@
 static struct moe_model *model;
 static const int32_t tokens[N_TOK] = { 1, 7, 42, 3, 99, 5 };
 static uint32_t n_vocab;
+static pthread_barrier_t all_alive;
 
 struct job {
 	pthread_t th;
 	float *logits;      /* of the last token, n_vocab */
 	int ret;
+	uint64_t shared;    /* moe_ctx_stats.resident_shared */
 	char err[256];
 };
 
-static int run_one(float *out, char *err, size_t err_len)
+/* One context's logits; with @together, once every thread has its context. */
+static int run_one(float *out, uint64_t *shared, bool together, char *err, size_t err_len)
 {
 	struct moe_ctx_params p;
+	struct moe_ctx_stats st;
 	struct moe_ctx *ctx;
 	const float *lg;
 	int ret;
@@ -43,11 +50,20 @@ static int run_one(float *out, char *err, size_t err_len)
 	p.backend = "cpu";
 	p.flags = MOE_CTX_LAZY_EXPERTS;
 	ret = moe_ctx_create(model, &p, &ctx);
+	if (together)
+		pthread_barrier_wait(&all_alive);
 	if (ret < 0) {
 		snprintf(err, err_len, "moe_ctx_create: %s", moe_errmsg());
+		if (together)
+			pthread_barrier_wait(&all_alive);
 		return ret;
 	}
 	ret = moe_ctx_eval(ctx, tokens, N_TOK, 0, 0);
+	if (moe_ctx_get_stats(ctx, &st) == 0)
+		*shared = st.resident_shared;
+	/* nobody frees a context before all have evaluated */
+	if (together)
+		pthread_barrier_wait(&all_alive);
 	lg = ret < 0 ? NULL : moe_ctx_logits(ctx, 0);
 	if (ret < 0 || !lg)
 		snprintf(err, err_len, "moe_ctx_eval: %s", moe_errmsg());
@@ -61,7 +77,7 @@ static void *worker(void *arg)
 {
 	struct job *j = arg;
 
-	j->ret = run_one(j->logits, j->err, sizeof(j->err));
+	j->ret = run_one(j->logits, &j->shared, true, j->err, sizeof(j->err));
 	return NULL;
 }
 
@@ -86,12 +102,14 @@ int main(int argc, char **argv)
 		return 1;
 	{
 		char err[256];
+		uint64_t shared;
 
-		if (run_one(ref, err, sizeof(err)) < 0) {
+		if (run_one(ref, &shared, false, err, sizeof(err)) < 0) {
 			fprintf(stderr, "threads: alone: %s\n", err);
 			return 1;
 		}
 	}
+	pthread_barrier_init(&all_alive, NULL, (unsigned)n);
 	for (int i = 0; i < n; i++) {
 		jobs[i].logits = malloc(sizeof(float) * n_vocab);
 		jobs[i].err[0] = 0;
@@ -107,13 +125,18 @@ int main(int argc, char **argv)
 			fprintf(stderr, "threads: context %d computed other logits than one alone\n",
 				i);
 			bad++;
+		} else if (!jobs[i].shared) {
+			fprintf(stderr, "threads: context %d holds a resident copy of its own\n", i);
+			bad++;
 		}
 		free(jobs[i].logits);
 	}
+	pthread_barrier_destroy(&all_alive);
 	free(ref);
 	moe_model_destroy(model);
 	if (bad)
 		return 1;
-	printf("threads: %d contexts on one model agree with one alone\n", n);
+	printf("threads: %d contexts on one model agree with one alone, sharing its resident "
+	       "weights\n", n);
 	return 0;
 }

@@ -4,7 +4,8 @@
  * shared tiny models, with the float64 reference on generated models of
  * every architecture, bit-identical logits whether experts stream through a
  * budget that evicts on every layer or stay resident, determinism, the
- * memory budget, and the errors a user can run into.
+ * memory budget, CPU contexts of one model sharing its resident tensors, and
+ * the errors a user can run into.
  */
 #include <errno.h>
 #include <math.h>
@@ -1420,6 +1421,91 @@ START_TEST(engine_moe_run)
 }
 END_TEST
 
+/* Logits of @ctx for a fixed prompt, into @out (n_vocab floats). */
+static void eval_fixed(struct moe_ctx *ctx, float *out)
+{
+	static const int32_t tok[5] = { 5, 17, 3, 99, 42 };
+
+	ck_assert_msg(moe_ctx_eval(ctx, tok, 5, 0, 0) == 0, "%s", moe_errmsg());
+	memcpy(out, moe_ctx_logits(ctx, 0), sizeof(float) * moe_ctx_n_vocab(ctx));
+}
+
+/*
+ * CPU contexts on one model handle share one copy of the resident tensors,
+ * whatever their budgets, for as long as any of them lives; a context on
+ * another handle of the same file, and one in the guarded test mode, hold
+ * their own.  All compute the same logits.
+ */
+START_TEST(engine_contexts_share_resident)
+{
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m, *m2;
+	struct moe_ctx *a, *b, *c, *g;
+	struct moe_ctx_stats sa, sb, sc, sg;
+	float *la, *lb, *lc, *lg;
+	uint32_t nv;
+
+	mkmodel(dir, "qwen3moe", "q8_0", "--experts 8", path, sizeof(path));
+	ck_assert_int_eq(moe_model_open(path, &m), 0);
+	ck_assert_int_eq(moe_model_open(path, &m2), 0);
+	a = make_ctx(m, 0, 0, 0);
+	b = make_ctx(m, min_budget(m, 0), 0, 0);
+	c = make_ctx(m2, 0, 0, 0);
+	nv = moe_ctx_n_vocab(a);
+	la = malloc(sizeof(float) * nv);
+	lb = malloc(sizeof(float) * nv);
+	lc = malloc(sizeof(float) * nv);
+	lg = malloc(sizeof(float) * nv);
+	ck_assert(la && lb && lc && lg);
+	eval_fixed(a, la);
+	eval_fixed(b, lb);
+	eval_fixed(c, lc);
+	ck_assert_int_eq(moe_ctx_get_stats(a, &sa), 0);
+	ck_assert_int_eq(moe_ctx_get_stats(b, &sb), 0);
+	ck_assert_int_eq(moe_ctx_get_stats(c, &sc), 0);
+	ck_assert_ptr_nonnull(a->share);
+	ck_assert_ptr_eq(a->share, b->share);
+	ck_assert_ptr_nonnull(c->share);
+	ck_assert_ptr_ne(a->share, c->share);
+	ck_assert_uint_gt(sa.resident_shared, 0);
+	ck_assert_uint_le(sa.resident_shared, sa.resident_bytes);
+	ck_assert_uint_eq(sb.resident_shared, sa.resident_shared);
+	/* each budget still counts them, as the plan does */
+	ck_assert_uint_eq(sa.vram_used, moe_ctx_plan(a)->device_bytes);
+	ck_assert_uint_eq(sb.vram_used, moe_ctx_plan(b)->device_bytes);
+	ck_assert_uint_eq(sc.vram_used, moe_ctx_plan(c)->device_bytes);
+	ck_assert(!memcmp(la, lb, sizeof(float) * nv));
+	ck_assert(!memcmp(la, lc, sizeof(float) * nv));
+
+	/* the first context gone, the second still reads the shared copy */
+	moe_ctx_destroy(a);
+	eval_fixed(b, lb);
+	ck_assert(!memcmp(la, lb, sizeof(float) * nv));
+
+	setenv("MOE_BACKEND_GUARD", "1", 1);
+	g = make_ctx(m, 0, 0, 0);
+	unsetenv("MOE_BACKEND_GUARD");
+	ck_assert_ptr_null(g->share);
+	eval_fixed(g, lg);
+	ck_assert_int_eq(moe_ctx_get_stats(g, &sg), 0);
+	ck_assert_uint_eq(sg.resident_shared, 0);
+	ck_assert(!memcmp(la, lg, sizeof(float) * nv));
+	moe_ctx_destroy(g);
+	moe_ctx_destroy(b);
+	moe_ctx_destroy(c);
+	ck_assert_ptr_null(m->shares);
+	ck_assert_ptr_null(m2->shares);
+	moe_model_destroy(m);
+	moe_model_destroy(m2);
+	free(la);
+	free(lb);
+	free(lc);
+	free(lg);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 Suite *suite_engine(void)
 {
 	Suite *s = suite_create("engine");
@@ -1477,6 +1563,7 @@ Suite *suite_engine(void)
 	tcase_add_loop_test(tc, engine_guarded, 0, MOE_ARRAY_SIZE(archs));
 	tcase_add_test(tc, engine_kv_types);
 	tcase_add_test(tc, engine_ring_rewind);
+	tcase_add_test(tc, engine_contexts_share_resident);
 	tcase_add_loop_test(tc, engine_batch_sequences, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;

@@ -2,7 +2,8 @@
 /*
  * libmoe as a platform team adopts it: the exported symbols agree with the
  * public headers and the version script (tests/platform/abi.sh, also fed a
- * script and a header that disagree, which it must name); make install into
+ * script and a header that disagree, which it must name); the tools link
+ * the shared library (readelf, ldd, a relocated copy); make install into
  * a temporary DESTDIR, a program built with pkg-config against the installed
  * tree, make uninstall leaving nothing (tests/platform/install.sh); moe.h
  * compiled as pedantic C++ (the program make builds from
@@ -87,6 +88,50 @@ START_TEST(abi_names_each_difference)
 	expect_line(out, "abi: moe_nothing: in ");
 	expect_line(out, "abi: moe_undeclared: declared MOE_API but not in");
 	ck_assert_msg(!strstr(out, "moe_model_open:"), "a symbol that agrees is named:\n%s", out);
+	free(out);
+}
+END_TEST
+
+/*
+ * The tools link the shared library: each but the two that need internals
+ * (Documentation/api.rst) NEEDs libmoe.so.1 and finds it through the run
+ * path $ORIGIN/../lib, so a copy of bin/ and lib/ elsewhere runs too; the
+ * two static ones need no libmoe at all.
+ */
+START_TEST(tools_link_shared_library)
+{
+	static const char *const shared[] = { "moectl", "moe-run", "moe-server" };
+	static const char *const statics[] = { "moe-mkmodel", "moe-bench" };
+	char cmd[4 * PATH_MAX], *out;
+
+	for (size_t i = 0; i < sizeof(shared) / sizeof(shared[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "readelf -d %s", tu_bin(shared[i]));
+		ck_assert_int_eq(tu_run(cmd, 1, &out), 0);
+		ck_assert_msg(strstr(out, "(NEEDED)") && strstr(out, "[libmoe.so.1]"),
+			      "%s does not link libmoe.so.1:\n%s", shared[i], out);
+		ck_assert_msg(strstr(out, "[$ORIGIN/../lib]"), "%s has no run path "
+			      "$ORIGIN/../lib:\n%s", shared[i], out);
+		free(out);
+		/* what the dynamic linker resolves: this build's library */
+		snprintf(cmd, sizeof(cmd), "ldd %s", tu_bin(shared[i]));
+		ck_assert_int_eq(tu_run(cmd, 1, &out), 0);
+		ck_assert_msg(strstr(out, "libmoe.so.1 => ") && strstr(out, "/lib/libmoe.so.1"),
+			      "%s:\n%s", shared[i], out);
+		free(out);
+	}
+	for (size_t i = 0; i < sizeof(statics) / sizeof(statics[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "readelf -d %s", tu_bin(statics[i]));
+		ck_assert_int_eq(tu_run(cmd, 1, &out), 0);
+		ck_assert_msg(!strstr(out, "libmoe"), "%s links libmoe dynamically:\n%s",
+			      statics[i], out);
+		free(out);
+	}
+	/* relocated: bin/moectl beside lib/libmoe.so.1 */
+	snprintf(cmd, sizeof(cmd), "mkdir -p %s/r/bin %s/r/lib && cp %s %s/r/bin/ && "
+		 "cp -L %s/lib/libmoe.so.1 %s/r/lib/ && env -u LD_LIBRARY_PATH %s/r/bin/moectl version",
+		 dir, dir, tu_bin("moectl"), dir, build_dir(), dir, dir);
+	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s:\n%s", cmd, out);
+	expect_line(out, "libmoe 1.0 (libmoe.so.1)");
 	free(out);
 }
 END_TEST
@@ -223,6 +268,40 @@ START_TEST(example_generate_observes_and_overrides)
 END_TEST
 
 /*
+ * The example's prefetch hook (the next layer uses this layer's experts)
+ * over a budget of the smallest plan and two expert slots more: it asks,
+ * the engine fetches what it asked ahead and the layers use some of them.
+ */
+START_TEST(example_generate_prefetch_hook)
+{
+	unsigned long long need = 0, asked, fetched, used, misses;
+	unsigned slots;
+	char args[128], *out;
+	const char *at;
+
+	ck_assert_int_eq(example("generate 'hello world' 12 - 1", &out), 1);
+	at = strstr(out, "it needs at least");
+	ck_assert_msg(at && (at = strchr(at, '(')) && sscanf(at, "(%llu bytes)", &need) == 1,
+		      "%s", out);
+	free(out);
+	/* an f32 expert of the example model: gate, up and down of 64 x 64 */
+	snprintf(args, sizeof(args), "generate 'hello world' 12 - %llu", need + 2 * 3 * 64 * 64 * 4);
+	ck_assert_int_eq(example(args, &out), 0);
+	at = strstr(out, "prefetch hook: ");
+	ck_assert_msg(at && sscanf(at, "prefetch hook: asked %llu, fetched ahead %llu, used %llu; "
+				   "demand misses %llu, %u slots", &asked, &fetched, &used, &misses,
+				   &slots) == 5, "%s", out);
+	ck_assert_uint_eq(slots, 4);
+	ck_assert_uint_gt(asked, 0);
+	ck_assert_msg(fetched > 0 && fetched <= asked && used > 0 && used <= fetched, "%s", out);
+	free(out);
+	ck_assert_int_eq(example("generate 'hello world' 12 - 1Q", &out), 2);
+	expect_line(out, "generate: VRAM '1Q'");
+	free(out);
+}
+END_TEST
+
+/*
  * One errno for "not supported": -EOPNOTSUPP, the driver's (the same value
  * as ENOTSUP on Linux, but one spelling in code and documentation).
  */
@@ -257,7 +336,7 @@ START_TEST(contexts_share_a_model_under_tsan)
 		 "%s/tests/threads-tsan %s 4", build_dir(), model);
 	st = tu_run(cmd, 1, &out);
 	ck_assert_msg(st == 0, "%s: status %d:\n%s", cmd, st, out);
-	expect_line(out, "4 contexts on one model agree with one alone");
+	expect_line(out, "4 contexts on one model agree with one alone, sharing its resident weights");
 	free(out);
 }
 END_TEST
@@ -272,6 +351,7 @@ Suite *suite_platform(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, abi_symbols_agree);
 	tcase_add_test(tc, abi_names_each_difference);
+	tcase_add_test(tc, tools_link_shared_library);
 	tcase_add_test(tc, install_use_uninstall);
 	tcase_add_test(tc, cxx_header_program_runs);
 	tcase_add_test(tc, one_not_supported_errno);
@@ -285,6 +365,7 @@ Suite *suite_platform(void)
 	tcase_add_test(tc, example_inspect);
 	tcase_add_test(tc, example_stream_experts);
 	tcase_add_test(tc, example_generate_observes_and_overrides);
+	tcase_add_test(tc, example_generate_prefetch_hook);
 	suite_add_tcase(s, tc);
 	return s;
 }

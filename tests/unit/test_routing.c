@@ -301,6 +301,240 @@ START_TEST(prefetch_keeps_logits)
 }
 END_TEST
 
+/* ------------------------------------------------------------ hooks */
+
+/* The route hook sends layer l to experts 2l and 2l+1 (mod 16), whatever the router chose. */
+struct forced {
+	uint32_t calls;
+	int32_t bad;                /* >= 0: write this id instead */
+};
+
+static void force_route(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
+			const float *logits, uint32_t n_expert, int32_t *sel, uint32_t k)
+{
+	struct forced *f = arg;
+
+	(void)pos;
+	(void)logits;
+	f->calls++;
+	for (uint32_t t = 0; t < n_tok; t++) {
+		sel[t * k] = (int32_t)((2 * layer) % n_expert);
+		sel[t * k + 1] = f->bad >= 0 ? f->bad : (int32_t)((2 * layer + 1) % n_expert);
+	}
+}
+
+/* What the prefetch hook does: pass the prefetcher's picks, ask for none, or ask its own. */
+enum pf_mode { PF_PASS, PF_NONE, PF_NEXT, PF_UNUSED, PF_BAD, PF_TOO_MANY };
+
+struct pf_rec {
+	enum pf_mode mode;
+	uint32_t calls, offered, asked;
+	bool sel_forced;            /* every @sel the hook saw was force_route's */
+};
+
+static int pf_hook(void *arg, uint32_t layer, const int32_t *pos, uint32_t n_tok,
+		   const int32_t *sel, uint32_t k, struct moe_prefetch_req *req, uint32_t n_req,
+		   uint32_t max)
+{
+	struct pf_rec *r = arg;
+	uint32_t next = (layer + 1) % 6, n = 0;
+
+	(void)pos;
+	r->calls++;
+	r->offered += n_req;
+	for (uint32_t t = 0; t < n_tok; t++)
+		if (sel[t * k] != (int32_t)(2 * layer) || sel[t * k + 1] != (int32_t)(2 * layer + 1))
+			r->sel_forced = false;
+	ck_assert_uint_eq(max, 6 * 16);
+	switch (r->mode) {
+	case PF_PASS:
+		n = n_req;
+		break;
+	case PF_NONE:
+		break;
+	case PF_NEXT:       /* exactly what the next layer will run */
+		req[n++] = (struct moe_prefetch_req){ next, 2 * next };
+		req[n++] = (struct moe_prefetch_req){ next, 2 * next + 1 };
+		break;
+	case PF_UNUSED:     /* experts 12..15, which force_route never chooses */
+		req[n++] = (struct moe_prefetch_req){ next, 12 + layer % 4 };
+		break;
+	case PF_BAD:
+		req[n++] = (struct moe_prefetch_req){ next, 16 };
+		break;
+	case PF_TOO_MANY:
+		return (int)max + 1;
+	}
+	r->asked += n;
+	return (int)n;
+}
+
+/*
+ * A route hook that rewrites every choice: the layer runs the experts
+ * written, and the routing statistics, the cache and the layer counters
+ * see those; an id out of range fails the eval naming it.
+ */
+START_TEST(route_hook_overrides)
+{
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx *ctx;
+	struct forced f = { .bad = -1 };
+	struct run_cfg c = { 0 };
+	struct logits l = { 0 }, free_run = { 0 };
+	const struct moe_routestats *rs;
+	struct moe_ctx_layer_stats ls;
+	int32_t tok[2] = { 3, 4 };
+
+	mkmodel(dir, "s.gguf", STRUCTURED, path, sizeof(path));
+	ck_assert_int_eq(moe_model_open(path, &m), 0);
+	ctx = make(m, &c);
+	gen(ctx, 4, 8, &free_run);
+	moe_ctx_destroy(ctx);
+
+	ctx = make(m, &c);
+	moe_ctx_set_route_hook(ctx, force_route, &f);
+	gen(ctx, 4, 8, &l);
+	/* 4 prompt tokens in one step and 7 single-token steps, 6 MoE layers each */
+	ck_assert_uint_eq(f.calls, 8 * 6);
+	rs = moe_ctx_routestats(ctx);
+	ck_assert_ptr_nonnull(rs);
+	for (uint32_t layer = 0; layer < 6; layer++) {
+		for (uint32_t e = 0; e < 16; e++)
+			ck_assert_msg(moe_routestats_count(rs, layer, e) ==
+				      (e / 2 == layer ? 11u : 0u), "layer %u expert %u used %llu times",
+				      layer, e, (unsigned long long)moe_routestats_count(rs, layer, e));
+		ck_assert_int_eq(moe_ctx_layer_stats(ctx, layer, &ls), 0);
+		ck_assert_uint_eq(ls.hits + ls.misses, 8 * 2);
+	}
+	/* other experts ran, so other logits came out */
+	ck_assert_uint_eq(l.n, free_run.n);
+	ck_assert(memcmp(l.buf, free_run.buf, sizeof(float) * l.n * l.vocab));
+
+	f.bad = 16;
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 2, 0, 0), -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "routing hook chose expert 16"), "%s", moe_errmsg());
+	/* removed, the router decides again */
+	moe_ctx_set_route_hook(ctx, NULL, NULL);
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 2, 0, 0), 0);
+	moe_ctx_destroy(ctx);
+	free(l.buf);
+	free(free_run.buf);
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+static struct moe_ctx_stats hooked_run(struct moe_model *m, const struct run_cfg *c,
+				       struct pf_rec *r, struct logits *l)
+{
+	struct moe_ctx *ctx = make(m, c);
+	struct forced f = { .bad = -1 };
+	struct moe_ctx_stats st;
+
+	moe_ctx_set_route_hook(ctx, force_route, &f);
+	if (r) {
+		r->sel_forced = true;
+		moe_ctx_set_prefetch_hook(ctx, pf_hook, r);
+	}
+	gen(ctx, 4, 12, l);
+	ck_assert_int_eq(moe_ctx_get_stats(ctx, &st), 0);
+	moe_ctx_destroy(ctx);
+	return st;
+}
+
+/*
+ * The prefetch hook decides what is fetched ahead: the next layer's experts
+ * (used: fewer misses), experts nobody runs (fetched, never used), or
+ * nothing even though a prefetcher is configured; the predictor's picks are
+ * offered to it.  Logits never change.  A bad request fails the eval.
+ */
+START_TEST(prefetch_hook_overrides)
+{
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx *ctx;
+	struct run_cfg c = { .flags = MOE_CTX_LAZY_EXPERTS };
+	struct moe_ctx_stats base, st;
+	struct pf_rec r;
+	struct logits ref = { 0 }, l = { 0 };
+	int32_t tok[2] = { 3, 4 };
+
+	mkmodel(dir, "s.gguf", STRUCTURED, path, sizeof(path));
+	ck_assert_int_eq(moe_model_open(path, &m), 0);
+	/* 5 slots: two layers' experts and one more, never all 12 that run */
+	c.vram = need_bytes(m);
+	ctx = make(m, &c);
+	ck_assert_int_eq(moe_ctx_get_stats(ctx, &st), 0);
+	moe_ctx_destroy(ctx);
+	ck_assert_uint_ge(st.n_slots, 5);
+	c.vram -= (st.n_slots - 5) * st.slot_bytes;
+
+	base = hooked_run(m, &c, NULL, &ref);
+	ck_assert_uint_eq(base.n_slots, 5);
+	ck_assert_uint_eq(base.prefetches, 0);
+	ck_assert_uint_gt(base.expert_misses, 12);
+
+	r = (struct pf_rec){ .mode = PF_NEXT };
+	st = hooked_run(m, &c, &r, &l);
+	ck_assert_uint_eq(r.calls, 12 * 6);
+	ck_assert_msg(r.sel_forced, "the prefetch hook saw choices the route hook did not write");
+	ck_assert_uint_eq(r.offered, 0);
+	ck_assert_uint_gt(st.prefetches, 0);
+	ck_assert_uint_le(st.prefetches, r.asked);
+	ck_assert_uint_gt(st.prefetch_used, 0);
+	ck_assert_uint_gt(st.prefetch_bytes, 0);
+	ck_assert_msg(st.expert_misses < base.expert_misses, "misses %llu, %llu without prefetch",
+		      (unsigned long long)st.expert_misses, (unsigned long long)base.expert_misses);
+	ck_assert(!memcmp(l.buf, ref.buf, sizeof(float) * l.n * l.vocab));
+	free(l.buf);
+	l = (struct logits){ 0 };
+
+	r = (struct pf_rec){ .mode = PF_UNUSED };
+	st = hooked_run(m, &c, &r, &l);
+	ck_assert_uint_gt(st.prefetches, 0);
+	ck_assert_uint_eq(st.prefetch_used, 0);
+	ck_assert_msg(st.bytes_read > base.bytes_read, "read %llu bytes, %llu without prefetch",
+		      (unsigned long long)st.bytes_read, (unsigned long long)base.bytes_read);
+	ck_assert(!memcmp(l.buf, ref.buf, sizeof(float) * l.n * l.vocab));
+	free(l.buf);
+	l = (struct logits){ 0 };
+
+	/* a prefetcher's picks: offered to the hook, fetched when passed, dropped when not */
+	c.prefetch = "trans:min=0.2";
+	r = (struct pf_rec){ .mode = PF_PASS };
+	st = hooked_run(m, &c, &r, &l);
+	ck_assert_uint_gt(r.offered, 0);
+	ck_assert_uint_gt(st.prefetches, 0);
+	ck_assert_uint_le(st.prefetches, r.offered);
+	free(l.buf);
+	l = (struct logits){ 0 };
+	r = (struct pf_rec){ .mode = PF_NONE };
+	st = hooked_run(m, &c, &r, &l);
+	ck_assert_uint_gt(r.offered, 0);
+	ck_assert_uint_eq(st.prefetches, 0);
+	ck_assert(!memcmp(l.buf, ref.buf, sizeof(float) * l.n * l.vocab));
+	free(l.buf);
+
+	ctx = make(m, &c);
+	r = (struct pf_rec){ .mode = PF_BAD };
+	moe_ctx_set_prefetch_hook(ctx, pf_hook, &r);
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 2, 0, 0), -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "asked for expert 16 of layer 1"), "%s", moe_errmsg());
+	r.mode = PF_TOO_MANY;
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 2, 0, 0), -EINVAL);
+	ck_assert_msg(strstr(moe_errmsg(), "prefetch hook returned 97"), "%s", moe_errmsg());
+	moe_ctx_set_prefetch_hook(ctx, NULL, NULL);
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 2, 0, 0), 0);
+	moe_ctx_destroy(ctx);
+	free(ref.buf);
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 /* ------------------------------------------------------------ stalls */
 
 /*
@@ -591,6 +825,8 @@ Suite *suite_routing(void)
 	tcase_set_timeout(tc, 240);
 	tcase_add_test(tc, stats_file);
 	tcase_add_test(tc, prefetch_keeps_logits);
+	tcase_add_test(tc, route_hook_overrides);
+	tcase_add_test(tc, prefetch_hook_overrides);
 	tcase_add_test(tc, prefetch_lowers_stall);
 	tcase_add_test(tc, trace_recorded);
 	tcase_add_test(tc, tool_simulate);

@@ -195,8 +195,11 @@ if [ -x "$MOECTL" ]; then
 	libs=$(ldd "$MOECTL" "$IR/bin/moe-vmio" $( [ -x "$MOERUN" ] && echo "$MOERUN") |
 		awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u)
 	for lib in $libs; do
-		mkdir -p "$IR$(dirname "$lib")"
-		cp -L "$lib" "$IR$lib"
+		dest=$lib
+		# moectl finds libmoe through its run path, $ORIGIN/../lib
+		case $lib in */libmoe.so.*) dest=/lib/${lib##*/} ;; esac
+		mkdir -p "$IR$(dirname "$dest")"
+		cp -L "$lib" "$IR$dest"
 	done
 else
 	say "no $MOECTL: the moectl tests are skipped (build it with make first)"
