@@ -986,6 +986,139 @@ START_TEST(mkmodel_bad_options)
 }
 END_TEST
 
+/*
+ * The presets against the parameter counts their publishers give (written
+ * here, not read from the preset table, so a wrong row fails).  "Active"
+ * follows each publisher's own count: OpenAI leaves the input embedding
+ * table out (only one row of it is read per token), the others count it; a
+ * tied table is the output projection, read whole, and counted either way.
+ */
+static const struct {
+	const char *name;
+	double total_b, active_b;
+	bool counts_embd;
+} published[] = {
+	{ "llama4-scout", 109, 17, true },
+	{ "llama4-maverick", 400, 17, true },
+	{ "llama4-behemoth", 2000, 288, true },
+	{ "qwen3-235b-a22b", 235, 22, true },
+	{ "gpt-oss-120b", 116.83, 5.13, false },
+	{ "gpt-oss-20b", 20.91, 3.61, false },
+	{ "gemma4-26b-a4b", 25.2, 3.8, true },
+	{ "deepseek-v3", 671, 37, true },
+};
+#define PRESET_TOLERANCE 0.02
+
+START_TEST(mkmodel_preset_counts)
+{
+	char *dir = tu_tmpdir(), path[512], *out = NULL;
+	struct moe_model_summary sum;
+	struct moe_tensor_info ti;
+	struct moe_hparams hp;
+	struct moe_model *m;
+	double total = 0, active = 0;
+	bool tied = true;
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s.gguf", dir, published[_i].name);
+	/* q8_0: every row of these shapes fills its 32-element blocks */
+	ck_assert_msg(mkmodel(path, "--sparse --type q8_0 --preset x", &out) == 2, "%s",
+		      out);
+	free(out);
+	{
+		char args[256];
+
+		snprintf(args, sizeof(args), "--preset %s --sparse --type q8_0 -q",
+			 published[_i].name);
+		ck_assert_msg(mkmodel(path, args, &out) == 0, "%s: %s", args, out);
+		free(out);
+	}
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_int_eq(moe_model_open(path, &m), 0);
+	moe_model_hparams(m, &hp);
+	moe_model_summary(m, &sum);
+	/* full size on paper, a few MB on disk */
+	ck_assert_uint_eq((uint64_t)st.st_size, sum.file_bytes);
+	ck_assert_msg((uint64_t)st.st_blocks * 512 < (16u << 20), "%s: %llu bytes allocated",
+		      path, (unsigned long long)st.st_blocks * 512);
+	for (int i = 0; i < moe_model_tensor_count(m); i++) {
+		double n = 1;
+
+		ck_assert_int_eq(moe_model_tensor(m, i, &ti), 0);
+		for (uint32_t d = 0; d < ti.n_dims; d++)
+			n *= (double)ti.ne[d];
+		total += n;
+		if (!strcmp(ti.name, "output.weight"))
+			tied = false;
+		if (ti.role >= MOE_ROLE_EXPERT_GATE && ti.role <= MOE_ROLE_EXPERT_GATE_UP)
+			active += n * hp.n_expert_used / hp.n_expert;
+		else if (strcmp(ti.name, "token_embd.weight"))
+			active += n;
+	}
+	if (tied || published[_i].counts_embd)
+		active += (double)hp.n_embd * hp.n_vocab;
+	total /= 1e9;
+	active /= 1e9;
+	ck_assert_msg(fabs(total / published[_i].total_b - 1) < PRESET_TOLERANCE,
+		      "%s: %.2fB parameters, published %.2fB", published[_i].name, total,
+		      published[_i].total_b);
+	ck_assert_msg(fabs(active / published[_i].active_b - 1) < PRESET_TOLERANCE,
+		      "%s: %.2fB active, published %.2fB", published[_i].name, active,
+		      published[_i].active_b);
+	printf("preset %-16s %8.2fB total (published %g), %7.2fB active (published %g)\n",
+	       published[_i].name, total, published[_i].total_b, active,
+	       published[_i].active_b);
+	moe_model_close(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/* Sparse files: the refusals, and a small-layer variant that moe-run decodes. */
+START_TEST(mkmodel_sparse)
+{
+	char *dir = tu_tmpdir(), path[512], cmd[2048], *out = NULL;
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/small.gguf", dir);
+	/* a filesystem without holes is refused before anything is written */
+	snprintf(cmd, sizeof(cmd), "MOE_MKMODEL_NO_SPARSE=1 %s --preset gpt-oss-20b --sparse "
+		 "-o '%s'", tu_bin("moe-mkmodel"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_msg(strstr(out, "does not keep holes") && strstr(out, "ext4"), "%s", out);
+	free(out);
+	ck_assert_int_ne(stat(path, &st), 0);
+	/* holes exist only in regular files */
+	snprintf(cmd, sizeof(cmd), "%s --preset gpt-oss-20b --sparse -o /dev/null",
+		 tu_bin("moe-mkmodel"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_msg(strstr(out, "regular file"), "%s", out);
+	free(out);
+	/* an unknown preset lists the known ones */
+	ck_assert_int_eq(mkmodel(path, "--preset llama5 --sparse", &out), 2);
+	ck_assert_msg(strstr(out, "unknown") && strstr(out, "deepseek-v3"), "%s", out);
+	free(out);
+	/* two layers of the real width; moe-run decodes its zero weights */
+	ck_assert_int_eq(mkmodel(path, "--preset qwen3-235b-a22b --layers 2 --sparse --type q4_K_M "
+				 "--vocab 4096", &out), 0);
+	ck_assert_msg(strstr(out, "sparse"), "%s", out);
+	free(out);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_msg((uint64_t)st.st_blocks * 512 < (4u << 20), "%llu bytes allocated",
+		      (unsigned long long)st.st_blocks * 512);
+	snprintf(cmd, sizeof(cmd), "%s --backend cpu --no-state -n 3 --tokens 1,2 -m '%s'",
+		 tu_bin("moe-run"), path);
+	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s: %s", cmd, out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s --json info '%s'", tu_bin("moectl"), path);
+	ck_assert_msg(tu_run(cmd, 0, &out) == 0, "%s: %s", cmd, out);
+	ck_assert_msg(strstr(out, "\"qwen3moe\""), "%s", out);
+	free(out);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 Suite *suite_mkmodel(void)
 {
 	Suite *s = suite_create("mkmodel");
@@ -1004,6 +1137,9 @@ Suite *suite_mkmodel(void)
 	tcase_add_test(tm, mkmodel_router_structure);
 	tcase_add_test(tm, mkmodel_bad_options);
 	tcase_add_test(tm, mkmodel_nextn);
+	tcase_add_loop_test(tm, mkmodel_preset_counts, 0,
+			    sizeof(published) / sizeof(published[0]));
+	tcase_add_test(tm, mkmodel_sparse);
 	suite_add_tcase(s, tm);
 	return s;
 }
