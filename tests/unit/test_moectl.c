@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -410,6 +411,59 @@ START_TEST(bench_commands)
 }
 END_TEST
 
+/*
+ * moectl plan --preset: the plan of a published shape without its file, the
+ * same plan as for moe-mkmodel's sparse file of that shape, and the errors.
+ */
+START_TEST(plan_preset)
+{
+	static const char *const keys[] = { "device_bytes", "resident_bytes", "kv_bytes",
+					    "slot_bytes", "n_experts", "n_slots",
+					    "routed_bytes_per_token" };
+	char *out = NULL, file[PATH_MAX + 32], cmd[3 * PATH_MAX];
+	json_t *a, *b;
+
+	ck_assert_int_eq(moectl(&out, "plan --preset help"), 0);
+	ck_assert_msg(strstr(out, "deepseek-v3") && strstr(out, "llama4-behemoth") &&
+		      strstr(out, "gemma4-26b-a4b"), "%s", out);
+	free(out);
+	ck_assert_int_eq(moectl_err(&out, "plan --preset llama5 --vram 1G"), 2);
+	ck_assert_msg(strstr(out, "unknown") && strstr(out, "qwen3-235b-a22b"), "%s", out);
+	free(out);
+	ck_assert_int_eq(moectl_err(&out, "plan --preset gpt-oss-20b --type q3_XYZ --vram 1G"), 2);
+	ck_assert_msg(strstr(out, "q4_K_M"), "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "plan --preset gpt-oss-20b %s --vram 1G", fx.model);
+	ck_assert_int_eq(moectl_err(&out, cmd), 2);
+	ck_assert_msg(strstr(out, "not both"), "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "plan %s --type q8_0 --vram 1G", fx.model);
+	ck_assert_int_eq(moectl_err(&out, cmd), 2);
+	free(out);
+	ck_assert_int_eq(moectl_err(&out, "plan --preset gpt-oss-20b --vram 1G --measure"), 2);
+	ck_assert_msg(strstr(out, "--read-gbps"), "%s", out);
+	free(out);
+
+	a = moectl_json("--json plan --preset gpt-oss-20b --type mxfp4 --vram 8G --read-gbps 5");
+	ck_assert_msg(strstr(json_string_value(json_object_get(a, "model")), "gpt-oss-20b"),
+		      "model: %s", json_string_value(json_object_get(a, "model")));
+	/* 24 layers of 32 experts */
+	ck_assert_uint_eq((uint64_t)num(a, "n_experts"), 24 * 32);
+	snprintf(file, sizeof(file), "%s/oss20.gguf", fx.dir);
+	snprintf(cmd, sizeof(cmd), "%s --preset gpt-oss-20b --sparse --type mxfp4 -q -o %s",
+		 tu_bin("moe-mkmodel"), file);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	b = moectl_json("--json plan %s --vram 8G --read-gbps 5 --no-stats", file);
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		ck_assert_msg(num(a, keys[i]) == num(b, keys[i]), "%s: %.0f from the preset, %.0f "
+			      "from the sparse file", keys[i], num(a, keys[i]), num(b, keys[i]));
+	ck_assert(num(a, "n_slots") > 0 && num(a, "n_slots") < 24 * 32);
+	json_decref(a);
+	json_decref(b);
+	unlink(file);
+}
+END_TEST
+
 /* Every --flag in @help appears in @doc (named @what); returns how many were checked. */
 static int flags_in(const char *help, const char *doc, const char *what, const char *cmd)
 {
@@ -532,6 +586,7 @@ Suite *suite_moectl(void)
 	tcase_add_test(tc, plan_by_hand);
 	tcase_add_test(tc, plan_against_run);
 	tcase_add_test(tc, plan_measure);
+	tcase_add_test(tc, plan_preset);
 	tcase_add_test(tc, bench_commands);
 	tcase_add_test(tc, completion_and_man);
 	suite_add_tcase(s, tc);

@@ -75,7 +75,7 @@ static const struct preset presets[] = {
 		.source = "huggingface.co/google/gemma-4-26B-A4B config.json (text_config)",
 	},
 	{
-		.name = "deepseek-v3", .model = "DeepSeek-V3 (671B, 37B active)",
+		.name = "deepseek-v3", .model = "DeepSeek-V3",
 		.arch = "deepseek2", .layers = 61, .embd = 7168, .heads = 128, .kv_heads = 128,
 		.head_dim = 192, .vocab = 129280, .experts = 256, .experts_used = 8,
 		.expert_ff = 2048, .shared_ff = 2048, .ff = 18432, .interleave = 1,
