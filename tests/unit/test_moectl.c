@@ -765,6 +765,23 @@ START_TEST(progress_tty)
 	ck_assert_int_eq(tu_run(cmd, 1, &txt), 0);
 	ck_assert_msg(!strstr(txt, "pack [") && !strchr(txt, '\r'), "a bar on a pipe: %s", txt);
 	free(txt);
+	/* the other long operations use the same bar */
+	for (int i = 0; i < 2; i++) {
+		const char *what = i ? "decode [" : "measure [";
+		char args[2 * PATH_MAX];
+
+		snprintf(args, sizeof(args), i ? "bench decode %s" : "plan %s --vram 1G --measure",
+			 in);
+		snprintf(cmd, sizeof(cmd), "script -qec \"%s %s\" /dev/null", tu_bin("moectl"),
+			 args);
+		ck_assert_msg(tu_run(cmd, 1, &txt) == 0, "%s: %s", cmd, txt);
+		ck_assert_msg(strstr(txt, what), "no %s bar on a terminal: %s", what, txt);
+		free(txt);
+		snprintf(cmd, sizeof(cmd), "%s %s 2>&1 | cat", tu_bin("moectl"), args);
+		ck_assert_int_eq(tu_run(cmd, 1, &txt), 0);
+		ck_assert_msg(!strstr(txt, what), "a bar on a pipe: %s", txt);
+		free(txt);
+	}
 	unlink(out);
 }
 END_TEST

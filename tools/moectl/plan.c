@@ -497,7 +497,7 @@ int do_plan(int argc, char **argv)
 	}
 	if (o.measure) {
 		o.read_gbps = bench_engine_gbps(o.model, MEASURE_BYTES, o.measured,
-						sizeof(o.measured));
+						sizeof(o.measured), json_output);
 		if (o.read_gbps <= 0) {
 			fail("--measure: %s", o.measured);
 			moe_routestats_free(rs);
