@@ -629,7 +629,7 @@ END_TEST
 
 START_TEST(pack_refusals)
 {
-	char in[PATH_MAX + 32], link[PATH_MAX + 32], out[PATH_MAX + 32], args[4 * PATH_MAX];
+	char in[PATH_MAX + 32], link[PATH_MAX + 32], out[PATH_MAX + 32], args[3 * PATH_MAX];
 	char *txt = NULL, *before, *after;
 	size_t lb, la;
 
