@@ -130,11 +130,12 @@ SELFTEST_FATBIN := $(if $(NVCC),$(BUILD)/cuda/selftest.fatbin)
 
 STATIC_LIB := $(BUILD)/lib/libmoe.a
 SHARED_LIB := $(BUILD)/lib/libmoe.so
-SONAME := libmoe.so.0
-# The release: libmoe.pc's Version and the installed library's file name.
+# The release: libmoe.pc's Version and the installed library's file name; the
+# soname follows the major version, which moves only on an ABI break.
 MOE_MAJOR := $(shell sed -n 's/^\#define MOE_VERSION_MAJOR //p' include/moe/moe.h)
 MOE_MINOR := $(shell sed -n 's/^\#define MOE_VERSION_MINOR //p' include/moe/moe.h)
 LIB_VERSION := $(MOE_MAJOR).$(MOE_MINOR).0
+SONAME := libmoe.so.$(MOE_MAJOR)
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: demo all lib tools man check fuzz fuzz-build kmod kmod-build vm-check deps clean help \
@@ -197,9 +198,12 @@ $(BUILD)/tests/lib%.so: tests/simt/lib%.c tests/simt/libcuda_fake.c libmoe/backe
 
 $(BUILD)/cuda/kernels.cu: $(KERNEL_SRCS) Makefile
 	@mkdir -p $(@D)
-	@printf '#include "%s"\n' $(abspath $(KERNEL_SRCS)) > $@.tmp && mv $@.tmp $@
+	@printf '#include "%s"\n' $(abspath $(KERNEL_SRCS)) > $@.tmp && \
+		{ cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@; }
 
-$(BUILD)/cuda/kernels.fatbin: $(BUILD)/cuda/kernels.cu $(KERNEL_SRCS) $(wildcard cuda/*.cuh)
+# kernels.cu keeps its date while its list is unchanged, so editing the Makefile
+# does not rerun nvcc (30 s); the kernels' own headers do.
+$(BUILD)/cuda/kernels.fatbin: $(BUILD)/cuda/kernels.cu $(KERNEL_SRCS) $(wildcard cuda/*.cuh cuda/*.h)
 	$(NVCC) -fatbin $(NVCC_FLAGS) -o $@ $<
 
 # The emulation's self-test is valid CUDA: checked here, never embedded.
@@ -232,8 +236,8 @@ $(STATIC_LIB): $(LIB_OBJS)
 $(SHARED_LIB): $(LIB_OBJS) libmoe/libmoe.map
 	@mkdir -p $(@D)
 	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=libmoe/libmoe.map \
-		-Wl,--no-undefined -o $@.0 $(LIB_OBJS) $(LIBS)
-	ln -sf libmoe.so.0 $@
+		-Wl,--no-undefined -o $(@D)/$(SONAME) $(LIB_OBJS) $(LIBS)
+	ln -sf $(SONAME) $@
 
 # The build tree's libmoe.pc points at the build tree, the installed one at PREFIX.
 $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
@@ -404,7 +408,7 @@ install: all
 		$(D)$(UDEVRULESDIR) $(D)$(DKMSDIR)/uapi
 	$(INSTALL) -m 755 $(TOOL_BINS) $(D)$(BINDIR)/
 	$(INSTALL) -m 644 $(STATIC_LIB) $(D)$(LIBDIR)/libmoe.a
-	$(INSTALL) -m 755 $(SHARED_LIB).0 $(D)$(LIBDIR)/libmoe.so.$(LIB_VERSION)
+	$(INSTALL) -m 755 $(BUILD)/lib/$(SONAME) $(D)$(LIBDIR)/libmoe.so.$(LIB_VERSION)
 	ln -sf libmoe.so.$(LIB_VERSION) $(D)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(D)$(LIBDIR)/libmoe.so
 	$(INSTALL) -m 644 include/moe/moe.h $(D)$(INCLUDEDIR)/moe/moe.h

@@ -708,7 +708,7 @@ int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **ou
 	*out = m;
 	return 0;
 err:
-	moe_model_close(m);
+	moe_model_destroy(m);
 	return ret;
 }
 
@@ -717,7 +717,7 @@ int moe_model_open(const char *path, struct moe_model **out)
 	return moe_model_open_flags(path, 0, out);
 }
 
-void moe_model_close(struct moe_model *m)
+void moe_model_destroy(struct moe_model *m)
 {
 	if (!m)
 		return;

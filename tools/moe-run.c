@@ -28,7 +28,7 @@ struct opts {
 	int threads;
 	bool stats, json, chat, vram_zero, no_state, trace_pred, layer_pools;
 	struct moe_sample_params sp;
-	struct moe_io_opts io;
+	struct moe_io_params io;
 };
 
 static void usage(FILE *f)
@@ -321,8 +321,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	int c, ret = 0;
 
 	o->n_gen = 32;
-	moe_sample_default_params(&o->sp);
-	moe_io_opts_init(&o->io);
+	moe_sample_params_init(&o->sp);
+	moe_io_params_init(&o->io);
 	while (!ret && (c = getopt_long(argc, argv, "m:p:n:h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'm': o->model = optarg; break;
@@ -748,7 +748,7 @@ static int run(const struct opts *o)
 		ret = EXIT_USAGE;
 		goto out;
 	}
-	moe_ctx_default_params(&cp);
+	moe_ctx_params_init(&cp);
 	/* The library reads a zero budget as "no limit": one byte asks for the smallest. */
 	cp.vram_bytes = o->vram_zero ? 1 : o->vram;
 	cp.host_cache_bytes = o->host_cache;
@@ -860,9 +860,9 @@ out:
 	free(r.text);
 	free(r.out);
 	free(prompt);
-	moe_ctx_free(ctx);
-	moe_tokenizer_free(r.tok);
-	moe_model_close(model);
+	moe_ctx_destroy(ctx);
+	moe_tokenizer_destroy(r.tok);
+	moe_model_destroy(model);
 	return ret;
 }
 

@@ -117,7 +117,7 @@ int moe_routestats_create(uint32_t n_layer, uint32_t n_expert, const bool *route
 	rs->trans = calloc(nk * n_expert, sizeof(*rs->trans));
 	rs->coact = calloc(nk * n_expert, sizeof(*rs->coact));
 	if (!rs->next || !rs->layer_tokens || !rs->count || !rs->trans || !rs->coact) {
-		moe_routestats_free(rs);
+		moe_routestats_destroy(rs);
 		return moe_err(ENOMEM, "out of memory for routing statistics");
 	}
 	for (uint32_t l = 0; l < n_layer; l++) {
@@ -134,7 +134,7 @@ int moe_routestats_create(uint32_t n_layer, uint32_t n_expert, const bool *route
 	return 0;
 }
 
-void moe_routestats_free(struct moe_routestats *rs)
+void moe_routestats_destroy(struct moe_routestats *rs)
 {
 	if (!rs)
 		return;

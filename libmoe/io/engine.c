@@ -48,7 +48,7 @@ struct moe_io_req {
 	struct moe_io_piece pieces[];
 };
 
-void moe_io_opts_init(struct moe_io_opts *opts)
+void moe_io_params_init(struct moe_io_params *opts)
 {
 	memset(opts, 0, sizeof(*opts));
 	opts->numa_node = -1;
@@ -606,14 +606,26 @@ void moe_io_get_stats(const struct moe_io *io, struct moe_io_stats *out)
 
 /* ------------------------------------------------------------ staging */
 
-void *moe_io_alloc(struct moe_io *io, uint64_t bytes)
+int moe_io_alloc(struct moe_io *io, uint64_t bytes, void **out)
 {
 	void *p;
 
+	if (!out)
+		return moe_err(EINVAL, "moe_io_alloc: no place to store the pointer");
+	*out = NULL;
+	if (!io)
+		return moe_err(EINVAL, "moe_io_alloc: no I/O engine");
+	if (!bytes || bytes > (1ull << 48))
+		return moe_err(EINVAL, "%s: moe_io_alloc of %llu bytes: ask for 1 byte to 256 TiB",
+			       io->path, (unsigned long long)bytes);
 	pthread_mutex_lock(&io->lock);
 	p = moe_io_pool_alloc(io, bytes);
 	pthread_mutex_unlock(&io->lock);
-	return p;
+	if (!p)
+		return moe_err(ENOMEM, "%s: out of memory for %llu bytes of I/O buffers", io->path,
+			       (unsigned long long)bytes);
+	*out = p;
+	return 0;
 }
 
 void moe_io_free(struct moe_io *io, void *p)
@@ -822,7 +834,7 @@ static int setup_backend(struct moe_io *io)
 	return moe_err(EINVAL, "%s: unknown I/O backend %d", io->path, (int)io->opts.backend);
 }
 
-static int check_opts(struct moe_io_opts *o, const char *path)
+static int check_opts(struct moe_io_params *o, const char *path)
 {
 	if ((unsigned)o->backend > MOE_IO_KMOD || (unsigned)o->direct > MOE_IO_DIRECT_OFF)
 		return moe_err(EINVAL, "%s: unknown backend %d or direct mode %d", path,
@@ -850,7 +862,7 @@ static int check_opts(struct moe_io_opts *o, const char *path)
 	return 0;
 }
 
-int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io **out)
+int moe_io_open(const char *path, const struct moe_io_params *opts, struct moe_io **out)
 {
 	struct moe_io *io;
 	int ret;
@@ -865,7 +877,7 @@ int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io 
 	if (opts)
 		io->opts = *opts;
 	else
-		moe_io_opts_init(&io->opts);
+		moe_io_params_init(&io->opts);
 	io->path = strdup(path);
 	if (!io->path) {
 		free(io);
@@ -922,7 +934,7 @@ err_free:
 	return ret;
 }
 
-void moe_io_close(struct moe_io *io)
+void moe_io_destroy(struct moe_io *io)
 {
 	struct moe_io_req *inline_list = NULL, *list;
 	int n;

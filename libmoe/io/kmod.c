@@ -140,7 +140,7 @@ int moe_kmod_open(struct moe_kmod **out)
 	return 0;
 }
 
-void moe_kmod_close(struct moe_kmod *k)
+void moe_kmod_destroy(struct moe_kmod *k)
 {
 	if (!k)
 		return;

@@ -24,7 +24,7 @@
 
 const struct moe_kmod_client moe_kmod_client_driver = {
 	.open = moe_kmod_open,
-	.close = moe_kmod_close,
+	.close = moe_kmod_destroy,
 	.next = moe_kmod_next,
 	.info = moe_kmod_info,
 	.bo_create = moe_kmod_bo_create,

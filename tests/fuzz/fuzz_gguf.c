@@ -68,11 +68,11 @@ int fuzz_gguf(const uint8_t *data, size_t size)
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 		if (moe_model_open(path, &m) == 0) {
 			walk_model(m);
-			moe_model_close(m);
+			moe_model_destroy(m);
 		}
 		if (moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, &m) == 0) {
 			walk_model(m);
-			moe_model_close(m);
+			moe_model_destroy(m);
 		}
 	}
 	close(fd);

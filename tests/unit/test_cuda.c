@@ -404,7 +404,7 @@ static struct moe_ctx *ctx_on(struct moe_model *m, const char *backend, uint64_t
 	struct moe_ctx_params p;
 	struct moe_ctx *ctx = NULL;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 64;
 	p.n_batch = 4;
@@ -424,7 +424,7 @@ static uint64_t least_vram(struct moe_model *m, const char *backend)
 	unsigned long long need = 0;
 	const char *at;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 64;
 	p.n_batch = 4;
@@ -503,13 +503,13 @@ static void engine_case(const struct e2e_arch *e, bool fake, const char *type)
 	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
 	ctx = ctx_on(m, "cpu", 0);
 	run(ctx, &cpu);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 
 	if (fake)
 		fake_driver_lib(NULL);
 	ctx = ctx_on(m, "cuda", 0);
 	run(ctx, &res);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	ck_assert_uint_eq(res.n, cpu.n);
 	for (size_t i = 0; i < res.n * res.vocab; i++) {
 		mx = fmax(mx, fabs(cpu.buf[i]));
@@ -541,14 +541,14 @@ static void engine_case(const struct e2e_arch *e, bool fake, const char *type)
 		ck_assert_msg(!memcmp(str.buf, res.buf, sizeof(float) * res.n * res.vocab),
 			      "%s mode %d: streamed logits differ from resident ones", e->arch,
 			      mode);
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 		free(str.buf);
 	}
 	if (fake)
 		unsetenv("MOE_CUDA_LIBRARY");
 	free(cpu.buf);
 	free(res.buf);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }

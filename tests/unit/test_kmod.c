@@ -72,7 +72,7 @@ START_TEST(kmod_expert_extents)
 	k.max_extents = 10;
 	ck_assert_int_eq(moe_kmod_expert_extents(&k, m, sum.file_bytes, &ext, &n), -E2BIG);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "max_extents"));
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -92,7 +92,7 @@ START_TEST(kmod_no_driver)
 	ck_assert_int_eq(moe_kmod_register(NULL, "x", NULL, NULL), -EINVAL);
 	ck_assert_int_eq(moe_kmod_unregister(NULL, "x"), -EINVAL);
 	ck_assert_int_eq(moe_kmod_warm(NULL, "x", NULL, NULL), -EINVAL);
-	moe_kmod_close(NULL);
+	moe_kmod_destroy(NULL);
 }
 END_TEST
 
@@ -384,7 +384,7 @@ static void fk_check_read(struct moe_io *io, uint64_t off, uint64_t len, int wan
  */
 START_TEST(kmod_late_batch_keeps_slots)
 {
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io = NULL;
 	char *dir = tu_tmpdir(), path[4096];
 	uint64_t size = 9 * MIB, seed = 14;
@@ -404,7 +404,7 @@ START_TEST(kmod_late_batch_keeps_slots)
 	fk.ext[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
 
 	moe_kmod_io_client = &fk_client;
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = MOE_IO_KMOD;
 	o.direct = MOE_IO_DIRECT_OFF;
 	o.queue_depth = 4;
@@ -436,7 +436,7 @@ START_TEST(kmod_late_batch_keeps_slots)
 	fk_check_read(io, 4 * MIB, MIB, 0);
 	ck_assert_uint_eq(fk.fetched - before, 4);
 	ck_assert_uint_eq(fk.overlaps, 0);
-	moe_io_close(io);
+	moe_io_destroy(io);
 	ck_assert_uint_eq(fk.live_at_close, 0);
 	moe_kmod_io_client = &moe_kmod_client_driver;
 	close(fk.fd);
@@ -448,7 +448,7 @@ END_TEST
 /* A late batch still running at close is left to the driver (closing the node collects it). */
 START_TEST(kmod_late_batch_at_close)
 {
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io = NULL;
 	char *dir = tu_tmpdir(), path[4096];
 	uint64_t size = 8 * MIB;
@@ -466,7 +466,7 @@ START_TEST(kmod_late_batch_at_close)
 	fk.ext[0] = (struct drm_moe_extent){ .offset = 0, .length = 4 * MIB };
 	fk.ext[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
 	moe_kmod_io_client = &fk_client;
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = MOE_IO_KMOD;
 	o.direct = MOE_IO_DIRECT_OFF;
 	o.queue_depth = 2;
@@ -478,7 +478,7 @@ START_TEST(kmod_late_batch_at_close)
 	/* No slot left for the driver: served by pread, correct all the same. */
 	fk_check_read(io, 5 * MIB, 3 * MIB, 0);
 	ck_assert_uint_eq(fk.overlaps, 0);
-	moe_io_close(io);
+	moe_io_destroy(io);
 	ck_assert_uint_eq(fk.live_at_close, 1);
 	ck_assert_uint_eq(fk.fetched, 2);
 	moe_kmod_io_client = &moe_kmod_client_driver;

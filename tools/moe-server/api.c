@@ -411,7 +411,7 @@ int api_parse_request(enum api_kind kind, const char *body, size_t len,
 	memset(req, 0, sizeof(*req));
 	memset(err, 0, sizeof(*err));
 	req->kind = kind;
-	moe_sample_default_params(&req->sp);
+	moe_sample_params_init(&req->sp);
 	req->sp.temp = 1.0f;    /* the API's default */
 	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
 	if (!root)

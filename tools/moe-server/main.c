@@ -163,7 +163,7 @@ static int serve(struct server *s)
 	base = strrchr(s->o.model, '/');
 	snprintf(s->model_id, sizeof(s->model_id), "%s",
 		 s->o.alias ? s->o.alias : base ? base + 1 : s->o.model);
-	moe_ctx_default_params(&cp);
+	moe_ctx_params_init(&cp);
 	cp.vram_bytes = s->o.vram;
 	cp.host_cache_bytes = s->o.host_cache;
 	cp.n_threads = s->o.threads;
@@ -232,8 +232,8 @@ int main(int argc, char **argv)
 		return ret;
 	}
 	ret = serve(&s);
-	moe_ctx_free(s.ctx);
-	moe_tokenizer_free(s.tok);
-	moe_model_close(s.model);
+	moe_ctx_destroy(s.ctx);
+	moe_tokenizer_destroy(s.tok);
+	moe_model_destroy(s.model);
 	return ret;
 }

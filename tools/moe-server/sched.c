@@ -27,7 +27,7 @@ static void job_unref(struct job *j)
 {
 	if (--j->refs)
 		return;
-	moe_sampler_free(j->sampler);
+	moe_sampler_destroy(j->sampler);
 	for (uint32_t i = 0; i < j->n_stop; i++)
 		free(j->stop[i]);
 	free(j->prompt);

@@ -35,7 +35,7 @@ static void *watch_warm(void *arg)
 					info.bytes - w->start : w->total);
 		usleep(100000);
 	}
-	moe_kmod_close(k);
+	moe_kmod_destroy(k);
 	return NULL;
 }
 
@@ -105,12 +105,12 @@ int do_load(int argc, char **argv)
 		return fail("%s", moe_errmsg());
 	ret = moe_kmod_open(&k);
 	if (ret < 0) {
-		moe_model_close(m);
+		moe_model_destroy(m);
 		return fail("%s", moe_errmsg());
 	}
 	ret = moe_kmod_register(k, argv[optind], m, &id);
 	moe_model_summary(m, &sum);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	if (ret < 0)
 		goto err;
 	if (warm) {
@@ -133,7 +133,7 @@ int do_load(int argc, char **argv)
 			tj_set(o, "warm_seconds", tj_real(secs));
 		}
 		if (tj_print(o)) {
-			moe_kmod_close(k);
+			moe_kmod_destroy(k);
 			return 1;
 		}
 	} else {
@@ -143,10 +143,10 @@ int do_load(int argc, char **argv)
 			printf("warmed: %s in %.2f s (%.2f GB/s)\n", human_bytes(bytes, b1, sizeof(b1)),
 			       secs, secs > 0 ? (double)bytes / secs / 1e9 : 0.0);
 	}
-	moe_kmod_close(k);
+	moe_kmod_destroy(k);
 	return 0;
 err:
 	fail("%s", moe_errmsg());
-	moe_kmod_close(k);
+	moe_kmod_destroy(k);
 	return 1;
 }
