@@ -570,9 +570,15 @@ static int write_fill(struct wtensor *t, struct out *o, uint8_t **chunk, size_t 
 static int out_skip(struct out *o, uint64_t n)
 {
 	int fd = moe_outfile_fd(o->f);
+	struct stat st;
 
 	if (out_flush(o))
 		return o->err;
+	/* a device may accept the seek (/dev/null does) and still hold no hole */
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return o->err = moe_err(ESPIPE, "%s: cannot leave tensor data unwritten (a sparse "
+					"file): not a regular file; name a regular file",
+					moe_outfile_path(o->f));
 	if (n > (uint64_t)INT64_MAX - o->pos)
 		return o->err = moe_err(EFBIG, "%s: the file would exceed 2^63 bytes",
 					moe_outfile_path(o->f));

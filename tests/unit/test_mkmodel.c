@@ -1068,7 +1068,7 @@ START_TEST(mkmodel_preset_counts)
 	printf("preset %-16s %8.2fB total (published %g), %7.2fB active (published %g)\n",
 	       published[_i].name, total, published[_i].total_b, active,
 	       published[_i].active_b);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -1119,6 +1119,61 @@ START_TEST(mkmodel_sparse)
 }
 END_TEST
 
+/*
+ * Hole tensors: nothing is written for them (the file stays sparse), they
+ * read back as zeros, and the tensors around them keep their bytes; a file
+ * ending in a hole still has its full length.
+ */
+START_TEST(writer_holes)
+{
+	char *dir = tu_tmpdir(), path[512];
+	uint64_t ne[2] = { 1024, 1024 }, small[1] = { 8 }, bytes = 0;
+	float data[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	struct moe_gguf_writer *w;
+	struct pfile f;
+	struct stat st;
+	uint8_t *all;
+	size_t len;
+
+	snprintf(path, sizeof(path), "%s/holes.gguf", dir);
+	ck_assert_int_eq(moe_gguf_writer_create(4096, &w), 0);
+	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "test"), 0);
+	ck_assert_int_eq(moe_gguf_add_tensor(w, "a", MOE_TYPE_F32, 1, small, data), 0);
+	ck_assert_int_eq(moe_gguf_add_tensor_hole(w, "h1", MOE_TYPE_F32, 2, ne), 0);
+	ck_assert_int_eq(moe_gguf_add_tensor(w, "b", MOE_TYPE_F32, 1, small, data), 0);
+	ck_assert_int_eq(moe_gguf_add_tensor_hole(w, "h2", MOE_TYPE_F32, 2, ne), 0);
+	ck_assert_int_eq(moe_gguf_layout(w, NULL, &bytes), 0);
+	ck_assert_int_eq(moe_gguf_write(w, path), 0);
+	/* holes only in regular files */
+	ck_assert_int_eq(moe_gguf_write(w, "/dev/null"), -ESPIPE);
+	moe_gguf_writer_destroy(w);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_uint_eq((uint64_t)st.st_size, bytes);
+	ck_assert_uint_gt(bytes, 8u << 20);
+	ck_assert_msg((uint64_t)st.st_blocks * 512 < (1u << 20), "%llu bytes allocated",
+		      (unsigned long long)st.st_blocks * 512);
+	all = tu_read_file(path, &len);
+	ck_assert_ptr_nonnull(all);
+	ck_assert_uint_eq(len, bytes);
+	ck_assert_int_eq(pfile_load(&f, path), 0);
+	ck_assert_uint_eq(f.n_t, 4);
+	for (uint64_t i = 0; i < f.n_t; i++) {
+		const uint8_t *d = all + f.data + f.t[i].offset;
+
+		if (f.t[i].name[0] == 'h') {
+			for (uint64_t k = 0; k < 1024 * 1024 * 4; k += 4093)
+				ck_assert_uint_eq(d[k], 0);
+		} else {
+			ck_assert_int_eq(memcmp(d, data, sizeof(data)), 0);
+		}
+	}
+	pfile_free(&f);
+	free(all);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 Suite *suite_mkmodel(void)
 {
 	Suite *s = suite_create("mkmodel");
@@ -1128,6 +1183,7 @@ Suite *suite_mkmodel(void)
 	tcase_add_test(tw, writer_roundtrip);
 	tcase_add_test(tw, writer_refuses);
 	tcase_add_test(tw, writer_fill_failure);
+	tcase_add_test(tw, writer_holes);
 	suite_add_tcase(s, tw);
 	tcase_set_timeout(tm, 120);
 	tcase_add_loop_test(tm, mkmodel_arches, 0, sizeof(arches) / sizeof(arches[0]));

@@ -571,8 +571,8 @@ static void check_packed(const char *in, const char *out, uint32_t align)
 		k++;
 	}
 	ck_assert_int_gt(k, 10);
-	moe_model_close(a);
-	moe_model_close(b);
+	moe_model_destroy(a);
+	moe_model_destroy(b);
 	free(da);
 	free(db);
 	ta = run_tokens(in);

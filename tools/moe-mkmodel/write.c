@@ -209,7 +209,7 @@ int mk_write(const struct opts *o, struct mk_result *res)
 	ret = mk_add_tensors(&m);
 	if (ret)
 		goto out;
-	ret = moe_gguf_writer_create(&w, o->align);
+	ret = moe_gguf_writer_create(o->align, &w);
 	ret = ret ?: mk_add_metadata(w, o);
 	for (size_t i = 0; !ret && i < m.n_t; i++) {
 		struct gtensor *t = &m.t[i];
@@ -256,7 +256,7 @@ int mk_write(const struct opts *o, struct mk_result *res)
 	res->n_tensors = m.n_t;
 	res->n_moe = m.n_moe;
 out:
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	mk_model_free(&m);
 	/* a --vocab the built-in BPE text cannot fill is a usage error */
 	return ret == -ERANGE ? EXIT_USAGE : ret ? 1 : 0;
