@@ -463,6 +463,28 @@ START_TEST(plan_preset)
 	json_decref(a);
 	json_decref(b);
 	unlink(file);
+	/* every preset plans, in every type */
+	ck_assert_int_eq(moectl(&out, "plan --preset help"), 0);
+	for (char *save = NULL, *l = strtok_r(out, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		static const char *const types[] = { "q4_K_M", "mxfp4", "f16" };
+		char name[64];
+
+		if (sscanf(l, "  %63s", name) != 1 || l[0] != ' ')
+			continue;
+		for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
+			a = moectl_json("--json plan --preset %s --type %s --vram 8000G --read-gbps 7",
+					name, types[t]);
+			ck_assert_msg(num(a, "n_experts") > 0 && num(a, "routed_bytes_per_token") > 0,
+				      "%s %s", name, types[t]);
+			json_decref(a);
+		}
+	}
+	free(out);
+	/* a budget too small names the preset, not the file the plan was made from */
+	ck_assert_int_eq(moectl_err(&out, "plan --preset llama4-behemoth --vram 80G"), 1);
+	ck_assert_msg(strstr(out, "preset llama4-behemoth") && !strstr(out, "moectl-plan."),
+		      "%s", out);
+	free(out);
 }
 END_TEST
 
@@ -699,16 +721,19 @@ START_TEST(pack_refusals)
 }
 END_TEST
 
-/* A pack ended by SIGINT or SIGTERM half way leaves no OUT and no temporary file. */
+/*
+ * A pack ended by SIGINT or SIGTERM half way leaves no OUT and no temporary
+ * file; written unnamed (O_TMPFILE), not even SIGKILL leaves one.
+ */
 START_TEST(pack_interrupted)
 {
-	static const int sigs[] = { SIGINT, SIGTERM };
+	static const int sigs[] = { SIGINT, SIGTERM, SIGKILL };
 	char in[PATH_MAX + 32], out[PATH_MAX + 32];
 
 	snprintf(in, sizeof(in), "%s/m.gguf", fx.dir);
 	snprintf(out, sizeof(out), "%s/out.gguf", fx.dir);
 	for (int named = 0; named < 2; named++) {
-		for (size_t k = 0; k < sizeof(sigs) / sizeof(sigs[0]); k++) {
+		for (size_t k = 0; k < sizeof(sigs) / sizeof(sigs[0]) - named; k++) {
 			int pfd[2], st = 0;
 			char line[256] = "";
 			ssize_t n;

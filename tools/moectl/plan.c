@@ -29,6 +29,7 @@ struct plan_opts {
 	const char *model, *backend, *state_dir;
 	const char *preset, *type;  /* --preset NAME --type T instead of MODEL */
 	char model_name[160];
+	char tmp_path[4200];        /* where the preset's file was, named in messages */
 	uint64_t vram, host_cache;
 	uint32_t n_ctx;
 	double read_gbps, target_tps, gpu_hour_cost;
@@ -351,6 +352,7 @@ static int open_preset(struct plan_opts *o, struct moe_model **m)
 		return ret;
 	snprintf(o->model_name, sizeof(o->model_name), "preset %s (%s, %s)", p->name, p->model,
 		 r.name);
+	snprintf(o->tmp_path, sizeof(o->tmp_path), "%s", path);
 	o->model = o->model_name;
 	return 0;
 }
@@ -479,7 +481,14 @@ int do_plan(int argc, char **argv)
 	moe_model_summary(m, &s);
 	ret = make_plan(m, &o, o.vram, &p);
 	if (ret) {
-		fail("%s", moe_errmsg());
+		const char *msg = moe_errmsg();
+		size_t n = strlen(o.tmp_path);
+
+		/* the preset's file is gone: name the preset */
+		if (o.preset && n && !strncmp(msg, o.tmp_path, n))
+			fail("%s%s", o.model, msg + n);
+		else
+			fail("%s", msg);
 		moe_model_destroy(m);
 		return 1;
 	}
