@@ -100,16 +100,12 @@ static int check_memory(const struct opts *o)
 /* The directory @out is written in ("." for a bare name), malloc'd. */
 static char *out_dir(const char *out)
 {
-	char *dir = strdup(out), *slash;
+	const char *slash = strrchr(out, '/');
 
-	if (!dir)
-		return NULL;
-	slash = strrchr(dir, '/');
 	if (!slash)
-		strcpy(dir, ".");
-	else
-		slash[slash == dir] = 0;
-	return dir;
+		return strdup(".");
+	/* "/x" lives in "/" */
+	return strndup(out, slash == out ? 1 : (size_t)(slash - out));
 }
 
 /* A file larger than the free space would fail at the end, after minutes of work. */

@@ -270,14 +270,13 @@ static int resolve_out(struct pack *p)
 	}
 	if (!p->target)
 		return fail("pack: %s: %s", p->out, strerror(errno ? errno : ENOMEM));
-	p->dir = strdup(p->target);
+	slash = strrchr(p->target, '/');
+	if (!slash)
+		p->dir = strdup(".");
+	else        /* "/x" lives in "/" */
+		p->dir = strndup(p->target, slash == p->target ? 1 : (size_t)(slash - p->target));
 	if (!p->dir)
 		return fail("out of memory");
-	slash = strrchr(p->dir, '/');
-	if (!slash)
-		strcpy(p->dir, ".");
-	else
-		slash[slash == p->dir] = 0;
 	return 0;
 }
 
@@ -596,7 +595,10 @@ int do_pack(int argc, char **argv)
 		return usage_error("pack: give IN and OUT; see `moectl pack --help`");
 	p.in = argv[optind];
 	p.out = argv[optind + 1];
-	p.in_fd = open(p.in, O_RDONLY | O_CLOEXEC);
+	if (!*p.in || !*p.out)
+		return usage_error("pack: an empty file name; give IN and OUT");
+	/* O_NONBLOCK: a FIFO named as IN must be refused, not waited on */
+	p.in_fd = open(p.in, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (p.in_fd < 0)
 		return fail("pack: %s: %s", p.in, strerror(errno));
 	ret = fstat(p.in_fd, &p.in_st) < 0 ? fail("pack: %s: %s", p.in, strerror(errno)) : 0;
