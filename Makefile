@@ -44,7 +44,7 @@ DEP_PKGS := liburing hwloc libdrm check libmicrohttpd jansson
 # moe-server's HTTP and JSON libraries; the request parser (api.c) is also in
 # the unit tests and its fuzz target.
 SERVER_PKGS := libmicrohttpd jansson
-SERVER_API_SRCS := tools/moe-server/api.c
+SERVER_API_SRCS := tools/moe-server/api.c tools/moe-server/chatfmt.c
 
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
@@ -444,13 +444,13 @@ $(FUZZ_LIB): | $(DEPS_STAMP)
 	@$(MAKE) --no-print-directory $@ BUILD=$(FUZZ_BUILD) CC=clang SANITIZE=0 \
 		CFLAGS="-O1 -g -fsanitize=fuzzer-no-link $(FUZZ_SAN)"
 fuzz-build: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
-# fuzz_request takes the server's request parser with it
-$(BUILD)/fuzz/fuzz_request: $(SERVER_API_SRCS)
+# fuzz_request and fuzz_toolcall take the server's request parser and chat formats
+$(BUILD)/fuzz/fuzz_request $(BUILD)/fuzz/fuzz_toolcall: $(SERVER_API_SRCS)
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB)
 	@mkdir -p $(@D)
 	clang -std=gnu11 -O1 -g -D_GNU_SOURCE -DMOE_FUZZ_MAIN -Iinclude -Ilibmoe \
 		-Itools/moe-server -Itools/common $(PKG_CFLAGS) $(SERVER_CFLAGS) -fsanitize=fuzzer \
-		$(FUZZ_SAN) -o $@ $< $(filter %/api.c,$^) $(FUZZ_LIB) \
+		$(FUZZ_SAN) -o $@ $< $(filter tools/moe-server/%.c,$^) $(FUZZ_LIB) \
 		$(PKG_LIBS) $(SERVER_LIBS) -lm -ldl -pthread
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \

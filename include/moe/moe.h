@@ -129,7 +129,10 @@ struct moe_model;
 /*
  * Open a GGUF model file and validate all of it that can be validated
  * without reading tensor data: header, metadata, tensor infos, the
- * architecture's required keys and tensors, and the expert map.
+ * architecture's required keys and tensors, and the expert map.  A @path
+ * of "moe:NAME" opens the model registered with moe.ko as NAME (moectl
+ * load) without touching its file: the header comes through the driver,
+ * and an inference context on it reads every tensor through the driver.
  */
 MOE_API int moe_model_open(const char *path, struct moe_model **out);
 
@@ -693,7 +696,9 @@ struct moe_kmod_model_info {
 	uint64_t errors;
 	uint64_t inflight;
 	uint64_t lat_hist[MOE_KMOD_LAT_BUCKETS]; /* bucket i: [2^i, 2^(i+1)) microseconds */
-	uint64_t reserved[4];
+	uint32_t n_meta;        /* metadata extents: non-zero when it opens as "moe:NAME" */
+	uint32_t reserved32;
+	uint64_t reserved[3];
 };
 
 /*
@@ -704,9 +709,12 @@ struct moe_kmod_model_info {
 MOE_API int moe_kmod_open(struct moe_kmod **out);
 MOE_API void moe_kmod_destroy(struct moe_kmod *k);
 /*
- * Register every routed expert matrix of @model (widened to the driver's
- * alignment) under @name; the driver keeps its own reference to the file.
- * Needs CAP_SYS_ADMIN (-EPERM).  *id may be NULL.
+ * Register @model under @name: its header and tensor table, every tensor
+ * besides the routed experts, and every routed expert matrix, widened to
+ * the driver's alignment; the driver keeps its own reference to the file.
+ * Then moe_model_open("moe:NAME") and moe_io_open("moe:NAME") read the model
+ * through the driver alone, for users who cannot read the file.  Needs
+ * CAP_SYS_ADMIN (-EPERM).  *id may be NULL.
  */
 MOE_API int moe_kmod_register(struct moe_kmod *k, const char *name,
 			      const struct moe_model *model, uint32_t *id);
@@ -1056,7 +1064,12 @@ struct moe_ctx_stats {
 	/* streamed dense FFNs (not in the expert counters above; prefetches include them) */
 	uint64_t dense_hits, dense_misses;
 	uint64_t dense_prefetch_used;   /* hits on dense FFNs fetched ahead of their layer */
-	uint64_t reserved[1];
+	/* the device's own count (cuMemGetInfo); 0 where the device is host memory (cpu) */
+	uint64_t device_total;
+	uint64_t device_free_before;    /* free before the context allocated anything */
+	uint64_t device_free_after;     /* free once the resident weights were loaded */
+	char expert_io[16];             /* how misses reach the device: "staging", "gds" */
+	uint64_t reserved[4];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
 

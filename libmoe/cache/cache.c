@@ -764,6 +764,11 @@ const struct moe_expert *moe_cache_expert(const struct moe_expert_cache *c, uint
 	return &c->experts[(uint64_t)layer * c->n_expert + e];
 }
 
+const char *moe_cache_io_path(const struct moe_expert_cache *c)
+{
+	return c ? "staging" : "";
+}
+
 void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stats *out)
 {
 	struct moe_book_stats bs;

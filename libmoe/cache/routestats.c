@@ -39,6 +39,13 @@ int moe_model_identity(const struct moe_model *m, uint64_t *bytes, uint64_t *has
 	if (!m || !m->gguf)
 		return moe_err(EINVAL, "moe_model_identity: no model");
 	end = m->gguf->data_offset;
+	if (m->fd < 0) {
+		/* opened through moe.ko: the header is in memory */
+		if (m->head_len < end)
+			return moe_err(EINVAL, "%s: the header is not all in memory", m->path);
+		h = fnv(h, m->head, (size_t)end);
+		end = 0;
+	}
 	buf = malloc(1 << 20);
 	if (!buf)
 		return moe_err(ENOMEM, "out of memory");

@@ -237,6 +237,7 @@ static int setup(struct moe_ctx *ctx)
 	ret = moe_backend_create(ctx->lay.desc, &bp, &ctx->be);
 	if (ret < 0)
 		return ret;
+	ctx->be->ops->mem_info(ctx->be, &ctx->mem_before);
 	ret = ctx->be->ops->alloc(ctx->be, p->device_bytes, &ctx->arena);
 	if (ret < 0)
 		return moe_err_prefix(ret, "device memory of the plan (%llu bytes)",
@@ -327,6 +328,7 @@ static int setup(struct moe_ctx *ctx)
 		}
 	}
 	ctx->st.n_experts = p->n_experts;
+	ctx->be->ops->mem_info(ctx->be, &ctx->mem_after);
 	moe_ctx_reset_stats(ctx);
 	describe(ctx);
 	moe_log(MOE_LOG_INFO, "%s", ctx->desc);
@@ -756,6 +758,10 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 	s.scratch_bytes = p->scratch_bytes + p->workspace_bytes;
 	s.host_bytes = sizeof(float) * (uint64_t)ctx->n_logits * ctx->hp.n_vocab;
 	snprintf(s.backend, sizeof(s.backend), "%s", ctx->be->ops->name);
+	s.device_total = ctx->mem_before.device_total;
+	s.device_free_before = ctx->mem_before.device_free;
+	s.device_free_after = ctx->mem_after.device_free;
+	snprintf(s.expert_io, sizeof(s.expert_io), "%s", moe_cache_io_path(ctx->cache));
 	*out = s;
 	return 0;
 }

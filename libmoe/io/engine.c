@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "io/io.h"
+#include "io/kmod.h"
 #include "util/util.h"
 
 #define DEFAULT_QD 32
@@ -803,10 +804,25 @@ out_close:
 	return ret;
 }
 
+static bool by_name(const char *path)
+{
+	return !strncmp(path, MOE_KMOD_PREFIX, strlen(MOE_KMOD_PREFIX));
+}
+
 static int setup_backend(struct moe_io *io)
 {
 	int ret;
 
+	if (io->fd < 0) {
+		/* "moe:NAME": the driver is the only way to the file. */
+		if (io->opts.backend != MOE_IO_AUTO && io->opts.backend != MOE_IO_KMOD)
+			return moe_err(EINVAL, "%s is read through moe.ko: use the I/O backend "
+				       "auto or kmod, not %s", io->path,
+				       io->opts.backend == MOE_IO_URING ? "uring" : "pread");
+		io->ops = &moe_io_kmod_ops;
+		ret = io->ops->init(io);
+		return ret < 0 ? moe_err_prefix(ret, "%s: backend moe.ko", io->path) : 0;
+	}
 	switch (io->opts.backend) {
 	case MOE_IO_AUTO:
 	case MOE_IO_URING:
@@ -894,9 +910,15 @@ int moe_io_open(const char *path, const struct moe_io_params *opts, struct moe_i
 	pthread_mutex_init(&io->lock, NULL);
 	pthread_cond_init(&io->cond, NULL);
 
-	ret = setup_file(io);
-	if (ret < 0)
-		goto err_sync;
+	if (by_name(path)) {
+		/* No file here: moe.ko reads it directly; its size comes with the model. */
+		io->block = 4096;
+		io->direct = true;
+	} else {
+		ret = setup_file(io);
+		if (ret < 0)
+			goto err_sync;
+	}
 	/* Splits stay block-aligned so every piece is a valid direct read. */
 	io->opts.max_request = MOE_MAX(io->opts.max_request / io->block * io->block, io->block);
 	if (io->opts.numa_node >= 0) {
@@ -908,7 +930,7 @@ int moe_io_open(const char *path, const struct moe_io_params *opts, struct moe_i
 		io->node = io->opts.numa_node;
 	} else {
 		/* Near the disk the experts come from, else near the GPU they go to. */
-		io->node = moe_topo_path_node(path);
+		io->node = io->fd >= 0 ? moe_topo_path_node(path) : -1;
 		if (io->node < 0)
 			io->node = moe_topo_gpu_node();
 		if (io->node < 0)
@@ -923,7 +945,8 @@ int moe_io_open(const char *path, const struct moe_io_params *opts, struct moe_i
 	return 0;
 
 err_fd:
-	close(io->fd);
+	if (io->fd >= 0)
+		close(io->fd);
 err_sync:
 	pthread_cond_destroy(&io->cond);
 	pthread_mutex_destroy(&io->lock);
@@ -966,7 +989,8 @@ void moe_io_destroy(struct moe_io *io)
 
 	io->ops->fini(io);
 	moe_io_pool_destroy(io);
-	close(io->fd);
+	if (io->fd >= 0)
+		close(io->fd);
 	pthread_cond_destroy(&io->cond);
 	pthread_mutex_destroy(&io->lock);
 	free(io->batch);
