@@ -277,6 +277,11 @@ $(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1).c tools
 		$$(JSON_LIBS) -lm -pthread $$(SAN_LDFLAGS))
 endef
 $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
+# moectl plan --preset writes its model with moe-mkmodel's code (all but its main.c)
+MKMODEL_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tools/moe-mkmodel/main.c,\
+	$(wildcard tools/moe-mkmodel/*.c)))
+$(BUILD)/bin/moectl: $(MKMODEL_OBJS)
+$(BUILD)/obj/tools/moectl/%.o: ALL_CFLAGS += -Itools/moe-mkmodel
 
 $(BUILD)/tests/suites.h: $(TEST_SRCS) Makefile
 	@mkdir -p $(@D)

@@ -6,9 +6,12 @@
  * chunks, so that models larger than memory can be written.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "gguf_write.h"
 #include "quant/quant.h"
@@ -34,6 +37,7 @@ struct wtensor {
 	void *data;             /* owned copy, or NULL when @fill produces the data */
 	moe_gguf_fill_fn fill;
 	void *ctx;
+	bool hole;              /* no data: skipped over, reads back as zeros */
 };
 
 struct moe_gguf_writer {
@@ -396,6 +400,18 @@ int moe_gguf_add_tensor_fill(struct moe_gguf_writer *w, const char *name, uint32
 	return push_tensor(w, &t);
 }
 
+int moe_gguf_add_tensor_hole(struct moe_gguf_writer *w, const char *name, uint32_t type,
+			     uint32_t n_dims, const uint64_t *ne)
+{
+	struct wtensor t;
+	int ret = check_tensor(w, name, type, n_dims, ne, &t);
+
+	if (ret)
+		return ret;
+	t.hole = true;
+	return push_tensor(w, &t);
+}
+
 static bool alignment_kv(const struct moe_gguf_writer *w)
 {
 	return w->alignment != MOE_GGUF_DEFAULT_ALIGNMENT;
@@ -443,6 +459,7 @@ struct out {
 	size_t len;
 	uint64_t pos;
 	int err;
+	bool skipped;           /* a hole was left: the length is set at the end */
 };
 
 static int out_flush(struct out *o)
@@ -546,6 +563,37 @@ static int write_fill(struct wtensor *t, struct out *o, uint8_t **chunk, size_t 
 	return 0;
 }
 
+/*
+ * Leave a hole of @n bytes: move the file offset instead of writing, so the
+ * filesystem allocates nothing there.  Only a regular file can have one.
+ */
+static int out_skip(struct out *o, uint64_t n)
+{
+	int fd = moe_outfile_fd(o->f);
+	struct stat st;
+
+	if (out_flush(o))
+		return o->err;
+	/* a device may accept the seek (/dev/null does) and still hold no hole */
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return o->err = moe_err(ESPIPE, "%s: cannot leave tensor data unwritten (a sparse "
+					"file): not a regular file; name a regular file",
+					moe_outfile_path(o->f));
+	if (n > (uint64_t)INT64_MAX - o->pos)
+		return o->err = moe_err(EFBIG, "%s: the file would exceed 2^63 bytes",
+					moe_outfile_path(o->f));
+	if (lseek(fd, (off_t)n, SEEK_CUR) < 0) {
+		int e = errno;
+
+		return o->err = moe_err(e, "%s: cannot leave tensor data unwritten (a sparse "
+					"file): %s; name a regular file", moe_outfile_path(o->f),
+					e == ESPIPE ? "not a regular file" : strerror(e));
+	}
+	o->pos += n;
+	o->skipped = true;
+	return 0;
+}
+
 static int write_all(struct moe_gguf_writer *w, struct out *o)
 {
 	uint8_t *chunk = NULL;
@@ -555,6 +603,11 @@ static int write_all(struct moe_gguf_writer *w, struct out *o)
 	for (uint64_t i = 0; !ret && i < w->n_tensors; i++) {
 		struct wtensor *t = &w->tensors[i];
 
+		if (t->hole) {
+			/* the padding after a hole is part of it */
+			ret = out_skip(o, MOE_ALIGN_UP(o->pos + t->bytes, w->alignment) - o->pos);
+			continue;
+		}
 		if (t->data)
 			ret = out_put(o, t->data, t->bytes);
 		else
@@ -565,6 +618,10 @@ static int write_all(struct moe_gguf_writer *w, struct out *o)
 	free(chunk);
 	if (!ret)
 		ret = out_flush(o);
+	/* a file ending in a hole gets its length from ftruncate, not a write */
+	if (!ret && o->skipped && ftruncate(moe_outfile_fd(o->f), (off_t)o->pos) < 0)
+		ret = moe_err(errno, "%s: cannot extend the file to %llu bytes: %s",
+			      moe_outfile_path(o->f), (unsigned long long)o->pos, strerror(errno));
 	return ret;
 }
 

@@ -20,6 +20,16 @@
 /* Largest alignment the writer accepts: padding beyond this only wastes disk. */
 #define MOE_GGUF_ALIGNMENT_MAX (1u << 30)
 
+/*
+ * A tensor whose data is never written: moe_gguf_write leaves a hole in the
+ * file there (it reads back as zeros and takes no disk), for full-size test
+ * models whose shape matters and whose weights do not.  The output must be
+ * a regular file (-ESPIPE otherwise) on a filesystem with sparse files.
+ * For the tools; not in the public API.
+ */
+int moe_gguf_add_tensor_hole(struct moe_gguf_writer *w, const char *name, uint32_t type,
+			     uint32_t n_dims, const uint64_t *ne);
+
 /* Bytes of one element of a fixed-size metadata type; 0 for STRING, ARRAY or unknown. */
 uint32_t moe_gguf_meta_elem_bytes(uint32_t type);
 

@@ -986,6 +986,194 @@ START_TEST(mkmodel_bad_options)
 }
 END_TEST
 
+/*
+ * The presets against the parameter counts their publishers give (written
+ * here, not read from the preset table, so a wrong row fails).  "Active"
+ * follows each publisher's own count: OpenAI leaves the input embedding
+ * table out (only one row of it is read per token), the others count it; a
+ * tied table is the output projection, read whole, and counted either way.
+ */
+static const struct {
+	const char *name;
+	double total_b, active_b;
+	bool counts_embd;
+} published[] = {
+	{ "llama4-scout", 109, 17, true },
+	{ "llama4-maverick", 400, 17, true },
+	{ "llama4-behemoth", 2000, 288, true },
+	{ "qwen3-235b-a22b", 235, 22, true },
+	{ "gpt-oss-120b", 116.83, 5.13, false },
+	{ "gpt-oss-20b", 20.91, 3.61, false },
+	{ "gemma4-26b-a4b", 25.2, 3.8, true },
+	{ "deepseek-v3", 671, 37, true },
+};
+#define PRESET_TOLERANCE 0.02
+
+START_TEST(mkmodel_preset_counts)
+{
+	char *dir = tu_tmpdir(), path[512], *out = NULL;
+	struct moe_model_summary sum;
+	struct moe_tensor_info ti;
+	struct moe_hparams hp;
+	struct moe_model *m;
+	double total = 0, active = 0;
+	bool tied = true;
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s.gguf", dir, published[_i].name);
+	/* q8_0: every row of these shapes fills its 32-element blocks */
+	ck_assert_msg(mkmodel(path, "--sparse --type q8_0 --preset x", &out) == 2, "%s",
+		      out);
+	free(out);
+	{
+		char args[256];
+
+		snprintf(args, sizeof(args), "--preset %s --sparse --type q8_0 -q",
+			 published[_i].name);
+		ck_assert_msg(mkmodel(path, args, &out) == 0, "%s: %s", args, out);
+		free(out);
+	}
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_int_eq(moe_model_open(path, &m), 0);
+	moe_model_hparams(m, &hp);
+	moe_model_summary(m, &sum);
+	/* full size on paper, a few MB on disk */
+	ck_assert_uint_eq((uint64_t)st.st_size, sum.file_bytes);
+	ck_assert_msg((uint64_t)st.st_blocks * 512 < (16u << 20), "%s: %llu bytes allocated",
+		      path, (unsigned long long)st.st_blocks * 512);
+	for (int i = 0; i < moe_model_tensor_count(m); i++) {
+		double n = 1;
+
+		ck_assert_int_eq(moe_model_tensor(m, i, &ti), 0);
+		for (uint32_t d = 0; d < ti.n_dims; d++)
+			n *= (double)ti.ne[d];
+		total += n;
+		if (!strcmp(ti.name, "output.weight"))
+			tied = false;
+		if (ti.role >= MOE_ROLE_EXPERT_GATE && ti.role <= MOE_ROLE_EXPERT_GATE_UP)
+			active += n * hp.n_expert_used / hp.n_expert;
+		else if (strcmp(ti.name, "token_embd.weight"))
+			active += n;
+	}
+	if (tied || published[_i].counts_embd)
+		active += (double)hp.n_embd * hp.n_vocab;
+	total /= 1e9;
+	active /= 1e9;
+	ck_assert_msg(fabs(total / published[_i].total_b - 1) < PRESET_TOLERANCE,
+		      "%s: %.2fB parameters, published %.2fB", published[_i].name, total,
+		      published[_i].total_b);
+	ck_assert_msg(fabs(active / published[_i].active_b - 1) < PRESET_TOLERANCE,
+		      "%s: %.2fB active, published %.2fB", published[_i].name, active,
+		      published[_i].active_b);
+	printf("preset %-16s %8.2fB total (published %g), %7.2fB active (published %g)\n",
+	       published[_i].name, total, published[_i].total_b, active,
+	       published[_i].active_b);
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/* Sparse files: the refusals, and a small-layer variant that moe-run decodes. */
+START_TEST(mkmodel_sparse)
+{
+	char *dir = tu_tmpdir(), path[512], cmd[2048], *out = NULL;
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/small.gguf", dir);
+	/* a filesystem without holes is refused before anything is written */
+	snprintf(cmd, sizeof(cmd), "MOE_MKMODEL_NO_SPARSE=1 %s --preset gpt-oss-20b --sparse "
+		 "-o '%s'", tu_bin("moe-mkmodel"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_msg(strstr(out, "does not keep holes") && strstr(out, "ext4"), "%s", out);
+	free(out);
+	ck_assert_int_ne(stat(path, &st), 0);
+	/* holes exist only in regular files */
+	snprintf(cmd, sizeof(cmd), "%s --preset gpt-oss-20b --sparse -o /dev/null",
+		 tu_bin("moe-mkmodel"));
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_msg(strstr(out, "regular file"), "%s", out);
+	free(out);
+	/* an unknown preset lists the known ones */
+	ck_assert_int_eq(mkmodel(path, "--preset llama5 --sparse", &out), 2);
+	ck_assert_msg(strstr(out, "unknown") && strstr(out, "deepseek-v3"), "%s", out);
+	free(out);
+	/* two layers of the real width; moe-run decodes its zero weights */
+	ck_assert_int_eq(mkmodel(path, "--preset qwen3-235b-a22b --layers 2 --sparse --type q4_K_M "
+				 "--vocab 4096", &out), 0);
+	ck_assert_msg(strstr(out, "sparse"), "%s", out);
+	free(out);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_msg((uint64_t)st.st_blocks * 512 < (4u << 20), "%llu bytes allocated",
+		      (unsigned long long)st.st_blocks * 512);
+	snprintf(cmd, sizeof(cmd), "%s --backend cpu --no-state -n 3 --tokens 1,2 -m '%s'",
+		 tu_bin("moe-run"), path);
+	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s: %s", cmd, out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s --json info '%s'", tu_bin("moectl"), path);
+	ck_assert_msg(tu_run(cmd, 0, &out) == 0, "%s: %s", cmd, out);
+	ck_assert_msg(strstr(out, "\"qwen3moe\""), "%s", out);
+	free(out);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/*
+ * Hole tensors: nothing is written for them (the file stays sparse), they
+ * read back as zeros, and the tensors around them keep their bytes; a file
+ * ending in a hole still has its full length.
+ */
+START_TEST(writer_holes)
+{
+	char *dir = tu_tmpdir(), path[512];
+	uint64_t ne[2] = { 1024, 1024 }, small[1] = { 8 }, bytes = 0;
+	float data[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	struct moe_gguf_writer *w;
+	struct pfile f;
+	struct stat st;
+	uint8_t *all;
+	size_t len;
+
+	snprintf(path, sizeof(path), "%s/holes.gguf", dir);
+	ck_assert_int_eq(moe_gguf_writer_create(4096, &w), 0);
+	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "test"), 0);
+	ck_assert_int_eq(moe_gguf_add_tensor(w, "a", MOE_TYPE_F32, 1, small, data), 0);
+	ck_assert_int_eq(moe_gguf_add_tensor_hole(w, "h1", MOE_TYPE_F32, 2, ne), 0);
+	ck_assert_int_eq(moe_gguf_add_tensor(w, "b", MOE_TYPE_F32, 1, small, data), 0);
+	ck_assert_int_eq(moe_gguf_add_tensor_hole(w, "h2", MOE_TYPE_F32, 2, ne), 0);
+	ck_assert_int_eq(moe_gguf_layout(w, NULL, &bytes), 0);
+	ck_assert_int_eq(moe_gguf_write(w, path), 0);
+	/* holes only in regular files */
+	ck_assert_int_eq(moe_gguf_write(w, "/dev/null"), -ESPIPE);
+	moe_gguf_writer_destroy(w);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_uint_eq((uint64_t)st.st_size, bytes);
+	ck_assert_uint_gt(bytes, 8u << 20);
+	ck_assert_msg((uint64_t)st.st_blocks * 512 < (1u << 20), "%llu bytes allocated",
+		      (unsigned long long)st.st_blocks * 512);
+	all = tu_read_file(path, &len);
+	ck_assert_ptr_nonnull(all);
+	ck_assert_uint_eq(len, bytes);
+	ck_assert_int_eq(pfile_load(&f, path), 0);
+	ck_assert_uint_eq(f.n_t, 4);
+	for (uint64_t i = 0; i < f.n_t; i++) {
+		const uint8_t *d = all + f.data + f.t[i].offset;
+
+		if (f.t[i].name[0] == 'h') {
+			for (uint64_t k = 0; k < 1024 * 1024 * 4; k += 4093)
+				ck_assert_uint_eq(d[k], 0);
+		} else {
+			ck_assert_int_eq(memcmp(d, data, sizeof(data)), 0);
+		}
+	}
+	pfile_free(&f);
+	free(all);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 Suite *suite_mkmodel(void)
 {
 	Suite *s = suite_create("mkmodel");
@@ -995,6 +1183,7 @@ Suite *suite_mkmodel(void)
 	tcase_add_test(tw, writer_roundtrip);
 	tcase_add_test(tw, writer_refuses);
 	tcase_add_test(tw, writer_fill_failure);
+	tcase_add_test(tw, writer_holes);
 	suite_add_tcase(s, tw);
 	tcase_set_timeout(tm, 120);
 	tcase_add_loop_test(tm, mkmodel_arches, 0, sizeof(arches) / sizeof(arches[0]));
@@ -1004,6 +1193,9 @@ Suite *suite_mkmodel(void)
 	tcase_add_test(tm, mkmodel_router_structure);
 	tcase_add_test(tm, mkmodel_bad_options);
 	tcase_add_test(tm, mkmodel_nextn);
+	tcase_add_loop_test(tm, mkmodel_preset_counts, 0,
+			    sizeof(published) / sizeof(published[0]));
+	tcase_add_test(tm, mkmodel_sparse);
 	suite_add_tcase(s, tm);
 	return s;
 }

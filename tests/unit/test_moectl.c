@@ -10,6 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -410,6 +413,404 @@ START_TEST(bench_commands)
 }
 END_TEST
 
+/*
+ * moectl plan --preset: the plan of a published shape without its file, the
+ * same plan as for moe-mkmodel's sparse file of that shape, and the errors.
+ */
+START_TEST(plan_preset)
+{
+	static const char *const keys[] = { "device_bytes", "resident_bytes", "kv_bytes",
+					    "slot_bytes", "n_experts", "n_slots",
+					    "routed_bytes_per_token" };
+	char *out = NULL, file[PATH_MAX + 32], cmd[3 * PATH_MAX];
+	json_t *a, *b;
+
+	ck_assert_int_eq(moectl(&out, "plan --preset help"), 0);
+	ck_assert_msg(strstr(out, "deepseek-v3") && strstr(out, "llama4-behemoth") &&
+		      strstr(out, "gemma4-26b-a4b"), "%s", out);
+	free(out);
+	ck_assert_int_eq(moectl_err(&out, "plan --preset llama5 --vram 1G"), 2);
+	ck_assert_msg(strstr(out, "unknown") && strstr(out, "qwen3-235b-a22b"), "%s", out);
+	free(out);
+	ck_assert_int_eq(moectl_err(&out, "plan --preset gpt-oss-20b --type q3_XYZ --vram 1G"), 2);
+	ck_assert_msg(strstr(out, "q4_K_M"), "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "plan --preset gpt-oss-20b %s --vram 1G", fx.model);
+	ck_assert_int_eq(moectl_err(&out, cmd), 2);
+	ck_assert_msg(strstr(out, "not both"), "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "plan %s --type q8_0 --vram 1G", fx.model);
+	ck_assert_int_eq(moectl_err(&out, cmd), 2);
+	free(out);
+	ck_assert_int_eq(moectl_err(&out, "plan --preset gpt-oss-20b --vram 1G --measure"), 2);
+	ck_assert_msg(strstr(out, "--read-gbps"), "%s", out);
+	free(out);
+
+	a = moectl_json("--json plan --preset gpt-oss-20b --type mxfp4 --vram 8G --read-gbps 5");
+	ck_assert_msg(strstr(json_string_value(json_object_get(a, "model")), "gpt-oss-20b"),
+		      "model: %s", json_string_value(json_object_get(a, "model")));
+	/* 24 layers of 32 experts */
+	ck_assert_uint_eq((uint64_t)num(a, "n_experts"), 24 * 32);
+	snprintf(file, sizeof(file), "%s/oss20.gguf", fx.dir);
+	snprintf(cmd, sizeof(cmd), "%s --preset gpt-oss-20b --sparse --type mxfp4 -q -o %s",
+		 tu_bin("moe-mkmodel"), file);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	b = moectl_json("--json plan %s --vram 8G --read-gbps 5 --no-stats", file);
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		ck_assert_msg(num(a, keys[i]) == num(b, keys[i]), "%s: %.0f from the preset, %.0f "
+			      "from the sparse file", keys[i], num(a, keys[i]), num(b, keys[i]));
+	ck_assert(num(a, "n_slots") > 0 && num(a, "n_slots") < 24 * 32);
+	json_decref(a);
+	json_decref(b);
+	unlink(file);
+	/* every preset plans, in every type */
+	ck_assert_int_eq(moectl(&out, "plan --preset help"), 0);
+	for (char *save = NULL, *l = strtok_r(out, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		static const char *const types[] = { "q4_K_M", "mxfp4", "f16" };
+		char name[64];
+
+		if (sscanf(l, "  %63s", name) != 1 || l[0] != ' ')
+			continue;
+		for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
+			a = moectl_json("--json plan --preset %s --type %s --vram 8000G --read-gbps 7",
+					name, types[t]);
+			ck_assert_msg(num(a, "n_experts") > 0 && num(a, "routed_bytes_per_token") > 0,
+				      "%s %s", name, types[t]);
+			json_decref(a);
+		}
+	}
+	free(out);
+	/* a budget too small names the preset, not the file the plan was made from */
+	ck_assert_int_eq(moectl_err(&out, "plan --preset llama4-behemoth --vram 80G"), 1);
+	ck_assert_msg(strstr(out, "preset llama4-behemoth") && !strstr(out, "moectl-plan."),
+		      "%s", out);
+	free(out);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ pack */
+
+static int link_file(const char *from, const char *to)
+{
+	return link(from, to);
+}
+
+/* The first 600 bytes of @path: a GGUF cut inside its metadata (static buffer). */
+static const void *before_head(const char *path)
+{
+	static char head[600];
+	size_t len;
+	char *all = tu_read_file(path, &len);
+
+	ck_assert(all && len > sizeof(head));
+	memcpy(head, all, sizeof(head));
+	free(all);
+	return head;
+}
+
+/* moe-run's greedy tokens from @model, as JSON text. */
+static char *run_tokens(const char *model)
+{
+	char cmd[3 * PATH_MAX], *out = NULL;
+	json_t *run;
+	char *toks;
+
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1,2,3 -n 8 --no-state --json",
+		 tu_bin("moe-run"), model);
+	ck_assert_msg(tu_run(cmd, 0, &out) == 0, "%s: %s", cmd, out);
+	run = parse(out, "moe-run");
+	free(out);
+	toks = json_dumps(json_object_get(run, "tokens"), JSON_COMPACT);
+	json_decref(run);
+	ck_assert_ptr_nonnull(toks);
+	return toks;
+}
+
+/*
+ * OUT against IN: the same keys in the same order with the same values but
+ * general.alignment, the same tensors byte for byte, each at a multiple of
+ * @align, and the same tokens from moe-run.
+ */
+static void check_packed(const char *in, const char *out, uint32_t align)
+{
+	struct moe_model *a, *b;
+	size_t la, lb;
+	uint8_t *da = tu_read_file(in, &la), *db = tu_read_file(out, &lb);
+	int n_a, n_b, k = 0;
+	uint64_t al = 0;
+	char *ta, *tb;
+
+	ck_assert(da && db);
+	ck_assert_int_eq(moe_model_open(in, &a), 0);
+	ck_assert_int_eq(moe_model_open(out, &b), 0);
+	ck_assert_int_eq(moe_meta_get_u64(b, "general.alignment", &al), 0);
+	ck_assert_uint_eq(al, align);
+	n_a = moe_meta_count(a);
+	n_b = moe_meta_count(b);
+	/* an input without general.alignment gets it appended */
+	ck_assert(n_b == n_a || (n_b == n_a + 1 && moe_meta_get(a, "general.alignment", NULL)));
+	for (int i = 0; i < n_a; i++) {
+		struct moe_meta x, y;
+
+		ck_assert_int_eq(moe_meta_at(a, i, &x), 0);
+		ck_assert_int_eq(moe_meta_at(b, i, &y), 0);
+		ck_assert_str_eq(x.key, y.key);
+		ck_assert_uint_eq(x.type, y.type);
+		ck_assert_uint_eq(x.count, y.count);
+		if (!strcmp(x.key, "general.alignment"))
+			continue;
+		if (x.type == MOE_META_STRING)
+			ck_assert_int_eq(memcmp(x.v.str, y.v.str, x.count), 0);
+		else if (x.type == MOE_META_ARRAY)
+			for (uint64_t e = 0; e < x.count; e += 1 + x.count / 17) {
+				int64_t u, v;
+				const char *su, *sv;
+				uint64_t nu, nv;
+
+				if (x.elem_type == MOE_META_STRING) {
+					ck_assert_int_eq(moe_meta_array_str(&x, e, &su, &nu), 0);
+					ck_assert_int_eq(moe_meta_array_str(&y, e, &sv, &nv), 0);
+					ck_assert(nu == nv && !memcmp(su, sv, nu));
+				} else if (moe_meta_array_i64(&x, e, &u) == 0) {
+					ck_assert_int_eq(moe_meta_array_i64(&y, e, &v), 0);
+					ck_assert_int_eq(u, v);
+				}
+			}
+		else
+			ck_assert_uint_eq(x.v.u64, y.v.u64);
+	}
+	ck_assert_int_eq(moe_model_tensor_count(a), moe_model_tensor_count(b));
+	for (int i = 0; i < moe_model_tensor_count(a); i++) {
+		struct moe_tensor_info x, y;
+
+		ck_assert_int_eq(moe_model_tensor(a, i, &x), 0);
+		ck_assert_int_eq(moe_model_tensor(b, i, &y), 0);
+		ck_assert_str_eq(x.name, y.name);
+		ck_assert_uint_eq(x.bytes, y.bytes);
+		ck_assert_msg(y.offset % align == 0, "%s at %llu", y.name,
+			      (unsigned long long)y.offset);
+		ck_assert_int_eq(memcmp(da + x.offset, db + y.offset, x.bytes), 0);
+		k++;
+	}
+	ck_assert_int_gt(k, 10);
+	moe_model_destroy(a);
+	moe_model_destroy(b);
+	free(da);
+	free(db);
+	ta = run_tokens(in);
+	tb = run_tokens(out);
+	ck_assert_str_eq(ta, tb);
+	free(ta);
+	free(tb);
+}
+
+/* Nothing of a pack into @dir/out.gguf is left: neither OUT nor a temporary file. */
+static void check_nothing_left(const char *dir)
+{
+	char cmd[2 * PATH_MAX], *out = NULL;
+
+	snprintf(cmd, sizeof(cmd), "ls -a '%s' | grep -e '^out.gguf' -e 'pack-tmp' || true", dir);
+	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
+	ck_assert_msg(!*out, "left behind: %s", out);
+	free(out);
+}
+
+START_TEST(pack_round_trip)
+{
+	char in4k[PATH_MAX + 32], out[PATH_MAX + 32], out2[PATH_MAX + 32], cmd[4 * PATH_MAX];
+	char *txt = NULL;
+	json_t *j;
+
+	/* a 32-aligned input (no general.alignment key) to 4096, then 4096 to 65536 */
+	snprintf(out, sizeof(out), "%s/p4k.gguf", fx.dir);
+	snprintf(out2, sizeof(out2), "%s/p64k.gguf", fx.dir);
+	ck_assert_int_eq(moectl(&txt, "pack %s %s", fx.model, out), 0);
+	ck_assert_msg(strstr(txt, "verified") && strstr(txt, "general.alignment added"), "%s", txt);
+	free(txt);
+	check_packed(fx.model, out, 4096);
+	j = moectl_json("--json pack %s %s --align 65536", out, out2);
+	ck_assert_uint_eq((uint64_t)num(j, "alignment_in"), 4096);
+	ck_assert_uint_eq((uint64_t)num(j, "alignment"), 65536);
+	ck_assert(json_is_true(json_object_get(j, "verified")));
+	json_decref(j);
+	check_packed(out, out2, 65536);
+	/* a file written 4096-aligned (its own general.alignment) back to 32 */
+	snprintf(in4k, sizeof(in4k), "%s/w4k.gguf", fx.dir);
+	snprintf(cmd, sizeof(cmd), "%s --arch gpt-oss --layers 2 --embd 64 --heads 2 --kv-heads 1 "
+		 "--head-dim 32 --experts 4 --expert-ff 64 --vocab-bpe --align 4096 -q -o %s",
+		 tu_bin("moe-mkmodel"), in4k);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	ck_assert_int_eq(moectl(&txt, "pack --align 32 %s %s", in4k, out), 0);
+	free(txt);
+	check_packed(in4k, out, 32);
+	unlink(out);
+	unlink(out2);
+	unlink(in4k);
+}
+END_TEST
+
+START_TEST(pack_refusals)
+{
+	char in[PATH_MAX + 32], link[PATH_MAX + 32], out[PATH_MAX + 32], args[3 * PATH_MAX];
+	char *txt = NULL, *before, *after;
+	size_t lb, la;
+
+	snprintf(in, sizeof(in), "%s/m.gguf", fx.dir);
+	before = tu_read_file(in, &lb);
+	/* IN under its own name, a hard link and a symbolic link: refused, IN untouched */
+	snprintf(args, sizeof(args), "pack %s %s", in, in);
+	ck_assert_int_eq(moectl_err(&txt, args), 2);
+	ck_assert_msg(strstr(txt, "never overwrites its input"), "%s", txt);
+	free(txt);
+	snprintf(link, sizeof(link), "%s/hard.gguf", fx.dir);
+	ck_assert_int_eq(link_file(in, link), 0);
+	snprintf(args, sizeof(args), "pack %s %s", in, link);
+	ck_assert_int_eq(moectl_err(&txt, args), 2);
+	free(txt);
+	unlink(link);
+	snprintf(link, sizeof(link), "%s/soft.gguf", fx.dir);
+	ck_assert_int_eq(symlink(in, link), 0);
+	snprintf(args, sizeof(args), "pack %s %s", in, link);
+	ck_assert_int_eq(moectl_err(&txt, args), 2);
+	free(txt);
+	unlink(link);
+	after = tu_read_file(in, &la);
+	ck_assert(la == lb && !memcmp(before, after, la));
+	free(before);
+	free(after);
+
+	snprintf(out, sizeof(out), "%s/out.gguf", fx.dir);
+	/* no room, by statvfs (faked): refused before anything is written */
+	snprintf(args, sizeof(args), "MOECTL_PACK_AVAIL=4096 %s pack %s %s 2>&1",
+		 tu_bin("moectl"), in, out);
+	ck_assert_int_eq(tu_run(args, 0, &txt), 1);
+	ck_assert_msg(strstr(txt, "free") && strstr(txt, "needs"), "%s", txt);
+	free(txt);
+	check_nothing_left(fx.dir);
+	/* a write that fails midway (the file size limit: EFBIG), both ways of naming OUT */
+	for (int named = 0; named < 2; named++) {
+		snprintf(args, sizeof(args), "ulimit -f 256; trap '' XFSZ; %s %s pack %s %s 2>&1",
+			 named ? "MOECTL_PACK_NO_TMPFILE=1" : "", tu_bin("moectl"), in, out);
+		ck_assert_int_eq(tu_run(args, 0, &txt), 1);
+		ck_assert_msg(strstr(txt, "File too large"), "%s", txt);
+		free(txt);
+		check_nothing_left(fx.dir);
+	}
+	/* malformed and missing inputs */
+	snprintf(link, sizeof(link), "%s/short.gguf", fx.dir);
+	ck_assert_int_eq(tu_write_file(link, before_head(in), 600), 0);
+	snprintf(args, sizeof(args), "pack %s %s", link, out);
+	ck_assert_int_eq(moectl_err(&txt, args), 1);
+	ck_assert_msg(strstr(txt, "short.gguf") && (strstr(txt, "cannot fit") ||
+						    strstr(txt, "impossible")), "%s", txt);
+	free(txt);
+	ck_assert_int_eq(tu_write_file(link, "hello, world\n", 13), 0);
+	ck_assert_int_eq(moectl_err(&txt, args), 1);
+	ck_assert_msg(strstr(txt, "not a GGUF file"), "%s", txt);
+	free(txt);
+	unlink(link);
+	snprintf(args, sizeof(args), "pack %s/none.gguf %s", fx.dir, out);
+	ck_assert_int_eq(moectl_err(&txt, args), 1);
+	ck_assert_msg(strstr(txt, "No such file"), "%s", txt);
+	free(txt);
+	snprintf(args, sizeof(args), "pack %s %s --align 1000", in, out);
+	ck_assert_int_eq(moectl_err(&txt, args), 2);
+	ck_assert_msg(strstr(txt, "power of two"), "%s", txt);
+	free(txt);
+	check_nothing_left(fx.dir);
+}
+END_TEST
+
+/*
+ * A pack ended by SIGINT or SIGTERM half way leaves no OUT and no temporary
+ * file; written unnamed (O_TMPFILE), not even SIGKILL leaves one.
+ */
+START_TEST(pack_interrupted)
+{
+	static const int sigs[] = { SIGINT, SIGTERM, SIGKILL };
+	char in[PATH_MAX + 32], out[PATH_MAX + 32];
+
+	snprintf(in, sizeof(in), "%s/m.gguf", fx.dir);
+	snprintf(out, sizeof(out), "%s/out.gguf", fx.dir);
+	for (int named = 0; named < 2; named++) {
+		for (size_t k = 0; k < sizeof(sigs) / sizeof(sigs[0]) - named; k++) {
+			int pfd[2], st = 0;
+			char line[256] = "";
+			ssize_t n;
+			pid_t pid;
+
+			ck_assert_int_eq(pipe(pfd), 0);
+			pid = fork();
+			ck_assert_int_ge(pid, 0);
+			if (pid == 0) {
+				dup2(pfd[1], 2);
+				close(pfd[0]);
+				setenv("MOECTL_PACK_PAUSE", "1", 1);
+				if (named)
+					setenv("MOECTL_PACK_NO_TMPFILE", "1", 1);
+				execl(tu_bin("moectl"), "moectl", "pack", in, out, (char *)NULL);
+				_exit(127);
+			}
+			close(pfd[1]);
+			/* the header is written when it says it paused */
+			n = read(pfd[0], line, sizeof(line) - 1);
+			ck_assert_msg(n > 0 && strstr(line, "paused"), "%s", line);
+			ck_assert_int_eq(kill(pid, sigs[k]), 0);
+			ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+			close(pfd[0]);
+			ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == sigs[k], "status %d", st);
+			check_nothing_left(fx.dir);
+		}
+	}
+}
+END_TEST
+
+/* The progress bar: drawn on a terminal (script(1) gives one), absent on a pipe. */
+START_TEST(progress_tty)
+{
+	char in[PATH_MAX + 32], out[PATH_MAX + 32], cmd[4 * PATH_MAX], *txt = NULL;
+
+	snprintf(in, sizeof(in), "%s/m.gguf", fx.dir);
+	snprintf(out, sizeof(out), "%s/bar.gguf", fx.dir);
+	snprintf(cmd, sizeof(cmd), "script -qec \"%s pack %s %s\" /dev/null", tu_bin("moectl"),
+		 in, out);
+	ck_assert_msg(tu_run(cmd, 1, &txt) == 0, "%s: %s", cmd, txt);
+	ck_assert_msg(strstr(txt, "pack [") && strstr(txt, "100%") && strstr(txt, "\r\033[K"),
+		      "no bar on a terminal: %s", txt);
+	ck_assert_msg(strstr(txt, "verified"), "%s", txt);
+	free(txt);
+	/* --json on a terminal: no bar */
+	snprintf(cmd, sizeof(cmd), "script -qec \"%s --json pack %s %s\" /dev/null",
+		 tu_bin("moectl"), in, out);
+	ck_assert_int_eq(tu_run(cmd, 1, &txt), 0);
+	ck_assert_msg(!strstr(txt, "pack ["), "a bar with --json: %s", txt);
+	free(txt);
+	/* a pipe: none */
+	snprintf(cmd, sizeof(cmd), "%s pack %s %s 2>&1 | cat", tu_bin("moectl"), in, out);
+	ck_assert_int_eq(tu_run(cmd, 1, &txt), 0);
+	ck_assert_msg(!strstr(txt, "pack [") && !strchr(txt, '\r'), "a bar on a pipe: %s", txt);
+	free(txt);
+	/* the other long operations use the same bar */
+	for (int i = 0; i < 2; i++) {
+		const char *what = i ? "decode [" : "measure [";
+		char args[2 * PATH_MAX];
+
+		snprintf(args, sizeof(args), i ? "bench decode %s" : "plan %s --vram 1G --measure",
+			 in);
+		snprintf(cmd, sizeof(cmd), "script -qec \"%s %s\" /dev/null", tu_bin("moectl"),
+			 args);
+		ck_assert_msg(tu_run(cmd, 1, &txt) == 0, "%s: %s", cmd, txt);
+		ck_assert_msg(strstr(txt, what), "no %s bar on a terminal: %s", what, txt);
+		free(txt);
+		snprintf(cmd, sizeof(cmd), "%s %s 2>&1 | cat", tu_bin("moectl"), args);
+		ck_assert_int_eq(tu_run(cmd, 1, &txt), 0);
+		ck_assert_msg(!strstr(txt, what), "a bar on a pipe: %s", txt);
+		free(txt);
+	}
+	unlink(out);
+}
+END_TEST
+
 /* Every --flag in @help appears in @doc (named @what); returns how many were checked. */
 static int flags_in(const char *help, const char *doc, const char *what, const char *cmd)
 {
@@ -532,6 +933,11 @@ Suite *suite_moectl(void)
 	tcase_add_test(tc, plan_by_hand);
 	tcase_add_test(tc, plan_against_run);
 	tcase_add_test(tc, plan_measure);
+	tcase_add_test(tc, plan_preset);
+	tcase_add_test(tc, pack_round_trip);
+	tcase_add_test(tc, pack_refusals);
+	tcase_add_test(tc, pack_interrupted);
+	tcase_add_test(tc, progress_tty);
 	tcase_add_test(tc, bench_commands);
 	tcase_add_test(tc, completion_and_man);
 	suite_add_tcase(s, tc);

@@ -20,9 +20,9 @@ double bench_read_gbps(struct moe_threadpool *tp, const void *buf, size_t bytes)
  * Read bandwidth of the I/O engine on @path's routed experts (up to @limit
  * bytes of them, in random order, the file's pages dropped first with
  * fadvise): GB/s, with the engine's description in @desc; -1 with the
- * reason in @desc.
+ * reason in @desc.  A progress bar is drawn unless @quiet.
  */
-double bench_engine_gbps(const char *path, uint64_t limit, char *desc, size_t dlen);
+double bench_engine_gbps(const char *path, uint64_t limit, char *desc, size_t dlen, bool quiet);
 
 struct bench_cmd {
 	const char *name;

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "bench.h"
+#include "progress.h"
 #include "moe/moe.h"
 
 #define READ_BYTES (512ull << 20)
@@ -52,8 +53,9 @@ struct run_out {
 };
 
 static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t n_prompt,
-		   uint32_t n_gen, struct run_out *o)
+		   uint32_t n_gen, struct run_out *o, bool quiet)
 {
+	struct progress bar;
 	struct moe_ctx_params p;
 	struct moe_ctx *ctx;
 	struct moe_ctx_stats st;
@@ -78,15 +80,18 @@ static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t n_p
 	ret = moe_ctx_eval(ctx, tok, n_prompt, 0, 0);
 	/* time the decode only, from a warm prompt */
 	moe_ctx_reset_stats(ctx);
+	progress_start(&bar, "decode", n_gen, false, quiet);
 	for (uint32_t i = 0; !ret && i < n_gen; i++) {
 		const float *l = moe_ctx_logits(ctx, 0);
 		int32_t best = 0;
 
+		progress_update(&bar, i);
 		for (uint32_t v = 1; v < vocab; v++)
 			if (l[v] > l[best])
 				best = (int32_t)v;
 		ret = moe_ctx_eval(ctx, &best, 1, n_prompt + i, 0);
 	}
+	progress_end(&bar);
 	if (!ret) {
 		moe_ctx_get_stats(ctx, &st);
 		o->tps = st.decode_tps;
@@ -161,14 +166,14 @@ int bench_decode(int argc, char **argv)
 	for (int r = 0; !ret && r < 3; r++) {
 		struct run_out o;
 
-		ret = one_run(m, 0, threads, n_prompt, n_gen, &o);
+		ret = one_run(m, 0, threads, n_prompt, n_gen, &o, json);
 		if (!ret && (!r || o.tps > full.tps))
 			full = o;
 	}
 	for (int i = 0; !ret && i < 2; i++) {
 		uint64_t vram = full.fixed + (uint64_t)(fracs[i] * sum.expert_bytes_total);
 
-		ret = one_run(m, vram, threads, n_prompt, n_gen, &part[i]);
+		ret = one_run(m, vram, threads, n_prompt, n_gen, &part[i], json);
 	}
 	if (ret < 0) {
 		fprintf(stderr, "moe-bench decode: %s\n", moe_errmsg());

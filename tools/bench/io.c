@@ -19,6 +19,7 @@
 
 #include "bench.h"
 #include "moe/moe.h"
+#include "progress.h"
 
 struct extent {
 	uint64_t off, len;
@@ -153,8 +154,10 @@ static void slot_done(void *arg, int64_t res, void *interior)
 	}
 }
 
-static double run_engine(struct run *r, struct moe_io_params *o, char *desc, size_t dlen)
+static double run_engine(struct run *r, struct moe_io_params *o, char *desc, size_t dlen,
+			 const char *what, bool quiet)
 {
+	struct progress bar;
 	struct moe_io *io;
 	struct slot *slots;
 	/*
@@ -186,6 +189,7 @@ static double run_engine(struct run *r, struct moe_io_params *o, char *desc, siz
 		memset(slots[i].buf, 0, slots[i].cap);
 	}
 	cold_cache(r);
+	progress_start(&bar, what, r->n, false, quiet);
 	t0 = bench_now();
 	while (!failed && done < r->n) {
 		for (uint32_t i = 0; i < n_slots && next < r->n; i++) {
@@ -202,8 +206,10 @@ static double run_engine(struct run *r, struct moe_io_params *o, char *desc, siz
 		}
 		moe_io_submit(io);
 		done += (size_t)moe_io_wait(io, 1);
+		progress_update(&bar, done);
 	}
 	t = bench_now() - t0;
+	progress_end(&bar);
 	snprintf(desc, dlen, "%s", moe_io_describe(io));
 	for (uint32_t i = 0; slots && i < n_slots; i++)
 		moe_io_free(io, slots[i].buf);
@@ -212,8 +218,9 @@ static double run_engine(struct run *r, struct moe_io_params *o, char *desc, siz
 	return failed ? -1 : t;
 }
 
-static double run_pread(struct run *r)
+static double run_pread(struct run *r, bool quiet)
 {
+	struct progress bar = { 0 };
 	int fd = open(r->path, O_RDONLY);
 	uint8_t *buf = malloc(r->max_len);
 	double t0, t = -1;
@@ -222,10 +229,12 @@ static double run_pread(struct run *r)
 		goto out;
 	memset(buf, 0, r->max_len);
 	cold_cache(r);
+	progress_start(&bar, "pread", r->n, false, quiet);
 	t0 = bench_now();
 	for (size_t i = 0; i < r->n; i++) {
 		uint64_t got = 0;
 
+		progress_update(&bar, i);
 		while (got < r->ext[i].len) {
 			ssize_t k = pread(fd, buf + got, r->ext[i].len - got,
 					  (off_t)(r->ext[i].off + got));
@@ -240,6 +249,7 @@ static double run_pread(struct run *r)
 	}
 	t = bench_now() - t0;
 out:
+	progress_end(&bar);
 	if (fd >= 0)
 		close(fd);
 	free(buf);
@@ -249,8 +259,9 @@ out:
 /* Keeps the page touches from being optimized away. */
 static volatile uint64_t touch_sink;
 
-static double run_mmap(struct run *r, uint64_t file_bytes)
+static double run_mmap(struct run *r, uint64_t file_bytes, bool quiet)
 {
+	struct progress bar;
 	int fd = open(r->path, O_RDONLY);
 	const uint8_t *m;
 	double t0, t;
@@ -263,16 +274,19 @@ static double run_mmap(struct run *r, uint64_t file_bytes)
 	if (m == MAP_FAILED)
 		return -1;
 	cold_cache(r);
+	progress_start(&bar, "mmap", r->n, false, quiet);
 	t0 = bench_now();
 	for (size_t i = 0; i < r->n; i++) {
 		uint64_t s = 0;
 
+		progress_update(&bar, i);
 		for (uint64_t o = r->ext[i].off; o < r->ext[i].off + r->ext[i].len;
 		     o = (o / page + 1) * page)
 			s += m[o];
 		touch_sink += s;
 	}
 	t = bench_now() - t0;
+	progress_end(&bar);
 	munmap((void *)m, file_bytes);
 	return t;
 }
@@ -404,9 +418,9 @@ int bench_io(int argc, char **argv)
 	}
 	shuffle(r.ext, r.n, seed);
 
-	te = run_engine(&r, &o, desc, sizeof(desc));
-	tp = run_pread(&r);
-	tm = run_mmap(&r, (uint64_t)st.st_size);
+	te = run_engine(&r, &o, desc, sizeof(desc), "engine", json);
+	tp = run_pread(&r, json);
+	tm = run_mmap(&r, (uint64_t)st.st_size, json);
 	if (te <= 0 || tp <= 0 || tm <= 0) {
 		fprintf(stderr, "moe-bench io: a method failed (see above)\n");
 		free(r.ext);
@@ -462,7 +476,7 @@ int bench_io(int argc, char **argv)
 	return 0;
 }
 
-double bench_engine_gbps(const char *path, uint64_t limit, char *desc, size_t dlen)
+double bench_engine_gbps(const char *path, uint64_t limit, char *desc, size_t dlen, bool quiet)
 {
 	struct moe_io_params o;
 	struct run r = { .path = path, .fadvise_only = true };
@@ -478,7 +492,7 @@ double bench_engine_gbps(const char *path, uint64_t limit, char *desc, size_t dl
 		return -1;
 	}
 	shuffle(r.ext, r.n, 1);
-	t = run_engine(&r, &o, desc, dlen);
+	t = run_engine(&r, &o, desc, dlen, "measure", quiet);
 	free(r.ext);
 	if (t <= 0) {
 		snprintf(desc, dlen, "%s: the I/O engine's reads failed (see above)", path);

@@ -16,6 +16,7 @@
 
 #include "bench.h"
 #include "moe/moe.h"
+#include "progress.h"
 
 #define COLS 4096
 #define FILL_ROWS 64
@@ -241,8 +242,12 @@ int bench_quant(int argc, char **argv)
 			int nth = k ? threads : 1, err = 0;
 			double gbps = 0, rd = 0;
 
+			struct progress bar;
+
+			progress_start(&bar, moe_type_name(type), (uint64_t)reps, false, json);
 			/* alternate so that both see the same load on a shared machine */
 			for (int r = 0; r < reps; r++) {
+				progress_update(&bar, (uint64_t)r);
 				rd = MAX(rd, bench_read_gbps(tp, buf, wbytes));
 				gbps = MAX(gbps, matvec_once(tp, type, buf, rows, wbytes, x, y, &err));
 				if (err) {
@@ -251,6 +256,7 @@ int bench_quant(int argc, char **argv)
 					goto out;
 				}
 			}
+			progress_end(&bar);
 			if (k)
 				readn = MAX(readn, rd);
 			else

@@ -15,11 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "mkmodel.h"
+#include "preset.h"
 
 #define ARCH_NAMES "qwen3moe, llama4, mixtral, gpt-oss, gemma4, deepseek2, glm4moe"
 
@@ -33,7 +32,7 @@ enum opt_id {
 	O_ROPE_BASE, O_ROPE_BASE_SWA, O_HEAD_DIM_SWA, O_SWA_PATTERN, O_PARTIAL_ROTARY,
 	O_YARN_FACTOR, O_ROPE_FREQS_FACTOR, O_TIED, O_UNTIED, O_Q_LORA, O_KV_LORA, O_ROPE_DIM,
 	O_V_HEAD_DIM, O_GROUPS, O_GROUPS_USED, O_LEADING_DENSE, O_NEXTN, O_PLE, O_KV_SHARED,
-	O_COUNT
+	O_PRESET, O_SPARSE, O_COUNT
 };
 
 static const struct option long_opts[] = {
@@ -80,6 +79,8 @@ static const struct option long_opts[] = {
 	{ "nextn", required_argument, NULL, O_NEXTN },
 	{ "per-layer-embd", required_argument, NULL, O_PLE },
 	{ "kv-shared", required_argument, NULL, O_KV_SHARED },
+	{ "preset", required_argument, NULL, O_PRESET },
+	{ "sparse", no_argument, NULL, O_SPARSE },
 	{ "quiet", no_argument, NULL, 'q' },
 	{ "help", no_argument, NULL, 'h' },
 	{ 0 },
@@ -89,9 +90,16 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: " PROG " --arch ARCH -o FILE [OPTIONS]\n"
+		"       " PROG " --preset NAME [--sparse] [--type T] -o FILE [OPTIONS]\n"
 		"Write a random-weight MoE model in GGUF that llama.cpp loads for ARCH.\n\n"
 		"  --arch A               qwen3moe | llama4 | mixtral | gpt-oss | gemma4 |\n"
 		"                         deepseek2 | glm4moe\n"
+		"  --preset NAME          the shape of a published model (--preset help lists\n"
+		"                         them); options given with it override its values\n"
+		"  --sparse               leave the tensor data as holes: a full-size file that\n"
+		"                         takes a few MB of disk; its weights are all zero, so\n"
+		"                         output is meaningless but compute and transfer timing\n"
+		"                         real (holes read without touching the drive)\n"
 		"  -o, --output FILE      the model file to write\n"
 		"  --layers N             blocks (4)\n"
 		"  --embd N               embedding width (256)\n"
@@ -108,7 +116,8 @@ static void usage(FILE *f)
 		"  --ff N                 dense FFN width (512; llama4 dense layers, gemma4,\n"
 		"                         the leading dense layers)\n"
 		"  --ctx N                training context length (4096)\n"
-		"  --type T               type of the routed expert tensors (f32)\n"
+		"  --type T               type of the routed expert tensors (f32), or a\n"
+		"                         llama-quantize mix for all of them (q4_K_M, mxfp4, ...)\n"
 		"  --type-other T         type of the other 2-D tensors (f32)\n"
 		"  --type-down T          ffn_down_exps of layers 0, 3, 6, ... in type T, as\n"
 		"                         mixed quantizations do (experts then differ in size)\n"
@@ -203,8 +212,8 @@ static int parse_type(const char *opt, const char *s, uint32_t *out)
 	int t = moe_type_from_name(s);
 
 	if (t < 0)
-		return usage_error("--%s '%s': unknown type (f32, f16, bf16, q8_0, q4_K, ...)",
-				   opt, s);
+		return usage_error("--%s '%s': unknown type (f32, f16, bf16, q8_0, q4_K, ...; "
+				   "--type also takes %s)", opt, s, preset_recipe_names());
 	if (t == MOE_TYPE_Q8_K)
 		return usage_error("--%s: q8_K is an activation type; llama.cpp cannot use it for "
 				   "weights (use q8_0)", opt);
@@ -212,6 +221,48 @@ static int parse_type(const char *opt, const char *s, uint32_t *out)
 		return usage_error("--%s: type %s is not supported by this build (use f32, f16, "
 				   "bf16, q8_0, q4_K, ...)", opt, moe_type_name((uint32_t)t));
 	*out = (uint32_t)t;
+	return 0;
+}
+
+/*
+ * --preset sets the shape before the other options are read, wherever it
+ * stands, so that any option given with it overrides the preset's value.
+ */
+static int apply_preset(int argc, char **argv, struct opts *o, bool *given)
+{
+	const struct preset *p;
+	const char *name = NULL;
+
+	for (int i = 1; i < argc && strcmp(argv[i], "--"); i++) {
+		if (!strcmp(argv[i], "--preset") && i + 1 < argc)
+			name = argv[++i];
+		else if (!strncmp(argv[i], "--preset=", 9))
+			name = argv[i] + 9;
+	}
+	if (!name)
+		return 0;
+	if (!strcmp(name, "help") || !strcmp(name, "list")) {
+		printf("presets (" PROG " --preset NAME):\n");
+		preset_list(stdout);
+		exit(0);
+	}
+	p = preset_find(name);
+	if (!p) {
+		fprintf(stderr, PROG ": --preset '%s': unknown; the presets are:\n", name);
+		preset_list(stderr);
+		return EXIT_USAGE;
+	}
+	if (mk_opts_preset(o, p))
+		return usage_error("--preset %s: architecture %s is not in this build", name,
+				   p->arch);
+	/* the values whose defaults would otherwise be derived after the options */
+	given[O_EXPERTS_USED] = given[O_ROPE_BASE] = given[O_TIED] = true;
+	if (is_arch(o, MOE_ARCH_LLAMA4) || is_arch(o, MOE_ARCH_DEEPSEEK2))
+		given[O_SHARED_FF] = true;
+	if (is_arch(o, MOE_ARCH_DEEPSEEK2))
+		given[O_LEADING_DENSE] = given[O_V_HEAD_DIM] = true;
+	if (is_arch(o, MOE_ARCH_GEMMA4))
+		given[O_HEAD_DIM_SWA] = true;
 	return 0;
 }
 
@@ -351,19 +402,16 @@ static int check_opts(struct opts *o, const bool *given)
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
 	bool given[O_COUNT] = { 0 };
-	bool have_arch = false;
+	bool have_arch = false, have_recipe = false;
+	struct preset_recipe recipe;
 	double d;
 	int c, ret = 0;
 
-	*o = (struct opts){
-		.layers = 4, .embd = 256, .heads = 4, .kv_heads = 2, .head_dim = 64, .vocab = 512,
-		.experts = 8, .expert_ff = 256, .ff = 512, .ctx = 4096, .type = MOE_TYPE_F32,
-		.type_other = MOE_TYPE_F32, .align = 32, .interleave = 1, .sliding_window = 128,
-		.swa_pattern = 6, .rope_base_swa = 10000.0f, .partial_rotary = 0.25f,
-		.yarn_factor = 32.0f, .rope_freqs_factor = 16.0f, .router_skew = 1.0,
-		.layer_corr = 0.5, .seed = 1, .q_lora = 64, .kv_lora = 32, .rope_dim = 16,
-		.groups = 4, .groups_used = 2,
-	};
+	mk_opts_default(o);
+	ret = apply_preset(argc, argv, o, given);
+	if (ret)
+		return ret;
+	have_arch = o->a != NULL;
 	while (!ret && (c = getopt_long(argc, argv, "o:qh", long_opts, NULL)) != -1) {
 		const char *name = NULL;
 
@@ -422,7 +470,18 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			ret = parse_u32(name, optarg, 1, 1u << 24, &o->ctx);
 			break;
 		case O_TYPE:
+			if (preset_recipe(optarg, &recipe) == 0) {
+				have_recipe = true;
+				o->type = recipe.expert;
+				break;
+			}
+			have_recipe = false;
 			ret = parse_type(name, optarg, &o->type);
+			break;
+		case O_PRESET:
+			break;          /* applied before the loop */
+		case O_SPARSE:
+			o->sparse = true;
 			break;
 		case O_TYPE_OTHER:
 			ret = parse_type(name, optarg, &o->type_other);
@@ -537,6 +596,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		return ret;
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (have_recipe) {
+		if (!given[O_TYPE_OTHER])
+			o->type_other = recipe.other;
+		if (!given[O_TYPE_DOWN])
+			o->type_down = recipe.down;
+	}
 	if (!have_arch)
 		return usage_error("--arch is required (%s)", ARCH_NAMES);
 	if (!o->out)
@@ -558,126 +623,24 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 
 /* ------------------------------------------------------------------- main */
 
-/*
- * The routers are held in memory while the file is written: refuse sizes the
- * machine cannot hold instead of paging until the OOM killer ends it.
- */
-static int check_memory(const struct opts *o)
-{
-	uint64_t n = 0, bytes, ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)getpagesize();
-
-	for (uint32_t l = 0; l < o->layers; l++)
-		n += mk_is_moe_layer(o, l);
-	bytes = n * o->embd * o->experts * sizeof(float);
-	if (bytes <= ram / 2)
-		return 0;
-	fprintf(stderr, PROG ": the routers of %" PRIu64 " MoE layers (%u x %u each) need %"
-		PRIu64 " bytes of memory while the model is written, more than half of this "
-		"machine's %" PRIu64 ": lower --layers, --embd or --experts\n", n, o->embd,
-		o->experts, bytes, ram);
-	return 1;
-}
-
-/* A file larger than the free space would fail at the end, after minutes of work. */
-static int check_space(const char *out, uint64_t bytes)
-{
-	char *dir = strdup(out), *slash;
-	struct statvfs sv;
-	struct stat st;
-	uint64_t avail;
-	int ret = 0;
-
-	/* devices and FIFOs are written through: their filesystem says nothing */
-	if (!dir || (stat(out, &st) == 0 && !S_ISREG(st.st_mode))) {
-		free(dir);
-		return 0;
-	}
-	slash = strrchr(dir, '/');
-	if (slash)
-		slash[slash == dir] = 0;
-	if (statvfs(slash ? dir : ".", &sv) == 0)
-		avail = (uint64_t)sv.f_bavail * sv.f_frsize;
-	else
-		avail = UINT64_MAX;
-	if (bytes > avail) {
-		fprintf(stderr, PROG ": %s: the model is %" PRIu64 " bytes and its filesystem has %"
-			PRIu64 " free: free some space or make a smaller model\n", out, bytes,
-			avail);
-		ret = 1;
-	}
-	free(dir);
-	return ret;
-}
-
 int main(int argc, char **argv)
 {
-	struct moe_gguf_writer *w = NULL;
-	struct model m = { 0 };
+	struct mk_result res;
 	struct opts o;
-	uint64_t bytes = 0;
 	int ret;
 
 	tool_init(PROG);
 	ret = parse_opts(argc, argv, &o);
 	if (ret)
 		return ret;
-	m.o = &o;
-	m.last_pct = -1;
-	if (check_memory(&o))
-		return 1;
-	ret = mk_make_structure(&m);
-	if (ret) {
-		fprintf(stderr, PROG ": out of memory for the routers\n");
-		goto out;
-	}
-	ret = mk_add_tensors(&m);
+	ret = mk_write(&o, &res);
 	if (ret)
-		goto out;
-	ret = moe_gguf_writer_create(o.align, &w);
-	ret = ret ?: mk_add_metadata(w, &o);
-	for (size_t i = 0; !ret && i < m.n_t; i++) {
-		struct gtensor *t = &m.t[i];
-
-		ret = moe_gguf_add_tensor_fill(w, t->name, t->type, t->n_dims, t->ne, mk_fill, t);
-	}
-	ret = ret ?: moe_gguf_layout(w, NULL, &bytes);
-	if (ret) {
-		if (ret != -ERANGE)
-			fprintf(stderr, PROG ": %s\n", *moe_errmsg() ? moe_errmsg() : strerror(-ret));
-		goto out;
-	}
-	ret = check_space(o.out, bytes);
-	if (ret)
-		goto out;
-	for (size_t i = 0; i < ARRAY_LEN(m.fallback) && m.fallback[i].count && !o.quiet; i++)
-		fprintf(stderr, PROG ": note: %u tensor(s) (e.g. %s) have rows not a multiple of "
-			"the %s block and are written as %s\n", m.fallback[i].count,
-			m.fallback[i].example, moe_type_name(m.fallback[i].from),
-			moe_type_name(m.fallback[i].to));
-	if (moe_type_block_elems(o.type) > 1 || moe_type_block_elems(o.type_other) > 1) {
-		ret = moe_threadpool_create(0, &m.pool);
-		if (ret) {
-			fprintf(stderr, PROG ": %s\n", moe_errmsg());
-			goto out;
-		}
-	}
-	m.progress = !o.quiet && isatty(STDERR_FILENO);
-	m.bytes_total = bytes;
-	ret = moe_gguf_write(w, o.out);
-	if (m.progress)
-		fprintf(stderr, "\r\033[K");
-	if (ret) {
-		fprintf(stderr, PROG ": %s\n", moe_errmsg());
-		goto out;
-	}
+		return ret;
 	if (!o.quiet)
-		printf("%s: %s, %" PRIu64 " bytes, %zu tensors, %u layers (%u MoE), %u experts "
-		       "(top-%u), experts %s, other %s\n", o.out, o.a->gen.name, bytes, m.n_t,
-		       o.layers, m.n_moe, o.experts, o.experts_used, moe_type_name(o.type),
+		printf("%s: %s, %" PRIu64 " bytes%s, %zu tensors, %u layers (%u MoE), %u experts "
+		       "(top-%u), experts %s, other %s\n", o.out, o.a->gen.name, res.bytes,
+		       o.sparse ? " (sparse: tensor data are holes)" : "", res.n_tensors,
+		       o.layers, res.n_moe, o.experts, o.experts_used, moe_type_name(o.type),
 		       moe_type_name(o.type_other));
-out:
-	moe_gguf_writer_destroy(w);
-	mk_model_free(&m);
-	/* a --vocab the built-in BPE text cannot fill is a usage error */
-	return ret == -ERANGE ? EXIT_USAGE : ret ? 1 : 0;
+	return 0;
 }

@@ -37,6 +37,17 @@ struct opts {
 	double router_skew, layer_corr;
 	uint64_t seed;
 	bool vocab_bpe, tied, quiet;
+	bool sparse;                    /* tensor data left as holes (--sparse) */
+};
+
+struct preset;
+
+/* What mk_write() wrote. */
+struct mk_result {
+	uint64_t bytes;                 /* the file's length */
+	uint64_t data_offset;           /* where tensor data start: what a sparse file uses */
+	size_t n_tensors;
+	uint32_t n_moe;
 };
 
 static inline bool is_arch(const struct opts *o, enum moe_arch_id id)
@@ -111,6 +122,16 @@ float mk_w_out(const struct model *m, uint64_t fan_in);
 int mk_make_structure(struct model *m);
 void mk_model_free(struct model *m);
 int mk_fill(void *ctx, uint64_t row, uint64_t n_rows, void *dst);
+
+/* write.c: shared with moectl plan --preset */
+void mk_opts_default(struct opts *o);
+/* The shape of @p over the defaults; -ENOENT when its architecture is not built in. */
+int mk_opts_preset(struct opts *o, const struct preset *p);
+/*
+ * Write the model @o describes to o->out.  Returns 0, 1 after a message on
+ * stderr, or EXIT_USAGE for a usage error found late (a --vocab too small).
+ */
+int mk_write(const struct opts *o, struct mk_result *res);
 
 /* vocab.c */
 int mk_add_tokenizer(struct moe_gguf_writer *w, const struct opts *o);

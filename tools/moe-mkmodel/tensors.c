@@ -308,6 +308,11 @@ int mk_make_structure(struct model *m)
 
 		if (!mk_is_moe_layer(o, l))
 			continue;
+		/* a sparse file has no weights, so no routers to correlate */
+		if (o->sparse) {
+			m->n_moe++;
+			continue;
+		}
 		r = malloc((size_t)n * o->experts * sizeof(float));
 		if (!r)
 			return -ENOMEM;

@@ -1,11 +1,64 @@
 /* SPDX-License-Identifier: MIT */
 /* moectl load: validate a model and register its expert extents with moe.ko. */
 #include <getopt.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "moe/moe.h"
 #include "moectl.h"
+#include "progress.h"
+
+/*
+ * The warm-up is one library call; its progress is read from the driver's
+ * per-model byte counter, on a second handle, by a thread that draws the bar.
+ */
+struct warm_watch {
+	const char *name;
+	uint64_t start, total;
+	struct progress bar;
+	volatile int stop;
+};
+
+static void *watch_warm(void *arg)
+{
+	struct warm_watch *w = arg;
+	struct moe_kmod_model_info info;
+	struct moe_kmod *k;
+
+	if (moe_kmod_open(&k) < 0)
+		return NULL;
+	while (!w->stop) {
+		if (moe_kmod_find(k, w->name, &info) == 0 && info.bytes >= w->start)
+			progress_update(&w->bar, info.bytes - w->start < w->total ?
+					info.bytes - w->start : w->total);
+		usleep(100000);
+	}
+	moe_kmod_destroy(k);
+	return NULL;
+}
+
+static int warm_with_bar(struct moe_kmod *k, const char *name, uint64_t total,
+			 uint64_t *bytes, double *secs)
+{
+	struct warm_watch w = { .name = name, .total = total };
+	struct moe_kmod_model_info info;
+	pthread_t th;
+	bool watching;
+	int ret;
+
+	progress_start(&w.bar, "warm", total, true, json_output);
+	if (moe_kmod_find(k, name, &info) == 0)
+		w.start = info.bytes;
+	watching = w.bar.on && pthread_create(&th, NULL, watch_warm, &w) == 0;
+	ret = moe_kmod_warm(k, name, bytes, secs);
+	w.stop = 1;
+	if (watching)
+		pthread_join(th, NULL);
+	progress_end(&w.bar);
+	return ret;
+}
 
 int do_load(int argc, char **argv)
 {
@@ -16,6 +69,7 @@ int do_load(int argc, char **argv)
 		{ 0 },
 	};
 	struct moe_kmod_model_info info;
+	struct moe_model_summary sum;
 	struct moe_model *m = NULL;
 	struct moe_kmod *k = NULL;
 	bool warm = false;
@@ -55,11 +109,12 @@ int do_load(int argc, char **argv)
 		return fail("%s", moe_errmsg());
 	}
 	ret = moe_kmod_register(k, argv[optind], m, &id);
+	moe_model_summary(m, &sum);
 	moe_model_destroy(m);
 	if (ret < 0)
 		goto err;
 	if (warm) {
-		ret = moe_kmod_warm(k, argv[optind], &bytes, &secs);
+		ret = warm_with_bar(k, argv[optind], sum.expert_bytes_total, &bytes, &secs);
 		if (ret < 0)
 			goto err;
 	}

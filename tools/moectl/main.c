@@ -22,6 +22,7 @@ static int do_help(int argc, char **argv);
 static const struct cmd cmds[] = {
 	{ "info", do_info, "info FILE                  describe a GGUF model: sizes, experts, layout" },
 	{ "plan", do_plan, "plan MODEL --vram SIZE ...  memory plan and predicted tokens/s for a budget" },
+	{ "pack", do_pack, "pack IN OUT [--align N]    rewrite a GGUF with every tensor aligned (4096)" },
 	{ "tokenize", do_tokenize, "tokenize MODEL TEXT|-      token ids of text (--special, --bos)" },
 	{ "detokenize", do_detokenize, "detokenize MODEL ID...     text of token ids (--special)" },
 	{ "topo", do_topo, "topo [PATH]                NUMA nodes, disks, GPUs; where PATH lives" },

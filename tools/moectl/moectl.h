@@ -39,6 +39,7 @@ int do_stats(int argc, char **argv);
 int do_trace(int argc, char **argv);
 int do_version(int argc, char **argv);
 int do_plan(int argc, char **argv);
+int do_pack(int argc, char **argv);
 int do_bench(int argc, char **argv);
 
 #endif

@@ -10,10 +10,13 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench.h"
+#include "mkmodel.h"
 #include "moe/moe.h"
 #include "moectl.h"
+#include "preset.h"
 
 /*
  * The share of the read bandwidth the low end of the range assumes: expert
@@ -24,6 +27,9 @@
 
 struct plan_opts {
 	const char *model, *backend, *state_dir;
+	const char *preset, *type;  /* --preset NAME --type T instead of MODEL */
+	char model_name[160];
+	char tmp_path[4200];        /* where the preset's file was, named in messages */
 	uint64_t vram, host_cache;
 	uint32_t n_ctx;
 	double read_gbps, target_tps, gpu_hour_cost;
@@ -48,8 +54,12 @@ static void plan_usage(FILE *f)
 		"                   [--read-gbps X | --measure] [--target-tps N]\n"
 		"                   [--gpu-hour-cost X]\n"
 		"                   [--state-dir DIR | --no-stats]\n"
+		"       moectl plan --preset NAME [--type T] --vram SIZE ... (no MODEL)\n"
 		"The memory plan a run with this budget uses, and the decode tokens/s it predicts\n"
-		"from the routed bytes per token, the miss rate and the read bandwidth.\n");
+		"from the routed bytes per token, the miss rate and the read bandwidth.\n"
+		"--preset plans for the shape of a published model (--preset help lists them)\n"
+		"quantized as --type says (%s; q4_K_M by default).\n",
+		preset_recipe_names());
 }
 
 /*
@@ -291,10 +301,66 @@ static int report(const struct plan_opts *o, const struct moe_plan *p,
 	return 0;
 }
 
+/*
+ * A preset's model: moe-mkmodel's sparse file of that shape, written to a
+ * temporary directory and opened; the name is gone before planning starts
+ * (the open model keeps the file), so nothing is left behind.
+ */
+static int open_preset(struct plan_opts *o, struct moe_model **m)
+{
+	const char *tmp = getenv("TMPDIR");
+	const struct preset *p = preset_find(o->preset);
+	struct preset_recipe r;
+	struct mk_result res;
+	struct opts mo;
+	char dir[4096], path[4200];
+	int ret;
+
+	if (!p) {
+		fprintf(stderr, "moectl: plan: --preset '%s': unknown; the presets are:\n",
+			o->preset);
+		preset_list(stderr);
+		return EXIT_USAGE;
+	}
+	if (preset_recipe(o->type ? o->type : "q4_K_M", &r))
+		return usage_error("plan: --type '%s': unknown; one of %s", o->type,
+				   preset_recipe_names());
+	mk_opts_default(&mo);
+	if (mk_opts_preset(&mo, p))
+		return fail("plan: --preset %s: architecture %s is not in this build", p->name,
+			    p->arch);
+	mo.type = r.expert;
+	mo.type_down = r.down;
+	mo.type_other = r.other;
+	mo.sparse = mo.quiet = true;
+	snprintf(dir, sizeof(dir), "%s/moectl-plan.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(dir))
+		return fail("plan: cannot make a temporary directory for the preset's model in %s: "
+			    "%s; set TMPDIR to a writable directory", tmp && *tmp ? tmp : "/tmp",
+			    strerror(errno));
+	snprintf(path, sizeof(path), "%s/%s.gguf", dir, p->name);
+	mo.out = path;
+	ret = mk_write(&mo, &res);
+	if (ret == 0 && moe_model_open(path, m))
+		ret = fail("plan: --preset %s: %s", p->name, moe_errmsg());
+	else if (ret)
+		ret = fail("plan: --preset %s: the model could not be written in %s (see above); "
+			   "set TMPDIR to a directory on ext4, xfs, btrfs or tmpfs", p->name, dir);
+	unlink(path);
+	rmdir(dir);
+	if (ret)
+		return ret;
+	snprintf(o->model_name, sizeof(o->model_name), "preset %s (%s, %s)", p->name, p->model,
+		 r.name);
+	snprintf(o->tmp_path, sizeof(o->tmp_path), "%s", path);
+	o->model = o->model_name;
+	return 0;
+}
+
 int do_plan(int argc, char **argv)
 {
 	enum { O_VRAM = 256, O_HOST, O_CTX, O_BACKEND, O_GBPS, O_TARGET, O_COST, O_STATE,
-	       O_NO_STATS, O_MEASURE };
+	       O_NO_STATS, O_MEASURE, O_PRESET, O_TYPE };
 	static const struct option opts[] = {
 		{ "vram", required_argument, NULL, O_VRAM },
 		{ "host-cache", required_argument, NULL, O_HOST },
@@ -306,6 +372,8 @@ int do_plan(int argc, char **argv)
 		{ "state-dir", required_argument, NULL, O_STATE },
 		{ "no-stats", no_argument, NULL, O_NO_STATS },
 		{ "measure", no_argument, NULL, O_MEASURE },
+		{ "preset", required_argument, NULL, O_PRESET },
+		{ "type", required_argument, NULL, O_TYPE },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -358,6 +426,12 @@ int do_plan(int argc, char **argv)
 		case O_MEASURE:
 			o.measure = true;
 			break;
+		case O_PRESET:
+			o.preset = optarg;
+			break;
+		case O_TYPE:
+			o.type = optarg;
+			break;
 		case 'h':
 			plan_usage(stdout);
 			return 0;
@@ -368,25 +442,53 @@ int do_plan(int argc, char **argv)
 		if (ret)
 			return ret;
 	}
-	if (optind + 1 != argc)
-		return usage_error("plan: give one MODEL file; see `moectl plan --help`");
+	if (o.preset && (!strcmp(o.preset, "help") || !strcmp(o.preset, "list"))) {
+		printf("presets (moectl plan --preset NAME --type T --vram SIZE):\n");
+		preset_list(stdout);
+		return 0;
+	}
+	if (o.preset && optind != argc)
+		return usage_error("plan: --preset %s or a MODEL file, not both", o.preset);
+	if (!o.preset && optind + 1 != argc)
+		return usage_error("plan: give one MODEL file or --preset NAME; see `moectl plan "
+				   "--help`");
+	if (o.type && !o.preset)
+		return usage_error("plan: --type is for --preset: a MODEL file has its types");
 	if (!have_vram)
 		return usage_error("plan: --vram SIZE is required (e.g. --vram 24G)");
 	if (o.measure && o.read_gbps > 0)
 		return usage_error("plan: --read-gbps X or --measure, not both");
+	if (o.measure && o.preset)
+		return usage_error("plan: --measure reads a model file's drive; with --preset give "
+				   "the drive's --read-gbps X");
 	if (o.target_tps > 0 && o.read_gbps <= 0 && !o.measure)
 		return usage_error("plan: --target-tps needs --read-gbps X or --measure to predict "
 				   "from");
 	if (o.state_dir && o.no_stats)
 		return usage_error("plan: --state-dir or --no-stats, not both");
-	o.model = argv[optind];
-	if (moe_model_open(o.model, &m))
-		return fail("%s", moe_errmsg());
+	if (o.preset) {
+		ret = open_preset(&o, &m);
+		if (ret)
+			return ret;
+		/* nobody ran the preset: there are no statistics to look for */
+		o.no_stats = true;
+	} else {
+		o.model = argv[optind];
+		if (moe_model_open(o.model, &m))
+			return fail("%s", moe_errmsg());
+	}
 	moe_model_hparams(m, &hp);
 	moe_model_summary(m, &s);
 	ret = make_plan(m, &o, o.vram, &p);
 	if (ret) {
-		fail("%s", moe_errmsg());
+		const char *msg = moe_errmsg();
+		size_t n = strlen(o.tmp_path);
+
+		/* the preset's file is gone: name the preset */
+		if (o.preset && n && !strncmp(msg, o.tmp_path, n))
+			fail("%s%s", o.model, msg + n);
+		else
+			fail("%s", msg);
 		moe_model_destroy(m);
 		return 1;
 	}
@@ -397,12 +499,14 @@ int do_plan(int argc, char **argv)
 			snprintf(src, sizeof(src), "%s", path);
 		else if (ret != -ENOENT)
 			snprintf(src, sizeof(src), "%s", moe_errmsg());
+	} else if (o.preset) {
+		snprintf(src, sizeof(src), "a preset");
 	} else if (o.no_stats) {
 		snprintf(src, sizeof(src), "--no-stats");
 	}
 	if (o.measure) {
 		o.read_gbps = bench_engine_gbps(o.model, MEASURE_BYTES, o.measured,
-						sizeof(o.measured));
+						sizeof(o.measured), json_output);
 		if (o.read_gbps <= 0) {
 			fail("--measure: %s", o.measured);
 			moe_routestats_destroy(rs);
