@@ -153,6 +153,8 @@ struct moe_ctx {
 
 	moe_route_hook route_hook;
 	void *route_arg;
+
+	struct moe_pub *pub;         /* live counters for moectl status (publish.c), or NULL */
 };
 
 /* load.c: read the resident tensors into the arena and bind every layer. */

@@ -27,7 +27,7 @@ static const struct cmd cmds[] = {
 	{ "topo", do_topo, "topo [PATH]                NUMA nodes, disks, GPUs; where PATH lives" },
 	{ "load", do_load, "load [--warm] NAME MODEL   register a model's experts with moe.ko (root)" },
 	{ "unload", do_unload, "unload NAME                unregister a model from moe.ko (root)" },
-	{ "status", do_status, "status                     models registered with moe.ko, counters" },
+	{ "status", do_status, "status [--watch]           moe.ko's models and every live engine's counters" },
 	{ "stats", do_stats, "stats [--csv] MODEL        routing statistics saved for a model" },
 	{ "trace", do_trace, "trace simulate TRACE ...   replay a routing trace against the policies" },
 	{ "bench", do_bench, "bench io|quant|decode|prefetch  the moe-bench benchmarks" },
