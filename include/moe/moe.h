@@ -892,6 +892,24 @@ MOE_API void moe_ctx_default_params(struct moe_ctx_params *p);
 /* The backends built into this library, "cpu, cuda" style, for messages and --help. */
 MOE_API const char *moe_backend_list(void);
 
+/* A GPU as the CUDA driver describes it. */
+struct moe_cuda_device {
+	char name[128];             /* "NVIDIA H100 80GB HBM3" */
+	char pci[16];               /* PCI address, "0000:3b:00.0" (lower case, as sysfs) */
+	uint64_t total_mem;         /* device memory in bytes */
+	int32_t cc_major, cc_minor; /* compute capability */
+	int32_t sm_count;
+	int32_t driver_version;     /* cuDriverGetVersion: 12040 for CUDA 12.4 */
+	uint64_t reserved[4];
+};
+/*
+ * The GPUs the CUDA driver sees (the library the CUDA backend loads:
+ * libcuda.so.1, or $MOE_CUDA_LIBRARY), up to @max of them into @out; returns
+ * how many there are.  -ENOENT without a CUDA driver, -ENODEV when it sees
+ * no GPU, with moe_errmsg() saying why.  Creates no context.
+ */
+MOE_API int moe_cuda_devices(struct moe_cuda_device *out, uint32_t max);
+
 /*
  * The memory plan of a context: every byte, decided before anything is
  * allocated.  moe_ctx_create() lays device memory out exactly so (one

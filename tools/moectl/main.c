@@ -24,7 +24,7 @@ static const struct cmd cmds[] = {
 	{ "plan", do_plan, "plan MODEL --vram SIZE ...  memory plan and predicted tokens/s for a budget" },
 	{ "tokenize", do_tokenize, "tokenize MODEL TEXT|-      token ids of text (--special, --bos)" },
 	{ "detokenize", do_detokenize, "detokenize MODEL ID...     text of token ids (--special)" },
-	{ "topo", do_topo, "topo [PATH]                NUMA nodes, disks, GPUs; where PATH lives" },
+	{ "topo", do_topo, "topo [-m MODEL]            NUMA nodes, GPUs, NVMe links; where to place I/O" },
 	{ "load", do_load, "load [--warm] NAME MODEL   register a model's experts with moe.ko (root)" },
 	{ "unload", do_unload, "unload NAME                unregister a model from moe.ko (root)" },
 	{ "status", do_status, "status [--watch]           moe.ko's models and every live engine's counters" },
