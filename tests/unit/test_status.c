@@ -75,7 +75,7 @@ static struct moe_ctx *make_ctx(struct moe_model **m, uint32_t flags)
 	struct moe_ctx *ctx = NULL;
 
 	ck_assert_int_eq(moe_model_open(fx.model, m), 0);
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 1;
 	p.n_ctx = 64;
 	p.flags = flags;
@@ -113,20 +113,20 @@ START_TEST(publish_lifecycle)
 	ck_assert_uint_ge(e[0].update_ns, e[0].start_ns);
 	/* the count works without a buffer */
 	ck_assert_int_eq(moe_engine_list(NULL, 0), 1);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	ck_assert_int_eq(moe_engine_list(e, 4), 0);
 	ck_assert_int_eq(count_files(fx.run), 0);
 
 	/* opted out by flag and by environment */
 	ctx = make_ctx(&m, MOE_CTX_NO_PUBLISH);
 	ck_assert_int_eq(moe_engine_list(e, 4), 0);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	setenv("MOE_NO_PUBLISH", "1", 1);
 	ctx = make_ctx(&m, 0);
 	ck_assert_int_eq(moe_engine_list(e, 4), 0);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	unsetenv("MOE_NO_PUBLISH");
 
 	/* two contexts of one process: two files, ordered by id */
@@ -136,17 +136,17 @@ START_TEST(publish_lifecycle)
 
 		ck_assert_int_eq(moe_engine_list(e, 4), 2);
 		ck_assert_uint_lt(e[0].id, e[1].id);
-		moe_ctx_free(a);
-		moe_ctx_free(b);
-		moe_model_close(m);
-		moe_model_close(m2);
+		moe_ctx_destroy(a);
+		moe_ctx_destroy(b);
+		moe_model_destroy(m);
+		moe_model_destroy(m2);
 	}
 	/* a directory that cannot be made costs nothing but the file */
 	setenv("MOE_RUNTIME_DIR", "/proc/no-such-dir/moe", 1);
 	ctx = make_ctx(&m, 0);
 	ck_assert_int_eq(moe_ctx_generate(ctx, toks, 2, 2, NULL, 0, NULL, NULL), 2);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	setenv("MOE_RUNTIME_DIR", fx.run, 1);
 }
 END_TEST

@@ -70,7 +70,7 @@ static void take(struct snapshot *s)
 	if (ret < 0)
 		snprintf(s->kmod_err, sizeof(s->kmod_err), "%s", moe_errmsg());
 	if (k)
-		moe_kmod_close(k);
+		moe_kmod_destroy(k);
 	s->kmod_ret = ret;
 	s->n_engines = moe_engine_list(s->engines, MAX_ENGINES);
 	if (s->n_engines < 0)
