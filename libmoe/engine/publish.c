@@ -208,7 +208,7 @@ static bool publish_off(const struct moe_ctx *ctx)
 
 void moe_pub_open(struct moe_ctx *ctx)
 {
-	char dir[PATH_MAX - 64], tmp[PATH_MAX];
+	char dir[PATH_MAX - 64], tmp[PATH_MAX], real[PATH_MAX];
 	struct moe_engine_info in = { 0 };
 	struct moe_pub *pub;
 	void *map;
@@ -260,7 +260,11 @@ void moe_pub_open(struct moe_ctx *ctx)
 	in.pid = (int32_t)getpid();
 	in.id = id;
 	in.start_ns = realtime_ns();
-	snprintf(in.model, sizeof(in.model), "%s", moe_model_path(ctx->model));
+	/* absolute, so that a reader in another directory knows which file */
+	if (!realpath(moe_model_path(ctx->model), real))
+		snprintf(real, sizeof(real), "%s", moe_model_path(ctx->model));
+	/* a longer path is cut: the field is for people reading a table */
+	memcpy(in.model, real, MOE_MIN(strlen(real), sizeof(in.model) - 1));
 	pub_fill(ctx, &in, pub->last);
 	pub_store(pub, &in);
 	if (rename(tmp, pub->path) < 0) {

@@ -141,6 +141,25 @@ START_TEST(publish_lifecycle)
 		moe_model_destroy(m);
 		moe_model_destroy(m2);
 	}
+	/* a model opened by a relative path is published by its absolute one */
+	{
+		char cwd[PATH_MAX], real[PATH_MAX];
+		struct moe_ctx_params p;
+
+		ck_assert_ptr_nonnull(getcwd(cwd, sizeof(cwd)));
+		ck_assert_ptr_nonnull(realpath(fx.model, real));
+		ck_assert_int_eq(chdir(fx.dir), 0);
+		ck_assert_int_eq(moe_model_open("m.gguf", &m), 0);
+		moe_ctx_params_init(&p);
+		p.n_threads = 1;
+		p.n_ctx = 64;
+		ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), 0);
+		ck_assert_int_eq(chdir(cwd), 0);
+		ck_assert_int_eq(moe_engine_list(e, 4), 1);
+		ck_assert_str_eq(e[0].model, real);
+		moe_ctx_destroy(ctx);
+		moe_model_destroy(m);
+	}
 	/* a directory that cannot be made costs nothing but the file */
 	setenv("MOE_RUNTIME_DIR", "/proc/no-such-dir/moe", 1);
 	ctx = make_ctx(&m, 0);
