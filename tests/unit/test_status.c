@@ -114,6 +114,7 @@ START_TEST(publish_lifecycle)
 	/* the count works without a buffer */
 	ck_assert_int_eq(moe_engine_list(NULL, 0), 1);
 	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	ck_assert_int_eq(moe_engine_list(e, 4), 0);
 	ck_assert_int_eq(count_files(fx.run), 0);
 
@@ -525,7 +526,7 @@ END_TEST
 /* --watch ends cleanly on SIGINT; its flags are checked. */
 START_TEST(watch_flags_and_sigint)
 {
-	char out_path[PATH_MAX + 16], cmd[PATH_MAX + 128], *out = NULL;
+	char out_path[PATH_MAX + 16], cmd[4 * PATH_MAX], *out = NULL;
 	pid_t pid;
 	int st, n;
 
@@ -549,6 +550,34 @@ START_TEST(watch_flags_and_sigint)
 	out = tu_read_file(out_path, NULL);
 	ck_assert_msg(out && strstr(out, "no engines running"), "%s", out);
 	free(out);
+
+	/* on a terminal (script(1) makes one): the screen is redrawn, and q ends it at once */
+	if (tu_run("command -v script >/dev/null", 0, NULL) != 0) {
+		tu_skip("status/watch_flags_and_sigint: q on a terminal", "script(1) is not "
+			"installed (bsdutils) to give moectl a terminal");
+	} else {
+		struct timespec t0, t1;
+		double took;
+
+		snprintf(cmd, sizeof(cmd), "(sleep 1; printf q; sleep 8) | { timeout 20 script -qec "
+			 "'%s status --watch --interval 0.2' /dev/null > %s 2>&1; echo $? > %s.rc; }",
+			 tu_bin("moectl"), out_path, out_path);
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		/* the pipeline lasts as long as its writer; the rc file tells when moectl ended */
+		tu_run(cmd, 0, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		took = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+		ck_assert_msg(took < 15, "the pipeline took %.1f s", took);
+		out = tu_read_file(out_path, NULL);
+		ck_assert_msg(out && strstr(out, "\033[2J") && strstr(out, "q or Ctrl-C quits"),
+			      "not redrawn on a terminal: %s", out);
+		free(out);
+		snprintf(cmd, sizeof(cmd), "%s.rc", out_path);
+		out = tu_read_file(cmd, NULL);
+		ck_assert_msg(out && atoi(out) == 0, "moectl status --watch after q: status %s",
+			      out);
+		free(out);
+	}
 
 	static const char *const bad[] = {
 		"status --interval 1", "status --count 2", "status --watch --interval 0",
