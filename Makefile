@@ -153,13 +153,22 @@ help:
 # Man pages from the tools' pages in Documentation/tools (rst2man, Debian's
 # python3-docutils, which scripts/deps.sh installs for this target), by
 # scripts/man.sh.
-MAN_PAGES := $(patsubst Documentation/tools/%.rst,$(BUILD)/man/man1/%.1,\
+# Besides a page per tool, a page per moectl command (moectl-status.1, as
+# bpftool-prog.8), cut from moectl.rst by the same script.
+MAN1_PAGES := $(patsubst Documentation/tools/%.rst,$(BUILD)/man/man1/%.1,\
 	$(filter-out Documentation/tools/files.rst,$(wildcard Documentation/tools/*.rst)))
-man: $(MAN_PAGES)
+MOECTL_CMDS := $(shell sh scripts/man.sh --commands Documentation/tools/moectl.rst)
+MAN1_PAGES += $(MOECTL_CMDS:%=$(BUILD)/man/man1/moectl-%.1)
+man: $(MAN1_PAGES)
 $(BUILD)/man/man1/%.1: Documentation/tools/%.rst scripts/man.sh scripts/deps.sh
 	@DEPS_MAN=1 PKG_CONFIG=$(PKG_CONFIG) sh scripts/deps.sh
 	@mkdir -p $(@D)
 	sh scripts/man.sh $< $@
+$(BUILD)/man/man1/moectl-%.1: Documentation/tools/moectl.rst tools/moectl/main.c scripts/man.sh \
+		scripts/deps.sh
+	@DEPS_MAN=1 PKG_CONFIG=$(PKG_CONFIG) sh scripts/deps.sh
+	@mkdir -p $(@D)
+	sh scripts/man.sh $< $@ $*
 
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP): scripts/deps.sh
@@ -394,6 +403,7 @@ LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 UDEVRULESDIR ?= $(PREFIX)/lib/udev/rules.d
 DKMS_VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' kmod/dkms.conf)
 DKMSDIR ?= $(PREFIX)/src/moe-$(DKMS_VERSION)
@@ -410,10 +420,12 @@ INSTALL_FILES = $(TOOLS:%=$(BINDIR)/%) \
 	$(PKGCONFIGDIR)/libmoe.pc $(UDEVRULESDIR)/60-moe.rules \
 	$(DKMS_SRCS:kmod/%=$(DKMSDIR)/%) $(DKMSDIR)/uapi/moe_drm.h \
 	$(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m))) \
-	$(API_FUNCS:%=$(MANDIR)/man3/%.3)
+	$(API_FUNCS:%=$(MANDIR)/man3/%.3) $(addprefix $(MANDIR)/man1/,$(notdir $(MAN1_PAGES))) \
+	$(addprefix $(BASHCOMPDIR)/,$(TOOLS))
 INSTALL_DIRS = $(DKMSDIR)/uapi $(DKMSDIR) $(INCLUDEDIR)/moe/uapi $(INCLUDEDIR)/moe \
-	$(sort $(MANDIR)/man3 $(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m))))) \
-	$(MANDIR) \
+	$(sort $(MANDIR)/man1 $(MANDIR)/man3 \
+		$(foreach m,$(MAN_PAGES),$(MANDIR)/man$(subst .,,$(suffix $(m))))) \
+	$(MANDIR) $(BASHCOMPDIR) $(dir $(BASHCOMPDIR)) \
 	$(UDEVRULESDIR) $(dir $(UDEVRULESDIR)) $(dir $(DKMSDIR)) $(PKGCONFIGDIR) $(BINDIR) \
 	$(LIBDIR) $(INCLUDEDIR) $(PREFIX)/share
 D := $(DESTDIR)
@@ -443,6 +455,21 @@ install: all
 	@set -e; for m in $(MAN_PAGES); do s=$${m##*.}; \
 		echo "$(INSTALL) -D -m 644 $$m $(D)$(MANDIR)/man$$s/$${m##*/}"; \
 		$(INSTALL) -D -m 644 $$m $(D)$(MANDIR)/man$$s/$${m##*/}; done
+	@# The tools' pages need rst2man (python3-docutils); without it the rest installs.
+	@if command -v rst2man >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory man && \
+		echo "$(INSTALL) -m 644 $(MAN1_PAGES) $(D)$(MANDIR)/man1/" && \
+		$(INSTALL) -d $(D)$(MANDIR)/man1 && \
+		$(INSTALL) -m 644 $(MAN1_PAGES) $(D)$(MANDIR)/man1/; \
+	else \
+		echo "make install: rst2man not found: the tools' man pages (man1) are not" \
+			"installed; install python3-docutils (\`make man\` does, as root) and" \
+			"run make install again"; \
+	fi
+	$(INSTALL) -d $(D)$(BASHCOMPDIR)
+	$(INSTALL) -m 644 completion/moectl $(D)$(BASHCOMPDIR)/moectl
+	@# bash-completion loads a completion by the command's name: one file, a link per tool
+	for t in $(filter-out moectl,$(TOOLS)); do ln -sf moectl $(D)$(BASHCOMPDIR)/$$t; done
 
 uninstall:
 	rm -f $(addprefix $(D),$(INSTALL_FILES))

@@ -941,8 +941,10 @@ enum moe_ctx_flags {
 	MOE_CTX_LAZY_EXPERTS = 1u << 0,
 	/* expert slots in one pool per layer instead of one per expert size */
 	MOE_CTX_LAYER_POOLS = 1u << 1,
+	/* publish no live counters for `moectl status` (see moe_engine_list) */
+	MOE_CTX_NO_PUBLISH = 1u << 2,
 };
-#define MOE_CTX_FLAGS_ALL (MOE_CTX_LAZY_EXPERTS | MOE_CTX_LAYER_POOLS)
+#define MOE_CTX_FLAGS_ALL (MOE_CTX_LAZY_EXPERTS | MOE_CTX_LAYER_POOLS | MOE_CTX_NO_PUBLISH)
 
 struct moe_ctx_params {
 	uint64_t vram_bytes;        /* device budget; 0 = no limit (every expert resident) */
@@ -988,6 +990,24 @@ MOE_API void moe_ctx_params_init(struct moe_ctx_params *p);
 
 /* The backends built into this library, "cpu, cuda" style, for messages and --help. */
 MOE_API const char *moe_backend_list(void);
+
+/* A GPU as the CUDA driver describes it. */
+struct moe_cuda_device {
+	char name[128];             /* "NVIDIA H100 80GB HBM3" */
+	char pci[16];               /* PCI address, "0000:3b:00.0" (lower case, as sysfs) */
+	uint64_t total_mem;         /* device memory in bytes */
+	int32_t cc_major, cc_minor; /* compute capability */
+	int32_t sm_count;
+	int32_t driver_version;     /* cuDriverGetVersion: 12040 for CUDA 12.4 */
+	uint64_t reserved[4];
+};
+/*
+ * The GPUs the CUDA driver sees (the library the CUDA backend loads:
+ * libcuda.so.1, or $MOE_CUDA_LIBRARY), up to @max of them into @out; returns
+ * how many there are.  -ENOENT without a CUDA driver, -ENODEV when it sees
+ * no GPU, with moe_errmsg() saying why.  Creates no context.
+ */
+MOE_API int moe_cuda_devices(struct moe_cuda_device *out, uint32_t max);
 
 /*
  * The memory plan of a context: every byte, decided before anything is
@@ -1178,6 +1198,66 @@ struct moe_ctx_stats {
  * memory figures as they are now, into @out; 0.
  */
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
+
+/*
+ * Live engines.  Every context publishes its counters in a small file of
+ * the runtime directory, engine-PID-N.stat (N counts the contexts of the
+ * process), for `moectl status`: a fixed layout with a magic, a version and
+ * a sequence counter that is odd while the engine writes, so that a reader
+ * never sees a torn update.  The engine writes it at most every 100 ms while
+ * it evaluates and at the end of each generation (a memory store into a
+ * shared mapping, no system call), and removes it in moe_ctx_destroy().
+ * MOE_CTX_NO_PUBLISH or MOE_NO_PUBLISH=1 in the environment turns it off; a
+ * directory that cannot be written only costs a debug-level message.
+ */
+struct moe_engine_info {
+	int32_t pid;                /* the process */
+	uint32_t id;                /* the context's number in the process */
+	uint64_t start_ns;          /* CLOCK_REALTIME when the context was made */
+	uint64_t update_ns;         /* ... and when the counters were last written */
+	uint32_t busy;              /* 1 while an eval is running */
+	uint32_t n_slots;           /* device expert slots */
+	char model[512];            /* the model file, as the engine opened it */
+	char backend[16];           /* "cpu", "cuda" */
+	uint64_t tokens;            /* tokens evaluated since the context was made */
+	double tokens_per_s;        /* ... per second between the last two writes */
+	uint64_t prefill_tokens, decode_tokens;   /* since the last moe_ctx_reset_stats */
+	double decode_tps;          /* ... and the decode rate over that time */
+	/* the cache and I/O counters of moe_ctx_stats, since the last reset */
+	double hit_rate;
+	uint64_t expert_hits, expert_misses;
+	uint64_t bytes_read;
+	double read_gbps;
+	uint64_t prefetches;
+	double prefetch_precision;
+	double stall_s;
+	uint64_t vram_budget;       /* 0: unlimited */
+	uint64_t vram_used, vram_peak;
+	uint64_t host_budget;       /* the host cache asked for (tier 1) */
+	uint64_t host_used;         /* host memory held: staging, host cache, logits */
+	uint64_t reserved[8];
+};
+/*
+ * The directory engines publish in: $MOE_RUNTIME_DIR, else /run/moe when
+ * this process may write there, else $XDG_RUNTIME_DIR/moe, else
+ * /tmp/moe-UID.  Only names it; -ENAMETOOLONG when @len is too short.
+ */
+MOE_API int moe_runtime_dir(char *buf, size_t len);
+/*
+ * Read one engine's file.  -EINVAL (moe_errmsg() says why) for a file that
+ * is not one (magic, version, size, values out of range), -ESRCH for one
+ * left by a process that has ended (or whose pid another process now has),
+ * -EAGAIN when the engine was writing through every try, -errno of open.
+ */
+MOE_API int moe_engine_read(const char *path, struct moe_engine_info *out);
+/*
+ * The live engines of this machine, ordered by pid and id: those in
+ * $MOE_RUNTIME_DIR when it is set, else in each of /run/moe,
+ * $XDG_RUNTIME_DIR/moe and /tmp/moe-UID.  Files of ended processes are
+ * removed where this process may; files that are not engines' are skipped.
+ * Returns how many there are (up to @max are stored in @out).
+ */
+MOE_API int moe_engine_list(struct moe_engine_info *out, uint32_t max);
 
 /* One layer's share of the counters. */
 struct moe_ctx_layer_stats {

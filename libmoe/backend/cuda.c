@@ -912,6 +912,56 @@ static int cuda_probe(void)
 	return ret;
 }
 
+int moe_cuda_devices(struct moe_cuda_device *out, uint32_t max)
+{
+	struct moe_cuda_api api;
+	int n = 0, ret = load_api(&api);
+	CUresult r;
+
+	if (!out && max)
+		return moe_err(EINVAL, "moe_cuda_devices: NULL argument");
+	if (ret < 0)
+		return ret;
+	r = api.cuInit(0);
+	if (r == CUDA_SUCCESS)
+		r = api.cuDeviceGetCount(&n);
+	if (r != CUDA_SUCCESS || n <= 0) {
+		ret = moe_err(ENODEV, "no CUDA device: %s",
+			      r != CUDA_SUCCESS ? err_str(&api, r) : "the driver sees no GPU");
+		moe_cuda_api_unload(&api);
+		return ret;
+	}
+	for (int i = 0; i < n && (uint32_t)i < max; i++) {
+		struct moe_cuda_device *d = &out[i];
+		size_t mem = 0;
+		CUdevice dev;
+
+		memset(d, 0, sizeof(*d));
+		api.cuDriverGetVersion(&d->driver_version);
+		if (api.cuDeviceGet(&dev, i) != CUDA_SUCCESS)
+			continue;
+		/* a field the driver does not give stays empty or 0: the others still help */
+		if (api.cuDeviceGetName(d->name, (int)sizeof(d->name), dev) != CUDA_SUCCESS)
+			d->name[0] = 0;
+		d->name[sizeof(d->name) - 1] = 0;
+		if (api.cuDeviceGetPCIBusId(d->pci, (int)sizeof(d->pci), dev) != CUDA_SUCCESS)
+			d->pci[0] = 0;
+		d->pci[sizeof(d->pci) - 1] = 0;
+		for (char *c = d->pci; *c; c++)
+			if (*c >= 'A' && *c <= 'F')
+				*c = (char)(*c - 'A' + 'a');
+		if (api.cuDeviceTotalMem(&mem, dev) == CUDA_SUCCESS)
+			d->total_mem = mem;
+		api.cuDeviceGetAttribute(&d->cc_major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+					 dev);
+		api.cuDeviceGetAttribute(&d->cc_minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+					 dev);
+		api.cuDeviceGetAttribute(&d->sm_count, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
+	}
+	moe_cuda_api_unload(&api);
+	return n;
+}
+
 int moe_backend_cuda_create_api(const struct moe_cuda_api *api,
 				const struct moe_backend_params *p, struct moe_backend **out)
 {

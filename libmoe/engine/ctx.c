@@ -15,6 +15,7 @@
 
 #include "cache/policy.h"
 #include "engine/engine.h"
+#include "engine/publish.h"
 #include "quant/quant.h"
 #include "util/threadpool.h"
 #include "util/util.h"
@@ -419,6 +420,7 @@ int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 		moe_ctx_destroy(ctx);
 		return ret;
 	}
+	moe_pub_open(ctx);
 	*out = ctx;
 	return 0;
 }
@@ -427,6 +429,7 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 {
 	if (!ctx)
 		return;
+	moe_pub_close(ctx);
 	moe_ctx_trace_stop(ctx);
 	if (ctx->stats_path && ctx->rs && moe_ctx_save_routestats(ctx) < 0)
 		moe_log(MOE_LOG_WARN, "routing statistics not saved: %s", moe_errmsg());
@@ -606,6 +609,7 @@ static int eval(struct moe_ctx *ctx, const struct moe_batch *b, bool all)
 		ctx->seq_past[s] = MOE_MIN(ctx->seq_past[s], (uint32_t)b->pos[i]);
 	}
 	t0 = moe_now();
+	moe_pub_busy(ctx, true);
 	for (uint32_t done = 0; done < b->n && !ret; done += ctx->n_batch) {
 		uint32_t m = MOE_MIN(ctx->n_batch, b->n - done), n_rows = 0;
 
@@ -623,6 +627,7 @@ static int eval(struct moe_ctx *ctx, const struct moe_batch *b, bool all)
 
 				ctx->seq_past[s] = (uint32_t)b->pos[i] + 1;
 			}
+		moe_pub_update(ctx, false);
 	}
 	ctx->n_past = ctx->seq_past[0];
 	if (b->n == 1) {
@@ -632,6 +637,7 @@ static int eval(struct moe_ctx *ctx, const struct moe_batch *b, bool all)
 		ctx->st.prefill_tokens += b->n;
 		ctx->st.prefill_s += moe_now() - t0;
 	}
+	moe_pub_busy(ctx, false);
 out:
 	free(start);
 	free(next);

@@ -167,6 +167,8 @@ struct moe_ctx {
 	void *pf_arg;
 	struct moe_prefetch_req *pf_req;   /* [pf_req_max] what the prefetch hook asks */
 	uint32_t pf_req_max;               /* n_layer * n_expert: each expert once */
+
+	struct moe_pub *pub;         /* live counters for moectl status (publish.c), or NULL */
 };
 
 /*

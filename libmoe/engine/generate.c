@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/publish.h"
 #include "engine/sampler.h"
 #include "util/util.h"
 
@@ -94,5 +95,7 @@ int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_p
 		ret = moe_ctx_eval(ctx, &tok, 1, pos + n_prompt + done - 1, 0);
 	}
 	moe_sampler_destroy(s);
+	/* the end of a request: what moectl status shows while the engine waits for the next */
+	moe_pub_update(ctx, true);
 	return ret < 0 ? ret : (int)done;
 }

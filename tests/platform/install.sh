@@ -12,6 +12,9 @@
 #    installed .pc, sysroot-relative) runs against the installed shared
 #    library and reads that model; the same program linked statically with
 #    `pkg-config --static` does too;
+#  - the bash completion for every tool, and the man pages of every tool and
+#    moectl command (moectl-status.1, ...) where rst2man is installed (else
+#    install says they were left out);
 #  - make uninstall removes every file and link install made.
 # Environment: CC (default cc), MAKE (default make), SAN_LDFLAGS (the
 # sanitizer flags the library was built with, if any).  Exits 0 when all
@@ -23,7 +26,7 @@ src=$1 build=$2
 cc=${CC:-cc} mk=${MAKE:-make} san=${SAN_LDFLAGS:-}
 prefix=/opt/moe-test
 dest=$(mktemp -d "${TMPDIR:-/tmp}/moe-install.XXXXXX") || exit 2
-trap 'rm -rf "$dest"' EXIT
+trap 'rm -rf "$dest" "$dest".*.log' EXIT
 fail() { echo "install.sh: $*"; exit 1; }
 
 # SANITIZE=0 and the caller's BUILD: install what that build made.
@@ -31,7 +34,7 @@ run_make() {
 	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "$mk" --no-print-directory -C "$src" \
 		BUILD="$build" SANITIZE=0 PREFIX="$prefix" DESTDIR="$dest" "$@" \
 		>"$dest.log" 2>&1 || { cat "$dest.log"; rm -f "$dest.log"; fail "make $* failed"; }
-	rm -f "$dest.log"
+	mv "$dest.log" "$dest.$1.log"
 }
 run_make install
 root=$dest$prefix
@@ -55,6 +58,28 @@ ls "$root"/src/moe-*/dkms.conf "$root"/src/moe-*/uapi/moe_drm.h >/dev/null 2>&1 
 grep -q "^prefix=$prefix\$" "$root/lib/pkgconfig/libmoe.pc" ||
 	fail "the installed libmoe.pc does not say prefix=$prefix"
 
+# bash completion: one file, and a link named after every other tool
+comp=$root/share/bash-completion/completions
+cmp -s "$comp/moectl" "$src/completion/moectl" || fail "no bash completion $prefix/${comp#$root/}/moectl"
+for t in moe-run moe-bench moe-mkmodel moe-server; do
+	[ "$(readlink "$comp/$t" 2>/dev/null)" = moectl ] ||
+		fail "$prefix/${comp#$root/}/$t is not a link to the moectl completion"
+done
+# man1: a page per tool and per moectl command, when rst2man could make them
+if command -v rst2man >/dev/null 2>&1; then
+	for t in moectl moe-run moe-bench moe-mkmodel moe-server; do
+		[ -s "$root/share/man/man1/$t.1" ] || fail "no man page $t(1)"
+	done
+	for c in $(sh "$src/scripts/man.sh" --commands "$src/Documentation/tools/moectl.rst"); do
+		grep -qF "moectl-$c \\- " "$root/share/man/man1/moectl-$c.1" 2>/dev/null ||
+			fail "no man page moectl-$c(1)"
+	done
+	[ -s "$root/share/man/man1/moectl-status.1" ] || fail "no man page moectl-status(1)"
+else
+	grep -q "rst2man not found" "$dest.install.log" ||
+		fail "make install neither installed the man1 pages nor said why"
+fi
+
 "$root/bin/moe-mkmodel" --arch qwen3moe --layers 2 --embd 64 --heads 2 --kv-heads 1 \
 	--head-dim 32 --experts 4 --expert-ff 64 -q -o "$dest/m.gguf" ||
 	fail "the installed moe-mkmodel failed"
@@ -67,7 +92,7 @@ out=$(env -u LD_LIBRARY_PATH "$root/bin/moectl" version) && echo "$out" | grep -
 # pkg-config reads the installed .pc, with its prefix moved to where DESTDIR put
 # it (a copy: --define-variable would move libdrm's prefix too).
 mkdir "$dest.pc" || exit 2
-trap 'rm -rf "$dest" "$dest.pc"' EXIT
+trap 'rm -rf "$dest" "$dest.pc" "$dest".*.log' EXIT
 sed "s|^prefix=.*|prefix=$root|" "$root/lib/pkgconfig/libmoe.pc" >"$dest.pc/libmoe.pc"
 export PKG_CONFIG_PATH="$dest.pc"
 pc() { pkg-config "$@" libmoe; }
