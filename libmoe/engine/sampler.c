@@ -102,7 +102,7 @@ int moe_sampler_create(const struct moe_sampler_params *p, int n_vocab, struct m
 	if (p->repeat_last_n)
 		s->hist = malloc(sizeof(*s->hist) * (size_t)p->repeat_last_n);
 	if (!s->c || !s->stamp || (p->repeat_last_n && !s->hist)) {
-		moe_sampler_free(s);
+		moe_sampler_destroy(s);
 		return moe_err(ENOMEM, "sampler: buffers for a vocabulary of %d", n_vocab);
 	}
 	x = p->seed;
@@ -112,7 +112,7 @@ int moe_sampler_create(const struct moe_sampler_params *p, int n_vocab, struct m
 	return 0;
 }
 
-void moe_sampler_free(struct moe_sampler *s)
+void moe_sampler_destroy(struct moe_sampler *s)
 {
 	if (!s)
 		return;

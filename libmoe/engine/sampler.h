@@ -25,7 +25,7 @@ struct moe_sampler;
 
 /* -EINVAL (with moe_errmsg() naming the parameter) for parameters out of range. */
 int moe_sampler_create(const struct moe_sampler_params *p, int n_vocab, struct moe_sampler **out);
-/* moe_sampler_sample, moe_sampler_accept and moe_sampler_free: see moe/moe.h. */
+/* moe_sampler_sample, moe_sampler_accept and moe_sampler_destroy: see moe/moe.h. */
 /* Forget the accepted tokens (a new sequence); the generator keeps its state. */
 void moe_sampler_reset(struct moe_sampler *s);
 

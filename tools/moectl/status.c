@@ -96,7 +96,7 @@ int do_status(int argc, char **argv)
 		}
 		first = false;
 	}
-	moe_kmod_close(k);
+	moe_kmod_destroy(k);
 	if (ret != -ENOENT) {
 		json_decref(models);
 		json_decref(doc);
