@@ -1340,8 +1340,8 @@ START_TEST(engine_bench_decode)
 		 tu_bin("moe-bench"), tu_shared(DIR "qwen3moe-f32.gguf"));
 	st = tu_run(cmd, 0, &out);
 	ck_assert_msg(st == 0, "%s -> %d: %s", cmd, st, out ? out : "");
-	ck_assert_msg(strstr(out, "\"resident_tps\":") && strstr(out, "\"prompt_tokens\": 3"),
-		      "%s", out);
+	ck_assert_msg(strstr(out, "\"resident_tps\":") && strstr(out, "\"prompt_tokens\": 3") &&
+		      strstr(out, "\"cold_prefill_tps\":"), "%s", out);
 	ck_assert_msg(!strstr(out, "\"vram50\":"), "budget runs with --resident: %s", out);
 	free(out);
 }
