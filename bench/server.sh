@@ -6,9 +6,11 @@
 # same streams run one after another on the same server.  Concurrent streams
 # decode in one batch, so each expert a layer fetches serves all of them;
 # one after another, each stream fetches its own.  Rounds interleave the two
-# ways; the medians and their ratio are printed (and the spread: min..max).
+# ways; the medians and their ratio are printed (and the spread: min..max),
+# with the expert bytes read from the file per generated token (/metrics).
 #
 #   bench/server.sh      env: BUILD=build ROUNDS=3 TOKENS=48 THREADS=(all) MODEL=(generated)
+#                        EXPERTS=64 SKEW=0.5 (the generated model's experts, router skew)
 set -eu
 
 BUILD=${BUILD:-build}
@@ -25,11 +27,14 @@ for t in moe-server moe-mkmodel moectl; do
 done
 command -v curl >/dev/null || die "curl is not installed"
 mkdir -p "$WORK"
-MODEL=${MODEL:-$WORK/model.gguf}
+EXPERTS=${EXPERTS:-64}
+SKEW=${SKEW:-0.5}
+MODEL=${MODEL:-$WORK/model-e$EXPERTS-s$SKEW.gguf}
 if [ ! -e "$MODEL" ]; then
 	# routed experts dominate the file, as in the real models (no vocabulary: token ids)
 	"$BIN/moe-mkmodel" -q -o "$MODEL" --arch qwen3moe --type q8_0 --layers 8 --embd 512 \
-		--vocab 512 --experts 64 --experts-used 4 --expert-ff 512 --router-skew 0.5
+		--vocab 512 --experts "$EXPERTS" --experts-used 4 --expert-ff 512 \
+		--router-skew "$SKEW"
 fi
 
 # The budget: what the engine needs besides experts (the KV cache of every
@@ -72,9 +77,15 @@ stream() {
 }
 now() { date +%s.%N; }
 
-# Aggregate tokens/s of N streams: together (mode c) or one after another (mode s).
+# A counter of /metrics.
+metric() {
+	curl -s --max-time 30 "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m { print $2 }'
+}
+
+# Aggregate tokens/s of N streams, together (mode c) or one after another (mode s);
+# appends the expert bytes read per token to $WORK/bytes.MODE.N.
 run() {
-	n=$1 mode=$2 k=0 pids="" t0=$(now)
+	n=$1 mode=$2 k=0 pids="" b0=$(metric moe_read_bytes_total) t0=$(now)
 	rm -f "$WORK"/out.*
 	while [ $k -lt "$n" ]; do
 		if [ "$mode" = c ]; then
@@ -91,17 +102,22 @@ run() {
 	t1=$(now)
 	toks=$(cat "$WORK"/out.* | awk '{ s += $1 } END { print s + 0 }')
 	[ "$toks" -eq $((n * TOKENS)) ] || die "$n streams ($mode) made $toks tokens, not $((n * TOKENS))"
+	echo "$(metric moe_read_bytes_total) $b0 $toks" |
+		awk '{ printf "%.3f\n", ($1 - $2) / $3 / 1048576 }' >>"$WORK/bytes.$mode.$n"
 	echo "$toks $t0 $t1" | awk '{ printf "%.3f\n", $1 / ($3 - $2) }'
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f (%.2f..%.2f)", m, v[1], v[NR] }'; }
 
 stream 99 >/dev/null        # warm up: the first fetches, the page cache
-printf "%-8s %-26s %-26s %s\n" streams "together tok/s" "one after another tok/s" ratio
+printf "%-8s %-22s %-22s %-6s %-20s %s\n" streams "together tok/s" "one by one tok/s" ratio \
+	"together MiB/token" "one by one MiB/token"
 for n in 1 4 8; do
 	r=0
 	: >"$WORK/c.$n"
 	: >"$WORK/s.$n"
+	: >"$WORK/bytes.c.$n"
+	: >"$WORK/bytes.s.$n"
 	while [ $r -lt "$ROUNDS" ]; do
 		run "$n" c >>"$WORK/c.$n"
 		run "$n" s >>"$WORK/s.$n"
@@ -110,5 +126,6 @@ for n in 1 4 8; do
 	c=$(median <"$WORK/c.$n")
 	s=$(median <"$WORK/s.$n")
 	ratio=$(echo "${c%% *} ${s%% *}" | awk '{ printf "%.2f", $1 / $2 }')
-	printf "%-8s %-26s %-26s %s\n" "$n" "$c" "$s" "$ratio"
+	printf "%-8s %-22s %-22s %-6s %-20s %s\n" "$n" "$c" "$s" "$ratio" \
+		"$(median <"$WORK/bytes.c.$n")" "$(median <"$WORK/bytes.s.$n")"
 done

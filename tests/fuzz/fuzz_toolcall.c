@@ -31,7 +31,8 @@ static void check_reply(enum cf_format f, bool tools, const char *text, size_t l
 	if (cf_parse(f, tools, text, len, true, &r))
 		return;
 	for (size_t i = 0; i < r.n_calls; i++) {
-		json_t *a = json_loads(r.calls[i].arguments, 0, NULL);
+		/* NUL escaped in a string is JSON all the same */
+		json_t *a = json_loads(r.calls[i].arguments, JSON_ALLOW_NUL, NULL);
 
 		if (!r.calls[i].name[0] || !json_is_object(a))
 			abort();

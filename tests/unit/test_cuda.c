@@ -866,13 +866,13 @@ START_TEST(cuda_pipeline_calls)
 			ck_assert_uint_le(n_used, moe_ctx_plan(ctx)->n_staging);
 			ck_assert_uint_gt(st.expert_misses, moe_ctx_plan(ctx)->n_staging);
 		}
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 		simt_fake_cuda_stats(&fs);
 		ck_assert_uint_eq(fs.allocs, 0);
 		ck_assert_uint_eq(fs.pinned, 0);
 	}
 	unsetenv("MOE_CUDA_LIBRARY");
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -895,7 +895,7 @@ START_TEST(cuda_engine_faults)
 	int32_t tok[4] = { 1, 2, 3, 4 };
 
 	fake_driver_lib(&cfg);
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_ctx = 64;
 	p.n_batch = 4;
 	p.backend = "cuda";
@@ -915,7 +915,7 @@ START_TEST(cuda_engine_faults)
 	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 4, 0, 0), 0);
 	HAS("cuLaunchKernel");
 	HAS("kernel moe_");
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	ctx = ctx_on(m, "cuda", 0);
 	ck_assert_msg(moe_ctx_eval(ctx, tok, 4, 0, 0) == 0, "%s", moe_errmsg());
 
@@ -925,7 +925,7 @@ START_TEST(cuda_engine_faults)
 	HAS("context is lost");
 	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 1, moe_ctx_n_past(ctx), 0), 0);
 	HAS("lost earlier");
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	simt_fake_cuda_stats(&fs);
 	ck_assert_uint_eq(fs.allocs, 0);
 	ck_assert_uint_eq(fs.pinned, 0);
@@ -936,12 +936,12 @@ START_TEST(cuda_engine_faults)
 	simt_fake_cuda_lose_context(CUDA_ERROR_ECC_UNCORRECTABLE);
 	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 1, moe_ctx_n_past(ctx), 0), 0);
 	HAS("uncorrectable");
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	simt_fake_cuda_stats(&fs);
 	ck_assert_uint_eq(fs.allocs, 0);
 	ck_assert_uint_eq(fs.pinned, 0);
 	unsetenv("MOE_CUDA_LIBRARY");
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }

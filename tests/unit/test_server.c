@@ -899,11 +899,17 @@ static int free_port(void)
 /* One completion through the balancer: the instance that answered ("a", "b"), or "" on failure. */
 static void via(const struct srv *lb, char *who, size_t n)
 {
-	char *out;
-	int code = req(lb, NULL, "/v1/completions", "{\"prompt\":[1,2,3],\"max_tokens\":2}", &out);
-	json_t *v = code == 200 ? json_loads(out, 0, NULL) : NULL;
+	char cmd[256], *out = NULL;
+	json_t *v = NULL;
 
-	snprintf(who, n, "%s", v ? json_string_value(json_object_get(v, "model")) : "");
+	snprintf(cmd, sizeof(cmd), "curl -s --max-time 60 -H 'Content-Type: application/json' "
+		 "-d '{\"prompt\":[1,2,3],\"max_tokens\":2}' http://127.0.0.1:%d/v1/completions",
+		 lb->port);
+	/* a balancer not listening yet, or an error page, is a failure, not a crash */
+	if (tu_run(cmd, 0, &out) == 0)
+		v = json_loads(out, 0, NULL);
+	snprintf(who, n, "%s", json_string_value(json_object_get(v, "model")) ?
+		 json_string_value(json_object_get(v, "model")) : "");
 	json_decref(v);
 	free(out);
 }

@@ -1277,11 +1277,26 @@ struct parse {
 	bool oom;
 };
 
+/* A function name as the API allows it (1 to 64 of [A-Za-z0-9_-]; '.' for namespaces). */
+static bool call_name_ok(const char *n, size_t len)
+{
+	if (!len || len > 64)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!isalnum((unsigned char)n[i]) && n[i] != '_' && n[i] != '-' && n[i] != '.')
+			return false;
+	return true;
+}
+
+/* 0, -ENOMEM, or 1 when @name cannot be a function's (then it is no call). */
 static int push_call(struct parse *ps, const char *name, size_t name_len, const json_t *args)
 {
 	struct cf_reply *r = ps->r;
-	struct cf_call *c = realloc(r->calls, sizeof(*c) * (r->n_calls + 1));
+	struct cf_call *c;
 
+	if (!call_name_ok(name, name_len))
+		return 1;
+	c = realloc(r->calls, sizeof(*c) * (r->n_calls + 1));
 	if (!c)
 		return -ENOMEM;
 	r->calls = c;
@@ -1321,20 +1336,16 @@ static bool json_call_args(struct parse *ps, const json_t *name, const json_t *a
 {
 	if (!json_is_string(name) || !json_string_length(name) || (args && !json_is_object(args)))
 		return false;
-	if (!args) {
-		json_t *empty = json_object();
-		bool ok = empty && !push_call(ps, json_string_value(name),
-					      json_string_length(name), empty);
+	{
+		json_t *empty = args ? NULL : json_object();
+		int ret = args || empty ? push_call(ps, json_string_value(name),
+						    json_string_length(name), args ? args : empty) :
+			  -ENOMEM;
 
 		json_decref(empty);
-		ps->oom |= !ok;
-		return ok;
+		ps->oom |= ret < 0;
+		return ret == 0;
 	}
-	if (push_call(ps, json_string_value(name), json_string_length(name), args)) {
-		ps->oom = true;
-		return false;
-	}
-	return true;
 }
 
 /* Length of the longest tail of @s[0..n) that starts one of @marks. */
@@ -1573,6 +1584,7 @@ static void parse_harmony(struct parse *ps, bool tools, const char *s, const cha
 		const char *ch, *to;
 		char channel[32] = "";
 		bool open;
+		int ret;
 
 		if (!msg) {
 			/* a header still coming in; or, at the end, text outside any message */
@@ -1601,7 +1613,7 @@ static void parse_harmony(struct parse *ps, bool tools, const char *s, const cha
 		}
 		open = !stop;
 		be = stop ? stop : end;
-		if (open && !final && !to)
+		if (open && !final && !(to && tools))
 			be -= partial_tail(body, (size_t)(be - body), marks);
 		if (to && tools) {
 			const char *n = to + 13, *ne = n;
@@ -1613,9 +1625,9 @@ static void parse_harmony(struct parse *ps, bool tools, const char *s, const cha
 				return;
 			trim_span(&body, &be);
 			j = json_loadb(body, (size_t)(be - body), 0, NULL);
-			if (json_is_object(j) && ne > n) {
-				if (push_call(ps, n, (size_t)(ne - n), j))
-					ps->oom = true;
+			if (json_is_object(j) && ne > n &&
+			    (ret = push_call(ps, n, (size_t)(ne - n), j)) <= 0) {
+				ps->oom |= ret < 0;
 			} else {
 				addn(&ps->content, body, (size_t)(be - body));
 			}
@@ -1810,9 +1822,14 @@ static void parse_gemma4(struct parse *ps, bool tools, const char *s, const char
 				break;
 			}
 		}
-		if (push_call(ps, n, (size_t)(brace - n), args))
-			ps->oom = true;
-		json_decref(args);
+		{
+			int ret = push_call(ps, n, (size_t)(brace - n), args);
+
+			json_decref(args);
+			ps->oom |= ret < 0;
+			if (ret)
+				break;
+		}
 		if (!close)
 			return;
 		q = find(close + 12, end, "<|tool_call>");
