@@ -4,7 +4,8 @@
 # The CPU backend against llama.cpp's CPU backend on the same GGUF files.
 #
 #   bench/vs-llama.cpp.sh [--build-only] [--no-budget]
-#   env: ROUNDS=5 TYPES="Q4_K_M Q8_0 MXFP4_MOE" THREADS="1 $(nproc)" BUILD=build
+#   env: ROUNDS=5 (0: only the budget case) TYPES="Q4_K_M Q8_0 MXFP4_MOE"
+#        THREADS="1 $(nproc)" BUILD=build
 #        CACHE=~/.cache/moe-llama.cpp NODE_LLAMA_CPP=3.22.1 NICE=10
 #
 # llama.cpp is built CPU-only (GGML_NATIVE, no CUDA, no curl) from the git
@@ -46,11 +47,11 @@ for a in "$@"; do
 	case $a in
 	--build-only) BUILD_ONLY=1 ;;
 	--no-budget) BUDGET=0 ;;
-	-h|--help) sed -n '3,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '3,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument '$a' (use --build-only, --no-budget or --help)" ;;
 	esac
 done
-case $ROUNDS in ''|*[!0-9]*|0) die "ROUNDS=$ROUNDS: use a count of 1 or more" ;; esac
+case $ROUNDS in ''|*[!0-9]*) die "ROUNDS=$ROUNDS: use a count (0: only the memory-budget case)" ;; esac
 
 for t in npm git cmake python3 c++; do
 	command -v $t >/dev/null || die "$t is needed: install it (apt-get install npm git cmake python3 g++)"
@@ -179,7 +180,7 @@ while [ "$r" -le "$ROUNDS" ]; do
 	r=$((r + 1))
 done
 
-python3 - "$RES" "$THREADS" <<'EOF'
+[ "$ROUNDS" = 0 ] || python3 - "$RES" "$THREADS" <<'EOF'
 import sys, statistics as st
 rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
 threads = sys.argv[2].split()
@@ -240,12 +241,18 @@ for ty in $TYPES; do
 		echo "$bytes" > "$CG/$LIMIT" || die "cannot set $CG/$LIMIT to $bytes"
 		drop
 		# shellcheck disable=SC2016 # $$ and $@ are the inner shell's
-		ltps=$(nice -n "$NICE" sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' sh \
-			"$CG" "$LBENCH" -m "$f" -t "$T" -p 0 -n 32 -r 1 -o json 2>"$OUT/llama.err" |
-			llama_json | cut -d' ' -f2) ||
-			die "llama-bench in the cgroup failed: $(tail -3 "$OUT/llama.err")"
+		# a run the cgroup's OOM killer ends is a result too: it does not fit
+		if ! nice -n "$NICE" sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' sh \
+			"$CG" "$LBENCH" -m "$f" -t "$T" -p 0 -n 32 -r 1 -o json >"$OUT/llama.json" \
+			2>"$OUT/llama.err"; then
+			note "llama-bench in $bytes bytes failed: $(tail -2 "$OUT/llama.err")"
+			ltps=0
+		else
+			ltps=$(llama_json <"$OUT/llama.json" | cut -d' ' -f2)
+		fi
 		python3 -c 'import sys; b, m, l, ty, pct = sys.argv[1:]
-print("%-10s %6s%% %12s %9.2f %10.2f %5.1f" % (ty, pct, b, float(m), float(l), float(m) / float(l)))' \
+r = "%5.1f" % (float(m) / float(l)) if float(l) > 0 else " fail"
+print("%-10s %6s%% %12s %9.2f %10.2f %s" % (ty, pct, b, float(m), float(l), r))' \
 			"$bytes" "$mtps" "$ltps" "$ty" "$pct"
 	done
 done
