@@ -150,7 +150,7 @@ bench_decode() {
 
 if [ -x /bin/moectl ] && [ -e /mnt/models/tiny.gguf ]; then
 	check moectl-load-warm "registered 'tiny'" moectl load --warm tiny /mnt/models/tiny.gguf
-	check moectl-status-json '"name": "tiny"' moectl status --json
+	check moectl-status-json "\"meta_extents\": [1-9]" moectl status --json
 	moe-vmio /mnt/models/tiny.gguf
 	by_name_tests
 	bench_decode
