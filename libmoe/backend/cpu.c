@@ -1323,12 +1323,12 @@ static int cpu_copy_rows(struct moe_backend *be, moe_dptr dst, uint32_t dst_stri
 struct glu_ent_job {
 	const struct moe_ffn_args *a;
 	const struct moe_be_ffn *ffn;
-	struct moe_mm *down;        /* per FFN */
-	float *gu, *up;             /* per entry: 2 * n_ff floats each in gu, or gu + up */
-	uint8_t *qact;
+	struct moe_mm *down;        /* per FFN; its act holds the FFN's quantized rows */
+	float *gu;                  /* per entry: gate, then up n_ff after it, 2 * max_ff apart */
 	float *act;
 	uint32_t max_ff;
 	const uint32_t *ent_ffn;    /* FFN of each entry */
+	const uint32_t *ffn_first;  /* first entry of each FFN */
 	uint32_t n_ent;
 };
 
@@ -1337,7 +1337,7 @@ static uint32_t ffn_width(const struct moe_be_ffn *f)
 	return (uint32_t)(f->n_mats == 2 ? f->mats[0].rows / 2 : f->mats[0].rows);
 }
 
-/* bias, activation and quantization of each entry's hidden row */
+/* bias, activation and quantization of each entry's hidden row, all FFNs in one job */
 static void glu_ent_worker(void *arg, int ith, int nth)
 {
 	struct glu_ent_job *j = arg;
@@ -1358,7 +1358,8 @@ static void glu_ent_worker(void *arg, int ith, int nth)
 				u[i] += ub[i];
 		for (uint32_t i = 0; i < nff; i++)
 			act[i] = glu1(j->a->act, g[i], u[i]);
-		moe_mm_quantize(&j->down[fi], act, j->qact + (size_t)e * j->down[fi].act_row_bytes);
+		moe_mm_quantize(&j->down[fi], act, (uint8_t *)j->down[fi].act +
+				(size_t)(e - j->ffn_first[fi]) * j->down[fi].act_row_bytes);
 	}
 }
 
@@ -1419,6 +1420,7 @@ struct ffn_tables {
 	struct mm_item *it;
 	uint32_t *ent_ffn;
 	int32_t *ent_val;           /* the entry each FFN row stands for (ents present) */
+	uint32_t *ffn_first;        /* first entry of each FFN */
 };
 
 static int ffn_tables(struct cpu *c, const struct moe_ffn_args *a, uint32_t n_ent,
@@ -1437,7 +1439,7 @@ static int ffn_tables(struct cpu *c, const struct moe_ffn_args *a, uint32_t n_en
 				   MOE_MM_ROW_TILE;
 	}
 	bytes = sizeof(struct moe_mm) * 3 * a->n_ffn + sizeof(struct mm_item) * n_items +
-		2 * sizeof(uint32_t) * n_ent;
+		2 * sizeof(uint32_t) * n_ent + sizeof(uint32_t) * a->n_ffn;
 	p = items(c, bytes);
 	if (!p)
 		return moe_err(ENOMEM, "out of memory");
@@ -1446,12 +1448,15 @@ static int ffn_tables(struct cpu *c, const struct moe_ffn_args *a, uint32_t n_en
 	t->it = (struct mm_item *)(t->down + a->n_ffn);
 	t->ent_ffn = (uint32_t *)(t->it + n_items);
 	t->ent_val = (int32_t *)(t->ent_ffn + n_ent);
-	for (uint32_t f = 0, e = 0; f < a->n_ffn; f++)
+	t->ffn_first = (uint32_t *)(t->ent_val + n_ent);
+	for (uint32_t f = 0, e = 0; f < a->n_ffn; f++) {
+		t->ffn_first[f] = e;
 		for (uint32_t i = 0; i < a->ffn[f].m; i++, e++) {
 			t->ent_ffn[e] = f;
 			t->ent_val[e] = a->ents ? ((const int32_t *)PTR(a->ents))[a->ffn[f].ent_off + i] :
 				       (int32_t)e;
 		}
+	}
 	return 0;
 }
 
@@ -1575,19 +1580,24 @@ static int ffn(struct cpu *c, const struct moe_ffn_args *a)
 	}
 	mm_run(c, t.mm, t.it, mm_split(c, t.mm, n_mm, t.it));
 
-	/* biases and activation per entry, quantized for down in blocks per FFN */
+	/*
+	 * Biases and activation per entry, quantized for down in blocks per FFN:
+	 * one fork-join for every entry of the layer (a prefill has hundreds).
+	 */
 	for (uint32_t f = 0, e = 0; f < a->n_ffn; f++) {
-		struct glu_ent_job gj = {
-			.a = a, .ffn = a->ffn, .down = t.down, .gu = gu + (size_t)e * 2 * max_ff,
-			.act = act + (size_t)e * max_ff, .max_ff = max_ff,
-			.ent_ffn = t.ent_ffn + e, .n_ent = a->ffn[f].m, .qact = qact + qrow * e,
-		};
-
-		t.down[f].act = gj.qact;
+		t.down[f].act = qact + qrow * e;
 		t.down[f].y = dn + (size_t)e * a->n_embd;
 		t.down[f].y_stride = a->n_embd;
-		run(c, glu_ent_worker, &gj, (uint64_t)gj.n_ent * max_ff * 16);
 		e += a->ffn[f].m;
+	}
+	{
+		struct glu_ent_job gj = {
+			.a = a, .ffn = a->ffn, .down = t.down, .gu = gu, .act = act,
+			.max_ff = max_ff, .ent_ffn = t.ent_ffn, .ffn_first = t.ffn_first,
+			.n_ent = n_ent,
+		};
+
+		run(c, glu_ent_worker, &gj, (uint64_t)n_ent * max_ff * 16);
 	}
 	mm_run(c, t.down, t.it, mm_split(c, t.down, a->n_ffn, t.it));
 	{

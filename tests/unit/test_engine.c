@@ -1318,7 +1318,8 @@ START_TEST(engine_batch_sequences)
 }
 END_TEST
 
-/* moe-bench decode runs its three configurations and reports the ratio to the bound. */
+/* moe-bench decode runs its three configurations, reports the ratio to the bound and the
+ * prefill rate; --resident runs only the first. */
 START_TEST(engine_bench_decode)
 {
 	char cmd[1024], *out = NULL;
@@ -1330,8 +1331,19 @@ START_TEST(engine_bench_decode)
 	ck_assert_msg(st == 0, "%s -> %d: %s", cmd, st, out ? out : "");
 	for (const char *const *k = (const char *const[]){ "\"bytes_per_token\":",
 			"\"bound_tps\":", "\"resident_tps\":", "\"ratio\":", "\"vram50\":",
-			"\"vram25\":", "\"hit_rate\":", NULL }; *k; k++)
+			"\"vram25\":", "\"hit_rate\":", "\"prefill_tps\":", NULL }; *k; k++)
 		ck_assert_msg(strstr(out, *k) != NULL, "no %s in %s", *k, out);
+	ck_assert_msg(strtod(strstr(out, "\"prefill_tps\":") + 14, NULL) > 0, "%s", out);
+	free(out);
+	out = NULL;
+	/* --resident: the resident runs and the prefill rate, no budget runs */
+	snprintf(cmd, sizeof(cmd), "%s decode --json --resident --threads 1 --tokens 2 --prompt 3 %s",
+		 tu_bin("moe-bench"), tu_shared(DIR "qwen3moe-f32.gguf"));
+	st = tu_run(cmd, 0, &out);
+	ck_assert_msg(st == 0, "%s -> %d: %s", cmd, st, out ? out : "");
+	ck_assert_msg(strstr(out, "\"resident_tps\":") && strstr(out, "\"prompt_tokens\": 3") &&
+		      strstr(out, "\"cold_prefill_tps\":"), "%s", out);
+	ck_assert_msg(!strstr(out, "\"vram50\":"), "budget runs with --resident: %s", out);
 	free(out);
 }
 END_TEST

@@ -6,7 +6,9 @@
  * threads), then with --vram set so that 50% and 25% of the expert bytes
  * fit, with the expert hit rate and the read rate of the file.  The resident
  * rate and the bandwidth are each the best of several runs, so that a busy
- * machine lowers both rather than only one of them.
+ * machine lowers both rather than only one of them.  The prompt before the
+ * timed decode is evaluated twice, cold and warm; their rates are the prefill
+ * tokens/s; --resident skips the budget runs.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -47,7 +49,7 @@ static double read_bandwidth(int threads)
 }
 
 struct run_out {
-	double tps, hit_rate, read_gbps, stall_s;
+	double tps, prefill_tps, cold_prefill_tps, hit_rate, read_gbps, stall_s;
 	uint64_t bytes_read, vram_used, fixed;
 	uint32_t n_slots, n_experts;
 };
@@ -77,7 +79,23 @@ static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t n_p
 	vocab = moe_ctx_n_vocab(ctx);
 	for (uint32_t i = 0; i < n_prompt; i++)
 		tok[i] = (int32_t)((i * 7919u + 13) % vocab);
+	/*
+	 * The prompt as one eval, twice: the first reads the experts it routes to
+	 * from the file (cold_prefill_tps), the second, rewound to position 0,
+	 * finds what the budget kept (prefill_tps, as llama-bench times its
+	 * prompt after a warm-up run).  A one-token prompt is a decode step.
+	 */
 	ret = moe_ctx_eval(ctx, tok, n_prompt, 0, 0);
+	if (!ret) {
+		moe_ctx_get_stats(ctx, &st);
+		o->cold_prefill_tps = n_prompt > 1 ? st.prefill_tps : st.decode_tps;
+		moe_ctx_reset_stats(ctx);
+		ret = moe_ctx_eval(ctx, tok, n_prompt, 0, 0);
+	}
+	if (!ret) {
+		moe_ctx_get_stats(ctx, &st);
+		o->prefill_tps = n_prompt > 1 ? st.prefill_tps : st.decode_tps;
+	}
 	/* time the decode only, from a warm prompt */
 	moe_ctx_reset_stats(ctx);
 	progress_start(&bar, "decode", n_gen, false, quiet);
@@ -116,6 +134,8 @@ int bench_decode(int argc, char **argv)
 		{ "threads", required_argument, 0, 't' },
 		{ "tokens", required_argument, 0, 'n' },
 		{ "prompt", required_argument, 0, 'p' },
+		{ "resident", no_argument, 0, 'r' },
+		{ "resident", no_argument, 0, 'r' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0 },
 	};
@@ -127,19 +147,20 @@ int bench_decode(int argc, char **argv)
 	uint64_t touched;
 	uint32_t n_gen = 32, n_prompt = 16;
 	int threads = 0, c, ret = 0;
-	bool json = false;
-	double bw, bound;
+	bool json = false, resident_only = false;
+	double bw, bound, best_prefill = 0, best_cold = 0;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "jt:n:p:h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jt:n:p:rh", lo, NULL)) != -1) {
 		switch (c) {
 		case 'j': json = true; break;
+		case 'r': resident_only = true; break;
 		case 't': ret = tool_parse_threads("--threads", optarg, &threads); break;
 		case 'n': ret = tool_parse_u32("--tokens", optarg, 1, 1u << 16, &n_gen); break;
 		case 'p': ret = tool_parse_u32("--prompt", optarg, 1, 1u << 16, &n_prompt); break;
 		case 'h':
 			printf("usage: moe-bench decode MODEL [--json] [--threads N] [--tokens N] "
-			       "[--prompt N]\n");
+			       "[--prompt N] [--resident]\n");
 			return 0;
 		default:
 			return EXIT_USAGE;
@@ -149,7 +170,7 @@ int bench_decode(int argc, char **argv)
 	}
 	if (optind != argc - 1) {
 		fprintf(stderr, "usage: moe-bench decode MODEL [--json] [--threads N] [--tokens N] "
-			"[--prompt N]\n");
+			"[--prompt N] [--resident]\n");
 		return EXIT_USAGE;
 	}
 	ret = moe_model_open(argv[optind], &m);
@@ -169,8 +190,12 @@ int bench_decode(int argc, char **argv)
 		ret = one_run(m, 0, threads, n_prompt, n_gen, &o, json);
 		if (!ret && (!r || o.tps > full.tps))
 			full = o;
+		if (!ret && o.prefill_tps > best_prefill)
+			best_prefill = o.prefill_tps;
+		if (!ret && o.cold_prefill_tps > best_cold)
+			best_cold = o.cold_prefill_tps;
 	}
-	for (int i = 0; !ret && i < 2; i++) {
+	for (int i = 0; !ret && !resident_only && i < 2; i++) {
 		uint64_t vram = full.fixed + (uint64_t)(fracs[i] * sum.expert_bytes_total);
 
 		ret = one_run(m, vram, threads, n_prompt, n_gen, &part[i], json);
@@ -191,7 +216,10 @@ int bench_decode(int argc, char **argv)
 		tj_set(o, "bound_tps", tj_real(bound));
 		tj_set(o, "resident_tps", tj_real(full.tps));
 		tj_set(o, "ratio", tj_real(full.tps / bound));
-		for (int i = 0; i < 2; i++) {
+		tj_set(o, "prompt_tokens", tj_u64(n_prompt));
+		tj_set(o, "prefill_tps", tj_real(best_prefill));
+		tj_set(o, "cold_prefill_tps", tj_real(best_cold));
+		for (int i = 0; !resident_only && i < 2; i++) {
 			json_t *v = json_object();
 			char key[16];
 
@@ -214,7 +242,9 @@ int bench_decode(int argc, char **argv)
 		       touched / 1048576.0);
 		printf("memory read %.2f GB/s -> bound %.2f tokens/s\n", bw, bound);
 		printf("resident: %.2f tokens/s = %.2f of the bound\n", full.tps, full.tps / bound);
-		for (int i = 0; i < 2; i++)
+		printf("prefill of %u tokens: %.2f tokens/s, %.2f the first time (experts read)\n",
+		       n_prompt, best_prefill, best_cold);
+		for (int i = 0; !resident_only && i < 2; i++)
 			printf("experts %2.0f%% in budget (%u of %u slots): %.2f tokens/s, hit rate "
 			       "%.1f%%, file %.3f GB/s, stalled %.2f s\n", fracs[i] * 100,
 			       part[i].n_slots, part[i].n_experts, part[i].tps,
