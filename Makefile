@@ -197,9 +197,12 @@ $(BUILD)/tests/lib%.so: tests/simt/lib%.c tests/simt/libcuda_fake.c libmoe/backe
 
 $(BUILD)/cuda/kernels.cu: $(KERNEL_SRCS) Makefile
 	@mkdir -p $(@D)
-	@printf '#include "%s"\n' $(abspath $(KERNEL_SRCS)) > $@.tmp && mv $@.tmp $@
+	@printf '#include "%s"\n' $(abspath $(KERNEL_SRCS)) > $@.tmp && \
+		{ cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@; }
 
-$(BUILD)/cuda/kernels.fatbin: $(BUILD)/cuda/kernels.cu $(KERNEL_SRCS) $(wildcard cuda/*.cuh)
+# kernels.cu keeps its date while its list is unchanged, so editing the Makefile
+# does not rerun nvcc (30 s); the kernels' own headers do.
+$(BUILD)/cuda/kernels.fatbin: $(BUILD)/cuda/kernels.cu $(KERNEL_SRCS) $(wildcard cuda/*.cuh cuda/*.h)
 	$(NVCC) -fatbin $(NVCC_FLAGS) -o $@ $<
 
 # The emulation's self-test is valid CUDA: checked here, never embedded.
