@@ -13,15 +13,20 @@
 
 #include "moe/moe.h"
 #include "json.h"
+#include "schema.h"
 #include "tool.h"
 
 #define PROG "moe-run"
 /* The most positions a context holds (moe_ctx_create refuses more). */
 #define MAX_CTX (1u << 24)
+/* The largest --grammar or --json-schema file read. */
+#define MAX_GRAMMAR_FILE (1u << 20)
 
 struct opts {
 	const char *model, *prompt, *tokens, *logits_out, *system, *backend;
 	const char *policy, *prefetch, *trace_out, *state_dir;
+	const char *grammar_file, *schema_file;
+	bool json_object;
 	uint32_t kv_type;
 	uint32_t n_gen, n_ctx, n_batch, pin_hot;
 	uint64_t vram, host_cache, ple_cache;
@@ -68,6 +73,11 @@ static void usage(FILE *f)
 		"      --top-k N, --top-p X, --min-p X\n"
 		"      --repeat-penalty X, --repeat-last-n N\n"
 		"      --seed N           sampling seed (0)\n"
+		"      --grammar FILE     output follows this GBNF grammar (Documentation/\n"
+		"                         structured-output.rst); generation ends with it\n"
+		"      --json-schema FILE output is JSON valid for this JSON Schema (the subset\n"
+		"                         in Documentation/structured-output.rst)\n"
+		"      --json-object      output is one JSON object\n"
 		"      --io auto|uring|pread   how the file is read (auto)\n"
 		"      --no-direct        read through the page cache instead of O_DIRECT\n"
 		"      --logits-out FILE  logits of every evaluated position, f32 LE [pos][vocab]\n"
@@ -183,6 +193,8 @@ static int parse_tokens(const char *s, int32_t **out, uint32_t *n)
 
 struct run {
 	const struct opts *o;
+	struct moe_sample_params sp;    /* o->sp with the grammar */
+	struct moe_grammar *grammar;
 	struct moe_tokenizer *tok;
 	struct moe_detok_state ds;
 	struct moe_outfile *logits;
@@ -191,6 +203,7 @@ struct run {
 	uint32_t n_out;
 	char *text;
 	size_t text_len, text_cap;
+	struct moe_grammar *check;  /* the text shown so far, against the grammar */
 	int err;                /* the first failure while generating, -errno */
 	char errmsg[512];       /* its reason; "" once it was reported (stdout) */
 };
@@ -224,6 +237,9 @@ static void emit_text(struct run *r, const char *buf, int n)
 {
 	if (n <= 0)
 		return;
+	/* the sampler kept to the grammar: this only tells where the document stands */
+	if (r->check)
+		moe_grammar_accept(r->check, buf, (size_t)n);
 	if (!r->o->json) {
 		fwrite(buf, 1, (size_t)n, stdout);
 		flush_stdout(r);
@@ -277,7 +293,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	enum { O_TOKENS = 256, O_CTX, O_BATCH, O_VRAM, O_THREADS, O_TEMP, O_TOPK, O_TOPP, O_MINP,
 	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON, O_HOST,
 	       O_PLE_CACHE, O_CHAT, O_SYSTEM, O_BACKEND, O_KVTYPE, O_POLICY, O_PREFETCH, O_PIN_HOT,
-	       O_POOLS, O_STATE_DIR, O_NO_STATE, O_TRACE, O_TRACE_PRED };
+	       O_POOLS, O_STATE_DIR, O_NO_STATE, O_TRACE, O_TRACE_PRED, O_GRAMMAR, O_SCHEMA,
+	       O_JSON_OBJECT };
 	static const struct option lo[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "prompt", required_argument, 0, 'p' },
@@ -313,6 +330,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "no-state", no_argument, 0, O_NO_STATE },
 		{ "trace-out", required_argument, 0, O_TRACE },
 		{ "trace-predictions", no_argument, 0, O_TRACE_PRED },
+		{ "grammar", required_argument, 0, O_GRAMMAR },
+		{ "json-schema", required_argument, 0, O_SCHEMA },
+		{ "json-object", no_argument, 0, O_JSON_OBJECT },
 		{ "help", no_argument, 0, 'h' },
 		{ 0 },
 	};
@@ -398,6 +418,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_NO_STATE: o->no_state = true; break;
 		case O_TRACE: o->trace_out = optarg; break;
 		case O_TRACE_PRED: o->trace_pred = true; break;
+		case O_GRAMMAR: o->grammar_file = optarg; break;
+		case O_SCHEMA: o->schema_file = optarg; break;
+		case O_JSON_OBJECT: o->json_object = true; break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -415,6 +438,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		return bad("%s", "--trace-predictions goes with --trace-out FILE");
 	if (o->no_state && o->state_dir)
 		return bad("%s", "--state-dir and --no-state contradict each other");
+	if (!!o->grammar_file + !!o->schema_file + o->json_object > 1)
+		return bad("%s", "--grammar, --json-schema and --json-object each set the output's "
+			   "grammar: give one");
 	if (o->chat) {
 		if (o->tokens || o->json || o->logits_out)
 			return bad("%s", "--chat takes text: --tokens, --json and --logits-out do not "
@@ -602,11 +628,17 @@ static int chat_turn(const struct opts *o, struct moe_ctx *ctx, struct run *r, s
 		keep--;
 	r->n_out = 0;
 	memset(&r->ds, 0, sizeof(r->ds));
-	ret = moe_ctx_generate_at(ctx, toks + keep, n - keep, keep, o->n_gen, &o->sp, 0, on_token,
+	if (r->check)
+		moe_grammar_reset(r->check);
+	ret = moe_ctx_generate_at(ctx, toks + keep, n - keep, keep, o->n_gen, &r->sp, 0, on_token,
 				  r);
 	emit_text(r, buf, moe_detok_stream(r->tok, &r->ds, -1, buf, sizeof(buf)));
 	printf("\n");
 	flush_stdout(r);
+	if (ret >= 0 && r->check && !moe_grammar_is_complete(r->check))
+		fprintf(stderr, PROG ": chat: turn %d: the reply reached -n %u tokens before the "
+			"grammar's document was complete (it is cut short); raise -n\n", turn,
+			o->n_gen);
 	if (ret < 0 || r->err) {
 		free(toks);
 		return ret < 0 ? ret : r->err;
@@ -682,6 +714,41 @@ static int chat(const struct opts *o, struct moe_ctx *ctx, struct run *r)
 	return ret;
 }
 
+/* The grammar of --grammar, --json-schema or --json-object into r->grammar. */
+static int load_grammar(const struct opts *o, struct run *r)
+{
+	const char *opt = o->grammar_file ? "--grammar" : "--json-schema";
+	const char *path = o->grammar_file ? o->grammar_file : o->schema_file;
+	char err[512], *text;
+	size_t len;
+	int ret;
+
+	if (o->json_object) {
+		const char *gbnf;
+
+		ret = moe_grammar_builtin("json-object", &gbnf);
+		if (!ret)
+			ret = moe_grammar_create(gbnf, strlen(gbnf), &r->grammar);
+		if (ret)
+			fprintf(stderr, PROG ": --json-object: %s\n", moe_errmsg());
+		return ret;
+	}
+	ret = tool_read_file(opt, path, MAX_GRAMMAR_FILE, &text, &len);
+	if (ret)
+		return ret;
+	if (o->grammar_file) {
+		ret = moe_grammar_create(text, len, &r->grammar);
+		if (ret)
+			fprintf(stderr, PROG ": --grammar %s: %s\n", path, moe_errmsg());
+	} else {
+		ret = schema_compile_text(text, len, &r->grammar, err, sizeof(err));
+		if (ret)
+			fprintf(stderr, PROG ": --json-schema %s: %s\n", path, err);
+	}
+	free(text);
+	return ret;
+}
+
 static int run(const struct opts *o)
 {
 	struct moe_model *model = NULL;
@@ -697,6 +764,11 @@ static int run(const struct opts *o)
 
 	if (o->tokens && parse_tokens(o->tokens, &prompt, &n_prompt) < 0)
 		return EXIT_USAGE;
+	r.sp = o->sp;
+	if ((o->grammar_file || o->schema_file || o->json_object) && load_grammar(o, &r)) {
+		free(prompt);
+		return 1;
+	}
 	/* Refused outputs are refused before the work that would fill them. */
 	if (o->logits_out && moe_outfile_open(o->logits_out, &r.logits) < 0) {
 		fprintf(stderr, PROG ": --logits-out: %s\n", moe_errmsg());
@@ -715,6 +787,19 @@ static int run(const struct opts *o)
 			fprintf(stderr, PROG ": tokenizer: %s\n", moe_errmsg());
 			goto fail;
 		}
+	}
+	if (r.grammar) {
+		if (!r.tok) {
+			fprintf(stderr, PROG ": %s has no vocabulary: a grammar constrains text, so "
+				"--grammar, --json-schema and --json-object need one\n", o->model);
+			goto fail;
+		}
+		if (moe_grammar_clone(r.grammar, &r.check)) {
+			fprintf(stderr, PROG ": %s\n", moe_errmsg());
+			goto fail;
+		}
+		r.sp.grammar = r.grammar;
+		r.sp.tokenizer = r.tok;
 	}
 	if (o->chat) {
 		if (!r.tok) {
@@ -803,7 +888,7 @@ static int run(const struct opts *o)
 		goto done;
 	}
 	if (o->n_gen) {
-		ret = moe_ctx_generate(ctx, prompt, n_prompt, o->n_gen, &o->sp,
+		ret = moe_ctx_generate(ctx, prompt, n_prompt, o->n_gen, &r.sp,
 				       o->logits_out ? MOE_EVAL_ALL_LOGITS : 0, on_token, &r);
 	} else {
 		ret = moe_ctx_eval(ctx, prompt, n_prompt, 0, o->logits_out ? MOE_EVAL_ALL_LOGITS : 0);
@@ -838,6 +923,9 @@ static int run(const struct opts *o)
 		tj_set(doc, "tokens", toks);
 		if (r.tok)
 			tj_set(doc, "text", tj_strn(r.text ? r.text : "", r.text ? r.text_len : 0));
+		if (r.check)
+			tj_set(doc, "finish_reason",
+			       tj_str(moe_grammar_is_complete(r.check) ? "stop" : "length"));
 		if (o->stats)
 			print_stats(ctx, &st, doc);
 		if (tj_print(doc))
@@ -850,6 +938,11 @@ static int run(const struct opts *o)
 		goto fail;
 	if (!o->json && o->stats)
 		print_stats(ctx, &st, NULL);
+	if (r.check && o->n_gen && !moe_grammar_is_complete(r.check)) {
+		fprintf(stderr, PROG ": -n %u tokens ran out before the grammar's document was "
+			"complete: the output is cut short; raise -n\n", o->n_gen);
+		goto fail;
+	}
 done:
 	ret = 0;
 	goto out;
@@ -857,6 +950,8 @@ fail:
 	ret = 1;
 out:
 	moe_outfile_close(r.logits, false);
+	moe_grammar_destroy(r.check);
+	moe_grammar_destroy(r.grammar);
 	free(r.text);
 	free(r.out);
 	free(prompt);

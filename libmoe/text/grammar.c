@@ -1419,10 +1419,12 @@ const uint8_t *grammar_first_bytes(struct moe_grammar *g)
 }
 
 /*
- * JSON (RFC 8259) with two limits that keep generation finite: at most one
- * space, or a newline and 16 indenting blanks, where whitespace may go, and
- * numbers of at most 16 integer, 16 fraction and 2 exponent digits (what
- * a double holds: parsers refuse 1e999).
+ * JSON (RFC 8259) with limits that keep generation finite and the result
+ * readable by every parser: at most one space, or a newline and 16 indenting
+ * blanks, where whitespace may go; numbers of at most 16 integer, 16
+ * fraction and 2 exponent digits (a double: parsers refuse 1e999); no \u
+ * escape of a UTF-16 surrogate (a lone one is refused by most parsers, and
+ * any character can be written as itself).
  */
 #define JSON_RULES \
 	"value  ::= object | array | string | number | \"true\" | \"false\" | \"null\"\n" \
@@ -1430,7 +1432,8 @@ const uint8_t *grammar_first_bytes(struct moe_grammar *g)
 	"member ::= string ws \":\" ws value ws\n" \
 	"array  ::= \"[\" ws ( value ws ( \",\" ws value ws )* )? \"]\"\n" \
 	"string ::= \"\\\"\" char* \"\\\"\"\n" \
-	"char   ::= [^\"\\\\\\x00-\\x1f] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4} )\n" \
+	"char   ::= [^\"\\\\\\x00-\\x1f] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" hex4 )\n" \
+	"hex4   ::= [0-9a-cA-Ce-fE-F] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2}\n" \
 	"number ::= \"-\"? ( \"0\" | [1-9] [0-9]{0,15} ) ( \".\" [0-9]{1,16} )?" \
 	" ( [eE] [-+]? [0-9]{1,2} )?\n" \
 	"ws     ::= ( \" \" | \"\\n\" [ \\t]{0,16} )?\n"

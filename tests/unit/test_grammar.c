@@ -18,6 +18,7 @@
 
 #include "engine/sampler.h"
 #include "moe/moe.h"
+#include "schema.h"
 #include "text/grammar.h"
 #include "text/tokenizer.h"
 #include "text/unicode.h"
@@ -274,7 +275,7 @@ START_TEST(grammar_builtin_json)
 	expect(text, L("0", "-12.5E+3", "\"\"", "[]", "{}", "{\"k\": [1, {\"x\": null}]}",
 		       "[\n  true,\n  false\n]", "\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u12aF\""),
 	       L("01", "1.", ".5", "[1,]", "{\"a\"}", "{a: 1}", "\"\t\"", "\"\\x\"", "tru",
-		 "[] ", " 1", "1e123"));
+		 "[] ", " 1", "1e123", "\"\\ud800\"", "\"\\uDFFF\""));
 	ck_assert_int_eq(moe_grammar_builtin("json-object", &text), 0);
 	expect(text, L("{}", "{\"a\": \"b\", \"c\": [1]}"), L("[]", "1", "\"s\""));
 }
@@ -640,6 +641,287 @@ START_TEST(grammar_sampler_cost)
 }
 END_TEST
 
+/* ------------------------------------------------------------ JSON Schema */
+
+/* Code points of a UTF-8 string. */
+static size_t n_chars(const char *s, size_t len)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < len; i++)
+		n += ((unsigned char)s[i] & 0xc0) != 0x80;
+	return n;
+}
+
+/* Whether @v is valid for @schema, for the subset the converter takes. */
+static bool valid(const json_t *schema, const json_t *v, const json_t *root, char *why,
+		  size_t len)
+{
+	const json_t *t, *e;
+	const char *k;
+	json_t *x;
+	size_t i;
+	bool ok = false;
+
+	if (json_is_true(schema))
+		return true;
+	if ((t = json_object_get(schema, "$ref"))) {
+		const char *ref = json_string_value(t);
+
+		if (!strcmp(ref, "#"))
+			return valid(root, v, root, why, len);
+		return valid(json_object_get(json_object_get(root, "$defs"), ref + 8), v, root,
+			     why, len);
+	}
+	if ((e = json_object_get(schema, "const"))) {
+		if (!json_equal(e, v))
+			snprintf(why, len, "not the const");
+		return json_equal(e, v);
+	}
+	if ((e = json_object_get(schema, "enum"))) {
+		json_array_foreach(e, i, x)
+			if (json_equal(x, v))
+				return true;
+		snprintf(why, len, "not in the enum");
+		return false;
+	}
+	if ((e = json_object_get(schema, "anyOf")) || (e = json_object_get(schema, "oneOf"))) {
+		json_array_foreach(e, i, x)
+			if (valid(x, v, root, why, len))
+				return true;
+		return json_is_true(json_object_get(schema, "nullable")) && json_is_null(v);
+	}
+	t = json_object_get(schema, "type");
+	if (t) {
+		json_t *one = json_is_string(t) ? json_pack("[O]", t) : json_incref((json_t *)t);
+
+		json_array_foreach(one, i, x) {
+			const char *ty = json_string_value(x);
+
+			ok |= (!strcmp(ty, "object") && json_is_object(v)) ||
+			      (!strcmp(ty, "array") && json_is_array(v)) ||
+			      (!strcmp(ty, "string") && json_is_string(v)) ||
+			      (!strcmp(ty, "number") && json_is_number(v)) ||
+			      (!strcmp(ty, "integer") && json_is_integer(v)) ||
+			      (!strcmp(ty, "boolean") && json_is_boolean(v)) ||
+			      (!strcmp(ty, "null") && json_is_null(v));
+		}
+		json_decref(one);
+		if (json_is_true(json_object_get(schema, "nullable")) && json_is_null(v))
+			return true;
+		if (!ok) {
+			snprintf(why, len, "wrong type");
+			return false;
+		}
+	}
+	if (json_is_object(v)) {
+		const json_t *props = json_object_get(schema, "properties");
+		const json_t *add = json_object_get(schema, "additionalProperties");
+
+		json_array_foreach(json_object_get(schema, "required"), i, x) {
+			if (!json_object_get(v, json_string_value(x))) {
+				snprintf(why, len, "'%s' is missing", json_string_value(x));
+				return false;
+			}
+		}
+		json_object_foreach((json_t *)v, k, x) {
+			const json_t *ps = props ? json_object_get(props, k) : NULL;
+
+			if (!ps && props && (!add || json_is_false(add))) {
+				snprintf(why, len, "'%s' is not a property", k);
+				return false;
+			}
+			if (!ps)
+				ps = add && json_is_object(add) ? add : json_true();
+			if (!valid(ps, x, root, why, len))
+				return false;
+		}
+	}
+	if (json_is_array(v)) {
+		const json_t *items = json_object_get(schema, "items");
+		json_int_t lo = json_integer_value(json_object_get(schema, "minItems"));
+		const json_t *hi = json_object_get(schema, "maxItems");
+
+		if ((json_int_t)json_array_size(v) < lo ||
+		    (hi && (json_int_t)json_array_size(v) > json_integer_value(hi))) {
+			snprintf(why, len, "%zu items", json_array_size(v));
+			return false;
+		}
+		json_array_foreach(v, i, x)
+			if (items && !valid(items, x, root, why, len))
+				return false;
+	}
+	if (json_is_string(v)) {
+		size_t n = n_chars(json_string_value(v), json_string_length(v));
+		json_int_t lo = json_integer_value(json_object_get(schema, "minLength"));
+		const json_t *hi = json_object_get(schema, "maxLength");
+
+		if ((json_int_t)n < lo || (hi && (json_int_t)n > json_integer_value(hi))) {
+			snprintf(why, len, "a string of %zu characters", n);
+			return false;
+		}
+	}
+	return true;
+}
+
+static const char *const schemas[] = {
+	/* an object of every kind of property, some optional, a reference and a union */
+	"{\"type\": \"object\", \"properties\": {"
+	"  \"name\": {\"type\": \"string\", \"minLength\": 1, \"maxLength\": 6},"
+	"  \"age\": {\"type\": \"integer\", \"description\": \"years\"},"
+	"  \"tags\": {\"type\": \"array\", \"items\": {\"enum\": [\"a\", \"b\", 3, null]},"
+	"            \"minItems\": 1, \"maxItems\": 3},"
+	"  \"ok\": {\"type\": [\"boolean\", \"null\"]},"
+	"  \"kind\": {\"const\": \"moe\"},"
+	"  \"size\": {\"anyOf\": [{\"type\": \"number\"}, {\"$ref\": \"#/$defs/small\"}]}},"
+	" \"required\": [\"name\", \"age\", \"kind\"], \"additionalProperties\": false,"
+	" \"$defs\": {\"small\": {\"type\": \"string\", \"maxLength\": 2}}}",
+	/* every property optional: commas must still come out right */
+	"{\"properties\": {\"a\": {\"type\": \"integer\"}, \"b\": {\"type\": \"boolean\"},"
+	" \"c\": {\"type\": \"null\"}}}",
+	/* a recursive tree through $defs, bounded by maxItems */
+	"{\"$ref\": \"#/$defs/node\", \"$defs\": {\"node\": {\"type\": \"object\","
+	" \"properties\": {\"v\": {\"type\": \"integer\"}, \"kids\": {\"type\": \"array\","
+	" \"items\": {\"$ref\": \"#/$defs/node\"}, \"maxItems\": 2}}, \"required\": [\"v\"]}}}",
+	/* arrays of exact sizes, nullable, oneOf */
+	"{\"type\": \"array\", \"items\": {\"oneOf\": [{\"type\": \"string\", \"maxLength\": 3},"
+	" {\"type\": \"integer\", \"nullable\": true}]}, \"minItems\": 2, \"maxItems\": 2}",
+	/* extra members of a given schema */
+	"{\"type\": \"object\", \"properties\": {\"id\": {\"type\": \"integer\"}},"
+	" \"required\": [\"id\"], \"additionalProperties\": {\"type\": \"boolean\"},"
+	" \"maxProperties_is_not_here\": null}",
+};
+
+START_TEST(schema_documents_validate)
+{
+	struct moe_tokenizer *t;
+	int32_t eos;
+	char buf[8192], err[512];
+
+	t = vocab(json_pieces, sizeof(json_pieces) / sizeof(json_pieces[0]), &eos);
+	for (size_t k = 0; k < sizeof(schemas) / sizeof(schemas[0]); k++) {
+		json_t *schema = json_loads(schemas[k], 0, NULL);
+		struct moe_grammar *g = NULL;
+		int ended = 0;
+
+		ck_assert_ptr_nonnull(schema);
+		/* the last schema has an unknown keyword: refused by name */
+		if (k == 4) {
+			ck_assert_int_eq(schema_compile(schema, &g, err, sizeof(err)), -EINVAL);
+			ck_assert_msg(strstr(err, "'maxProperties_is_not_here' is not supported"), "%s",
+				      err);
+			json_object_del(schema, "maxProperties_is_not_here");
+		}
+		ck_assert_msg(schema_compile(schema, &g, err, sizeof(err)) == 0, "schema %zu: %s", k,
+			      err);
+		for (uint64_t seed = 1; seed <= 12; seed++) {
+			struct moe_sampler *s = gsampler(t, g, seed % 3 ? 1.0f : 0.0f, seed);
+			uint64_t rng = seed * 31 + k;
+			json_error_t je;
+			bool done;
+			json_t *doc;
+			char why[128] = "";
+
+			generate(s, t, eos, 4, &rng, 3000, buf, sizeof(buf), &done);
+			moe_sampler_free(s);
+			if (!done)
+				continue;
+			ended++;
+			doc = json_loads(buf, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+			ck_assert_msg(doc, "schema %zu seed %llu: '%s' is not JSON: %s", k,
+				      (unsigned long long)seed, buf, je.text);
+			ck_assert_msg(valid(schema, doc, schema, why, sizeof(why)),
+				      "schema %zu seed %llu: '%s' is not valid: %s", k,
+				      (unsigned long long)seed, buf, why);
+			json_decref(doc);
+		}
+		ck_assert_msg(ended >= 8, "schema %zu: only %d of 12 documents ended", k, ended);
+		moe_grammar_destroy(g);
+		json_decref(schema);
+	}
+	moe_tokenizer_free(t);
+}
+END_TEST
+
+START_TEST(schema_refuses_by_keyword)
+{
+	static const struct {
+		const char *schema, *msg;
+	} cases[] = {
+		{ "{\"type\": \"string\", \"pattern\": \"^a+$\"}", "at '/': keyword 'pattern' (a "
+		  "regular expression) is not supported" },
+		{ "{\"properties\": {\"d\": {\"type\": \"string\", \"format\": \"date\"}}}",
+		  "at '/properties/d': keyword 'format' is not supported" },
+		{ "{\"type\": \"integer\", \"minimum\": 0}", "keyword 'minimum' is not supported" },
+		{ "{\"allOf\": [{}]}", "keyword 'allOf' is not supported" },
+		{ "{\"type\": \"int\"}", "type 'int' is not a JSON Schema type" },
+		{ "{\"type\": 3}", "'type' must be a string or an array" },
+		{ "{\"properties\": {}, \"required\": [\"x\"]}", "required property 'x' is not in "
+		  "'properties'" },
+		{ "{\"type\": \"string\", \"minLength\": 3, \"maxLength\": 2}", "'maxLength' 2 is "
+		  "below 'minLength' 3" },
+		{ "{\"type\": \"string\", \"maxLength\": 5000}", "'maxLength' 5000 is over 1000" },
+		{ "{\"type\": \"array\", \"minItems\": -1}", "'minItems' must be a non-negative" },
+		{ "{\"items\": [{}, {}]}", "at '/items': 'items' as an array (tuples)" },
+		{ "{\"$ref\": \"http://x/y.json\"}", "'$ref' 'http://x/y.json' is not supported" },
+		{ "{\"$ref\": \"#/$defs/none\"}", "names no definition" },
+		{ "{\"$ref\": \"#/$defs/a\", \"type\": \"object\"}", "'type' beside '$ref'" },
+		{ "false", "the schema false matches nothing" },
+		{ "[1]", "a schema must be an object or a boolean" },
+		{ "{\"enum\": []}", "'enum' must be a non-empty array" },
+		{ "{\"anyOf\": {}}", "'anyOf' must be a non-empty array" },
+		{ "{\"properties\": {\"a~b/c\": {\"type\": \"string\", \"pattern\": \"x\"}}}",
+		  "at '/properties/a~0b~1c'" },
+		{ "{\"$ref\": \"#/$defs/a\", \"$defs\": {\"a\": {\"$ref\": \"#/$defs/a\"}}}",
+		  "left-recursive" },
+	};
+	char err[512];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		json_t *schema = json_loads(cases[i].schema, JSON_DECODE_ANY, NULL);
+		struct moe_grammar *g = NULL;
+
+		ck_assert_ptr_nonnull(schema);
+		err[0] = 0;
+		ck_assert_msg(schema_compile(schema, &g, err, sizeof(err)) == -EINVAL,
+			      "'%s' was accepted", cases[i].schema);
+		ck_assert_ptr_null(g);
+		ck_assert_msg(strstr(err, cases[i].msg), "'%s': '%s' lacks '%s'", cases[i].schema,
+			      err, cases[i].msg);
+		json_decref(schema);
+	}
+	ck_assert_int_eq(schema_compile_text("{", 1, &(struct moe_grammar *){ NULL }, err,
+					     sizeof(err)), -EINVAL);
+	ck_assert_msg(strstr(err, "not valid JSON"), "%s", err);
+}
+END_TEST
+
+/* The converter's grammar text: embedded under a prefix, it names its rules so. */
+START_TEST(schema_gbnf_prefix)
+{
+	json_t *schema = json_loads("{\"type\": \"object\", \"properties\": {\"a\": {\"type\": "
+				    "\"string\"}}, \"required\": [\"a\"]}", 0, NULL);
+	struct moe_grammar *g;
+	char *gbnf, *full, err[256];
+	size_t len;
+
+	ck_assert_int_eq(schema_to_gbnf(schema, "args", &gbnf, err, sizeof(err)), 0);
+	ck_assert_msg(strstr(gbnf, "args ::= ") && !strstr(gbnf, "root"), "%s", gbnf);
+	len = strlen(gbnf) + 64;
+	full = malloc(len);
+	ck_assert_ptr_nonnull(full);
+	snprintf(full, len, "root ::= \"call \" args\n%s", gbnf);
+	free(gbnf);
+	g = compile(full);
+	ck_assert(whole(g, "call {\"a\": \"x\"}", 15));
+	ck_assert(!whole(g, "call {}", 7));
+	ck_assert_int_eq(schema_to_gbnf(schema, "bad name", &gbnf, err, sizeof(err)), -EINVAL);
+	moe_grammar_destroy(g);
+	free(full);
+	json_decref(schema);
+}
+END_TEST
+
 Suite *suite_grammar(void)
 {
 	Suite *s = suite_create("grammar");
@@ -660,6 +942,9 @@ Suite *suite_grammar(void)
 	tcase_add_test(ts, grammar_sampler_eog_and_reset);
 	tcase_add_test(ts, grammar_sampler_first_space);
 	tcase_add_test(ts, grammar_sampler_cost);
+	tcase_add_test(ts, schema_documents_validate);
+	tcase_add_test(ts, schema_refuses_by_keyword);
+	tcase_add_test(ts, schema_gbnf_prefix);
 	suite_add_tcase(s, ts);
 	return s;
 }
