@@ -5,14 +5,21 @@
  * repetition bounds, ambiguity, compile errors with their line:col, the
  * built-in JSON grammars, and sampling under a grammar over a vocabulary
  * built here (EOG only where the document is complete), with the cost per
- * token on 32k and 200k vocabularies printed.
+ * token on 32k and 200k vocabularies printed; the JSON Schema converter, and
+ * moe-run and moe-server constraining a generated model's random output to
+ * a schema, checked by a validator of the subset here.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -922,11 +929,338 @@ START_TEST(schema_gbnf_prefix)
 }
 END_TEST
 
+/* ------------------------------------------------------------ the tools */
+
+static char *tdir, tmodel[4096];
+
+static void tools_setup(void)
+{
+	char cmd[8400];
+
+	tdir = tu_tmpdir();
+	ck_assert_ptr_nonnull(tdir);
+	snprintf(tmodel, sizeof(tmodel), "%s/m.gguf", tdir);
+	snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --vocab-bpe -q -o %s", tu_bin("moe-mkmodel"),
+		 tmodel);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+}
+
+static void tools_teardown(void)
+{
+	tu_rmtree(tdir);
+	free(tdir);
+}
+
+static const char *tfile(const char *name, const char *text)
+{
+	static char path[4][4200];
+	static int k;
+	char *p = path[k++ % 4];
+
+	snprintf(p, sizeof(path[0]), "%s/%s", tdir, name);
+	if (text)
+		ck_assert_int_eq(tu_write_file(p, text, strlen(text)), 0);
+	return p;
+}
+
+/* moe-run on the generated model; its exit status, stdout in *out. */
+static int moe_run(const char *args, char **out)
+{
+	char cmd[9000];
+
+	snprintf(cmd, sizeof(cmd), "%s -m %s -p 'give me JSON' --threads 1 %s 2>%s",
+		 tu_bin("moe-run"), tmodel, args, tfile("run.err", NULL));
+	return tu_run(cmd, 0, out);
+}
+
+START_TEST(moe_run_json_schema_validates)
+{
+	char path[4200];
+	json_t *schema = json_loads(schemas[0], 0, NULL);
+	int stopped = 0;
+
+	snprintf(path, sizeof(path), "%s", tfile("s.json", schemas[0]));
+	for (int seed = 1; seed <= 6; seed++) {
+		char args[4400], *out, why[128] = "";
+		json_t *v, *doc;
+		int rc;
+
+		snprintf(args, sizeof(args), "-n 400 --temp 1 --seed %d --json --json-schema %s",
+			 seed, path);
+		rc = moe_run(args, &out);
+		v = json_loads(out, 0, NULL);
+		if (!v) {
+			char *err = tu_read_file(tfile("run.err", NULL), NULL);
+
+			ck_abort_msg("seed %d: exit %d, not JSON: %s (stderr: %s)", seed, rc, out,
+				     err);
+		}
+		if (!strcmp(json_string_value(json_object_get(v, "finish_reason")), "length")) {
+			ck_assert_int_eq(rc, 1);
+		} else {
+			ck_assert_int_eq(rc, 0);
+			stopped++;
+			doc = json_loads(json_string_value(json_object_get(v, "text")),
+					 JSON_ALLOW_NUL, NULL);
+			ck_assert_msg(doc && valid(schema, doc, schema, why, sizeof(why)),
+				      "seed %d: '%s' does not validate: %s", seed,
+				      json_string_value(json_object_get(v, "text")), why);
+			json_decref(doc);
+		}
+		json_decref(v);
+		free(out);
+	}
+	ck_assert_msg(stopped >= 4, "only %d of 6 documents ended in 400 tokens", stopped);
+	json_decref(schema);
+}
+END_TEST
+
+START_TEST(moe_run_grammar_and_errors)
+{
+	char *out, *err;
+	char args[4400];
+
+	/* a grammar that ends: the output is exactly one of its documents */
+	snprintf(args, sizeof(args), "-n 50 --temp 1 --seed 7 --grammar %s",
+		 tfile("g.gbnf", "root ::= (\"yes\" | \"no\") \" \" [0-9]{2}\n"));
+	ck_assert_int_eq(moe_run(args, &out), 0);
+	ck_assert_msg(strlen(out) == 7 || strlen(out) == 6, "'%s'", out);
+	ck_assert_msg(!strncmp(out, "yes ", 4) || !strncmp(out, "no ", 3), "'%s'", out);
+	free(out);
+	/* -n runs out mid-document: said, and the exit status says so too */
+	snprintf(args, sizeof(args), "-n 2 --grammar %s",
+		 tfile("long.gbnf", "root ::= \"ab\"{40}\n"));
+	ck_assert_int_eq(moe_run(args, &out), 1);
+	ck_assert_msg(!strncmp(out, "ab", 2), "'%s'", out);
+	free(out);
+	err = tu_read_file(tfile("run.err", NULL), NULL);
+	ck_assert_msg(err && strstr(err, "ran out before the grammar's document was complete"),
+		      "%s", err);
+	free(err);
+	/* bad grammars and schemas name the file and the place, before the model is read */
+	snprintf(args, sizeof(args), "--grammar %s", tfile("bad.gbnf", "root ::= \"a\" b\n"));
+	ck_assert_int_eq(moe_run(args, &out), 1);
+	free(out);
+	err = tu_read_file(tfile("run.err", NULL), NULL);
+	ck_assert_msg(err && strstr(err, "bad.gbnf: grammar:1:14: rule 'b' is used but never "
+				    "defined"), "%s", err);
+	free(err);
+	snprintf(args, sizeof(args), "--json-schema %s",
+		 tfile("bad.json", "{\"type\": \"string\", \"pattern\": \"a\"}"));
+	ck_assert_int_eq(moe_run(args, &out), 1);
+	free(out);
+	err = tu_read_file(tfile("run.err", NULL), NULL);
+	ck_assert_msg(err && strstr(err, "bad.json: schema at '/': keyword 'pattern'"), "%s", err);
+	free(err);
+	/* a FIFO is refused, not waited on; a missing file is named */
+	ck_assert_int_eq(mkfifo(tfile("fifo", NULL), 0600), 0);
+	snprintf(args, sizeof(args), "--grammar %s", tfile("fifo", NULL));
+	ck_assert_int_eq(moe_run(args, &out), 1);
+	free(out);
+	err = tu_read_file(tfile("run.err", NULL), NULL);
+	ck_assert_msg(err && strstr(err, "is not a regular file"), "%s", err);
+	free(err);
+	snprintf(args, sizeof(args), "--json-schema %s/none.json", tdir);
+	ck_assert_int_eq(moe_run(args, &out), 1);
+	free(out);
+	err = tu_read_file(tfile("run.err", NULL), NULL);
+	ck_assert_msg(err && strstr(err, "none.json: No such file"), "%s", err);
+	free(err);
+	ck_assert_int_eq(moe_run("--json-object --grammar x", &out), 2);
+	free(out);
+}
+END_TEST
+
+struct gsrv {
+	pid_t pid;
+	int port;
+};
+
+static void gsrv_start(struct gsrv *s)
+{
+	const char *errf = tfile("srv.err", NULL);
+
+	s->pid = fork();
+	ck_assert_int_ge(s->pid, 0);
+	if (!s->pid) {
+		int fd = open(errf, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+		dup2(fd, 2);
+		fd = open("/dev/null", O_RDWR);
+		dup2(fd, 0);
+		dup2(fd, 1);
+		execl(tu_bin("moe-server"), "moe-server", "-m", tmodel, "--port", "0", "--threads",
+		      "1", "--parallel", "2", (char *)NULL);
+		_exit(127);
+	}
+	s->port = 0;
+	for (int i = 0; i < 600 && !s->port; i++) {
+		char *text = tu_read_file(errf, NULL), *p;
+
+		if (text && (p = strstr(text, "listening on http://127.0.0.1:")))
+			s->port = atoi(p + strlen("listening on http://127.0.0.1:"));
+		free(text);
+		if (!s->port)
+			usleep(50000);
+	}
+	ck_assert_msg(s->port > 0, "moe-server did not start in 30 s (see %s)", errf);
+}
+
+static void gsrv_stop(struct gsrv *s)
+{
+	int st;
+
+	kill(s->pid, SIGKILL);
+	waitpid(s->pid, &st, 0);
+}
+
+/* POST @body to @path; the status, the body parsed into *out. */
+static int post(const struct gsrv *s, const char *path, const char *body, json_t **out)
+{
+	char cmd[9000], *o = NULL, *nl;
+	const char *bodyf = tfile("body.json", body);
+	int code;
+
+	snprintf(cmd, sizeof(cmd), "curl -sS --max-time 120 --data-binary @%s -H 'Content-Type: "
+		 "application/json' -w '\\n%%{http_code}' http://127.0.0.1:%d%s", bodyf, s->port,
+		 path);
+	ck_assert_int_eq(tu_run(cmd, 0, &o), 0);
+	nl = strrchr(o, '\n');
+	ck_assert_ptr_nonnull(nl);
+	code = atoi(nl + 1);
+	*nl = 0;
+	*out = json_loads(o, 0, NULL);
+	ck_assert_msg(*out, "not JSON: %s", o);
+	free(o);
+	return code;
+}
+
+static const char *choice_text(json_t *v, bool chat, const char **finish)
+{
+	json_t *c = json_array_get(json_object_get(v, "choices"), 0);
+
+	*finish = json_string_value(json_object_get(c, "finish_reason"));
+	if (chat)
+		return json_string_value(json_object_get(json_object_get(c, "message"), "content"));
+	return json_string_value(json_object_get(c, "text"));
+}
+
+START_TEST(server_response_format)
+{
+	struct moe_grammar *obj;
+	const char *gbnf, *finish, *text;
+	struct gsrv s;
+	char body[4096];
+	json_t *v, *schema = json_loads(schemas[0], 0, NULL), *e;
+	int stopped = 0, lengths = 0;
+
+	ck_assert_int_eq(moe_grammar_builtin("json-object", &gbnf), 0);
+	obj = compile(gbnf);
+	gsrv_start(&s);
+	/* json_object on both endpoints: a JSON object, or a prefix of one cut by max_tokens */
+	for (int seed = 1; seed <= 6; seed++) {
+		bool chat = seed % 2;
+
+		snprintf(body, sizeof(body), "{%s, \"max_tokens\": 300, \"seed\": %d, "
+			 "\"response_format\": {\"type\": \"json_object\"}}", chat ?
+			 "\"messages\": [{\"role\": \"user\", \"content\": \"JSON please\"}]" :
+			 "\"prompt\": \"JSON please\"", seed);
+		ck_assert_int_eq(post(&s, chat ? "/v1/chat/completions" : "/v1/completions", body,
+				      &v), 200);
+		text = choice_text(v, chat, &finish);
+		ck_assert_ptr_nonnull(text);
+		ck_assert_int_eq(moe_grammar_reset(obj), 0);
+		ck_assert_msg(moe_grammar_accept(obj, text, strlen(text)) == 0,
+			      "seed %d: '%s' is not even the start of an object", seed, text);
+		if (!strcmp(finish, "stop")) {
+			json_t *doc = json_loads(text, JSON_ALLOW_NUL, NULL);
+
+			ck_assert_msg(doc && json_is_object(doc), "seed %d: '%s'", seed, text);
+			json_decref(doc);
+			stopped++;
+		} else {
+			ck_assert_str_eq(finish, "length");
+			ck_assert(!moe_grammar_is_complete(obj));
+			lengths++;
+		}
+		json_decref(v);
+	}
+	ck_assert_msg(stopped >= 2, "%d of 6 objects ended", stopped);
+	/* json_schema: what comes back validates */
+	e = json_loads(schemas[0], 0, NULL);
+	for (int seed = 1; seed <= 4; seed++) {
+		json_t *rf = json_pack("{s:s,s:{s:s,s:O,s:b}}", "type", "json_schema", "json_schema",
+				       "name", "person", "schema", e, "strict", 1);
+		char *rfs = json_dumps(rf, JSON_COMPACT), why[128] = "";
+		json_t *doc;
+
+		snprintf(body, sizeof(body), "{\"messages\": [{\"role\": \"user\", \"content\": "
+			 "\"who?\"}], \"max_tokens\": 400, \"seed\": %d, \"response_format\": %s}",
+			 seed, rfs);
+		free(rfs);
+		json_decref(rf);
+		ck_assert_int_eq(post(&s, "/v1/chat/completions", body, &v), 200);
+		text = choice_text(v, true, &finish);
+		if (!strcmp(finish, "stop")) {
+			doc = json_loads(text, JSON_ALLOW_NUL, NULL);
+			ck_assert_msg(doc && valid(schema, doc, schema, why, sizeof(why)),
+				      "seed %d: '%s': %s", seed, text, why);
+			json_decref(doc);
+		} else {
+			ck_assert_str_eq(finish, "length");
+		}
+		json_decref(v);
+	}
+	json_decref(e);
+	/* max_tokens reached mid-document: finish_reason "length" */
+	ck_assert_int_eq(post(&s, "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2, "
+			      "\"response_format\": {\"type\": \"json_schema\", \"json_schema\": "
+			      "{\"name\": \"a\", \"schema\": {\"type\": \"object\", \"properties\": "
+			      "{\"aaaa\": {\"const\": \"bbbbbbbb\"}}, \"required\": [\"aaaa\"]}}}}",
+			      &v), 200);
+	choice_text(v, false, &finish);
+	ck_assert_str_eq(finish, "length");
+	json_decref(v);
+	/* a bad schema, a bad format: 400 in the API's error shape, naming the field */
+	ck_assert_int_eq(post(&s, "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", "
+			      "\"content\": \"x\"}], \"response_format\": {\"type\": \"json_schema\","
+			      " \"json_schema\": {\"name\": \"a\", \"schema\": {\"type\": \"string\","
+			      " \"pattern\": \"x\"}}}}", &v), 400);
+	e = json_object_get(v, "error");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "param")),
+			 "response_format.json_schema.schema");
+	ck_assert_msg(strstr(json_string_value(json_object_get(e, "message")), "'pattern'"), "%s",
+		      json_string_value(json_object_get(e, "message")));
+	ck_assert_str_eq(json_string_value(json_object_get(e, "type")), "invalid_request_error");
+	json_decref(v);
+	ck_assert_int_eq(post(&s, "/v1/completions", "{\"prompt\": \"x\", \"response_format\": "
+			      "{\"type\": \"yaml\"}}", &v), 400);
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(v, "error"), "param")),
+			 "response_format.type");
+	json_decref(v);
+	ck_assert_int_eq(post(&s, "/v1/completions", "{\"prompt\": \"x\", \"response_format\": "
+			      "{\"type\": \"json_schema\", \"json_schema\": {\"schema\": {}}}}", &v),
+			 400);
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(v, "error"), "param")),
+			 "response_format.json_schema.name");
+	json_decref(v);
+	/* the server still answers after all that */
+	ck_assert_int_eq(post(&s, "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 3, "
+			      "\"response_format\": {\"type\": \"text\"}}", &v), 200);
+	json_decref(v);
+	gsrv_stop(&s);
+	moe_grammar_destroy(obj);
+	json_decref(schema);
+	(void)lengths;
+}
+END_TEST
+
 Suite *suite_grammar(void)
 {
 	Suite *s = suite_create("grammar");
 	TCase *tc = tcase_create("engine");
 	TCase *ts = tcase_create("sampler");
+	TCase *tt = tcase_create("tools");
 
 	tcase_add_test(tc, grammar_accepts_and_refuses);
 	tcase_add_test(tc, grammar_repetition_bounds);
@@ -946,5 +1280,11 @@ Suite *suite_grammar(void)
 	tcase_add_test(ts, schema_refuses_by_keyword);
 	tcase_add_test(ts, schema_gbnf_prefix);
 	suite_add_tcase(s, ts);
+	tcase_add_unchecked_fixture(tt, tools_setup, tools_teardown);
+	tcase_set_timeout(tt, 600);
+	tcase_add_test(tt, moe_run_json_schema_validates);
+	tcase_add_test(tt, moe_run_grammar_and_errors);
+	tcase_add_test(tt, server_response_format);
+	suite_add_tcase(s, tt);
 	return s;
 }

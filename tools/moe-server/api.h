@@ -45,6 +45,7 @@ struct api_request {
 	char *stop[API_MAX_STOP];
 	uint32_t n_stop;
 	bool stream;
+	struct moe_grammar *grammar;    /* response_format json_object / json_schema, or NULL */
 };
 
 struct api_error {
