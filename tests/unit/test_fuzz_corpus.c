@@ -15,11 +15,15 @@ typedef int (*fuzz_fn)(const uint8_t *data, size_t size);
 int fuzz_gguf(const uint8_t *data, size_t size);
 int fuzz_tokenizer(const uint8_t *data, size_t size) __attribute__((weak));
 int fuzz_request(const uint8_t *data, size_t size);
+int fuzz_grammar(const uint8_t *data, size_t size);
+int fuzz_schema(const uint8_t *data, size_t size);
 
 static const struct { const char *name; fuzz_fn *fn; } targets[] = {
 	{ "gguf", &(fuzz_fn){ fuzz_gguf } },
 	{ "tokenizer", &(fuzz_fn){ fuzz_tokenizer } },
 	{ "request", &(fuzz_fn){ fuzz_request } },
+	{ "grammar", &(fuzz_fn){ fuzz_grammar } },
+	{ "schema", &(fuzz_fn){ fuzz_schema } },
 };
 
 static fuzz_fn target_for(const char *name)
