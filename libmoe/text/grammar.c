@@ -882,7 +882,8 @@ static int compile(const char *text, size_t len, struct gcode **out)
 	c->el[at++] = (struct gelem){ G_REF, root };
 	c->el[at++] = (struct gelem){ G_END, 0 };
 	c->n_rules = p.n_rules;
-	memcpy(c->ranges, p.ranges, sizeof(*c->ranges) * p.n_ranges);
+	if (p.n_ranges)
+		memcpy(c->ranges, p.ranges, sizeof(*c->ranges) * p.n_ranges);
 	if (p.n_sets)
 		memcpy(c->set_start, p.set_start, sizeof(*c->set_start) * (p.n_sets + 1));
 	else
