@@ -44,7 +44,7 @@ DEP_PKGS := liburing hwloc libdrm check libmicrohttpd jansson
 # moe-server's HTTP and JSON libraries; the request parser (api.c) and the
 # JSON Schema converter it uses are also in the unit tests and fuzz targets.
 SERVER_PKGS := libmicrohttpd jansson
-SERVER_API_SRCS := tools/moe-server/api.c tools/common/schema.c
+SERVER_API_SRCS := tools/moe-server/api.c tools/moe-server/chatfmt.c tools/common/schema.c
 
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
@@ -130,11 +130,12 @@ SELFTEST_FATBIN := $(if $(NVCC),$(BUILD)/cuda/selftest.fatbin)
 
 STATIC_LIB := $(BUILD)/lib/libmoe.a
 SHARED_LIB := $(BUILD)/lib/libmoe.so
-SONAME := libmoe.so.0
-# The release: libmoe.pc's Version and the installed library's file name.
+# The release: libmoe.pc's Version and the installed library's file name; the
+# soname follows the major version, which moves only on an ABI break.
 MOE_MAJOR := $(shell sed -n 's/^\#define MOE_VERSION_MAJOR //p' include/moe/moe.h)
 MOE_MINOR := $(shell sed -n 's/^\#define MOE_VERSION_MINOR //p' include/moe/moe.h)
 LIB_VERSION := $(MOE_MAJOR).$(MOE_MINOR).0
+SONAME := libmoe.so.$(MOE_MAJOR)
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: demo all lib tools man check fuzz fuzz-build kmod kmod-build vm-check deps clean help \
@@ -235,8 +236,8 @@ $(STATIC_LIB): $(LIB_OBJS)
 $(SHARED_LIB): $(LIB_OBJS) libmoe/libmoe.map
 	@mkdir -p $(@D)
 	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=libmoe/libmoe.map \
-		-Wl,--no-undefined -o $@.0 $(LIB_OBJS) $(LIBS)
-	ln -sf libmoe.so.0 $@
+		-Wl,--no-undefined -o $(@D)/$(SONAME) $(LIB_OBJS) $(LIBS)
+	ln -sf $(SONAME) $@
 
 # The build tree's libmoe.pc points at the build tree, the installed one at PREFIX.
 $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
@@ -402,7 +403,7 @@ install: all
 		$(D)$(UDEVRULESDIR) $(D)$(DKMSDIR)/uapi
 	$(INSTALL) -m 755 $(TOOL_BINS) $(D)$(BINDIR)/
 	$(INSTALL) -m 644 $(STATIC_LIB) $(D)$(LIBDIR)/libmoe.a
-	$(INSTALL) -m 755 $(SHARED_LIB).0 $(D)$(LIBDIR)/libmoe.so.$(LIB_VERSION)
+	$(INSTALL) -m 755 $(BUILD)/lib/$(SONAME) $(D)$(LIBDIR)/libmoe.so.$(LIB_VERSION)
 	ln -sf libmoe.so.$(LIB_VERSION) $(D)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(D)$(LIBDIR)/libmoe.so
 	$(INSTALL) -m 644 include/moe/moe.h $(D)$(INCLUDEDIR)/moe/moe.h
@@ -438,14 +439,14 @@ $(FUZZ_LIB): | $(DEPS_STAMP)
 	@$(MAKE) --no-print-directory $@ BUILD=$(FUZZ_BUILD) CC=clang SANITIZE=0 \
 		CFLAGS="-O1 -g -fsanitize=fuzzer-no-link $(FUZZ_SAN)"
 fuzz-build: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
-# fuzz_request takes the server's request parser with it, fuzz_schema the converter
-$(BUILD)/fuzz/fuzz_request: $(SERVER_API_SRCS)
+# fuzz_request and fuzz_toolcall take the server's request parser and chat formats
+$(BUILD)/fuzz/fuzz_request $(BUILD)/fuzz/fuzz_toolcall: $(SERVER_API_SRCS)
 $(BUILD)/fuzz/fuzz_schema: tools/common/schema.c
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB)
 	@mkdir -p $(@D)
 	clang -std=gnu11 -O1 -g -D_GNU_SOURCE -DMOE_FUZZ_MAIN -Iinclude -Ilibmoe \
 		-Itools/moe-server -Itools/common $(PKG_CFLAGS) $(SERVER_CFLAGS) -fsanitize=fuzzer \
-		$(FUZZ_SAN) -o $@ $< $(filter %/api.c %/schema.c,$^) $(FUZZ_LIB) \
+		$(FUZZ_SAN) -o $@ $< $(filter tools/moe-server/%.c %/schema.c,$^) $(FUZZ_LIB) \
 		$(PKG_LIBS) $(SERVER_LIBS) -lm -ldl -pthread
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \

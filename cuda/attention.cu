@@ -6,7 +6,9 @@
  * softmax (maximum, sum, weighted values) as backend/cpu.c does key by key.
  * With n_split > 1 (decode over a long cache) blockIdx.z takes one part of
  * the visible keys and writes its partial softmax to the workspace, and
- * moe_k_attention_combine merges the parts and the sink.
+ * moe_k_attention_combine merges the parts and the sink.  Prompts (more
+ * than one token) take moe_k_attention_tiled, which shares each tile of
+ * keys and values among a block of queries.
  */
 #include "core.cuh"
 
@@ -65,6 +67,7 @@ struct kc_attn {
 	unsigned n_tok, n_head, n_head_kv, head_dim, head_dim_v;
 	unsigned mask, window, n_split;     /* mask: 0 causal, 1 sliding, 2 chunked */
 	float scale, softcap;
+	unsigned bq, bk;                    /* moe_k_attention_tiled: queries, keys per tile */
 };
 
 static __device__ long long kc_attn_lo(const struct kc_attn &a, long long p)
@@ -198,3 +201,160 @@ extern "C" __global__ void moe_k_attention_combine(struct kc_attn a)
 	}
 }
 MOE_KERNEL(moe_k_attention_combine);
+
+/*
+ * Prefill: grid (n_head, ceil(n_tok / bq)), KC_ATTN_THREADS threads.  A
+ * block takes bq consecutive tokens of one query head and walks the union
+ * of the positions they see in tiles of bk keys: a tile's keys and values
+ * are decoded into shared memory once for all bq queries, the bq x bk
+ * scores (masked, scaled, soft-capped) go to a shared tile, and each query
+ * row folds its part into its running softmax: maximum, sum and head_dim_v
+ * accumulators in shared memory, rescaled when the maximum grows, as the
+ * per-row kernel does chunk by chunk.  A batch may interleave sequences:
+ * the block walks the keys of each sequence among its tokens in turn, the
+ * rows of the others masked for that walk.
+ *
+ * Dynamic shared memory (floats): qs [bq][hd], kt [bk][hd | 1] (rows of odd
+ * stride: the score loop reads a column), vt [bk][hdv], st [bq][bk], o
+ * [bq][hdv], then per row its maximum, sum and rescale; then per row its
+ * position, first visible position and sequence (ints).
+ */
+extern "C" __global__ void moe_k_attention_tiled(struct kc_attn a)
+{
+	MOE_DYN_SHARED(float, sh);
+	unsigned bq = a.bq, bk = a.bk, hd = a.head_dim, hdv = a.head_dim_v, ks = hd | 1;
+	unsigned h = blockIdx.x, t0 = blockIdx.y * bq, tid = threadIdx.x, nt = blockDim.x;
+	unsigned kvh = h / (a.n_head / a.n_head_kv);
+	unsigned koff = kvh * hd, voff = a.v ? kvh * hdv : kvh * hd;
+	float *qs = sh, *kt = qs + bq * hd, *vt = kt + bk * ks, *st = vt + bk * hdv;
+	float *o = st + bq * bk, *rm = o + bq * hdv, *rl = rm + bq, *rr = rl + bq;
+	int *rp = reinterpret_cast<int *>(rr + bq), *rlo = rp + bq, *rs = rlo + bq;
+	const unsigned char *kb = reinterpret_cast<const unsigned char *>(a.k);
+	const unsigned char *vb = a.v ? reinterpret_cast<const unsigned char *>(a.v) : kb;
+	const int *pos = reinterpret_cast<const int *>(a.pos);
+	const int *seq = reinterpret_cast<const int *>(a.seq);
+	unsigned rows = a.n_tok - t0 < bq ? a.n_tok - t0 : bq;
+	long long cur = -1;
+
+	for (unsigned i = tid; i < bq * hd; i += nt) {
+		unsigned q = i / hd;
+
+		qs[i] = q < rows ? reinterpret_cast<const float *>(a.q)[((size_t)(t0 + q) *
+			a.n_head + h) * hd + i % hd] : 0.0f;
+	}
+	for (unsigned i = tid; i < bq * hdv; i += nt)
+		o[i] = 0;
+	for (unsigned q = tid; q < bq; q += nt) {
+		rm[q] = -INFINITY;
+		rl[q] = 0;
+		rr[q] = 1;
+		rp[q] = q < rows ? pos[t0 + q] : -1;
+		rlo[q] = q < rows ? (int)kc_attn_lo(a, pos[t0 + q]) : 0;
+		rs[q] = q < rows ? (seq ? seq[t0 + q] : 0) : -1;
+	}
+	__syncthreads();
+	for (;;) {
+		long long next = -1, jlo = 0, jhi = -1;
+		unsigned long long base;
+
+		/* the next sequence among the rows, and the positions its rows see */
+		for (unsigned q = 0; q < rows; q++)
+			if (rs[q] > cur && (next < 0 || rs[q] < next))
+				next = rs[q];
+		if (next < 0)
+			break;
+		cur = next;
+		for (unsigned q = 0, first = 1; q < rows; q++) {
+			if (rs[q] != cur)
+				continue;
+			jlo = first || rlo[q] < jlo ? rlo[q] : jlo;
+			jhi = first || rp[q] > jhi ? rp[q] : jhi;
+			first = 0;
+		}
+		base = (unsigned long long)cur * a.n_cells;
+		for (long long c0 = jlo; c0 <= jhi; c0 += bk) {
+			unsigned cnt = jhi - c0 + 1 < bk ? (unsigned)(jhi - c0 + 1) : bk;
+
+			for (unsigned i = tid; i < cnt * hd; i += nt) {
+				unsigned j = i / hd;
+				unsigned long long cell = base + (unsigned long long)(c0 + j) %
+							  a.n_cells;
+
+				kt[j * ks + i % hd] = kc_kv_elem(kb + cell * a.row_bytes, a.kv_type,
+								 koff + i % hd);
+			}
+			for (unsigned i = tid; i < cnt * hdv; i += nt) {
+				unsigned j = i / hdv;
+				unsigned long long cell = base + (unsigned long long)(c0 + j) %
+							  a.n_cells;
+
+				vt[i] = kc_kv_elem(vb + cell * a.row_bytes, a.kv_type, voff + i % hdv);
+			}
+			__syncthreads();
+			for (unsigned i = tid; i < bq * bk; i += nt) {
+				unsigned q = i / bk, j = i % bk;
+				long long pj = c0 + j;
+				float d = -INFINITY;
+
+				if (j < cnt && q < rows && rs[q] == cur && pj >= rlo[q] && pj <= rp[q]) {
+					d = 0;
+					for (unsigned k = 0; k < hd; k++)
+						d += qs[q * hd + k] * kt[j * ks + k];
+					d *= a.scale;
+					if (a.softcap > 0)
+						d = a.softcap * tanhf(d / a.softcap);
+				}
+				st[i] = d;
+			}
+			__syncthreads();
+			for (unsigned q = tid; q < bq; q += nt) {
+				float mx = rm[q], sum = 0, r;
+
+				for (unsigned j = 0; j < cnt; j++)
+					mx = fmaxf(mx, st[q * bk + j]);
+				r = mx == -INFINITY ? 1.0f : expf(rm[q] - mx);
+				for (unsigned j = 0; j < bk; j++) {
+					float d = st[q * bk + j];
+					float e = j < cnt && d != -INFINITY ? expf(d - mx) : 0.0f;
+
+					st[q * bk + j] = e;
+					sum += e;
+				}
+				rl[q] = rl[q] * r + sum;
+				rm[q] = mx;
+				rr[q] = r;
+			}
+			__syncthreads();
+			for (unsigned i = tid; i < bq * hdv; i += nt) {
+				unsigned q = i / hdv, c = i % hdv;
+				float acc = o[i] * rr[q];
+
+				for (unsigned j = 0; j < cnt; j++)
+					acc += st[q * bk + j] * vt[j * hdv + c];
+				o[i] = acc;
+			}
+			/* the next tile rewrites kt, vt and st */
+			__syncthreads();
+		}
+	}
+	for (unsigned i = tid; i < rows * hdv; i += nt) {
+		unsigned q = i / hdv;
+		float m = rm[q], sum = rl[q], acc = o[i];
+
+		if (a.sinks) {
+			float sk = reinterpret_cast<const float *>(a.sinks)[h];
+
+			if (sk > m) {
+				float r = expf(m - sk);
+
+				acc *= r;
+				sum *= r;
+				m = sk;
+			}
+			sum += expf(sk - m);
+		}
+		reinterpret_cast<float *>(a.out)[((size_t)(t0 + q) * a.n_head + h) * hdv + i % hdv] =
+			acc * (sum > 0 ? 1.0f / sum : 1.0f);
+	}
+}
+MOE_KERNEL(moe_k_attention_tiled);

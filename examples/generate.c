@@ -98,7 +98,7 @@ int main(int argc, char **argv)
 	if (!w.picked)
 		return 1;
 
-	moe_ctx_default_params(&cp);
+	moe_ctx_params_init(&cp);
 	cp.n_ctx = 256;
 	if (moe_ctx_create(model, &cp, &ctx) < 0) {
 		fprintf(stderr, "generate: %s\n", moe_errmsg());
@@ -112,7 +112,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "generate: %s\n", n ? moe_errmsg() : "the prompt has no tokens");
 		return 1;
 	}
-	moe_sample_default_params(&sp);
+	moe_sample_params_init(&sp);
 	pr.tok = tok;
 	printf("%s", argv[2]);
 	gen = moe_ctx_generate(ctx, ids, (uint32_t)n, argc > 3 ? (uint32_t)atoi(argv[3]) : 8, &sp,
@@ -142,9 +142,9 @@ int main(int argc, char **argv)
 			printf(" %" PRIu64, rs ? moe_routestats_count(rs, l, e) : 0);
 		printf("\n");
 	}
-	moe_ctx_free(ctx);
-	moe_tokenizer_free(tok);
+	moe_ctx_destroy(ctx);
+	moe_tokenizer_destroy(tok);
 	free(w.picked);
-	moe_model_close(model);
+	moe_model_destroy(model);
 	return 0;
 }

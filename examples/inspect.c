@@ -53,7 +53,7 @@ int main(int argc, char **argv)
 	}
 	if (moe_model_hparams(model, &hp) < 0 || moe_model_summary(model, &sum) < 0) {
 		fprintf(stderr, "inspect: %s\n", moe_errmsg());
-		moe_model_close(model);
+		moe_model_destroy(model);
 		return 1;
 	}
 	printf("model: %s, %s, %u layers (%u MoE), %u experts, %u used per token\n",
@@ -78,6 +78,6 @@ int main(int argc, char **argv)
 		printf("\n");
 	}
 	print_meta(model, 8);
-	moe_model_close(model);
+	moe_model_destroy(model);
 	return 0;
 }

@@ -69,7 +69,7 @@ int main(int argc, char **argv)
 	ret = moe_io_open(argv[1], NULL, &io);
 	if (ret < 0) {
 		fprintf(stderr, "stream-experts: %s\n", moe_errmsg());
-		moe_model_close(model);
+		moe_model_destroy(model);
 		return 1;
 	}
 	printf("I/O: %s\n", moe_io_describe(io));
@@ -117,7 +117,7 @@ int main(int argc, char **argv)
 	printf("read %u expert matrices, %" PRIu64 " bytes in %" PRIu64 " requests; "
 	       "%u differ from pread\n", n, st.bytes, st.requests, bad);
 	free(slots);
-	moe_io_close(io);
-	moe_model_close(model);
+	moe_io_destroy(io);
+	moe_model_destroy(model);
 	return bad ? 1 : 0;
 }

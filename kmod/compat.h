@@ -49,6 +49,14 @@
 #define MOE_HAVE_DEBUGFS_ADD_FILES	1
 #endif
 
+/*
+ * 6.7: a command marked IORING_URING_CMD_CANCELABLE gets ->uring_cmd again
+ * with IO_URING_F_CANCEL when its ring goes away, so a queued one can end.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 7, 0)
+#define MOE_HAVE_URING_CANCELABLE	1
+#endif
+
 /* 6.14 dropped drm_driver.date. */
 #if LINUX_VERSION_CODE < KERNEL_VERSION(6, 14, 0)
 #define MOE_DRIVER_DATE(d)	.date = (d),

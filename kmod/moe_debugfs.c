@@ -13,10 +13,11 @@
 static int moe_models_show(struct seq_file *m, struct moe_device *mdev)
 {
 	struct moe_model *model;
-	int id, i;
+	unsigned long id;
+	int i;
 
 	mutex_lock(&mdev->models_lock);
-	idr_for_each_entry(&mdev->models, model, id) {
+	xa_for_each(&mdev->models, id, model) {
 		seq_printf(m, "%u %s extents=%u file_size=%lld bytes=%lld requests=%lld "
 			   "errors=%lld inflight=%lld lat_us_log2=", model->id, model->name,
 			   model->n_extents, model->file_size,

@@ -61,7 +61,8 @@ static int moe_get_param_ioctl(struct drm_device *dev, void *data, struct drm_fi
 		args->value = (DRM_MOE_VERSION_MAJOR << 16) | DRM_MOE_VERSION_MINOR;
 		break;
 	case DRM_MOE_PARAM_CAPS:
-		args->value = DRM_MOE_CAP_URING_CMD | DRM_MOE_CAP_PRIME | DRM_MOE_CAP_DIRECT;
+		args->value = DRM_MOE_CAP_URING_CMD | DRM_MOE_CAP_PRIME | DRM_MOE_CAP_DIRECT |
+			      DRM_MOE_CAP_PRIORITY;
 		break;
 	case DRM_MOE_PARAM_ALIGN:
 		args->value = MOE_ALIGN;
@@ -102,7 +103,7 @@ static void moe_postclose(struct drm_device *dev, struct drm_file *file)
 	struct moe_file *mfile = file->driver_priv;
 
 	/* Reads still in flight hold what they need: closing does not wait for them. */
-	moe_file_release_batches(mfile);
+	moe_file_release_batches(to_moe_device(dev), mfile);
 	xa_destroy(&mfile->batches);
 	kfree(mfile);
 }
@@ -116,6 +117,7 @@ static const struct drm_ioctl_desc moe_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(MOE_MODEL_INFO, moe_model_info_ioctl, DRM_RENDER_ALLOW),
 	DRM_IOCTL_DEF_DRV(MOE_FETCH, moe_fetch_ioctl, DRM_RENDER_ALLOW),
 	DRM_IOCTL_DEF_DRV(MOE_WAIT, moe_wait_ioctl, DRM_RENDER_ALLOW),
+	DRM_IOCTL_DEF_DRV(MOE_CANCEL, moe_cancel_ioctl, DRM_RENDER_ALLOW),
 };
 
 /* Kernels with DRM_ACCEL (6.2+) get /dev/accel/accelN (tested on 6.12). */
@@ -184,7 +186,9 @@ static int __init moe_init(void)
 	ret = drmm_mutex_init(&mdev->drm, &mdev->models_lock);
 	if (ret)
 		goto err_release_devres;
-	idr_init(&mdev->models);
+	xa_init_flags(&mdev->models, XA_FLAGS_ALLOC1);
+	spin_lock_init(&mdev->sched_lock);
+	INIT_LIST_HEAD(&mdev->low_queue);
 	mdev->wq = alloc_workqueue("moe", WQ_UNBOUND | WQ_HIGHPRI, 0);
 	if (!mdev->wq) {
 		ret = -ENOMEM;
@@ -221,7 +225,7 @@ static void __exit moe_exit(void)
 	drm_dev_unregister(&mdev->drm);
 	destroy_workqueue(mdev->wq);
 	moe_models_release_all(mdev);
-	idr_destroy(&mdev->models);
+	xa_destroy(&mdev->models);
 	devres_release_group(&moe_pdev->dev, NULL);
 	platform_device_unregister(moe_pdev);
 }

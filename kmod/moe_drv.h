@@ -12,6 +12,7 @@
 #include <linux/idr.h>
 #include <linux/kref.h>
 #include <linux/mutex.h>
+#include <linux/rcupdate.h>
 #include <linux/workqueue.h>
 #include <linux/xarray.h>
 
@@ -50,12 +51,23 @@ extern unsigned long moe_max_bo_bytes;
 
 struct moe_device {
 	struct drm_device drm;
-	/* Protects @models and @n_models. */
+	/*
+	 * Serializes changes to @models (names are unique) and @n_models.
+	 * FETCH looks models up without it: under RCU, with
+	 * kref_get_unless_zero (moe_model_lookup).
+	 */
 	struct mutex models_lock;
-	struct idr models;
+	struct xarray models;
+	u32 next_id;
 	unsigned int n_models;
 	/* Batch completion (from hard IRQ) and non-blocking io_uring submission. */
 	struct workqueue_struct *wq;
+	/* Protects @low_queue, @demand_inflight and the batches' @queue links. */
+	spinlock_t sched_lock;
+	/* DRM_MOE_FETCH_LOW batches waiting for the demand batches to finish. */
+	struct list_head low_queue;
+	/* Demand batches issued and not yet done. */
+	unsigned int demand_inflight;
 };
 
 static inline struct moe_device *to_moe_device(struct drm_device *drm)
@@ -74,6 +86,8 @@ struct moe_model {
 	u32 dev_minor;
 	u64 ino;
 	u32 n_extents;
+	/* Extents 0..n_meta-1 are the header and non-expert tensors (uAPI 2.1). */
+	u32 n_meta;
 	struct drm_moe_extent *extents;
 	/* Updated from the completion (hard IRQ), hence atomics. */
 	atomic64_t bytes;
@@ -81,6 +95,8 @@ struct moe_model {
 	atomic64_t errors;
 	atomic64_t inflight;
 	atomic64_t lat_hist[DRM_MOE_LAT_BUCKETS];
+	/* Freed after a grace period: a lookup may still hold the pointer. */
+	struct rcu_head rcu;
 };
 
 struct moe_file {
@@ -102,9 +118,11 @@ struct moe_req {
 	struct moe_batch *batch;
 	struct moe_model *model;
 	struct drm_gem_object *obj;
-	struct bio_vec *bvec;
+	/* A slice of the BO's table (not owned): nr_segs vectors, skip bytes into the first. */
+	const struct bio_vec *bvec;
 	u32 nr_pages;
 	u32 nr_segs;
+	u32 skip;
 	u64 bo_offset;
 	u64 length;
 	loff_t pos;
@@ -121,6 +139,16 @@ struct moe_batch {
 	struct moe_file *mfile;
 	u64 results_ptr;
 	u32 count;
+	/* Its ticket (ioctl batches), for CANCEL. */
+	u32 ticket;
+	/* The file that submitted it, for CANCEL and close; only read while queued. */
+	struct moe_file *owner;
+	/* DRM_MOE_FETCH_LOW. */
+	bool low;
+	/* Counted in moe_device.demand_inflight. */
+	bool demand;
+	/* On moe_device.low_queue while queued, else empty. */
+	struct list_head queue;
 	atomic_t pending;
 	struct work_struct submit_work;
 	struct work_struct done_work;
@@ -136,6 +164,15 @@ struct moe_batch {
 struct moe_bo {
 	struct drm_gem_shmem_object base;	/* first: drm_gem_shmem_free() kfree()s it */
 	bool pinned;
+	/*
+	 * The pinned pages as bio_vecs, physically contiguous runs merged,
+	 * built once at BO_CREATE: a request reads into a slice of it, so a
+	 * fetch allocates nothing proportional to its size.  seg_off[i] is
+	 * where bvec[i] starts in the BO.
+	 */
+	struct bio_vec *bvec;
+	u64 *seg_off;
+	u32 nr_segs;
 };
 
 static inline struct moe_bo *to_moe_bo(struct drm_gem_object *obj)
@@ -159,8 +196,10 @@ void moe_models_release_all(struct moe_device *mdev);
 /* moe_fetch.c */
 int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 int moe_wait_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
+int moe_cancel_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags);
-void moe_file_release_batches(struct moe_file *mfile);
+void moe_file_release_batches(struct moe_device *mdev, struct moe_file *mfile);
+void moe_fetch_cancel_model(struct moe_device *mdev, struct moe_model *model);
 
 /* moe_debugfs.c: before drm_dev_register() from 6.3, else through drm_driver.debugfs_init */
 #ifdef MOE_HAVE_DEBUGFS_ADD_FILES

@@ -8,6 +8,12 @@
  * returns, so it only records the result and counts down; the last one
  * queues done_work, which drops references in process context and then
  * either completes the io_uring command or wakes WAIT.
+ *
+ * Priority: a DRM_MOE_FETCH_LOW batch submitted while any demand batch of
+ * the device is reading waits in mdev->low_queue, unissued, and goes when
+ * the last demand batch is done; until then CANCEL, the close of its file,
+ * the unregistering of a model it reads, or (6.7+) the end of its io_uring
+ * ring take it back, and its requests end with -ECANCELED without I/O.
  */
 #include <linux/blkdev.h>
 #include <linux/cred.h>
@@ -34,7 +40,6 @@ static void moe_batch_free(struct kref *ref)
 
 static void moe_req_release(struct moe_req *req)
 {
-	kvfree(req->bvec);
 	req->bvec = NULL;
 	if (req->obj)
 		drm_gem_object_put(req->obj);
@@ -97,7 +102,9 @@ static void moe_req_issue(struct moe_req *req)
 	req->iocb.ki_pos = pos;
 	req->iocb.ki_flags |= IOCB_DIRECT;
 	req->iocb.ki_complete = moe_req_complete;
-	iov_iter_bvec(&iter, ITER_DEST, req->bvec, req->nr_segs, req->length);
+	/* The BO's table from the vector holding bo_offset, then the skip into it. */
+	iov_iter_bvec(&iter, ITER_DEST, req->bvec, req->nr_segs, req->skip + req->length);
+	iov_iter_advance(&iter, req->skip);
 
 	atomic64_inc(&req->model->inflight);
 	req->start_ns = ktime_get_ns();
@@ -177,23 +184,49 @@ static void moe_uring_done(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 	if (!(current->flags & (PF_KTHREAD | PF_EXITING)) && moe_batch_copy_results(batch))
 		res = -EFAULT;
 	atomic_sub(batch->count, &batch->mfile->n_pending);
+	/* A cancel callback (IO_URING_F_CANCEL) finds no batch from here on. */
+	spin_lock(&batch->mdev->sched_lock);
+	*(struct moe_batch **)ucmd->pdu = NULL;
+	spin_unlock(&batch->mdev->sched_lock);
 	kref_put(&batch->ref, moe_batch_free);
 	/* Last: the CQE may release the file and with it the module. */
 	moe_uring_cmd_done(ucmd, res, issue_flags);
 }
 
+/* A demand batch is done: when it was the last, the queued low batches go. */
+static void moe_sched_demand_done(struct moe_device *mdev)
+{
+	struct moe_batch *b, *n;
+	LIST_HEAD(run);
+
+	spin_lock(&mdev->sched_lock);
+	if (!--mdev->demand_inflight)
+		list_splice_init(&mdev->low_queue, &run);
+	spin_unlock(&mdev->sched_lock);
+	list_for_each_entry_safe(b, n, &run, queue) {
+		list_del_init(&b->queue);
+		/* From here on it may complete and be freed. */
+		moe_batch_issue(b);
+	}
+}
+
 static void moe_batch_done_work(struct work_struct *work)
 {
 	struct moe_batch *batch = container_of(work, struct moe_batch, done_work);
+	struct moe_device *mdev = batch->mdev;
+	bool demand = batch->demand;
 	u32 i;
 
 	for (i = 0; i < batch->count; i++) {
 		struct moe_req *req = &batch->reqs[i];
 
-		if (req->result < (s64)req->length)
+		/* A cancelled request never read: its range stays as it was. */
+		if (req->result < (s64)req->length && req->result != -ECANCELED)
 			moe_req_zero_tail(req);
 		moe_req_release(req);
 	}
+	if (demand)
+		moe_sched_demand_done(mdev);
 	if (batch->ucmd) {
 		io_uring_cmd_complete_in_task(batch->ucmd, moe_uring_done);
 		return;
@@ -208,14 +241,30 @@ static void moe_batch_done_work(struct work_struct *work)
 	module_put(THIS_MODULE);
 }
 
+/* The vector of @bo's table that holds byte @off. */
+static u32 moe_bo_seg(const struct moe_bo *bo, u64 off)
+{
+	u32 lo = 0, hi = bo->nr_segs;
+
+	while (hi - lo > 1) {
+		u32 mid = lo + (hi - lo) / 2;
+
+		if (bo->seg_off[mid] <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
 			   struct moe_req *req, const struct drm_moe_fetch_req *r,
 			   const struct moe_req *prev)
 {
-	struct drm_gem_shmem_object *shmem;
 	const struct drm_moe_extent *ext;
+	struct moe_bo *bo;
 	u64 end, length;
-	u32 first, i;
+	u32 first, last;
 
 	if (r->flags)
 		return -EINVAL;
@@ -243,7 +292,6 @@ static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
 	/* Only pages pinned until the last reference: see struct moe_bo. */
 	if (req->obj->import_attach || !to_moe_bo(req->obj)->pinned)
 		return -EINVAL;
-	shmem = to_drm_gem_shmem_obj(req->obj);
 	if (!IS_ALIGNED(r->bo_offset, MOE_ALIGN))
 		return -EINVAL;
 	if (check_add_overflow(r->bo_offset, length, &end) || end > req->obj->size)
@@ -253,30 +301,13 @@ static int moe_req_prepare(struct moe_device *mdev, struct drm_file *file,
 	req->length = length;
 	req->bo_offset = r->bo_offset;
 	req->nr_pages = length >> PAGE_SHIFT;
-	req->bvec = kvmalloc_array(req->nr_pages, sizeof(*req->bvec), GFP_KERNEL_ACCOUNT);
-	if (!req->bvec)
-		return -ENOMEM;
-	first = r->bo_offset >> PAGE_SHIFT;
-	/*
-	 * Physically contiguous pages share one multi-page bio_vec: fewer
-	 * segments per bio, fewer split requests and PRP entries.
-	 */
-	req->nr_segs = 0;
-	for (i = 0; i < req->nr_pages; i++) {
-		struct page *page = shmem->pages[first + i];
-		struct bio_vec *prev = req->nr_segs ? &req->bvec[req->nr_segs - 1] : NULL;
-
-		if (prev && page_to_pfn(page) ==
-		    page_to_pfn(prev->bv_page) + (prev->bv_len >> PAGE_SHIFT) &&
-		    prev->bv_len <= UINT_MAX - PAGE_SIZE) {
-			prev->bv_len += PAGE_SIZE;
-			continue;
-		}
-		req->bvec[req->nr_segs].bv_page = page;
-		req->bvec[req->nr_segs].bv_len = PAGE_SIZE;
-		req->bvec[req->nr_segs].bv_offset = 0;
-		req->nr_segs++;
-	}
+	/* The vectors of the BO's table that hold [bo_offset, end): nothing to allocate. */
+	bo = to_moe_bo(req->obj);
+	first = moe_bo_seg(bo, r->bo_offset);
+	last = moe_bo_seg(bo, end - 1);
+	req->bvec = &bo->bvec[first];
+	req->nr_segs = last - first + 1;
+	req->skip = r->bo_offset - bo->seg_off[first];
 	return 0;
 }
 
@@ -288,7 +319,7 @@ static struct moe_batch *moe_batch_prepare(struct moe_device *mdev, struct drm_f
 	int ret = 0;
 	u32 i;
 
-	if (args->flags || !args->count)
+	if ((args->flags & ~DRM_MOE_FETCH_FLAGS) || !args->count)
 		return ERR_PTR(-EINVAL);
 	if (args->count > moe_max_batch)
 		return ERR_PTR(-E2BIG);
@@ -310,6 +341,8 @@ static struct moe_batch *moe_batch_prepare(struct moe_device *mdev, struct drm_f
 	batch->mdev = mdev;
 	batch->count = args->count;
 	batch->results_ptr = args->results_ptr;
+	batch->low = args->flags & DRM_MOE_FETCH_LOW;
+	INIT_LIST_HEAD(&batch->queue);
 	atomic_set(&batch->pending, args->count);
 	INIT_WORK(&batch->submit_work, moe_batch_submit_work);
 	INIT_WORK(&batch->done_work, moe_batch_done_work);
@@ -330,6 +363,112 @@ static struct moe_batch *moe_batch_prepare(struct moe_device *mdev, struct drm_f
 out_free_reqs:
 	kvfree(reqs);
 	return ret ? ERR_PTR(ret) : batch;
+}
+
+/*
+ * Issue @batch, or queue it when it is low priority and demand batches are
+ * reading.  @async: issue from the workqueue (a non-blocking io_uring issue
+ * must not block on the block layer).  Once queued or issued the batch may
+ * complete at any time: the caller must not touch it after this.
+ */
+static void moe_batch_start(struct moe_batch *batch, bool async)
+{
+	struct moe_device *mdev = batch->mdev;
+
+	spin_lock(&mdev->sched_lock);
+	if (batch->low && mdev->demand_inflight) {
+		list_add_tail(&batch->queue, &mdev->low_queue);
+		spin_unlock(&mdev->sched_lock);
+		return;
+	}
+	if (!batch->low) {
+		batch->demand = true;
+		mdev->demand_inflight++;
+	}
+	spin_unlock(&mdev->sched_lock);
+	if (async)
+		queue_work(mdev->wq, &batch->submit_work);
+	else
+		moe_batch_issue(batch);
+}
+
+/* End a batch taken off the low queue (sched_lock not held): no read was issued. */
+static void moe_batch_cancel_queued(struct moe_batch *batch)
+{
+	u32 i;
+
+	for (i = 0; i < batch->count; i++)
+		batch->reqs[i].result = -ECANCELED;
+	atomic_set(&batch->pending, 0);
+	queue_work(batch->mdev->wq, &batch->done_work);
+}
+
+/* Take queued batches for which @match says yes off the low queue and end them. */
+static u32 moe_cancel_queued(struct moe_device *mdev,
+			     bool (*match)(const struct moe_batch *, const void *), const void *arg)
+{
+	struct moe_batch *b, *n;
+	LIST_HEAD(victims);
+	u32 count = 0;
+
+	spin_lock(&mdev->sched_lock);
+	list_for_each_entry_safe(b, n, &mdev->low_queue, queue)
+		if (match(b, arg))
+			list_move_tail(&b->queue, &victims);
+	spin_unlock(&mdev->sched_lock);
+	list_for_each_entry_safe(b, n, &victims, queue) {
+		list_del_init(&b->queue);
+		moe_batch_cancel_queued(b);
+		count++;
+	}
+	return count;
+}
+
+struct moe_cancel_match {
+	const struct moe_file *owner;
+	u32 ticket;
+};
+
+static bool moe_match_file(const struct moe_batch *b, const void *arg)
+{
+	const struct moe_cancel_match *m = arg;
+
+	return b->owner == m->owner && (!m->ticket || (!b->ucmd && b->ticket == m->ticket));
+}
+
+static bool moe_match_model(const struct moe_batch *b, const void *arg)
+{
+	u32 i;
+
+	for (i = 0; i < b->count; i++)
+		if (b->reqs[i].model == arg)
+			return true;
+	return false;
+}
+
+void moe_fetch_cancel_model(struct moe_device *mdev, struct moe_model *model)
+{
+	u32 n = moe_cancel_queued(mdev, moe_match_model, model);
+
+	if (n)
+		moe_dbg(mdev, MOE_DBG_MODEL, "model %u: %u queued batches cancelled\n", model->id, n);
+}
+
+int moe_cancel_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
+{
+	struct moe_device *mdev = to_moe_device(dev);
+	struct moe_file *mfile = file->driver_priv;
+	struct drm_moe_cancel *args = data;
+	struct moe_cancel_match m = { .owner = mfile };
+
+	if (args->flags || args->ticket > U32_MAX)
+		return -EINVAL;
+	m.ticket = args->ticket;
+	if (m.ticket && !xa_load(&mfile->batches, m.ticket))
+		return -ENOENT;
+	args->cancelled = moe_cancel_queued(mdev, moe_match_file, &m);
+	moe_dbg(mdev, MOE_DBG_FETCH, "cancel: ticket %u, %u batches\n", m.ticket, args->cancelled);
+	return 0;
 }
 
 /*
@@ -356,7 +495,7 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 	u32 ticket;
 	int ret;
 
-	if (args->flags || !args->count)
+	if ((args->flags & ~DRM_MOE_FETCH_FLAGS) || !args->count)
 		return -EINVAL;
 	if (args->count > moe_max_batch)
 		return -E2BIG;
@@ -379,7 +518,10 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 		goto err_dec;
 	}
 	args->ticket = ticket;
-	moe_dbg(mdev, MOE_DBG_FETCH, "fetch: %u requests, ticket %u\n", batch->count, ticket);
+	batch->ticket = ticket;
+	batch->owner = mfile;
+	moe_dbg(mdev, MOE_DBG_FETCH, "fetch: %u requests, ticket %u%s\n", batch->count, ticket,
+		batch->low ? ", low priority" : "");
 	/*
 	 * The reads keep the batch and the module alive by themselves, so a
 	 * file closed (a process killed) with reads in flight need not wait
@@ -387,7 +529,7 @@ int moe_fetch_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 	 */
 	kref_get(&batch->ref);
 	__module_get(THIS_MODULE);
-	moe_batch_issue(batch);
+	moe_batch_start(batch, false);
 	return 0;
 
 err_dec:
@@ -465,6 +607,24 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 	u64 fetch_ptr, pad;
 	int idx, ret;
 
+#ifdef MOE_HAVE_URING_CANCELABLE
+	if (issue_flags & IO_URING_F_CANCEL) {
+		struct moe_batch *b;
+		bool queued = false;
+
+		/* The ring is going away: a batch still queued ends, one reading finishes. */
+		spin_lock(&mdev->sched_lock);
+		b = *(struct moe_batch **)ucmd->pdu;
+		if (b && !list_empty(&b->queue)) {
+			list_del_init(&b->queue);
+			queued = true;
+		}
+		spin_unlock(&mdev->sched_lock);
+		if (queued)
+			moe_batch_cancel_queued(b);
+		return 0;
+	}
+#endif
 	if (ucmd->cmd_op != DRM_MOE_URING_CMD_FETCH) {
 		moe_dbg(mdev, MOE_DBG_URING, "uring_cmd: unknown cmd_op 0x%x\n", ucmd->cmd_op);
 		return -ENOTTY;
@@ -496,19 +656,22 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 		goto out_exit;
 	}
 	batch->mfile = mfile;
+	batch->owner = mfile;
 	batch->ucmd = ucmd;
 	*(struct moe_batch **)ucmd->pdu = batch;
-	moe_dbg(mdev, MOE_DBG_URING, "uring_cmd fetch: %u requests%s\n", batch->count,
+	moe_dbg(mdev, MOE_DBG_URING, "uring_cmd fetch: %u requests%s%s\n", batch->count,
+		batch->low ? ", low priority" : "",
 		issue_flags & IO_URING_F_NONBLOCK ? ", issued from the workqueue" : "");
+#ifdef MOE_HAVE_URING_CANCELABLE
+	if (batch->low)
+		io_uring_cmd_mark_cancelable(ucmd, issue_flags);
+#endif
 	/*
 	 * A positive return is mishandled by 6.1's io_uring: always complete
 	 * through io_uring_cmd_done().  Issuing may block (inode lock, request
 	 * tags), which a non-blocking issue must not: hand it to the workqueue.
 	 */
-	if (issue_flags & IO_URING_F_NONBLOCK)
-		queue_work(mdev->wq, &batch->submit_work);
-	else
-		moe_batch_issue(batch);
+	moe_batch_start(batch, issue_flags & IO_URING_F_NONBLOCK);
 	ret = -EIOCBQUEUED;
 out_exit:
 	drm_dev_exit(idx);
@@ -520,11 +683,14 @@ out_exit:
  * reading holds its BO pages, its models, itself and the module until its
  * last read completes, so nothing here waits on the device.
  */
-void moe_file_release_batches(struct moe_file *mfile)
+void moe_file_release_batches(struct moe_device *mdev, struct moe_file *mfile)
 {
+	struct moe_cancel_match m = { .owner = mfile };
 	struct moe_batch *batch;
 	unsigned long ticket;
 
+	/* Its queued batches would read for no one: they end now, unread. */
+	moe_cancel_queued(mdev, moe_match_file, &m);
 	xa_for_each(&mfile->batches, ticket, batch) {
 		xa_erase(&mfile->batches, ticket);
 		kref_put(&batch->ref, moe_batch_free);

@@ -4,6 +4,8 @@
  * creation, so that a fetch never allocates memory or takes the pages lock
  * on the I/O path.  moe_gem_free() drops that pin with the last reference.
  */
+#include <linux/bvec.h>
+#include <linux/mm.h>
 #include <linux/slab.h>
 
 #include <drm/drm_gem_shmem_helper.h>
@@ -19,6 +21,8 @@ static void moe_gem_free(struct drm_gem_object *obj)
 {
 	struct moe_bo *bo = to_moe_bo(obj);
 
+	kvfree(bo->bvec);
+	kvfree(bo->seg_off);
 	if (bo->pinned)
 		drm_gem_shmem_unpin(&bo->base);
 	drm_gem_shmem_free(&bo->base);
@@ -48,6 +52,41 @@ struct drm_gem_object *moe_gem_create_object(struct drm_device *dev, size_t size
 	return &bo->base.base;
 }
 
+/*
+ * The table every request of this BO reads into: one bio_vec per run of
+ * physically contiguous pages (fewer segments per bio, fewer split
+ * requests and PRP entries), made once while the pages are pinned.
+ */
+static int moe_bo_build_bvec(struct moe_bo *bo)
+{
+	struct drm_gem_shmem_object *shmem = &bo->base;
+	size_t nr_pages = shmem->base.size >> PAGE_SHIFT, i;
+	u32 n = 0;
+
+	bo->bvec = kvmalloc_array(nr_pages, sizeof(*bo->bvec), GFP_KERNEL_ACCOUNT);
+	bo->seg_off = kvmalloc_array(nr_pages, sizeof(*bo->seg_off), GFP_KERNEL_ACCOUNT);
+	if (!bo->bvec || !bo->seg_off)
+		return -ENOMEM;
+	for (i = 0; i < nr_pages; i++) {
+		struct page *page = shmem->pages[i];
+		struct bio_vec *prev = n ? &bo->bvec[n - 1] : NULL;
+
+		if (prev && page_to_pfn(page) ==
+		    page_to_pfn(prev->bv_page) + (prev->bv_len >> PAGE_SHIFT) &&
+		    prev->bv_len <= UINT_MAX - 2 * PAGE_SIZE) {
+			prev->bv_len += PAGE_SIZE;
+			continue;
+		}
+		bo->bvec[n].bv_page = page;
+		bo->bvec[n].bv_len = PAGE_SIZE;
+		bo->bvec[n].bv_offset = 0;
+		bo->seg_off[n] = (u64)i << PAGE_SHIFT;
+		n++;
+	}
+	bo->nr_segs = n;
+	return 0;
+}
+
 int moe_bo_create_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 {
 	struct drm_moe_bo_create *args = data;
@@ -69,6 +108,9 @@ int moe_bo_create_ioctl(struct drm_device *dev, void *data, struct drm_file *fil
 	if (ret)
 		goto out_put;
 	to_moe_bo(&shmem->base)->pinned = true;
+	ret = moe_bo_build_bvec(to_moe_bo(&shmem->base));
+	if (ret)
+		goto out_put;
 	ret = drm_gem_handle_create(file, &shmem->base, &args->handle);
 out_put:
 	/* The handle now holds the reference (or nothing does on error). */

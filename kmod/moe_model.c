@@ -21,7 +21,7 @@ static void moe_model_release(struct kref *ref)
 
 	fput(model->file);
 	kvfree(model->extents);
-	kfree(model);
+	kfree_rcu(model, rcu);
 }
 
 /* Only from process context: the last put releases the file. */
@@ -30,25 +30,30 @@ void moe_model_put(struct moe_model *model)
 	kref_put(&model->ref, moe_model_release);
 }
 
+/*
+ * The FETCH path's lookup: no device-wide lock.  A model being unregistered
+ * may still be found; its last reference may be going, which
+ * kref_get_unless_zero refuses, and RCU keeps the memory until then.
+ */
 struct moe_model *moe_model_lookup(struct moe_device *mdev, u32 id)
 {
 	struct moe_model *model;
 
-	mutex_lock(&mdev->models_lock);
-	model = idr_find(&mdev->models, id);
-	if (model)
-		kref_get(&model->ref);
-	mutex_unlock(&mdev->models_lock);
+	rcu_read_lock();
+	model = xa_load(&mdev->models, id);
+	if (model && !kref_get_unless_zero(&model->ref))
+		model = NULL;
+	rcu_read_unlock();
 	return model;
 }
 
 static struct moe_model *moe_model_find_name(struct moe_device *mdev, const char *name)
 {
 	struct moe_model *model;
-	int id;
+	unsigned long id;
 
 	lockdep_assert_held(&mdev->models_lock);
-	idr_for_each_entry(&mdev->models, model, id)
+	xa_for_each(&mdev->models, id, model)
 		if (!strcmp(model->name, name))
 			return model;
 	return NULL;
@@ -106,7 +111,7 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
-	if (args->flags)
+	if (args->flags || args->pad || args->n_meta > args->n_extents)
 		return -EINVAL;
 	name_len = strnlen(args->name, DRM_MOE_NAME_LEN);
 	if (!name_len || name_len == DRM_MOE_NAME_LEN)
@@ -156,8 +161,11 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 		goto err_free_extents;
 	}
 	ret = moe_check_extents(model->extents, model->n_extents, model->file_size);
+	if (!ret && args->n_meta && model->extents[0].offset)
+		ret = -EINVAL;
 	if (ret)
 		goto err_free_extents;
+	model->n_meta = args->n_meta;
 
 	mutex_lock(&mdev->models_lock);
 	if (moe_model_find_name(mdev, model->name)) {
@@ -169,17 +177,17 @@ int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file
 		goto err_unlock;
 	}
 	/* Cyclic ids: a stale id from an unregistered model does not name a new one. */
-	ret = idr_alloc_cyclic(&mdev->models, model, 1, INT_MAX, GFP_KERNEL);
+	ret = xa_alloc_cyclic(&mdev->models, &model->id, model, XA_LIMIT(1, INT_MAX),
+			      &mdev->next_id, GFP_KERNEL);
 	if (ret < 0)
 		goto err_unlock;
-	model->id = ret;
 	mdev->n_models++;
 	mutex_unlock(&mdev->models_lock);
 
 	args->model_id = model->id;
 	args->file_size = model->file_size;
-	moe_dbg(mdev, MOE_DBG_MODEL, "registered model %u '%s': %u extents, %lld bytes\n", model->id,
-		model->name, model->n_extents, model->file_size);
+	moe_dbg(mdev, MOE_DBG_MODEL, "registered model %u '%s': %u extents (%u metadata), %lld bytes\n",
+		model->id, model->name, model->n_extents, model->n_meta, model->file_size);
 	return 0;
 
 err_unlock:
@@ -205,13 +213,15 @@ int moe_model_unregister_ioctl(struct drm_device *dev, void *data, struct drm_fi
 		return -EINVAL;
 
 	mutex_lock(&mdev->models_lock);
-	model = idr_remove(&mdev->models, args->model_id);
+	model = args->model_id ? xa_erase(&mdev->models, args->model_id) : NULL;
 	if (model)
 		mdev->n_models--;
 	mutex_unlock(&mdev->models_lock);
 	if (!model)
 		return -ENOENT;
 	moe_dbg(mdev, MOE_DBG_MODEL, "unregistered model %u '%s'\n", model->id, model->name);
+	/* Queued batches that would read it end now; those reading finish. */
+	moe_fetch_cancel_model(mdev, model);
 	/* Requests in flight hold their own references. */
 	moe_model_put(model);
 	return 0;
@@ -221,17 +231,16 @@ static struct moe_model *moe_model_info_lookup(struct moe_device *mdev,
 					       struct drm_moe_model_info *args)
 {
 	struct moe_model *model = NULL;
-	int id;
+	unsigned long id;
 
 	mutex_lock(&mdev->models_lock);
 	if (args->flags & DRM_MOE_INFO_BY_NAME) {
 		model = moe_model_find_name(mdev, args->name);
 	} else if (args->flags & DRM_MOE_INFO_NEXT) {
-		id = args->model_id + 1;
-		if (id > 0)
-			model = idr_get_next(&mdev->models, &id);
+		id = args->model_id;
+		model = xa_find_after(&mdev->models, &id, U32_MAX, XA_PRESENT);
 	} else {
-		model = idr_find(&mdev->models, args->model_id);
+		model = xa_load(&mdev->models, args->model_id);
 	}
 	if (model)
 		kref_get(&model->ref);
@@ -248,7 +257,7 @@ int moe_model_info_ioctl(struct drm_device *dev, void *data, struct drm_file *fi
 	u32 n;
 	int i;
 
-	if ((args->flags & ~DRM_MOE_INFO_FLAGS) || args->pad ||
+	if ((args->flags & ~DRM_MOE_INFO_FLAGS) || args->pad || args->pad2 ||
 	    hweight32(args->flags & DRM_MOE_INFO_FLAGS) > 1)
 		return -EINVAL;
 	if ((args->flags & DRM_MOE_INFO_BY_NAME) &&
@@ -277,6 +286,7 @@ int moe_model_info_ioctl(struct drm_device *dev, void *data, struct drm_file *fi
 	args->file_dev_major = model->dev_major;
 	args->file_dev_minor = model->dev_minor;
 	args->file_ino = model->ino;
+	args->n_meta = model->n_meta;
 	for (i = 0; i < DRM_MOE_LAT_BUCKETS; i++)
 		args->lat_hist[i] = atomic64_read(&model->lat_hist[i]);
 out_put:
@@ -287,11 +297,11 @@ out_put:
 void moe_models_release_all(struct moe_device *mdev)
 {
 	struct moe_model *model;
-	int id;
+	unsigned long id;
 
 	mutex_lock(&mdev->models_lock);
-	idr_for_each_entry(&mdev->models, model, id) {
-		idr_remove(&mdev->models, id);
+	xa_for_each(&mdev->models, id, model) {
+		xa_erase(&mdev->models, id);
 		moe_model_put(model);
 	}
 	mdev->n_models = 0;

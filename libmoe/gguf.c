@@ -62,6 +62,7 @@ struct cursor {
 	const char *name;
 	int fd;                 /* -1: memory image */
 	const uint8_t *mem;
+	uint64_t mem_len;       /* memory image: bytes at mem (the start of a larger file) */
 	uint64_t size;          /* file size */
 	uint64_t pos;
 	uint8_t *buf;           /* file: window [buf_off, buf_off + buf_len) */
@@ -79,6 +80,11 @@ static int cur_read(struct cursor *c, void *dst, uint64_t n, const char *what)
 			       (unsigned long long)c->pos, (unsigned long long)n,
 			       (unsigned long long)c->size);
 	if (c->fd < 0) {
+		if (c->pos + n > c->mem_len)
+			return moe_err(EINVAL, "%s: %s at offset 0x%llx lies past the %llu bytes of "
+				       "header given (re-register the model: its header extent is "
+				       "too short)", c->name, what, (unsigned long long)c->pos,
+				       (unsigned long long)c->mem_len);
 		memcpy(d, c->mem + c->pos, n);
 		c->pos += n;
 		return 0;
@@ -664,7 +670,16 @@ err:
 int gguf_parse_mem(const void *data, size_t size, const char *name, struct gguf_file **out)
 {
 	struct cursor c = { .name = name ? name : "<memory>", .fd = -1, .mem = data,
-			    .size = size };
+			    .mem_len = size, .size = size };
+
+	return parse(&c, out);
+}
+
+int gguf_parse_image(const void *data, size_t len, uint64_t file_size, const char *name,
+		     struct gguf_file **out)
+{
+	struct cursor c = { .name = name ? name : "<memory>", .fd = -1, .mem = data,
+			    .mem_len = MOE_MIN((uint64_t)len, file_size), .size = file_size };
 
 	return parse(&c, out);
 }

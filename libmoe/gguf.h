@@ -67,6 +67,13 @@ struct gguf_file {
 int gguf_parse_fd(int fd, const char *name, struct gguf_file **out);
 /* Parse a GGUF image held in memory (fuzzing, tests). */
 int gguf_parse_mem(const void *data, size_t size, const char *name, struct gguf_file **out);
+/*
+ * The first @len bytes of a @file_size-byte file (its header and tensor
+ * table, as moe.ko serves them): parsed and validated against the whole
+ * file's size; a header running past @len is an error.
+ */
+int gguf_parse_image(const void *data, size_t len, uint64_t file_size, const char *name,
+		     struct gguf_file **out);
 void gguf_free(struct gguf_file *f);
 
 const struct gguf_kv *gguf_find_kv(const struct gguf_file *f, const char *key);

@@ -61,7 +61,7 @@ uint32_t moe_gguf_meta_elem_bytes(uint32_t type)
 	return type < MOE_ARRAY_SIZE(bytes) ? bytes[type] : 0;
 }
 
-int moe_gguf_writer_create(struct moe_gguf_writer **out, uint32_t alignment)
+int moe_gguf_writer_create(uint32_t alignment, struct moe_gguf_writer **out)
 {
 	struct moe_gguf_writer *w;
 
@@ -80,7 +80,7 @@ int moe_gguf_writer_create(struct moe_gguf_writer **out, uint32_t alignment)
 	return 0;
 }
 
-void moe_gguf_writer_free(struct moe_gguf_writer *w)
+void moe_gguf_writer_destroy(struct moe_gguf_writer *w)
 {
 	if (!w)
 		return;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "io/kmod.h"
 #include "model.h"
 #include "quant/quant.h"
 #include "util/util.h"
@@ -650,12 +651,18 @@ int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **ou
 		ret = moe_err(ENOMEM, "out of memory");
 		goto err;
 	}
-	m->fd = moe_open_input(path, 0, "a model file");
-	if (m->fd < 0) {
-		ret = m->fd;
-		goto err;
+	if (!strncmp(path, MOE_KMOD_PREFIX, strlen(MOE_KMOD_PREFIX))) {
+		uint64_t fsize = 0;
+
+		/* Registered with moe.ko: the header comes through the driver, not the file. */
+		ret = moe_kmod_read_header(path + strlen(MOE_KMOD_PREFIX), &m->head, &m->head_len,
+					   &fsize);
+		ret = ret ? ret : gguf_parse_image(m->head, (size_t)m->head_len, fsize, path,
+						   &m->gguf);
+	} else {
+		m->fd = moe_open_input(path, 0, "a model file");
+		ret = m->fd < 0 ? m->fd : gguf_parse_fd(m->fd, path, &m->gguf);
 	}
-	ret = gguf_parse_fd(m->fd, path, &m->gguf);
 	if (ret)
 		goto err;
 	m->tinfo = calloc(MOE_MAX(m->gguf->n_tensors, 1), sizeof(*m->tinfo));
@@ -708,7 +715,7 @@ int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **ou
 	*out = m;
 	return 0;
 err:
-	moe_model_close(m);
+	moe_model_destroy(m);
 	return ret;
 }
 
@@ -717,7 +724,7 @@ int moe_model_open(const char *path, struct moe_model **out)
 	return moe_model_open_flags(path, 0, out);
 }
 
-void moe_model_close(struct moe_model *m)
+void moe_model_destroy(struct moe_model *m)
 {
 	if (!m)
 		return;
@@ -729,6 +736,7 @@ void moe_model_close(struct moe_model *m)
 	gguf_free(m->gguf);
 	if (m->fd >= 0)
 		close(m->fd);
+	free(m->head);
 	free(m->path);
 	free(m);
 }

@@ -20,7 +20,9 @@ struct moe_layer {
 
 struct moe_model {
 	char *path;
-	int fd;
+	int fd;                       /* -1 for "moe:NAME": no file, */
+	void *head;                   /* ...its header extent, read through moe.ko */
+	uint64_t head_len;
 	struct gguf_file *gguf;
 	const struct moe_arch *arch;  /* NULL when opened metadata-only with an unknown arch */
 	struct moe_hparams hp;

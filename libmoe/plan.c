@@ -579,7 +579,7 @@ static int layout_once(const struct moe_model *m, const struct moe_ctx_params *p
 
 	memset(l, 0, sizeof(*l));
 	if (!par) {
-		moe_ctx_default_params(&def);
+		moe_ctx_params_init(&def);
 		par = &def;
 	}
 	layer_pools = par->flags & MOE_CTX_LAYER_POOLS;

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 # man3.awk: one section-3 man page per public function of include/moe/moe.h.
 #
-#   awk -v outdir=DIR -v version=0.1.0 -f scripts/man3.awk include/moe/moe.h
+#   awk -v outdir=DIR -v version=1.0.0 -f scripts/man3.awk include/moe/moe.h
 #
 # The page of a function is made of its declaration (SYNOPSIS) and the
 # comment right above it, which may cover several declarations in a row

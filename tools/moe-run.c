@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "moe/moe.h"
+#include "engine_opts.h"
 #include "json.h"
 #include "schema.h"
 #include "tool.h"
@@ -23,17 +24,12 @@
 #define MAX_GRAMMAR_FILE (1u << 20)
 
 struct opts {
-	const char *model, *prompt, *tokens, *logits_out, *system, *backend;
-	const char *policy, *prefetch, *trace_out, *state_dir;
+	const char *model, *prompt, *tokens, *logits_out, *system, *trace_out;
+	uint32_t n_gen, n_ctx;
 	const char *grammar_file, *schema_file;
-	bool json_object;
-	uint32_t kv_type;
-	uint32_t n_gen, n_ctx, n_batch, pin_hot;
-	uint64_t vram, host_cache, ple_cache;
-	int threads;
-	bool stats, json, chat, vram_zero, no_state, trace_pred, layer_pools;
+	bool stats, json, chat, trace_pred, json_object;
 	struct moe_sample_params sp;
-	struct moe_io_opts io;
+	struct engine_opts eng;
 };
 
 static void usage(FILE *f)
@@ -50,25 +46,8 @@ static void usage(FILE *f)
 		"      --system TEXT      system message for --chat\n"
 		"  -n, --n-predict N      tokens to generate (32)\n"
 		"      --ctx N            context positions (prompt + generated; default fits both)\n"
-		"      --batch N          prompt tokens per forward step (64)\n"
-		"      --vram SIZE        device memory budget, e.g. 20G, 512M (default: no limit)\n"
-		"      --host-cache SIZE  keep experts evicted from the budget in host memory\n"
-		"      --ple-cache SIZE   Gemma 4 E2B/E4B: host memory for per-layer embedding\n"
-		"                         rows cached by token (4096 rows)\n"
-		"      --policy NAME      expert eviction policy: lru, lfu, stats, with options\n"
-		"                         after ':' (lfu:decay=0.9) (lru)\n"
-		"      --prefetch NAME    fetch experts before the router asks: none, pop, trans,\n"
-		"                         spec, mix, with options (mix:depth=2,min=0.6) (none)\n"
-		"      --pin-hot N        keep the N most used experts in device memory for good\n"
-		"      --layer-pools      one pool of expert slots per layer\n"
-		"      --state-dir DIR    load and save routing statistics here (default\n"
-		"                         $MOE_STATE_DIR, $XDG_STATE_HOME/moe, ~/.local/state/moe)\n"
-		"      --no-state         neither load nor save routing statistics\n"
 		"      --trace-out FILE   record every token's routing (moectl trace simulate)\n"
 		"      --trace-predictions  with --trace-out: also the speculative predictions\n"
-		"      --threads N        compute threads (all CPUs)\n"
-		"      --backend NAME     where the model runs: auto, or one of those built in\n"
-		"      --kv-type T        KV cache elements: f32, f16 or q8_0 (f32)\n"
 		"      --temp X           temperature; 0 = greedy (0)\n"
 		"      --top-k N, --top-p X, --min-p X\n"
 		"      --repeat-penalty X, --repeat-last-n N\n"
@@ -78,15 +57,15 @@ static void usage(FILE *f)
 		"      --json-schema FILE output is JSON valid for this JSON Schema (the subset\n"
 		"                         in Documentation/structured-output.rst)\n"
 		"      --json-object      output is one JSON object\n"
-		"      --io auto|uring|pread   how the file is read (auto)\n"
-		"      --no-direct        read through the page cache instead of O_DIRECT\n"
 		"      --logits-out FILE  logits of every evaluated position, f32 LE [pos][vocab]\n"
 		"      --stats            prefill/decode tokens/s, expert hit rate, bytes read, GB/s,\n"
 		"                         time stalled on I/O (per layer too), prefetch precision\n"
 		"                         and recall, streamed dense FFN hits (stderr; in the JSON\n"
 		"                         with --json)\n"
 		"      --json             machine-readable output on stdout\n"
-		"  -h, --help             this text\n");
+		"  -h, --help             this text\n"
+		"Engine:\n");
+	engine_opts_usage(f);
 }
 
 static int bad(const char *fmt, const char *arg)
@@ -109,35 +88,6 @@ static int parse_float(const char *s, const char *what, double min, double max, 
 	if (tool_parse_double(what, s, min, max, &v))
 		return -EINVAL;
 	*out = (float)v;
-	return 0;
-}
-
-/* Whether @s is a size of zero with a valid unit ("0", "0G", "0.0MiB"). */
-static bool size_is_zero(const char *s)
-{
-	char one[32];
-	uint64_t v;
-	char *end;
-
-	if (*s < '0' || *s > '9' || strtod(s, &end) != 0 || strlen(end) > 8)
-		return false;
-	snprintf(one, sizeof(one), "1%s", end);
-	return moe_parse_size(one, &v) == 0;
-}
-
-/* A budget; @zero (when not NULL) says whether 0 was written, which moe_parse_size refuses. */
-static int parse_size(const char *s, const char *what, uint64_t *out, bool *zero)
-{
-	if (zero)
-		*zero = size_is_zero(s);
-	if (zero && *zero) {
-		*out = 0;
-		return 0;
-	}
-	if (moe_parse_size(s, out) < 0) {
-		fprintf(stderr, PROG ": %s %s\n", what, moe_errmsg());
-		return -EINVAL;
-	}
 	return 0;
 }
 
@@ -290,22 +240,15 @@ static int on_token(void *arg, const float *logits, uint32_t n_rows, int32_t nex
 
 static int parse_args(int argc, char **argv, struct opts *o)
 {
-	enum { O_TOKENS = 256, O_CTX, O_BATCH, O_VRAM, O_THREADS, O_TEMP, O_TOPK, O_TOPP, O_MINP,
-	       O_RPEN, O_RLAST, O_SEED, O_IO, O_NODIRECT, O_LOGITS, O_STATS, O_JSON, O_HOST,
-	       O_PLE_CACHE, O_CHAT, O_SYSTEM, O_BACKEND, O_KVTYPE, O_POLICY, O_PREFETCH, O_PIN_HOT,
-	       O_POOLS, O_STATE_DIR, O_NO_STATE, O_TRACE, O_TRACE_PRED, O_GRAMMAR, O_SCHEMA,
-	       O_JSON_OBJECT };
-	static const struct option lo[] = {
+	enum { O_TOKENS = 256, O_CTX, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_RPEN, O_RLAST, O_SEED,
+	       O_LOGITS, O_STATS, O_JSON, O_CHAT, O_SYSTEM, O_TRACE, O_TRACE_PRED,
+	       O_GRAMMAR, O_SCHEMA, O_JSON_OBJECT };
+	static const struct option own[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "prompt", required_argument, 0, 'p' },
 		{ "n-predict", required_argument, 0, 'n' },
 		{ "tokens", required_argument, 0, O_TOKENS },
 		{ "ctx", required_argument, 0, O_CTX },
-		{ "batch", required_argument, 0, O_BATCH },
-		{ "vram", required_argument, 0, O_VRAM },
-		{ "host-cache", required_argument, 0, O_HOST },
-		{ "ple-cache", required_argument, 0, O_PLE_CACHE },
-		{ "threads", required_argument, 0, O_THREADS },
 		{ "temp", required_argument, 0, O_TEMP },
 		{ "top-k", required_argument, 0, O_TOPK },
 		{ "top-p", required_argument, 0, O_TOPP },
@@ -313,21 +256,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "repeat-penalty", required_argument, 0, O_RPEN },
 		{ "repeat-last-n", required_argument, 0, O_RLAST },
 		{ "seed", required_argument, 0, O_SEED },
-		{ "io", required_argument, 0, O_IO },
-		{ "no-direct", no_argument, 0, O_NODIRECT },
 		{ "logits-out", required_argument, 0, O_LOGITS },
 		{ "stats", no_argument, 0, O_STATS },
 		{ "json", no_argument, 0, O_JSON },
 		{ "chat", no_argument, 0, O_CHAT },
 		{ "system", required_argument, 0, O_SYSTEM },
-		{ "backend", required_argument, 0, O_BACKEND },
-		{ "kv-type", required_argument, 0, O_KVTYPE },
-		{ "policy", required_argument, 0, O_POLICY },
-		{ "prefetch", required_argument, 0, O_PREFETCH },
-		{ "pin-hot", required_argument, 0, O_PIN_HOT },
-		{ "layer-pools", no_argument, 0, O_POOLS },
-		{ "state-dir", required_argument, 0, O_STATE_DIR },
-		{ "no-state", no_argument, 0, O_NO_STATE },
 		{ "trace-out", required_argument, 0, O_TRACE },
 		{ "trace-predictions", no_argument, 0, O_TRACE_PRED },
 		{ "grammar", required_argument, 0, O_GRAMMAR },
@@ -336,13 +269,13 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "help", no_argument, 0, 'h' },
 		{ 0 },
 	};
+	const struct option *lo = engine_opts_join(own);
 	uint32_t u;
-	bool zero;
 	int c, ret = 0;
 
 	o->n_gen = 32;
-	moe_sample_default_params(&o->sp);
-	moe_io_opts_init(&o->io);
+	moe_sample_params_init(&o->sp);
+	engine_opts_init(&o->eng);
 	while (!ret && (c = getopt_long(argc, argv, "m:p:n:h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'm': o->model = optarg; break;
@@ -350,13 +283,6 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case 'n': ret = parse_u32(optarg, "-n", MAX_CTX, &o->n_gen); break;
 		case O_TOKENS: o->tokens = optarg; break;
 		case O_CTX: ret = parse_u32(optarg, "--ctx", MAX_CTX, &o->n_ctx); break;
-		case O_BATCH: ret = parse_u32(optarg, "--batch", MAX_CTX, &o->n_batch); break;
-		case O_VRAM: ret = parse_size(optarg, "--vram", &o->vram, &o->vram_zero); break;
-		case O_HOST: ret = parse_size(optarg, "--host-cache", &o->host_cache, &zero); break;
-		case O_PLE_CACHE: ret = parse_size(optarg, "--ple-cache", &o->ple_cache, NULL); break;
-		case O_THREADS:
-			ret = tool_parse_threads("--threads", optarg, &o->threads) ? -EINVAL : 0;
-			break;
 		case O_TEMP: ret = parse_float(optarg, "--temp", 0, 1e6, &o->sp.temp); break;
 		case O_TOPK:
 			ret = parse_u32(optarg, "--top-k", INT32_MAX, &u);
@@ -379,43 +305,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			ret = tool_parse_u64("--seed", optarg, 0, UINT64_MAX, &o->sp.seed);
 			ret = ret ? -EINVAL : 0;
 			break;
-		case O_IO:
-			if (!strcmp(optarg, "auto"))
-				o->io.backend = MOE_IO_AUTO;
-			else if (!strcmp(optarg, "uring"))
-				o->io.backend = MOE_IO_URING;
-			else if (!strcmp(optarg, "pread"))
-				o->io.backend = MOE_IO_PREAD;
-			else
-				ret = bad("--io '%s': expected auto, uring or pread", optarg);
-			break;
-		case O_NODIRECT: o->io.direct = MOE_IO_DIRECT_OFF; break;
-		case O_BACKEND:
-			o->backend = optarg;
-			if (!*optarg)
-				ret = bad("--backend '': name one: auto, or one built in (%s)",
-					  moe_backend_list());
-			break;
-		case O_KVTYPE: {
-			int t = moe_type_from_name(optarg);
-
-			if (t != MOE_TYPE_F32 && t != MOE_TYPE_F16 && t != MOE_TYPE_Q8_0)
-				ret = bad("--kv-type '%s': expected f32, f16 or q8_0", optarg);
-			else
-				o->kv_type = (uint32_t)t;
-			break;
-		}
 		case O_LOGITS: o->logits_out = optarg; break;
 		case O_STATS: o->stats = true; break;
 		case O_JSON: o->json = true; break;
 		case O_CHAT: o->chat = true; break;
 		case O_SYSTEM: o->system = optarg; break;
-		case O_POLICY: o->policy = optarg; break;
-		case O_PREFETCH: o->prefetch = optarg; break;
-		case O_PIN_HOT: ret = parse_u32(optarg, "--pin-hot", 1u << 24, &o->pin_hot); break;
-		case O_POOLS: o->layer_pools = true; break;
-		case O_STATE_DIR: o->state_dir = optarg; break;
-		case O_NO_STATE: o->no_state = true; break;
 		case O_TRACE: o->trace_out = optarg; break;
 		case O_TRACE_PRED: o->trace_pred = true; break;
 		case O_GRAMMAR: o->grammar_file = optarg; break;
@@ -424,8 +318,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case 'h':
 			usage(stdout);
 			exit(0);
-		default:
+		case '?':
 			return -EINVAL;
+		default:
+			ret = engine_opts_parse(&o->eng, c, optarg) ? -EINVAL : 0;
+			break;
 		}
 	}
 	if (ret)
@@ -436,8 +333,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		return bad("%s", "no model: give -m MODEL");
 	if (o->trace_pred && !o->trace_out)
 		return bad("%s", "--trace-predictions goes with --trace-out FILE");
-	if (o->no_state && o->state_dir)
-		return bad("%s", "--state-dir and --no-state contradict each other");
+	if (engine_opts_check(&o->eng))
+		return -EINVAL;
 	if (!!o->grammar_file + !!o->schema_file + o->json_object > 1)
 		return bad("%s", "--grammar, --json-schema and --json-object each set the output's "
 			   "grammar: give one");
@@ -512,6 +409,12 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		tj_set(doc, "dense_hits", tj_u64(s->dense_hits));
 		tj_set(doc, "dense_misses", tj_u64(s->dense_misses));
 		tj_set(doc, "dense_prefetch_used", tj_u64(s->dense_prefetch_used));
+		tj_set(doc, "expert_io", tj_str(s->expert_io));
+		if (s->device_total) {
+			tj_set(doc, "device_total", tj_u64(s->device_total));
+			tj_set(doc, "device_free_before", tj_u64(s->device_free_before));
+			tj_set(doc, "device_free_after", tj_u64(s->device_free_after));
+		}
 		print_layers(ctx, doc);
 		return;
 	}
@@ -530,6 +433,13 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		(unsigned long long)s->bytes_read, s->read_gbps,
 		s->stall_s, (unsigned long long)s->vram_used, s->backend, budget,
 		(unsigned long long)s->staging_bytes);
+	if (s->device_total)
+		fprintf(stderr, "device: %llu bytes, %llu free before the run and %llu after its "
+			"load (the driver's count); experts through %s\n",
+			(unsigned long long)s->device_total,
+			(unsigned long long)s->device_free_before,
+			(unsigned long long)s->device_free_after,
+			s->expert_io[0] ? s->expert_io : "no cache");
 	if (s->prefetches)
 		fprintf(stderr, "prefetch: %llu experts ahead (%llu bytes), %llu used, %llu "
 			"cancelled, %llu bytes evicted unused; precision %.3f, recall %.3f\n",
@@ -749,7 +659,7 @@ static int load_grammar(const struct opts *o, struct run *r)
 	return ret;
 }
 
-static int run(const struct opts *o)
+static int run(struct opts *o)
 {
 	struct moe_model *model = NULL;
 	struct moe_ctx *ctx = NULL;
@@ -759,7 +669,6 @@ static int run(const struct opts *o)
 	int32_t *prompt = NULL;
 	uint32_t n_prompt = 0;
 	uint64_t need;
-	char state_dir[4096];
 	int ret;
 
 	if (o->tokens && parse_tokens(o->tokens, &prompt, &n_prompt) < 0)
@@ -833,32 +742,12 @@ static int run(const struct opts *o)
 		ret = EXIT_USAGE;
 		goto out;
 	}
-	moe_ctx_default_params(&cp);
-	/* The library reads a zero budget as "no limit": one byte asks for the smallest. */
-	cp.vram_bytes = o->vram_zero ? 1 : o->vram;
-	cp.host_cache_bytes = o->host_cache;
-	cp.ple_cache_bytes = o->ple_cache;
-	cp.n_threads = o->threads;
-	cp.n_batch = o->n_batch;
+	moe_ctx_params_init(&cp);
+	engine_opts_apply(&o->eng, &cp);
 	cp.n_ctx = o->n_ctx || o->chat ? o->n_ctx : (uint32_t)need;
-	cp.io = o->io;
-	cp.backend = o->backend;
-	cp.kv_type = o->kv_type;
-	cp.policy = o->policy;
-	cp.prefetch = o->prefetch;
-	cp.pin_hot = o->pin_hot;
-	if (o->layer_pools)
-		cp.flags |= MOE_CTX_LAYER_POOLS;
-	if (o->state_dir) {
-		cp.state_dir = o->state_dir;
-	} else if (!o->no_state) {
-		/* without a state directory to be found, the run just does not remember */
-		if (moe_state_dir(state_dir, sizeof(state_dir)) == 0)
-			cp.state_dir = state_dir;
-	}
 	ret = moe_ctx_create(model, &cp, &ctx);
 	if (ret < 0) {
-		if (o->vram_zero)
+		if (o->eng.vram_zero)
 			fprintf(stderr, PROG ": --vram 0: %s\n", moe_errmsg());
 		else
 			fprintf(stderr, PROG ": %s\n", moe_errmsg());
@@ -955,9 +844,9 @@ out:
 	free(r.text);
 	free(r.out);
 	free(prompt);
-	moe_ctx_free(ctx);
-	moe_tokenizer_free(r.tok);
-	moe_model_close(model);
+	moe_ctx_destroy(ctx);
+	moe_tokenizer_destroy(r.tok);
+	moe_model_destroy(model);
 	return ret;
 }
 

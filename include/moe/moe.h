@@ -25,8 +25,8 @@ extern "C" {
 #define MOE_API
 #endif
 
-#define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 1
+#define MOE_VERSION_MAJOR 1
+#define MOE_VERSION_MINOR 0
 
 /* ---------------------------------------------------------------- errors */
 
@@ -46,7 +46,7 @@ MOE_API const char *moe_errmsg(void);
 /* What this libmoe is: for `moectl version` and bug reports. */
 struct moe_build_info {
 	int version_major, version_minor;       /* MOE_VERSION_* it was built as */
-	const char *soname;                     /* "libmoe.so.0" */
+	const char *soname;                     /* "libmoe.so.1" */
 	uint64_t cuda_kernel_bytes;             /* embedded fatbin; 0: no CUDA kernels */
 	int kmod_uapi_major, kmod_uapi_minor;   /* the moe.ko uAPI it speaks */
 };
@@ -60,8 +60,11 @@ enum moe_log_level {
 	MOE_LOG_DEBUG = 3,
 };
 
-/* Messages at or below @level go to stderr (default WARN; env MOE_LOG=0..3). */
-MOE_API void moe_set_log_level(enum moe_log_level level);
+/*
+ * Messages at or below @level (enum moe_log_level) go to stderr (default
+ * WARN; env MOE_LOG=0..3); a level past MOE_LOG_DEBUG is ignored.
+ */
+MOE_API void moe_set_log_level(uint32_t level);
 
 /*
  * A byte count as users write budgets: "1500000000", "512K", "20M", "1.5G",
@@ -113,9 +116,9 @@ enum moe_type {
 MOE_API const char *moe_type_name(uint32_t type);
 /* Type id for a name (case-insensitive), or -EINVAL. */
 MOE_API int moe_type_from_name(const char *name);
-/* Elements per block and bytes per block; 0 for an unknown id. */
-MOE_API uint32_t moe_type_block_elems(uint32_t type);
-MOE_API uint32_t moe_type_block_bytes(uint32_t type);
+/* Elements per block and bytes per block; -EINVAL for an unknown id. */
+MOE_API int moe_type_block_elems(uint32_t type);
+MOE_API int moe_type_block_bytes(uint32_t type);
 /* Bytes of a row of @n elements; -EINVAL if unknown or n is not a multiple of the block. */
 MOE_API int64_t moe_type_row_bytes(uint32_t type, uint64_t n);
 
@@ -126,7 +129,10 @@ struct moe_model;
 /*
  * Open a GGUF model file and validate all of it that can be validated
  * without reading tensor data: header, metadata, tensor infos, the
- * architecture's required keys and tensors, and the expert map.
+ * architecture's required keys and tensors, and the expert map.  A @path
+ * of "moe:NAME" opens the model registered with moe.ko as NAME (moectl
+ * load) without touching its file: the header comes through the driver,
+ * and an inference context on it reads every tensor through the driver.
  */
 MOE_API int moe_model_open(const char *path, struct moe_model **out);
 
@@ -143,7 +149,7 @@ enum moe_open_flags {
 MOE_API int moe_model_open_flags(const char *path, uint32_t flags, struct moe_model **out);
 /* The path the model was opened from. */
 MOE_API const char *moe_model_path(const struct moe_model *model);
-MOE_API void moe_model_close(struct moe_model *model);
+MOE_API void moe_model_destroy(struct moe_model *model);
 
 /* Metadata value types, as in GGUF. */
 enum moe_meta_type {
@@ -309,6 +315,7 @@ struct moe_extent {
 	uint32_t role;          /* enum moe_tensor_role */
 	uint64_t rows;          /* output units (ne[1] of the tensor) */
 	uint64_t cols;          /* row length (ne[0]) */
+	uint64_t reserved[2];   /* zero */
 };
 
 #define MOE_EXPERT_MAX_MATS 3
@@ -318,6 +325,7 @@ struct moe_expert {
 	uint32_t pad;
 	struct moe_extent mats[MOE_EXPERT_MAX_MATS];
 	uint64_t bytes;         /* sum over the matrices */
+	uint64_t reserved[2];   /* zero */
 };
 
 /* -EINVAL for a layer that is not MoE or an expert out of range. */
@@ -394,8 +402,8 @@ struct moe_gguf_writer;
 #define MOE_GGUF_DEFAULT_ALIGNMENT 32
 
 /* @alignment: a power of two (32 is GGUF's default; general.alignment is written otherwise). */
-MOE_API int moe_gguf_writer_create(struct moe_gguf_writer **out, uint32_t alignment);
-MOE_API void moe_gguf_writer_free(struct moe_gguf_writer *w);
+MOE_API int moe_gguf_writer_create(uint32_t alignment, struct moe_gguf_writer **out);
+MOE_API void moe_gguf_writer_destroy(struct moe_gguf_writer *w);
 
 MOE_API int moe_gguf_set_u32(struct moe_gguf_writer *w, const char *key, uint32_t val);
 MOE_API int moe_gguf_set_i32(struct moe_gguf_writer *w, const char *key, int32_t val);
@@ -522,7 +530,7 @@ enum moe_io_flags {
 };
 #define MOE_IO_FLAGS_ALL (MOE_IO_CB_ENGINE_THREAD)
 
-struct moe_io_opts {
+struct moe_io_params {
 	uint32_t backend;       /* enum moe_io_backend (a fixed width in the ABI, not an enum) */
 	uint32_t direct;        /* enum moe_io_direct */
 	uint32_t queue_depth;   /* reads in flight at once; 0 = 32 */
@@ -536,26 +544,27 @@ struct moe_io_opts {
 };
 
 /* Fill @opts with the defaults (numa_node -1; a zeroed struct means node 0). */
-MOE_API void moe_io_opts_init(struct moe_io_opts *opts);
+MOE_API void moe_io_params_init(struct moe_io_params *opts);
 
 /* Open @path for reading; @opts NULL = defaults.  -EPERM/-EINVAL when a forced path is refused. */
-MOE_API int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io **out);
+MOE_API int moe_io_open(const char *path, const struct moe_io_params *opts, struct moe_io **out);
 /*
  * Cancel reads not yet started, wait for those in flight, and call every
  * remaining callback (res -ECANCELED for cancelled ones) on the calling
  * thread before returning.  Safe with reads in flight; NULL is a no-op.
  */
-MOE_API void moe_io_close(struct moe_io *io);
+MOE_API void moe_io_destroy(struct moe_io *io);
 /* Alignment unit of offsets and destination buffers (the device's logical block size). */
 MOE_API uint32_t moe_io_block(const struct moe_io *io);
 /* Bytes a destination needs to read [offset, offset+len) as the block-aligned superset. */
 MOE_API uint64_t moe_io_span(const struct moe_io *io, uint64_t offset, uint64_t len);
 /*
- * Block-aligned destination memory: from the engine's staging pool (locked,
- * huge pages when available, on the engine's NUMA node, registered with the
- * ring) while it lasts, else a separate mapping.  NULL when out of memory.
+ * Block-aligned destination memory of @bytes into *out: from the engine's
+ * staging pool (locked, huge pages when available, on the engine's NUMA
+ * node, registered with the ring) while it lasts, else a separate mapping.
+ * -ENOMEM when out of memory, -EINVAL for 0 bytes; *out is NULL then.
  */
-MOE_API void *moe_io_alloc(struct moe_io *io, uint64_t bytes);
+MOE_API int moe_io_alloc(struct moe_io *io, uint64_t bytes, void **out);
 MOE_API void moe_io_free(struct moe_io *io, void *p);
 
 /*
@@ -687,7 +696,9 @@ struct moe_kmod_model_info {
 	uint64_t errors;
 	uint64_t inflight;
 	uint64_t lat_hist[MOE_KMOD_LAT_BUCKETS]; /* bucket i: [2^i, 2^(i+1)) microseconds */
-	uint64_t reserved[4];
+	uint32_t n_meta;        /* metadata extents: non-zero when it opens as "moe:NAME" */
+	uint32_t reserved32;
+	uint64_t reserved[3];
 };
 
 /*
@@ -696,11 +707,14 @@ struct moe_kmod_model_info {
  * says what to do.
  */
 MOE_API int moe_kmod_open(struct moe_kmod **out);
-MOE_API void moe_kmod_close(struct moe_kmod *k);
+MOE_API void moe_kmod_destroy(struct moe_kmod *k);
 /*
- * Register every routed expert matrix of @model (widened to the driver's
- * alignment) under @name; the driver keeps its own reference to the file.
- * Needs CAP_SYS_ADMIN (-EPERM).  *id may be NULL.
+ * Register @model under @name: its header and tensor table, every tensor
+ * besides the routed experts, and every routed expert matrix, widened to
+ * the driver's alignment; the driver keeps its own reference to the file.
+ * Then moe_model_open("moe:NAME") and moe_io_open("moe:NAME") read the model
+ * through the driver alone, for users who cannot read the file.  Needs
+ * CAP_SYS_ADMIN (-EPERM).  *id may be NULL.
  */
 MOE_API int moe_kmod_register(struct moe_kmod *k, const char *name,
 			      const struct moe_model *model, uint32_t *id);
@@ -731,7 +745,7 @@ struct moe_tokenizer;
 
 /* -ENOENT for models without a tokenizer, -EOPNOTSUPP for unknown kinds, -EINVAL for bad arrays. */
 MOE_API int moe_tokenizer_load(const struct moe_model *model, struct moe_tokenizer **out);
-MOE_API void moe_tokenizer_free(struct moe_tokenizer *t);
+MOE_API void moe_tokenizer_destroy(struct moe_tokenizer *t);
 
 enum moe_tok_flags {
 	MOE_TOK_ADD_BOS = 1u << 0,       /* put the BOS token first */
@@ -908,7 +922,7 @@ struct moe_ctx_params {
 	uint32_t flags;             /* enum moe_ctx_flags */
 	const char *policy;         /* eviction policy, NULL = "lru": moe_policy_names(), options
 				       after ':' ("lfu:decay=0.9") */
-	struct moe_io_opts io;      /* how experts and resident tensors are read */
+	struct moe_io_params io;    /* how experts and resident tensors are read */
 	const char *backend;        /* "cpu", "auto" (NULL = "auto"): see moe_backend_list() */
 	uint32_t kv_type;           /* KV cache element type: MOE_TYPE_F32 (0), F16 or Q8_0 */
 	uint32_t n_seq;             /* sequences with a KV cache of their own; 0 = 1 */
@@ -920,7 +934,7 @@ struct moe_ctx_params {
 	const char *prefetch;
 	/*
 	 * Routing statistics are loaded from this directory at creation (they
-	 * warm the cache and the predictor) and saved back by moe_ctx_free();
+	 * warm the cache and the predictor) and saved back by moe_ctx_destroy();
 	 * NULL: recorded, but neither loaded nor saved.  See moe_state_dir().
 	 */
 	const char *state_dir;
@@ -935,8 +949,8 @@ struct moe_ctx_params {
 	uint64_t reserved[2];
 };
 
-/* Defaults for every field (the I/O options from moe_io_opts_init). */
-MOE_API void moe_ctx_default_params(struct moe_ctx_params *p);
+/* Defaults for every field (the I/O options from moe_io_params_init). */
+MOE_API void moe_ctx_params_init(struct moe_ctx_params *p);
 
 /* The backends built into this library, "cpu, cuda" style, for messages and --help. */
 MOE_API const char *moe_backend_list(void);
@@ -1019,7 +1033,7 @@ MOE_API int moe_plan(const struct moe_model *model, const struct moe_ctx_params 
  */
 MOE_API int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 			   struct moe_ctx **out);
-MOE_API void moe_ctx_free(struct moe_ctx *ctx);
+MOE_API void moe_ctx_destroy(struct moe_ctx *ctx);
 
 enum moe_eval_flags {
 	MOE_EVAL_ALL_LOGITS = 1u << 0,   /* keep the logits of every token, not just the last */
@@ -1053,8 +1067,8 @@ struct moe_batch {
 
 /* -EINVAL names the first bad token, sequence or position; -ENOSPC past n_ctx. */
 MOE_API int moe_ctx_eval_batch(struct moe_ctx *ctx, const struct moe_batch *b);
-/* Positions evaluated so far in sequence @seq (0 for an unknown sequence). */
-MOE_API uint32_t moe_ctx_seq_pos(const struct moe_ctx *ctx, uint32_t seq);
+/* Positions evaluated so far in sequence @seq; -EINVAL for a sequence >= n_seq. */
+MOE_API int moe_ctx_seq_pos(const struct moe_ctx *ctx, uint32_t seq);
 
 /*
  * Logits of kept row @i of the last eval: token i with ALL_LOGITS, else the
@@ -1101,7 +1115,12 @@ struct moe_ctx_stats {
 	/* streamed dense FFNs (not in the expert counters above; prefetches include them) */
 	uint64_t dense_hits, dense_misses;
 	uint64_t dense_prefetch_used;   /* hits on dense FFNs fetched ahead of their layer */
-	uint64_t reserved[1];
+	/* the device's own count (cuMemGetInfo); 0 where the device is host memory (cpu) */
+	uint64_t device_total;
+	uint64_t device_free_before;    /* free before the context allocated anything */
+	uint64_t device_free_after;     /* free once the resident weights were loaded */
+	char expert_io[16];             /* how misses reach the device: "staging", "gds" */
+	uint64_t reserved[4];
 };
 MOE_API int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out);
 
@@ -1151,7 +1170,7 @@ struct moe_sample_params {
 	uint64_t reserved[2];
 };
 /* Greedy defaults: temp 0, top_k 0, top_p 1, min_p 0, no penalty, seed 0. */
-MOE_API void moe_sample_default_params(struct moe_sample_params *p);
+MOE_API void moe_sample_params_init(struct moe_sample_params *p);
 
 /*
  * A sampler of its own, for callers that run their own decode loop (one per
@@ -1177,7 +1196,7 @@ MOE_API int32_t moe_sampler_sample(struct moe_sampler *s, const float *logits);
 MOE_API struct moe_grammar *moe_sampler_grammar(struct moe_sampler *s);
 /* Record a token of the sequence (prompt and sampled) for the repetition penalty. */
 MOE_API void moe_sampler_accept(struct moe_sampler *s, int32_t token);
-MOE_API void moe_sampler_free(struct moe_sampler *s);
+MOE_API void moe_sampler_destroy(struct moe_sampler *s);
 
 /*
  * Called after every eval of moe_ctx_generate: @logits holds @n_rows rows of
@@ -1266,7 +1285,7 @@ MOE_API int moe_routestats_load(const char *path, const struct moe_model *model,
 				struct moe_routestats **out);
 /* Write the file whole, then rename it into place. */
 MOE_API int moe_routestats_save(const struct moe_routestats *rs, const char *path);
-MOE_API void moe_routestats_free(struct moe_routestats *rs);
+MOE_API void moe_routestats_destroy(struct moe_routestats *rs);
 
 struct moe_routestats_info {
 	uint32_t n_layer, n_expert;
@@ -1290,7 +1309,7 @@ MOE_API uint64_t moe_routestats_coactivation(const struct moe_routestats *rs, ui
 					     uint32_t e, uint32_t f);
 /* The statistics the context has recorded (loaded ones included); NULL for a dense model. */
 MOE_API const struct moe_routestats *moe_ctx_routestats(const struct moe_ctx *ctx);
-/* Save them to the state directory now (moe_ctx_free does it too); -ENOENT without one. */
+/* Save them to the state directory now (moe_ctx_destroy does it too); -ENOENT without one. */
 MOE_API int moe_ctx_save_routestats(struct moe_ctx *ctx);
 
 /*
@@ -1302,7 +1321,7 @@ MOE_API int moe_ctx_save_routestats(struct moe_ctx *ctx);
 struct moe_trace;
 
 MOE_API int moe_trace_open(const char *path, struct moe_trace **out);
-MOE_API void moe_trace_free(struct moe_trace *t);
+MOE_API void moe_trace_destroy(struct moe_trace *t);
 
 struct moe_trace_info {
 	uint32_t n_layer;           /* layer fields per token */
@@ -1337,7 +1356,7 @@ enum moe_trace_flags {
  * on; each evaluation from position 0 starts a new sequence.
  */
 MOE_API int moe_ctx_trace_start(struct moe_ctx *ctx, const char *path, uint32_t flags);
-/* Stop recording and close the file (moe_ctx_free does it too). */
+/* Stop recording and close the file (moe_ctx_destroy does it too). */
 MOE_API int moe_ctx_trace_stop(struct moe_ctx *ctx);
 
 enum moe_sim_flags {
@@ -1385,6 +1404,16 @@ struct moe_sim_result {
 	uint64_t reserved[4];
 };
 
+/*
+ * The defaults: policy "lru", prefetch "none", every sequence, no host
+ * tier, no pinned experts, no model time.  n_slots has no default: set it
+ * (at least the most experts a layer chooses).
+ */
+MOE_API void moe_sim_params_init(struct moe_sim_params *p);
+/*
+ * Replay the sequences of @t that @p selects and fill @out.  -EINVAL (with
+ * moe_errmsg() naming the field) for parameters the trace cannot satisfy.
+ */
 MOE_API int moe_sim_run(const struct moe_trace *t, const struct moe_sim_params *p,
 			struct moe_sim_result *out);
 /* "lru, lfu, stats, belady" */

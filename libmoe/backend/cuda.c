@@ -32,6 +32,8 @@
 #define ATTN_MAX_SPLIT 32
 /* keys per split below which splitting the cache is not worth a second launch */
 #define ATTN_SPLIT_KEYS 256
+/* the tiled prefill kernel's shared memory: what every launch may take */
+#define ATTN_TILE_SHARED (48u << 10)
 /* cuda.c's part of the workspace: the split-KV attention's partial rows */
 #define CORE_WS_BYTES (4ull << 20)
 /* routing runs one thread per token over at most this many experts (cuda/route.cu) */
@@ -587,7 +589,33 @@ struct attn_k {
 	unsigned n_tok, n_head, n_head_kv, head_dim, head_dim_v;
 	unsigned mask, window, n_split;
 	float scale, softcap;
+	unsigned bq, bk;
 };
+
+/*
+ * The tile of moe_k_attention_tiled for @hd-wide keys and @hdv-wide values:
+ * the largest of (queries, keys) whose shared memory fits the 48 KiB a
+ * launch gets without opting in; false when none does (the per-row kernel
+ * runs instead).
+ */
+static bool attn_tile(unsigned hd, unsigned hdv, unsigned *bq, unsigned *bk, unsigned *bytes)
+{
+	static const unsigned tiles[][2] = { { 16, 32 }, { 16, 16 }, { 8, 16 }, { 4, 16 },
+					     { 4, 8 } };
+
+	for (size_t i = 0; i < MOE_ARRAY_SIZE(tiles); i++) {
+		uint64_t q = tiles[i][0], k = tiles[i][1];
+		uint64_t n = q * hd + k * (hd | 1) + k * hdv + q * k + q * hdv + 6 * q;
+
+		if (n * sizeof(float) <= ATTN_TILE_SHARED) {
+			*bq = (unsigned)q;
+			*bk = (unsigned)k;
+			*bytes = (unsigned)(n * sizeof(float));
+			return true;
+		}
+	}
+	return false;
+}
 
 static int cuda_attention(struct moe_backend *be, const struct moe_attn_args *a)
 {
@@ -622,6 +650,11 @@ static int cuda_attention(struct moe_backend *be, const struct moe_attn_args *a)
 	ret = enter(c);
 	if (ret < 0 || !a->n_tok)
 		return ret;
+	/* a prompt: blocks of queries share each tile of keys and values */
+	if (a->n_tok > 1 && attn_tile(a->head_dim, hdv, &k.bq, &k.bk, &shared))
+		return moe_cuda_launch(c, "moe_k_attention_tiled", a->n_head,
+				       (a->n_tok + k.bq - 1) / k.bq, 1, ATTN_THREADS, 1, 1, shared,
+				       p);
 	/*
 	 * Few (token, head) pairs over a long cache, as in decode: split the
 	 * keys over several blocks, each writing a partial softmax (max, sum,

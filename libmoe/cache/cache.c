@@ -209,8 +209,8 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 		ret = c->be->ops->event_create(c->be, &c->stg[i].ev);
 		if (ret < 0)
 			goto fail;
-		c->stg[i].buf = moe_io_alloc(c->io, c->stg_bytes);
-		if (!c->stg[i].buf) {
+		ret = moe_io_alloc(c->io, c->stg_bytes, &c->stg[i].buf);
+		if (ret < 0) {
 			ret = moe_err(ENOMEM, "expert cache: cannot allocate %llu bytes of staging",
 				      (unsigned long long)c->stg_bytes);
 			goto fail;
@@ -762,6 +762,11 @@ const struct moe_expert *moe_cache_expert(const struct moe_expert_cache *c, uint
 					  uint32_t e)
 {
 	return &c->experts[(uint64_t)layer * c->n_expert + e];
+}
+
+const char *moe_cache_io_path(const struct moe_expert_cache *c)
+{
+	return c ? "staging" : "";
 }
 
 void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stats *out)

@@ -122,6 +122,11 @@ struct moe_cache_stats {
 	uint32_t n_host_slots;
 	uint64_t host_bytes;
 };
+/*
+ * How misses reach the device: "staging" (read into pinned host memory,
+ * then uploaded); "" without a cache.
+ */
+const char *moe_cache_io_path(const struct moe_expert_cache *c);
 void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stats *out);
 void moe_cache_reset_stats(struct moe_expert_cache *c);
 void moe_cache_layer_stats(const struct moe_expert_cache *c, uint32_t layer, uint64_t *hits,

@@ -39,6 +39,13 @@ int moe_model_identity(const struct moe_model *m, uint64_t *bytes, uint64_t *has
 	if (!m || !m->gguf)
 		return moe_err(EINVAL, "moe_model_identity: no model");
 	end = m->gguf->data_offset;
+	if (m->fd < 0) {
+		/* opened through moe.ko: the header is in memory */
+		if (m->head_len < end)
+			return moe_err(EINVAL, "%s: the header is not all in memory", m->path);
+		h = fnv(h, m->head, (size_t)end);
+		end = 0;
+	}
 	buf = malloc(1 << 20);
 	if (!buf)
 		return moe_err(ENOMEM, "out of memory");
@@ -117,7 +124,7 @@ int moe_routestats_create(uint32_t n_layer, uint32_t n_expert, const bool *route
 	rs->trans = calloc(nk * n_expert, sizeof(*rs->trans));
 	rs->coact = calloc(nk * n_expert, sizeof(*rs->coact));
 	if (!rs->next || !rs->layer_tokens || !rs->count || !rs->trans || !rs->coact) {
-		moe_routestats_free(rs);
+		moe_routestats_destroy(rs);
 		return moe_err(ENOMEM, "out of memory for routing statistics");
 	}
 	for (uint32_t l = 0; l < n_layer; l++) {
@@ -134,7 +141,7 @@ int moe_routestats_create(uint32_t n_layer, uint32_t n_expert, const bool *route
 	return 0;
 }
 
-void moe_routestats_free(struct moe_routestats *rs)
+void moe_routestats_destroy(struct moe_routestats *rs)
 {
 	if (!rs)
 		return;

@@ -257,7 +257,7 @@ static void teardown(struct sim *s)
 	moe_book_destroy(s->book);
 	moe_book_destroy(s->host);
 	moe_pred_destroy(s->pred);
-	moe_routestats_free(s->rs);
+	moe_routestats_destroy(s->rs);
 	moe_future_free(s->fut);
 	free(s->pool_of);
 	free(s->pool_slots);
@@ -511,6 +511,15 @@ static int step(struct sim *s, uint64_t tok, uint32_t l, int32_t *prev, uint32_t
 	if (s->timed)
 		s->now += s->p->layer_us;
 	return ret;
+}
+
+void moe_sim_params_init(struct moe_sim_params *p)
+{
+	if (!p)
+		return;
+	memset(p, 0, sizeof(*p));
+	p->policy = "lru";
+	p->prefetch = "none";
 }
 
 int moe_sim_run(const struct moe_trace *t, const struct moe_sim_params *p,

@@ -358,13 +358,13 @@ int moe_trace_open(const char *path, struct moe_trace **out)
 	*out = t;
 	t = NULL;
 out:
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	free(ps.k);
 	free(ps.text);
 	return ret;
 }
 
-void moe_trace_free(struct moe_trace *t)
+void moe_trace_destroy(struct moe_trace *t)
 {
 	if (!t)
 		return;

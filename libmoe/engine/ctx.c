@@ -19,10 +19,10 @@
 #include "util/threadpool.h"
 #include "util/util.h"
 
-void moe_ctx_default_params(struct moe_ctx_params *p)
+void moe_ctx_params_init(struct moe_ctx_params *p)
 {
 	memset(p, 0, sizeof(*p));
-	moe_io_opts_init(&p->io);
+	moe_io_params_init(&p->io);
 }
 
 /* demand uses after which an expert is held for good (pin_hot without saved statistics) */
@@ -166,7 +166,7 @@ static int routing_stats(struct moe_ctx *ctx, bool *loaded)
 
 		ret = moe_routestats_load(path, ctx->model, &rs);
 		if (ret == 0) {
-			moe_routestats_free(ctx->rs);
+			moe_routestats_destroy(ctx->rs);
 			ctx->rs = rs;
 			*loaded = rs->tokens > 0;
 			moe_log(MOE_LOG_INFO, "%s: routing statistics of %llu tokens", path,
@@ -227,7 +227,7 @@ static int setup(struct moe_ctx *ctx)
 	const struct moe_plan *p = &ctx->lay.plan;
 	struct moe_backend_params bp = { .budget = par->vram_bytes, .pool = ctx->pool };
 	const char *guard = getenv("MOE_BACKEND_GUARD");
-	struct moe_io_opts io = par->io;
+	struct moe_io_params io = par->io;
 	bool loaded = false;
 	int ret;
 
@@ -237,6 +237,7 @@ static int setup(struct moe_ctx *ctx)
 	ret = moe_backend_create(ctx->lay.desc, &bp, &ctx->be);
 	if (ret < 0)
 		return ret;
+	ctx->be->ops->mem_info(ctx->be, &ctx->mem_before);
 	ret = ctx->be->ops->alloc(ctx->be, p->device_bytes, &ctx->arena);
 	if (ret < 0)
 		return moe_err_prefix(ret, "device memory of the plan (%llu bytes)",
@@ -327,6 +328,7 @@ static int setup(struct moe_ctx *ctx)
 		}
 	}
 	ctx->st.n_experts = p->n_experts;
+	ctx->be->ops->mem_info(ctx->be, &ctx->mem_after);
 	moe_ctx_reset_stats(ctx);
 	describe(ctx);
 	moe_log(MOE_LOG_INFO, "%s", ctx->desc);
@@ -358,7 +360,7 @@ int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 	if (p)
 		ctx->par = *p;
 	else
-		moe_ctx_default_params(&ctx->par);
+		moe_ctx_params_init(&ctx->par);
 	if (ctx->par.flags & ~MOE_CTX_FLAGS_ALL) {
 		ret = moe_err(EINVAL, "moe_ctx_create: unknown flags 0x%x",
 			      ctx->par.flags & ~MOE_CTX_FLAGS_ALL);
@@ -397,14 +399,14 @@ int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 	ret = moe_threadpool_create(ctx->par.n_threads, &ctx->pool);
 	ret = ret ? ret : setup(ctx);
 	if (ret < 0) {
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 		return ret;
 	}
 	*out = ctx;
 	return 0;
 }
 
-void moe_ctx_free(struct moe_ctx *ctx)
+void moe_ctx_destroy(struct moe_ctx *ctx)
 {
 	if (!ctx)
 		return;
@@ -426,7 +428,7 @@ void moe_ctx_free(struct moe_ctx *ctx)
 		be->ops->free(be, ctx->arena);
 		moe_backend_destroy(be);
 	}
-	moe_io_close(ctx->io);
+	moe_io_destroy(ctx->io);
 	moe_threadpool_destroy(ctx->pool);
 	moe_plan_layout_free(&ctx->lay);
 	free(ctx->res);
@@ -449,7 +451,7 @@ void moe_ctx_free(struct moe_ctx *ctx)
 	free(ctx->pf_cand);
 	free(ctx->stats_path);
 	moe_pred_destroy(ctx->pred);
-	moe_routestats_free(ctx->rs);
+	moe_routestats_destroy(ctx->rs);
 	free(ctx);
 }
 
@@ -655,9 +657,12 @@ int moe_ctx_eval(struct moe_ctx *ctx, const int32_t *tokens, uint32_t n, uint32_
 	return ret;
 }
 
-uint32_t moe_ctx_seq_pos(const struct moe_ctx *ctx, uint32_t seq)
+int moe_ctx_seq_pos(const struct moe_ctx *ctx, uint32_t seq)
 {
-	return seq < ctx->n_seq ? ctx->seq_past[seq] : 0;
+	if (seq >= ctx->n_seq)
+		return moe_err(EINVAL, "sequence %u: the context has %u (moe_ctx_params.n_seq)",
+			       seq, ctx->n_seq);
+	return (int)ctx->seq_past[seq];
 }
 
 const float *moe_ctx_logits(const struct moe_ctx *ctx, uint32_t i)
@@ -753,6 +758,10 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 	s.scratch_bytes = p->scratch_bytes + p->workspace_bytes;
 	s.host_bytes = sizeof(float) * (uint64_t)ctx->n_logits * ctx->hp.n_vocab;
 	snprintf(s.backend, sizeof(s.backend), "%s", ctx->be->ops->name);
+	s.device_total = ctx->mem_before.device_total;
+	s.device_free_before = ctx->mem_before.device_free;
+	s.device_free_after = ctx->mem_after.device_free;
+	snprintf(s.expert_io, sizeof(s.expert_io), "%s", moe_cache_io_path(ctx->cache));
 	*out = s;
 	return 0;
 }

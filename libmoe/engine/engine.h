@@ -149,6 +149,8 @@ struct moe_ctx {
 
 	struct moe_ctx_stats st;
 	struct moe_io_stats io_base;
+	/* the device's free memory before the context's first allocation and after its load */
+	struct moe_be_mem mem_before, mem_after;
 	char desc[640];
 
 	moe_route_hook route_hook;

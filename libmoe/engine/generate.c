@@ -8,7 +8,7 @@
 #include "engine/sampler.h"
 #include "util/util.h"
 
-void moe_sample_default_params(struct moe_sample_params *p)
+void moe_sample_params_init(struct moe_sample_params *p)
 {
 	memset(p, 0, sizeof(*p));
 	p->top_p = 1.0f;
@@ -68,7 +68,7 @@ int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_p
 	int ret;
 
 	if (!sp) {
-		moe_sample_default_params(&def);
+		moe_sample_params_init(&def);
 		sp = &def;
 	}
 	if (!n_prompt)
@@ -105,6 +105,6 @@ int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_p
 		rows = 1;
 		ret = moe_ctx_eval(ctx, &tok, 1, pos + n_prompt + done - 1, 0);
 	}
-	moe_sampler_free(s);
+	moe_sampler_destroy(s);
 	return ret < 0 ? ret : (int)done;
 }

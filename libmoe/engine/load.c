@@ -44,10 +44,10 @@ int moe_engine_load(struct moe_ctx *ctx)
 {
 	struct moe_backend *be = ctx->be;
 	uint64_t cap = ctx->lay.resident_chunk;
-	void *stg = moe_io_alloc(ctx->io, cap);
-	int ret = 0;
+	void *stg;
+	int ret = moe_io_alloc(ctx->io, cap, &stg);
 
-	if (!stg)
+	if (ret < 0)
 		return moe_err(ENOMEM, "cannot allocate %llu bytes of staging",
 			       (unsigned long long)cap);
 	ret = be->ops->host_register(be, stg, cap);

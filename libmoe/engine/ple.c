@@ -36,6 +36,7 @@ int moe_ple_init(struct moe_ctx *ctx)
 	struct moe_ple *p = &ctx->ple;
 	struct moe_backend *be = ctx->be;
 	uint64_t vocab = ctx->hp.n_vocab;
+	void *stg;
 	int ret;
 
 	if (lay->ple_tensor < 0)
@@ -54,7 +55,8 @@ int moe_ple_init(struct moe_ctx *ctx)
 	p->batch = p->rows + (uint64_t)p->n_rows * p->row_bytes;
 	p->ids = (int32_t *)(p->rows + MOE_ALIGN_UP((uint64_t)(p->n_rows + ctx->n_batch) *
 						    p->row_bytes, 64));
-	p->stg = moe_io_alloc(ctx->io, ctx->n_batch * p->stg_each);
+	if (moe_io_alloc(ctx->io, ctx->n_batch * p->stg_each, &stg) == 0)
+		p->stg = stg;
 	p->slot_of = malloc(sizeof(int32_t) * vocab);
 	p->tok_of = malloc(sizeof(int32_t) * p->n_rows);
 	p->used = calloc(p->n_rows, sizeof(uint64_t));

@@ -120,12 +120,12 @@ int moe_sampler_create(const struct moe_sampler_params *p, int n_vocab, struct m
 	if (p->grammar) {
 		s->pc = tok_pieces_of(p->tok);
 		if (moe_grammar_clone(p->grammar, &s->g) || moe_grammar_clone(p->grammar, &s->g0)) {
-			moe_sampler_free(s);
+			moe_sampler_destroy(s);
 			return moe_err(ENOMEM, "sampler: grammar state");
 		}
 	}
 	if (!s->c || !s->stamp || (p->repeat_last_n && !s->hist)) {
-		moe_sampler_free(s);
+		moe_sampler_destroy(s);
 		return moe_err(ENOMEM, "sampler: buffers for a vocabulary of %d", n_vocab);
 	}
 	x = p->seed;
@@ -135,7 +135,7 @@ int moe_sampler_create(const struct moe_sampler_params *p, int n_vocab, struct m
 	return 0;
 }
 
-void moe_sampler_free(struct moe_sampler *s)
+void moe_sampler_destroy(struct moe_sampler *s)
 {
 	if (!s)
 		return;

@@ -29,7 +29,7 @@ struct moe_sampler;
 
 /* -EINVAL (with moe_errmsg() naming the parameter) for parameters out of range. */
 int moe_sampler_create(const struct moe_sampler_params *p, int n_vocab, struct moe_sampler **out);
-/* moe_sampler_sample, moe_sampler_accept and moe_sampler_free: see moe/moe.h. */
+/* moe_sampler_sample, moe_sampler_accept and moe_sampler_destroy: see moe/moe.h. */
 /*
  * Forget the accepted tokens (a new sequence) and take the grammar back to
  * the state it was given in; the generator keeps its state.

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "io/io.h"
+#include "io/kmod.h"
 #include "util/util.h"
 
 #define DEFAULT_QD 32
@@ -48,7 +49,7 @@ struct moe_io_req {
 	struct moe_io_piece pieces[];
 };
 
-void moe_io_opts_init(struct moe_io_opts *opts)
+void moe_io_params_init(struct moe_io_params *opts)
 {
 	memset(opts, 0, sizeof(*opts));
 	opts->numa_node = -1;
@@ -606,14 +607,26 @@ void moe_io_get_stats(const struct moe_io *io, struct moe_io_stats *out)
 
 /* ------------------------------------------------------------ staging */
 
-void *moe_io_alloc(struct moe_io *io, uint64_t bytes)
+int moe_io_alloc(struct moe_io *io, uint64_t bytes, void **out)
 {
 	void *p;
 
+	if (!out)
+		return moe_err(EINVAL, "moe_io_alloc: no place to store the pointer");
+	*out = NULL;
+	if (!io)
+		return moe_err(EINVAL, "moe_io_alloc: no I/O engine");
+	if (!bytes || bytes > (1ull << 48))
+		return moe_err(EINVAL, "%s: moe_io_alloc of %llu bytes: ask for 1 byte to 256 TiB",
+			       io->path, (unsigned long long)bytes);
 	pthread_mutex_lock(&io->lock);
 	p = moe_io_pool_alloc(io, bytes);
 	pthread_mutex_unlock(&io->lock);
-	return p;
+	if (!p)
+		return moe_err(ENOMEM, "%s: out of memory for %llu bytes of I/O buffers", io->path,
+			       (unsigned long long)bytes);
+	*out = p;
+	return 0;
 }
 
 void moe_io_free(struct moe_io *io, void *p)
@@ -791,10 +804,25 @@ out_close:
 	return ret;
 }
 
+static bool by_name(const char *path)
+{
+	return !strncmp(path, MOE_KMOD_PREFIX, strlen(MOE_KMOD_PREFIX));
+}
+
 static int setup_backend(struct moe_io *io)
 {
 	int ret;
 
+	if (io->fd < 0) {
+		/* "moe:NAME": the driver is the only way to the file. */
+		if (io->opts.backend != MOE_IO_AUTO && io->opts.backend != MOE_IO_KMOD)
+			return moe_err(EINVAL, "%s is read through moe.ko: use the I/O backend "
+				       "auto or kmod, not %s", io->path,
+				       io->opts.backend == MOE_IO_URING ? "uring" : "pread");
+		io->ops = &moe_io_kmod_ops;
+		ret = io->ops->init(io);
+		return ret < 0 ? moe_err_prefix(ret, "%s: backend moe.ko", io->path) : 0;
+	}
 	switch (io->opts.backend) {
 	case MOE_IO_AUTO:
 	case MOE_IO_URING:
@@ -822,7 +850,7 @@ static int setup_backend(struct moe_io *io)
 	return moe_err(EINVAL, "%s: unknown I/O backend %d", io->path, (int)io->opts.backend);
 }
 
-static int check_opts(struct moe_io_opts *o, const char *path)
+static int check_opts(struct moe_io_params *o, const char *path)
 {
 	if ((unsigned)o->backend > MOE_IO_KMOD || (unsigned)o->direct > MOE_IO_DIRECT_OFF)
 		return moe_err(EINVAL, "%s: unknown backend %d or direct mode %d", path,
@@ -850,7 +878,7 @@ static int check_opts(struct moe_io_opts *o, const char *path)
 	return 0;
 }
 
-int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io **out)
+int moe_io_open(const char *path, const struct moe_io_params *opts, struct moe_io **out)
 {
 	struct moe_io *io;
 	int ret;
@@ -865,7 +893,7 @@ int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io 
 	if (opts)
 		io->opts = *opts;
 	else
-		moe_io_opts_init(&io->opts);
+		moe_io_params_init(&io->opts);
 	io->path = strdup(path);
 	if (!io->path) {
 		free(io);
@@ -882,9 +910,15 @@ int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io 
 	pthread_mutex_init(&io->lock, NULL);
 	pthread_cond_init(&io->cond, NULL);
 
-	ret = setup_file(io);
-	if (ret < 0)
-		goto err_sync;
+	if (by_name(path)) {
+		/* No file here: moe.ko reads it directly; its size comes with the model. */
+		io->block = 4096;
+		io->direct = true;
+	} else {
+		ret = setup_file(io);
+		if (ret < 0)
+			goto err_sync;
+	}
 	/* Splits stay block-aligned so every piece is a valid direct read. */
 	io->opts.max_request = MOE_MAX(io->opts.max_request / io->block * io->block, io->block);
 	if (io->opts.numa_node >= 0) {
@@ -896,7 +930,7 @@ int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io 
 		io->node = io->opts.numa_node;
 	} else {
 		/* Near the disk the experts come from, else near the GPU they go to. */
-		io->node = moe_topo_path_node(path);
+		io->node = io->fd >= 0 ? moe_topo_path_node(path) : -1;
 		if (io->node < 0)
 			io->node = moe_topo_gpu_node();
 		if (io->node < 0)
@@ -911,7 +945,8 @@ int moe_io_open(const char *path, const struct moe_io_opts *opts, struct moe_io 
 	return 0;
 
 err_fd:
-	close(io->fd);
+	if (io->fd >= 0)
+		close(io->fd);
 err_sync:
 	pthread_cond_destroy(&io->cond);
 	pthread_mutex_destroy(&io->lock);
@@ -922,7 +957,7 @@ err_free:
 	return ret;
 }
 
-void moe_io_close(struct moe_io *io)
+void moe_io_destroy(struct moe_io *io)
 {
 	struct moe_io_req *inline_list = NULL, *list;
 	int n;
@@ -954,7 +989,8 @@ void moe_io_close(struct moe_io *io)
 
 	io->ops->fini(io);
 	moe_io_pool_destroy(io);
-	close(io->fd);
+	if (io->fd >= 0)
+		close(io->fd);
 	pthread_cond_destroy(&io->cond);
 	pthread_mutex_destroy(&io->lock);
 	free(io->batch);

@@ -101,7 +101,7 @@ struct moe_io {
 	uint64_t file_size;
 	bool direct;
 	int node;                /* NUMA node for threads and memory, -1: no binding */
-	struct moe_io_opts opts;
+	struct moe_io_params opts;
 	const struct moe_io_ops *ops;
 	void *be;
 

@@ -18,7 +18,9 @@
 
 #include <xf86drm.h>
 
+#include "gguf.h"
 #include "io/kmod.h"
+#include "model.h"
 #include "util/util.h"
 
 _Static_assert(MOE_KMOD_NAME_MAX + 1 == DRM_MOE_NAME_LEN, "name length differs from the uAPI");
@@ -120,6 +122,7 @@ int moe_kmod_open(struct moe_kmod **out)
 		ret = moe_err(EPROTO, "moe.ko speaks uAPI %llu.%llu, this libmoe %d.x: install "
 			      "matching versions", (unsigned long long)(version >> 16),
 			      (unsigned long long)(version & 0xffff), DRM_MOE_VERSION_MAJOR);
+	k->minor = (uint32_t)(version & 0xffff);
 	if (!ret)
 		ret = get_param(k, DRM_MOE_PARAM_ALIGN, &k->align);
 	if (!ret)
@@ -140,7 +143,7 @@ int moe_kmod_open(struct moe_kmod **out)
 	return 0;
 }
 
-void moe_kmod_close(struct moe_kmod *k)
+void moe_kmod_destroy(struct moe_kmod *k)
 {
 	if (!k)
 		return;
@@ -194,15 +197,36 @@ int moe_kmod_info(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *in
 	return kioctl(k, DRM_IOCTL_MOE_MODEL_INFO, info);
 }
 
-int moe_kmod_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
-		   int64_t *results, uint64_t *ticket)
+int moe_kmod_fetch_flags(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
+			 uint32_t flags, int64_t *results, uint64_t *ticket)
 {
 	struct drm_moe_fetch f = {
 		.reqs_ptr = (uintptr_t)reqs, .results_ptr = (uintptr_t)results, .count = n,
+		/* a driver before uAPI 2.2 has no priorities: everything is demand there */
+		.flags = k->minor >= 2 ? flags : 0,
 	};
 	int ret = kioctl(k, DRM_IOCTL_MOE_FETCH, &f);
 
 	*ticket = f.ticket;
+	return ret;
+}
+
+int moe_kmod_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
+		   int64_t *results, uint64_t *ticket)
+{
+	return moe_kmod_fetch_flags(k, reqs, n, 0, results, ticket);
+}
+
+int moe_kmod_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled)
+{
+	struct drm_moe_cancel c = { .ticket = ticket };
+	int ret;
+
+	if (k->minor < 2)
+		return -EOPNOTSUPP;
+	ret = kioctl(k, DRM_IOCTL_MOE_CANCEL, &c);
+	if (!ret && cancelled)
+		*cancelled = c.cancelled;
 	return ret;
 }
 
@@ -236,6 +260,7 @@ static void info_to_public(const struct drm_moe_model_info *in, struct moe_kmod_
 	out->requests = in->requests;
 	out->errors = in->errors;
 	out->inflight = in->inflight;
+	out->n_meta = in->n_meta;
 	memcpy(out->lat_hist, in->lat_hist, sizeof(out->lat_hist));
 }
 
@@ -247,7 +272,7 @@ static int check_name(const char *name)
 	return 0;
 }
 
-static int find_raw(struct moe_kmod *k, const char *name, struct drm_moe_model_info *info)
+int moe_kmod_find_raw(struct moe_kmod *k, const char *name, struct drm_moe_model_info *info)
 {
 	int ret = check_name(name);
 
@@ -272,7 +297,7 @@ int moe_kmod_find(struct moe_kmod *k, const char *name, struct moe_kmod_model_in
 
 	if (!k || !out)
 		return moe_err(EINVAL, "moe_kmod_find: k and out are required");
-	ret = find_raw(k, name, &info);
+	ret = moe_kmod_find_raw(k, name, &info);
 	if (!ret)
 		info_to_public(&info, out);
 	return ret;
@@ -360,6 +385,94 @@ err:
 	return ret;
 }
 
+static int ext_cmp(const void *a, const void *b)
+{
+	const struct drm_moe_extent *x = a, *y = b;
+
+	return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+int moe_kmod_model_extents(const struct moe_kmod *k, const struct moe_model *model,
+			   uint64_t file_size, struct drm_moe_extent **out, uint32_t *n_out,
+			   uint32_t *n_meta)
+{
+	uint64_t limit = MOE_ALIGN_UP(file_size, k->align);
+	const struct gguf_file *g = model->gguf;
+	struct drm_moe_extent *meta, *exp = NULL, *all;
+	uint32_t n_exp = 0, nm = 0;
+	int ret;
+
+	meta = calloc(g->n_tensors + 1, sizeof(*meta));
+	if (!meta)
+		return moe_err(ENOMEM, "no memory for the extent table");
+	/* Extent 0: the header and tensor table, up to where the tensor data begins. */
+	meta[0] = (struct drm_moe_extent){ 0, MOE_MIN(MOE_ALIGN_UP(MOE_MAX(g->data_offset, 1),
+							    k->align), limit) };
+	nm = 1;
+	for (uint64_t i = 0; i < g->n_tensors; i++) {
+		const struct moe_tensor_info *t = &model->tinfo[i];
+		uint64_t start = t->offset / k->align * k->align;
+
+		if (!t->bytes || t->role == MOE_ROLE_UNUSED ||
+		    (t->role >= MOE_ROLE_EXPERT_GATE && t->role <= MOE_ROLE_EXPERT_GATE_UP))
+			continue;
+		meta[nm].offset = start;
+		meta[nm].length = MOE_MIN(MOE_ALIGN_UP(t->offset + t->bytes, k->align), limit) - start;
+		nm++;
+	}
+	/* Widened tensors share blocks: merge overlaps so every tensor lies in one extent. */
+	qsort(meta + 1, nm - 1, sizeof(*meta), ext_cmp);
+	{
+		uint32_t w = 0;
+
+		for (uint32_t i = 1; i < nm; i++) {
+			struct drm_moe_extent *c = &meta[w];
+
+			if (meta[i].offset < c->offset + c->length) {
+				c->length = MOE_MAX(c->offset + c->length,
+						    meta[i].offset + meta[i].length) - c->offset;
+				continue;
+			}
+			meta[++w] = meta[i];
+		}
+		nm = w + 1;
+	}
+	for (uint32_t i = 0; i < nm; i++)
+		if (meta[i].length > k->max_bo) {
+			ret = moe_err(E2BIG, "%s: the non-expert data at [0x%llx, +0x%llx) is one "
+				      "extent larger than moe.ko's largest buffer (%llu MiB; module "
+				      "parameter max_bo_mb)", moe_model_path(model),
+				      (unsigned long long)meta[i].offset,
+				      (unsigned long long)meta[i].length,
+				      (unsigned long long)(k->max_bo >> 20));
+			goto err;
+		}
+	ret = moe_kmod_expert_extents(k, model, file_size, &exp, &n_exp);
+	if (ret)
+		goto err;
+	if ((uint64_t)nm + n_exp > k->max_extents) {
+		ret = moe_err(E2BIG, "%s needs %u metadata and %u expert extents; moe.ko takes at "
+			      "most %llu per model (module parameter max_extents)",
+			      moe_model_path(model), nm, n_exp, (unsigned long long)k->max_extents);
+		goto err;
+	}
+	all = realloc(meta, ((size_t)nm + n_exp) * sizeof(*all));
+	if (!all) {
+		ret = moe_err(ENOMEM, "no memory for the extent table");
+		goto err;
+	}
+	memcpy(all + nm, exp, (size_t)n_exp * sizeof(*all));
+	free(exp);
+	*out = all;
+	*n_out = nm + n_exp;
+	*n_meta = nm;
+	return 0;
+err:
+	free(exp);
+	free(meta);
+	return ret;
+}
+
 int moe_kmod_register(struct moe_kmod *k, const char *name, const struct moe_model *model,
 		      uint32_t *id)
 {
@@ -367,7 +480,7 @@ int moe_kmod_register(struct moe_kmod *k, const char *name, const struct moe_mod
 	struct moe_model_summary sum;
 	struct drm_moe_extent *ext = NULL;
 	const char *path;
-	uint32_t n = 0;
+	uint32_t n = 0, n_meta = 0;
 	int fd, ret;
 
 	if (!k || !model)
@@ -378,7 +491,14 @@ int moe_kmod_register(struct moe_kmod *k, const char *name, const struct moe_mod
 	ret = moe_model_summary(model, &sum);
 	if (ret)
 		return ret;
-	ret = moe_kmod_expert_extents(k, model, sum.file_bytes, &ext, &n);
+	if (k->minor >= 1) {
+		ret = moe_kmod_model_extents(k, model, sum.file_bytes, &ext, &n, &n_meta);
+	} else {
+		moe_log(MOE_LOG_WARN, "moe.ko speaks uAPI 2.%u, before metadata extents: '%s' can "
+			"be read through it with its file only, not opened as moe:%s", k->minor,
+			name, name);
+		ret = moe_kmod_expert_extents(k, model, sum.file_bytes, &ext, &n);
+	}
 	if (ret)
 		return ret;
 	path = moe_model_path(model);
@@ -391,6 +511,7 @@ int moe_kmod_register(struct moe_kmod *k, const char *name, const struct moe_mod
 	snprintf(r.name, sizeof(r.name), "%s", name);
 	r.extents_ptr = (uintptr_t)ext;
 	r.n_extents = n;
+	r.n_meta = n_meta;
 	ret = kioctl(k, DRM_IOCTL_MOE_MODEL_REGISTER, &r);
 	close(fd);
 	switch (ret) {
@@ -425,7 +546,7 @@ int moe_kmod_unregister(struct moe_kmod *k, const char *name)
 
 	if (!k)
 		return moe_err(EINVAL, "moe_kmod_unregister: k is required");
-	ret = find_raw(k, name, &info);
+	ret = moe_kmod_find_raw(k, name, &info);
 	if (ret)
 		return ret;
 	u.model_id = info.model_id;
@@ -451,7 +572,7 @@ int moe_kmod_warm(struct moe_kmod *k, const char *name, uint64_t *bytes_out, dou
 
 	if (!k)
 		return moe_err(EINVAL, "moe_kmod_warm: k is required");
-	ret = find_raw(k, name, &info);
+	ret = moe_kmod_find_raw(k, name, &info);
 	if (ret)
 		return ret;
 	ext = calloc(info.n_extents, sizeof(*ext));

@@ -15,6 +15,7 @@
 
 struct moe_kmod {
 	int fd;
+	uint32_t minor;          /* uAPI minor version: 1 and above take metadata extents */
 	uint64_t align;          /* DRM_MOE_PARAM_ALIGN */
 	uint64_t max_batch;
 	uint64_t max_extents;
@@ -36,16 +37,49 @@ int moe_kmod_info(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *in
 /* Queue @n requests; per-request results land in @results at moe_kmod_wait(). */
 int moe_kmod_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
 		   int64_t *results, uint64_t *ticket);
+/* The same with FETCH flags (DRM_MOE_FETCH_LOW; dropped by a driver before uAPI 2.2). */
+int moe_kmod_fetch_flags(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
+			 uint32_t flags, int64_t *results, uint64_t *ticket);
+/*
+ * Take back this node's low-priority batches not yet issued (@ticket 0: all
+ * of them); they complete with -ECANCELED.  -EOPNOTSUPP before uAPI 2.2.
+ */
+int moe_kmod_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled);
 /* Wait until @ticket's batch completed; @timeout_s from now. */
 int moe_kmod_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
 
+/* MODEL_INFO by name into @info (no extents); -ENOENT, with moe_errmsg(), when unknown. */
+int moe_kmod_find_raw(struct moe_kmod *k, const char *name, struct drm_moe_model_info *info);
+
 /*
- * The extent table MODEL_REGISTER gets: every routed expert matrix, widened
- * to k->align and clamped to the file size rounded up; *out is malloc'ed.
- * -E2BIG above k->max_extents.
+ * Every routed expert matrix, widened to k->align and clamped to the file
+ * size rounded up; *out is malloc'ed.  -E2BIG above k->max_extents.
  */
 int moe_kmod_expert_extents(const struct moe_kmod *k, const struct moe_model *model,
 			    uint64_t file_size, struct drm_moe_extent **out, uint32_t *n_out);
+
+/*
+ * The extent table MODEL_REGISTER gets: first the metadata extents (the
+ * header and tensor table from offset 0, then every tensor that is neither
+ * a routed expert nor unused, widened to k->align, overlapping ones merged),
+ * *n_meta of them, then the expert extents as moe_kmod_expert_extents().
+ * With them the model opens by name ("moe:NAME") without its file.
+ */
+int moe_kmod_model_extents(const struct moe_kmod *k, const struct moe_model *model,
+			   uint64_t file_size, struct drm_moe_extent **out, uint32_t *n_out,
+			   uint32_t *n_meta);
+
+/* The prefix of model paths that name a model registered with moe.ko. */
+#define MOE_KMOD_PREFIX "moe:"
+
+/*
+ * The header extent (extent 0) of the model registered as @name, read
+ * through the driver client moe_kmod_io_client: *data (malloc'ed, *len
+ * bytes, the rest of the extent past the end of the file cut off) and the
+ * file's size.  -ENOENT when no such model, -EOPNOTSUPP when it was
+ * registered without metadata extents.
+ */
+int moe_kmod_read_header(const char *name, void **data, uint64_t *len, uint64_t *file_size);
 
 /*
  * The driver calls the engine backend makes, as a table so that tests can
@@ -55,12 +89,14 @@ struct moe_kmod_client {
 	int (*open)(struct moe_kmod **out);
 	void (*close)(struct moe_kmod *k);
 	int (*next)(struct moe_kmod *k, uint32_t after, struct moe_kmod_model_info *out);
+	int (*find)(struct moe_kmod *k, const char *name, struct drm_moe_model_info *info);
 	int (*info)(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *info,
 		    struct drm_moe_extent *ext, uint32_t cap);
 	int (*bo_create)(struct moe_kmod *k, uint64_t size, struct moe_kmod_bo *bo);
 	void (*bo_destroy)(struct moe_kmod *k, struct moe_kmod_bo *bo);
 	int (*fetch)(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
-		     int64_t *results, uint64_t *ticket);
+		     uint32_t flags, int64_t *results, uint64_t *ticket);
+	int (*cancel)(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled);
 	int (*wait)(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
 };
 
@@ -74,8 +110,12 @@ extern const struct moe_kmod_client *moe_kmod_io_client;
  * engine's (matched by device and inode) go through the driver into a
  * bounce BO and are copied to the caller's buffer, so the bytes land where
  * the userspace backends put them.  Reads outside the registered extents
- * (resident tensors) use pread on the engine's own descriptor.  init fails
- * with -ENODEV (no driver) or -ENOENT (file not registered).
+ * use pread on the engine's own descriptor.  init fails with -ENODEV (no
+ * driver) or -ENOENT (file not registered).
+ *
+ * An engine opened on "moe:NAME" has no descriptor (io->fd is -1): the model
+ * is found by name, every read goes through the driver, and a read outside
+ * the registered extents fails with -EACCES.
  *
  * A batch the driver has not finished within KMOD_WAIT_S fails its pieces
  * but keeps its slots of the bounce BO: the DMA may still land there.  The

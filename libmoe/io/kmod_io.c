@@ -24,13 +24,15 @@
 
 const struct moe_kmod_client moe_kmod_client_driver = {
 	.open = moe_kmod_open,
-	.close = moe_kmod_close,
+	.close = moe_kmod_destroy,
 	.next = moe_kmod_next,
+	.find = moe_kmod_find_raw,
 	.info = moe_kmod_info,
 	.bo_create = moe_kmod_bo_create,
 	.bo_destroy = moe_kmod_bo_destroy,
-	.fetch = moe_kmod_fetch,
+	.fetch = moe_kmod_fetch_flags,
 	.wait = moe_kmod_wait,
+	.cancel = moe_kmod_cancel,
 };
 
 const struct moe_kmod_client *moe_kmod_io_client = &moe_kmod_client_driver;
@@ -46,10 +48,15 @@ struct kext {
 	uint32_t idx;
 };
 
-/* One FETCH (ticket != 0) or a group of pieces for pread (ticket 0). */
+/*
+ * One FETCH (ticket != 0), or a group of pieces for pread (ticket 0, err 0),
+ * or pieces that end with @err (ticket 0): an engine on "moe:NAME" has no
+ * descriptor to pread with.
+ */
 struct kbatch {
 	struct kbatch *next;
 	uint64_t ticket;
+	int err;
 	unsigned n;
 	struct moe_io_piece **pieces;
 	unsigned *slots;
@@ -62,11 +69,13 @@ struct kmod_be {
 	struct moe_kmod *k;
 	uint32_t model_id;
 	struct kext *ext;
+	uint64_t *ext_maxend;    /* the furthest end of ext[0..i] */
 	uint32_t n_ext;
+	bool byname;             /* "moe:NAME": no descriptor, the driver reads everything */
 	struct moe_kmod_bo bo;
 	uint64_t slot_bytes;
 	unsigned *free_slots, n_free;
-	struct drm_moe_fetch_req *reqs;
+	struct drm_moe_fetch_req *reqs[2];  /* demand, low */
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
 	struct kbatch *head, *tail;
@@ -100,11 +109,11 @@ static const struct kext *kext_find(const struct kmod_be *be, uint64_t pos, uint
 		else
 			hi = mid;
 	}
-	/* Widened neighbours overlap by a block: look at two candidates. */
-	for (uint32_t i = lo; i > 0 && i + 2 > lo; i--) {
+	/* Widened extents overlap their neighbours: walk back while one could still hold it. */
+	for (uint32_t i = lo; i > 0 && be->ext_maxend[i - 1] >= pos + len; i--) {
 		const struct kext *e = &be->ext[i - 1];
 
-		if (pos >= e->off && pos + len <= e->off + e->len)
+		if (pos + len <= e->off + e->len)
 			return e;
 	}
 	return NULL;
@@ -200,20 +209,27 @@ static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b
 				"buffer slots stay reserved until the driver finishes it",
 				(unsigned long long)b->ticket, b->n, strerror(-ret));
 	}
-	for (unsigned i = 0; i < b->n; i++) {
-		struct moe_io_piece *p = b->pieces[i];
-		int64_t res;
-
-		if (!b->ticket) {
+	if (!b->ticket) {
+		for (unsigned i = 0; i < b->n; i++) {
+			struct moe_io_piece *p = b->pieces[i];
 			ssize_t r;
 
+			if (b->err) {
+				moe_io_piece_done(io, p, b->err);
+				continue;
+			}
 			do {
 				r = pread(io->fd, p->buf, p->len, (off_t)p->pos);
 			} while (r < 0 && errno == EINTR);
 			moe_io_piece_done(io, p, r < 0 ? -errno : r);
-			continue;
 		}
-		res = ret ? ret : b->results[i];
+		kbatch_free(b);
+		return;
+	}
+	for (unsigned i = 0; i < b->n; i++) {
+		struct moe_io_piece *p = b->pieces[i];
+		int64_t res = ret ? ret : b->results[i];
+
 		if (res >= 0) {
 			uint64_t avail = (uint64_t)res > b->skip[i] ? (uint64_t)res - b->skip[i] : 0;
 
@@ -221,21 +237,26 @@ static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b
 			memcpy(p->buf, be->bo.map + b->slots[i] * be->slot_bytes + b->skip[i],
 			       (size_t)res);
 		}
-		moe_io_piece_done(io, p, res);
+		b->results[i] = res;
 	}
-	if (!b->ticket) {
-		kbatch_free(b);
-		return;
-	}
+	/*
+	 * The slots go back before the pieces end: ending one dispatches the
+	 * next pieces at once, and they must find their slots free.  After a
+	 * failed wait the DMA into them may not have ended: they stay reserved.
+	 */
 	if (!ret) {
 		release_slots(be, b);
+	} else {
+		pthread_mutex_lock(&be->mu);
+		be->n_stuck_slots += b->n;
+		pthread_mutex_unlock(&be->mu);
+	}
+	for (unsigned i = 0; i < b->n; i++)
+		moe_io_piece_done(io, b->pieces[i], b->results[i]);
+	if (!ret) {
 		kbatch_free(b);
 		return;
 	}
-	/* The pieces have ended (with the error); the DMA into the slots may not have. */
-	pthread_mutex_lock(&be->mu);
-	be->n_stuck_slots += b->n;
-	pthread_mutex_unlock(&be->mu);
 	b->next = be->stuck;
 	be->stuck = b;
 }
@@ -300,9 +321,46 @@ static void kmod_be_free(struct kmod_be *be)
 	if (be->k)
 		be->c->close(be->k);
 	free(be->ext);
+	free(be->ext_maxend);
 	free(be->free_slots);
-	free(be->reqs);
+	free(be->reqs[0]);
+	free(be->reqs[1]);
 	free(be);
+}
+
+/* Model @id's extent table, sorted by offset, into be->ext. */
+static int load_extents(struct kmod_be *be, uint32_t id, struct drm_moe_model_info *info,
+			const char *path)
+{
+	struct drm_moe_extent *ext;
+	uint32_t n = info->n_extents;
+	int ret;
+
+	ext = calloc(MOE_MAX(n, 1), sizeof(*ext));
+	be->ext = calloc(MOE_MAX(n, 1), sizeof(*be->ext));
+	be->ext_maxend = calloc(MOE_MAX(n, 1), sizeof(*be->ext_maxend));
+	if (!ext || !be->ext || !be->ext_maxend) {
+		free(ext);
+		return moe_err(ENOMEM, "no memory for the extent table");
+	}
+	ret = be->c->info(be->k, id, info, ext, n);
+	if (!ret && info->n_extents != n)
+		ret = -EAGAIN;    /* re-registered meanwhile */
+	if (ret) {
+		free(ext);
+		return moe_err(-ret, "moe.ko: MODEL_INFO: %s", strerror(-ret));
+	}
+	for (uint32_t i = 0; i < n; i++)
+		be->ext[i] = (struct kext){ ext[i].offset, ext[i].length, i };
+	free(ext);
+	be->n_ext = n;
+	qsort(be->ext, be->n_ext, sizeof(*be->ext), kext_cmp);
+	for (uint32_t i = 0; i < n; i++)
+		be->ext_maxend[i] = MOE_MAX(i ? be->ext_maxend[i - 1] : 0,
+					    be->ext[i].off + be->ext[i].len);
+	be->model_id = id;
+	moe_log(MOE_LOG_INFO, "%s: moe.ko model '%s' (%u extents)", path, info->name, be->n_ext);
+	return 0;
 }
 
 /* The registered model whose file is @fd's: same device and inode. */
@@ -310,7 +368,6 @@ static int find_model_for(struct kmod_be *be, int fd, const char *path)
 {
 	struct moe_kmod_model_info pub;
 	struct drm_moe_model_info info;
-	struct drm_moe_extent *ext;
 	struct stat st;
 	uint32_t id = 0;
 	int ret;
@@ -332,25 +389,25 @@ static int find_model_for(struct kmod_be *be, int fd, const char *path)
 		    info.file_dev_minor == minor(st.st_dev))
 			break;
 	}
-	ext = calloc(info.n_extents, sizeof(*ext));
-	be->ext = calloc(info.n_extents, sizeof(*be->ext));
-	if (!ext || !be->ext) {
-		free(ext);
-		return moe_err(ENOMEM, "no memory for the extent table");
-	}
-	ret = be->c->info(be->k, id, &info, ext, info.n_extents);
-	if (ret) {
-		free(ext);
-		return moe_err(-ret, "moe.ko: MODEL_INFO: %s", strerror(-ret));
-	}
-	for (uint32_t i = 0; i < info.n_extents; i++)
-		be->ext[i] = (struct kext){ ext[i].offset, ext[i].length, i };
-	free(ext);
-	be->n_ext = info.n_extents;
-	qsort(be->ext, be->n_ext, sizeof(*be->ext), kext_cmp);
-	be->model_id = id;
-	moe_log(MOE_LOG_INFO, "%s: moe.ko model '%s' (%u extents)", path, info.name, be->n_ext);
-	return 0;
+	return load_extents(be, id, &info, path);
+}
+
+/* "moe:NAME": the model registered under NAME, with its metadata extents. */
+static int find_model_named(struct moe_io *io, struct kmod_be *be)
+{
+	const char *name = io->path + strlen(MOE_KMOD_PREFIX);
+	struct drm_moe_model_info info;
+	int ret = be->c->find(be->k, name, &info);
+
+	if (ret)
+		return ret;
+	if (!info.n_meta)
+		return moe_err(EOPNOTSUPP, "%s: registered without its header and resident "
+			       "tensors (by an older moectl or driver): reload it with `moectl "
+			       "unload %s; moectl load %s FILE` as root", io->path, name, name);
+	io->file_size = info.file_size;
+	be->byname = true;
+	return load_extents(be, info.model_id, &info, io->path);
 }
 
 static int kmod_init(struct moe_io *io)
@@ -366,7 +423,7 @@ static int kmod_init(struct moe_io *io)
 	ret = be->c->open(&be->k);
 	if (ret)
 		goto err;
-	ret = find_model_for(be, io->fd, io->path);
+	ret = io->fd < 0 ? find_model_named(io, be) : find_model_for(be, io->fd, io->path);
 	if (ret)
 		goto err;
 	/* A piece widened to the driver's alignment on both sides. */
@@ -375,8 +432,9 @@ static int kmod_init(struct moe_io *io)
 	if (ret)
 		goto err;
 	be->free_slots = calloc(qd, sizeof(*be->free_slots));
-	be->reqs = calloc(qd, sizeof(*be->reqs));
-	if (!be->free_slots || !be->reqs) {
+	be->reqs[0] = calloc(qd, sizeof(*be->reqs[0]));
+	be->reqs[1] = calloc(qd, sizeof(*be->reqs[1]));
+	if (!be->free_slots || !be->reqs[0] || !be->reqs[1]) {
 		ret = moe_err(ENOMEM, "no memory for the moe.ko backend");
 		goto err;
 	}
@@ -412,17 +470,63 @@ static void kmod_fini(struct moe_io *io)
 	io->be = NULL;
 }
 
-/* io->lock held: must not end pieces here. */
+/*
+ * FETCH @kb's requests (@reqs) with @flags, or, when the driver refuses,
+ * hand its pieces to @pb: pread on a path, their end with the errno on
+ * "moe:NAME".  io->lock held; be->mu not.
+ */
+static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb,
+			const struct drm_moe_fetch_req *reqs, uint32_t flags, struct kbatch *pb)
+{
+	int ret;
+
+	if (!kb->n) {
+		kbatch_free(kb);
+		return;
+	}
+	ret = be->c->fetch(be->k, reqs, kb->n, flags, kb->results, &kb->ticket);
+	if (!ret) {
+		be_push(be, kb);
+		return;
+	}
+	if (be->byname)
+		moe_err(-ret, "%s: moe.ko refused a FETCH: %s", io->path, strerror(-ret));
+	else
+		moe_log_once(MOE_LOG_WARN, "kmod-fetch-refused",
+			     "moe.ko refused a FETCH (%s): reading with pread instead",
+			     strerror(-ret));
+	pthread_mutex_lock(&be->mu);
+	for (unsigned i = 0; i < kb->n; i++)
+		be->free_slots[be->n_free++] = kb->slots[i];
+	pthread_mutex_unlock(&be->mu);
+	if (be->byname) {
+		/* No pread to fall back on: the pieces end with the driver's errno. */
+		kb->ticket = 0;
+		kb->err = ret;
+		be_push(be, kb);
+		return;
+	}
+	for (unsigned i = 0; i < kb->n; i++)
+		pb->pieces[pb->n++] = kb->pieces[i];
+	kbatch_free(kb);
+}
+
+/*
+ * io->lock held: must not end pieces here.  Demand pieces and prefetches
+ * (p->low) go in separate FETCHes, the latter with DRM_MOE_FETCH_LOW, so
+ * the driver reads them only when no demand batch is reading.
+ */
 static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned n)
 {
 	struct kmod_be *be = io->be;
-	struct kbatch *kb = kbatch_new(n), *pb = kbatch_new(n);
+	struct kbatch *kb[2] = { kbatch_new(n), kbatch_new(n) }, *pb = kbatch_new(n);
 	uint64_t align = be->k->align;
-	int ret;
+	unsigned accepted = n;
 
-	if (!kb || !pb) {
-		if (kb)
-			kbatch_free(kb);
+	if (!kb[0] || !kb[1] || !pb) {
+		for (int j = 0; j < 2; j++)
+			if (kb[j])
+				kbatch_free(kb[j]);
 		if (pb)
 			kbatch_free(pb);
 		return moe_err(ENOMEM, "no memory for a moe.ko batch");
@@ -433,50 +537,65 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 		const struct kext *e = kext_find(be, p->pos, p->len);
 		uint64_t start = p->pos / align * align;
 		uint64_t end = MOE_ALIGN_UP(p->pos + p->len, align);
+		struct kbatch *b = kb[p->low];
 
-		/* Resident tensors are not registered: this process reads them itself. */
-		if (!e || !be->n_free || kb->n >= be->k->max_batch ||
+		if (!e && be->byname) {
+			/* Nothing else of the file is readable: the piece fails (finish_batch). */
+			moe_err(EACCES, "%s: [0x%llx, +0x%llx) is not in a registered extent",
+				io->path, (unsigned long long)p->pos, (unsigned long long)p->len);
+			pb->pieces[pb->n++] = p;
+			pb->err = -EACCES;
+			continue;
+		}
+		if (e && be->byname && (!be->n_free || b->n >= be->k->max_batch)) {
+			/* The rest waits in the engine for a slot: pread is no way out. */
+			accepted = i;
+			break;
+		}
+		/* Reads outside the registered extents: this process reads them itself. */
+		if (!e || !be->n_free || b->n >= be->k->max_batch ||
 		    end - start > be->slot_bytes) {
 			pb->pieces[pb->n++] = p;
 			continue;
 		}
 		end = MOE_MIN(end, e->off + e->len);
-		kb->pieces[kb->n] = p;
-		kb->slots[kb->n] = be->free_slots[--be->n_free];
-		kb->skip[kb->n] = p->pos - start;
-		be->reqs[kb->n] = (struct drm_moe_fetch_req){
+		b->pieces[b->n] = p;
+		b->slots[b->n] = be->free_slots[--be->n_free];
+		b->skip[b->n] = p->pos - start;
+		be->reqs[p->low][b->n] = (struct drm_moe_fetch_req){
 			.model_id = be->model_id, .extent = e->idx, .handle = be->bo.handle,
-			.bo_offset = kb->slots[kb->n] * be->slot_bytes,
+			.bo_offset = b->slots[b->n] * be->slot_bytes,
 			.offset = start - e->off, .length = end - start,
 		};
-		kb->n++;
+		b->n++;
 	}
 	pthread_mutex_unlock(&be->mu);
 
-	if (kb->n) {
-		ret = be->c->fetch(be->k, be->reqs, kb->n, kb->results, &kb->ticket);
-		if (ret) {
-			moe_log_once(MOE_LOG_WARN, "kmod-fetch-refused",
-				     "moe.ko refused a FETCH (%s): reading with pread instead",
-				     strerror(-ret));
-			pthread_mutex_lock(&be->mu);
-			for (unsigned i = 0; i < kb->n; i++) {
-				be->free_slots[be->n_free++] = kb->slots[i];
-				pb->pieces[pb->n++] = kb->pieces[i];
-			}
-			pthread_mutex_unlock(&be->mu);
-			kb->n = 0;
-		}
-	}
-	if (kb->n)
-		be_push(be, kb);
-	else
-		kbatch_free(kb);
+	kmod_submit(io, be, kb[0], be->reqs[0], 0, pb);
+	kmod_submit(io, be, kb[1], be->reqs[1], DRM_MOE_FETCH_LOW, pb);
 	if (pb->n)
 		be_push(be, pb);
 	else
 		kbatch_free(pb);
-	return (int)n;
+	if (!accepted)
+		return moe_err(EBUSY, "%s: every moe.ko buffer slot is held by reads the driver "
+			       "has not finished", io->path);
+	return (int)accepted;
+}
+
+/*
+ * io->lock held (the engine is closing with pieces in flight): prefetches
+ * the driver has not started yet end now with -ECANCELED instead of being
+ * read for no one.
+ */
+static void kmod_cancel(struct moe_io *io)
+{
+	struct kmod_be *be = io->be;
+	uint32_t n = 0;
+
+	if (be->c->cancel && !be->c->cancel(be->k, 0, &n) && n)
+		moe_log(MOE_LOG_DEBUG, "%s: %u queued moe.ko prefetch batches cancelled", io->path,
+			n);
 }
 
 const struct moe_io_ops moe_io_kmod_ops = {
@@ -484,4 +603,72 @@ const struct moe_io_ops moe_io_kmod_ops = {
 	.init = kmod_init,
 	.fini = kmod_fini,
 	.issue = kmod_issue,
+	.cancel = kmod_cancel,
 };
+
+int moe_kmod_read_header(const char *name, void **data, uint64_t *len, uint64_t *file_size)
+{
+	const struct moe_kmod_client *c = moe_kmod_io_client;
+	struct drm_moe_model_info info;
+	struct drm_moe_extent ext;
+	struct drm_moe_fetch_req req;
+	struct moe_kmod_bo bo = { 0 };
+	struct moe_kmod *k = NULL;
+	uint64_t ticket;
+	int64_t res = 0;
+	uint32_t failed = 0;
+	int ret;
+
+	*data = NULL;
+	ret = c->open(&k);
+	if (ret)
+		return ret;
+	ret = c->find(k, name, &info);
+	if (ret)
+		goto out;
+	if (!info.n_meta) {
+		ret = moe_err(EOPNOTSUPP, "moe:%s was registered without its header and resident "
+			      "tensors (by an older moectl or driver): reload it with `moectl unload "
+			      "%s; moectl load %s FILE` as root", name, name, name);
+		goto out;
+	}
+	ret = c->info(k, info.model_id, &info, &ext, 1);
+	if (ret) {
+		ret = moe_err(-ret, "moe.ko: MODEL_INFO of '%s': %s", name, strerror(-ret));
+		goto out;
+	}
+	if (ext.offset || !ext.length || ext.length > k->max_bo) {
+		ret = moe_err(EPROTO, "moe.ko: the header extent of '%s' is [0x%llx, +0x%llx)", name,
+			      (unsigned long long)ext.offset, (unsigned long long)ext.length);
+		goto out;
+	}
+	ret = c->bo_create(k, ext.length, &bo);
+	if (ret)
+		goto out;
+	req = (struct drm_moe_fetch_req){ .model_id = info.model_id, .extent = 0,
+					  .handle = bo.handle, .length = ext.length };
+	ret = c->fetch(k, &req, 1, 0, &res, &ticket);
+	if (!ret)
+		ret = c->wait(k, ticket, KMOD_WAIT_S, &failed);
+	if (!ret && res < 0)
+		ret = (int)res;
+	if (ret) {
+		/* a read that did not finish keeps the BO's pages in the driver: safe to let go */
+		ret = moe_err(-ret, "moe.ko: reading the header of '%s': %s", name, strerror(-ret));
+		goto out;
+	}
+	*len = MOE_MIN((uint64_t)res, info.file_size);
+	*file_size = info.file_size;
+	*data = malloc(MOE_MAX(*len, 1));
+	if (!*data) {
+		ret = moe_err(ENOMEM, "no memory for the header of '%s'", name);
+		goto out;
+	}
+	memcpy(*data, bo.map, (size_t)*len);
+out:
+	if (k) {
+		c->bo_destroy(k, &bo);
+		c->close(k);
+	}
+	return ret;
+}

@@ -249,18 +249,22 @@ int moe_type_from_name(const char *name)
 	return -EINVAL;
 }
 
-uint32_t moe_type_block_elems(uint32_t type)
+int moe_type_block_elems(uint32_t type)
 {
 	const struct moe_type_traits *t = moe_type_traits(type);
 
-	return t ? t->block : 0;
+	if (!t)
+		return moe_err(EINVAL, "unknown tensor type id %u", type);
+	return (int)t->block;
 }
 
-uint32_t moe_type_block_bytes(uint32_t type)
+int moe_type_block_bytes(uint32_t type)
 {
 	const struct moe_type_traits *t = moe_type_traits(type);
 
-	return t ? t->bytes : 0;
+	if (!t)
+		return moe_err(EINVAL, "unknown tensor type id %u", type);
+	return (int)t->bytes;
 }
 
 int64_t moe_type_row_bytes(uint32_t type, uint64_t n)

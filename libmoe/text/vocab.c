@@ -483,7 +483,7 @@ int tok_build(const struct tok_spec *sp, struct moe_tokenizer **out)
 	if (!ret)
 		ret = build_specials(t, sp);
 	if (ret) {
-		moe_tokenizer_free(t);
+		moe_tokenizer_destroy(t);
 		return ret;
 	}
 	if (t->unk < 0 && t->kind == TOK_SPM)
@@ -499,14 +499,14 @@ int tok_build(const struct tok_spec *sp, struct moe_tokenizer **out)
 	tok_chat_init(t, sp);
 	ret = tok_pieces_build(t, &t->pieces);
 	if (ret) {
-		moe_tokenizer_free(t);
+		moe_tokenizer_destroy(t);
 		return ret;
 	}
 	*out = t;
 	return 0;
 }
 
-MOE_API void moe_tokenizer_free(struct moe_tokenizer *t)
+MOE_API void moe_tokenizer_destroy(struct moe_tokenizer *t)
 {
 	if (!t)
 		return;

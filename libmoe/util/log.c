@@ -29,9 +29,9 @@ static int current_level(void)
 	return lvl;
 }
 
-void moe_set_log_level(enum moe_log_level level)
+void moe_set_log_level(uint32_t level)
 {
-	if ((int)level >= MOE_LOG_ERROR && level <= MOE_LOG_DEBUG)
+	if (level <= MOE_LOG_DEBUG)
 		__atomic_store_n(&log_level, (int)level, __ATOMIC_RELAXED);
 }
 

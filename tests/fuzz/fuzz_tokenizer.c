@@ -233,7 +233,7 @@ static void fuzz_vocab(const char *d, size_t size, uint8_t flags)
 		static const char text[] = "the in er \xc3\xa9\n\n<s>";
 
 		exercise(t, text, sizeof(text) - 1, MOE_TOK_PARSE_SPECIAL, false);
-		moe_tokenizer_free(t);
+		moe_tokenizer_destroy(t);
 	}
 out:
 	free(toks);

@@ -13,12 +13,12 @@ int main()
 {
 	struct moe_ctx_params p;
 	struct moe_sample_params sp;
-	struct moe_io_opts io;
+	struct moe_io_params io;
 	uint64_t n = 0;
 
-	moe_ctx_default_params(&p);
-	moe_sample_default_params(&sp);
-	moe_io_opts_init(&io);
+	moe_ctx_params_init(&p);
+	moe_sample_params_init(&sp);
+	moe_io_params_init(&io);
 	if (moe_parse_size("2M", &n) != 0 || n != 2u << 20)
 		return 1;
 	if (std::strcmp(moe_type_name(MOE_TYPE_Q8_0), "q8_0") != 0)

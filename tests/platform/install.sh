@@ -35,7 +35,7 @@ run_make() {
 run_make install
 root=$dest$prefix
 
-for f in lib/libmoe.a lib/libmoe.so.0 lib/libmoe.so include/moe/moe.h \
+for f in lib/libmoe.a lib/libmoe.so.1 lib/libmoe.so include/moe/moe.h \
 		include/moe/uapi/moe_drm.h lib/pkgconfig/libmoe.pc lib/udev/rules.d/60-moe.rules \
 		bin/moectl bin/moe-mkmodel bin/moe-run bin/moe-bench; do
 	[ -e "$root/$f" ] || fail "make install did not install $prefix/$f"
@@ -45,10 +45,10 @@ want=$(grep -c '^MOE_API[[:space:]]' "$src/include/moe/moe.h")
 have=$(ls "$root/share/man/man3" 2>/dev/null | grep -c '^moe_.*\.3$')
 [ "$have" -eq "$want" ] || fail "$have section-3 man pages installed for $want MOE_API functions"
 [ -s "$root/share/man/man3/moe_model_open.3" ] || fail "no man page moe_model_open(3)"
-[ -L "$root/lib/libmoe.so" ] && [ -L "$root/lib/libmoe.so.0" ] ||
-	fail "libmoe.so and libmoe.so.0 are not symbolic links"
-soname=$(readelf -d "$root/lib/libmoe.so.0" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
-[ "$soname" = libmoe.so.0 ] || fail "the installed library's soname is '$soname', not libmoe.so.0"
+[ -L "$root/lib/libmoe.so" ] && [ -L "$root/lib/libmoe.so.1" ] ||
+	fail "libmoe.so and libmoe.so.1 are not symbolic links"
+soname=$(readelf -d "$root/lib/libmoe.so.1" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
+[ "$soname" = libmoe.so.1 ] || fail "the installed library's soname is '$soname', not libmoe.so.1"
 ls "$root"/src/moe-*/dkms.conf "$root"/src/moe-*/uapi/moe_drm.h >/dev/null 2>&1 ||
 	fail "no DKMS tree (dkms.conf and uapi/moe_drm.h) under $prefix/src"
 grep -q "^prefix=$prefix\$" "$root/lib/pkgconfig/libmoe.pc" ||

@@ -33,12 +33,12 @@ int main(int argc, char **argv)
 	ret = moe_model_hparams(model, &hp);
 	if (ret < 0) {
 		fprintf(stderr, "%s\n", moe_errmsg());
-		moe_model_close(model);
+		moe_model_destroy(model);
 		return 1;
 	}
 	printf("arch %s layers %u q4_K %s\n", hp.arch, hp.n_layer,
 	       moe_type_name(MOE_TYPE_Q4_K));
-	moe_model_close(model);
+	moe_model_destroy(model);
 
 	/* The shared library this process mapped, if it is linked to one. */
 	maps = fopen("/proc/self/maps", "r");

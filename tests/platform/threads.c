@@ -37,7 +37,7 @@ static int run_one(float *out, char *err, size_t err_len)
 	const float *lg;
 	int ret;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 1;
 	p.n_ctx = 64;
 	p.backend = "cpu";
@@ -53,7 +53,7 @@ static int run_one(float *out, char *err, size_t err_len)
 		snprintf(err, err_len, "moe_ctx_eval: %s", moe_errmsg());
 	else
 		memcpy(out, lg, sizeof(float) * n_vocab);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	return ret < 0 ? ret : lg ? 0 : -1;
 }
 
@@ -111,7 +111,7 @@ int main(int argc, char **argv)
 		free(jobs[i].logits);
 	}
 	free(ref);
-	moe_model_close(model);
+	moe_model_destroy(model);
 	if (bad)
 		return 1;
 	printf("threads: %d contexts on one model agree with one alone\n", n);

@@ -1645,7 +1645,7 @@ static void ref_close(struct ref *r)
 	if (r->fd >= 0)
 		close(r->fd);
 	if (r->m)
-		moe_model_close(r->m);
+		moe_model_destroy(r->m);
 }
 
 int ref_model_info(const char *path, struct ref_info *out)

@@ -79,14 +79,14 @@ START_TEST(policies_hand_traces)
 	ck_assert_uint_eq(sim(t, 3, "belady", NULL, 0).misses, 5);
 	ck_assert_uint_eq(sim(t, 3, "lfu:decay=1", NULL, 0).misses, 6);
 	ck_assert_uint_eq(sim(t, 3, "lru", NULL, 0).hits, 2);
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	/* a frequent expert: LFU keeps it where LRU lets it go; a fast decay forgets it */
 	t = seq_trace(dir, b, 7, 4);
 	ck_assert_uint_eq(sim(t, 2, "lru", NULL, 0).misses, 5);
 	ck_assert_uint_eq(sim(t, 2, "lfu:decay=1", NULL, 0).misses, 4);
 	ck_assert_uint_eq(sim(t, 2, "lfu:decay=0.1", NULL, 0).misses, 5);
 	ck_assert_uint_eq(sim(t, 2, "belady", NULL, 0).misses, 4);
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -112,7 +112,7 @@ START_TEST(policy_stats_keeps_the_reused)
 	ck_assert_uint_eq(sim(t, 2, "belady", NULL, 0).misses, 61);
 	r = sim(t, 2, "stats", NULL, 0);
 	ck_assert_msg(r.misses <= 63, "stats: %llu misses", (unsigned long long)r.misses);
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -129,6 +129,7 @@ START_TEST(pools_and_groups)
 	char *dir = tu_tmpdir(), text[4096], *p = text;
 	struct moe_trace *t;
 	struct moe_sim_result r;
+	struct moe_sim_params ip;
 
 	p += sprintf(p, "# moe-trace 1 layers=2 experts=4\nS 0 pools\n");
 	for (int i = 0; i < 20; i++)
@@ -142,7 +143,15 @@ START_TEST(pools_and_groups)
 	ck_assert_int_eq(moe_sim_run(t, &(struct moe_sim_params){ .n_slots = 1, .flags =
 		MOE_SIM_LAYER_POOLS }, &r), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "per-layer pools"));
-	moe_trace_free(t);
+	/* the initializer's defaults are lru without prefetch over every sequence */
+	moe_sim_params_init(&ip);
+	ck_assert_str_eq(ip.policy, "lru");
+	ck_assert_str_eq(ip.prefetch, "none");
+	ip.n_slots = 3;
+	ck_assert_int_eq(moe_sim_run(t, &ip, &r), 0);
+	ck_assert_uint_eq(r.misses, 40);
+	ck_assert_uint_eq(r.prefetches, 0);
+	moe_trace_destroy(t);
 
 	p = text;
 	p += sprintf(p, "# moe-trace 1 layers=1 experts=6\nS 0 groups\n");
@@ -154,7 +163,7 @@ START_TEST(pools_and_groups)
 	/* two slots: both are always the current routing's; nothing may stay */
 	ck_assert_uint_eq(sim(t, 2, "belady", NULL, 0).misses, 24);
 	ck_assert_uint_eq(sim(t, 2, "stats", NULL, 0).misses, 24);
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -263,7 +272,7 @@ START_TEST(belady_is_optimal)
 		/* and no policy does better than the optimum */
 		ck_assert_int_ge((int)sim(t, (uint32_t)b.slots, "stats", NULL, 0).misses, want);
 		ck_assert_int_ge((int)sim(t, (uint32_t)b.slots, "lru", NULL, 0).misses, want);
-		moe_trace_free(t);
+		moe_trace_destroy(t);
 	}
 	tu_rmtree(dir);
 	free(dir);
@@ -368,7 +377,7 @@ START_TEST(prefetch_learns_transitions)
 		ck_assert_int_eq(moe_sim_run(t, &(struct moe_sim_params){ .n_slots = 4,
 			.policy = "lfu:speed=2" }, &r), -EINVAL);
 	}
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 
 	/* recorded speculative predictions, right three times in four */
 	p = text;
@@ -385,7 +394,7 @@ START_TEST(prefetch_learns_transitions)
 	ck_assert_uint_lt(tr.misses, none.misses);
 	ck_assert_msg(tr.prefetch_precision > 0.6 && tr.prefetch_precision < 0.9,
 		      "precision %.3f", tr.prefetch_precision);
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	free(text);
 	tu_rmtree(dir);
 	free(dir);
@@ -434,7 +443,7 @@ START_TEST(sim_time_model)
 	ck_assert_int_eq(moe_sim_run(t, &sp, &none), 0);
 	ck_assert_uint_gt(none.host_hits, 0);
 	ck_assert(none.read_bytes_per_token < none.fetched_bytes_per_token);
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	free(text);
 	tu_rmtree(dir);
 	free(dir);
@@ -485,7 +494,7 @@ START_TEST(trace_reader)
 	ck_assert_int_eq(ids[1], 6);
 	ck_assert_int_eq(moe_trace_prediction(t, 1, 2, 1, ids, 8), 0);
 	ck_assert_str_eq(t->seq_name[0], "first");
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	{
 		const char *g = tu_shared("traces/gpt-oss-20b/gptoss20b_decode_routes.txt");
 
@@ -506,8 +515,8 @@ START_TEST(trace_reader)
 			ck_assert_uint_eq(sum, 4 * 12041);
 			ck_assert_int_eq(moe_routestats_next_layer(rs, 5), 6);
 			ck_assert_int_eq(moe_routestats_next_layer(rs, 23), -ENOENT);
-			moe_routestats_free(rs);
-			moe_trace_free(t);
+			moe_routestats_destroy(rs);
+			moe_trace_destroy(t);
 		}
 	}
 	tu_rmtree(dir);
@@ -574,7 +583,7 @@ static uint64_t need_bytes(struct moe_model *m, uint32_t flags)
 	unsigned long long need = 0;
 	const char *at;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_ctx = 128;
 	p.n_batch = 1;
 	p.flags = flags;
@@ -597,7 +606,7 @@ static struct moe_ctx *ctx_with_slots(struct moe_model *m, uint32_t slots, const
 	uint64_t need = need_bytes(m, flags);
 	int ret;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 1;
 	p.n_ctx = 128;
 	p.n_batch = 1;
@@ -684,10 +693,10 @@ START_TEST(live_matches_simulator)
 		ck_assert_uint_gt(r.hits, 0);
 		free(live.r);
 		free(simu.r);
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 	}
-	moe_model_close(m);
-	moe_trace_free(t);
+	moe_model_destroy(m);
+	moe_trace_destroy(t);
 	free(text);
 	tu_rmtree(dir);
 	free(dir);

@@ -73,7 +73,7 @@ static char *reply_from_scratch(const struct moe_chat_msg *msgs, int n_msgs, uin
 	n = moe_tokenize(t, text, (size_t)len, MOE_TOK_PARSE_SPECIAL, toks, 4096);
 	free(text);
 	ck_assert_int_gt(n, 0);
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_ctx = 1024;
 	ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), 0);
 	ck_assert_int_eq(moe_ctx_eval(ctx, toks, (uint32_t)n, 0, 0), 0);
@@ -95,9 +95,9 @@ static char *reply_from_scratch(const struct moe_chat_msg *msgs, int n_msgs, uin
 	ck_assert_int_ge(len, 0);
 	reply = calloc(1, (size_t)len + 1);
 	ck_assert_int_eq(moe_detokenize(t, out, (int)k, 0, reply, len), len);
-	moe_ctx_free(ctx);
-	moe_tokenizer_free(t);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 	return reply;
 }
 

@@ -378,7 +378,8 @@ END_TEST
 static void *fake_lib;
 
 /* The fake driver behind libcuda_fake.so, which the backend loads as MOE_CUDA_LIBRARY names. */
-static void fake_driver_lib(const struct simt_fake_config *cfg)
+static void fake_driver_lib_api(const struct simt_fake_config *cfg,
+				const struct moe_cuda_api *over)
 {
 	static char path[4096];
 	const char *build = getenv("MOE_BUILD");
@@ -395,25 +396,38 @@ static void fake_driver_lib(const struct simt_fake_config *cfg)
 	memcpy(&bind, &sym, sizeof(bind));
 	simt_fake_cuda_reset(cfg);
 	simt_fake_cuda_api(&api);
-	bind(&api);
+	bind(over ? over : &api);
 	setenv("MOE_CUDA_LIBRARY", path, 1);
 }
 
-static struct moe_ctx *ctx_on(struct moe_model *m, const char *backend, uint64_t vram)
+static void fake_driver_lib(const struct simt_fake_config *cfg)
+{
+	fake_driver_lib_api(cfg, NULL);
+}
+
+/* A context on @backend within @vram, reading @n_staging experts at once (0: the default). */
+static struct moe_ctx *ctx_on_staging(struct moe_model *m, const char *backend, uint64_t vram,
+				      uint32_t n_staging)
 {
 	struct moe_ctx_params p;
 	struct moe_ctx *ctx = NULL;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 64;
 	p.n_batch = 4;
 	p.vram_bytes = vram;
+	p.n_staging = n_staging;
 	p.backend = backend;
 	ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s (vram %llu): %s", backend,
 		      (unsigned long long)vram, moe_errmsg());
 	ck_assert_str_eq(moe_ctx_backend(ctx), backend);
 	return ctx;
+}
+
+static struct moe_ctx *ctx_on(struct moe_model *m, const char *backend, uint64_t vram)
+{
+	return ctx_on_staging(m, backend, vram, 0);
 }
 
 /* The smallest budget the context takes on @backend, from the error a budget of 1 gives. */
@@ -424,7 +438,7 @@ static uint64_t least_vram(struct moe_model *m, const char *backend)
 	unsigned long long need = 0;
 	const char *at;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 64;
 	p.n_batch = 4;
@@ -503,13 +517,13 @@ static void engine_case(const struct e2e_arch *e, bool fake, const char *type)
 	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
 	ctx = ctx_on(m, "cpu", 0);
 	run(ctx, &cpu);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 
 	if (fake)
 		fake_driver_lib(NULL);
 	ctx = ctx_on(m, "cuda", 0);
 	run(ctx, &res);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	ck_assert_uint_eq(res.n, cpu.n);
 	for (size_t i = 0; i < res.n * res.vocab; i++) {
 		mx = fmax(mx, fabs(cpu.buf[i]));
@@ -541,14 +555,14 @@ static void engine_case(const struct e2e_arch *e, bool fake, const char *type)
 		ck_assert_msg(!memcmp(str.buf, res.buf, sizeof(float) * res.n * res.vocab),
 			      "%s mode %d: streamed logits differ from resident ones", e->arch,
 			      mode);
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 		free(str.buf);
 	}
 	if (fake)
 		unsetenv("MOE_CUDA_LIBRARY");
 	free(cpu.buf);
 	free(res.buf);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -579,6 +593,357 @@ END_TEST
 START_TEST(cuda_gpu_engine_matches_cpu)
 {
 	engine_case(&e2e_archs[_i], false, "f32");
+}
+END_TEST
+
+/*
+ * The pipeline as the driver sees it: a layer over the fake's entry points
+ * that records the streams, the pinned ranges, every host-to-device copy,
+ * event record and cross-stream wait, then forwards the call.
+ */
+enum { TR_OPS = 1 << 15, TR_PINNED = 256 };
+enum tr_kind { TR_H2D, TR_D2H, TR_RECORD, TR_WAIT };
+
+struct tr_op {
+	enum tr_kind kind;
+	CUstream s;
+	CUevent e;
+	const void *src;
+	size_t bytes;
+	bool pinned;            /* the copy's source lay in a pinned range */
+	int range;              /* ... which one */
+};
+
+static struct {
+	struct moe_cuda_api fake;
+	CUstream stream[MOE_BE_QUEUES];
+	unsigned n_streams;
+	struct { const char *p; size_t n; } pin[TR_PINNED];
+	unsigned n_pin;
+	struct tr_op op[TR_OPS];
+	unsigned n_op;
+	bool on;
+	bool tiled;             /* the prompt's attention looked up the tiled kernel */
+} tr;
+
+static int tr_range(const void *p, size_t n)
+{
+	for (unsigned i = 0; i < tr.n_pin; i++)
+		if (tr.pin[i].p && (const char *)p >= tr.pin[i].p &&
+		    (const char *)p + n <= tr.pin[i].p + tr.pin[i].n)
+			return (int)i;
+	return -1;
+}
+
+static void tr_add(const struct tr_op *o)
+{
+	if (tr.on && tr.n_op < TR_OPS)
+		tr.op[tr.n_op++] = *o;
+}
+
+static void tr_pin(const void *p, size_t n)
+{
+	if (tr.n_pin < TR_PINNED) {
+		tr.pin[tr.n_pin].p = p;
+		tr.pin[tr.n_pin++].n = n;
+	}
+}
+
+static void tr_unpin(const void *p)
+{
+	for (unsigned i = 0; i < tr.n_pin; i++)
+		if (tr.pin[i].p == p)
+			tr.pin[i].p = NULL;
+}
+
+static CUresult tr_stream_create(CUstream *s, unsigned int flags)
+{
+	CUresult r = tr.fake.cuStreamCreate(s, flags);
+
+	if (r == CUDA_SUCCESS && tr.n_streams < MOE_BE_QUEUES)
+		tr.stream[tr.n_streams++] = *s;     /* the backend makes compute, then copy */
+	return r;
+}
+
+static CUresult tr_host_register(void *p, size_t n, unsigned int flags)
+{
+	CUresult r = tr.fake.cuMemHostRegister(p, n, flags);
+
+	if (r == CUDA_SUCCESS)
+		tr_pin(p, n);
+	return r;
+}
+
+static CUresult tr_host_unregister(void *p)
+{
+	tr_unpin(p);
+	return tr.fake.cuMemHostUnregister(p);
+}
+
+static CUresult tr_alloc_host(void **p, size_t n)
+{
+	CUresult r = tr.fake.cuMemAllocHost(p, n);
+
+	if (r == CUDA_SUCCESS)
+		tr_pin(*p, n);
+	return r;
+}
+
+static CUresult tr_free_host(void *p)
+{
+	tr_unpin(p);
+	return tr.fake.cuMemFreeHost(p);
+}
+
+static CUresult tr_h2d(CUdeviceptr d, const void *src, size_t n, CUstream s)
+{
+	int i = tr_range(src, n);
+
+	tr_add(&(struct tr_op){ .kind = TR_H2D, .s = s, .src = src, .bytes = n,
+				.pinned = i >= 0, .range = i });
+	return tr.fake.cuMemcpyHtoDAsync(d, src, n, s);
+}
+
+static CUresult tr_d2h(void *dst, CUdeviceptr d, size_t n, CUstream s)
+{
+	int i = tr_range(dst, n);
+
+	tr_add(&(struct tr_op){ .kind = TR_D2H, .s = s, .src = dst, .bytes = n,
+				.pinned = i >= 0, .range = i });
+	return tr.fake.cuMemcpyDtoHAsync(dst, d, n, s);
+}
+
+static CUresult tr_record(CUevent e, CUstream s)
+{
+	tr_add(&(struct tr_op){ .kind = TR_RECORD, .s = s, .e = e });
+	return tr.fake.cuEventRecord(e, s);
+}
+
+static CUresult tr_wait(CUstream s, CUevent e, unsigned int flags)
+{
+	tr_add(&(struct tr_op){ .kind = TR_WAIT, .s = s, .e = e });
+	return tr.fake.cuStreamWaitEvent(s, e, flags);
+}
+
+static CUresult tr_get_function(CUfunction *f, CUmodule m, const char *name)
+{
+	tr.tiled |= !strcmp(name, "moe_k_attention_tiled");
+	return tr.fake.cuModuleGetFunction(f, m, name);
+}
+
+/* The fake driver behind MOE_CUDA_LIBRARY, every call of interest recorded once tr.on. */
+static void trace_driver(const struct simt_fake_config *cfg)
+{
+	struct moe_cuda_api api;
+
+	memset(&tr, 0, sizeof(tr));
+	simt_fake_cuda_reset(cfg);
+	simt_fake_cuda_api(&tr.fake);
+	api = tr.fake;
+	api.cuStreamCreate = tr_stream_create;
+	api.cuMemHostRegister = tr_host_register;
+	api.cuMemHostUnregister = tr_host_unregister;
+	api.cuMemAllocHost = tr_alloc_host;
+	api.cuMemFreeHost = tr_free_host;
+	api.cuMemcpyHtoDAsync = tr_h2d;
+	api.cuMemcpyDtoHAsync = tr_d2h;
+	api.cuEventRecord = tr_record;
+	api.cuStreamWaitEvent = tr_wait;
+	api.cuModuleGetFunction = tr_get_function;
+	fake_driver_lib_api(cfg, &api);
+}
+
+static struct moe_model *small_model(const char *dir, const char *type)
+{
+	char path[512], cmd[1024], *out = NULL;
+	struct moe_model *m;
+
+	snprintf(path, sizeof(path), "%s/m.gguf", dir);
+	snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --type %s -o %s -q --layers 2 --vocab 128 "
+		 "--expert-ff 64 --embd 64 --experts 8", tu_bin("moe-mkmodel"), type, path);
+	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s: %s", cmd, out ? out : "");
+	free(out);
+	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
+	return m;
+}
+
+/*
+ * The pipeline, checked on the driver's calls during a streamed
+ * generation: expert uploads go on the copy stream from pinned memory, one per matrix of each miss (the
+ * resident weights are not uploaded again), from staging buffers that are
+ * reused (so recycled once their copy event completed) across more misses
+ * than there are buffers; the compute stream waits only on events the copy
+ * stream recorded, at most one per expert a layer uses; and the device
+ * memory the driver reports taken is the budget's count.  The prompt's
+ * attention runs on the tiled kernel.  Fully resident,
+ * generation uploads nothing and waits on nothing.
+ */
+START_TEST(cuda_pipeline_calls)
+{
+	char *dir = tu_tmpdir();
+	struct moe_model *m = small_model(dir, "f32");
+	struct simt_fake_config cfg = { .granularity = 512 };
+	unsigned copies = 0, waits = 0, refills, used[TR_PINNED] = { 0 }, n_used = 0, pageable;
+	struct simt_fake_stats fs;
+	struct moe_ctx_stats st;
+	struct logits l;
+	struct moe_ctx *ctx;
+	uint64_t vram = 0;
+
+	for (int pass = 0; pass < 2; pass++) {
+		trace_driver(&cfg);
+		if (!pass)
+			vram = least_vram(m, "cuda");
+		/* two staging buffers (the model's k): each miss past them reuses one */
+		ctx = ctx_on_staging(m, "cuda", pass ? 0 : vram, 2);
+		ck_assert_uint_eq(tr.n_streams, MOE_BE_QUEUES);
+		tr.on = true;
+		run(ctx, &l);
+		tr.on = false;
+		free(l.buf);
+		ck_assert_int_eq(moe_ctx_get_stats(ctx, &st), 0);
+		simt_fake_cuda_stats(&fs);
+		ck_assert_str_eq(st.expert_io, "staging");
+		ck_assert(tr.tiled);
+		ck_assert_uint_eq(st.prefetches, 0);
+		/* the driver's count of what the context took is the budget's, to its granularity */
+		ck_assert_uint_eq(st.device_total, 256u << 20);
+		ck_assert_uint_eq(st.device_free_before - st.device_free_after,
+				  MOE_ALIGN_UP(st.vram_used, 512));
+		ck_assert_uint_le(st.vram_peak, pass ? UINT64_MAX : vram);
+		copies = waits = refills = n_used = pageable = 0;
+		memset(used, 0, sizeof(used));
+		for (unsigned i = 0; i < tr.n_op; i++) {
+			const struct tr_op *o = &tr.op[i];
+
+			if (o->kind == TR_D2H && !o->pinned) {
+				/* only the logits land in pageable memory (the caller's buffer) */
+				ck_assert_uint_eq(o->bytes % (sizeof(float) * l.vocab), 0);
+				pageable++;
+			} else if (o->kind == TR_H2D && o->s != tr.stream[MOE_BE_COPY]) {
+				/*
+				 * the matrix ops' descriptors: a few hundred bytes the driver
+				 * stages at the call, so their host buffer is free at once
+				 */
+				ck_assert_uint_lt(o->bytes, 64u << 10);
+				pageable += !o->pinned;
+			} else if (o->kind == TR_H2D) {
+				ck_assert_msg(o->pinned, "upload %u of %zu bytes on the copy stream "
+					      "from pageable memory", i, o->bytes);
+				copies++;
+				n_used += !used[o->range]++;
+			} else if (o->kind == TR_WAIT) {
+				bool copy = o->s == tr.stream[MOE_BE_COPY];
+				unsigned j = i;
+
+				while (j-- > 0)
+					if (tr.op[j].kind == TR_RECORD && tr.op[j].e == o->e)
+						break;
+				ck_assert_msg(j < i, "a stream waits on an event never recorded");
+				/*
+				 * compute waits for uploads; copy waits, before refilling a
+				 * slot, for the compute work that read it
+				 */
+				ck_assert_ptr_eq(tr.op[j].s, tr.stream[copy ? MOE_BE_COMPUTE :
+								      MOE_BE_COPY]);
+				refills += copy;
+				waits += !copy;
+			}
+		}
+		ck_assert_uint_eq(fs.pageable_copies, pageable);
+		if (pass) {
+			ck_assert_uint_eq(st.expert_misses, 0);
+			ck_assert_uint_eq(copies, 0);
+			ck_assert_uint_eq(waits, 0);
+			ck_assert_uint_eq(refills, 0);
+		} else {
+			ck_assert_uint_gt(refills, 0);
+			ck_assert_uint_le(refills, st.expert_misses);
+			ck_assert_uint_gt(st.expert_evictions, 0);
+			ck_assert_uint_eq(copies, 3 * st.expert_misses);
+			ck_assert_uint_le(waits, st.expert_hits + st.expert_misses);
+			ck_assert_uint_gt(waits, 0);
+			ck_assert_uint_le(n_used, moe_ctx_plan(ctx)->n_staging);
+			ck_assert_uint_gt(st.expert_misses, moe_ctx_plan(ctx)->n_staging);
+		}
+		moe_ctx_destroy(ctx);
+		simt_fake_cuda_stats(&fs);
+		ck_assert_uint_eq(fs.allocs, 0);
+		ck_assert_uint_eq(fs.pinned, 0);
+	}
+	unsetenv("MOE_CUDA_LIBRARY");
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/*
+ * Faults under the engine: the driver out of memory at creation, a launch
+ * it refuses mid-generation, a kernel fault that loses the context.  Each
+ * is an error naming the call, never a crash, and destroying the context
+ * gives back every allocation and pinned range.
+ */
+START_TEST(cuda_engine_faults)
+{
+	char *dir = tu_tmpdir();
+	struct moe_model *m = small_model(dir, "q8_0");
+	struct simt_fake_config cfg = { .quiet = 1 };
+	struct moe_ctx_params p;
+	struct simt_fake_stats fs;
+	struct moe_ctx *ctx = NULL;
+	int32_t tok[4] = { 1, 2, 3, 4 };
+
+	fake_driver_lib(&cfg);
+	moe_ctx_params_init(&p);
+	p.n_ctx = 64;
+	p.n_batch = 4;
+	p.backend = "cuda";
+	ck_assert_int_eq(simt_fake_cuda_fail("cuMemAlloc", 1, CUDA_ERROR_OUT_OF_MEMORY), 0);
+	ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), -ENOMEM);
+	ck_assert_ptr_null(ctx);
+	HAS("cuMemAlloc");
+	HAS("lower --vram");
+	simt_fake_cuda_stats(&fs);
+	ck_assert_uint_eq(fs.allocs, 0);
+	ck_assert_uint_eq(fs.pinned, 0);
+
+	/* refused launch: that step fails, the context still works */
+	ctx = ctx_on(m, "cuda", 0);
+	ck_assert_int_eq(simt_fake_cuda_fail("cuLaunchKernel", 3,
+					     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES), 0);
+	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 4, 0, 0), 0);
+	HAS("cuLaunchKernel");
+	HAS("kernel moe_");
+	moe_ctx_destroy(ctx);
+	ctx = ctx_on(m, "cuda", 0);
+	ck_assert_msg(moe_ctx_eval(ctx, tok, 4, 0, 0) == 0, "%s", moe_errmsg());
+
+	/* a kernel fault: lost for good, said so at once, and destroyed cleanly */
+	ck_assert_int_eq(simt_fake_cuda_fail_kernel(2, CUDA_ERROR_ILLEGAL_ADDRESS), 0);
+	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 1, moe_ctx_n_past(ctx), 0), 0);
+	HAS("context is lost");
+	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 1, moe_ctx_n_past(ctx), 0), 0);
+	HAS("lost earlier");
+	moe_ctx_destroy(ctx);
+	simt_fake_cuda_stats(&fs);
+	ck_assert_uint_eq(fs.allocs, 0);
+	ck_assert_uint_eq(fs.pinned, 0);
+
+	/* the same on a lost device (an ECC error between steps) */
+	fake_driver_lib(&cfg);
+	ctx = ctx_on(m, "cuda", 0);
+	simt_fake_cuda_lose_context(CUDA_ERROR_ECC_UNCORRECTABLE);
+	ck_assert_int_lt(moe_ctx_eval(ctx, tok, 1, moe_ctx_n_past(ctx), 0), 0);
+	HAS("uncorrectable");
+	moe_ctx_destroy(ctx);
+	simt_fake_cuda_stats(&fs);
+	ck_assert_uint_eq(fs.allocs, 0);
+	ck_assert_uint_eq(fs.pinned, 0);
+	unsetenv("MOE_CUDA_LIBRARY");
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
 }
 END_TEST
 
@@ -625,6 +990,8 @@ Suite *suite_cuda(void)
 	tcase_add_test(tc, cuda_attention_split);
 	tcase_add_loop_test(tc, cuda_engine_matches_cpu, 0, 2);
 	tcase_add_loop_test(tc, cuda_engine_quantized_matches_cpu, 0, 4);
+	tcase_add_test(tc, cuda_pipeline_calls);
+	tcase_add_test(tc, cuda_engine_faults);
 	tcase_add_test(tc, cuda_moe_run_backends);
 	if (moe_backend_cuda_desc.probe() == 0) {
 		TCase *gpu = tcase_create("gpu");

@@ -35,7 +35,7 @@ static struct moe_ctx *make_ctx(struct moe_model *m, uint64_t vram, uint32_t n_b
 	struct moe_ctx *ctx = NULL;
 	int ret;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 128;
 	p.n_batch = n_batch;
@@ -58,7 +58,7 @@ static uint64_t min_budget(struct moe_model *m, uint32_t n_batch)
 	const char *msg, *at;
 	unsigned long long need = 0;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 128;
 	p.n_batch = n_batch;
@@ -239,8 +239,8 @@ START_TEST(engine_matches_llamacpp)
 	free(want_l);
 	free(want_r);
 	free(want_k);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 }
 END_TEST
 
@@ -395,8 +395,8 @@ START_TEST(engine_matches_llamacpp_tiny)
 	free(want_l);
 	free(want_r);
 	free(want_k);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -431,8 +431,8 @@ START_TEST(engine_ple_streamed)
 	ck_assert_uint_gt(ctx->ple.hits, 0);
 	ck_assert_msg(moe_ctx_eval(ctx, tok, 12, 0, 0) == 0, "%s", moe_errmsg());
 	ck_assert_uint_eq(ctx->ple.misses, 5);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -495,7 +495,7 @@ START_TEST(engine_ple_evicting)
 	ck_assert_int_ge(moe_model_find_tensor(m, "per_layer_token_embd.weight", &ti), 0);
 	row = ti.bytes / ti.ne[1];
 	all = make_ctx(m, 0, 5, 0);
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 128;
 	p.n_batch = 5;
@@ -517,14 +517,14 @@ START_TEST(engine_ple_evicting)
 	ck_assert_uint_eq(few->ple.misses, reads);
 	ck_assert_uint_eq(few->ple.bytes, reads * row);
 	ck_assert_uint_eq(few->ple.hits + few->ple.misses, all->ple.hits + all->ple.misses);
-	moe_ctx_free(few);
-	moe_ctx_free(all);
+	moe_ctx_destroy(few);
+	moe_ctx_destroy(all);
 	/* fewer rows than a step's tokens is refused by name, with the size that works */
 	p.ple_cache_bytes = 4 * row;
 	ck_assert_int_eq(moe_ctx_create(m, &p, &few), -EINVAL);
 	ck_assert_msg(strstr(moe_errmsg(), "per-layer embedding cache") &&
 		      strstr(moe_errmsg(), "fewer than a step's 5 tokens"), "%s", moe_errmsg());
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -569,8 +569,8 @@ START_TEST(engine_matches_reference)
 			worst = fmax(worst, fabs(l[i] - rl[(size_t)t * ri.n_vocab + i]));
 	}
 	ck_assert_msg(worst < 1e-4, "%s: engine and reference differ by %g", arch, worst);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	free(rl);
 	tu_rmtree(dir);
 	free(dir);
@@ -648,9 +648,9 @@ START_TEST(engine_evicting_equals_resident)
 	ck_assert_uint_eq(st.expert_misses, 0);
 	free(a.buf);
 	free(b.buf);
-	moe_ctx_free(res);
-	moe_ctx_free(str);
-	moe_model_close(m);
+	moe_ctx_destroy(res);
+	moe_ctx_destroy(str);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -697,7 +697,7 @@ START_TEST(engine_dense_streamed)
 	two = make_ctx(m, one->lay.plan.vram_budget + slot, 8, 16);
 	ck_assert_uint_eq(two->lay.plan.n_dense_streamed, n_str);
 	/* with a pool per layer, the streamed dense FFNs share one pool of two slots */
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 128;
 	p.n_batch = 8;
@@ -745,11 +745,11 @@ START_TEST(engine_dense_streamed)
 	ck_assert_uint_eq(st.dense_hits + st.dense_misses, 0);
 	free(a.buf);
 	free(b.buf);
-	moe_ctx_free(res);
-	moe_ctx_free(one);
-	moe_ctx_free(two);
-	moe_ctx_free(pools);
-	moe_model_close(m);
+	moe_ctx_destroy(res);
+	moe_ctx_destroy(one);
+	moe_ctx_destroy(two);
+	moe_ctx_destroy(pools);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -782,7 +782,7 @@ START_TEST(engine_deterministic)
 	ck_assert_int_eq(moe_ctx_generate(ctx, tok, 8, 16, NULL, 0, keep_token, &r), 16);
 	ck_assert(!memcmp(g1, g2, sizeof(g1)));
 
-	moe_sample_default_params(&sp);
+	moe_sample_params_init(&sp);
 	sp.temp = 1.5f;
 	sp.top_k = 100;
 	sp.seed = 42;
@@ -797,8 +797,8 @@ START_TEST(engine_deterministic)
 	r = (struct greedy_rec){ s3, 0 };
 	ck_assert_int_eq(moe_ctx_generate(ctx, tok, 8, 16, &sp, 0, keep_token, &r), 16);
 	ck_assert(memcmp(s1, s3, sizeof(s1)));
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	free(path);
 }
 END_TEST
@@ -831,8 +831,8 @@ START_TEST(engine_decode_equals_prefill)
 	}
 	ck_assert_msg(worst < 1e-4, "decode and prefill differ by %g", worst);
 	ck_assert_uint_eq(moe_ctx_n_past(ctx), 20);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	free(batch);
 	free(path);
 }
@@ -852,7 +852,7 @@ START_TEST(engine_errors)
 	/* the budget error names the bytes needed, and one byte less than that fails */
 	need = min_budget(m, 0);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "raise --vram"));
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_ctx = 128;
 	p.n_threads = 2;
 	p.vram_bytes = need - 1;
@@ -875,24 +875,24 @@ START_TEST(engine_errors)
 		ck_assert_ptr_nonnull(strstr(moe_errmsg(), "--ctx"));
 	}
 	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 0, 0, 0), -EINVAL);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 
 	/* an architecture without a forward pass */
 	snprintf(bad, sizeof(bad), "%s/other.gguf", dir);
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(32, &w), 0);
 	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "qwen2moe"), 0);
 	ck_assert_int_eq(moe_gguf_write(w, bad), 0);
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	ck_assert_int_eq(moe_model_open(bad, &mm), -EOPNOTSUPP);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "qwen2moe"));
 	ck_assert_int_eq(moe_model_open_flags(bad, MOE_OPEN_METADATA_ONLY, &mm), 0);
 	ck_assert_int_eq(moe_ctx_create(mm, NULL, &ctx), -EOPNOTSUPP);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "no forward pass"));
-	moe_model_close(mm);
+	moe_model_destroy(mm);
 
 	/* deepseek2 of the older attn_kv_b layout (no *_length_mla keys) is refused by name */
 	snprintf(bad, sizeof(bad), "%s/deepseek-kv_b.gguf", dir);
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(32, &w), 0);
 	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "deepseek2"), 0);
 	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.block_count", 2), 0);
 	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.embedding_length", 64), 0);
@@ -901,11 +901,11 @@ START_TEST(engine_errors)
 	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.attention.kv_lora_rank", 32), 0);
 	ck_assert_int_eq(moe_gguf_set_u32(w, "deepseek2.rope.dimension_count", 16), 0);
 	ck_assert_int_eq(moe_gguf_write(w, bad), 0);
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	ck_assert_int_eq(moe_model_open(bad, &mm), -EOPNOTSUPP);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "attn_kv_b"));
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "convert"));
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 	free(path);
@@ -955,8 +955,8 @@ START_TEST(engine_budget_honoured)
 		      (unsigned long long)st.staging_bytes, (unsigned long long)st.host_bytes,
 		      (unsigned long long)slack);
 	ck_assert_uint_lt(vram, sum.resident_bytes + sum.expert_bytes_total);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -975,7 +975,7 @@ START_TEST(engine_host_cache)
 
 	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
 	res = make_ctx(m, 0, 8, 0);
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 128;
 	p.n_batch = 8;
@@ -999,9 +999,9 @@ START_TEST(engine_host_cache)
 	ck_assert(!memcmp(a.buf, b.buf, sizeof(float) * a.n * 512));
 	free(a.buf);
 	free(b.buf);
-	moe_ctx_free(res);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(res);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	free(path);
 }
 END_TEST
@@ -1030,7 +1030,7 @@ START_TEST(engine_guarded)
 		setenv("MOE_BACKEND_GUARD", guard ? "1" : "0", 1);
 		for (int streamed = 0; streamed < 2; streamed++) {
 			out[streamed] = (struct all_logits){ calloc(18 * 256, sizeof(float)), 0, 256 };
-			moe_ctx_default_params(&p);
+			moe_ctx_params_init(&p);
 			p.n_threads = 2;
 			p.n_ctx = 64;
 			p.n_batch = 5;
@@ -1042,7 +1042,7 @@ START_TEST(engine_guarded)
 			ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s", moe_errmsg());
 			ck_assert_str_eq(moe_ctx_backend(ctx), "cpu");
 			run_gen(ctx, tok, 12, &out[streamed]);
-			moe_ctx_free(ctx);
+			moe_ctx_destroy(ctx);
 		}
 	}
 	unsetenv("MOE_BACKEND_GUARD");
@@ -1056,7 +1056,7 @@ START_TEST(engine_guarded)
 		free(plain[i].buf);
 		free(guarded[i].buf);
 	}
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -1081,7 +1081,7 @@ START_TEST(engine_kv_types)
 		const struct moe_plan *pl;
 		double worst = 0, mag = 0;
 
-		moe_ctx_default_params(&p);
+		moe_ctx_params_init(&p);
 		p.n_threads = 2;
 		p.n_ctx = 64;
 		p.n_batch = 6;
@@ -1105,10 +1105,10 @@ START_TEST(engine_kv_types)
 		if (i)
 			ck_assert_msg(worst > 0, "KV %s changed nothing: was it used?",
 				      moe_type_name(types[i]));
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 	}
 	free(ref);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -1141,8 +1141,8 @@ START_TEST(engine_ring_rewind)
 	/* from the start is always possible */
 	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 30, 0, MOE_EVAL_ALL_LOGITS), 0);
 	ck_assert(!memcmp(first, moe_ctx_logits(ctx, 28), sizeof(first)));
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -1166,7 +1166,7 @@ START_TEST(engine_host_cache_tiny)
 	b = (struct all_logits){ calloc((size_t)30 * 512, sizeof(float)), 0, 512 };
 	run_gen(res, tok, 24, &a);
 	for (uint32_t n_host = 1; n_host <= 8; n_host += n_host < 5 ? 4 : 3) {
-		moe_ctx_default_params(&p);
+		moe_ctx_params_init(&p);
 		p.n_threads = 2;
 		p.n_ctx = 128;
 		p.n_batch = 8;
@@ -1180,12 +1180,12 @@ START_TEST(engine_host_cache_tiny)
 			ck_assert_uint_gt(st.expert_host_hits, 0);
 		ck_assert_msg(!memcmp(a.buf, b.buf, sizeof(float) * a.n * 512),
 			      "%u host slots: logits differ", n_host);
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 	}
 	free(a.buf);
 	free(b.buf);
-	moe_ctx_free(res);
-	moe_model_close(m);
+	moe_ctx_destroy(res);
+	moe_model_destroy(m);
 	free(path);
 }
 END_TEST
@@ -1212,7 +1212,7 @@ START_TEST(engine_batch_sequences)
 
 	ck_assert(mkmodel(dir, arch, "q8_0", arch_extra(arch), path, sizeof(path)));
 	ck_assert_msg(moe_model_open(path, &m) == 0, "%s", moe_errmsg());
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 32;
 	p.n_batch = 8;
@@ -1230,7 +1230,7 @@ START_TEST(engine_batch_sequences)
 			memcpy(ref + ((size_t)s * (MAXP + GEN) + len[s] + g) * 256,
 			       moe_ctx_logits(one, 0), sizeof(float) * 256);
 		}
-		moe_ctx_free(one);
+		moe_ctx_destroy(one);
 	}
 	p.n_seq = S;
 	ck_assert_msg(moe_ctx_create(m, &p, &all) == 0, "%s", moe_errmsg());
@@ -1286,6 +1286,7 @@ START_TEST(engine_batch_sequences)
 		ck_assert_int_eq(moe_ctx_eval_batch(all, &b), 0);
 		ck_assert_uint_eq(moe_ctx_seq_pos(all, 1), 4);
 		ck_assert_uint_eq(moe_ctx_seq_pos(all, 0), len[0] + GEN);
+		ck_assert_int_eq(moe_ctx_seq_pos(all, 99), -EINVAL);
 		for (int v = 0; v < 256; v++)
 			ck_assert(fabs(moe_ctx_logits(all, 0)[v] - r[v]) < 1e-3);
 	}
@@ -1308,9 +1309,9 @@ START_TEST(engine_batch_sequences)
 		ck_assert_ptr_nonnull(strstr(moe_errmsg(), "gap"));
 		ck_assert_int_eq(moe_ctx_eval_batch(all, NULL), -EINVAL);
 	}
-	moe_ctx_free(all);
+	moe_ctx_destroy(all);
 	free(ref);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }

@@ -17,6 +17,7 @@ int fuzz_tokenizer(const uint8_t *data, size_t size) __attribute__((weak));
 int fuzz_request(const uint8_t *data, size_t size);
 int fuzz_grammar(const uint8_t *data, size_t size);
 int fuzz_schema(const uint8_t *data, size_t size);
+int fuzz_toolcall(const uint8_t *data, size_t size);
 
 static const struct { const char *name; fuzz_fn *fn; } targets[] = {
 	{ "gguf", &(fuzz_fn){ fuzz_gguf } },
@@ -24,6 +25,7 @@ static const struct { const char *name; fuzz_fn *fn; } targets[] = {
 	{ "request", &(fuzz_fn){ fuzz_request } },
 	{ "grammar", &(fuzz_fn){ fuzz_grammar } },
 	{ "schema", &(fuzz_fn){ fuzz_schema } },
+	{ "toolcall", &(fuzz_fn){ fuzz_toolcall } },
 };
 
 static fuzz_fn target_for(const char *name)

@@ -421,7 +421,7 @@ START_TEST(model_unsupported_arch)
 	/* metadata-only open accepts it (vocab-only files) */
 	ck_assert_int_eq(moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, &m), 0);
 	ck_assert_int_eq(moe_model_tensor_count(m), 0);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	ck_assert_int_eq(moe_model_open_flags(path, 0x80, &m), -EINVAL);
 	free(path);
 	tu_rmtree(dir);
@@ -558,7 +558,7 @@ START_TEST(model_reference_files)
 		ck_assert_uint_eq(s.expert_bytes_total, 4ull * 8 * ex.bytes);
 		ck_assert_uint_eq(s.resident_bytes + s.expert_bytes_total, s.tensor_bytes);
 		ck_assert_uint_eq(s.routed_bytes_per_token, 4ull * cases[i].used * ex.bytes);
-		moe_model_close(m);
+		moe_model_destroy(m);
 	}
 }
 END_TEST

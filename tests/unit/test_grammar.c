@@ -340,7 +340,7 @@ static struct moe_sampler *gsampler(struct moe_tokenizer *t, const struct moe_gr
 	struct moe_sample_params sp;
 	struct moe_sampler *s = NULL;
 
-	moe_sample_default_params(&sp);
+	moe_sample_params_init(&sp);
 	sp.temp = temp;
 	sp.seed = seed;
 	sp.grammar = g;
@@ -416,7 +416,7 @@ START_TEST(grammar_sampler_json_documents)
 
 		/* EOG is favoured by far: it may still only come where the object is closed */
 		generate(s, t, eos, 8, &rng, 2000, buf, sizeof(buf), &ended);
-		moe_sampler_free(s);
+		moe_sampler_destroy(s);
 		if (!ended)
 			continue;
 		complete++;
@@ -427,7 +427,7 @@ START_TEST(grammar_sampler_json_documents)
 	}
 	ck_assert_msg(complete >= 30, "only %d of 40 documents ended within 2000 tokens", complete);
 	moe_grammar_destroy(g);
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 }
 END_TEST
 
@@ -464,14 +464,14 @@ START_TEST(grammar_sampler_eog_and_reset)
 	/* complete, nothing can follow, and EOS is masked out by the caller: a clear error */
 	ck_assert_int_eq(moe_sampler_sample(s, l), -EILSEQ);
 	ck_assert_msg(strstr(moe_errmsg(), "complete"), "%s", moe_errmsg());
-	moe_sampler_free(s);
+	moe_sampler_destroy(s);
 
 	/* a sampler takes the grammar in the state it is given */
 	ck_assert_int_eq(moe_grammar_accept(g, "a", 1), 0);
 	s = gsampler(t, g, 0, 1);
 	l[eos] = 0;
 	ck_assert_int_eq(moe_sampler_sample(s, l), 'b');
-	moe_sampler_free(s);
+	moe_sampler_destroy(s);
 	/* with temperature, every draw still follows the grammar */
 	moe_grammar_reset(g);
 	for (uint64_t seed = 1; seed < 50; seed++) {
@@ -482,20 +482,20 @@ START_TEST(grammar_sampler_eog_and_reset)
 			l[i] = (float)tu_randn(&rng);
 		ck_assert_int_eq(moe_sampler_sample(s, l), 'a');
 		ck_assert_int_eq(moe_sampler_sample(s, l), 'b');
-		moe_sampler_free(s);
+		moe_sampler_destroy(s);
 	}
 	/* a grammar without the tokenizer to check it with is refused */
 	{
 		struct moe_sample_params sp;
 
-		moe_sample_default_params(&sp);
+		moe_sample_params_init(&sp);
 		sp.grammar = g;
 		ck_assert_int_eq(moe_sampler_new(&sp, 10, &s), -EINVAL);
 		ck_assert_msg(strstr(moe_errmsg(), "tokenizer"), "%s", moe_errmsg());
 	}
 	free(l);
 	moe_grammar_destroy(g);
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 }
 END_TEST
 
@@ -519,9 +519,9 @@ START_TEST(grammar_sampler_first_space)
 	ck_assert_int_eq(moe_sampler_sample(s, l), 3);
 	l[4] = 2;
 	ck_assert_int_eq(moe_sampler_sample(s, l), 4);
-	moe_sampler_free(s);
+	moe_sampler_destroy(s);
 	moe_grammar_destroy(g);
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 }
 END_TEST
 
@@ -600,7 +600,7 @@ static void cost(int n_vocab, int tokens)
 		struct moe_sampler *plain, *gram;
 		uint64_t rng = 42;
 
-		moe_sample_default_params(&sp);
+		moe_sample_params_init(&sp);
 		sp.temp = pass ? 0.8f : 1.0f;
 		sp.top_k = pass ? 40 : 0;
 		sp.top_p = pass ? 0.95f : 1.0f;
@@ -628,8 +628,8 @@ static void cost(int n_vocab, int tokens)
 				moe_sampler_reset(gram);
 			}
 		}
-		moe_sampler_free(plain);
-		moe_sampler_free(gram);
+		moe_sampler_destroy(plain);
+		moe_sampler_destroy(gram);
 	}
 	printf("grammar sampling, %d-token vocabulary, json-object, %d draws (%d documents "
 	       "ended): %.3f ms/token unconstrained, %.3f ms/token with the grammar, overhead "
@@ -638,7 +638,7 @@ static void cost(int n_vocab, int tokens)
 	fflush(stdout);
 	free(logits);
 	moe_grammar_destroy(g);
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 }
 
 START_TEST(grammar_sampler_cost)
@@ -830,7 +830,7 @@ START_TEST(schema_documents_validate)
 			char why[128] = "";
 
 			generate(s, t, eos, 4, &rng, 3000, buf, sizeof(buf), &done);
-			moe_sampler_free(s);
+			moe_sampler_destroy(s);
 			if (!done)
 				continue;
 			ended++;
@@ -846,7 +846,7 @@ START_TEST(schema_documents_validate)
 		moe_grammar_destroy(g);
 		json_decref(schema);
 	}
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 }
 END_TEST
 

@@ -161,11 +161,11 @@ static void check_job(const struct fixture *fx, const struct job *j)
 static struct moe_io *open_io(const char *path, enum moe_io_backend b, enum moe_io_direct d,
 			      uint32_t qd, uint64_t max_request)
 {
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io = NULL;
 	int ret;
 
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = b;
 	o.direct = d;
 	o.queue_depth = qd;
@@ -185,7 +185,10 @@ static void prep_job(struct moe_io *io, struct job *j, uint64_t off, uint64_t le
 	j->cap = moe_io_span(io, off, len);
 	j->pooled = pooled;
 	if (pooled) {
-		j->dst = moe_io_alloc(io, j->cap);
+		void *p;
+
+		ck_assert_int_eq(moe_io_alloc(io, j->cap, &p), 0);
+		j->dst = p;
 	} else {
 		void *p = NULL;
 
@@ -265,7 +268,7 @@ START_TEST(every_path_matches_pread)
 		ck_assert_msg(strstr(moe_io_describe(io), paths[i].want), "path %u: %s", i,
 			      moe_io_describe(io));
 		run_random(&fx, io, 120, 1000 + i);
-		moe_io_close(io);
+		moe_io_destroy(io);
 	}
 	fx_teardown(&fx);
 }
@@ -275,8 +278,9 @@ START_TEST(sync_span_and_bad_input)
 {
 	struct fixture fx;
 	struct moe_io *io;
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	uint8_t *dst, want[100];
+	void *mem;
 	void *interior = NULL;
 	uint32_t b;
 	char fifo[600];
@@ -292,7 +296,14 @@ START_TEST(sync_span_and_bad_input)
 	ck_assert_uint_eq(moe_io_span(io, b, b), b);
 	ck_assert_uint_eq(moe_io_span(io, 3 * b + 5, b), 2 * b);
 
-	dst = moe_io_alloc(io, 2 * b);
+	mem = &fx;
+	ck_assert_int_eq(moe_io_alloc(io, 0, &mem), -EINVAL);
+	ck_assert_ptr_null(mem);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "0 bytes"));
+	ck_assert_int_eq(moe_io_alloc(io, 1ull << 60, &mem), -EINVAL);
+	ck_assert_int_eq(moe_io_alloc(io, 2 * b, NULL), -EINVAL);
+	ck_assert_int_eq(moe_io_alloc(io, 2 * b, &mem), 0);
+	dst = mem;
 	ck_assert_ptr_nonnull(dst);
 	ck_assert_uint_eq((uintptr_t)dst % b, 0);
 	ck_assert_int_eq(moe_io_read_sync(io, b - 50, 100, dst, 2 * b, &interior), 0);
@@ -316,15 +327,15 @@ START_TEST(sync_span_and_bad_input)
 	ck_assert_int_eq(j.calls, 1);
 	ck_assert_int_eq(j.res, 0);
 	moe_io_free(io, dst);
-	moe_io_close(io);
+	moe_io_destroy(io);
 
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.queue_depth = 100000;
 	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.flags = 0x80;
 	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = 9;
 	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
 	ck_assert_int_eq(moe_io_open(fx.dir, NULL, &io), -EINVAL);
@@ -337,16 +348,16 @@ START_TEST(sync_span_and_bad_input)
 	alarm(0);
 	ck_assert_msg(strstr(moe_errmsg(), "is a FIFO"), "%s", moe_errmsg());
 	unlink(fifo);
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.numa_node = 4095;
 	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "NUMA node 4095 does not exist"));
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.numa_node = 0;
 	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), 0);
 	ck_assert_ptr_nonnull(strstr(moe_io_describe(io), "node 0"));
-	moe_io_close(io);
-	moe_io_opts_init(&o);
+	moe_io_destroy(io);
+	moe_io_params_init(&o);
 	o.backend = MOE_IO_KMOD;
 	if (access("/sys/module/moe", F_OK) != 0) {
 		/* No driver here: a clear refusal, never a crash or a silent fallback. */
@@ -365,11 +376,12 @@ START_TEST(staging_pool)
 	struct moe_io *io;
 	void *p[64];
 	uint8_t *big;
+	void *mem;
 
 	fx_setup(&fx);
 	io = open_io(fx.path, MOE_IO_URING, MOE_IO_DIRECT_ON, 8, 0);
 	for (unsigned i = 0; i < 64; i++) {
-		p[i] = moe_io_alloc(io, 1000 + i * 3000);
+		ck_assert_int_eq(moe_io_alloc(io, 1000 + i * 3000, &p[i]), 0);
 		ck_assert_ptr_nonnull(p[i]);
 		ck_assert_uint_eq((uintptr_t)p[i] % moe_io_block(io), 0);
 		memset(p[i], (int)i, 1000 + i * 3000);
@@ -387,10 +399,11 @@ START_TEST(staging_pool)
 	for (unsigned i = 1; i < 64; i += 2)
 		moe_io_free(io, p[i]);
 	/* Freed pieces merge back: the whole pool is one allocation again. */
-	big = moe_io_alloc(io, 16 * MIB);
+	ck_assert_int_eq(moe_io_alloc(io, 16 * MIB, &mem), 0);
+	big = mem;
 	ck_assert_ptr_eq(big, io->pool.base);
 	/* Past the pool: a separate mapping that still works as a destination. */
-	p[0] = moe_io_alloc(io, 6 * MIB);
+	ck_assert_int_eq(moe_io_alloc(io, 6 * MIB, &p[0]), 0);
 	ck_assert_ptr_nonnull(p[0]);
 	ck_assert_int_lt(moe_io_pool_index(io, p[0], MIB), 0);
 	ck_assert_int_eq(moe_io_read_sync(io, 12345, 5 * MIB, p[0], 6 * MIB, NULL), 0);
@@ -399,7 +412,7 @@ START_TEST(staging_pool)
 			 big + 12345 % moe_io_block(io), 5 * MIB);
 	moe_io_free(io, p[0]);
 	moe_io_free(io, big);
-	moe_io_close(io);
+	moe_io_destroy(io);
 	fx_teardown(&fx);
 }
 END_TEST
@@ -446,13 +459,13 @@ static void run_threads(enum moe_io_backend b, uint32_t flags)
 {
 	enum { NT = 4 };
 	struct thread_arg *t = calloc(NT, sizeof(*t));
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct fixture fx;
 	struct moe_io *io;
 	pthread_t th[NT];
 
 	fx_setup(&fx);
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = b;
 	o.queue_depth = 16;
 	o.max_request = 512 << 10;
@@ -473,7 +486,7 @@ static void run_threads(enum moe_io_backend b, uint32_t flags)
 			check_job(&fx, &t[i].jobs[k]);
 			free_job(io, &t[i].jobs[k]);
 		}
-	moe_io_close(io);
+	moe_io_destroy(io);
 	fx_teardown(&fx);
 	free(t);
 }
@@ -504,12 +517,12 @@ START_TEST(engine_thread_wait)
 
 	fx_setup(&fx);
 	for (unsigned bi = 0; bi < 2; bi++) {
-		struct moe_io_opts o;
+		struct moe_io_params o;
 		struct moe_io *io;
 		struct job j[20];
 		int seen = 0, k;
 
-		moe_io_opts_init(&o);
+		moe_io_params_init(&o);
 		o.backend = backends[bi];
 		o.queue_depth = 4;
 		o.flags = MOE_IO_CB_ENGINE_THREAD;
@@ -527,7 +540,7 @@ START_TEST(engine_thread_wait)
 			free_job(io, &j[i]);
 		}
 		ck_assert_int_eq(moe_io_wait(io, 1), 0);
-		moe_io_close(io);
+		moe_io_destroy(io);
 	}
 	fx_teardown(&fx);
 }
@@ -539,13 +552,13 @@ static void run_close_inflight(enum moe_io_backend b, uint32_t flags)
 	enum { N = 48 };
 	struct job jobs[N];
 	struct fixture fx;
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io;
 	unsigned ok = 0, cancelled = 0;
 	uint64_t seed = 5;
 
 	fx_setup(&fx);
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = b;
 	o.queue_depth = 4;
 	o.max_request = 256 << 10;
@@ -562,7 +575,7 @@ static void run_close_inflight(enum moe_io_backend b, uint32_t flags)
 		if (i == N / 2)
 			moe_io_submit(io);
 	}
-	moe_io_close(io);
+	moe_io_destroy(io);
 	for (unsigned i = 0; i < N; i++) {
 		ck_assert_int_eq(jobs[i].calls, 1);
 		if (jobs[i].res == -ECANCELED) {
@@ -647,7 +660,7 @@ START_TEST(truncated_while_open)
 		moe_io_get_stats(io, &st);
 		ck_assert_uint_eq(st.errors, 3);
 		ck_assert_uint_eq(st.requests, MOE_ARRAY_SIZE(ext));
-		moe_io_close(io);
+		moe_io_destroy(io);
 		fx_teardown(&fx);
 	}
 }
@@ -689,7 +702,7 @@ START_TEST(media_error)
 			free_job(io, &j[i]);
 		}
 		ck_assert_uint_eq(hits, 1);
-		moe_io_close(io);
+		moe_io_destroy(io);
 	}
 	moe_io_fault_eio_pos = UINT64_MAX;
 	fx_teardown(&fx);
@@ -722,7 +735,7 @@ START_TEST(bad_descriptor)
 		ck_assert_ptr_nonnull(strstr(j[i].msg, "extent [0x"));
 		free_job(io, &j[i]);
 	}
-	moe_io_close(io);
+	moe_io_destroy(io);
 	fx_teardown(&fx);
 }
 END_TEST
@@ -772,21 +785,20 @@ static void memlock_child(const struct fixture *fx)
 {
 	struct rlimit rl = { 64 << 10, 64 << 10 };
 	struct moe_io *io;
-	uint8_t *p;
+	void *p;
 
 	/* Another user has no CAP_IPC_LOCK, so the small limit binds. */
 	if (setrlimit(RLIMIT_MEMLOCK, &rl) || setgid(65534) || setuid(65534))
 		_exit(3);
 	io = open_io(fx->path, MOE_IO_URING, MOE_IO_DIRECT_ON, 8, 0);
-	p = moe_io_alloc(io, 4 * MIB);
-	if (!p)
+	if (moe_io_alloc(io, 4 * MIB, &p) < 0 || !p)
 		_exit(4);
 	if (!strstr(moe_io_describe(io), MLOCK_INTERCEPTED ? "not registered" :
 		    "unlocked, not registered"))
 		_exit(5);
 	moe_io_free(io, p);
 	run_random(fx, io, 30, 12);
-	moe_io_close(io);
+	moe_io_destroy(io);
 }
 
 /* Under a small RLIMIT_MEMLOCK the pool is neither locked nor registered, and still works. */
@@ -813,7 +825,7 @@ START_TEST(tmpfs_buffered)
 	ck_assert_msg(strstr(moe_io_describe(io), "buffered (tmpfs"), "%s",
 		      moe_io_describe(io));
 	run_random(&fx, io, 60, 3);
-	moe_io_close(io);
+	moe_io_destroy(io);
 	fx_teardown(&fx);
 }
 END_TEST
@@ -822,7 +834,7 @@ END_TEST
 START_TEST(direct_refused)
 {
 	struct fixture fx;
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io;
 
 	fx_setup(&fx);
@@ -831,8 +843,8 @@ START_TEST(direct_refused)
 	ck_assert_msg(strstr(moe_io_describe(io), "buffered (O_DIRECT refused: Invalid argument)"),
 		      "%s", moe_io_describe(io));
 	run_random(&fx, io, 40, 4);
-	moe_io_close(io);
-	moe_io_opts_init(&o);
+	moe_io_destroy(io);
+	moe_io_params_init(&o);
 	o.direct = MOE_IO_DIRECT_ON;
 	ck_assert_int_eq(moe_io_open(fx.path, &o, &io), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "direct=auto or off"));
@@ -853,7 +865,7 @@ static void deny_uring_child(const struct fixture *fx)
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 	};
 	struct sock_fprog prog = { .len = MOE_ARRAY_SIZE(f), .filter = f };
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io;
 
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
@@ -864,8 +876,8 @@ static void deny_uring_child(const struct fixture *fx)
 		    "pread workers (io_uring refused: Operation not permitted), O_DIRECT"))
 		_exit(4);
 	run_random(fx, io, 40, 8);
-	moe_io_close(io);
-	moe_io_opts_init(&o);
+	moe_io_destroy(io);
+	moe_io_params_init(&o);
 	o.backend = MOE_IO_URING;
 	if (moe_io_open(fx->path, &o, &io) != -EPERM || !strstr(moe_errmsg(), "io_uring"))
 		_exit(5);
@@ -1037,7 +1049,7 @@ static void run_priority(const struct fixture *fx, enum moe_io_backend b)
 		check_job(fx, &jobs[i].j);
 		free_job(io, &jobs[i].j);
 	}
-	moe_io_close(io);
+	moe_io_destroy(io);
 
 	io = open_io(fx->path, b, MOE_IO_DIRECT_AUTO, 8, 0);
 	o.n = 0;
@@ -1056,7 +1068,7 @@ static void run_priority(const struct fixture *fx, enum moe_io_backend b)
 		check_job(fx, &jobs[i].j);
 		free_job(io, &jobs[i].j);
 	}
-	moe_io_close(io);
+	moe_io_destroy(io);
 }
 
 START_TEST(priority_uring)
@@ -1131,7 +1143,7 @@ START_TEST(cancel_and_promote)
 	}
 	/* a read split in pieces is not cancelled once its first piece runs */
 	o.n = 0;
-	moe_io_close(io);
+	moe_io_destroy(io);
 	io = open_io(fx.path, MOE_IO_PREAD, MOE_IO_DIRECT_AUTO, 1, 64 * 1024);
 	oread(io, &j[0], &o, 0, 0, 512 * 1024, MOE_IO_READ_LOW);
 	ck_assert_int_eq(moe_io_submit(io), 0);
@@ -1140,7 +1152,7 @@ START_TEST(cancel_and_promote)
 	check_job(&fx, &j[0].j);
 	free_job(io, &j[0].j);
 	moe_io_fault_delay_us = 0;
-	moe_io_close(io);
+	moe_io_destroy(io);
 	fx_teardown(&fx);
 }
 END_TEST

@@ -18,6 +18,7 @@
 
 #include "io/kmod.h"
 #include "testutil.h"
+#include "util/util.h"
 
 #define MIB (1ull << 20)
 
@@ -72,7 +73,7 @@ START_TEST(kmod_expert_extents)
 	k.max_extents = 10;
 	ck_assert_int_eq(moe_kmod_expert_extents(&k, m, sum.file_bytes, &ext, &n), -E2BIG);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "max_extents"));
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -92,7 +93,7 @@ START_TEST(kmod_no_driver)
 	ck_assert_int_eq(moe_kmod_register(NULL, "x", NULL, NULL), -EINVAL);
 	ck_assert_int_eq(moe_kmod_unregister(NULL, "x"), -EINVAL);
 	ck_assert_int_eq(moe_kmod_warm(NULL, "x", NULL, NULL), -EINVAL);
-	moe_kmod_close(NULL);
+	moe_kmod_destroy(NULL);
 }
 END_TEST
 
@@ -139,7 +140,9 @@ static struct {
 	pthread_mutex_t mu;
 	int fd;
 	struct stat st;
-	struct drm_moe_extent ext[2];
+	struct drm_moe_extent ext2[2];  /* the two extents most tests register */
+	const struct drm_moe_extent *ext;
+	uint32_t n_ext, n_meta;
 	struct moe_kmod k;
 	uint8_t *bo;
 	uint64_t bo_size;
@@ -148,6 +151,9 @@ static struct {
 	struct fk_batch b[FK_BATCHES];
 	unsigned overlaps;
 	unsigned fetched;
+	unsigned low_batches;    /* FETCHes with DRM_MOE_FETCH_LOW */
+	unsigned late_wait_us;   /* how long a WAIT with a timeout takes on a late batch */
+	unsigned cancels;
 	unsigned etime;
 	unsigned live_at_close;
 } fk = { .mu = PTHREAD_MUTEX_INITIALIZER };
@@ -185,11 +191,21 @@ static void fk_finish_late(void)
 	pthread_mutex_unlock(&fk.mu);
 }
 
+static void fk_two_extents(void)
+{
+	fk.ext2[0] = (struct drm_moe_extent){ .offset = 0, .length = 4 * MIB };
+	fk.ext2[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+	fk.ext = fk.ext2;
+	fk.n_ext = 2;
+	fk.n_meta = 0;
+}
+
 static void fk_reset(void)
 {
 	memset(fk.b, 0, sizeof(fk.b));
 	fk.next_ticket = 0;
 	fk.overlaps = fk.fetched = fk.etime = fk.live_at_close = 0;
+	fk.low_batches = fk.cancels = fk.late_wait_us = 0;
 }
 
 static int fk_open(struct moe_kmod **out)
@@ -215,13 +231,22 @@ static int fk_info(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *i
 	memset(info, 0, sizeof(*info));
 	info->model_id = 7;
 	snprintf(info->name, sizeof(info->name), "fake");
-	info->n_extents = 2;
+	info->n_extents = fk.n_ext;
+	info->n_meta = fk.n_meta;
+	info->file_size = (uint64_t)fk.st.st_size;
 	info->file_ino = fk.st.st_ino;
 	info->file_dev_major = major(fk.st.st_dev);
 	info->file_dev_minor = minor(fk.st.st_dev);
-	for (uint32_t i = 0; ext && i < cap && i < 2; i++)
+	for (uint32_t i = 0; ext && i < cap && i < fk.n_ext; i++)
 		ext[i] = fk.ext[i];
 	return 0;
+}
+
+static int fk_find(struct moe_kmod *k, const char *name, struct drm_moe_model_info *info)
+{
+	if (strcmp(name, "fake"))
+		return moe_err(ENOENT, "no model named '%s' is registered with moe.ko", name);
+	return fk_info(k, 7, info, NULL, 0);
 }
 
 static int fk_next(struct moe_kmod *k, uint32_t after, struct moe_kmod_model_info *out)
@@ -256,11 +281,13 @@ static void fk_bo_destroy(struct moe_kmod *k, struct moe_kmod_bo *bo)
 }
 
 static int fk_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
-		    int64_t *results, uint64_t *ticket)
+		    uint32_t flags, int64_t *results, uint64_t *ticket)
 {
 	struct fk_batch *b = NULL;
 
 	(void)k;
+	ck_assert_uint_eq(flags & ~DRM_MOE_FETCH_FLAGS, 0);
+	fk.low_batches += !!(flags & DRM_MOE_FETCH_LOW);
 	ck_assert_uint_gt(n, 0);
 	ck_assert_uint_le(n, FK_REQS);
 	pthread_mutex_lock(&fk.mu);
@@ -274,7 +301,7 @@ static int fk_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, ui
 		const struct drm_moe_extent *e;
 
 		ck_assert_uint_eq(r->model_id, 7);
-		ck_assert_uint_lt(r->extent, 2);
+		ck_assert_uint_lt(r->extent, fk.n_ext);
 		e = &fk.ext[r->extent];
 		ck_assert_uint_eq(r->handle, 1);
 		ck_assert_uint_eq(r->offset % 4096, 0);
@@ -313,7 +340,6 @@ static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32
 	int ret = -ENOENT;
 
 	(void)k;
-	(void)timeout_s;
 	pthread_mutex_lock(&fk.mu);
 	for (unsigned i = 0; i < FK_BATCHES; i++) {
 		struct fk_batch *b = &fk.b[i];
@@ -322,6 +348,11 @@ static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32
 			continue;
 		if (b->late) {
 			/* As if the deadline passed with the device still busy. */
+			if (timeout_s > 0 && fk.late_wait_us) {
+				pthread_mutex_unlock(&fk.mu);
+				usleep(fk.late_wait_us);
+				pthread_mutex_lock(&fk.mu);
+			}
 			fk.etime++;
 			ret = -ETIME;
 			break;
@@ -339,10 +370,20 @@ static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32
 	return ret;
 }
 
+static int fk_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled)
+{
+	(void)k;
+	ck_assert_uint_eq(ticket, 0);
+	fk.cancels++;
+	if (cancelled)
+		*cancelled = 0;
+	return 0;
+}
+
 static const struct moe_kmod_client fk_client = {
-	.open = fk_open, .close = fk_close, .next = fk_next, .info = fk_info,
+	.open = fk_open, .close = fk_close, .next = fk_next, .find = fk_find, .info = fk_info,
 	.bo_create = fk_bo_create, .bo_destroy = fk_bo_destroy, .fetch = fk_fetch,
-	.wait = fk_wait,
+	.wait = fk_wait, .cancel = fk_cancel,
 };
 
 static uint8_t fk_byte(uint64_t i)
@@ -384,7 +425,7 @@ static void fk_check_read(struct moe_io *io, uint64_t off, uint64_t len, int wan
  */
 START_TEST(kmod_late_batch_keeps_slots)
 {
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io = NULL;
 	char *dir = tu_tmpdir(), path[4096];
 	uint64_t size = 9 * MIB, seed = 14;
@@ -400,11 +441,10 @@ START_TEST(kmod_late_batch_keeps_slots)
 	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
 	ck_assert_int_ge(fk.fd, 0);
 	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
-	fk.ext[0] = (struct drm_moe_extent){ .offset = 0, .length = 4 * MIB };
-	fk.ext[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+	fk_two_extents();
 
 	moe_kmod_io_client = &fk_client;
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = MOE_IO_KMOD;
 	o.direct = MOE_IO_DIRECT_OFF;
 	o.queue_depth = 4;
@@ -436,7 +476,7 @@ START_TEST(kmod_late_batch_keeps_slots)
 	fk_check_read(io, 4 * MIB, MIB, 0);
 	ck_assert_uint_eq(fk.fetched - before, 4);
 	ck_assert_uint_eq(fk.overlaps, 0);
-	moe_io_close(io);
+	moe_io_destroy(io);
 	ck_assert_uint_eq(fk.live_at_close, 0);
 	moe_kmod_io_client = &moe_kmod_client_driver;
 	close(fk.fd);
@@ -448,7 +488,7 @@ END_TEST
 /* A late batch still running at close is left to the driver (closing the node collects it). */
 START_TEST(kmod_late_batch_at_close)
 {
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io = NULL;
 	char *dir = tu_tmpdir(), path[4096];
 	uint64_t size = 8 * MIB;
@@ -463,10 +503,9 @@ START_TEST(kmod_late_batch_at_close)
 	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
 	ck_assert_int_ge(fk.fd, 0);
 	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
-	fk.ext[0] = (struct drm_moe_extent){ .offset = 0, .length = 4 * MIB };
-	fk.ext[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+	fk_two_extents();
 	moe_kmod_io_client = &fk_client;
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = MOE_IO_KMOD;
 	o.direct = MOE_IO_DIRECT_OFF;
 	o.queue_depth = 2;
@@ -478,9 +517,294 @@ START_TEST(kmod_late_batch_at_close)
 	/* No slot left for the driver: served by pread, correct all the same. */
 	fk_check_read(io, 5 * MIB, 3 * MIB, 0);
 	ck_assert_uint_eq(fk.overlaps, 0);
-	moe_io_close(io);
+	moe_io_destroy(io);
 	ck_assert_uint_eq(fk.live_at_close, 1);
 	ck_assert_uint_eq(fk.fetched, 2);
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	close(fk.fd);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+static bool is_expert(uint32_t role)
+{
+	return role >= MOE_ROLE_EXPERT_GATE && role <= MOE_ROLE_EXPERT_GATE_UP;
+}
+
+/*
+ * The table MODEL_REGISTER gets: extent 0 is the header from offset 0, the
+ * other metadata extents hold every tensor besides the experts (each in one
+ * extent, none overlapping another), then the expert extents as before.
+ */
+START_TEST(kmod_model_extents)
+{
+	struct moe_kmod k = { .fd = -1, .align = 4096, .max_batch = 64, .max_extents = 1000,
+			      .max_bo = 1ull << 30 };
+	struct moe_model_summary sum;
+	struct drm_moe_extent *ext, *exp;
+	struct moe_model *m;
+	char *dir, *path = make_model(&dir);
+	uint32_t n, n_meta, n_exp;
+	int nt;
+
+	ck_assert_int_eq(moe_model_open(path, &m), 0);
+	ck_assert_int_eq(moe_model_summary(m, &sum), 0);
+	ck_assert_msg(moe_kmod_model_extents(&k, m, sum.file_bytes, &ext, &n, &n_meta) == 0, "%s",
+		      moe_errmsg());
+	ck_assert_int_eq(moe_kmod_expert_extents(&k, m, sum.file_bytes, &exp, &n_exp), 0);
+	ck_assert_uint_ge(n_meta, 2);
+	ck_assert_uint_eq(n, n_meta + n_exp);
+	ck_assert(!memcmp(ext + n_meta, exp, n_exp * sizeof(*exp)));
+	ck_assert_uint_eq(ext[0].offset, 0);
+	for (uint32_t i = 0; i < n_meta; i++) {
+		ck_assert_uint_eq(ext[i].offset % 4096, 0);
+		ck_assert_uint_eq(ext[i].length % 4096, 0);
+		ck_assert_uint_gt(ext[i].length, 0);
+		for (uint32_t j = 0; j < i; j++)
+			ck_assert(ext[i].offset >= ext[j].offset + ext[j].length ||
+				  ext[j].offset >= ext[i].offset + ext[i].length);
+	}
+	nt = moe_model_tensor_count(m);
+	for (int t = 0; t < nt; t++) {
+		struct moe_tensor_info ti;
+		unsigned in = 0;
+
+		ck_assert_int_eq(moe_model_tensor(m, t, &ti), 0);
+		if (is_expert(ti.role) || ti.role == MOE_ROLE_UNUSED || !ti.bytes)
+			continue;
+		for (uint32_t i = 0; i < n_meta; i++)
+			in += ti.offset >= ext[i].offset &&
+			      ti.offset + ti.bytes <= ext[i].offset + ext[i].length;
+		ck_assert_msg(in == 1, "tensor %s lies in %u metadata extents", ti.name, in);
+	}
+	free(exp);
+	free(ext);
+	/* A limit that takes the experts but not the metadata too says so. */
+	k.max_extents = n_exp;
+	ck_assert_int_eq(moe_kmod_model_extents(&k, m, sum.file_bytes, &ext, &n, &n_meta), -E2BIG);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "metadata"));
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+static struct moe_ctx *byname_ctx(struct moe_model *m)
+{
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx = NULL;
+
+	moe_ctx_params_init(&p);
+	p.n_threads = 1;
+	p.n_ctx = 64;
+	p.state_dir = NULL;
+	ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "moe_ctx_create: %s", moe_errmsg());
+	return ctx;
+}
+
+/*
+ * "moe:NAME" end to end against the stand-in driver: the model opens from
+ * the header extent alone, an inference context reads every tensor through
+ * the driver (the file's descriptor is the stand-in's, not libmoe's) and
+ * its logits equal those of the same model opened by path.
+ */
+START_TEST(kmod_open_by_name)
+{
+	struct moe_kmod k = { .fd = -1, .align = 4096, .max_batch = 64, .max_extents = 1000,
+			      .max_bo = 1ull << 30 };
+	int32_t tok[6] = { 1, 7, 3, 11, 5, 2 };
+	struct moe_model_summary sum;
+	struct moe_hparams ha, hb;
+	struct drm_moe_extent *ext;
+	struct moe_model *a, *b;
+	struct moe_ctx *ca, *cb;
+	char *dir, *path = make_model(&dir);
+	uint64_t ia, ib, sa, sb;
+	uint32_t n, n_meta, vocab, before;
+
+	ck_assert_int_eq(moe_model_open(path, &a), 0);
+	ck_assert_int_eq(moe_model_summary(a, &sum), 0);
+	ck_assert_int_eq(moe_kmod_model_extents(&k, a, sum.file_bytes, &ext, &n, &n_meta), 0);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk.ext = ext;
+	fk.n_ext = n;
+	fk.n_meta = n_meta;
+	fk_reset();
+	moe_kmod_io_client = &fk_client;
+
+	ck_assert_msg(moe_model_open("moe:fake", &b) == 0, "%s", moe_errmsg());
+	ck_assert_str_eq(moe_model_path(b), "moe:fake");
+	ck_assert_int_eq(moe_model_hparams(a, &ha), 0);
+	ck_assert_int_eq(moe_model_hparams(b, &hb), 0);
+	ck_assert(!memcmp(&ha, &hb, sizeof(ha)));
+	ck_assert_int_eq(moe_model_tensor_count(a), moe_model_tensor_count(b));
+	for (int t = 0; t < moe_model_tensor_count(a); t++) {
+		struct moe_tensor_info x, y;
+
+		ck_assert_int_eq(moe_model_tensor(a, t, &x), 0);
+		ck_assert_int_eq(moe_model_tensor(b, t, &y), 0);
+		ck_assert_str_eq(x.name, y.name);
+		ck_assert_uint_eq(x.offset, y.offset);
+		ck_assert_uint_eq(x.bytes, y.bytes);
+		ck_assert_uint_eq(x.role, y.role);
+	}
+	/* the same identity, so routing statistics saved for the file serve the name */
+	ck_assert_int_eq(moe_model_identity(a, &sa, &ia), 0);
+	ck_assert_msg(moe_model_identity(b, &sb, &ib) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(sa, sb);
+	ck_assert_uint_eq(ia, ib);
+
+	ca = byname_ctx(a);
+	before = fk.fetched;
+	cb = byname_ctx(b);
+	/* every resident tensor and expert came through the driver */
+	ck_assert_uint_gt(fk.fetched - before, n_meta);
+	ck_assert_msg(moe_ctx_eval(ca, tok, 6, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s", moe_errmsg());
+	ck_assert_msg(moe_ctx_eval(cb, tok, 6, 0, MOE_EVAL_ALL_LOGITS) == 0, "%s", moe_errmsg());
+	vocab = moe_ctx_n_vocab(ca);
+	for (uint32_t i = 0; i < 6; i++)
+		ck_assert_msg(!memcmp(moe_ctx_logits(ca, i), moe_ctx_logits(cb, i),
+				      sizeof(float) * vocab), "position %u: logits differ", i);
+	moe_ctx_destroy(cb);
+	moe_ctx_destroy(ca);
+	ck_assert_uint_eq(fk.overlaps, 0);
+	moe_model_destroy(b);
+
+	/* An unknown name, and a model registered without metadata, say what to do. */
+	ck_assert_int_eq(moe_model_open("moe:other", &b), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "no model named 'other'"));
+	fk.n_meta = 0;
+	ck_assert_int_eq(moe_model_open("moe:fake", &b), -EOPNOTSUPP);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "moectl load fake"));
+	fk.n_meta = n_meta;
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	close(fk.fd);
+	free(ext);
+	moe_model_destroy(a);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/*
+ * An engine on "moe:NAME" reads nothing but registered extents: a read
+ * outside them fails with -EACCES instead of falling back to the file, and
+ * the userspace backends are refused by name.
+ */
+START_TEST(kmod_by_name_only_registered)
+{
+	struct moe_io_params o;
+	struct moe_io *io = NULL;
+	char *dir = tu_tmpdir(), path[4096];
+	uint64_t size = 8 * MIB;
+	uint8_t *data = malloc(size);
+
+	ck_assert_ptr_nonnull(data);
+	for (uint64_t i = 0; i < size; i++)
+		data[i] = fk_byte(i);
+	snprintf(path, sizeof(path), "%s/model.bin", dir);
+	ck_assert_int_eq(tu_write_file(path, data, size), 0);
+	free(data);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk.ext2[0] = (struct drm_moe_extent){ .offset = 0, .length = 64 * 1024 };
+	fk.ext2[1] = (struct drm_moe_extent){ .offset = 4 * MIB, .length = 4 * MIB };
+	fk.ext = fk.ext2;
+	fk.n_ext = 2;
+	fk.n_meta = 1;
+	fk_reset();
+	moe_kmod_io_client = &fk_client;
+	moe_io_params_init(&o);
+	o.backend = MOE_IO_PREAD;
+	ck_assert_int_eq(moe_io_open("moe:fake", &o, &io), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "auto or kmod"));
+	o.backend = MOE_IO_AUTO;
+	o.queue_depth = 4;
+	o.max_request = 256 * 1024;
+	ck_assert_msg(moe_io_open("moe:fake", &o, &io) == 0, "%s", moe_errmsg());
+	ck_assert_uint_eq(io->file_size, size);
+	fk_check_read(io, 100, 5000, 0);
+	fk_check_read(io, 5 * MIB + 17, MIB, 0);
+	/* between the extents, and across the end of one */
+	fk_check_read(io, 2 * MIB, 4096, -EACCES);
+	fk_check_read(io, 60 * 1024, 8192, -EACCES);
+	/* more pieces than slots: the rest wait for a slot, none fails */
+	fk_check_read(io, 4 * MIB, 4 * MIB, 0);
+	ck_assert_uint_eq(fk.overlaps, 0);
+	moe_io_destroy(io);
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	close(fk.fd);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+static void low_done(void *arg, int64_t res, void *interior)
+{
+	(void)interior;
+	*(int64_t *)arg = res;
+}
+
+/*
+ * Prefetches (MOE_IO_READ_LOW) reach the driver as DRM_MOE_FETCH_LOW
+ * batches, demand reads without the flag; an engine closing with pieces in
+ * flight takes the driver's queued prefetches back (CANCEL).
+ */
+START_TEST(kmod_prefetch_low_priority)
+{
+	struct moe_io_params o;
+	struct moe_io *io = NULL;
+	char *dir = tu_tmpdir(), path[4096];
+	uint64_t size = 8 * MIB;
+	uint8_t *data = malloc(size);
+	int64_t res = 1;
+	void *dst;
+
+	ck_assert_ptr_nonnull(data);
+	for (uint64_t i = 0; i < size; i++)
+		data[i] = fk_byte(i);
+	snprintf(path, sizeof(path), "%s/model.bin", dir);
+	ck_assert_int_eq(tu_write_file(path, data, size), 0);
+	free(data);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk_two_extents();
+	fk_reset();
+	moe_kmod_io_client = &fk_client;
+	moe_io_params_init(&o);
+	o.backend = MOE_IO_KMOD;
+	o.direct = MOE_IO_DIRECT_OFF;
+	o.queue_depth = 4;
+	o.max_request = 256 * 1024;
+	ck_assert_msg(moe_io_open(path, &o, &io) == 0, "%s", moe_errmsg());
+	fk_check_read(io, 4096, 300000, 0);
+	ck_assert_uint_eq(fk.low_batches, 0);
+	ck_assert_int_eq(moe_io_alloc(io, MIB, &dst), 0);
+	ck_assert_int_eq(moe_io_read_flags(io, 2 * MIB, MIB, dst, MIB, MOE_IO_READ_LOW, low_done,
+					   &res), 0);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	while (res == 1)
+		ck_assert_int_ge(moe_io_wait(io, 1), 0);
+	ck_assert_int_eq(res, (int64_t)MIB);
+	ck_assert_uint_ge(fk.low_batches, 1);
+	ck_assert_uint_eq(fk.cancels, 0);
+
+	/* Closing with a prefetch still in the driver asks for it back. */
+	fk.make_late = 1;
+	fk.late_wait_us = 300000;
+	res = 1;
+	ck_assert_int_eq(moe_io_read_flags(io, 5 * MIB, MIB / 4, dst, MIB, MOE_IO_READ_LOW,
+					   low_done, &res), 0);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	/* dst is still the late read's: the pool goes with the engine */
+	moe_io_destroy(io);
+	ck_assert_uint_eq(fk.cancels, 1);
+	ck_assert_int_lt(res, 0);
 	moe_kmod_io_client = &moe_kmod_client_driver;
 	close(fk.fd);
 	tu_rmtree(dir);
@@ -497,6 +821,10 @@ Suite *suite_kmod(void)
 	tcase_add_test(tc, kmod_expert_extents);
 	tcase_add_test(tc, kmod_late_batch_keeps_slots);
 	tcase_add_test(tc, kmod_late_batch_at_close);
+	tcase_add_test(tc, kmod_model_extents);
+	tcase_add_test(tc, kmod_open_by_name);
+	tcase_add_test(tc, kmod_by_name_only_registered);
+	tcase_add_test(tc, kmod_prefetch_low_priority);
 	if (access("/sys/module/moe", F_OK)) {
 		tcase_add_test(tc, kmod_no_driver);
 		tcase_add_test(tc, kmod_moectl_no_driver);

@@ -277,7 +277,7 @@ START_TEST(writer_roundtrip)
 
 	ck_assert_ptr_nonnull(dir);
 	snprintf(path, sizeof(path), "%s/w.gguf", dir);
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 64), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(64, &w), 0);
 	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "test"), 0);
 	ck_assert_int_eq(moe_gguf_set_u32(w, "t.u32", 0xdeadbeef), 0);
 	ck_assert_int_eq(moe_gguf_set_i32(w, "t.i32", -7), 0);
@@ -293,7 +293,7 @@ START_TEST(writer_roundtrip)
 	small[0] = 99;  /* the writer copied the data when it was added */
 	ck_assert_int_eq(moe_gguf_layout(w, &data_off, &file_bytes), 0);
 	ck_assert_int_eq(moe_gguf_write(w, path), 0);
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	ck_assert_uint_gt(fc.calls, 1);
 	ck_assert_uint_eq(fc.next_row, 1536 * 2);
 
@@ -336,10 +336,10 @@ START_TEST(writer_roundtrip)
 	pfile_free(&f);
 
 	/* the default alignment writes no general.alignment */
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(32, &w), 0);
 	ck_assert_int_eq(moe_gguf_add_tensor(w, "small", MOE_TYPE_F32, 2, ne_small, small), 0);
 	ck_assert_int_eq(moe_gguf_write(w, path), 0);
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	ck_assert_int_eq(pfile_load(&f, path), 0);
 	ck_assert_uint_eq(f.n_kv, 0);
 	ck_assert_uint_eq(f.alignment, 32);
@@ -357,11 +357,11 @@ START_TEST(writer_refuses)
 	float data[512] = { 0 };
 	char name[80];
 
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 48), -EINVAL);
+	ck_assert_int_eq(moe_gguf_writer_create(48, &w), -EINVAL);
 	ck_assert_ptr_null(w);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "power of two"));
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 0), -EINVAL);
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 4096), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(0, &w), -EINVAL);
+	ck_assert_int_eq(moe_gguf_writer_create(4096, &w), 0);
 
 	ck_assert_int_eq(moe_gguf_set_u32(w, "k", 1), 0);
 	ck_assert_int_eq(moe_gguf_set_str(w, "k", "again"), -EEXIST);
@@ -397,8 +397,8 @@ START_TEST(writer_refuses)
 	ck_assert_int_eq(moe_gguf_add_tensor_fill(w, "nf", MOE_TYPE_F32, 2, ne, NULL, NULL),
 			 -EINVAL);
 	ck_assert_int_eq(moe_gguf_write(w, ""), -EINVAL);
-	moe_gguf_writer_free(w);
-	moe_gguf_writer_free(NULL);
+	moe_gguf_writer_destroy(w);
+	moe_gguf_writer_destroy(NULL);
 }
 END_TEST
 
@@ -413,13 +413,13 @@ START_TEST(writer_fill_failure)
 	struct stat st;
 
 	snprintf(path, sizeof(path), "%s/f.gguf", dir);
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(32, &w), 0);
 	ck_assert_int_eq(moe_gguf_add_tensor_fill(w, "big", MOE_TYPE_F32, 2, ne, fill_rows, &fc),
 			 0);
 	ck_assert_int_eq(moe_gguf_write(w, path), -EIO);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "tensor 'big'"));
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "injected"));
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	ck_assert_int_ne(stat(path, &st), 0);
 	snprintf(cmd, sizeof(cmd), "ls -A '%s' | wc -l", dir);
 	ck_assert_int_eq(tu_run(cmd, 0, &out), 0);
@@ -427,10 +427,10 @@ START_TEST(writer_fill_failure)
 	free(out);
 	/* a directory that does not exist: a clear error, no crash */
 	snprintf(path, sizeof(path), "%s/no/such/dir/f.gguf", dir);
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(32, &w), 0);
 	ck_assert_int_eq(moe_gguf_write(w, path), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "cannot create"));
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -600,7 +600,7 @@ static void check_model(const char *path, const char *arch, uint32_t align, uint
 	}
 	ck_assert_uint_eq(hp.n_moe_layer, n_moe);
 	check_info_json(path, &f, gguf_arch, layers, n_moe, experts, used, align, each);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	pfile_free(&f);
 }
 
@@ -916,7 +916,7 @@ START_TEST(mkmodel_nextn)
 	ck_assert_uint_gt(unused, 0);
 	ck_assert_uint_eq(sum.resident_bytes, resident);
 	ck_assert_uint_eq(sum.resident_bytes + sum.expert_bytes_total + unused, sum.tensor_bytes);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	pfile_free(&f);
 	tu_rmtree(dir);
 	free(dir);

@@ -83,7 +83,7 @@ START_TEST(prefixes_and_help)
 	ck_assert_msg(strstr(out, "architecture:     qwen3moe"), "%s", out);
 	free(out);
 	ck_assert_int_eq(moectl(&out, "v"), 0);
-	ck_assert_msg(strstr(out, "libmoe 0.1 (libmoe.so.0)"), "%s", out);
+	ck_assert_msg(strstr(out, "libmoe 1.0 (libmoe.so.1)"), "%s", out);
 	free(out);
 	/* ambiguous and unknown: usage (2), naming the candidates or the help */
 	ck_assert_int_eq(moectl_err(&out, "t"), 2);
@@ -179,11 +179,11 @@ START_TEST(version)
 	json_t *v;
 
 	moe_build_info(&b);
-	ck_assert_str_eq(b.soname, "libmoe.so.0");
+	ck_assert_str_eq(b.soname, "libmoe.so.1");
 	ck_assert_int_eq(moectl(&out, "version --json"), 0);
 	v = parse(out, "version --json");
-	ck_assert_str_eq(json_string_value(json_object_get(v, "version")), "0.1");
-	ck_assert_str_eq(json_string_value(json_object_get(v, "soname")), "libmoe.so.0");
+	ck_assert_str_eq(json_string_value(json_object_get(v, "version")), "1.0");
+	ck_assert_str_eq(json_string_value(json_object_get(v, "soname")), "libmoe.so.1");
 	snprintf(uapi, sizeof(uapi), "%d.%d", b.kmod_uapi_major, b.kmod_uapi_minor);
 	ck_assert_int_ge(b.kmod_uapi_major, 1);
 	ck_assert_str_eq(json_string_value(json_object_get(v, "kmod_uapi")), uapi);

@@ -765,6 +765,159 @@ START_TEST(ops_attention)
 }
 END_TEST
 
+/*
+ * Prompts: shapes of real models (head dims 80, 112, 128, 256, a latent
+ * cache 72/64), GQA, lengths that are no multiple of any tile, a second
+ * batch continuing the first over a ring, two sequences in one batch.  A
+ * backend may run these on another kernel than the short batches above
+ * (the CUDA one tiles queries and keys): against float64.
+ */
+struct prompt_case {
+	uint32_t kv_type, head_dim, n_head, n_head_kv;
+	enum moe_attn_mask mask;
+	uint32_t window;
+	bool sinks;
+	float softcap;
+	uint32_t latent_v;
+	uint32_t n_seq;
+};
+
+static const struct prompt_case prompt_cases[] = {
+	{ MOE_TYPE_F32, 80, 6, 2, MOE_MASK_CAUSAL, 0, false, 0, 0, 1 },
+	{ MOE_TYPE_F16, 112, 4, 1, MOE_MASK_SLIDING, 19, true, 0, 0, 1 },
+	{ MOE_TYPE_Q8_0, 128, 4, 2, MOE_MASK_CHUNKED, 24, false, 0, 0, 1 },
+	{ MOE_TYPE_F32, 256, 2, 1, MOE_MASK_SLIDING, 33, true, 30.0f, 0, 1 },
+	{ MOE_TYPE_F32, 72, 3, 1, MOE_MASK_CAUSAL, 0, false, 0, 64, 1 },
+	{ MOE_TYPE_F32, 64, 4, 2, MOE_MASK_CAUSAL, 0, true, 0, 0, 2 },
+};
+
+START_TEST(ops_attention_prompt)
+{
+	/* two batches per sequence: positions [0, 37), then [37, 66) */
+	static const uint32_t cut[] = { 0, 37, 66 };
+	const uint32_t N = cut[2];
+
+	open_backend(_i);
+	for (size_t ci = 0; ci < MOE_ARRAY_SIZE(prompt_cases); ci++) {
+		const struct prompt_case *pc = &prompt_cases[ci];
+		uint32_t hd = pc->head_dim, kvd = pc->n_head_kv * hd, nq = pc->n_head * hd;
+		uint32_t hv = pc->latent_v ? pc->latent_v : hd, no = pc->n_head * hv, S = pc->n_seq;
+		/* a windowed layer keeps a ring of window + batch - 1 cells */
+		uint32_t cells = pc->window ? pc->window + (cut[2] - cut[1]) - 1 : N;
+		uint64_t row = moe_kv_row_bytes(pc->kv_type, kvd);
+		float *K = randf((size_t)S * N * kvd, 1.0), *V = randf((size_t)S * N * kvd, 1.0);
+		float *Q = randf((size_t)S * N * nq, 1.0), *sinks = randf(pc->n_head, 1.0);
+		float *Kr = malloc(sizeof(float) * S * N * kvd), *Vr = malloc(sizeof(float) * S * N * kvd);
+		struct moe_kv kv = { .type = pc->kv_type, .n_cells = cells, .kv_dim = kvd };
+
+		memcpy(Kr, K, sizeof(float) * S * N * kvd);
+		memcpy(Vr, V, sizeof(float) * S * N * kvd);
+		for (uint32_t r = 0; r < S * N; r++) {
+			kv_round(pc->kv_type, Kr + (size_t)r * kvd, kvd);
+			kv_round(pc->kv_type, Vr + (size_t)r * kvd, kvd);
+		}
+		kv.k = dev((size_t)S * cells * row);
+		kv.v = pc->latent_v ? 0 : dev((size_t)S * cells * row);
+		for (int b = 0; b < 2; b++) {
+			uint32_t len = cut[b + 1] - cut[b], n = len * S;
+			int32_t *pos = malloc(sizeof(int32_t) * n), *seq = malloc(sizeof(int32_t) * n);
+			float *kb = malloc(sizeof(float) * n * kvd), *vb = malloc(sizeof(float) * n * kvd);
+			float *qb = malloc(sizeof(float) * n * nq), *got = malloc(sizeof(float) * n * no);
+			moe_dptr posd, seqd, outd;
+			struct moe_attn_args a;
+
+			/* the second sequence's tokens after the first's: tiles see both */
+			for (uint32_t t = 0; t < n; t++) {
+				uint32_t s = t / len, p = cut[b] + t % len;
+
+				pos[t] = (int32_t)p;
+				seq[t] = (int32_t)s;
+				memcpy(kb + (size_t)t * kvd, K + ((size_t)s * N + p) * kvd,
+				       sizeof(float) * kvd);
+				memcpy(vb + (size_t)t * kvd, V + ((size_t)s * N + p) * kvd,
+				       sizeof(float) * kvd);
+				memcpy(qb + (size_t)t * nq, Q + ((size_t)s * N + p) * nq,
+				       sizeof(float) * nq);
+			}
+			posd = up(pos, sizeof(int32_t) * n);
+			seqd = up(seq, sizeof(int32_t) * n);
+			ck_assert_int_eq(be->ops->kv_store(be, &kv, up(kb, sizeof(float) * n * kvd),
+							   pc->latent_v ? 0 :
+							   up(vb, sizeof(float) * n * kvd), posd,
+							   S > 1 ? seqd : 0, n), 0);
+			outd = dev(sizeof(float) * n * no);
+			a = (struct moe_attn_args){
+				.q = up(qb, sizeof(float) * n * nq), .out = outd, .pos = posd,
+				.seq = S > 1 ? seqd : 0, .sinks = pc->sinks ? up(sinks, sizeof(float) *
+									       pc->n_head) : 0,
+				.kv = kv, .n_tok = n, .n_head = pc->n_head, .n_head_kv = pc->n_head_kv,
+				.head_dim = hd, .head_dim_v = pc->latent_v, .mask = pc->mask,
+				.window = pc->window, .scale = 1.0f / sqrtf((float)hd),
+				.softcap = pc->softcap,
+			};
+			ck_assert_msg(be->ops->attention(be, &a) == 0, "case %zu: %s", ci,
+				      moe_errmsg());
+			down(got, outd, sizeof(float) * n * no);
+			for (uint32_t t = 0; t < n; t++) {
+				int p = pos[t];
+				uint32_t s = (uint32_t)seq[t];
+				int lo = pc->mask == MOE_MASK_SLIDING ? MOE_MAX(p - (int)pc->window + 1, 0) :
+					 pc->mask == MOE_MASK_CHUNKED ? p / (int)pc->window *
+					 (int)pc->window : 0;
+
+				for (uint32_t h = 0; h < pc->n_head; h++) {
+					uint32_t kh = h / (pc->n_head / pc->n_head_kv);
+					const float *q = qb + ((size_t)t * pc->n_head + h) * hd;
+					double sc[66], mx = pc->sinks ? sinks[h] : -1e300, sum = 0;
+
+					for (int j = lo; j <= p; j++) {
+						const float *k = Kr + ((size_t)s * N + j) * kvd + kh * hd;
+
+						sc[j] = 0;
+						for (uint32_t i = 0; i < hd; i++)
+							sc[j] += (double)q[i] * k[i];
+						sc[j] /= sqrt((double)hd);
+						if (pc->softcap > 0)
+							sc[j] = pc->softcap * tanh(sc[j] / pc->softcap);
+						mx = fmax(mx, sc[j]);
+					}
+					for (int j = lo; j <= p; j++)
+						sum += exp(sc[j] - mx);
+					if (pc->sinks)
+						sum += exp(sinks[h] - mx);
+					for (uint32_t i = 0; i < hv; i++) {
+						double o = 0;
+
+						for (int j = lo; j <= p; j++)
+							o += exp(sc[j] - mx) / sum *
+							     (pc->latent_v ? Kr : Vr)[((size_t)s * N + j) *
+										   kvd + kh * hd + i];
+						ck_assert_msg(fabs(o - got[((size_t)t * pc->n_head + h) * hv +
+									   i]) < 5e-5,
+							      "case %zu pos %d seq %u h %u i %u: %g vs %g",
+							      ci, p, s, h, i, o,
+							      got[((size_t)t * pc->n_head + h) * hv + i]);
+					}
+				}
+			}
+			free(pos);
+			free(seq);
+			free(kb);
+			free(vb);
+			free(qb);
+			free(got);
+		}
+		free(K);
+		free(V);
+		free(Kr);
+		free(Vr);
+		free(Q);
+		free(sinks);
+	}
+	close_backend(_i);
+}
+END_TEST
+
 /* ------------------------------------------------------------ activations, FFNs */
 
 static double glu_ref(enum moe_glu act, double g, double u)
@@ -1336,6 +1489,7 @@ Suite *suite_ops(void)
 		tcase_add_loop_test(tc, ops_rms_norm, i, i + 1);
 		tcase_add_loop_test(tc, ops_rope, i, i + 1);
 		tcase_add_loop_test(tc, ops_attention, i, i + 1);
+		tcase_add_loop_test(tc, ops_attention_prompt, i, i + 1);
 		tcase_add_loop_test(tc, ops_glu, i, i + 1);
 		tcase_add_loop_test(tc, ops_ffn_dense, i, i + 1);
 		tcase_add_loop_test(tc, ops_ffn_experts, i, i + 1);

@@ -32,7 +32,7 @@ static char *make(const char *dir, const char *name, const char *args)
 
 static void params(struct moe_ctx_params *p, uint64_t vram, uint32_t n_ctx, uint32_t n_batch)
 {
-	moe_ctx_default_params(p);
+	moe_ctx_params_init(p);
 	p->backend = "cpu";
 	p->n_threads = 1;
 	p->vram_bytes = vram;
@@ -119,7 +119,7 @@ START_TEST(plan_figures)
 	/* staging: at least one token's experts in flight */
 	ck_assert_uint_ge(all.n_staging, 2);
 	ck_assert_uint_gt(all.staging_bytes, all.n_staging * slot);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	free(path);
 	tu_rmtree(dir);
 	free(dir);
@@ -159,7 +159,7 @@ START_TEST(plan_kv)
 	ck_assert_int_eq(moe_plan(m, &p, &q8), 0);
 	ck_assert_uint_eq(q8.kv_bytes, 2 * 2 * A64(3 * 23 * row * 4) +
 			  2 * 2 * A64(3 * 1000 * row * 4));
-	moe_model_close(m);
+	moe_model_destroy(m);
 	free(path);
 	tu_rmtree(dir);
 	free(dir);
@@ -203,7 +203,7 @@ START_TEST(plan_classes)
 	ck_assert_uint_le(half.device_bytes, p.vram_bytes);
 	/* what is left over is less than one more slot of either class */
 	ck_assert_uint_lt(p.vram_bytes - half.device_bytes, big);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	free(path);
 	tu_rmtree(dir);
 	free(dir);
@@ -259,8 +259,8 @@ START_TEST(plan_matches_context)
 		      "RSS grew by %llu; plan: device %llu + staging %llu + host %llu",
 		      (unsigned long long)(after - before), (unsigned long long)pl.device_bytes,
 		      (unsigned long long)pl.staging_bytes, (unsigned long long)pl.host_bytes);
-	moe_ctx_free(ctx);
-	moe_model_close(m);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
 	free(path);
 	tu_rmtree(dir);
 	free(dir);
@@ -292,7 +292,7 @@ START_TEST(plan_errors)
 	ck_assert_int_eq(moe_plan(m, &p, &pl), 0);
 	p.n_ctx = 1u << 25;
 	ck_assert_int_eq(moe_plan(m, &p, &pl), -EINVAL);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	free(path);
 	tu_rmtree(dir);
 	free(dir);

@@ -42,7 +42,7 @@ static int abi(const char *map, const char *extra_header, char **out)
 {
 	char cmd[4 * PATH_MAX];
 
-	snprintf(cmd, sizeof(cmd), "sh %s %s/lib/libmoe.so.0 %s %s %s",
+	snprintf(cmd, sizeof(cmd), "sh %s %s/lib/libmoe.so.1 %s %s %s",
 		 tu_src("tests/platform/abi.sh"), build_dir(), map, tu_src("include/moe/moe.h"),
 		 extra_header ? extra_header : "");
 	return tu_run(cmd, 1, out);

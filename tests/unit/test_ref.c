@@ -210,7 +210,7 @@ struct mb {
 static void mb_start(struct mb *b, const char *arch)
 {
 	b->arch = arch;
-	ck_assert_int_eq(moe_gguf_writer_create(&b->w, 32), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(32, &b->w), 0);
 	ck_assert_int_eq(moe_gguf_set_str(b->w, "general.architecture", arch), 0);
 	ck_assert_int_eq(moe_gguf_set_str(b->w, "tokenizer.ggml.model", "none"), 0);
 }
@@ -290,7 +290,7 @@ static char *mb_finish(struct mb *b, const char *dir, const char *file)
 	ck_assert_ptr_nonnull(path);
 	sprintf(path, "%s/%s", dir, file);
 	ck_assert_msg(moe_gguf_write(b->w, path) == 0, "%s: %s", path, moe_errmsg());
-	moe_gguf_writer_free(b->w);
+	moe_gguf_writer_destroy(b->w);
 	return path;
 }
 
@@ -595,7 +595,7 @@ static char *write_copy(const char *src, const char *dir, const char *file, bool
 	char *path;
 
 	ck_assert_msg(moe_model_open(src, &m) == 0, "%s", moe_errmsg());
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(32, &w), 0);
 	n = moe_meta_count(m);
 	for (int i = 0; i < n; i++) {
 		struct moe_meta mv;
@@ -661,12 +661,12 @@ static char *write_copy(const char *src, const char *dir, const char *file, bool
 		free(q);
 	}
 	close(fd);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	path = malloc(strlen(dir) + strlen(file) + 2);
 	ck_assert_ptr_nonnull(path);
 	sprintf(path, "%s/%s", dir, file);
 	ck_assert_msg(moe_gguf_write(w, path) == 0, "%s", moe_errmsg());
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	return path;
 }
 

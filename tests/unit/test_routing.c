@@ -43,7 +43,7 @@ static uint64_t need_bytes(struct moe_model *m)
 	unsigned long long need = 0;
 	const char *at;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_ctx = 64;
 	p.vram_bytes = 1;
 	ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), -ENOMEM);
@@ -65,7 +65,7 @@ static struct moe_ctx *make(struct moe_model *m, const struct run_cfg *c)
 	struct moe_ctx *ctx = NULL;
 	int ret;
 
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.n_threads = 2;
 	p.n_ctx = 64;
 	p.n_batch = 8;
@@ -143,7 +143,7 @@ START_TEST(stats_file)
 		ck_assert(s1 == s2 && h1 == h2);
 		ck_assert_int_eq(moe_model_identity(m2, &s2, &h2), 0);
 		ck_assert(h1 != h2);
-		moe_model_close(mc);
+		moe_model_destroy(mc);
 	}
 	/* a run saves what it routed; the next one loads it and starts warm */
 	cfg.vram = need_bytes(m) + (1 << 20);
@@ -152,7 +152,7 @@ START_TEST(stats_file)
 	ck_assert_ptr_nonnull(moe_ctx_routestats(ctx));
 	gen(ctx, 12, 8, &l);
 	moe_ctx_get_stats(ctx, &st1);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	ck_assert_int_eq(moe_routestats_path(m, state, path, sizeof(path)), 0);
 	ck_assert_int_eq(access(path, R_OK), 0);
 	ck_assert_int_eq(moe_routestats_load(path, m, &rs), 0);
@@ -179,7 +179,7 @@ START_TEST(stats_file)
 	moe_ctx_get_stats(ctx, &st2);
 	ck_assert_msg(st2.expert_misses < st1.expert_misses, "warm start: %llu misses, cold %llu",
 		      (unsigned long long)st2.expert_misses, (unsigned long long)st1.expert_misses);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 
 	/* round trip */
 	snprintf(b, sizeof(b), "%s/copy.stats", dir);
@@ -193,7 +193,7 @@ START_TEST(stats_file)
 				ck_assert_uint_eq(moe_routestats_transition(rs, l2, e, f),
 						  moe_routestats_transition(rs2, l2, e, f));
 		}
-	moe_routestats_free(rs2);
+	moe_routestats_destroy(rs2);
 	/* another model's file */
 	ck_assert_int_eq(moe_routestats_load(b, m2, &rs2), -ESTALE);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "another model"));
@@ -229,10 +229,10 @@ START_TEST(stats_file)
 	free(l.buf);
 	l = (struct logits){ 0 };
 	gen(ctx, 4, 2, &l);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	ck_assert_int_eq(moe_routestats_load(path, m, &rs2), 0);
 	ck_assert_uint_eq(rs2->tokens, 5);
-	moe_routestats_free(rs2);
+	moe_routestats_destroy(rs2);
 	/* so does a file of another model put in its place */
 	ck_assert_int_eq(moe_routestats_save(rs, path), 0);
 	{
@@ -243,13 +243,13 @@ START_TEST(stats_file)
 		ck_assert_int_eq(tu_run(cmd, 0, NULL), 0);
 		ctx = make(m2, &cfg);
 		ck_assert_uint_eq(moe_ctx_routestats(ctx)->tokens, 0);
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 	}
 	free(buf);
 	free(l.buf);
-	moe_routestats_free(rs);
-	moe_model_close(m);
-	moe_model_close(m2);
+	moe_routestats_destroy(rs);
+	moe_model_destroy(m);
+	moe_model_destroy(m2);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -292,10 +292,10 @@ START_TEST(prefetch_keeps_logits)
 				ck_assert_uint_gt(st.prefetches, 0);
 			if (!streamed)
 				ck_assert_uint_eq(st.prefetches, 0);
-			moe_ctx_free(ctx);
+			moe_ctx_destroy(ctx);
 		}
 	free(ref.buf);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -332,7 +332,7 @@ START_TEST(prefetch_lowers_stall)
 				layers += ls.stall_s;
 		ck_assert_int_eq(moe_ctx_layer_stats(ctx, 99, &ls), -EINVAL);
 		free(l.buf);
-		moe_ctx_free(ctx);
+		moe_ctx_destroy(ctx);
 	}
 	moe_io_fault_delay_us = 0;
 	ck_assert_msg(st[1].expert_misses < st[0].expert_misses, "misses: %llu with prefetch, "
@@ -349,7 +349,7 @@ START_TEST(prefetch_lowers_stall)
 	/* the per-layer stalls add up to the whole, less the warm-up outside any layer */
 	ck_assert(layers <= st[1].stall_s + 1e-9);
 	ck_assert(layers > 0);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -398,7 +398,7 @@ START_TEST(trace_recorded)
 	moe_ctx_set_route_hook(ctx, see, s);
 	gen(ctx, 10, 6, &l);
 	ck_assert_int_eq(moe_ctx_trace_stop(ctx), 0);
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	ck_assert_int_eq(moe_trace_open(tpath, &t), 0);
 	moe_trace_info(t, &ti);
 	ck_assert_uint_eq(ti.n_tok, 15);
@@ -417,13 +417,13 @@ START_TEST(trace_recorded)
 			ck_assert_int_eq(moe_trace_prediction(t, tok, layer, 2, ids, 8),
 					 layer >= 2 ? 2 : 0);
 		}
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	/* without a prefetcher that speculates there is nothing to record */
 	c.prefetch = "trans";
 	ctx = make(m, &c);
 	ck_assert_int_eq(moe_ctx_trace_start(ctx, tpath, MOE_TRACE_PREDICTIONS), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "spec or mix"));
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 
 	/* moe-run records one too, and remembers what it routed */
 	snprintf(spath, sizeof(spath), "%s/state", dir);
@@ -439,7 +439,7 @@ START_TEST(trace_recorded)
 	ck_assert_int_eq(moe_trace_open(tpath, &t), 0);
 	moe_trace_info(t, &ti);
 	ck_assert_uint_eq(ti.n_tok, 3 + 5);
-	moe_trace_free(t);
+	moe_trace_destroy(t);
 	/* moectl stats reads what moe-run saved */
 	snprintf(cmd, sizeof(cmd), "%s stats --state-dir %s --json %s", tu_bin("moectl"), spath,
 		 path);
@@ -485,7 +485,7 @@ START_TEST(trace_recorded)
 	free(out);
 	free(l.buf);
 	free(s);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	tu_rmtree(dir);
 	free(dir);
 }

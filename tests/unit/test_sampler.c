@@ -55,7 +55,7 @@ static void check_distribution(const struct moe_sampler_params *p, const float *
 			ck_assert_msg(fabs(f - want[i]) < 0.01, "token %d: frequency %.4f, "
 				      "expected %.4f", i, f, want[i]);
 	}
-	moe_sampler_free(s);
+	moe_sampler_destroy(s);
 }
 
 static void base_logits(float *l)
@@ -75,11 +75,11 @@ START_TEST(sampler_greedy_argmax)
 	ck_assert_int_eq(moe_sampler_sample(s, l), 1);
 	l[1] = 4;
 	ck_assert_int_eq(moe_sampler_sample(s, l), 3);
-	moe_sampler_free(s);
+	moe_sampler_destroy(s);
 	s3 = make(&p, 3);
 	ck_assert_int_eq(moe_sampler_sample(s3, nan_l), 1);
 	ck_assert_int_eq(moe_sampler_sample(s3, none), -EINVAL);
-	moe_sampler_free(s3);
+	moe_sampler_destroy(s3);
 }
 END_TEST
 
@@ -104,9 +104,9 @@ START_TEST(sampler_seeded_reproducible)
 		same_c += ta == moe_sampler_sample(c, l);
 	}
 	ck_assert_msg(same_c < 100, "another seed gave the same token %d of 500 times", same_c);
-	moe_sampler_free(a);
-	moe_sampler_free(b);
-	moe_sampler_free(c);
+	moe_sampler_destroy(a);
+	moe_sampler_destroy(b);
+	moe_sampler_destroy(c);
 }
 END_TEST
 
@@ -129,8 +129,8 @@ START_TEST(sampler_top_k1_is_greedy)
 		lo = round % 100 < (round * 7 + 3) % 100 ? round % 100 : (round * 7 + 3) % 100;
 		ck_assert_int_eq(moe_sampler_sample(s, l), lo);
 	}
-	moe_sampler_free(s);
-	moe_sampler_free(gs);
+	moe_sampler_destroy(s);
+	moe_sampler_destroy(gs);
 }
 END_TEST
 
@@ -211,7 +211,7 @@ START_TEST(sampler_repeat_penalty)
 	moe_sampler_accept(s, 3);
 	moe_sampler_accept(s, -1);
 	ck_assert_int_eq(moe_sampler_sample(s, pos), 0);
-	moe_sampler_free(s);
+	moe_sampler_destroy(s);
 }
 END_TEST
 
@@ -249,7 +249,7 @@ START_TEST(sampler_bad_params)
 	ck_assert_int_eq(moe_sampler_create(&p, 10, &s), -EINVAL);
 	ck_assert_int_eq(moe_sampler_sample(NULL, NULL), -EINVAL);
 	moe_sampler_accept(NULL, 1);
-	moe_sampler_free(NULL);
+	moe_sampler_destroy(NULL);
 }
 END_TEST
 
@@ -260,20 +260,20 @@ START_TEST(sampler_public_api)
 	struct moe_sampler *s;
 	float logits[6] = { 0.5f, 3.0f, -1.0f, 2.0f, 0.0f, 1.0f };
 
-	moe_sample_default_params(&p);
+	moe_sample_params_init(&p);
 	ck_assert_int_eq(moe_sampler_new(&p, 6, &s), 0);
 	ck_assert_int_eq(moe_sampler_sample(s, logits), 1);
 	logits[1] = -INFINITY;
 	ck_assert_int_eq(moe_sampler_sample(s, logits), 3);
 	moe_sampler_accept(s, 3);
-	moe_sampler_free(s);
+	moe_sampler_destroy(s);
 	/* a masked token is never drawn, however hot the temperature */
 	p.temp = 50.0f;
 	p.seed = 11;
 	ck_assert_int_eq(moe_sampler_new(&p, 6, &s), 0);
 	for (int i = 0; i < 200; i++)
 		ck_assert_int_ne(moe_sampler_sample(s, logits), 1);
-	moe_sampler_free(s);
+	moe_sampler_destroy(s);
 	p.top_p = 2.0f;
 	ck_assert_int_eq(moe_sampler_new(&p, 6, &s), -EINVAL);
 	ck_assert_msg(strstr(moe_errmsg(), "top_p"), "%s", moe_errmsg());

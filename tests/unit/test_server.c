@@ -20,6 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
 #include <jansson.h>
 
 #include "api.h"
@@ -252,7 +256,7 @@ START_TEST(endpoints_and_errors)
 		     "\"a\"},{\"role\":\"user\",\"content\":\"b\"},{\"role\":\"user\",\"content\":"
 		     "\"c\"},{\"role\":\"user\",\"content\":\"d\"}]}", 400, "messages", "more than");
 	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
-		     "\"content\":\"hi\"}],\"tools\":[]}", 400, "tools", "tool calls");
+		     "\"content\":\"hi\"}],\"tools\":{}}", 400, "tools", "array");
 	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
 		     "\"content\":\"hi\"}],\"n\":2}", 400, "n", "one choice");
 	expect_error(&s, "/v1/completions", "{\"max_tokens\":3}", 400, "prompt", "missing");
@@ -322,8 +326,10 @@ static char *sse_text(char *body, int *events, json_t **last)
 		ck_assert_str_eq(json_string_value(json_object_get(v, "object")),
 				 "chat.completion.chunk");
 		c = json_array_get(json_object_get(v, "choices"), 0);
+		/* a delta of a parsed reply may hold reasoning or calls only */
 		d = json_string_value(json_object_get(json_object_get(c, "delta"), "content"));
-		ck_assert_ptr_nonnull(d);
+		if (!d)
+			d = "";
 		text = realloc(text, len + strlen(d) + 1);
 		memcpy(text + len, d, strlen(d) + 1);
 		len += strlen(d);
@@ -543,6 +549,459 @@ START_TEST(sigterm_drains)
 }
 END_TEST
 
+static const char weather_tools[] =
+	"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+	"\"description\":\"Current weather\",\"parameters\":{\"type\":\"object\",\"properties\":"
+	"{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}}}]";
+
+/* A streamed chat reply put back together: reasoning, content and the calls. */
+struct streamed {
+	char reasoning[1024], content[1024];
+	char name[8][64], args[8][256], id[8][64];
+	int n_calls, events;
+	char finish[32];
+};
+
+static void sse_collect(char *body, struct streamed *st)
+{
+	char *line, *save = NULL;
+	bool done = false;
+
+	memset(st, 0, sizeof(*st));
+	for (line = strtok_r(body, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		json_t *v, *c, *d, *calls, *tc;
+		size_t i;
+
+		ck_assert_msg(!done && !strncmp(line, "data: ", 6), "bad SSE line: %s", line);
+		if (!strcmp(line + 6, "[DONE]")) {
+			done = true;
+			continue;
+		}
+		v = parse(line + 6);
+		c = json_array_get(json_object_get(v, "choices"), 0);
+		d = json_object_get(c, "delta");
+		ck_assert_msg(json_object_size(d) || json_is_string(json_object_get(c,
+			      "finish_reason")), "an empty delta before the end: %s", line);
+		if (json_is_string(json_object_get(d, "reasoning_content")))
+			strncat(st->reasoning, json_string_value(json_object_get(d,
+				"reasoning_content")), sizeof(st->reasoning) - strlen(st->reasoning) - 1);
+		if (json_is_string(json_object_get(d, "content")))
+			strncat(st->content, json_string_value(json_object_get(d, "content")),
+				sizeof(st->content) - strlen(st->content) - 1);
+		calls = json_object_get(d, "tool_calls");
+		json_array_foreach(calls, i, tc) {
+			int idx = (int)json_integer_value(json_object_get(tc, "index"));
+			json_t *fn = json_object_get(tc, "function");
+
+			ck_assert_int_eq(idx, st->n_calls);
+			ck_assert_int_lt(idx, 8);
+			snprintf(st->name[idx], sizeof(st->name[idx]), "%s",
+				 json_string_value(json_object_get(fn, "name")));
+			snprintf(st->args[idx], sizeof(st->args[idx]), "%s",
+				 json_string_value(json_object_get(fn, "arguments")));
+			snprintf(st->id[idx], sizeof(st->id[idx]), "%s",
+				 json_string_value(json_object_get(tc, "id")));
+			st->n_calls++;
+		}
+		if (json_is_string(json_object_get(c, "finish_reason")))
+			snprintf(st->finish, sizeof(st->finish), "%s",
+				 json_string_value(json_object_get(c, "finish_reason")));
+		st->events++;
+		json_decref(v);
+	}
+	ck_assert_msg(done, "the stream did not end in data: [DONE]");
+}
+
+/* A server whose every reply is @reply (the test hook), not the random model's. */
+static void srv_start_reply(struct srv *s, const char *name, const char *reply)
+{
+	setenv("MOE_SERVER_TEST_REPLY", reply, 1);
+	srv_start(s, name, NULL);
+	unsetenv("MOE_SERVER_TEST_REPLY");
+}
+
+/*
+ * Tools end to end on the ChatML (Qwen3) model: the rendered prompt of a
+ * conversation with tools, a call and its result (/apply-template, and a
+ * real completion over it), then replies injected by the test hook parsed
+ * into reasoning, content and calls, whole and streamed.
+ */
+START_TEST(tool_calls)
+{
+	char body[4096], *out, *p;
+	struct streamed st;
+	struct srv s;
+	json_t *v, *m, *c;
+
+	srv_start(&s, "tools", NULL);
+	snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"},"
+		 "{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":\"call_1\","
+		 "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":"
+		 "\"{\\\"city\\\":\\\"Paris\\\"}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"call_1\","
+		 "\"content\":\"21 C\"}],%s,\"max_tokens\":4,\"temperature\":0}", weather_tools);
+	ck_assert_int_eq(req(&s, NULL, "/apply-template", body, &out), 200);
+	v = parse(out);
+	p = (char *)json_string_value(json_object_get(v, "prompt"));
+	ck_assert_msg(p && strstr(p, "<tools>\n{\"type\": \"function\", \"function\": {\"name\": "
+				   "\"get_weather\"") &&
+		      strstr(p, "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", "
+				"\"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n") &&
+		      strstr(p, "<|im_start|>user\n<tool_response>\n21 C\n</tool_response>"
+				"<|im_end|>\n<|im_start|>assistant\n"), "%s", out);
+	json_decref(v);
+	free(out);
+	/* the model itself over that prompt: a well-formed answer, whatever its words */
+	ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+	v = parse(out);
+	c = json_array_get(json_object_get(v, "choices"), 0);
+	ck_assert_msg(json_is_string(json_object_get(c, "finish_reason")) &&
+		      json_object_get(json_object_get(c, "message"), "content"), "%s", out);
+	ck_assert_int_gt(json_integer_value(json_object_get(json_object_get(v, "usage"),
+							    "prompt_tokens")), 100);
+	json_decref(v);
+	free(out);
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":"
+		     "\"a\"}],\"tool_choice\":\"required\"}", 400, "tool_choice", "no function");
+	expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"tool\",\"content\":"
+		     "\"a\"}]}", 400, "messages[0].tool_call_id", "missing");
+	ck_assert_int_eq(srv_stop(&s), 0);
+
+	srv_start_reply(&s, "tools-reply", "<think>\nThe user asks the weather.\n</think>\n\n"
+			"I will check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+			"{\"city\": \"Paris\"}}\n</tool_call>");
+	snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],"
+		 "%s,\"max_tokens\":200}", weather_tools);
+	ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+	v = parse(out);
+	c = json_array_get(json_object_get(v, "choices"), 0);
+	m = json_object_get(c, "message");
+	ck_assert_str_eq(json_string_value(json_object_get(c, "finish_reason")), "tool_calls");
+	ck_assert_str_eq(json_string_value(json_object_get(m, "content")), "I will check.");
+	ck_assert_str_eq(json_string_value(json_object_get(m, "reasoning_content")),
+			 "The user asks the weather.");
+	c = json_array_get(json_object_get(m, "tool_calls"), 0);
+	ck_assert_int_eq(json_array_size(json_object_get(m, "tool_calls")), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(c, "type")), "function");
+	ck_assert(!strncmp(json_string_value(json_object_get(c, "id")), "call_", 5));
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(c, "function"),
+							   "name")), "get_weather");
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(c, "function"),
+							   "arguments")), "{\"city\":\"Paris\"}");
+	json_decref(v);
+	free(out);
+	/* streamed: the same parts in deltas, each call once with its index */
+	snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],"
+		 "%s,\"max_tokens\":200,\"stream\":true}", weather_tools);
+	ck_assert_int_eq(req(&s, "-N", "/v1/chat/completions", body, &out), 200);
+	sse_collect(out, &st);
+	free(out);
+	ck_assert_str_eq(st.reasoning, "The user asks the weather.");
+	ck_assert_str_eq(st.content, "I will check.");
+	ck_assert_int_eq(st.n_calls, 1);
+	ck_assert_str_eq(st.name[0], "get_weather");
+	ck_assert_str_eq(st.args[0], "{\"city\":\"Paris\"}");
+	ck_assert_str_eq(st.finish, "tool_calls");
+	ck_assert_int_gt(st.events, 3);
+	/* without tools the same words are content, the reasoning still apart */
+	ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+			     "\"content\":\"hi\"}],\"max_tokens\":200}", &out), 200);
+	v = parse(out);
+	c = json_array_get(json_object_get(v, "choices"), 0);
+	m = json_object_get(c, "message");
+	ck_assert_str_eq(json_string_value(json_object_get(c, "finish_reason")), "stop");
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(m, "content")),
+				     "<tool_call>"));
+	ck_assert_ptr_null(json_object_get(m, "tool_calls"));
+	json_decref(v);
+	free(out);
+	ck_assert_int_eq(srv_stop(&s), 0);
+
+	/* a named tool_choice: the prompt opened the call, the reply only finishes it */
+	srv_start_reply(&s, "tools-named", "{\"city\": \"Rome\"}}\n</tool_call>");
+	snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],"
+		 "%s,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},"
+		 "\"max_tokens\":200,\"stream\":true}", weather_tools);
+	ck_assert_int_eq(req(&s, "-N", "/v1/chat/completions", body, &out), 200);
+	sse_collect(out, &st);
+	free(out);
+	ck_assert_int_eq(st.n_calls, 1);
+	ck_assert_str_eq(st.name[0], "get_weather");
+	ck_assert_str_eq(st.args[0], "{\"city\":\"Rome\"}");
+	ck_assert_str_eq(st.content, "");
+	ck_assert_str_eq(st.finish, "tool_calls");
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+/*
+ * The engine options are moe-run's, parsed by the same code: the server
+ * starts with each (and serves), and a bad value gets moe-run's words.
+ */
+START_TEST(engine_options)
+{
+	static const char *const good[][2] = {
+		{ "--vram", "64M" }, { "--host-cache", "16M" }, { "--ple-cache", "1M" },
+		{ "--policy", "lfu:decay=0.9" }, { "--prefetch", "mix:depth=2,min=0.6" },
+		{ "--pin-hot", "2" }, { "--layer-pools", NULL }, { "--state-dir", "@" },
+		{ "--no-state", NULL }, { "--backend", "cpu" }, { "--kv-type", "f16" },
+		{ "--batch", "16" }, { "--io", "pread" }, { "--no-direct", NULL },
+	};
+	static const char *const bad_values[][2] = {
+		{ "--io", "mmap" }, { "--kv-type", "q4_K" }, { "--vram", "1Q" },
+		{ "--host-cache", "-1" }, { "--ple-cache", "0" }, { "--threads", "-1" },
+		{ "--backend", "" }, { "--pin-hot", "x" }, { "--batch", "1e3" },
+		{ "--state-dir", "" },
+	};
+	char cmd[8192], state[4200], *a, *b, *p;
+
+	snprintf(state, sizeof(state), "%s/state", dir);
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		const char *val = good[i][1] && !strcmp(good[i][1], "@") ? state : good[i][1];
+		char name[32], *out;
+		struct srv s;
+
+		/* a log of its own: the last server's would still name its port */
+		snprintf(name, sizeof(name), "engine%zu", i);
+		srv_start(&s, name, good[i][0], val, NULL);
+		ck_assert_msg(req(&s, NULL, "/v1/completions", "{\"prompt\":[1,2],"
+				  "\"max_tokens\":2}", &out) == 200, "%s %s: %s", good[i][0],
+			      val ? val : "", out);
+		free(out);
+		ck_assert_int_eq(srv_stop(&s), 0);
+	}
+	for (size_t i = 0; i < sizeof(bad_values) / sizeof(bad_values[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 %s '%s'", tu_bin("moe-run"), model,
+			 bad_values[i][0], bad_values[i][1]);
+		ck_assert_int_eq(tu_run(cmd, 1, &a), 2);
+		snprintf(cmd, sizeof(cmd), "%s -m %s %s '%s'", tu_bin("moe-server"), model,
+			 bad_values[i][0], bad_values[i][1]);
+		ck_assert_int_eq(tu_run(cmd, 1, &b), 2);
+		/* the same message but for the program's name */
+		ck_assert_msg(!strncmp(a, "moe-run: ", 9) && !strncmp(b, "moe-server: ", 12),
+			      "%s | %s", a, b);
+		p = strchr(a, '\n');
+		ck_assert_ptr_nonnull(p);
+		ck_assert_msg(!strncmp(a + 9, b + 12, (size_t)(p - a) - 8), "moe-run: %s "
+			      "moe-server: %s", a, b);
+		ck_assert_msg(strstr(a, bad_values[i][0]), "%s", a);
+		free(a);
+		free(b);
+	}
+	snprintf(cmd, sizeof(cmd), "%s --help", tu_bin("moe-server"));
+	ck_assert_int_eq(tu_run(cmd, 0, &a), 0);
+	snprintf(cmd, sizeof(cmd), "%s --help", tu_bin("moe-run"));
+	ck_assert_int_eq(tu_run(cmd, 0, &b), 0);
+	/* one help text for the engine, the same in both */
+	ck_assert_ptr_nonnull(strstr(a, "Engine:\n"));
+	ck_assert_str_eq(strstr(a, "Engine:\n"), strstr(b, "Engine:\n"));
+	free(a);
+	free(b);
+}
+END_TEST
+
+/* ---------------------------------------------------------- optional tools */
+
+/* The pinned client; its cache is outside the tree: $MOE_NPM_CACHE or ~/.cache/moe-npm. */
+#define OPENAI_NPM "openai@6.49.0"
+static char npm_dir[4096];
+
+static bool suite_selected(void)
+{
+	const char *s = getenv("CK_RUN_SUITE");
+
+	return !s || !strcmp(s, "server");
+}
+
+/* NULL when the OpenAI client is installed (in npm_dir), else why not. */
+static const char *prepare_openai(void)
+{
+	static char why[4400];
+	const char *cache = getenv("MOE_NPM_CACHE"), *home = getenv("HOME");
+	char cmd[13000], pkg[4200];
+
+	if (tu_run("command -v node && command -v npm", 0, NULL))
+		return "node and npm are not both installed (Debian: apt-get install nodejs npm)";
+	if (tu_run("node -e 'process.exit(+process.versions.node.split(\".\")[0] >= 18 ? 0 : 1)'",
+		   0, NULL))
+		return "node is older than 18, which the openai package needs";
+	if (cache)
+		snprintf(npm_dir, sizeof(npm_dir), "%s/" OPENAI_NPM, cache);
+	else if (home)
+		snprintf(npm_dir, sizeof(npm_dir), "%s/.cache/moe-npm/" OPENAI_NPM, home);
+	else
+		return "neither MOE_NPM_CACHE nor HOME names a cache directory for npm";
+	snprintf(pkg, sizeof(pkg), "%s/node_modules/openai/package.json", npm_dir);
+	if (!access(pkg, R_OK))
+		return NULL;
+	snprintf(cmd, sizeof(cmd), "mkdir -p '%s' && timeout 300 npm install --no-audit --no-fund "
+		 "--no-save --prefix '%s' " OPENAI_NPM " >'%s/npm.log' 2>&1", npm_dir, npm_dir,
+		 npm_dir);
+	if (tu_run(cmd, 0, NULL) || access(pkg, R_OK)) {
+		snprintf(why, sizeof(why), "npm could not install " OPENAI_NPM " (no registry "
+			 "here?): see %.4000s/npm.log", npm_dir);
+		return why;
+	}
+	return NULL;
+}
+
+/*
+ * The official OpenAI client for JavaScript against the server: models, chat
+ * (whole and streamed), completions, and its error classes for a wrong key
+ * and an unknown field.
+ */
+START_TEST(openai_js_client)
+{
+	char cmd[9000], url[64], *out;
+	struct srv s;
+	int ret;
+
+	srv_start(&s, "openai", "--api-key", "sk-moe-test", NULL);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d", s.port);
+	snprintf(cmd, sizeof(cmd), "NODE_PATH='%s/node_modules' timeout 120 node %s %s sk-moe-test",
+		 npm_dir, tu_src("tests/server/openai-client.cjs"), url);
+	ret = tu_run(cmd, 1, &out);
+	ck_assert_msg(ret == 0 && !strncmp(out, "ok ", 3), "the OpenAI client: %s", out);
+	free(out);
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+/* NULL when haproxy runs here (installed from Debian if need be), else why not. */
+static const char *prepare_haproxy(void)
+{
+	if (!tu_run("command -v haproxy", 0, NULL))
+		return NULL;
+	if (geteuid())
+		return "haproxy is not installed and installing it needs root (apt-get install "
+		       "haproxy)";
+	if (tu_run("DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q haproxy "
+		   ">/dev/null 2>&1 || (timeout 300 apt-get update -q >/dev/null 2>&1 && "
+		   "DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q haproxy "
+		   ">/dev/null 2>&1)", 0, NULL) || tu_run("command -v haproxy", 0, NULL))
+		return "apt-get could not install haproxy (no package archive here?)";
+	return NULL;
+}
+
+static int free_port(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+/* One completion through the balancer: the instance that answered ("a", "b"), or "" on failure. */
+static void via(const struct srv *lb, char *who, size_t n)
+{
+	char cmd[256], *out = NULL;
+	json_t *v = NULL;
+
+	snprintf(cmd, sizeof(cmd), "curl -s --max-time 60 -H 'Content-Type: application/json' "
+		 "-d '{\"prompt\":[1,2,3],\"max_tokens\":2}' http://127.0.0.1:%d/v1/completions",
+		 lb->port);
+	/* a balancer not listening yet, or an error page, is a failure, not a crash */
+	if (tu_run(cmd, 0, &out) == 0)
+		v = json_loads(out, 0, NULL);
+	snprintf(who, n, "%s", json_string_value(json_object_get(v, "model")) ?
+		 json_string_value(json_object_get(v, "model")) : "");
+	json_decref(v);
+	free(out);
+}
+
+/*
+ * Past one GPU: two servers behind HAProxy with /health checks (the
+ * configuration of Documentation/deploy.rst).  Requests spread over both;
+ * one killed leaves the rotation, and no request fails but one in flight.
+ */
+START_TEST(haproxy_two_instances)
+{
+	char cfg[4200], conf[2048], who[32], *text;
+	struct srv a, b, lb = { 0 };
+	int n_a = 0, n_b = 0, failed = 0;
+	pid_t slow;
+
+	srv_start(&a, "lb-a", "--alias", "a", NULL);
+	srv_start(&b, "lb-b", "--alias", "b", NULL);
+	lb.port = free_port();
+	snprintf(conf, sizeof(conf),
+		 "global\n  maxconn 256\n"
+		 "defaults\n  mode http\n  timeout connect 2s\n  timeout client 120s\n"
+		 "  timeout server 120s\n  retries 2\n  option redispatch\n"
+		 "  retry-on conn-failure empty-response\n"
+		 "frontend moe\n  bind 127.0.0.1:%d\n  default_backend moe_servers\n"
+		 "backend moe_servers\n  balance roundrobin\n  option httpchk GET /health\n"
+		 "  http-check expect status 200\n  default-server inter 200ms fall 2 rise 2\n"
+		 "  server a 127.0.0.1:%d check\n  server b 127.0.0.1:%d check\n",
+		 lb.port, a.port, b.port);
+	snprintf(cfg, sizeof(cfg), "%s/haproxy.cfg", dir);
+	ck_assert_int_eq(tu_write_file(cfg, conf, strlen(conf)), 0);
+	snprintf(lb.err, sizeof(lb.err), "%s/haproxy.err", dir);
+	lb.pid = fork();
+	ck_assert_int_ge(lb.pid, 0);
+	if (!lb.pid) {
+		int fd = open(lb.err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execlp("haproxy", "haproxy", "-db", "-f", cfg, (char *)NULL);
+		_exit(127);
+	}
+	/* up once both checks passed: each instance answers in turn */
+	for (int i = 0; i < 100 && !(n_a && n_b); i++) {
+		usleep(100000);
+		via(&lb, who, sizeof(who));
+		n_a += !strcmp(who, "a");
+		n_b += !strcmp(who, "b");
+	}
+	text = tu_read_file(lb.err, NULL);
+	ck_assert_msg(n_a && n_b, "requests did not reach both instances: %d a, %d b (haproxy: "
+		      "%.500s)", n_a, n_b, text ? text + (strlen(text) > 500 ?
+		      strlen(text) - 500 : 0) : "");
+	free(text);
+	n_a = n_b = 0;
+	for (int i = 0; i < 8; i++) {
+		via(&lb, who, sizeof(who));
+		n_a += !strcmp(who, "a");
+		n_b += !strcmp(who, "b");
+	}
+	ck_assert_msg(n_a == 4 && n_b == 4, "round robin gave %d to a, %d to b", n_a, n_b);
+
+	/* a long request in flight, then instance a dies */
+	slow = fork();
+	ck_assert_int_ge(slow, 0);
+	if (!slow) {
+		char c[256];
+
+		snprintf(c, sizeof(c), "curl -s -o /dev/null --max-time 60 http://127.0.0.1:%d"
+			 "/v1/completions -d '{\"prompt\":[1,2],\"max_tokens\":400}'", lb.port);
+		_exit(tu_run(c, 0, NULL) ? 1 : 0);
+	}
+	usleep(300000);
+	kill(a.pid, SIGKILL);
+	waitpid(a.pid, NULL, 0);
+	n_a = n_b = 0;
+	for (int i = 0; i < 20; i++) {
+		via(&lb, who, sizeof(who));
+		failed += !*who;
+		n_a += !strcmp(who, "a");
+		n_b += !strcmp(who, "b");
+		usleep(50000);
+	}
+	waitpid(slow, NULL, 0);
+	ck_assert_msg(failed == 0 && n_a == 0 && n_b == 20, "after a was killed: %d failed, "
+		      "%d from a, %d from b", failed, n_a, n_b);
+	kill(lb.pid, SIGTERM);
+	waitpid(lb.pid, NULL, 0);
+	ck_assert_int_eq(srv_stop(&b), 0);
+}
+END_TEST
+
 static int parse_str(enum api_kind k, const char *body, const struct api_limits *lim,
 		     struct api_request *r, struct api_error *e)
 {
@@ -597,6 +1056,21 @@ Suite *suite_server(void)
 	tcase_add_test(tc, disconnect_mid_stream);
 	tcase_add_test(tc, bounded_load);
 	tcase_add_test(tc, sigterm_drains);
+	tcase_add_test(tc, engine_options);
+	tcase_add_test(tc, tool_calls);
+	if (suite_selected()) {
+		const char *why = prepare_openai();
+
+		if (why)
+			tu_skip("server openai_js_client", why);
+		else
+			tcase_add_test(tc, openai_js_client);
+		why = prepare_haproxy();
+		if (why)
+			tu_skip("server haproxy_two_instances", why);
+		else
+			tcase_add_test(tc, haproxy_two_instances);
+	}
 	suite_add_tcase(s, tc);
 	return s;
 }

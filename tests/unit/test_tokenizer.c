@@ -176,8 +176,8 @@ START_TEST(conformance)
 	check_cases(t, name, inp, out, NULL, NULL, 0);
 	free(inp);
 	free(out);
-	moe_tokenizer_free(t);
-	moe_model_close(m);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 }
 END_TEST
 
@@ -376,7 +376,7 @@ START_TEST(fixture_conformance)
 	free(inp);
 	free(out);
 	free(model_out);
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 	fixture_free(&fx);
 }
 END_TEST
@@ -410,8 +410,8 @@ START_TEST(full_conformance)
 	check_cases(t, name, inp, out, NULL, NULL, 0);
 	free(inp);
 	free(out);
-	moe_tokenizer_free(t);
-	moe_model_close(m);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 }
 END_TEST
 
@@ -429,8 +429,8 @@ START_TEST(full_gpt_neox)
 	ck_assert_int_lt(moe_tokenizer_find(t, "\xc3\x80"), 0);
 	free(back);
 	free(ids);
-	moe_tokenizer_free(t);
-	moe_model_close(m);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 }
 END_TEST
 
@@ -547,7 +547,7 @@ static char *write_spm(const char *dir, uint64_t n_scores, bool bad_type)
 	if (bad_type)
 		types[5] = 9;
 	ck_assert_int_eq(asprintf(&path, "%s/spm.gguf", dir) > 0, 1);
-	ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+	ck_assert_int_eq(moe_gguf_writer_create(32, &w), 0);
 	ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "llama"), 0);
 	ck_assert_int_eq(moe_gguf_set_str(w, "tokenizer.ggml.model", "llama"), 0);
 	ck_assert_int_eq(moe_gguf_set_arr_str(w, "tokenizer.ggml.tokens", toks, n), 0);
@@ -558,7 +558,7 @@ static char *write_spm(const char *dir, uint64_t n_scores, bool bad_type)
 	ck_assert_int_eq(moe_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", 1), 0);
 	ck_assert_int_eq(moe_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", 2), 0);
 	ck_assert_int_eq(moe_gguf_write(w, path), 0);
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	return path;
 }
 
@@ -610,8 +610,8 @@ START_TEST(spm_small)
 	ck_assert(!moe_tokenizer_is_eog(t, 7));
 	ck_assert_int_eq(moe_tokenizer_find(t, "[X]"), 19);
 	ck_assert_int_eq(moe_tokenizer_find(t, "nope"), -ENOENT);
-	moe_tokenizer_free(t);
-	moe_model_close(m);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 	free(path);
 	tu_rmtree(dir);
 	free(dir);
@@ -629,14 +629,14 @@ START_TEST(bad_vocab)
 	ck_assert_ptr_null(t);
 	ck_assert_msg(strstr(moe_errmsg(), "tokenizer.ggml.scores") &&
 		      strstr(moe_errmsg(), "disagree"), "%s", moe_errmsg());
-	moe_model_close(m);
+	moe_model_destroy(m);
 	free(path);
 
 	path = write_spm(dir, 0, true);
 	ck_assert_int_eq(moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, &m), 0);
 	ck_assert_int_eq(moe_tokenizer_load(m, &t), -EINVAL);
 	ck_assert_msg(strstr(moe_errmsg(), "token_type[5]"), "%s", moe_errmsg());
-	moe_model_close(m);
+	moe_model_destroy(m);
 	free(path);
 
 	/* Test models without a vocabulary, and tokenizers we do not know. */
@@ -646,7 +646,7 @@ START_TEST(bad_vocab)
 		struct moe_gguf_writer *w;
 
 		ck_assert_int_eq(asprintf(&path, "%s/none%d.gguf", dir, k) > 0, 1);
-		ck_assert_int_eq(moe_gguf_writer_create(&w, 32), 0);
+		ck_assert_int_eq(moe_gguf_writer_create(32, &w), 0);
 		ck_assert_int_eq(moe_gguf_set_str(w, "general.architecture", "llama"), 0);
 		if (kinds[k]) {
 			ck_assert_int_eq(moe_gguf_set_str(w, "tokenizer.ggml.model", kinds[k]), 0);
@@ -654,13 +654,13 @@ START_TEST(bad_vocab)
 							      (const char *[]){ "a" }, 1), 0);
 		}
 		ck_assert_int_eq(moe_gguf_write(w, path), 0);
-		moe_gguf_writer_free(w);
+		moe_gguf_writer_destroy(w);
 		ck_assert_int_eq(moe_model_open_flags(path, MOE_OPEN_METADATA_ONLY, &m), 0);
 		ck_assert_int_eq(moe_tokenizer_load(m, &t), want[k]);
 		ck_assert_ptr_null(t);
 		ck_assert_msg(strstr(moe_errmsg(), kinds[k] ? kinds[k] : "no tokenizer"), "%s",
 			      moe_errmsg());
-		moe_model_close(m);
+		moe_model_destroy(m);
 		free(path);
 	}
 	tu_rmtree(dir);
@@ -757,7 +757,7 @@ START_TEST(missing_bytes)
 		/* 0xe4 starts U+4F60 */
 		ck_assert_int_eq(moe_tokenize(t, "ok \xe4\xbd\xa0", 6, 0, ids, 16), -EILSEQ);
 		ck_assert_msg(strstr(moe_errmsg(), "no token for byte 0xe4"), "%s", moe_errmsg());
-		moe_tokenizer_free(t);
+		moe_tokenizer_destroy(t);
 	}
 }
 END_TEST
@@ -780,7 +780,7 @@ START_TEST(bad_text)
 	ck_assert_int_eq(moe_tokenize(t, "hello", 5, 1u << 7, ids, 8), -EINVAL);
 	ck_assert_int_eq(moe_detokenize(t, (int32_t[]){ 999 }, 1, 0, NULL, 0), -EINVAL);
 	ck_assert_int_eq(moe_token_to_piece(t, -1, NULL, 0), -EINVAL);
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 }
 END_TEST
 
@@ -911,8 +911,8 @@ START_TEST(stream_detok)
 	ck_assert_int_eq((uint8_t)buf[0], 0xe4);
 	ck_assert_int_eq(moe_detok_stream(t, &st, -1, buf, 64), 0);
 	free(ids);
-	moe_tokenizer_free(t);
-	moe_model_close(m);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 }
 END_TEST
 
@@ -945,8 +945,8 @@ START_TEST(defaults)
 		ck_assert(moe_tokenizer_is_eog(t, cases[k].eos));
 		ck_assert_msg(!strcmp(moe_chat_format(t), cases[k].chat), "%s: %s", cases[k].name,
 			      moe_chat_format(t));
-		moe_tokenizer_free(t);
-		moe_model_close(m);
+		moe_tokenizer_destroy(t);
+		moe_model_destroy(m);
 	}
 }
 END_TEST
@@ -984,8 +984,8 @@ START_TEST(special_tokens)
 	for (int i = 0; i < n; i++)
 		ck_assert_int_lt(ids[i], 151643);
 	free(ids);
-	moe_tokenizer_free(t);
-	moe_model_close(m);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 }
 END_TEST
 
@@ -1029,8 +1029,8 @@ START_TEST(megabyte)
 			      "%s: 1 MB does not round-trip", vocabs[v]);
 		free(back);
 		free(ids);
-		moe_tokenizer_free(t);
-		moe_model_close(m);
+		moe_tokenizer_destroy(t);
+		moe_model_destroy(m);
 	}
 	free(text);
 }
@@ -1118,7 +1118,7 @@ START_TEST(chat_formats)
 			      cases[k].fmt, out, cases[k].want);
 		ck_assert_int_eq(n, (int)strlen(out));
 		free(out);
-		moe_tokenizer_free(t);
+		moe_tokenizer_destroy(t);
 	}
 }
 END_TEST
@@ -1145,11 +1145,11 @@ START_TEST(chat_harmony_and_errors)
 	ck_assert_msg(strstr(moe_errmsg(), "robot"), "%s", moe_errmsg());
 	ck_assert_int_eq(moe_chat_render(t, (struct moe_chat_msg[]){ { "user", NULL } }, 1, true,
 					 &out), -EINVAL);
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 	t = chat_tok(NULL, "mystery");
 	ck_assert_int_eq(moe_chat_render(t, conv, 2, true, &out), -EOPNOTSUPP);
 	ck_assert_str_eq(moe_chat_format(t), "none");
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 }
 END_TEST
 
@@ -1286,7 +1286,7 @@ START_TEST(chat_real_templates)
 			      cases[k].file, c, out, cases[k].want);
 		free(out);
 		free(tmpl);
-		moe_tokenizer_free(t);
+		moe_tokenizer_destroy(t);
 	}
 }
 END_TEST
@@ -1306,7 +1306,7 @@ START_TEST(chat_deepseek_r1)
 	ck_assert_str_eq(out, DS_BOS DS_USER "Hi" DS_ASSISTANT "Hello." DS_EOS DS_USER "2+2?"
 			 DS_ASSISTANT "<think>\n");
 	free(out);
-	moe_tokenizer_free(t);
+	moe_tokenizer_destroy(t);
 }
 END_TEST
 
@@ -1346,14 +1346,14 @@ START_TEST(chat_by_arch)
 		ck_assert(moe_tokenizer_is_eog(t, moe_tokenizer_find(t, DS_EOS)));
 		free(ids);
 		free(out);
-		moe_tokenizer_free(t);
+		moe_tokenizer_destroy(t);
 		fixture_free(&fx);
 	}
 	{
 		struct moe_tokenizer *t = chat_tok(NULL, "glm4moe");
 
 		ck_assert_str_eq(moe_chat_format(t), "glm4");
-		moe_tokenizer_free(t);
+		moe_tokenizer_destroy(t);
 	}
 }
 END_TEST

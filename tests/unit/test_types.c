@@ -18,6 +18,9 @@ START_TEST(type_table)
 	ck_assert_ptr_null(moe_type_name(4));
 	ck_assert_ptr_null(moe_type_name(31));
 	ck_assert_ptr_null(moe_type_name(MOE_TYPE_COUNT));
+	ck_assert_int_eq(moe_type_block_elems(4), -EINVAL);
+	ck_assert_int_eq(moe_type_block_bytes(MOE_TYPE_COUNT), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(moe_errmsg(), "unknown tensor type id 40"));
 	ck_assert_int_eq(moe_type_row_bytes(MOE_TYPE_Q4_K, 512), 288);
 	ck_assert_int_eq(moe_type_row_bytes(MOE_TYPE_Q4_K, 100), -EINVAL);
 	ck_assert_int_eq(moe_type_row_bytes(MOE_TYPE_F16, 7), 14);

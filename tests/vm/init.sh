@@ -93,15 +93,75 @@ check_fail() {
 		echo "not ok $name: status $rc, output: $(echo "$out" | tr '\n' ' ')"
 	fi
 }
+# Open by name: tiny.gguf is root's, mode 0600.  Root runs it from the file;
+# a member of group moe cannot read the file, yet runs "moe:tiny" through the
+# driver with the same logits and the same generated tokens.
+by_name_tests() {
+	[ -x /bin/moe-run ] || { echo "# /bin/moe-run is missing from the VM image"; return; }
+	set -- --tokens 1,5,9,2,7 -n 3 --no-state --threads 1
+	b0=$(n_bad)
+	out=$(moe-vmtest --as 1001 1000 /bin/moe-run -m /mnt/models/tiny.gguf "$@" 2>&1)
+	rc=$?
+	if [ $rc -ne 0 ] && echo "$out" | grep -q "Permission denied" &&
+		! moe-vmtest --as 1001 1000 /bin/cat /mnt/models/tiny.gguf >/dev/null 2>&1; then
+		echo "ok model-file-unreadable-by-user"
+	else
+		echo "not ok model-file-unreadable-by-user: status $rc, $(echo "$out" | tr '\n' ' ')"
+	fi
+	moe-run -m /mnt/models/tiny.gguf "$@" --logits-out /tmp/direct.f32 \
+		>/tmp/direct.txt 2>/tmp/direct.err
+	rc0=$?
+	moe-vmtest --as 1001 1000 /bin/moe-run -m moe:tiny "$@" --logits-out /tmp/byname.f32 \
+		>/tmp/byname.txt 2>/tmp/byname.err
+	rc=$?
+	if [ "$(n_bad)" != "$b0" ]; then
+		echo "not ok moe-run-by-name-as-user: the kernel log gained:" \
+			"$(dmesg | grep -E "$pat" | tail -n 1)"
+	elif [ $rc0 -ne 0 ] || [ $rc -ne 0 ]; then
+		echo "not ok moe-run-by-name-as-user: status $rc0 (root, file) and $rc (user," \
+			"moe:tiny): $(tr '\n' ' ' </tmp/direct.err) / $(tr '\n' ' ' </tmp/byname.err)"
+	elif [ ! -s /tmp/direct.f32 ] || ! cmp -s /tmp/direct.f32 /tmp/byname.f32 ||
+		! cmp -s /tmp/direct.txt /tmp/byname.txt; then
+		echo "not ok moe-run-by-name-as-user: logits or tokens differ" \
+			"($(wc -c </tmp/direct.f32) and $(wc -c </tmp/byname.f32) bytes of logits)"
+	else
+		echo "ok moe-run-by-name-as-user"
+	fi
+	rm -f /tmp/direct.* /tmp/byname.*
+}
+
+# Not a test: decode with the experts streamed (a 24 MiB budget holds 2 of
+# them), from the file (io_uring, O_DIRECT) and through the driver
+# (moe:tiny), three rounds interleaved; "# bench-decode" lines for
+# Documentation/performance.rst.
+bench_decode() {
+	[ -x /bin/moe-run ] || return
+	set -- --tokens 1,5,9,2,7 -n 48 --no-state --stats --vram 24M --threads 2
+	for r in 1 2 3; do
+		for m in /mnt/models/tiny.gguf moe:tiny; do
+			echo 3 >/proc/sys/vm/drop_caches
+			moe-run -m "$m" "$@" >/dev/null 2>/tmp/bench.err
+			echo "# bench-decode round $r $m: $(grep -E '^(decode|read):' /tmp/bench.err |
+				tr '\n' ' ')"
+		done
+	done
+	rm -f /tmp/bench.err
+}
+
 if [ -x /bin/moectl ] && [ -e /mnt/models/tiny.gguf ]; then
 	check moectl-load-warm "registered 'tiny'" moectl load --warm tiny /mnt/models/tiny.gguf
-	check moectl-status-json '"name": "tiny"' moectl status --json
+	check moectl-status-json "\"meta_extents\": [1-9]" moectl status --json
 	moe-vmio /mnt/models/tiny.gguf
+	by_name_tests
+	bench_decode
 	check moectl-status-as-group-moe "tiny" moe-vmtest --as 1001 1000 /bin/moectl status
 	check_fail moectl-status-without-group "join group moe" \
 		moe-vmtest --as 1001 1001 /bin/moectl status
+	# a copy the user can read: the refusal must be the driver's, not the file's mode
+	cp /mnt/models/tiny.gguf /tmp/tiny-copy.gguf && chmod 644 /tmp/tiny-copy.gguf
 	check_fail moectl-load-unprivileged "CAP_SYS_ADMIN" \
-		moe-vmtest --as 1001 1000 /bin/moectl load evil /mnt/models/tiny.gguf
+		moe-vmtest --as 1001 1000 /bin/moectl load evil /tmp/tiny-copy.gguf
+	rm -f /tmp/tiny-copy.gguf
 	check moectl-unload "unregistered 'tiny'" moectl unload tiny
 	check_fail moectl-unload-unknown "no model named 'tiny'" moectl unload tiny
 else

@@ -48,7 +48,7 @@ static int read_all(const char *path, enum moe_io_backend backend, const struct 
 		    size_t n, uint8_t *out, double *secs)
 {
 	struct job *jobs = calloc(n, sizeof(*jobs));
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct moe_io *io;
 	uint64_t at = 0;
 	size_t done = 0;
@@ -57,7 +57,7 @@ static int read_all(const char *path, enum moe_io_backend backend, const struct 
 
 	if (!jobs)
 		return -ENOMEM;
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	o.backend = backend;
 	ret = moe_io_open(path, &o, &io);
 	if (ret) {
@@ -68,8 +68,7 @@ static int read_all(const char *path, enum moe_io_backend backend, const struct 
 		uint64_t cap = moe_io_span(io, sp[i].off, sp[i].len);
 
 		jobs[i] = (struct job){ .out = out + at, .len = sp[i].len, .res = -EINPROGRESS };
-		jobs[i].dst = moe_io_alloc(io, cap);
-		if (!jobs[i].dst)
+		if (moe_io_alloc(io, cap, &jobs[i].dst) < 0)
 			ret = -ENOMEM;
 		at += sp[i].len;
 	}
@@ -98,7 +97,7 @@ static int read_all(const char *path, enum moe_io_backend backend, const struct 
 	for (size_t i = 0; i < n; i++)
 		if (jobs[i].dst)
 			moe_io_free(io, jobs[i].dst);
-	moe_io_close(io);
+	moe_io_destroy(io);
 	free(jobs);
 	return ret;
 }
@@ -147,7 +146,7 @@ int main(int argc, char **argv)
 		sp[n++] = (struct span){ ti.offset, ti.bytes };
 		total += ti.bytes;
 	}
-	moe_model_close(m);
+	moe_model_destroy(m);
 	a = calloc(1, total);
 	b = calloc(1, total);
 	if (!a || !b || !sp) {

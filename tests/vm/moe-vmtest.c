@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -390,6 +391,91 @@ static int t_register(void)
 	return 0;
 }
 
+/*
+ * uAPI 2.1: MODEL_REGISTER's n_meta is checked and kept, MODEL_INFO reports
+ * it, and a client built against 2.0 (the shorter structs, their ioctl
+ * numbers) still registers and lists models.
+ */
+struct register_v20 {
+	__s32 fd;
+	__u32 flags;
+	char name[DRM_MOE_NAME_LEN];
+	__u64 extents_ptr;
+	__u32 n_extents;
+	__u32 model_id;
+	__u64 file_size;
+};
+
+struct info_v20 {
+	__u32 model_id;
+	__u32 flags;
+	char name[DRM_MOE_NAME_LEN];
+	__u64 extents_ptr;
+	__u32 n_extents;
+	__u32 pad;
+	__u64 file_size;
+	__u64 bytes, requests, errors, inflight;
+	__u32 file_dev_major, file_dev_minor;
+	__u64 file_ino;
+	__u64 lat_hist[DRM_MOE_LAT_BUCKETS];
+};
+
+static int t_meta(void)
+{
+	struct drm_moe_get_param p = { .param = DRM_MOE_PARAM_VERSION };
+	struct drm_moe_extent ext[3] = {
+		{ 0, 64 * 1024 }, { 4 * MIB, MIB }, { 8 * MIB, 2 * MIB },
+	};
+	struct drm_moe_model_register r = { .fd = big_fd, .extents_ptr = (uintptr_t)ext,
+					    .n_extents = 3, .n_meta = 4 };
+	struct drm_moe_model_info info = { 0 };
+	struct register_v20 old = { .fd = big_fd, .extents_ptr = (uintptr_t)ext, .n_extents = 3 };
+	struct info_v20 oinfo = { .flags = DRM_MOE_INFO_BY_NAME };
+	unsigned long reg20 = DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_MODEL_REGISTER,
+				       struct register_v20);
+	unsigned long info20 = DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_MODEL_INFO, struct info_v20);
+
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_GET_PARAM, &p), "GET_PARAM VERSION");
+	EXPECT(p.value == (DRM_MOE_VERSION_MAJOR << 16 | DRM_MOE_VERSION_MINOR),
+	       "version 0x%llx", (unsigned long long)p.value);
+	strcpy(r.name, "meta");
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_MODEL_REGISTER, &r), EINVAL, "n_meta > n_extents");
+	r.n_meta = 2;
+	r.pad = 1;
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_MODEL_REGISTER, &r), EINVAL, "non-zero pad");
+	r.pad = 0;
+	ext[0].offset = 4096;
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_MODEL_REGISTER, &r), EINVAL,
+		   "metadata whose extent 0 does not start at 0");
+	ext[0].offset = 0;
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_MODEL_REGISTER, &r), "register with n_meta 2: %s",
+	       strerror(errno));
+	info.flags = DRM_MOE_INFO_BY_NAME;
+	strcpy(info.name, "meta");
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info), "MODEL_INFO");
+	EXPECT(info.n_meta == 2 && info.n_extents == 3, "info says n_meta %u of %u extents",
+	       info.n_meta, info.n_extents);
+	info.pad2 = 1;
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info), EINVAL, "non-zero pad2");
+	EXPECT(!model_unregister(moe_fd, r.model_id), "unregister 'meta'");
+
+	/* 2.0's structs: no n_meta, so no metadata; everything else as before */
+	strcpy(old.name, "meta-v20");
+	EXPECT(!ioc(moe_fd, reg20, &old), "2.0-sized MODEL_REGISTER: %s", strerror(errno));
+	EXPECT(old.model_id && old.file_size == 96 * MIB, "2.0 register: id %u size %llu",
+	       old.model_id, (unsigned long long)old.file_size);
+	strcpy(oinfo.name, "meta-v20");
+	EXPECT(!ioc(moe_fd, info20, &oinfo), "2.0-sized MODEL_INFO: %s", strerror(errno));
+	EXPECT(oinfo.model_id == old.model_id && oinfo.n_extents == 3, "2.0 info: id %u, %u extents",
+	       oinfo.model_id, oinfo.n_extents);
+	memset(&info, 0, sizeof(info));
+	info.model_id = old.model_id;
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info), "MODEL_INFO of the 2.0 model");
+	EXPECT(info.n_meta == 0, "a 2.0 registration has n_meta %u", info.n_meta);
+	EXPECT(!model_unregister(moe_fd, old.model_id), "unregister 'meta-v20'");
+	return 0;
+}
+
 static int t_fetch_wait(void)
 {
 	struct drm_moe_fetch_req reqs[N_EXT];
@@ -641,8 +727,8 @@ static int t_fetch_invalid(void)
 	EXPECT_ERR(fetch(moe_fd, (void *)8, 1, res, &ticket), EFAULT, "a bad reqs_ptr");
 	f.reqs_ptr = (uintptr_t)&good;
 	f.count = 1;
-	f.flags = 1;
-	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_FETCH, &f), EINVAL, "non-zero fetch flags");
+	f.flags = 2;
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_FETCH, &f), EINVAL, "an unknown fetch flag");
 
 	/* A batch with one bad request reads nothing, not even the good ones. */
 	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info), "MODEL_INFO");
@@ -829,10 +915,10 @@ static int t_uring(void)
 				return -1;
 		}
 	}
-	f.flags = 1;
+	f.flags = 2;
 	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres))
 		return -1;
-	EXPECT(cres == -EINVAL, "non-zero fetch flags: CQE res %d", cres);
+	EXPECT(cres == -EINVAL, "an unknown fetch flag: CQE res %d", cres);
 	f.flags = 0;
 	reqs[3].model_id = 0xffffff;
 	if (uring_fetch(&ring, &f, 0, DRM_MOE_URING_CMD_FETCH, 0, &cres))
@@ -1232,6 +1318,284 @@ static int t_pending_bound(void)
 	return ret;
 }
 
+/* "slow": 16 extents of 1 MiB over /slow/slow.bin (the 400-IOPS drive). */
+static int register_slow(const char *name, uint32_t *id)
+{
+	struct drm_moe_extent ext[16];
+	int sfd = open("/slow/slow.bin", O_RDONLY), r;
+
+	if (sfd < 0)
+		return -errno;
+	for (int i = 0; i < 16; i++)
+		ext[i] = (struct drm_moe_extent){ .offset = i * MIB, .length = MIB };
+	r = model_register(moe_fd, sfd, name, ext, 16, id);
+	close(sfd);
+	return r;
+}
+
+/* @n reads of 4 KiB of model @id into BO @h from request @first on. */
+static void slow_reqs(struct drm_moe_fetch_req *reqs, int n, int first, uint32_t id, uint32_t h)
+{
+	for (int i = 0; i < n; i++) {
+		int k = first + i;
+
+		reqs[i] = (struct drm_moe_fetch_req){
+			.model_id = id, .extent = k % 16, .handle = h,
+			.offset = (uint64_t)(k / 16 % 256) * 4096, .length = 4096,
+			.bo_offset = (uint64_t)(k % 1024) * 4096,
+		};
+	}
+}
+
+static int fetch_flags(int fd, const struct drm_moe_fetch_req *reqs, uint32_t n, uint32_t flags,
+		       int64_t *results, uint64_t *ticket)
+{
+	struct drm_moe_fetch f = { .reqs_ptr = (uintptr_t)reqs, .results_ptr = (uintptr_t)results,
+				   .count = n, .flags = flags };
+	int r = ioc(fd, DRM_IOCTL_MOE_FETCH, &f);
+
+	*ticket = f.ticket;
+	return r;
+}
+
+static int cancel(int fd, uint64_t ticket, uint32_t flags, uint32_t *n)
+{
+	struct drm_moe_cancel c = { .ticket = ticket, .flags = flags };
+	int r = ioc(fd, DRM_IOCTL_MOE_CANCEL, &c);
+
+	if (n)
+		*n = c.cancelled;
+	return r;
+}
+
+/*
+ * Priority and cancel under load on the slow drive: low batches wait while
+ * a demand batch reads, CANCEL takes one back by ticket and the rest
+ * (io_uring's too) with ticket 0, their requests end with -ECANCELED, a
+ * low batch left alone is read once the demand batch is done, and a low
+ * batch with no demand reading goes at once.
+ */
+static int t_cancel_under_load(void)
+{
+	static struct drm_moe_fetch_req dreq[800], lreq[8];
+	static int64_t dres[800], lres[3][8];
+	struct drm_moe_get_param p = { .param = DRM_MOE_PARAM_CAPS };
+	struct drm_moe_fetch uf = { .reqs_ptr = (uintptr_t)lreq, .results_ptr = (uintptr_t)lres[1],
+				    .count = 8, .flags = DRM_MOE_FETCH_LOW };
+	struct drm_moe_uring_cmd cmd = { .fetch_ptr = (uintptr_t)&uf };
+	struct io_uring ring;
+	struct io_uring_sqe *sqe;
+	struct io_uring_cqe *cqe;
+	uint64_t td, t1, t3;
+	uint32_t id, h, failed = 0, n = 0;
+	int ret = 0, r;
+
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_GET_PARAM, &p) && (p.value & DRM_MOE_CAP_PRIORITY),
+	       "no DRM_MOE_CAP_PRIORITY in caps 0x%llx", (unsigned long long)p.value);
+	EXPECT(!register_slow("slow-prio", &id), "register: %s", strerror(errno));
+	EXPECT(!bo_create(moe_fd, 1024 * 4096, &h), "BO_CREATE");
+	EXPECT(!io_uring_queue_init(8, &ring, 0), "io_uring_queue_init");
+	drop_caches();
+	/* nothing reading: a low batch goes at once */
+	slow_reqs(lreq, 8, 3000, id, h);
+	EXPECT(!fetch_flags(moe_fd, lreq, 8, DRM_MOE_FETCH_LOW, lres[0], &t1), "low FETCH");
+	EXPECT(!wait_ticket(moe_fd, t1, now_ns() + 30000000000LL, &failed) && !failed,
+	       "an idle low batch did not complete");
+	EXPECT_ERR(fetch_flags(moe_fd, lreq, 8, 2, lres[0], &t1), EINVAL, "unknown FETCH flag");
+
+	/* 800 reads at 400 IOPS: two seconds of demand */
+	slow_reqs(dreq, 800, 0, id, h);
+	EXPECT(!fetch_flags(moe_fd, dreq, 800, 0, dres, &td), "demand FETCH: %s", strerror(errno));
+	slow_reqs(lreq, 8, 1000, id, h);
+	EXPECT(!fetch_flags(moe_fd, lreq, 8, DRM_MOE_FETCH_LOW, lres[0], &t1), "low FETCH 1");
+	sqe = io_uring_get_sqe(&ring);
+	EXPECT(sqe, "no SQE");
+	memset(sqe, 0, sizeof(*sqe));
+	sqe->opcode = IORING_OP_URING_CMD;
+	sqe->fd = moe_fd;
+	sqe->cmd_op = DRM_MOE_URING_CMD_FETCH;
+	sqe->user_data = 77;
+	memcpy(sqe->cmd, &cmd, sizeof(cmd));
+	EXPECT(io_uring_submit(&ring) == 1, "io_uring_submit");
+	EXPECT(!fetch_flags(moe_fd, lreq, 8, DRM_MOE_FETCH_LOW, lres[2], &t3), "low FETCH 3");
+	EXPECT_ERR(wait_ticket(moe_fd, t1, now_ns(), NULL), ETIME,
+		   "a low batch behind demand already done");
+
+	EXPECT_ERR(cancel(moe_fd, 0xfffffff0u, 0, NULL), ENOENT, "CANCEL of an unknown ticket");
+	EXPECT_ERR(cancel(moe_fd, t1, 1, NULL), EINVAL, "CANCEL with flags");
+	EXPECT(!cancel(moe_fd, td, 0, &n) && n == 0, "CANCEL of a reading demand batch took %u", n);
+	EXPECT(!cancel(moe_fd, t1, 0, &n) && n == 1, "CANCEL by ticket took %u batches", n);
+	EXPECT(!wait_ticket(moe_fd, t1, now_ns() + 1000000000LL, &failed),
+	       "WAIT of a cancelled batch: %s", strerror(errno));
+	for (int i = 0; i < 8; i++)
+		EXPECT(lres[0][i] == -ECANCELED, "cancelled request %d: %lld", i,
+		       (long long)lres[0][i]);
+	EXPECT(failed == 8, "failed %u", failed);
+
+	/* ticket 0: the io_uring batch too, not the one we keep (t3 is cancelled too) */
+	EXPECT(!cancel(moe_fd, 0, 0, &n) && n == 2, "CANCEL 0 took %u batches, not 2", n);
+	r = io_uring_wait_cqe(&ring, &cqe);
+	EXPECT(!r && cqe->user_data == 77 && cqe->res == -ECANCELED, "io_uring CQE res %d",
+	       r ? r : cqe->res);
+	io_uring_cqe_seen(&ring, cqe);
+	EXPECT(lres[1][0] == -ECANCELED, "io_uring request 0: %lld", (long long)lres[1][0]);
+	EXPECT(!wait_ticket(moe_fd, t3, now_ns() + 1000000000LL, &failed) && failed == 8,
+	       "batch 3 cancelled by CANCEL 0: failed %u", failed);
+
+	/* a low batch left alone is read after the demand batch */
+	slow_reqs(lreq, 8, 2000, id, h);
+	EXPECT(!fetch_flags(moe_fd, lreq, 8, DRM_MOE_FETCH_LOW, lres[2], &t3), "low FETCH 4");
+	EXPECT(!wait_ticket(moe_fd, td, now_ns() + 60000000000LL, &failed) && !failed,
+	       "demand batch: %s, %u failed", strerror(errno), failed);
+	EXPECT(!wait_ticket(moe_fd, t3, now_ns() + 60000000000LL, &failed) && !failed,
+	       "low batch after demand: %u failed", failed);
+	for (int i = 0; i < 8; i++)
+		if (lres[2][i] != 4096)
+			ret = failf("low request %d read %lld", i, (long long)lres[2][i]);
+	io_uring_queue_exit(&ring);
+	drmCloseBufferHandle(moe_fd, h);
+	if (model_unregister(moe_fd, id) && !ret)
+		ret = failf("unregister: %s", strerror(errno));
+	return ret;
+}
+
+/*
+ * Unregister with batches queued: the low batch that would read the model
+ * ends at once with -ECANCELED; the demand batch reading finishes.
+ */
+static int t_unregister_cancels_queued(void)
+{
+	static struct drm_moe_fetch_req dreq[800], lreq[8];
+	static int64_t dres[800], lres[8];
+	uint64_t td, tl;
+	uint32_t a, b, h, failed = 0;
+
+	EXPECT(!register_slow("slow-a", &a) && !register_slow("slow-b", &b), "register");
+	EXPECT(!bo_create(moe_fd, 1024 * 4096, &h), "BO_CREATE");
+	drop_caches();
+	slow_reqs(dreq, 800, 0, a, h);
+	EXPECT(!fetch_flags(moe_fd, dreq, 800, 0, dres, &td), "demand FETCH");
+	slow_reqs(lreq, 8, 500, b, h);
+	EXPECT(!fetch_flags(moe_fd, lreq, 8, DRM_MOE_FETCH_LOW, lres, &tl), "low FETCH");
+	EXPECT(!model_unregister(moe_fd, b), "unregister slow-b");
+	EXPECT(!wait_ticket(moe_fd, tl, now_ns() + 1000000000LL, &failed) && failed == 8,
+	       "the queued batch of an unregistered model: %s, %u failed", strerror(errno), failed);
+	EXPECT(lres[0] == -ECANCELED, "request 0: %lld", (long long)lres[0]);
+	EXPECT(!wait_ticket(moe_fd, td, now_ns() + 60000000000LL, &failed) && !failed,
+	       "the demand batch: %u failed", failed);
+	drmCloseBufferHandle(moe_fd, h);
+	EXPECT(!model_unregister(moe_fd, a), "unregister slow-a");
+	return 0;
+}
+
+/*
+ * Child of t_killed_queued: 250 demand reads, 2000 queued prefetch reads
+ * and, with @uring, an io_uring prefetch batch of 8, never waited for.
+ */
+static void queued_child(uint32_t id, bool uring)
+{
+	static struct drm_moe_fetch_req reqs[250], ureqs[8];
+	struct drm_moe_fetch uf = { .reqs_ptr = (uintptr_t)ureqs, .count = 8,
+				    .flags = DRM_MOE_FETCH_LOW };
+	struct drm_moe_uring_cmd cmd = { .fetch_ptr = (uintptr_t)&uf };
+	struct io_uring_sqe *sqe;
+	struct io_uring ring;
+	uint64_t ticket;
+	uint32_t h;
+	int fd = open_moe();
+
+	if (fd < 0 || bo_create(fd, 1024 * 4096, &h))
+		_exit(1);
+	slow_reqs(reqs, 250, 0, id, h);
+	if (fetch_flags(fd, reqs, 250, 0, NULL, &ticket))
+		_exit(2);
+	for (int b = 0; b < 8; b++) {
+		slow_reqs(reqs, 250, 250 * (b + 1), id, h);
+		if (fetch_flags(fd, reqs, 250, DRM_MOE_FETCH_LOW, NULL, &ticket))
+			_exit(3);
+	}
+	slow_reqs(ureqs, 8, 3000, id, h);
+	if (!uring)
+		goto queued;
+	if (io_uring_queue_init(4, &ring, 0) || !(sqe = io_uring_get_sqe(&ring)))
+		_exit(4);
+	memset(sqe, 0, sizeof(*sqe));
+	sqe->opcode = IORING_OP_URING_CMD;
+	sqe->fd = fd;
+	sqe->cmd_op = DRM_MOE_URING_CMD_FETCH;
+	memcpy(sqe->cmd, &cmd, sizeof(cmd));
+	if (io_uring_submit(&ring) != 1)
+		_exit(5);
+queued:
+	busy->stage = 1;
+	for (;;)
+		pause();
+}
+
+/*
+ * kill -9 of a process with demand reads in flight and 2000 prefetch reads
+ * queued: reaped at once, the queued ones are never read (the model counts
+ * only the demand requests), and the module's references come back.  On
+ * kernels with IORING_URING_CMD_CANCELABLE (6.7+) it also has an io_uring
+ * prefetch batch queued, cancelled with its ring.  (Before 6.7 the ring's
+ * teardown waits for the command, which holds the node's file, so the
+ * close that would cancel the queued batches comes only after the demand
+ * reads: that case is not tested there.)
+ */
+static int t_killed_queued(void)
+{
+	struct drm_moe_model_info info = { 0 };
+	long before = module_refcnt(), after = -1;
+	int status = 0, ret = 0, maj = 0, min = 0;
+	bool uring = true;
+	int64_t t0, reap_ns;
+	struct utsname u;
+	uint32_t id;
+	pid_t pid;
+
+	if (!uname(&u) && sscanf(u.release, "%d.%d", &maj, &min) == 2 &&
+	    (maj < 6 || (maj == 6 && min < 7)))
+		uring = false;
+
+	EXPECT(busy, "no shared page (killed-mid-fetch maps it)");
+	EXPECT(!register_slow("slow-kill", &id), "register: %s", strerror(errno));
+	info.model_id = id;
+	busy->stage = 0;
+	drop_caches();
+	pid = fork();
+	if (pid == 0)
+		queued_child(id, uring);
+	for (int i = 0; i < 1000 && !busy->stage && waitpid(pid, &status, WNOHANG) == 0; i++)
+		usleep(10000);
+	t0 = now_ns();
+	kill(pid, SIGKILL);
+	if (waitpid(pid, &status, 0) != pid || !WIFSIGNALED(status) || !busy->stage)
+		ret = failf("the child did not queue its reads (status 0x%x)", status);
+	reap_ns = now_ns() - t0;
+	if (!ret && reap_ns > 1000000000LL)
+		ret = failf("the exit waited %.1f ms", reap_ns / 1e6);
+	for (int i = 0; i < 400; i++) {
+		after = module_refcnt();
+		if (after == before)
+			break;
+		usleep(50000);
+	}
+	if (!ret && after != before)
+		ret = failf("module refcnt %ld 20 s after the kill, %ld before", after, before);
+	if (!ret && ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info))
+		ret = failf("MODEL_INFO: %s", strerror(errno));
+	printf("# killed-queued: reaped in %.1f ms; the model then counted %llu requests%s\n",
+	       reap_ns / 1e6, (unsigned long long)info.requests,
+	       uring ? "" : " (no io_uring batch: this kernel has no cancelable commands)");
+	if (!ret && info.requests != 250)
+		ret = failf("%llu requests read, not the 250 demand ones: queued prefetches of a "
+			    "dead process were read%s", (unsigned long long)info.requests,
+			    uring ? " (its io_uring one among them?)" : "");
+	if (model_unregister(moe_fd, id) && !ret)
+		ret = failf("unregister: %s", strerror(errno));
+	return ret;
+}
+
 static int t_rmmod_in_use(void)
 {
 	struct drm_moe_fetch_req reqs[N_EXT];
@@ -1476,6 +1840,7 @@ static const struct { const char *name; int (*fn)(void); } tests[] = {
 	{ "get-param", t_get_param },
 	{ "bo-create-mmap-prime", t_bo },
 	{ "register", t_register },
+	{ "register-metadata-uapi-2.1", t_meta },
 	{ "fetch-wait-equals-pread", t_fetch_wait },
 	{ "fetch-sub-range", t_subrange },
 	{ "fetch-eof-tail-zeroed", t_eof_tail },
@@ -1491,6 +1856,9 @@ static const struct { const char *name; int (*fn)(void); } tests[] = {
 	{ "killed-mid-fetch", t_killed_midfetch },
 	{ "killed-thousands-in-flight", t_killed_thousands },
 	{ "pending-bound-both-paths", t_pending_bound },
+	{ "cancel-low-under-load", t_cancel_under_load },
+	{ "unregister-cancels-queued", t_unregister_cancels_queued },
+	{ "killed-with-queued-prefetches", t_killed_queued },
 	{ "rmmod-in-use", t_rmmod_in_use },
 	{ "perf-driver-vs-userspace", t_perf },
 };

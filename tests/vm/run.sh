@@ -183,6 +183,8 @@ cp "$WORK/kmod/moe.ko" "$IR/$MD/extra/moe.ko"
 MOECTL=${MOE_BIN:-$SRC/build/bin}/moectl
 if [ -x "$MOECTL" ]; then
 	cp "$MOECTL" "$IR/bin/moectl"
+	MOERUN=$(dirname "$MOECTL")/moe-run
+	[ -x "$MOERUN" ] && cp "$MOERUN" "$IR/bin/moe-run"
 	# The engine test links libmoe like moectl does.
 	# shellcheck disable=SC2046,SC2086 # flag lists split into words
 	gcc -std=gnu11 -O2 -Wall -Wextra -I"$SRC/include" -o "$IR/bin/moe-vmio" \
@@ -190,7 +192,7 @@ if [ -x "$MOECTL" ]; then
 		$(pkg-config --libs liburing hwloc libdrm) -lm -ldl -pthread ${MOE_VM_LDFLAGS:-} ||
 		die "moe-vmio does not build"
 	# Both binaries' libraries: moectl may not need liburing, moe-vmio does.
-	libs=$(ldd "$MOECTL" "$IR/bin/moe-vmio" |
+	libs=$(ldd "$MOECTL" "$IR/bin/moe-vmio" $( [ -x "$MOERUN" ] && echo "$MOERUN") |
 		awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u)
 	for lib in $libs; do
 		mkdir -p "$IR$(dirname "$lib")"
@@ -216,6 +218,8 @@ if [ -x "$MKMODEL" ]; then
 		>"$WORK/mkmodel.log" 2>&1 || { cat "$WORK/mkmodel.log"; die "moe-mkmodel failed"; }
 fi
 chmod 600 "$DISK/models/big.bin" "$DISK/models/tail.bin"
+# root's and unreadable to the others: they reach it through the driver only
+[ -e "$DISK/models/tiny.gguf" ] && chmod 600 "$DISK/models/tiny.gguf"
 mke2fs -q -t ext4 -F -d "$DISK" -E root_owner=0:0 "$WORK/disk.img" 384M >/dev/null ||
 	die "mke2fs -d failed (e2fsprogs >= 1.43 needed)"
 rm -rf "$DISK"

@@ -63,7 +63,7 @@ static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t n_p
 
 	if (!tok)
 		return -ENOMEM;
-	moe_ctx_default_params(&p);
+	moe_ctx_params_init(&p);
 	p.vram_bytes = vram;
 	p.n_threads = threads;
 	p.n_ctx = n_prompt + n_gen;
@@ -99,7 +99,7 @@ static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t n_p
 		o->n_slots = st.n_slots;
 		o->n_experts = st.n_experts;
 	}
-	moe_ctx_free(ctx);
+	moe_ctx_destroy(ctx);
 	free(tok);
 	return ret;
 }
@@ -172,7 +172,7 @@ int bench_decode(int argc, char **argv)
 	}
 	if (ret < 0) {
 		fprintf(stderr, "moe-bench decode: %s\n", moe_errmsg());
-		moe_model_close(m);
+		moe_model_destroy(m);
 		return 1;
 	}
 	bw = read_bandwidth(threads);
@@ -201,7 +201,7 @@ int bench_decode(int argc, char **argv)
 			tj_set(o, key, v);
 		}
 		if (tj_print(o)) {
-			moe_model_close(m);
+			moe_model_destroy(m);
 			return 1;
 		}
 	} else {
@@ -215,6 +215,6 @@ int bench_decode(int argc, char **argv)
 			       part[i].n_slots, part[i].n_experts, part[i].tps,
 			       100 * part[i].hit_rate, part[i].read_gbps, part[i].stall_s);
 	}
-	moe_model_close(m);
+	moe_model_destroy(m);
 	return 0;
 }

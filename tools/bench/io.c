@@ -91,7 +91,7 @@ static int extents_from_model(struct run *r, uint64_t limit)
 	if (moe_model_open(r->path, &m) < 0)
 		return 0;
 	if (moe_model_hparams(m, &hp) < 0 || !hp.n_expert) {
-		moe_model_close(m);
+		moe_model_destroy(m);
 		return 0;
 	}
 	for (uint32_t l = 0; l < hp.n_layer && r->bytes < limit; l++) {
@@ -102,12 +102,12 @@ static int extents_from_model(struct run *r, uint64_t limit)
 				break;
 			for (uint32_t k = 0; k < ex.n_mats; k++)
 				if (add_extent(r, &cap, ex.mats[k].offset, ex.mats[k].bytes) < 0) {
-					moe_model_close(m);
+					moe_model_destroy(m);
 					return -ENOMEM;
 				}
 		}
 	}
-	moe_model_close(m);
+	moe_model_destroy(m);
 	return r->n ? 1 : 0;
 }
 
@@ -153,7 +153,7 @@ static void slot_done(void *arg, int64_t res, void *interior)
 	}
 }
 
-static double run_engine(struct run *r, struct moe_io_opts *o, char *desc, size_t dlen)
+static double run_engine(struct run *r, struct moe_io_params *o, char *desc, size_t dlen)
 {
 	struct moe_io *io;
 	struct slot *slots;
@@ -176,10 +176,9 @@ static double run_engine(struct run *r, struct moe_io_opts *o, char *desc, size_
 	slots = calloc(n_slots, sizeof(*slots));
 	for (uint32_t i = 0; slots && i < n_slots; i++) {
 		slots[i].cap = moe_io_span(io, moe_io_block(io) - 1, r->max_len);
-		slots[i].buf = moe_io_alloc(io, slots[i].cap);
 		slots[i].failed = &failed;
-		if (!slots[i].buf) {
-			fprintf(stderr, "moe-bench io: out of staging memory\n");
+		if (moe_io_alloc(io, slots[i].cap, &slots[i].buf) < 0) {
+			fprintf(stderr, "moe-bench io: %s\n", moe_errmsg());
 			failed = 1;
 			break;
 		}
@@ -208,7 +207,7 @@ static double run_engine(struct run *r, struct moe_io_opts *o, char *desc, size_
 	snprintf(desc, dlen, "%s", moe_io_describe(io));
 	for (uint32_t i = 0; slots && i < n_slots; i++)
 		moe_io_free(io, slots[i].buf);
-	moe_io_close(io);
+	moe_io_destroy(io);
 	free(slots);
 	return failed ? -1 : t;
 }
@@ -304,7 +303,7 @@ int bench_io(int argc, char **argv)
 		{ 0 },
 	};
 	uint64_t size = 0, total = 1ull << 30, seed = 1;
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct run r = { 0 };
 	struct moe_topo_device dev;
 	struct stat st;
@@ -313,7 +312,7 @@ int bench_io(int argc, char **argv)
 	double te, tp, tm, ge, gp, gm;
 	int c, node;
 
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "js:t:q:m:b:d:S:h", opts, NULL)) != -1) {
 		switch (c) {
@@ -465,12 +464,12 @@ int bench_io(int argc, char **argv)
 
 double bench_engine_gbps(const char *path, uint64_t limit, char *desc, size_t dlen)
 {
-	struct moe_io_opts o;
+	struct moe_io_params o;
 	struct run r = { .path = path, .fadvise_only = true };
 	double t;
 	int ret;
 
-	moe_io_opts_init(&o);
+	moe_io_params_init(&o);
 	ret = extents_from_model(&r, limit);
 	if (ret <= 0) {
 		free(r.ext);

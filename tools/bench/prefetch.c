@@ -119,7 +119,7 @@ static int bench_trace(const char *path, const double *pct, uint32_t n_pct, uint
 	if (half < 1) {
 		fprintf(stderr, "moe-bench: %s: one sequence cannot be split into a half to tune on "
 			"and a half to report on\n", path);
-		moe_trace_free(t);
+		moe_trace_destroy(t);
 		return 1;
 	}
 	ret = moe_routestats_from_trace(t, 0, half, &learned);
@@ -183,8 +183,8 @@ static int bench_trace(const char *path, const double *pct, uint32_t n_pct, uint
 			       b->prefetch_recall >= RECALL_TARGET ? "met" : "missed");
 		}
 	}
-	moe_routestats_free(learned);
-	moe_trace_free(t);
+	moe_routestats_destroy(learned);
+	moe_trace_destroy(t);
 	return ret < 0 ? 1 : 0;
 }
 

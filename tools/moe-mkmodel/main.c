@@ -633,7 +633,7 @@ int main(int argc, char **argv)
 	ret = mk_add_tensors(&m);
 	if (ret)
 		goto out;
-	ret = moe_gguf_writer_create(&w, o.align);
+	ret = moe_gguf_writer_create(o.align, &w);
 	ret = ret ?: mk_add_metadata(w, &o);
 	for (size_t i = 0; !ret && i < m.n_t; i++) {
 		struct gtensor *t = &m.t[i];
@@ -676,7 +676,7 @@ int main(int argc, char **argv)
 		       o.layers, m.n_moe, o.experts, o.experts_used, moe_type_name(o.type),
 		       moe_type_name(o.type_other));
 out:
-	moe_gguf_writer_free(w);
+	moe_gguf_writer_destroy(w);
 	mk_model_free(&m);
 	/* a --vocab the built-in BPE text cannot fill is a usage error */
 	return ret == -ERANGE ? EXIT_USAGE : ret ? 1 : 0;

@@ -134,10 +134,106 @@ static int get_content(const char *where, const json_t *v, char **out, struct ap
 	return 0;
 }
 
+/* A function name as the API allows it: 1 to 64 of [A-Za-z0-9_-]. */
+static bool good_name(const char *n)
+{
+	size_t i;
+
+	for (i = 0; n[i]; i++)
+		if (!((n[i] >= 'a' && n[i] <= 'z') || (n[i] >= 'A' && n[i] <= 'Z') ||
+		      (n[i] >= '0' && n[i] <= '9') || n[i] == '_' || n[i] == '-'))
+			return false;
+	return i >= 1 && i <= 64;
+}
+
+static int only_keys(const char *where, const json_t *o, const char *const *keys,
+		     struct api_error *err)
+{
+	const char *key;
+	json_t *f;
+
+	json_object_foreach((json_t *)o, key, f) {
+		size_t k;
+
+		for (k = 0; keys[k] && strcmp(keys[k], key); k++)
+			;
+		if (!keys[k]) {
+			char at[96];
+
+			snprintf(at, sizeof(at), "%.60s.%.32s", where, key);
+			return BAD(at, "unknown field '%s'", at);
+		}
+	}
+	return 0;
+}
+
+/* An assistant message's "tool_calls": [{id, type: "function", function: {name, arguments}}]. */
+static int get_calls(const char *where, const json_t *v, struct api_msg *msg,
+		     struct api_error *err)
+{
+	static const char *const call_keys[] = { "id", "type", "function", "index", NULL };
+	static const char *const fn_keys[] = { "name", "arguments", NULL };
+	size_t i;
+	json_t *c;
+
+	if (!json_is_array(v))
+		return BAD(where, "'%s' must be an array, not %s", where, type_name(v));
+	if (json_array_size(v) > 64)
+		return BAD(where, "'%s' holds more than 64 calls", where);
+	msg->calls = calloc(json_array_size(v) + 1, sizeof(*msg->calls));
+	if (!msg->calls)
+		return api_fail(err, 500, "server_error", NULL, where, "out of memory");
+	json_array_foreach(v, i, c) {
+		struct api_call *call = &msg->calls[i];
+		json_t *fn = json_object_get(c, "function"), *id = json_object_get(c, "id");
+		json_t *ty = json_object_get(c, "type"), *name, *args, *parsed;
+		char at[96];
+		int ret;
+
+		msg->n_calls = (uint32_t)i + 1;
+		snprintf(at, sizeof(at), "%.48s[%zu]", where, i);
+		if (!json_is_object(c) || !json_is_object(fn))
+			return BAD(at, "'%s' must be {\"id\": ID, \"type\": \"function\", "
+				   "\"function\": {\"name\": NAME, \"arguments\": JSON}}", at);
+		ret = only_keys(at, c, call_keys, err);
+		if (!ret) {
+			snprintf(at, sizeof(at), "%.40s[%zu].function", where, i);
+			ret = only_keys(at, fn, fn_keys, err);
+		}
+		if (ret)
+			return ret;
+		if (ty && !(json_is_string(ty) && !strcmp(json_string_value(ty), "function")))
+			return BAD(at, "'%s'.type must be \"function\"", at);
+		if (id && (ret = dup_str("id", id, &call->id, err)))
+			return ret;
+		name = json_object_get(fn, "name");
+		if (!json_is_string(name) || !good_name(json_string_value(name)))
+			return BAD(at, "'%s'.name must be a function name (1 to 64 letters, digits, "
+				   "'_' or '-')", at);
+		if ((ret = dup_str("name", name, &call->name, err)))
+			return ret;
+		args = json_object_get(fn, "arguments");
+		/* the API sends a string of JSON; an object as such is taken too */
+		parsed = json_is_string(args) ? json_loads(json_string_value(args), 0, NULL) :
+			 json_incref(args);
+		if (!json_is_object(parsed)) {
+			json_decref(parsed);
+			return BAD(at, "'%s'.arguments must be a JSON object (as a string)", at);
+		}
+		call->arguments = json_dumps(parsed, JSON_COMPACT);
+		json_decref(parsed);
+		if (!call->arguments)
+			return api_fail(err, 500, "server_error", NULL, where, "out of memory");
+	}
+	return 0;
+}
+
 static int get_messages(const json_t *v, const struct api_limits *lim, struct api_request *req,
 			struct api_error *err)
 {
-	static const char *const roles[] = { "system", "user", "assistant" };
+	static const char *const roles[] = { "system", "user", "assistant", "tool" };
+	static const char *const keys[] = { "role", "content", "name", "tool_calls",
+					    "tool_call_id", "reasoning_content", NULL };
 	size_t i;
 	json_t *m;
 
@@ -155,23 +251,21 @@ static int get_messages(const json_t *v, const struct api_limits *lim, struct ap
 	json_array_foreach(v, i, m) {
 		struct api_msg *msg = &req->msgs[i];
 		char where[64];
-		const char *key, *role;
-		json_t *f;
+		const char *role;
+		json_t *f, *calls;
 		int ret;
 
 		snprintf(where, sizeof(where), "messages[%zu]", i);
 		if (!json_is_object(m))
 			return BAD(where, "'%s' must be an object, not %s", where, type_name(m));
-		json_object_foreach(m, key, f) {
-			if (strcmp(key, "role") && strcmp(key, "content") && strcmp(key, "name")) {
-				snprintf(where, sizeof(where), "messages[%zu].%.32s", i, key);
-				return BAD(where, "unknown field '%s'", where);
-			}
-		}
+		ret = only_keys(where, m, keys, err);
+		if (ret)
+			return ret;
 		f = json_object_get(m, "role");
 		snprintf(where, sizeof(where), "messages[%zu].role", i);
 		if (!json_is_string(f))
-			return BAD(where, "'%s' must be a string: system, user or assistant", where);
+			return BAD(where, "'%s' must be a string: system, user, assistant or tool",
+				   where);
 		role = json_string_value(f);
 		if (!strcmp(role, "developer"))
 			role = "system";
@@ -180,18 +274,174 @@ static int get_messages(const json_t *v, const struct api_limits *lim, struct ap
 				msg->role = roles[r];
 		if (!msg->role)
 			return BAD(where, "'%s' '%.32s' is not one this server takes: system, "
-				   "developer, user or assistant", where, role);
+				   "developer, user, assistant or tool", where, role);
 		f = json_object_get(m, "name");
 		snprintf(where, sizeof(where), "messages[%zu].name", i);
 		if (f && !json_is_string(f))
 			return BAD(where, "'%s' must be a string, not %s", where, type_name(f));
+		if (f && !strcmp(msg->role, "tool") && (ret = dup_str(where, f, &msg->name, err)))
+			return ret;
+		calls = json_object_get(m, "tool_calls");
+		snprintf(where, sizeof(where), "messages[%zu].tool_calls", i);
+		if (calls && !json_is_null(calls)) {
+			if (strcmp(msg->role, "assistant"))
+				return BAD(where, "'%s': only assistant messages hold tool calls",
+					   where);
+			ret = get_calls(where, calls, msg, err);
+			if (ret)
+				return ret;
+		}
+		f = json_object_get(m, "tool_call_id");
+		snprintf(where, sizeof(where), "messages[%zu].tool_call_id", i);
+		if (!strcmp(msg->role, "tool")) {
+			if (!f)
+				return BAD(where, "'%s' is missing: a tool message names the call it "
+					   "answers", where);
+			if ((ret = dup_str(where, f, &msg->tool_call_id, err)))
+				return ret;
+		} else if (f) {
+			return BAD(where, "'%s': only tool messages answer a call", where);
+		}
+		f = json_object_get(m, "reasoning_content");
+		snprintf(where, sizeof(where), "messages[%zu].reasoning_content", i);
+		if (f && !json_is_null(f)) {
+			if (strcmp(msg->role, "assistant"))
+				return BAD(where, "'%s': only assistant messages reason", where);
+			if ((ret = dup_str(where, f, &msg->reasoning, err)))
+				return ret;
+		}
 		snprintf(where, sizeof(where), "messages[%zu].content", i);
 		f = json_object_get(m, "content");
-		if (!f)
+		if (!f && !msg->n_calls)
 			return BAD(where, "'%s' is missing", where);
-		ret = get_content(where, f, &msg->content, err);
+		ret = get_content(where, f ? f : json_null(), &msg->content, err);
 		if (ret)
 			return ret;
+	}
+	return 0;
+}
+
+/* "tools": [{"type": "function", "function": {"name", "description", "parameters"}}]. */
+static int get_tools(const json_t *v, struct api_request *req, struct api_error *err)
+{
+	static const char *const tool_keys[] = { "type", "function", NULL };
+	static const char *const fn_keys[] = { "name", "description", "parameters", "strict",
+					       NULL };
+	size_t i;
+	json_t *t;
+
+	if (!json_is_array(v))
+		return BAD("tools", "'tools' must be an array, not %s", type_name(v));
+	if (json_array_size(v) > 128)
+		return BAD("tools", "'tools' holds more than 128 functions");
+	json_array_foreach(v, i, t) {
+		json_t *fn = json_object_get(t, "function"), *ty = json_object_get(t, "type"), *f;
+		char at[48];
+		int ret;
+
+		snprintf(at, sizeof(at), "tools[%zu]", i);
+		if (!json_is_object(t) || !json_is_string(ty) ||
+		    strcmp(json_string_value(ty), "function") || !json_is_object(fn))
+			return BAD(at, "'%s' must be {\"type\": \"function\", \"function\": "
+				   "{\"name\": NAME, ...}}", at);
+		ret = only_keys(at, t, tool_keys, err);
+		snprintf(at, sizeof(at), "tools[%zu].function", i);
+		if (!ret)
+			ret = only_keys(at, fn, fn_keys, err);
+		if (ret)
+			return ret;
+		f = json_object_get(fn, "name");
+		if (!json_is_string(f) || !good_name(json_string_value(f)))
+			return BAD(at, "'%s'.name must be a function name (1 to 64 letters, digits, "
+				   "'_' or '-')", at);
+		for (size_t k = 0; k < i; k++)
+			if (!strcmp(json_string_value(json_object_get(json_object_get(
+				json_array_get(v, k), "function"), "name")), json_string_value(f)))
+				return BAD(at, "'%s': a second function named '%s'", at,
+					   json_string_value(f));
+		f = json_object_get(fn, "description");
+		if (f && !json_is_string(f))
+			return BAD(at, "'%s'.description must be a string, not %s", at,
+				   type_name(f));
+		f = json_object_get(fn, "parameters");
+		if (f && !json_is_object(f))
+			return BAD(at, "'%s'.parameters must be a JSON schema object, not %s", at,
+				   type_name(f));
+		f = json_object_get(fn, "strict");
+		if (f && !json_is_boolean(f))
+			return BAD(at, "'%s'.strict must be a boolean", at);
+	}
+	req->tools = json_incref((json_t *)v);
+	return 0;
+}
+
+/* "tool_choice": "none", "auto", "required" or {"type": "function", "function": {"name"}}. */
+static int get_tool_choice(const json_t *v, struct api_request *req, struct api_error *err)
+{
+	json_t *fn = json_object_get(v, "function"), *name = json_object_get(fn, "name");
+
+	if (json_is_string(v)) {
+		const char *c = json_string_value(v);
+
+		if (!strcmp(c, "auto"))
+			req->tool_choice = API_TOOLS_AUTO;
+		else if (!strcmp(c, "none"))
+			req->tool_choice = API_TOOLS_NONE;
+		else if (!strcmp(c, "required"))
+			req->tool_choice = API_TOOLS_REQUIRED;
+		else
+			return BAD("tool_choice", "'tool_choice' '%.32s': expected none, auto, "
+				   "required or {\"type\": \"function\", \"function\": {\"name\": "
+				   "NAME}}", c);
+		return 0;
+	}
+	if (!json_is_object(v) || json_object_size(v) != 2 || !json_is_object(fn) ||
+	    json_object_size(fn) != 1 || !json_is_string(name) ||
+	    !json_is_string(json_object_get(v, "type")) ||
+	    strcmp(json_string_value(json_object_get(v, "type")), "function"))
+		return BAD("tool_choice", "'tool_choice' must be none, auto, required or "
+			   "{\"type\": \"function\", \"function\": {\"name\": NAME}}");
+	req->tool_choice = API_TOOLS_NAMED;
+	return dup_str("tool_choice", name, &req->tool_name, err);
+}
+
+static int get_effort(const char *key, const json_t *v, struct api_request *req,
+		      struct api_error *err)
+{
+	const char *e = json_string_value(v);
+
+	if (!e || (strcmp(e, "low") && strcmp(e, "medium") && strcmp(e, "high")))
+		return BAD(key, "'%s' must be \"low\", \"medium\" or \"high\"", key);
+	free(req->effort);
+	req->effort = strdup(e);
+	return req->effort ? 0 : api_fail(err, 500, "server_error", NULL, key, "out of memory");
+}
+
+/* llama-server's "chat_template_kwargs": the switches of the chat format. */
+static int get_kwargs(const json_t *v, struct api_request *req, struct api_error *err)
+{
+	const char *key;
+	json_t *f;
+
+	if (!json_is_object(v))
+		return BAD("chat_template_kwargs", "'chat_template_kwargs' must be an object, "
+			   "not %s", type_name(v));
+	json_object_foreach((json_t *)v, key, f) {
+		int ret;
+
+		if (!strcmp(key, "enable_thinking")) {
+			if (!json_is_boolean(f))
+				return BAD("chat_template_kwargs.enable_thinking",
+					   "'enable_thinking' must be a boolean");
+			req->thinking = json_is_true(f);
+		} else if (!strcmp(key, "reasoning_effort")) {
+			ret = get_effort("chat_template_kwargs.reasoning_effort", f, req, err);
+			if (ret)
+				return ret;
+		} else {
+			return BAD("chat_template_kwargs", "'chat_template_kwargs' '%.32s' is not "
+				   "one this server knows: enable_thinking, reasoning_effort", key);
+		}
 	}
 	return 0;
 }
@@ -376,7 +626,7 @@ static int neutral(const char *key, const json_t *v, struct api_error *err)
 
 enum field { F_MODEL, F_MESSAGES, F_PROMPT, F_MAX_TOKENS, F_TEMPERATURE, F_TOP_P, F_TOP_K,
 	     F_MIN_P, F_REPEAT_PENALTY, F_SEED, F_STOP, F_STREAM, F_USER, F_RESPONSE_FORMAT,
-	     F_NEUTRAL };
+	     F_NEUTRAL, F_TOOLS, F_TOOL_CHOICE, F_PARALLEL_CALLS, F_KWARGS, F_EFFORT };
 
 static const struct { const char *name; enum field f; unsigned kinds; } fields[] = {
 	{ "model", F_MODEL, 3 },
@@ -393,6 +643,11 @@ static const struct { const char *name; enum field f; unsigned kinds; } fields[]
 	{ "stop", F_STOP, 3 },
 	{ "stream", F_STREAM, 3 },
 	{ "user", F_USER, 3 },
+	{ "tools", F_TOOLS, 1u << API_CHAT },
+	{ "tool_choice", F_TOOL_CHOICE, 1u << API_CHAT },
+	{ "parallel_tool_calls", F_PARALLEL_CALLS, 1u << API_CHAT },
+	{ "chat_template_kwargs", F_KWARGS, 1u << API_CHAT },
+	{ "reasoning_effort", F_EFFORT, 1u << API_CHAT },
 	{ "n", F_NEUTRAL, 3 },
 	{ "presence_penalty", F_NEUTRAL, 3 },
 	{ "frequency_penalty", F_NEUTRAL, 3 },
@@ -466,11 +721,17 @@ static int field(enum api_kind kind, const char *key, const json_t *v,
 			return 0;
 		case F_RESPONSE_FORMAT: return get_response_format(v, req, err);
 		case F_NEUTRAL: return neutral(key, v, err);
+		case F_TOOLS: return get_tools(v, req, err);
+		case F_TOOL_CHOICE: return get_tool_choice(v, req, err);
+		case F_PARALLEL_CALLS:
+			/* how many calls a reply holds is the format's and the model's matter */
+			return json_is_boolean(v) ? 0 :
+			       BAD(key, "'%s' must be a boolean, not %s", key, type_name(v));
+		case F_KWARGS: return get_kwargs(v, req, err);
+		case F_EFFORT: return get_effort(key, v, req, err);
 		}
 	}
-	return BAD(key, "unknown field '%.64s'%s", key,
-		   !strcmp(key, "tools") || !strcmp(key, "tool_choice") ?
-		   ": tool calls are not supported by this server" : "");
+	return BAD(key, "unknown field '%.64s'", key);
 }
 
 int api_parse_request(enum api_kind kind, const char *body, size_t len,
@@ -484,8 +745,9 @@ int api_parse_request(enum api_kind kind, const char *body, size_t len,
 	memset(req, 0, sizeof(*req));
 	memset(err, 0, sizeof(*err));
 	req->kind = kind;
-	moe_sample_default_params(&req->sp);
+	moe_sample_params_init(&req->sp);
 	req->sp.temp = 1.0f;    /* the API's default */
+	req->thinking = -1;
 	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
 	if (!root)
 		return BAD(NULL, "the body is not valid JSON: %s (line %d, column %d)", je.text,
@@ -501,6 +763,13 @@ int api_parse_request(enum api_kind kind, const char *body, size_t len,
 	}
 	if (kind == API_CHAT && !req->n_msgs)
 		ret = BAD("messages", "'messages' is missing");
+	else if ((req->tool_choice == API_TOOLS_REQUIRED || req->tool_choice == API_TOOLS_NAMED) &&
+		 !json_array_size(req->tools))
+		ret = BAD("tool_choice", "'tool_choice' asks for a tool call but 'tools' names no "
+			  "function");
+	else if (req->tool_choice == API_TOOLS_NAMED && !api_find_tool(req, req->tool_name))
+		ret = BAD("tool_choice", "'tool_choice' names '%.64s', which is not in 'tools'",
+			  req->tool_name);
 	else if (kind == API_COMPLETION && !req->prompt && !req->n_prompt_ids)
 		ret = BAD("prompt", "'prompt' is missing");
 out:
@@ -510,15 +779,44 @@ out:
 	return ret;
 }
 
+json_t *api_find_tool(const struct api_request *req, const char *name)
+{
+	size_t i;
+	json_t *t;
+
+	json_array_foreach(req->tools, i, t) {
+		json_t *fn = json_object_get(t, "function");
+
+		if (!strcmp(json_string_value(json_object_get(fn, "name")), name))
+			return fn;
+	}
+	return NULL;
+}
+
 void api_request_free(struct api_request *req)
 {
-	for (uint32_t i = 0; i < req->n_msgs; i++)
-		free(req->msgs[i].content);
+	for (uint32_t i = 0; i < req->n_msgs; i++) {
+		struct api_msg *m = &req->msgs[i];
+
+		free(m->content);
+		free(m->reasoning);
+		free(m->tool_call_id);
+		free(m->name);
+		for (uint32_t k = 0; k < m->n_calls; k++) {
+			free(m->calls[k].id);
+			free(m->calls[k].name);
+			free(m->calls[k].arguments);
+		}
+		free(m->calls);
+	}
 	free(req->msgs);
 	free(req->prompt);
 	free(req->prompt_ids);
 	for (uint32_t i = 0; i < req->n_stop; i++)
 		free(req->stop[i]);
 	moe_grammar_destroy(req->grammar);
+	json_decref(req->tools);
+	free(req->tool_name);
+	free(req->effort);
 	memset(req, 0, sizeof(*req));
 }

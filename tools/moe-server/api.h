@@ -25,10 +25,23 @@ struct api_limits {
 	uint32_t max_messages;
 };
 
-struct api_msg {
-	const char *role;       /* "system", "user" or "assistant" (static) */
-	char *content;
+/* One tool call of an assistant message, as the API has it. */
+struct api_call {
+	char *id, *name;
+	char *arguments;        /* JSON text of an object */
 };
+
+struct api_msg {
+	const char *role;       /* "system", "user", "assistant" or "tool" (static) */
+	char *content;
+	char *reasoning;        /* assistant: reasoning_content, or NULL */
+	char *tool_call_id;     /* tool: the call it answers */
+	char *name;             /* tool: the function's name when the client gives it */
+	struct api_call *calls; /* assistant: tool_calls */
+	uint32_t n_calls;
+};
+
+enum api_tool_choice { API_TOOLS_AUTO, API_TOOLS_NONE, API_TOOLS_REQUIRED, API_TOOLS_NAMED };
 
 #define API_MAX_STOP 4
 
@@ -45,6 +58,11 @@ struct api_request {
 	char *stop[API_MAX_STOP];
 	uint32_t n_stop;
 	bool stream;
+	json_t *tools;          /* chat: the "tools" array as given (checked), or NULL */
+	enum api_tool_choice tool_choice;
+	char *tool_name;        /* API_TOOLS_NAMED: the function */
+	int thinking;           /* -1: the format's default, 0 off, 1 on (enable_thinking) */
+	char *effort;           /* reasoning_effort: "low", "medium", "high", or NULL */
 	struct moe_grammar *grammar;    /* response_format json_object / json_schema, or NULL */
 };
 
@@ -63,6 +81,8 @@ struct api_error {
 int api_parse_request(enum api_kind kind, const char *body, size_t len,
 		      const struct api_limits *lim, struct api_request *req, struct api_error *err);
 void api_request_free(struct api_request *req);
+/* The "function" object of the tool named @name, or NULL. */
+json_t *api_find_tool(const struct api_request *req, const char *name);
 
 /* Fill @err; returns -EINVAL so callers can `return api_fail(...)`. */
 int api_fail(struct api_error *err, int status, const char *type, const char *code,

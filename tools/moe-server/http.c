@@ -42,6 +42,10 @@ struct conn {
 	size_t out_len, out_off;
 	size_t sent;            /* bytes of the job's text sent */
 	bool started, ended;
+	/* a parsed chat reply (job->fmt): what of its parts was sent */
+	size_t sent_reasoning, sent_content, sent_calls;
+	char (*call_ids)[40];
+	size_t n_call_ids;
 };
 
 /* Whether the client hung up (or the socket failed). */
@@ -177,12 +181,107 @@ static json_t *usage_json(const struct job *j)
 			 (json_int_t)(j->n_prompt + j->n_gen));
 }
 
+/* A reply in a format with markers, parsed: the prompt's forced start, then the text. */
+static int parse_reply(const struct job *j, size_t upto, bool final, struct cf_reply *r)
+{
+	size_t pl = j->prefix ? strlen(j->prefix) : 0;
+	char *all = malloc(pl + upto + 1);
+	int ret;
+
+	if (!all)
+		return -ENOMEM;
+	memcpy(all, j->prefix ? j->prefix : "", pl);
+	memcpy(all + pl, j->text ? j->text : "", upto);
+	all[pl + upto] = 0;
+	ret = cf_parse(j->fmt, j->tools, all, pl + upto, final, r);
+	free(all);
+	return ret;
+}
+
+/* The id of the reply's call @i, made once: "call_" and 24 letters, or 9 for Mistral's. */
+static const char *call_id(struct conn *k, size_t i)
+{
+	static const char abc[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+	while (k->n_call_ids <= i) {
+		char (*ids)[40] = realloc(k->call_ids, sizeof(*ids) * (k->n_call_ids + 1));
+		char *id;
+		uint64_t x;
+		size_t n, o = 0;
+
+		if (!ids)
+			return "call";
+		k->call_ids = ids;
+		id = ids[k->n_call_ids];
+		x = (uint64_t)now_s() * 1000003u ^ ((uint64_t)(uintptr_t)k << 7) ^
+		    ((uint64_t)k->n_call_ids * 0x9e3779b97f4a7c15ull) ^ (uint64_t)random();
+		n = k->job->fmt == CF_MISTRAL ? 9 : 24;
+		if (k->job->fmt != CF_MISTRAL)
+			o = (size_t)snprintf(id, 40, "call_");
+		for (size_t c = 0; c < n; c++) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			id[o++] = abc[x % (sizeof(abc) - 1)];
+		}
+		id[o] = 0;
+		k->n_call_ids++;
+	}
+	return k->call_ids[i];
+}
+
+static json_t *calls_json(struct conn *k, const struct cf_reply *r, size_t from, bool indexed)
+{
+	json_t *a = json_array();
+
+	for (size_t i = from; a && i < r->n_calls; i++) {
+		json_t *c = json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", call_id(k, i), "type",
+				      "function", "function", "name", r->calls[i].name, "arguments",
+				      r->calls[i].arguments);
+
+		if (c && indexed)
+			json_object_set_new(c, "index", json_integer((json_int_t)i));
+		if (!c || json_array_append_new(a, c)) {
+			json_decref(a);
+			return NULL;
+		}
+	}
+	return a;
+}
+
+static const char *finish_reason(const struct job *j, const struct cf_reply *r)
+{
+	return r && r->n_calls && !strcmp(j->finish, "stop") ? "tool_calls" : j->finish;
+}
+
+static json_t *parsed_message(struct conn *k, const struct cf_reply *r)
+{
+	json_t *m = json_pack("{s:s,s:o}", "role", "assistant", "content",
+			      r->content_len || !r->n_calls ?
+			      text_json(r->content, r->content_len) : json_null());
+
+	if (m && r->reasoning_len)
+		json_object_set_new(m, "reasoning_content",
+				    text_json(r->reasoning, r->reasoning_len));
+	if (m && r->n_calls)
+		json_object_set_new(m, "tool_calls", calls_json(k, r, 0, false));
+	return m;
+}
+
 static json_t *completion_json(struct conn *k)
 {
 	struct job *j = k->job;
 	json_t *choice;
 
-	if (k->kind == API_CHAT)
+	if (k->kind == API_CHAT && j->fmt != CF_NONE) {
+		struct cf_reply r;
+
+		if (parse_reply(j, j->len, true, &r))
+			return NULL;
+		choice = json_pack("{s:i,s:o,s:s}", "index", 0, "message", parsed_message(k, &r),
+				   "finish_reason", finish_reason(j, &r));
+		cf_reply_free(&r);
+	} else if (k->kind == API_CHAT)
 		choice = json_pack("{s:i,s:{s:s,s:o},s:s}", "index", 0, "message", "role",
 				   "assistant", "content", text_json(j->text, j->len),
 				   "finish_reason", j->finish);
@@ -204,7 +303,53 @@ static char *chunk_event(struct conn *k, size_t upto, bool last)
 	json_t *fin = last ? json_string(j->finish) : json_null();
 	char *s, *ev;
 
-	if (k->kind == API_CHAT) {
+	if (k->kind == API_CHAT && j->fmt != CF_NONE) {
+		/* deltas of the parsed reply: each part's new text, each call once complete */
+		struct cf_reply r;
+		json_t *delta;
+
+		json_decref(text);
+		if (parse_reply(j, upto, last, &r))
+			return NULL;
+		delta = json_object();
+		if (delta && r.reasoning_len > k->sent_reasoning) {
+			json_object_set_new(delta, "reasoning_content",
+					    text_json(r.reasoning + k->sent_reasoning,
+						      r.reasoning_len - k->sent_reasoning));
+			k->sent_reasoning = r.reasoning_len;
+		}
+		if (delta && (r.content_len > k->sent_content || !k->started)) {
+			json_object_set_new(delta, "content",
+					    r.content_len > k->sent_content ?
+					    text_json(r.content + k->sent_content,
+						      r.content_len - k->sent_content) :
+					    json_string(""));
+			k->sent_content = r.content_len > k->sent_content ? r.content_len :
+					  k->sent_content;
+		}
+		if (delta && r.n_calls > k->sent_calls) {
+			json_object_set_new(delta, "tool_calls", calls_json(k, &r, k->sent_calls,
+									    true));
+			k->sent_calls = r.n_calls;
+		}
+		if (delta && !json_object_size(delta) && !last) {
+			/* nothing settled yet (a marker or a call coming in): no event */
+			json_decref(delta);
+			json_decref(fin);
+			cf_reply_free(&r);
+			k->sent = upto;
+			return strdup("");
+		}
+		if (delta && !k->started)
+			json_object_set_new(delta, "role", json_string("assistant"));
+		if (last) {
+			json_decref(fin);
+			fin = json_string(finish_reason(j, &r));
+		}
+		cf_reply_free(&r);
+		choice = json_pack("{s:i,s:o,s:o}", "index", 0, "delta", delta, "finish_reason",
+				   fin);
+	} else if (k->kind == API_CHAT) {
 		json_t *delta = json_pack("{s:o}", "content", text);
 
 		if (!k->started)
@@ -376,6 +521,36 @@ static MHD_RESULT_T api_post(struct conn *k, struct MHD_Connection *c)
 	return ret;
 }
 
+/* llama-server's POST /apply-template: a chat request's prompt as the model would see it. */
+static MHD_RESULT_T apply_template(struct conn *k, struct MHD_Connection *c)
+{
+	struct server *s = k->s;
+	struct api_limits lim = { .max_tokens = s->o.max_tokens,
+				  .max_messages = s->o.max_messages };
+	struct api_request req;
+	struct api_error e;
+	char *text, *prefix;
+	json_t *o;
+
+	if (k->too_big) {
+		api_fail(&e, 413, "invalid_request_error", "request_too_large", NULL,
+			 "the body is larger than this server takes (%llu bytes; see --max-body)",
+			 (unsigned long long)s->o.max_body);
+		return send_error(s, c, &e);
+	}
+	if (api_parse_request(API_CHAT, k->body ? k->body : "", k->len, &lim, &req, &e))
+		return send_error(s, c, &e);
+	if (sched_render(s, &req, &text, &prefix, &e) < 0) {
+		api_request_free(&req);
+		return send_error(s, c, &e);
+	}
+	api_request_free(&req);
+	o = json_pack("{s:o}", "prompt", text_json(text, strlen(text)));
+	free(text);
+	free(prefix);
+	return send_json(s, c, 200, o);
+}
+
 static MHD_RESULT_T route(struct conn *k, struct MHD_Connection *c, const char *url,
 			  const char *method)
 {
@@ -414,6 +589,11 @@ static MHD_RESULT_T route(struct conn *k, struct MHD_Connection *c, const char *
 		count(s, 200);
 		return send_body(c, 200, "text/plain; version=0.0.4", metrics_text(s));
 	}
+	if (!strcmp(url, "/apply-template")) {
+		if (!post)
+			goto method;
+		return apply_template(k, c);
+	}
 	if (!strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions")) {
 		if (!post)
 			goto method;
@@ -422,7 +602,7 @@ static MHD_RESULT_T route(struct conn *k, struct MHD_Connection *c, const char *
 	}
 	api_fail(&e, 404, "invalid_request_error", "not_found", NULL,
 		 "no such path '%.200s': this server answers /health, /metrics, /v1/models, "
-		 "/v1/completions and /v1/chat/completions", url);
+		 "/v1/completions, /v1/chat/completions and /apply-template", url);
 	return send_error(s, c, &e);
 method:
 	api_fail(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
@@ -490,6 +670,7 @@ static void on_done(void *cls, struct MHD_Connection *c, void **con_cls,
 	pthread_mutex_unlock(&k->s->lock);
 	free(k->out);
 	free(k->body);
+	free(k->call_ids);
 	free(k);
 	*con_cls = NULL;
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine_opts.h"
 #include "server.h"
 #include "tool.h"
 
@@ -34,11 +35,9 @@ static void usage(FILE *f)
 		"      --max-messages N   the most chat messages a request may hold (256)\n"
 		"      --max-body SIZE    the largest request body (1M)\n"
 		"      --timeout S        seconds a request may take, queue included (600)\n"
-		"      --vram SIZE        device memory budget, e.g. 20G (default: no limit)\n"
-		"      --host-cache SIZE  keep experts evicted from the budget in host memory\n"
-		"      --threads N        compute threads (all CPUs)\n"
-		"      --backend NAME     where the model runs: auto, or one of those built in\n"
-		"  -h, --help             this text\n");
+		"  -h, --help             this text\n"
+		"Engine:\n");
+	engine_opts_usage(f);
 }
 
 static int bad(const char *fmt, const char *arg)
@@ -61,8 +60,8 @@ static int parse_size(const char *opt, const char *s, uint64_t *out)
 static int parse_args(int argc, char **argv, struct server_opts *o)
 {
 	enum { O_HOST = 256, O_PORT, O_KEY, O_ALIAS, O_PAR, O_QUEUE, O_CTX, O_MAXTOK, O_MAXMSG,
-	       O_BODY, O_TIMEOUT, O_VRAM, O_HOSTC, O_THREADS, O_BACKEND };
-	static const struct option lo[] = {
+	       O_BODY, O_TIMEOUT };
+	static const struct option own[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "host", required_argument, 0, O_HOST },
 		{ "port", required_argument, 0, O_PORT },
@@ -75,13 +74,10 @@ static int parse_args(int argc, char **argv, struct server_opts *o)
 		{ "max-messages", required_argument, 0, O_MAXMSG },
 		{ "max-body", required_argument, 0, O_BODY },
 		{ "timeout", required_argument, 0, O_TIMEOUT },
-		{ "vram", required_argument, 0, O_VRAM },
-		{ "host-cache", required_argument, 0, O_HOSTC },
-		{ "threads", required_argument, 0, O_THREADS },
-		{ "backend", required_argument, 0, O_BACKEND },
 		{ "help", no_argument, 0, 'h' },
 		{ 0 },
 	};
+	const struct option *lo = engine_opts_join(own);
 	uint32_t port;
 	int c, ret = 0;
 
@@ -116,19 +112,20 @@ static int parse_args(int argc, char **argv, struct server_opts *o)
 		case O_TIMEOUT:
 			ret = tool_parse_u32("--timeout", optarg, 1, 86400, &o->timeout_s);
 			break;
-		case O_VRAM: ret = parse_size("--vram", optarg, &o->vram); break;
-		case O_HOSTC: ret = parse_size("--host-cache", optarg, &o->host_cache); break;
-		case O_THREADS: ret = tool_parse_threads("--threads", optarg, &o->threads); break;
-		case O_BACKEND: o->backend = optarg; break;
 		case 'h':
 			usage(stdout);
 			exit(0);
-		default:
+		case '?':
 			return EXIT_USAGE;
+		default:
+			ret = engine_opts_parse(&o->eng, c, optarg);
+			break;
 		}
 	}
 	if (ret)
 		return ret;
+	if (engine_opts_check(&o->eng))
+		return EXIT_USAGE;
 	if (optind < argc)
 		return bad("unexpected argument '%s'", argv[optind]);
 	if (!o->model)
@@ -160,22 +157,40 @@ static int serve(struct server *s)
 		fprintf(stderr, PROG ": %s has no vocabulary: prompts must be token ids and "
 			"replies are token ids\n", s->o.model);
 	}
+	if (s->tok) {
+		/* the text of BOS and EOS, for the formats that write them (chatfmt.c) */
+		int id = moe_tokenizer_bos(s->tok), n;
+
+		if (id >= 0 && (n = moe_token_to_piece(s->tok, id, s->bos, sizeof(s->bos) - 1)) > 0) {
+			s->bos[n] = 0;
+			s->cf.bos = s->bos;
+		}
+		id = moe_tokenizer_eos(s->tok);
+		if (id >= 0 && (n = moe_token_to_piece(s->tok, id, s->eos, sizeof(s->eos) - 1)) > 0) {
+			s->eos[n] = 0;
+			s->cf.eos = s->eos;
+		}
+	}
+	s->test_reply = getenv("MOE_SERVER_TEST_REPLY");
+	if (s->test_reply)
+		fprintf(stderr, PROG ": MOE_SERVER_TEST_REPLY is set: every reply is its text, "
+			"not the model's\n");
 	base = strrchr(s->o.model, '/');
 	snprintf(s->model_id, sizeof(s->model_id), "%s",
 		 s->o.alias ? s->o.alias : base ? base + 1 : s->o.model);
-	moe_ctx_default_params(&cp);
-	cp.vram_bytes = s->o.vram;
-	cp.host_cache_bytes = s->o.host_cache;
-	cp.n_threads = s->o.threads;
+	moe_ctx_params_init(&cp);
+	engine_opts_apply(&s->o.eng, &cp);
 	cp.n_ctx = s->o.n_ctx;
 	cp.n_seq = s->o.parallel;
-	cp.backend = s->o.backend;
 	ret = moe_ctx_create(s->model, &cp, &s->ctx);
 	if (ret < 0) {
-		fprintf(stderr, PROG ": %s\n", moe_errmsg());
+		fprintf(stderr, PROG ": %s%s\n", s->o.eng.vram_zero ? "--vram 0: " : "",
+			moe_errmsg());
 		return 1;
 	}
 	s->n_ctx = moe_ctx_n_ctx(s->ctx);
+	/* what the budget holds (expert slots, KV), as moe-run --stats says it */
+	fprintf(stderr, PROG ": %s\n", moe_ctx_describe(s->ctx));
 
 	/* the signals are taken by sigwait here, not by whichever thread they hit */
 	sigemptyset(&set);
@@ -226,14 +241,15 @@ int main(int argc, char **argv)
 	int ret;
 
 	tool_init(PROG);
+	engine_opts_init(&s.o.eng);
 	ret = parse_args(argc, argv, &s.o);
 	if (ret) {
 		fprintf(stderr, "try `" PROG " --help`\n");
 		return ret;
 	}
 	ret = serve(&s);
-	moe_ctx_free(s.ctx);
-	moe_tokenizer_free(s.tok);
-	moe_model_close(s.model);
+	moe_ctx_destroy(s.ctx);
+	moe_tokenizer_destroy(s.tok);
+	moe_model_destroy(s.model);
 	return ret;
 }

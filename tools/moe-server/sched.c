@@ -27,20 +27,48 @@ static void job_unref(struct job *j)
 {
 	if (--j->refs)
 		return;
-	moe_sampler_free(j->sampler);
+	moe_sampler_destroy(j->sampler);
 	for (uint32_t i = 0; i < j->n_stop; i++)
 		free(j->stop[i]);
 	free(j->prompt);
 	free(j->text);
+	free(j->prefix);
 	pthread_cond_destroy(&j->cond);
 	free(j);
+}
+
+int sched_render(struct server *s, const struct api_request *req, char **text, char **prefix,
+		 struct api_error *err)
+{
+	struct moe_chat_msg *msgs;
+	int len;
+
+	*text = *prefix = NULL;
+	if (!s->tok)
+		return api_fail(err, 400, "invalid_request_error", NULL, "messages",
+				"the model has no vocabulary: give 'prompt' as token ids");
+	if (cf_needed(req))
+		return cf_render(cf_format_from_name(moe_chat_format(s->tok)), &s->cf, req, text,
+				 prefix, err);
+	msgs = calloc(req->n_msgs, sizeof(*msgs));
+	if (!msgs)
+		return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+	for (uint32_t i = 0; i < req->n_msgs; i++) {
+		msgs[i].role = req->msgs[i].role;
+		msgs[i].content = req->msgs[i].content;
+	}
+	len = moe_chat_render(s->tok, msgs, (int)req->n_msgs, true, text);
+	free(msgs);
+	if (len < 0)
+		return api_fail(err, 400, "invalid_request_error", NULL, "messages",
+				"the messages cannot be rendered: %s", moe_errmsg());
+	return len;
 }
 
 /* Tokens of the request's prompt: the chat rendered in the model's format, or the text. */
 static int tokenize_request(struct server *s, const struct api_request *req, struct job *j,
 			    struct api_error *err)
 {
-	struct moe_chat_msg *msgs = NULL;
 	char *text = NULL;
 	uint32_t flags = 0;
 	int len, n;
@@ -65,18 +93,9 @@ static int tokenize_request(struct server *s, const struct api_request *req, str
 				req->kind == API_CHAT ? "messages" : "prompt",
 				"the model has no vocabulary: give 'prompt' as token ids");
 	if (req->kind == API_CHAT) {
-		msgs = calloc(req->n_msgs, sizeof(*msgs));
-		if (!msgs)
-			return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
-		for (uint32_t i = 0; i < req->n_msgs; i++) {
-			msgs[i].role = req->msgs[i].role;
-			msgs[i].content = req->msgs[i].content;
-		}
-		len = moe_chat_render(s->tok, msgs, (int)req->n_msgs, true, &text);
-		free(msgs);
+		len = sched_render(s, req, &text, &j->prefix, err);
 		if (len < 0)
-			return api_fail(err, 400, "invalid_request_error", NULL, "messages",
-					"the messages cannot be rendered: %s", moe_errmsg());
+			return len;
 		flags = MOE_TOK_PARSE_SPECIAL;
 	} else {
 		text = strdup(req->prompt);
@@ -112,6 +131,13 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 	pthread_cond_init(&j->cond, NULL);
 	j->refs = 1;
 	j->seq = -1;
+	if (req->kind == API_CHAT && s->tok) {
+		/* replies in a format with markers are split into reasoning, content and calls */
+		j->fmt = cf_format_from_name(moe_chat_format(s->tok));
+		j->tools = json_array_size(req->tools) && req->tool_choice != API_TOOLS_NONE;
+		if (j->fmt != CF_NONE)
+			j->ds.flags = MOE_DETOK_SPECIAL;
+	}
 	ret = tokenize_request(s, req, j, err);
 	if (ret)
 		goto fail;
@@ -166,6 +192,18 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 		j->n_stop++;
 		if (l > j->stop_max)
 			j->stop_max = (uint32_t)l;
+	}
+	if (j->fmt != CF_NONE && cf_stop(j->fmt, req)) {
+		const char *stop = cf_stop(j->fmt, req);
+
+		j->stop[j->n_stop] = strdup(stop);
+		if (!j->stop[j->n_stop]) {
+			ret = api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+			goto fail;
+		}
+		j->n_stop++;
+		if (strlen(stop) > j->stop_max)
+			j->stop_max = (uint32_t)strlen(stop);
 	}
 	j->deadline = now_s() + s->o.timeout_s;
 
@@ -262,12 +300,23 @@ static void took(struct server *s, struct job *j, int32_t tok)
 	s->m.completion_tokens++;
 	moe_sampler_accept(j->sampler, tok);
 	j->last = tok;
-	if (s->tok && moe_tokenizer_is_eog(s->tok, tok)) {
+	if (s->tok && !s->test_reply && moe_tokenizer_is_eog(s->tok, tok)) {
 		finish(s, j, "stop");
 		return;
 	}
 	from = j->len;
-	if (s->tok) {
+	if (s->test_reply) {
+		/* the test hook: the reply's text comes from MOE_SERVER_TEST_REPLY, a few bytes a token */
+		size_t left = strlen(s->test_reply) - j->test_off;
+
+		if (!left) {
+			finish(s, j, "stop");
+			return;
+		}
+		n = (int)(left < 3 ? left : 3);
+		memcpy(buf, s->test_reply + j->test_off, (size_t)n);
+		j->test_off += (size_t)n;
+	} else if (s->tok) {
 		n = moe_detok_stream(s->tok, &j->ds, tok, buf, sizeof(buf));
 	} else {
 		n = snprintf(buf, sizeof(buf), "%s%d", j->n_gen > 1 ? " " : "", tok);

@@ -12,17 +12,18 @@
 #include <stdint.h>
 
 #include "api.h"
+#include "chatfmt.h"
+#include "engine_opts.h"
 #include "moe/moe.h"
 
 #define PROG "moe-server"
 
 struct server_opts {
-	const char *model, *host, *api_key, *alias, *backend;
+	const char *model, *host, *api_key, *alias;
 	uint16_t port;
 	uint32_t parallel, queue, n_ctx, max_tokens, max_messages, timeout_s;
-	uint64_t vram, host_cache, max_body;
-	bool vram_zero;
-	int threads;
+	uint64_t max_body;
+	struct engine_opts eng;
 };
 
 enum job_state { JOB_QUEUED, JOB_PREFILL, JOB_DECODE, JOB_DONE };
@@ -41,8 +42,12 @@ struct job {
 	int32_t last;           /* the token to feed next */
 	uint32_t n_gen;
 	struct moe_detok_state ds;
-	char *stop[API_MAX_STOP];
+	char *stop[API_MAX_STOP + 1];   /* the request's and the format's (cf_stop) */
 	uint32_t n_stop, stop_max;
+	enum cf_format fmt;     /* chat: the format its reply is parsed in (CF_NONE: as is) */
+	bool tools;             /* chat: tool calls are looked for in the reply */
+	char *prefix;           /* the reply's start the prompt wrote (a forced call), or NULL */
+	size_t test_off;        /* bytes of the test reply given out */
 	char *text;             /* generated text, cut at a stop sequence */
 	size_t len, cap;
 	size_t safe;            /* bytes of text that no stop sequence can take back */
@@ -70,6 +75,9 @@ struct server {
 	struct moe_ctx *ctx;
 	uint32_t n_ctx;
 	char model_id[256];
+	struct cf_render_opts cf;       /* the format's BOS/EOS text */
+	char bos[64], eos[64];
+	const char *test_reply; /* MOE_SERVER_TEST_REPLY: the tests' stand-in for a reply */
 	pthread_mutex_t lock;
 	pthread_cond_t wake;    /* the engine: work arrived or stop */
 	struct job *queue, **queue_tail;
@@ -92,6 +100,12 @@ void sched_stop(struct server *s);
  * -EINVAL with @err (prompt too long for the context, bad token ids).
  */
 int sched_submit(struct server *s, const struct api_request *req, struct job **out,
+		 struct api_error *err);
+/*
+ * A chat request's prompt text (*text) and the reply's start it writes
+ * (*prefix, see cf_render), both malloc'ed; its length, or -EINVAL with @err.
+ */
+int sched_render(struct server *s, const struct api_request *req, char **text, char **prefix,
 		 struct api_error *err);
 /* The HTTP side is done with @j (cancels it if it still runs). */
 void sched_release(struct server *s, struct job *j);

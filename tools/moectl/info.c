@@ -227,14 +227,14 @@ int do_info(int argc, char **argv)
 	{
 		struct moe_ctx_params par;
 
-		moe_ctx_default_params(&par);
+		moe_ctx_params_init(&par);
 		par.vram_bytes = ip.vram;
 		/* a model without a forward pass has no plan; a budget too small is an error */
 		ret = moe_plan(m, &par, &ip.p);
 		ip.ok = ret == 0;
 		if (ret && ip.vram) {
 			ret = fail("%s", moe_errmsg());
-			moe_model_close(m);
+			moe_model_destroy(m);
 			return ret;
 		}
 	}
@@ -243,6 +243,6 @@ int do_info(int argc, char **argv)
 		ret = print_json(m, &hp, &s, &ip);
 	else
 		print_text(m, &hp, &s, &ip);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	return ret;
 }

@@ -51,11 +51,11 @@ int do_load(int argc, char **argv)
 		return fail("%s", moe_errmsg());
 	ret = moe_kmod_open(&k);
 	if (ret < 0) {
-		moe_model_close(m);
+		moe_model_destroy(m);
 		return fail("%s", moe_errmsg());
 	}
 	ret = moe_kmod_register(k, argv[optind], m, &id);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	if (ret < 0)
 		goto err;
 	if (warm) {
@@ -72,26 +72,31 @@ int do_load(int argc, char **argv)
 		tj_set(o, "name", tj_str(info.name));
 		tj_set(o, "id", tj_u64(info.id));
 		tj_set(o, "extents", tj_u64(info.n_extents));
+		tj_set(o, "meta_extents", tj_u64(info.n_meta));
 		tj_set(o, "file_bytes", tj_u64(info.file_size));
 		if (warm) {
 			tj_set(o, "warm_bytes", tj_u64(bytes));
 			tj_set(o, "warm_seconds", tj_real(secs));
 		}
 		if (tj_print(o)) {
-			moe_kmod_close(k);
+			moe_kmod_destroy(k);
 			return 1;
 		}
 	} else {
-		printf("registered '%s' as model %u: %u expert extents of %s\n", info.name, info.id,
-		       info.n_extents, argv[optind + 1]);
+		printf("registered '%s' as model %u: %u extents of %s (%u of them header and "
+		       "resident tensors)\n", info.name, info.id, info.n_extents, argv[optind + 1],
+		       info.n_meta);
+		if (info.n_meta)
+			printf("open it as moe:%s (moe-run -m moe:%s): no access to the file needed\n",
+			       info.name, info.name);
 		if (warm)
 			printf("warmed: %s in %.2f s (%.2f GB/s)\n", human_bytes(bytes, b1, sizeof(b1)),
 			       secs, secs > 0 ? (double)bytes / secs / 1e9 : 0.0);
 	}
-	moe_kmod_close(k);
+	moe_kmod_destroy(k);
 	return 0;
 err:
 	fail("%s", moe_errmsg());
-	moe_kmod_close(k);
+	moe_kmod_destroy(k);
 	return 1;
 }

@@ -121,7 +121,7 @@ static int make_plan(struct moe_model *m, const struct plan_opts *o, uint64_t vr
 {
 	struct moe_ctx_params cp;
 
-	moe_ctx_default_params(&cp);
+	moe_ctx_params_init(&cp);
 	cp.vram_bytes = vram;
 	cp.host_cache_bytes = o->host_cache;
 	cp.n_ctx = o->n_ctx;
@@ -387,7 +387,7 @@ int do_plan(int argc, char **argv)
 	ret = make_plan(m, &o, o.vram, &p);
 	if (ret) {
 		fail("%s", moe_errmsg());
-		moe_model_close(m);
+		moe_model_destroy(m);
 		return 1;
 	}
 	if (!o.no_stats && (o.state_dir || moe_state_dir(dir, sizeof(dir)) == 0) &&
@@ -405,8 +405,8 @@ int do_plan(int argc, char **argv)
 						sizeof(o.measured));
 		if (o.read_gbps <= 0) {
 			fail("--measure: %s", o.measured);
-			moe_routestats_free(rs);
-			moe_model_close(m);
+			moe_routestats_destroy(rs);
+			moe_model_destroy(m);
 			return 1;
 		}
 	}
@@ -414,7 +414,7 @@ int do_plan(int argc, char **argv)
 	if (o.target_tps > 0)
 		target_budget = budget_for(m, &o, &hp, &s, rs, o.target_tps);
 	ret = report(&o, &p, &hp, &s, &pr, src, target_budget);
-	moe_routestats_free(rs);
-	moe_model_close(m);
+	moe_routestats_destroy(rs);
+	moe_model_destroy(m);
 	return ret;
 }

@@ -118,7 +118,7 @@ static int load(const char *model_path, const char *dir, const char *file, const
 		if (ret < 0)
 			return fail("%s", moe_errmsg());
 		ret = moe_routestats_from_trace(t, 0, 0, rs);
-		moe_trace_free(t);
+		moe_trace_destroy(t);
 		snprintf(what, len, "%s", trace);
 		return ret < 0 ? fail("%s", moe_errmsg()) : 0;
 	}
@@ -138,7 +138,7 @@ static int load(const char *model_path, const char *dir, const char *file, const
 	ret = moe_routestats_path(m, dir, path, sizeof(path));
 	if (ret == 0)
 		ret = moe_routestats_load(path, m, rs);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	if (ret == -ENOENT)
 		return fail("no routing statistics for %s in %s: run the model with moe-run "
 			    "(--state-dir %s) first", model_path, dir, dir);
@@ -264,7 +264,7 @@ int do_stats(int argc, char **argv)
 				printf("-\n");
 		}
 	}
-	moe_routestats_free(rs);
+	moe_routestats_destroy(rs);
 	json_decref(layers);
 	return json ? tj_print(doc) : 0;
 }

@@ -30,6 +30,8 @@ static json_t *model_json(const struct moe_kmod_model_info *m)
 	tj_set(o, "id", tj_u64(m->id));
 	tj_set(o, "name", tj_str(m->name));
 	tj_set(o, "extents", tj_u64(m->n_extents));
+	/* header and resident tensors: non-zero when it runs as moe:NAME */
+	tj_set(o, "meta_extents", tj_u64(m->n_meta));
 	tj_set(o, "file_bytes", tj_u64(m->file_size));
 	tj_set(o, "bytes", tj_u64(m->bytes));
 	tj_set(o, "requests", tj_u64(m->requests));
@@ -96,7 +98,7 @@ int do_status(int argc, char **argv)
 		}
 		first = false;
 	}
-	moe_kmod_close(k);
+	moe_kmod_destroy(k);
 	if (ret != -ENOENT) {
 		json_decref(models);
 		json_decref(doc);

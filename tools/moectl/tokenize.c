@@ -179,8 +179,8 @@ int do_tokenize(int argc, char **argv)
 out:
 	free(ids);
 	free(owned);
-	moe_tokenizer_free(t);
-	moe_model_close(m);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 	return ret;
 }
 
@@ -242,7 +242,7 @@ int do_detokenize(int argc, char **argv)
 out:
 	free(buf);
 	free(ids);
-	moe_tokenizer_free(t);
-	moe_model_close(m);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 	return ret;
 }

@@ -121,7 +121,7 @@ static int expert_bytes_of(const char *path, uint64_t *out)
 	if (ret < 0)
 		return fail("%s", moe_errmsg());
 	ret = moe_model_summary(m, &s);
-	moe_model_close(m);
+	moe_model_destroy(m);
 	if (ret < 0)
 		return fail("%s", moe_errmsg());
 	*out = s.expert_bytes_each;
@@ -181,7 +181,7 @@ static int simulate(const char *path, struct sim_opts *o, bool json)
 	moe_trace_info(t, &ti);
 	if (o->learn && (ret = moe_routestats_from_trace(t, o->learn_begin, o->learn_end,
 							  &stats)) < 0) {
-		moe_trace_free(t);
+		moe_trace_destroy(t);
 		return fail("%s", moe_errmsg());
 	}
 	if (!json)
@@ -228,8 +228,8 @@ static int simulate(const char *path, struct sim_opts *o, bool json)
 	}
 	if (ret < 0)
 		fprintf(stderr, "moectl: %s\n", moe_errmsg());
-	moe_routestats_free(stats);
-	moe_trace_free(t);
+	moe_routestats_destroy(stats);
+	moe_trace_destroy(t);
 	if (ret < 0) {
 		json_decref(rows);
 		return 1;

@@ -21,7 +21,7 @@ int do_unload(int argc, char **argv)
 	if (ret < 0)
 		return fail("%s", moe_errmsg());
 	ret = moe_kmod_unregister(k, argv[1]);
-	moe_kmod_close(k);
+	moe_kmod_destroy(k);
 	if (ret < 0)
 		return fail("%s", moe_errmsg());
 	if (json_output) {

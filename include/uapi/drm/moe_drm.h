@@ -39,13 +39,18 @@ extern "C" {
 #define DRM_MOE_MODEL_INFO		0x05
 #define DRM_MOE_FETCH			0x06
 #define DRM_MOE_WAIT			0x07
+#define DRM_MOE_CANCEL			0x08
 
 /*
  * uAPI version: major changes break, minor ones add.  2: cmd_op of the
- * io_uring FETCH is _IOWR-encoded (it was the bare number 0x6d01).
+ * io_uring FETCH is _IOWR-encoded (it was the bare number 0x6d01).  2.1:
+ * MODEL_REGISTER and MODEL_INFO grew @n_meta (a model's metadata extents,
+ * so that a client can open it by name); clients built against 2.0 pass the
+ * shorter structs and keep working.  2.2: FETCH's DRM_MOE_FETCH_LOW and
+ * the CANCEL ioctl (DRM_MOE_CAP_PRIORITY).
  */
 #define DRM_MOE_VERSION_MAJOR		2
-#define DRM_MOE_VERSION_MINOR		0
+#define DRM_MOE_VERSION_MINOR		2
 
 /* Fixed-size names keep MODEL_REGISTER free of a second user copy. */
 #define DRM_MOE_NAME_LEN		64
@@ -79,6 +84,8 @@ enum drm_moe_param {
 #define DRM_MOE_CAP_PRIME		(1ULL << 1)
 /* Reads bypass the page cache (direct I/O). */
 #define DRM_MOE_CAP_DIRECT		(1ULL << 2)
+/* FETCH takes DRM_MOE_FETCH_LOW, and CANCEL exists (uAPI 2.2). */
+#define DRM_MOE_CAP_PRIORITY		(1ULL << 3)
 
 /**
  * struct drm_moe_get_param - DRM_IOCTL_MOE_GET_PARAM
@@ -142,6 +149,15 @@ struct drm_moe_extent {
  * @n_extents: in, 1..DRM_MOE_PARAM_MAX_EXTENTS (-E2BIG above).
  * @model_id: out, the model id (never 0).
  * @file_size: out, the size of the file at registration.
+ * @n_meta: in (uAPI 2.1), how many of the first extents are the model's
+ *	metadata: extent 0 starts at offset 0 and holds the file's header and
+ *	tensor table, the others hold the tensors a client needs besides the
+ *	routed experts.  With them a client can open the model by name and read
+ *	everything through FETCH, never touching the file.  0 (and every 2.0
+ *	client, whose shorter struct ends before this field): the extents are
+ *	expert data only.  -EINVAL above @n_extents or when extent 0 does not
+ *	start at offset 0.
+ * @pad: must be zero.
  *
  * Needs CAP_SYS_ADMIN (-EPERM).  -ENOSPC at DRM_MOE_PARAM_MAX_MODELS.
  */
@@ -153,6 +169,8 @@ struct drm_moe_model_register {
 	__u32 n_extents;
 	__u32 model_id;
 	__u64 file_size;
+	__u32 n_meta;
+	__u32 pad;
 };
 
 /**
@@ -160,8 +178,9 @@ struct drm_moe_model_register {
  * @model_id: in; -ENOENT when unknown.
  * @flags: must be zero.
  *
- * Needs CAP_SYS_ADMIN.  Requests in flight finish normally; new FETCHes
- * naming the model get -ENOENT.  The file is released after the last
+ * Needs CAP_SYS_ADMIN.  Requests in flight finish normally; queued
+ * DRM_MOE_FETCH_LOW batches that read the model end with -ECANCELED; new
+ * FETCHes naming the model get -ENOENT.  The file is released after the last
  * request completes.
  */
 struct drm_moe_model_unregister {
@@ -193,6 +212,9 @@ struct drm_moe_model_unregister {
  * @file_ino: out, the file's inode number as stat(2) reports it; with the
  *	device it lets a client find the model registered for a file it opened.
  * @lat_hist: out, completed requests by latency (DRM_MOE_LAT_BUCKETS).
+ * @n_meta: out (uAPI 2.1), the metadata extents MODEL_REGISTER declared
+ *	(extents 0..@n_meta - 1); 0 when the model cannot be opened by name.
+ * @pad2: must be zero.
  *
  * Any opener may ask; the counters are also in debugfs (dri/N/moe_models).
  */
@@ -212,6 +234,8 @@ struct drm_moe_model_info {
 	__u32 file_dev_minor;
 	__u64 file_ino;
 	__u64 lat_hist[DRM_MOE_LAT_BUCKETS];
+	__u32 n_meta;
+	__u32 pad2;
 };
 
 /**
@@ -240,6 +264,16 @@ struct drm_moe_fetch_req {
 	__u64 length;
 };
 
+/*
+ * FETCH flags.  LOW (uAPI 2.2): a prefetch.  The batch waits in the device's
+ * low-priority queue while any batch without the flag (from any file) is
+ * reading, and is issued when none is; until then CANCEL can take it back.
+ * An io_uring LOW batch is also cancelled when its ring goes away, on
+ * kernels with IORING_URING_CMD_CANCELABLE (6.7+).
+ */
+#define DRM_MOE_FETCH_LOW		(1U << 0)
+#define DRM_MOE_FETCH_FLAGS		(DRM_MOE_FETCH_LOW)
+
 /**
  * struct drm_moe_fetch - DRM_IOCTL_MOE_FETCH and DRM_MOE_URING_CMD_FETCH
  * @reqs_ptr: in, user pointer to @count struct drm_moe_fetch_req.
@@ -247,8 +281,8 @@ struct drm_moe_fetch_req {
  *	the bytes read or a negative errno; written at completion (by WAIT or
  *	before the io_uring CQE is posted).  0: no per-request results.
  * @count: in, 1..DRM_MOE_PARAM_MAX_BATCH (-EINVAL for 0, -E2BIG above).
- * @flags: must be zero.
- * @ticket: out (ioctl only), what to pass to WAIT.
+ * @flags: DRM_MOE_FETCH_* ; others give -EINVAL.
+ * @ticket: out (ioctl only), what to pass to WAIT and CANCEL.
  *
  * Every request is validated before any is issued: a bad request fails the
  * whole submission with its errno and nothing is read.  Failures after
@@ -281,6 +315,26 @@ struct drm_moe_wait {
 	__s64 timeout_ns;
 	__u32 flags;
 	__u32 failed;
+};
+
+/**
+ * struct drm_moe_cancel - DRM_IOCTL_MOE_CANCEL (uAPI 2.2)
+ * @ticket: in, a FETCH ticket of this file, or 0 for every queued batch of
+ *	this file (io_uring ones included); -ENOENT for a ticket this file
+ *	does not hold.
+ * @flags: must be zero.
+ * @cancelled: out, batches taken back.
+ *
+ * Takes back LOW batches that have not been issued yet: every request of
+ * such a batch ends with -ECANCELED (its BO range is left as it was), the
+ * batch completes (WAIT returns; an io_uring batch posts its CQE with
+ * -ECANCELED).  Batches already reading are not affected (@cancelled 0).
+ * Never blocks.
+ */
+struct drm_moe_cancel {
+	__u64 ticket;
+	__u32 flags;
+	__u32 cancelled;
 };
 
 /**
@@ -326,6 +380,8 @@ struct drm_moe_uring_cmd {
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_FETCH, struct drm_moe_fetch)
 #define DRM_IOCTL_MOE_WAIT \
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_WAIT, struct drm_moe_wait)
+#define DRM_IOCTL_MOE_CANCEL \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_CANCEL, struct drm_moe_cancel)
 
 #if defined(__cplusplus)
 }
