@@ -14,16 +14,20 @@
 #include "moe/moe.h"
 #include "engine_opts.h"
 #include "json.h"
+#include "schema.h"
 #include "tool.h"
 
 #define PROG "moe-run"
 /* The most positions a context holds (moe_ctx_create refuses more). */
 #define MAX_CTX (1u << 24)
+/* The largest --grammar or --json-schema file read. */
+#define MAX_GRAMMAR_FILE (1u << 20)
 
 struct opts {
 	const char *model, *prompt, *tokens, *logits_out, *system, *trace_out;
 	uint32_t n_gen, n_ctx;
-	bool stats, json, chat, trace_pred;
+	const char *grammar_file, *schema_file;
+	bool stats, json, chat, trace_pred, json_object;
 	struct moe_sample_params sp;
 	struct engine_opts eng;
 };
@@ -48,6 +52,11 @@ static void usage(FILE *f)
 		"      --top-k N, --top-p X, --min-p X\n"
 		"      --repeat-penalty X, --repeat-last-n N\n"
 		"      --seed N           sampling seed (0)\n"
+		"      --grammar FILE     output follows this GBNF grammar (Documentation/\n"
+		"                         structured-output.rst); generation ends with it\n"
+		"      --json-schema FILE output is JSON valid for this JSON Schema (the subset\n"
+		"                         in Documentation/structured-output.rst)\n"
+		"      --json-object      output is one JSON object\n"
 		"      --logits-out FILE  logits of every evaluated position, f32 LE [pos][vocab]\n"
 		"      --stats            prefill/decode tokens/s, expert hit rate, bytes read, GB/s,\n"
 		"                         time stalled on I/O (per layer too), prefetch precision\n"
@@ -134,6 +143,8 @@ static int parse_tokens(const char *s, int32_t **out, uint32_t *n)
 
 struct run {
 	const struct opts *o;
+	struct moe_sample_params sp;    /* o->sp with the grammar */
+	struct moe_grammar *grammar;
 	struct moe_tokenizer *tok;
 	struct moe_detok_state ds;
 	struct moe_outfile *logits;
@@ -142,6 +153,7 @@ struct run {
 	uint32_t n_out;
 	char *text;
 	size_t text_len, text_cap;
+	struct moe_grammar *check;  /* the text shown so far, against the grammar */
 	int err;                /* the first failure while generating, -errno */
 	char errmsg[512];       /* its reason; "" once it was reported (stdout) */
 };
@@ -175,6 +187,9 @@ static void emit_text(struct run *r, const char *buf, int n)
 {
 	if (n <= 0)
 		return;
+	/* the sampler kept to the grammar: this only tells where the document stands */
+	if (r->check)
+		moe_grammar_accept(r->check, buf, (size_t)n);
 	if (!r->o->json) {
 		fwrite(buf, 1, (size_t)n, stdout);
 		flush_stdout(r);
@@ -226,7 +241,8 @@ static int on_token(void *arg, const float *logits, uint32_t n_rows, int32_t nex
 static int parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { O_TOKENS = 256, O_CTX, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_RPEN, O_RLAST, O_SEED,
-	       O_LOGITS, O_STATS, O_JSON, O_CHAT, O_SYSTEM, O_TRACE, O_TRACE_PRED };
+	       O_LOGITS, O_STATS, O_JSON, O_CHAT, O_SYSTEM, O_TRACE, O_TRACE_PRED,
+	       O_GRAMMAR, O_SCHEMA, O_JSON_OBJECT };
 	static const struct option own[] = {
 		{ "model", required_argument, 0, 'm' },
 		{ "prompt", required_argument, 0, 'p' },
@@ -247,6 +263,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "system", required_argument, 0, O_SYSTEM },
 		{ "trace-out", required_argument, 0, O_TRACE },
 		{ "trace-predictions", no_argument, 0, O_TRACE_PRED },
+		{ "grammar", required_argument, 0, O_GRAMMAR },
+		{ "json-schema", required_argument, 0, O_SCHEMA },
+		{ "json-object", no_argument, 0, O_JSON_OBJECT },
 		{ "help", no_argument, 0, 'h' },
 		{ 0 },
 	};
@@ -293,6 +312,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_SYSTEM: o->system = optarg; break;
 		case O_TRACE: o->trace_out = optarg; break;
 		case O_TRACE_PRED: o->trace_pred = true; break;
+		case O_GRAMMAR: o->grammar_file = optarg; break;
+		case O_SCHEMA: o->schema_file = optarg; break;
+		case O_JSON_OBJECT: o->json_object = true; break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -313,6 +335,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		return bad("%s", "--trace-predictions goes with --trace-out FILE");
 	if (engine_opts_check(&o->eng))
 		return -EINVAL;
+	if (!!o->grammar_file + !!o->schema_file + o->json_object > 1)
+		return bad("%s", "--grammar, --json-schema and --json-object each set the output's "
+			   "grammar: give one");
 	if (o->chat) {
 		if (o->tokens || o->json || o->logits_out)
 			return bad("%s", "--chat takes text: --tokens, --json and --logits-out do not "
@@ -514,11 +539,17 @@ static int chat_turn(const struct opts *o, struct moe_ctx *ctx, struct run *r, s
 		keep--;
 	r->n_out = 0;
 	memset(&r->ds, 0, sizeof(r->ds));
-	ret = moe_ctx_generate_at(ctx, toks + keep, n - keep, keep, o->n_gen, &o->sp, 0, on_token,
+	if (r->check)
+		moe_grammar_reset(r->check);
+	ret = moe_ctx_generate_at(ctx, toks + keep, n - keep, keep, o->n_gen, &r->sp, 0, on_token,
 				  r);
 	emit_text(r, buf, moe_detok_stream(r->tok, &r->ds, -1, buf, sizeof(buf)));
 	printf("\n");
 	flush_stdout(r);
+	if (ret >= 0 && r->check && !moe_grammar_is_complete(r->check))
+		fprintf(stderr, PROG ": chat: turn %d: the reply reached -n %u tokens before the "
+			"grammar's document was complete (it is cut short); raise -n\n", turn,
+			o->n_gen);
 	if (ret < 0 || r->err) {
 		free(toks);
 		return ret < 0 ? ret : r->err;
@@ -594,6 +625,41 @@ static int chat(const struct opts *o, struct moe_ctx *ctx, struct run *r)
 	return ret;
 }
 
+/* The grammar of --grammar, --json-schema or --json-object into r->grammar. */
+static int load_grammar(const struct opts *o, struct run *r)
+{
+	const char *opt = o->grammar_file ? "--grammar" : "--json-schema";
+	const char *path = o->grammar_file ? o->grammar_file : o->schema_file;
+	char err[512], *text;
+	size_t len;
+	int ret;
+
+	if (o->json_object) {
+		const char *gbnf;
+
+		ret = moe_grammar_builtin("json-object", &gbnf);
+		if (!ret)
+			ret = moe_grammar_create(gbnf, strlen(gbnf), &r->grammar);
+		if (ret)
+			fprintf(stderr, PROG ": --json-object: %s\n", moe_errmsg());
+		return ret;
+	}
+	ret = tool_read_file(opt, path, MAX_GRAMMAR_FILE, &text, &len);
+	if (ret)
+		return ret;
+	if (o->grammar_file) {
+		ret = moe_grammar_create(text, len, &r->grammar);
+		if (ret)
+			fprintf(stderr, PROG ": --grammar %s: %s\n", path, moe_errmsg());
+	} else {
+		ret = schema_compile_text(text, len, &r->grammar, err, sizeof(err));
+		if (ret)
+			fprintf(stderr, PROG ": --json-schema %s: %s\n", path, err);
+	}
+	free(text);
+	return ret;
+}
+
 static int run(struct opts *o)
 {
 	struct moe_model *model = NULL;
@@ -608,6 +674,11 @@ static int run(struct opts *o)
 
 	if (o->tokens && parse_tokens(o->tokens, &prompt, &n_prompt) < 0)
 		return EXIT_USAGE;
+	r.sp = o->sp;
+	if ((o->grammar_file || o->schema_file || o->json_object) && load_grammar(o, &r)) {
+		free(prompt);
+		return 1;
+	}
 	/* Refused outputs are refused before the work that would fill them. */
 	if (o->logits_out && moe_outfile_open(o->logits_out, &r.logits) < 0) {
 		fprintf(stderr, PROG ": --logits-out: %s\n", moe_errmsg());
@@ -626,6 +697,19 @@ static int run(struct opts *o)
 			fprintf(stderr, PROG ": tokenizer: %s\n", moe_errmsg());
 			goto fail;
 		}
+	}
+	if (r.grammar) {
+		if (!r.tok) {
+			fprintf(stderr, PROG ": %s has no vocabulary: a grammar constrains text, so "
+				"--grammar, --json-schema and --json-object need one\n", o->model);
+			goto fail;
+		}
+		if (moe_grammar_clone(r.grammar, &r.check)) {
+			fprintf(stderr, PROG ": %s\n", moe_errmsg());
+			goto fail;
+		}
+		r.sp.grammar = r.grammar;
+		r.sp.tokenizer = r.tok;
 	}
 	if (o->chat) {
 		if (!r.tok) {
@@ -694,7 +778,7 @@ static int run(struct opts *o)
 		goto done;
 	}
 	if (o->n_gen) {
-		ret = moe_ctx_generate(ctx, prompt, n_prompt, o->n_gen, &o->sp,
+		ret = moe_ctx_generate(ctx, prompt, n_prompt, o->n_gen, &r.sp,
 				       o->logits_out ? MOE_EVAL_ALL_LOGITS : 0, on_token, &r);
 	} else {
 		ret = moe_ctx_eval(ctx, prompt, n_prompt, 0, o->logits_out ? MOE_EVAL_ALL_LOGITS : 0);
@@ -729,6 +813,9 @@ static int run(struct opts *o)
 		tj_set(doc, "tokens", toks);
 		if (r.tok)
 			tj_set(doc, "text", tj_strn(r.text ? r.text : "", r.text ? r.text_len : 0));
+		if (r.check)
+			tj_set(doc, "finish_reason",
+			       tj_str(moe_grammar_is_complete(r.check) ? "stop" : "length"));
 		if (o->stats)
 			print_stats(ctx, &st, doc);
 		if (tj_print(doc))
@@ -741,6 +828,11 @@ static int run(struct opts *o)
 		goto fail;
 	if (!o->json && o->stats)
 		print_stats(ctx, &st, NULL);
+	if (r.check && o->n_gen && !moe_grammar_is_complete(r.check)) {
+		fprintf(stderr, PROG ": -n %u tokens ran out before the grammar's document was "
+			"complete: the output is cut short; raise -n\n", o->n_gen);
+		goto fail;
+	}
 done:
 	ret = 0;
 	goto out;
@@ -748,6 +840,8 @@ fail:
 	ret = 1;
 out:
 	moe_outfile_close(r.logits, false);
+	moe_grammar_destroy(r.check);
+	moe_grammar_destroy(r.grammar);
 	free(r.text);
 	free(r.out);
 	free(prompt);

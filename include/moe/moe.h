@@ -915,6 +915,57 @@ MOE_API int moe_chat_render(const struct moe_tokenizer *t, const struct moe_chat
  * "deepseek2", "deepseek3", "glm4", "kimi-k2"), or "none". */
 MOE_API const char *moe_chat_format(const struct moe_tokenizer *t);
 
+/* ------------------------------------------------------- grammar */
+/* (section: grammar) */
+
+/*
+ * Grammars that constrain generated text (Documentation/structured-output.rst).
+ * A grammar is written in GBNF, the notation of llama.cpp: rules
+ * `name ::= alternatives`, "literals" with \n \t \" \xHH \uHHHH escapes,
+ * [classes] with ranges and ^ negation, . for any character, ( groups ),
+ * the repetitions * + ? {m} {m,} {m,n}, # comments; the document matches the
+ * rule `root`.  Classes match code points of UTF-8 text.  A moe_grammar is a
+ * compiled grammar together with the state of one document being matched:
+ * one thread at a time; clone it for another sequence (the compiled rules
+ * are shared, not copied).
+ */
+struct moe_grammar;
+
+/*
+ * Compile @len bytes of GBNF @text into a grammar at the start of a
+ * document.  -EINVAL with moe_errmsg() "grammar:LINE:COL: problem" for a
+ * syntax error, an undefined rule, a missing root, a left-recursive rule or
+ * a repetition of something that can match nothing.
+ */
+MOE_API int moe_grammar_create(const char *text, size_t len, struct moe_grammar **out);
+/*
+ * The GBNF text of a built-in grammar: "json" (any JSON value) or
+ * "json-object" (a JSON object, what response_format json_object asks for).
+ * -ENOENT for another name.
+ */
+MOE_API int moe_grammar_builtin(const char *name, const char **text);
+/* A grammar in the same state as @g, sharing its compiled rules. */
+MOE_API int moe_grammar_clone(const struct moe_grammar *g, struct moe_grammar **out);
+/* Back to the start of a document. */
+MOE_API int moe_grammar_reset(struct moe_grammar *g);
+MOE_API void moe_grammar_destroy(struct moe_grammar *g);
+/*
+ * Advance over @len bytes of text (any split: a UTF-8 character may span
+ * calls).  -EILSEQ when the bytes cannot continue the document (the state is
+ * then unchanged), -E2BIG when the grammar is too ambiguous for them (over
+ * 2048 parses alive at once, or nesting over 1024 deep).
+ */
+MOE_API int moe_grammar_accept(struct moe_grammar *g, const char *bytes, size_t len);
+/*
+ * Whether moe_grammar_accept would take these bytes; the state does not
+ * change (@g is not const: it keeps scratch memory).
+ */
+MOE_API bool moe_grammar_allows(struct moe_grammar *g, const char *bytes, size_t len);
+/* Whether the text so far is a whole document of the grammar. */
+MOE_API bool moe_grammar_is_complete(const struct moe_grammar *g);
+/* Whether any further text can be accepted (false: the document can only end here). */
+MOE_API bool moe_grammar_can_continue(const struct moe_grammar *g);
+
 /* ------------------------------------------------------- inference engine */
 /* (section: engine) */
 
@@ -1281,7 +1332,17 @@ MOE_API const char *moe_ctx_backend(const struct moe_ctx *ctx);
 MOE_API const char *moe_policy_names(void);
 MOE_API const char *moe_prefetch_names(void);
 
-/* Token sampling, in this order: repetition penalty, top-k, temperature, top-p, min-p. */
+/*
+ * Token sampling, in this order: repetition penalty, top-k, temperature,
+ * top-p, min-p.  With a grammar, only tokens whose bytes continue the
+ * document are drawn, and an end-of-generation token only where the document
+ * is complete: a draw is checked against the grammar and redrawn without the
+ * rejected token (the order above kept), and only when no kept candidate
+ * fits are the whole vocabulary's tokens checked.  The sampler works on its
+ * own clone of @grammar, taken in the state it has when the sampler is made
+ * (a prefix already accepted stays accepted); @tokenizer gives the tokens'
+ * bytes and must outlive the sampler.
+ */
 struct moe_sample_params {
 	float temp;                 /* <= 0: greedy (argmax, ties to the lowest id) */
 	int32_t top_k;              /* 0: off */
@@ -1290,7 +1351,9 @@ struct moe_sample_params {
 	float repeat_penalty;       /* 1: off */
 	int32_t repeat_last_n;      /* 0: off */
 	uint64_t seed;
-	uint64_t reserved[4];
+	const struct moe_grammar *grammar;      /* NULL: unconstrained */
+	const struct moe_tokenizer *tokenizer;  /* needed with a grammar */
+	uint64_t reserved[2];
 };
 /* Greedy defaults: temp 0, top_k 0, top_p 1, min_p 0, no penalty, seed 0. */
 MOE_API void moe_sample_params_init(struct moe_sample_params *p);
@@ -1310,9 +1373,17 @@ MOE_API int moe_sampler_new(const struct moe_sample_params *p, uint32_t n_vocab,
 /*
  * A token id drawn from @logits [n_vocab] (not modified), or -EINVAL when no
  * logit is a finite number.  NaN and -inf logits are never chosen, so a
- * caller masks tokens out by setting their logits to -INFINITY.
+ * caller masks tokens out by setting their logits to -INFINITY.  With a
+ * grammar the token drawn is also fed to the sampler's grammar; -EILSEQ
+ * when no token of the vocabulary can continue the document (or end it).
  */
 MOE_API int32_t moe_sampler_sample(struct moe_sampler *s, const float *logits);
+/*
+ * The sampler's grammar in its current state (NULL without one): whether
+ * the document is complete or can go on, for a decode loop to stop when it
+ * can only end.  It stays the sampler's; do not destroy it.
+ */
+MOE_API struct moe_grammar *moe_sampler_grammar(struct moe_sampler *s);
 /* Record a token of the sequence (prompt and sampled) for the repetition penalty. */
 MOE_API void moe_sampler_accept(struct moe_sampler *s, int32_t token);
 /* Free @s; NULL is a no-op. */
@@ -1330,6 +1401,10 @@ typedef int (*moe_gen_cb)(void *arg, const float *logits, uint32_t n_rows, int32
  * Evaluate @prompt from position 0, then sample and feed back up to @n_gen
  * tokens (the last one sampled is not evaluated).  @flags: enum
  * moe_eval_flags for the prompt.  Returns the number of tokens generated.
+ * With a grammar in @sp, generation also ends after an end-of-generation
+ * token or once the document can only end; when @n_gen runs out first the
+ * document is incomplete (a caller that must tell the two apart runs its own
+ * loop with moe_sampler_new() and moe_sampler_grammar()).
  */
 MOE_API int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
 			     uint32_t n_gen, const struct moe_sample_params *sp, uint32_t flags,

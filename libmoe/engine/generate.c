@@ -22,7 +22,7 @@ static struct moe_sampler_params sampler_params(const struct moe_sample_params *
 	return (struct moe_sampler_params){
 		.temp = sp->temp, .top_k = sp->top_k, .top_p = sp->top_p, .min_p = sp->min_p,
 		.repeat_penalty = sp->repeat_penalty, .repeat_last_n = sp->repeat_last_n,
-		.seed = sp->seed,
+		.seed = sp->seed, .grammar = sp->grammar, .tok = sp->tokenizer,
 	};
 }
 
@@ -37,6 +37,17 @@ int moe_sampler_new(const struct moe_sample_params *p, uint32_t n_vocab,
 		return moe_err(EINVAL, "sampler: vocabulary size %u is too large", n_vocab);
 	smp = sampler_params(p);
 	return moe_sampler_create(&smp, (int)n_vocab, out);
+}
+
+/* With a grammar: an end-of-generation token was drawn, or the document can only end. */
+static bool grammar_ended(struct moe_sampler *s, const struct moe_sample_params *sp,
+			  int32_t tok)
+{
+	struct moe_grammar *g = moe_sampler_grammar(s);
+
+	if (!g)
+		return false;
+	return moe_tokenizer_is_eog(sp->tokenizer, tok) || !moe_grammar_can_continue(g);
 }
 
 int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
@@ -89,7 +100,8 @@ int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_p
 		}
 		moe_sampler_accept(s, tok);
 		done++;
-		if ((cb && cb(arg, moe_ctx_logits(ctx, 0), rows, tok)) || done == n_gen)
+		if ((cb && cb(arg, moe_ctx_logits(ctx, 0), rows, tok)) || done == n_gen ||
+		    grammar_ended(s, sp, tok))
 			break;
 		rows = 1;
 		ret = moe_ctx_eval(ctx, &tok, 1, pos + n_prompt + done - 1, 0);

@@ -111,6 +111,7 @@ struct moe_tokenizer {
 	bool chat_compact;      /* GLM-4.7: no newline after role markers, bare </think> */
 	char chat_system[128];  /* Kimi: the system turn of a conversation without one */
 	char arch[32];
+	struct tok_pieces *pieces;  /* every token's bytes, for grammars (text/grammar.h) */
 };
 
 enum chat_think {
@@ -141,6 +142,8 @@ struct tok_spec {
 
 int tok_build(const struct tok_spec *spec, struct moe_tokenizer **out);
 
+/* Whether the token's text starts with the space SentencePiece puts before a word. */
+bool tok_starts_with_space(const struct moe_tokenizer *t, int32_t id);
 /* Token text lookup: id or -1. */
 int32_t tok_find(const struct moe_tokenizer *t, const char *s, size_t len);
 /* Merge of two ids by rank (BPE): the entry or NULL. */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "text/grammar.h"
 #include "text/tokenizer.h"
 #include "text/unicode.h"
 #include "util/util.h"
@@ -496,6 +497,11 @@ int tok_build(const struct tok_spec *sp, struct moe_tokenizer **out)
 	if (sp->arch)
 		snprintf(t->arch, sizeof(t->arch), "%s", sp->arch);
 	tok_chat_init(t, sp);
+	ret = tok_pieces_build(t, &t->pieces);
+	if (ret) {
+		moe_tokenizer_destroy(t);
+		return ret;
+	}
 	*out = t;
 	return 0;
 }
@@ -511,6 +517,7 @@ MOE_API void moe_tokenizer_destroy(struct moe_tokenizer *t)
 	free(t->special);
 	free(t->special_next);
 	free(t->eog);
+	tok_pieces_free(t->pieces);
 	free(t);
 }
 
@@ -678,7 +685,7 @@ MOE_API int moe_token_to_piece(const struct moe_tokenizer *t, int32_t id, char *
 	return n;
 }
 
-static bool starts_with_space(const struct moe_tokenizer *t, int32_t id)
+bool tok_starts_with_space(const struct moe_tokenizer *t, int32_t id)
 {
 	const struct tok_entry *e = &t->tok[id];
 
@@ -707,7 +714,7 @@ MOE_API int moe_detokenize(const struct moe_tokenizer *t, const int32_t *ids, in
 				       ids[i], i, t->n_vocab);
 		if (at > INT32_MAX / 2)
 			return moe_err(EFBIG, "moe_detokenize: output over 1 GiB");
-		if (i == first && t->add_space_prefix && starts_with_space(t, ids[i])) {
+		if (i == first && t->add_space_prefix && tok_starts_with_space(t, ids[i])) {
 			/* SentencePiece put a space before the text; take it off again. */
 			char *p;
 
@@ -756,7 +763,7 @@ MOE_API int moe_detok_stream(const struct moe_tokenizer *t, struct moe_detok_sta
 		piece(t, id, st->flags & MOE_DETOK_SPECIAL, p + st->n, n);
 		/* As moe_detokenize: the first token after a leading BOS loses its space. */
 		if ((st->started == 1 || (!st->started && id != t->bos)) && t->add_space_prefix &&
-		    n > 0 && starts_with_space(t, id)) {
+		    n > 0 && tok_starts_with_space(t, id)) {
 			memmove(p + st->n, p + st->n + 1, (size_t)n - 1);
 			n--;
 		}

@@ -16,6 +16,8 @@ int fuzz_gguf(const uint8_t *data, size_t size);
 int fuzz_tokenizer(const uint8_t *data, size_t size) __attribute__((weak));
 int fuzz_request(const uint8_t *data, size_t size);
 int fuzz_engine(const uint8_t *data, size_t size);
+int fuzz_grammar(const uint8_t *data, size_t size);
+int fuzz_schema(const uint8_t *data, size_t size);
 int fuzz_toolcall(const uint8_t *data, size_t size);
 
 static const struct { const char *name; fuzz_fn *fn; } targets[] = {
@@ -23,6 +25,8 @@ static const struct { const char *name; fuzz_fn *fn; } targets[] = {
 	{ "tokenizer", &(fuzz_fn){ fuzz_tokenizer } },
 	{ "request", &(fuzz_fn){ fuzz_request } },
 	{ "engine", &(fuzz_fn){ fuzz_engine } },
+	{ "grammar", &(fuzz_fn){ fuzz_grammar } },
+	{ "schema", &(fuzz_fn){ fuzz_schema } },
 	{ "toolcall", &(fuzz_fn){ fuzz_toolcall } },
 };
 

@@ -8,6 +8,8 @@
 #include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "tool.h"
@@ -140,5 +142,68 @@ int tool_parse_threads(const char *opt, const char *s, int *out)
 		v = (uint64_t)cap;
 	}
 	*out = (int)v;
+	return 0;
+}
+
+int tool_read_file(const char *opt, const char *path, size_t max, char **out, size_t *len)
+{
+	struct stat st;
+	size_t got = 0;
+	char *buf;
+	int fd, err;
+
+	*out = NULL;
+	*len = 0;
+	/* O_NONBLOCK: opening a FIFO must not wait for a writer */
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		err = errno;
+		fprintf(stderr, "%s: %s %s: %s\n", tool_name, opt, path, strerror(err));
+		return -err;
+	}
+	if (fstat(fd, &st)) {
+		err = errno;
+		fprintf(stderr, "%s: %s %s: %s\n", tool_name, opt, path, strerror(err));
+		close(fd);
+		return -err;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		fprintf(stderr, "%s: %s %s: %s\n", tool_name, opt, path,
+			S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file (a FIFO "
+			"or device cannot be read whole); give a file");
+		close(fd);
+		return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+	}
+	if ((uint64_t)st.st_size > max) {
+		fprintf(stderr, "%s: %s %s: %lld bytes is over the limit of %zu\n", tool_name, opt,
+			path, (long long)st.st_size, max);
+		close(fd);
+		return -EFBIG;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		close(fd);
+		fprintf(stderr, "%s: %s %s: out of memory\n", tool_name, opt, path);
+		return -ENOMEM;
+	}
+	while (got < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			err = n < 0 ? errno : EIO;
+			fprintf(stderr, "%s: %s %s: %s\n", tool_name, opt, path,
+				n < 0 ? strerror(err) : "the file shrank while being read");
+			free(buf);
+			close(fd);
+			return -err;
+		}
+		got += (size_t)n;
+	}
+	close(fd);
+	buf[got] = 0;
+	*out = buf;
+	*len = got;
 	return 0;
 }

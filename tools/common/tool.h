@@ -8,6 +8,7 @@
 #define MOE_TOOL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Exit statuses: 0 success, 1 failure, 2 usage. */
@@ -50,5 +51,13 @@ int tool_cpus(void);
  */
 #define TOOL_THREADS_PER_CPU 4
 int tool_parse_threads(const char *opt, const char *s, int *out);
+
+/*
+ * The whole of a regular file of at most @max bytes, NUL-terminated, into
+ * *out (free() it) and its length into *len.  Anything else (missing,
+ * unreadable, a directory, a FIFO or device, too large) prints
+ * "NAME: OPT PATH: reason" and returns -errno.
+ */
+int tool_read_file(const char *opt, const char *path, size_t max, char **out, size_t *len);
 
 #endif

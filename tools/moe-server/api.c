@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "schema.h"
 
 int api_fail(struct api_error *err, int status, const char *type, const char *code,
 	     const char *param, const char *fmt, ...)
@@ -515,6 +516,84 @@ static int get_stop(const json_t *v, struct api_request *req, struct api_error *
 	return 0;
 }
 
+/* {"name", "schema", "strict", "description"} of a json_schema response format. */
+static int get_json_schema(const json_t *js, struct api_request *req, struct api_error *err)
+{
+	const char *key, *name;
+	char msg[512];
+	json_t *f, *schema;
+	int ret;
+
+	if (!json_is_object(js))
+		return BAD("response_format.json_schema", "'response_format.json_schema' must be "
+			   "an object with 'name' and 'schema'");
+	json_object_foreach((json_t *)js, key, f) {
+		if (strcmp(key, "name") && strcmp(key, "schema") && strcmp(key, "strict") &&
+		    strcmp(key, "description"))
+			return BAD("response_format.json_schema", "unknown field "
+				   "'response_format.json_schema.%.64s'", key);
+	}
+	f = json_object_get(js, "name");
+	name = json_string_value(f);
+	if (!name || !*name || json_string_length(f) > 64 ||
+	    strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") !=
+	    json_string_length(f))
+		return BAD("response_format.json_schema.name", "'response_format.json_schema.name'"
+			   " must be 1 to 64 letters, digits, '_' or '-'");
+	f = json_object_get(js, "strict");
+	if (f && !json_is_boolean(f) && !json_is_null(f))
+		return BAD("response_format.json_schema.strict", "'response_format.json_schema."
+			   "strict' must be a boolean, not %s", type_name(f));
+	f = json_object_get(js, "description");
+	if (f && !json_is_string(f))
+		return BAD("response_format.json_schema.description", "'response_format."
+			   "json_schema.description' must be a string, not %s", type_name(f));
+	/* no schema: any JSON value */
+	schema = json_object_get(js, "schema");
+	if (!schema || json_is_null(schema))
+		schema = json_true();
+	else
+		json_incref(schema);
+	ret = schema_compile(schema, &req->grammar, msg, sizeof(msg));
+	json_decref(schema);
+	if (ret == -ENOMEM)
+		return api_fail(err, 500, "server_error", NULL, "response_format", "out of memory");
+	if (ret)
+		return BAD("response_format.json_schema.schema", "'response_format.json_schema."
+			   "schema': %s", msg);
+	return 0;
+}
+
+/* "response_format": text, json_object or json_schema. */
+static int get_response_format(const json_t *v, struct api_request *req, struct api_error *err)
+{
+	const char *type = json_string_value(json_object_get(v, "type")), *key, *gbnf;
+	json_t *f;
+
+	if (!json_is_object(v) || !type)
+		return BAD("response_format", "'response_format' must be an object whose 'type' is "
+			   "text, json_object or json_schema");
+	json_object_foreach((json_t *)v, key, f) {
+		if (strcmp(key, "type") && (strcmp(key, "json_schema") ||
+					    strcmp(type, "json_schema")))
+			return BAD("response_format", "unknown field 'response_format.%.64s' for "
+				   "type '%.32s'", key, type);
+	}
+	if (!strcmp(type, "text"))
+		return 0;
+	if (!strcmp(type, "json_object")) {
+		if (moe_grammar_builtin("json-object", &gbnf) ||
+		    moe_grammar_create(gbnf, strlen(gbnf), &req->grammar))
+			return api_fail(err, 500, "server_error", NULL, "response_format", "%s",
+					moe_errmsg());
+		return 0;
+	}
+	if (!strcmp(type, "json_schema"))
+		return get_json_schema(json_object_get(v, "json_schema"), req, err);
+	return BAD("response_format.type", "'response_format.type' '%.32s' is not one of text, "
+		   "json_object, json_schema", type);
+}
+
 /* Fields accepted only at their neutral value: moe cannot honour any other. */
 static int neutral(const char *key, const json_t *v, struct api_error *err)
 {
@@ -533,14 +612,6 @@ static int neutral(const char *key, const json_t *v, struct api_error *err)
 	if (!strcmp(key, "echo"))
 		return json_is_boolean(v) ? BAD(key, "'echo': true is not supported") :
 		       BAD(key, "'echo' must be a boolean, not %s", type_name(v));
-	if (!strcmp(key, "response_format")) {
-		json_t *t = json_object_get(v, "type");
-
-		if (json_is_object(v) && json_object_size(v) == 1 && json_is_string(t) &&
-		    !strcmp(json_string_value(t), "text"))
-			return 0;
-		return BAD(key, "'response_format': only {\"type\": \"text\"} is supported");
-	}
 	if (!strcmp(key, "stream_options")) {
 		json_t *u = json_object_get(v, "include_usage");
 
@@ -554,8 +625,8 @@ static int neutral(const char *key, const json_t *v, struct api_error *err)
 }
 
 enum field { F_MODEL, F_MESSAGES, F_PROMPT, F_MAX_TOKENS, F_TEMPERATURE, F_TOP_P, F_TOP_K,
-	     F_MIN_P, F_REPEAT_PENALTY, F_SEED, F_STOP, F_STREAM, F_USER, F_NEUTRAL, F_TOOLS,
-	     F_TOOL_CHOICE, F_PARALLEL_CALLS, F_KWARGS, F_EFFORT };
+	     F_MIN_P, F_REPEAT_PENALTY, F_SEED, F_STOP, F_STREAM, F_USER, F_RESPONSE_FORMAT,
+	     F_NEUTRAL, F_TOOLS, F_TOOL_CHOICE, F_PARALLEL_CALLS, F_KWARGS, F_EFFORT };
 
 static const struct { const char *name; enum field f; unsigned kinds; } fields[] = {
 	{ "model", F_MODEL, 3 },
@@ -582,7 +653,7 @@ static const struct { const char *name; enum field f; unsigned kinds; } fields[]
 	{ "frequency_penalty", F_NEUTRAL, 3 },
 	{ "logprobs", F_NEUTRAL, 3 },
 	{ "stream_options", F_NEUTRAL, 3 },
-	{ "response_format", F_NEUTRAL, 1u << API_CHAT },
+	{ "response_format", F_RESPONSE_FORMAT, 3 },
 	{ "echo", F_NEUTRAL, 1u << API_COMPLETION },
 	{ "best_of", F_NEUTRAL, 1u << API_COMPLETION },
 	{ "suffix", F_NEUTRAL, 1u << API_COMPLETION },
@@ -648,6 +719,7 @@ static int field(enum api_kind kind, const char *key, const json_t *v,
 				return BAD(key, "'stream' must be a boolean, not %s", type_name(v));
 			req->stream = json_is_true(v);
 			return 0;
+		case F_RESPONSE_FORMAT: return get_response_format(v, req, err);
 		case F_NEUTRAL: return neutral(key, v, err);
 		case F_TOOLS: return get_tools(v, req, err);
 		case F_TOOL_CHOICE: return get_tool_choice(v, req, err);
@@ -742,6 +814,7 @@ void api_request_free(struct api_request *req)
 	free(req->prompt_ids);
 	for (uint32_t i = 0; i < req->n_stop; i++)
 		free(req->stop[i]);
+	moe_grammar_destroy(req->grammar);
 	json_decref(req->tools);
 	free(req->tool_name);
 	free(req->effort);

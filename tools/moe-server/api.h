@@ -63,6 +63,7 @@ struct api_request {
 	char *tool_name;        /* API_TOOLS_NAMED: the function */
 	int thinking;           /* -1: the format's default, 0 off, 1 on (enable_thinking) */
 	char *effort;           /* reasoning_effort: "low", "medium", "high", or NULL */
+	struct moe_grammar *grammar;    /* response_format json_object / json_schema, or NULL */
 };
 
 struct api_error {

@@ -163,6 +163,15 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 
 		if (!req->has_seed)
 			sp.seed = (uint64_t)(now_s() * 1e9) ^ (uintptr_t)j;
+		if (req->grammar && !s->tok) {
+			ret = api_fail(err, 400, "invalid_request_error", NULL, "response_format",
+				       "the model has no vocabulary to check a response format "
+				       "against: leave 'response_format' out");
+			goto fail;
+		}
+		/* the sampler takes its own copy of the grammar: the request's may go */
+		sp.grammar = req->grammar;
+		sp.tokenizer = s->tok;
 		ret = moe_sampler_new(&sp, moe_ctx_n_vocab(s->ctx), &j->sampler);
 		if (ret < 0) {
 			ret = api_fail(err, 400, "invalid_request_error", NULL, NULL, "%s",
@@ -332,6 +341,12 @@ static void took(struct server *s, struct job *j, int32_t tok)
 			finish(s, j, "stop");
 			return;
 		}
+	}
+	/* a document of the response format that can only end here ends the reply */
+	if (moe_sampler_grammar(j->sampler) &&
+	    !moe_grammar_can_continue(moe_sampler_grammar(j->sampler))) {
+		finish(s, j, "stop");
+		return;
 	}
 	/* the last stop_max - 1 bytes may yet start a stop sequence: not sent before they settle */
 	j->safe = j->stop_max ? (j->len >= j->stop_max - 1 ? j->len - (j->stop_max - 1) : 0) :
