@@ -269,7 +269,7 @@ $(BUILD)/lib/pkgconfig/libmoe.pc: libmoe/libmoe.pc.in
 # $PREFIX/lib), so they can use nothing the API does not export.  The two in
 # STATIC_TOOLS need internals and link the static library instead
 # (Documentation/api.rst, "How the tools link").
-STATIC_TOOLS := moe-mkmodel moe-bench
+STATIC_TOOLS := moe-mkmodel moe-bench moectl
 $(BUILD)/obj/tools/%.o: ALL_CFLAGS = $(filter-out -Ilibmoe,$(BASE_CFLAGS)) $(PKG_CFLAGS) \
 	$(CFLAGS) -Itools/common -Itools/bench $(JSON_CFLAGS)
 $(foreach t,$(STATIC_TOOLS),$(eval $(BUILD)/obj/tools/$(t)/%.o: ALL_CFLAGS += -Ilibmoe))
