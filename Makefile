@@ -44,7 +44,8 @@ DEP_PKGS := liburing hwloc libdrm check libmicrohttpd jansson
 # moe-server's HTTP and JSON libraries; the request parser (api.c) and the
 # JSON Schema converter it uses are also in the unit tests and fuzz targets.
 SERVER_PKGS := libmicrohttpd jansson
-SERVER_API_SRCS := tools/moe-server/api.c tools/moe-server/chatfmt.c tools/common/schema.c
+SERVER_API_SRCS := tools/moe-server/api.c tools/moe-server/chatfmt.c tools/common/schema.c \
+	tools/common/strbuf.c
 
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
@@ -491,12 +492,12 @@ $(FUZZ_LIB): | $(DEPS_STAMP)
 fuzz-build: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 # fuzz_request and fuzz_toolcall take the server's request parser and chat formats
 $(BUILD)/fuzz/fuzz_request $(BUILD)/fuzz/fuzz_toolcall: $(SERVER_API_SRCS)
-$(BUILD)/fuzz/fuzz_schema: tools/common/schema.c
+$(BUILD)/fuzz/fuzz_schema: tools/common/schema.c tools/common/strbuf.c
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB)
 	@mkdir -p $(@D)
 	clang -std=gnu11 -O1 -g -D_GNU_SOURCE -DMOE_FUZZ_MAIN -Iinclude -Ilibmoe \
 		-Itools/moe-server -Itools/common $(PKG_CFLAGS) $(SERVER_CFLAGS) -fsanitize=fuzzer \
-		$(FUZZ_SAN) -o $@ $< $(filter tools/moe-server/%.c %/schema.c,$^) $(FUZZ_LIB) \
+		$(FUZZ_SAN) -o $@ $< $(filter tools/moe-server/%.c %/schema.c %/strbuf.c,$^) $(FUZZ_LIB) \
 		$(PKG_LIBS) $(SERVER_LIBS) -lm -ldl -pthread
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \

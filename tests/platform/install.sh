@@ -6,8 +6,9 @@
 #  - the tree has the library (static, shared with soname links), headers,
 #    libmoe.pc, the tools, a man page per API function, the udev rule and
 #    the DKMS tree;
-#  - the installed moe-mkmodel writes a model; the installed moectl runs with
-#    the installed libmoe.so.1 (its run path, $ORIGIN/../lib);
+#  - the installed moe-mkmodel writes a model; the installed moe-run decodes
+#    it with the installed libmoe.so.1 (its run path, $ORIGIN/../lib); the
+#    installed moectl (static) runs;
 #  - a program built with `pkg-config --cflags --libs libmoe` alone (the
 #    installed .pc, sysroot-relative) runs against the installed shared
 #    library and reads that model; the same program linked statically with
@@ -83,9 +84,11 @@ fi
 "$root/bin/moe-mkmodel" --arch qwen3moe --layers 2 --embd 64 --heads 2 --kv-heads 1 \
 	--head-dim 32 --experts 4 --expert-ff 64 -q -o "$dest/m.gguf" ||
 	fail "the installed moe-mkmodel failed"
-# moectl links the installed shared library, found through its run path
-ldd "$root/bin/moectl" | grep -q "libmoe.so.1 => $root/bin/../lib/libmoe.so.1" ||
-	fail "the installed moectl does not find the installed libmoe.so.1: $(ldd "$root/bin/moectl")"
+# moe-run links the installed shared library, found through its run path
+ldd "$root/bin/moe-run" | grep -q "libmoe.so.1 => $root/bin/../lib/libmoe.so.1" ||
+	fail "the installed moe-run does not find the installed libmoe.so.1: $(ldd "$root/bin/moe-run")"
+out=$(env -u LD_LIBRARY_PATH "$root/bin/moe-run" -m "$dest/m.gguf" --tokens 1,2,3 -n 2 \
+	--no-state 2>&1) || fail "the installed moe-run failed: $out"
 out=$(env -u LD_LIBRARY_PATH "$root/bin/moectl" version) && echo "$out" | grep -q "(libmoe.so.1)" ||
 	fail "the installed moectl failed: $out"
 

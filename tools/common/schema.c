@@ -15,58 +15,11 @@
 
 #include "moe/moe.h"
 #include "schema.h"
+#include "strbuf.h"
 
 #define MAX_DEPTH 64
 #define MAX_COUNT 1000          /* the grammar's repetition limit */
 #define MAX_OUT (4u << 20)
-
-struct sb {
-	char *s;
-	size_t len, cap;
-	bool oom;
-};
-
-static void sb_vadd(struct sb *b, const char *fmt, va_list ap)
-{
-	va_list aq;
-	int n;
-
-	if (b->oom)
-		return;
-	va_copy(aq, ap);
-	n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, aq);
-	va_end(aq);
-	if (n < 0) {
-		b->oom = true;
-		return;
-	}
-	if (!b->s || b->len + (size_t)n + 1 > b->cap) {
-		size_t cap = (b->cap + (size_t)n + 64) * 2;
-		char *s = realloc(b->s, cap);
-
-		if (!s || cap > MAX_OUT) {
-			free(s);
-			b->s = NULL;
-			b->oom = true;
-			return;
-		}
-		b->s = s;
-		b->cap = cap;
-		vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
-	}
-	b->len += (size_t)n;
-}
-
-static void sb_add(struct sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void sb_add(struct sb *b, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	sb_vadd(b, fmt, ap);
-	va_end(ap);
-}
 
 enum prim { P_WS, P_STRING, P_CHAR, P_NUMBER, P_INTEGER, P_BOOLEAN, P_NULL, P_VALUE, P_OBJECT,
 	    P_MEMBER, P_ARRAY, P_COUNT };
@@ -84,7 +37,7 @@ struct ref {
 struct conv {
 	const json_t *root;
 	const char *prefix;
-	struct sb out;
+	struct strbuf out;
 	unsigned next;
 	unsigned prims;         /* 1 << enum prim used */
 	struct ref *refs;
@@ -144,26 +97,26 @@ static const char *prim(struct conv *c, enum prim p, char *buf)
 }
 
 /* @s as a GBNF literal's contents. */
-static void add_literal(struct sb *b, const char *s, size_t len)
+static void add_literal(struct strbuf *b, const char *s, size_t len)
 {
-	sb_add(b, "\"");
+	strbuf_addf(b, "\"");
 	for (size_t i = 0; i < len; i++) {
 		unsigned char ch = (unsigned char)s[i];
 
 		if (ch == '"' || ch == '\\')
-			sb_add(b, "\\%c", ch);
+			strbuf_addf(b, "\\%c", ch);
 		else if (ch == '\n')
-			sb_add(b, "\\n");
+			strbuf_addf(b, "\\n");
 		else if (ch < 0x20 || ch == 0x7f)
-			sb_add(b, "\\x%02x", ch);
+			strbuf_addf(b, "\\x%02x", ch);
 		else
-			sb_add(b, "%c", ch);
+			strbuf_addf(b, "%c", ch);
 	}
-	sb_add(b, "\"");
+	strbuf_addf(b, "\"");
 }
 
 /* A JSON value as the literal of its compact form. */
-static int add_json_literal(struct conv *c, struct sb *b, const json_t *v, const char *path)
+static int add_json_literal(struct conv *c, struct strbuf *b, const json_t *v, const char *path)
 {
 	char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
 
@@ -252,17 +205,17 @@ static int get_count(struct conv *c, const json_t *s, const char *key, const cha
 }
 
 /* "{lo,hi}" of a repetition, hi < 0: none. */
-static void add_bounds(struct sb *b, long lo, long hi)
+static void add_bounds(struct strbuf *b, long lo, long hi)
 {
 	if (hi < 0)
-		sb_add(b, lo == 0 ? "*" : lo == 1 ? "+" : "{%ld,}", lo);
+		strbuf_addf(b, lo == 0 ? "*" : lo == 1 ? "+" : "{%ld,}", lo);
 	else if (lo == hi)
-		sb_add(b, "{%ld}", lo);
+		strbuf_addf(b, "{%ld}", lo);
 	else
-		sb_add(b, "{%ld,%ld}", lo, hi);
+		strbuf_addf(b, "{%ld,%ld}", lo, hi);
 }
 
-static int gen_string(struct conv *c, const json_t *s, struct sb *b, const char *path)
+static int gen_string(struct conv *c, const json_t *s, struct strbuf *b, const char *path)
 {
 	long lo = 0, hi = -1;
 	name_t n;
@@ -272,16 +225,16 @@ static int gen_string(struct conv *c, const json_t *s, struct sb *b, const char 
 	if (hi >= 0 && hi < lo)
 		return fail(c, path, "'maxLength' %ld is below 'minLength' %ld", hi, lo);
 	if (lo == 0 && hi < 0) {
-		sb_add(b, "%s", prim(c, P_STRING, n));
+		strbuf_addf(b, "%s", prim(c, P_STRING, n));
 		return 0;
 	}
-	sb_add(b, "\"\\\"\" %s", prim(c, P_CHAR, n));
+	strbuf_addf(b, "\"\\\"\" %s", prim(c, P_CHAR, n));
 	add_bounds(b, lo, hi);
-	sb_add(b, " \"\\\"\"");
+	strbuf_addf(b, " \"\\\"\"");
 	return 0;
 }
 
-static int gen_array(struct conv *c, const json_t *s, struct sb *b, const char *path)
+static int gen_array(struct conv *c, const json_t *s, struct strbuf *b, const char *path)
 {
 	const json_t *items = json_object_get(s, "items");
 	long lo = 0, hi = -1;
@@ -303,17 +256,17 @@ static int gen_array(struct conv *c, const json_t *s, struct sb *b, const char *
 	}
 	prim(c, P_WS, ws);
 	if (hi == 0) {
-		sb_add(b, "\"[\" %s \"]\"", ws);
+		strbuf_addf(b, "\"[\" %s \"]\"", ws);
 		return 0;
 	}
 	if (lo == 0) {
-		sb_add(b, "\"[\" %s ( %s %s ( \",\" %s %s %s )", ws, item, ws, ws, item, ws);
+		strbuf_addf(b, "\"[\" %s ( %s %s ( \",\" %s %s %s )", ws, item, ws, ws, item, ws);
 		add_bounds(b, 0, hi < 0 ? -1 : hi - 1);
-		sb_add(b, " )? \"]\"");
+		strbuf_addf(b, " )? \"]\"");
 	} else {
-		sb_add(b, "\"[\" %s %s %s ( \",\" %s %s %s )", ws, item, ws, ws, item, ws);
+		strbuf_addf(b, "\"[\" %s %s %s ( \",\" %s %s %s )", ws, item, ws, ws, item, ws);
 		add_bounds(b, lo - 1, hi < 0 ? -1 : hi - 1);
-		sb_add(b, " \"]\"");
+		strbuf_addf(b, " \"]\"");
 	}
 	return 0;
 }
@@ -329,7 +282,7 @@ static bool is_required(const json_t *req, const char *key)
 	return false;
 }
 
-static int gen_object(struct conv *c, const json_t *s, struct sb *b, const char *path)
+static int gen_object(struct conv *c, const json_t *s, struct strbuf *b, const char *path)
 {
 	const json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
 	const json_t *add = json_object_get(s, "additionalProperties");
@@ -365,7 +318,7 @@ static int gen_object(struct conv *c, const json_t *s, struct sb *b, const char 
 			if (gen(c, add, sub, val))
 				return c->ret;
 			rule_name(c, c->next++, member);
-			sb_add(&c->out, "%s ::= %s %s \":\" %s %s %s\n", member, prim(c, P_STRING, str),
+			strbuf_addf(&c->out, "%s ::= %s %s \":\" %s %s %s\n", member, prim(c, P_STRING, str),
 			       ws, ws, val, ws);
 		} else {
 			prim(c, P_MEMBER, member);
@@ -373,9 +326,9 @@ static int gen_object(struct conv *c, const json_t *s, struct sb *b, const char 
 	}
 	if (!n) {
 		if (extra)
-			sb_add(b, "%s", prim(c, P_OBJECT, nm));
+			strbuf_addf(b, "%s", prim(c, P_OBJECT, nm));
 		else
-			sb_add(b, "\"{\" %s \"}\"", ws);
+			strbuf_addf(b, "\"{\" %s \"}\"", ws);
 		return 0;
 	}
 	/* F_i is rule base + 2i, R_i base + 2i + 1, for i = 0 .. n */
@@ -383,7 +336,7 @@ static int gen_object(struct conv *c, const json_t *s, struct sb *b, const char 
 	c->next += 2 * (unsigned)(n + 1);
 	i = 0;
 	json_object_foreach((json_t *)props, key, v) {
-		struct sb kv = { 0 };
+		struct strbuf kv = { .max = MAX_OUT };
 		name_t val, f, r, f1, r1;
 		bool need = req && is_required(req, key);
 		json_t *ks;
@@ -399,7 +352,7 @@ static int gen_object(struct conv *c, const json_t *s, struct sb *b, const char 
 			return c->ret = -ENOMEM;
 		add_literal(&kv, kj, strlen(kj));
 		free(kj);
-		sb_add(&kv, " %s \":\" %s %s %s", ws, ws, val, ws);
+		strbuf_addf(&kv, " %s \":\" %s %s %s", ws, ws, val, ws);
 		if (kv.oom) {
 			free(kv.s);
 			return c->ret = -ENOMEM;
@@ -408,8 +361,8 @@ static int gen_object(struct conv *c, const json_t *s, struct sb *b, const char 
 		rule_name(c, base + 2 * (unsigned)i + 1, r);
 		rule_name(c, base + 2 * (unsigned)i + 2, f1);
 		rule_name(c, base + 2 * (unsigned)i + 3, r1);
-		sb_add(&c->out, "%s ::= %s %s%s%s\n", f, kv.s, r1, need ? "" : " | ", need ? "" : f1);
-		sb_add(&c->out, "%s ::= \",\" %s %s %s%s%s\n", r, ws, kv.s, r1, need ? "" : " | ",
+		strbuf_addf(&c->out, "%s ::= %s %s%s%s\n", f, kv.s, r1, need ? "" : " | ", need ? "" : f1);
+		strbuf_addf(&c->out, "%s ::= \",\" %s %s %s%s%s\n", r, ws, kv.s, r1, need ? "" : " | ",
 		       need ? "" : r1);
 		free(kv.s);
 		i++;
@@ -417,13 +370,13 @@ static int gen_object(struct conv *c, const json_t *s, struct sb *b, const char 
 	rule_name(c, base + 2 * (unsigned)n, nm);
 	rule_name(c, base + 2 * (unsigned)n + 1, nm2);
 	if (extra) {
-		sb_add(&c->out, "%s ::= ( %s ( \",\" %s %s )* )?\n", nm, member, ws, member);
-		sb_add(&c->out, "%s ::= ( \",\" %s %s )*\n", nm2, ws, member);
+		strbuf_addf(&c->out, "%s ::= ( %s ( \",\" %s %s )* )?\n", nm, member, ws, member);
+		strbuf_addf(&c->out, "%s ::= ( \",\" %s %s )*\n", nm2, ws, member);
 	} else {
-		sb_add(&c->out, "%s ::= \"\"\n%s ::= \"\"\n", nm, nm2);
+		strbuf_addf(&c->out, "%s ::= \"\"\n%s ::= \"\"\n", nm, nm2);
 	}
 	rule_name(c, base, nm);
-	sb_add(b, "\"{\" %s %s \"}\"", ws, nm);
+	strbuf_addf(b, "\"{\" %s %s \"}\"", ws, nm);
 	return 0;
 }
 
@@ -490,7 +443,7 @@ static int gen_ref(struct conv *c, const json_t *s, const char *path, char *name
 	return gen_named(c, target, sub, name);
 }
 
-static int gen_type(struct conv *c, const json_t *s, const char *t, struct sb *b,
+static int gen_type(struct conv *c, const json_t *s, const char *t, struct strbuf *b,
 		    const char *path)
 {
 	name_t n;
@@ -502,13 +455,13 @@ static int gen_type(struct conv *c, const json_t *s, const char *t, struct sb *b
 	if (!strcmp(t, "string"))
 		return gen_string(c, s, b, path);
 	if (!strcmp(t, "number"))
-		sb_add(b, "%s", prim(c, P_NUMBER, n));
+		strbuf_addf(b, "%s", prim(c, P_NUMBER, n));
 	else if (!strcmp(t, "integer"))
-		sb_add(b, "%s", prim(c, P_INTEGER, n));
+		strbuf_addf(b, "%s", prim(c, P_INTEGER, n));
 	else if (!strcmp(t, "boolean"))
-		sb_add(b, "%s", prim(c, P_BOOLEAN, n));
+		strbuf_addf(b, "%s", prim(c, P_BOOLEAN, n));
 	else if (!strcmp(t, "null"))
-		sb_add(b, "%s", prim(c, P_NULL, n));
+		strbuf_addf(b, "%s", prim(c, P_NULL, n));
 	else
 		return fail(c, path, "type '%.32s' is not a JSON Schema type (object, array, "
 			    "string, number, integer, boolean, null)", t);
@@ -516,7 +469,7 @@ static int gen_type(struct conv *c, const json_t *s, const char *t, struct sb *b
 }
 
 /* The body of @s's rule into @b. */
-static int gen_body(struct conv *c, const json_t *s, struct sb *b, const char *path)
+static int gen_body(struct conv *c, const json_t *s, struct strbuf *b, const char *path)
 {
 	const json_t *type, *alts, *e;
 	char sub[512];
@@ -524,7 +477,7 @@ static int gen_body(struct conv *c, const json_t *s, struct sb *b, const char *p
 	size_t i;
 
 	if (json_is_true(s) || (json_is_object(s) && !json_object_size(s))) {
-		sb_add(b, "%s", prim(c, P_VALUE, n));
+		strbuf_addf(b, "%s", prim(c, P_VALUE, n));
 		return 0;
 	}
 	if (json_is_false(s))
@@ -541,7 +494,7 @@ static int gen_body(struct conv *c, const json_t *s, struct sb *b, const char *p
 			return fail(c, path, "'enum' must be a non-empty array");
 		json_array_foreach(e, i, type) {
 			if (i)
-				sb_add(b, " | ");
+				strbuf_addf(b, " | ");
 			if (add_json_literal(c, b, type, path))
 				return c->ret;
 		}
@@ -564,10 +517,10 @@ static int gen_body(struct conv *c, const json_t *s, struct sb *b, const char *p
 			child_path(sub, sizeof(sub), path, which, idx);
 			if (gen(c, e, sub, n))
 				return c->ret;
-			sb_add(b, "%s%s", i ? " | " : "", n);
+			strbuf_addf(b, "%s%s", i ? " | " : "", n);
 		}
 		if (json_is_true(json_object_get(s, "nullable")))
-			sb_add(b, " | %s", prim(c, P_NULL, n));
+			strbuf_addf(b, " | %s", prim(c, P_NULL, n));
 		return 0;
 	}
 	type = json_object_get(s, "type");
@@ -579,7 +532,7 @@ static int gen_body(struct conv *c, const json_t *s, struct sb *b, const char *p
 			if (!json_is_string(e))
 				return fail(c, path, "'type'[%zu] must be a string", i);
 			if (i)
-				sb_add(b, " | ");
+				strbuf_addf(b, " | ");
 			if (gen_type(c, s, json_string_value(e), b, path))
 				return c->ret;
 		}
@@ -594,16 +547,16 @@ static int gen_body(struct conv *c, const json_t *s, struct sb *b, const char *p
 	} else if (json_object_get(s, "minLength") || json_object_get(s, "maxLength")) {
 		return gen_string(c, s, b, path);
 	} else {
-		sb_add(b, "%s", prim(c, P_VALUE, n));
+		strbuf_addf(b, "%s", prim(c, P_VALUE, n));
 	}
 	if (json_is_true(json_object_get(s, "nullable")))
-		sb_add(b, " | %s", prim(c, P_NULL, n));
+		strbuf_addf(b, " | %s", prim(c, P_NULL, n));
 	return 0;
 }
 
 static int gen_named(struct conv *c, const json_t *s, const char *path, const char *name)
 {
-	struct sb b = { 0 };
+	struct strbuf b = { .max = MAX_OUT };
 
 	if (++c->depth > MAX_DEPTH) {
 		c->depth--;
@@ -613,7 +566,7 @@ static int gen_named(struct conv *c, const json_t *s, const char *path, const ch
 		name_t target;
 
 		if (!gen_ref(c, s, path, target))
-			sb_add(&b, "%s", target);
+			strbuf_addf(&b, "%s", target);
 	} else {
 		gen_body(c, s, &b, path);
 	}
@@ -621,7 +574,7 @@ static int gen_named(struct conv *c, const json_t *s, const char *path, const ch
 	if (!c->ret && b.oom)
 		c->ret = -ENOMEM;
 	if (!c->ret)
-		sb_add(&c->out, "%s ::= %s\n", name, b.s ? b.s : "\"\"");
+		strbuf_addf(&c->out, "%s ::= %s\n", name, b.s ? b.s : "\"\"");
 	free(b.s);
 	return c->ret;
 }
@@ -639,33 +592,33 @@ static void add_prims(struct conv *c)
 	for (int p = 0; p < P_COUNT; p++)
 		snprintf(n[p], sizeof(n[p]), "%s-%s", c->prefix, prim_name[p]);
 	if (c->prims & 1u << P_WS)
-		sb_add(&c->out, "%s ::= ( \" \" | \"\\n\" [ \\t]{0,16} )?\n", n[P_WS]);
+		strbuf_addf(&c->out, "%s ::= ( \" \" | \"\\n\" [ \\t]{0,16} )?\n", n[P_WS]);
 	if (c->prims & 1u << P_STRING)
-		sb_add(&c->out, "%s ::= \"\\\"\" %s* \"\\\"\"\n", n[P_STRING], n[P_CHAR]);
+		strbuf_addf(&c->out, "%s ::= \"\\\"\" %s* \"\\\"\"\n", n[P_STRING], n[P_CHAR]);
 	if (c->prims & 1u << P_CHAR)
-		sb_add(&c->out, "%s ::= [^\"\\\\\\x00-\\x1f] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" "
+		strbuf_addf(&c->out, "%s ::= [^\"\\\\\\x00-\\x1f] | \"\\\\\" ( [\"\\\\/bfnrt] | \"u\" "
 		       "( [0-9a-cA-Ce-fE-F] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2} ) )\n",
 		       n[P_CHAR]);
 	if (c->prims & 1u << P_NUMBER)
-		sb_add(&c->out, "%s ::= \"-\"? ( \"0\" | [1-9] [0-9]{0,15} ) ( \".\" [0-9]{1,16} )? "
+		strbuf_addf(&c->out, "%s ::= \"-\"? ( \"0\" | [1-9] [0-9]{0,15} ) ( \".\" [0-9]{1,16} )? "
 		       "( [eE] [-+]? [0-9]{1,2} )?\n", n[P_NUMBER]);
 	if (c->prims & 1u << P_INTEGER)
-		sb_add(&c->out, "%s ::= \"-\"? ( \"0\" | [1-9] [0-9]{0,15} )\n", n[P_INTEGER]);
+		strbuf_addf(&c->out, "%s ::= \"-\"? ( \"0\" | [1-9] [0-9]{0,15} )\n", n[P_INTEGER]);
 	if (c->prims & 1u << P_BOOLEAN)
-		sb_add(&c->out, "%s ::= \"true\" | \"false\"\n", n[P_BOOLEAN]);
+		strbuf_addf(&c->out, "%s ::= \"true\" | \"false\"\n", n[P_BOOLEAN]);
 	if (c->prims & 1u << P_NULL)
-		sb_add(&c->out, "%s ::= \"null\"\n", n[P_NULL]);
+		strbuf_addf(&c->out, "%s ::= \"null\"\n", n[P_NULL]);
 	if (c->prims & 1u << P_VALUE)
-		sb_add(&c->out, "%s ::= %s | %s | %s | %s | %s | %s\n", n[P_VALUE], n[P_OBJECT],
+		strbuf_addf(&c->out, "%s ::= %s | %s | %s | %s | %s | %s\n", n[P_VALUE], n[P_OBJECT],
 		       n[P_ARRAY], n[P_STRING], n[P_NUMBER], n[P_BOOLEAN], n[P_NULL]);
 	if (c->prims & 1u << P_OBJECT)
-		sb_add(&c->out, "%s ::= \"{\" %s ( %s ( \",\" %s %s )* )? \"}\"\n", n[P_OBJECT],
+		strbuf_addf(&c->out, "%s ::= \"{\" %s ( %s ( \",\" %s %s )* )? \"}\"\n", n[P_OBJECT],
 		       n[P_WS], n[P_MEMBER], n[P_WS], n[P_MEMBER]);
 	if (c->prims & 1u << P_MEMBER)
-		sb_add(&c->out, "%s ::= %s %s \":\" %s %s %s\n", n[P_MEMBER], n[P_STRING], n[P_WS],
+		strbuf_addf(&c->out, "%s ::= %s %s \":\" %s %s %s\n", n[P_MEMBER], n[P_STRING], n[P_WS],
 		       n[P_WS], n[P_VALUE], n[P_WS]);
 	if (c->prims & 1u << P_ARRAY)
-		sb_add(&c->out, "%s ::= \"[\" %s ( %s %s ( \",\" %s %s %s )* )? \"]\"\n",
+		strbuf_addf(&c->out, "%s ::= \"[\" %s ( %s %s ( \",\" %s %s %s )* )? \"]\"\n",
 		       n[P_ARRAY], n[P_WS], n[P_VALUE], n[P_WS], n[P_WS], n[P_VALUE], n[P_WS]);
 }
 
@@ -675,7 +628,7 @@ int schema_to_gbnf(const json_t *schema, const char *prefix, char **out, char *e
 	char dummy[8];
 	struct conv c = {
 		.root = schema, .prefix = prefix ? prefix : "root", .err = err ? err : dummy,
-		.errlen = err ? errlen : sizeof(dummy),
+		.errlen = err ? errlen : sizeof(dummy), .out = { .max = MAX_OUT },
 	};
 	size_t plen = strlen(c.prefix);
 

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "chatfmt.h"
+#include "strbuf.h"
 
 static const char *const names[] = {
 	[CF_NONE] = "none", [CF_CHATML] = "chatml", [CF_LLAMA3] = "llama3",
@@ -50,44 +51,13 @@ bool cf_needed(const struct api_request *req)
 
 /* ------------------------------------------------------------ text building */
 
-struct sb {
-	char *s;
-	size_t n, cap;
-	bool oom;
-};
-
-static void addn(struct sb *b, const char *s, size_t n)
-{
-	if (b->oom)
-		return;
-	if (b->n + n + 1 > b->cap) {
-		size_t cap = (b->n + n + 1) * 2 + 256;
-		char *p = realloc(b->s, cap);
-
-		if (!p) {
-			b->oom = true;
-			return;
-		}
-		b->s = p;
-		b->cap = cap;
-	}
-	memcpy(b->s + b->n, s, n);
-	b->n += n;
-	b->s[b->n] = 0;
-}
-
-static void add(struct sb *b, const char *s)
-{
-	addn(b, s, strlen(s));
-}
-
 static bool is_ws(char c)
 {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
 /* Jinja's |trim. */
-static void add_trimmed(struct sb *b, const char *s)
+static void add_trimmed(struct strbuf *b, const char *s)
 {
 	size_t n = strlen(s);
 
@@ -97,11 +67,11 @@ static void add_trimmed(struct sb *b, const char *s)
 		s++;
 		n--;
 	}
-	addn(b, s, n);
+	strbuf_addn(b, s, n);
 }
 
 /* tojson: Python's json.dumps separators, or indented by @indent. */
-static void add_json(struct sb *b, const json_t *v, int indent)
+static void add_json(struct strbuf *b, const json_t *v, int indent)
 {
 	char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_REAL_PRECISION(15) |
 			     (indent ? JSON_INDENT(indent) : 0));
@@ -110,18 +80,18 @@ static void add_json(struct sb *b, const json_t *v, int indent)
 		b->oom = true;
 		return;
 	}
-	add(b, t);
+	strbuf_add(b, t);
 	free(t);
 }
 
-static void add_json_text(struct sb *b, const char *json)
+static void add_json_text(struct strbuf *b, const char *json)
 {
 	json_t *v = json_loads(json, JSON_DECODE_ANY, NULL);
 
 	if (v)
 		add_json(b, v, 0);
 	else
-		add(b, json);
+		strbuf_add(b, json);
 	json_decref(v);
 }
 
@@ -132,12 +102,12 @@ static const char *str(const json_t *o, const char *key)
 	return s ? s : "";
 }
 
-static void upper(struct sb *b, const char *s)
+static void upper(struct strbuf *b, const char *s)
 {
 	for (; *s; s++) {
 		char c = (char)toupper((unsigned char)*s);
 
-		addn(b, &c, 1);
+		strbuf_addn(b, &c, 1);
 	}
 }
 
@@ -161,7 +131,7 @@ static bool is_tool_response(const char *c)
 	       !strcmp(c + n - 16, "</tool_response>");
 }
 
-static void render_chatml(struct sb *b, const struct api_request *req)
+static void render_chatml(struct strbuf *b, const struct api_request *req)
 {
 	const struct api_msg *m = req->msgs;
 	int n = (int)req->n_msgs, last_query = n - 1;
@@ -169,26 +139,26 @@ static void render_chatml(struct sb *b, const struct api_request *req)
 	json_t *t;
 
 	if (tools_on(req)) {
-		add(b, "<|im_start|>system\n");
+		strbuf_add(b, "<|im_start|>system\n");
 		if (first_msg(req)) {
-			add(b, m[0].content);
-			add(b, "\n\n");
+			strbuf_add(b, m[0].content);
+			strbuf_add(b, "\n\n");
 		}
-		add(b, "# Tools\n\nYou may call one or more functions to assist with the user "
+		strbuf_add(b, "# Tools\n\nYou may call one or more functions to assist with the user "
 		       "query.\n\nYou are provided with function signatures within <tools></tools> "
 		       "XML tags:\n<tools>");
 		json_array_foreach(req->tools, i, t) {
-			add(b, "\n");
+			strbuf_add(b, "\n");
 			add_json(b, t, 0);
 		}
-		add(b, "\n</tools>\n\nFor each function call, return a json object with function "
+		strbuf_add(b, "\n</tools>\n\nFor each function call, return a json object with function "
 		       "name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
 		       "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
 		       "</tool_call><|im_end|>\n");
 	} else if (first_msg(req)) {
-		add(b, "<|im_start|>system\n");
-		add(b, m[0].content);
-		add(b, "<|im_end|>\n");
+		strbuf_add(b, "<|im_start|>system\n");
+		strbuf_add(b, m[0].content);
+		strbuf_add(b, "<|im_end|>\n");
 	}
 	/* the last user message that is not a wrapped tool response */
 	for (int k = n - 1; k >= 0; k--) {
@@ -201,11 +171,11 @@ static void render_chatml(struct sb *b, const struct api_request *req)
 		const char *role = m[k].role;
 
 		if (!strcmp(role, "user") || (!strcmp(role, "system") && k)) {
-			add(b, "<|im_start|>");
-			add(b, role);
-			add(b, "\n");
-			add(b, m[k].content);
-			add(b, "<|im_end|>\n");
+			strbuf_add(b, "<|im_start|>");
+			strbuf_add(b, role);
+			strbuf_add(b, "\n");
+			strbuf_add(b, m[k].content);
+			strbuf_add(b, "<|im_end|>\n");
 		} else if (!strcmp(role, "assistant")) {
 			const char *content = m[k].content, *r = m[k].reasoning, *end;
 			char *rbuf = NULL;
@@ -239,7 +209,7 @@ static void render_chatml(struct sb *b, const struct api_request *req)
 				while (*content == '\n')
 					content++;
 			}
-			add(b, "<|im_start|>assistant\n");
+			strbuf_add(b, "<|im_start|>assistant\n");
 			if (k > last_query && (k == n - 1 || (r && *r))) {
 				const char *rs = r ? r : "";
 				size_t rn = strlen(rs);
@@ -250,42 +220,42 @@ static void render_chatml(struct sb *b, const struct api_request *req)
 					rs++;
 					rn--;
 				}
-				add(b, "<think>\n");
-				addn(b, rs, rn);
-				add(b, "\n</think>\n\n");
+				strbuf_add(b, "<think>\n");
+				strbuf_addn(b, rs, rn);
+				strbuf_add(b, "\n</think>\n\n");
 				while (*content == '\n')
 					content++;
 			}
-			add(b, content);
+			strbuf_add(b, content);
 			for (uint32_t c = 0; c < m[k].n_calls; c++) {
 				if (c || *content)
-					add(b, "\n");
-				add(b, "<tool_call>\n{\"name\": \"");
-				add(b, m[k].calls[c].name);
-				add(b, "\", \"arguments\": ");
+					strbuf_add(b, "\n");
+				strbuf_add(b, "<tool_call>\n{\"name\": \"");
+				strbuf_add(b, m[k].calls[c].name);
+				strbuf_add(b, "\", \"arguments\": ");
 				add_json_text(b, m[k].calls[c].arguments);
-				add(b, "}\n</tool_call>");
+				strbuf_add(b, "}\n</tool_call>");
 			}
-			add(b, "<|im_end|>\n");
+			strbuf_add(b, "<|im_end|>\n");
 			free(rbuf);
 		} else if (!strcmp(role, "tool")) {
 			if (!k || strcmp(m[k - 1].role, "tool"))
-				add(b, "<|im_start|>user");
-			add(b, "\n<tool_response>\n");
-			add(b, m[k].content);
-			add(b, "\n</tool_response>");
+				strbuf_add(b, "<|im_start|>user");
+			strbuf_add(b, "\n<tool_response>\n");
+			strbuf_add(b, m[k].content);
+			strbuf_add(b, "\n</tool_response>");
 			if (k == n - 1 || strcmp(m[k + 1].role, "tool"))
-				add(b, "<|im_end|>\n");
+				strbuf_add(b, "<|im_end|>\n");
 		}
 	}
-	add(b, "<|im_start|>assistant\n");
+	strbuf_add(b, "<|im_start|>assistant\n");
 	if (req->thinking == 0)
-		add(b, "<think>\n\n</think>\n\n");
+		strbuf_add(b, "<think>\n\n</think>\n\n");
 }
 
 /* ------------------------------------------------------------ Llama 3 / 4 */
 
-static int render_llama(struct sb *b, const struct cf_render_opts *o,
+static int render_llama(struct strbuf *b, const struct cf_render_opts *o,
 			const struct api_request *req, bool v4, struct api_error *err)
 {
 	const char *hs = v4 ? "<|header_start|>" : "<|start_header_id|>";
@@ -297,18 +267,18 @@ static int render_llama(struct sb *b, const struct cf_render_opts *o,
 	size_t i;
 	json_t *t;
 
-	add(b, o->bos ? o->bos : "<|begin_of_text|>");
+	strbuf_add(b, o->bos ? o->bos : "<|begin_of_text|>");
 	if (!v4 || tools || k) {
-		add(b, hs);
-		add(b, "system");
-		add(b, he);
+		strbuf_add(b, hs);
+		strbuf_add(b, "system");
+		strbuf_add(b, he);
 		if (tools)
-			add(b, "Environment: ipython\n");
+			strbuf_add(b, "Environment: ipython\n");
 		if (!v4)
-			add(b, "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
+			strbuf_add(b, "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
 		if (k)
 			add_trimmed(b, m[0].content);
-		add(b, eot);
+		strbuf_add(b, eot);
 	}
 	if (tools) {
 		/* the tools ride with the first user message */
@@ -317,19 +287,19 @@ static int render_llama(struct sb *b, const struct cf_render_opts *o,
 					"with tools, the %s format needs a user message first "
 					"(after the system message): the tools go into it",
 					v4 ? "Llama 4" : "Llama 3");
-		add(b, hs);
-		add(b, "user");
-		add(b, he);
-		add(b, "Given the following functions, please respond with a JSON for a function "
+		strbuf_add(b, hs);
+		strbuf_add(b, "user");
+		strbuf_add(b, he);
+		strbuf_add(b, "Given the following functions, please respond with a JSON for a function "
 		       "call with its proper arguments that best answers the given prompt.\n\n"
 		       "Respond in the format {\"name\": function name, \"parameters\": dictionary "
 		       "of argument name and its value}.Do not use variables.\n\n");
 		json_array_foreach(req->tools, i, t) {
 			add_json(b, t, 4);
-			add(b, "\n\n");
+			strbuf_add(b, "\n\n");
 		}
 		add_trimmed(b, m[k].content);
-		add(b, eot);
+		strbuf_add(b, eot);
 		k++;
 	}
 	for (; k < n; k++) {
@@ -339,49 +309,49 @@ static int render_llama(struct sb *b, const struct cf_render_opts *o,
 						"messages[%d] holds %u tool calls: the %s format "
 						"holds one per assistant message", k, m[k].n_calls,
 						v4 ? "Llama 4" : "Llama 3");
-			add(b, hs);
-			add(b, "assistant");
-			add(b, he);
-			add(b, "{\"name\": \"");
-			add(b, m[k].calls[0].name);
-			add(b, "\", \"parameters\": ");
+			strbuf_add(b, hs);
+			strbuf_add(b, "assistant");
+			strbuf_add(b, he);
+			strbuf_add(b, "{\"name\": \"");
+			strbuf_add(b, m[k].calls[0].name);
+			strbuf_add(b, "\", \"parameters\": ");
 			add_json_text(b, m[k].calls[0].arguments);
-			add(b, "}");
-			add(b, eot);
+			strbuf_add(b, "}");
+			strbuf_add(b, eot);
 		} else if (!strcmp(m[k].role, "tool")) {
 			/* "content is iterable" holds for a string too: it goes through tojson */
 			json_t *c = json_string(m[k].content);
 
-			add(b, hs);
-			add(b, "ipython");
-			add(b, he);
+			strbuf_add(b, hs);
+			strbuf_add(b, "ipython");
+			strbuf_add(b, he);
 			add_json(b, c, 0);
 			json_decref(c);
-			add(b, eot);
+			strbuf_add(b, eot);
 		} else {
-			add(b, hs);
-			add(b, m[k].role);
-			add(b, he);
+			strbuf_add(b, hs);
+			strbuf_add(b, m[k].role);
+			strbuf_add(b, he);
 			add_trimmed(b, m[k].content);
-			add(b, eot);
+			strbuf_add(b, eot);
 		}
 	}
-	add(b, hs);
-	add(b, "assistant");
-	add(b, he);
+	strbuf_add(b, hs);
+	strbuf_add(b, "assistant");
+	strbuf_add(b, he);
 	return 0;
 }
 
 /* ------------------------------------------------------------ harmony (gpt-oss) */
 
-static void ts_type(struct sb *b, const json_t *spec);
+static void ts_type(struct strbuf *b, const json_t *spec);
 
 static const char *type_of(const json_t *spec)
 {
 	return json_string_value(json_object_get(spec, "type"));
 }
 
-static void ts_object(struct sb *b, const json_t *spec)
+static void ts_object(struct strbuf *b, const json_t *spec)
 {
 	const json_t *props = json_object_get(spec, "properties"), *req = json_object_get(spec,
 											"required");
@@ -390,10 +360,10 @@ static void ts_object(struct sb *b, const json_t *spec)
 	size_t left;
 
 	if (!json_object_size(props)) {
-		add(b, "object");
+		strbuf_add(b, "object");
 		return;
 	}
-	add(b, "{\n");
+	strbuf_add(b, "{\n");
 	left = json_object_size(props);
 	json_object_foreach((json_t *)props, key, p) {
 		bool required = false;
@@ -403,20 +373,20 @@ static void ts_object(struct sb *b, const json_t *spec)
 		json_array_foreach(req, i, r)
 			if (json_is_string(r) && !strcmp(json_string_value(r), key))
 				required = true;
-		add(b, key);
+		strbuf_add(b, key);
 		if (!required)
-			add(b, "?");
+			strbuf_add(b, "?");
 		/* the template's "{{ render_typescript_type(...) }}" keeps its indent */
-		add(b, ": \n                ");
+		strbuf_add(b, ": \n                ");
 		ts_type(b, p);
 		if (--left)
-			add(b, ", ");
+			strbuf_add(b, ", ");
 	}
-	add(b, "}");
+	strbuf_add(b, "}");
 }
 
 /* gpt-oss's render_typescript_type, without oneOf (rendered "any"). */
-static void ts_type(struct sb *b, const json_t *spec)
+static void ts_type(struct strbuf *b, const json_t *spec)
 {
 	const char *t = type_of(spec);
 	const json_t *items = json_object_get(spec, "items"), *types = json_object_get(spec, "type");
@@ -426,38 +396,38 @@ static void ts_type(struct sb *b, const json_t *spec)
 		const char *it = type_of(items);
 
 		if (!json_object_size(items)) {
-			add(b, "any[]");
+			strbuf_add(b, "any[]");
 		} else if (it && !strcmp(it, "string")) {
-			add(b, "string[]");
+			strbuf_add(b, "string[]");
 		} else if (it && (!strcmp(it, "number") || !strcmp(it, "integer"))) {
-			add(b, "number[]");
+			strbuf_add(b, "number[]");
 		} else if (it && !strcmp(it, "boolean")) {
-			add(b, "boolean[]");
+			strbuf_add(b, "boolean[]");
 		} else {
-			struct sb in = { 0 };
+			struct strbuf in = { 0 };
 
 			ts_type(&in, items);
 			if (in.oom || !in.s || in.n > 50 || !strcmp(in.s, "object | object")) {
-				add(b, "any[]");
+				strbuf_add(b, "any[]");
 			} else {
-				add(b, in.s);
-				add(b, "[]");
+				strbuf_add(b, in.s);
+				strbuf_add(b, "[]");
 			}
 			free(in.s);
 		}
 		if (nullable)
-			add(b, " | null");
+			strbuf_add(b, " | null");
 	} else if (json_is_array(types) && json_array_size(types)) {
 		size_t i;
 		json_t *e;
 
 		json_array_foreach(types, i, e) {
 			if (i)
-				add(b, " | ");
-			add(b, json_is_string(e) ? json_string_value(e) : "any");
+				strbuf_add(b, " | ");
+			strbuf_add(b, json_is_string(e) ? json_string_value(e) : "any");
 		}
 	} else if (json_object_get(spec, "oneOf")) {
-		add(b, "any");
+		strbuf_add(b, "any");
 	} else if (t && !strcmp(t, "string")) {
 		const json_t *en = json_object_get(spec, "enum");
 
@@ -465,38 +435,38 @@ static void ts_type(struct sb *b, const json_t *spec)
 			size_t i;
 			json_t *e;
 
-			add(b, "\"");
+			strbuf_add(b, "\"");
 			json_array_foreach(en, i, e) {
 				if (i)
-					add(b, "\" | \"");
+					strbuf_add(b, "\" | \"");
 				if (json_is_string(e))
-					add(b, json_string_value(e));
+					strbuf_add(b, json_string_value(e));
 				else
 					add_json(b, e, 0);
 			}
-			add(b, "\"");
+			strbuf_add(b, "\"");
 		} else {
-			add(b, "string");
+			strbuf_add(b, "string");
 			if (nullable)
-				add(b, " | null");
+				strbuf_add(b, " | null");
 		}
 	} else if (t && (!strcmp(t, "number") || !strcmp(t, "integer"))) {
-		add(b, "number");
+		strbuf_add(b, "number");
 	} else if (t && !strcmp(t, "boolean")) {
-		add(b, "boolean");
+		strbuf_add(b, "boolean");
 	} else if (t && !strcmp(t, "object")) {
 		ts_object(b, spec);
 	} else {
-		add(b, "any");
+		strbuf_add(b, "any");
 	}
 }
 
-static void harmony_tools(struct sb *b, const json_t *tools)
+static void harmony_tools(struct strbuf *b, const json_t *tools)
 {
 	size_t i;
 	json_t *t;
 
-	add(b, "## functions\n\nnamespace functions {\n\n");
+	strbuf_add(b, "## functions\n\nnamespace functions {\n\n");
 	json_array_foreach(tools, i, t) {
 		const json_t *fn = json_object_get(t, "function");
 		const json_t *params = json_object_get(fn, "parameters");
@@ -505,16 +475,16 @@ static void harmony_tools(struct sb *b, const json_t *tools)
 		const char *key;
 		json_t *p;
 
-		add(b, "// ");
-		add(b, str(fn, "description"));
-		add(b, "\ntype ");
-		add(b, str(fn, "name"));
-		add(b, " = ");
+		strbuf_add(b, "// ");
+		strbuf_add(b, str(fn, "description"));
+		strbuf_add(b, "\ntype ");
+		strbuf_add(b, str(fn, "name"));
+		strbuf_add(b, " = ");
 		if (!json_object_size(props)) {
-			add(b, "() => any;\n\n");
+			strbuf_add(b, "() => any;\n\n");
 			continue;
 		}
-		add(b, "(_: {\n");
+		strbuf_add(b, "(_: {\n");
 		json_object_foreach((json_t *)props, key, p) {
 			const json_t *def = json_object_get(p, "default");
 			bool required = false;
@@ -522,33 +492,33 @@ static void harmony_tools(struct sb *b, const json_t *tools)
 			json_t *e;
 
 			if (*str(p, "description")) {
-				add(b, "// ");
-				add(b, str(p, "description"));
-				add(b, "\n");
+				strbuf_add(b, "// ");
+				strbuf_add(b, str(p, "description"));
+				strbuf_add(b, "\n");
 			}
-			add(b, key);
+			strbuf_add(b, key);
 			json_array_foreach(req, r, e)
 				if (json_is_string(e) && !strcmp(json_string_value(e), key))
 					required = true;
 			if (!required)
-				add(b, "?");
-			add(b, ": ");
+				strbuf_add(b, "?");
+			strbuf_add(b, ": ");
 			ts_type(b, p);
 			if (def) {
-				add(b, json_object_get(p, "oneOf") ? "// default: " : ", // default: ");
+				strbuf_add(b, json_object_get(p, "oneOf") ? "// default: " : ", // default: ");
 				if (json_object_get(p, "enum") && json_is_string(def))
-					add(b, json_string_value(def));
+					strbuf_add(b, json_string_value(def));
 				else
 					add_json(b, def, 0);
 			}
-			add(b, ",\n");
+			strbuf_add(b, ",\n");
 		}
-		add(b, "}) => any;\n\n");
+		strbuf_add(b, "}) => any;\n\n");
 	}
-	add(b, "} // namespace functions");
+	strbuf_add(b, "} // namespace functions");
 }
 
-static int render_harmony(struct sb *b, const struct cf_render_opts *o,
+static int render_harmony(struct strbuf *b, const struct cf_render_opts *o,
 			  const struct api_request *req, struct api_error *err)
 {
 	const struct api_msg *m = req->msgs;
@@ -566,28 +536,28 @@ static int render_harmony(struct sb *b, const struct cf_render_opts *o,
 		gmtime_r(&now, &tm);
 		strftime(date, sizeof(date), "%Y-%m-%d", &tm);
 	}
-	add(b, "<|start|>system<|message|>You are ChatGPT, a large language model trained by "
+	strbuf_add(b, "<|start|>system<|message|>You are ChatGPT, a large language model trained by "
 	       "OpenAI.\nKnowledge cutoff: 2024-06\nCurrent date: ");
-	add(b, date);
-	add(b, "\n\nReasoning: ");
-	add(b, req->effort ? req->effort : "medium");
-	add(b, "\n\n# Valid channels: analysis, commentary, final. Channel must be included for "
+	strbuf_add(b, date);
+	strbuf_add(b, "\n\nReasoning: ");
+	strbuf_add(b, req->effort ? req->effort : "medium");
+	strbuf_add(b, "\n\n# Valid channels: analysis, commentary, final. Channel must be included for "
 	       "every message.");
 	if (tools)
-		add(b, "\nCalls to these tools must go to the commentary channel: 'functions'.");
-	add(b, "<|end|>");
+		strbuf_add(b, "\nCalls to these tools must go to the commentary channel: 'functions'.");
+	strbuf_add(b, "<|end|>");
 	if ((first && *m[0].content) || tools) {
-		add(b, "<|start|>developer<|message|>");
+		strbuf_add(b, "<|start|>developer<|message|>");
 		if (first && *m[0].content) {
-			add(b, "# Instructions\n\n");
-			add(b, m[0].content);
-			add(b, "\n\n");
+			strbuf_add(b, "# Instructions\n\n");
+			strbuf_add(b, m[0].content);
+			strbuf_add(b, "\n\n");
 		}
 		if (tools) {
-			add(b, "# Tools\n\n");
+			strbuf_add(b, "# Tools\n\n");
 			harmony_tools(b, req->tools);
 		}
-		add(b, "<|end|>");
+		strbuf_add(b, "<|end|>");
 	}
 	for (int k = first; k < n; k++) {
 		if (!strcmp(m[k].role, "assistant") && m[k].n_calls) {
@@ -603,20 +573,20 @@ static int render_harmony(struct sb *b, const struct cf_render_opts *o,
 						"of a tool call in 'content' or in "
 						"'reasoning_content', not both", k);
 			if (!future_final && (*m[k].content || (think && *think))) {
-				add(b, "<|start|>assistant<|channel|>analysis<|message|>");
-				add(b, *m[k].content ? m[k].content : think);
-				add(b, "<|end|>");
+				strbuf_add(b, "<|start|>assistant<|channel|>analysis<|message|>");
+				strbuf_add(b, *m[k].content ? m[k].content : think);
+				strbuf_add(b, "<|end|>");
 			}
-			add(b, "<|start|>assistant to=functions.");
-			add(b, m[k].calls[0].name);
-			add(b, "<|channel|>commentary json<|message|>");
+			strbuf_add(b, "<|start|>assistant to=functions.");
+			strbuf_add(b, m[k].calls[0].name);
+			strbuf_add(b, "<|channel|>commentary json<|message|>");
 			add_json_text(b, m[k].calls[0].arguments);
-			add(b, "<|call|>");
+			strbuf_add(b, "<|call|>");
 			last_call = m[k].calls[0].name;
 		} else if (!strcmp(m[k].role, "assistant")) {
-			add(b, "<|start|>assistant<|channel|>final<|message|>");
-			add(b, m[k].content);
-			add(b, "<|end|>");
+			strbuf_add(b, "<|start|>assistant<|channel|>final<|message|>");
+			strbuf_add(b, m[k].content);
+			strbuf_add(b, "<|end|>");
 			last_call = NULL;
 		} else if (!strcmp(m[k].role, "tool")) {
 			json_t *c;
@@ -625,20 +595,20 @@ static int render_harmony(struct sb *b, const struct cf_render_opts *o,
 				return api_fail(err, 400, "invalid_request_error", NULL, "messages",
 						"messages[%d] is a tool result without an assistant "
 						"tool call before it", k);
-			add(b, "<|start|>functions.");
-			add(b, last_call);
-			add(b, " to=assistant<|channel|>commentary<|message|>");
+			strbuf_add(b, "<|start|>functions.");
+			strbuf_add(b, last_call);
+			strbuf_add(b, " to=assistant<|channel|>commentary<|message|>");
 			c = json_string(m[k].content);
 			add_json(b, c, 0);
 			json_decref(c);
-			add(b, "<|end|>");
+			strbuf_add(b, "<|end|>");
 		} else if (!strcmp(m[k].role, "user")) {
-			add(b, "<|start|>user<|message|>");
-			add(b, m[k].content);
-			add(b, "<|end|>");
+			strbuf_add(b, "<|start|>user<|message|>");
+			strbuf_add(b, m[k].content);
+			strbuf_add(b, "<|end|>");
 		}
 	}
-	add(b, "<|start|>assistant");
+	strbuf_add(b, "<|start|>assistant");
 	return 0;
 }
 
@@ -653,7 +623,7 @@ static bool mistral_id(const char *id)
 	return id && i == 9 && !id[i];
 }
 
-static int render_mistral(struct sb *b, const struct cf_render_opts *o,
+static int render_mistral(struct strbuf *b, const struct cf_render_opts *o,
 			  const struct api_request *req, struct api_error *err)
 {
 	const struct api_msg *m = req->msgs;
@@ -663,14 +633,14 @@ static int render_mistral(struct sb *b, const struct cf_render_opts *o,
 	for (int k = first; k < n; k++)
 		if (!strcmp(m[k].role, "user"))
 			last_user = k;
-	add(b, o->bos ? o->bos : "<s>");
+	strbuf_add(b, o->bos ? o->bos : "<s>");
 	for (int k = first; k < n; k++) {
 		if (!strcmp(m[k].role, "user")) {
 			if (tools_on(req) && k == last_user) {
 				size_t i;
 				json_t *t;
 
-				add(b, "[AVAILABLE_TOOLS][");
+				strbuf_add(b, "[AVAILABLE_TOOLS][");
 				json_array_foreach(req->tools, i, t) {
 					const json_t *fn = json_object_get(t, "function");
 					const char *key;
@@ -679,67 +649,67 @@ static int render_mistral(struct sb *b, const struct cf_render_opts *o,
 
 					if (json_object_get(fn, "return"))
 						left--;
-					add(b, "{\"type\": \"function\", \"function\": {");
+					strbuf_add(b, "{\"type\": \"function\", \"function\": {");
 					json_object_foreach((json_t *)fn, key, v) {
 						if (!strcmp(key, "return"))
 							continue;
-						add(b, "\"");
-						add(b, key);
-						add(b, "\": ");
+						strbuf_add(b, "\"");
+						strbuf_add(b, key);
+						strbuf_add(b, "\": ");
 						/* the template writes strings unescaped */
 						if (json_is_string(v)) {
-							add(b, "\"");
-							add(b, json_string_value(v));
-							add(b, "\"");
+							strbuf_add(b, "\"");
+							strbuf_add(b, json_string_value(v));
+							strbuf_add(b, "\"");
 						} else {
 							add_json(b, v, 0);
 						}
 						if (--left)
-							add(b, ", ");
+							strbuf_add(b, ", ");
 					}
-					add(b, "}}");
-					add(b, i + 1 < json_array_size(req->tools) ? ", " : "]");
+					strbuf_add(b, "}}");
+					strbuf_add(b, i + 1 < json_array_size(req->tools) ? ", " : "]");
 				}
-				add(b, "[/AVAILABLE_TOOLS]");
+				strbuf_add(b, "[/AVAILABLE_TOOLS]");
 			}
-			add(b, "[INST]");
+			strbuf_add(b, "[INST]");
 			if (first && k == n - 1) {
-				add(b, m[0].content);
-				add(b, "\n\n");
+				strbuf_add(b, m[0].content);
+				strbuf_add(b, "\n\n");
 			}
-			add(b, m[k].content);
-			add(b, "[/INST]");
+			strbuf_add(b, m[k].content);
+			strbuf_add(b, "[/INST]");
 		} else if (m[k].n_calls) {
-			add(b, "[TOOL_CALLS][");
+			strbuf_add(b, "[TOOL_CALLS][");
 			for (uint32_t c = 0; c < m[k].n_calls; c++) {
 				if (!mistral_id(m[k].calls[c].id))
 					return api_fail(err, 400, "invalid_request_error", NULL,
 							"messages", "messages[%d].tool_calls[%u].id: "
 							"the Mistral format needs call ids of 9 letters "
 							"and digits", k, c);
-				add(b, "{\"name\": \"");
-				add(b, m[k].calls[c].name);
-				add(b, "\", \"arguments\": ");
+				strbuf_add(b, "{\"name\": \"");
+				strbuf_add(b, m[k].calls[c].name);
+				strbuf_add(b, "\", \"arguments\": ");
 				add_json_text(b, m[k].calls[c].arguments);
-				add(b, ", \"id\": \"");
-				add(b, m[k].calls[c].id);
-				add(b, "\"}");
-				add(b, c + 1 < m[k].n_calls ? ", " : "]");
+				strbuf_add(b, ", \"id\": \"");
+				strbuf_add(b, m[k].calls[c].id);
+				strbuf_add(b, "\"}");
+				strbuf_add(b, c + 1 < m[k].n_calls ? ", " : "]");
 			}
-			add(b, eos);
+			strbuf_add(b, eos);
 		} else if (!strcmp(m[k].role, "assistant")) {
-			add(b, m[k].content);
-			add(b, eos);
+			strbuf_add(b, m[k].content);
+			strbuf_add(b, eos);
 		} else if (!strcmp(m[k].role, "tool")) {
 			if (!mistral_id(m[k].tool_call_id))
 				return api_fail(err, 400, "invalid_request_error", NULL, "messages",
 						"messages[%d].tool_call_id: the Mistral format needs "
 						"call ids of 9 letters and digits", k);
-			add(b, "[TOOL_RESULTS]{\"content\": ");
-			add(b, m[k].content);
-			add(b, ", \"call_id\": \"");
-			add(b, m[k].tool_call_id);
-			add(b, "\"}[/TOOL_RESULTS]");
+			strbuf_add(b, "[TOOL_RESULTS]{\"content\": ");
+			strbuf_add(b, m[k].content);
+			strbuf_add(b, ", \"call_id\": \"");
+			strbuf_add(b, m[k].tool_call_id);
+			strbuf_add(b, "\"}[/TOOL_RESULTS]");
 		} else {
 			return api_fail(err, 400, "invalid_request_error", NULL, "messages",
 					"messages[%d]: the Mistral format takes one system message, "
@@ -775,7 +745,7 @@ static const char **sorted_keys(const json_t *o, size_t *n)
 }
 
 /* A number as Python prints it: the shortest text that reads back the same. */
-static void add_number(struct sb *b, const json_t *v)
+static void add_number(struct strbuf *b, const json_t *v)
 {
 	char buf[40];
 
@@ -792,18 +762,18 @@ static void add_number(struct sb *b, const json_t *v)
 		if (!strpbrk(buf, ".eEn"))
 			strcat(buf, ".0");
 	}
-	add(b, buf);
+	strbuf_add(b, buf);
 }
 
 /* format_argument: strings in <|"|>, keys sorted, quoted with @escape_keys. */
-static void gemma_arg(struct sb *b, const json_t *v, bool escape_keys)
+static void gemma_arg(struct strbuf *b, const json_t *v, bool escape_keys)
 {
 	if (json_is_string(v)) {
-		add(b, GQ);
-		add(b, json_string_value(v));
-		add(b, GQ);
+		strbuf_add(b, GQ);
+		strbuf_add(b, json_string_value(v));
+		strbuf_add(b, GQ);
 	} else if (json_is_boolean(v)) {
-		add(b, json_is_true(v) ? "true" : "false");
+		strbuf_add(b, json_is_true(v) ? "true" : "false");
 	} else if (json_is_object(v)) {
 		size_t n;
 		const char **keys = sorted_keys(v, &n);
@@ -812,58 +782,58 @@ static void gemma_arg(struct sb *b, const json_t *v, bool escape_keys)
 			b->oom = true;
 			return;
 		}
-		add(b, "{");
+		strbuf_add(b, "{");
 		for (size_t i = 0; i < n; i++) {
 			if (i)
-				add(b, ",");
+				strbuf_add(b, ",");
 			if (escape_keys)
-				add(b, GQ);
-			add(b, keys[i]);
+				strbuf_add(b, GQ);
+			strbuf_add(b, keys[i]);
 			if (escape_keys)
-				add(b, GQ);
-			add(b, ":");
+				strbuf_add(b, GQ);
+			strbuf_add(b, ":");
 			gemma_arg(b, json_object_get(v, keys[i]), escape_keys);
 		}
-		add(b, "}");
+		strbuf_add(b, "}");
 		free(keys);
 	} else if (json_is_array(v)) {
 		size_t i;
 		json_t *e;
 
-		add(b, "[");
+		strbuf_add(b, "[");
 		json_array_foreach(v, i, e) {
 			if (i)
-				add(b, ",");
+				strbuf_add(b, ",");
 			gemma_arg(b, e, escape_keys);
 		}
-		add(b, "]");
+		strbuf_add(b, "]");
 	} else if (json_is_number(v)) {
 		add_number(b, v);
 	} else {
-		add(b, "None");
+		strbuf_add(b, "None");
 	}
 }
 
-static void gemma_required(struct sb *b, const json_t *req)
+static void gemma_required(struct strbuf *b, const json_t *req)
 {
 	size_t i;
 	json_t *e;
 
-	add(b, "required:[");
+	strbuf_add(b, "required:[");
 	json_array_foreach(req, i, e) {
 		if (i)
-			add(b, ",");
-		add(b, GQ);
-		add(b, json_string_value(e) ? json_string_value(e) : "");
-		add(b, GQ);
+			strbuf_add(b, ",");
+		strbuf_add(b, GQ);
+		strbuf_add(b, json_string_value(e) ? json_string_value(e) : "");
+		strbuf_add(b, GQ);
 	}
-	add(b, "]");
+	strbuf_add(b, "]");
 }
 
-static void comma(struct sb *b, bool *add_comma)
+static void comma(struct strbuf *b, bool *add_comma)
 {
 	if (*add_comma)
-		add(b, ",");
+		strbuf_add(b, ",");
 	*add_comma = true;
 }
 
@@ -874,9 +844,9 @@ static bool is_upper(const json_t *v, const char *want)
 	return t && !strcasecmp(t, want);
 }
 
-static void gemma_params(struct sb *b, const json_t *props, int depth);
+static void gemma_params(struct strbuf *b, const json_t *props, int depth);
 
-static void gemma_items(struct sb *b, const json_t *items, int depth)
+static void gemma_items(struct strbuf *b, const json_t *items, int depth)
 {
 	size_t n;
 	const char **keys = sorted_keys(items, &n);
@@ -886,51 +856,51 @@ static void gemma_items(struct sb *b, const json_t *items, int depth)
 		b->oom = true;
 		return;
 	}
-	add(b, "items:{");
+	strbuf_add(b, "items:{");
 	for (size_t i = 0; i < n; i++) {
 		const json_t *v = json_object_get(items, keys[i]);
 
 		if (json_is_null(v))
 			continue;
 		if (!first)
-			add(b, ",");
+			strbuf_add(b, ",");
 		first = false;
 		if (!strcmp(keys[i], "properties")) {
-			add(b, "properties:{");
+			strbuf_add(b, "properties:{");
 			if (json_is_object(v))
 				gemma_params(b, v, depth + 1);
-			add(b, "}");
+			strbuf_add(b, "}");
 		} else if (!strcmp(keys[i], "required")) {
 			gemma_required(b, v);
 		} else if (!strcmp(keys[i], "type") && json_is_string(v)) {
-			add(b, "type:" GQ);
+			strbuf_add(b, "type:" GQ);
 			upper(b, json_string_value(v));
-			add(b, GQ);
+			strbuf_add(b, GQ);
 		} else if (!strcmp(keys[i], "type") && json_is_array(v)) {
 			size_t k;
 			json_t *e;
 
-			add(b, "type:[");
+			strbuf_add(b, "type:[");
 			json_array_foreach(v, k, e) {
 				if (k)
-					add(b, ",");
-				add(b, GQ);
+					strbuf_add(b, ",");
+				strbuf_add(b, GQ);
 				upper(b, json_string_value(e) ? json_string_value(e) : "");
-				add(b, GQ);
+				strbuf_add(b, GQ);
 			}
-			add(b, "]");
+			strbuf_add(b, "]");
 		} else {
-			add(b, keys[i]);
-			add(b, ":");
+			strbuf_add(b, keys[i]);
+			strbuf_add(b, ":");
 			gemma_arg(b, v, true);
 		}
 	}
-	add(b, "}");
+	strbuf_add(b, "}");
 	free(keys);
 }
 
 /* format_parameters: each property (but those named like a schema keyword), sorted. */
-static void gemma_params(struct sb *b, const json_t *props, int depth)
+static void gemma_params(struct strbuf *b, const json_t *props, int depth)
 {
 	static const char *const standard[] = { "description", "type", "properties",
 						"required", "nullable" };
@@ -954,21 +924,21 @@ static void gemma_params(struct sb *b, const json_t *props, int depth)
 		if (skip)
 			continue;
 		if (!first)
-			add(b, ",");
+			strbuf_add(b, ",");
 		first = false;
-		add(b, keys[i]);
-		add(b, ":{");
+		strbuf_add(b, keys[i]);
+		strbuf_add(b, ":{");
 		if (*str(v, "description")) {
-			add(b, "description:" GQ);
-			add(b, str(v, "description"));
-			add(b, GQ);
+			strbuf_add(b, "description:" GQ);
+			strbuf_add(b, str(v, "description"));
+			strbuf_add(b, GQ);
 			add_comma = true;
 		}
 		if (is_upper(v, "string")) {
 			f = json_object_get(v, "enum");
 			if (json_array_size(f)) {
 				comma(b, &add_comma);
-				add(b, "enum:");
+				strbuf_add(b, "enum:");
 				gemma_arg(b, f, true);
 			}
 		} else if (is_upper(v, "array")) {
@@ -980,61 +950,61 @@ static void gemma_params(struct sb *b, const json_t *props, int depth)
 		}
 		if (json_is_true(json_object_get(v, "nullable"))) {
 			comma(b, &add_comma);
-			add(b, "nullable:true");
+			strbuf_add(b, "nullable:true");
 		}
 		if (is_upper(v, "object")) {
 			f = json_object_get(v, "properties");
 			comma(b, &add_comma);
-			add(b, "properties:{");
+			strbuf_add(b, "properties:{");
 			gemma_params(b, json_is_object(f) ? f : v, depth + 1);
-			add(b, "}");
+			strbuf_add(b, "}");
 			if (json_array_size(json_object_get(v, "required"))) {
 				comma(b, &add_comma);
 				gemma_required(b, json_object_get(v, "required"));
 			}
 		}
 		comma(b, &add_comma);
-		add(b, "type:" GQ);
+		strbuf_add(b, "type:" GQ);
 		upper(b, str(v, "type"));
-		add(b, GQ "}");
+		strbuf_add(b, GQ "}");
 	}
 	free(keys);
 }
 
-static void gemma_declaration(struct sb *b, const json_t *tool)
+static void gemma_declaration(struct strbuf *b, const json_t *tool)
 {
 	const json_t *fn = json_object_get(tool, "function");
 	const json_t *params = json_object_get(fn, "parameters");
 
-	add(b, "declaration:");
-	add(b, str(fn, "name"));
-	add(b, "{description:" GQ);
-	add(b, str(fn, "description"));
-	add(b, GQ);
+	strbuf_add(b, "declaration:");
+	strbuf_add(b, str(fn, "name"));
+	strbuf_add(b, "{description:" GQ);
+	strbuf_add(b, str(fn, "description"));
+	strbuf_add(b, GQ);
 	if (json_object_size(params)) {
-		add(b, ",parameters:{");
+		strbuf_add(b, ",parameters:{");
 		if (json_object_size(json_object_get(params, "properties"))) {
-			add(b, "properties:{");
+			strbuf_add(b, "properties:{");
 			gemma_params(b, json_object_get(params, "properties"), 0);
-			add(b, "},");
+			strbuf_add(b, "},");
 		}
 		if (json_array_size(json_object_get(params, "required"))) {
 			gemma_required(b, json_object_get(params, "required"));
-			add(b, ",");
+			strbuf_add(b, ",");
 		}
 		if (*str(params, "type")) {
-			add(b, "type:" GQ);
+			strbuf_add(b, "type:" GQ);
 			upper(b, str(params, "type"));
-			add(b, GQ "}");
+			strbuf_add(b, GQ "}");
 		}
 	}
-	add(b, "}");
+	strbuf_add(b, "}");
 }
 
 /* strip_thinking: the text outside <|channel>...<channel|>, trimmed. */
-static void gemma_strip_thinking(struct sb *b, const char *text)
+static void gemma_strip_thinking(struct strbuf *b, const char *text)
 {
-	struct sb t = { 0 };
+	struct strbuf t = { 0 };
 	const char *p = text;
 
 	for (;;) {
@@ -1042,7 +1012,7 @@ static void gemma_strip_thinking(struct sb *b, const char *text)
 		size_t n = end ? (size_t)(end - p) : strlen(p);
 		const char *open = memmem(p, n, "<|channel>", 10);
 
-		addn(&t, p, open ? (size_t)(open - p) : n);
+		strbuf_addn(&t, p, open ? (size_t)(open - p) : n);
 		if (!end)
 			break;
 		p = end + 10;
@@ -1052,7 +1022,7 @@ static void gemma_strip_thinking(struct sb *b, const char *text)
 	free(t.s);
 }
 
-static void render_gemma4(struct sb *b, const struct cf_render_opts *o,
+static void render_gemma4(struct strbuf *b, const struct cf_render_opts *o,
 			  const struct api_request *req)
 {
 	enum { P_NONE, P_CALL, P_RESPONSE, P_OTHER } prev = P_NONE;
@@ -1060,14 +1030,14 @@ static void render_gemma4(struct sb *b, const struct cf_render_opts *o,
 	int first = 0, n = (int)req->n_msgs, last_user = -1;
 	bool tools = tools_on(req), think = req->thinking == 1;
 
-	add(b, o->bos ? o->bos : "<bos>");
+	strbuf_add(b, o->bos ? o->bos : "<bos>");
 	if (think || tools || first_msg(req)) {
 		size_t i;
 		json_t *t;
 
-		add(b, "<|turn>system\n");
+		strbuf_add(b, "<|turn>system\n");
 		if (think) {
-			add(b, "<|think|>\n");
+			strbuf_add(b, "<|think|>\n");
 			prev = P_OTHER;
 		}
 		if (first_msg(req)) {
@@ -1075,17 +1045,17 @@ static void render_gemma4(struct sb *b, const struct cf_render_opts *o,
 			first = 1;
 		}
 		json_array_foreach(tools ? req->tools : NULL, i, t) {
-			struct sb d = { 0 };
+			struct strbuf d = { 0 };
 
 			gemma_declaration(&d, t);
-			add(b, "<|tool>");
+			strbuf_add(b, "<|tool>");
 			add_trimmed(b, d.s ? d.s : "");
-			add(b, "<tool|>");
+			strbuf_add(b, "<tool|>");
 			b->oom |= d.oom;
 			free(d.s);
 			prev = P_OTHER;
 		}
-		add(b, "<turn|>\n");
+		strbuf_add(b, "<turn|>\n");
 	}
 	for (int k = first; k < n; k++)
 		if (!strcmp(m[k].role, "user"))
@@ -1101,31 +1071,31 @@ static void render_gemma4(struct sb *b, const struct cf_render_opts *o,
 			if (strcmp(m[j].role, "tool"))
 				prev_role = m[j].role;
 		if (!(model && prev_role && !strcmp(prev_role, "assistant"))) {
-			add(b, "<|turn>");
-			add(b, model ? "model" : m[k].role);
-			add(b, "\n");
+			strbuf_add(b, "<|turn>");
+			strbuf_add(b, model ? "model" : m[k].role);
+			strbuf_add(b, "\n");
 		}
 		if (m[k].reasoning && *m[k].reasoning && k > last_user && m[k].n_calls) {
-			add(b, "<|channel>thought\n");
-			add(b, m[k].reasoning);
-			add(b, "\n<channel|>");
+			strbuf_add(b, "<|channel>thought\n");
+			strbuf_add(b, m[k].reasoning);
+			strbuf_add(b, "\n<channel|>");
 		}
 		for (uint32_t c = 0; c < m[k].n_calls; c++) {
 			json_t *args = json_loads(m[k].calls[c].arguments, 0, NULL);
 			size_t na = 0;
 			const char **keys = args ? sorted_keys(args, &na) : NULL;
 
-			add(b, "<|tool_call>call:");
-			add(b, m[k].calls[c].name);
-			add(b, "{");
+			strbuf_add(b, "<|tool_call>call:");
+			strbuf_add(b, m[k].calls[c].name);
+			strbuf_add(b, "{");
 			for (size_t a = 0; keys && a < na; a++) {
 				if (a)
-					add(b, ",");
-				add(b, keys[a]);
-				add(b, ":");
+					strbuf_add(b, ",");
+				strbuf_add(b, keys[a]);
+				strbuf_add(b, ":");
 				gemma_arg(b, json_object_get(args, keys[a]), false);
 			}
-			add(b, "}<tool_call|>");
+			strbuf_add(b, "}<tool_call|>");
 			free(keys);
 			json_decref(args);
 			prev = P_CALL;
@@ -1139,11 +1109,11 @@ static void render_gemma4(struct sb *b, const struct cf_render_opts *o,
 				if (m[k].calls[c2].id && !strcmp(m[k].calls[c2].id,
 								 m[f].tool_call_id))
 					name = m[k].calls[c2].name;
-			add(b, "<|tool_response>response:");
-			add(b, name);
-			add(b, "{value:");
+			strbuf_add(b, "<|tool_response>response:");
+			strbuf_add(b, name);
+			strbuf_add(b, "{value:");
 			gemma_arg(b, c, false);
-			add(b, "}<tool_response|>");
+			strbuf_add(b, "}<tool_response|>");
 			json_decref(c);
 			responded = true;
 			prev = P_RESPONSE;
@@ -1153,14 +1123,14 @@ static void render_gemma4(struct sb *b, const struct cf_render_opts *o,
 		else
 			add_trimmed(b, m[k].content);
 		if (prev == P_CALL && !responded)
-			add(b, "<|tool_response>");
+			strbuf_add(b, "<|tool_response>");
 		else if (!(responded && !*m[k].content))
-			add(b, "<turn|>\n");
+			strbuf_add(b, "<turn|>\n");
 	}
 	if (prev != P_RESPONSE && prev != P_CALL) {
-		add(b, "<|turn>model\n");
+		strbuf_add(b, "<|turn>model\n");
 		if (!think)
-			add(b, "<|channel>thought\n<channel|>");
+			strbuf_add(b, "<|channel>thought\n<channel|>");
 	}
 }
 
@@ -1171,7 +1141,7 @@ static void render_gemma4(struct sb *b, const struct cf_render_opts *o,
  * the model can only continue one.  A named function's call is opened up to
  * its arguments.
  */
-static void forced_prefix(enum cf_format f, const struct api_request *req, struct sb *p)
+static void forced_prefix(enum cf_format f, const struct api_request *req, struct strbuf *p)
 {
 	const char *name = req->tool_choice == API_TOOLS_NAMED ? req->tool_name : NULL;
 
@@ -1179,39 +1149,39 @@ static void forced_prefix(enum cf_format f, const struct api_request *req, struc
 		return;
 	switch (f) {
 	case CF_CHATML:
-		add(p, "<tool_call>\n{\"name\": \"");
+		strbuf_add(p, "<tool_call>\n{\"name\": \"");
 		if (name) {
-			add(p, name);
-			add(p, "\", \"arguments\": ");
+			strbuf_add(p, name);
+			strbuf_add(p, "\", \"arguments\": ");
 		}
 		break;
 	case CF_LLAMA3:
 	case CF_LLAMA4:
-		add(p, "{\"name\": \"");
+		strbuf_add(p, "{\"name\": \"");
 		if (name) {
-			add(p, name);
-			add(p, "\", \"parameters\": ");
+			strbuf_add(p, name);
+			strbuf_add(p, "\", \"parameters\": ");
 		}
 		break;
 	case CF_MISTRAL:
-		add(p, "[TOOL_CALLS][{\"name\": \"");
+		strbuf_add(p, "[TOOL_CALLS][{\"name\": \"");
 		if (name) {
-			add(p, name);
-			add(p, "\", \"arguments\": ");
+			strbuf_add(p, name);
+			strbuf_add(p, "\", \"arguments\": ");
 		}
 		break;
 	case CF_HARMONY:
-		add(p, " to=functions.");
+		strbuf_add(p, " to=functions.");
 		if (name) {
-			add(p, name);
-			add(p, "<|channel|>commentary json<|message|>");
+			strbuf_add(p, name);
+			strbuf_add(p, "<|channel|>commentary json<|message|>");
 		}
 		break;
 	case CF_GEMMA4:
-		add(p, "<|tool_call>call:");
+		strbuf_add(p, "<|tool_call>call:");
 		if (name) {
-			add(p, name);
-			add(p, "{");
+			strbuf_add(p, name);
+			strbuf_add(p, "{");
 		}
 		break;
 	default:
@@ -1222,7 +1192,7 @@ static void forced_prefix(enum cf_format f, const struct api_request *req, struc
 int cf_render(enum cf_format f, const struct cf_render_opts *o, const struct api_request *req,
 	      char **out, char **prefix, struct api_error *err)
 {
-	struct sb b = { 0 }, p = { 0 };
+	struct strbuf b = { 0 }, p = { 0 };
 	int ret = 0;
 
 	*out = *prefix = NULL;
@@ -1246,9 +1216,9 @@ int cf_render(enum cf_format f, const struct cf_render_opts *o, const struct api
 	}
 	if (!ret && tools_on(req)) {
 		forced_prefix(f, req, &p);
-		add(&b, p.s ? p.s : "");
+		strbuf_add(&b, p.s ? p.s : "");
 	}
-	add(&p, "");
+	strbuf_add(&p, "");
 	if (!ret && (b.oom || p.oom))
 		ret = api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
 	if (ret) {
@@ -1273,7 +1243,7 @@ const char *cf_stop(enum cf_format f, const struct api_request *req)
 
 struct parse {
 	struct cf_reply *r;
-	struct sb reasoning, content;
+	struct strbuf reasoning, content;
 	bool oom;
 };
 
@@ -1417,7 +1387,7 @@ static void parse_chatml(struct parse *ps, bool tools, const char *s, const char
 		/* the newlines before "</think>" are not the reasoning's: held until known */
 		while (re > rs && re[-1] == '\n')
 			re--;
-		addn(&ps->reasoning, rs, (size_t)(re - rs));
+		strbuf_addn(&ps->reasoning, rs, (size_t)(re - rs));
 		if (!close)
 			return;
 		p = close + 8;
@@ -1429,14 +1399,14 @@ static void parse_chatml(struct parse *ps, bool tools, const char *s, const char
 		p = s;
 	}
 	if (!tools) {
-		addn(&ps->content, p, (size_t)(end - p));
+		strbuf_addn(&ps->content, p, (size_t)(end - p));
 		return;
 	}
 	q = find(p, end, "<tool_call>");
 	if (!q) {
 		size_t hold = final ? 0 : hold_back(p, (size_t)(end - p), marks);
 
-		addn(&ps->content, p, (size_t)(end - p) - hold);
+		strbuf_addn(&ps->content, p, (size_t)(end - p) - hold);
 		return;
 	}
 	{
@@ -1445,7 +1415,7 @@ static void parse_chatml(struct parse *ps, bool tools, const char *s, const char
 		while (ce > p && is_ws(ce[-1]))
 			ce--;
 		/* the content before the calls, without the blank that parts them */
-		addn(&ps->content, p, (size_t)(ce - p));
+		strbuf_addn(&ps->content, p, (size_t)(ce - p));
 	}
 	while (q) {
 		const char *js = q + 11, *close = find(js, end, "</tool_call>"), *je;
@@ -1459,7 +1429,7 @@ static void parse_chatml(struct parse *ps, bool tools, const char *s, const char
 		if (!j || !json_call(ps, j)) {
 			/* not a call after all: the rest is content */
 			if (final)
-				addn(&ps->content, q, (size_t)(end - q));
+				strbuf_addn(&ps->content, q, (size_t)(end - q));
 			json_decref(j);
 			return;
 		}
@@ -1506,7 +1476,7 @@ static void parse_llama(struct parse *ps, bool tools, const char *s, const char 
 			json_decref(j);
 		}
 	}
-	addn(&ps->content, s, (size_t)(end - s));
+	strbuf_addn(&ps->content, s, (size_t)(end - s));
 }
 
 /* Mistral: content, then [TOOL_CALLS] and a JSON array of calls (or NAME[ARGS]{...}). */
@@ -1520,12 +1490,12 @@ static void parse_mistral(struct parse *ps, bool tools, const char *s, const cha
 	if (!q) {
 		size_t hold = final || !tools ? 0 : hold_back(s, (size_t)(end - s), marks);
 
-		addn(&ps->content, s, (size_t)(end - s) - hold);
+		strbuf_addn(&ps->content, s, (size_t)(end - s) - hold);
 		return;
 	}
 	for (ce = q; ce > s && is_ws(ce[-1]); ce--)
 		;
-	addn(&ps->content, s, (size_t)(ce - s));
+	strbuf_addn(&ps->content, s, (size_t)(ce - s));
 	if (!final)
 		return;
 	p = q + 12;
@@ -1564,7 +1534,7 @@ static void parse_mistral(struct parse *ps, bool tools, const char *s, const cha
 		free(ps->r->calls[i].arguments);
 	}
 	ps->r->n_calls = 0;
-	addn(&ps->content, ce, (size_t)(end - ce));
+	strbuf_addn(&ps->content, ce, (size_t)(end - ce));
 }
 
 /*
@@ -1589,7 +1559,7 @@ static void parse_harmony(struct parse *ps, bool tools, const char *s, const cha
 		if (!msg) {
 			/* a header still coming in; or, at the end, text outside any message */
 			if (final && !find(p, end, "<|channel|>") && !find(p, end, " to=")) {
-				addn(&ps->content, p, (size_t)(end - p));
+				strbuf_addn(&ps->content, p, (size_t)(end - p));
 			}
 			return;
 		}
@@ -1629,13 +1599,13 @@ static void parse_harmony(struct parse *ps, bool tools, const char *s, const cha
 			    (ret = push_call(ps, n, (size_t)(ne - n), j)) <= 0) {
 				ps->oom |= ret < 0;
 			} else {
-				addn(&ps->content, body, (size_t)(be - body));
+				strbuf_addn(&ps->content, body, (size_t)(be - body));
 			}
 			json_decref(j);
 		} else if (!strcmp(channel, "analysis")) {
-			addn(&ps->reasoning, body, (size_t)(be - body));
+			strbuf_addn(&ps->reasoning, body, (size_t)(be - body));
 		} else {
-			addn(&ps->content, body, (size_t)(be - body));
+			strbuf_addn(&ps->content, body, (size_t)(be - body));
 		}
 		if (open)
 			return;
@@ -1780,7 +1750,7 @@ static void parse_gemma4(struct parse *ps, bool tools, const char *s, const char
 		while (re > rs && re[-1] == '\n')
 			re--;
 		if (re > rs)
-			addn(&ps->reasoning, rs, (size_t)(re - rs));
+			strbuf_addn(&ps->reasoning, rs, (size_t)(re - rs));
 		if (!close)
 			return;
 		p = close + 10;
@@ -1796,10 +1766,10 @@ static void parse_gemma4(struct parse *ps, bool tools, const char *s, const char
 			e = tr;
 		hold = final || tr ? 0 : tools ? hold_back(p, (size_t)(e - p), marks) :
 		       partial_tail(p, (size_t)(e - p), marks);
-		addn(&ps->content, p, (size_t)(e - p) - hold);
+		strbuf_addn(&ps->content, p, (size_t)(e - p) - hold);
 		return;
 	}
-	addn(&ps->content, p, (size_t)(q - p));
+	strbuf_addn(&ps->content, p, (size_t)(q - p));
 	while (q) {
 		const char *n = q + 12, *close = find(n, end, "<tool_call|>"), *brace, *ce;
 		json_t *args;
@@ -1835,7 +1805,7 @@ static void parse_gemma4(struct parse *ps, bool tools, const char *s, const char
 		q = find(close + 12, end, "<|tool_call>");
 	}
 	if (q && final)
-		addn(&ps->content, q, (size_t)(end - q));
+		strbuf_addn(&ps->content, q, (size_t)(end - q));
 }
 
 int cf_parse(enum cf_format f, bool tools, const char *text, size_t len, bool final,
@@ -1852,10 +1822,10 @@ int cf_parse(enum cf_format f, bool tools, const char *text, size_t len, bool fi
 	case CF_MISTRAL: parse_mistral(&ps, tools, text, end, final); break;
 	case CF_HARMONY: parse_harmony(&ps, tools, text, end, final); break;
 	case CF_GEMMA4: parse_gemma4(&ps, tools, text, end, final); break;
-	default: addn(&ps.content, text, len); break;
+	default: strbuf_addn(&ps.content, text, len); break;
 	}
-	addn(&ps.reasoning, "", 0);
-	addn(&ps.content, "", 0);
+	strbuf_addn(&ps.reasoning, "", 0);
+	strbuf_addn(&ps.content, "", 0);
 	r->reasoning = ps.reasoning.s;
 	r->reasoning_len = ps.reasoning.n;
 	r->content = ps.content.s;
