@@ -643,7 +643,7 @@ void moe_io_free(struct moe_io *io, void *p)
 
 static void describe_locked(struct moe_io *io)
 {
-	char pool[128], node[16] = "node ?";
+	char pool[128], node[24] = "node ?";
 
 	if (io->node >= 0)
 		snprintf(node, sizeof(node), "node %d", io->node);
