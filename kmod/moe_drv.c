@@ -62,7 +62,7 @@ static int moe_get_param_ioctl(struct drm_device *dev, void *data, struct drm_fi
 		break;
 	case DRM_MOE_PARAM_CAPS:
 		args->value = DRM_MOE_CAP_URING_CMD | DRM_MOE_CAP_PRIME | DRM_MOE_CAP_DIRECT |
-			      DRM_MOE_CAP_PRIORITY;
+			      DRM_MOE_CAP_PRIORITY | DRM_MOE_CAP_USERPTR;
 		break;
 	case DRM_MOE_PARAM_ALIGN:
 		args->value = MOE_ALIGN;
@@ -118,6 +118,7 @@ static const struct drm_ioctl_desc moe_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(MOE_FETCH, moe_fetch_ioctl, DRM_RENDER_ALLOW),
 	DRM_IOCTL_DEF_DRV(MOE_WAIT, moe_wait_ioctl, DRM_RENDER_ALLOW),
 	DRM_IOCTL_DEF_DRV(MOE_CANCEL, moe_cancel_ioctl, DRM_RENDER_ALLOW),
+	DRM_IOCTL_DEF_DRV(MOE_BO_USERPTR, moe_bo_userptr_ioctl, DRM_RENDER_ALLOW),
 };
 
 /* Kernels with DRM_ACCEL (6.2+) get /dev/accel/accelN (tested on 6.12). */

@@ -157,13 +157,18 @@ struct moe_batch {
 };
 
 /*
- * A buffer object.  Only BOs made by BO_CREATE have their pages pinned for
- * their whole life, so only those may be read into: an imported or dumb
- * shmem object can lose its pages under a read.
+ * A buffer object.  Only BOs made by BO_CREATE or BO_USERPTR have their
+ * pages pinned for their whole life, so only those may be read into: an
+ * imported or dumb shmem object can lose its pages under a read.  A
+ * BO_USERPTR object uses only the GEM part of @base: its pages are the
+ * caller's memory, pinned with pin_user_pages.
  */
 struct moe_bo {
 	struct drm_gem_shmem_object base;	/* first: drm_gem_shmem_free() kfree()s it */
 	bool pinned;
+	bool userptr;
+	/* The pinned pages (shmem's own array, or the userptr pin's). */
+	struct page **pages;
 	/*
 	 * The pinned pages as bio_vecs, physically contiguous runs merged,
 	 * built once at BO_CREATE: a request reads into a slice of it, so a
@@ -184,6 +189,7 @@ static inline struct moe_bo *to_moe_bo(struct drm_gem_object *obj)
 struct drm_gem_object *moe_gem_create_object(struct drm_device *dev, size_t size);
 int moe_bo_create_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 int moe_bo_mmap_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
+int moe_bo_userptr_ioctl(struct drm_device *dev, void *data, struct drm_file *file);
 
 /* moe_model.c */
 int moe_model_register_ioctl(struct drm_device *dev, void *data, struct drm_file *file);

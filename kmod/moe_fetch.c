@@ -78,7 +78,7 @@ static void moe_req_complete(struct kiocb *iocb, long ret)
 
 static void moe_req_zero_tail(struct moe_req *req)
 {
-	struct drm_gem_shmem_object *shmem = to_drm_gem_shmem_obj(req->obj);
+	struct page **pages = to_moe_bo(req->obj)->pages;
 	u64 from = req->result > 0 ? req->result : 0;
 	u64 first = req->bo_offset >> PAGE_SHIFT;
 	u32 i;
@@ -87,7 +87,7 @@ static void moe_req_zero_tail(struct moe_req *req)
 	for (i = from >> PAGE_SHIFT; i < req->nr_pages; i++) {
 		u32 off = i == (from >> PAGE_SHIFT) ? offset_in_page(from) : 0;
 
-		memzero_page(shmem->pages[first + i], off, PAGE_SIZE - off);
+		memzero_page(pages[first + i], off, PAGE_SIZE - off);
 	}
 }
 

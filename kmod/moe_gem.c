@@ -3,10 +3,15 @@
  * Buffer objects: shmem GEM objects whose pages are allocated and pinned at
  * creation, so that a fetch never allocates memory or takes the pages lock
  * on the I/O path.  moe_gem_free() drops that pin with the last reference.
+ * BO_USERPTR objects are plain GEM objects over the caller's own pages,
+ * pinned long-term at creation and unpinned by moe_userptr_free().
  */
 #include <linux/bvec.h>
+#include <linux/dma-buf.h>
 #include <linux/mm.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
+#include <linux/uaccess.h>
 
 #include <drm/drm_gem_shmem_helper.h>
 
@@ -59,8 +64,7 @@ struct drm_gem_object *moe_gem_create_object(struct drm_device *dev, size_t size
  */
 static int moe_bo_build_bvec(struct moe_bo *bo)
 {
-	struct drm_gem_shmem_object *shmem = &bo->base;
-	size_t nr_pages = shmem->base.size >> PAGE_SHIFT, i;
+	size_t nr_pages = bo->base.base.size >> PAGE_SHIFT, i;
 	u32 n = 0;
 
 	bo->bvec = kvmalloc_array(nr_pages, sizeof(*bo->bvec), GFP_KERNEL_ACCOUNT);
@@ -68,7 +72,7 @@ static int moe_bo_build_bvec(struct moe_bo *bo)
 	if (!bo->bvec || !bo->seg_off)
 		return -ENOMEM;
 	for (i = 0; i < nr_pages; i++) {
-		struct page *page = shmem->pages[i];
+		struct page *page = bo->pages[i];
 		struct bio_vec *prev = n ? &bo->bvec[n - 1] : NULL;
 
 		if (prev && page_to_pfn(page) ==
@@ -108,6 +112,8 @@ int moe_bo_create_ioctl(struct drm_device *dev, void *data, struct drm_file *fil
 	if (ret)
 		goto out_put;
 	to_moe_bo(&shmem->base)->pinned = true;
+	/* Stable while pinned. */
+	to_moe_bo(&shmem->base)->pages = shmem->pages;
 	ret = moe_bo_build_bvec(to_moe_bo(&shmem->base));
 	if (ret)
 		goto out_put;
@@ -121,9 +127,108 @@ out_put:
 int moe_bo_mmap_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 {
 	struct drm_moe_bo_mmap *args = data;
+	struct drm_gem_object *obj;
+	bool userptr;
 
 	if (args->flags)
 		return -EINVAL;
+	obj = drm_gem_object_lookup(file, args->handle);
+	if (!obj)
+		return -ENOENT;
+	/* A userptr BO is the caller's memory, mapped already; it has no pages to fault in. */
+	userptr = !obj->import_attach && to_moe_bo(obj)->userptr;
+	drm_gem_object_put(obj);
+	if (userptr)
+		return -EINVAL;
 	/* The dumb-buffer ioctl that does this is refused on render nodes. */
 	return drm_gem_dumb_map_offset(file, dev, args->handle, &args->offset);
+}
+
+static void moe_userptr_free(struct drm_gem_object *obj)
+{
+	struct moe_bo *bo = to_moe_bo(obj);
+	unsigned long nr_pages = obj->size >> PAGE_SHIFT;
+
+	kvfree(bo->bvec);
+	kvfree(bo->seg_off);
+	if (bo->pages) {
+		/* Reads landed in them behind the page tables' back: mark them dirty. */
+		if (bo->pinned)
+			unpin_user_pages_dirty_lock(bo->pages, nr_pages, true);
+		kvfree(bo->pages);
+	}
+	drm_gem_object_release(obj);
+	kfree(bo);
+}
+
+/* Sharing the caller's anonymous memory with another device is not this driver's to offer. */
+static struct dma_buf *moe_userptr_export(struct drm_gem_object *obj, int flags)
+{
+	return ERR_PTR(-EOPNOTSUPP);
+}
+
+static const struct drm_gem_object_funcs moe_userptr_funcs = {
+	.free = moe_userptr_free,
+	.export = moe_userptr_export,
+};
+
+/* Pin all @nr_pages of the caller's memory at @addr, or none. */
+static int moe_userptr_pin(struct moe_bo *bo, u64 addr, unsigned long nr_pages)
+{
+	unsigned long done = 0;
+
+	while (done < nr_pages) {
+		int n = pin_user_pages_fast(addr + (done << PAGE_SHIFT),
+					    min_t(unsigned long, nr_pages - done, INT_MAX >> 1),
+					    FOLL_WRITE | FOLL_LONGTERM, bo->pages + done);
+
+		if (n <= 0) {
+			if (done)
+				unpin_user_pages(bo->pages, done);
+			return n ? n : -EFAULT;
+		}
+		done += n;
+	}
+	return 0;
+}
+
+int moe_bo_userptr_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
+{
+	struct drm_moe_bo_userptr *args = data;
+	unsigned long nr_pages;
+	struct moe_bo *bo;
+	int ret;
+
+	if (args->flags)
+		return -EINVAL;
+	if (!args->size || args->size > moe_max_bo_bytes || !PAGE_ALIGNED(args->size) ||
+	    !PAGE_ALIGNED(args->addr))
+		return -EINVAL;
+	if (!access_ok(u64_to_user_ptr(args->addr), args->size))
+		return -EFAULT;
+	nr_pages = args->size >> PAGE_SHIFT;
+
+	bo = kzalloc(sizeof(*bo), GFP_KERNEL);
+	if (!bo)
+		return -ENOMEM;
+	bo->base.base.funcs = &moe_userptr_funcs;
+	drm_gem_private_object_init(dev, &bo->base.base, args->size);
+	bo->userptr = true;
+	/* From here on the object's free function undoes what was done. */
+	bo->pages = kvmalloc_array(nr_pages, sizeof(*bo->pages), GFP_KERNEL_ACCOUNT);
+	if (!bo->pages) {
+		ret = -ENOMEM;
+		goto out_put;
+	}
+	ret = moe_userptr_pin(bo, args->addr, nr_pages);
+	if (ret)
+		goto out_put;
+	bo->pinned = true;
+	ret = moe_bo_build_bvec(bo);
+	if (ret)
+		goto out_put;
+	ret = drm_gem_handle_create(file, &bo->base.base, &args->handle);
+out_put:
+	drm_gem_object_put(&bo->base.base);
+	return ret;
 }

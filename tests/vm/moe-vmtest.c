@@ -536,6 +536,89 @@ static int t_subrange(void)
 	return 0;
 }
 
+static int bo_userptr(int fd, void *addr, uint64_t size, uint32_t *handle)
+{
+	struct drm_moe_bo_userptr a = { .addr = (uintptr_t)addr, .size = size };
+	int r = ioc(fd, DRM_IOCTL_MOE_BO_USERPTR, &a);
+
+	*handle = a.handle;
+	return r;
+}
+
+/*
+ * BO_USERPTR (uAPI 2.3): a FETCH lands in the caller's own memory, pinned
+ * at creation, with no copy and no page cache; the memory outlives its
+ * munmap only in the BO; bad ranges are refused with their errnos.
+ */
+static int t_userptr(void)
+{
+	struct drm_moe_get_param gp = { .param = DRM_MOE_PARAM_CAPS };
+	struct drm_moe_fetch_req reqs[4];
+	struct drm_moe_bo_mmap mm = { 0 };
+	uint64_t size = 8 * MIB;
+	int64_t res[4];
+	uint32_t h, h2;
+	uint8_t *mem, *ro;
+	int dmabuf = -1;
+	char what[64];
+
+	EXPECT(!ioc(moe_fd, DRM_IOCTL_MOE_GET_PARAM, &gp) && (gp.value & DRM_MOE_CAP_USERPTR),
+	       "CAPS 0x%llx lacks DRM_MOE_CAP_USERPTR", (unsigned long long)gp.value);
+	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	EXPECT(mem != MAP_FAILED, "mmap: %s", strerror(errno));
+	memset(mem, 0xee, size);
+	EXPECT(!bo_userptr(moe_fd, mem, size, &h), "BO_USERPTR: %s", strerror(errno));
+	for (int i = 0; i < 4; i++)
+		reqs[i] = (struct drm_moe_fetch_req){
+			.model_id = big_id, .extent = i, .handle = h, .bo_offset = i * 2 * MIB,
+		};
+	drop_caches();
+	EXPECT(!fetch_wait(moe_fd, reqs, 4, res), "FETCH+WAIT into a userptr BO: %s",
+	       strerror(errno));
+	for (int i = 0; i < 4; i++) {
+		EXPECT(res[i] == (int64_t)big_ext[i].length, "request %d: result %lld", i,
+		       (long long)res[i]);
+		snprintf(what, sizeof(what), "userptr extent %d", i);
+		if (compare_pread(big_fd, &big_ext[i], mem + i * 2 * MIB, what))
+			return -1;
+	}
+	/* Past the BO's end, unaligned: refused like any BO. */
+	reqs[0].bo_offset = size - 4096;
+	EXPECT_ERR(fetch_wait(moe_fd, reqs, 1, res), EINVAL, "FETCH past the end");
+	mm.handle = h;
+	EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_BO_MMAP, &mm), EINVAL, "BO_MMAP of a userptr BO");
+	EXPECT(drmPrimeHandleToFD(moe_fd, h, DRM_CLOEXEC, &dmabuf) != 0,
+	       "PRIME export of a userptr BO succeeded");
+	/* Unmapped: the BO keeps its pinned pages and reads still land there, harmlessly. */
+	munmap(mem, size);
+	reqs[0].bo_offset = 0;
+	EXPECT(!fetch_wait(moe_fd, reqs, 1, res) && res[0] == (int64_t)big_ext[0].length,
+	       "FETCH into a userptr BO whose memory was unmapped: %s", strerror(errno));
+	EXPECT(!drmCloseBufferHandle(moe_fd, h), "closing the userptr BO");
+
+	/* Bad ranges. */
+	EXPECT_ERR(bo_userptr(moe_fd, (void *)(uintptr_t)4096, 0, &h2), EINVAL, "size 0");
+	mem = mmap(NULL, 2 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	EXPECT(mem != MAP_FAILED, "mmap: %s", strerror(errno));
+	EXPECT_ERR(bo_userptr(moe_fd, mem + 100, 4096, &h2), EINVAL, "unaligned address");
+	EXPECT_ERR(bo_userptr(moe_fd, mem, 4000, &h2), EINVAL, "unaligned size");
+	{
+		struct drm_moe_bo_userptr a = { .addr = (uintptr_t)mem, .size = 4096, .flags = 1 };
+
+		EXPECT_ERR(ioc(moe_fd, DRM_IOCTL_MOE_BO_USERPTR, &a), EINVAL, "flags != 0");
+	}
+	munmap(mem + MIB, MIB);
+	EXPECT_ERR(bo_userptr(moe_fd, mem, 2 * MIB, &h2), EFAULT, "half-unmapped range");
+	munmap(mem, MIB);
+	ro = mmap(NULL, MIB, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	EXPECT(ro != MAP_FAILED, "mmap: %s", strerror(errno));
+	EXPECT_ERR(bo_userptr(moe_fd, ro, MIB, &h2), EFAULT, "read-only memory");
+	munmap(ro, MIB);
+	/* A shmem BO's own mapping is device memory to the kernel (VM_PFNMAP): no pin. */
+	EXPECT_ERR(bo_userptr(moe_fd, big_map, MIB, &h2), EFAULT, "a BO mapping");
+	return 0;
+}
+
 static int t_eof_tail(void)
 {
 	struct drm_moe_extent ext[2] = { { 0, MIB }, { MIB, 4096 } };
@@ -1843,6 +1926,7 @@ static const struct { const char *name; int (*fn)(void); } tests[] = {
 	{ "register-metadata-uapi-2.1", t_meta },
 	{ "fetch-wait-equals-pread", t_fetch_wait },
 	{ "fetch-sub-range", t_subrange },
+	{ "bo-userptr", t_userptr },
 	{ "fetch-eof-tail-zeroed", t_eof_tail },
 	{ "fetch-per-request-results", t_per_request_results },
 	{ "register-invalid-errnos", t_register_invalid },

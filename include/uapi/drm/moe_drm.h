@@ -40,6 +40,7 @@ extern "C" {
 #define DRM_MOE_FETCH			0x06
 #define DRM_MOE_WAIT			0x07
 #define DRM_MOE_CANCEL			0x08
+#define DRM_MOE_BO_USERPTR		0x09
 
 /*
  * uAPI version: major changes break, minor ones add.  2: cmd_op of the
@@ -47,10 +48,11 @@ extern "C" {
  * MODEL_REGISTER and MODEL_INFO grew @n_meta (a model's metadata extents,
  * so that a client can open it by name); clients built against 2.0 pass the
  * shorter structs and keep working.  2.2: FETCH's DRM_MOE_FETCH_LOW and
- * the CANCEL ioctl (DRM_MOE_CAP_PRIORITY).
+ * the CANCEL ioctl (DRM_MOE_CAP_PRIORITY).  2.3: BO_USERPTR
+ * (DRM_MOE_CAP_USERPTR).
  */
 #define DRM_MOE_VERSION_MAJOR		2
-#define DRM_MOE_VERSION_MINOR		2
+#define DRM_MOE_VERSION_MINOR		3
 
 /* Fixed-size names keep MODEL_REGISTER free of a second user copy. */
 #define DRM_MOE_NAME_LEN		64
@@ -86,6 +88,8 @@ enum drm_moe_param {
 #define DRM_MOE_CAP_DIRECT		(1ULL << 2)
 /* FETCH takes DRM_MOE_FETCH_LOW, and CANCEL exists (uAPI 2.2). */
 #define DRM_MOE_CAP_PRIORITY		(1ULL << 3)
+/* BO_USERPTR makes BOs over the caller's own memory (uAPI 2.3). */
+#define DRM_MOE_CAP_USERPTR		(1ULL << 4)
 
 /**
  * struct drm_moe_get_param - DRM_IOCTL_MOE_GET_PARAM
@@ -123,6 +127,31 @@ struct drm_moe_bo_mmap {
 	__u32 handle;
 	__u32 flags;
 	__u64 offset;
+};
+
+/**
+ * struct drm_moe_bo_userptr - DRM_IOCTL_MOE_BO_USERPTR (uAPI 2.3)
+ * @addr: in, start of the caller's memory, page-aligned (-EINVAL).
+ * @size: in, bytes, a multiple of the page size, 1 page to
+ *	DRM_MOE_PARAM_MAX_BO_SIZE (-EINVAL otherwise).
+ * @flags: must be zero.
+ * @handle: out, the GEM handle.
+ *
+ * A BO whose pages are the caller's memory at [@addr, @addr + @size),
+ * pinned here (long-term, for writing) and unpinned when the last reference
+ * goes, so a FETCH into it lands in that memory with no copy.  The range
+ * must be writable memory that can be pinned long-term (anonymous or
+ * hugetlb memory, not a device or DAX mapping): -EFAULT otherwise.  The BO
+ * keeps the pages it pinned, not the mapping: memory unmapped or remapped
+ * after this call no longer receives its reads.  BO_MMAP refuses it
+ * (-EINVAL: the memory is mapped already) and so does PRIME export
+ * (-EOPNOTSUPP).
+ */
+struct drm_moe_bo_userptr {
+	__u64 addr;
+	__u64 size;
+	__u32 flags;
+	__u32 handle;
 };
 
 /**
@@ -382,6 +411,8 @@ struct drm_moe_uring_cmd {
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_WAIT, struct drm_moe_wait)
 #define DRM_IOCTL_MOE_CANCEL \
 	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_CANCEL, struct drm_moe_cancel)
+#define DRM_IOCTL_MOE_BO_USERPTR \
+	DRM_IOWR(DRM_COMMAND_BASE + DRM_MOE_BO_USERPTR, struct drm_moe_bo_userptr)
 
 #if defined(__cplusplus)
 }
