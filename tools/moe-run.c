@@ -386,6 +386,7 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		tj_set(doc, "hit_rate", tj_real(s->hit_rate));
 		tj_set(doc, "bytes_read", tj_u64(s->bytes_read));
 		tj_set(doc, "read_gbps", tj_real(s->read_gbps));
+		tj_set(doc, "bytes_copied", tj_u64(s->bytes_copied));
 		tj_set(doc, "stall_s", tj_real(s->stall_s));
 		tj_set(doc, "prefill_tokens", tj_u64(s->prefill_tokens));
 		tj_set(doc, "decode_tokens", tj_u64(s->decode_tokens));
@@ -424,7 +425,7 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		"decode: %llu tokens, %.2f tokens/s\n"
 		"experts: hit rate %.1f%% (%llu hits, %llu misses, %llu of them from the host "
 		"cache), %u slots for %u experts\n"
-		"read: %llu bytes, %.3f GB/s, stalled on I/O %.3f s\n"
+		"read: %llu bytes, %.3f GB/s, stalled on I/O %.3f s, %llu bytes copied\n"
 		"memory: %llu bytes of %s device memory used (budget %s), %llu bytes of "
 		"staging outside it\n",
 		(unsigned long long)s->prefill_tokens, s->prefill_tps,
@@ -432,7 +433,7 @@ static void print_stats(const struct moe_ctx *ctx, const struct moe_ctx_stats *s
 		(unsigned long long)s->expert_hits, (unsigned long long)s->expert_misses,
 		(unsigned long long)s->expert_host_hits, s->n_slots, s->n_experts,
 		(unsigned long long)s->bytes_read, s->read_gbps,
-		s->stall_s, (unsigned long long)s->vram_used, s->backend, budget,
+		s->stall_s, (unsigned long long)s->bytes_copied, (unsigned long long)s->vram_used, s->backend, budget,
 		(unsigned long long)s->staging_bytes);
 	if (s->device_total)
 		fprintf(stderr, "device: %llu bytes, %llu free before the run and %llu after its "

@@ -693,7 +693,13 @@ struct moe_io_stats {
 	uint64_t requests;      /* reads completed, failed ones included */
 	uint64_t errors;
 	double busy_s;          /* time with at least one read in flight */
-	uint64_t reserved[4];   /* zero; room for later counters */
+	/*
+	 * Bytes the backend copied from its own buffer to the caller's after
+	 * the read (moe.ko without BO_USERPTR, or a buffer it cannot pin); 0
+	 * while every read lands in place.
+	 */
+	uint64_t bytes_copied;
+	uint64_t reserved[3];   /* zero; room for later counters */
 };
 /* The counters since open into @out; busy_s includes a read in flight now. */
 MOE_API void moe_io_get_stats(const struct moe_io *io, struct moe_io_stats *out);
@@ -1242,7 +1248,9 @@ struct moe_ctx_stats {
 	 * them, as the plan does: each context's budget holds them.
 	 */
 	uint64_t resident_shared;
-	uint64_t reserved[4];
+	/* bytes of bytes_read copied between host buffers on their way in (moe_io_stats) */
+	uint64_t bytes_copied;
+	uint64_t reserved[3];
 };
 /*
  * The counters since creation or the last moe_ctx_reset_stats(), and the
@@ -1286,7 +1294,8 @@ struct moe_engine_info {
 	uint64_t vram_used, vram_peak;
 	uint64_t host_budget;       /* the host cache asked for (tier 1) */
 	uint64_t host_used;         /* host memory held: staging, host cache, logits */
-	uint64_t reserved[8];
+	uint64_t bytes_copied;      /* moe_ctx_stats.bytes_copied: 0 while reads land in place */
+	uint64_t reserved[7];
 };
 /*
  * The directory engines publish in: $MOE_RUNTIME_DIR, else /run/moe when

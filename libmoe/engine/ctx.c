@@ -771,6 +771,7 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 	moe_io_get_stats(ctx->io, &io);
 	s.bytes_read = io.bytes - ctx->io_base.bytes;
 	s.read_s = io.busy_s - ctx->io_base.busy_s;
+	s.bytes_copied = io.bytes_copied - ctx->io_base.bytes_copied;
 	s.read_gbps = s.read_s > 0 ? s.bytes_read / s.read_s / 1e9 : 0;
 	s.prefill_tps = s.prefill_s > 0 ? s.prefill_tokens / s.prefill_s : 0;
 	s.decode_tps = s.decode_s > 0 ? s.decode_tokens / s.decode_s : 0;

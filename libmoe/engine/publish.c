@@ -175,6 +175,7 @@ static void pub_fill(const struct moe_ctx *ctx, struct moe_engine_info *in, doub
 	in->expert_misses = s.expert_misses;
 	in->bytes_read = s.bytes_read;
 	in->read_gbps = s.read_gbps;
+	in->bytes_copied = s.bytes_copied;
 	in->prefetches = s.prefetches;
 	in->prefetch_precision = s.prefetch_precision;
 	in->stall_s = s.stall_s;

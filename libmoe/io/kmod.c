@@ -178,9 +178,25 @@ int moe_kmod_bo_create(struct moe_kmod *k, uint64_t size, struct moe_kmod_bo *bo
 	return 0;
 }
 
+int moe_kmod_bo_userptr(struct moe_kmod *k, void *addr, uint64_t size, struct moe_kmod_bo *bo)
+{
+	struct drm_moe_bo_userptr u = { .addr = (uintptr_t)addr, .size = size };
+	int ret;
+
+	memset(bo, 0, sizeof(*bo));
+	if (k->minor < 3)
+		return -EOPNOTSUPP;
+	ret = kioctl(k, DRM_IOCTL_MOE_BO_USERPTR, &u);
+	if (ret)
+		return ret;
+	*bo = (struct moe_kmod_bo){ .handle = u.handle, .size = size, .map = addr, .user = true };
+	return 0;
+}
+
 void moe_kmod_bo_destroy(struct moe_kmod *k, struct moe_kmod_bo *bo)
 {
-	if (bo->map)
+	/* A userptr BO's memory is its owner's to unmap. */
+	if (bo->map && !bo->user)
 		munmap(bo->map, bo->size);
 	if (bo->handle)
 		drmCloseBufferHandle(k->fd, bo->handle);

@@ -8,6 +8,7 @@
 #ifndef MOE_IO_KMOD_H
 #define MOE_IO_KMOD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "io/io.h"
@@ -22,14 +23,22 @@ struct moe_kmod {
 	uint64_t max_bo;
 };
 
-/* A mapped buffer object. */
+/* A mapped buffer object, or (user) one over the process's own memory at @map. */
 struct moe_kmod_bo {
 	uint32_t handle;
 	uint64_t size;
 	uint8_t *map;
+	bool user;
 };
 
 int moe_kmod_bo_create(struct moe_kmod *k, uint64_t size, struct moe_kmod_bo *bo);
+/*
+ * A BO over [@addr, @addr + @size) of this process (BO_USERPTR: both
+ * page-aligned), pinned until destroyed, so that FETCHes land there with no
+ * copy.  -EOPNOTSUPP before uAPI 2.3; -EFAULT for memory that cannot be
+ * pinned.  Quiet: the caller says what it does instead.
+ */
+int moe_kmod_bo_userptr(struct moe_kmod *k, void *addr, uint64_t size, struct moe_kmod_bo *bo);
 void moe_kmod_bo_destroy(struct moe_kmod *k, struct moe_kmod_bo *bo);
 /* Model @id's info and up to @cap extents (may be NULL/0). */
 int moe_kmod_info(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *info,
@@ -93,6 +102,8 @@ struct moe_kmod_client {
 	int (*info)(struct moe_kmod *k, uint32_t id, struct drm_moe_model_info *info,
 		    struct drm_moe_extent *ext, uint32_t cap);
 	int (*bo_create)(struct moe_kmod *k, uint64_t size, struct moe_kmod_bo *bo);
+	/* NULL: a driver without BO_USERPTR (every read goes through a bounce BO). */
+	int (*bo_userptr)(struct moe_kmod *k, void *addr, uint64_t size, struct moe_kmod_bo *bo);
 	void (*bo_destroy)(struct moe_kmod *k, struct moe_kmod_bo *bo);
 	int (*fetch)(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
 		     uint32_t flags, int64_t *results, uint64_t *ticket);

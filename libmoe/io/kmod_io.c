@@ -3,11 +3,14 @@
  * The I/O engine backend MOE_IO_KMOD: reads of a model registered with
  * moe.ko, through the driver client (kmod.c).
  *
- * The engine hands out destination buffers from its own staging pool, which
- * the driver cannot write (it reads into its buffer objects only, and an
- * O_DIRECT read cannot target a BO mapping either: it is VM_PFNMAP).  So the
- * backend reads into a bounce BO and copies; a staging pool carved from BOs
- * would remove the copy.
+ * Zero-copy: the engine's staging pool is registered with the driver as
+ * userptr BOs (BO_USERPTR, uAPI 2.3) when it is created, so a piece whose
+ * buffer lies in it is fetched straight into that memory.  A piece whose
+ * buffer is elsewhere gets a userptr BO of its own for that one FETCH (the
+ * driver keeps the pages pinned until the read ends).  Only where neither
+ * works (a driver before 2.3, memory that cannot be pinned) does the piece
+ * go through the bounce BO and get copied out; io->stats.bytes_copied
+ * counts those bytes.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -29,6 +32,7 @@ const struct moe_kmod_client moe_kmod_client_driver = {
 	.find = moe_kmod_find_raw,
 	.info = moe_kmod_info,
 	.bo_create = moe_kmod_bo_create,
+	.bo_userptr = moe_kmod_bo_userptr,
 	.bo_destroy = moe_kmod_bo_destroy,
 	.fetch = moe_kmod_fetch_flags,
 	.wait = moe_kmod_wait,
@@ -41,6 +45,16 @@ const struct moe_kmod_client *moe_kmod_io_client = &moe_kmod_client_driver;
 #define KMOD_WAIT_S		60
 /* How often batches whose wait failed are asked about again. */
 #define KMOD_REPOLL_NS		20000000
+
+/* A registered part of the staging pool: the userptr BO over it. */
+struct kreg {
+	uint8_t *base;
+	uint64_t len;
+	struct moe_kmod_bo bo;
+};
+
+/* kbatch.slots[i] of a piece fetched in place: it holds no bounce slot. */
+#define NO_SLOT UINT32_MAX
 
 struct kext {
 	uint64_t off;
@@ -58,9 +72,11 @@ struct kbatch {
 	uint64_t ticket;
 	int err;
 	unsigned n;
+	unsigned n_slots;        /* of slots[], those that are bounce slots */
 	struct moe_io_piece **pieces;
-	unsigned *slots;
+	unsigned *slots;         /* bounce slot, or NO_SLOT: read in place */
 	uint64_t *skip;          /* bytes between the widened start and the piece */
+	uint32_t *tmp;           /* a userptr BO made for this FETCH alone, or 0 */
 	int64_t *results;
 };
 
@@ -73,6 +89,9 @@ struct kmod_be {
 	uint32_t n_ext;
 	bool byname;             /* "moe:NAME": no descriptor, the driver reads everything */
 	struct moe_kmod_bo bo;
+	struct kreg *regs;       /* the staging pool's userptr BOs */
+	unsigned n_regs;
+	bool tmp_userptr;        /* per-FETCH userptr BOs work here */
 	uint64_t slot_bytes;
 	unsigned *free_slots, n_free;
 	struct drm_moe_fetch_req *reqs[2];  /* demand, low */
@@ -128,11 +147,13 @@ static struct kbatch *kbatch_new(unsigned n)
 	b->pieces = calloc(n, sizeof(*b->pieces));
 	b->slots = calloc(n, sizeof(*b->slots));
 	b->skip = calloc(n, sizeof(*b->skip));
+	b->tmp = calloc(n, sizeof(*b->tmp));
 	b->results = calloc(n, sizeof(*b->results));
-	if (!b->pieces || !b->slots || !b->skip || !b->results) {
+	if (!b->pieces || !b->slots || !b->skip || !b->tmp || !b->results) {
 		free(b->pieces);
 		free(b->slots);
 		free(b->skip);
+		free(b->tmp);
 		free(b->results);
 		free(b);
 		return NULL;
@@ -145,6 +166,7 @@ static void kbatch_free(struct kbatch *b)
 	free(b->pieces);
 	free(b->slots);
 	free(b->skip);
+	free(b->tmp);
 	free(b->results);
 	free(b);
 }
@@ -165,7 +187,8 @@ static void release_slots(struct kmod_be *be, struct kbatch *b)
 {
 	pthread_mutex_lock(&be->mu);
 	for (unsigned i = 0; i < b->n; i++)
-		be->free_slots[be->n_free++] = b->slots[i];
+		if (b->slots[i] != NO_SLOT)
+			be->free_slots[be->n_free++] = b->slots[i];
 	pthread_mutex_unlock(&be->mu);
 }
 
@@ -190,20 +213,33 @@ static void repoll_stuck(struct kmod_be *be)
 		*pp = b->next;
 		release_slots(be, b);
 		pthread_mutex_lock(&be->mu);
-		be->n_stuck_slots -= b->n;
+		be->n_stuck_slots -= b->n_slots;
 		pthread_mutex_unlock(&be->mu);
 		moe_log(MOE_LOG_INFO, "moe.ko: late batch %llu finished: %u buffer slots free again",
-			(unsigned long long)b->ticket, b->n);
+			(unsigned long long)b->ticket, b->n_slots);
 		kbatch_free(b);
 	}
 }
 
 static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b)
 {
+	uint64_t copied = 0;
 	int ret = 0;
 
 	if (b->ticket) {
 		ret = be->c->wait(be->k, b->ticket, KMOD_WAIT_S, NULL);
+		/*
+		 * Pieces read in place have their DMA aimed at the caller's own
+		 * buffers, which must not be handed back while it may land: they
+		 * end when the driver says the batch is done (the block layer
+		 * ends every request, after its own timeouts if need be).
+		 */
+		while (ret == -ETIME && b->n_slots < b->n) {
+			moe_log(MOE_LOG_WARN, "moe.ko: batch %llu (%u reads) still not done after "
+				"%d s; waiting on, as its reads land in the caller's buffers",
+				(unsigned long long)b->ticket, b->n, KMOD_WAIT_S);
+			ret = be->c->wait(be->k, b->ticket, KMOD_WAIT_S, NULL);
+		}
 		if (ret)
 			moe_log(MOE_LOG_ERROR, "moe.ko: batch %llu (%u reads) not collected: %s; its "
 				"buffer slots stay reserved until the driver finishes it",
@@ -234,10 +270,18 @@ static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b
 			uint64_t avail = (uint64_t)res > b->skip[i] ? (uint64_t)res - b->skip[i] : 0;
 
 			res = (int64_t)MOE_MIN(avail, p->len);
-			memcpy(p->buf, be->bo.map + b->slots[i] * be->slot_bytes + b->skip[i],
-			       (size_t)res);
+			if (b->slots[i] != NO_SLOT) {
+				memcpy(p->buf, be->bo.map + b->slots[i] * be->slot_bytes +
+				       b->skip[i], (size_t)res);
+				copied += (uint64_t)res;
+			}
 		}
 		b->results[i] = res;
+	}
+	if (copied) {
+		pthread_mutex_lock(&io->lock);
+		io->stats.bytes_copied += copied;
+		pthread_mutex_unlock(&io->lock);
 	}
 	/*
 	 * The slots go back before the pieces end: ending one dispatches the
@@ -248,7 +292,7 @@ static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b
 		release_slots(be, b);
 	} else {
 		pthread_mutex_lock(&be->mu);
-		be->n_stuck_slots += b->n;
+		be->n_stuck_slots += b->n_slots;
 		pthread_mutex_unlock(&be->mu);
 	}
 	for (unsigned i = 0; i < b->n; i++)
@@ -316,6 +360,9 @@ static void kmod_be_free(struct kmod_be *be)
 		be->stuck = b->next;
 		kbatch_free(b);
 	}
+	for (unsigned i = 0; i < be->n_regs; i++)
+		be->c->bo_destroy(be->k, &be->regs[i].bo);
+	free(be->regs);
 	if (be->k)
 		be->c->bo_destroy(be->k, &be->bo);
 	if (be->k)
@@ -426,6 +473,16 @@ static int kmod_init(struct moe_io *io)
 	ret = io->fd < 0 ? find_model_named(io, be) : find_model_for(be, io->fd, io->path);
 	if (ret)
 		goto err;
+	/*
+	 * Every piece starts and ends on the driver's alignment, so that it
+	 * can be fetched into the caller's buffer as it is, unwidened.
+	 */
+	if (io->block < be->k->align) {
+		io->block = (uint32_t)be->k->align;
+		io->opts.max_request = MOE_MAX(io->opts.max_request / io->block * io->block,
+					       io->block);
+	}
+	be->tmp_userptr = be->c->bo_userptr != NULL;
 	/* A piece widened to the driver's alignment on both sides. */
 	be->slot_bytes = MOE_ALIGN_UP(io->opts.max_request, be->k->align) + 2 * be->k->align;
 	ret = be->c->bo_create(be->k, be->slot_bytes * qd, &be->bo);
@@ -470,6 +527,108 @@ static void kmod_fini(struct moe_io *io)
 	io->be = NULL;
 }
 
+/* The registered part of the staging pool holding [p, p+len), or NULL. */
+static const struct kreg *kreg_find(const struct kmod_be *be, const uint8_t *p, uint64_t len)
+{
+	for (unsigned i = 0; i < be->n_regs; i++) {
+		const struct kreg *r = &be->regs[i];
+
+		if (p >= r->base && p < r->base + r->len && len <= (uint64_t)(r->base + r->len - p))
+			return r;
+	}
+	return NULL;
+}
+
+/*
+ * Where piece @p can be fetched in place: the pool's BO over its buffer, or
+ * a userptr BO made for it alone (*tmp: its handle, to close once FETCH has
+ * it).  false: it goes through the bounce BO.  be->mu held.
+ */
+static bool place_direct(struct kmod_be *be, const struct moe_io_piece *p, uint32_t *handle,
+			 uint64_t *bo_off, uint32_t *tmp)
+{
+	const struct kreg *r;
+	struct moe_kmod_bo t;
+	int ret;
+
+	*tmp = 0;
+	if ((uintptr_t)p->buf % be->k->align)
+		return false;
+	r = kreg_find(be, p->buf, p->len);
+	if (r) {
+		*handle = r->bo.handle;
+		*bo_off = (uint64_t)(p->buf - r->base);
+		return true;
+	}
+	if (!be->tmp_userptr)
+		return false;
+	ret = be->c->bo_userptr(be->k, p->buf, p->len, &t);
+	if (ret == -EOPNOTSUPP || ret == -ENOTTY || ret == -EINVAL) {
+		/* This driver has none: do not ask again. */
+		be->tmp_userptr = false;
+		return false;
+	}
+	if (ret) {
+		moe_log_once(MOE_LOG_INFO, "kmod-userptr-piece",
+			     "moe.ko cannot pin a read's destination buffer (%s): such reads are "
+			     "copied from a bounce buffer", strerror(-ret));
+		return false;
+	}
+	*handle = *tmp = t.handle;
+	*bo_off = 0;
+	return true;
+}
+
+/*
+ * The staging pool's regions become userptr BOs (each at most the driver's
+ * largest BO), so pieces read into the pool land there with no copy.
+ * io->lock held.
+ */
+static int kmod_register_buffers(struct moe_io *io, void *const *bases, const uint64_t *lens,
+				 unsigned n)
+{
+	struct kmod_be *be = io->be;
+	uint64_t total = 0, most = be->k->max_bo / be->k->align * be->k->align;
+	unsigned cap = 0;
+	int ret = 0;
+
+	if (!be->c->bo_userptr || !most)
+		return moe_err(EOPNOTSUPP, "moe.ko has no BO_USERPTR (uAPI 2.3): reads are copied "
+			       "from a bounce buffer; update the driver");
+	for (unsigned i = 0; i < n; i++)
+		cap += (unsigned)((lens[i] + most - 1) / most);
+	be->regs = calloc(MOE_MAX(cap, 1u), sizeof(*be->regs));
+	if (!be->regs)
+		return moe_err(ENOMEM, "no memory for the staging registration");
+	pthread_mutex_lock(&be->mu);
+	for (unsigned i = 0; i < n && !ret; i++)
+		for (uint64_t off = 0; off < lens[i] && !ret; off += most) {
+			struct kreg *r = &be->regs[be->n_regs];
+
+			r->base = (uint8_t *)bases[i] + off;
+			r->len = MOE_MIN(most, lens[i] - off);
+			ret = be->c->bo_userptr(be->k, r->base, r->len, &r->bo);
+			if (!ret) {
+				be->n_regs++;
+				total += r->len;
+			}
+		}
+	if (ret) {
+		while (be->n_regs)
+			be->c->bo_destroy(be->k, &be->regs[--be->n_regs].bo);
+	}
+	pthread_mutex_unlock(&be->mu);
+	if (ret == -EOPNOTSUPP)
+		return moe_err(EOPNOTSUPP, "moe.ko speaks uAPI 2.%u, before BO_USERPTR: reads are "
+			       "copied from a bounce buffer; update the driver", be->k->minor);
+	if (ret)
+		return moe_err(-ret, "moe.ko: BO_USERPTR over the staging pool: %s; reads are "
+			       "copied from a bounce buffer", strerror(-ret));
+	moe_log(MOE_LOG_DEBUG, "%s: %llu MiB of staging registered with moe.ko as %u BOs",
+		io->path, (unsigned long long)(total >> 20), be->n_regs);
+	return 0;
+}
+
 /*
  * FETCH @kb's requests (@reqs) with @flags, or, when the driver refuses,
  * hand its pieces to @pb: pread on a path, their end with the errno on
@@ -485,6 +644,14 @@ static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb
 		return;
 	}
 	ret = be->c->fetch(be->k, reqs, kb->n, flags, kb->results, &kb->ticket);
+	/* The FETCH holds its own references to the BOs made for it: the handles may go. */
+	for (unsigned i = 0; i < kb->n; i++)
+		if (kb->tmp[i]) {
+			struct moe_kmod_bo t = { .handle = kb->tmp[i], .user = true };
+
+			be->c->bo_destroy(be->k, &t);
+			kb->tmp[i] = 0;
+		}
 	if (!ret) {
 		be_push(be, kb);
 		return;
@@ -495,10 +662,7 @@ static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb
 		moe_log_once(MOE_LOG_WARN, "kmod-fetch-refused",
 			     "moe.ko refused a FETCH (%s): reading with pread instead",
 			     strerror(-ret));
-	pthread_mutex_lock(&be->mu);
-	for (unsigned i = 0; i < kb->n; i++)
-		be->free_slots[be->n_free++] = kb->slots[i];
-	pthread_mutex_unlock(&be->mu);
+	release_slots(be, kb);
 	if (be->byname) {
 		/* No pread to fall back on: the pieces end with the driver's errno. */
 		kb->ticket = 0;
@@ -538,6 +702,9 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 		uint64_t start = p->pos / align * align;
 		uint64_t end = MOE_ALIGN_UP(p->pos + p->len, align);
 		struct kbatch *b = kb[p->low];
+		struct drm_moe_fetch_req *rq = &be->reqs[p->low][b->n];
+		uint64_t bo_off;
+		uint32_t handle;
 
 		if (!e && be->byname) {
 			/* Nothing else of the file is readable: the piece fails (finish_batch). */
@@ -547,26 +714,46 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 			pb->err = -EACCES;
 			continue;
 		}
-		if (e && be->byname && (!be->n_free || b->n >= be->k->max_batch)) {
-			/* The rest waits in the engine for a slot: pread is no way out. */
-			accepted = i;
-			break;
-		}
 		/* Reads outside the registered extents: this process reads them itself. */
-		if (!e || !be->n_free || b->n >= be->k->max_batch ||
-		    end - start > be->slot_bytes) {
+		if (!e) {
 			pb->pieces[pb->n++] = p;
 			continue;
 		}
-		end = MOE_MIN(end, e->off + e->len);
+		if (b->n >= be->k->max_batch) {
+			if (be->byname) {
+				/* The rest waits in the engine: pread is no way out. */
+				accepted = i;
+				break;
+			}
+			pb->pieces[pb->n++] = p;
+			continue;
+		}
+		*rq = (struct drm_moe_fetch_req){ .model_id = be->model_id, .extent = e->idx };
+		if (start == p->pos && end == p->pos + p->len &&
+		    place_direct(be, p, &handle, &bo_off, &b->tmp[b->n])) {
+			b->slots[b->n] = NO_SLOT;
+			b->skip[b->n] = 0;
+			rq->handle = handle;
+			rq->bo_offset = bo_off;
+			rq->offset = p->pos - e->off;
+			rq->length = p->len;
+		} else if (be->n_free && end - start <= be->slot_bytes) {
+			end = MOE_MIN(end, e->off + e->len);
+			b->slots[b->n] = be->free_slots[--be->n_free];
+			b->n_slots++;
+			b->skip[b->n] = p->pos - start;
+			rq->handle = be->bo.handle;
+			rq->bo_offset = b->slots[b->n] * be->slot_bytes;
+			rq->offset = start - e->off;
+			rq->length = end - start;
+		} else if (be->byname) {
+			accepted = i;
+			break;
+		} else {
+			pb->pieces[pb->n++] = p;
+			continue;
+		}
 		b->pieces[b->n] = p;
-		b->slots[b->n] = be->free_slots[--be->n_free];
-		b->skip[b->n] = p->pos - start;
-		be->reqs[p->low][b->n] = (struct drm_moe_fetch_req){
-			.model_id = be->model_id, .extent = e->idx, .handle = be->bo.handle,
-			.bo_offset = b->slots[b->n] * be->slot_bytes,
-			.offset = start - e->off, .length = end - start,
-		};
 		b->n++;
 	}
 	pthread_mutex_unlock(&be->mu);
@@ -604,6 +791,7 @@ const struct moe_io_ops moe_io_kmod_ops = {
 	.fini = kmod_fini,
 	.issue = kmod_issue,
 	.cancel = kmod_cancel,
+	.register_buffers = kmod_register_buffers,
 };
 
 int moe_kmod_read_header(const char *name, void **data, uint64_t *len, uint64_t *file_size)

@@ -133,8 +133,11 @@ struct fk_batch {
 	uint64_t ticket;
 	uint32_t n;
 	int64_t *results;
-	struct { uint64_t bo_off, len, pos; int64_t res; } r[FK_REQS];
+	struct { uint64_t bo_off, len, pos; int64_t res; uint8_t *dst; uint32_t handle; } r[FK_REQS];
 };
+
+/* The stand-in's userptr BOs (handles from 100): the process memory FETCH lands in. */
+#define FK_UBOS 16
 
 static struct {
 	pthread_mutex_t mu;
@@ -156,16 +159,21 @@ static struct {
 	unsigned cancels;
 	unsigned etime;
 	unsigned live_at_close;
+	struct { uint32_t handle; uint8_t *base; uint64_t size; } ubo[FK_UBOS];
+	uint32_t next_ubo;
+	unsigned ubos_made;
+	int ubo_fail;            /* what BO_USERPTR of memory outside the pool returns, 0: works */
+	uint8_t *pool_lo, *pool_hi;   /* the first userptr BOs: the staging pool */
 } fk = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static void fk_dma(struct fk_batch *b)
 {
 	for (uint32_t i = 0; i < b->n; i++) {
-		ssize_t r = pread(fk.fd, fk.bo + b->r[i].bo_off, b->r[i].len, (off_t)b->r[i].pos);
+		ssize_t r = pread(fk.fd, b->r[i].dst, b->r[i].len, (off_t)b->r[i].pos);
 
 		b->r[i].res = r < 0 ? -errno : r;
 		if (r >= 0 && (uint64_t)r < b->r[i].len)
-			memset(fk.bo + b->r[i].bo_off + r, 0, b->r[i].len - (uint64_t)r);
+			memset(b->r[i].dst + r, 0, b->r[i].len - (uint64_t)r);
 	}
 	b->late = false;
 }
@@ -206,6 +214,9 @@ static void fk_reset(void)
 	fk.next_ticket = 0;
 	fk.overlaps = fk.fetched = fk.etime = fk.live_at_close = 0;
 	fk.low_batches = fk.cancels = fk.late_wait_us = 0;
+	fk.ubos_made = 0;
+	fk.ubo_fail = 0;
+	fk.pool_lo = fk.pool_hi = NULL;
 }
 
 static int fk_open(struct moe_kmod **out)
@@ -272,9 +283,55 @@ static int fk_bo_create(struct moe_kmod *k, uint64_t size, struct moe_kmod_bo *b
 	return 0;
 }
 
+static int fk_bo_userptr(struct moe_kmod *k, void *addr, uint64_t size, struct moe_kmod_bo *bo)
+{
+	uint8_t *p = addr;
+
+	(void)k;
+	ck_assert_uint_eq((uintptr_t)addr % 4096, 0);
+	ck_assert_uint_eq(size % 4096, 0);
+	ck_assert_uint_gt(size, 0);
+	if (fk.ubo_fail && fk.pool_lo && (p < fk.pool_lo || p >= fk.pool_hi))
+		return fk.ubo_fail;
+	pthread_mutex_lock(&fk.mu);
+	for (unsigned i = 0; i < FK_UBOS; i++) {
+		if (fk.ubo[i].handle)
+			continue;
+		fk.ubo[i].handle = 100 + fk.next_ubo++;
+		fk.ubo[i].base = p;
+		fk.ubo[i].size = size;
+		fk.ubos_made++;
+		*bo = (struct moe_kmod_bo){ .handle = fk.ubo[i].handle, .size = size, .map = p,
+					    .user = true };
+		pthread_mutex_unlock(&fk.mu);
+		return 0;
+	}
+	pthread_mutex_unlock(&fk.mu);
+	ck_abort_msg("more than %d userptr BOs at once", FK_UBOS);
+	return -ENOSPC;
+}
+
+static unsigned fk_ubos_live(void)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < FK_UBOS; i++)
+		n += fk.ubo[i].handle != 0;
+	return n;
+}
+
 static void fk_bo_destroy(struct moe_kmod *k, struct moe_kmod_bo *bo)
 {
 	(void)k;
+	if (bo->user) {
+		pthread_mutex_lock(&fk.mu);
+		for (unsigned i = 0; i < FK_UBOS; i++)
+			if (fk.ubo[i].handle == bo->handle)
+				fk.ubo[i].handle = 0;
+		pthread_mutex_unlock(&fk.mu);
+		memset(bo, 0, sizeof(*bo));
+		return;
+	}
 	free(fk.bo);
 	fk.bo = NULL;
 	memset(bo, 0, sizeof(*bo));
@@ -303,17 +360,29 @@ static int fk_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, ui
 		ck_assert_uint_eq(r->model_id, 7);
 		ck_assert_uint_lt(r->extent, fk.n_ext);
 		e = &fk.ext[r->extent];
-		ck_assert_uint_eq(r->handle, 1);
 		ck_assert_uint_eq(r->offset % 4096, 0);
 		ck_assert_uint_eq(r->bo_offset % 4096, 0);
 		ck_assert_uint_gt(r->length, 0);
 		ck_assert_uint_le(r->offset + r->length, e->length);
-		ck_assert_uint_le(r->bo_offset + r->length, fk.bo_size);
-		for (unsigned j = 0; j < FK_BATCHES; j++) {
+		if (r->handle == 1) {
+			ck_assert_uint_le(r->bo_offset + r->length, fk.bo_size);
+			b->r[i].dst = fk.bo + r->bo_offset;
+		} else {
+			unsigned u = 0;
+
+			while (u < FK_UBOS && fk.ubo[u].handle != r->handle)
+				u++;
+			ck_assert_msg(u < FK_UBOS, "FETCH into unknown handle %u", r->handle);
+			ck_assert_uint_le(r->bo_offset + r->length, fk.ubo[u].size);
+			b->r[i].dst = fk.ubo[u].base + r->bo_offset;
+		}
+		b->r[i].handle = r->handle;
+		for (unsigned j = 0; j < FK_BATCHES && r->handle == 1; j++) {
 			const struct fk_batch *o = &fk.b[j];
 
 			for (uint32_t q = 0; o->live && o->late && q < o->n; q++)
-				fk.overlaps += r->bo_offset < o->r[q].bo_off + o->r[q].len &&
+				fk.overlaps += o->r[q].handle == 1 &&
+					       r->bo_offset < o->r[q].bo_off + o->r[q].len &&
 					       o->r[q].bo_off < r->bo_offset + r->length;
 		}
 		b->r[i].bo_off = r->bo_offset;
@@ -384,6 +453,13 @@ static const struct moe_kmod_client fk_client = {
 	.open = fk_open, .close = fk_close, .next = fk_next, .find = fk_find, .info = fk_info,
 	.bo_create = fk_bo_create, .bo_destroy = fk_bo_destroy, .fetch = fk_fetch,
 	.wait = fk_wait, .cancel = fk_cancel,
+};
+
+/* The same driver with BO_USERPTR (uAPI 2.3): reads land in the engine's buffers. */
+static const struct moe_kmod_client fk_client_zc = {
+	.open = fk_open, .close = fk_close, .next = fk_next, .find = fk_find, .info = fk_info,
+	.bo_create = fk_bo_create, .bo_userptr = fk_bo_userptr, .bo_destroy = fk_bo_destroy,
+	.fetch = fk_fetch, .wait = fk_wait, .cancel = fk_cancel,
 };
 
 static uint8_t fk_byte(uint64_t i)
@@ -743,6 +819,121 @@ START_TEST(kmod_by_name_only_registered)
 }
 END_TEST
 
+static void *finish_late_later(void *arg)
+{
+	(void)arg;
+	usleep(300000);
+	fk_finish_late();
+	return NULL;
+}
+
+static void zc_done(void *arg, int64_t res, void *interior)
+{
+	(void)interior;
+	*(int64_t *)arg = res;
+}
+
+/*
+ * Zero-copy: the staging pool is registered as userptr BOs when it is made
+ * and reads into it are fetched in place (no bounce BO, 0 bytes copied);
+ * a buffer outside the pool gets a userptr BO for its FETCH alone, closed
+ * right after; only memory the driver cannot pin is copied, and counted.
+ * A late batch reading in place is never ended early: its read completes
+ * once the driver is done, with the right bytes.
+ */
+START_TEST(kmod_zero_copy)
+{
+	struct moe_io_params o;
+	struct moe_io_stats st;
+	struct moe_io *io = NULL;
+	char *dir = tu_tmpdir(), path[4096];
+	uint64_t size = 9 * MIB, before, cap;
+	uint8_t *data = malloc(size);
+	void *dst, *interior;
+	int64_t res = 1;
+	pthread_t th;
+	unsigned pool_bos;
+
+	ck_assert_ptr_nonnull(data);
+	for (uint64_t i = 0; i < size; i++)
+		data[i] = fk_byte(i);
+	snprintf(path, sizeof(path), "%s/model.bin", dir);
+	ck_assert_int_eq(tu_write_file(path, data, size), 0);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk_two_extents();
+	fk_reset();
+	moe_kmod_io_client = &fk_client_zc;
+	moe_io_params_init(&o);
+	o.backend = MOE_IO_KMOD;
+	o.direct = MOE_IO_DIRECT_OFF;
+	o.queue_depth = 4;
+	o.max_request = 256 * 1024;
+	o.staging_bytes = 4 * MIB;
+	ck_assert_msg(moe_io_open(path, &o, &io) == 0, "%s", moe_errmsg());
+	ck_assert_uint_ge(moe_io_block(io), 4096);
+	ck_assert_uint_eq(fk.ubos_made, 0);
+
+	/* The pool: registered at its creation, read into in place. */
+	cap = moe_io_span(io, 8192 + 100, MIB + 5000);
+	ck_assert_int_eq(moe_io_alloc(io, cap, &dst), 0);
+	pool_bos = fk_ubos_live();
+	ck_assert_uint_ge(pool_bos, 1);
+	fk.pool_lo = fk.ubo[0].base;
+	fk.pool_hi = fk.ubo[0].base + fk.ubo[0].size;
+	ck_assert((uint8_t *)dst >= fk.pool_lo && (uint8_t *)dst < fk.pool_hi);
+	ck_assert_int_eq(moe_io_read_sync(io, 8192 + 100, MIB + 5000, dst, cap, &interior), 0);
+	ck_assert_mem_eq(interior, data + 8192 + 100, MIB + 5000);
+	ck_assert_uint_eq(fk.ubos_made, pool_bos);
+	moe_io_get_stats(io, &st);
+	ck_assert_uint_eq(st.bytes_copied, 0);
+	ck_assert_uint_ge(fk.fetched, 5);
+
+	/* Elsewhere: one userptr BO per piece, gone once FETCH has it. */
+	fk_check_read(io, 3 * MIB + 4096, 700000, 0);
+	ck_assert_uint_gt(fk.ubos_made, pool_bos);
+	ck_assert_uint_eq(fk_ubos_live(), pool_bos);
+	moe_io_get_stats(io, &st);
+	ck_assert_uint_eq(st.bytes_copied, 0);
+
+	/* Memory the driver cannot pin: the bounce BO, and every byte counted. */
+	fk.ubo_fail = -EFAULT;
+	before = fk.fetched;
+	fk_check_read(io, 5 * MIB, 512 * 1024, 0);
+	ck_assert_uint_gt(fk.fetched, before);
+	moe_io_get_stats(io, &st);
+	ck_assert_uint_eq(st.bytes_copied, 512 * 1024);
+	fk.ubo_fail = 0;
+
+	/* Late: the read waits for the driver instead of failing into live memory. */
+	fk.make_late = 1;
+	fk.late_wait_us = 50000;
+	memset(dst, 0, cap);
+	ck_assert_int_eq(moe_io_read(io, 2 * MIB, 200000, dst, cap, zc_done, &res), 0);
+	ck_assert_int_eq(pthread_create(&th, NULL, finish_late_later, NULL), 0);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	while (res == 1)
+		ck_assert_int_ge(moe_io_wait(io, 1), 0);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(res, 200000);
+	ck_assert_uint_ge(fk.etime, 1);
+	ck_assert_mem_eq(dst, data + 2 * MIB, 200000);
+	moe_io_get_stats(io, &st);
+	ck_assert_uint_eq(st.bytes_copied, 512 * 1024);
+
+	moe_io_free(io, dst);
+	moe_io_destroy(io);
+	ck_assert_uint_eq(fk_ubos_live(), 0);
+	ck_assert_uint_eq(fk.live_at_close, 0);
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	free(data);
+	close(fk.fd);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 static void low_done(void *arg, int64_t res, void *interior)
 {
 	(void)interior;
@@ -825,6 +1016,7 @@ Suite *suite_kmod(void)
 	tcase_add_test(tc, kmod_open_by_name);
 	tcase_add_test(tc, kmod_by_name_only_registered);
 	tcase_add_test(tc, kmod_prefetch_low_priority);
+	tcase_add_test(tc, kmod_zero_copy);
 	if (access("/sys/module/moe", F_OK)) {
 		tcase_add_test(tc, kmod_no_driver);
 		tcase_add_test(tc, kmod_moectl_no_driver);

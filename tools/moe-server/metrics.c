@@ -65,6 +65,9 @@ char *metrics_text(struct server *s)
 	       (double)m.ctx.expert_misses);
 	metric(f, "read_bytes_total", "counter", "Bytes read from the model file.",
 	       (double)m.ctx.bytes_read);
+	metric(f, "read_copied_bytes_total", "counter",
+	       "Bytes read that were copied between host buffers (moe.ko without zero-copy).",
+	       (double)m.ctx.bytes_copied);
 	metric(f, "read_gigabytes_per_second", "gauge", "Read bandwidth while reads were in flight.",
 	       m.ctx.read_gbps);
 	metric(f, "prefetch_precision", "gauge", "Prefetched experts that a layer then used.",

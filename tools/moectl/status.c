@@ -130,6 +130,7 @@ static json_t *engine_json(const struct snapshot *s, const struct moe_engine_inf
 	tj_set(o, "expert_misses", tj_u64(e->expert_misses));
 	tj_set(o, "bytes_read", tj_u64(e->bytes_read));
 	tj_set(o, "read_gbps", tj_real(e->read_gbps));
+	tj_set(o, "bytes_copied", tj_u64(e->bytes_copied));
 	tj_set(o, "prefetches", tj_u64(e->prefetches));
 	tj_set(o, "prefetch_precision", e->prefetches ? tj_real(e->prefetch_precision) :
 		json_null());
