@@ -149,11 +149,14 @@ int moe_topo_dev_disk(dev_t dev, char *name, size_t len);
 
 /*
  * Fault injection for tests: make the next opens behave as if the kernel
- * refused io_uring (EPERM) or O_DIRECT (EINVAL).
+ * refused io_uring (EPERM) or O_DIRECT (EINVAL), or had no io_uring
+ * commands for moe.ko.
  */
 enum {
 	MOE_IO_FAULT_URING_EPERM = 1u << 0,
 	MOE_IO_FAULT_DIRECT_EINVAL = 1u << 1,
+	/* The moe.ko backend completes its batches through WAIT, as without io_uring. */
+	MOE_IO_FAULT_KMOD_NO_URING = 1u << 2,
 };
 extern unsigned moe_io_faults;
 /* A piece that covers this file offset ends with -EIO after its read (UINT64_MAX: off). */

@@ -131,6 +131,8 @@ int moe_kmod_open(struct moe_kmod **out)
 		ret = get_param(k, DRM_MOE_PARAM_MAX_EXTENTS, &k->max_extents);
 	if (!ret)
 		ret = get_param(k, DRM_MOE_PARAM_MAX_BO_SIZE, &k->max_bo);
+	if (!ret)
+		ret = get_param(k, DRM_MOE_PARAM_CAPS, &k->caps);
 	if (!ret && (!k->align || k->align & (k->align - 1)))
 		ret = moe_err(EPROTO, "moe.ko reports alignment %llu", (unsigned long long)k->align);
 	if (ret) {
@@ -244,6 +246,11 @@ int moe_kmod_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled)
 	if (!ret && cancelled)
 		*cancelled = c.cancelled;
 	return ret;
+}
+
+int moe_kmod_uring_fd(struct moe_kmod *k)
+{
+	return k->caps & DRM_MOE_CAP_URING_CMD ? k->fd : -EOPNOTSUPP;
 }
 
 int moe_kmod_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed)

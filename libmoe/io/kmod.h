@@ -21,6 +21,7 @@ struct moe_kmod {
 	uint64_t max_batch;
 	uint64_t max_extents;
 	uint64_t max_bo;
+	uint64_t caps;           /* DRM_MOE_PARAM_CAPS */
 };
 
 /* A mapped buffer object, or (user) one over the process's own memory at @map. */
@@ -54,6 +55,8 @@ int moe_kmod_fetch_flags(struct moe_kmod *k, const struct drm_moe_fetch_req *req
  * of them); they complete with -ECANCELED.  -EOPNOTSUPP before uAPI 2.2.
  */
 int moe_kmod_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled);
+/* The node's descriptor for io_uring FETCH commands; -EOPNOTSUPP without DRM_MOE_CAP_URING_CMD. */
+int moe_kmod_uring_fd(struct moe_kmod *k);
 /* Wait until @ticket's batch completed; @timeout_s from now. */
 int moe_kmod_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
 
@@ -108,6 +111,11 @@ struct moe_kmod_client {
 	int (*fetch)(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, uint32_t n,
 		     uint32_t flags, int64_t *results, uint64_t *ticket);
 	int (*cancel)(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled);
+	/*
+	 * The descriptor to submit DRM_MOE_URING_CMD_FETCH on, or -EOPNOTSUPP;
+	 * NULL: batches complete through wait.
+	 */
+	int (*uring_fd)(struct moe_kmod *k);
 	int (*wait)(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
 };
 

@@ -13,6 +13,7 @@
  * counts those bytes.
  */
 #include <errno.h>
+#include <liburing.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,7 @@ const struct moe_kmod_client moe_kmod_client_driver = {
 	.fetch = moe_kmod_fetch_flags,
 	.wait = moe_kmod_wait,
 	.cancel = moe_kmod_cancel,
+	.uring_fd = moe_kmod_uring_fd,
 };
 
 const struct moe_kmod_client *moe_kmod_io_client = &moe_kmod_client_driver;
@@ -78,7 +80,16 @@ struct kbatch {
 	uint64_t *skip;          /* bytes between the widened start and the piece */
 	uint32_t *tmp;           /* a userptr BO made for this FETCH alone, or 0 */
 	int64_t *results;
+	/* The FETCH itself: the kernel may read it until the batch's CQE (io_uring). */
+	struct drm_moe_fetch_req *reqs;
+	struct drm_moe_fetch fetch;
+	uint32_t flags;
 };
+
+/* user_data of the ring's stop request; batches use their address. */
+#define TAG_STOP 1ull
+/* results[i] not written by the driver (yet). */
+#define RES_UNSET INT64_MIN
 
 struct kmod_be {
 	const struct moe_kmod_client *c;
@@ -94,7 +105,16 @@ struct kmod_be {
 	bool tmp_userptr;        /* per-FETCH userptr BOs work here */
 	uint64_t slot_bytes;
 	unsigned *free_slots, n_free;
-	struct drm_moe_fetch_req *reqs[2];  /* demand, low */
+	/*
+	 * FETCH batches complete as CQEs of this ring (DRM_MOE_URING_CMD_FETCH),
+	 * reaped by @reaper; without it (ring_ok false) through WAIT on the
+	 * waiter thread, which also runs the pread groups either way.
+	 */
+	struct io_uring ring;
+	bool ring_init;
+	bool ring_ok;            /* read and cleared with atomics: the reaper may clear it */
+	int ring_fd;
+	pthread_t reaper;
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
 	struct kbatch *head, *tail;
@@ -149,12 +169,14 @@ static struct kbatch *kbatch_new(unsigned n)
 	b->skip = calloc(n, sizeof(*b->skip));
 	b->tmp = calloc(n, sizeof(*b->tmp));
 	b->results = calloc(n, sizeof(*b->results));
-	if (!b->pieces || !b->slots || !b->skip || !b->tmp || !b->results) {
+	b->reqs = calloc(n, sizeof(*b->reqs));
+	if (!b->pieces || !b->slots || !b->skip || !b->tmp || !b->results || !b->reqs) {
 		free(b->pieces);
 		free(b->slots);
 		free(b->skip);
 		free(b->tmp);
 		free(b->results);
+		free(b->reqs);
 		free(b);
 		return NULL;
 	}
@@ -168,6 +190,7 @@ static void kbatch_free(struct kbatch *b)
 	free(b->skip);
 	free(b->tmp);
 	free(b->results);
+	free(b->reqs);
 	free(b);
 }
 
@@ -221,9 +244,10 @@ static void repoll_stuck(struct kmod_be *be)
 	}
 }
 
+static void end_fetch(struct moe_io *io, struct kmod_be *be, struct kbatch *b, int ret);
+
 static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b)
 {
-	uint64_t copied = 0;
 	int ret = 0;
 
 	if (b->ticket) {
@@ -262,6 +286,19 @@ static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b
 		kbatch_free(b);
 		return;
 	}
+	end_fetch(io, be, b, ret);
+}
+
+/*
+ * A FETCH batch is over (@ret 0: the driver's results are in b->results)
+ * or its wait failed with @ret (the driver may still write its slots: they
+ * stay reserved, and the batch joins the stuck list; waiter thread only).
+ * Copies what came through the bounce BO and ends the pieces.
+ */
+static void end_fetch(struct moe_io *io, struct kmod_be *be, struct kbatch *b, int ret)
+{
+	uint64_t copied = 0;
+
 	for (unsigned i = 0; i < b->n; i++) {
 		struct moe_io_piece *p = b->pieces[i];
 		int64_t res = ret ? ret : b->results[i];
@@ -347,6 +384,155 @@ static void *kmod_waiter(void *arg)
 	}
 }
 
+static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb,
+			struct kbatch *pb);
+static void drop_tmp(struct kmod_be *be, struct kbatch *kb);
+
+/*
+ * The CQE of batch @b says @res: the bytes of the whole batch, or the first
+ * failed request's errno.  The driver wrote the per-request results before
+ * posting it, unless the submitting thread had gone (they stay RES_UNSET):
+ * then the CQE tells them only when every request read all it asked for
+ * or the batch failed whole.
+ */
+static void uring_done(struct moe_io *io, struct kmod_be *be, struct kbatch *b, int64_t res)
+{
+	uint64_t want = 0;
+	bool unset = true;
+
+	for (unsigned i = 0; i < b->n; i++) {
+		unset &= b->results[i] == RES_UNSET;
+		want += b->reqs[i].length;
+	}
+	if (unset && (res == -EOPNOTSUPP || res == -EACCES || res == -EPERM || res == -ENOTTY)) {
+		/* The kernel or a security module refuses the command: the ioctl it is. */
+		struct kbatch *pb = kbatch_new(b->n);
+
+		__atomic_store_n(&be->ring_ok, false, __ATOMIC_RELEASE);
+		moe_log(MOE_LOG_WARN, "%s: moe.ko's io_uring command is refused here (%s): "
+			"completing reads through WAIT instead", io->path, strerror((int)-res));
+		if (pb) {
+			kmod_submit(io, be, b, pb);
+			if (pb->n)
+				be_push(be, pb);
+			else
+				kbatch_free(pb);
+			return;
+		}
+	}
+	drop_tmp(be, b);
+	for (unsigned i = 0; i < b->n; i++) {
+		if (b->results[i] != RES_UNSET)
+			continue;
+		if (res < 0) {
+			b->results[i] = res;
+		} else if (res >= (int64_t)MOE_MIN(want, (uint64_t)INT32_MAX)) {
+			b->results[i] = (int64_t)b->reqs[i].length;
+		} else {
+			moe_log_once(MOE_LOG_ERROR, "kmod-uring-results",
+				     "moe.ko: a batch's per-request results never arrived (its "
+				     "submitting thread ended) and it read short: failing it");
+			b->results[i] = -EIO;
+		}
+	}
+	end_fetch(io, be, b, 0);
+}
+
+/* Owns the ring's CQ: every CQE ends one FETCH batch. */
+static void *reaper_main(void *arg)
+{
+	struct moe_io *io = arg;
+	struct kmod_be *be = io->be;
+	bool stop = false;
+
+	moe_topo_bind_thread(io->node);
+	while (!stop) {
+		struct io_uring_cqe *cqe;
+		int ret = io_uring_wait_cqe(&be->ring, &cqe);
+
+		if (ret == -EINTR || ret == -EAGAIN)
+			continue;
+		if (ret < 0) {
+			moe_log(MOE_LOG_ERROR, "%s: moe.ko io_uring wait: %s", io->path,
+				strerror(-ret));
+			continue;
+		}
+		do {
+			uint64_t tag = cqe->user_data;
+			int64_t res = cqe->res;
+
+			io_uring_cqe_seen(&be->ring, cqe);
+			if (tag == TAG_STOP)
+				stop = true;
+			else if (tag)
+				uring_done(io, be, (struct kbatch *)(uintptr_t)tag, res);
+		} while (io_uring_peek_cqe(&be->ring, &cqe) == 0);
+	}
+	return NULL;
+}
+
+/*
+ * The ring, unless fault-injected off, the client has no node to submit
+ * on, or io_uring is refused: then completions go through WAIT.  Notes the
+ * path taken in the engine's description.
+ */
+static void ring_setup(struct moe_io *io, struct kmod_be *be)
+{
+	unsigned entries = 1;
+	const char *why = NULL;
+	int ret = 0;
+
+	if (moe_io_faults & MOE_IO_FAULT_KMOD_NO_URING)
+		why = "io_uring off (fault injected)";
+	else if (!be->c->uring_fd || (be->ring_fd = be->c->uring_fd(be->k)) < 0)
+		why = "the driver takes no io_uring commands";
+	if (!why) {
+		/* Two batches (demand, low) per issue, each of a piece or more, and the stop. */
+		while (entries < 2 * io->opts.queue_depth + 2)
+			entries <<= 1;
+		ret = io_uring_queue_init(entries, &be->ring, 0);
+		if (ret < 0)
+			why = strerror(-ret);
+	}
+	if (!why) {
+		be->ring_init = true;
+		ret = -pthread_create(&be->reaper, NULL, reaper_main, io);
+		if (ret) {
+			io_uring_queue_exit(&be->ring);
+			be->ring_init = false;
+			why = "no completion thread";
+		}
+	}
+	if (why) {
+		snprintf(io->backend_note, sizeof(io->backend_note), " (completions by WAIT: %s)",
+			 why);
+		moe_log(MOE_LOG_INFO, "%s: moe.ko batches complete through WAIT (%s)", io->path, why);
+		return;
+	}
+	__atomic_store_n(&be->ring_ok, true, __ATOMIC_RELEASE);
+	snprintf(io->backend_note, sizeof(io->backend_note), " (io_uring completions)");
+}
+
+static void ring_stop(struct moe_io *io, struct kmod_be *be)
+{
+	struct io_uring_sqe *sqe;
+
+	if (!be->ring_init)
+		return;
+	/* Nothing is in flight any more, so the SQ has room for the stop request. */
+	pthread_mutex_lock(&io->lock);
+	while (!(sqe = io_uring_get_sqe(&be->ring)))
+		io_uring_submit(&be->ring);
+	io_uring_prep_nop(sqe);
+	io_uring_sqe_set_data64(sqe, TAG_STOP);
+	while (io_uring_submit(&be->ring) == -EINTR)
+		;
+	pthread_mutex_unlock(&io->lock);
+	pthread_join(be->reaper, NULL);
+	io_uring_queue_exit(&be->ring);
+	be->ring_init = false;
+}
+
 static void kmod_be_free(struct kmod_be *be)
 {
 	/*
@@ -370,8 +556,6 @@ static void kmod_be_free(struct kmod_be *be)
 	free(be->ext);
 	free(be->ext_maxend);
 	free(be->free_slots);
-	free(be->reqs[0]);
-	free(be->reqs[1]);
 	free(be);
 }
 
@@ -489,9 +673,7 @@ static int kmod_init(struct moe_io *io)
 	if (ret)
 		goto err;
 	be->free_slots = calloc(qd, sizeof(*be->free_slots));
-	be->reqs[0] = calloc(qd, sizeof(*be->reqs[0]));
-	be->reqs[1] = calloc(qd, sizeof(*be->reqs[1]));
-	if (!be->free_slots || !be->reqs[0] || !be->reqs[1]) {
+	if (!be->free_slots) {
 		ret = moe_err(ENOMEM, "no memory for the moe.ko backend");
 		goto err;
 	}
@@ -506,6 +688,7 @@ static int kmod_init(struct moe_io *io)
 		ret = moe_err(-ret, "cannot start the moe.ko completion thread");
 		goto err;
 	}
+	ring_setup(io, be);
 	return 0;
 err:
 	kmod_be_free(be);
@@ -521,6 +704,7 @@ static void kmod_fini(struct moe_io *io)
 	pthread_cond_signal(&be->cond);
 	pthread_mutex_unlock(&be->mu);
 	pthread_join(be->thread, NULL);
+	ring_stop(io, be);
 	pthread_mutex_destroy(&be->mu);
 	pthread_cond_destroy(&be->cond);
 	kmod_be_free(be);
@@ -629,22 +813,9 @@ static int kmod_register_buffers(struct moe_io *io, void *const *bases, const ui
 	return 0;
 }
 
-/*
- * FETCH @kb's requests (@reqs) with @flags, or, when the driver refuses,
- * hand its pieces to @pb: pread on a path, their end with the errno on
- * "moe:NAME".  io->lock held; be->mu not.
- */
-static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb,
-			const struct drm_moe_fetch_req *reqs, uint32_t flags, struct kbatch *pb)
+/* Close the userptr BOs made for @kb's FETCH alone: the driver holds its own references. */
+static void drop_tmp(struct kmod_be *be, struct kbatch *kb)
 {
-	int ret;
-
-	if (!kb->n) {
-		kbatch_free(kb);
-		return;
-	}
-	ret = be->c->fetch(be->k, reqs, kb->n, flags, kb->results, &kb->ticket);
-	/* The FETCH holds its own references to the BOs made for it: the handles may go. */
 	for (unsigned i = 0; i < kb->n; i++)
 		if (kb->tmp[i]) {
 			struct moe_kmod_bo t = { .handle = kb->tmp[i], .user = true };
@@ -652,6 +823,62 @@ static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb
 			be->c->bo_destroy(be->k, &t);
 			kb->tmp[i] = 0;
 		}
+}
+
+/*
+ * @kb as one DRM_MOE_URING_CMD_FETCH on the backend's ring; its CQE ends it
+ * (reaper_main).  false: no room in the ring, nothing submitted.  The
+ * issuing thread runs the command's completion (the driver writes the
+ * per-request results from it), so any thread of the process may submit.
+ */
+static bool uring_submit(struct kmod_be *be, struct kbatch *kb)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&be->ring);
+	struct drm_moe_uring_cmd cmd = { .fetch_ptr = (uintptr_t)&kb->fetch };
+	int ret;
+
+	if (!sqe)
+		return false;
+	for (unsigned i = 0; i < kb->n; i++)
+		kb->results[i] = RES_UNSET;
+	kb->fetch = (struct drm_moe_fetch){
+		.reqs_ptr = (uintptr_t)kb->reqs, .results_ptr = (uintptr_t)kb->results,
+		.count = kb->n, .flags = be->k->minor >= 2 ? kb->flags : 0,
+	};
+	memset(sqe, 0, sizeof(*sqe));
+	sqe->opcode = IORING_OP_URING_CMD;
+	sqe->fd = be->ring_fd;
+	sqe->cmd_op = DRM_MOE_URING_CMD_FETCH;
+	memcpy(sqe->cmd, &cmd, sizeof(cmd));
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)kb);
+	/* A prepared SQE belongs to the ring now: keep submitting until the kernel has it. */
+	do {
+		ret = io_uring_submit(&be->ring);
+	} while (ret == -EINTR || ret == -EAGAIN);
+	if (ret < 0)
+		moe_log(MOE_LOG_ERROR, "moe.ko: io_uring_submit: %s", strerror(-ret));
+	return true;
+}
+
+/*
+ * FETCH @kb's requests with its flags, on the ring or through the ioctl,
+ * or, when the driver refuses, hand its pieces to @pb: pread on a path,
+ * their end with the errno on "moe:NAME".  Either io->lock is held (issue)
+ * or the thread is the reaper (a batch the ring refused); be->mu not.
+ */
+static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb,
+			struct kbatch *pb)
+{
+	int ret;
+
+	if (!kb->n) {
+		kbatch_free(kb);
+		return;
+	}
+	if (__atomic_load_n(&be->ring_ok, __ATOMIC_ACQUIRE) && uring_submit(be, kb))
+		return;
+	ret = be->c->fetch(be->k, kb->reqs, kb->n, kb->flags, kb->results, &kb->ticket);
+	drop_tmp(be, kb);
 	if (!ret) {
 		be_push(be, kb);
 		return;
@@ -702,7 +929,7 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 		uint64_t start = p->pos / align * align;
 		uint64_t end = MOE_ALIGN_UP(p->pos + p->len, align);
 		struct kbatch *b = kb[p->low];
-		struct drm_moe_fetch_req *rq = &be->reqs[p->low][b->n];
+		struct drm_moe_fetch_req *rq = &b->reqs[b->n];
 		uint64_t bo_off;
 		uint32_t handle;
 
@@ -758,8 +985,9 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 	}
 	pthread_mutex_unlock(&be->mu);
 
-	kmod_submit(io, be, kb[0], be->reqs[0], 0, pb);
-	kmod_submit(io, be, kb[1], be->reqs[1], DRM_MOE_FETCH_LOW, pb);
+	kb[1]->flags = DRM_MOE_FETCH_LOW;
+	kmod_submit(io, be, kb[0], pb);
+	kmod_submit(io, be, kb[1], pb);
 	if (pb->n)
 		be_push(be, pb);
 	else
