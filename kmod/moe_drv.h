@@ -141,6 +141,8 @@ struct moe_batch {
 	u32 count;
 	/* Its ticket (ioctl batches), for CANCEL. */
 	u32 ticket;
+	/* The caller's tag (io_uring batches), for CANCEL with DRM_MOE_CANCEL_TAG. */
+	u64 tag;
 	/* The file that submitted it, for CANCEL and close; only read while queued. */
 	struct moe_file *owner;
 	/* DRM_MOE_FETCH_LOW. */

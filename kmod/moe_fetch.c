@@ -427,13 +427,19 @@ static u32 moe_cancel_queued(struct moe_device *mdev,
 struct moe_cancel_match {
 	const struct moe_file *owner;
 	u32 ticket;
+	/* Non-zero: io_uring batches with this tag, not a ticket. */
+	u64 tag;
 };
 
 static bool moe_match_file(const struct moe_batch *b, const void *arg)
 {
 	const struct moe_cancel_match *m = arg;
 
-	return b->owner == m->owner && (!m->ticket || (!b->ucmd && b->ticket == m->ticket));
+	if (b->owner != m->owner)
+		return false;
+	if (m->tag)
+		return b->ucmd && b->tag == m->tag;
+	return !m->ticket || (!b->ucmd && b->ticket == m->ticket);
 }
 
 static bool moe_match_model(const struct moe_batch *b, const void *arg)
@@ -461,13 +467,22 @@ int moe_cancel_ioctl(struct drm_device *dev, void *data, struct drm_file *file)
 	struct drm_moe_cancel *args = data;
 	struct moe_cancel_match m = { .owner = mfile };
 
-	if (args->flags || args->ticket > U32_MAX)
+	if (args->flags & ~DRM_MOE_CANCEL_FLAGS)
 		return -EINVAL;
-	m.ticket = args->ticket;
-	if (m.ticket && !xa_load(&mfile->batches, m.ticket))
-		return -ENOENT;
+	if (args->flags & DRM_MOE_CANCEL_TAG) {
+		if (!args->ticket)
+			return -EINVAL;
+		m.tag = args->ticket;
+	} else {
+		if (args->ticket > U32_MAX)
+			return -EINVAL;
+		m.ticket = args->ticket;
+		if (m.ticket && !xa_load(&mfile->batches, m.ticket))
+			return -ENOENT;
+	}
 	args->cancelled = moe_cancel_queued(mdev, moe_match_file, &m);
-	moe_dbg(mdev, MOE_DBG_FETCH, "cancel: ticket %u, %u batches\n", m.ticket, args->cancelled);
+	moe_dbg(mdev, MOE_DBG_FETCH, "cancel: ticket %u, tag %llu, %u batches\n", m.ticket,
+		m.tag, args->cancelled);
 	return 0;
 }
 
@@ -658,6 +673,7 @@ int moe_uring_cmd(struct io_uring_cmd *ucmd, unsigned int issue_flags)
 	batch->mfile = mfile;
 	batch->owner = mfile;
 	batch->ucmd = ucmd;
+	batch->tag = args.ticket;
 	*(struct moe_batch **)ucmd->pdu = batch;
 	moe_dbg(mdev, MOE_DBG_URING, "uring_cmd fetch: %u requests%s%s\n", batch->count,
 		batch->low ? ", low priority" : "",

@@ -45,6 +45,8 @@ struct moe_io_req {
 	bool low;                /* MOE_IO_READ_LOW, until promoted */
 	bool started;            /* a piece went to the backend: no longer cancellable */
 	bool cancelled;          /* by moe_io_cancel_low: not an I/O error */
+	uint64_t seen_gen;       /* moe_io_cancel_low: found in the backend's queue */
+	uint64_t taken_gen;      /* moe_io_cancel_low: pieces taken back from it */
 	struct moe_io_req *next;
 	struct moe_io_piece pieces[];
 };
@@ -408,33 +410,92 @@ static uint32_t unstarted_low_locked(struct moe_io *io, moe_io_cb cb, void *cons
 	return found;
 }
 
+struct cancel_ctx {
+	moe_io_cb cb;
+	void *const *args;
+	uint32_t n;
+	uint64_t gen;
+	uint32_t found;
+};
+
+static bool cancel_want(const struct moe_io_piece *p, void *arg)
+{
+	const struct cancel_ctx *c = arg;
+
+	return p->req->low && req_matches(p->req, c->cb, c->args, c->n);
+}
+
+static void cancel_seen(struct moe_io_piece *p, void *arg)
+{
+	struct cancel_ctx *c = arg;
+
+	if (p->req->seen_gen != c->gen) {
+		p->req->seen_gen = c->gen;
+		c->found++;
+	}
+}
+
+static void cancel_taken(struct moe_io_piece *p, void *arg)
+{
+	struct cancel_ctx *c = arg;
+	struct moe_io_req *r = p->req;
+
+	/* Its piece ends with -ECANCELED later: the request is withdrawn, not failed. */
+	r->cancelled = true;
+	if (r->taken_gen != c->gen) {
+		r->taken_gen = c->gen;
+		c->found++;
+	}
+}
+
 int moe_io_cancel_low(struct moe_io *io, moe_io_cb cb, void *const *args, uint32_t n)
 {
 	struct moe_io_req *inline_list = NULL;
+	struct cancel_ctx c = { .cb = cb, .args = args, .n = n };
 	struct moe_io_piece **pp;
 	uint32_t found;
 
 	if (!io)
 		return moe_err(EINVAL, "moe_io_cancel_low: no engine");
 	pthread_mutex_lock(&io->lock);
-	/* with a list, all of them or none: a caller's reads belong together */
-	if (args && unstarted_low_locked(io, cb, args, n) < n) {
-		pthread_mutex_unlock(&io->lock);
-		return 0;
+	c.gen = ++io->cancel_gen;
+	/*
+	 * With a list, all of them or none: a caller's reads belong together.
+	 * A read counts when it waits here unstarted or its pieces wait in the
+	 * backend's own queue of prefetches (moe.ko's).
+	 */
+	if (args) {
+		uint32_t have = unstarted_low_locked(io, cb, args, n);
+
+		if (have < n && io->ops->cancel_low) {
+			io->ops->cancel_low(io, false, cancel_want, cancel_seen, &c);
+			have += c.found;
+		}
+		if (have < n) {
+			pthread_mutex_unlock(&io->lock);
+			return 0;
+		}
 	}
-	found = 0;
+	c.found = 0;
+	c.gen = ++io->cancel_gen;
+	if (io->ops->cancel_low)
+		io->ops->cancel_low(io, true, cancel_want, cancel_taken, &c);
+	found = c.found;
 	pp = &io->lpend_head;
 	io->lpend_tail = NULL;
 	while (*pp) {
 		struct moe_io_piece *p = *pp;
 		struct moe_io_req *r = p->req;
 
-		if (!r->started && req_matches(r, cb, args, n)) {
+		/* Unstarted reads, and the rest of those the backend gave back. */
+		if ((!r->started || r->taken_gen == c.gen) && req_matches(r, cb, args, n)) {
 			*pp = p->next;
-			found += p == &r->pieces[0];
+			found += !r->started && p == &r->pieces[0];
 			r->cancelled = true;
-			r->res = -ECANCELED;
-			r->err_pos = p->pos;
+			if (r->res >= 0) {
+				r->res = -ECANCELED;
+				r->err_pos = p->pos;
+			}
 			if (--r->left == 0)
 				req_complete_locked(io, r, &inline_list);
 			continue;

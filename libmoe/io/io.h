@@ -56,6 +56,17 @@ struct moe_io_ops {
 	int (*issue)(struct moe_io *io, struct moe_io_piece **pieces, unsigned n);
 	/* Best-effort cancellation of accepted pieces, io->lock held; may be NULL. */
 	void (*cancel)(struct moe_io *io);
+	/*
+	 * Low-priority pieces the backend accepted and holds in a queue of its
+	 * own, in groups that @want says yes to for every piece (io->lock
+	 * held; may be NULL).  @take false: calls @found for each, nothing
+	 * changes.  @take true: takes the groups back where it still can and
+	 * calls @found for each piece taken; those still end, later, through
+	 * moe_io_piece_done() with -ECANCELED.
+	 */
+	void (*cancel_low)(struct moe_io *io, bool take,
+			   bool (*want)(const struct moe_io_piece *p, void *arg),
+			   void (*found)(struct moe_io_piece *p, void *arg), void *arg);
 	/* Register @n regions for fixed-buffer reads as indexes 0..n-1; may be NULL. */
 	int (*register_buffers)(struct moe_io *io, void *const *bases, const uint64_t *lens,
 				unsigned n);
@@ -118,6 +129,7 @@ struct moe_io {
 	uint64_t engine_done;    /* MOE_IO_CB_ENGINE_THREAD callbacks that have returned */
 	uint64_t live;           /* requests not yet freed */
 	bool closing;
+	uint64_t cancel_gen;     /* moe_io_cancel_low's passes, to mark requests */
 	double busy_since;
 	struct moe_io_stats stats;
 	struct moe_io_pool pool;

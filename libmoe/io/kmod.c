@@ -248,6 +248,19 @@ int moe_kmod_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled)
 	return ret;
 }
 
+int moe_kmod_cancel_tag(struct moe_kmod *k, uint64_t tag, uint32_t *cancelled)
+{
+	struct drm_moe_cancel c = { .ticket = tag, .flags = DRM_MOE_CANCEL_TAG };
+	int ret;
+
+	if (k->minor < 3)
+		return -EOPNOTSUPP;
+	ret = kioctl(k, DRM_IOCTL_MOE_CANCEL, &c);
+	if (!ret && cancelled)
+		*cancelled = c.cancelled;
+	return ret;
+}
+
 int moe_kmod_uring_fd(struct moe_kmod *k)
 {
 	return k->caps & DRM_MOE_CAP_URING_CMD ? k->fd : -EOPNOTSUPP;

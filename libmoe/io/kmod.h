@@ -55,6 +55,8 @@ int moe_kmod_fetch_flags(struct moe_kmod *k, const struct drm_moe_fetch_req *req
  * of them); they complete with -ECANCELED.  -EOPNOTSUPP before uAPI 2.2.
  */
 int moe_kmod_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled);
+/* The same for this node's io_uring batches tagged @tag (uAPI 2.3, else -EOPNOTSUPP). */
+int moe_kmod_cancel_tag(struct moe_kmod *k, uint64_t tag, uint32_t *cancelled);
 /* The node's descriptor for io_uring FETCH commands; -EOPNOTSUPP without DRM_MOE_CAP_URING_CMD. */
 int moe_kmod_uring_fd(struct moe_kmod *k);
 /* Wait until @ticket's batch completed; @timeout_s from now. */
@@ -116,6 +118,8 @@ struct moe_kmod_client {
 	 * NULL: batches complete through wait.
 	 */
 	int (*uring_fd)(struct moe_kmod *k);
+	/* CANCEL with DRM_MOE_CANCEL_TAG; NULL: io_uring batches cannot be taken back. */
+	int (*cancel_tag)(struct moe_kmod *k, uint64_t tag, uint32_t *cancelled);
 	int (*wait)(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32_t *failed);
 };
 

@@ -39,6 +39,7 @@ const struct moe_kmod_client moe_kmod_client_driver = {
 	.wait = moe_kmod_wait,
 	.cancel = moe_kmod_cancel,
 	.uring_fd = moe_kmod_uring_fd,
+	.cancel_tag = moe_kmod_cancel_tag,
 };
 
 const struct moe_kmod_client *moe_kmod_io_client = &moe_kmod_client_driver;
@@ -84,6 +85,10 @@ struct kbatch {
 	struct drm_moe_fetch_req *reqs;
 	struct drm_moe_fetch fetch;
 	uint32_t flags;
+	bool uring;              /* submitted on the ring: its tag is its address */
+	/* On kmod_be.low_live from submission to completion (DRM_MOE_FETCH_LOW only). */
+	struct kbatch *lnext, *lprev;
+	bool listed;
 };
 
 /* user_data of the ring's stop request; batches use their address. */
@@ -124,6 +129,8 @@ struct kmod_be {
 	 */
 	struct kbatch *stuck;
 	unsigned n_stuck_slots;
+	/* Low-priority FETCHes submitted and not yet over: what cancel_low can take back. */
+	struct kbatch *low_live;
 	bool stop;
 	pthread_t thread;
 };
@@ -203,6 +210,35 @@ static void be_push(struct kmod_be *be, struct kbatch *b)
 		be->head = b;
 	be->tail = b;
 	pthread_cond_signal(&be->cond);
+	pthread_mutex_unlock(&be->mu);
+}
+
+static void low_list(struct kmod_be *be, struct kbatch *b)
+{
+	if (!(b->flags & DRM_MOE_FETCH_LOW))
+		return;
+	pthread_mutex_lock(&be->mu);
+	b->lprev = NULL;
+	b->lnext = be->low_live;
+	if (be->low_live)
+		be->low_live->lprev = b;
+	be->low_live = b;
+	b->listed = true;
+	pthread_mutex_unlock(&be->mu);
+}
+
+static void low_unlist(struct kmod_be *be, struct kbatch *b)
+{
+	pthread_mutex_lock(&be->mu);
+	if (b->listed) {
+		if (b->lprev)
+			b->lprev->lnext = b->lnext;
+		else
+			be->low_live = b->lnext;
+		if (b->lnext)
+			b->lnext->lprev = b->lprev;
+		b->listed = false;
+	}
 	pthread_mutex_unlock(&be->mu);
 }
 
@@ -286,6 +322,7 @@ static void finish_batch(struct moe_io *io, struct kmod_be *be, struct kbatch *b
 		kbatch_free(b);
 		return;
 	}
+	low_unlist(be, b);
 	end_fetch(io, be, b, ret);
 }
 
@@ -400,6 +437,8 @@ static void uring_done(struct moe_io *io, struct kmod_be *be, struct kbatch *b, 
 	uint64_t want = 0;
 	bool unset = true;
 
+	low_unlist(be, b);
+	b->uring = false;
 	for (unsigned i = 0; i < b->n; i++) {
 		unset &= b->results[i] == RES_UNSET;
 		want += b->reqs[i].length;
@@ -844,7 +883,11 @@ static bool uring_submit(struct kmod_be *be, struct kbatch *kb)
 	kb->fetch = (struct drm_moe_fetch){
 		.reqs_ptr = (uintptr_t)kb->reqs, .results_ptr = (uintptr_t)kb->results,
 		.count = kb->n, .flags = be->k->minor >= 2 ? kb->flags : 0,
+		/* the tag CANCEL names it by (uAPI 2.3) */
+		.ticket = (uintptr_t)kb,
 	};
+	kb->uring = true;
+	low_list(be, kb);
 	memset(sqe, 0, sizeof(*sqe));
 	sqe->opcode = IORING_OP_URING_CMD;
 	sqe->fd = be->ring_fd;
@@ -880,6 +923,7 @@ static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb
 	ret = be->c->fetch(be->k, kb->reqs, kb->n, kb->flags, kb->results, &kb->ticket);
 	drop_tmp(be, kb);
 	if (!ret) {
+		low_list(be, kb);
 		be_push(be, kb);
 		return;
 	}
@@ -905,21 +949,45 @@ static void kmod_submit(struct moe_io *io, struct kmod_be *be, struct kbatch *kb
 /*
  * io->lock held: must not end pieces here.  Demand pieces and prefetches
  * (p->low) go in separate FETCHes, the latter with DRM_MOE_FETCH_LOW, so
- * the driver reads them only when no demand batch is reading.
+ * the driver reads them only when no demand batch is reading; the
+ * prefetches in one FETCH per request (run of pieces of one read), so that
+ * moe_io_cancel_low() can take a read back from the driver's queue whole.
  */
 static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned n)
 {
 	struct kmod_be *be = io->be;
-	struct kbatch *kb[2] = { kbatch_new(n), kbatch_new(n) }, *pb = kbatch_new(n);
+	struct kbatch *kb = kbatch_new(n), *pb = kbatch_new(n);
+	struct kbatch **lows = calloc(n, sizeof(*lows));
+	unsigned *grp = calloc(n, sizeof(*grp));
 	uint64_t align = be->k->align;
-	unsigned accepted = n;
+	unsigned accepted = n, n_lows = 0;
+	bool oom = !kb || !pb || !lows || !grp;
 
-	if (!kb[0] || !kb[1] || !pb) {
-		for (int j = 0; j < 2; j++)
-			if (kb[j])
-				kbatch_free(kb[j]);
+	/* The runs of prefetch pieces of one request, each its own batch. */
+	for (unsigned i = 0, j; i < n && !oom; i = j) {
+		j = i + 1;
+		if (!pieces[i]->low)
+			continue;
+		while (j < n && pieces[j]->low && pieces[j]->req == pieces[i]->req)
+			j++;
+		lows[n_lows] = kbatch_new(j - i);
+		oom = !lows[n_lows];
+		if (oom)
+			break;
+		lows[n_lows]->flags = DRM_MOE_FETCH_LOW;
+		for (unsigned q = i; q < j; q++)
+			grp[q] = n_lows;
+		n_lows++;
+	}
+	if (oom) {
+		for (unsigned j = 0; lows && j < n_lows; j++)
+			kbatch_free(lows[j]);
+		if (kb)
+			kbatch_free(kb);
 		if (pb)
 			kbatch_free(pb);
+		free(lows);
+		free(grp);
 		return moe_err(ENOMEM, "no memory for a moe.ko batch");
 	}
 	pthread_mutex_lock(&be->mu);
@@ -928,7 +996,7 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 		const struct kext *e = kext_find(be, p->pos, p->len);
 		uint64_t start = p->pos / align * align;
 		uint64_t end = MOE_ALIGN_UP(p->pos + p->len, align);
-		struct kbatch *b = kb[p->low];
+		struct kbatch *b = p->low ? lows[grp[i]] : kb;
 		struct drm_moe_fetch_req *rq = &b->reqs[b->n];
 		uint64_t bo_off;
 		uint32_t handle;
@@ -985,9 +1053,11 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 	}
 	pthread_mutex_unlock(&be->mu);
 
-	kb[1]->flags = DRM_MOE_FETCH_LOW;
-	kmod_submit(io, be, kb[0], pb);
-	kmod_submit(io, be, kb[1], pb);
+	kmod_submit(io, be, kb, pb);
+	for (unsigned j = 0; j < n_lows; j++)
+		kmod_submit(io, be, lows[j], pb);
+	free(lows);
+	free(grp);
 	if (pb->n)
 		be_push(be, pb);
 	else
@@ -996,6 +1066,44 @@ static int kmod_issue(struct moe_io *io, struct moe_io_piece **pieces, unsigned 
 		return moe_err(EBUSY, "%s: every moe.ko buffer slot is held by reads the driver "
 			       "has not finished", io->path);
 	return (int)accepted;
+}
+
+/*
+ * moe_io_cancel_low() reaching the driver: the low-priority FETCHes every
+ * piece of which @want asks for go back through CANCEL (by ticket, or by
+ * tag for those on the ring, uAPI 2.3) unless the driver has started them;
+ * their pieces then end with -ECANCELED through the usual completion.
+ * io->lock held.
+ */
+static void kmod_cancel_low(struct moe_io *io, bool take,
+			    bool (*want)(const struct moe_io_piece *p, void *arg),
+			    void (*found)(struct moe_io_piece *p, void *arg), void *arg)
+{
+	struct kmod_be *be = io->be;
+
+	pthread_mutex_lock(&be->mu);
+	for (struct kbatch *b = be->low_live; b; b = b->lnext) {
+		uint32_t n = 0;
+		bool all = true;
+		int ret;
+
+		if (b->uring ? !be->c->cancel_tag || be->k->minor < 3 : !b->ticket || !be->c->cancel)
+			continue;
+		for (unsigned i = 0; i < b->n && all; i++)
+			all = want(b->pieces[i], arg);
+		if (!all)
+			continue;
+		if (take) {
+			ret = b->uring ? be->c->cancel_tag(be->k, (uintptr_t)b, &n) :
+			      be->c->cancel(be->k, b->ticket, &n);
+			/* -ENOENT: collected meanwhile; anything else: it reads */
+			if (ret || !n)
+				continue;
+		}
+		for (unsigned i = 0; i < b->n; i++)
+			found(b->pieces[i], arg);
+	}
+	pthread_mutex_unlock(&be->mu);
 }
 
 /*
@@ -1020,6 +1128,7 @@ const struct moe_io_ops moe_io_kmod_ops = {
 	.issue = kmod_issue,
 	.cancel = kmod_cancel,
 	.register_buffers = kmod_register_buffers,
+	.cancel_low = kmod_cancel_low,
 };
 
 int moe_kmod_read_header(const char *name, void **data, uint64_t *len, uint64_t *file_size)

@@ -130,6 +130,7 @@ END_TEST
 struct fk_batch {
 	bool live;               /* not collected by WAIT */
 	bool late;               /* DMA not done yet */
+	bool low;                /* DRM_MOE_FETCH_LOW: CANCEL can take it back while late */
 	uint64_t ticket;
 	uint32_t n;
 	int64_t *results;
@@ -157,6 +158,7 @@ static struct {
 	unsigned low_batches;    /* FETCHes with DRM_MOE_FETCH_LOW */
 	unsigned late_wait_us;   /* how long a WAIT with a timeout takes on a late batch */
 	unsigned cancels;
+	unsigned ticket_cancels; /* batches CANCEL took back by ticket */
 	unsigned etime;
 	unsigned live_at_close;
 	struct { uint32_t handle; uint8_t *base; uint64_t size; } ubo[FK_UBOS];
@@ -213,7 +215,7 @@ static void fk_reset(void)
 	memset(fk.b, 0, sizeof(fk.b));
 	fk.next_ticket = 0;
 	fk.overlaps = fk.fetched = fk.etime = fk.live_at_close = 0;
-	fk.low_batches = fk.cancels = fk.late_wait_us = 0;
+	fk.low_batches = fk.cancels = fk.late_wait_us = fk.ticket_cancels = 0;
 	fk.ubos_made = 0;
 	fk.ubo_fail = 0;
 	fk.pool_lo = fk.pool_hi = NULL;
@@ -390,6 +392,7 @@ static int fk_fetch(struct moe_kmod *k, const struct drm_moe_fetch_req *reqs, ui
 		b->r[i].pos = e->offset + r->offset;
 	}
 	b->live = true;
+	b->low = flags & DRM_MOE_FETCH_LOW;
 	b->n = n;
 	b->results = results;
 	b->ticket = *ticket = ++fk.next_ticket;
@@ -422,9 +425,11 @@ static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32
 				usleep(fk.late_wait_us);
 				pthread_mutex_lock(&fk.mu);
 			}
-			fk.etime++;
-			ret = -ETIME;
-			break;
+			if (b->late) {
+				fk.etime++;
+				ret = -ETIME;
+				break;
+			}
 		}
 		/* The results land in the caller's array at WAIT, as with moe.ko. */
 		for (uint32_t q = 0; q < b->n; q++)
@@ -439,14 +444,36 @@ static int fk_wait(struct moe_kmod *k, uint64_t ticket, double timeout_s, uint32
 	return ret;
 }
 
+/* Ticket 0: counted only.  A ticket: its batch, while late and low, ends unread. */
 static int fk_cancel(struct moe_kmod *k, uint64_t ticket, uint32_t *cancelled)
 {
+	int ret = ticket ? -ENOENT : 0;
+
 	(void)k;
-	ck_assert_uint_eq(ticket, 0);
-	fk.cancels++;
 	if (cancelled)
 		*cancelled = 0;
-	return 0;
+	if (!ticket) {
+		fk.cancels++;
+		return 0;
+	}
+	pthread_mutex_lock(&fk.mu);
+	for (unsigned i = 0; i < FK_BATCHES; i++) {
+		struct fk_batch *b = &fk.b[i];
+
+		if (!b->live || b->ticket != ticket)
+			continue;
+		ret = 0;
+		if (b->late && b->low) {
+			for (uint32_t q = 0; q < b->n; q++)
+				b->r[q].res = -ECANCELED;
+			b->late = false;
+			fk.ticket_cancels++;
+			if (cancelled)
+				*cancelled = 1;
+		}
+	}
+	pthread_mutex_unlock(&fk.mu);
+	return ret;
 }
 
 static const struct moe_kmod_client fk_client = {
@@ -941,6 +968,92 @@ static void low_done(void *arg, int64_t res, void *interior)
 }
 
 /*
+ * moe_io_cancel_low() reaches prefetches the engine already handed to the
+ * driver: one still queued there (late) is taken back by its ticket and
+ * ends with -ECANCELED, counted as cancelled, not as an error; one the
+ * driver already read is not; each prefetch is its own FETCH.
+ */
+START_TEST(kmod_cancel_low_reaches_driver)
+{
+	struct moe_io_params o;
+	struct moe_io_stats st;
+	struct moe_io *io = NULL;
+	char *dir = tu_tmpdir(), path[4096];
+	uint64_t size = 8 * MIB;
+	uint8_t *data = malloc(size);
+	int64_t r1 = 1, r2 = 1, r3 = 1;
+	void *d1, *d2, *d3, *args[1];
+	unsigned low0;
+
+	ck_assert_ptr_nonnull(data);
+	for (uint64_t i = 0; i < size; i++)
+		data[i] = fk_byte(i);
+	snprintf(path, sizeof(path), "%s/model.bin", dir);
+	ck_assert_int_eq(tu_write_file(path, data, size), 0);
+	free(data);
+	fk.fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fk.fd, 0);
+	ck_assert_int_eq(fstat(fk.fd, &fk.st), 0);
+	fk_two_extents();
+	fk_reset();
+	moe_kmod_io_client = &fk_client;
+	moe_io_params_init(&o);
+	o.backend = MOE_IO_KMOD;
+	o.direct = MOE_IO_DIRECT_OFF;
+	o.queue_depth = 8;
+	o.max_request = 256 * 1024;
+	ck_assert_msg(moe_io_open(path, &o, &io) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(moe_io_alloc(io, MIB, &d1), 0);
+	ck_assert_int_eq(moe_io_alloc(io, MIB, &d2), 0);
+	ck_assert_int_eq(moe_io_alloc(io, MIB, &d3), 0);
+
+	/* Read already: nothing to take back. */
+	ck_assert_int_eq(moe_io_read_flags(io, 0, 512 * 1024, d1, MIB, MOE_IO_READ_LOW, low_done,
+					   &r1), 0);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	while (r1 == 1)
+		ck_assert_int_ge(moe_io_wait(io, 1), 0);
+	ck_assert_int_eq(r1, 512 * 1024);
+	args[0] = &r1;
+	ck_assert_int_eq(moe_io_cancel_low(io, low_done, args, 1), 0);
+
+	/* Two prefetches the driver holds queued (late): two FETCHes; one is taken back. */
+	fk.make_late = 2;
+	fk.late_wait_us = 200000;
+	low0 = fk.low_batches;
+	ck_assert_int_eq(moe_io_read_flags(io, MIB, 512 * 1024, d2, MIB, MOE_IO_READ_LOW,
+					   low_done, &r2), 0);
+	ck_assert_int_eq(moe_io_read_flags(io, 5 * MIB, 512 * 1024, d3, MIB, MOE_IO_READ_LOW,
+					   low_done, &r3), 0);
+	ck_assert_int_eq(moe_io_submit(io), 0);
+	ck_assert_uint_eq(fk.low_batches - low0, 2);
+	args[0] = &r2;
+	ck_assert_int_eq(moe_io_cancel_low(io, low_done, args, 1), 1);
+	ck_assert_uint_eq(fk.ticket_cancels, 1);
+	while (r2 == 1)
+		ck_assert_int_ge(moe_io_wait(io, 1), 0);
+	ck_assert_int_eq(r2, -ECANCELED);
+	/* the other one reads once the driver gets to it */
+	fk_finish_late();
+	while (r3 == 1)
+		ck_assert_int_ge(moe_io_wait(io, 1), 0);
+	ck_assert_int_eq(r3, 512 * 1024);
+	ck_assert_uint_eq(((uint8_t *)d3)[0], fk_byte(5 * MIB));
+	ck_assert_uint_eq(((uint8_t *)d3)[4097], fk_byte(5 * MIB + 4097));
+	moe_io_get_stats(io, &st);
+	ck_assert_uint_eq(st.errors, 0);
+	moe_io_free(io, d1);
+	moe_io_free(io, d2);
+	moe_io_free(io, d3);
+	moe_io_destroy(io);
+	moe_kmod_io_client = &moe_kmod_client_driver;
+	close(fk.fd);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/*
  * Prefetches (MOE_IO_READ_LOW) reach the driver as DRM_MOE_FETCH_LOW
  * batches, demand reads without the flag; an engine closing with pieces in
  * flight takes the driver's queued prefetches back (CANCEL).
@@ -1017,6 +1130,7 @@ Suite *suite_kmod(void)
 	tcase_add_test(tc, kmod_by_name_only_registered);
 	tcase_add_test(tc, kmod_prefetch_low_priority);
 	tcase_add_test(tc, kmod_zero_copy);
+	tcase_add_test(tc, kmod_cancel_low_reaches_driver);
 	if (access("/sys/module/moe", F_OK)) {
 		tcase_add_test(tc, kmod_no_driver);
 		tcase_add_test(tc, kmod_moectl_no_driver);

@@ -49,7 +49,8 @@ extern "C" {
  * so that a client can open it by name); clients built against 2.0 pass the
  * shorter structs and keep working.  2.2: FETCH's DRM_MOE_FETCH_LOW and
  * the CANCEL ioctl (DRM_MOE_CAP_PRIORITY).  2.3: BO_USERPTR
- * (DRM_MOE_CAP_USERPTR).
+ * (DRM_MOE_CAP_USERPTR), and io_uring batches tagged (FETCH's @ticket in)
+ * for CANCEL with DRM_MOE_CANCEL_TAG.
  */
 #define DRM_MOE_VERSION_MAJOR		2
 #define DRM_MOE_VERSION_MINOR		3
@@ -311,7 +312,9 @@ struct drm_moe_fetch_req {
  *	before the io_uring CQE is posted).  0: no per-request results.
  * @count: in, 1..DRM_MOE_PARAM_MAX_BATCH (-EINVAL for 0, -E2BIG above).
  * @flags: DRM_MOE_FETCH_* ; others give -EINVAL.
- * @ticket: out (ioctl only), what to pass to WAIT and CANCEL.
+ * @ticket: ioctl: out, what to pass to WAIT and CANCEL.  io_uring (uAPI
+ *	2.3): in, a tag of the caller's choosing that CANCEL with
+ *	DRM_MOE_CANCEL_TAG names (0: none); drivers before 2.3 ignore it.
  *
  * Every request is validated before any is issued: a bad request fails the
  * whole submission with its errno and nothing is read.  Failures after
@@ -346,12 +349,18 @@ struct drm_moe_wait {
 	__u32 failed;
 };
 
+/* CANCEL (uAPI 2.3): @ticket is the tag of io_uring batches of this file. */
+#define DRM_MOE_CANCEL_TAG		(1U << 0)
+#define DRM_MOE_CANCEL_FLAGS		(DRM_MOE_CANCEL_TAG)
+
 /**
  * struct drm_moe_cancel - DRM_IOCTL_MOE_CANCEL (uAPI 2.2)
  * @ticket: in, a FETCH ticket of this file, or 0 for every queued batch of
  *	this file (io_uring ones included); -ENOENT for a ticket this file
- *	does not hold.
- * @flags: must be zero.
+ *	does not hold.  With DRM_MOE_CANCEL_TAG: the non-zero tag the
+ *	io_uring FETCHes to take back carried in their @ticket (-EINVAL for
+ *	0); no batch with the tag is not an error (@cancelled 0).
+ * @flags: DRM_MOE_CANCEL_* (uAPI 2.3; before, must be zero).
  * @cancelled: out, batches taken back.
  *
  * Takes back LOW batches that have not been issued yet: every request of
