@@ -58,8 +58,14 @@ for n in /dev/dri/renderD* /dev/accel/accel*; do
 	[ -e "$n" ] && chgrp 1000 "$n" && chmod 0660 "$n"
 done
 
-/bin/moe-vmtest /mnt/models
-echo "# moe-vmtest exit status $?"
+# moe_bench=N on the kernel command line (bench/vm-kmod.sh): no tests, only
+# the benchmarks, N rounds each (below).
+bench=$(sed -n 's/.*moe_bench=\([0-9]*\).*/\1/p' /proc/cmdline)
+
+if [ -z "$bench" ]; then
+	/bin/moe-vmtest /mnt/models
+	echo "# moe-vmtest exit status $?"
+fi
 
 # moectl against the driver: root loads, a member of group moe (gid 1000)
 # lists, cannot load, root unloads.
@@ -146,12 +152,12 @@ by_name_tests() {
 
 # Not a test: decode with the experts streamed (a 24 MiB budget holds 2 of
 # them), from the file (io_uring, O_DIRECT) and through the driver
-# (moe:tiny), three rounds interleaved; "# bench-decode" lines for
-# Documentation/performance.rst.
+# (moe:tiny), rounds interleaved (3, or moe_bench=N's N); "# bench-decode"
+# lines for Documentation/performance.rst.
 bench_decode() {
 	[ -x /bin/moe-run ] || return
 	set -- --tokens 1,5,9,2,7 -n 48 --no-state --stats --vram 24M --threads 2
-	for r in 1 2 3; do
+	for r in $(seq 1 "${bench:-3}"); do
 		for m in /mnt/models/tiny.gguf moe:tiny; do
 			echo 3 >/proc/sys/vm/drop_caches
 			moe-run -m "$m" "$@" >/dev/null 2>/tmp/bench.err
@@ -161,6 +167,24 @@ bench_decode() {
 	done
 	rm -f /tmp/bench.err
 }
+
+if [ -n "$bench" ]; then
+	for r in $(seq 1 "$bench"); do
+		MOE_VMTEST_ONLY=perf-driver-vs-userspace /bin/moe-vmtest /mnt/models |
+			sed "s/^# perf:/# bench-perf round $r:/" | grep '^# bench'
+	done
+	if moectl load tiny /mnt/models/tiny.gguf >/dev/null; then
+		moe-vmio --bench "$bench" /mnt/models/tiny.gguf
+		bench_decode
+		moectl unload tiny >/dev/null
+	else
+		echo "# bench: moectl load failed"
+	fi
+	# moe-vmtest leaves big.bin registered: the module lets the disk go
+	rmmod moe
+	umount /mnt
+	finish
+fi
 
 if [ -x /bin/moectl ] && [ -e /mnt/models/tiny.gguf ]; then
 	check moectl-load-warm "registered 'tiny'" moectl load --warm tiny /mnt/models/tiny.gguf

@@ -1757,6 +1757,10 @@ static int t_perf(void)
 			.extent = i, .handle = big_bo, .bo_offset = i * MIB,
 		};
 	}
+	/* run alone (MOE_VMTEST_ONLY), the BO is not mapped yet */
+	if (!big_map)
+		big_map = bo_map(moe_fd, big_bo, 96 * MIB);
+	EXPECT(big_map, "mmap of the 96 MiB BO failed");
 	EXPECT(!model_register(moe_fd, big_fd, "perf", ext, 96, &id), "register");
 	for (int i = 0; i < 96; i++)
 		reqs[i].model_id = id;

@@ -9,7 +9,8 @@
 #        (image and headers fetched with apt lists of the run's own, unpacked
 #        under WORKDIR: the machine's apt state and /usr/src stay untouched),
 #        MOE_VM_REQUIRE=1 fails instead of skipping when not root,
-#        MOE_VM_TIMEOUT=seconds for the guest (default 480), MOE_VM_VERBOSE=1 shows the console.
+#        MOE_VM_TIMEOUT=seconds for the guest (default 480), MOE_VM_VERBOSE=1 shows the console,
+#        MOE_VM_BENCH=N runs no tests, only the benchmarks, N rounds (bench/vm-kmod.sh).
 # Prints "N passed, N failed, N did not run (N of N expected ran)" last; exit
 # status 0 only when every test that moe-vmtest and init.sh list passed.
 set -eu
@@ -240,7 +241,7 @@ set +e
 timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1G -smp 2 \
 	-nographic -no-reboot -nic none \
 	-kernel "$KROOT/boot/vmlinuz-$KVER" -initrd "$WORK/initramfs.gz" \
-	-append "console=ttyS0 loglevel=3 panic=-1 edd=off rdinit=/init" \
+	-append "console=ttyS0 loglevel=3 panic=-1 edd=off rdinit=/init${MOE_VM_BENCH:+ moe_bench=$MOE_VM_BENCH}" \
 	-drive file="$WORK/disk.img",if=none,id=nvm,format=raw,cache=none \
 	-device nvme,serial=moevm0,drive=nvm \
 	-drive file="$WORK/slow.img",if=none,id=slow,format=raw,cache=none,throttling.iops-total=400 \
@@ -251,6 +252,13 @@ tr -d '\r' <"$LOG" >"$LOG.txt"
 [ "${MOE_VM_VERBOSE:-0}" = 1 ] && cat "$LOG.txt"
 grep -E '^(ok|not ok|# )' "$LOG.txt" || true
 
+# A benchmark run (bench/vm-kmod.sh) has figures, not results.
+if [ -n "${MOE_VM_BENCH:-}" ]; then
+	grep '^# bench' "$LOG.txt" || true
+	grep -q '^VMTEST-DONE' "$LOG.txt" || die "the guest stopped before the end (see $LOG.txt)"
+	grep '^not ok dmesg-clean' "$LOG.txt" && die "the kernel log was not clean (see $LOG.txt)"
+	exit 0
+fi
 # The run's own verdicts join the guest's results as "not ok" lines.
 RES=$WORK/results.txt
 cp "$LOG.txt" "$RES"
