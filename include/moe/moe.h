@@ -663,9 +663,12 @@ MOE_API int moe_io_read_flags(struct moe_io *io, uint64_t offset, uint64_t len, 
  * Cancel queued low-priority reads that have not started: those with callback
  * @cb (NULL: any) and, when @args is given, an argument among args[0..n).
  * With @args, either all n are cancelled or, when one of them has started or
- * is not queued at low priority, none.  Each cancelled read's callback gets
- * -ECANCELED where its completion would have been delivered.  Returns the
- * number cancelled.
+ * is not queued at low priority, none.  A read handed to a backend that
+ * queues prefetches itself (moe.ko's low-priority queue) counts as queued and
+ * is taken back from there, unless the device begins it first: then it is
+ * read, and fewer than n may be cancelled.  Each cancelled read's callback
+ * gets -ECANCELED where its completion would have been delivered.  Returns
+ * the number cancelled.
  */
 MOE_API int moe_io_cancel_low(struct moe_io *io, moe_io_cb cb, void *const *args, uint32_t n);
 /*

@@ -130,21 +130,26 @@ extern const struct moe_kmod_client *moe_kmod_io_client;
 
 /*
  * The engine backend: reads of the registered model whose file is the
- * engine's (matched by device and inode) go through the driver into a
- * bounce BO and are copied to the caller's buffer, so the bytes land where
- * the userspace backends put them.  Reads outside the registered extents
- * use pread on the engine's own descriptor.  init fails with -ENODEV (no
- * driver) or -ENOENT (file not registered).
+ * engine's (matched by device and inode) go through the driver straight
+ * into the caller's buffer (the staging pool registered as userptr BOs, any
+ * other buffer as a userptr BO per FETCH); only a driver before uAPI 2.3 or
+ * memory it cannot pin takes a bounce BO and a copy (counted in
+ * moe_io_stats.bytes_copied).  Batches complete as CQEs of the backend's
+ * own io_uring, or through WAIT on a waiter thread where the command is
+ * refused.  Reads outside the registered extents use pread on the engine's
+ * own descriptor.  init fails with -ENODEV (no driver) or -ENOENT (file not
+ * registered).
  *
  * An engine opened on "moe:NAME" has no descriptor (io->fd is -1): the model
  * is found by name, every read goes through the driver, and a read outside
  * the registered extents fails with -EACCES.
  *
- * A batch the driver has not finished within KMOD_WAIT_S fails its pieces
- * but keeps its slots of the bounce BO: the DMA may still land there.  The
- * backend asks about it again every 20 ms and frees the slots once WAIT
- * collects it (which also settles the ticket and the file's pending count);
- * meanwhile pieces that find no free slot are read with pread.
+ * Through WAIT, a batch the driver has not finished within KMOD_WAIT_S fails
+ * its bounced pieces but keeps its slots of the bounce BO: the DMA may still
+ * land there.  The backend asks about it again every 20 ms and frees the
+ * slots once WAIT collects it (which also settles the ticket and the file's
+ * pending count); meanwhile pieces that find no free slot are read with
+ * pread.  A batch with pieces read in place is waited for until it ends.
  */
 extern const struct moe_io_ops moe_io_kmod_ops;
 

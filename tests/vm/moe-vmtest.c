@@ -1685,6 +1685,82 @@ static int t_killed_queued(void)
 	return ret;
 }
 
+/*
+ * The same kill with the io_uring prefetch batch queued on every kernel, for
+ * the ring's teardown.  6.7+: the ring cancels it (CANCELABLE) and the file's
+ * close the rest: only the 250 demand reads are read, the reap is quick.
+ * Before 6.7 the teardown (in io_uring's own worker, after the reap) waits
+ * for the command, which holds the node's file: once the demand reads end,
+ * the queued batches (the 2000 and the 8) are issued and read, then the
+ * command completes (its results not copied: the task is gone), the file
+ * closes and the module's references come back; the kernel log stays clean.
+ */
+static int t_ring_teardown_queued(void)
+{
+	struct drm_moe_model_info info = { 0 };
+	long before = module_refcnt(), after = -1;
+	int status = 0, ret = 0, maj = 0, min = 0;
+	bool cancelable = true;
+	uint64_t want;
+	int64_t t0, reap_ns = -1;
+	struct utsname u;
+	uint32_t id;
+	pid_t pid;
+
+	if (!uname(&u) && sscanf(u.release, "%d.%d", &maj, &min) == 2 &&
+	    (maj < 6 || (maj == 6 && min < 7)))
+		cancelable = false;
+	want = cancelable ? 250 : 250 + 2000 + 8;
+	EXPECT(busy, "no shared page (killed-mid-fetch maps it)");
+	EXPECT(!register_slow("slow-ring", &id), "register: %s", strerror(errno));
+	info.model_id = id;
+	busy->stage = 0;
+	drop_caches();
+	pid = fork();
+	if (pid == 0)
+		queued_child(id, true);
+	for (int i = 0; i < 1000 && !busy->stage && waitpid(pid, &status, WNOHANG) == 0; i++)
+		usleep(10000);
+	t0 = now_ns();
+	kill(pid, SIGKILL);
+	/* 2258 reads at 400 IOPS are under 6 s: a minute means the teardown hangs */
+	for (int i = 0; i < 6000; i++) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+
+		if (r == pid) {
+			reap_ns = now_ns() - t0;
+			break;
+		}
+		usleep(10000);
+	}
+	if (reap_ns < 0)
+		return failf("the killed process was not reaped within 60 s: its ring's teardown "
+			     "hangs");
+	if (!WIFSIGNALED(status) || !busy->stage)
+		ret = failf("the child did not queue its reads (status 0x%x)", status);
+	for (int i = 0; i < 600; i++) {
+		after = module_refcnt();
+		if (after == before)
+			break;
+		usleep(50000);
+	}
+	if (!ret && after != before)
+		ret = failf("module refcnt %ld 30 s after the reap, %ld before", after, before);
+	if (!ret && ioc(moe_fd, DRM_IOCTL_MOE_MODEL_INFO, &info))
+		ret = failf("MODEL_INFO: %s", strerror(errno));
+	printf("# ring-teardown: reaped in %.1f ms; the model counted %llu requests (%s)\n",
+	       reap_ns / 1e6, (unsigned long long)info.requests,
+	       cancelable ? "cancelable commands" : "no cancelable commands before 6.7");
+	if (!ret && info.requests != want)
+		ret = failf("%llu requests read, expected %llu", (unsigned long long)info.requests,
+			    (unsigned long long)want);
+	if (!ret && cancelable && reap_ns > 1000000000LL)
+		ret = failf("the exit waited %.1f ms", reap_ns / 1e6);
+	if (model_unregister(moe_fd, id) && !ret)
+		ret = failf("unregister: %s", strerror(errno));
+	return ret;
+}
+
 static int t_rmmod_in_use(void)
 {
 	struct drm_moe_fetch_req reqs[N_EXT];
@@ -1953,6 +2029,7 @@ static const struct { const char *name; int (*fn)(void); } tests[] = {
 	{ "cancel-low-under-load", t_cancel_under_load },
 	{ "unregister-cancels-queued", t_unregister_cancels_queued },
 	{ "killed-with-queued-prefetches", t_killed_queued },
+	{ "ring-teardown-with-queued-prefetch", t_ring_teardown_queued },
 	{ "rmmod-in-use", t_rmmod_in_use },
 	{ "perf-driver-vs-userspace", t_perf },
 };
