@@ -733,6 +733,123 @@ START_TEST(tool_calls)
 }
 END_TEST
 
+/* Code points of a UTF-8 string (what maxLength counts). */
+static size_t utf8_chars(const json_t *s)
+{
+	size_t n = 0;
+
+	for (const char *p = json_string_value(s); *p; p++)
+		n += ((unsigned char)*p & 0xc0) != 0x80;
+	return n;
+}
+
+/* Whether @args (JSON text) is an object valid for forced_tools' get_weather or search. */
+static void check_forced_args(const char *name, const char *args)
+{
+	json_t *a = parse(args), *city = json_object_get(a, "city"), *q = json_object_get(a, "q");
+
+	ck_assert_msg(json_is_object(a), "arguments not an object: %s", args);
+	if (!strcmp(name, "get_weather")) {
+		ck_assert_msg(json_is_string(city) && utf8_chars(city) <= 8 &&
+			      json_is_integer(json_object_get(a, "days")) && json_object_size(a) == 2,
+			      "get_weather's arguments break its schema: %s", args);
+	} else {
+		ck_assert_str_eq(name, "search");
+		ck_assert_msg(json_is_string(q) && (!strcmp(json_string_value(q), "a") ||
+			      !strcmp(json_string_value(q), "b")) && json_object_size(a) == 1,
+			      "search's arguments break its schema: %s", args);
+	}
+	json_decref(a);
+}
+
+/*
+ * tool_choice "required" and a named function enforced while sampling, on
+ * the generated model of every chat format with tool calls: the random
+ * weights would never write a call, so every reply that is one (of the named
+ * function, with arguments valid for its schema, whole and streamed) shows
+ * the grammar at work.  A schema the grammar cannot hold is a 400 naming it.
+ */
+START_TEST(forced_tool_calls)
+{
+	static const char forced_tools[] =
+		"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+		"\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\","
+		"\"maxLength\":8},\"days\":{\"type\":\"integer\"}},\"required\":[\"city\",\"days\"],"
+		"\"additionalProperties\":false}}},{\"type\":\"function\",\"function\":{\"name\":"
+		"\"search\",\"parameters\":{\"type\":\"object\",\"properties\":{\"q\":{\"enum\":"
+		"[\"a\",\"b\"]}},\"required\":[\"q\"]}}}]";
+	static const char *const arches[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss",
+					      "gemma4" };
+	static const char *const choices[] = {
+		"\"required\"",
+		"{\"type\":\"function\",\"function\":{\"name\":\"search\"}}",
+		"{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}",
+	};
+	char body[4096], cmd[8400], *out;
+	struct streamed st;
+	struct srv s;
+
+	for (size_t a = 0; a < sizeof(arches) / sizeof(arches[0]); a++) {
+		if (a) {
+			snprintf(model, sizeof(model), "%s/%s.gguf", dir, arches[a]);
+			snprintf(cmd, sizeof(cmd), "%s --arch %s --vocab-bpe -q -o %s",
+				 tu_bin("moe-mkmodel"), arches[a], model);
+			ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+		}
+		srv_start(&s, arches[a], NULL);
+		for (size_t c = 0; c < sizeof(choices) / sizeof(choices[0]); c++) {
+			json_t *v, *ch, *calls, *fn;
+
+			snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":"
+				 "\"Weather?\"}],%s,\"tool_choice\":%s,\"max_tokens\":200,"
+				 "\"temperature\":%s,\"seed\":%zu}", forced_tools, choices[c],
+				 c ? "0" : "1", a);
+			ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+			v = parse(out);
+			ch = json_array_get(json_object_get(v, "choices"), 0);
+			calls = json_object_get(json_object_get(ch, "message"), "tool_calls");
+			ck_assert_msg(json_array_size(calls) == 1, "%s %s: %s", arches[a],
+				      choices[c], out);
+			ck_assert_str_eq(json_string_value(json_object_get(ch, "finish_reason")),
+					 "tool_calls");
+			fn = json_object_get(json_array_get(calls, 0), "function");
+			if (c)
+				ck_assert_str_eq(json_string_value(json_object_get(fn, "name")),
+						 c == 1 ? "search" : "get_weather");
+			check_forced_args(json_string_value(json_object_get(fn, "name")),
+					  json_string_value(json_object_get(fn, "arguments")));
+			json_decref(v);
+			free(out);
+		}
+		/* streamed: the call comes whole in one delta */
+		snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":"
+			 "\"Weather?\"}],%s,\"tool_choice\":%s,\"max_tokens\":200,\"temperature\":0,"
+			 "\"stream\":true}", forced_tools, choices[2]);
+		ck_assert_int_eq(req(&s, "-N", "/v1/chat/completions", body, &out), 200);
+		sse_collect(out, &st);
+		free(out);
+		ck_assert_int_eq(st.n_calls, 1);
+		ck_assert_str_eq(st.name[0], "get_weather");
+		check_forced_args(st.name[0], st.args[0]);
+		ck_assert_str_eq(st.finish, "tool_calls");
+		if (!a) {
+			expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+				     "\"content\":\"a\"}],\"tools\":[{\"type\":\"function\",\"function\":"
+				     "{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":"
+				     "{\"x\":{\"type\":\"string\",\"pattern\":\"^a\"}}}}}],"
+				     "\"tool_choice\":\"required\"}", 400,
+				     "tools[0].function.parameters", "pattern");
+			snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":"
+				 "\"a\"}],%s,\"tool_choice\":\"required\",\"response_format\":"
+				 "{\"type\":\"json_object\"}}", forced_tools);
+			expect_error(&s, "/v1/chat/completions", body, 400, "response_format",
+				     "leave one out");
+		}
+		ck_assert_int_eq(srv_stop(&s), 0);
+	}
+}
+END_TEST
+
 /*
  * The engine options are moe-run's, parsed by the same code: the server
  * starts with each (and serves), and a bad value gets moe-run's words.
@@ -1058,6 +1175,7 @@ Suite *suite_server(void)
 	tcase_add_test(tc, sigterm_drains);
 	tcase_add_test(tc, engine_options);
 	tcase_add_test(tc, tool_calls);
+	tcase_add_test(tc, forced_tool_calls);
 	if (suite_selected()) {
 		const char *why = prepare_openai();
 

@@ -22,11 +22,11 @@
 #define MAX_OUT (4u << 20)
 
 enum prim { P_WS, P_STRING, P_CHAR, P_NUMBER, P_INTEGER, P_BOOLEAN, P_NULL, P_VALUE, P_OBJECT,
-	    P_MEMBER, P_ARRAY, P_COUNT };
+	    P_MEMBER, P_ARRAY, P_KEY, P_COUNT };
 
 static const char *const prim_name[P_COUNT] = {
 	"ws", "string", "char", "number", "integer", "boolean", "null", "value", "object",
-	"member", "array",
+	"member", "array", "key",
 };
 
 struct ref {
@@ -46,7 +46,11 @@ struct conv {
 	size_t errlen;
 	int ret;
 	int depth;
+	unsigned flags;         /* SCHEMA_GEMMA: Gemma 4's argument syntax */
 };
+
+#define GQ "<|\"|>"            /* Gemma 4's string quote */
+#define GEMMA_KEY "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 
 static int fail(struct conv *c, const char *path, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -84,7 +88,7 @@ static const char *prim(struct conv *c, enum prim p, char *buf)
 		[P_VALUE] = 1u << P_OBJECT | 1u << P_ARRAY | 1u << P_STRING | 1u << P_NUMBER |
 			    1u << P_BOOLEAN | 1u << P_NULL,
 		[P_OBJECT] = 1u << P_MEMBER | 1u << P_WS,
-		[P_MEMBER] = 1u << P_STRING | 1u << P_WS | 1u << P_VALUE,
+		[P_MEMBER] = 1u << P_STRING | 1u << P_WS | 1u << P_VALUE | 1u << P_KEY,
 		[P_ARRAY] = 1u << P_VALUE | 1u << P_WS,
 	};
 
@@ -115,10 +119,62 @@ static void add_literal(struct strbuf *b, const char *s, size_t len)
 	strbuf_addf(b, "\"");
 }
 
-/* A JSON value as the literal of its compact form. */
+/* @v in Gemma 4's argument syntax: strings in <|"|>, keys bare, null as None. */
+static void gemma_text(struct strbuf *b, const json_t *v)
+{
+	const char *k;
+	json_t *e;
+	size_t i;
+	char *s;
+
+	if (json_is_string(v)) {
+		strbuf_addf(b, GQ);
+		strbuf_addn(b, json_string_value(v), json_string_length(v));
+		strbuf_addf(b, GQ);
+	} else if (json_is_null(v)) {
+		strbuf_addf(b, "None");
+	} else if (json_is_object(v)) {
+		i = 0;
+		strbuf_addf(b, "{");
+		json_object_foreach((json_t *)v, k, e) {
+			strbuf_addf(b, "%s%s:", i++ ? "," : "", k);
+			gemma_text(b, e);
+		}
+		strbuf_addf(b, "}");
+	} else if (json_is_array(v)) {
+		strbuf_addf(b, "[");
+		json_array_foreach(v, i, e) {
+			if (i)
+				strbuf_addf(b, ",");
+			gemma_text(b, e);
+		}
+		strbuf_addf(b, "]");
+	} else if ((s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT))) {
+		strbuf_addf(b, "%s", s);
+		free(s);
+	} else {
+		b->oom = true;
+	}
+}
+
+/* A JSON value as the literal of its compact form (or of its Gemma 4 form). */
 static int add_json_literal(struct conv *c, struct strbuf *b, const json_t *v, const char *path)
 {
-	char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+	char *s;
+
+	if (c->flags & SCHEMA_GEMMA) {
+		struct strbuf t = { .max = MAX_OUT };
+
+		gemma_text(&t, v);
+		if (t.oom) {
+			free(t.s);
+			return c->ret = -ENOMEM;
+		}
+		add_literal(b, t.s, t.n);
+		free(t.s);
+		return 0;
+	}
+	s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
 
 	if (!s)
 		return fail(c, path, "a value of 'enum' or 'const' cannot be written as JSON");
@@ -228,6 +284,12 @@ static int gen_string(struct conv *c, const json_t *s, struct strbuf *b, const c
 		strbuf_addf(b, "%s", prim(c, P_STRING, n));
 		return 0;
 	}
+	if (c->flags & SCHEMA_GEMMA) {
+		strbuf_addf(b, "\"<|\\\"|>\" %s", prim(c, P_CHAR, n));
+		add_bounds(b, lo, hi);
+		strbuf_addf(b, " \"<|\\\"|>\"");
+		return 0;
+	}
 	strbuf_addf(b, "\"\\\"\" %s", prim(c, P_CHAR, n));
 	add_bounds(b, lo, hi);
 	strbuf_addf(b, " \"\\\"\"");
@@ -318,8 +380,9 @@ static int gen_object(struct conv *c, const json_t *s, struct strbuf *b, const c
 			if (gen(c, add, sub, val))
 				return c->ret;
 			rule_name(c, c->next++, member);
-			strbuf_addf(&c->out, "%s ::= %s %s \":\" %s %s %s\n", member, prim(c, P_STRING, str),
-			       ws, ws, val, ws);
+			strbuf_addf(&c->out, "%s ::= %s %s \":\" %s %s %s\n", member,
+				    prim(c, c->flags & SCHEMA_GEMMA ? P_KEY : P_STRING, str), ws, ws,
+				    val, ws);
 		} else {
 			prim(c, P_MEMBER, member);
 		}
@@ -345,9 +408,16 @@ static int gen_object(struct conv *c, const json_t *s, struct strbuf *b, const c
 		child_path(sub, sizeof(sub), path, "properties", key);
 		if (gen(c, v, sub, val))
 			return c->ret;
-		ks = json_string(key);
-		kj = ks ? json_dumps(ks, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-		json_decref(ks);
+		if (c->flags & SCHEMA_GEMMA) {
+			if (!*key || strspn(key, GEMMA_KEY) != strlen(key))
+				return fail(c, sub, "property name '%.64s' cannot be written in Gemma 4's "
+					    "argument syntax (letters, digits and '_' only)", key);
+			kj = strdup(key);
+		} else {
+			ks = json_string(key);
+			kj = ks ? json_dumps(ks, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+			json_decref(ks);
+		}
 		if (!kj)
 			return c->ret = -ENOMEM;
 		add_literal(&kv, kj, strlen(kj));
@@ -591,6 +661,25 @@ static void add_prims(struct conv *c)
 
 	for (int p = 0; p < P_COUNT; p++)
 		snprintf(n[p], sizeof(n[p]), "%s-%s", c->prefix, prim_name[p]);
+	if (c->flags & SCHEMA_GEMMA) {
+		/* no blanks; strings in <|"|> (without '<' inside); null is None; keys bare */
+		if (c->prims & 1u << P_WS)
+			strbuf_addf(&c->out, "%s ::= \"\"\n", n[P_WS]);
+		if (c->prims & 1u << P_STRING)
+			strbuf_addf(&c->out, "%s ::= \"<|\\\"|>\" %s* \"<|\\\"|>\"\n", n[P_STRING],
+				    n[P_CHAR]);
+		if (c->prims & 1u << P_CHAR)
+			strbuf_addf(&c->out, "%s ::= [^<]\n", n[P_CHAR]);
+		if (c->prims & 1u << P_NULL)
+			strbuf_addf(&c->out, "%s ::= \"None\"\n", n[P_NULL]);
+		if (c->prims & 1u << P_KEY)
+			strbuf_addf(&c->out, "%s ::= [A-Za-z0-9_]+\n", n[P_KEY]);
+		if (c->prims & 1u << P_MEMBER)
+			strbuf_addf(&c->out, "%s ::= %s \":\" %s\n", n[P_MEMBER], n[P_KEY],
+				    n[P_VALUE]);
+		c->prims &= ~(1u << P_WS | 1u << P_STRING | 1u << P_CHAR | 1u << P_NULL |
+			      1u << P_KEY | 1u << P_MEMBER);
+	}
 	if (c->prims & 1u << P_WS)
 		strbuf_addf(&c->out, "%s ::= ( \" \" | \"\\n\" [ \\t]{0,16} )?\n", n[P_WS]);
 	if (c->prims & 1u << P_STRING)
@@ -625,10 +714,17 @@ static void add_prims(struct conv *c)
 int schema_to_gbnf(const json_t *schema, const char *prefix, char **out, char *err,
 		   size_t errlen)
 {
+	return schema_to_gbnf_flags(schema, prefix, 0, out, err, errlen);
+}
+
+int schema_to_gbnf_flags(const json_t *schema, const char *prefix, unsigned flags, char **out,
+			 char *err, size_t errlen)
+{
 	char dummy[8];
 	struct conv c = {
 		.root = schema, .prefix = prefix ? prefix : "root", .err = err ? err : dummy,
 		.errlen = err ? errlen : sizeof(dummy), .out = { .max = MAX_OUT },
+		.flags = flags,
 	};
 	size_t plen = strlen(c.prefix);
 

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "chatfmt.h"
+#include "schema.h"
 #include "strbuf.h"
 
 static const char *const names[] = {
@@ -1179,14 +1180,130 @@ static void forced_prefix(enum cf_format f, const struct api_request *req, struc
 		break;
 	case CF_GEMMA4:
 		strbuf_add(p, "<|tool_call>call:");
-		if (name) {
+		if (name)
 			strbuf_add(p, name);
-			strbuf_add(p, "{");
-		}
 		break;
 	default:
 		break;
 	}
+}
+
+/*
+ * What the grammar of a forced call writes after the prompt's prefix: the
+ * function's name and what parts it from the arguments (for "required"),
+ * then after the arguments the call's end.
+ */
+static void call_parts(enum cf_format f, const char **after_name, const char **end)
+{
+	switch (f) {
+	case CF_CHATML:
+		*after_name = "\", \"arguments\": ";
+		*end = "}\n</tool_call>";
+		break;
+	case CF_LLAMA3:
+	case CF_LLAMA4:
+		*after_name = "\", \"parameters\": ";
+		*end = "}";
+		break;
+	case CF_MISTRAL:
+		*after_name = "\", \"arguments\": ";
+		*end = "}]";
+		break;
+	case CF_HARMONY:
+		*after_name = "<|channel|>commentary json<|message|>";
+		*end = "";
+		break;
+	case CF_GEMMA4:
+		*after_name = "";
+		*end = "<tool_call|>";
+		break;
+	default:
+		*after_name = *end = NULL;
+		break;
+	}
+}
+
+/* @s as the contents of a GBNF literal. */
+static void gbnf_literal(struct strbuf *b, const char *s)
+{
+	strbuf_add(b, "\"");
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			strbuf_addf(b, "\\%c", *s);
+		else if (*s == '\n')
+			strbuf_add(b, "\\n");
+		else
+			strbuf_addn(b, s, 1);
+	}
+	strbuf_add(b, "\"");
+}
+
+int cf_call_grammar(enum cf_format f, const struct api_request *req, char **gbnf,
+		    struct api_error *err)
+{
+	const char *name = req->tool_choice == API_TOOLS_NAMED ? req->tool_name : NULL;
+	const char *after_name, *end;
+	struct strbuf b = { 0 }, root = { 0 };
+	size_t i;
+	json_t *t;
+
+	*gbnf = NULL;
+	if (!tools_on(req) || (req->tool_choice != API_TOOLS_REQUIRED && !name))
+		return 0;
+	call_parts(f, &after_name, &end);
+	if (!after_name)
+		return api_fail(err, 400, "invalid_request_error", NULL, "tool_choice",
+				"this model's chat format defines no tool calls");
+	strbuf_add(&root, "root ::=");
+	json_array_foreach(req->tools, i, t) {
+		json_t *fn = json_object_get(t, "function"), *params = json_object_get(fn, "parameters");
+		const char *fname = json_string_value(json_object_get(fn, "name"));
+		char prefix[24], msg[512], *rules;
+		json_t *any = NULL;
+		int ret;
+
+		if (name && strcmp(fname, name))
+			continue;
+		if (!params)
+			params = any = json_pack("{s:s}", "type", "object");
+		snprintf(prefix, sizeof(prefix), "t%zu", i);
+		ret = schema_to_gbnf_flags(params, prefix, f == CF_GEMMA4 ? SCHEMA_GEMMA : 0, &rules,
+					   msg, sizeof(msg));
+		json_decref(any);
+		if (ret) {
+			char param[64];
+
+			free(b.s);
+			free(root.s);
+			snprintf(param, sizeof(param), "tools[%zu].function.parameters", i);
+			if (ret == -ENOMEM)
+				return api_fail(err, 500, "server_error", NULL, param, "out of memory");
+			return api_fail(err, 400, "invalid_request_error", NULL, param,
+					"'%s' cannot be enforced for tool_choice '%s': %s", param,
+					name ? name : "required", msg);
+		}
+		strbuf_add(&b, rules);
+		free(rules);
+		strbuf_add(&root, root.n > 8 ? " | " : " ");
+		if (!name) {
+			gbnf_literal(&root, fname);
+			strbuf_add(&root, " ");
+			gbnf_literal(&root, after_name);
+			strbuf_add(&root, " ");
+		}
+		strbuf_add(&root, prefix);
+		strbuf_add(&root, " ");
+		gbnf_literal(&root, end);
+	}
+	strbuf_add(&root, "\n");
+	strbuf_add(&root, b.s ? b.s : "");
+	free(b.s);
+	if (root.oom) {
+		free(root.s);
+		return api_fail(err, 500, "server_error", NULL, "tools", "out of memory");
+	}
+	*gbnf = root.s;
+	return 0;
 }
 
 int cf_render(enum cf_format f, const struct cf_render_opts *o, const struct api_request *req,

@@ -39,6 +39,17 @@ struct cf_render_opts {
 int cf_render(enum cf_format f, const struct cf_render_opts *o, const struct api_request *req,
 	      char **out, char **prefix, struct api_error *err);
 
+/*
+ * For tool_choice "required" or a named function, the GBNF (*gbnf,
+ * malloc'ed) of the rest of the reply after cf_render's prefix: one call
+ * (of that function, or of any in 'tools'), its arguments valid against the
+ * function's parameters schema, up to the call's end.  *gbnf NULL when the
+ * request forces no call.  -EINVAL with @err (a 400 naming the parameters
+ * schema) for a schema outside the subset the grammar converter takes.
+ */
+int cf_call_grammar(enum cf_format f, const struct api_request *req, char **gbnf,
+		    struct api_error *err);
+
 /* Stop strings the format needs beyond the end-of-generation tokens, or NULL. */
 const char *cf_stop(enum cf_format f, const struct api_request *req);
 

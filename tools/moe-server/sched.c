@@ -122,6 +122,7 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 		 struct api_error *err)
 {
 	struct job *j = calloc(1, sizeof(*j));
+	struct moe_grammar *call_grammar = NULL;
 	uint32_t room;
 	int ret;
 
@@ -158,6 +159,30 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 	}
 	j->max_tokens = req->max_tokens ? req->max_tokens :
 			room < s->o.max_tokens ? room : s->o.max_tokens;
+	if (j->tools) {
+		char *gbnf;
+
+		/* a forced call: its name and arguments' shape are the sampler's to enforce */
+		ret = cf_call_grammar(j->fmt, req, &gbnf, err);
+		if (ret)
+			goto fail;
+		if (gbnf && req->grammar) {
+			free(gbnf);
+			ret = api_fail(err, 400, "invalid_request_error", NULL, "response_format",
+				       "'response_format' and a tool_choice that forces a call both "
+				       "shape the reply: leave one out");
+			goto fail;
+		}
+		if (gbnf) {
+			ret = moe_grammar_create(gbnf, strlen(gbnf), &call_grammar);
+			free(gbnf);
+			if (ret) {
+				ret = api_fail(err, 500, "server_error", NULL, "tools", "the forced "
+					       "call's grammar: %s", moe_errmsg());
+				goto fail;
+			}
+		}
+	}
 	{
 		struct moe_sample_params sp = req->sp;
 
@@ -170,9 +195,11 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 			goto fail;
 		}
 		/* the sampler takes its own copy of the grammar: the request's may go */
-		sp.grammar = req->grammar;
+		sp.grammar = call_grammar ? call_grammar : req->grammar;
 		sp.tokenizer = s->tok;
 		ret = moe_sampler_new(&sp, moe_ctx_n_vocab(s->ctx), &j->sampler);
+		moe_grammar_destroy(call_grammar);
+		call_grammar = NULL;
 		if (ret < 0) {
 			ret = api_fail(err, 400, "invalid_request_error", NULL, NULL, "%s",
 				       moe_errmsg());
@@ -229,6 +256,7 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 	*out = j;
 	return 0;
 fail:
+	moe_grammar_destroy(call_grammar);
 	j->refs = 1;
 	job_unref(j);
 	return ret ? ret : -EINVAL;
