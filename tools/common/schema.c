@@ -538,6 +538,247 @@ static int gen_type(struct conv *c, const json_t *s, const char *t, struct strbu
 	return 0;
 }
 
+/* ------------------------------------------------------------ oneOf */
+
+/* JSON types as bits; integer and number share one (every integer is a number). */
+enum { T_OBJECT = 1, T_ARRAY = 2, T_STRING = 4, T_NUMBER = 8, T_BOOLEAN = 16, T_NULL = 32,
+       T_ALL = 63 };
+
+static unsigned value_type(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: return T_OBJECT;
+	case JSON_ARRAY: return T_ARRAY;
+	case JSON_STRING: return T_STRING;
+	case JSON_INTEGER:
+	case JSON_REAL: return T_NUMBER;
+	case JSON_TRUE:
+	case JSON_FALSE: return T_BOOLEAN;
+	default: return T_NULL;
+	}
+}
+
+static unsigned type_bit(const char *t)
+{
+	static const char *const names[] = { "object", "array", "string", "number", "boolean",
+					     "null" };
+
+	if (!strcmp(t, "integer"))
+		return T_NUMBER;
+	for (unsigned i = 0; i < N(names); i++)
+		if (!strcmp(t, names[i]))
+			return 1u << i;
+	return T_ALL;
+}
+
+/* The schema @s names through "$ref" (followed up to a depth), or @s itself. */
+static const json_t *deref(const struct conv *c, const json_t *s)
+{
+	for (int hops = 0; hops < 16 && json_is_object(s) && json_object_get(s, "$ref"); hops++) {
+		const char *ref = json_string_value(json_object_get(s, "$ref"));
+
+		if (!ref)
+			return s;
+		if (!strcmp(ref, "#"))
+			s = c->root;
+		else if (!strncmp(ref, "#/$defs/", 8))
+			s = json_object_get(json_object_get(c->root, "$defs"), ref + 8);
+		else if (!strncmp(ref, "#/definitions/", 14))
+			s = json_object_get(json_object_get(c->root, "definitions"), ref + 14);
+		else
+			return NULL;
+	}
+	return s;
+}
+
+/* The types of the values valid for @s (T_ALL when not known). */
+static unsigned schema_types(const struct conv *c, const json_t *s, int depth)
+{
+	const json_t *t, *e;
+	unsigned m = 0;
+	size_t i;
+
+	s = deref(c, s);
+	if (!s || depth > 16 || !json_is_object(s))
+		return T_ALL;
+	if ((e = json_object_get(s, "const")))
+		return value_type(e);
+	if ((e = json_object_get(s, "enum"))) {
+		json_array_foreach(e, i, t)
+			m |= value_type(t);
+		return m;
+	}
+	if ((e = json_object_get(s, "anyOf")) || (e = json_object_get(s, "oneOf"))) {
+		json_array_foreach(e, i, t)
+			m |= schema_types(c, t, depth + 1);
+	} else if ((t = json_object_get(s, "type"))) {
+		if (json_is_string(t))
+			m = type_bit(json_string_value(t));
+		json_array_foreach(t, i, e)
+			m |= json_is_string(e) ? type_bit(json_string_value(e)) : T_ALL;
+	} else {
+		/*
+		 * without 'type', keywords of one type (properties, items,
+		 * maxLength) leave the values of every other type valid, though
+		 * the grammar writes only that type
+		 */
+		return T_ALL;
+	}
+	if (json_is_true(json_object_get(s, "nullable")))
+		m |= T_NULL;
+	return m;
+}
+
+/* The values @s allows when it lists them (const or enum), else NULL. */
+static const json_t *schema_values(const json_t *s, bool *one)
+{
+	const json_t *e;
+
+	*one = false;
+	if (!json_is_object(s))
+		return NULL;
+	if ((e = json_object_get(s, "const"))) {
+		*one = true;
+		return e;
+	}
+	e = json_object_get(s, "enum");
+	return json_is_array(e) ? e : NULL;
+}
+
+static bool value_in(const json_t *v, const json_t *list, bool one)
+{
+	size_t i;
+	json_t *x;
+
+	if (one)
+		return json_equal(v, list);
+	json_array_foreach(list, i, x)
+		if (json_equal(v, x))
+			return true;
+	return false;
+}
+
+/* Whether an object of @s may hold the member @key (false: @s's members exclude it). */
+static bool may_hold(const json_t *s, const char *key)
+{
+	const json_t *props = json_object_get(s, "properties"), *add;
+
+	if (props && json_object_get(props, key))
+		return true;
+	add = json_object_get(s, "additionalProperties");
+	return add ? !json_is_false(add) : !props;
+}
+
+static bool disjoint(const struct conv *c, const json_t *a, const json_t *b, int depth);
+
+/*
+ * Objects of @a and @b told apart by a member: one that @a requires and @b
+ * cannot hold, or one both require whose schemas are disjoint (a
+ * discriminator such as "kind": {"const": "circle"}).
+ */
+static bool objects_disjoint(const struct conv *c, const json_t *a, const json_t *b, int depth)
+{
+	for (int turn = 0; turn < 2; turn++) {
+		const json_t *x = turn ? b : a, *y = turn ? a : b;
+		size_t i;
+		json_t *k;
+
+		json_array_foreach(json_object_get(x, "required"), i, k) {
+			const char *key = json_string_value(k);
+			const json_t *px, *py;
+
+			if (!key)
+				continue;
+			if (!may_hold(y, key))
+				return true;
+			px = json_object_get(json_object_get(x, "properties"), key);
+			py = json_object_get(json_object_get(y, "properties"), key);
+			if (!turn && px && py && is_required(json_object_get(y, "required"), key) &&
+			    disjoint(c, px, py, depth + 1))
+				return true;
+		}
+	}
+	return false;
+}
+
+/* Whether no value can be valid for both @a and @b, as far as types, values and members tell. */
+static bool disjoint(const struct conv *c, const json_t *a, const json_t *b, int depth)
+{
+	unsigned ta, tb;
+	const json_t *va, *vb;
+	bool oa, ob;
+	size_t i;
+	json_t *x;
+
+	a = deref(c, a);
+	b = deref(c, b);
+	if (!a || !b || depth > 16)
+		return false;
+	ta = schema_types(c, a, depth);
+	tb = schema_types(c, b, depth);
+	if (!(ta & tb))
+		return true;
+	va = schema_values(a, &oa);
+	vb = schema_values(b, &ob);
+	if (va && vb) {
+		if (oa)
+			return !value_in(va, vb, ob);
+		json_array_foreach(va, i, x)
+			if (value_in(x, vb, ob))
+				return false;
+		return true;
+	}
+	if (va || vb)
+		return false;
+	/* alternatives of their own: disjoint when each of them is */
+	if (json_is_object(a) && (json_object_get(a, "anyOf") || json_object_get(a, "oneOf"))) {
+		const json_t *alts = json_object_get(a, "anyOf") ? json_object_get(a, "anyOf") :
+				     json_object_get(a, "oneOf");
+
+		if (json_is_true(json_object_get(a, "nullable")) && (tb & T_NULL))
+			return false;
+		json_array_foreach(alts, i, x)
+			if (!disjoint(c, x, b, depth + 1))
+				return false;
+		return true;
+	}
+	if (json_is_object(b) && (json_object_get(b, "anyOf") || json_object_get(b, "oneOf")))
+		return disjoint(c, b, a, depth + 1);
+	/* only objects can still be told apart, by their members */
+	if ((ta & tb) == T_OBJECT && json_is_object(a) && json_is_object(b))
+		return objects_disjoint(c, a, b, depth);
+	return false;
+}
+
+/*
+ * oneOf means exactly one: the grammar's alternation gives that only when no
+ * value fits two alternatives.  Refuse the schema where that is not shown.
+ */
+static int check_one_of(struct conv *c, const json_t *s, const json_t *alts, const char *path)
+{
+	size_t n = json_array_size(alts);
+	bool nullable = json_is_true(json_object_get(s, "nullable"));
+
+	for (size_t i = 0; i < n; i++) {
+		const json_t *a = json_array_get(alts, i);
+
+		if (nullable && (schema_types(c, a, 0) & T_NULL))
+			return fail(c, path, "'oneOf' with 'nullable': alternative %zu also takes "
+				    "null, so null would match twice; drop 'nullable' or the null "
+				    "alternative", i);
+		for (size_t k = i + 1; k < n; k++)
+			if (!disjoint(c, a, json_array_get(alts, k), 0))
+				return fail(c, path, "'oneOf' alternatives %zu and %zu may both "
+					    "match a value, and the grammar can enforce exactly one "
+					    "only for alternatives told apart by 'type', by 'const' or "
+					    "'enum' values, or (objects of 'type' object) by a required "
+					    "property the other cannot hold or a required discriminator "
+					    "of different values; make them disjoint so, or use 'anyOf'",
+					    i, k);
+	}
+	return 0;
+}
+
 /* The body of @s's rule into @b. */
 static int gen_body(struct conv *c, const json_t *s, struct strbuf *b, const char *path)
 {
@@ -580,6 +821,8 @@ static int gen_body(struct conv *c, const json_t *s, struct strbuf *b, const cha
 			return fail(c, path, "'anyOf' and 'oneOf' together are not supported");
 		if (!json_is_array(alts) || !json_array_size(alts))
 			return fail(c, path, "'%s' must be a non-empty array of schemas", which);
+		if (which[0] == 'o' && check_one_of(c, s, alts, path))
+			return c->ret;
 		json_array_foreach(alts, i, e) {
 			char idx[24];
 
