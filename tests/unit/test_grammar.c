@@ -1344,6 +1344,77 @@ START_TEST(server_response_format)
 }
 END_TEST
 
+struct end_rec {
+	int32_t last;
+	int stop_after, n;
+};
+
+static int end_cb(void *arg, const float *logits, uint32_t n_rows, int32_t next)
+{
+	struct end_rec *r = arg;
+
+	(void)logits;
+	(void)n_rows;
+	r->last = next;
+	return ++r->n >= r->stop_after;
+}
+
+/* moe_ctx_gen_end: why moe_ctx_generate ended, and the finish_reason it reads as. */
+START_TEST(generate_end_reasons)
+{
+	struct moe_model *m;
+	struct moe_tokenizer *t;
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx;
+	struct moe_sample_params sp;
+	struct moe_grammar *g;
+	struct end_rec r = { .stop_after = 1000 };
+	int32_t prompt[4];
+	int n;
+
+	ck_assert_msg(moe_model_open(tmodel, &m) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(moe_tokenizer_load(m, &t), 0);
+	moe_ctx_params_init(&p);
+	p.n_threads = 1;
+	p.n_ctx = 128;
+	ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), MOE_GEN_END_NONE);
+	ck_assert_ptr_null(moe_gen_end_reason(MOE_GEN_END_NONE));
+	n = moe_tokenize(t, "The model", 9, MOE_TOK_ADD_BOS, prompt, 4);
+	ck_assert_int_gt(n, 0);
+	/* n_gen tokens: length */
+	ck_assert_int_eq(moe_ctx_generate(ctx, prompt, (uint32_t)n, 5, NULL, 0, end_cb, &r), 5);
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), MOE_GEN_END_LENGTH);
+	ck_assert_str_eq(moe_gen_end_reason(moe_ctx_gen_end(ctx)), "length");
+	/* the callback stopped it: an end-of-generation token reads as such, else the callback */
+	moe_sample_params_init(&sp);
+	sp.tokenizer = t;
+	r = (struct end_rec){ .stop_after = 2 };
+	ck_assert_int_eq(moe_ctx_generate(ctx, prompt, (uint32_t)n, 5, &sp, 0, end_cb, &r), 2);
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), moe_tokenizer_is_eog(t, r.last) ?
+			 MOE_GEN_END_EOG : MOE_GEN_END_CALLBACK);
+	ck_assert_str_eq(moe_gen_end_reason(moe_ctx_gen_end(ctx)), "stop");
+	/* a grammar whose document can only end: grammar, before n_gen runs out */
+	g = compile("root ::= \"ab\"");
+	sp.grammar = g;
+	r = (struct end_rec){ .stop_after = 1000 };
+	n = moe_ctx_generate(ctx, prompt, (uint32_t)n, 20, &sp, 0, end_cb, &r);
+	ck_assert_int_ge(n, 1);
+	ck_assert_int_le(n, 2);
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), MOE_GEN_END_GRAMMAR);
+	ck_assert_str_eq(moe_gen_end_reason(MOE_GEN_END_GRAMMAR), "stop");
+	/* a failure: error */
+	ck_assert_int_lt(moe_ctx_generate(ctx, prompt, 0, 5, NULL, 0, NULL, NULL), 0);
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), MOE_GEN_END_ERROR);
+	ck_assert_str_eq(moe_gen_end_reason(MOE_GEN_END_ERROR), "error");
+	ck_assert_ptr_null(moe_gen_end_reason((enum moe_gen_end)99));
+	moe_grammar_destroy(g);
+	moe_ctx_destroy(ctx);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
+}
+END_TEST
+
 Suite *suite_grammar(void)
 {
 	Suite *s = suite_create("grammar");
@@ -1375,6 +1446,7 @@ Suite *suite_grammar(void)
 	tcase_add_test(tt, moe_run_json_schema_validates);
 	tcase_add_test(tt, moe_run_grammar_and_errors);
 	tcase_add_test(tt, server_response_format);
+	tcase_add_test(tt, generate_end_reasons);
 	suite_add_tcase(s, tt);
 	return s;
 }
