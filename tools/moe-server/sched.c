@@ -424,8 +424,48 @@ struct batch {
 	int32_t *tok, *pos, *seq;
 	uint8_t *logits;
 	struct job **row;       /* the job of each kept row, in batch order */
+	uint32_t *take;         /* [parallel] prompt tokens of each sequence in this step */
 	uint32_t n, n_rows, cap;
 };
+
+/*
+ * Under the lock: how many prompt tokens each prefilling request puts into
+ * this step's batch.  The @n_batch of room is shared out evenly, round by
+ * round, so the prompts of requests admitted together are evaluated in the
+ * same batches (each expert a layer fetches serves all of them) rather
+ * than one prompt after another; what a short prompt leaves goes to the
+ * others.
+ */
+static void share_prefill(struct server *s, struct batch *b, uint32_t n_batch)
+{
+	uint32_t left = n_batch, active = 0;
+
+	for (uint32_t i = 0; i < s->o.parallel; i++) {
+		struct job *j = s->slots[i];
+
+		b->take[i] = 0;
+		active += j && j->state == JOB_PREFILL && !j->cancelled && j->n_fed < j->n_prompt;
+	}
+	while (left && active) {
+		uint32_t share = left / active ? left / active : 1;
+
+		active = 0;
+		for (uint32_t i = 0; i < s->o.parallel && left; i++) {
+			struct job *j = s->slots[i];
+			uint32_t want, give;
+
+			if (!j || j->state != JOB_PREFILL || j->cancelled)
+				continue;
+			want = j->n_prompt - j->n_fed - b->take[i];
+			give = want < share ? want : share;
+			if (give > left)
+				give = left;
+			b->take[i] += give;
+			left -= give;
+			active += want > give;
+		}
+	}
+}
 
 static void *engine(void *arg)
 {
@@ -440,14 +480,15 @@ static void *engine(void *arg)
 	b.seq = malloc(sizeof(*b.seq) * b.cap);
 	b.logits = malloc(b.cap);
 	b.row = malloc(sizeof(*b.row) * b.cap);
+	b.take = calloc(s->o.parallel, sizeof(*b.take));
 	pthread_mutex_lock(&s->lock);
-	if (!b.tok || !b.pos || !b.seq || !b.logits || !b.row) {
+	if (!b.tok || !b.pos || !b.seq || !b.logits || !b.row || !b.take) {
 		fprintf(stderr, PROG ": out of memory for the batch\n");
 		s->stopping = true;
 	}
 	for (;;) {
 		double now = now_s();
-		uint32_t budget = n_batch;
+		uint32_t n_pre = 0;
 		struct moe_batch mb = { 0 };
 
 		admit(s, now);
@@ -458,6 +499,7 @@ static void *engine(void *arg)
 			continue;
 		}
 		b.n = b.n_rows = 0;
+		share_prefill(s, &b, n_batch);
 		/* decoding requests first: their next token never waits behind a prompt */
 		for (int pass = 0; pass < 2; pass++) {
 			for (uint32_t i = 0; i < s->o.parallel; i++) {
@@ -479,12 +521,10 @@ static void *engine(void *arg)
 					b.seq[b.n] = j->seq;
 					b.logits[b.n++] = 1;
 					b.row[b.n_rows++] = j;
-				} else if (pass == 1 && j->state == JOB_PREFILL && budget) {
-					uint32_t k = j->n_prompt - j->n_fed;
+				} else if (pass == 1 && j->state == JOB_PREFILL && b.take[i]) {
+					uint32_t k = b.take[i];
 
-					if (k > budget)
-						k = budget;
-					budget -= k;
+					n_pre++;
 					for (uint32_t t = 0; t < k; t++) {
 						b.tok[b.n] = j->prompt[j->n_fed];
 						b.pos[b.n] = (int32_t)j->n_fed;
@@ -499,6 +539,10 @@ static void *engine(void *arg)
 		}
 		if (!b.n)
 			continue;
+		if (n_pre > 1)
+			s->m.prefill_shared_batches++;
+		if (n_pre > s->m.prefill_seqs_max)
+			s->m.prefill_seqs_max = n_pre;
 		mb.tokens = b.tok;
 		mb.pos = b.pos;
 		mb.seq = b.seq;
@@ -551,6 +595,7 @@ static void *engine(void *arg)
 	free(b.seq);
 	free(b.logits);
 	free(b.row);
+	free(b.take);
 	return NULL;
 }
 

@@ -64,6 +64,8 @@ struct metrics {
 	uint64_t rejected_busy; /* 503 for a full queue */
 	uint64_t prompt_tokens, completion_tokens, cancelled;
 	uint64_t batches, batch_tokens;
+	uint64_t prefill_shared_batches; /* steps that held the prompt tokens of several requests */
+	uint32_t prefill_seqs_max;      /* the most requests' prompt tokens in one step */
 	struct moe_ctx_stats ctx;
 	double started;
 };
