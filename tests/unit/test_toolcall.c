@@ -242,7 +242,16 @@ START_TEST(forced_calls)
 		free(p);
 		free(pre);
 	}
+	/* "required" with one function is that function's call */
 	snprintf(body, sizeof(body), "{%s,%s,\"tool_choice\":\"required\"}", hi, tools_json);
+	p = render(CF_CHATML, body, &pre);
+	ck_assert_str_eq(pre, want[0].named);
+	free(p);
+	free(pre);
+	/* with two, the name is left to the model */
+	snprintf(body, sizeof(body), "{%s,\"tools\":[{\"type\":\"function\",\"function\":"
+		 "{\"name\":\"a\"}},{\"type\":\"function\",\"function\":{\"name\":\"b\"}}],"
+		 "\"tool_choice\":\"required\"}", hi);
 	p = render(CF_CHATML, body, &pre);
 	ck_assert_str_eq(pre, "<tool_call>\n{\"name\": \"");
 	free(p);

@@ -1139,12 +1139,23 @@ static void render_gemma4(struct strbuf *b, const struct cf_render_opts *o,
 
 /*
  * "required" and a named tool_choice: the prompt opens the call itself, so
- * the model can only continue one.  A named function's call is opened up to
- * its arguments.
+ * the model can only continue one.  A named function's call (or that of the
+ * only function "required" can mean) is opened up to its arguments.
  */
+/* The function a forced call must be: the named one, or under "required" the only one. */
+static const char *forced_name(const struct api_request *req)
+{
+	if (req->tool_choice == API_TOOLS_NAMED)
+		return req->tool_name;
+	if (req->tool_choice == API_TOOLS_REQUIRED && json_array_size(req->tools) == 1)
+		return json_string_value(json_object_get(json_object_get(json_array_get(req->tools, 0),
+									 "function"), "name"));
+	return NULL;
+}
+
 static void forced_prefix(enum cf_format f, const struct api_request *req, struct strbuf *p)
 {
-	const char *name = req->tool_choice == API_TOOLS_NAMED ? req->tool_name : NULL;
+	const char *name = forced_name(req);
 
 	if (req->tool_choice != API_TOOLS_REQUIRED && !name)
 		return;
@@ -1241,7 +1252,7 @@ static void gbnf_literal(struct strbuf *b, const char *s)
 int cf_call_grammar(enum cf_format f, const struct api_request *req, char **gbnf,
 		    struct api_error *err)
 {
-	const char *name = req->tool_choice == API_TOOLS_NAMED ? req->tool_name : NULL;
+	const char *name = forced_name(req);
 	const char *after_name, *end;
 	struct strbuf b = { 0 }, root = { 0 };
 	size_t i;
