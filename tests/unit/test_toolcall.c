@@ -489,6 +489,11 @@ START_TEST(forced_call_grammar)
 			ck_assert_int_ge(cf_render(fmt[i].f, &o, &r, &out, &pre, &e), 0);
 			ck_assert_int_eq(cf_call_grammar(fmt[i].f, &r, &gbnf, &e), 0);
 			ck_assert_ptr_nonnull(gbnf);
+			/* only harmony, choosing among several, has control markers after the name */
+			if (fmt[i].f == CF_HARMONY && !named)
+				ck_assert_str_eq(cf_call_marker(fmt[i].f, &r), fmt[i].sep);
+			else
+				ck_assert_ptr_null(cf_call_marker(fmt[i].f, &r));
 			snprintf(text, sizeof(text), "%s%s%s%s", named ? "" : "get_weather",
 				 named ? "" : fmt[i].sep, good, fmt[i].end);
 			ck_assert_msg(grammar_takes(gbnf, text), "%s %s: refused %s\n%s",
@@ -505,6 +510,19 @@ START_TEST(forced_call_grammar)
 					 named ? "" : fmt[i].sep, bad[b], fmt[i].end);
 				ck_assert_msg(!grammar_takes(gbnf, text), "%s: took %s",
 					      cf_format_name(fmt[i].f), text);
+			}
+			/* the arguments' grammar alone, for a call whose name is known */
+			{
+				char *of;
+
+				ck_assert_int_eq(cf_call_grammar_of(fmt[i].f, &r, "get_weather", &of,
+								    &e), 0);
+				snprintf(text, sizeof(text), "%s%s", good, fmt[i].end);
+				ck_assert_msg(grammar_takes(of, text), "%s: %s", cf_format_name(fmt[i].f),
+					      text);
+				free(of);
+				ck_assert_int_eq(cf_call_grammar_of(fmt[i].f, &r, "nope", &of, &e),
+						 -EINVAL);
 			}
 			/* the other function (any object: it has no parameters) only when not named */
 			snprintf(text, sizeof(text), "now%s%s%s", fmt[i].sep, gemma ? "{}" : "{}",

@@ -1249,18 +1249,16 @@ static void gbnf_literal(struct strbuf *b, const char *s)
 	strbuf_add(b, "\"");
 }
 
-int cf_call_grammar(enum cf_format f, const struct api_request *req, char **gbnf,
-		    struct api_error *err)
+/* The grammar of a call of @name (NULL: of any function in 'tools') after its prefix. */
+static int call_grammar(enum cf_format f, const struct api_request *req, const char *name,
+			char **gbnf, struct api_error *err)
 {
-	const char *name = forced_name(req);
 	const char *after_name, *end;
 	struct strbuf b = { 0 }, root = { 0 };
 	size_t i;
 	json_t *t;
 
 	*gbnf = NULL;
-	if (!tools_on(req) || (req->tool_choice != API_TOOLS_REQUIRED && !name))
-		return 0;
 	call_parts(f, &after_name, &end);
 	if (!after_name)
 		return api_fail(err, 400, "invalid_request_error", NULL, "tool_choice",
@@ -1306,6 +1304,12 @@ int cf_call_grammar(enum cf_format f, const struct api_request *req, char **gbnf
 		strbuf_add(&root, " ");
 		gbnf_literal(&root, end);
 	}
+	if (!root.oom && root.n <= 8) {
+		free(b.s);
+		free(root.s);
+		return api_fail(err, 400, "invalid_request_error", NULL, "tool_choice",
+				"'tool_choice' names '%.64s', which is not in 'tools'", name);
+	}
 	strbuf_add(&root, "\n");
 	strbuf_add(&root, b.s ? b.s : "");
 	free(b.s);
@@ -1315,6 +1319,31 @@ int cf_call_grammar(enum cf_format f, const struct api_request *req, char **gbnf
 	}
 	*gbnf = root.s;
 	return 0;
+}
+
+int cf_call_grammar(enum cf_format f, const struct api_request *req, char **gbnf,
+		    struct api_error *err)
+{
+	const char *name = forced_name(req);
+
+	*gbnf = NULL;
+	if (!tools_on(req) || (req->tool_choice != API_TOOLS_REQUIRED && !name))
+		return 0;
+	return call_grammar(f, req, name, gbnf, err);
+}
+
+int cf_call_grammar_of(enum cf_format f, const struct api_request *req, const char *name,
+		       char **gbnf, struct api_error *err)
+{
+	return call_grammar(f, req, name, gbnf, err);
+}
+
+const char *cf_call_marker(enum cf_format f, const struct api_request *req)
+{
+	if (f != CF_HARMONY || !tools_on(req) || req->tool_choice != API_TOOLS_REQUIRED ||
+	    forced_name(req))
+		return NULL;
+	return "<|channel|>commentary json<|message|>";
 }
 
 int cf_render(enum cf_format f, const struct cf_render_opts *o, const struct api_request *req,
