@@ -161,6 +161,7 @@ static int stage_call(struct server *s, struct job *j, const struct api_request 
 	}
 	j->n_marker = (uint32_t)moe_tokenize(s->tok, marker, strlen(marker),
 					     MOE_TOK_PARSE_SPECIAL, j->marker, ret);
+	j->marker_text = marker;
 	j->n_tools = (uint32_t)n;
 	len = (size_t)snprintf(text, 16, "root ::= ");
 	json_array_foreach(req->tools, i, t) {
@@ -409,7 +410,7 @@ static int append(struct job *j, const char *p, size_t n)
  */
 static void name_done(struct server *s, struct job *j, bool eog)
 {
-	const char *marker = "<|channel|>commentary json<|message|>";
+	const char *marker = j->marker_text;
 	struct moe_sampler *next;
 	uint32_t k;
 

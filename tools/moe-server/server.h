@@ -57,7 +57,8 @@ struct job {
 	uint32_t n_tools;
 	char **tool_names;
 	struct moe_grammar **args_grammar;      /* [n_tools] */
-	int32_t *marker;                        /* the markers' tokens */
+	const char *marker_text;                /* the markers (cf_call_marker's text) */
+	int32_t *marker;                        /* their tokens */
 	uint32_t n_marker;
 	const int32_t *feed;    /* tokens to feed after @last in the next step (the markers) */
 	uint32_t n_feed;
