@@ -550,6 +550,22 @@ START_TEST(forced_call_grammar)
 		ck_assert_str_eq(e.param, "tools[0].function.parameters");
 		ck_assert_msg(strstr(e.message, "pattern") && strstr(e.message, "/properties/x"),
 			      "%s", e.message);
+		/* arguments are an object */
+		api_request_free(&r);
+		parse_req("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":"
+			  "\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":"
+			  "\"string\"}}}],\"tool_choice\":\"required\"}", &r);
+		ck_assert_int_eq(cf_call_grammar(CF_CHATML, &r, &gbnf, &e), -EINVAL);
+		ck_assert_str_eq(e.param, "tools[0].function.parameters");
+		ck_assert_ptr_nonnull(strstr(e.message, "must describe an object"));
+		api_request_free(&r);
+		parse_req("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":"
+			  "\"function\",\"function\":{\"name\":\"f\",\"parameters\":{}}}],"
+			  "\"tool_choice\":\"required\"}", &r);
+		ck_assert_int_eq(cf_call_grammar(CF_CHATML, &r, &gbnf, &e), 0);
+		ck_assert(grammar_takes(gbnf, "{\"x\": [1]}}\n</tool_call>"));
+		ck_assert(!grammar_takes(gbnf, "3}\n</tool_call>"));
+		free(gbnf);
 		/* "auto" forces nothing: no grammar */
 		api_request_free(&r);
 		parse_req("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":"

@@ -1273,8 +1273,22 @@ static int call_grammar(enum cf_format f, const struct api_request *req, const c
 
 		if (name && strcmp(fname, name))
 			continue;
-		if (!params)
+		/* arguments are an object: a schema of any value means any object */
+		if (!params || !json_object_size(params))
 			params = any = json_pack("{s:s}", "type", "object");
+		if (json_object_get(params, "type") &&
+		    !(json_is_string(json_object_get(params, "type")) &&
+		      !strcmp(json_string_value(json_object_get(params, "type")), "object"))) {
+			char param[64];
+
+			free(b.s);
+			free(root.s);
+			json_decref(any);
+			snprintf(param, sizeof(param), "tools[%zu].function.parameters", i);
+			return api_fail(err, 400, "invalid_request_error", NULL, param,
+					"'%s' must describe an object (\"type\": \"object\"): a call's "
+					"arguments are one", param);
+		}
 		snprintf(prefix, sizeof(prefix), "t%zu", i);
 		ret = schema_to_gbnf_flags(params, prefix, f == CF_GEMMA4 ? SCHEMA_GEMMA : 0, &rules,
 					   msg, sizeof(msg));
