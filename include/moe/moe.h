@@ -1418,13 +1418,7 @@ MOE_API int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint
 				uint32_t pos, uint32_t n_gen, const struct moe_sample_params *sp,
 				uint32_t flags, moe_gen_cb cb, void *arg);
 
-/*
- * Why generation ended, for a caller's finish_reason: what the last
- * moe_ctx_generate or moe_ctx_generate_at on a context stopped at.  When
- * several hold for the last token, the first of EOG, GRAMMAR, CALLBACK,
- * LENGTH is reported (a callback that stops at an end-of-generation token
- * reads as EOG when @sp has a tokenizer).
- */
+/* Why generation ended (moe_ctx_gen_end()). */
 enum moe_gen_end {
 	MOE_GEN_END_NONE = 0,   /* no generation ran on the context yet */
 	MOE_GEN_END_EOG,        /* the last token is an end-of-generation token */
@@ -1433,6 +1427,14 @@ enum moe_gen_end {
 	MOE_GEN_END_LENGTH,     /* n_gen tokens were generated */
 	MOE_GEN_END_ERROR,      /* evaluation or sampling failed (the return value says how) */
 };
+/*
+ * Why generation ended, for a caller's finish_reason: what the last
+ * moe_ctx_generate or moe_ctx_generate_at on @ctx stopped at
+ * (MOE_GEN_END_NONE before any).  When several hold for the last token, the
+ * first of EOG, GRAMMAR, CALLBACK, LENGTH is reported (a callback that stops
+ * at an end-of-generation token reads as EOG when the sampling parameters
+ * have a tokenizer).
+ */
 MOE_API enum moe_gen_end moe_ctx_gen_end(const struct moe_ctx *ctx);
 /*
  * The OpenAI API's finish_reason of @e: "stop" (EOG, GRAMMAR, CALLBACK),
