@@ -1047,6 +1047,31 @@ START_TEST(forced_tool_calls)
 			json_decref(v);
 			free(out);
 		}
+		/* many functions (of no arguments) to choose from: a call of one of them */
+		if (!strcmp(arches[a], "gpt-oss") || !a) {
+			size_t o = (size_t)snprintf(body, sizeof(body), "{\"messages\":[{\"role\":"
+						    "\"user\",\"content\":\"Hi\"}],\"tools\":[");
+			json_t *v, *fn;
+
+			for (int f = 0; f < 12; f++)
+				o += (size_t)snprintf(body + o, sizeof(body) - o, "%s{\"type\":\"function\","
+						      "\"function\":{\"name\":\"fn_%d\",\"parameters\":"
+						      "{\"type\":\"object\",\"additionalProperties\":"
+						      "false}}}",
+						      f ? "," : "", f);
+			snprintf(body + o, sizeof(body) - o, "],\"tool_choice\":\"required\","
+				 "\"max_tokens\":100,\"temperature\":0}");
+			ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+			v = parse(out);
+			fn = json_object_get(json_array_get(json_object_get(json_object_get(
+				json_array_get(json_object_get(v, "choices"), 0), "message"),
+				"tool_calls"), 0), "function");
+			ck_assert_msg(!strncmp(json_string_value(json_object_get(fn, "name")) ?
+					       json_string_value(json_object_get(fn, "name")) : "",
+					       "fn_", 3), "%s", out);
+			json_decref(v);
+			free(out);
+		}
 		if (!a) {
 			expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
 				     "\"content\":\"a\"}],\"tools\":[{\"type\":\"function\",\"function\":"

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "server.h"
+#include "strbuf.h"
 
 #define MAX_FEED 64     /* tokens the server writes into a reply in one step */
 
@@ -138,15 +139,12 @@ static int stage_call(struct server *s, struct job *j, const struct api_request 
 {
 	const char *marker = cf_call_marker(j->fmt, req);
 	size_t n = json_array_size(req->tools), i;
+	struct strbuf text = { 0 };
 	struct moe_grammar *names;
-	char *gbnf, *text;
-	size_t len = 16;
+	char *gbnf;
 	json_t *t;
 	int ret;
 
-	json_array_foreach(req->tools, i, t)
-		len += strlen(json_string_value(json_object_get(json_object_get(t, "function"),
-								"name"))) + 4;
 	ret = moe_tokenize(s->tok, marker, strlen(marker), MOE_TOK_PARSE_SPECIAL, NULL, 0);
 	/* the batch has room for MAX_FEED of them; past that the grammar writes them as text */
 	if (ret <= 0 || ret > MAX_FEED)
@@ -154,38 +152,39 @@ static int stage_call(struct server *s, struct job *j, const struct api_request 
 	j->marker = malloc(sizeof(*j->marker) * (size_t)ret);
 	j->tool_names = calloc(n, sizeof(*j->tool_names));
 	j->args_grammar = calloc(n, sizeof(*j->args_grammar));
-	text = malloc(len);
-	if (!j->marker || !j->tool_names || !j->args_grammar || !text) {
-		free(text);
+	if (!j->marker || !j->tool_names || !j->args_grammar)
 		return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
-	}
 	j->n_marker = (uint32_t)moe_tokenize(s->tok, marker, strlen(marker),
 					     MOE_TOK_PARSE_SPECIAL, j->marker, ret);
 	j->marker_text = marker;
 	j->n_tools = (uint32_t)n;
-	len = (size_t)snprintf(text, 16, "root ::= ");
+	strbuf_add(&text, "root ::= ");
 	json_array_foreach(req->tools, i, t) {
 		const char *name = json_string_value(json_object_get(json_object_get(t,
 									   "function"), "name"));
 
 		/* names are letters, digits, '_' and '-': literals as they are */
-		len += (size_t)sprintf(text + len, "%s\"%s\"", i ? " | " : "", name);
+		strbuf_addf(&text, "%s\"%s\"", i ? " | " : "", name);
 		j->tool_names[i] = strdup(name);
 		ret = cf_call_grammar_of(j->fmt, req, name, &gbnf, err);
 		if (ret) {
-			free(text);
+			free(text.s);
 			return ret;
 		}
 		ret = moe_grammar_create(gbnf, strlen(gbnf), &j->args_grammar[i]);
 		free(gbnf);
 		if (ret || !j->tool_names[i]) {
-			free(text);
+			free(text.s);
 			return api_fail(err, 500, "server_error", NULL, "tools", "the forced "
 					"call's grammar: %s", ret ? moe_errmsg() : "out of memory");
 		}
 	}
-	ret = moe_grammar_create(text, len, &names);
-	free(text);
+	if (text.oom) {
+		free(text.s);
+		return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+	}
+	ret = moe_grammar_create(text.s, text.n, &names);
+	free(text.s);
 	if (ret)
 		return api_fail(err, 500, "server_error", NULL, "tools", "the names' grammar: %s",
 				moe_errmsg());
