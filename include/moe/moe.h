@@ -1430,6 +1430,31 @@ MOE_API int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint
 				uint32_t pos, uint32_t n_gen, const struct moe_sample_params *sp,
 				uint32_t flags, moe_gen_cb cb, void *arg);
 
+/* Why generation ended (moe_ctx_gen_end()). */
+enum moe_gen_end {
+	MOE_GEN_END_NONE = 0,   /* no generation ran on the context yet */
+	MOE_GEN_END_EOG,        /* the last token is an end-of-generation token */
+	MOE_GEN_END_GRAMMAR,    /* the grammar's document was complete and could only end */
+	MOE_GEN_END_CALLBACK,   /* the callback returned non-zero */
+	MOE_GEN_END_LENGTH,     /* n_gen tokens were generated */
+	MOE_GEN_END_ERROR,      /* evaluation or sampling failed (the return value says how) */
+};
+/*
+ * Why generation ended, for a caller's finish_reason: what the last
+ * moe_ctx_generate or moe_ctx_generate_at on @ctx stopped at
+ * (MOE_GEN_END_NONE before any).  When several hold for the last token, the
+ * first of EOG, GRAMMAR, CALLBACK, LENGTH is reported (a callback that stops
+ * at an end-of-generation token reads as EOG when the sampling parameters
+ * have a tokenizer).
+ */
+MOE_API enum moe_gen_end moe_ctx_gen_end(const struct moe_ctx *ctx);
+/*
+ * The OpenAI API's finish_reason of @e: "stop" (EOG, GRAMMAR, CALLBACK),
+ * "length" (LENGTH), "error" (ERROR), or NULL for NONE and values out of
+ * range.
+ */
+MOE_API const char *moe_gen_end_reason(enum moe_gen_end e);
+
 /*
  * The routing hook: called on the thread that evaluates, once per MoE layer
  * and forward step, after the router chose and before any expert of the

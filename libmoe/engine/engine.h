@@ -97,6 +97,7 @@ struct moe_ctx {
 	uint32_t max_used;           /* largest experts-per-token of any layer */
 	float softcap;
 	uint64_t clock;              /* tokens evaluated so far (the cache policies' clock) */
+	enum moe_gen_end gen_end;    /* why the last moe_ctx_generate ended */
 
 	moe_dptr arena;              /* the plan's device memory, one allocation */
 	moe_dptr buf[PB_COUNT];      /* scratch of one forward step */

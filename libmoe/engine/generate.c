@@ -50,6 +50,23 @@ static bool grammar_ended(struct moe_sampler *s, const struct moe_sample_params 
 	return moe_tokenizer_is_eog(sp->tokenizer, tok) || !moe_grammar_can_continue(g);
 }
 
+enum moe_gen_end moe_ctx_gen_end(const struct moe_ctx *ctx)
+{
+	return ctx ? ctx->gen_end : MOE_GEN_END_NONE;
+}
+
+const char *moe_gen_end_reason(enum moe_gen_end e)
+{
+	switch (e) {
+	case MOE_GEN_END_EOG:
+	case MOE_GEN_END_GRAMMAR:
+	case MOE_GEN_END_CALLBACK: return "stop";
+	case MOE_GEN_END_LENGTH: return "length";
+	case MOE_GEN_END_ERROR: return "error";
+	default: return NULL;
+	}
+}
+
 int moe_ctx_generate(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_prompt,
 		     uint32_t n_gen, const struct moe_sample_params *sp, uint32_t flags,
 		     moe_gen_cb cb, void *arg)
@@ -72,6 +89,7 @@ int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_p
 		moe_sample_params_init(&def);
 		sp = &def;
 	}
+	ctx->gen_end = n_prompt && !n_gen ? MOE_GEN_END_LENGTH : MOE_GEN_END_ERROR;
 	if (!n_prompt)
 		return moe_err(EINVAL, "generate: the prompt is empty (at least one token, e.g. "
 			       "the BOS token)");
@@ -100,12 +118,22 @@ int moe_ctx_generate_at(struct moe_ctx *ctx, const int32_t *prompt, uint32_t n_p
 		}
 		moe_sampler_accept(s, tok);
 		done++;
-		if ((cb && cb(arg, moe_ctx_logits(ctx, 0), rows, tok)) || done == n_gen ||
-		    grammar_ended(s, sp, tok))
-			break;
+		{
+			bool stop_cb = cb && cb(arg, moe_ctx_logits(ctx, 0), rows, tok);
+			bool gram = grammar_ended(s, sp, tok);
+
+			if (stop_cb || done == n_gen || gram) {
+				ctx->gen_end = sp->tokenizer && moe_tokenizer_is_eog(sp->tokenizer, tok) ?
+					       MOE_GEN_END_EOG : gram ? MOE_GEN_END_GRAMMAR :
+					       stop_cb ? MOE_GEN_END_CALLBACK : MOE_GEN_END_LENGTH;
+				break;
+			}
+		}
 		rows = 1;
 		ret = moe_ctx_eval(ctx, &tok, 1, pos + n_prompt + done - 1, 0);
 	}
+	if (ret < 0)
+		ctx->gen_end = MOE_GEN_END_ERROR;
 	moe_sampler_destroy(s);
 	/* the end of a request: what moectl status shows while the engine waits for the next */
 	moe_pub_update(ctx, true);

@@ -6,7 +6,8 @@
  * -fsanitize=fuzzer; `make check` replays tests/fuzz/corpus/toolcall/.
  *
  * Byte 0: the format (its value mod 7), bit 3 whether tools are on, bit 4
- * whether the rest is a request body to render (else a reply to parse).  A
+ * whether the rest is a request body to render (else a reply to parse; a
+ * rendered request's forced-call grammar, if any, must compile).  A
  * parse must be repeatable, its calls named with object arguments, and a
  * partial parse of any prefix must give a prefix of the final reasoning and
  * content (what streaming sends is never taken back).
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "chatfmt.h"
+#include "moe/moe.h"
 
 int fuzz_toolcall(const uint8_t *data, size_t size);
 
@@ -72,10 +74,22 @@ int fuzz_toolcall(const uint8_t *data, size_t size)
 		return 0;
 	n = cf_render(f, &o, &req, &out, &prefix, &e);
 	if (n >= 0) {
+		char *gbnf;
+		struct moe_grammar *g;
+
 		if ((size_t)n != strlen(out) || !prefix)
 			abort();
 		free(out);
 		free(prefix);
+		/* a forced call's grammar, when there is one, compiles */
+		if (!cf_call_grammar(f, &req, &gbnf, &e) && gbnf) {
+			if (moe_grammar_create(gbnf, strlen(gbnf), &g))
+				abort();
+			moe_grammar_destroy(g);
+			free(gbnf);
+		} else if (!gbnf && e.status && (e.status < 400 || !e.message[0])) {
+			abort();
+		}
 	} else if (e.status < 400 || !e.message[0]) {
 		abort();
 	}

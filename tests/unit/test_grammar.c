@@ -692,7 +692,17 @@ static bool valid(const json_t *schema, const json_t *v, const json_t *root, cha
 		snprintf(why, len, "not in the enum");
 		return false;
 	}
-	if ((e = json_object_get(schema, "anyOf")) || (e = json_object_get(schema, "oneOf"))) {
+	if ((e = json_object_get(schema, "oneOf"))) {
+		int n = json_is_true(json_object_get(schema, "nullable")) && json_is_null(v);
+
+		/* exactly one */
+		json_array_foreach(e, i, x)
+			n += valid(x, v, root, why, len);
+		if (n != 1)
+			snprintf(why, len, "%d of the oneOf alternatives match", n);
+		return n == 1;
+	}
+	if ((e = json_object_get(schema, "anyOf"))) {
 		json_array_foreach(e, i, x)
 			if (valid(x, v, root, why, len))
 				return true;
@@ -797,6 +807,16 @@ static const char *const schemas[] = {
 	"{\"type\": \"object\", \"properties\": {\"id\": {\"type\": \"integer\"}},"
 	" \"required\": [\"id\"], \"additionalProperties\": {\"type\": \"boolean\"},"
 	" \"maxProperties_is_not_here\": null}",
+	/* oneOf told apart by a discriminator, by a member the other cannot hold, by values */
+	"{\"type\": \"array\", \"minItems\": 3, \"maxItems\": 3, \"items\": {\"oneOf\": ["
+	" {\"type\": \"object\", \"properties\": {\"kind\": {\"const\": \"circle\"},"
+	"  \"r\": {\"type\": \"number\"}}, \"required\": [\"kind\", \"r\"]},"
+	" {\"type\": \"object\", \"properties\": {\"kind\": {\"const\": \"square\"},"
+	"  \"side\": {\"type\": \"number\"}}, \"required\": [\"kind\"]},"
+	" {\"type\": \"object\", \"properties\": {\"note\": {\"type\": \"string\","
+	"  \"maxLength\": 4}},"
+	"  \"required\": [\"note\"]},"
+	" {\"enum\": [1, 2, \"x\"]}, {\"const\": 3}, {\"type\": \"boolean\"}]}}",
 };
 
 START_TEST(schema_documents_validate)
@@ -900,6 +920,62 @@ START_TEST(schema_refuses_by_keyword)
 	ck_assert_int_eq(schema_compile_text("{", 1, &(struct moe_grammar *){ NULL }, err,
 					     sizeof(err)), -EINVAL);
 	ck_assert_msg(strstr(err, "not valid JSON"), "%s", err);
+}
+END_TEST
+
+/* oneOf's "exactly one": alternatives the grammar cannot tell apart are refused where they are. */
+START_TEST(schema_one_of)
+{
+	static const char *const ok[] = {
+		"{\"oneOf\": [{\"type\": \"string\"}, {\"type\": \"integer\"}, {\"type\": \"null\"}]}",
+		"{\"oneOf\": [{\"const\": 1}, {\"enum\": [2, 3]}, {\"type\": \"string\"}]}",
+		"{\"oneOf\": [{\"type\": \"object\", \"properties\": {\"a\": {}}, \"required\": [\"a\"]},"
+		" {\"type\": \"object\", \"properties\": {\"b\": {}}, \"required\": [\"b\"]}]}",
+		"{\"oneOf\": [{\"$ref\": \"#/$defs/s\"}, {\"type\": \"array\"}], \"nullable\": true,"
+		" \"$defs\": {\"s\": {\"type\": \"string\"}}}",
+		"{\"oneOf\": [{\"anyOf\": [{\"type\": \"string\"}, {\"type\": \"null\"}]},"
+		" {\"type\": \"number\"}]}",
+	};
+	static const struct { const char *schema, *msg; } bad[] = {
+		{ "{\"oneOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}",
+		  "at '/': 'oneOf' alternatives 0 and 1 may both match" },
+		{ "{\"oneOf\": [{\"type\": \"string\"}, {\"type\": \"string\", \"maxLength\": 3}]}",
+		  "alternatives 0 and 1" },
+		{ "{\"properties\": {\"x\": {\"oneOf\": [{\"type\": \"boolean\"},"
+		  " {\"type\": \"object\", \"properties\": {\"a\": {}}},"
+		  " {\"type\": \"object\", \"properties\": {\"b\": {}}}]}}}",
+		  "at '/properties/x': 'oneOf' alternatives 1 and 2" },
+		{ "{\"oneOf\": [{\"enum\": [1, 2]}, {\"enum\": [2, 3]}]}", "alternatives 0 and 1" },
+		{ "{\"oneOf\": [{\"type\": \"string\"}, {}]}", "alternatives 0 and 1" },
+		/* without "type" an object's keywords leave every string valid too */
+		{ "{\"oneOf\": [{\"properties\": {\"a\": {}}, \"required\": [\"a\"]},"
+		  " {\"type\": \"string\"}]}", "alternatives 0 and 1" },
+		{ "{\"oneOf\": [{\"type\": [\"string\", \"null\"]}], \"nullable\": true}",
+		  "null would match twice" },
+	};
+	char err[512];
+
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		json_t *schema = json_loads(ok[i], 0, NULL);
+		struct moe_grammar *g = NULL;
+
+		ck_assert_ptr_nonnull(schema);
+		ck_assert_msg(schema_compile(schema, &g, err, sizeof(err)) == 0, "'%s': %s", ok[i],
+			      err);
+		moe_grammar_destroy(g);
+		json_decref(schema);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		json_t *schema = json_loads(bad[i].schema, 0, NULL);
+		struct moe_grammar *g = NULL;
+
+		ck_assert_ptr_nonnull(schema);
+		ck_assert_msg(schema_compile(schema, &g, err, sizeof(err)) == -EINVAL,
+			      "'%s' was accepted", bad[i].schema);
+		ck_assert_msg(strstr(err, bad[i].msg), "'%s': '%s' lacks '%s'", bad[i].schema, err,
+			      bad[i].msg);
+		json_decref(schema);
+	}
 }
 END_TEST
 
@@ -1233,6 +1309,19 @@ START_TEST(server_response_format)
 		      json_string_value(json_object_get(e, "message")));
 	ck_assert_str_eq(json_string_value(json_object_get(e, "type")), "invalid_request_error");
 	json_decref(v);
+	/* a oneOf whose alternatives overlap: 400 naming where */
+	ck_assert_int_eq(post(&s, "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", "
+			      "\"content\": \"x\"}], \"response_format\": {\"type\": \"json_schema\","
+			      " \"json_schema\": {\"name\": \"a\", \"schema\": {\"properties\": {\"n\":"
+			      " {\"oneOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}}}}}}", &v),
+			 400);
+	e = json_object_get(v, "error");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "param")),
+			 "response_format.json_schema.schema");
+	ck_assert_msg(strstr(json_string_value(json_object_get(e, "message")), "at '/properties/n'"
+			     ": 'oneOf' alternatives 0 and 1"), "%s",
+		      json_string_value(json_object_get(e, "message")));
+	json_decref(v);
 	ck_assert_int_eq(post(&s, "/v1/completions", "{\"prompt\": \"x\", \"response_format\": "
 			      "{\"type\": \"yaml\"}}", &v), 400);
 	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(v, "error"), "param")),
@@ -1252,6 +1341,77 @@ START_TEST(server_response_format)
 	moe_grammar_destroy(obj);
 	json_decref(schema);
 	(void)lengths;
+}
+END_TEST
+
+struct end_rec {
+	int32_t last;
+	int stop_after, n;
+};
+
+static int end_cb(void *arg, const float *logits, uint32_t n_rows, int32_t next)
+{
+	struct end_rec *r = arg;
+
+	(void)logits;
+	(void)n_rows;
+	r->last = next;
+	return ++r->n >= r->stop_after;
+}
+
+/* moe_ctx_gen_end: why moe_ctx_generate ended, and the finish_reason it reads as. */
+START_TEST(generate_end_reasons)
+{
+	struct moe_model *m;
+	struct moe_tokenizer *t;
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx;
+	struct moe_sample_params sp;
+	struct moe_grammar *g;
+	struct end_rec r = { .stop_after = 1000 };
+	int32_t prompt[4];
+	int n;
+
+	ck_assert_msg(moe_model_open(tmodel, &m) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(moe_tokenizer_load(m, &t), 0);
+	moe_ctx_params_init(&p);
+	p.n_threads = 1;
+	p.n_ctx = 128;
+	ck_assert_msg(moe_ctx_create(m, &p, &ctx) == 0, "%s", moe_errmsg());
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), MOE_GEN_END_NONE);
+	ck_assert_ptr_null(moe_gen_end_reason(MOE_GEN_END_NONE));
+	n = moe_tokenize(t, "The model", 9, MOE_TOK_ADD_BOS, prompt, 4);
+	ck_assert_int_gt(n, 0);
+	/* n_gen tokens: length */
+	ck_assert_int_eq(moe_ctx_generate(ctx, prompt, (uint32_t)n, 5, NULL, 0, end_cb, &r), 5);
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), MOE_GEN_END_LENGTH);
+	ck_assert_str_eq(moe_gen_end_reason(moe_ctx_gen_end(ctx)), "length");
+	/* the callback stopped it: an end-of-generation token reads as such, else the callback */
+	moe_sample_params_init(&sp);
+	sp.tokenizer = t;
+	r = (struct end_rec){ .stop_after = 2 };
+	ck_assert_int_eq(moe_ctx_generate(ctx, prompt, (uint32_t)n, 5, &sp, 0, end_cb, &r), 2);
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), moe_tokenizer_is_eog(t, r.last) ?
+			 MOE_GEN_END_EOG : MOE_GEN_END_CALLBACK);
+	ck_assert_str_eq(moe_gen_end_reason(moe_ctx_gen_end(ctx)), "stop");
+	/* a grammar whose document can only end: grammar, before n_gen runs out */
+	g = compile("root ::= \"ab\"");
+	sp.grammar = g;
+	r = (struct end_rec){ .stop_after = 1000 };
+	n = moe_ctx_generate(ctx, prompt, (uint32_t)n, 20, &sp, 0, end_cb, &r);
+	ck_assert_int_ge(n, 1);
+	ck_assert_int_le(n, 2);
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), MOE_GEN_END_GRAMMAR);
+	ck_assert_str_eq(moe_gen_end_reason(MOE_GEN_END_GRAMMAR), "stop");
+	/* a failure: error */
+	ck_assert_int_lt(moe_ctx_generate(ctx, prompt, 0, 5, NULL, 0, NULL, NULL), 0);
+	ck_assert_int_eq(moe_ctx_gen_end(ctx), MOE_GEN_END_ERROR);
+	ck_assert_str_eq(moe_gen_end_reason(MOE_GEN_END_ERROR), "error");
+	ck_assert_ptr_null(moe_gen_end_reason((enum moe_gen_end)99));
+	moe_grammar_destroy(g);
+	moe_ctx_destroy(ctx);
+	moe_tokenizer_destroy(t);
+	moe_model_destroy(m);
 }
 END_TEST
 
@@ -1278,6 +1438,7 @@ Suite *suite_grammar(void)
 	tcase_add_test(ts, grammar_sampler_cost);
 	tcase_add_test(ts, schema_documents_validate);
 	tcase_add_test(ts, schema_refuses_by_keyword);
+	tcase_add_test(ts, schema_one_of);
 	tcase_add_test(ts, schema_gbnf_prefix);
 	suite_add_tcase(s, ts);
 	tcase_add_unchecked_fixture(tt, tools_setup, tools_teardown);
@@ -1285,6 +1446,7 @@ Suite *suite_grammar(void)
 	tcase_add_test(tt, moe_run_json_schema_validates);
 	tcase_add_test(tt, moe_run_grammar_and_errors);
 	tcase_add_test(tt, server_response_format);
+	tcase_add_test(tt, generate_end_reasons);
 	suite_add_tcase(s, tt);
 	return s;
 }

@@ -438,6 +438,175 @@ static double metric(const struct srv *s, const char *name)
 	return v;
 }
 
+/* The text of a completion reply in @path (a curl output file), malloc'ed. */
+static char *file_completion(const char *path, const char *key)
+{
+	char *out = tu_read_file(path, NULL), *t;
+	json_t *v, *c;
+
+	ck_assert_msg(out != NULL, "no reply in %s", path);
+	v = parse(out);
+	c = json_array_get(json_object_get(v, "choices"), 0);
+	ck_assert_msg(json_is_string(json_object_get(c, "finish_reason")), "%s", out);
+	t = strdup(!strcmp(key, "text") ? json_string_value(json_object_get(c, "text")) :
+		   json_string_value(json_object_get(json_object_get(c, "message"), "content")));
+	json_decref(v);
+	free(out);
+	return t;
+}
+
+/* Post @n bodies at once (the first @lead_ms before the others); replies in BODY.out. */
+static void post_together(const struct srv *s, const char *path, char *const *bodies, int n,
+			  int lead_ms, char files[][4200])
+{
+	char cmd[16384];
+	size_t off = 0;
+
+	for (int i = 0; i < n; i++) {
+		snprintf(files[i], 4200, "%s/together%d.json", dir, i);
+		ck_assert_int_eq(tu_write_file(files[i], bodies[i], strlen(bodies[i])), 0);
+		off += (size_t)snprintf(cmd + off, sizeof(cmd) - off, "curl -sS --max-time 120 "
+					"--data-binary @%s -o %s.out http://127.0.0.1:%d%s & %s",
+					files[i], files[i], s->port, path,
+					!i && lead_ms ? "sleep 0.3; " : "");
+		strcat(files[i], ".out");
+	}
+	snprintf(cmd + off, sizeof(cmd) - off, "wait");
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+}
+
+/*
+ * Prompts of requests admitted together prefill in the same batches: a long
+ * prompt keeps the engine prefilling while four short ones arrive; the
+ * steps then hold several requests' prompt tokens (the metrics count them),
+ * and every reply equals the same request run alone.
+ */
+START_TEST(prefill_grouped)
+{
+	enum { N = 5 };
+	static const char *const prompts[] = { "hello there", "the quick brown fox",
+					       "why is the sky", "one two three four" };
+	char *bodies[N], files[N][4200], *alone[N], *long_prompt;
+	size_t off = 0, cap = 16384;
+	struct srv s;
+
+	long_prompt = malloc(cap);
+	ck_assert_ptr_nonnull(long_prompt);
+	off = (size_t)snprintf(long_prompt, cap, "{\"prompt\":[");
+	for (int i = 0; i < 1900; i++)
+		off += (size_t)snprintf(long_prompt + off, cap - off, "%s%d", i ? "," : "",
+					(i * 7) % 500 + 1);
+	snprintf(long_prompt + off, cap - off, "],\"max_tokens\":6,\"temperature\":0}");
+	bodies[0] = long_prompt;
+	for (int i = 1; i < N; i++) {
+		bodies[i] = malloc(512);
+		ck_assert_ptr_nonnull(bodies[i]);
+		snprintf(bodies[i], 512, "{\"prompt\":\"%s\",\"max_tokens\":12,\"temperature\":0}",
+			 prompts[i - 1]);
+	}
+	srv_start(&s, "prefill", "--parallel", "5", NULL);
+	for (int i = 0; i < N; i++) {
+		post_together(&s, "/v1/completions", &bodies[i], 1, 0, &files[i]);
+		alone[i] = file_completion(files[i], "text");
+	}
+	ck_assert_int_eq(metric(&s, "moe_prefill_shared_batches_total"), 0);
+	post_together(&s, "/v1/completions", bodies, N, 300, files);
+	/*
+	 * the short prompts shared the long one's steps instead of waiting for
+	 * it: their replies (12 tokens) were done before its (6 tokens)
+	 */
+	{
+		struct stat st;
+		double end[N];
+		int before = 0;
+
+		for (int i = 0; i < N; i++) {
+			ck_assert_int_eq(stat(files[i], &st), 0);
+			end[i] = (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9;
+			before += i && end[i] < end[0];
+		}
+		ck_assert_msg(before >= 3, "only %d of the 4 short requests ended before the long "
+			      "prompt's", before);
+	}
+	for (int i = 0; i < N; i++) {
+		char *t = file_completion(files[i], "text");
+
+		ck_assert_msg(!strcmp(t, alone[i]), "request %d together: '%s'; alone: '%s'", i, t,
+			      alone[i]);
+		free(t);
+		free(alone[i]);
+		free(bodies[i]);
+	}
+	ck_assert_msg(metric(&s, "moe_prefill_shared_batches_total") >= 1 &&
+		      metric(&s, "moe_prefill_sequences_max") >= 3,
+		      "no step held the prompts of three requests (shared %g, most %g)",
+		      metric(&s, "moe_prefill_shared_batches_total"),
+		      metric(&s, "moe_prefill_sequences_max"));
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+/*
+ * --parallel 8 under the smallest budget the model takes: two expert slots,
+ * fewer than the distinct experts of almost any step (eight sequences each
+ * choosing 2 of 16 experts routed uniformly, and prompts of several tokens).
+ * A layer then runs its experts in waves through the slots: every request
+ * succeeds and equals the same request alone.
+ */
+START_TEST(parallel_8_few_slots)
+{
+	enum { N = 8 };
+	char cmd[8400], big[4000], vram[32], *out, *p, *bodies[N], files[N][4200], *alone[N];
+	struct srv s;
+	int slots;
+
+	snprintf(big, sizeof(big), "%s/e16.gguf", dir);
+	snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --vocab-bpe --experts 16 --router-skew 0 "
+		 "-q -o %s", tu_bin("moe-mkmodel"), big);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	/* the smallest budget, from the error of one too small */
+	snprintf(cmd, sizeof(cmd), "%s -m %s --port 0 --threads 1 --ctx 256 --parallel 8 "
+		 "--vram 1M", tu_bin("moe-server"), big);
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	p = strstr(out, "MiB (");
+	ck_assert_msg(p, "%s", out);
+	snprintf(vram, sizeof(vram), "%lld", atoll(p + 5));
+	free(out);
+	snprintf(model, sizeof(model), "%s", big);
+	srv_start(&s, "few-slots", "--ctx", "256", "--parallel", "8", "--vram", vram, NULL);
+	out = tu_read_file(s.err, NULL);
+	p = out ? strstr(out, " expert slots x ") : NULL;
+	ck_assert_msg(p, "%s", out);
+	while (p > out && p[-1] >= '0' && p[-1] <= '9')
+		p--;
+	slots = atoi(p);
+	free(out);
+	ck_assert_msg(slots >= 1 && slots <= 2, "%d slots: the budget holds more than the test "
+		      "means", slots);
+	for (int i = 0; i < N; i++) {
+		bodies[i] = malloc(512);
+		ck_assert_ptr_nonnull(bodies[i]);
+		snprintf(bodies[i], 512, "{\"prompt\":\"The model %d streams the weights of %d "
+			 "experts\",\"max_tokens\":10,\"temperature\":0}", i, i * 3);
+		post_together(&s, "/v1/completions", &bodies[i], 1, 0, &files[i]);
+		alone[i] = file_completion(files[i], "text");
+	}
+	post_together(&s, "/v1/completions", bodies, N, 0, files);
+	for (int i = 0; i < N; i++) {
+		char *t = file_completion(files[i], "text");
+
+		ck_assert_msg(!strcmp(t, alone[i]), "request %d of 8: '%s'; alone: '%s'", i, t,
+			      alone[i]);
+		free(t);
+		free(alone[i]);
+		free(bodies[i]);
+	}
+	ck_assert_msg(metric(&s, "moe_batch_tokens_total") > metric(&s, "moe_batches_total"),
+		      "the eight requests never shared a step");
+	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
 START_TEST(disconnect_mid_stream)
 {
 	char cmd[8192], bodyf[4200];
@@ -730,6 +899,194 @@ START_TEST(tool_calls)
 	ck_assert_str_eq(st.content, "");
 	ck_assert_str_eq(st.finish, "tool_calls");
 	ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
+/* Code points of a UTF-8 string (what maxLength counts). */
+static size_t utf8_chars(const json_t *s)
+{
+	size_t n = 0;
+
+	for (const char *p = json_string_value(s); *p; p++)
+		n += ((unsigned char)*p & 0xc0) != 0x80;
+	return n;
+}
+
+/* Whether @args (JSON text) is an object valid for forced_tools' get_weather or search. */
+static void check_forced_args(const char *name, const char *args)
+{
+	json_t *a = parse(args), *city = json_object_get(a, "city"), *q = json_object_get(a, "q");
+
+	ck_assert_msg(json_is_object(a), "arguments not an object: %s", args);
+	if (!strcmp(name, "get_weather")) {
+		ck_assert_msg(json_is_string(city) && utf8_chars(city) <= 8 &&
+			      json_is_integer(json_object_get(a, "days")) && json_object_size(a) == 2,
+			      "get_weather's arguments break its schema: %s", args);
+	} else {
+		ck_assert_str_eq(name, "search");
+		ck_assert_msg(json_is_string(q) && (!strcmp(json_string_value(q), "a") ||
+			      !strcmp(json_string_value(q), "b")) && json_object_size(a) == 1,
+			      "search's arguments break its schema: %s", args);
+	}
+	json_decref(a);
+}
+
+/*
+ * tool_choice "required" and a named function enforced while sampling, on
+ * the generated model of every chat format with tool calls: the random
+ * weights would never write a call, so every reply that is one (of the named
+ * function, with arguments valid for its schema, whole and streamed) shows
+ * the grammar at work.  A schema the grammar cannot hold is a 400 naming it.
+ */
+START_TEST(forced_tool_calls)
+{
+	static const char forced_tools[] =
+		"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+		"\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\","
+		"\"maxLength\":8},\"days\":{\"type\":\"integer\"}},\"required\":[\"city\",\"days\"],"
+		"\"additionalProperties\":false}}},{\"type\":\"function\",\"function\":{\"name\":"
+		"\"search\",\"parameters\":{\"type\":\"object\",\"properties\":{\"q\":{\"enum\":"
+		"[\"a\",\"b\"]}},\"required\":[\"q\"]}}}]";
+	static const char *const arches[] = { "qwen3moe", "llama4", "mixtral", "gpt-oss",
+					      "gemma4" };
+	static const char *const choices[] = {
+		"\"required\"",
+		"{\"type\":\"function\",\"function\":{\"name\":\"search\"}}",
+		"{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}",
+	};
+	char body[4096], cmd[8400], *out;
+	struct streamed st;
+	struct srv s;
+
+	for (size_t a = 0; a < sizeof(arches) / sizeof(arches[0]); a++) {
+		if (a) {
+			snprintf(model, sizeof(model), "%s/%s.gguf", dir, arches[a]);
+			snprintf(cmd, sizeof(cmd), "%s --arch %s --vocab-bpe -q -o %s",
+				 tu_bin("moe-mkmodel"), arches[a], model);
+			ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+		}
+		srv_start(&s, arches[a], NULL);
+		for (size_t c = 0; c < sizeof(choices) / sizeof(choices[0]); c++) {
+			json_t *v, *ch, *calls, *fn;
+
+			snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":"
+				 "\"Weather?\"}],%s,\"tool_choice\":%s,\"max_tokens\":200,"
+				 "\"temperature\":%s,\"seed\":%zu}", forced_tools, choices[c],
+				 c ? "0" : "1", a);
+			ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+			v = parse(out);
+			ch = json_array_get(json_object_get(v, "choices"), 0);
+			calls = json_object_get(json_object_get(ch, "message"), "tool_calls");
+			ck_assert_msg(json_array_size(calls) == 1, "%s %s: %s", arches[a],
+				      choices[c], out);
+			ck_assert_str_eq(json_string_value(json_object_get(ch, "finish_reason")),
+					 "tool_calls");
+			fn = json_object_get(json_array_get(calls, 0), "function");
+			if (c)
+				ck_assert_str_eq(json_string_value(json_object_get(fn, "name")),
+						 c == 1 ? "search" : "get_weather");
+			check_forced_args(json_string_value(json_object_get(fn, "name")),
+					  json_string_value(json_object_get(fn, "arguments")));
+			json_decref(v);
+			free(out);
+		}
+		/* cut by max_tokens before the call is whole: length, and no call */
+		snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":"
+			 "\"Weather?\"}],%s,\"tool_choice\":%s,\"max_tokens\":2}", forced_tools,
+			 choices[0]);
+		ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+		{
+			json_t *v = parse(out), *ch = json_array_get(json_object_get(v, "choices"), 0);
+
+			ck_assert_str_eq(json_string_value(json_object_get(ch, "finish_reason")),
+					 "length");
+			ck_assert_ptr_null(json_object_get(json_object_get(ch, "message"),
+							   "tool_calls"));
+			json_decref(v);
+		}
+		free(out);
+		/* streamed: the call comes whole in one delta */
+		snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":"
+			 "\"Weather?\"}],%s,\"tool_choice\":%s,\"max_tokens\":200,\"temperature\":0,"
+			 "\"stream\":true}", forced_tools, choices[2]);
+		ck_assert_int_eq(req(&s, "-N", "/v1/chat/completions", body, &out), 200);
+		sse_collect(out, &st);
+		free(out);
+		ck_assert_int_eq(st.n_calls, 1);
+		ck_assert_str_eq(st.name[0], "get_weather");
+		check_forced_args(st.name[0], st.args[0]);
+		ck_assert_str_eq(st.finish, "tool_calls");
+		/*
+		 * harmony picks the name in a stage of its own (the markers after it are
+		 * fed, not sampled): one name a prefix of another, sampled for a few seeds
+		 */
+		for (int seed = 1; !strcmp(arches[a], "gpt-oss") && seed <= 4; seed++) {
+			json_t *v, *ch, *fn;
+			const char *name;
+
+			snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":"
+				 "\"Weather?\"}],\"tools\":[{\"type\":\"function\",\"function\":"
+				 "{\"name\":\"search\",\"parameters\":{\"type\":\"object\","
+				 "\"properties\":{\"q\":{\"enum\":[\"a\",\"b\"]}},\"required\":[\"q\"]}}},"
+				 "{\"type\":\"function\",\"function\":{\"name\":\"search_more\","
+				 "\"parameters\":{\"type\":\"object\",\"properties\":{\"q\":{\"enum\":"
+				 "[\"a\",\"b\"]}},\"required\":[\"q\"]}}}],\"tool_choice\":\"required\","
+				 "\"max_tokens\":200,\"temperature\":1.5,\"seed\":%d}", seed);
+			ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+			v = parse(out);
+			ch = json_array_get(json_object_get(v, "choices"), 0);
+			fn = json_object_get(json_array_get(json_object_get(json_object_get(ch,
+				"message"), "tool_calls"), 0), "function");
+			name = json_string_value(json_object_get(fn, "name"));
+			ck_assert_msg(name && (!strcmp(name, "search") || !strcmp(name, "search_more")),
+				      "%s", out);
+			check_forced_args("search", json_string_value(json_object_get(fn,
+									      "arguments")));
+			ck_assert_str_eq(json_string_value(json_object_get(ch, "finish_reason")),
+					 "tool_calls");
+			json_decref(v);
+			free(out);
+		}
+		/* many functions (of no arguments) to choose from: a call of one of them */
+		if (!strcmp(arches[a], "gpt-oss") || !a) {
+			size_t o = (size_t)snprintf(body, sizeof(body), "{\"messages\":[{\"role\":"
+						    "\"user\",\"content\":\"Hi\"}],\"tools\":[");
+			json_t *v, *fn;
+
+			for (int f = 0; f < 12; f++)
+				o += (size_t)snprintf(body + o, sizeof(body) - o, "%s{\"type\":\"function\","
+						      "\"function\":{\"name\":\"fn_%d\",\"parameters\":"
+						      "{\"type\":\"object\",\"additionalProperties\":"
+						      "false}}}",
+						      f ? "," : "", f);
+			snprintf(body + o, sizeof(body) - o, "],\"tool_choice\":\"required\","
+				 "\"max_tokens\":100,\"temperature\":0}");
+			ck_assert_int_eq(req(&s, NULL, "/v1/chat/completions", body, &out), 200);
+			v = parse(out);
+			fn = json_object_get(json_array_get(json_object_get(json_object_get(
+				json_array_get(json_object_get(v, "choices"), 0), "message"),
+				"tool_calls"), 0), "function");
+			ck_assert_msg(!strncmp(json_string_value(json_object_get(fn, "name")) ?
+					       json_string_value(json_object_get(fn, "name")) : "",
+					       "fn_", 3), "%s", out);
+			json_decref(v);
+			free(out);
+		}
+		if (!a) {
+			expect_error(&s, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+				     "\"content\":\"a\"}],\"tools\":[{\"type\":\"function\",\"function\":"
+				     "{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":"
+				     "{\"x\":{\"type\":\"string\",\"pattern\":\"^a\"}}}}}],"
+				     "\"tool_choice\":\"required\"}", 400,
+				     "tools[0].function.parameters", "pattern");
+			snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":"
+				 "\"a\"}],%s,\"tool_choice\":\"required\",\"response_format\":"
+				 "{\"type\":\"json_object\"}}", forced_tools);
+			expect_error(&s, "/v1/chat/completions", body, 400, "response_format",
+				     "leave one out");
+		}
+		ck_assert_int_eq(srv_stop(&s), 0);
+	}
 }
 END_TEST
 
@@ -1053,11 +1410,14 @@ Suite *suite_server(void)
 	tcase_add_test(tc, api_key);
 	tcase_add_test(tc, streaming);
 	tcase_add_test(tc, concurrent_equals_alone);
+	tcase_add_test(tc, prefill_grouped);
+	tcase_add_test(tc, parallel_8_few_slots);
 	tcase_add_test(tc, disconnect_mid_stream);
 	tcase_add_test(tc, bounded_load);
 	tcase_add_test(tc, sigterm_drains);
 	tcase_add_test(tc, engine_options);
 	tcase_add_test(tc, tool_calls);
+	tcase_add_test(tc, forced_tool_calls);
 	if (suite_selected()) {
 		const char *why = prepare_openai();
 

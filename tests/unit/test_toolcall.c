@@ -9,11 +9,13 @@
  * parses (streaming) never take back what they gave.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "chatfmt.h"
+#include "moe/moe.h"
 #include "testutil.h"
 
 static const char tools_json[] =
@@ -220,7 +222,7 @@ START_TEST(forced_calls)
 		{ CF_LLAMA3, "{\"name\": \"get_weather\", \"parameters\": " },
 		{ CF_MISTRAL, "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": " },
 		{ CF_HARMONY, " to=functions.get_weather<|channel|>commentary json<|message|>" },
-		{ CF_GEMMA4, "<|tool_call>call:get_weather{" },
+		{ CF_GEMMA4, "<|tool_call>call:get_weather" },
 	};
 	char body[1024], *p, *pre;
 
@@ -240,7 +242,16 @@ START_TEST(forced_calls)
 		free(p);
 		free(pre);
 	}
+	/* "required" with one function is that function's call */
 	snprintf(body, sizeof(body), "{%s,%s,\"tool_choice\":\"required\"}", hi, tools_json);
+	p = render(CF_CHATML, body, &pre);
+	ck_assert_str_eq(pre, want[0].named);
+	free(p);
+	free(pre);
+	/* with two, the name is left to the model */
+	snprintf(body, sizeof(body), "{%s,\"tools\":[{\"type\":\"function\",\"function\":"
+		 "{\"name\":\"a\"}},{\"type\":\"function\",\"function\":{\"name\":\"b\"}}],"
+		 "\"tool_choice\":\"required\"}", hi);
 	p = render(CF_CHATML, body, &pre);
 	ck_assert_str_eq(pre, "<tool_call>\n{\"name\": \"");
 	free(p);
@@ -416,6 +427,156 @@ START_TEST(parse_without_tools)
 }
 END_TEST
 
+/* Whether @g takes all of @text and then can only end. */
+static bool grammar_takes(const char *gbnf, const char *text)
+{
+	struct moe_grammar *g;
+	bool ok;
+
+	ck_assert_msg(moe_grammar_create(gbnf, strlen(gbnf), &g) == 0, "%s\n%s", moe_errmsg(),
+		      gbnf);
+	ok = moe_grammar_accept(g, text, strlen(text)) == 0 && moe_grammar_is_complete(g) &&
+	     !moe_grammar_can_continue(g);
+	moe_grammar_destroy(g);
+	return ok;
+}
+
+/*
+ * The grammar of a forced call in every format: a well-formed call of the
+ * named (or of any) function is taken and parses back into that call;
+ * arguments outside the parameters schema, another function, text instead
+ * of a call, are refused.
+ */
+START_TEST(forced_call_grammar)
+{
+	static const char two_tools[] =
+		"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+		"\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"},"
+		"\"days\":{\"type\":\"integer\"}},\"required\":[\"city\"]}}},{\"type\":\"function\","
+		"\"function\":{\"name\":\"now\"}}]";
+	static const struct { enum cf_format f; const char *sep, *end; } fmt[] = {
+		{ CF_CHATML, "\", \"arguments\": ", "}\n</tool_call>" },
+		{ CF_LLAMA3, "\", \"parameters\": ", "}" },
+		{ CF_LLAMA4, "\", \"parameters\": ", "}" },
+		{ CF_MISTRAL, "\", \"arguments\": ", "}]" },
+		{ CF_HARMONY, "<|channel|>commentary json<|message|>", "" },
+		{ CF_GEMMA4, "", "<tool_call|>" },
+	};
+	const char *hi = "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]";
+	char body[2048], text[1024], all[2048];
+
+	for (size_t i = 0; i < sizeof(fmt) / sizeof(fmt[0]); i++) {
+		bool gemma = fmt[i].f == CF_GEMMA4;
+		const char *good = gemma ? "{city:<|\"|>Rome<|\"|>,days:3}" :
+				   "{\"city\": \"Rome\", \"days\": 3}";
+		const char *bad[] = {
+			gemma ? "{town:<|\"|>Rome<|\"|>}" : "{\"town\": \"Rome\"}",
+			gemma ? "{city:3}" : "{\"city\": 3}",
+			gemma ? "{days:3}" : "{\"days\": 3}",
+			gemma ? "{city:<|\"|>Rome<|\"|>,days:3.5}" : "{\"city\": \"Rome\", \"days\": 3.5}",
+		};
+		struct cf_render_opts o = { .date = "2026-01-01" };
+		struct api_request r;
+		struct api_error e;
+		struct cf_reply rep;
+		char *gbnf, *out, *pre;
+
+		for (int named = 0; named < 2; named++) {
+			snprintf(body, sizeof(body), "{%s,%s,\"tool_choice\":%s}", hi, two_tools,
+				 named ? "{\"type\":\"function\",\"function\":{\"name\":"
+					 "\"get_weather\"}}" : "\"required\"");
+			parse_req(body, &r);
+			ck_assert_int_ge(cf_render(fmt[i].f, &o, &r, &out, &pre, &e), 0);
+			ck_assert_int_eq(cf_call_grammar(fmt[i].f, &r, &gbnf, &e), 0);
+			ck_assert_ptr_nonnull(gbnf);
+			/* only harmony, choosing among several, has control markers after the name */
+			if (fmt[i].f == CF_HARMONY && !named)
+				ck_assert_str_eq(cf_call_marker(fmt[i].f, &r), fmt[i].sep);
+			else
+				ck_assert_ptr_null(cf_call_marker(fmt[i].f, &r));
+			snprintf(text, sizeof(text), "%s%s%s%s", named ? "" : "get_weather",
+				 named ? "" : fmt[i].sep, good, fmt[i].end);
+			ck_assert_msg(grammar_takes(gbnf, text), "%s %s: refused %s\n%s",
+				      cf_format_name(fmt[i].f), named ? "named" : "required", text,
+				      gbnf);
+			snprintf(all, sizeof(all), "%s%s", pre, text);
+			ck_assert_int_eq(cf_parse(fmt[i].f, true, all, strlen(all), true, &rep), 0);
+			ck_assert_msg(rep.n_calls == 1, "%s: %s", cf_format_name(fmt[i].f), all);
+			ck_assert_str_eq(rep.calls[0].name, "get_weather");
+			ck_assert_str_eq(rep.calls[0].arguments, "{\"city\":\"Rome\",\"days\":3}");
+			cf_reply_free(&rep);
+			for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+				snprintf(text, sizeof(text), "%s%s%s%s", named ? "" : "get_weather",
+					 named ? "" : fmt[i].sep, bad[b], fmt[i].end);
+				ck_assert_msg(!grammar_takes(gbnf, text), "%s: took %s",
+					      cf_format_name(fmt[i].f), text);
+			}
+			/* the arguments' grammar alone, for a call whose name is known */
+			{
+				char *of;
+
+				ck_assert_int_eq(cf_call_grammar_of(fmt[i].f, &r, "get_weather", &of,
+								    &e), 0);
+				snprintf(text, sizeof(text), "%s%s", good, fmt[i].end);
+				ck_assert_msg(grammar_takes(of, text), "%s: %s", cf_format_name(fmt[i].f),
+					      text);
+				free(of);
+				ck_assert_int_eq(cf_call_grammar_of(fmt[i].f, &r, "nope", &of, &e),
+						 -EINVAL);
+			}
+			/* the other function (any object: it has no parameters) only when not named */
+			snprintf(text, sizeof(text), "now%s%s%s", fmt[i].sep, gemma ? "{}" : "{}",
+				 fmt[i].end);
+			ck_assert(grammar_takes(gbnf, text) == !named);
+			ck_assert(!grammar_takes(gbnf, "I will not call anything."));
+			free(gbnf);
+			free(out);
+			free(pre);
+			api_request_free(&r);
+		}
+	}
+	/* a parameters schema the converter cannot enforce is a 400 that names it */
+	{
+		struct api_request r;
+		struct api_error e;
+		char *gbnf;
+
+		parse_req("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":"
+			  "\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\","
+			  "\"properties\":{\"x\":{\"type\":\"string\",\"pattern\":\"^a\"}}}}}],"
+			  "\"tool_choice\":\"required\"}", &r);
+		ck_assert_int_eq(cf_call_grammar(CF_CHATML, &r, &gbnf, &e), -EINVAL);
+		ck_assert_int_eq(e.status, 400);
+		ck_assert_str_eq(e.param, "tools[0].function.parameters");
+		ck_assert_msg(strstr(e.message, "pattern") && strstr(e.message, "/properties/x"),
+			      "%s", e.message);
+		/* arguments are an object */
+		api_request_free(&r);
+		parse_req("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":"
+			  "\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":"
+			  "\"string\"}}}],\"tool_choice\":\"required\"}", &r);
+		ck_assert_int_eq(cf_call_grammar(CF_CHATML, &r, &gbnf, &e), -EINVAL);
+		ck_assert_str_eq(e.param, "tools[0].function.parameters");
+		ck_assert_ptr_nonnull(strstr(e.message, "must describe an object"));
+		api_request_free(&r);
+		parse_req("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":"
+			  "\"function\",\"function\":{\"name\":\"f\",\"parameters\":{}}}],"
+			  "\"tool_choice\":\"required\"}", &r);
+		ck_assert_int_eq(cf_call_grammar(CF_CHATML, &r, &gbnf, &e), 0);
+		ck_assert(grammar_takes(gbnf, "{\"x\": [1]}}\n</tool_call>"));
+		ck_assert(!grammar_takes(gbnf, "3}\n</tool_call>"));
+		free(gbnf);
+		/* "auto" forces nothing: no grammar */
+		api_request_free(&r);
+		parse_req("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"tools\":[{\"type\":"
+			  "\"function\",\"function\":{\"name\":\"f\"}}]}", &r);
+		ck_assert_int_eq(cf_call_grammar(CF_CHATML, &r, &gbnf, &e), 0);
+		ck_assert_ptr_null(gbnf);
+		api_request_free(&r);
+	}
+}
+END_TEST
+
 Suite *suite_toolcall(void)
 {
 	Suite *s = suite_create("toolcall");
@@ -428,6 +589,7 @@ Suite *suite_toolcall(void)
 	tcase_add_test(tc, render_gemma4);
 	tcase_add_test(tc, thinking_switches);
 	tcase_add_test(tc, forced_calls);
+	tcase_add_test(tc, forced_call_grammar);
 	tcase_add_test(tc, render_errors);
 	tcase_add_test(tc, parse_replies);
 	tcase_add_test(tc, parse_without_tools);

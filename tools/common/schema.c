@@ -22,11 +22,11 @@
 #define MAX_OUT (4u << 20)
 
 enum prim { P_WS, P_STRING, P_CHAR, P_NUMBER, P_INTEGER, P_BOOLEAN, P_NULL, P_VALUE, P_OBJECT,
-	    P_MEMBER, P_ARRAY, P_COUNT };
+	    P_MEMBER, P_ARRAY, P_KEY, P_COUNT };
 
 static const char *const prim_name[P_COUNT] = {
 	"ws", "string", "char", "number", "integer", "boolean", "null", "value", "object",
-	"member", "array",
+	"member", "array", "key",
 };
 
 struct ref {
@@ -46,7 +46,11 @@ struct conv {
 	size_t errlen;
 	int ret;
 	int depth;
+	unsigned flags;         /* SCHEMA_GEMMA: Gemma 4's argument syntax */
 };
+
+#define GQ "<|\"|>"            /* Gemma 4's string quote */
+#define GEMMA_KEY "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 
 static int fail(struct conv *c, const char *path, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -84,7 +88,7 @@ static const char *prim(struct conv *c, enum prim p, char *buf)
 		[P_VALUE] = 1u << P_OBJECT | 1u << P_ARRAY | 1u << P_STRING | 1u << P_NUMBER |
 			    1u << P_BOOLEAN | 1u << P_NULL,
 		[P_OBJECT] = 1u << P_MEMBER | 1u << P_WS,
-		[P_MEMBER] = 1u << P_STRING | 1u << P_WS | 1u << P_VALUE,
+		[P_MEMBER] = 1u << P_STRING | 1u << P_WS | 1u << P_VALUE | 1u << P_KEY,
 		[P_ARRAY] = 1u << P_VALUE | 1u << P_WS,
 	};
 
@@ -115,10 +119,62 @@ static void add_literal(struct strbuf *b, const char *s, size_t len)
 	strbuf_addf(b, "\"");
 }
 
-/* A JSON value as the literal of its compact form. */
+/* @v in Gemma 4's argument syntax: strings in <|"|>, keys bare, null as None. */
+static void gemma_text(struct strbuf *b, const json_t *v)
+{
+	const char *k;
+	json_t *e;
+	size_t i;
+	char *s;
+
+	if (json_is_string(v)) {
+		strbuf_addf(b, GQ);
+		strbuf_addn(b, json_string_value(v), json_string_length(v));
+		strbuf_addf(b, GQ);
+	} else if (json_is_null(v)) {
+		strbuf_addf(b, "None");
+	} else if (json_is_object(v)) {
+		i = 0;
+		strbuf_addf(b, "{");
+		json_object_foreach((json_t *)v, k, e) {
+			strbuf_addf(b, "%s%s:", i++ ? "," : "", k);
+			gemma_text(b, e);
+		}
+		strbuf_addf(b, "}");
+	} else if (json_is_array(v)) {
+		strbuf_addf(b, "[");
+		json_array_foreach(v, i, e) {
+			if (i)
+				strbuf_addf(b, ",");
+			gemma_text(b, e);
+		}
+		strbuf_addf(b, "]");
+	} else if ((s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT))) {
+		strbuf_addf(b, "%s", s);
+		free(s);
+	} else {
+		b->oom = true;
+	}
+}
+
+/* A JSON value as the literal of its compact form (or of its Gemma 4 form). */
 static int add_json_literal(struct conv *c, struct strbuf *b, const json_t *v, const char *path)
 {
-	char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+	char *s;
+
+	if (c->flags & SCHEMA_GEMMA) {
+		struct strbuf t = { .max = MAX_OUT };
+
+		gemma_text(&t, v);
+		if (t.oom) {
+			free(t.s);
+			return c->ret = -ENOMEM;
+		}
+		add_literal(b, t.s, t.n);
+		free(t.s);
+		return 0;
+	}
+	s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
 
 	if (!s)
 		return fail(c, path, "a value of 'enum' or 'const' cannot be written as JSON");
@@ -228,6 +284,12 @@ static int gen_string(struct conv *c, const json_t *s, struct strbuf *b, const c
 		strbuf_addf(b, "%s", prim(c, P_STRING, n));
 		return 0;
 	}
+	if (c->flags & SCHEMA_GEMMA) {
+		strbuf_addf(b, "\"<|\\\"|>\" %s", prim(c, P_CHAR, n));
+		add_bounds(b, lo, hi);
+		strbuf_addf(b, " \"<|\\\"|>\"");
+		return 0;
+	}
 	strbuf_addf(b, "\"\\\"\" %s", prim(c, P_CHAR, n));
 	add_bounds(b, lo, hi);
 	strbuf_addf(b, " \"\\\"\"");
@@ -318,8 +380,9 @@ static int gen_object(struct conv *c, const json_t *s, struct strbuf *b, const c
 			if (gen(c, add, sub, val))
 				return c->ret;
 			rule_name(c, c->next++, member);
-			strbuf_addf(&c->out, "%s ::= %s %s \":\" %s %s %s\n", member, prim(c, P_STRING, str),
-			       ws, ws, val, ws);
+			strbuf_addf(&c->out, "%s ::= %s %s \":\" %s %s %s\n", member,
+				    prim(c, c->flags & SCHEMA_GEMMA ? P_KEY : P_STRING, str), ws, ws,
+				    val, ws);
 		} else {
 			prim(c, P_MEMBER, member);
 		}
@@ -345,9 +408,16 @@ static int gen_object(struct conv *c, const json_t *s, struct strbuf *b, const c
 		child_path(sub, sizeof(sub), path, "properties", key);
 		if (gen(c, v, sub, val))
 			return c->ret;
-		ks = json_string(key);
-		kj = ks ? json_dumps(ks, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-		json_decref(ks);
+		if (c->flags & SCHEMA_GEMMA) {
+			if (!*key || strspn(key, GEMMA_KEY) != strlen(key))
+				return fail(c, sub, "property name '%.64s' cannot be written in Gemma 4's "
+					    "argument syntax (letters, digits and '_' only)", key);
+			kj = strdup(key);
+		} else {
+			ks = json_string(key);
+			kj = ks ? json_dumps(ks, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+			json_decref(ks);
+		}
 		if (!kj)
 			return c->ret = -ENOMEM;
 		add_literal(&kv, kj, strlen(kj));
@@ -468,6 +538,247 @@ static int gen_type(struct conv *c, const json_t *s, const char *t, struct strbu
 	return 0;
 }
 
+/* ------------------------------------------------------------ oneOf */
+
+/* JSON types as bits; integer and number share one (every integer is a number). */
+enum { T_OBJECT = 1, T_ARRAY = 2, T_STRING = 4, T_NUMBER = 8, T_BOOLEAN = 16, T_NULL = 32,
+       T_ALL = 63 };
+
+static unsigned value_type(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: return T_OBJECT;
+	case JSON_ARRAY: return T_ARRAY;
+	case JSON_STRING: return T_STRING;
+	case JSON_INTEGER:
+	case JSON_REAL: return T_NUMBER;
+	case JSON_TRUE:
+	case JSON_FALSE: return T_BOOLEAN;
+	default: return T_NULL;
+	}
+}
+
+static unsigned type_bit(const char *t)
+{
+	static const char *const names[] = { "object", "array", "string", "number", "boolean",
+					     "null" };
+
+	if (!strcmp(t, "integer"))
+		return T_NUMBER;
+	for (unsigned i = 0; i < N(names); i++)
+		if (!strcmp(t, names[i]))
+			return 1u << i;
+	return T_ALL;
+}
+
+/* The schema @s names through "$ref" (followed up to a depth), or @s itself. */
+static const json_t *deref(const struct conv *c, const json_t *s)
+{
+	for (int hops = 0; hops < 16 && json_is_object(s) && json_object_get(s, "$ref"); hops++) {
+		const char *ref = json_string_value(json_object_get(s, "$ref"));
+
+		if (!ref)
+			return s;
+		if (!strcmp(ref, "#"))
+			s = c->root;
+		else if (!strncmp(ref, "#/$defs/", 8))
+			s = json_object_get(json_object_get(c->root, "$defs"), ref + 8);
+		else if (!strncmp(ref, "#/definitions/", 14))
+			s = json_object_get(json_object_get(c->root, "definitions"), ref + 14);
+		else
+			return NULL;
+	}
+	return s;
+}
+
+/* The types of the values valid for @s (T_ALL when not known). */
+static unsigned schema_types(const struct conv *c, const json_t *s, int depth)
+{
+	const json_t *t, *e;
+	unsigned m = 0;
+	size_t i;
+
+	s = deref(c, s);
+	if (!s || depth > 16 || !json_is_object(s))
+		return T_ALL;
+	if ((e = json_object_get(s, "const")))
+		return value_type(e);
+	if ((e = json_object_get(s, "enum"))) {
+		json_array_foreach(e, i, t)
+			m |= value_type(t);
+		return m;
+	}
+	if ((e = json_object_get(s, "anyOf")) || (e = json_object_get(s, "oneOf"))) {
+		json_array_foreach(e, i, t)
+			m |= schema_types(c, t, depth + 1);
+	} else if ((t = json_object_get(s, "type"))) {
+		if (json_is_string(t))
+			m = type_bit(json_string_value(t));
+		json_array_foreach(t, i, e)
+			m |= json_is_string(e) ? type_bit(json_string_value(e)) : T_ALL;
+	} else {
+		/*
+		 * without 'type', keywords of one type (properties, items,
+		 * maxLength) leave the values of every other type valid, though
+		 * the grammar writes only that type
+		 */
+		return T_ALL;
+	}
+	if (json_is_true(json_object_get(s, "nullable")))
+		m |= T_NULL;
+	return m;
+}
+
+/* The values @s allows when it lists them (const or enum), else NULL. */
+static const json_t *schema_values(const json_t *s, bool *one)
+{
+	const json_t *e;
+
+	*one = false;
+	if (!json_is_object(s))
+		return NULL;
+	if ((e = json_object_get(s, "const"))) {
+		*one = true;
+		return e;
+	}
+	e = json_object_get(s, "enum");
+	return json_is_array(e) ? e : NULL;
+}
+
+static bool value_in(const json_t *v, const json_t *list, bool one)
+{
+	size_t i;
+	json_t *x;
+
+	if (one)
+		return json_equal(v, list);
+	json_array_foreach(list, i, x)
+		if (json_equal(v, x))
+			return true;
+	return false;
+}
+
+/* Whether an object of @s may hold the member @key (false: @s's members exclude it). */
+static bool may_hold(const json_t *s, const char *key)
+{
+	const json_t *props = json_object_get(s, "properties"), *add;
+
+	if (props && json_object_get(props, key))
+		return true;
+	add = json_object_get(s, "additionalProperties");
+	return add ? !json_is_false(add) : !props;
+}
+
+static bool disjoint(const struct conv *c, const json_t *a, const json_t *b, int depth);
+
+/*
+ * Objects of @a and @b told apart by a member: one that @a requires and @b
+ * cannot hold, or one both require whose schemas are disjoint (a
+ * discriminator such as "kind": {"const": "circle"}).
+ */
+static bool objects_disjoint(const struct conv *c, const json_t *a, const json_t *b, int depth)
+{
+	for (int turn = 0; turn < 2; turn++) {
+		const json_t *x = turn ? b : a, *y = turn ? a : b;
+		size_t i;
+		json_t *k;
+
+		json_array_foreach(json_object_get(x, "required"), i, k) {
+			const char *key = json_string_value(k);
+			const json_t *px, *py;
+
+			if (!key)
+				continue;
+			if (!may_hold(y, key))
+				return true;
+			px = json_object_get(json_object_get(x, "properties"), key);
+			py = json_object_get(json_object_get(y, "properties"), key);
+			if (!turn && px && py && is_required(json_object_get(y, "required"), key) &&
+			    disjoint(c, px, py, depth + 1))
+				return true;
+		}
+	}
+	return false;
+}
+
+/* Whether no value can be valid for both @a and @b, as far as types, values and members tell. */
+static bool disjoint(const struct conv *c, const json_t *a, const json_t *b, int depth)
+{
+	unsigned ta, tb;
+	const json_t *va, *vb;
+	bool oa, ob;
+	size_t i;
+	json_t *x;
+
+	a = deref(c, a);
+	b = deref(c, b);
+	if (!a || !b || depth > 16)
+		return false;
+	ta = schema_types(c, a, depth);
+	tb = schema_types(c, b, depth);
+	if (!(ta & tb))
+		return true;
+	va = schema_values(a, &oa);
+	vb = schema_values(b, &ob);
+	if (va && vb) {
+		if (oa)
+			return !value_in(va, vb, ob);
+		json_array_foreach(va, i, x)
+			if (value_in(x, vb, ob))
+				return false;
+		return true;
+	}
+	if (va || vb)
+		return false;
+	/* alternatives of their own: disjoint when each of them is */
+	if (json_is_object(a) && (json_object_get(a, "anyOf") || json_object_get(a, "oneOf"))) {
+		const json_t *alts = json_object_get(a, "anyOf") ? json_object_get(a, "anyOf") :
+				     json_object_get(a, "oneOf");
+
+		if (json_is_true(json_object_get(a, "nullable")) && (tb & T_NULL))
+			return false;
+		json_array_foreach(alts, i, x)
+			if (!disjoint(c, x, b, depth + 1))
+				return false;
+		return true;
+	}
+	if (json_is_object(b) && (json_object_get(b, "anyOf") || json_object_get(b, "oneOf")))
+		return disjoint(c, b, a, depth + 1);
+	/* only objects can still be told apart, by their members */
+	if ((ta & tb) == T_OBJECT && json_is_object(a) && json_is_object(b))
+		return objects_disjoint(c, a, b, depth);
+	return false;
+}
+
+/*
+ * oneOf means exactly one: the grammar's alternation gives that only when no
+ * value fits two alternatives.  Refuse the schema where that is not shown.
+ */
+static int check_one_of(struct conv *c, const json_t *s, const json_t *alts, const char *path)
+{
+	size_t n = json_array_size(alts);
+	bool nullable = json_is_true(json_object_get(s, "nullable"));
+
+	for (size_t i = 0; i < n; i++) {
+		const json_t *a = json_array_get(alts, i);
+
+		if (nullable && (schema_types(c, a, 0) & T_NULL))
+			return fail(c, path, "'oneOf' with 'nullable': alternative %zu also takes "
+				    "null, so null would match twice; drop 'nullable' or the null "
+				    "alternative", i);
+		for (size_t k = i + 1; k < n; k++)
+			if (!disjoint(c, a, json_array_get(alts, k), 0))
+				return fail(c, path, "'oneOf' alternatives %zu and %zu may both "
+					    "match a value, and the grammar can enforce exactly one "
+					    "only for alternatives told apart by 'type', by 'const' or "
+					    "'enum' values, or (objects of 'type' object) by a required "
+					    "property the other cannot hold or a required discriminator "
+					    "of different values; make them disjoint so, or use 'anyOf'",
+					    i, k);
+	}
+	return 0;
+}
+
 /* The body of @s's rule into @b. */
 static int gen_body(struct conv *c, const json_t *s, struct strbuf *b, const char *path)
 {
@@ -510,6 +821,8 @@ static int gen_body(struct conv *c, const json_t *s, struct strbuf *b, const cha
 			return fail(c, path, "'anyOf' and 'oneOf' together are not supported");
 		if (!json_is_array(alts) || !json_array_size(alts))
 			return fail(c, path, "'%s' must be a non-empty array of schemas", which);
+		if (which[0] == 'o' && check_one_of(c, s, alts, path))
+			return c->ret;
 		json_array_foreach(alts, i, e) {
 			char idx[24];
 
@@ -591,6 +904,25 @@ static void add_prims(struct conv *c)
 
 	for (int p = 0; p < P_COUNT; p++)
 		snprintf(n[p], sizeof(n[p]), "%s-%s", c->prefix, prim_name[p]);
+	if (c->flags & SCHEMA_GEMMA) {
+		/* no blanks; strings in <|"|> (without '<' inside); null is None; keys bare */
+		if (c->prims & 1u << P_WS)
+			strbuf_addf(&c->out, "%s ::= \"\"\n", n[P_WS]);
+		if (c->prims & 1u << P_STRING)
+			strbuf_addf(&c->out, "%s ::= \"<|\\\"|>\" %s* \"<|\\\"|>\"\n", n[P_STRING],
+				    n[P_CHAR]);
+		if (c->prims & 1u << P_CHAR)
+			strbuf_addf(&c->out, "%s ::= [^<]\n", n[P_CHAR]);
+		if (c->prims & 1u << P_NULL)
+			strbuf_addf(&c->out, "%s ::= \"None\"\n", n[P_NULL]);
+		if (c->prims & 1u << P_KEY)
+			strbuf_addf(&c->out, "%s ::= [A-Za-z0-9_]+\n", n[P_KEY]);
+		if (c->prims & 1u << P_MEMBER)
+			strbuf_addf(&c->out, "%s ::= %s \":\" %s\n", n[P_MEMBER], n[P_KEY],
+				    n[P_VALUE]);
+		c->prims &= ~(1u << P_WS | 1u << P_STRING | 1u << P_CHAR | 1u << P_NULL |
+			      1u << P_KEY | 1u << P_MEMBER);
+	}
 	if (c->prims & 1u << P_WS)
 		strbuf_addf(&c->out, "%s ::= ( \" \" | \"\\n\" [ \\t]{0,16} )?\n", n[P_WS]);
 	if (c->prims & 1u << P_STRING)
@@ -625,10 +957,17 @@ static void add_prims(struct conv *c)
 int schema_to_gbnf(const json_t *schema, const char *prefix, char **out, char *err,
 		   size_t errlen)
 {
+	return schema_to_gbnf_flags(schema, prefix, 0, out, err, errlen);
+}
+
+int schema_to_gbnf_flags(const json_t *schema, const char *prefix, unsigned flags, char **out,
+			 char *err, size_t errlen)
+{
 	char dummy[8];
 	struct conv c = {
 		.root = schema, .prefix = prefix ? prefix : "root", .err = err ? err : dummy,
 		.errlen = err ? errlen : sizeof(dummy), .out = { .max = MAX_OUT },
+		.flags = flags,
 	};
 	size_t plen = strlen(c.prefix);
 

@@ -22,6 +22,15 @@
 int schema_to_gbnf(const json_t *schema, const char *prefix, char **out, char *err,
 		   size_t errlen);
 
+/*
+ * The same in a dialect: SCHEMA_GEMMA writes Gemma 4's tool-call argument
+ * syntax ({key:value,...} with bare keys, strings in <|"|> that hold no '<',
+ * null as None, no blanks) instead of JSON.
+ */
+#define SCHEMA_GEMMA 1u
+int schema_to_gbnf_flags(const json_t *schema, const char *prefix, unsigned flags, char **out,
+			 char *err, size_t errlen);
+
 struct moe_grammar;
 
 /* The schema's grammar compiled; @err says why not (the schema or the grammar). */

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "chatfmt.h"
+#include "schema.h"
 #include "strbuf.h"
 
 static const char *const names[] = {
@@ -1138,12 +1139,23 @@ static void render_gemma4(struct strbuf *b, const struct cf_render_opts *o,
 
 /*
  * "required" and a named tool_choice: the prompt opens the call itself, so
- * the model can only continue one.  A named function's call is opened up to
- * its arguments.
+ * the model can only continue one.  A named function's call (or that of the
+ * only function "required" can mean) is opened up to its arguments.
  */
+/* The function a forced call must be: the named one, or under "required" the only one. */
+static const char *forced_name(const struct api_request *req)
+{
+	if (req->tool_choice == API_TOOLS_NAMED)
+		return req->tool_name;
+	if (req->tool_choice == API_TOOLS_REQUIRED && json_array_size(req->tools) == 1)
+		return json_string_value(json_object_get(json_object_get(json_array_get(req->tools, 0),
+									 "function"), "name"));
+	return NULL;
+}
+
 static void forced_prefix(enum cf_format f, const struct api_request *req, struct strbuf *p)
 {
-	const char *name = req->tool_choice == API_TOOLS_NAMED ? req->tool_name : NULL;
+	const char *name = forced_name(req);
 
 	if (req->tool_choice != API_TOOLS_REQUIRED && !name)
 		return;
@@ -1179,14 +1191,173 @@ static void forced_prefix(enum cf_format f, const struct api_request *req, struc
 		break;
 	case CF_GEMMA4:
 		strbuf_add(p, "<|tool_call>call:");
-		if (name) {
+		if (name)
 			strbuf_add(p, name);
-			strbuf_add(p, "{");
-		}
 		break;
 	default:
 		break;
 	}
+}
+
+/*
+ * What the grammar of a forced call writes after the prompt's prefix: the
+ * function's name and what parts it from the arguments (for "required"),
+ * then after the arguments the call's end.
+ */
+static void call_parts(enum cf_format f, const char **after_name, const char **end)
+{
+	switch (f) {
+	case CF_CHATML:
+		*after_name = "\", \"arguments\": ";
+		*end = "}\n</tool_call>";
+		break;
+	case CF_LLAMA3:
+	case CF_LLAMA4:
+		*after_name = "\", \"parameters\": ";
+		*end = "}";
+		break;
+	case CF_MISTRAL:
+		*after_name = "\", \"arguments\": ";
+		*end = "}]";
+		break;
+	case CF_HARMONY:
+		*after_name = "<|channel|>commentary json<|message|>";
+		*end = "";
+		break;
+	case CF_GEMMA4:
+		*after_name = "";
+		*end = "<tool_call|>";
+		break;
+	default:
+		*after_name = *end = NULL;
+		break;
+	}
+}
+
+/* @s as the contents of a GBNF literal. */
+static void gbnf_literal(struct strbuf *b, const char *s)
+{
+	strbuf_add(b, "\"");
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			strbuf_addf(b, "\\%c", *s);
+		else if (*s == '\n')
+			strbuf_add(b, "\\n");
+		else
+			strbuf_addn(b, s, 1);
+	}
+	strbuf_add(b, "\"");
+}
+
+/* The grammar of a call of @name (NULL: of any function in 'tools') after its prefix. */
+static int call_grammar(enum cf_format f, const struct api_request *req, const char *name,
+			char **gbnf, struct api_error *err)
+{
+	const char *after_name, *end;
+	struct strbuf b = { 0 }, root = { 0 };
+	size_t i;
+	json_t *t;
+
+	*gbnf = NULL;
+	call_parts(f, &after_name, &end);
+	if (!after_name)
+		return api_fail(err, 400, "invalid_request_error", NULL, "tool_choice",
+				"this model's chat format defines no tool calls");
+	strbuf_add(&root, "root ::=");
+	json_array_foreach(req->tools, i, t) {
+		json_t *fn = json_object_get(t, "function"), *params = json_object_get(fn, "parameters");
+		const char *fname = json_string_value(json_object_get(fn, "name"));
+		char prefix[24], msg[512], *rules;
+		json_t *any = NULL;
+		int ret;
+
+		if (name && strcmp(fname, name))
+			continue;
+		/* arguments are an object: a schema of any value means any object */
+		if (!params || !json_object_size(params))
+			params = any = json_pack("{s:s}", "type", "object");
+		if (json_object_get(params, "type") &&
+		    !(json_is_string(json_object_get(params, "type")) &&
+		      !strcmp(json_string_value(json_object_get(params, "type")), "object"))) {
+			char param[64];
+
+			free(b.s);
+			free(root.s);
+			json_decref(any);
+			snprintf(param, sizeof(param), "tools[%zu].function.parameters", i);
+			return api_fail(err, 400, "invalid_request_error", NULL, param,
+					"'%s' must describe an object (\"type\": \"object\"): a call's "
+					"arguments are one", param);
+		}
+		snprintf(prefix, sizeof(prefix), "t%zu", i);
+		ret = schema_to_gbnf_flags(params, prefix, f == CF_GEMMA4 ? SCHEMA_GEMMA : 0, &rules,
+					   msg, sizeof(msg));
+		json_decref(any);
+		if (ret) {
+			char param[64];
+
+			free(b.s);
+			free(root.s);
+			snprintf(param, sizeof(param), "tools[%zu].function.parameters", i);
+			if (ret == -ENOMEM)
+				return api_fail(err, 500, "server_error", NULL, param, "out of memory");
+			return api_fail(err, 400, "invalid_request_error", NULL, param,
+					"'%s' cannot be enforced for tool_choice '%s': %s", param,
+					name ? name : "required", msg);
+		}
+		strbuf_add(&b, rules);
+		free(rules);
+		strbuf_add(&root, root.n > 8 ? " | " : " ");
+		if (!name) {
+			gbnf_literal(&root, fname);
+			strbuf_add(&root, " ");
+			gbnf_literal(&root, after_name);
+			strbuf_add(&root, " ");
+		}
+		strbuf_add(&root, prefix);
+		strbuf_add(&root, " ");
+		gbnf_literal(&root, end);
+	}
+	if (!root.oom && root.n <= 8) {
+		free(b.s);
+		free(root.s);
+		return api_fail(err, 400, "invalid_request_error", NULL, "tool_choice",
+				"'tool_choice' names '%.64s', which is not in 'tools'", name);
+	}
+	strbuf_add(&root, "\n");
+	strbuf_add(&root, b.s ? b.s : "");
+	free(b.s);
+	if (root.oom) {
+		free(root.s);
+		return api_fail(err, 500, "server_error", NULL, "tools", "out of memory");
+	}
+	*gbnf = root.s;
+	return 0;
+}
+
+int cf_call_grammar(enum cf_format f, const struct api_request *req, char **gbnf,
+		    struct api_error *err)
+{
+	const char *name = forced_name(req);
+
+	*gbnf = NULL;
+	if (!tools_on(req) || (req->tool_choice != API_TOOLS_REQUIRED && !name))
+		return 0;
+	return call_grammar(f, req, name, gbnf, err);
+}
+
+int cf_call_grammar_of(enum cf_format f, const struct api_request *req, const char *name,
+		       char **gbnf, struct api_error *err)
+{
+	return call_grammar(f, req, name, gbnf, err);
+}
+
+const char *cf_call_marker(enum cf_format f, const struct api_request *req)
+{
+	if (f != CF_HARMONY || !tools_on(req) || req->tool_choice != API_TOOLS_REQUIRED ||
+	    forced_name(req))
+		return NULL;
+	return "<|channel|>commentary json<|message|>";
 }
 
 int cf_render(enum cf_format f, const struct cf_render_opts *o, const struct api_request *req,

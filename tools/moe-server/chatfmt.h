@@ -39,6 +39,30 @@ struct cf_render_opts {
 int cf_render(enum cf_format f, const struct cf_render_opts *o, const struct api_request *req,
 	      char **out, char **prefix, struct api_error *err);
 
+/*
+ * For tool_choice "required" or a named function, the GBNF (*gbnf,
+ * malloc'ed) of the rest of the reply after cf_render's prefix: one call
+ * (of that function, or of any in 'tools'), its arguments valid against the
+ * function's parameters schema, up to the call's end.  *gbnf NULL when the
+ * request forces no call.  -EINVAL with @err (a 400 naming the parameters
+ * schema) for a schema outside the subset the grammar converter takes.
+ */
+int cf_call_grammar(enum cf_format f, const struct api_request *req, char **gbnf,
+		    struct api_error *err);
+
+/* The same for a call of function @name, whatever tool_choice says. */
+int cf_call_grammar_of(enum cf_format f, const struct api_request *req, const char *name,
+		       char **gbnf, struct api_error *err);
+/*
+ * Where a forced call leaves the name to the model and the format follows
+ * the name with markers that are control tokens in the family's vocabulary
+ * (harmony's "<|channel|>commentary json<|message|>"), those markers'
+ * text: a caller that samples the name alone, then feeds these markers
+ * itself and samples the arguments with cf_call_grammar_of(), lets the
+ * model see its own tokens.  NULL where there is nothing of the kind.
+ */
+const char *cf_call_marker(enum cf_format f, const struct api_request *req);
+
 /* Stop strings the format needs beyond the end-of-generation tokens, or NULL. */
 const char *cf_stop(enum cf_format f, const struct api_request *req);
 

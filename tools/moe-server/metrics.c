@@ -53,6 +53,10 @@ char *metrics_text(struct server *s)
 	       (double)m.batches);
 	metric(f, "batch_tokens_total", "counter", "Tokens evaluated in those steps.",
 	       (double)m.batch_tokens);
+	metric(f, "prefill_shared_batches_total", "counter", "Steps that evaluated the prompts "
+	       "of several requests together.", (double)m.prefill_shared_batches);
+	metric(f, "prefill_sequences_max", "gauge", "The most requests whose prompt tokens one "
+	       "step evaluated.", m.prefill_seqs_max);
 	metric(f, "decode_tokens_per_second", "gauge", "The engine's decode rate.",
 	       m.ctx.decode_tps);
 	metric(f, "prefill_tokens_per_second", "gauge", "The engine's prefill rate.",

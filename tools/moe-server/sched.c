@@ -14,6 +14,9 @@
 #include <time.h>
 
 #include "server.h"
+#include "strbuf.h"
+
+#define MAX_FEED 64     /* tokens the server writes into a reply in one step */
 
 double now_s(void)
 {
@@ -33,6 +36,13 @@ static void job_unref(struct job *j)
 	free(j->prompt);
 	free(j->text);
 	free(j->prefix);
+	for (uint32_t i = 0; i < j->n_tools; i++) {
+		free(j->tool_names[i]);
+		moe_grammar_destroy(j->args_grammar[i]);
+	}
+	free(j->tool_names);
+	free(j->args_grammar);
+	free(j->marker);
 	pthread_cond_destroy(&j->cond);
 	free(j);
 }
@@ -118,10 +128,77 @@ static int tokenize_request(struct server *s, const struct api_request *req, str
 	return 0;
 }
 
+/*
+ * A forced call whose name the model picks, in a format whose markers after
+ * the name are control tokens: the name's grammar replaces *@g, each
+ * function's arguments grammar is kept for when the name is known, and the
+ * markers are tokenized as the vocabulary's special tokens.
+ */
+static int stage_call(struct server *s, struct job *j, const struct api_request *req,
+		      struct moe_grammar **g, struct api_error *err)
+{
+	const char *marker = cf_call_marker(j->fmt, req);
+	size_t n = json_array_size(req->tools), i;
+	struct strbuf text = { 0 };
+	struct moe_grammar *names;
+	char *gbnf;
+	json_t *t;
+	int ret;
+
+	ret = moe_tokenize(s->tok, marker, strlen(marker), MOE_TOK_PARSE_SPECIAL, NULL, 0);
+	/* the batch has room for MAX_FEED of them; past that the grammar writes them as text */
+	if (ret <= 0 || ret > MAX_FEED)
+		return 0;
+	j->marker = malloc(sizeof(*j->marker) * (size_t)ret);
+	j->tool_names = calloc(n, sizeof(*j->tool_names));
+	j->args_grammar = calloc(n, sizeof(*j->args_grammar));
+	if (!j->marker || !j->tool_names || !j->args_grammar)
+		return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+	j->n_marker = (uint32_t)moe_tokenize(s->tok, marker, strlen(marker),
+					     MOE_TOK_PARSE_SPECIAL, j->marker, ret);
+	j->marker_text = marker;
+	j->n_tools = (uint32_t)n;
+	strbuf_add(&text, "root ::= ");
+	json_array_foreach(req->tools, i, t) {
+		const char *name = json_string_value(json_object_get(json_object_get(t,
+									   "function"), "name"));
+
+		/* names are letters, digits, '_' and '-': literals as they are */
+		strbuf_addf(&text, "%s\"%s\"", i ? " | " : "", name);
+		j->tool_names[i] = strdup(name);
+		ret = cf_call_grammar_of(j->fmt, req, name, &gbnf, err);
+		if (ret) {
+			free(text.s);
+			return ret;
+		}
+		ret = moe_grammar_create(gbnf, strlen(gbnf), &j->args_grammar[i]);
+		free(gbnf);
+		if (ret || !j->tool_names[i]) {
+			free(text.s);
+			return api_fail(err, 500, "server_error", NULL, "tools", "the forced "
+					"call's grammar: %s", ret ? moe_errmsg() : "out of memory");
+		}
+	}
+	if (text.oom) {
+		free(text.s);
+		return api_fail(err, 500, "server_error", NULL, NULL, "out of memory");
+	}
+	ret = moe_grammar_create(text.s, text.n, &names);
+	free(text.s);
+	if (ret)
+		return api_fail(err, 500, "server_error", NULL, "tools", "the names' grammar: %s",
+				moe_errmsg());
+	moe_grammar_destroy(*g);
+	*g = names;
+	j->stage = 0;
+	return 0;
+}
+
 int sched_submit(struct server *s, const struct api_request *req, struct job **out,
 		 struct api_error *err)
 {
 	struct job *j = calloc(1, sizeof(*j));
+	struct moe_grammar *call_grammar = NULL;
 	uint32_t room;
 	int ret;
 
@@ -131,6 +208,7 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 	pthread_cond_init(&j->cond, NULL);
 	j->refs = 1;
 	j->seq = -1;
+	j->stage = -1;
 	if (req->kind == API_CHAT && s->tok) {
 		/* replies in a format with markers are split into reasoning, content and calls */
 		j->fmt = cf_format_from_name(moe_chat_format(s->tok));
@@ -158,6 +236,35 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 	}
 	j->max_tokens = req->max_tokens ? req->max_tokens :
 			room < s->o.max_tokens ? room : s->o.max_tokens;
+	if (j->tools) {
+		char *gbnf;
+
+		/* a forced call: its name and arguments' shape are the sampler's to enforce */
+		ret = cf_call_grammar(j->fmt, req, &gbnf, err);
+		if (ret)
+			goto fail;
+		if (gbnf && req->grammar) {
+			free(gbnf);
+			ret = api_fail(err, 400, "invalid_request_error", NULL, "response_format",
+				       "'response_format' and a tool_choice that forces a call both "
+				       "shape the reply: leave one out");
+			goto fail;
+		}
+		if (gbnf) {
+			ret = moe_grammar_create(gbnf, strlen(gbnf), &call_grammar);
+			free(gbnf);
+			if (ret) {
+				ret = api_fail(err, 500, "server_error", NULL, "tools", "the forced "
+					       "call's grammar: %s", moe_errmsg());
+				goto fail;
+			}
+			if (cf_call_marker(j->fmt, req) && !s->test_reply) {
+				ret = stage_call(s, j, req, &call_grammar, err);
+				if (ret)
+					goto fail;
+			}
+		}
+	}
 	{
 		struct moe_sample_params sp = req->sp;
 
@@ -170,9 +277,13 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 			goto fail;
 		}
 		/* the sampler takes its own copy of the grammar: the request's may go */
-		sp.grammar = req->grammar;
+		sp.grammar = call_grammar ? call_grammar : req->grammar;
 		sp.tokenizer = s->tok;
+		j->sp = sp;
+		j->sp.grammar = NULL;
 		ret = moe_sampler_new(&sp, moe_ctx_n_vocab(s->ctx), &j->sampler);
+		moe_grammar_destroy(call_grammar);
+		call_grammar = NULL;
 		if (ret < 0) {
 			ret = api_fail(err, 400, "invalid_request_error", NULL, NULL, "%s",
 				       moe_errmsg());
@@ -229,6 +340,7 @@ int sched_submit(struct server *s, const struct api_request *req, struct job **o
 	*out = j;
 	return 0;
 fail:
+	moe_grammar_destroy(call_grammar);
 	j->refs = 1;
 	job_unref(j);
 	return ret ? ret : -EINVAL;
@@ -289,6 +401,60 @@ static int append(struct job *j, const char *p, size_t n)
 	return 0;
 }
 
+/*
+ * Under the lock: the name of a staged call is whole (@eog: the model ended
+ * it with an end-of-generation token, which is not fed).  The markers follow
+ * it as tokens of their own, and the arguments are sampled with the chosen
+ * function's grammar.
+ */
+static void name_done(struct server *s, struct job *j, bool eog)
+{
+	const char *marker = j->marker_text;
+	struct moe_sampler *next;
+	uint32_t k;
+
+	for (k = 0; k < j->n_tools; k++)
+		if (strlen(j->tool_names[k]) == j->len && !memcmp(j->text, j->tool_names[k], j->len))
+			break;
+	if (k == j->n_tools) {
+		snprintf(j->error, sizeof(j->error), "the sampled name is no function's");
+		finish(s, j, "error");
+		return;
+	}
+	if (j->n_prompt + j->n_gen + j->n_marker >= s->n_ctx ||
+	    j->n_gen + j->n_marker > j->max_tokens) {
+		finish(s, j, "length");
+		return;
+	}
+	j->sp.grammar = j->args_grammar[k];
+	if (moe_sampler_new(&j->sp, moe_ctx_n_vocab(s->ctx), &next) < 0) {
+		snprintf(j->error, sizeof(j->error), "the arguments' sampler: %s", moe_errmsg());
+		finish(s, j, "error");
+		return;
+	}
+	for (uint32_t i = 0; i < j->n_prompt; i++)
+		moe_sampler_accept(next, j->prompt[i]);
+	moe_sampler_destroy(j->sampler);
+	j->sampler = next;
+	/* the end-of-generation token that closed the name is not the reply's: a marker is */
+	if (eog) {
+		j->last = j->marker[0];
+		j->feed = j->marker + 1;
+		j->n_feed = j->n_marker - 1;
+	} else {
+		j->feed = j->marker;
+		j->n_feed = j->n_marker;
+	}
+	if (append(j, marker, strlen(marker))) {
+		snprintf(j->error, sizeof(j->error), "out of memory");
+		finish(s, j, "error");
+		return;
+	}
+	j->stage = 1;
+	j->safe = j->len;
+	pthread_cond_broadcast(&j->cond);
+}
+
 /* Under the lock: one sampled token of @j. */
 static void took(struct server *s, struct job *j, int32_t tok)
 {
@@ -301,6 +467,14 @@ static void took(struct server *s, struct job *j, int32_t tok)
 	moe_sampler_accept(j->sampler, tok);
 	j->last = tok;
 	if (s->tok && !s->test_reply && moe_tokenizer_is_eog(s->tok, tok)) {
+		if (j->stage == 0) {
+			/*
+			 * the names' grammar took it: the name ends here (a longer one
+			 * could have followed); the first marker takes its place
+			 */
+			name_done(s, j, true);
+			return;
+		}
 		finish(s, j, "stop");
 		return;
 	}
@@ -345,7 +519,10 @@ static void took(struct server *s, struct job *j, int32_t tok)
 	/* a document of the response format that can only end here ends the reply */
 	if (moe_sampler_grammar(j->sampler) &&
 	    !moe_grammar_can_continue(moe_sampler_grammar(j->sampler))) {
-		finish(s, j, "stop");
+		if (j->stage == 0)
+			name_done(s, j, false);
+		else
+			finish(s, j, "stop");
 		return;
 	}
 	/* the last stop_max - 1 bytes may yet start a stop sequence: not sent before they settle */
@@ -396,8 +573,48 @@ struct batch {
 	int32_t *tok, *pos, *seq;
 	uint8_t *logits;
 	struct job **row;       /* the job of each kept row, in batch order */
+	uint32_t *take;         /* [parallel] prompt tokens of each sequence in this step */
 	uint32_t n, n_rows, cap;
 };
+
+/*
+ * Under the lock: how many prompt tokens each prefilling request puts into
+ * this step's batch.  The @n_batch of room is shared out evenly, round by
+ * round, so the prompts of requests admitted together are evaluated in the
+ * same batches (each expert a layer fetches serves all of them) rather
+ * than one prompt after another; what a short prompt leaves goes to the
+ * others.
+ */
+static void share_prefill(struct server *s, struct batch *b, uint32_t n_batch)
+{
+	uint32_t left = n_batch, active = 0;
+
+	for (uint32_t i = 0; i < s->o.parallel; i++) {
+		struct job *j = s->slots[i];
+
+		b->take[i] = 0;
+		active += j && j->state == JOB_PREFILL && !j->cancelled && j->n_fed < j->n_prompt;
+	}
+	while (left && active) {
+		uint32_t share = left / active ? left / active : 1;
+
+		active = 0;
+		for (uint32_t i = 0; i < s->o.parallel && left; i++) {
+			struct job *j = s->slots[i];
+			uint32_t want, give;
+
+			if (!j || j->state != JOB_PREFILL || j->cancelled)
+				continue;
+			want = j->n_prompt - j->n_fed - b->take[i];
+			give = want < share ? want : share;
+			if (give > left)
+				give = left;
+			b->take[i] += give;
+			left -= give;
+			active += want > give;
+		}
+	}
+}
 
 static void *engine(void *arg)
 {
@@ -406,20 +623,22 @@ static void *engine(void *arg)
 	struct batch b = { 0 };
 	int ret;
 
-	b.cap = s->o.parallel + n_batch;
+	/* a decoding row each, with up to MAX_FEED marker tokens (stage_call), and the prompts' */
+	b.cap = s->o.parallel * (1 + MAX_FEED) + n_batch;
 	b.tok = malloc(sizeof(*b.tok) * b.cap);
 	b.pos = malloc(sizeof(*b.pos) * b.cap);
 	b.seq = malloc(sizeof(*b.seq) * b.cap);
 	b.logits = malloc(b.cap);
 	b.row = malloc(sizeof(*b.row) * b.cap);
+	b.take = calloc(s->o.parallel, sizeof(*b.take));
 	pthread_mutex_lock(&s->lock);
-	if (!b.tok || !b.pos || !b.seq || !b.logits || !b.row) {
+	if (!b.tok || !b.pos || !b.seq || !b.logits || !b.row || !b.take) {
 		fprintf(stderr, PROG ": out of memory for the batch\n");
 		s->stopping = true;
 	}
 	for (;;) {
 		double now = now_s();
-		uint32_t budget = n_batch;
+		uint32_t n_pre = 0;
 		struct moe_batch mb = { 0 };
 
 		admit(s, now);
@@ -430,6 +649,7 @@ static void *engine(void *arg)
 			continue;
 		}
 		b.n = b.n_rows = 0;
+		share_prefill(s, &b, n_batch);
 		/* decoding requests first: their next token never waits behind a prompt */
 		for (int pass = 0; pass < 2; pass++) {
 			for (uint32_t i = 0; i < s->o.parallel; i++) {
@@ -449,14 +669,24 @@ static void *engine(void *arg)
 					b.tok[b.n] = j->last;
 					b.pos[b.n] = (int32_t)(j->n_prompt + j->n_gen - 1);
 					b.seq[b.n] = j->seq;
-					b.logits[b.n++] = 1;
+					b.logits[b.n++] = !j->n_feed;
+					/* tokens the server writes into the reply (a call's markers) */
+					for (uint32_t f = 0; f < j->n_feed; f++) {
+						b.tok[b.n] = j->feed[f];
+						b.pos[b.n] = (int32_t)(j->n_prompt + j->n_gen + f);
+						b.seq[b.n] = j->seq;
+						b.logits[b.n++] = f + 1 == j->n_feed;
+					}
+					j->n_gen += j->n_feed;
+					s->m.completion_tokens += j->n_feed;
+					if (j->n_feed)
+						j->last = j->feed[j->n_feed - 1];
+					j->n_feed = 0;
 					b.row[b.n_rows++] = j;
-				} else if (pass == 1 && j->state == JOB_PREFILL && budget) {
-					uint32_t k = j->n_prompt - j->n_fed;
+				} else if (pass == 1 && j->state == JOB_PREFILL && b.take[i]) {
+					uint32_t k = b.take[i];
 
-					if (k > budget)
-						k = budget;
-					budget -= k;
+					n_pre++;
 					for (uint32_t t = 0; t < k; t++) {
 						b.tok[b.n] = j->prompt[j->n_fed];
 						b.pos[b.n] = (int32_t)j->n_fed;
@@ -471,6 +701,10 @@ static void *engine(void *arg)
 		}
 		if (!b.n)
 			continue;
+		if (n_pre > 1)
+			s->m.prefill_shared_batches++;
+		if (n_pre > s->m.prefill_seqs_max)
+			s->m.prefill_seqs_max = n_pre;
 		mb.tokens = b.tok;
 		mb.pos = b.pos;
 		mb.seq = b.seq;
@@ -523,6 +757,7 @@ static void *engine(void *arg)
 	free(b.seq);
 	free(b.logits);
 	free(b.row);
+	free(b.take);
 	return NULL;
 }
 

@@ -47,6 +47,22 @@ struct job {
 	enum cf_format fmt;     /* chat: the format its reply is parsed in (CF_NONE: as is) */
 	bool tools;             /* chat: tool calls are looked for in the reply */
 	char *prefix;           /* the reply's start the prompt wrote (a forced call), or NULL */
+	/*
+	 * A forced call in two stages (cf_call_marker): the name sampled with
+	 * a grammar of the names, then the format's markers fed as the
+	 * vocabulary's own tokens, then the arguments sampled with the chosen
+	 * function's grammar.  stage: -1 none, 0 the name, 1 the arguments.
+	 */
+	int stage;
+	uint32_t n_tools;
+	char **tool_names;
+	struct moe_grammar **args_grammar;      /* [n_tools] */
+	const char *marker_text;                /* the markers (cf_call_marker's text) */
+	int32_t *marker;                        /* their tokens */
+	uint32_t n_marker;
+	const int32_t *feed;    /* tokens to feed after @last in the next step (the markers) */
+	uint32_t n_feed;
+	struct moe_sample_params sp;            /* for the arguments' sampler */
 	size_t test_off;        /* bytes of the test reply given out */
 	char *text;             /* generated text, cut at a stop sequence */
 	size_t len, cap;
@@ -64,6 +80,8 @@ struct metrics {
 	uint64_t rejected_busy; /* 503 for a full queue */
 	uint64_t prompt_tokens, completion_tokens, cancelled;
 	uint64_t batches, batch_tokens;
+	uint64_t prefill_shared_batches; /* steps that held the prompt tokens of several requests */
+	uint32_t prefill_seqs_max;      /* the most requests' prompt tokens in one step */
 	struct moe_ctx_stats ctx;
 	double started;
 };
