@@ -11,6 +11,7 @@
 #
 #   bench/server.sh      env: BUILD=build ROUNDS=3 TOKENS=48 THREADS=(all) MODEL=(generated)
 #                        EXPERTS=64 SKEW=0.5 (the generated model's experts, router skew)
+#                        SERVER_ARGS= (more moe-server options, e.g. --policy stats)
 set -eu
 
 BUILD=${BUILD:-build}
@@ -52,7 +53,7 @@ PORT=0
 LOG=$WORK/server.log
 : >"$LOG"
 "$BIN/moe-server" -m "$MODEL" --port 0 --ctx $CTX --parallel $PAR --queue 16 \
-	--max-tokens $TOKENS --vram "$VRAM" --no-state ${THREADS:+--threads $THREADS} \
+	--max-tokens $TOKENS --vram "$VRAM" --no-state ${THREADS:+--threads $THREADS} ${SERVER_ARGS:-} \
 	2>"$LOG" &
 SRV=$!
 trap 'kill $SRV 2>/dev/null; wait $SRV 2>/dev/null || true' EXIT

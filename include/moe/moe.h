@@ -1016,7 +1016,7 @@ struct moe_ctx_params {
 	uint32_t n_staging;         /* experts fetched at once (pinned staging); 0 = about 64 MiB
 				       of them, 4 to 32 and at least one token's experts */
 	uint32_t flags;             /* enum moe_ctx_flags */
-	const char *policy;         /* eviction policy, NULL = "lru": moe_policy_names(), options
+	const char *policy;         /* eviction policy, NULL = "stats": moe_policy_names(), options
 				       after ':' ("lfu:decay=0.9") */
 	struct moe_io_params io;    /* how experts and resident tensors are read */
 	const char *backend;        /* "cpu", "auto" (NULL = "auto"): see moe_backend_list() */

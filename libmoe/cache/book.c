@@ -79,7 +79,7 @@ int moe_book_create(const struct moe_book_params *p, struct moe_book **out)
 		return moe_err(ENOMEM, "out of memory");
 	}
 	pp = (struct moe_policy_params){ .n_layer = p->n_layer, .n_expert = p->n_expert,
-		.n_slots = (uint32_t)n_slots, .k = p->k, .stats = p->stats, .future = p->future,
+		.n_slots = (uint32_t)n_slots, .k = p->k, .dense = p->dense, .stats = p->stats, .future = p->future,
 		.opts = p->policy_opts };
 	ret = b->pol->create(&pp, &b->pst);
 	if (ret < 0) {

@@ -33,6 +33,7 @@ struct moe_book_params {
 	const struct moe_cache_policy_ops *policy;   /* NULL: LRU */
 	const char *policy_opts;     /* the policy's "key=value,..." or NULL */
 	const uint32_t *k;           /* experts per token of each layer (NULL: 1 each) */
+	const uint8_t *dense;        /* layers whose one key is a streamed dense FFN, or NULL */
 	const struct moe_routestats *stats;          /* for the policy, or NULL */
 	const struct moe_future *future;             /* for offline policies */
 	uint32_t hot_max;            /* slots that may hold hot experts for good */

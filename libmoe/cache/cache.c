@@ -107,7 +107,7 @@ static int make_host_tier(struct moe_expert_cache *c, const struct plan_layout *
 	ret = moe_book_create(&(struct moe_book_params){
 		.n_layer = c->n_layer, .n_expert = c->n_expert, .pool_of = pool_of,
 		.n_pools = p->n_classes, .pool_slots = counts, .policy = cp->policy,
-		.policy_opts = cp->policy_opts, .k = cp->k, .stats = cp->stats }, &c->hbook);
+		.policy_opts = cp->policy_opts, .k = cp->k, .dense = cp->dense, .stats = cp->stats }, &c->hbook);
 	if (ret < 0)
 		return ret;
 	c->host_off = malloc(sizeof(*c->host_off) * n);
@@ -179,7 +179,7 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 	ret = moe_book_create(&(struct moe_book_params){
 		.n_layer = c->n_layer, .n_expert = c->n_expert, .pool_of = pool_of,
 		.n_pools = l->n_pools, .pool_slots = l->pool_slots, .policy = p->policy,
-		.policy_opts = p->policy_opts, .k = p->k, .stats = p->stats,
+		.policy_opts = p->policy_opts, .k = p->k, .dense = p->dense, .stats = p->stats,
 		.hot_max = p->hot_max, .hot_after = p->hot_after }, &c->book);
 	if (ret < 0)
 		goto fail;

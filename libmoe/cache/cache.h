@@ -48,6 +48,7 @@ struct moe_cache_params {
 	const struct plan_layout *layout;            /* classes, slots, staging, pools */
 	moe_dptr arena;                              /* the layout's offsets are into this */
 	const uint32_t *k;                           /* experts per token of each layer */
+	const uint8_t *dense;                        /* layers of streamed dense FFNs, or NULL */
 	const struct moe_routestats *stats;          /* for the policy, or NULL */
 	uint32_t hot_max, hot_after;                 /* hot experts (book.h) */
 };

@@ -30,6 +30,8 @@ struct moe_policy_params {
 	uint32_t n_expert;
 	uint32_t n_slots;            /* slots of the cache the policy serves */
 	const uint32_t *k;           /* experts per token of each layer, 0 on dense layers */
+	const uint8_t *dense;        /* per layer: a streamed dense FFN, key e = 0, used at every
+				       routing of its layer; NULL: none */
 	const struct moe_routestats *stats;  /* statistics to start from, or NULL */
 	const struct moe_future *future;     /* every use to come: offline policies only */
 	const char *opts;            /* "name=value,..." tunables, or NULL for the defaults */

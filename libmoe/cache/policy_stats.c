@@ -51,6 +51,7 @@ struct cell {
 struct sp {
 	uint32_t L, E;
 	uint32_t *k;
+	uint8_t *dense;              /* per layer: a streamed dense FFN (always used), or NULL */
 	int32_t *next_moe;           /* per layer: the next routed layer of a token, or -1 */
 	double decay, smooth;
 	/* per key */
@@ -157,6 +158,7 @@ static void refresh(struct sp *s)
 static void sp_free(struct sp *s)
 {
 	free(s->k);
+	free(s->dense);
 	free(s->next_moe);
 	free(s->last);
 	free(s->rate);
@@ -267,6 +269,14 @@ static int stats_create(const struct moe_policy_params *p, void **out)
 	}
 	for (uint32_t l = 0; l < L; l++)
 		s->k[l] = p->k ? p->k[l] : 1;
+	if (p->dense) {
+		s->dense = malloc(L);
+		if (!s->dense) {
+			sp_free(s);
+			return moe_err(ENOMEM, "out of memory for policy stats");
+		}
+		memcpy(s->dense, p->dense, L);
+	}
 	for (uint32_t l = 0; l < L; l++) {
 		s->next_moe[l] = -1;
 		for (uint32_t m = l + 1; m < L; m++)
@@ -405,6 +415,9 @@ static double expect(struct sp *s, struct moe_key k)
 		tv = s->st + 1;
 		d = k.layer + s->L - s->sl;
 	}
+	/* a streamed dense FFN is used at its layer's next routing, for sure */
+	if (s->dense && s->dense[k.layer])
+		return (double)d;
 	gap = s->last[i] < 0 ? -1 : (int64_t)(tv - (uint64_t)s->last[i]);
 	gb = gap_bucket(gap);
 	if (s->hinted[i])

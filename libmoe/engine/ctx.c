@@ -29,6 +29,14 @@ void moe_ctx_params_init(struct moe_ctx_params *p)
 /* demand uses after which an expert is held for good (pin_hot without saved statistics) */
 #define HOT_AFTER 32
 
+/*
+ * The eviction policy when none is named: the statistics policy, which keeps
+ * the experts routing says come back soonest.  It fetches fewer experts than
+ * LRU on every trace and budget measured (Documentation/performance.rst),
+ * and more so for batches, whose layer working sets LRU cycles through.
+ */
+#define DEFAULT_POLICY "stats"
+
 const char *moe_backend_list(void)
 {
 	return moe_backend_names();
@@ -275,14 +283,15 @@ static int setup(struct moe_ctx *ctx)
 	ctx->logits = malloc(sizeof(float) * ctx->n_logits * ctx->hp.n_vocab);
 	ctx->k_layer = calloc(ctx->hp.n_layer, sizeof(*ctx->k_layer));
 	ctx->k_cache = calloc(ctx->hp.n_layer, sizeof(*ctx->k_cache));
+	ctx->dense_streamed = calloc(ctx->hp.n_layer, 1);
 	ctx->layer_stall = calloc(ctx->hp.n_layer, sizeof(*ctx->layer_stall));
 	ctx->h_prev = calloc((size_t)ctx->n_batch * ctx->max_used, sizeof(*ctx->h_prev));
 	ctx->ids_union = calloc(ctx->hp.n_expert + 1, sizeof(*ctx->ids_union));
 	ctx->chosen = calloc(ctx->hp.n_expert + 1, 1);
 	if (!ctx->res || !ctx->layers || !ctx->exp_off || !ctx->exp_fill || !ctx->exp_state ||
 	    !ctx->exp_slot || !ctx->ffn_list || !ctx->used_slots || !ctx->logits ||
-	    !ctx->k_layer || !ctx->k_cache || !ctx->layer_stall || !ctx->h_prev ||
-	    !ctx->ids_union || !ctx->chosen)
+	    !ctx->k_layer || !ctx->k_cache || !ctx->dense_streamed || !ctx->layer_stall ||
+	    !ctx->h_prev || !ctx->ids_union || !ctx->chosen)
 		return moe_err(ENOMEM, "out of memory");
 	/* the staging pool is pinned memory outside the budget: the plan sized it */
 	if (!io.staging_bytes)
@@ -296,21 +305,24 @@ static int setup(struct moe_ctx *ctx)
 	for (uint32_t il = 0; il < ctx->hp.n_layer; il++) {
 		ctx->k_layer[il] = ctx->layers[il].is_moe ? ctx->layers[il].n_expert_used : 0;
 		ctx->k_cache[il] = ctx->layers[il].dense_stream ? 1 : ctx->k_layer[il];
+		ctx->dense_streamed[il] = ctx->layers[il].dense_stream;
 	}
 	if (p->n_experts || p->n_dense_streamed) {
 		struct moe_cache_params cp = {
 			.model = ctx->model, .be = ctx->be, .io = ctx->io, .layout = &ctx->lay,
-			.arena = ctx->arena, .k = ctx->k_cache, .hot_max = par->pin_hot,
+			.arena = ctx->arena, .k = ctx->k_cache, .dense = ctx->dense_streamed, .hot_max = par->pin_hot,
 		};
 
 		ret = p->n_experts ? routing_stats(ctx, &loaded) : 0;
 		if (ret < 0)
 			return ret;
-		if (par->policy) {
-			cp.policy = moe_cache_policy_find(par->policy, &cp.policy_opts);
+		{
+			const char *pol = par->policy ? par->policy : DEFAULT_POLICY;
+
+			cp.policy = moe_cache_policy_find(pol, &cp.policy_opts);
 			if (!cp.policy || cp.policy->offline)
 				return moe_err(EINVAL, "%s eviction policy '%s' (the live cache has %s)",
-					       cp.policy ? "offline" : "unknown", par->policy,
+					       cp.policy ? "offline" : "unknown", pol,
 					       moe_policy_names());
 		}
 		cp.stats = loaded ? ctx->rs : NULL;
@@ -464,6 +476,7 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 	free(ctx->seq_past);
 	free(ctx->k_layer);
 	free(ctx->k_cache);
+	free(ctx->dense_streamed);
 	free(ctx->layer_stall);
 	free(ctx->h_prev);
 	free(ctx->ids_union);

@@ -135,6 +135,7 @@ struct moe_ctx {
 	/* routing statistics, prediction and prefetch */
 	uint32_t *k_layer;           /* experts per token of each layer, 0 on dense layers */
 	uint32_t *k_cache;           /* entries each layer pins at once: k_layer, 1 if streamed */
+	uint8_t *dense_streamed;     /* per layer: its dense FFN streams (the cache's key e = 0) */
 	struct moe_routestats *rs;
 	char *stats_path;            /* where rs is saved; NULL: not saved */
 	struct moe_pred *pred;       /* NULL: no prefetching */

@@ -485,6 +485,8 @@ int moe_dense_stream(struct moe_ctx *ctx, uint32_t il, enum moe_glu act, moe_dpt
 	double t0 = moe_cache_stall(c);
 	int ret;
 
+	/* the policy's view: this layer routes now, to its one entry */
+	moe_cache_layer(c, il, ctx->clock, &(uint32_t){ 0 }, 1);
 	while ((ret = moe_cache_acquire(c, il, 0, ctx->clock, &slot)) == -EAGAIN) {
 		ret = moe_cache_wait(c);
 		if (ret < 0)

@@ -627,9 +627,12 @@ START_TEST(live_matches_simulator)
 	static const struct {
 		const char *policy;
 		uint32_t slots, flags;
+		const char *sim;        /* the simulator's policy, if not the same */
 	} runs[] = {
-		{ "lru", 7, 0 }, { "lfu", 7, 0 }, { "stats", 7, 0 }, { "lru", 12, MOE_CTX_LAYER_POOLS },
-		{ "stats:decay=0.8", 10, 0 },
+		{ "lru", 7, 0, NULL }, { "lfu", 7, 0, NULL }, { "stats", 7, 0, NULL },
+		{ "lru", 12, MOE_CTX_LAYER_POOLS, NULL }, { "stats:decay=0.8", 10, 0, NULL },
+		/* the engine's default is the statistics policy */
+		{ NULL, 7, 0, "stats" },
 	};
 	char *dir = tu_tmpdir(), path[512], cmd[1024], *text = malloc(1 << 16), *p = text, *out;
 	uint64_t seed = 11;
@@ -663,7 +666,8 @@ START_TEST(live_matches_simulator)
 		struct uses live = { 0 }, simu = { 0 };
 		struct replay rp = { t };
 		struct moe_sim_params sp = {
-			.n_slots = runs[i].slots, .policy = runs[i].policy, .on_use = on_sim_use,
+			.n_slots = runs[i].slots, .on_use = on_sim_use,
+			.policy = runs[i].sim ? runs[i].sim : runs[i].policy,
 			.arg = &simu,
 			.flags = runs[i].flags & MOE_CTX_LAYER_POOLS ? MOE_SIM_LAYER_POOLS : 0,
 		};
@@ -684,7 +688,7 @@ START_TEST(live_matches_simulator)
 				      simu.r[j].layer && live.r[j].e == simu.r[j].e &&
 				      live.r[j].hit == simu.r[j].hit,
 				      "%s: use %u: live token %llu layer %u expert %u %s, simulated "
-				      "token %llu layer %u expert %u %s", runs[i].policy, j,
+				      "token %llu layer %u expert %u %s", sp.policy, j,
 				      (unsigned long long)live.r[j].tok, live.r[j].layer, live.r[j].e,
 				      live.r[j].hit ? "hit" : "miss",
 				      (unsigned long long)simu.r[j].tok, simu.r[j].layer,

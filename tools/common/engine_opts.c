@@ -59,7 +59,7 @@ void engine_opts_usage(FILE *f)
 		"      --ple-cache SIZE   Gemma 4 E2B/E4B: host memory for per-layer embedding\n"
 		"                         rows cached by token (4096 rows)\n"
 		"      --policy NAME      expert eviction policy: lru, lfu, stats, with options\n"
-		"                         after ':' (lfu:decay=0.9) (lru)\n"
+		"                         after ':' (lfu:decay=0.9) (stats)\n"
 		"      --prefetch NAME    fetch experts before the router asks: none, pop, trans,\n"
 		"                         spec, mix, with options (mix:depth=2,min=0.6) (none)\n"
 		"      --pin-hot N        keep the N most used experts in device memory for good\n"
