@@ -301,6 +301,7 @@ static int setup(struct moe_ctx *ctx)
 		struct moe_cache_params cp = {
 			.model = ctx->model, .be = ctx->be, .io = ctx->io, .layout = &ctx->lay,
 			.arena = ctx->arena, .k = ctx->k_cache, .hot_max = par->pin_hot,
+			.gds = par->gds,
 		};
 
 		ret = p->n_experts ? routing_stats(ctx, &loaded) : 0;
@@ -379,6 +380,12 @@ int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 		ctx->par = *p;
 	else
 		moe_ctx_params_init(&ctx->par);
+	if (ctx->par.gds > MOE_GDS_OFF) {
+		ret = moe_err(EINVAL, "moe_ctx_create: gds %u is none of MOE_GDS_AUTO, _ON, _OFF",
+			      ctx->par.gds);
+		free(ctx);
+		return ret;
+	}
 	if (ctx->par.flags & ~MOE_CTX_FLAGS_ALL) {
 		ret = moe_err(EINVAL, "moe_ctx_create: unknown flags 0x%x",
 			      ctx->par.flags & ~MOE_CTX_FLAGS_ALL);
@@ -771,6 +778,14 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 	moe_io_get_stats(ctx->io, &io);
 	s.bytes_read = io.bytes - ctx->io_base.bytes;
 	s.read_s = io.busy_s - ctx->io_base.busy_s;
+	if (ctx->cache) {
+		struct moe_cache_stats cs;
+
+		/* reads straight into device memory do not pass the I/O engine */
+		moe_cache_get_stats(ctx->cache, &cs);
+		s.bytes_read += cs.direct_bytes;
+		s.read_s += cs.direct_s;
+	}
 	s.read_gbps = s.read_s > 0 ? s.bytes_read / s.read_s / 1e9 : 0;
 	s.prefill_tps = s.prefill_s > 0 ? s.prefill_tokens / s.prefill_s : 0;
 	s.decode_tps = s.decode_s > 0 ? s.decode_tokens / s.decode_s : 0;

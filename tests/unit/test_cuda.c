@@ -16,6 +16,7 @@
 
 #include "backend/cuda_h2d_bench.h"
 #include "backend/cuda_int.h"
+#include "cufile_fake.h"
 #include "fake_cuda.h"
 #include "moe/moe.h"
 #include "testutil.h"
@@ -1037,6 +1038,288 @@ START_TEST(cuda_gpu_check_script)
 END_TEST
 
 /* Without a driver, moe-run --backend cuda says so; auto runs on the CPU. */
+/* ------------------------------------------------------------ GPUDirect Storage */
+
+static void *cufile_lib;
+static char cufile_path[4096];
+
+/* The fake libcufile, kept loaded here so that its counters outlive each context's dlclose. */
+static void cufile_fake(void)
+{
+	const char *build = getenv("MOE_BUILD");
+
+	snprintf(cufile_path, sizeof(cufile_path), "%s/tests/libcufile_fake.so",
+		 build ? build : "build");
+	if (!cufile_lib)
+		cufile_lib = dlopen(cufile_path, RTLD_NOW | RTLD_LOCAL);
+	ck_assert_msg(cufile_lib != NULL, "%s", dlerror());
+	setenv("MOE_CUFILE_LIBRARY", cufile_path, 1);
+	unsetenv("SIMT_CUFILE_FAIL");
+}
+
+static void cufile_stats(struct simt_cufile_stats *st)
+{
+	void (*get)(struct simt_cufile_stats *);
+	void *sym = dlsym(cufile_lib, "simt_cufile_fake_stats");
+
+	ck_assert_ptr_nonnull(sym);
+	memcpy(&get, &sym, sizeof(get));
+	get(st);
+}
+
+/* A context on the fake CUDA driver within @vram with GPUDirect Storage @gds: 0 or -errno. */
+static int gds_ctx(struct moe_model *m, uint64_t vram, uint32_t gds, struct moe_ctx **ctx)
+{
+	struct moe_ctx_params p;
+
+	moe_ctx_params_init(&p);
+	p.n_threads = 2;
+	p.n_ctx = 64;
+	p.n_batch = 4;
+	p.vram_bytes = vram;
+	p.backend = "cuda";
+	p.gds = gds;
+	*ctx = NULL;
+	return moe_ctx_create(m, &p, ctx);
+}
+
+/* Nothing of the fake libcufile or the fake driver is left registered or allocated. */
+static void gds_all_released(void)
+{
+	struct simt_cufile_stats cs;
+	struct simt_fake_stats fs;
+
+	cufile_stats(&cs);
+	ck_assert_int_eq(cs.driver_opens, 0);
+	ck_assert_uint_eq(cs.handles, 0);
+	ck_assert_uint_eq(cs.bufs, 0);
+	simt_fake_cuda_stats(&fs);
+	ck_assert_uint_eq(fs.allocs, 0);
+	ck_assert_uint_eq(fs.pinned, 0);
+}
+
+/*
+ * Decode with experts streamed through an evicting budget, through the fake
+ * libcufile straight into the slots: the logits are the staging path's to
+ * the bit, in the lazy mode (where a read that overtook queued work on its
+ * slot would show) and the random one; expert_io says "gds", the bytes went
+ * through cuFileRead, and everything is deregistered at the end.  A short
+ * read is completed by another; auto uses GDS where it works and stages
+ * where the library is absent or its driver does not open.
+ */
+START_TEST(cuda_gds_matches_staging)
+{
+	char *dir = tu_tmpdir();
+	struct moe_model *m = small_model(dir, "q8_0");
+	struct simt_cufile_stats cs0, cs;
+	struct moe_ctx_stats st;
+	struct logits ref, l;
+	struct moe_ctx *ctx;
+	uint64_t vram;
+
+	fake_driver_lib(NULL);
+	cufile_fake();
+	vram = least_vram(m, "cuda");
+	ck_assert_int_eq(gds_ctx(m, vram, MOE_GDS_OFF, &ctx), 0);
+	run(ctx, &ref);
+	moe_ctx_get_stats(ctx, &st);
+	ck_assert_str_eq(st.expert_io, "staging");
+	ck_assert_uint_gt(st.expert_evictions, 0);
+	moe_ctx_destroy(ctx);
+
+	for (int mode = SIMT_FAKE_LAZY; mode <= SIMT_FAKE_RANDOM; mode++) {
+		struct simt_fake_config cfg = { .mode = mode, .seed = 11 };
+
+		for (int v = 0; v < 3; v++) {
+			static const uint32_t modes[] = { MOE_GDS_ON, MOE_GDS_AUTO, MOE_GDS_ON };
+
+			fake_driver_lib(&cfg);
+			cufile_fake();
+			if (v == 2)
+				setenv("SIMT_CUFILE_FAIL", "cuFileRead:3:short", 1);
+			cufile_stats(&cs0);
+			ck_assert_msg(gds_ctx(m, vram, modes[v], &ctx) == 0, "%s", moe_errmsg());
+			run(ctx, &l);
+			moe_ctx_get_stats(ctx, &st);
+			ck_assert_str_eq(st.expert_io, "gds");
+			ck_assert_uint_gt(st.expert_evictions, 0);
+			ck_assert_uint_le(st.vram_used, st.vram_budget);
+			cufile_stats(&cs);
+			ck_assert_uint_gt(cs.reads, cs0.reads);
+			ck_assert_uint_gt(st.bytes_read, 0);
+			ck_assert_uint_eq(l.n, ref.n);
+			ck_assert_msg(!memcmp(l.buf, ref.buf, sizeof(float) * l.n * l.vocab),
+				      "mode %d, case %d: logits through GDS differ from staging", mode,
+				      v);
+			free(l.buf);
+			moe_ctx_destroy(ctx);
+			gds_all_released();
+		}
+	}
+
+	/* auto without the library, or with a driver that does not open: staging, same logits */
+	for (int v = 0; v < 2; v++) {
+		fake_driver_lib(NULL);
+		cufile_fake();
+		if (v)
+			setenv("SIMT_CUFILE_FAIL", "cuFileDriverOpen:1:5007", 1);
+		else
+			setenv("MOE_CUFILE_LIBRARY", "/nonexistent/libcufile.so.0", 1);
+		ck_assert_msg(gds_ctx(m, vram, MOE_GDS_AUTO, &ctx) == 0, "%s", moe_errmsg());
+		run(ctx, &l);
+		moe_ctx_get_stats(ctx, &st);
+		ck_assert_str_eq(st.expert_io, "staging");
+		ck_assert_msg(!memcmp(l.buf, ref.buf, sizeof(float) * l.n * l.vocab),
+			      "auto fallback %d: logits differ", v);
+		free(l.buf);
+		moe_ctx_destroy(ctx);
+		gds_all_released();
+	}
+	unsetenv("SIMT_CUFILE_FAIL");
+	unsetenv("MOE_CUFILE_LIBRARY");
+	unsetenv("MOE_CUDA_LIBRARY");
+	free(ref.buf);
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/*
+ * --gds on where GDS cannot run fails at creation naming why (the library,
+ * the call and its status, the backend); a read that fails mid-generation
+ * is an error naming cuFileRead, never logits; nothing stays registered.
+ */
+START_TEST(cuda_gds_errors)
+{
+	static const struct {
+		const char *fail, *lib, *want, *want2;
+	} create[] = {
+		{ NULL, "/nonexistent/libcufile.so.0", "GPUDirect Storage library not found",
+		  "gds on" },
+		{ "cuFileDriverOpen:1:5007", NULL, "cuFileDriverOpen", "CU_FILE_PLATFORM_NOT_SUPPORTED" },
+		{ "cuFileHandleRegister:1", NULL, "cuFileHandleRegister", "CU_FILE_INTERNAL_ERROR" },
+		{ "cuFileBufRegister:1:5036", NULL, "cuFileBufRegister",
+		  "CU_FILE_GPU_MEMORY_PINNING_FAILED" },
+	};
+	static const struct {
+		const char *fail, *want;
+	} reads[] = {
+		{ "cuFileRead:4:eof", "the file ends early" },
+		{ "cuFileRead:5:5044", "CU_FILE_IO_ERROR (5044)" },
+		{ "cuFileRead:2:errno", "Input/output error" },
+	};
+	char *dir = tu_tmpdir();
+	struct moe_model *m = small_model(dir, "f32");
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx;
+	uint64_t vram;
+
+	fake_driver_lib(NULL);
+	cufile_fake();
+	vram = least_vram(m, "cuda");
+	for (size_t i = 0; i < sizeof(create) / sizeof(create[0]); i++) {
+		fake_driver_lib(NULL);
+		cufile_fake();
+		if (create[i].fail)
+			setenv("SIMT_CUFILE_FAIL", create[i].fail, 1);
+		if (create[i].lib)
+			setenv("MOE_CUFILE_LIBRARY", create[i].lib, 1);
+		ck_assert_int_lt(gds_ctx(m, vram, MOE_GDS_ON, &ctx), 0);
+		ck_assert_ptr_null(ctx);
+		HAS(create[i].want);
+		HAS(create[i].want2);
+		HAS("GPUDirect Storage was required");
+		gds_all_released();
+	}
+	for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+		int32_t tok[4] = { 1, 2, 3, 4 };
+		int ret = 0;
+
+		fake_driver_lib(NULL);
+		cufile_fake();
+		setenv("SIMT_CUFILE_FAIL", reads[i].fail, 1);
+		ck_assert_msg(gds_ctx(m, vram, MOE_GDS_ON, &ctx) == 0, "%s", moe_errmsg());
+		for (int step = 0; step < 8 && !ret; step++)
+			ret = moe_ctx_eval(ctx, tok + (step ? 3 : 0), step ? 1 : 4,
+					   moe_ctx_n_past(ctx), 0);
+		ck_assert_msg(ret < 0, "%s: the failed read went unnoticed", reads[i].fail);
+		HAS("cuFileRead");
+		HAS(reads[i].want);
+		HAS("fetching expert");
+		moe_ctx_destroy(ctx);
+		gds_all_released();
+	}
+	unsetenv("SIMT_CUFILE_FAIL");
+
+	/* the CPU backend has no direct path: on says so, auto stages */
+	moe_ctx_params_init(&p);
+	p.n_ctx = 64;
+	p.n_batch = 4;
+	p.n_threads = 2;
+	p.backend = "cpu";
+	p.vram_bytes = least_vram(m, "cpu");
+	p.gds = MOE_GDS_ON;
+	ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), -EOPNOTSUPP);
+	HAS("cpu backend has no direct path");
+	p.gds = 7;
+	ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), -EINVAL);
+	HAS("MOE_GDS_AUTO");
+	unsetenv("MOE_CUFILE_LIBRARY");
+	unsetenv("MOE_CUDA_LIBRARY");
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/* moe-run --gds on the simulated driver and the fake libcufile: --stats says "gds". */
+START_TEST(cuda_gds_moe_run)
+{
+	char *dir = tu_tmpdir(), path[512], cmd[2048], *out = NULL;
+	const char *build = getenv("MOE_BUILD");
+	const char *b = build ? build : "build";
+
+	snprintf(path, sizeof(path), "%s/m.gguf", dir);
+	snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --type f32 -o %s -q --layers 1 --vocab 64 "
+		 "--expert-ff 64 --embd 64 --experts 4", tu_bin("moe-mkmodel"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=%s/tests/libcuda_sim.so "
+		 "MOE_CUFILE_LIBRARY=%s/tests/libcufile_fake.so %s -m %s --tokens 1,2 -n 2 "
+		 "--backend cuda --no-state --vram 1 --gds on --stats --json", b, b,
+		 tu_bin("moe-run"), path);
+	/* --vram 1 is refused with the smallest budget: take that from the message */
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	{
+		const char *at = out ? strstr(out, "needs at least") : NULL;
+		unsigned long long need = 0;
+		char *vp = strstr(cmd, "--vram 1 ");
+
+		ck_assert_msg(at && (at = strchr(at, '(')) && sscanf(at, "(%llu bytes)", &need) == 1,
+			      "%s", out ? out : "");
+		free(out);
+		snprintf(cmd + (vp - cmd), sizeof(cmd) - (size_t)(vp - cmd), "--vram %llu --gds on "
+			 "--stats --json", need);
+	}
+	ck_assert_msg(tu_run(cmd, 0, &out) == 0, "%s: %s", cmd, out ? out : "");
+	ck_assert_msg(out && strstr(out, "\"expert_io\": \"gds\""), "%s", out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --backend cpu --gds maybe",
+		 tu_bin("moe-run"), path);
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "--gds 'maybe': expected auto, on or off"), "%s",
+		      out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --backend cpu --gds on",
+		 tu_bin("moe-run"), path);
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "no direct path"), "%s", out ? out : "");
+	free(out);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 START_TEST(cuda_moe_run_backends)
 {
 	char *dir = tu_tmpdir(), path[512], cmd[1536], *out = NULL;
@@ -1098,6 +1381,12 @@ Suite *suite_cuda(void)
 			 moe_errmsg());
 		tu_skip("cuda gpu_engine_matches_cpu", why);
 	}
+	suite_add_tcase(s, tc);
+	tc = tcase_create("gds");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, cuda_gds_matches_staging);
+	tcase_add_test(tc, cuda_gds_errors);
+	tcase_add_test(tc, cuda_gds_moe_run);
 	suite_add_tcase(s, tc);
 	return s;
 }
