@@ -272,7 +272,12 @@ static int setup(struct moe_ctx *ctx)
 	ctx->ffn_list = calloc(ctx->hp.n_expert + 1, sizeof(*ctx->ffn_list));
 	ctx->used_slots = calloc(ctx->hp.n_expert + 1, sizeof(uint32_t));
 	ctx->n_logits = ctx->n_batch;
-	ctx->logits = malloc(sizeof(float) * ctx->n_logits * ctx->hp.n_vocab);
+	/* pinned: the logits' download is DMA straight into them, not staged by the driver */
+	ret = ctx->be->ops->host_alloc(ctx->be, sizeof(float) * ctx->n_logits * ctx->hp.n_vocab,
+				       (void **)&ctx->logits);
+	if (ret < 0)
+		return moe_err_prefix(ret, "memory for %u x %u logits", ctx->n_logits,
+				      ctx->hp.n_vocab);
 	ctx->k_layer = calloc(ctx->hp.n_layer, sizeof(*ctx->k_layer));
 	ctx->k_cache = calloc(ctx->hp.n_layer, sizeof(*ctx->k_cache));
 	ctx->layer_stall = calloc(ctx->hp.n_layer, sizeof(*ctx->layer_stall));
@@ -451,6 +456,8 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 			be->ops->event_destroy(be, ctx->ev_spec);
 		if (ctx->hbuf)
 			be->ops->host_free(be, ctx->hbuf);
+		if (ctx->logits)
+			be->ops->host_free(be, ctx->logits);
 		moe_ple_free(ctx);
 		be->ops->free(be, ctx->arena_mem);
 		moe_backend_destroy(be);
@@ -467,7 +474,6 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 	free(ctx->exp_slot);
 	free(ctx->ffn_list);
 	free(ctx->used_slots);
-	free(ctx->logits);
 	free(ctx->seq_past);
 	free(ctx->k_layer);
 	free(ctx->k_cache);
@@ -600,12 +606,16 @@ static int eval(struct moe_ctx *ctx, const struct moe_batch *b, bool all)
 			}
 		}
 	if (n_keep > ctx->n_logits) {
-		float *l = realloc(ctx->logits, sizeof(float) * (size_t)n_keep * n_vocab);
+		float *l = NULL;
 
-		if (!l) {
-			ret = moe_err(ENOMEM, "out of memory for %u x %u logits", n_keep, n_vocab);
+		/* the old rows need not survive: this eval writes every row it keeps */
+		ret = ctx->be->ops->host_alloc(ctx->be, sizeof(float) * (size_t)n_keep * n_vocab,
+					       (void **)&l);
+		if (ret < 0) {
+			moe_err_prefix(ret, "memory for %u x %u logits", n_keep, n_vocab);
 			goto out;
 		}
+		ctx->be->ops->host_free(ctx->be, ctx->logits);
 		ctx->logits = l;
 		ctx->n_logits = n_keep;
 	}

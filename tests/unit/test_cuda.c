@@ -786,6 +786,7 @@ START_TEST(cuda_pipeline_calls)
 	struct moe_model *m = small_model(dir, "f32");
 	struct simt_fake_config cfg = { .granularity = 512 };
 	unsigned copies = 0, waits = 0, refills, used[TR_PINNED] = { 0 }, n_used = 0, pageable;
+	unsigned logit_rows;
 	struct simt_fake_stats fs;
 	struct moe_ctx_stats st;
 	struct logits l;
@@ -813,15 +814,17 @@ START_TEST(cuda_pipeline_calls)
 		ck_assert_uint_eq(st.device_free_before - st.device_free_after,
 				  MOE_ALIGN_UP(st.vram_used, 512));
 		ck_assert_uint_le(st.vram_peak, pass ? UINT64_MAX : vram);
-		copies = waits = refills = n_used = pageable = 0;
+		copies = waits = refills = n_used = pageable = logit_rows = 0;
 		memset(used, 0, sizeof(used));
 		for (unsigned i = 0; i < tr.n_op; i++) {
 			const struct tr_op *o = &tr.op[i];
 
-			if (o->kind == TR_D2H && !o->pinned) {
-				/* only the logits land in pageable memory (the caller's buffer) */
-				ck_assert_uint_eq(o->bytes % (sizeof(float) * l.vocab), 0);
-				pageable++;
+			if (o->kind == TR_D2H) {
+				/* the logits (and the routing) land in pinned memory */
+				ck_assert_msg(o->pinned, "download %u of %zu bytes into pageable "
+					      "memory", i, o->bytes);
+				logit_rows += o->bytes % (sizeof(float) * l.vocab) ? 0 :
+					      o->bytes / (sizeof(float) * l.vocab);
 			} else if (o->kind == TR_H2D && o->s != tr.stream[MOE_BE_COPY]) {
 				/*
 				 * the matrix ops' descriptors: a few hundred bytes the driver
@@ -853,6 +856,8 @@ START_TEST(cuda_pipeline_calls)
 			}
 		}
 		ck_assert_uint_eq(fs.pageable_copies, pageable);
+		/* every logit row was downloaded (MOE_EVAL_ALL_LOGITS) */
+		ck_assert_uint_ge(logit_rows, l.n);
 		if (pass) {
 			ck_assert_uint_eq(st.expert_misses, 0);
 			ck_assert_uint_eq(copies, 0);
