@@ -30,14 +30,14 @@
 #   - moe-bench gpu-h2d: the expert pipeline's host-to-device GB/s against
 #     plain copies from pinned memory in the same run (target >= 0.9);
 #   - decode tokens/s of a Scout-shaped model (n_embd 5120, expert FFN 8192,
-#     16 experts top-1, a shared expert, q8_0) fully resident and with --vram
+#     16 experts top-1, a shared expert, q4_K) fully resident and with --vram
 #     holding 30% of the experts, the latter against the bound read GB/s /
 #     bytes read per token of the same run (target >= 0.8).  The model is
 #     written to $MOE_GPU_SCRATCH (default /tmp) and removed after; it has as
 #     many layers as twice the file leaves room for on that disk, at most
-#     MOE_GPU_LAYERS (default 4: moe-mkmodel writes about 2.3 GB per layer,
-#     some 20 s each, which bounds the time; q4_K would quantize 25 times
-#     slower).
+#     MOE_GPU_LAYERS (default 2: moe-mkmodel writes about 1.2 GB of q4_K per
+#     layer, which takes some 3.5 times as long as the 2.3 GB of q8_0, about
+#     20 s, and bounds the time).
 # Each has a time limit, under 8 minutes in all.  $OUT gets summary.txt and
 # one log per step (default: ./gpu-out).  The exit status is 0 when every
 # step passed with the GPU present, 2 when no CUDA driver or GPU was found
@@ -179,8 +179,8 @@ decode() {
 	else
 		dims="--embd 5120 --heads 40 --kv-heads 8 --head-dim 128 --expert-ff 8192 \
 			--shared-expert-ff 8192 --vocab 8192"
-		layers=${MOE_GPU_LAYERS:-4}
-		per_layer=2300
+		layers=${MOE_GPU_LAYERS:-2}
+		per_layer=1250
 		n=32
 	fi
 	# distinct prompt tokens; no saved routing statistics, so nothing warms the cache
@@ -193,7 +193,7 @@ decode() {
 	[ "$layers" -ge 1 ] || { echo "decode: $avail MiB free in $scratch: no room"; return 1; }
 	# shellcheck disable=SC2086
 	timeout -k 10 200 "$G/bin/moe-mkmodel" --arch llama4 -o "$model" -q --layers "$layers" \
-		--experts 16 --experts-used 1 --router-skew 0 --type q8_0 --type-other q8_0 $dims ||
+		--experts 16 --experts-used 1 --router-skew 0 --type q4_K --type-other q4_K $dims ||
 		{ echo "decode: moe-mkmodel failed"; return 1; }
 	timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens "$toks" -n $n --backend cuda --no-state \
 		--stats --json >"$out/decode-resident.json" 2>"$out/decode-resident.err" ||
