@@ -378,7 +378,7 @@ typedef int32_t fit_v8i __attribute__((vector_size(32)));
 #define FIT_IS_LO (-10)
 #define FIT_IS_HI 40
 
-/* Lanewise m ? a : b, m all ones or all zeros (a macro: a vector return type would change the ABI). */
+/* Lanewise m ? a : b, m all ones or all zeros (a macro: returning a vector changes the ABI). */
 #define fit_sel(m, a, b) ((fit_v8f)(((fit_v8i)(a) & (m)) | ((fit_v8i)(b) & ~(m))))
 
 static inline __attribute__((always_inline)) void

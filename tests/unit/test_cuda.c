@@ -1072,12 +1072,20 @@ static void cufile_stats(struct simt_cufile_stats *st)
 	get(st);
 }
 
-/* A context on the fake CUDA driver within @vram with GPUDirect Storage @gds: 0 or -errno. */
+static uint64_t gds_host_cache;
+static const char *gds_prefetch;
+
+/*
+ * A context on the fake CUDA driver within @vram with GPUDirect Storage @gds
+ * (and gds_host_cache bytes of host tier): 0 or -errno.
+ */
 static int gds_ctx(struct moe_model *m, uint64_t vram, uint32_t gds, struct moe_ctx **ctx)
 {
 	struct moe_ctx_params p;
 
 	moe_ctx_params_init(&p);
+	p.host_cache_bytes = gds_host_cache;
+	p.prefetch = gds_prefetch;
 	p.n_threads = 2;
 	p.n_ctx = 64;
 	p.n_batch = 4;
@@ -1108,8 +1116,9 @@ static void gds_all_released(void)
  * libcufile straight into the slots: the logits are the staging path's to
  * the bit, in the lazy mode (where a read that overtook queued work on its
  * slot would show) and the random one; expert_io says "gds", the bytes went
- * through cuFileRead, and everything is deregistered at the end.  A short
- * read is completed by another; auto uses GDS where it works and stages
+ * through cuFileRead, and everything is deregistered at the end; also with
+ * a host tier and with speculative prefetches.  A short read is completed by
+ * another; auto uses GDS where it works and stages
  * where the library is absent or its driver does not open.
  */
 START_TEST(cuda_gds_matches_staging)
@@ -1120,7 +1129,7 @@ START_TEST(cuda_gds_matches_staging)
 	struct moe_ctx_stats st;
 	struct logits ref, l;
 	struct moe_ctx *ctx;
-	uint64_t vram;
+	uint64_t vram, slot_bytes;
 
 	fake_driver_lib(NULL);
 	cufile_fake();
@@ -1130,22 +1139,35 @@ START_TEST(cuda_gds_matches_staging)
 	moe_ctx_get_stats(ctx, &st);
 	ck_assert_str_eq(st.expert_io, "staging");
 	ck_assert_uint_gt(st.expert_evictions, 0);
+	slot_bytes = st.slot_bytes;
 	moe_ctx_destroy(ctx);
 
 	for (int mode = SIMT_FAKE_LAZY; mode <= SIMT_FAKE_RANDOM; mode++) {
 		struct simt_fake_config cfg = { .mode = mode, .seed = 11 };
 
-		for (int v = 0; v < 3; v++) {
-			static const uint32_t modes[] = { MOE_GDS_ON, MOE_GDS_AUTO, MOE_GDS_ON };
+		for (int v = 0; v < 5; v++) {
+			static const uint32_t modes[] = { MOE_GDS_ON, MOE_GDS_AUTO, MOE_GDS_ON,
+							  MOE_GDS_ON, MOE_GDS_ON };
 
 			fake_driver_lib(&cfg);
 			cufile_fake();
 			if (v == 2)
 				setenv("SIMT_CUFILE_FAIL", "cuFileRead:3:short", 1);
+			/* case 3: a host tier (uploads into and downloads out of the slots) */
+			gds_host_cache = v == 3 ? 1u << 20 : 0;
+			/* case 4: speculative prefetches read ahead into evicted slots */
+			gds_prefetch = v == 4 ? "spec" : NULL;
 			cufile_stats(&cs0);
-			ck_assert_msg(gds_ctx(m, vram, modes[v], &ctx) == 0, "%s", moe_errmsg());
+			ck_assert_msg(gds_ctx(m, vram + (v == 4 ? 3 * slot_bytes : 0), modes[v],
+					      &ctx) == 0, "%s", moe_errmsg());
+			gds_host_cache = 0;
+			gds_prefetch = NULL;
 			run(ctx, &l);
 			moe_ctx_get_stats(ctx, &st);
+			if (v == 3)
+				ck_assert_uint_gt(st.expert_host_hits, 0);
+			if (v == 4)
+				ck_assert_uint_gt(st.prefetches, 0);
 			ck_assert_str_eq(st.expert_io, "gds");
 			ck_assert_uint_gt(st.expert_evictions, 0);
 			ck_assert_uint_le(st.vram_used, st.vram_budget);
