@@ -1342,6 +1342,17 @@ START_TEST(cuda_gds_moe_run)
 	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
 	ck_assert_msg(out && strstr(out, "no direct path"), "%s", out ? out : "");
 	free(out);
+	/* moe-bench decode takes the same values, and fails the same way without a CUDA driver */
+	snprintf(cmd, sizeof(cmd), "%s decode %s --gds sometimes", tu_bin("moe-bench"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 2);
+	ck_assert_msg(out && strstr(out, "--gds 'sometimes': expected auto, on or off"), "%s",
+		      out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=%s/no-such-libcuda.so %s decode %s --resident "
+		 "--tokens 1 --prompt 1 --gds on", dir, tu_bin("moe-bench"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_msg(out && strstr(out, "GPUDirect Storage was required"), "%s", out ? out : "");
+	free(out);
 	tu_rmtree(dir);
 	free(dir);
 }
