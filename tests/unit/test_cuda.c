@@ -1004,8 +1004,8 @@ END_TEST
  * tests/gpu/check.sh --quick over the simulated driver (libcuda_sim.so: the
  * fake with every kernel emulated, for other processes): every benchmark
  * step of the device check runs here, through the packed layout's paths,
- * and writes its line of the summary, so the script cannot rot between
- * GPU runs.
+ * and writes its line of the summary (the GPUDirect Storage run on the fake
+ * libcufile), so the script cannot rot between GPU runs.
  */
 START_TEST(cuda_gpu_check_script)
 {
@@ -1014,7 +1014,7 @@ START_TEST(cuda_gpu_check_script)
 	static const char *const want[] = {
 		"gpu-matvec: q4_K", "gpu-matvec: q8_0", "gpu-matvec: mxfp4",
 		"gpu-h2d: pipeline", "decode: 2 layers; resident", "(staging), bound",
-		"QUICK: every step ran",
+		"decode: gds: --gds on (", "reads", "(gds)", "QUICK: every step ran",
 	};
 	size_t n = 0;
 	FILE *f;
@@ -1025,7 +1025,7 @@ START_TEST(cuda_gpu_check_script)
 	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
 	snprintf(cmd, sizeof(cmd), "cd '%s' && b=$(cd '%s' && pwd) && MOE_GPU_DIR='%s/g' "
 		 "OUT='%s/out' MOE_GPU_SCRATCH='%s' MOE_CUDA_LIBRARY=\"$b/tests/libcuda_sim.so\" "
-		 "sh tests/gpu/check.sh --quick", src ? src : ".", build ? build : "build", dir,
+		 "MOE_CUFILE_LIBRARY=\"$b/tests/libcufile_fake.so\" sh tests/gpu/check.sh --quick", src ? src : ".", build ? build : "build", dir,
 		 dir, dir);
 	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s", out ? out : "");
 	snprintf(path, sizeof(path), "%s/out/summary.txt", dir);
