@@ -1168,6 +1168,19 @@ START_TEST(cuda_gds_matches_staging)
 				ck_assert_uint_gt(st.expert_host_hits, 0);
 			if (v == 4)
 				ck_assert_uint_gt(st.prefetches, 0);
+			{
+				/* the reads are stall time, counted in the layer that waited */
+				struct moe_ctx_layer_stats ls;
+				double sum = 0;
+
+				for (uint32_t il = 0; il < 2; il++) {
+					ck_assert_int_eq(moe_ctx_layer_stats(ctx, il, &ls), 0);
+					sum += ls.stall_s;
+				}
+				ck_assert(st.stall_s > 0);
+				ck_assert_msg(fabs(sum - st.stall_s) <= 1e-6 + 1e-9 * st.stall_s,
+					      "layers stalled %g s, in all %g s", sum, st.stall_s);
+			}
 			ck_assert_str_eq(st.expert_io, "gds");
 			ck_assert_uint_gt(st.expert_evictions, 0);
 			ck_assert_uint_le(st.vram_used, st.vram_budget);
