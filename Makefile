@@ -234,6 +234,9 @@ $(BUILD)/obj/libmoe/backend/cuda_fatbin.o: $(FATBIN)
 $(BUILD)/obj/libmoe/backend/cuda_fatbin.o: ALL_CFLAGS += \
 	$(if $(FATBIN),-DMOE_CUDA_FATBIN='"$(abspath $(FATBIN))"')
 
+# The K-quant fit's vector lanes must round as its scalar reference does: no fused multiply-add.
+$(BUILD)/obj/libmoe/quant/quantize.o: ALL_CFLAGS += -ffp-contract=off
+
 $(BUILD)/obj/%_avx2.o: %_avx2.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(AVX2_FLAGS) -c $< -o $@

@@ -1006,6 +1006,13 @@ enum moe_ctx_flags {
 };
 #define MOE_CTX_FLAGS_ALL (MOE_CTX_LAZY_EXPERTS | MOE_CTX_LAYER_POOLS | MOE_CTX_NO_PUBLISH)
 
+/* moe_ctx_params.gds: GPUDirect Storage for expert reads (CUDA backend). */
+enum moe_gds {
+	MOE_GDS_AUTO = 0,           /* where cuFile loads and its driver opens, else staging */
+	MOE_GDS_ON = 1,             /* required: creating the context fails without it */
+	MOE_GDS_OFF = 2,            /* never: reads go through pinned host staging */
+};
+
 struct moe_ctx_params {
 	uint64_t vram_bytes;        /* device budget; 0 = no limit (every expert resident) */
 	uint64_t host_cache_bytes;  /* tier 1: evicted experts kept in pinned host memory */
@@ -1035,7 +1042,15 @@ struct moe_ctx_params {
 	 */
 	const char *state_dir;
 	uint32_t pin_hot;           /* device slots held for good by the most used experts */
-	uint32_t pad;
+	/*
+	 * How missing experts reach device memory, enum moe_gds: GPUDirect
+	 * Storage (cuFile) reads them from the file straight into the expert
+	 * slots; MOE_GDS_AUTO (0) uses it where libcufile.so.0 (or
+	 * $MOE_CUFILE_LIBRARY) loads and its driver opens, else pinned staging;
+	 * MOE_GDS_ON makes moe_ctx_create() fail, naming why, where it cannot;
+	 * MOE_GDS_OFF always stages.  moe_ctx_stats.expert_io says which ran.
+	 */
+	uint32_t gds;
 	/*
 	 * Gemma 4 E2B/E4B: host memory for per-layer embedding rows cached by
 	 * token; 0 = 4096 rows (or the whole table when smaller).  It must hold

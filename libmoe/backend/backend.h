@@ -238,6 +238,19 @@ struct moe_backend_ops {
 	void (*host_free)(struct moe_backend *be, void *p);
 	/* The workspace the operations use, sized by the descriptor's workspace_bytes. */
 	int (*set_workspace)(struct moe_backend *be, moe_dptr p, uint64_t bytes);
+	/*
+	 * Reads from a file straight into device memory (GPUDirect Storage),
+	 * all three NULL where the backend has none.  direct_open sets them up
+	 * for file descriptor @fd with [p, p + bytes) as the range the reads
+	 * land in, or fails with -errno naming why (the caller then stages).
+	 * direct_read reads @bytes at file offset @off into @dst before it
+	 * returns, outside every queue: the caller makes sure that no queued
+	 * work still reads or writes @dst.  0, or -errno (a file that ends
+	 * early is -EIO).  direct_close undoes direct_open (also a failed one).
+	 */
+	int (*direct_open)(struct moe_backend *be, int fd, moe_dptr p, uint64_t bytes);
+	int (*direct_read)(struct moe_backend *be, moe_dptr dst, uint64_t off, uint64_t bytes);
+	void (*direct_close)(struct moe_backend *be);
 
 	/* ---- copies, events, queues */
 	int (*upload)(struct moe_backend *be, int queue, moe_dptr dst, const void *src,

@@ -133,6 +133,11 @@ static int enter(struct moe_cuda *c)
 	return moe_cuda_check(c, c->api.cuCtxSetCurrent(c->ctx), "cuCtxSetCurrent");
 }
 
+int moe_cuda_enter(struct moe_cuda *c)
+{
+	return enter(c);
+}
+
 static int queue_ok(int q)
 {
 	if (q < 0 || q >= MOE_BE_QUEUES)
@@ -816,6 +821,8 @@ static void cuda_destroy(struct moe_backend *be)
 {
 	struct moe_cuda *c = moe_cuda_of(be);
 
+	/* the registered device range goes before the memory under it */
+	moe_cuda_direct_close(be);
 	if (c->ctx && c->api.cuCtxSetCurrent(c->ctx) == CUDA_SUCCESS) {
 		/* nothing queued may outlive the memory it uses */
 		if (!c->lost)
@@ -855,6 +862,9 @@ static const struct moe_backend_ops cuda_ops = {
 	.host_alloc = cuda_host_alloc,
 	.host_free = cuda_host_free,
 	.set_workspace = cuda_set_workspace,
+	.direct_open = moe_cuda_direct_open,
+	.direct_read = moe_cuda_direct_read,
+	.direct_close = moe_cuda_direct_close,
 	.upload = cuda_upload,
 	.download = cuda_download,
 	.copy = cuda_copy,

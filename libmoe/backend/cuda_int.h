@@ -12,6 +12,7 @@
 
 struct moe_cuda_fn;
 struct moe_cuda_alloc;
+struct moe_cuda_gds;
 
 struct moe_cuda {
 	struct moe_cuda_api api;        /* driver entry points (libcuda, or the fake in tests) */
@@ -35,6 +36,7 @@ struct moe_cuda {
 	CUresult lost_err;              /* ... with this error */
 	moe_dptr ws_core;               /* cuda.c's part of the workspace */
 	uint64_t ws_core_bytes;
+	struct moe_cuda_gds *gds;       /* GPUDirect Storage, once direct_open succeeded */
 };
 
 /* The backend's state behind a struct moe_backend of kind "cuda". */
@@ -50,6 +52,12 @@ static inline struct moe_cuda *moe_cuda_of(struct moe_backend *be)
  */
 int moe_cuda_launch(struct moe_cuda *c, const char *name, unsigned gx, unsigned gy, unsigned gz,
 		    unsigned bx, unsigned by, unsigned bz, unsigned shared_bytes, void **params);
+
+/*
+ * The context current on this thread, or the sticky error that lost it
+ * earlier (every entry point starts here).
+ */
+int moe_cuda_enter(struct moe_cuda *c);
 
 /*
  * -errno with moe_err() for a failed driver call @call (its name), with the
@@ -73,5 +81,10 @@ int moe_cuda_matmul(struct moe_backend *be, const struct moe_be_mat *w, uint32_t
 		    moe_dptr x, uint32_t n_tok, const moe_dptr *y);
 int moe_cuda_matmul_heads(struct moe_backend *be, const struct moe_heads_args *a);
 int moe_cuda_ffn(struct moe_backend *be, const struct moe_ffn_args *a);
+
+/* ---- implemented in libmoe/backend/cuda_gds.c: the direct_* ops (GPUDirect Storage) */
+int moe_cuda_direct_open(struct moe_backend *be, int fd, moe_dptr p, uint64_t bytes);
+int moe_cuda_direct_read(struct moe_backend *be, moe_dptr dst, uint64_t off, uint64_t bytes);
+void moe_cuda_direct_close(struct moe_backend *be);
 
 #endif

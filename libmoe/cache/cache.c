@@ -11,6 +11,7 @@
 
 #include "cache/book.h"
 #include "cache/cache.h"
+#include "io/io.h"
 #include "model.h"
 #include "plan.h"
 #include "util/util.h"
@@ -72,6 +73,7 @@ struct moe_expert_cache {
 	uint8_t *host_mem;
 	uint64_t host_bytes;
 	uint64_t *host_off;          /* per host slot */
+	bool direct;                 /* misses read by the backend's direct_read (GDS) */
 	struct moe_cache_stats st;
 };
 
@@ -126,6 +128,45 @@ static int make_host_tier(struct moe_expert_cache *c, const struct plan_layout *
 		}
 	c->st.n_host_slots = n;
 	c->st.host_bytes = c->host_bytes;
+	return 0;
+}
+
+/*
+ * GPUDirect Storage where @mode allows and the backend can: the device
+ * range of every slot registered with the backend's direct path.
+ */
+static int open_direct(struct moe_expert_cache *c, uint32_t mode)
+{
+	const char *be = c->be->ops->name;
+	moe_dptr lo = UINT64_MAX, hi = 0;
+	int ret;
+
+	if (mode == MOE_GDS_OFF)
+		return 0;
+	if (mode != MOE_GDS_AUTO && mode != MOE_GDS_ON)
+		return moe_err(EINVAL, "GPUDirect Storage mode %u (expected auto, on or off)", mode);
+	if (!c->be->ops->direct_open) {
+		if (mode == MOE_GDS_AUTO)
+			return 0;
+		return moe_err(EOPNOTSUPP, "GPUDirect Storage was required (gds on), but the %s "
+			       "backend has no direct path into device memory (use the cuda "
+			       "backend, or gds auto)", be);
+	}
+	for (uint32_t s = 0; s < c->n_slots; s++) {
+		lo = MOE_MIN(lo, c->slots[s].mem);
+		hi = MOE_MAX(hi, c->slots[s].mem + c->slots[s].bytes);
+	}
+	ret = c->be->ops->direct_open(c->be, c->io->fd, lo, hi - lo);
+	if (ret < 0) {
+		if (mode == MOE_GDS_ON)
+			return moe_err_prefix(ret, "GPUDirect Storage was required (gds on), but "
+					      "cannot be used (gds auto would stage through host "
+					      "memory instead)");
+		moe_log(MOE_LOG_INFO, "GPUDirect Storage not used, experts go through pinned "
+			"staging: %s", moe_errmsg());
+		return 0;
+	}
+	c->direct = true;
 	return 0;
 }
 
@@ -226,6 +267,9 @@ int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache *
 	ret = make_host_tier(c, l, p, cls_of);
 	if (ret < 0)
 		goto fail;
+	ret = open_direct(c, p->gds);
+	if (ret < 0)
+		goto fail;
 	free(pool_of);
 	free(cls_of);
 	c->st.n_slots = c->n_slots;
@@ -244,6 +288,8 @@ void moe_cache_destroy(struct moe_expert_cache *c)
 {
 	if (!c)
 		return;
+	if (c->direct)
+		c->be->ops->direct_close(c->be);
 	/* reads in flight target our staging, uploads read it: let both finish first */
 	if (c->stg)
 		for (uint32_t i = 0; i < c->n_stg; i++)
@@ -400,6 +446,43 @@ static int start_fetch(struct moe_expert_cache *c, uint32_t s, uint32_t stg_idx,
 	return 0;
 }
 
+/*
+ * GPUDirect Storage: the matrices of the expert now in slot @s read from the
+ * file straight into the slot, before this returns.  The reads bypass the
+ * queues, so the host first waits for what they still do with the slot:
+ * the copy queue's uploads into it and downloads out of it (one event after
+ * everything queued there so far) and the compute work that last read it.
+ */
+static int direct_fetch(struct moe_expert_cache *c, uint32_t s)
+{
+	struct slot *sl = &c->slots[s];
+	const struct moe_expert *ex = expert_of(c, s);
+	struct moe_backend *be = c->be;
+	double t0 = moe_now();
+	uint64_t bytes = 0;
+	int ret;
+
+	ret = be->ops->event_record(be, MOE_BE_COPY, sl->up_ev);
+	ret = ret ? ret : be->ops->event_sync(be, sl->up_ev);
+	if (!ret && sl->use >= 0)
+		ret = be->ops->event_sync(be, c->use_ev[sl->use]);
+	for (uint32_t m = 0; !ret && m < ex->n_mats; m++) {
+		ret = be->ops->direct_read(be, sl->mem + moe_expert_mat_offset(ex, m, c->align),
+					   ex->mats[m].offset, ex->mats[m].bytes);
+		if (!ret)
+			bytes += ex->mats[m].bytes;
+	}
+	c->st.bytes_read += bytes;
+	c->st.direct_bytes += bytes;
+	c->st.direct_s += moe_now() - t0;
+	/* the forward pass waited for the read */
+	c->st.stall_s += moe_now() - t0;
+	if (ret < 0)
+		return ret;
+	c->slots[s].state = SLOT_QUEUED;
+	return 0;
+}
+
 static bool staging_free(struct moe_expert_cache *c, struct staging *sg)
 {
 	if (sg->reading)
@@ -498,7 +581,7 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 	}
 	if (c->hbook)
 		hs = moe_book_lookup(c->hbook, layer, e);
-	if (hs < 0) {
+	if (hs < 0 && !c->direct) {
 		stg = free_staging(c, 0);
 		if (stg < 0)
 			return -EAGAIN;
@@ -540,6 +623,12 @@ int moe_cache_acquire(struct moe_expert_cache *c, uint32_t layer, uint32_t e, ui
 			goto fail;
 		sl->state = SLOT_QUEUED;
 		c->st.host_hits++;
+		return 1;
+	}
+	if (c->direct) {
+		ret = direct_fetch(c, *slot);
+		if (ret < 0)
+			goto fail;
 		return 1;
 	}
 	ret = start_fetch(c, *slot, (uint32_t)stg, false);
@@ -589,7 +678,7 @@ int moe_cache_prefetch(struct moe_expert_cache *c, uint32_t layer, uint32_t e, u
 		return 0;
 	if (c->hbook)
 		hs = moe_book_lookup(c->hbook, layer, e);
-	if (hs < 0) {
+	if (hs < 0 && !c->direct) {
 		stg = free_staging(c, c->stg_reserve);
 		if (stg < 0)
 			return -EAGAIN;
@@ -618,6 +707,12 @@ int moe_cache_prefetch(struct moe_expert_cache *c, uint32_t layer, uint32_t e, u
 		moe_book_use(c->hbook, layer, e, clock, false, &u);
 		moe_book_unpin(c->hbook, u.slot);
 		sl->state = SLOT_QUEUED;
+		return 1;
+	}
+	if (c->direct) {
+		ret = direct_fetch(c, u.slot);
+		if (ret < 0)
+			goto fail;
 		return 1;
 	}
 	ret = start_fetch(c, u.slot, (uint32_t)stg, true);
@@ -775,7 +870,7 @@ const struct moe_expert *moe_cache_expert(const struct moe_expert_cache *c, uint
 
 const char *moe_cache_io_path(const struct moe_expert_cache *c)
 {
-	return c ? "staging" : "";
+	return !c ? "" : c->direct ? "gds" : "staging";
 }
 
 void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stats *out)
@@ -795,7 +890,8 @@ void moe_cache_reset_stats(struct moe_expert_cache *c)
 {
 	moe_book_reset_stats(c->book);
 	c->st.host_hits = c->st.bytes_read = 0;
-	c->st.stall_s = 0;
+	c->st.stall_s = c->st.direct_s = 0;
+	c->st.direct_bytes = 0;
 	c->st.prefetch_cancelled = c->st.prefetch_bytes = c->st.prefetch_unused_bytes = 0;
 }
 

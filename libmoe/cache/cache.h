@@ -24,6 +24,12 @@
  * forward pass comes to wait for is promoted to a demand read.
  * Callbacks of the I/O engine run on the thread that calls moe_cache_poll or
  * moe_cache_wait (the forward pass thread).
+ *
+ * With GPUDirect Storage (moe_cache_params.gds, a backend with direct_*
+ * ops) a miss is instead read from the file straight into its slot before
+ * moe_cache_acquire/moe_cache_prefetch return, after the host has waited
+ * for the queued work that still uses the slot; such a slot is usable at
+ * once and no staging buffer is involved.
  */
 #ifndef MOE_CACHE_H
 #define MOE_CACHE_H
@@ -51,6 +57,7 @@ struct moe_cache_params {
 	const uint8_t *dense;                        /* layers of streamed dense FFNs, or NULL */
 	const struct moe_routestats *stats;          /* for the policy, or NULL */
 	uint32_t hot_max, hot_after;                 /* hot experts (book.h) */
+	uint32_t gds;                                /* enum moe_gds: reads straight into slots */
 };
 
 int moe_cache_create(const struct moe_cache_params *p, struct moe_expert_cache **out);
@@ -127,10 +134,13 @@ struct moe_cache_stats {
 	uint64_t staging_bytes;
 	uint32_t n_host_slots;
 	uint64_t host_bytes;
+	uint64_t direct_bytes;  /* read straight into slots (GPUDirect Storage) ... */
+	double direct_s;        /* ... in this many seconds */
 };
 /*
  * How misses reach the device: "staging" (read into pinned host memory,
- * then uploaded); "" without a cache.
+ * then uploaded) or "gds" (GPUDirect Storage: read from the file into the
+ * slot, synchronously, by the backend's direct_read); "" without a cache.
  */
 const char *moe_cache_io_path(const struct moe_expert_cache *c);
 void moe_cache_get_stats(const struct moe_expert_cache *c, struct moe_cache_stats *out);

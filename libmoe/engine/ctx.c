@@ -280,7 +280,12 @@ static int setup(struct moe_ctx *ctx)
 	ctx->ffn_list = calloc(ctx->hp.n_expert + 1, sizeof(*ctx->ffn_list));
 	ctx->used_slots = calloc(ctx->hp.n_expert + 1, sizeof(uint32_t));
 	ctx->n_logits = ctx->n_batch;
-	ctx->logits = malloc(sizeof(float) * ctx->n_logits * ctx->hp.n_vocab);
+	/* pinned: the logits' download is DMA straight into them, not staged by the driver */
+	ret = ctx->be->ops->host_alloc(ctx->be, sizeof(float) * ctx->n_logits * ctx->hp.n_vocab,
+				       (void **)&ctx->logits);
+	if (ret < 0)
+		return moe_err_prefix(ret, "memory for %u x %u logits", ctx->n_logits,
+				      ctx->hp.n_vocab);
 	ctx->k_layer = calloc(ctx->hp.n_layer, sizeof(*ctx->k_layer));
 	ctx->k_cache = calloc(ctx->hp.n_layer, sizeof(*ctx->k_cache));
 	ctx->dense_streamed = calloc(ctx->hp.n_layer, 1);
@@ -310,7 +315,8 @@ static int setup(struct moe_ctx *ctx)
 	if (p->n_experts || p->n_dense_streamed) {
 		struct moe_cache_params cp = {
 			.model = ctx->model, .be = ctx->be, .io = ctx->io, .layout = &ctx->lay,
-			.arena = ctx->arena, .k = ctx->k_cache, .dense = ctx->dense_streamed, .hot_max = par->pin_hot,
+			.arena = ctx->arena, .k = ctx->k_cache, .dense = ctx->dense_streamed,
+			.hot_max = par->pin_hot, .gds = par->gds,
 		};
 
 		ret = p->n_experts ? routing_stats(ctx, &loaded) : 0;
@@ -391,6 +397,12 @@ int moe_ctx_create(struct moe_model *model, const struct moe_ctx_params *p,
 		ctx->par = *p;
 	else
 		moe_ctx_params_init(&ctx->par);
+	if (ctx->par.gds > MOE_GDS_OFF) {
+		ret = moe_err(EINVAL, "moe_ctx_create: gds %u is none of MOE_GDS_AUTO, _ON, _OFF",
+			      ctx->par.gds);
+		free(ctx);
+		return ret;
+	}
 	if (ctx->par.flags & ~MOE_CTX_FLAGS_ALL) {
 		ret = moe_err(EINVAL, "moe_ctx_create: unknown flags 0x%x",
 			      ctx->par.flags & ~MOE_CTX_FLAGS_ALL);
@@ -456,6 +468,8 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 			be->ops->event_destroy(be, ctx->ev_spec);
 		if (ctx->hbuf)
 			be->ops->host_free(be, ctx->hbuf);
+		if (ctx->logits)
+			be->ops->host_free(be, ctx->logits);
 		moe_ple_free(ctx);
 		be->ops->free(be, ctx->arena_mem);
 		moe_backend_destroy(be);
@@ -472,7 +486,6 @@ void moe_ctx_destroy(struct moe_ctx *ctx)
 	free(ctx->exp_slot);
 	free(ctx->ffn_list);
 	free(ctx->used_slots);
-	free(ctx->logits);
 	free(ctx->seq_past);
 	free(ctx->k_layer);
 	free(ctx->k_cache);
@@ -606,12 +619,16 @@ static int eval(struct moe_ctx *ctx, const struct moe_batch *b, bool all)
 			}
 		}
 	if (n_keep > ctx->n_logits) {
-		float *l = realloc(ctx->logits, sizeof(float) * (size_t)n_keep * n_vocab);
+		float *l = NULL;
 
-		if (!l) {
-			ret = moe_err(ENOMEM, "out of memory for %u x %u logits", n_keep, n_vocab);
+		/* the old rows need not survive: this eval writes every row it keeps */
+		ret = ctx->be->ops->host_alloc(ctx->be, sizeof(float) * (size_t)n_keep * n_vocab,
+					       (void **)&l);
+		if (ret < 0) {
+			moe_err_prefix(ret, "memory for %u x %u logits", n_keep, n_vocab);
 			goto out;
 		}
+		ctx->be->ops->host_free(ctx->be, ctx->logits);
 		ctx->logits = l;
 		ctx->n_logits = n_keep;
 	}
@@ -785,6 +802,14 @@ int moe_ctx_get_stats(const struct moe_ctx *ctx, struct moe_ctx_stats *out)
 	s.bytes_read = io.bytes - ctx->io_base.bytes;
 	s.read_s = io.busy_s - ctx->io_base.busy_s;
 	s.bytes_copied = io.bytes_copied - ctx->io_base.bytes_copied;
+	if (ctx->cache) {
+		struct moe_cache_stats cs;
+
+		/* reads straight into device memory do not pass the I/O engine */
+		moe_cache_get_stats(ctx->cache, &cs);
+		s.bytes_read += cs.direct_bytes;
+		s.read_s += cs.direct_s;
+	}
 	s.read_gbps = s.read_s > 0 ? s.bytes_read / s.read_s / 1e9 : 0;
 	s.prefill_tps = s.prefill_s > 0 ? s.prefill_tokens / s.prefill_s : 0;
 	s.decode_tps = s.decode_s > 0 ? s.decode_tokens / s.decode_s : 0;

@@ -379,6 +379,8 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 	struct moe_backend *be = ctx->be;
 	uint32_t ne = ctx->hp.n_expert;
 	bool looked = false;
+	/* the layer's stall: waits, and reads straight into slots (GPUDirect Storage) */
+	double t0 = moe_cache_stall(c);
 	int ret;
 
 	ret = be->ops->event_sync(be, ctx->ev_sel);
@@ -402,7 +404,6 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 	}
 	while (ctx->exp_left) {
 		bool in_flight = false, idle = false;
-		double t0;
 		int ran;
 
 		ret = acquire_more(ctx, il);
@@ -433,9 +434,7 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 				      ctx->st.n_slots);
 			goto fail;
 		}
-		t0 = moe_cache_stall(c);
 		ret = moe_cache_wait(c);
-		ctx->layer_stall[il] += moe_cache_stall(c) - t0;
 		if (ret < 0)
 			goto fail;
 	}
@@ -444,11 +443,13 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 		if (ret < 0)
 			goto fail;
 	}
+	ctx->layer_stall[il] += moe_cache_stall(c) - t0;
 	return be->ops->combine(be, ctx->buf[PB_YBUF],
 				ctx->arch->ffn == MOE_FFN_LLAMA4 ? 0 : ctx->buf[PB_RW], n_tok,
 				L->n_expert_used, ctx->max_used, ctx->hp.n_embd, out);
 fail:
 	release_all(ctx);
+	ctx->layer_stall[il] += moe_cache_stall(c) - t0;
 	return ret;
 }
 

@@ -4,6 +4,7 @@
 #define MOE_QUANT_KERNELS_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "moe/moe.h"
@@ -31,6 +32,16 @@ MOE_KERNELS(q8_k)
 
 /* q8_0 activations: 127/amax and nearest-even, as the x86 kernels of llama.cpp round them. */
 size_t moe_q8_0_act_from_float(const float *src, void *dst, int64_t n);
+/*
+ * The K-quants' affine fit one candidate at a time, as quantize.c first
+ * did it: the reference the vectorized fit must equal to the bit (tests).
+ */
+size_t moe_q4_k_from_float_ref(const float *src, void *dst, int64_t n);
+size_t moe_q5_k_from_float_ref(const float *src, void *dst, int64_t n);
+/* One sub-block's fit of x ~ scale*q - offset, q in [0, nmax]: vectorized, or the reference. */
+void moe_k_fit_affine(const float *x, int n, int nmax, float *scale, float *offset, bool ref);
+/* The vectorized fit's AVX2 build: -1 not decided yet, 0 off (the tests force it), 1 on. */
+extern int moe_kfit_avx2;
 
 /*
  * SIMD kernels for one instruction set, applied over the table of the level

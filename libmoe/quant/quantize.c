@@ -306,11 +306,12 @@ size_t moe_mxfp4_from_float(const float *src, void *dst, int64_t n)
 
 /*
  * Fit x ~ scale*q - offset with q in [0, nmax] and offset >= 0 (the format's
- * mins are subtracted): try 21 grid spacings around (max-min)/nmax, for each
+ * mins are subtracted): try 51 grid spacings around (max-min)/nmax, for each
  * solve the least-squares scale and offset for the resulting q, keep the
- * fit with the least squared error.
+ * fit with the least squared error.  One candidate at a time: the reference
+ * that fit_affine (below) must equal bit for bit.
  */
-static void fit_affine(const float *x, int n, int nmax, float *scale, float *offset)
+static void fit_affine_ref(const float *x, int n, int nmax, float *scale, float *offset)
 {
 	float mn, mx, best = INFINITY, sx = 0;
 
@@ -362,6 +363,114 @@ static void fit_affine(const float *x, int n, int nmax, float *scale, float *off
 	}
 }
 
+
+/*
+ * fit_affine_ref's 51 candidates eight at a time, lane k of a group being
+ * one grid spacing: each lane performs the scalar loop's float operations in
+ * the same order (no reassociation, no fused multiply-add), so its sums, fit
+ * and error are the scalar ones to the bit, and the fits are compared in the
+ * scalar loop's order.  GCC/clang vector extensions, so one source serves
+ * SSE2 and AVX2 (chosen at run time) and other targets.
+ */
+typedef float fit_v8f __attribute__((vector_size(32)));
+typedef int32_t fit_v8i __attribute__((vector_size(32)));
+
+#define FIT_IS_LO (-10)
+#define FIT_IS_HI 40
+
+/* Lanewise m ? a : b, m all ones or all zeros (a macro: returning a vector changes the ABI). */
+#define fit_sel(m, a, b) ((fit_v8f)(((fit_v8i)(a) & (m)) | ((fit_v8i)(b) & ~(m))))
+
+static inline __attribute__((always_inline)) void
+fit_affine_body(const float *x, int n, int nmax, float *scale, float *offset)
+{
+	const fit_v8f zero = { 0 }, one = zero + 1, hi = zero + (float)nmax;
+	const fit_v8f magic = zero + 12582912.0f, lane = { 0, 1, 2, 3, 4, 5, 6, 7 };
+	float mn, mx, best = INFINITY, sx = 0;
+	fit_v8f q[QK_K / 8];
+
+	minmax(x, n, &mn, &mx);
+	if (mn > 0)
+		mn = 0;
+	*scale = 0;
+	*offset = -mn;
+	if (!(mx > mn))
+		return;
+	for (int j = 0; j < n; j++)
+		sx += x[j];
+	for (int is0 = FIT_IS_LO; is0 <= FIT_IS_HI; is0 += 8) {
+		fit_v8f iscale, sl = zero, sl2 = zero, sxl = zero, err = zero, av, bv, det;
+		fit_v8i pos, skip;
+
+		iscale = ((float)nmax + 0.1f * ((float)is0 + lane)) / (mx - mn);
+		for (int j = 0; j < n; j++) {
+			fit_v8f v = iscale * (x[j] - mn);
+			fit_v8i above = v > zero, over = v > hi;
+
+			/* qround: 0 unless above 0 (NaN too), nmax past it, else round to even */
+			v = fit_sel(above, v, zero);
+			v = fit_sel(over, hi, v);
+			q[j] = __builtin_convertvector(((fit_v8i)(v + magic) & 0x007fffff) - 0x00400000,
+						       fit_v8f);
+			sl += q[j];
+			sl2 += q[j] * q[j];
+			sxl += x[j] * q[j];
+		}
+		/* the scalar branches as selects; a lane's unused quotients are discarded */
+		det = (float)n * sl2 - sl * sl;
+		pos = det > zero;
+		av = fit_sel(pos, ((float)n * sxl - sl * sx) / det, zero);
+		bv = fit_sel(pos, (sl2 * sx - sl * sxl) / det, one);
+		pos = bv > zero;
+		av = fit_sel(pos, fit_sel(sl2 > zero, sxl / sl2, zero), av);
+		bv = fit_sel(pos, zero, bv);
+		skip = (av < zero) | ((float)is0 + lane > (float)FIT_IS_HI);
+		for (int j = 0; j < n; j++) {
+			fit_v8f r = av * q[j] + bv - x[j];
+
+			err += r * r;
+		}
+		for (int k = 0; k < 8; k++)
+			if (!skip[k] && err[k] < best) {
+				best = err[k];
+				*scale = av[k];
+				*offset = -bv[k];
+			}
+	}
+}
+
+#if defined(__x86_64__) && !defined(__AVX2__)
+__attribute__((target("avx2"))) static void fit_affine_avx2(const float *x, int n, int nmax,
+							   float *scale, float *offset)
+{
+	fit_affine_body(x, n, nmax, scale, offset);
+}
+#endif
+
+static void fit_affine_base(const float *x, int n, int nmax, float *scale, float *offset)
+{
+	fit_affine_body(x, n, nmax, scale, offset);
+}
+
+int moe_kfit_avx2 = -1;
+
+static void fit_affine(const float *x, int n, int nmax, float *scale, float *offset)
+{
+#if defined(__x86_64__) && !defined(__AVX2__)
+	int avx2 = __atomic_load_n(&moe_kfit_avx2, __ATOMIC_RELAXED);
+
+	if (avx2 < 0) {
+		avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+		__atomic_store_n(&moe_kfit_avx2, avx2, __ATOMIC_RELAXED);
+	}
+	if (avx2) {
+		fit_affine_avx2(x, n, nmax, scale, offset);
+		return;
+	}
+#endif
+	fit_affine_base(x, n, nmax, scale, offset);
+}
+
 /* Quantize 8 sub-block (scale, offset) pairs to 6 bits under fp16 super-scales. */
 static void k_scales(const float *scale, const float *offset, uint16_t *d16, uint16_t *dmin16,
 		     uint8_t *packed, uint8_t *sc, uint8_t *m)
@@ -407,7 +516,14 @@ static void k_codes(const float *x, uint16_t d16, uint16_t dmin16, const uint8_t
 	}
 }
 
-size_t moe_q4_k_from_float(const float *src, void *dst, int64_t n)
+void moe_k_fit_affine(const float *x, int n, int nmax, float *scale, float *offset, bool ref)
+{
+	(ref ? fit_affine_ref : fit_affine)(x, n, nmax, scale, offset);
+}
+
+typedef void fit_fn(const float *x, int n, int nmax, float *scale, float *offset);
+
+static size_t q4_k_from_float(const float *src, void *dst, int64_t n, fit_fn *fit)
 {
 	struct block_q4_k *b = dst;
 
@@ -417,7 +533,7 @@ size_t moe_q4_k_from_float(const float *src, void *dst, int64_t n)
 		uint16_t d16, dmin16;
 
 		for (int j = 0; j < 8; j++)
-			fit_affine(src + 32 * j, 32, 15, &scale[j], &offset[j]);
+			fit(src + 32 * j, 32, 15, &scale[j], &offset[j]);
 		k_scales(scale, offset, &d16, &dmin16, b->scales, sc, m);
 		b->d = d16;
 		b->dmin = dmin16;
@@ -429,7 +545,17 @@ size_t moe_q4_k_from_float(const float *src, void *dst, int64_t n)
 	return (size_t)(n / QK_K) * sizeof(*b);
 }
 
-size_t moe_q5_k_from_float(const float *src, void *dst, int64_t n)
+size_t moe_q4_k_from_float(const float *src, void *dst, int64_t n)
+{
+	return q4_k_from_float(src, dst, n, fit_affine);
+}
+
+size_t moe_q4_k_from_float_ref(const float *src, void *dst, int64_t n)
+{
+	return q4_k_from_float(src, dst, n, fit_affine_ref);
+}
+
+static size_t q5_k_from_float(const float *src, void *dst, int64_t n, fit_fn *fit)
 {
 	struct block_q5_k *b = dst;
 
@@ -439,7 +565,7 @@ size_t moe_q5_k_from_float(const float *src, void *dst, int64_t n)
 		uint16_t d16, dmin16;
 
 		for (int j = 0; j < 8; j++)
-			fit_affine(src + 32 * j, 32, 31, &scale[j], &offset[j]);
+			fit(src + 32 * j, 32, 31, &scale[j], &offset[j]);
 		k_scales(scale, offset, &d16, &dmin16, b->scales, sc, m);
 		b->d = d16;
 		b->dmin = dmin16;
@@ -455,6 +581,16 @@ size_t moe_q5_k_from_float(const float *src, void *dst, int64_t n)
 		}
 	}
 	return (size_t)(n / QK_K) * sizeof(*b);
+}
+
+size_t moe_q5_k_from_float(const float *src, void *dst, int64_t n)
+{
+	return q5_k_from_float(src, dst, n, fit_affine);
+}
+
+size_t moe_q5_k_from_float_ref(const float *src, void *dst, int64_t n)
+{
+	return q5_k_from_float(src, dst, n, fit_affine_ref);
 }
 
 /*

@@ -29,15 +29,17 @@
 #     against device-to-device copy bandwidth in the same run (target >= 0.7);
 #   - moe-bench gpu-h2d: the expert pipeline's host-to-device GB/s against
 #     plain copies from pinned memory in the same run (target >= 0.9);
+#   - the streaming decode again with --gds on where a libcufile.so.0 is found
+#     ($MOE_CUFILE_LIBRARY, else the CUDA toolkit's), its tokens/s and read rate;
 #   - decode tokens/s of a Scout-shaped model (n_embd 5120, expert FFN 8192,
-#     16 experts top-1, a shared expert, q8_0) fully resident and with --vram
+#     16 experts top-1, a shared expert, q4_K) fully resident and with --vram
 #     holding 30% of the experts, the latter against the bound read GB/s /
 #     bytes read per token of the same run (target >= 0.8).  The model is
 #     written to $MOE_GPU_SCRATCH (default /tmp) and removed after; it has as
 #     many layers as twice the file leaves room for on that disk, at most
-#     MOE_GPU_LAYERS (default 4: moe-mkmodel writes about 2.3 GB per layer,
-#     some 20 s each, which bounds the time; q4_K would quantize 25 times
-#     slower).
+#     MOE_GPU_LAYERS (default 2: moe-mkmodel writes about 1.2 GB of q4_K per
+#     layer, which takes some 3.5 times as long as the 2.3 GB of q8_0, about
+#     20 s, and bounds the time).
 # Each has a time limit, under 8 minutes in all.  $OUT gets summary.txt and
 # one log per step (default: ./gpu-out).  The exit status is 0 when every
 # step passed with the GPU present, 2 when no CUDA driver or GPU was found
@@ -64,7 +66,8 @@ die() {
 # ---- packing, on the build machine
 if [ "${1:-}" = "--pack" ]; then
 	make -j2 build/tests/unit-tests build/tests/libcuda_fake.so build/tests/libcuda_old.so \
-		tools || die "the build failed"
+		build/tests/libcuda_sim.so build/tests/libcufile_fake.so tools ||
+		die "the build failed"
 	[ -f build/cuda/kernels.fatbin ] ||
 		die "libmoe was built without CUDA kernels (no nvcc): nothing to check on a GPU"
 	make build/cuda/selftest.fatbin || die "the self-test fatbin did not build"
@@ -73,11 +76,12 @@ if [ "${1:-}" = "--pack" ]; then
 	if ! { cp build/tests/unit-tests "$G/" &&
 		cp build/bin/moe-run build/bin/moe-mkmodel build/bin/moectl build/bin/moe-bench \
 			"$G/bin/" &&
-		cp build/tests/libcuda_fake.so build/tests/libcuda_old.so "$G/tests/" &&
+		cp build/tests/libcuda_fake.so build/tests/libcuda_old.so build/tests/libcuda_sim.so \
+			build/tests/libcufile_fake.so "$G/tests/" &&
 		cp build/cuda/selftest.fatbin "$G/cuda/"; }; then
 		die "copying the binaries failed"
 	fi
-	for b in "$G/unit-tests" "$G"/bin/*; do
+	for b in "$G/unit-tests" "$G"/bin/* "$G/tests/libcuda_sim.so"; do
 		ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }'
 	done | sort -u | while read -r lib; do
 		case "${lib##*/}" in
@@ -179,8 +183,8 @@ decode() {
 	else
 		dims="--embd 5120 --heads 40 --kv-heads 8 --head-dim 128 --expert-ff 8192 \
 			--shared-expert-ff 8192 --vocab 8192"
-		layers=${MOE_GPU_LAYERS:-4}
-		per_layer=2300
+		layers=${MOE_GPU_LAYERS:-2}
+		per_layer=1250
 		n=32
 	fi
 	# distinct prompt tokens; no saved routing statistics, so nothing warms the cache
@@ -193,7 +197,7 @@ decode() {
 	[ "$layers" -ge 1 ] || { echo "decode: $avail MiB free in $scratch: no room"; return 1; }
 	# shellcheck disable=SC2086
 	timeout -k 10 200 "$G/bin/moe-mkmodel" --arch llama4 -o "$model" -q --layers "$layers" \
-		--experts 16 --experts-used 1 --router-skew 0 --type q8_0 --type-other q8_0 $dims ||
+		--experts 16 --experts-used 1 --router-skew 0 --type q4_K --type-other q4_K $dims ||
 		{ echo "decode: moe-mkmodel failed"; return 1; }
 	timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens "$toks" -n $n --backend cuda --no-state \
 		--stats --json >"$out/decode-resident.json" 2>"$out/decode-resident.err" ||
@@ -209,10 +213,17 @@ decode() {
 	vram=$(awk -v u="$used" -v n="$slots" -v s="$slot" \
 		'BEGIN { printf "%.0f", u - 0.7 * n * s }')
 	timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens "$toks" -n $n --backend cuda --no-state \
-		--vram "$vram" --stats --json >"$out/decode-stream.json" 2>"$out/decode-stream.err" ||
+		--vram "$vram" --gds off --stats --json >"$out/decode-stream.json" \
+		2>"$out/decode-stream.err" ||
 		{ echo "decode: the streaming run (--vram $vram) failed (exit $?):" \
 		       "$(tail -n 3 "$out/decode-stream.err")"; return 1; }
-	awk -v L="$layers" -v V="$vram" \
+	stream_line "$vram" || return 1
+	gds_run "$vram"
+}
+
+# The streaming run's figures: its tokens/s against the bound of its own reads.
+stream_line() {
+	awk -v L="$layers" -v V="$1" \
 	    -v rt="$(jget decode_tps "$out/decode-resident.json")" \
 	    -v st="$(jget decode_tps "$out/decode-stream.json")" \
 	    -v gb="$(jget read_gbps "$out/decode-stream.json")" \
@@ -226,6 +237,34 @@ decode() {
 		       "%.1f MB read per token at %.2f GB/s (%s), bound %.2f tokens/s, " \
 		       "ratio %.3f\n", L, rt, V, st, per / 1e6, gb, io, bound,
 		       (bound > 0 ? st / bound : 0)
+	}'
+}
+
+# The streaming run again with GPUDirect Storage required, where a libcufile is found
+# ($MOE_CUFILE_LIBRARY, else the CUDA toolkit's): informative unless MOE_CUFILE_LIBRARY
+# was given, since a machine without the nvidia-fs driver may refuse it.
+gds_run() {
+	lib=${MOE_CUFILE_LIBRARY:-}
+	if [ -z "$lib" ]; then
+		for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib /usr/lib/*-linux-gnu; do
+			[ -e "$d/libcufile.so.0" ] && { lib=$d/libcufile.so.0; break; }
+		done
+	fi
+	if [ -z "$lib" ]; then
+		echo "gds: no libcufile.so.0 here, not run"
+		return 0
+	fi
+	if ! MOE_CUFILE_LIBRARY=$lib timeout -k 10 90 "$G/bin/moe-run" -m "$model" --tokens "$toks" \
+		-n $n --backend cuda --no-state --vram "$1" --gds on --stats --json \
+		>"$out/decode-gds.json" 2>"$out/decode-gds.err"; then
+		echo "gds: --gds on with $lib failed: $(tail -n 1 "$out/decode-gds.err")"
+		[ -n "${MOE_CUFILE_LIBRARY:-}" ] && return 1
+		return 0
+	fi
+	awk -v st="$(jget decode_tps "$out/decode-gds.json")" \
+	    -v gb="$(jget read_gbps "$out/decode-gds.json")" \
+	    -v io="$(jget expert_io "$out/decode-gds.json")" -v lib="$lib" 'BEGIN {
+		printf "gds: --gds on (%s): %.2f tokens/s, reads %.2f GB/s (%s)\n", lib, st, gb, io
 	}'
 }
 decode >"$out/decode.log" 2>&1 || status=1

@@ -16,6 +16,7 @@
 
 #include "backend/cuda_h2d_bench.h"
 #include "backend/cuda_int.h"
+#include "cufile_fake.h"
 #include "fake_cuda.h"
 #include "moe/moe.h"
 #include "testutil.h"
@@ -785,6 +786,7 @@ START_TEST(cuda_pipeline_calls)
 	struct moe_model *m = small_model(dir, "f32");
 	struct simt_fake_config cfg = { .granularity = 512 };
 	unsigned copies = 0, waits = 0, refills, used[TR_PINNED] = { 0 }, n_used = 0, pageable;
+	unsigned logit_rows;
 	struct simt_fake_stats fs;
 	struct moe_ctx_stats st;
 	struct logits l;
@@ -812,15 +814,17 @@ START_TEST(cuda_pipeline_calls)
 		ck_assert_uint_eq(st.device_free_before - st.device_free_after,
 				  MOE_ALIGN_UP(st.vram_used, 512));
 		ck_assert_uint_le(st.vram_peak, pass ? UINT64_MAX : vram);
-		copies = waits = refills = n_used = pageable = 0;
+		copies = waits = refills = n_used = pageable = logit_rows = 0;
 		memset(used, 0, sizeof(used));
 		for (unsigned i = 0; i < tr.n_op; i++) {
 			const struct tr_op *o = &tr.op[i];
 
-			if (o->kind == TR_D2H && !o->pinned) {
-				/* only the logits land in pageable memory (the caller's buffer) */
-				ck_assert_uint_eq(o->bytes % (sizeof(float) * l.vocab), 0);
-				pageable++;
+			if (o->kind == TR_D2H) {
+				/* the logits (and the routing) land in pinned memory */
+				ck_assert_msg(o->pinned, "download %u of %zu bytes into pageable "
+					      "memory", i, o->bytes);
+				logit_rows += o->bytes % (sizeof(float) * l.vocab) ? 0 :
+					      o->bytes / (sizeof(float) * l.vocab);
 			} else if (o->kind == TR_H2D && o->s != tr.stream[MOE_BE_COPY]) {
 				/*
 				 * the matrix ops' descriptors: a few hundred bytes the driver
@@ -852,6 +856,8 @@ START_TEST(cuda_pipeline_calls)
 			}
 		}
 		ck_assert_uint_eq(fs.pageable_copies, pageable);
+		/* every logit row was downloaded (MOE_EVAL_ALL_LOGITS) */
+		ck_assert_uint_ge(logit_rows, l.n);
 		if (pass) {
 			ck_assert_uint_eq(st.expert_misses, 0);
 			ck_assert_uint_eq(copies, 0);
@@ -998,8 +1004,8 @@ END_TEST
  * tests/gpu/check.sh --quick over the simulated driver (libcuda_sim.so: the
  * fake with every kernel emulated, for other processes): every benchmark
  * step of the device check runs here, through the packed layout's paths,
- * and writes its line of the summary, so the script cannot rot between
- * GPU runs.
+ * and writes its line of the summary (the GPUDirect Storage run on the fake
+ * libcufile), so the script cannot rot between GPU runs.
  */
 START_TEST(cuda_gpu_check_script)
 {
@@ -1008,7 +1014,7 @@ START_TEST(cuda_gpu_check_script)
 	static const char *const want[] = {
 		"gpu-matvec: q4_K", "gpu-matvec: q8_0", "gpu-matvec: mxfp4",
 		"gpu-h2d: pipeline", "decode: 2 layers; resident", "(staging), bound",
-		"QUICK: every step ran",
+		"decode: gds: --gds on (", "reads", "(gds)", "QUICK: every step ran",
 	};
 	size_t n = 0;
 	FILE *f;
@@ -1019,7 +1025,7 @@ START_TEST(cuda_gpu_check_script)
 	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
 	snprintf(cmd, sizeof(cmd), "cd '%s' && b=$(cd '%s' && pwd) && MOE_GPU_DIR='%s/g' "
 		 "OUT='%s/out' MOE_GPU_SCRATCH='%s' MOE_CUDA_LIBRARY=\"$b/tests/libcuda_sim.so\" "
-		 "sh tests/gpu/check.sh --quick", src ? src : ".", build ? build : "build", dir,
+		 "MOE_CUFILE_LIBRARY=\"$b/tests/libcufile_fake.so\" sh tests/gpu/check.sh --quick", src ? src : ".", build ? build : "build", dir,
 		 dir, dir);
 	ck_assert_msg(tu_run(cmd, 1, &out) == 0, "%s", out ? out : "");
 	snprintf(path, sizeof(path), "%s/out/summary.txt", dir);
@@ -1037,6 +1043,334 @@ START_TEST(cuda_gpu_check_script)
 END_TEST
 
 /* Without a driver, moe-run --backend cuda says so; auto runs on the CPU. */
+/* ------------------------------------------------------------ GPUDirect Storage */
+
+static void *cufile_lib;
+static char cufile_path[4096];
+
+/* The fake libcufile, kept loaded here so that its counters outlive each context's dlclose. */
+static void cufile_fake(void)
+{
+	const char *build = getenv("MOE_BUILD");
+
+	snprintf(cufile_path, sizeof(cufile_path), "%s/tests/libcufile_fake.so",
+		 build ? build : "build");
+	if (!cufile_lib)
+		cufile_lib = dlopen(cufile_path, RTLD_NOW | RTLD_LOCAL);
+	ck_assert_msg(cufile_lib != NULL, "%s", dlerror());
+	setenv("MOE_CUFILE_LIBRARY", cufile_path, 1);
+	unsetenv("SIMT_CUFILE_FAIL");
+}
+
+static void cufile_stats(struct simt_cufile_stats *st)
+{
+	void (*get)(struct simt_cufile_stats *);
+	void *sym = dlsym(cufile_lib, "simt_cufile_fake_stats");
+
+	ck_assert_ptr_nonnull(sym);
+	memcpy(&get, &sym, sizeof(get));
+	get(st);
+}
+
+static uint64_t gds_host_cache;
+static const char *gds_prefetch;
+
+/*
+ * A context on the fake CUDA driver within @vram with GPUDirect Storage @gds
+ * (and gds_host_cache bytes of host tier): 0 or -errno.
+ */
+static int gds_ctx(struct moe_model *m, uint64_t vram, uint32_t gds, struct moe_ctx **ctx)
+{
+	struct moe_ctx_params p;
+
+	moe_ctx_params_init(&p);
+	p.host_cache_bytes = gds_host_cache;
+	p.prefetch = gds_prefetch;
+	p.n_threads = 2;
+	p.n_ctx = 64;
+	p.n_batch = 4;
+	p.vram_bytes = vram;
+	p.backend = "cuda";
+	p.gds = gds;
+	*ctx = NULL;
+	return moe_ctx_create(m, &p, ctx);
+}
+
+/* Nothing of the fake libcufile or the fake driver is left registered or allocated. */
+static void gds_all_released(void)
+{
+	struct simt_cufile_stats cs;
+	struct simt_fake_stats fs;
+
+	cufile_stats(&cs);
+	ck_assert_int_eq(cs.driver_opens, 0);
+	ck_assert_uint_eq(cs.handles, 0);
+	ck_assert_uint_eq(cs.bufs, 0);
+	simt_fake_cuda_stats(&fs);
+	ck_assert_uint_eq(fs.allocs, 0);
+	ck_assert_uint_eq(fs.pinned, 0);
+}
+
+/*
+ * Decode with experts streamed through an evicting budget, through the fake
+ * libcufile straight into the slots: the logits are the staging path's to
+ * the bit, in the lazy mode (where a read that overtook queued work on its
+ * slot would show) and the random one; expert_io says "gds", the bytes went
+ * through cuFileRead, and everything is deregistered at the end; also with
+ * a host tier and with speculative prefetches.  A short read is completed by
+ * another; auto uses GDS where it works and stages
+ * where the library is absent or its driver does not open.
+ */
+START_TEST(cuda_gds_matches_staging)
+{
+	char *dir = tu_tmpdir();
+	struct moe_model *m = small_model(dir, "q8_0");
+	struct simt_cufile_stats cs0, cs;
+	struct moe_ctx_stats st;
+	struct logits ref, l;
+	struct moe_ctx *ctx;
+	uint64_t vram, slot_bytes;
+
+	fake_driver_lib(NULL);
+	cufile_fake();
+	vram = least_vram(m, "cuda");
+	ck_assert_int_eq(gds_ctx(m, vram, MOE_GDS_OFF, &ctx), 0);
+	run(ctx, &ref);
+	moe_ctx_get_stats(ctx, &st);
+	ck_assert_str_eq(st.expert_io, "staging");
+	ck_assert_uint_gt(st.expert_evictions, 0);
+	slot_bytes = st.slot_bytes;
+	moe_ctx_destroy(ctx);
+
+	for (int mode = SIMT_FAKE_LAZY; mode <= SIMT_FAKE_RANDOM; mode++) {
+		struct simt_fake_config cfg = { .mode = mode, .seed = 11 };
+
+		for (int v = 0; v < 5; v++) {
+			static const uint32_t modes[] = { MOE_GDS_ON, MOE_GDS_AUTO, MOE_GDS_ON,
+							  MOE_GDS_ON, MOE_GDS_ON };
+
+			fake_driver_lib(&cfg);
+			cufile_fake();
+			if (v == 2)
+				setenv("SIMT_CUFILE_FAIL", "cuFileRead:3:short", 1);
+			/* case 3: a host tier (uploads into and downloads out of the slots) */
+			gds_host_cache = v == 3 ? 1u << 20 : 0;
+			/* case 4: speculative prefetches read ahead into evicted slots */
+			gds_prefetch = v == 4 ? "spec" : NULL;
+			cufile_stats(&cs0);
+			ck_assert_msg(gds_ctx(m, vram + (v == 4 ? 3 * slot_bytes : 0), modes[v],
+					      &ctx) == 0, "%s", moe_errmsg());
+			gds_host_cache = 0;
+			gds_prefetch = NULL;
+			run(ctx, &l);
+			moe_ctx_get_stats(ctx, &st);
+			if (v == 3)
+				ck_assert_uint_gt(st.expert_host_hits, 0);
+			if (v == 4)
+				ck_assert_uint_gt(st.prefetches, 0);
+			{
+				/* the reads are stall time, counted in the layer that waited */
+				struct moe_ctx_layer_stats ls;
+				double sum = 0;
+
+				for (uint32_t il = 0; il < 2; il++) {
+					ck_assert_int_eq(moe_ctx_layer_stats(ctx, il, &ls), 0);
+					sum += ls.stall_s;
+				}
+				ck_assert(st.stall_s > 0);
+				ck_assert_msg(fabs(sum - st.stall_s) <= 1e-6 + 1e-9 * st.stall_s,
+					      "layers stalled %g s, in all %g s", sum, st.stall_s);
+			}
+			ck_assert_str_eq(st.expert_io, "gds");
+			ck_assert_uint_gt(st.expert_evictions, 0);
+			ck_assert_uint_le(st.vram_used, st.vram_budget);
+			cufile_stats(&cs);
+			ck_assert_uint_gt(cs.reads, cs0.reads);
+			ck_assert_uint_gt(st.bytes_read, 0);
+			ck_assert_uint_eq(l.n, ref.n);
+			ck_assert_msg(!memcmp(l.buf, ref.buf, sizeof(float) * l.n * l.vocab),
+				      "mode %d, case %d: logits through GDS differ from staging", mode,
+				      v);
+			free(l.buf);
+			moe_ctx_destroy(ctx);
+			gds_all_released();
+		}
+	}
+
+	/* auto without the library, or with a driver that does not open: staging, same logits */
+	for (int v = 0; v < 2; v++) {
+		fake_driver_lib(NULL);
+		cufile_fake();
+		if (v)
+			setenv("SIMT_CUFILE_FAIL", "cuFileDriverOpen:1:5007", 1);
+		else
+			setenv("MOE_CUFILE_LIBRARY", "/nonexistent/libcufile.so.0", 1);
+		ck_assert_msg(gds_ctx(m, vram, MOE_GDS_AUTO, &ctx) == 0, "%s", moe_errmsg());
+		run(ctx, &l);
+		moe_ctx_get_stats(ctx, &st);
+		ck_assert_str_eq(st.expert_io, "staging");
+		ck_assert_msg(!memcmp(l.buf, ref.buf, sizeof(float) * l.n * l.vocab),
+			      "auto fallback %d: logits differ", v);
+		free(l.buf);
+		moe_ctx_destroy(ctx);
+		gds_all_released();
+	}
+	unsetenv("SIMT_CUFILE_FAIL");
+	unsetenv("MOE_CUFILE_LIBRARY");
+	unsetenv("MOE_CUDA_LIBRARY");
+	free(ref.buf);
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/*
+ * --gds on where GDS cannot run fails at creation naming why (the library,
+ * the call and its status, the backend); a read that fails mid-generation
+ * is an error naming cuFileRead, never logits; nothing stays registered.
+ */
+START_TEST(cuda_gds_errors)
+{
+	static const struct {
+		const char *fail, *lib, *want, *want2;
+	} create[] = {
+		{ NULL, "/nonexistent/libcufile.so.0", "GPUDirect Storage library not found",
+		  "gds on" },
+		{ "cuFileDriverOpen:1:5007", NULL, "cuFileDriverOpen", "CU_FILE_PLATFORM_NOT_SUPPORTED" },
+		{ "cuFileHandleRegister:1", NULL, "cuFileHandleRegister", "CU_FILE_INTERNAL_ERROR" },
+		{ "cuFileBufRegister:1:5036", NULL, "cuFileBufRegister",
+		  "CU_FILE_GPU_MEMORY_PINNING_FAILED" },
+	};
+	static const struct {
+		const char *fail, *want;
+	} reads[] = {
+		{ "cuFileRead:4:eof", "the file ends early" },
+		{ "cuFileRead:5:5044", "CU_FILE_IO_ERROR (5044)" },
+		{ "cuFileRead:2:errno", "Input/output error" },
+	};
+	char *dir = tu_tmpdir();
+	struct moe_model *m = small_model(dir, "f32");
+	struct moe_ctx_params p;
+	struct moe_ctx *ctx;
+	uint64_t vram;
+
+	fake_driver_lib(NULL);
+	cufile_fake();
+	vram = least_vram(m, "cuda");
+	for (size_t i = 0; i < sizeof(create) / sizeof(create[0]); i++) {
+		fake_driver_lib(NULL);
+		cufile_fake();
+		if (create[i].fail)
+			setenv("SIMT_CUFILE_FAIL", create[i].fail, 1);
+		if (create[i].lib)
+			setenv("MOE_CUFILE_LIBRARY", create[i].lib, 1);
+		ck_assert_int_lt(gds_ctx(m, vram, MOE_GDS_ON, &ctx), 0);
+		ck_assert_ptr_null(ctx);
+		HAS(create[i].want);
+		HAS(create[i].want2);
+		HAS("GPUDirect Storage was required");
+		gds_all_released();
+	}
+	for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+		int32_t tok[4] = { 1, 2, 3, 4 };
+		int ret = 0;
+
+		fake_driver_lib(NULL);
+		cufile_fake();
+		setenv("SIMT_CUFILE_FAIL", reads[i].fail, 1);
+		ck_assert_msg(gds_ctx(m, vram, MOE_GDS_ON, &ctx) == 0, "%s", moe_errmsg());
+		for (int step = 0; step < 8 && !ret; step++)
+			ret = moe_ctx_eval(ctx, tok + (step ? 3 : 0), step ? 1 : 4,
+					   moe_ctx_n_past(ctx), 0);
+		ck_assert_msg(ret < 0, "%s: the failed read went unnoticed", reads[i].fail);
+		HAS("cuFileRead");
+		HAS(reads[i].want);
+		HAS("fetching expert");
+		moe_ctx_destroy(ctx);
+		gds_all_released();
+	}
+	unsetenv("SIMT_CUFILE_FAIL");
+
+	/* the CPU backend has no direct path: on says so, auto stages */
+	moe_ctx_params_init(&p);
+	p.n_ctx = 64;
+	p.n_batch = 4;
+	p.n_threads = 2;
+	p.backend = "cpu";
+	p.vram_bytes = least_vram(m, "cpu");
+	p.gds = MOE_GDS_ON;
+	ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), -EOPNOTSUPP);
+	HAS("cpu backend has no direct path");
+	p.gds = 7;
+	ck_assert_int_eq(moe_ctx_create(m, &p, &ctx), -EINVAL);
+	HAS("MOE_GDS_AUTO");
+	unsetenv("MOE_CUFILE_LIBRARY");
+	unsetenv("MOE_CUDA_LIBRARY");
+	moe_model_destroy(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
+/* moe-run --gds on the simulated driver and the fake libcufile: --stats says "gds". */
+START_TEST(cuda_gds_moe_run)
+{
+	char *dir = tu_tmpdir(), path[512], cmd[2048], *out = NULL;
+	const char *build = getenv("MOE_BUILD");
+	const char *b = build ? build : "build";
+
+	snprintf(path, sizeof(path), "%s/m.gguf", dir);
+	snprintf(cmd, sizeof(cmd), "%s --arch qwen3moe --type f32 -o %s -q --layers 1 --vocab 64 "
+		 "--expert-ff 64 --embd 64 --experts 4", tu_bin("moe-mkmodel"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, NULL), 0);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=%s/tests/libcuda_sim.so "
+		 "MOE_CUFILE_LIBRARY=%s/tests/libcufile_fake.so %s -m %s --tokens 1,2 -n 2 "
+		 "--backend cuda --no-state --vram 1 --gds on --stats --json", b, b,
+		 tu_bin("moe-run"), path);
+	/* --vram 1 is refused with the smallest budget: take that from the message */
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	{
+		const char *at = out ? strstr(out, "needs at least") : NULL;
+		unsigned long long need = 0;
+		char *vp = strstr(cmd, "--vram 1 ");
+
+		ck_assert_msg(at && (at = strchr(at, '(')) && sscanf(at, "(%llu bytes)", &need) == 1,
+			      "%s", out ? out : "");
+		free(out);
+		snprintf(cmd + (vp - cmd), sizeof(cmd) - (size_t)(vp - cmd), "--vram %llu --gds on "
+			 "--stats --json", need);
+	}
+	ck_assert_msg(tu_run(cmd, 0, &out) == 0, "%s: %s", cmd, out ? out : "");
+	ck_assert_msg(out && strstr(out, "\"expert_io\": \"gds\""), "%s", out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --backend cpu --gds maybe",
+		 tu_bin("moe-run"), path);
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "--gds 'maybe': expected auto, on or off"), "%s",
+		      out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "%s -m %s --tokens 1 --backend cpu --gds on",
+		 tu_bin("moe-run"), path);
+	ck_assert_int_ne(tu_run(cmd, 1, &out), 0);
+	ck_assert_msg(out && strstr(out, "no direct path"), "%s", out ? out : "");
+	free(out);
+	/* moe-bench decode takes the same values, and fails the same way without a CUDA driver */
+	snprintf(cmd, sizeof(cmd), "%s decode %s --gds sometimes", tu_bin("moe-bench"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 2);
+	ck_assert_msg(out && strstr(out, "--gds 'sometimes': expected auto, on or off"), "%s",
+		      out ? out : "");
+	free(out);
+	snprintf(cmd, sizeof(cmd), "MOE_CUDA_LIBRARY=%s/no-such-libcuda.so %s decode %s --resident "
+		 "--tokens 1 --prompt 1 --gds on", dir, tu_bin("moe-bench"), path);
+	ck_assert_int_eq(tu_run(cmd, 1, &out), 1);
+	ck_assert_msg(out && strstr(out, "GPUDirect Storage was required"), "%s", out ? out : "");
+	free(out);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 START_TEST(cuda_moe_run_backends)
 {
 	char *dir = tu_tmpdir(), path[512], cmd[1536], *out = NULL;
@@ -1098,6 +1432,12 @@ Suite *suite_cuda(void)
 			 moe_errmsg());
 		tu_skip("cuda gpu_engine_matches_cpu", why);
 	}
+	suite_add_tcase(s, tc);
+	tc = tcase_create("gds");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, cuda_gds_matches_staging);
+	tcase_add_test(tc, cuda_gds_errors);
+	tcase_add_test(tc, cuda_gds_moe_run);
 	suite_add_tcase(s, tc);
 	return s;
 }

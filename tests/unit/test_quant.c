@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "quant/kernels.h"
 #include "quant/quant.h"
 #include "testutil.h"
 #include "util/threadpool.h"
@@ -803,6 +804,65 @@ START_TEST(quantize_error_bounds)
 }
 END_TEST
 
+/*
+ * The vectorized K-quant fit gives the bytes of the one-candidate-at-a-time
+ * reference, on data of every kind: N(0,1) at magnitudes from 1e-6 to 1e4,
+ * all positive, all negative, constant, sparse, and values on a grid of
+ * quarters (rounding ties); with AVX2 where the CPU has it and without.
+ */
+START_TEST(quantize_k_fit_matches_reference)
+{
+	enum { BLOCKS = 768 };
+	const int64_t n = (int64_t)BLOCKS * 256;
+	float *x = malloc(sizeof(float) * n);
+	uint8_t *a = malloc(n), *b = malloc(n);
+	uint64_t st = 17;
+
+	for (int64_t blk = 0; blk < BLOCKS; blk++)
+		for (int sub = 0; sub < 8; sub++) {
+			float *v = x + blk * 256 + sub * 32;
+			int kind = (int)((blk * 8 + sub) % 7);
+			double mag = pow(10.0, -6.0 + 10.0 * (double)(tu_rand(&st) >> 11) / 9007199254740992.0);
+
+			for (int i = 0; i < 32; i++) {
+				double g = tu_randn(&st);
+
+				v[i] = kind == 0 ? (float)(g * mag) :
+				       kind == 1 ? (float)(fabs(g) * mag + mag) :
+				       kind == 2 ? (float)(-fabs(g) * mag) :
+				       kind == 3 ? (float)mag :
+				       kind == 4 ? (i % 9 ? 0.0f : (float)(g * mag)) :
+				       kind == 5 ? (float)floor(g * 8) * 0.25f :
+				       (float)(g * mag + 3 * mag);
+			}
+		}
+	for (int avx2 = 1; avx2 >= 0; avx2--) {
+		moe_kfit_avx2 = avx2 ? -1 : 0;
+		/* each sub-block's fit, to the bit, before the scales are rounded to 6 bits */
+		for (int64_t i = 0; i < n; i += 32)
+			for (int nmax = 15; nmax <= 31; nmax += 16) {
+				float s0, o0, s1, o1;
+
+				moe_k_fit_affine(x + i, 32, nmax, &s0, &o0, false);
+				moe_k_fit_affine(x + i, 32, nmax, &s1, &o1, true);
+				ck_assert_msg(!memcmp(&s0, &s1, sizeof(s0)) && !memcmp(&o0, &o1, sizeof(o0)),
+					      "sub-block %lld, nmax %d (avx2 %d): fit %a - %a, reference "
+					      "%a - %a", (long long)(i / 32), nmax, avx2, s0, o0, s1, o1);
+			}
+		ck_assert_uint_eq(moe_q4_k_from_float(x, a, n), moe_q4_k_from_float_ref(x, b, n));
+		ck_assert_msg(!memcmp(a, b, moe_type_row_bytes(MOE_TYPE_Q4_K, (uint64_t)n)),
+			      "q4_K (avx2 %d) differs from the reference", avx2);
+		ck_assert_uint_eq(moe_q5_k_from_float(x, a, n), moe_q5_k_from_float_ref(x, b, n));
+		ck_assert_msg(!memcmp(a, b, moe_type_row_bytes(MOE_TYPE_Q5_K, (uint64_t)n)),
+			      "q5_K (avx2 %d) differs from the reference", avx2);
+	}
+	moe_kfit_avx2 = -1;
+	free(x);
+	free(a);
+	free(b);
+}
+END_TEST
+
 /* Degenerate inputs: zeros, constants, one spike; nothing is NaN, zeros stay zeros. */
 START_TEST(quantize_degenerate)
 {
@@ -1202,6 +1262,7 @@ Suite *suite_quant(void)
 	add_per_isa(rnd, dot_x4_matches_single);
 	tcase_add_test(rnd, quantize_error_bounds);
 	tcase_add_test(rnd, quantize_degenerate);
+	tcase_add_test(rnd, quantize_k_fit_matches_reference);
 	add_per_isa(rnd, simd_quantize_matches_scalar);
 	add_per_isa(rnd, activation_rounding);
 	add_per_isa(mm, matmul_vs_f64);

@@ -1102,12 +1102,13 @@ START_TEST(engine_options)
 		{ "--pin-hot", "2" }, { "--layer-pools", NULL }, { "--state-dir", "@" },
 		{ "--no-state", NULL }, { "--backend", "cpu" }, { "--kv-type", "f16" },
 		{ "--batch", "16" }, { "--io", "pread" }, { "--no-direct", NULL },
+		{ "--gds", "off" },
 	};
 	static const char *const bad_values[][2] = {
 		{ "--io", "mmap" }, { "--kv-type", "q4_K" }, { "--vram", "1Q" },
 		{ "--host-cache", "-1" }, { "--ple-cache", "0" }, { "--threads", "-1" },
 		{ "--backend", "" }, { "--pin-hot", "x" }, { "--batch", "1e3" },
-		{ "--state-dir", "" },
+		{ "--state-dir", "" }, { "--gds", "yes" },
 	};
 	char cmd[8192], state[4200], *a, *b, *p;
 

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "bench.h"
+#include "engine_opts.h"
 #include "progress.h"
 #include "moe/moe.h"
 
@@ -52,10 +53,11 @@ struct run_out {
 	double tps, prefill_tps, cold_prefill_tps, hit_rate, read_gbps, stall_s;
 	uint64_t bytes_read, vram_used, fixed;
 	uint32_t n_slots, n_experts;
+	char expert_io[16];
 };
 
-static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t n_prompt,
-		   uint32_t n_gen, struct run_out *o, bool quiet)
+static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t gds,
+		   uint32_t n_prompt, uint32_t n_gen, struct run_out *o, bool quiet)
 {
 	struct progress bar;
 	struct moe_ctx_params p;
@@ -70,6 +72,7 @@ static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t n_p
 	moe_ctx_params_init(&p);
 	p.vram_bytes = vram;
 	p.n_threads = threads;
+	p.gds = gds;
 	p.n_ctx = n_prompt + n_gen;
 	ret = moe_ctx_create(m, &p, &ctx);
 	if (ret < 0) {
@@ -121,6 +124,7 @@ static int one_run(struct moe_model *m, uint64_t vram, int threads, uint32_t n_p
 		o->fixed = st.vram_used - (uint64_t)st.n_slots * st.slot_bytes;
 		o->n_slots = st.n_slots;
 		o->n_experts = st.n_experts;
+		snprintf(o->expert_io, sizeof(o->expert_io), "%s", st.expert_io);
 	}
 	moe_ctx_destroy(ctx);
 	free(tok);
@@ -135,7 +139,7 @@ int bench_decode(int argc, char **argv)
 		{ "tokens", required_argument, 0, 'n' },
 		{ "prompt", required_argument, 0, 'p' },
 		{ "resident", no_argument, 0, 'r' },
-		{ "resident", no_argument, 0, 'r' },
+		{ "gds", required_argument, 0, 'g' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0 },
 	};
@@ -145,22 +149,23 @@ int bench_decode(int argc, char **argv)
 	struct moe_tensor_info emb, out;
 	struct run_out full = { 0 }, part[2];
 	uint64_t touched;
-	uint32_t n_gen = 32, n_prompt = 16;
+	uint32_t n_gen = 32, n_prompt = 16, gds = MOE_GDS_AUTO;
 	int threads = 0, c, ret = 0;
 	bool json = false, resident_only = false;
 	double bw, bound, best_prefill = 0, best_cold = 0;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "jt:n:p:rh", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jt:n:p:rg:h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'j': json = true; break;
 		case 'r': resident_only = true; break;
 		case 't': ret = tool_parse_threads("--threads", optarg, &threads); break;
 		case 'n': ret = tool_parse_u32("--tokens", optarg, 1, 1u << 16, &n_gen); break;
 		case 'p': ret = tool_parse_u32("--prompt", optarg, 1, 1u << 16, &n_prompt); break;
+		case 'g': ret = engine_parse_gds(optarg, &gds); break;
 		case 'h':
 			printf("usage: moe-bench decode MODEL [--json] [--threads N] [--tokens N] "
-			       "[--prompt N] [--resident]\n");
+			       "[--prompt N] [--resident] [--gds auto|on|off]\n");
 			return 0;
 		default:
 			return EXIT_USAGE;
@@ -170,7 +175,7 @@ int bench_decode(int argc, char **argv)
 	}
 	if (optind != argc - 1) {
 		fprintf(stderr, "usage: moe-bench decode MODEL [--json] [--threads N] [--tokens N] "
-			"[--prompt N] [--resident]\n");
+			"[--prompt N] [--resident] [--gds auto|on|off]\n");
 		return EXIT_USAGE;
 	}
 	ret = moe_model_open(argv[optind], &m);
@@ -187,7 +192,7 @@ int bench_decode(int argc, char **argv)
 	for (int r = 0; !ret && r < 3; r++) {
 		struct run_out o;
 
-		ret = one_run(m, 0, threads, n_prompt, n_gen, &o, json);
+		ret = one_run(m, 0, threads, gds, n_prompt, n_gen, &o, json);
 		if (!ret && (!r || o.tps > full.tps))
 			full = o;
 		if (!ret && o.prefill_tps > best_prefill)
@@ -198,7 +203,7 @@ int bench_decode(int argc, char **argv)
 	for (int i = 0; !ret && !resident_only && i < 2; i++) {
 		uint64_t vram = full.fixed + (uint64_t)(fracs[i] * sum.expert_bytes_total);
 
-		ret = one_run(m, vram, threads, n_prompt, n_gen, &part[i], json);
+		ret = one_run(m, vram, threads, gds, n_prompt, n_gen, &part[i], json);
 	}
 	if (ret < 0) {
 		fprintf(stderr, "moe-bench decode: %s\n", moe_errmsg());
@@ -230,6 +235,7 @@ int bench_decode(int argc, char **argv)
 			tj_set(v, "hit_rate", tj_real(part[i].hit_rate));
 			tj_set(v, "file_gbps", tj_real(part[i].read_gbps));
 			tj_set(v, "stall_s", tj_real(part[i].stall_s));
+			tj_set(v, "expert_io", tj_str(part[i].expert_io));
 			snprintf(key, sizeof(key), "vram%d", (int)(fracs[i] * 100));
 			tj_set(o, key, v);
 		}
@@ -246,9 +252,10 @@ int bench_decode(int argc, char **argv)
 		       n_prompt, best_prefill, best_cold);
 		for (int i = 0; !resident_only && i < 2; i++)
 			printf("experts %2.0f%% in budget (%u of %u slots): %.2f tokens/s, hit rate "
-			       "%.1f%%, file %.3f GB/s, stalled %.2f s\n", fracs[i] * 100,
+			       "%.1f%%, file %.3f GB/s (%s), stalled %.2f s\n", fracs[i] * 100,
 			       part[i].n_slots, part[i].n_experts, part[i].tps,
-			       100 * part[i].hit_rate, part[i].read_gbps, part[i].stall_s);
+			       100 * part[i].hit_rate, part[i].read_gbps, part[i].expert_io,
+			       part[i].stall_s);
 	}
 	moe_model_destroy(m);
 	return 0;

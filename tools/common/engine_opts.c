@@ -8,7 +8,7 @@
 enum {
 	O_VRAM = ENGINE_OPT_BASE, O_HOST_CACHE, O_PLE_CACHE, O_POLICY, O_PREFETCH, O_PIN_HOT,
 	O_POOLS, O_STATE_DIR, O_NO_STATE, O_THREADS, O_BACKEND, O_KVTYPE, O_IO, O_NODIRECT,
-	O_BATCH,
+	O_BATCH, O_GDS,
 };
 
 static const struct option engine_lo[] = {
@@ -27,6 +27,7 @@ static const struct option engine_lo[] = {
 	{ "io", required_argument, 0, O_IO },
 	{ "no-direct", no_argument, 0, O_NODIRECT },
 	{ "batch", required_argument, 0, O_BATCH },
+	{ "gds", required_argument, 0, O_GDS },
 };
 
 #define N_ENGINE (sizeof(engine_lo) / sizeof(engine_lo[0]))
@@ -72,7 +73,9 @@ void engine_opts_usage(FILE *f)
 		"      --kv-type T        KV cache elements: f32, f16 or q8_0 (f32)\n"
 		"      --batch N          prompt tokens per forward step (64)\n"
 		"      --io auto|uring|pread   how the file is read (auto)\n"
-		"      --no-direct        read through the page cache instead of O_DIRECT\n");
+		"      --no-direct        read through the page cache instead of O_DIRECT\n"
+		"      --gds auto|on|off  read missing experts straight into GPU memory with\n"
+		"                         GPUDirect Storage (auto: where libcufile works) (auto)\n");
 }
 
 static int bad(const char *fmt, const char *arg)
@@ -81,6 +84,19 @@ static int bad(const char *fmt, const char *arg)
 	fprintf(stderr, fmt, arg);
 	fprintf(stderr, "\n");
 	return EXIT_USAGE;
+}
+
+int engine_parse_gds(const char *arg, uint32_t *out)
+{
+	if (!strcmp(arg, "auto"))
+		*out = MOE_GDS_AUTO;
+	else if (!strcmp(arg, "on"))
+		*out = MOE_GDS_ON;
+	else if (!strcmp(arg, "off"))
+		*out = MOE_GDS_OFF;
+	else
+		return bad("--gds '%s': expected auto, on or off", arg);
+	return 0;
 }
 
 /* Whether @s is a size of zero with a valid unit ("0", "0G", "0.0MiB"). */
@@ -161,6 +177,7 @@ int engine_opts_parse(struct engine_opts *e, int c, const char *arg)
 		return 0;
 	case O_NODIRECT: e->io.direct = MOE_IO_DIRECT_OFF; return 0;
 	case O_BATCH: return tool_parse_u32("--batch", arg, 0, 1u << 24, &e->n_batch);
+	case O_GDS: return engine_parse_gds(arg, &e->gds) ? EXIT_USAGE : 0;
 	default: return 1;
 	}
 }
@@ -186,6 +203,7 @@ void engine_opts_apply(struct engine_opts *e, struct moe_ctx_params *cp)
 	cp->policy = e->policy;
 	cp->prefetch = e->prefetch;
 	cp->pin_hot = e->pin_hot;
+	cp->gds = e->gds;
 	if (e->layer_pools)
 		cp->flags |= MOE_CTX_LAYER_POOLS;
 	if (e->state_dir)

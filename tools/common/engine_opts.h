@@ -24,6 +24,7 @@ struct engine_opts {
 	bool no_state, layer_pools;
 	const char *backend, *policy, *prefetch, *state_dir;
 	uint32_t kv_type, pin_hot, n_batch;
+	uint32_t gds;           /* enum moe_gds */
 	int threads;
 	struct moe_io_params io;
 	char state_buf[4096];   /* the default state directory, when one was found */
@@ -43,6 +44,12 @@ const struct option *engine_opts_join(const struct option *own);
  * and what is accepted.
  */
 int engine_opts_parse(struct engine_opts *e, int c, const char *arg);
+
+/*
+ * --gds's value (auto, on, off) into @out as an enum moe_gds: 0, or
+ * EXIT_USAGE after a message naming the bad value (moe-bench takes it too).
+ */
+int engine_parse_gds(const char *arg, uint32_t *out);
 
 /* Checks across options, after the last one: 0 or EXIT_USAGE with a message. */
 int engine_opts_check(const struct engine_opts *e);
