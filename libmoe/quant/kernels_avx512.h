@@ -543,6 +543,81 @@ static void vec_dot_q4_k_r4(int64_t n, float *out, const void *w, size_t ws, con
 	Q4K_R4_OUT(3);
 #undef Q4K_R4_OUT
 }
+
+/*
+ * Q6_K, four rows against one activation row.  The two 128-element halves
+ * of a super-block share 512-bit vectors (half 0 in the low 256 bits); a
+ * 32-element part sums q * a with VPDPBUSD (q unsigned, 0..63), takes off
+ * 32 * a over the same four elements (shared by the rows) and multiplies
+ * by its scales: the AVX2 kernel's lanes exactly, once folded, then its
+ * float arithmetic, so each row is vec_dot_q6_k's result bit for bit.
+ */
+static inline __attribute__((always_inline)) void q6_k_r4_row(const struct block_q6_k *x,
+								const __m512i *ay, const __m512i *a32,
+								float yd, __m256 *acc)
+{
+	const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(0x30);
+	__m512i A = load64(x->ql), B = load64(x->ql + 64), hb = load64(x->qh);
+	__m512i l0 = _mm512_shuffle_i64x2(A, B, 0x44), l1 = _mm512_shuffle_i64x2(A, B, 0xee);
+	__m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)x->scales));
+	__m512i q[4], sumi = _mm512_setzero_si512();
+
+	q[0] = _mm512_or_si512(_mm512_and_si512(l0, m4),
+			       _mm512_and_si512(_mm512_slli_epi16(hb, 4), m2));
+	q[1] = _mm512_or_si512(_mm512_and_si512(l1, m4),
+			       _mm512_and_si512(_mm512_slli_epi16(hb, 2), m2));
+	q[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
+			       _mm512_and_si512(hb, m2));
+	q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
+			       _mm512_and_si512(_mm512_srli_epi16(hb, 2), m2));
+#define Q6K_R4_PART(g)                                                                     \
+	do {                                                                               \
+		/* 128-bit quarters: scales 2g, 2g+1 of half 0, then of half 1 */          \
+		const __m512i idx_ = _mm512_setr_epi32(2 * (g), 2 * (g), 2 * (g), 2 * (g), \
+			2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1,               \
+			8 + 2 * (g), 8 + 2 * (g), 8 + 2 * (g), 8 + 2 * (g),               \
+			9 + 2 * (g), 9 + 2 * (g), 9 + 2 * (g), 9 + 2 * (g));              \
+		__m512i d_ = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[g], ay[g]);     \
+                                                                                           \
+		sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(_mm512_sub_epi32(d_, a32[g]), \
+					_mm512_permutexvar_epi32(idx_, sc)));              \
+	} while (0)
+	Q6K_R4_PART(0);
+	Q6K_R4_PART(1);
+	Q6K_R4_PART(2);
+	Q6K_R4_PART(3);
+#undef Q6K_R4_PART
+	*acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x->d) * yd), _mm256_cvtepi32_ps(fold(sumi)),
+			       *acc);
+}
+
+static void vec_dot_q6_k_r4(int64_t n, float *out, const void *w, size_t ws, const void *a)
+{
+	const struct block_q6_k *x0 = w, *x1 = (const void *)((const uint8_t *)w + ws);
+	const struct block_q6_k *x2 = (const void *)((const uint8_t *)w + 2 * ws);
+	const struct block_q6_k *x3 = (const void *)((const uint8_t *)w + 3 * ws);
+	const struct block_q8_k *y = a;
+	const __m512i k32 = _mm512_set1_epi8(32);
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+
+	for (int64_t i = 0; i < n / QK_K; i++) {
+		__m512i ay[4], a32[4];
+
+		for (int g = 0; g < 4; g++) {
+			ay[g] = _mm512_inserti64x4(_mm512_castsi256_si512(load32(y[i].qs + 32 * g)),
+						   load32(y[i].qs + 128 + 32 * g), 1);
+			a32[g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k32, ay[g]);
+		}
+		q6_k_r4_row(x0 + i, ay, a32, y[i].d, &acc0);
+		q6_k_r4_row(x1 + i, ay, a32, y[i].d, &acc1);
+		q6_k_r4_row(x2 + i, ay, a32, y[i].d, &acc2);
+		q6_k_r4_row(x3 + i, ay, a32, y[i].d, &acc3);
+	}
+	out[0] = hsum8(acc0);
+	out[1] = hsum8(acc1);
+	out[2] = hsum8(acc2);
+	out[3] = hsum8(acc3);
+}
 #endif
 
 /* ------------------------------------------------------------ table */
@@ -557,6 +632,8 @@ const struct moe_simd_kernels AVX512_TABLE[] = {
 	/* without VNNI 0.94x of AVX2's, whose table lookup of the scale is cheap already */
 	{ .type = MOE_TYPE_MXFP4, .vec_dot = vec_dot_mxfp4, .vec_dot_r4 = vec_dot_mxfp4_r4 },
 	{ .type = MOE_TYPE_Q4_K, .vec_dot = vec_dot_q4_k, .vec_dot_r4 = vec_dot_q4_k_r4 },
+	/* the single-row kernel stays AVX2's, whose bits these rows give */
+	{ .type = MOE_TYPE_Q6_K, .vec_dot_r4 = vec_dot_q6_k_r4 },
 #endif
 	{ .type = MOE_TYPE_Q5_K, .vec_dot = vec_dot_q5_k },
 };
