@@ -529,9 +529,12 @@ MOE_API void moe_threadpool_destroy(struct moe_threadpool *tp);
 /* Threads including the caller; 1 for a NULL pool. */
 MOE_API int moe_threadpool_size(const struct moe_threadpool *tp);
 /*
- * Run fn(arg, ith, nth) on all nth threads and return when all are done.  A
- * run issued while the pool is busy (nested, or from another thread) runs on
- * its caller alone, as fn(arg, 0, 1).
+ * Run fn(arg, ith, nth) once for every slice ith < nth and return when all
+ * are done.  A slice runs on whichever pool thread takes it first: the caller
+ * takes slice 0 and then any a worker has not started, so a worker the
+ * scheduler keeps waiting does not hold the run up; fn must therefore never
+ * wait for another slice.  A run issued while the pool is busy (nested, or
+ * from another thread) runs on its caller alone, as fn(arg, 0, 1).
  */
 MOE_API void moe_threadpool_run(struct moe_threadpool *tp,
 				void (*fn)(void *arg, int ith, int nth), void *arg);

@@ -586,6 +586,7 @@ struct attn_job {
 	const struct moe_attn_args *a;
 	uint64_t row;               /* bytes of one cache row */
 	const struct moe_type_traits *kt;
+	const struct moe_type_traits *f32;
 };
 
 /* The slice @off..@off+hd of a cache row as F32 (a pointer into it for F32). */
@@ -601,9 +602,43 @@ static const float *kv_slice(const struct attn_job *j, const uint8_t *row, uint3
 	return tmp;
 }
 
+/* Four floats at a time in plain C vectors (whatever the ISA, the same sums). */
+typedef float v4f __attribute__((vector_size(16)));
+
+static inline v4f v4_load(const float *p)
+{
+	v4f v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline void v4_store(float *p, v4f v)
+{
+	memcpy(p, &v, sizeof(v));
+}
+
+/* o += e * v over n values */
+static void add_scaled(float *o, float e, const float *v, uint32_t n)
+{
+	uint32_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		v4_store(o + i, v4_load(o + i) + v4_load(v + i) * e);
+		v4_store(o + i + 4, v4_load(o + i + 4) + v4_load(v + i + 4) * e);
+	}
+	for (; i < n; i++)
+		o[i] += v[i] * e;
+}
+
+/* Keys scored in blocks, so the running maximum moves once per block. */
+#define ATTN_BLOCK 32
+
 /*
  * One query head, with a running maximum (online softmax) so that no score
- * buffer is needed whatever the context length.
+ * buffer is needed whatever the context length: a block of positions is
+ * scored (the dispatched SIMD dot product), the maximum and the sum rescaled
+ * once for the block, then its values added in.
  */
 static void attn_one(const struct attn_job *j, uint32_t t, uint32_t h, float *ktmp, float *vtmp)
 {
@@ -615,42 +650,54 @@ static void attn_one(const struct attn_job *j, uint32_t t, uint32_t h, float *kt
 	const float *q = (const float *)PTR(a->q) + ((size_t)t * a->n_head + h) * hd;
 	float *o = (float *)PTR(a->out) + ((size_t)t * a->n_head + h) * hdv;
 	int64_t p = posv[t], lo = 0;
-	float mx = -INFINITY, sum = 0;
+	float mx = -INFINITY, sum = 0, sc[ATTN_BLOCK];
 
 	if (a->mask == MOE_MASK_SLIDING && a->window)
 		lo = MOE_MAX(0, p - (int64_t)a->window + 1);
 	else if (a->mask == MOE_MASK_CHUNKED && a->window)
 		lo = p / a->window * a->window;
 	memset(o, 0, sizeof(float) * hdv);
-	for (int64_t jp = lo; jp <= p; jp++) {
-		uint64_t cell = kv_cell(&a->kv, seq, t, jp);
-		const uint8_t *krow = (const uint8_t *)PTR(a->kv.k) + cell * j->row;
-		const float *k = kv_slice(j, krow, kvh * hd, hd, ktmp);
-		const float *v;
-		float d = 0, e;
+	for (int64_t j0 = lo; j0 <= p; j0 += ATTN_BLOCK) {
+		uint32_t nb = (uint32_t)MOE_MIN((int64_t)ATTN_BLOCK, p + 1 - j0);
+		float bmx = -INFINITY;
 
-		for (uint32_t i = 0; i < hd; i++)
-			d += q[i] * k[i];
-		d *= a->scale;
-		if (a->softcap > 0)
-			d = a->softcap * tanhf(d / a->softcap);
-		if (a->kv.v)
-			v = kv_slice(j, (const uint8_t *)PTR(a->kv.v) + cell * j->row, kvh * hdv,
-				     hdv, vtmp);
-		else
-			v = k;
-		if (d > mx) {
-			float r = expf(mx - d);
+		for (uint32_t b = 0; b < nb; b++) {
+			uint64_t cell = kv_cell(&a->kv, seq, t, j0 + b);
+			const uint8_t *krow = (const uint8_t *)PTR(a->kv.k) + cell * j->row;
+			float d;
+
+			if (a->kv.type == MOE_TYPE_F16)
+				j->kt->vec_dot(hd, &d, krow + (size_t)kvh * hd * 2, q);
+			else
+				j->f32->vec_dot(hd, &d, kv_slice(j, krow, kvh * hd, hd, ktmp), q);
+			d *= a->scale;
+			if (a->softcap > 0)
+				d = a->softcap * tanhf(d / a->softcap);
+			sc[b] = d;
+			bmx = MOE_MAX(bmx, d);
+		}
+		if (bmx > mx) {
+			float r = expf(mx - bmx);
 
 			for (uint32_t i = 0; i < hdv; i++)
 				o[i] *= r;
 			sum *= r;
-			mx = d;
+			mx = bmx;
 		}
-		e = expf(d - mx);
-		sum += e;
-		for (uint32_t i = 0; i < hdv; i++)
-			o[i] += e * v[i];
+		for (uint32_t b = 0; b < nb; b++) {
+			uint64_t cell = kv_cell(&a->kv, seq, t, j0 + b);
+			const float *v;
+			float e = expf(sc[b] - mx);
+
+			if (a->kv.v)
+				v = kv_slice(j, (const uint8_t *)PTR(a->kv.v) + cell * j->row, kvh * hdv,
+					     hdv, vtmp);
+			else
+				v = kv_slice(j, (const uint8_t *)PTR(a->kv.k) + cell * j->row, kvh * hd,
+					     hdv, vtmp);
+			sum += e;
+			add_scaled(o, e, v, hdv);
+		}
 	}
 	if (sinks) {
 		float s = sinks[h];
@@ -695,7 +742,8 @@ static void attn_worker(void *arg, int ith, int nth)
 static int attention(struct cpu *c, const struct moe_attn_args *a)
 {
 	struct attn_job job = { .a = a, .row = moe_kv_row_bytes(a->kv.type, a->kv.kv_dim),
-				.kt = moe_type_traits(a->kv.type) };
+				.kt = moe_type_traits(a->kv.type),
+				.f32 = moe_type_traits(MOE_TYPE_F32) };
 	const int32_t *pos = PTR(a->pos);
 	uint32_t hdv = a->head_dim_v ? a->head_dim_v : a->head_dim;
 	uint64_t work = 0;

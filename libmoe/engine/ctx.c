@@ -8,10 +8,14 @@
  * statistics.  Also eval, logits, stats, and recording traces.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cache/policy.h"
 #include "engine/engine.h"
@@ -230,6 +234,39 @@ static void describe(struct moe_ctx *ctx)
 		 p->n_slots, e, p->n_experts, f, p->n_host_slots, moe_io_describe(ctx->io));
 }
 
+/*
+ * Whether the page cache holds nearly all of @path (9 pages in 10): mincore()
+ * over a mapping that is never touched, so nothing is read to find out.
+ */
+static bool file_cached(const char *path)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t n, in = 0;
+	unsigned char *vec;
+	struct stat st;
+	void *map;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return false;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 || pg <= 0) {
+		close(fd);
+		return false;
+	}
+	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (map == MAP_FAILED)
+		return false;
+	n = ((uint64_t)st.st_size + (uint64_t)pg - 1) / (uint64_t)pg;
+	vec = malloc(n);
+	if (vec && !mincore(map, (size_t)st.st_size, vec))
+		for (uint64_t i = 0; i < n; i++)
+			in += vec[i] & 1;
+	free(vec);
+	munmap(map, (size_t)st.st_size);
+	return in * 10 >= n * 9;
+}
+
 static int setup(struct moe_ctx *ctx)
 {
 	const struct moe_ctx_params *par = &ctx->par;
@@ -301,6 +338,17 @@ static int setup(struct moe_ctx *ctx)
 	/* the staging pool is pinned memory outside the budget: the plan sized it */
 	if (!io.staging_bytes)
 		io.staging_bytes = p->staging_bytes;
+	/*
+	 * Every expert fits the CPU backend's memory: the whole file is read
+	 * once and never again.  When the page cache holds it already, O_DIRECT
+	 * would fetch it from the drive a second time; copy it from the cache.
+	 */
+	if (!strcmp(ctx->be->ops->name, "cpu") && p->all_experts &&
+	    io.direct == MOE_IO_DIRECT_AUTO && file_cached(moe_model_path(ctx->model))) {
+		io.direct = MOE_IO_DIRECT_OFF;
+		moe_log(MOE_LOG_INFO, "%s is in the page cache and every expert fits: reading it "
+			"buffered", moe_model_path(ctx->model));
+	}
 	ret = moe_io_open(moe_model_path(ctx->model), &io, &ctx->io);
 	ret = ret ? ret : moe_engine_load(ctx);
 	ret = ret ? ret : moe_engine_bind(ctx);

@@ -56,6 +56,8 @@ struct moe_simd_kernels {
 	void (*to_float)(const void *src, float *dst, int64_t n);
 	void (*vec_dot_x4)(int64_t n, float *out, size_t out_stride, const void *w,
 			   const void *a, size_t a_stride);
+	void (*vec_dot_r4)(int64_t n, float *out, const void *w, size_t w_stride,
+			   const void *a);
 };
 extern const struct moe_simd_kernels moe_avx2_kernels[];          /* kernels_avx2.c */
 extern const int moe_avx2_kernel_count;

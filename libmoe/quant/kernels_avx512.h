@@ -368,6 +368,63 @@ static const union {
 BLOCK_DOT_Y(vec_dot_mxfp4, block_mxfp4, MXFP4_Y, MXFP4_SCALE, mxfp4_scales8)
 #endif
 
+/*
+ * Four weight rows against one activation row (decode): the activation block
+ * is loaded and its scale converted once for the four rows, and the block
+ * scales are broadcast straight from memory instead of gathered.  Each row
+ * keeps the single-row kernel's two accumulators (even and odd blocks) and
+ * the same scale products, so its result is vec_dot's bit for bit.
+ */
+static inline __m256 q8_0_scale_bcast(const struct block_q8_0 *x)
+{
+	return _mm256_cvtph_ps(_mm_set1_epi16((short)x->d));
+}
+
+#define BLOCK_R4_ROW(acc, BLOCK, DECODE, SCALEV, i, r)                                    \
+	do {                                                                               \
+		const struct BLOCK *x_ = (const struct BLOCK *)(wb + (r) * ws) + (i);      \
+                                                                                           \
+		acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(SCALEV(x_), dy_),                   \
+					 _mm256_cvtepi32_ps(dot_i8_y(DECODE(x_->qs), qy_)), acc[r]); \
+	} while (0)
+
+#define BLOCK_R4_STEP(acc, BLOCK, DECODE, SCALEV, i)                                       \
+	do {                                                                               \
+		__m256i qy_ = load32(y[i].qs);                                             \
+		__m256 dy_ = _mm256_cvtph_ps(_mm_set1_epi16((short)y[i].d));               \
+                                                                                           \
+		BLOCK_R4_ROW(acc, BLOCK, DECODE, SCALEV, i, 0);                            \
+		BLOCK_R4_ROW(acc, BLOCK, DECODE, SCALEV, i, 1);                            \
+		BLOCK_R4_ROW(acc, BLOCK, DECODE, SCALEV, i, 2);                            \
+		BLOCK_R4_ROW(acc, BLOCK, DECODE, SCALEV, i, 3);                            \
+	} while (0)
+
+#define BLOCK_DOT_R4(NAME, BLOCK, DECODE, SCALEV)                                          \
+	static void NAME(int64_t n, float *out, const void *w, size_t ws, const void *a)   \
+	{                                                                                  \
+		const uint8_t *wb = w;                                                     \
+		const struct block_q8_0 *y = a;                                            \
+		__m256 acc0[4], acc1[4];                                                   \
+		int64_t nb = n / QK, i = 0;                                                \
+                                                                                           \
+		for (int r = 0; r < 4; r++)                                                \
+			acc0[r] = acc1[r] = _mm256_setzero_ps();                           \
+		for (; i + 2 <= nb; i += 2) {                                              \
+			BLOCK_R4_STEP(acc0, BLOCK, DECODE, SCALEV, i);                     \
+			BLOCK_R4_STEP(acc1, BLOCK, DECODE, SCALEV, i + 1);                 \
+		}                                                                          \
+		if (i < nb)                                                                \
+			BLOCK_R4_STEP(acc0, BLOCK, DECODE, SCALEV, i);                     \
+		for (int r = 0; r < 4; r++)                                                \
+			out[r] = hsum8(_mm256_add_ps(acc0[r], acc1[r]));                   \
+	}
+
+BLOCK_DOT_R4(vec_dot_q8_0_r4, block_q8_0, Q8_0_Y, q8_0_scale_bcast)
+#ifdef __AVX512VNNI__
+#define MXFP4_SCALE_BCAST(x) _mm256_set1_ps(e8m0_half.f[(x)->e])
+BLOCK_DOT_R4(vec_dot_mxfp4_r4, block_mxfp4, MXFP4_Y, MXFP4_SCALE_BCAST)
+#endif
+
 #ifdef __AVX512VNNI__
 /* Q4_K as the AVX2 kernel, VPDPWSSD folding the scale products into the sums. */
 static inline __m256i scale_bcast(__m256i sc16, int j)
@@ -416,6 +473,151 @@ static void vec_dot_q4_k(int64_t n, float *out, const void *w, const void *a)
 	}
 	*out = hsum8(_mm256_sub_ps(acc, _mm256_insertf128_ps(_mm256_setzero_ps(), accm, 0)));
 }
+
+/*
+ * Q4_K, four rows against one activation row: the super-block's activations,
+ * paired for 512-bit products (sub-blocks 2h and 2h+2 in one vector, as
+ * q5_k_half), and its pairs of block sums are prepared once for the four
+ * rows.  Integer sums folded to the AVX2 kernel's lanes, then its float
+ * arithmetic: every row's result is vec_dot_q4_k's bit for bit.
+ */
+static inline __attribute__((always_inline)) void q4_k_r4_row(const struct block_q4_k *x,
+								const __m512i *ay, __m128i pairs,
+								float yd, __m256 *acc,
+								__m128 *accm)
+{
+	const __m512i m4 = _mm512_set1_epi8(15);
+	__m128i scmin = k_scales_mins(x->scales);
+	__m512i sc16 = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(scmin));
+	__m128i mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_unpackhi_epi64(scmin, scmin)), pairs);
+	__m512i q0 = load64(x->qs), q1 = load64(x->qs + 64);
+	__m512i sumi;
+
+	/* q0: groups 0 (low 256 bits) and 1; its low nibbles are sub-blocks 0 and 2 */
+	sumi = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+				   _mm512_maddubs_epi16(_mm512_and_si512(q0, m4), ay[0]),
+				   scale_pair(sc16, 0, 2));
+	sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(_mm512_and_si512(
+					   _mm512_srli_epi16(q0, 4), m4), ay[1]),
+				   scale_pair(sc16, 1, 3));
+	sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(_mm512_and_si512(q1, m4), ay[2]),
+				   scale_pair(sc16, 4, 6));
+	sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(_mm512_and_si512(
+					   _mm512_srli_epi16(q1, 4), m4), ay[3]),
+				   scale_pair(sc16, 5, 7));
+	*acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x->d) * yd), _mm256_cvtepi32_ps(fold(sumi)),
+			       *acc);
+	*accm = _mm_fmadd_ps(_mm_set1_ps(h2f(x->dmin) * yd), _mm_cvtepi32_ps(mins), *accm);
+}
+
+static void vec_dot_q4_k_r4(int64_t n, float *out, const void *w, size_t ws, const void *a)
+{
+	const struct block_q4_k *x0 = w, *x1 = (const void *)((const uint8_t *)w + ws);
+	const struct block_q4_k *x2 = (const void *)((const uint8_t *)w + 2 * ws);
+	const struct block_q4_k *x3 = (const void *)((const uint8_t *)w + 3 * ws);
+	const struct block_q8_k *y = a;
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+	__m128 accm0 = _mm_setzero_ps(), accm1 = accm0, accm2 = accm0, accm3 = accm0;
+
+	for (int64_t i = 0; i < n / QK_K; i++) {
+		__m256i b = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+		__m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(b),
+					       _mm256_extracti128_si256(b, 1));
+		__m512i a0 = load64(y[i].qs), a1 = load64(y[i].qs + 64);
+		__m512i a2 = load64(y[i].qs + 128), a3 = load64(y[i].qs + 192);
+		__m512i ay[4] = {
+			_mm512_shuffle_i64x2(a0, a1, 0x44), _mm512_shuffle_i64x2(a0, a1, 0xee),
+			_mm512_shuffle_i64x2(a2, a3, 0x44), _mm512_shuffle_i64x2(a2, a3, 0xee),
+		};
+
+		q4_k_r4_row(x0 + i, ay, pairs, y[i].d, &acc0, &accm0);
+		q4_k_r4_row(x1 + i, ay, pairs, y[i].d, &acc1, &accm1);
+		q4_k_r4_row(x2 + i, ay, pairs, y[i].d, &acc2, &accm2);
+		q4_k_r4_row(x3 + i, ay, pairs, y[i].d, &acc3, &accm3);
+	}
+#define Q4K_R4_OUT(r)                                                                      \
+	out[r] = hsum8(_mm256_sub_ps(acc##r, _mm256_insertf128_ps(_mm256_setzero_ps(), accm##r, 0)))
+	Q4K_R4_OUT(0);
+	Q4K_R4_OUT(1);
+	Q4K_R4_OUT(2);
+	Q4K_R4_OUT(3);
+#undef Q4K_R4_OUT
+}
+
+/*
+ * Q6_K, four rows against one activation row.  The two 128-element halves
+ * of a super-block share 512-bit vectors (half 0 in the low 256 bits); a
+ * 32-element part sums q * a with VPDPBUSD (q unsigned, 0..63), takes off
+ * 32 * a over the same four elements (shared by the rows) and multiplies
+ * by its scales: the AVX2 kernel's lanes exactly, once folded, then its
+ * float arithmetic, so each row is vec_dot_q6_k's result bit for bit.
+ */
+static inline __attribute__((always_inline)) void q6_k_r4_row(const struct block_q6_k *x,
+								const __m512i *ay, const __m512i *a32,
+								float yd, __m256 *acc)
+{
+	const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(0x30);
+	__m512i A = load64(x->ql), B = load64(x->ql + 64), hb = load64(x->qh);
+	__m512i l0 = _mm512_shuffle_i64x2(A, B, 0x44), l1 = _mm512_shuffle_i64x2(A, B, 0xee);
+	__m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)x->scales));
+	__m512i q[4], sumi = _mm512_setzero_si512();
+
+	q[0] = _mm512_or_si512(_mm512_and_si512(l0, m4),
+			       _mm512_and_si512(_mm512_slli_epi16(hb, 4), m2));
+	q[1] = _mm512_or_si512(_mm512_and_si512(l1, m4),
+			       _mm512_and_si512(_mm512_slli_epi16(hb, 2), m2));
+	q[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
+			       _mm512_and_si512(hb, m2));
+	q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
+			       _mm512_and_si512(_mm512_srli_epi16(hb, 2), m2));
+#define Q6K_R4_PART(g)                                                                     \
+	do {                                                                               \
+		/* 128-bit quarters: scales 2g, 2g+1 of half 0, then of half 1 */          \
+		const __m512i idx_ = _mm512_setr_epi32(2 * (g), 2 * (g), 2 * (g), 2 * (g), \
+			2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1,               \
+			8 + 2 * (g), 8 + 2 * (g), 8 + 2 * (g), 8 + 2 * (g),               \
+			9 + 2 * (g), 9 + 2 * (g), 9 + 2 * (g), 9 + 2 * (g));              \
+		__m512i d_ = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[g], ay[g]);     \
+                                                                                           \
+		sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(_mm512_sub_epi32(d_, a32[g]), \
+					_mm512_permutexvar_epi32(idx_, sc)));              \
+	} while (0)
+	Q6K_R4_PART(0);
+	Q6K_R4_PART(1);
+	Q6K_R4_PART(2);
+	Q6K_R4_PART(3);
+#undef Q6K_R4_PART
+	*acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x->d) * yd), _mm256_cvtepi32_ps(fold(sumi)),
+			       *acc);
+}
+
+static void vec_dot_q6_k_r4(int64_t n, float *out, const void *w, size_t ws, const void *a)
+{
+	const struct block_q6_k *x0 = w, *x1 = (const void *)((const uint8_t *)w + ws);
+	const struct block_q6_k *x2 = (const void *)((const uint8_t *)w + 2 * ws);
+	const struct block_q6_k *x3 = (const void *)((const uint8_t *)w + 3 * ws);
+	const struct block_q8_k *y = a;
+	const __m512i k32 = _mm512_set1_epi8(32);
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+
+	for (int64_t i = 0; i < n / QK_K; i++) {
+		__m512i ay[4], a32[4];
+
+		for (int g = 0; g < 4; g++) {
+			ay[g] = _mm512_inserti64x4(_mm512_castsi256_si512(load32(y[i].qs + 32 * g)),
+						   load32(y[i].qs + 128 + 32 * g), 1);
+			a32[g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k32, ay[g]);
+		}
+		q6_k_r4_row(x0 + i, ay, a32, y[i].d, &acc0);
+		q6_k_r4_row(x1 + i, ay, a32, y[i].d, &acc1);
+		q6_k_r4_row(x2 + i, ay, a32, y[i].d, &acc2);
+		q6_k_r4_row(x3 + i, ay, a32, y[i].d, &acc3);
+	}
+	out[0] = hsum8(acc0);
+	out[1] = hsum8(acc1);
+	out[2] = hsum8(acc2);
+	out[3] = hsum8(acc3);
+}
 #endif
 
 /* ------------------------------------------------------------ table */
@@ -425,11 +627,13 @@ const struct moe_simd_kernels AVX512_TABLE[] = {
 	{ .type = MOE_TYPE_F16, .vec_dot = vec_dot_f16 },
 	{ .type = MOE_TYPE_BF16, .vec_dot = vec_dot_bf16 },
 	{ .type = MOE_TYPE_Q4_0, .vec_dot = vec_dot_q4_0 },
-	{ .type = MOE_TYPE_Q8_0, .vec_dot = vec_dot_q8_0 },
+	{ .type = MOE_TYPE_Q8_0, .vec_dot = vec_dot_q8_0, .vec_dot_r4 = vec_dot_q8_0_r4 },
 #ifdef __AVX512VNNI__
 	/* without VNNI 0.94x of AVX2's, whose table lookup of the scale is cheap already */
-	{ .type = MOE_TYPE_MXFP4, .vec_dot = vec_dot_mxfp4 },
-	{ .type = MOE_TYPE_Q4_K, .vec_dot = vec_dot_q4_k },
+	{ .type = MOE_TYPE_MXFP4, .vec_dot = vec_dot_mxfp4, .vec_dot_r4 = vec_dot_mxfp4_r4 },
+	{ .type = MOE_TYPE_Q4_K, .vec_dot = vec_dot_q4_k, .vec_dot_r4 = vec_dot_q4_k_r4 },
+	/* the single-row kernel stays AVX2's, whose bits these rows give */
+	{ .type = MOE_TYPE_Q6_K, .vec_dot_r4 = vec_dot_q6_k_r4 },
 #endif
 	{ .type = MOE_TYPE_Q5_K, .vec_dot = vec_dot_q5_k },
 };

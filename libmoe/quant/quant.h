@@ -35,6 +35,13 @@ struct moe_type_traits {
 	 */
 	void (*vec_dot_x4)(int64_t n, float *out, size_t out_stride, const void *w_row,
 			   const void *act, size_t act_stride);
+	/*
+	 * Optional (NULL: call vec_dot 4 times): out[r] = dot(w + r*w_stride
+	 * bytes, act) for r < 4, one activation row read once for four weight
+	 * rows; each result is vec_dot's bit for bit.
+	 */
+	void (*vec_dot_r4)(int64_t n, float *out, const void *w, size_t w_stride,
+			   const void *act);
 };
 
 /*

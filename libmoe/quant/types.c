@@ -127,6 +127,8 @@ static void apply(struct moe_type_traits *tab, const struct moe_simd_kernels *k,
 			t->to_float = k->to_float;
 		if (k->vec_dot_x4)
 			t->vec_dot_x4 = k->vec_dot_x4;
+		if (k->vec_dot_r4)
+			t->vec_dot_r4 = k->vec_dot_r4;
 	}
 }
 

@@ -32,14 +32,34 @@ struct moe_threadpool {
 
 	void (*fn)(void *arg, int ith, int nth);
 	void *arg;
+	/* the run's generation << 32 | the next slice not yet taken */
+	_Atomic uint64_t claim;
 
 	/* futex words */
 	_Atomic uint32_t gen;       /* bumped once per run */
-	_Atomic uint32_t pending;   /* workers that have not finished this run */
+	_Atomic uint32_t done;      /* slices the workers finished this run */
 	_Atomic uint32_t sleepers;  /* workers asleep on gen */
-	_Atomic uint32_t waiting;   /* the caller is asleep on pending */
+	_Atomic uint32_t waiting;   /* the caller is asleep on done */
 	_Atomic bool stop;
 };
+
+/*
+ * The next slice of run @g, or -1 once every slice is taken or the run is
+ * over: whoever asks first runs it, so a worker the scheduler has not let in
+ * yet does not hold the run up (the caller takes its slice instead).
+ */
+static int take_slice(struct moe_threadpool *tp, uint32_t g)
+{
+	uint64_t c = atomic_load_explicit(&tp->claim, memory_order_acquire);
+
+	do {
+		if ((uint32_t)(c >> 32) != g || (uint32_t)c >= (uint32_t)tp->n)
+			return -1;
+	} while (!atomic_compare_exchange_weak_explicit(&tp->claim, &c, c + 1,
+							memory_order_acq_rel,
+							memory_order_acquire));
+	return (int)(uint32_t)c;
+}
 
 static void futex_wait(_Atomic uint32_t *addr, uint32_t val)
 {
@@ -90,12 +110,17 @@ static void *worker_main(void *p)
 	uint32_t seen = 0;
 
 	for (;;) {
+		int s;
+
 		seen = wait_for_run(tp, seen);
 		if (atomic_load_explicit(&tp->stop, memory_order_acquire))
 			break;
-		tp->fn(tp->arg, w->ith, tp->n);
-		if (atomic_fetch_sub(&tp->pending, 1) == 1 && atomic_load(&tp->waiting))
-			futex_wake(&tp->pending, 1);
+		while ((s = take_slice(tp, seen)) >= 0) {
+			tp->fn(tp->arg, s, tp->n);
+			atomic_fetch_add(&tp->done, 1);
+			if (atomic_load(&tp->waiting))
+				futex_wake(&tp->done, 1);
+		}
 	}
 	return NULL;
 }
@@ -188,7 +213,8 @@ int moe_threadpool_size(const struct moe_threadpool *tp)
 void moe_threadpool_run(struct moe_threadpool *tp, void (*fn)(void *arg, int ith, int nth),
 			void *arg)
 {
-	uint32_t p;
+	uint32_t g, d, mine = 1;
+	int s;
 
 	/*
 	 * One run at a time; a nested or concurrent run executes on its
@@ -200,24 +226,31 @@ void moe_threadpool_run(struct moe_threadpool *tp, void (*fn)(void *arg, int ith
 	}
 	tp->fn = fn;
 	tp->arg = arg;
-	atomic_store_explicit(&tp->pending, (uint32_t)(tp->n - 1), memory_order_relaxed);
-	atomic_fetch_add(&tp->gen, 1);
+	g = atomic_load_explicit(&tp->gen, memory_order_relaxed) + 1;
+	atomic_store_explicit(&tp->done, 0, memory_order_relaxed);
+	/* slice 0 is the caller's */
+	atomic_store_explicit(&tp->claim, (uint64_t)g << 32 | 1, memory_order_release);
+	atomic_store(&tp->gen, g);
 	wake_workers(tp);
 
 	fn(arg, 0, tp->n);
-
+	while ((s = take_slice(tp, g)) >= 0) {
+		fn(arg, s, tp->n);
+		mine++;
+	}
+	/* the slices workers took are running: wait for them */
 	for (int i = 0; i < SPIN_ITERS; i++) {
-		if (!atomic_load_explicit(&tp->pending, memory_order_acquire))
+		if (atomic_load_explicit(&tp->done, memory_order_acquire) + mine == (uint32_t)tp->n)
 			goto done;
 		cpu_relax();
 	}
 	for (;;) {
 		atomic_store(&tp->waiting, 1);
-		p = atomic_load(&tp->pending);
-		if (p)
-			futex_wait(&tp->pending, p);
+		d = atomic_load(&tp->done);
+		if (d + mine != (uint32_t)tp->n)
+			futex_wait(&tp->done, d);
 		atomic_store(&tp->waiting, 0);
-		if (!atomic_load_explicit(&tp->pending, memory_order_acquire))
+		if (atomic_load_explicit(&tp->done, memory_order_acquire) + mine == (uint32_t)tp->n)
 			break;
 	}
 done:

@@ -8,6 +8,7 @@
  * the errors a user can run into.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1448,6 +1449,51 @@ static void eval_fixed(struct moe_ctx *ctx, float *out)
  * another handle of the same file, and one in the guarded test mode, hold
  * their own.  All compute the same logits.
  */
+/*
+ * Every expert fits the CPU backend: a file the page cache holds is copied
+ * from it (buffered), one it does not is read past it (O_DIRECT, where the
+ * filesystem takes it); the logits are the same either way.
+ */
+START_TEST(engine_cached_file_read_buffered)
+{
+	char *dir = tu_tmpdir(), path[512];
+	struct moe_model *m;
+	struct moe_ctx *ctx;
+	float *l0;
+	uint32_t nv;
+	int32_t tok[4] = { 1, 2, 3, 4 };
+	int fd;
+
+	ck_assert(mkmodel(dir, "qwen3moe", "q8_0", "--experts 8", path, sizeof(path)));
+	ck_assert_int_eq(moe_model_open(path, &m), 0);
+	/* a file just written is in the page cache */
+	ctx = make_ctx(m, 0, 0, 0);
+	ck_assert_msg(strstr(moe_ctx_describe(ctx), "buffered"), "%s", moe_ctx_describe(ctx));
+	nv = moe_ctx_n_vocab(ctx);
+	l0 = malloc(sizeof(float) * nv);
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 4, 0, 0), 0);
+	memcpy(l0, moe_ctx_logits(ctx, 0), sizeof(float) * nv);
+	moe_ctx_destroy(ctx);
+	/* out of the page cache: read past it where the filesystem allows that */
+	fd = open(path, O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fdatasync(fd), 0);
+	ck_assert_int_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	close(fd);
+	ctx = make_ctx(m, 0, 0, 0);
+	if (!strstr(moe_ctx_describe(ctx), "tmpfs") && !strstr(moe_ctx_describe(ctx), "refused"))
+		ck_assert_msg(strstr(moe_ctx_describe(ctx), "O_DIRECT"), "%s",
+			      moe_ctx_describe(ctx));
+	ck_assert_int_eq(moe_ctx_eval(ctx, tok, 4, 0, 0), 0);
+	ck_assert_int_eq(memcmp(l0, moe_ctx_logits(ctx, 0), sizeof(float) * nv), 0);
+	moe_ctx_destroy(ctx);
+	moe_model_destroy(m);
+	free(l0);
+	tu_rmtree(dir);
+	free(dir);
+}
+END_TEST
+
 START_TEST(engine_contexts_share_resident)
 {
 	char *dir = tu_tmpdir(), path[512];
@@ -1576,6 +1622,7 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, engine_kv_types);
 	tcase_add_test(tc, engine_ring_rewind);
 	tcase_add_test(tc, engine_contexts_share_resident);
+	tcase_add_test(tc, engine_cached_file_read_buffered);
 	tcase_add_loop_test(tc, engine_batch_sequences, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;

@@ -698,6 +698,62 @@ next:
 END_TEST
 
 /*
+ * The four-row kernels (decode) give each row vec_dot's result bit for bit,
+ * whatever the length (every tail of the 2-block loops) and the row stride.
+ */
+START_TEST(dot_r4_matches_single)
+{
+	static const int64_t lens[] = { 32, 64, 96, 160, 256, 512, 768, 1024, 4128 };
+	uint64_t st = 29;
+	int tested = 0;
+
+	use_isa(_i);
+	for (size_t k = 0; k < sizeof(qtypes) / sizeof(qtypes[0]); k++) {
+		uint32_t type = qtypes[k].type;
+		const struct moe_type_traits *t = moe_type_traits(type);
+
+		if (!t->vec_dot_r4)
+			continue;
+		tested++;
+		for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+			int64_t n = lens[l];
+			uint32_t at = t->vec_dot_type;
+			size_t rb = (size_t)moe_type_row_bytes(type, n), ws = rb + 2 * (l % 3);
+			uint8_t *w, *a;
+			float *x, out[4];
+
+			if (n % moe_type_block_elems(type) || n % moe_type_block_elems(at))
+				continue;
+			w = malloc(4 * ws);
+			a = aligned_alloc(64, ALIGN64((size_t)moe_type_row_bytes(at, n)));
+			x = malloc((size_t)n * sizeof(float));
+			for (int r = 0; r < 4; r++)
+				random_row(type, w + r * ws, n, true, &st);
+			for (int64_t i = 0; i < n; i++)
+				x[i] = (float)tu_randn(&st);
+			moe_mm_quantize(&(struct moe_mm){ .t = t, .at = moe_type_traits(at),
+							  .cols = n }, x, a);
+			t->vec_dot_r4(n, out, w, ws, a);
+			for (int r = 0; r < 4; r++) {
+				float one;
+
+				t->vec_dot(n, &one, w + r * ws, a);
+				ck_assert_msg(same_float(out[r], one), "%s n=%lld row %d: r4 %.9g "
+					      "single %.9g", moe_type_name(type), (long long)n, r,
+					      out[r], one);
+			}
+			free(w);
+			free(a);
+			free(x);
+		}
+	}
+	/* AVX-512 has them for q8_0, with VNNI for mxfp4, q4_K and q6_K as well */
+	if (_i >= MOE_ISA_AVX512)
+		ck_assert_int_ge(tested, _i == MOE_ISA_AVX512VNNI ? 4 : 1);
+}
+END_TEST
+
+/*
  * The AVX-512 kernels do the integer work 512 bits wide but add the floats
  * in the AVX2 kernels' order, so a model computes the same numbers on both
  * kinds of machine: every dot product is the AVX2 one bit for bit.
@@ -1260,6 +1316,7 @@ Suite *suite_quant(void)
 		if (moe_quant_isa_available((enum moe_cpu_isa)isa))
 			tcase_add_loop_test(rnd, dot_same_as_avx2, isa, isa + 1);
 	add_per_isa(rnd, dot_x4_matches_single);
+	add_per_isa(rnd, dot_r4_matches_single);
 	tcase_add_test(rnd, quantize_error_bounds);
 	tcase_add_test(rnd, quantize_degenerate);
 	tcase_add_test(rnd, quantize_k_fit_matches_reference);
