@@ -252,6 +252,19 @@ struct moe_cuda_api {
  * with moe_errmsg() set; @api is zeroed on failure.
  */
 int moe_cuda_api_load(struct moe_cuda_api *api, const char *path);
+/* A function table filled by dlsym: where each pointer goes, its symbol, an older name. */
+struct moe_dl_entry {
+	size_t offset;
+	const char *symbol;
+	const char *fallback;
+};
+/*
+ * dlopen @lib and fill the @n entries of @table (zeroed first).  The handle,
+ * or NULL with the table zeroed and *missing NULL when @lib does not load
+ * (dlerror() says why), or the first symbol it lacks.
+ */
+void *moe_dl_table_load(const char *lib, const struct moe_dl_entry *e, size_t n, void *table,
+			size_t table_size, const char **missing);
 /* Close what moe_cuda_api_load() opened and zero the table. */
 void moe_cuda_api_unload(struct moe_cuda_api *api);
 

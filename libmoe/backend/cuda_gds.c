@@ -62,10 +62,7 @@ const char *moe_cufile_status_name(int err)
 
 int moe_cufile_api_load(struct moe_cufile_api *api, const char *path)
 {
-	static const struct {
-		size_t offset;
-		const char *symbol, *fallback;
-	} entries[] = {
+	static const struct moe_dl_entry entries[] = {
 		{ offsetof(struct moe_cufile_api, cuFileDriverOpen), "cuFileDriverOpen", NULL },
 		{ offsetof(struct moe_cufile_api, cuFileDriverClose), "cuFileDriverClose_v2",
 		  "cuFileDriverClose" },
@@ -77,25 +74,15 @@ int moe_cufile_api_load(struct moe_cufile_api *api, const char *path)
 		{ offsetof(struct moe_cufile_api, cuFileBufDeregister), "cuFileBufDeregister", NULL },
 		{ offsetof(struct moe_cufile_api, cuFileRead), "cuFileRead", NULL },
 	};
-	const char *lib = path ? path : "libcufile.so.0";
-	void *h, *fn;
+	const char *lib = path ? path : "libcufile.so.0", *missing;
+	void *h = moe_dl_table_load(lib, entries, MOE_ARRAY_SIZE(entries), api, sizeof(*api),
+				    &missing);
 
-	memset(api, 0, sizeof(*api));
-	h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
-	if (!h)
+	if (!h && !missing)
 		return moe_err(ENOENT, "GPUDirect Storage library not found: %s", dlerror());
-	for (size_t i = 0; i < MOE_ARRAY_SIZE(entries); i++) {
-		fn = dlsym(h, entries[i].symbol);
-		if (!fn && entries[i].fallback)
-			fn = dlsym(h, entries[i].fallback);
-		if (!fn) {
-			dlclose(h);
-			memset(api, 0, sizeof(*api));
-			return moe_err(ENOSYS, "GPUDirect Storage library %s has no %s (install a "
-				       "newer GPUDirect Storage)", lib, entries[i].symbol);
-		}
-		memcpy((char *)api + entries[i].offset, &fn, sizeof(fn));
-	}
+	if (!h)
+		return moe_err(ENOSYS, "GPUDirect Storage library %s has no %s (install a "
+			       "newer GPUDirect Storage)", lib, missing);
 	api->lib = h;
 	return 0;
 }

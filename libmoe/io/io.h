@@ -141,6 +141,17 @@ struct moe_io {
 /* End a piece the backend accepted; @res is bytes read or -errno.  Any thread, lock not held. */
 void moe_io_piece_done(struct moe_io *io, struct moe_io_piece *p, int64_t res);
 
+/*
+ * A reaper thread's loop over @ring (io/uring.c), bound to the engine's
+ * node: each completion's user_data and result go to @done, until the one
+ * whose user_data is MOE_IO_TAG_STOP; user_data 0 is skipped.  @what names
+ * the ring in errors ("io_uring", "moe.ko io_uring").
+ */
+#define MOE_IO_TAG_STOP 1ull
+struct io_uring;
+void moe_io_reap(struct moe_io *io, struct io_uring *ring, const char *what,
+		 void (*done)(struct moe_io *io, uint64_t tag, int64_t res));
+
 /* Staging pool (staging.c); io->lock held by the caller. */
 void *moe_io_pool_alloc(struct moe_io *io, uint64_t bytes);
 int moe_io_pool_free(struct moe_io *io, void *p);

@@ -92,7 +92,7 @@ struct kbatch {
 };
 
 /* user_data of the ring's stop request; batches use their address. */
-#define TAG_STOP 1ull
+#define TAG_STOP MOE_IO_TAG_STOP
 /* results[i] not written by the driver (yet). */
 #define RES_UNSET INT64_MIN
 
@@ -478,35 +478,16 @@ static void uring_done(struct moe_io *io, struct kmod_be *be, struct kbatch *b, 
 }
 
 /* Owns the ring's CQ: every CQE ends one FETCH batch. */
+static void kmod_cqe(struct moe_io *io, uint64_t tag, int64_t res)
+{
+	uring_done(io, io->be, (struct kbatch *)(uintptr_t)tag, res);
+}
+
 static void *reaper_main(void *arg)
 {
 	struct moe_io *io = arg;
-	struct kmod_be *be = io->be;
-	bool stop = false;
 
-	moe_topo_bind_thread(io->node);
-	while (!stop) {
-		struct io_uring_cqe *cqe;
-		int ret = io_uring_wait_cqe(&be->ring, &cqe);
-
-		if (ret == -EINTR || ret == -EAGAIN)
-			continue;
-		if (ret < 0) {
-			moe_log(MOE_LOG_ERROR, "%s: moe.ko io_uring wait: %s", io->path,
-				strerror(-ret));
-			continue;
-		}
-		do {
-			uint64_t tag = cqe->user_data;
-			int64_t res = cqe->res;
-
-			io_uring_cqe_seen(&be->ring, cqe);
-			if (tag == TAG_STOP)
-				stop = true;
-			else if (tag)
-				uring_done(io, be, (struct kbatch *)(uintptr_t)tag, res);
-		} while (io_uring_peek_cqe(&be->ring, &cqe) == 0);
-	}
+	moe_io_reap(io, &((struct kmod_be *)io->be)->ring, "moe.ko io_uring", kmod_cqe);
 	return NULL;
 }
 

@@ -15,7 +15,7 @@
 #include "util/util.h"
 
 /* user_data of the ring's own requests; pieces use their address. */
-#define TAG_STOP 1ull
+#define TAG_STOP MOE_IO_TAG_STOP
 #define TAG_CANCEL 2ull
 
 struct uring_be {
@@ -24,34 +24,46 @@ struct uring_be {
 	bool fixed_file;
 };
 
-static void *reaper_main(void *arg)
+void moe_io_reap(struct moe_io *io, struct io_uring *ring, const char *what,
+		 void (*done)(struct moe_io *io, uint64_t tag, int64_t res))
 {
-	struct moe_io *io = arg;
-	struct uring_be *be = io->be;
 	bool stop = false;
 
 	moe_topo_bind_thread(io->node);
 	while (!stop) {
 		struct io_uring_cqe *cqe;
-		int ret = io_uring_wait_cqe(&be->ring, &cqe);
+		int ret = io_uring_wait_cqe(ring, &cqe);
 
 		if (ret == -EINTR || ret == -EAGAIN)
 			continue;
 		if (ret < 0) {
-			moe_log(MOE_LOG_ERROR, "%s: io_uring wait: %s", io->path, strerror(-ret));
+			moe_log(MOE_LOG_ERROR, "%s: %s wait: %s", io->path, what, strerror(-ret));
 			continue;
 		}
 		do {
 			uint64_t tag = cqe->user_data;
 			int64_t res = cqe->res;
 
-			io_uring_cqe_seen(&be->ring, cqe);
-			if (tag == TAG_STOP)
+			io_uring_cqe_seen(ring, cqe);
+			if (tag == MOE_IO_TAG_STOP)
 				stop = true;
-			else if (tag != TAG_CANCEL && tag)
-				moe_io_piece_done(io, (struct moe_io_piece *)(uintptr_t)tag, res);
-		} while (io_uring_peek_cqe(&be->ring, &cqe) == 0);
+			else if (tag)
+				done(io, tag, res);
+		} while (io_uring_peek_cqe(ring, &cqe) == 0);
 	}
+}
+
+static void uring_cqe(struct moe_io *io, uint64_t tag, int64_t res)
+{
+	if (tag != TAG_CANCEL)
+		moe_io_piece_done(io, (struct moe_io_piece *)(uintptr_t)tag, res);
+}
+
+static void *reaper_main(void *arg)
+{
+	struct moe_io *io = arg;
+
+	moe_io_reap(io, &((struct uring_be *)io->be)->ring, "io_uring", uring_cqe);
 	return NULL;
 }
 

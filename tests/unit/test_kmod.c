@@ -854,7 +854,8 @@ static void *finish_late_later(void *arg)
 	return NULL;
 }
 
-static void zc_done(void *arg, int64_t res, void *interior)
+/* a read's done callback: its result into *arg */
+static void store_res(void *arg, int64_t res, void *interior)
 {
 	(void)interior;
 	*(int64_t *)arg = res;
@@ -937,7 +938,7 @@ START_TEST(kmod_zero_copy)
 	fk.make_late = 1;
 	fk.late_wait_us = 50000;
 	memset(dst, 0, cap);
-	ck_assert_int_eq(moe_io_read(io, 2 * MIB, 200000, dst, cap, zc_done, &res), 0);
+	ck_assert_int_eq(moe_io_read(io, 2 * MIB, 200000, dst, cap, store_res, &res), 0);
 	ck_assert_int_eq(pthread_create(&th, NULL, finish_late_later, NULL), 0);
 	ck_assert_int_eq(moe_io_submit(io), 0);
 	while (res == 1)
@@ -960,12 +961,6 @@ START_TEST(kmod_zero_copy)
 	free(dir);
 }
 END_TEST
-
-static void low_done(void *arg, int64_t res, void *interior)
-{
-	(void)interior;
-	*(int64_t *)arg = res;
-}
 
 /*
  * moe_io_cancel_low() reaches prefetches the engine already handed to the
@@ -1008,27 +1003,27 @@ START_TEST(kmod_cancel_low_reaches_driver)
 	ck_assert_int_eq(moe_io_alloc(io, MIB, &d3), 0);
 
 	/* Read already: nothing to take back. */
-	ck_assert_int_eq(moe_io_read_flags(io, 0, 512 * 1024, d1, MIB, MOE_IO_READ_LOW, low_done,
+	ck_assert_int_eq(moe_io_read_flags(io, 0, 512 * 1024, d1, MIB, MOE_IO_READ_LOW, store_res,
 					   &r1), 0);
 	ck_assert_int_eq(moe_io_submit(io), 0);
 	while (r1 == 1)
 		ck_assert_int_ge(moe_io_wait(io, 1), 0);
 	ck_assert_int_eq(r1, 512 * 1024);
 	args[0] = &r1;
-	ck_assert_int_eq(moe_io_cancel_low(io, low_done, args, 1), 0);
+	ck_assert_int_eq(moe_io_cancel_low(io, store_res, args, 1), 0);
 
 	/* Two prefetches the driver holds queued (late): two FETCHes; one is taken back. */
 	fk.make_late = 2;
 	fk.late_wait_us = 200000;
 	low0 = fk.low_batches;
 	ck_assert_int_eq(moe_io_read_flags(io, MIB, 512 * 1024, d2, MIB, MOE_IO_READ_LOW,
-					   low_done, &r2), 0);
+					   store_res, &r2), 0);
 	ck_assert_int_eq(moe_io_read_flags(io, 5 * MIB, 512 * 1024, d3, MIB, MOE_IO_READ_LOW,
-					   low_done, &r3), 0);
+					   store_res, &r3), 0);
 	ck_assert_int_eq(moe_io_submit(io), 0);
 	ck_assert_uint_eq(fk.low_batches - low0, 2);
 	args[0] = &r2;
-	ck_assert_int_eq(moe_io_cancel_low(io, low_done, args, 1), 1);
+	ck_assert_int_eq(moe_io_cancel_low(io, store_res, args, 1), 1);
 	ck_assert_uint_eq(fk.ticket_cancels, 1);
 	while (r2 == 1)
 		ck_assert_int_ge(moe_io_wait(io, 1), 0);
@@ -1089,7 +1084,7 @@ START_TEST(kmod_prefetch_low_priority)
 	fk_check_read(io, 4096, 300000, 0);
 	ck_assert_uint_eq(fk.low_batches, 0);
 	ck_assert_int_eq(moe_io_alloc(io, MIB, &dst), 0);
-	ck_assert_int_eq(moe_io_read_flags(io, 2 * MIB, MIB, dst, MIB, MOE_IO_READ_LOW, low_done,
+	ck_assert_int_eq(moe_io_read_flags(io, 2 * MIB, MIB, dst, MIB, MOE_IO_READ_LOW, store_res,
 					   &res), 0);
 	ck_assert_int_eq(moe_io_submit(io), 0);
 	while (res == 1)
@@ -1103,7 +1098,7 @@ START_TEST(kmod_prefetch_low_priority)
 	fk.late_wait_us = 300000;
 	res = 1;
 	ck_assert_int_eq(moe_io_read_flags(io, 5 * MIB, MIB / 4, dst, MIB, MOE_IO_READ_LOW,
-					   low_done, &res), 0);
+					   store_res, &res), 0);
 	ck_assert_int_eq(moe_io_submit(io), 0);
 	/* dst is still the late read's: the pool goes with the engine */
 	moe_io_destroy(io);
