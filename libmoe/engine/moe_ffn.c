@@ -379,6 +379,7 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 	struct moe_backend *be = ctx->be;
 	uint32_t ne = ctx->hp.n_expert;
 	bool looked = false;
+	uint32_t stuck = 0;
 	/* the layer's stall: waits, and reads straight into slots (GPUDirect Storage) */
 	double t0 = moe_cache_stall(c);
 	int ret;
@@ -424,16 +425,25 @@ int moe_ffn_finish(struct moe_ctx *ctx, uint32_t il, moe_dptr x, uint32_t n_tok,
 			ret = ran;
 			goto fail;
 		}
+		if (ran)
+			stuck = 0;
 		if (!ctx->exp_left || ran)
 			continue;
 		for (uint32_t e = 0; e < ne; e++)
 			in_flight |= ctx->exp_state[e] == EXP_HELD;
 		/* every staging buffer may still be uploading an earlier expert: wait for one */
 		if (!in_flight && !moe_cache_busy(c)) {
+			/*
+			 * A staging buffer may have come free after acquire_more
+			 * found none: look again before calling the layer stuck.
+			 */
+			if (!stuck++)
+				continue;
 			ret = moe_err(ENOSPC, "layer %u: no expert slot can be freed (%u slots)", il,
 				      ctx->st.n_slots);
 			goto fail;
 		}
+		stuck = 0;
 		ret = moe_cache_wait(c);
 		if (ret < 0)
 			goto fail;

@@ -157,6 +157,7 @@ START_TEST(command_man_pages)
 	if (tu_run("command -v rst2man >/dev/null", 0, NULL) != 0) {
 		tu_skip("completion/command_man_pages", "rst2man is not installed "
 			"(python3-docutils; `make man` installs it as root)");
+		free(rst);
 		return;
 	}
 	snprintf(cmd, sizeof(cmd), "sh %s --commands %s", tu_src("scripts/man.sh"),
